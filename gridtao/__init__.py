@@ -1,0 +1,3 @@
+"""gridtao: a grid-responsive GPU power-capping agent."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,245 @@
+"""Configuration: YAML into frozen, typed dataclasses.
+
+Every error names the file, the key path and the reason, and is raised as :class:`ConfigError`
+(the CLI prints its message and exits with status 2). Keys are validated against the dataclass
+fields: unknown keys, wrong types and out-of-range values are all rejected before anything starts.
+Ranges live next to each field in ``metadata`` so the schema is the single source of truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+ENV_VAR = "GRIDTAO_CONFIG"
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the file, the key path and the reason."""
+
+
+def _rng(lo: float | None = None, hi: float | None = None) -> dict[str, float | None]:
+    return {"min": lo, "max": hi}
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Simulated GPUs (see gridtao/gpu/sim.py). Times in milliseconds, power in watts."""
+
+    count: int = field(default=8, metadata=_rng(1, 64))
+    profile: Literal["h100-sxm", "a100-sxm", "v100-sxm2"] = "h100-sxm"
+    workload: Literal["training", "inference", "idle", "trace"] = "training"
+    trace_csv: str | None = None
+    cap_down_ms: float = field(default=20.0, metadata=_rng(0.1, 60_000))
+    cap_up_ms: float = field(default=250.0, metadata=_rng(0.1, 60_000))
+    refresh_ms: float = field(default=20.0, metadata=_rng(1, 1000))
+    noise_w: float = field(default=3.0, metadata=_rng(0, 100))
+    set_latency_ms: float = field(default=0.2, metadata=_rng(0, 10_000))
+    read_latency_ms: float = field(default=0.02, metadata=_rng(0, 10_000))
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GpusConfig:
+    backend: Literal["sim", "nvml"] = "sim"
+    dry_run: bool = False
+    sim: SimConfig = field(default_factory=SimConfig)
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = field(default=1883, metadata=_rng(1, 65535))
+    prefix: str = "gridtao/demo"
+    node_id: str | None = None
+    keepalive_s: int = field(default=10, metadata=_rng(2, 3600))
+    reconnect_min_s: float = field(default=0.1, metadata=_rng(0.01, 60))
+    reconnect_max_s: float = field(default=5.0, metadata=_rng(0.1, 600))
+    max_payload_bytes: int = field(default=4096, metadata=_rng(64, 1_048_576))
+    status_period_s: float = field(default=1.0, metadata=_rng(0.05, 3600))
+
+
+@dataclass(frozen=True)
+class FrequencyTrigger:
+    """Arm a cut when grid frequency falls to ``hz`` or below.
+
+    ``reduction_fraction`` of the node's IT draw just before the trigger is shed; the cut is held
+    at least ``min_hold_s`` and until frequency has stayed above ``hz + hysteresis_hz`` for
+    ``recovery_s``; then it ramps out at the island's release rate.
+    """
+
+    hz: float = field(default=49.7, metadata=_rng(45.0, 65.0))
+    reduction_fraction: float = field(default=0.3, metadata=_rng(0.0, 1.0))
+    min_hold_s: float = field(default=5.0, metadata=_rng(0, 86_400))
+    recovery_s: float = field(default=1.0, metadata=_rng(0, 86_400))
+    hysteresis_hz: float = field(default=0.02, metadata=_rng(0, 1))
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    triggers: tuple[FrequencyTrigger, ...] = (
+        FrequencyTrigger(hz=49.7, reduction_fraction=0.1),
+        FrequencyTrigger(hz=49.6, reduction_fraction=0.2),
+        FrequencyTrigger(hz=49.5, reduction_fraction=0.3),
+    )
+    release_rate_per_s: float = field(default=0.2, metadata=_rng(0.001, 100))
+    rearm_period_s: float = field(default=0.5, metadata=_rng(0.01, 1.0))
+    watchdog_timeout_s: float = field(default=3.0, metadata=_rng(0.05, 3600))
+    safe_state: Literal["default", "hold", "minimum"] = "default"
+    max_event_s: float = field(default=3600.0, metadata=_rng(1, 86_400 * 7))
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    fast_hz: float = field(default=100.0, metadata=_rng(1, 1000))
+    band_fraction: float = field(default=0.05, metadata=_rng(0.001, 0.5))
+    headroom_w: float = field(default=15.0, metadata=_rng(0, 200))
+    integral_gain: float = field(default=0.3, metadata=_rng(0, 10))
+    max_raise_w_per_s: float = field(default=2000.0, metadata=_rng(1, 100_000))
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = field(default=9108, metadata=_rng(0, 65535))
+
+
+@dataclass(frozen=True)
+class Config:
+    gpus: GpusConfig = field(default_factory=GpusConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+
+T = TypeVar("T")
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load ``path``, else ``$GRIDTAO_CONFIG``, else built-in defaults.
+
+    Raises :class:`ConfigError` naming the file, key path and reason.
+    """
+    if path is None:
+        path = os.environ.get(ENV_VAR) or None
+    if path is None:
+        return Config()
+    file = Path(path)
+    where = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        pos = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}{pos}: invalid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    return config_from_mapping(data, source=where)
+
+
+def config_from_mapping(data: object, *, source: str = "<mapping>") -> Config:
+    """Validate a parsed mapping (e.g. from YAML) into a :class:`Config`."""
+    cfg = _build(Config, data, source, "")
+    return dataclasses.replace(cfg, source=source)
+
+
+def _fail(source: str, key: str, reason: str) -> typing.NoReturn:
+    raise ConfigError(f"{source}: {key or '<top level>'}: {reason}")
+
+
+def _build(cls: type[T], data: object, source: str, key: str) -> T:
+    if not isinstance(data, Mapping):
+        _fail(source, key, f"expected a mapping, got {_type_name(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        sub = f"{key}.{name}" if key else str(name)
+        f = fields.get(str(name))
+        if f is None or f.metadata.get("internal"):
+            known = ", ".join(n for n, fl in fields.items() if not fl.metadata.get("internal"))
+            _fail(source, sub, f"unknown key (known keys: {known})")
+        kwargs[f.name] = _convert(hints[f.name], value, source, sub, f.metadata)
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: object, source: str, key: str, meta: Mapping[str, Any]) -> Any:
+    origin = get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, source, key, meta)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            _fail(source, key, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if origin is tuple:
+        (item_tp, _ellipsis) = get_args(tp)
+        if not isinstance(value, list):
+            _fail(source, key, f"expected a list, got {_type_name(value)}")
+        return tuple(
+            _convert(item_tp, v, source, f"{key}[{i}]", {}) for i, v in enumerate(value)
+        )
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(source, key, f"expected true or false, got {_type_name(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(source, key, f"expected an integer, got {_type_name(value)}")
+        _check_range(float(value), source, key, meta)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(source, key, f"expected a number, got {_type_name(value)}")
+        if not math.isfinite(value):
+            _fail(source, key, f"must be finite, got {value}")
+        _check_range(float(value), source, key, meta)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str) or not value:
+            _fail(source, key, f"expected a non-empty string, got {_type_name(value)}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {key}")  # a schema bug, not user input
+
+
+def _check_range(value: float, source: str, key: str, meta: Mapping[str, Any]) -> None:
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        _fail(source, key, f"must be >= {lo:g}, got {value:g}")
+    if hi is not None and value > hi:
+        _fail(source, key, f"must be <= {hi:g}, got {value:g}")
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else (
+        "a mapping" if isinstance(value, dict) else "a list"
+    )
