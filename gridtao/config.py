@@ -161,7 +161,22 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 def config_from_mapping(data: object, *, source: str = "<mapping>") -> Config:
     """Validate a parsed mapping (e.g. from YAML) into a :class:`Config`."""
     cfg = _build(Config, data, source, "")
+    _check_consistency(cfg, source)
     return dataclasses.replace(cfg, source=source)
+
+
+def _check_consistency(cfg: Config, source: str) -> None:
+    """Rules that span several keys."""
+    if cfg.mqtt.reconnect_min_s > cfg.mqtt.reconnect_max_s:
+        _fail(source, "mqtt.reconnect_min_s", "must be <= mqtt.reconnect_max_s")
+    levels = [t.hz for t in cfg.safety.triggers]
+    if len(set(levels)) != len(levels):
+        _fail(source, "safety.triggers", "two triggers share the same hz level")
+    if cfg.gpus.sim.workload == "trace" and cfg.gpus.sim.trace_csv is None:
+        _fail(source, "gpus.sim.trace_csv", "required when gpus.sim.workload is 'trace'")
+    for part in ("+", "#"):
+        if part in cfg.mqtt.prefix or (cfg.mqtt.node_id and part in cfg.mqtt.node_id):
+            _fail(source, "mqtt.prefix", f"MQTT topics must not contain the wildcard {part!r}")
 
 
 def _fail(source: str, key: str, reason: str) -> typing.NoReturn:
@@ -204,7 +219,7 @@ def _convert(tp: Any, value: object, source: str, key: str, meta: Mapping[str, A
         return tuple(
             _convert(item_tp, v, source, f"{key}[{i}]", {}) for i, v in enumerate(value)
         )
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, source, key)
     if tp is bool:
         if not isinstance(value, bool):

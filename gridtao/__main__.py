@@ -1,0 +1,7 @@
+"""``python -m gridtao``: the same as the ``gridtao`` command."""
+
+import sys
+
+from gridtao.cli import main
+
+sys.exit(main())

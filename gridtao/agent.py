@@ -1,0 +1,296 @@
+"""The agent: composition root. Builds backend, island, tiers and transport; owns start and stop.
+
+Threads and loops (DESIGN.md):
+- island lane: its own thread, uvloop and broker connection; triggers -> parallel cap writes;
+- tier 1: its own thread at ``control.fast_hz``; reads instant power, re-arms the island;
+- response meter: samples node power after each activation until the target band is reached;
+- watchdog: puts the GPUs in ``safety.safe_state`` if tier 1 stops beating;
+- the controller loop (asyncio on uvloop, the caller's thread): retained status, metrics.
+
+Stop restores every limit the agent changed to what it found at start, then publishes an
+offline status. The agent never commands a limit outside ``[min, default]`` (safety.envelope).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import socket
+import threading
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from gridtao.clock import Clock, MonotonicClock
+from gridtao.config import Config
+from gridtao.control.fast import FastLoop
+from gridtao.control.response import Reached, ResponseMeter
+from gridtao.gpu import open_backend
+from gridtao.gpu.backend import GpuBackend, GpuError
+from gridtao.grid import messages as wire
+from gridtao.grid.frequency import FrequencyMonitor, level_key
+from gridtao.grid.intake import Intake
+from gridtao.grid.lane import IslandLane
+from gridtao.grid.mqtt import MqttLink, Will
+from gridtao.telemetry.metrics import Metrics, MetricsServer, start_http_server
+from safety.island import Activation, SafetyIsland
+from safety.watchdog import Watchdog
+
+log = logging.getLogger("gridtao.agent")
+
+
+def default_node_id() -> str:
+    """The host name, made safe for one MQTT topic level."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "node"
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """Knobs that are not operator configuration (tests, benches)."""
+
+    connect_timeout_s: float = 10.0
+    busy_load_fraction: float = 0.0  # bench only: keep the controller loop this busy (0..0.95)
+    serve_metrics: bool = True
+
+
+class Agent:
+    """One node's agent. ``start()`` then ``await serve(stop)``; ``close()`` is idempotent."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        backend: GpuBackend | None = None,
+        registry: CollectorRegistry | None = None,
+        options: AgentOptions | None = None,
+    ) -> None:
+        self.config = config
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
+        self.options = options or AgentOptions()
+        self.node_id = config.mqtt.node_id or default_node_id()
+        self.topics = wire.Topics(config.mqtt.prefix, self.node_id)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.backend: GpuBackend = (
+            backend if backend is not None else open_backend(config.gpus, clock=self.clock)
+        )
+        self._indices = [d.index for d in self.backend.devices()]
+        self._limits = [self.backend.power_limits(i) for i in self._indices]
+        # What we found: restored on stop, whatever the events did in between.
+        self.initial_limits_mw = [self.backend.enforced_limit_mw(i) for i in self._indices]
+        safety = config.safety
+        self.island = SafetyIsland(
+            self.backend,
+            clock=self.clock,
+            release_rate_per_s=safety.release_rate_per_s,
+            max_event_s=safety.max_event_s,
+        )
+        self.watchdog = Watchdog(
+            safety.watchdog_timeout_s, clock=self.clock, on_expire=self._watchdog_expired
+        )
+        self.fast = FastLoop(
+            self.backend,
+            self.island,
+            clock=self.clock,
+            config=config.control,
+            metrics=self.metrics,
+            heartbeat=self.watchdog.heartbeat,
+            rearm_period_s=safety.rearm_period_s,
+        )
+        self.meter = ResponseMeter(
+            self.backend,
+            clock=self.clock,
+            on_reached=self._reached,
+            band_fraction=config.control.band_fraction,
+        )
+        self.intake = Intake(
+            self.island,
+            self.topics,
+            clock=self.clock,
+            monitor=FrequencyMonitor(safety.triggers),
+            max_payload_bytes=config.mqtt.max_payload_bytes,
+            metrics=self.metrics,
+            on_activation=self._activated,
+        )
+        m = config.mqtt
+        link_opts = dict(
+            host=m.host, port=m.port, keepalive_s=m.keepalive_s,
+            reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s,
+        )
+        pid = os.getpid()
+        self.lane = IslandLane(
+            MqttLink(
+                client_id=f"gridtao-{self.node_id}-island-{pid}",
+                subscriptions=[(self.topics.frequency, 0), (self.topics.dispatch, 1)],
+                clock=self.clock,
+                **link_opts,  # type: ignore[arg-type]
+            ),
+            self.intake,
+        )
+        self.status_link = MqttLink(
+            client_id=f"gridtao-{self.node_id}-ctl-{pid}",
+            will=Will(self.topics.status, wire.offline_payload(self.node_id), qos=1, retain=True),
+            clock=self.clock,
+            **link_opts,  # type: ignore[arg-type]
+        )
+        self._fast_stop = threading.Event()
+        self._fast_thread: threading.Thread | None = None
+        self._metrics_server: MetricsServer | None = None
+        self._started = False
+        self._closed = False
+        self._busy_sink = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bring up everything but the controller loop. Raises GpuError / OSError on failure
+        (after undoing what was started)."""
+        try:
+            self.island.start()
+            for trig in self.config.safety.triggers:
+                self.island.arm(level_key(trig), 1.0 - trig.reduction_fraction)
+            self.fast.step()  # first draw reading and armed caps before any trigger can land
+            self.island.rearm()
+            self.meter.start()
+            self.watchdog.start()
+            self._fast_thread = self.fast.start_thread(self._fast_stop)
+            if self.options.serve_metrics and self.config.metrics.enabled:
+                mc = self.config.metrics
+                self._metrics_server = start_http_server(self.metrics, mc.host, mc.port)
+            connected = self.lane.start(connect_timeout_s=self.options.connect_timeout_s)
+            if not connected:
+                log.warning("broker %s:%d not reachable yet; retrying in the background",
+                            self.config.mqtt.host, self.config.mqtt.port)
+            self._started = True
+        except BaseException:
+            self.close()
+            raise
+        log.info("agent %s up: %d GPUs, prefix %s", self.node_id, len(self._indices),
+                 self.config.mqtt.prefix)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run the controller loop until ``stop`` is set: status, metrics, optional bench load."""
+        tasks = [asyncio.create_task(self.status_link.run(), name="status-link"),
+                 asyncio.create_task(self._status_loop(), name="status")]
+        if self.options.busy_load_fraction > 0:
+            tasks.append(asyncio.create_task(self._busy_load(), name="busy-load"))
+        try:
+            await stop.wait()
+            self._publish_status(online=False)
+            await self.status_link.flush(2.0)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        """Stop every thread, restore the limits found at start, release the driver."""
+        if self._closed:
+            return
+        self._closed = True
+        self.lane.stop()
+        self._fast_stop.set()
+        if self._fast_thread is not None:
+            self._fast_thread.join(timeout=2.0)
+        self.watchdog.close()
+        self.meter.close()
+        self.restore_initial_limits()
+        self.island.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        self.backend.close()
+        log.info("agent %s stopped; limits restored", self.node_id)
+
+    def restore_initial_limits(self) -> None:
+        """Write back, GPU by GPU, the limit found at start (clamped into [min, max])."""
+        for i, lim, initial in zip(self._indices, self._limits, self.initial_limits_mw,
+                                   strict=True):
+            target = min(max(initial, lim.min_mw), lim.max_mw)
+            try:
+                self.backend.set_limit_mw(i, target)
+            except GpuError as e:
+                log.error("GPU %d: could not restore %d W: %s", i, target // 1000, e)
+
+    # ---- callbacks from other threads -----------------------------------------------------
+
+    def _activated(self, act: Activation) -> None:
+        self.meter.watch(act.event_id, baseline_mw=act.baseline_mw, target_mw=act.target_mw)
+
+    def _reached(self, reached: Reached) -> None:
+        # Meter thread -> lane loop: the intake's state is only touched on the lane's loop.
+        def ack() -> list[object]:
+            out = self.intake.reached_ack(reached.event_id, reached.reached_wall)
+            return [out] if out is not None else []
+
+        self.lane.call(ack)  # type: ignore[arg-type]
+        ev = self.intake.activation_time(reached.event_id)
+        if ev is not None:
+            self.metrics.observe_trigger_to_target(reached.reached_at - ev)
+
+    def _watchdog_expired(self) -> None:
+        mode = self.config.safety.safe_state
+        log.error("controller heartbeat lost for %.1f s: entering safe state %r",
+                  self.config.safety.watchdog_timeout_s, mode)
+        self.island.enter_safe_state(mode)
+
+    # ---- controller loop work -------------------------------------------------------------
+
+    async def _status_loop(self) -> None:
+        period = self.config.mqtt.status_period_s
+        while True:
+            self._publish_status(online=True)
+            await asyncio.sleep(period)
+
+    def status_gpus(self) -> list[dict[str, float]]:
+        """Per-GPU status from tier 1's last reading (no NVML call on this thread)."""
+        draw = self.fast.draw_mw
+        limits = self.fast.limits_mw
+        return [
+            {"index": i, "power_w": draw[k] / 1000.0, "limit_w": limits[k] / 1000.0,
+             "default_w": lim.default_mw / 1000.0, "min_w": lim.min_mw / 1000.0,
+             "max_w": lim.max_mw / 1000.0}
+            for k, (i, lim) in enumerate(zip(self._indices, self._limits, strict=True))
+        ]
+
+    def _publish_status(self, *, online: bool) -> None:
+        if online:
+            payload = wire.status_payload(
+                self.node_id, True, self.clock.wall(), self.island.view().event_id,
+                self.status_gpus(),
+            )
+        else:
+            payload = wire.offline_payload(self.node_id)
+        self.status_link.publish_nowait(self.topics.status, payload, qos=1, retain=True)
+
+    async def _busy_load(self) -> None:
+        """Keep this loop busy with pure-Python work (the bench's `under_load` condition)."""
+        busy = self.options.busy_load_fraction
+        slice_s = 0.01
+        while True:
+            t_end = self.clock.now() + slice_s * busy
+            while self.clock.now() < t_end:
+                self._busy_sink = sum(range(200))
+            await asyncio.sleep(slice_s * (1.0 - busy))
+
+
+async def run_agent(config: Config, *, options: AgentOptions | None = None,
+                    stop: asyncio.Event | None = None) -> int:
+    """Start an agent, serve until SIGINT/SIGTERM (or ``stop``), then restore and exit 0."""
+    import signal
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    agent = Agent(config, options=options)
+    try:
+        agent.start()
+        await agent.serve(stop)
+    finally:
+        agent.close()
+    return 0

@@ -1,0 +1,190 @@
+"""Prometheus metrics for the agent.
+
+Everything lives on an injected :class:`prometheus_client.CollectorRegistry`, so tests (and two
+agents in one process) never share state through the library's global registry.
+
+Gauges are *set by the control loop* from values it has already read: the HTTP thread only
+serialises the registry and never touches NVML, so a scrape cannot slow the hot path or a GPU.
+Power is exported in watts (Prometheus base units); callers holding milliwatts convert at the
+call site. Latencies are in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import start_http_server as _prom_start_http_server
+
+MessageResult = Literal["accepted", "rejected", "duplicate"]
+MESSAGE_RESULTS: tuple[MessageResult, ...] = ("accepted", "rejected", "duplicate")
+
+
+def log_buckets(lo_s: float, hi_s: float, per_decade: int = 4) -> tuple[float, ...]:
+    """Histogram bucket bounds from ``lo_s`` to ``hi_s`` inclusive, ``per_decade`` per factor 10.
+
+    Rounded to 6 significant digits so the exported ``le`` labels stay readable.
+    """
+    if not 0 < lo_s < hi_s:
+        raise ValueError("need 0 < lo_s < hi_s")
+    steps = round(math.log10(hi_s / lo_s) * per_decade)
+    return tuple(float(f"{lo_s * 10 ** (k / per_decade):.6g}") for k in range(steps + 1))
+
+
+TRIGGER_TO_COMMAND_BUCKETS_S = log_buckets(1e-4, 1.0)
+TRIGGER_TO_TARGET_BUCKETS_S = log_buckets(1e-3, 10.0)
+FAST_LOOP_BUCKETS_S = log_buckets(1e-5, 1.0)
+
+
+class Metrics:
+    """All gridtao metrics on one registry. Methods are cheap and thread-safe (the library locks
+    each value); per-GPU children are cached so the 100 Hz loop skips label lookups."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._gpu_power = Gauge(
+            "gridtao_gpu_power_watts", "Instant GPU power draw, W.", ["gpu"], registry=registry
+        )
+        self._gpu_limit = Gauge(
+            "gridtao_gpu_power_limit_watts",
+            "GPU power limit last commanded by gridtao, W.",
+            ["gpu"],
+            registry=registry,
+        )
+        self._gpu_default = Gauge(
+            "gridtao_gpu_default_limit_watts",
+            "GPU default power limit, W.",
+            ["gpu"],
+            registry=registry,
+        )
+        self._node_power = Gauge(
+            "gridtao_node_power_watts", "Sum of instant GPU power on this node, W.",
+            registry=registry,
+        )
+        self._node_target = Gauge(
+            "gridtao_node_target_watts",
+            "Node IT power target of the active event, W (NaN when there is none).",
+            registry=registry,
+        )
+        self._node_target.set(math.nan)
+        self._event_active = Gauge(
+            "gridtao_event_active", "1 while a grid event holds the GPUs capped, else 0.",
+            registry=registry,
+        )
+        self._messages = Counter(
+            "gridtao_messages",
+            "Grid messages received, by topic and result (accepted|rejected|duplicate).",
+            ["topic", "result"],
+            registry=registry,
+        )
+        self._gpu_errors = Counter(
+            "gridtao_gpu_errors",
+            "GPU backend errors, by GPU index and error kind (exception class name).",
+            ["gpu", "kind"],
+            registry=registry,
+        )
+        self._mqtt_reconnects = Counter(
+            "gridtao_mqtt_reconnects", "MQTT reconnections after a lost connection.",
+            registry=registry,
+        )
+        self._trigger_to_command = Histogram(
+            "gridtao_trigger_to_command_seconds",
+            "From a trigger reaching the node to every GPU limit commanded, s.",
+            buckets=TRIGGER_TO_COMMAND_BUCKETS_S,
+            registry=registry,
+        )
+        self._trigger_to_target = Histogram(
+            "gridtao_trigger_to_target_seconds",
+            "From a trigger reaching the node to measured power inside the target band, s.",
+            buckets=TRIGGER_TO_TARGET_BUCKETS_S,
+            registry=registry,
+        )
+        self._fast_loop = Histogram(
+            "gridtao_fast_loop_seconds",
+            "Duration of one tier-1 control loop iteration, s.",
+            buckets=FAST_LOOP_BUCKETS_S,
+            registry=registry,
+        )
+        self._lock = threading.Lock()
+        self._power_children: list[Gauge] = []
+        self._limit_children: list[Gauge] = []
+
+    def _ensure_gpus(self, count: int) -> None:
+        if len(self._power_children) >= count:
+            return
+        with self._lock:
+            for i in range(len(self._power_children), count):
+                self._power_children.append(self._gpu_power.labels(gpu=str(i)))
+                self._limit_children.append(self._gpu_limit.labels(gpu=str(i)))
+
+    def set_default_limits(self, default_w: Sequence[float]) -> None:
+        """Export each GPU's default limit (static; call once at start), W."""
+        for i, w in enumerate(default_w):
+            self._gpu_default.labels(gpu=str(i)).set(w)
+
+    def observe_gpus(self, power_w: Sequence[float], limit_w: Sequence[float]) -> None:
+        """Per-GPU instant power and commanded limit, W, indexed by GPU index."""
+        self._ensure_gpus(max(len(power_w), len(limit_w)))
+        for child, w in zip(self._power_children, power_w, strict=False):
+            child.set(w)
+        for child, w in zip(self._limit_children, limit_w, strict=False):
+            child.set(w)
+
+    def observe_node(self, power_w: float, target_w: float | None, event_active: bool) -> None:
+        """Node power (sum over GPUs), the active target (None -> NaN) and the event flag, W."""
+        self._node_power.set(power_w)
+        self._node_target.set(math.nan if target_w is None else target_w)
+        self._event_active.set(1.0 if event_active else 0.0)
+
+    def count_message(self, topic: str, result: MessageResult) -> None:
+        """One grid message on ``topic`` (the topic's last segment, e.g. ``dispatch``)."""
+        if result not in MESSAGE_RESULTS:
+            raise ValueError(f"unknown message result {result!r}")
+        self._messages.labels(topic=topic, result=result).inc()
+
+    def count_gpu_error(self, gpu: int, kind: str) -> None:
+        """One GPU backend error; ``kind`` is the error class name (e.g. ``GpuLost``)."""
+        self._gpu_errors.labels(gpu=str(gpu), kind=kind).inc()
+
+    def count_mqtt_reconnect(self) -> None:
+        self._mqtt_reconnects.inc()
+
+    def observe_trigger_to_command(self, seconds: float) -> None:
+        self._trigger_to_command.observe(seconds)
+
+    def observe_trigger_to_target(self, seconds: float) -> None:
+        self._trigger_to_target.observe(seconds)
+
+    def observe_fast_loop(self, seconds: float) -> None:
+        self._fast_loop.observe(seconds)
+
+
+class MetricsServer(NamedTuple):
+    """The running exporter; unpacks as ``(server, thread)``."""
+
+    server: WSGIServer
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful when started on port 0)."""
+        return int(self.server.server_port)
+
+    def close(self) -> None:
+        """Stop serving, release the socket and join the thread. Idempotent."""
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5.0)
+
+
+def start_http_server(metrics: Metrics, host: str, port: int) -> MetricsServer:
+    """Serve ``metrics.registry`` at ``http://host:port/metrics`` on a daemon thread.
+
+    ``port`` 0 binds a free port; read it back from :attr:`MetricsServer.port`.
+    """
+    server, thread = _prom_start_http_server(port, addr=host, registry=metrics.registry)
+    return MetricsServer(server, thread)

@@ -1,0 +1,440 @@
+"""The safety island: trigger -> caps written straight to every GPU, then a latch.
+
+Invariants this module keeps (and its tests check):
+
+* Every limit it writes lies in ``[min_mw, default_mw]`` of its GPU (:class:`Envelope`).
+* A trigger bumps the generation and latches *before* its writes are queued, so a tier 1 plan
+  made earlier is refused (:meth:`SafetyIsland.apply_limits`) or skipped under the GPU's lock.
+* While any event is active, no limit set tier 1 gets written sums above the ceiling of the most
+  restrictive event; the ceiling rises only through the release ramp, at
+  ``release_rate_per_s`` of the event's reduction per second.
+* All cuts during overlapping events are computed from one frozen draw (the node's draw before
+  the first of them), so a deeper cut is per GPU never above a shallower one and writing the
+  binding event's caps never raises a GPU above another active event's cap.
+* When the last event ends the island writes the resting limits itself (the defaults, or the
+  held/minimum limits of a safe state), so restoring never depends on tier 1.
+* A GPU that fails its write is recorded and logged; the other GPUs are capped regardless.
+
+Threads: tier 1, the island's MQTT thread and the watchdog all call in. ``_lock`` guards the
+state for short bookkeeping only (never across a wait on the GPUs); ``_cmd_lock`` serializes
+the island's own writes (triggers, event ends, safe states) so that a duplicate trigger sees
+the first one's finished :class:`Activation`. Power is in mW, times in clock seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Sequence
+from types import MappingProxyType, TracebackType
+
+from gridtao.clock import Clock
+from gridtao.gpu.backend import GpuBackend, GpuError
+from safety.envelope import Envelope
+from safety.latch import (
+    Activation,
+    ArmedLevel,
+    EventKind,
+    IslandView,
+    LatchedEvent,
+    SafeMode,
+    most_restrictive,
+)
+from safety.writer import ParallelWriter, WriteBatch, WriteOutcome
+
+__all__ = ["Activation", "IslandView", "SafeMode", "SafetyIsland"]
+
+log = logging.getLogger("gridtao.safety")
+_SAFE_MODES = ("default", "hold", "minimum")
+
+
+class SafetyIsland:
+    """Armed cap table, parallel trigger writes, latch and release ramp for one node's GPUs.
+
+    ``backend`` must enumerate GPUs with indices ``0..n-1``. ``release_rate_per_s`` is the
+    fraction of an event's reduction given back per second once released (FFR: <= 0.2);
+    ``max_event_s`` bounds how long any event holds before it is released automatically.
+    """
+
+    def __init__(
+        self,
+        backend: GpuBackend,
+        *,
+        clock: Clock,
+        release_rate_per_s: float,
+        max_event_s: float,
+        write_timeout_s: float = 2.0,
+    ) -> None:
+        if not (release_rate_per_s > 0 and max_event_s > 0 and write_timeout_s > 0):
+            raise ValueError("release rate, max event time and write timeout must be > 0")
+        indices = [d.index for d in backend.devices()]
+        if indices != list(range(len(indices))):
+            raise ValueError(f"GPU indices must be 0..n-1, got {indices}")
+        self._backend = backend
+        self._clock = clock
+        self._rate = release_rate_per_s
+        self._max_event_s = max_event_s
+        self._write_timeout_s = write_timeout_s
+        self.envelope = Envelope([backend.power_limits(i) for i in indices])
+        self._writer = ParallelWriter(backend, len(indices), timeout_s=write_timeout_s)
+        self._lock = threading.Lock()
+        self._cmd_lock = threading.Lock()
+        self._generation = 0
+        self._draw: tuple[float, ...] = tuple(float(d) for d in self.envelope.default_mw)
+        self._frozen_draw: tuple[float, ...] | None = None
+        self._armed: dict[str, ArmedLevel] = {}
+        self._events: dict[str, LatchedEvent] = {}
+        self._mode: SafeMode | None = None
+        self._resting_mw: tuple[int, ...] = self.envelope.default_mw
+        self._limits_mw = list(self.envelope.default_mw)
+        self._faulted: dict[int, str] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the per-GPU writer threads and take a first draw and limit reading (a GPU that
+        cannot be read counts as drawing, and limited at, its default)."""
+        self._writer.start()
+        draw, limits = [], []
+        for i, default in enumerate(self.envelope.default_mw):
+            try:
+                draw.append(float(self._backend.instant_power_mw(i)))
+                limits.append(self._backend.enforced_limit_mw(i))
+            except GpuError as e:
+                log.warning("GPU %d: unreadable at start (%s); assuming its default", i, e)
+                draw.append(float(default))
+                limits.append(default)
+        with self._lock:
+            self._draw = tuple(draw)
+            self._limits_mw = limits
+
+    def close(self) -> None:
+        """Stop the writer threads. Does not touch the limits: call :meth:`restore_defaults`
+        first at shutdown (it still works after close, writing the GPUs in turn)."""
+        self._writer.close()
+
+    def __enter__(self) -> SafetyIsland:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ inputs from tiers 1-2
+
+    def update_draw(self, draw_mw: Sequence[float]) -> None:
+        """Store tier 1's latest per-GPU instant readings (mW): the basis of every cap computed
+        later, so the trigger path reads no power from the GPUs."""
+        snapshot = tuple(float(d) for d in draw_mw)
+        if len(snapshot) != self.envelope.count or any(math.isnan(d) for d in snapshot):
+            raise ValueError(f"expected {self.envelope.count} numeric draws, got {draw_mw!r}")
+        with self._lock:
+            self._draw = snapshot
+
+    def arm(self, key: str, node_target_fraction: float) -> None:
+        """Precompute caps for trigger level ``key``: node target = draw x fraction."""
+        _check_fraction(node_target_fraction)
+        with self._lock:
+            self._armed[key] = self._armed_for(node_target_fraction, self._basis_locked())
+
+    def disarm(self, key: str) -> bool:
+        with self._lock:
+            return self._armed.pop(key, None) is not None
+
+    def rearm(self) -> None:
+        """Recompute every armed level from the latest draw (during events: the frozen draw)."""
+        with self._lock:
+            self._rearm_locked()
+
+    # ------------------------------------------------------------------ triggers
+
+    def trigger_armed(self, key: str, event_id: str) -> Activation | None:
+        """Fire armed level ``key`` as event ``event_id`` with its precomputed caps. None if
+        ``key`` is not armed; the existing Activation if ``event_id`` is already active."""
+        with self._cmd_lock:
+            with self._lock:
+                existing = self._events.get(event_id)
+                if existing is not None:
+                    return _activation_of(existing)
+                armed = self._armed.get(key)
+                if armed is None:
+                    return None
+                if not self._events:
+                    self._frozen_draw = armed.draw_mw
+                ev, batch = self._open_locked(
+                    event_id, "frequency", key, armed.baseline_mw, armed.target_mw, armed.caps_mw
+                )
+            return self._finish(ev, batch)
+
+    def trigger_shed(self, event_id: str, fraction: float) -> Activation:
+        """Cut node power by ``fraction`` of its draw before the event (idempotent per id)."""
+        _check_fraction(fraction)
+        return self._trigger_computed(event_id, "shed", lambda baseline: baseline * (1 - fraction))
+
+    def trigger_cap(self, event_id: str, node_w: float) -> Activation:
+        """Hold node power at or below ``node_w`` watts (idempotent per id). The caps bound the
+        node even when it draws less than that now (ceiling = the target)."""
+        if not (math.isfinite(node_w) and node_w >= 0):
+            raise ValueError(f"node_w must be a finite number >= 0, got {node_w!r}")
+        return self._trigger_computed(event_id, "cap", lambda _baseline: node_w * 1000.0)
+
+    def release(self, event_id: str) -> bool:
+        """Start ``event_id``'s ramp-out; False if no such event is active."""
+        with self._lock:
+            ev = self._events.get(event_id)
+            if ev is None:
+                return False
+            starting = ev.release_at is None
+            if starting:
+                ev.release_at = self._clock.now()
+        if starting:
+            log.info(
+                "event %s: releasing at %.0f %%/s of its reduction", event_id, self._rate * 100
+            )
+        return True
+
+    def tick(self) -> None:
+        """Release events older than ``max_event_s``; end events whose ramp is complete."""
+        now = self._clock.now()
+        expired: list[str] = []
+        with self._lock:
+            if not self._events:
+                return
+            for ev in self._events.values():
+                if ev.release_at is None and now - ev.started_at >= self._max_event_s:
+                    ev.release_at = now
+                    expired.append(ev.event_id)
+            finished = any(ev.done(now, self._rate) for ev in self._events.values())
+        for event_id in expired:
+            log.warning(
+                "event %s: held %.0f s, releasing automatically", event_id, self._max_event_s
+            )
+        if finished:
+            self._end_finished()
+
+    # ------------------------------------------------------------------ tier 1
+
+    def view(self) -> IslandView:
+        now = self._clock.now()
+        with self._lock:
+            faulted = tuple(sorted(self._faulted))
+            winner = self._winner_locked(now)
+            if winner is None:
+                return IslandView(
+                    self._generation, None, None, None, None, None, False, (), self._mode, faulted
+                )
+            ev, ceiling = winner
+            return IslandView(
+                generation=self._generation,
+                event_id=ev.event_id,
+                kind=ev.kind,
+                target_mw=ev.target_at(now, self._rate),
+                ceiling_total_mw=ceiling,
+                caps_mw=ev.caps_mw,
+                releasing=ev.release_at is not None,
+                active_event_ids=tuple(self._events),
+                safe_mode=self._mode,
+                faulted=faulted,
+            )
+
+    def apply_limits(self, limits_mw: Sequence[int], generation: int) -> bool:
+        """Tier 1's only way to write limits. Refused (False) in a hold/minimum safe state or if
+        ``generation`` is not current; otherwise clamped into the envelope, scaled down under the
+        ceiling, and written in parallel. False also if a trigger landed during the write (the
+        GPUs it reached first were skipped)."""
+        if len(limits_mw) != self.envelope.count:
+            raise ValueError(f"expected {self.envelope.count} limits, got {len(limits_mw)}")
+        now = self._clock.now()
+        with self._lock:
+            if self._mode is not None or generation != self._generation:
+                return False
+            limits = self.envelope.clamp_all(limits_mw)
+            winner = self._winner_locked(now)
+            if winner is not None:
+                limits = self.envelope.fit_under_mw(limits, winner[1])
+            batch = self._writer.submit(limits, guard=lambda: self._generation == generation)
+        outcomes = batch.wait(self._write_timeout_s)
+        self._record(outcomes)
+        return not any(o.skipped for o in outcomes)
+
+    # ------------------------------------------------------------------ safe states
+
+    def enter_safe_state(self, mode: SafeMode) -> None:
+        """``default``: clear every latch and write the default limits. ``hold``: keep the
+        current limits and refuse tier 1 until :meth:`clear_safe_state`. ``minimum``: every GPU
+        at its minimum, tier 1 refused likewise. Triggers still cut in every mode, never above
+        the safe state's limits."""
+        if mode not in _SAFE_MODES:
+            raise ValueError(f"safe state must be one of {_SAFE_MODES}, got {mode!r}")
+        if mode == "default":
+            self._restore("safe state default")
+            return
+        with self._cmd_lock:
+            with self._lock:
+                self._generation += 1
+                self._mode = mode
+                if mode == "hold":
+                    self._resting_mw = tuple(self._limits_mw)
+                    batch = None
+                else:
+                    self._resting_mw = self.envelope.min_mw
+                    batch = self._writer.submit(self._resting_mw)
+            log.warning("safe state %s: limits %s mW, tier 1 locked out", mode, self._resting_mw)
+            if batch is not None:
+                self._record(batch.wait(self._write_timeout_s))
+
+    def clear_safe_state(self) -> bool:
+        """Let tier 1 write again (writes nothing itself); False if no safe state was set."""
+        with self._lock:
+            was, self._mode = self._mode, None
+            self._resting_mw = self.envelope.default_mw
+        if was is not None:
+            log.info("safe state %s cleared", was)
+        return was is not None
+
+    def restore_defaults(self) -> None:
+        """Clear every latch and write each GPU's default limit (used at shutdown)."""
+        self._restore("restoring defaults")
+
+    # ------------------------------------------------------------------ internals
+
+    def _trigger_computed(
+        self, event_id: str, kind: EventKind, target_of: Callable[[float], float]
+    ) -> Activation:
+        with self._cmd_lock:
+            with self._lock:
+                existing = self._events.get(event_id)
+                if existing is not None:
+                    return _activation_of(existing)
+                draw = self._basis_locked()
+                if not self._events:
+                    self._frozen_draw = draw
+                baseline = math.fsum(draw)
+                target = target_of(baseline)
+                caps = tuple(self.envelope.cut_caps_mw(draw, target))
+                ev, batch = self._open_locked(event_id, kind, None, baseline, target, caps)
+            return self._finish(ev, batch)
+
+    def _open_locked(
+        self,
+        event_id: str,
+        kind: EventKind,
+        level: str | None,
+        baseline_mw: float,
+        target_mw: float,
+        caps_mw: tuple[int, ...],
+    ) -> tuple[LatchedEvent, WriteBatch | None]:
+        now = self._clock.now()
+        ceiling = float(sum(caps_mw))
+        winner = self._winner_locked(now)
+        binding = winner is None or ceiling < winner[1]
+        ev = LatchedEvent(event_id, kind, level, baseline_mw, target_mw, ceiling, caps_mw, now)
+        self._events[event_id] = ev
+        if not binding:
+            return ev, None
+        self._generation += 1
+        limits = [min(c, r) for c, r in zip(caps_mw, self._resting_mw, strict=True)]
+        return ev, self._writer.submit(limits)
+
+    def _finish(self, ev: LatchedEvent, batch: WriteBatch | None) -> Activation:
+        outcomes = batch.wait(self._write_timeout_s) if batch is not None else []
+        now, wall = self._clock.now(), self._clock.wall()
+        errors = {o.index: o.error for o in outcomes if o.error is not None}
+        act = Activation(
+            ev.event_id, ev.kind, ev.baseline_mw, ev.target_mw, ev.caps_mw, now, wall,
+            binding=batch is not None, level=ev.level, errors=MappingProxyType(errors),
+        )  # fmt: skip
+        with self._lock:
+            ev.activation = act
+            self._rearm_locked()  # armed levels now cut from the same frozen pre-event draw
+        self._record(outcomes)
+        log.info(
+            "event %s (%s%s): target %.1f W of %.1f W, %s, %d GPU errors",
+            ev.event_id, ev.kind, f" {ev.level}" if ev.level else "", ev.target_mw / 1000,
+            ev.baseline_mw / 1000, "caps written" if act.binding else "not binding", len(errors),
+        )  # fmt: skip
+        return act
+
+    def _end_finished(self) -> None:
+        with self._cmd_lock:
+            now = self._clock.now()
+            with self._lock:
+                ended = [k for k, ev in self._events.items() if ev.done(now, self._rate)]
+                for k in ended:
+                    del self._events[k]
+                batch = None
+                if ended and not self._events:
+                    self._generation += 1
+                    self._frozen_draw = None
+                    self._rearm_locked()
+                    batch = self._writer.submit(self._resting_mw)
+            for k in ended:
+                log.info("event %s ended", k)
+            if batch is not None:
+                log.info("last event ended: limits back to %s mW", self._resting_mw)
+                self._record(batch.wait(self._write_timeout_s))
+
+    def _restore(self, reason: str) -> None:
+        with self._cmd_lock:
+            with self._lock:
+                self._generation += 1
+                self._events.clear()
+                self._frozen_draw = None
+                self._mode = None
+                self._resting_mw = self.envelope.default_mw
+                self._rearm_locked()
+                batch = self._writer.submit(self._resting_mw)
+            log.warning("%s: every GPU to its default limit, latches cleared", reason)
+            self._record(batch.wait(self._write_timeout_s))
+
+    def _basis_locked(self) -> tuple[float, ...]:
+        return self._frozen_draw if self._frozen_draw is not None else self._draw
+
+    def _armed_for(self, fraction: float, draw: tuple[float, ...]) -> ArmedLevel:
+        baseline = math.fsum(draw)
+        target = baseline * fraction
+        caps = tuple(self.envelope.cut_caps_mw(draw, target))
+        return ArmedLevel(fraction, draw, baseline, target, caps)
+
+    def _rearm_locked(self) -> None:
+        draw = self._basis_locked()
+        for key, armed in self._armed.items():
+            self._armed[key] = self._armed_for(armed.node_target_fraction, draw)
+
+    def _winner_locked(self, now: float) -> tuple[LatchedEvent, float] | None:
+        return most_restrictive(
+            self._events.values(), now, self._rate, self.envelope.default_total_mw
+        )
+
+    def _record(self, outcomes: Sequence[WriteOutcome]) -> None:
+        changes: list[tuple[int, GpuError | None]] = []
+        with self._lock:
+            for o in outcomes:
+                if o.enforced_mw is not None:
+                    self._limits_mw[o.index] = o.enforced_mw
+                if o.error is not None:
+                    name = type(o.error).__name__
+                    if self._faulted.get(o.index) != name:
+                        changes.append((o.index, o.error))
+                    self._faulted[o.index] = name
+                elif o.ok and self._faulted.pop(o.index, None) is not None:
+                    changes.append((o.index, None))
+        for index, error in changes:
+            if error is None:
+                log.info("GPU %d: limit writes work again", index)
+            else:
+                log.error("GPU %d: limit write failed: %s: %s", index, type(error).__name__, error)
+
+
+def _activation_of(ev: LatchedEvent) -> Activation:
+    if ev.activation is None:  # only if the first trigger of this id died mid-way
+        raise RuntimeError(f"event {ev.event_id} has no recorded activation")
+    return ev.activation
+
+
+def _check_fraction(x: float) -> None:
+    if not (math.isfinite(x) and 0.0 <= x <= 1.0):
+        raise ValueError(f"fraction must be in [0, 1], got {x!r}")

@@ -1,0 +1,117 @@
+"""Latch bookkeeping of the safety island: what an event is, how its ceiling ramps out, and the
+immutable records handed to other threads. Pure data and arithmetic; no locks, no I/O.
+
+Power in mW, times in clock seconds (``Clock.now()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gridtao.gpu.backend import GpuError
+
+EventKind = Literal["frequency", "shed", "cap"]
+SafeMode = Literal["default", "hold", "minimum"]
+
+
+@dataclass(frozen=True)
+class Activation:
+    """What one trigger did. ``commanded_at`` is ``clock.now()`` right after the writes returned
+    (``commanded_wall`` the same instant in Unix seconds). ``binding`` is False when a more
+    restrictive event was already active: the event is latched but nothing was written.
+    ``errors`` maps GPU index to the write error of each GPU that failed."""
+
+    event_id: str
+    kind: EventKind
+    baseline_mw: float
+    target_mw: float
+    caps_mw: tuple[int, ...]
+    commanded_at: float
+    commanded_wall: float
+    binding: bool = True
+    level: str | None = None
+    errors: Mapping[int, GpuError] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IslandView:
+    """Immutable snapshot for tier 1. ``target_mw`` is the node power target now (ramps during
+    release); tier 1 may never command limits summing above ``ceiling_total_mw``. Event fields
+    are None when no event is active. ``safe_mode`` is "hold" or "minimum" while tier 1 is
+    locked out; ``faulted`` lists GPUs whose last write failed."""
+
+    generation: int
+    event_id: str | None
+    kind: EventKind | None
+    target_mw: float | None
+    ceiling_total_mw: float | None
+    caps_mw: tuple[int, ...] | None
+    releasing: bool
+    active_event_ids: tuple[str, ...]
+    safe_mode: SafeMode | None
+    faulted: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ArmedLevel:
+    """A frequency level's caps, precomputed from ``draw_mw`` so a trigger only writes them."""
+
+    node_target_fraction: float
+    draw_mw: tuple[float, ...]
+    baseline_mw: float
+    target_mw: float
+    caps_mw: tuple[int, ...]
+
+
+@dataclass
+class LatchedEvent:
+    """One active event. ``ceiling_mw`` is the sum of its caps at activation (``target_mw``
+    clamped into the envelope's totals, rounded down). Once released at ``release_at`` its
+    target and ceiling rise together, linearly, by ``rate_per_s`` of the reduction
+    ``baseline_mw - target_mw`` per second; the event is done when the target is back at the
+    baseline (at once for a cap event that never cut below its baseline)."""
+
+    event_id: str
+    kind: EventKind
+    level: str | None
+    baseline_mw: float
+    target_mw: float
+    ceiling_mw: float
+    caps_mw: tuple[int, ...]
+    started_at: float
+    release_at: float | None = None
+    activation: Activation | None = None
+
+    def _reduction_mw(self) -> float:
+        return max(0.0, self.baseline_mw - self.target_mw)
+
+    def _given_back_mw(self, now: float, rate_per_s: float) -> float:
+        if self.release_at is None:
+            return 0.0
+        progress = min(1.0, max(0.0, (now - self.release_at) * rate_per_s))
+        return self._reduction_mw() * progress
+
+    def target_at(self, now: float, rate_per_s: float) -> float:
+        return self.target_mw + self._given_back_mw(now, rate_per_s)
+
+    def ceiling_at(self, now: float, rate_per_s: float, max_mw: float) -> float:
+        return min(max_mw, self.ceiling_mw + self._given_back_mw(now, rate_per_s))
+
+    def done(self, now: float, rate_per_s: float) -> bool:
+        if self.release_at is None:
+            return False
+        return self._reduction_mw() == 0 or (now - self.release_at) * rate_per_s >= 1.0
+
+
+def most_restrictive(
+    events: Iterable[LatchedEvent], now: float, rate_per_s: float, max_mw: float
+) -> tuple[LatchedEvent, float] | None:
+    """The event with the lowest ceiling now (the latest on a tie) and that ceiling."""
+    best: tuple[LatchedEvent, float] | None = None
+    for ev in events:
+        ceiling = ev.ceiling_at(now, rate_per_s, max_mw)
+        if best is None or ceiling <= best[1]:
+            best = (ev, ceiling)
+    return best

@@ -1,0 +1,186 @@
+"""Parallel power-limit writes: one pre-started thread per GPU.
+
+A trigger must put a cap on every GPU at once, not one after another: :meth:`ParallelWriter.submit`
+hands each GPU's write to that GPU's own worker (a queue put, no thread start, no disk I/O) and
+:meth:`WriteBatch.wait` collects the read-backs. NVML calls release the GIL, so the writes
+overlap in wall time.
+
+Ordering: each GPU has exactly one worker draining a FIFO queue, and every write holds that GPU's
+lock, so writes to one GPU happen one at a time in submission order. A write submitted later
+always lands later. A job may carry a ``guard`` checked under the GPU's lock just before the
+driver call; if it says no, the write is skipped (tier 1 uses it so that a trigger that landed
+after tier 1 planned always wins).
+
+A GPU that fails (lost, no permission) yields an outcome carrying the error; the other GPUs' writes
+are unaffected. A GPU whose call hangs yields a :class:`GpuTimeout` outcome after the batch
+timeout while the others complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from gridtao.gpu.backend import GpuBackend, GpuDriverError, GpuError, GpuTimeout
+
+log = logging.getLogger("gridtao.safety")
+
+Guard = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """Result of one GPU's write.
+
+    ``enforced_mw`` is the limit read back after the write (None when the write failed or was
+    skipped); ``error`` the backend's error; ``skipped`` is True when the job's guard refused it.
+    """
+
+    index: int
+    requested_mw: int
+    enforced_mw: int | None
+    error: GpuError | None = None
+    skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.skipped
+
+
+class WriteBatch:
+    """Completion tracker of one :meth:`ParallelWriter.submit` call."""
+
+    __slots__ = ("_done", "_limits", "_lock", "_outcomes", "_remaining")
+
+    def __init__(self, limits_mw: Sequence[int]) -> None:
+        self._limits = tuple(limits_mw)
+        self._outcomes: list[WriteOutcome | None] = [None] * len(self._limits)
+        self._remaining = len(self._limits)
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        if self._remaining == 0:
+            self._done.set()
+
+    def _complete(self, outcome: WriteOutcome) -> None:
+        with self._lock:
+            self._outcomes[outcome.index] = outcome
+            self._remaining -= 1
+            finished = self._remaining == 0
+        if finished:
+            self._done.set()
+
+    def wait(self, timeout_s: float) -> list[WriteOutcome]:
+        """Block until every GPU's write finished or ``timeout_s`` passed; one outcome per GPU,
+        in index order. A write still running at the deadline is reported as a
+        :class:`GpuTimeout` (it may still land later: the worker keeps going)."""
+        self._done.wait(timeout_s)
+        with self._lock:
+            return [
+                o
+                if o is not None
+                else WriteOutcome(
+                    i, mw, None, GpuTimeout(f"GPU {i}: write not done in {timeout_s} s", index=i)
+                )
+                for i, (o, mw) in enumerate(zip(self._outcomes, self._limits, strict=True))
+            ]
+
+
+_Job = tuple[WriteBatch, int, int, Guard | None]
+
+
+class ParallelWriter:
+    """Per-GPU writer threads for ``count`` GPUs of ``backend`` (indices ``0..count-1``)."""
+
+    def __init__(self, backend: GpuBackend, count: int, *, timeout_s: float = 2.0) -> None:
+        if count < 1:
+            raise ValueError("need at least one GPU")
+        self._backend = backend
+        self._count = count
+        self.timeout_s = timeout_s
+        self._locks = tuple(threading.Lock() for _ in range(count))
+        self._queues: tuple[queue.SimpleQueue[_Job | None], ...] = tuple(
+            queue.SimpleQueue() for _ in range(count)
+        )
+        self._threads: list[threading.Thread] = []
+        self._state_lock = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._threads)
+
+    def gpu_lock(self, index: int) -> threading.Lock:
+        """The lock every write to GPU ``index`` holds."""
+        return self._locks[index]
+
+    def start(self) -> None:
+        """Start the worker threads (idempotent)."""
+        with self._state_lock:
+            if self._threads:
+                return
+            self._threads = [
+                threading.Thread(
+                    target=self._run, args=(i,), name=f"gridtao-safety-gpu{i}", daemon=True
+                )
+                for i in range(self._count)
+            ]
+            for t in self._threads:
+                t.start()
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Stop the workers after the writes already queued (idempotent)."""
+        with self._state_lock:
+            threads, self._threads = self._threads, []
+        if not threads:
+            return
+        for q in self._queues:
+            q.put(None)
+        for t in threads:
+            t.join(timeout_s)
+
+    def submit(self, limits_mw: Sequence[int], guard: Guard | None = None) -> WriteBatch:
+        """Queue one write per GPU and return at once; ``limits_mw[i]`` goes to GPU ``i``.
+
+        Without running workers (before :meth:`start` or after :meth:`close`, e.g. restoring
+        defaults at shutdown) the writes are done here, one after another, and the returned batch
+        is already complete.
+        """
+        if len(limits_mw) != self._count:
+            raise ValueError(f"expected {self._count} limits, got {len(limits_mw)}")
+        batch = WriteBatch(limits_mw)
+        if self._threads:
+            for i, mw in enumerate(limits_mw):
+                self._queues[i].put((batch, i, mw, guard))
+        else:
+            log.warning("safety writer not running: writing %d GPUs in turn", self._count)
+            for i, mw in enumerate(limits_mw):
+                batch._complete(self._write(i, mw, guard))
+        return batch
+
+    def write_all(self, limits_mw: Sequence[int], guard: Guard | None = None) -> list[WriteOutcome]:
+        """:meth:`submit` then wait up to ``timeout_s`` for every outcome."""
+        return self.submit(limits_mw, guard).wait(self.timeout_s)
+
+    def _run(self, index: int) -> None:
+        q = self._queues[index]
+        while True:
+            job = q.get()
+            if job is None:
+                return
+            batch, i, mw, guard = job
+            batch._complete(self._write(i, mw, guard))
+
+    def _write(self, index: int, limit_mw: int, guard: Guard | None) -> WriteOutcome:
+        with self._locks[index]:
+            if guard is not None and not guard():
+                return WriteOutcome(index, limit_mw, None, skipped=True)
+            try:
+                enforced = self._backend.set_limit_mw(index, limit_mw)
+            except GpuError as e:
+                return WriteOutcome(index, limit_mw, None, e)
+            except Exception as e:  # a backend bug must not kill the worker of this GPU
+                log.exception("GPU %d: unexpected error writing its limit", index)
+                return WriteOutcome(index, limit_mw, None, GpuDriverError(repr(e), index=index))
+        return WriteOutcome(index, limit_mw, enforced)

@@ -1,0 +1,21 @@
+"""Test-side name of the local broker helpers (they live in the package: demo and bench use them)."""
+
+from gridtao.localbroker import (
+    BrokerError,
+    MosquittoBroker,
+    Subscriber,
+    find_mosquitto,
+    free_port,
+    publish,
+    running_broker,
+)
+
+__all__ = [
+    "BrokerError",
+    "MosquittoBroker",
+    "Subscriber",
+    "find_mosquitto",
+    "free_port",
+    "publish",
+    "running_broker",
+]

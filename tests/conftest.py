@@ -1,0 +1,23 @@
+"""Shared fixtures: a real Mosquitto broker on a free loopback port (see tests/broker.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from broker import MosquittoBroker, running_broker
+
+
+@pytest.fixture
+def mqtt_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A fresh broker for one test (may be stopped/restarted freely)."""
+    with running_broker(tmp_path / "mosquitto") as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
+    """One broker shared by a whole run: do not stop or restart it; use unique topics."""
+    with running_broker(tmp_path_factory.mktemp("mosquitto-session")) as broker:
+        yield broker

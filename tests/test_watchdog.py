@@ -1,0 +1,104 @@
+"""safety.watchdog: expiry in virtual time, re-arming, and the real checking thread."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from gridtao.clock import MonotonicClock, VirtualClock
+from gridtao.config import SimConfig
+from gridtao.gpu.nvml import NvmlBackend
+from gridtao.gpu.sim import SimNvml
+from safety.island import SafetyIsland
+from safety.watchdog import Watchdog
+
+
+def _counting(clock: VirtualClock, timeout_s: float = 3.0) -> tuple[Watchdog, list[float]]:
+    calls: list[float] = []
+    return Watchdog(timeout_s, clock=clock, on_expire=lambda: calls.append(clock.now())), calls
+
+
+def test_expires_once_after_timeout_without_heartbeat() -> None:
+    clock = VirtualClock()
+    dog, calls = _counting(clock)
+    clock.advance(3.0)
+    assert not dog.check()  # exactly at the timeout is still alive
+    clock.advance(0.001)
+    assert dog.check()
+    assert dog.expired
+    clock.advance(10.0)
+    assert not dog.check()
+    assert calls == [3.001]
+    assert dog.expiries == 1
+
+
+def test_heartbeats_keep_it_alive_and_rearm_it() -> None:
+    clock = VirtualClock()
+    dog, calls = _counting(clock)
+    for _ in range(10):
+        clock.advance(2.9)
+        dog.heartbeat()
+        assert not dog.check()
+    assert calls == []
+    clock.advance(3.5)
+    assert dog.check()
+    dog.heartbeat()
+    assert not dog.expired
+    clock.advance(3.5)
+    assert dog.check()
+    assert dog.expiries == 2
+
+
+def test_failing_action_is_logged_and_not_retried(caplog: pytest.LogCaptureFixture) -> None:
+    clock = VirtualClock()
+    attempts: list[int] = []
+
+    def boom() -> None:
+        attempts.append(1)
+        raise RuntimeError("boom")
+
+    dog = Watchdog(1.0, clock=clock, on_expire=boom)
+    clock.advance(2.0)
+    assert dog.check()
+    assert not dog.check()
+    assert attempts == [1]
+    assert "expiry action failed" in caplog.text
+
+
+def test_rejects_bad_timeouts() -> None:
+    with pytest.raises(ValueError):
+        Watchdog(0.0, clock=VirtualClock(), on_expire=lambda: None)
+    with pytest.raises(ValueError):
+        Watchdog(1.0, clock=VirtualClock(), on_expire=lambda: None, period_s=0.0)
+
+
+def test_thread_calls_check_on_its_own() -> None:
+    fired = threading.Event()
+    dog = Watchdog(0.05, clock=MonotonicClock(), on_expire=fired.set, period_s=0.01)
+    dog.start()
+    dog.start()  # idempotent
+    try:
+        assert fired.wait(5.0)
+    finally:
+        dog.close()
+        dog.close()
+    assert dog.expiries == 1
+
+
+def test_expiry_puts_the_island_in_its_safe_state() -> None:
+    clock = VirtualClock()
+    sim = SimNvml.from_config(SimConfig(count=4, set_latency_ms=0, read_latency_ms=0), clock)
+    backend = NvmlBackend(sim)
+    island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=60)
+    island.start()
+    try:
+        dog = Watchdog(3.0, clock=clock, on_expire=lambda: island.enter_safe_state("minimum"))
+        island.trigger_shed("e1", 0.2)
+        clock.advance(3.5)
+        assert dog.check()
+        assert [backend.enforced_limit_mw(i) for i in range(4)] == [200_000] * 4
+        assert island.view().safe_mode == "minimum"
+    finally:
+        island.close()
+        backend.close()
