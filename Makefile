@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check gridtao safety bench tests
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict gridtao safety
+	$(BIN)/mypy --strict gridtao safety bench
 
 unit: $(STAMP)
 	$(BIN)/pytest -q

@@ -124,7 +124,8 @@ def _drive(agent: Agent, broker: MosquittoBroker, out_dir: Path, scale: float) -
             t_f += 0.1
             _sleep_until(t0, 1.0 + t_f)
         _wait_idle(agent, timeout_s=15.0)
-        print(f"[{time.monotonic() - t0:6.2f} s] frequency event over; dispatching shed 25 % for 4 s")
+        print(f"[{time.monotonic() - t0:6.2f} s] frequency event over; "
+              "dispatching shed 25 % for 4 s")
         shed = {"id": "demo-shed-1", "kind": "shed", "fraction": 0.25, "duration_s": 4.0 * scale,
                 "issued_at": time.time()}
         publish(broker.host, broker.port, topics.dispatch, json.dumps(shed).encode(), qos=1)

@@ -1,4 +1,4 @@
-"""A real Mosquitto broker on a free loopback port (demo, benches, tests), plus small sync MQTT helpers.
+"""A real Mosquitto broker on a free loopback port (demo, benches, tests) and sync helpers.
 
 The broker runs as a child process with a throw-away config (anonymous, no persistence, log to a
 file in its temp dir). Only the pid this module started is ever signalled.

@@ -18,7 +18,9 @@ Invariants this module keeps (and its tests check):
 Threads: tier 1, the island's MQTT thread and the watchdog all call in. ``_lock`` guards the
 state for short bookkeeping only (never across a wait on the GPUs); ``_cmd_lock`` serializes
 the island's own writes (triggers, event ends, safe states) so that a duplicate trigger sees
-the first one's finished :class:`Activation`. Power is in mW, times in clock seconds.
+the first one's finished :class:`Activation`. Event records and ramp arithmetic live in
+``safety/latch.py``; the per-GPU writer threads in ``safety/writer.py``. Power is in mW, times
+in clock seconds.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Test-side name of the local broker helpers (they live in the package: demo and bench use them)."""
+"""Test-side name of the local broker helpers (they live in the package for demo and bench)."""
 
 from gridtao.localbroker import (
     BrokerError,

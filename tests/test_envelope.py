@@ -121,7 +121,7 @@ def _in_bounds(env: Envelope, caps: list[int]) -> bool:
     return all(lo <= c <= hi for c, lo, hi in zip(caps, env.min_mw, env.default_mw, strict=True))
 
 
-@settings(max_examples=5000, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(cases())
 def test_caps_always_within_bounds_and_sum_to_clamped_target(
     case: tuple[Envelope, list[float], float],
@@ -135,7 +135,7 @@ def test_caps_always_within_bounds_and_sum_to_clamped_target(
     assert want - env.count - 1e-6 * want <= sum(caps) <= want + 1e-6 * want
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(cases())
 def test_sum_is_max_of_target_and_minimums_when_cutting(
     case: tuple[Envelope, list[float], float],
@@ -149,7 +149,7 @@ def test_sum_is_max_of_target_and_minimums_when_cutting(
         assert want - env.count - 1e-6 * want <= sum(caps) <= want + 1e-6 * want
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(cases(), st.floats(min_value=0, max_value=1))
 def test_caps_monotone_in_target(case: tuple[Envelope, list[float], float], frac: float) -> None:
     env, draws, target = case
@@ -159,7 +159,7 @@ def test_caps_monotone_in_target(case: tuple[Envelope, list[float], float], frac
     assert all(a <= b for a, b in zip(lo_caps, hi_caps, strict=True))
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(cases())
 def test_cut_never_above_measured_draw_basis(case: tuple[Envelope, list[float], float]) -> None:
     env, draws, target = case
@@ -174,7 +174,7 @@ def test_cut_never_above_measured_draw_basis(case: tuple[Envelope, list[float], 
         assert c <= max(lo, min(hi, math.floor(d)) + 1)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(cases(), st.data())
 def test_fit_under_bounds_ceiling_and_never_raises(
     case: tuple[Envelope, list[float], float], data: st.DataObject

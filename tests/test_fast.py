@@ -6,6 +6,7 @@ The simulator's true draw (``sim.true_power_mw``) is the oracle; the loop only s
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import threading
 from collections.abc import Iterator
@@ -195,7 +196,10 @@ def test_release_ramp_followed_then_defaults(rig: Rig) -> None:
     actual, target, results = track(rig, 5.5)  # 20 %/s: the ramp takes 5 s
     ramp = [r for r in results if r.target_mw is not None]
     assert ramp[-1].target_mw is not None and ramp[-1].target_mw > act.target_mw
-    # limits follow the ramping ceiling upward
+    # limits follow the ramping ceiling upward, within the write deadband (1 W per GPU)
+    for r in ramp:
+        assert r.ceiling_mw is not None
+        assert r.ceiling_mw - 8_000 - 1 <= sum(r.limits_mw) <= r.ceiling_mw
     assert sum(ramp[-1].limits_mw) > sum(ramp[0].limits_mw) + 0.5 * (
         act.baseline_mw - act.target_mw
     )
@@ -307,7 +311,7 @@ def test_armed_levels_are_rearmed_from_fresh_draw(rig: Rig) -> None:
 
 def test_run_forever_paces_at_fast_hz_in_virtual_time(rig: Rig) -> None:
     stop = threading.Event()
-    beats = rig.beats
+    beats: list[float] = []
 
     def stop_after_200() -> None:
         beats.append(rig.clock.now())
@@ -321,7 +325,7 @@ def test_run_forever_paces_at_fast_hz_in_virtual_time(rig: Rig) -> None:
     assert len(beats) == 200
     elapsed = rig.clock.now() - t0
     assert elapsed == pytest.approx(200 * loop.period_s, rel=0.05)
-    gaps = [b - a for a, b in zip(beats, beats[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
     assert max(gaps) < 1.5 * loop.period_s
 
 

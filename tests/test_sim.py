@@ -421,7 +421,9 @@ class BarrierClock(MonotonicClock):
 
 def test_parallel_sets_on_different_gpus_sleep_concurrently() -> None:
     clock = BarrierClock(8)
-    sim = SimNvml.from_config(dataclasses.replace(SimConfig(), read_latency_ms=0.0), clock)
+    # A long latency, so every set call still has latency left to sleep (on the barrier).
+    cfg = dataclasses.replace(SimConfig(), read_latency_ms=0.0, set_latency_ms=1000.0)
+    sim = SimNvml.from_config(cfg, clock)
     sim.nvmlInit()
     handles = [sim.nvmlDeviceGetHandleByIndex(i) for i in range(8)]
     errors: list[BaseException] = []

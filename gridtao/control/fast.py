@@ -119,9 +119,11 @@ class FastLoop:
         )
         self._peaks = PeakHold(n, peak_window_s)
         self._settle = SettleTracker(n, settle_s, min_raise_mw=self._headroom_mw)
-        self._draw_mw = [0.0] * n
         self._error_kind: list[str | None] = [None] * n
         self._limits_mw = [self._read_limit(i, lim.default_mw) for i, lim in enumerate(limits)]
+        # Until a GPU has been read, assume it draws its limit: an unreadable GPU then counts as
+        # fully loaded in the island's cap basis, never as idle.
+        self._draw_mw = [float(lim) for lim in self._limits_mw]
         self._generation: int | None = None
         self._event_id: str | None = None
         self._safe_mode: str | None = None
@@ -133,6 +135,11 @@ class FastLoop:
     @property
     def period_s(self) -> float:
         return self._period_s
+
+    @property
+    def draw_mw(self) -> tuple[float, ...]:
+        """Last instant reading of each GPU, mW (a failed read keeps the previous one)."""
+        return tuple(self._draw_mw)
 
     @property
     def limits_mw(self) -> tuple[int, ...]:

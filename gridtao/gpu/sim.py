@@ -8,9 +8,11 @@ unchanged against it. Constants (``NVML_*``, ``NVMLError*``, ``c_nvml*``) are co
 ``pynvml`` onto the class.
 
 Physics lives in ``sim_physics.py`` and demand profiles in ``workloads.py``. Every call advances
-the physics lazily to ``clock.now()``; call latencies are ``clock.sleep`` outside any lock, so
-parallel calls on different devices overlap (in real time with ``MonotonicClock``; a
-``VirtualClock`` instead advances once per sleeping caller).
+the physics lazily to ``clock.now()``. A call lasts at least its configured latency
+(``read_latency_ms`` / ``set_latency_ms``): reads report the state at the call's start, a new
+limit takes effect when the set call returns. Latency is ``clock.sleep`` outside any lock, so
+parallel calls on different devices overlap in real time (``MonotonicClock``); a ``VirtualClock``
+instead advances once per sleeping caller.
 
 Fault injection (``inject_fault``) for tests and benches:
 ``lost`` every call on the device raises ``NVMLError_GpuIsLost``; ``no_permission`` set raises
@@ -31,7 +33,7 @@ from typing import Any, Literal
 
 import pynvml
 
-from gridtao.clock import Clock
+from gridtao.clock import Clock, VirtualClock
 from gridtao.config import ConfigError, SimConfig
 from gridtao.gpu.sim_physics import PROFILES, GpuPhysics, GpuProfile
 from gridtao.gpu.workloads import Trace, TraceError, load_trace, make_workload
@@ -39,6 +41,7 @@ from gridtao.gpu.workloads import Trace, TraceError, load_trace, make_workload
 FaultKind = Literal["lost", "no_permission", "not_supported", "slow"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("lost", "no_permission", "not_supported", "slow")
 
+_MIN_REAL_SLEEP_S = 50e-6  # Linux's default timer slack
 _SET = "nvmlDeviceSetPowerManagementLimit"
 _FIELD_CALL = "nvmlDeviceGetFieldValues"
 
@@ -92,6 +95,7 @@ class SimNvml:
         self.profile: GpuProfile = PROFILES[cfg.profile]
         self._set_latency_s = cfg.set_latency_ms / 1000.0
         self._read_latency_s = cfg.read_latency_ms / 1000.0
+        self._min_sleep_s = 0.0 if isinstance(clock, VirtualClock) else _MIN_REAL_SLEEP_S
         self._init_lock = threading.Lock()
         self._init_count = 0
         self._global_calls: dict[str, int] = {}
@@ -216,10 +220,8 @@ class SimNvml:
                 del dev.faults[kind]
         return fault
 
-    def _enter(self, handle: object, name: str, latency_s: float) -> _Device:
-        """Common prologue of a device call: checks, accounting, faults, latency.
-
-        Returns the device; its physics must then be advanced under its lock."""
+    def _enter(self, handle: object, name: str) -> _Device:
+        """Prologue of a device call: checks, accounting, and the ``lost``/``slow`` faults."""
         self._check_init()
         if not isinstance(handle, SimHandle) or handle.owner != id(self):
             raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
@@ -233,25 +235,46 @@ class SimNvml:
                 slow = self._take_fault(dev, "slow")
                 if slow is not None:
                     delay_s = slow.delay_s
-        if delay_s + latency_s > 0:
-            self.clock.sleep(delay_s + latency_s)
+        if delay_s > 0:
+            self.clock.sleep(delay_s)
         return dev
+
+    def _last(self, t_start: float, latency_s: float) -> None:
+        """Make a call that started at ``t_start`` last at least ``latency_s``.
+
+        Only the part the call's own work has not used is slept. In virtual time that is all of
+        it. In real time a leftover under ``_MIN_REAL_SLEEP_S`` is not slept: ``time.sleep``
+        would overshoot it several times over (timer slack) and spend more CPU on the context
+        switch than the simulated call itself."""
+        if latency_s > 0:
+            remaining = t_start + latency_s - self.clock.now()
+            if remaining > self._min_sleep_s:
+                self.clock.sleep(remaining)
 
     def _read(
         self, handle: object, name: str, quantity: Literal["limit", "energy", "usage"]
     ) -> float:
-        """A read call: prologue, then ``quantity`` of the physics advanced to now, in W."""
-        dev = self._enter(handle, name, self._read_latency_s)
+        """A read call: ``quantity`` of the physics at the call's start, in W (J for energy)."""
+        dev = self._enter(handle, name)
+        t_start = self.clock.now()
         with dev.lock:
             physics = dev.physics
-            physics.advance(self.clock.now())
+            physics.advance(t_start)
             if quantity == "limit":
-                return physics.limit_w
-            if quantity == "energy":
-                return physics.energy_j
-            if quantity == "usage" and self.profile.usage_is_average:
-                return physics.average_w()
-            return physics.sample_w
+                value = physics.limit_w
+            elif quantity == "energy":
+                value = physics.energy_j
+            elif quantity == "usage" and self.profile.usage_is_average:
+                value = physics.average_w()
+            else:
+                value = physics.sample_w
+        self._last(t_start, self._read_latency_s)
+        return value
+
+    def _static_read(self, handle: object, name: str) -> _Device:
+        dev = self._enter(handle, name)
+        self._last(self.clock.now(), self._read_latency_s)
+        return dev
 
     # -- the pynvml API subset ----------------------------------------------------------------
 
@@ -282,21 +305,21 @@ class SimNvml:
         if not isinstance(index, int) or not 0 <= index < len(self._devices):
             raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         handle = SimHandle(index, id(self))
-        self._enter(handle, "nvmlDeviceGetHandleByIndex", 0.0)
+        self._enter(handle, "nvmlDeviceGetHandleByIndex")
         return handle
 
     def nvmlDeviceGetName(self, handle: object) -> str:
-        return self._enter(handle, "nvmlDeviceGetName", self._read_latency_s).name
+        return self._static_read(handle, "nvmlDeviceGetName").name
 
     def nvmlDeviceGetUUID(self, handle: object) -> str:
-        return self._enter(handle, "nvmlDeviceGetUUID", self._read_latency_s).uuid
+        return self._static_read(handle, "nvmlDeviceGetUUID").uuid
 
     def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: object) -> list[int]:
-        self._enter(handle, "nvmlDeviceGetPowerManagementLimitConstraints", self._read_latency_s)
+        self._static_read(handle, "nvmlDeviceGetPowerManagementLimitConstraints")
         return [round(self.profile.min_w * 1000), round(self.profile.max_w * 1000)]
 
     def nvmlDeviceGetPowerManagementDefaultLimit(self, handle: object) -> int:
-        self._enter(handle, "nvmlDeviceGetPowerManagementDefaultLimit", self._read_latency_s)
+        self._static_read(handle, "nvmlDeviceGetPowerManagementDefaultLimit")
         return round(self.profile.default_w * 1000)
 
     def nvmlDeviceGetPowerManagementLimit(self, handle: object) -> int:
@@ -318,12 +341,13 @@ class SimNvml:
     ) -> Any:
         """A ``pynvml.c_nvmlFieldValue_t`` array; fields 186 (instant) and 185 (average) in mW
         as unsigned ints, every other field answers NOT_SUPPORTED in its own ``nvmlReturn``."""
-        dev = self._enter(handle, _FIELD_CALL, self._read_latency_s)
+        dev = self._enter(handle, _FIELD_CALL)
+        t_start = self.clock.now()
         values = (pynvml.c_nvmlFieldValue_t * len(fieldIds))()
         ids = [fid[0] if isinstance(fid, tuple) else fid for fid in fieldIds]
         with dev.lock:
             physics = dev.physics
-            physics.advance(self.clock.now())
+            physics.advance(t_start)
             instant_ok = True
             if dev.faults and pynvml.NVML_FI_DEV_POWER_INSTANT in ids:
                 instant_ok = self._take_fault(dev, "not_supported") is None
@@ -343,13 +367,15 @@ class SimNvml:
                 _set(_get(v, "value"), "uiVal", average_mw)
             else:
                 _set(v, "nvmlReturn", pynvml.NVML_ERROR_NOT_SUPPORTED)
+        self._last(t_start, self._read_latency_s)
         return values
 
     def nvmlDeviceSetPowerManagementLimit(self, handle: object, limit: int) -> None:
         """Set the limit (mW). Out of ``[min, max]`` raises ``NVMLError_InvalidArgument``."""
         if not isinstance(limit, int) or isinstance(limit, bool):
             raise TypeError(f"int expected instead of {type(limit).__name__}")  # as ctypes.c_uint
-        dev = self._enter(handle, _SET, 0.0)
+        dev = self._enter(handle, _SET)
+        t_start = self.clock.now()
         with dev.lock:
             if dev.faults:
                 if self._take_fault(dev, "no_permission") is not None:
@@ -359,8 +385,7 @@ class SimNvml:
         if not self.profile.min_w * 1000 <= limit <= self.profile.max_w * 1000:
             raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         # The new limit takes effect when the driver call returns.
-        if self._set_latency_s > 0:
-            self.clock.sleep(self._set_latency_s)
+        self._last(t_start, self._set_latency_s)
         with dev.lock:
             dev.physics.set_limit(self.clock.now(), limit / 1000.0)
 

@@ -1,0 +1,1 @@
+"""Harnesses that produce gridtao's published numbers (see BENCHMARKS.md)."""

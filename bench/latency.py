@@ -1,0 +1,222 @@
+"""Trigger-to-target latency bench: real Mosquitto, the agent in its own process, simulated GPUs
+in real time, and two baselines measured in the same run on the same simulator.
+
+For every trigger (a ``shed`` dispatch of 30 %) it records, in Unix seconds on this machine:
+publish time (bench), receive time (agent, ``received_at``), all-limits-commanded time
+(``commanded_at``) and the time measured node power entered the target band (``reached_at``,
+measured by the agent's response meter through NVML instant power, the operator's path).
+
+The simulated hardware response is explicit: a first-order cap-down lag ``tau`` enters a band
+of 5 % of the reduction after ``tau * ln(20)``, and the instant reading refreshes every
+``refresh_ms``, so the floor is ``tau * ln(20) + refresh_ms`` (defaults: 60 + 20 = 80 ms).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.baselines import (
+    BaselineNode,
+    Timing,
+    run_polling_1s,
+    run_sequential_subprocess,
+)
+from gridtao.config import Config
+from gridtao.localbroker import MosquittoBroker, Subscriber, publish
+from gridtao.report import percentiles
+
+SHED_FRACTION = 0.3
+
+
+def hardware_response_ms(config: Config) -> dict[str, float]:
+    sim = config.gpus.sim
+    settle = sim.cap_down_ms * math.log(1.0 / config.control.band_fraction)
+    return {"cap_down_tau_ms": sim.cap_down_ms, "refresh_ms": sim.refresh_ms,
+            "settle_to_band_ms": settle, "floor_ms": settle + sim.refresh_ms}
+
+
+def _agent_config(config: Config, port: int, gpus: int) -> dict[str, Any]:
+    """The agent's YAML: the caller's config on a bench broker, fast release between triggers."""
+    sim = dataclasses.asdict(config.gpus.sim) | {"count": gpus}
+    return {
+        "gpus": {"backend": "sim", "sim": sim},
+        "mqtt": {"host": "127.0.0.1", "port": port, "prefix": "gridtao/bench", "node_id": "bench"},
+        "safety": {"release_rate_per_s": 20.0, "triggers": [
+            dataclasses.asdict(t) for t in config.safety.triggers]},
+        "control": dataclasses.asdict(config.control),
+        "metrics": {"enabled": False},
+    }
+
+
+class AgentProcess:
+    """``gridtao run`` in a child process; stopped with SIGTERM (it restores its limits)."""
+
+    def __init__(self, cfg_path: Path, *, busy_load: float, log_path: Path) -> None:
+        args = [sys.executable, "-m", "gridtao", "--config", str(cfg_path), "run"]
+        if busy_load > 0:
+            args += ["--busy-load", str(busy_load)]
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            rc = self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self._log.close()
+        return rc
+
+
+def measure_gridtao(
+    broker: MosquittoBroker, cfg_path: Path, workdir: Path, *, triggers: int, busy_load: float,
+    progress: Callable[[str], None],
+) -> dict[str, list[float]]:
+    prefix = "gridtao/bench"
+    ack_topic, status_topic = f"{prefix}/nodes/bench/ack", f"{prefix}/nodes/bench/status"
+    name = "under_load" if busy_load > 0 else "idle"
+    agent = AgentProcess(cfg_path, busy_load=busy_load, log_path=workdir / f"agent-{name}.log")
+    out: dict[str, list[float]] = {k: [] for k in (
+        "publish_to_command_ms", "receive_to_command_ms", "trigger_to_target_ms",
+        "publish_to_receive_ms")}
+    try:
+        with Subscriber(broker.host, broker.port, status_topic) as status:
+            status.wait(1, timeout=30.0)  # retained online status: the agent is up
+        time.sleep(1.0)  # let tier 1 take a few readings and arm the island
+        with Subscriber(broker.host, broker.port, ack_topic) as acks:
+            for k in range(triggers):
+                event_id = f"lat-{busy_load}-{k}"
+                before = len(acks.messages)
+                sent = time.time()
+                publish(broker.host, broker.port, f"{prefix}/dispatch", json.dumps(
+                    {"id": event_id, "kind": "shed", "fraction": SHED_FRACTION,
+                     "duration_s": 0.35, "issued_at": sent}).encode(), qos=1)
+                got = _wait_ack(acks, before, event_id, timeout_s=10.0)
+                first, reached = got[0], got[-1].get("reached_at")
+                out["publish_to_command_ms"].append((first["commanded_at"] - sent) * 1e3)
+                out["receive_to_command_ms"].append(
+                    (first["commanded_at"] - first["received_at"]) * 1e3)
+                out["publish_to_receive_ms"].append((first["received_at"] - sent) * 1e3)
+                if reached is not None:
+                    out["trigger_to_target_ms"].append((reached - sent) * 1e3)
+                time.sleep(0.6)  # event lasts 0.35 s, ramps out in 0.05 s, then settles
+                if (k + 1) % 10 == 0:
+                    progress(f"  gridtao ({name}): {k + 1}/{triggers}")
+    finally:
+        rc = agent.stop()
+        if rc != 0:
+            raise RuntimeError(f"agent exited with {rc}; see {workdir}/agent-{name}.log")
+    return out
+
+
+def _wait_ack(sub: Subscriber, start: int, event_id: str, *, timeout_s: float
+              ) -> list[dict[str, Any]]:
+    """The first ack of ``event_id`` and, if it comes, the one with ``reached_at``."""
+    deadline = time.monotonic() + timeout_s
+    mine: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        mine = [json.loads(m.payload) for m in sub.messages[start:]]
+        mine = [a for a in mine if a.get("id") == event_id]
+        if mine and not mine[0].get("accepted"):
+            raise RuntimeError(f"agent rejected {event_id}: {mine[0].get('reason')}")
+        if any(a.get("reached_at") is not None for a in mine):
+            return mine
+        time.sleep(0.002)
+    if mine:
+        return mine
+    raise TimeoutError(f"no ack for {event_id}")
+
+
+def _baseline(timings: Sequence[Timing]) -> dict[str, Any]:
+    return {
+        "triggers": len(timings),
+        "publish_to_command_ms": percentiles([(t.commanded - t.published) * 1e3 for t in timings]),
+        "trigger_to_target_ms": percentiles(
+            [(t.reached - t.published) * 1e3 for t in timings if t.reached is not None]),
+    }
+
+
+def run_latency_bench(
+    config: Config, *, triggers: int, gpus: int, baseline_triggers: int | None = None,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    base_n = baseline_triggers if baseline_triggers is not None else max(3, min(triggers, 10))
+    sim_cfg = dataclasses.replace(config.gpus.sim, count=gpus)
+    with tempfile.TemporaryDirectory(prefix="gridtao-bench-") as tmp:
+        workdir = Path(tmp)
+        with MosquittoBroker(workdir) as broker:
+            cfg_path = workdir / "agent.yaml"
+            cfg_path.write_text(yaml.safe_dump(_agent_config(config, broker.port, gpus)))
+            progress(f"broker 127.0.0.1:{broker.port}; {gpus} simulated GPUs; {triggers} triggers")
+            idle = measure_gridtao(broker, cfg_path, workdir, triggers=triggers, busy_load=0.0,
+                                   progress=progress)
+            loaded = measure_gridtao(broker, cfg_path, workdir, triggers=triggers, busy_load=0.9,
+                                     progress=progress)
+
+            def shed_publisher(topic: str, tag: str) -> Callable[[int], float]:
+                def send(k: int) -> float:
+                    sent = time.time()
+                    publish(broker.host, broker.port, topic, json.dumps(
+                        {"id": f"{tag}-{k}", "kind": "shed", "fraction": SHED_FRACTION,
+                         "duration_s": 1.0}).encode(), qos=1)
+                    return sent
+                return send
+
+            band = config.control.band_fraction
+            node = BaselineNode(sim_cfg, band_fraction=band)
+            try:
+                progress(f"  baseline sequential_subprocess: {base_n} triggers")
+                seq = run_sequential_subprocess(
+                    node, broker.host, broker.port, "baseline/seq/dispatch",
+                    shed_publisher("baseline/seq/dispatch", "seq"), base_n)
+                progress(f"  baseline polling_1s: {base_n} triggers")
+                poll = run_polling_1s(
+                    node, broker.host, broker.port, "baseline/poll/dispatch",
+                    shed_publisher("baseline/poll/dispatch", "poll"), base_n)
+            finally:
+                node.close()
+    result: dict[str, Any] = {
+        "triggers": triggers,
+        "gpus": gpus,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_description(),
+        "simulated_hardware_response": hardware_response_ms(config),
+        **{k: percentiles(v) for k, v in idle.items()},
+        "under_load": {k: percentiles(v) for k, v in loaded.items()},
+        "baselines": {"sequential_subprocess": _baseline(seq), "polling_1s": _baseline(poll)},
+        "samples": {"idle": idle, "under_load": loaded},
+    }
+    result["ratios"] = {
+        f"{name}_vs_gridtao_p50_publish_to_command": (
+            result["baselines"][name]["publish_to_command_ms"]["p50"]
+            / result["publish_to_command_ms"]["p50"])
+        for name in ("sequential_subprocess", "polling_1s")
+    }
+    return result
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"

@@ -1,0 +1,68 @@
+"""Render latency-bench results: a Markdown section for BENCHMARKS.md and a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+KEYS = ("publish_to_command_ms", "receive_to_command_ms", "trigger_to_target_ms")
+
+
+def _row(name: str, stats: dict[str, float]) -> str:
+    return f"| {name} | {stats['p50']:.2f} | {stats['p99']:.2f} | {stats['max']:.2f} |"
+
+
+def markdown(result: dict[str, Any], command: str) -> str:
+    hw = result["simulated_hardware_response"]
+    lines = [
+        f"### Trigger-to-target latency ({result['gpus']} GPUs, {result['triggers']} triggers)",
+        "",
+        f"- command: `{command}`",
+        f"- machine: {result['machine']}",
+        f"- date: {result['date']}",
+        f"- simulated hardware: cap-down time constant {hw['cap_down_tau_ms']:.0f} ms, instant "
+        f"reading refresh {hw['refresh_ms']:.0f} ms -> floor to the 5 % band "
+        f"{hw['floor_ms']:.0f} ms ({hw['settle_to_band_ms']:.0f} ms settling + one refresh)",
+        "",
+        "| measure (ms) | p50 | p99 | max |",
+        "|---|---|---|---|",
+    ]
+    for key in KEYS:
+        lines.append(_row(f"gridtao {key}", result[key]))
+    for key in KEYS:
+        lines.append(_row(f"gridtao under load {key}", result["under_load"][key]))
+    for name, base in result["baselines"].items():
+        for key in ("publish_to_command_ms", "trigger_to_target_ms"):
+            lines.append(_row(f"baseline {name} {key} (n={base['triggers']})", base[key]))
+    lines += ["", "Ratios against the baselines measured in the same run (p50 publish->command):"]
+    for name, ratio in result["ratios"].items():
+        lines.append(f"- {name}: {ratio:.0f}x")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Empirical CDFs of publish->command and trigger->target, gridtao vs under load."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    for ax, key in zip(axes, ("publish_to_command_ms", "trigger_to_target_ms"), strict=True):
+        for label, samples in result["samples"].items():
+            values = sorted(samples[key])
+            if values:
+                ys = [(i + 1) / len(values) for i in range(len(values))]
+                ax.step(values, ys, where="post", label=f"gridtao ({label})")
+        for name, base in result["baselines"].items():
+            ax.axvline(base[key]["p50"], ls="--", lw=1, label=f"{name} p50", color=(
+                "tab:red" if name == "sequential_subprocess" else "tab:gray"))
+        ax.set_xscale("log")
+        ax.set_xlabel(key.replace("_", " "))
+        ax.set_ylabel("fraction of triggers")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"gridtao latency, {result['gpus']} simulated GPUs")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
