@@ -36,7 +36,7 @@ from bench.baselines import (
     run_sequential_subprocess,
 )
 from gridtao.config import Config
-from gridtao.localbroker import MosquittoBroker, Subscriber, publish
+from gridtao.localbroker import MosquittoBroker, Publisher, Subscriber
 from gridtao.report import percentiles
 
 SHED_FRACTION = 0.3
@@ -98,14 +98,14 @@ def measure_gridtao(
         with Subscriber(broker.host, broker.port, status_topic) as status:
             status.wait(1, timeout=30.0)  # retained online status: the agent is up
         time.sleep(1.0)  # let tier 1 take a few readings and arm the island
-        with Subscriber(broker.host, broker.port, ack_topic) as acks:
+        with Subscriber(broker.host, broker.port, ack_topic) as acks, \
+                Publisher(broker.host, broker.port) as pub:
             for k in range(triggers):
                 event_id = f"lat-{busy_load}-{k}"
                 before = len(acks.messages)
-                sent = time.time()
-                publish(broker.host, broker.port, f"{prefix}/dispatch", json.dumps(
+                sent = pub.send(f"{prefix}/dispatch", json.dumps(
                     {"id": event_id, "kind": "shed", "fraction": SHED_FRACTION,
-                     "duration_s": 0.35, "issued_at": sent}).encode(), qos=1)
+                     "duration_s": 0.35, "issued_at": time.time()}).encode(), qos=1)
                 got = _wait_ack(acks, before, event_id, timeout_s=10.0)
                 first, reached = got[0], got[-1].get("reached_at")
                 out["publish_to_command_ms"].append((first["commanded_at"] - sent) * 1e3)
@@ -168,13 +168,13 @@ def run_latency_bench(
             loaded = measure_gridtao(broker, cfg_path, workdir, triggers=triggers, busy_load=0.9,
                                      progress=progress)
 
+            pub = Publisher(broker.host, broker.port)
+
             def shed_publisher(topic: str, tag: str) -> Callable[[int], float]:
                 def send(k: int) -> float:
-                    sent = time.time()
-                    publish(broker.host, broker.port, topic, json.dumps(
+                    return pub.send(topic, json.dumps(
                         {"id": f"{tag}-{k}", "kind": "shed", "fraction": SHED_FRACTION,
                          "duration_s": 1.0}).encode(), qos=1)
-                    return sent
                 return send
 
             band = config.control.band_fraction
@@ -190,6 +190,7 @@ def run_latency_bench(
                     shed_publisher("baseline/poll/dispatch", "poll"), base_n)
             finally:
                 node.close()
+                pub.close()
     result: dict[str, Any] = {
         "triggers": triggers,
         "gpus": gpus,

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -40,6 +41,12 @@ from safety.island import Activation, SafetyIsland
 from safety.watchdog import Watchdog
 
 log = logging.getLogger("gridtao.agent")
+
+# CPython hands the GIL to a waiting thread only after the holder has run this long (default
+# 5 ms). The island's threads wait for the GIL several times on the hot path, so a busy
+# controller thread would add whole switch intervals to every trigger. 1 ms bounds that; shorter
+# intervals measured worse (bench/latency.py): the writer threads then ping-pong the GIL.
+GIL_SWITCH_INTERVAL_S = 1e-3
 
 
 def default_node_id() -> str:
@@ -149,6 +156,7 @@ class Agent:
     def start(self) -> None:
         """Bring up everything but the controller loop. Raises GpuError / OSError on failure
         (after undoing what was started)."""
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         try:
             self.island.start()
             for trig in self.config.safety.triggers:
@@ -192,12 +200,14 @@ class Agent:
         if self._closed:
             return
         self._closed = True
+        # The meter first: its last reached ack goes out with the lane's final flush, and no
+        # ack is handed to the lane after its loop has closed.
+        self.meter.close()
         self.lane.stop()
         self._fast_stop.set()
         if self._fast_thread is not None:
             self._fast_thread.join(timeout=2.0)
         self.watchdog.close()
-        self.meter.close()
         self.restore_initial_limits()
         self.island.close()
         if self._metrics_server is not None:

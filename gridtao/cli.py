@@ -111,8 +111,21 @@ def _run_gpus(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def _agent_commands() -> dict[str, Command]:
+    from gridtao import commands as c
+
+    return {
+        "run": Command("run the agent until SIGINT/SIGTERM (restores limits on exit)",
+                       c.configure_run, c.run_agent_command),
+        "demo": Command("self-contained demo: broker, agent on simulated GPUs, a dip and a shed",
+                        c.configure_demo, c.run_demo_command),
+        "bench": Command("benchmarks (latency)", c.configure_bench, c.run_bench_command),
+    }
+
+
 COMMANDS: dict[str, Command] = {
     "gpus": Command("list GPUs with power, limits and energy", _configure_gpus, _run_gpus),
+    **_agent_commands(),
 }
 
 

@@ -175,8 +175,11 @@ def _check_consistency(cfg: Config, source: str) -> None:
     if cfg.gpus.sim.workload == "trace" and cfg.gpus.sim.trace_csv is None:
         _fail(source, "gpus.sim.trace_csv", "required when gpus.sim.workload is 'trace'")
     for part in ("+", "#"):
-        if part in cfg.mqtt.prefix or (cfg.mqtt.node_id and part in cfg.mqtt.node_id):
+        if part in cfg.mqtt.prefix:
             _fail(source, "mqtt.prefix", f"MQTT topics must not contain the wildcard {part!r}")
+    node = cfg.mqtt.node_id
+    if node is not None and any(ch in node for ch in "+#/"):
+        _fail(source, "mqtt.node_id", "must be one MQTT topic level: no '+', '#' or '/'")
 
 
 def _fail(source: str, key: str, reason: str) -> typing.NoReturn:

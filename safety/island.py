@@ -342,6 +342,8 @@ class SafetyIsland:
         return ev, self._writer.submit(limits)
 
     def _finish(self, ev: LatchedEvent, batch: WriteBatch | None) -> Activation:
+        if batch is not None:
+            self._writer.help(batch)
         outcomes = batch.wait(self._write_timeout_s) if batch is not None else []
         now, wall = self._clock.now(), self._clock.wall()
         errors = {o.index: o.error for o in outcomes if o.error is not None}

@@ -162,7 +162,7 @@ def test_cross_key_rules(data: dict[str, Any], key: str) -> None:
         config_from_mapping(data, source="src")
 
 
-@pytest.mark.xfail(strict=True, reason="config.py names mqtt.prefix for a wildcard in node_id")
-def test_wildcard_in_node_id_names_node_id() -> None:
+@pytest.mark.parametrize("node_id", ["a+b", "a#", "site/node"])
+def test_bad_node_id_names_node_id(node_id: str) -> None:
     with pytest.raises(ConfigError, match=r"^src: mqtt[.]node_id: "):
-        config_from_mapping({"mqtt": {"node_id": "a+b"}}, source="src")
+        config_from_mapping({"mqtt": {"node_id": node_id}}, source="src")

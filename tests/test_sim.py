@@ -443,3 +443,26 @@ def test_parallel_sets_on_different_gpus_sleep_concurrently() -> None:
     assert [sim.nvmlDeviceGetEnforcedPowerLimit(h) for h in handles] == [
         300_000 + i * 1000 for i in range(8)
     ]
+
+
+class RecordingClock(MonotonicClock):
+    """Real time; records the sleeps asked of it instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+
+def test_real_time_latency_sleeps_only_what_the_call_has_not_used() -> None:
+    clock = RecordingClock()
+    cfg = dataclasses.replace(SimConfig(), read_latency_ms=0.02, set_latency_ms=5.0)
+    sim = SimNvml.from_config(cfg, clock)
+    sim.nvmlInit()
+    h = sim.nvmlDeviceGetHandleByIndex(0)
+    for _ in range(20):
+        instant_mw(sim, h)
+    assert clock.sleeps == []  # a 20 µs leftover is below what time.sleep can honour
+    sim.nvmlDeviceSetPowerManagementLimit(h, 300_000)
+    assert len(clock.sleeps) == 1 and 0 < clock.sleeps[0] <= 0.005

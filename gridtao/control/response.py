@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gridtao.clock import Clock
-from gridtao.gpu.backend import GpuBackend, GpuError
+from gridtao.gpu.backend import GpuBackend, GpuError, GpuLost
 
 log = logging.getLogger("gridtao.response")
 
@@ -93,14 +93,17 @@ class ResponseMeter:
             self._cond.notify_all()
 
     def node_power_mw(self) -> float | None:
-        """One sample of node instant power (None if any GPU read failed)."""
+        """One sample of node instant power, mW. A lost GPU counts as 0 W; any other failed read
+        gives None (no sample), so a transient error never makes a cut look reached early."""
         total = 0.0
         for index in self._indices:
             try:
                 total += self._backend.instant_power_mw(index)
-            except GpuError:
+            except GpuLost:
                 # A lost GPU draws nothing we can measure: count the others, the cut still counts.
                 continue
+            except GpuError:
+                return None
         return total
 
     def poll_once(self) -> list[Reached]:

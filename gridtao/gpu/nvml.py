@@ -137,8 +137,9 @@ class NvmlBackend:
                 ) from e
             raise translate_nvml_error(e, None, "nvmlInit") from e
         try:
-            self.driver_version = self._call(None, "read the driver version",
-                                             nvml.nvmlSystemGetDriverVersion)
+            self.driver_version: str = str(
+                self._call(None, "read the driver version", nvml.nvmlSystemGetDriverVersion)
+            )
             count = self._call(None, "count devices", nvml.nvmlDeviceGetCount)
             self._devices = tuple(self._open_device(i) for i in range(count))
         except BaseException:

@@ -12,7 +12,8 @@ the physics lazily to ``clock.now()``. A call lasts at least its configured late
 (``read_latency_ms`` / ``set_latency_ms``): reads report the state at the call's start, a new
 limit takes effect when the set call returns. Latency is ``clock.sleep`` outside any lock, so
 parallel calls on different devices overlap in real time (``MonotonicClock``); a ``VirtualClock``
-instead advances once per sleeping caller.
+instead advances once per sleeping caller. In real time only the part of the latency the call's
+own work has not used is slept, and a leftover under 50 µs not at all (see ``SimNvml._last``).
 
 Fault injection (``inject_fault``) for tests and benches:
 ``lost`` every call on the device raises ``NVMLError_GpuIsLost``; ``no_permission`` set raises
@@ -352,7 +353,10 @@ class SimNvml:
             if dev.faults and pynvml.NVML_FI_DEV_POWER_INSTANT in ids:
                 instant_ok = self._take_fault(dev, "not_supported") is None
             sample_mw = round(physics.sample_w * 1000)
-            average_mw = round(physics.average_w() * 1000)
+            average_mw = (
+                round(physics.average_w() * 1000)
+                if pynvml.NVML_FI_DEV_POWER_AVERAGE in ids else 0
+            )
             stamp_us = round((physics.sample_t_s + self._wall_offset_s) * 1e6)
         for i, fid in enumerate(fieldIds):
             v = values[i]

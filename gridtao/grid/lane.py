@@ -62,7 +62,10 @@ class IslandLane:
         def run() -> None:
             self._publish(fn() or [])
 
-        self._loop.call_soon_threadsafe(run)
+        try:
+            self._loop.call_soon_threadsafe(run)
+        except RuntimeError:  # the lane has stopped: there is no connection left to publish on
+            log.debug("island lane closed; dropping a late call")
 
     def stop(self, *, flush_timeout_s: float = 2.0) -> None:
         """Flush pending acks, disconnect cleanly, and join the thread."""

@@ -1,0 +1,88 @@
+"""The agent-facing subcommands of ``gridtao``: ``run``, ``demo`` and ``bench``.
+
+Each is a ``configure(parser)`` / ``run(args, config) -> exit status`` pair registered in
+:data:`gridtao.cli.COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from gridtao.config import Config, ConfigError
+
+
+def configure_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("nvml", "sim"), help="override gpus.backend")
+    p.add_argument("--dry-run", action="store_true",
+                   help="read GPUs and log every limit write without making it")
+    p.add_argument("--busy-load", type=float, default=0.0, metavar="FRACTION",
+                   help=argparse.SUPPRESS)  # bench only: keep the controller loop this busy
+
+
+def run_agent_command(args: argparse.Namespace, config: Config) -> int:
+    from gridtao.agent import AgentOptions, run_agent
+    from gridtao.grid.mqtt import new_event_loop
+
+    if not 0.0 <= args.busy_load <= 0.95:
+        raise ConfigError("--busy-load: must be between 0 and 0.95")
+    gpus = config.gpus
+    if args.backend is not None:
+        gpus = dataclasses.replace(gpus, backend=args.backend)
+    if args.dry_run:
+        gpus = dataclasses.replace(gpus, dry_run=True)
+    config = dataclasses.replace(config, gpus=gpus)
+    loop = new_event_loop()
+    try:
+        return loop.run_until_complete(
+            run_agent(config, options=AgentOptions(busy_load_fraction=args.busy_load)))
+    finally:
+        loop.close()
+
+
+def configure_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo-out", help="folder for the plot (default demo-out)")
+
+
+def run_demo_command(args: argparse.Namespace, config: Config) -> int:
+    from gridtao.demo import run_demo
+
+    return run_demo(config, out_dir=Path(args.out))
+
+
+def configure_bench(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    lat = sub.add_parser("latency", help="trigger-to-target latency against two baselines")
+    lat.add_argument("--triggers", type=int, default=50)
+    lat.add_argument("--gpus", type=int, default=8)
+    lat.add_argument("--baseline-triggers", type=int, default=None,
+                     help="triggers per baseline (default min(triggers, 10))")
+    lat.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    lat.add_argument("--plot", metavar="FILE", help="write CDF plots as PNG")
+    lat.add_argument("--markdown", metavar="FILE",
+                     help="write a BENCHMARKS.md section (Markdown) to FILE")
+
+
+def run_bench_command(args: argparse.Namespace, config: Config) -> int:
+    from bench.latency import run_latency_bench
+    from bench.render import markdown, plot
+
+    if not 1 <= args.triggers <= 10_000 or not 1 <= args.gpus <= 64:
+        raise ConfigError("--triggers must be in 1..10000 and --gpus in 1..64")
+    result = run_latency_bench(config, triggers=args.triggers, gpus=args.gpus,
+                               baseline_triggers=args.baseline_triggers,
+                               progress=lambda line: print(line, file=sys.stderr))
+    command = "gridtao " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    text = markdown(result, command)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.plot:
+        plot(result, Path(args.plot))
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    return 0

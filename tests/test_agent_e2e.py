@@ -1,0 +1,534 @@
+"""The whole agent in-process against a real Mosquitto broker: simulated GPUs, island lane,
+tier 1, watchdog, response meter and status, driven over wire contract v1 exactly as the grid
+side would (paho clients, and the real ``mosquitto_pub`` / ``mosquitto_sub`` binaries).
+
+Waits are generous (a loaded 2-core machine); nothing here asserts wall-clock speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from broker import MosquittoBroker, Subscriber, publish
+
+from gridtao.agent import Agent, AgentOptions
+from gridtao.clock import MonotonicClock
+from gridtao.config import config_from_mapping
+from gridtao.gpu.nvml import NvmlBackend
+from gridtao.gpu.sim import SimNvml
+from gridtao.grid.mqtt import new_event_loop
+
+W = 1000  # mW per W
+N = 4
+DEMAND_W = 600
+BASELINE_W = N * DEMAND_W
+MIN_W, DEFAULT_W = 200, 700  # H100 SXM profile
+RATE_PER_S = 1.0  # release ramp: the whole reduction given back in 1 s
+SET = "nvmlDeviceSetPowerManagementLimit"
+WAIT_S = 15.0
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and k in out else v
+    return out
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.01)
+
+
+class _Controller(threading.Thread):
+    """``agent.serve()`` on its own uvloop (status publishing), stopped by :meth:`stop`."""
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(name="test-controller", daemon=True)
+        self._agent = agent
+        self._loop = new_event_loop()
+        self._stop_event: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        async def main() -> None:
+            self._stop_event = asyncio.Event()
+            self._ready.set()
+            await self._agent.serve(self._stop_event)
+
+        try:
+            self._loop.run_until_complete(main())
+        except BaseException as e:
+            self.error = e
+        finally:
+            self._loop.close()
+
+    def start(self) -> None:
+        super().start()
+        assert self._ready.wait(5.0)
+
+    def stop(self) -> None:
+        if self.is_alive() and self._stop_event is not None:
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+        self.join(10.0)
+        assert not self.is_alive(), "agent.serve() did not return"
+        assert self.error is None, self.error
+
+
+@dataclass
+class Node:
+    agent: Agent
+    sim: SimNvml
+    broker: MosquittoBroker
+
+    @property
+    def topics(self) -> Any:
+        return self.agent.topics
+
+    def limits_w(self) -> list[float]:
+        return [self.agent.backend.enforced_limit_mw(i) / W for i in range(N)]
+
+    def sets(self) -> int:
+        return self.sim.call_count(SET)
+
+    def count(self, topic: str, result: str) -> float:
+        value = self.agent.registry.get_sample_value(
+            "gridtao_messages_total", {"topic": topic, "result": result}
+        )
+        return value or 0.0
+
+    def dispatch(self, payload: bytes | Mapping[str, object]) -> None:
+        raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        publish(self.broker.host, self.broker.port, self.topics.dispatch, raw, qos=1)
+
+    def frequency(self, hz: float) -> None:
+        raw = json.dumps({"t": time.time(), "hz": hz}).encode()
+        publish(self.broker.host, self.broker.port, self.topics.frequency, raw, qos=0)
+
+    def acks(self) -> Subscriber:
+        return Subscriber(self.broker.host, self.broker.port, self.topics.ack)
+
+
+@contextmanager
+def running_node(
+    broker: MosquittoBroker, name: str, *, serve: bool = False, **over: Any
+) -> Iterator[Node]:
+    base: dict[str, Any] = {
+        "gpus": {"sim": {"count": N, "noise_w": 0.0, "seed": 7}},
+        "mqtt": {
+            "port": broker.port, "node_id": name, "prefix": f"gridtao/e2e-{name}",
+            "keepalive_s": 5, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5,
+            "status_period_s": 0.1,
+        },
+        "metrics": {"enabled": False},
+        "safety": {
+            "triggers": [
+                {"hz": 49.7, "reduction_fraction": 0.1, "min_hold_s": 0.5, "recovery_s": 0.3},
+                {"hz": 49.5, "reduction_fraction": 0.3, "min_hold_s": 0.5, "recovery_s": 0.3},
+            ],
+            "release_rate_per_s": RATE_PER_S,
+        },
+    }
+    cfg = config_from_mapping(_merge(base, over), source=f"<test {name}>")
+    clock = MonotonicClock()
+    sim = SimNvml.from_config(cfg.gpus.sim, clock)
+    for i in range(N):
+        sim.set_demand_w(i, DEMAND_W)
+    agent = Agent(
+        cfg, clock=clock, backend=NvmlBackend(sim),
+        options=AgentOptions(serve_metrics=False, connect_timeout_s=WAIT_S),
+    )
+    controller = _Controller(agent) if serve else None
+    try:
+        agent.start()
+        assert agent.lane.link.is_connected, "island lane did not connect"
+        if controller is not None:
+            controller.start()
+        yield Node(agent, sim, broker)
+        assert agent.lane.error is None, agent.lane.error
+    finally:
+        if controller is not None:
+            controller.stop()
+        agent.close()
+
+
+def _ack(msg: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(msg.payload)
+    return data
+
+
+def _shed(event_id: str, fraction: float, duration_s: float = 60.0) -> dict[str, object]:
+    return {"id": event_id, "kind": "shed", "fraction": fraction, "duration_s": duration_s,
+            "issued_at": time.time()}
+
+
+def _reopened_limits_w(sim: SimNvml) -> list[float]:
+    """The limits the simulated GPUs hold, read through a fresh backend (after agent.close())."""
+    with NvmlBackend(sim) as backend:
+        return [backend.enforced_limit_mw(i) / W for i in range(N)]
+
+
+# ---------------------------------------------------------------- frequency trigger
+
+
+def test_frequency_dip_caps_gpus_acks_twice_and_recovers(mqtt_broker: MosquittoBroker) -> None:
+    with running_node(mqtt_broker, "freq") as node, node.acks() as acks:
+        node.frequency(49.8)  # above every level: nothing
+        node.frequency(49.65)
+        first, second = (_ack(m) for m in acks.wait(2, WAIT_S))
+        assert first["accepted"] is True and first["reason"] is None
+        assert first["id"].startswith("ffr-49.70-")
+        assert first["received_at"] <= first["commanded_at"]
+        assert first["reached_at"] is None
+        # The second ack: same event, reached_at filled in once measured power is in the band.
+        assert second["id"] == first["id"] and second["accepted"] is True
+        assert second["received_at"] == first["received_at"]
+        assert second["commanded_at"] == first["commanded_at"] <= second["reached_at"]
+        limits = node.limits_w()
+        assert all(MIN_W <= lim < DEFAULT_W for lim in limits)
+        assert sum(limits) == pytest.approx(0.9 * BASELINE_W, rel=0.02)
+        assert node.count("frequency", "accepted") == 2
+        assert node.agent.island.view().event_id == first["id"]
+        reached = node.agent.registry.get_sample_value("gridtao_trigger_to_target_seconds_count")
+        assert reached == 1
+        # Recovery above 49.72 Hz for recovery_s, held min_hold_s: ramps out, defaults back.
+        node.frequency(50.0)
+        wait_for(lambda: node.agent.island.view().event_id is None, "frequency event to end")
+        assert node.limits_w() == [DEFAULT_W] * N
+        assert len(acks.messages) == 2  # no more acks: releasing is not a new event
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def test_shed_dispatch_then_release_ramps_out(mqtt_broker: MosquittoBroker) -> None:
+    with running_node(mqtt_broker, "shed") as node, node.acks() as acks:
+        node.dispatch(_shed("s1", 0.5))
+        ack = _ack(acks.wait(1, WAIT_S)[0])
+        assert ack["id"] == "s1" and ack["accepted"] is True
+        assert ack["received_at"] <= ack["commanded_at"]
+        # The ack leaves after the writes returned: the caps are in place when it arrives.
+        limits = node.limits_w()
+        assert all(MIN_W <= lim < DEFAULT_W for lim in limits)
+        assert sum(limits) == pytest.approx(0.5 * BASELINE_W, rel=0.02)
+        reached = _ack(acks.wait(2, WAIT_S)[1])
+        assert reached["id"] == "s1" and reached["reached_at"] >= ack["commanded_at"]
+        view = node.agent.island.view()
+        assert view.target_mw is not None and view.ceiling_total_mw is not None
+        target_w = view.target_mw / W
+        reduction_w = BASELINE_W - target_w
+        assert target_w == pytest.approx(0.5 * BASELINE_W, rel=0.02)
+
+        t_release = time.monotonic()
+        node.dispatch({"id": "s1-end", "kind": "release", "ref": "s1"})
+        samples: list[tuple[float, float, float]] = []  # (before, target W, after)
+        while True:
+            t0 = time.monotonic()
+            v = node.agent.island.view()
+            t1 = time.monotonic()
+            if v.event_id is None:
+                t_gone = t0
+                break
+            assert v.event_id == "s1"
+            assert v.target_mw is not None
+            samples.append((t0, v.target_mw / W, t1))
+            assert t1 - t_release < WAIT_S, "release never finished"
+            time.sleep(0.02)
+        rel_ack = _ack(acks.wait(3, WAIT_S)[2])
+        assert rel_ack["id"] == "s1-end" and rel_ack["accepted"] is True
+        # Ended early, but through the ramp: never faster than RATE_PER_S of the reduction.
+        assert t_gone - t_release >= 1.0 / RATE_PER_S
+        for (a0, ta, _a1), (_b0, tb, b1) in itertools.pairwise(samples):
+            assert tb >= ta - 1e-6
+            assert tb - ta <= RATE_PER_S * reduction_w * (b1 - a0) + 1.0
+        wait_for(lambda: node.limits_w() == [DEFAULT_W] * N, "default limits after the ramp")
+        assert node.count("dispatch", "accepted") == 2
+
+
+def test_cap_dispatch_holds_node_w(mqtt_broker: MosquittoBroker) -> None:
+    with running_node(mqtt_broker, "cap") as node, node.acks() as acks:
+        node.dispatch({"id": "c1", "kind": "cap", "node_w": 1500, "duration_s": 60})
+        first, second = (_ack(m) for m in acks.wait(2, WAIT_S))
+        assert first["accepted"] is True and second["reached_at"] is not None
+        limits = node.limits_w()
+        assert all(MIN_W <= lim <= DEFAULT_W for lim in limits)
+        assert sum(limits) <= 1500 + 0.001
+        assert sum(limits) == pytest.approx(1500, rel=0.02)
+        time.sleep(0.3)  # tier 1 runs on: it may never lift the node above the cap
+        assert sum(node.limits_w()) <= 1500 + 0.001
+
+
+# ---------------------------------------------------------------- rejections
+
+REJECTED: list[tuple[str, bytes]] = [
+    ("bad JSON", b'{"id": "j1", "kind": "shed",'),
+    ("wrong type", b'{"id":"t1","kind":"shed","fraction":"0.3","duration_s":5}'),
+    ("NaN", b'{"id":"n1","kind":"shed","fraction":NaN,"duration_s":5}'),
+    ("inf", b'{"id":"n2","kind":"cap","node_w":1e999,"duration_s":5}'),
+    ("fraction > 1", b'{"id":"o1","kind":"shed","fraction":1.2,"duration_s":5}'),
+    ("fraction 0", b'{"id":"o2","kind":"shed","fraction":0,"duration_s":5}'),
+    ("negative watts", b'{"id":"w1","kind":"cap","node_w":-5,"duration_s":5}'),
+    ("huge watts", b'{"id":"w2","kind":"cap","node_w":5e10,"duration_s":5}'),
+    ("unknown kind", b'{"id":"k1","kind":"boost","fraction":0.3,"duration_s":5}'),
+    ("missing id", b'{"kind":"shed","fraction":0.3,"duration_s":5}'),
+    ("oversize", json.dumps({"id": "big", "kind": "shed", "fraction": 0.3, "duration_s": 5,
+                             "pad": "x" * 5000}).encode()),
+    ("release of nothing", b'{"id":"r1","kind":"release","ref":"never-seen"}'),
+]
+
+
+def test_every_rejection_is_acked_counted_and_changes_no_limit(
+    mqtt_broker: MosquittoBroker,
+) -> None:
+    with running_node(mqtt_broker, "reject") as node, node.acks() as acks:
+        time.sleep(0.2)  # tier 1 settled at the defaults
+        before, sets = node.limits_w(), node.sets()
+        assert before == [DEFAULT_W] * N
+        for k, (what, payload) in enumerate(REJECTED, start=1):
+            node.dispatch(payload)
+            ack = _ack(acks.wait(k, WAIT_S)[k - 1])
+            assert ack["accepted"] is False, what
+            assert isinstance(ack["reason"], str) and ack["reason"], what
+            assert ack["commanded_at"] is None and ack["reached_at"] is None, what
+            assert isinstance(ack["received_at"], float), what
+        ids = [_ack(m)["id"] for m in acks.messages]
+        assert ids == [None, "t1", None, "n2", "o1", "o2", "w1", "w2", "k1",
+                       None, None, "r1"]
+        assert node.count("dispatch", "rejected") == len(REJECTED)
+        assert node.count("dispatch", "accepted") == 0
+        time.sleep(0.2)
+        assert node.limits_w() == before
+        assert node.sets() == sets
+        assert node.agent.island.view().event_id is None
+        # A valid dispatch after all that still works.
+        node.dispatch(_shed("ok", 0.2))
+        ok = _ack(acks.wait(len(REJECTED) + 1, WAIT_S)[-1])
+        assert ok["id"] == "ok" and ok["accepted"] is True
+
+
+def test_duplicate_event_id_is_acted_on_once(mqtt_broker: MosquittoBroker) -> None:
+    with running_node(mqtt_broker, "dup") as node, node.acks() as acks:
+        node.dispatch(_shed("d1", 0.3))
+        first, _reached = (m.payload for m in acks.wait(2, WAIT_S))
+        generation = node.agent.island.view().generation
+        node.dispatch(_shed("d1", 0.3))
+        node.dispatch(_shed("d1", 0.6))  # same id, other body: still a duplicate
+        msgs = acks.wait(4, WAIT_S)
+        assert msgs[2].payload == first and msgs[3].payload == first
+        assert node.count("dispatch", "accepted") == 1
+        assert node.count("dispatch", "duplicate") == 2
+        assert node.agent.island.view().generation == generation
+        assert node.agent.island.view().active_event_ids == ("d1",)
+        commands = node.agent.registry.get_sample_value(
+            "gridtao_trigger_to_command_seconds_count"
+        )
+        assert commands == 1
+        assert sum(node.limits_w()) == pytest.approx(0.7 * BASELINE_W, rel=0.02)
+
+
+# ---------------------------------------------------------------- broker restart
+
+
+def test_broker_restart_during_an_event(mqtt_broker: MosquittoBroker) -> None:
+    with running_node(mqtt_broker, "restart", serve=True) as node:
+        with node.acks() as acks:
+            node.dispatch({"id": "c1", "kind": "cap", "node_w": 1600, "duration_s": 120})
+            assert _ack(acks.wait(1, WAIT_S)[0])["accepted"] is True
+        capped = node.limits_w()
+        assert sum(capped) == pytest.approx(1600, rel=0.02)
+
+        mqtt_broker.stop()
+        wait_for(lambda: not node.agent.lane.link.is_connected, "the lane to notice")
+        t_end = time.monotonic() + 1.0
+        while time.monotonic() < t_end:  # the broker is gone: the caps stay
+            assert node.agent.island.view().event_id == "c1"
+            assert sum(node.limits_w()) <= 1600 + 0.001
+            time.sleep(0.05)
+
+        mqtt_broker.start()
+        wait_for(lambda: node.agent.lane.link.is_connected, "the lane to reconnect")
+        assert node.agent.island.view().event_id == "c1"
+        assert sum(node.limits_w()) <= 1600 + 0.001
+        with node.acks() as acks:
+            node.dispatch(_shed("s2", 0.5))
+            new = _ack(acks.wait(1, WAIT_S)[0])
+            assert new["id"] == "s2" and new["accepted"] is True
+            node.dispatch({"id": "c1-end", "kind": "release", "ref": "c1"})
+            ids = [_ack(m)["id"] for m in acks.wait(3, WAIT_S)]
+            assert "c1-end" in ids
+        assert sum(node.limits_w()) == pytest.approx(0.5 * BASELINE_W, rel=0.02)
+        # The retained status came back too (the restarted broker had lost it).
+        with Subscriber(mqtt_broker.host, mqtt_broker.port, node.topics.status) as st:
+            status = json.loads(st.wait(1, WAIT_S)[0].payload)
+        assert status["online"] is True and status["node"] == "restart"
+
+
+# ---------------------------------------------------------------- watchdog
+
+
+def test_watchdog_puts_gpus_in_the_safe_state_when_tier1_stops(
+    mqtt_broker: MosquittoBroker,
+) -> None:
+    with running_node(
+        mqtt_broker, "watchdog", safety={"watchdog_timeout_s": 0.3, "safe_state": "minimum"}
+    ) as node:
+        time.sleep(0.5)
+        assert not node.agent.watchdog.expired
+        assert node.limits_w() == [DEFAULT_W] * N
+        # Tier 1 dies (its thread stops beating).
+        node.agent._fast_stop.set()
+        thread = node.agent._fast_thread
+        assert thread is not None
+        thread.join(5.0)
+        wait_for(lambda: node.limits_w() == [MIN_W] * N, "minimum limits")
+        assert node.agent.watchdog.expired
+        assert node.agent.island.view().safe_mode == "minimum"
+        sim = node.sim
+    # Stop restores what the agent found at start.
+    assert _reopened_limits_w(sim) == [DEFAULT_W] * N
+
+
+def test_watchdog_restores_defaults_when_the_driver_hangs_mid_event(
+    mqtt_broker: MosquittoBroker,
+) -> None:
+    with running_node(
+        mqtt_broker, "hang", safety={"watchdog_timeout_s": 0.3, "safe_state": "default"}
+    ) as node, node.acks() as acks:
+        node.dispatch(_shed("h1", 0.4))
+        acks.wait(2, WAIT_S)  # accepted and reached: the response meter is idle again
+        assert sum(node.limits_w()) == pytest.approx(0.6 * BASELINE_W, rel=0.02)
+        # One power read on GPU 0 hangs for 2 s: tier 1 stalls inside it, no heartbeat.
+        node.sim.inject_fault(0, "slow", delay_s=2.0, calls=1)
+        wait_for(lambda: node.agent.watchdog.expired, "the watchdog to expire")
+        wait_for(lambda: node.limits_w() == [DEFAULT_W] * N, "default limits")
+        assert node.agent.island.view().event_id is None
+        # Tier 1 comes back and beats again.
+        wait_for(lambda: not node.agent.watchdog.expired, "the heartbeat to return")
+        assert node.agent.watchdog.expiries == 1
+
+
+# ---------------------------------------------------------------- a v1-only client
+
+
+def _mosquitto_client(name: str) -> str:
+    path = shutil.which(name) or f"/usr/bin/{name}"
+    return path
+
+
+class CliSubscriber:
+    """``mosquitto_sub`` in debug mode: waits for its SUBACK, then collects payload lines."""
+
+    def __init__(self, broker: MosquittoBroker, topic: str, count: int) -> None:
+        # stdbuf: line-buffered stdout, or the SUBACK line would only show up at exit.
+        self._proc = subprocess.Popen(
+            ["stdbuf", "-oL", _mosquitto_client("mosquitto_sub"), "-d", "-h", broker.host, "-p",
+             str(broker.port), "-t", topic, "-q", "1", "-C", str(count), "-W", str(int(WAIT_S))],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self.lines: list[str] = []
+        self._subscribed = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._subscribed.wait(WAIT_S):
+            self.close()
+            raise AssertionError(f"mosquitto_sub never subscribed: {self.lines}")
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if "SUBACK" in line:
+                self._subscribed.set()
+
+    def payloads(self) -> list[dict[str, Any]]:
+        rc = self._proc.wait(WAIT_S + 5)
+        self._reader.join(5)
+        assert rc == 0, f"mosquitto_sub exited {rc}: {self.lines}"
+        return [json.loads(line) for line in self.lines if line.startswith("{")]
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait(5)
+        self._reader.join(5)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+
+def _cli_publish(broker: MosquittoBroker, topic: str, message: str) -> None:
+    subprocess.run(
+        [_mosquitto_client("mosquitto_pub"), "-h", broker.host, "-p", str(broker.port),
+         "-t", topic, "-q", "1", "-m", message],
+        check=True, timeout=WAIT_S,
+    )
+
+
+def _cli_retained(broker: MosquittoBroker, topic: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [_mosquitto_client("mosquitto_sub"), "-h", broker.host, "-p", str(broker.port),
+         "-t", topic, "-C", "1", "-W", "5"],
+        check=True, timeout=WAIT_S, capture_output=True, text=True,
+    )
+    data: dict[str, Any] = json.loads(done.stdout)
+    return data
+
+
+def test_a_v1_client_with_mosquitto_tools_drives_and_observes(
+    mqtt_broker: MosquittoBroker,
+) -> None:
+    with running_node(mqtt_broker, "cli", serve=True) as node:
+        topics = node.topics
+        sub = CliSubscriber(mqtt_broker, topics.ack, 2)
+        try:
+            _cli_publish(mqtt_broker, topics.dispatch,
+                         '{"id": "cli-1", "kind": "cap", "node_w": 1500, "duration_s": 60}')
+            first, second = sub.payloads()
+        finally:
+            sub.close()
+        assert set(first) >= {"id", "accepted", "reason", "received_at", "commanded_at",
+                              "reached_at"}
+        assert first["id"] == "cli-1" and first["accepted"] is True
+        assert first["received_at"] <= first["commanded_at"] <= second["reached_at"]
+
+        def capped_status() -> bool:
+            st = _cli_retained(mqtt_broker, topics.status)
+            return st["event"] == "cli-1" and sum(g["limit_w"] for g in st["gpus"]) <= 1500.01
+
+        wait_for(capped_status, "a retained status showing the cap")
+        status = _cli_retained(mqtt_broker, topics.status)
+        assert set(status) == {"node", "online", "t", "event", "gpus"}
+        assert status["node"] == "cli" and status["online"] is True
+        assert isinstance(status["t"], float) and abs(status["t"] - time.time()) < 60
+        assert [g["index"] for g in status["gpus"]] == list(range(N))
+        for g in status["gpus"]:
+            assert set(g) == {"index", "power_w", "limit_w", "default_w", "min_w", "max_w"}
+            assert (g["min_w"], g["default_w"], g["max_w"]) == (MIN_W, DEFAULT_W, DEFAULT_W)
+            assert MIN_W <= g["limit_w"] < DEFAULT_W
+            assert 0 < g["power_w"] <= DEFAULT_W + 50  # may still be falling toward the cap
+
+        _cli_publish(mqtt_broker, topics.dispatch,
+                     '{"id": "cli-2", "kind": "release", "ref": "cli-1"}')
+        wait_for(lambda: _cli_retained(mqtt_broker, topics.status)["event"] is None,
+                 "the status to show no event")
+        wait_for(
+            lambda: all(g["limit_w"] == DEFAULT_W
+                        for g in _cli_retained(mqtt_broker, topics.status)["gpus"]),
+            "the status to show default limits",
+        )
+    # Stopped cleanly: the retained status says offline (what a v1 client sees last).
+    assert _cli_retained(mqtt_broker, topics.status) == {"node": "cli", "online": False}

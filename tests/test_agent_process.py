@@ -1,0 +1,132 @@
+"""`python -m gridtao --config FILE run` as a real process: serve, a signal, restore, offline.
+
+The simulated GPUs live inside the agent's process, so everything is observed as the grid side
+would: acks and the retained status over MQTT, and the process's exit status and log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from broker import MosquittoBroker, Subscriber, publish
+
+REPO = Path(__file__).resolve().parent.parent
+WAIT_S = 30.0  # a cold interpreter start on a loaded 2-core machine
+N = 4
+CAP_W = 1200  # well under what 4 training H100s draw
+
+
+def _payloads(sub: Subscriber) -> list[dict[str, Any]]:
+    return [json.loads(m.payload) for m in list(sub.messages)]
+
+
+def _wait(sub: Subscriber, pred: Any, what: str, timeout_s: float = WAIT_S) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for p in _payloads(sub):
+            if pred(p):
+                return p
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}; got {_payloads(sub)[-5:]}")
+
+
+@contextmanager
+def agent_process(
+    broker: MosquittoBroker, tmp: Path, node: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    cfg = {
+        "gpus": {"backend": "sim", "sim": {"count": N}},
+        "mqtt": {"port": broker.port, "node_id": node, "prefix": f"gridtao/proc-{node}",
+                 "status_period_s": 0.1, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
+        "metrics": {"enabled": False},
+    }
+    cfg_path = tmp / f"{node}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    log_path = tmp / f"{node}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gridtao", "--config", str(cfg_path), "--log-level", "info",
+             "run"],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _log(tmp: Path, node: str) -> str:
+    return (tmp / f"{node}.log").read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_restores_limits_and_leaves_an_offline_status(
+    mqtt_broker: MosquittoBroker, tmp_path: Path, sig: signal.Signals
+) -> None:
+    node = sig.name.lower()
+    prefix = f"gridtao/proc-{node}"
+    status_topic = f"{prefix}/nodes/{node}/status"
+    ack_topic = f"{prefix}/nodes/{node}/ack"
+    with Subscriber(mqtt_broker.host, mqtt_broker.port, status_topic) as status, \
+            Subscriber(mqtt_broker.host, mqtt_broker.port, ack_topic) as acks, \
+            agent_process(mqtt_broker, tmp_path, node) as proc:
+        first = _wait(status, lambda p: p.get("online") is True, "the agent's online status")
+        assert first["node"] == node and len(first["gpus"]) == N
+        assert all(g["limit_w"] == g["default_w"] for g in first["gpus"])
+
+        dispatch = {"id": "p1", "kind": "cap", "node_w": CAP_W, "duration_s": 600}
+        publish(mqtt_broker.host, mqtt_broker.port, f"{prefix}/dispatch",
+                json.dumps(dispatch).encode())
+        ack = json.loads(acks.wait(1, WAIT_S)[0].payload)
+        assert ack["id"] == "p1" and ack["accepted"] is True
+        _wait(
+            status,
+            lambda p: p.get("event") == "p1"
+            and sum(g["limit_w"] for g in p["gpus"]) <= CAP_W + 0.01,
+            "a status showing the cap",
+        )
+
+        os.kill(proc.pid, sig)
+        assert proc.wait(WAIT_S) == 0, _log(tmp_path, node)
+        final = _wait(status, lambda p: p.get("online") is False, "the offline status")
+        assert final == {"node": node, "online": False}
+        seen = _payloads(status)
+        last_online = [p for p in seen[: seen.index(final)] if p.get("online")][-1]
+        # Up to the signal the node was holding the cap.
+        assert last_online["event"] == "p1"
+        assert sum(g["limit_w"] for g in last_online["gpus"]) <= CAP_W + 0.01
+
+    # What a client connecting later finds: the retained offline status.
+    (retained,) = mqtt_broker.collect(status_topic, 1, timeout=WAIT_S)
+    assert json.loads(retained.payload) == {"node": node, "online": False}
+    log = _log(tmp_path, node)
+    assert "limits restored" in log, log
+    assert "could not restore" not in log, log
+    assert "Traceback" not in log, log
+
+
+def test_a_killed_agent_is_reported_offline_by_its_last_will(
+    mqtt_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    node = "killed"
+    status_topic = f"gridtao/proc-{node}/nodes/{node}/status"
+    with Subscriber(mqtt_broker.host, mqtt_broker.port, status_topic) as status, \
+            agent_process(mqtt_broker, tmp_path, node) as proc:
+        _wait(status, lambda p: p.get("online") is True, "the agent's online status")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(WAIT_S)
+        final = _wait(status, lambda p: p.get("online") is False, "the last will")
+        assert final == {"node": node, "online": False}
