@@ -209,7 +209,7 @@ def test_frequency_dip_caps_gpus_acks_twice_and_recovers(mqtt_broker: MosquittoB
         # Recovery above 49.72 Hz for recovery_s, held min_hold_s: ramps out, defaults back.
         node.frequency(50.0)
         wait_for(lambda: node.agent.island.view().event_id is None, "frequency event to end")
-        assert node.limits_w() == [DEFAULT_W] * N
+        wait_for(lambda: node.limits_w() == [DEFAULT_W] * N, "default limits after the ramp")
         assert len(acks.messages) == 2  # no more acks: releasing is not a new event
 
 
