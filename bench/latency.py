@@ -142,6 +142,21 @@ def _wait_ack(sub: Subscriber, start: int, event_id: str, *, timeout_s: float
     raise TimeoutError(f"no ack for {event_id}")
 
 
+def measure_broker_hop(broker: MosquittoBroker, n: int) -> list[float]:
+    """Publish -> a plain paho subscriber's callback, ms: the transport floor on this machine."""
+    topic = "bench/hop"
+    hops: list[float] = []
+    with Subscriber(broker.host, broker.port, topic) as sub, \
+            Publisher(broker.host, broker.port) as pub:
+        for k in range(n):
+            before = len(sub.messages)
+            sent = pub.send(topic, b'{"hop":%d}' % k, qos=1)
+            sub.wait(before + 1, timeout=5.0)
+            hops.append((sub.received_wall[before] - sent) * 1e3)
+            time.sleep(0.01)
+    return hops
+
+
 def _baseline(timings: Sequence[Timing]) -> dict[str, Any]:
     return {
         "triggers": len(timings),
@@ -163,6 +178,7 @@ def run_latency_bench(
             cfg_path = workdir / "agent.yaml"
             cfg_path.write_text(yaml.safe_dump(_agent_config(config, broker.port, gpus)))
             progress(f"broker 127.0.0.1:{broker.port}; {gpus} simulated GPUs; {triggers} triggers")
+            hop = measure_broker_hop(broker, max(triggers, 20))
             idle = measure_gridtao(broker, cfg_path, workdir, triggers=triggers, busy_load=0.0,
                                    progress=progress)
             loaded = measure_gridtao(broker, cfg_path, workdir, triggers=triggers, busy_load=0.9,
@@ -197,6 +213,7 @@ def run_latency_bench(
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(),
         "simulated_hardware_response": hardware_response_ms(config),
+        "broker_hop_ms": percentiles(hop),
         **{k: percentiles(v) for k, v in idle.items()},
         "under_load": {k: percentiles(v) for k, v in loaded.items()},
         "baselines": {"sequential_subprocess": _baseline(seq), "polling_1s": _baseline(poll)},

@@ -27,6 +27,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "| measure (ms) | p50 | p99 | max |",
         "|---|---|---|---|",
     ]
+    lines.append(_row("transport floor: publish -> plain paho subscriber", result["broker_hop_ms"]))
     for key in KEYS:
         lines.append(_row(f"gridtao {key}", result[key]))
     for key in KEYS:

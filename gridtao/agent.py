@@ -44,9 +44,10 @@ log = logging.getLogger("gridtao.agent")
 
 # CPython hands the GIL to a waiting thread only after the holder has run this long (default
 # 5 ms). The island's threads wait for the GIL several times on the hot path, so a busy
-# controller thread would add whole switch intervals to every trigger. 1 ms bounds that; shorter
-# intervals measured worse (bench/latency.py): the writer threads then ping-pong the GIL.
-GIL_SWITCH_INTERVAL_S = 1e-3
+# controller thread would add whole switch intervals to every trigger. Measured with
+# bench/latency.py on a 2-core VM (p50/p99 publish->command under load): 5 ms 19/32 ms,
+# 1 ms 9/15 ms, 0.5 ms 6/9 ms, 0.1 ms 5/7 ms; idle latency did not get worse.
+GIL_SWITCH_INTERVAL_S = 1e-4
 
 
 def default_node_id() -> str:

@@ -70,6 +70,9 @@ class MosquittoBroker:
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
             "persistence false",
+            # Without it Nagle's algorithm can hold a small PUBLISH until the peer's delayed ACK
+            # (tens of ms): deployments of gridtao should set it too (see README).
+            "set_tcp_nodelay true",
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",
@@ -272,6 +275,7 @@ class Subscriber:
     def __init__(self, host: str, port: int, topic: str, *, qos: int = 1) -> None:
         self.topic = topic
         self.messages: list[paho.MQTTMessage] = []
+        self.received_wall: list[float] = []  # Unix time each message reached the callback
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self._client = _connect(host, port, "test-sub")
@@ -281,6 +285,7 @@ class Subscriber:
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         with self._cond:
+            self.received_wall.append(time.time())
             self.messages.append(msg)
             self._cond.notify_all()
 

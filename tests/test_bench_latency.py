@@ -1,0 +1,45 @@
+"""The latency bench end to end at a tiny size: real broker, agent processes, both baselines.
+
+Checks the report's shape and internal consistency, never its speed (shared CI machines).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.latency import run_latency_bench
+from bench.render import markdown, plot
+from gridtao.config import Config
+
+KEYS = ("publish_to_command_ms", "receive_to_command_ms", "trigger_to_target_ms")
+
+
+def test_latency_bench_reports_every_measure(tmp_path: Path) -> None:
+    result = run_latency_bench(Config(), triggers=2, gpus=2, baseline_triggers=1,
+                               progress=lambda _line: None)
+    assert result["triggers"] == 2 and result["gpus"] == 2
+    for section in (result, result["under_load"]):
+        for key in KEYS:
+            stats = section[key]
+            assert set(stats) == {"p50", "p99", "max"}
+            assert 0 < stats["p50"] <= stats["p99"] <= stats["max"]
+    # Each trigger was measured: receive -> command is part of publish -> command.
+    idle = result["samples"]["idle"]
+    assert len(idle["publish_to_command_ms"]) == 2
+    for total, part in zip(idle["publish_to_command_ms"], idle["receive_to_command_ms"],
+                           strict=True):
+        assert part <= total
+    # Target reached after command, and never before the simulated hardware could respond.
+    for ms in idle["trigger_to_target_ms"]:
+        assert ms > result["simulated_hardware_response"]["cap_down_tau_ms"] / 2
+    for name in ("sequential_subprocess", "polling_1s"):
+        base = result["baselines"][name]
+        assert base["triggers"] == 1
+        assert base["publish_to_command_ms"]["p50"] > 0
+    text = markdown(result, "gridtao bench latency --triggers 2 --gpus 2")
+    assert "sequential_subprocess" in text and "transport floor" in text
+    png = tmp_path / "lat.png"
+    plot(result, png)
+    assert png.stat().st_size > 1000
+    json.dumps(result)  # the JSON written by --json must serialise
