@@ -32,7 +32,9 @@ from gridtao.control.response import Reached, ResponseMeter
 from gridtao.gpu import open_backend
 from gridtao.gpu.backend import GpuBackend, GpuError
 from gridtao.grid import messages as wire
+from gridtao.grid.auth import Verifier
 from gridtao.grid.frequency import FrequencyMonitor, level_key
+from gridtao.grid.guard import Guard
 from gridtao.grid.intake import Intake
 from gridtao.grid.lane import IslandLane
 from gridtao.grid.mqtt import MqttLink, Will
@@ -79,6 +81,8 @@ class Agent:
         self.config = config
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.options = options or AgentOptions()
+        # Keys first: a missing or bad key file fails before any GPU is opened.
+        verifier = Verifier.from_config(config.auth, source=config.source)
         self.node_id = config.mqtt.node_id or default_node_id()
         self.topics = wire.Topics(config.mqtt.prefix, self.node_id)
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -115,6 +119,15 @@ class Agent:
             on_reached=self._reached,
             band_fraction=config.control.band_fraction,
         )
+        self.guard = Guard.from_config(
+            config,
+            node_id=self.node_id,
+            default_total_mw=float(self.island.envelope.default_total_mw),
+            draw_total_mw=lambda: float(sum(self.fast.draw_mw)),
+            wall=self.clock.wall,
+            registry=self.registry,
+            verifier=verifier,
+        )
         self.intake = Intake(
             self.island,
             self.topics,
@@ -123,6 +136,7 @@ class Agent:
             max_payload_bytes=config.mqtt.max_payload_bytes,
             metrics=self.metrics,
             on_activation=self._activated,
+            guard=self.guard,
         )
         m = config.mqtt
         link_opts = dict(
@@ -150,6 +164,9 @@ class Agent:
         self._metrics_server: MetricsServer | None = None
         self._started = False
         self._closed = False
+        self._quiesced = False
+        self._quiesce_lock = threading.Lock()
+        self._reconnects_seen = 0
         self._busy_sink = 0
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -159,6 +176,7 @@ class Agent:
         (after undoing what was started)."""
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         try:
+            self.guard.open()
             self.island.start()
             for trig in self.config.safety.triggers:
                 self.island.arm(level_key(trig), 1.0 - trig.reduction_fraction)
@@ -189,6 +207,9 @@ class Agent:
             tasks.append(asyncio.create_task(self._busy_load(), name="busy-load"))
         try:
             await stop.wait()
+            # Quiesce first (no trigger can land, limits restored), then say offline: a node
+            # that has announced it is offline must not ack anything after.
+            await asyncio.get_running_loop().run_in_executor(None, self.quiesce)
             self._publish_status(online=False)
             await self.status_link.flush(2.0)
         finally:
@@ -201,30 +222,48 @@ class Agent:
         if self._closed:
             return
         self._closed = True
-        # The meter first: its last reached ack goes out with the lane's final flush, and no
-        # ack is handed to the lane after its loop has closed.
-        self.meter.close()
-        self.lane.stop()
-        self._fast_stop.set()
-        if self._fast_thread is not None:
-            self._fast_thread.join(timeout=2.0)
-        self.watchdog.close()
-        self.restore_initial_limits()
+        self.quiesce()
         self.island.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
         self.backend.close()
-        log.info("agent %s stopped; limits restored", self.node_id)
+        log.info("agent %s stopped", self.node_id)
 
-    def restore_initial_limits(self) -> None:
-        """Write back, GPU by GPU, the limit found at start (clamped into [min, max])."""
+    def quiesce(self) -> None:
+        """Stop taking triggers and controlling, then restore the limits found at start.
+        Idempotent; thread-safe against a concurrent :meth:`close`."""
+        with self._quiesce_lock:
+            if self._quiesced:
+                return
+            self._quiesced = True
+            # The meter first: its last reached ack goes out with the lane's final flush, and
+            # no ack is handed to the lane after its loop has closed.
+            self.meter.close()
+            self.lane.stop()
+            self.guard.close()
+            self._fast_stop.set()
+            if self._fast_thread is not None:
+                self._fast_thread.join(timeout=2.0)
+            self.watchdog.close()
+            failed = self.restore_initial_limits()
+            if failed:
+                log.error("agent %s: %d GPU limit(s) could not be restored", self.node_id, failed)
+            else:
+                log.info("agent %s: limits restored to their values at start", self.node_id)
+
+    def restore_initial_limits(self) -> int:
+        """Write back, GPU by GPU, the limit found at start (clamped into [min, max]).
+        Returns how many GPUs could not be restored."""
+        failed = 0
         for i, lim, initial in zip(self._indices, self._limits, self.initial_limits_mw,
                                    strict=True):
             target = min(max(initial, lim.min_mw), lim.max_mw)
             try:
                 self.backend.set_limit_mw(i, target)
             except GpuError as e:
+                failed += 1
                 log.error("GPU %d: could not restore %d W: %s", i, target // 1000, e)
+        return failed
 
     # ---- callbacks from other threads -----------------------------------------------------
 
@@ -253,8 +292,16 @@ class Agent:
     async def _status_loop(self) -> None:
         period = self.config.mqtt.status_period_s
         while True:
+            self._count_reconnects()
             self._publish_status(online=True)
             await asyncio.sleep(period)
+
+    def _count_reconnects(self) -> None:
+        """Carry both links' reconnect counters into gridtao_mqtt_reconnects_total."""
+        total = self.lane.link.stats.reconnects + self.status_link.stats.reconnects
+        for _ in range(total - self._reconnects_seen):
+            self.metrics.count_mqtt_reconnect()
+        self._reconnects_seen = total
 
     def status_gpus(self) -> list[dict[str, float]]:
         """Per-GPU status from tier 1's last reading (no NVML call on this thread)."""

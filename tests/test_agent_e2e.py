@@ -149,8 +149,15 @@ def running_node(
     sim = SimNvml.from_config(cfg.gpus.sim, clock)
     for i in range(N):
         sim.set_demand_w(i, DEMAND_W)
+    backend = NvmlBackend(sim)
+    # The instant reading refreshes every 20 ms: start only once it shows the new demand, so
+    # the island's pre-event baseline is exactly N x DEMAND_W.
+    wait_for(
+        lambda: all(abs(backend.instant_power_mw(i) - DEMAND_W * W) <= W for i in range(N)),
+        "the simulated draw to settle",
+    )
     agent = Agent(
-        cfg, clock=clock, backend=NvmlBackend(sim),
+        cfg, clock=clock, backend=backend,
         options=AgentOptions(serve_metrics=False, connect_timeout_s=WAIT_S),
     )
     controller = _Controller(agent) if serve else None
