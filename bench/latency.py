@@ -59,6 +59,8 @@ def _agent_config(config: Config, port: int, gpus: int) -> dict[str, Any]:
             dataclasses.asdict(t) for t in config.safety.triggers]},
         "control": dataclasses.asdict(config.control),
         "metrics": {"enabled": False},
+        # Triggers come every ~0.6 s here, faster than a real aggregator would be allowed to.
+        "limits": {"min_event_interval_s": 0.0},
     }
 
 

@@ -37,6 +37,7 @@ from gridtao.grid.frequency import FrequencyMonitor, level_key
 from gridtao.grid.guard import Guard
 from gridtao.grid.intake import Intake
 from gridtao.grid.lane import IslandLane
+from gridtao.grid.limits import CutBasis
 from gridtao.grid.mqtt import MqttLink, Will
 from gridtao.telemetry.metrics import Metrics, MetricsServer, start_http_server
 from safety.island import Activation, SafetyIsland
@@ -119,11 +120,12 @@ class Agent:
             on_reached=self._reached,
             band_fraction=config.control.band_fraction,
         )
+        self.cut_basis = CutBasis(self.island.view, lambda: self.fast.draw_mw)
         self.guard = Guard.from_config(
             config,
             node_id=self.node_id,
             default_total_mw=float(self.island.envelope.default_total_mw),
-            draw_total_mw=lambda: float(sum(self.fast.draw_mw)),
+            draw_total_mw=self.cut_basis,
             wall=self.clock.wall,
             registry=self.registry,
             verifier=verifier,
@@ -268,6 +270,7 @@ class Agent:
     # ---- callbacks from other threads -----------------------------------------------------
 
     def _activated(self, act: Activation) -> None:
+        self.cut_basis.activated(act)
         self.meter.watch(act.event_id, baseline_mw=act.baseline_mw, target_mw=act.target_mw)
 
     def _reached(self, reached: Reached) -> None:

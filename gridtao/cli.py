@@ -111,6 +111,17 @@ def _run_gpus(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def _security_commands() -> dict[str, Command]:
+    from gridtao import cli_security as c
+
+    return {
+        "sign": Command("sign a dispatch or frequency payload (aggregator side)",
+                        c.configure_sign, c.run_sign),
+        "keygen": Command("generate an Ed25519 key pair or an HMAC secret",
+                          c.configure_keygen, c.run_keygen),
+    }
+
+
 def _agent_commands() -> dict[str, Command]:
     from gridtao import commands as c
 
@@ -126,6 +137,7 @@ def _agent_commands() -> dict[str, Command]:
 COMMANDS: dict[str, Command] = {
     "gpus": Command("list GPUs with power, limits and energy", _configure_gpus, _run_gpus),
     **_agent_commands(),
+    **_security_commands(),
 }
 
 

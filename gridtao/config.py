@@ -32,6 +32,18 @@ def _rng(lo: float | None = None, hi: float | None = None) -> dict[str, float | 
 
 
 @dataclass(frozen=True)
+class SimFault:
+    """A fault the simulated GPUs show from the start (``SimNvml.inject_fault``): ``kind`` on GPU
+    ``gpu`` (None: every GPU), ``delay_s`` per call for ``slow``, for ``calls`` affected calls
+    (None: until cleared). For tests and drills of the agent's error paths."""
+
+    kind: Literal["lost", "no_permission", "not_supported", "slow"]
+    gpu: int | None = field(default=None, metadata=_rng(0, 63))
+    delay_s: float = field(default=0.5, metadata=_rng(0, 3600))
+    calls: int | None = field(default=None, metadata=_rng(1, None))
+
+
+@dataclass(frozen=True)
 class SimConfig:
     """Simulated GPUs (see gridtao/gpu/sim.py). Times in milliseconds, power in watts."""
 
@@ -46,6 +58,7 @@ class SimConfig:
     set_latency_ms: float = field(default=0.2, metadata=_rng(0, 10_000))
     read_latency_ms: float = field(default=0.02, metadata=_rng(0, 10_000))
     seed: int = 0
+    faults: tuple[SimFault, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,12 +128,115 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class AuthKey:
+    """A sender's key: ``kid`` names it on the wire; ``file`` holds it (never the secret inline).
+
+    ``file`` is an Ed25519 public key (PEM or raw base64) for ``auth.mode: ed25519``, or an
+    HMAC secret (base64, at least 32 bytes) for ``auth.mode: hmac``. A relative path is taken
+    from the config file's folder. ``topics`` are the topics this key may sign for.
+    """
+
+    kid: str
+    file: str
+    topics: tuple[Literal["dispatch", "frequency"], ...] = ("dispatch", "frequency")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Signed dispatch and frequency messages (docs/security.md). Times in seconds.
+
+    With ``mode`` other than ``none``, every dispatch must carry ``sig`` and ``kid`` and an
+    ``issued_at`` no older than ``freshness_s`` nor more than ``max_future_s`` ahead; its id is
+    remembered in ``replay_store`` (default: ``$XDG_STATE_HOME/gridtao/replay-<node>.jsonl``,
+    else ``~/.local/state/gridtao/...``) for ``freshness_s``, so a replay is refused across
+    restarts. Signed frequency samples must have ``t`` within ``frequency_freshness_s`` and
+    increasing per key; unsigned ones are refused when ``require_signed_frequency`` is true.
+    """
+
+    mode: Literal["none", "hmac", "ed25519"] = "none"
+    keys: tuple[AuthKey, ...] = ()
+    freshness_s: float = field(default=30.0, metadata=_rng(0.1, 86_400))
+    frequency_freshness_s: float = field(default=2.0, metadata=_rng(0.05, 3600))
+    max_future_s: float = field(default=2.0, metadata=_rng(0, 3600))
+    replay_store: str | None = None
+    replay_max_entries: int = field(default=100_000, metadata=_rng(10, 10_000_000))
+    require_signed_frequency: bool = True
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Bounds on what remote messages may do to the node (docs/security.md).
+
+    Rates are token buckets per topic (messages/s, burst in messages); over the rate, a dispatch
+    is refused with an ack and a frequency sample is dropped (both counted). A dispatched cut is
+    refused if its shed ``fraction`` exceeds ``max_reduction_fraction``, its ``node_w`` is below
+    ``min_node_fraction`` of the GPUs' summed default limits (a shed that would cross that floor
+    at the current draw is reduced to stop at it), its ``duration_s`` exceeds
+    ``max_event_duration_s``, it comes sooner than ``min_event_interval_s`` after the last
+    accepted cut, or ``max_events_in_flight`` events are already active. Releases are exempt
+    from all but the rate.
+    """
+
+    dispatch_rate_per_s: float = field(default=5.0, metadata=_rng(0.001, 10_000))
+    dispatch_burst: int = field(default=20, metadata=_rng(1, 100_000))
+    frequency_rate_per_s: float = field(default=60.0, metadata=_rng(0.001, 100_000))
+    frequency_burst: int = field(default=120, metadata=_rng(1, 1_000_000))
+    max_events_in_flight: int = field(default=4, metadata=_rng(1, 1000))
+    max_reduction_fraction: float = field(default=0.8, metadata=_rng(0.0, 1.0))
+    min_node_fraction: float = field(default=0.3, metadata=_rng(0.0, 1.0))
+    min_event_interval_s: float = field(default=1.0, metadata=_rng(0, 86_400))
+    max_event_duration_s: float = field(default=3600.0, metadata=_rng(0.1, 86_400 * 7))
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The append-only, hash-chained audit trail (gridtao/telemetry/audit.py, docs/audit.md).
+
+    ``fsync``: ``always`` (every record on disk before the next), ``interval`` (at most
+    ``fsync_interval_s`` of records lost on power loss), ``never`` (the OS decides). The file is
+    rotated before it would exceed ``rotate_bytes``; ``keep_files`` rotated files are kept
+    (0: all). ``queue_size`` records may wait for the writer; beyond that they are dropped and a
+    ``gap`` record says how many. A relative ``path`` is taken from the working directory.
+    """
+
+    enabled: bool = False
+    path: str = "gridtao-audit.jsonl"
+    fsync: Literal["always", "interval", "never"] = "interval"
+    fsync_interval_s: float = field(default=1.0, metadata=_rng(0.01, 3600))
+    rotate_bytes: int = field(default=64 * 1024 * 1024, metadata=_rng(4096, 1 << 40))
+    keep_files: int = field(default=0, metadata=_rng(0, 1_000_000))
+    queue_size: int = field(default=10_000, metadata=_rng(16, 10_000_000))
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    """Crash-recovery state journal (gridtao/journal.py, docs/audit.md). Times in seconds.
+
+    The agent keeps in ``path`` (written atomically, fsynced) the limits it found at its first
+    start and the events it is holding. After a crash, the next start restores a journaled event
+    for what is left of its duration, but GPUs never stay capped longer than
+    ``max_capped_after_crash_s`` after the crash (the journal's last heartbeat, rewritten every
+    ``heartbeat_s``): past that, the limits are restored at once. A clean stop restores the limits
+    the first run found and removes the journal.
+    """
+
+    enabled: bool = False
+    path: str = "gridtao-journal.json"
+    max_capped_after_crash_s: float = field(default=300.0, metadata=_rng(0, 7 * 86_400))
+    heartbeat_s: float = field(default=1.0, metadata=_rng(0.05, 3600))
+
+
+@dataclass(frozen=True)
 class Config:
     gpus: GpusConfig = field(default_factory=GpusConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
 
@@ -174,12 +290,39 @@ def _check_consistency(cfg: Config, source: str) -> None:
         _fail(source, "safety.triggers", "two triggers share the same hz level")
     if cfg.gpus.sim.workload == "trace" and cfg.gpus.sim.trace_csv is None:
         _fail(source, "gpus.sim.trace_csv", "required when gpus.sim.workload is 'trace'")
+    for k, fault in enumerate(cfg.gpus.sim.faults):
+        if fault.gpu is not None and fault.gpu >= cfg.gpus.sim.count:
+            _fail(source, f"gpus.sim.faults[{k}].gpu", f"no GPU {fault.gpu} (count is "
+                  f"{cfg.gpus.sim.count})")
+    if cfg.audit.enabled and cfg.journal.enabled and cfg.audit.path == cfg.journal.path:
+        _fail(source, "journal.path", "must differ from audit.path")
     for part in ("+", "#"):
         if part in cfg.mqtt.prefix:
             _fail(source, "mqtt.prefix", f"MQTT topics must not contain the wildcard {part!r}")
     node = cfg.mqtt.node_id
     if node is not None and any(ch in node for ch in "+#/"):
         _fail(source, "mqtt.node_id", "must be one MQTT topic level: no '+', '#' or '/'")
+    _check_security(cfg, source)
+
+
+def _check_security(cfg: Config, source: str) -> None:
+    auth = cfg.auth
+    if auth.mode != "none" and not auth.keys:
+        _fail(source, "auth.keys", f"at least one key is required when auth.mode is {auth.mode!r}")
+    seen: set[str] = set()
+    for k, key in enumerate(auth.keys):
+        if key.kid in seen:
+            _fail(source, f"auth.keys[{k}].kid", f"duplicate key id {key.kid!r}")
+        seen.add(key.kid)
+        if not key.kid.isprintable() or len(key.kid) > 64:
+            _fail(source, f"auth.keys[{k}].kid", "must be printable and at most 64 characters")
+        if not key.topics:
+            _fail(source, f"auth.keys[{k}].topics", "must name at least one topic")
+    cap = cfg.limits.max_reduction_fraction
+    for k, trig in enumerate(cfg.safety.triggers):
+        if trig.reduction_fraction > cap:
+            _fail(source, f"safety.triggers[{k}].reduction_fraction",
+                  f"{trig.reduction_fraction:g} exceeds limits.max_reduction_fraction {cap:g}")
 
 
 def _fail(source: str, key: str, reason: str) -> typing.NoReturn:
@@ -199,6 +342,10 @@ def _build(cls: type[T], data: object, source: str, key: str) -> T:
             known = ", ".join(n for n, fl in fields.items() if not fl.metadata.get("internal"))
             _fail(source, sub, f"unknown key (known keys: {known})")
         kwargs[f.name] = _convert(hints[f.name], value, source, sub, f.metadata)
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in kwargs:
+            _fail(source, f"{key}.{name}" if key else name, "required key is missing")
     return cls(**kwargs)
 
 

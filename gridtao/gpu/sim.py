@@ -131,8 +131,13 @@ class SimNvml:
 
     @classmethod
     def from_config(cls, config: SimConfig, clock: Clock) -> SimNvml:
-        """Build from configuration. Raises ``ConfigError`` for an unusable trace."""
-        return cls(clock, config)
+        """Build from configuration, with ``config.faults`` injected. Raises ``ConfigError`` for
+        an unusable trace."""
+        sim = cls(clock, config)
+        for fault in config.faults:
+            for index in range(sim.count) if fault.gpu is None else (fault.gpu,):
+                sim.inject_fault(index, fault.kind, delay_s=fault.delay_s, calls=fault.calls)
+        return sim
 
     @staticmethod
     def _load_trace(cfg: SimConfig) -> Trace:

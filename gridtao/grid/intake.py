@@ -7,6 +7,10 @@ the controller, allocates much, or touches the disk before the caps are commande
 Invariants: a rejected message changes no GPU setting and gets exactly one ack with a reason;
 a duplicate event id is acted on once (the original ack is sent again); every accepted event
 that ends is released through the island's ramp, never dropped at full cut.
+
+With a :class:`~gridtao.grid.guard.Guard`, a dispatch goes: parse -> rate limit -> signature ->
+duplicate check -> freshness, replay and bounds -> island -> replay store fsync -> ack; a
+frequency sample: rate limit -> parse -> signature, freshness and order -> monitor.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from gridtao.clock import Clock
 from gridtao.grid import messages as wire
 from gridtao.grid.frequency import Activate, FrequencyMonitor, Release
+from gridtao.grid.guard import Guard
 from gridtao.telemetry.metrics import Metrics
 from safety.island import Activation, SafetyIsland
 
@@ -58,6 +63,7 @@ class Intake:
         max_payload_bytes: int,
         metrics: Metrics | None = None,
         on_activation: Callable[[Activation], None] | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self._island = island
         self._topics = topics
@@ -66,6 +72,7 @@ class Intake:
         self._max_bytes = max_payload_bytes
         self._metrics = metrics
         self._on_activation = on_activation
+        self._guard = guard
         self._acks: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._events: dict[str, _Event] = {}
 
@@ -101,13 +108,23 @@ class Intake:
     # ---- frequency ------------------------------------------------------------------------
 
     def _on_frequency(self, payload: bytes, received_at: float, wall: float) -> list[Outgoing]:
+        # Frequency is QoS 0 telemetry from a meter: refusals get no ack, but are counted.
+        guard = self._guard
+        if guard is not None and not guard.take("frequency", received_at):
+            self._count("frequency", "rejected")
+            return []
         try:
             sample = wire.parse_frequency(payload, max_bytes=self._max_bytes)
         except wire.MessageRejected as e:
-            # Frequency is QoS 0 telemetry from a meter: no ack, but counted and logged.
             self._count("frequency", "rejected")
             log.debug("frequency sample rejected: %s", e.reason)
             return []
+        if guard is not None:
+            problem = guard.check_frequency(payload, sample.t)
+            if problem is not None:
+                self._count("frequency", "rejected")
+                log.info("frequency sample rejected: %s", problem)
+                return []
         self._count("frequency", "accepted")
         out: list[Outgoing] = []
         for action in self._monitor.on_sample(sample.hz, received_at, wall_s=wall):
@@ -132,20 +149,46 @@ class Intake:
     # ---- dispatch -------------------------------------------------------------------------
 
     def _on_dispatch(self, payload: bytes, received_at: float, wall: float) -> list[Outgoing]:
+        guard = self._guard
+        limited = guard is not None and not guard.take("dispatch", received_at)
         try:
             msg = wire.parse_dispatch(payload, max_bytes=self._max_bytes)
         except wire.MessageRejected as e:
-            self._count("dispatch", "rejected")
-            log.info("dispatch rejected: %s", e.reason)
-            return [self._ack(e.event_id, False, e.reason, wall, None)]
+            reason = guard.rate_reason("dispatch") if guard is not None and limited else e.reason
+            return [self._reject(e.event_id, reason, wall)]
+        if guard is not None:
+            problem = guard.rate_reason("dispatch") if limited else (
+                guard.authenticate_dispatch(payload))
+            if problem is not None:
+                return [self._reject(msg.id, problem, wall)]
         previous = self._acks.get(msg.id)
         if previous is not None:
             self._count("dispatch", "duplicate")
             return [Outgoing(self._topics.ack, previous)]
+        note = None
+        fraction = msg.fraction if isinstance(msg, wire.ShedDispatch) else None
+        if guard is not None:
+            verdict = guard.admit_dispatch(msg, now_s=received_at, in_flight=len(self._events))
+            if verdict.reason is not None:
+                guard.after_dispatch()
+                return [self._reject(msg.id, verdict.reason, wall)]
+            fraction, note = verdict.fraction, verdict.note
         if isinstance(msg, wire.ReleaseDispatch):
-            return [self._on_release(msg, wall)]
+            out = self._on_release(msg, wall)
+        else:
+            out = self._on_cut(msg, fraction, note, received_at, wall)
+        if guard is not None:
+            guard.accepted(msg, now_s=received_at)
+            guard.after_dispatch()
+        return [out]
+
+    def _on_cut(
+        self, msg: wire.ShedDispatch | wire.CapDispatch, fraction: float | None,
+        note: str | None, received_at: float, wall: float,
+    ) -> Outgoing:
         if isinstance(msg, wire.ShedDispatch):
-            act = self._island.trigger_shed(msg.id, msg.fraction)
+            act = self._island.trigger_shed(msg.id, fraction if fraction is not None
+                                            else msg.fraction)
         else:
             act = self._island.trigger_cap(msg.id, msg.node_w)
         self._count("dispatch", "accepted")
@@ -154,7 +197,13 @@ class Intake:
             act.commanded_wall,
         )
         self._activated(act, received_at)
-        return [self._ack(msg.id, True, _write_note(act), wall, act.commanded_wall)]
+        notes = [n for n in (note, _write_note(act)) if n]
+        return self._ack(msg.id, True, "; ".join(notes) or None, wall, act.commanded_wall)
+
+    def _reject(self, event_id: str | None, reason: str, wall: float) -> Outgoing:
+        self._count("dispatch", "rejected")
+        log.info("dispatch %s rejected: %s", event_id, reason)
+        return self._ack(event_id, False, reason, wall, None)
 
     def _on_release(self, msg: wire.ReleaseDispatch, wall: float) -> Outgoing:
         if msg.ref not in self._events:
