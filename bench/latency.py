@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from bench.authcost import BenchKey, make_key, verify_cost_us
 from bench.baselines import (
     BaselineNode,
     Timing,
@@ -36,6 +37,7 @@ from bench.baselines import (
     run_sequential_subprocess,
 )
 from gridtao.config import Config
+from gridtao.grid.auth import Alg
 from gridtao.localbroker import MosquittoBroker, Publisher, Subscriber
 from gridtao.report import percentiles
 
@@ -49,10 +51,13 @@ def hardware_response_ms(config: Config) -> dict[str, float]:
             "settle_to_band_ms": settle, "floor_ms": settle + sim.refresh_ms}
 
 
-def _agent_config(config: Config, port: int, gpus: int) -> dict[str, Any]:
-    """The agent's YAML: the caller's config on a bench broker, fast release between triggers."""
+def _agent_config(config: Config, port: int, gpus: int, *, workdir: Path,
+                  key: BenchKey | None = None) -> dict[str, Any]:
+    """The agent's YAML: the caller's config on a bench broker, fast release between triggers,
+    and the bench key when ``key`` is given (dispatches must then be signed)."""
     sim = dataclasses.asdict(config.gpus.sim) | {"count": gpus}
-    return {
+    extra: dict[str, Any] = {} if key is None else {"auth": key.agent_config(workdir)}
+    return _plain(extra | {
         "gpus": {"backend": "sim", "sim": sim},
         "mqtt": {"host": "127.0.0.1", "port": port, "prefix": "gridtao/bench", "node_id": "bench"},
         "safety": {"release_rate_per_s": 20.0, "triggers": [
@@ -61,7 +66,13 @@ def _agent_config(config: Config, port: int, gpus: int) -> dict[str, Any]:
         "metrics": {"enabled": False},
         # Triggers come every ~0.6 s here, faster than a real aggregator would be allowed to.
         "limits": {"min_event_interval_s": 0.0},
-    }
+    })
+
+
+def _plain(data: dict[str, Any]) -> dict[str, Any]:
+    """Tuples (config sequences) as lists: yaml.safe_dump writes only plain types."""
+    plain: dict[str, Any] = json.loads(json.dumps(data))
+    return plain
 
 
 class AgentProcess:
@@ -87,7 +98,7 @@ class AgentProcess:
 
 def measure_gridtao(
     broker: MosquittoBroker, cfg_path: Path, workdir: Path, *, triggers: int, busy_load: float,
-    progress: Callable[[str], None],
+    progress: Callable[[str], None], key: BenchKey | None = None,
 ) -> dict[str, list[float]]:
     prefix = "gridtao/bench"
     ack_topic, status_topic = f"{prefix}/nodes/bench/ack", f"{prefix}/nodes/bench/status"
@@ -105,9 +116,11 @@ def measure_gridtao(
             for k in range(triggers):
                 event_id = f"lat-{busy_load}-{k}"
                 before = len(acks.messages)
-                sent = pub.send(f"{prefix}/dispatch", json.dumps(
-                    {"id": event_id, "kind": "shed", "fraction": SHED_FRACTION,
-                     "duration_s": 0.35, "issued_at": time.time()}).encode(), qos=1)
+                body = {"id": event_id, "kind": "shed", "fraction": SHED_FRACTION,
+                        "duration_s": 0.35, "issued_at": time.time()}
+                # Signing is the aggregator's cost: done before the publish time is taken.
+                payload = key.sign(body) if key is not None else json.dumps(body).encode()
+                sent = pub.send(f"{prefix}/dispatch", payload, qos=1)
                 got = _wait_ack(acks, before, event_id, timeout_s=10.0)
                 first, reached = got[0], got[-1].get("reached_at")
                 out["publish_to_command_ms"].append((first["commanded_at"] - sent) * 1e3)
@@ -170,21 +183,28 @@ def _baseline(timings: Sequence[Timing]) -> dict[str, Any]:
 
 def run_latency_bench(
     config: Config, *, triggers: int, gpus: int, baseline_triggers: int | None = None,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[str], None] = print, auth: Alg | None = None,
 ) -> dict[str, Any]:
+    """Run the bench; with ``auth``, the agent requires dispatches signed with that algorithm
+    (a key made in the temporary folder) and the per-message verify cost is measured too."""
     base_n = baseline_triggers if baseline_triggers is not None else max(3, min(triggers, 10))
     sim_cfg = dataclasses.replace(config.gpus.sim, count=gpus)
     with tempfile.TemporaryDirectory(prefix="gridtao-bench-") as tmp:
         workdir = Path(tmp)
         with MosquittoBroker(workdir) as broker:
             cfg_path = workdir / "agent.yaml"
-            cfg_path.write_text(yaml.safe_dump(_agent_config(config, broker.port, gpus)))
-            progress(f"broker 127.0.0.1:{broker.port}; {gpus} simulated GPUs; {triggers} triggers")
+            key = make_key(auth, workdir) if auth is not None else None
+            cfg_path.write_text(yaml.safe_dump(
+                _agent_config(config, broker.port, gpus, workdir=workdir, key=key)))
+            progress(f"broker 127.0.0.1:{broker.port}; {gpus} simulated GPUs; {triggers} triggers"
+                     + (f"; dispatches signed ({auth})" if auth else ""))
             hop = measure_broker_hop(broker, max(triggers, 20))
             idle = measure_gridtao(broker, cfg_path, workdir, triggers=triggers, busy_load=0.0,
-                                   progress=progress)
+                                   progress=progress, key=key)
             loaded = measure_gridtao(broker, cfg_path, workdir, triggers=triggers, busy_load=0.9,
-                                     progress=progress)
+                                     progress=progress, key=key)
+            verify = {alg: verify_cost_us(alg, workdir) for alg in ("ed25519", "hmac")} if (
+                auth is not None) else None
 
             pub = Publisher(broker.host, broker.port)
 
@@ -216,6 +236,7 @@ def run_latency_bench(
         "machine": machine_description(),
         "simulated_hardware_response": hardware_response_ms(config),
         "broker_hop_ms": percentiles(hop),
+        "auth": None if auth is None else {"alg": auth, "verify_us": verify},
         **{k: percentiles(v) for k, v in idle.items()},
         "under_load": {k: percentiles(v) for k, v in loaded.items()},
         "baselines": {"sequential_subprocess": _baseline(seq), "polling_1s": _baseline(poll)},

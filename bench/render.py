@@ -23,6 +23,14 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"- simulated hardware: cap-down time constant {hw['cap_down_tau_ms']:.0f} ms, instant "
         f"reading refresh {hw['refresh_ms']:.0f} ms -> floor to the 5 % band "
         f"{hw['floor_ms']:.0f} ms ({hw['settle_to_band_ms']:.0f} ms settling + one refresh)",
+    ]
+    auth = result.get("auth")
+    if auth:
+        cost = ", ".join(f"{alg} p50 {v['p50']:.1f} / p99 {v['p99']:.1f} us"
+                         for alg, v in auth["verify_us"].items())
+        lines.append(f"- dispatches signed with {auth['alg']}; verify cost per message "
+                     f"(decode + canonical form + signature): {cost}")
+    lines += [
         "",
         "| measure (ms) | p50 | p99 | max |",
         "|---|---|---|---|",

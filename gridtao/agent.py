@@ -5,7 +5,9 @@ Threads and loops (DESIGN.md):
 - tier 1: its own thread at ``control.fast_hz``; reads instant power, re-arms the island;
 - response meter: samples node power after each activation until the target band is reached;
 - watchdog: puts the GPUs in ``safety.safe_state`` if tier 1 stops beating;
-- the controller loop (asyncio on uvloop, the caller's thread): retained status, metrics.
+- the controller loop (asyncio on uvloop, the caller's thread): retained status, metrics,
+  tier 2 (control/tracker.py) every ``tracker.period_s`` with its retained tracker topic;
+  tier 2's commitment is also refreshed on the island lane after every frequency sample.
 
 Stop restores every limit the agent changed to what it found at start, then publishes an
 offline status. The agent never commands a limit outside ``[min, default]`` (safety.envelope).
@@ -29,16 +31,20 @@ from gridtao.clock import Clock, MonotonicClock
 from gridtao.config import Config
 from gridtao.control.fast import FastLoop
 from gridtao.control.response import Reached, ResponseMeter
+from gridtao.control.tracker import Tier2
 from gridtao.gpu import open_backend
-from gridtao.gpu.backend import GpuBackend, GpuError
+from gridtao.gpu.backend import GpuBackend, GpuError, GpuPermissionDenied
 from gridtao.grid import messages as wire
 from gridtao.grid.auth import Verifier
-from gridtao.grid.frequency import FrequencyMonitor, level_key
+from gridtao.grid.frequency import level_key
 from gridtao.grid.guard import Guard
 from gridtao.grid.intake import Intake
 from gridtao.grid.lane import IslandLane
 from gridtao.grid.limits import CutBasis
 from gridtao.grid.mqtt import MqttLink, Will
+from gridtao.grid.portfolio import Portfolio, ProductMonitor
+from gridtao.grid.tls import read_password, ssl_context
+from gridtao.ledger import Ledger
 from gridtao.telemetry.metrics import Metrics, MetricsServer, start_http_server
 from safety.island import Activation, SafetyIsland
 from safety.watchdog import Watchdog
@@ -84,6 +90,10 @@ class Agent:
         self.options = options or AgentOptions()
         # Keys first: a missing or bad key file fails before any GPU is opened.
         verifier = Verifier.from_config(config.auth, source=config.source)
+        # Broker credentials too (gridtao/grid/tls.py): a missing CA or password file is a
+        # config error now, not a reconnect loop later.
+        tls_context = ssl_context(config.mqtt, source=config.source)
+        password = read_password(config.mqtt, source=config.source)
         self.node_id = config.mqtt.node_id or default_node_id()
         self.topics = wire.Topics(config.mqtt.prefix, self.node_id)
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -93,8 +103,25 @@ class Agent:
         )
         self._indices = [d.index for d in self.backend.devices()]
         self._limits = [self.backend.power_limits(i) for i in self._indices]
-        # What we found: restored on stop, whatever the events did in between.
+        # What we found: restored on stop, whatever the events did in between. After a crash
+        # the journal knows better: what the first run found (gridtao/ledger.py).
         self.initial_limits_mw = [self.backend.enforced_limit_mw(i) for i in self._indices]
+        try:
+            self.ledger = Ledger(
+                config, clock=self.clock, node_id=self.node_id,
+                uuids=[d.uuid for d in self.backend.devices()],
+                default_mw=[lim.default_mw for lim in self._limits],
+                found_mw=self.initial_limits_mw,
+            )
+        except BaseException:
+            if backend is None:
+                self.backend.close()
+            raise
+        self._found_mw = list(self.initial_limits_mw)
+        self._audited_limits: tuple[int, ...] | None = None
+        self._min_hold_s = {level_key(t): t.min_hold_s for t in config.safety.triggers}
+        self.initial_limits_mw = list(self.ledger.initial_limits_mw)
+        self._touched = False  # limits may have been written: restore them at stop
         safety = config.safety
         self.island = SafetyIsland(
             self.backend,
@@ -130,20 +157,31 @@ class Agent:
             registry=self.registry,
             verifier=verifier,
         )
+        # Tier 2 and the enrolled products (control/tracker.py, grid/portfolio.py): the monitor
+        # fires step products on the island lane and refreshes tier 2's commitment there.
+        self.portfolio = Portfolio(config.products, ramp_out_per_s=safety.release_rate_per_s)
+        self.tier2 = Tier2(self.island, self.portfolio, facility=config.facility,
+                           config=config.tracker, clock=self.clock)
+        self.monitor = ProductMonitor(safety.triggers, self.portfolio,
+                                      on_change=self.tier2.update)
         self.intake = Intake(
             self.island,
             self.topics,
             clock=self.clock,
-            monitor=FrequencyMonitor(safety.triggers),
+            monitor=self.monitor,
+            dr=self.monitor,
             max_payload_bytes=config.mqtt.max_payload_bytes,
             metrics=self.metrics,
             on_activation=self._activated,
             guard=self.guard,
+            on_decision=self.ledger.decision if self.ledger.active else None,
         )
         m = config.mqtt
         link_opts = dict(
             host=m.host, port=m.port, keepalive_s=m.keepalive_s,
             reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s,
+            tls=tls_context, username=m.username, password=password,
+            error_log_interval_s=m.error_log_interval_s,
         )
         pid = os.getpid()
         self.lane = IslandLane(
@@ -178,12 +216,23 @@ class Agent:
         (after undoing what was started)."""
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         try:
+            self.ledger.start({"gpus": [
+                {"index": d.index, "uuid": d.uuid, "name": d.name, "min_mw": lim.min_mw,
+                 "default_mw": lim.default_mw, "max_mw": lim.max_mw, "found_mw": found}
+                for d, lim, found in zip(self.backend.devices(), self._limits,
+                                         self._found_mw, strict=True)
+            ], "config": self.config.source})
+            self._check_write_permission()
             self.guard.open()
+            self._touched = True
             self.island.start()
             for trig in self.config.safety.triggers:
                 self.island.arm(level_key(trig), 1.0 - trig.reduction_fraction)
             self.fast.step()  # first draw reading and armed caps before any trigger can land
+            self.ledger.recover(self.island, self.intake,
+                                ramp_s=1.0 / self.config.safety.release_rate_per_s)
             self.island.rearm()
+            self.tier2.start(sum(self.fast.draw_mw) / 1000.0)
             self.meter.start()
             self.watchdog.start()
             self._fast_thread = self.fast.start_thread(self._fast_stop)
@@ -204,7 +253,8 @@ class Agent:
     async def serve(self, stop: asyncio.Event) -> None:
         """Run the controller loop until ``stop`` is set: status, metrics, optional bench load."""
         tasks = [asyncio.create_task(self.status_link.run(), name="status-link"),
-                 asyncio.create_task(self._status_loop(), name="status")]
+                 asyncio.create_task(self._status_loop(), name="status"),
+                 asyncio.create_task(self._tracker_loop(), name="tier2")]
         if self.options.busy_load_fraction > 0:
             tasks.append(asyncio.create_task(self._busy_load(), name="busy-load"))
         try:
@@ -247,11 +297,33 @@ class Agent:
             if self._fast_thread is not None:
                 self._fast_thread.join(timeout=2.0)
             self.watchdog.close()
+            if not self._touched:  # start failed before any write: nothing to undo
+                self.ledger.close(restore_failed=0, limits_mw=())
+                return
             failed = self.restore_initial_limits()
             if failed:
                 log.error("agent %s: %d GPU limit(s) could not be restored", self.node_id, failed)
             else:
                 log.info("agent %s: limits restored to their values at start", self.node_id)
+            self.ledger.close(restore_failed=failed, limits_mw=self.initial_limits_mw)
+
+    def _check_write_permission(self) -> None:
+        """Write each GPU's current limit back (a no-op for the device): a node that cannot
+        set limits must not accept dispatches it cannot honour. Other errors leave that GPU to
+        the island's fault handling."""
+        if getattr(self.backend, "dry_run", False):
+            return
+        for i in self._indices:
+            try:
+                self.backend.set_limit_mw(i, self.backend.enforced_limit_mw(i))
+            except GpuPermissionDenied as e:
+                raise GpuPermissionDenied(
+                    f"{e}: setting GPU power limits needs root or CAP_SYS_ADMIN"
+                    " (or run with --dry-run to observe only)", index=i,
+                ) from None
+            except GpuError as e:
+                self.metrics.count_gpu_error(i, type(e).__name__)
+                log.error("GPU %d: cannot set its limit at start: %s", i, e)
 
     def restore_initial_limits(self) -> int:
         """Write back, GPU by GPU, the limit found at start (clamped into [min, max]).
@@ -272,6 +344,13 @@ class Agent:
     def _activated(self, act: Activation) -> None:
         self.cut_basis.activated(act)
         self.meter.watch(act.event_id, baseline_mw=act.baseline_mw, target_mw=act.target_mw)
+        if self.ledger.journal is not None:
+            if act.kind == "frequency":
+                hold_s = self._min_hold_s.get(act.level or "", 0.0)
+                hold_until: float | None = act.commanded_wall + hold_s
+            else:
+                hold_until = self.intake.deadline_wall(act.event_id)
+            self.ledger.activated(act, basis_mw=self.fast.draw_mw, hold_until_wall=hold_until)
 
     def _reached(self, reached: Reached) -> None:
         # Meter thread -> lane loop: the intake's state is only touched on the lane's loop.
@@ -283,21 +362,64 @@ class Agent:
         ev = self.intake.activation_time(reached.event_id)
         if ev is not None:
             self.metrics.observe_trigger_to_target(reached.reached_at - ev)
+        self.ledger.record("target_reached", {
+            "event": reached.event_id, "reached_at": reached.reached_wall,
+            "node_power_mw": reached.node_power_mw, "target_mw": reached.target_mw,
+        })
 
     def _watchdog_expired(self) -> None:
         mode = self.config.safety.safe_state
         log.error("controller heartbeat lost for %.1f s: entering safe state %r",
                   self.config.safety.watchdog_timeout_s, mode)
         self.island.enter_safe_state(mode)
+        self.ledger.safe_state(mode)
 
     # ---- controller loop work -------------------------------------------------------------
+
+    async def _tracker_loop(self) -> None:
+        """Tier 2 every ``tracker.period_s``; its state goes out retained on the tracker topic."""
+        period = self.config.tracker.period_s
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.tier2.tick(self._it_power_w())
+                payload = wire.tracker_payload(self.node_id, self.clock.wall(),
+                                               self.tier2.snapshot())
+                self.status_link.publish_nowait(self.topics.tracker, payload, qos=0, retain=True)
+            except Exception:
+                log.exception("tier 2 tick failed")
+
+    def _it_power_w(self) -> float:
+        """Node IT power, W: each GPU's 1-s average (tier 1's last instant reading if that read
+        fails), so training's sub-second swings do not jitter tier 2's reference."""
+        draw = self.fast.draw_mw
+        total_mw = 0.0
+        for k, i in enumerate(self._indices):
+            try:
+                total_mw += self.backend.average_power_mw(i)
+            except GpuError:
+                total_mw += draw[k]
+        return total_mw / 1000.0
 
     async def _status_loop(self) -> None:
         period = self.config.mqtt.status_period_s
         while True:
             self._count_reconnects()
             self._publish_status(online=True)
+            self._record_limits()
             await asyncio.sleep(period)
+
+    def _record_limits(self) -> None:
+        """Audit tier 1's limits when any moved by 1 W or more (at most once a status period:
+        tier 1 adjusts them up to 100 times a second, the trail keeps the trajectory)."""
+        limits = self.fast.limits_mw
+        last = self._audited_limits
+        if last is not None and all(abs(a - b) < 1000 for a, b in zip(limits, last,
+                                                                         strict=True)):
+            return
+        self._audited_limits = limits
+        self.ledger.record("limits", {"limits_mw": limits, "draw_mw": self.fast.draw_mw,
+                                      "event": self.island.view().event_id})
 
     def _count_reconnects(self) -> None:
         """Carry both links' reconnect counters into gridtao_mqtt_reconnects_total."""

@@ -20,6 +20,8 @@ from typing import Any
 from gridtao import __version__
 from gridtao.config import ENV_VAR, Config, ConfigError, load_config
 from gridtao.gpu.backend import GpuBackend, GpuError
+from gridtao.journal import JournalError
+from gridtao.telemetry.audit import AuditError
 
 EXIT_OK = 0
 EXIT_ERROR = 2
@@ -111,6 +113,18 @@ def _run_gpus(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def _audit_cli() -> Any:
+    from gridtao import cli_audit
+
+    return cli_audit
+
+
+def _broker_cli() -> Any:
+    from gridtao import cli_broker
+
+    return cli_broker
+
+
 def _security_commands() -> dict[str, Command]:
     from gridtao import cli_security as c
 
@@ -138,6 +152,13 @@ COMMANDS: dict[str, Command] = {
     "gpus": Command("list GPUs with power, limits and energy", _configure_gpus, _run_gpus),
     **_agent_commands(),
     **_security_commands(),
+    "audit": Command("check the audit trail's hash chain (audit verify FILE...)",
+                     lambda p: _audit_cli().configure_audit(p),
+                     lambda a, c: _audit_cli().run_audit(a, c)),
+    "check-broker": Command("connect to the broker once with the configured TLS and "
+                            "credentials; exit 0 if accepted, 2 with the reason if not",
+                            lambda p: _broker_cli().configure_check_broker(p),
+                            lambda a, c: _broker_cli().run_check_broker(a, c)),
 }
 
 
@@ -179,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         return COMMANDS[args.command].run(args, config)
-    except (ConfigError, GpuError) as e:
+    except (ConfigError, GpuError, JournalError, AuditError) as e:
         print(f"gridtao: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -65,17 +65,32 @@ def configure_bench(p: argparse.ArgumentParser) -> None:
     lat.add_argument("--plot", metavar="FILE", help="write CDF plots as PNG")
     lat.add_argument("--markdown", metavar="FILE",
                      help="write a BENCHMARKS.md section (Markdown) to FILE")
+    lat.add_argument("--auth", choices=("ed25519", "hmac"), default=None,
+                     help="sign every dispatch (keys made in the bench's temporary folder) and "
+                          "measure the verify cost")
+    from bench import pue
+
+    pue.configure(sub.add_parser("pue", help="PUE-aware tier 2 vs a naive annual-PUE tracker"))
 
 
 def run_bench_command(args: argparse.Namespace, config: Config) -> int:
     from bench.latency import run_latency_bench
     from bench.render import markdown, plot
 
+    if args.bench == "pue":
+        from bench import pue
+
+        command = "gridtao " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        try:
+            return pue.main(args, config.facility, command)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if not 1 <= args.triggers <= 10_000 or not 1 <= args.gpus <= 64:
         raise ConfigError("--triggers must be in 1..10000 and --gpus in 1..64")
     result = run_latency_bench(config, triggers=args.triggers, gpus=args.gpus,
                                baseline_triggers=args.baseline_triggers,
-                               progress=lambda line: print(line, file=sys.stderr))
+                               progress=lambda line: print(line, file=sys.stderr),
+                               auth=args.auth)
     command = "gridtao " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     text = markdown(result, command)
     print(text)

@@ -69,7 +69,34 @@ class GpusConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """TLS to the broker (gridtao/grid/tls.py, docs/security.md). Relative paths are taken from
+    the config file's folder.
+
+    The broker's certificate is always verified against ``ca_file`` (default: the system's CA
+    store) and must name ``server_hostname`` (default: ``mqtt.host``; an IP address is matched
+    against the certificate's IP SANs); there is deliberately no switch to skip either check.
+    ``cert_file``/``key_file``: a client certificate (PEM; the key unencrypted, mode 0600) for
+    brokers that require one; ``key_file`` may be omitted when ``cert_file`` holds both.
+    ``min_version``: the oldest TLS version accepted ("1.2" or "1.3").
+    """
+
+    enabled: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_hostname: str | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+@dataclass(frozen=True)
 class MqttConfig:
+    """The broker connection. ``username`` with ``password_file``: MQTT password
+    authentication; the password is the file's first line (never inline in this file) and the
+    file must not be readable by other users. ``error_log_interval_s``: while the broker keeps
+    refusing the credentials or the TLS handshake, the error is logged once, then at most this
+    often (retries go on with backoff: the broker may be fixed)."""
+
     host: str = "127.0.0.1"
     port: int = field(default=1883, metadata=_rng(1, 65535))
     prefix: str = "gridtao/demo"
@@ -79,6 +106,10 @@ class MqttConfig:
     reconnect_max_s: float = field(default=5.0, metadata=_rng(0.1, 600))
     max_payload_bytes: int = field(default=4096, metadata=_rng(64, 1_048_576))
     status_period_s: float = field(default=1.0, metadata=_rng(0.05, 3600))
+    username: str | None = None
+    password_file: str | None = None
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    error_log_interval_s: float = field(default=60.0, metadata=_rng(1, 86_400))
 
 
 @dataclass(frozen=True)
@@ -226,6 +257,84 @@ class JournalConfig:
     heartbeat_s: float = field(default=1.0, metadata=_rng(0.05, 3600))
 
 
+ProductKind = Literal["ffr", "fcr-d-up", "fcr-d-up-static", "fcr-n", "ercot-ffr", "dr"]
+
+
+@dataclass(frozen=True)
+class ProductConfig:
+    """One enrolled grid product (semantics in gridtao/grid/products.py and dr.py; DOMAIN.md).
+
+    ``capacity_w``: the reserve the product may take, in watts at the settlement point
+    (``facility.settle_at``). Optional keys default per kind: ``threshold_hz`` (ffr 49.7,
+    ercot-ffr 59.85, fcr-d-up-static 49.7), ``full_activation_s`` (ffr 1.3/1.0/0.7 s at
+    49.7/49.6/49.5 Hz, ercot-ffr 0.25, fcr-d-up-static 2.5, fcr-d-up 7.5), ``support_s`` (ffr
+    short 5 / long 30, ercot-ffr 900). ``rearm_s``: a step product is ready again this long
+    after its ramp-out ended. ``baseline_w`` (fcr-n): the IT power the node runs at so it can
+    move both ways; default: its natural draw at enrolment minus the capacity.
+    ``debounce_samples``: consecutive samples at or below a threshold that confirm it, but never
+    waiting longer than ``debounce_budget_fraction`` of the activation time.
+    ``median_samples``: median filter of the proportional products (fcr-d-up, fcr-n).
+    """
+
+    kind: ProductKind
+    capacity_w: float = field(metadata=_rng(1.0, 10_000_000))
+    name: str | None = None
+    threshold_hz: float | None = field(default=None, metadata=_rng(45.0, 65.0))
+    full_activation_s: float | None = field(default=None, metadata=_rng(0.01, 3600))
+    support: Literal["short", "long"] = "short"
+    support_s: float | None = field(default=None, metadata=_rng(0.1, 86_400))
+    rearm_s: float = field(default=900.0, metadata=_rng(0, 86_400))
+    baseline_w: float | None = field(default=None, metadata=_rng(0, 10_000_000))
+    debounce_samples: int = field(default=2, metadata=_rng(1, 100))
+    debounce_budget_fraction: float = field(default=0.1, metadata=_rng(0, 0.5))
+    median_samples: int = field(default=3, metadata=_rng(1, 99))
+
+
+@dataclass(frozen=True)
+class FacilityConfig:
+    """The facility between the GPUs and the settlement meter (gridtao/control/pue.py).
+
+    meter = IT x (1 + ``losses_fraction``) + cooling + ``fixed_w``; cooling follows IT / ``cop``
+    through a first-order lag of ``cooling_tau_s``. ``fixed_w`` is this node's share of the
+    site's constant load. ``settle_at``: where product capacities and DR reductions are
+    measured (``it``: at the GPUs, no model).
+    """
+
+    settle_at: Literal["meter", "it"] = "meter"
+    losses_fraction: float = field(default=0.03, metadata=_rng(0.0, 0.5))
+    cop: float = field(default=4.5, metadata=_rng(0.5, 50.0))
+    cooling_tau_s: float = field(default=120.0, metadata=_rng(1.0, 86_400))
+    fixed_w: float = field(default=0.0, metadata=_rng(0.0, 10_000_000))
+
+
+@dataclass(frozen=True)
+class GpuPriority:
+    """GPUs ``gpus`` are ``critical`` (a cut split across the GPUs leaves them at least
+    ``floor_w``; only a hard event ceiling below the floors' sum goes lower) or ``flexible``
+    (no floor, the default for unlisted GPUs). W. A critical GPU drawing less than its floor
+    still keeps a cap at the floor (room to rise), so the others give that much more."""
+
+    gpus: tuple[int, ...]
+    priority: Literal["critical", "flexible"] = "critical"
+    floor_w: float = field(default=0.0, metadata=_rng(0.0, 100_000))
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Tier 2 (gridtao/control/tracker.py). Times in seconds.
+
+    ``period_s``: facility model, reference draw and armed caps refreshed this often.
+    ``reference_window_s``: the node's natural IT draw is the mean of this window, taken while
+    no cut is active. ``commitment_ttl_s``: the soft target tier 2 gives the island expires this
+    long after its last refresh (a stalled tier 2 cannot hold the GPUs down).
+    """
+
+    period_s: float = field(default=1.0, metadata=_rng(0.05, 60))
+    reference_window_s: float = field(default=5.0, metadata=_rng(0.5, 3600))
+    commitment_ttl_s: float = field(default=5.0, metadata=_rng(0.5, 3600))
+    priorities: tuple[GpuPriority, ...] = ()
+
+
 @dataclass(frozen=True)
 class Config:
     gpus: GpusConfig = field(default_factory=GpusConfig)
@@ -237,6 +346,9 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
+    products: tuple[ProductConfig, ...] = ()
+    facility: FacilityConfig = field(default_factory=FacilityConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
 
@@ -303,6 +415,25 @@ def _check_consistency(cfg: Config, source: str) -> None:
     if node is not None and any(ch in node for ch in "+#/"):
         _fail(source, "mqtt.node_id", "must be one MQTT topic level: no '+', '#' or '/'")
     _check_security(cfg, source)
+    _check_transport(cfg.mqtt, source)
+    _check_products(cfg, source)
+
+
+def _check_transport(m: MqttConfig, source: str) -> None:
+    """Credential keys that only make sense together (files are checked when the agent starts:
+    gridtao/grid/tls.py)."""
+    if m.password_file is not None and m.username is None:
+        _fail(source, "mqtt.username", "required when mqtt.password_file is set")
+    if m.username is not None and not m.username.isprintable():
+        _fail(source, "mqtt.username", "must be printable (one line, no control characters)")
+    tls = m.tls
+    if not tls.enabled:
+        for name in ("ca_file", "cert_file", "key_file", "server_hostname"):
+            if getattr(tls, name) is not None:
+                _fail(source, f"mqtt.tls.{name}", "set but mqtt.tls.enabled is false: enable TLS "
+                      "or remove the key")
+    if tls.key_file is not None and tls.cert_file is None:
+        _fail(source, "mqtt.tls.cert_file", "required when mqtt.tls.key_file is set")
 
 
 def _check_security(cfg: Config, source: str) -> None:
@@ -323,6 +454,39 @@ def _check_security(cfg: Config, source: str) -> None:
         if trig.reduction_fraction > cap:
             _fail(source, f"safety.triggers[{k}].reduction_fraction",
                   f"{trig.reduction_fraction:g} exceeds limits.max_reduction_fraction {cap:g}")
+
+
+_FREQUENCY_KINDS = ("ffr", "fcr-d-up", "fcr-d-up-static", "fcr-n", "ercot-ffr")
+
+
+def _check_products(cfg: Config, source: str) -> None:
+    names: set[str] = set()
+    kinds = [p.kind for p in cfg.products]
+    for k, prod in enumerate(cfg.products):
+        key = f"products[{k}]"
+        name = prod.name or prod.kind
+        if name in names:
+            _fail(source, f"{key}.name", f"two products are named {name!r}; give each a name")
+        names.add(name)
+        if not name.isprintable() or any(ch in name for ch in "+#/ "):
+            _fail(source, f"{key}.name", "must be printable, without spaces, '+', '#' or '/'")
+        if prod.kind == "ffr" and prod.support == "short" and cfg.safety.release_rate_per_s > 0.2:
+            _fail(source, "safety.release_rate_per_s", "short-support FFR ramps out at most "
+                  f"20 %/s of its capacity; got {cfg.safety.release_rate_per_s:g}/s")
+        if prod.baseline_w is not None and prod.kind != "fcr-n":
+            _fail(source, f"{key}.baseline_w", "only fcr-n runs at a baseline")
+    if kinds.count("dr") > 1:
+        _fail(source, "products", "enrol demand response (kind dr) at most once")
+    if kinds.count("fcr-n") > 1:
+        _fail(source, "products", "enrol fcr-n at most once (it sets the node's baseline)")
+    if cfg.safety.triggers and any(k in _FREQUENCY_KINDS for k in kinds):
+        _fail(source, "safety.triggers", "frequency products and raw safety.triggers would both "
+              "cut on the same dips; set safety.triggers: [] when enrolling products")
+    for k, prio in enumerate(cfg.tracker.priorities):
+        if prio.priority == "flexible" and prio.floor_w > 0:
+            _fail(source, f"tracker.priorities[{k}].floor_w", "only critical GPUs have a floor")
+        if not prio.gpus or any(g < 0 for g in prio.gpus):
+            _fail(source, f"tracker.priorities[{k}].gpus", "list one or more GPU indices >= 0")
 
 
 def _fail(source: str, key: str, reason: str) -> typing.NoReturn:
@@ -359,6 +523,8 @@ def _convert(tp: Any, value: object, source: str, key: str, meta: Mapping[str, A
         return _convert(inner, value, source, key, meta)
     if origin is Literal:
         allowed = get_args(tp)
+        if isinstance(value, float) and str(value) in allowed:
+            value = str(value)  # YAML reads an unquoted version like 1.2 as a number
         if value not in allowed:
             _fail(source, key, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
         return value

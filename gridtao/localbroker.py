@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -55,8 +55,22 @@ class MosquittoBroker:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        anonymous: bool = True,
+        listener_conf: Sequence[str] = (),
+        extra_conf: Sequence[str] = (),
+    ) -> None:
+        """``listener_conf`` lines go right after the ``listener`` line (TLS options),
+        ``extra_conf`` at the end (e.g. ``password_file``, ``acl_file``); ``anonymous`` False
+        makes the broker refuse clients without credentials."""
         self.binary = find_mosquitto()
+        self.anonymous = anonymous
+        self.listener_conf = tuple(listener_conf)
+        self.extra_conf = tuple(extra_conf)
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port if port is not None else free_port()
@@ -68,7 +82,8 @@ class MosquittoBroker:
     def _write_conf(self) -> None:
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            *self.listener_conf,
+            f"allow_anonymous {'true' if self.anonymous else 'false'}",
             "persistence false",
             # Without it Nagle's algorithm can hold a small PUBLISH until the peer's delayed ACK
             # (tens of ms): deployments of gridtao should set it too (see README).
@@ -84,6 +99,7 @@ class MosquittoBroker:
         if os.geteuid() == 0:
             # As root, mosquitto would switch to the "mosquitto" user and lose the temp dir.
             lines.append("user root")
+        lines.extend(self.extra_conf)
         self.conf_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     @property

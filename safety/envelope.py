@@ -56,6 +56,18 @@ class Envelope:
         """Sum of the per-GPU defaults: no set of caps may total more, mW."""
         return self._default_total
 
+    def with_floors(self, floors_mw: Sequence[float]) -> Envelope:
+        """This envelope with each minimum raised to its GPU's floor (clipped into
+        ``[min_mw, default_mw]``): splitting a cut inside it leaves every GPU at least its floor
+        while every cap stays within this envelope."""
+        self._check_len(floors_mw, "floors")
+        if any(math.isnan(f) for f in floors_mw):
+            raise ValueError("floors must be numbers")
+        return Envelope([
+            PowerLimits(min(hi, max(lo, math.floor(f))), hi, hi)
+            for f, lo, hi in zip(floors_mw, self._min, self._default, strict=True)
+        ])
+
     def clamp_mw(self, index: int, mw: float) -> int:
         """``mw`` rounded down and clamped into ``[min_mw, default_mw]`` of GPU ``index``."""
         if math.isnan(mw):

@@ -14,6 +14,12 @@ Invariants this module keeps (and its tests check):
 * When the last event ends the island writes the resting limits itself (the defaults, or the
   held/minimum limits of a safe state), so restoring never depends on tier 1.
 * A GPU that fails its write is recorded and logged; the other GPUs are capped regardless.
+* Tier 2's commitment (:meth:`SafetyIsland.set_commitment`) is a soft target only: the island
+  never writes it and never latches it, it can only lower the target tier 1 tracks (never lift
+  an event's target or ceiling), it lies in ``[min_total, default_total]``, and it lapses
+  ``ttl_s`` after its last refresh, so a stalled tier 2 cannot hold the GPUs down.
+* Priority floors (:meth:`SafetyIsland.set_floors_mw`) only change how a cut is split between
+  GPUs: each floor is clipped into ``[min_mw, default_mw]``, so every cap stays in the envelope.
 
 Threads: tier 1, the island's MQTT thread and the watchdog all call in. ``_lock`` guards the
 state for short bookkeeping only (never across a wait on the GPUs); ``_cmd_lock`` serializes
@@ -79,6 +85,10 @@ class SafetyIsland:
         self._max_event_s = max_event_s
         self._write_timeout_s = write_timeout_s
         self.envelope = Envelope([backend.power_limits(i) for i in indices])
+        # Cuts are split inside this one: the envelope with minimums raised to priority floors.
+        self._cut_envelope = self.envelope
+        self._floors_mw: tuple[int, ...] | None = None
+        self._commitment: tuple[float, float] | None = None  # (target mW, expires at)
         self._writer = ParallelWriter(backend, len(indices), timeout_s=write_timeout_s)
         self._lock = threading.Lock()
         self._cmd_lock = threading.Lock()
@@ -141,6 +151,40 @@ class SafetyIsland:
         _check_fraction(node_target_fraction)
         with self._lock:
             self._armed[key] = self._armed_for(node_target_fraction, self._basis_locked())
+
+    def arm_reduction(self, key: str, reduction_mw: float) -> None:
+        """Precompute caps for trigger level ``key``: node target = draw - ``reduction_mw``."""
+        if not (math.isfinite(reduction_mw) and reduction_mw >= 0):
+            raise ValueError(f"reduction must be a finite number >= 0 mW, got {reduction_mw!r}")
+        with self._lock:
+            self._armed[key] = self._armed_for(1.0, self._basis_locked(), reduction_mw)
+
+    def set_commitment(self, node_target_mw: float | None, *, ttl_s: float) -> None:
+        """Tier 2's soft node target, mW (None clears it); see the module invariants. Clamped
+        into the envelope's totals; lapses ``ttl_s`` seconds from now unless set again."""
+        if node_target_mw is not None and not math.isfinite(node_target_mw):
+            raise ValueError(f"commitment must be a finite number, got {node_target_mw!r}")
+        if not ttl_s > 0:
+            raise ValueError(f"ttl_s must be > 0, got {ttl_s!r}")
+        now = self._clock.now()
+        with self._lock:
+            if node_target_mw is None:
+                self._commitment = None
+                return
+            env = self.envelope
+            target = min(float(env.default_total_mw), max(float(env.min_total_mw), node_target_mw))
+            self._commitment = (target, now + ttl_s)
+
+    def set_floors_mw(self, floors_mw: Sequence[float] | None) -> None:
+        """Per-GPU priority floors, mW (None: none). Cut splits leave each GPU at least its
+        floor (clipped into its envelope); armed levels are recomputed at once."""
+        if floors_mw is not None and not all(math.isfinite(f) for f in floors_mw):
+            raise ValueError(f"floors must be finite numbers, got {floors_mw!r}")
+        cut = self.envelope if floors_mw is None else self.envelope.with_floors(floors_mw)
+        floors = None if floors_mw is None else cut.min_mw
+        with self._lock:
+            self._cut_envelope, self._floors_mw = cut, floors
+            self._rearm_locked()
 
     def disarm(self, key: str) -> bool:
         with self._lock:
@@ -224,22 +268,28 @@ class SafetyIsland:
         with self._lock:
             faulted = tuple(sorted(self._faulted))
             winner = self._winner_locked(now)
+            commitment = self._commitment
+            soft = commitment[0] if commitment is not None and now < commitment[1] else None
             if winner is None:
                 return IslandView(
-                    self._generation, None, None, None, None, None, False, (), self._mode, faulted
+                    self._generation, None, None, soft, None, None, False, (), self._mode,
+                    faulted, soft, self._floors_mw,
                 )
             ev, ceiling = winner
+            target = ev.target_at(now, self._rate)
             return IslandView(
                 generation=self._generation,
                 event_id=ev.event_id,
                 kind=ev.kind,
-                target_mw=ev.target_at(now, self._rate),
+                target_mw=target if soft is None else min(target, soft),
                 ceiling_total_mw=ceiling,
                 caps_mw=ev.caps_mw,
                 releasing=ev.release_at is not None,
                 active_event_ids=tuple(self._events),
                 safe_mode=self._mode,
                 faulted=faulted,
+                commitment_mw=soft,
+                floors_mw=self._floors_mw,
             )
 
     def apply_limits(self, limits_mw: Sequence[int], generation: int) -> bool:
@@ -316,7 +366,7 @@ class SafetyIsland:
                     self._frozen_draw = draw
                 baseline = math.fsum(draw)
                 target = target_of(baseline)
-                caps = tuple(self.envelope.cut_caps_mw(draw, target))
+                caps = tuple(self._cut_envelope.cut_caps_mw(draw, target))
                 ev, batch = self._open_locked(event_id, kind, None, baseline, target, caps)
             return self._finish(ev, batch)
 
@@ -386,6 +436,7 @@ class SafetyIsland:
             with self._lock:
                 self._generation += 1
                 self._events.clear()
+                self._commitment = None
                 self._frozen_draw = None
                 self._mode = None
                 self._resting_mw = self.envelope.default_mw
@@ -397,16 +448,20 @@ class SafetyIsland:
     def _basis_locked(self) -> tuple[float, ...]:
         return self._frozen_draw if self._frozen_draw is not None else self._draw
 
-    def _armed_for(self, fraction: float, draw: tuple[float, ...]) -> ArmedLevel:
+    def _armed_for(
+        self, fraction: float, draw: tuple[float, ...], reduction_mw: float = 0.0
+    ) -> ArmedLevel:
         baseline = math.fsum(draw)
-        target = baseline * fraction
-        caps = tuple(self.envelope.cut_caps_mw(draw, target))
-        return ArmedLevel(fraction, draw, baseline, target, caps)
+        target = baseline * fraction - reduction_mw
+        caps = tuple(self._cut_envelope.cut_caps_mw(draw, target))
+        return ArmedLevel(fraction, draw, baseline, target, caps, reduction_mw)
 
     def _rearm_locked(self) -> None:
         draw = self._basis_locked()
         for key, armed in self._armed.items():
-            self._armed[key] = self._armed_for(armed.node_target_fraction, draw)
+            self._armed[key] = self._armed_for(
+                armed.node_target_fraction, draw, armed.reduction_mw
+            )
 
     def _winner_locked(self, now: float) -> tuple[LatchedEvent, float] | None:
         return most_restrictive(

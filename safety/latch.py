@@ -40,7 +40,10 @@ class IslandView:
     """Immutable snapshot for tier 1. ``target_mw`` is the node power target now (ramps during
     release); tier 1 may never command limits summing above ``ceiling_total_mw``. Event fields
     are None when no event is active. ``safe_mode`` is "hold" or "minimum" while tier 1 is
-    locked out; ``faulted`` lists GPUs whose last write failed."""
+    locked out; ``faulted`` lists GPUs whose last write failed. ``commitment_mw`` is tier 2's
+    live soft target (None if none): ``target_mw`` is the lower of it and the event's target,
+    and with no event it is the target alone (no ceiling, no caps). ``floors_mw``: per-GPU
+    priority floors tier 1 should not split a budget below (None: the minimums)."""
 
     generation: int
     event_id: str | None
@@ -52,17 +55,21 @@ class IslandView:
     active_event_ids: tuple[str, ...]
     safe_mode: SafeMode | None
     faulted: tuple[int, ...]
+    commitment_mw: float | None = None
+    floors_mw: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
 class ArmedLevel:
-    """A frequency level's caps, precomputed from ``draw_mw`` so a trigger only writes them."""
+    """A frequency level's caps, precomputed from ``draw_mw`` so a trigger only writes them.
+    Node target = draw total x ``node_target_fraction`` - ``reduction_mw``."""
 
     node_target_fraction: float
     draw_mw: tuple[float, ...]
     baseline_mw: float
     target_mw: float
     caps_mw: tuple[int, ...]
+    reduction_mw: float = 0.0
 
 
 @dataclass

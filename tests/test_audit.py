@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -30,7 +31,9 @@ def _trail(tmp_path: Path, **over: Any) -> AuditTrail:
 
 
 def _files(tmp_path: Path) -> list[Path]:
-    return sorted(tmp_path.glob("audit.jsonl*"))
+    """The trail's files in chain order: rotated ones by name (first seq), the live one last."""
+    live = tmp_path / "audit.jsonl"
+    return [*sorted(p for p in tmp_path.glob("audit.jsonl.*")), live]
 
 
 @pytest.fixture
@@ -54,7 +57,7 @@ def test_records_form_a_chain_from_genesis(written: Path) -> None:
     assert [r["seq"] for r in records] == list(range(21))
     assert records[0]["kind"] == "file_start" and records[0]["prev"] == GENESIS
     assert records[0]["fields"] == {"prev_file": None, "reason": "new"}
-    for a, b in zip(records, records[1:], strict=False):
+    for a, b in itertools.pairwise(records):
         assert b["prev"] == a["hash"] == record_hash(a)
     payload = records[1]["fields"]["payload"]
     assert payload["bytes"] == 11 and payload["text"] == '{"id": "x"}'
@@ -84,15 +87,15 @@ def _edit_and_rehash(line: bytes) -> bytes:
 
 
 TAMPERS = {
-    "edited field": (lambda ls: ls[:5] + [_edit_field(ls[5])] + ls[6:], 6),
-    "edited and rehashed": (lambda ls: ls[:5] + [_edit_and_rehash(ls[5])] + ls[6:], 7),
-    "whitespace": (lambda ls: ls[:5] + [ls[5].replace(b":", b": ", 1)] + ls[6:], 6),
+    "edited field": (lambda ls: [*ls[:5], _edit_field(ls[5]), *ls[6:]], 6),
+    "edited and rehashed": (lambda ls: [*ls[:5], _edit_and_rehash(ls[5]), *ls[6:]], 7),
+    "whitespace": (lambda ls: [*ls[:5], ls[5].replace(b":", b": ", 1), *ls[6:]], 6),
     "removed": (lambda ls: ls[:5] + ls[6:], 6),
     "removed last but one": (lambda ls: ls[:-2] + ls[-1:], 20),
-    "inserted copy": (lambda ls: ls[:5] + [ls[4]] + ls[5:], 6),
-    "reordered": (lambda ls: ls[:5] + [ls[6], ls[5]] + ls[7:], 6),
+    "inserted copy": (lambda ls: [*ls[:5], ls[4], *ls[5:]], 6),
+    "reordered": (lambda ls: [*ls[:5], ls[6], ls[5], *ls[7:]], 6),
     "removed first": (lambda ls: ls[1:], 1),
-    "torn last line": (lambda ls: ls[:-1] + [ls[-1][:-10]], 21),
+    "torn last line": (lambda ls: [*ls[:-1], ls[-1][:-10]], 21),
 }
 
 
@@ -194,13 +197,15 @@ def test_unserializable_values_do_not_stop_the_writer(tmp_path: Path) -> None:
     trail = _trail(tmp_path)
     trail.start()
     trail.record("odd", {"nan": float("nan"), "inf": float("inf"), "obj": object(),
-                         "tuple": (1, 2), "nested": {3: b"\xff"}})
+                         "tuple": (1, 2), "nested": {3: b"\xff"},
+                         "text": "na\u00efve \u2713", "surrogate": "\ud800"})
     trail.record("after", {})
     trail.close()
     records = read_records(_files(tmp_path))
     odd = records[1]["fields"]
     assert odd["nan"] is None and odd["inf"] is None and odd["tuple"] == [1, 2]
     assert odd["obj"].startswith("<object") and odd["nested"]["3"]["bytes"] == 1
+    assert odd["text"] == "na\u00efve \u2713" and odd["surrogate"] == "\ud800"
     assert records[2]["kind"] == "after"
     assert verify_files(_files(tmp_path)).ok
 
@@ -234,5 +239,82 @@ def test_record_stamps_wall_time_when_called(tmp_path: Path) -> None:
     clock.advance(5.0)
     trail.start()
     trail.close()
-    rec = [r for r in read_records(_files(tmp_path)) if r["kind"] == "a"][0]
+    rec = next(r for r in read_records(_files(tmp_path)) if r["kind"] == "a")
     assert rec["t"] == clock.wall() - 5.0
+
+
+# ---- what the intake reports (virtual time, the real island over simulated GPUs) -------------
+
+
+def test_the_intake_reports_every_verdict_and_event_change() -> None:
+    from gridtao.config import FrequencyTrigger, SimConfig
+    from gridtao.gpu.nvml import NvmlBackend
+    from gridtao.gpu.sim import SimNvml
+    from gridtao.grid import messages as wire
+    from gridtao.grid.frequency import FrequencyMonitor, level_key
+    from gridtao.grid.intake import Intake
+    from safety.island import SafetyIsland
+
+    clock = VirtualClock()
+    sim = SimNvml.from_config(SimConfig(count=2, noise_w=0.0), clock)
+    backend = NvmlBackend(sim)
+    island = SafetyIsland(backend, clock=clock, release_rate_per_s=1.0, max_event_s=600)
+    trig = FrequencyTrigger(hz=49.7, reduction_fraction=0.2, min_hold_s=0.5, recovery_s=0.2)
+    topics = wire.Topics("gridtao/audit", "n1")
+    decisions: list[tuple[str, dict[str, object]]] = []
+    intake = Intake(island, topics, clock=clock, monitor=FrequencyMonitor([trig]),
+                    max_payload_bytes=4096, on_decision=lambda k, f: decisions.append((k, f)))
+    island.start()
+    island.update_draw([600_000.0, 600_000.0])
+    island.arm(level_key(trig), 0.8)
+
+    def send(topic: str, raw: bytes) -> None:
+        intake.on_message(topic, raw, received_at=clock.now(), received_wall=clock.wall())
+
+    def run(seconds: float) -> None:
+        for _ in range(round(seconds / 0.05)):
+            clock.advance(0.05)
+            island.tick()
+            intake.on_tick()
+
+    try:
+        send(topics.dispatch, b'{"id": "d1", "kind": "shed", "fraction": 0.5, "duration_s": 1}')
+        send(topics.dispatch, b'{"id": "d1", "kind": "shed", "fraction": 0.5, "duration_s": 1}')
+        send(topics.dispatch, b'{"id": "bad", "kind": "shed"}')
+        send(topics.frequency, b'{"t": 1, "hz": 99}')
+        send(topics.frequency, b'{"t": 1, "hz": 50.0}')  # telemetry: no record
+        run(2.5)  # d1: duration over, 1 s ramp, ended
+        send(topics.frequency, b'{"t": 2, "hz": 49.6}')
+        send(topics.dispatch, b'{"id": "r1", "kind": "release", "ref": "nothing"}')
+        run(0.1)
+        (freq_event,) = island.view().active_event_ids
+        send(topics.dispatch, b'{"id": "r2", "kind": "release", "ref": "%s"}'
+             % freq_event.encode())
+        run(1.5)
+    finally:
+        island.close()
+        backend.close()
+    summary = [
+        (k, f.get("result") or f.get("why") or f.get("kind"), f.get("id") or f.get("event"))
+        for k, f in decisions
+    ]
+    assert summary == [
+        ("message", "accepted", "d1"), ("event_started", "shed", "d1"),
+        ("message", "duplicate", "d1"),
+        ("message", "rejected", "bad"),
+        ("message", "rejected", None),
+        ("event_released", "duration over", "d1"), ("event_ended", "duration over", "d1"),
+        ("message", "accepted", freq_event), ("event_started", "frequency", freq_event),
+        ("message", "rejected", "r1"),
+        ("message", "accepted", "r2"),
+        ("event_released", "release dispatch 'r2'", freq_event),
+        ("event_ended", "release dispatch 'r2'", freq_event),
+    ]
+    rejected = [f for k, f in decisions if k == "message" and f["result"] == "rejected"]
+    assert rejected[0]["reason"] == "missing field 'fraction'"
+    assert "hz" in str(rejected[1]["reason"]) and rejected[1]["topic"] == "frequency"
+    assert rejected[2]["reason"] == "no active event 'nothing' to release"
+    started = decisions[1][1]
+    assert started["duration_s"] == 1.0 and started["target_mw"] == 600_000.0
+    assert decisions[0][1]["payload"] == b'{"id": "d1", "kind": "shed", "fraction": 0.5, ' \
+        b'"duration_s": 1}'

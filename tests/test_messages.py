@@ -468,3 +468,49 @@ def test_fuzz_valid_round_trip(
         assert d.fraction == fraction
     else:
         assert isinstance(d, CapDispatch) and d.node_w == node_w
+
+
+# ---- demand-response events (kind "dr", additive to v1) ----------------------------------------
+
+
+def dr(**over: object) -> dict[str, object]:
+    base: dict[str, object] = {"id": "dr1", "kind": "dr", "start_at": 1763900600.0,
+                               "duration_s": 1800, "ramp_s": 60, "recovery_s": 120,
+                               "reduction_w": 800}
+    base.update(over)
+    return base
+
+
+def test_dr_valid_and_defaults() -> None:
+    from gridtao.grid.messages import DrDispatch
+
+    d = parse_dispatch(enc(dr()), max_bytes=MAX)
+    assert d == DrDispatch("dr1", 1800.0, 1763900600.0, 60.0, 120.0, 800.0, None, None)
+    d = parse_dispatch(enc({"id": "d2", "kind": "dr", "duration_s": 60, "fraction": 0.2}),
+                       max_bytes=MAX)
+    assert isinstance(d, DrDispatch)
+    assert (d.start_at, d.ramp_s, d.recovery_s, d.reduction_w, d.fraction) == (
+        None, 0.0, 0.0, None, 0.2)
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    (without(dr(), "reduction_w"), "dr needs exactly one of 'reduction_w' or 'fraction'"),
+    (dr(fraction=0.1), "dr needs exactly one of 'reduction_w' or 'fraction'"),
+    (dr(ramp_s=-1), "field 'ramp_s' must be in [0, 604800] s, got -1"),
+    (dr(start_at=-5), "field 'start_at' must be Unix seconds >= 0, got -5"),
+    (dr(reduction_w=0), "field 'reduction_w' must be in (0, 1e+07] W, got 0"),
+    (without(dr(), "duration_s"), "missing field 'duration_s'"),
+    (dr(recovery_s="60"), "field 'recovery_s' must be a number, got string"),
+])
+def test_dr_rejected(payload: dict[str, object], reason: str) -> None:
+    with pytest.raises(MessageRejected) as info:
+        parse_dispatch(enc(payload), max_bytes=MAX)
+    assert info.value.reason == reason and info.value.event_id == "dr1"
+
+
+def test_tracker_topic_and_payload() -> None:
+    from gridtao.grid.messages import tracker_payload
+
+    assert Topics("gridtao/demo", "n1").tracker == "gridtao/demo/nodes/n1/tracker"
+    body = json.loads(tracker_payload("n1", 12.5, {"it_w": 4800.0, "node": "spoof"}))
+    assert body == {"it_w": 4800.0, "node": "n1", "t": 12.5}

@@ -210,7 +210,10 @@ class FastLoop:
             peak_mw=self._peaks.peaks(),
             hold=hold,
         )
-        return allocate_mw(budget, want, self._min_mw, self._default_mw)
+        # Priority floors (tier 2) shape the split; the island still scales the plan under a
+        # hard event ceiling with the true minimums.
+        lower = self._min_mw if view.floors_mw is None else view.floors_mw
+        return allocate_mw(budget, want, lower, self._default_mw)
 
     def step(self) -> StepResult:
         """One iteration (see the module docstring). GPU read errors never propagate."""

@@ -277,7 +277,7 @@ class Verifier:
         if auth.mode == "none":
             return None
         alg: Alg = "ed25519" if auth.mode == "ed25519" else "hmac"
-        base = Path(source).parent if Path(source).is_file() else Path.cwd()
+        base = Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
         keys: dict[str, tuple[VerifyKey, frozenset[str]]] = {}
         for k, entry in enumerate(auth.keys):
             path = Path(entry.file).expanduser()

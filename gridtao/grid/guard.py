@@ -179,7 +179,7 @@ class Guard:
         return None
 
     def admit_dispatch(
-        self, msg: wire.Dispatch, *, now_s: float, in_flight: int
+        self, msg: wire.AnyDispatch, *, now_s: float, in_flight: int
     ) -> DispatchVerdict:
         """Freshness and replay (signed mode), then the bounds. An authenticated, fresh id is
         remembered even if the bounds refuse it: it was spent. Call :meth:`after_dispatch`
@@ -204,7 +204,7 @@ class Guard:
         self._count_limit("dispatch", verdict.label)
         return DispatchVerdict(verdict.reason)
 
-    def accepted(self, msg: wire.Dispatch, *, now_s: float) -> None:
+    def accepted(self, msg: wire.AnyDispatch, *, now_s: float) -> None:
         """The island acted on ``msg`` (its cut starts the min-interval clock)."""
         self._bounds.accepted(msg, now_s=now_s)
 

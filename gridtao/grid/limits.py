@@ -112,7 +112,7 @@ class DispatchBounds:
         self._last_cut_at: float | None = None
 
     def check(
-        self, msg: wire.Dispatch, *, now_s: float, in_flight: int
+        self, msg: wire.AnyDispatch, *, now_s: float, in_flight: int
     ) -> Rejection | Admitted:
         """Reject, or admit (call :meth:`accepted` once the island has acted)."""
         if isinstance(msg, wire.ReleaseDispatch):
@@ -134,9 +134,11 @@ class DispatchBounds:
                 return Rejection(FLOOR, f"node_w {msg.node_w:g} W is below the node's floor "
                                  f"{self.floor_mw / 1000:.0f} W ({self._floor_words()})")
             return Admitted(None, None)
-        if msg.fraction > cfg.max_reduction_fraction:
+        if msg.fraction is not None and msg.fraction > cfg.max_reduction_fraction:
             return Rejection(MAX_REDUCTION, f"fraction {msg.fraction:g} exceeds the node's "
                              f"max_reduction_fraction {cfg.max_reduction_fraction:g}")
+        if isinstance(msg, wire.DrDispatch):
+            return self._check_scheduled(msg)
         draw = self._draw_total_mw()
         if draw * (1.0 - msg.fraction) >= self.floor_mw:
             return Admitted(msg.fraction, None)
@@ -148,9 +150,24 @@ class DispatchBounds:
         return Admitted(allowed, f"shed limited to {allowed:.3f} (asked {msg.fraction:g}) "
                         f"by the node's floor {self.floor_mw / 1000:.0f} W")
 
-    def accepted(self, msg: wire.Dispatch, *, now_s: float) -> None:
+    def accepted(self, msg: wire.AnyDispatch, *, now_s: float) -> None:
         if not isinstance(msg, wire.ReleaseDispatch):
             self._last_cut_at = now_s
+
+    def _check_scheduled(self, msg: wire.DrDispatch) -> Rejection | Admitted:
+        """A demand-response event is planned ahead, so it is refused, never trimmed, when its
+        level would take the node below the floor at today's draw."""
+        draw = self._draw_total_mw()
+        if msg.reduction_w is not None:
+            target = draw - msg.reduction_w * 1000.0
+            asked = f"reduction_w {msg.reduction_w:g} W"
+        else:
+            target = draw * (1.0 - (msg.fraction or 0.0))
+            asked = f"fraction {msg.fraction:g}"
+        if target < self.floor_mw:
+            return Rejection(FLOOR, f"{asked} would take the node from {draw / 1000:.0f} W below "
+                             f"its floor {self.floor_mw / 1000:.0f} W ({self._floor_words()})")
+        return Admitted(None, None)
 
     def _floor_words(self) -> str:
         return (f"limits.min_node_fraction {self._cfg.min_node_fraction:g} of the default "

@@ -21,8 +21,10 @@ __all__ = [
     "HZ_MIN",
     "ID_MAX_CHARS",
     "NODE_W_MAX",
+    "AnyDispatch",
     "CapDispatch",
     "Dispatch",
+    "DrDispatch",
     "FrequencySample",
     "MessageRejected",
     "ReleaseDispatch",
@@ -33,6 +35,7 @@ __all__ = [
     "parse_dispatch",
     "parse_frequency",
     "status_payload",
+    "tracker_payload",
 ]
 
 HZ_MIN: Final = 40.0
@@ -96,7 +99,31 @@ class ReleaseDispatch:
     issued_at: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DrDispatch:
+    """A demand-response event (OpenADR-style), scheduled rather than applied at once.
+
+    The node ramps its reduction in linearly over ``ramp_s`` *before* ``start_at`` (Unix s;
+    None: on receipt), holds it for ``duration_s``, then gives it back linearly over
+    ``recovery_s``. Exactly one of ``reduction_w`` (W) or ``fraction`` (of the node's power
+    before the event) sets the level, both at the settlement point (``facility.settle_at``).
+    A ``release`` dispatch whose ``ref`` names it cancels it (or starts its recovery).
+    """
+
+    KIND: ClassVar[str] = "dr"
+    id: str
+    duration_s: float
+    start_at: float | None = None
+    ramp_s: float = 0.0
+    recovery_s: float = 0.0
+    reduction_w: float | None = None
+    fraction: float | None = None
+    issued_at: float | None = None
+
+
 Dispatch: TypeAlias = ShedDispatch | CapDispatch | ReleaseDispatch
+# Every kind parse_dispatch returns. ``Dispatch`` stays the set v1 code paths handle.
+AnyDispatch: TypeAlias = Dispatch | DrDispatch
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -230,8 +257,8 @@ def parse_frequency(payload: bytes, *, max_bytes: int) -> FrequencySample:
     return FrequencySample(t=t, hz=hz)
 
 
-def parse_dispatch(payload: bytes, *, max_bytes: int) -> Dispatch:
-    """Parse a shed / cap / release dispatch. Unknown fields are ignored.
+def parse_dispatch(payload: bytes, *, max_bytes: int) -> AnyDispatch:
+    """Parse a shed / cap / release / dr dispatch. Unknown fields are ignored.
 
     Raises :class:`MessageRejected`; its ``event_id`` is set whenever the payload was an object
     with a string ``"id"`` (even an invalid one), so the rejection can be acked by name.
@@ -257,12 +284,42 @@ def parse_dispatch(payload: bytes, *, max_bytes: int) -> Dispatch:
         if "ref" not in data:
             raise MessageRejected("release needs field 'ref' (the event to end)", event_id)
         return ReleaseDispatch(ident, _identifier(data, "ref", event_id), issued_at)
+    if kind == "dr":
+        return _parse_dr(data, ident, event_id, issued_at)
     if isinstance(kind, str):
         shown = kind if len(kind) <= 32 and kind.isprintable() else kind[:32].encode().hex()
         raise MessageRejected(
-            f"unknown kind {shown!r} (expected 'shed', 'cap' or 'release')", event_id
+            f"unknown kind {shown!r} (expected 'shed', 'cap', 'release' or 'dr')", event_id
         )
     raise MessageRejected(f"field 'kind' must be a string, got {_json_type(kind)}", event_id)
+
+
+def _parse_dr(
+    data: Mapping[str, Any], ident: str, event_id: str | None, issued_at: float | None
+) -> DrDispatch:
+    start_at = _optional_number(data, "start_at", event_id)
+    if start_at is not None and start_at < 0:
+        raise MessageRejected(f"field 'start_at' must be Unix seconds >= 0, got {start_at:g}",
+                              event_id)
+    periods = {}
+    for key in ("ramp_s", "recovery_s"):
+        value = _optional_number(data, key, event_id)
+        value = 0.0 if value is None else value
+        _check_range(value, key, event_id, 0.0, DURATION_MAX_S, unit=" s")
+        periods[key] = value
+    reduction_w = _optional_number(data, "reduction_w", event_id)
+    fraction = _optional_number(data, "fraction", event_id)
+    if (reduction_w is None) == (fraction is None):
+        raise MessageRejected("dr needs exactly one of 'reduction_w' or 'fraction'", event_id)
+    if reduction_w is not None:
+        _check_range(reduction_w, "reduction_w", event_id, 0.0, NODE_W_MAX, lo_open=True,
+                     unit=" W")
+    if fraction is not None:
+        _check_range(fraction, "fraction", event_id, 0.0, 1.0, lo_open=True)
+    return DrDispatch(
+        ident, _duration(data, event_id), start_at, periods["ramp_s"], periods["recovery_s"],
+        reduction_w, fraction, issued_at,
+    )
 
 
 def _duration(data: Mapping[str, Any], event_id: str | None) -> float:
@@ -327,6 +384,14 @@ def status_payload(
     return _dumps({"node": node, "online": bool(online), "t": t, "event": event, "gpus": entries})
 
 
+def tracker_payload(node: str, t: float, state: Mapping[str, object]) -> bytes:
+    """The retained tier-2 state JSON: ``{"node", "t", **state}`` (see control/tracker.py for
+    the keys of ``state``); ``node`` and ``t`` are never replaced."""
+    body: dict[str, object] = dict(state)
+    body.update(node=node, t=t)
+    return _dumps(body)
+
+
 def offline_payload(node: str) -> bytes:
     """The last-will status: ``{"node": node, "online": false}``."""
     return _dumps({"node": node, "online": False})
@@ -372,3 +437,7 @@ class Topics:
     @property
     def status(self) -> str:
         return f"{self.prefix}/nodes/{self.node}/status"
+
+    @property
+    def tracker(self) -> str:
+        return f"{self.prefix}/nodes/{self.node}/tracker"

@@ -7,6 +7,11 @@ on every connection, hands incoming messages to an :class:`asyncio.Queue`, and a
 bounded outbox that a sender task drains while connected, so publishes made while the broker is
 away are delivered after reconnection (oldest QoS 0 messages are dropped first when it is full).
 
+Optionally over TLS (``tls``: a verifying client context, gridtao/grid/tls.py) with a username
+and password. A failed attempt is logged as one line naming the cause (gridtao/grid/diagnose.py);
+refused credentials and TLS failures at error level, then at most every ``error_log_interval_s``
+while they persist, and retrying continues with backoff (the broker may be fixed).
+
 A link is bound to the event loop that runs it; nothing here assumes the main thread, so the
 safety island can run its own link on its own loop and thread.
 """
@@ -18,12 +23,14 @@ import collections
 import contextlib
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import aiomqtt
 
 from gridtao.clock import Clock, MonotonicClock
+from gridtao.grid.diagnose import AttemptLog, Diagnosis, PahoTap, connected
 
 __all__ = [
     "InboundMessage",
@@ -83,6 +90,7 @@ class LinkStats:
     published: int = 0
     dropped_outbound: int = 0  # outbox overflow, or QoS 0 message cut off by a connection loss
     dropped_inbound: int = 0  # inbox overflow (oldest message discarded)
+    refused: int = 0  # attempts refused for credentials, ACL or TLS (Diagnosis.persistent)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -126,6 +134,10 @@ class MqttLink:
         max_inbound: int = 10_000,
         op_timeout_s: float = 10.0,
         rng: random.Random | None = None,
+        tls: ssl.SSLContext | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        error_log_interval_s: float = 60.0,
     ) -> None:
         if not 0 < reconnect_min_s <= reconnect_max_s:
             raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
@@ -150,6 +162,13 @@ class MqttLink:
         self._on_connect_publish = on_connect_publish
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._rng = rng if rng is not None else random.Random()
+        self.tls = tls
+        self.username = username
+        self._password = password
+        self.error_log_interval_s = error_log_interval_s
+        self._attempts = AttemptLog(log, host=host, port=port, tls=tls, username=username,
+                                    interval_s=error_log_interval_s, clock=self._clock.now)
+        self._tap: PahoTap | None = None
 
         self.connected = asyncio.Event()
         self.stats = LinkStats()
@@ -211,6 +230,11 @@ class MqttLink:
     @property
     def outbox_len(self) -> int:
         return len(self._outbox)
+
+    @property
+    def problem(self) -> Diagnosis | None:
+        """Why the last connection attempt failed; None once connected."""
+        return self._attempts.problem
 
     @property
     def is_connected(self) -> bool:
@@ -280,6 +304,9 @@ class MqttLink:
                     reason = str(e) or type(e).__name__
                     if e.__cause__ is not None:
                         reason = f"{reason}: {e.__cause__}"
+                    tap_error = self._tap.last_error if self._tap is not None else None
+                    if tap_error and tap_error not in reason:
+                        reason = f"{reason} ({tap_error})"
                     if self._was_up:
                         self.stats.losses += 1
                         log.warning(
@@ -290,15 +317,10 @@ class MqttLink:
                         )
                         attempt = 0
                         quiet = True
-                    elif not quiet:
-                        log.warning(
-                            "cannot connect to MQTT broker %s:%d (%s); retrying",
-                            self.host,
-                            self.port,
-                            reason,
-                        )
-                        quiet = True
                     else:
+                        quiet = self._attempts.failed(e, quiet)
+                        if self.problem is not None and self.problem.persistent:
+                            self.stats.refused += 1
                         log.debug("MQTT connect to %s:%d failed: %s", self.host, self.port, reason)
                 except Exception:
                     # A bug must not leave the node deaf to the grid: log it loudly and reconnect.
@@ -315,6 +337,8 @@ class MqttLink:
     async def _session(self) -> None:
         """One connection: returns only by raising (MqttError on loss, CancelledError on stop)."""
         self._was_up = False
+        # paho's log of this connection: the only trace of a TLS alert after the handshake.
+        tap = self._tap = PahoTap(asyncio.get_running_loop())
         will = None
         if self.will is not None:
             will = aiomqtt.Will(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
@@ -326,8 +350,12 @@ class MqttLink:
             will=will,
             keepalive=self.keepalive_s,
             timeout=self.op_timeout_s,
+            tls_context=self.tls,
+            username=self.username,
+            password=self._password,
+            logger=tap,
         )
-        async with client:
+        async with connected(client, tap):
             if self.subscriptions:
                 codes = await client.subscribe(list(self.subscriptions))
                 refused = [
@@ -342,6 +370,7 @@ class MqttLink:
                     _check_qos(qos)
                     self._enqueue(OutboundMessage(topic, bytes(payload), qos, retain), front=True)
             self.stats.connects += 1
+            self._attempts.connected()
             if self.stats.connects > 1:
                 self.stats.reconnects += 1
                 log.info("MQTT reconnected to %s:%d", self.host, self.port)

@@ -1,6 +1,6 @@
 """The audit trail: an append-only, hash-chained JSON-lines log of every decision the agent makes.
 
-One line per record, each the canonical JSON (sorted keys, compact, UTF-8) of::
+One line per record, each the canonical JSON (sorted keys, compact, ASCII) of::
 
     {"seq": int, "t": Unix s, "kind": str, "fields": {...}, "prev": hex, "hash": hex}
 
@@ -58,10 +58,11 @@ class AuditError(Exception):
 
 
 def canonical(obj: Mapping[str, Any]) -> bytes:
-    """Canonical JSON bytes: sorted keys, no spaces, UTF-8, no NaN/Infinity."""
+    """Canonical JSON bytes: sorted keys, no spaces, no NaN/Infinity, ASCII (every other
+    character escaped, so text from the wire, lone surrogates included, always encodes)."""
     return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
@@ -218,9 +219,9 @@ class AuditTrail:
             self._busy = True
             try:
                 self._drain()
-                if self._unsynced and self.config.fsync == "interval":
-                    if time.monotonic() - self._last_sync >= interval:
-                        self._sync()
+                due = time.monotonic() - self._last_sync >= interval
+                if self._unsynced and self.config.fsync == "interval" and due:
+                    self._sync()
             except Exception:  # the writer must outlive any one bad record or disk hiccup
                 log.exception("audit writer failed")
             finally:
@@ -254,10 +255,10 @@ class AuditTrail:
             if self._write_failures:
                 log.warning("audit: writing works again after %d failures", self._write_failures)
                 self._write_failures = 0
-        except OSError as e:
+        except Exception as e:  # a full disk, or a value no JSON encoder takes: note the gap
             self._write_failures += 1
             if self._write_failures == 1:
-                log.error("audit: cannot write %s: %s", self.path, e)
+                log.error("audit: cannot write a %s record to %s: %s", kind, self.path, e)
             with self._lock:
                 self._dropped += 1
 
@@ -346,6 +347,8 @@ class AuditTrail:
         self._sync()
         self._file.close()
         target = rotated_name(self.path, self._file_first_seq)
+        if target.exists():  # a chain restarted after an unreadable file: never overwrite
+            target = target.with_name(f"{target.name}-{time.time_ns()}")
         os.replace(self.path, target)
         self._new_file(prev_file=target.name, reason="rotated")
         self._prune()
@@ -388,7 +391,7 @@ def _read_tail(path: Path) -> tuple[dict[str, Any], int, int] | None:
         rec = json.loads(chunk[begin:end])
     except ValueError:
         return None
-    if not isinstance(rec, dict) or not RECORD_KEYS <= rec.keys():
+    if not isinstance(rec, dict) or not rec.keys() >= RECORD_KEYS:
         return None
     good = start + end + 1
     return rec, good, size - good

@@ -1,0 +1,269 @@
+"""Compliance scoring: pure functions from a measured trace to pass/fail rules with numbers.
+
+A :class:`Trace` holds samples (time s, frequency sent to the unit Hz, required and delivered
+reduction W at the settlement point, delivered IT reduction W). "Delivered" is the reference
+power (measured before the test) minus the power now, so a cut is positive; FCR-N's upward
+regulation is negative. Every rule is a :class:`RuleResult` ``{name, value, limit, passed}``
+with the measured value, the limit and the unit; a test passes when all its rules pass.
+
+How the rules measure (the limits are the TSOs', DOMAIN.md; the conventions are ours):
+
+* Band: "reached" and "held" mean within 5 % of the capacity below the requirement (the
+  steady-state tolerance -5 %), "over-delivery" more than 20 % above it.
+* Activation times are read on the raw samples (>= 10 Hz), interpolated between samples, and
+  a crossing counts only if the next ``CONFIRM_S`` stay in the band (one lucky sample is not an
+  activation). Steady-state, hold and over-delivery use 1 s centred means, so a workload's
+  sub-second swings in the delivered power do not decide them.
+* Ramp rates are the least-squares slope of the raw samples between the 90 % and 10 % points of
+  the ramp, in % of capacity per second (a fit, not two noisy end points).
+* FCR-D dynamic test: ``dP_ss`` is the mean delivered power over the last half of the hold that
+  follows the 0.24 Hz/s ramp; dP(7.5 s) is the 1 s mean around 7.5 s after the ramp starts; the
+  energy is the trapezoid integral of the delivered power over the first 7.5 s.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+BAND = 0.05  # steady-state tolerance below the requirement, fraction of capacity
+OVER = 0.20  # steady-state tolerance above it (over-delivery), fraction of capacity
+CONFIRM_S = 0.2  # a band crossing must hold this long to count
+SMOOTH_S = 1.0  # centred mean for steady-state, hold and over-delivery checks
+
+FFR_FULL_ACTIVATION_S = {49.7: 1.3, 49.6: 1.0, 49.5: 0.7}  # Fingrid / Svenska kraftnät
+FFR_SUPPORT_S = {"short": 5.0, "long": 30.0}
+FFR_RAMP_OUT_PCT_PER_S = 20.0  # short support only
+ERCOT_FFR_ACTIVATION_S = 0.25  # 15 cycles at 60 Hz
+FCR_D_START_HZ, FCR_D_FULL_HZ = 49.9, 49.5
+FCR_D_T_S, FCR_D_POWER_RATIO, FCR_D_ENERGY_S = 7.5, 0.86, 3.2
+FCR_D_STATIC_START_S, FCR_D_STATIC_WAIT_S, FCR_D_STATIC_RAMP_PCT_PER_S = 2.5, 60.0, 2.5
+FCR_N_LOW_HZ, FCR_N_HIGH_HZ = 49.9, 50.1
+DR_START_ALLOWANCE_S = 1.0  # ours: full by the event start + one tier-2 period
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """One rule's outcome. ``limit`` is a bound (``op`` ``<=``/``>=``) or a [low, high] pair
+    (``op`` ``in``); ``value`` is None only when the quantity never happened (see detail)."""
+
+    name: str
+    value: float | None
+    limit: float | tuple[float, float]
+    passed: bool
+    unit: str
+    op: str
+    detail: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        limit: object = list(self.limit) if isinstance(self.limit, tuple) else self.limit
+        value = None if self.value is None else round(self.value, 4)
+        return {"name": self.name, "value": value, "limit": limit, "passed": self.passed,
+                "unit": self.unit, "op": self.op, "detail": self.detail}
+
+    def describe(self) -> str:
+        shown = "n/a" if self.value is None else f"{self.value:.3g}"
+        lim = (f"[{self.limit[0]:g}, {self.limit[1]:g}]" if isinstance(self.limit, tuple)
+               else f"{self.op} {self.limit:g}")
+        verdict = "PASS" if self.passed else "FAIL"
+        return f"{verdict}  {self.name}: {shown} {self.unit} (limit {lim} {self.unit})"
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Samples on one time base (s from the test's start), sorted by time; powers in W."""
+
+    t_s: Sequence[float]
+    hz: Sequence[float]
+    required_w: Sequence[float]
+    delivered_w: Sequence[float]
+    delivered_it_w: Sequence[float]
+
+    def __post_init__(self) -> None:
+        n = len(self.t_s)
+        if any(len(s) != n for s in (self.hz, self.required_w, self.delivered_w,
+                                     self.delivered_it_w)):
+            raise ValueError("every trace column needs one value per sample")
+        if n < 2:
+            raise ValueError("a trace needs at least two samples")
+
+
+def passed(rules: Sequence[RuleResult]) -> bool:
+    """A test (or product) passes when it has rules and all of them pass."""
+    return bool(rules) and all(r.passed for r in rules)
+
+
+# ---- measurement helpers ----------------------------------------------------------------------
+
+
+def interp(t_s: Sequence[float], x: Sequence[float], at_s: float) -> float:
+    """Linear interpolation of ``x`` at ``at_s`` (clamped to the ends)."""
+    k = bisect.bisect_left(t_s, at_s)
+    if k <= 0:
+        return x[0]
+    if k >= len(t_s):
+        return x[-1]
+    t0, t1 = t_s[k - 1], t_s[k]
+    return x[k - 1] + (x[k] - x[k - 1]) * (at_s - t0) / (t1 - t0) if t1 > t0 else x[k]
+
+
+def window_mean(t_s: Sequence[float], x: Sequence[float], a_s: float, b_s: float) -> float:
+    """Mean of the samples with ``a_s <= t < b_s`` (NaN if none)."""
+    lo, hi = bisect.bisect_left(t_s, a_s), bisect.bisect_left(t_s, b_s)
+    return math.fsum(x[lo:hi]) / (hi - lo) if hi > lo else math.nan
+
+
+def smoothed(t_s: Sequence[float], x: Sequence[float], width_s: float = SMOOTH_S) -> list[float]:
+    """Centred moving mean of width ``width_s`` at every sample."""
+    cum = [0.0]
+    for v in x:
+        cum.append(cum[-1] + v)
+    out = []
+    for t in t_s:
+        lo = bisect.bisect_left(t_s, t - width_s / 2)
+        hi = bisect.bisect_right(t_s, t + width_s / 2)
+        out.append((cum[hi] - cum[lo]) / (hi - lo))
+    return out
+
+
+def first_crossing(
+    t_s: Sequence[float], x: Sequence[float], level: float, *, start_s: float, end_s: float,
+    above: bool = True, confirm_s: float = CONFIRM_S,
+) -> float | None:
+    """First time in [start_s, end_s] at which ``x`` goes to or past ``level`` (upwards if
+    ``above``) and stays there ``confirm_s``; interpolated between samples. None if never."""
+
+    def inside(v: float) -> bool:
+        return v >= level if above else v <= level
+
+    k = bisect.bisect_left(t_s, start_s)
+    while k < len(t_s) and t_s[k] <= end_s:
+        if inside(x[k]):
+            j = k
+            while j < len(t_s) and t_s[j] <= t_s[k] + confirm_s and inside(x[j]):
+                j += 1
+            if j >= len(t_s) or t_s[j] > t_s[k] + confirm_s:
+                if k == 0 or t_s[k - 1] < start_s or x[k] == x[k - 1]:
+                    return max(start_s, t_s[k])
+                frac = (level - x[k - 1]) / (x[k] - x[k - 1])
+                return max(start_s, t_s[k - 1] + frac * (t_s[k] - t_s[k - 1]))
+            k = j
+        else:
+            k += 1
+    return None
+
+
+def slope_per_s(t_s: Sequence[float], x: Sequence[float], a_s: float, b_s: float) -> float:
+    """Least-squares slope of ``x`` over [a_s, b_s] (units of x per second)."""
+    lo, hi = bisect.bisect_left(t_s, a_s), bisect.bisect_right(t_s, b_s)
+    ts, xs = t_s[lo:hi], x[lo:hi]
+    if len(ts) < 2:
+        return math.nan
+    tm, xm = math.fsum(ts) / len(ts), math.fsum(xs) / len(xs)
+    den = math.fsum((t - tm) ** 2 for t in ts)
+    return math.fsum((t - tm) * (v - xm) for t, v in zip(ts, xs, strict=True)) / den
+
+
+def _rule(name: str, value: float | None, limit: float, op: str, unit: str,
+          detail: str = "") -> RuleResult:
+    if value is None or math.isnan(value):
+        return RuleResult(name, None, limit, False, unit, op, detail or "not measured")
+    ok = value <= limit if op == "<=" else value >= limit
+    return RuleResult(name, value, limit, ok, unit, op, detail)
+
+
+def _pct(w: float, capacity_w: float) -> float:
+    return 100.0 * w / capacity_w
+
+
+# ---- generic rules ----------------------------------------------------------------------------
+
+
+def activation_time(tr: Trace, *, event_s: float, capacity_w: float, limit_s: float,
+                    horizon_s: float, name: str = "full_activation_time") -> RuleResult:
+    """Time from ``event_s`` until delivered >= (1 - BAND) x capacity (and stays CONFIRM_S)."""
+    level = (1.0 - BAND) * capacity_w
+    at = first_crossing(tr.t_s, tr.delivered_w, level, start_s=event_s,
+                        end_s=event_s + horizon_s)
+    due = _pct(interp(tr.t_s, tr.delivered_w, event_s + limit_s), capacity_w)
+    peak = _pct(max(smoothed(tr.t_s, tr.delivered_w, 0.2)), capacity_w)
+    if at is None:
+        return _rule(name, None, limit_s, "<=", "s",
+                     f"never reached {100 * (1 - BAND):.0f} % of capacity within {horizon_s:g} s"
+                     f"; {due:.0f} % at {limit_s:g} s, peak {peak:.0f} %")
+    return _rule(name, at - event_s, limit_s, "<=", "s", f"{due:.0f} % of capacity at {limit_s:g} s")
+
+
+def power_at(tr: Trace, *, at_s: float, capacity_w: float, name: str) -> RuleResult:
+    """Delivered power at ``at_s`` (interpolated), % of capacity; limit >= 100 - BAND."""
+    value = _pct(interp(tr.t_s, tr.delivered_w, at_s), capacity_w)
+    return _rule(name, value, 100.0 * (1.0 - BAND), ">=", "%")
+
+
+def steady_state(tr: Trace, *, a_s: float, b_s: float, capacity_w: float,
+                 name: str = "steady_state") -> RuleResult:
+    """Mean (delivered - required) over [a_s, b_s], % of capacity; limit [-5, +20] %."""
+    err = window_mean(tr.t_s, [d - r for d, r in zip(tr.delivered_w, tr.required_w,
+                                                     strict=True)], a_s, b_s)
+    value = _pct(err, capacity_w)
+    lim = (-100.0 * BAND, 100.0 * OVER)
+    if math.isnan(value):
+        return RuleResult(name, None, lim, False, "%", "in", "no samples in the window")
+    req = _pct(window_mean(tr.t_s, tr.required_w, a_s, b_s), capacity_w)
+    return RuleResult(name, value, lim, lim[0] <= value <= lim[1], "%", "in",
+                      f"required {req:.0f} % of capacity over {a_s:.1f}-{b_s:.1f} s")
+
+
+def _errors(tr: Trace) -> list[float]:
+    err = [d - r for d, r in zip(tr.delivered_w, tr.required_w, strict=True)]
+    return smoothed(tr.t_s, err)
+
+
+def hold(tr: Trace, *, windows: Sequence[tuple[float, float]], capacity_w: float,
+         name: str = "hold") -> RuleResult:
+    """No fall-back: the worst 1 s-mean (delivered - required) over ``windows``, % of
+    capacity; limit >= -5 %."""
+    err = _errors(tr)
+    worst = math.inf
+    for a, b in windows:
+        lo, hi = bisect.bisect_left(tr.t_s, a), bisect.bisect_right(tr.t_s, b)
+        if hi > lo:
+            worst = min(worst, min(err[lo:hi]))
+    value = None if worst == math.inf else _pct(worst, capacity_w)
+    return _rule(name, value, -100.0 * BAND, ">=", "%")
+
+
+def over_delivery(tr: Trace, *, windows: Sequence[tuple[float, float]], capacity_w: float,
+                  name: str = "over_delivery") -> RuleResult:
+    """The largest 1 s-mean excess of delivered over required in ``windows``, % of capacity;
+    limit <= +20 %."""
+    err = _errors(tr)
+    worst = -math.inf
+    for a, b in windows:
+        lo, hi = bisect.bisect_left(tr.t_s, a), bisect.bisect_right(tr.t_s, b)
+        if hi > lo:
+            worst = max(worst, max(err[lo:hi]))
+    value = None if worst == -math.inf else _pct(worst, capacity_w)
+    return _rule(name, value, 100.0 * OVER, "<=", "%")
+
+
+def ramp_down_rate(tr: Trace, *, start_s: float, end_s: float, capacity_w: float,
+                   limit_pct_per_s: float, name: str) -> RuleResult:
+    """How fast the delivered power falls back after ``start_s``: the least-squares slope
+    between its 90 % and 10 % points, % of capacity per second (positive = falling)."""
+    hi_t = first_crossing(tr.t_s, tr.delivered_w, 0.9 * capacity_w, start_s=start_s,
+                          end_s=end_s, above=False, confirm_s=0.0)
+    lo_t = None if hi_t is None else first_crossing(
+        tr.t_s, tr.delivered_w, 0.1 * capacity_w, start_s=hi_t, end_s=end_s, above=False,
+        confirm_s=0.0)
+    if hi_t is None or lo_t is None:
+        return _rule(name, None, limit_pct_per_s, "<=", "%/s",
+                     "the delivered power did not fall from 90 % to 10 % of capacity")
+    if lo_t - hi_t < 0.15:  # a step: fewer samples than a fit needs
+        value = 80.0 / max(lo_t - hi_t, 1e-3)
+    else:
+        value = -_pct(slope_per_s(tr.t_s, tr.delivered_w, hi_t, lo_t), capacity_w)
+    return _rule(name, value, limit_pct_per_s, "<=", "%/s",
+                 f"90 % -> 10 % of capacity from {hi_t:.2f} s to {lo_t:.2f} s")

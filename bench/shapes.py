@@ -1,0 +1,238 @@
+"""Frequency test shapes for the compliance bench: the TSOs' test signals as sampled series.
+
+A :class:`Shape` is what the bench publishes on ``{prefix}/frequency``: one sample every
+``dt_s`` (10 Hz by default) from t = 0. Times are seconds from the shape's start, frequency in
+Hz. ``nominal_hz`` is the test signal as the TSO writes it; ``hz`` is what the unit is sent:
+for the Nordic FCR tests, which assume the unit's frequency meter has a first-order lag
+1/(1+s) (time constant 1 s), a software-injected signal is passed through that lag first
+(``lagged``); FFR and ERCOT thresholds are evaluated on the raw signal. ``marks`` names the
+instants the scorer needs (step times, hold windows), ``holds`` the windows in which frequency
+stays put (start, end, nominal Hz).
+
+``time_scale`` shortens the long holds (FCR-D's 300 s at 49.5 Hz, FCR-N's levels) but never a
+ramp rate: the rates are what the tests test. Shapes and their sources: DOMAIN.md.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+DT_S = 0.1  # 10 Hz: the FCR-D logging floor (DOMAIN.md, measurement rules)
+METER_TAU_S = 1.0  # the Nordic FCR rules' frequency-meter lag 1/(1+s)
+LEAD_S = 6.0  # nominal frequency before a test: the agent settles, the bench takes its baseline
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A window where the nominal frequency stays at ``hz`` (times in s)."""
+
+    start_s: float
+    end_s: float
+    hz: float
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A sampled test signal (module docstring). ``hz[k]`` is sent at ``k * dt_s``."""
+
+    name: str
+    title: str
+    dt_s: float
+    nominal_hz: tuple[float, ...]
+    hz: tuple[float, ...]
+    lagged: bool
+    nominal_frequency_hz: float = 50.0
+    marks: dict[str, float] = field(default_factory=dict)
+    holds: tuple[Hold, ...] = ()
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.hz) * self.dt_s
+
+    def times_s(self) -> list[float]:
+        return [k * self.dt_s for k in range(len(self.hz))]
+
+
+class _Builder:
+    """Piecewise-linear nominal signal: holds and constant-rate ramps, then sampled."""
+
+    def __init__(self, start_hz: float) -> None:
+        self.t_s = 0.0
+        self.hz = start_hz
+        self._pieces: list[tuple[float, float, float, float]] = []  # t0, t1, hz0, hz1
+        self.marks: dict[str, float] = {}
+        self.holds: list[Hold] = []
+
+    def hold(self, seconds: float, mark: str | None = None) -> _Builder:
+        if mark:
+            self.marks[mark] = self.t_s
+        self._pieces.append((self.t_s, self.t_s + seconds, self.hz, self.hz))
+        self.holds.append(Hold(self.t_s, self.t_s + seconds, self.hz))
+        self.t_s += seconds
+        return self
+
+    def ramp(self, to_hz: float, rate_hz_per_s: float, mark: str | None = None) -> _Builder:
+        if mark:
+            self.marks[mark] = self.t_s
+        seconds = abs(to_hz - self.hz) / rate_hz_per_s
+        self._pieces.append((self.t_s, self.t_s + seconds, self.hz, to_hz))
+        self.t_s += seconds
+        self.hz = to_hz
+        return self
+
+    def step(self, to_hz: float, mark: str | None = None) -> _Builder:
+        if mark:
+            self.marks[mark] = self.t_s
+        self.hz = to_hz
+        return self
+
+    def at(self, t_s: float) -> float:
+        for t0, t1, h0, h1 in self._pieces:
+            if t0 <= t_s < t1:
+                return h0 + (h1 - h0) * (t_s - t0) / (t1 - t0) if t1 > t0 else h1
+        return self.hz
+
+    def shape(self, name: str, title: str, *, lagged: bool, dt_s: float = DT_S,
+              nominal_frequency_hz: float = 50.0) -> Shape:
+        # Round half up so a piece ending exactly on the grid gets its last sample.
+        n = int(math.floor(self.t_s / dt_s + 1e-9))
+        nominal = [self.at(k * dt_s) for k in range(n)]
+        sent = meter_lag(nominal, dt_s) if lagged else nominal
+        return Shape(name, title, dt_s, tuple(nominal), tuple(sent), lagged,
+                     nominal_frequency_hz, dict(self.marks), tuple(self.holds))
+
+
+def meter_lag(hz: Sequence[float], dt_s: float, tau_s: float = METER_TAU_S) -> list[float]:
+    """``hz`` through a first-order lag 1/(1 + s tau) (exact for a signal held per sample)."""
+    if not hz:
+        return []
+    alpha = 1.0 - math.exp(-dt_s / tau_s)
+    out = [hz[0]]
+    for x in hz[1:]:
+        out.append(out[-1] + alpha * (x - out[-1]))
+    return out
+
+
+def _scaled(seconds: float, time_scale: float, floor_s: float) -> float:
+    return max(floor_s, seconds * time_scale)
+
+
+# ---- Nordic FCR-D ----------------------------------------------------------------------------
+
+
+def fcr_d_ramps(time_scale: float = 0.1) -> Shape:
+    """The FCR-D upwards ramp sequence: 0.14 Hz/s to 49.45 Hz, 0.09 Hz/s back to 49.9 Hz,
+    0.24 Hz/s to 49.5 Hz held 300 s (scaled), back to 49.9 Hz, then the dynamic test: 0.24 Hz/s
+    from 49.9 to 49.0 Hz and held (its first 7.5 s give dP(7.5 s) and the energy), then 50 Hz.
+    Marks: ``hold_49_5``/``hold_49_5_end`` and ``dynamic`` (the last ramp's start)."""
+    b = _Builder(50.0).hold(LEAD_S, "lead_end").step(49.9)
+    b.ramp(49.45, 0.14, "ramp_0_14").hold(_scaled(60, time_scale, 8.0), "hold_49_45")
+    b.ramp(49.9, 0.09, "ramp_0_09").hold(_scaled(60, time_scale, 8.0), "hold_49_9")
+    b.ramp(49.5, 0.24, "ramp_0_24").hold(_scaled(300, time_scale, 10.0), "hold_49_5")
+    b.marks["hold_49_5_end"] = b.t_s
+    b.ramp(49.9, 0.24).hold(_scaled(60, time_scale, 8.0), "hold_49_9b")
+    b.ramp(49.0, 0.24, "dynamic").hold(_scaled(150, time_scale, 15.0), "hold_49_0")
+    b.step(50.0, "recover").hold(4.0)
+    return b.shape("fcr-d-ramps", "FCR-D upwards: ramp sequence and 0.24 Hz/s dynamic test",
+                   lagged=True)
+
+
+def fcr_d_dynamic(time_scale: float = 0.1) -> Shape:
+    """Only the dynamic test: 49.9 Hz, 0.24 Hz/s to 49.0 Hz, held (scaled), 50 Hz."""
+    b = _Builder(50.0).hold(LEAD_S, "lead_end").step(49.9).hold(2.0)
+    b.ramp(49.0, 0.24, "dynamic").hold(_scaled(150, time_scale, 15.0), "hold_49_0")
+    b.step(50.0, "recover").hold(4.0)
+    return b.shape("fcr-d-dynamic", "FCR-D upwards: 0.24 Hz/s ramp 49.9 -> 49.0 Hz",
+                   lagged=True)
+
+
+def fcr_d_static(time_scale: float = 0.1, threshold_hz: float = 49.7) -> Shape:
+    """FCR-D static: a step to 0.1 Hz below the threshold, held (scaled), back to 50 Hz, then
+    long enough for the 60 s wait above 49.9 Hz and a 2.5 %/s ramp-down (40 s) to finish."""
+    b = _Builder(50.0).hold(LEAD_S, "lead_end")
+    b.step(threshold_hz - 0.1, "step").hold(_scaled(60, time_scale, 10.0), "hold_low")
+    b.step(50.0, "recover").hold(60.0 + 40.0 + 6.0)
+    return b.shape("fcr-d-static", f"FCR-D static: step below {threshold_hz:g} Hz, return",
+                   lagged=True)
+
+
+# ---- Nordic FCR-N ----------------------------------------------------------------------------
+
+
+def fcr_n_steps(time_scale: float = 0.1, settle_s: float = 10.0) -> Shape:
+    """FCR-N steps 50.0 -> 49.95 -> 50.0 -> 49.9 -> 50.1 -> 50.0, each level held 60 s
+    (scaled). ``settle_s`` at 50 Hz first: the node settles on its FCR-N baseline."""
+    level_s = _scaled(60, time_scale, 6.0)
+    b = _Builder(50.0).hold(LEAD_S + settle_s, "lead_end")
+    for k, hz in enumerate((49.95, 50.0, 49.9, 50.1, 50.0)):
+        b.step(hz, f"step_{k}").hold(level_s)
+    return b.shape("fcr-n-steps", "FCR-N steps 50.0/49.95/50.0/49.9/50.1/50.0 Hz", lagged=True)
+
+
+# ---- step products (FFR, ERCOT FFR) -----------------------------------------------------------
+
+
+def ffr_step(threshold_hz: float, *, depth_hz: float = 0.05, low_s: float = 2.0,
+             after_s: float = 12.0, nominal_hz: float = 50.0, lead_s: float = LEAD_S) -> Shape:
+    """A step from nominal to ``depth_hz`` below the threshold (mark ``event``), held
+    ``low_s``, then nominal for ``after_s`` (the product's support and ramp-out run on)."""
+    b = _Builder(nominal_hz).hold(lead_s, "lead_end")
+    b.step(threshold_hz - depth_hz, "event").hold(low_s)
+    b.step(nominal_hz, "recover").hold(after_s)
+    return b.shape(f"step-{threshold_hz:g}", f"step to {threshold_hz - depth_hz:g} Hz "
+                   f"(threshold {threshold_hz:g} Hz)", lagged=False,
+                   nominal_frequency_hz=nominal_hz)
+
+
+def large_trip(threshold_hz: float, *, rate_hz_per_s: float = 0.25, nadir_hz: float = 49.3,
+               nadir_s: float = 3.0, recover_hz_per_s: float = 0.05,
+               after_s: float = 4.0) -> Shape:
+    """A large trip: frequency falls at ``rate_hz_per_s`` from 50 Hz to ``nadir_hz``, stays
+    ``nadir_s``, recovers at ``recover_hz_per_s``. Mark ``event``: the instant the falling
+    signal crosses ``threshold_hz``."""
+    b = _Builder(50.0).hold(LEAD_S, "lead_end")
+    b.ramp(nadir_hz, rate_hz_per_s, "fall").hold(nadir_s, "nadir")
+    b.ramp(50.0, recover_hz_per_s, "recover").hold(after_s)
+    b.marks["event"] = b.marks["fall"] + (50.0 - threshold_hz) / rate_hz_per_s
+    return b.shape("large-trip", f"large trip: {rate_hz_per_s:g} Hz/s to {nadir_hz:g} Hz",
+                   lagged=False)
+
+
+def ercot_step(*, threshold_hz: float = 59.85, support_s: float = 18.0) -> Shape:
+    """ERCOT (60 Hz): a step to 0.05 Hz below 59.85 Hz, then back; the support runs on."""
+    return ffr_step(threshold_hz, nominal_hz=60.0, after_s=support_s + 8.0)
+
+
+# ---- normal frequency ------------------------------------------------------------------------
+
+
+def normal_frequency(duration_s: float = 60.0, *, std_hz: float = 0.04, tau_s: float = 30.0,
+                     seed: int = 0, nominal_hz: float = 50.0) -> Shape:
+    """Synthetic normal operation: an Ornstein-Uhlenbeck process around nominal with
+    stationary standard deviation ``std_hz`` and correlation time ``tau_s`` (Nordic: about
+    40-45 mHz), seeded, exactly discretised; starts at nominal."""
+    rng = random.Random(seed)
+    a = math.exp(-DT_S / tau_s)
+    kick = std_hz * math.sqrt(1.0 - a * a)
+    lead = int(LEAD_S / DT_S)
+    x, out = 0.0, []
+    for k in range(int(round((duration_s + LEAD_S) / DT_S))):
+        if k >= lead:
+            x = a * x + kick * rng.gauss(0.0, 1.0)
+        out.append(nominal_hz + x)
+    # The signal itself is the measured frequency: no extra meter lag.
+    return Shape("normal", f"normal frequency (std {std_hz * 1000:.0f} mHz, seed {seed})",
+                 DT_S, tuple(out), tuple(out), False, nominal_hz, {"lead_end": LEAD_S},
+                 (Hold(0.0, LEAD_S, nominal_hz),))
+
+
+def constant(duration_s: float, nominal_hz: float = 50.0) -> Shape:
+    """Nominal frequency throughout (demand-response tests)."""
+    return _Builder(nominal_hz).hold(duration_s, "lead_end").shape(
+        "nominal", f"{nominal_hz:g} Hz", lagged=False, nominal_frequency_hz=nominal_hz)
+
+
+ShapeFactory = Callable[[float], Shape]

@@ -1,0 +1,211 @@
+"""The state journal alone: format, atomic writes, the lock, the writer, recovery arithmetic."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gridtao.clock import VirtualClock
+from gridtao.journal import (
+    Journal,
+    JournalError,
+    JournalEvent,
+    JournalState,
+    from_json,
+    load_journal,
+    plan_recovery,
+    to_json,
+)
+
+T0 = 1_763_900_000.0
+N = 2
+
+
+def _event(event_id: str = "e1", *, started: float = T0, hold_until: float | None = T0 + 600,
+           ) -> JournalEvent:
+    return JournalEvent(event_id, "shed", 800_000.0, 1_200_000.0, (600_000.0, 600_000.0),
+                        (400_000, 400_000), started, hold_until)
+
+
+def _state(*events: JournalEvent, alive: float = T0) -> JournalState:
+    return JournalState(node="n1", gpu_uuids=("GPU-a", "GPU-b"),
+                        initial_limits_mw=(700_000, 650_000), first_started_wall=T0 - 100,
+                        alive_wall=alive, pid=42, events=events)
+
+
+def test_state_round_trips_through_json() -> None:
+    state = _state(_event("e1"), _event("e2", hold_until=None))
+    assert from_json(to_json(state)) == state
+
+
+@pytest.mark.parametrize("damage", [
+    b"", b"{", b"[]", b'{"version": 99}',
+    b'{"version": 1, "node": "n", "pid": 1, "gpu_uuids": ["a"], "initial_limits_mw": [1, 2],'
+    b' "first_started_wall": 0, "alive_wall": 0, "events": []}',
+    b'{"version": 1, "node": "n", "pid": 1, "gpu_uuids": ["a"], "initial_limits_mw": [NaN],'
+    b' "first_started_wall": 0, "alive_wall": 0, "events": []}',
+])
+def test_an_unreadable_journal_is_an_error_naming_the_file(tmp_path: Path, damage: bytes) -> None:
+    path = tmp_path / "j.json"
+    path.write_bytes(damage)
+    with pytest.raises(JournalError, match=str(path)):
+        load_journal(path)
+
+
+def test_no_journal_means_a_clean_last_stop(tmp_path: Path) -> None:
+    assert load_journal(tmp_path / "none.json") is None
+
+
+def test_the_writer_keeps_the_latest_state_and_a_heartbeat(tmp_path: Path) -> None:
+    clock = VirtualClock(wall_offset=T0)
+    path = tmp_path / "j.json"
+    journal = Journal(path, clock=clock, heartbeat_s=0.05)
+    journal.open(_state(alive=clock.wall()))
+    journal.start()
+    journal.add_event(_event("e1"))
+    journal.add_event(_event("e2", started=T0 + 1))
+    journal.remove_event("e1")
+    assert journal.flush()
+    loaded = load_journal(path)
+    assert loaded is not None and [e.event_id for e in loaded.events] == ["e2"]
+    clock.advance(30.0)
+    deadline = time.monotonic() + 10
+    while (j := load_journal(path)) is None or j.alive_wall < T0 + 30:
+        assert time.monotonic() < deadline, "no heartbeat"
+        time.sleep(0.02)
+    journal.close(clean=False)
+    assert load_journal(path) is not None  # a crash-like stop leaves it for the next start
+    journal2 = Journal(path, clock=clock, heartbeat_s=1.0)
+    journal2.open(_state())
+    journal2.close(clean=True)
+    assert not path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.json.lock"]  # no temp files
+
+
+def test_readers_never_see_a_partial_journal(tmp_path: Path) -> None:
+    path = tmp_path / "j.json"
+    journal = Journal(path, clock=VirtualClock(wall_offset=T0), heartbeat_s=1.0)
+    journal.open(_state())
+    journal.start()
+    stop = threading.Event()
+    seen: list[int] = []
+    errors: list[Exception] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                state = load_journal(path)
+                assert state is not None
+                seen.append(len(state.events))
+            except Exception as e:
+                errors.append(e)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(200):
+        journal.add_event(_event(f"e{i}", started=T0 + i))
+        if i % 10 == 0:
+            journal.flush()
+    journal.flush()
+    stop.set()
+    reader.join()
+    journal.close(clean=True)
+    assert not errors, errors[:3]
+    assert seen and max(seen) == 200
+
+
+def test_one_journal_one_agent(tmp_path: Path) -> None:
+    path = tmp_path / "j.json"
+    first = Journal(path, clock=VirtualClock(), heartbeat_s=1.0)
+    first.lock()
+    with pytest.raises(JournalError, match="in use by another gridtao agent"):
+        Journal(path, clock=VirtualClock(), heartbeat_s=1.0).lock()
+    first.close(clean=True)
+    Journal(path, clock=VirtualClock(), heartbeat_s=1.0).lock()  # released
+
+
+def test_a_killed_holder_releases_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "j.json"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, sys, time; f = open(sys.argv[1], 'a+b'); "
+         "fcntl.flock(f.fileno(), fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+         str(path) + ".lock"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        with pytest.raises(JournalError):
+            Journal(path, clock=VirtualClock(), heartbeat_s=1.0).lock()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+        if holder.stdout is not None:
+            holder.stdout.close()
+    journal = Journal(path, clock=VirtualClock(), heartbeat_s=1.0)
+    journal.lock()
+    journal.close(clean=True)
+
+
+# ---- recovery arithmetic ---------------------------------------------------------------------
+
+BOUND_S = 300.0
+RAMP_S = 5.0
+MAX_EVENT_S = 3600.0
+
+
+def _plan(state: JournalState, now: float) -> tuple[dict[str, float], dict[str, str]]:
+    plan = plan_recovery(state, now_wall=now, max_capped_after_crash_s=BOUND_S,
+                         max_event_s=MAX_EVENT_S, ramp_s=RAMP_S)
+    return ({e.event_id: hold for e, hold in plan.restore}, dict(plan.expired))
+
+
+def test_recovery_holds_the_rest_of_an_event_within_the_bound() -> None:
+    restore, expired = _plan(_state(_event("short", hold_until=T0 + 60),
+                                    _event("long", hold_until=T0 + 6000)), T0 + 10)
+    assert restore["short"] == pytest.approx(50.0)  # its own duration, ramp after as usual
+    assert restore["long"] == pytest.approx(BOUND_S - 10 - RAMP_S)  # released by crash + bound
+    assert not expired
+
+
+def test_recovery_restores_nothing_past_its_end_or_the_bound() -> None:
+    restore, expired = _plan(_state(_event("over", hold_until=T0 + 60),
+                                    _event("long", hold_until=T0 + 6000)), T0 + 400)
+    assert not restore
+    assert expired == {"over": "its duration is over", "long": "crash bound is over"}
+
+
+def test_recovery_respects_max_event_s() -> None:
+    started = T0 - MAX_EVENT_S + 20
+    restore, _ = _plan(_state(_event("old", started=started, hold_until=None)), T0)
+    assert restore["old"] == pytest.approx(20 - RAMP_S)
+
+
+@pytest.mark.parametrize("jump_s", [-86_400.0, -1.0, 0.0, 5.0])
+def test_a_wall_clock_jump_never_lengthens_a_recovered_hold(jump_s: float) -> None:
+    restore, expired = _plan(_state(_event("e", hold_until=T0 + 86_400)), T0 + jump_s)
+    assert restore["e"] <= BOUND_S - RAMP_S
+    assert not expired
+
+
+def test_a_wall_clock_jump_forward_expires_the_event() -> None:
+    restore, expired = _plan(_state(_event("e", hold_until=T0 + 10 * 86_400)), T0 + 86_400)
+    assert not restore and "e" in expired
+
+
+def test_journal_file_is_plain_json(tmp_path: Path) -> None:
+    path = tmp_path / "j.json"
+    journal = Journal(path, clock=VirtualClock(wall_offset=T0), heartbeat_s=1.0)
+    journal.open(_state(_event("e1")))
+    data = json.loads(path.read_text())
+    assert data["initial_limits_mw"] == [700_000, 650_000]
+    assert data["events"][0]["id"] == "e1" and data["events"][0]["caps_mw"] == [400_000] * N
+    journal.close(clean=True)

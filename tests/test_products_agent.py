@@ -1,0 +1,163 @@
+"""Products through the whole agent over a real broker: an FFR step on the island's armed caps,
+FCR-D and a demand-response event through tier 2's commitment, and the retained tracker topic.
+
+Simulated GPUs (4 x H100 at a fixed 600 W demand), real time; waits are generous and nothing
+asserts wall-clock speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from broker import MosquittoBroker, Subscriber, publish
+
+from gridtao.agent import Agent, AgentOptions
+from gridtao.clock import MonotonicClock
+from gridtao.config import config_from_mapping
+from gridtao.gpu.nvml import NvmlBackend
+from gridtao.gpu.sim import SimNvml
+from gridtao.grid.mqtt import new_event_loop
+
+W = 1000
+N = 4
+DEMAND_W = 600.0
+NATURAL_W = N * DEMAND_W
+DEFAULT_W = 700.0
+WAIT_S = 20.0
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@contextmanager
+def agent_serving(broker: MosquittoBroker, name: str) -> Iterator[tuple[Agent, SimNvml]]:
+    cfg = config_from_mapping({
+        "gpus": {"sim": {"count": N, "noise_w": 0.0, "seed": 3}},
+        "mqtt": {"port": broker.port, "node_id": name, "prefix": f"gridtao/prod-{name}",
+                 "keepalive_s": 5, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
+        "metrics": {"enabled": False},
+        "safety": {"triggers": [], "release_rate_per_s": 1.0},
+        "tracker": {"period_s": 0.2, "reference_window_s": 0.5},
+        "products": [
+            {"kind": "ffr", "capacity_w": 515, "threshold_hz": 49.6, "support": "long",
+             "support_s": 0.5, "rearm_s": 0},
+            {"kind": "fcr-d-up", "capacity_w": 412, "median_samples": 1},
+            {"kind": "dr", "capacity_w": 600},
+        ],
+    }, source=f"<test {name}>")
+    clock = MonotonicClock()
+    sim = SimNvml.from_config(cfg.gpus.sim, clock)
+    for i in range(N):
+        sim.set_demand_w(i, DEMAND_W)
+    backend = NvmlBackend(sim)
+    wait_for(lambda: all(abs(backend.instant_power_mw(i) - DEMAND_W * W) <= W
+                         for i in range(N)), "the simulated draw to settle")
+    agent = Agent(cfg, clock=clock, backend=backend,
+                  options=AgentOptions(serve_metrics=False, connect_timeout_s=WAIT_S))
+    loop = new_event_loop()
+    stop: list[asyncio.Event] = []
+    ready = threading.Event()
+
+    async def serve() -> None:
+        stop.append(asyncio.Event())
+        ready.set()
+        await agent.serve(stop[0])
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
+    try:
+        agent.start()
+        thread.start()
+        assert ready.wait(5.0)
+        yield agent, sim
+        assert agent.lane.error is None, agent.lane.error
+    finally:
+        if stop:
+            loop.call_soon_threadsafe(stop[0].set)
+        thread.join(10.0)
+        agent.close()
+        loop.close()
+
+
+def _frequency(agent: Agent, broker: MosquittoBroker, hz: float) -> None:
+    raw = json.dumps({"t": time.time(), "hz": hz}).encode()
+    publish(broker.host, broker.port, agent.topics.frequency, raw, qos=0)
+
+
+def _dispatch(agent: Agent, broker: MosquittoBroker, body: dict[str, Any]) -> None:
+    publish(broker.host, broker.port, agent.topics.dispatch, json.dumps(body).encode(), qos=1)
+
+
+def _limits_w(agent: Agent) -> list[float]:
+    return [agent.backend.enforced_limit_mw(i) / W for i in range(N)]
+
+
+def test_ffr_product_fires_on_armed_caps_and_publishes_tracker_state(
+    mqtt_broker: MosquittoBroker,
+) -> None:
+    with agent_serving(mqtt_broker, "ffr") as (agent, _sim), \
+            Subscriber(mqtt_broker.host, mqtt_broker.port, agent.topics.ack) as acks:
+        _frequency(agent, mqtt_broker, 49.7)  # above the product's 49.6 Hz: nothing
+        _frequency(agent, mqtt_broker, 49.55)
+        ack = json.loads(acks.wait(1, WAIT_S)[0].payload)
+        assert ack["accepted"] is True and ack["id"].startswith("ffr-")
+        assert ack["received_at"] <= ack["commanded_at"]
+        # 515 W at the meter is 500 W of IT in the first seconds (3 % losses).
+        assert sum(_limits_w(agent)) == pytest.approx(NATURAL_W - 500.0, rel=0.01)
+        # FCR-D also saw 49.55 Hz (87.5 % of 412 W): the commitment binds under the FFR latch.
+        wait_for(lambda: agent.island.view().commitment_mw is not None, "FCR-D's commitment")
+        _frequency(agent, mqtt_broker, 50.0)
+        # FFR held 0.5 s, ramped out at 100 %/s, defaults back; re-armed (rearm_s 0).
+        wait_for(lambda: agent.island.view().event_id is None, "the FFR event to end")
+        wait_for(lambda: _limits_w(agent) == [DEFAULT_W] * N, "default limits after the ramp")
+        with Subscriber(mqtt_broker.host, mqtt_broker.port, agent.topics.tracker) as sub:
+            state = json.loads(sub.wait(1, WAIT_S)[0].payload)
+        assert state["node"] == "ffr" and state["settle_at"] == "meter"
+        kinds = {p["kind"]: p for p in state["products"]}
+        assert set(kinds) == {"ffr", "fcr-d-up"}
+        assert state["meter_w"] > state["it_w"] * 1.03 > 0  # losses + cooling on top of IT
+        assert state["natural_it_w"] == pytest.approx(NATURAL_W, rel=0.03)
+
+
+def test_fcr_d_and_dr_hold_the_commitment_through_tier2(mqtt_broker: MosquittoBroker) -> None:
+    with agent_serving(mqtt_broker, "fcrd") as (agent, _sim), \
+            Subscriber(mqtt_broker.host, mqtt_broker.port, agent.topics.ack) as acks:
+        island = agent.island
+        wait_for(lambda: agent.tier2.snapshot()["natural_it_w"] is not None, "a reference")
+        _frequency(agent, mqtt_broker, 49.7)  # FCR-D at 50 %: 206 W at the meter
+        wait_for(lambda: island.view().commitment_mw is not None, "the FCR-D commitment")
+        expected_it_w = NATURAL_W - 206.0 / 1.03
+        assert island.view().commitment_mw == pytest.approx(expected_it_w * W, rel=0.01)
+        wait_for(lambda: abs(sum(agent.fast.draw_mw) / W - expected_it_w) < 0.03 * NATURAL_W,
+                 "node power to reach the FCR-D target")
+        _frequency(agent, mqtt_broker, 50.0)
+        wait_for(lambda: island.view().commitment_mw is None, "FCR-D to deactivate")
+        # A DR event scheduled 0.5 s ahead; one above the enrolled capacity is refused.
+        _dispatch(agent, mqtt_broker, {"id": "big", "kind": "dr", "duration_s": 60,
+                                       "reduction_w": 700})
+        _dispatch(agent, mqtt_broker, {"id": "d1", "kind": "dr", "start_at": time.time() + 0.5,
+                                       "duration_s": 60, "reduction_w": 515})
+        refused, queued = (json.loads(m.payload) for m in acks.wait(2, WAIT_S))
+        assert refused["id"] == "big" and refused["accepted"] is False
+        assert "exceeds the enrolled demand-response capacity" in refused["reason"]
+        assert queued["id"] == "d1" and queued["accepted"] is True
+        assert queued["scheduled"] is True and queued["commanded_at"] is None
+        wait_for(lambda: island.view().commitment_mw is not None, "the DR event to start")
+        assert island.view().commitment_mw == pytest.approx((NATURAL_W - 500.0) * W, rel=0.02)
+        wait_for(lambda: sum(_limits_w(agent)) < NATURAL_W - 300.0, "tier 1 to cut for DR")
+        _dispatch(agent, mqtt_broker, {"id": "r1", "kind": "release", "ref": "d1"})
+        released = json.loads(acks.wait(3, WAIT_S)[2].payload)
+        assert released["id"] == "r1" and released["accepted"] is True
+        wait_for(lambda: island.view().commitment_mw is None, "the DR event to be cancelled")
+        wait_for(lambda: _limits_w(agent) == [DEFAULT_W] * N, "default limits after DR")

@@ -1,0 +1,215 @@
+"""Facility model, the PUE-aware tier 2 against naive trackers, and Tier2 on a real island
+(simulated GPUs, virtual time)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.pue import Scenario, run_pue_bench
+from gridtao.cli import main
+from gridtao.clock import VirtualClock
+from gridtao.config import (
+    ConfigError,
+    FacilityConfig,
+    GpuPriority,
+    ProductConfig,
+    SimConfig,
+    TrackerConfig,
+)
+from gridtao.control.pue import Facility, FacilityModel, MeterTracker
+from gridtao.control.tracker import Tier2, floors_w
+from gridtao.gpu.nvml import NvmlBackend
+from gridtao.gpu.sim import SimNvml
+from gridtao.grid.messages import DrDispatch
+from gridtao.grid.portfolio import Portfolio, ProductMonitor, product_key
+from safety.island import SafetyIsland
+
+MODEL = FacilityModel(losses_fraction=0.03, cop=4.5, cooling_tau_s=120.0)
+W = 1000
+
+
+def test_meter_falls_by_losses_at_once_and_cooling_follows() -> None:
+    plant = Facility(MODEL, 4000.0)
+    before = plant.meter_w
+    assert before == pytest.approx(4000 * (1.03 + 1 / 4.5))
+    after_1s = plant.step(3000.0, 1.0)
+    drop_now = 1000 * 1.03 + 1000 / 4.5 * (1 - math.exp(-1 / 120))
+    assert before - after_1s == pytest.approx(drop_now)
+    assert before - plant.step(3000.0, 119.0) == pytest.approx(
+        1000 * 1.03 + 1000 / 4.5 * (1 - math.exp(-1)))
+    assert before - plant.step(3000.0, 3600.0) == pytest.approx(1000 * (1.03 + 1 / 4.5))
+    assert MODEL.steady_pue(4000.0) == pytest.approx(1.03 + 1 / 4.5)
+
+
+def test_meter_tracker_cuts_less_it_as_cooling_follows() -> None:
+    tracker = MeterTracker(MODEL, 4000.0, 0.0)
+    tracker.start(0.0, 4000.0)
+    first = tracker.it_reduction_w(1000.0)
+    assert first == pytest.approx(1000 / 1.03)
+    it = 4000.0 - first
+    t = 0.0
+    for _ in range(3600):  # hold the IT cut the tracker asks for, observing every second
+        t += 1.0
+        tracker.observe(t, it)
+        it = 4000.0 - tracker.it_reduction_w(1000.0)
+    assert tracker.it_reduction_w(1000.0) == pytest.approx(1000 / (1.03 + 1 / 4.5), rel=1e-3)
+
+
+def test_aware_tracker_holds_the_meter_with_less_it_than_the_naive_ones() -> None:
+    scenarios = [Scenario(name="short", duration_s=30.0),
+                 Scenario(name="dr", duration_s=900.0, ramp_s=30.0, recovery_s=60.0)]
+    result = run_pue_bench(FacilityConfig(), scenarios=scenarios)
+    short, dr = ({r["strategy"]: r for r in res["strategies"]} for res in result["results"])
+    for rows in (short, dr):
+        aware, naive, losses = rows["pue-aware"], rows["annual-pue"], rows["losses-only"]
+        # The aware tracker meets the meter commitment throughout...
+        assert aware["worst_under_pct"] < 2.0 and aware["mean_abs_error_pct"] < 1.0
+        assert abs(aware["excess_it_shed_pct"]) < 1.0
+        # ...dividing by the annual PUE falls short while cooling has not followed...
+        assert naive["worst_under_pct"] > 15.0 and naive["time_short_5pct_pct"] > 5.0
+        # ...and the divisor that does meet it from the first second sheds IT for nothing.
+        assert losses["worst_under_pct"] < 2.0
+        assert losses["mean_it_shed_w"] > aware["mean_it_shed_w"]
+    assert dr["losses-only"]["excess_it_shed_pct"] > 10.0
+    assert dr["losses-only"]["mean_it_shed_w"] > 1.1 * dr["pue-aware"]["mean_it_shed_w"]
+    # Over a 30 s cut cooling barely moves: all of the naive tracker's deficit stays.
+    assert short["annual-pue"]["time_short_5pct_pct"] > 90.0
+
+
+def test_model_mismatch_is_reported_not_hidden() -> None:
+    result = run_pue_bench(FacilityConfig(), scenarios=[Scenario(duration_s=900.0)],
+                           plant_tau_s=300.0)
+    aware = result["results"][0]["strategies"][0]
+    assert aware["strategy"] == "pue-aware" and aware["worst_under_pct"] > 2.0
+
+
+def test_bench_pue_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pue.json"
+    assert main(["bench", "pue", "--scenario", "short", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| pue-aware |" in text and "| annual-pue |" in text
+    data = json.loads(out.read_text())
+    assert [r["strategy"] for r in data["results"][0]["strategies"]] == [
+        "pue-aware", "annual-pue", "losses-only"]
+    assert main(["bench", "pue", "--reduction-w", "0"]) == 2
+
+
+# ---- Tier2 on a real island ----------------------------------------------------------------
+
+
+N = 4
+
+
+@pytest.fixture
+def island() -> Iterator[tuple[VirtualClock, SafetyIsland]]:
+    clock = VirtualClock(10.0)
+    sim = SimNvml.from_config(SimConfig(count=N, set_latency_ms=0.0, read_latency_ms=0.0,
+                                        noise_w=0.0), clock)
+    backend = NvmlBackend(sim)
+    isl = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=3600.0)
+    isl.start()
+    isl.update_draw([600 * W] * N)
+    yield clock, isl
+    isl.close()
+    backend.close()
+
+
+def _tier2(isl: SafetyIsland, clock: VirtualClock, products: list[ProductConfig],
+           **tracker: object) -> tuple[Tier2, ProductMonitor]:
+    portfolio = Portfolio(products, ramp_out_per_s=0.2)
+    tier2 = Tier2(isl, portfolio, facility=FacilityConfig(), clock=clock,
+                  config=TrackerConfig(**tracker))  # type: ignore[arg-type]
+    mon = ProductMonitor([], portfolio, on_change=tier2.update)
+    tier2.start(2400.0)
+    return tier2, mon
+
+
+def test_tier2_fcr_d_commitment_follows_cooling(island: tuple) -> None:
+    clock, isl = island
+    tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-d-up", capacity_w=600.0,
+                                                    median_samples=1)])
+    assert isl.view().commitment_mw is None
+    mon.on_sample(49.7, clock.now(), wall_s=clock.wall())  # 50 % of 600 W at the meter
+    target = isl.view().commitment_mw
+    assert target == pytest.approx((2400 - 300 / 1.03) * W)
+    for _ in range(600):  # ten minutes with the IT at the target: cooling follows
+        clock.advance(1.0)
+        tier2.tick(tier2.it_target_w or 0.0)
+    later = isl.view().commitment_mw
+    assert later == pytest.approx((2400 - 300 / (1.03 + 1 / 4.5)) * W, rel=2e-3)
+    snap = tier2.snapshot()
+    assert snap["reduction_w"] == 300.0 and snap["reference_it_w"] == 2400.0
+    assert snap["products"] == [{"name": "fcr-d-up", "kind": "fcr-d-up", "state": "active",
+                                 "capacity_w": 600.0, "required_w": 300.0}]
+    json.dumps(snap)
+    mon.on_sample(50.0, clock.now(), wall_s=clock.wall())
+    assert isl.view().commitment_mw is None and tier2.it_target_w is None
+
+
+def test_tier2_arms_ffr_as_an_it_reduction_and_sets_floors(island: tuple) -> None:
+    clock, isl = island
+    _tier2(isl, clock, [ProductConfig(kind="ffr", capacity_w=515.0)],
+           priorities=(GpuPriority(gpus=(0,), floor_w=550.0),))
+    assert isl.view().floors_mw == (550 * W, 200 * W, 200 * W, 200 * W)
+    act = isl.trigger_armed(product_key("ffr"), "e1")
+    assert act is not None and act.target_mw == pytest.approx((2400 - 500) * W)
+    assert act.caps_mw[0] >= 550 * W
+
+
+def test_tier2_fcr_n_baseline_after_enrolment_window(island: tuple) -> None:
+    clock, isl = island
+    tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-n", capacity_w=206.0,
+                                                   median_samples=1)],
+                        reference_window_s=5.0)
+    mon.on_sample(49.95, clock.now(), wall_s=clock.wall())
+    assert isl.view().commitment_mw is None  # still measuring the natural draw
+    assert tier2.snapshot()["products"][0]["state"] == "enrolling"  # type: ignore[index]
+    for _ in range(8):
+        clock.advance(1.0)
+        tier2.tick(2400.0)
+    baseline = 2400.0 - 206.0 / 1.03
+    assert tier2.snapshot()["fcr_n_baseline_w"] == pytest.approx(baseline, abs=0.1)
+    mon.on_sample(50.0, clock.now(), wall_s=clock.wall())
+    # Just after enrolment the cooling of the old 2400 W still shows on the meter, which the
+    # tracker offsets with a lower IT target; it fades with the cooling lag.
+    assert isl.view().commitment_mw < baseline * W - 10 * W
+    for _ in range(1200):
+        clock.advance(1.0)
+        tier2.tick(tier2.it_target_w or 0.0)
+    assert isl.view().commitment_mw == pytest.approx(baseline * W, rel=1e-3)
+    mon.on_sample(50.1, clock.now(), wall_s=clock.wall())  # high frequency: draw more
+    assert isl.view().commitment_mw == pytest.approx((baseline + 200.0) * W, rel=1e-3)
+    mon.on_sample(49.9, clock.now(), wall_s=clock.wall())
+    assert isl.view().commitment_mw == pytest.approx((baseline - 200.0) * W, rel=1e-3)
+
+
+def test_tier2_runs_a_dr_event_from_the_queue(island: tuple) -> None:
+    clock, isl = island
+    tier2, mon = _tier2(isl, clock, [ProductConfig(kind="dr", capacity_w=1000.0)])
+    msg = DrDispatch("d1", 60.0, start_at=clock.wall() + 10.0, ramp_s=10.0,
+                     reduction_w=515.0)
+    assert mon.schedule_dr(msg, now_s=clock.now(), wall_s=clock.wall()) is None
+    mon.on_tick(clock.now())
+    assert isl.view().commitment_mw is None
+    clock.advance(5.0)
+    mon.on_tick(clock.now())
+    assert isl.view().commitment_mw == pytest.approx((2400 - 257.5 / 1.03) * W, rel=1e-3)
+    clock.advance(5.0)
+    mon.on_tick(clock.now())
+    assert isl.view().commitment_mw == pytest.approx((2400 - 500) * W, rel=1e-3)
+    assert mon.cancel_dr("d1", now_s=clock.now())
+    mon.on_tick(clock.now())
+    assert isl.view().commitment_mw is None
+    assert tier2.snapshot()["dr"] == []
+
+
+def test_floors_reject_unknown_gpus() -> None:
+    assert floors_w((), 4) is None
+    assert floors_w((GpuPriority(gpus=(1,), priority="flexible"),), 4) is None
+    with pytest.raises(ConfigError, match="GPU 7 does not exist"):
+        floors_w((GpuPriority(gpus=(7,), floor_w=100.0),), 4)
