@@ -170,6 +170,7 @@ def test_deep_nesting_is_rejected_even_without_a_size_limit() -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(900)
 @SOAK
 @given(payloads)
 def test_parser_soak(payload: bytes) -> None:

@@ -41,23 +41,20 @@ from gridtao.grid.mqtt import MqttLink, new_event_loop
 from gridtao.grid.tls import read_password, ssl_context
 
 PREFIX = "gridtao/tls"
-NODE = "n1"
+NODE = "node-01"  # also its MQTT user name and its client certificate's CN
 WAIT_S = 20.0
-USERS = {"agent1": "agent-pw-1", "aggregator": "agg-pw-2", "mallory": "mal-pw-3"}
-# The agent reads the grid's topics and writes only its own; only the aggregator may dispatch.
+USERS = {NODE: "agent-pw-1", "aggregator": "agg-pw-2", "mallory": "mal-pw-3"}
+# docs/security.md's ACL: every user (a node, or mallory: a compromised node) reads the grid's
+# topics and writes only its own; only the aggregator may dispatch.
 ACL = f"""\
-user agent1
-topic read {PREFIX}/dispatch
-topic read {PREFIX}/frequency
-topic write {PREFIX}/nodes/{NODE}/#
+pattern read {PREFIX}/dispatch
+pattern read {PREFIX}/frequency
+pattern write {PREFIX}/nodes/%u/#
 
 user aggregator
 topic write {PREFIX}/dispatch
 topic write {PREFIX}/frequency
 topic read {PREFIX}/nodes/+/#
-
-user mallory
-topic read {PREFIX}/#
 """
 PASSWD_BIN = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
@@ -67,7 +64,7 @@ class Pki:
     ca: Ca
     server: Issued
     expired_server: Issued
-    client: Issued  # CN=agent1
+    client: Issued  # CN=NODE
     expired_client: Issued
     other_ca: Ca  # trusted by nobody
     passwd: Path  # mosquitto's password file for USERS
@@ -86,8 +83,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         ca=ca,
         server=ca.server(),
         expired_server=ca.server("expired-broker", days_valid=(-10, -1)),
-        client=ca.client("agent1"),
-        expired_client=ca.client("agent1-expired", days_valid=(-10, -1)),
+        client=ca.client(NODE),
+        expired_client=ca.client(f"{NODE}-expired", days_valid=(-10, -1)),
         other_ca=make_ca(folder / "other", "other-ca"),
         passwd=passwd,
     )
@@ -228,10 +225,10 @@ def test_tls_password_and_acl_dispatch_to_ack_end_to_end(tmp_path: Path, pki: Pk
     """An authorised aggregator's dispatch is acked over TLS + password; an intruder with valid
     credentials but no ACL right to dispatch never reaches the agent."""
     with tls_broker(tmp_path, pki, acl=True) as broker:
-        pw = secret(tmp_path, USERS["agent1"])
+        pw = secret(tmp_path, USERS[NODE])
         cfg = config_from_mapping({
             "gpus": {"sim": {"count": 2, "noise_w": 0.0}},
-            "mqtt": mqtt_config(broker, username="agent1", password_file=str(pw),
+            "mqtt": mqtt_config(broker, username=NODE, password_file=str(pw),
                                 tls={"ca_file": str(pki.ca.cert_path)}),
             "metrics": {"enabled": False},
         }, source="<test>")
@@ -284,7 +281,7 @@ def test_client_certificate_auth_round_trip(tmp_path: Path, pki: Pki) -> None:
             assert loop.run_until_complete(main()) == b"hello"
         finally:
             loop.close()
-        assert "u'agent1'" in broker.log_text()  # the certificate's CN became the user name
+        assert f"u'{NODE}'" in broker.log_text()  # the certificate's CN became the user name
 
 
 # ---------------------------------------------------------------- clear errors
@@ -296,7 +293,7 @@ def test_wrong_password_is_one_error_line_and_retrying_recovers(
     fixed = tmp_path / "fixed.passwd"
     shutil.copy(pki.passwd, fixed)
     with tls_broker(tmp_path, pki, passwd=fixed) as broker:
-        wrong = config(broker, username="agent1", password_file=str(secret(tmp_path, "nope")),
+        wrong = config(broker, username=NODE, password_file=str(secret(tmp_path, "nope")),
                        tls={"ca_file": str(pki.ca.cert_path)})
         ok, line = check(wrong)
         assert not ok
@@ -304,7 +301,7 @@ def test_wrong_password_is_one_error_line_and_retrying_recovers(
                         "authorized): check mqtt.username / mqtt.password_file")
         # The agent's link: one error line, no traceback, retries on with backoff ...
         link = MqttLink(host=broker.host, port=broker.port, client_id="wrong-pw",
-                        reconnect_min_s=0.02, reconnect_max_s=0.1, username="agent1",
+                        reconnect_min_s=0.02, reconnect_max_s=0.1, username=NODE,
                         password="nope", tls=ssl_context(wrong.mqtt, source="<test>"),
                         error_log_interval_s=3600)
 
@@ -313,9 +310,9 @@ def test_wrong_password_is_one_error_line_and_retrying_recovers(
             try:
                 while link.stats.refused < 3:
                     await asyncio.sleep(0.02)
-                # ... until the broker is fixed: it now accepts this password for agent1.
+                # ... until the broker is fixed: it now accepts this password for the node.
                 await asyncio.to_thread(subprocess.run, [PASSWD_BIN, "-b", str(fixed),
-                                                         "agent1", "nope"], check=True)
+                                                         NODE, "nope"], check=True)
                 await asyncio.to_thread(broker.restart)
                 await asyncio.wait_for(link.connected.wait(), WAIT_S)
             finally:
@@ -340,18 +337,18 @@ def test_wrong_password_is_one_error_line_and_retrying_recovers(
 def test_server_certificate_problems_are_named(tmp_path: Path, pki: Pki, case: str) -> None:
     server = pki.expired_server if case == "expired" else pki.server
     with tls_broker(tmp_path, pki, server=server) as broker:
-        pw = str(secret(tmp_path, USERS["agent1"]))
+        pw = str(secret(tmp_path, USERS[NODE]))
         tls: dict[str, Any] = {"ca_file": str(pki.ca.cert_path)}
         if case == "unknown-ca":
             tls["ca_file"] = str(pki.other_ca.cert_path)
         if case == "hostname":
             tls["server_hostname"] = "broker.example.net"
-        cfg = config(broker, username="agent1", password_file=pw, tls=tls)
+        cfg = config(broker, username=NODE, password_file=pw, tls=tls)
         if case == "plain-port":  # a TLS client at a listener that speaks plain MQTT
             plain = MosquittoBroker(tmp_path / "plain")
             plain.start()
             try:
-                cfg = config(plain, username="agent1", password_file=pw, tls=tls)
+                cfg = config(plain, username=NODE, password_file=pw, tls=tls)
                 ok, line = check(cfg, timeout_s=5)
             finally:
                 plain.stop()
@@ -385,7 +382,7 @@ def test_missing_client_certificate_is_named(tmp_path: Path, pki: Pki, version: 
 def test_expired_or_foreign_client_certificate_is_named(
     tmp_path: Path, pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
-    foreign = pki.other_ca.client("agent1-foreign")
+    foreign = pki.other_ca.client(f"{NODE}-foreign")
     with tls_broker(tmp_path, pki, client_certs=True) as broker:
         lines = []
         for cert in (pki.expired_client, foreign):
@@ -406,19 +403,19 @@ def test_cli_check_broker_exit_status(
     tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with tls_broker(tmp_path, pki) as broker:
-        for name, password, status in (("good", USERS["agent1"], 0), ("bad", "nope", 2)):
+        for name, password, status in (("good", USERS[NODE], 0), ("bad", "nope", 2)):
             pw = secret(tmp_path, password, f"{name}.password")
             file = tmp_path / f"{name}.yaml"
             file.write_text(
                 f"mqtt:\n  host: 127.0.0.1\n  port: {broker.port}\n  prefix: {PREFIX}\n"
-                f"  username: agent1\n  password_file: {pw.name}\n"
+                f"  username: {NODE}\n  password_file: {pw.name}\n"
                 f"  tls:\n    enabled: true\n    ca_file: {pki.ca.cert_path}\n"
                 "    min_version: 1.2\n", encoding="utf-8")
             assert cli_main(["--config", str(file), "check-broker", "--timeout", "20"]) == status
             out, err = capsys.readouterr()
             if status == 0:
                 assert out.startswith(f"ok: broker 127.0.0.1:{broker.port} accepted")
-                assert "over TLS as 'agent1'" in out
+                assert f"over TLS as '{NODE}'" in out
             else:
                 assert err.strip() == (
                     f"gridtao: error: broker 127.0.0.1:{broker.port} refused the credentials "
