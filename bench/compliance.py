@@ -47,7 +47,7 @@ DEFAULT_TIME_SCALE = {"ffr": 0.1, "fcr-d": 0.1, "fcr-d-static": 0.1, "fcr-n": 0.
                       "ercot-ffr": 0.02, "dr": 0.05}
 DEFAULT_CAPACITY_W = 1000.0
 RECORD_HZ = 20.0
-BASELINE_S = 3.0  # the reference power: mean over this long before the test's lead ends
+BASELINE_S = 5.0  # the reference power: mean over this long before the test's lead ends
 PREFIX, NODE = "gridtao/compliance", "compliance"
 
 

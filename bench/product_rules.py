@@ -204,9 +204,14 @@ def score_fcr_d(spec: ProductSpec, tr: Trace, *, holds: Sequence[Hold],
         if h.start_s < after_s or h.end_s - h.start_s < 2.0:
             continue
         w = _settled(h, sc.FCR_D_T_S)
-        windows.append(w)
-        rules.append(sc.steady_state(tr, a_s=w[0], b_s=w[1], capacity_w=cap,
-                                     name=f"steady_state@{h.hz:.2f}Hz"))
+        if h.hz < sc.FCR_D_START_HZ:
+            windows.append(w)
+            rules.append(sc.steady_state(tr, a_s=w[0], b_s=w[1], capacity_w=cap,
+                                         name=f"steady_state@{h.hz:.2f}Hz"))
+        else:
+            # Nothing required: the load's own swings are not scored, a cut left in place is.
+            rules.append(released(tr, a_s=w[0], b_s=w[1], capacity_w=cap,
+                                  name=f"released@{h.hz:.2f}Hz"))
     if dynamic_s is not None:
         after = next((h for h in holds if h.start_s >= dynamic_s), None)
         if after is not None:
@@ -218,6 +223,15 @@ def score_fcr_d(spec: ProductSpec, tr: Trace, *, holds: Sequence[Hold],
                              capacity_w=cap, name="no_fall_back"))
     rules.append(sc.over_delivery(tr, windows=windows, capacity_w=cap))
     return rules
+
+
+def released(tr: Trace, *, a_s: float, b_s: float, capacity_w: float,
+             name: str = "released") -> RuleResult:
+    """Where nothing is required: the mean delivered power over [a_s, b_s] stays within the
+    over-delivery tolerance (a cut that was not given back), % of capacity; limit <= +20 %."""
+    value = sc.window_mean(tr.t_s, tr.delivered_w, a_s, b_s)
+    return sc._rule(name, None if math.isnan(value) else 100.0 * value / capacity_w,
+                    100.0 * sc.OVER, "<=", "%", f"mean over {a_s:.1f}-{b_s:.1f} s")
 
 
 def fcr_d_dynamic(tr: Trace, *, start_s: float, dp_ss_w: float) -> list[RuleResult]:

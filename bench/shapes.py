@@ -74,6 +74,10 @@ class _Builder:
         self.t_s += seconds
         return self
 
+    def mark(self, name: str) -> _Builder:
+        self.marks[name] = self.t_s
+        return self
+
     def ramp(self, to_hz: float, rate_hz_per_s: float, mark: str | None = None) -> _Builder:
         if mark:
             self.marks[mark] = self.t_s
@@ -128,7 +132,7 @@ def fcr_d_ramps(time_scale: float = 0.1) -> Shape:
     0.24 Hz/s to 49.5 Hz held 300 s (scaled), back to 49.9 Hz, then the dynamic test: 0.24 Hz/s
     from 49.9 to 49.0 Hz and held (its first 7.5 s give dP(7.5 s) and the energy), then 50 Hz.
     Marks: ``hold_49_5``/``hold_49_5_end`` and ``dynamic`` (the last ramp's start)."""
-    b = _Builder(50.0).hold(LEAD_S, "lead_end").step(49.9)
+    b = _Builder(50.0).hold(LEAD_S).mark("lead_end").step(49.9)
     b.ramp(49.45, 0.14, "ramp_0_14").hold(_scaled(60, time_scale, 8.0), "hold_49_45")
     b.ramp(49.9, 0.09, "ramp_0_09").hold(_scaled(60, time_scale, 8.0), "hold_49_9")
     b.ramp(49.5, 0.24, "ramp_0_24").hold(_scaled(300, time_scale, 10.0), "hold_49_5")
@@ -142,7 +146,7 @@ def fcr_d_ramps(time_scale: float = 0.1) -> Shape:
 
 def fcr_d_dynamic(time_scale: float = 0.1) -> Shape:
     """Only the dynamic test: 49.9 Hz, 0.24 Hz/s to 49.0 Hz, held (scaled), 50 Hz."""
-    b = _Builder(50.0).hold(LEAD_S, "lead_end").step(49.9).hold(2.0)
+    b = _Builder(50.0).hold(LEAD_S).mark("lead_end").step(49.9).hold(2.0)
     b.ramp(49.0, 0.24, "dynamic").hold(_scaled(150, time_scale, 15.0), "hold_49_0")
     b.step(50.0, "recover").hold(4.0)
     return b.shape("fcr-d-dynamic", "FCR-D upwards: 0.24 Hz/s ramp 49.9 -> 49.0 Hz",
@@ -152,7 +156,7 @@ def fcr_d_dynamic(time_scale: float = 0.1) -> Shape:
 def fcr_d_static(time_scale: float = 0.1, threshold_hz: float = 49.7) -> Shape:
     """FCR-D static: a step to 0.1 Hz below the threshold, held (scaled), back to 50 Hz, then
     long enough for the 60 s wait above 49.9 Hz and a 2.5 %/s ramp-down (40 s) to finish."""
-    b = _Builder(50.0).hold(LEAD_S, "lead_end")
+    b = _Builder(50.0).hold(LEAD_S).mark("lead_end")
     b.step(threshold_hz - 0.1, "step").hold(_scaled(60, time_scale, 10.0), "hold_low")
     b.step(50.0, "recover").hold(60.0 + 40.0 + 6.0)
     return b.shape("fcr-d-static", f"FCR-D static: step below {threshold_hz:g} Hz, return",
@@ -166,7 +170,7 @@ def fcr_n_steps(time_scale: float = 0.1, settle_s: float = 10.0) -> Shape:
     """FCR-N steps 50.0 -> 49.95 -> 50.0 -> 49.9 -> 50.1 -> 50.0, each level held 60 s
     (scaled). ``settle_s`` at 50 Hz first: the node settles on its FCR-N baseline."""
     level_s = _scaled(60, time_scale, 6.0)
-    b = _Builder(50.0).hold(LEAD_S + settle_s, "lead_end")
+    b = _Builder(50.0).hold(LEAD_S + settle_s).mark("lead_end")
     for k, hz in enumerate((49.95, 50.0, 49.9, 50.1, 50.0)):
         b.step(hz, f"step_{k}").hold(level_s)
     return b.shape("fcr-n-steps", "FCR-N steps 50.0/49.95/50.0/49.9/50.1/50.0 Hz", lagged=True)
@@ -179,7 +183,7 @@ def ffr_step(threshold_hz: float, *, depth_hz: float = 0.05, low_s: float = 2.0,
              after_s: float = 12.0, nominal_hz: float = 50.0, lead_s: float = LEAD_S) -> Shape:
     """A step from nominal to ``depth_hz`` below the threshold (mark ``event``), held
     ``low_s``, then nominal for ``after_s`` (the product's support and ramp-out run on)."""
-    b = _Builder(nominal_hz).hold(lead_s, "lead_end")
+    b = _Builder(nominal_hz).hold(lead_s).mark("lead_end")
     b.step(threshold_hz - depth_hz, "event").hold(low_s)
     b.step(nominal_hz, "recover").hold(after_s)
     return b.shape(f"step-{threshold_hz:g}", f"step to {threshold_hz - depth_hz:g} Hz "
@@ -193,7 +197,7 @@ def large_trip(threshold_hz: float, *, rate_hz_per_s: float = 0.25, nadir_hz: fl
     """A large trip: frequency falls at ``rate_hz_per_s`` from 50 Hz to ``nadir_hz``, stays
     ``nadir_s``, recovers at ``recover_hz_per_s``. Mark ``event``: the instant the falling
     signal crosses ``threshold_hz``."""
-    b = _Builder(50.0).hold(LEAD_S, "lead_end")
+    b = _Builder(50.0).hold(LEAD_S).mark("lead_end")
     b.ramp(nadir_hz, rate_hz_per_s, "fall").hold(nadir_s, "nadir")
     b.ramp(50.0, recover_hz_per_s, "recover").hold(after_s)
     b.marks["event"] = b.marks["fall"] + (50.0 - threshold_hz) / rate_hz_per_s
@@ -231,7 +235,7 @@ def normal_frequency(duration_s: float = 60.0, *, std_hz: float = 0.04, tau_s: f
 
 def constant(duration_s: float, nominal_hz: float = 50.0) -> Shape:
     """Nominal frequency throughout (demand-response tests)."""
-    return _Builder(nominal_hz).hold(duration_s, "lead_end").shape(
+    return _Builder(nominal_hz).hold(LEAD_S).mark("lead_end").hold(duration_s - LEAD_S).shape(
         "nominal", f"{nominal_hz:g} Hz", lagged=False, nominal_frequency_hz=nominal_hz)
 
 

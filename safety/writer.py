@@ -178,6 +178,10 @@ class ParallelWriter:
         any lock a guard may take.
         """
         for i in reversed(range(len(batch._limits))):
+            # A GPU whose lock is held is busy with an earlier (maybe stuck) write: leave its
+            # job to its worker, so a hung GPU can never hold the submitter past the deadline.
+            if self._locks[i].locked():
+                continue
             if batch.claim(i):
                 batch._complete(self._write(i, batch._limits[i], batch._guard))
 

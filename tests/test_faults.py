@@ -550,10 +550,6 @@ def test_slow_gpu_others_capped_within_the_write_deadline(
     assert write_s <= 2.0 + 2 * 0.4 + 0.5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: safety/writer.py ParallelWriter.help() lets the triggering thread take the write "
-    "of a GPU whose worker is stuck in an earlier slow call; it then waits on that GPU's lock "
-    "and its own slow call, past write_timeout_s, so the trigger and its ack wait for it"))
 def test_a_trigger_during_a_stuck_write_returns_by_the_deadline() -> None:
     clock = MonotonicClock()
     sim = SimNvml.from_config(SimConfig(count=N, noise_w=0.0), clock)
