@@ -243,17 +243,27 @@ class _Recorder(threading.Thread):
 def run_test(
     config: Config, product: ProductConfig, plan: TestPlan, broker: MosquittoBroker, *,
     backend: GpuBackend | None = None, progress: Callable[[str], None] | None = None,
+    steady_fraction: float | None = None,
 ) -> Recording:
     """Run one test against a fresh agent (closed and limits restored at the end).
 
-    ``backend``: the GPUs (default: simulated from ``config.gpus.sim`` in real time)."""
+    ``backend``: the GPUs (default: simulated from ``config.gpus.sim`` in real time).
+    ``steady_fraction``: simulated GPUs only: every GPU demands this fraction of its default
+    limit all along instead of running ``gpus.sim.workload`` (a steady test load)."""
     cfg = agent_config(config, product, broker.port)
     clock = MonotonicClock()
     if backend is None and cfg.gpus.backend == "sim":
         from gridtao.gpu.nvml import NvmlBackend
         from gridtao.gpu.sim import SimNvml
 
-        backend = NvmlBackend(SimNvml.from_config(cfg.gpus.sim, clock))
+        sim = SimNvml.from_config(cfg.gpus.sim, clock)
+        backend = NvmlBackend(sim)
+        if steady_fraction is not None:
+            for d in backend.devices():
+                watts = steady_fraction * backend.power_limits(d.index).default_mw / 1000.0
+                sim.set_demand_w(d.index, watts)
+    elif steady_fraction is not None:
+        raise ValueError("a steady test load needs simulated GPUs")
     agent = Agent(cfg, clock=clock, backend=backend, options=AgentOptions(serve_metrics=False))
     rec = Recording()
     start = [time.monotonic()]
@@ -311,7 +321,7 @@ def run_product(
     config: Config, product: str, *, tests: Sequence[TestPlan] | None = None,
     capacity_w: float | None = None, time_scale: float | None = None,
     backend_factory: Callable[[], GpuBackend | None] | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, steady_fraction: float | None = None,
 ) -> tuple[ProductConfig, list[tuple[TestPlan, Recording]]]:
     """Run ``tests`` (default: the product's primary test) over one broker."""
     scale = time_scale if time_scale is not None else DEFAULT_TIME_SCALE[product]
@@ -323,7 +333,7 @@ def run_product(
         for plan in plans:
             backend = backend_factory() if backend_factory is not None else None
             out.append((plan, run_test(config, pcfg, plan, broker, backend=backend,
-                                       progress=progress)))
+                                       progress=progress, steady_fraction=steady_fraction)))
     return pcfg, out
 
 

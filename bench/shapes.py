@@ -139,7 +139,7 @@ def fcr_d_ramps(time_scale: float = 0.1) -> Shape:
     b.marks["hold_49_5_end"] = b.t_s
     b.ramp(49.9, 0.24).hold(_scaled(60, time_scale, 8.0), "hold_49_9b")
     b.ramp(49.0, 0.24, "dynamic").hold(_scaled(150, time_scale, 15.0), "hold_49_0")
-    b.step(50.0, "recover").hold(4.0)
+    b.step(50.0, "recover").hold(8.0)
     return b.shape("fcr-d-ramps", "FCR-D upwards: ramp sequence and 0.24 Hz/s dynamic test",
                    lagged=True)
 
@@ -148,7 +148,7 @@ def fcr_d_dynamic(time_scale: float = 0.1) -> Shape:
     """Only the dynamic test: 49.9 Hz, 0.24 Hz/s to 49.0 Hz, held (scaled), 50 Hz."""
     b = _Builder(50.0).hold(LEAD_S).mark("lead_end").step(49.9).hold(2.0)
     b.ramp(49.0, 0.24, "dynamic").hold(_scaled(150, time_scale, 15.0), "hold_49_0")
-    b.step(50.0, "recover").hold(4.0)
+    b.step(50.0, "recover").hold(8.0)
     return b.shape("fcr-d-dynamic", "FCR-D upwards: 0.24 Hz/s ramp 49.9 -> 49.0 Hz",
                    lagged=True)
 

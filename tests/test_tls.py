@@ -93,7 +93,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @contextmanager
 def tls_broker(
     tmp: Path, pki: Pki, *, server: Issued | None = None, client_certs: bool = False,
-    acl: bool = False, tls_version: str | None = None, passwd: Path | None = None,
+    acl: bool = False, passwd: Path | None = None,
 ) -> Iterator[MosquittoBroker]:
     """A broker with a TLS listener only: passwords (``passwd``, default the module's) or
     required client certificates whose CN is the user name; optionally the ACL above."""
@@ -101,8 +101,6 @@ def tls_broker(
     listener = [f"cafile {pki.ca.cert_path}", f"certfile {cert.cert}", f"keyfile {cert.key}"]
     if client_certs:
         listener += ["require_certificate true", "use_identity_as_username true"]
-    if tls_version is not None:
-        listener.append(f"tls_version {tls_version}")
     extra = [] if client_certs else [f"password_file {passwd or pki.passwd}"]
     if acl:
         (tmp / "acl").write_text(ACL, encoding="utf-8")
@@ -368,15 +366,29 @@ def test_server_certificate_problems_are_named(tmp_path: Path, pki: Pki, case: s
     assert hint in line
 
 
-@pytest.mark.parametrize("version", ["tlsv1.3", "tlsv1.2"])
-def test_missing_client_certificate_is_named(tmp_path: Path, pki: Pki, version: str) -> None:
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
+def test_missing_client_certificate_is_named(
+    tmp_path: Path, pki: Pki, version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Under TLS 1.3 the broker's refusal arrives as an alert after the handshake: the link must
-    still name it (not time out with "Operation timed out")."""
-    with tls_broker(tmp_path, pki, client_certs=True, tls_version=version) as broker:
+    still name it (not time out with "Operation timed out"). Under 1.2 the handshake fails."""
+    import gridtao.cli_broker
+
+    def capped(*args: Any, **kw: Any) -> ssl.SSLContext | None:
+        ctx = ssl_context(*args, **kw)
+        assert ctx is not None
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # mosquitto can only raise the minimum
+        return ctx
+
+    if version == "1.2":
+        monkeypatch.setattr(gridtao.cli_broker, "ssl_context", capped)
+    with tls_broker(tmp_path, pki, client_certs=True) as broker:
         ok, line = check(config(broker, tls={"ca_file": str(pki.ca.cert_path)}))
     assert not ok
     assert line.startswith(f"TLS: broker 127.0.0.1:{broker.port} requires a client certificate")
     assert line.endswith("set mqtt.tls.cert_file and mqtt.tls.key_file")
+    alert = "certificate required" if version == "1.3" else "handshake failure"
+    assert f"{alert})" in line
 
 
 def test_expired_or_foreign_client_certificate_is_named(
@@ -510,3 +522,25 @@ def test_attempt_log_repeats_a_persistent_error_at_most_every_interval(
                                          "mqtt.password_file")
     attempts.connected()
     assert attempts.problem is None
+
+
+
+@pytest.mark.parametrize(("text", "start", "kind"), [
+    ("[SSL: TLSV1_ALERT_PROTOCOL_VERSION] tlsv1 alert protocol version (_ssl.c:1006)",
+     "TLS: broker h:1 and this client share no TLS version (tlsv1 alert protocol version): "
+     "check mqtt.tls.min_version", "tls"),
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: certificate is not yet valid "
+     "(_ssl.c:1006)", "TLS: broker h:1 presented a certificate that is not yet valid", "tls"),
+    ("[Errno 111] Connection refused", "cannot connect to MQTT broker h:1 ([Errno 111] "
+     "Connection refused)", "unreachable"),
+    ("broker refused subscription to ['p/dispatch']", "broker h:1 refused subscription to "
+     "['p/dispatch']: check the broker's ACL", "acl"),
+])
+def test_diagnose_other_openssl_messages(text: str, start: str, kind: str) -> None:
+    import aiomqtt
+
+    from gridtao.grid.diagnose import diagnose
+
+    found = diagnose(aiomqtt.MqttError(text), host="h", port=1, tls=True, username="u")
+    assert found.line.startswith(start), found.line
+    assert found.kind == kind

@@ -1,0 +1,129 @@
+"""``gridtao bench compliance``: one product's test(s) over a real broker, scored.
+
+Prints every rule with its measured value and limit; writes ``--json`` (``product``,
+``passed``, ``rules``: ``{name, value, limit, passed, unit, op, detail}``, ``tests``),
+``--csv`` and ``--plot`` (with several tests, one file per test: ``NAME-<test>.csv``).
+Exit status 0 when every rule passed, 1 when one failed (2: usage or configuration error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bench import compliance as c
+from bench import compliance_report as rep
+from bench.latency import machine_description
+from gridtao import __version__
+from gridtao.config import Config, ConfigError, ProductConfig
+
+STEADY_FRACTION = 0.88  # --workload steady: every simulated GPU at 88 % of its default limit
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Options shared with ``gridtao prequalify``."""
+    p.add_argument("--product", required=True, choices=tuple(c.PRODUCTS),
+                   help="the product to test (its entry in the configuration's products, else "
+                        "its defaults with --capacity-w)")
+    p.add_argument("--time-scale", type=float, default=None, metavar="X",
+                   help="shorten long holds by X (ramp rates never change; default: 0.1, "
+                        "ercot-ffr 0.02, dr 0.05; 1 = the full TSO lengths)")
+    p.add_argument("--capacity-w", type=float, default=None, metavar="W",
+                   help=f"reserve capacity at the settlement point (default: the configured "
+                        f"product's, else {c.DEFAULT_CAPACITY_W:g})")
+    p.add_argument("--workload", choices=("config", "steady"), default="config",
+                   help="simulated GPUs: run gpus.sim.workload (default) or a steady load at "
+                        f"{STEADY_FRACTION:.0%} of each GPU's default limit")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    p.add_argument("--test", default=None, metavar="NAME",
+                   help="which of the product's tests to run, or 'all' (default: the first; "
+                        "see --list)")
+    p.add_argument("--list", action="store_true", help="list the product's tests and exit")
+    p.add_argument("--json", metavar="FILE", help="write the scored rules as JSON")
+    p.add_argument("--csv", metavar="FILE", help="write the 20 Hz log as CSV (README)")
+    p.add_argument("--plot", metavar="FILE", help="write a TSO-style test plot (PNG)")
+
+
+def check_common(args: argparse.Namespace) -> float:
+    """Validate shared options; returns the time scale."""
+    scale = args.time_scale if args.time_scale is not None else c.DEFAULT_TIME_SCALE[args.product]
+    if not 0.001 <= scale <= 1.0:
+        raise ConfigError("--time-scale: must be in [0.001, 1]")
+    if args.capacity_w is not None and not 1.0 <= args.capacity_w <= 10_000_000:
+        raise ConfigError("--capacity-w: must be in [1, 10000000] W")
+    return float(scale)
+
+
+def select(plans: Sequence[c.TestPlan], name: str | None) -> list[c.TestPlan]:
+    if name is None:
+        return [plans[0]]
+    if name == "all":
+        return list(plans)
+    chosen = [p for p in plans if p.name == name]
+    if not chosen:
+        raise ConfigError(f"--test: no test {name!r} (choose from "
+                          f"{', '.join(p.name for p in plans)}, all)")
+    return chosen
+
+
+def steady(args: argparse.Namespace, config: Config) -> float | None:
+    if args.workload != "steady":
+        return None
+    if config.gpus.backend != "sim":
+        raise ConfigError("--workload steady: needs simulated GPUs (gpus.backend: sim)")
+    return STEADY_FRACTION
+
+
+def run_and_score(
+    config: Config, args: argparse.Namespace, pcfg: ProductConfig, plans: Sequence[c.TestPlan],
+    *, progress: Callable[[str], None],
+) -> list[rep.TestResult]:
+    _, runs = c.run_product(config, args.product, tests=plans, capacity_w=pcfg.capacity_w,
+                            time_scale=check_common(args), progress=progress,
+                            steady_fraction=steady(args, config))
+    spec = c.spec_of(pcfg)
+    return [rep.score_test(spec, plan, c.measure(rec, plan, config, pcfg), config)
+            for plan, rec in runs]
+
+
+def _per_test(path: Path, test: str, many: bool) -> Path:
+    return path.with_name(f"{path.stem}-{test}{path.suffix}") if many else path
+
+
+def main(args: argparse.Namespace, config: Config, command: str) -> int:
+    scale = check_common(args)
+    pcfg = c.product_config(config, args.product, capacity_w=args.capacity_w, time_scale=scale)
+    plans = c.test_plans(args.product, c.spec_of(pcfg), scale)
+    if args.list:
+        for p in plans:
+            print(f"{p.name}: {p.shape.title} ({p.duration_s:.0f} s)")
+        return 0
+    chosen = select(plans, args.test)
+    results = run_and_score(config, args, pcfg, chosen,
+                            progress=lambda line: print(line, file=sys.stderr))
+    print(rep.text_report(args.product, results))
+    many = len(results) > 1
+    for res in results:
+        if args.csv:
+            rep.write_csv(res, _per_test(Path(args.csv), res.name, many))
+        if args.plot:
+            rep.plot(res, _per_test(Path(args.plot), res.name, many), product=args.product,
+                     capacity_w=pcfg.capacity_w)
+    if args.json:
+        body = rep.summary_json(args.product, results, command=command, version=__version__,
+                                machine=machine_description(), time_scale=scale,
+                                workload=args.workload, product_config=_plain(pcfg))
+        Path(args.json).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    return 0 if all(r.passed for r in results) else 1
+
+
+def _plain(pcfg: ProductConfig) -> dict[str, object]:
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(pcfg).items() if v is not None}
