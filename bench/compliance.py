@@ -29,23 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import shapes
+from bench.compliance_cli import DEFAULT_CAPACITY_W, DEFAULT_TIME_SCALE, PRODUCTS
 from bench.product_rules import DrWindow, ProductSpec
 from gridtao.agent import Agent, AgentOptions
 from gridtao.clock import MonotonicClock
-from gridtao.config import Config, ProductConfig, ProductKind
+from gridtao.config import Config, ProductConfig
 from gridtao.control.pue import Facility, FacilityModel
 from gridtao.gpu.backend import GpuBackend
 from gridtao.localbroker import MosquittoBroker, Publisher
 
 log = logging.getLogger("gridtao.bench.compliance")
 
-PRODUCTS: dict[str, ProductKind] = {
-    "ffr": "ffr", "fcr-d": "fcr-d-up", "fcr-d-static": "fcr-d-up-static", "fcr-n": "fcr-n",
-    "ercot-ffr": "ercot-ffr", "dr": "dr",
-}
-DEFAULT_TIME_SCALE = {"ffr": 0.1, "fcr-d": 0.1, "fcr-d-static": 0.1, "fcr-n": 0.1,
-                      "ercot-ffr": 0.02, "dr": 0.05}
-DEFAULT_CAPACITY_W = 1000.0
 RECORD_HZ = 20.0
 BASELINE_S = 5.0  # the reference power: mean over this long before the test's lead ends
 PREFIX, NODE = "gridtao/compliance", "compliance"
@@ -87,6 +81,7 @@ class Recording:
     sent: list[tuple[float, float]] = field(default_factory=list)  # (t_s actually sent, hz)
     dispatched: list[tuple[float, str]] = field(default_factory=list)
     late_s: list[float] = field(default_factory=list)  # publish time - planned time
+    tier2: dict[str, object] = field(default_factory=dict)  # tier 2's state at the end
 
 
 # ---- products and their tests -------------------------------------------------------------
@@ -278,6 +273,7 @@ def run_test(
             time.sleep(0.3)  # the lane's subscription is in place once start() returned
             start[0] = time.monotonic() + 0.2
             _play(plan, pub, agent, rec, start[0], say)
+        rec.tier2 = agent.tier2.snapshot()
     finally:
         recorder.halt()
         controller.stop()
@@ -357,7 +353,8 @@ class Measured:
 def measure(rec: Recording, plan: TestPlan, config: Config, product: ProductConfig) -> Measured:
     """Sent frequency held per sample, IT power summed, the meter modelled (module docstring),
     and the reference: the mean over ``BASELINE_S`` before the lead ends. For FCR-N the
-    reference is the baseline's steady-state meter power (its cooling settled)."""
+    reference is the baseline the node declared (tier 2's ``fcr_n_baseline_w``, IT W) and its
+    steady-state meter power: a declared operating point, cooling settled."""
     if len(rec.t_s) < 2 or not rec.sent:
         raise RuntimeError(f"{plan.name}: nothing was recorded")
     model = FacilityModel.from_config(config.facility)
@@ -378,6 +375,11 @@ def measure(rec: Recording, plan: TestPlan, config: Config, product: ProductConf
     if not sel:
         raise RuntimeError(f"{plan.name}: no samples in the baseline window")
     ref_it = math.fsum(it[j] for j in sel) / len(sel)
+    declared = rec.tier2.get("fcr_n_baseline_w")
+    if product.kind == "fcr-n":
+        if not isinstance(declared, (int, float)):
+            raise RuntimeError(f"{plan.name}: the agent never declared its FCR-N baseline")
+        ref_it = float(declared)
     if config.facility.settle_at == "it":
         ref = ref_it
     elif product.kind == "fcr-n":

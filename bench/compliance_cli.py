@@ -13,19 +13,27 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench import compliance as c
-from bench import compliance_report as rep
-from bench.latency import machine_description
-from gridtao import __version__
-from gridtao.config import Config, ConfigError, ProductConfig
+from gridtao.config import Config, ConfigError, ProductConfig, ProductKind
 
+if TYPE_CHECKING:  # the runner pulls in the whole agent: imported when a bench runs
+    from bench import compliance as c
+    from bench import compliance_report as rep
+
+PRODUCTS: dict[str, ProductKind] = {
+    "ffr": "ffr", "fcr-d": "fcr-d-up", "fcr-d-static": "fcr-d-up-static", "fcr-n": "fcr-n",
+    "ercot-ffr": "ercot-ffr", "dr": "dr",
+}
+DEFAULT_TIME_SCALE = {"ffr": 0.1, "fcr-d": 0.1, "fcr-d-static": 0.1, "fcr-n": 0.1,
+                      "ercot-ffr": 0.02, "dr": 0.05}
+DEFAULT_CAPACITY_W = 1000.0
 STEADY_FRACTION = 0.88  # --workload steady: every simulated GPU at 88 % of its default limit
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
     """Options shared with ``gridtao prequalify``."""
-    p.add_argument("--product", required=True, choices=tuple(c.PRODUCTS),
+    p.add_argument("--product", required=True, choices=tuple(PRODUCTS),
                    help="the product to test (its entry in the configuration's products, else "
                         "its defaults with --capacity-w)")
     p.add_argument("--time-scale", type=float, default=None, metavar="X",
@@ -33,10 +41,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
                         "ercot-ffr 0.02, dr 0.05; 1 = the full TSO lengths)")
     p.add_argument("--capacity-w", type=float, default=None, metavar="W",
                    help=f"reserve capacity at the settlement point (default: the configured "
-                        f"product's, else {c.DEFAULT_CAPACITY_W:g})")
-    p.add_argument("--workload", choices=("config", "steady"), default="config",
-                   help="simulated GPUs: run gpus.sim.workload (default) or a steady load at "
-                        f"{STEADY_FRACTION:.0%} of each GPU's default limit")
+                        f"product's, else {DEFAULT_CAPACITY_W:g})")
+    p.add_argument("--workload", choices=("steady", "config"), default="steady",
+                   help="simulated GPUs: a steady test load at "
+                        f"{STEADY_FRACTION:.0%} of each GPU's default limit (default: tests are "
+                        "run at a steady operating point), or gpus.sim.workload ('config')")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -52,7 +61,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def check_common(args: argparse.Namespace) -> float:
     """Validate shared options; returns the time scale."""
-    scale = args.time_scale if args.time_scale is not None else c.DEFAULT_TIME_SCALE[args.product]
+    scale = args.time_scale if args.time_scale is not None else DEFAULT_TIME_SCALE[args.product]
     if not 0.001 <= scale <= 1.0:
         raise ConfigError("--time-scale: must be in [0.001, 1]")
     if args.capacity_w is not None and not 1.0 <= args.capacity_w <= 10_000_000:
@@ -61,6 +70,7 @@ def check_common(args: argparse.Namespace) -> float:
 
 
 def select(plans: Sequence[c.TestPlan], name: str | None) -> list[c.TestPlan]:
+    """The named test, all of them, or (None) the first."""
     if name is None:
         return [plans[0]]
     if name == "all":
@@ -73,10 +83,9 @@ def select(plans: Sequence[c.TestPlan], name: str | None) -> list[c.TestPlan]:
 
 
 def steady(args: argparse.Namespace, config: Config) -> float | None:
-    if args.workload != "steady":
+    """The steady load's fraction, or None: the configured workload (real GPUs: their own)."""
+    if args.workload != "steady" or config.gpus.backend != "sim":
         return None
-    if config.gpus.backend != "sim":
-        raise ConfigError("--workload steady: needs simulated GPUs (gpus.backend: sim)")
     return STEADY_FRACTION
 
 
@@ -84,6 +93,9 @@ def run_and_score(
     config: Config, args: argparse.Namespace, pcfg: ProductConfig, plans: Sequence[c.TestPlan],
     *, progress: Callable[[str], None],
 ) -> list[rep.TestResult]:
+    from bench import compliance as c
+    from bench import compliance_report as rep
+
     _, runs = c.run_product(config, args.product, tests=plans, capacity_w=pcfg.capacity_w,
                             time_scale=check_common(args), progress=progress,
                             steady_fraction=steady(args, config))
@@ -97,6 +109,11 @@ def _per_test(path: Path, test: str, many: bool) -> Path:
 
 
 def main(args: argparse.Namespace, config: Config, command: str) -> int:
+    from bench import compliance as c
+    from bench import compliance_report as rep
+    from bench.latency import machine_description
+    from gridtao import __version__
+
     scale = check_common(args)
     pcfg = c.product_config(config, args.product, capacity_w=args.capacity_w, time_scale=scale)
     plans = c.test_plans(args.product, c.spec_of(pcfg), scale)

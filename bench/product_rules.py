@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench import scoring as sc
-from bench.shapes import Hold
 from bench.scoring import RuleResult, Trace
+from bench.shapes import Hold
 
 
 @dataclass(frozen=True)
@@ -123,10 +123,7 @@ def static_recovered_s(t_s: Sequence[float], hz: Sequence[float], after_s: float
     for t, f in zip(t_s, hz, strict=True):
         if t < after_s:
             continue
-        if f > sc.FCR_D_START_HZ:
-            found = t if found is None else found
-        else:
-            found = None
+        found = (t if found is None else found) if f > sc.FCR_D_START_HZ else None
     return found
 
 

@@ -101,8 +101,7 @@ class _Builder:
 
     def shape(self, name: str, title: str, *, lagged: bool, dt_s: float = DT_S,
               nominal_frequency_hz: float = 50.0) -> Shape:
-        # Round half up so a piece ending exactly on the grid gets its last sample.
-        n = int(math.floor(self.t_s / dt_s + 1e-9))
+        n = math.floor(self.t_s / dt_s + 1e-9)
         nominal = [self.at(k * dt_s) for k in range(n)]
         sent = meter_lag(nominal, dt_s) if lagged else nominal
         return Shape(name, title, dt_s, tuple(nominal), tuple(sent), lagged,
@@ -223,7 +222,7 @@ def normal_frequency(duration_s: float = 60.0, *, std_hz: float = 0.04, tau_s: f
     kick = std_hz * math.sqrt(1.0 - a * a)
     lead = int(LEAD_S / DT_S)
     x, out = 0.0, []
-    for k in range(int(round((duration_s + LEAD_S) / DT_S))):
+    for k in range(round((duration_s + LEAD_S) / DT_S)):
         if k >= lead:
             x = a * x + kick * rng.gauss(0.0, 1.0)
         out.append(nominal_hz + x)

@@ -145,7 +145,15 @@ def _agent_commands() -> dict[str, Command]:
         "demo": Command("self-contained demo: broker, agent on simulated GPUs, a dip and a shed",
                         c.configure_demo, c.run_demo_command),
         "bench": Command("benchmarks (latency)", c.configure_bench, c.run_bench_command),
+        "prequalify": Command("run a grid product's TSO test sequence; write a report folder",
+                              _prequalify().configure, lambda a, cfg: _prequalify().run(a, cfg)),
     }
+
+
+def _prequalify() -> Any:
+    from gridtao import prequalify
+
+    return prequalify
 
 
 COMMANDS: dict[str, Command] = {

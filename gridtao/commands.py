@@ -71,12 +71,21 @@ def configure_bench(p: argparse.ArgumentParser) -> None:
     from bench import pue
 
     pue.configure(sub.add_parser("pue", help="PUE-aware tier 2 vs a naive annual-PUE tracker"))
+    from bench import compliance_cli
+
+    compliance_cli.configure(sub.add_parser(
+        "compliance", help="a product's TSO test over a real broker, scored rule by rule"))
 
 
 def run_bench_command(args: argparse.Namespace, config: Config) -> int:
     from bench.latency import run_latency_bench
     from bench.render import markdown, plot
 
+    if args.bench == "compliance":
+        from bench import compliance_cli
+
+        command = "gridtao " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        return compliance_cli.main(args, config, command)
     if args.bench == "pue":
         from bench import pue
 

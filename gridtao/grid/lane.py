@@ -8,6 +8,7 @@ straight from the socket through :class:`~gridtao.grid.intake.Intake` to the isl
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -43,15 +44,17 @@ class IslandLane:
         self._ready.wait(timeout=5.0)
         if connect_timeout_s is None:
             return self._link.is_connected
-        fut = asyncio.run_coroutine_threadsafe(self._wait_connected(), self._loop)
+        fut = asyncio.run_coroutine_threadsafe(
+            self._wait_connected(connect_timeout_s), self._loop)
         try:
             return bool(fut.result(timeout=connect_timeout_s + 1.0))
-        except TimeoutError:
+        except concurrent.futures.TimeoutError:  # TimeoutError's alias only from Python 3.11
+            fut.cancel()
             return False
 
-    async def _wait_connected(self) -> bool:
+    async def _wait_connected(self, timeout_s: float) -> bool:
         try:
-            await asyncio.wait_for(self._link.connected.wait(), 30.0)
+            await asyncio.wait_for(self._link.connected.wait(), timeout_s)
         except asyncio.TimeoutError:
             return False
         return True
