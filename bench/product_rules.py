@@ -168,7 +168,7 @@ def score_step(spec: ProductSpec, tr: Trace, *, event_s: float) -> list[RuleResu
                           "from full activation to the first fall below 95 % of capacity"))
     held = (full, full + min(support, spec.support_s))
     rules.append(sc.steady_state(tr, a_s=held[0], b_s=held[1], capacity_w=cap))
-    rules.append(sc.over_delivery(tr, windows=[held], capacity_w=cap))
+    rules.append(sc.over_delivery(tr, windows=[_inner(held)], capacity_w=cap))
     if spec.kind == "ffr" and spec.short_support:
         rules.append(sc.ramp_down_rate(tr, start_s=full, end_s=tr.t_s[-1], capacity_w=cap,
                                        limit_pct_per_s=sc.FFR_RAMP_OUT_PCT_PER_S,
@@ -181,6 +181,14 @@ def score_quiet(spec: ProductSpec, tr: Trace, *, after_s: float) -> list[RuleRes
     1 s mean stays within the over-delivery tolerance)."""
     return [sc.over_delivery(tr, windows=[(after_s, tr.t_s[-1])], capacity_w=spec.capacity_w,
                              name="no_false_activation")]
+
+
+def _inner(window: tuple[float, float]) -> tuple[float, float]:
+    """``window`` less half a smoothing width at each end (when it is long enough), so a 1 s
+    mean inside it does not reach the edges where the requirement steps."""
+    a, b = window
+    half = sc.SMOOTH_S / 2
+    return (a + half, b - half) if b - a > 2 * sc.SMOOTH_S else window
 
 
 def _settled(h: Hold, settle_s: float) -> tuple[float, float]:
@@ -218,7 +226,7 @@ def score_fcr_d(spec: ProductSpec, tr: Trace, *, holds: Sequence[Hold],
     if long_hold is not None:
         rules.append(sc.hold(tr, windows=[(long_hold[0] + sc.FCR_D_T_S, long_hold[1])],
                              capacity_w=cap, name="no_fall_back"))
-    rules.append(sc.over_delivery(tr, windows=windows, capacity_w=cap))
+    rules.append(sc.over_delivery(tr, windows=[_inner(w) for w in windows], capacity_w=cap))
     return rules
 
 
@@ -263,7 +271,7 @@ def score_static(spec: ProductSpec, tr: Trace, *, event_s: float) -> list[RuleRe
         return [*rules, sc._rule("held_60s_after_recovery", None, -100 * sc.BAND, ">=", "%",
                                  "frequency never came back above 49.9 Hz")]
     full = event_s + (activation.value or sc.FCR_D_STATIC_START_S)
-    held = (full, back + sc.FCR_D_STATIC_WAIT_S)
+    held = _inner((full, back + sc.FCR_D_STATIC_WAIT_S))
     rules.append(sc.hold(tr, windows=[held], capacity_w=cap, name="held_60s_after_recovery"))
     rules.append(sc.over_delivery(tr, windows=[held], capacity_w=cap))
     rules.append(sc.ramp_down_rate(tr, start_s=held[1] - 1.0, end_s=tr.t_s[-1], capacity_w=cap,
@@ -280,7 +288,8 @@ def score_fcr_n(spec: ProductSpec, tr: Trace, *, holds: Sequence[Hold],
                              name=f"steady_state@{h.hz:.2f}Hz#{k}")
              for k, (h, (a, b)) in enumerate(zip([h for h in holds if h.start_s >= after_s],
                                                  windows, strict=True))]
-    rules.append(sc.over_delivery(tr, windows=windows, capacity_w=spec.capacity_w))
+    rules.append(sc.over_delivery(tr, windows=[_inner(w) for w in windows],
+                                  capacity_w=spec.capacity_w))
     return rules
 
 
@@ -298,10 +307,11 @@ def score_dr(tr: Trace, events: Sequence[DrWindow]) -> list[RuleResult]:
         holds.append(window)
         rules.append(sc.steady_state(tr, a_s=window[0], b_s=window[1], capacity_w=cap,
                                      name=f"steady_state@{ev.event_id}"))
-        rules.append(sc.hold(tr, windows=[window], capacity_w=cap, name=f"hold@{ev.event_id}"))
+        rules.append(sc.hold(tr, windows=[_inner(window)], capacity_w=cap,
+                             name=f"hold@{ev.event_id}"))
         rules.append(sc.hold(tr, windows=[(end, end + ev.recovery_s)], capacity_w=cap,
                              name=f"recovery_not_early@{ev.event_id}"))
     if events:
-        rules.append(sc.over_delivery(tr, windows=holds, capacity_w=max(e.amount_w
-                                                                         for e in events)))
+        rules.append(sc.over_delivery(tr, windows=[_inner(w) for w in holds],
+                                      capacity_w=max(e.amount_w for e in events)))
     return rules

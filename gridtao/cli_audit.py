@@ -28,7 +28,7 @@ def configure_audit(p: argparse.ArgumentParser) -> None:
 
 
 def run_audit(args: argparse.Namespace, config: Config) -> int:
-    from gridtao.telemetry.audit import verify_files
+    from gridtao.telemetry.audit_verify import verify_files
 
     try:
         result = verify_files(args.files)

@@ -15,14 +15,8 @@ import pytest
 from gridtao.cli import main
 from gridtao.clock import VirtualClock
 from gridtao.config import AuditConfig
-from gridtao.telemetry.audit import (
-    GENESIS,
-    AuditTrail,
-    canonical,
-    read_records,
-    record_hash,
-    verify_files,
-)
+from gridtao.telemetry.audit import GENESIS, AuditTrail, canonical, record_hash
+from gridtao.telemetry.audit_verify import read_records, verify_files
 
 
 def _trail(tmp_path: Path, **over: Any) -> AuditTrail:

@@ -34,7 +34,7 @@ from gridtao.grid import messages as wire
 from gridtao.grid.frequency import FrequencyMonitor, level_key
 from gridtao.grid.intake import Intake
 from gridtao.journal import load_journal
-from gridtao.telemetry.audit import read_records, verify_files
+from gridtao.telemetry.audit_verify import read_records, verify_files
 from safety.island import SafetyIsland
 from safety.watchdog import Watchdog
 

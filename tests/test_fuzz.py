@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from gridtao.grid import messages as wire
 from gridtao.localbroker import Publisher
-from gridtao.telemetry.audit import read_records, verify_files
+from gridtao.telemetry.audit_verify import read_records, verify_files
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_BYTES = 4096

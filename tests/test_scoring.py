@@ -176,7 +176,7 @@ def test_requirements_follow_the_product_definitions() -> None:
         -CAP, pytest.approx(-CAP), pytest.approx(-500.0), 0.0, pytest.approx(500.0), CAP]
     spec = pr.ProductSpec("ffr", CAP, 49.5, 5.0)
     assert spec.full_activation_s == 0.7
-    req = pr.required_step([0.0, 1.0, 6.6, 6.71, 7.7, 12.0], spec, 1.0)
+    req = pr.required_step([0.0, 1.0, 6.6, 6.69, 7.7, 12.0], spec, 1.0)
     # Capacity from the crossing through 0.7 s + 5 s, then at most 20 %/s down.
     assert req == [0.0, CAP, CAP, pytest.approx(CAP), pytest.approx(800.0), 0.0]
     assert pr.ProductSpec("ffr", CAP, 49.7).full_activation_s == 1.3
@@ -186,7 +186,7 @@ def test_requirements_follow_the_product_definitions() -> None:
     half = pr.DrWindow("b", start_s=12.0, ramp_s=0.0, duration_s=10.0, recovery_s=0.0,
                        amount_w=CAP / 2)
     got = pr.required_dr([7.0, 9.0, 12.0, 16.0, 17.0, 19.0, 21.0, 23.0], [ev, half])
-    assert got == [0.0, 500.0, CAP, CAP, CAP, 500.0, 500.0, 0.0]
+    assert got == [0.0, 500.0, CAP, 750.0, 500.0, 500.0, 500.0, 0.0]
 
 
 def test_static_requirement_holds_60_s_after_recovery_then_ramps_at_2_5_percent() -> None:
@@ -220,9 +220,16 @@ def names(rules: list[sc.RuleResult]) -> dict[str, sc.RuleResult]:
     return {r.name: r for r in rules}
 
 
+def step_trace(spec: pr.ProductSpec, delivered: Callable[[float], float]) -> Trace:
+    """A trace whose requirement is the product's, crossing at 2 s."""
+    tr = trace(delivered)
+    return Trace(tr.t_s, tr.hz, pr.required_step(tr.t_s, spec, 2.0), tr.delivered_w,
+                 tr.delivered_it_w)
+
+
 def test_ffr_step_passes_when_fast_held_and_gently_ramped() -> None:
     spec = pr.ProductSpec("ffr", CAP, 49.5, 5.0)
-    tr = trace(ffr_like(0.2, 5.6, 19.0))
+    tr = step_trace(spec, ffr_like(0.2, 5.6, 19.0))
     rules = names(pr.score_step(spec, tr, event_s=2.0))
     assert set(rules) == {"full_activation_time", "power_at_full_activation_time",
                           "support_duration", "steady_state", "over_delivery", "ramp_out_rate"}
@@ -239,16 +246,17 @@ def test_ffr_step_passes_when_fast_held_and_gently_ramped() -> None:
 def test_ffr_step_fails_the_broken_rule(act: float, support: float, ramp: float, level: float,
                                         broken: str) -> None:
     spec = pr.ProductSpec("ffr", CAP, 49.5, 5.0)
-    rules = names(pr.score_step(spec, trace(ffr_like(act, support, ramp, level)), event_s=2.0))
+    rules = names(pr.score_step(spec, step_trace(spec, ffr_like(act, support, ramp, level)),
+                                event_s=2.0))
     assert not rules[broken].passed and rules[broken].value is not None
     assert not sc.passed(list(rules.values()))
 
 
 def test_ercot_and_long_support_ffr_have_no_ramp_rule() -> None:
     spec = pr.ProductSpec("ercot-ffr", CAP, 59.85, 10.0, short_support=False)
-    rules = names(pr.score_step(spec, trace(ffr_like(0.2, 12.0, 100.0)), event_s=2.0))
+    rules = names(pr.score_step(spec, step_trace(spec, ffr_like(0.2, 12.0, 100.0)), event_s=2.0))
     assert "ramp_out_rate" not in rules and sc.passed(list(rules.values()))
-    late = names(pr.score_step(spec, trace(ffr_like(0.3, 12.0, 100.0)), event_s=2.0))
+    late = names(pr.score_step(spec, step_trace(spec, ffr_like(0.3, 12.0, 100.0)), event_s=2.0))
     assert not late["full_activation_time"].passed  # 0.3 s > 250 ms
 
 
