@@ -209,9 +209,9 @@ class _Controller(threading.Thread):
 class _Recorder(threading.Thread):
     """Per-GPU instant power through the agent's backend at ``RECORD_HZ`` (>= 10 Hz)."""
 
-    def __init__(self, agent: Agent, rec: Recording, t0: Callable[[], float]) -> None:
+    def __init__(self, agent: Agent, rec: Recording) -> None:
         super().__init__(name="compliance-recorder", daemon=True)
-        self._agent, self._rec, self._t0 = agent, rec, t0
+        self._agent, self._rec = agent, rec
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -224,7 +224,7 @@ class _Recorder(threading.Thread):
             gpus = tuple(backend.instant_power_mw(i) / 1000.0 for i in indices)
             view = self._agent.island.view()
             target = view.target_mw if view.target_mw is not None else view.commitment_mw
-            self._rec.t_s.append(now - self._t0())
+            self._rec.t_s.append(now)  # monotonic; made relative to t = 0 after the run
             self._rec.gpu_w.append(gpus)
             self._rec.target_w.append(None if target is None else target / 1000.0)
             next_t += period
@@ -261,8 +261,8 @@ def run_test(
         raise ValueError("a steady test load needs simulated GPUs")
     agent = Agent(cfg, clock=clock, backend=backend, options=AgentOptions(serve_metrics=False))
     rec = Recording()
-    start = [time.monotonic()]
-    recorder = _Recorder(agent, rec, lambda: start[0])
+    recorder = _Recorder(agent, rec)
+    t0 = time.monotonic()
     controller = _Controller(agent)
     say = progress or (lambda _line: None)
     try:
@@ -271,13 +271,14 @@ def run_test(
         recorder.start()
         with Publisher(broker.host, broker.port) as pub:
             time.sleep(0.3)  # the lane's subscription is in place once start() returned
-            start[0] = time.monotonic() + 0.2
-            _play(plan, pub, agent, rec, start[0], say)
+            t0 = time.monotonic() + 0.2
+            _play(plan, pub, agent, rec, t0, say)
         rec.tier2 = agent.tier2.snapshot()
     finally:
         recorder.halt()
         controller.stop()
         agent.close()
+    rec.t_s = [t - t0 for t in rec.t_s]
     return rec
 
 
@@ -371,7 +372,7 @@ def measure(rec: Recording, plan: TestPlan, config: Config, product: ProductConf
             k += 1
         hz.append(rec.sent[k][1])
     lead = plan.shape.marks.get("lead_end", shapes.LEAD_S)
-    sel = [j for j, t in enumerate(rec.t_s) if lead - BASELINE_S <= t < lead]
+    sel = [j for j, t in enumerate(rec.t_s) if max(0.0, lead - BASELINE_S) <= t < lead]
     if not sel:
         raise RuntimeError(f"{plan.name}: no samples in the baseline window")
     ref_it = math.fsum(it[j] for j in sel) / len(sel)

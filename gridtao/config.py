@@ -9,26 +9,17 @@ Ranges live next to each field in ``metadata`` so the schema is the single sourc
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import types
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Literal
 
 import yaml
 
+from gridtao.schema import ConfigError as ConfigError
+from gridtao.schema import build, fail, rng
+
 ENV_VAR = "GRIDTAO_CONFIG"
-
-
-class ConfigError(Exception):
-    """A configuration problem; the message names the file, the key path and the reason."""
-
-
-def _rng(lo: float | None = None, hi: float | None = None) -> dict[str, float | None]:
-    return {"min": lo, "max": hi}
 
 
 @dataclass(frozen=True)
@@ -38,25 +29,25 @@ class SimFault:
     (None: until cleared). For tests and drills of the agent's error paths."""
 
     kind: Literal["lost", "no_permission", "not_supported", "slow"]
-    gpu: int | None = field(default=None, metadata=_rng(0, 63))
-    delay_s: float = field(default=0.5, metadata=_rng(0, 3600))
-    calls: int | None = field(default=None, metadata=_rng(1, None))
+    gpu: int | None = field(default=None, metadata=rng(0, 63))
+    delay_s: float = field(default=0.5, metadata=rng(0, 3600))
+    calls: int | None = field(default=None, metadata=rng(1, None))
 
 
 @dataclass(frozen=True)
 class SimConfig:
     """Simulated GPUs (see gridtao/gpu/sim.py). Times in milliseconds, power in watts."""
 
-    count: int = field(default=8, metadata=_rng(1, 64))
+    count: int = field(default=8, metadata=rng(1, 64))
     profile: Literal["h100-sxm", "a100-sxm", "v100-sxm2"] = "h100-sxm"
     workload: Literal["training", "inference", "idle", "trace"] = "training"
     trace_csv: str | None = None
-    cap_down_ms: float = field(default=20.0, metadata=_rng(0.1, 60_000))
-    cap_up_ms: float = field(default=250.0, metadata=_rng(0.1, 60_000))
-    refresh_ms: float = field(default=20.0, metadata=_rng(1, 1000))
-    noise_w: float = field(default=3.0, metadata=_rng(0, 100))
-    set_latency_ms: float = field(default=0.2, metadata=_rng(0, 10_000))
-    read_latency_ms: float = field(default=0.02, metadata=_rng(0, 10_000))
+    cap_down_ms: float = field(default=20.0, metadata=rng(0.1, 60_000))
+    cap_up_ms: float = field(default=250.0, metadata=rng(0.1, 60_000))
+    refresh_ms: float = field(default=20.0, metadata=rng(1, 1000))
+    noise_w: float = field(default=3.0, metadata=rng(0, 100))
+    set_latency_ms: float = field(default=0.2, metadata=rng(0, 10_000))
+    read_latency_ms: float = field(default=0.02, metadata=rng(0, 10_000))
     seed: int = 0
     faults: tuple[SimFault, ...] = ()
 
@@ -98,18 +89,18 @@ class MqttConfig:
     often (retries go on with backoff: the broker may be fixed)."""
 
     host: str = "127.0.0.1"
-    port: int = field(default=1883, metadata=_rng(1, 65535))
+    port: int = field(default=1883, metadata=rng(1, 65535))
     prefix: str = "gridtao/demo"
     node_id: str | None = None
-    keepalive_s: int = field(default=10, metadata=_rng(2, 3600))
-    reconnect_min_s: float = field(default=0.1, metadata=_rng(0.01, 60))
-    reconnect_max_s: float = field(default=5.0, metadata=_rng(0.1, 600))
-    max_payload_bytes: int = field(default=4096, metadata=_rng(64, 1_048_576))
-    status_period_s: float = field(default=1.0, metadata=_rng(0.05, 3600))
+    keepalive_s: int = field(default=10, metadata=rng(2, 3600))
+    reconnect_min_s: float = field(default=0.1, metadata=rng(0.01, 60))
+    reconnect_max_s: float = field(default=5.0, metadata=rng(0.1, 600))
+    max_payload_bytes: int = field(default=4096, metadata=rng(64, 1_048_576))
+    status_period_s: float = field(default=1.0, metadata=rng(0.05, 3600))
     username: str | None = None
     password_file: str | None = None
     tls: TlsConfig = field(default_factory=TlsConfig)
-    error_log_interval_s: float = field(default=60.0, metadata=_rng(1, 86_400))
+    error_log_interval_s: float = field(default=60.0, metadata=rng(1, 86_400))
 
 
 @dataclass(frozen=True)
@@ -121,11 +112,11 @@ class FrequencyTrigger:
     ``recovery_s``; then it ramps out at the island's release rate.
     """
 
-    hz: float = field(default=49.7, metadata=_rng(45.0, 65.0))
-    reduction_fraction: float = field(default=0.3, metadata=_rng(0.0, 1.0))
-    min_hold_s: float = field(default=5.0, metadata=_rng(0, 86_400))
-    recovery_s: float = field(default=1.0, metadata=_rng(0, 86_400))
-    hysteresis_hz: float = field(default=0.02, metadata=_rng(0, 1))
+    hz: float = field(default=49.7, metadata=rng(45.0, 65.0))
+    reduction_fraction: float = field(default=0.3, metadata=rng(0.0, 1.0))
+    min_hold_s: float = field(default=5.0, metadata=rng(0, 86_400))
+    recovery_s: float = field(default=1.0, metadata=rng(0, 86_400))
+    hysteresis_hz: float = field(default=0.02, metadata=rng(0, 1))
 
 
 @dataclass(frozen=True)
@@ -135,27 +126,27 @@ class SafetyConfig:
         FrequencyTrigger(hz=49.6, reduction_fraction=0.2),
         FrequencyTrigger(hz=49.5, reduction_fraction=0.3),
     )
-    release_rate_per_s: float = field(default=0.2, metadata=_rng(0.001, 100))
-    rearm_period_s: float = field(default=0.5, metadata=_rng(0.01, 1.0))
-    watchdog_timeout_s: float = field(default=3.0, metadata=_rng(0.05, 3600))
+    release_rate_per_s: float = field(default=0.2, metadata=rng(0.001, 100))
+    rearm_period_s: float = field(default=0.5, metadata=rng(0.01, 1.0))
+    watchdog_timeout_s: float = field(default=3.0, metadata=rng(0.05, 3600))
     safe_state: Literal["default", "hold", "minimum"] = "default"
-    max_event_s: float = field(default=3600.0, metadata=_rng(1, 86_400 * 7))
+    max_event_s: float = field(default=3600.0, metadata=rng(1, 86_400 * 7))
 
 
 @dataclass(frozen=True)
 class ControlConfig:
-    fast_hz: float = field(default=100.0, metadata=_rng(1, 1000))
-    band_fraction: float = field(default=0.05, metadata=_rng(0.001, 0.5))
-    headroom_w: float = field(default=15.0, metadata=_rng(0, 200))
-    integral_gain: float = field(default=0.3, metadata=_rng(0, 10))
-    max_raise_w_per_s: float = field(default=2000.0, metadata=_rng(1, 100_000))
+    fast_hz: float = field(default=100.0, metadata=rng(1, 1000))
+    band_fraction: float = field(default=0.05, metadata=rng(0.001, 0.5))
+    headroom_w: float = field(default=15.0, metadata=rng(0, 200))
+    integral_gain: float = field(default=0.3, metadata=rng(0, 10))
+    max_raise_w_per_s: float = field(default=2000.0, metadata=rng(1, 100_000))
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = field(default=9108, metadata=_rng(0, 65535))
+    port: int = field(default=9108, metadata=rng(0, 65535))
 
 
 @dataclass(frozen=True)
@@ -186,11 +177,11 @@ class AuthConfig:
 
     mode: Literal["none", "hmac", "ed25519"] = "none"
     keys: tuple[AuthKey, ...] = ()
-    freshness_s: float = field(default=30.0, metadata=_rng(0.1, 86_400))
-    frequency_freshness_s: float = field(default=2.0, metadata=_rng(0.05, 3600))
-    max_future_s: float = field(default=2.0, metadata=_rng(0, 3600))
+    freshness_s: float = field(default=30.0, metadata=rng(0.1, 86_400))
+    frequency_freshness_s: float = field(default=2.0, metadata=rng(0.05, 3600))
+    max_future_s: float = field(default=2.0, metadata=rng(0, 3600))
     replay_store: str | None = None
-    replay_max_entries: int = field(default=100_000, metadata=_rng(10, 10_000_000))
+    replay_max_entries: int = field(default=100_000, metadata=rng(10, 10_000_000))
     require_signed_frequency: bool = True
 
 
@@ -208,15 +199,15 @@ class LimitsConfig:
     from all but the rate.
     """
 
-    dispatch_rate_per_s: float = field(default=5.0, metadata=_rng(0.001, 10_000))
-    dispatch_burst: int = field(default=20, metadata=_rng(1, 100_000))
-    frequency_rate_per_s: float = field(default=60.0, metadata=_rng(0.001, 100_000))
-    frequency_burst: int = field(default=120, metadata=_rng(1, 1_000_000))
-    max_events_in_flight: int = field(default=4, metadata=_rng(1, 1000))
-    max_reduction_fraction: float = field(default=0.8, metadata=_rng(0.0, 1.0))
-    min_node_fraction: float = field(default=0.3, metadata=_rng(0.0, 1.0))
-    min_event_interval_s: float = field(default=1.0, metadata=_rng(0, 86_400))
-    max_event_duration_s: float = field(default=3600.0, metadata=_rng(0.1, 86_400 * 7))
+    dispatch_rate_per_s: float = field(default=5.0, metadata=rng(0.001, 10_000))
+    dispatch_burst: int = field(default=20, metadata=rng(1, 100_000))
+    frequency_rate_per_s: float = field(default=60.0, metadata=rng(0.001, 100_000))
+    frequency_burst: int = field(default=120, metadata=rng(1, 1_000_000))
+    max_events_in_flight: int = field(default=4, metadata=rng(1, 1000))
+    max_reduction_fraction: float = field(default=0.8, metadata=rng(0.0, 1.0))
+    min_node_fraction: float = field(default=0.3, metadata=rng(0.0, 1.0))
+    min_event_interval_s: float = field(default=1.0, metadata=rng(0, 86_400))
+    max_event_duration_s: float = field(default=3600.0, metadata=rng(0.1, 86_400 * 7))
 
 
 @dataclass(frozen=True)
@@ -233,10 +224,10 @@ class AuditConfig:
     enabled: bool = False
     path: str = "gridtao-audit.jsonl"
     fsync: Literal["always", "interval", "never"] = "interval"
-    fsync_interval_s: float = field(default=1.0, metadata=_rng(0.01, 3600))
-    rotate_bytes: int = field(default=64 * 1024 * 1024, metadata=_rng(4096, 1 << 40))
-    keep_files: int = field(default=0, metadata=_rng(0, 1_000_000))
-    queue_size: int = field(default=10_000, metadata=_rng(16, 10_000_000))
+    fsync_interval_s: float = field(default=1.0, metadata=rng(0.01, 3600))
+    rotate_bytes: int = field(default=64 * 1024 * 1024, metadata=rng(4096, 1 << 40))
+    keep_files: int = field(default=0, metadata=rng(0, 1_000_000))
+    queue_size: int = field(default=10_000, metadata=rng(16, 10_000_000))
 
 
 @dataclass(frozen=True)
@@ -253,8 +244,8 @@ class JournalConfig:
 
     enabled: bool = False
     path: str = "gridtao-journal.json"
-    max_capped_after_crash_s: float = field(default=300.0, metadata=_rng(0, 7 * 86_400))
-    heartbeat_s: float = field(default=1.0, metadata=_rng(0.05, 3600))
+    max_capped_after_crash_s: float = field(default=300.0, metadata=rng(0, 7 * 86_400))
+    heartbeat_s: float = field(default=1.0, metadata=rng(0.05, 3600))
 
 
 ProductKind = Literal["ffr", "fcr-d-up", "fcr-d-up-static", "fcr-n", "ercot-ffr", "dr"]
@@ -277,17 +268,17 @@ class ProductConfig:
     """
 
     kind: ProductKind
-    capacity_w: float = field(metadata=_rng(1.0, 10_000_000))
+    capacity_w: float = field(metadata=rng(1.0, 10_000_000))
     name: str | None = None
-    threshold_hz: float | None = field(default=None, metadata=_rng(45.0, 65.0))
-    full_activation_s: float | None = field(default=None, metadata=_rng(0.01, 3600))
+    threshold_hz: float | None = field(default=None, metadata=rng(45.0, 65.0))
+    full_activation_s: float | None = field(default=None, metadata=rng(0.01, 3600))
     support: Literal["short", "long"] = "short"
-    support_s: float | None = field(default=None, metadata=_rng(0.1, 86_400))
-    rearm_s: float = field(default=900.0, metadata=_rng(0, 86_400))
-    baseline_w: float | None = field(default=None, metadata=_rng(0, 10_000_000))
-    debounce_samples: int = field(default=2, metadata=_rng(1, 100))
-    debounce_budget_fraction: float = field(default=0.1, metadata=_rng(0, 0.5))
-    median_samples: int = field(default=3, metadata=_rng(1, 99))
+    support_s: float | None = field(default=None, metadata=rng(0.1, 86_400))
+    rearm_s: float = field(default=900.0, metadata=rng(0, 86_400))
+    baseline_w: float | None = field(default=None, metadata=rng(0, 10_000_000))
+    debounce_samples: int = field(default=2, metadata=rng(1, 100))
+    debounce_budget_fraction: float = field(default=0.1, metadata=rng(0, 0.5))
+    median_samples: int = field(default=3, metadata=rng(1, 99))
 
 
 @dataclass(frozen=True)
@@ -301,10 +292,10 @@ class FacilityConfig:
     """
 
     settle_at: Literal["meter", "it"] = "meter"
-    losses_fraction: float = field(default=0.03, metadata=_rng(0.0, 0.5))
-    cop: float = field(default=4.5, metadata=_rng(0.5, 50.0))
-    cooling_tau_s: float = field(default=120.0, metadata=_rng(1.0, 86_400))
-    fixed_w: float = field(default=0.0, metadata=_rng(0.0, 10_000_000))
+    losses_fraction: float = field(default=0.03, metadata=rng(0.0, 0.5))
+    cop: float = field(default=4.5, metadata=rng(0.5, 50.0))
+    cooling_tau_s: float = field(default=120.0, metadata=rng(1.0, 86_400))
+    fixed_w: float = field(default=0.0, metadata=rng(0.0, 10_000_000))
 
 
 @dataclass(frozen=True)
@@ -316,7 +307,7 @@ class GpuPriority:
 
     gpus: tuple[int, ...]
     priority: Literal["critical", "flexible"] = "critical"
-    floor_w: float = field(default=0.0, metadata=_rng(0.0, 100_000))
+    floor_w: float = field(default=0.0, metadata=rng(0.0, 100_000))
 
 
 @dataclass(frozen=True)
@@ -329,9 +320,9 @@ class TrackerConfig:
     long after its last refresh (a stalled tier 2 cannot hold the GPUs down).
     """
 
-    period_s: float = field(default=1.0, metadata=_rng(0.05, 60))
-    reference_window_s: float = field(default=5.0, metadata=_rng(0.5, 3600))
-    commitment_ttl_s: float = field(default=5.0, metadata=_rng(0.5, 3600))
+    period_s: float = field(default=1.0, metadata=rng(0.05, 60))
+    reference_window_s: float = field(default=5.0, metadata=rng(0.5, 3600))
+    commitment_ttl_s: float = field(default=5.0, metadata=rng(0.5, 3600))
     priorities: tuple[GpuPriority, ...] = ()
 
 
@@ -351,8 +342,6 @@ class Config:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
-
-T = TypeVar("T")
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -388,7 +377,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 def config_from_mapping(data: object, *, source: str = "<mapping>") -> Config:
     """Validate a parsed mapping (e.g. from YAML) into a :class:`Config`."""
-    cfg = _build(Config, data, source, "")
+    cfg = build(Config, data, source, "")
     _check_consistency(cfg, source)
     return dataclasses.replace(cfg, source=source)
 
@@ -396,24 +385,24 @@ def config_from_mapping(data: object, *, source: str = "<mapping>") -> Config:
 def _check_consistency(cfg: Config, source: str) -> None:
     """Rules that span several keys."""
     if cfg.mqtt.reconnect_min_s > cfg.mqtt.reconnect_max_s:
-        _fail(source, "mqtt.reconnect_min_s", "must be <= mqtt.reconnect_max_s")
+        fail(source, "mqtt.reconnect_min_s", "must be <= mqtt.reconnect_max_s")
     levels = [t.hz for t in cfg.safety.triggers]
     if len(set(levels)) != len(levels):
-        _fail(source, "safety.triggers", "two triggers share the same hz level")
+        fail(source, "safety.triggers", "two triggers share the same hz level")
     if cfg.gpus.sim.workload == "trace" and cfg.gpus.sim.trace_csv is None:
-        _fail(source, "gpus.sim.trace_csv", "required when gpus.sim.workload is 'trace'")
+        fail(source, "gpus.sim.trace_csv", "required when gpus.sim.workload is 'trace'")
     for k, fault in enumerate(cfg.gpus.sim.faults):
         if fault.gpu is not None and fault.gpu >= cfg.gpus.sim.count:
-            _fail(source, f"gpus.sim.faults[{k}].gpu", f"no GPU {fault.gpu} (count is "
+            fail(source, f"gpus.sim.faults[{k}].gpu", f"no GPU {fault.gpu} (count is "
                   f"{cfg.gpus.sim.count})")
     if cfg.audit.enabled and cfg.journal.enabled and cfg.audit.path == cfg.journal.path:
-        _fail(source, "journal.path", "must differ from audit.path")
+        fail(source, "journal.path", "must differ from audit.path")
     for part in ("+", "#"):
         if part in cfg.mqtt.prefix:
-            _fail(source, "mqtt.prefix", f"MQTT topics must not contain the wildcard {part!r}")
+            fail(source, "mqtt.prefix", f"MQTT topics must not contain the wildcard {part!r}")
     node = cfg.mqtt.node_id
     if node is not None and any(ch in node for ch in "+#/"):
-        _fail(source, "mqtt.node_id", "must be one MQTT topic level: no '+', '#' or '/'")
+        fail(source, "mqtt.node_id", "must be one MQTT topic level: no '+', '#' or '/'")
     _check_security(cfg, source)
     _check_transport(cfg.mqtt, source)
     _check_products(cfg, source)
@@ -423,36 +412,36 @@ def _check_transport(m: MqttConfig, source: str) -> None:
     """Credential keys that only make sense together (files are checked when the agent starts:
     gridtao/grid/tls.py)."""
     if m.password_file is not None and m.username is None:
-        _fail(source, "mqtt.username", "required when mqtt.password_file is set")
+        fail(source, "mqtt.username", "required when mqtt.password_file is set")
     if m.username is not None and not m.username.isprintable():
-        _fail(source, "mqtt.username", "must be printable (one line, no control characters)")
+        fail(source, "mqtt.username", "must be printable (one line, no control characters)")
     tls = m.tls
     if not tls.enabled:
         for name in ("ca_file", "cert_file", "key_file", "server_hostname"):
             if getattr(tls, name) is not None:
-                _fail(source, f"mqtt.tls.{name}", "set but mqtt.tls.enabled is false: enable TLS "
+                fail(source, f"mqtt.tls.{name}", "set but mqtt.tls.enabled is false: enable TLS "
                       "or remove the key")
     if tls.key_file is not None and tls.cert_file is None:
-        _fail(source, "mqtt.tls.cert_file", "required when mqtt.tls.key_file is set")
+        fail(source, "mqtt.tls.cert_file", "required when mqtt.tls.key_file is set")
 
 
 def _check_security(cfg: Config, source: str) -> None:
     auth = cfg.auth
     if auth.mode != "none" and not auth.keys:
-        _fail(source, "auth.keys", f"at least one key is required when auth.mode is {auth.mode!r}")
+        fail(source, "auth.keys", f"at least one key is required when auth.mode is {auth.mode!r}")
     seen: set[str] = set()
     for k, key in enumerate(auth.keys):
         if key.kid in seen:
-            _fail(source, f"auth.keys[{k}].kid", f"duplicate key id {key.kid!r}")
+            fail(source, f"auth.keys[{k}].kid", f"duplicate key id {key.kid!r}")
         seen.add(key.kid)
         if not key.kid.isprintable() or len(key.kid) > 64:
-            _fail(source, f"auth.keys[{k}].kid", "must be printable and at most 64 characters")
+            fail(source, f"auth.keys[{k}].kid", "must be printable and at most 64 characters")
         if not key.topics:
-            _fail(source, f"auth.keys[{k}].topics", "must name at least one topic")
+            fail(source, f"auth.keys[{k}].topics", "must name at least one topic")
     cap = cfg.limits.max_reduction_fraction
     for k, trig in enumerate(cfg.safety.triggers):
         if trig.reduction_fraction > cap:
-            _fail(source, f"safety.triggers[{k}].reduction_fraction",
+            fail(source, f"safety.triggers[{k}].reduction_fraction",
                   f"{trig.reduction_fraction:g} exceeds limits.max_reduction_fraction {cap:g}")
 
 
@@ -466,111 +455,24 @@ def _check_products(cfg: Config, source: str) -> None:
         key = f"products[{k}]"
         name = prod.name or prod.kind
         if name in names:
-            _fail(source, f"{key}.name", f"two products are named {name!r}; give each a name")
+            fail(source, f"{key}.name", f"two products are named {name!r}; give each a name")
         names.add(name)
         if not name.isprintable() or any(ch in name for ch in "+#/ "):
-            _fail(source, f"{key}.name", "must be printable, without spaces, '+', '#' or '/'")
+            fail(source, f"{key}.name", "must be printable, without spaces, '+', '#' or '/'")
         if prod.kind == "ffr" and prod.support == "short" and cfg.safety.release_rate_per_s > 0.2:
-            _fail(source, "safety.release_rate_per_s", "short-support FFR ramps out at most "
+            fail(source, "safety.release_rate_per_s", "short-support FFR ramps out at most "
                   f"20 %/s of its capacity; got {cfg.safety.release_rate_per_s:g}/s")
         if prod.baseline_w is not None and prod.kind != "fcr-n":
-            _fail(source, f"{key}.baseline_w", "only fcr-n runs at a baseline")
+            fail(source, f"{key}.baseline_w", "only fcr-n runs at a baseline")
     if kinds.count("dr") > 1:
-        _fail(source, "products", "enrol demand response (kind dr) at most once")
+        fail(source, "products", "enrol demand response (kind dr) at most once")
     if kinds.count("fcr-n") > 1:
-        _fail(source, "products", "enrol fcr-n at most once (it sets the node's baseline)")
+        fail(source, "products", "enrol fcr-n at most once (it sets the node's baseline)")
     if cfg.safety.triggers and any(k in _FREQUENCY_KINDS for k in kinds):
-        _fail(source, "safety.triggers", "frequency products and raw safety.triggers would both "
+        fail(source, "safety.triggers", "frequency products and raw safety.triggers would both "
               "cut on the same dips; set safety.triggers: [] when enrolling products")
     for k, prio in enumerate(cfg.tracker.priorities):
         if prio.priority == "flexible" and prio.floor_w > 0:
-            _fail(source, f"tracker.priorities[{k}].floor_w", "only critical GPUs have a floor")
+            fail(source, f"tracker.priorities[{k}].floor_w", "only critical GPUs have a floor")
         if not prio.gpus or any(g < 0 for g in prio.gpus):
-            _fail(source, f"tracker.priorities[{k}].gpus", "list one or more GPU indices >= 0")
-
-
-def _fail(source: str, key: str, reason: str) -> typing.NoReturn:
-    raise ConfigError(f"{source}: {key or '<top level>'}: {reason}")
-
-
-def _build(cls: type[T], data: object, source: str, key: str) -> T:
-    if not isinstance(data, Mapping):
-        _fail(source, key, f"expected a mapping, got {_type_name(data)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        sub = f"{key}.{name}" if key else str(name)
-        f = fields.get(str(name))
-        if f is None or f.metadata.get("internal"):
-            known = ", ".join(n for n, fl in fields.items() if not fl.metadata.get("internal"))
-            _fail(source, sub, f"unknown key (known keys: {known})")
-        kwargs[f.name] = _convert(hints[f.name], value, source, sub, f.metadata)
-    for name, f in fields.items():
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if required and name not in kwargs:
-            _fail(source, f"{key}.{name}" if key else name, "required key is missing")
-    return cls(**kwargs)
-
-
-def _convert(tp: Any, value: object, source: str, key: str, meta: Mapping[str, Any]) -> Any:
-    origin = get_origin(tp)
-    if origin is typing.Union or origin is types.UnionType:
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, source, key, meta)
-    if origin is Literal:
-        allowed = get_args(tp)
-        if isinstance(value, float) and str(value) in allowed:
-            value = str(value)  # YAML reads an unquoted version like 1.2 as a number
-        if value not in allowed:
-            _fail(source, key, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-        return value
-    if origin is tuple:
-        (item_tp, _ellipsis) = get_args(tp)
-        if not isinstance(value, list):
-            _fail(source, key, f"expected a list, got {_type_name(value)}")
-        return tuple(
-            _convert(item_tp, v, source, f"{key}[{i}]", {}) for i, v in enumerate(value)
-        )
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _build(tp, value, source, key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            _fail(source, key, f"expected true or false, got {_type_name(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(source, key, f"expected an integer, got {_type_name(value)}")
-        _check_range(float(value), source, key, meta)
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _fail(source, key, f"expected a number, got {_type_name(value)}")
-        if not math.isfinite(value):
-            _fail(source, key, f"must be finite, got {value}")
-        _check_range(float(value), source, key, meta)
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str) or not value:
-            _fail(source, key, f"expected a non-empty string, got {_type_name(value)}")
-        return value
-    raise TypeError(f"unsupported config type {tp!r} at {key}")  # a schema bug, not user input
-
-
-def _check_range(value: float, source: str, key: str, meta: Mapping[str, Any]) -> None:
-    lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None and value < lo:
-        _fail(source, key, f"must be >= {lo:g}, got {value:g}")
-    if hi is not None and value > hi:
-        _fail(source, key, f"must be <= {hi:g}, got {value:g}")
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "nothing (null)"
-    return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else (
-        "a mapping" if isinstance(value, dict) else "a list"
-    )
+            fail(source, f"tracker.priorities[{k}].gpus", "list one or more GPU indices >= 0")
