@@ -192,7 +192,7 @@ def activation_time(tr: Trace, *, event_s: float, capacity_w: float, limit_s: fl
     if at is None:
         return _rule(name, None, limit_s, "<=", "s",
                      f"never reached {100 * (1 - BAND):.0f} % of capacity within {horizon_s:g} s"
-                     f"; {due:.0f} % at {limit_s:g} s, peak {peak:.0f} %")
+                     f"; {due:.0f} % of capacity at {limit_s:g} s, peak {peak:.0f} %")
     return _rule(name, at - event_s, limit_s, "<=", "s",
                  f"{due:.0f} % of capacity at {limit_s:g} s")
 

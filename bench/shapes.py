@@ -167,8 +167,10 @@ def fcr_d_static(time_scale: float = 0.1, threshold_hz: float = 49.7) -> Shape:
 
 def fcr_n_steps(time_scale: float = 0.1, settle_s: float = 10.0) -> Shape:
     """FCR-N steps 50.0 -> 49.95 -> 50.0 -> 49.9 -> 50.1 -> 50.0, each level held 60 s
-    (scaled). ``settle_s`` at 50 Hz first: the node settles on its FCR-N baseline."""
-    level_s = _scaled(60, time_scale, 6.0)
+    (scaled, but at least 20 s: FCR-N is not a seconds-scale product, and the scorer reads the
+    steady state on each level's second half; the 49.9 -> 50.1 Hz step swings the node by twice
+    its capacity). ``settle_s`` at 50 Hz first: the node settles on its FCR-N baseline."""
+    level_s = _scaled(60, time_scale, 20.0)
     b = _Builder(50.0).hold(LEAD_S + settle_s).mark("lead_end")
     for k, hz in enumerate((49.95, 50.0, 49.9, 50.1, 50.0)):
         b.step(hz, f"step_{k}").hold(level_s)

@@ -58,7 +58,7 @@ def test_activation_time_never_reached_shows_what_was_delivered() -> None:
     r = sc.activation_time(trace(lambda t: deliver(t) if t < 6.0 else 0.0), event_s=1.0,
                            capacity_w=CAP, limit_s=0.7, horizon_s=10.0)
     assert not r.passed and r.value is None
-    assert "30 % at 0.7 s" in r.detail  # 1 - exp(-0.35) = 29.5 %
+    assert "30 % of capacity at 0.7 s" in r.detail  # 1 - exp(-0.35) = 29.5 %
 
 
 def test_a_single_lucky_sample_is_not_an_activation() -> None:

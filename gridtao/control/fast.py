@@ -39,6 +39,7 @@ from gridtao.control.allocation import (
     raise_toward_mw,
     want_mw,
 )
+from gridtao.control.stragglers import Stragglers
 from gridtao.gpu.backend import GpuBackend, GpuError
 from gridtao.telemetry.metrics import Metrics
 from safety.island import IslandView, SafetyIsland
@@ -91,6 +92,7 @@ class FastLoop:
         settle_s: float = 0.75,
         write_deadband_mw: int = 1000,
         timer: Callable[[], float] = time.perf_counter,
+        slow_read_s: float | None = None,
     ) -> None:
         if rearm_period_s <= 0 or peak_window_s <= 0 or settle_s < 0 or write_deadband_mw < 0:
             raise ValueError("periods must be > 0, settle_s and write_deadband_mw >= 0")
@@ -120,6 +122,11 @@ class FastLoop:
         self._peaks = PeakHold(n, peak_window_s)
         self._settle = SettleTracker(n, settle_s, min_raise_mw=self._headroom_mw)
         self._error_kind: list[str | None] = [None] * n
+        # A read slower than two periods would halve the loop's rate for every GPU.
+        self._stragglers = Stragglers(
+            lambda i: backend.instant_power_mw(self._indices[i]), n, clock=clock,
+            slow_s=slow_read_s if slow_read_s is not None else 2.0 * self._period_s,
+        )
         self._limits_mw = [self._read_limit(i, lim.default_mw) for i, lim in enumerate(limits)]
         # Until a GPU has been read, assume it draws its limit: an unreadable GPU then counts as
         # fully loaded in the island's cap basis, never as idle.
@@ -155,12 +162,21 @@ class FastLoop:
     # ------------------------------------------------------------------ one iteration
 
     def _read_draws(self) -> list[bool]:
-        """Refresh ``_draw_mw``; returns which GPUs failed (they keep their last reading)."""
+        """Refresh ``_draw_mw``; returns which GPUs failed (they keep their last reading; a
+        quarantined slow GPU counts as failed and takes its probe's reading)."""
         failed = [False] * len(self._indices)
         for i, index in enumerate(self._indices):
+            if self._stragglers.quarantined(i):
+                latest = self._stragglers.take_latest_mw(i)
+                if latest is not None:
+                    self._draw_mw[i] = latest
+                failed[i] = True
+                continue
+            t0 = self._clock.now()
             try:
                 self._draw_mw[i] = float(self._backend.instant_power_mw(index))
             except GpuError as e:
+                self._stragglers.observe(i, self._clock.now() - t0)
                 failed[i] = True
                 kind = type(e).__name__
                 if self._metrics is not None:
@@ -169,6 +185,7 @@ class FastLoop:
                     log.warning("GPU %d: power read failed (%s); keeping last reading", index, e)
                     self._error_kind[i] = kind
                 continue
+            self._stragglers.observe(i, self._clock.now() - t0)
             if self._error_kind[i] is not None:
                 log.info("GPU %d: power readable again", index)
                 self._error_kind[i] = None
@@ -311,6 +328,7 @@ class FastLoop:
             if next_t < now - self._period_s:
                 next_t = now
             self._clock.sleep(next_t - now)
+        self._stragglers.close()
 
     def start_thread(self, stop: threading.Event) -> threading.Thread:
         """Run :meth:`run_forever` on a daemon thread named ``gridtao-fast``."""
