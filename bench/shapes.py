@@ -208,7 +208,7 @@ def large_trip(threshold_hz: float, *, rate_hz_per_s: float = 0.25, nadir_hz: fl
 
 def ercot_step(*, threshold_hz: float = 59.85, support_s: float = 18.0) -> Shape:
     """ERCOT (60 Hz): a step to 0.05 Hz below 59.85 Hz, then back; the support runs on."""
-    return ffr_step(threshold_hz, nominal_hz=60.0, after_s=support_s + 8.0)
+    return ffr_step(threshold_hz, nominal_hz=60.0, after_s=support_s + 6.0)
 
 
 # ---- normal frequency ------------------------------------------------------------------------

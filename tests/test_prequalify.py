@@ -1,0 +1,68 @@
+"""`gridtao prequalify`: the dry run shows the sequence and the caps without actuating, real GPUs
+are refused without --allow-actuation, and a short simulated run writes the report folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gridtao.cli import main
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_dry_run_shows_sequence_durations_and_caps_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report"
+    assert main(["prequalify", "--product", "ffr", "--dry-run", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "nothing will be actuated" in text
+    for test in ("step-49.7Hz", "large-trip", "normal"):
+        assert test in text
+    assert "full activation limit: 1.3 s" in text
+    # 8 simulated H100s at the steady test load (616 W each) and a 1000 W cut at the meter.
+    assert "node IT 4928 W now -> target 3957 W" in text
+    assert text.count("GPU ") >= 8 and "allowed 200-700 W" in text
+    assert not out.exists()
+
+
+def test_real_gpus_are_refused_without_allow_actuation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report"
+    rc = main(["prequalify", "--product", "fcr-d", "--backend", "nvml", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--allow-actuation" in err and "nvml" in err
+    assert not out.exists()
+
+
+def test_dry_run_on_real_gpus_is_allowed_without_actuation(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Read-only: on a machine without NVML it says it cannot read the GPUs, and exits 0.
+    assert main(["prequalify", "--product", "dr", "--backend", "nvml", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "nothing will be actuated" in text and "--allow-actuation" in text
+
+
+def test_a_short_simulated_run_writes_the_report_folder(tmp_path: Path) -> None:
+    out = tmp_path / "ercot"
+    rc = main(["prequalify", "--product", "ercot-ffr", "--time-scale", "0.006", "--out", str(out),
+               "--site", "Test site"])
+    assert rc == 0
+    test = "step-59.85Hz"
+    assert {p.name for p in out.iterdir()} == {"summary.md", "results.json", f"{test}.csv",
+                                               f"{test}.png"}
+    summary = (out / "summary.md").read_text()
+    for needle in ("**Result: PASS**", "| Site | Test site |", "| Node |", "| Software | gridtao",
+                   "| Machine |", "| threshold | 59.85 Hz |", "| full activation limit | 0.25 s |",
+                   "| full_activation_time |", "<= 0.25 s", f"![{test}]({test}.png)"):
+        assert needle in summary, needle
+    body = json.loads((out / "results.json").read_text())
+    assert body["product"] == "ercot-ffr" and body["passed"] is True
+    assert all({"name", "value", "limit", "passed"} <= set(r) for r in body["rules"])
+    header = (out / f"{test}.csv").read_text().splitlines()[0]
+    assert header.startswith("t_s,hz,required_w,delivered_w,delivered_it_w,meter_w,it_w")
