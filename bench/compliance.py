@@ -88,17 +88,21 @@ class Recording:
 
 
 def product_config(config: Config, product: str, *, capacity_w: float | None,
-                   time_scale: float) -> ProductConfig:
+                   time_scale: float, threshold_hz: float | None = None) -> ProductConfig:
     """The enrolled product: the configuration's own entry of that kind if it has one, else
-    the kind's defaults with ``capacity_w`` (ERCOT's 15 min support scaled by ``time_scale``)."""
+    the kind's defaults; ``capacity_w`` and ``threshold_hz`` override. ERCOT's 15 min support,
+    unless configured, is scaled by ``time_scale`` like the other long holds."""
     kind = PRODUCTS[product]
     found = next((p for p in config.products if p.kind == kind), None)
-    if found is not None:
-        return found if capacity_w is None else dataclasses.replace(found, capacity_w=capacity_w)
-    cap = capacity_w if capacity_w is not None else DEFAULT_CAPACITY_W
-    if kind == "ercot-ffr":
-        return ProductConfig(kind=kind, capacity_w=cap, support_s=max(5.0, 900.0 * time_scale))
-    return ProductConfig(kind=kind, capacity_w=cap)
+    cfg = found if found is not None else ProductConfig(
+        kind=kind, capacity_w=capacity_w if capacity_w is not None else DEFAULT_CAPACITY_W)
+    if capacity_w is not None:
+        cfg = dataclasses.replace(cfg, capacity_w=capacity_w)
+    if threshold_hz is not None:
+        cfg = dataclasses.replace(cfg, threshold_hz=threshold_hz)
+    if kind == "ercot-ffr" and cfg.support_s is None:
+        cfg = dataclasses.replace(cfg, support_s=max(5.0, 900.0 * time_scale))
+    return cfg
 
 
 def spec_of(cfg: ProductConfig) -> ProductSpec:
@@ -303,9 +307,7 @@ def _play(plan: TestPlan, pub: Publisher, agent: Agent, rec: Recording, t0: floa
                     "reduction_w": d.reduction_w}
             pub.send(topic_d, json.dumps(body).encode(), qos=1)
             rec.dispatched.append((time.monotonic() - t0, d.event_id))
-        sent = pub.send(topic_f, json.dumps({"t": time.time(), "hz": round(hz, 4)}).encode(),
-                        qos=0)
-        del sent
+        pub.send(topic_f, json.dumps({"t": time.time(), "hz": round(hz, 4)}).encode(), qos=0)
         now = time.monotonic() - t0
         rec.sent.append((now, hz))
         rec.late_s.append(now - planned)
@@ -317,20 +319,21 @@ def _play(plan: TestPlan, pub: Publisher, agent: Agent, rec: Recording, t0: floa
 def run_product(
     config: Config, product: str, *, tests: Sequence[TestPlan] | None = None,
     capacity_w: float | None = None, time_scale: float | None = None,
-    backend_factory: Callable[[], GpuBackend | None] | None = None,
-    progress: Callable[[str], None] | None = None, steady_fraction: float | None = None,
+    threshold_hz: float | None = None, progress: Callable[[str], None] | None = None,
+    steady_fraction: float | None = None,
 ) -> tuple[ProductConfig, list[tuple[TestPlan, Recording]]]:
-    """Run ``tests`` (default: the product's primary test) over one broker."""
+    """Run ``tests`` (default: the product's primary test) over one broker, each against a
+    fresh agent on ``config.gpus`` (simulated, or real GPUs with ``gpus.backend: nvml``)."""
     scale = time_scale if time_scale is not None else DEFAULT_TIME_SCALE[product]
-    pcfg = product_config(config, product, capacity_w=capacity_w, time_scale=scale)
+    pcfg = product_config(config, product, capacity_w=capacity_w, time_scale=scale,
+                          threshold_hz=threshold_hz)
     plans = list(tests) if tests is not None else test_plans(product, spec_of(pcfg), scale)[:1]
     out = []
     with tempfile.TemporaryDirectory(prefix="gridtao-compliance-") as tmp, \
             MosquittoBroker(Path(tmp)) as broker:
         for plan in plans:
-            backend = backend_factory() if backend_factory is not None else None
-            out.append((plan, run_test(config, pcfg, plan, broker, backend=backend,
-                                       progress=progress, steady_fraction=steady_fraction)))
+            out.append((plan, run_test(config, pcfg, plan, broker, progress=progress,
+                                       steady_fraction=steady_fraction)))
     return pcfg, out
 
 
@@ -349,6 +352,7 @@ class Measured:
     target_w: list[float | None]
     reference_it_w: float
     reference_w: float  # at the settlement point
+    late_s: list[float]  # how late each frequency sample went out, s
 
 
 def measure(rec: Recording, plan: TestPlan, config: Config, product: ProductConfig) -> Measured:
@@ -388,7 +392,7 @@ def measure(rec: Recording, plan: TestPlan, config: Config, product: ProductConf
     else:
         ref = math.fsum(meter[j] for j in sel) / len(sel)
     return Measured(list(rec.t_s), hz, it, meter, list(rec.gpu_w), list(rec.target_w), ref_it,
-                    ref)
+                    ref, list(rec.late_s))
 
 
 def settlement_w(m: Measured, config: Config) -> list[float]:

@@ -42,6 +42,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capacity-w", type=float, default=None, metavar="W",
                    help=f"reserve capacity at the settlement point (default: the configured "
                         f"product's, else {DEFAULT_CAPACITY_W:g})")
+    p.add_argument("--threshold-hz", type=float, default=None, metavar="HZ",
+                   help="ffr, ercot-ffr, fcr-d-static: the activation threshold (ffr: 49.7, "
+                        "49.6 or 49.5 Hz, limits 1.3 / 1.0 / 0.7 s)")
     p.add_argument("--workload", choices=("steady", "config"), default="steady",
                    help="simulated GPUs: a steady test load at "
                         f"{STEADY_FRACTION:.0%} of each GPU's default limit (default: tests are "
@@ -66,6 +69,11 @@ def check_common(args: argparse.Namespace) -> float:
         raise ConfigError("--time-scale: must be in [0.001, 1]")
     if args.capacity_w is not None and not 1.0 <= args.capacity_w <= 10_000_000:
         raise ConfigError("--capacity-w: must be in [1, 10000000] W")
+    if args.threshold_hz is not None and (
+            args.product not in ("ffr", "ercot-ffr", "fcr-d-static")
+            or not 45.0 <= args.threshold_hz <= 65.0):
+        raise ConfigError("--threshold-hz: only for ffr, ercot-ffr and fcr-d-static, "
+                          "in [45, 65] Hz")
     return float(scale)
 
 
@@ -97,8 +105,8 @@ def run_and_score(
     from bench import compliance_report as rep
 
     _, runs = c.run_product(config, args.product, tests=plans, capacity_w=pcfg.capacity_w,
-                            time_scale=check_common(args), progress=progress,
-                            steady_fraction=steady(args, config))
+                            time_scale=check_common(args), threshold_hz=pcfg.threshold_hz,
+                            progress=progress, steady_fraction=steady(args, config))
     spec = c.spec_of(pcfg)
     return [rep.score_test(spec, plan, c.measure(rec, plan, config, pcfg), config)
             for plan, rec in runs]
@@ -115,7 +123,8 @@ def main(args: argparse.Namespace, config: Config, command: str) -> int:
     from gridtao import __version__
 
     scale = check_common(args)
-    pcfg = c.product_config(config, args.product, capacity_w=args.capacity_w, time_scale=scale)
+    pcfg = c.product_config(config, args.product, capacity_w=args.capacity_w, time_scale=scale,
+                            threshold_hz=args.threshold_hz)
     plans = c.test_plans(args.product, c.spec_of(pcfg), scale)
     if args.list:
         for p in plans:

@@ -12,7 +12,6 @@ instant power).
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,10 @@ class TestResult:
 
     def to_json(self) -> dict[str, object]:
         return {"name": self.name, "title": self.title, "passed": self.passed,
-                "rules": [r.to_json() for r in self.rules]}
+                "rules": [r.to_json() for r in self.rules],
+                "reference_w": round(self.measured.reference_w, 1),
+                "reference_it_w": round(self.measured.reference_it_w, 1),
+                **publish_stats(self.measured.late_s)}
 
 
 def score_test(spec: ProductSpec, plan: TestPlan, m: Measured, config: Config) -> TestResult:
@@ -175,6 +177,3 @@ def publish_stats(late_s: Sequence[float]) -> dict[str, float]:
     return {"publish_late_p50_ms": round(1000 * ordered[len(ordered) // 2], 2),
             "publish_late_max_ms": round(1000 * ordered[-1], 2)}
 
-
-def finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None

@@ -9,8 +9,9 @@ test's start, powers in W at the settlement point, capacity > 0.
   time, held for the support duration (measured from full activation to the first fall below
   the band), then ramped out no faster than 20 %/s of capacity (FFR, short support).
 * FCR-D upwards (dynamic): capacity x (49.9 - f) / 0.4 clipped to [0, 1]; the 0.24 Hz/s test's
-  dP(7.5 s) >= 0.86 dP_ss and energy >= 3.2 s x dP_ss; steady state -5/+20 % in every hold;
-  after 7.5 s the power may not fall back while frequency stays (the 49.5 Hz hold).
+  dP(7.5 s) >= 0.86 dP_ss and energy >= 3.2 s x dP_ss; steady state -5/+20 % in every hold
+  below 49.9 Hz; after 7.5 s the power may not fall back while frequency stays (the 49.5 Hz
+  hold); back at 49.9 Hz or above, the cut is given back (mean excess <= +20 %).
 * FCR-D static: full capacity within 2.5 s of the crossing, held until 60 s after the frequency
   is back above 49.9 Hz, then ramped down no faster than 2.5 %/s of capacity.
 * FCR-N: capacity x (50 - f) / 0.1 clipped to [-1, 1]; steady state -5/+20 % at every level.
@@ -97,12 +98,12 @@ def required_fcr_n(hz: float, capacity_w: float) -> float:
 
 
 def required_step(t_s: Sequence[float], spec: ProductSpec, event_s: float | None) -> list[float]:
-    """FFR-like: the least the TSO accepts: capacity from the crossing through the full
-    activation time and the support, then the steepest allowed ramp-out (FFR short: 20 %/s;
-    otherwise a drop)."""
+    """FFR-like, for the plot and the steady-state checks: capacity from the crossing for the
+    support duration, then the steepest allowed ramp-out (FFR short: 20 %/s; otherwise a
+    drop). The rules themselves time the support from the measured full activation."""
     if event_s is None:
         return [0.0] * len(t_s)
-    end = event_s + spec.full_activation_s + spec.support_s
+    end = event_s + spec.support_s
     rate = sc.FFR_RAMP_OUT_PCT_PER_S / 100.0 if spec.kind == "ffr" and spec.short_support else (
         math.inf)
     out = []

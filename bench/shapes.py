@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 DT_S = 0.1  # 10 Hz: the FCR-D logging floor (DOMAIN.md, measurement rules)
@@ -239,5 +239,3 @@ def constant(duration_s: float, nominal_hz: float = 50.0) -> Shape:
     return _Builder(nominal_hz).hold(LEAD_S).mark("lead_end").hold(duration_s - LEAD_S).shape(
         "nominal", f"{nominal_hz:g} Hz", lagged=False, nominal_frequency_hz=nominal_hz)
 
-
-ShapeFactory = Callable[[float], Shape]

@@ -65,7 +65,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         config = dataclasses.replace(config, gpus=dataclasses.replace(config.gpus,
                                                                       backend=args.backend))
     scale = check_common(args)
-    pcfg = c.product_config(config, args.product, capacity_w=args.capacity_w, time_scale=scale)
+    pcfg = c.product_config(config, args.product, capacity_w=args.capacity_w, time_scale=scale,
+                            threshold_hz=args.threshold_hz)
     spec = c.spec_of(pcfg)
     plans = c.test_plans(args.product, spec, scale)
     if args.dry_run:
@@ -204,7 +205,7 @@ def summary_markdown(config: Config, args: argparse.Namespace, pcfg: ProductConf
                      results: Sequence[TestResult], stamp: datetime.datetime,
                      command: str) -> str:
     from bench import compliance as c
-    from bench.compliance_cli import steady
+    from bench.compliance_cli import check_common, steady
     from bench.latency import machine_description
     from gridtao.agent import default_node_id
 
@@ -252,8 +253,8 @@ def summary_markdown(config: Config, args: argparse.Namespace, pcfg: ProductConf
         "reference is the mean power over the 5 s before each test (FCR-N: the declared "
         "baseline). Activation times use the raw samples (a crossing must hold 0.2 s); steady "
         "state, hold and over-delivery use 1 s means; ramp rates are least-squares slopes "
-        "between the 90 % and 10 % points. Time-scaled holds: x"
-        f"{args.time_scale if args.time_scale is not None else 'default'}.",
+        f"between the 90 % and 10 % points. Long holds time-scaled by {check_common(args):g} "
+        "(ramp rates never are).",
         "",
     ]
     return "\n".join(lines)

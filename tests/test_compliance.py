@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def test_ffr_passes_on_the_default_simulator_and_writes_csv_json_png(tmp_path: P
                                  "meter_w", "it_w", "it_target_w"]
     assert [k for k in rows[0] if k.startswith("gpu")] == [f"gpu{i}_w" for i in range(8)]
     times = [float(r["t_s"]) for r in rows]
-    assert max(b - a for a, b in zip(times, times[1:])) < 0.1 + 0.05  # logged at >= 10 Hz
+    assert max(b - a for a, b in itertools.pairwise(times)) < 0.1 + 0.05  # logged at >= 10 Hz
     assert (tmp_path / "ffr.png").read_bytes()[:4] == b"\x89PNG"
     loaded = json.loads((tmp_path / "ffr.json").read_text())
     assert loaded["product"] == "ffr" and loaded["passed"] is True

@@ -34,7 +34,7 @@ def first_order(t0: float, tau_s: float, level: float = CAP) -> Callable[[float]
     return lambda t: level * (1.0 - math.exp(-(t - t0) / tau_s)) if t >= t0 else 0.0
 
 
-# ---- activation time ---------------------------------------------------------------------------
+# ---- activation time -----------------------------------------------------------------------------
 
 
 def test_activation_time_is_interpolated_and_passes_inside_the_limit() -> None:
@@ -139,7 +139,7 @@ def test_ramp_rate_is_a_fit_not_two_noisy_points() -> None:
     assert r.passed and r.value == pytest.approx(10.0, abs=0.2)
 
 
-# ---- FCR-D dynamic: 7.5 s power and energy --------------------------------------------------------
+# ---- FCR-D dynamic: 7.5 s power and energy -------------------------------------------------------
 
 
 def test_fcr_d_dynamic_power_and_energy_pass_for_a_fast_response() -> None:
@@ -166,7 +166,7 @@ def test_fcr_d_dynamic_energy_fails_for_a_late_step() -> None:
     assert not any(r.passed for r in missing) and all(r.value is None for r in missing)
 
 
-# ---- requirements ----------------------------------------------------------------------------------
+# ---- requirements --------------------------------------------------------------------------------
 
 
 def test_requirements_follow_the_product_definitions() -> None:
@@ -176,8 +176,8 @@ def test_requirements_follow_the_product_definitions() -> None:
         -CAP, pytest.approx(-CAP), pytest.approx(-500.0), 0.0, pytest.approx(500.0), CAP]
     spec = pr.ProductSpec("ffr", CAP, 49.5, 5.0)
     assert spec.full_activation_s == 0.7
-    req = pr.required_step([0.0, 1.0, 6.6, 6.69, 7.7, 12.0], spec, 1.0)
-    # Capacity from the crossing through 0.7 s + 5 s, then at most 20 %/s down.
+    req = pr.required_step([0.0, 1.0, 5.9, 6.0, 7.0, 12.0], spec, 1.0)
+    # Capacity from the crossing for the 5 s support, then at most 20 %/s down.
     assert req == [0.0, CAP, CAP, pytest.approx(CAP), pytest.approx(800.0), 0.0]
     assert pr.ProductSpec("ffr", CAP, 49.7).full_activation_s == 1.3
     assert pr.ProductSpec("ercot-ffr", CAP, 59.85).full_activation_s == 0.25
@@ -199,7 +199,7 @@ def test_static_requirement_holds_60_s_after_recovery_then_ramps_at_2_5_percent(
     assert req[130] == 0.0
 
 
-# ---- product recipes ---------------------------------------------------------------------------------
+# ---- product recipes -----------------------------------------------------------------------------
 
 
 def ffr_like(act_s: float, support_s: float, ramp_pct: float, level: float = 1.0
@@ -340,7 +340,7 @@ def test_dr_scoring_pass_and_fail() -> None:
     assert not late["recovery_not_early@a"].passed
 
 
-# ---- shapes ----------------------------------------------------------------------------------------
+# ---- shapes --------------------------------------------------------------------------------------
 
 
 def test_fcr_d_ramps_have_the_tso_rates_and_a_scaled_hold() -> None:
