@@ -140,6 +140,10 @@ class ControlConfig:
     headroom_w: float = field(default=15.0, metadata=rng(0, 200))
     integral_gain: float = field(default=0.3, metadata=rng(0, 10))
     max_raise_w_per_s: float = field(default=2000.0, metadata=rng(1, 100_000))
+    # Caps are cut from each GPU's draw smoothed over this time constant (0: the instant
+    # reading): training swings by hundreds of watts within a second, and a cut computed from
+    # one 10 ms reading taken in a dip (or a peak) misses its target by as much.
+    basis_tau_s: float = field(default=0.5, metadata=rng(0, 60))
 
 
 @dataclass(frozen=True)

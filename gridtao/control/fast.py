@@ -24,6 +24,7 @@ own duration (a CPU-cost measurement), which uses ``timer`` (real time by defaul
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -131,6 +132,7 @@ class FastLoop:
         # Until a GPU has been read, assume it draws its limit: an unreadable GPU then counts as
         # fully loaded in the island's cap basis, never as idle.
         self._draw_mw = [float(lim) for lim in self._limits_mw]
+        self._basis_mw: list[float] | None = None
         self._generation: int | None = None
         self._event_id: str | None = None
         self._safe_mode: str | None = None
@@ -191,6 +193,19 @@ class FastLoop:
                 self._error_kind[i] = None
         return failed
 
+    def _smoothed_basis(self, dt: float) -> list[float]:
+        """Per-GPU draw through a first-order filter (``control.basis_tau_s``), mW: the basis
+        the island cuts from. Seeded with the first reading."""
+        tau = self._config.basis_tau_s
+        if self._basis_mw is None or tau <= 0:
+            self._basis_mw = list(self._draw_mw)
+            return self._basis_mw
+        alpha = 1.0 - math.exp(-dt / tau)
+        basis = self._basis_mw
+        for i, draw in enumerate(self._draw_mw):
+            basis[i] += alpha * (draw - basis[i])
+        return basis
+
     def _sync_to_island(self, view: IslandView) -> None:
         """A trigger, an event end or a safe state wrote limits behind our back: adopt them."""
         if view.safe_mode == "minimum":
@@ -240,7 +255,7 @@ class FastLoop:
         self._last_t = now
         failed = self._read_draws()
         island = self._island
-        island.update_draw(self._draw_mw)
+        island.update_draw(self._smoothed_basis(dt))
         self._peaks.update(now, self._draw_mw)
         island.tick()
         if self._last_rearm_t is None or now - self._last_rearm_t >= self._rearm_period_s:
