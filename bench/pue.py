@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.render import write_outputs
 from gridtao.config import FacilityConfig
 from gridtao.control.pue import (
     AnnualPueTracker,
@@ -261,7 +262,6 @@ def configure(p: Any) -> None:
 
 def main(args: Any, facility: FacilityConfig, command: str) -> int:
     """Run ``gridtao bench pue`` with parsed ``args``; prints the Markdown section."""
-    import json
 
     if not (args.it_w > 0 and 0 < args.reduction_w < args.it_w and args.ramp_s >= 0):
         raise ValueError("need --it-w > 0, 0 < --reduction-w < --it-w and --ramp-s >= 0")
@@ -272,12 +272,5 @@ def main(args: Any, facility: FacilityConfig, command: str) -> int:
                           ramp_s=args.ramp_s, duration_s=SCENARIOS[n]) for n in names]
     result = run_pue_bench(facility, scenarios=scenarios, annual_pue=args.annual_pue,
                            plant_tau_s=args.plant_tau_s, plant_cop=args.plant_cop)
-    text = markdown(result, command)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    if args.plot:
-        plot(result, Path(args.plot))
-    if args.markdown:
-        Path(args.markdown).write_text(text)
+    write_outputs(args, result, markdown(result, command), plot)
     return 0

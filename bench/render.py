@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +78,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def write_outputs(
+    args: argparse.Namespace, result: dict[str, Any], text: str,
+    plot_fn: Callable[[dict[str, Any], Path], None],
+) -> None:
+    """Print ``text`` and write the files a bench command's ``--json/--plot/--markdown`` ask for."""
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.plot:
+        plot_fn(result, Path(args.plot))
+    if args.markdown:
+        Path(args.markdown).write_text(text)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -79,7 +78,7 @@ def configure_bench(p: argparse.ArgumentParser) -> None:
 
 def run_bench_command(args: argparse.Namespace, config: Config) -> int:
     from bench.latency import run_latency_bench
-    from bench.render import markdown, plot
+    from bench.render import markdown, plot, write_outputs
 
     if args.bench == "compliance":
         from bench import compliance_cli
@@ -101,12 +100,5 @@ def run_bench_command(args: argparse.Namespace, config: Config) -> int:
                                progress=lambda line: print(line, file=sys.stderr),
                                auth=args.auth)
     command = "gridtao " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    text = markdown(result, command)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    if args.plot:
-        plot(result, Path(args.plot))
-    if args.markdown:
-        Path(args.markdown).write_text(text)
+    write_outputs(args, result, markdown(result, command), plot)
     return 0
