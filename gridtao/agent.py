@@ -128,6 +128,7 @@ class Agent:
             clock=self.clock,
             release_rate_per_s=safety.release_rate_per_s,
             max_event_s=safety.max_event_s,
+            resting_mw=self.initial_limits_mw,
         )
         self.watchdog = Watchdog(
             safety.watchdog_timeout_s, clock=self.clock, on_expire=self._watchdog_expired

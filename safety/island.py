@@ -11,8 +11,10 @@ Invariants this module keeps (and its tests check):
 * All cuts during overlapping events are computed from one frozen draw (the node's draw before
   the first of them), so a deeper cut is per GPU never above a shallower one and writing the
   binding event's caps never raises a GPU above another active event's cap.
-* When the last event ends the island writes the resting limits itself (the defaults, or the
-  held/minimum limits of a safe state), so restoring never depends on tier 1.
+* When the last event ends the island writes the resting limits itself (``resting_mw``: the
+  operator's limits found at start, or the defaults; or the held/minimum limits of a safe
+  state), so restoring never depends on tier 1, and no event leaves a GPU above where the
+  operator had it.
 * A GPU that fails its write is recorded and logged; the other GPUs are capped regardless.
 * Tier 2's commitment (:meth:`SafetyIsland.set_commitment`) is a soft target only: the island
   never writes it and never latches it, it can only lower the target tier 1 tracks (never lift
@@ -73,6 +75,7 @@ class SafetyIsland:
         release_rate_per_s: float,
         max_event_s: float,
         write_timeout_s: float = 2.0,
+        resting_mw: Sequence[int] | None = None,
     ) -> None:
         if not (release_rate_per_s > 0 and max_event_s > 0 and write_timeout_s > 0):
             raise ValueError("release rate, max event time and write timeout must be > 0")
@@ -98,7 +101,13 @@ class SafetyIsland:
         self._armed: dict[str, ArmedLevel] = {}
         self._events: dict[str, LatchedEvent] = {}
         self._mode: SafeMode | None = None
-        self._resting_mw: tuple[int, ...] = self.envelope.default_mw
+        # Where limits return when nothing holds them: the operator's limits found at start
+        # (clamped into the envelope), else the defaults.
+        self._normal_mw: tuple[int, ...] = (
+            tuple(self.envelope.clamp_all(resting_mw)) if resting_mw is not None
+            else self.envelope.default_mw
+        )
+        self._resting_mw: tuple[int, ...] = self._normal_mw
         self._limits_mw = list(self.envelope.default_mw)
         self._faulted: dict[int, str] = {}
 
@@ -185,6 +194,11 @@ class SafetyIsland:
         with self._lock:
             self._cut_envelope, self._floors_mw = cut, floors
             self._rearm_locked()
+
+    @property
+    def resting_mw(self) -> tuple[int, ...]:
+        """Per-GPU limits outside events and safe states, mW (tier 1 raises no higher)."""
+        return self._normal_mw
 
     def disarm(self, key: str) -> bool:
         with self._lock:
@@ -342,13 +356,14 @@ class SafetyIsland:
         """Let tier 1 write again (writes nothing itself); False if no safe state was set."""
         with self._lock:
             was, self._mode = self._mode, None
-            self._resting_mw = self.envelope.default_mw
+            self._resting_mw = self._normal_mw
         if was is not None:
             log.info("safe state %s cleared", was)
         return was is not None
 
     def restore_defaults(self) -> None:
-        """Clear every latch and write each GPU's default limit (used at shutdown)."""
+        """Clear every latch and write each GPU's resting limit (``resting_mw``: the limits
+        found at start when the agent passed them, else the defaults)."""
         self._restore("restoring defaults")
 
     # ------------------------------------------------------------------ internals
@@ -439,10 +454,10 @@ class SafetyIsland:
                 self._commitment = None
                 self._frozen_draw = None
                 self._mode = None
-                self._resting_mw = self.envelope.default_mw
+                self._resting_mw = self._normal_mw
                 self._rearm_locked()
                 batch = self._writer.submit(self._resting_mw)
-            log.warning("%s: every GPU to its default limit, latches cleared", reason)
+            log.warning("%s: every GPU to its resting limit, latches cleared", reason)
             self._record(batch.wait(self._write_timeout_s))
 
     def _basis_locked(self) -> tuple[float, ...]:

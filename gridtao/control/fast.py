@@ -113,10 +113,12 @@ class FastLoop:
         n = len(self._indices)
         limits = [backend.power_limits(i) for i in self._indices]
         self._min_mw = [lim.min_mw for lim in limits]
-        self._default_mw = [lim.default_mw for lim in limits]
+        # Upper bound of every plan: the island's resting limits (the operator's limits found at
+        # start, within the defaults), so tier 1 never raises a GPU above where it was.
+        self._upper_mw = list(island.resting_mw)
         self._budget = NodeBudget(
             self._min_mw,
-            self._default_mw,
+            self._upper_mw,
             integral_gain_per_s=config.integral_gain,
             max_raise_mw_per_s=self._max_raise_mw_per_s,
         )
@@ -139,7 +141,7 @@ class FastLoop:
         self._last_t: float | None = None
         self._last_rearm_t: float | None = None
         if metrics is not None:
-            metrics.set_default_limits([d / 1000.0 for d in self._default_mw])
+            metrics.set_default_limits([lim.default_mw / 1000.0 for lim in limits])
 
     @property
     def period_s(self) -> float:
@@ -213,14 +215,14 @@ class FastLoop:
         elif view.caps_mw is not None:
             self._limits_mw = list(view.caps_mw)
         elif view.safe_mode is None:
-            self._limits_mw = list(self._default_mw)
+            self._limits_mw = list(self._upper_mw)
         self._budget.deactivate()
 
     def _plan(self, view: IslandView, now: float, dt: float, failed: list[bool]) -> list[int]:
         if view.target_mw is None:
             self._budget.deactivate()
             return raise_toward_mw(
-                self._limits_mw, self._default_mw, self._max_raise_mw_per_s * dt
+                self._limits_mw, self._upper_mw, self._max_raise_mw_per_s * dt
             )
         if view.event_id != self._event_id:
             self._budget.deactivate()
@@ -237,7 +239,7 @@ class FastLoop:
             self._draw_mw,
             self._limits_mw,
             self._min_mw,
-            self._default_mw,
+            self._upper_mw,
             self._headroom_mw,
             peak_mw=self._peaks.peaks(),
             hold=hold,
@@ -245,7 +247,7 @@ class FastLoop:
         # Priority floors (tier 2) shape the split; the island still scales the plan under a
         # hard event ceiling with the true minimums.
         lower = self._min_mw if view.floors_mw is None else view.floors_mw
-        return allocate_mw(budget, want, lower, self._default_mw)
+        return allocate_mw(budget, want, lower, self._upper_mw)
 
     def step(self) -> StepResult:
         """One iteration (see the module docstring). GPU read errors never propagate."""
@@ -269,7 +271,7 @@ class FastLoop:
             self._generation = view.generation
         if self._safe_mode is not None and view.safe_mode is None:
             # Leaving a safe state writes nothing and keeps the generation: read what is set.
-            self._limits_mw = [self._read_limit(i, d) for i, d in enumerate(self._default_mw)]
+            self._limits_mw = [self._read_limit(i, d) for i, d in enumerate(self._upper_mw)]
             changed = True
         self._safe_mode = view.safe_mode
         new = self._plan(view, now, dt, failed)
