@@ -24,6 +24,7 @@ import socket
 import sys
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -38,7 +39,7 @@ from gridtao.grid import messages as wire
 from gridtao.grid.auth import Verifier
 from gridtao.grid.frequency import level_key
 from gridtao.grid.guard import Guard
-from gridtao.grid.intake import Intake
+from gridtao.grid.intake import Intake, Outgoing
 from gridtao.grid.lane import IslandLane
 from gridtao.grid.limits import CutBasis
 from gridtao.grid.mqtt import MqttLink, Will
@@ -178,27 +179,25 @@ class Agent:
             on_decision=self.ledger.decision if self.ledger.active else None,
         )
         m = config.mqtt
-        link_opts = dict(
-            host=m.host, port=m.port, keepalive_s=m.keepalive_s,
-            reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s,
-            tls=tls_context, username=m.username, password=password,
-            error_log_interval_s=m.error_log_interval_s,
-        )
         pid = os.getpid()
+
+        def link(role: str, **extra: Any) -> MqttLink:
+            # Both connections share every transport setting; only identity and role differ.
+            return MqttLink(
+                host=m.host, port=m.port, client_id=f"gridtao-{self.node_id}-{role}-{pid}",
+                keepalive_s=m.keepalive_s, reconnect_min_s=m.reconnect_min_s,
+                reconnect_max_s=m.reconnect_max_s, tls=tls_context, username=m.username,
+                password=password, error_log_interval_s=m.error_log_interval_s,
+                clock=self.clock, **extra,
+            )
+
         self.lane = IslandLane(
-            MqttLink(
-                client_id=f"gridtao-{self.node_id}-island-{pid}",
-                subscriptions=[(self.topics.frequency, 0), (self.topics.dispatch, 1)],
-                clock=self.clock,
-                **link_opts,  # type: ignore[arg-type]
-            ),
+            link("island", subscriptions=[(self.topics.frequency, 0), (self.topics.dispatch, 1)]),
             self.intake,
         )
-        self.status_link = MqttLink(
-            client_id=f"gridtao-{self.node_id}-ctl-{pid}",
+        self.status_link = link(
+            "ctl",
             will=Will(self.topics.status, wire.offline_payload(self.node_id), qos=1, retain=True),
-            clock=self.clock,
-            **link_opts,  # type: ignore[arg-type]
         )
         self._fast_stop = threading.Event()
         self._fast_thread: threading.Thread | None = None
@@ -355,11 +354,11 @@ class Agent:
 
     def _reached(self, reached: Reached) -> None:
         # Meter thread -> lane loop: the intake's state is only touched on the lane's loop.
-        def ack() -> list[object]:
+        def ack() -> list[Outgoing]:
             out = self.intake.reached_ack(reached.event_id, reached.reached_wall)
             return [out] if out is not None else []
 
-        self.lane.call(ack)  # type: ignore[arg-type]
+        self.lane.call(ack)
         ev = self.intake.activation_time(reached.event_id)
         if ev is not None:
             self.metrics.observe_trigger_to_target(reached.reached_at - ev)

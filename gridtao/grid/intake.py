@@ -25,7 +25,7 @@ from gridtao.grid import messages as wire
 from gridtao.grid.frequency import Activate, FrequencyMonitor, Release
 from gridtao.grid.guard import Guard
 from gridtao.grid.portfolio import ProductMonitor
-from gridtao.telemetry.metrics import Metrics
+from gridtao.telemetry.metrics import MessageResult, Metrics
 from safety.island import Activation, SafetyIsland
 
 log = logging.getLogger("gridtao.intake")
@@ -369,11 +369,11 @@ class Intake:
         ev = self._events.get(event_id)
         return ev.received_at if ev is not None else None
 
-    def _count(self, topic: str, result: str, *, event_id: str | None = None,
+    def _count(self, topic: str, result: MessageResult, *, event_id: str | None = None,
                reason: str | None = None) -> None:
         self._v_result, self._v_id, self._v_reason = result, event_id, reason
         if self._metrics is not None:
-            self._metrics.count_message(topic, result)  # type: ignore[arg-type]
+            self._metrics.count_message(topic, result)
 
 
 def _write_note(act: Activation) -> str | None:
