@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -101,8 +102,8 @@ class _Listener:
     """A paho subscriber that keeps the latest dispatch (and optionally calls back)."""
 
     def __init__(self, host: str, port: int, topic: str,
-                 on_message: Callable[[dict[str, object]], None] | None = None) -> None:
-        self.latest: dict[str, object] | None = None
+                 on_message: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.latest: dict[str, Any] | None = None
         self._on = on_message
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"baseline-{id(self)}")
         self._client.on_message = self._message
@@ -130,8 +131,8 @@ def run_sequential_subprocess(
     done = threading.Event()
     pending: dict[str, float] = {}
 
-    def on_message(msg: dict[str, object]) -> None:
-        fraction = float(msg["fraction"])  # type: ignore[arg-type]
+    def on_message(msg: dict[str, Any]) -> None:
+        fraction = float(msg["fraction"])
         baseline, caps = node.caps_for(fraction)
         for i, cap in zip(node.indices, caps, strict=True):
             set_limit_subprocess(node, i, cap)
@@ -171,7 +172,7 @@ def run_polling_1s(
             if msg is None or str(msg["id"]) in seen:
                 continue
             seen.add(str(msg["id"]))
-            baseline, caps = node.caps_for(float(msg["fraction"]))  # type: ignore[arg-type]
+            baseline, caps = node.caps_for(float(msg["fraction"]))
             for i, cap in zip(node.indices, caps, strict=True):
                 node.backend.set_limit_mw(i, cap)
             commanded = time.time()
