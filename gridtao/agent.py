@@ -429,15 +429,25 @@ class Agent:
         self._reconnects_seen = total
 
     def status_gpus(self) -> list[dict[str, float]]:
-        """Per-GPU status from tier 1's last reading (no NVML call on this thread)."""
+        """Per-GPU status from tier 1's last reading (no NVML call on this thread), except in a
+        dry run: there tier 1's plans never take effect, so the limits are read from the GPUs."""
         draw = self.fast.draw_mw
         limits = self.fast.limits_mw
+        if self.config.gpus.dry_run:
+            limits = tuple(self._enforced_or(i, planned) for i, planned in
+                           zip(self._indices, limits, strict=True))
         return [
             {"index": i, "power_w": draw[k] / 1000.0, "limit_w": limits[k] / 1000.0,
              "default_w": lim.default_mw / 1000.0, "min_w": lim.min_mw / 1000.0,
              "max_w": lim.max_mw / 1000.0}
             for k, (i, lim) in enumerate(zip(self._indices, self._limits, strict=True))
         ]
+
+    def _enforced_or(self, index: int, fallback_mw: int) -> int:
+        try:
+            return self.backend.enforced_limit_mw(index)
+        except GpuError:
+            return fallback_mw
 
     def _publish_status(self, *, online: bool) -> None:
         if online:

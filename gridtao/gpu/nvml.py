@@ -20,6 +20,7 @@ import importlib.metadata
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -39,6 +40,8 @@ from gridtao.gpu.backend import (
 )
 
 log = logging.getLogger("gridtao.gpu")
+
+DRY_RUN_LOG_PERIOD_S = 1.0
 
 FIX_DISTRIBUTION = "pip uninstall pynvml && pip install nvidia-ml-py"
 
@@ -103,7 +106,8 @@ def _field_value(field: Any) -> float:
 
 
 class _Device:
-    __slots__ = ("handle", "info", "instant_supported", "last_commanded_mw", "limits", "lock")
+    __slots__ = ("dry_logged_at", "handle", "info", "instant_supported", "last_commanded_mw",
+                 "limits", "lock")
 
     def __init__(self, handle: Any, info: GpuInfo, limits: PowerLimits) -> None:
         self.handle = handle
@@ -112,6 +116,7 @@ class _Device:
         self.lock = threading.Lock()
         self.instant_supported = True
         self.last_commanded_mw: int | None = None
+        self.dry_logged_at = float("-inf")  # monotonic s of the last INFO dry-run line
 
 
 class NvmlBackend:
@@ -250,7 +255,14 @@ class NvmlBackend:
         nvml = self._nvml
         with dev.lock:
             if self.dry_run:
-                log.info("dry-run: would set GPU %d limit %.1f W", index, limit_mw / 1000)
+                # The control loop runs open in a dry run (nothing it plans takes effect), so it
+                # may re-plan every step: one INFO line per GPU per second, the rest at DEBUG.
+                now = time.monotonic()
+                if now - dev.dry_logged_at >= DRY_RUN_LOG_PERIOD_S:
+                    dev.dry_logged_at = now
+                    log.info("dry-run: would set GPU %d limit %.1f W", index, limit_mw / 1000)
+                else:
+                    log.debug("dry-run: would set GPU %d limit %.1f W", index, limit_mw / 1000)
                 return self.enforced_limit_mw(index)
             if dev.last_commanded_mw == limit_mw:
                 enforced = self.enforced_limit_mw(index)
