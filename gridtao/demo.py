@@ -25,7 +25,7 @@ from gridtao.config import Config
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim import SimNvml
 from gridtao.grid.messages import Topics
-from gridtao.localbroker import MosquittoBroker, Subscriber, publish
+from gridtao.localbroker import MosquittoBroker, Publisher, Subscriber, publish
 
 log = logging.getLogger("gridtao.demo")
 
@@ -114,16 +114,19 @@ def _drive(agent: Agent, broker: MosquittoBroker, out_dir: Path, scale: float) -
         baseline = recorder.samples[-1].node_w if recorder.samples else float("nan")
         print(f"[{time.monotonic() - t0:6.2f} s] steady draw {baseline:.0f} W; "
               "frequency dip to 49.45 Hz begins")
-        # Frequency from a meter at 10 Hz, following the profile.
+        # Frequency from a meter at 10 Hz, following the profile, over one connection.
         t_f = 0.0
-        while t_f < 12.0 * scale:
-            hz = _frequency_profile(t_f / scale)
-            recorder.hz = hz
-            publish(broker.host, broker.port, topics.frequency,
-                    json.dumps({"t": time.time(), "hz": round(hz, 3)}).encode(), qos=0)
-            t_f += 0.1
-            _sleep_until(t0, 1.0 + t_f)
+        with Publisher(broker.host, broker.port) as meter:
+            while t_f < 12.0 * scale:
+                hz = _frequency_profile(t_f / scale)
+                recorder.hz = hz
+                meter.send(topics.frequency,
+                           json.dumps({"t": time.time(), "hz": round(hz, 3)}).encode(), qos=0)
+                t_f += 0.1
+                _sleep_until(t0, 1.0 + t_f)
         _wait_idle(agent, timeout_s=15.0)
+        # Let the draw climb back (cap-up is slow) so the shed is cut from the natural draw.
+        time.sleep(2.0)
         print(f"[{time.monotonic() - t0:6.2f} s] frequency event over; "
               "dispatching shed 25 % for 4 s")
         shed = {"id": "demo-shed-1", "kind": "shed", "fraction": 0.25, "duration_s": 4.0 * scale,

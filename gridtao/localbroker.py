@@ -229,17 +229,13 @@ def _connect(host: str, port: int, prefix: str) -> paho.Client:
 def publish(
     host: str, port: int, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
 ) -> None:
-    """Publish one message and wait until the broker has it (PUBACK for QoS 1)."""
-    client = _connect(host, port, "test-pub")
-    client.loop_start()
-    try:
-        info = client.publish(topic, payload, qos=qos, retain=retain)
-        info.wait_for_publish(timeout=5)
-        if not info.is_published():
-            raise TimeoutError(f"publish to {topic} not acknowledged")
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    """Publish one message and wait until the broker has it (PUBACK for QoS 1).
+
+    Uses a :class:`Publisher` (no network thread): paho's ``loop_stop`` right after
+    ``disconnect`` can race its own thread's exit.
+    """
+    with Publisher(host, port) as pub:
+        pub.send(topic, payload, qos=qos, retain=retain)
 
 
 class Publisher:
