@@ -55,7 +55,8 @@ class Recorder:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2.0)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=2.0)
 
     def _run(self) -> None:
         backend = self._agent.backend
@@ -103,42 +104,45 @@ def _drive(agent: Agent, broker: MosquittoBroker, out_dir: Path, scale: float) -
     loop_thread = _ControllerThread(agent, stop)
     recorder = Recorder(agent)
     acks: list[dict[str, object]] = []
-    with Subscriber(broker.host, broker.port, topics.ack) as ack_sub:
-        agent.start()
-        loop_thread.start()
-        recorder.start()
-        t0 = time.monotonic()
-        print(f"gridtao demo: broker 127.0.0.1:{broker.port}, node {agent.node_id}, "
-              f"{len(agent.backend.devices())} simulated GPUs")
-        _sleep_until(t0, 1.0)
-        baseline = recorder.samples[-1].node_w if recorder.samples else float("nan")
-        print(f"[{time.monotonic() - t0:6.2f} s] steady draw {baseline:.0f} W; "
-              "frequency dip to 49.45 Hz begins")
-        # Frequency from a meter at 10 Hz, following the profile, over one connection.
-        t_f = 0.0
-        with Publisher(broker.host, broker.port) as meter:
-            while t_f < 12.0 * scale:
-                hz = _frequency_profile(t_f / scale)
-                recorder.hz = hz
-                meter.send(topics.frequency,
-                           json.dumps({"t": time.time(), "hz": round(hz, 3)}).encode(), qos=0)
-                t_f += 0.1
-                _sleep_until(t0, 1.0 + t_f)
-        _wait_idle(agent, timeout_s=15.0)
-        # Let the draw climb back (cap-up is slow) so the shed is cut from the natural draw.
-        time.sleep(2.0)
-        print(f"[{time.monotonic() - t0:6.2f} s] frequency event over; "
-              "dispatching shed 25 % for 4 s")
-        shed = {"id": "demo-shed-1", "kind": "shed", "fraction": 0.25, "duration_s": 4.0 * scale,
-                "issued_at": time.time()}
-        publish(broker.host, broker.port, topics.dispatch, json.dumps(shed).encode(), qos=1)
-        time.sleep(0.5)
-        _wait_idle(agent, timeout_s=20.0)
-        time.sleep(0.5)
-        acks = [json.loads(m.payload) for m in list(ack_sub.messages)]
-    recorder.stop()
-    loop_thread.join()
-    agent.close()
+    try:
+        with Subscriber(broker.host, broker.port, topics.ack) as ack_sub:
+            agent.start()
+            loop_thread.start()
+            recorder.start()
+            t0 = time.monotonic()
+            print(f"gridtao demo: broker 127.0.0.1:{broker.port}, node {agent.node_id}, "
+                  f"{len(agent.backend.devices())} simulated GPUs")
+            _sleep_until(t0, 1.0)
+            baseline = recorder.samples[-1].node_w if recorder.samples else float("nan")
+            print(f"[{time.monotonic() - t0:6.2f} s] steady draw {baseline:.0f} W; "
+                  "frequency dip to 49.45 Hz begins")
+            # Frequency from a meter at 10 Hz, following the profile, over one connection.
+            t_f = 0.0
+            with Publisher(broker.host, broker.port) as meter:
+                while t_f < 12.0 * scale:
+                    hz = _frequency_profile(t_f / scale)
+                    recorder.hz = hz
+                    meter.send(topics.frequency,
+                               json.dumps({"t": time.time(), "hz": round(hz, 3)}).encode(), qos=0)
+                    t_f += 0.1
+                    _sleep_until(t0, 1.0 + t_f)
+            _wait_idle(agent, timeout_s=15.0)
+            # Let the draw climb back (cap-up is slow) so the shed is cut from the natural draw.
+            time.sleep(2.0)
+            print(f"[{time.monotonic() - t0:6.2f} s] frequency event over; "
+                  "dispatching shed 25 % for 4 s")
+            shed = {"id": "demo-shed-1", "kind": "shed", "fraction": 0.25,
+                    "duration_s": 4.0 * scale, "issued_at": time.time()}
+            publish(broker.host, broker.port, topics.dispatch, json.dumps(shed).encode(), qos=1)
+            time.sleep(0.5)
+            _wait_idle(agent, timeout_s=20.0)
+            time.sleep(0.5)
+            acks = [json.loads(m.payload) for m in list(ack_sub.messages)]
+    finally:
+        # On any failure too: the agent restores the limits it found and goes offline.
+        recorder.stop()
+        loop_thread.join()
+        agent.close()
     from gridtao.report import plot_timeline, summarise_acks
 
     print(summarise_acks(acks))
@@ -166,6 +170,8 @@ class _ControllerThread(threading.Thread):
         self._loop.close()
 
     def join(self, timeout: float | None = 5.0) -> None:
+        if self.ident is None:  # never started (the agent failed to start)
+            return
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stop_event.set)
         super().join(timeout)
