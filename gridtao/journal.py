@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gridtao.clock import Clock
+from gridtao.durable import fsync_dir, write_atomically
 
 log = logging.getLogger("gridtao.journal")
 
@@ -167,28 +168,6 @@ def load_journal(path: str | os.PathLike[str]) -> JournalState | None:
         raise JournalError(f"journal {p}: unreadable ({type(e).__name__}: {e})") from None
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 # ---- recovery ------------------------------------------------------------------------------
 
 
@@ -307,17 +286,12 @@ class Journal:
     def close(self, *, clean: bool) -> None:
         """Stop the writer. ``clean``: the limits are restored, remove the journal. Otherwise
         write the latest state and leave it for the next start."""
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(5.0)
-            self._thread = None
+        self._stop_writer()
         if self._state is not None:
             if clean:
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
             else:
                 self._write()
         self._unlock()
@@ -325,13 +299,16 @@ class Journal:
     def abandon(self) -> None:
         """Stop the writer and release the lock without writing anything (what a crash does;
         for tests)."""
+        self._stop_writer()
+        self._unlock()
+
+    def _stop_writer(self) -> None:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(5.0)
             self._thread = None
-        self._unlock()
 
     def _unlock(self) -> None:
         f, self._lock_file = self._lock_file, None

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Final
 
+from gridtao.durable import write_atomically
+
 log = logging.getLogger("gridtao.replay")
 
 COMPACT_SLACK: Final = 1000  # appended lines beyond the live entries before a rewrite
@@ -181,18 +183,8 @@ class ReplayStore:
         """Rewrite the file with the live entries only, atomically."""
         assert self._file is not None
         self._prune()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as out:
-            out.write("".join(_line(i, t) for i, t in self._ids.items()))
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        text = "".join(_line(i, t) for i, t in self._ids.items())
+        write_atomically(self.path, text.encode("utf-8"), best_effort_dir=False)
         old, self._file = self._file, open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
         old.close()
         self._lines = len(self._ids)

@@ -42,6 +42,7 @@ from typing import IO, Any
 
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.config import AuditConfig
+from gridtao.durable import fsync_dir
 
 log = logging.getLogger("gridtao.audit")
 
@@ -92,16 +93,6 @@ def _clean(value: object) -> Any:
     if isinstance(value, (list, tuple, set, frozenset)):
         return [_clean(v) for v in value]
     return str(value)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # A new or renamed file is durable only once its directory entry is.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def rotated_name(path: Path, first_seq: int) -> Path:
@@ -340,7 +331,7 @@ class AuditTrail:
         self._write_line(self._line(self._clock.wall(), FILE_START,
                                     {"prev_file": prev_file, "reason": reason}))
         self._sync()
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def _rotate(self) -> None:
         assert self._file is not None
