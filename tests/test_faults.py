@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from broker import MosquittoBroker, Subscriber, publish
+from waiting import wait_until
 
 from gridtao.agent import Agent, AgentOptions
 from gridtao.clock import Clock, MonotonicClock, VirtualClock
@@ -50,11 +51,7 @@ SET = "nvmlDeviceSetPowerManagementLimit"
 
 
 def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.01)
+    wait_until(cond, what, timeout_s=timeout_s)
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from broker import MosquittoBroker, Subscriber, publish
+from waiting import wait_until
 
 from gridtao.agent import Agent, AgentOptions
 from gridtao.clock import MonotonicClock
@@ -34,11 +35,7 @@ WAIT_S = 20.0
 
 
 def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
+    wait_until(cond, what, timeout_s=timeout_s)
 
 
 @contextmanager

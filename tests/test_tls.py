@@ -28,6 +28,7 @@ import pytest
 from broker import MosquittoBroker
 from paho.mqtt.enums import CallbackAPIVersion
 from pki import Ca, Issued, make_ca
+from waiting import wait_until
 
 from gridtao.agent import Agent, AgentOptions
 from gridtao.cli import main as cli_main
@@ -146,11 +147,7 @@ def check(cfg: Config, timeout_s: float = WAIT_S) -> tuple[bool, str]:
 
 
 def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
+    wait_until(cond, what, timeout_s=timeout_s)
 
 
 class Peer:
