@@ -47,7 +47,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
                         "49.6 or 49.5 Hz, limits 1.3 / 1.0 / 0.7 s)")
     p.add_argument("--workload", choices=("steady", "config"), default="steady",
                    help="simulated GPUs: a steady test load at "
-                        f"{STEADY_FRACTION:.0%} of each GPU's default limit (default: tests are "
+                        f"{STEADY_FRACTION:.0%}% of each GPU's default limit (default: tests are "
                         "run at a steady operating point), or gpus.sim.workload ('config')")
 
 
