@@ -161,12 +161,23 @@ class SafetyIsland:
         with self._lock:
             self._armed[key] = self._armed_for(node_target_fraction, self._basis_locked())
 
-    def arm_reduction(self, key: str, reduction_mw: float) -> None:
-        """Precompute caps for trigger level ``key``: node target = draw - ``reduction_mw``."""
-        if not (math.isfinite(reduction_mw) and reduction_mw >= 0):
-            raise ValueError(f"reduction must be a finite number >= 0 mW, got {reduction_mw!r}")
+    def arm_reduction(
+        self, key: str, reduction_mw: float, *, reference_mw: float | None = None,
+        release_mw_per_s: float | None = None,
+    ) -> None:
+        """Precompute caps for trigger level ``key``: node target = ``reference_mw`` (the
+        node's natural draw as tier 2 estimates it; default: the draw now) - ``reduction_mw``.
+        The caps are split by the draw now either way. ``release_mw_per_s``: its release ramp
+        in mW/s (default: ``release_rate_per_s`` of the reduction)."""
+        for name, value in (("reduction", reduction_mw), ("reference", reference_mw),
+                            ("release rate", release_mw_per_s)):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0 mW, got {value!r}")
+        if release_mw_per_s == 0:
+            raise ValueError("release rate must be > 0 mW/s")
         with self._lock:
-            self._armed[key] = self._armed_for(1.0, self._basis_locked(), reduction_mw)
+            self._armed[key] = self._armed_for(1.0, self._basis_locked(), reduction_mw,
+                                               reference_mw, release_mw_per_s)
 
     def set_commitment(self, node_target_mw: float | None, *, ttl_s: float) -> None:
         """Tier 2's soft node target, mW (None clears it); see the module invariants. Clamped
@@ -225,7 +236,8 @@ class SafetyIsland:
                 if not self._events:
                     self._frozen_draw = armed.draw_mw
                 ev, batch = self._open_locked(
-                    event_id, "frequency", key, armed.baseline_mw, armed.target_mw, armed.caps_mw
+                    event_id, "frequency", key, armed.baseline_mw, armed.target_mw, armed.caps_mw,
+                    armed.release_mw_per_s,
                 )
             return self._finish(ev, batch)
 
@@ -393,12 +405,14 @@ class SafetyIsland:
         baseline_mw: float,
         target_mw: float,
         caps_mw: tuple[int, ...],
+        release_mw_per_s: float | None = None,
     ) -> tuple[LatchedEvent, WriteBatch | None]:
         now = self._clock.now()
         ceiling = float(sum(caps_mw))
         winner = self._winner_locked(now)
         binding = winner is None or ceiling < winner[1]
-        ev = LatchedEvent(event_id, kind, level, baseline_mw, target_mw, ceiling, caps_mw, now)
+        ev = LatchedEvent(event_id, kind, level, baseline_mw, target_mw, ceiling, caps_mw, now,
+                          release_mw_per_s=release_mw_per_s)
         self._events[event_id] = ev
         if not binding:
             return ev, None
@@ -464,18 +478,21 @@ class SafetyIsland:
         return self._frozen_draw if self._frozen_draw is not None else self._draw
 
     def _armed_for(
-        self, fraction: float, draw: tuple[float, ...], reduction_mw: float = 0.0
+        self, fraction: float, draw: tuple[float, ...], reduction_mw: float = 0.0,
+        reference_mw: float | None = None, release_mw_per_s: float | None = None,
     ) -> ArmedLevel:
-        baseline = math.fsum(draw)
+        baseline = math.fsum(draw) if reference_mw is None else reference_mw
         target = baseline * fraction - reduction_mw
         caps = tuple(self._cut_envelope.cut_caps_mw(draw, target))
-        return ArmedLevel(fraction, draw, baseline, target, caps, reduction_mw)
+        return ArmedLevel(fraction, draw, baseline, target, caps, reduction_mw, reference_mw,
+                          release_mw_per_s)
 
     def _rearm_locked(self) -> None:
         draw = self._basis_locked()
         for key, armed in self._armed.items():
             self._armed[key] = self._armed_for(
-                armed.node_target_fraction, draw, armed.reduction_mw
+                armed.node_target_fraction, draw, armed.reduction_mw, armed.reference_mw,
+                armed.release_mw_per_s,
             )
 
     def _winner_locked(self, now: float) -> tuple[LatchedEvent, float] | None:

@@ -62,7 +62,8 @@ class IslandView:
 @dataclass(frozen=True)
 class ArmedLevel:
     """A frequency level's caps, precomputed from ``draw_mw`` so a trigger only writes them.
-    Node target = draw total x ``node_target_fraction`` - ``reduction_mw``."""
+    Node target = ``baseline_mw`` x ``node_target_fraction`` - ``reduction_mw``, where the
+    baseline is ``reference_mw`` if given (tier 2's natural draw), else the draw total."""
 
     node_target_fraction: float
     draw_mw: tuple[float, ...]
@@ -70,6 +71,8 @@ class ArmedLevel:
     target_mw: float
     caps_mw: tuple[int, ...]
     reduction_mw: float = 0.0
+    reference_mw: float | None = None
+    release_mw_per_s: float | None = None
 
 
 @dataclass
@@ -77,8 +80,9 @@ class LatchedEvent:
     """One active event. ``ceiling_mw`` is the sum of its caps at activation (``target_mw``
     clamped into the envelope's totals, rounded down). Once released at ``release_at`` its
     target and ceiling rise together, linearly, by ``rate_per_s`` of the reduction
-    ``baseline_mw - target_mw`` per second; the event is done when the target is back at the
-    baseline (at once for a cap event that never cut below its baseline)."""
+    ``baseline_mw - target_mw`` per second, or by ``release_mw_per_s`` if set (a product whose
+    ramp-out limit is a fraction of its capacity, not of the cut aimed); the event is done when
+    the target is back at the baseline (at once for a cap event that never cut below it)."""
 
     event_id: str
     kind: EventKind
@@ -90,6 +94,7 @@ class LatchedEvent:
     started_at: float
     release_at: float | None = None
     activation: Activation | None = None
+    release_mw_per_s: float | None = None
 
     def _reduction_mw(self) -> float:
         return max(0.0, self.baseline_mw - self.target_mw)
@@ -97,8 +102,11 @@ class LatchedEvent:
     def _given_back_mw(self, now: float, rate_per_s: float) -> float:
         if self.release_at is None:
             return 0.0
-        progress = min(1.0, max(0.0, (now - self.release_at) * rate_per_s))
-        return self._reduction_mw() * progress
+        elapsed = max(0.0, now - self.release_at)
+        reduction = self._reduction_mw()
+        if self.release_mw_per_s is not None:
+            return min(reduction, elapsed * self.release_mw_per_s)
+        return reduction * min(1.0, elapsed * rate_per_s)
 
     def target_at(self, now: float, rate_per_s: float) -> float:
         return self.target_mw + self._given_back_mw(now, rate_per_s)
@@ -109,7 +117,8 @@ class LatchedEvent:
     def done(self, now: float, rate_per_s: float) -> bool:
         if self.release_at is None:
             return False
-        return self._reduction_mw() == 0 or (now - self.release_at) * rate_per_s >= 1.0
+        reduction = self._reduction_mw()
+        return reduction == 0 or self._given_back_mw(now, rate_per_s) >= reduction
 
 
 def most_restrictive(

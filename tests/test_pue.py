@@ -121,6 +121,7 @@ def island() -> Iterator[tuple[VirtualClock, SafetyIsland]]:
 
 def _tier2(isl: SafetyIsland, clock: VirtualClock, products: list[ProductConfig],
            **tracker: object) -> tuple[Tier2, ProductMonitor]:
+    tracker.setdefault("margin_fraction", 0.0)  # exact arithmetic; the margin has its own test
     portfolio = Portfolio(products, ramp_out_per_s=0.2)
     tier2 = Tier2(isl, portfolio, facility=FacilityConfig(), clock=clock,
                   config=TrackerConfig(**tracker))  # type: ignore[arg-type]
@@ -159,6 +160,86 @@ def test_tier2_arms_ffr_as_an_it_reduction_and_sets_floors(island: tuple) -> Non
     act = isl.trigger_armed(product_key("ffr"), "e1")
     assert act is not None and act.target_mw == pytest.approx((2400 - 500) * W)
     assert act.caps_mw[0] >= 550 * W
+
+
+def test_tier2_aims_the_margin_above_every_commitment(island: tuple) -> None:
+    clock, isl = island
+    tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-d-up", capacity_w=600.0,
+                                                    median_samples=1),
+                                      ProductConfig(kind="ffr", capacity_w=515.0)],
+                        margin_fraction=0.05)
+    mon.on_sample(49.75, clock.now(), wall_s=clock.wall())  # above FFR's 49.7 Hz threshold
+    assert isl.view().commitment_mw == pytest.approx((2400 - 225 * 1.05 / 1.03) * W)
+    assert tier2.snapshot()["reduction_w"] == pytest.approx(225.0)  # the commitment, not the aim
+    mon.on_sample(50.0, clock.now(), wall_s=clock.wall())
+    act = isl.trigger_armed(product_key("ffr"), "e1")
+    assert act is not None and act.target_mw == pytest.approx((2400 - 515 * 1.05 / 1.03) * W)
+    # Ramp-out: 20 %/s of the capacity less the margin, not 20 %/s of the larger cut aimed.
+    assert isl.release("e1")
+    clock.advance(1.0)
+    isl.tick()
+    ramped = isl.view().target_mw
+    assert ramped is not None
+    assert ramped - act.target_mw == pytest.approx(0.2 * 500 / 1.05 * W, rel=1e-3)
+
+
+def test_tier2_arms_step_products_from_the_natural_draw_not_the_draw_now(island: tuple) -> None:
+    clock, isl = island
+    _tier2(isl, clock, [ProductConfig(kind="ffr", capacity_w=515.0)])
+    isl.update_draw([700 * W] * N)  # a burst at the moment of the trigger
+    isl.rearm()
+    act = isl.trigger_armed(product_key("ffr"), "e1")
+    assert act is not None
+    assert act.baseline_mw == pytest.approx(2400 * W)
+    assert act.target_mw == pytest.approx((2400 - 500) * W)
+
+
+def test_tier2_reference_after_a_long_cut_is_the_draw_before_it(island: tuple) -> None:
+    clock, isl = island
+    tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-d-up", capacity_w=600.0,
+                                                    median_samples=1)],
+                        reference_window_s=3.5)
+    for k in range(10):  # a bursty natural draw: 2300 / 2500 W, mean 2400 W
+        clock.advance(1.0)
+        tier2.tick(2300.0 if k % 2 else 2500.0)
+    mon.on_sample(49.7, clock.now(), wall_s=clock.wall())
+    assert tier2.snapshot()["reference_it_w"] == pytest.approx(2400.0)
+    for _ in range(60):  # a cut far longer than the window
+        clock.advance(1.0)
+        tier2.tick(2100.0)
+    mon.on_sample(50.0, clock.now(), wall_s=clock.wall())
+    clock.advance(1.0)
+    tier2.tick(2500.0)  # recovering: not yet natural
+    mon.on_sample(49.7, clock.now(), wall_s=clock.wall())
+    assert tier2.snapshot()["reference_it_w"] == pytest.approx(2400.0)
+
+
+def test_tier2_second_activation_counts_cooling_an_earlier_cut_still_sheds(island: tuple) -> None:
+    """The meter commitment is measured from what the site would draw without any cut, so a
+    second activation soon after a first must not take the still-low cooling as its reference:
+    the meter (a plant driven by the IT power tier 2 asks for) falls by exactly the reduction."""
+    clock, isl = island
+    tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-d-up", capacity_w=600.0,
+                                                    median_samples=1)])
+    plant = Facility(MODEL, 2400.0)
+    reference_meter = plant.meter_w
+
+    def hold(seconds: int) -> None:
+        for _ in range(seconds):
+            it = tier2.it_target_w or 2400.0
+            clock.advance(1.0)
+            plant.step(it, 1.0)
+            tier2.tick(it)
+
+    mon.on_sample(49.7, clock.now(), wall_s=clock.wall())
+    hold(120)
+    mon.on_sample(50.0, clock.now(), wall_s=clock.wall())
+    hold(5)
+    assert plant.cooling_w < MODEL.steady_cooling_w(2400.0) - 20.0  # still depressed
+    mon.on_sample(49.7, clock.now(), wall_s=clock.wall())
+    for _ in range(3):
+        hold(1)
+        assert reference_meter - plant.meter_w == pytest.approx(300.0, abs=1.0)
 
 
 def test_tier2_fcr_n_baseline_after_enrolment_window(island: tuple) -> None:

@@ -111,9 +111,14 @@ class ReductionTracker(Protocol):
 class MeterTracker:
     """PUE-aware: cooling estimated by running the model on the measured IT power.
 
-    With reference IT ``I0`` and cooling ``c0`` at the event's start, meter = ``M0 - R`` needs
-    ``IT = I0 - (R - (c0 - c(t))) / (1 + losses)``: the cooling already shed counts toward
-    ``R``. The cooling estimate is kept between events too, so a start mid-transient is right.
+    The commitment is a reduction ``R`` from the meter power the site *would* draw without it:
+    reference IT ``I0`` (the node's natural draw) with the cooling that draw would need. So the
+    tracker runs the model twice: ``cooling_w`` on the measured IT power and
+    ``counterfactual_cooling_w`` on the natural IT power (the reference while committed, tier
+    2's natural-draw estimate otherwise). Meter = ``M0 - R`` needs
+    ``IT = I0 - (R - (c_natural - c)) / (1 + losses)``: the cooling already shed counts toward
+    ``R``, including cooling still depressed by an earlier cut, so a second activation soon
+    after a first is not measured from a lowered reference.
     """
 
     name = "pue-aware"
@@ -121,30 +126,48 @@ class MeterTracker:
     def __init__(self, model: FacilityModel, it_w: float, now_s: float = 0.0) -> None:
         self.model = model
         self.cooling_w = model.steady_cooling_w(it_w)
-        self.reference_cooling_w = self.cooling_w
+        self.counterfactual_cooling_w = self.cooling_w
         self._last_s = now_s
         self._it_w = it_w
+        self._natural_it_w = it_w
+        self._reference_it_w: float | None = None
 
     def start(self, now_s: float, reference_it_w: float) -> None:
+        """A commitment starts: the natural IT power is ``reference_it_w`` until :meth:`stop`."""
         self.observe(now_s, self._it_w)
-        self.reference_cooling_w = self.cooling_w
+        self._reference_it_w = self._natural_it_w = reference_it_w
 
     def start_steady(self, reference_it_w: float) -> None:
         """Reference = cooling settled at ``reference_it_w`` (FCR-N's long-held baseline)."""
-        self.reference_cooling_w = self.model.steady_cooling_w(reference_it_w)
+        self._reference_it_w = self._natural_it_w = reference_it_w
+        self.counterfactual_cooling_w = self.model.steady_cooling_w(reference_it_w)
 
-    def observe(self, now_s: float, it_w: float) -> None:
-        """Advance the cooling estimate to ``now_s``, the IT power since the last call having
-        been the previous observation (held), then note ``it_w``."""
+    def stop(self) -> None:
+        """The commitment ended: the natural IT power is the observed one again (or the
+        ``natural_it_w`` given to :meth:`observe`)."""
+        self._reference_it_w = None
+
+    def observe(self, now_s: float, it_w: float, *, natural_it_w: float | None = None) -> None:
+        """Advance both cooling estimates to ``now_s`` (the powers since the last call having
+        been the previous observation's, held), then note ``it_w`` and the natural IT power:
+        ``natural_it_w`` if given, else the reference while committed, else ``it_w``."""
         dt = now_s - self._last_s
         if dt > 0:
             self.cooling_w = self.model.cooling_step_w(self.cooling_w, self._it_w, dt)
+            self.counterfactual_cooling_w = self.model.cooling_step_w(
+                self.counterfactual_cooling_w, self._natural_it_w, dt)
             self._last_s = now_s
         self._it_w = it_w
+        if natural_it_w is not None:
+            self._natural_it_w = natural_it_w
+        elif self._reference_it_w is not None:
+            self._natural_it_w = self._reference_it_w
+        else:
+            self._natural_it_w = it_w
 
     @property
     def cooling_shed_w(self) -> float:
-        return self.reference_cooling_w - self.cooling_w
+        return self.counterfactual_cooling_w - self.cooling_w
 
     def it_reduction_w(self, meter_reduction_w: float) -> float:
         return (meter_reduction_w - self.cooling_shed_w) / self.model.losses_factor

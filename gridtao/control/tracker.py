@@ -99,11 +99,16 @@ class Tier2:
 
     def tick(self, it_w: float) -> None:
         """Once a period (controller loop): the node's measured IT power (W, a 1-s average)
-        advances the cooling estimate and the natural-draw window; re-arm; refresh."""
+        advances the cooling estimates and the natural-draw window; re-arm; refresh.
+
+        The window holds the last ``reference_window_s`` of *uncut* time: it is pruned only when
+        a new natural sample arrives, so after a long cut the reference is still the draw before
+        it, not one stale sample."""
         now = self._clock.now()
         event_active = self._island.view().event_id is not None
         with self._lock:
-            self._tracker.observe(now, it_w)
+            natural = self._reference_w if self._reference_w is not None else self._natural_w
+            self._tracker.observe(now, it_w, natural_it_w=natural)
             self._it_w = it_w
             if self._reference_w is not None or event_active:
                 self._uncut_since_s = None
@@ -111,9 +116,9 @@ class Tier2:
                 self._uncut_since_s = now
             elif now - self._uncut_since_s >= SETTLE_S:
                 self._window.append((now, it_w))
-            horizon = now - self._config.reference_window_s
-            while len(self._window) > 1 and self._window[0][0] < horizon:
-                self._window.popleft()
+                horizon = now - self._config.reference_window_s
+                while len(self._window) > 1 and self._window[0][0] < horizon:
+                    self._window.popleft()
             self._natural_w = sum(w for _, w in self._window) / len(self._window)
             self._enrol_fcr_n(now)
         self._arm()
@@ -151,24 +156,39 @@ class Tier2:
         with_fcr_n = self._baseline_w is not None
         reduction = self.portfolio.proportional_reduction_w(now_s, include_fcr_n=with_fcr_n)
         base = self._reference_w if self._reference_w is not None else (self._natural_w or 0.0)
-        reference_meter = self.model.meter_w(base, self._tracker.reference_cooling_w) if (
+        reference_meter = self.model.meter_w(base, self._tracker.counterfactual_cooling_w) if (
             self.settle_at == "meter") else base
         reduction += self.portfolio.dr_reduction_w(now_s, reference_meter)
         self._reduction_w = reduction
         if not with_fcr_n and reduction <= 0.0:
+            if self._reference_w is not None:
+                self._tracker.stop()
             self._reference_w = None
             return None
         if self._reference_w is None:
             self._reference_w = base
             self._tracker.start(now_s, base)
+        aimed = reduction * (1.0 + self._config.margin_fraction)
         meter = self.settle_at == "meter"
-        it_cut = self._tracker.it_reduction_w(reduction) if meter else reduction
+        it_cut = self._tracker.it_reduction_w(aimed) if meter else aimed
         return max(0.0, self._reference_w - it_cut)
 
     def _arm(self) -> None:
+        """Arm each step product: an IT cut of its capacity (plus the margin; the losses
+        factor at the meter, since cooling will not follow within an FFR support time) from
+        the natural draw, so a trigger during a burst or a dip still lands where the TSO
+        measures from (the draw before the event), not at a cut from that instant's draw."""
+        with self._lock:
+            natural = self._natural_w
+        reference_mw = None if natural is None else natural * 1000.0
+        aim = 1.0 + self._config.margin_fraction
         for product in self.portfolio.step:
-            cut_mw = product.capacity_w / self._factor * 1000.0
-            self._island.arm_reduction(product_key(product.name), cut_mw)
+            capacity_it_mw = product.capacity_w / self._factor * 1000.0
+            # The ramp-out limit is a fraction of the capacity per second: ramp at that rate
+            # less the margin, so the extra cut aimed never pushes the ramp over the limit.
+            self._island.arm_reduction(
+                product_key(product.name), capacity_it_mw * aim, reference_mw=reference_mw,
+                release_mw_per_s=product.ramp_out_per_s * capacity_it_mw / aim)
 
     # ---- state -----------------------------------------------------------------------------
 
