@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import scoring as sc
 from bench import shapes
 from bench.compliance_cli import DEFAULT_CAPACITY_W, DEFAULT_TIME_SCALE, PRODUCTS
 from bench.product_rules import DrWindow, ProductSpec
@@ -56,6 +57,7 @@ class DrPlan:
     duration_s: float
     recovery_s: float
     reduction_w: float
+    interval_s: float = sc.DR_INTERVAL_S  # settlement interval, time-scaled
 
 
 @dataclass(frozen=True)
@@ -145,21 +147,22 @@ def test_plans(product: str, spec: ProductSpec, time_scale: float) -> list[TestP
 def dr_plan(capacity_w: float, time_scale: float) -> TestPlan:
     """Two events queued at once, resolved in order: the full capacity (ramp 60 s, hold 300 s,
     recovery 120 s, scaled) announced 4 s ahead, then half of it (ramp 60 s, hold 200 s,
-    recovery 60 s) 4 s after the first has recovered."""
+    recovery 60 s) 4 s after the first has recovered. Settlement intervals are scaled too."""
     s = time_scale
     lead = shapes.LEAD_S
+    interval = max(sc.SMOOTH_S, sc.DR_INTERVAL_S * s)
     a = DrPlan("dr-a", lead, lead + 4.0 + max(1.0, 60 * s), max(1.0, 60 * s),
-               max(5.0, 300 * s), max(2.0, 120 * s), capacity_w)
+               max(5.0, 300 * s), max(2.0, 120 * s), capacity_w, interval)
     b_start = a.start_s + a.duration_s + a.recovery_s + 4.0 + max(1.0, 60 * s)
     b = DrPlan("dr-b", lead + 1.5, b_start, max(1.0, 60 * s), max(5.0, 200 * s),
-               max(2.0, 60 * s), capacity_w / 2)
+               max(2.0, 60 * s), capacity_w / 2, interval)
     end = b.start_s + b.duration_s + b.recovery_s + 4.0
     return TestPlan("events", shapes.constant(end), (a, b))
 
 
 def dr_windows(plans: Sequence[DrPlan]) -> list[DrWindow]:
-    return [DrWindow(p.event_id, p.start_s, p.ramp_s, p.duration_s, p.recovery_s, p.reduction_w)
-            for p in plans]
+    return [DrWindow(p.event_id, p.start_s, p.ramp_s, p.duration_s, p.recovery_s, p.reduction_w,
+                     p.interval_s) for p in plans]
 
 
 # ---- running a test -------------------------------------------------------------------------

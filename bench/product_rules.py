@@ -16,7 +16,9 @@ test's start, powers in W at the settlement point, capacity > 0.
   is back above 49.9 Hz, then ramped down no faster than 2.5 %/s of capacity.
 * FCR-N: capacity x (50 - f) / 0.1 clipped to [-1, 1]; steady state -5/+20 % at every level.
 * Demand response: each event's schedule (ramp, hold, recovery); full by its start (+1 s),
-  held, recovery no faster than scheduled.
+  held and recovered no faster than scheduled, both on settlement-interval means
+  (``DrWindow.interval_s``, scoring.DR_INTERVAL_S): DR is paid on metered energy per
+  interval, so a training job's second-to-second swings are not a failure, a short interval is.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class DrWindow:
     duration_s: float
     recovery_s: float
     amount_w: float
+    interval_s: float = sc.DR_INTERVAL_S
 
     def level(self, t_s: float) -> float:
         if t_s < self.start_s - self.ramp_s:
@@ -295,8 +298,8 @@ def score_fcr_n(spec: ProductSpec, tr: Trace, *, holds: Sequence[Hold],
 
 
 def score_dr(tr: Trace, events: Sequence[DrWindow]) -> list[RuleResult]:
-    """Per event: full by its start (+1 s), steady state and hold over the hold, recovery no
-    faster than scheduled; over-delivery over all holds."""
+    """Per event: full by its start (+1 s), steady state and hold (interval means) over the
+    hold, recovery no faster than scheduled (its mean); over-delivery over all holds."""
     rules: list[RuleResult] = []
     holds = []
     for ev in events:
@@ -308,10 +311,11 @@ def score_dr(tr: Trace, events: Sequence[DrWindow]) -> list[RuleResult]:
         holds.append(window)
         rules.append(sc.steady_state(tr, a_s=window[0], b_s=window[1], capacity_w=cap,
                                      name=f"steady_state@{ev.event_id}"))
-        rules.append(sc.hold(tr, windows=[_inner(window)], capacity_w=cap,
-                             name=f"hold@{ev.event_id}"))
-        rules.append(sc.hold(tr, windows=[(end, end + ev.recovery_s)], capacity_w=cap,
-                             name=f"recovery_not_early@{ev.event_id}"))
+        rules.append(sc.interval_hold(tr, window=window, interval_s=ev.interval_s,
+                                      capacity_w=cap, name=f"hold@{ev.event_id}"))
+        rules.append(sc.interval_hold(tr, window=(end, end + ev.recovery_s),
+                                      interval_s=ev.interval_s, capacity_w=cap,
+                                      name=f"recovery_not_early@{ev.event_id}"))
     if events:
         rules.append(sc.over_delivery(tr, windows=[_inner(w) for w in holds],
                                       capacity_w=max(e.amount_w for e in events)))

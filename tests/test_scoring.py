@@ -340,6 +340,22 @@ def test_dr_scoring_pass_and_fail() -> None:
     assert not late["recovery_not_early@a"].passed
 
 
+def test_dr_hold_is_scored_on_settlement_interval_means() -> None:
+    ev = pr.DrWindow("a", start_s=2.0, ramp_s=0.0, duration_s=20.0, recovery_s=0.0,
+                     amount_w=CAP, interval_s=10.0)
+    req = lambda t: ev.level(t) * CAP  # noqa: E731
+    # A training job's swings: +/-30 % square wave, 4 s period, around the requirement. Every
+    # interval mean is on the requirement, so DR settlement passes what 1-s holds would fail.
+    swing = lambda t: req(t) * (1.3 if int(t / 2) % 2 else 0.7)  # noqa: E731
+    ok = names(pr.score_dr(trace(swing, req), [ev]))["hold@a"]
+    assert ok.passed and ok.value is not None and abs(ok.value) < 5.0
+    assert not sc.hold(trace(swing, req), windows=[(4.0, 20.0)], capacity_w=CAP).passed
+    # 10 % short in the second interval only: that interval fails the event.
+    short = lambda t: req(t) * (0.9 if t >= 13.0 else 1.0)  # noqa: E731
+    bad = names(pr.score_dr(trace(short, req), [ev]))["hold@a"]
+    assert not bad.passed and bad.value == pytest.approx(-10.0, abs=0.5)
+
+
 # ---- shapes --------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,8 @@ Rules and sources: DOMAIN.md.
   armed caps (the millisecond path); the product only decides when.
 * :class:`FcrDUp` (dynamic): linear, 0 at 49.9 Hz to full at 49.5 Hz.
 * :class:`FcrDUpStatic`: full capacity at the threshold; deactivates only after 60 s above
-  49.9 Hz, then ramps down at 2.5 % of capacity per second (back to full on a new dip).
+  49.9 Hz, then ramps down at 2 % of capacity per second (the limit is 2.5 %/s: the slack
+  covers tier 2's margin and a noisy load; back to full on a new dip).
 * :class:`FcrN`: linear 49.9-50.1 Hz around the baseline, both directions.
 
 Debounce cannot eat the activation budget. A step product confirms a threshold crossing with
@@ -49,7 +50,9 @@ FFR_SUPPORT_S = {"short": 5.0, "long": 30.0}
 ERCOT_FFR_HZ, ERCOT_FFR_ACTIVATION_S, ERCOT_FFR_SUPPORT_S = 59.85, 0.25, 900.0
 FCR_D_START_HZ, FCR_D_FULL_HZ, FCR_D_ACTIVATION_S = 49.9, 49.5, 7.5
 FCR_D_STATIC_HZ, FCR_D_STATIC_ACTIVATION_S = 49.7, 2.5
-FCR_D_STATIC_RECOVERED_S, FCR_D_STATIC_RAMP_PER_S = 60.0, 0.025
+# Ramp-down 2 %/s: under the 2.5 %/s limit by more than tier 2's margin (tracker.margin_fraction)
+# scales it, so a noisy delivered slope still measures under the limit.
+FCR_D_STATIC_RECOVERED_S, FCR_D_STATIC_RAMP_PER_S = 60.0, 0.02
 FCR_N_LOW_HZ, FCR_N_HIGH_HZ = 49.9, 50.1
 REARM_HYSTERESIS_HZ = 0.02
 
@@ -250,7 +253,7 @@ class FcrDUp:
 
 class FcrDUpStatic:
     """FCR-D upwards, static: full capacity at the threshold; deactivation only after 60 s
-    above 49.9 Hz, then at most 2.5 % of capacity per second."""
+    above 49.9 Hz, then 2 % of capacity per second (limit 2.5 %/s)."""
 
     kind: ProductKind = "fcr-d-up-static"
 
