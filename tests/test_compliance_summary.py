@@ -1,0 +1,40 @@
+"""bench/compliance_summary.py renders the scorer's JSON as it is, failures in bold."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.compliance_summary import main, rows
+
+RESULT = {
+    "product": "ffr", "workload": "steady",
+    "tests": [{"name": "step-49.7Hz", "passed": False, "rules": [
+        {"name": "support_duration", "value": 3.01, "limit": 5.0, "passed": False, "unit": "s",
+         "op": ">="},
+        {"name": "steady_state", "value": 1.19, "limit": [-5.0, 20.0], "passed": True,
+         "unit": "%", "op": "in"},
+        {"name": "ramp_out_rate", "value": None, "limit": 20.0, "passed": False, "unit": "%/s",
+         "op": "<="},
+    ]}],
+}
+
+
+def test_rows_show_every_rule_and_flag_failures() -> None:
+    table = rows([RESULT])
+    assert len(table) == 3
+    row = table[2]
+    assert "| ffr | step-49.7Hz | steady | **FAIL** |" in row
+    assert "**support_duration 3.01 (>= 5 s)**" in row
+    assert "steady_state 1.19 ([-5, 20] %)" in row and "**steady_state" not in row
+    assert "**ramp_out_rate n/a (<= 20 %/s)**" in row
+
+
+def test_main_reads_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "ffr.json"
+    path.write_text(json.dumps(RESULT), encoding="utf-8")
+    assert main([str(path)]) == 0
+    assert "step-49.7Hz" in capsys.readouterr().out
+    assert main([]) == 2
