@@ -322,10 +322,11 @@ class TrackerConfig:
     ``reference_window_s``: the node's natural IT draw is the mean of this window, taken while
     no cut is active. ``commitment_ttl_s``: the soft target tier 2 gives the island expires this
     long after its last refresh (a stalled tier 2 cannot hold the GPUs down).
-    ``margin_fraction``: every commitment (products, DR) is aimed this much above the reduction
-    asked for. The natural draw of a training node swings by hundreds of watts in a second, so
-    the reference it is measured from is an estimate; TSOs fail a response more than 5 % short
-    but accept up to 20 % over, so a few percent over is the safe side to err on.
+    ``margin_fraction``: every commitment (proportional products, DR) is aimed this much above
+    the reduction asked for (step products are hard caps: see Tier2._arm). The natural draw of
+    a training node swings by hundreds of watts in a second, so the reference it is measured
+    from is an estimate; TSOs fail a response more than 5 % short but accept up to 20 % over,
+    so a few percent over is the safe side to err on.
     """
 
     period_s: float = field(default=1.0, metadata=rng(0.05, 60))

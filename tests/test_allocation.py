@@ -137,16 +137,26 @@ def test_raise_toward_defaults_is_monotone_and_rate_limited() -> None:
     assert raise_toward_mw([800 * W], [H100_DEF], 0.0) == [H100_DEF]
 
 
-def test_node_budget_starts_at_ceiling_and_integrates() -> None:
+def test_node_budget_starts_at_the_caps_and_integrates_up_to_the_ceiling() -> None:
     lo, hi = h100(8)
     nb = NodeBudget(lo, hi, integral_gain_per_s=0.5, max_raise_mw_per_s=2000 * W)
+    # The caps sit at the target; the ceiling above them is room, not a starting point.
     b0 = nb.update(target_mw=4000 * W, ceiling_mw=4100 * W, measured_mw=5000 * W, dt_s=0.01,
                    releasing=False)
-    assert b0 == 4100 * W
+    assert b0 == 4000 * W
     # Power above target: the budget falls by Ki * error * dt.
     b1 = nb.update(target_mw=4000 * W, ceiling_mw=4100 * W, measured_mw=4200 * W, dt_s=0.1,
                    releasing=False)
-    assert b1 == pytest.approx(4100 * W - 0.5 * 200 * W * 0.1)
+    assert b1 == pytest.approx(4000 * W - 0.5 * 200 * W * 0.1)
+    # Power under target (a bursty load's dips): the budget rises, never past the ceiling.
+    for _ in range(100):
+        b = nb.update(target_mw=4000 * W, ceiling_mw=4100 * W, measured_mw=3800 * W, dt_s=0.1,
+                      releasing=False)
+    assert b == 4100 * W
+    # A ceiling under the target (the caps' sum rounded down) is where it starts.
+    nb.deactivate()
+    assert nb.update(target_mw=4000 * W, ceiling_mw=3999 * W, measured_mw=0.0, dt_s=0.01,
+                     releasing=False) == 3999 * W
 
 
 def test_node_budget_anti_windup_at_ceiling() -> None:

@@ -172,16 +172,16 @@ def test_tier2_aims_the_margin_above_every_commitment(island: tuple) -> None:
     assert isl.view().commitment_mw == pytest.approx((2400 - 225 * 1.05 / 1.03) * W)
     assert tier2.snapshot()["reduction_w"] == pytest.approx(225.0)  # the commitment, not the aim
     mon.on_sample(50.0, clock.now(), wall_s=clock.wall())
+    # Step products are hard caps at the capacity itself: the margin is not added to them.
     act = isl.trigger_armed(product_key("ffr"), "e1")
-    assert act is not None and act.target_mw == pytest.approx((2400 - 515 * 1.05 / 1.03) * W)
-    # Ramp-out: 20 %/s of the capacity less the margin and the slack, not of the larger cut.
+    assert act is not None and act.target_mw == pytest.approx((2400 - 500) * W)
+    # Ramp-out: under 20 %/s of the capacity.
     assert isl.release("e1")
     clock.advance(1.0)
     isl.tick()
     ramped = isl.view().target_mw
     assert ramped is not None
-    assert ramped - act.target_mw == pytest.approx(0.2 * 500 * RAMP_OUT_SLACK / 1.05 * W,
-                                                   rel=1e-3)
+    assert ramped - act.target_mw == pytest.approx(0.2 * 500 * RAMP_OUT_SLACK * W, rel=1e-3)
 
 
 def test_tier2_arms_step_products_from_the_natural_draw_not_the_draw_now(island: tuple) -> None:

@@ -13,8 +13,9 @@ What it does (DESIGN.md, DOMAIN.md "Facility meter and PUE"):
   starts; with FCR-N enrolled it is the FCR-N baseline for good (``baseline_w``, else the
   natural draw at enrolment minus the capacity's IT share), so the node can move both ways.
 * Hands the target to the island as a soft commitment (``set_commitment``, refreshed by every
-  sample and lane tick, lapsing after ``commitment_ttl_s``), arms each step product (FFR) as an
-  absolute IT reduction ``capacity / (1 + losses)`` on the island's armed caps, and sets the
+  sample and lane tick, lapsing after ``commitment_ttl_s``; aimed ``margin_fraction`` above
+  the commitment), arms each step product (FFR) as an absolute IT reduction
+  ``capacity / (1 + losses)`` from the natural draw on the island's armed caps, and sets the
   per-GPU priority floors (``tracker.priorities``).
 * :meth:`Tier2.snapshot` is the state published on ``{prefix}/nodes/{node}/tracker``.
 
@@ -36,8 +37,8 @@ from gridtao.grid.portfolio import Portfolio, product_key
 from safety.island import SafetyIsland
 
 SETTLE_S = 2.0  # after a cut ends, the draw climbs back (cap-up is slow): not yet "natural"
-# Step products ramp out at this share of their ramp-out limit (after taking out the margin):
-# the TSO measures the delivered slope on a noisy trace, so aiming at the limit fails half the time.
+# Step products ramp out at this share of their ramp-out limit: the TSO measures the delivered
+# slope on a noisy trace, so ramping at the limit itself fails about half the time.
 RAMP_OUT_SLACK = 0.9
 
 
@@ -177,22 +178,24 @@ class Tier2:
         return max(0.0, self._reference_w - it_cut)
 
     def _arm(self) -> None:
-        """Arm each step product: an IT cut of its capacity (plus the margin; the losses
-        factor at the meter, since cooling will not follow within an FFR support time) from
-        the natural draw, so a trigger during a burst or a dip still lands where the TSO
-        measures from (the draw before the event), not at a cut from that instant's draw."""
+        """Arm each step product: an IT cut of its capacity (the losses factor at the meter,
+        since cooling will not follow within an FFR support time) from the natural draw, so a
+        trigger during a burst or a dip still lands where the TSO measures from (the draw
+        before the event), not at a cut from that instant's draw.
+
+        No margin here: the caps are a hard bound, so no instant delivers less than the
+        capacity (but for the reference's error), and a bursty load over-delivers on average
+        by the dips the caps clip anyway; a margin on top would only push it toward the
+        TSO's over-delivery limit."""
         with self._lock:
             natural = self._natural_w
         reference_mw = None if natural is None else natural * 1000.0
-        aim = 1.0 + self._config.margin_fraction
         for product in self.portfolio.step:
             capacity_it_mw = product.capacity_w / self._factor * 1000.0
-            # The ramp-out limit is a fraction of the capacity per second, not of the larger
-            # cut aimed: ramp at that rate less the margin and the slack.
-            release = product.ramp_out_per_s * capacity_it_mw * RAMP_OUT_SLACK / aim
-            self._island.arm_reduction(
-                product_key(product.name), capacity_it_mw * aim, reference_mw=reference_mw,
-                release_mw_per_s=release)
+            # The ramp-out limit is a fraction of the capacity per second: ramp under it.
+            release = product.ramp_out_per_s * capacity_it_mw * RAMP_OUT_SLACK
+            self._island.arm_reduction(product_key(product.name), capacity_it_mw,
+                                       reference_mw=reference_mw, release_mw_per_s=release)
 
     # ---- state -----------------------------------------------------------------------------
 
