@@ -79,6 +79,7 @@ class Recording:
 
     t_s: list[float] = field(default_factory=list)
     gpu_w: list[tuple[float, ...]] = field(default_factory=list)
+    limit_w: list[float] = field(default_factory=list)  # summed enforced limits, read via NVML
     target_w: list[float | None] = field(default_factory=list)
     sent: list[tuple[float, float]] = field(default_factory=list)  # (t_s actually sent, hz)
     dispatched: list[tuple[float, str]] = field(default_factory=list)
@@ -214,7 +215,8 @@ class _Controller(threading.Thread):
 
 
 class _Recorder(threading.Thread):
-    """Per-GPU instant power through the agent's backend at ``RECORD_HZ`` (>= 10 Hz)."""
+    """Per-GPU instant power and the enforced limits through the agent's backend (NVML, what an
+    operator can read) at ``RECORD_HZ`` (>= 10 Hz)."""
 
     def __init__(self, agent: Agent, rec: Recording) -> None:
         super().__init__(name="compliance-recorder", daemon=True)
@@ -229,10 +231,12 @@ class _Recorder(threading.Thread):
         while not self._halt.is_set():
             now = time.monotonic()
             gpus = tuple(backend.instant_power_mw(i) / 1000.0 for i in indices)
+            limits = math.fsum(backend.enforced_limit_mw(i) for i in indices) / 1000.0
             view = self._agent.island.view()
             target = view.target_mw if view.target_mw is not None else view.commitment_mw
             self._rec.t_s.append(now)  # monotonic; made relative to t = 0 after the run
             self._rec.gpu_w.append(gpus)
+            self._rec.limit_w.append(limits)
             self._rec.target_w.append(None if target is None else target / 1000.0)
             next_t += period
             self._halt.wait(max(0.0, next_t - time.monotonic()))
@@ -352,6 +356,7 @@ class Measured:
     it_w: list[float]
     meter_w: list[float]
     gpu_w: list[tuple[float, ...]]
+    limit_w: list[float]  # summed enforced limits
     target_w: list[float | None]
     reference_it_w: float
     reference_w: float  # at the settlement point
@@ -394,7 +399,8 @@ def measure(rec: Recording, plan: TestPlan, config: Config, product: ProductConf
         ref = model.steady_meter_w(ref_it)
     else:
         ref = math.fsum(meter[j] for j in sel) / len(sel)
-    return Measured(list(rec.t_s), hz, it, meter, list(rec.gpu_w), list(rec.target_w), ref_it,
+    return Measured(list(rec.t_s), hz, it, meter, list(rec.gpu_w), list(rec.limit_w),
+                    list(rec.target_w), ref_it,
                     ref, list(rec.late_s))
 
 

@@ -142,8 +142,11 @@ def main(args: argparse.Namespace, config: Config, command: str) -> int:
             rep.plot(res, _per_test(Path(args.plot), res.name, many), product=args.product,
                      capacity_w=pcfg.capacity_w)
     if args.json:
+        import datetime
+
+        date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         body = rep.summary_json(args.product, results, command=command, version=__version__,
-                                machine=machine_description(), time_scale=scale,
+                                machine=machine_description(), date=date, time_scale=scale,
                                 workload=args.workload, product_config=_plain(pcfg))
         Path(args.json).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     return 0 if all(r.passed for r in results) else 1

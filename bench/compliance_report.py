@@ -72,7 +72,8 @@ def score_test(spec: ProductSpec, plan: TestPlan, m: Measured, config: Config) -
     tr = Trace(t, hz, required, delivered, delivered_it)
     rules: list[RuleResult]
     if spec.kind in ("ffr", "ercot-ffr"):
-        rules = (pr.score_quiet(spec, tr, after_s=lead) if event is None
+        rules = (pr.score_quiet(spec, tr, [m.limit_w[j] for j in keep], after_s=lead)
+                 if event is None
                  else pr.score_step(spec, tr, event_s=event))
     elif spec.kind == "fcr-d-up":
         long_hold = None
@@ -96,14 +97,14 @@ def write_csv(result: TestResult, path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["t_s", "hz", "required_w", "delivered_w", "delivered_it_w", "meter_w",
-                    "it_w", "it_target_w", *[f"gpu{i}_w" for i in range(gpus)]])
+                    "it_w", "it_target_w", "limit_w", *[f"gpu{i}_w" for i in range(gpus)]])
         for k in range(len(tr.t_s)):
             j = first + k
             target = m.target_w[j]
             w.writerow([f"{tr.t_s[k]:.3f}", f"{tr.hz[k]:.4f}", f"{tr.required_w[k]:.1f}",
                         f"{tr.delivered_w[k]:.1f}", f"{tr.delivered_it_w[k]:.1f}",
                         f"{m.meter_w[j]:.1f}", f"{m.it_w[j]:.1f}",
-                        "" if target is None else f"{target:.1f}",
+                        "" if target is None else f"{target:.1f}", f"{m.limit_w[j]:.1f}",
                         *[f"{g:.1f}" for g in m.gpu_w[j]]])
 
 

@@ -1,8 +1,9 @@
 """Markdown summary of ``gridtao bench compliance --json`` files (for BENCHMARKS.md).
 
 ``python -m bench.compliance_summary FILE.json...`` prints one table row per test: the product,
-the test, PASS/FAIL and every rule as ``name value (limit)``, failed rules in bold. The numbers
-are the scorer's own (bench/scoring.py); nothing is recomputed here.
+the test, PASS/FAIL and every rule as ``name value (limit)``, failed rules in bold, then the
+command, date and machine of each file. The numbers are the scorer's own (bench/scoring.py);
+nothing is recomputed here.
 """
 
 from __future__ import annotations
@@ -40,13 +41,19 @@ def rows(results: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
+def provenance(results: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per file: the command that produced it, its date and machine."""
+    return [f"- `{res.get('command', '?')}` ({res.get('date', 'date not recorded')}, "
+            f"{res.get('machine', 'machine not recorded')})" for res in results]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     paths = list(sys.argv[1:] if argv is None else argv)
     if not paths:
         print("usage: python -m bench.compliance_summary FILE.json...", file=sys.stderr)
         return 2
     results = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
-    print("\n".join(rows(results)))
+    print("\n".join([*rows(results), "", *provenance(results)]))
     return 0
 
 

@@ -180,11 +180,14 @@ def score_step(spec: ProductSpec, tr: Trace, *, event_s: float) -> list[RuleResu
     return rules
 
 
-def score_quiet(spec: ProductSpec, tr: Trace, *, after_s: float) -> list[RuleResult]:
-    """Normal frequency that never reaches a threshold: no activation (the delivered power's
-    1 s mean stays within the over-delivery tolerance)."""
-    return [sc.over_delivery(tr, windows=[(after_s, tr.t_s[-1])], capacity_w=spec.capacity_w,
-                             name="no_false_activation")]
+def score_quiet(spec: ProductSpec, tr: Trace, limit_w: Sequence[float], *,
+                after_s: float) -> list[RuleResult]:
+    """Normal frequency that never reaches a threshold: no activation, judged from the GPUs'
+    summed enforced limits (``limit_w``, one per trace sample, read through NVML), not from
+    power: a training node's own swings reach a fifth of a 1000 W capacity in a 1 s mean with
+    no limit touched."""
+    return [sc.limit_drop(tr.t_s, limit_w, after_s=after_s, capacity_w=spec.capacity_w,
+                          name="no_false_activation")]
 
 
 def _inner(window: tuple[float, float]) -> tuple[float, float]:

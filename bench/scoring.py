@@ -47,6 +47,9 @@ DR_START_ALLOWANCE_S = 1.0  # ours: full by the event start + one tier-2 period
 # hourly; OpenADR reports: intervals), not on one-second power. Ours: 5-minute intervals,
 # stricter than hourly; the bench scales them with its time scale like every hold.
 DR_INTERVAL_S = 300.0
+# Normal frequency: the summed enforced limits may not drop by more than this (% of capacity;
+# rounding of per-GPU mW limits only).
+QUIET_LIMIT_DROP_PCT = 0.5
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,20 @@ def interval_hold(tr: Trace, *, window: tuple[float, float], interval_s: float,
     worst = min(means)
     return _rule(name, _pct(worst, capacity_w), -100.0 * BAND, ">=", "%",
                  f"worst of {len(means)} interval mean(s) of {interval_s:g} s")
+
+
+def limit_drop(t_s: Sequence[float], limit_w: Sequence[float], *, after_s: float,
+               capacity_w: float, name: str) -> RuleResult:
+    """The largest drop of the summed enforced limits below their level at ``after_s``, % of
+    capacity; limit <= ``QUIET_LIMIT_DROP_PCT``."""
+    if len(limit_w) != len(t_s):
+        raise ValueError("need one summed limit per sample")
+    start = bisect.bisect_left(t_s, after_s)
+    if start >= len(limit_w):
+        return _rule(name, None, QUIET_LIMIT_DROP_PCT, "<=", "%", "no samples")
+    drop = max(limit_w[start] - w for w in limit_w[start:])
+    return _rule(name, _pct(drop, capacity_w), QUIET_LIMIT_DROP_PCT, "<=", "%",
+                 "largest drop of the summed enforced limits")
 
 
 def over_delivery(tr: Trace, *, windows: Sequence[tuple[float, float]], capacity_w: float,

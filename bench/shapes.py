@@ -154,10 +154,11 @@ def fcr_d_dynamic(time_scale: float = 0.1) -> Shape:
 
 def fcr_d_static(time_scale: float = 0.1, threshold_hz: float = 49.7) -> Shape:
     """FCR-D static: a step to 0.1 Hz below the threshold, held (scaled), back to 50 Hz, then
-    long enough for the 60 s wait above 49.9 Hz and a 2.5 %/s ramp-down (40 s) to finish."""
+    long enough for the 60 s wait above 49.9 Hz and a ramp-down to finish: 40 s at the
+    2.5 %/s limit, 56 s for a product that ramps at 2 %/s with a 5 % margin on top (gridtao's)."""
     b = _Builder(50.0).hold(LEAD_S).mark("lead_end")
     b.step(threshold_hz - 0.1, "step").hold(_scaled(60, time_scale, 10.0), "hold_low")
-    b.step(50.0, "recover").hold(60.0 + 40.0 + 6.0)
+    b.step(50.0, "recover").hold(60.0 + 56.0 + 6.0)
     return b.shape("fcr-d-static", f"FCR-D static: step below {threshold_hz:g} Hz, return",
                    lagged=True)
 

@@ -36,5 +36,6 @@ def test_main_reads_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     path = tmp_path / "ffr.json"
     path.write_text(json.dumps(RESULT), encoding="utf-8")
     assert main([str(path)]) == 0
-    assert "step-49.7Hz" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "step-49.7Hz" in out and "date not recorded" in out
     assert main([]) == 2

@@ -340,6 +340,23 @@ def test_dr_scoring_pass_and_fail() -> None:
     assert not late["recovery_not_early@a"].passed
 
 
+def test_quiet_frequency_is_scored_from_the_enforced_limits_not_power() -> None:
+    spec = pr.ProductSpec("ffr", CAP, threshold_hz=49.7)
+    swinging = trace(lambda t: 300.0 if int(t) % 2 else -300.0)  # the load's own swings
+    limits = [5600.0] * len(swinging.t_s)
+    ok = names(pr.score_quiet(spec, swinging, limits, after_s=6.0))["no_false_activation"]
+    assert ok.passed and ok.value == 0.0
+    # A 100 W cut of the limits after the lead fails with its size; one before it does not count.
+    cut = [5500.0 if 10.0 <= t < 12.0 else 5600.0 for t in swinging.t_s]
+    bad = names(pr.score_quiet(spec, swinging, cut, after_s=6.0))["no_false_activation"]
+    assert not bad.passed and bad.value == pytest.approx(10.0)
+    early = [5500.0 if t < 5.0 else 5600.0 for t in swinging.t_s]
+    assert names(pr.score_quiet(spec, swinging, early, after_s=6.0))[
+        "no_false_activation"].passed
+    with pytest.raises(ValueError):
+        pr.score_quiet(spec, swinging, limits[:-1], after_s=6.0)
+
+
 def test_dr_hold_is_scored_on_settlement_interval_means() -> None:
     ev = pr.DrWindow("a", start_s=2.0, ramp_s=0.0, duration_s=20.0, recovery_s=0.0,
                      amount_w=CAP, interval_s=10.0)
