@@ -1,0 +1,127 @@
+"""Where receive -> command goes: the safety island's write fan-out, in-process, no broker.
+
+``python -m bench.fanout [--gpus N] [--triggers N] [--json FILE]`` times, on simulated GPUs in
+real time (driver call ``gpus.sim.set_latency_ms``):
+
+* ``one_write_ms``: one ``set_limit_mw`` (driver call + read-back), the unit of work;
+* ``parallel_ms``: :meth:`SafetyIsland.trigger_shed` with its per-GPU writer threads (what the
+  agent does on a trigger: caps from the draw, every GPU written, read back, latched);
+* ``sequential_ms``: the same trigger with the writers not started, so the island writes the
+  GPUs one after another on the calling thread (the baseline, measured in the same run);
+* ``cpu_per_write_us``: Python CPU per write with the driver latency set to zero, i.e. the part
+  of a write that holds the GIL.
+
+The gap between ``parallel_ms`` and ``one_write_ms`` is thread wake-ups and GIL hand-offs: on a
+2-vCPU VM it, not the driver calls, dominates receive -> command (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from gridtao.agent import GIL_SWITCH_INTERVAL_S
+from gridtao.clock import MonotonicClock
+from gridtao.config import SimConfig
+from gridtao.gpu.nvml import NvmlBackend
+from gridtao.gpu.sim import SimNvml
+from gridtao.report import percentiles
+from safety.island import SafetyIsland
+
+SHED_FRACTION = 0.3
+DRAW_MW = 600_000.0
+
+
+def _island(gpus: int, sim: SimConfig, *, parallel: bool) -> tuple[SafetyIsland, NvmlBackend]:
+    clock = MonotonicClock()
+    backend = NvmlBackend(SimNvml.from_config(sim, clock))
+    island = SafetyIsland(backend, clock=clock, release_rate_per_s=1000.0, max_event_s=600.0)
+    if parallel:
+        island.start()
+    island.update_draw([DRAW_MW] * gpus)
+    return island, backend
+
+
+def time_triggers(gpus: int, triggers: int, sim: SimConfig, *, parallel: bool) -> list[float]:
+    """Wall time of ``triggers`` shed triggers, ms; each released and ended before the next."""
+    island, backend = _island(gpus, sim, parallel=parallel)
+    out: list[float] = []
+    try:
+        for k in range(triggers):
+            t0 = time.perf_counter()
+            island.trigger_shed(f"fanout-{k}", SHED_FRACTION)
+            out.append((time.perf_counter() - t0) * 1000.0)
+            island.release(f"fanout-{k}")
+            time.sleep(0.005)  # release ramp: 1000 x the reduction per s, over in 1 ms
+            island.tick()
+            time.sleep(0.005)
+    finally:
+        island.close()
+        backend.close()
+    return out
+
+
+def time_calls(call: Callable[[int], object], n: int) -> list[float]:
+    """Wall time of ``call(k)`` for k in range(n), ms."""
+    out = []
+    for k in range(n):
+        t0 = time.perf_counter()
+        call(k)
+        out.append((time.perf_counter() - t0) * 1000.0)
+    return out
+
+
+def run(gpus: int, triggers: int, sim: SimConfig) -> dict[str, Any]:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as the agent runs
+    clock = MonotonicClock()
+    backend = NvmlBackend(SimNvml.from_config(sim, clock))
+    one = time_calls(lambda k: backend.set_limit_mw(0, 500_000 + (k % 2) * 1000), triggers)
+    backend.close()
+    fast = dataclasses.replace(sim, set_latency_ms=0.0, read_latency_ms=0.0)
+    backend = NvmlBackend(SimNvml.from_config(fast, clock))
+    cpu = time_calls(lambda k: backend.set_limit_mw(k % gpus, 500_000 + (k // gpus % 2) * 1000),
+                     triggers * gpus)
+    backend.close()
+    parallel = time_triggers(gpus, triggers, sim, parallel=True)
+    sequential = time_triggers(gpus, triggers, sim, parallel=False)
+    result: dict[str, Any] = {
+        "gpus": gpus, "triggers": triggers, "set_latency_ms": sim.set_latency_ms,
+        "switch_interval_s": GIL_SWITCH_INTERVAL_S,
+        "one_write_ms": percentiles(one),
+        "cpu_per_write_us": {k: v * 1000.0 for k, v in percentiles(cpu).items()},
+        "parallel_ms": percentiles(parallel),
+        "sequential_ms": percentiles(sequential),
+    }
+    result["sequential_vs_parallel_p50"] = (result["sequential_ms"]["p50"]
+                                            / result["parallel_ms"]["p50"])
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__.split("\n")[0])
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--triggers", type=int, default=200)
+    p.add_argument("--json", metavar="FILE")
+    args = p.parse_args(argv)
+    if args.gpus < 1 or args.triggers < 1:
+        p.error("--gpus and --triggers must be >= 1")
+    result = run(args.gpus, args.triggers, SimConfig(count=args.gpus))
+    for key in ("one_write_ms", "parallel_ms", "sequential_ms"):
+        s = result[key]
+        print(f"{key:16s} p50 {s['p50']:.3f}  p99 {s['p99']:.3f}  max {s['max']:.3f}")
+    c = result["cpu_per_write_us"]
+    print(f"cpu_per_write_us p50 {c['p50']:.1f}  p99 {c['p99']:.1f}")
+    print(f"sequential / parallel at p50: {result['sequential_vs_parallel_p50']:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
