@@ -27,7 +27,8 @@ Threads: tier 1, the island's MQTT thread and the watchdog all call in. ``_lock`
 state for short bookkeeping only (never across a wait on the GPUs); ``_cmd_lock`` serializes
 the island's own writes (triggers, event ends, safe states) so that a duplicate trigger sees
 the first one's finished :class:`Activation`. Event records and ramp arithmetic live in
-``safety/latch.py``; the per-GPU writer threads in ``safety/writer.py``. Power is in mW, times
+``safety/latch.py``, the armed levels in ``safety/armed.py``, the per-GPU writer threads in
+``safety/writer.py``. Power is in mW, times
 in clock seconds.
 """
 
@@ -41,17 +42,17 @@ from types import MappingProxyType, TracebackType
 
 from gridtao.clock import Clock
 from gridtao.gpu.backend import GpuBackend, GpuError
+from safety.armed import ArmedTable, check_fraction
 from safety.envelope import Envelope
 from safety.latch import (
     Activation,
-    ArmedLevel,
     EventKind,
     IslandView,
     LatchedEvent,
     SafeMode,
     most_restrictive,
 )
-from safety.writer import ParallelWriter, WriteBatch, WriteOutcome
+from safety.writer import ParallelWriter, WriteBatch, WriteRecord
 
 __all__ = ["Activation", "IslandView", "SafeMode", "SafetyIsland"]
 
@@ -98,7 +99,7 @@ class SafetyIsland:
         self._generation = 0
         self._draw: tuple[float, ...] = tuple(float(d) for d in self.envelope.default_mw)
         self._frozen_draw: tuple[float, ...] | None = None
-        self._armed: dict[str, ArmedLevel] = {}
+        self._armed = ArmedTable(self._cut_envelope)
         self._events: dict[str, LatchedEvent] = {}
         self._mode: SafeMode | None = None
         # Where limits return when nothing holds them: the operator's limits found at start
@@ -108,8 +109,7 @@ class SafetyIsland:
             else self.envelope.default_mw
         )
         self._resting_mw: tuple[int, ...] = self._normal_mw
-        self._limits_mw = list(self.envelope.default_mw)
-        self._faulted: dict[int, str] = {}
+        self._writes = WriteRecord(self.envelope.default_mw)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -128,7 +128,7 @@ class SafetyIsland:
                 limits.append(default)
         with self._lock:
             self._draw = tuple(draw)
-            self._limits_mw = limits
+        self._writes.reset_limits(limits)
 
     def close(self) -> None:
         """Stop the writer threads. Does not touch the limits: call :meth:`restore_defaults`
@@ -157,9 +157,8 @@ class SafetyIsland:
 
     def arm(self, key: str, node_target_fraction: float) -> None:
         """Precompute caps for trigger level ``key``: node target = draw x fraction."""
-        _check_fraction(node_target_fraction)
         with self._lock:
-            self._armed[key] = self._armed_for(node_target_fraction, self._basis_locked())
+            self._armed.arm(key, self._basis_locked(), node_target_fraction)
 
     def arm_reduction(
         self, key: str, reduction_mw: float, *, reference_mw: float | None = None,
@@ -169,15 +168,10 @@ class SafetyIsland:
         node's natural draw as tier 2 estimates it; default: the draw now) - ``reduction_mw``.
         The caps are split by the draw now either way. ``release_mw_per_s``: its release ramp
         in mW/s (default: ``release_rate_per_s`` of the reduction)."""
-        for name, value in (("reduction", reduction_mw), ("reference", reference_mw),
-                            ("release rate", release_mw_per_s)):
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0 mW, got {value!r}")
-        if release_mw_per_s == 0:
-            raise ValueError("release rate must be > 0 mW/s")
         with self._lock:
-            self._armed[key] = self._armed_for(1.0, self._basis_locked(), reduction_mw,
-                                               reference_mw, release_mw_per_s)
+            self._armed.arm_reduction(key, self._basis_locked(), reduction_mw,
+                                      reference_mw=reference_mw,
+                                      release_mw_per_s=release_mw_per_s)
 
     def set_commitment(self, node_target_mw: float | None, *, ttl_s: float) -> None:
         """Tier 2's soft node target, mW (None clears it); see the module invariants. Clamped
@@ -204,7 +198,7 @@ class SafetyIsland:
         floors = None if floors_mw is None else cut.min_mw
         with self._lock:
             self._cut_envelope, self._floors_mw = cut, floors
-            self._rearm_locked()
+            self._armed.rearm(self._basis_locked(), cut)
 
     @property
     def resting_mw(self) -> tuple[int, ...]:
@@ -213,12 +207,12 @@ class SafetyIsland:
 
     def disarm(self, key: str) -> bool:
         with self._lock:
-            return self._armed.pop(key, None) is not None
+            return self._armed.disarm(key)
 
     def rearm(self) -> None:
         """Recompute every armed level from the latest draw (during events: the frozen draw)."""
         with self._lock:
-            self._rearm_locked()
+            self._armed.rearm(self._basis_locked())
 
     # ------------------------------------------------------------------ triggers
 
@@ -243,7 +237,7 @@ class SafetyIsland:
 
     def trigger_shed(self, event_id: str, fraction: float) -> Activation:
         """Cut node power by ``fraction`` of its draw before the event (idempotent per id)."""
-        _check_fraction(fraction)
+        check_fraction(fraction)
         return self._trigger_computed(event_id, "shed", lambda baseline: baseline * (1 - fraction))
 
     def trigger_cap(self, event_id: str, node_w: float) -> Activation:
@@ -292,7 +286,7 @@ class SafetyIsland:
     def view(self) -> IslandView:
         now = self._clock.now()
         with self._lock:
-            faulted = tuple(sorted(self._faulted))
+            faulted = self._writes.faulted
             winner = self._winner_locked(now)
             commitment = self._commitment
             soft = commitment[0] if commitment is not None and now < commitment[1] else None
@@ -335,7 +329,7 @@ class SafetyIsland:
                 limits = self.envelope.fit_under_mw(limits, winner[1])
             batch = self._writer.submit(limits, guard=lambda: self._generation == generation)
         outcomes = batch.wait(self._write_timeout_s)
-        self._record(outcomes)
+        self._writes.record(outcomes)
         return not any(o.skipped for o in outcomes)
 
     # ------------------------------------------------------------------ safe states
@@ -355,14 +349,14 @@ class SafetyIsland:
                 self._generation += 1
                 self._mode = mode
                 if mode == "hold":
-                    self._resting_mw = tuple(self._limits_mw)
+                    self._resting_mw = self._writes.limits_mw
                     batch = None
                 else:
                     self._resting_mw = self.envelope.min_mw
                     batch = self._writer.submit(self._resting_mw)
             log.warning("safe state %s: limits %s mW, tier 1 locked out", mode, self._resting_mw)
             if batch is not None:
-                self._record(batch.wait(self._write_timeout_s))
+                self._writes.record(batch.wait(self._write_timeout_s))
 
     def clear_safe_state(self) -> bool:
         """Let tier 1 write again (writes nothing itself); False if no safe state was set."""
@@ -432,8 +426,9 @@ class SafetyIsland:
         )  # fmt: skip
         with self._lock:
             ev.activation = act
-            self._rearm_locked()  # armed levels now cut from the same frozen pre-event draw
-        self._record(outcomes)
+            # Armed levels are now cut from the same frozen pre-event draw.
+            self._armed.rearm(self._basis_locked())
+        self._writes.record(outcomes)
         log.info(
             "event %s (%s%s): target %.1f W of %.1f W, %s, %d GPU errors",
             ev.event_id, ev.kind, f" {ev.level}" if ev.level else "", ev.target_mw / 1000,
@@ -452,13 +447,13 @@ class SafetyIsland:
                 if ended and not self._events:
                     self._generation += 1
                     self._frozen_draw = None
-                    self._rearm_locked()
+                    self._armed.rearm(self._basis_locked())
                     batch = self._writer.submit(self._resting_mw)
             for k in ended:
                 log.info("event %s ended", k)
             if batch is not None:
                 log.info("last event ended: limits back to %s mW", self._resting_mw)
-                self._record(batch.wait(self._write_timeout_s))
+                self._writes.record(batch.wait(self._write_timeout_s))
 
     def _restore(self, reason: str) -> None:
         with self._cmd_lock:
@@ -469,63 +464,21 @@ class SafetyIsland:
                 self._frozen_draw = None
                 self._mode = None
                 self._resting_mw = self._normal_mw
-                self._rearm_locked()
+                self._armed.rearm(self._basis_locked())
                 batch = self._writer.submit(self._resting_mw)
             log.warning("%s: every GPU to its resting limit, latches cleared", reason)
-            self._record(batch.wait(self._write_timeout_s))
+            self._writes.record(batch.wait(self._write_timeout_s))
 
     def _basis_locked(self) -> tuple[float, ...]:
         return self._frozen_draw if self._frozen_draw is not None else self._draw
-
-    def _armed_for(
-        self, fraction: float, draw: tuple[float, ...], reduction_mw: float = 0.0,
-        reference_mw: float | None = None, release_mw_per_s: float | None = None,
-    ) -> ArmedLevel:
-        baseline = math.fsum(draw) if reference_mw is None else reference_mw
-        target = baseline * fraction - reduction_mw
-        caps = tuple(self._cut_envelope.cut_caps_mw(draw, target))
-        return ArmedLevel(fraction, draw, baseline, target, caps, reduction_mw, reference_mw,
-                          release_mw_per_s)
-
-    def _rearm_locked(self) -> None:
-        draw = self._basis_locked()
-        for key, armed in self._armed.items():
-            self._armed[key] = self._armed_for(
-                armed.node_target_fraction, draw, armed.reduction_mw, armed.reference_mw,
-                armed.release_mw_per_s,
-            )
 
     def _winner_locked(self, now: float) -> tuple[LatchedEvent, float] | None:
         return most_restrictive(
             self._events.values(), now, self._rate, self.envelope.default_total_mw
         )
 
-    def _record(self, outcomes: Sequence[WriteOutcome]) -> None:
-        changes: list[tuple[int, GpuError | None]] = []
-        with self._lock:
-            for o in outcomes:
-                if o.enforced_mw is not None:
-                    self._limits_mw[o.index] = o.enforced_mw
-                if o.error is not None:
-                    name = type(o.error).__name__
-                    if self._faulted.get(o.index) != name:
-                        changes.append((o.index, o.error))
-                    self._faulted[o.index] = name
-                elif o.ok and self._faulted.pop(o.index, None) is not None:
-                    changes.append((o.index, None))
-        for index, error in changes:
-            if error is None:
-                log.info("GPU %d: limit writes work again", index)
-            else:
-                log.error("GPU %d: limit write failed: %s: %s", index, type(error).__name__, error)
-
 
 def _activation_of(ev: LatchedEvent) -> Activation:
     if ev.activation is None:  # only if the first trigger of this id died mid-way
         raise RuntimeError(f"event {ev.event_id} has no recorded activation")
     return ev.activation
-
-
-def _check_fraction(x: float) -> None:
-    if not (math.isfinite(x) and 0.0 <= x <= 1.0):
-        raise ValueError(f"fraction must be in [0, 1], got {x!r}")

@@ -213,3 +213,48 @@ class ParallelWriter:
                 log.exception("GPU %d: unexpected error writing its limit", index)
                 return WriteOutcome(index, limit_mw, None, GpuDriverError(repr(e), index=index))
         return WriteOutcome(index, limit_mw, enforced)
+
+
+class WriteRecord:
+    """What the island's writes left behind, per GPU: the limit last read back (mW) and the
+    error kind of a GPU whose last write failed. Logs each GPU's change between working and
+    failing once, not on every write. Thread-safe."""
+
+    def __init__(self, limits_mw: Sequence[int]) -> None:
+        self._lock = threading.Lock()
+        self._limits_mw = list(limits_mw)
+        self._faulted: dict[int, str] = {}
+
+    @property
+    def limits_mw(self) -> tuple[int, ...]:
+        with self._lock:
+            return tuple(self._limits_mw)
+
+    @property
+    def faulted(self) -> tuple[int, ...]:
+        """GPUs whose last write failed, by index."""
+        with self._lock:
+            return tuple(sorted(self._faulted))
+
+    def reset_limits(self, limits_mw: Sequence[int]) -> None:
+        with self._lock:
+            self._limits_mw = list(limits_mw)
+
+    def record(self, outcomes: Sequence[WriteOutcome]) -> None:
+        changes: list[tuple[int, GpuError | None]] = []
+        with self._lock:
+            for o in outcomes:
+                if o.enforced_mw is not None:
+                    self._limits_mw[o.index] = o.enforced_mw
+                if o.error is not None:
+                    name = type(o.error).__name__
+                    if self._faulted.get(o.index) != name:
+                        changes.append((o.index, o.error))
+                    self._faulted[o.index] = name
+                elif o.ok and self._faulted.pop(o.index, None) is not None:
+                    changes.append((o.index, None))
+        for index, error in changes:
+            if error is None:
+                log.info("GPU %d: limit writes work again", index)
+            else:
+                log.error("GPU %d: limit write failed: %s: %s", index, type(error).__name__, error)
