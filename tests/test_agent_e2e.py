@@ -7,28 +7,25 @@ Waits are generous (a loaded 2-core machine); nothing here asserts wall-clock sp
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from broker import MosquittoBroker, Subscriber, publish
+from broker import MosquittoBroker, Subscriber
+from nodes import Node, merge, running, steady_sim
 from waiting import wait_until
 
-from gridtao.agent import Agent, AgentOptions
 from gridtao.clock import MonotonicClock
 from gridtao.config import config_from_mapping
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim import SimNvml
-from gridtao.grid.mqtt import new_event_loop
 
 W = 1000  # mW per W
 N = 4
@@ -36,89 +33,11 @@ DEMAND_W = 600
 BASELINE_W = N * DEMAND_W
 MIN_W, DEFAULT_W = 200, 700  # H100 SXM profile
 RATE_PER_S = 1.0  # release ramp: the whole reduction given back in 1 s
-SET = "nvmlDeviceSetPowerManagementLimit"
 WAIT_S = 15.0
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and k in out else v
-    return out
 
 
 def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
     wait_until(cond, what, timeout_s=timeout_s)
-
-
-class _Controller(threading.Thread):
-    """``agent.serve()`` on its own uvloop (status publishing), stopped by :meth:`stop`."""
-
-    def __init__(self, agent: Agent) -> None:
-        super().__init__(name="test-controller", daemon=True)
-        self._agent = agent
-        self._loop = new_event_loop()
-        self._stop_event: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        async def main() -> None:
-            self._stop_event = asyncio.Event()
-            self._ready.set()
-            await self._agent.serve(self._stop_event)
-
-        try:
-            self._loop.run_until_complete(main())
-        except BaseException as e:
-            self.error = e
-        finally:
-            self._loop.close()
-
-    def start(self) -> None:
-        super().start()
-        assert self._ready.wait(5.0)
-
-    def stop(self) -> None:
-        if self.is_alive() and self._stop_event is not None:
-            self._loop.call_soon_threadsafe(self._stop_event.set)
-        self.join(10.0)
-        assert not self.is_alive(), "agent.serve() did not return"
-        assert self.error is None, self.error
-
-
-@dataclass
-class Node:
-    agent: Agent
-    sim: SimNvml
-    broker: MosquittoBroker
-
-    @property
-    def topics(self) -> Any:
-        return self.agent.topics
-
-    def limits_w(self) -> list[float]:
-        return [self.agent.backend.enforced_limit_mw(i) / W for i in range(N)]
-
-    def sets(self) -> int:
-        return self.sim.call_count(SET)
-
-    def count(self, topic: str, result: str) -> float:
-        value = self.agent.registry.get_sample_value(
-            "gridtao_messages_total", {"topic": topic, "result": result}
-        )
-        return value or 0.0
-
-    def dispatch(self, payload: bytes | Mapping[str, object]) -> None:
-        raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        publish(self.broker.host, self.broker.port, self.topics.dispatch, raw, qos=1)
-
-    def frequency(self, hz: float) -> None:
-        raw = json.dumps({"t": time.time(), "hz": hz}).encode()
-        publish(self.broker.host, self.broker.port, self.topics.frequency, raw, qos=0)
-
-    def acks(self) -> Subscriber:
-        return Subscriber(self.broker.host, self.broker.port, self.topics.ack)
 
 
 @contextmanager
@@ -141,34 +60,11 @@ def running_node(
             "release_rate_per_s": RATE_PER_S,
         },
     }
-    cfg = config_from_mapping(_merge(base, over), source=f"<test {name}>")
-    clock = MonotonicClock()
-    sim = SimNvml.from_config(cfg.gpus.sim, clock)
-    for i in range(N):
-        sim.set_demand_w(i, DEMAND_W)
-    backend = NvmlBackend(sim)
-    # The instant reading refreshes every 20 ms: start only once it shows the new demand, so
-    # the island's pre-event baseline is exactly N x DEMAND_W.
-    wait_for(
-        lambda: all(abs(backend.instant_power_mw(i) - DEMAND_W * W) <= W for i in range(N)),
-        "the simulated draw to settle",
-    )
-    agent = Agent(
-        cfg, clock=clock, backend=backend,
-        options=AgentOptions(serve_metrics=False, connect_timeout_s=WAIT_S),
-    )
-    controller = _Controller(agent) if serve else None
-    try:
-        agent.start()
-        assert agent.lane.link.is_connected, "island lane did not connect"
-        if controller is not None:
-            controller.start()
-        yield Node(agent, sim, broker)
-        assert agent.lane.error is None, agent.lane.error
-    finally:
-        if controller is not None:
-            controller.stop()
-        agent.close()
+    cfg = config_from_mapping(merge(base, over), source=f"<test {name}>")
+    sim = steady_sim(cfg, MonotonicClock(), DEMAND_W)
+    # The island's pre-event baseline is then exactly N x DEMAND_W.
+    with running(broker, cfg, sim, serve=serve, settled_w=DEMAND_W) as node:
+        yield node
 
 
 def _ack(msg: Any) -> dict[str, Any]:

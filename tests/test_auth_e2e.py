@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import MosquittoBroker, Subscriber, publish
+from broker import MosquittoBroker, Subscriber
+from nodes import Node, running, steady_sim
 
 from gridtao import cli
 from gridtao.agent import Agent, AgentOptions
 from gridtao.clock import MonotonicClock
 from gridtao.config import ConfigError, config_from_mapping
-from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
 from gridtao.grid import auth
 from gridtao.localbroker import Publisher
 
@@ -34,7 +33,6 @@ N = 4
 DEMAND_W = 600
 BASELINE_W = N * DEMAND_W
 DEFAULT_W = 700
-SET = "nvmlDeviceSetPowerManagementLimit"
 WAIT_S = 15.0
 
 
@@ -81,49 +79,12 @@ def _config(broker: MosquittoBroker, keys: Keys, name: str,
     }
 
 
-@dataclass
-class Node:
-    agent: Agent
-    sim: SimNvml
-    broker: MosquittoBroker
-
-    def limits_w(self) -> list[float]:
-        return [self.agent.backend.enforced_limit_mw(i) / W for i in range(N)]
-
-    def sets(self) -> int:
-        return self.sim.call_count(SET)
-
-    def send(self, topic: str, payload: bytes) -> None:
-        qos = 1 if topic == self.agent.topics.dispatch else 0
-        publish(self.broker.host, self.broker.port, topic, payload, qos=qos)
-
-    def dispatch(self, payload: bytes) -> None:
-        self.send(self.agent.topics.dispatch, payload)
-
-    def acks(self) -> Subscriber:
-        return Subscriber(self.broker.host, self.broker.port, self.agent.topics.ack)
-
-    def value(self, name: str, **labels: str) -> float:
-        return self.agent.registry.get_sample_value(name, labels) or 0.0
-
-
 @contextmanager
 def running_node(broker: MosquittoBroker, keys: Keys, name: str,
                  limits: dict[str, Any] | None = None) -> Iterator[Node]:
     cfg = config_from_mapping(_config(broker, keys, name, limits), source=f"<test {name}>")
-    clock = MonotonicClock()
-    sim = SimNvml.from_config(cfg.gpus.sim, clock)
-    for i in range(N):
-        sim.set_demand_w(i, DEMAND_W)
-    agent = Agent(cfg, clock=clock, backend=NvmlBackend(sim),
-                  options=AgentOptions(serve_metrics=False, connect_timeout_s=WAIT_S))
-    try:
-        agent.start()
-        assert agent.lane.link.is_connected, "island lane did not connect"
-        yield Node(agent, sim, broker)
-        assert agent.lane.error is None, agent.lane.error
-    finally:
-        agent.close()
+    with running(broker, cfg, steady_sim(cfg, MonotonicClock(), DEMAND_W)) as node:
+        yield node
 
 
 def _shed(event_id: str, fraction: float = 0.5, **over: Any) -> dict[str, Any]:

@@ -15,15 +15,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from broker import MosquittoBroker, Subscriber, publish
+from nodes import SET, Node, merge, running, steady_sim
 from waiting import wait_until
 
 from gridtao.agent import Agent, AgentOptions
@@ -47,18 +46,10 @@ BASELINE_W = N * DEMAND_W
 DEFAULT_W = 700
 RATE_PER_S = 1.0  # release ramp: 1 s
 WAIT_S = 20.0
-SET = "nvmlDeviceSetPowerManagementLimit"
 
 
 def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
     wait_until(cond, what, timeout_s=timeout_s)
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and k in out else v
-    return out
 
 
 def _config(broker: MosquittoBroker, name: str, tmp: Path, **over: Any) -> Config:
@@ -74,56 +65,11 @@ def _config(broker: MosquittoBroker, name: str, tmp: Path, **over: Any) -> Confi
         "journal": {"enabled": True, "path": str(tmp / f"{name}-journal.json"),
                     "heartbeat_s": 0.2},
     }
-    return config_from_mapping(_merge(base, over), source=f"<test {name}>")
+    return config_from_mapping(merge(base, over), source=f"<test {name}>")
 
 
 def _sim(cfg: Config, clock: Clock) -> SimNvml:
-    sim = SimNvml.from_config(cfg.gpus.sim, clock)
-    for i in range(N):
-        sim.set_demand_w(i, DEMAND_W)
-    return sim
-
-
-@dataclass
-class Node:
-    agent: Agent
-    sim: SimNvml
-    broker: MosquittoBroker
-
-    def limits_w(self) -> list[float]:
-        return [self.agent.backend.enforced_limit_mw(i) / W for i in range(N)]
-
-    def true_w(self) -> list[float]:
-        return [self.sim.true_power_mw(i) / W for i in range(N)]
-
-    def dispatch(self, payload: Mapping[str, object]) -> None:
-        publish(self.broker.host, self.broker.port, self.agent.topics.dispatch,
-                json.dumps(payload).encode(), qos=1)
-
-    def acks(self) -> Subscriber:
-        return Subscriber(self.broker.host, self.broker.port, self.agent.topics.ack)
-
-    def sample(self, name: str, labels: Mapping[str, str] | None = None) -> float:
-        return self.agent.registry.get_sample_value(name, dict(labels or {})) or 0.0
-
-    def audit(self) -> list[dict[str, Any]]:
-        assert self.agent.ledger.audit is not None
-        assert self.agent.ledger.audit.flush()
-        return read_records([self.agent.config.audit.path])
-
-
-@contextmanager
-def running(broker: MosquittoBroker, cfg: Config, sim: SimNvml,
-            clock: Clock | None = None) -> Iterator[Node]:
-    agent = Agent(cfg, clock=clock or sim.clock, backend=NvmlBackend(sim),
-                  options=AgentOptions(serve_metrics=False, connect_timeout_s=WAIT_S))
-    try:
-        agent.start()
-        assert agent.lane.link.is_connected, "island lane did not connect"
-        yield Node(agent, sim, broker)
-        assert agent.lane.error is None, agent.lane.error
-    finally:
-        agent.close()
+    return steady_sim(cfg, clock, DEMAND_W)
 
 
 def crash(agent: Agent) -> None:
@@ -189,8 +135,7 @@ def test_broker_killed_mid_event(mqtt_broker: MosquittoBroker, tmp_path: Path) -
             again, new = (m.payload for m in acks.wait(2, WAIT_S))
         assert again == first  # the original ack, not a second action
         assert json.loads(new)["id"] == "s2" and json.loads(new)["accepted"] is True
-        assert node.sample("gridtao_messages_total",
-                           {"topic": "dispatch", "result": "duplicate"}) == 1
+        assert node.count("dispatch", "duplicate") == 1
         view = node.agent.island.view()
         assert set(view.active_event_ids) == {"c1", "s2"}
         assert view.generation == generation + 1  # only s2 wrote caps
@@ -484,8 +429,8 @@ def test_a_gpu_lost_mid_event(mqtt_broker_session: MosquittoBroker, tmp_path: Pa
         node.dispatch({"id": "c1", "kind": "cap", "node_w": 1600, "duration_s": 120})
         acks.wait(2, WAIT_S)  # accepted, then reached
         sim.inject_fault(0, "lost")
-        wait_for(lambda: node.sample("gridtao_gpu_errors_total",
-                                     {"gpu": "0", "kind": "GpuLost"}) > 0, "the error count")
+        wait_for(lambda: node.value("gridtao_gpu_errors_total", gpu="0", kind="GpuLost") > 0,
+                 "the error count")
         # A deeper cut while GPU 0 is gone: the others take it, the ack names the lost one.
         node.dispatch(_shed("s2", 0.5))
         ack = _ack(acks.wait(3, WAIT_S)[2])
@@ -524,7 +469,7 @@ def test_slow_gpu_others_capped_within_the_write_deadline(
                   safety={"watchdog_timeout_s": 3.0})
     sim = _sim(cfg, MonotonicClock())
     with running(mqtt_broker_session, cfg, sim) as node, node.acks() as acks:
-        steps = node.sample("gridtao_fast_loop_seconds_count")
+        steps = node.value("gridtao_fast_loop_seconds_count")
         sim.inject_fault(0, "slow", delay_s=0.4)
         t0 = time.monotonic()
         node.dispatch(_shed("s1", 0.5))
@@ -536,7 +481,7 @@ def test_slow_gpu_others_capped_within_the_write_deadline(
         write_s = ack["commanded_at"] - ack["received_at"]
         time.sleep(2.0)
         assert not node.agent.watchdog.expired
-        steps_during = node.sample("gridtao_fast_loop_seconds_count") - steps
+        steps_during = node.value("gridtao_fast_loop_seconds_count") - steps
         assert steps_during >= 2  # slowed to a step or two a second, but alive
         sim.clear_faults()
         wait_for(lambda: node.limits_w()[0] < DEFAULT_W, "GPU 0 capped once it answers")

@@ -1,0 +1,168 @@
+"""One in-process agent on simulated GPUs against the test broker, for the end-to-end tests.
+
+``running(broker, cfg, sim)`` starts an :class:`~gridtao.agent.Agent` (no metrics server), checks
+its island lane connected, yields a :class:`Node` with the helpers the tests drive it through,
+and closes it (restoring limits) however the test ends; ``serve=True`` also runs
+``agent.serve()`` (status publishing) on its own loop. Waits are generous: the CI machine is a
+loaded 2-core box and nothing here asserts speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from broker import MosquittoBroker, Subscriber, publish
+from waiting import wait_until
+
+from gridtao.agent import Agent, AgentOptions
+from gridtao.clock import Clock
+from gridtao.config import Config
+from gridtao.gpu.nvml import NvmlBackend
+from gridtao.gpu.sim import SimNvml
+from gridtao.grid.mqtt import new_event_loop
+from gridtao.telemetry.audit_verify import read_records
+
+W = 1000  # mW per W
+SET = "nvmlDeviceSetPowerManagementLimit"
+CONNECT_S = 20.0
+
+
+def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` merged in, nested mappings key by key (a test's overrides)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, Mapping) and k in out else v
+    return out
+
+
+def steady_sim(cfg: Config, clock: Clock, demand_w: float) -> SimNvml:
+    """The configured simulator with every GPU's workload replaced by a steady ``demand_w``."""
+    sim = SimNvml.from_config(cfg.gpus.sim, clock)
+    for i in range(cfg.gpus.sim.count):
+        sim.set_demand_w(i, demand_w)
+    return sim
+
+
+@dataclass
+class Node:
+    """A running agent, its simulator and the broker, with what the tests read and send."""
+
+    agent: Agent
+    sim: SimNvml
+    broker: MosquittoBroker
+
+    @property
+    def topics(self) -> Any:
+        return self.agent.topics
+
+    @property
+    def count_gpus(self) -> int:
+        return self.agent.island.envelope.count
+
+    def limits_w(self) -> list[float]:
+        return [self.agent.backend.enforced_limit_mw(i) / W for i in range(self.count_gpus)]
+
+    def true_w(self) -> list[float]:
+        return [self.sim.true_power_mw(i) / W for i in range(self.count_gpus)]
+
+    def sets(self) -> int:
+        """Limit writes the simulated driver has seen."""
+        return self.sim.call_count(SET)
+
+    def value(self, name: str, **labels: str) -> float:
+        """A Prometheus sample of the agent's registry (0 when absent)."""
+        return self.agent.registry.get_sample_value(name, labels) or 0.0
+
+    def count(self, topic: str, result: str) -> float:
+        return self.value("gridtao_messages_total", topic=topic, result=result)
+
+    def send(self, topic: str, payload: bytes | Mapping[str, object]) -> None:
+        """Publish raw bytes or a JSON object; QoS 1 on the dispatch topic, 0 elsewhere."""
+        raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        qos = 1 if topic == self.topics.dispatch else 0
+        publish(self.broker.host, self.broker.port, topic, raw, qos=qos)
+
+    def dispatch(self, payload: bytes | Mapping[str, object]) -> None:
+        self.send(self.topics.dispatch, payload)
+
+    def frequency(self, hz: float) -> None:
+        self.send(self.topics.frequency, {"t": time.time(), "hz": hz})
+
+    def acks(self) -> Subscriber:
+        return Subscriber(self.broker.host, self.broker.port, self.topics.ack)
+
+    def audit(self) -> list[dict[str, Any]]:
+        """The audit trail so far (flushed first)."""
+        assert self.agent.ledger.audit is not None
+        assert self.agent.ledger.audit.flush()
+        return read_records([self.agent.config.audit.path])
+
+
+class _Controller(threading.Thread):
+    """``agent.serve()`` on its own uvloop (status publishing), stopped by :meth:`stop`."""
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(name="test-controller", daemon=True)
+        self._agent = agent
+        self._loop = new_event_loop()
+        self._stop_event: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        async def main() -> None:
+            self._stop_event = asyncio.Event()
+            self._ready.set()
+            await self._agent.serve(self._stop_event)
+
+        try:
+            self._loop.run_until_complete(main())
+        except BaseException as e:
+            self.error = e
+        finally:
+            self._loop.close()
+
+    def start(self) -> None:
+        super().start()
+        assert self._ready.wait(5.0)
+
+    def stop(self) -> None:
+        if self.is_alive() and self._stop_event is not None:
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+        self.join(10.0)
+        assert not self.is_alive(), "agent.serve() did not return"
+        assert self.error is None, self.error
+
+
+@contextmanager
+def running(broker: MosquittoBroker, cfg: Config, sim: SimNvml, *, clock: Clock | None = None,
+            serve: bool = False, settled_w: float | None = None) -> Iterator[Node]:
+    """An agent on ``sim`` (its clock unless ``clock``), started and connected; closed after.
+    ``settled_w``: start only once every GPU's instant reading (it refreshes every 20 ms) shows
+    this draw, so the island's pre-event basis is exact."""
+    backend = NvmlBackend(sim)
+    if settled_w is not None:
+        wait_until(lambda: all(abs(backend.instant_power_mw(i) - settled_w * W) <= W
+                               for i in range(cfg.gpus.sim.count)),
+                   "the simulated draw to settle", timeout_s=CONNECT_S)
+    agent = Agent(cfg, clock=clock or sim.clock, backend=backend,
+                  options=AgentOptions(serve_metrics=False, connect_timeout_s=CONNECT_S))
+    controller = _Controller(agent) if serve else None
+    try:
+        agent.start()
+        assert agent.lane.link.is_connected, "island lane did not connect"
+        if controller is not None:
+            controller.start()
+        yield Node(agent, sim, broker)
+        assert agent.lane.error is None, agent.lane.error
+    finally:
+        if controller is not None:
+            controller.stop()
+        agent.close()
