@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,7 +208,7 @@ class Agent:
         self._closed = False
         self._quiesced = False
         self._quiesce_lock = threading.Lock()
-        self._reconnects_seen = 0
+        self._counters_seen: dict[str, int] = {}
         self._busy_sink = 0
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -404,7 +406,7 @@ class Agent:
     async def _status_loop(self) -> None:
         period = self.config.mqtt.status_period_s
         while True:
-            self._count_reconnects()
+            self._carry_counters()
             self._publish_status(online=True)
             self._record_limits()
             await asyncio.sleep(period)
@@ -421,12 +423,27 @@ class Agent:
         self.ledger.record("limits", {"limits_mw": limits, "draw_mw": self.fast.draw_mw,
                                       "event": self.island.view().event_id})
 
-    def _count_reconnects(self) -> None:
-        """Carry both links' reconnect counters into gridtao_mqtt_reconnects_total."""
-        total = self.lane.link.stats.reconnects + self.status_link.stats.reconnects
-        for _ in range(total - self._reconnects_seen):
-            self.metrics.count_mqtt_reconnect()
-        self._reconnects_seen = total
+    def _carry_counters(self) -> None:
+        """Carry the links' and the audit trail's plain counters into Prometheus (their
+        increase since the last call): reconnects, refusals, drops."""
+        def carry(key: str, total: int, count: Callable[[int], None]) -> None:
+            new = total - self._counters_seen.get(key, 0)
+            if new > 0:
+                count(new)
+            self._counters_seen[key] = total
+
+        m = self.metrics
+        links = {"island": self.lane.link.stats, "status": self.status_link.stats}
+        carry("reconnects", sum(st.reconnects for st in links.values()), m.count_mqtt_reconnect)
+        for name, st in links.items():
+            carry(f"{name}.refused", st.refused, functools.partial(m.count_mqtt_refused, name))
+            carry(f"{name}.in", st.dropped_inbound,
+                  functools.partial(m.count_mqtt_dropped, name, "in"))
+            carry(f"{name}.out", st.dropped_outbound,
+                  functools.partial(m.count_mqtt_dropped, name, "out"))
+        audit = self.ledger.audit
+        if audit is not None:
+            carry("audit.dropped", audit.dropped, m.count_audit_dropped)
 
     def status_gpus(self) -> list[dict[str, float]]:
         """Per-GPU status from tier 1's last reading (no NVML call on this thread), except in a

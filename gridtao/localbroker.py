@@ -6,6 +6,7 @@ file in its temp dir). Only the pid this module started is ever signalled.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -329,7 +330,11 @@ class Subscriber:
 
     def close(self) -> None:
         self._client.disconnect()
-        self._client.loop_stop()
+        # paho 2.2: the network thread, ending on the disconnect, sets its own handle to None
+        # between loop_stop's "is there a thread" check and its join() (AttributeError): it has
+        # exited, which is all loop_stop waits for.
+        with contextlib.suppress(AttributeError):
+            self._client.loop_stop()
 
     def wait(self, n: int = 1, timeout: float = 5.0) -> list[paho.MQTTMessage]:
         """Block until ``n`` messages have arrived; raise TimeoutError naming what came."""

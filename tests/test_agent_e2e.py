@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,6 +82,26 @@ def _reopened_limits_w(sim: SimNvml) -> list[float]:
     """The limits the simulated GPUs hold, read through a fresh backend (after agent.close())."""
     with NvmlBackend(sim) as backend:
         return [backend.enforced_limit_mw(i) / W for i in range(N)]
+
+
+# ---------------------------------------------------------------- metrics of the links
+
+
+def test_link_and_audit_counters_reach_prometheus_once(mqtt_broker: MosquittoBroker,
+                                                        tmp_path: Path) -> None:
+    audit = {"enabled": True, "path": str(tmp_path / "audit.jsonl"), "fsync": "never"}
+    with running_node(mqtt_broker, "counters", audit=audit) as node:
+        agent = node.agent
+        agent.lane.link.stats.dropped_inbound += 3  # what an inbox overflow leaves behind
+        agent.status_link.stats.refused += 2
+        assert agent.ledger.audit is not None
+        agent.ledger.audit._dropped += 4  # a full writer queue
+        for _ in range(2):  # carried as increases: the second pass adds nothing
+            agent._carry_counters()
+            assert node.value("gridtao_mqtt_dropped_total", link="island", direction="in") == 3
+            assert node.value("gridtao_mqtt_refused_total", link="status") == 2
+            assert node.value("gridtao_audit_dropped_total") == 4
+        assert node.value("gridtao_mqtt_dropped_total", link="status", direction="out") == 0
 
 
 # ---------------------------------------------------------------- frequency trigger

@@ -87,12 +87,18 @@ def test_counters(metrics: Metrics, served: MetricsServer) -> None:
     metrics.count_message("frequency", "rejected")
     metrics.count_gpu_error(3, "GpuLost")
     metrics.count_mqtt_reconnect()
+    metrics.count_mqtt_refused("status", 2)
+    metrics.count_mqtt_dropped("island", "in", 3)
+    metrics.count_audit_dropped(4)
     s = scrape(served)
     assert value(s, "gridtao_messages_total", topic="dispatch", result="accepted") == 2
     assert value(s, "gridtao_messages_total", topic="dispatch", result="duplicate") == 1
     assert value(s, "gridtao_messages_total", topic="frequency", result="rejected") == 1
     assert value(s, "gridtao_gpu_errors_total", gpu="3", kind="GpuLost") == 1
     assert value(s, "gridtao_mqtt_reconnects_total") == 1
+    assert value(s, "gridtao_mqtt_refused_total", link="status") == 2
+    assert value(s, "gridtao_mqtt_dropped_total", link="island", direction="in") == 3
+    assert value(s, "gridtao_audit_dropped_total") == 4
 
 
 def test_unknown_message_result_rejected(metrics: Metrics) -> None:

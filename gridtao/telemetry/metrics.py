@@ -91,6 +91,24 @@ class Metrics:
             "gridtao_mqtt_reconnects", "MQTT reconnections after a lost connection.",
             registry=registry,
         )
+        self._mqtt_refused = Counter(
+            "gridtao_mqtt_refused",
+            "MQTT connection attempts the broker refused (credentials, ACL, TLS), by link.",
+            ["link"],
+            registry=registry,
+        )
+        self._mqtt_dropped = Counter(
+            "gridtao_mqtt_dropped",
+            "MQTT messages dropped (a full queue, or QoS 0 cut off by a lost connection), by "
+            "link and direction (in, out).",
+            ["link", "direction"],
+            registry=registry,
+        )
+        self._audit_dropped = Counter(
+            "gridtao_audit_dropped",
+            "Audit records dropped on a full writer queue (each loss is also a gap record).",
+            registry=registry,
+        )
         self._trigger_to_command = Histogram(
             "gridtao_trigger_to_command_seconds",
             "From a trigger reaching the node to every GPU limit commanded, s.",
@@ -150,8 +168,17 @@ class Metrics:
         """One GPU backend error; ``kind`` is the error class name (e.g. ``GpuLost``)."""
         self._gpu_errors.labels(gpu=str(gpu), kind=kind).inc()
 
-    def count_mqtt_reconnect(self) -> None:
-        self._mqtt_reconnects.inc()
+    def count_mqtt_reconnect(self, n: int = 1) -> None:
+        self._mqtt_reconnects.inc(n)
+
+    def count_mqtt_refused(self, link: str, n: int = 1) -> None:
+        self._mqtt_refused.labels(link).inc(n)
+
+    def count_mqtt_dropped(self, link: str, direction: Literal["in", "out"], n: int = 1) -> None:
+        self._mqtt_dropped.labels(link, direction).inc(n)
+
+    def count_audit_dropped(self, n: int = 1) -> None:
+        self._audit_dropped.inc(n)
 
     def observe_trigger_to_command(self, seconds: float) -> None:
         self._trigger_to_command.observe(seconds)
