@@ -5,8 +5,9 @@ Threads and loops (DESIGN.md):
 - tier 1: its own thread at ``control.fast_hz``; reads instant power, re-arms the island;
 - response meter: samples node power after each activation until the target band is reached;
 - watchdog: puts the GPUs in ``safety.safe_state`` if tier 1 stops beating;
-- the controller loop (asyncio on uvloop, the caller's thread): retained status, metrics,
-  tier 2 (control/tracker.py) every ``tracker.period_s`` with its retained tracker topic;
+- the controller loop (asyncio on uvloop, the caller's thread; gridtao/controller.py):
+  retained status, counters into metrics, tier 2 (control/tracker.py) every
+  ``tracker.period_s`` with its retained tracker topic;
   tier 2's commitment is also refreshed on the island lane after every frequency sample.
 
 Stop restores every limit the agent changed to what it found at start, then publishes an
@@ -17,14 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import re
 import socket
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +34,7 @@ from gridtao.config import Config
 from gridtao.control.fast import FastLoop
 from gridtao.control.response import Reached, ResponseMeter
 from gridtao.control.tracker import Tier2
+from gridtao.controller import ControllerLoop
 from gridtao.gpu import open_backend
 from gridtao.gpu.backend import GpuBackend, GpuError, GpuPermissionDenied
 from gridtao.grid import messages as wire
@@ -104,16 +104,16 @@ class Agent:
         self.backend: GpuBackend = (
             backend if backend is not None else open_backend(config.gpus, clock=self.clock)
         )
-        self._indices = [d.index for d in self.backend.devices()]
-        self._limits = [self.backend.power_limits(i) for i in self._indices]
+        self.gpu_indices = [d.index for d in self.backend.devices()]
+        self.gpu_limits = [self.backend.power_limits(i) for i in self.gpu_indices]
         # What we found: restored on stop, whatever the events did in between. After a crash
         # the journal knows better: what the first run found (gridtao/ledger.py).
-        self.initial_limits_mw = [self.backend.enforced_limit_mw(i) for i in self._indices]
+        self.initial_limits_mw = [self.backend.enforced_limit_mw(i) for i in self.gpu_indices]
         try:
             self.ledger = Ledger(
                 config, clock=self.clock, node_id=self.node_id,
                 uuids=[d.uuid for d in self.backend.devices()],
-                default_mw=[lim.default_mw for lim in self._limits],
+                default_mw=[lim.default_mw for lim in self.gpu_limits],
                 found_mw=self.initial_limits_mw,
             )
         except BaseException:
@@ -121,7 +121,6 @@ class Agent:
                 self.backend.close()
             raise
         self._found_mw = list(self.initial_limits_mw)
-        self._audited_limits: tuple[int, ...] | None = None
         self._min_hold_s = {level_key(t): t.min_hold_s for t in config.safety.triggers}
         self.initial_limits_mw = list(self.ledger.initial_limits_mw)
         self._touched = False  # limits may have been written: restore them at stop
@@ -208,8 +207,7 @@ class Agent:
         self._closed = False
         self._quiesced = False
         self._quiesce_lock = threading.Lock()
-        self._counters_seen: dict[str, int] = {}
-        self._busy_sink = 0
+        self.controller = ControllerLoop(self)
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -221,7 +219,7 @@ class Agent:
             self.ledger.start({"gpus": [
                 {"index": d.index, "uuid": d.uuid, "name": d.name, "min_mw": lim.min_mw,
                  "default_mw": lim.default_mw, "max_mw": lim.max_mw, "found_mw": found}
-                for d, lim, found in zip(self.backend.devices(), self._limits,
+                for d, lim, found in zip(self.backend.devices(), self.gpu_limits,
                                          self._found_mw, strict=True)
             ], "config": self.config.source})
             self._check_write_permission()
@@ -249,22 +247,19 @@ class Agent:
         except BaseException:
             self.close()
             raise
-        log.info("agent %s up: %d GPUs, prefix %s", self.node_id, len(self._indices),
+        log.info("agent %s up: %d GPUs, prefix %s", self.node_id, len(self.gpu_indices),
                  self.config.mqtt.prefix)
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run the controller loop until ``stop`` is set: status, metrics, optional bench load."""
-        tasks = [asyncio.create_task(self.status_link.run(), name="status-link"),
-                 asyncio.create_task(self._status_loop(), name="status"),
-                 asyncio.create_task(self._tracker_loop(), name="tier2")]
-        if self.options.busy_load_fraction > 0:
-            tasks.append(asyncio.create_task(self._busy_load(), name="busy-load"))
+        tasks = [asyncio.create_task(self.status_link.run(), name="status-link")]
+        tasks += [asyncio.create_task(c) for c in self.controller.tasks()]
         try:
             await stop.wait()
             # Quiesce first (no trigger can land, limits restored), then say offline: a node
             # that has announced it is offline must not ack anything after.
             await asyncio.get_running_loop().run_in_executor(None, self.quiesce)
-            self._publish_status(online=False)
+            self.controller.publish_status(online=False)
             await self.status_link.flush(2.0)
         finally:
             for t in tasks:
@@ -315,7 +310,7 @@ class Agent:
         the island's fault handling."""
         if getattr(self.backend, "dry_run", False):
             return
-        for i in self._indices:
+        for i in self.gpu_indices:
             try:
                 self.backend.set_limit_mw(i, self.backend.enforced_limit_mw(i))
             except GpuPermissionDenied as e:
@@ -331,7 +326,7 @@ class Agent:
         """Write back, GPU by GPU, the limit found at start (clamped into [min, max]).
         Returns how many GPUs could not be restored."""
         failed = 0
-        for i, lim, initial in zip(self._indices, self._limits, self.initial_limits_mw,
+        for i, lim, initial in zip(self.gpu_indices, self.gpu_limits, self.initial_limits_mw,
                                    strict=True):
             target = min(max(initial, lim.min_mw), lim.max_mw)
             try:
@@ -375,116 +370,6 @@ class Agent:
                   self.config.safety.watchdog_timeout_s, mode)
         self.island.enter_safe_state(mode)
         self.ledger.safe_state(mode)
-
-    # ---- controller loop work -------------------------------------------------------------
-
-    async def _tracker_loop(self) -> None:
-        """Tier 2 every ``tracker.period_s``; its state goes out retained on the tracker topic."""
-        period = self.config.tracker.period_s
-        while True:
-            await asyncio.sleep(period)
-            try:
-                self.tier2.tick(self._it_power_w())
-                payload = wire.tracker_payload(self.node_id, self.clock.wall(),
-                                               self.tier2.snapshot())
-                self.status_link.publish_nowait(self.topics.tracker, payload, qos=0, retain=True)
-            except Exception:
-                log.exception("tier 2 tick failed")
-
-    def _it_power_w(self) -> float:
-        """Node IT power, W: each GPU's 1-s average (tier 1's last instant reading if that read
-        fails), so training's sub-second swings do not jitter tier 2's reference."""
-        draw = self.fast.draw_mw
-        total_mw = 0.0
-        for k, i in enumerate(self._indices):
-            try:
-                total_mw += self.backend.average_power_mw(i)
-            except GpuError:
-                total_mw += draw[k]
-        return total_mw / 1000.0
-
-    async def _status_loop(self) -> None:
-        period = self.config.mqtt.status_period_s
-        while True:
-            self._carry_counters()
-            self._publish_status(online=True)
-            self._record_limits()
-            await asyncio.sleep(period)
-
-    def _record_limits(self) -> None:
-        """Audit tier 1's limits when any moved by 1 W or more (at most once a status period:
-        tier 1 adjusts them up to 100 times a second, the trail keeps the trajectory)."""
-        limits = self.fast.limits_mw
-        last = self._audited_limits
-        if last is not None and all(abs(a - b) < 1000 for a, b in zip(limits, last,
-                                                                         strict=True)):
-            return
-        self._audited_limits = limits
-        self.ledger.record("limits", {"limits_mw": limits, "draw_mw": self.fast.draw_mw,
-                                      "event": self.island.view().event_id})
-
-    def _carry_counters(self) -> None:
-        """Carry the links' and the audit trail's plain counters into Prometheus (their
-        increase since the last call): reconnects, refusals, drops."""
-        def carry(key: str, total: int, count: Callable[[int], None]) -> None:
-            new = total - self._counters_seen.get(key, 0)
-            if new > 0:
-                count(new)
-            self._counters_seen[key] = total
-
-        m = self.metrics
-        links = {"island": self.lane.link.stats, "status": self.status_link.stats}
-        carry("reconnects", sum(st.reconnects for st in links.values()), m.count_mqtt_reconnect)
-        for name, st in links.items():
-            carry(f"{name}.refused", st.refused, functools.partial(m.count_mqtt_refused, name))
-            carry(f"{name}.in", st.dropped_inbound,
-                  functools.partial(m.count_mqtt_dropped, name, "in"))
-            carry(f"{name}.out", st.dropped_outbound,
-                  functools.partial(m.count_mqtt_dropped, name, "out"))
-        audit = self.ledger.audit
-        if audit is not None:
-            carry("audit.dropped", audit.dropped, m.count_audit_dropped)
-
-    def status_gpus(self) -> list[dict[str, float]]:
-        """Per-GPU status from tier 1's last reading (no NVML call on this thread), except in a
-        dry run: there tier 1's plans never take effect, so the limits are read from the GPUs."""
-        draw = self.fast.draw_mw
-        limits = self.fast.limits_mw
-        if self.config.gpus.dry_run:
-            limits = tuple(self._enforced_or(i, planned) for i, planned in
-                           zip(self._indices, limits, strict=True))
-        return [
-            {"index": i, "power_w": draw[k] / 1000.0, "limit_w": limits[k] / 1000.0,
-             "default_w": lim.default_mw / 1000.0, "min_w": lim.min_mw / 1000.0,
-             "max_w": lim.max_mw / 1000.0}
-            for k, (i, lim) in enumerate(zip(self._indices, self._limits, strict=True))
-        ]
-
-    def _enforced_or(self, index: int, fallback_mw: int) -> int:
-        try:
-            return self.backend.enforced_limit_mw(index)
-        except GpuError:
-            return fallback_mw
-
-    def _publish_status(self, *, online: bool) -> None:
-        if online:
-            payload = wire.status_payload(
-                self.node_id, True, self.clock.wall(), self.island.view().event_id,
-                self.status_gpus(),
-            )
-        else:
-            payload = wire.offline_payload(self.node_id)
-        self.status_link.publish_nowait(self.topics.status, payload, qos=1, retain=True)
-
-    async def _busy_load(self) -> None:
-        """Keep this loop busy with pure-Python work (the bench's `under_load` condition)."""
-        busy = self.options.busy_load_fraction
-        slice_s = 0.01
-        while True:
-            t_end = self.clock.now() + slice_s * busy
-            while self.clock.now() < t_end:
-                self._busy_sink = sum(range(200))
-            await asyncio.sleep(slice_s * (1.0 - busy))
 
 
 async def run_agent(config: Config, *, options: AgentOptions | None = None,

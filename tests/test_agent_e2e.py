@@ -97,7 +97,7 @@ def test_link_and_audit_counters_reach_prometheus_once(mqtt_broker: MosquittoBro
         assert agent.ledger.audit is not None
         agent.ledger.audit._dropped += 4  # a full writer queue
         for _ in range(2):  # carried as increases: the second pass adds nothing
-            agent._carry_counters()
+            agent.controller.carry_counters()
             assert node.value("gridtao_mqtt_dropped_total", link="island", direction="in") == 3
             assert node.value("gridtao_mqtt_refused_total", link="status") == 2
             assert node.value("gridtao_audit_dropped_total") == 4

@@ -49,7 +49,7 @@ def test_dry_run_acts_on_nothing_and_reports_the_enforced_limits(
         time.sleep(1.0)  # tier 1 plans (and would write) about 100 times
         assert [backend.enforced_limit_mw(i) for i in range(N)] == [700 * W] * N
         assert sim.call_count("nvmlDeviceSetPowerManagementLimit") == 0
-        assert [g["limit_w"] for g in agent.status_gpus()] == [700.0] * N
+        assert [g["limit_w"] for g in agent.controller.status_gpus()] == [700.0] * N
         assert max(agent.fast.limits_mw) < 700 * W  # what it would have set
         would = [r for r in caplog.records if "dry-run: would set" in r.getMessage()]
         # One INFO line per GPU per second at most (plus the first of each second).
