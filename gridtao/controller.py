@@ -63,18 +63,20 @@ class ControllerLoop:
             payload = wire.offline_payload(a.node_id)
         a.status_link.publish_nowait(a.topics.status, payload, qos=1, retain=True)
 
-    def status_gpus(self) -> list[dict[str, float]]:
+    def status_gpus(self) -> list[dict[str, float | str | None]]:
         """Per-GPU status from tier 1's last reading (no NVML call on this thread), except in a
-        dry run: there tier 1's plans never take effect, so the limits are read from the GPUs."""
+        dry run: there tier 1's plans never take effect, so the limits are read from the GPUs.
+        ``fault``: the error kind of a GPU whose reads or last limit write fail, else None."""
         a = self._agent
         draw, limits = a.fast.draw_mw, a.fast.limits_mw
         if a.config.gpus.dry_run:
             limits = tuple(self._enforced_or(i, planned) for i, planned in
                            zip(a.gpu_indices, limits, strict=True))
+        read_faults, write_faults = a.fast.read_faults, a.island.write_faults()
         return [
             {"index": i, "power_w": draw[k] / 1000.0, "limit_w": limits[k] / 1000.0,
              "default_w": lim.default_mw / 1000.0, "min_w": lim.min_mw / 1000.0,
-             "max_w": lim.max_mw / 1000.0}
+             "max_w": lim.max_mw / 1000.0, "fault": read_faults[k] or write_faults.get(i)}
             for k, (i, lim) in enumerate(zip(a.gpu_indices, a.gpu_limits, strict=True))
         ]
 

@@ -312,6 +312,10 @@ class SafetyIsland:
                 floors_mw=self._floors_mw,
             )
 
+    def write_faults(self) -> dict[int, str]:
+        """GPUs whose last limit write failed: index -> error kind (e.g. ``"GpuLost"``)."""
+        return self._writes.faults()
+
     def apply_limits(self, limits_mw: Sequence[int], generation: int) -> bool:
         """Tier 1's only way to write limits. Refused (False) in a hold/minimum safe state or if
         ``generation`` is not current; otherwise clamped into the envelope, scaled down under the

@@ -236,6 +236,11 @@ class WriteRecord:
         with self._lock:
             return tuple(sorted(self._faulted))
 
+    def faults(self) -> dict[int, str]:
+        """Index -> error kind of each GPU whose last write failed."""
+        with self._lock:
+            return dict(self._faulted)
+
     def reset_limits(self, limits_mw: Sequence[int]) -> None:
         with self._lock:
             self._limits_mw = list(limits_mw)

@@ -437,7 +437,9 @@ def test_a_v1_client_with_mosquitto_tools_drives_and_observes(
         assert isinstance(status["t"], float) and abs(status["t"] - time.time()) < 60
         assert [g["index"] for g in status["gpus"]] == list(range(N))
         for g in status["gpus"]:
-            assert set(g) == {"index", "power_w", "limit_w", "default_w", "min_w", "max_w"}
+            assert set(g) == {"index", "power_w", "limit_w", "default_w", "min_w", "max_w",
+                              "fault"}
+            assert g["fault"] is None
             assert (g["min_w"], g["default_w"], g["max_w"]) == (MIN_W, DEFAULT_W, DEFAULT_W)
             assert MIN_W <= g["limit_w"] < DEFAULT_W
             assert 0 < g["power_w"] <= DEFAULT_W + 50  # may still be falling toward the cap

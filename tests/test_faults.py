@@ -442,6 +442,9 @@ def test_a_gpu_lost_mid_event(mqtt_broker_session: MosquittoBroker, tmp_path: Pa
         assert not node.agent.watchdog.expired
         view = node.agent.island.view()
         assert set(view.active_event_ids) == {"c1", "s2"} and 0 in view.faulted
+        # The status names the lost GPU (an extension of v1: a "fault" per GPU, null if none).
+        faults = [g["fault"] for g in node.agent.controller.status_gpus()]
+        assert faults == ["GpuLost"] + [None] * (N - 1)
         assert view.target_mw is not None
         target_w = view.target_mw / W
         # The island wrote GPUs 1.. their share; GPU 0 kept c1's cap (the simulated physics

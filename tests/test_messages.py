@@ -305,14 +305,19 @@ def test_status_payload_exact_keys() -> None:
         "max_w": 700,
         "extra": 1,
     }
-    obj = json.loads(status_payload("node-1", True, 1763900000.0, "e1", [gpu, {**gpu, "index": 1}]))
+    lost = {**gpu, "index": 1, "fault": "GpuLost"}
+    obj = json.loads(status_payload("node-1", True, 1763900000.0, "e1", [gpu, lost]))
     assert list(obj) == ["node", "online", "t", "event", "gpus"]
     assert obj["node"] == "node-1" and obj["online"] is True and obj["event"] == "e1"
+    # The v1 keys, in order, then "fault" (an extension: null unless the GPU is failing).
     assert [list(g) for g in obj["gpus"]] == [
-        ["index", "power_w", "limit_w", "default_w", "min_w", "max_w"]
+        ["index", "power_w", "limit_w", "default_w", "min_w", "max_w", "fault"]
     ] * 2
     assert obj["gpus"][0]["power_w"] == pytest.approx(512.123, abs=1e-3)
-    assert obj["gpus"][1]["index"] == 1
+    assert obj["gpus"][0]["fault"] is None
+    assert obj["gpus"][1]["index"] == 1 and obj["gpus"][1]["fault"] == "GpuLost"
+    with pytest.raises(ValueError, match="number"):
+        status_payload("n", True, 1.0, None, [{**gpu, "power_w": "lots"}])
 
 
 def test_status_payload_no_event_and_missing_gpu_key() -> None:

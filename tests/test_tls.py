@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import paho.mqtt.client as paho
 import pytest
 from broker import MosquittoBroker
@@ -37,7 +38,7 @@ from gridtao.clock import MonotonicClock
 from gridtao.config import Config, ConfigError, config_from_mapping
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim import SimNvml
-from gridtao.grid.diagnose import AttemptLog, Diagnosis
+from gridtao.grid.diagnose import AttemptLog, Diagnosis, PahoTap, _enter
 from gridtao.grid.mqtt import MqttLink, new_event_loop
 from gridtao.grid.tls import read_password, ssl_context
 
@@ -541,3 +542,23 @@ def test_diagnose_other_openssl_messages(text: str, start: str, kind: str) -> No
     found = diagnose(aiomqtt.MqttError(text), host="h", port=1, tls=True, username="u")
     assert found.line.startswith(start), found.line
     assert found.kind == kind
+
+
+class _ClosedAtConnect:
+    """Stands in for an ``aiomqtt.Client`` whose broker closed the connection at once: aiomqtt
+    2.5 then fails inside its own socket callback with ``AttributeError`` (None.fileno())."""
+
+    async def __aenter__(self) -> None:
+        raise AttributeError("'NoneType' object has no attribute 'fileno'")
+
+
+def test_connect_race_is_reported_as_the_refusal_paho_saw() -> None:
+    async def attempt() -> str:
+        tap = PahoTap(asyncio.get_running_loop())
+        tap.last_error = "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] alert certificate required"
+        with pytest.raises(aiomqtt.MqttError) as info:
+            await _enter(_ClosedAtConnect(), tap)  # type: ignore[arg-type]
+        assert isinstance(info.value.__cause__, AttributeError)
+        return str(info.value)
+
+    assert "CERTIFICATE_REQUIRED" in asyncio.run(attempt())

@@ -153,6 +153,11 @@ class FastLoop:
         return tuple(self._draw_mw)
 
     @property
+    def read_faults(self) -> tuple[str | None, ...]:
+        """Per GPU: the error kind of its failing power reads (e.g. ``"GpuLost"``), else None."""
+        return tuple(self._error_kind)
+
+    @property
     def limits_mw(self) -> tuple[int, ...]:
         return tuple(self._limits_mw)
 

@@ -248,10 +248,18 @@ async def _enter(client: aiomqtt.Client, tap: PahoTap) -> None:
         failing.cancel()
         if not entering.done():
             entering.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError, AttributeError):
                 await entering
     if not entering.cancelled():
-        entering.result()  # connected, or aiomqtt's own MqttError
+        try:
+            entering.result()  # connected, or aiomqtt's own MqttError
+        except AttributeError as e:
+            # aiomqtt 2.5 registers paho's socket for writing from the connect thread; when the
+            # broker closes the connection at once (a TLS 1.3 alert for a missing client
+            # certificate), paho has already dropped the socket and aiomqtt calls
+            # None.fileno(). It is a refused connection, not a bug of ours: say what paho saw.
+            raise aiomqtt.MqttError(tap.last_error or "connection closed during the handshake"
+                                    ) from e
         return
     raise aiomqtt.MqttError(tap.last_error or "connection lost during the handshake")
 

@@ -365,23 +365,33 @@ def status_payload(
     online: bool,
     t: float,
     event: str | None,
-    gpus: Sequence[Mapping[str, float]],
+    gpus: Sequence[Mapping[str, float | str | None]],
 ) -> bytes:
     """The retained status JSON: ``{"node", "online", "t", "event", "gpus": [...]}``.
 
-    Each GPU entry is rebuilt with exactly the keys index, power_w, limit_w, default_w, min_w,
-    max_w (watts); a missing key raises ``ValueError``, extra keys are dropped.
+    Each GPU entry is rebuilt with the v1 keys index, power_w, limit_w, default_w, min_w, max_w
+    (watts; a missing one raises ``ValueError``) plus ``fault``, an extension of v1: the error
+    kind of a GPU gridtao cannot read or write (e.g. ``"GpuLost"``), else null; its power and
+    limit are then the last known. Other keys are dropped.
     """
-    entries: list[dict[str, float | int]] = []
+    entries: list[dict[str, float | int | str | None]] = []
     for gpu in gpus:
         missing = [k for k in GPU_STATUS_KEYS if k not in gpu]
         if missing:
             raise ValueError(f"GPU status entry lacks {', '.join(missing)}")
-        entry: dict[str, float | int] = {"index": int(gpu["index"])}
+        entry: dict[str, float | int | str | None] = {"index": int(_status_number(gpu["index"]))}
         for key in GPU_STATUS_KEYS[1:]:
-            entry[key] = round(float(gpu[key]), 3)
+            entry[key] = round(_status_number(gpu[key]), 3)
+        fault = gpu.get("fault")
+        entry["fault"] = None if fault is None else str(fault)
         entries.append(entry)
     return _dumps({"node": node, "online": bool(online), "t": t, "event": event, "gpus": entries})
+
+
+def _status_number(value: float | str | None) -> float:
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"GPU status value must be a number, got {value!r}")
+    return float(value)
 
 
 def tracker_payload(node: str, t: float, state: Mapping[str, object]) -> bytes:
