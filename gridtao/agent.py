@@ -46,6 +46,7 @@ from gridtao.grid.lane import IslandLane
 from gridtao.grid.limits import CutBasis
 from gridtao.grid.mqtt import MqttLink, Will
 from gridtao.grid.portfolio import Portfolio, ProductMonitor
+from gridtao.grid.products import STEP_RAMP_OUT_SLACK
 from gridtao.grid.tls import read_password, ssl_context
 from gridtao.ledger import Ledger
 from gridtao.telemetry.metrics import Metrics, MetricsServer, start_http_server
@@ -162,7 +163,8 @@ class Agent:
         )
         # Tier 2 and the enrolled products (control/tracker.py, grid/portfolio.py): the monitor
         # fires step products on the island lane and refreshes tier 2's commitment there.
-        self.portfolio = Portfolio(config.products, ramp_out_per_s=safety.release_rate_per_s)
+        self.portfolio = Portfolio(
+            config.products, ramp_out_per_s=safety.release_rate_per_s * STEP_RAMP_OUT_SLACK)
         self.tier2 = Tier2(self.island, self.portfolio, facility=config.facility,
                            config=config.tracker, clock=self.clock)
         self.monitor = ProductMonitor(safety.triggers, self.portfolio,

@@ -37,9 +37,6 @@ from gridtao.grid.portfolio import Portfolio, product_key
 from safety.island import SafetyIsland
 
 SETTLE_S = 2.0  # after a cut ends, the draw climbs back (cap-up is slow): not yet "natural"
-# Step products ramp out at this share of their ramp-out limit: the TSO measures the delivered
-# slope on a noisy trace, so ramping at the limit itself fails about half the time.
-RAMP_OUT_SLACK = 0.9
 
 
 def floors_w(priorities: Sequence[GpuPriority], count: int) -> list[float] | None:
@@ -192,8 +189,9 @@ class Tier2:
         reference_mw = None if natural is None else natural * 1000.0
         for product in self.portfolio.step:
             capacity_it_mw = product.capacity_w / self._factor * 1000.0
-            # The ramp-out limit is a fraction of the capacity per second: ramp under it.
-            release = product.ramp_out_per_s * capacity_it_mw * RAMP_OUT_SLACK
+            # The product's ramp-out is a fraction of its capacity per second (the island's own
+            # rate is a fraction of the cut): the same ramp the product reports.
+            release = product.ramp_out_per_s * capacity_it_mw
             self._island.arm_reduction(product_key(product.name), capacity_it_mw,
                                        reference_mw=reference_mw, release_mw_per_s=release)
 

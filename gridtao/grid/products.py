@@ -339,6 +339,12 @@ def ffr_activation_s(threshold_hz: float) -> float:
     return min(FFR_ACTIVATION_S.values())
 
 
+# Step products ramp out at this share of the island's release rate, the TSO's limit (FFR: 20 %
+# of the capacity per second): the TSO measures the delivered slope on a noisy trace, so a ramp
+# at the limit itself fails about half the time. The composition root applies it.
+STEP_RAMP_OUT_SLACK = 0.9
+
+
 def make_product(cfg: ProductConfig, *, ramp_out_per_s: float) -> FrequencyProduct:
     """Build the frequency product ``cfg`` describes (``dr`` is not one: see dr.py).
 
