@@ -80,9 +80,9 @@ class LatchedEvent:
     """One active event. ``ceiling_mw`` is the sum of its caps at activation (``target_mw``
     clamped into the envelope's totals, rounded down). Once released at ``release_at`` its
     target and ceiling rise together, linearly, by ``rate_per_s`` of the reduction
-    ``baseline_mw - target_mw`` per second, or by ``release_mw_per_s`` if set (a product whose
-    ramp-out limit is a fraction of its capacity, not of the cut aimed); the event is done when
-    the target is back at the baseline (at once for a cap event that never cut below it)."""
+    ``baseline_mw - target_mw`` per second, or by ``release_mw_per_s`` if set (a step product,
+    which ramps out at its own rate, under the TSO's limit); the event is done when the target
+    is back at the baseline (at once for a cap event that never cut below it)."""
 
     event_id: str
     kind: EventKind

@@ -23,7 +23,7 @@ from waiting import wait_until
 
 from gridtao.agent import Agent, AgentOptions
 from gridtao.clock import Clock
-from gridtao.config import Config
+from gridtao.config import Config, SimConfig
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim import SimNvml
 from gridtao.grid.mqtt import new_event_loop
@@ -42,10 +42,10 @@ def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def steady_sim(cfg: Config, clock: Clock, demand_w: float) -> SimNvml:
-    """The configured simulator with every GPU's workload replaced by a steady ``demand_w``."""
-    sim = SimNvml.from_config(cfg.gpus.sim, clock)
-    for i in range(cfg.gpus.sim.count):
+def steady_sim(cfg: SimConfig, clock: Clock, demand_w: float) -> SimNvml:
+    """The simulator ``cfg`` with every GPU's workload replaced by a steady ``demand_w``."""
+    sim = SimNvml.from_config(cfg, clock)
+    for i in range(cfg.count):
         sim.set_demand_w(i, demand_w)
     return sim
 

@@ -62,7 +62,7 @@ def running_node(
         },
     }
     cfg = config_from_mapping(merge(base, over), source=f"<test {name}>")
-    sim = steady_sim(cfg, MonotonicClock(), DEMAND_W)
+    sim = steady_sim(cfg.gpus.sim, MonotonicClock(), DEMAND_W)
     # The island's pre-event baseline is then exactly N x DEMAND_W.
     with running(broker, cfg, sim, serve=serve, settled_w=DEMAND_W) as node:
         yield node

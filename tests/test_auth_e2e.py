@@ -83,7 +83,7 @@ def _config(broker: MosquittoBroker, keys: Keys, name: str,
 def running_node(broker: MosquittoBroker, keys: Keys, name: str,
                  limits: dict[str, Any] | None = None) -> Iterator[Node]:
     cfg = config_from_mapping(_config(broker, keys, name, limits), source=f"<test {name}>")
-    with running(broker, cfg, steady_sim(cfg, MonotonicClock(), DEMAND_W)) as node:
+    with running(broker, cfg, steady_sim(cfg.gpus.sim, MonotonicClock(), DEMAND_W)) as node:
         yield node
 
 

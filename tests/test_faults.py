@@ -69,7 +69,7 @@ def _config(broker: MosquittoBroker, name: str, tmp: Path, **over: Any) -> Confi
 
 
 def _sim(cfg: Config, clock: Clock) -> SimNvml:
-    return steady_sim(cfg, clock, DEMAND_W)
+    return steady_sim(cfg.gpus.sim, clock, DEMAND_W)
 
 
 def crash(agent: Agent) -> None:
@@ -497,9 +497,7 @@ def test_slow_gpu_others_capped_within_the_write_deadline(
 
 def test_a_trigger_during_a_stuck_write_returns_by_the_deadline() -> None:
     clock = MonotonicClock()
-    sim = SimNvml.from_config(SimConfig(count=N, noise_w=0.0), clock)
-    for i in range(N):
-        sim.set_demand_w(i, DEMAND_W)
+    sim = steady_sim(SimConfig(count=N, noise_w=0.0), clock, DEMAND_W)
     backend = NvmlBackend(sim)
     deadline_s = 0.3
     island = SafetyIsland(backend, clock=clock, release_rate_per_s=1.0, max_event_s=600,
@@ -541,9 +539,7 @@ class JumpClock(VirtualClock):
 
 def test_wall_clock_jumps_do_not_move_events_ramps_or_the_watchdog() -> None:
     clock = JumpClock()
-    sim = SimNvml.from_config(SimConfig(count=N, noise_w=0.0), clock)
-    for i in range(N):
-        sim.set_demand_w(i, DEMAND_W)
+    sim = steady_sim(SimConfig(count=N, noise_w=0.0), clock, DEMAND_W)
     backend = NvmlBackend(sim)
     island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.5, max_event_s=600)
     topics = wire.Topics("gridtao/jump", "n1")

@@ -196,8 +196,9 @@ class NodeBudget:
         return max(self.min_total_mw, min(ceiling_mw, self.default_total_mw))
 
     def activate(self, target_mw: float, ceiling_mw: float | None) -> float:
-        """Start tracking a new event: ``B`` starts at the island's caps: the target, or the
-        ceiling when that is lower (a ceiling above the caps is room to fill dips, not a start)."""
+        """Start tracking a new event: ``B`` starts at the lower of the target and the ceiling
+        (the event's caps). Under an event the target can be tier 2's commitment, below the
+        caps: starting there spares the GPUs a raise the integral would take back."""
         start = target_mw if ceiling_mw is None else min(ceiling_mw, target_mw)
         self.budget_mw = max(self.min_total_mw, min(start, self._upper_mw(ceiling_mw)))
         self._last_target_mw = target_mw

@@ -189,8 +189,8 @@ class Tier2:
         reference_mw = None if natural is None else natural * 1000.0
         for product in self.portfolio.step:
             capacity_it_mw = product.capacity_w / self._factor * 1000.0
-            # The product's ramp-out is a fraction of its capacity per second (the island's own
-            # rate is a fraction of the cut): the same ramp the product reports.
+            # The product's own ramp-out rate (under the TSO's limit, see
+            # products.STEP_RAMP_OUT_SLACK), not the island's: the ramp the product reports.
             release = product.ramp_out_per_s * capacity_it_mw
             self._island.arm_reduction(product_key(product.name), capacity_it_mw,
                                        reference_mw=reference_mw, release_mw_per_s=release)
