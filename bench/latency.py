@@ -107,7 +107,7 @@ def measure_gridtao(
     agent = AgentProcess(cfg_path, busy_load=busy_load, log_path=workdir / f"agent-{name}.log")
     out: dict[str, list[float]] = {k: [] for k in (
         "publish_to_command_ms", "receive_to_command_ms", "trigger_to_target_ms",
-        "publish_to_receive_ms")}
+        "publish_to_receive_ms", "command_to_target_ms")}
     try:
         with Subscriber(broker.host, broker.port, status_topic) as status:
             status.wait(1, timeout=30.0)  # retained online status: the agent is up
@@ -130,6 +130,8 @@ def measure_gridtao(
                 out["publish_to_receive_ms"].append((first["received_at"] - sent) * 1e3)
                 if reached is not None:
                     out["trigger_to_target_ms"].append((reached - sent) * 1e3)
+                    # The simulated GPUs' own share: from every limit in force to the band.
+                    out["command_to_target_ms"].append((reached - first["commanded_at"]) * 1e3)
                 # The event lasts 0.35 s and ramps out in 0.05 s; then let the draw climb back
                 # (cap-up ~250 ms) and the smoothed cut basis (control.basis_tau_s) settle, so
                 # every trigger starts from a node at its natural draw.
@@ -252,7 +254,45 @@ def run_latency_bench(
             / result["publish_to_command_ms"]["p50"])
         for name in ("sequential_subprocess", "polling_1s")
     }
+    result["targets"] = judge_targets(result)
     return result
+
+
+PUBLISH_TO_COMMAND_P99_MAX_MS = 2.0
+TARGET_WITHIN_HARDWARE_MS = 5.0
+MIN_SPEEDUP_VS_SEQUENTIAL = 20.0
+
+
+def judge_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The issue's three targets, each with its limit, the measured value(s) and ``met``.
+
+    Trigger -> target is judged against the hardware response measured in the same run
+    (``command_to_target_ms``: every limit in force -> node power in the band, the simulated
+    GPUs' share, which varies with where the training load was when the cut landed); the
+    closed-form floor of ``simulated_hardware_response`` is reported beside it.
+    """
+    idle, loaded = result["publish_to_command_ms"]["p99"], (
+        result["under_load"]["publish_to_command_ms"]["p99"])
+    hw_p99 = result["command_to_target_ms"]["p99"]
+    t2t = result["trigger_to_target_ms"]["p99"]
+    speedup = result["ratios"]["sequential_subprocess_vs_gridtao_p50_publish_to_command"]
+    return {
+        "publish_to_command_p99_ms": {
+            "limit": PUBLISH_TO_COMMAND_P99_MAX_MS, "idle": idle, "under_load": loaded,
+            "transport_floor_p99": result["broker_hop_ms"]["p99"],
+            "met": max(idle, loaded) <= PUBLISH_TO_COMMAND_P99_MAX_MS,
+        },
+        "trigger_to_target_p99_ms": {
+            "limit": hw_p99 + TARGET_WITHIN_HARDWARE_MS, "value": t2t,
+            "hardware_response_p99": hw_p99,
+            "hardware_floor": result["simulated_hardware_response"]["floor_ms"],
+            "met": t2t <= hw_p99 + TARGET_WITHIN_HARDWARE_MS,
+        },
+        "speedup_vs_sequential_subprocess_p50": {
+            "limit": MIN_SPEEDUP_VS_SEQUENTIAL, "value": speedup,
+            "met": speedup >= MIN_SPEEDUP_VS_SEQUENTIAL,
+        },
+    }
 
 
 def machine_description() -> str:

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-KEYS = ("publish_to_command_ms", "receive_to_command_ms", "trigger_to_target_ms")
+KEYS = ("publish_to_command_ms", "receive_to_command_ms", "trigger_to_target_ms",
+        "command_to_target_ms")
 
 
 def _row(name: str, stats: dict[str, float]) -> str:
@@ -49,7 +50,29 @@ def markdown(result: dict[str, Any], command: str) -> str:
     lines += ["", "Ratios against the baselines measured in the same run (p50 publish->command):"]
     for name, ratio in result["ratios"].items():
         lines.append(f"- {name}: {ratio:.0f}x")
+    lines += ["", "Targets (issue 3), judged by `bench.latency.judge_targets`:"]
+    lines += _target_lines(result["targets"])
     return "\n".join(lines) + "\n"
+
+
+def _verdict(target: dict[str, Any]) -> str:
+    return "**met**" if target["met"] else "**not met**"
+
+
+def _target_lines(targets: dict[str, dict[str, Any]]) -> list[str]:
+    p2c = targets["publish_to_command_p99_ms"]
+    t2t = targets["trigger_to_target_p99_ms"]
+    fast = targets["speedup_vs_sequential_subprocess_p50"]
+    return [
+        f"- publish -> command p99 <= {p2c['limit']:.0f} ms, idle and under load: "
+        f"{p2c['idle']:.2f} / {p2c['under_load']:.2f} ms (transport floor p99 "
+        f"{p2c['transport_floor_p99']:.2f} ms): {_verdict(p2c)}",
+        f"- trigger -> target p99 within 5 ms of the hardware response: {t2t['value']:.1f} ms "
+        f"against {t2t['hardware_response_p99']:.1f} + 5 ms (command -> target p99, same run; "
+        f"closed-form floor {t2t['hardware_floor']:.0f} ms): {_verdict(t2t)}",
+        f"- >= {fast['limit']:.0f}x faster than sequential subprocesses at p50: "
+        f"{fast['value']:.0f}x: {_verdict(fast)}",
+    ]
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

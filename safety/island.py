@@ -93,7 +93,9 @@ class SafetyIsland:
         self._cut_envelope = self.envelope
         self._floors_mw: tuple[int, ...] | None = None
         self._commitment: tuple[float, float] | None = None  # (target mW, expires at)
-        self._writer = ParallelWriter(backend, len(indices), timeout_s=write_timeout_s)
+        self._writer = ParallelWriter(
+            backend, len(indices), timeout_s=write_timeout_s, clock=clock
+        )
         self._lock = threading.Lock()
         self._cmd_lock = threading.Lock()
         self._generation = 0
@@ -422,7 +424,9 @@ class SafetyIsland:
         if batch is not None:
             self._writer.help(batch)
         outcomes = batch.wait(self._write_timeout_s) if batch is not None else []
-        now, wall = self._clock.now(), self._clock.wall()
+        # Commanded when the last driver call returned, not after the read-backs.
+        commanded = batch.commanded if batch is not None else None
+        now, wall = commanded or (self._clock.now(), self._clock.wall())
         errors = {o.index: o.error for o in outcomes if o.error is not None}
         act = Activation(
             ev.event_id, ev.kind, ev.baseline_mw, ev.target_mw, ev.caps_mw, now, wall,

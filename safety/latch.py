@@ -18,8 +18,9 @@ SafeMode = Literal["default", "hold", "minimum"]
 
 @dataclass(frozen=True)
 class Activation:
-    """What one trigger did. ``commanded_at`` is ``clock.now()`` right after the writes returned
-    (``commanded_wall`` the same instant in Unix seconds). ``binding`` is False when a more
+    """What one trigger did. ``commanded_at`` is ``clock.now()`` when the last of its driver
+    calls returned, i.e. every new limit in force, before the read-backs (``commanded_wall`` the
+    same instant in Unix seconds). ``binding`` is False when a more
     restrictive event was already active: the event is latched but nothing was written.
     ``errors`` maps GPU index to the write error of each GPU that failed."""
 

@@ -3,7 +3,9 @@
 A trigger must put a cap on every GPU at once, not one after another: :meth:`ParallelWriter.submit`
 hands each GPU's write to that GPU's own worker (a queue put, no thread start, no disk I/O) and
 :meth:`WriteBatch.wait` collects the read-backs. NVML calls release the GIL, so the writes
-overlap in wall time.
+overlap in wall time. A write is the driver call, then a read-back of the enforced limit; with a
+clock, a batch stamps :attr:`WriteBatch.commanded` when the last of its driver calls returned
+(every new limit in force), before the read-backs are done.
 
 Ordering: each GPU has exactly one worker draining a FIFO queue, and every write holds that GPU's
 lock, so writes to one GPU happen one at a time in submission order. A write submitted later
@@ -24,6 +26,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from gridtao.clock import Clock
 from gridtao.gpu.backend import GpuBackend, GpuDriverError, GpuError, GpuTimeout
 
 log = logging.getLogger("gridtao.safety")
@@ -50,21 +53,43 @@ class WriteOutcome:
         return self.error is None and not self.skipped
 
 
+Stamp = Callable[[], tuple[float, float]]
+
+
 class WriteBatch:
-    """Completion tracker of one :meth:`ParallelWriter.submit` call."""
+    """Completion tracker of one :meth:`ParallelWriter.submit` call.
 
-    __slots__ = ("_claimed", "_done", "_guard", "_limits", "_lock", "_outcomes", "_remaining")
+    ``commanded``: ``stamp()`` (clock seconds, Unix seconds) taken by the thread whose driver
+    call was the batch's last to return (failed and skipped writes count as returned); None
+    until then, or without a ``stamp``.
+    """
 
-    def __init__(self, limits_mw: Sequence[int], guard: Guard | None = None) -> None:
+    __slots__ = ("_claimed", "_done", "_guard", "_limits", "_lock", "_outcomes", "_remaining",
+                 "_stamp", "_uncommanded", "commanded")
+
+    def __init__(
+        self, limits_mw: Sequence[int], guard: Guard | None = None, stamp: Stamp | None = None
+    ) -> None:
         self._limits = tuple(limits_mw)
         self._guard = guard
+        self._stamp = stamp
         self._outcomes: list[WriteOutcome | None] = [None] * len(self._limits)
         self._claimed = [False] * len(self._limits)
-        self._remaining = len(self._limits)
+        self._remaining = self._uncommanded = len(self._limits)
         self._lock = threading.Lock()
         self._done = threading.Event()
+        self.commanded: tuple[float, float] | None = None
         if self._remaining == 0:
             self._done.set()
+            self.commanded = stamp() if stamp is not None else None
+
+    def _returned(self) -> None:
+        """One driver call of this batch returned (or was skipped or failed)."""
+        with self._lock:
+            self._uncommanded -= 1
+            last = self._uncommanded == 0
+        if last and self._stamp is not None:
+            self.commanded = self._stamp()
 
     def claim(self, index: int) -> bool:
         """Take GPU ``index``'s write of this batch; False if a worker or the submitter has."""
@@ -98,16 +123,22 @@ class WriteBatch:
             ]
 
 
-_Job = tuple[WriteBatch, int, int, Guard | None]
+_Job = tuple[WriteBatch, int]
 
 
 class ParallelWriter:
     """Per-GPU writer threads for ``count`` GPUs of ``backend`` (indices ``0..count-1``)."""
 
-    def __init__(self, backend: GpuBackend, count: int, *, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, backend: GpuBackend, count: int, *, timeout_s: float = 2.0,
+        clock: Clock | None = None,
+    ) -> None:
         if count < 1:
             raise ValueError("need at least one GPU")
         self._backend = backend
+        self._stamp: Stamp | None = (
+            None if clock is None else lambda: (clock.now(), clock.wall())
+        )
         self._count = count
         self.timeout_s = timeout_s
         self._locks = tuple(threading.Lock() for _ in range(count))
@@ -159,10 +190,10 @@ class ParallelWriter:
         """
         if len(limits_mw) != self._count:
             raise ValueError(f"expected {self._count} limits, got {len(limits_mw)}")
-        batch = WriteBatch(limits_mw, guard)
+        batch = WriteBatch(limits_mw, guard, self._stamp)
         if self._threads:
-            for i, mw in enumerate(limits_mw):
-                self._queues[i].put((batch, i, mw, guard))
+            for i in range(self._count):
+                self._queues[i].put((batch, i))
         else:
             log.warning("safety writer not running: writing %d GPUs in turn", self._count)
             self.help(batch)
@@ -183,7 +214,7 @@ class ParallelWriter:
             if self._locks[i].locked():
                 continue
             if batch.claim(i):
-                batch._complete(self._write(i, batch._limits[i], batch._guard))
+                batch._complete(self._write(batch, i))
 
     def write_all(self, limits_mw: Sequence[int], guard: Guard | None = None) -> list[WriteOutcome]:
         """:meth:`submit`, :meth:`help`, then wait up to ``timeout_s`` for every outcome."""
@@ -197,16 +228,22 @@ class ParallelWriter:
             job = q.get()
             if job is None:
                 return
-            batch, i, mw, guard = job
+            batch, i = job
             if batch.claim(i):
-                batch._complete(self._write(i, mw, guard))
+                batch._complete(self._write(batch, i))
 
-    def _write(self, index: int, limit_mw: int, guard: Guard | None) -> WriteOutcome:
+    def _write(self, batch: WriteBatch, index: int) -> WriteOutcome:
+        limit_mw, guard = batch._limits[index], batch._guard
         with self._locks[index]:
-            if guard is not None and not guard():
-                return WriteOutcome(index, limit_mw, None, skipped=True)
             try:
-                enforced = self._backend.set_limit_mw(index, limit_mw)
+                if guard is not None and not guard():
+                    batch._returned()
+                    return WriteOutcome(index, limit_mw, None, skipped=True)
+                try:
+                    self._backend.command_limit_mw(index, limit_mw)
+                finally:
+                    batch._returned()
+                enforced = self._backend.enforced_limit_mw(index)
             except GpuError as e:
                 return WriteOutcome(index, limit_mw, None, e)
             except Exception as e:  # a backend bug must not kill the worker of this GPU

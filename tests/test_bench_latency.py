@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.latency import run_latency_bench
 from bench.render import markdown, plot
 from gridtao.config import Config
@@ -33,12 +35,26 @@ def test_latency_bench_reports_every_measure(tmp_path: Path) -> None:
     # Target reached after command, and never before the simulated hardware could respond.
     for ms in idle["trigger_to_target_ms"]:
         assert ms > result["simulated_hardware_response"]["cap_down_tau_ms"] / 2
+    # The hardware's share is what is left of trigger -> target after publish -> command.
+    for t2t, p2c, hw in zip(idle["trigger_to_target_ms"], idle["publish_to_command_ms"],
+                            idle["command_to_target_ms"], strict=True):
+        assert hw == pytest.approx(t2t - p2c, abs=1e-6)
+    targets = result["targets"]
+    hw99 = result["command_to_target_ms"]["p99"]
+    assert targets["trigger_to_target_p99_ms"]["limit"] == pytest.approx(hw99 + 5.0)
+    assert targets["trigger_to_target_p99_ms"]["met"] == (
+        result["trigger_to_target_ms"]["p99"] <= hw99 + 5.0)
+    p2c99 = max(result["publish_to_command_ms"]["p99"],
+                result["under_load"]["publish_to_command_ms"]["p99"])
+    assert targets["publish_to_command_p99_ms"]["met"] == (p2c99 <= 2.0)
+    assert all(isinstance(t["met"], bool) for t in targets.values())
     for name in ("sequential_subprocess", "polling_1s"):
         base = result["baselines"][name]
         assert base["triggers"] == 1
         assert base["publish_to_command_ms"]["p50"] > 0
     text = markdown(result, "gridtao bench latency --triggers 2 --gpus 2")
     assert "sequential_subprocess" in text and "transport floor" in text
+    assert "command_to_target_ms" in text and "Targets (issue 3)" in text
     png = tmp_path / "lat.png"
     plot(result, png)
     assert png.stat().st_size > 1000

@@ -367,6 +367,53 @@ def test_writer_times_out_a_hung_gpu_but_writes_the_others(real_rig: Rig) -> Non
         writer.close()
 
 
+def test_commanded_when_the_last_driver_call_returned_not_after_read_backs() -> None:
+    """Set calls of 1 ms and read-backs of 5 ms, two GPUs written in turn (no writer threads):
+    GPU 1 set, read, GPU 0 set -> every limit in force at t0 + 7 ms; GPU 0's read-back ends at
+    t0 + 12 ms. ``commanded_at`` is the former, in clock and in Unix time."""
+    clock = VirtualClock(100.0)
+    cfg = SimConfig(count=2, set_latency_ms=1.0, read_latency_ms=5.0, noise_w=0.0)
+    backend = NvmlBackend(SimNvml.from_config(cfg, clock))
+    island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=60.0)
+    island.update_draw([600 * W, 600 * W])
+    t0, wall0 = clock.now(), clock.wall()
+    act = island.trigger_shed("e1", 0.3)
+    assert not act.errors
+    assert act.commanded_at == pytest.approx(t0 + 0.007)
+    assert act.commanded_wall == pytest.approx(wall0 + 0.007)
+    assert clock.now() == pytest.approx(t0 + 0.012)
+    backend.close()
+
+
+def test_batch_counts_skipped_and_failed_writes_as_returned(real_rig: Rig) -> None:
+    writer = ParallelWriter(real_rig.backend, N, clock=real_rig.clock)
+    writer.start()
+    try:
+        real_rig.sim.inject_fault(2, "no_permission")
+        skipped = writer.submit([300 * W] * N, guard=lambda: False)
+        assert all(o.skipped for o in skipped.wait(2.0))
+        assert skipped.commanded is not None
+        failed = writer.submit([300 * W] * N)
+        out = failed.wait(2.0)
+        assert out[2].error is not None and all(o.ok for i, o in enumerate(out) if i != 2)
+        assert failed.commanded is not None
+        assert failed.commanded[0] <= real_rig.clock.now()
+    finally:
+        writer.close()
+
+
+def test_hung_gpu_leaves_the_batch_uncommanded(real_rig: Rig) -> None:
+    writer = ParallelWriter(real_rig.backend, N, timeout_s=0.1, clock=real_rig.clock)
+    writer.start()
+    try:
+        real_rig.sim.inject_fault(5, "slow", delay_s=0.5, calls=1)
+        batch = writer.submit([300 * W] * N)
+        batch.wait(0.1)
+        assert batch.commanded is None  # GPU 5's driver call has not returned
+    finally:
+        writer.close()
+
+
 def test_writes_work_in_turn_without_threads(rig: Rig) -> None:
     rig.island.trigger_shed("e1", 0.3)
     rig.island.close()

@@ -114,6 +114,15 @@ class GpuBackend(Protocol):
         """
         ...
 
+    def command_limit_mw(self, index: int, limit_mw: int) -> bool:
+        """The driver call of :meth:`set_limit_mw` alone, without the read-back; mW.
+
+        True if the call was made (the new limit is in force when it returns), False if it was
+        skipped: the GPU already enforces ``limit_mw`` as last commanded, or dry-run mode.
+        Lets a writer stamp "commanded" when the driver returns and read back afterwards.
+        """
+        ...
+
     def close(self) -> None:
         """Release the driver. Idempotent."""
         ...

@@ -113,7 +113,7 @@ class _Device:
         self.handle = handle
         self.info = info
         self.limits = limits
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # set_limit_mw holds it around _command
         self.instant_supported = True
         self.last_commanded_mw: int | None = None
         self.dry_logged_at = float("-inf")  # monotonic s of the last INFO dry-run line
@@ -241,6 +241,17 @@ class NvmlBackend:
 
     def set_limit_mw(self, index: int, limit_mw: int) -> int:
         dev = self._device(index)
+        with dev.lock:  # command and read-back as one step per GPU
+            self._command(index, dev, limit_mw)
+            return self.enforced_limit_mw(index)
+
+    def command_limit_mw(self, index: int, limit_mw: int) -> bool:
+        dev = self._device(index)
+        with dev.lock:
+            return self._command(index, dev, limit_mw)
+
+    def _command(self, index: int, dev: _Device, limit_mw: int) -> bool:
+        """The driver call of a limit write (caller holds ``dev.lock``); False if skipped."""
         lim = dev.limits
         if isinstance(limit_mw, bool) or not isinstance(limit_mw, int):
             raise GpuInvalidArgument(
@@ -252,26 +263,22 @@ class NvmlBackend:
                 f" [{lim.min_mw / 1000:.1f}, {lim.max_mw / 1000:.1f}] W",
                 index=index,
             )
-        nvml = self._nvml
-        with dev.lock:
-            if self.dry_run:
-                # The control loop runs open in a dry run (nothing it plans takes effect), so it
-                # may re-plan every step: one INFO line per GPU per second, the rest at DEBUG.
-                now = time.monotonic()
-                if now - dev.dry_logged_at >= DRY_RUN_LOG_PERIOD_S:
-                    dev.dry_logged_at = now
-                    log.info("dry-run: would set GPU %d limit %.1f W", index, limit_mw / 1000)
-                else:
-                    log.debug("dry-run: would set GPU %d limit %.1f W", index, limit_mw / 1000)
-                return self.enforced_limit_mw(index)
-            if dev.last_commanded_mw == limit_mw:
-                enforced = self.enforced_limit_mw(index)
-                if enforced == limit_mw:
-                    return enforced
-            self._call(index, f"set power limit to {limit_mw / 1000:.1f} W",
-                       nvml.nvmlDeviceSetPowerManagementLimit, dev.handle, limit_mw)
-            dev.last_commanded_mw = limit_mw
-            return self.enforced_limit_mw(index)
+        if self.dry_run:
+            # The control loop runs open in a dry run (nothing it plans takes effect), so it
+            # may re-plan every step: one INFO line per GPU per second, the rest at DEBUG.
+            now = time.monotonic()
+            if now - dev.dry_logged_at >= DRY_RUN_LOG_PERIOD_S:
+                dev.dry_logged_at = now
+                log.info("dry-run: would set GPU %d limit %.1f W", index, limit_mw / 1000)
+            else:
+                log.debug("dry-run: would set GPU %d limit %.1f W", index, limit_mw / 1000)
+            return False
+        if dev.last_commanded_mw == limit_mw and self.enforced_limit_mw(index) == limit_mw:
+            return False
+        self._call(index, f"set power limit to {limit_mw / 1000:.1f} W",
+                   self._nvml.nvmlDeviceSetPowerManagementLimit, dev.handle, limit_mw)
+        dev.last_commanded_mw = limit_mw
+        return True
 
     def close(self) -> None:
         with self._close_lock:

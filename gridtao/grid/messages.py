@@ -1,4 +1,8 @@
-"""Wire contract v1: parse and validate incoming payloads, build outgoing ones. Nothing else.
+"""Wire contract v1: parse and validate incoming payloads. Nothing else.
+
+The outgoing payload builders live in :mod:`gridtao.grid.payloads` and the topic names in
+:mod:`gridtao.grid.topics`; both are re-exported here, so ``gridtao.grid.messages`` stays the one
+import for the whole contract.
 
 Pure functions, no I/O. Parsing sits on the trigger hot path, so it uses one pre-built JSON
 decoder and hand-written checks (no schema library). Every rejection is a :class:`MessageRejected`
@@ -11,9 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, NoReturn, TypeAlias
+
+# Re-exported so callers can keep importing the whole contract from here (``wire.ack_payload``).
+from gridtao.grid.payloads import ack_payload, offline_payload, status_payload, tracker_payload
+from gridtao.grid.topics import Topics
 
 __all__ = [
     "DURATION_MAX_S",
@@ -43,7 +51,6 @@ HZ_MAX: Final = 70.0
 NODE_W_MAX: Final = 10_000_000.0  # 10 MW: far above any node, low enough to catch unit mix-ups
 DURATION_MAX_S: Final = 7 * 86_400.0
 ID_MAX_CHARS: Final = 128
-GPU_STATUS_KEYS: Final = ("index", "power_w", "limit_w", "default_w", "min_w", "max_w")
 
 
 class MessageRejected(ValueError):
@@ -326,128 +333,3 @@ def _duration(data: Mapping[str, Any], event_id: str | None) -> float:
     duration_s = _number(data, "duration_s", event_id)
     _check_range(duration_s, "duration_s", event_id, 0.0, DURATION_MAX_S, lo_open=True, unit=" s")
     return duration_s
-
-
-def _dumps(obj: object) -> bytes:
-    # allow_nan=False: a NaN timestamp is a bug upstream and must not reach external clients.
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
-
-
-def ack_payload(
-    id: str | None,
-    accepted: bool,
-    reason: str | None,
-    received_at: float | None,
-    commanded_at: float | None,
-    reached_at: float | None,
-    *,
-    extra: Mapping[str, object] | None = None,
-) -> bytes:
-    """The ack JSON: keys id, accepted, reason, received_at, commanded_at, reached_at.
-
-    Times are Unix seconds or ``None`` (-> null). ``id`` is ``None`` for payloads that had none.
-    ``extra`` adds fields (v1 clients ignore unknown fields) but never replaces the six above.
-    """
-    body: dict[str, object] = dict(extra) if extra else {}
-    body.update(
-        id=id,
-        accepted=bool(accepted),
-        reason=reason,
-        received_at=received_at,
-        commanded_at=commanded_at,
-        reached_at=reached_at,
-    )
-    return _dumps(body)
-
-
-def status_payload(
-    node: str,
-    online: bool,
-    t: float,
-    event: str | None,
-    gpus: Sequence[Mapping[str, float | str | None]],
-) -> bytes:
-    """The retained status JSON: ``{"node", "online", "t", "event", "gpus": [...]}``.
-
-    Each GPU entry is rebuilt with the v1 keys index, power_w, limit_w, default_w, min_w, max_w
-    (watts; a missing one raises ``ValueError``) plus ``fault``, an extension of v1: the error
-    kind of a GPU gridtao cannot read or write (e.g. ``"GpuLost"``), else null; its power and
-    limit are then the last known. Other keys are dropped.
-    """
-    entries: list[dict[str, float | int | str | None]] = []
-    for gpu in gpus:
-        missing = [k for k in GPU_STATUS_KEYS if k not in gpu]
-        if missing:
-            raise ValueError(f"GPU status entry lacks {', '.join(missing)}")
-        entry: dict[str, float | int | str | None] = {"index": int(_status_number(gpu["index"]))}
-        for key in GPU_STATUS_KEYS[1:]:
-            entry[key] = round(_status_number(gpu[key]), 3)
-        fault = gpu.get("fault")
-        entry["fault"] = None if fault is None else str(fault)
-        entries.append(entry)
-    return _dumps({"node": node, "online": bool(online), "t": t, "event": event, "gpus": entries})
-
-
-def _status_number(value: float | str | None) -> float:
-    if not isinstance(value, (int, float)):
-        raise ValueError(f"GPU status value must be a number, got {value!r}")
-    return float(value)
-
-
-def tracker_payload(node: str, t: float, state: Mapping[str, object]) -> bytes:
-    """The retained tier-2 state JSON: ``{"node", "t", **state}`` (see control/tracker.py for
-    the keys of ``state``); ``node`` and ``t`` are never replaced."""
-    body: dict[str, object] = dict(state)
-    body.update(node=node, t=t)
-    return _dumps(body)
-
-
-def offline_payload(node: str) -> bytes:
-    """The last-will status: ``{"node": node, "online": false}``."""
-    return _dumps({"node": node, "online": False})
-
-
-def _check_topic_part(what: str, value: str, *, single_level: bool) -> None:
-    if not value:
-        raise ValueError(f"MQTT {what} must not be empty")
-    bad = "+#/\x00" if single_level else "+#\x00"
-    for ch in bad:
-        if ch in value:
-            raise ValueError(f"MQTT {what} {value!r} must not contain {ch!r}")
-    if not single_level and "" in value.split("/"):
-        raise ValueError(f"MQTT {what} {value!r} has an empty topic level")
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    """Topic names for one node under ``prefix`` (e.g. ``gridtao/demo``).
-
-    ``prefix`` may span levels but has no wildcards or empty levels; ``node`` is one level.
-    """
-
-    prefix: str
-    node: str
-
-    def __post_init__(self) -> None:
-        _check_topic_part("prefix", self.prefix, single_level=False)
-        _check_topic_part("node id", self.node, single_level=True)
-
-    @property
-    def frequency(self) -> str:
-        return f"{self.prefix}/frequency"
-
-    @property
-    def dispatch(self) -> str:
-        return f"{self.prefix}/dispatch"
-
-    @property
-    def ack(self) -> str:
-        return f"{self.prefix}/nodes/{self.node}/ack"
-
-    @property
-    def status(self) -> str:
-        return f"{self.prefix}/nodes/{self.node}/status"
-
-    @property
-    def tracker(self) -> str:
-        return f"{self.prefix}/nodes/{self.node}/tracker"

@@ -4,8 +4,9 @@
 on every connection, hands incoming messages to an :class:`asyncio.Queue`, and after any
 ``aiomqtt.MqttError`` reconnects with exponential backoff and full jitter in
 ``[reconnect_min_s, reconnect_max_s]``. Publishing never blocks on the network: messages go to a
-bounded outbox that a sender task drains while connected, so publishes made while the broker is
-away are delivered after reconnection (oldest QoS 0 messages are dropped first when it is full).
+bounded outbox (gridtao/grid/outbox.py) that a sender task drains while connected, so publishes
+made while the broker is away are delivered after reconnection (oldest QoS 0 messages are dropped
+first when it is full).
 
 Optionally over TLS (``tls``: a verifying client context, gridtao/grid/tls.py) with a username
 and password. A failed attempt is logged as one line naming the cause (gridtao/grid/diagnose.py);
@@ -19,7 +20,6 @@ safety island can run its own link on its own loop and thread.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import random
@@ -31,6 +31,7 @@ import aiomqtt
 
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.grid.diagnose import AttemptLog, Diagnosis, PahoTap, connected
+from gridtao.grid.outbox import DropReason, OutboundMessage, Outbox
 
 __all__ = [
     "InboundMessage",
@@ -65,14 +66,6 @@ class InboundMessage:
     retain: bool
     received_at: float
     received_wall: float
-
-
-@dataclass(frozen=True, slots=True)
-class OutboundMessage:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
 
 
 #: What ``on_connect_publish`` returns: ``(topic, payload, qos, retain)`` tuples.
@@ -157,7 +150,6 @@ class MqttLink:
         self.keepalive_s = keepalive_s
         self.reconnect_min_s = reconnect_min_s
         self.reconnect_max_s = reconnect_max_s
-        self.max_outbound = max_outbound
         self.op_timeout_s = op_timeout_s
         self._on_connect_publish = on_connect_publish
         self._clock: Clock = clock if clock is not None else MonotonicClock()
@@ -173,11 +165,7 @@ class MqttLink:
         self.connected = asyncio.Event()
         self.stats = LinkStats()
         self._inbox: asyncio.Queue[InboundMessage] = asyncio.Queue(maxsize=max_inbound)
-        self._outbox: collections.deque[OutboundMessage] = collections.deque()
-        self._outbox_ready = asyncio.Event()  # set while the outbox is non-empty
-        self._idle = asyncio.Event()  # set while nothing is queued or in flight
-        self._idle.set()
-        self._in_flight: OutboundMessage | None = None
+        self._outbox = Outbox(max_outbound, on_drop=self._dropped)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self._was_up = False  # whether the current/last session got as far as `connected`
@@ -207,7 +195,7 @@ class MqttLink:
     ) -> None:
         """Synchronous :meth:`publish`; call it only from the link's own event loop."""
         _check_qos(qos)
-        self._enqueue(OutboundMessage(topic, bytes(payload), qos, retain))
+        self._outbox.push(OutboundMessage(topic, bytes(payload), qos, retain))
 
     def publish_threadsafe(
         self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
@@ -217,15 +205,15 @@ class MqttLink:
             raise RuntimeError("the link is not running: start run() first")
         _check_qos(qos)
         message = OutboundMessage(topic, bytes(payload), qos, retain)
-        self._loop.call_soon_threadsafe(self._enqueue, message)
+        self._loop.call_soon_threadsafe(self._outbox.push, message)
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until every queued message has been handed to the broker; False on timeout."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            return False
-        return True
+        return await self._outbox.flush(timeout_s)
+
+    @property
+    def max_outbound(self) -> int:
+        return self._outbox.max_len
 
     @property
     def outbox_len(self) -> int:
@@ -241,40 +229,17 @@ class MqttLink:
         """Connection state as a plain bool (safe to read from other threads)."""
         return self.connected.is_set()
 
-    def _enqueue(self, message: OutboundMessage, *, front: bool = False) -> None:
-        if front:
-            self._outbox.appendleft(message)
-        else:
-            self._outbox.append(message)
-        while len(self._outbox) > self.max_outbound:
-            self._drop_one()
-        self._outbox_ready.set()
-        self._idle.clear()
-
-    def _drop_one(self) -> None:
-        for i, queued in enumerate(self._outbox):
-            if queued.qos == 0:
-                del self._outbox[i]
-                break
-        else:
-            queued = self._outbox.popleft()
+    def _dropped(self, message: OutboundMessage, reason: DropReason) -> None:
         self.stats.dropped_outbound += 1
-        if self.stats.dropped_outbound == 1 or self.stats.dropped_outbound % 1000 == 0:
+        n = self.stats.dropped_outbound
+        if reason == "full" and (n == 1 or n % 1000 == 0):
             log.warning(
                 "MQTT outbox full (%d): dropped %s (QoS %d); %d dropped so far",
                 self.max_outbound,
-                queued.topic,
-                queued.qos,
-                self.stats.dropped_outbound,
+                message.topic,
+                message.qos,
+                n,
             )
-
-    def _update_idle(self) -> None:
-        if self._outbox:
-            self._outbox_ready.set()
-        else:
-            self._outbox_ready.clear()
-            if self._in_flight is None:
-                self._idle.set()
 
     # ---- supervision -----------------------------------------------------------------------
 
@@ -368,7 +333,8 @@ class MqttLink:
             if self._on_connect_publish is not None:
                 for topic, payload, qos, retain in reversed(list(self._on_connect_publish())):
                     _check_qos(qos)
-                    self._enqueue(OutboundMessage(topic, bytes(payload), qos, retain), front=True)
+                    self._outbox.push(OutboundMessage(topic, bytes(payload), qos, retain),
+                                      front=True)
             self.stats.connects += 1
             self._attempts.connected()
             if self.stats.connects > 1:
@@ -417,23 +383,13 @@ class MqttLink:
             inbox.put_nowait(inbound)
 
     async def _send(self, client: aiomqtt.Client) -> None:
+        outbox = self._outbox
         while True:
-            await self._outbox_ready.wait()
-            if not self._outbox:
-                self._update_idle()
-                continue
-            message = self._outbox.popleft()
-            self._in_flight = message
+            message = await outbox.take()
             delivered = False
             try:
                 await client.publish(message.topic, message.payload, message.qos, message.retain)
                 delivered = True
                 self.stats.published += 1
             finally:
-                self._in_flight = None
-                if not delivered:
-                    if message.qos > 0:
-                        self._enqueue(message, front=True)
-                    else:
-                        self.stats.dropped_outbound += 1
-                self._update_idle()
+                outbox.settle(delivered=delivered)
