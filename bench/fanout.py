@@ -6,6 +6,8 @@ real time (driver call ``gpus.sim.set_latency_ms``):
 * ``one_write_ms``: one ``set_limit_mw`` (driver call + read-back), the unit of work;
 * ``parallel_ms``: :meth:`SafetyIsland.trigger_shed` with its per-GPU writer threads (what the
   agent does on a trigger: caps from the draw, every GPU written, read back, latched);
+  ``parallel_commanded_ms``: the same triggers up to ``commanded_at`` (the last driver call
+  returned, before the read-backs: what the ack reports);
 * ``sequential_ms``: the same trigger with the writers not started, so the island writes the
   GPUs one after another on the calling thread (the baseline, measured in the same run);
 * ``cpu_per_write_us``: Python CPU per write with the driver latency set to zero, i.e. the part
@@ -51,19 +53,25 @@ def _island(gpus: int, sim: SimConfig, *, parallel: bool) -> tuple[SafetyIsland,
     return island, backend
 
 
-def time_triggers(gpus: int, triggers: int, sim: SimConfig, *, parallel: bool) -> list[float]:
-    """Wall time of ``triggers`` shed triggers, ms; each released and ended before the next."""
+def time_triggers(
+    gpus: int, triggers: int, sim: SimConfig, *, parallel: bool
+) -> tuple[list[float], list[float]]:
+    """Wall time of ``triggers`` shed triggers, ms, and of each up to its ``commanded_at``;
+    each trigger released and ended before the next."""
     island, backend = _island(gpus, sim, parallel=parallel)
+    clock = MonotonicClock()  # the island's clock: time.monotonic
     out: list[float] = []
+    commanded: list[float] = []
     safety_log = logging.getLogger("gridtao.safety")
     level = safety_log.level
     if not parallel:  # the island warns on every batch written in turn: that is the baseline
         safety_log.setLevel(logging.ERROR)
     try:
         for k in range(triggers):
-            t0 = time.perf_counter()
-            island.trigger_shed(f"fanout-{k}", SHED_FRACTION)
-            out.append((time.perf_counter() - t0) * 1000.0)
+            t0 = clock.now()
+            act = island.trigger_shed(f"fanout-{k}", SHED_FRACTION)
+            out.append((clock.now() - t0) * 1000.0)
+            commanded.append((act.commanded_at - t0) * 1000.0)
             island.release(f"fanout-{k}")
             time.sleep(0.005)  # release ramp: 1000 x the reduction per s, over in 1 ms
             island.tick()
@@ -72,7 +80,7 @@ def time_triggers(gpus: int, triggers: int, sim: SimConfig, *, parallel: bool) -
         safety_log.setLevel(level)
         island.close()
         backend.close()
-    return out
+    return out, commanded
 
 
 def time_calls(call: Callable[[int], object], n: int) -> list[float]:
@@ -96,14 +104,15 @@ def run(gpus: int, triggers: int, sim: SimConfig) -> dict[str, Any]:
     cpu = time_calls(lambda k: backend.set_limit_mw(k % gpus, 500_000 + (k // gpus % 2) * 1000),
                      triggers * gpus)
     backend.close()
-    parallel = time_triggers(gpus, triggers, sim, parallel=True)
-    sequential = time_triggers(gpus, triggers, sim, parallel=False)
+    parallel, parallel_commanded = time_triggers(gpus, triggers, sim, parallel=True)
+    sequential, _ = time_triggers(gpus, triggers, sim, parallel=False)
     result: dict[str, Any] = {
         "gpus": gpus, "triggers": triggers, "set_latency_ms": sim.set_latency_ms,
         "switch_interval_s": GIL_SWITCH_INTERVAL_S,
         "one_write_ms": percentiles(one),
         "cpu_per_write_us": {k: v * 1000.0 for k, v in percentiles(cpu).items()},
         "parallel_ms": percentiles(parallel),
+        "parallel_commanded_ms": percentiles(parallel_commanded),
         "sequential_ms": percentiles(sequential),
     }
     result["sequential_vs_parallel_p50"] = (result["sequential_ms"]["p50"]
@@ -124,11 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["machine"] = machine_description()
     result["command"] = "python -m bench.fanout " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    for key in ("one_write_ms", "parallel_ms", "sequential_ms"):
+    for key in ("one_write_ms", "parallel_ms", "parallel_commanded_ms", "sequential_ms"):
         s = result[key]
-        print(f"{key:16s} p50 {s['p50']:.3f}  p99 {s['p99']:.3f}  max {s['max']:.3f}")
+        print(f"{key:21s} p50 {s['p50']:.3f}  p99 {s['p99']:.3f}  max {s['max']:.3f}")
     c = result["cpu_per_write_us"]
-    print(f"cpu_per_write_us p50 {c['p50']:.1f}  p99 {c['p99']:.1f}")
+    print(f"cpu_per_write_us      p50 {c['p50']:.1f}  p99 {c['p99']:.1f}")
     print(f"sequential / parallel at p50: {result['sequential_vs_parallel_p50']:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -13,7 +13,8 @@ def test_fanout_reports_every_measure(tmp_path: Path) -> None:
     out = tmp_path / "fanout.json"
     assert main(["--gpus", "2", "--triggers", "3", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    for key in ("one_write_ms", "parallel_ms", "sequential_ms", "cpu_per_write_us"):
+    for key in ("one_write_ms", "parallel_ms", "parallel_commanded_ms", "sequential_ms",
+                "cpu_per_write_us"):
         assert set(result[key]) == {"p50", "p99", "max"} and result[key]["p50"] > 0
     assert result["gpus"] == 2 and result["triggers"] == 3
 
@@ -22,6 +23,8 @@ def test_sequential_baseline_writes_every_gpu_once_per_trigger() -> None:
     # The driver latency makes each write measurable: a sequential trigger takes at least the
     # sum of its writes' simulated driver calls.
     sim = SimConfig(count=3, set_latency_ms=2.0)
-    times = time_triggers(3, 2, sim, parallel=False)
+    times, commanded = time_triggers(3, 2, sim, parallel=False)
     assert len(times) == 2 and min(times) >= 3 * 2.0
+    # Commanded once the last set returned: every set call, not the last read-back.
+    assert all(3 * 2.0 <= c <= t for c, t in zip(commanded, times, strict=True))
     assert run(1, 1, SimConfig(count=1))["gpus"] == 1
