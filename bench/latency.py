@@ -275,6 +275,8 @@ def judge_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
         result["under_load"]["publish_to_command_ms"]["p99"])
     hw_p99 = result["command_to_target_ms"]["p99"]
     t2t = result["trigger_to_target_ms"]["p99"]
+    loaded_hw_p99 = result["under_load"]["command_to_target_ms"]["p99"]
+    loaded_t2t = result["under_load"]["trigger_to_target_ms"]["p99"]
     speedup = result["ratios"]["sequential_subprocess_vs_gridtao_p50_publish_to_command"]
     return {
         "publish_to_command_p99_ms": {
@@ -287,6 +289,11 @@ def judge_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "hardware_response_p99": hw_p99,
             "hardware_floor": result["simulated_hardware_response"]["floor_ms"],
             "met": t2t <= hw_p99 + TARGET_WITHIN_HARDWARE_MS,
+            # Not part of the target as the issue states it; reported so nobody has to ask.
+            "under_load": {
+                "limit": loaded_hw_p99 + TARGET_WITHIN_HARDWARE_MS, "value": loaded_t2t,
+                "met": loaded_t2t <= loaded_hw_p99 + TARGET_WITHIN_HARDWARE_MS,
+            },
         },
         "speedup_vs_sequential_subprocess_p50": {
             "limit": MIN_SPEEDUP_VS_SEQUENTIAL, "value": speedup,

@@ -48,6 +48,9 @@ def test_latency_bench_reports_every_measure(tmp_path: Path) -> None:
                 result["under_load"]["publish_to_command_ms"]["p99"])
     assert targets["publish_to_command_p99_ms"]["met"] == (p2c99 <= 2.0)
     assert all(isinstance(t["met"], bool) for t in targets.values())
+    loaded = targets["trigger_to_target_p99_ms"]["under_load"]
+    assert loaded["met"] == (result["under_load"]["trigger_to_target_ms"]["p99"]
+                             <= result["under_load"]["command_to_target_ms"]["p99"] + 5.0)
     for name in ("sequential_subprocess", "polling_1s"):
         base = result["baselines"][name]
         assert base["triggers"] == 1
