@@ -17,7 +17,6 @@ offline status. The agent never commands a limit outside ``[min, default]`` (saf
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -49,6 +48,7 @@ from gridtao.grid.portfolio import Portfolio, ProductMonitor
 from gridtao.grid.products import STEP_RAMP_OUT_SLACK
 from gridtao.grid.tls import read_password, ssl_context
 from gridtao.ledger import Ledger
+from gridtao.reload import ReloadResult, apply_reload, plan_reload
 from gridtao.telemetry.metrics import Metrics, MetricsServer, start_http_server
 from safety.island import Activation, SafetyIsland
 from safety.watchdog import Watchdog
@@ -211,6 +211,15 @@ class Agent:
         self._quiesce_lock = threading.Lock()
         self.controller = ControllerLoop(self)
 
+    def reload(self, new: Config) -> ReloadResult:
+        """Apply a re-read configuration file: new signing keys and broker credentials
+        (gridtao/reload.py). Raises ConfigError, changing nothing, if any file is bad."""
+        plan = plan_reload(self.config, new, current=self.guard.verifier)
+        result = apply_reload(plan, guard=self.guard, links=(self.lane.link, self.status_link))
+        self.config = plan.config
+        self.ledger.record("reload", result.fields())
+        return result
+
     # ---- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
@@ -372,22 +381,3 @@ class Agent:
                   self.config.safety.watchdog_timeout_s, mode)
         self.island.enter_safe_state(mode)
         self.ledger.safe_state(mode)
-
-
-async def run_agent(config: Config, *, options: AgentOptions | None = None,
-                    stop: asyncio.Event | None = None) -> int:
-    """Start an agent, serve until SIGINT/SIGTERM (or ``stop``), then restore and exit 0."""
-    import signal
-
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    agent = Agent(config, options=options)
-    try:
-        agent.start()
-        await agent.serve(stop)
-    finally:
-        agent.close()
-    return 0

@@ -140,7 +140,8 @@ def _agent_commands() -> dict[str, Command]:
     from gridtao import commands as c
 
     return {
-        "run": Command("run the agent until SIGINT/SIGTERM (restores limits on exit)",
+        "run": Command("run the agent until SIGINT/SIGTERM (restores limits on exit); "
+                       "SIGHUP reloads keys and broker credentials",
                        c.configure_run, c.run_agent_command),
         "demo": Command("self-contained demo: broker, agent on simulated GPUs, a dip and a shed",
                         c.configure_demo, c.run_demo_command),

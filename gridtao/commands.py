@@ -7,12 +7,24 @@ Each is a ``configure(parser)`` / ``run(args, config) -> exit status`` pair regi
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import dataclasses
+import logging
+import os
 import shlex
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gridtao.config import Config, ConfigError
+from gridtao.config import ENV_VAR, Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from gridtao.agent import AgentOptions
+
+log = logging.getLogger("gridtao")
 
 
 def configure_run(p: argparse.ArgumentParser) -> None:
@@ -24,23 +36,63 @@ def configure_run(p: argparse.ArgumentParser) -> None:
 
 
 def run_agent_command(args: argparse.Namespace, config: Config) -> int:
-    from gridtao.agent import AgentOptions, run_agent
+    from gridtao.agent import AgentOptions
     from gridtao.grid.mqtt import new_event_loop
 
     if not 0.0 <= args.busy_load <= 0.95:
         raise ConfigError("--busy-load: must be between 0 and 0.95")
-    gpus = config.gpus
-    if args.backend is not None:
-        gpus = dataclasses.replace(gpus, backend=args.backend)
-    if args.dry_run:
-        gpus = dataclasses.replace(gpus, dry_run=True)
-    config = dataclasses.replace(config, gpus=gpus)
+
+    def with_flags(config: Config) -> Config:
+        gpus = config.gpus
+        if args.backend is not None:
+            gpus = dataclasses.replace(gpus, backend=args.backend)
+        if args.dry_run:
+            gpus = dataclasses.replace(gpus, dry_run=True)
+        return dataclasses.replace(config, gpus=gpus)
+
+    path = args.config or os.environ.get(ENV_VAR) or None
     loop = new_event_loop()
     try:
-        return loop.run_until_complete(
-            run_agent(config, options=AgentOptions(busy_load_fraction=args.busy_load)))
+        return loop.run_until_complete(run_agent(
+            with_flags(config), options=AgentOptions(busy_load_fraction=args.busy_load),
+            reload_config=None if path is None else lambda: with_flags(load_config(path)),
+        ))
     finally:
         loop.close()
+
+
+async def run_agent(config: Config, *, options: AgentOptions | None = None,
+                    stop: asyncio.Event | None = None,
+                    reload_config: Callable[[], Config] | None = None) -> int:
+    """Start an agent, serve until SIGINT/SIGTERM (or ``stop``), then restore and exit 0.
+    On SIGHUP, apply ``reload_config()`` (the file read again: gridtao/reload.py)."""
+    from gridtao.agent import Agent
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    agent: Agent | None = None  # SIGHUP before it exists: logged, not fatal
+
+    def reload() -> None:
+        if agent is None or reload_config is None:
+            log.warning("SIGHUP: nothing to reload (%s)", "still starting" if agent is None
+                        else "no configuration file: running on built-in defaults")
+            return
+        try:
+            agent.reload(reload_config())
+        except ConfigError as e:
+            log.error("reload refused, nothing changed: %s", e)
+
+    for sig, handler in ((signal.SIGINT, stop.set), (signal.SIGTERM, stop.set),
+                         (signal.SIGHUP, reload)):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, handler)
+    agent = Agent(config, options=options)
+    try:
+        agent.start()
+        await agent.serve(stop)
+    finally:
+        agent.close()
+    return 0
 
 
 def configure_demo(p: argparse.ArgumentParser) -> None:

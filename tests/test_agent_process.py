@@ -21,6 +21,9 @@ import pytest
 import yaml
 from broker import MosquittoBroker, Subscriber, publish
 
+from gridtao import cli
+from gridtao.grid import auth
+
 REPO = Path(__file__).resolve().parent.parent
 WAIT_S = 30.0  # a cold interpreter start on a loaded 2-core machine
 N = 4
@@ -41,18 +44,24 @@ def _wait(sub: Subscriber, pred: Any, what: str, timeout_s: float = WAIT_S) -> d
     raise AssertionError(f"timed out waiting for {what}; got {_payloads(sub)[-5:]}")
 
 
-@contextmanager
-def agent_process(
-    broker: MosquittoBroker, tmp: Path, node: str
-) -> Iterator[subprocess.Popen[bytes]]:
+def write_config(broker: MosquittoBroker, tmp: Path, node: str, **extra: Any) -> Path:
+    """The agent's YAML file (rewritten in place by a test that reloads it)."""
     cfg = {
         "gpus": {"backend": "sim", "sim": {"count": N}},
         "mqtt": {"port": broker.port, "node_id": node, "prefix": f"gridtao/proc-{node}",
                  "status_period_s": 0.1, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
         "metrics": {"enabled": False},
-    }
+    } | extra
     cfg_path = tmp / f"{node}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return cfg_path
+
+
+@contextmanager
+def agent_process(
+    broker: MosquittoBroker, tmp: Path, node: str, **extra: Any
+) -> Iterator[subprocess.Popen[bytes]]:
+    cfg_path = write_config(broker, tmp, node, **extra)
     log_path = tmp / f"{node}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -130,3 +139,54 @@ def test_a_killed_agent_is_reported_offline_by_its_last_will(
         proc.wait(WAIT_S)
         final = _wait(status, lambda p: p.get("online") is False, "the last will")
         assert final == {"node": node, "online": False}
+
+
+def _signing_auth(tmp: Path, kid: str) -> dict[str, Any]:
+    return {"mode": "ed25519", "require_signed_frequency": False,
+            "keys": [{"kid": kid, "file": str(tmp / f"{kid}.pub"), "topics": ["dispatch"]}],
+            "replay_store": str(tmp / "replay.jsonl")}
+
+
+def _sign(tmp: Path, kid: str, body: dict[str, Any]) -> bytes:
+    key = auth.load_signing_key(tmp / f"{kid}.key", "ed25519")
+    return auth.sign_payload(body | {"issued_at": time.time()}, key, kid, "ed25519")
+
+
+def test_sighup_rotates_the_signing_key_and_keeps_the_event(
+    mqtt_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    node = "hup"
+    prefix = f"gridtao/proc-{node}"
+    for kid in ("old", "new"):
+        assert cli.main(["keygen", "--alg", "ed25519", "--out", str(tmp_path / kid)]) == 0
+    dispatch, host, port = f"{prefix}/dispatch", mqtt_broker.host, mqtt_broker.port
+    with Subscriber(host, port, f"{prefix}/nodes/{node}/status") as status, \
+            Subscriber(host, port, f"{prefix}/nodes/{node}/ack") as acks, \
+            agent_process(mqtt_broker, tmp_path, node, auth=_signing_auth(tmp_path, "old")) as proc:
+        _wait(status, lambda p: p.get("online") is True, "the agent's online status")
+        cap = {"id": "p1", "kind": "cap", "node_w": CAP_W, "duration_s": 600}
+        publish(host, port, dispatch, _sign(tmp_path, "old", cap))
+        assert _wait(acks, lambda a: a["id"] == "p1", "p1's ack")["accepted"] is True
+
+        write_config(mqtt_broker, tmp_path, node, auth=_signing_auth(tmp_path, "new"))
+        os.kill(proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + WAIT_S
+        while "reloaded" not in _log(tmp_path, node) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "added new, removed old" in _log(tmp_path, node), _log(tmp_path, node)
+
+        end = {"kind": "release", "ref": "p1"}
+        publish(host, port, dispatch,
+                _sign(tmp_path, "old", end | {"id": "e-old"}))
+        refused = _wait(acks, lambda a: a["id"] == "e-old", "the old key's refusal")
+        assert refused["accepted"] is False and "unknown key id 'old'" in refused["reason"]
+        # Still holding: the reload did not end the event or restore the limits.
+        held = _wait(status, lambda p: p.get("event") == "p1", "a status with p1")
+        assert sum(g["limit_w"] for g in held["gpus"]) <= CAP_W + 0.01
+        publish(host, port, dispatch,
+                _sign(tmp_path, "new", end | {"id": "e-new"}))
+        assert _wait(acks, lambda a: a["id"] == "e-new", "the new key's ack")["accepted"] is True
+
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(WAIT_S) == 0, _log(tmp_path, node)
+    assert "Traceback" not in _log(tmp_path, node)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from broker import MosquittoBroker, Subscriber
-from nodes import Node, running, steady_sim
+from nodes import Node, merge, running, steady_sim
 
 from gridtao import cli
 from gridtao.agent import Agent, AgentOptions
@@ -81,8 +81,9 @@ def _config(broker: MosquittoBroker, keys: Keys, name: str,
 
 @contextmanager
 def running_node(broker: MosquittoBroker, keys: Keys, name: str,
-                 limits: dict[str, Any] | None = None) -> Iterator[Node]:
-    cfg = config_from_mapping(_config(broker, keys, name, limits), source=f"<test {name}>")
+                 limits: dict[str, Any] | None = None, **over: Any) -> Iterator[Node]:
+    cfg = config_from_mapping(merge(_config(broker, keys, name, limits), over),
+                              source=f"<test {name}>")
     with running(broker, cfg, steady_sim(cfg.gpus.sim, MonotonicClock(), DEMAND_W)) as node:
         yield node
 
@@ -277,3 +278,39 @@ def test_bench_keys_configure_an_agent_that_accepts_their_signatures(
     assert verifier.authenticate("dispatch", signed) == "bench"
     cost = verify_cost_us(alg, tmp_path, n=20)
     assert 0 < cost["p50"] <= cost["p99"] <= cost["max"]
+
+
+def test_keys_rotate_by_reload_while_an_event_holds(
+    mqtt_broker: MosquittoBroker, keys: Keys, tmp_path: Path
+) -> None:
+    """The aggregator moves to a new key: the agent reloads its configuration (what SIGHUP
+    does) and keeps the event it is delivering; the withdrawn key is refused from then on."""
+    audit = {"enabled": True, "path": str(tmp_path / "audit.jsonl")}
+    with running_node(mqtt_broker, keys, "rotate", audit=audit) as node, node.acks() as sub:
+        node.dispatch(keys.sign("agg", {"id": "c1", "kind": "cap", "node_w": 1600,
+                                        "duration_s": 600}))
+        assert _acks(sub, 1)[0]["accepted"] is True
+        held = node.limits_w()
+        assert sum(held) <= 1600 + 0.01
+
+        rotated = _config(mqtt_broker, keys, "rotate") | {"audit": audit}
+        rotated["auth"]["keys"][0] = {"kid": "stranger",
+                                      "file": str(keys.folder / "stranger.pub"),
+                                      "topics": ["dispatch"]}
+        broken = json.loads(json.dumps(rotated))
+        broken["auth"]["keys"][0]["file"] = str(tmp_path / "missing.pub")
+        with pytest.raises(ConfigError, match=r"missing\.pub"):
+            node.agent.reload(config_from_mapping(broken, source="<test broken>"))
+        result = node.agent.reload(config_from_mapping(rotated, source="<test rotated>"))
+        assert (result.kids_added, result.kids_removed) == (("stranger",), ("agg",))
+
+        assert node.agent.island.view().event_id == "c1" and node.limits_w() == held
+        node.dispatch(keys.sign("agg", {"id": "c1-end", "kind": "release", "ref": "c1"}))
+        refused = _acks(sub, 2)[-1]
+        assert refused["accepted"] is False
+        assert refused["reason"] == "auth: unknown key id 'agg'"
+        assert node.agent.island.view().event_id == "c1"
+        node.dispatch(keys.sign("stranger", {"id": "c1-end2", "kind": "release", "ref": "c1"}))
+        assert _acks(sub, 3)[-1]["accepted"] is True
+        reloads = [r for r in node.audit() if r["kind"] == "reload"]
+        assert len(reloads) == 1 and reloads[0]["fields"]["kids_added"] == ["stranger"]

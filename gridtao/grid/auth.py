@@ -267,6 +267,11 @@ class Verifier:
         self._keys = {kid: _Key(k, topics) for kid, (k, topics) in keys.items()}
         self._sig_bytes = SIG_BYTES[alg]
 
+    @property
+    def kids(self) -> tuple[str, ...]:
+        """The key ids this verifier accepts, sorted."""
+        return tuple(sorted(self._keys))
+
     @classmethod
     def from_config(cls, auth: AuthConfig, *, source: str) -> Verifier | None:
         """Load every key file of ``auth`` (None when ``auth.mode`` is ``none``).

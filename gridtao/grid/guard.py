@@ -122,6 +122,19 @@ class Guard:
     def signed(self) -> bool:
         return self._verifier is not None
 
+    @property
+    def verifier(self) -> auth.Verifier | None:
+        return self._verifier
+
+    def replace_verifier(self, verifier: auth.Verifier) -> None:
+        """Swap in reloaded keys (same algorithm) between two messages. Whether messages are
+        signed at all is fixed at start: a guard without keys refuses, so does a new algorithm.
+        """
+        current = self._verifier
+        if current is None or verifier.alg != current.alg:
+            raise ValueError("auth.mode cannot change while running")
+        self._verifier = verifier  # one reference swap: each message sees old or new keys
+
     def open(self) -> None:
         """Open the replay store; ConfigError (naming it) if it cannot be used."""
         if self.replay is not None:
@@ -170,10 +183,11 @@ class Guard:
 
     def authenticate_dispatch(self, payload: bytes) -> str | None:
         """Signature and key checks only (before the duplicate check): None or the reason."""
-        if self._verifier is None:
+        verifier = self._verifier
+        if verifier is None:
             return None
         try:
-            self._verifier.authenticate("dispatch", _decode(payload))
+            verifier.authenticate("dispatch", _decode(payload))
         except auth.AuthRejected as e:
             return self._auth_failed("dispatch", e)
         return None

@@ -154,12 +154,8 @@ class MqttLink:
         self._on_connect_publish = on_connect_publish
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._rng = rng if rng is not None else random.Random()
-        self.tls = tls
-        self.username = username
-        self._password = password
         self.error_log_interval_s = error_log_interval_s
-        self._attempts = AttemptLog(log, host=host, port=port, tls=tls, username=username,
-                                    interval_s=error_log_interval_s, clock=self._clock.now)
+        self.set_credentials(tls=tls, username=username, password=password)
         self._tap: PahoTap | None = None
 
         self.connected = asyncio.Event()
@@ -171,6 +167,20 @@ class MqttLink:
         self._was_up = False  # whether the current/last session got as far as `connected`
 
     # ---- receiving -------------------------------------------------------------------------
+
+    def set_credentials(
+        self, *, tls: ssl.SSLContext | None, username: str | None, password: str | None
+    ) -> None:
+        """Broker credentials (TLS context, MQTT user and password) for the next connection on;
+        a connection that is up keeps its session. Thread-safe: one atomic swap."""
+        self._credentials = (tls, username, password)
+        self._attempts = AttemptLog(log, host=self.host, port=self.port, tls=tls,
+                                    username=username, interval_s=self.error_log_interval_s,
+                                    clock=self._clock.now)
+
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        return self._credentials[0]
 
     async def get(self) -> InboundMessage:
         """The next received message (waits; survives reconnections)."""
@@ -302,6 +312,7 @@ class MqttLink:
     async def _session(self) -> None:
         """One connection: returns only by raising (MqttError on loss, CancelledError on stop)."""
         self._was_up = False
+        credentials = self._credentials  # one consistent set, even if a reload swaps it now
         # paho's log of this connection: the only trace of a TLS alert after the handshake.
         tap = self._tap = PahoTap(asyncio.get_running_loop())
         will = None
@@ -315,9 +326,9 @@ class MqttLink:
             will=will,
             keepalive=self.keepalive_s,
             timeout=self.op_timeout_s,
-            tls_context=self.tls,
-            username=self.username,
-            password=self._password,
+            tls_context=credentials[0],
+            username=credentials[1],
+            password=credentials[2],
             logger=tap,
         )
         async with connected(client, tap):
