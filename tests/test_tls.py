@@ -562,3 +562,37 @@ def test_connect_race_is_reported_as_the_refusal_paho_saw() -> None:
         return str(info.value)
 
     assert "CERTIFICATE_REQUIRED" in asyncio.run(attempt())
+
+
+def test_reload_renews_the_client_certificate_for_the_next_connection(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """A reload (SIGHUP) takes the certificate files as they are now. Proven both ways: an
+    expired certificate put in place and reloaded is what the broker refuses after a restart;
+    a renewed one put in place and reloaded gets the links back in."""
+    cert, key = tmp_path / "node.crt", tmp_path / "node.key"
+
+    def install(issued: Issued) -> None:
+        shutil.copy(issued.cert, cert)
+        shutil.copy(issued.key, key)
+        key.chmod(0o600)
+
+    install(pki.client)
+    with tls_broker(tmp_path, pki, client_certs=True) as broker:
+        cfg = config(broker, tls={"ca_file": str(pki.ca.cert_path), "cert_file": str(cert),
+                                  "key_file": str(key), "server_hostname": "localhost"})
+        with running_agent(cfg) as agent:
+            lane = agent.lane.link  # (the status link runs only under agent.serve())
+            assert lane.is_connected
+            install(pki.expired_client)
+            before = agent.status_link.tls
+            assert agent.reload(cfg).credentials
+            assert agent.status_link.tls is not before and lane.tls is agent.status_link.tls
+            assert lane.is_connected  # the session that is up goes on
+            broker.restart()
+            wait_for(lambda: lane.problem is not None, "a refusal of the expired certificate")
+            assert "refused our client certificate: it has expired" in str(lane.problem)
+            install(pki.ca.client(f"{NODE}-renewed"))
+            agent.reload(cfg)
+            wait_for(lambda: lane.is_connected, "the link back with the renewed certificate")
+            assert lane.problem is None
