@@ -19,7 +19,10 @@ Invariants this module keeps (and its tests check):
 * Tier 2's commitment (:meth:`SafetyIsland.set_commitment`) is a soft target only: the island
   never writes it and never latches it, it can only lower the target tier 1 tracks (never lift
   an event's target or ceiling), it lies in ``[min_total, default_total]``, and it lapses
-  ``ttl_s`` after its last refresh, so a stalled tier 2 cannot hold the GPUs down.
+  ``ttl_s`` after its last refresh, so a stalled tier 2 cannot hold the GPUs down. Under a
+  frequency event (a fired step product or trigger level) the two stack: the target is the
+  commitment minus the event's reduction now, so a dip that activates FFR and FCR-D (or FFR
+  during a demand-response hold) delivers both, each measured from where the node was held.
 * Priority floors (:meth:`SafetyIsland.set_floors_mw`) only change how a cut is split between
   GPUs: each floor is clipped into ``[min_mw, default_mw]``, so every cap stays in the envelope.
 
@@ -299,6 +302,11 @@ class SafetyIsland:
                 )
             ev, ceiling = winner
             target = ev.target_at(now, self._rate)
+            if soft is not None and ev.kind == "frequency":
+                # Stack: the step product's reduction is measured from where the node was
+                # held, so it comes on top of the commitment (reserves add up).
+                soft = max(float(self.envelope.min_total_mw),
+                           soft - (ev.baseline_mw - target))
             return IslandView(
                 generation=self._generation,
                 event_id=ev.event_id,

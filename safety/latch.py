@@ -42,8 +42,9 @@ class IslandView:
     release); tier 1 may never command limits summing above ``ceiling_total_mw``. Event fields
     are None when no event is active. ``safe_mode`` is "hold" or "minimum" while tier 1 is
     locked out; ``faulted`` lists GPUs whose last write failed. ``commitment_mw`` is tier 2's
-    live soft target (None if none): ``target_mw`` is the lower of it and the event's target,
-    and with no event it is the target alone (no ceiling, no caps). ``floors_mw``: per-GPU
+    live soft target (None if none; under a frequency event it stacks: minus the event's
+    reduction now): ``target_mw`` is the lower of it and the event's target, and with no event
+    it is the target alone (no ceiling, no caps). ``floors_mw``: per-GPU
     priority floors tier 1 should not split a budget below (None: the minimums)."""
 
     generation: int

@@ -81,6 +81,33 @@ def test_commitment_is_soft_lower_only_and_lapses(rig: tuple) -> None:
         island.set_commitment(float("nan"), ttl_s=1.0)
 
 
+def test_a_frequency_event_stacks_on_the_commitment(rig: tuple) -> None:
+    """FFR (400 W from the 2200 W draw) fires while tier 2 holds FCR-D at 2000 W: the node
+    target is 2000 - 400 W, and rises with FFR's release ramp; a dispatched cut does not stack
+    (the lower target wins); a stack never goes below the envelope."""
+    clock, _sim, island = rig
+    island.arm_reduction("product:ffr", 400 * W)
+    island.set_commitment(2000 * W, ttl_s=60.0)
+    act = island.trigger_armed("product:ffr", "ffr-1")
+    assert act is not None and act.target_mw == pytest.approx(1800 * W)
+    view = island.view()
+    assert view.target_mw == pytest.approx(1600 * W) == view.commitment_mw
+    assert view.ceiling_total_mw == pytest.approx(sum(act.caps_mw))  # the caps stay as written
+    island.release("ffr-1")  # ramps out at 0.5 x 400 W per s
+    clock.advance(1.0)
+    assert island.view().target_mw == pytest.approx(2000 * W - 200 * W)
+    clock.advance(1.5)
+    island.tick()
+    assert island.view().event_id is None and island.view().target_mw == 2000 * W
+    island.trigger_shed("shed-1", 0.5)  # 1100 W: not a reserve, the lower target wins
+    assert island.view().target_mw == pytest.approx(1100 * W)
+    island.restore_defaults()
+    island.arm_reduction("product:ffr", 400 * W)
+    island.set_commitment(N * MIN_MW + 100 * W, ttl_s=60.0)
+    assert island.trigger_armed("product:ffr", "ffr-2") is not None
+    assert island.view().target_mw == N * MIN_MW
+
+
 def test_floors_shape_the_split_and_stay_in_the_envelope(rig: tuple) -> None:
     _clock, _sim, island = rig
     island.set_floors_mw([550 * W, 0, 0, 5000 * W])  # GPU 3's floor is clipped to its default

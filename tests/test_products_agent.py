@@ -49,7 +49,7 @@ def agent_serving(broker: MosquittoBroker, name: str) -> Iterator[tuple[Agent, S
         "tracker": {"period_s": 0.2, "reference_window_s": 0.5},
         "products": [
             {"kind": "ffr", "capacity_w": 515, "threshold_hz": 49.6, "support": "long",
-             "support_s": 0.5, "rearm_s": 0},
+             "support_s": 1.5, "rearm_s": 0},
             {"kind": "fcr-d-up", "capacity_w": 412, "median_samples": 1},
             {"kind": "dr", "capacity_w": 600},
         ],
@@ -112,10 +112,17 @@ def test_ffr_product_fires_on_armed_caps_and_publishes_tracker_state(
         assert ack["received_at"] <= ack["commanded_at"]
         # 515 W at the meter is 500 W of IT in the first seconds (3 % losses).
         assert sum(_limits_w(agent)) == pytest.approx(NATURAL_W - 500.0, abs=5.0)
-        # FCR-D also saw 49.55 Hz (87.5 % of 412 W): the commitment binds under the FFR latch.
+        # FCR-D also saw 49.55 Hz (87.5 % of 412 W, aimed 5 % over, 3 % losses): the two
+        # reserves add up, FFR's cut on top of FCR-D's commitment, and tier 1 gets there.
         wait_for(lambda: agent.island.view().commitment_mw is not None, "FCR-D's commitment")
+        view = agent.island.view()
+        stacked_w = NATURAL_W - 500.0 - 0.875 * 412 * 1.05 / 1.03
+        assert view.event_id == ack["id"] and not view.releasing
+        assert view.target_mw == pytest.approx(stacked_w * W, abs=5 * W)
+        wait_for(lambda: sum(agent.fast.draw_mw) / W < stacked_w + 0.03 * NATURAL_W,
+                 "node power down to both reserves")
         _frequency(agent, mqtt_broker, 50.0)
-        # FFR held 0.5 s, ramped out at 100 %/s, defaults back; re-armed (rearm_s 0).
+        # FFR held 1.5 s, ramped out at 100 %/s, defaults back; re-armed (rearm_s 0).
         wait_for(lambda: agent.island.view().event_id is None, "the FFR event to end")
         wait_for(lambda: _limits_w(agent) == [DEFAULT_W] * N, "default limits after the ramp")
         with Subscriber(mqtt_broker.host, mqtt_broker.port, agent.topics.tracker) as sub:

@@ -14,9 +14,9 @@ What it does (DESIGN.md, DOMAIN.md "Facility meter and PUE"):
   natural draw at enrolment minus the capacity's IT share), so the node can move both ways.
 * Hands the target to the island as a soft commitment (``set_commitment``, refreshed by every
   sample and lane tick, lapsing after ``commitment_ttl_s``; aimed ``margin_fraction`` above
-  the commitment), arms each step product (FFR) as an absolute IT reduction
-  ``capacity / (1 + losses)`` from the natural draw on the island's armed caps, and sets the
-  per-GPU priority floors (``tracker.priorities``).
+  the commitment; the island stacks a fired step product's reduction on it), arms each step
+  product (FFR) as an absolute IT reduction ``capacity / (1 + losses)`` from the natural draw
+  on the island's armed caps, and sets the per-GPU priority floors (``tracker.priorities``).
 * :meth:`Tier2.snapshot` is the state published on ``{prefix}/nodes/{node}/tracker``.
 
 Threads: :meth:`Tier2.update` runs on the island lane (via ``ProductMonitor.on_change``),
