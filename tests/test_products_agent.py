@@ -49,7 +49,7 @@ def agent_serving(broker: MosquittoBroker, name: str) -> Iterator[tuple[Agent, S
         "tracker": {"period_s": 0.2, "reference_window_s": 0.5},
         "products": [
             {"kind": "ffr", "capacity_w": 515, "threshold_hz": 49.6, "support": "long",
-             "support_s": 1.5, "rearm_s": 0},
+             "support_s": 3.0, "rearm_s": 0},
             {"kind": "fcr-d-up", "capacity_w": 412, "median_samples": 1},
             {"kind": "dr", "capacity_w": 600},
         ],
@@ -122,7 +122,7 @@ def test_ffr_product_fires_on_armed_caps_and_publishes_tracker_state(
         wait_for(lambda: sum(agent.fast.draw_mw) / W < stacked_w + 0.03 * NATURAL_W,
                  "node power down to both reserves")
         _frequency(agent, mqtt_broker, 50.0)
-        # FFR held 1.5 s, ramped out at 100 %/s, defaults back; re-armed (rearm_s 0).
+        # FFR held 3 s, ramped out at 100 %/s, defaults back; re-armed (rearm_s 0).
         wait_for(lambda: agent.island.view().event_id is None, "the FFR event to end")
         wait_for(lambda: _limits_w(agent) == [DEFAULT_W] * N, "default limits after the ramp")
         with Subscriber(mqtt_broker.host, mqtt_broker.port, agent.topics.tracker) as sub:

@@ -113,7 +113,7 @@ class _Device:
         self.handle = handle
         self.info = info
         self.limits = limits
-        self.lock = threading.RLock()  # set_limit_mw holds it around _command
+        self.lock = threading.Lock()
         self.instant_supported = True
         self.last_commanded_mw: int | None = None
         self.dry_logged_at = float("-inf")  # monotonic s of the last INFO dry-run line
