@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check gridtao safety bench tests
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict gridtao safety bench
+	$(BIN)/mypy --strict gridtao safety bench tests
 
 unit: $(STAMP)
 	$(BIN)/pytest -q

@@ -95,12 +95,13 @@ class Ca:
         _write_key(out.key, key)
         return out
 
-    def server(self, name: str = "broker", **kw: tuple[int, int]) -> Issued:
+    def server(self, name: str = "broker", *, days_valid: tuple[int, int] = (-1, 30)) -> Issued:
         """A broker certificate for 127.0.0.1 and localhost."""
-        return self.issue(name, server=True, dns=("localhost",), ips=("127.0.0.1",), **kw)
+        return self.issue(name, server=True, dns=("localhost",), ips=("127.0.0.1",),
+                          days_valid=days_valid)
 
-    def client(self, name: str, **kw: tuple[int, int]) -> Issued:
-        return self.issue(name, server=False, **kw)
+    def client(self, name: str, *, days_valid: tuple[int, int] = (-1, 30)) -> Issued:
+        return self.issue(name, server=False, days_valid=days_valid)
 
 
 def make_ca(folder: Path, name: str = "test-ca") -> Ca:

@@ -428,7 +428,9 @@ def test_a_v1_client_with_mosquitto_tools_drives_and_observes(
 
         def capped_status() -> bool:
             st = _cli_retained(mqtt_broker, topics.status)
-            return st["event"] == "cli-1" and sum(g["limit_w"] for g in st["gpus"]) <= 1500.01
+            event: str | None = st["event"]
+            limits_w: float = sum(g["limit_w"] for g in st["gpus"])
+            return event == "cli-1" and limits_w <= 1500.01
 
         wait_for(capped_status, "a retained status showing the cap")
         status = _cli_retained(mqtt_broker, topics.status)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import pytest
 
@@ -18,9 +19,13 @@ from gridtao.config import AuditConfig
 from gridtao.telemetry.audit import GENESIS, AuditTrail, canonical, record_hash
 from gridtao.telemetry.audit_verify import read_records, verify_files
 
+FsyncPolicy = Literal["always", "interval", "never"]
 
-def _trail(tmp_path: Path, **over: Any) -> AuditTrail:
-    cfg = AuditConfig(enabled=True, path=str(tmp_path / "audit.jsonl"), **over)
+
+def _trail(tmp_path: Path, config: AuditConfig | None = None) -> AuditTrail:
+    """An enabled trail at ``tmp_path/audit.jsonl`` with ``config``'s other settings."""
+    cfg = dataclasses.replace(config or AuditConfig(), enabled=True,
+                              path=str(tmp_path / "audit.jsonl"))
     return AuditTrail(cfg, clock=VirtualClock())
 
 
@@ -80,7 +85,7 @@ def _edit_and_rehash(line: bytes) -> bytes:
     return canonical(rec) + b"\n"
 
 
-TAMPERS = {
+TAMPERS: dict[str, tuple[Callable[[list[bytes]], list[bytes]], int]] = {
     "edited field": (lambda ls: [*ls[:5], _edit_field(ls[5]), *ls[6:]], 6),
     "edited and rehashed": (lambda ls: [*ls[:5], _edit_and_rehash(ls[5]), *ls[6:]], 7),
     "whitespace": (lambda ls: [*ls[:5], ls[5].replace(b":", b": ", 1), *ls[6:]], 6),
@@ -94,7 +99,8 @@ TAMPERS = {
 
 
 @pytest.mark.parametrize("how", list(TAMPERS))
-def test_any_tampering_is_found_at_its_line(written: Path, how: str, capsys: Any) -> None:
+def test_any_tampering_is_found_at_its_line(written: Path, how: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
     change, bad_line = TAMPERS[how]
     _rewrite(written, change(_lines(written)))
     result = verify_files([written])
@@ -105,14 +111,15 @@ def test_any_tampering_is_found_at_its_line(written: Path, how: str, capsys: Any
     assert out.startswith(f"{written}:{bad_line}: ")
 
 
-def test_cli_reports_an_intact_trail(written: Path, capsys: Any) -> None:
+def test_cli_reports_an_intact_trail(written: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", "verify", str(written)]) == 0
     assert capsys.readouterr().out.startswith("OK: 21 records in 1 file, seq 0..20")
     assert main(["audit", "verify", str(written.with_name("missing.jsonl"))]) == 2
 
 
-def test_rotation_keeps_one_chain_across_files(tmp_path: Path, capsys: Any) -> None:
-    trail = _trail(tmp_path, rotate_bytes=4096)
+def test_rotation_keeps_one_chain_across_files(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    trail = _trail(tmp_path, AuditConfig(rotate_bytes=4096))
     trail.start()
     for i in range(200):
         trail.record("limits", {"limits_mw": [700_000 - i] * 8, "event": None})
@@ -142,7 +149,7 @@ def test_rotation_keeps_one_chain_across_files(tmp_path: Path, capsys: Any) -> N
 
 
 def test_keep_files_prunes_the_oldest_rotated_files(tmp_path: Path) -> None:
-    trail = _trail(tmp_path, rotate_bytes=4096, keep_files=2)
+    trail = _trail(tmp_path, AuditConfig(rotate_bytes=4096, keep_files=2))
     trail.start()
     for i in range(200):
         trail.record("limits", {"limits_mw": [i] * 16})
@@ -173,7 +180,7 @@ def test_a_restart_continues_the_chain_and_cuts_a_torn_record(tmp_path: Path) ->
 
 
 def test_an_overflowing_queue_leaves_a_gap_record(tmp_path: Path) -> None:
-    trail = _trail(tmp_path, queue_size=16)
+    trail = _trail(tmp_path, AuditConfig(queue_size=16))
     for i in range(100):  # the writer is not running yet: the queue fills up
         trail.record("message", {"i": i})
     assert trail.dropped == 84
@@ -205,8 +212,9 @@ def test_unserializable_values_do_not_stop_the_writer(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("policy", ["always", "interval", "never"])
-def test_fsync_policy(tmp_path: Path, policy: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    trail = _trail(tmp_path, fsync=policy, fsync_interval_s=3600)
+def test_fsync_policy(tmp_path: Path, policy: FsyncPolicy,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    trail = _trail(tmp_path, AuditConfig(fsync=policy, fsync_interval_s=3600))
     trail.start()  # the first file's creation is always made durable
     synced: list[int] = []
     real = os.fsync

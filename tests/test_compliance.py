@@ -24,12 +24,16 @@ from gridtao.config import Config, ProductConfig, load_config
 pytestmark = pytest.mark.timeout(180)
 
 
-def ffr_config(**sim: float) -> Config:
+def ffr_config(*, cap_down_ms: float | None = None) -> Config:
+    """The default config with one FFR product; ``cap_down_ms`` overrides the simulator's."""
     cfg = load_config(None)
+    sim = cfg.gpus.sim
+    if cap_down_ms is not None:
+        sim = dataclasses.replace(sim, cap_down_ms=cap_down_ms)
     return dataclasses.replace(
         cfg,
         products=(ProductConfig(kind="ffr", capacity_w=1000.0, threshold_hz=49.5),),
-        gpus=dataclasses.replace(cfg.gpus, sim=dataclasses.replace(cfg.gpus.sim, **sim)),
+        gpus=dataclasses.replace(cfg.gpus, sim=sim),
     )
 
 

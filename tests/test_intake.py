@@ -387,7 +387,7 @@ def test_duplicate_after_the_event_ended_does_not_restart_it(rig: Rig) -> None:
 def test_duplicate_release_is_idempotent(rig: Rig) -> None:
     rig.dispatch(_shed("e", fraction=0.4))
     rig.advance(1.0)
-    release = {"id": "e-end", "kind": "release", "ref": "e"}
+    release: dict[str, object] = {"id": "e-end", "kind": "release", "ref": "e"}
     first = rig.dispatch(release)
     rig.advance(1.0)
     target = rig.island.view().target_mw

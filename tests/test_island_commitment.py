@@ -21,8 +21,11 @@ DRAW_MW = [600 * W, 500 * W, 650 * W, 450 * W]  # 2200 W
 SET = "nvmlDeviceSetPowerManagementLimit"
 
 
+Rig = tuple[VirtualClock, SimNvml, SafetyIsland]
+
+
 @pytest.fixture
-def rig() -> Iterator[tuple[VirtualClock, SimNvml, SafetyIsland]]:
+def rig() -> Iterator[Rig]:
     clock = VirtualClock(10.0)
     sim = SimNvml.from_config(SimConfig(count=N, set_latency_ms=0.0, read_latency_ms=0.0,
                                         noise_w=0.0), clock)
@@ -35,7 +38,7 @@ def rig() -> Iterator[tuple[VirtualClock, SimNvml, SafetyIsland]]:
     backend.close()
 
 
-def test_arm_reduction_is_absolute_and_follows_the_draw(rig: tuple) -> None:
+def test_arm_reduction_is_absolute_and_follows_the_draw(rig: Rig) -> None:
     _clock, _sim, island = rig
     island.arm_reduction("product:ffr", 400 * W)
     island.update_draw([d - 50 * W for d in DRAW_MW])  # the node now draws 2000 W
@@ -49,7 +52,7 @@ def test_arm_reduction_is_absolute_and_follows_the_draw(rig: tuple) -> None:
         island.arm_reduction("bad", -1.0)
 
 
-def test_commitment_is_soft_lower_only_and_lapses(rig: tuple) -> None:
+def test_commitment_is_soft_lower_only_and_lapses(rig: Rig) -> None:
     clock, sim, island = rig
     sets = sim.call_count(SET)
     island.set_commitment(1800 * W, ttl_s=2.0)
@@ -81,7 +84,7 @@ def test_commitment_is_soft_lower_only_and_lapses(rig: tuple) -> None:
         island.set_commitment(float("nan"), ttl_s=1.0)
 
 
-def test_a_frequency_event_stacks_on_the_commitment(rig: tuple) -> None:
+def test_a_frequency_event_stacks_on_the_commitment(rig: Rig) -> None:
     """FFR (400 W from the 2200 W draw) fires while tier 2 holds FCR-D at 2000 W: the node
     target is 2000 - 400 W, and rises with FFR's release ramp; a dispatched cut does not stack
     (the lower target wins); a stack never goes below the envelope."""
@@ -108,7 +111,7 @@ def test_a_frequency_event_stacks_on_the_commitment(rig: tuple) -> None:
     assert island.view().target_mw == N * MIN_MW
 
 
-def test_floors_shape_the_split_and_stay_in_the_envelope(rig: tuple) -> None:
+def test_floors_shape_the_split_and_stay_in_the_envelope(rig: Rig) -> None:
     _clock, _sim, island = rig
     island.set_floors_mw([550 * W, 0, 0, 5000 * W])  # GPU 3's floor is clipped to its default
     view = island.view()
@@ -126,7 +129,7 @@ def test_floors_shape_the_split_and_stay_in_the_envelope(rig: tuple) -> None:
         island.set_floors_mw([1.0])
 
 
-def test_tier1_tracks_a_commitment_and_respects_floors(rig: tuple) -> None:
+def test_tier1_tracks_a_commitment_and_respects_floors(rig: Rig) -> None:
     clock, sim, island = rig
     backend = NvmlBackend(sim)
     loop = FastLoop(backend, island, clock=clock, config=ControlConfig())
@@ -153,7 +156,7 @@ def test_tier1_tracks_a_commitment_and_respects_floors(rig: tuple) -> None:
     assert step.limits_mw == (DEFAULT_MW,) * N  # back to the defaults once it is cleared
 
 
-def test_envelope_with_floors_stays_inside_the_envelope(rig: tuple) -> None:
+def test_envelope_with_floors_stays_inside_the_envelope(rig: Rig) -> None:
     _clock, _sim, island = rig
     env = island.envelope.with_floors([100 * W, 450.7 * W, 9e9, 0.0])
     assert env.min_mw == (MIN_MW, 450_700, DEFAULT_MW, MIN_MW)

@@ -71,9 +71,9 @@ def test_token_bucket_ignores_time_going_backwards() -> None:
 # ---------------------------------------------------------------- bounds, one by one
 
 
-def _bounds(draw_mw: float = 2_200_000.0, **over: Any) -> DispatchBounds:
-    cfg = LimitsConfig(**over)
-    return DispatchBounds(cfg, default_total_mw=DEFAULT_TOTAL_MW, draw_total_mw=lambda: draw_mw)
+def _bounds(draw_mw: float = 2_200_000.0, config: LimitsConfig | None = None) -> DispatchBounds:
+    return DispatchBounds(config or LimitsConfig(), default_total_mw=DEFAULT_TOTAL_MW,
+                          draw_total_mw=lambda: draw_mw)
 
 
 def _shed(event_id: str, fraction: float, duration_s: float = 60.0) -> wire.ShedDispatch:
@@ -85,8 +85,9 @@ def _cap(event_id: str, node_w: float, duration_s: float = 60.0) -> wire.CapDisp
 
 
 def test_each_bound_refuses_with_its_reason() -> None:
-    b = _bounds(max_reduction_fraction=0.5, min_node_fraction=0.3, max_event_duration_s=600,
-                max_events_in_flight=2, min_event_interval_s=5)
+    b = _bounds(config=LimitsConfig(max_reduction_fraction=0.5, min_node_fraction=0.3,
+                                    max_event_duration_s=600, max_events_in_flight=2,
+                                    min_event_interval_s=5))
     cases: list[tuple[wire.Dispatch, int, str, str]] = [
         (_shed("a", 0.6), 0, MAX_REDUCTION, "fraction 0.6 exceeds the node's "
          "max_reduction_fraction 0.5"),
@@ -111,12 +112,14 @@ def test_each_bound_refuses_with_its_reason() -> None:
 
 
 def test_a_shed_is_stopped_at_the_floor_or_refused_when_nothing_is_left() -> None:
-    b = _bounds(draw_mw=1_200_000.0, max_reduction_fraction=0.8, min_node_fraction=0.3)
+    b = _bounds(draw_mw=1_200_000.0,
+                config=LimitsConfig(max_reduction_fraction=0.8, min_node_fraction=0.3))
     verdict = b.check(_shed("s", 0.5), now_s=0.0, in_flight=0)
-    assert isinstance(verdict, Admitted) and verdict.fraction == pytest.approx(0.3)
+    assert isinstance(verdict, Admitted) and verdict.fraction is not None
+    assert verdict.fraction == pytest.approx(0.3)
     assert verdict.note == "shed limited to 0.300 (asked 0.5) by the node's floor 840 W"
     assert 1_200_000.0 * (1 - verdict.fraction) == pytest.approx(b.floor_mw)
-    at_floor = _bounds(draw_mw=840_000.0, min_node_fraction=0.3)
+    at_floor = _bounds(draw_mw=840_000.0, config=LimitsConfig(min_node_fraction=0.3))
     refused = at_floor.check(_shed("s", 0.2), now_s=0.0, in_flight=0)
     assert isinstance(refused, Rejection) and refused.label == FLOOR
     assert "already at the floor 840 W" in refused.reason
@@ -310,7 +313,8 @@ def test_a_frequency_flood_is_dropped_silently_and_counted(rig: Rig) -> None:
 
 
 def test_scheduled_demand_response_is_refused_not_trimmed_below_the_floor() -> None:
-    b = _bounds(draw_mw=2_200_000.0, max_reduction_fraction=0.5, min_node_fraction=0.3)
+    b = _bounds(draw_mw=2_200_000.0,
+                config=LimitsConfig(max_reduction_fraction=0.5, min_node_fraction=0.3))
 
     def dr(**level: float) -> wire.DrDispatch:
         return wire.DrDispatch("dr1", 3600.0, start_at=None, ramp_s=60.0, recovery_s=60.0,

@@ -296,7 +296,7 @@ def test_ack_payload_refuses_nan() -> None:
 
 
 def test_status_payload_exact_keys() -> None:
-    gpu = {
+    gpu: dict[str, float | str | None] = {
         "index": 0,
         "power_w": 512.1234567,
         "limit_w": 700,
@@ -305,7 +305,7 @@ def test_status_payload_exact_keys() -> None:
         "max_w": 700,
         "extra": 1,
     }
-    lost = {**gpu, "index": 1, "fault": "GpuLost"}
+    lost: dict[str, float | str | None] = {**gpu, "index": 1, "fault": "GpuLost"}
     obj = json.loads(status_payload("node-1", True, 1763900000.0, "e1", [gpu, lost]))
     assert list(obj) == ["node", "online", "t", "event", "gpus"]
     assert obj["node"] == "node-1" and obj["online"] is True and obj["event"] == "e1"
@@ -393,10 +393,15 @@ dispatch_like = st.fixed_dictionaries(
     {},
     optional={
         "id": st.one_of(st.text(max_size=140), json_value),
-        "kind": st.one_of(st.sampled_from(["shed", "cap", "release", "SHED", ""]), json_value),
+        "kind": st.one_of(st.sampled_from(["shed", "cap", "release", "dr", "SHED", ""]),
+                          json_value),
         "fraction": number,
         "node_w": number,
         "duration_s": number,
+        "start_at": number,
+        "ramp_s": number,
+        "recovery_s": number,
+        "reduction_w": number,
         "issued_at": number,
         "ref": st.one_of(st.text(max_size=140), json_value),
         "junk": json_value,
@@ -419,8 +424,15 @@ def _check_dispatch_invariants(payload: bytes) -> None:
         assert 0 < d.fraction <= 1 and 0 < d.duration_s <= DURATION_MAX_S
     elif isinstance(d, CapDispatch):
         assert 0 < d.node_w <= NODE_W_MAX and 0 < d.duration_s <= DURATION_MAX_S
-    else:
+    elif isinstance(d, ReleaseDispatch):
         assert isinstance(d.ref, str) and 0 < len(d.ref) <= ID_MAX_CHARS
+    else:
+        assert 0 < d.duration_s <= DURATION_MAX_S
+        assert d.start_at is None or d.start_at >= 0
+        assert 0 <= d.ramp_s <= DURATION_MAX_S and 0 <= d.recovery_s <= DURATION_MAX_S
+        assert (d.reduction_w is None) != (d.fraction is None)
+        assert d.reduction_w is None or 0 < d.reduction_w <= NODE_W_MAX
+        assert d.fraction is None or 0 < d.fraction <= 1
 
 
 @settings(max_examples=300, deadline=None)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -105,8 +106,11 @@ def test_bench_pue_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 N = 4
 
 
+Rig = tuple[VirtualClock, SafetyIsland]
+
+
 @pytest.fixture
-def island() -> Iterator[tuple[VirtualClock, SafetyIsland]]:
+def island() -> Iterator[Rig]:
     clock = VirtualClock(10.0)
     sim = SimNvml.from_config(SimConfig(count=N, set_latency_ms=0.0, read_latency_ms=0.0,
                                         noise_w=0.0), clock)
@@ -119,18 +123,21 @@ def island() -> Iterator[tuple[VirtualClock, SafetyIsland]]:
     backend.close()
 
 
-def _tier2(isl: SafetyIsland, clock: VirtualClock, products: list[ProductConfig],
-           **tracker: object) -> tuple[Tier2, ProductMonitor]:
-    tracker.setdefault("margin_fraction", 0.0)  # exact arithmetic; the margin has its own test
+def _tier2(isl: SafetyIsland, clock: VirtualClock, products: list[ProductConfig], *,
+           margin_fraction: float = 0.0,  # exact arithmetic; the margin has its own test
+           reference_window_s: float | None = None,
+           priorities: tuple[GpuPriority, ...] = ()) -> tuple[Tier2, ProductMonitor]:
+    config = TrackerConfig(margin_fraction=margin_fraction, priorities=priorities)
+    if reference_window_s is not None:
+        config = dataclasses.replace(config, reference_window_s=reference_window_s)
     portfolio = Portfolio(products, ramp_out_per_s=0.2)
-    tier2 = Tier2(isl, portfolio, facility=FacilityConfig(), clock=clock,
-                  config=TrackerConfig(**tracker))  # type: ignore[arg-type]
+    tier2 = Tier2(isl, portfolio, facility=FacilityConfig(), clock=clock, config=config)
     mon = ProductMonitor([], portfolio, on_change=tier2.update)
     tier2.start(2400.0)
     return tier2, mon
 
 
-def test_tier2_fcr_d_commitment_follows_cooling(island: tuple) -> None:
+def test_tier2_fcr_d_commitment_follows_cooling(island: Rig) -> None:
     clock, isl = island
     tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-d-up", capacity_w=600.0,
                                                     median_samples=1)])
@@ -152,7 +159,7 @@ def test_tier2_fcr_d_commitment_follows_cooling(island: tuple) -> None:
     assert isl.view().commitment_mw is None and tier2.it_target_w is None
 
 
-def test_tier2_arms_ffr_as_an_it_reduction_and_sets_floors(island: tuple) -> None:
+def test_tier2_arms_ffr_as_an_it_reduction_and_sets_floors(island: Rig) -> None:
     clock, isl = island
     _tier2(isl, clock, [ProductConfig(kind="ffr", capacity_w=515.0)],
            priorities=(GpuPriority(gpus=(0,), floor_w=550.0),))
@@ -162,7 +169,7 @@ def test_tier2_arms_ffr_as_an_it_reduction_and_sets_floors(island: tuple) -> Non
     assert act.caps_mw[0] >= 550 * W
 
 
-def test_tier2_aims_the_margin_above_every_commitment(island: tuple) -> None:
+def test_tier2_aims_the_margin_above_every_commitment(island: Rig) -> None:
     clock, isl = island
     tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-d-up", capacity_w=600.0,
                                                     median_samples=1),
@@ -184,7 +191,7 @@ def test_tier2_aims_the_margin_above_every_commitment(island: tuple) -> None:
     assert ramped - act.target_mw == pytest.approx(0.2 * 500 * W, rel=1e-3)
 
 
-def test_tier2_arms_step_products_from_the_natural_draw_not_the_draw_now(island: tuple) -> None:
+def test_tier2_arms_step_products_from_the_natural_draw_not_the_draw_now(island: Rig) -> None:
     clock, isl = island
     _tier2(isl, clock, [ProductConfig(kind="ffr", capacity_w=515.0)])
     isl.update_draw([700 * W] * N)  # a burst at the moment of the trigger
@@ -195,7 +202,7 @@ def test_tier2_arms_step_products_from_the_natural_draw_not_the_draw_now(island:
     assert act.target_mw == pytest.approx((2400 - 500) * W)
 
 
-def test_tier2_reference_after_a_long_cut_is_the_draw_before_it(island: tuple) -> None:
+def test_tier2_reference_after_a_long_cut_is_the_draw_before_it(island: Rig) -> None:
     clock, isl = island
     tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-d-up", capacity_w=600.0,
                                                     median_samples=1)],
@@ -215,7 +222,7 @@ def test_tier2_reference_after_a_long_cut_is_the_draw_before_it(island: tuple) -
     assert tier2.snapshot()["reference_it_w"] == pytest.approx(2400.0)
 
 
-def test_tier2_second_activation_counts_cooling_an_earlier_cut_still_sheds(island: tuple) -> None:
+def test_tier2_second_activation_counts_cooling_an_earlier_cut_still_sheds(island: Rig) -> None:
     """The meter commitment is measured from what the site would draw without any cut, so a
     second activation soon after a first must not take the still-low cooling as its reference:
     the meter (a plant driven by the IT power tier 2 asks for) falls by exactly the reduction."""
@@ -243,14 +250,16 @@ def test_tier2_second_activation_counts_cooling_an_earlier_cut_still_sheds(islan
         assert reference_meter - plant.meter_w == pytest.approx(300.0, abs=1.0)
 
 
-def test_tier2_fcr_n_baseline_after_enrolment_window(island: tuple) -> None:
+def test_tier2_fcr_n_baseline_after_enrolment_window(island: Rig) -> None:
     clock, isl = island
     tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-n", capacity_w=206.0,
                                                    median_samples=1)],
                         reference_window_s=5.0)
     mon.on_sample(49.95, clock.now(), wall_s=clock.wall())
     assert isl.view().commitment_mw is None  # still measuring the natural draw
-    assert tier2.snapshot()["products"][0]["state"] == "enrolling"  # type: ignore[index]
+    products = tier2.snapshot()["products"]
+    assert isinstance(products, list)
+    assert products[0]["state"] == "enrolling"
     for _ in range(8):
         clock.advance(1.0)
         tier2.tick(2400.0)
@@ -259,7 +268,8 @@ def test_tier2_fcr_n_baseline_after_enrolment_window(island: tuple) -> None:
     mon.on_sample(50.0, clock.now(), wall_s=clock.wall())
     # Just after enrolment the cooling of the old 2400 W still shows on the meter, which the
     # tracker offsets with a lower IT target; it fades with the cooling lag.
-    assert isl.view().commitment_mw < baseline * W - 10 * W
+    enrolled = isl.view().commitment_mw
+    assert enrolled is not None and enrolled < baseline * W - 10 * W
     for _ in range(1200):
         clock.advance(1.0)
         tier2.tick(tier2.it_target_w or 0.0)
@@ -270,7 +280,7 @@ def test_tier2_fcr_n_baseline_after_enrolment_window(island: tuple) -> None:
     assert isl.view().commitment_mw == pytest.approx((baseline - 200.0) * W, rel=1e-3)
 
 
-def test_tier2_runs_a_dr_event_from_the_queue(island: tuple) -> None:
+def test_tier2_runs_a_dr_event_from_the_queue(island: Rig) -> None:
     clock, isl = island
     tier2, mon = _tier2(isl, clock, [ProductConfig(kind="dr", capacity_w=1000.0)])
     msg = DrDispatch("d1", 60.0, start_at=clock.wall() + 10.0, ramp_s=10.0,

@@ -269,7 +269,10 @@ def fcr_d_holds() -> tuple[list[shapes.Hold], float]:
 def test_fcr_d_scoring_pass_and_fail() -> None:
     spec = pr.ProductSpec("fcr-d-up", CAP)
     holds, dyn = fcr_d_holds()
-    required = lambda t: CAP if 3.7 <= t < 25.75 else 0.0  # noqa: E731
+
+    def required(t: float) -> float:
+        return CAP if 3.7 <= t < 25.75 else 0.0
+
     good = first_order(2.0, 1.5)
     tr = trace(lambda t: good(t) if t < 25.75 else 0.0, required)
     rules = names(pr.score_fcr_d(spec, tr, holds=holds, dynamic_s=dyn,
@@ -289,7 +292,10 @@ def test_fcr_d_scoring_pass_and_fail() -> None:
 
 def test_fcr_d_static_scoring_pass_and_fail() -> None:
     spec = pr.ProductSpec("fcr-d-up-static", CAP, 49.7)
-    hz = lambda t: 49.6 if 2.0 <= t < 10.0 else 50.0  # noqa: E731
+
+    def hz(t: float) -> float:
+        return 49.6 if 2.0 <= t < 10.0 else 50.0
+
     end = 10.0 + 60.0
 
     def good(t: float) -> float:
@@ -316,12 +322,20 @@ def test_fcr_n_scoring_pass_and_fail() -> None:
     spec = pr.ProductSpec("fcr-n", CAP)
     holds = [shapes.Hold(0.0, 5.0, 50.0), shapes.Hold(5.0, 15.0, 49.95),
              shapes.Hold(15.0, 25.0, 50.1)]
-    hz = lambda t: 49.95 if 5.0 <= t < 15.0 else (50.1 if t >= 15.0 else 50.0)  # noqa: E731
-    req = lambda t: pr.required_fcr_n(hz(t), CAP)  # noqa: E731
+
+    def hz(t: float) -> float:
+        return 49.95 if 5.0 <= t < 15.0 else (50.1 if t >= 15.0 else 50.0)
+
+    def req(t: float) -> float:
+        return pr.required_fcr_n(hz(t), CAP)
+
     ok = names(pr.score_fcr_n(spec, trace(req, req, hz=hz), holds=holds, after_s=5.0))
     assert all(r.passed for r in ok.values()) and len(ok) == 3
+
     # Upward regulation short by 30 %: the node cannot draw more than it has.
-    short = lambda t: max(-0.7 * CAP, req(t))  # noqa: E731
+    def short(t: float) -> float:
+        return max(-0.7 * CAP, req(t))
+
     bad = names(pr.score_fcr_n(spec, trace(short, req, hz=hz), holds=holds, after_s=5.0))
     assert not bad["steady_state@50.10Hz#1"].passed
     assert bad["steady_state@50.10Hz#1"].value == pytest.approx(30.0)
@@ -330,7 +344,10 @@ def test_fcr_n_scoring_pass_and_fail() -> None:
 def test_dr_scoring_pass_and_fail() -> None:
     ev = pr.DrWindow("a", start_s=5.0, ramp_s=2.0, duration_s=10.0, recovery_s=4.0,
                      amount_w=CAP)
-    req = lambda t: ev.level(t) * CAP  # noqa: E731
+
+    def req(t: float) -> float:
+        return ev.level(t) * CAP
+
     ok = names(pr.score_dr(trace(req, req), [ev]))
     assert all(r.passed for r in ok.values()), [r.describe() for r in ok.values()]
     # Late by 2 s, and snapping back at the end instead of following the recovery.
@@ -360,15 +377,23 @@ def test_quiet_frequency_is_scored_from_the_enforced_limits_not_power() -> None:
 def test_dr_hold_is_scored_on_settlement_interval_means() -> None:
     ev = pr.DrWindow("a", start_s=2.0, ramp_s=0.0, duration_s=20.0, recovery_s=0.0,
                      amount_w=CAP, interval_s=10.0)
-    req = lambda t: ev.level(t) * CAP  # noqa: E731
+
+    def req(t: float) -> float:
+        return ev.level(t) * CAP
+
     # A training job's swings: +/-30 % square wave, 4 s period, around the requirement. Every
     # interval mean is on the requirement, so DR settlement passes what 1-s holds would fail.
-    swing = lambda t: req(t) * (1.3 if int(t / 2) % 2 else 0.7)  # noqa: E731
+    def swing(t: float) -> float:
+        return req(t) * (1.3 if int(t / 2) % 2 else 0.7)
+
     ok = names(pr.score_dr(trace(swing, req), [ev]))["hold@a"]
     assert ok.passed and ok.value is not None and abs(ok.value) < 5.0
     assert not sc.hold(trace(swing, req), windows=[(4.0, 20.0)], capacity_w=CAP).passed
+
     # 10 % short in the second interval only: that interval fails the event.
-    short = lambda t: req(t) * (0.9 if t >= 13.0 else 1.0)  # noqa: E731
+    def short(t: float) -> float:
+        return req(t) * (0.9 if t >= 13.0 else 1.0)
+
     bad = names(pr.score_dr(trace(short, req), [ev]))["hold@a"]
     assert not bad.passed and bad.value == pytest.approx(-10.0, abs=0.5)
 
