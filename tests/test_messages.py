@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from gridtao.grid.messages import (
@@ -485,6 +485,73 @@ def test_fuzz_valid_round_trip(
         assert d.fraction == fraction
     else:
         assert isinstance(d, CapDispatch) and d.node_w == node_w
+
+
+def _around(lo: float, hi: float) -> st.SearchStrategy[float]:
+    """Numbers inside ``[lo, hi]`` (most draws), on its ends, and just beyond them (one ulp,
+    or far)."""
+    inside = st.floats(lo, hi)
+    return st.one_of(inside, inside, inside, st.sampled_from(
+        [lo, hi, math.nextafter(lo, -math.inf), math.nextafter(hi, math.inf), -1.0, hi * 2 + 1]))
+
+
+def _in(value: float, lo: float, hi: float, *, lo_open: bool) -> bool:
+    return (value > lo if lo_open else value >= lo) and value <= hi
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    kind=st.sampled_from(["shed", "cap", "dr"]),
+    ident=st.one_of(
+        st.text(st.characters(codec="utf-8", categories=["L", "N", "P"]), min_size=1,
+                max_size=ID_MAX_CHARS),
+        st.text(st.characters(codec="utf-8", categories=["L", "N", "P", "Zs", "Cc"]),
+                max_size=ID_MAX_CHARS + 2),
+    ),
+    duration_s=_around(0.0, DURATION_MAX_S),
+    fraction=_around(0.0, 1.0),
+    node_w=_around(0.0, NODE_W_MAX),
+    by_fraction=st.booleans(),
+    ramp_s=st.one_of(st.none(), _around(0.0, DURATION_MAX_S)),
+    start_at=st.one_of(st.none(), _around(0.0, 2e9)),
+)
+def test_fuzz_near_valid_dispatch_is_accepted_exactly_when_in_range(
+    kind: str, ident: str, duration_s: float, fraction: float, node_w: float,
+    by_fraction: bool, ramp_s: float | None, start_at: float | None,
+) -> None:
+    """Messages one boundary away from valid, with an independent statement of the contract
+    (DESIGN.md wire v1 and the dr extension) as the oracle: accepted iff every field is in
+    range, and what is accepted carries exactly the values sent."""
+    body: dict[str, object] = {"id": ident, "kind": kind, "duration_s": duration_s}
+    ok = 0 < len(ident) <= ID_MAX_CHARS and ident.isprintable()
+    ok = ok and _in(duration_s, 0.0, DURATION_MAX_S, lo_open=True)
+    if kind == "shed" or (kind == "dr" and by_fraction):
+        body["fraction"] = fraction
+        ok = ok and _in(fraction, 0.0, 1.0, lo_open=True)
+    else:
+        body["reduction_w" if kind == "dr" else "node_w"] = node_w
+        ok = ok and _in(node_w, 0.0, NODE_W_MAX, lo_open=True)
+    if kind == "dr":
+        body |= {"ramp_s": ramp_s, "start_at": start_at}
+        ok = ok and (ramp_s is None or _in(ramp_s, 0.0, DURATION_MAX_S, lo_open=False))
+        ok = ok and (start_at is None or start_at >= 0)
+    event("valid" if ok else "invalid")  # both show in --hypothesis-show-statistics
+    try:
+        d = parse_dispatch(enc(body), max_bytes=1 << 16)
+    except MessageRejected as e:
+        assert not ok, f"valid message refused: {e.reason}"
+        assert e.reason and e.event_id == ident
+        return
+    assert ok, f"invalid message accepted: {body}"
+    assert d.id == ident and not isinstance(d, ReleaseDispatch) and d.duration_s == duration_s
+    if isinstance(d, ShedDispatch):
+        assert d.fraction == fraction
+    elif isinstance(d, CapDispatch):
+        assert d.node_w == node_w
+    else:
+        assert (d.fraction, d.reduction_w) == ((fraction, None) if by_fraction
+                                                else (None, node_w))
+        assert d.ramp_s == (ramp_s or 0.0) and d.start_at == start_at
 
 
 # ---- demand-response events (kind "dr", additive to v1) ----------------------------------------
