@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import logging
 import sys
@@ -30,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.latency import machine_description
+from bench.latency import run_info
 from gridtao.agent import GIL_SWITCH_INTERVAL_S
 from gridtao.clock import MonotonicClock
 from gridtao.config import SimConfig
@@ -129,10 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.gpus < 1 or args.triggers < 1:
         p.error("--gpus and --triggers must be >= 1")
     result = run(args.gpus, args.triggers, SimConfig(count=args.gpus))
-    result["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    result["machine"] = machine_description()
-    result["command"] = "python -m bench.fanout " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+    result |= run_info("bench.fanout", argv)
     for key in ("one_write_ms", "parallel_ms", "parallel_commanded_ms", "sequential_ms"):
         s = result[key]
         print(f"{key:21s} p50 {s['p50']:.3f}  p99 {s['p99']:.3f}  max {s['max']:.3f}")

@@ -302,6 +302,15 @@ def judge_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def run_info(module: str, argv: Sequence[str] | None) -> dict[str, str]:
+    """``date`` (UTC), ``machine`` and the ``command`` line of a ``python -m`` harness run."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_description(),
+        "command": f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+
+
 def machine_description() -> str:
     cpu = platform.processor() or platform.machine()
     try:
