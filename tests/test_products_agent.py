@@ -38,8 +38,20 @@ def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> 
     wait_until(cond, what, timeout_s=timeout_s)
 
 
+FFR = {"kind": "ffr", "capacity_w": 515, "threshold_hz": 49.6, "support": "long",
+       "support_s": 3.0, "rearm_s": 0}
+PRODUCTS: list[dict[str, Any]] = [
+    FFR,
+    {"kind": "fcr-d-up", "capacity_w": 412, "median_samples": 1},
+    {"kind": "dr", "capacity_w": 600},
+]
+
+
 @contextmanager
-def agent_serving(broker: MosquittoBroker, name: str) -> Iterator[tuple[Agent, SimNvml]]:
+def agent_serving(
+    broker: MosquittoBroker, name: str, products: list[dict[str, Any]] = PRODUCTS,
+    settle_at: str = "meter",
+) -> Iterator[tuple[Agent, SimNvml]]:
     cfg = config_from_mapping({
         "gpus": {"sim": {"count": N, "noise_w": 0.0, "seed": 3}},
         "mqtt": {"port": broker.port, "node_id": name, "prefix": f"gridtao/prod-{name}",
@@ -47,12 +59,8 @@ def agent_serving(broker: MosquittoBroker, name: str) -> Iterator[tuple[Agent, S
         "metrics": {"enabled": False},
         "safety": {"triggers": [], "release_rate_per_s": 1.0},
         "tracker": {"period_s": 0.2, "reference_window_s": 0.5},
-        "products": [
-            {"kind": "ffr", "capacity_w": 515, "threshold_hz": 49.6, "support": "long",
-             "support_s": 3.0, "rearm_s": 0},
-            {"kind": "fcr-d-up", "capacity_w": 412, "median_samples": 1},
-            {"kind": "dr", "capacity_w": 600},
-        ],
+        "facility": {"settle_at": settle_at},
+        "products": products,
     }, source=f"<test {name}>")
     clock = MonotonicClock()
     sim = SimNvml.from_config(cfg.gpus.sim, clock)
@@ -166,3 +174,32 @@ def test_fcr_d_and_dr_hold_the_commitment_through_tier2(mqtt_broker: MosquittoBr
         assert released["id"] == "r1" and released["accepted"] is True
         wait_for(lambda: island.view().commitment_mw is None, "the DR event to be cancelled")
         wait_for(lambda: _limits_w(agent) == [DEFAULT_W] * N, "default limits after DR")
+
+
+def test_ffr_stacks_on_the_fcr_n_operating_point(mqtt_broker: MosquittoBroker) -> None:
+    """FCR-N holds the node at its baseline (2000 W) and, at 49.55 Hz, its full 206 W down: FFR
+    then comes on top, measured from there, not from the natural draw. Settled at the IT
+    level, so the numbers carry no cooling dynamics."""
+    fcr_n = {"kind": "fcr-n", "capacity_w": 206, "baseline_w": 2000, "median_samples": 1}
+    # FCR-N follows frequency through the 1 s meter lag: FFR holds long enough to see it settle.
+    ffr = FFR | {"support_s": 10.0}
+    with agent_serving(mqtt_broker, "fcrn", [ffr, fcr_n], settle_at="it") as (agent, _sim), \
+            Subscriber(mqtt_broker.host, mqtt_broker.port, agent.topics.ack) as acks:
+        island = agent.island
+        _frequency(agent, mqtt_broker, 50.0)
+        wait_for(lambda: island.view().commitment_mw is not None, "the FCR-N baseline")
+        wait_for(lambda: abs(sum(agent.fast.draw_mw) / W - 2000.0) < 0.03 * NATURAL_W,
+                 "node power at the FCR-N baseline")
+        _frequency(agent, mqtt_broker, 49.55)
+        assert json.loads(acks.wait(1, WAIT_S)[0].payload)["accepted"] is True
+        # FCR-N saturated down (206 W, aimed 5 % over), FFR's 515 W on top.
+        stacked_w = 2000.0 - 206.0 * 1.05 - 515.0
+        wait_for(lambda: abs((island.view().target_mw or 0.0) - stacked_w * W) <= 5 * W,
+                 "the stacked target")
+        # FFR's caps were cut from the natural draw (2400 - 515 W): above the target, so the
+        # last watts are tier 1's; it gets there while FFR holds.
+        view = island.view()
+        assert view.ceiling_total_mw == pytest.approx((NATURAL_W - 515.0) * W, abs=5 * W)
+        wait_for(lambda: sum(agent.fast.draw_mw) / W < stacked_w + 0.03 * NATURAL_W,
+                 "node power down to the stacked target")
+        assert island.view().event_id is not None and not island.view().releasing
