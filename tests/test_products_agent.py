@@ -181,8 +181,7 @@ def test_ffr_stacks_on_the_fcr_n_operating_point(mqtt_broker: MosquittoBroker) -
     then comes on top, measured from there, not from the natural draw. Settled at the IT
     level, so the numbers carry no cooling dynamics."""
     fcr_n = {"kind": "fcr-n", "capacity_w": 206, "baseline_w": 2000, "median_samples": 1}
-    # FCR-N follows frequency through the 1 s meter lag: FFR holds long enough to see it settle.
-    ffr = FFR | {"support_s": 10.0}
+    ffr = FFR | {"support_s": 10.0}  # held through every check below (a release moves the target)
     with agent_serving(mqtt_broker, "fcrn", [ffr, fcr_n], settle_at="it") as (agent, _sim), \
             Subscriber(mqtt_broker.host, mqtt_broker.port, agent.topics.ack) as acks:
         island = agent.island
