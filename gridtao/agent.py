@@ -23,13 +23,14 @@ import re
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from gridtao.clock import Clock, MonotonicClock
-from gridtao.config import Config
+from gridtao.config import Config, ConfigError
 from gridtao.control.fast import FastLoop
 from gridtao.control.response import Reached, ResponseMeter
 from gridtao.control.tracker import Tier2
@@ -211,12 +212,19 @@ class Agent:
         self._quiesce_lock = threading.Lock()
         self.controller = ControllerLoop(self)
 
-    def reload(self, new: Config) -> ReloadResult:
-        """Apply a re-read configuration file: new signing keys and broker credentials
-        (gridtao/reload.py). Raises ConfigError, changing nothing, if any file is bad."""
-        plan = plan_reload(self.config, new, current=self.guard.verifier)
+    def reload(self, load: Callable[[], Config]) -> ReloadResult:
+        """Apply the configuration ``load()`` reads again: new signing keys and broker
+        credentials (gridtao/reload.py). A bad file raises ConfigError and changes nothing;
+        either way the outcome is counted and goes to the audit trail."""
+        try:
+            plan = plan_reload(self.config, load(), current=self.guard.verifier)
+        except ConfigError as e:
+            self.metrics.count_reload("refused")
+            self.ledger.record("reload_refused", {"reason": str(e)})
+            raise
         result = apply_reload(plan, guard=self.guard, links=(self.lane.link, self.status_link))
         self.config = plan.config
+        self.metrics.count_reload("applied")
         self.ledger.record("reload", result.fields())
         return result
 

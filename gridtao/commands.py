@@ -78,7 +78,7 @@ async def run_agent(config: Config, *, options: AgentOptions | None = None,
                         else "no configuration file: running on built-in defaults")
             return
         try:
-            agent.reload(reload_config())
+            agent.reload(reload_config)
         except ConfigError as e:
             log.error("reload refused, nothing changed: %s", e)
 

@@ -168,12 +168,20 @@ def test_sighup_rotates_the_signing_key_and_keeps_the_event(
         publish(host, port, dispatch, _sign(tmp_path, "old", cap))
         assert _wait(acks, lambda a: a["id"] == "p1", "p1's ack")["accepted"] is True
 
+        def hup_until(line: str) -> str:
+            os.kill(proc.pid, signal.SIGHUP)
+            deadline = time.monotonic() + WAIT_S
+            while line not in _log(tmp_path, node) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return _log(tmp_path, node)
+
+        # A key file that is not there: refused, named, and nothing changes.
+        write_config(mqtt_broker, tmp_path, node, auth=_signing_auth(tmp_path, "missing"))
+        log = hup_until("reload refused")
+        assert "reload refused, nothing changed" in log and "missing.pub" in log, log
         write_config(mqtt_broker, tmp_path, node, auth=_signing_auth(tmp_path, "new"))
-        os.kill(proc.pid, signal.SIGHUP)
-        deadline = time.monotonic() + WAIT_S
-        while "reloaded" not in _log(tmp_path, node) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "added new, removed old" in _log(tmp_path, node), _log(tmp_path, node)
+        log = hup_until("reloaded")
+        assert "added new, removed old" in log, log
 
         end = {"kind": "release", "ref": "p1"}
         publish(host, port, dispatch,

@@ -300,8 +300,8 @@ def test_keys_rotate_by_reload_while_an_event_holds(
         broken = json.loads(json.dumps(rotated))
         broken["auth"]["keys"][0]["file"] = str(tmp_path / "missing.pub")
         with pytest.raises(ConfigError, match=r"missing\.pub"):
-            node.agent.reload(config_from_mapping(broken, source="<test broken>"))
-        result = node.agent.reload(config_from_mapping(rotated, source="<test rotated>"))
+            node.agent.reload(lambda: config_from_mapping(broken, source="<test broken>"))
+        result = node.agent.reload(lambda: config_from_mapping(rotated, source="<test rotated>"))
         assert (result.kids_added, result.kids_removed) == (("stranger",), ("agg",))
 
         assert node.agent.island.view().event_id == "c1" and node.limits_w() == held
@@ -312,5 +312,9 @@ def test_keys_rotate_by_reload_while_an_event_holds(
         assert node.agent.island.view().event_id == "c1"
         node.dispatch(keys.sign("stranger", {"id": "c1-end2", "kind": "release", "ref": "c1"}))
         assert _acks(sub, 3)[-1]["accepted"] is True
-        reloads = [r for r in node.audit() if r["kind"] == "reload"]
-        assert len(reloads) == 1 and reloads[0]["fields"]["kids_added"] == ["stranger"]
+        reloads = [r for r in node.audit() if r["kind"] in ("reload", "reload_refused")]
+        assert [r["kind"] for r in reloads] == ["reload_refused", "reload"]
+        assert "missing.pub" in reloads[0]["fields"]["reason"]
+        assert reloads[1]["fields"]["kids_added"] == ["stranger"]
+        assert node.value("gridtao_reloads_total", result="refused") == 1
+        assert node.value("gridtao_reloads_total", result="applied") == 1

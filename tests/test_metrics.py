@@ -90,6 +90,7 @@ def test_counters(metrics: Metrics, served: MetricsServer) -> None:
     metrics.count_mqtt_refused("status", 2)
     metrics.count_mqtt_dropped("island", "in", 3)
     metrics.count_audit_dropped(4)
+    metrics.count_reload("refused")
     s = scrape(served)
     assert value(s, "gridtao_messages_total", topic="dispatch", result="accepted") == 2
     assert value(s, "gridtao_messages_total", topic="dispatch", result="duplicate") == 1
@@ -99,6 +100,7 @@ def test_counters(metrics: Metrics, served: MetricsServer) -> None:
     assert value(s, "gridtao_mqtt_refused_total", link="status") == 2
     assert value(s, "gridtao_mqtt_dropped_total", link="island", direction="in") == 3
     assert value(s, "gridtao_audit_dropped_total") == 4
+    assert value(s, "gridtao_reloads_total", result="refused") == 1
 
 
 def test_unknown_message_result_rejected(metrics: Metrics) -> None:

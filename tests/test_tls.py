@@ -586,13 +586,13 @@ def test_reload_renews_the_client_certificate_for_the_next_connection(
             assert lane.is_connected
             install(pki.expired_client)
             before = agent.status_link.tls
-            assert agent.reload(cfg).credentials
+            assert agent.reload(lambda: cfg).credentials
             assert agent.status_link.tls is not before and lane.tls is agent.status_link.tls
             assert lane.is_connected  # the session that is up goes on
             broker.restart()
             wait_for(lambda: lane.problem is not None, "a refusal of the expired certificate")
             assert "refused our client certificate: it has expired" in str(lane.problem)
             install(pki.ca.client(f"{NODE}-renewed"))
-            agent.reload(cfg)
+            agent.reload(lambda: cfg)
             wait_for(lambda: lane.is_connected, "the link back with the renewed certificate")
             assert lane.problem is None

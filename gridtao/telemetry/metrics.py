@@ -104,6 +104,12 @@ class Metrics:
             ["link", "direction"],
             registry=registry,
         )
+        self._reloads = Counter(
+            "gridtao_reloads",
+            "Configuration reloads (SIGHUP) by result: applied, or refused (nothing changed).",
+            ["result"],
+            registry=registry,
+        )
         self._audit_dropped = Counter(
             "gridtao_audit_dropped",
             "Audit records dropped on a full writer queue (each loss is also a gap record).",
@@ -176,6 +182,9 @@ class Metrics:
 
     def count_mqtt_dropped(self, link: str, direction: Literal["in", "out"], n: int = 1) -> None:
         self._mqtt_dropped.labels(link, direction).inc(n)
+
+    def count_reload(self, result: Literal["applied", "refused"]) -> None:
+        self._reloads.labels(result).inc()
 
     def count_audit_dropped(self, n: int = 1) -> None:
         self._audit_dropped.inc(n)
