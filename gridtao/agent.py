@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.config import Config, ConfigError
@@ -103,6 +103,10 @@ class Agent:
         self.topics = wire.Topics(config.mqtt.prefix, self.node_id)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
+        # The standard process_* and python_* series, so the agent's own CPU and memory can be
+        # watched next to the GPUs (bench/overhead.py measures the idle cost).
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self.backend: GpuBackend = (
             backend if backend is not None else open_backend(config.gpus, clock=self.clock)
         )

@@ -102,6 +102,10 @@ def test_link_and_audit_counters_reach_prometheus_once(mqtt_broker: MosquittoBro
             assert node.value("gridtao_mqtt_refused_total", link="status") == 2
             assert node.value("gridtao_audit_dropped_total") == 4
         assert node.value("gridtao_mqtt_dropped_total", link="status", direction="out") == 0
+        # The agent's own footprint, as every Prometheus exporter reports it.
+        assert node.value("process_cpu_seconds_total") > 0
+        assert node.value("process_resident_memory_bytes") > 10 * 2**20
+        assert any(m.name == "python_info" for m in agent.registry.collect())
 
 
 # ---------------------------------------------------------------- frequency trigger
