@@ -87,14 +87,19 @@ class AgentProcess:
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
 
     def stop(self) -> int:
-        self.proc.terminate()
-        try:
-            rc = self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
+        rc = stop_process(self.proc)
         self._log.close()
         return rc
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM ``proc`` (a bench child), SIGKILL it after 15 s; its exit status."""
+    proc.terminate()
+    try:
+        return proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def measure_gridtao(

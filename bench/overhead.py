@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from bench.latency import run_info
+from bench.latency import AgentProcess, run_info, stop_process
 from gridtao.config import Config
 from gridtao.localbroker import MosquittoBroker, Subscriber, free_port
 
@@ -64,15 +64,6 @@ def _measure(proc: subprocess.Popen[bytes], seconds: float) -> dict[str, float]:
     return {"cpu_percent": 100.0 * (c1 - c0) / (t1 - t0), "rss_mib": _rss_mib(proc.pid)}
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def _agent_yaml(config: Config, port: int, gpus: int) -> dict[str, Any]:
     sim = dataclasses.asdict(config.gpus.sim) | {"count": gpus}
     plain: dict[str, Any] = json.loads(json.dumps({
@@ -90,17 +81,14 @@ def measure_agent(config: Config, *, gpus: int, seconds: float, workdir: Path) -
         cfg_path = workdir / "agent.yaml"
         cfg_path.write_text(yaml.safe_dump(_agent_yaml(config, broker.port, gpus)))
         status = "gridtao/overhead/nodes/overhead/status"
-        with Subscriber(broker.host, broker.port, status) as sub, \
-                (workdir / "agent.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gridtao", "--config", str(cfg_path), "run"],
-                stdout=log, stderr=subprocess.STDOUT)
+        with Subscriber(broker.host, broker.port, status) as sub:
+            agent = AgentProcess(cfg_path, busy_load=0.0, log_path=workdir / "agent.log")
             try:
                 sub.wait(1, timeout=READY_TIMEOUT_S)  # online: started, connected, serving
                 time.sleep(1.0)  # past start-up work (first readings, arming)
-                return _measure(proc, seconds)
+                return _measure(agent.proc, seconds)
             finally:
-                _stop(proc)
+                agent.stop()
 
 
 def measure_poll_loop(config: Config, *, gpus: int, seconds: float) -> dict[str, float]:
@@ -115,7 +103,7 @@ def measure_poll_loop(config: Config, *, gpus: int, seconds: float) -> dict[str,
         time.sleep(1.0)
         return _measure(proc, seconds)
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def poll_loop(gpus: int, hz: float) -> None:

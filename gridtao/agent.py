@@ -38,7 +38,6 @@ from gridtao.controller import ControllerLoop
 from gridtao.gpu import open_backend
 from gridtao.gpu.backend import GpuBackend, GpuError, GpuPermissionDenied
 from gridtao.grid import messages as wire
-from gridtao.grid.auth import Verifier
 from gridtao.grid.frequency import level_key
 from gridtao.grid.guard import Guard
 from gridtao.grid.intake import Intake, Outgoing
@@ -47,9 +46,8 @@ from gridtao.grid.limits import CutBasis
 from gridtao.grid.mqtt import MqttLink, Will
 from gridtao.grid.portfolio import Portfolio, ProductMonitor
 from gridtao.grid.products import STEP_RAMP_OUT_SLACK
-from gridtao.grid.tls import read_password, ssl_context
 from gridtao.ledger import Ledger
-from gridtao.reload import ReloadResult, apply_reload, plan_reload
+from gridtao.reload import ReloadResult, apply_reload, plan_reload, read_credentials
 from gridtao.telemetry.metrics import Metrics, MetricsServer, start_http_server
 from safety.island import Activation, SafetyIsland
 from safety.watchdog import Watchdog
@@ -93,12 +91,9 @@ class Agent:
         self.config = config
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.options = options or AgentOptions()
-        # Keys first: a missing or bad key file fails before any GPU is opened.
-        verifier = Verifier.from_config(config.auth, source=config.source)
-        # Broker credentials too (gridtao/grid/tls.py): a missing CA or password file is a
-        # config error now, not a reconnect loop later.
-        tls_context = ssl_context(config.mqtt, source=config.source)
-        password = read_password(config.mqtt, source=config.source)
+        # Keys and broker credentials first: a missing or bad key, CA or password file fails
+        # before any GPU is opened, not in a reconnect loop later.
+        verifier, tls_context, password = read_credentials(config)
         self.node_id = config.mqtt.node_id or default_node_id()
         self.topics = wire.Topics(config.mqtt.prefix, self.node_id)
         self.registry = registry if registry is not None else CollectorRegistry()

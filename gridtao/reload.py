@@ -24,7 +24,7 @@ import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gridtao.config import Config, ConfigError
 from gridtao.grid.auth import Verifier
@@ -32,9 +32,28 @@ from gridtao.grid.guard import Guard
 from gridtao.grid.mqtt import MqttLink
 from gridtao.grid.tls import read_password, ssl_context
 
-__all__ = ["ReloadPlan", "ReloadResult", "apply_reload", "plan_reload"]
+__all__ = ["Credentials", "ReloadPlan", "ReloadResult", "apply_reload", "plan_reload",
+           "read_credentials"]
 
 log = logging.getLogger("gridtao.reload")
+
+
+class Credentials(NamedTuple):
+    """What a configuration's key and broker-credential files hold, read and checked."""
+
+    verifier: Verifier | None  # None: messages are not signed (auth.mode none)
+    tls: ssl.SSLContext | None  # None: no TLS
+    password: str | None
+
+
+def read_credentials(config: Config) -> Credentials:
+    """Read every signing-key and broker-credential file of ``config`` (at start, and again on
+    a reload). Raises ConfigError naming the file, the key and the problem."""
+    return Credentials(
+        Verifier.from_config(config.auth, source=config.source),
+        ssl_context(config.mqtt, source=config.source),
+        read_password(config.mqtt, source=config.source),
+    )
 
 
 @dataclass(frozen=True)
@@ -57,9 +76,7 @@ class ReloadPlan:
     """Everything read and checked, nothing applied yet (:func:`apply_reload`)."""
 
     config: Config  # the running configuration with the reloadable parts of the new file
-    verifier: Verifier | None
-    tls: ssl.SSLContext | None
-    password: str | None
+    credentials: Credentials
     result: ReloadResult
 
 
@@ -98,9 +115,8 @@ def plan_reload(running: Config, new: Config, *, current: Verifier | None) -> Re
     if new.mqtt.tls.enabled != running.mqtt.tls.enabled:
         raise ConfigError(f"{new.source}: mqtt.tls.enabled: turning TLS on or off needs a "
                           "restart; nothing was reloaded")
-    verifier = Verifier.from_config(new.auth, source=new.source)
-    tls = ssl_context(new.mqtt, source=new.source)
-    password = read_password(new.mqtt, source=new.source)
+    creds = read_credentials(new)
+    verifier = creds.verifier
     old_kids = set(current.kids) if current is not None else set()
     new_kids = set(verifier.kids) if verifier is not None else set()
     credentials = (new.mqtt.username, new.mqtt.password_file, new.mqtt.tls) != (
@@ -109,7 +125,7 @@ def plan_reload(running: Config, new: Config, *, current: Verifier | None) -> Re
         kids_added=tuple(sorted(new_kids - old_kids)),
         kids_removed=tuple(sorted(old_kids - new_kids)),
         # Files may hold new contents under the same paths: the links always take the new set.
-        credentials=credentials or tls is not None or password is not None,
+        credentials=credentials or creds.tls is not None or creds.password is not None,
         needs_restart=tuple(differences(_reloadable(running), _reloadable(new))),
     )
     applied = dataclasses.replace(
@@ -118,19 +134,19 @@ def plan_reload(running: Config, new: Config, *, current: Verifier | None) -> Re
         mqtt=dataclasses.replace(running.mqtt, username=new.mqtt.username,
                                  password_file=new.mqtt.password_file, tls=new.mqtt.tls),
     )
-    return ReloadPlan(applied, verifier, tls, password, result)
+    return ReloadPlan(applied, creds, result)
 
 
 def apply_reload(plan: ReloadPlan, *, guard: Guard, links: Sequence[MqttLink]) -> ReloadResult:
     """Swap in what :func:`plan_reload` read (cannot fail half-way: swaps only)."""
-    if plan.verifier is not None:
-        guard.replace_verifier(plan.verifier)
+    verifier, tls, password = plan.credentials
+    if verifier is not None:
+        guard.replace_verifier(verifier)
     for link in links:
-        link.set_credentials(tls=plan.tls, username=plan.config.mqtt.username,
-                             password=plan.password)
+        link.set_credentials(tls=tls, username=plan.config.mqtt.username, password=password)
     r = plan.result
     log.info("reloaded %s: keys %s (added %s, removed %s)%s", plan.config.source,
-             ", ".join(plan.verifier.kids) if plan.verifier is not None else "none",
+             ", ".join(verifier.kids) if verifier is not None else "none",
              ", ".join(r.kids_added) or "none", ", ".join(r.kids_removed) or "none",
              "; broker credentials renewed for the next connection" if r.credentials else "")
     if r.needs_restart:

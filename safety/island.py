@@ -217,7 +217,7 @@ class SafetyIsland:
     def rearm(self) -> None:
         """Recompute every armed level from the latest draw (during events: the frozen draw)."""
         with self._lock:
-            self._armed.rearm(self._basis_locked())
+            self._rearm_locked()
 
     # ------------------------------------------------------------------ triggers
 
@@ -443,7 +443,7 @@ class SafetyIsland:
         with self._lock:
             ev.activation = act
             # Armed levels are now cut from the same frozen pre-event draw.
-            self._armed.rearm(self._basis_locked())
+            self._rearm_locked()
         self._writes.record(outcomes)
         log.info(
             "event %s (%s%s): target %.1f W of %.1f W, %s, %d GPU errors",
@@ -463,7 +463,7 @@ class SafetyIsland:
                 if ended and not self._events:
                     self._generation += 1
                     self._frozen_draw = None
-                    self._armed.rearm(self._basis_locked())
+                    self._rearm_locked()
                     batch = self._writer.submit(self._resting_mw)
             for k in ended:
                 log.info("event %s ended", k)
@@ -480,13 +480,16 @@ class SafetyIsland:
                 self._frozen_draw = None
                 self._mode = None
                 self._resting_mw = self._normal_mw
-                self._armed.rearm(self._basis_locked())
+                self._rearm_locked()
                 batch = self._writer.submit(self._resting_mw)
             log.warning("%s: every GPU to its resting limit, latches cleared", reason)
             self._writes.record(batch.wait(self._write_timeout_s))
 
     def _basis_locked(self) -> tuple[float, ...]:
         return self._frozen_draw if self._frozen_draw is not None else self._draw
+
+    def _rearm_locked(self) -> None:
+        self._armed.rearm(self._basis_locked())
 
     def _winner_locked(self, now: float) -> tuple[LatchedEvent, float] | None:
         return most_restrictive(
