@@ -2,7 +2,7 @@
 
 The verify cost is what the island's thread spends per signed dispatch before the GPUs are
 touched: decode the payload, rebuild the canonical bytes, check the signature
-(:meth:`gridtao.grid.auth.Verifier.authenticate`), timed call by call with ``perf_counter_ns``.
+(:meth:`gridtao.security.auth.Verifier.authenticate`), timed call by call with ``perf_counter_ns``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gridtao.grid import auth
-from gridtao.report import percentiles
+from gridtao.security import auth
+from gridtao.telemetry.report import percentiles
 
 KID = "bench"
 

@@ -28,10 +28,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gridtao.clock import MonotonicClock
-from gridtao.config import SimConfig
+from gridtao.config.agent import SimConfig
 from gridtao.control.response import band_mw
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
+from gridtao.gpu.sim.nvml import SimNvml
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def set_limit_subprocess(node: BaselineNode, index: int, limit_mw: int) -> None:
     simulator, same config) and sets the limit; then the same write lands on our GPUs."""
     cfg = node.sim_cfg
     subprocess.run(
-        [sys.executable, "-m", "bench.setlimit", "--gpus", str(cfg.count),
+        [sys.executable, "-m", "gridtao.bench.setlimit", "--gpus", str(cfg.count),
          "-i", str(index), "-pl", f"{limit_mw / 1000:.0f}"],
         check=True, stdout=subprocess.DEVNULL,
     )

@@ -1,7 +1,7 @@
 """Where receive -> command goes: the safety island's write fan-out, in-process, no broker.
 
-``python -m bench.fanout [--gpus N] [--triggers N] [--json FILE]`` times, on simulated GPUs in
-real time (driver call ``gpus.sim.set_latency_ms``):
+``python -m gridtao.bench.fanout [--gpus N] [--triggers N] [--json FILE]`` times, on simulated
+GPUs in real time (driver call ``gpus.sim.set_latency_ms``):
 
 * ``one_write_ms``: one ``set_limit_mw`` (driver call + read-back), the unit of work;
 * ``parallel_ms``: :meth:`SafetyIsland.trigger_shed` with its per-GPU writer threads (what the
@@ -29,14 +29,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.latency import run_info
-from gridtao.agent import GIL_SWITCH_INTERVAL_S
+from gridtao.app.agent import GIL_SWITCH_INTERVAL_S
+from gridtao.bench.latency import run_info
 from gridtao.clock import MonotonicClock
-from gridtao.config import SimConfig
+from gridtao.config.agent import SimConfig
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
-from gridtao.report import percentiles
-from safety.island import SafetyIsland
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.safety.island import SafetyIsland
+from gridtao.telemetry.report import percentiles
 
 SHED_FRACTION = 0.3
 DRAW_MW = 600_000.0
@@ -120,7 +120,8 @@ def run(gpus: int, triggers: int, sim: SimConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gridtao.bench.fanout",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--triggers", type=int, default=200)
     p.add_argument("--json", metavar="FILE")
@@ -128,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.gpus < 1 or args.triggers < 1:
         p.error("--gpus and --triggers must be >= 1")
     result = run(args.gpus, args.triggers, SimConfig(count=args.gpus))
-    result |= run_info("bench.fanout", argv)
+    result |= run_info("gridtao.bench.fanout", argv)
     for key in ("one_write_ms", "parallel_ms", "parallel_commanded_ms", "sequential_ms"):
         s = result[key]
         print(f"{key:21s} p50 {s['p50']:.3f}  p99 {s['p99']:.3f}  max {s['max']:.3f}")

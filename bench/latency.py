@@ -29,17 +29,17 @@ from typing import Any
 
 import yaml
 
-from bench.authcost import BenchKey, make_key, verify_cost_us
-from bench.baselines import (
+from gridtao.bench.authcost import BenchKey, make_key, verify_cost_us
+from gridtao.bench.baselines import (
     BaselineNode,
     Timing,
     run_polling_1s,
     run_sequential_subprocess,
 )
-from gridtao.config import Config
-from gridtao.grid.auth import Alg
-from gridtao.localbroker import MosquittoBroker, Publisher, Subscriber
-from gridtao.report import percentiles
+from gridtao.config.agent import Config
+from gridtao.security.auth import Alg
+from gridtao.telemetry.report import percentiles
+from gridtao.transport.localbroker import MosquittoBroker, Publisher, Subscriber
 
 SHED_FRACTION = 0.3
 SETTLE_S = 2.5  # between triggers: 0.4 s event + recovery of the draw and of the cut basis

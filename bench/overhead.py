@@ -1,8 +1,8 @@
 """What the agent costs its host: CPU and memory of an idle ``gridtao run``, against a bare loop.
 
-``python -m bench.overhead [--gpus N] [--seconds S] [--json FILE]`` starts a real Mosquitto on
-loopback and, one after the other for the same ``S`` seconds, two processes on the same simulated
-GPUs (``gpus.sim`` of the default configuration, real time):
+``python -m gridtao.bench.overhead [--gpus N] [--seconds S] [--json FILE]`` starts a real
+Mosquitto on loopback and, one after the other for the same ``S`` seconds, two processes on the
+same simulated GPUs (``gpus.sim`` of the default configuration, real time):
 
 * ``gridtao run`` with nothing to do: tier 1 at ``control.fast_hz``, tier 2, the island lane,
   the retained status every ``mqtt.status_period_s``, the watchdog, metrics served on a free
@@ -33,9 +33,9 @@ from typing import Any
 
 import yaml
 
-from bench.latency import AgentProcess, run_info, stop_process
-from gridtao.config import Config
-from gridtao.localbroker import MosquittoBroker, Subscriber, free_port
+from gridtao.bench.latency import AgentProcess, run_info, stop_process
+from gridtao.config.agent import Config
+from gridtao.transport.localbroker import MosquittoBroker, Subscriber, free_port
 
 READY_TIMEOUT_S = 60.0
 
@@ -93,7 +93,7 @@ def measure_agent(config: Config, *, gpus: int, seconds: float, workdir: Path) -
 
 def measure_poll_loop(config: Config, *, gpus: int, seconds: float) -> dict[str, float]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.overhead", "--poll-loop", "--gpus", str(gpus),
+        [sys.executable, "-m", "gridtao.bench.overhead", "--poll-loop", "--gpus", str(gpus),
          "--hz", str(config.control.fast_hz)],
         stdout=subprocess.PIPE)
     try:
@@ -109,9 +109,9 @@ def measure_poll_loop(config: Config, *, gpus: int, seconds: float) -> dict[str,
 def poll_loop(gpus: int, hz: float) -> None:
     """The baseline: read every GPU's instant power ``hz`` times a second, forever."""
     from gridtao.clock import MonotonicClock
-    from gridtao.config import SimConfig
+    from gridtao.config.agent import SimConfig
     from gridtao.gpu.nvml import NvmlBackend
-    from gridtao.gpu.sim import SimNvml
+    from gridtao.gpu.sim.nvml import SimNvml
 
     clock = MonotonicClock()
     backend = NvmlBackend(SimNvml.from_config(SimConfig(count=gpus), clock))
@@ -137,7 +137,7 @@ def run(config: Config, *, gpus: int, seconds: float) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.overhead",
+    p = argparse.ArgumentParser(prog="python -m gridtao.bench.overhead",
                                 description=(__doc__ or "").split("\n")[0])
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--seconds", type=float, default=20.0)
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         poll_loop(args.gpus, args.hz)
         return 0
     result = run(Config(), gpus=args.gpus, seconds=args.seconds)
-    result |= run_info("bench.overhead", argv)
+    result |= run_info("gridtao.bench.overhead", argv)
     for name in ("agent", "poll_loop"):
         m = result[name]
         print(f"{name:10s} CPU {m['cpu_percent']:5.1f} % of a core   RSS {m['rss_mib']:6.1f} MiB")

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.render import write_outputs
-from gridtao.config import FacilityConfig
-from gridtao.control.pue import (
+from gridtao.bench.render import write_outputs
+from gridtao.config.agent import FacilityConfig
+from gridtao.control.tier2.facility import (
     AnnualPueTracker,
     Facility,
     FacilityModel,
@@ -36,8 +36,8 @@ from gridtao.control.pue import (
     MeterTracker,
     ReductionTracker,
 )
-from gridtao.grid.dr import DrSchedule
-from gridtao.grid.messages import DrDispatch
+from gridtao.products.dr import DrSchedule
+from gridtao.wire.messages import DrDispatch
 
 CAP_DOWN_TAU_S, CAP_UP_TAU_S = 0.05, 0.25
 SCENARIOS = {"short": 30.0, "dr": 1800.0}  # hold durations: an FFR/FCR-D-like cut, a DR event

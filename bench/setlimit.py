@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from gridtao.clock import MonotonicClock
-from gridtao.config import SimConfig
+from gridtao.config.agent import SimConfig
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
+from gridtao.gpu.sim.nvml import SimNvml
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,6 @@
 
 import sys
 
-from gridtao.cli import main
+from gridtao.cli.main import main
 
 sys.exit(main())

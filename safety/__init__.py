@@ -5,10 +5,10 @@ It depends only on the GPU boundary types (``gridtao.gpu.backend``) and the cloc
 (and keeps GPUs within ``[min, default]``) whatever the rest of the agent does.
 """
 
-from safety.envelope import Envelope
-from safety.island import Activation, IslandView, SafeMode, SafetyIsland
-from safety.watchdog import Watchdog
-from safety.writer import ParallelWriter, WriteOutcome
+from gridtao.safety.envelope import Envelope
+from gridtao.safety.island import Activation, IslandView, SafeMode, SafetyIsland
+from gridtao.safety.watchdog import Watchdog
+from gridtao.safety.writer import ParallelWriter, WriteOutcome
 
 __all__ = [
     "Activation",

@@ -3,7 +3,7 @@
 A trigger must only write caps, never compute them, so each level (a frequency threshold, a
 step product) keeps its caps ready, recomputed whenever the basis moves (tier 1 at least once a
 second, tier 2's reference, new priority floors). Pure bookkeeping over an
-:class:`~safety.envelope.Envelope`; not thread-safe: the island calls it under its own lock.
+:class:`~gridtao.safety.envelope.Envelope`; not thread-safe: the island calls it under its own lock.
 Power in mW.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
-from safety.envelope import Envelope
-from safety.latch import ArmedLevel
+from gridtao.safety.envelope import Envelope
+from gridtao.safety.latch import ArmedLevel
 
 
 def check_fraction(x: float) -> None:

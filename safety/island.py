@@ -45,9 +45,9 @@ from types import MappingProxyType, TracebackType
 
 from gridtao.clock import Clock
 from gridtao.gpu.backend import GpuBackend, GpuError
-from safety.armed import ArmedTable, check_fraction
-from safety.envelope import Envelope
-from safety.latch import (
+from gridtao.safety.armed import ArmedTable, check_fraction
+from gridtao.safety.envelope import Envelope
+from gridtao.safety.latch import (
     Activation,
     EventKind,
     IslandView,
@@ -55,7 +55,7 @@ from safety.latch import (
     SafeMode,
     most_restrictive,
 )
-from safety.writer import ParallelWriter, WriteBatch, WriteRecord
+from gridtao.safety.writer import ParallelWriter, WriteBatch, WriteRecord
 
 __all__ = ["Activation", "IslandView", "SafeMode", "SafetyIsland"]
 

@@ -1,6 +1,6 @@
 """Test-side name of the local broker helpers (they live in the package for demo and bench)."""
 
-from gridtao.localbroker import (
+from gridtao.transport.localbroker import (
     BrokerError,
     MosquittoBroker,
     Subscriber,

@@ -1,8 +1,8 @@
 """One in-process agent on simulated GPUs against the test broker, for the end-to-end tests.
 
-``running(broker, cfg, sim)`` starts an :class:`~gridtao.agent.Agent` (no metrics server), checks
-its island lane connected, yields a :class:`Node` with the helpers the tests drive it through,
-and closes it (restoring limits) however the test ends; ``serve=True`` also runs
+``running(broker, cfg, sim)`` starts an :class:`~gridtao.app.agent.Agent` (no metrics server),
+checks its island lane connected, yields a :class:`Node` with the helpers the tests drive it
+through, and closes it (restoring limits) however the test ends; ``serve=True`` also runs
 ``agent.serve()`` (status publishing) on its own loop. Waits are generous: the CI machine is a
 loaded 2-core box and nothing here asserts speed.
 """
@@ -21,13 +21,13 @@ from typing import Any
 from broker import MosquittoBroker, Subscriber, publish
 from waiting import wait_until
 
-from gridtao.agent import Agent, AgentOptions
+from gridtao.app.agent import Agent, AgentOptions
 from gridtao.clock import Clock
-from gridtao.config import Config, SimConfig
+from gridtao.config.agent import Config, SimConfig
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
-from gridtao.grid.mqtt import new_event_loop
-from gridtao.telemetry.audit_verify import read_records
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.records.audit_verify import read_records
+from gridtao.transport.mqtt import new_event_loop
 
 W = 1000  # mW per W
 SET = "nvmlDeviceSetPowerManagementLimit"

@@ -24,9 +24,9 @@ from nodes import Node, merge, running, steady_sim
 from waiting import wait_until
 
 from gridtao.clock import MonotonicClock
-from gridtao.config import config_from_mapping
+from gridtao.config.agent import config_from_mapping
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
+from gridtao.gpu.sim.nvml import SimNvml
 
 W = 1000  # mW per W
 N = 4

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from broker import MosquittoBroker, Subscriber, publish
 
-from gridtao import cli
-from gridtao.grid import auth
+from gridtao.cli import main as cli
+from gridtao.security import auth
 
 REPO = Path(__file__).resolve().parent.parent
 WAIT_S = 30.0  # a cold interpreter start on a loaded 2-core machine

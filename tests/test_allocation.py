@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridtao.control.allocation import (
+from gridtao.control.tier1.allocation import (
     NodeBudget,
     PeakHold,
     SettleTracker,

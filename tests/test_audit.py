@@ -13,11 +13,11 @@ from typing import Literal
 
 import pytest
 
-from gridtao.cli import main
+from gridtao.cli.main import main
 from gridtao.clock import VirtualClock
-from gridtao.config import AuditConfig
-from gridtao.telemetry.audit import GENESIS, AuditTrail, canonical, record_hash
-from gridtao.telemetry.audit_verify import read_records, verify_files
+from gridtao.config.agent import AuditConfig
+from gridtao.records.audit import GENESIS, AuditTrail, canonical, record_hash
+from gridtao.records.audit_verify import read_records, verify_files
 
 FsyncPolicy = Literal["always", "interval", "never"]
 
@@ -249,13 +249,13 @@ def test_record_stamps_wall_time_when_called(tmp_path: Path) -> None:
 
 
 def test_the_intake_reports_every_verdict_and_event_change() -> None:
-    from gridtao.config import FrequencyTrigger, SimConfig
+    from gridtao.config.agent import FrequencyTrigger, SimConfig
     from gridtao.gpu.nvml import NvmlBackend
-    from gridtao.gpu.sim import SimNvml
-    from gridtao.grid import messages as wire
-    from gridtao.grid.frequency import FrequencyMonitor, level_key
-    from gridtao.grid.intake import Intake
-    from safety.island import SafetyIsland
+    from gridtao.gpu.sim.nvml import SimNvml
+    from gridtao.hotpath.intake import Intake
+    from gridtao.products.frequency import FrequencyMonitor, level_key
+    from gridtao.safety.island import SafetyIsland
+    from gridtao.wire import messages as wire
 
     clock = VirtualClock()
     sim = SimNvml.from_config(SimConfig(count=2, noise_w=0.0), clock)

@@ -1,4 +1,4 @@
-"""gridtao.grid.auth and the guard's authentication: envelope, both algorithms, every rejection
+"""gridtao.security.auth and the guard's authentication: envelope, both algorithms, every rejection
 reason, key files, config errors, and the ``gridtao sign`` / ``gridtao keygen`` commands.
 Keys are generated in tmp_path at test time (never committed)."""
 
@@ -18,12 +18,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
 
-from gridtao import cli
-from gridtao.config import ConfigError, config_from_mapping, load_config
-from gridtao.grid import auth
-from gridtao.grid import messages as wire
-from gridtao.grid.guard import Guard
-from gridtao.grid.limits import DispatchBounds
+from gridtao.cli import main as cli
+from gridtao.config.agent import ConfigError, config_from_mapping, load_config
+from gridtao.security import auth
+from gridtao.security.bounds import DispatchBounds
+from gridtao.security.guard import Guard
+from gridtao.wire import messages as wire
 
 NOW = 1_763_900_000.0
 HMAC_SECRET = bytes(range(32))

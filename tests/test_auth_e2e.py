@@ -1,6 +1,6 @@
 """Signed messages end to end: a real Mosquitto, the whole agent in-process with Ed25519 keys
 generated at test time (``gridtao keygen`` into tmp_path; never committed), payloads signed by
-``gridtao sign`` and :func:`gridtao.grid.auth.sign_payload`.
+``gridtao sign`` and :func:`gridtao.security.auth.sign_payload`.
 
 Forged, unsigned, stale, future-dated and replayed messages are refused with their reason and
 move no GPU; the replay store refuses a replay after the agent restarts. Waits are generous;
@@ -21,12 +21,12 @@ import pytest
 from broker import MosquittoBroker, Subscriber
 from nodes import Node, merge, running, steady_sim
 
-from gridtao import cli
-from gridtao.agent import Agent, AgentOptions
+from gridtao.app.agent import Agent, AgentOptions
+from gridtao.cli import main as cli
 from gridtao.clock import MonotonicClock
-from gridtao.config import ConfigError, config_from_mapping
-from gridtao.grid import auth
-from gridtao.localbroker import Publisher
+from gridtao.config.agent import ConfigError, config_from_mapping
+from gridtao.security import auth
+from gridtao.transport.localbroker import Publisher
 
 W = 1000
 N = 4
@@ -264,8 +264,8 @@ def test_a_missing_key_file_stops_the_agent_before_it_touches_a_gpu(tmp_path: Pa
 def test_bench_keys_configure_an_agent_that_accepts_their_signatures(
     tmp_path: Path, alg: auth.Alg
 ) -> None:
-    from bench.authcost import make_key, verify_cost_us
-    from bench.latency import _agent_config
+    from gridtao.bench.authcost import make_key, verify_cost_us
+    from gridtao.bench.latency import _agent_config
 
     key = make_key(alg, tmp_path)
     cfg = config_from_mapping(_agent_config(config_from_mapping({}), 1883, 2, workdir=tmp_path,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.fanout import main, run, time_triggers
-from gridtao.config import SimConfig
+from gridtao.bench.fanout import main, run, time_triggers
+from gridtao.config.agent import SimConfig
 
 
 def test_fanout_reports_every_measure(tmp_path: Path) -> None:

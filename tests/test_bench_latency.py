@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.latency import run_latency_bench
-from bench.render import markdown, plot
-from gridtao.config import Config
+from gridtao.bench.latency import run_latency_bench
+from gridtao.bench.render import markdown, plot
+from gridtao.config.agent import Config
 
 KEYS = ("publish_to_command_ms", "receive_to_command_ms", "trigger_to_target_ms")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.overhead import main
+from gridtao.bench.overhead import main
 
 
 def test_overhead_reports_agent_and_baseline(tmp_path: Path) -> None:
@@ -19,4 +19,4 @@ def test_overhead_reports_agent_and_baseline(tmp_path: Path) -> None:
         assert result[name]["cpu_percent"] > 0 and result[name]["rss_mib"] > 10
     assert result["cpu_ratio"] == result["agent"]["cpu_percent"] / (
         result["poll_loop"]["cpu_percent"])
-    assert result["command"].startswith("python -m bench.overhead")
+    assert result["command"].startswith("python -m gridtao.bench.overhead")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from gridtao.cli import GPU_KEYS, main
+from gridtao.cli.main import GPU_KEYS, main
 
 REPO = Path(__file__).resolve().parent.parent
 

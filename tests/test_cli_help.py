@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from gridtao.cli import build_parser
+from gridtao.cli.main import build_parser
 
 
 def _subparsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()

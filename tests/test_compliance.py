@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from bench import compliance as c
-from bench import compliance_report as rep
-from bench import shapes
-from bench.compliance_cli import STEADY_FRACTION
-from gridtao.config import Config, ProductConfig, load_config
+from gridtao.config.agent import Config, ProductConfig, load_config
+from gridtao.prequal import compliance as c
+from gridtao.prequal import report as rep
+from gridtao.prequal import shapes
+from gridtao.prequal.options import STEADY_FRACTION
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.compliance_summary import main, rows
+from gridtao.prequal.summary import main, rows
 
 RESULT = {
     "product": "ffr", "workload": "steady",

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gridtao.config import (
-    DEFAULT_CONFIG_PATH,
+from gridtao.config.agent import (
     ENV_VAR,
     Config,
     ConfigError,
@@ -18,6 +17,9 @@ from gridtao.config import (
     config_from_mapping,
     load_config,
 )
+
+# The example configuration shipped in the source tree states every built-in default.
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
 @pytest.fixture(autouse=True)

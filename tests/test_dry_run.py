@@ -14,11 +14,11 @@ import time
 import pytest
 from broker import MosquittoBroker, Subscriber, publish
 
-from gridtao.agent import Agent, AgentOptions
+from gridtao.app.agent import Agent, AgentOptions
 from gridtao.clock import MonotonicClock
-from gridtao.config import config_from_mapping
+from gridtao.config.agent import config_from_mapping
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
+from gridtao.gpu.sim.nvml import SimNvml
 
 N = 2
 W = 1000

@@ -1,4 +1,4 @@
-"""safety.envelope: per-GPU bounds and the node-target split (examples and properties)."""
+"""gridtao.safety.envelope: per-GPU bounds and the node-target split (examples and properties)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gridtao.gpu.backend import PowerLimits
-from safety.envelope import Envelope
+from gridtao.safety.envelope import Envelope
 
 W = 1000  # mW per W
 H100 = PowerLimits(min_mw=200 * W, max_mw=700 * W, default_mw=700 * W)

@@ -16,12 +16,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gridtao.clock import VirtualClock
-from gridtao.config import ControlConfig, SimConfig
-from gridtao.control.fast import FastLoop, StepResult, node_error_stats
+from gridtao.config.agent import ControlConfig, SimConfig
+from gridtao.control.tier1.loop import FastLoop, StepResult, node_error_stats
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.safety.island import SafetyIsland
 from gridtao.telemetry.metrics import Metrics
-from safety.island import SafetyIsland
 
 H100_MIN_MW, H100_DEFAULT_MW = 200_000, 700_000
 

@@ -25,18 +25,18 @@ from broker import MosquittoBroker, Subscriber, publish
 from nodes import SET, Node, merge, running, steady_sim
 from waiting import wait_until
 
-from gridtao.agent import Agent, AgentOptions
+from gridtao.app.agent import Agent, AgentOptions
 from gridtao.clock import Clock, MonotonicClock, VirtualClock
-from gridtao.config import Config, FrequencyTrigger, SimConfig, config_from_mapping
+from gridtao.config.agent import Config, FrequencyTrigger, SimConfig, config_from_mapping
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
-from gridtao.grid import messages as wire
-from gridtao.grid.frequency import FrequencyMonitor, level_key
-from gridtao.grid.intake import Intake
-from gridtao.journal import load_journal
-from gridtao.telemetry.audit_verify import read_records, verify_files
-from safety.island import SafetyIsland
-from safety.watchdog import Watchdog
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.hotpath.intake import Intake
+from gridtao.products.frequency import FrequencyMonitor, level_key
+from gridtao.records.audit_verify import read_records, verify_files
+from gridtao.records.journal import load_journal
+from gridtao.safety.island import SafetyIsland
+from gridtao.safety.watchdog import Watchdog
+from gridtao.wire import messages as wire
 
 REPO = Path(__file__).resolve().parent.parent
 W = 1000  # mW per W

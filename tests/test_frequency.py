@@ -1,11 +1,11 @@
-"""gridtao.grid.frequency.FrequencyMonitor: pure logic on (sample, monotonic time)."""
+"""gridtao.products.frequency.FrequencyMonitor: pure logic on (sample, monotonic time)."""
 
 from __future__ import annotations
 
 import pytest
 
-from gridtao.config import FrequencyTrigger
-from gridtao.grid.frequency import Activate, FrequencyMonitor, Release, level_key
+from gridtao.config.agent import FrequencyTrigger
+from gridtao.products.frequency import Activate, FrequencyMonitor, Release, level_key
 
 WALL = 1_763_900_000.0
 

@@ -28,9 +28,9 @@ from broker import MosquittoBroker, Subscriber
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gridtao.grid import messages as wire
-from gridtao.localbroker import Publisher
-from gridtao.telemetry.audit_verify import read_records, verify_files
+from gridtao.records.audit_verify import read_records, verify_files
+from gridtao.transport.localbroker import Publisher
+from gridtao.wire import messages as wire
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_BYTES = 4096

@@ -1,4 +1,4 @@
-"""gridtao.grid.intake.Intake in virtual time: the real safety island over simulated GPUs (the
+"""gridtao.hotpath.intake.Intake in virtual time: the real safety island over simulated GPUs (the
 real NVML backend code), no broker. Acks are checked as a wire-contract-v1 client sees them."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gridtao.clock import VirtualClock
-from gridtao.config import FrequencyTrigger, SimConfig
+from gridtao.config.agent import FrequencyTrigger, SimConfig
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
-from gridtao.grid import messages as wire
-from gridtao.grid.frequency import FrequencyMonitor, level_key
-from gridtao.grid.intake import Intake, Outgoing
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.hotpath.intake import Intake, Outgoing
+from gridtao.products.frequency import FrequencyMonitor, level_key
+from gridtao.safety.island import Activation, SafetyIsland
 from gridtao.telemetry.metrics import Metrics
-from safety.island import Activation, SafetyIsland
+from gridtao.wire import messages as wire
 
 W = 1000  # mW per W
 DEMAND_W = (600, 500, 650, 450)

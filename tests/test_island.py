@@ -1,4 +1,7 @@
-"""safety.island and safety.writer against the simulated GPUs (the real NVML backend code)."""
+"""gridtao.safety.island and gridtao.safety.writer against the simulated GPUs.
+
+The real NVML backend code runs under them.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gridtao.clock import Clock, MonotonicClock, VirtualClock
-from gridtao.config import SimConfig
+from gridtao.config.agent import SimConfig
 from gridtao.gpu.backend import GpuLost
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
-from safety.island import SafetyIsland
-from safety.writer import ParallelWriter
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.safety.island import SafetyIsland
+from gridtao.safety.writer import ParallelWriter
 
 W = 1000  # mW per W
 N = 8

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 import pytest
 
 from gridtao.clock import VirtualClock
-from gridtao.config import ControlConfig, SimConfig
-from gridtao.control.fast import FastLoop
+from gridtao.config.agent import ControlConfig, SimConfig
+from gridtao.control.tier1.loop import FastLoop
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
-from safety.island import SafetyIsland
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.safety.island import SafetyIsland
 
 W = 1000
 N = 4

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gridtao.clock import VirtualClock
-from gridtao.journal import (
+from gridtao.records.journal import (
     Journal,
     JournalError,
     JournalEvent,

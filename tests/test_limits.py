@@ -1,4 +1,4 @@
-"""Rate and bound limits (gridtao.grid.limits, through the guard and the intake) in virtual
+"""Rate and bound limits (gridtao.security.bounds, through the guard and the intake) in virtual
 time, over the real safety island and simulated GPUs: a flood or a misconfigured aggregator
 cannot hold the GPUs at their minimum, and every refusal is acked with its reason and counted."""
 
@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gridtao.clock import VirtualClock
-from gridtao.config import (
+from gridtao.config.agent import (
     Config,
     ConfigError,
     FrequencyTrigger,
@@ -22,12 +22,11 @@ from gridtao.config import (
     config_from_mapping,
 )
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
-from gridtao.grid import messages as wire
-from gridtao.grid.frequency import FrequencyMonitor, level_key
-from gridtao.grid.guard import Guard
-from gridtao.grid.intake import Intake, Outgoing
-from gridtao.grid.limits import (
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.hotpath.intake import Intake, Outgoing
+from gridtao.products.frequency import FrequencyMonitor, level_key
+from gridtao.safety.island import SafetyIsland
+from gridtao.security.bounds import (
     FLOOR,
     IN_FLIGHT,
     INTERVAL,
@@ -38,8 +37,9 @@ from gridtao.grid.limits import (
     Rejection,
     TokenBucket,
 )
+from gridtao.security.guard import Guard
 from gridtao.telemetry.metrics import Metrics
-from safety.island import SafetyIsland
+from gridtao.wire import messages as wire
 
 W = 1000
 DEMAND_W = (600, 500, 650, 450)  # 2200 W drawn; defaults sum to 2800 W, minimums to 800 W

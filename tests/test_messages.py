@@ -11,7 +11,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from gridtao.grid.messages import (
+from gridtao.wire.messages import (
     DURATION_MAX_S,
     ID_MAX_CHARS,
     NODE_W_MAX,
@@ -566,7 +566,7 @@ def dr(**over: object) -> dict[str, object]:
 
 
 def test_dr_valid_and_defaults() -> None:
-    from gridtao.grid.messages import DrDispatch
+    from gridtao.wire.messages import DrDispatch
 
     d = parse_dispatch(enc(dr()), max_bytes=MAX)
     assert d == DrDispatch("dr1", 1800.0, 1763900600.0, 60.0, 120.0, 800.0, None, None)
@@ -593,7 +593,7 @@ def test_dr_rejected(payload: dict[str, object], reason: str) -> None:
 
 
 def test_tracker_topic_and_payload() -> None:
-    from gridtao.grid.messages import tracker_payload
+    from gridtao.wire.messages import tracker_payload
 
     assert Topics("gridtao/demo", "n1").tracker == "gridtao/demo/nodes/n1/tracker"
     body = json.loads(tracker_payload("n1", 12.5, {"it_w": 4800.0, "node": "spoof"}))

@@ -21,8 +21,8 @@ import pytest
 from broker import MosquittoBroker
 
 from gridtao.clock import VirtualClock
-from gridtao.grid.messages import Topics, offline_payload
-from gridtao.grid.mqtt import InboundMessage, MqttLink, Will, new_event_loop
+from gridtao.transport.mqtt import InboundMessage, MqttLink, Will, new_event_loop
+from gridtao.wire.messages import Topics, offline_payload
 
 T = TypeVar("T")
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
@@ -127,8 +127,8 @@ def test_messages_iterator(mqtt_broker: MosquittoBroker) -> None:
 WILL_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
-    from gridtao.grid.messages import Topics, offline_payload, status_payload
-    from gridtao.grid.mqtt import MqttLink, Will
+    from gridtao.wire.messages import Topics, offline_payload, status_payload
+    from gridtao.transport.mqtt import MqttLink, Will
 
     port, node = int(sys.argv[1]), sys.argv[2]
     topics = Topics("gridtao/test", node)
@@ -220,7 +220,7 @@ def test_broker_restart_reconnects_resubscribes_and_flushes(
             assert link.stats.connects == 2 and link.stats.reconnects == 1
             assert link.stats.losses == 1 and link.stats.dropped_outbound == 0
 
-    with caplog.at_level(logging.DEBUG, logger="gridtao.grid.mqtt"):
+    with caplog.at_level(logging.DEBUG, logger="gridtao.transport.mqtt"):
         run(main)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "lost" in warnings[0].getMessage()

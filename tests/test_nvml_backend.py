@@ -13,7 +13,7 @@ import pynvml
 import pytest
 
 from gridtao.clock import VirtualClock
-from gridtao.config import GpusConfig, SimConfig
+from gridtao.config.agent import GpusConfig, SimConfig
 from gridtao.gpu import open_backend
 from gridtao.gpu.backend import (
     GpuBackend,
@@ -28,7 +28,7 @@ from gridtao.gpu.backend import (
     PowerLimits,
 )
 from gridtao.gpu.nvml import NvmlBackend, check_nvml_distribution, translate_nvml_error
-from gridtao.gpu.sim import SimNvml
+from gridtao.gpu.sim.nvml import SimNvml
 
 SET = "nvmlDeviceSetPowerManagementLimit"
 FIELDS = "nvmlDeviceGetFieldValues"

@@ -1,4 +1,4 @@
-"""gridtao.grid.outbox.Outbox on its own: bound, drop order, at-least-once requeue, flush."""
+"""gridtao.transport.outbox.Outbox on its own: bound, drop order, at-least-once requeue, flush."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridtao.grid import mqtt
-from gridtao.grid.outbox import DropReason, OutboundMessage, Outbox
+from gridtao.transport import mqtt
+from gridtao.transport.outbox import DropReason, OutboundMessage, Outbox
 
 T = TypeVar("T")
 

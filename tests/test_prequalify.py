@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gridtao.cli import main
+from gridtao.cli.main import main
 
 pytestmark = pytest.mark.timeout(180)
 

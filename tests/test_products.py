@@ -12,12 +12,8 @@ from typing import Literal
 
 import pytest
 
-from gridtao.config import FrequencyTrigger, ProductConfig
-from gridtao.grid.dr import DrSchedule
-from gridtao.grid.frequency import Activate, Release
-from gridtao.grid.messages import DrDispatch
-from gridtao.grid.portfolio import Portfolio, ProductMonitor, product_key
-from gridtao.grid.products import (
+from gridtao.config.agent import FrequencyTrigger, ProductConfig
+from gridtao.products.catalog import (
     FcrDUp,
     FcrDUpStatic,
     FcrN,
@@ -28,6 +24,10 @@ from gridtao.grid.products import (
     make_product,
     required_trace,
 )
+from gridtao.products.dr import DrSchedule
+from gridtao.products.frequency import Activate, Release
+from gridtao.products.portfolio import Portfolio, ProductMonitor, product_key
+from gridtao.wire.messages import DrDispatch
 
 CAP = 1000.0
 
@@ -297,7 +297,7 @@ def test_monitor_dr_needs_enrolment() -> None:
     ({"products": [{"kind": "fcr-x", "capacity_w": 1}]}, "products[0].kind: must be one of"),
 ])
 def test_config_rules(data: dict[str, object], message: str) -> None:
-    from gridtao.config import ConfigError, config_from_mapping
+    from gridtao.config.agent import ConfigError, config_from_mapping
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         config_from_mapping(data)
@@ -306,7 +306,7 @@ def test_config_rules(data: dict[str, object], message: str) -> None:
 def test_example_products_config_loads() -> None:
     from pathlib import Path
 
-    from gridtao.config import load_config
+    from gridtao.config.agent import load_config
 
     cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "products.yaml")
     portfolio = Portfolio(cfg.products, ramp_out_per_s=cfg.safety.release_rate_per_s)

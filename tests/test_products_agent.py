@@ -19,12 +19,12 @@ import pytest
 from broker import MosquittoBroker, Subscriber, publish
 from waiting import wait_until
 
-from gridtao.agent import Agent, AgentOptions
+from gridtao.app.agent import Agent, AgentOptions
 from gridtao.clock import MonotonicClock
-from gridtao.config import config_from_mapping
+from gridtao.config.agent import config_from_mapping
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
-from gridtao.grid.mqtt import new_event_loop
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.transport.mqtt import new_event_loop
 
 W = 1000
 N = 4

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.pue import Scenario, run_pue_bench
-from gridtao.cli import main
+from gridtao.bench.pue import Scenario, run_pue_bench
+from gridtao.cli.main import main
 from gridtao.clock import VirtualClock
-from gridtao.config import (
+from gridtao.config.agent import (
     ConfigError,
     FacilityConfig,
     GpuPriority,
@@ -22,13 +22,13 @@ from gridtao.config import (
     SimConfig,
     TrackerConfig,
 )
-from gridtao.control.pue import Facility, FacilityModel, MeterTracker
-from gridtao.control.tracker import Tier2, floors_w
+from gridtao.control.tier2.facility import Facility, FacilityModel, MeterTracker
+from gridtao.control.tier2.tracker import Tier2, floors_w
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
-from gridtao.grid.messages import DrDispatch
-from gridtao.grid.portfolio import Portfolio, ProductMonitor, product_key
-from safety.island import SafetyIsland
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.products.portfolio import Portfolio, ProductMonitor, product_key
+from gridtao.safety.island import SafetyIsland
+from gridtao.wire.messages import DrDispatch
 
 MODEL = FacilityModel(losses_fraction=0.03, cop=4.5, cooling_tau_s=120.0)
 W = 1000

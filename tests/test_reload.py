@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from nodes import merge
 
-from gridtao import cli
-from gridtao.config import Config, ConfigError, config_from_mapping
-from gridtao.grid import auth
-from gridtao.grid.guard import Guard
-from gridtao.grid.mqtt import MqttLink
-from gridtao.reload import apply_reload, differences, plan_reload
+from gridtao.app.reload import apply_reload, differences, plan_reload
+from gridtao.cli import main as cli
+from gridtao.config.agent import Config, ConfigError, config_from_mapping
+from gridtao.security import auth
+from gridtao.security.guard import Guard
+from gridtao.transport.mqtt import MqttLink
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""gridtao.grid.replay.ReplayStore: event ids survive a restart, are pruned after the freshness
+"""gridtao.security.replay.ReplayStore: event ids survive a restart, are pruned after the freshness
 window, stay bounded, and the file is private and single-owner."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from gridtao.config import ConfigError, config_from_mapping
-from gridtao.grid import replay
-from gridtao.grid.auth import Verifier
-from gridtao.grid.guard import Guard
-from gridtao.grid.limits import DispatchBounds
-from gridtao.grid.replay import ReplayStore, ReplayStoreError
+from gridtao.config.agent import ConfigError, config_from_mapping
+from gridtao.security import replay
+from gridtao.security.auth import Verifier
+from gridtao.security.bounds import DispatchBounds
+from gridtao.security.guard import Guard
+from gridtao.security.replay import ReplayStore, ReplayStoreError
 
 NOW = 1_763_900_000.0
 WINDOW_S = 30.0

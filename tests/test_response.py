@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import pytest
 
 from gridtao.clock import Clock, MonotonicClock, VirtualClock
-from gridtao.config import SimConfig
+from gridtao.config.agent import SimConfig
 from gridtao.control.response import Reached, ResponseMeter, band_mw
 from gridtao.gpu.backend import GpuInfo, GpuTimeout
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
+from gridtao.gpu.sim.nvml import SimNvml
 
 W = 1000
 N = 4

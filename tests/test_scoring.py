@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 import pytest
 
-from bench import product_rules as pr
-from bench import scoring as sc
-from bench import shapes
-from bench.scoring import Trace
+from gridtao.prequal import rules as pr
+from gridtao.prequal import scoring as sc
+from gridtao.prequal import shapes
+from gridtao.prequal.scoring import Trace
 
 CAP = 1000.0
 DT = 0.05  # the bench records at 20 Hz

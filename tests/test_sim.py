@@ -13,8 +13,8 @@ import pynvml
 import pytest
 
 from gridtao.clock import MonotonicClock, VirtualClock
-from gridtao.config import ConfigError, SimConfig
-from gridtao.gpu.sim import SimHandle, SimNvml
+from gridtao.config.agent import ConfigError, SimConfig
+from gridtao.gpu.sim.nvml import SimHandle, SimNvml
 
 H100_TDP_W = 700.0
 

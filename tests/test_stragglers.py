@@ -10,13 +10,13 @@ import threading
 import time
 
 from gridtao.clock import MonotonicClock
-from gridtao.config import ControlConfig, SimConfig
-from gridtao.control.fast import FastLoop
-from gridtao.control.stragglers import Stragglers
+from gridtao.config.agent import ControlConfig, SimConfig
+from gridtao.control.tier1.loop import FastLoop
+from gridtao.control.tier1.stragglers import Stragglers
 from gridtao.gpu.backend import GpuLost
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
-from safety.island import SafetyIsland
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.safety.island import SafetyIsland
 
 
 def test_a_slow_gpu_is_read_off_the_loop_until_it_is_fast_again() -> None:

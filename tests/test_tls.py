@@ -31,16 +31,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pki import Ca, Issued, make_ca
 from waiting import wait_until
 
-from gridtao.agent import Agent, AgentOptions
-from gridtao.cli import main as cli_main
-from gridtao.cli_broker import check_broker
+from gridtao.app.agent import Agent, AgentOptions
+from gridtao.cli.broker import check_broker
+from gridtao.cli.main import main as cli_main
 from gridtao.clock import MonotonicClock
-from gridtao.config import Config, ConfigError, config_from_mapping
+from gridtao.config.agent import Config, ConfigError, config_from_mapping
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
-from gridtao.grid.diagnose import AttemptLog, Diagnosis, PahoTap, _enter
-from gridtao.grid.mqtt import MqttLink, new_event_loop
-from gridtao.grid.tls import read_password, ssl_context
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.transport.diagnose import AttemptLog, Diagnosis, PahoTap, _enter
+from gridtao.transport.mqtt import MqttLink, new_event_loop
+from gridtao.transport.tls import read_password, ssl_context
 
 PREFIX = "gridtao/tls"
 NODE = "node-01"  # also its MQTT user name and its client certificate's CN
@@ -370,7 +370,7 @@ def test_missing_client_certificate_is_named(
 ) -> None:
     """Under TLS 1.3 the broker's refusal arrives as an alert after the handshake: the link must
     still name it (not time out with "Operation timed out"). Under 1.2 the handshake fails."""
-    import gridtao.cli_broker
+    import gridtao.cli.broker
 
     def capped(*args: Any, **kw: Any) -> ssl.SSLContext | None:
         ctx = ssl_context(*args, **kw)
@@ -379,7 +379,7 @@ def test_missing_client_certificate_is_named(
         return ctx
 
     if version == "1.2":
-        monkeypatch.setattr(gridtao.cli_broker, "ssl_context", capped)
+        monkeypatch.setattr(gridtao.cli.broker, "ssl_context", capped)
     with tls_broker(tmp_path, pki, client_certs=True) as broker:
         ok, line = check(config(broker, tls={"ca_file": str(pki.ca.cert_path)}))
     assert not ok
@@ -398,7 +398,7 @@ def test_expired_or_foreign_client_certificate_is_named(
         for cert in (pki.expired_client, foreign):
             cfg = config(broker, tls={"ca_file": str(pki.ca.cert_path),
                                       "cert_file": str(cert.cert), "key_file": str(cert.key)})
-            with caplog.at_level(logging.ERROR, logger="gridtao.grid.tls"):
+            with caplog.at_level(logging.ERROR, logger="gridtao.transport.tls"):
                 ok, line = check(cfg)
             assert not ok
             lines.append(line)
@@ -537,7 +537,7 @@ def test_attempt_log_repeats_a_persistent_error_at_most_every_interval(
 def test_diagnose_other_openssl_messages(text: str, start: str, kind: str) -> None:
     import aiomqtt
 
-    from gridtao.grid.diagnose import diagnose
+    from gridtao.transport.diagnose import diagnose
 
     found = diagnose(aiomqtt.MqttError(text), host="h", port=1, tls=True, username="u")
     assert found.line.startswith(start), found.line

@@ -1,4 +1,4 @@
-"""safety.watchdog: expiry in virtual time, re-arming, and the real checking thread."""
+"""gridtao.safety.watchdog: expiry in virtual time, re-arming, and the real checking thread."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import threading
 import pytest
 
 from gridtao.clock import MonotonicClock, VirtualClock
-from gridtao.config import SimConfig
+from gridtao.config.agent import SimConfig
 from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim import SimNvml
-from safety.island import SafetyIsland
-from safety.watchdog import Watchdog
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.safety.island import SafetyIsland
+from gridtao.safety.watchdog import Watchdog
 
 
 def _counting(clock: VirtualClock, timeout_s: float = 3.0) -> tuple[Watchdog, list[float]]:

@@ -25,9 +25,9 @@ from gridtao.gpu.backend import (
 )
 
 if TYPE_CHECKING:
-    from gridtao.config import GpusConfig
+    from gridtao.config.agent import GpusConfig
     from gridtao.gpu.nvml import NvmlApi, NvmlBackend, check_nvml_distribution
-    from gridtao.gpu.sim import SimNvml
+    from gridtao.gpu.sim.nvml import SimNvml
 
 __all__ = [
     "GpuBackend",
@@ -52,7 +52,7 @@ _LAZY = {
     "NvmlApi": "gridtao.gpu.nvml",
     "NvmlBackend": "gridtao.gpu.nvml",
     "check_nvml_distribution": "gridtao.gpu.nvml",
-    "SimNvml": "gridtao.gpu.sim",
+    "SimNvml": "gridtao.gpu.sim.nvml",
 }
 
 
@@ -78,7 +78,7 @@ def open_backend(
     from gridtao.gpu.nvml import NvmlBackend, check_nvml_distribution
 
     if cfg.backend == "sim":
-        from gridtao.gpu.sim import SimNvml
+        from gridtao.gpu.sim.nvml import SimNvml
 
         sim = SimNvml.from_config(cfg.sim, clock if clock is not None else MonotonicClock())
         return NvmlBackend(sim, dry_run=cfg.dry_run)

@@ -1,5 +1,5 @@
 """The NVML backend: :class:`NvmlBackend` implements ``GpuBackend`` over a pynvml-compatible
-module (the real ``pynvml`` from nvidia-ml-py, or ``gridtao.gpu.sim.SimNvml``).
+module (the real ``pynvml`` from nvidia-ml-py, or ``gridtao.gpu.sim.nvml.SimNvml``).
 
 * Instant power comes from field ``NVML_FI_DEV_POWER_INSTANT`` (186), checking the field's own
   ``nvmlReturn``; a device that does not support it falls back, permanently, to

@@ -1,0 +1,391 @@
+"""The agent: composition root. Builds backend, island, tiers and transport; owns start and stop.
+
+Threads and loops (DESIGN.md):
+- island lane: its own thread, uvloop and broker connection; triggers -> parallel cap writes;
+- tier 1: its own thread at ``control.fast_hz``; reads instant power, re-arms the island;
+- response meter: samples node power after each activation until the target band is reached;
+- watchdog: puts the GPUs in ``safety.safe_state`` if tier 1 stops beating;
+- the controller loop (asyncio on uvloop, the caller's thread; gridtao/controller.py):
+  retained status, counters into metrics, tier 2 (control/tracker.py) every
+  ``tracker.period_s`` with its retained tracker topic;
+  tier 2's commitment is also refreshed on the island lane after every frequency sample.
+
+Stop restores every limit the agent changed to what it found at start, then publishes an
+offline status. The agent never commands a limit outside ``[min, default]``
+(gridtao.safety.envelope).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+
+from gridtao.app.periodic import ControllerLoop
+from gridtao.app.reload import ReloadResult, apply_reload, plan_reload, read_credentials
+from gridtao.clock import Clock, MonotonicClock
+from gridtao.config.agent import Config, ConfigError
+from gridtao.control.response import Reached, ResponseMeter
+from gridtao.control.tier1.loop import FastLoop
+from gridtao.control.tier2.tracker import Tier2
+from gridtao.gpu import open_backend
+from gridtao.gpu.backend import GpuBackend, GpuError, GpuPermissionDenied
+from gridtao.hotpath.intake import Intake, Outgoing
+from gridtao.hotpath.lane import IslandLane
+from gridtao.products.catalog import STEP_RAMP_OUT_SLACK
+from gridtao.products.frequency import level_key
+from gridtao.products.portfolio import Portfolio, ProductMonitor
+from gridtao.records.ledger import Ledger
+from gridtao.safety.island import Activation, SafetyIsland
+from gridtao.safety.watchdog import Watchdog
+from gridtao.security.bounds import CutBasis
+from gridtao.security.guard import Guard
+from gridtao.telemetry.metrics import Metrics, MetricsServer, start_http_server
+from gridtao.transport.mqtt import MqttLink, Will
+from gridtao.wire import messages as wire
+
+log = logging.getLogger("gridtao.app.agent")
+
+# CPython hands the GIL to a waiting thread only after the holder has run this long (default
+# 5 ms). The island's threads wait for the GIL several times on the hot path, so a busy
+# controller thread would add whole switch intervals to every trigger. Measured with
+# bench/latency.py on a 2-core VM (p50/p99 publish->command under load): 5 ms 19/32 ms,
+# 1 ms 9/15 ms, 0.5 ms 6/9 ms, 0.1 ms 5/7 ms; idle latency did not get worse.
+GIL_SWITCH_INTERVAL_S = 1e-4
+
+
+def default_node_id() -> str:
+    """The host name, made safe for one MQTT topic level."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "node"
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """Knobs that are not operator configuration (tests, benches)."""
+
+    connect_timeout_s: float = 10.0
+    busy_load_fraction: float = 0.0  # bench only: keep the controller loop this busy (0..0.95)
+    serve_metrics: bool = True
+
+
+class Agent:
+    """One node's agent. ``start()`` then ``await serve(stop)``; ``close()`` is idempotent."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        backend: GpuBackend | None = None,
+        registry: CollectorRegistry | None = None,
+        options: AgentOptions | None = None,
+    ) -> None:
+        self.config = config
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
+        self.options = options or AgentOptions()
+        # Keys and broker credentials first: a missing or bad key, CA or password file fails
+        # before any GPU is opened, not in a reconnect loop later.
+        verifier, tls_context, password = read_credentials(config)
+        self.node_id = config.mqtt.node_id or default_node_id()
+        self.topics = wire.Topics(config.mqtt.prefix, self.node_id)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        # The standard process_* and python_* series, so the agent's own CPU and memory can be
+        # watched next to the GPUs (bench/overhead.py measures the idle cost).
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.backend: GpuBackend = (
+            backend if backend is not None else open_backend(config.gpus, clock=self.clock)
+        )
+        self.gpu_indices = [d.index for d in self.backend.devices()]
+        self.gpu_limits = [self.backend.power_limits(i) for i in self.gpu_indices]
+        # What we found: restored on stop, whatever the events did in between. After a crash
+        # the journal knows better: what the first run found (gridtao/ledger.py).
+        self.initial_limits_mw = [self.backend.enforced_limit_mw(i) for i in self.gpu_indices]
+        try:
+            self.ledger = Ledger(
+                config, clock=self.clock, node_id=self.node_id,
+                uuids=[d.uuid for d in self.backend.devices()],
+                default_mw=[lim.default_mw for lim in self.gpu_limits],
+                found_mw=self.initial_limits_mw,
+            )
+        except BaseException:
+            if backend is None:
+                self.backend.close()
+            raise
+        self._found_mw = list(self.initial_limits_mw)
+        self._min_hold_s = {level_key(t): t.min_hold_s for t in config.safety.triggers}
+        self.initial_limits_mw = list(self.ledger.initial_limits_mw)
+        self._touched = False  # limits may have been written: restore them at stop
+        safety = config.safety
+        self.island = SafetyIsland(
+            self.backend,
+            clock=self.clock,
+            release_rate_per_s=safety.release_rate_per_s,
+            max_event_s=safety.max_event_s,
+            resting_mw=self.initial_limits_mw,
+        )
+        self.watchdog = Watchdog(
+            safety.watchdog_timeout_s, clock=self.clock, on_expire=self._watchdog_expired
+        )
+        self.fast = FastLoop(
+            self.backend,
+            self.island,
+            clock=self.clock,
+            config=config.control,
+            metrics=self.metrics,
+            heartbeat=self.watchdog.heartbeat,
+            rearm_period_s=safety.rearm_period_s,
+        )
+        self.meter = ResponseMeter(
+            self.backend,
+            clock=self.clock,
+            on_reached=self._reached,
+            band_fraction=config.control.band_fraction,
+        )
+        self.cut_basis = CutBasis(self.island.view, lambda: self.fast.draw_mw)
+        self.guard = Guard.from_config(
+            config,
+            node_id=self.node_id,
+            default_total_mw=float(self.island.envelope.default_total_mw),
+            draw_total_mw=self.cut_basis,
+            wall=self.clock.wall,
+            registry=self.registry,
+            verifier=verifier,
+        )
+        # Tier 2 and the enrolled products (control/tracker.py, grid/portfolio.py): the monitor
+        # fires step products on the island lane and refreshes tier 2's commitment there.
+        self.portfolio = Portfolio(
+            config.products, ramp_out_per_s=safety.release_rate_per_s * STEP_RAMP_OUT_SLACK)
+        self.tier2 = Tier2(self.island, self.portfolio, facility=config.facility,
+                           config=config.tracker, clock=self.clock)
+        self.monitor = ProductMonitor(safety.triggers, self.portfolio,
+                                      on_change=self.tier2.update)
+        self.intake = Intake(
+            self.island,
+            self.topics,
+            clock=self.clock,
+            monitor=self.monitor,
+            dr=self.monitor,
+            max_payload_bytes=config.mqtt.max_payload_bytes,
+            metrics=self.metrics,
+            on_activation=self._activated,
+            guard=self.guard,
+            on_decision=self.ledger.decision if self.ledger.active else None,
+        )
+        m = config.mqtt
+        pid = os.getpid()
+
+        def link(role: str, **extra: Any) -> MqttLink:
+            # Both connections share every transport setting; only identity and role differ.
+            return MqttLink(
+                host=m.host, port=m.port, client_id=f"gridtao-{self.node_id}-{role}-{pid}",
+                keepalive_s=m.keepalive_s, reconnect_min_s=m.reconnect_min_s,
+                reconnect_max_s=m.reconnect_max_s, tls=tls_context, username=m.username,
+                password=password, error_log_interval_s=m.error_log_interval_s,
+                clock=self.clock, **extra,
+            )
+
+        self.lane = IslandLane(
+            link("island", subscriptions=[(self.topics.frequency, 0), (self.topics.dispatch, 1)]),
+            self.intake,
+        )
+        self.status_link = link(
+            "ctl",
+            will=Will(self.topics.status, wire.offline_payload(self.node_id), qos=1, retain=True),
+        )
+        self._fast_stop = threading.Event()
+        self._fast_thread: threading.Thread | None = None
+        self._metrics_server: MetricsServer | None = None
+        self._started = False
+        self._closed = False
+        self._quiesced = False
+        self._quiesce_lock = threading.Lock()
+        self.controller = ControllerLoop(self)
+
+    def reload(self, load: Callable[[], Config]) -> ReloadResult:
+        """Apply the configuration ``load()`` reads again: new signing keys and broker
+        credentials (gridtao/reload.py). A bad file raises ConfigError and changes nothing;
+        either way the outcome is counted and goes to the audit trail."""
+        try:
+            plan = plan_reload(self.config, load(), current=self.guard.verifier)
+        except ConfigError as e:
+            self.metrics.count_reload("refused")
+            self.ledger.record("reload_refused", {"reason": str(e)})
+            raise
+        result = apply_reload(plan, guard=self.guard, links=(self.lane.link, self.status_link))
+        self.config = plan.config
+        self.metrics.count_reload("applied")
+        self.ledger.record("reload", result.fields())
+        return result
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bring up everything but the controller loop. Raises GpuError / OSError on failure
+        (after undoing what was started)."""
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        try:
+            self.ledger.start({"gpus": [
+                {"index": d.index, "uuid": d.uuid, "name": d.name, "min_mw": lim.min_mw,
+                 "default_mw": lim.default_mw, "max_mw": lim.max_mw, "found_mw": found}
+                for d, lim, found in zip(self.backend.devices(), self.gpu_limits,
+                                         self._found_mw, strict=True)
+            ], "config": self.config.source})
+            self._check_write_permission()
+            self.guard.open()
+            self._touched = True
+            self.island.start()
+            for trig in self.config.safety.triggers:
+                self.island.arm(level_key(trig), 1.0 - trig.reduction_fraction)
+            self.fast.step()  # first draw reading and armed caps before any trigger can land
+            self.ledger.recover(self.island, self.intake,
+                                ramp_s=1.0 / self.config.safety.release_rate_per_s)
+            self.island.rearm()
+            self.tier2.start(sum(self.fast.draw_mw) / 1000.0)
+            self.meter.start()
+            self.watchdog.start()
+            self._fast_thread = self.fast.start_thread(self._fast_stop)
+            if self.options.serve_metrics and self.config.metrics.enabled:
+                mc = self.config.metrics
+                self._metrics_server = start_http_server(self.metrics, mc.host, mc.port)
+            connected = self.lane.start(connect_timeout_s=self.options.connect_timeout_s)
+            if not connected:
+                log.warning("broker %s:%d not reachable yet; retrying in the background",
+                            self.config.mqtt.host, self.config.mqtt.port)
+            self._started = True
+        except BaseException:
+            self.close()
+            raise
+        log.info("agent %s up: %d GPUs, prefix %s", self.node_id, len(self.gpu_indices),
+                 self.config.mqtt.prefix)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run the controller loop until ``stop`` is set: status, metrics, optional bench load."""
+        tasks = [asyncio.create_task(self.status_link.run(), name="status-link")]
+        tasks += [asyncio.create_task(c) for c in self.controller.tasks()]
+        try:
+            await stop.wait()
+            # Quiesce first (no trigger can land, limits restored), then say offline: a node
+            # that has announced it is offline must not ack anything after.
+            await asyncio.get_running_loop().run_in_executor(None, self.quiesce)
+            self.controller.publish_status(online=False)
+            await self.status_link.flush(2.0)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        """Stop every thread, restore the limits found at start, release the driver."""
+        if self._closed:
+            return
+        self._closed = True
+        self.quiesce()
+        self.island.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        self.backend.close()
+        log.info("agent %s stopped", self.node_id)
+
+    def quiesce(self) -> None:
+        """Stop taking triggers and controlling, then restore the limits found at start.
+        Idempotent; thread-safe against a concurrent :meth:`close`."""
+        with self._quiesce_lock:
+            if self._quiesced:
+                return
+            self._quiesced = True
+            # The meter first: its last reached ack goes out with the lane's final flush, and
+            # no ack is handed to the lane after its loop has closed.
+            self.meter.close()
+            self.lane.stop()
+            self.guard.close()
+            self._fast_stop.set()
+            if self._fast_thread is not None:
+                self._fast_thread.join(timeout=2.0)
+            self.watchdog.close()
+            if not self._touched:  # start failed before any write: nothing to undo
+                self.ledger.close(restore_failed=0, limits_mw=())
+                return
+            failed = self.restore_initial_limits()
+            if failed:
+                log.error("agent %s: %d GPU limit(s) could not be restored", self.node_id, failed)
+            else:
+                log.info("agent %s: limits restored to their values at start", self.node_id)
+            self.ledger.close(restore_failed=failed, limits_mw=self.initial_limits_mw)
+
+    def _check_write_permission(self) -> None:
+        """Write each GPU's current limit back (a no-op for the device): a node that cannot
+        set limits must not accept dispatches it cannot honour. Other errors leave that GPU to
+        the island's fault handling."""
+        if getattr(self.backend, "dry_run", False):
+            return
+        for i in self.gpu_indices:
+            try:
+                self.backend.set_limit_mw(i, self.backend.enforced_limit_mw(i))
+            except GpuPermissionDenied as e:
+                raise GpuPermissionDenied(
+                    f"{e}: setting GPU power limits needs root or CAP_SYS_ADMIN"
+                    " (or run with --dry-run to observe only)", index=i,
+                ) from None
+            except GpuError as e:
+                self.metrics.count_gpu_error(i, type(e).__name__)
+                log.error("GPU %d: cannot set its limit at start: %s", i, e)
+
+    def restore_initial_limits(self) -> int:
+        """Write back, GPU by GPU, the limit found at start (clamped into [min, max]).
+        Returns how many GPUs could not be restored."""
+        failed = 0
+        for i, lim, initial in zip(self.gpu_indices, self.gpu_limits, self.initial_limits_mw,
+                                   strict=True):
+            target = min(max(initial, lim.min_mw), lim.max_mw)
+            try:
+                self.backend.set_limit_mw(i, target)
+            except GpuError as e:
+                failed += 1
+                log.error("GPU %d: could not restore %d W: %s", i, target // 1000, e)
+        return failed
+
+    # ---- callbacks from other threads -----------------------------------------------------
+
+    def _activated(self, act: Activation) -> None:
+        self.cut_basis.activated(act)
+        self.meter.watch(act.event_id, baseline_mw=act.baseline_mw, target_mw=act.target_mw)
+        if self.ledger.journal is not None:
+            if act.kind == "frequency":
+                hold_s = self._min_hold_s.get(act.level or "", 0.0)
+                hold_until: float | None = act.commanded_wall + hold_s
+            else:
+                hold_until = self.intake.deadline_wall(act.event_id)
+            self.ledger.activated(act, basis_mw=self.fast.draw_mw, hold_until_wall=hold_until)
+
+    def _reached(self, reached: Reached) -> None:
+        # Meter thread -> lane loop: the intake's state is only touched on the lane's loop.
+        def ack() -> list[Outgoing]:
+            out = self.intake.reached_ack(reached.event_id, reached.reached_wall)
+            return [out] if out is not None else []
+
+        self.lane.call(ack)
+        ev = self.intake.activation_time(reached.event_id)
+        if ev is not None:
+            self.metrics.observe_trigger_to_target(reached.reached_at - ev)
+        self.ledger.record("target_reached", {
+            "event": reached.event_id, "reached_at": reached.reached_wall,
+            "node_power_mw": reached.node_power_mw, "target_mw": reached.target_mw,
+        })
+
+    def _watchdog_expired(self) -> None:
+        mode = self.config.safety.safe_state
+        log.error("controller heartbeat lost for %.1f s: entering safe state %r",
+                  self.config.safety.watchdog_timeout_s, mode)
+        self.island.enter_safe_state(mode)
+        self.ledger.safe_state(mode)

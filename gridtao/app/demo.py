@@ -1,0 +1,192 @@
+"""`gridtao demo`: the whole product on one machine in about half a minute.
+
+Starts Mosquitto on a free loopback port, an agent on 8 simulated H100s (real time), then acts as
+the grid: publishes a frequency dip to 49.45 Hz (crossing the armed FFR levels one by one) and,
+once that event has ramped out, a ``shed`` dispatch. It listens like any wire-contract-v1 client
+(acks and status), prints a timeline and a latency summary, and writes a PNG of node power
+against target and frequency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gridtao.app.agent import Agent, AgentOptions
+from gridtao.clock import MonotonicClock
+from gridtao.config.agent import Config
+from gridtao.gpu.nvml import NvmlBackend
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.transport.localbroker import MosquittoBroker, Publisher, Subscriber, publish
+from gridtao.wire.messages import Topics
+
+log = logging.getLogger("gridtao.app.demo")
+
+
+@dataclass
+class Sample:
+    t_s: float
+    node_w: float
+    target_w: float | None
+    hz: float | None
+
+
+class Recorder:
+    """Samples measured node power (through NVML, as an operator would) and the target."""
+
+    def __init__(self, agent: Agent, period_s: float = 0.01) -> None:
+        self._agent = agent
+        self._period_s = period_s
+        self.samples: list[Sample] = []
+        self.hz: float | None = 50.0
+        self._stop = threading.Event()
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="demo-recorder", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        backend = self._agent.backend
+        indices = [d.index for d in backend.devices()]
+        while not self._stop.wait(self._period_s):
+            node_mw = sum(backend.instant_power_mw(i) for i in indices)
+            target = self._agent.island.view().target_mw
+            self.samples.append(Sample(time.monotonic() - self._t0, node_mw / 1000.0,
+                                       None if target is None else target / 1000.0, self.hz))
+
+
+def _frequency_profile(t_s: float) -> float:
+    """50 Hz, a fall at 0.25 Hz/s (a large trip) to 49.45 Hz, held 3 s, recovery at 0.2 Hz/s."""
+    fall_start, nadir_hz, hold_s = 1.0, 49.45, 3.0
+    fall_s = (50.0 - nadir_hz) / 0.25
+    if t_s < fall_start:
+        return 50.0
+    if t_s < fall_start + fall_s:
+        return 50.0 - 0.25 * (t_s - fall_start)
+    if t_s < fall_start + fall_s + hold_s:
+        return nadir_hz
+    return min(50.0, nadir_hz + 0.2 * (t_s - fall_start - fall_s - hold_s))
+
+
+def run_demo(config: Config, *, out_dir: Path, duration_scale: float = 1.0) -> int:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gridtao-demo-") as tmp, \
+            MosquittoBroker(Path(tmp)) as broker:
+        cfg = dataclasses.replace(
+            config,
+            mqtt=dataclasses.replace(config.mqtt, port=broker.port, node_id="demo-node"),
+            metrics=dataclasses.replace(config.metrics, port=0),
+            gpus=dataclasses.replace(config.gpus, backend="sim"),
+        )
+        clock = MonotonicClock()
+        sim = SimNvml.from_config(cfg.gpus.sim, clock)
+        agent = Agent(cfg, clock=clock, backend=NvmlBackend(sim),
+                      options=AgentOptions(serve_metrics=False))
+        return _drive(agent, broker, out_dir, duration_scale)
+
+
+def _drive(agent: Agent, broker: MosquittoBroker, out_dir: Path, scale: float) -> int:
+    topics: Topics = agent.topics
+    stop = asyncio.Event()
+    loop_thread = _ControllerThread(agent, stop)
+    recorder = Recorder(agent)
+    acks: list[dict[str, object]] = []
+    try:
+        with Subscriber(broker.host, broker.port, topics.ack) as ack_sub:
+            agent.start()
+            loop_thread.start()
+            recorder.start()
+            t0 = time.monotonic()
+            print(f"gridtao demo: broker 127.0.0.1:{broker.port}, node {agent.node_id}, "
+                  f"{len(agent.backend.devices())} simulated GPUs")
+            _sleep_until(t0, 1.0)
+            baseline = recorder.samples[-1].node_w if recorder.samples else float("nan")
+            print(f"[{time.monotonic() - t0:6.2f} s] steady draw {baseline:.0f} W; "
+                  "frequency dip to 49.45 Hz begins")
+            # Frequency from a meter at 10 Hz, following the profile, over one connection.
+            t_f = 0.0
+            with Publisher(broker.host, broker.port) as meter:
+                while t_f < 12.0 * scale:
+                    hz = _frequency_profile(t_f / scale)
+                    recorder.hz = hz
+                    meter.send(topics.frequency,
+                               json.dumps({"t": time.time(), "hz": round(hz, 3)}).encode(), qos=0)
+                    t_f += 0.1
+                    _sleep_until(t0, 1.0 + t_f)
+            _wait_idle(agent, timeout_s=15.0)
+            # Let the draw climb back (cap-up is slow) so the shed is cut from the natural draw.
+            time.sleep(2.0)
+            print(f"[{time.monotonic() - t0:6.2f} s] frequency event over; "
+                  "dispatching shed 25 % for 4 s")
+            shed = {"id": "demo-shed-1", "kind": "shed", "fraction": 0.25,
+                    "duration_s": 4.0 * scale, "issued_at": time.time()}
+            publish(broker.host, broker.port, topics.dispatch, json.dumps(shed).encode(), qos=1)
+            time.sleep(0.5)
+            _wait_idle(agent, timeout_s=20.0)
+            time.sleep(0.5)
+            acks = [json.loads(m.payload) for m in list(ack_sub.messages)]
+    finally:
+        # On any failure too: the agent restores the limits it found and goes offline.
+        recorder.stop()
+        loop_thread.join()
+        agent.close()
+    from gridtao.telemetry.report import plot_timeline, summarise_acks
+
+    print(summarise_acks(acks))
+    png = out_dir / "demo.png"
+    plot_timeline(recorder.samples, png, title="gridtao demo: 8 simulated H100 SXM")
+    print(f"plot: {png}")
+    print("all limits restored to their values at start; agent offline")
+    return 0
+
+
+class _ControllerThread(threading.Thread):
+    """The agent's controller loop (status, metrics) on uvloop in a thread of its own."""
+
+    def __init__(self, agent: Agent, stop: asyncio.Event) -> None:
+        super().__init__(name="demo-controller", daemon=True)
+        self._agent = agent
+        self._stop_event = stop
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def run(self) -> None:
+        from gridtao.transport.mqtt import new_event_loop
+
+        self._loop = new_event_loop()
+        self._loop.run_until_complete(self._agent.serve(self._stop_event))
+        self._loop.close()
+
+    def join(self, timeout: float | None = 5.0) -> None:
+        if self.ident is None:  # never started (the agent failed to start)
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+        super().join(timeout)
+
+
+def _sleep_until(t0: float, at_s: float) -> None:
+    delay = t0 + at_s - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _wait_idle(agent: Agent, *, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if agent.island.view().event_id is None:
+            return
+        time.sleep(0.05)
+    log.warning("event still active after %.0f s", timeout_s)

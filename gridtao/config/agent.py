@@ -1,0 +1,406 @@
+"""Configuration: YAML into frozen, typed dataclasses.
+
+Every error names the file, the key path and the reason, and is raised as :class:`ConfigError`
+(the CLI prints its message and exits with status 2). Keys are validated against the dataclass
+fields: unknown keys, wrong types and out-of-range values are all rejected before anything starts.
+Ranges live next to each field in ``metadata`` so the schema is the single source of truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from gridtao.config.grid import FacilityConfig as FacilityConfig
+from gridtao.config.grid import GpuPriority as GpuPriority
+from gridtao.config.grid import ProductConfig as ProductConfig
+from gridtao.config.grid import ProductKind as ProductKind
+from gridtao.config.grid import TrackerConfig as TrackerConfig
+from gridtao.config.schema import ConfigError as ConfigError
+from gridtao.config.schema import build, fail, rng
+
+ENV_VAR = "GRIDTAO_CONFIG"
+
+
+@dataclass(frozen=True)
+class SimFault:
+    """A fault the simulated GPUs show from the start (``SimNvml.inject_fault``): ``kind`` on GPU
+    ``gpu`` (None: every GPU), ``delay_s`` per call for ``slow``, for ``calls`` affected calls
+    (None: until cleared). For tests and drills of the agent's error paths."""
+
+    kind: Literal["lost", "no_permission", "not_supported", "slow"]
+    gpu: int | None = field(default=None, metadata=rng(0, 63))
+    delay_s: float = field(default=0.5, metadata=rng(0, 3600))
+    calls: int | None = field(default=None, metadata=rng(1, None))
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Simulated GPUs (see gridtao/gpu/sim.py). Times in milliseconds, power in watts."""
+
+    count: int = field(default=8, metadata=rng(1, 64))
+    profile: Literal["h100-sxm", "a100-sxm", "v100-sxm2"] = "h100-sxm"
+    workload: Literal["training", "inference", "idle", "trace"] = "training"
+    trace_csv: str | None = None
+    cap_down_ms: float = field(default=20.0, metadata=rng(0.1, 60_000))
+    cap_up_ms: float = field(default=250.0, metadata=rng(0.1, 60_000))
+    refresh_ms: float = field(default=20.0, metadata=rng(1, 1000))
+    noise_w: float = field(default=3.0, metadata=rng(0, 100))
+    set_latency_ms: float = field(default=0.2, metadata=rng(0, 10_000))
+    read_latency_ms: float = field(default=0.02, metadata=rng(0, 10_000))
+    seed: int = 0
+    faults: tuple[SimFault, ...] = ()
+
+
+@dataclass(frozen=True)
+class GpusConfig:
+    backend: Literal["sim", "nvml"] = "sim"
+    dry_run: bool = False
+    sim: SimConfig = field(default_factory=SimConfig)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS to the broker (gridtao/grid/tls.py, docs/security.md). Relative paths are taken from
+    the config file's folder.
+
+    The broker's certificate is always verified against ``ca_file`` (default: the system's CA
+    store) and must name ``server_hostname`` (default: ``mqtt.host``; an IP address is matched
+    against the certificate's IP SANs); there is deliberately no switch to skip either check.
+    ``cert_file``/``key_file``: a client certificate (PEM; the key unencrypted, mode 0600) for
+    brokers that require one; ``key_file`` may be omitted when ``cert_file`` holds both.
+    ``min_version``: the oldest TLS version accepted ("1.2" or "1.3").
+    """
+
+    enabled: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_hostname: str | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """The broker connection. ``username`` with ``password_file``: MQTT password
+    authentication; the password is the file's first line (never inline in this file) and the
+    file must not be readable by other users. ``error_log_interval_s``: while the broker keeps
+    refusing the credentials or the TLS handshake, the error is logged once, then at most this
+    often (retries go on with backoff: the broker may be fixed)."""
+
+    host: str = "127.0.0.1"
+    port: int = field(default=1883, metadata=rng(1, 65535))
+    prefix: str = "gridtao/demo"
+    node_id: str | None = None
+    keepalive_s: int = field(default=10, metadata=rng(2, 3600))
+    reconnect_min_s: float = field(default=0.1, metadata=rng(0.01, 60))
+    reconnect_max_s: float = field(default=5.0, metadata=rng(0.1, 600))
+    max_payload_bytes: int = field(default=4096, metadata=rng(64, 1_048_576))
+    status_period_s: float = field(default=1.0, metadata=rng(0.05, 3600))
+    username: str | None = None
+    password_file: str | None = None
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    error_log_interval_s: float = field(default=60.0, metadata=rng(1, 86_400))
+
+
+@dataclass(frozen=True)
+class FrequencyTrigger:
+    """Arm a cut when grid frequency falls to ``hz`` or below.
+
+    ``reduction_fraction`` of the node's IT draw just before the trigger is shed; the cut is held
+    at least ``min_hold_s`` and until frequency has stayed above ``hz + hysteresis_hz`` for
+    ``recovery_s``; then it ramps out at the island's release rate.
+    """
+
+    hz: float = field(default=49.7, metadata=rng(45.0, 65.0))
+    reduction_fraction: float = field(default=0.3, metadata=rng(0.0, 1.0))
+    min_hold_s: float = field(default=5.0, metadata=rng(0, 86_400))
+    recovery_s: float = field(default=1.0, metadata=rng(0, 86_400))
+    hysteresis_hz: float = field(default=0.02, metadata=rng(0, 1))
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    triggers: tuple[FrequencyTrigger, ...] = (
+        FrequencyTrigger(hz=49.7, reduction_fraction=0.1),
+        FrequencyTrigger(hz=49.6, reduction_fraction=0.2),
+        FrequencyTrigger(hz=49.5, reduction_fraction=0.3),
+    )
+    release_rate_per_s: float = field(default=0.2, metadata=rng(0.001, 100))
+    rearm_period_s: float = field(default=0.5, metadata=rng(0.01, 1.0))
+    watchdog_timeout_s: float = field(default=3.0, metadata=rng(0.05, 3600))
+    safe_state: Literal["default", "hold", "minimum"] = "default"
+    max_event_s: float = field(default=3600.0, metadata=rng(1, 86_400 * 7))
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    fast_hz: float = field(default=100.0, metadata=rng(1, 1000))
+    band_fraction: float = field(default=0.05, metadata=rng(0.001, 0.5))
+    headroom_w: float = field(default=15.0, metadata=rng(0, 200))
+    integral_gain: float = field(default=0.3, metadata=rng(0, 10))
+    max_raise_w_per_s: float = field(default=2000.0, metadata=rng(1, 100_000))
+    # Caps are cut from each GPU's draw smoothed over this time constant (0: the instant
+    # reading): training swings by hundreds of watts within a second, and a cut computed from
+    # one 10 ms reading taken in a dip (or a peak) misses its target by as much.
+    basis_tau_s: float = field(default=0.5, metadata=rng(0, 60))
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = field(default=9108, metadata=rng(0, 65535))
+
+
+@dataclass(frozen=True)
+class AuthKey:
+    """A sender's key: ``kid`` names it on the wire; ``file`` holds it (never the secret inline).
+
+    ``file`` is an Ed25519 public key (PEM or raw base64) for ``auth.mode: ed25519``, or an
+    HMAC secret (base64, at least 32 bytes) for ``auth.mode: hmac``. A relative path is taken
+    from the config file's folder. ``topics`` are the topics this key may sign for.
+    """
+
+    kid: str
+    file: str
+    topics: tuple[Literal["dispatch", "frequency"], ...] = ("dispatch", "frequency")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Signed dispatch and frequency messages (docs/security.md). Times in seconds.
+
+    With ``mode`` other than ``none``, every dispatch must carry ``sig`` and ``kid`` and an
+    ``issued_at`` no older than ``freshness_s`` nor more than ``max_future_s`` ahead; its id is
+    remembered in ``replay_store`` (default: ``$XDG_STATE_HOME/gridtao/replay-<node>.jsonl``,
+    else ``~/.local/state/gridtao/...``) for ``freshness_s``, so a replay is refused across
+    restarts. Signed frequency samples must have ``t`` within ``frequency_freshness_s`` and
+    increasing per key; unsigned ones are refused when ``require_signed_frequency`` is true.
+    """
+
+    mode: Literal["none", "hmac", "ed25519"] = "none"
+    keys: tuple[AuthKey, ...] = ()
+    freshness_s: float = field(default=30.0, metadata=rng(0.1, 86_400))
+    frequency_freshness_s: float = field(default=2.0, metadata=rng(0.05, 3600))
+    max_future_s: float = field(default=2.0, metadata=rng(0, 3600))
+    replay_store: str | None = None
+    replay_max_entries: int = field(default=100_000, metadata=rng(10, 10_000_000))
+    require_signed_frequency: bool = True
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Bounds on what remote messages may do to the node (docs/security.md).
+
+    Rates are token buckets per topic (messages/s, burst in messages); over the rate, a dispatch
+    is refused with an ack and a frequency sample is dropped (both counted). A dispatched cut is
+    refused if its shed ``fraction`` exceeds ``max_reduction_fraction``, its ``node_w`` is below
+    ``min_node_fraction`` of the GPUs' summed default limits (a shed that would cross that floor
+    at the current draw is reduced to stop at it), its ``duration_s`` exceeds
+    ``max_event_duration_s``, it comes sooner than ``min_event_interval_s`` after the last
+    accepted cut, or ``max_events_in_flight`` events are already active. Releases are exempt
+    from all but the rate.
+    """
+
+    dispatch_rate_per_s: float = field(default=5.0, metadata=rng(0.001, 10_000))
+    dispatch_burst: int = field(default=20, metadata=rng(1, 100_000))
+    frequency_rate_per_s: float = field(default=60.0, metadata=rng(0.001, 100_000))
+    frequency_burst: int = field(default=120, metadata=rng(1, 1_000_000))
+    max_events_in_flight: int = field(default=4, metadata=rng(1, 1000))
+    max_reduction_fraction: float = field(default=0.8, metadata=rng(0.0, 1.0))
+    min_node_fraction: float = field(default=0.3, metadata=rng(0.0, 1.0))
+    min_event_interval_s: float = field(default=1.0, metadata=rng(0, 86_400))
+    max_event_duration_s: float = field(default=3600.0, metadata=rng(0.1, 86_400 * 7))
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The append-only, hash-chained audit trail (gridtao/telemetry/audit.py, docs/audit.md).
+
+    ``fsync``: ``always`` (every record on disk before the next), ``interval`` (at most
+    ``fsync_interval_s`` of records lost on power loss), ``never`` (the OS decides). The file is
+    rotated before it would exceed ``rotate_bytes``; ``keep_files`` rotated files are kept
+    (0: all). ``queue_size`` records may wait for the writer; beyond that they are dropped and a
+    ``gap`` record says how many. A relative ``path`` is taken from the working directory.
+    """
+
+    enabled: bool = False
+    path: str = "gridtao-audit.jsonl"
+    fsync: Literal["always", "interval", "never"] = "interval"
+    fsync_interval_s: float = field(default=1.0, metadata=rng(0.01, 3600))
+    rotate_bytes: int = field(default=64 * 1024 * 1024, metadata=rng(4096, 1 << 40))
+    keep_files: int = field(default=0, metadata=rng(0, 1_000_000))
+    queue_size: int = field(default=10_000, metadata=rng(16, 10_000_000))
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    """Crash-recovery state journal (gridtao/journal.py, docs/audit.md). Times in seconds.
+
+    The agent keeps in ``path`` (written atomically, fsynced) the limits it found at its first
+    start and the events it is holding. After a crash, the next start restores a journaled event
+    for what is left of its duration, but GPUs never stay capped longer than
+    ``max_capped_after_crash_s`` after the crash (the journal's last heartbeat, rewritten every
+    ``heartbeat_s``): past that, the limits are restored at once. A clean stop restores the limits
+    the first run found and removes the journal.
+    """
+
+    enabled: bool = False
+    path: str = "gridtao-journal.json"
+    max_capped_after_crash_s: float = field(default=300.0, metadata=rng(0, 7 * 86_400))
+    heartbeat_s: float = field(default=1.0, metadata=rng(0.05, 3600))
+
+
+@dataclass(frozen=True)
+class Config:
+    gpus: GpusConfig = field(default_factory=GpusConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    products: tuple[ProductConfig, ...] = ()
+    facility: FacilityConfig = field(default_factory=FacilityConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load ``path``, else ``$GRIDTAO_CONFIG``, else built-in defaults.
+
+    Raises :class:`ConfigError` naming the file, key path and reason.
+    """
+    if path is None:
+        path = os.environ.get(ENV_VAR) or None
+    if path is None:
+        return Config()
+    file = Path(path)
+    where = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        pos = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}{pos}: invalid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    return config_from_mapping(data, source=where)
+
+
+def config_from_mapping(data: object, *, source: str = "<mapping>") -> Config:
+    """Validate a parsed mapping (e.g. from YAML) into a :class:`Config`."""
+    cfg = build(Config, data, source, "")
+    _check_consistency(cfg, source)
+    return dataclasses.replace(cfg, source=source)
+
+
+def _check_consistency(cfg: Config, source: str) -> None:
+    """Rules that span several keys."""
+    if cfg.mqtt.reconnect_min_s > cfg.mqtt.reconnect_max_s:
+        fail(source, "mqtt.reconnect_min_s", "must be <= mqtt.reconnect_max_s")
+    levels = [t.hz for t in cfg.safety.triggers]
+    if len(set(levels)) != len(levels):
+        fail(source, "safety.triggers", "two triggers share the same hz level")
+    if cfg.gpus.sim.workload == "trace" and cfg.gpus.sim.trace_csv is None:
+        fail(source, "gpus.sim.trace_csv", "required when gpus.sim.workload is 'trace'")
+    for k, fault in enumerate(cfg.gpus.sim.faults):
+        if fault.gpu is not None and fault.gpu >= cfg.gpus.sim.count:
+            fail(source, f"gpus.sim.faults[{k}].gpu", f"no GPU {fault.gpu} (count is "
+                  f"{cfg.gpus.sim.count})")
+    if cfg.audit.enabled and cfg.journal.enabled and cfg.audit.path == cfg.journal.path:
+        fail(source, "journal.path", "must differ from audit.path")
+    for part in ("+", "#"):
+        if part in cfg.mqtt.prefix:
+            fail(source, "mqtt.prefix", f"MQTT topics must not contain the wildcard {part!r}")
+    node = cfg.mqtt.node_id
+    if node is not None and any(ch in node for ch in "+#/"):
+        fail(source, "mqtt.node_id", "must be one MQTT topic level: no '+', '#' or '/'")
+    _check_security(cfg, source)
+    _check_transport(cfg.mqtt, source)
+    _check_products(cfg, source)
+
+
+def _check_transport(m: MqttConfig, source: str) -> None:
+    """Credential keys that only make sense together (files are checked when the agent starts:
+    gridtao/grid/tls.py)."""
+    if m.password_file is not None and m.username is None:
+        fail(source, "mqtt.username", "required when mqtt.password_file is set")
+    if m.username is not None and not m.username.isprintable():
+        fail(source, "mqtt.username", "must be printable (one line, no control characters)")
+    tls = m.tls
+    if not tls.enabled:
+        for name in ("ca_file", "cert_file", "key_file", "server_hostname"):
+            if getattr(tls, name) is not None:
+                fail(source, f"mqtt.tls.{name}", "set but mqtt.tls.enabled is false: enable TLS "
+                      "or remove the key")
+    if tls.key_file is not None and tls.cert_file is None:
+        fail(source, "mqtt.tls.cert_file", "required when mqtt.tls.key_file is set")
+
+
+def _check_security(cfg: Config, source: str) -> None:
+    auth = cfg.auth
+    if auth.mode != "none" and not auth.keys:
+        fail(source, "auth.keys", f"at least one key is required when auth.mode is {auth.mode!r}")
+    seen: set[str] = set()
+    for k, key in enumerate(auth.keys):
+        if key.kid in seen:
+            fail(source, f"auth.keys[{k}].kid", f"duplicate key id {key.kid!r}")
+        seen.add(key.kid)
+        if not key.kid.isprintable() or len(key.kid) > 64:
+            fail(source, f"auth.keys[{k}].kid", "must be printable and at most 64 characters")
+        if not key.topics:
+            fail(source, f"auth.keys[{k}].topics", "must name at least one topic")
+    cap = cfg.limits.max_reduction_fraction
+    for k, trig in enumerate(cfg.safety.triggers):
+        if trig.reduction_fraction > cap:
+            fail(source, f"safety.triggers[{k}].reduction_fraction",
+                  f"{trig.reduction_fraction:g} exceeds limits.max_reduction_fraction {cap:g}")
+
+
+_FREQUENCY_KINDS = ("ffr", "fcr-d-up", "fcr-d-up-static", "fcr-n", "ercot-ffr")
+
+
+def _check_products(cfg: Config, source: str) -> None:
+    names: set[str] = set()
+    kinds = [p.kind for p in cfg.products]
+    for k, prod in enumerate(cfg.products):
+        key = f"products[{k}]"
+        name = prod.name or prod.kind
+        if name in names:
+            fail(source, f"{key}.name", f"two products are named {name!r}; give each a name")
+        names.add(name)
+        if not name.isprintable() or any(ch in name for ch in "+#/ "):
+            fail(source, f"{key}.name", "must be printable, without spaces, '+', '#' or '/'")
+        if prod.kind == "ffr" and prod.support == "short" and cfg.safety.release_rate_per_s > 0.2:
+            fail(source, "safety.release_rate_per_s", "short-support FFR ramps out at most "
+                  f"20 %/s of its capacity; got {cfg.safety.release_rate_per_s:g}/s")
+        if prod.baseline_w is not None and prod.kind != "fcr-n":
+            fail(source, f"{key}.baseline_w", "only fcr-n runs at a baseline")
+    if kinds.count("dr") > 1:
+        fail(source, "products", "enrol demand response (kind dr) at most once")
+    if kinds.count("fcr-n") > 1:
+        fail(source, "products", "enrol fcr-n at most once (it sets the node's baseline)")
+    if cfg.safety.triggers and any(k in _FREQUENCY_KINDS for k in kinds):
+        fail(source, "safety.triggers", "frequency products and raw safety.triggers would both "
+              "cut on the same dips; set safety.triggers: [] when enrolling products")
+    for k, prio in enumerate(cfg.tracker.priorities):
+        if prio.priority == "flexible" and prio.floor_w > 0:
+            fail(source, f"tracker.priorities[{k}].floor_w", "only critical GPUs have a floor")
+        if not prio.gpus or any(g < 0 for g in prio.gpus):
+            fail(source, f"tracker.priorities[{k}].gpus", "list one or more GPU indices >= 0")

@@ -1,0 +1,373 @@
+"""Tier 1: the ~100 Hz loop that makes measured node power track the safety island's target.
+
+Each :meth:`FastLoop.step` reads every GPU's instant power, hands the readings to the island
+(the basis of its armed caps), advances the island's ramps, plans per-GPU limits from the
+island's view and writes them *through the island* (``apply_limits``), which clamps them into
+the envelope, scales them under the event's ceiling and refuses a plan made before a newer
+trigger. The loop never calls ``backend.set_limit_mw`` itself.
+
+Control law (math in :mod:`gridtao.control.tier1.allocation`):
+
+* No event: limits rise toward the defaults, at most ``max_raise_w_per_s`` for the whole node
+  (the island restores defaults itself when an event ends; this covers limits found low at
+  start-up).
+* Event with target ``T``: a node budget ``B`` starts at the island's caps and integrates the
+  error ``T - P`` (P = summed instant readings), with target ramps fed straight through and
+  ``B`` clamped under the ceiling (anti-windup). ``B`` is split by water-filling: GPUs using
+  less than their limit keep their recent peak plus headroom, the rest share what is left.
+
+A GPU whose read fails keeps its last reading and its current limit; the error is counted and
+the loop goes on. Power is in mW; times are seconds of the injected clock, except the loop's
+own duration (a CPU-cost measurement), which uses ``timer`` (real time by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from gridtao.clock import Clock
+from gridtao.config.agent import ControlConfig
+from gridtao.control.tier1.allocation import (
+    NodeBudget,
+    PeakHold,
+    SettleTracker,
+    allocate_mw,
+    raise_toward_mw,
+    want_mw,
+)
+from gridtao.control.tier1.stragglers import Stragglers
+from gridtao.gpu.backend import GpuBackend, GpuError
+from gridtao.safety.island import IslandView, SafetyIsland
+from gridtao.telemetry.metrics import Metrics
+
+log = logging.getLogger("gridtao.control.tier1.loop")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one iteration saw and did. ``limits_mw`` are the limits tier 1 believes are set
+    after the step (the island's caps right after a trigger); ``wrote`` says whether it asked the
+    island to write this step and ``applied`` whether the island accepted that plan."""
+
+    t_s: float
+    draw_mw: tuple[float, ...]
+    node_power_mw: float
+    target_mw: float | None
+    ceiling_mw: float | None
+    budget_mw: float | None
+    limits_mw: tuple[int, ...]
+    wrote: bool
+    applied: bool
+    read_errors: int
+    duration_s: float
+
+
+class FastLoop:
+    """Tier-1 controller for one node. Not thread-safe: one thread calls :meth:`step` (or
+    :meth:`run_forever`).
+
+    ``rearm_period_s``: the island's armed caps are recomputed from the latest draw at least
+    this often. ``peak_window_s``: how far back a GPU's peak draw counts as evidence of its
+    demand. ``settle_s``: how long a GPU whose limit was raised keeps it while its draw climbs.
+    ``write_deadband_mw``: during an event a new plan is written only if some GPU's limit moves
+    by at least this much (or the event changed), so the loop does not issue 100 driver writes a
+    second per GPU for sub-watt corrections.
+    """
+
+    def __init__(
+        self,
+        backend: GpuBackend,
+        island: SafetyIsland,
+        *,
+        clock: Clock,
+        config: ControlConfig,
+        metrics: Metrics | None = None,
+        heartbeat: Callable[[], None] | None = None,
+        rearm_period_s: float = 0.5,
+        peak_window_s: float = 1.0,
+        settle_s: float = 0.75,
+        write_deadband_mw: int = 1000,
+        timer: Callable[[], float] = time.perf_counter,
+        slow_read_s: float | None = None,
+    ) -> None:
+        if rearm_period_s <= 0 or peak_window_s <= 0 or settle_s < 0 or write_deadband_mw < 0:
+            raise ValueError("periods must be > 0, settle_s and write_deadband_mw >= 0")
+        self._backend = backend
+        self._island = island
+        self._clock = clock
+        self._config = config
+        self._metrics = metrics
+        self._heartbeat = heartbeat
+        self._timer = timer
+        self._period_s = 1.0 / config.fast_hz
+        self._rearm_period_s = rearm_period_s
+        self._deadband_mw = write_deadband_mw
+        self._headroom_mw = config.headroom_w * 1000.0
+        self._max_raise_mw_per_s = config.max_raise_w_per_s * 1000.0
+        self._indices = [d.index for d in backend.devices()]
+        n = len(self._indices)
+        limits = [backend.power_limits(i) for i in self._indices]
+        self._min_mw = [lim.min_mw for lim in limits]
+        # Upper bound of every plan: the island's resting limits (the operator's limits found at
+        # start, within the defaults), so tier 1 never raises a GPU above where it was.
+        self._upper_mw = list(island.resting_mw)
+        self._budget = NodeBudget(
+            self._min_mw,
+            self._upper_mw,
+            integral_gain_per_s=config.integral_gain,
+            max_raise_mw_per_s=self._max_raise_mw_per_s,
+        )
+        self._peaks = PeakHold(n, peak_window_s)
+        self._settle = SettleTracker(n, settle_s, min_raise_mw=self._headroom_mw)
+        self._error_kind: list[str | None] = [None] * n
+        # A read slower than two periods would halve the loop's rate for every GPU.
+        self._stragglers = Stragglers(
+            lambda i: backend.instant_power_mw(self._indices[i]), n, clock=clock,
+            slow_s=slow_read_s if slow_read_s is not None else 2.0 * self._period_s,
+        )
+        self._limits_mw = [self._read_limit(i, lim.default_mw) for i, lim in enumerate(limits)]
+        # Until a GPU has been read, assume it draws its limit: an unreadable GPU then counts as
+        # fully loaded in the island's cap basis, never as idle.
+        self._draw_mw = [float(lim) for lim in self._limits_mw]
+        self._basis_mw: list[float] | None = None
+        self._generation: int | None = None
+        self._event_id: str | None = None
+        self._safe_mode: str | None = None
+        self._last_t: float | None = None
+        self._last_rearm_t: float | None = None
+        if metrics is not None:
+            metrics.set_default_limits([lim.default_mw / 1000.0 for lim in limits])
+
+    @property
+    def period_s(self) -> float:
+        return self._period_s
+
+    @property
+    def draw_mw(self) -> tuple[float, ...]:
+        """Last instant reading of each GPU, mW (a failed read keeps the previous one)."""
+        return tuple(self._draw_mw)
+
+    @property
+    def read_faults(self) -> tuple[str | None, ...]:
+        """Per GPU: the error kind of its failing power reads (e.g. ``"GpuLost"``), else None."""
+        return tuple(self._error_kind)
+
+    @property
+    def limits_mw(self) -> tuple[int, ...]:
+        return tuple(self._limits_mw)
+
+    def _read_limit(self, index: int, fallback_mw: int) -> int:
+        try:
+            return self._backend.enforced_limit_mw(self._indices[index])
+        except GpuError as e:
+            log.warning("GPU %d: enforced limit unreadable (%s); assuming default", index, e)
+            return fallback_mw
+
+    # ------------------------------------------------------------------ one iteration
+
+    def _read_draws(self) -> list[bool]:
+        """Refresh ``_draw_mw``; returns which GPUs failed (they keep their last reading; a
+        quarantined slow GPU counts as failed and takes its probe's reading)."""
+        failed = [False] * len(self._indices)
+        for i, index in enumerate(self._indices):
+            if self._stragglers.quarantined(i):
+                latest = self._stragglers.take_latest_mw(i)
+                if latest is not None:
+                    self._draw_mw[i] = latest
+                failed[i] = True
+                continue
+            t0 = self._clock.now()
+            try:
+                self._draw_mw[i] = float(self._backend.instant_power_mw(index))
+            except GpuError as e:
+                self._stragglers.observe(i, self._clock.now() - t0)
+                failed[i] = True
+                kind = type(e).__name__
+                if self._metrics is not None:
+                    self._metrics.count_gpu_error(index, kind)
+                if self._error_kind[i] != kind:
+                    log.warning("GPU %d: power read failed (%s); keeping last reading", index, e)
+                    self._error_kind[i] = kind
+                continue
+            self._stragglers.observe(i, self._clock.now() - t0)
+            if self._error_kind[i] is not None:
+                log.info("GPU %d: power readable again", index)
+                self._error_kind[i] = None
+        return failed
+
+    def _smoothed_basis(self, dt: float) -> list[float]:
+        """Per-GPU draw through a first-order filter (``control.basis_tau_s``), mW: the basis
+        the island cuts from. Seeded with the first reading."""
+        tau = self._config.basis_tau_s
+        if self._basis_mw is None or tau <= 0:
+            self._basis_mw = list(self._draw_mw)
+            return self._basis_mw
+        alpha = 1.0 - math.exp(-dt / tau)
+        basis = self._basis_mw
+        for i, draw in enumerate(self._draw_mw):
+            basis[i] += alpha * (draw - basis[i])
+        return basis
+
+    def _sync_to_island(self, view: IslandView) -> None:
+        """A trigger, an event end or a safe state wrote limits behind our back: adopt them."""
+        if view.safe_mode == "minimum":
+            self._limits_mw = list(self._min_mw)
+        elif view.caps_mw is not None:
+            self._limits_mw = list(view.caps_mw)
+        elif view.safe_mode is None:
+            self._limits_mw = list(self._upper_mw)
+        self._budget.deactivate()
+
+    def _plan(self, view: IslandView, now: float, dt: float, failed: list[bool]) -> list[int]:
+        if view.target_mw is None:
+            self._budget.deactivate()
+            return raise_toward_mw(
+                self._limits_mw, self._upper_mw, self._max_raise_mw_per_s * dt
+            )
+        if view.event_id != self._event_id:
+            self._budget.deactivate()
+        budget = self._budget.update(
+            target_mw=view.target_mw,
+            ceiling_mw=view.ceiling_total_mw,
+            measured_mw=sum(self._draw_mw),
+            dt_s=dt,
+            releasing=view.releasing,
+        )
+        settling = self._settle.settling(now)
+        hold = [s or f for s, f in zip(settling, failed, strict=True)]
+        want = want_mw(
+            self._draw_mw,
+            self._limits_mw,
+            self._min_mw,
+            self._upper_mw,
+            self._headroom_mw,
+            peak_mw=self._peaks.peaks(),
+            hold=hold,
+        )
+        # Priority floors (tier 2) shape the split; the island still scales the plan under a
+        # hard event ceiling with the true minimums.
+        lower = self._min_mw if view.floors_mw is None else view.floors_mw
+        return allocate_mw(budget, want, lower, self._upper_mw)
+
+    def step(self) -> StepResult:
+        """One iteration (see the module docstring). GPU read errors never propagate."""
+        t0 = self._timer()
+        now = self._clock.now()
+        dt = self._period_s if self._last_t is None else max(0.0, now - self._last_t)
+        self._last_t = now
+        failed = self._read_draws()
+        island = self._island
+        island.update_draw(self._smoothed_basis(dt))
+        self._peaks.update(now, self._draw_mw)
+        island.tick()
+        if self._last_rearm_t is None or now - self._last_rearm_t >= self._rearm_period_s:
+            island.rearm()
+            self._last_rearm_t = now
+        view = island.view()
+        changed = view.generation != self._generation
+        if changed:
+            if self._generation is not None:
+                self._sync_to_island(view)
+            self._generation = view.generation
+        if self._safe_mode is not None and view.safe_mode is None:
+            # Leaving a safe state writes nothing and keeps the generation: read what is set.
+            self._limits_mw = [self._read_limit(i, d) for i, d in enumerate(self._upper_mw)]
+            changed = True
+        self._safe_mode = view.safe_mode
+        new = self._plan(view, now, dt, failed)
+        self._event_id = view.event_id
+        wrote = applied = False
+        if view.target_mw is None:
+            # Outside events the plan only ever steps toward the defaults; write every step of
+            # it, or the last sub-deadband step would never land.
+            moved = new != self._limits_mw
+        else:
+            moved = any(
+                abs(a - b) >= self._deadband_mw
+                for a, b in zip(new, self._limits_mw, strict=True)
+            )
+        if view.safe_mode is None and (moved or (changed and new != self._limits_mw)):
+            wrote = True
+            applied = island.apply_limits(new, view.generation)
+            if applied:
+                self._settle.note_limits(now, self._limits_mw, new)
+                self._limits_mw = new
+        node_mw = sum(self._draw_mw)
+        duration = self._timer() - t0
+        if self._metrics is not None:
+            m = self._metrics
+            m.observe_gpus([d / 1000.0 for d in self._draw_mw],
+                           [lim / 1000.0 for lim in self._limits_mw])
+            m.observe_node(
+                node_mw / 1000.0,
+                None if view.target_mw is None else view.target_mw / 1000.0,
+                view.event_id is not None,
+            )
+            m.observe_fast_loop(duration)
+        if self._heartbeat is not None:
+            self._heartbeat()
+        return StepResult(
+            t_s=now,
+            draw_mw=tuple(self._draw_mw),
+            node_power_mw=node_mw,
+            target_mw=view.target_mw,
+            ceiling_mw=view.ceiling_total_mw,
+            budget_mw=self._budget.budget_mw,
+            limits_mw=tuple(self._limits_mw),
+            wrote=wrote,
+            applied=applied,
+            read_errors=sum(failed),
+            duration_s=duration,
+        )
+
+    # ------------------------------------------------------------------ runner
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Step at ``fast_hz`` on the injected clock until ``stop`` is set.
+
+        An unexpected exception in a step is logged and the loop goes on; since the heartbeat
+        is the step's last act, a step that keeps failing stops the heartbeat and lets the
+        watchdog put the GPUs in their safe state. A late step is not made up for with a burst:
+        the schedule restarts from now.
+        """
+        next_t = self._clock.now()
+        failures = 0
+        while not stop.is_set():
+            try:
+                self.step()
+                failures = 0
+            except Exception:
+                failures += 1
+                if failures == 1 or failures % 1000 == 0:
+                    log.exception("tier 1 step failed (%d in a row)", failures)
+            next_t += self._period_s
+            now = self._clock.now()
+            if next_t < now - self._period_s:
+                next_t = now
+            self._clock.sleep(next_t - now)
+        self._stragglers.close()
+
+    def start_thread(self, stop: threading.Event) -> threading.Thread:
+        """Run :meth:`run_forever` on a daemon thread named ``gridtao-fast``."""
+        thread = threading.Thread(
+            target=self.run_forever, args=(stop,), name="gridtao-fast", daemon=True
+        )
+        thread.start()
+        return thread
+
+
+def node_error_stats(
+    actual_mw: Sequence[float], target_mw: Sequence[float]
+) -> tuple[float, float]:
+    """Mean and 95th percentile of ``|actual - target| / target`` (fractions): how tests and
+    benches score tracking."""
+    if not actual_mw or len(actual_mw) != len(target_mw):
+        raise ValueError("need equally long, non-empty series")
+    errs = sorted(abs(a - t) / t for a, t in zip(actual_mw, target_mw, strict=True))
+    p95 = errs[min(len(errs) - 1, int(0.95 * len(errs)))]
+    return sum(errs) / len(errs), p95

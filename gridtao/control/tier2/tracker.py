@@ -1,0 +1,250 @@
+"""Tier 2: about once a second, hold the node's commitment at the settlement meter.
+
+What it does (DESIGN.md, DOMAIN.md "Facility meter and PUE"):
+
+* Turns the active commitment, a meter-level reduction ``R`` (the proportional products, FCR-D
+  and FCR-N, plus demand-response events) into a node IT target for tier 1, through the
+  facility model (:class:`~gridtao.control.tier2.facility.MeterTracker`):
+  ``IT = reference - (R - cooling already shed) / (1 + losses)``. In the first seconds the meter
+  moves by the IT cut x (1 + losses) only, so the cut is ``R / (1 + losses)``; as cooling
+  follows, less IT cut is needed and the target rises. With ``facility.settle_at: it`` the
+  target is ``reference - R``.
+* The reference is the node's natural IT draw (mean of the 1-s averages over
+  ``tracker.reference_window_s``, sampled only while nothing is cut), frozen when a commitment
+  starts; with FCR-N enrolled it is the FCR-N baseline for good (``baseline_w``, else the
+  natural draw at enrolment minus the capacity's IT share), so the node can move both ways.
+* Hands the target to the island as a soft commitment (``set_commitment``, refreshed by every
+  sample and lane tick, lapsing after ``commitment_ttl_s``; aimed ``margin_fraction`` above
+  the commitment; the island stacks a fired step product's reduction on it), arms each step
+  product (FFR) as an absolute IT reduction ``capacity / (1 + losses)`` from the natural draw
+  on the island's armed caps, and sets the per-GPU priority floors (``tracker.priorities``).
+* :meth:`Tier2.snapshot` is the state published on ``{prefix}/nodes/{node}/tracker``.
+
+Threads: :meth:`Tier2.update` runs on the island lane (via ``ProductMonitor.on_change``),
+:meth:`Tier2.tick` on the controller loop; one lock guards the state, and nothing here waits on
+a GPU. Lock order: tier 2, then the portfolio's, then the island's. Power in W unless named mW.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Sequence
+
+from gridtao.clock import Clock
+from gridtao.config.agent import ConfigError, FacilityConfig, GpuPriority, TrackerConfig
+from gridtao.control.tier2.facility import FacilityModel, MeterTracker
+from gridtao.products.portfolio import Portfolio, product_key
+from gridtao.safety.island import SafetyIsland
+
+SETTLE_S = 2.0  # after a cut ends, the draw climbs back (cap-up is slow): not yet "natural"
+
+
+def floors_w(priorities: Sequence[GpuPriority], count: int) -> list[float] | None:
+    """Per-GPU floors from ``tracker.priorities`` (0 for flexible / unlisted GPUs), or None
+    when no GPU is critical. Raises ConfigError for an index the node does not have."""
+    floors = [0.0] * count
+    for prio in priorities:
+        for g in prio.gpus:
+            if g >= count:
+                raise ConfigError(f"tracker.priorities: GPU {g} does not exist ({count} GPUs)")
+            if prio.priority == "critical":
+                floors[g] = max(floors[g], prio.floor_w)
+    return floors if any(f > 0 for f in floors) else None
+
+
+class Tier2:
+    """The seconds-scale tracker of one node (module docstring)."""
+
+    def __init__(
+        self,
+        island: SafetyIsland,
+        portfolio: Portfolio,
+        *,
+        facility: FacilityConfig,
+        config: TrackerConfig,
+        clock: Clock,
+    ) -> None:
+        self._island = island
+        self.portfolio = portfolio
+        self._config = config
+        self._clock = clock
+        self.model = FacilityModel.from_config(facility)
+        self.settle_at = facility.settle_at
+        self._factor = self.model.losses_factor if self.settle_at == "meter" else 1.0
+        self.floors_w = floors_w(config.priorities, island.envelope.count)
+        self._lock = threading.Lock()
+        self._tracker = MeterTracker(self.model, 0.0, clock.now())
+        self._window: collections.deque[tuple[float, float]] = collections.deque()
+        self._it_w = 0.0
+        self._natural_w: float | None = None
+        self._uncut_since_s: float | None = None
+        self._started_s = clock.now()
+        self._baseline_w: float | None = None  # FCR-N, IT W
+        self._reference_w: float | None = None  # frozen IT reference while committed
+        self._reduction_w = 0.0  # R, at the settlement point
+        self._target_w: float | None = None
+
+    # ---- lifecycle and inputs ----------------------------------------------------------
+
+    def start(self, it_w: float) -> None:
+        """First IT reading (W): seed the model at steady state, set floors, arm step products."""
+        now = self._clock.now()
+        with self._lock:
+            self._tracker = MeterTracker(self.model, it_w, now)
+            self._it_w, self._natural_w, self._started_s = it_w, it_w, now
+            self._window.clear()
+            self._window.append((now, it_w))
+        floors = self.floors_w
+        self._island.set_floors_mw(None if floors is None else [f * 1000.0 for f in floors])
+        self._arm()
+
+    def tick(self, it_w: float) -> None:
+        """Once a period (controller loop): the node's measured IT power (W, a 1-s average)
+        advances the cooling estimates and the natural-draw window; re-arm; refresh.
+
+        The window holds the last ``reference_window_s`` of *uncut* time: it is pruned only when
+        a new natural sample arrives, so after a long cut the reference is still the draw before
+        it, not one stale sample."""
+        now = self._clock.now()
+        event_active = self._island.view().event_id is not None
+        with self._lock:
+            natural = self._reference_w if self._reference_w is not None else self._natural_w
+            self._tracker.observe(now, it_w, natural_it_w=natural)
+            self._it_w = it_w
+            if self._reference_w is not None or event_active:
+                self._uncut_since_s = None
+            elif self._uncut_since_s is None:
+                self._uncut_since_s = now
+            elif now - self._uncut_since_s >= SETTLE_S:
+                self._window.append((now, it_w))
+                horizon = now - self._config.reference_window_s
+                while len(self._window) > 1 and self._window[0][0] < horizon:
+                    self._window.popleft()
+            self._natural_w = sum(w for _, w in self._window) / len(self._window)
+            self._enrol_fcr_n(now)
+        self._arm()
+        self.update(now)
+
+    def update(self, now_s: float) -> None:
+        """Recompute the commitment and hand it to the island (cheap; lane thread)."""
+        with self._lock:
+            target = self._update_locked(now_s)
+            was = self._target_w
+            self._target_w = target
+        if target is not None:
+            self._island.set_commitment(target * 1000.0, ttl_s=self._config.commitment_ttl_s)
+        elif was is not None:
+            self._island.set_commitment(None, ttl_s=self._config.commitment_ttl_s)
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _enrol_fcr_n(self, now_s: float) -> None:
+        fcr_n = self.portfolio.fcr_n
+        if fcr_n is None or self._baseline_w is not None:
+            return
+        cfg = self.portfolio.configs[fcr_n.name]
+        if cfg.baseline_w is not None:
+            baseline = cfg.baseline_w
+        elif now_s - self._started_s >= self._config.reference_window_s and self._natural_w:
+            baseline = max(0.0, self._natural_w - fcr_n.capacity_w / self._factor)
+        else:
+            return  # still measuring the natural draw
+        self._baseline_w = baseline
+        self._reference_w = baseline
+        self._tracker.start_steady(baseline)
+
+    def _update_locked(self, now_s: float) -> float | None:
+        with_fcr_n = self._baseline_w is not None
+        reduction = self.portfolio.proportional_reduction_w(now_s, include_fcr_n=with_fcr_n)
+        base = self._reference_w if self._reference_w is not None else (self._natural_w or 0.0)
+        reference_meter = self.model.meter_w(base, self._tracker.counterfactual_cooling_w) if (
+            self.settle_at == "meter") else base
+        reduction += self.portfolio.dr_reduction_w(now_s, reference_meter)
+        self._reduction_w = reduction
+        if not with_fcr_n and reduction <= 0.0:
+            if self._reference_w is not None:
+                self._tracker.stop()
+            self._reference_w = None
+            return None
+        if self._reference_w is None:
+            self._reference_w = base
+            self._tracker.start(now_s, base)
+        aimed = reduction * (1.0 + self._config.margin_fraction)
+        meter = self.settle_at == "meter"
+        it_cut = self._tracker.it_reduction_w(aimed) if meter else aimed
+        return max(0.0, self._reference_w - it_cut)
+
+    def _arm(self) -> None:
+        """Arm each step product: an IT cut of its capacity (the losses factor at the meter,
+        since cooling will not follow within an FFR support time) from the natural draw, so a
+        trigger during a burst or a dip still lands where the TSO measures from (the draw
+        before the event), not at a cut from that instant's draw.
+
+        No margin here: the caps are a hard bound, so no instant delivers less than the
+        capacity (but for the reference's error), and a bursty load over-delivers on average
+        by the dips the caps clip anyway; a margin on top would only push it toward the
+        TSO's over-delivery limit."""
+        with self._lock:
+            natural = self._natural_w
+        reference_mw = None if natural is None else natural * 1000.0
+        for product in self.portfolio.step:
+            capacity_it_mw = product.capacity_w / self._factor * 1000.0
+            # The product's own ramp-out rate (under the TSO's limit, see
+            # products.STEP_RAMP_OUT_SLACK), not the island's: the ramp the product reports.
+            release = product.ramp_out_per_s * capacity_it_mw
+            self._island.arm_reduction(product_key(product.name), capacity_it_mw,
+                                       reference_mw=reference_mw, release_mw_per_s=release)
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, object]:
+        """The tracker topic's body (besides ``node`` and ``t``). Powers in W; ``meter_w`` and
+        ``cooling_w`` are the model's estimates (the node cannot see the site meter)."""
+        now = self._clock.now()
+        with self._lock:
+            it_w, cooling = self._it_w, self._tracker.cooling_w
+            meter = self.model.meter_w(it_w, cooling)
+            body: dict[str, object] = {
+                "settle_at": self.settle_at,
+                "it_w": round(it_w, 1),
+                "meter_w": round(meter, 1),
+                "cooling_w": round(cooling, 1),
+                "pue": round(meter / it_w, 4) if it_w > 0 else None,
+                "natural_it_w": _r(self._natural_w),
+                "reference_it_w": _r(self._reference_w),
+                "fcr_n_baseline_w": _r(self._baseline_w),
+                "reduction_w": round(self._reduction_w, 1),
+                "it_target_w": _r(self._target_w),
+                "floors_w": self.floors_w,
+            }
+        products: list[dict[str, object]] = []
+        for st in self.portfolio.statuses():
+            state = st.state
+            if st.kind == "fcr-n" and self._baseline_w is None:
+                state = "enrolling"
+            products.append({"name": st.name, "kind": st.kind, "state": state,
+                             "capacity_w": st.capacity_w, "required_w": round(st.required_w, 1)})
+        body["products"] = products
+        body["dr"] = [
+            {"id": ev.event_id, "state": state, "start_at": ev.start_wall,
+             "duration_s": ev.duration_s, "ramp_s": ev.ramp_s, "recovery_s": ev.recovery_s,
+             "reduction_w": ev.reduction_w, "fraction": ev.fraction}
+            for ev, state in self.portfolio.dr_events(now)
+        ]
+        return body
+
+    @property
+    def it_target_w(self) -> float | None:
+        with self._lock:
+            return self._target_w
+
+    @property
+    def reduction_w(self) -> float:
+        """The commitment's reduction now (W at the settlement point)."""
+        with self._lock:
+            return self._reduction_w
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)

@@ -1,0 +1,245 @@
+"""Power physics of one simulated GPU, integrated exactly (no fixed substeps).
+
+Model (watts and seconds inside; the NVML facade converts to mW/mJ):
+
+* ``demand_w(t)``: what the workload would draw unhindered, piecewise constant.
+* ``ceiling_w(t)``: the power the clocks currently allow. It follows the enforced limit ``L``
+  through a first-order lag, with time constant ``cap_down_s`` when falling (firmware throttles
+  fast) and ``cap_up_s`` when rising (clocks step back up gradually, DOMAIN.md: V100 took
+  ~0.4 s to recover 200->280 W).
+* true draw ``p(t) = min(demand_w(t), ceiling_w(t))``. Demand changes pass straight through: a
+  job's own phase changes are not slowed by the power controller, only the limit is.
+
+Between events (a workload segment boundary, a limit change, a reading refresh) demand and
+limit are constant, so ``ceiling_w`` is an exact exponential, the crossing with demand is found
+in closed form, and energy is the exact integral. Advancing costs O(events), whatever the gap.
+
+The instant reading is the true draw sampled every ``refresh_s`` on a fixed grid, plus gaussian
+noise; a read returns the latest sample. The average reading is the mean true draw over the
+window of ``round(1 s / refresh_s)`` refresh periods ending at the latest sample.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass
+
+from gridtao.gpu.sim.workloads import Workload
+
+
+@dataclass(frozen=True)
+class GpuProfile:
+    """Static facts of a simulated GPU model. ``usage_is_average``: whether
+    ``nvmlDeviceGetPowerUsage`` reports the 1 s average (Ampere except GA100, and newer) rather
+    than the instant sample (GA100, Volta)."""
+
+    key: str
+    name: str
+    min_w: float
+    max_w: float
+    default_w: float
+    usage_is_average: bool
+
+    @property
+    def tdp_w(self) -> float:
+        return self.default_w
+
+
+PROFILES: dict[str, GpuProfile] = {
+    "h100-sxm": GpuProfile("h100-sxm", "NVIDIA H100 80GB HBM3", 200.0, 700.0, 700.0, True),
+    "a100-sxm": GpuProfile("a100-sxm", "NVIDIA A100-SXM4-80GB", 100.0, 400.0, 400.0, False),
+    "v100-sxm2": GpuProfile("v100-sxm2", "Tesla V100-SXM2-32GB", 100.0, 300.0, 300.0, False),
+}
+
+# A ceiling this close to the limit has converged; snapping avoids endless exponential tails.
+_SNAP_W = 1e-6
+
+
+class GpuPhysics:
+    """State of one GPU. Not thread-safe: the caller holds the device's lock.
+
+    Time only moves forward: :meth:`advance` to a time earlier than the state's is a no-op.
+    """
+
+    __slots__ = (
+        "_cap_down_s",
+        "_cap_up_s",
+        "_ceiling_w",
+        "_energy_j",
+        "_grid0_s",
+        "_k",
+        "_n_window",
+        "_next_refresh_s",
+        "_noise_w",
+        "_override_w",
+        "_profile_demand_w",
+        "_refresh_s",
+        "_rng",
+        "_sample_t_s",
+        "_sample_w",
+        "_seg_end_s",
+        "_t",
+        "_window_j",
+        "_workload",
+        "limit_w",
+    )
+
+    def __init__(
+        self,
+        *,
+        t0_s: float,
+        limit_w: float,
+        workload: Workload,
+        cap_down_s: float,
+        cap_up_s: float,
+        refresh_s: float,
+        noise_w: float,
+        rng: random.Random,
+        energy_offset_j: float,
+    ) -> None:
+        if min(cap_down_s, cap_up_s, refresh_s) <= 0:
+            raise ValueError("time constants and the refresh period must be > 0")
+        self._t = t0_s
+        self.limit_w = limit_w
+        self._ceiling_w = limit_w
+        self._cap_down_s = cap_down_s
+        self._cap_up_s = cap_up_s
+        self._refresh_s = refresh_s
+        self._noise_w = noise_w
+        self._rng = rng
+        self._workload = workload
+        dur, self._profile_demand_w = workload.next_segment()
+        self._seg_end_s = t0_s + dur
+        self._override_w: float | None = None
+        self._energy_j = energy_offset_j
+        # The device has been running its workload at steady state before t0: the last refresh
+        # happened a random fraction of a period ago, and the average window is already full.
+        p0 = self.draw_w()
+        phase_s = rng.uniform(0.0, refresh_s)
+        self._grid0_s = t0_s - phase_s
+        self._k = 0
+        self._next_refresh_s = self._grid0_s + refresh_s
+        self._n_window = max(1, round(1.0 / refresh_s))
+        e_last = energy_offset_j - phase_s * p0
+        self._window_j: deque[float] = deque(
+            (e_last - i * refresh_s * p0 for i in range(self._n_window, -1, -1)),
+            maxlen=self._n_window + 1,
+        )
+        self._sample_t_s = self._grid0_s
+        self._sample_w = self._noisy(p0)
+
+    # -- observables (valid after advance(now)) --------------------------------------------
+
+    @property
+    def demand_w(self) -> float:
+        return self._profile_demand_w if self._override_w is None else self._override_w
+
+    def draw_w(self) -> float:
+        """True draw at the state's time."""
+        return min(self.demand_w, self._ceiling_w)
+
+    @property
+    def ceiling_w(self) -> float:
+        return self._ceiling_w
+
+    @property
+    def energy_j(self) -> float:
+        """Energy counter, J (exact integral of the true draw, plus the start offset)."""
+        return self._energy_j
+
+    @property
+    def sample_w(self) -> float:
+        """Latest instant-power sample (with noise), W."""
+        return self._sample_w
+
+    @property
+    def sample_t_s(self) -> float:
+        """Clock time of the latest sample, s."""
+        return self._sample_t_s
+
+    def average_w(self) -> float:
+        """Mean true draw over the ~1 s window ending at the latest sample, W."""
+        w = self._window_j
+        return (w[-1] - w[0]) / (self._n_window * self._refresh_s)
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def set_limit(self, t_s: float, limit_w: float) -> None:
+        self.advance(t_s)
+        self.limit_w = limit_w
+
+    def set_override(self, t_s: float, demand_w: float | None) -> None:
+        self.advance(t_s)
+        self._override_w = demand_w
+
+    # -- integration -----------------------------------------------------------------------
+
+    def advance(self, t1: float) -> None:
+        """Move the state to time ``t1`` (s), taking refresh samples and workload steps."""
+        t = self._t
+        if t1 <= t:
+            return
+        # Refreshes older than the average window before t1 can never be observed: skip them,
+        # but keep every workload segment (the demand stream is sequential).
+        horizon = t1 - (self._n_window + 1) * self._refresh_s
+        if self._next_refresh_s < horizon:
+            self._k = math.ceil((horizon - self._grid0_s) / self._refresh_s) - 1
+            self._next_refresh_s = self._grid0_s + (self._k + 1) * self._refresh_s
+        while True:
+            te = min(self._seg_end_s, self._next_refresh_s, t1)
+            if te > t:
+                self._evolve(te - t)
+                t = te
+                self._t = t
+            if te >= self._next_refresh_s:
+                self._k += 1
+                self._sample_t_s = te
+                self._sample_w = self._noisy(self.draw_w())
+                self._window_j.append(self._energy_j)
+                self._next_refresh_s = self._grid0_s + (self._k + 1) * self._refresh_s
+            if te >= self._seg_end_s:
+                dur, self._profile_demand_w = self._workload.next_segment()
+                self._seg_end_s += dur
+            if te >= t1:
+                return
+
+    def _noisy(self, watts: float) -> float:
+        if self._noise_w <= 0:
+            return watts
+        return max(0.0, watts + self._rng.gauss(0.0, self._noise_w))
+
+    def _evolve(self, dt: float) -> None:
+        """Integrate ``dt`` seconds with constant demand and limit."""
+        d = self.demand_w
+        lim = self.limit_w
+        c0 = self._ceiling_w
+        if c0 == lim:
+            self._energy_j += min(d, lim) * dt
+            return
+        tau = self._cap_down_s if c0 > lim else self._cap_up_s
+        a = c0 - lim
+        c1 = lim + a * math.exp(-dt / tau)
+
+        def ceiling_integral(s0: float, s1: float) -> float:
+            return lim * (s1 - s0) + a * tau * (math.exp(-s0 / tau) - math.exp(-s1 / tau))
+
+        if a > 0:  # falling ceiling: demand-limited first, then ceiling-limited
+            if d >= c0:
+                e = ceiling_integral(0.0, dt)
+            elif d <= c1:
+                e = d * dt
+            else:
+                s = tau * math.log(a / (d - lim))
+                e = d * s + ceiling_integral(s, dt)
+        else:  # rising ceiling: ceiling-limited first, then demand-limited
+            if d <= c0:
+                e = d * dt
+            elif d >= c1:
+                e = ceiling_integral(0.0, dt)
+            else:
+                s = tau * math.log(a / (d - lim))
+                e = ceiling_integral(0.0, s) + d * (dt - s)
+        self._energy_j += e
+        self._ceiling_w = lim if abs(c1 - lim) < _SNAP_W else c1

@@ -1,0 +1,383 @@
+"""Intake: wire messages in, island actions and acks out. Runs on the safety island's thread.
+
+Transport-agnostic and synchronous: ``on_message(topic, payload, ...)`` returns the messages to
+publish. The hot path is parse -> island trigger (parallel writes) -> ack; nothing here blocks on
+the controller, allocates much, or touches the disk before the caps are commanded.
+
+Invariants: a rejected message changes no GPU setting and gets exactly one ack with a reason;
+a duplicate event id is acted on once (the original ack is sent again); every accepted event
+that ends is released through the island's ramp, never dropped at full cut.
+
+With a :class:`~gridtao.security.guard.Guard`, a dispatch goes: parse -> rate limit -> signature ->
+duplicate check -> freshness, replay and bounds -> island -> replay store fsync -> ack; a
+frequency sample: rate limit -> parse -> signature, freshness and order -> monitor.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gridtao.clock import Clock
+from gridtao.products.frequency import Activate, FrequencyMonitor, Release
+from gridtao.products.portfolio import ProductMonitor
+from gridtao.safety.island import Activation, SafetyIsland
+from gridtao.security.guard import Guard
+from gridtao.telemetry.metrics import MessageResult, Metrics
+from gridtao.wire import messages as wire
+
+log = logging.getLogger("gridtao.intake")
+
+#: ``on_decision(kind, fields)``: every verdict and event change, for the audit trail and the
+#: journal. Called on the lane's thread; must be O(1) and must not mutate ``fields`` later.
+DecisionHook = Callable[[str, dict[str, object]], None]
+
+DEDUP_WINDOW = 10_000  # event ids remembered for idempotency (bounded memory under floods)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+@dataclass
+class _Event:
+    event_id: str
+    kind: str
+    ends_at: float | None  # monotonic s; None = until released by the frequency monitor
+    received_at: float  # monotonic s
+    received_wall: float
+    commanded_wall: float
+
+
+class Intake:
+    """Validates each message, drives the island, and builds the acks."""
+
+    def __init__(
+        self,
+        island: SafetyIsland,
+        topics: wire.Topics,
+        *,
+        clock: Clock,
+        monitor: FrequencyMonitor,
+        max_payload_bytes: int,
+        metrics: Metrics | None = None,
+        on_activation: Callable[[Activation], None] | None = None,
+        guard: Guard | None = None,
+        on_decision: DecisionHook | None = None,
+        dr: ProductMonitor | None = None,
+    ) -> None:
+        self._island = island
+        self._topics = topics
+        self._clock = clock
+        self._monitor = monitor
+        self._max_bytes = max_payload_bytes
+        self._metrics = metrics
+        self._on_activation = on_activation
+        self._guard = guard
+        self._dr = dr  # demand-response queue (kind "dr"); None: not enrolled
+        self._acks: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._events: dict[str, _Event] = {}
+        self._on_decision = on_decision
+        self._ending: dict[str, str] = {}  # released, still ramping out on the island: why
+        # The verdict on the message being handled (set by _count and _ack), for on_decision.
+        self._v_result: str | None = None
+        self._v_id: str | None = None
+        self._v_reason: str | None = None
+        self._held: list[tuple[str, dict[str, object]]] | None = None  # during on_message
+
+    @property
+    def active_events(self) -> list[str]:
+        return list(self._events)
+
+    def on_message(
+        self, topic: str, payload: bytes, *, received_at: float, received_wall: float
+    ) -> list[Outgoing]:
+        self._v_result = self._v_id = self._v_reason = None
+        if topic == self._topics.frequency:
+            handle, name = self._on_frequency, "frequency"
+        elif topic == self._topics.dispatch:
+            handle, name = self._on_dispatch, "dispatch"
+        else:
+            return []
+        if self._on_decision is None:
+            return handle(payload, received_at, received_wall)
+        # What the message caused is reported after the verdict on the message itself.
+        self._held = []
+        try:
+            out = handle(payload, received_at, received_wall)
+        finally:
+            held, self._held = self._held, None
+        # Accepted frequency samples that change nothing are telemetry, not decisions.
+        if self._v_result is not None and not (
+            name == "frequency" and self._v_result == "accepted" and self._v_id is None
+        ):
+            self._on_decision("message", {
+                "topic": name, "result": self._v_result, "id": self._v_id,
+                "reason": self._v_reason, "received_at": received_wall, "payload": payload,
+            })
+        for kind, fields in held:
+            self._on_decision(kind, fields)
+        return out
+
+    def on_tick(self) -> list[Outgoing]:
+        """Time-driven work (~20 Hz): frequency recovery and dispatch durations."""
+        now = self._clock.now()
+        out: list[Outgoing] = []
+        for action in self._monitor.on_tick(now):
+            if isinstance(action, Activate):  # a debounced crossing confirmed by time
+                out.extend(self._fire(action, now, self._clock.wall(), None, None))
+            else:
+                self._release(action.event_id, "frequency recovered")
+        for ev in list(self._events.values()):
+            if ev.ends_at is not None and now >= ev.ends_at:
+                log.info("event %s: duration over, ramping out", ev.event_id)
+                self._release(ev.event_id, "duration over")
+        live = set(self._island.view().active_event_ids)
+        for event_id in [e for e in self._ending if e not in live]:
+            self._decide("event_ended", {"event": event_id, "why": self._ending.pop(event_id)})
+        # Events the island ended by itself (max_event_s, safe state) must not linger here.
+        for event_id in [e for e in self._events if e not in live]:
+            self._events.pop(event_id, None)
+            self._monitor.forget(event_id)
+            self._decide("event_ended", {"event": event_id, "why": "ended by the safety island"})
+        return out
+
+    def adopt(self, event_id: str, kind: str, *, ends_at: float, received_wall: float,
+              commanded_wall: float) -> None:
+        """Track an event the island is holding again after a crash (gridtao/ledger.py): it is
+        released at ``ends_at`` (monotonic s), a release dispatch can end it, and its id counts
+        as already seen. Call before the lane starts."""
+        # Its receive time on this run's monotonic clock, so deadline_wall() stays right.
+        received_at = self._clock.now() - max(0.0, self._clock.wall() - received_wall)
+        self._events[event_id] = _Event(event_id, kind, ends_at, received_at, received_wall,
+                                        commanded_wall)
+        self._acks[event_id] = wire.ack_payload(
+            event_id, True, None, received_wall, commanded_wall, None, extra={"recovered": True}
+        )
+
+    def deadline_wall(self, event_id: str) -> float | None:
+        """Unix time at which an active event's duration ends (None: no duration)."""
+        ev = self._events.get(event_id)
+        if ev is None or ev.ends_at is None:
+            return None
+        return ev.received_wall + (ev.ends_at - ev.received_at)
+
+    # ---- frequency ------------------------------------------------------------------------
+
+    def _on_frequency(self, payload: bytes, received_at: float, wall: float) -> list[Outgoing]:
+        # Frequency is QoS 0 telemetry from a meter: refusals get no ack, but are counted.
+        guard = self._guard
+        if guard is not None and not guard.take("frequency", received_at):
+            self._count("frequency", "rejected", reason=guard.rate_reason("frequency"))
+            return []
+        try:
+            sample = wire.parse_frequency(payload, max_bytes=self._max_bytes)
+        except wire.MessageRejected as e:
+            self._count("frequency", "rejected", reason=e.reason)
+            log.debug("frequency sample rejected: %s", e.reason)
+            return []
+        if guard is not None:
+            problem = guard.check_frequency(payload, sample.t)
+            if problem is not None:
+                self._count("frequency", "rejected", reason=problem)
+                log.info("frequency sample rejected: %s", problem)
+                return []
+        self._count("frequency", "accepted")
+        out: list[Outgoing] = []
+        for action in self._monitor.on_sample(sample.hz, received_at, wall_s=wall):
+            if isinstance(action, Activate):
+                out.extend(self._fire(action, received_at, wall, sample.hz, sample.t))
+            elif isinstance(action, Release):
+                self._release(action.event_id, "frequency recovered")
+        return out
+
+    def _fire(self, action: Activate, received_at: float, wall: float, hz: float | None,
+              sample_t: float | None) -> list[Outgoing]:
+        act = self._island.trigger_armed(action.level_key, action.event_id)
+        if act is None:
+            log.warning("frequency level %s fired but is not armed yet", action.level_key)
+            self._monitor.forget(action.event_id)
+            return []
+        self._events[act.event_id] = _Event(
+            act.event_id, "frequency", None, received_at, wall, act.commanded_wall
+        )
+        self._activated(act, received_at)
+        return [self._ack(act.event_id, True, None, wall, act.commanded_wall,
+                          extra={"source": "frequency", "hz": hz if hz is not None else action.hz,
+                                 "sample_t": sample_t})]
+
+    # ---- dispatch -------------------------------------------------------------------------
+
+    def _on_dispatch(self, payload: bytes, received_at: float, wall: float) -> list[Outgoing]:
+        guard = self._guard
+        limited = guard is not None and not guard.take("dispatch", received_at)
+        try:
+            msg = wire.parse_dispatch(payload, max_bytes=self._max_bytes)
+        except wire.MessageRejected as e:
+            reason = guard.rate_reason("dispatch") if guard is not None and limited else e.reason
+            return [self._reject(e.event_id, reason, wall)]
+        if guard is not None:
+            problem = guard.rate_reason("dispatch") if limited else (
+                guard.authenticate_dispatch(payload))
+            if problem is not None:
+                return [self._reject(msg.id, problem, wall)]
+        previous = self._acks.get(msg.id)
+        if previous is not None:
+            self._count("dispatch", "duplicate", event_id=msg.id)
+            return [Outgoing(self._topics.ack, previous)]
+        note = None
+        fraction = msg.fraction if isinstance(msg, wire.ShedDispatch) else None
+        if guard is not None:
+            verdict = guard.admit_dispatch(msg, now_s=received_at, in_flight=len(self._events))
+            if verdict.reason is not None:
+                guard.after_dispatch()
+                return [self._reject(msg.id, verdict.reason, wall)]
+            fraction, note = verdict.fraction, verdict.note
+        if isinstance(msg, wire.DrDispatch):
+            out = self._on_dr(msg, received_at, wall)
+        elif isinstance(msg, wire.ReleaseDispatch):
+            out = self._on_release(msg, wall)
+        else:
+            out = self._on_cut(msg, fraction, note, received_at, wall)
+        if guard is not None:
+            if self._v_result == "accepted":  # a cut or release that took effect
+                guard.accepted(msg, now_s=received_at)
+            guard.after_dispatch()
+        return [out]
+
+    def _on_cut(
+        self, msg: wire.ShedDispatch | wire.CapDispatch, fraction: float | None,
+        note: str | None, received_at: float, wall: float,
+    ) -> Outgoing:
+        if isinstance(msg, wire.ShedDispatch):
+            act = self._island.trigger_shed(msg.id, fraction if fraction is not None
+                                            else msg.fraction)
+        else:
+            act = self._island.trigger_cap(msg.id, msg.node_w)
+        self._count("dispatch", "accepted")
+        self._events[msg.id] = _Event(
+            msg.id, type(msg).KIND, received_at + msg.duration_s, received_at, wall,
+            act.commanded_wall,
+        )
+        self._activated(act, received_at)
+        notes = [n for n in (note, _write_note(act)) if n]
+        return self._ack(msg.id, True, "; ".join(notes) or None, wall, act.commanded_wall)
+
+    def _reject(self, event_id: str | None, reason: str, wall: float) -> Outgoing:
+        self._count("dispatch", "rejected")
+        log.info("dispatch %s rejected: %s", event_id, reason)
+        return self._ack(event_id, False, reason, wall, None)
+
+    def _on_dr(self, msg: wire.DrDispatch, received_at: float, wall: float) -> Outgoing:
+        """Queue a demand-response event: nothing is written now, tier 2 follows the queue."""
+        reason = ("this node is not enrolled in demand response" if self._dr is None
+                  else self._dr.schedule_dr(msg, now_s=received_at, wall_s=wall))
+        if reason is not None:
+            return self._reject(msg.id, reason, wall)
+        self._count("dispatch", "accepted", event_id=msg.id)
+        self._decide("dr_scheduled", {"event": msg.id, "start_at": msg.start_at,
+                                      "duration_s": msg.duration_s})
+        return self._ack(msg.id, True, None, wall, None, extra={"scheduled": True})
+
+    def _on_release(self, msg: wire.ReleaseDispatch, wall: float) -> Outgoing:
+        if msg.ref not in self._events and self._dr is not None and self._dr.cancel_dr(
+            msg.ref, now_s=self._clock.now()
+        ):
+            self._count("dispatch", "accepted", event_id=msg.id)
+            self._decide("dr_cancelled", {"event": msg.ref, "by": msg.id})
+            return self._ack(msg.id, True, None, wall, self._clock.wall())
+        if msg.ref not in self._events:
+            self._count("dispatch", "rejected")
+            return self._ack(msg.id, False, f"no active event {msg.ref!r} to release", wall, None)
+        self._release(msg.ref, f"release dispatch {msg.id!r}")
+        self._count("dispatch", "accepted")
+        return self._ack(msg.id, True, None, wall, self._clock.wall())
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def _release(self, event_id: str, why: str) -> None:
+        ev = self._events.pop(event_id, None)
+        self._monitor.forget(event_id)
+        if not self._island.release(event_id):
+            log.debug("release of %s: island had no such active event", event_id)
+        if ev is not None:
+            self._ending[event_id] = why
+            self._decide("event_released", {"event": event_id, "why": why})
+
+    def _activated(self, act: Activation, received_at: float) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_trigger_to_command(act.commanded_at - received_at)
+        if self._on_activation is not None:
+            self._on_activation(act)
+        if self._on_decision is not None:
+            ev = self._events.get(act.event_id)
+            self._decide("event_started", {
+                "event": act.event_id, "kind": ev.kind if ev is not None else act.kind,
+                "level": act.level, "baseline_mw": act.baseline_mw, "target_mw": act.target_mw,
+                "caps_mw": act.caps_mw, "binding": act.binding,
+                "errors": {str(i): str(e) for i, e in act.errors.items()},
+                "received_at": ev.received_wall if ev is not None else None,
+                "commanded_at": act.commanded_wall,
+                "duration_s": None if ev is None or ev.ends_at is None
+                else ev.ends_at - ev.received_at,
+            })
+
+    def _decide(self, kind: str, fields: dict[str, object]) -> None:
+        if self._held is not None:
+            self._held.append((kind, fields))
+        elif self._on_decision is not None:
+            self._on_decision(kind, fields)
+
+    def _ack(
+        self,
+        event_id: str | None,
+        accepted: bool,
+        reason: str | None,
+        received_wall: float,
+        commanded_wall: float | None,
+        *,
+        extra: dict[str, object] | None = None,
+    ) -> Outgoing:
+        payload = wire.ack_payload(
+            event_id, accepted, reason, received_wall, commanded_wall, None, extra=extra
+        )
+        self._v_id, self._v_reason = event_id, reason
+        if event_id is not None and accepted:
+            self._acks[event_id] = payload
+            while len(self._acks) > DEDUP_WINDOW:
+                self._acks.popitem(last=False)
+        return Outgoing(self._topics.ack, payload)
+
+    def reached_ack(self, event_id: str, reached_wall: float) -> Outgoing | None:
+        """The second ack for ``event_id``, with ``reached_at`` filled in."""
+        ev = self._events.get(event_id)
+        if ev is None:
+            return None
+        payload = wire.ack_payload(
+            event_id, True, None, ev.received_wall, ev.commanded_wall, reached_wall
+        )
+        return Outgoing(self._topics.ack, payload)
+
+    def activation_time(self, event_id: str) -> float | None:
+        """Monotonic receive time of an active event's trigger (for trigger-to-target)."""
+        ev = self._events.get(event_id)
+        return ev.received_at if ev is not None else None
+
+    def _count(self, topic: str, result: MessageResult, *, event_id: str | None = None,
+               reason: str | None = None) -> None:
+        self._v_result, self._v_id, self._v_reason = result, event_id, reason
+        if self._metrics is not None:
+            self._metrics.count_message(topic, result)
+
+
+def _write_note(act: Activation) -> str | None:
+    """Accepted with failures on some GPUs: say which, so the aggregator knows the cut is short."""
+    if not act.errors:
+        return None
+    return "; ".join(f"gpu {i}: {err}" for i, err in sorted(act.errors.items()))

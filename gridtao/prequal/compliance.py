@@ -1,0 +1,409 @@
+"""Compliance bench (``gridtao bench compliance``): a real agent, a real broker, the TSO's tests.
+
+For one product it starts Mosquitto on a free loopback port and, per test, a fresh agent
+in-process (simulated GPUs in real time, or the real ones for ``gridtao prequalify --backend
+nvml``) enrolled in that product only. It then plays the grid: publishes the test's frequency
+samples on ``{prefix}/frequency`` at 10 Hz (bench/shapes.py) or demand-response dispatches on
+``{prefix}/dispatch``, while a recorder logs per-GPU instant power through NVML (the operator's
+path) at 20 Hz. Afterwards it models the facility meter from the measured IT power (the node
+cannot see the site meter: gridtao/control/pue.py's plant, with ``facility.*`` from the
+configuration), computes what the product required from the frequency actually sent, and
+scores every rule (bench/product_rules.py, bench/scoring.py).
+
+Time base: t = 0 is the first frequency sample; samples before it (agent start) are negative.
+Marks (steps, crossings) are the planned times: publishing late counts against the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gridtao.app.agent import Agent, AgentOptions
+from gridtao.clock import MonotonicClock
+from gridtao.config.agent import Config, ProductConfig
+from gridtao.control.tier2.facility import Facility, FacilityModel
+from gridtao.gpu.backend import GpuBackend
+from gridtao.prequal import scoring as sc
+from gridtao.prequal import shapes
+from gridtao.prequal.options import DEFAULT_CAPACITY_W, DEFAULT_TIME_SCALE, PRODUCTS
+from gridtao.prequal.rules import DrWindow, ProductSpec
+from gridtao.transport.localbroker import MosquittoBroker, Publisher
+
+log = logging.getLogger("gridtao.bench.compliance")
+
+RECORD_HZ = 20.0
+BASELINE_S = 5.0  # the reference power: mean over this long before the test's lead ends
+PREFIX, NODE = "gridtao/compliance", "compliance"
+
+
+@dataclass(frozen=True)
+class DrPlan:
+    """A demand-response dispatch the bench sends at ``send_s``; times in s (trace base)."""
+
+    event_id: str
+    send_s: float
+    start_s: float
+    ramp_s: float
+    duration_s: float
+    recovery_s: float
+    reduction_w: float
+    interval_s: float = sc.DR_INTERVAL_S  # settlement interval, time-scaled
+
+
+@dataclass(frozen=True)
+class TestPlan:
+    """One test of a product: a frequency shape and, for DR, the dispatches."""
+
+    name: str
+    shape: shapes.Shape
+    dr: tuple[DrPlan, ...] = ()
+
+    @property
+    def duration_s(self) -> float:
+        return self.shape.duration_s
+
+
+@dataclass
+class Recording:
+    """What one test produced: samples (recorder) and what was sent (publisher)."""
+
+    t_s: list[float] = field(default_factory=list)
+    gpu_w: list[tuple[float, ...]] = field(default_factory=list)
+    limit_w: list[float] = field(default_factory=list)  # summed enforced limits, read via NVML
+    target_w: list[float | None] = field(default_factory=list)
+    sent: list[tuple[float, float]] = field(default_factory=list)  # (t_s actually sent, hz)
+    dispatched: list[tuple[float, str]] = field(default_factory=list)
+    late_s: list[float] = field(default_factory=list)  # publish time - planned time
+    tier2: dict[str, object] = field(default_factory=dict)  # tier 2's state at the end
+
+
+# ---- products and their tests -------------------------------------------------------------
+
+
+def product_config(config: Config, product: str, *, capacity_w: float | None,
+                   time_scale: float, threshold_hz: float | None = None) -> ProductConfig:
+    """The enrolled product: the configuration's own entry of that kind if it has one, else
+    the kind's defaults; ``capacity_w`` and ``threshold_hz`` override. ERCOT's 15 min support,
+    unless configured, is scaled by ``time_scale`` like the other long holds."""
+    kind = PRODUCTS[product]
+    found = next((p for p in config.products if p.kind == kind), None)
+    cfg = found if found is not None else ProductConfig(
+        kind=kind, capacity_w=capacity_w if capacity_w is not None else DEFAULT_CAPACITY_W)
+    if capacity_w is not None:
+        cfg = dataclasses.replace(cfg, capacity_w=capacity_w)
+    if threshold_hz is not None:
+        cfg = dataclasses.replace(cfg, threshold_hz=threshold_hz)
+    if kind == "ercot-ffr" and cfg.support_s is None:
+        cfg = dataclasses.replace(cfg, support_s=max(5.0, 900.0 * time_scale))
+    return cfg
+
+
+def spec_of(cfg: ProductConfig) -> ProductSpec:
+    """What the scorer holds the product to (the TSO's limits, bench/product_rules.py)."""
+    if cfg.kind == "ffr":
+        hz = cfg.threshold_hz if cfg.threshold_hz is not None else 49.7
+        return ProductSpec("ffr", cfg.capacity_w, hz, 5.0 if cfg.support == "short" else 30.0,
+                           cfg.support == "short")
+    if cfg.kind == "ercot-ffr":
+        hz = cfg.threshold_hz if cfg.threshold_hz is not None else 59.85
+        support = cfg.support_s if cfg.support_s is not None else 900.0
+        return ProductSpec("ercot-ffr", cfg.capacity_w, hz, support, False)
+    if cfg.kind == "fcr-d-up-static":
+        hz = cfg.threshold_hz if cfg.threshold_hz is not None else 49.7
+        return ProductSpec(cfg.kind, cfg.capacity_w, hz)
+    return ProductSpec(cfg.kind, cfg.capacity_w)
+
+
+def test_plans(product: str, spec: ProductSpec, time_scale: float) -> list[TestPlan]:
+    """The product's full test sequence (prequalification); the first is the bench's default."""
+    if product == "ffr":
+        return [TestPlan(f"step-{spec.threshold_hz:g}Hz", shapes.ffr_step(spec.threshold_hz)),
+                TestPlan("large-trip", shapes.large_trip(spec.threshold_hz)),
+                TestPlan("normal", shapes.normal_frequency(max(20.0, 600.0 * time_scale)))]
+    if product == "ercot-ffr":
+        return [TestPlan(f"step-{spec.threshold_hz:g}Hz",
+                         shapes.ercot_step(threshold_hz=spec.threshold_hz,
+                                           support_s=spec.support_s))]
+    if product == "fcr-d":
+        return [TestPlan("ramps", shapes.fcr_d_ramps(time_scale))]
+    if product == "fcr-d-static":
+        return [TestPlan("static", shapes.fcr_d_static(time_scale, spec.threshold_hz))]
+    if product == "fcr-n":
+        return [TestPlan("steps", shapes.fcr_n_steps(time_scale))]
+    if product == "dr":
+        return [dr_plan(spec.capacity_w, time_scale)]
+    raise ValueError(f"unknown product {product!r} (choose from {', '.join(PRODUCTS)})")
+
+
+def dr_plan(capacity_w: float, time_scale: float) -> TestPlan:
+    """Two events queued at once, resolved in order: the full capacity (ramp 60 s, hold 300 s,
+    recovery 120 s, scaled) announced 4 s ahead, then half of it (ramp 60 s, hold 200 s,
+    recovery 60 s) 4 s after the first has recovered. Settlement intervals are scaled too."""
+    s = time_scale
+    lead = shapes.LEAD_S
+    interval = max(sc.SMOOTH_S, sc.DR_INTERVAL_S * s)
+    a = DrPlan("dr-a", lead, lead + 4.0 + max(1.0, 60 * s), max(1.0, 60 * s),
+               max(5.0, 300 * s), max(2.0, 120 * s), capacity_w, interval)
+    b_start = a.start_s + a.duration_s + a.recovery_s + 4.0 + max(1.0, 60 * s)
+    b = DrPlan("dr-b", lead + 1.5, b_start, max(1.0, 60 * s), max(5.0, 200 * s),
+               max(2.0, 60 * s), capacity_w / 2, interval)
+    end = b.start_s + b.duration_s + b.recovery_s + 4.0
+    return TestPlan("events", shapes.constant(end), (a, b))
+
+
+def dr_windows(plans: Sequence[DrPlan]) -> list[DrWindow]:
+    return [DrWindow(p.event_id, p.start_s, p.ramp_s, p.duration_s, p.recovery_s, p.reduction_w,
+                     p.interval_s) for p in plans]
+
+
+# ---- running a test -------------------------------------------------------------------------
+
+
+def agent_config(config: Config, product: ProductConfig, port: int) -> Config:
+    """The agent's configuration for a test: the caller's, on the bench broker, enrolled in
+    ``product`` only (no raw safety.triggers), unsigned messages (the bench is the grid), no
+    metrics server, journal or audit files (a bench run must not touch the operator's state)."""
+    return dataclasses.replace(
+        config,
+        mqtt=dataclasses.replace(config.mqtt, host="127.0.0.1", port=port, prefix=PREFIX,
+                                 node_id=NODE),
+        metrics=dataclasses.replace(config.metrics, enabled=False),
+        safety=dataclasses.replace(config.safety, triggers=()),
+        products=(product,),
+        auth=dataclasses.replace(config.auth, mode="none", keys=()),
+        journal=dataclasses.replace(config.journal, enabled=False),
+        audit=dataclasses.replace(config.audit, enabled=False),
+    )
+
+
+class _Controller(threading.Thread):
+    """The agent's controller loop (status, tier 2) on its own event loop."""
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(name="compliance-controller", daemon=True)
+        self._agent = agent
+        self._stop_event = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+
+    def run(self) -> None:
+        from gridtao.transport.mqtt import new_event_loop
+
+        self._loop = new_event_loop()
+        self._ready.set()
+        try:
+            self._loop.run_until_complete(self._agent.serve(self._stop_event))
+        finally:
+            self._loop.close()
+
+    def stop(self) -> None:
+        self._ready.wait(5.0)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._stop_event.set)
+        self.join(10.0)
+
+
+class _Recorder(threading.Thread):
+    """Per-GPU instant power and the enforced limits through the agent's backend (NVML, what an
+    operator can read) at ``RECORD_HZ`` (>= 10 Hz)."""
+
+    def __init__(self, agent: Agent, rec: Recording) -> None:
+        super().__init__(name="compliance-recorder", daemon=True)
+        self._agent, self._rec = agent, rec
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        backend = self._agent.backend
+        indices = [d.index for d in backend.devices()]
+        period = 1.0 / RECORD_HZ
+        next_t = time.monotonic()
+        while not self._halt.is_set():
+            now = time.monotonic()
+            gpus = tuple(backend.instant_power_mw(i) / 1000.0 for i in indices)
+            limits = math.fsum(backend.enforced_limit_mw(i) for i in indices) / 1000.0
+            view = self._agent.island.view()
+            target = view.target_mw if view.target_mw is not None else view.commitment_mw
+            self._rec.t_s.append(now)  # monotonic; made relative to t = 0 after the run
+            self._rec.gpu_w.append(gpus)
+            self._rec.limit_w.append(limits)
+            self._rec.target_w.append(None if target is None else target / 1000.0)
+            next_t += period
+            self._halt.wait(max(0.0, next_t - time.monotonic()))
+
+    def halt(self) -> None:
+        self._halt.set()
+        self.join(5.0)
+
+
+def run_test(
+    config: Config, product: ProductConfig, plan: TestPlan, broker: MosquittoBroker, *,
+    backend: GpuBackend | None = None, progress: Callable[[str], None] | None = None,
+    steady_fraction: float | None = None,
+) -> Recording:
+    """Run one test against a fresh agent (closed and limits restored at the end).
+
+    ``backend``: the GPUs (default: simulated from ``config.gpus.sim`` in real time).
+    ``steady_fraction``: simulated GPUs only: every GPU demands this fraction of its default
+    limit all along instead of running ``gpus.sim.workload`` (a steady test load)."""
+    cfg = agent_config(config, product, broker.port)
+    clock = MonotonicClock()
+    if backend is None and cfg.gpus.backend == "sim":
+        from gridtao.gpu.nvml import NvmlBackend
+        from gridtao.gpu.sim.nvml import SimNvml
+
+        sim = SimNvml.from_config(cfg.gpus.sim, clock)
+        backend = NvmlBackend(sim)
+        if steady_fraction is not None:
+            for d in backend.devices():
+                watts = steady_fraction * backend.power_limits(d.index).default_mw / 1000.0
+                sim.set_demand_w(d.index, watts)
+    elif steady_fraction is not None:
+        raise ValueError("a steady test load needs simulated GPUs")
+    agent = Agent(cfg, clock=clock, backend=backend, options=AgentOptions(serve_metrics=False))
+    rec = Recording()
+    recorder = _Recorder(agent, rec)
+    t0 = time.monotonic()
+    controller = _Controller(agent)
+    say = progress or (lambda _line: None)
+    try:
+        agent.start()
+        controller.start()
+        recorder.start()
+        with Publisher(broker.host, broker.port) as pub:
+            time.sleep(0.3)  # the lane's subscription is in place once start() returned
+            t0 = time.monotonic() + 0.2
+            _play(plan, pub, agent, rec, t0, say)
+        rec.tier2 = agent.tier2.snapshot()
+    finally:
+        recorder.halt()
+        controller.stop()
+        agent.close()
+    rec.t_s = [t - t0 for t in rec.t_s]
+    return rec
+
+
+def _play(plan: TestPlan, pub: Publisher, agent: Agent, rec: Recording, t0: float,
+          say: Callable[[str], None]) -> None:
+    shape = plan.shape
+    pending = sorted(plan.dr, key=lambda d: d.send_s)
+    topic_f, topic_d = agent.topics.frequency, agent.topics.dispatch
+    say(f"{plan.name}: {shape.title}, {shape.duration_s:.0f} s")
+    next_report = 10.0
+    for k, hz in enumerate(shape.hz):
+        planned = k * shape.dt_s
+        delay = t0 + planned - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        while pending and pending[0].send_s <= planned:
+            d = pending.pop(0)
+            wall = time.time()
+            body = {"id": d.event_id, "kind": "dr", "issued_at": wall,
+                    "start_at": wall + (d.start_s - planned), "ramp_s": d.ramp_s,
+                    "duration_s": d.duration_s, "recovery_s": d.recovery_s,
+                    "reduction_w": d.reduction_w}
+            pub.send(topic_d, json.dumps(body).encode(), qos=1)
+            rec.dispatched.append((time.monotonic() - t0, d.event_id))
+        pub.send(topic_f, json.dumps({"t": time.time(), "hz": round(hz, 4)}).encode(), qos=0)
+        now = time.monotonic() - t0
+        rec.sent.append((now, hz))
+        rec.late_s.append(now - planned)
+        if planned >= next_report:
+            say(f"  t = {planned:5.1f} s  f = {hz:.3f} Hz")
+            next_report += 10.0
+
+
+def run_product(
+    config: Config, product: str, *, tests: Sequence[TestPlan] | None = None,
+    capacity_w: float | None = None, time_scale: float | None = None,
+    threshold_hz: float | None = None, progress: Callable[[str], None] | None = None,
+    steady_fraction: float | None = None,
+) -> tuple[ProductConfig, list[tuple[TestPlan, Recording]]]:
+    """Run ``tests`` (default: the product's primary test) over one broker, each against a
+    fresh agent on ``config.gpus`` (simulated, or real GPUs with ``gpus.backend: nvml``)."""
+    scale = time_scale if time_scale is not None else DEFAULT_TIME_SCALE[product]
+    pcfg = product_config(config, product, capacity_w=capacity_w, time_scale=scale,
+                          threshold_hz=threshold_hz)
+    plans = list(tests) if tests is not None else test_plans(product, spec_of(pcfg), scale)[:1]
+    out = []
+    with tempfile.TemporaryDirectory(prefix="gridtao-compliance-") as tmp, \
+            MosquittoBroker(Path(tmp)) as broker:
+        for plan in plans:
+            out.append((plan, run_test(config, pcfg, plan, broker, progress=progress,
+                                       steady_fraction=steady_fraction)))
+    return pcfg, out
+
+
+# ---- from a recording to a scored trace ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A recording on the trace's time base, with the modelled meter (powers in W)."""
+
+    t_s: list[float]
+    hz: list[float]
+    it_w: list[float]
+    meter_w: list[float]
+    gpu_w: list[tuple[float, ...]]
+    limit_w: list[float]  # summed enforced limits
+    target_w: list[float | None]
+    reference_it_w: float
+    reference_w: float  # at the settlement point
+    late_s: list[float]  # how late each frequency sample went out, s
+
+
+def measure(rec: Recording, plan: TestPlan, config: Config, product: ProductConfig) -> Measured:
+    """Sent frequency held per sample, IT power summed, the meter modelled (module docstring),
+    and the reference: the mean over ``BASELINE_S`` before the lead ends. For FCR-N the
+    reference is the baseline the node declared (tier 2's ``fcr_n_baseline_w``, IT W) and its
+    steady-state meter power: a declared operating point, cooling settled."""
+    if len(rec.t_s) < 2 or not rec.sent:
+        raise RuntimeError(f"{plan.name}: nothing was recorded")
+    model = FacilityModel.from_config(config.facility)
+    it = [math.fsum(g) for g in rec.gpu_w]
+    first = [w for t, w in zip(rec.t_s, it, strict=True) if t < rec.t_s[0] + 1.0]
+    plant = Facility(model, math.fsum(first) / len(first))
+    meter, prev = [], rec.t_s[0]
+    for t, w in zip(rec.t_s, it, strict=True):
+        meter.append(plant.step(w, t - prev))
+        prev = t
+    hz, k = [], 0
+    for t in rec.t_s:
+        while k + 1 < len(rec.sent) and rec.sent[k + 1][0] <= t:
+            k += 1
+        hz.append(rec.sent[k][1])
+    lead = plan.shape.marks.get("lead_end", shapes.LEAD_S)
+    sel = [j for j, t in enumerate(rec.t_s) if max(0.0, lead - BASELINE_S) <= t < lead]
+    if not sel:
+        raise RuntimeError(f"{plan.name}: no samples in the baseline window")
+    ref_it = math.fsum(it[j] for j in sel) / len(sel)
+    declared = rec.tier2.get("fcr_n_baseline_w")
+    if product.kind == "fcr-n":
+        if not isinstance(declared, (int, float)):
+            raise RuntimeError(f"{plan.name}: the agent never declared its FCR-N baseline")
+        ref_it = float(declared)
+    if config.facility.settle_at == "it":
+        ref = ref_it
+    elif product.kind == "fcr-n":
+        ref = model.steady_meter_w(ref_it)
+    else:
+        ref = math.fsum(meter[j] for j in sel) / len(sel)
+    return Measured(list(rec.t_s), hz, it, meter, list(rec.gpu_w), list(rec.limit_w),
+                    list(rec.target_w), ref_it,
+                    ref, list(rec.late_s))
+
+
+def settlement_w(m: Measured, config: Config) -> list[float]:
+    """Power at the settlement point per sample (meter, or IT with ``settle_at: it``)."""
+    return m.it_w if config.facility.settle_at == "it" else m.meter_w

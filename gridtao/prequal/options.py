@@ -1,0 +1,158 @@
+"""``gridtao bench compliance``: one product's test(s) over a real broker, scored.
+
+Prints every rule with its measured value and limit; writes ``--json`` (``product``,
+``passed``, ``rules``: ``{name, value, limit, passed, unit, op, detail}``, ``tests``),
+``--csv`` and ``--plot`` (with several tests, one file per test: ``NAME-<test>.csv``).
+Exit status 0 when every rule passed, 1 when one failed (2: usage or configuration error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gridtao.config.agent import Config, ConfigError, ProductConfig, ProductKind
+
+if TYPE_CHECKING:  # the runner pulls in the whole agent: imported when a bench runs
+    from gridtao.prequal import compliance as c
+    from gridtao.prequal import report as rep
+
+PRODUCTS: dict[str, ProductKind] = {
+    "ffr": "ffr", "fcr-d": "fcr-d-up", "fcr-d-static": "fcr-d-up-static", "fcr-n": "fcr-n",
+    "ercot-ffr": "ercot-ffr", "dr": "dr",
+}
+DEFAULT_TIME_SCALE = {"ffr": 0.1, "fcr-d": 0.1, "fcr-d-static": 0.1, "fcr-n": 0.1,
+                      "ercot-ffr": 0.02, "dr": 0.05}
+DEFAULT_CAPACITY_W = 1000.0
+STEADY_FRACTION = 0.88  # --workload steady: every simulated GPU at 88 % of its default limit
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Options shared with ``gridtao prequalify``."""
+    p.add_argument("--product", required=True, choices=tuple(PRODUCTS),
+                   help="the product to test (its entry in the configuration's products, else "
+                        "its defaults with --capacity-w)")
+    p.add_argument("--time-scale", type=float, default=None, metavar="X",
+                   help="shorten long holds by X (ramp rates never change; default: 0.1, "
+                        "ercot-ffr 0.02, dr 0.05; 1 = the full TSO lengths)")
+    p.add_argument("--capacity-w", type=float, default=None, metavar="W",
+                   help=f"reserve capacity at the settlement point (default: the configured "
+                        f"product's, else {DEFAULT_CAPACITY_W:g})")
+    p.add_argument("--threshold-hz", type=float, default=None, metavar="HZ",
+                   help="ffr, ercot-ffr, fcr-d-static: the activation threshold (ffr: 49.7, "
+                        "49.6 or 49.5 Hz, limits 1.3 / 1.0 / 0.7 s)")
+    p.add_argument("--workload", choices=("steady", "config"), default="steady",
+                   help="simulated GPUs: a steady test load at "
+                        f"{STEADY_FRACTION:.0%}% of each GPU's default limit (default: tests are "
+                        "run at a steady operating point), or gpus.sim.workload ('config')")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    p.add_argument("--test", default=None, metavar="NAME",
+                   help="which of the product's tests to run, or 'all' (default: the first; "
+                        "see --list)")
+    p.add_argument("--list", action="store_true", help="list the product's tests and exit")
+    p.add_argument("--json", metavar="FILE", help="write the scored rules as JSON")
+    p.add_argument("--csv", metavar="FILE", help="write the 20 Hz log as CSV (README)")
+    p.add_argument("--plot", metavar="FILE", help="write a TSO-style test plot (PNG)")
+
+
+def check_common(args: argparse.Namespace) -> float:
+    """Validate shared options; returns the time scale."""
+    scale = args.time_scale if args.time_scale is not None else DEFAULT_TIME_SCALE[args.product]
+    if not 0.001 <= scale <= 1.0:
+        raise ConfigError("--time-scale: must be in [0.001, 1]")
+    if args.capacity_w is not None and not 1.0 <= args.capacity_w <= 10_000_000:
+        raise ConfigError("--capacity-w: must be in [1, 10000000] W")
+    if args.threshold_hz is not None and (
+            args.product not in ("ffr", "ercot-ffr", "fcr-d-static")
+            or not 45.0 <= args.threshold_hz <= 65.0):
+        raise ConfigError("--threshold-hz: only for ffr, ercot-ffr and fcr-d-static, "
+                          "in [45, 65] Hz")
+    return float(scale)
+
+
+def select(plans: Sequence[c.TestPlan], name: str | None) -> list[c.TestPlan]:
+    """The named test, all of them, or (None) the first."""
+    if name is None:
+        return [plans[0]]
+    if name == "all":
+        return list(plans)
+    chosen = [p for p in plans if p.name == name]
+    if not chosen:
+        raise ConfigError(f"--test: no test {name!r} (choose from "
+                          f"{', '.join(p.name for p in plans)}, all)")
+    return chosen
+
+
+def steady(args: argparse.Namespace, config: Config) -> float | None:
+    """The steady load's fraction, or None: the configured workload (real GPUs: their own)."""
+    if args.workload != "steady" or config.gpus.backend != "sim":
+        return None
+    return STEADY_FRACTION
+
+
+def run_and_score(
+    config: Config, args: argparse.Namespace, pcfg: ProductConfig, plans: Sequence[c.TestPlan],
+    *, progress: Callable[[str], None],
+) -> list[rep.TestResult]:
+    from gridtao.prequal import compliance as c
+    from gridtao.prequal import report as rep
+
+    _, runs = c.run_product(config, args.product, tests=plans, capacity_w=pcfg.capacity_w,
+                            time_scale=check_common(args), threshold_hz=pcfg.threshold_hz,
+                            progress=progress, steady_fraction=steady(args, config))
+    spec = c.spec_of(pcfg)
+    return [rep.score_test(spec, plan, c.measure(rec, plan, config, pcfg), config)
+            for plan, rec in runs]
+
+
+def _per_test(path: Path, test: str, many: bool) -> Path:
+    return path.with_name(f"{path.stem}-{test}{path.suffix}") if many else path
+
+
+def main(args: argparse.Namespace, config: Config, command: str) -> int:
+    from gridtao import __version__
+    from gridtao.bench.latency import machine_description
+    from gridtao.prequal import compliance as c
+    from gridtao.prequal import report as rep
+
+    scale = check_common(args)
+    pcfg = c.product_config(config, args.product, capacity_w=args.capacity_w, time_scale=scale,
+                            threshold_hz=args.threshold_hz)
+    plans = c.test_plans(args.product, c.spec_of(pcfg), scale)
+    if args.list:
+        for p in plans:
+            print(f"{p.name}: {p.shape.title} ({p.duration_s:.0f} s)")
+        return 0
+    chosen = select(plans, args.test)
+    results = run_and_score(config, args, pcfg, chosen,
+                            progress=lambda line: print(line, file=sys.stderr))
+    print(rep.text_report(args.product, results))
+    many = len(results) > 1
+    for res in results:
+        if args.csv:
+            rep.write_csv(res, _per_test(Path(args.csv), res.name, many))
+        if args.plot:
+            rep.plot(res, _per_test(Path(args.plot), res.name, many), product=args.product,
+                     capacity_w=pcfg.capacity_w)
+    if args.json:
+        import datetime
+
+        date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        body = rep.summary_json(args.product, results, command=command, version=__version__,
+                                machine=machine_description(), date=date, time_scale=scale,
+                                workload=args.workload, product_config=_plain(pcfg))
+        Path(args.json).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    return 0 if all(r.passed for r in results) else 1
+
+
+def _plain(pcfg: ProductConfig) -> dict[str, object]:
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(pcfg).items() if v is not None}

@@ -1,0 +1,325 @@
+"""What each grid product requires over a test, and which rules score it (pure).
+
+The requirement is computed from the TSO's definition of the product and the frequency the
+unit was sent, not replayed through gridtao's own product objects, so a bug there cannot hide
+itself. Rule mechanics (bands, smoothing, crossings): bench/scoring.py. Times in s from the
+test's start, powers in W at the settlement point, capacity > 0.
+
+* FFR / ERCOT FFR: full capacity from the frequency crossing, due within the full-activation
+  time, held for the support duration (measured from full activation to the first fall below
+  the band), then ramped out no faster than 20 %/s of capacity (FFR, short support).
+* FCR-D upwards (dynamic): capacity x (49.9 - f) / 0.4 clipped to [0, 1]; the 0.24 Hz/s test's
+  dP(7.5 s) >= 0.86 dP_ss and energy >= 3.2 s x dP_ss; steady state -5/+20 % in every hold
+  below 49.9 Hz; after 7.5 s the power may not fall back while frequency stays (the 49.5 Hz
+  hold); back at 49.9 Hz or above, the cut is given back (mean excess <= +20 %).
+* FCR-D static: full capacity within 2.5 s of the crossing, held until 60 s after the frequency
+  is back above 49.9 Hz, then ramped down no faster than 2.5 %/s of capacity.
+* FCR-N: capacity x (50 - f) / 0.1 clipped to [-1, 1]; steady state -5/+20 % at every level.
+* Demand response: each event's schedule (ramp, hold, recovery); full by its start (+1 s),
+  held and recovered no faster than scheduled, both on settlement-interval means
+  (``DrWindow.interval_s``, scoring.DR_INTERVAL_S): DR is paid on metered energy per
+  interval, so a training job's second-to-second swings are not a failure, a short interval is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gridtao.prequal import scoring as sc
+from gridtao.prequal.scoring import RuleResult, Trace
+from gridtao.prequal.shapes import Hold
+
+
+@dataclass(frozen=True)
+class ProductSpec:
+    """What the scorer needs to know of the enrolled product (W, Hz, s)."""
+
+    kind: str  # ffr | ercot-ffr | fcr-d-up | fcr-d-up-static | fcr-n | dr
+    capacity_w: float
+    threshold_hz: float = math.nan
+    support_s: float = 0.0
+    short_support: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.capacity_w > 0:
+            raise ValueError("capacity_w must be > 0")
+
+    @property
+    def full_activation_s(self) -> float:
+        """The TSO's limit for this product (not the configured value)."""
+        if self.kind == "ffr":
+            for level, seconds in sorted(sc.FFR_FULL_ACTIVATION_S.items(), reverse=True):
+                if self.threshold_hz >= level - 1e-9:
+                    return seconds
+            return min(sc.FFR_FULL_ACTIVATION_S.values())
+        if self.kind == "ercot-ffr":
+            return sc.ERCOT_FFR_ACTIVATION_S
+        if self.kind == "fcr-d-up-static":
+            return sc.FCR_D_STATIC_START_S
+        return sc.FCR_D_T_S
+
+
+@dataclass(frozen=True)
+class DrWindow:
+    """One demand-response event on the trace's time base (s) and its amount (W)."""
+
+    event_id: str
+    start_s: float
+    ramp_s: float
+    duration_s: float
+    recovery_s: float
+    amount_w: float
+    interval_s: float = sc.DR_INTERVAL_S
+
+    def level(self, t_s: float) -> float:
+        if t_s < self.start_s - self.ramp_s:
+            return 0.0
+        if t_s < self.start_s:
+            return (t_s - self.start_s + self.ramp_s) / self.ramp_s
+        end = self.start_s + self.duration_s
+        if t_s < end:
+            return 1.0
+        if t_s < end + self.recovery_s:
+            return 1.0 - (t_s - end) / self.recovery_s
+        return 0.0
+
+
+# ---- requirements -----------------------------------------------------------------------------
+
+
+def required_fcr_d(hz: float, capacity_w: float) -> float:
+    share = (sc.FCR_D_START_HZ - hz) / (sc.FCR_D_START_HZ - sc.FCR_D_FULL_HZ)
+    return capacity_w * min(1.0, max(0.0, share))
+
+
+def required_fcr_n(hz: float, capacity_w: float) -> float:
+    mid = (sc.FCR_N_LOW_HZ + sc.FCR_N_HIGH_HZ) / 2
+    half = (sc.FCR_N_HIGH_HZ - sc.FCR_N_LOW_HZ) / 2
+    return capacity_w * min(1.0, max(-1.0, (mid - hz) / half))
+
+
+def required_step(t_s: Sequence[float], spec: ProductSpec, event_s: float | None) -> list[float]:
+    """FFR-like, for the plot and the steady-state checks: capacity from the crossing for the
+    support duration, then the steepest allowed ramp-out (FFR short: 20 %/s; otherwise a
+    drop). The rules themselves time the support from the measured full activation."""
+    if event_s is None:
+        return [0.0] * len(t_s)
+    end = event_s + spec.support_s
+    rate = sc.FFR_RAMP_OUT_PCT_PER_S / 100.0 if spec.kind == "ffr" and spec.short_support else (
+        math.inf)
+    out = []
+    for t in t_s:
+        if t < event_s:
+            out.append(0.0)
+        elif t < end:
+            out.append(spec.capacity_w)
+        else:
+            out.append(spec.capacity_w * max(0.0, 1.0 - (t - end) * rate) if rate < math.inf
+                       else 0.0)
+    return out
+
+
+def static_recovered_s(t_s: Sequence[float], hz: Sequence[float], after_s: float) -> float | None:
+    """When the sent frequency is back above 49.9 Hz for good after ``after_s``."""
+    found: float | None = None
+    for t, f in zip(t_s, hz, strict=True):
+        if t < after_s:
+            continue
+        found = (t if found is None else found) if f > sc.FCR_D_START_HZ else None
+    return found
+
+
+def required_static(t_s: Sequence[float], hz: Sequence[float], spec: ProductSpec) -> list[float]:
+    """FCR-D static: capacity from the first sample at/below the threshold until 60 s after the
+    frequency is back above 49.9 Hz, then the steepest allowed ramp-down (2.5 %/s)."""
+    start = next((t for t, f in zip(t_s, hz, strict=True) if f <= spec.threshold_hz), None)
+    if start is None:
+        return [0.0] * len(t_s)
+    back = static_recovered_s(t_s, hz, start)
+    down = math.inf if back is None else back + sc.FCR_D_STATIC_WAIT_S
+    rate = sc.FCR_D_STATIC_RAMP_PCT_PER_S / 100.0
+    return [0.0 if t < start else spec.capacity_w * min(1.0, max(0.0, 1.0 - (t - down) * rate))
+            for t in t_s]
+
+
+def required_dr(t_s: Sequence[float], events: Sequence[DrWindow]) -> list[float]:
+    """The deepest scheduled event binds where events overlap."""
+    return [max((ev.level(t) * ev.amount_w for ev in events), default=0.0) for t in t_s]
+
+
+# ---- product recipes --------------------------------------------------------------------------
+
+
+def score_step(spec: ProductSpec, tr: Trace, *, event_s: float) -> list[RuleResult]:
+    """FFR / ERCOT FFR after a crossing at ``event_s`` (a step or a ramp)."""
+    cap, act = spec.capacity_w, spec.full_activation_s
+    horizon = act + spec.support_s + 5.0
+    activation = sc.activation_time(tr, event_s=event_s, capacity_w=cap, limit_s=act,
+                                    horizon_s=horizon)
+    rules = [activation, sc.power_at(tr, at_s=event_s + act, capacity_w=cap,
+                                     name="power_at_full_activation_time")]
+    full = None if activation.value is None else event_s + activation.value
+    if full is None:
+        rules.append(sc.RuleResult("support_duration", 0.0, spec.support_s, False, "s", ">=",
+                                   "never fully activated"))
+        return rules
+    fell = sc.first_crossing(tr.t_s, tr.delivered_w, (1.0 - sc.BAND) * cap, start_s=full,
+                             end_s=tr.t_s[-1], above=False)
+    support = (fell if fell is not None else tr.t_s[-1]) - full
+    rules.append(sc._rule("support_duration", support, spec.support_s, ">=", "s",
+                          "from full activation to the first fall below 95 % of capacity"))
+    held = (full, full + min(support, spec.support_s))
+    rules.append(sc.steady_state(tr, a_s=held[0], b_s=held[1], capacity_w=cap))
+    rules.append(sc.over_delivery(tr, windows=[_inner(held)], capacity_w=cap))
+    if spec.kind == "ffr" and spec.short_support:
+        rules.append(sc.ramp_down_rate(tr, start_s=full, end_s=tr.t_s[-1], capacity_w=cap,
+                                       limit_pct_per_s=sc.FFR_RAMP_OUT_PCT_PER_S,
+                                       name="ramp_out_rate"))
+    return rules
+
+
+def score_quiet(spec: ProductSpec, tr: Trace, limit_w: Sequence[float], *,
+                after_s: float) -> list[RuleResult]:
+    """Normal frequency that never reaches a threshold: no activation, judged from the GPUs'
+    summed enforced limits (``limit_w``, one per trace sample, read through NVML), not from
+    power: a training node's own swings reach a fifth of a 1000 W capacity in a 1 s mean with
+    no limit touched."""
+    return [sc.limit_drop(tr.t_s, limit_w, after_s=after_s, capacity_w=spec.capacity_w,
+                          name="no_false_activation")]
+
+
+def _inner(window: tuple[float, float]) -> tuple[float, float]:
+    """``window`` less half a smoothing width at each end (when it is long enough), so a 1 s
+    mean inside it does not reach the edges where the requirement steps."""
+    a, b = window
+    half = sc.SMOOTH_S / 2
+    return (a + half, b - half) if b - a > 2 * sc.SMOOTH_S else window
+
+
+def _settled(h: Hold, settle_s: float) -> tuple[float, float]:
+    """The part of a hold where the response should be steady: from ``settle_s`` in (at most
+    half of it), to its end."""
+    return (h.start_s + min(settle_s, (h.end_s - h.start_s) / 2), h.end_s)
+
+
+def score_fcr_d(spec: ProductSpec, tr: Trace, *, holds: Sequence[Hold],
+                dynamic_s: float | None, long_hold: tuple[float, float] | None,
+                after_s: float) -> list[RuleResult]:
+    """FCR-D dynamic: steady state in every hold after ``after_s``, the 7.5 s power and energy
+    of the ramp starting at ``dynamic_s``, no fall-back in ``long_hold`` (ramp start, end)."""
+    cap = spec.capacity_w
+    rules: list[RuleResult] = []
+    windows = []
+    for h in holds:
+        if h.start_s < after_s or h.end_s - h.start_s < 2.0:
+            continue
+        w = _settled(h, sc.FCR_D_T_S)
+        if h.hz < sc.FCR_D_START_HZ:
+            windows.append(w)
+            rules.append(sc.steady_state(tr, a_s=w[0], b_s=w[1], capacity_w=cap,
+                                         name=f"steady_state@{h.hz:.2f}Hz"))
+        else:
+            # Nothing required: the load's own swings are not scored, a cut left in place is.
+            rules.append(released(tr, a_s=w[0], b_s=w[1], capacity_w=cap,
+                                  name=f"released@{h.hz:.2f}Hz"))
+    if dynamic_s is not None:
+        after = next((h for h in holds if h.start_s >= dynamic_s), None)
+        if after is not None:
+            a, b = (after.start_s + after.end_s) / 2, after.end_s
+            dp_ss = sc.window_mean(tr.t_s, tr.delivered_w, a, b)
+            rules.extend(fcr_d_dynamic(tr, start_s=dynamic_s, dp_ss_w=dp_ss))
+    if long_hold is not None:
+        rules.append(sc.hold(tr, windows=[(long_hold[0] + sc.FCR_D_T_S, long_hold[1])],
+                             capacity_w=cap, name="no_fall_back"))
+    rules.append(sc.over_delivery(tr, windows=[_inner(w) for w in windows], capacity_w=cap))
+    return rules
+
+
+def released(tr: Trace, *, a_s: float, b_s: float, capacity_w: float,
+             name: str = "released") -> RuleResult:
+    """Where (nearly) nothing is required: the mean excess of delivered over required power in
+    [a_s, b_s] stays within the over-delivery tolerance (a cut that was not given back), % of
+    capacity; limit <= +20 %. A mean, not the 1 s over-delivery check: uncut, the node swings
+    with its workload."""
+    excess = [d - r for d, r in zip(tr.delivered_w, tr.required_w, strict=True)]
+    value = sc.window_mean(tr.t_s, excess, a_s, b_s)
+    return sc._rule(name, None if math.isnan(value) else 100.0 * value / capacity_w,
+                    100.0 * sc.OVER, "<=", "%", f"mean over {a_s:.1f}-{b_s:.1f} s")
+
+
+def fcr_d_dynamic(tr: Trace, *, start_s: float, dp_ss_w: float) -> list[RuleResult]:
+    """dP(7.5 s) / dP_ss >= 0.86 and energy(0-7.5 s) / dP_ss >= 3.2 s."""
+    t75 = start_s + sc.FCR_D_T_S
+    if not dp_ss_w > 0:
+        why = f"no steady-state response (dP_ss = {dp_ss_w:.0f} W)"
+        return [sc._rule("power_7.5s", None, sc.FCR_D_POWER_RATIO, ">=", "x dP_ss", why),
+                sc._rule("energy_7.5s", None, sc.FCR_D_ENERGY_S, ">=", "s x dP_ss", why)]
+    p75 = sc.window_mean(tr.t_s, tr.delivered_w, t75 - 0.5, t75 + 0.5)
+    ts = [start_s] + [t for t in tr.t_s if start_s < t < t75] + [t75]
+    ps = [max(0.0, sc.interp(tr.t_s, tr.delivered_w, t)) for t in ts]
+    energy = math.fsum((ts[k + 1] - ts[k]) * (ps[k + 1] + ps[k]) / 2 for k in range(len(ts) - 1))
+    detail = f"dP_ss = {dp_ss_w:.0f} W"
+    return [sc._rule("power_7.5s", p75 / dp_ss_w, sc.FCR_D_POWER_RATIO, ">=", "x dP_ss", detail),
+            sc._rule("energy_7.5s", energy / dp_ss_w, sc.FCR_D_ENERGY_S, ">=", "s x dP_ss",
+                     detail)]
+
+
+def score_static(spec: ProductSpec, tr: Trace, *, event_s: float) -> list[RuleResult]:
+    """FCR-D static after the nominal step at ``event_s``."""
+    cap = spec.capacity_w
+    activation = sc.activation_time(tr, event_s=event_s, capacity_w=cap,
+                                    limit_s=sc.FCR_D_STATIC_START_S, horizon_s=30.0,
+                                    name="activation_time")
+    rules = [activation]
+    back = static_recovered_s(tr.t_s, tr.hz, event_s + 0.1)
+    if back is None:
+        return [*rules, sc._rule("held_60s_after_recovery", None, -100 * sc.BAND, ">=", "%",
+                                 "frequency never came back above 49.9 Hz")]
+    full = event_s + (activation.value or sc.FCR_D_STATIC_START_S)
+    held = _inner((full, back + sc.FCR_D_STATIC_WAIT_S))
+    rules.append(sc.hold(tr, windows=[held], capacity_w=cap, name="held_60s_after_recovery"))
+    rules.append(sc.over_delivery(tr, windows=[held], capacity_w=cap))
+    rules.append(sc.ramp_down_rate(tr, start_s=held[1] - 1.0, end_s=tr.t_s[-1], capacity_w=cap,
+                                   limit_pct_per_s=sc.FCR_D_STATIC_RAMP_PCT_PER_S,
+                                   name="ramp_down_rate"))
+    return rules
+
+
+def score_fcr_n(spec: ProductSpec, tr: Trace, *, holds: Sequence[Hold],
+                after_s: float) -> list[RuleResult]:
+    """FCR-N: steady state at every level after ``after_s`` and no over-delivery."""
+    windows = [_settled(h, 1e9) for h in holds if h.start_s >= after_s]
+    rules = [sc.steady_state(tr, a_s=a, b_s=b, capacity_w=spec.capacity_w,
+                             name=f"steady_state@{h.hz:.2f}Hz#{k}")
+             for k, (h, (a, b)) in enumerate(zip([h for h in holds if h.start_s >= after_s],
+                                                 windows, strict=True))]
+    rules.append(sc.over_delivery(tr, windows=[_inner(w) for w in windows],
+                                  capacity_w=spec.capacity_w))
+    return rules
+
+
+def score_dr(tr: Trace, events: Sequence[DrWindow]) -> list[RuleResult]:
+    """Per event: full by its start (+1 s), steady state and hold (interval means) over the
+    hold, recovery no faster than scheduled (its mean); over-delivery over all holds."""
+    rules: list[RuleResult] = []
+    holds = []
+    for ev in events:
+        cap, end = ev.amount_w, ev.start_s + ev.duration_s
+        rules.append(sc.activation_time(
+            tr, event_s=ev.start_s, capacity_w=cap, limit_s=sc.DR_START_ALLOWANCE_S,
+            horizon_s=ev.duration_s, name=f"full_at_start@{ev.event_id}"))
+        window = (ev.start_s + sc.DR_START_ALLOWANCE_S, end)
+        holds.append(window)
+        rules.append(sc.steady_state(tr, a_s=window[0], b_s=window[1], capacity_w=cap,
+                                     name=f"steady_state@{ev.event_id}"))
+        rules.append(sc.interval_hold(tr, window=window, interval_s=ev.interval_s,
+                                      capacity_w=cap, name=f"hold@{ev.event_id}"))
+        rules.append(sc.interval_hold(tr, window=(end, end + ev.recovery_s),
+                                      interval_s=ev.interval_s, capacity_w=cap,
+                                      name=f"recovery_not_early@{ev.event_id}"))
+    if events:
+        rules.append(sc.over_delivery(tr, windows=[_inner(w) for w in holds],
+                                      capacity_w=max(e.amount_w for e in events)))
+    return rules

@@ -1,0 +1,216 @@
+"""The node's enrolled products, and the frequency monitor that serves them on the island lane.
+
+:class:`Portfolio` owns the product objects (gridtao/grid/products.py) and the demand-response
+queue (dr.py), thread-safe: the island lane feeds samples and dispatches, tier 2 reads the
+requirement once a second. :class:`ProductMonitor` is the :class:`FrequencyMonitor` the intake
+drives: besides the raw ``safety.triggers`` levels it fires step products (FFR, ERCOT FFR)
+through the island's armed caps (level key ``product:<name>``), so they keep the millisecond
+path, and after every sample and tick it tells tier 2 (``on_change``) to refresh the node's
+commitment from the proportional products and DR. On a sample that fires a step product, that
+refresh waits for the next tick (<= 50 ms) so nothing runs before the caps are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from gridtao.config.agent import FrequencyTrigger, ProductConfig
+from gridtao.products.catalog import (
+    FcrN,
+    FrequencyProduct,
+    ProductStatus,
+    StepProduct,
+    make_product,
+)
+from gridtao.products.dr import DrEvent, DrSchedule, DrState
+from gridtao.products.frequency import Action, Activate, FrequencyMonitor, Release
+from gridtao.wire.messages import DrDispatch
+
+log = logging.getLogger("gridtao.products")
+
+Transition = tuple[StepProduct, Literal["activate", "release"]]
+
+
+def product_key(name: str) -> str:
+    """The island's arm key for a step product, e.g. ``product:ffr``."""
+    return f"product:{name}"
+
+
+class Portfolio:
+    """Enrolled products. Reductions are in W at the settlement point (facility.settle_at)."""
+
+    def __init__(self, configs: Sequence[ProductConfig], *, ramp_out_per_s: float) -> None:
+        self._lock = threading.RLock()
+        self.configs = {c.name or c.kind: c for c in configs}
+        self.step: list[StepProduct] = []
+        self.proportional: list[FrequencyProduct] = []
+        self.fcr_n: FcrN | None = None
+        self.dr: DrSchedule | None = None
+        for cfg in configs:
+            if cfg.kind == "dr":
+                self.dr = DrSchedule(cfg.capacity_w)
+                continue
+            product = make_product(cfg, ramp_out_per_s=ramp_out_per_s)
+            if isinstance(product, StepProduct):
+                self.step.append(product)
+            else:
+                self.proportional.append(product)
+                if isinstance(product, FcrN):
+                    self.fcr_n = product
+
+    @property
+    def empty(self) -> bool:
+        return not (self.step or self.proportional or self.dr is not None)
+
+    def on_sample(self, hz: float, now_s: float) -> list[Transition]:
+        """Feed one local frequency sample to every frequency product."""
+        with self._lock:
+            for p in self.proportional:
+                p.required_reduction_w(hz, now_s)
+            return self._step_all(hz, now_s)
+
+    def on_tick(self, now_s: float) -> list[Transition]:
+        """Let time pass (holds end, ramps run out, products re-arm)."""
+        with self._lock:
+            for p in self.proportional:
+                p.required_reduction_w(None, now_s)
+            return self._step_all(None, now_s)
+
+    def _step_all(self, hz: float | None, now_s: float) -> list[Transition]:
+        out: list[Transition] = []
+        for p in self.step:
+            before = p.state
+            p.required_reduction_w(hz, now_s)
+            if before != "active" and p.state == "active":
+                out.append((p, "activate"))
+            elif before == "active" and p.state != "active":
+                out.append((p, "release"))
+        return out
+
+    def abort(self, product: StepProduct) -> None:
+        with self._lock:
+            product.abort()
+
+    def proportional_reduction_w(self, now_s: float, *, include_fcr_n: bool = True) -> float:
+        """Sum of what FCR-D / FCR-N require now (FCR-N may be negative); without FCR-N's
+        part while its baseline is not known yet."""
+        with self._lock:
+            return sum(p.required_reduction_w(None, now_s) for p in self.proportional
+                       if include_fcr_n or p is not self.fcr_n)
+
+    def dr_reduction_w(self, now_s: float, reference_w: float) -> float:
+        with self._lock:
+            return 0.0 if self.dr is None else self.dr.required_reduction_w(now_s, reference_w)
+
+    def schedule_dr(self, msg: DrDispatch, *, now_s: float, wall_s: float) -> str | None:
+        """Queue a DR event; None if accepted, else the reason it was refused."""
+        with self._lock:
+            if self.dr is None:
+                return "this node is not enrolled in demand response (no product of kind dr)"
+            return self.dr.add(msg, now_s=now_s, wall_s=wall_s)
+
+    def cancel_dr(self, event_id: str, *, now_s: float) -> bool:
+        with self._lock:
+            return self.dr is not None and self.dr.cancel(event_id, now_s=now_s)
+
+    def statuses(self) -> list[ProductStatus]:
+        with self._lock:
+            return [p.status() for p in (*self.step, *self.proportional)]
+
+    def dr_events(self, now_s: float) -> list[tuple[DrEvent, DrState]]:
+        with self._lock:
+            return [] if self.dr is None else self.dr.events(now_s)
+
+
+class ProductMonitor(FrequencyMonitor):
+    """A :class:`FrequencyMonitor` that also serves a :class:`Portfolio` (module docstring).
+
+    ``on_change(now_s)`` is called on the lane thread after samples, ticks and DR changes.
+    """
+
+    def __init__(
+        self,
+        triggers: Sequence[FrequencyTrigger],
+        portfolio: Portfolio,
+        *,
+        on_change: Callable[[float], None] | None = None,
+        event_prefix: str = "ffr",
+    ) -> None:
+        super().__init__(triggers, event_prefix=event_prefix)
+        self.portfolio = portfolio
+        self.on_change = on_change
+        self._events: dict[str, StepProduct] = {}  # active step activations by event id
+        self._count_products = 0
+        self._in_sample = False
+
+    @property
+    def active_event_ids(self) -> list[str]:
+        return [*super().active_event_ids, *self._events]
+
+    def on_sample(self, hz: float, now_s: float, *, wall_s: float) -> list[Action]:
+        self._in_sample = True  # the base class ends its on_sample with an on_tick
+        try:
+            actions = super().on_sample(hz, now_s, wall_s=wall_s)
+        finally:
+            self._in_sample = False
+        actions.extend(self._actions(self.portfolio.on_sample(hz, now_s), wall_s))
+        if not any(isinstance(a, Activate) for a in actions):  # else: caps first, then a tick
+            self._changed(now_s)
+        return actions
+
+    def on_tick(self, now_s: float) -> list[Action]:
+        actions = super().on_tick(now_s)
+        if self._in_sample:
+            return actions
+        actions.extend(self._actions(self.portfolio.on_tick(now_s), None))
+        self._changed(now_s)
+        return actions
+
+    def forget(self, event_id: str) -> None:
+        """An activation ended elsewhere (island expiry, a release dispatch) or never happened
+        (level not armed): the product counts it as over and starts its re-arm wait."""
+        super().forget(event_id)
+        product = self._events.pop(event_id, None)
+        if product is not None:
+            self.portfolio.abort(product)
+
+    def schedule_dr(self, msg: DrDispatch, *, now_s: float, wall_s: float) -> str | None:
+        reason = self.portfolio.schedule_dr(msg, now_s=now_s, wall_s=wall_s)
+        if reason is None:
+            self._changed(now_s)
+        return reason
+
+    def cancel_dr(self, event_id: str, *, now_s: float) -> bool:
+        done = self.portfolio.cancel_dr(event_id, now_s=now_s)
+        if done:
+            self._changed(now_s)
+        return done
+
+    def _actions(self, transitions: list[Transition], wall_s: float | None) -> list[Action]:
+        out: list[Action] = []
+        for product, what in transitions:
+            key = product_key(product.name)
+            if what == "activate":
+                self._count_products += 1
+                stamp = int((wall_s or 0.0) * 1000)
+                event_id = f"{product.name}-{stamp}-{self._count_products}"
+                self._events[event_id] = product
+                out.append(Activate(key, event_id, self.last_hz or 0.0))
+                continue
+            for event_id, p in list(self._events.items()):
+                if p is product:
+                    # Popped before the intake's release calls forget(): not an abort.
+                    del self._events[event_id]
+                    out.append(Release(key, event_id))
+        return out
+
+    def _changed(self, now_s: float) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(now_s)
+        except Exception:  # tier 2 failing must not lose the island's activations or releases
+            log.exception("tier 2 refresh failed")

@@ -1,0 +1,397 @@
+"""The audit trail: an append-only, hash-chained JSON-lines log of every decision the agent makes.
+
+One line per record, each the canonical JSON (sorted keys, compact, ASCII) of::
+
+    {"seq": int, "t": Unix s, "kind": str, "fields": {...}, "prev": hex, "hash": hex}
+
+``hash`` is SHA-256 over the canonical bytes of the record without ``hash``; ``prev`` is the
+previous record's ``hash`` (64 zeros before the first record ever written). ``seq`` counts up by
+one across files. Editing, removing, inserting or reordering any record therefore breaks either a
+hash, a ``prev`` link or the ``seq`` sequence, which
+:func:`gridtao.records.audit_verify.verify_files` reports by file and line.
+
+Every file starts with a ``file_start`` record: a new chain (``prev`` = zeros), or the rotated
+continuation of the previous file (its ``prev`` is that file's last hash, ``fields.prev_file``
+its name). Rotated files are renamed ``<name>.<first seq, 12 digits>`` and never renamed again.
+
+Off the hot path: :meth:`AuditTrail.record` only appends a tuple to a bounded deque (O(1), never
+blocks on I/O); a background thread serializes, hashes, writes, rotates and fsyncs. When the
+queue is full the record is dropped and counted, and the writer puts a ``gap`` record with the
+count into the chain, so a loss is itself on the record. ``fsync`` policy: ``always`` (each
+record is fsynced before the next is written), ``interval`` (at most ``fsync_interval_s`` of
+written records can be lost on power loss), ``never`` (the OS decides). Records are flushed to
+the OS after each batch in every mode, so killing the process loses at most what was still
+queued in memory (normally well under a second's worth).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from gridtao.clock import Clock, MonotonicClock
+from gridtao.config.agent import AuditConfig
+from gridtao.durable import fsync_dir
+
+log = logging.getLogger("gridtao.audit")
+
+GENESIS = "0" * 64
+RECORD_KEYS = frozenset({"seq", "t", "kind", "fields", "prev", "hash"})
+FILE_START = "file_start"
+PAYLOAD_TEXT_MAX = 1024  # characters of a message payload kept as text (the hash covers it all)
+_ROTATED = re.compile(r"\.(\d{12})$")
+_TAIL_READ = 1 << 16
+
+
+class AuditError(Exception):
+    """The audit trail cannot be opened or written (the message names the file)."""
+
+
+def canonical(obj: Mapping[str, Any]) -> bytes:
+    """Canonical JSON bytes: sorted keys, no spaces, no NaN/Infinity, ASCII (every other
+    character escaped, so text from the wire, lone surrogates included, always encodes)."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    """SHA-256 hex over the canonical bytes of ``record`` without its ``hash`` key."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def _clean(value: object) -> Any:
+    """``value`` made JSON-safe: tuples -> lists, non-finite floats -> None, bytes -> a digest
+    plus (bounded) text, unknown objects -> str."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        text = raw.decode("utf-8", errors="replace")
+        return {
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "bytes": len(raw),
+            "text": text[:PAYLOAD_TEXT_MAX],
+            "truncated": len(text) > PAYLOAD_TEXT_MAX,
+        }
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_clean(v) for v in value]
+    return str(value)
+
+
+def rotated_name(path: Path, first_seq: int) -> Path:
+    return path.with_name(f"{path.name}.{first_seq:012d}")
+
+
+class AuditTrail:
+    """The writer. ``start()``, then ``record()`` from any thread, then ``close()``.
+
+    Thread-safe. ``clock`` stamps records (``t`` = ``clock.wall()`` when :meth:`record` was
+    called); the fsync interval runs on real time.
+    """
+
+    def __init__(self, config: AuditConfig, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self.path = Path(config.path)
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._queue: collections.deque[tuple[float, str, Mapping[str, object]]] = (
+            collections.deque()
+        )
+        self._max_queue = config.queue_size
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._dropped = 0  # by record(), under _lock
+        self._dropped_noted = 0  # of those, already put in a gap record (writer thread)
+        self._file: IO[bytes] | None = None
+        self._size = 0
+        self._seq = -1  # last written
+        self._last_hash = GENESIS
+        self._file_first_seq = 0
+        self._unsynced = False
+        self._last_sync = time.monotonic()
+        self._write_failures = 0
+        self._busy = False  # the writer is between taking records and having written them
+        self.written = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open (or continue) the trail and start the writer. Raises :class:`AuditError`."""
+        if self._thread is not None:
+            return
+        try:
+            self._open()
+        except OSError as e:
+            raise AuditError(f"audit.path {self.path}: cannot open: {e.strerror or e}") from None
+        self._thread = threading.Thread(target=self._run, name="gridtao-audit", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Write what is queued, fsync, and stop the writer (idempotent)."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop = True
+        self._wake.set()
+        thread.join(timeout_s)
+        if thread.is_alive():
+            log.error("audit writer did not finish within %.1f s", timeout_s)
+            return
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._sync()
+                self._file.close()
+            self._file = None
+
+    @property
+    def dropped(self) -> int:
+        """Records lost to a full queue or a failed write since start."""
+        with self._lock:
+            return self._dropped
+
+    @property
+    def last_hash(self) -> str:
+        """Hash of the last record written (read after :meth:`flush` or :meth:`close`)."""
+        return self._last_hash
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    # ---- producers (any thread) ---------------------------------------------------------
+
+    def record(self, kind: str, fields: Mapping[str, object]) -> None:
+        """Queue one record. O(1); never blocks on I/O; drops (and counts) when the queue is
+        full. ``fields`` must not be mutated afterwards (it is serialized later)."""
+        t = self._clock.wall()
+        with self._lock:
+            if len(self._queue) >= self._max_queue or self._stop:
+                self._dropped += 1
+                return
+            self._queue.append((t, kind, fields))
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until everything queued so far is written (tests, shutdown); True if done."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue or self._busy:
+            if time.monotonic() > deadline or self._thread is None:
+                return not self._queue
+            self._wake.set()
+            time.sleep(0.005)
+        return True
+
+    # ---- the writer thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        interval = self.config.fsync_interval_s
+        while True:
+            self._wake.wait(interval if self.config.fsync == "interval" else 1.0)
+            self._wake.clear()
+            self._busy = True
+            try:
+                self._drain()
+                due = time.monotonic() - self._last_sync >= interval
+                if self._unsynced and self.config.fsync == "interval" and due:
+                    self._sync()
+            except Exception:  # the writer must outlive any one bad record or disk hiccup
+                log.exception("audit writer failed")
+            finally:
+                self._busy = False
+            if self._stop and not self._queue:
+                with contextlib.suppress(Exception):
+                    self._drain()
+                return
+
+    def _drain(self) -> None:
+        wrote = False
+        queue = self._queue
+        while queue:
+            t, kind, fields = queue.popleft()
+            self._write_safely(t, kind, fields)
+            wrote = True
+        with self._lock:
+            dropped = self._dropped
+        if dropped > self._dropped_noted:
+            lost = dropped - self._dropped_noted
+            self._dropped_noted = dropped
+            log.warning("audit: %d records lost (queue full or write failed)", lost)
+            self._write_safely(self._clock.wall(), "gap", {"dropped": lost, "total": dropped})
+            wrote = True
+        if wrote and self._file is not None:
+            self._file.flush()
+
+    def _write_safely(self, t: float, kind: str, fields: Mapping[str, object]) -> None:
+        try:
+            self._append(t, kind, fields)
+            if self._write_failures:
+                log.warning("audit: writing works again after %d failures", self._write_failures)
+                self._write_failures = 0
+        except Exception as e:  # a full disk, or a value no JSON encoder takes: note the gap
+            self._write_failures += 1
+            if self._write_failures == 1:
+                log.error("audit: cannot write a %s record to %s: %s", kind, self.path, e)
+            with self._lock:
+                self._dropped += 1
+
+    def _append(self, t: float, kind: str, fields: Mapping[str, object]) -> None:
+        clean = _clean(fields)
+        line = self._line(t, kind, clean)
+        if self._size > 0 and self._size + len(line[0]) > self.config.rotate_bytes:
+            self._rotate()
+            line = self._line(t, kind, clean)
+        self._write_line(line)
+
+    def _line(self, t: float, kind: str, fields: Any) -> tuple[bytes, str]:
+        """The next record's line (with its newline) and hash."""
+        rec: dict[str, Any] = {
+            "seq": self._seq + 1, "t": t if math.isfinite(t) else 0.0, "kind": kind,
+            "fields": fields, "prev": self._last_hash,
+        }
+        digest = record_hash(rec)
+        rec["hash"] = digest
+        return canonical(rec) + b"\n", digest
+
+    def _write_line(self, line: tuple[bytes, str]) -> None:
+        assert self._file is not None
+        data, digest = line
+        self._file.write(data)
+        self._size += len(data)
+        self._seq += 1
+        self._last_hash = digest
+        self.written += 1
+        self._unsynced = True
+        if self.config.fsync == "always":
+            self._sync()
+
+    def _sync(self) -> None:
+        if self._file is None:
+            return
+        self._file.flush()
+        if self.config.fsync != "never":
+            os.fsync(self._file.fileno())
+        self._unsynced = False
+        self._last_sync = time.monotonic()
+
+    # ---- files --------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Continue an existing file's chain (repairing a torn last line) or start a new one."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size > 0:
+            tail = _read_tail(self.path)
+            if tail is not None:
+                last, good_size, torn = tail
+                self._file = open(self.path, "r+b")  # noqa: SIM115 - owned until close()
+                self._file.truncate(good_size)
+                self._file.seek(good_size)
+                self._size = good_size
+                self._seq = int(last["seq"])
+                self._last_hash = str(last["hash"])
+                self._file_first_seq = _first_seq(self.path)
+                if torn:
+                    log.warning("audit: %s ended in a torn record (%d bytes); cut it off",
+                                self.path, torn)
+                    self._write_line(self._line(self._clock.wall(), "tail_truncated",
+                                                {"bytes": torn}))
+                    self._sync()
+                return
+            # The last record is unreadable: keep the file for inspection, start a new chain.
+            aside = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
+            os.replace(self.path, aside)
+            log.error("audit: %s has an unreadable last record; moved to %s, new chain",
+                      self.path, aside)
+            self._new_file(prev_file=aside.name, reason="unreadable_tail")
+            return
+        self._new_file(prev_file=None, reason="new")
+
+    def _new_file(self, *, prev_file: str | None, reason: str) -> None:
+        self._file = open(self.path, "wb")  # noqa: SIM115 - owned until close()
+        self._size = 0
+        self._file_first_seq = self._seq + 1
+        self._write_line(self._line(self._clock.wall(), FILE_START,
+                                    {"prev_file": prev_file, "reason": reason}))
+        self._sync()
+        fsync_dir(self.path.parent)
+
+    def _rotate(self) -> None:
+        assert self._file is not None
+        self._sync()
+        self._file.close()
+        target = rotated_name(self.path, self._file_first_seq)
+        if target.exists():  # a chain restarted after an unreadable file: never overwrite
+            target = target.with_name(f"{target.name}-{time.time_ns()}")
+        os.replace(self.path, target)
+        self._new_file(prev_file=target.name, reason="rotated")
+        self._prune()
+
+    def _prune(self) -> None:
+        keep = self.config.keep_files
+        if keep <= 0:
+            return
+        rotated = sorted(
+            p for p in self.path.parent.glob(f"{self.path.name}.*")
+            if _ROTATED.search(p.name) and p.name[: -13] == self.path.name
+        )
+        for old in rotated[: max(0, len(rotated) - keep)]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+                log.info("audit: removed %s (keep_files %d)", old, keep)
+
+
+def _read_tail(path: Path) -> tuple[dict[str, Any], int, int] | None:
+    """(last complete record, byte size up to and including it, torn bytes after it), or None
+    if the last complete line is not a record."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        start = max(0, size - _TAIL_READ)
+        while True:
+            f.seek(start)
+            chunk = f.read(size - start)
+            end = chunk.rfind(b"\n")
+            if end < 0:
+                if start == 0:
+                    return None
+                start = max(0, start - _TAIL_READ)
+                continue
+            begin = chunk.rfind(b"\n", 0, end) + 1
+            if begin == 0 and start > 0:
+                start = max(0, start - _TAIL_READ)
+                continue
+            break
+    try:
+        rec = json.loads(chunk[begin:end])
+    except ValueError:
+        return None
+    if not isinstance(rec, dict) or not rec.keys() >= RECORD_KEYS:
+        return None
+    good = start + end + 1
+    return rec, good, size - good
+
+
+def _first_seq(path: Path) -> int:
+    with open(path, "rb") as f:
+        first = f.readline()
+    try:
+        return int(json.loads(first)["seq"])
+    except (ValueError, KeyError, TypeError):
+        return 0

@@ -1,0 +1,217 @@
+"""The agent's ledger: what it decided (the audit trail) and what it must undo (the journal).
+
+:class:`Ledger` is the one place the agent's callbacks report to. It routes each decision to the
+audit trail (``config.audit``) and keeps the state journal (``config.journal``) in step with the
+events being held, and at start it recovers from a previous run that did not stop cleanly:
+
+* the limits to restore at stop are the ones the *first* run found (from the journal), not the
+  capped ones this run found;
+* each journaled event still inside its duration and the crash bound is held again with its
+  original target and cut basis (:func:`gridtao.records.journal.plan_recovery`); the island releases
+  it through its ramp when the hold is over;
+* if nothing is to be held (every event over, or an unreadable or foreign journal) the island
+  writes the default limits at once.
+
+Every callback is O(1) on the calling thread (a queue append or a dict update): the hot path
+never waits for a disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from gridtao.clock import Clock
+from gridtao.config.agent import Config
+from gridtao.hotpath.intake import Intake
+from gridtao.records.audit import AuditTrail
+from gridtao.records.journal import (
+    Journal,
+    JournalError,
+    JournalEvent,
+    JournalState,
+    load_journal,
+    match_gpus,
+    plan_recovery,
+)
+from gridtao.safety.island import Activation, SafetyIsland
+
+log = logging.getLogger("gridtao.records.ledger")
+
+ENDED_KINDS = ("event_released", "event_ended")
+TICK_MARGIN_S = 0.2  # the intake releases on its ~20 Hz tick and the island ends on tier 1's
+
+
+class Ledger:
+    """Audit trail and state journal for one agent. ``found_mw`` are the limits the GPUs hold
+    now; :attr:`initial_limits_mw` the ones to restore at stop. Raises :class:`JournalError`
+    when another agent holds the journal."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock,
+        node_id: str,
+        uuids: Sequence[str],
+        default_mw: Sequence[int],
+        found_mw: Sequence[int],
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._node_id = node_id
+        self._uuids = tuple(uuids)
+        self.audit = AuditTrail(config.audit, clock=clock) if config.audit.enabled else None
+        self.journal: Journal | None = None
+        self.previous: JournalState | None = None
+        self.problem: str | None = None  # why a journal found at start was not used
+        self.initial_limits_mw = list(found_mw)
+        jc = config.journal
+        if not jc.enabled:
+            return
+        self.journal = Journal(jc.path, clock=clock, heartbeat_s=jc.heartbeat_s)
+        self.journal.lock()
+        try:
+            previous = load_journal(jc.path)
+        except JournalError as e:
+            self.problem = str(e)
+        else:
+            if previous is not None:
+                self.problem = match_gpus(previous, self._uuids)
+                if self.problem is None:
+                    self.previous = previous
+                    self.initial_limits_mw = list(previous.initial_limits_mw)
+        if self.problem is not None:
+            # The last run crashed and what it found is unknown: what we find now may be its
+            # caps. The defaults are the limits nobody can be blamed for restoring.
+            log.error("%s; will restore the default limits at stop", self.problem)
+            self.initial_limits_mw = list(default_mw)
+
+    @property
+    def active(self) -> bool:
+        """Whether there is anything to record (an audit trail or a journal)."""
+        return self.audit is not None or self.journal is not None
+
+    @property
+    def crashed(self) -> bool:
+        """A journal was left behind: the previous run did not stop cleanly."""
+        return self.previous is not None or self.problem is not None
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self, fields: Mapping[str, object]) -> None:
+        """Open the audit trail (raises ``AuditError``) and record the agent's start."""
+        if self.audit is not None:
+            self.audit.start()
+            self.record("agent_start", {
+                **fields, "node": self._node_id, "pid": os.getpid(),
+                "initial_limits_mw": list(self.initial_limits_mw),
+                "previous_run_crashed": self.crashed,
+            })
+
+    def recover(self, island: SafetyIsland, intake: Intake, *, ramp_s: float) -> None:
+        """Open this run's journal and, after a crash, re-hold or release what was held.
+        Call once, after the island started and before any trigger can arrive."""
+        now, wall = self._clock.now(), self._clock.wall()
+        prev = self.previous
+        if self.journal is not None:
+            self.journal.open(JournalState(
+                node=self._node_id, gpu_uuids=self._uuids,
+                initial_limits_mw=tuple(self.initial_limits_mw),
+                first_started_wall=prev.first_started_wall if prev is not None else wall,
+                alive_wall=wall, pid=os.getpid(),
+            ))
+            self.journal.start()
+        if not self.crashed:
+            return
+        restored: list[dict[str, object]] = []
+        expired: list[dict[str, object]] = []
+        crash_age_s: float | None = None
+        if prev is not None:
+            plan = plan_recovery(
+                prev, now_wall=wall,
+                max_capped_after_crash_s=self._config.journal.max_capped_after_crash_s,
+                max_event_s=self._config.safety.max_event_s, ramp_s=ramp_s + TICK_MARGIN_S,
+            )
+            crash_age_s = plan.crash_age_s
+            expired = [{"event": e, "why": why} for e, why in plan.expired]
+            if plan.restore:
+                # Cut from the draw the first event was cut from, as the island did then.
+                island.update_draw(plan.restore[0][0].basis_mw)
+            for ev, hold_s in plan.restore:
+                act = island.trigger_cap(ev.event_id, ev.target_mw / 1000.0)
+                intake.adopt(ev.event_id, ev.kind, ends_at=now + hold_s,
+                             received_wall=ev.started_wall, commanded_wall=act.commanded_wall)
+                if self.journal is not None:
+                    self.journal.add_event(replace(ev, hold_until_wall=wall + hold_s))
+                restored.append({"event": ev.event_id, "kind": ev.kind, "hold_s": hold_s,
+                                 "target_mw": ev.target_mw, "caps_mw": list(act.caps_mw),
+                                 "errors": {str(i): str(e) for i, e in act.errors.items()}})
+        if not restored:
+            island.restore_defaults()
+        action = "held events again" if restored else "restored default limits"
+        log.warning(
+            "previous run (pid %s) did not stop cleanly%s: %s; restored %s, expired %s",
+            prev.pid if prev is not None else "?",
+            f" {crash_age_s:.1f} s ago" if crash_age_s is not None else "", action,
+            [r["event"] for r in restored] or "none", [e["event"] for e in expired] or "none",
+        )
+        self.record("recovery", {
+            "action": action, "previous_pid": prev.pid if prev is not None else None,
+            "crash_age_s": crash_age_s, "restored": restored, "expired": expired,
+            "problem": self.problem, "initial_limits_mw": list(self.initial_limits_mw),
+        })
+
+    def close(self, *, restore_failed: int, limits_mw: Sequence[int]) -> None:
+        """The agent stopped. The journal is removed only if every limit was restored; else it
+        stays for the next start to finish the job."""
+        self.record("agent_stop", {"limits_restored_mw": list(limits_mw),
+                                   "restore_failed": restore_failed})
+        if self.journal is not None:
+            if restore_failed:
+                self.journal.clear_events()
+            self.journal.close(clean=restore_failed == 0)
+        if self.audit is not None:
+            self.audit.close()
+
+    def abandon(self) -> None:
+        """Stop the writers as a crash would: nothing more is written (tests)."""
+        if self.journal is not None:
+            self.journal.abandon()
+        if self.audit is not None:
+            self.audit.close()
+
+    # ---- callbacks (any thread, O(1)) ----------------------------------------------------
+
+    def record(self, kind: str, fields: Mapping[str, object]) -> None:
+        if self.audit is not None:
+            self.audit.record(kind, fields)
+
+    def decision(self, kind: str, fields: Mapping[str, object]) -> None:
+        """A decision from the intake (message verdicts, event starts and ends)."""
+        self.record(kind, fields)
+        if self.journal is not None and kind in ENDED_KINDS:
+            event_id = fields.get("event")
+            if isinstance(event_id, str):
+                self.journal.remove_event(event_id)
+
+    def activated(self, act: Activation, *, basis_mw: Sequence[float],
+                  hold_until_wall: float | None) -> None:
+        """An event's caps were written: journal it so a restart can hold it again."""
+        if self.journal is None:
+            return
+        self.journal.add_event(JournalEvent(
+            event_id=act.event_id, kind=act.kind, target_mw=act.target_mw,
+            baseline_mw=act.baseline_mw, basis_mw=tuple(float(d) for d in basis_mw),
+            caps_mw=tuple(act.caps_mw), started_wall=act.commanded_wall,
+            hold_until_wall=hold_until_wall,
+        ))
+
+    def safe_state(self, mode: str) -> None:
+        self.record("safe_state", {"mode": mode, "reason": "watchdog"})
+        if self.journal is not None:
+            if mode == "default":  # the island cleared every latch
+                self.journal.clear_events()
+            self.journal.set_safe_mode(None if mode == "default" else mode)
