@@ -39,6 +39,14 @@ from gridtao.bench.baselines import (
 from gridtao.config.agent import Config
 from gridtao.security.auth import Alg
 from gridtao.telemetry.report import percentiles
+from gridtao.telemetry.runinfo import (
+    broker_version,
+    dependency_versions,
+    git_commit,
+    machine_description,
+    software_version,
+    utc_now,
+)
 from gridtao.transport.localbroker import MosquittoBroker, Publisher, Subscriber
 
 SHED_FRACTION = 0.3
@@ -307,22 +315,15 @@ def judge_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def run_info(module: str, argv: Sequence[str] | None) -> dict[str, str]:
-    """``date`` (UTC), ``machine`` and the ``command`` line of a ``python -m`` harness run."""
+def run_info(module: str, argv: Sequence[str] | None) -> dict[str, Any]:
+    """``date`` (UTC), ``machine``, ``commit``, dependency and broker versions and the
+    ``command`` line of a ``python -m`` harness run."""
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "machine": machine_description(),
+        "commit": git_commit(),
+        "software": software_version(),
+        "dependencies": dependency_versions(),
+        "broker": broker_version(),
         "command": f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv),
     }
-
-
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"

@@ -241,25 +241,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def configure(p: Any) -> None:
-    """Arguments of ``gridtao bench pue`` (``p``: an argparse parser)."""
-    p.add_argument("--scenario", choices=(*SCENARIOS, "both"), default="both",
-                   help="short: a 30 s cut (FFR/FCR-D-like); dr: a 30 min event (default both)")
-    p.add_argument("--it-w", type=float, default=4800.0, help="node IT power before the event")
-    p.add_argument("--reduction-w", type=float, default=1000.0,
-                   help="committed meter-level reduction, W")
-    p.add_argument("--ramp-s", type=float, default=0.0, help="ramp into the event, s")
-    p.add_argument("--annual-pue", type=float, default=None,
-                   help="the naive tracker's divisor (default: the model's steady-state PUE)")
-    p.add_argument("--plant-tau-s", type=float, default=None,
-                   help="true cooling lag of the simulated site (default: the model's)")
-    p.add_argument("--plant-cop", type=float, default=None,
-                   help="true COP of the simulated site (default: the model's)")
-    p.add_argument("--json", metavar="FILE", help="write the results (with series) as JSON")
-    p.add_argument("--plot", metavar="FILE", help="write required/delivered/IT plots as PNG")
-    p.add_argument("--markdown", metavar="FILE", help="write the Markdown section to FILE")
-
-
 def main(args: Any, facility: FacilityConfig, command: str) -> int:
     """Run ``gridtao bench pue`` with parsed ``args``; prints the Markdown section."""
 

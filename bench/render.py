@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gridtao.telemetry.plotting import pyplot
+
 KEYS = ("publish_to_command_ms", "receive_to_command_ms", "trigger_to_target_ms",
         "command_to_target_ms")
 
@@ -79,10 +81,7 @@ def _target_lines(targets: dict[str, dict[str, Any]]) -> list[str]:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """Empirical CDFs of publish->command and trigger->target, gridtao vs under load."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     for ax, key in zip(axes, ("publish_to_command_ms", "trigger_to_target_ms"), strict=True):

@@ -1,14 +1,15 @@
 """The safety island: a small, deterministic path from a grid trigger to GPU power caps.
 
-It depends only on the GPU boundary types (``gridtao.gpu.backend``) and the clock
-(``gridtao.clock``), never on the controller, the transport or telemetry, so it keeps working
-(and keeps GPUs within ``[min, default]``) whatever the rest of the agent does.
+It imports nothing else of gridtao: it declares the clock and GPU calls it needs as Protocols
+(:mod:`.ports`), which the agent's clock and GPU backends satisfy structurally. It never depends
+on the controller, the transport or telemetry, so it keeps working (and keeps GPUs within
+``[min, default]``) whatever the rest of the agent does. An import-linter contract keeps it so.
 """
 
-from gridtao.safety.envelope import Envelope
-from gridtao.safety.island import Activation, IslandView, SafeMode, SafetyIsland
-from gridtao.safety.watchdog import Watchdog
-from gridtao.safety.writer import ParallelWriter, WriteOutcome
+from .envelope import Envelope
+from .island import Activation, IslandView, SafeMode, SafetyIsland
+from .watchdog import Watchdog
+from .writer import ParallelWriter, WriteOutcome
 
 __all__ = [
     "Activation",

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
-from gridtao.safety.envelope import Envelope
-from gridtao.safety.latch import ArmedLevel
+from .envelope import Envelope
+from .latch import ArmedLevel
 
 
 def check_fraction(x: float) -> None:

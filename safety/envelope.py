@@ -12,14 +12,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from gridtao.gpu.backend import PowerLimits
+from .ports import Limits
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    """A GPU's bounds inside a derived envelope (mW); satisfies :class:`~.ports.Limits`."""
+
+    min_mw: int
+    max_mw: int
+    default_mw: int
 
 
 class Envelope:
     """The ``[min_mw, default_mw]`` bounds of every GPU on the node, indexed like the backend."""
 
-    def __init__(self, limits: Sequence[PowerLimits]) -> None:
+    def __init__(self, limits: Sequence[Limits]) -> None:
         if not limits:
             raise ValueError("an envelope needs at least one GPU")
         for i, lim in enumerate(limits):
@@ -64,7 +74,7 @@ class Envelope:
         if any(math.isnan(f) for f in floors_mw):
             raise ValueError("floors must be numbers")
         return Envelope([
-            PowerLimits(min(hi, max(lo, math.floor(f))), hi, hi)
+            _Bounds(min(hi, max(lo, math.floor(f))), hi, hi)
             for f, lo, hi in zip(floors_mw, self._min, self._default, strict=True)
         ])
 

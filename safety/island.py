@@ -43,11 +43,9 @@ import threading
 from collections.abc import Callable, Sequence
 from types import MappingProxyType, TracebackType
 
-from gridtao.clock import Clock
-from gridtao.gpu.backend import GpuBackend, GpuError
-from gridtao.safety.armed import ArmedTable, check_fraction
-from gridtao.safety.envelope import Envelope
-from gridtao.safety.latch import (
+from .armed import ArmedTable, check_fraction
+from .envelope import Envelope
+from .latch import (
     Activation,
     EventKind,
     IslandView,
@@ -55,7 +53,8 @@ from gridtao.safety.latch import (
     SafeMode,
     most_restrictive,
 )
-from gridtao.safety.writer import ParallelWriter, WriteBatch, WriteRecord
+from .ports import Clock, GpuPort
+from .writer import ParallelWriter, WriteBatch, WriteRecord
 
 __all__ = ["Activation", "IslandView", "SafeMode", "SafetyIsland"]
 
@@ -73,7 +72,7 @@ class SafetyIsland:
 
     def __init__(
         self,
-        backend: GpuBackend,
+        backend: GpuPort,
         *,
         clock: Clock,
         release_rate_per_s: float,
@@ -127,7 +126,7 @@ class SafetyIsland:
             try:
                 draw.append(float(self._backend.instant_power_mw(i)))
                 limits.append(self._backend.enforced_limit_mw(i))
-            except GpuError as e:
+            except Exception as e:  # any failure is this GPU's: the others still start
                 log.warning("GPU %d: unreadable at start (%s); assuming its default", i, e)
                 draw.append(float(default))
                 limits.append(default)
@@ -236,7 +235,7 @@ class SafetyIsland:
                     self._frozen_draw = armed.draw_mw
                 ev, batch = self._open_locked(
                     event_id, "frequency", key, armed.baseline_mw, armed.target_mw, armed.caps_mw,
-                    armed.release_mw_per_s,
+                    armed.release_mw_per_s, basis_mw=armed.draw_mw,
                 )
             return self._finish(ev, batch)
 
@@ -320,6 +319,8 @@ class SafetyIsland:
                 faulted=faulted,
                 commitment_mw=soft,
                 floors_mw=self._floors_mw,
+                basis_total_mw=(math.fsum(self._frozen_draw)
+                                if self._frozen_draw is not None else None),
             )
 
     def write_faults(self) -> dict[int, str]:
@@ -402,7 +403,8 @@ class SafetyIsland:
                 baseline = math.fsum(draw)
                 target = target_of(baseline)
                 caps = tuple(self._cut_envelope.cut_caps_mw(draw, target))
-                ev, batch = self._open_locked(event_id, kind, None, baseline, target, caps)
+                ev, batch = self._open_locked(event_id, kind, None, baseline, target, caps,
+                                              basis_mw=draw)
             return self._finish(ev, batch)
 
     def _open_locked(
@@ -414,13 +416,15 @@ class SafetyIsland:
         target_mw: float,
         caps_mw: tuple[int, ...],
         release_mw_per_s: float | None = None,
+        *,
+        basis_mw: tuple[float, ...],
     ) -> tuple[LatchedEvent, WriteBatch | None]:
         now = self._clock.now()
         ceiling = float(sum(caps_mw))
         winner = self._winner_locked(now)
         binding = winner is None or ceiling < winner[1]
         ev = LatchedEvent(event_id, kind, level, baseline_mw, target_mw, ceiling, caps_mw, now,
-                          release_mw_per_s=release_mw_per_s)
+                          release_mw_per_s=release_mw_per_s, basis_mw=basis_mw)
         self._events[event_id] = ev
         if not binding:
             return ev, None
@@ -439,6 +443,7 @@ class SafetyIsland:
         act = Activation(
             ev.event_id, ev.kind, ev.baseline_mw, ev.target_mw, ev.caps_mw, now, wall,
             binding=batch is not None, level=ev.level, errors=MappingProxyType(errors),
+            basis_mw=ev.basis_mw,
         )  # fmt: skip
         with self._lock:
             ev.activation = act

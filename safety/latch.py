@@ -10,8 +10,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gridtao.gpu.backend import GpuError
-
 EventKind = Literal["frequency", "shed", "cap"]
 SafeMode = Literal["default", "hold", "minimum"]
 
@@ -22,7 +20,9 @@ class Activation:
     calls returned, i.e. every new limit in force, before the read-backs (``commanded_wall`` the
     same instant in Unix seconds). ``binding`` is False when a more
     restrictive event was already active: the event is latched but nothing was written.
-    ``errors`` maps GPU index to the write error of each GPU that failed."""
+    ``errors`` maps GPU index to the write error of each GPU that failed. ``basis_mw`` is the
+    per-GPU draw the caps were cut from (the island's smoothed draw, frozen for overlapping
+    events): what a restart needs to cut the same caps again."""
 
     event_id: str
     kind: EventKind
@@ -33,7 +33,8 @@ class Activation:
     commanded_wall: float
     binding: bool = True
     level: str | None = None
-    errors: Mapping[int, GpuError] = field(default_factory=dict)
+    errors: Mapping[int, Exception] = field(default_factory=dict)
+    basis_mw: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,9 @@ class IslandView:
     live soft target (None if none; under a frequency event it stacks: minus the event's
     reduction now): ``target_mw`` is the lower of it and the event's target, and with no event
     it is the target alone (no ceiling, no caps). ``floors_mw``: per-GPU
-    priority floors tier 1 should not split a budget below (None: the minimums)."""
+    priority floors tier 1 should not split a budget below (None: the minimums).
+    ``basis_total_mw``: while an event is active, the frozen node draw every further cut is
+    made from (None otherwise)."""
 
     generation: int
     event_id: str | None
@@ -59,6 +62,7 @@ class IslandView:
     faulted: tuple[int, ...]
     commitment_mw: float | None = None
     floors_mw: tuple[int, ...] | None = None
+    basis_total_mw: float | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class LatchedEvent:
     release_at: float | None = None
     activation: Activation | None = None
     release_mw_per_s: float | None = None
+    basis_mw: tuple[float, ...] = ()
 
     def _reduction_mw(self) -> float:
         return max(0.0, self.baseline_mw - self.target_mw)

@@ -45,7 +45,9 @@ class GpuPort(Protocol):
     """The reads and the one write the island makes.
 
     Any exception a call raises is a failure of that GPU only: the island records it against
-    the GPU and goes on with the others. Calls for different indices may come from different
+    the GPU and goes on with the others. A backend's own errors carry the GPU's ``index``
+    attribute; an exception without one is taken for a backend bug and logged with its
+    traceback. Calls for different indices may come from different
     threads at once; calls for one index never overlap (the island holds a per-GPU lock).
     """
 

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from gridtao.clock import Clock
+from .ports import Clock
 
 log = logging.getLogger("gridtao.safety")
 

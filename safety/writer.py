@@ -14,8 +14,8 @@ driver call; if it says no, the write is skipped (tier 1 uses it so that a trigg
 after tier 1 planned always wins).
 
 A GPU that fails (lost, no permission) yields an outcome carrying the error; the other GPUs' writes
-are unaffected. A GPU whose call hangs yields a :class:`GpuTimeout` outcome after the batch
-timeout while the others complete.
+are unaffected. A GPU whose call hangs yields a timeout outcome after the batch
+timeout while the others complete (:class:`~.errors.WriteTimeout`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gridtao.clock import Clock
-from gridtao.gpu.backend import GpuBackend, GpuDriverError, GpuError, GpuTimeout
+from .errors import UnexpectedWriteError, WriteTimeout
+from .ports import Clock, GpuPort
 
 log = logging.getLogger("gridtao.safety")
 
@@ -45,7 +45,7 @@ class WriteOutcome:
     index: int
     requested_mw: int
     enforced_mw: int | None
-    error: GpuError | None = None
+    error: Exception | None = None
     skipped: bool = False
 
     @property
@@ -110,14 +110,14 @@ class WriteBatch:
     def wait(self, timeout_s: float) -> list[WriteOutcome]:
         """Block until every GPU's write finished or ``timeout_s`` passed; one outcome per GPU,
         in index order. A write still running at the deadline is reported as a
-        :class:`GpuTimeout` (it may still land later: the worker keeps going)."""
+        :class:`~.errors.WriteTimeout` (it may still land later: the worker keeps going)."""
         self._done.wait(timeout_s)
         with self._lock:
             return [
                 o
                 if o is not None
                 else WriteOutcome(
-                    i, mw, None, GpuTimeout(f"GPU {i}: write not done in {timeout_s} s", index=i)
+                    i, mw, None, WriteTimeout(f"GPU {i}: write not done in {timeout_s} s", index=i)
                 )
                 for i, (o, mw) in enumerate(zip(self._outcomes, self._limits, strict=True))
             ]
@@ -130,7 +130,7 @@ class ParallelWriter:
     """Per-GPU writer threads for ``count`` GPUs of ``backend`` (indices ``0..count-1``)."""
 
     def __init__(
-        self, backend: GpuBackend, count: int, *, timeout_s: float = 2.0,
+        self, backend: GpuPort, count: int, *, timeout_s: float = 2.0,
         clock: Clock | None = None,
     ) -> None:
         if count < 1:
@@ -244,12 +244,18 @@ class ParallelWriter:
                 finally:
                     batch._returned()
                 enforced = self._backend.enforced_limit_mw(index)
-            except GpuError as e:
+            except Exception as e:  # a failure is this GPU's, never its worker's
+                if not _is_device_error(e):
+                    log.exception("GPU %d: unexpected error writing its limit", index)
+                    e = UnexpectedWriteError(repr(e), index=index)
                 return WriteOutcome(index, limit_mw, None, e)
-            except Exception as e:  # a backend bug must not kill the worker of this GPU
-                log.exception("GPU %d: unexpected error writing its limit", index)
-                return WriteOutcome(index, limit_mw, None, GpuDriverError(repr(e), index=index))
         return WriteOutcome(index, limit_mw, enforced)
+
+
+def _is_device_error(e: Exception) -> bool:
+    """A GPU backend's own, translated errors carry the GPU's ``index`` (the GPU boundary's
+    contract); anything else escaping a backend is a bug, logged with its traceback."""
+    return hasattr(e, "index")
 
 
 class WriteRecord:
@@ -283,7 +289,7 @@ class WriteRecord:
             self._limits_mw = list(limits_mw)
 
     def record(self, outcomes: Sequence[WriteOutcome]) -> None:
-        changes: list[tuple[int, GpuError | None]] = []
+        changes: list[tuple[int, Exception | None]] = []
         with self._lock:
             for o in outcomes:
                 if o.enforced_mw is not None:

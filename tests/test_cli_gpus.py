@@ -10,7 +10,8 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from gridtao.cli.main import GPU_KEYS, main
+from gridtao.cli.gpus import GPU_KEYS
+from gridtao.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 

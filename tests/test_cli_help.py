@@ -32,3 +32,11 @@ def test_walk_finds_nested_commands() -> None:
 def test_help_renders(path: tuple[str, ...], parser: argparse.ArgumentParser) -> None:
     text = parser.format_help()
     assert "usage:" in text
+
+
+def test_bench_pue_offers_the_harness_scenarios() -> None:
+    # The CLI declares them without importing the harness; they must not drift apart.
+    from gridtao.bench.pue import SCENARIOS
+    from gridtao.cli.bench import PUE_SCENARIOS
+
+    assert set(PUE_SCENARIOS) == set(SCENARIOS)

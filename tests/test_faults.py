@@ -169,6 +169,9 @@ def test_agent_crash_event_restored_from_the_journal(
     assert first.ledger.journal is not None and first.ledger.journal.flush()
     journaled = load_journal(cfg.journal.path)
     assert journaled is not None and [e.event_id for e in journaled.events] == ["e1"]
+    # The journal holds the draw the island cut from, so the same caps can be cut again.
+    (ev,) = journaled.events
+    assert tuple(first.island.envelope.cut_caps_mw(ev.basis_mw, ev.target_mw)) == ev.caps_mw
     crash(first)
     assert [sim.true_power_mw(i) for i in range(N)]  # the GPUs live on, still capped
     with NvmlBackend(sim) as b:
@@ -183,6 +186,7 @@ def test_agent_crash_event_restored_from_the_journal(
         assert view.event_id == "e1"
         assert view.target_mw == pytest.approx(journaled.events[0].target_mw)
         assert sum(node2.limits_w()) == pytest.approx(0.6 * BASELINE_W, rel=0.02)
+        assert view.caps_mw == ev.caps_mw  # GPU by GPU, the caps the first run cut
         with node2.acks() as acks:
             node2.dispatch(_shed("e1", 0.4))  # a retry of the same id: not acted on again
             dup = _ack(acks.wait(1, WAIT_S)[0])

@@ -202,7 +202,7 @@ def make_rig(limits: dict[str, Any] | None = None) -> Rig:
     guard.open()
     intake = Intake(island, TOPICS, clock=clock, monitor=FrequencyMonitor(TRIGGERS),
                     max_payload_bytes=4096, metrics=Metrics(registry),
-                    on_activation=basis.activated, guard=guard)
+                    guard=guard)
     return Rig(clock, sim, backend, island, intake, registry, guard)
 
 

@@ -520,8 +520,8 @@ def test_fuzz_near_valid_dispatch_is_accepted_exactly_when_in_range(
     by_fraction: bool, ramp_s: float | None, start_at: float | None,
 ) -> None:
     """Messages one boundary away from valid, with an independent statement of the contract
-    (DESIGN.md wire v1 and the dr extension) as the oracle: accepted iff every field is in
-    range, and what is accepted carries exactly the values sent."""
+    (README.md wire contract v1, docs/products.md for dr) as the oracle: accepted iff every
+    field is in range, and what is accepted carries exactly the values sent."""
     body: dict[str, object] = {"id": ident, "kind": kind, "duration_s": duration_s}
     ok = 0 < len(ident) <= ID_MAX_CHARS and ident.isprintable()
     ok = ok and _in(duration_s, 0.0, DURATION_MAX_S, lo_open=True)

@@ -1,12 +1,12 @@
 """The agent: composition root. Builds backend, island, tiers and transport; owns start and stop.
 
-Threads and loops (DESIGN.md):
+Threads and loops (docs/architecture.md):
 - island lane: its own thread, uvloop and broker connection; triggers -> parallel cap writes;
 - tier 1: its own thread at ``control.fast_hz``; reads instant power, re-arms the island;
 - response meter: samples node power after each activation until the target band is reached;
 - watchdog: puts the GPUs in ``safety.safe_state`` if tier 1 stops beating;
-- the controller loop (asyncio on uvloop, the caller's thread; gridtao/controller.py):
-  retained status, counters into metrics, tier 2 (control/tracker.py) every
+- the controller loop (asyncio on uvloop, the caller's thread; gridtao/app/periodic.py):
+  retained status, counters into metrics, tier 2 (control/tier2/tracker.py) every
   ``tracker.period_s`` with its retained tracker topic;
   tier 2's commitment is also refreshed on the island lane after every frequency sample.
 
@@ -109,7 +109,7 @@ class Agent:
         self.gpu_indices = [d.index for d in self.backend.devices()]
         self.gpu_limits = [self.backend.power_limits(i) for i in self.gpu_indices]
         # What we found: restored on stop, whatever the events did in between. After a crash
-        # the journal knows better: what the first run found (gridtao/ledger.py).
+        # the journal knows better: what the first run found (gridtao/records/ledger.py).
         self.initial_limits_mw = [self.backend.enforced_limit_mw(i) for i in self.gpu_indices]
         try:
             self.ledger = Ledger(
@@ -162,8 +162,8 @@ class Agent:
             registry=self.registry,
             verifier=verifier,
         )
-        # Tier 2 and the enrolled products (control/tracker.py, grid/portfolio.py): the monitor
-        # fires step products on the island lane and refreshes tier 2's commitment there.
+        # Tier 2 and the enrolled products (control/tier2/tracker.py, products/portfolio.py): the
+        # monitor fires step products on the island lane and refreshes tier 2's commitment there.
         self.portfolio = Portfolio(
             config.products, ramp_out_per_s=safety.release_rate_per_s * STEP_RAMP_OUT_SLACK)
         self.tier2 = Tier2(self.island, self.portfolio, facility=config.facility,
@@ -214,7 +214,7 @@ class Agent:
 
     def reload(self, load: Callable[[], Config]) -> ReloadResult:
         """Apply the configuration ``load()`` reads again: new signing keys and broker
-        credentials (gridtao/reload.py). A bad file raises ConfigError and changes nothing;
+        credentials (gridtao/app/reload.py). A bad file raises ConfigError and changes nothing;
         either way the outcome is counted and goes to the audit trail."""
         try:
             plan = plan_reload(self.config, load(), current=self.guard.verifier)
@@ -358,7 +358,6 @@ class Agent:
     # ---- callbacks from other threads -----------------------------------------------------
 
     def _activated(self, act: Activation) -> None:
-        self.cut_basis.activated(act)
         self.meter.watch(act.event_id, baseline_mw=act.baseline_mw, target_mw=act.target_mw)
         if self.ledger.journal is not None:
             if act.kind == "frequency":
@@ -366,7 +365,7 @@ class Agent:
                 hold_until: float | None = act.commanded_wall + hold_s
             else:
                 hold_until = self.intake.deadline_wall(act.event_id)
-            self.ledger.activated(act, basis_mw=self.fast.draw_mw, hold_until_wall=hold_until)
+            self.ledger.activated(act, hold_until_wall=hold_until)
 
     def _reached(self, reached: Reached) -> None:
         # Meter thread -> lane loop: the intake's state is only touched on the lane's loop.

@@ -9,19 +9,15 @@ exit status 2; never a traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gridtao import __version__
-from gridtao.config.agent import ENV_VAR, Config, ConfigError, load_config
-from gridtao.gpu.backend import GpuBackend, GpuError
-from gridtao.records.audit import AuditError
-from gridtao.records.journal import JournalError
+from gridtao.config.agent import ENV_VAR, Config, load_config
+from gridtao.errors import GridtaoError
 
 EXIT_OK = 0
 EXIT_ERROR = 2
@@ -36,81 +32,10 @@ class Command:
     run: Callable[[argparse.Namespace, Config], int]
 
 
-# -- gpus ------------------------------------------------------------------------------------
+def _gpus() -> Any:
+    from gridtao.cli import gpus
 
-GPU_KEYS = (
-    "index", "uuid", "name", "power_w", "avg_power_w", "limit_w", "default_w", "min_w", "max_w",
-    "energy_j",
-)
-
-
-def _configure_gpus(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("nvml", "sim"), help="override gpus.backend")
-    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    p.add_argument(
-        "--dry-run", action="store_true", help="open the backend in dry-run mode (reads only)"
-    )
-
-
-def gpu_rows(backend: GpuBackend) -> list[dict[str, Any]]:
-    """One dict per GPU with the keys of :data:`GPU_KEYS`; power in W, energy in J."""
-    rows = []
-    for info in backend.devices():
-        i = info.index
-        lim = backend.power_limits(i)
-        rows.append({
-            "index": i,
-            "uuid": info.uuid,
-            "name": info.name,
-            "power_w": backend.instant_power_mw(i) / 1000,
-            "avg_power_w": backend.average_power_mw(i) / 1000,
-            "limit_w": backend.enforced_limit_mw(i) / 1000,
-            "default_w": lim.default_mw / 1000,
-            "min_w": lim.min_mw / 1000,
-            "max_w": lim.max_mw / 1000,
-            "energy_j": backend.energy_mj(i) / 1000,
-        })
-    return rows
-
-
-def format_gpu_table(rows: Sequence[dict[str, Any]]) -> str:
-    header = ("GPU", "name", "uuid", "power W", "1s avg W", "limit W", "default W", "min W",
-              "max W", "energy J")
-    lines = [
-        (
-            str(r["index"]), r["name"], r["uuid"][:12], f"{r['power_w']:.1f}",
-            f"{r['avg_power_w']:.1f}", f"{r['limit_w']:.1f}", f"{r['default_w']:.1f}",
-            f"{r['min_w']:.1f}", f"{r['max_w']:.1f}", f"{r['energy_j']:.1f}",
-        )
-        for r in rows
-    ]
-    widths = [max(len(c) for c in col) for col in zip(header, *lines, strict=True)]
-    left = {1, 2}
-    out = []
-    for cells in (header, *lines):
-        padded = (
-            c.ljust(w) if k in left else c.rjust(w)
-            for k, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-        out.append("  ".join(padded).rstrip())
-    return "\n".join(out)
-
-
-def _run_gpus(args: argparse.Namespace, config: Config) -> int:
-    from gridtao.gpu import open_backend
-
-    gpus_cfg = config.gpus
-    if args.backend is not None:
-        gpus_cfg = dataclasses.replace(gpus_cfg, backend=args.backend)
-    if args.dry_run:
-        gpus_cfg = dataclasses.replace(gpus_cfg, dry_run=True)
-    with open_backend(gpus_cfg) as backend:
-        rows = gpu_rows(backend)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print(format_gpu_table(rows))
-    return EXIT_OK
+    return gpus
 
 
 def _audit_cli() -> Any:
@@ -137,7 +62,8 @@ def _security_commands() -> dict[str, Command]:
 
 
 def _agent_commands() -> dict[str, Command]:
-    from gridtao.app import commands as c
+    from gridtao.cli import agent as c
+    from gridtao.cli import bench as b
 
     return {
         "run": Command("run the agent until SIGINT/SIGTERM (restores limits on exit); "
@@ -145,7 +71,7 @@ def _agent_commands() -> dict[str, Command]:
                        c.configure_run, c.run_agent_command),
         "demo": Command("self-contained demo: broker, agent on simulated GPUs, a dip and a shed",
                         c.configure_demo, c.run_demo_command),
-        "bench": Command("benchmarks (latency)", c.configure_bench, c.run_bench_command),
+        "bench": Command("benchmarks: latency, pue, compliance", b.configure, b.run),
         "prequalify": Command("run a grid product's TSO test sequence; write a report folder",
                               _prequalify().configure, lambda a, cfg: _prequalify().run(a, cfg)),
     }
@@ -158,7 +84,8 @@ def _prequalify() -> Any:
 
 
 COMMANDS: dict[str, Command] = {
-    "gpus": Command("list GPUs with power, limits and energy", _configure_gpus, _run_gpus),
+    "gpus": Command("list GPUs with power, limits and energy",
+                    lambda p: _gpus().configure(p), lambda a, c: _gpus().run(a, c)),
     **_agent_commands(),
     **_security_commands(),
     "audit": Command("check the audit trail's hash chain (audit verify FILE...)",
@@ -209,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         return COMMANDS[args.command].run(args, config)
-    except (ConfigError, GpuError, JournalError, AuditError) as e:
+    except GridtaoError as e:  # bad config, GPU, journal, audit, broker: one line, never a trace
         print(f"gridtao: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ ProductKind = Literal["ffr", "fcr-d-up", "fcr-d-up-static", "fcr-n", "ercot-ffr"
 
 @dataclass(frozen=True)
 class ProductConfig:
-    """One enrolled grid product (semantics in gridtao/grid/products.py and dr.py; DOMAIN.md).
+    """One enrolled grid product (gridtao/products/catalog.py, dr.py; docs/sources.md).
 
     ``capacity_w``: the reserve the product may take, in watts at the settlement point
     (``facility.settle_at``). Optional keys default per kind: ``threshold_hz`` (ffr 49.7,
@@ -44,7 +44,7 @@ class ProductConfig:
 
 @dataclass(frozen=True)
 class FacilityConfig:
-    """The facility between the GPUs and the settlement meter (gridtao/control/pue.py).
+    """The facility between the GPUs and the settlement meter (gridtao/control/tier2/facility.py).
 
     meter = IT x (1 + ``losses_fraction``) + cooling + ``fixed_w``; cooling follows IT / ``cop``
     through a first-order lag of ``cooling_tau_s``. ``fixed_w`` is this node's share of the
@@ -73,7 +73,7 @@ class GpuPriority:
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    """Tier 2 (gridtao/control/tracker.py). Times in seconds.
+    """Tier 2 (gridtao/control/tier2/tracker.py). Times in seconds.
 
     ``period_s``: facility model, reference draw and armed caps refreshed this often.
     ``reference_window_s``: the node's natural IT draw is the mean of this window, taken while

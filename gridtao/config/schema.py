@@ -14,10 +14,12 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
+from gridtao.errors import GridtaoError
+
 T = TypeVar("T")
 
 
-class ConfigError(Exception):
+class ConfigError(GridtaoError):
     """A configuration problem; the message names the file, the key path and the reason."""
 
 

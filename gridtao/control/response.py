@@ -5,8 +5,8 @@ same backend an operator would use (NVML field ``POWER_INSTANT``) every ``period
 node sum enters the target band, then reports the time. This is what turns "limits were written"
 into "power was cut", and what ``reached_at`` in the ack and the latency bench are made of.
 
-Band (DESIGN.md): within ``band_fraction`` of the requested reduction from the target. For a cut,
-being *below* the band is over-delivery, not a miss, so the test is one-sided:
+Band (docs/sources.md#target-band): within ``band_fraction`` of the requested reduction from the
+target. For a cut, being *below* the band is over-delivery, not a miss, so the test is one-sided:
 ``power <= target + band_fraction * (baseline - target)``.
 """
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from gridtao.errors import GridtaoError
+
 
 @dataclass(frozen=True)
 class GpuInfo:
@@ -29,7 +31,7 @@ class PowerLimits:
     """Static power-limit facts of one device, in milliwatts.
 
     Invariant: ``min_mw <= default_mw <= max_mw``. gridtao never commands a limit outside
-    ``[min_mw, default_mw]`` (DESIGN.md: never above default, never below minimum).
+    ``[min_mw, default_mw]``: never above default, never below minimum (docs/architecture.md).
     """
 
     min_mw: int
@@ -37,7 +39,7 @@ class PowerLimits:
     default_mw: int
 
 
-class GpuError(Exception):
+class GpuError(GridtaoError):
     """Base of every error raised by a GPU backend."""
 
     def __init__(self, message: str, *, index: int | None = None) -> None:

@@ -1,8 +1,9 @@
 """The island's lane: its own thread, its own event loop, its own broker connection.
 
-The hot path (DESIGN.md) must not wait for the controller's asyncio loop, so triggers arrive on a
-separate MQTT connection serviced by a separate (uvloop) loop on a dedicated thread, and go
-straight from the socket through :class:`~gridtao.hotpath.intake.Intake` to the island's writers.
+The hot path (docs/architecture.md) must not wait for the controller's asyncio loop, so triggers
+arrive on a separate MQTT connection serviced by a separate (uvloop) loop on a dedicated thread,
+and go straight from the socket through :class:`~gridtao.hotpath.intake.Intake` to the island's
+writers.
 """
 
 from __future__ import annotations

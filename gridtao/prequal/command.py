@@ -1,6 +1,6 @@
 """``gridtao prequalify``: a product's full TSO test sequence, written up for an application.
 
-Runs every test of the product (bench/compliance.py: a real broker, a fresh agent per test)
+Runs every test of the product (compliance.py: a real broker, a fresh agent per test)
 and writes a report folder: ``<test>.csv`` (the 20 Hz log, columns in the README's
 "Compliance bench" section) and ``<test>.png`` per test, ``results.json`` (product, passed,
 rules) and ``summary.md``: site, node, product parameters, each test's rules with measured values
@@ -20,7 +20,6 @@ import dataclasses
 import datetime
 import json
 import shlex
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from gridtao import __version__
 from gridtao.config.agent import Config, ProductConfig
+from gridtao.telemetry.runinfo import machine_description, software_version
 
 if TYPE_CHECKING:
     from gridtao.prequal.compliance import TestPlan
@@ -87,7 +87,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 def write_report(out: Path, config: Config, args: argparse.Namespace, pcfg: ProductConfig,
                  results: Sequence[TestResult], stamp: datetime.datetime) -> int:
-    from gridtao.bench.latency import machine_description
     from gridtao.prequal import report as rep
 
     command = "gridtao " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -191,21 +190,10 @@ def product_rows(config: Config, pcfg: ProductConfig, spec: ProductSpec) -> list
     return rows
 
 
-def _version() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).resolve().parent,
-                             check=False).stdout.strip()
-    except OSError:
-        sha = ""
-    return f"gridtao {__version__}" + (f" (git {sha})" if sha else "")
-
-
 def summary_markdown(config: Config, args: argparse.Namespace, pcfg: ProductConfig,
                      results: Sequence[TestResult], stamp: datetime.datetime,
                      command: str) -> str:
     from gridtao.app.agent import default_node_id
-    from gridtao.bench.latency import machine_description
     from gridtao.prequal import compliance as c
     from gridtao.prequal.options import check_common, steady
 
@@ -224,7 +212,7 @@ def summary_markdown(config: Config, args: argparse.Namespace, pcfg: ProductConf
         f"| Site | {args.site or '(not given)'} |",
         f"| Node | {config.mqtt.node_id or default_node_id()} |",
         f"| Date (UTC) | {stamp:%Y-%m-%d %H:%M:%S} |",
-        f"| Software | {_version()} |",
+        f"| Software | {software_version()} |",
         f"| Machine | {machine_description()} |",
         f"| GPUs | {load} |",
         f"| Command | `{command}` |", "",

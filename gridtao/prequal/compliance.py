@@ -3,12 +3,12 @@
 For one product it starts Mosquitto on a free loopback port and, per test, a fresh agent
 in-process (simulated GPUs in real time, or the real ones for ``gridtao prequalify --backend
 nvml``) enrolled in that product only. It then plays the grid: publishes the test's frequency
-samples on ``{prefix}/frequency`` at 10 Hz (bench/shapes.py) or demand-response dispatches on
+samples on ``{prefix}/frequency`` at 10 Hz (shapes.py) or demand-response dispatches on
 ``{prefix}/dispatch``, while a recorder logs per-GPU instant power through NVML (the operator's
 path) at 20 Hz. Afterwards it models the facility meter from the measured IT power (the node
 cannot see the site meter: gridtao/control/pue.py's plant, with ``facility.*`` from the
 configuration), computes what the product required from the frequency actually sent, and
-scores every rule (bench/product_rules.py, bench/scoring.py).
+scores every rule (rules.py, scoring.py).
 
 Time base: t = 0 is the first frequency sample; samples before it (agent start) are negative.
 Marks (steps, crossings) are the planned times: publishing late counts against the agent.
@@ -39,7 +39,7 @@ from gridtao.prequal.options import DEFAULT_CAPACITY_W, DEFAULT_TIME_SCALE, PROD
 from gridtao.prequal.rules import DrWindow, ProductSpec
 from gridtao.transport.localbroker import MosquittoBroker, Publisher
 
-log = logging.getLogger("gridtao.bench.compliance")
+log = logging.getLogger("gridtao.prequal")
 
 RECORD_HZ = 20.0
 BASELINE_S = 5.0  # the reference power: mean over this long before the test's lead ends
@@ -109,7 +109,7 @@ def product_config(config: Config, product: str, *, capacity_w: float | None,
 
 
 def spec_of(cfg: ProductConfig) -> ProductSpec:
-    """What the scorer holds the product to (the TSO's limits, bench/product_rules.py)."""
+    """What the scorer holds the product to (the TSO's limits, gridtao/prequal/rules.py)."""
     if cfg.kind == "ffr":
         hz = cfg.threshold_hz if cfg.threshold_hz is not None else 49.7
         return ProductSpec("ffr", cfg.capacity_w, hz, 5.0 if cfg.support == "short" else 30.0,

@@ -118,9 +118,9 @@ def _per_test(path: Path, test: str, many: bool) -> Path:
 
 def main(args: argparse.Namespace, config: Config, command: str) -> int:
     from gridtao import __version__
-    from gridtao.bench.latency import machine_description
     from gridtao.prequal import compliance as c
     from gridtao.prequal import report as rep
+    from gridtao.telemetry.runinfo import machine_description
 
     scale = check_common(args)
     pcfg = c.product_config(config, args.product, capacity_w=args.capacity_w, time_scale=scale,

@@ -21,6 +21,7 @@ from gridtao.prequal import rules as pr
 from gridtao.prequal.compliance import Measured, TestPlan, dr_windows, settlement_w
 from gridtao.prequal.rules import ProductSpec
 from gridtao.prequal.scoring import RuleResult, Trace, passed
+from gridtao.telemetry.plotting import pyplot
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class TestResult:
 
 
 def score_test(spec: ProductSpec, plan: TestPlan, m: Measured, config: Config) -> TestResult:
-    """Requirement and rules for one recorded test (bench/product_rules.py)."""
+    """Requirement and rules for one recorded test (gridtao/prequal/rules.py)."""
     shape = plan.shape
     keep = [j for j, t in enumerate(m.t_s) if 0.0 <= t <= shape.duration_s]
     t = [m.t_s[j] for j in keep]
@@ -111,10 +112,7 @@ def write_csv(result: TestResult, path: Path) -> None:
 def plot(result: TestResult, path: Path, *, product: str, capacity_w: float) -> None:
     """Frequency on the right axis, required and delivered reduction on the left (a TSO
     test-report layout), the verdict and the failed rules in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     tr = result.trace
     fig, ax = plt.subplots(figsize=(11, 5.5))

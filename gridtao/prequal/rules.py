@@ -2,7 +2,7 @@
 
 The requirement is computed from the TSO's definition of the product and the frequency the
 unit was sent, not replayed through gridtao's own product objects, so a bug there cannot hide
-itself. Rule mechanics (bands, smoothing, crossings): bench/scoring.py. Times in s from the
+itself. Rule mechanics (bands, smoothing, crossings): scoring.py. Times in s from the
 test's start, powers in W at the settlement point, capacity > 0.
 
 * FFR / ERCOT FFR: full capacity from the frequency crossing, due within the full-activation

@@ -6,7 +6,7 @@ power (measured before the test) minus the power now, so a cut is positive; FCR-
 regulation is negative. Every rule is a :class:`RuleResult` ``{name, value, limit, passed}``
 with the measured value, the limit and the unit; a test passes when all its rules pass.
 
-How the rules measure (the limits are the TSOs', DOMAIN.md; the conventions are ours):
+How the rules measure (the TSOs' limits: docs/sources.md#grid-products; the conventions ours):
 
 * Band: "reached" and "held" mean within 5 % of the capacity below the requirement (the
   steady-state tolerance -5 %), "over-delivery" more than 20 % above it.

@@ -10,7 +10,7 @@ instants the scorer needs (step times, hold windows), ``holds`` the windows in w
 stays put (start, end, nominal Hz).
 
 ``time_scale`` shortens the long holds (FCR-D's 300 s at 49.5 Hz, FCR-N's levels) but never a
-ramp rate: the rates are what the tests test. Shapes and their sources: DOMAIN.md.
+ramp rate: the rates are what the tests test. Sources: docs/sources.md#test-signals-and-measurement.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-DT_S = 0.1  # 10 Hz: the FCR-D logging floor (DOMAIN.md, measurement rules)
+DT_S = 0.1  # 10 Hz: the FCR-D logging floor (docs/sources.md#test-signals-and-measurement)
 METER_TAU_S = 1.0  # the Nordic FCR rules' frequency-meter lag 1/(1+s)
 LEAD_S = 6.0  # nominal frequency before a test: the agent settles, the bench takes its baseline
 

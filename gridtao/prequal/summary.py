@@ -2,7 +2,7 @@
 
 ``python -m gridtao.prequal.summary FILE.json...`` prints one table row per test: the product,
 the test, PASS/FAIL and every rule as ``name value (limit)``, failed rules in bold, then the
-command, date and machine of each file. The numbers are the scorer's own (bench/scoring.py);
+command, date and machine of each file. The numbers are the scorer's own (scoring.py);
 nothing is recomputed here.
 """
 

@@ -5,7 +5,7 @@ local frequency sample (``f_hz``) and call it with ``f_hz=None`` in between (tim
 changes: hold, ramp-out, re-arm). The result is the power reduction the product requires now, in
 watts at the settlement point, measured from the product's reference (the node's power just
 before the activation; for FCR-N the enrolment baseline, and negative when it asks for more).
-Rules and sources: DOMAIN.md.
+Rules and sources: docs/sources.md#grid-products.
 
 * :class:`StepProduct` (Nordic FFR, ERCOT FFR): full capacity when frequency falls to the
   threshold; held ``support_s``; ramped out at ``ramp_out_per_s`` of capacity per second (the

@@ -43,6 +43,7 @@ from typing import IO, Any
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.config.agent import AuditConfig
 from gridtao.durable import fsync_dir
+from gridtao.errors import GridtaoError
 
 log = logging.getLogger("gridtao.audit")
 
@@ -54,7 +55,7 @@ _ROTATED = re.compile(r"\.(\d{12})$")
 _TAIL_READ = 1 << 16
 
 
-class AuditError(Exception):
+class AuditError(GridtaoError):
     """The audit trail cannot be opened or written (the message names the file)."""
 
 

@@ -35,13 +35,14 @@ from typing import IO, Any
 
 from gridtao.clock import Clock
 from gridtao.durable import fsync_dir, write_atomically
+from gridtao.errors import GridtaoError
 
 log = logging.getLogger("gridtao.records.journal")
 
 VERSION = 1
 
 
-class JournalError(Exception):
+class JournalError(GridtaoError):
     """The journal cannot be used (locked by another agent, unreadable, unwritable)."""
 
 

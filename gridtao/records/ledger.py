@@ -197,14 +197,14 @@ class Ledger:
             if isinstance(event_id, str):
                 self.journal.remove_event(event_id)
 
-    def activated(self, act: Activation, *, basis_mw: Sequence[float],
-                  hold_until_wall: float | None) -> None:
-        """An event's caps were written: journal it so a restart can hold it again."""
+    def activated(self, act: Activation, *, hold_until_wall: float | None) -> None:
+        """An event's caps were written: journal it, with the draw its caps were cut from
+        (``act.basis_mw``), so a restart cuts the same caps again."""
         if self.journal is None:
             return
         self.journal.add_event(JournalEvent(
             event_id=act.event_id, kind=act.kind, target_mw=act.target_mw,
-            baseline_mw=act.baseline_mw, basis_mw=tuple(float(d) for d in basis_mw),
+            baseline_mw=act.baseline_mw, basis_mw=act.basis_mw,
             caps_mw=tuple(act.caps_mw), started_wall=act.commanded_wall,
             hold_until_wall=hold_until_wall,
         ))

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gridtao.config.agent import AuthConfig, ConfigError
+from gridtao.errors import GridtaoError
 
 __all__ = [
     "HMAC_MIN_KEY_BYTES",
@@ -89,7 +90,7 @@ REASON_LABELS: Final = (
 )
 
 
-class AuthRejected(ValueError):
+class AuthRejected(GridtaoError, ValueError):
     """A message failed authentication. ``label`` is one of :data:`REASON_LABELS` (metrics);
     ``reason`` is the sentence for the ack and the log."""
 
@@ -99,7 +100,7 @@ class AuthRejected(ValueError):
         self.reason = reason
 
 
-class KeyFileError(ValueError):
+class KeyFileError(GridtaoError, ValueError):
     """A key file is missing, unreadable or not a key of the expected kind (message names it)."""
 
 

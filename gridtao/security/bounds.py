@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Final, NamedTuple
 
 from gridtao.config.agent import LimitsConfig
-from gridtao.safety.island import Activation, IslandView
+from gridtao.safety.island import IslandView
 from gridtao.wire import messages as wire
 
 # Reason labels for gridtao_limit_rejections_total{reason}.
@@ -60,25 +60,21 @@ class TokenBucket:
 
 
 class CutBasis:
-    """The node draw (mW) the island will cut the next shed from: its frozen pre-event draw
-    while any event is active (every overlapping cut comes from it, and each activation reports
-    it as ``baseline_mw``), else tier 1's latest reading. Call :meth:`activated` for every
-    activation; ``view`` is the island's :meth:`~gridtao.safety.island.SafetyIsland.view`."""
+    """The node draw (mW) the island will cut the next shed from: while any event is active,
+    the frozen pre-event draw the island cuts every overlapping event from
+    (:attr:`~gridtao.safety.latch.IslandView.basis_total_mw`), else tier 1's latest reading.
+    ``view`` is the island's :meth:`~gridtao.safety.island.SafetyIsland.view`. Keeps no state
+    of its own, so it can never disagree with the island."""
 
     def __init__(
         self, view: Callable[[], IslandView], draw_mw: Callable[[], Sequence[float]]
     ) -> None:
         self._view = view
         self._draw_mw = draw_mw
-        self._frozen_mw: float | None = None
-
-    def activated(self, act: Activation) -> None:
-        self._frozen_mw = act.baseline_mw
 
     def __call__(self) -> float:
-        if self._frozen_mw is not None and self._view().event_id is not None:
-            return self._frozen_mw
-        return float(sum(self._draw_mw()))
+        frozen = self._view().basis_total_mw
+        return frozen if frozen is not None else float(sum(self._draw_mw()))
 
 
 class Rejection(NamedTuple):

@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import IO, Final
 
 from gridtao.durable import write_atomically
+from gridtao.errors import GridtaoError
 
 log = logging.getLogger("gridtao.replay")
 
 COMPACT_SLACK: Final = 1000  # appended lines beyond the live entries before a rewrite
 
 
-class ReplayStoreError(OSError):
+class ReplayStoreError(GridtaoError, OSError):
     """The store cannot be opened (in use by another agent, not writable, ...)."""
 
 

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from gridtao.telemetry.plotting import pyplot
+
 
 class TimelinePoint(Protocol):
     t_s: float
@@ -33,10 +35,7 @@ def summarise_acks(acks: Sequence[Mapping[str, Any]]) -> str:
 
 def plot_timeline(points: Sequence[TimelinePoint], path: Path, *, title: str) -> None:
     """Node power (measured through NVML) and target against time, frequency on a twin axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     t = [p.t_s for p in points]
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)

@@ -25,11 +25,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gridtao.errors import GridtaoError
+
 START_TIMEOUT_S = 5.0
 INSTALL_HINT = "mosquitto is required for the MQTT tests: apt-get install -y mosquitto"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(GridtaoError, RuntimeError):
     """The broker could not be started (the message carries its log)."""
 
 

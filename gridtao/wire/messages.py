@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final, NoReturn, TypeAlias
 
 # Re-exported so callers can keep importing the whole contract from here (``wire.ack_payload``).
+from gridtao.errors import GridtaoError
 from gridtao.wire.payloads import ack_payload, offline_payload, status_payload, tracker_payload
 from gridtao.wire.topics import Topics
 
@@ -53,7 +54,7 @@ DURATION_MAX_S: Final = 7 * 86_400.0
 ID_MAX_CHARS: Final = 128
 
 
-class MessageRejected(ValueError):
+class MessageRejected(GridtaoError, ValueError):
     """An incoming payload broke the wire contract.
 
     ``reason`` is a short human sentence for the ack; ``event_id`` is the payload's ``"id"`` when

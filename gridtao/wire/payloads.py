@@ -8,7 +8,7 @@ can rely on is kept in one place:
   status payload it is rounded to 3 decimals (milliwatts, NVML's own resolution).
 - Only finite numbers: a NaN or infinity anywhere is a bug upstream and raises instead of being
   sent (JSON has no such values and v1 clients would choke on ``NaN``).
-- The v1 keys of each payload (see DESIGN.md, "Wire contract v1") are always present and never
+- The v1 keys of each payload (see README.md, "Wire contract v1") are always present and never
   replaced by extension fields; extensions only add keys, which v1 clients ignore.
 """
 
@@ -97,7 +97,7 @@ def _status_number(value: float | str | None) -> float:
 
 
 def tracker_payload(node: str, t: float, state: Mapping[str, object]) -> bytes:
-    """The retained tier-2 state JSON: ``{"node", "t", **state}`` (see control/tracker.py for
+    """The retained tier-2 state JSON: ``{"node", "t", **state}`` (see control/tier2/tracker.py for
     the keys of ``state``); ``node`` and ``t`` are never replaced."""
     body: dict[str, object] = dict(state)
     body.update(node=node, t=t)

@@ -1,6 +1,6 @@
 """The facility between the GPUs and the settlement meter, and how IT cuts show up on it.
 
-Model (DOMAIN.md, "Facility meter and PUE"), powers in W, times in s::
+Model (docs/sources.md#facility-meter-and-pue), powers in W, times in s::
 
     meter(t) = IT(t) x (1 + losses) + cooling(t) + fixed
     d cooling / dt = (IT(t) / COP - cooling(t)) / tau

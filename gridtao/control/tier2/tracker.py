@@ -1,6 +1,6 @@
 """Tier 2: about once a second, hold the node's commitment at the settlement meter.
 
-What it does (DESIGN.md, DOMAIN.md "Facility meter and PUE"):
+What it does (docs/architecture.md, docs/sources.md#facility-meter-and-pue):
 
 * Turns the active commitment, a meter-level reduction ``R`` (the proportional products, FCR-D
   and FCR-N, plus demand-response events) into a node IT target for tier 1, through the

@@ -5,8 +5,8 @@ Model (watts and seconds inside; the NVML facade converts to mW/mJ):
 * ``demand_w(t)``: what the workload would draw unhindered, piecewise constant.
 * ``ceiling_w(t)``: the power the clocks currently allow. It follows the enforced limit ``L``
   through a first-order lag, with time constant ``cap_down_s`` when falling (firmware throttles
-  fast) and ``cap_up_s`` when rising (clocks step back up gradually, DOMAIN.md: V100 took
-  ~0.4 s to recover 200->280 W).
+  fast) and ``cap_up_s`` when rising (clocks step back up gradually: a V100 took ~0.4 s to
+  recover 200->280 W, docs/sources.md#gpu-power-response).
 * true draw ``p(t) = min(demand_w(t), ceiling_w(t))``. Demand changes pass straight through: a
   job's own phase changes are not slowed by the power controller, only the limit is.
 

@@ -2,12 +2,13 @@
 
 A workload is an endless, deterministic stream of constant-demand stretches
 ``(duration_s, demand_w)``: the power the running job would draw if no power limit held it back.
-The physics (``sim_physics.py``) turns demand and the enforced limit into the true draw.
+The physics (``physics.py``) turns demand and the enforced limit into the true draw.
 
-Shapes (DOMAIN.md): training holds ~88 % of TDP with communication-phase dips to ~55 % lasting
-50-300 ms, repeating at 0.5-2 Hz (inside the 0.2-3 Hz band seen on real jobs); inference is
-bursty (random arrivals, 30-100 % of TDP); idle sits at 70-90 W; a CSV trace replays measured
-watts in a loop. Every stream depends only on its ``random.Random`` so runs are reproducible.
+Shapes (docs/sources.md#workloads for the band and the burstiness; the levels are ours):
+training holds ~88 % of TDP with communication-phase dips to ~55 % lasting 50-300 ms, repeating
+at 0.5-2 Hz (inside the 0.2-3 Hz band seen on real jobs); inference is bursty (random arrivals,
+30-100 % of TDP); idle sits at 70-90 W; a CSV trace replays measured watts in a loop. Every
+stream depends only on its ``random.Random`` so runs are reproducible.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from gridtao.errors import GridtaoError
 
 
 class Workload(Protocol):
@@ -104,7 +107,7 @@ class Trace:
         return math.fsum(self.durations_s)
 
 
-class TraceError(ValueError):
+class TraceError(GridtaoError, ValueError):
     """A malformed trace file; the message names the line and the reason."""
 
 

@@ -1,0 +1,53 @@
+"""``gridtao run``'s lifecycle: one agent on the main event loop, signals, restore on exit.
+
+SIGINT and SIGTERM stop the agent (it restores every limit it changed, then publishes offline);
+SIGHUP re-reads the configuration file and applies what can change live
+(:mod:`gridtao.app.reload`). Runs on the caller's event loop, in its thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+
+from gridtao.app.agent import Agent, AgentOptions
+from gridtao.config.agent import Config, ConfigError
+
+__all__ = ["run_agent"]
+
+log = logging.getLogger("gridtao")
+
+
+async def run_agent(config: Config, *, options: AgentOptions | None = None,
+                    stop: asyncio.Event | None = None,
+                    reload_config: Callable[[], Config] | None = None) -> int:
+    """Start an agent, serve until SIGINT/SIGTERM (or ``stop``), then restore and exit 0.
+    On SIGHUP, apply ``reload_config()`` (the file read again: :mod:`gridtao.app.reload`)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    agent: Agent | None = None  # SIGHUP before it exists: logged, not fatal
+
+    def reload() -> None:
+        if agent is None or reload_config is None:
+            log.warning("SIGHUP: nothing to reload (%s)", "still starting" if agent is None
+                        else "no configuration file: running on built-in defaults")
+            return
+        try:
+            agent.reload(reload_config)
+        except ConfigError as e:
+            log.error("reload refused, nothing changed: %s", e)
+
+    for sig, handler in ((signal.SIGINT, stop.set), (signal.SIGTERM, stop.set),
+                         (signal.SIGHUP, reload)):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, handler)
+    agent = Agent(config, options=options)
+    try:
+        agent.start()
+        await agent.serve(stop)
+    finally:
+        agent.close()
+    return 0

@@ -1,0 +1,82 @@
+"""``gridtao bench``: the harnesses under the repository's ``bench/`` folder and the compliance
+bench. The harnesses are imported only when a bench runs, so nothing else of gridtao (the agent
+above all) ever loads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from gridtao.config.agent import Config, ConfigError
+
+PUE_SCENARIOS = ("short", "dr")  # gridtao.bench.pue.SCENARIOS, checked there
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    lat = sub.add_parser("latency", help="trigger-to-target latency against two baselines")
+    lat.add_argument("--triggers", type=int, default=50)
+    lat.add_argument("--gpus", type=int, default=8)
+    lat.add_argument("--baseline-triggers", type=int, default=None,
+                     help="triggers per baseline (default min(triggers, 10))")
+    lat.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    lat.add_argument("--plot", metavar="FILE", help="write CDF plots as PNG")
+    lat.add_argument("--markdown", metavar="FILE",
+                     help="write a BENCHMARKS.md section (Markdown) to FILE")
+    lat.add_argument("--auth", choices=("ed25519", "hmac"), default=None,
+                     help="sign every dispatch (keys made in the bench's temporary folder) and "
+                          "measure the verify cost")
+    _configure_pue(sub.add_parser("pue", help="PUE-aware tier 2 vs a naive annual-PUE tracker"))
+    from gridtao.prequal import options as compliance_cli
+
+    compliance_cli.configure(sub.add_parser(
+        "compliance", help="a product's TSO test over a real broker, scored rule by rule"))
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    from gridtao.bench.latency import run_latency_bench
+    from gridtao.bench.render import markdown, plot, write_outputs
+
+    if args.bench == "compliance":
+        from gridtao.prequal import options as compliance_cli
+
+        command = "gridtao " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        return compliance_cli.main(args, config, command)
+    if args.bench == "pue":
+        from gridtao.bench import pue
+
+        command = "gridtao " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        try:
+            return pue.main(args, config.facility, command)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if not 1 <= args.triggers <= 10_000 or not 1 <= args.gpus <= 64:
+        raise ConfigError("--triggers must be in 1..10000 and --gpus in 1..64")
+    result = run_latency_bench(config, triggers=args.triggers, gpus=args.gpus,
+                               baseline_triggers=args.baseline_triggers,
+                               progress=lambda line: print(line, file=sys.stderr),
+                               auth=args.auth)
+    command = "gridtao " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    write_outputs(args, result, markdown(result, command), plot)
+    return 0
+
+
+def _configure_pue(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``gridtao bench pue`` (``p``: an argparse parser)."""
+    p.add_argument("--scenario", choices=(*PUE_SCENARIOS, "both"), default="both",
+                   help="short: a 30 s cut (FFR/FCR-D-like); dr: a 30 min event (default both)")
+    p.add_argument("--it-w", type=float, default=4800.0, help="node IT power before the event")
+    p.add_argument("--reduction-w", type=float, default=1000.0,
+                   help="committed meter-level reduction, W")
+    p.add_argument("--ramp-s", type=float, default=0.0, help="ramp into the event, s")
+    p.add_argument("--annual-pue", type=float, default=None,
+                   help="the naive tracker's divisor (default: the model's steady-state PUE)")
+    p.add_argument("--plant-tau-s", type=float, default=None,
+                   help="true cooling lag of the simulated site (default: the model's)")
+    p.add_argument("--plant-cop", type=float, default=None,
+                   help="true COP of the simulated site (default: the model's)")
+    p.add_argument("--json", metavar="FILE", help="write the results (with series) as JSON")
+    p.add_argument("--plot", metavar="FILE", help="write required/delivered/IT plots as PNG")
+    p.add_argument("--markdown", metavar="FILE", help="write the Markdown section to FILE")
