@@ -22,9 +22,10 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gridtao safety bench tests
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict gridtao safety bench tests
+	$(BIN)/mypy --strict gridtao tests
 
 unit: $(STAMP)
 	$(BIN)/pytest -q

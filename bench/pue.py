@@ -2,8 +2,8 @@
 
 Pure simulation, no broker and no GPUs: a node whose IT power follows its target through
 first-order lags (cap-down 50 ms, cap-up 250 ms: tier 1 plus firmware), a facility plant
-(gridtao/control/pue.py: losses at once, cooling through a lag) and a meter-level commitment
-shaped by a demand-response event (gridtao/grid/dr.py). Each strategy turns the meter
+(gridtao/control/tier2/facility.py: losses at once, cooling through a lag) and a meter-level commitment
+shaped by a demand-response event (gridtao/products/dr.py). Each strategy turns the meter
 reduction into an IT target, refreshing its cooling estimate once a second from the measured
 IT power as tier 2 does, and is scored on the same scenario:
 
@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gridtao.telemetry.plotting import pyplot
+from gridtao.telemetry.runinfo import provenance
 from gridtao.bench.render import write_outputs
 from gridtao.config.agent import FacilityConfig
 from gridtao.control.tier2.facility import (
@@ -215,11 +217,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """Required vs delivered meter reduction, and IT shed, per scenario and strategy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(result["results"])
     fig, axes = plt.subplots(2, n, figsize=(6 * n, 7), dpi=110, squeeze=False)
     for col, res in enumerate(result["results"]):
@@ -253,5 +251,6 @@ def main(args: Any, facility: FacilityConfig, command: str) -> int:
                           ramp_s=args.ramp_s, duration_s=SCENARIOS[n]) for n in names]
     result = run_pue_bench(facility, scenarios=scenarios, annual_pue=args.annual_pue,
                            plant_tau_s=args.plant_tau_s, plant_cop=args.plant_cop)
+    result |= provenance(command)
     write_outputs(args, result, markdown(result, command), plot)
     return 0

@@ -52,7 +52,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
     lines += ["", "Ratios against the baselines measured in the same run (p50 publish->command):"]
     for name, ratio in result["ratios"].items():
         lines.append(f"- {name}: {ratio:.0f}x")
-    lines += ["", "Targets (issue 3), judged by `gridtao.bench.latency.judge_targets`:"]
+    lines += ["", "Latency targets, judged by `gridtao.bench.latency.judge_targets`:"]
     lines += _target_lines(result["targets"])
     return "\n".join(lines) + "\n"
 

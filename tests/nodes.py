@@ -3,18 +3,16 @@
 ``running(broker, cfg, sim)`` starts an :class:`~gridtao.app.agent.Agent` (no metrics server),
 checks its island lane connected, yields a :class:`Node` with the helpers the tests drive it
 through, and closes it (restoring limits) however the test ends; ``serve=True`` also runs
-``agent.serve()`` (status publishing) on its own loop. Waits are generous: the CI machine is a
+``agent.serve()`` (status publishing) on its own loop (gridtao/app/serve.py). Waits are generous: the CI machine is a
 loaded 2-core box and nothing here asserts speed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +20,12 @@ from broker import MosquittoBroker, Subscriber, publish
 from waiting import wait_until
 
 from gridtao.app.agent import Agent, AgentOptions
+from gridtao.app.serve import serving
 from gridtao.clock import Clock
 from gridtao.config.agent import Config, SimConfig
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
 from gridtao.records.audit_verify import read_records
-from gridtao.transport.mqtt import new_event_loop
 
 W = 1000  # mW per W
 SET = "nvmlDeviceSetPowerManagementLimit"
@@ -105,42 +103,6 @@ class Node:
         return read_records([self.agent.config.audit.path])
 
 
-class _Controller(threading.Thread):
-    """``agent.serve()`` on its own uvloop (status publishing), stopped by :meth:`stop`."""
-
-    def __init__(self, agent: Agent) -> None:
-        super().__init__(name="test-controller", daemon=True)
-        self._agent = agent
-        self._loop = new_event_loop()
-        self._stop_event: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        async def main() -> None:
-            self._stop_event = asyncio.Event()
-            self._ready.set()
-            await self._agent.serve(self._stop_event)
-
-        try:
-            self._loop.run_until_complete(main())
-        except BaseException as e:
-            self.error = e
-        finally:
-            self._loop.close()
-
-    def start(self) -> None:
-        super().start()
-        assert self._ready.wait(5.0)
-
-    def stop(self) -> None:
-        if self.is_alive() and self._stop_event is not None:
-            self._loop.call_soon_threadsafe(self._stop_event.set)
-        self.join(10.0)
-        assert not self.is_alive(), "agent.serve() did not return"
-        assert self.error is None, self.error
-
-
 @contextmanager
 def running(broker: MosquittoBroker, cfg: Config, sim: SimNvml, *, clock: Clock | None = None,
             serve: bool = False, settled_w: float | None = None) -> Iterator[Node]:
@@ -154,15 +116,13 @@ def running(broker: MosquittoBroker, cfg: Config, sim: SimNvml, *, clock: Clock 
                    "the simulated draw to settle", timeout_s=CONNECT_S)
     agent = Agent(cfg, clock=clock or sim.clock, backend=backend,
                   options=AgentOptions(serve_metrics=False, connect_timeout_s=CONNECT_S))
-    controller = _Controller(agent) if serve else None
     try:
         agent.start()
         assert agent.lane.link.is_connected, "island lane did not connect"
-        if controller is not None:
-            controller.start()
-        yield Node(agent, sim, broker)
-        assert agent.lane.error is None, agent.lane.error
+        with ExitStack() as serve_stack:
+            if serve:  # stopped at the end: raises what serve() died of, if it did
+                serve_stack.enter_context(serving(agent, name="test-controller"))
+            yield Node(agent, sim, broker)
+            assert agent.lane.error is None, agent.lane.error
     finally:
-        if controller is not None:
-            controller.stop()
         agent.close()

@@ -1,4 +1,4 @@
-"""bench/compliance_summary.py renders the scorer's JSON as it is, failures in bold."""
+"""gridtao/prequal/summary.py renders the scorer's JSON as it is, failures in bold."""
 
 from __future__ import annotations
 

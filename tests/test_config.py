@@ -168,3 +168,16 @@ def test_cross_key_rules(data: dict[str, Any], key: str) -> None:
 def test_bad_node_id_names_node_id(node_id: str) -> None:
     with pytest.raises(ConfigError, match=r"^src: mqtt[.]node_id: "):
         config_from_mapping({"mqtt": {"node_id": node_id}}, source="src")
+
+
+def test_the_kinds_catalog_names_every_configurable_product_kind() -> None:
+    from typing import get_args
+
+    from gridtao.config.grid import ProductKind
+    from gridtao.config.kinds import KINDS, frequency_kinds, kind_for_test_name
+
+    assert set(get_args(ProductKind)) == set(KINDS)
+    assert "dr" not in frequency_kinds() and set(frequency_kinds()) == set(KINDS) - {"dr"}
+    assert kind_for_test_name("fcr-d").name == "fcr-d-up"
+    assert {k.test_name for k in KINDS.values()} == {
+        "ffr", "ercot-ffr", "fcr-d", "fcr-d-static", "fcr-n", "dr"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -16,9 +17,11 @@ from gridtao.telemetry.metrics import (
     TRIGGER_TO_TARGET_BUCKETS_S,
     Metrics,
     MetricsServer,
+    StatsCollector,
     log_buckets,
     start_http_server,
 )
+from gridtao.transport.mqtt import LinkStats
 
 
 @pytest.fixture
@@ -80,16 +83,21 @@ def test_node_target_is_nan_without_event(metrics: Metrics, served: MetricsServe
     assert value(s, "gridtao_event_active") == 0.0
 
 
+@dataclass
+class _AuditTrail:
+    dropped: int = 0
+
+
 def test_counters(metrics: Metrics, served: MetricsServer) -> None:
     metrics.count_message("dispatch", "accepted")
     metrics.count_message("dispatch", "accepted")
     metrics.count_message("dispatch", "duplicate")
     metrics.count_message("frequency", "rejected")
     metrics.count_gpu_error(3, "GpuLost")
-    metrics.count_mqtt_reconnect()
-    metrics.count_mqtt_refused("status", 2)
-    metrics.count_mqtt_dropped("island", "in", 3)
-    metrics.count_audit_dropped(4)
+    # The links' and the audit trail's own counters, read at scrape time.
+    StatsCollector({"island": LinkStats(reconnects=1, dropped_inbound=3),
+                    "status": LinkStats(refused=2)},
+                   audit=_AuditTrail(dropped=4), registry=metrics.registry)
     metrics.count_reload("refused")
     s = scrape(served)
     assert value(s, "gridtao_messages_total", topic="dispatch", result="accepted") == 2
@@ -137,6 +145,9 @@ def test_bucket_ranges() -> None:
 
 def test_registries_are_isolated() -> None:
     a, b = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
-    a.count_mqtt_reconnect()
+    island_a, island_b = LinkStats(), LinkStats()
+    StatsCollector({"island": island_a}, registry=a.registry)
+    StatsCollector({"island": island_b}, registry=b.registry)
+    island_a.reconnects += 1
     assert a.registry.get_sample_value("gridtao_mqtt_reconnects_total") == 1
     assert b.registry.get_sample_value("gridtao_mqtt_reconnects_total") == 0

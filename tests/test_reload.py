@@ -1,4 +1,5 @@
-"""gridtao/reload.py: what a reload applies, what it refuses, and that a bad file changes nothing.
+"""gridtao/app/reload.py: what a reload applies, what it refuses, and that a bad file changes
+nothing.
 
 Keys are generated at test time with ``gridtao keygen`` into tmp_path. The links are real
 :class:`MqttLink` objects (never connected here: a reload only swaps what their next connection

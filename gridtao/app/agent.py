@@ -30,7 +30,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
-from gridtao.app.periodic import ControllerLoop
+from gridtao.app.periodic import ControllerLoop, ControllerParts
 from gridtao.app.reload import ReloadResult, apply_reload, plan_reload, read_credentials
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.config.agent import Config, ConfigError
@@ -49,7 +49,7 @@ from gridtao.safety.island import Activation, SafetyIsland
 from gridtao.safety.watchdog import Watchdog
 from gridtao.security.bounds import CutBasis
 from gridtao.security.guard import Guard
-from gridtao.telemetry.metrics import Metrics, MetricsServer, start_http_server
+from gridtao.telemetry.metrics import Metrics, MetricsServer, StatsCollector, start_http_server
 from gridtao.transport.mqtt import MqttLink, Will
 from gridtao.wire import messages as wire
 
@@ -210,7 +210,22 @@ class Agent:
         self._closed = False
         self._quiesced = False
         self._quiesce_lock = threading.Lock()
-        self.controller = ControllerLoop(self)
+        # The counters the links and the audit trail keep, read when Prometheus scrapes.
+        StatsCollector({"island": self.lane.link.stats, "status": self.status_link.stats},
+                       audit=self.ledger.audit, registry=self.registry)
+        self.controller = ControllerLoop(
+            ControllerParts(
+                node_id=self.node_id, status_topic=self.topics.status,
+                tracker_topic=self.topics.tracker, gpu_indices=tuple(self.gpu_indices),
+                gpu_limits=tuple(self.gpu_limits), clock=self.clock, backend=self.backend,
+                tier1=self.fast, island=self.island, tier2=self.tier2,
+                status_link=self.status_link, ledger=self.ledger,
+            ),
+            status_period_s=config.mqtt.status_period_s,
+            tracker_period_s=config.tracker.period_s,
+            dry_run=config.gpus.dry_run,
+            busy_load_fraction=self.options.busy_load_fraction,
+        )
 
     def reload(self, load: Callable[[], Config]) -> ReloadResult:
         """Apply the configuration ``load()`` reads again: new signing keys and broker

@@ -9,7 +9,6 @@ against target and frequency.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gridtao.app.agent import Agent, AgentOptions
+from gridtao.app.serve import serving
 from gridtao.clock import MonotonicClock
 from gridtao.config.agent import Config
 from gridtao.gpu.nvml import NvmlBackend
@@ -100,48 +100,20 @@ def run_demo(config: Config, *, out_dir: Path, duration_scale: float = 1.0) -> i
 
 def _drive(agent: Agent, broker: MosquittoBroker, out_dir: Path, scale: float) -> int:
     topics: Topics = agent.topics
-    stop = asyncio.Event()
-    loop_thread = _ControllerThread(agent, stop)
     recorder = Recorder(agent)
     acks: list[dict[str, object]] = []
     try:
         with Subscriber(broker.host, broker.port, topics.ack) as ack_sub:
             agent.start()
-            loop_thread.start()
-            recorder.start()
-            t0 = time.monotonic()
-            print(f"gridtao demo: broker 127.0.0.1:{broker.port}, node {agent.node_id}, "
-                  f"{len(agent.backend.devices())} simulated GPUs")
-            _sleep_until(t0, 1.0)
-            baseline = recorder.samples[-1].node_w if recorder.samples else float("nan")
-            print(f"[{time.monotonic() - t0:6.2f} s] steady draw {baseline:.0f} W; "
-                  "frequency dip to 49.45 Hz begins")
-            # Frequency from a meter at 10 Hz, following the profile, over one connection.
-            t_f = 0.0
-            with Publisher(broker.host, broker.port) as meter:
-                while t_f < 12.0 * scale:
-                    hz = _frequency_profile(t_f / scale)
-                    recorder.hz = hz
-                    meter.send(topics.frequency,
-                               json.dumps({"t": time.time(), "hz": round(hz, 3)}).encode(), qos=0)
-                    t_f += 0.1
-                    _sleep_until(t0, 1.0 + t_f)
-            _wait_idle(agent, timeout_s=15.0)
-            # Let the draw climb back (cap-up is slow) so the shed is cut from the natural draw.
-            time.sleep(2.0)
-            print(f"[{time.monotonic() - t0:6.2f} s] frequency event over; "
-                  "dispatching shed 25 % for 4 s")
-            shed = {"id": "demo-shed-1", "kind": "shed", "fraction": 0.25,
-                    "duration_s": 4.0 * scale, "issued_at": time.time()}
-            publish(broker.host, broker.port, topics.dispatch, json.dumps(shed).encode(), qos=1)
-            time.sleep(0.5)
-            _wait_idle(agent, timeout_s=20.0)
-            time.sleep(0.5)
-            acks = [json.loads(m.payload) for m in list(ack_sub.messages)]
+            # The controller loop (status, tier 2) in a thread of its own.
+            with serving(agent, name="demo-controller"):
+                recorder.start()
+                try:
+                    acks = _play_grid(agent, broker, recorder, ack_sub, scale)
+                finally:
+                    recorder.stop()
     finally:
         # On any failure too: the agent restores the limits it found and goes offline.
-        recorder.stop()
-        loop_thread.join()
         agent.close()
     from gridtao.telemetry.report import plot_timeline, summarise_acks
 
@@ -153,28 +125,39 @@ def _drive(agent: Agent, broker: MosquittoBroker, out_dir: Path, scale: float) -
     return 0
 
 
-class _ControllerThread(threading.Thread):
-    """The agent's controller loop (status, metrics) on uvloop in a thread of its own."""
-
-    def __init__(self, agent: Agent, stop: asyncio.Event) -> None:
-        super().__init__(name="demo-controller", daemon=True)
-        self._agent = agent
-        self._stop_event = stop
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def run(self) -> None:
-        from gridtao.transport.mqtt import new_event_loop
-
-        self._loop = new_event_loop()
-        self._loop.run_until_complete(self._agent.serve(self._stop_event))
-        self._loop.close()
-
-    def join(self, timeout: float | None = 5.0) -> None:
-        if self.ident is None:  # never started (the agent failed to start)
-            return
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._stop_event.set)
-        super().join(timeout)
+def _play_grid(agent: Agent, broker: MosquittoBroker, recorder: Recorder,
+               ack_sub: Subscriber, scale: float) -> list[dict[str, object]]:
+    """The frequency dip, then a shed dispatch; returns the acks heard."""
+    topics = agent.topics
+    t0 = time.monotonic()
+    print(f"gridtao demo: broker 127.0.0.1:{broker.port}, node {agent.node_id}, "
+          f"{len(agent.backend.devices())} simulated GPUs")
+    _sleep_until(t0, 1.0)
+    baseline = recorder.samples[-1].node_w if recorder.samples else float("nan")
+    print(f"[{time.monotonic() - t0:6.2f} s] steady draw {baseline:.0f} W; "
+          "frequency dip to 49.45 Hz begins")
+    # Frequency from a meter at 10 Hz, following the profile, over one connection.
+    t_f = 0.0
+    with Publisher(broker.host, broker.port) as meter:
+        while t_f < 12.0 * scale:
+            hz = _frequency_profile(t_f / scale)
+            recorder.hz = hz
+            meter.send(topics.frequency,
+                       json.dumps({"t": time.time(), "hz": round(hz, 3)}).encode(), qos=0)
+            t_f += 0.1
+            _sleep_until(t0, 1.0 + t_f)
+    _wait_idle(agent, timeout_s=15.0)
+    # Let the draw climb back (cap-up is slow) so the shed is cut from the natural draw.
+    time.sleep(2.0)
+    print(f"[{time.monotonic() - t0:6.2f} s] frequency event over; "
+          "dispatching shed 25 % for 4 s")
+    shed = {"id": "demo-shed-1", "kind": "shed", "fraction": 0.25,
+            "duration_s": 4.0 * scale, "issued_at": time.time()}
+    publish(broker.host, broker.port, topics.dispatch, json.dumps(shed).encode(), qos=1)
+    time.sleep(0.5)
+    _wait_idle(agent, timeout_s=20.0)
+    time.sleep(0.5)
+    return [json.loads(m.payload) for m in list(ack_sub.messages)]
 
 
 def _sleep_until(t0: float, at_s: float) -> None:

@@ -1,151 +1,233 @@
 """The controller loop's periodic work: the agent's asyncio loop, off the hot path.
 
-Triggers never pass through here (they go socket -> island lane -> island writers). What runs
-here, on the agent's parts (gridtao/agent.py builds them):
+Triggers never pass through here (they go socket -> island lane -> island writers). Every
+coroutine of :meth:`ControllerLoop.tasks` runs on the controller loop: the event loop that runs
+``Agent.serve`` (the main thread under ``gridtao run``, a :class:`~gridtao.app.serve.ServeThread`
+in the demo, the compliance bench and the tests). What runs there:
 
 * the retained status every ``mqtt.status_period_s``, from tier 1's last readings (no NVML call
   on this thread, except in a dry run where tier 1's plans never take effect);
 * tier 2 every ``tracker.period_s`` and its retained tracker topic;
 * the audit of tier 1's limits when one moved by 1 W or more;
-* the links' and the audit trail's plain counters carried into Prometheus;
 * the bench's ``under_load`` condition (pure-Python work keeping this loop busy).
+
+It is given only the parts that work needs (:class:`ControllerParts`, built by
+gridtao/app/agent.py), not the agent. The links' and the audit trail's counters are not carried
+from here: Prometheus reads them when it scrapes (:class:`~gridtao.telemetry.metrics.
+StatsCollector`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from gridtao.gpu.backend import GpuError
+from gridtao.clock import Clock
+from gridtao.gpu.backend import GpuError, PowerLimits
+from gridtao.safety.island import IslandView
 from gridtao.wire import messages as wire
-
-if TYPE_CHECKING:
-    from gridtao.app.agent import Agent
 
 log = logging.getLogger("gridtao.app.agent")
 
 
-class ControllerLoop:
-    """The periodic work of one agent; :meth:`tasks` are run by ``Agent.serve``."""
+class Tier1Readings(Protocol):
+    """What this loop reads of tier 1 (``FastLoop``, gridtao/control/tier1/loop.py). Tier 1's
+    thread writes them; each property returns a fresh tuple, one per GPU in the agent's order."""
 
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
+    @property
+    def draw_mw(self) -> tuple[float, ...]:
+        """Last instant power reading, mW."""
+        ...
+
+    @property
+    def limits_mw(self) -> tuple[int, ...]:
+        """The limits tier 1 last planned (and the island applied), mW."""
+        ...
+
+    @property
+    def read_faults(self) -> tuple[str | None, ...]:
+        """The error kind of a GPU whose power reads fail, else None."""
+        ...
+
+
+class IslandState(Protocol):
+    """What this loop reads of the safety island (thread-safe snapshots)."""
+
+    def view(self) -> IslandView: ...
+
+    def write_faults(self) -> Mapping[int, str]:
+        """GPU index -> error kind of its last failed limit write."""
+        ...
+
+
+class GpuReads(Protocol):
+    """The driver calls this loop makes itself: tier 2's 1-s averages and, in a dry run only,
+    the enforced limits (GPU indices, mW)."""
+
+    def average_power_mw(self, index: int) -> int: ...
+
+    def enforced_limit_mw(self, index: int) -> int: ...
+
+
+class Tier2Ticks(Protocol):
+    """Tier 2 (``Tier2``, gridtao/control/tier2/tracker.py), ticked from this loop only."""
+
+    def tick(self, it_w: float) -> None:
+        """One period with the node's measured IT power, W."""
+        ...
+
+    def snapshot(self) -> Mapping[str, object]:
+        """The tracker topic's body (powers in W)."""
+        ...
+
+
+class StatusPublisher(Protocol):
+    """The status link (an ``MqttLink`` whose ``run()`` is a task of this loop)."""
+
+    def publish_nowait(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+    ) -> None:
+        """Queue a message; call it from this loop only."""
+        ...
+
+
+class AuditLog(Protocol):
+    """The audit trail's entry point (``Ledger.record``; thread-safe, never blocks)."""
+
+    def record(self, kind: str, fields: Mapping[str, object]) -> None: ...
+
+
+@dataclass(frozen=True)
+class ControllerParts:
+    """Everything :class:`ControllerLoop` works with; ``gpu_indices[k]`` and ``gpu_limits[k]``
+    describe GPU ``k`` of tier 1's tuples."""
+
+    node_id: str
+    status_topic: str  # retained status, and the offline status at stop
+    tracker_topic: str  # retained tier-2 state
+    gpu_indices: tuple[int, ...]
+    gpu_limits: tuple[PowerLimits, ...]
+    clock: Clock  # now(): the busy load's slices; wall(): the payloads' ``t``
+    backend: GpuReads
+    tier1: Tier1Readings
+    island: IslandState
+    tier2: Tier2Ticks
+    status_link: StatusPublisher
+    ledger: AuditLog
+
+
+class ControllerLoop:
+    """The periodic work of one agent; :meth:`tasks` are run by ``Agent.serve``.
+
+    Periods are in seconds. Call everything from the controller loop's thread, except
+    :meth:`status_gpus` and :meth:`it_power_w`, which only read and may be called from any
+    thread (the tests do)."""
+
+    def __init__(
+        self,
+        parts: ControllerParts,
+        *,
+        status_period_s: float,
+        tracker_period_s: float,
+        dry_run: bool = False,
+        busy_load_fraction: float = 0.0,
+    ) -> None:
+        self._parts = parts
+        self._status_period_s = status_period_s
+        self._tracker_period_s = tracker_period_s
+        self._dry_run = dry_run  # tier 1's plans never take effect: read the limits instead
+        self._busy_load_fraction = busy_load_fraction  # bench only: 0..0.95 of this loop
         self._audited_limits: tuple[int, ...] | None = None
-        self._counters_seen: dict[str, int] = {}
         self._busy_sink = 0
 
     def tasks(self) -> list[Coroutine[Any, Any, None]]:
         """The loops to run until the agent stops."""
         out = [self._status_loop(), self._tracker_loop()]
-        if self._agent.options.busy_load_fraction > 0:
-            out.append(self._busy_load(self._agent.options.busy_load_fraction))
+        if self._busy_load_fraction > 0:
+            out.append(self._busy_load(self._busy_load_fraction))
         return out
 
     # ---- status -----------------------------------------------------------------------
 
     async def _status_loop(self) -> None:
-        period = self._agent.config.mqtt.status_period_s
         while True:
-            self.carry_counters()
             self.publish_status(online=True)
             self.record_limits()
-            await asyncio.sleep(period)
+            await asyncio.sleep(self._status_period_s)
 
     def publish_status(self, *, online: bool) -> None:
-        a = self._agent
+        """The retained status (online, with every GPU), or the offline one at stop."""
+        p = self._parts
         if online:
-            payload = wire.status_payload(a.node_id, True, a.clock.wall(),
-                                          a.island.view().event_id, self.status_gpus())
+            payload = wire.status_payload(p.node_id, True, p.clock.wall(),
+                                          p.island.view().event_id, self.status_gpus())
         else:
-            payload = wire.offline_payload(a.node_id)
-        a.status_link.publish_nowait(a.topics.status, payload, qos=1, retain=True)
+            payload = wire.offline_payload(p.node_id)
+        p.status_link.publish_nowait(p.status_topic, payload, qos=1, retain=True)
 
     def status_gpus(self) -> list[dict[str, float | str | None]]:
         """Per-GPU status from tier 1's last reading (no NVML call on this thread), except in a
         dry run: there tier 1's plans never take effect, so the limits are read from the GPUs.
-        ``fault``: the error kind of a GPU whose reads or last limit write fail, else None."""
-        a = self._agent
-        draw, limits = a.fast.draw_mw, a.fast.limits_mw
-        if a.config.gpus.dry_run:
+        Powers in W. ``fault``: the error kind of a GPU whose reads or last limit write fail,
+        else None."""
+        p = self._parts
+        draw, limits = p.tier1.draw_mw, p.tier1.limits_mw
+        if self._dry_run:
             limits = tuple(self._enforced_or(i, planned) for i, planned in
-                           zip(a.gpu_indices, limits, strict=True))
-        read_faults, write_faults = a.fast.read_faults, a.island.write_faults()
+                           zip(p.gpu_indices, limits, strict=True))
+        read_faults, write_faults = p.tier1.read_faults, p.island.write_faults()
         return [
             {"index": i, "power_w": draw[k] / 1000.0, "limit_w": limits[k] / 1000.0,
              "default_w": lim.default_mw / 1000.0, "min_w": lim.min_mw / 1000.0,
              "max_w": lim.max_mw / 1000.0, "fault": read_faults[k] or write_faults.get(i)}
-            for k, (i, lim) in enumerate(zip(a.gpu_indices, a.gpu_limits, strict=True))
+            for k, (i, lim) in enumerate(zip(p.gpu_indices, p.gpu_limits, strict=True))
         ]
 
     def _enforced_or(self, index: int, fallback_mw: int) -> int:
         try:
-            return self._agent.backend.enforced_limit_mw(index)
+            return self._parts.backend.enforced_limit_mw(index)
         except GpuError:
             return fallback_mw
 
     def record_limits(self) -> None:
         """Audit tier 1's limits when any moved by 1 W or more (at most once a status period:
         tier 1 adjusts them up to 100 times a second, the trail keeps the trajectory)."""
-        a = self._agent
-        limits = a.fast.limits_mw
+        p = self._parts
+        limits = p.tier1.limits_mw
         last = self._audited_limits
         if last is not None and all(abs(x - y) < 1000 for x, y in zip(limits, last,
                                                                          strict=True)):
             return
         self._audited_limits = limits
-        a.ledger.record("limits", {"limits_mw": limits, "draw_mw": a.fast.draw_mw,
-                                   "event": a.island.view().event_id})
-
-    def carry_counters(self) -> None:
-        """Carry the links' and the audit trail's plain counters into Prometheus (their
-        increase since the last call): reconnects, refusals, drops."""
-        def carry(key: str, total: int, count: Callable[[int], None]) -> None:
-            new = total - self._counters_seen.get(key, 0)
-            if new > 0:
-                count(new)
-            self._counters_seen[key] = total
-
-        a = self._agent
-        m = a.metrics
-        links = {"island": a.lane.link.stats, "status": a.status_link.stats}
-        carry("reconnects", sum(st.reconnects for st in links.values()), m.count_mqtt_reconnect)
-        for name, st in links.items():
-            carry(f"{name}.refused", st.refused, functools.partial(m.count_mqtt_refused, name))
-            carry(f"{name}.in", st.dropped_inbound,
-                  functools.partial(m.count_mqtt_dropped, name, "in"))
-            carry(f"{name}.out", st.dropped_outbound,
-                  functools.partial(m.count_mqtt_dropped, name, "out"))
-        audit = a.ledger.audit
-        if audit is not None:
-            carry("audit.dropped", audit.dropped, m.count_audit_dropped)
+        p.ledger.record("limits", {"limits_mw": limits, "draw_mw": p.tier1.draw_mw,
+                                   "event": p.island.view().event_id})
 
     # ---- tier 2 --------------------------------------------------------------------------
 
     async def _tracker_loop(self) -> None:
         """Tier 2 every ``tracker.period_s``; its state goes out retained on the tracker topic."""
-        a = self._agent
-        period = a.config.tracker.period_s
+        p = self._parts
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(self._tracker_period_s)
             try:
-                a.tier2.tick(self.it_power_w())
-                payload = wire.tracker_payload(a.node_id, a.clock.wall(), a.tier2.snapshot())
-                a.status_link.publish_nowait(a.topics.tracker, payload, qos=0, retain=True)
+                p.tier2.tick(self.it_power_w())
+                payload = wire.tracker_payload(p.node_id, p.clock.wall(), p.tier2.snapshot())
+                p.status_link.publish_nowait(p.tracker_topic, payload, qos=0, retain=True)
             except Exception:
                 log.exception("tier 2 tick failed")
 
     def it_power_w(self) -> float:
         """Node IT power, W: each GPU's 1-s average (tier 1's last instant reading if that read
         fails), so training's sub-second swings do not jitter tier 2's reference."""
-        a = self._agent
-        draw = a.fast.draw_mw
+        p = self._parts
+        draw = p.tier1.draw_mw
         total_mw = 0.0
-        for k, i in enumerate(a.gpu_indices):
+        for k, i in enumerate(p.gpu_indices):
             try:
-                total_mw += a.backend.average_power_mw(i)
+                total_mw += p.backend.average_power_mw(i)
             except GpuError:
                 total_mw += draw[k]
         return total_mw / 1000.0
@@ -155,7 +237,7 @@ class ControllerLoop:
     async def _busy_load(self, busy: float) -> None:
         """Keep this loop ``busy`` (a fraction) with pure-Python work: the bench's
         ``under_load`` condition, the worst case for the GIL the island's threads need."""
-        clock = self._agent.clock
+        clock = self._parts.clock
         slice_s = 0.01
         while True:
             t_end = clock.now() + slice_s * busy

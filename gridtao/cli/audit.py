@@ -1,4 +1,4 @@
-"""``gridtao audit``: check the audit trail (gridtao/telemetry/audit.py).
+"""``gridtao audit``: check the audit trail (gridtao/records/audit.py).
 
 ``gridtao audit verify FILE [FILE...]`` exits 0 and prints the record count when the hash chain
 across the files is intact, 1 naming the first bad file and line when any record was edited,

@@ -10,6 +10,8 @@ import shlex
 import sys
 
 from gridtao.config.agent import Config, ConfigError
+from gridtao.telemetry import plotting
+from gridtao.telemetry.runinfo import provenance
 
 PUE_SCENARIOS = ("short", "dr")  # gridtao.bench.pue.SCENARIOS, checked there
 
@@ -36,6 +38,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    if getattr(args, "plot", None) and not plotting.available():
+        raise plotting.PlottingUnavailable(f"--plot: {plotting.INSTALL_HINT}")  # before a run
     from gridtao.bench.latency import run_latency_bench
     from gridtao.bench.render import markdown, plot, write_outputs
 
@@ -59,6 +63,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
                                progress=lambda line: print(line, file=sys.stderr),
                                auth=args.auth)
     command = "gridtao " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result |= provenance(command)
     write_outputs(args, result, markdown(result, command), plot)
     return 0
 

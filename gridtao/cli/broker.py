@@ -8,24 +8,13 @@ subscriptions to the dispatch and frequency topics, 2 (with the reason on stderr
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import os
 import sys
-import uuid
-
-import aiomqtt
 
 from gridtao.config.agent import Config, ConfigError
-from gridtao.transport.diagnose import AttemptLog, PahoTap, connected
+from gridtao.transport.check import probe_broker
 from gridtao.transport.mqtt import new_event_loop
-from gridtao.transport.tls import read_password, ssl_context
-from gridtao.wire import messages as wire
 
 __all__ = ["check_broker", "configure_check_broker", "run_check_broker"]
-
-log = logging.getLogger("gridtao.check_broker")
-
 
 def configure_check_broker(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
@@ -33,40 +22,14 @@ def configure_check_broker(p: argparse.ArgumentParser) -> None:
 
 
 async def check_broker(config: Config, *, timeout_s: float = 10.0) -> tuple[bool, str]:
-    """Connect and subscribe once as the agent would; (accepted, one line saying why).
+    """Connect and subscribe once as this node's agent would; (accepted, one line saying why).
 
     Raises :class:`ConfigError` for a bad TLS or password configuration.
     """
     from gridtao.app.agent import default_node_id
 
-    m = config.mqtt
-    tls = ssl_context(m, source=config.source)
-    password = read_password(m, source=config.source)
-    topics = wire.Topics(m.prefix, m.node_id or default_node_id())
-    tap = PahoTap(asyncio.get_running_loop())
-    client = aiomqtt.Client(
-        m.host, m.port,
-        identifier=f"gridtao-check-{os.getpid()}-{uuid.uuid4().hex[:8]}",  # never the agent's
-        protocol=aiomqtt.ProtocolVersion.V5,
-        keepalive=m.keepalive_s, timeout=timeout_s,
-        tls_context=tls, username=m.username, password=password, logger=tap,
-    )
-    subscriptions = [(topics.dispatch, 1), (topics.frequency, 0)]
-    try:
-        async with connected(client, tap):
-            codes = await client.subscribe(subscriptions)
-            refused = [topic for (topic, _), code in zip(subscriptions, codes, strict=False)
-                       if getattr(code, "is_failure", False)]
-            if refused:
-                raise aiomqtt.MqttError(f"broker refused subscription to {refused}")
-    except (aiomqtt.MqttError, OSError) as e:
-        attempts = AttemptLog(log, host=m.host, port=m.port, tls=tls, username=m.username,
-                              interval_s=m.error_log_interval_s, clock=lambda: 0.0)
-        return False, attempts.diagnose(e).line
-    how = " over TLS" if tls is not None else " (no TLS)"
-    who = f" as {m.username!r}" if m.username else ""
-    return True, (f"broker {m.host}:{m.port} accepted the connection{how}{who} and the "
-                  f"subscriptions to {topics.dispatch} and {topics.frequency}")
+    return await probe_broker(config, node_id=config.mqtt.node_id or default_node_id(),
+                              timeout_s=timeout_s)
 
 
 def run_check_broker(args: argparse.Namespace, config: Config) -> int:

@@ -21,6 +21,7 @@ from gridtao.config.grid import GpuPriority as GpuPriority
 from gridtao.config.grid import ProductConfig as ProductConfig
 from gridtao.config.grid import ProductKind as ProductKind
 from gridtao.config.grid import TrackerConfig as TrackerConfig
+from gridtao.config.kinds import KINDS
 from gridtao.config.schema import ConfigError as ConfigError
 from gridtao.config.schema import build, fail, rng
 
@@ -66,7 +67,7 @@ class GpusConfig:
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """TLS to the broker (gridtao/grid/tls.py, docs/security.md). Relative paths are taken from
+    """TLS to the broker (gridtao/transport/tls.py, docs/security.md). Relative paths are taken from
     the config file's folder.
 
     The broker's certificate is always verified against ``ca_file`` (default: the system's CA
@@ -221,7 +222,7 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """The append-only, hash-chained audit trail (gridtao/telemetry/audit.py, docs/audit.md).
+    """The append-only, hash-chained audit trail (gridtao/records/audit.py, docs/audit.md).
 
     ``fsync``: ``always`` (every record on disk before the next), ``interval`` (at most
     ``fsync_interval_s`` of records lost on power loss), ``never`` (the OS decides). The file is
@@ -241,7 +242,7 @@ class AuditConfig:
 
 @dataclass(frozen=True)
 class JournalConfig:
-    """Crash-recovery state journal (gridtao/journal.py, docs/audit.md). Times in seconds.
+    """Crash-recovery state journal (gridtao/records/journal.py, docs/audit.md). Times in seconds.
 
     The agent keeps in ``path`` (written atomically, fsynced) the limits it found at its first
     start and the events it is holding. After a crash, the next start restores a journaled event
@@ -338,7 +339,7 @@ def _check_consistency(cfg: Config, source: str) -> None:
 
 def _check_transport(m: MqttConfig, source: str) -> None:
     """Credential keys that only make sense together (files are checked when the agent starts:
-    gridtao/grid/tls.py)."""
+    gridtao/transport/tls.py)."""
     if m.password_file is not None and m.username is None:
         fail(source, "mqtt.username", "required when mqtt.password_file is set")
     if m.username is not None and not m.username.isprintable():
@@ -373,12 +374,9 @@ def _check_security(cfg: Config, source: str) -> None:
                   f"{trig.reduction_fraction:g} exceeds limits.max_reduction_fraction {cap:g}")
 
 
-_FREQUENCY_KINDS = ("ffr", "fcr-d-up", "fcr-d-up-static", "fcr-n", "ercot-ffr")
-
-
 def _check_products(cfg: Config, source: str) -> None:
     names: set[str] = set()
-    kinds = [p.kind for p in cfg.products]
+    kinds: list[str] = [p.kind for p in cfg.products]
     for k, prod in enumerate(cfg.products):
         key = f"products[{k}]"
         name = prod.name or prod.kind
@@ -390,13 +388,16 @@ def _check_products(cfg: Config, source: str) -> None:
         if prod.kind == "ffr" and prod.support == "short" and cfg.safety.release_rate_per_s > 0.2:
             fail(source, "safety.release_rate_per_s", "short-support FFR ramps out at most "
                   f"20 %/s of its capacity; got {cfg.safety.release_rate_per_s:g}/s")
-        if prod.baseline_w is not None and prod.kind != "fcr-n":
-            fail(source, f"{key}.baseline_w", "only fcr-n runs at a baseline")
-    if kinds.count("dr") > 1:
-        fail(source, "products", "enrol demand response (kind dr) at most once")
-    if kinds.count("fcr-n") > 1:
-        fail(source, "products", "enrol fcr-n at most once (it sets the node's baseline)")
-    if cfg.safety.triggers and any(k in _FREQUENCY_KINDS for k in kinds):
+        if prod.baseline_w is not None and not KINDS[prod.kind].symmetric:
+            symmetric = ", ".join(k.name for k in KINDS.values() if k.symmetric)
+            fail(source, f"{key}.baseline_w", f"only {symmetric} runs at a baseline")
+    for info in KINDS.values():
+        if info.once_per_node and kinds.count(info.name) > 1:
+            why = " (it sets the node's baseline)" if info.symmetric else ""
+            words = info.title.lower()
+            named = info.name if words == info.name else f"{words} (kind {info.name})"
+            fail(source, "products", f"enrol {named} at most once{why}")
+    if cfg.safety.triggers and any(KINDS[k].frequency for k in kinds):
         fail(source, "safety.triggers", "frequency products and raw safety.triggers would both "
               "cut on the same dips; set safety.triggers: [] when enrolling products")
     for k, prio in enumerate(cfg.tracker.priorities):

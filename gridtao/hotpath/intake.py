@@ -150,7 +150,7 @@ class Intake:
 
     def adopt(self, event_id: str, kind: str, *, ends_at: float, received_wall: float,
               commanded_wall: float) -> None:
-        """Track an event the island is holding again after a crash (gridtao/ledger.py): it is
+        """Track an event the island is holding again after a crash (records/ledger.py): it is
         released at ``ends_at`` (monotonic s), a release dispatch can end it, and its id counts
         as already seen. Call before the lane starts."""
         # Its receive time on this run's monotonic clock, so deadline_wall() stays right.

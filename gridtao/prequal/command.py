@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING
 
 from gridtao import __version__
 from gridtao.config.agent import Config, ProductConfig
-from gridtao.telemetry.runinfo import machine_description, software_version
+from gridtao.config.kinds import KINDS
+from gridtao.telemetry import plotting
+from gridtao.telemetry.runinfo import machine_description, provenance, software_version
 
 if TYPE_CHECKING:
     from gridtao.prequal.compliance import TestPlan
@@ -90,12 +92,18 @@ def write_report(out: Path, config: Config, args: argparse.Namespace, pcfg: Prod
     from gridtao.prequal import report as rep
 
     command = "gridtao " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    drawing = plotting.available()
     for res in results:
         rep.write_csv(res, out / f"{res.name}.csv")
-        rep.plot(res, out / f"{res.name}.png", product=args.product, capacity_w=pcfg.capacity_w)
+        if drawing:
+            rep.plot(res, out / f"{res.name}.png", product=args.product,
+                     capacity_w=pcfg.capacity_w)
+    if not drawing:
+        print(f"no PNG plots in {out}: {plotting.INSTALL_HINT}", file=sys.stderr)
     body = rep.summary_json(args.product, results, command=command, version=__version__,
                             machine=machine_description(), date=stamp.isoformat(),
                             product_config=_plain(pcfg))
+    body = provenance(command) | body  # the report's own date, machine and command win
     (out / "results.json").write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     (out / "summary.md").write_text(summary_markdown(config, args, pcfg, results, stamp,
                                                      command), encoding="utf-8")
@@ -175,11 +183,12 @@ def limits_text(config: Config, args: argparse.Namespace, pcfg: ProductConfig) -
 def product_rows(config: Config, pcfg: ProductConfig, spec: ProductSpec) -> list[tuple[str, str]]:
     rows = [("kind", pcfg.kind), ("name", pcfg.name or pcfg.kind),
             ("capacity", f"{pcfg.capacity_w:g} W at the {config.facility.settle_at}")]
-    if spec.kind in ("ffr", "ercot-ffr", "fcr-d-up-static"):
+    kind = KINDS[spec.kind]
+    if kind.has_threshold:
         rows.append(("threshold", f"{spec.threshold_hz:g} Hz"))
-    if spec.kind != "dr":
+    if kind.frequency:
         rows.append(("full activation limit", f"{spec.full_activation_s:g} s"))
-    if spec.kind in ("ffr", "ercot-ffr"):
+    if kind.activation == "step":
         rows += [("support duration", f"{spec.support_s:g} s"),
                  ("ramp-out", f"{config.safety.release_rate_per_s * 100:g} %/s of capacity"),
                  ("re-arm", f"{pcfg.rearm_s:g} s")]

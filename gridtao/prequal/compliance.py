@@ -6,7 +6,7 @@ nvml``) enrolled in that product only. It then plays the grid: publishes the tes
 samples on ``{prefix}/frequency`` at 10 Hz (shapes.py) or demand-response dispatches on
 ``{prefix}/dispatch``, while a recorder logs per-GPU instant power through NVML (the operator's
 path) at 20 Hz. Afterwards it models the facility meter from the measured IT power (the node
-cannot see the site meter: gridtao/control/pue.py's plant, with ``facility.*`` from the
+cannot see the site meter: gridtao/control/tier2/facility.py's plant, with ``facility.*`` from the
 configuration), computes what the product required from the frequency actually sent, and
 scores every rule (rules.py, scoring.py).
 
@@ -16,7 +16,6 @@ Marks (steps, crossings) are the planned times: publishing late counts against t
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gridtao.app.agent import Agent, AgentOptions
+from gridtao.app.serve import serving
 from gridtao.clock import MonotonicClock
 from gridtao.config.agent import Config, ProductConfig
 from gridtao.control.tier2.facility import Facility, FacilityModel
@@ -186,34 +186,6 @@ def agent_config(config: Config, product: ProductConfig, port: int) -> Config:
     )
 
 
-class _Controller(threading.Thread):
-    """The agent's controller loop (status, tier 2) on its own event loop."""
-
-    def __init__(self, agent: Agent) -> None:
-        super().__init__(name="compliance-controller", daemon=True)
-        self._agent = agent
-        self._stop_event = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-
-    def run(self) -> None:
-        from gridtao.transport.mqtt import new_event_loop
-
-        self._loop = new_event_loop()
-        self._ready.set()
-        try:
-            self._loop.run_until_complete(self._agent.serve(self._stop_event))
-        finally:
-            self._loop.close()
-
-    def stop(self) -> None:
-        self._ready.wait(5.0)
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._stop_event.set)
-        self.join(10.0)
-
-
 class _Recorder(threading.Thread):
     """Per-GPU instant power and the enforced limits through the agent's backend (NVML, what an
     operator can read) at ``RECORD_HZ`` (>= 10 Hz)."""
@@ -274,20 +246,21 @@ def run_test(
     rec = Recording()
     recorder = _Recorder(agent, rec)
     t0 = time.monotonic()
-    controller = _Controller(agent)
     say = progress or (lambda _line: None)
     try:
         agent.start()
-        controller.start()
-        recorder.start()
-        with Publisher(broker.host, broker.port) as pub:
-            time.sleep(0.3)  # the lane's subscription is in place once start() returned
-            t0 = time.monotonic() + 0.2
-            _play(plan, pub, agent, rec, t0, say)
-        rec.tier2 = agent.tier2.snapshot()
+        # The controller loop (status, tier 2) on its own event loop.
+        with serving(agent, name="compliance-controller"):
+            recorder.start()
+            try:
+                with Publisher(broker.host, broker.port) as pub:
+                    time.sleep(0.3)  # the lane's subscription is in place once start() returned
+                    t0 = time.monotonic() + 0.2
+                    _play(plan, pub, agent, rec, t0, say)
+                rec.tier2 = agent.tier2.snapshot()
+            finally:
+                recorder.halt()
     finally:
-        recorder.halt()
-        controller.stop()
         agent.close()
     rec.t_s = [t - t0 for t in rec.t_s]
     return rec

@@ -13,20 +13,19 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from gridtao.config.agent import Config, ConfigError, ProductConfig, ProductKind
+from gridtao.config.kinds import KINDS
 
 if TYPE_CHECKING:  # the runner pulls in the whole agent: imported when a bench runs
     from gridtao.prequal import compliance as c
     from gridtao.prequal import report as rep
 
+# Test name -> product kind, and each test's default time compression (the kinds catalog).
 PRODUCTS: dict[str, ProductKind] = {
-    "ffr": "ffr", "fcr-d": "fcr-d-up", "fcr-d-static": "fcr-d-up-static", "fcr-n": "fcr-n",
-    "ercot-ffr": "ercot-ffr", "dr": "dr",
-}
-DEFAULT_TIME_SCALE = {"ffr": 0.1, "fcr-d": 0.1, "fcr-d-static": 0.1, "fcr-n": 0.1,
-                      "ercot-ffr": 0.02, "dr": 0.05}
+    k.test_name: cast(ProductKind, k.name) for k in KINDS.values()}
+DEFAULT_TIME_SCALE = {k.test_name: k.test_time_scale for k in KINDS.values()}
 DEFAULT_CAPACITY_W = 1000.0
 STEADY_FRACTION = 0.88  # --workload steady: every simulated GPU at 88 % of its default limit
 
@@ -70,10 +69,10 @@ def check_common(args: argparse.Namespace) -> float:
     if args.capacity_w is not None and not 1.0 <= args.capacity_w <= 10_000_000:
         raise ConfigError("--capacity-w: must be in [1, 10000000] W")
     if args.threshold_hz is not None and (
-            args.product not in ("ffr", "ercot-ffr", "fcr-d-static")
+            not KINDS[PRODUCTS[args.product]].has_threshold
             or not 45.0 <= args.threshold_hz <= 65.0):
-        raise ConfigError("--threshold-hz: only for ffr, ercot-ffr and fcr-d-static, "
-                          "in [45, 65] Hz")
+        with_threshold = ", ".join(k.test_name for k in KINDS.values() if k.has_threshold)
+        raise ConfigError(f"--threshold-hz: only for {with_threshold}, in [45, 65] Hz")
     return float(scale)
 
 
@@ -120,7 +119,7 @@ def main(args: argparse.Namespace, config: Config, command: str) -> int:
     from gridtao import __version__
     from gridtao.prequal import compliance as c
     from gridtao.prequal import report as rep
-    from gridtao.telemetry.runinfo import machine_description
+    from gridtao.telemetry.runinfo import machine_description, provenance
 
     scale = check_common(args)
     pcfg = c.product_config(config, args.product, capacity_w=args.capacity_w, time_scale=scale,
@@ -148,6 +147,7 @@ def main(args: argparse.Namespace, config: Config, command: str) -> int:
         body = rep.summary_json(args.product, results, command=command, version=__version__,
                                 machine=machine_description(), date=date, time_scale=scale,
                                 workload=args.workload, product_config=_plain(pcfg))
+        body = provenance(command) | body  # the run's own date, machine and command win
         Path(args.json).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     return 0 if all(r.passed for r in results) else 1
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from gridtao.config.agent import ProductConfig, ProductKind
+from gridtao.config.kinds import KINDS
 
 StepState = Literal["armed", "active", "ramping", "rearming"]
 ProductState = Literal[
@@ -351,7 +352,7 @@ def make_product(cfg: ProductConfig, *, ramp_out_per_s: float) -> FrequencyProdu
     ``ramp_out_per_s``: the safety island's release rate, which performs step ramp-outs."""
     name = cfg.name or cfg.kind
     samples, budget = cfg.debounce_samples, cfg.debounce_budget_fraction
-    if cfg.kind in ("ffr", "ercot-ffr"):
+    if KINDS[cfg.kind].activation == "step":
         if cfg.kind == "ffr":
             hz = cfg.threshold_hz if cfg.threshold_hz is not None else 49.7
             act = cfg.full_activation_s or ffr_activation_s(hz)

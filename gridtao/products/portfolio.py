@@ -1,6 +1,6 @@
 """The node's enrolled products, and the frequency monitor that serves them on the island lane.
 
-:class:`Portfolio` owns the product objects (gridtao/grid/products.py) and the demand-response
+:class:`Portfolio` owns the product objects (gridtao/products/catalog.py) and the demand-response
 queue (dr.py), thread-safe: the island lane feeds samples and dispatches, tier 2 reads the
 requirement once a second. :class:`ProductMonitor` is the :class:`FrequencyMonitor` the intake
 drives: besides the raw ``safety.triggers`` levels it fires step products (FFR, ERCOT FFR)

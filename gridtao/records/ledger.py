@@ -22,10 +22,10 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 from gridtao.clock import Clock
 from gridtao.config.agent import Config
-from gridtao.hotpath.intake import Intake
 from gridtao.records.audit import AuditTrail
 from gridtao.records.journal import (
     Journal,
@@ -42,6 +42,13 @@ log = logging.getLogger("gridtao.records.ledger")
 
 ENDED_KINDS = ("event_released", "event_ended")
 TICK_MARGIN_S = 0.2  # the intake releases on its ~20 Hz tick and the island ends on tier 1's
+
+
+class Adopter(Protocol):
+    """Takes a recovered event back as if it had just been accepted (the hot path's intake)."""
+
+    def adopt(self, event_id: str, kind: str, *, ends_at: float, received_wall: float,
+              commanded_wall: float) -> None: ...
 
 
 class Ledger:
@@ -111,7 +118,7 @@ class Ledger:
                 "previous_run_crashed": self.crashed,
             })
 
-    def recover(self, island: SafetyIsland, intake: Intake, *, ramp_s: float) -> None:
+    def recover(self, island: SafetyIsland, intake: Adopter, *, ramp_s: float) -> None:
         """Open this run's journal and, after a crash, re-hold or release what was held.
         Call once, after the island started and before any trigger can arrive."""
         now, wall = self._clock.now(), self._clock.wall()

@@ -3,22 +3,33 @@
 Everything lives on an injected :class:`prometheus_client.CollectorRegistry`, so tests (and two
 agents in one process) never share state through the library's global registry.
 
-Gauges are *set by the control loop* from values it has already read: the HTTP thread only
-serialises the registry and never touches NVML, so a scrape cannot slow the hot path or a GPU.
-Power is exported in watts (Prometheus base units); callers holding milliwatts convert at the
-call site. Latencies are in seconds.
+Who writes what, on which thread:
+
+* :class:`Metrics`: gauges of current state are *set by tier 1's thread* from values it has
+  already read (about 100 times a second); event counters and histograms are incremented where
+  the event happens (the island lane, tier 1, the response meter, the reload).
+* :class:`StatsCollector`: counters other objects already keep (the MQTT links' reconnects,
+  refusals and drops, the audit trail's losses) are read when Prometheus scrapes, never copied
+  on a timer.
+
+The HTTP thread only serialises the registry and never touches NVML, so a scrape cannot slow the
+hot path or a GPU. Power is exported in watts (Prometheus base units); callers holding
+milliwatts convert at the call site. Latencies are in seconds.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
-from typing import Literal, NamedTuple
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Literal, NamedTuple, Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import start_http_server as _prom_start_http_server
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 MessageResult = Literal["accepted", "rejected", "duplicate"]
 MESSAGE_RESULTS: tuple[MessageResult, ...] = ("accepted", "rejected", "duplicate")
@@ -41,8 +52,9 @@ FAST_LOOP_BUCKETS_S = log_buckets(1e-5, 1.0)
 
 
 class Metrics:
-    """All gridtao metrics on one registry. Methods are cheap and thread-safe (the library locks
-    each value); per-GPU children are cached so the 100 Hz loop skips label lookups."""
+    """gridtao's own metrics on one registry (the links' and the audit trail's counters are
+    :class:`StatsCollector`'s). Methods are cheap and thread-safe (the library locks each value);
+    per-GPU children are cached so the 100 Hz loop skips label lookups."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -87,32 +99,10 @@ class Metrics:
             ["gpu", "kind"],
             registry=registry,
         )
-        self._mqtt_reconnects = Counter(
-            "gridtao_mqtt_reconnects", "MQTT reconnections after a lost connection.",
-            registry=registry,
-        )
-        self._mqtt_refused = Counter(
-            "gridtao_mqtt_refused",
-            "MQTT connection attempts the broker refused (credentials, ACL, TLS), by link.",
-            ["link"],
-            registry=registry,
-        )
-        self._mqtt_dropped = Counter(
-            "gridtao_mqtt_dropped",
-            "MQTT messages dropped (a full queue, or QoS 0 cut off by a lost connection), by "
-            "link and direction (in, out).",
-            ["link", "direction"],
-            registry=registry,
-        )
         self._reloads = Counter(
             "gridtao_reloads",
             "Configuration reloads (SIGHUP) by result: applied, or refused (nothing changed).",
             ["result"],
-            registry=registry,
-        )
-        self._audit_dropped = Counter(
-            "gridtao_audit_dropped",
-            "Audit records dropped on a full writer queue (each loss is also a gap record).",
             registry=registry,
         )
         self._trigger_to_command = Histogram(
@@ -174,20 +164,8 @@ class Metrics:
         """One GPU backend error; ``kind`` is the error class name (e.g. ``GpuLost``)."""
         self._gpu_errors.labels(gpu=str(gpu), kind=kind).inc()
 
-    def count_mqtt_reconnect(self, n: int = 1) -> None:
-        self._mqtt_reconnects.inc(n)
-
-    def count_mqtt_refused(self, link: str, n: int = 1) -> None:
-        self._mqtt_refused.labels(link).inc(n)
-
-    def count_mqtt_dropped(self, link: str, direction: Literal["in", "out"], n: int = 1) -> None:
-        self._mqtt_dropped.labels(link, direction).inc(n)
-
     def count_reload(self, result: Literal["applied", "refused"]) -> None:
         self._reloads.labels(result).inc()
-
-    def count_audit_dropped(self, n: int = 1) -> None:
-        self._audit_dropped.inc(n)
 
     def observe_trigger_to_command(self, seconds: float) -> None:
         self._trigger_to_command.observe(seconds)
@@ -197,6 +175,83 @@ class Metrics:
 
     def observe_fast_loop(self, seconds: float) -> None:
         self._fast_loop.observe(seconds)
+
+
+class LinkCounts(Protocol):
+    """One MQTT link's running totals since it was created (``LinkStats``,
+    gridtao/transport/mqtt.py): plain ints the link's loop increments and never lowers."""
+
+    @property
+    def reconnects(self) -> int: ...
+
+    @property
+    def refused(self) -> int: ...
+
+    @property
+    def dropped_inbound(self) -> int: ...
+
+    @property
+    def dropped_outbound(self) -> int: ...
+
+
+class DropCount(Protocol):
+    """Records lost since start (``AuditTrail.dropped``, gridtao/records/audit.py)."""
+
+    @property
+    def dropped(self) -> int: ...
+
+
+class StatsCollector(Collector):
+    """The links' and the audit trail's own counters, read at scrape time (model:
+    prometheus_client's ``GCCollector``), so Prometheus sees them as they are, not as a copy.
+
+    ``links``: link label -> that link's live counters (the object itself, which the link keeps
+    for its lifetime). ``audit``: the audit trail, or None without one (its counter stays 0).
+    :meth:`collect` runs on the thread that scrapes (the HTTP server's, or a test's): it reads
+    plain ints, which another thread may be incrementing (a scrape may miss the latest
+    increment, never sees a total go down), and takes the audit trail's lock for one read.
+    """
+
+    def __init__(self, links: Mapping[str, LinkCounts], *, audit: DropCount | None = None,
+                 registry: CollectorRegistry) -> None:
+        self._links = dict(links)
+        self._audit = audit
+        self._created = time.time()  # Unix s: the ``_created`` samples, as a Counter exports
+        registry.register(self)
+
+    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily,
+                                 CounterMetricFamily, CounterMetricFamily]:
+        return (
+            CounterMetricFamily(
+                "gridtao_mqtt_reconnects", "MQTT reconnections after a lost connection."),
+            CounterMetricFamily(
+                "gridtao_mqtt_refused",
+                "MQTT connection attempts the broker refused (credentials, ACL, TLS), by link.",
+                labels=["link"]),
+            CounterMetricFamily(
+                "gridtao_mqtt_dropped",
+                "MQTT messages dropped (a full queue, or QoS 0 cut off by a lost connection), "
+                "by link and direction (in, out).",
+                labels=["link", "direction"]),
+            CounterMetricFamily(
+                "gridtao_audit_dropped",
+                "Audit records dropped on a full writer queue (each loss is also a gap record)."),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples: lets the registry refuse a clashing name."""
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        reconnects, refused, dropped, audit = self._families()
+        created = self._created
+        reconnects.add_metric([], sum(st.reconnects for st in self._links.values()), created)
+        for name, st in self._links.items():
+            refused.add_metric([name], st.refused, created)
+            dropped.add_metric([name, "in"], st.dropped_inbound, created)
+            dropped.add_metric([name, "out"], st.dropped_outbound, created)
+        audit.add_metric([], self._audit.dropped if self._audit is not None else 0, created)
+        yield from (reconnects, refused, dropped, audit)
 
 
 class MetricsServer(NamedTuple):

@@ -17,7 +17,7 @@ from pathlib import Path
 from gridtao import __version__
 
 __all__ = ["broker_version", "dependency_versions", "git_commit", "machine_description",
-           "software_version", "utc_now"]
+           "provenance", "software_version", "utc_now"]
 
 # The packages whose versions can move a measured figure.
 _DEPENDENCIES = ("aiomqtt", "paho-mqtt", "nvidia-ml-py", "numpy", "prometheus-client",
@@ -88,3 +88,17 @@ def broker_version() -> str | None:
 def utc_now() -> str:
     """Now, UTC, ISO 8601 to the second."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(command: str) -> dict[str, object]:
+    """What every benchmark or report JSON records beside its figures: ``date`` (UTC),
+    ``machine``, ``commit``, ``software``, ``dependencies``, ``broker`` and the ``command``."""
+    return {
+        "date": utc_now(),
+        "machine": machine_description(),
+        "commit": git_commit(),
+        "software": software_version(),
+        "dependencies": dependency_versions(),
+        "broker": broker_version(),
+        "command": command,
+    }

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
 
 from gridtao.transport.tls import ClientContext
 
@@ -76,7 +75,9 @@ def diagnose(
     low = text.lower()
     rc = getattr(error, "rc", None)
     code = getattr(rc, "value", rc)
-    if isinstance(error, MqttConnectError) and isinstance(code, int):
+    # A refused CONNECT: aiomqtt exports no class of its own for it, so any code error with
+    # an integer reason code (the CONNACK's) is read as one.
+    if isinstance(error, aiomqtt.MqttCodeError) and isinstance(code, int):
         reason = _reason(str(rc)) if rc is not None else text
         if code in _CREDENTIAL_CODES:
             if username is None and not client_cert:

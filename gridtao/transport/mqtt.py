@@ -4,12 +4,12 @@
 on every connection, hands incoming messages to an :class:`asyncio.Queue`, and after any
 ``aiomqtt.MqttError`` reconnects with exponential backoff and full jitter in
 ``[reconnect_min_s, reconnect_max_s]``. Publishing never blocks on the network: messages go to a
-bounded outbox (gridtao/grid/outbox.py) that a sender task drains while connected, so publishes
+bounded outbox (gridtao/transport/outbox.py) that a sender task drains while connected, so publishes
 made while the broker is away are delivered after reconnection (oldest QoS 0 messages are dropped
 first when it is full).
 
-Optionally over TLS (``tls``: a verifying client context, gridtao/grid/tls.py) with a username
-and password. A failed attempt is logged as one line naming the cause (gridtao/grid/diagnose.py);
+Optionally over TLS (``tls``: a verifying client context, gridtao/transport/tls.py) with a username
+and password. A failed attempt is logged as one line naming the cause (transport/diagnose.py);
 refused credentials and TLS failures at error level, then at most every ``error_log_interval_s``
 while they persist, and retrying continues with backoff (the broker may be fixed).
 

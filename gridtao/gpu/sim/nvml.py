@@ -7,7 +7,7 @@ the same function names, argument order and units (mW, mJ), opaque handles, and 
 unchanged against it. Constants (``NVML_*``, ``NVMLError*``, ``c_nvml*``) are copied from
 ``pynvml`` onto the class.
 
-Physics lives in ``sim_physics.py`` and demand profiles in ``workloads.py``. Every call advances
+Physics lives in ``physics.py`` and demand profiles in ``workloads.py``. Every call advances
 the physics lazily to ``clock.now()``. A call lasts at least its configured latency
 (``read_latency_ms`` / ``set_latency_ms``): reads report the state at the call's start, a new
 limit takes effect when the set call returns. Latency is ``clock.sleep`` outside any lock, so

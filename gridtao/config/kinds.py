@@ -1,0 +1,73 @@
+"""The one catalog of grid product kinds: what each kind is, decided here and nowhere else.
+
+The config loader validates against it, the products package builds each kind's behaviour from
+it (:func:`gridtao.products.catalog.make_product`), and the prequalification engine names and
+scales its tests by it. Adding a kind starts here. Rules and sources: docs/products.md and
+docs/sources.md#grid-products.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+__all__ = ["KINDS", "Activation", "KindInfo", "frequency_kinds", "kind_for_test_name"]
+
+Activation = Literal["step", "static", "proportional", "scheduled"]
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    """One product kind.
+
+    ``activation``: ``step`` fires the island's armed caps when frequency crosses a threshold,
+    holds for a support duration and ramps out (FFR); ``static`` steps to full capacity below a
+    threshold and follows frequency back (FCR-D up, static); ``proportional`` follows frequency
+    through a droop (FCR-D up, FCR-N) as tier 2's commitment; ``scheduled`` is dispatched ahead
+    of time (demand response). ``symmetric``: delivers up and down around a baseline (the node
+    can enrol it once). ``test_name``: the name ``gridtao prequalify`` / ``bench compliance``
+    take; ``test_time_scale``: the default time compression of its tests.
+    """
+
+    name: str
+    title: str
+    activation: Activation
+    test_name: str
+    test_time_scale: float
+    symmetric: bool = False
+    once_per_node: bool = False
+
+    @property
+    def frequency(self) -> bool:
+        """Driven by the measured grid frequency (not dispatched)."""
+        return self.activation != "scheduled"
+
+    @property
+    def has_threshold(self) -> bool:
+        """Activates when frequency crosses a threshold (``threshold_hz`` applies)."""
+        return self.activation in ("step", "static")
+
+
+KINDS: Mapping[str, KindInfo] = MappingProxyType({k.name: k for k in (
+    KindInfo("ffr", "Nordic Fast Frequency Reserve", "step", "ffr", 0.1),
+    KindInfo("ercot-ffr", "ERCOT Fast Frequency Response", "step", "ercot-ffr", 0.02),
+    KindInfo("fcr-d-up", "FCR-D upwards", "proportional", "fcr-d", 0.1),
+    KindInfo("fcr-d-up-static", "FCR-D upwards, static", "static", "fcr-d-static", 0.1),
+    KindInfo("fcr-n", "FCR-N", "proportional", "fcr-n", 0.1, symmetric=True,
+             once_per_node=True),
+    KindInfo("dr", "Demand response", "scheduled", "dr", 0.05, once_per_node=True),
+)})
+
+
+def frequency_kinds() -> tuple[str, ...]:
+    return tuple(k.name for k in KINDS.values() if k.frequency)
+
+
+def kind_for_test_name(test_name: str) -> KindInfo:
+    """The kind a prequalification test name stands for (KeyError if none)."""
+    for k in KINDS.values():
+        if k.test_name == test_name:
+            return k
+    raise KeyError(test_name)
