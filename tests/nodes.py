@@ -3,7 +3,7 @@
 ``running(broker, cfg, sim)`` starts an :class:`~gridtao.app.agent.Agent` (no metrics server),
 checks its island lane connected, yields a :class:`Node` with the helpers the tests drive it
 through, and closes it (restoring limits) however the test ends; ``serve=True`` also runs
-``agent.serve()`` (status publishing) on its own loop (gridtao/app/serve.py). Waits are generous: the CI machine is a
+``agent.serve()`` (status publishing) on its own loop. Waits are generous: the CI machine is a
 loaded 2-core box and nothing here asserts speed.
 """
 

@@ -13,20 +13,13 @@ from typing import Literal
 import pytest
 
 from gridtao.config.agent import FrequencyTrigger, ProductConfig
-from gridtao.products.catalog import (
-    FcrDUp,
-    FcrDUpStatic,
-    FcrN,
-    FrequencyProduct,
-    ProductState,
-    StepProduct,
-    ffr_activation_s,
-    make_product,
-    required_trace,
-)
+from gridtao.products.base import FrequencyProduct, ProductState
+from gridtao.products.catalog import make_product, required_trace
 from gridtao.products.dr import DrSchedule
 from gridtao.products.frequency import Activate, Release
 from gridtao.products.portfolio import Portfolio, ProductMonitor, product_key
+from gridtao.products.proportional import FcrDUp, FcrN
+from gridtao.products.step import FcrDUpStatic, StepProduct, ffr_activation_s
 from gridtao.wire.messages import DrDispatch
 
 CAP = 1000.0

@@ -18,15 +18,12 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from gridtao.config.agent import FrequencyTrigger, ProductConfig
-from gridtao.products.catalog import (
-    FcrN,
-    FrequencyProduct,
-    ProductStatus,
-    StepProduct,
-    make_product,
-)
+from gridtao.products.base import FrequencyProduct, ProductStatus
+from gridtao.products.catalog import make_product
 from gridtao.products.dr import DrEvent, DrSchedule, DrState
 from gridtao.products.frequency import Action, Activate, FrequencyMonitor, Release
+from gridtao.products.proportional import FcrN
+from gridtao.products.step import StepProduct
 from gridtao.wire.messages import DrDispatch
 
 log = logging.getLogger("gridtao.products")
