@@ -382,6 +382,17 @@ class SafetyIsland:
             log.info("safe state %s cleared", was)
         return was is not None
 
+    def probe_writes(self) -> dict[int, str]:
+        """Learn which GPUs accept limit writes, without moving any: write each GPU's resting
+        limit (the limit found at start, clamped into the envelope) back to it. Returns index ->
+        error kind of each GPU that refused, as :meth:`write_faults` will report it until a
+        later write to that GPU succeeds. Call after :meth:`start`, before any trigger."""
+        with self._cmd_lock:
+            with self._lock:
+                batch = self._writer.submit(self._resting_mw)
+            self._writes.record(batch.wait(self._write_timeout_s))
+        return self._writes.faults()
+
     def restore_defaults(self) -> None:
         """Clear every latch and write each GPU's resting limit (``resting_mw``: the limits
         found at start when the agent passed them, else the defaults)."""

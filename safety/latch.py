@@ -36,6 +36,18 @@ class Activation:
     errors: Mapping[int, Exception] = field(default_factory=dict)
     basis_mw: tuple[float, ...] = ()
 
+    @property
+    def commanded(self) -> bool:
+        """True if a new limit was written to at least one GPU: the caps are in force there.
+        False when a more restrictive event already held the GPUs (``binding`` False) or every
+        GPU's write failed; then nothing changed and no ack may say it was commanded."""
+        return self.binding and len(self.errors) < len(self.caps_mw)
+
+    @property
+    def failed_gpus(self) -> tuple[int, ...]:
+        """Indices of the GPUs whose write failed, ascending."""
+        return tuple(sorted(self.errors))
+
 
 @dataclass(frozen=True)
 class IslandView:

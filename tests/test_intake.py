@@ -364,14 +364,16 @@ def test_duplicate_id_is_acted_on_once_and_the_same_ack_resent(rig: Rig) -> None
     generation = rig.island.view().generation
     rig.advance(0.5)
     (again,) = rig.send(TOPICS.dispatch, _shed("dup", fraction=0.3))
-    # Same id, different body: still the same event, answered with the original ack.
+    # Same id, different body: not the same request; refused, and the first event stands.
     (changed,) = rig.send(TOPICS.dispatch, _shed("dup", fraction=0.9))
-    assert again.payload == first.payload == changed.payload
+    assert again.payload == first.payload
+    assert json.loads(changed.payload)["accepted"] is False
     assert rig.limits() == limits and rig.sets() == sets
     assert rig.island.view().generation == generation
     assert len(rig.activations) == 1
     assert rig.count("dispatch", "accepted") == 1
-    assert rig.count("dispatch", "duplicate") == 2
+    assert rig.count("dispatch", "duplicate") == 1
+    assert rig.count("dispatch", "rejected") == 1
 
 
 def test_duplicate_after_the_event_ended_does_not_restart_it(rig: Rig) -> None:

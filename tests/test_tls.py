@@ -370,7 +370,7 @@ def test_missing_client_certificate_is_named(
 ) -> None:
     """Under TLS 1.3 the broker's refusal arrives as an alert after the handshake: the link must
     still name it (not time out with "Operation timed out"). Under 1.2 the handshake fails."""
-    import gridtao.cli.broker
+    import gridtao.transport.check
 
     def capped(*args: Any, **kw: Any) -> ssl.SSLContext | None:
         ctx = ssl_context(*args, **kw)
@@ -379,7 +379,7 @@ def test_missing_client_certificate_is_named(
         return ctx
 
     if version == "1.2":
-        monkeypatch.setattr(gridtao.cli.broker, "ssl_context", capped)
+        monkeypatch.setattr(gridtao.transport.check, "ssl_context", capped)
     with tls_broker(tmp_path, pki, client_certs=True) as broker:
         ok, line = check(config(broker, tls={"ca_file": str(pki.ca.cert_path)}))
     assert not ok

@@ -5,10 +5,12 @@ Threads and loops (docs/architecture.md):
 - tier 1: its own thread at ``control.fast_hz``; reads instant power, re-arms the island;
 - response meter: samples node power after each activation until the target band is reached;
 - watchdog: puts the GPUs in ``safety.safe_state`` if tier 1 stops beating;
-- the controller loop (asyncio on uvloop, the caller's thread; gridtao/app/periodic.py):
-  retained status, counters into metrics, tier 2 (control/tier2/tracker.py) every
-  ``tracker.period_s`` with its retained tracker topic;
-  tier 2's commitment is also refreshed on the island lane after every frequency sample.
+- the controller loop (asyncio on uvloop, the caller's thread; gridtao/app/periodic.py, or a
+  thread of its own with gridtao/app/serve.py): retained status, tier 2
+  (control/tier2/tracker.py) every ``tracker.period_s`` with its retained tracker topic;
+  tier 2's commitment is also refreshed on the island lane after every frequency sample;
+- Prometheus (the metrics HTTP thread): the links' and the audit trail's counters are read when
+  it scrapes (telemetry/metrics.py, ``StatsCollector``).
 
 Stop restores every limit the agent changed to what it found at start, then publishes an
 offline status. The agent never commands a limit outside ``[min, default]``
@@ -38,7 +40,7 @@ from gridtao.control.response import Reached, ResponseMeter
 from gridtao.control.tier1.loop import FastLoop
 from gridtao.control.tier2.tracker import Tier2
 from gridtao.gpu import open_backend
-from gridtao.gpu.backend import GpuBackend, GpuError, GpuPermissionDenied
+from gridtao.gpu.backend import GpuBackend, GpuError, GpuNotSupported, GpuPermissionDenied
 from gridtao.hotpath.intake import Intake, Outgoing
 from gridtao.hotpath.lane import IslandLane
 from gridtao.products.catalog import STEP_RAMP_OUT_SLACK
@@ -208,6 +210,8 @@ class Agent:
         self._metrics_server: MetricsServer | None = None
         self._started = False
         self._closed = False
+        #: GPUs whose limit found at start could not be restored at stop (exit status 3).
+        self.restore_failed = 0
         self._quiesced = False
         self._quiesce_lock = threading.Lock()
         # The counters the links and the audit trail keep, read when Prometheus scrapes.
@@ -260,6 +264,7 @@ class Agent:
             self.guard.open()
             self._touched = True
             self.island.start()
+            self._check_actuation(self.island.probe_writes())
             for trig in self.config.safety.triggers:
                 self.island.arm(level_key(trig), 1.0 - trig.reduction_fraction)
             self.fast.step()  # first draw reading and armed caps before any trigger can land
@@ -332,11 +337,31 @@ class Agent:
                 self.ledger.close(restore_failed=0, limits_mw=())
                 return
             failed = self.restore_initial_limits()
+            self.restore_failed = failed
             if failed:
                 log.error("agent %s: %d GPU limit(s) could not be restored", self.node_id, failed)
             else:
                 log.info("agent %s: limits restored to their values at start", self.node_id)
             self.ledger.close(restore_failed=failed, limits_mw=self.initial_limits_mw)
+
+    def _check_actuation(self, faults: dict[int, str]) -> None:
+        """Say at start, in one line, which GPUs refuse limit writes (the island's probe: each
+        GPU's own limit written back). With none writable the node takes no cut (each is acked
+        with the per-GPU reasons); ``gpus.require_actuation`` makes that a start-up error."""
+        for i, kind in faults.items():
+            self.metrics.count_gpu_error(i, kind)
+        if not faults:
+            return
+        detail = ", ".join(f"gpu {i}: {kind}" for i, kind in sorted(faults.items()))
+        if len(faults) < len(self.gpu_indices):
+            log.warning("%d of %d GPUs refuse power-limit writes (%s): cuts will be short",
+                        len(faults), len(self.gpu_indices), detail)
+            return
+        line = (f"no GPU accepts power-limit writes ({detail}): this node can take no cut and "
+                "will refuse every one")
+        if self.config.gpus.require_actuation:
+            raise GpuNotSupported(f"{line}; gpus.require_actuation is set, so it does not start")
+        log.error("%s; set gpus.require_actuation: true to refuse to start instead", line)
 
     def _check_write_permission(self) -> None:
         """Write each GPU's current limit back (a no-op for the device): a node that cannot
@@ -352,18 +377,19 @@ class Agent:
                     f"{e}: setting GPU power limits needs root or CAP_SYS_ADMIN"
                     " (or run with --dry-run to observe only)", index=i,
                 ) from None
-            except GpuError as e:
-                self.metrics.count_gpu_error(i, type(e).__name__)
-                log.error("GPU %d: cannot set its limit at start: %s", i, e)
+            except GpuError:
+                pass  # the island's write probe reports it, once for the node (_check_actuation)
 
     def restore_initial_limits(self) -> int:
-        """Write back, GPU by GPU, the limit found at start (clamped into [min, max]).
-        Returns how many GPUs could not be restored."""
+        """Write back, GPU by GPU, the limit found at start (clamped into [min, max]), skipping
+        GPUs that already enforce it. Returns how many GPUs could not be restored."""
         failed = 0
         for i, lim, initial in zip(self.gpu_indices, self.gpu_limits, self.initial_limits_mw,
                                    strict=True):
             target = min(max(initial, lim.min_mw), lim.max_mw)
             try:
+                if self.backend.enforced_limit_mw(i) == target:
+                    continue  # nothing to undo: a write would only fail where none is needed
                 self.backend.set_limit_mw(i, target)
             except GpuError as e:
                 failed += 1

@@ -13,8 +13,7 @@ in the demo, the compliance bench and the tests). What runs there:
 
 It is given only the parts that work needs (:class:`ControllerParts`, built by
 gridtao/app/agent.py), not the agent. The links' and the audit trail's counters are not carried
-from here: Prometheus reads them when it scrapes (:class:`~gridtao.telemetry.metrics.
-StatsCollector`).
+from here: Prometheus reads them when it scrapes (``StatsCollector``, gridtao/telemetry/metrics.py).
 """
 
 from __future__ import annotations

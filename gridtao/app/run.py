@@ -16,7 +16,10 @@ from collections.abc import Callable
 from gridtao.app.agent import Agent, AgentOptions
 from gridtao.config.agent import Config, ConfigError
 
-__all__ = ["run_agent"]
+__all__ = ["EXIT_NOT_RESTORED", "run_agent"]
+
+#: Exit status of a stop that could not put back every GPU limit found at start.
+EXIT_NOT_RESTORED = 3
 
 log = logging.getLogger("gridtao")
 
@@ -24,7 +27,8 @@ log = logging.getLogger("gridtao")
 async def run_agent(config: Config, *, options: AgentOptions | None = None,
                     stop: asyncio.Event | None = None,
                     reload_config: Callable[[], Config] | None = None) -> int:
-    """Start an agent, serve until SIGINT/SIGTERM (or ``stop``), then restore and exit 0.
+    """Start an agent, serve until SIGINT/SIGTERM (or ``stop``), then restore; 0, or
+    :data:`EXIT_NOT_RESTORED` when a GPU's limit found at start could not be put back.
     On SIGHUP, apply ``reload_config()`` (the file read again: :mod:`gridtao.app.reload`)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -50,4 +54,4 @@ async def run_agent(config: Config, *, options: AgentOptions | None = None,
         await agent.serve(stop)
     finally:
         agent.close()
-    return 0
+    return EXIT_NOT_RESTORED if agent.restore_failed else 0

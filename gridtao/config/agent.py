@@ -62,6 +62,8 @@ class SimConfig:
 class GpusConfig:
     backend: Literal["sim", "nvml"] = "sim"
     dry_run: bool = False
+    # Refuse to start when no GPU accepts power-limit writes (else: start, say so, refuse cuts).
+    require_actuation: bool = False
     sim: SimConfig = field(default_factory=SimConfig)
 
 

@@ -52,7 +52,7 @@ class _Event:
     ends_at: float | None  # monotonic s; None = until released by the frequency monitor
     received_at: float  # monotonic s
     received_wall: float
-    commanded_wall: float
+    commanded_wall: float | None  # None: nothing written (a deeper event already held the GPUs)
 
 
 class Intake:
@@ -82,6 +82,8 @@ class Intake:
         self._guard = guard
         self._dr = dr  # demand-response queue (kind "dr"); None: not enrolled
         self._acks: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        # What each acked dispatch asked (wire.dispatch_terms), to tell a retry from a reuse.
+        self._terms: dict[str, tuple[object, ...]] = {}
         self._events: dict[str, _Event] = {}
         self._on_decision = on_decision
         self._ending: dict[str, str] = {}  # released, still ramping out on the island: why
@@ -204,13 +206,19 @@ class Intake:
             log.warning("frequency level %s fired but is not armed yet", action.level_key)
             self._monitor.forget(action.event_id)
             return []
+        source = {"source": "frequency", "hz": hz if hz is not None else action.hz,
+                  "sample_t": sample_t}
+        self._count_write_errors(act)
+        if act.binding and not act.commanded:
+            self._monitor.forget(act.event_id)
+            return [self._refuse_unwritten(act, "frequency", wall, source)]
+        commanded = act.commanded_wall if act.commanded else None
         self._events[act.event_id] = _Event(
-            act.event_id, "frequency", None, received_at, wall, act.commanded_wall
+            act.event_id, "frequency", None, received_at, wall, commanded
         )
         self._activated(act, received_at)
-        return [self._ack(act.event_id, True, None, wall, act.commanded_wall,
-                          extra={"source": "frequency", "hz": hz if hz is not None else action.hz,
-                                 "sample_t": sample_t})]
+        return [self._ack(act.event_id, True, _write_note(act), wall, commanded,
+                          extra=source | _write_fields(act))]
 
     # ---- dispatch -------------------------------------------------------------------------
 
@@ -228,7 +236,12 @@ class Intake:
             if problem is not None:
                 return [self._reject(msg.id, problem, wall)]
         previous = self._acks.get(msg.id)
+        terms = wire.dispatch_terms(msg)
         if previous is not None:
+            known = self._terms.get(msg.id)
+            if known is not None and known != terms:
+                return [self._reject(msg.id, f"id {msg.id!r} reused with a different body "
+                                     "(the first is still in force)", wall)]
             self._count("dispatch", "duplicate", event_id=msg.id)
             return [Outgoing(self._topics.ack, previous)]
         note = None
@@ -245,6 +258,8 @@ class Intake:
             out = self._on_release(msg, wall)
         else:
             out = self._on_cut(msg, fraction, note, received_at, wall)
+        if self._v_result == "accepted" and msg.id in self._acks:
+            self._terms[msg.id] = terms
         if guard is not None:
             if self._v_result == "accepted":  # a cut or release that took effect
                 guard.accepted(msg, now_s=received_at)
@@ -260,14 +275,37 @@ class Intake:
                                             else msg.fraction)
         else:
             act = self._island.trigger_cap(msg.id, msg.node_w)
+        self._count_write_errors(act)
+        if act.binding and not act.commanded:
+            return self._refuse_unwritten(act, "dispatch", wall, {})
         self._count("dispatch", "accepted")
+        commanded = act.commanded_wall if act.commanded else None
         self._events[msg.id] = _Event(
-            msg.id, type(msg).KIND, received_at + msg.duration_s, received_at, wall,
-            act.commanded_wall,
+            msg.id, type(msg).KIND, received_at + msg.duration_s, received_at, wall, commanded,
         )
         self._activated(act, received_at)
         notes = [n for n in (note, _write_note(act)) if n]
-        return self._ack(msg.id, True, "; ".join(notes) or None, wall, act.commanded_wall)
+        return self._ack(msg.id, True, "; ".join(notes) or None, wall, commanded,
+                         extra=_write_fields(act))
+
+    def _refuse_unwritten(self, act: Activation, topic: str, wall: float,
+                          extra: dict[str, object]) -> Outgoing:
+        """Every GPU refused the event's write: nothing changed, so the event is not taken.
+        The island lets go of its latch (it holds no GPU) and the ack says why, per GPU."""
+        self._island.release(act.event_id)
+        reason = f"no GPU took the new limit ({_write_note(act)})"
+        if topic == "dispatch":  # a valid frequency sample is not a rejected message
+            self._count(topic, "rejected", event_id=act.event_id, reason=reason)
+        log.error("event %s not taken: %s", act.event_id, reason)
+        self._decide("event_refused", {"event": act.event_id, "kind": act.kind,
+                                       "reason": reason, "failed_gpus": list(act.failed_gpus)})
+        return self._ack(act.event_id, False, reason, wall, None,
+                         extra=extra | _write_fields(act))
+
+    def _count_write_errors(self, act: Activation) -> None:
+        if self._metrics is not None:
+            for index, error in act.errors.items():
+                self._metrics.count_gpu_error(index, type(error).__name__)
 
     def _reject(self, event_id: str | None, reason: str, wall: float) -> Outgoing:
         self._count("dispatch", "rejected")
@@ -311,7 +349,7 @@ class Intake:
             self._decide("event_released", {"event": event_id, "why": why})
 
     def _activated(self, act: Activation, received_at: float) -> None:
-        if self._metrics is not None:
+        if self._metrics is not None and act.commanded:
             self._metrics.observe_trigger_to_command(act.commanded_at - received_at)
         if self._on_activation is not None:
             self._on_activation(act)
@@ -323,7 +361,7 @@ class Intake:
                 "caps_mw": act.caps_mw, "binding": act.binding,
                 "errors": {str(i): str(e) for i, e in act.errors.items()},
                 "received_at": ev.received_wall if ev is not None else None,
-                "commanded_at": act.commanded_wall,
+                "commanded_at": act.commanded_wall if act.commanded else None,
                 "duration_s": None if ev is None or ev.ends_at is None
                 else ev.ends_at - ev.received_at,
             })
@@ -351,7 +389,8 @@ class Intake:
         if event_id is not None and accepted:
             self._acks[event_id] = payload
             while len(self._acks) > DEDUP_WINDOW:
-                self._acks.popitem(last=False)
+                old, _ = self._acks.popitem(last=False)
+                self._terms.pop(old, None)
         return Outgoing(self._topics.ack, payload)
 
     def reached_ack(self, event_id: str, reached_wall: float) -> Outgoing | None:
@@ -374,6 +413,17 @@ class Intake:
         self._v_result, self._v_id, self._v_reason = result, event_id, reason
         if self._metrics is not None:
             self._metrics.count_message(topic, result)
+
+
+def _write_fields(act: Activation) -> dict[str, object]:
+    """Structured ack fields of an activation's writes: the GPUs whose write failed, and
+    ``binding: false`` when a more restrictive event already held the GPUs (nothing written)."""
+    fields: dict[str, object] = {}
+    if act.errors:
+        fields["failed_gpus"] = list(act.failed_gpus)
+    if not act.binding:
+        fields["binding"] = False
+    return fields
 
 
 def _write_note(act: Activation) -> str | None:

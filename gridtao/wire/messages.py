@@ -13,14 +13,16 @@ Times are Unix seconds (float); power in watts (``_w``); durations in seconds (`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, NoReturn, TypeAlias
 
-# Re-exported so callers can keep importing the whole contract from here (``wire.ack_payload``).
 from gridtao.errors import GridtaoError
+
+# Re-exported so callers can keep importing the whole contract from here (``wire.ack_payload``).
 from gridtao.wire.payloads import ack_payload, offline_payload, status_payload, tracker_payload
 from gridtao.wire.topics import Topics
 
@@ -132,6 +134,13 @@ class DrDispatch:
 Dispatch: TypeAlias = ShedDispatch | CapDispatch | ReleaseDispatch
 # Every kind parse_dispatch returns. ``Dispatch`` stays the set v1 code paths handle.
 AnyDispatch: TypeAlias = Dispatch | DrDispatch
+
+
+def dispatch_terms(msg: AnyDispatch) -> tuple[object, ...]:
+    """What a dispatch asks for: its kind and every field but ``issued_at`` (a retry may be
+    re-stamped). Two dispatches with one id and different terms are different requests."""
+    return (msg.KIND, *((f.name, getattr(msg, f.name)) for f in dataclasses.fields(msg)
+                        if f.name != "issued_at"))
 
 
 def _reject_constant(name: str) -> NoReturn:

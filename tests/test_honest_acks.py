@@ -1,0 +1,154 @@
+"""An ack says only what the GPUs really did: no ``commanded_at`` unless a limit was written, the
+failed GPUs by index, nothing taken when every GPU refused (the driver's NotSupported, as on
+NVIDIA's mock NVML library, reproduced with the simulator's fault injection)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from test_intake import DEFAULT_MW, DEMAND_W, TOPICS, Rig, _make_rig
+
+N = len(DEMAND_W)
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    r = _make_rig()
+    try:
+        yield r
+    finally:
+        r.island.close()
+        r.backend.close()
+
+
+def _errors(rig: Rig, kind: str) -> float:
+    total = 0.0
+    for i in range(N):
+        total += rig.registry.get_sample_value(
+            "gridtao_gpu_errors_total", {"gpu": str(i), "kind": kind}) or 0.0
+    return total
+
+
+def test_the_start_probe_finds_gpus_that_refuse_writes_and_moves_no_limit(rig: Rig) -> None:
+    rig.sim.inject_fault(1, "not_supported")
+    before = rig.limits()
+    faults = rig.island.probe_writes()
+    assert faults == {1: "GpuNotSupported"}
+    assert rig.island.write_faults() == {1: "GpuNotSupported"}
+    assert rig.limits() == before
+
+
+def test_a_cut_no_gpu_takes_is_refused_with_each_gpus_reason(rig: Rig) -> None:
+    for i in range(N):
+        rig.sim.inject_fault(i, "not_supported")
+    ack = rig.dispatch({"id": "s1", "kind": "shed", "fraction": 0.3, "duration_s": 60})
+    assert ack["accepted"] is False and ack["commanded_at"] is None
+    assert ack["failed_gpus"] == list(range(N))
+    assert isinstance(ack["reason"], str) and "no GPU took the new limit" in ack["reason"]
+    assert "gpu 0:" in ack["reason"] and "gpu 3:" in ack["reason"]
+    assert rig.count("dispatch", "rejected") == 1 and rig.count("dispatch", "accepted") == 0
+    assert _errors(rig, "GpuNotSupported") == N  # event writes are counted too
+    assert rig.limits() == [DEFAULT_MW] * N
+    assert rig.activations == []  # nothing journaled, nothing metered
+    rig.advance(10.0)  # the released latch does not come back as an event
+    assert rig.island.view().event_id is None
+
+
+def test_a_partial_write_names_the_failed_gpu_and_keeps_the_others_capped(rig: Rig) -> None:
+    rig.sim.inject_fault(2, "lost")
+    ack = rig.dispatch({"id": "s1", "kind": "shed", "fraction": 0.3, "duration_s": 60})
+    assert ack["accepted"] is True and isinstance(ack["commanded_at"], float)
+    assert ack["failed_gpus"] == [2]
+    assert "gpu 2:" in str(ack["reason"])
+    assert all(rig.backend.enforced_limit_mw(i) < DEFAULT_MW for i in (0, 1, 3))
+    assert _errors(rig, "GpuLost") == 1
+
+
+def test_an_event_that_writes_nothing_carries_no_commanded_at(rig: Rig) -> None:
+    deep = rig.dispatch({"id": "deep", "kind": "shed", "fraction": 0.4, "duration_s": 60})
+    assert deep["accepted"] is True and deep["commanded_at"] is not None
+    sets = rig.sets()
+    shallow = rig.dispatch({"id": "shallow", "kind": "cap", "node_w": 2000, "duration_s": 60})
+    assert rig.sets() == sets  # nothing written: the deeper event already holds the GPUs
+    assert shallow["accepted"] is True and shallow["commanded_at"] is None
+    assert shallow["binding"] is False
+
+
+def test_a_frequency_step_no_gpu_takes_is_acked_as_not_taken(rig: Rig) -> None:
+    for i in range(N):
+        rig.sim.inject_fault(i, "not_supported")
+    acks = [o for o in rig.frequency(49.45) if o.topic == TOPICS.ack]
+    assert acks, "the dip fired a level"
+    body = json.loads(acks[0].payload)
+    assert body["accepted"] is False and body["commanded_at"] is None
+    assert body["source"] == "frequency" and body["failed_gpus"] == list(range(N))
+    assert rig.count("frequency", "rejected") == 0  # the sample itself was valid
+
+
+def test_a_node_that_must_actuate_and_cannot_exits_2_with_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "gpus": {"backend": "sim", "require_actuation": True,
+                 "sim": {"count": 2, "faults": [{"kind": "not_supported"}]}},
+        "mqtt": {"host": "127.0.0.1", "port": 1},
+        "metrics": {"enabled": False},
+        "audit": {"enabled": False}, "journal": {"enabled": False},
+    }))
+    done = subprocess.run([sys.executable, "-m", "gridtao", "--config", str(cfg), "run"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "no GPU accepts power-limit writes (gpu 0: GpuNotSupported" in done.stderr
+    assert "require_actuation" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_id_reused_with_a_different_body_is_rejected_and_a_retry_is_not(rig: Rig) -> None:
+    first = rig.dispatch({"id": "e1", "kind": "shed", "fraction": 0.2, "duration_s": 60,
+                          "issued_at": 1_763_900_000.0})
+    assert first["accepted"] is True
+    retry = rig.dispatch({"id": "e1", "kind": "shed", "fraction": 0.2, "duration_s": 60,
+                          "issued_at": 1_763_900_001.0})  # re-stamped, same request
+    assert retry == first
+    reused = rig.dispatch({"id": "e1", "kind": "shed", "fraction": 0.5, "duration_s": 60})
+    assert reused["accepted"] is False
+    assert "reused with a different body" in str(reused["reason"])
+    assert rig.count("dispatch", "duplicate") == 1 and rig.count("dispatch", "rejected") == 1
+    assert rig.island.view().active_event_ids == ("e1",)
+
+
+def test_stop_skips_what_the_gpus_already_hold_and_counts_a_real_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gridtao.app.agent import Agent, AgentOptions
+    from gridtao.clock import VirtualClock
+    from gridtao.config.agent import load_config
+    from gridtao.gpu.nvml import NvmlBackend
+    from gridtao.gpu.sim.nvml import SimNvml
+
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump({
+        "gpus": {"sim": {"count": 3}}, "metrics": {"enabled": False},
+        "audit": {"enabled": False}, "journal": {"enabled": False}}))
+    cfg = load_config(path)
+    sim = SimNvml.from_config(cfg.gpus.sim, VirtualClock(0.0))
+    backend = NvmlBackend(sim)
+    agent = Agent(cfg, backend=backend, clock=sim.clock,
+                  options=AgentOptions(serve_metrics=False))
+    try:
+        for i in range(3):
+            sim.inject_fault(i, "not_supported")  # writes refused: none is needed for 0 and 1
+        assert agent.restore_initial_limits() == 0
+        assert "could not restore" not in caplog.text
+        sim.clear_faults()
+        backend.set_limit_mw(2, 300_000)  # left capped, and then the GPU is lost
+        sim.inject_fault(2, "lost")
+        assert agent.restore_initial_limits() == 1
+        assert "GPU 2: could not restore" in caplog.text
+    finally:
+        agent.island.close()
+        backend.close()
