@@ -68,6 +68,8 @@ class SafetyIsland:
     ``backend`` must enumerate GPUs with indices ``0..n-1``. ``release_rate_per_s`` is the
     fraction of an event's reduction given back per second once released (FFR: <= 0.2);
     ``max_event_s`` bounds how long any event holds before it is released automatically.
+    ``dry_run``: the backend only logs the writes it is handed; activations then say nothing
+    was commanded (:attr:`Activation.commanded` is False) and the log says so.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class SafetyIsland:
         max_event_s: float,
         write_timeout_s: float = 2.0,
         resting_mw: Sequence[int] | None = None,
+        dry_run: bool = False,
     ) -> None:
         if not (release_rate_per_s > 0 and max_event_s > 0 and write_timeout_s > 0):
             raise ValueError("release rate, max event time and write timeout must be > 0")
@@ -88,6 +91,7 @@ class SafetyIsland:
         self._backend = backend
         self._clock = clock
         self._rate = release_rate_per_s
+        self._dry_run = dry_run  # the backend only logs its writes: say "would write"
         self._max_event_s = max_event_s
         self._write_timeout_s = write_timeout_s
         self.envelope = Envelope([backend.power_limits(i) for i in indices])
@@ -454,7 +458,7 @@ class SafetyIsland:
         act = Activation(
             ev.event_id, ev.kind, ev.baseline_mw, ev.target_mw, ev.caps_mw, now, wall,
             binding=batch is not None, level=ev.level, errors=MappingProxyType(errors),
-            basis_mw=ev.basis_mw,
+            basis_mw=ev.basis_mw, dry_run=self._dry_run,
         )  # fmt: skip
         with self._lock:
             ev.activation = act
@@ -464,7 +468,8 @@ class SafetyIsland:
         log.info(
             "event %s (%s%s): target %.1f W of %.1f W, %s, %d GPU errors",
             ev.event_id, ev.kind, f" {ev.level}" if ev.level else "", ev.target_mw / 1000,
-            ev.baseline_mw / 1000, "caps written" if act.binding else "not binding", len(errors),
+            ev.baseline_mw / 1000, "not binding" if not act.binding else (
+                "caps not written (dry run)" if self._dry_run else "caps written"), len(errors),
         )  # fmt: skip
         return act
 

@@ -35,13 +35,19 @@ class Activation:
     level: str | None = None
     errors: Mapping[int, Exception] = field(default_factory=dict)
     basis_mw: tuple[float, ...] = ()
+    dry_run: bool = False
 
     @property
     def commanded(self) -> bool:
         """True if a new limit was written to at least one GPU: the caps are in force there.
-        False when a more restrictive event already held the GPUs (``binding`` False) or every
-        GPU's write failed; then nothing changed and no ack may say it was commanded."""
-        return self.binding and len(self.errors) < len(self.caps_mw)
+        False when a more restrictive event already held the GPUs (``binding`` False), in a dry
+        run, or when every GPU's write failed: nothing changed, and no ack may say it did."""
+        return self.binding and not self.dry_run and len(self.errors) < len(self.caps_mw)
+
+    @property
+    def refused(self) -> bool:
+        """True if the event had caps to write and every GPU refused them."""
+        return self.binding and bool(self.caps_mw) and len(self.errors) == len(self.caps_mw)
 
     @property
     def failed_gpus(self) -> tuple[int, ...]:

@@ -152,3 +152,34 @@ def test_stop_skips_what_the_gpus_already_hold_and_counts_a_real_failure(
     finally:
         agent.island.close()
         backend.close()
+
+
+def test_a_dry_run_acks_what_it_would_write_and_claims_no_command() -> None:
+    from test_intake import SET, TRIGGERS
+
+    from gridtao.gpu.nvml import NvmlBackend
+    from gridtao.hotpath.intake import Intake
+    from gridtao.products.frequency import FrequencyMonitor
+    from gridtao.safety.island import SafetyIsland
+
+    base = _make_rig()
+    backend = NvmlBackend(base.sim, dry_run=True)
+    island = SafetyIsland(backend, clock=base.clock, release_rate_per_s=0.2, max_event_s=600.0,
+                          dry_run=True)
+    try:
+        island.start()
+        intake = Intake(island, TOPICS, clock=base.clock, monitor=FrequencyMonitor(TRIGGERS),
+                        max_payload_bytes=4096)
+        sets = base.sim.call_count(SET)
+        (out,) = intake.on_message(
+            TOPICS.dispatch, json.dumps({"id": "d1", "kind": "shed", "fraction": 0.3,
+                                         "duration_s": 60}).encode(),
+            received_at=base.clock.now(), received_wall=base.clock.wall())
+        ack = json.loads(out.payload)
+        assert ack["accepted"] is True and ack["dry_run"] is True
+        assert ack["commanded_at"] is None
+        assert base.sim.call_count(SET) == sets
+    finally:
+        island.close()
+        base.island.close()
+        base.backend.close()

@@ -453,3 +453,11 @@ def test_rule_results_serialise_with_value_limit_and_verdict() -> None:
                                              "limit": [-5.0, 20.0], "passed": True, "unit": "%",
                                              "op": "in", "detail": ""}
     assert "PASS" in r.describe()
+
+
+def test_float_noise_is_shown_as_zero_not_in_exponent_form() -> None:
+    rule = sc.RuleResult("steady_state", 9.09e-14, (-5.0, 20.0), True, "%", "in")
+    assert rule.shown == "0"
+    assert "9.09e-14" not in rule.describe() and ": 0 %" in rule.describe()
+    assert sc.RuleResult("x", None, 1.0, False, "s", "<=").shown == "n/a"
+    assert sc.RuleResult("x", 0.1234, 1.0, True, "s", "<=").shown == "0.123"

@@ -135,6 +135,7 @@ class Agent:
             release_rate_per_s=safety.release_rate_per_s,
             max_event_s=safety.max_event_s,
             resting_mw=self.initial_limits_mw,
+            dry_run=bool(getattr(self.backend, "dry_run", False)),
         )
         self.watchdog = Watchdog(
             safety.watchdog_timeout_s, clock=self.clock, on_expire=self._watchdog_expired

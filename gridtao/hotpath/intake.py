@@ -209,7 +209,7 @@ class Intake:
         source = {"source": "frequency", "hz": hz if hz is not None else action.hz,
                   "sample_t": sample_t}
         self._count_write_errors(act)
-        if act.binding and not act.commanded:
+        if act.refused:
             self._monitor.forget(act.event_id)
             return [self._refuse_unwritten(act, "frequency", wall, source)]
         commanded = act.commanded_wall if act.commanded else None
@@ -276,7 +276,7 @@ class Intake:
         else:
             act = self._island.trigger_cap(msg.id, msg.node_w)
         self._count_write_errors(act)
-        if act.binding and not act.commanded:
+        if act.refused:
             return self._refuse_unwritten(act, "dispatch", wall, {})
         self._count("dispatch", "accepted")
         commanded = act.commanded_wall if act.commanded else None
@@ -423,6 +423,8 @@ def _write_fields(act: Activation) -> dict[str, object]:
         fields["failed_gpus"] = list(act.failed_gpus)
     if not act.binding:
         fields["binding"] = False
+    if act.dry_run:
+        fields["dry_run"] = True  # the caps were logged, not written: nothing changed
     return fields
 
 

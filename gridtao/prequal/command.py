@@ -235,7 +235,7 @@ def summary_markdown(config: Config, args: argparse.Namespace, pcfg: ProductConf
                   f"Data: [{res.name}.csv]({res.name}.csv)", "",
                   "| rule | measured | limit | result | note |", "|---|---|---|---|---|"]
         for r in res.rules:
-            value = "n/a" if r.value is None else f"{r.value:.3g} {r.unit}"
+            value = r.shown if r.value is None else f"{r.shown} {r.unit}"
             limit = (f"{r.limit[0]:g} to {r.limit[1]:g} {r.unit}" if isinstance(r.limit, tuple)
                      else f"{r.op} {r.limit:g} {r.unit}")
             lines.append(f"| {r.name} | {value} | {limit} | "

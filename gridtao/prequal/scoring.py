@@ -71,8 +71,16 @@ class RuleResult:
         return {"name": self.name, "value": value, "limit": limit, "passed": self.passed,
                 "unit": self.unit, "op": self.op, "detail": self.detail}
 
+    @property
+    def shown(self) -> str:
+        """The value as a reader wants it: 3 significant digits, float noise (below 1e-9 in
+        magnitude, e.g. a sum of cancelling samples) shown as 0, ``n/a`` when undefined."""
+        if self.value is None:
+            return "n/a"
+        return f"{0.0 if abs(self.value) < 1e-9 else self.value:.3g}"
+
     def describe(self) -> str:
-        shown = "n/a" if self.value is None else f"{self.value:.3g}"
+        shown = self.shown
         lim = (f"[{self.limit[0]:g}, {self.limit[1]:g}]" if isinstance(self.limit, tuple)
                else f"{self.op} {self.limit:g}")
         verdict = "PASS" if self.passed else "FAIL"
