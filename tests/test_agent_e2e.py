@@ -251,11 +251,14 @@ def test_duplicate_event_id_is_acted_on_once(mqtt_broker: MosquittoBroker) -> No
         first, _reached = (m.payload for m in acks.wait(2, WAIT_S))
         generation = node.agent.island.view().generation
         node.dispatch(_shed("d1", 0.3))
-        node.dispatch(_shed("d1", 0.6))  # same id, other body: still a duplicate
+        node.dispatch(_shed("d1", 0.6))  # same id, other body: refused, the first stands
         msgs = acks.wait(4, WAIT_S)
-        assert msgs[2].payload == first and msgs[3].payload == first
+        assert msgs[2].payload == first
+        reused = _ack(msgs[3])
+        assert reused["accepted"] is False and "reused with a different body" in reused["reason"]
         assert node.count("dispatch", "accepted") == 1
-        assert node.count("dispatch", "duplicate") == 2
+        assert node.count("dispatch", "duplicate") == 1
+        assert node.count("dispatch", "rejected") == 1
         assert node.agent.island.view().generation == generation
         assert node.agent.island.view().active_event_ids == ("d1",)
         commands = node.agent.registry.get_sample_value(

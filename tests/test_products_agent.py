@@ -7,9 +7,7 @@ asserts wall-clock speed.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,11 +18,11 @@ from broker import MosquittoBroker, Subscriber, publish
 from waiting import wait_until
 
 from gridtao.app.agent import Agent, AgentOptions
+from gridtao.app.serve import serving
 from gridtao.clock import MonotonicClock
 from gridtao.config.agent import config_from_mapping
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
-from gridtao.transport.mqtt import new_event_loop
 
 W = 1000
 N = 4
@@ -71,28 +69,13 @@ def agent_serving(
                          for i in range(N)), "the simulated draw to settle")
     agent = Agent(cfg, clock=clock, backend=backend,
                   options=AgentOptions(serve_metrics=False, connect_timeout_s=WAIT_S))
-    loop = new_event_loop()
-    stop: list[asyncio.Event] = []
-    ready = threading.Event()
-
-    async def serve() -> None:
-        stop.append(asyncio.Event())
-        ready.set()
-        await agent.serve(stop[0])
-
-    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
     try:
         agent.start()
-        thread.start()
-        assert ready.wait(5.0)
-        yield agent, sim
-        assert agent.lane.error is None, agent.lane.error
+        with serving(agent, name="products-agent"):
+            yield agent, sim
+            assert agent.lane.error is None, agent.lane.error
     finally:
-        if stop:
-            loop.call_soon_threadsafe(stop[0].set)
-        thread.join(10.0)
         agent.close()
-        loop.close()
 
 
 def _frequency(agent: Agent, broker: MosquittoBroker, hz: float) -> None:

@@ -115,12 +115,16 @@ def _drive(agent: Agent, broker: MosquittoBroker, out_dir: Path, scale: float) -
     finally:
         # On any failure too: the agent restores the limits it found and goes offline.
         agent.close()
+    from gridtao.telemetry import plotting
     from gridtao.telemetry.report import plot_timeline, summarise_acks
 
     print(summarise_acks(acks))
-    png = out_dir / "demo.png"
-    plot_timeline(recorder.samples, png, title="gridtao demo: 8 simulated H100 SXM")
-    print(f"plot: {png}")
+    if plotting.available():
+        png = out_dir / "demo.png"
+        plot_timeline(recorder.samples, png, title="gridtao demo: 8 simulated H100 SXM")
+        print(f"plot: {png}")
+    else:
+        print(f"no plot: {plotting.INSTALL_HINT}")
     print("all limits restored to their values at start; agent offline")
     return 0
 
