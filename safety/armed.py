@@ -66,7 +66,10 @@ class ArmedTable:
         reference_mw: float | None = None, release_mw_per_s: float | None = None,
     ) -> ArmedLevel:
         baseline = math.fsum(draw) if reference_mw is None else reference_mw
-        target = baseline * fraction - reduction_mw
+        requested = baseline * fraction - reduction_mw
+        # Never aim below the floor: the caps cannot go lower, and a target they cannot reach
+        # would never be reported reached. The shortfall is the activation's to report.
+        target = max(requested, float(self._envelope.min_total_mw))
         caps = tuple(self._envelope.cut_caps_mw(draw, target))
         return ArmedLevel(fraction, draw, baseline, target, caps, reduction_mw, reference_mw,
-                          release_mw_per_s)
+                          release_mw_per_s, requested_target_mw=requested)

@@ -240,6 +240,7 @@ class SafetyIsland:
                 ev, batch = self._open_locked(
                     event_id, "frequency", key, armed.baseline_mw, armed.target_mw, armed.caps_mw,
                     armed.release_mw_per_s, basis_mw=armed.draw_mw,
+                    requested_target_mw=armed.requested_target_mw,
                 )
             return self._finish(ev, batch)
 
@@ -326,6 +327,31 @@ class SafetyIsland:
                 basis_total_mw=(math.fsum(self._frozen_draw)
                                 if self._frozen_draw is not None else None),
             )
+
+    def floor_mw(self) -> tuple[int, ...]:
+        """The lowest limit a cut may give each GPU (mW): its minimum, or its priority floor
+        when one is set (clipped into the envelope)."""
+        with self._lock:
+            return self._cut_envelope.min_mw
+
+    def enforced_mw(self) -> tuple[int, ...]:
+        """Each GPU's enforced limit as last read back from the device (mW): after each of the
+        island's writes to it, and by :meth:`refresh_enforced`. Never a planned limit: a write
+        the driver refused leaves the limit the GPU really kept."""
+        return self._writes.limits_mw
+
+    def refresh_enforced(self) -> None:
+        """Read every GPU's enforced limit now, under its write lock (so a read never lands
+        between a write and its read-back), so that a change made by another process shows in
+        :meth:`enforced_mw`. A GPU that cannot be read keeps its last reading. Tier 1 calls it
+        about once a rearm period, on its own thread."""
+        for index in range(len(self.envelope.default_mw)):
+            with self._writer.gpu_lock(index):
+                try:
+                    mw = self._backend.enforced_limit_mw(index)
+                except Exception:  # the read faults are tier 1's to report
+                    continue
+            self._writes.note_enforced(index, mw)
 
     def write_faults(self) -> dict[int, str]:
         """GPUs whose last limit write failed: index -> error kind (e.g. ``"GpuLost"``)."""
@@ -416,10 +442,11 @@ class SafetyIsland:
                 if not self._events:
                     self._frozen_draw = draw
                 baseline = math.fsum(draw)
-                target = target_of(baseline)
+                requested = target_of(baseline)
+                target = max(requested, float(self._cut_envelope.min_total_mw))
                 caps = tuple(self._cut_envelope.cut_caps_mw(draw, target))
                 ev, batch = self._open_locked(event_id, kind, None, baseline, target, caps,
-                                              basis_mw=draw)
+                                              basis_mw=draw, requested_target_mw=requested)
             return self._finish(ev, batch)
 
     def _open_locked(
@@ -433,13 +460,15 @@ class SafetyIsland:
         release_mw_per_s: float | None = None,
         *,
         basis_mw: tuple[float, ...],
+        requested_target_mw: float | None = None,
     ) -> tuple[LatchedEvent, WriteBatch | None]:
         now = self._clock.now()
         ceiling = float(sum(caps_mw))
         winner = self._winner_locked(now)
         binding = winner is None or ceiling < winner[1]
         ev = LatchedEvent(event_id, kind, level, baseline_mw, target_mw, ceiling, caps_mw, now,
-                          release_mw_per_s=release_mw_per_s, basis_mw=basis_mw)
+                          release_mw_per_s=release_mw_per_s, basis_mw=basis_mw,
+                          requested_target_mw=requested_target_mw)
         self._events[event_id] = ev
         if not binding:
             return ev, None
@@ -459,6 +488,7 @@ class SafetyIsland:
             ev.event_id, ev.kind, ev.baseline_mw, ev.target_mw, ev.caps_mw, now, wall,
             binding=batch is not None, level=ev.level, errors=MappingProxyType(errors),
             basis_mw=ev.basis_mw, dry_run=self._dry_run,
+            requested_target_mw=ev.requested_target_mw,
         )  # fmt: skip
         with self._lock:
             ev.activation = act

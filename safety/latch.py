@@ -36,6 +36,15 @@ class Activation:
     errors: Mapping[int, Exception] = field(default_factory=dict)
     basis_mw: tuple[float, ...] = ()
     dry_run: bool = False
+    requested_target_mw: float | None = None
+
+    @property
+    def shortfall_mw(self) -> float:
+        """How much of the requested reduction the node cannot deliver (mW, >= 0): the target
+        asked for lay below the node's floor (every GPU at its minimum or priority floor)."""
+        if self.requested_target_mw is None:
+            return 0.0
+        return max(0.0, self.target_mw - self.requested_target_mw)
 
     @property
     def commanded(self) -> bool:
@@ -97,6 +106,7 @@ class ArmedLevel:
     reduction_mw: float = 0.0
     reference_mw: float | None = None
     release_mw_per_s: float | None = None
+    requested_target_mw: float | None = None  # before the floor clamp (None: as target_mw)
 
 
 @dataclass
@@ -120,6 +130,7 @@ class LatchedEvent:
     activation: Activation | None = None
     release_mw_per_s: float | None = None
     basis_mw: tuple[float, ...] = ()
+    requested_target_mw: float | None = None
 
     def _reduction_mw(self) -> float:
         return max(0.0, self.baseline_mw - self.target_mw)

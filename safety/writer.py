@@ -288,6 +288,11 @@ class WriteRecord:
         with self._lock:
             self._limits_mw = list(limits_mw)
 
+    def note_enforced(self, index: int, limit_mw: int) -> None:
+        """GPU ``index`` was read enforcing ``limit_mw`` (a periodic read-back)."""
+        with self._lock:
+            self._limits_mw[index] = limit_mw
+
     def record(self, outcomes: Sequence[WriteOutcome]) -> None:
         changes: list[tuple[int, Exception | None]] = []
         with self._lock:

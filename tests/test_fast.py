@@ -341,3 +341,24 @@ def test_error_stats() -> None:
     assert p95 == pytest.approx(0.1)
     with pytest.raises(ValueError):
         node_error_stats([], [])
+
+
+def test_reported_limits_are_the_enforced_ones_when_the_driver_refuses(rig: Rig) -> None:
+    rig.run(0.5)
+    rig.sim.inject_fault(0, "not_supported")  # reads work, every set-limit call is refused
+    rig.island.trigger_shed("e1", 0.4)
+    results = rig.run(1.0)
+    reg = rig.metrics.registry
+    enforced = reg.get_sample_value("gridtao_gpu_power_limit_watts", {"gpu": "0"})
+    planned = reg.get_sample_value("gridtao_gpu_power_limit_planned_watts", {"gpu": "0"})
+    assert enforced == H100_DEFAULT_MW / 1000 == rig.enforced_mw()[0] / 1000
+    assert planned is not None and planned < enforced
+    assert rig.island.enforced_mw()[0] == H100_DEFAULT_MW
+    assert results[-1].limits_mw[0] < H100_DEFAULT_MW  # what tier 1 planned, not what holds
+
+
+def test_a_limit_changed_by_another_process_shows_within_a_rearm_period(rig: Rig) -> None:
+    rig.run(0.2)
+    rig.backend.set_limit_mw(3, 500_000)  # behind the agent's back (nvidia-smi -pl, say)
+    rig.run(0.6)  # > control.rearm_period_s
+    assert rig.island.enforced_mw()[3] == rig.enforced_mw()[3]

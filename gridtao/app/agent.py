@@ -36,6 +36,7 @@ from gridtao.app.periodic import ControllerLoop, ControllerParts
 from gridtao.app.reload import ReloadResult, apply_reload, plan_reload, read_credentials
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.config.agent import Config, ConfigError
+from gridtao.control.capacity import Capacity, CapacityWatch, enrolled_w, node_capacity
 from gridtao.control.response import Reached, ResponseMeter
 from gridtao.control.tier1.loop import FastLoop
 from gridtao.control.tier2.tracker import Tier2
@@ -51,7 +52,13 @@ from gridtao.safety.island import Activation, SafetyIsland
 from gridtao.safety.watchdog import Watchdog
 from gridtao.security.bounds import CutBasis
 from gridtao.security.guard import Guard
-from gridtao.telemetry.metrics import Metrics, MetricsServer, StatsCollector, start_http_server
+from gridtao.telemetry.metrics import (
+    CapacityCollector,
+    Metrics,
+    MetricsServer,
+    StatsCollector,
+    start_http_server,
+)
 from gridtao.transport.mqtt import MqttLink, Will
 from gridtao.wire import messages as wire
 
@@ -218,6 +225,9 @@ class Agent:
         # The counters the links and the audit trail keep, read when Prometheus scrapes.
         StatsCollector({"island": self.lane.link.stats, "status": self.status_link.stats},
                        audit=self.ledger.audit, registry=self.registry)
+        self._enrolled_w = enrolled_w(config.products)
+        self.capacity_watch = CapacityWatch()
+        CapacityCollector(self.capacity, registry=self.registry)
         self.controller = ControllerLoop(
             ControllerParts(
                 node_id=self.node_id, status_topic=self.topics.status,
@@ -225,12 +235,18 @@ class Agent:
                 gpu_limits=tuple(self.gpu_limits), clock=self.clock, backend=self.backend,
                 tier1=self.fast, island=self.island, tier2=self.tier2,
                 status_link=self.status_link, ledger=self.ledger,
+                capacity=self.capacity, capacity_watch=self.capacity_watch,
             ),
             status_period_s=config.mqtt.status_period_s,
             tracker_period_s=config.tracker.period_s,
-            dry_run=config.gpus.dry_run,
             busy_load_fraction=self.options.busy_load_fraction,
         )
+
+    def capacity(self) -> Capacity:
+        """The node's down-capacity now, from tier 1's latest readings and the island's
+        floors (no NVML call; any thread)."""
+        return node_capacity(self.fast.draw_mw, self.island.floor_mw(),
+                             facility=self.config.facility, enrolled=self._enrolled_w)
 
     def reload(self, load: Callable[[], Config]) -> ReloadResult:
         """Apply the configuration ``load()`` reads again: new signing keys and broker
@@ -269,6 +285,7 @@ class Agent:
             for trig in self.config.safety.triggers:
                 self.island.arm(level_key(trig), 1.0 - trig.reduction_fraction)
             self.fast.step()  # first draw reading and armed caps before any trigger can land
+            self.capacity_watch.update(self.capacity())  # short of the enrolment: said now
             self.ledger.recover(self.island, self.intake,
                                 ramp_s=1.0 / self.config.safety.release_rate_per_s)
             self.island.rearm()

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gridtao.clock import Clock
+from gridtao.control.capacity import Capacity, CapacityWatch
 from gridtao.gpu.backend import GpuError, PowerLimits
 from gridtao.safety.island import IslandView
 from gridtao.wire import messages as wire
@@ -57,18 +58,19 @@ class IslandState(Protocol):
 
     def view(self) -> IslandView: ...
 
+    def enforced_mw(self) -> tuple[int, ...]:
+        """Each GPU's enforced limit as last read back, mW."""
+        ...
+
     def write_faults(self) -> Mapping[int, str]:
         """GPU index -> error kind of its last failed limit write."""
         ...
 
 
 class GpuReads(Protocol):
-    """The driver calls this loop makes itself: tier 2's 1-s averages and, in a dry run only,
-    the enforced limits (GPU indices, mW)."""
+    """The driver call this loop makes itself: tier 2's 1-s averages (GPU indices, mW)."""
 
     def average_power_mw(self, index: int) -> int: ...
-
-    def enforced_limit_mw(self, index: int) -> int: ...
 
 
 class Tier2Ticks(Protocol):
@@ -116,6 +118,8 @@ class ControllerParts:
     tier2: Tier2Ticks
     status_link: StatusPublisher
     ledger: AuditLog
+    capacity: Callable[[], Capacity]  # the node's down-capacity now (no NVML call)
+    capacity_watch: CapacityWatch  # logs when the node falls short of its enrolment
 
 
 class ControllerLoop:
@@ -131,13 +135,11 @@ class ControllerLoop:
         *,
         status_period_s: float,
         tracker_period_s: float,
-        dry_run: bool = False,
         busy_load_fraction: float = 0.0,
     ) -> None:
         self._parts = parts
         self._status_period_s = status_period_s
         self._tracker_period_s = tracker_period_s
-        self._dry_run = dry_run  # tier 1's plans never take effect: read the limits instead
         self._busy_load_fraction = busy_load_fraction  # bench only: 0..0.95 of this loop
         self._audited_limits: tuple[int, ...] | None = None
         self._busy_sink = 0
@@ -161,22 +163,22 @@ class ControllerLoop:
         """The retained status (online, with every GPU), or the offline one at stop."""
         p = self._parts
         if online:
+            cap = p.capacity()
+            p.capacity_watch.update(cap)
             payload = wire.status_payload(p.node_id, True, p.clock.wall(),
-                                          p.island.view().event_id, self.status_gpus())
+                                          p.island.view().event_id, self.status_gpus(),
+                                          extra={"capacity": cap.fields()})
         else:
             payload = wire.offline_payload(p.node_id)
         p.status_link.publish_nowait(p.status_topic, payload, qos=1, retain=True)
 
     def status_gpus(self) -> list[dict[str, float | str | None]]:
-        """Per-GPU status from tier 1's last reading (no NVML call on this thread), except in a
-        dry run: there tier 1's plans never take effect, so the limits are read from the GPUs.
+        """Per-GPU status from tier 1's last reading and the limits the GPUs enforce as last
+        read back (the island's record; no NVML call on this thread): never a planned limit.
         Powers in W. ``fault``: the error kind of a GPU whose reads or last limit write fail,
         else None."""
         p = self._parts
-        draw, limits = p.tier1.draw_mw, p.tier1.limits_mw
-        if self._dry_run:
-            limits = tuple(self._enforced_or(i, planned) for i, planned in
-                           zip(p.gpu_indices, limits, strict=True))
+        draw, limits = p.tier1.draw_mw, p.island.enforced_mw()
         read_faults, write_faults = p.tier1.read_faults, p.island.write_faults()
         return [
             {"index": i, "power_w": draw[k] / 1000.0, "limit_w": limits[k] / 1000.0,
@@ -185,17 +187,12 @@ class ControllerLoop:
             for k, (i, lim) in enumerate(zip(p.gpu_indices, p.gpu_limits, strict=True))
         ]
 
-    def _enforced_or(self, index: int, fallback_mw: int) -> int:
-        try:
-            return self._parts.backend.enforced_limit_mw(index)
-        except GpuError:
-            return fallback_mw
-
     def record_limits(self) -> None:
-        """Audit tier 1's limits when any moved by 1 W or more (at most once a status period:
-        tier 1 adjusts them up to 100 times a second, the trail keeps the trajectory)."""
+        """Audit the limits the GPUs enforce (as last read back) when any moved by 1 W or more
+        (at most once a status period: tier 1 adjusts them up to 100 times a second, the trail
+        keeps the trajectory)."""
         p = self._parts
-        limits = p.tier1.limits_mw
+        limits = p.island.enforced_mw()
         last = self._audited_limits
         if last is not None and all(abs(x - y) < 1000 for x, y in zip(limits, last,
                                                                          strict=True)):

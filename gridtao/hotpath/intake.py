@@ -217,7 +217,8 @@ class Intake:
             act.event_id, "frequency", None, received_at, wall, commanded
         )
         self._activated(act, received_at)
-        return [self._ack(act.event_id, True, _write_note(act), wall, commanded,
+        notes = [n for n in (_shortfall_note(act), _write_note(act)) if n]
+        return [self._ack(act.event_id, True, "; ".join(notes) or None, wall, commanded,
                           extra=source | _write_fields(act))]
 
     # ---- dispatch -------------------------------------------------------------------------
@@ -284,7 +285,7 @@ class Intake:
             msg.id, type(msg).KIND, received_at + msg.duration_s, received_at, wall, commanded,
         )
         self._activated(act, received_at)
-        notes = [n for n in (note, _write_note(act)) if n]
+        notes = [n for n in (note, _shortfall_note(act), _write_note(act)) if n]
         return self._ack(msg.id, True, "; ".join(notes) or None, wall, commanded,
                          extra=_write_fields(act))
 
@@ -425,7 +426,20 @@ def _write_fields(act: Activation) -> dict[str, object]:
         fields["binding"] = False
     if act.dry_run:
         fields["dry_run"] = True  # the caps were logged, not written: nothing changed
+    if act.shortfall_mw >= 1000.0:
+        fields["deliverable_w"] = round((act.baseline_mw - act.target_mw) / 1000.0, 1)
+        fields["shortfall_w"] = round(act.shortfall_mw / 1000.0, 1)
     return fields
+
+
+def _shortfall_note(act: Activation) -> str | None:
+    """A cut deeper than the node can go: say what it delivers instead, and why."""
+    if act.shortfall_mw < 1000.0:
+        return None
+    asked = (act.baseline_mw - (act.requested_target_mw or act.target_mw)) / 1000.0
+    can = (act.baseline_mw - act.target_mw) / 1000.0
+    return (f"can deliver {can:.0f} W of the {asked:.0f} W asked: the node's floor is "
+            f"{act.target_mw / 1000.0:.0f} W (every GPU at its minimum or priority floor)")
 
 
 def _write_note(act: Activation) -> str | None:

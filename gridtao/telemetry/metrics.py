@@ -22,13 +22,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal, NamedTuple, Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import start_http_server as _prom_start_http_server
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 MessageResult = Literal["accepted", "rejected", "duplicate"]
@@ -63,7 +63,13 @@ class Metrics:
         )
         self._gpu_limit = Gauge(
             "gridtao_gpu_power_limit_watts",
-            "GPU power limit last commanded by gridtao, W.",
+            "GPU power limit the device enforces, as last read back through NVML, W.",
+            ["gpu"],
+            registry=registry,
+        )
+        self._gpu_planned = Gauge(
+            "gridtao_gpu_power_limit_planned_watts",
+            "GPU power limit tier 1 plans (written only if the driver accepts it), W.",
             ["gpu"],
             registry=registry,
         )
@@ -126,6 +132,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._power_children: list[Gauge] = []
         self._limit_children: list[Gauge] = []
+        self._planned_children: list[Gauge] = []
 
     def _ensure_gpus(self, count: int) -> None:
         if len(self._power_children) >= count:
@@ -134,18 +141,23 @@ class Metrics:
             for i in range(len(self._power_children), count):
                 self._power_children.append(self._gpu_power.labels(gpu=str(i)))
                 self._limit_children.append(self._gpu_limit.labels(gpu=str(i)))
+                self._planned_children.append(self._gpu_planned.labels(gpu=str(i)))
 
     def set_default_limits(self, default_w: Sequence[float]) -> None:
         """Export each GPU's default limit (static; call once at start), W."""
         for i, w in enumerate(default_w):
             self._gpu_default.labels(gpu=str(i)).set(w)
 
-    def observe_gpus(self, power_w: Sequence[float], limit_w: Sequence[float]) -> None:
-        """Per-GPU instant power and commanded limit, W, indexed by GPU index."""
-        self._ensure_gpus(max(len(power_w), len(limit_w)))
+    def observe_gpus(self, power_w: Sequence[float], limit_w: Sequence[float], *,
+                     planned_w: Sequence[float] = ()) -> None:
+        """Per-GPU instant power, the enforced limit read back from the device and (when
+        given) tier 1's planned limit, W, indexed by GPU index."""
+        self._ensure_gpus(max(len(power_w), len(limit_w), len(planned_w)))
         for child, w in zip(self._power_children, power_w, strict=False):
             child.set(w)
         for child, w in zip(self._limit_children, limit_w, strict=False):
+            child.set(w)
+        for child, w in zip(self._planned_children, planned_w, strict=False):
             child.set(w)
 
     def observe_node(self, power_w: float, target_w: float | None, event_active: bool) -> None:
@@ -279,3 +291,55 @@ def start_http_server(metrics: Metrics, host: str, port: int) -> MetricsServer:
     """
     server, thread = _prom_start_http_server(port, addr=host, registry=metrics.registry)
     return MetricsServer(server, thread)
+
+
+class CapacityReading(Protocol):
+    """A node capacity snapshot (``gridtao.control.capacity.Capacity``), W."""
+
+    @property
+    def deliverable_w(self) -> float: ...
+
+    @property
+    def deliverable_it_w(self) -> float: ...
+
+    @property
+    def enrolled_w(self) -> float: ...
+
+    @property
+    def floor_w(self) -> float: ...
+
+
+class CapacityCollector(Collector):
+    """The node's down-capacity, computed when Prometheus scrapes from ``read()`` (tier 1's
+    latest readings and the island's floors: no NVML call). Runs on the scraping thread."""
+
+    def __init__(self, read: Callable[[], CapacityReading], *,
+                 registry: CollectorRegistry) -> None:
+        self._read = read
+        registry.register(self)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily,
+                             GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("gridtao_capacity_deliverable_watts",
+                              "Reduction the node can deliver now at the settlement point, W."),
+            GaugeMetricFamily("gridtao_capacity_deliverable_it_watts",
+                              "Reduction the node can deliver now at the GPUs, W."),
+            GaugeMetricFamily("gridtao_capacity_enrolled_watts",
+                              "Summed capacity of the enrolled frequency products, W."),
+            GaugeMetricFamily("gridtao_capacity_floor_watts",
+                              "Lowest IT power the node can be held at (GPU floors), W."),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        cap = self._read()
+        deliverable, it, enrolled, floor = self._families()
+        deliverable.add_metric([], cap.deliverable_w)
+        it.add_metric([], cap.deliverable_it_w)
+        enrolled.add_metric([], cap.enrolled_w)
+        floor.add_metric([], cap.floor_w)
+        yield from (deliverable, it, enrolled, floor)

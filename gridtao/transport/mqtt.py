@@ -74,7 +74,9 @@ PublishSpec = tuple[str, bytes, int, bool]
 
 @dataclass(slots=True)
 class LinkStats:
-    """Counters since the link was created (plain ints; read them from the link's loop)."""
+    """Counters since the link was created. Plain ints written on the link's loop; other
+    threads (the metrics collector at scrape time) read them without a lock, which is safe for
+    ints and may lag by one increment."""
 
     connects: int = 0  # successful connections, the first included
     reconnects: int = 0  # successful connections after the first

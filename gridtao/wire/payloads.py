@@ -68,13 +68,16 @@ def status_payload(
     t: float,
     event: str | None,
     gpus: Sequence[Mapping[str, float | str | None]],
+    *,
+    extra: Mapping[str, object] | None = None,
 ) -> bytes:
     """The retained status JSON: ``{"node", "online", "t", "event", "gpus": [...]}``.
 
     Each GPU entry is rebuilt with the v1 keys index, power_w, limit_w, default_w, min_w, max_w
     (watts; a missing one raises ``ValueError``) plus ``fault``, an extension of v1: the error
     kind of a GPU gridtao cannot read or write (e.g. ``"GpuLost"``), else null; its power and
-    limit are then the last known. Other keys are dropped.
+    limit are then the last known. Other keys are dropped. ``extra`` adds node-level fields
+    (e.g. ``capacity``) and never replaces the v1 keys.
     """
     entries: list[dict[str, float | int | str | None]] = []
     for gpu in gpus:
@@ -87,7 +90,9 @@ def status_payload(
         fault = gpu.get("fault")
         entry["fault"] = None if fault is None else str(fault)
         entries.append(entry)
-    return _dumps({"node": node, "online": bool(online), "t": t, "event": event, "gpus": entries})
+    body: dict[str, object] = dict(extra) if extra else {}
+    body.update(node=node, online=bool(online), t=t, event=event, gpus=entries)
+    return _dumps(body)
 
 
 def _status_number(value: float | str | None) -> float:

@@ -267,6 +267,7 @@ class FastLoop:
         island.tick()
         if self._last_rearm_t is None or now - self._last_rearm_t >= self._rearm_period_s:
             island.rearm()
+            island.refresh_enforced()
             self._last_rearm_t = now
         view = island.view()
         changed = view.generation != self._generation
@@ -302,7 +303,8 @@ class FastLoop:
         if self._metrics is not None:
             m = self._metrics
             m.observe_gpus([d / 1000.0 for d in self._draw_mw],
-                           [lim / 1000.0 for lim in self._limits_mw])
+                           [lim / 1000.0 for lim in island.enforced_mw()],
+                           planned_w=[lim / 1000.0 for lim in self._limits_mw])
             m.observe_node(
                 node_mw / 1000.0,
                 None if view.target_mw is None else view.target_mw / 1000.0,
