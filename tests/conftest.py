@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from broker import MosquittoBroker, running_broker
+
+# gpus.backend defaults to auto: keep every agent this suite starts (in-process or as a child
+# process, which inherits this) off a real NVIDIA driver, even on a machine that has one.
+os.environ["GRIDTAO_NO_NVML"] = "1"
 
 
 @pytest.fixture

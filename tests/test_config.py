@@ -30,7 +30,7 @@ def _no_env_config(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_builtin_defaults() -> None:
     cfg = load_config()
     assert cfg == Config() and cfg.source == "<defaults>"
-    assert cfg.gpus.backend == "sim" and not cfg.gpus.dry_run
+    assert cfg.gpus.backend == "auto" and not cfg.gpus.dry_run
     assert cfg.gpus.sim.count == 8 and cfg.gpus.sim.profile == "h100-sxm"
     assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.prefix) == ("127.0.0.1", 1883, "gridtao/demo")
     assert cfg.metrics.port == 9108
@@ -181,3 +181,22 @@ def test_the_kinds_catalog_names_every_configurable_product_kind() -> None:
     assert kind_for_test_name("fcr-d").name == "fcr-d-up"
     assert {k.test_name for k in KINDS.values()} == {
         "ffr", "ercot-ffr", "fcr-d", "fcr-d-static", "fcr-n", "dr"}
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.7"])
+def test_unsigned_dispatch_from_a_loopback_broker_is_allowed(tmp_path: Path, host: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"mqtt: {{host: '{host}'}}\n")
+    assert load_config(path).auth.mode == "none"
+
+
+@pytest.mark.parametrize("host", ["10.0.0.5", "broker.example.net"])
+def test_unsigned_dispatch_from_a_remote_broker_is_refused_unless_allowed(
+    tmp_path: Path, host: str,
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"mqtt: {{host: {host}}}\n")
+    with pytest.raises(ConfigError, match=r"auth\.mode: none with the broker at .*could cut"):
+        load_config(path)
+    path.write_text(f"mqtt: {{host: {host}}}\nauth: {{allow_unauthenticated: true}}\n")
+    assert load_config(path).auth.allow_unauthenticated

@@ -32,6 +32,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
+from gridtao import __version__
 from gridtao.app.periodic import ControllerLoop, ControllerParts
 from gridtao.app.reload import ReloadResult, apply_reload, plan_reload, read_credentials
 from gridtao.clock import Clock, MonotonicClock
@@ -115,6 +116,10 @@ class Agent:
         self.backend: GpuBackend = (
             backend if backend is not None else open_backend(config.gpus, clock=self.clock)
         )
+        #: Simulated GPUs (``gpus.backend: sim``, or ``auto`` without a driver): every status,
+        #: ack and the metrics say so.
+        self.simulated = bool(getattr(self.backend, "simulated", False))
+        self.metrics.set_build(__version__, simulated=self.simulated)
         self.gpu_indices = [d.index for d in self.backend.devices()]
         self.gpu_limits = [self.backend.power_limits(i) for i in self.gpu_indices]
         # What we found: restored on stop, whatever the events did in between. After a crash
@@ -191,6 +196,7 @@ class Agent:
             on_activation=self._activated,
             guard=self.guard,
             on_decision=self.ledger.decision if self.ledger.active else None,
+            simulated=self.simulated,
         )
         m = config.mqtt
         pid = os.getpid()
@@ -236,6 +242,7 @@ class Agent:
                 tier1=self.fast, island=self.island, tier2=self.tier2,
                 status_link=self.status_link, ledger=self.ledger,
                 capacity=self.capacity, capacity_watch=self.capacity_watch,
+                simulated=self.simulated,
             ),
             status_period_s=config.mqtt.status_period_s,
             tracker_period_s=config.tracker.period_s,

@@ -120,6 +120,7 @@ class ControllerParts:
     ledger: AuditLog
     capacity: Callable[[], Capacity]  # the node's down-capacity now (no NVML call)
     capacity_watch: CapacityWatch  # logs when the node falls short of its enrolment
+    simulated: bool  # the GPUs are simulated: the status says so
 
 
 class ControllerLoop:
@@ -167,7 +168,8 @@ class ControllerLoop:
             p.capacity_watch.update(cap)
             payload = wire.status_payload(p.node_id, True, p.clock.wall(),
                                           p.island.view().event_id, self.status_gpus(),
-                                          extra={"capacity": cap.fields()})
+                                          extra={"capacity": cap.fields(),
+                                                 "simulated": p.simulated})
         else:
             payload = wire.offline_payload(p.node_id)
         p.status_link.publish_nowait(p.status_topic, payload, qos=1, retain=True)

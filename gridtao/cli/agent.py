@@ -22,7 +22,7 @@ log = logging.getLogger("gridtao")
 
 
 def configure_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("nvml", "sim"), help="override gpus.backend")
+    p.add_argument("--backend", choices=("auto", "nvml", "sim"), help="override gpus.backend")
     p.add_argument("--dry-run", action="store_true",
                    help="read GPUs and log every limit write without making it")
     p.add_argument("--busy-load", type=float, default=0.0, metavar="FRACTION",

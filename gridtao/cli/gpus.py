@@ -21,7 +21,7 @@ GPU_KEYS = (
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("nvml", "sim"), help="override gpus.backend")
+    p.add_argument("--backend", choices=("auto", "nvml", "sim"), help="override gpus.backend")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.add_argument(
         "--dry-run", action="store_true", help="open the backend in dry-run mode (reads only)"

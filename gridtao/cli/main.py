@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="FILE",
         help=f"YAML configuration (default: ${ENV_VAR}, else built-in defaults)",
     )
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default="warning")
+    # info: start-up, every event, every rejection and the stop; warning and up: problems only
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)

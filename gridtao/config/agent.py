@@ -9,6 +9,7 @@ Ranges live next to each field in ``metadata`` so the schema is the single sourc
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,8 @@ class SimConfig:
 
 @dataclass(frozen=True)
 class GpusConfig:
-    backend: Literal["sim", "nvml"] = "sim"
+    # auto: the NVIDIA driver when installed, else the simulator (loudly, reported as simulated)
+    backend: Literal["auto", "sim", "nvml"] = "auto"
     dry_run: bool = False
     # Refuse to start when no GPU accepts power-limit writes (else: start, say so, refuse cuts).
     require_actuation: bool = False
@@ -195,6 +197,9 @@ class AuthConfig:
     replay_store: str | None = None
     replay_max_entries: int = field(default=100_000, metadata=rng(10, 10_000_000))
     require_signed_frequency: bool = True
+    # With mode none against a broker off this machine, anyone who can publish to it can cut
+    # the node: the agent refuses to start unless the operator says so here.
+    allow_unauthenticated: bool = False
 
 
 @dataclass(frozen=True)
@@ -356,8 +361,22 @@ def _check_transport(m: MqttConfig, source: str) -> None:
         fail(source, "mqtt.tls.cert_file", "required when mqtt.tls.key_file is set")
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
+
+
 def _check_security(cfg: Config, source: str) -> None:
     auth = cfg.auth
+    if auth.mode == "none" and not auth.allow_unauthenticated and not _is_loopback(cfg.mqtt.host):
+        fail(source, "auth.mode", f"none with the broker at {cfg.mqtt.host}: anyone who can "
+             "publish there could cut this node's GPUs; sign dispatches (auth.mode: ed25519 or "
+             "hmac), or set auth.allow_unauthenticated: true if the broker's ACL is the only gate "
+             "you want")
     if auth.mode != "none" and not auth.keys:
         fail(source, "auth.keys", f"at least one key is required when auth.mode is {auth.mode!r}")
     seen: set[str] = set()

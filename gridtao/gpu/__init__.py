@@ -1,12 +1,17 @@
 """The GPU boundary: the only package that imports ``pynvml``.
 
 ``open_backend(cfg)`` gives an :class:`~gridtao.gpu.nvml.NvmlBackend` over simulated GPUs
-(``gpus.backend: sim``) or the real driver (``nvml``). The heavier modules are imported on first
-use, so ``import gridtao.gpu.backend`` (what the safety island needs) stays light.
+(``gpus.backend: sim``), the real driver (``nvml``), or, by default (``auto``), the real driver
+when one is installed and the simulator otherwise, saying so loudly (the backend's ``simulated``
+is then True, and the agent says so in its status, acks and metrics). The environment variable
+``GRIDTAO_NO_NVML=1`` keeps ``auto`` off the real driver (test rigs and CI on GPU machines).
+The heavier modules are imported on first use, so ``import gridtao.gpu.backend`` stays light.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from gridtao.clock import Clock, MonotonicClock
@@ -23,6 +28,11 @@ from gridtao.gpu.backend import (
     GpuUnavailable,
     PowerLimits,
 )
+
+log = logging.getLogger("gridtao.gpu")
+
+#: ``GRIDTAO_NO_NVML=1``: ``gpus.backend: auto`` never opens the real driver in this process.
+NO_NVML_ENV = "GRIDTAO_NO_NVML"
 
 if TYPE_CHECKING:
     from gridtao.config.agent import GpusConfig
@@ -77,14 +87,27 @@ def open_backend(
     """
     from gridtao.gpu.nvml import NvmlBackend, check_nvml_distribution
 
-    if cfg.backend == "sim":
-        from gridtao.gpu.sim.nvml import SimNvml
-
-        sim = SimNvml.from_config(cfg.sim, clock if clock is not None else MonotonicClock())
-        return NvmlBackend(sim, dry_run=cfg.dry_run)
+    if cfg.backend == "sim" or (cfg.backend == "auto" and os.environ.get(NO_NVML_ENV) == "1"):
+        return _simulated(cfg, clock)
     if nvml_module is None:
         check_nvml_distribution()
         import pynvml
 
         nvml_module = pynvml
-    return NvmlBackend(nvml_module, dry_run=cfg.dry_run)
+    try:
+        return NvmlBackend(nvml_module, dry_run=cfg.dry_run)
+    except GpuUnavailable as e:
+        if cfg.backend != "auto":
+            raise
+        log.warning("NO NVIDIA DRIVER (%s): running on %d SIMULATED GPUs (gpus.backend: auto); "
+                    "set gpus.backend: nvml to refuse to start without a driver",
+                    e, cfg.sim.count)
+        return _simulated(cfg, clock)
+
+
+def _simulated(cfg: GpusConfig, clock: Clock | None) -> NvmlBackend:
+    from gridtao.gpu.nvml import NvmlBackend
+    from gridtao.gpu.sim.nvml import SimNvml
+
+    sim = SimNvml.from_config(cfg.sim, clock if clock is not None else MonotonicClock())
+    return NvmlBackend(sim, dry_run=cfg.dry_run)

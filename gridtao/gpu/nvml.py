@@ -130,6 +130,8 @@ class NvmlBackend:
     def __init__(self, nvml: NvmlApi, *, dry_run: bool = False) -> None:
         self._nvml = nvml
         self.dry_run = dry_run
+        #: True when ``nvml`` is the simulator (it says so), not the NVIDIA driver.
+        self.simulated: bool = bool(getattr(nvml, "SIMULATED", False))
         self._close_lock = threading.Lock()
         self._closed = False
         try:

@@ -71,8 +71,11 @@ class Intake:
         guard: Guard | None = None,
         on_decision: DecisionHook | None = None,
         dr: ProductMonitor | None = None,
+        simulated: bool = False,
     ) -> None:
         self._island = island
+        # Every ack from simulated GPUs says so: an aggregator must never mistake them for real.
+        self._simulated = simulated
         self._topics = topics
         self._clock = clock
         self._monitor = monitor
@@ -383,6 +386,8 @@ class Intake:
         *,
         extra: dict[str, object] | None = None,
     ) -> Outgoing:
+        if self._simulated:
+            extra = {**(extra or {}), "simulated": True}
         payload = wire.ack_payload(
             event_id, accepted, reason, received_wall, commanded_wall, None, extra=extra
         )
@@ -400,7 +405,8 @@ class Intake:
         if ev is None:
             return None
         payload = wire.ack_payload(
-            event_id, True, None, ev.received_wall, ev.commanded_wall, reached_wall
+            event_id, True, None, ev.received_wall, ev.commanded_wall, reached_wall,
+            extra={"simulated": True} if self._simulated else None,
         )
         return Outgoing(self._topics.ack, payload)
 

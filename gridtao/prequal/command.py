@@ -61,11 +61,12 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, config: Config) -> int:
     from gridtao.prequal import compliance as c
-    from gridtao.prequal.options import check_common
+    from gridtao.prequal.options import check_common, on_named_backend
 
     if args.backend is not None:
         config = dataclasses.replace(config, gpus=dataclasses.replace(config.gpus,
                                                                       backend=args.backend))
+    config = on_named_backend(config)
     scale = check_common(args)
     pcfg = c.product_config(config, args.product, capacity_w=args.capacity_w, time_scale=scale,
                             threshold_hz=args.threshold_hz)

@@ -35,7 +35,12 @@ from gridtao.control.tier2.facility import Facility, FacilityModel
 from gridtao.gpu.backend import GpuBackend
 from gridtao.prequal import scoring as sc
 from gridtao.prequal import shapes
-from gridtao.prequal.options import DEFAULT_CAPACITY_W, DEFAULT_TIME_SCALE, PRODUCTS
+from gridtao.prequal.options import (
+    DEFAULT_CAPACITY_W,
+    DEFAULT_TIME_SCALE,
+    PRODUCTS,
+    on_named_backend,
+)
 from gridtao.prequal.rules import DrWindow, ProductSpec
 from gridtao.transport.localbroker import MosquittoBroker, Publisher
 
@@ -174,7 +179,7 @@ def agent_config(config: Config, product: ProductConfig, port: int) -> Config:
     ``product`` only (no raw safety.triggers), unsigned messages (the bench is the grid), no
     metrics server, journal or audit files (a bench run must not touch the operator's state)."""
     return dataclasses.replace(
-        config,
+        on_named_backend(config),  # auto means simulated here: real GPUs only when named
         mqtt=dataclasses.replace(config.mqtt, host="127.0.0.1", port=port, prefix=PREFIX,
                                  node_id=NODE),
         metrics=dataclasses.replace(config.metrics, enabled=False),

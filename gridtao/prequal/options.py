@@ -9,6 +9,7 @@ Exit status 0 when every rule passed, 1 when one failed (2: usage or configurati
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -89,6 +90,15 @@ def select(plans: Sequence[c.TestPlan], name: str | None) -> list[c.TestPlan]:
     return chosen
 
 
+def on_named_backend(config: Config) -> Config:
+    """The compliance engine runs on simulated GPUs unless the real ones are asked for by name
+    (``--backend nvml``, or ``gpus.backend: nvml``, both with ``--allow-actuation``): the
+    default ``auto`` never turns a test run into real power caps."""
+    if config.gpus.backend != "auto":
+        return config
+    return dataclasses.replace(config, gpus=dataclasses.replace(config.gpus, backend="sim"))
+
+
 def steady(args: argparse.Namespace, config: Config) -> float | None:
     """The steady load's fraction, or None: the configured workload (real GPUs: their own)."""
     if args.workload != "steady" or config.gpus.backend != "sim":
@@ -121,6 +131,7 @@ def main(args: argparse.Namespace, config: Config, command: str) -> int:
     from gridtao.prequal import report as rep
     from gridtao.telemetry.runinfo import machine_description, provenance
 
+    config = on_named_backend(config)
     scale = check_common(args)
     pcfg = c.product_config(config, args.product, capacity_w=args.capacity_w, time_scale=scale,
                             threshold_hz=args.threshold_hz)

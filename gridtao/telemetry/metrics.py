@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal, NamedTuple, Protocol
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client import start_http_server as _prom_start_http_server
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -142,6 +142,13 @@ class Metrics:
                 self._power_children.append(self._gpu_power.labels(gpu=str(i)))
                 self._limit_children.append(self._gpu_limit.labels(gpu=str(i)))
                 self._planned_children.append(self._gpu_planned.labels(gpu=str(i)))
+
+    def set_build(self, version: str, *, simulated: bool) -> None:
+        """``gridtao_build_info{version}`` and ``gridtao_gpus_simulated`` (1: the GPUs are the
+        simulator's, so no figure here is a real GPU's); call once at start."""
+        Info("gridtao_build", "gridtao build.", registry=self.registry).info({"version": version})
+        Gauge("gridtao_gpus_simulated", "1 when the GPUs are simulated, 0 when real.",
+              registry=self.registry).set(1.0 if simulated else 0.0)
 
     def set_default_limits(self, default_w: Sequence[float]) -> None:
         """Export each GPU's default limit (static; call once at start), W."""

@@ -89,6 +89,9 @@ class SimNvml:
     Thread-safe: each device has its own lock, held only while its physics advances.
     """
 
+    #: Read by the NVML backend: the agent reports every result as simulated.
+    SIMULATED = True
+
     def __init__(self, clock: Clock, config: SimConfig | None = None) -> None:
         cfg = config if config is not None else SimConfig()
         self.config = cfg
