@@ -132,7 +132,9 @@ def run(config: Config, *, gpus: int, seconds: float) -> dict[str, Any]:
     return {
         "gpus": gpus, "seconds": seconds, "fast_hz": config.control.fast_hz,
         "agent": agent, "poll_loop": poll,
-        "cpu_ratio": agent["cpu_percent"] / poll["cpu_percent"],
+        # None: the baseline's CPU was below the kernel's tick accounting (a too short run).
+        "cpu_ratio": (agent["cpu_percent"] / poll["cpu_percent"]
+                      if poll["cpu_percent"] > 0 else None),
     }
 
 

@@ -113,6 +113,10 @@ def test_status_carries_capacity_and_metrics_export_it(tmp_path: Path) -> None:
         assert reg.get_sample_value("gridtao_capacity_enrolled_watts") == 1000.0
         assert reg.get_sample_value("gridtao_capacity_deliverable_watts") == pytest.approx(
             cap.deliverable_w)
+        assert reg.get_sample_value("gridtao_frequency_feed_stale") == 0.0
+        agent.monitor.on_sample(49.95, sim.clock.now() - 2.0, wall_s=0.0)
+        assert reg.get_sample_value("gridtao_frequency_sample_age_seconds") == pytest.approx(2.0)
+        assert reg.get_sample_value("gridtao_frequency_hz") == 49.95
         body = json.loads(wire.status_payload("n", True, 0.0, None, [],
                                               extra={"capacity": cap.fields()}))
         assert body["capacity"]["enrolled_w"] == 1000.0 and body["node"] == "n"

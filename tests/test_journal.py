@@ -87,7 +87,7 @@ def test_the_writer_keeps_the_latest_state_and_a_heartbeat(tmp_path: Path) -> No
     journal2.open(_state())
     journal2.close(clean=True)
     assert not path.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.json.lock"]  # no temp files
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temp files, no lock left
 
 
 def test_readers_never_see_a_partial_journal(tmp_path: Path) -> None:

@@ -304,3 +304,35 @@ def test_example_products_config_loads() -> None:
     cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "products.yaml")
     portfolio = Portfolio(cfg.products, ramp_out_per_s=cfg.safety.release_rate_per_s)
     assert [p.kind for p in portfolio.step] == ["ffr"] and portfolio.dr is not None
+
+
+def test_a_silent_feed_ends_fcr_d_and_a_raw_level_by_their_rules(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One 49.6 Hz sample, then nothing: FCR-D must not hold its cut for ever."""
+    portfolio = Portfolio([ProductConfig(kind="fcr-d-up", capacity_w=1000.0, median_samples=1)],
+                          ramp_out_per_s=0.2)
+    trig = FrequencyTrigger(hz=49.7, reduction_fraction=0.1, min_hold_s=1.0, recovery_s=0.5)
+    mon = ProductMonitor([trig], portfolio, stale_after_s=5.0)
+    (act,) = mon.on_sample(49.6, 0.0, wall_s=0.0)
+    assert portfolio.proportional_reduction_w(0.0) == pytest.approx(750.0)
+    assert mon.sample_age_s(3.0) == 3.0 and not mon.stale
+    for k in range(1, 101):  # the lane ticks at 20 Hz for 5 s
+        assert mon.on_tick(k * 0.05) == []
+    assert portfolio.proportional_reduction_w(5.0) == pytest.approx(750.0)  # not stale yet
+    released = [a for k in range(101, 141) for a in mon.on_tick(k * 0.05)]
+    assert mon.stale and "frequency feed stale" in caplog.text
+    assert portfolio.proportional_reduction_w(7.0) == 0.0
+    assert released == [Release("freq:49.70", act.event_id)]
+    mon.on_sample(50.0, 8.0, wall_s=8.0)
+    assert not mon.stale and mon.sample_age_s(8.0) == 0.0
+
+
+def test_a_silent_ercot_feed_is_taken_for_60_hz() -> None:
+    portfolio = Portfolio([ProductConfig(kind="ercot-ffr", capacity_w=CAP, support_s=1.0)],
+                          ramp_out_per_s=0.5)
+    mon = ProductMonitor([], portfolio, stale_after_s=2.0)
+    (act,) = mon.on_sample(59.8, 0.0, wall_s=0.0)
+    out = [a for k in range(1, 200) for a in mon.on_tick(k * 0.05)]
+    assert out == [Release(product_key("ercot-ffr"), act.event_id)]
+    assert portfolio.step[0].state != "active"

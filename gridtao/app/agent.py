@@ -55,6 +55,7 @@ from gridtao.security.bounds import CutBasis
 from gridtao.security.guard import Guard
 from gridtao.telemetry.metrics import (
     CapacityCollector,
+    FeedCollector,
     Metrics,
     MetricsServer,
     StatsCollector,
@@ -184,7 +185,8 @@ class Agent:
         self.tier2 = Tier2(self.island, self.portfolio, facility=config.facility,
                            config=config.tracker, clock=self.clock)
         self.monitor = ProductMonitor(safety.triggers, self.portfolio,
-                                      on_change=self.tier2.update)
+                                      on_change=self.tier2.update,
+                                      stale_after_s=safety.frequency_stale_s)
         self.intake = Intake(
             self.island,
             self.topics,
@@ -234,6 +236,7 @@ class Agent:
         self._enrolled_w = enrolled_w(config.products)
         self.capacity_watch = CapacityWatch()
         CapacityCollector(self.capacity, registry=self.registry)
+        FeedCollector(self.frequency_feed, registry=self.registry)
         self.controller = ControllerLoop(
             ControllerParts(
                 node_id=self.node_id, status_topic=self.topics.status,
@@ -242,7 +245,7 @@ class Agent:
                 tier1=self.fast, island=self.island, tier2=self.tier2,
                 status_link=self.status_link, ledger=self.ledger,
                 capacity=self.capacity, capacity_watch=self.capacity_watch,
-                simulated=self.simulated,
+                simulated=self.simulated, frequency_feed=self.frequency_feed,
             ),
             status_period_s=config.mqtt.status_period_s,
             tracker_period_s=config.tracker.period_s,
@@ -254,6 +257,11 @@ class Agent:
         floors (no NVML call; any thread)."""
         return node_capacity(self.fast.draw_mw, self.island.floor_mw(),
                              facility=self.config.facility, enrolled=self._enrolled_w)
+
+    def frequency_feed(self) -> tuple[float | None, float | None, bool]:
+        """(last frequency Hz, seconds since the last sample, stale); any thread."""
+        m = self.monitor
+        return m.last_hz, m.sample_age_s(self.clock.now()), m.stale
 
     def reload(self, load: Callable[[], Config]) -> ReloadResult:
         """Apply the configuration ``load()`` reads again: new signing keys and broker
@@ -340,7 +348,8 @@ class Agent:
         if self._metrics_server is not None:
             self._metrics_server.close()
         self.backend.close()
-        log.info("agent %s stopped", self.node_id)
+        if self._started:  # a failed start is said once, by the error that stopped it
+            log.info("agent %s stopped", self.node_id)
 
     def quiesce(self) -> None:
         """Stop taking triggers and controlling, then restore the limits found at start.

@@ -121,6 +121,7 @@ class ControllerParts:
     capacity: Callable[[], Capacity]  # the node's down-capacity now (no NVML call)
     capacity_watch: CapacityWatch  # logs when the node falls short of its enrolment
     simulated: bool  # the GPUs are simulated: the status says so
+    frequency_feed: Callable[[], tuple[float | None, float | None, bool]]  # Hz, age s, stale
 
 
 class ControllerLoop:
@@ -169,10 +170,15 @@ class ControllerLoop:
             payload = wire.status_payload(p.node_id, True, p.clock.wall(),
                                           p.island.view().event_id, self.status_gpus(),
                                           extra={"capacity": cap.fields(),
+                                                 "frequency": self._feed_fields(),
                                                  "simulated": p.simulated})
         else:
             payload = wire.offline_payload(p.node_id)
         p.status_link.publish_nowait(p.status_topic, payload, qos=1, retain=True)
+
+    def _feed_fields(self) -> dict[str, object]:
+        hz, age, stale = self._parts.frequency_feed()
+        return {"hz": hz, "age_s": None if age is None else round(age, 3), "stale": stale}
 
     def status_gpus(self) -> list[dict[str, float | str | None]]:
         """Per-GPU status from tier 1's last reading and the limits the GPUs enforce as last

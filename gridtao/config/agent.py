@@ -141,6 +141,8 @@ class SafetyConfig:
     watchdog_timeout_s: float = field(default=3.0, metadata=rng(0.05, 3600))
     safe_state: Literal["default", "hold", "minimum"] = "default"
     max_event_s: float = field(default=3600.0, metadata=rng(1, 86_400 * 7))
+    # A frequency feed silent for longer is taken as nominal: activations end by their rules.
+    frequency_stale_s: float = field(default=5.0, metadata=rng(0.1, 3600))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ class KindInfo:
     through a droop (FCR-D up, FCR-N) as tier 2's commitment; ``scheduled`` is dispatched ahead
     of time (demand response). ``symmetric``: delivers up and down around a baseline (the node
     can enrol it once). ``test_name``: the name ``gridtao prequalify`` / ``bench compliance``
-    take; ``test_time_scale``: the default time compression of its tests.
+    take; ``test_time_scale``: the default time compression of its tests; ``nominal_hz``: the
+    grid frequency it is defined around, the value a stale feed is taken for.
     """
 
     name: str
@@ -38,6 +39,7 @@ class KindInfo:
     test_time_scale: float
     symmetric: bool = False
     once_per_node: bool = False
+    nominal_hz: float = 50.0  # the grid's nominal frequency (what a silent feed is taken for)
 
     @property
     def frequency(self) -> bool:
@@ -52,7 +54,8 @@ class KindInfo:
 
 KINDS: Mapping[str, KindInfo] = MappingProxyType({k.name: k for k in (
     KindInfo("ffr", "Nordic Fast Frequency Reserve", "step", "ffr", 0.1),
-    KindInfo("ercot-ffr", "ERCOT Fast Frequency Response", "step", "ercot-ffr", 0.02),
+    KindInfo("ercot-ffr", "ERCOT Fast Frequency Response", "step", "ercot-ffr", 0.02,
+             nominal_hz=60.0),
     KindInfo("fcr-d-up", "FCR-D upwards", "proportional", "fcr-d", 0.1),
     KindInfo("fcr-d-up-static", "FCR-D upwards, static", "static", "fcr-d-static", 0.1),
     KindInfo("fcr-n", "FCR-N", "proportional", "fcr-n", 0.1, symmetric=True,

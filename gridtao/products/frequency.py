@@ -13,10 +13,13 @@ Rules (Nordic FFR style, per configured level):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gridtao.config.agent import FrequencyTrigger
+
+log = logging.getLogger("gridtao.frequency")
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,8 @@ class _LevelState:
 class FrequencyMonitor:
     """Turns frequency samples into activate/release actions for each armed level."""
 
-    def __init__(self, triggers: Sequence[FrequencyTrigger], *, event_prefix: str = "ffr") -> None:
+    def __init__(self, triggers: Sequence[FrequencyTrigger], *, event_prefix: str = "ffr",
+                 stale_after_s: float | None = None) -> None:
         keys = [level_key(t) for t in triggers]
         if len(set(keys)) != len(keys):
             raise ValueError("frequency trigger levels must be distinct")
@@ -64,6 +68,27 @@ class FrequencyMonitor:
         self._prefix = event_prefix
         self._count = 0
         self.last_hz: float | None = None
+        #: Monotonic time of the last sample (None: none yet); read from any thread.
+        self.last_sample_s: float | None = None
+        #: A feed silent for longer than this is stale: taken as nominal frequency (None: never).
+        self.stale_after_s = stale_after_s
+        self.stale = False
+
+    def sample_age_s(self, now_s: float) -> float | None:
+        """Seconds since the last sample (None before the first)."""
+        return None if self.last_sample_s is None else max(0.0, now_s - self.last_sample_s)
+
+    def check_stale(self, now_s: float) -> bool:
+        """True while the feed is stale; logs when it becomes so (the caller's tick)."""
+        age = self.sample_age_s(now_s)
+        if self.stale_after_s is None or age is None or age <= self.stale_after_s:
+            return False
+        if not self.stale:
+            self.stale = True
+            log.warning("frequency feed stale: no sample for %.1f s (last %.3f Hz); taken as "
+                        "nominal, so frequency activations end by their rules", age,
+                        self.last_hz if self.last_hz is not None else float("nan"))
+        return True
 
     @property
     def active_event_ids(self) -> list[str]:
@@ -71,7 +96,10 @@ class FrequencyMonitor:
 
     def on_sample(self, hz: float, now_s: float, *, wall_s: float) -> list[Action]:
         """Feed one sample (``now_s`` monotonic, ``wall_s`` Unix for the event id)."""
-        self.last_hz = hz
+        if self.stale:
+            self.stale = False
+            log.info("frequency feed back: %.3f Hz", hz)
+        self.last_hz, self.last_sample_s = hz, now_s
         actions: list[Action] = []
         for lv in self._levels:
             trig = lv.trigger
@@ -91,8 +119,13 @@ class FrequencyMonitor:
         return actions
 
     def on_tick(self, now_s: float) -> list[Action]:
-        """Release levels whose recovery and minimum hold have both elapsed."""
+        """Release levels whose recovery and minimum hold have both elapsed. While the feed
+        is stale every active level counts as recovered from the moment it went stale."""
         actions: list[Action] = []
+        if self.check_stale(now_s):
+            for lv in self._levels:
+                if lv.event_id is not None and lv.above_since_s is None:
+                    lv.above_since_s = now_s
         for lv in self._levels:
             if lv.event_id is None or lv.above_since_s is None:
                 continue

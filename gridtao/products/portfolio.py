@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from gridtao.config.agent import FrequencyTrigger, ProductConfig
+from gridtao.config.kinds import KINDS
 from gridtao.products.base import FrequencyProduct, ProductStatus
 from gridtao.products.catalog import make_product
 from gridtao.products.dr import DrEvent, DrSchedule, DrState
@@ -76,11 +77,21 @@ class Portfolio:
                 p.required_reduction_w(None, now_s)
             return self._step_all(None, now_s)
 
-    def _step_all(self, hz: float | None, now_s: float) -> list[Transition]:
+    def on_stale(self, now_s: float) -> list[Transition]:
+        """The feed is silent: give every product its grid's nominal frequency, so each goes
+        neutral the way its rules allow (a step holds, then ramps out; FCR-D static waits out
+        its recovery; a proportional product's median fills with nominal samples)."""
+        with self._lock:
+            for p in self.proportional:
+                p.required_reduction_w(KINDS[p.kind].nominal_hz, now_s)
+            return self._step_all(None, now_s, nominal=True)
+
+    def _step_all(self, hz: float | None, now_s: float, *,
+                  nominal: bool = False) -> list[Transition]:
         out: list[Transition] = []
         for p in self.step:
             before = p.state
-            p.required_reduction_w(hz, now_s)
+            p.required_reduction_w(KINDS[p.kind].nominal_hz if nominal else hz, now_s)
             if before != "active" and p.state == "active":
                 out.append((p, "activate"))
             elif before == "active" and p.state != "active":
@@ -135,8 +146,9 @@ class ProductMonitor(FrequencyMonitor):
         *,
         on_change: Callable[[float], None] | None = None,
         event_prefix: str = "ffr",
+        stale_after_s: float | None = None,
     ) -> None:
-        super().__init__(triggers, event_prefix=event_prefix)
+        super().__init__(triggers, event_prefix=event_prefix, stale_after_s=stale_after_s)
         self.portfolio = portfolio
         self.on_change = on_change
         self._events: dict[str, StepProduct] = {}  # active step activations by event id
@@ -162,7 +174,9 @@ class ProductMonitor(FrequencyMonitor):
         actions = super().on_tick(now_s)
         if self._in_sample:
             return actions
-        actions.extend(self._actions(self.portfolio.on_tick(now_s), None))
+        transitions = (self.portfolio.on_stale(now_s) if self.stale
+                       else self.portfolio.on_tick(now_s))
+        actions.extend(self._actions(transitions, None))
         self._changed(now_s)
         return actions
 

@@ -292,6 +292,9 @@ class Journal:
             if clean:
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
+                # Still holding the lock, so no other agent can be between open and flock.
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.with_name(self.path.name + ".lock").unlink()
                 fsync_dir(self.path.parent)
             else:
                 self._write()

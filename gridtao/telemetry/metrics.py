@@ -350,3 +350,34 @@ class CapacityCollector(Collector):
         enrolled.add_metric([], cap.enrolled_w)
         floor.add_metric([], cap.floor_w)
         yield from (deliverable, it, enrolled, floor)
+
+
+class FeedCollector(Collector):
+    """The frequency feed as an operator alerts on it, read at scrape time from ``read()``:
+    (last frequency Hz or None, seconds since the last sample or None, stale)."""
+
+    def __init__(self, read: Callable[[], tuple[float | None, float | None, bool]], *,
+                 registry: CollectorRegistry) -> None:
+        self._read = read
+        registry.register(self)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("gridtao_frequency_hz", "Last grid frequency sample, Hz."),
+            GaugeMetricFamily("gridtao_frequency_sample_age_seconds",
+                              "Seconds since the last frequency sample (NaN: none yet)."),
+            GaugeMetricFamily("gridtao_frequency_feed_stale",
+                              "1 while the frequency feed is stale (taken as nominal)."),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        hz, age, stale = self._read()
+        last, age_family, stale_family = self._families()
+        last.add_metric([], math.nan if hz is None else hz)
+        age_family.add_metric([], math.nan if age is None else age)
+        stale_family.add_metric([], 1.0 if stale else 0.0)
+        yield from (last, age_family, stale_family)
