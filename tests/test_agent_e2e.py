@@ -467,3 +467,30 @@ def test_a_v1_client_with_mosquitto_tools_drives_and_observes(
         )
     # Stopped cleanly: the retained status says offline (what a v1 client sees last).
     assert _cli_retained(mqtt_broker, topics.status) == {"node": "cli", "online": False}
+
+
+# ---------------------------------------------------------------- one agent per node id
+
+
+def test_a_second_agent_on_a_served_node_id_refuses_to_start(
+    mqtt_broker: MosquittoBroker,
+) -> None:
+    from gridtao.app.agent import Agent, AgentOptions
+    from gridtao.app.instance import Instance, NodeIdInUse
+    from gridtao.gpu.nvml import NvmlBackend
+
+    with running_node(mqtt_broker, "twin", serve=True) as node:
+        first = node.agent
+        wait_for(lambda: node.value("gridtao_gpus_simulated") == 1.0, "metrics")
+        time.sleep(0.3)  # a status or two out (status_period_s 0.1)
+        sim = steady_sim(first.config.gpus.sim, node.sim.clock, 300.0)
+        second = Agent(first.config, clock=sim.clock, backend=NvmlBackend(sim),
+                       options=AgentOptions(serve_metrics=False, connect_timeout_s=WAIT_S))
+        # Another process on this host (the broker's), as a second `gridtao run` would be.
+        pid = mqtt_broker.pid
+        assert pid is not None
+        second.instance = Instance(pid=pid)
+        with pytest.raises(NodeIdInUse, match=rf"node id 'twin' is already served .*"
+                           rf"{first.instance.id}"):
+            second.start()
+        assert node.agent.island.view().event_id is None and first.lane.link.is_connected

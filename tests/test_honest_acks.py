@@ -183,3 +183,39 @@ def test_a_dry_run_acks_what_it_would_write_and_claims_no_command() -> None:
         island.close()
         base.island.close()
         base.backend.close()
+
+
+def test_sigterm_while_waiting_for_the_broker_at_start_stops_at_once(tmp_path: Path) -> None:
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:  # a loopback port nothing listens on: the broker is "down"
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "gpus": {"backend": "sim", "sim": {"count": 2}},
+        "mqtt": {"host": "127.0.0.1", "port": port, "node_id": "sigterm-at-start"},
+        "metrics": {"enabled": False},
+        "audit": {"enabled": False}, "journal": {"enabled": False}}))
+    proc = subprocess.Popen([sys.executable, "-m", "gridtao", "--config", str(cfg), "run"],
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "connecting to the broker" in line:
+                break
+        time.sleep(0.5)  # well into the start's wait for the broker
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+        waited = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 0
+    # Without the abort the start waits out its 10 s broker timeout first; 5 s leaves room for
+    # a loaded CI machine and still fails that.
+    assert waited < 5.0, waited

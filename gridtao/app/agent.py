@@ -33,6 +33,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from gridtao import __version__
+from gridtao.app.instance import Instance, ensure_unique
 from gridtao.app.periodic import ControllerLoop, ControllerParts
 from gridtao.app.reload import ReloadResult, apply_reload, plan_reload, read_credentials
 from gridtao.clock import Clock, MonotonicClock
@@ -107,6 +108,7 @@ class Agent:
         # before any GPU is opened, not in a reconnect loop later.
         verifier, tls_context, password = read_credentials(config)
         self.node_id = config.mqtt.node_id or default_node_id()
+        self.instance = Instance()  # in the retained status: no second agent on this node id
         self.topics = wire.Topics(config.mqtt.prefix, self.node_id)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -226,6 +228,7 @@ class Agent:
         self._metrics_server: MetricsServer | None = None
         self._started = False
         self._closed = False
+        self._abort_start = threading.Event()  # set by abort_start(): stop waiting now
         #: GPUs whose limit found at start could not be restored at stop (exit status 3).
         self.restore_failed = 0
         self._quiesced = False
@@ -246,6 +249,7 @@ class Agent:
                 status_link=self.status_link, ledger=self.ledger,
                 capacity=self.capacity, capacity_watch=self.capacity_watch,
                 simulated=self.simulated, frequency_feed=self.frequency_feed,
+                instance=self.instance.fields(),
             ),
             status_period_s=config.mqtt.status_period_s,
             tracker_period_s=config.tracker.period_s,
@@ -286,6 +290,8 @@ class Agent:
         (after undoing what was started)."""
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         try:
+            ensure_unique(self.config, self.topics.status, self.node_id, self.instance,
+                          wall=self.clock.wall())
             self.ledger.start({"gpus": [
                 {"index": d.index, "uuid": d.uuid, "name": d.name, "min_mw": lim.min_mw,
                  "default_mw": lim.default_mw, "max_mw": lim.max_mw, "found_mw": found}
@@ -311,7 +317,10 @@ class Agent:
             if self.options.serve_metrics and self.config.metrics.enabled:
                 mc = self.config.metrics
                 self._metrics_server = start_http_server(self.metrics, mc.host, mc.port)
-            connected = self.lane.start(connect_timeout_s=self.options.connect_timeout_s)
+            log.info("agent %s: connecting to the broker at %s:%d", self.node_id,
+                     self.config.mqtt.host, self.config.mqtt.port)
+            connected = self.lane.start(connect_timeout_s=self.options.connect_timeout_s,
+                                        abort=self._abort_start)
             if not connected:
                 log.warning("broker %s:%d not reachable yet; retrying in the background",
                             self.config.mqtt.host, self.config.mqtt.port)
@@ -350,6 +359,11 @@ class Agent:
         self.backend.close()
         if self._started:  # a failed start is said once, by the error that stopped it
             log.info("agent %s stopped", self.node_id)
+
+    def abort_start(self) -> None:
+        """Cut :meth:`start`'s wait for the broker short (thread-safe; a stop signal during
+        start): start then returns at once and the caller stops the agent."""
+        self._abort_start.set()
 
     def quiesce(self) -> None:
         """Stop taking triggers and controlling, then restore the limits found at start.

@@ -122,6 +122,7 @@ class ControllerParts:
     capacity_watch: CapacityWatch  # logs when the node falls short of its enrolment
     simulated: bool  # the GPUs are simulated: the status says so
     frequency_feed: Callable[[], tuple[float | None, float | None, bool]]  # Hz, age s, stale
+    instance: Mapping[str, object]  # this agent (id, pid, host): two on one node id are refused
 
 
 class ControllerLoop:
@@ -171,7 +172,8 @@ class ControllerLoop:
                                           p.island.view().event_id, self.status_gpus(),
                                           extra={"capacity": cap.fields(),
                                                  "frequency": self._feed_fields(),
-                                                 "simulated": p.simulated})
+                                                 "simulated": p.simulated,
+                                                 "instance": dict(p.instance)})
         else:
             payload = wire.offline_payload(p.node_id)
         p.status_link.publish_nowait(p.status_topic, payload, qos=1, retain=True)

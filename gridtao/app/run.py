@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from typing import Any
 
 from gridtao.app.agent import Agent, AgentOptions
 from gridtao.config.agent import Config, ConfigError
@@ -50,8 +51,19 @@ async def run_agent(config: Config, *, options: AgentOptions | None = None,
             loop.add_signal_handler(sig, handler)
     agent = Agent(config, options=options)
     try:
-        agent.start()
-        await agent.serve(stop)
+        # Start off the loop, so a stop signal is handled while it waits for the broker.
+        starting: asyncio.Future[None] = loop.run_in_executor(None, agent.start)
+        stopping: asyncio.Future[bool] = asyncio.ensure_future(stop.wait())
+        pending: set[asyncio.Future[Any]] = {starting, stopping}
+        try:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                agent.abort_start()
+            await starting
+        finally:
+            stopping.cancel()
+        if not stop.is_set():
+            await agent.serve(stop)
     finally:
         agent.close()
     return EXIT_NOT_RESTORED if agent.restore_failed else 0

@@ -9,10 +9,10 @@ writers.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from gridtao.hotpath.intake import Intake, Outgoing
@@ -21,6 +21,7 @@ from gridtao.transport.mqtt import MqttLink, new_event_loop
 log = logging.getLogger("gridtao.lane")
 
 TICK_S = 0.05
+CONNECT_POLL_S = 0.02  # how often start() looks at the connection (and its abort)
 
 
 class IslandLane:
@@ -39,25 +40,25 @@ class IslandLane:
     def link(self) -> MqttLink:
         return self._link
 
-    def start(self, *, connect_timeout_s: float | None = None) -> bool:
-        """Start the thread; with a timeout, wait for the first broker connection (True if up)."""
+    def start(self, *, connect_timeout_s: float | None = None,
+              abort: threading.Event | None = None) -> bool:
+        """Start the thread; with a timeout, wait for the first broker connection (True if up).
+        ``abort`` set from another thread (a signal handler) ends the wait at once; the lane
+        keeps trying to connect in the background either way."""
         self._thread.start()
         self._ready.wait(timeout=5.0)
         if connect_timeout_s is None:
             return self._link.is_connected
-        fut = asyncio.run_coroutine_threadsafe(
-            self._wait_connected(connect_timeout_s), self._loop)
-        try:
-            return bool(fut.result(timeout=connect_timeout_s + 1.0))
-        except concurrent.futures.TimeoutError:  # TimeoutError's alias only from Python 3.11
-            fut.cancel()
-            return False
-
-    async def _wait_connected(self, timeout_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._link.connected.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            return False
+        deadline = time.monotonic() + connect_timeout_s
+        while not self._link.is_connected:
+            left = deadline - time.monotonic()
+            if left <= 0 or (abort is not None and abort.is_set()):
+                return False
+            # Polled: the connection event lives on the lane's loop, the abort on this thread.
+            if abort is not None:
+                abort.wait(min(CONNECT_POLL_S, left))
+            else:
+                time.sleep(min(CONNECT_POLL_S, left))
         return True
 
     def call(self, fn: Callable[[], list[Outgoing] | None]) -> None:

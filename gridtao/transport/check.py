@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import uuid
 
 import aiomqtt
@@ -17,7 +18,7 @@ from gridtao.transport.diagnose import AttemptLog, PahoTap, connected
 from gridtao.transport.tls import read_password, ssl_context
 from gridtao.wire import messages as wire
 
-__all__ = ["probe_broker"]
+__all__ = ["probe_broker", "read_retained", "read_retained_now"]
 
 log = logging.getLogger("gridtao.check_broker")
 
@@ -56,3 +57,61 @@ async def probe_broker(config: Config, *, node_id: str, timeout_s: float = 10.0
     who = f" as {m.username!r}" if m.username else ""
     return True, (f"broker {m.host}:{m.port} accepted the connection{how}{who} and the "
                   f"subscriptions to {topics.dispatch} and {topics.frequency}")
+
+
+#: How long to wait after the subscription is granted for a retained message to arrive (the
+#: broker sends it right after the SUBACK; none may exist).
+RETAINED_WAIT_S = 0.25
+
+
+async def read_retained(config: Config, topic: str, *, timeout_s: float = 2.0) -> bytes | None:
+    """The retained message on ``topic``, or None when there is none or the broker cannot be
+    asked (unreachable, refused, ACL): the caller proceeds without the answer."""
+    m = config.mqtt
+    tap = PahoTap(asyncio.get_running_loop())
+    client = aiomqtt.Client(
+        m.host, m.port,
+        identifier=f"gridtao-peek-{os.getpid()}-{uuid.uuid4().hex[:8]}",  # never the agent's
+        protocol=aiomqtt.ProtocolVersion.V5,
+        keepalive=m.keepalive_s, timeout=timeout_s,
+        tls_context=ssl_context(m, source=config.source), username=m.username,
+        password=read_password(m, source=config.source), logger=tap,
+    )
+    try:
+        async with connected(client, tap):
+            await client.subscribe(topic, qos=1)
+
+            async def first_retained() -> bytes | None:
+                async for message in client.messages:
+                    if message.retain and isinstance(message.payload, bytes):
+                        return message.payload
+                return None
+
+            try:
+                return await asyncio.wait_for(first_retained(), RETAINED_WAIT_S)
+            except asyncio.TimeoutError:
+                return None
+    except (aiomqtt.MqttError, OSError) as e:
+        # The agent's own connection reports a broker problem, once and clearly.
+        log.debug("could not read %s (%s): going on without it", topic, e)
+    return None
+
+
+def read_retained_now(config: Config, topic: str, *, timeout_s: float = 2.0) -> bytes | None:
+    """:func:`read_retained` from synchronous code, on a private thread and event loop."""
+    from gridtao.transport.mqtt import new_event_loop
+
+    result: list[bytes | None] = [None]
+
+    def run() -> None:
+        loop = new_event_loop()
+        try:
+            result[0] = loop.run_until_complete(read_retained(config, topic,
+                                                              timeout_s=timeout_s))
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="gridtao-peek", daemon=True)
+    thread.start()
+    thread.join(timeout_s + RETAINED_WAIT_S + 2.0)
+    return result[0]
