@@ -2,8 +2,8 @@
 
 Pure simulation, no broker and no GPUs: a node whose IT power follows its target through
 first-order lags (cap-down 50 ms, cap-up 250 ms: tier 1 plus firmware), a facility plant
-(gridtao/control/tier2/facility.py: losses at once, cooling through a lag) and a meter-level commitment
-shaped by a demand-response event (gridtao/products/dr.py). Each strategy turns the meter
+(gridtao/control/tier2/facility.py: losses at once, cooling through a lag) and a meter-level
+commitment shaped by a demand-response event (gridtao/products/dr.py). Each strategy turns the meter
 reduction into an IT target, refreshing its cooling estimate once a second from the measured
 IT power as tier 2 does, and is scored on the same scenario:
 
@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gridtao.telemetry.plotting import pyplot
-from gridtao.telemetry.runinfo import provenance
 from gridtao.bench.render import write_outputs
 from gridtao.config.agent import FacilityConfig
 from gridtao.control.tier2.facility import (
@@ -39,6 +37,8 @@ from gridtao.control.tier2.facility import (
     ReductionTracker,
 )
 from gridtao.products.dr import DrSchedule
+from gridtao.telemetry.plotting import pyplot
+from gridtao.telemetry.runinfo import provenance
 from gridtao.wire.messages import DrDispatch
 
 CAP_DOWN_TAU_S, CAP_UP_TAU_S = 0.05, 0.25

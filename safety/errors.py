@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["IslandWriteError", "WriteTimeout", "UnexpectedWriteError"]
+__all__ = ["IslandWriteError", "UnexpectedWriteError", "WriteTimeout"]
 
 
 class IslandWriteError(Exception):

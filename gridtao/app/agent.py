@@ -54,9 +54,13 @@ from gridtao.safety.island import Activation, SafetyIsland
 from gridtao.safety.watchdog import Watchdog
 from gridtao.security.bounds import CutBasis
 from gridtao.security.guard import Guard
-from gridtao.telemetry.metrics import (
+from gridtao.telemetry.collectors import (
     CapacityCollector,
     FeedCollector,
+    LinkCollector,
+    TrackerCollector,
+)
+from gridtao.telemetry.metrics import (
     Metrics,
     MetricsServer,
     StatsCollector,
@@ -240,6 +244,9 @@ class Agent:
         self.capacity_watch = CapacityWatch()
         CapacityCollector(self.capacity, registry=self.registry)
         FeedCollector(self.frequency_feed, registry=self.registry)
+        TrackerCollector(self.tier2.snapshot, registry=self.registry)
+        LinkCollector({"island": lambda: self.lane.link.is_connected,
+                       "status": lambda: self.status_link.is_connected}, registry=self.registry)
         self.controller = ControllerLoop(
             ControllerParts(
                 node_id=self.node_id, status_topic=self.topics.status,

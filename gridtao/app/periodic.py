@@ -145,6 +145,8 @@ class ControllerLoop:
         self._tracker_period_s = tracker_period_s
         self._busy_load_fraction = busy_load_fraction  # bench only: 0..0.95 of this loop
         self._audited_limits: tuple[int, ...] | None = None
+        self._product_states: dict[str, str] = {}  # for record_transitions
+        self._dr_states: dict[str, str] = {}
         self._busy_sink = 0
 
     def tasks(self) -> list[Coroutine[Any, Any, None]]:
@@ -220,10 +222,39 @@ class ControllerLoop:
             await asyncio.sleep(self._tracker_period_s)
             try:
                 p.tier2.tick(self.it_power_w())
-                payload = wire.tracker_payload(p.node_id, p.clock.wall(), p.tier2.snapshot())
+                snapshot = p.tier2.snapshot()
+                self.record_transitions(snapshot)
+                payload = wire.tracker_payload(p.node_id, p.clock.wall(), snapshot)
                 p.status_link.publish_nowait(p.tracker_topic, payload, qos=0, retain=True)
             except Exception:
                 log.exception("tier 2 tick failed")
+
+    def record_transitions(self, snapshot: Mapping[str, Any]) -> None:
+        """Audit every change of a product's state and of a DR event's, with the reduction
+        required then (W at the settlement point): tier 2's activations (FCR-D, FCR-N, DR) get
+        their start and end in the trail, as settlement needs. Called once a tier-2 period."""
+        p = self._parts
+        for product in snapshot.get("products", []):
+            name, state = str(product["name"]), str(product["state"])
+            was = self._product_states.get(name)
+            self._product_states[name] = state
+            if was is not None and was != state:
+                p.ledger.record("product_state", {
+                    "product": name, "kind": product["kind"], "from": was, "to": state,
+                    "required_w": product["required_w"], "reduction_w": snapshot.get(
+                        "reduction_w")})
+        seen: set[str] = set()
+        for event in snapshot.get("dr", []):
+            event_id, state = str(event["id"]), str(event["state"])
+            seen.add(event_id)
+            was = self._dr_states.get(event_id)
+            self._dr_states[event_id] = state
+            if was != state:
+                p.ledger.record("dr_state", {"event": event_id, "from": was, "to": state,
+                                             "reduction_w": snapshot.get("reduction_w")})
+        for event_id in [e for e in self._dr_states if e not in seen]:  # done and dropped
+            p.ledger.record("dr_state", {"event": event_id, "from": self._dr_states.pop(event_id),
+                                         "to": "ended", "reduction_w": snapshot.get("reduction_w")})
 
     def it_power_w(self) -> float:
         """Node IT power, W: each GPU's 1-s average (tier 1's last instant reading if that read

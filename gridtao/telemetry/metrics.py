@@ -22,13 +22,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal, NamedTuple, Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client import start_http_server as _prom_start_http_server
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 MessageResult = Literal["accepted", "rejected", "duplicate"]
@@ -90,7 +90,9 @@ class Metrics:
         )
         self._node_target.set(math.nan)
         self._event_active = Gauge(
-            "gridtao_event_active", "1 while a grid event holds the GPUs capped, else 0.",
+            "gridtao_event_active",
+            "1 while any activation holds the node's target: an island event (FFR, a dispatched "
+            "cut) or tier 2's commitment (FCR-D, FCR-N, DR); else 0.",
             registry=registry,
         )
         self._messages = Counter(
@@ -298,86 +300,3 @@ def start_http_server(metrics: Metrics, host: str, port: int) -> MetricsServer:
     """
     server, thread = _prom_start_http_server(port, addr=host, registry=metrics.registry)
     return MetricsServer(server, thread)
-
-
-class CapacityReading(Protocol):
-    """A node capacity snapshot (``gridtao.control.capacity.Capacity``), W."""
-
-    @property
-    def deliverable_w(self) -> float: ...
-
-    @property
-    def deliverable_it_w(self) -> float: ...
-
-    @property
-    def enrolled_w(self) -> float: ...
-
-    @property
-    def floor_w(self) -> float: ...
-
-
-class CapacityCollector(Collector):
-    """The node's down-capacity, computed when Prometheus scrapes from ``read()`` (tier 1's
-    latest readings and the island's floors: no NVML call). Runs on the scraping thread."""
-
-    def __init__(self, read: Callable[[], CapacityReading], *,
-                 registry: CollectorRegistry) -> None:
-        self._read = read
-        registry.register(self)
-
-    @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily,
-                             GaugeMetricFamily]:
-        return (
-            GaugeMetricFamily("gridtao_capacity_deliverable_watts",
-                              "Reduction the node can deliver now at the settlement point, W."),
-            GaugeMetricFamily("gridtao_capacity_deliverable_it_watts",
-                              "Reduction the node can deliver now at the GPUs, W."),
-            GaugeMetricFamily("gridtao_capacity_enrolled_watts",
-                              "Summed capacity of the enrolled frequency products, W."),
-            GaugeMetricFamily("gridtao_capacity_floor_watts",
-                              "Lowest IT power the node can be held at (GPU floors), W."),
-        )
-
-    def describe(self) -> Iterator[Metric]:
-        yield from self._families()
-
-    def collect(self) -> Iterator[Metric]:
-        cap = self._read()
-        deliverable, it, enrolled, floor = self._families()
-        deliverable.add_metric([], cap.deliverable_w)
-        it.add_metric([], cap.deliverable_it_w)
-        enrolled.add_metric([], cap.enrolled_w)
-        floor.add_metric([], cap.floor_w)
-        yield from (deliverable, it, enrolled, floor)
-
-
-class FeedCollector(Collector):
-    """The frequency feed as an operator alerts on it, read at scrape time from ``read()``:
-    (last frequency Hz or None, seconds since the last sample or None, stale)."""
-
-    def __init__(self, read: Callable[[], tuple[float | None, float | None, bool]], *,
-                 registry: CollectorRegistry) -> None:
-        self._read = read
-        registry.register(self)
-
-    @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
-        return (
-            GaugeMetricFamily("gridtao_frequency_hz", "Last grid frequency sample, Hz."),
-            GaugeMetricFamily("gridtao_frequency_sample_age_seconds",
-                              "Seconds since the last frequency sample (NaN: none yet)."),
-            GaugeMetricFamily("gridtao_frequency_feed_stale",
-                              "1 while the frequency feed is stale (taken as nominal)."),
-        )
-
-    def describe(self) -> Iterator[Metric]:
-        yield from self._families()
-
-    def collect(self) -> Iterator[Metric]:
-        hz, age, stale = self._read()
-        last, age_family, stale_family = self._families()
-        last.add_metric([], math.nan if hz is None else hz)
-        age_family.add_metric([], math.nan if age is None else age)
-        stale_family.add_metric([], 1.0 if stale else 0.0)
-        yield from (last, age_family, stale_family)

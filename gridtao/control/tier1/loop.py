@@ -308,7 +308,8 @@ class FastLoop:
             m.observe_node(
                 node_mw / 1000.0,
                 None if view.target_mw is None else view.target_mw / 1000.0,
-                view.event_id is not None,
+                # Any activation: an island event, or tier 2's commitment (FCR-D, FCR-N, DR).
+                view.event_id is not None or view.commitment_mw is not None,
             )
             m.observe_fast_loop(duration)
         if self._heartbeat is not None:

@@ -1,0 +1,169 @@
+"""Prometheus collectors that read the agent's state when a scrape comes (model:
+prometheus_client's ``GCCollector``): nothing is copied on a timer, and no collector calls NVML.
+Each runs on the scraping thread (the metrics HTTP server's, or a test's) and reads thread-safe
+snapshots through the callables it was given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["CapacityCollector", "CapacityReading", "FeedCollector", "LinkCollector",
+           "TrackerCollector"]
+
+
+class CapacityReading(Protocol):
+    """A node capacity snapshot (``gridtao.control.capacity.Capacity``), W."""
+
+    @property
+    def deliverable_w(self) -> float: ...
+
+    @property
+    def deliverable_it_w(self) -> float: ...
+
+    @property
+    def enrolled_w(self) -> float: ...
+
+    @property
+    def floor_w(self) -> float: ...
+
+
+class CapacityCollector(Collector):
+    """The node's down-capacity, computed when Prometheus scrapes from ``read()`` (tier 1's
+    latest readings and the island's floors: no NVML call). Runs on the scraping thread."""
+
+    def __init__(self, read: Callable[[], CapacityReading], *,
+                 registry: CollectorRegistry) -> None:
+        self._read = read
+        registry.register(self)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily,
+                             GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("gridtao_capacity_deliverable_watts",
+                              "Reduction the node can deliver now at the settlement point, W."),
+            GaugeMetricFamily("gridtao_capacity_deliverable_it_watts",
+                              "Reduction the node can deliver now at the GPUs, W."),
+            GaugeMetricFamily("gridtao_capacity_enrolled_watts",
+                              "Summed capacity of the enrolled frequency products, W."),
+            GaugeMetricFamily("gridtao_capacity_floor_watts",
+                              "Lowest IT power the node can be held at (GPU floors), W."),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        cap = self._read()
+        deliverable, it, enrolled, floor = self._families()
+        deliverable.add_metric([], cap.deliverable_w)
+        it.add_metric([], cap.deliverable_it_w)
+        enrolled.add_metric([], cap.enrolled_w)
+        floor.add_metric([], cap.floor_w)
+        yield from (deliverable, it, enrolled, floor)
+
+
+class FeedCollector(Collector):
+    """The frequency feed as an operator alerts on it, read at scrape time from ``read()``:
+    (last frequency Hz or None, seconds since the last sample or None, stale)."""
+
+    def __init__(self, read: Callable[[], tuple[float | None, float | None, bool]], *,
+                 registry: CollectorRegistry) -> None:
+        self._read = read
+        registry.register(self)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("gridtao_frequency_hz", "Last grid frequency sample, Hz."),
+            GaugeMetricFamily("gridtao_frequency_sample_age_seconds",
+                              "Seconds since the last frequency sample (NaN: none yet)."),
+            GaugeMetricFamily("gridtao_frequency_feed_stale",
+                              "1 while the frequency feed is stale (taken as nominal)."),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        hz, age, stale = self._read()
+        last, age_family, stale_family = self._families()
+        last.add_metric([], math.nan if hz is None else hz)
+        age_family.add_metric([], math.nan if age is None else age)
+        stale_family.add_metric([], 1.0 if stale else 0.0)
+        yield from (last, age_family, stale_family)
+
+
+class LinkCollector(Collector):
+    """``gridtao_broker_connected{link}``: 1 while that MQTT link is connected."""
+
+    def __init__(self, links: Mapping[str, Callable[[], bool]], *,
+                 registry: CollectorRegistry) -> None:
+        self._links = dict(links)
+        registry.register(self)
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily("gridtao_broker_connected",
+                                 "1 while the MQTT link is connected to the broker, by link.",
+                                 labels=["link"])
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for name, connected in self._links.items():
+            family.add_metric([name], 1.0 if connected() else 0.0)
+        yield family
+
+
+class TrackerCollector(Collector):
+    """Tier 2 and the enrolled products from tier 2's snapshot (the retained tracker topic's
+    body, ``gridtao.control.tier2.tracker.Tier2.snapshot``): per product its state and required
+    reduction, and the node's required and delivered reduction (W)."""
+
+    def __init__(self, read: Callable[[], Mapping[str, Any]], *,
+                 registry: CollectorRegistry) -> None:
+        self._read = read
+        registry.register(self)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily,
+                             GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("gridtao_product_state",
+                              "1 for each enrolled product's current state.",
+                              labels=["product", "kind", "state"]),
+            GaugeMetricFamily("gridtao_product_required_watts",
+                              "Reduction each product requires now at the settlement point, W "
+                              "(FCR-N: negative when it asks for more power).",
+                              labels=["product", "kind"]),
+            GaugeMetricFamily("gridtao_reduction_required_watts",
+                              "Tier 2's committed reduction now at the settlement point, W."),
+            GaugeMetricFamily("gridtao_reduction_delivered_it_watts",
+                              "Measured IT reduction from tier 2's reference, W (NaN: none)."),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._read()
+        state, required, committed, delivered = self._families()
+        for p in snap.get("products", []):
+            labels = [str(p["name"]), str(p["kind"])]
+            state.add_metric([*labels, str(p["state"])], 1.0)
+            required.add_metric(labels, float(p["required_w"]))
+        committed.add_metric([], float(snap.get("reduction_w", 0.0)))
+        reference, it = snap.get("reference_it_w"), snap.get("it_w")
+        delivered.add_metric([], math.nan if reference is None or it is None
+                             else float(reference) - float(it))
+        yield from (state, required, committed, delivered)
