@@ -43,31 +43,26 @@ class CapacityCollector(Collector):
         self._read = read
         registry.register(self)
 
-    @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily,
-                             GaugeMetricFamily]:
-        return (
-            GaugeMetricFamily("gridtao_capacity_deliverable_watts",
-                              "Reduction the node can deliver now at the settlement point, W."),
-            GaugeMetricFamily("gridtao_capacity_deliverable_it_watts",
-                              "Reduction the node can deliver now at the GPUs, W."),
-            GaugeMetricFamily("gridtao_capacity_enrolled_watts",
-                              "Summed capacity of the enrolled frequency products, W."),
-            GaugeMetricFamily("gridtao_capacity_floor_watts",
-                              "Lowest IT power the node can be held at (GPU floors), W."),
-        )
+    #: (metric, help, the :class:`CapacityReading` attribute it exports)
+    GAUGES = (
+        ("gridtao_capacity_deliverable_watts",
+         "Reduction the node can deliver now at the settlement point, W.", "deliverable_w"),
+        ("gridtao_capacity_deliverable_it_watts",
+         "Reduction the node can deliver now at the GPUs, W.", "deliverable_it_w"),
+        ("gridtao_capacity_enrolled_watts",
+         "Summed capacity of the enrolled frequency products, W.", "enrolled_w"),
+        ("gridtao_capacity_floor_watts",
+         "Lowest IT power the node can be held at (GPU floors), W.", "floor_w"),
+    )
 
     def describe(self) -> Iterator[Metric]:
-        yield from self._families()
+        for name, doc, _ in self.GAUGES:
+            yield GaugeMetricFamily(name, doc)
 
     def collect(self) -> Iterator[Metric]:
         cap = self._read()
-        deliverable, it, enrolled, floor = self._families()
-        deliverable.add_metric([], cap.deliverable_w)
-        it.add_metric([], cap.deliverable_it_w)
-        enrolled.add_metric([], cap.enrolled_w)
-        floor.add_metric([], cap.floor_w)
-        yield from (deliverable, it, enrolled, floor)
+        for name, doc, attribute in self.GAUGES:
+            yield GaugeMetricFamily(name, doc, value=float(getattr(cap, attribute)))
 
 
 class FeedCollector(Collector):
