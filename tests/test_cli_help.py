@@ -4,10 +4,11 @@ help string only breaks when an operator asks for help."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
-from gridtao.cli.main import build_parser
+from gridtao.cli.main import build_parser, main
 
 
 def _subparsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
@@ -40,3 +41,39 @@ def test_bench_pue_offers_the_harness_scenarios() -> None:
     from gridtao.cli.bench import PUE_SCENARIOS
 
     assert set(PUE_SCENARIOS) == set(SCENARIOS)
+
+
+def test_config_and_log_level_are_accepted_after_the_command_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert main(["gpus", "--config", str(missing)]) == 2
+    assert f"{missing}: file not found" in capsys.readouterr().err
+    assert main(["gpus", "--bogus"]) == 2
+
+
+def test_bench_help_lists_every_harness(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("latency", "pue", "compliance", "fanout", "overhead"):
+        assert f"\n    {name}" in out, name
+
+
+def test_every_option_has_help_text() -> None:
+    def missing(parser: argparse.ArgumentParser, path: str) -> list[str]:
+        out: list[str] = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    out += missing(child, f"{path} {name}")
+            elif action.help is None:
+                out.append(f"{path} {action.option_strings or action.dest}")
+        return out
+
+    assert missing(build_parser(), "gridtao") == []
+
+
+def test_a_products_former_short_name_says_its_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "compliance", "--product", "fcr-d", "--list"]) == 2
+    assert "'fcr-d' is now 'fcr-d-up'" in capsys.readouterr().err
+    assert main(["bench", "compliance", "--product", "fcr-d-up", "--list"]) == 0

@@ -178,9 +178,10 @@ def test_the_kinds_catalog_names_every_configurable_product_kind() -> None:
 
     assert set(get_args(ProductKind)) == set(KINDS)
     assert "dr" not in frequency_kinds() and set(frequency_kinds()) == set(KINDS) - {"dr"}
-    assert kind_for_test_name("fcr-d").name == "fcr-d-up"
+    assert all(kind_for_test_name(k.test_name) is k for k in KINDS.values())
+    assert all(k.test_name == k.name for k in KINDS.values())  # one name per kind
     assert {k.test_name for k in KINDS.values()} == {
-        "ffr", "ercot-ffr", "fcr-d", "fcr-d-static", "fcr-n", "dr"}
+        "ffr", "ercot-ffr", "fcr-d-up", "fcr-d-up-static", "fcr-n", "dr"}
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.7"])

@@ -33,7 +33,7 @@ def test_real_gpus_are_refused_without_allow_actuation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "report"
-    rc = main(["prequalify", "--product", "fcr-d", "--backend", "nvml", "--out", str(out)])
+    rc = main(["prequalify", "--product", "fcr-d-up", "--backend", "nvml", "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and "--allow-actuation" in err and "nvml" in err
     assert not out.exists()

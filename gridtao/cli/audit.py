@@ -24,7 +24,8 @@ def configure_audit(p: argparse.ArgumentParser) -> None:
         description="Check the hash chain across audit files; exit 0 intact, 1 tampered, "
                     "2 unreadable.",
     )
-    verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.add_argument("files", nargs="+", metavar="FILE",
+                        help="audit files, oldest first (a rotated set in order)")
 
 
 def run_audit(args: argparse.Namespace, config: Config) -> int:

@@ -6,6 +6,7 @@ above all) ever loads them.
 from __future__ import annotations
 
 import argparse
+import importlib
 import shlex
 import sys
 
@@ -13,14 +14,21 @@ from gridtao.config.agent import Config, ConfigError
 from gridtao.telemetry import plotting
 from gridtao.telemetry.runinfo import provenance
 
+#: Harnesses with their own command line, reached as ``gridtao bench NAME [their options]``.
+PASSTHROUGH = {
+    "fanout": "the island's parallel write fan-out against sequential writes, in-process",
+    "overhead": "CPU and memory of an idle agent against a bare power-reading loop",
+}
+
 PUE_SCENARIOS = ("short", "dr")  # gridtao.bench.pue.SCENARIOS, checked there
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
     lat = sub.add_parser("latency", help="trigger-to-target latency against two baselines")
-    lat.add_argument("--triggers", type=int, default=50)
-    lat.add_argument("--gpus", type=int, default=8)
+    lat.add_argument("--triggers", type=int, default=50,
+                     help="dispatches to time (default 50)")
+    lat.add_argument("--gpus", type=int, default=8, help="simulated GPUs (default 8)")
     lat.add_argument("--baseline-triggers", type=int, default=None,
                      help="triggers per baseline (default min(triggers, 10))")
     lat.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -35,11 +43,18 @@ def configure(p: argparse.ArgumentParser) -> None:
 
     compliance_cli.configure(sub.add_parser(
         "compliance", help="a product's TSO test over a real broker, scored rule by rule"))
+    for name, what in PASSTHROUGH.items():
+        # Its own options follow the name; gridtao.cli.main hands them over unparsed.
+        sub.add_parser(name, help=what, add_help=False).set_defaults(passthrough=True)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     if getattr(args, "plot", None) and not plotting.available():
         raise plotting.PlottingUnavailable(f"--plot: {plotting.INSTALL_HINT}")  # before a run
+    if args.bench in PASSTHROUGH:
+        harness = importlib.import_module(f"gridtao.bench.{args.bench}")
+        status: int = harness.main(args.passthrough_args)
+        return status
     from gridtao.bench.latency import run_latency_bench
     from gridtao.bench.render import markdown, plot, write_outputs
 

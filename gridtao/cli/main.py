@@ -71,7 +71,8 @@ def _agent_commands() -> dict[str, Command]:
                        c.configure_run, c.run_agent_command),
         "demo": Command("self-contained demo: broker, agent on simulated GPUs, a dip and a shed",
                         c.configure_demo, c.run_demo_command),
-        "bench": Command("benchmarks: latency, pue, compliance", b.configure, b.run),
+        "bench": Command("benchmarks: latency, pue, compliance, fanout, overhead", b.configure,
+                         b.run),
         "prequalify": Command("run a grid product's TSO test sequence; write a report folder",
                               _prequalify().configure, lambda a, cfg: _prequalify().run(a, cfg)),
     }
@@ -106,24 +107,34 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gridtao", description="Grid-responsive GPU power-capping agent."
     )
     parser.add_argument("--version", action="version", version=f"gridtao {__version__}")
-    parser.add_argument(
-        "--config", metavar="FILE",
-        help=f"YAML configuration (default: ${ENV_VAR}, else built-in defaults)",
-    )
-    # info: start-up, every event, every rejection and the stop; warning and up: problems only
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    _add_common(parser, default_config=None, default_level="info")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        # Also after the command (`gridtao run --config F`); given there, it wins.
+        _add_common(p, default_config=argparse.SUPPRESS, default_level=argparse.SUPPRESS)
         cmd.configure(p)
     return parser
+
+
+def _add_common(p: argparse.ArgumentParser, *, default_config: str | None,
+                default_level: str) -> None:
+    p.add_argument("--config", metavar="FILE", default=default_config,
+                   help=f"YAML configuration (default: ${ENV_VAR}, else built-in defaults)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default=default_level,
+                   help="info (default): start-up, every event, every rejection and the stop; "
+                        "warning: problems only; debug: everything")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``gridtao`` command line; returns the exit status."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        # Unknown options are an error, except after a harness that parses its own.
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "passthrough", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.passthrough_args = extra
     except SystemExit as e:  # argparse: --help, --version or a usage error (already printed)
         return e.code if isinstance(e.code, int) else EXIT_ERROR
     if args.command is None:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
-__all__ = ["KINDS", "Activation", "KindInfo", "frequency_kinds", "kind_for_test_name"]
+__all__ = ["FORMER_TEST_NAMES", "KINDS", "Activation", "KindInfo", "frequency_kinds",
+           "kind_for_test_name"]
 
 Activation = Literal["step", "static", "proportional", "scheduled"]
 
@@ -28,8 +29,9 @@ class KindInfo:
     through a droop (FCR-D up, FCR-N) as tier 2's commitment; ``scheduled`` is dispatched ahead
     of time (demand response). ``symmetric``: delivers up and down around a baseline (the node
     can enrol it once). ``test_name``: the name ``gridtao prequalify`` / ``bench compliance``
-    take; ``test_time_scale``: the default time compression of its tests; ``nominal_hz``: the
-    grid frequency it is defined around, the value a stale feed is taken for.
+    take (the kind's own name: one name per kind, on the command line as in the config);
+    ``test_time_scale``: the default time compression of its tests; ``nominal_hz``: the grid
+    frequency it is defined around, the value a stale feed is taken for.
     """
 
     name: str
@@ -56,12 +58,16 @@ KINDS: Mapping[str, KindInfo] = MappingProxyType({k.name: k for k in (
     KindInfo("ffr", "Nordic Fast Frequency Reserve", "step", "ffr", 0.1),
     KindInfo("ercot-ffr", "ERCOT Fast Frequency Response", "step", "ercot-ffr", 0.02,
              nominal_hz=60.0),
-    KindInfo("fcr-d-up", "FCR-D upwards", "proportional", "fcr-d", 0.1),
-    KindInfo("fcr-d-up-static", "FCR-D upwards, static", "static", "fcr-d-static", 0.1),
+    KindInfo("fcr-d-up", "FCR-D upwards", "proportional", "fcr-d-up", 0.1),
+    KindInfo("fcr-d-up-static", "FCR-D upwards, static", "static", "fcr-d-up-static", 0.1),
     KindInfo("fcr-n", "FCR-N", "proportional", "fcr-n", 0.1, symmetric=True,
              once_per_node=True),
     KindInfo("dr", "Demand response", "scheduled", "dr", 0.05, once_per_node=True),
 )})
+
+
+#: Names the command line took before it used the kinds' own (said so when typed).
+FORMER_TEST_NAMES = {"fcr-d": "fcr-d-up", "fcr-d-static": "fcr-d-up-static"}
 
 
 def frequency_kinds() -> tuple[str, ...]:

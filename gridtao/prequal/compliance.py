@@ -139,9 +139,9 @@ def test_plans(product: str, spec: ProductSpec, time_scale: float) -> list[TestP
         return [TestPlan(f"step-{spec.threshold_hz:g}Hz",
                          shapes.ercot_step(threshold_hz=spec.threshold_hz,
                                            support_s=spec.support_s))]
-    if product == "fcr-d":
+    if product == "fcr-d-up":
         return [TestPlan("ramps", shapes.fcr_d_ramps(time_scale))]
-    if product == "fcr-d-static":
+    if product == "fcr-d-up-static":
         return [TestPlan("static", shapes.fcr_d_static(time_scale, spec.threshold_hz))]
     if product == "fcr-n":
         return [TestPlan("steps", shapes.fcr_n_steps(time_scale))]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from gridtao.config.agent import Config, ConfigError, ProductConfig, ProductKind
-from gridtao.config.kinds import KINDS
+from gridtao.config.kinds import FORMER_TEST_NAMES, KINDS
 
 if TYPE_CHECKING:  # the runner pulls in the whole agent: imported when a bench runs
     from gridtao.prequal import compliance as c
@@ -31,9 +31,17 @@ DEFAULT_CAPACITY_W = 1000.0
 STEADY_FRACTION = 0.88  # --workload steady: every simulated GPU at 88 % of its default limit
 
 
+def _product_name(value: str) -> str:
+    former = FORMER_TEST_NAMES.get(value)
+    if former is not None:
+        raise argparse.ArgumentTypeError(f"{value!r} is now {former!r}, its name in the "
+                                         "configuration's products")
+    return value
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     """Options shared with ``gridtao prequalify``."""
-    p.add_argument("--product", required=True, choices=tuple(PRODUCTS),
+    p.add_argument("--product", required=True, choices=tuple(PRODUCTS), type=_product_name,
                    help="the product to test (its entry in the configuration's products, else "
                         "its defaults with --capacity-w)")
     p.add_argument("--time-scale", type=float, default=None, metavar="X",
@@ -43,7 +51,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help=f"reserve capacity at the settlement point (default: the configured "
                         f"product's, else {DEFAULT_CAPACITY_W:g})")
     p.add_argument("--threshold-hz", type=float, default=None, metavar="HZ",
-                   help="ffr, ercot-ffr, fcr-d-static: the activation threshold (ffr: 49.7, "
+                   help="ffr, ercot-ffr, fcr-d-up-static: the activation threshold (ffr: 49.7, "
                         "49.6 or 49.5 Hz, limits 1.3 / 1.0 / 0.7 s)")
     p.add_argument("--workload", choices=("steady", "config"), default="steady",
                    help="simulated GPUs: a steady test load at "
