@@ -64,6 +64,8 @@ def _agent_config(config: Config, port: int, gpus: int, *, workdir: Path,
             dataclasses.asdict(t) for t in config.safety.triggers]},
         "control": dataclasses.asdict(config.control),
         "metrics": {"enabled": False},
+        # As in the published runs: the trigger path alone, no files in the state directory.
+        "audit": {"enabled": False}, "journal": {"enabled": False},
         # Triggers come every ~0.6 s here, faster than a real aggregator would be allowed to.
         "limits": {"min_event_interval_s": 0.0},
     })

@@ -72,6 +72,8 @@ def _agent_yaml(config: Config, port: int, gpus: int) -> dict[str, Any]:
                  "node_id": "overhead"},
         "control": dataclasses.asdict(config.control),
         "metrics": {"enabled": True, "host": "127.0.0.1", "port": free_port()},
+        # As in the published runs (and no files in the state directory).
+        "audit": {"enabled": False}, "journal": {"enabled": False},
     }))
     return plain
 

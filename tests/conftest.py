@@ -14,6 +14,13 @@ from broker import MosquittoBroker, running_broker
 os.environ["GRIDTAO_NO_NVML"] = "1"
 
 
+@pytest.fixture(autouse=True)
+def _state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's agents keep their audit trail, journal and replay store in that test's own
+    state directory (inherited by the agent processes a test starts)."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+
+
 @pytest.fixture
 def mqtt_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
     """A fresh broker for one test (may be stopped/restarted freely)."""

@@ -100,7 +100,7 @@ class Node:
         """The audit trail so far (flushed first)."""
         assert self.agent.ledger.audit is not None
         assert self.agent.ledger.audit.flush()
-        return read_records([self.agent.config.audit.path])
+        return read_records([str(self.agent.ledger.audit.path)])
 
 
 @contextmanager

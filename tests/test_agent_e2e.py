@@ -7,6 +7,7 @@ Waits are generous (a loaded 2-core machine); nothing here asserts wall-clock sp
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import shutil
@@ -484,7 +485,12 @@ def test_a_second_agent_on_a_served_node_id_refuses_to_start(
         wait_for(lambda: node.value("gridtao_gpus_simulated") == 1.0, "metrics")
         time.sleep(0.3)  # a status or two out (status_period_s 0.1)
         sim = steady_sim(first.config.gpus.sim, node.sim.clock, 300.0)
-        second = Agent(first.config, clock=sim.clock, backend=NvmlBackend(sim),
+        # As on another machine (its own state directory: on this one the journal's lock would
+        # refuse it first, naming the lock).
+        elsewhere = dataclasses.replace(
+            first.config, journal=dataclasses.replace(first.config.journal, enabled=False),
+            audit=dataclasses.replace(first.config.audit, enabled=False))
+        second = Agent(elsewhere, clock=sim.clock, backend=NvmlBackend(sim),
                        options=AgentOptions(serve_metrics=False, connect_timeout_s=WAIT_S))
         # Another process on this host (the broker's), as a second `gridtao run` would be.
         pid = mqtt_broker.pid

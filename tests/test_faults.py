@@ -68,6 +68,12 @@ def _config(broker: MosquittoBroker, name: str, tmp: Path, **over: Any) -> Confi
     return config_from_mapping(merge(base, over), source=f"<test {name}>")
 
 
+
+def _path(value: str | None) -> str:
+    """A path the test's configuration sets (never left to the state directory here)."""
+    assert value is not None
+    return value
+
 def _sim(cfg: Config, clock: Clock) -> SimNvml:
     return steady_sim(cfg.gpus.sim, clock, DEMAND_W)
 
@@ -144,7 +150,7 @@ def test_broker_killed_mid_event(mqtt_broker: MosquittoBroker, tmp_path: Path) -
                 if r["kind"] == "message"]
     assert verdicts == [("c1", "accepted"), ("c1", "duplicate"), ("s2", "accepted")]
     assert [r["fields"]["event"] for r in records if r["kind"] == "target_reached"][:1] == ["c1"]
-    assert verify_files([cfg.audit.path]).ok
+    assert verify_files([_path(cfg.audit.path)]).ok
 
 
 # ---------------------------------------------------------------- agent crash, in-process
@@ -167,7 +173,7 @@ def test_agent_crash_event_restored_from_the_journal(
     capped = node.limits_w()
     assert sum(capped) == pytest.approx(0.6 * BASELINE_W, rel=0.02)
     assert first.ledger.journal is not None and first.ledger.journal.flush()
-    journaled = load_journal(cfg.journal.path)
+    journaled = load_journal(_path(cfg.journal.path))
     assert journaled is not None and [e.event_id for e in journaled.events] == ["e1"]
     # The journal holds the draw the island cut from, so the same caps can be cut again.
     (ev,) = journaled.events
@@ -195,8 +201,8 @@ def test_agent_crash_event_restored_from_the_journal(
             assert _ack(acks.wait(2, WAIT_S)[1])["accepted"] is True
         wait_for(lambda: agent.island.view().event_id is None, "the restored event to end")
         wait_for(lambda: node2.limits_w() == [DEFAULT_W] * N, "default limits")
-    records = read_records([cfg.audit.path])
-    assert not Path(cfg.journal.path).exists()  # a clean stop removes it
+    records = read_records([_path(cfg.audit.path)])
+    assert not Path(_path(cfg.journal.path)).exists()  # a clean stop removes it
     with NvmlBackend(sim) as b:
         assert [b.enforced_limit_mw(i) / W for i in range(N)] == [DEFAULT_W] * N
     (recovery,) = [r for r in records if r["kind"] == "recovery"]
@@ -205,7 +211,7 @@ def test_agent_crash_event_restored_from_the_journal(
     kinds = [r["kind"] for r in records]
     assert kinds.count("agent_start") == 2 and kinds.count("agent_stop") == 1
     assert kinds.index("recovery") > [i for i, k in enumerate(kinds) if k == "agent_start"][1]
-    assert verify_files([cfg.audit.path]).ok
+    assert verify_files([_path(cfg.audit.path)]).ok
 
 
 class ShiftedClock(MonotonicClock):
@@ -279,7 +285,7 @@ def test_an_unreadable_journal_restores_defaults(
     with NvmlBackend(sim) as b:  # a previous run left caps behind, and a damaged journal
         for i in range(N):
             b.set_limit_mw(i, 400 * W)
-    Path(cfg.journal.path).write_text('{"version": 1, "node": "x", "gpu_uu')
+    Path(_path(cfg.journal.path)).write_text('{"version": 1, "node": "x", "gpu_uu')
     with running(mqtt_broker_session, cfg, sim) as node:
         assert node.agent.initial_limits_mw == [DEFAULT_W * W] * N
         wait_for(lambda: node.limits_w() == [DEFAULT_W] * N, "default limits")

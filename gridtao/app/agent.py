@@ -38,6 +38,7 @@ from gridtao.app.periodic import ControllerLoop, ControllerParts
 from gridtao.app.reload import ReloadResult, apply_reload, plan_reload, read_credentials
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.config.agent import Config, ConfigError
+from gridtao.config.paths import with_state_paths
 from gridtao.control.capacity import Capacity, CapacityWatch, enrolled_w, node_capacity
 from gridtao.control.response import Reached, ResponseMeter
 from gridtao.control.tier1.loop import FastLoop
@@ -105,6 +106,8 @@ class Agent:
         registry: CollectorRegistry | None = None,
         options: AgentOptions | None = None,
     ) -> None:
+        # Audit trail, journal and replay store: absolute paths, by default in the state dir.
+        config = with_state_paths(config, config.mqtt.node_id or default_node_id())
         self.config = config
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.options = options or AgentOptions()
@@ -279,7 +282,8 @@ class Agent:
         credentials (gridtao/app/reload.py). A bad file raises ConfigError and changes nothing;
         either way the outcome is counted and goes to the audit trail."""
         try:
-            plan = plan_reload(self.config, load(), current=self.guard.verifier)
+            plan = plan_reload(self.config, with_state_paths(load(), self.node_id),
+                               current=self.guard.verifier)
         except ConfigError as e:
             self.metrics.count_reload("refused")
             self.ledger.record("reload_refused", {"reason": str(e)})

@@ -90,6 +90,10 @@ def run_demo(config: Config, *, out_dir: Path, duration_scale: float = 1.0) -> i
             mqtt=dataclasses.replace(config.mqtt, port=broker.port, node_id="demo-node"),
             metrics=dataclasses.replace(config.metrics, port=0),
             gpus=dataclasses.replace(config.gpus, backend="sim"),
+            # The demo's records stay with its output, not in the machine's state directory.
+            audit=dataclasses.replace(config.audit, path=str(out_dir.resolve() / "audit.jsonl")),
+            journal=dataclasses.replace(config.journal,
+                                        path=str(out_dir.resolve() / "journal.json")),
         )
         clock = MonotonicClock()
         sim = SimNvml.from_config(cfg.gpus.sim, clock)

@@ -237,11 +237,12 @@ class AuditConfig:
     ``fsync_interval_s`` of records lost on power loss), ``never`` (the OS decides). The file is
     rotated before it would exceed ``rotate_bytes``; ``keep_files`` rotated files are kept
     (0: all). ``queue_size`` records may wait for the writer; beyond that they are dropped and a
-    ``gap`` record says how many. A relative ``path`` is taken from the working directory.
+    ``gap`` record says how many. A relative ``path`` is taken from the configuration file's
+    folder; without one, the trail lives in the agent's state directory.
     """
 
-    enabled: bool = False
-    path: str = "gridtao-audit.jsonl"
+    enabled: bool = True
+    path: str | None = None  # None: <state dir>/audit-<node>.jsonl (gridtao/config/paths.py)
     fsync: Literal["always", "interval", "never"] = "interval"
     fsync_interval_s: float = field(default=1.0, metadata=rng(0.01, 3600))
     rotate_bytes: int = field(default=64 * 1024 * 1024, metadata=rng(4096, 1 << 40))
@@ -261,8 +262,8 @@ class JournalConfig:
     the first run found and removes the journal.
     """
 
-    enabled: bool = False
-    path: str = "gridtao-journal.json"
+    enabled: bool = True
+    path: str | None = None  # None: <state dir>/journal-<node>.json (gridtao/config/paths.py)
     max_capped_after_crash_s: float = field(default=300.0, metadata=rng(0, 7 * 86_400))
     heartbeat_s: float = field(default=1.0, metadata=rng(0.05, 3600))
 
@@ -333,7 +334,8 @@ def _check_consistency(cfg: Config, source: str) -> None:
         if fault.gpu is not None and fault.gpu >= cfg.gpus.sim.count:
             fail(source, f"gpus.sim.faults[{k}].gpu", f"no GPU {fault.gpu} (count is "
                   f"{cfg.gpus.sim.count})")
-    if cfg.audit.enabled and cfg.journal.enabled and cfg.audit.path == cfg.journal.path:
+    if (cfg.audit.enabled and cfg.journal.enabled and cfg.audit.path is not None
+            and cfg.audit.path == cfg.journal.path):
         fail(source, "journal.path", "must differ from audit.path")
     for part in ("+", "#"):
         if part in cfg.mqtt.prefix:

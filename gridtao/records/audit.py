@@ -108,6 +108,8 @@ class AuditTrail:
     """
 
     def __init__(self, config: AuditConfig, *, clock: Clock | None = None) -> None:
+        if config.path is None:
+            raise ValueError("audit.path is unresolved (gridtao.config.paths.with_state_paths)")
         self.config = config
         self.path = Path(config.path)
         self._clock: Clock = clock if clock is not None else MonotonicClock()

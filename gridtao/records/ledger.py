@@ -22,6 +22,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Protocol
 
 from gridtao.clock import Clock
@@ -78,6 +79,13 @@ class Ledger:
         jc = config.journal
         if not jc.enabled:
             return
+        if jc.path is None:
+            raise ValueError("journal.path is unresolved (gridtao.config.paths.with_state_paths)")
+        try:
+            Path(jc.path).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as e:
+            raise JournalError(f"journal {jc.path}: cannot create its folder: "
+                               f"{e.strerror or e}") from None
         self.journal = Journal(jc.path, clock=clock, heartbeat_s=jc.heartbeat_s)
         self.journal.lock()
         try:

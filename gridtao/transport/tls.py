@@ -21,6 +21,7 @@ from pathlib import Path
 from cryptography import x509
 
 from gridtao.config.agent import ConfigError, MqttConfig, TlsConfig
+from gridtao.config.paths import resolve_path
 
 __all__ = ["MAX_PASSWORD_BYTES", "ClientContext", "read_password", "resolve_path", "ssl_context"]
 
@@ -29,17 +30,6 @@ log = logging.getLogger(__name__)
 MAX_PASSWORD_BYTES = 65_535  # MQTT's limit for the CONNECT password field
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
-
-
-def resolve_path(value: str, source: str) -> Path:
-    """``value`` with ``~`` expanded, relative to the folder of the config file ``source``
-    (the working directory when the configuration did not come from a file)."""
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return path
-    src = Path(source)
-    base = src.resolve().parent if src.is_file() else Path.cwd()
-    return base / path
 
 
 def _existing_file(value: str, source: str, key: str) -> Path:

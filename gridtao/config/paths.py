@@ -1,0 +1,63 @@
+"""Where the agent's files go: one state directory, and one rule for relative paths.
+
+The state directory holds what the agent writes for itself (audit trail, journal, replay store):
+``$STATE_DIRECTORY`` when systemd sets it (``StateDirectory=gridtao``; the first entry if it
+names several), else ``/var/lib/gridtao`` for root, else ``$XDG_STATE_HOME/gridtao`` (default
+``~/.local/state/gridtao``). A relative path in the configuration is taken from the folder of
+the configuration file (the working directory when there is none), whatever the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from gridtao.config.agent import Config
+
+__all__ = ["resolve_path", "state_dir", "with_state_paths"]
+
+
+def state_dir() -> Path:
+    """The agent's state directory (not created here)."""
+    systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    if os.geteuid() == 0:
+        return Path("/var/lib/gridtao")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "gridtao"
+
+
+def resolve_path(value: str, source: str) -> Path:
+    """``value`` with ``~`` expanded, relative to the folder of the config file ``source``
+    (the working directory when the configuration did not come from a file)."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    src = Path(source)
+    base = src.resolve().parent if src.is_file() else Path.cwd()
+    return base / path
+
+
+def with_state_paths(config: Config, node_id: str) -> Config:
+    """``config`` with the audit trail's, the journal's and the replay store's paths made
+    absolute: unset ones in the state directory (named after ``node_id``, so agents of several
+    nodes can share it), relative ones from the configuration file's folder."""
+    state = state_dir()
+
+    def where(value: str | None, default_name: str) -> str:
+        if value is None:
+            return str(state / default_name)
+        return str(resolve_path(value, config.source))
+
+    return dataclasses.replace(
+        config,
+        audit=dataclasses.replace(config.audit,
+                                  path=where(config.audit.path, f"audit-{node_id}.jsonl")),
+        journal=dataclasses.replace(config.journal,
+                                    path=where(config.journal.path, f"journal-{node_id}.json")),
+        auth=dataclasses.replace(config.auth,
+                                 replay_store=where(config.auth.replay_store,
+                                                    f"replay-{node_id}.jsonl")),
+    )
