@@ -66,3 +66,16 @@ def test_a_short_simulated_run_writes_the_report_folder(tmp_path: Path) -> None:
     assert all({"name", "value", "limit", "passed"} <= set(r) for r in body["rules"])
     header = (out / f"{test}.csv").read_text().splitlines()[0]
     assert header.startswith("t_s,hz,required_w,delivered_w,delivered_it_w,meter_w,it_w")
+
+
+def test_a_report_on_gpus_that_refuse_writes_says_so(tmp_path: Path) -> None:
+    cfg = tmp_path / "refusing.yaml"
+    cfg.write_text("gpus:\n  backend: sim\n  sim:\n    faults: [{kind: not_supported}]\n")
+    out = tmp_path / "report"
+    rc = main(["--config", str(cfg), "prequalify", "--product", "ercot-ffr", "--time-scale",
+               "0.006", "--out", str(out)])
+    assert rc == 1  # nothing was cut, so the test fails
+    summary = (out / "summary.md").read_text()
+    assert "**GPU errors during this test**: gpu 0: GpuNotSupported" in summary
+    body = json.loads((out / "results.json").read_text())
+    assert body["tests"][0]["gpu_errors"]["gpu 0: GpuNotSupported"] >= 1

@@ -231,8 +231,12 @@ def summary_markdown(config: Config, args: argparse.Namespace, pcfg: ProductConf
         "## Tests", "",
     ]
     for res in results:
-        lines += [f"### {res.name}: {res.title} ({'PASS' if res.passed else 'FAIL'})", "",
-                  f"![{res.name}]({res.name}.png)", "",
+        lines += [f"### {res.name}: {res.title} ({'PASS' if res.passed else 'FAIL'})", ""]
+        if res.gpu_errors:
+            failed = ", ".join(f"{k} ({n}x)" for k, n in sorted(res.gpu_errors.items()))
+            lines += [f"**GPU errors during this test**: {failed}. The GPUs did not take every "
+                      "limit the agent commanded; the measured response is what they did.", ""]
+        lines += [f"![{res.name}]({res.name}.png)", "",
                   f"Data: [{res.name}.csv]({res.name}.csv)", "",
                   "| rule | measured | limit | result | note |", "|---|---|---|---|---|"]
         for r in res.rules:

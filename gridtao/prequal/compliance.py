@@ -90,6 +90,9 @@ class Recording:
     dispatched: list[tuple[float, str]] = field(default_factory=list)
     late_s: list[float] = field(default_factory=list)  # publish time - planned time
     tier2: dict[str, object] = field(default_factory=dict)  # tier 2's state at the end
+    # GPU errors the agent counted during the test ("gpu 0: GpuNotSupported" -> count): limit
+    # writes the driver refused, reads that failed. A report must say so beside the verdict.
+    gpu_errors: dict[str, int] = field(default_factory=dict)
 
 
 # ---- products and their tests -------------------------------------------------------------
@@ -266,9 +269,23 @@ def run_test(
             finally:
                 recorder.halt()
     finally:
+        rec.gpu_errors = _gpu_errors(agent)
         agent.close()
     rec.t_s = [t - t0 for t in rec.t_s]
     return rec
+
+
+def _gpu_errors(agent: Agent) -> dict[str, int]:
+    """The agent's ``gridtao_gpu_errors_total``, by GPU and kind (nonzero only)."""
+    out: dict[str, int] = {}
+    for metric in agent.registry.collect():
+        if metric.name != "gridtao_gpu_errors":
+            continue
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.value > 0:
+                key = f"gpu {sample.labels['gpu']}: {sample.labels['kind']}"
+                out[key] = out.get(key, 0) + int(sample.value)
+    return out
 
 
 def _play(plan: TestPlan, pub: Publisher, agent: Agent, rec: Recording, t0: float,

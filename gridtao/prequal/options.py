@@ -125,7 +125,8 @@ def run_and_score(
                             time_scale=check_common(args), threshold_hz=pcfg.threshold_hz,
                             progress=progress, steady_fraction=steady(args, config))
     spec = c.spec_of(pcfg)
-    return [rep.score_test(spec, plan, c.measure(rec, plan, config, pcfg), config)
+    return [dataclasses.replace(rep.score_test(spec, plan, c.measure(rec, plan, config, pcfg),
+                                               config), gpu_errors=rec.gpu_errors)
             for plan, rec in runs]
 
 

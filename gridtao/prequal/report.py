@@ -12,8 +12,8 @@ instant power).
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gridtao.config.agent import Config
@@ -34,6 +34,7 @@ class TestResult:
     measured: Measured
     rules: list[RuleResult]
     event_s: float | None
+    gpu_errors: Mapping[str, int] = field(default_factory=dict)  # "gpu 0: GpuLost" -> count
 
     @property
     def passed(self) -> bool:
@@ -44,6 +45,7 @@ class TestResult:
                 "rules": [r.to_json() for r in self.rules],
                 "reference_w": round(self.measured.reference_w, 1),
                 "reference_it_w": round(self.measured.reference_it_w, 1),
+                "gpu_errors": dict(self.gpu_errors),
                 **publish_stats(self.measured.late_s)}
 
 
@@ -165,6 +167,9 @@ def text_report(product: str, results: Sequence[TestResult]) -> str:
                      f"{'PASS' if res.passed else 'FAIL'}")
         lines.extend(f"  {r.describe()}" + (f"  [{r.detail}]" if r.detail else "")
                      for r in res.rules)
+        if res.gpu_errors:
+            lines.append("  GPU errors: " + ", ".join(
+                f"{k} ({n}x)" for k, n in sorted(res.gpu_errors.items())))
     return "\n".join(lines)
 
 
