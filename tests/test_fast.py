@@ -362,3 +362,20 @@ def test_a_limit_changed_by_another_process_shows_within_a_rearm_period(rig: Rig
     rig.backend.set_limit_mw(3, 500_000)  # behind the agent's back (nvidia-smi -pl, say)
     rig.run(0.6)  # > control.rearm_period_s
     assert rig.island.enforced_mw()[3] == rig.enforced_mw()[3]
+
+
+def test_energy_counters_are_read_by_tier1_and_exported_at_scrape_time(rig: Rig) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from gridtao.telemetry.collectors import EnergyCollector
+
+    registry = CollectorRegistry()
+    EnergyCollector(lambda: rig.loop.energy_mj, tuple(range(8)), registry=registry)
+    assert registry.get_sample_value("gridtao_gpu_energy_joules_total", {"gpu": "0"}) is None
+    rig.run(1.0)
+    first = registry.get_sample_value("gridtao_gpu_energy_joules_total", {"gpu": "0"})
+    assert first is not None and first > 0
+    rig.run(1.0)
+    later = registry.get_sample_value("gridtao_gpu_energy_joules_total", {"gpu": "0"})
+    assert later is not None and later > first
+    assert later == pytest.approx(rig.backend.energy_mj(0) / 1000.0, rel=0.05)

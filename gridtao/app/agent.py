@@ -57,6 +57,7 @@ from gridtao.security.bounds import CutBasis
 from gridtao.security.guard import Guard
 from gridtao.telemetry.collectors import (
     CapacityCollector,
+    EnergyCollector,
     FeedCollector,
     LinkCollector,
     TrackerCollector,
@@ -248,6 +249,8 @@ class Agent:
         CapacityCollector(self.capacity, registry=self.registry)
         FeedCollector(self.frequency_feed, registry=self.registry)
         TrackerCollector(self.tier2.snapshot, registry=self.registry)
+        EnergyCollector(lambda: self.fast.energy_mj, tuple(self.gpu_indices),
+                        registry=self.registry)
         LinkCollector({"island": lambda: self.lane.link.is_connected,
                        "status": lambda: self.status_link.is_connected}, registry=self.registry)
         self.controller = ControllerLoop(

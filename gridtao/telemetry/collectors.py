@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["CapacityCollector", "CapacityReading", "FeedCollector", "LinkCollector",
-           "TrackerCollector"]
+__all__ = ["CapacityCollector", "CapacityReading", "EnergyCollector", "FeedCollector",
+           "LinkCollector", "TrackerCollector"]
 
 
 class CapacityReading(Protocol):
@@ -162,3 +162,30 @@ class TrackerCollector(Collector):
         delivered.add_metric([], math.nan if reference is None or it is None
                              else float(reference) - float(it))
         yield from (state, required, committed, delivered)
+
+
+class EnergyCollector(Collector):
+    """``gridtao_gpu_energy_joules_total{gpu}``: each GPU's energy counter (NVML, since the
+    driver loaded), as tier 1 last read it; a GPU without a counter is left out."""
+
+    def __init__(self, read: Callable[[], tuple[int | None, ...]], gpus: tuple[int, ...], *,
+                 registry: CollectorRegistry) -> None:
+        self._read = read
+        self._gpus = gpus
+        registry.register(self)
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily("gridtao_gpu_energy_joules",
+                                   "GPU energy since the driver loaded (NVML counter), J.",
+                                   labels=["gpu"])
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for gpu, mj in zip(self._gpus, self._read(), strict=False):
+            if mj is not None:
+                family.add_metric([str(gpu)], mj / 1000.0)
+        yield family
