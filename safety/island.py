@@ -343,8 +343,9 @@ class SafetyIsland:
     def refresh_enforced(self) -> None:
         """Read every GPU's enforced limit now, under its write lock (so a read never lands
         between a write and its read-back), so that a change made by another process shows in
-        :meth:`enforced_mw`. A GPU that cannot be read keeps its last reading. Tier 1 calls it
-        about once a rearm period, on its own thread."""
+        :meth:`enforced_mw`. A GPU that cannot be read keeps its last reading. Called from a
+        worker thread about once a rearm period (gridtao/app/readback.py), never from tier 1: a
+        slow driver call must not slow the control loop."""
         for index in range(len(self.envelope.default_mw)):
             with self._writer.gpu_lock(index):
                 try:

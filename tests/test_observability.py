@@ -29,7 +29,8 @@ def _loop(trail: _Trail) -> ControllerLoop:
         node_id="n", status_topic="s", tracker_topic="t", gpu_indices=(), gpu_limits=(),
         clock=VirtualClock(), backend=unused, tier1=unused, island=unused, tier2=unused,
         status_link=unused, ledger=trail, capacity=unused, capacity_watch=CapacityWatch(),
-        simulated=True, frequency_feed=unused, instance={})
+        simulated=True, frequency_feed=unused, instance={}, read_back=unused,
+        read_back_period_s=0.5)
     return ControllerLoop(parts, status_period_s=1.0, tracker_period_s=1.0)
 
 

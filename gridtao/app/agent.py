@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from gridtao import __version__
 from gridtao.app.instance import Instance, ensure_unique
 from gridtao.app.periodic import ControllerLoop, ControllerParts
+from gridtao.app.readback import ReadBack
 from gridtao.app.reload import ReloadResult, apply_reload, plan_reload, read_credentials
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.config.agent import Config, ConfigError
@@ -249,7 +250,8 @@ class Agent:
         CapacityCollector(self.capacity, registry=self.registry)
         FeedCollector(self.frequency_feed, registry=self.registry)
         TrackerCollector(self.tier2.snapshot, registry=self.registry)
-        EnergyCollector(lambda: self.fast.energy_mj, tuple(self.gpu_indices),
+        self.read_back = ReadBack(self.backend, self.island, self.gpu_indices)
+        EnergyCollector(lambda: self.read_back.energy_mj, tuple(self.gpu_indices),
                         registry=self.registry)
         LinkCollector({"island": lambda: self.lane.link.is_connected,
                        "status": lambda: self.status_link.is_connected}, registry=self.registry)
@@ -263,6 +265,7 @@ class Agent:
                 capacity=self.capacity, capacity_watch=self.capacity_watch,
                 simulated=self.simulated, frequency_feed=self.frequency_feed,
                 instance=self.instance.fields(),
+                read_back=self.read_back.read, read_back_period_s=config.safety.rearm_period_s,
             ),
             status_period_s=config.mqtt.status_period_s,
             tracker_period_s=config.tracker.period_s,

@@ -123,6 +123,8 @@ class ControllerParts:
     simulated: bool  # the GPUs are simulated: the status says so
     frequency_feed: Callable[[], tuple[float | None, float | None, bool]]  # Hz, age s, stale
     instance: Mapping[str, object]  # this agent (id, pid, host): two on one node id are refused
+    read_back: Callable[[], None]  # blocking GPU read-backs (enforced limits, energy)
+    read_back_period_s: float
 
 
 class ControllerLoop:
@@ -151,7 +153,7 @@ class ControllerLoop:
 
     def tasks(self) -> list[Coroutine[Any, Any, None]]:
         """The loops to run until the agent stops."""
-        out = [self._status_loop(), self._tracker_loop()]
+        out = [self._status_loop(), self._tracker_loop(), self._read_back_loop()]
         if self._busy_load_fraction > 0:
             out.append(self._busy_load(self._busy_load_fraction))
         return out
@@ -214,6 +216,17 @@ class ControllerLoop:
                                    "event": p.island.view().event_id})
 
     # ---- tier 2 --------------------------------------------------------------------------
+
+    async def _read_back_loop(self) -> None:
+        """The GPUs' read-backs every ``read_back_period_s``, in a worker thread (a slow driver
+        call must not hold this loop, let alone tier 1)."""
+        p = self._parts
+        while True:
+            await asyncio.sleep(p.read_back_period_s)
+            try:
+                await asyncio.to_thread(p.read_back)
+            except Exception:
+                log.exception("GPU read-back failed")
 
     async def _tracker_loop(self) -> None:
         """Tier 2 every ``tracker.period_s``; its state goes out retained on the tracker topic."""

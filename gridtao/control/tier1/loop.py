@@ -134,9 +134,6 @@ class FastLoop:
         # Until a GPU has been read, assume it draws its limit: an unreadable GPU then counts as
         # fully loaded in the island's cap basis, never as idle.
         self._draw_mw = [float(lim) for lim in self._limits_mw]
-        # Each GPU's energy counter (mJ since the driver loaded; None: unreadable), read once a
-        # rearm period here so no other thread (a metrics scrape) ever calls the driver.
-        self._energy_mj: list[int | None] = [None] * len(limits)
         self._basis_mw: list[float] | None = None
         self._generation: int | None = None
         self._event_id: str | None = None
@@ -163,18 +160,6 @@ class FastLoop:
     @property
     def limits_mw(self) -> tuple[int, ...]:
         return tuple(self._limits_mw)
-
-    @property
-    def energy_mj(self) -> tuple[int | None, ...]:
-        """Each GPU's energy counter as last read, mJ (None: not read or unreadable)."""
-        return tuple(self._energy_mj)
-
-    def _read_energy(self) -> None:
-        for k, index in enumerate(self._indices):
-            try:
-                self._energy_mj[k] = self._backend.energy_mj(index)
-            except GpuError:
-                self._energy_mj[k] = None  # e.g. a GPU before Volta: no counter
 
     def _read_limit(self, index: int, fallback_mw: int) -> int:
         try:
@@ -282,8 +267,6 @@ class FastLoop:
         island.tick()
         if self._last_rearm_t is None or now - self._last_rearm_t >= self._rearm_period_s:
             island.rearm()
-            island.refresh_enforced()
-            self._read_energy()
             self._last_rearm_t = now
         view = island.view()
         changed = view.generation != self._generation
