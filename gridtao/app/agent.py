@@ -33,6 +33,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from gridtao import __version__
+from gridtao.app.actuation import check_write_permission, report_actuation, restore_limits
 from gridtao.app.instance import Instance, ensure_unique
 from gridtao.app.periodic import ControllerLoop, ControllerParts
 from gridtao.app.readback import ReadBack
@@ -45,7 +46,7 @@ from gridtao.control.response import Reached, ResponseMeter
 from gridtao.control.tier1.loop import FastLoop
 from gridtao.control.tier2.tracker import Tier2
 from gridtao.gpu import open_backend
-from gridtao.gpu.backend import GpuBackend, GpuError, GpuNotSupported, GpuPermissionDenied
+from gridtao.gpu.backend import GpuBackend
 from gridtao.hotpath.intake import Intake, Outgoing
 from gridtao.hotpath.lane import IslandLane
 from gridtao.products.catalog import STEP_RAMP_OUT_SLACK
@@ -315,11 +316,13 @@ class Agent:
                 for d, lim, found in zip(self.backend.devices(), self.gpu_limits,
                                          self._found_mw, strict=True)
             ], "config": self.config.source})
-            self._check_write_permission()
+            check_write_permission(self.backend, self.gpu_indices)
             self.guard.open()
             self._touched = True
             self.island.start()
-            self._check_actuation(self.island.probe_writes())
+            report_actuation(self.island.probe_writes(), len(self.gpu_indices),
+                             require=self.config.gpus.require_actuation,
+                             count_error=self.metrics.count_gpu_error)
             for trig in self.config.safety.triggers:
                 self.island.arm(level_key(trig), 1.0 - trig.reduction_fraction)
             self.fast.step()  # first draw reading and armed caps before any trigger can land
@@ -409,57 +412,10 @@ class Agent:
                 log.info("agent %s: limits restored to their values at start", self.node_id)
             self.ledger.close(restore_failed=failed, limits_mw=self.initial_limits_mw)
 
-    def _check_actuation(self, faults: dict[int, str]) -> None:
-        """Say at start, in one line, which GPUs refuse limit writes (the island's probe: each
-        GPU's own limit written back). With none writable the node takes no cut (each is acked
-        with the per-GPU reasons); ``gpus.require_actuation`` makes that a start-up error."""
-        for i, kind in faults.items():
-            self.metrics.count_gpu_error(i, kind)
-        if not faults:
-            return
-        detail = ", ".join(f"gpu {i}: {kind}" for i, kind in sorted(faults.items()))
-        if len(faults) < len(self.gpu_indices):
-            log.warning("%d of %d GPUs refuse power-limit writes (%s): cuts will be short",
-                        len(faults), len(self.gpu_indices), detail)
-            return
-        line = (f"no GPU accepts power-limit writes ({detail}): this node can take no cut and "
-                "will refuse every one")
-        if self.config.gpus.require_actuation:
-            raise GpuNotSupported(f"{line}; gpus.require_actuation is set, so it does not start")
-        log.error("%s; set gpus.require_actuation: true to refuse to start instead", line)
-
-    def _check_write_permission(self) -> None:
-        """Write each GPU's current limit back (a no-op for the device): a node that cannot
-        set limits must not accept dispatches it cannot honour. Other errors leave that GPU to
-        the island's fault handling."""
-        if getattr(self.backend, "dry_run", False):
-            return
-        for i in self.gpu_indices:
-            try:
-                self.backend.set_limit_mw(i, self.backend.enforced_limit_mw(i))
-            except GpuPermissionDenied as e:
-                raise GpuPermissionDenied(
-                    f"{e}: setting GPU power limits needs root or CAP_SYS_ADMIN"
-                    " (or run with --dry-run to observe only)", index=i,
-                ) from None
-            except GpuError:
-                pass  # the island's write probe reports it, once for the node (_check_actuation)
-
     def restore_initial_limits(self) -> int:
-        """Write back, GPU by GPU, the limit found at start (clamped into [min, max]), skipping
-        GPUs that already enforce it. Returns how many GPUs could not be restored."""
-        failed = 0
-        for i, lim, initial in zip(self.gpu_indices, self.gpu_limits, self.initial_limits_mw,
-                                   strict=True):
-            target = min(max(initial, lim.min_mw), lim.max_mw)
-            try:
-                if self.backend.enforced_limit_mw(i) == target:
-                    continue  # nothing to undo: a write would only fail where none is needed
-                self.backend.set_limit_mw(i, target)
-            except GpuError as e:
-                failed += 1
-                log.error("GPU %d: could not restore %d W: %s", i, target // 1000, e)
-        return failed
+        """Put back the limits found at start (see :func:`restore_limits`); the failures."""
+        return restore_limits(self.backend, self.gpu_indices, self.gpu_limits,
+                              self.initial_limits_mw)
 
     # ---- callbacks from other threads -----------------------------------------------------
 
