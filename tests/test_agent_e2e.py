@@ -500,3 +500,39 @@ def test_a_second_agent_on_a_served_node_id_refuses_to_start(
                            rf"{first.instance.id}"):
             second.start()
         assert node.agent.island.view().event_id is None and first.lane.link.is_connected
+
+
+# ---------------------------------------------------------------- stale commands on the broker
+
+
+def test_retained_commands_left_on_the_broker_never_act(mqtt_broker: MosquittoBroker) -> None:
+    prefix = "gridtao/e2e-retained"
+    mqtt_broker.publish(f"{prefix}/dispatch", json.dumps(
+        {"id": "left-over", "kind": "shed", "fraction": 0.5, "duration_s": 600}).encode(),
+        qos=1, retain=True)
+    mqtt_broker.publish(f"{prefix}/frequency", json.dumps({"t": 0.0, "hz": 49.0}).encode(),
+                        qos=1, retain=True)
+    with running_node(mqtt_broker, "retained", serve=True) as node:
+        time.sleep(1.0)  # any retained message would have been delivered and acted on by now
+        assert node.agent.island.view().event_id is None
+        assert node.limits_w() == [DEFAULT_W] * N
+        assert node.count("dispatch", "accepted") == 0
+        # A live command on the same topics still acts.
+        with node.acks() as acks:
+            node.dispatch(_shed("live", 0.3))
+            assert _ack(acks.wait(1, WAIT_S)[0])["accepted"] is True
+
+
+def test_a_retained_flag_on_a_delivered_message_is_not_acted_on() -> None:
+    from test_intake import TOPICS, _make_rig
+
+    rig = _make_rig()
+    try:
+        out = rig.intake.on_message(
+            TOPICS.dispatch, json.dumps(_shed("old", 0.3)).encode(),
+            received_at=rig.clock.now(), received_wall=rig.clock.wall(), retained=True)
+        assert out == [] and rig.island.view().event_id is None
+        assert rig.count("dispatch", "rejected") == 1
+    finally:
+        rig.island.close()
+        rig.backend.close()

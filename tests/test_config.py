@@ -201,3 +201,30 @@ def test_unsigned_dispatch_from_a_remote_broker_is_refused_unless_allowed(
         load_config(path)
     path.write_text(f"mqtt: {{host: {host}}}\nauth: {{allow_unauthenticated: true}}\n")
     assert load_config(path).auth.allow_unauthenticated
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (b"\x89PNG\r\n\x1a\n\x00\x00binary", "not UTF-8 text"),
+    ("gpus: {backend: sim}\n".encode("utf-16"), "not UTF-8 text"),
+    (b"mqtt:\n  port: " + b"1" + b"0" * 400 + b"\n", "mqtt.port: out of range (401 digits)"),
+    (b"safety:\n  watchdog_timeout_s: 1" + b"0" * 400 + b"\n", "safety.watchdog_timeout_s"),
+    (b"mqtt:\n  prefix: \"grid\\0tao\"\n", "mqtt.prefix: contains a NUL character"),
+    (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
+    (b"mqtt:\n  node_id: " + b"n" * 70_000 + b"\n", "mqtt.node_id: longer than"),
+    (b"mqtt:\n  node_id: " + b"n" * 200 + b"\n", "mqtt.node_id: must be printable and at most"),
+])
+def test_a_broken_file_is_one_clear_error(tmp_path: Path, content: bytes, needle: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert needle in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_an_empty_file_runs_on_the_defaults_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert dataclasses.replace(load_config(path), source="<defaults>") == Config()
+    assert "is empty: running on the built-in defaults" in caplog.text

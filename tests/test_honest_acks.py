@@ -219,3 +219,22 @@ def test_sigterm_while_waiting_for_the_broker_at_start_stops_at_once(tmp_path: P
     # Without the abort the start waits out its 10 s broker timeout first; 5 s leaves room for
     # a loaded CI machine and still fails that.
     assert waited < 5.0, waited
+
+
+@pytest.mark.parametrize("host", ["192.0.2.1", "256.256.256.256"])
+def test_a_metrics_address_the_agent_cannot_listen_on_is_one_line(
+    tmp_path: Path, host: str,
+) -> None:
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "gpus": {"backend": "sim", "sim": {"count": 2}},
+        "mqtt": {"host": "127.0.0.1", "port": 1},
+        "metrics": {"enabled": True, "host": host, "port": 9},
+        "audit": {"enabled": False}, "journal": {"enabled": False},
+    }))
+    done = subprocess.run([sys.executable, "-m", "gridtao", "--log-level", "warning",
+                           "--config", str(cfg), "run"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f"metrics.host/metrics.port {host}:9: cannot listen there" in done.stderr
+    assert "Traceback" not in done.stderr

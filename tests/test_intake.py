@@ -430,3 +430,22 @@ def test_island_expiry_clears_the_intakes_record() -> None:
     finally:
         r.island.close()
         r.backend.close()
+
+
+@pytest.mark.parametrize("t", [0.0, 1e18, -1.0])
+def test_a_sample_dated_far_from_the_node_clock_never_acts(t: float) -> None:
+    rig = _make_rig()
+    intake = Intake(rig.island, TOPICS, clock=rig.clock, monitor=FrequencyMonitor(TRIGGERS),
+                    max_payload_bytes=MAX_PAYLOAD, metrics=Metrics(CollectorRegistry()),
+                    max_sample_skew_s=5.0)
+    try:
+        out = intake.on_message(TOPICS.frequency, json.dumps({"t": t, "hz": 49.0}).encode(),
+                                received_at=rig.clock.now(), received_wall=rig.clock.wall())
+        assert out == [] and rig.island.view().event_id is None
+        fresh = intake.on_message(
+            TOPICS.frequency, json.dumps({"t": rig.clock.wall() - 1.0, "hz": 49.0}).encode(),
+            received_at=rig.clock.now(), received_wall=rig.clock.wall())
+        assert fresh and rig.island.view().event_id is not None  # a current sample still acts
+    finally:
+        rig.island.close()
+        rig.backend.close()

@@ -211,6 +211,7 @@ class Agent:
             guard=self.guard,
             on_decision=self.ledger.decision if self.ledger.active else None,
             simulated=self.simulated,
+            max_sample_skew_s=safety.frequency_max_skew_s,
         )
         m = config.mqtt
         pid = os.getpid()
@@ -336,7 +337,12 @@ class Agent:
             self._fast_thread = self.fast.start_thread(self._fast_stop)
             if self.options.serve_metrics and self.config.metrics.enabled:
                 mc = self.config.metrics
-                self._metrics_server = start_http_server(self.metrics, mc.host, mc.port)
+                try:
+                    self._metrics_server = start_http_server(self.metrics, mc.host, mc.port)
+                except OSError as e:  # a host not on this machine, a port in use, a bad name
+                    raise ConfigError(f"{self.config.source}: metrics.host/metrics.port "
+                                      f"{mc.host}:{mc.port}: cannot listen there: "
+                                      f"{e.strerror or e}") from None
             log.info("agent %s: connecting to the broker at %s:%d", self.node_id,
                      self.config.mqtt.host, self.config.mqtt.port)
             connected = self.lane.start(connect_timeout_s=self.options.connect_timeout_s,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,10 @@ from gridtao.config.schema import ConfigError as ConfigError
 from gridtao.config.schema import build, fail, rng
 
 ENV_VAR = "GRIDTAO_CONFIG"
+
+log = logging.getLogger("gridtao.config")
+
+MAX_NODE_ID_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,8 @@ class SafetyConfig:
     max_event_s: float = field(default=3600.0, metadata=rng(1, 86_400 * 7))
     # A frequency feed silent for longer is taken as nominal: activations end by their rules.
     frequency_stale_s: float = field(default=5.0, metadata=rng(0.1, 3600))
+    # A sample whose t is further than this from the node's clock is refused, signed or not.
+    frequency_max_skew_s: float = field(default=5.0, metadata=rng(0.01, 3600))
 
 
 @dataclass(frozen=True)
@@ -300,8 +307,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{where}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}: not UTF-8 text (byte {e.start}): a YAML file is "
+                          "expected") from None
     except OSError as e:
         raise ConfigError(f"{where}: cannot read: {e.strerror or e}") from None
+    if "\x00" in text:
+        raise ConfigError(f"{where}: contains NUL bytes: a YAML text file is expected")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -309,7 +321,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         pos = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"{where}{pos}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: invalid YAML: nested too deeply") from None
     if data is None:
+        log.warning("%s is empty: running on the built-in defaults", where)
         data = {}
     return config_from_mapping(data, source=where)
 
@@ -343,6 +358,9 @@ def _check_consistency(cfg: Config, source: str) -> None:
     node = cfg.mqtt.node_id
     if node is not None and any(ch in node for ch in "+#/"):
         fail(source, "mqtt.node_id", "must be one MQTT topic level: no '+', '#' or '/'")
+    if node is not None and (len(node) > MAX_NODE_ID_CHARS or not node.isprintable()):
+        fail(source, "mqtt.node_id", f"must be printable and at most {MAX_NODE_ID_CHARS} "
+             "characters (it names this node in every topic and record)")
     _check_security(cfg, source)
     _check_transport(cfg.mqtt, source)
     _check_products(cfg, source)

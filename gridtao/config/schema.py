@@ -18,6 +18,9 @@ from gridtao.errors import GridtaoError
 
 T = TypeVar("T")
 
+#: No configuration string (a path, a topic prefix, a host) is longer than this.
+MAX_STRING_CHARS = 4096
+
 
 class ConfigError(GridtaoError):
     """A configuration problem; the message names the file, the key path and the reason."""
@@ -85,20 +88,32 @@ def _convert(tp: Any, value: object, source: str, key: str, meta: Mapping[str, A
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             fail(source, key, f"expected an integer, got {_type_name(value)}")
-        _check_range(float(value), source, key, meta)
+        _check_range(_as_float(value, source, key), source, key, meta)
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail(source, key, f"expected a number, got {_type_name(value)}")
-        if not math.isfinite(value):
+        number = _as_float(value, source, key)
+        if not math.isfinite(number):
             fail(source, key, f"must be finite, got {value}")
-        _check_range(float(value), source, key, meta)
-        return float(value)
+        _check_range(number, source, key, meta)
+        return number
     if tp is str:
         if not isinstance(value, str) or not value:
             fail(source, key, f"expected a non-empty string, got {_type_name(value)}")
+        if len(value) > MAX_STRING_CHARS:
+            fail(source, key, f"longer than {MAX_STRING_CHARS} characters ({len(value)})")
+        if "\x00" in value:
+            fail(source, key, "contains a NUL character")
         return value
     raise TypeError(f"unsupported config type {tp!r} at {key}")  # a schema bug, not user input
+
+
+def _as_float(value: int | float, source: str, key: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer with hundreds of digits
+        fail(source, key, f"out of range ({len(str(abs(int(value))))} digits)")
 
 
 def _check_range(value: float, source: str, key: str, meta: Mapping[str, Any]) -> None:

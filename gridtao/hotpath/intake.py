@@ -34,6 +34,7 @@ log = logging.getLogger("gridtao.intake")
 #: journal. Called on the lane's thread; must be O(1) and must not mutate ``fields`` later.
 DecisionHook = Callable[[str, dict[str, object]], None]
 
+RETAINED = "retained message: not acted on"
 DEDUP_WINDOW = 10_000  # event ids remembered for idempotency (bounded memory under floods)
 
 
@@ -72,10 +73,13 @@ class Intake:
         on_decision: DecisionHook | None = None,
         dr: ProductMonitor | None = None,
         simulated: bool = False,
+        max_sample_skew_s: float | None = None,
     ) -> None:
         self._island = island
         # Every ack from simulated GPUs says so: an aggregator must never mistake them for real.
         self._simulated = simulated
+        # Samples dated far from this node's clock (t=0, a stuck meter, a replay) never act.
+        self._max_skew_s = max_sample_skew_s
         self._topics = topics
         self._clock = clock
         self._monitor = monitor
@@ -101,7 +105,8 @@ class Intake:
         return list(self._events)
 
     def on_message(
-        self, topic: str, payload: bytes, *, received_at: float, received_wall: float
+        self, topic: str, payload: bytes, *, received_at: float, received_wall: float,
+        retained: bool = False,
     ) -> list[Outgoing]:
         self._v_result = self._v_id = self._v_reason = None
         if topic == self._topics.frequency:
@@ -109,6 +114,13 @@ class Intake:
         elif topic == self._topics.dispatch:
             handle, name = self._on_dispatch, "dispatch"
         else:
+            return []
+        if retained:
+            # A retained message is the past replayed (a command or sample left on the broker,
+            # delivered again on every connection): never acted on, never acked, counted.
+            self._count(name, "rejected", reason=RETAINED)
+            log.warning("retained %s message ignored (%d bytes): commands act only when sent",
+                        name, len(payload))
             return []
         if self._on_decision is None:
             return handle(payload, received_at, received_wall)
@@ -193,6 +205,13 @@ class Intake:
                 self._count("frequency", "rejected", reason=problem)
                 log.info("frequency sample rejected: %s", problem)
                 return []
+        # Signed samples already passed the (stricter) signed freshness; this holds for all.
+        if self._max_skew_s is not None and abs(sample.t - wall) > self._max_skew_s:
+            reason = (f"sample time t={sample.t:.3f} is {sample.t - wall:+.1f} s from this "
+                      f"node's clock (limit {self._max_skew_s:g} s)")
+            self._count("frequency", "rejected", reason=reason)
+            log.info("frequency sample rejected: %s", reason)
+            return []
         self._count("frequency", "accepted")
         out: list[Outgoing] = []
         for action in self._monitor.on_sample(sample.hz, received_at, wall_s=wall):

@@ -115,6 +115,7 @@ class IslandLane:
                 out = self._intake.on_message(
                     msg.topic, msg.payload,
                     received_at=msg.received_at, received_wall=msg.received_wall,
+                    retained=msg.retain,
                 )
             except Exception:
                 log.exception("message on %s could not be handled", msg.topic)

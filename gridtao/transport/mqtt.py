@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import aiomqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.transport.diagnose import AttemptLog, Diagnosis, PahoTap, connected
@@ -335,7 +336,11 @@ class MqttLink:
         )
         async with connected(client, tap):
             if self.subscriptions:
-                codes = await client.subscribe(list(self.subscriptions))
+                # retainHandling 2: the broker sends no retained message on subscribing (a
+                # command left on the broker must never act at start; see docs/security.md).
+                codes = await client.subscribe([
+                    (topic, SubscribeOptions(qos=qos, retainHandling=2))
+                    for topic, qos in self.subscriptions])
                 refused = [
                     topic
                     for (topic, _), code in zip(self.subscriptions, codes, strict=False)
