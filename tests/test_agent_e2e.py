@@ -536,3 +536,19 @@ def test_a_retained_flag_on_a_delivered_message_is_not_acted_on() -> None:
     finally:
         rig.island.close()
         rig.backend.close()
+
+
+def test_the_broker_never_sends_the_agent_an_oversize_message(
+    mqtt_broker: MosquittoBroker,
+) -> None:
+    with running_node(mqtt_broker, "oversize") as node:
+        limit = node.agent.config.mqtt.max_payload_bytes
+        received = node.agent.lane.link.stats.received
+        huge = b'{"id": "big", "kind": "shed", "fraction": 0.3, "pad": "' + b"x" * (
+            limit + 4096) + b'"}'
+        node.dispatch(huge)  # MQTT v5 Maximum Packet Size: the broker drops it for this client
+        with node.acks() as acks:
+            node.dispatch(_shed("after", 0.3))
+            assert _ack(acks.wait(1, WAIT_S)[0])["id"] == "after"
+        assert node.agent.lane.link.stats.received == received + 1  # only the second
+        assert node.count("dispatch", "rejected") == 0

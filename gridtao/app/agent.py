@@ -81,6 +81,7 @@ log = logging.getLogger("gridtao.app.agent")
 # bench/latency.py on a 2-core VM (p50/p99 publish->command under load): 5 ms 19/32 ms,
 # 1 ms 9/15 ms, 0.5 ms 6/9 ms, 0.1 ms 5/7 ms; idle latency did not get worse.
 GIL_SWITCH_INTERVAL_S = 1e-4
+PACKET_OVERHEAD_BYTES = 1024  # fixed header, topic name, MQTT v5 properties
 
 
 def default_node_id() -> str:
@@ -227,7 +228,9 @@ class Agent:
             )
 
         self.lane = IslandLane(
-            link("island", subscriptions=[(self.topics.frequency, 0), (self.topics.dispatch, 1)]),
+            link("island", subscriptions=[(self.topics.frequency, 0), (self.topics.dispatch, 1)],
+                 # the largest payload accepted, plus room for the topic and the headers
+                 max_packet_bytes=m.max_payload_bytes + PACKET_OVERHEAD_BYTES),
             self.intake,
         )
         self.status_link = link(

@@ -28,6 +28,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gridtao.clock import Clock, MonotonicClock
@@ -134,6 +136,7 @@ class MqttLink:
         username: str | None = None,
         password: str | None = None,
         error_log_interval_s: float = 60.0,
+        max_packet_bytes: int | None = None,
     ) -> None:
         if not 0 < reconnect_min_s <= reconnect_max_s:
             raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
@@ -158,6 +161,9 @@ class MqttLink:
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._rng = rng if rng is not None else random.Random()
         self.error_log_interval_s = error_log_interval_s
+        # MQTT v5 Maximum Packet Size: the broker never sends a larger packet (it drops it), so
+        # an oversize flood costs the broker, not this process's memory.
+        self.max_packet_bytes = max_packet_bytes
         self.set_credentials(tls=tls, username=username, password=password)
         self._tap: PahoTap | None = None
 
@@ -312,6 +318,13 @@ class MqttLink:
             self._running = False
             self._loop = None
 
+    def _connect_properties(self) -> Properties | None:
+        if self.max_packet_bytes is None:
+            return None
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.MaximumPacketSize = self.max_packet_bytes
+        return props
+
     async def _session(self) -> None:
         """One connection: returns only by raising (MqttError on loss, CancelledError on stop)."""
         self._was_up = False
@@ -333,6 +346,7 @@ class MqttLink:
             username=credentials[1],
             password=credentials[2],
             logger=tap,
+            properties=self._connect_properties(),
         )
         async with connected(client, tap):
             if self.subscriptions:
