@@ -352,7 +352,8 @@ class SafetyIsland:
                     mw = self._backend.enforced_limit_mw(index)
                 except Exception:  # the read faults are tier 1's to report
                     continue
-            self._writes.note_enforced(index, mw)
+                # Noted under the GPU's lock: a write landing after this read must win.
+                self._writes.note_enforced(index, mw)
 
     def write_faults(self) -> dict[int, str]:
         """GPUs whose last limit write failed: index -> error kind (e.g. ``"GpuLost"``)."""
@@ -414,13 +415,15 @@ class SafetyIsland:
         return was is not None
 
     def probe_writes(self) -> dict[int, str]:
-        """Learn which GPUs accept limit writes, without moving any: write each GPU's resting
-        limit (the limit found at start, clamped into the envelope) back to it. Returns index ->
-        error kind of each GPU that refused, as :meth:`write_faults` will report it until a
-        later write to that GPU succeeds. Call after :meth:`start`, before any trigger."""
+        """Learn which GPUs accept limit writes, without moving any: write each GPU's enforced
+        limit as :meth:`start` read it (clamped into the envelope) back to it. (Not the resting
+        limits: after a crash the GPUs still hold the caps a recovery is about to re-hold.)
+        Returns index -> error kind of each GPU that refused, as :meth:`write_faults` will
+        report it until a later write to that GPU succeeds. Call after :meth:`start`, before
+        any trigger."""
         with self._cmd_lock:
             with self._lock:
-                batch = self._writer.submit(self._resting_mw)
+                batch = self._writer.submit(self.envelope.clamp_all(self._writes.limits_mw))
             self._writes.record(batch.wait(self._write_timeout_s))
         return self._writes.faults()
 

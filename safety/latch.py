@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .errors import WriteTimeout
+
 EventKind = Literal["frequency", "shed", "cap"]
 SafeMode = Literal["default", "hold", "minimum"]
 
@@ -55,8 +57,11 @@ class Activation:
 
     @property
     def refused(self) -> bool:
-        """True if the event had caps to write and every GPU refused them."""
-        return self.binding and bool(self.caps_mw) and len(self.errors) == len(self.caps_mw)
+        """True if the event had caps to write and every GPU refused them. A write the island
+        stopped waiting for (:class:`~.errors.WriteTimeout`) is not a refusal: it may still
+        land, so such an event is never called refused."""
+        return (self.binding and bool(self.caps_mw) and len(self.errors) == len(self.caps_mw)
+                and not any(isinstance(e, WriteTimeout) for e in self.errors.values()))
 
     @property
     def failed_gpus(self) -> tuple[int, ...]:

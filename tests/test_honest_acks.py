@@ -238,3 +238,44 @@ def test_a_metrics_address_the_agent_cannot_listen_on_is_one_line(
     assert done.returncode == 2, done.stderr
     assert f"metrics.host/metrics.port {host}:9: cannot listen there" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_start_probe_never_lifts_caps_a_crashed_run_left() -> None:
+    from gridtao.clock import VirtualClock
+    from gridtao.config.agent import SimConfig
+    from gridtao.gpu.nvml import NvmlBackend
+    from gridtao.gpu.sim.nvml import SimNvml
+    from gridtao.safety.island import SafetyIsland
+
+    clock = VirtualClock(0.0)
+    sim = SimNvml.from_config(SimConfig(count=2, noise_w=0.0), clock)
+    backend = NvmlBackend(sim)
+    backend.set_limit_mw(0, 358_000)  # what the crashed run's event left on GPU 0
+    island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=600.0,
+                          resting_mw=[700_000, 700_000])  # what that run found at its start
+    try:
+        island.start()
+        assert island.probe_writes() == {}
+        assert backend.enforced_limit_mw(0) == 358_000  # held for the recovery to re-hold
+    finally:
+        island.close()
+        backend.close()
+
+
+def test_writes_the_island_stopped_waiting_for_are_not_a_refusal() -> None:
+    from types import MappingProxyType
+
+    from gridtao.gpu.backend import GpuNotSupported
+    from gridtao.safety.errors import WriteTimeout
+    from gridtao.safety.latch import Activation
+
+    def act(*errors: Exception) -> Activation:
+        return Activation("e", "shed", 1e6, 7e5, (350_000, 350_000), 1.0, 1.0,
+                          errors=MappingProxyType(dict(enumerate(errors))))
+
+    timed_out = act(WriteTimeout("late", index=0), WriteTimeout("late", index=1))
+    assert not timed_out.refused  # they may still land: never acked as refused
+    assert not timed_out.commanded  # nor as commanded: nothing is known to be in force
+    mixed = act(GpuNotSupported("no", index=0), WriteTimeout("late", index=1))
+    assert not mixed.refused
+    assert act(GpuNotSupported("no", index=0), GpuNotSupported("no", index=1)).refused
