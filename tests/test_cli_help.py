@@ -77,3 +77,29 @@ def test_a_products_former_short_name_says_its_name(capsys: pytest.CaptureFixtur
     assert main(["bench", "compliance", "--product", "fcr-d", "--list"]) == 2
     assert "'fcr-d' is now 'fcr-d-up'" in capsys.readouterr().err
     assert main(["bench", "compliance", "--product", "fcr-d-up", "--list"]) == 0
+
+
+def test_common_options_work_after_nested_commands_and_outputs_are_checked_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    missing = tmp_path / "nope.yaml"
+    for argv in (["bench", "latency", "--config", str(missing)],
+                 ["audit", "verify", "--config", str(missing), "x.jsonl"]):
+        assert main(argv) == 2
+        assert f"{missing}: file not found" in capsys.readouterr().err
+    assert main(["bench", "latency", "--json", str(tmp_path / "no" / "x.json")]) == 2
+    assert "cannot write there" in capsys.readouterr().err  # said before a 5-minute run
+
+
+def test_a_reader_that_leaves_early_is_not_an_error() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "gridtao", "gpus", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(10)
+    proc.stdout.close()  # `| head -c 10`
+    assert proc.wait(timeout=60) == 0
+    assert b"Traceback" not in proc.stderr.read()
+    proc.stderr.close()

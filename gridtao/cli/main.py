@@ -9,7 +9,9 @@ exit status 2; never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ EXIT_OK = 0
 EXIT_ERROR = 2
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Commands whose own output is the point: the agent's log says only problems unless asked.
+QUIET_BY_DEFAULT = {"bench": "warning", "demo": "warning"}
 
 
 @dataclass(frozen=True)
@@ -107,23 +111,35 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gridtao", description="Grid-responsive GPU power-capping agent."
     )
     parser.add_argument("--version", action="version", version=f"gridtao {__version__}")
-    _add_common(parser, default_config=None, default_level="info")
+    _add_common(parser, default_config=None, default_level=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
-        # Also after the command (`gridtao run --config F`); given there, it wins.
-        _add_common(p, default_config=argparse.SUPPRESS, default_level=argparse.SUPPRESS)
         cmd.configure(p)
+    # Also after the command, at every level (`gridtao bench latency --config F`); given
+    # there, it wins over the same option before the command.
+    for child in _subparsers(parser):
+        _add_common(child, default_config=argparse.SUPPRESS, default_level=argparse.SUPPRESS)
     return parser
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:  # argparse offers no public walk of its subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += [child, *_subparsers(child)]
+    return found
+
+
 def _add_common(p: argparse.ArgumentParser, *, default_config: str | None,
-                default_level: str) -> None:
+                default_level: str | None) -> None:
     p.add_argument("--config", metavar="FILE", default=default_config,
                    help=f"YAML configuration (default: ${ENV_VAR}, else built-in defaults)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default=default_level,
-                   help="info (default): start-up, every event, every rejection and the stop; "
-                        "warning: problems only; debug: everything")
+                   help="info (the default; warning for bench and demo, whose own output is the "
+                        "point): start-up, every event, every rejection and the stop; warning: "
+                        "problems only; debug: everything")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
+    level = args.log_level or QUIET_BY_DEFAULT.get(args.command, "info")
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -153,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `gridtao gpus --json | head`: the reader left, nothing is wrong
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

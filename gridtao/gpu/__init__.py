@@ -99,9 +99,10 @@ def open_backend(
     except GpuUnavailable as e:
         if cfg.backend != "auto":
             raise
-        log.warning("NO NVIDIA DRIVER (%s): running on %d SIMULATED GPUs (gpus.backend: auto); "
-                    "set gpus.backend: nvml to refuse to start without a driver",
-                    e, cfg.sim.count)
+        log.warning("NO NVIDIA DRIVER on this machine: running on %d SIMULATED GPUs "
+                    "(gpus.backend: auto); set gpus.backend: nvml to refuse to start without one",
+                    cfg.sim.count)
+        log.debug("the driver could not be opened: %s", e)
         return _simulated(cfg, clock)
 
 

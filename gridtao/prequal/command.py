@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gridtao import __version__
-from gridtao.config.agent import Config, ProductConfig
+from gridtao.config.agent import Config, ConfigError, ProductConfig
 from gridtao.config.kinds import KINDS
 from gridtao.telemetry import plotting
 from gridtao.telemetry.runinfo import machine_description, provenance, software_version
@@ -80,7 +80,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return EXIT_REFUSED
     stamp = datetime.datetime.now(datetime.timezone.utc)
     out = Path(args.out or f"prequalify-{args.product}-{stamp:%Y%m%dT%H%M%SZ}")
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # before any test runs: a report that cannot be written is worth nothing
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".writable").touch()
+        (out / ".writable").unlink()
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write the report there: {e.strerror or e}"
+                          ) from None
     from gridtao.prequal.options import run_and_score
 
     results = run_and_score(config, args, pcfg, plans,

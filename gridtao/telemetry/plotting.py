@@ -14,7 +14,8 @@ from gridtao.errors import GridtaoError
 
 __all__ = ["INSTALL_HINT", "PlottingUnavailable", "available", "pyplot"]
 
-INSTALL_HINT = "plots need matplotlib: pip install 'gridtao[plot]'"
+INSTALL_HINT = ("plots need matplotlib: pip install 'gridtao[plot]' (from a source checkout: "
+                "pip install '.[plot]')")
 
 
 class PlottingUnavailable(GridtaoError):
