@@ -123,3 +123,13 @@ def test_status_carries_capacity_and_metrics_export_it(tmp_path: Path) -> None:
     finally:
         agent.island.close()
         backend.close()
+
+
+def test_the_node_floor_that_dispatches_stop_at_bounds_the_capacity() -> None:
+    fac = FacilityConfig(settle_at="it")
+    draw, floors = [600 * W] * 4, [200 * W] * 4  # GPU floors 800 W; the node floor 1680 W
+    cap = node_capacity(draw, floors, facility=fac, enrolled=0.0, node_floor_mw=1_680 * W)
+    assert cap.floor_w == 1680 and cap.deliverable_it_w == 720
+    idle = node_capacity([300 * W] * 4, floors, facility=fac, enrolled=0.0,
+                         node_floor_mw=1_680 * W)
+    assert idle.deliverable_it_w == 0 and idle.floor_w == 1200  # under the floor: nothing

@@ -279,3 +279,17 @@ def test_writes_the_island_stopped_waiting_for_are_not_a_refusal() -> None:
     mixed = act(GpuNotSupported("no", index=0), WriteTimeout("late", index=1))
     assert not mixed.refused
     assert act(GpuNotSupported("no", index=0), GpuNotSupported("no", index=1)).refused
+
+
+def test_a_release_ack_claims_no_command_and_reached_keeps_the_first_acks_fields(
+    rig: Rig,
+) -> None:
+    rig.dispatch({"id": "deep", "kind": "shed", "fraction": 0.4, "duration_s": 60})
+    shallow = rig.dispatch({"id": "shallow", "kind": "cap", "node_w": 2000, "duration_s": 60})
+    assert shallow["binding"] is False
+    reached = rig.intake.reached_ack("shallow", rig.clock.wall())
+    assert reached is not None
+    body = json.loads(reached.payload)
+    assert body["binding"] is False and body["commanded_at"] is None and body["reached_at"]
+    release = rig.dispatch({"id": "r1", "kind": "release", "ref": "deep"})
+    assert release["accepted"] is True and release["commanded_at"] is None

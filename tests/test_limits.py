@@ -228,6 +228,9 @@ def test_a_burst_of_1000_sheds_acts_once_and_never_below_the_floor(rig: Rig) -> 
     assert [a["id"] for a in accepted] == ["flood-0"]
     # The first shed asked 80 % of 2200 W (440 W): stopped at the floor, and said so.
     assert "by the node's floor 840 W" in accepted[0]["reason"]
+    # ... and in fields an aggregator can add up: 1360 W delivered of the 1760 W asked.
+    assert accepted[0]["deliverable_w"] == pytest.approx(2200 - 840, abs=2)
+    assert accepted[0]["shortfall_w"] == pytest.approx(0.8 * 2200 - (2200 - 840), abs=2)
     reasons = [a["reason"] for a in acks[1:]]
     assert sum(r.startswith("rate limit: over 5 dispatch messages/s") for r in reasons) == 980
     assert sum(r.startswith("last cut accepted 0.000 s ago") for r in reasons) == 19

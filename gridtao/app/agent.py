@@ -251,6 +251,9 @@ class Agent:
         StatsCollector({"island": self.lane.link.stats, "status": self.status_link.stats},
                        audit=self.ledger.audit, registry=self.registry)
         self._enrolled_w = enrolled_w(config.products)
+        # The floor dispatched cuts stop at (security/bounds.py): capacity never counts below it.
+        self._node_floor_mw = config.limits.min_node_fraction * sum(
+            lim.default_mw for lim in self.gpu_limits)
         self.capacity_watch = CapacityWatch()
         CapacityCollector(self.capacity, registry=self.registry)
         FeedCollector(self.frequency_feed, registry=self.registry)
@@ -281,7 +284,8 @@ class Agent:
         """The node's down-capacity now, from tier 1's latest readings and the island's
         floors (no NVML call; any thread)."""
         return node_capacity(self.fast.draw_mw, self.island.floor_mw(),
-                             facility=self.config.facility, enrolled=self._enrolled_w)
+                             facility=self.config.facility, enrolled=self._enrolled_w,
+                             node_floor_mw=self._node_floor_mw)
 
     def frequency_feed(self) -> tuple[float | None, float | None, bool]:
         """(last frequency Hz, seconds since the last sample, stale); any thread."""

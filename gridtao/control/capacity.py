@@ -65,11 +65,15 @@ def enrolled_w(products: Iterable[ProductConfig]) -> float:
 
 
 def node_capacity(draw_mw: Sequence[float], floor_mw: Sequence[float], *,
-                  facility: FacilityConfig, enrolled: float) -> Capacity:
-    """Capacity from per-GPU draw and floors (mW, one entry per GPU)."""
+                  facility: FacilityConfig, enrolled: float,
+                  node_floor_mw: float = 0.0) -> Capacity:
+    """Capacity from per-GPU draw and floors (mW, one entry per GPU); ``node_floor_mw``: the
+    node floor dispatched cuts stop at (``limits.min_node_fraction`` of the summed defaults),
+    so what is reported is what every activation can count on."""
     draw = sum(draw_mw) / 1000.0
     # A GPU drawing under its floor cannot be cut at all: it adds its draw, not its floor.
-    floor = sum(min(f, d) for d, f in zip(draw_mw, floor_mw, strict=True)) / 1000.0
+    gpu_floor = sum(min(f, d) for d, f in zip(draw_mw, floor_mw, strict=True)) / 1000.0
+    floor = max(gpu_floor, min(node_floor_mw / 1000.0, draw))
     it = max(0.0, draw - floor)
     at_meter = facility.settle_at == "meter"
     deliverable = it * (1.0 + facility.losses_fraction) if at_meter else it

@@ -16,6 +16,7 @@ frequency sample: rate limit -> parse -> signature, freshness and order -> monit
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class _Event:
     received_at: float  # monotonic s
     received_wall: float
     commanded_wall: float | None  # None: nothing written (a deeper event already held the GPUs)
+    ack_extra: dict[str, object] = dataclasses.field(default_factory=dict)  # also on reached_at
 
 
 class Intake:
@@ -235,13 +237,14 @@ class Intake:
             self._monitor.forget(act.event_id)
             return [self._refuse_unwritten(act, "frequency", wall, source)]
         commanded = act.commanded_wall if act.commanded else None
+        extra = source | _write_fields(act)
         self._events[act.event_id] = _Event(
-            act.event_id, "frequency", None, received_at, wall, commanded
+            act.event_id, "frequency", None, received_at, wall, commanded, extra
         )
         self._activated(act, received_at)
         notes = [n for n in (_shortfall_note(act), _write_note(act)) if n]
         return [self._ack(act.event_id, True, "; ".join(notes) or None, wall, commanded,
-                          extra=source | _write_fields(act))]
+                          extra=extra)]
 
     # ---- dispatch -------------------------------------------------------------------------
 
@@ -303,13 +306,20 @@ class Intake:
             return self._refuse_unwritten(act, "dispatch", wall, {})
         self._count("dispatch", "accepted")
         commanded = act.commanded_wall if act.commanded else None
+        extra = _write_fields(act)
+        if isinstance(msg, wire.ShedDispatch) and fraction is not None and (
+                fraction < msg.fraction):
+            # The bounds stopped the shed at the node floor: what it asked, what it gets.
+            extra["deliverable_w"] = round(act.baseline_mw * fraction / 1000.0, 1)
+            extra["shortfall_w"] = round(act.baseline_mw * (msg.fraction - fraction) / 1000.0,
+                                         1)
         self._events[msg.id] = _Event(
             msg.id, type(msg).KIND, received_at + msg.duration_s, received_at, wall, commanded,
+            extra,
         )
         self._activated(act, received_at)
         notes = [n for n in (note, _shortfall_note(act), _write_note(act)) if n]
-        return self._ack(msg.id, True, "; ".join(notes) or None, wall, commanded,
-                         extra=_write_fields(act))
+        return self._ack(msg.id, True, "; ".join(notes) or None, wall, commanded, extra=extra)
 
     def _refuse_unwritten(self, act: Activation, topic: str, wall: float,
                           extra: dict[str, object]) -> Outgoing:
@@ -352,13 +362,13 @@ class Intake:
         ):
             self._count("dispatch", "accepted", event_id=msg.id)
             self._decide("dr_cancelled", {"event": msg.ref, "by": msg.id})
-            return self._ack(msg.id, True, None, wall, self._clock.wall())
+            return self._ack(msg.id, True, None, wall, None)  # nothing written now
         if msg.ref not in self._events:
             self._count("dispatch", "rejected")
             return self._ack(msg.id, False, f"no active event {msg.ref!r} to release", wall, None)
         self._release(msg.ref, f"release dispatch {msg.id!r}")
         self._count("dispatch", "accepted")
-        return self._ack(msg.id, True, None, wall, self._clock.wall())
+        return self._ack(msg.id, True, None, wall, None)  # the ramp-out writes, not this ack
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -423,9 +433,12 @@ class Intake:
         ev = self._events.get(event_id)
         if ev is None:
             return None
+        extra = dict(ev.ack_extra)  # the first ack's fields (binding, failed_gpus, ...)
+        if self._simulated:
+            extra["simulated"] = True
         payload = wire.ack_payload(
             event_id, True, None, ev.received_wall, ev.commanded_wall, reached_wall,
-            extra={"simulated": True} if self._simulated else None,
+            extra=extra or None,
         )
         return Outgoing(self._topics.ack, payload)
 
