@@ -37,13 +37,19 @@ def test_stale_offline_own_or_unreadable_statuses_do_not_block() -> None:
 def test_on_this_host_only_a_live_process_blocks() -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    assert other_instance(_status(id="x", pid=dead.pid, host="this-host"), ME, wall=100.5,
+    assert other_instance(_status(id="x", pid=dead.pid, host="this-host",
+                                  pidns=ME.pidns), ME, wall=100.5,
                           status_period_s=1.0) is None
-    assert other_instance(_status(id="x", pid=ME.pid, host="this-host"), ME, wall=100.5,
+    assert other_instance(_status(id="x", pid=ME.pid, host="this-host",
+                                  pidns=ME.pidns), ME, wall=100.5,
                           status_period_s=1.0) is None  # an earlier agent of this process
+    # A container sharing the host name: its pid is from another namespace and proves nothing.
+    assert other_instance(_status(id="x", pid=ME.pid, host="this-host", pidns="pid:[1]"), ME,
+                          wall=100.5, status_period_s=1.0) is not None
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        assert other_instance(_status(id="x", pid=live.pid, host="this-host"), ME, wall=100.5,
+        assert other_instance(_status(id="x", pid=live.pid, host="this-host",
+                                  pidns=ME.pidns), ME, wall=100.5,
                               status_period_s=1.0) is not None
     finally:
         live.kill()

@@ -38,9 +38,19 @@ class Instance:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     pid: int = field(default_factory=os.getpid)
     host: str = field(default_factory=socket.gethostname)
+    # The PID namespace: two containers sharing a host name have different ones, so their
+    # pids (both 1, say) say nothing about each other.
+    pidns: str = field(default_factory=lambda: _pid_namespace())
 
     def fields(self) -> dict[str, object]:
-        return {"id": self.id, "pid": self.pid, "host": self.host}
+        return {"id": self.id, "pid": self.pid, "host": self.host, "pidns": self.pidns}
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:
@@ -71,8 +81,9 @@ def other_instance(status: bytes, me: Instance, *, wall: float,
     age = wall - float(t)
     if age > FRESH_PERIODS * status_period_s + 1.0:
         return None
-    if host == me.host and isinstance(pid, int) and (pid == me.pid or not _alive(pid)):
-        return None  # a predecessor in this very process, or a dead one on this host
+    same_pids = host == me.host and bool(me.pidns) and other.get("pidns") == me.pidns
+    if same_pids and isinstance(pid, int) and (pid == me.pid or not _alive(pid)):
+        return None  # a predecessor in this very process, or a dead one in this namespace
     return f"instance {other.get('id')} (pid {pid} on {host}), status {max(age, 0.0):.1f} s old"
 
 
