@@ -122,9 +122,10 @@ def run(gpus: int, triggers: int, sim: SimConfig) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gridtao.bench.fanout",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--gpus", type=int, default=8)
-    p.add_argument("--triggers", type=int, default=200)
-    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--gpus", type=int, default=8, help="simulated GPUs (default 8)")
+    p.add_argument("--triggers", type=int, default=200,
+                   help="triggers timed per mode (default 200)")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = p.parse_args(argv)
     if args.gpus < 1 or args.triggers < 1:
         p.error("--gpus and --triggers must be >= 1")

@@ -143,9 +143,10 @@ def run(config: Config, *, gpus: int, seconds: float) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gridtao.bench.overhead",
                                 description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--gpus", type=int, default=8)
-    p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--gpus", type=int, default=8, help="simulated GPUs (default 8)")
+    p.add_argument("--seconds", type=float, default=20.0,
+                   help="how long each process is measured (default 20)")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--poll-loop", action="store_true", help=argparse.SUPPRESS)  # the baseline
     p.add_argument("--hz", type=float, default=100.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

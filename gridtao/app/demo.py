@@ -90,6 +90,8 @@ def run_demo(config: Config, *, out_dir: Path, duration_scale: float = 1.0) -> i
             mqtt=dataclasses.replace(config.mqtt, port=broker.port, node_id="demo-node"),
             metrics=dataclasses.replace(config.metrics, port=0),
             gpus=dataclasses.replace(config.gpus, backend="sim"),
+            # The demo's grid sends frequency only around its dip; its silence is not a fault.
+            safety=dataclasses.replace(config.safety, frequency_stale_s=3600.0),
             # The demo's records stay with its output, not in the machine's state directory.
             audit=dataclasses.replace(config.audit, path=str(out_dir.resolve() / "audit.jsonl")),
             journal=dataclasses.replace(config.journal,

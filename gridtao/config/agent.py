@@ -192,8 +192,8 @@ class AuthConfig:
 
     With ``mode`` other than ``none``, every dispatch must carry ``sig`` and ``kid`` and an
     ``issued_at`` no older than ``freshness_s`` nor more than ``max_future_s`` ahead; its id is
-    remembered in ``replay_store`` (default: ``$XDG_STATE_HOME/gridtao/replay-<node>.jsonl``,
-    else ``~/.local/state/gridtao/...``) for ``freshness_s``, so a replay is refused across
+    remembered in ``replay_store`` (default: ``<state dir>/replay-<node>.jsonl``, see
+    gridtao/config/paths.py) for ``freshness_s``, so a replay is refused across
     restarts. Signed frequency samples must have ``t`` within ``frequency_freshness_s`` and
     increasing per key; unsigned ones are refused when ``require_signed_frequency`` is true.
     """

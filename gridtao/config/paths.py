@@ -43,7 +43,8 @@ def resolve_path(value: str, source: str) -> Path:
 def with_state_paths(config: Config, node_id: str) -> Config:
     """``config`` with the audit trail's, the journal's and the replay store's paths made
     absolute: unset ones in the state directory (named after ``node_id``, so agents of several
-    nodes can share it), relative ones from the configuration file's folder."""
+    nodes can share it), relative ones from the configuration file's folder, as is the
+    simulator's trace file."""
     state = state_dir()
 
     def where(value: str | None, default_name: str) -> str:
@@ -60,4 +61,7 @@ def with_state_paths(config: Config, node_id: str) -> Config:
         auth=dataclasses.replace(config.auth,
                                  replay_store=where(config.auth.replay_store,
                                                     f"replay-{node_id}.jsonl")),
+        gpus=dataclasses.replace(config.gpus, sim=dataclasses.replace(
+            config.gpus.sim, trace_csv=None if config.gpus.sim.trace_csv is None
+            else str(resolve_path(config.gpus.sim.trace_csv, config.source)))),
     )

@@ -166,7 +166,8 @@ class TrackerCollector(Collector):
 
 class EnergyCollector(Collector):
     """``gridtao_gpu_energy_joules_total{gpu}``: each GPU's energy counter (NVML, since the
-    driver loaded), as tier 1 last read it; a GPU without a counter is left out."""
+    driver loaded), as the read-back thread last read it (gridtao/app/readback.py); a GPU
+    without a counter is left out."""
 
     def __init__(self, read: Callable[[], tuple[int | None, ...]], gpus: tuple[int, ...], *,
                  registry: CollectorRegistry) -> None:
