@@ -19,7 +19,8 @@ The trigger chain, file by file, in the order a message travels it:
 7. ``gpu/nvml.py``: :meth:`NvmlBackend.command_limit_mw`, the one NVML call per GPU
    (``gpu/sim/nvml.py`` stands in for the driver without GPUs). The batch is stamped
    ``commanded_at`` when the last call returned.
-8. Back in the intake, the ack is built (``wire/payloads.py``) and queued on the lane's outbox
+8. Back in the intake, the ack is built (``hotpath/acks.py``: what the GPUs really did;
+   ``wire/payloads.py``) and queued on the lane's outbox
    (``transport/outbox.py``); the decision goes to the audit trail and journal off the path
    (``records/ledger.py``). The response meter (``control/response.py``) then watches node
    power and the lane publishes the second ack with ``reached_at``.

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gridtao.clock import Clock
+from gridtao.hotpath.acks import shortfall_note, write_fields, write_note
 from gridtao.products.frequency import Activate, FrequencyMonitor, Release
 from gridtao.products.portfolio import ProductMonitor
 from gridtao.safety.island import Activation, SafetyIsland
@@ -237,12 +238,12 @@ class Intake:
             self._monitor.forget(act.event_id)
             return [self._refuse_unwritten(act, "frequency", wall, source)]
         commanded = act.commanded_wall if act.commanded else None
-        extra = source | _write_fields(act)
+        extra = source | write_fields(act)
         self._events[act.event_id] = _Event(
             act.event_id, "frequency", None, received_at, wall, commanded, extra
         )
         self._activated(act, received_at)
-        notes = [n for n in (_shortfall_note(act), _write_note(act)) if n]
+        notes = [n for n in (shortfall_note(act), write_note(act)) if n]
         return [self._ack(act.event_id, True, "; ".join(notes) or None, wall, commanded,
                           extra=extra)]
 
@@ -306,7 +307,7 @@ class Intake:
             return self._refuse_unwritten(act, "dispatch", wall, {})
         self._count("dispatch", "accepted")
         commanded = act.commanded_wall if act.commanded else None
-        extra = _write_fields(act)
+        extra = write_fields(act)
         if isinstance(msg, wire.ShedDispatch) and fraction is not None and (
                 fraction < msg.fraction):
             # The bounds stopped the shed at the node floor: what it asked, what it gets.
@@ -318,7 +319,7 @@ class Intake:
             extra,
         )
         self._activated(act, received_at)
-        notes = [n for n in (note, _shortfall_note(act), _write_note(act)) if n]
+        notes = [n for n in (note, shortfall_note(act), write_note(act)) if n]
         return self._ack(msg.id, True, "; ".join(notes) or None, wall, commanded, extra=extra)
 
     def _refuse_unwritten(self, act: Activation, topic: str, wall: float,
@@ -326,14 +327,14 @@ class Intake:
         """Every GPU refused the event's write: nothing changed, so the event is not taken.
         The island lets go of its latch (it holds no GPU) and the ack says why, per GPU."""
         self._island.release(act.event_id)
-        reason = f"no GPU took the new limit ({_write_note(act)})"
+        reason = f"no GPU took the new limit ({write_note(act)})"
         if topic == "dispatch":  # a valid frequency sample is not a rejected message
             self._count(topic, "rejected", event_id=act.event_id, reason=reason)
         log.error("event %s not taken: %s", act.event_id, reason)
         self._decide("event_refused", {"event": act.event_id, "kind": act.kind,
                                        "reason": reason, "failed_gpus": list(act.failed_gpus)})
         return self._ack(act.event_id, False, reason, wall, None,
-                         extra=extra | _write_fields(act))
+                         extra=extra | write_fields(act))
 
     def _count_write_errors(self, act: Activation) -> None:
         if self._metrics is not None:
@@ -452,36 +453,3 @@ class Intake:
         self._v_result, self._v_id, self._v_reason = result, event_id, reason
         if self._metrics is not None:
             self._metrics.count_message(topic, result)
-
-
-def _write_fields(act: Activation) -> dict[str, object]:
-    """Structured ack fields of an activation's writes: the GPUs whose write failed, and
-    ``binding: false`` when a more restrictive event already held the GPUs (nothing written)."""
-    fields: dict[str, object] = {}
-    if act.errors:
-        fields["failed_gpus"] = list(act.failed_gpus)
-    if not act.binding:
-        fields["binding"] = False
-    if act.dry_run:
-        fields["dry_run"] = True  # the caps were logged, not written: nothing changed
-    if act.shortfall_mw >= 1000.0:
-        fields["deliverable_w"] = round((act.baseline_mw - act.target_mw) / 1000.0, 1)
-        fields["shortfall_w"] = round(act.shortfall_mw / 1000.0, 1)
-    return fields
-
-
-def _shortfall_note(act: Activation) -> str | None:
-    """A cut deeper than the node can go: say what it delivers instead, and why."""
-    if act.shortfall_mw < 1000.0:
-        return None
-    asked = (act.baseline_mw - (act.requested_target_mw or act.target_mw)) / 1000.0
-    can = (act.baseline_mw - act.target_mw) / 1000.0
-    return (f"can deliver {can:.0f} W of the {asked:.0f} W asked: the node's floor is "
-            f"{act.target_mw / 1000.0:.0f} W (every GPU at its minimum or priority floor)")
-
-
-def _write_note(act: Activation) -> str | None:
-    """Accepted with failures on some GPUs: say which, so the aggregator knows the cut is short."""
-    if not act.errors:
-        return None
-    return "; ".join(f"gpu {i}: {err}" for i, err in sorted(act.errors.items()))
