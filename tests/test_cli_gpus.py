@@ -98,3 +98,10 @@ def test_nvml_backend_without_driver_is_one_line_no_traceback() -> None:
     assert lines[0].startswith("gridtao: error: no NVIDIA driver found")
     assert "--backend sim" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_simulated_gpus_are_said_to_be_simulated(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gpus", "--backend", "sim"]) == 0
+    captured = capsys.readouterr()
+    assert "these are simulated GPUs" in captured.err
+    assert "simulated" not in captured.out  # the table itself stays the table

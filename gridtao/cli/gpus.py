@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,8 +83,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
         gpus_cfg = dataclasses.replace(gpus_cfg, dry_run=True)
     with open_backend(gpus_cfg) as backend:
         rows = gpu_rows(backend)
+        simulated = backend.simulated
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print(format_gpu_table(rows))
+    if simulated:  # never to be mistaken for the machine's own GPUs (stdout stays the table)
+        print("gridtao: these are simulated GPUs (gpus.backend sim, or auto without an NVIDIA "
+              "driver)", file=sys.stderr)
     return EXIT_OK
