@@ -293,3 +293,13 @@ def test_a_release_ack_claims_no_command_and_reached_keeps_the_first_acks_fields
     assert body["binding"] is False and body["commanded_at"] is None and body["reached_at"]
     release = rig.dispatch({"id": "r1", "kind": "release", "ref": "deep"})
     assert release["accepted"] is True and release["commanded_at"] is None
+
+
+def test_reject_and_duplicate_acks_are_expendable_activation_acks_are_not(rig: Rig) -> None:
+    (accepted,) = rig.send(TOPICS.dispatch, {"id": "a1", "kind": "shed", "fraction": 0.3,
+                                             "duration_s": 60})
+    (rejected,) = rig.send(TOPICS.dispatch, b"{not json")
+    (duplicate,) = rig.send(TOPICS.dispatch, {"id": "a1", "kind": "shed", "fraction": 0.3,
+                                              "duration_s": 60})
+    assert not accepted.expendable
+    assert rejected.expendable and duplicate.expendable

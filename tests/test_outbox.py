@@ -203,3 +203,19 @@ def test_misuse_is_refused() -> None:
             await box.take()
 
     run(main)
+
+
+def test_a_flood_of_reject_acks_never_pushes_an_activation_ack_out() -> None:
+    dropped: list[OutboundMessage] = []
+    box = Outbox(3, on_drop=lambda m, _why: dropped.append(m))
+    activation = OutboundMessage("ack", b"accepted", 1, False)
+    box.push(activation)
+    for k in range(50):
+        box.push(OutboundMessage("ack", f"rejected {k}".encode(), 1, False, expendable=True))
+    assert len(box) == 3 and len(dropped) == 48
+    assert activation not in dropped and all(m.expendable for m in dropped)
+    # With nothing expendable left, the bound still holds: the front goes.
+    box.push(OutboundMessage("ack", b"a2", 1, False))
+    box.push(OutboundMessage("ack", b"a3", 1, False))
+    box.push(OutboundMessage("ack", b"a4", 1, False))
+    assert len(box) == 3 and activation in dropped

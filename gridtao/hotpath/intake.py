@@ -46,6 +46,9 @@ class Outgoing:
     payload: bytes
     qos: int = 1
     retain: bool = False
+    # A reject or a resent duplicate ack: the first to go if the outbox overflows, so a flood
+    # of them can never push an activation's ack out.
+    expendable: bool = False
 
 
 @dataclass
@@ -270,7 +273,7 @@ class Intake:
                 return [self._reject(msg.id, f"id {msg.id!r} reused with a different body "
                                      "(the first is still in force)", wall)]
             self._count("dispatch", "duplicate", event_id=msg.id)
-            return [Outgoing(self._topics.ack, previous)]
+            return [Outgoing(self._topics.ack, previous, expendable=True)]
         note = None
         fraction = msg.fraction if isinstance(msg, wire.ShedDispatch) else None
         if guard is not None:
@@ -427,7 +430,7 @@ class Intake:
             while len(self._acks) > DEDUP_WINDOW:
                 old, _ = self._acks.popitem(last=False)
                 self._terms.pop(old, None)
-        return Outgoing(self._topics.ack, payload)
+        return Outgoing(self._topics.ack, payload, expendable=not accepted)
 
     def reached_ack(self, event_id: str, reached_wall: float) -> Outgoing | None:
         """The second ack for ``event_id``, with ``reached_at`` filled in."""

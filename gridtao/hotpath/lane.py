@@ -132,4 +132,5 @@ class IslandLane:
 
     def _publish(self, out: list[Outgoing]) -> None:
         for o in out:
-            self._link.publish_nowait(o.topic, o.payload, o.qos, o.retain)
+            self._link.publish_nowait(o.topic, o.payload, o.qos, o.retain,
+                                      expendable=o.expendable)

@@ -210,11 +210,13 @@ class MqttLink:
         self.publish_nowait(topic, payload, qos, retain)
 
     def publish_nowait(
-        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, *,
+        expendable: bool = False,
     ) -> None:
-        """Synchronous :meth:`publish`; call it only from the link's own event loop."""
+        """Synchronous :meth:`publish`; call it only from the link's own event loop.
+        ``expendable``: dropped first when the outbox is full (see :mod:`.outbox`)."""
         _check_qos(qos)
-        self._outbox.push(OutboundMessage(topic, bytes(payload), qos, retain))
+        self._outbox.push(OutboundMessage(topic, bytes(payload), qos, retain, expendable))
 
     def publish_threadsafe(
         self, topic: str, payload: bytes, qos: int = 0, retain: bool = False

@@ -9,9 +9,10 @@ Invariants:
 
 * Bound: after every call, ``len(outbox) <= max_len`` (the in-flight message is not counted).
 * Drop order when a push overflows it: the QoS 0 message nearest the front (the next to be sent,
-  normally the oldest) goes first; only when no QoS 0 message is queued does the front message go,
-  whatever its QoS. So a QoS >= 1 message is never dropped while a QoS 0 one is queued. Every drop
-  is reported to ``on_drop`` with reason ``"full"``.
+  normally the oldest) goes first; then the expendable message nearest the front (a reject ack);
+  only when neither is queued does the front message go, whatever its QoS. So a QoS >= 1 message
+  is never dropped while a QoS 0 one is queued, and an activation's ack never while a reject
+  ack is. Every drop is reported to ``on_drop`` with reason ``"full"``.
 * Order: messages are taken in the order pushed, except that ``front=True`` pushes (announcements
   made on connecting, a QoS >= 1 message whose publish failed) go ahead of everything queued.
 * At-least-once: a QoS >= 1 message whose publish did not complete goes back to the front; a QoS 0
@@ -48,6 +49,9 @@ class OutboundMessage:
     payload: bytes
     qos: int
     retain: bool
+    # May go before any other QoS >= 1 message when the outbox is full (a reject ack: a flood of
+    # them must never push an activation's ack out).
+    expendable: bool = False
 
 
 class Outbox:
@@ -134,14 +138,17 @@ class Outbox:
         return True
 
     def _drop_one(self) -> None:
-        for i, queued in enumerate(self._queue):
-            if queued.qos == 0:
-                del self._queue[i]
-                break
-        else:
-            queued = self._queue.popleft()
+        queued = self._take_first(lambda m: m.qos == 0) or self._take_first(
+            lambda m: m.expendable) or self._queue.popleft()
         if self._on_drop is not None:
             self._on_drop(queued, "full")
+
+    def _take_first(self, which: Callable[[OutboundMessage], bool]) -> OutboundMessage | None:
+        for i, queued in enumerate(self._queue):
+            if which(queued):
+                del self._queue[i]
+                return queued
+        return None
 
     def _update(self) -> None:
         if self._queue:
