@@ -334,3 +334,12 @@ def test_scheduled_demand_response_is_refused_not_trimmed_below_the_floor() -> N
     long = wire.DrDispatch("dr2", 90_000.0, fraction=0.1)
     refused = b.check(long, now_s=0.0, in_flight=0)
     assert isinstance(refused, Rejection) and refused.label == "max_duration"
+
+
+def test_junk_spends_no_quota_a_genuine_dispatch_needs(rig: Rig) -> None:
+    for k in range(1000):  # malformed: refused by the parser, before any quota is spent
+        assert rig.dispatch({"id": f"junk-{k}", "kind": "shed"})["accepted"] is False
+    ack = rig.dispatch(_shed_body("genuine"))
+    assert ack["accepted"] is True, ack["reason"]
+    assert rig.value("gridtao_limit_rejections_total", topic="dispatch",
+                     reason="rate_limit") in (None, 0.0)

@@ -8,9 +8,10 @@ Invariants: a rejected message changes no GPU setting and gets exactly one ack w
 a duplicate event id is acted on once (the original ack is sent again); every accepted event
 that ends is released through the island's ramp, never dropped at full cut.
 
-With a :class:`~gridtao.security.guard.Guard`, a dispatch goes: parse -> rate limit -> signature ->
-duplicate check -> freshness, replay and bounds -> island -> replay store fsync -> ack; a
-frequency sample: rate limit -> parse -> signature, freshness and order -> monitor.
+With a :class:`~gridtao.security.guard.Guard`, a dispatch goes: parse -> signature -> rate limit
+-> duplicate check -> freshness, replay and bounds -> island -> replay store fsync -> ack; a
+frequency sample: parse -> signature, freshness and order -> rate limit -> sample time -> monitor.
+The rate quota is spent only by messages that passed the checks before it.
 """
 
 from __future__ import annotations
@@ -196,9 +197,6 @@ class Intake:
     def _on_frequency(self, payload: bytes, received_at: float, wall: float) -> list[Outgoing]:
         # Frequency is QoS 0 telemetry from a meter: refusals get no ack, but are counted.
         guard = self._guard
-        if guard is not None and not guard.take("frequency", received_at):
-            self._count("frequency", "rejected", reason=guard.rate_reason("frequency"))
-            return []
         try:
             sample = wire.parse_frequency(payload, max_bytes=self._max_bytes)
         except wire.MessageRejected as e:
@@ -206,7 +204,10 @@ class Intake:
             log.debug("frequency sample rejected: %s", e.reason)
             return []
         if guard is not None:
+            # The quota after the signature: unsigned junk cannot spend the meter's budget.
             problem = guard.check_frequency(payload, sample.t)
+            if problem is None and not guard.take("frequency", received_at):
+                problem = guard.rate_reason("frequency")
             if problem is not None:
                 self._count("frequency", "rejected", reason=problem)
                 log.info("frequency sample rejected: %s", problem)
@@ -254,15 +255,16 @@ class Intake:
 
     def _on_dispatch(self, payload: bytes, received_at: float, wall: float) -> list[Outgoing]:
         guard = self._guard
-        limited = guard is not None and not guard.take("dispatch", received_at)
+        # Cheap checks first, and the rate quota spent only by a message that passed them: junk
+        # (malformed, unsigned, badly signed) can never use up what a genuine sender needs.
         try:
             msg = wire.parse_dispatch(payload, max_bytes=self._max_bytes)
         except wire.MessageRejected as e:
-            reason = guard.rate_reason("dispatch") if guard is not None and limited else e.reason
-            return [self._reject(e.event_id, reason, wall)]
+            return [self._reject(e.event_id, e.reason, wall)]
         if guard is not None:
-            problem = guard.rate_reason("dispatch") if limited else (
-                guard.authenticate_dispatch(payload))
+            problem = guard.authenticate_dispatch(payload)
+            if problem is None and not guard.take("dispatch", received_at):
+                problem = guard.rate_reason("dispatch")
             if problem is not None:
                 return [self._reject(msg.id, problem, wall)]
         previous = self._acks.get(msg.id)
