@@ -534,8 +534,7 @@ def test_a_retained_flag_on_a_delivered_message_is_not_acted_on() -> None:
         assert out == [] and rig.island.view().event_id is None
         assert rig.count("dispatch", "rejected") == 1
     finally:
-        rig.island.close()
-        rig.backend.close()
+        rig.close()
 
 
 def test_the_broker_never_sends_the_agent_an_oversize_message(

@@ -76,5 +76,4 @@ def test_acks_and_metrics_of_simulated_gpus_say_simulated() -> None:
         assert registry.get_sample_value("gridtao_gpus_simulated") == 1.0
         assert registry.get_sample_value("gridtao_build_info", {"version": "9.9.9"}) == 1.0
     finally:
-        rig.island.close()
-        rig.backend.close()
+        rig.close()

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from test_intake import DEMAND_W, Rig, _make_rig
+from test_intake import (
+    DEMAND_W,
+    Rig,
+    open_rig,
+)
 
 from gridtao.config.grid import FacilityConfig, ProductConfig
 from gridtao.control.capacity import CapacityWatch, enrolled_w, node_capacity
 
 W = 1000
+rig_fixture = pytest.fixture(open_rig, name="rig")  # test_intake's rig
 
 
 def test_deliverable_is_draw_above_the_floors_counted_at_the_settlement_point() -> None:
@@ -52,16 +56,6 @@ def test_the_watch_says_once_when_short_and_once_when_back(
     assert watch.short  # 1000 W covers it only at the line: not announced as back yet
     watch.update(node_capacity([1300 * W], [200 * W], facility=fac, enrolled=1000.0))
     assert not watch.short and caplog.text.count("deliver its enrolment again") == 1
-
-
-@pytest.fixture
-def rig() -> Iterator[Rig]:
-    r = _make_rig()
-    try:
-        yield r
-    finally:
-        r.island.close()
-        r.backend.close()
 
 
 def test_a_cut_deeper_than_the_floor_is_acked_with_what_the_node_can_deliver(rig: Rig) -> None:

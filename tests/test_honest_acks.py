@@ -7,24 +7,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from test_intake import DEFAULT_MW, DEMAND_W, TOPICS, Rig, _make_rig
+from test_intake import (
+    DEFAULT_MW,
+    DEMAND_W,
+    TOPICS,
+    Rig,
+    _make_rig,
+    open_rig,
+)
 
 N = len(DEMAND_W)
-
-
-@pytest.fixture
-def rig() -> Iterator[Rig]:
-    r = _make_rig()
-    try:
-        yield r
-    finally:
-        r.island.close()
-        r.backend.close()
+rig_fixture = pytest.fixture(open_rig, name="rig")  # test_intake's rig
 
 
 def _errors(rig: Rig, kind: str) -> float:

@@ -44,6 +44,10 @@ class Rig:
     registry: CollectorRegistry
     activations: list[Activation] = field(default_factory=list)
 
+    def close(self) -> None:
+        self.island.close()
+        self.backend.close()
+
     def limits(self) -> list[int]:
         return [self.backend.enforced_limit_mw(i) for i in range(len(DEMAND_W))]
 
@@ -112,14 +116,17 @@ def _make_rig(*, max_event_s: float = 600.0) -> Rig:
     return Rig(clock, sim, backend, island, intake, registry, activations)
 
 
-@pytest.fixture
-def rig() -> Iterator[Rig]:
+def open_rig() -> Iterator[Rig]:
+    """The ``rig`` fixture's body; other modules register it as theirs with
+    ``pytest.fixture(open_rig, name="rig")``."""
     r = _make_rig()
     try:
         yield r
     finally:
-        r.island.close()
-        r.backend.close()
+        r.close()
+
+
+rig_fixture = pytest.fixture(open_rig, name="rig")
 
 
 def _shed(event_id: str, fraction: float = 0.3, duration_s: float = 60.0) -> dict[str, object]:
@@ -447,5 +454,4 @@ def test_a_sample_dated_far_from_the_node_clock_never_acts(t: float) -> None:
             received_at=rig.clock.now(), received_wall=rig.clock.wall())
         assert fresh and rig.island.view().event_id is not None  # a current sample still acts
     finally:
-        rig.island.close()
-        rig.backend.close()
+        rig.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import threading
 import uuid
 
@@ -23,6 +24,24 @@ __all__ = ["probe_broker", "read_retained", "read_retained_now"]
 log = logging.getLogger("gridtao.check_broker")
 
 
+def _one_off_client(config: Config, role: str, *, tls: ssl.SSLContext | None,
+                    timeout_s: float) -> tuple[aiomqtt.Client, PahoTap]:
+    """A short-lived client with the node's broker settings and credentials, under a client id
+    that is never the agent's (the broker would drop the agent's own connection). Call on the
+    running event loop."""
+    m = config.mqtt
+    tap = PahoTap(asyncio.get_running_loop())
+    client = aiomqtt.Client(
+        m.host, m.port,
+        identifier=f"gridtao-{role}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+        protocol=aiomqtt.ProtocolVersion.V5,
+        keepalive=m.keepalive_s, timeout=timeout_s,
+        tls_context=tls, username=m.username,
+        password=read_password(m, source=config.source), logger=tap,
+    )
+    return client, tap
+
+
 async def probe_broker(config: Config, *, node_id: str, timeout_s: float = 10.0
                        ) -> tuple[bool, str]:
     """Connect and subscribe once as the agent would; (accepted, one line saying why).
@@ -31,16 +50,8 @@ async def probe_broker(config: Config, *, node_id: str, timeout_s: float = 10.0
     """
     m = config.mqtt
     tls = ssl_context(m, source=config.source)
-    password = read_password(m, source=config.source)
     topics = wire.Topics(m.prefix, node_id)
-    tap = PahoTap(asyncio.get_running_loop())
-    client = aiomqtt.Client(
-        m.host, m.port,
-        identifier=f"gridtao-check-{os.getpid()}-{uuid.uuid4().hex[:8]}",  # never the agent's
-        protocol=aiomqtt.ProtocolVersion.V5,
-        keepalive=m.keepalive_s, timeout=timeout_s,
-        tls_context=tls, username=m.username, password=password, logger=tap,
-    )
+    client, tap = _one_off_client(config, "check", tls=tls, timeout_s=timeout_s)
     subscriptions = [(topics.dispatch, 1), (topics.frequency, 0)]
     try:
         async with connected(client, tap):
@@ -67,16 +78,9 @@ RETAINED_WAIT_S = 0.25
 async def read_retained(config: Config, topic: str, *, timeout_s: float = 2.0) -> bytes | None:
     """The retained message on ``topic``, or None when there is none or the broker cannot be
     asked (unreachable, refused, ACL): the caller proceeds without the answer."""
-    m = config.mqtt
-    tap = PahoTap(asyncio.get_running_loop())
-    client = aiomqtt.Client(
-        m.host, m.port,
-        identifier=f"gridtao-peek-{os.getpid()}-{uuid.uuid4().hex[:8]}",  # never the agent's
-        protocol=aiomqtt.ProtocolVersion.V5,
-        keepalive=m.keepalive_s, timeout=timeout_s,
-        tls_context=ssl_context(m, source=config.source), username=m.username,
-        password=read_password(m, source=config.source), logger=tap,
-    )
+    client, tap = _one_off_client(config, "peek", tls=ssl_context(config.mqtt,
+                                                                 source=config.source),
+                                  timeout_s=timeout_s)
     try:
         async with connected(client, tap):
             await client.subscribe(topic, qos=1)

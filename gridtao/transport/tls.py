@@ -23,7 +23,7 @@ from cryptography import x509
 from gridtao.config.agent import ConfigError, MqttConfig, TlsConfig
 from gridtao.config.paths import resolve_path
 
-__all__ = ["MAX_PASSWORD_BYTES", "ClientContext", "read_password", "resolve_path", "ssl_context"]
+__all__ = ["MAX_PASSWORD_BYTES", "ClientContext", "read_password", "ssl_context"]
 
 log = logging.getLogger(__name__)
 
