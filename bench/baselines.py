@@ -10,28 +10,29 @@
 
 Both listen on the same broker as gridtao, with their own simulated GPUs (same config), and
 measure the same quantities: publish -> all limits commanded, and publish -> measured node power
-in the target band (read through the same NVML path).
+in the target band (read through the same NVML path). On real GPUs (``backend="nvml"``) they
+drive this machine's GPUs, the sequential one through the real ``nvidia-smi``, and put every
+limit back to what it was when the node was opened.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gridtao.clock import MonotonicClock
-from gridtao.config.agent import SimConfig
+from gridtao.config.agent import GpusConfig, SimConfig
 from gridtao.control.response import band_mw
-from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.gpu import GpuUnavailable, open_backend
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,19 @@ class Timing:
 
 
 class BaselineNode:
-    """A naive node: simulated GPUs plus a strategy that turns a shed request into limits."""
+    """A naive node: GPUs (simulated, or this machine's with ``backend="nvml"``) plus a strategy
+    that turns a shed request into limits. ``resting_mw``: each GPU's enforced limit when the
+    node was opened, what :meth:`restore` puts back."""
 
-    def __init__(self, sim_cfg: SimConfig, *, band_fraction: float) -> None:
-        self.sim = SimNvml.from_config(sim_cfg, MonotonicClock())
-        self.backend = NvmlBackend(self.sim)
+    def __init__(self, sim_cfg: SimConfig, *, band_fraction: float,
+                 backend: Literal["sim", "nvml"] = "sim") -> None:
+        self.backend = open_backend(GpusConfig(backend=backend, sim=sim_cfg))
+        self.real = backend == "nvml"
+        if self.real and shutil.which("nvidia-smi") is None:
+            self.backend.close()
+            raise GpuUnavailable("nvidia-smi is not on PATH: the sequential baseline runs it")
         self.indices = [d.index for d in self.backend.devices()]
+        self.resting_mw = {i: self.backend.enforced_limit_mw(i) for i in self.indices}
         self.band_fraction = band_fraction
         self.sim_cfg = sim_cfg
 
@@ -64,7 +72,8 @@ class BaselineNode:
             draw = self.backend.instant_power_mw(i)
             baseline += draw
             lim = self.backend.power_limits(i)
-            caps.append(int(min(max(draw * (1 - fraction), lim.min_mw), lim.default_mw)))
+            ceiling = min(lim.default_mw, self.resting_mw[i])
+            caps.append(int(min(max(draw * (1 - fraction), lim.min_mw), ceiling)))
         return baseline, caps
 
     def wait_reached(self, baseline_mw: float, target_mw: float, timeout_s: float = 5.0
@@ -79,7 +88,7 @@ class BaselineNode:
 
     def restore(self) -> None:
         for i in self.indices:
-            self.backend.set_limit_mw(i, self.backend.power_limits(i).default_mw)
+            self.backend.set_limit_mw(i, self.resting_mw[i])
 
     def close(self) -> None:
         self.restore()
@@ -87,12 +96,17 @@ class BaselineNode:
 
 
 def set_limit_subprocess(node: BaselineNode, index: int, limit_mw: int) -> None:
-    """One ``nvidia-smi -i N -pl W`` equivalent: a fresh interpreter that opens NVML (the
-    simulator, same config) and sets the limit; then the same write lands on our GPUs."""
-    cfg = node.sim_cfg
+    """One ``nvidia-smi -i N -pl W``: on real GPUs that very command; on simulated ones a fresh
+    interpreter that opens NVML (the simulator, same config) and sets the limit, after which
+    the same write lands on our GPUs (the simulator is per process)."""
+    watts = f"{limit_mw / 1000:.0f}"
+    if node.real:
+        subprocess.run(["nvidia-smi", "-i", str(index), "-pl", watts],
+                       check=True, stdout=subprocess.DEVNULL)
+        return
     subprocess.run(
-        [sys.executable, "-m", "gridtao.bench.setlimit", "--gpus", str(cfg.count),
-         "-i", str(index), "-pl", f"{limit_mw / 1000:.0f}"],
+        [sys.executable, "-m", "gridtao.bench.setlimit", "--gpus", str(node.sim_cfg.count),
+         "-i", str(index), "-pl", watts],
         check=True, stdout=subprocess.DEVNULL,
     )
     node.backend.set_limit_mw(index, limit_mw)

@@ -9,6 +9,12 @@ measured by the agent's response meter through NVML instant power, the operator'
 The simulated hardware response is explicit: a first-order cap-down lag ``tau`` enters a band
 of 5 % of the reduction after ``tau * ln(20)``, and the instant reading refreshes every
 ``refresh_ms``, so the floor is ``tau * ln(20) + refresh_ms`` (defaults: 60 + 20 = 80 ms).
+
+``backend="nvml"`` runs the same bench on this machine's GPUs: the agent, both baselines and
+the readings use the real driver (every GPU it shows), the sequential baseline calls the real
+``nvidia-smi -i N -pl W``, and every limit is put back to what it was before the bench. The
+hardware response then has no closed form; it is the measured command -> target time. Callers
+must have the operator's consent to write limits (``gridtao bench latency --allow-actuation``).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -40,11 +46,14 @@ from gridtao.telemetry.report import percentiles
 from gridtao.telemetry.runinfo import machine_description, provenance
 from gridtao.transport.localbroker import MosquittoBroker, Publisher, Subscriber
 
+Backend = Literal["sim", "nvml"]
+
 SHED_FRACTION = 0.3
 SETTLE_S = 2.5  # between triggers: 0.4 s event + recovery of the draw and of the cut basis
 
 
 def hardware_response_ms(config: Config) -> dict[str, float]:
+    """The simulator's closed-form response (real GPUs have none: see ``command_to_target_ms``)."""
     sim = config.gpus.sim
     settle = sim.cap_down_ms * math.log(1.0 / config.control.band_fraction)
     return {"cap_down_tau_ms": sim.cap_down_ms, "refresh_ms": sim.refresh_ms,
@@ -52,13 +61,17 @@ def hardware_response_ms(config: Config) -> dict[str, float]:
 
 
 def _agent_config(config: Config, port: int, gpus: int, *, workdir: Path,
-                  key: BenchKey | None = None) -> dict[str, Any]:
+                  key: BenchKey | None = None, backend: Backend = "sim") -> dict[str, Any]:
     """The agent's YAML: the caller's config on a bench broker, fast release between triggers,
-    and the bench key when ``key`` is given (dispatches must then be signed)."""
+    and the bench key when ``key`` is given (dispatches must then be signed). On ``nvml`` the
+    agent must be able to write limits (``require_actuation``): a bench of a node that cannot
+    is refused at start, not measured as if it had cut."""
     sim = dataclasses.asdict(config.gpus.sim) | {"count": gpus}
     extra: dict[str, Any] = {} if key is None else {"auth": key.agent_config(workdir)}
+    gpus_section: dict[str, Any] = {"backend": "sim", "sim": sim} if backend == "sim" else {
+        "backend": "nvml", "require_actuation": True}
     return _plain(extra | {
-        "gpus": {"backend": "sim", "sim": sim},
+        "gpus": gpus_section,
         "mqtt": {"host": "127.0.0.1", "port": port, "prefix": "gridtao/bench", "node_id": "bench"},
         "safety": {"release_rate_per_s": 20.0, "triggers": [
             dataclasses.asdict(t) for t in config.safety.triggers]},
@@ -195,20 +208,39 @@ def _baseline(timings: Sequence[Timing]) -> dict[str, Any]:
 
 def run_latency_bench(
     config: Config, *, triggers: int, gpus: int, baseline_triggers: int | None = None,
-    progress: Callable[[str], None] = print, auth: Alg | None = None,
+    progress: Callable[[str], None] = print, auth: Alg | None = None, backend: Backend = "sim",
 ) -> dict[str, Any]:
     """Run the bench; with ``auth``, the agent requires dispatches signed with that algorithm
-    (a key made in the temporary folder) and the per-message verify cost is measured too."""
+    (a key made in the temporary folder) and the per-message verify cost is measured too.
+    ``backend="nvml"`` writes limits to this machine's GPUs (all of them; ``gpus`` is then
+    ignored) and restores them: only with the operator's consent. Raises ``GpuError`` (before
+    anything runs) when the driver or ``nvidia-smi`` is missing."""
     base_n = baseline_triggers if baseline_triggers is not None else max(3, min(triggers, 10))
     sim_cfg = dataclasses.replace(config.gpus.sim, count=gpus)
+    # Opened first: on real GPUs it records the limits to restore and proves the driver is there.
+    node = BaselineNode(sim_cfg, band_fraction=config.control.band_fraction, backend=backend)
+    gpus = len(node.indices)
+    try:
+        measured = _measure_all(config, node, triggers=triggers, gpus=gpus, base_n=base_n,
+                                progress=progress, auth=auth, backend=backend)
+    finally:
+        node.close()
+    return _result(config, measured, triggers=triggers, gpus=gpus, auth=auth, backend=backend)
+
+
+def _measure_all(
+    config: Config, node: BaselineNode, *, triggers: int, gpus: int, base_n: int,
+    progress: Callable[[str], None], auth: Alg | None, backend: Backend,
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gridtao-bench-") as tmp:
         workdir = Path(tmp)
         with MosquittoBroker(workdir) as broker:
             cfg_path = workdir / "agent.yaml"
             key = make_key(auth, workdir) if auth is not None else None
-            cfg_path.write_text(yaml.safe_dump(
-                _agent_config(config, broker.port, gpus, workdir=workdir, key=key)))
-            progress(f"broker 127.0.0.1:{broker.port}; {gpus} simulated GPUs; {triggers} triggers"
+            cfg_path.write_text(yaml.safe_dump(_agent_config(
+                config, broker.port, gpus, workdir=workdir, key=key, backend=backend)))
+            kind = "simulated GPUs" if backend == "sim" else "GPUs of this machine (NVML)"
+            progress(f"broker 127.0.0.1:{broker.port}; {gpus} {kind}; {triggers} triggers"
                      + (f"; dispatches signed ({auth})" if auth else ""))
             hop = measure_broker_hop(broker, max(triggers, 20))
             idle = measure_gridtao(broker, cfg_path, workdir, triggers=triggers, busy_load=0.0,
@@ -227,8 +259,6 @@ def run_latency_bench(
                          "duration_s": 1.0}).encode(), qos=1)
                 return send
 
-            band = config.control.band_fraction
-            node = BaselineNode(sim_cfg, band_fraction=band)
             try:
                 progress(f"  baseline sequential_subprocess: {base_n} triggers")
                 seq = run_sequential_subprocess(
@@ -239,15 +269,23 @@ def run_latency_bench(
                     node, broker.host, broker.port, "baseline/poll/dispatch",
                     shed_publisher("baseline/poll/dispatch", "poll"), base_n)
             finally:
-                node.close()
                 pub.close()
+    return {"hop": hop, "idle": idle, "loaded": loaded, "verify": verify, "seq": seq,
+            "poll": poll}
+
+
+def _result(config: Config, m: dict[str, Any], *, triggers: int, gpus: int, auth: Alg | None,
+            backend: Backend) -> dict[str, Any]:
+    idle, loaded, verify, seq, poll = m["idle"], m["loaded"], m["verify"], m["seq"], m["poll"]
     result: dict[str, Any] = {
         "triggers": triggers,
         "gpus": gpus,
+        "backend": backend,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(),
-        "simulated_hardware_response": hardware_response_ms(config),
-        "broker_hop_ms": percentiles(hop),
+        "simulated_hardware_response": (
+            hardware_response_ms(config) if backend == "sim" else None),
+        "broker_hop_ms": percentiles(m["hop"]),
         "auth": None if auth is None else {"alg": auth, "verify_us": verify},
         **{k: percentiles(v) for k, v in idle.items()},
         "under_load": {k: percentiles(v) for k, v in loaded.items()},
@@ -294,7 +332,8 @@ def judge_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "trigger_to_target_p99_ms": {
             "limit": hw_p99 + TARGET_WITHIN_HARDWARE_MS, "value": t2t,
             "hardware_response_p99": hw_p99,
-            "hardware_floor": result["simulated_hardware_response"]["floor_ms"],
+            # The simulator's closed form; real GPUs have only the measured response.
+            "hardware_floor": (result["simulated_hardware_response"] or {}).get("floor_ms"),
             "met": t2t <= hw_p99 + TARGET_WITHIN_HARDWARE_MS,
             # Not part of the target as stated (idle machine); reported so nobody has to ask.
             "under_load": {

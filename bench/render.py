@@ -28,7 +28,10 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"- date: {result['date']}",
         f"- simulated hardware: cap-down time constant {hw['cap_down_tau_ms']:.0f} ms, instant "
         f"reading refresh {hw['refresh_ms']:.0f} ms -> floor to the 5 % band "
-        f"{hw['floor_ms']:.0f} ms ({hw['settle_to_band_ms']:.0f} ms settling + one refresh)",
+        f"{hw['floor_ms']:.0f} ms ({hw['settle_to_band_ms']:.0f} ms settling + one refresh)"
+        if hw is not None else
+        "- real GPUs (NVML): the hardware response is the measured command -> target time; "
+        "the baselines ran on the same GPUs, the sequential one through `nvidia-smi -pl`",
     ]
     auth = result.get("auth")
     if auth:
@@ -70,8 +73,9 @@ def _target_lines(targets: dict[str, dict[str, Any]]) -> list[str]:
         f"{p2c['idle']:.2f} / {p2c['under_load']:.2f} ms (transport floor p99 "
         f"{p2c['transport_floor_p99']:.2f} ms): {_verdict(p2c)}",
         f"- trigger -> target p99 within 5 ms of the hardware response: {t2t['value']:.1f} ms "
-        f"against {t2t['hardware_response_p99']:.1f} + 5 ms (command -> target p99, same run; "
-        f"closed-form floor {t2t['hardware_floor']:.0f} ms): {_verdict(t2t)}; under load "
+        f"against {t2t['hardware_response_p99']:.1f} + 5 ms (command -> target p99, same run"
+        + (f"; closed-form floor {t2t['hardware_floor']:.0f} ms" if t2t["hardware_floor"]
+           is not None else "") + f"): {_verdict(t2t)}; under load "
         f"(not part of the target) {t2t['under_load']['value']:.1f} ms against "
         f"{t2t['under_load']['limit']:.1f} ms: {_verdict(t2t['under_load'])}",
         f"- >= {fast['limit']:.0f}x faster than sequential subprocesses at p50: "
@@ -98,7 +102,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("fraction of triggers")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"gridtao latency, {result['gpus']} simulated GPUs")
+    kind = "simulated GPUs" if result.get("backend", "sim") == "sim" else "GPUs (NVML)"
+    fig.suptitle(f"gridtao latency, {result['gpus']} {kind}")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -6,13 +6,16 @@ Checks the report's shape and internal consistency, never its speed (shared CI m
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from gridtao.bench.latency import run_latency_bench
+from gridtao.bench.baselines import BaselineNode
+from gridtao.bench.latency import _agent_config, run_latency_bench
 from gridtao.bench.render import markdown, plot
-from gridtao.config.agent import Config
+from gridtao.cli.main import main
+from gridtao.config.agent import Config, SimConfig
 
 KEYS = ("publish_to_command_ms", "receive_to_command_ms", "trigger_to_target_ms")
 
@@ -62,3 +65,43 @@ def test_latency_bench_reports_every_measure(tmp_path: Path) -> None:
     plot(result, png)
     assert png.stat().st_size > 1000
     json.dumps(result)  # the JSON written by --json must serialise
+
+
+def test_real_gpus_are_refused_without_allow_actuation(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["bench", "latency", "--backend", "nvml", "--triggers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--allow-actuation" in err and "power limits" in err
+
+
+def _driver_present() -> bool:
+    return shutil.which("nvidia-smi") is not None or Path("/dev/nvidiactl").exists()
+
+
+@pytest.mark.skipif(_driver_present(), reason="would write limits on this machine's GPUs")
+def test_real_gpus_without_a_driver_is_one_line_and_nothing_runs(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["bench", "latency", "--backend", "nvml", "--allow-actuation", "--triggers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "broker" not in err  # refused before a broker or an agent started
+
+
+def test_on_real_gpus_the_agent_must_be_able_to_write_limits(tmp_path: Path) -> None:
+    section = _agent_config(Config(), 1883, 8, workdir=tmp_path, backend="nvml")["gpus"]
+    assert section == {"backend": "nvml", "require_actuation": True}
+    assert _agent_config(Config(), 1883, 3, workdir=tmp_path)["gpus"]["sim"]["count"] == 3
+
+
+def test_the_baseline_node_puts_back_the_limits_it_found() -> None:
+    node = BaselineNode(SimConfig(count=2), band_fraction=0.05)
+    try:
+        resting = dict(node.resting_mw)
+        _, caps = node.caps_for(0.3)
+        assert all(cap <= resting[i] for i, cap in zip(node.indices, caps, strict=True))
+        node.backend.set_limit_mw(0, node.backend.power_limits(0).min_mw)
+        node.restore()
+        assert {i: node.backend.enforced_limit_mw(i) for i in node.indices} == resting
+    finally:
+        node.close()

@@ -30,7 +30,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     lat = sub.add_parser("latency", help="trigger-to-target latency against two baselines")
     lat.add_argument("--triggers", type=int, default=50,
                      help="dispatches to time (default 50)")
-    lat.add_argument("--gpus", type=int, default=8, help="simulated GPUs (default 8)")
+    lat.add_argument("--gpus", type=int, default=8,
+                     help="simulated GPUs (default 8; with --backend nvml: every GPU present)")
+    lat.add_argument("--backend", choices=("sim", "nvml"), default="sim",
+                     help="sim (default): simulated GPUs; nvml: this machine's GPUs (needs "
+                          "--allow-actuation)")
+    lat.add_argument("--allow-actuation", action="store_true",
+                     help="with --backend nvml: allow writing power limits to the real GPUs "
+                          "(each is put back to its limit from before the bench)")
     lat.add_argument("--baseline-triggers", type=int, default=None,
                      help="triggers per baseline (default min(triggers, 10))")
     lat.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -48,6 +55,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     for name, what in PASSTHROUGH.items():
         # Its own options follow the name; gridtao.cli.main hands them over unparsed.
         sub.add_parser(name, help=what, add_help=False).set_defaults(passthrough=True)
+
+
+LATENCY_REFUSAL = (
+    "gridtao: error: bench latency --backend nvml would write power limits to this machine's "
+    "GPUs (every trigger cuts them by 30 %; each is put back afterwards). Pass "
+    "--allow-actuation to run it.")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -82,10 +95,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
             raise ConfigError(str(e)) from None
     if not 1 <= args.triggers <= 10_000 or not 1 <= args.gpus <= 64:
         raise ConfigError("--triggers must be in 1..10000 and --gpus in 1..64")
+    if args.backend == "nvml" and not args.allow_actuation:
+        print(LATENCY_REFUSAL, file=sys.stderr)
+        return 2
     result = run_latency_bench(config, triggers=args.triggers, gpus=args.gpus,
                                baseline_triggers=args.baseline_triggers,
                                progress=lambda line: print(line, file=sys.stderr),
-                               auth=args.auth)
+                               auth=args.auth, backend=args.backend)
     command = "gridtao " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result |= provenance(command)
     write_outputs(args, result, markdown(result, command), plot)
