@@ -233,10 +233,11 @@ def agent_process(broker: MosquittoBroker, tmp: Path, node: str) -> Iterator[Age
         "mqtt": {"port": broker.port, "node_id": node, "prefix": prefix,
                  "status_period_s": 0.1, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
         "metrics": {"enabled": False},
-        # The rate limits have their own tests: here every payload must reach the parser.
+        # The rate limits and the reject-ack budget have their own tests: here every payload
+        # must reach the parser, and every refusal is acked (the batches wait for the acks).
         "limits": {"dispatch_rate_per_s": 10_000, "dispatch_burst": 100_000,
                    "frequency_rate_per_s": 100_000, "frequency_burst": 100_000,
-                   "min_event_interval_s": 0},
+                   "min_event_interval_s": 0, "reject_ack_burst": 1_000_000},
         "audit": {"enabled": True, "path": str(tmp / "audit.jsonl"), "fsync": "never",
                   "rotate_bytes": 4 * 1024 * 1024},
     }

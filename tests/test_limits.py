@@ -24,6 +24,7 @@ from gridtao.config.agent import (
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
 from gridtao.hotpath.intake import Intake, Outgoing
+from gridtao.hotpath.rejections import RejectionGate
 from gridtao.products.frequency import FrequencyMonitor, level_key
 from gridtao.safety.island import SafetyIsland
 from gridtao.security.bounds import (
@@ -202,7 +203,9 @@ def make_rig(limits: dict[str, Any] | None = None) -> Rig:
     guard.open()
     intake = Intake(island, TOPICS, clock=clock, monitor=FrequencyMonitor(TRIGGERS),
                     max_payload_bytes=4096, metrics=Metrics(registry),
-                    guard=guard)
+                    # Every refusal acked: these tests read each reason (test_flood.py checks
+                    # the reject-ack budget itself).
+                    guard=guard, rejections=RejectionGate(ack_burst=1_000_000))
     return Rig(clock, sim, backend, island, intake, registry, guard)
 
 

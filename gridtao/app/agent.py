@@ -49,6 +49,7 @@ from gridtao.gpu import open_backend
 from gridtao.gpu.backend import GpuBackend
 from gridtao.hotpath.intake import Intake, Outgoing
 from gridtao.hotpath.lane import IslandLane
+from gridtao.hotpath.rejections import RejectionGate
 from gridtao.products.catalog import STEP_RAMP_OUT_SLACK
 from gridtao.products.frequency import level_key
 from gridtao.products.portfolio import Portfolio, ProductMonitor
@@ -62,6 +63,7 @@ from gridtao.telemetry.collectors import (
     EnergyCollector,
     FeedCollector,
     LinkCollector,
+    SuppressedAcksCollector,
     TrackerCollector,
 )
 from gridtao.telemetry.metrics import (
@@ -213,6 +215,8 @@ class Agent:
             on_decision=self.ledger.decision if self.ledger.active else None,
             simulated=self.simulated,
             max_sample_skew_s=safety.frequency_max_skew_s,
+            rejections=RejectionGate(acks_per_s=config.limits.reject_acks_per_s,
+                                     ack_burst=config.limits.reject_ack_burst),
         )
         m = config.mqtt
         pid = os.getpid()
@@ -227,11 +231,15 @@ class Agent:
                 clock=self.clock, **extra,
             )
 
+        # The largest payload accepted, plus room for the topic and the headers.
+        max_packet = m.max_payload_bytes + PACKET_OVERHEAD_BYTES
         self.lane = IslandLane(
-            link("island", subscriptions=[(self.topics.frequency, 0), (self.topics.dispatch, 1)],
-                 # the largest payload accepted, plus room for the topic and the headers
-                 max_packet_bytes=m.max_payload_bytes + PACKET_OVERHEAD_BYTES),
+            link("island", subscriptions=[(self.topics.dispatch, 1)],
+                 max_packet_bytes=max_packet),
             self.intake,
+            # Frequency on a connection of its own: no dispatch backlog can sit in front of it.
+            frequency_link=link("frequency", subscriptions=[(self.topics.frequency, 0)],
+                                max_packet_bytes=max_packet),
         )
         self.status_link = link(
             "ctl",
@@ -248,7 +256,8 @@ class Agent:
         self._quiesced = False
         self._quiesce_lock = threading.Lock()
         # The counters the links and the audit trail keep, read when Prometheus scrapes.
-        StatsCollector({"island": self.lane.link.stats, "status": self.status_link.stats},
+        StatsCollector({"island": self.lane.link.stats, "frequency": self.lane.links[-1].stats,
+                        "status": self.status_link.stats},
                        audit=self.ledger.audit, registry=self.registry)
         self._enrolled_w = enrolled_w(config.products)
         # The floor dispatched cuts stop at (security/bounds.py): capacity never counts below it.
@@ -257,11 +266,14 @@ class Agent:
         self.capacity_watch = CapacityWatch()
         CapacityCollector(self.capacity, registry=self.registry)
         FeedCollector(self.frequency_feed, registry=self.registry)
+        SuppressedAcksCollector(lambda: self.intake.rejections.suppressed_acks,
+                                registry=self.registry)
         TrackerCollector(self.tier2.snapshot, registry=self.registry)
         self.read_back = ReadBack(self.backend, self.island, self.gpu_indices)
         EnergyCollector(lambda: self.read_back.energy_mj, tuple(self.gpu_indices),
                         registry=self.registry)
         LinkCollector({"island": lambda: self.lane.link.is_connected,
+                       "frequency": lambda: self.lane.links[-1].is_connected,
                        "status": lambda: self.status_link.is_connected}, registry=self.registry)
         self.controller = ControllerLoop(
             ControllerParts(
@@ -303,7 +315,7 @@ class Agent:
             self.metrics.count_reload("refused")
             self.ledger.record("reload_refused", {"reason": str(e)})
             raise
-        result = apply_reload(plan, guard=self.guard, links=(self.lane.link, self.status_link))
+        result = apply_reload(plan, guard=self.guard, links=(*self.lane.links, self.status_link))
         self.config = plan.config
         self.metrics.count_reload("applied")
         self.ledger.record("reload", result.fields())

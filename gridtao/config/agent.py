@@ -223,6 +223,12 @@ class LimitsConfig:
     ``max_event_duration_s``, it comes sooner than ``min_event_interval_s`` after the last
     accepted cut, or ``max_events_in_flight`` events are already active. Releases are exempt
     from all but the rate.
+
+    ``reject_acks_per_s`` / ``reject_ack_burst``: the budget of acks for refused messages that
+    no signature vouches for (malformed, unsigned, badly signed, over the rate, or anything under
+    ``auth.mode: none``); past it a refusal is counted (``gridtao_acks_suppressed_total``) but not
+    acked, so a flood of junk never crowds out an activation's ack. A refused message whose
+    signature verified is always acked.
     """
 
     dispatch_rate_per_s: float = field(default=5.0, metadata=rng(0.001, 10_000))
@@ -234,6 +240,8 @@ class LimitsConfig:
     min_node_fraction: float = field(default=0.3, metadata=rng(0.0, 1.0))
     min_event_interval_s: float = field(default=1.0, metadata=rng(0, 86_400))
     max_event_duration_s: float = field(default=3600.0, metadata=rng(0.1, 86_400 * 7))
+    reject_acks_per_s: float = field(default=10.0, metadata=rng(0.001, 100_000))
+    reject_ack_burst: int = field(default=50, metadata=rng(1, 1_000_000))
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,11 @@
 
 The trigger chain, file by file, in the order a message travels it:
 
-1. ``transport/mqtt.py``: the lane's own broker connection (:class:`MqttLink`) receives a
-   message on ``{prefix}/frequency`` or ``{prefix}/dispatch``.
+1. ``transport/mqtt.py``: one of the lane's own broker connections (:class:`MqttLink`; one
+   for ``{prefix}/frequency``, one for ``{prefix}/dispatch``) receives a message.
 2. ``hotpath/lane.py``: :class:`IslandLane` runs that link on a private uvloop in a dedicated
-   thread, so nothing on the controller's loop can delay a trigger, and hands each message to
+   thread, so nothing on the controller's loop can delay a trigger, and hands each message
+   (every waiting frequency sample before the next dispatch) to
 3. ``hotpath/intake.py``: :class:`Intake`, synchronous and transport-agnostic, which
 4. parses it (``wire/messages.py``) and passes it through the guard (``security/guard.py``:
    rate limit, signature ``security/auth.py``, duplicate check, freshness and replay

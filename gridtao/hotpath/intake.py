@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from gridtao.clock import Clock
 from gridtao.hotpath.acks import shortfall_note, write_fields, write_note
+from gridtao.hotpath.rejections import RejectionGate
 from gridtao.products.frequency import Activate, FrequencyMonitor, Release
 from gridtao.products.portfolio import ProductMonitor
 from gridtao.safety.island import Activation, SafetyIsland
@@ -81,8 +82,12 @@ class Intake:
         dr: ProductMonitor | None = None,
         simulated: bool = False,
         max_sample_skew_s: float | None = None,
+        rejections: RejectionGate | None = None,
     ) -> None:
         self._island = island
+        # Refusals of unproven input: acks rate limited, log lines coalesced (rejections.py).
+        self.rejections = rejections if rejections is not None else RejectionGate()
+        self._v_proven = False  # the message being handled passed its signature check
         # Every ack from simulated GPUs says so: an aggregator must never mistake them for real.
         self._simulated = simulated
         # Samples dated far from this node's clock (t=0, a stuck meter, a replay) never act.
@@ -116,6 +121,7 @@ class Intake:
         retained: bool = False,
     ) -> list[Outgoing]:
         self._v_result = self._v_id = self._v_reason = None
+        self._v_proven = False
         if topic == self._topics.frequency:
             handle, name = self._on_frequency, "frequency"
         elif topic == self._topics.dispatch:
@@ -152,6 +158,7 @@ class Intake:
     def on_tick(self) -> list[Outgoing]:
         """Time-driven work (~20 Hz): frequency recovery and dispatch durations."""
         now = self._clock.now()
+        self.rejections.flush(now)
         out: list[Outgoing] = []
         for action in self._monitor.on_tick(now):
             if isinstance(action, Activate):  # a debounced crossing confirmed by time
@@ -195,30 +202,23 @@ class Intake:
     # ---- frequency ------------------------------------------------------------------------
 
     def _on_frequency(self, payload: bytes, received_at: float, wall: float) -> list[Outgoing]:
-        # Frequency is QoS 0 telemetry from a meter: refusals get no ack, but are counted.
         guard = self._guard
         try:
             sample = wire.parse_frequency(payload, max_bytes=self._max_bytes)
         except wire.MessageRejected as e:
-            self._count("frequency", "rejected", reason=e.reason)
-            log.debug("frequency sample rejected: %s", e.reason)
-            return []
+            return self._reject_sample(e.reason, received_at)
         if guard is not None:
             # The quota after the signature: unsigned junk cannot spend the meter's budget.
             problem = guard.check_frequency(payload, sample.t)
             if problem is None and not guard.take("frequency", received_at):
                 problem = guard.rate_reason("frequency")
             if problem is not None:
-                self._count("frequency", "rejected", reason=problem)
-                log.info("frequency sample rejected: %s", problem)
-                return []
+                return self._reject_sample(problem, received_at)
         # Signed samples already passed the (stricter) signed freshness; this holds for all.
         if self._max_skew_s is not None and abs(sample.t - wall) > self._max_skew_s:
-            reason = (f"sample time t={sample.t:.3f} is {sample.t - wall:+.1f} s from this "
-                      f"node's clock (limit {self._max_skew_s:g} s)")
-            self._count("frequency", "rejected", reason=reason)
-            log.info("frequency sample rejected: %s", reason)
-            return []
+            return self._reject_sample(
+                f"sample time t={sample.t:.3f} is {sample.t - wall:+.1f} s from this node's "
+                f"clock (limit {self._max_skew_s:g} s)", received_at)
         self._count("frequency", "accepted")
         out: list[Outgoing] = []
         for action in self._monitor.on_sample(sample.hz, received_at, wall_s=wall):
@@ -260,20 +260,22 @@ class Intake:
         try:
             msg = wire.parse_dispatch(payload, max_bytes=self._max_bytes)
         except wire.MessageRejected as e:
-            return [self._reject(e.event_id, e.reason, wall)]
+            return self._reject(e.event_id, e.reason, received_at, wall)
         if guard is not None:
             problem = guard.authenticate_dispatch(payload)
+            # Signed mode and a good signature: the sender is owed an ack for any refusal.
+            self._v_proven = problem is None and guard.signed
             if problem is None and not guard.take("dispatch", received_at):
                 problem = guard.rate_reason("dispatch")
             if problem is not None:
-                return [self._reject(msg.id, problem, wall)]
+                return self._reject(msg.id, problem, received_at, wall)
         previous = self._acks.get(msg.id)
         terms = wire.dispatch_terms(msg)
         if previous is not None:
             known = self._terms.get(msg.id)
             if known is not None and known != terms:
-                return [self._reject(msg.id, f"id {msg.id!r} reused with a different body "
-                                     "(the first is still in force)", wall)]
+                return self._reject(msg.id, f"id {msg.id!r} reused with a different body "
+                                    "(the first is still in force)", received_at, wall)
             self._count("dispatch", "duplicate", event_id=msg.id)
             return [Outgoing(self._topics.ack, previous, expendable=True)]
         note = None
@@ -282,21 +284,21 @@ class Intake:
             verdict = guard.admit_dispatch(msg, now_s=received_at, in_flight=len(self._events))
             if verdict.reason is not None:
                 guard.after_dispatch()
-                return [self._reject(msg.id, verdict.reason, wall)]
+                return self._reject(msg.id, verdict.reason, received_at, wall)
             fraction, note = verdict.fraction, verdict.note
         if isinstance(msg, wire.DrDispatch):
             out = self._on_dr(msg, received_at, wall)
         elif isinstance(msg, wire.ReleaseDispatch):
-            out = self._on_release(msg, wall)
+            out = [self._on_release(msg, wall)]
         else:
-            out = self._on_cut(msg, fraction, note, received_at, wall)
+            out = [self._on_cut(msg, fraction, note, received_at, wall)]
         if self._v_result == "accepted" and msg.id in self._acks:
             self._terms[msg.id] = terms
         if guard is not None:
             if self._v_result == "accepted":  # a cut or release that took effect
                 guard.accepted(msg, now_s=received_at)
             guard.after_dispatch()
-        return [out]
+        return out
 
     def _on_cut(
         self, msg: wire.ShedDispatch | wire.CapDispatch, fraction: float | None,
@@ -346,21 +348,33 @@ class Intake:
             for index, error in act.errors.items():
                 self._metrics.count_gpu_error(index, type(error).__name__)
 
-    def _reject(self, event_id: str | None, reason: str, wall: float) -> Outgoing:
+    def _reject(self, event_id: str | None, reason: str, received_at: float,
+                wall: float) -> list[Outgoing]:
+        """A refused dispatch: counted and logged (coalesced in a flood), and acked unless it
+        is unproven input over the reject-ack budget (rejections.py)."""
         self._count("dispatch", "rejected")
-        log.info("dispatch %s rejected: %s", event_id, reason)
-        return self._ack(event_id, False, reason, wall, None)
+        self._v_id, self._v_reason = event_id, reason
+        self.rejections.log(f"dispatch {event_id!r}", reason, received_at)
+        if not self.rejections.ack_allowed(received_at, proven=self._v_proven):
+            return []
+        return [self._ack(event_id, False, reason, wall, None)]
 
-    def _on_dr(self, msg: wire.DrDispatch, received_at: float, wall: float) -> Outgoing:
+    def _reject_sample(self, reason: str, received_at: float) -> list[Outgoing]:
+        # Frequency is QoS 0 telemetry from a meter: refusals get no ack, but are counted.
+        self._count("frequency", "rejected", reason=reason)
+        self.rejections.log("frequency sample", reason, received_at)
+        return []
+
+    def _on_dr(self, msg: wire.DrDispatch, received_at: float, wall: float) -> list[Outgoing]:
         """Queue a demand-response event: nothing is written now, tier 2 follows the queue."""
         reason = ("this node is not enrolled in demand response" if self._dr is None
                   else self._dr.schedule_dr(msg, now_s=received_at, wall_s=wall))
         if reason is not None:
-            return self._reject(msg.id, reason, wall)
+            return self._reject(msg.id, reason, received_at, wall)
         self._count("dispatch", "accepted", event_id=msg.id)
         self._decide("dr_scheduled", {"event": msg.id, "start_at": msg.start_at,
                                       "duration_s": msg.duration_s})
-        return self._ack(msg.id, True, None, wall, None, extra={"scheduled": True})
+        return [self._ack(msg.id, True, None, wall, None, extra={"scheduled": True})]
 
     def _on_release(self, msg: wire.ReleaseDispatch, wall: float) -> Outgoing:
         if msg.ref not in self._events and self._dr is not None and self._dr.cancel_dr(

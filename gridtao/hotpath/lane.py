@@ -1,9 +1,15 @@
-"""The island's lane: its own thread, its own event loop, its own broker connection.
+"""The island's lane: its own thread, its own event loop, its own broker connections.
 
 The hot path (docs/architecture.md) must not wait for the controller's asyncio loop, so triggers
-arrive on a separate MQTT connection serviced by a separate (uvloop) loop on a dedicated thread,
+arrive on separate MQTT connections serviced by a separate (uvloop) loop on a dedicated thread,
 and go straight from the socket through :class:`~gridtao.hotpath.intake.Intake` to the island's
 writers.
+
+Frequency has a path of its own that no dispatch can queue ahead of: its own connection (the
+broker keeps a queue per connection, so a dispatch backlog never sits in front of a sample), its
+own inbox, and strict priority here: every waiting sample is handled before the next dispatch,
+and the lane lets the loop read both sockets after every message, so a sample waits at most
+about one dispatch's handling (a fraction of a millisecond), however many dispatches are queued.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from gridtao.hotpath.intake import Intake, Outgoing
-from gridtao.transport.mqtt import MqttLink, new_event_loop
+from gridtao.transport.mqtt import InboundMessage, MqttLink, new_event_loop
 
 log = logging.getLogger("gridtao.lane")
 
@@ -25,10 +31,14 @@ CONNECT_POLL_S = 0.02  # how often start() looks at the connection (and its abor
 
 
 class IslandLane:
-    """Runs ``link`` and ``intake`` on a private loop in a daemon thread."""
+    """Runs ``link`` (dispatch, and every ack published), ``frequency_link`` (frequency samples
+    only, with priority; None: ``link`` carries them too) and ``intake`` on a private loop in a
+    daemon thread. The intake is only ever called from that thread."""
 
-    def __init__(self, link: MqttLink, intake: Intake) -> None:
+    def __init__(self, link: MqttLink, intake: Intake,
+                 frequency_link: MqttLink | None = None) -> None:
         self._link = link
+        self._frequency_link = frequency_link
         self._intake = intake
         self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._main, name="gridtao-island-lane", daemon=True)
@@ -40,6 +50,17 @@ class IslandLane:
     def link(self) -> MqttLink:
         return self._link
 
+    @property
+    def links(self) -> tuple[MqttLink, ...]:
+        """Every connection the lane runs (dispatch first)."""
+        return (self._link,) if self._frequency_link is None else (
+            self._link, self._frequency_link)
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether every connection of the lane is up."""
+        return all(link.is_connected for link in self.links)
+
     def start(self, *, connect_timeout_s: float | None = None,
               abort: threading.Event | None = None) -> bool:
         """Start the thread; with a timeout, wait for the first broker connection (True if up).
@@ -48,9 +69,9 @@ class IslandLane:
         self._thread.start()
         self._ready.wait(timeout=5.0)
         if connect_timeout_s is None:
-            return self._link.is_connected
+            return self.is_connected
         deadline = time.monotonic() + connect_timeout_s
-        while not self._link.is_connected:
+        while not self.is_connected:
             left = deadline - time.monotonic()
             if left <= 0 or (abort is not None and abort.is_set()):
                 return False
@@ -78,7 +99,7 @@ class IslandLane:
             return
 
         async def shutdown() -> None:
-            await self._link.flush(flush_timeout_s)
+            await self._link.flush(flush_timeout_s)  # the acks; the frequency link sends none
             if self._stopping is not None:
                 self._stopping.set()
 
@@ -99,8 +120,9 @@ class IslandLane:
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
         self._ready.set()
-        tasks = [
-            asyncio.create_task(self._link.run(), name="island-link"),
+        tasks = [asyncio.create_task(link.run(), name=f"island-link-{k}")
+                 for k, link in enumerate(self.links)]
+        tasks += [
             asyncio.create_task(self._receive(), name="island-receive"),
             asyncio.create_task(self._tick(), name="island-tick"),
         ]
@@ -110,7 +132,17 @@ class IslandLane:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _receive(self) -> None:
-        async for msg in self._link.messages():
+        wake = asyncio.Event()
+        for link in self.links:
+            link.on_inbound = wake.set
+        while True:
+            msg = self._next()
+            if msg is None:
+                wake.clear()
+                msg = self._next()  # one may have landed between the poll and the clear
+                if msg is None:
+                    await wake.wait()
+                    continue
             try:
                 out = self._intake.on_message(
                     msg.topic, msg.payload,
@@ -119,8 +151,19 @@ class IslandLane:
                 )
             except Exception:
                 log.exception("message on %s could not be handled", msg.topic)
-                continue
+                out = []
             self._publish(out)
+            # Let the loop read the sockets (one packet per ready connection) before the next
+            # message: a backlog handled without yielding would keep a new sample unread.
+            await asyncio.sleep(0)
+
+    def _next(self) -> InboundMessage | None:
+        """The waiting message to handle next: a frequency sample before any dispatch."""
+        if self._frequency_link is not None:
+            sample = self._frequency_link.poll()
+            if sample is not None:
+                return sample
+        return self._link.poll()
 
     async def _tick(self) -> None:
         while True:

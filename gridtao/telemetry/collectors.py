@@ -15,7 +15,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 __all__ = ["CapacityCollector", "CapacityReading", "EnergyCollector", "FeedCollector",
-           "LinkCollector", "TrackerCollector"]
+           "LinkCollector", "SuppressedAcksCollector", "TrackerCollector"]
 
 
 class CapacityReading(Protocol):
@@ -117,6 +117,30 @@ class LinkCollector(Collector):
         family = self._family()
         for name, connected in self._links.items():
             family.add_metric([name], 1.0 if connected() else 0.0)
+        yield family
+
+
+class SuppressedAcksCollector(Collector):
+    """``gridtao_acks_suppressed_total``: refusals of unproven input counted but not acked
+    (over the reject-ack budget), read from ``read()`` (a plain int the lane increments)."""
+
+    def __init__(self, read: Callable[[], int], *, registry: CollectorRegistry) -> None:
+        self._read = read
+        registry.register(self)
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "gridtao_acks_suppressed",
+            "Refused messages no signature vouched for, counted but not acked because the "
+            "reject-ack budget was spent (a flood of junk).")
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        family.add_metric([], float(self._read()))
         yield family
 
 

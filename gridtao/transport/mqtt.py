@@ -170,6 +170,9 @@ class MqttLink:
         self.connected = asyncio.Event()
         self.stats = LinkStats()
         self._inbox: asyncio.Queue[InboundMessage] = asyncio.Queue(maxsize=max_inbound)
+        #: Called on the link's loop after each message lands in the inbox (a reader that
+        #: serves several links waits on one event instead of a getter per link).
+        self.on_inbound: Callable[[], None] | None = None
         self._outbox = Outbox(max_outbound, on_drop=self._dropped)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
@@ -194,6 +197,13 @@ class MqttLink:
     async def get(self) -> InboundMessage:
         """The next received message (waits; survives reconnections)."""
         return await self._inbox.get()
+
+    def poll(self) -> InboundMessage | None:
+        """The next received message if one is waiting, else None (never waits)."""
+        try:
+            return self._inbox.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
 
     async def messages(self) -> AsyncIterator[InboundMessage]:
         """Iterate over received messages forever."""
@@ -415,6 +425,8 @@ class MqttLink:
                 inbox.get_nowait()
                 self.stats.dropped_inbound += 1
             inbox.put_nowait(inbound)
+            if self.on_inbound is not None:
+                self.on_inbound()
 
     async def _send(self, client: aiomqtt.Client) -> None:
         outbox = self._outbox

@@ -1,0 +1,91 @@
+"""What a refused message may cost: unproven input must never cost what a proven sender needs.
+
+Every refused dispatch used to get an ack and a log line. Under a flood of junk (20,000 invalid
+dispatches, 10,000 invalid frequency samples a second) that meant 20,000 acks competing with the
+genuine activations' acks for the outbox and the broker, and as many log lines. A
+:class:`RejectionGate` keeps both bounded:
+
+- **Acks.** A refused message that no signature vouches for (malformed, unsigned, badly signed,
+  over the rate limit, or anything at all under ``auth.mode: none``) is acked only while a token
+  bucket allows (``acks_per_s``, ``ack_burst``); past it the refusal is counted
+  (``gridtao_acks_suppressed_total``) but not acked. A refusal of a message whose signature
+  verified is always acked: that sender proved who it is and is owed the reason.
+- **Log lines.** The first ``log_lines`` refusals of each ``interval_s`` are logged one by one;
+  the rest are tallied and summed up in one line (count and the commonest reasons) when the
+  interval ends, so a flood shows as a few lines a minute, not thousands a second.
+
+Counting (``gridtao_messages_total{result="rejected"}``) is unaffected: every refusal counts.
+Single-threaded: the island lane's thread owns it. Times are monotonic seconds.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+__all__ = ["RejectionGate"]
+
+log = logging.getLogger("gridtao.intake")
+
+#: Reasons carry ids and numbers; the summary groups them by their first words.
+REASON_KEY_CHARS = 48
+
+
+class RejectionGate:
+    """Rate limits reject acks for unproven input and coalesces refusal log lines."""
+
+    def __init__(self, *, acks_per_s: float = 10.0, ack_burst: int = 50, log_lines: int = 10,
+                 interval_s: float = 10.0) -> None:
+        if acks_per_s <= 0 or ack_burst < 1 or log_lines < 0 or interval_s <= 0:
+            raise ValueError("need acks_per_s > 0, ack_burst >= 1, log_lines >= 0, "
+                             "interval_s > 0")
+        self._rate = acks_per_s
+        self._burst = float(ack_burst)
+        self._tokens = float(ack_burst)
+        self._refilled_at: float | None = None
+        self._log_lines = log_lines
+        self._interval_s = interval_s
+        self._window_start: float | None = None
+        self._logged = 0
+        self._tally: collections.Counter[str] = collections.Counter()
+        #: Refusals counted but not acked (since start).
+        self.suppressed_acks = 0
+
+    def ack_allowed(self, now_s: float, *, proven: bool) -> bool:
+        """Whether to ack a refusal now. ``proven``: its signature verified (always acked)."""
+        if proven:
+            return True
+        if self._refilled_at is not None:
+            elapsed = max(0.0, now_s - self._refilled_at)
+            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+        self._refilled_at = now_s
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self.suppressed_acks += 1
+        return False
+
+    def log(self, what: str, reason: str, now_s: float) -> None:
+        """Log one refusal (``what``: e.g. ``dispatch 'id-7'``), or tally it in a flood."""
+        self.flush(now_s)
+        if self._window_start is None:
+            self._window_start = now_s
+        if self._logged < self._log_lines:
+            self._logged += 1
+            log.info("%s rejected: %s", what, reason)
+            return
+        self._tally[reason[:REASON_KEY_CHARS]] += 1
+
+    def flush(self, now_s: float) -> None:
+        """End the interval if it is over: one summary line for what was tallied (call from
+        the lane's tick too, so the last burst of a flood is reported when it stops)."""
+        if self._window_start is None or now_s - self._window_start < self._interval_s:
+            return
+        if self._tally:
+            top = ", ".join(f"{n} x {reason!r}" for reason, n in self._tally.most_common(3))
+            log.warning("%d more messages rejected in %.0f s without a line each (%s); "
+                        "%d reject acks suppressed since start", sum(self._tally.values()),
+                        now_s - self._window_start, top, self.suppressed_acks)
+        self._window_start = None
+        self._logged = 0
+        self._tally.clear()

@@ -1,0 +1,110 @@
+"""A flood of junk on the broker must not delay a genuine trigger or cost a genuine ack.
+
+The rejection gate on its own (reject acks for unproven input within a budget, log lines
+coalesced), then the whole agent against a real Mosquitto: a dip sample published after
+thousands of junk dispatches is handled before the junk backlog, because frequency has its own
+connection and priority on the lane. Ordering is asserted, never wall-clock speed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import pytest
+from broker import MosquittoBroker, Subscriber
+from nodes import merge, running, steady_sim
+from waiting import wait_until
+
+from gridtao.clock import MonotonicClock
+from gridtao.config.agent import config_from_mapping
+from gridtao.hotpath.rejections import RejectionGate
+from gridtao.transport.localbroker import Publisher
+
+N = 2
+JUNK = 3000
+WAIT_S = 30.0
+
+
+def test_reject_acks_for_unproven_input_stay_within_their_budget() -> None:
+    gate = RejectionGate(acks_per_s=10.0, ack_burst=5)
+    allowed = [gate.ack_allowed(100.0, proven=False) for _ in range(20)]
+    assert allowed == [True] * 5 + [False] * 15
+    assert gate.suppressed_acks == 15
+    # A sender whose signature verified is always told why.
+    assert all(gate.ack_allowed(100.0, proven=True) for _ in range(10))
+    # The budget refills at acks_per_s: 0.45 s later four more.
+    assert [gate.ack_allowed(100.45, proven=False) for _ in range(5)] == [True] * 4 + [False]
+    assert gate.suppressed_acks == 16
+
+
+def test_a_flood_of_refusals_is_a_few_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    gate = RejectionGate(log_lines=3, interval_s=10.0)
+    with caplog.at_level(logging.INFO, logger="gridtao.intake"):
+        for k in range(1000):
+            gate.log(f"dispatch 'junk-{k}'", "not JSON" if k % 2 else "bad signature", 5.0)
+        assert len(caplog.records) == 3
+        gate.flush(16.0)  # the interval is over: one summary of the 997 others
+    assert len(caplog.records) == 4
+    summary = caplog.records[-1].getMessage()
+    assert "997 more messages rejected" in summary and "'not JSON'" in summary
+
+
+def _config(broker: MosquittoBroker) -> Any:
+    return config_from_mapping(merge({}, {
+        "gpus": {"sim": {"count": N, "noise_w": 0.0, "seed": 3}},
+        "mqtt": {"port": broker.port, "node_id": "flood", "prefix": "gridtao/e2e-flood",
+                 "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
+        "metrics": {"enabled": False},
+        "safety": {"triggers": [{"hz": 49.5, "reduction_fraction": 0.3, "min_hold_s": 0.5,
+                                 "recovery_s": 0.3}]},
+    }), source="<test flood>")
+
+
+def test_a_dip_is_handled_before_a_backlog_of_junk_dispatches(
+        mqtt_broker: MosquittoBroker) -> None:
+    cfg = _config(mqtt_broker)
+    sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
+    with running(mqtt_broker, cfg, sim) as node, \
+            Subscriber(mqtt_broker.host, mqtt_broker.port, node.topics.ack) as acks:
+        # Hold the lane's loop while the broker queues the flood and then the dip behind it,
+        # so both arrive as a backlog, as a burst faster than the lane would leave them.
+        resume = threading.Event()
+
+        def hold() -> None:
+            resume.wait(20.0)
+
+        node.agent.lane.call(hold)
+        pub = Publisher(mqtt_broker.host, mqtt_broker.port)
+        try:
+            for k in range(JUNK):
+                pub.send(node.topics.dispatch, b'{"id": "junk-%d", "kind": "shed"' % k, qos=0)
+            pub.send(node.topics.frequency,
+                     json.dumps({"t": time.time(), "hz": 49.4}).encode(), qos=0)
+            time.sleep(0.5)  # let the broker hand everything to the agent's sockets
+        finally:
+            resume.set()
+            pub.close()
+
+        def ffr_ack() -> dict[str, Any] | None:
+            for m in list(acks.messages):
+                ack = json.loads(m.payload)
+                if ack.get("accepted") and str(ack.get("id", "")).startswith("ffr-"):
+                    return dict(ack)
+            return None
+
+        wait_until(lambda: ffr_ack() is not None, "the dip's ack", timeout_s=WAIT_S)
+        rejected_then = node.count("dispatch", "rejected")
+        # Handled before the junk that came first, not after all of it.
+        assert rejected_then < JUNK / 2, rejected_then
+        wait_until(lambda: node.count("dispatch", "rejected") == JUNK, "every junk dispatch",
+                   timeout_s=WAIT_S)
+        # Every refusal counted; only the reject-ack budget acked; the activation acked.
+        gate = node.agent.intake.rejections
+        assert gate.suppressed_acks > 0
+        wait_until(lambda: sum(1 for m in acks.messages
+                               if not json.loads(m.payload)["accepted"])
+                   == JUNK - gate.suppressed_acks, "the budgeted reject acks", timeout_s=WAIT_S)
