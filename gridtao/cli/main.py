@@ -48,6 +48,12 @@ def _audit_cli() -> Any:
     return cli_audit
 
 
+def _history_cli() -> Any:
+    from gridtao.cli import history as cli_history
+
+    return cli_history
+
+
 def _broker_cli() -> Any:
     from gridtao.cli import broker as cli_broker
 
@@ -96,6 +102,10 @@ COMMANDS: dict[str, Command] = {
     "audit": Command("check the audit trail's hash chain (audit verify FILE...)",
                      lambda p: _audit_cli().configure_audit(p),
                      lambda a, c: _audit_cli().run_audit(a, c)),
+    "history": Command("the node's minute history for the hourly planner (import, generate, "
+                       "show)",
+                       lambda p: _history_cli().configure_history(p),
+                       lambda a, c: _history_cli().run_history(a, c)),
     "check-broker": Command("connect to the broker once with the configured TLS and "
                             "credentials; exit 0 if accepted, 2 with the reason if not",
                             lambda p: _broker_cli().configure_check_broker(p),

@@ -9,6 +9,9 @@ training holds ~88 % of TDP with communication-phase dips to ~55 % lasting 50-30
 at 0.5-2 Hz (inside the 0.2-3 Hz band seen on real jobs); inference is bursty (random arrivals,
 30-100 % of TDP); idle sits at 70-90 W; a CSV trace replays measured watts in a loop. Every
 stream depends only on its ``random.Random`` so runs are reproducible.
+
+A :class:`~gridtao.gpu.sim.daily.DailyShape` given to :func:`make_workload` makes inference
+follow the time of day (:func:`shaped`); without one every workload is as above.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from pathlib import Path
 from typing import Protocol
 
 from gridtao.errors import GridtaoError
+from gridtao.gpu.sim.daily import DailyShape
+
+#: The level a shaped workload falls to when its daily multiplier is 0 (an idle GPU's draw).
+SHAPED_FLOOR_W = 80.0
 
 
 class Workload(Protocol):
@@ -177,15 +184,43 @@ def trace(tr: Trace, column: int, offset_s: float) -> Workload:
     return _Segments(gen())
 
 
+def shaped(workload: Workload, shape: DailyShape, start_wall_s: float,
+           floor_w: float = SHAPED_FLOOR_W) -> Workload:
+    """``workload`` with its demand above ``floor_w`` scaled by ``shape`` at the simulated wall
+    time: ``floor_w + (demand - floor_w) * shape.at(t)``, where ``t`` is ``start_wall_s`` (Unix
+    seconds when the stream starts) plus the durations of the segments already yielded, taken
+    at each segment's start. Demand at or below ``floor_w`` passes unchanged. Segments keep
+    their durations, so the stream's timing (and its random draws) are those of ``workload``.
+    """
+
+    def gen() -> Iterator[tuple[float, float]]:
+        t = start_wall_s
+        while True:
+            dur, demand = workload.next_segment()
+            if demand > floor_w:
+                demand = floor_w + (demand - floor_w) * shape.at(t)
+            yield dur, demand
+            t += dur
+
+    return _Segments(gen())
+
+
 def make_workload(
-    kind: str, *, tdp_w: float, rng: random.Random, index: int, trace_data: Trace | None
+    kind: str, *, tdp_w: float, rng: random.Random, index: int, trace_data: Trace | None,
+    shape: DailyShape | None = None, start_wall_s: float = 0.0,
 ) -> Workload:
     """Build workload ``kind`` for GPU ``index``. A single-column trace is shared by all GPUs at
-    random phase offsets; a multi-column trace gives GPU ``i`` column ``i`` in phase."""
+    random phase offsets; a multi-column trace gives GPU ``i`` column ``i`` in phase.
+
+    ``shape``: when given, inference follows it (:func:`shaped`, starting at ``start_wall_s``,
+    Unix seconds); training, idle and traces ignore it (training jobs run flat out day and
+    night; a trace already carries its own time of day). ``None`` (the default) leaves every
+    workload exactly as without the argument."""
     if kind == "training":
         return training(tdp_w, rng)
     if kind == "inference":
-        return inference(tdp_w, rng)
+        base = inference(tdp_w, rng)
+        return base if shape is None else shaped(base, shape, start_wall_s)
     if kind == "idle":
         return idle(rng)
     if kind == "trace":

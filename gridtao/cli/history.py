@@ -1,0 +1,184 @@
+"""``gridtao history``: the node's minute history that the hourly planner reads (gridtao/history).
+
+* ``gridtao history import FILE.csv``: measured IT draw from a CSV (``time``/``t``,
+  ``it_w``/``power_w``, optional ``limit_w``), aggregated to minutes; all or nothing.
+* ``gridtao history generate --days 7 [--seed N] [--gpus N] [--replace]``: a synthetic history
+  ending at the current minute, for trying the planner. It refuses to overwrite stored minutes
+  (which may be the agent's real measurements) unless ``--replace``.
+* ``gridtao history show [--days N]``: one line per hour of the last N days (local time).
+
+The store is ``<state dir>/history.sqlite3`` (``gridtao.config.paths.state_dir()``), or
+``--store FILE``. Exit 0 on success; 2 with one line on stderr when the file, the store or an
+option is bad (never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gridtao.config.agent import Config
+
+if TYPE_CHECKING:  # loaded when a history command runs, not whenever the CLI starts
+    from gridtao.history import HistoryStore
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+STORE_NAME = "history.sqlite3"
+
+
+def _positive_days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= 3660):
+        raise argparse.ArgumentTypeError(f"must be in (0, 3660] days, got {text}")
+    return value
+
+
+def _gpu_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be in 1..64, got {value}")
+    return value
+
+
+def configure_history(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", metavar="FILE", default=None,
+                   help=f"the history database (default: <state dir>/{STORE_NAME})")
+    sub = p.add_subparsers(dest="history_command", metavar="ACTION", required=True)
+    imp = sub.add_parser(
+        "import", help="import measured IT draw from a CSV file into the minute history",
+        description="Import a CSV (header: time or t, it_w or power_w, optional limit_w; "
+                    "Unix seconds or ISO 8601 with timezone; 1 s to 1 min samples). All rows "
+                    "are checked first; a bad one names its line and nothing is written.")
+    imp.add_argument("file", metavar="FILE.csv", help="the CSV file to import")
+    gen = sub.add_parser(
+        "generate", help="write a synthetic history ending now (for trying the planner)",
+        description="Write a deterministic synthetic history (training jobs and inference "
+                    "following a daily shape) ending at the current minute.")
+    gen.add_argument("--days", type=_positive_days, default=7.0,
+                     help="how many days to generate (default 7)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    gen.add_argument("--gpus", type=_gpu_count, default=8,
+                     help="GPUs in the synthetic node (default 8, H100-like 700 W)")
+    gen.add_argument("--replace", action="store_true",
+                     help="overwrite minutes already stored in the period (they may be real "
+                          "measurements; refused without this)")
+    show = sub.add_parser("show", help="a per-hour table of the last days of history",
+                          description="One line per hour (local time): minutes stored, mean "
+                                      "draw, mean of the minutes' 10th percentiles, energy, "
+                                      "minutes under a grid activation.")
+    show.add_argument("--days", type=_positive_days, default=1.0,
+                      help="how many days back from now to show (default 1)")
+
+
+def store_path(args: argparse.Namespace) -> Path:
+    """The history database for this command: ``--store`` or the state directory's."""
+    if args.store:
+        return Path(args.store).expanduser()
+    from gridtao.config.paths import state_dir
+
+    return state_dir() / STORE_NAME
+
+
+def run_history(args: argparse.Namespace, config: Config) -> int:
+    # HistoryError is a GridtaoError: gridtao.cli.main prints it as one line and exits 2.
+    from gridtao.history import HistoryStore
+
+    path = store_path(args)
+    if args.history_command == "show" and not path.exists():
+        print(f"gridtao: error: {path}: no history yet (gridtao history import or generate, "
+              "or run the agent)", file=sys.stderr)
+        return EXIT_ERROR
+    with HistoryStore.open(path) as store:
+        if args.history_command == "import":
+            return _import(args, store)
+        if args.history_command == "generate":
+            return _generate(args, store)
+        return _show(args, store)
+
+
+def _import(args: argparse.Namespace, store: HistoryStore) -> int:
+    from gridtao.history import import_csv
+
+    summary = import_csv(args.file, store)
+    if summary.rows == 0 or summary.first_start_s is None or summary.last_start_s is None:
+        print(f"{summary.path}: {summary.samples} samples, no complete minute: nothing written")
+        return EXIT_OK
+    print(f"{summary.path}: {summary.samples} samples every {summary.interval_s:g} s -> "
+          f"{summary.rows} minutes, {_when(summary.first_start_s)} .. "
+          f"{_when(summary.last_start_s)}, into {store.path}")
+    return EXIT_OK
+
+
+def _generate(args: argparse.Namespace, store: HistoryStore) -> int:
+    from gridtao.history import synthetic_minutes
+
+    minutes = max(1, round(args.days * 1440))
+    end = (int(time.time()) // 60) * 60  # the current minute is not over: history ends before
+    start = end - 60 * minutes
+    existing = store.rows(start, end)
+    if existing and not args.replace:
+        print(f"gridtao: error: {store.path}: {len(existing)} minutes between "
+              f"{_when(start)} and {_when(end)} are already stored (maybe measured); "
+              "--replace overwrites them", file=sys.stderr)
+        return EXIT_ERROR
+    rows = synthetic_minutes(start, minutes / 1440, gpus=args.gpus, seed=args.seed)
+    store.write(rows)
+    print(f"wrote {len(rows)} synthetic minutes ({args.gpus} GPUs, seed {args.seed}), "
+          f"{_when(rows[0].start_s)} .. {_when(rows[-1].start_s)}, into {store.path}")
+    return EXIT_OK
+
+
+def _show(args: argparse.Namespace, store: HistoryStore) -> int:
+    now = int(time.time())
+    since = ((now - round(args.days * 86_400)) // 3600) * 3600
+    rows = store.rows(since, now + 60)
+    if not rows:
+        print(f"{store.path}: no minutes stored since {_when(since)}")
+        return EXIT_OK
+    hours: dict[int, _Hour] = {}
+    for r in rows:
+        h = hours.setdefault((r.start_s // 3600) * 3600, _Hour())
+        h.minutes += 1
+        h.energy_j += r.energy_j
+        # A row's covered time is energy over mean (60 s for a full minute).
+        h.covered_s += r.energy_j / r.it_mean_w if r.it_mean_w > 0 else 60.0
+        h.p10_sum_w += r.it_p10_w
+        h.event_s += r.event_s
+    zone = datetime.now().astimezone().strftime("%Z, UTC%z")
+    print(f"{store.path}: {len(rows)} minutes since {_when(since)} (times in {zone})")
+    print(f"{'hour':<16} {'minutes':>7} {'mean W':>9} {'p10 W':>9} {'energy kWh':>10} "
+          f"{'event min':>9}")
+    for start in sorted(hours):
+        h = hours[start]
+        mean = h.energy_j / h.covered_s if h.covered_s > 0 else 0.0
+        print(f"{_when(start):<16} {h.minutes:>7} {mean:>9.1f} {h.p10_sum_w / h.minutes:>9.1f} "
+              f"{h.energy_j / 3.6e6:>10.3f} {h.event_s / 60:>9.1f}")
+    return EXIT_OK
+
+
+@dataclass
+class _Hour:
+    """Sums over the stored minutes of one hour (W, J, s)."""
+
+    minutes: int = 0
+    energy_j: float = 0.0
+    covered_s: float = 0.0
+    p10_sum_w: float = 0.0
+    event_s: float = 0.0
+
+
+def _when(unix_s: int) -> str:
+    return datetime.fromtimestamp(unix_s).astimezone().strftime("%Y-%m-%d %H:%M")

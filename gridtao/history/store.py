@@ -1,0 +1,299 @@
+"""The node's own minute history on disk: one SQLite file, one row per minute.
+
+Units: times are Unix seconds (UTC), powers watts, energy joules. A row is keyed by the start of
+its minute (``start_s``, a multiple of 60); writing a row for a minute that is already stored
+replaces it (``INSERT OR REPLACE``), so re-importing or re-generating a period is idempotent.
+
+The file is in WAL mode, so one process (the agent's recorder) can write while others (``gridtao
+history show``, the planner) read. ``synchronous=NORMAL``: a power cut can lose the last few
+transactions but never corrupts the file, which is the right trade for a history that is
+rebuilt a minute at a time.
+
+Threads: a :class:`HistoryStore` holds one connection behind a lock; any thread may call any
+method, one call at a time. Every ``sqlite3`` and ``OSError`` is translated at this boundary into
+:class:`HistoryError`, whose message names the file and the problem (not a database, corrupt,
+read-only, disk full, locked by another process).
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from gridtao.errors import GridtaoError
+
+__all__ = ["HistoryError", "HistorySeries", "HistoryStore", "MinuteRow"]
+
+#: The schema this code writes; a file with a higher ``user_version`` came from a newer gridtao.
+SCHEMA_VERSION = 1
+_DAY_S = 86_400
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS minutes (
+    start_s   INTEGER PRIMARY KEY,
+    it_mean_w REAL NOT NULL,
+    it_p10_w  REAL NOT NULL,
+    energy_j  REAL NOT NULL,
+    limit_w   REAL,
+    event_s   REAL NOT NULL
+) WITHOUT ROWID
+"""
+_COLUMNS = "start_s, it_mean_w, it_p10_w, energy_j, limit_w, event_s"
+
+
+class HistoryError(GridtaoError):
+    """The history cannot be read or written, or an input file is bad. The message names the
+    file (and the line, for an input file) and the problem; ``path`` and ``line`` carry them."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None,
+                 line: int | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.line = line
+
+
+@dataclass(frozen=True)
+class MinuteRow:
+    """One minute of the node's IT draw (the sum of its GPUs' power, as the agent measures it).
+
+    ``start_s``: Unix seconds, a multiple of 60; the row covers ``[start_s, start_s + 60)``.
+    ``it_mean_w``: mean draw over the part of the minute that had samples (W, >= 0).
+    ``it_p10_w``: 10th percentile of the minute's 1-s average draws (W, >= 0; usually a little
+    below the mean). ``energy_j``: energy over the covered part (J, >= 0; ``energy_j /
+    it_mean_w`` is the covered time, 60 for a full minute). ``limit_w``: mean of the summed
+    enforced GPU power limits (W), ``None`` if unknown. ``event_s``: seconds of the minute with a
+    grid activation in force, in ``[0, 60]``. Raises ``ValueError`` when any of this is broken.
+    """
+
+    start_s: int
+    it_mean_w: float
+    it_p10_w: float
+    energy_j: float
+    limit_w: float | None
+    event_s: float
+
+    def __post_init__(self) -> None:
+        if self.start_s % 60 != 0:
+            raise ValueError(f"start_s must be a multiple of 60, got {self.start_s}")
+        for name in ("it_mean_w", "it_p10_w", "energy_j"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        if self.limit_w is not None and not (math.isfinite(self.limit_w) and self.limit_w > 0):
+            raise ValueError(f"limit_w must be finite and > 0 or None, got {self.limit_w}")
+        if not (math.isfinite(self.event_s) and 0.0 <= self.event_s <= 60.0):
+            raise ValueError(f"event_s must be in [0, 60], got {self.event_s}")
+
+
+class HistorySeries(NamedTuple):
+    """Columns of a stretch of history for the forecaster, oldest first, equal lengths:
+    ``start_s`` (int64 Unix seconds), ``it_mean_w`` and ``it_p10_w`` (float64 watts). Missing
+    minutes are absent, not NaN: check ``np.diff(start_s)`` for gaps."""
+
+    start_s: npt.NDArray[np.int64]
+    it_mean_w: npt.NDArray[np.float64]
+    it_p10_w: npt.NDArray[np.float64]
+
+
+def _problem(e: sqlite3.Error) -> str:
+    """What went wrong, in an operator's words, from SQLite's (primary) error code."""
+    code = getattr(e, "sqlite_errorcode", None)  # Python >= 3.11
+    primary = None if code is None else code & 0xFF
+    text = str(e)
+    if primary == 26 or "not a database" in text:  # SQLITE_NOTADB
+        return "not a SQLite database (another kind of file, or its header is damaged)"
+    if primary == 11 or "malformed" in text:  # SQLITE_CORRUPT
+        return f"the database file is corrupt ({text}); move it aside to start a new history"
+    if primary == 8 or "readonly" in text:  # SQLITE_READONLY
+        return "read-only: the file or its folder cannot be written"
+    if primary == 13 or "disk is full" in text:  # SQLITE_FULL
+        return "disk full"
+    if primary in (5, 6) or "locked" in text:  # SQLITE_BUSY, SQLITE_LOCKED
+        return "locked by another process for too long"
+    if primary == 14 or "unable to open" in text:  # SQLITE_CANTOPEN
+        return "cannot open the file (missing folder or no permission)"
+    if primary == 10:  # SQLITE_IOERR
+        return f"I/O error ({text})"
+    return text
+
+
+class HistoryStore:
+    """The minute table of one SQLite file. Open with :meth:`open`; a context manager that
+    closes on exit. Thread-safe (one lock around the one connection)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        """Use :meth:`open`; this only wraps a connection that is already set up."""
+        self._conn = conn
+        self.path = path
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: str | Path, *, busy_timeout_s: float = 5.0) -> HistoryStore:
+        """Open (creating the file and its parent folders if needed) the history at ``path``,
+        switch it to WAL mode, create the table and check the file's integrity. Waits up to
+        ``busy_timeout_s`` for another process's lock. Raises :class:`HistoryError`."""
+        p = Path(path)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise HistoryError(f"{p}: cannot create its folder: {e.strerror or e}",
+                               path=p) from None
+        conn: sqlite3.Connection | None = None
+        try:
+            # check_same_thread=False: the lock in this class serialises the threads instead.
+            conn = sqlite3.connect(p, timeout=busy_timeout_s, check_same_thread=False,
+                                   isolation_level=None)
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise HistoryError(f"{p}: cannot switch to WAL mode (got {mode!r})", path=p)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise HistoryError(f"{p}: written by a newer gridtao (schema {version}, this "
+                                   f"one reads {SCHEMA_VERSION})", path=p)
+            # Early and clear: a damaged page otherwise surfaces as an odd error much later.
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise HistoryError(f"{p}: the database file is corrupt ({check}); move it "
+                                   "aside to start a new history", path=p)
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_SCHEMA)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error as e:
+            if conn is not None:
+                conn.close()
+            raise HistoryError(f"{p}: {_problem(e)}", path=p) from None
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        return cls(conn, p)
+
+    def _fail(self, e: sqlite3.Error | ValueError, doing: str) -> HistoryError:
+        problem = _problem(e) if isinstance(e, sqlite3.Error) else str(e)
+        return HistoryError(f"{self.path}: {doing}: {problem}", path=self.path)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise HistoryError(f"{self.path}: the history store is closed", path=self.path)
+
+    @property
+    def journal_mode(self) -> str:
+        """SQLite's journal mode for this file (``"wal"`` once opened)."""
+        with self._lock:
+            self._check_open()
+            try:
+                return str(self._conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            except sqlite3.Error as e:
+                raise self._fail(e, "reading the journal mode") from None
+
+    def write(self, rows: Iterable[MinuteRow]) -> int:
+        """Store ``rows`` in one transaction (all or none), replacing any row of the same
+        minute. Returns how many were written. Raises :class:`HistoryError`."""
+        data = [(r.start_s, r.it_mean_w, r.it_p10_w, r.energy_j, r.limit_w, r.event_s)
+                for r in rows]
+        if not data:
+            return 0
+        with self._lock:
+            self._check_open()
+            try:
+                with self._conn:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._conn.executemany(
+                        f"INSERT OR REPLACE INTO minutes ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                        data)
+            except sqlite3.Error as e:
+                raise self._fail(e, "writing") from None
+        return len(data)
+
+    def _select(self, sql: str, args: tuple[int, ...]) -> list[Any]:
+        with self._lock:
+            self._check_open()
+            try:
+                return list(self._conn.execute(sql, args).fetchall())
+            except sqlite3.Error as e:
+                raise self._fail(e, "reading") from None
+
+    def rows(self, since_s: int, until_s: int) -> list[MinuteRow]:
+        """The stored rows with ``since_s <= start_s < until_s`` (Unix seconds), oldest first.
+        Raises :class:`HistoryError` (also for a row whose values break :class:`MinuteRow`'s
+        invariants, i.e. a file edited by something else)."""
+        raw = self._select(f"SELECT {_COLUMNS} FROM minutes WHERE start_s >= ? AND start_s < ? "
+                           "ORDER BY start_s", (int(since_s), int(until_s)))
+        try:
+            return [MinuteRow(int(s), float(m), float(p), float(e),
+                              None if lim is None else float(lim), float(ev))
+                    for s, m, p, e, lim, ev in raw]
+        except (TypeError, ValueError) as e:
+            raise self._fail(ValueError(f"a stored row is invalid: {e}"), "reading") from None
+
+    def series(self, since_s: int, until_s: int) -> HistorySeries:
+        """:meth:`rows`' start times, means and 10th percentiles as numpy arrays."""
+        raw = self._select("SELECT start_s, it_mean_w, it_p10_w FROM minutes WHERE start_s >= ? "
+                           "AND start_s < ? ORDER BY start_s", (int(since_s), int(until_s)))
+        if not raw:
+            return HistorySeries(np.zeros(0, np.int64), np.zeros(0, np.float64),
+                                 np.zeros(0, np.float64))
+        try:
+            start = np.fromiter((r[0] for r in raw), np.int64, len(raw))
+            mean = np.fromiter((r[1] for r in raw), np.float64, len(raw))
+            p10 = np.fromiter((r[2] for r in raw), np.float64, len(raw))
+        except (TypeError, ValueError) as e:
+            raise self._fail(ValueError(f"a stored row is invalid: {e}"), "reading") from None
+        return HistorySeries(start, mean, p10)
+
+    def latest_start_s(self) -> int | None:
+        """The newest stored minute's ``start_s``, or ``None`` when the history is empty."""
+        raw = self._select("SELECT MAX(start_s) FROM minutes", ())
+        value = raw[0][0]
+        return None if value is None else int(value)
+
+    def count(self) -> int:
+        """How many minutes are stored."""
+        return int(self._select("SELECT COUNT(*) FROM minutes", ())[0][0])
+
+    def prune(self, now_s: float, retention_days: float) -> int:
+        """Delete the rows that started more than ``retention_days`` before ``now_s`` (Unix
+        seconds); returns how many. Raises ``ValueError`` for a retention <= 0,
+        :class:`HistoryError` for the file."""
+        if not (math.isfinite(retention_days) and retention_days > 0):
+            raise ValueError(f"retention_days must be > 0, got {retention_days}")
+        cutoff = math.floor(now_s - retention_days * _DAY_S)
+        with self._lock:
+            self._check_open()
+            try:
+                with self._conn:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    cur = self._conn.execute("DELETE FROM minutes WHERE start_s < ?", (cutoff,))
+                    return int(cur.rowcount)
+            except sqlite3.Error as e:
+                raise self._fail(e, "pruning") from None
+
+    def close(self) -> None:
+        """Close the file (idempotent). Later calls raise :class:`HistoryError`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._conn.close()
+            except sqlite3.Error as e:
+                raise self._fail(e, "closing") from None
+
+    def __enter__(self) -> HistoryStore:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
