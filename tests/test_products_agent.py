@@ -185,3 +185,32 @@ def test_ffr_stacks_on_the_fcr_n_operating_point(mqtt_broker: MosquittoBroker) -
         wait_for(lambda: sum(agent.fast.draw_mw) / W < stacked_w + 0.03 * NATURAL_W,
                  "node power down to the stacked target")
         assert island.view().event_id is not None and not island.view().releasing
+
+
+def test_an_award_arms_exactly_the_accepted_capacity(mqtt_broker: MosquittoBroker) -> None:
+    with agent_serving(mqtt_broker, "award", products=[FFR]) as (agent, _sim), \
+            Subscriber(mqtt_broker.host, mqtt_broker.port, agent.topics.ack) as acks:
+        mtu = 900
+        start = int(time.time()) // mtu * mtu  # the MTU in force now, so it applies at once
+        award = {"id": "award-1", "start": start, "mtu_s": mtu,
+                 "capacity_w": {"ffr": [206.0, 206.0]}}
+        publish(mqtt_broker.host, mqtt_broker.port, agent.topics.award,
+                json.dumps(award).encode(), qos=1)
+        ack = json.loads(acks.wait(1, WAIT_S)[0].payload)
+        assert ack["id"] == "award-1" and ack["accepted"] is True and ack["kind"] == "award"
+        wait_for(lambda: agent.portfolio.capacities()["ffr"] == 206.0, "the award armed")
+        assert agent.arming.snapshot().source["ffr"] == "award"
+        time.sleep(1.5)  # tier 2 re-arms the island's caps once a period
+        _frequency(agent, mqtt_broker, 49.55)
+        first = json.loads(acks.wait(2, WAIT_S)[1].payload)
+        assert first["accepted"] is True and first["id"].startswith("ffr-")
+        # 206 W at the meter is 200 W of IT (3 % losses): the accepted capacity, not the 515 W
+        # of the configuration.
+        assert sum(_limits_w(agent)) == pytest.approx(NATURAL_W - 200.0, abs=5.0)
+        # An award naming a product the node does not offer is refused, and changes nothing.
+        publish(mqtt_broker.host, mqtt_broker.port, agent.topics.award, json.dumps(
+            award | {"id": "award-2", "capacity_w": {"fcr-n": [100.0]}}).encode(), qos=1)
+        refused = [json.loads(m.payload) for m in acks.wait(4, WAIT_S)]
+        bad = next(a for a in refused if a["id"] == "award-2")
+        assert bad["accepted"] is False and "'fcr-n' is not enrolled" in bad["reason"]
+        assert agent.portfolio.capacities()["ffr"] == 206.0

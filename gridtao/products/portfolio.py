@@ -47,9 +47,11 @@ class Portfolio:
         self.proportional: list[FrequencyProduct] = []
         self.fcr_n: FcrN | None = None
         self.dr: DrSchedule | None = None
+        self._dr_name = "dr"
         for cfg in configs:
             if cfg.kind == "dr":
                 self.dr = DrSchedule(cfg.capacity_w)
+                self._dr_name = cfg.name or cfg.kind
                 continue
             product = make_product(cfg, ramp_out_per_s=ramp_out_per_s)
             if isinstance(product, StepProduct):
@@ -123,6 +125,49 @@ class Portfolio:
     def cancel_dr(self, event_id: str, *, now_s: float) -> bool:
         with self._lock:
             return self.dr is not None and self.dr.cancel(event_id, now_s=now_s)
+
+    def capacities(self) -> dict[str, float]:
+        """Each enrolled product's capacity in force now (W at the settlement point)."""
+        with self._lock:
+            out = {p.name: p.capacity_w for p in (*self.step, *self.proportional)}
+            if self.dr is not None:
+                out[self._dr_name] = self.dr.capacity_w
+            return out
+
+    def busy(self, name: str, now_s: float) -> bool:
+        """Whether ``name`` is delivering an activation now (its capacity must not change
+        under it): a step product active or ramping out, FCR-D with a requirement, a DR event
+        in force or ramping. FCR-N runs continuously, so it is never busy (its capacity
+        changes at MTU boundaries, as the market re-awards it)."""
+        with self._lock:
+            for p in self.step:
+                if p.name == name:
+                    return p.state in ("active", "ramping")
+            for q in self.proportional:
+                if q.name == name:
+                    return q is not self.fcr_n and q.required_reduction_w(None, now_s) > 0
+            if self.dr is not None and name == self._dr_name:
+                return any(state in ("ramping", "active", "recovering")
+                           for _, state in self.dr.events(now_s))
+            raise KeyError(name)
+
+    def set_capacity(self, name: str, capacity_w: float, now_s: float) -> bool:
+        """Give ``name`` a new capacity (W, >= 0; 0: not offered, it never activates) unless
+        it is busy (:meth:`busy`); True if applied. Tier 2 re-arms the island from it on its
+        next period."""
+        if not capacity_w >= 0:
+            raise ValueError("capacity_w must be >= 0")
+        with self._lock:
+            if self.busy(name, now_s):
+                return False
+            if self.dr is not None and name == self._dr_name:
+                self.dr.capacity_w = capacity_w
+                return True
+            for p in (*self.step, *self.proportional):
+                if p.name == name:
+                    p.capacity_w = capacity_w
+                    return True
+            raise KeyError(name)
 
     def statuses(self) -> list[ProductStatus]:
         with self._lock:

@@ -97,7 +97,8 @@ class StepProduct:
             self._debounce.reset()
         if f_hz is not None and self.state != "armed":
             self._debounce.note(now_s)
-        elif self.state == "armed" and (
+        elif self.state == "armed" and self.capacity_w > 0 and (
+            # capacity 0: not offered this market time unit (tier 3), so it never fires
             self._debounce.due(now_s) if f_hz is None
             else self._debounce.sample(f_hz <= self.threshold_hz, now_s)
         ):

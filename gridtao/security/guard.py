@@ -192,6 +192,21 @@ class Guard:
             return self._auth_failed("dispatch", e)
         return None
 
+    def authenticate_award(self, payload: bytes, issued_at: float | None) -> str | None:
+        """An award (tier 3, gridtao/wire/awards.py) is signed by the aggregator's dispatch
+        keys and must be fresh: None, or the reason to refuse it."""
+        verifier = self._verifier
+        if verifier is None:
+            return None
+        try:
+            verifier.authenticate("dispatch", _decode(payload))
+            auth.check_fresh(issued_at, "issued_at", self._wall(),
+                             max_age_s=self._auth.freshness_s,
+                             max_future_s=self._auth.max_future_s)
+        except auth.AuthRejected as e:
+            return self._auth_failed("dispatch", e)
+        return None
+
     def admit_dispatch(
         self, msg: wire.AnyDispatch, *, now_s: float, in_flight: int
     ) -> DispatchVerdict:

@@ -57,3 +57,18 @@ class Topics:
     @property
     def tracker(self) -> str:
         return f"{self.prefix}/nodes/{self.node}/tracker"
+
+    @property
+    def plan(self) -> str:
+        """Retained: what tier 3 offers per product and MTU (gridtao/wire/awards.py)."""
+        return f"{self.prefix}/nodes/{self.node}/plan"
+
+    @property
+    def award(self) -> str:
+        """What the market accepted of the plan, per product and MTU."""
+        return f"{self.prefix}/nodes/{self.node}/award"
+
+    @property
+    def signals(self) -> str:
+        """Retained: prices and carbon for the planner (docs/planner-inputs.md)."""
+        return f"{self.prefix}/signals"

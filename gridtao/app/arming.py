@@ -1,0 +1,152 @@
+"""Tier 3's hand-over to the products: only capacity the market accepted is armed.
+
+:class:`AwardBook` keeps the awards received (gridtao/wire/awards.py) by market time unit;
+:class:`Arming` applies, once a controller period, the capacities in force for the current MTU
+to the portfolio: the awarded ones where an award covers the MTU, else the configured ones (so a
+node that never gets an award behaves exactly as its YAML says). A product delivering an
+activation keeps its capacity until the activation ends (``Portfolio.busy``); the change is
+retried every period and applied then. Tier 2 re-arms the island's caps from the new capacities
+on its next period.
+
+Threads: awards arrive on the controller loop (:meth:`AwardBook.add`); :meth:`Arming.apply`
+runs on the controller loop too; :meth:`Arming.snapshot` may be read from any thread (the
+metrics collector). Times: ``wall_s`` Unix seconds, ``now_s`` the agent's monotonic clock.
+Power: W at the settlement point.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from gridtao.products.portfolio import Portfolio
+from gridtao.security.guard import Guard
+from gridtao.wire.awards import Award, parse_award
+from gridtao.wire.messages import MessageRejected
+
+__all__ = ["ArmedState", "Arming", "AwardBook", "AwardVerdict", "take_award"]
+
+log = logging.getLogger("gridtao.tier3")
+
+#: Awards are kept this long past their last MTU (for status), then dropped.
+KEEP_PAST_S = 3600.0
+
+
+class AwardBook:
+    """The awards received, newest last; a later award overrides an earlier one where both
+    cover an MTU (per product). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._awards: list[Award] = []
+
+    def add(self, award: Award) -> None:
+        with self._lock:
+            self._awards = [a for a in self._awards if a.id != award.id] + [award]
+
+    def capacities_at(self, wall_s: float) -> dict[str, float]:
+        """Awarded capacity per product for the MTU holding ``wall_s`` (products no award
+        covers there are absent)."""
+        with self._lock:
+            awards = list(self._awards)
+        out: dict[str, float] = {}
+        for award in awards:  # oldest first: the newest wins
+            out.update(award.at(wall_s))
+        return out
+
+    def prune(self, wall_s: float) -> None:
+        with self._lock:
+            self._awards = [a for a in self._awards if a.end_s + KEEP_PAST_S > wall_s]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._awards)
+
+
+@dataclass(frozen=True)
+class ArmedState:
+    """What is armed now and why: ``armed_w`` per product, ``source`` per product (``award``
+    or ``config``), ``pending_w``: changes waiting for an activation to end."""
+
+    armed_w: Mapping[str, float]
+    source: Mapping[str, str]
+    pending_w: Mapping[str, float]
+
+
+class Arming:
+    """Applies the capacities in force to ``portfolio`` (module docstring).
+
+    ``on_change(product, old_w, new_w, source)`` is called for every change applied (the
+    agent logs and audits it)."""
+
+    def __init__(self, portfolio: Portfolio, book: AwardBook, *,
+                 on_change: Callable[[str, float, float, str], None] | None = None) -> None:
+        self._portfolio = portfolio
+        self._book = book
+        self._configured = portfolio.capacities()
+        self._on_change = on_change
+        self._lock = threading.Lock()
+        self._state = ArmedState(dict(self._configured), dict.fromkeys(self._configured,
+                                                                      "config"), {})
+
+    @property
+    def configured_w(self) -> Mapping[str, float]:
+        return dict(self._configured)
+
+    def snapshot(self) -> ArmedState:
+        with self._lock:
+            return self._state
+
+    def apply(self, wall_s: float, now_s: float) -> ArmedState:
+        """Bring every product to the capacity in force for the MTU holding ``wall_s``."""
+        awarded = self._book.capacities_at(wall_s)
+        current = self._portfolio.capacities()
+        sources: dict[str, str] = {}
+        pending: dict[str, float] = {}
+        for name, configured in self._configured.items():
+            want = awarded.get(name, configured)
+            sources[name] = "award" if name in awarded else "config"
+            have = current.get(name, configured)
+            if abs(want - have) < 1e-9:
+                continue
+            if self._portfolio.set_capacity(name, want, now_s):
+                current[name] = want
+                log.info("%s: capacity %.0f W -> %.0f W (%s)", name, have, want,
+                         "awarded for this market time unit" if sources[name] == "award"
+                         else "configured: no award covers this market time unit")
+                if self._on_change is not None:
+                    self._on_change(name, have, want, sources[name])
+            else:
+                pending[name] = want
+        self._book.prune(wall_s)
+        state = ArmedState(dict(current), sources, pending)
+        with self._lock:
+            self._state = state
+        return state
+
+
+@dataclass(frozen=True)
+class AwardVerdict:
+    """What became of an award message: its id (None if it had none), accepted, and why not."""
+
+    id: str | None
+    accepted: bool
+    reason: str | None
+    award: Award | None = None
+
+
+def take_award(payload: bytes, *, guard: Guard, book: AwardBook, products: list[str],
+               max_bytes: int) -> AwardVerdict:
+    """Parse, authenticate (signed mode: the aggregator's dispatch keys, fresh ``issued_at``)
+    and file an award; a refused one changes nothing."""
+    try:
+        award = parse_award(payload, max_bytes=max_bytes, products=products)
+    except MessageRejected as e:
+        return AwardVerdict(e.event_id, False, e.reason)
+    problem = guard.authenticate_award(payload, award.issued_at)
+    if problem is not None:
+        return AwardVerdict(award.id, False, problem)
+    book.add(award)
+    return AwardVerdict(award.id, True, None, award)

@@ -1,0 +1,125 @@
+"""Wire contract v1, additive: the market's answer to a node's plan (``award``) and the plan.
+
+A node publishes what it offers (retained, ``{prefix}/nodes/{node}/plan``, built by
+:func:`plan_payload`); what the market accepted comes back on ``{prefix}/nodes/{node}/award``::
+
+    {"id": "award-2026-12-06", "issued_at": 1796515200.0, "start": 1796515200, "mtu_s": 3600,
+     "capacity_w": {"ffr": [400, 400, 0, ...], "fcr-d-up": [300, ...]}}
+
+``start`` (Unix s, a multiple of ``mtu_s``) and ``mtu_s`` (900 or 3600) place the series;
+``capacity_w`` maps an enrolled product's name to the capacity accepted per MTU (W at the
+settlement point, >= 0; ``null`` in a slot: nothing accepted there). Only accepted capacity is
+armed; outside every award the node keeps its configured capacities. A later award for the same
+MTUs replaces the earlier one. Signed like a dispatch when ``auth.mode`` is not ``none``
+(``issued_at`` is then required). Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gridtao.wire.messages import ID_MAX_CHARS, NODE_W_MAX, MessageRejected
+
+__all__ = ["AWARD_MAX_MTUS", "MTU_CHOICES_S", "Award", "parse_award", "plan_payload"]
+
+MTU_CHOICES_S = (900, 3600)
+AWARD_MAX_MTUS = 7 * 96  # a week of 15-minute units: more is a mistake, not a market
+
+
+@dataclass(frozen=True)
+class Award:
+    """Accepted capacity per product and MTU (W at the settlement point; None: not accepted)."""
+
+    id: str
+    issued_at: float | None
+    start_s: int
+    mtu_s: int
+    capacity_w: Mapping[str, tuple[float | None, ...]]
+
+    @property
+    def end_s(self) -> int:
+        n = max((len(v) for v in self.capacity_w.values()), default=0)
+        return self.start_s + n * self.mtu_s
+
+    def at(self, wall_s: float) -> dict[str, float]:
+        """The capacities accepted for the MTU holding ``wall_s`` (products with a value)."""
+        k = math.floor((wall_s - self.start_s) / self.mtu_s)
+        out: dict[str, float] = {}
+        if k < 0:
+            return out
+        for name, series in self.capacity_w.items():
+            if k < len(series) and series[k] is not None:
+                out[name] = float(series[k])  # type: ignore[arg-type]
+        return out
+
+
+def _fail(reason: str, event_id: str | None = None) -> None:
+    raise MessageRejected(reason, event_id)
+
+
+def parse_award(payload: bytes, *, max_bytes: int, products: Sequence[str]) -> Award:
+    """Parse and check an award against the enrolled ``products`` (names); raises
+    :class:`MessageRejected` with the reason."""
+    if len(payload) > max_bytes:
+        _fail(f"award is {len(payload)} bytes (limit {max_bytes})")
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        _fail("award is not JSON")
+    if not isinstance(data, dict):
+        _fail("award is not a JSON object")
+    event_id = data.get("id")
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= ID_MAX_CHARS:
+        _fail(f"award needs an 'id' string of 1..{ID_MAX_CHARS} characters")
+    assert isinstance(event_id, str)
+    issued = data.get("issued_at")
+    if issued is not None and (isinstance(issued, bool) or not isinstance(issued, int | float)
+                               or not math.isfinite(issued)):
+        _fail("'issued_at' must be a number (Unix s)", event_id)
+    mtu = data.get("mtu_s")
+    if mtu not in MTU_CHOICES_S or isinstance(mtu, bool):
+        _fail(f"'mtu_s' must be one of {list(MTU_CHOICES_S)}", event_id)
+    start = data.get("start")
+    if isinstance(start, bool) or not isinstance(start, int) or start % int(mtu) != 0:
+        _fail("'start' must be an integer Unix time on an MTU boundary", event_id)
+    caps = data.get("capacity_w")
+    if not isinstance(caps, dict) or not caps:
+        _fail("'capacity_w' must map product names to lists of watts", event_id)
+    known = set(products)
+    series: dict[str, tuple[float | None, ...]] = {}
+    for name, values in caps.items():
+        if name not in known:
+            _fail(f"product {name!r} is not enrolled on this node (enrolled: "
+                  f"{', '.join(sorted(known)) or 'none'})", event_id)
+        series[name] = _series(name, values, event_id)
+    return Award(event_id, None if issued is None else float(issued), int(start), int(mtu),
+                 series)
+
+
+def _series(name: str, values: Any, event_id: str) -> tuple[float | None, ...]:
+    if not isinstance(values, list) or not 0 < len(values) <= AWARD_MAX_MTUS:
+        _fail(f"capacity_w[{name!r}] must be a list of 1..{AWARD_MAX_MTUS} values", event_id)
+    out: list[float | None] = []
+    for k, v in enumerate(values):
+        if v is None:
+            out.append(None)
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float) or not (
+                math.isfinite(v) and 0 <= v <= NODE_W_MAX):
+            _fail(f"capacity_w[{name!r}][{k}] must be watts in 0..{NODE_W_MAX:g}", event_id)
+        out.append(float(v))
+    return tuple(out)
+
+
+def plan_payload(node_id: str, *, made_at: float, start_s: int, mtu_s: int,
+                 offers_w: Mapping[str, Sequence[float]], extra: Mapping[str, Any]) -> bytes:
+    """The retained plan: what the node offers per product and MTU (W at the settlement
+    point), and ``extra`` (forecast, expected revenue and costs, status, notes)."""
+    body = {"node": node_id, "made_at": round(made_at, 3), "start": start_s, "mtu_s": mtu_s,
+            "offers_w": {k: [round(float(x), 1) for x in v] for k, v in offers_w.items()},
+            **extra}
+    return json.dumps(body, allow_nan=False).encode()

@@ -1,0 +1,104 @@
+"""Tier 3's hand-over: awards parsed and filed by MTU, capacities applied at MTU boundaries,
+a change never landing in the middle of an activation. Virtual time; no broker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gridtao.app.arming import Arming, AwardBook
+from gridtao.config.agent import config_from_mapping
+from gridtao.products.portfolio import Portfolio
+from gridtao.wire.awards import parse_award
+from gridtao.wire.messages import MessageRejected
+
+PRODUCTS = ["ffr", "fcr-d-up", "dr"]
+
+
+def _award(event_id: str, start: int, caps: dict[str, list[float | None]],
+           mtu: int = 3600) -> bytes:
+    return json.dumps({"id": event_id, "start": start, "mtu_s": mtu,
+                       "capacity_w": caps}).encode()
+
+
+def test_an_award_covers_its_mtus_and_the_newest_wins() -> None:
+    book = AwardBook()
+    book.add(parse_award(_award("a", 7200, {"ffr": [100, 200], "dr": [None, 50]}),
+                         max_bytes=4096, products=PRODUCTS))
+    assert book.capacities_at(7199.9) == {}
+    assert book.capacities_at(7200.0) == {"ffr": 100.0}
+    assert book.capacities_at(10_799.0) == {"ffr": 100.0}
+    assert book.capacities_at(10_800.0) == {"ffr": 200.0, "dr": 50.0}
+    assert book.capacities_at(14_400.0) == {}
+    book.add(parse_award(_award("b", 10_800, {"ffr": [0]}), max_bytes=4096,
+                         products=PRODUCTS))
+    assert book.capacities_at(10_800.0) == {"ffr": 0.0, "dr": 50.0}
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b"not json", "not JSON"),
+    (_award("x", 3601, {"ffr": [1]}), "MTU boundary"),
+    (_award("x", 3600, {"ffr": [1]}, mtu=60), "'mtu_s' must be one of"),
+    (_award("x", 3600, {"fcr-n": [1]}), "'fcr-n' is not enrolled"),
+    (_award("x", 3600, {"ffr": [-1]}), "must be watts"),
+    (_award("x", 3600, {"ffr": []}), "list of 1.."),
+    (json.dumps({"start": 0, "mtu_s": 900, "capacity_w": {"ffr": [1]}}).encode(), "'id'"),
+])
+def test_bad_awards_are_refused_with_the_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(MessageRejected) as e:
+        parse_award(body, max_bytes=4096, products=PRODUCTS)
+    assert reason in e.value.reason
+
+
+def _portfolio() -> Portfolio:
+    cfg = config_from_mapping({"safety": {"triggers": []}, "products": [
+        {"kind": "ffr", "capacity_w": 400, "threshold_hz": 49.5, "support": "long",
+         "support_s": 3.0, "rearm_s": 0},
+        {"kind": "dr", "capacity_w": 600}]}, source="<test>")
+    return Portfolio(cfg.products, ramp_out_per_s=0.5)
+
+
+def test_capacities_follow_the_award_and_fall_back_to_the_configuration() -> None:
+    portfolio = _portfolio()
+    book = AwardBook()
+    changes: list[tuple[str, float, float, str]] = []
+    arming = Arming(portfolio, book, on_change=lambda *c: changes.append(c))
+    book.add(parse_award(_award("a", 3600, {"ffr": [150], "dr": [0]}), max_bytes=4096,
+                         products=["ffr", "dr"]))
+    assert arming.apply(3599.0, 0.0).armed_w == {"ffr": 400.0, "dr": 600.0}
+    state = arming.apply(3600.0, 1.0)
+    assert state.armed_w == {"ffr": 150.0, "dr": 0.0} and state.source["ffr"] == "award"
+    assert changes == [("ffr", 400.0, 150.0, "award"), ("dr", 600.0, 0.0, "award")]
+    # The hour after the award: back to the configured capacities.
+    assert arming.apply(7200.0, 2.0).armed_w == {"ffr": 400.0, "dr": 600.0}
+
+
+def test_a_change_waits_for_the_activation_to_end() -> None:
+    portfolio = _portfolio()
+    book = AwardBook()
+    arming = Arming(portfolio, book)
+    (ffr,) = portfolio.step
+    for t in (0.0, 0.01):
+        portfolio.on_sample(49.4, t)  # two samples below 49.5 Hz: FFR activates
+    assert ffr.state == "active"
+    book.add(parse_award(_award("a", 0, {"ffr": [100]}), max_bytes=4096,
+                         products=["ffr", "dr"]))
+    state = arming.apply(10.0, 0.5)
+    assert state.pending_w == {"ffr": 100.0} and ffr.capacity_w == 400.0
+    assert ffr.required_at(0.5) == 400.0  # delivered as it started
+    portfolio.on_tick(3.0)  # support over: ramping out at 0.5/s, still the old capacity
+    assert ffr.state == "ramping" and arming.apply(11.0, 3.5).pending_w == {"ffr": 100.0}
+    portfolio.on_tick(5.1)  # ramp-out done
+    state = arming.apply(12.0, 5.1)
+    assert state.pending_w == {} and ffr.capacity_w == 100.0
+
+
+def test_a_product_awarded_nothing_never_fires() -> None:
+    portfolio = _portfolio()
+    book = AwardBook()
+    book.add(parse_award(_award("a", 0, {"ffr": [0]}), max_bytes=4096, products=["ffr", "dr"]))
+    Arming(portfolio, book).apply(10.0, 0.0)
+    for t in (0.0, 0.01, 0.02):
+        assert portfolio.on_sample(49.0, t) == []
+    assert portfolio.step[0].state == "armed"
