@@ -88,7 +88,8 @@ def test_a_change_waits_for_the_activation_to_end() -> None:
     assert state.pending_w == {"ffr": 100.0} and ffr.capacity_w == 400.0
     assert ffr.required_at(0.5) == 400.0  # delivered as it started
     portfolio.on_tick(3.0)  # support over: ramping out at 0.5/s, still the old capacity
-    assert ffr.state == "ramping" and arming.apply(11.0, 3.5).pending_w == {"ffr": 100.0}
+    assert portfolio.statuses()[0].state == "ramping"
+    assert arming.apply(11.0, 3.5).pending_w == {"ffr": 100.0}
     portfolio.on_tick(5.1)  # ramp-out done
     state = arming.apply(12.0, 5.1)
     assert state.pending_w == {} and ffr.capacity_w == 100.0
