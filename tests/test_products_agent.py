@@ -199,7 +199,7 @@ def test_an_award_arms_exactly_the_accepted_capacity(mqtt_broker: MosquittoBroke
         ack = json.loads(acks.wait(1, WAIT_S)[0].payload)
         assert ack["id"] == "award-1" and ack["accepted"] is True and ack["kind"] == "award"
         wait_for(lambda: agent.portfolio.capacities()["ffr"] == 206.0, "the award armed")
-        assert agent.arming.snapshot().source["ffr"] == "award"
+        assert agent.planning.arming.snapshot().source["ffr"] == "award"
         time.sleep(1.5)  # tier 2 re-arms the island's caps once a period
         _frequency(agent, mqtt_broker, 49.55)
         first = json.loads(acks.wait(2, WAIT_S)[1].payload)

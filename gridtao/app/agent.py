@@ -34,9 +34,10 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from gridtao import __version__
 from gridtao.app.actuation import check_write_permission, report_actuation, restore_limits
-from gridtao.app.arming import Arming, AwardBook, take_award
 from gridtao.app.instance import Instance, ensure_unique
 from gridtao.app.periodic import ControllerLoop, ControllerParts
+from gridtao.app.planning import NodePlanning
+from gridtao.app.planning import subscriptions as tier3_subscriptions
 from gridtao.app.readback import ReadBack
 from gridtao.app.reload import ReloadResult, apply_reload, plan_reload, read_credentials
 from gridtao.clock import Clock, MonotonicClock
@@ -73,13 +74,12 @@ from gridtao.telemetry.metrics import (
     StatsCollector,
     start_http_server,
 )
+from gridtao.tier3.problem import node_floor_w
 from gridtao.transport.mqtt import MqttLink, Will
 from gridtao.wire import messages as wire
 
 log = logging.getLogger("gridtao.app.agent")
 
-#: How often the capacities in force are brought to the award for the current MTU (s).
-ARMING_PERIOD_S = 1.0
 
 # CPython hands the GIL to a waiting thread only after the holder has run this long (default
 # 5 ms). The island's threads wait for the GIL several times on the hot path, so a busy
@@ -245,12 +245,8 @@ class Agent:
             frequency_link=link("frequency", subscriptions=[(self.topics.frequency, 0)],
                                 max_packet_bytes=max_packet),
         )
-        # Tier 3's awards: only accepted capacity is armed (app/arming.py).
-        self.awards = AwardBook()
-        self.arming = Arming(self.portfolio, self.awards, on_change=self._capacity_changed)
         self.status_link = link(
-            "ctl",
-            subscriptions=[(self.topics.award, 1)] if not self.portfolio.empty else [],
+            "ctl", subscriptions=tier3_subscriptions(config, self.topics),
             will=Will(self.topics.status, wire.offline_payload(self.node_id), qos=1, retain=True),
         )
         self._fast_stop = threading.Event()
@@ -277,7 +273,13 @@ class Agent:
         SuppressedAcksCollector(lambda: self.intake.rejections.suppressed_acks,
                                 registry=self.registry)
         TrackerCollector(self.tier2.snapshot, registry=self.registry)
-        self.read_back = ReadBack(self.backend, self.island, self.gpu_indices)
+        # Tier 3: history, planner, awards and arming (app/planning.py).
+        self.planning = NodePlanning(
+            config, node_id=self.node_id, topics=self.topics, clock=self.clock,
+            portfolio=self.portfolio, island=self.island, guard=self.guard, ledger=self.ledger,
+            link=self.status_link, floor_w=self._node_floor_w())
+        self.read_back = ReadBack(self.backend, self.island, self.gpu_indices, clock=self.clock,
+                                  on_reading=self.planning.on_reading)
         EnergyCollector(lambda: self.read_back.energy_mj, tuple(self.gpu_indices),
                         registry=self.registry)
         LinkCollector({"island": lambda: self.lane.link.is_connected,
@@ -388,8 +390,7 @@ class Agent:
         """Run the controller loop until ``stop`` is set: status, metrics, optional bench load."""
         tasks = [asyncio.create_task(self.status_link.run(), name="status-link")]
         tasks += [asyncio.create_task(c) for c in self.controller.tasks()]
-        tasks += [asyncio.create_task(self._control_messages(), name="awards"),
-                  asyncio.create_task(self._arm_periodically(), name="arming")]
+        tasks += [asyncio.create_task(c) for c in self.planning.tasks()]
         try:
             await stop.wait()
             # Quiesce first (no trigger can land, limits restored), then say offline: a node
@@ -402,34 +403,17 @@ class Agent:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _control_messages(self) -> None:
-        """Awards on the controller's connection: filed, audited and acked (not the hot
-        path: an award changes capacities from its MTU on, never at once)."""
-        products = list(self.arming.configured_w)
-        async for msg in self.status_link.messages():
-            if msg.retain:
-                continue  # an award is acted on when sent, as dispatches are
-            verdict = take_award(msg.payload, guard=self.guard, book=self.awards,
-                                 products=products,
-                                 max_bytes=self.config.mqtt.max_payload_bytes)
-            if verdict.accepted:
-                log.info("award %s filed: %s", verdict.id, verdict.award)
-            else:
-                log.warning("award %s refused: %s", verdict.id, verdict.reason)
-            self.ledger.record("award", {"id": verdict.id, "accepted": verdict.accepted,
-                                         "reason": verdict.reason, "payload": msg.payload})
-            await self.status_link.publish(self.topics.ack, wire.ack_payload(
-                verdict.id, verdict.accepted, verdict.reason, msg.received_wall, None, None,
-                extra={"kind": "award"}), qos=1)
-
-    async def _arm_periodically(self) -> None:
-        while True:
-            self.arming.apply(self.clock.wall(), self.clock.now())
-            await asyncio.sleep(ARMING_PERIOD_S)
-
-    def _capacity_changed(self, product: str, old_w: float, new_w: float, source: str) -> None:
-        self.ledger.record("capacity", {"product": product, "from_w": old_w, "to_w": new_w,
-                                        "source": source})
+    def _node_floor_w(self) -> float:
+        """The lowest IT power (W) the node can be held at, for tier 3: the GPUs' minimums
+        (critical GPUs' priority floors where higher) or ``limits.min_node_fraction`` of the
+        summed default limits, whichever is higher."""
+        floors = {i: p.floor_w for p in self.config.tracker.priorities
+                  if p.priority == "critical" for i in p.gpus}
+        return node_floor_w([lim.min_mw / 1000.0 for lim in self.gpu_limits],
+                            [lim.default_mw / 1000.0 for lim in self.gpu_limits],
+                            min_node_fraction=self.config.limits.min_node_fraction,
+                            priority_floor_w={k: floors.get(i, 0.0) for k, i in
+                                              enumerate(self.gpu_indices)})
 
     def close(self) -> None:
         """Stop every thread, restore the limits found at start, release the driver."""
@@ -437,6 +421,7 @@ class Agent:
             return
         self._closed = True
         self.quiesce()
+        self.planning.close()
         self.island.close()
         if self._metrics_server is not None:
             self._metrics_server.close()

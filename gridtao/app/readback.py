@@ -5,13 +5,18 @@ process shows) and its energy counter.
 The controller loop runs :meth:`ReadBack.read` in a worker thread about twice a second, so a
 slow or hung driver call delays only these readings, never tier 1 or a trigger (a read holds a
 GPU's write lock only for that one GPU's call).
+
+With ``on_reading``, each round also hands the node's IT power over the round (from the energy
+counters: joules between two rounds over the seconds between them, so no extra driver call)
+and the summed enforced limits to it (the history recorder, gridtao/history/recorder.py).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from gridtao.clock import Clock, MonotonicClock
 from gridtao.gpu.backend import GpuBackend, GpuError
 from gridtao.safety.island import SafetyIsland
 
@@ -22,12 +27,18 @@ class ReadBack:
     """Reads for ``indices`` of ``backend``; :attr:`energy_mj` from any thread."""
 
     def __init__(self, backend: GpuBackend, island: SafetyIsland,
-                 indices: Sequence[int]) -> None:
+                 indices: Sequence[int], *, clock: Clock | None = None,
+                 on_reading: Callable[[float, float, float], None] | None = None) -> None:
+        """``on_reading(wall_s, it_w, limit_w)``: called from the worker thread after each
+        round that could measure power (every GPU's counter read this round and the last)."""
         self._backend = backend
         self._island = island
         self._indices = tuple(indices)
         self._lock = threading.Lock()
         self._energy_mj: tuple[int | None, ...] = (None,) * len(self._indices)
+        self._clock = clock if clock is not None else MonotonicClock()
+        self._on_reading = on_reading
+        self._last: tuple[float, tuple[int | None, ...]] | None = None
 
     @property
     def energy_mj(self) -> tuple[int | None, ...]:
@@ -45,5 +56,24 @@ class ReadBack:
                 energy.append(self._backend.energy_mj(index))
             except GpuError:
                 energy.append(None)
+        now = tuple(energy)
         with self._lock:
-            self._energy_mj = tuple(energy)
+            self._energy_mj = now
+        if self._on_reading is not None:
+            self._report(now)
+
+    def _report(self, energy: tuple[int | None, ...]) -> None:
+        assert self._on_reading is not None
+        t = self._clock.now()
+        last, self._last = self._last, (t, energy)
+        if last is None or t <= last[0]:
+            return
+        pairs = [(e, p) for e, p in zip(energy, last[1], strict=True)
+                 if e is not None and p is not None]
+        if len(pairs) != len(energy):  # a GPU without a reading: the node's power is unknown
+            return
+        joules = sum(e - p for e, p in pairs) / 1000.0
+        if joules < 0:  # a counter reset (driver reload): skip this round
+            return
+        self._on_reading(self._clock.wall(), joules / (t - last[0]),
+                         sum(self._island.enforced_mw()) / 1000.0)

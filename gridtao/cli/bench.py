@@ -20,6 +20,10 @@ from gridtao.telemetry.runinfo import provenance
 PASSTHROUGH = {
     "fanout": "the island's parallel write fan-out against sequential writes, in-process",
     "overhead": "CPU and memory of an idle agent against a bare power-reading loop",
+    "flood": "genuine triggers and acks under a flood of junk dispatches and frequency "
+             "samples, against an idle baseline",
+    "planner": "tier 3's day-ahead plan against static, reference and oracle strategies, "
+               "over a simulated week",
 }
 
 PUE_SCENARIOS = ("short", "dr")  # gridtao.bench.pue.SCENARIOS, checked there

@@ -24,6 +24,8 @@ from gridtao.config.grid import ProductConfig as ProductConfig
 from gridtao.config.grid import ProductKind as ProductKind
 from gridtao.config.grid import TrackerConfig as TrackerConfig
 from gridtao.config.kinds import KINDS
+from gridtao.config.planner import HistoryConfig as HistoryConfig
+from gridtao.config.planner import PlannerConfig as PlannerConfig
 from gridtao.config.schema import ConfigError as ConfigError
 from gridtao.config.schema import build, fail, rng
 
@@ -297,6 +299,8 @@ class Config:
     products: tuple[ProductConfig, ...] = ()
     facility: FacilityConfig = field(default_factory=FacilityConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
 

@@ -41,10 +41,10 @@ def resolve_path(value: str, source: str) -> Path:
 
 
 def with_state_paths(config: Config, node_id: str) -> Config:
-    """``config`` with the audit trail's, the journal's and the replay store's paths made
-    absolute: unset ones in the state directory (named after ``node_id``, so agents of several
-    nodes can share it), relative ones from the configuration file's folder, as is the
-    simulator's trace file."""
+    """``config`` with the audit trail's, the journal's, the replay store's and the history's
+    paths made absolute: unset ones in the state directory (named after ``node_id``, so agents
+    of several nodes can share it), relative ones from the configuration file's folder, as are
+    the simulator's trace file and the planner's signals file."""
     state = state_dir()
 
     def where(value: str | None, default_name: str) -> str:
@@ -58,6 +58,13 @@ def with_state_paths(config: Config, node_id: str) -> Config:
                                   path=where(config.audit.path, f"audit-{node_id}.jsonl")),
         journal=dataclasses.replace(config.journal,
                                     path=where(config.journal.path, f"journal-{node_id}.json")),
+        history=dataclasses.replace(config.history,
+                                    path=where(config.history.path,
+                                               f"history-{node_id}.sqlite3")),
+        planner=dataclasses.replace(config.planner, signals_file=None
+                                    if config.planner.signals_file is None
+                                    else str(resolve_path(config.planner.signals_file,
+                                                          config.source))),
         auth=dataclasses.replace(config.auth,
                                  replay_store=where(config.auth.replay_store,
                                                     f"replay-{node_id}.jsonl")),

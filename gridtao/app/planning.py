@@ -1,0 +1,264 @@
+"""Tier 3 in the running agent: the node's history, the planner, awards and arming.
+
+- **History**: every GPU read-back round (about twice a second, a worker thread) offers the
+  node's IT power, summed enforced limits and whether an activation is in force to the
+  recorder (gridtao/history/recorder.py), which writes per-minute rows to SQLite on its own
+  thread.
+- **Planner** (``planner.enabled``): every ``planner.period_s`` a round runs in a worker thread
+  (never on the controller's loop, never on the island's): history from SQLite, signals from
+  ``planner.signals_file`` merged with the latest retained ``{prefix}/signals``, forecast and
+  solve (gridtao/tier3/planner.py). The plan is published retained on
+  ``{prefix}/nodes/{node}/plan`` and audited; a failed round keeps the last valid plan
+  (``Fallback``) or offers nothing (``NoPlan``), and says why. The agent never crashes on it.
+- **Awards and arming** (gridtao/app/arming.py): awards arrive on the controller's connection;
+  once a second the capacities in force for the current MTU are applied.
+
+Threads: :meth:`NodePlanning.tasks` run on the controller loop; :meth:`NodePlanning.on_reading`
+on the read-back worker; :meth:`NodePlanning.snapshot` from any thread (metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from gridtao.app.arming import Arming, AwardBook, take_award
+from gridtao.clock import Clock
+from gridtao.config.agent import Config
+from gridtao.config.kinds import KINDS
+from gridtao.history import HistoryError, HistoryRecorder, HistoryStore
+from gridtao.products.portfolio import Portfolio
+from gridtao.records.ledger import Ledger
+from gridtao.safety.island import SafetyIsland
+from gridtao.security.guard import Guard
+from gridtao.tier3.forecast import ForecastError
+from gridtao.tier3.planner import NoPlan, Plan, PlannerState, PlanSettings, make_plan, next_state
+from gridtao.tier3.problem import Enrolment, PlanError
+from gridtao.tier3.signals import SignalError, Signals, merge, parse_signals
+from gridtao.transport.mqtt import MqttLink
+from gridtao.wire import messages as wire
+from gridtao.wire.awards import plan_payload
+
+__all__ = ["ARMING_PERIOD_S", "NodePlanning", "subscriptions"]
+
+log = logging.getLogger("gridtao.tier3")
+
+#: How often the capacities in force are brought to the award for the current MTU (s).
+ARMING_PERIOD_S = 1.0
+DAY_S = 86_400
+
+
+def subscriptions(config: Config, topics: wire.Topics) -> list[tuple[str, int]]:
+    """What the controller's connection subscribes to for tier 3: awards when products are
+    enrolled, signals when the planner runs."""
+    subs = [(topics.award, 1)] if config.products else []
+    if config.planner.enabled:
+        subs.append((topics.signals, 1))
+    return subs
+
+
+class NodePlanning:
+    """Tier 3's parts of one agent (module docstring). ``floor_w``: the node's IT floor
+    (GPU minimums and priority floors, or ``limits.min_node_fraction`` of the defaults)."""
+
+    def __init__(self, config: Config, *, node_id: str, topics: wire.Topics, clock: Clock,
+                 portfolio: Portfolio, island: SafetyIsland, guard: Guard, ledger: Ledger,
+                 link: MqttLink, floor_w: float) -> None:
+        self._config = config
+        self._node_id = node_id
+        self._topics = topics
+        self._clock = clock
+        self._island = island
+        self._guard = guard
+        self._ledger = ledger
+        self._link = link
+        self._floor_w = floor_w
+        self.awards = AwardBook()
+        self.arming = Arming(portfolio, self.awards, on_change=self._capacity_changed)
+        self._lock = threading.Lock()
+        self.state: PlannerState = NoPlan("not planned yet")
+        self._topic_signals: Signals | None = None
+        self.recorder: HistoryRecorder | None = None
+        self._store_path = config.history.path
+        if config.history.enabled and config.history.path is not None:
+            store = HistoryStore.open(config.history.path)  # HistoryError names the file
+            self.recorder = HistoryRecorder(store, retention_days=config.history.retention_days,
+                                            clock=clock)
+
+
+    def on_reading(self, wall_s: float, it_w: float, limit_w: float) -> None:
+        """One read-back round (worker thread): into the history."""
+        if self.recorder is not None:
+            view = self._island.view()
+            active = view.event_id is not None or view.commitment_mw is not None
+            self.recorder.offer(wall_s, it_w, limit_w, active)
+
+    def tasks(self) -> list[Coroutine[Any, Any, None]]:
+        out = [self._control_messages(), self._arm_periodically()]
+        if self._config.planner.enabled:
+            out.append(self._plan_periodically())
+        return out
+
+    def close(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+
+    # ---- awards and arming ----------------------------------------------------------------
+
+    async def _control_messages(self) -> None:
+        """Awards and signals on the controller's connection (not the hot path: an award
+        changes capacities from its MTU on, never at once)."""
+        products = list(self.arming.configured_w)
+        async for msg in self._link.messages():
+            if msg.topic == self._topics.signals:
+                self._take_signals(msg.payload, msg.received_wall)
+                continue
+            if msg.retain:
+                continue  # an award is acted on when sent, as dispatches are
+            verdict = take_award(msg.payload, guard=self._guard, book=self.awards,
+                                 products=products, max_bytes=self._config.mqtt.max_payload_bytes)
+            if verdict.accepted:
+                log.info("award %s filed: %s", verdict.id, verdict.award)
+            else:
+                log.warning("award %s refused: %s", verdict.id, verdict.reason)
+            self._ledger.record("award", {"id": verdict.id, "accepted": verdict.accepted,
+                                          "reason": verdict.reason, "payload": msg.payload})
+            await self._link.publish(self._topics.ack, wire.ack_payload(
+                verdict.id, verdict.accepted, verdict.reason, msg.received_wall, None, None,
+                extra={"kind": "award"}), qos=1)
+
+    async def _arm_periodically(self) -> None:
+        while True:
+            self.arming.apply(self._clock.wall(), self._clock.now())
+            await asyncio.sleep(ARMING_PERIOD_S)
+
+    def _capacity_changed(self, product: str, old_w: float, new_w: float, source: str) -> None:
+        self._ledger.record("capacity", {"product": product, "from_w": old_w, "to_w": new_w,
+                                         "source": source})
+
+    # ---- the planner ----------------------------------------------------------------------
+
+    def _take_signals(self, payload: bytes, wall_s: float) -> None:
+        p = self._config.planner
+        try:
+            signals = parse_signals(payload, now_s=wall_s,
+                                    max_age_s=p.signals_max_age_h * 3600.0,
+                                    source=self._topics.signals)
+        except SignalError as e:
+            log.warning("signals on %s refused: %s", self._topics.signals, e)
+            return
+        with self._lock:
+            self._topic_signals = signals
+        log.info("signals on %s taken (issued %.0f, %s)", self._topics.signals,
+                 signals.issued_at_s, ", ".join(signals.series()) or "no series")
+
+    async def _plan_periodically(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await loop.run_in_executor(None, self.plan_once)
+            await asyncio.sleep(self._config.planner.period_s)
+
+    def settings(self) -> PlanSettings:
+        p = self._config.planner
+        enrolments = [Enrolment(name, cfg.kind, cfg.capacity_w)
+                      for name, cfg in self._portfolio_configs().items()]
+        f = self._config.facility
+        return PlanSettings(
+            mtu_s=p.mtu_s, horizon=max(1, p.horizon_h * 3600 // p.mtu_s),
+            floor_w=self._floor_w, enrolments=enrolments,
+            safety_margin_fraction=p.safety_margin_fraction, time_limit_s=p.solve_time_limit_s,
+            weeks=max(1, math.ceil(p.history_days / 7)),
+            options={"settle_at": f.settle_at, "losses_fraction": f.losses_fraction,
+                     "carbon_eur_t": p.carbon_eur_per_t,
+                     "lost_work_eur_wh": p.lost_work_eur_per_mwh / 1e6,
+                     "allow_ceiling": p.ceiling,
+                     "dr_max_hours_per_day": p.dr_max_hours_per_day})
+
+    def _portfolio_configs(self) -> dict[str, Any]:
+        return {c.name or c.kind: c for c in self._config.products
+                if c.kind in KINDS}
+
+    def signals(self, wall_s: float) -> Signals | None:
+        """The file's signals merged with the topic's (newer wins per series), or None."""
+        p = self._config.planner
+        out: Signals | None = None
+        if p.signals_file is not None:
+            try:
+                out = parse_signals(Path(p.signals_file).read_bytes(), now_s=wall_s,
+                                    max_age_s=p.signals_max_age_h * 3600.0,
+                                    source=p.signals_file)
+            except (OSError, SignalError) as e:
+                log.warning("planner.signals_file %s refused: %s", p.signals_file, e)
+        with self._lock:
+            topic = self._topic_signals
+        if topic is not None:
+            out = topic if out is None else merge(out, topic)
+        return out
+
+    def plan_once(self) -> PlannerState:
+        """One round (blocking: a worker thread): plan, publish, audit, move the state."""
+        wall = self._clock.wall()
+        outcome: Plan | str
+        try:
+            outcome = self._round(wall)
+        except (ForecastError, PlanError, HistoryError) as e:
+            outcome = str(e)
+        except Exception as e:  # a planner bug must never take the agent down
+            log.exception("planning round failed")
+            outcome = f"planning failed: {e!r}"
+        state = next_state(self.state, outcome, now_s=wall)
+        self.state = state
+        self._publish(state, outcome, wall)
+        return state
+
+    def _round(self, wall: float) -> Plan:
+        if self._store_path is None:
+            raise ForecastError("no history (history.enabled is false)")
+        days = self._config.planner.history_days
+        store = HistoryStore.open(self._store_path)
+        try:
+            series = store.series(int(wall) - days * DAY_S, int(wall) + 1)
+        finally:
+            store.close()
+        return make_plan(series.start_s, series.it_mean_w, series.it_p10_w,
+                         self.signals(wall), now_s=wall, settings=self.settings())
+
+    def _publish(self, state: PlannerState, outcome: Plan | str, wall: float) -> None:
+        plan = state.plan
+        reason = None if isinstance(outcome, Plan) and outcome.valid else (
+            outcome if isinstance(outcome, str) else outcome.result.status)
+        extra: dict[str, Any] = {"state": state.name, "reason": reason}
+        if plan is None:
+            payload = plan_payload(self._node_id, made_at=wall, start_s=0, mtu_s=0,
+                                   offers_w={}, extra=extra)
+        else:
+            extra |= plan.summary()
+            payload = plan_payload(
+                self._node_id, made_at=plan.made_at_s, start_s=plan.forecast.start_s,
+                mtu_s=plan.forecast.mtu_s,
+                offers_w={k: list(v) for k, v in plan.result.offers_w.items()}, extra=extra)
+        if reason is None:
+            log.info("plan made: %s", _headline(plan))
+        else:
+            log.warning("planning round gave no new plan (%s); %s", reason, state.name)
+        self._ledger.record("plan", json.loads(payload))
+        self._link.publish_threadsafe(self._topics.plan, payload, qos=1, retain=True)
+
+    def snapshot(self) -> tuple[str, Plan | None]:
+        state = self.state
+        return state.name, state.plan
+
+
+def _headline(plan: Plan | None) -> str:
+    if plan is None:
+        return "-"
+    offered = {k: round(float(v.max()), 1) for k, v in plan.result.offers_w.items()}
+    return (f"{plan.forecast.horizon} MTUs from {plan.forecast.start_s}; max offer per product "
+            f"{offered}; expected revenue {plan.result.revenue:.2f} EUR")
+

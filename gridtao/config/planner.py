@@ -1,0 +1,52 @@
+"""Configuration of tier 3: the node's minute history and the hourly planner (re-exported by
+:mod:`gridtao.config.agent`; ranges live next to each field in ``metadata``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gridtao.config.schema import rng
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """Per-minute aggregates of the node's IT draw, enforced limits and event time, kept in
+    SQLite for the planner (gridtao/history/). ``path`` None: ``<state dir>/history-<node>
+    .sqlite3``; a relative path is taken from the configuration file's folder. Minutes older
+    than ``retention_days`` are deleted once an hour."""
+
+    enabled: bool = True
+    path: str | None = None
+    retention_days: float = field(default=35.0, metadata=rng(1.0, 3650.0))
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """Tier 3 (gridtao/tier3/, gridtao/app/planning.py): every ``period_s`` it forecasts the
+    node's natural IT draw for ``horizon_h`` hours in market time units of ``mtu_s`` from the
+    last ``history_days`` of history, and decides what to offer per product and MTU, published
+    retained on ``{prefix}/nodes/{node}/plan``. Only what an award accepts is armed.
+
+    ``signals_file``: prices and carbon (docs/planner-inputs.md; also taken, retained, from
+    ``{prefix}/signals``); older than ``signals_max_age_h`` they are refused. Costs:
+    ``carbon_eur_per_t`` (EUR per tonne CO2), ``lost_work_eur_per_mwh`` (the value of an MWh of
+    GPU work a cut or a ceiling sheds). ``ceiling``: may the plan cap the node in expensive or
+    high-carbon MTUs. ``dr_max_hours_per_day``: at most so many hours a day offered for demand
+    response. ``safety_margin_fraction``: the forecast's low quantile is lowered by this share
+    before it bounds the offers (a bid that clears must hold for its whole hour).
+    """
+
+    enabled: bool = False
+    period_s: float = field(default=3600.0, metadata=rng(10.0, 86_400.0))
+    horizon_h: int = field(default=24, metadata=rng(1, 48))
+    mtu_s: Literal[900, 3600] = 3600
+    history_days: int = field(default=28, metadata=rng(1, 365))
+    signals_file: str | None = None
+    signals_max_age_h: float = field(default=36.0, metadata=rng(0.1, 24.0 * 14))
+    carbon_eur_per_t: float = field(default=0.0, metadata=rng(0.0, 10_000.0))
+    lost_work_eur_per_mwh: float = field(default=0.0, metadata=rng(0.0, 1_000_000.0))
+    ceiling: bool = False
+    dr_max_hours_per_day: int | None = field(default=None, metadata=rng(0, 24))
+    safety_margin_fraction: float = field(default=0.0, metadata=rng(0.0, 0.9))
+    solve_time_limit_s: float = field(default=5.0, metadata=rng(0.1, 600.0))

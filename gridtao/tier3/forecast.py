@@ -1,0 +1,331 @@
+"""Tier 3's forecast of the node's natural IT draw per market time unit (MTU), and its scores.
+
+A reserve bid is deliverable only if the natural IT draw minus the floor covers it at every
+instant of the MTU, so a :class:`Forecast` gives per MTU (watts of node IT draw):
+
+- ``p10_w``: 10th percentile of the MTU's *lowest* draw, the minimum over its minutes of the
+  per-minute 10th percentile of 1-s draw: what a bid can count on in 9 MTUs out of 10;
+- ``p50_w``, ``p90_w``: median and 90th percentile of the MTU's *mean* draw (energy).
+
+The model (:func:`forecast_draw`), one sentence per step:
+
+1. Only history from before ``now_s`` is used, at most the last ``weeks`` weeks.
+2. Each MTU slot of the history becomes two numbers: the mean of its minute means and the minimum
+   of its minute p10s; a slot missing more than ``1 - min_coverage`` of its minutes is left out
+   (the gap could hide its dip).
+3. Profile: slots are grouped by hour of the week (by hour of the day when fewer than half the
+   hours of the week were seen on two days, i.e. with less than about 10.5 days of history); a
+   group's level is the median of its slots' means, its floor the median of their minimums.
+4. Spread: each slot's leave-one-day-out residual (how far it fell from its group's median over
+   the *other* days: an honest out-of-sample error); the forecast adds the empirical quantiles
+   of these residuals pooled over all groups (q10 of the minimum's for ``p10_w``, q50 and q90
+   of the mean's), so no distribution is assumed.
+5. Recent level: the last ``recent_s`` of minutes' mean deviation from the profile is carried
+   forward fading as rho ** (lead / mtu_s), rho being the residuals' lag-one autocorrelation in
+   the same history (clipped to [0, 0.99]): a job that persists keeps its level, noise fades.
+6. ``p10 <= p50 <= p90`` and ``p10 >= 0`` are enforced.
+
+Not enough history (less than 24 h, or fewer than half of the profile's hours seen on two days:
+about 36 h) is a :class:`ForecastError`. Quantiles of *per-minute* values are not used for the
+low quantile: the minute p10's 10th percentile lies above the MTU's minimum in almost every MTU
+(for independent minutes all 60 would have to stay above it: 0.9 ** 60), covering ~0 %.
+
+Times are unix seconds; hours of the week start Monday 00:00 at ``tz_offset_s`` east of UTC (a
+fixed offset: daylight-saving changes are not followed). Pure functions: any thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gridtao.errors import GridtaoError
+
+__all__ = ["DAY_S", "HOUR_S", "MINUTE_S", "Forecast", "ForecastError", "forecast_draw",
+           "history_rows", "mtu_summary", "persistence_forecast"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+MINUTE_S, HOUR_S, DAY_S = 60, 3600, 86_400
+WEEK_S = 7 * DAY_S
+_MONDAY_S = 3 * DAY_S  # 1970-01-01 was a Thursday
+MIN_RESIDUALS = 12  # below this an empirical 10th percentile is a guess
+
+
+class ForecastError(GridtaoError, ValueError):
+    """A forecast or score that cannot be made (too little history, bad arrays): says why."""
+
+
+def _ro(a: npt.ArrayLike) -> FloatArray:
+    out = np.array(a, dtype=np.float64)
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Forecast:
+    """Per-MTU quantiles of node IT draw, W; MTU ``i`` is ``[start_s + i*mtu_s, + mtu_s)``.
+
+    ``start_s`` is a multiple of ``mtu_s``; the arrays are read-only, finite, of the horizon's
+    length, with ``0 <= p10_w <= p50_w <= p90_w``. ``method`` names the model that made it.
+    """
+
+    start_s: int
+    mtu_s: int
+    p10_w: FloatArray
+    p50_w: FloatArray
+    p90_w: FloatArray
+    method: str = "given"
+
+    def __post_init__(self) -> None:
+        if self.mtu_s <= 0 or self.start_s % self.mtu_s:
+            raise ForecastError(f"start_s {self.start_s} is not a multiple of mtu_s {self.mtu_s}")
+        p10, p50, p90 = (_ro(a) for a in (self.p10_w, self.p50_w, self.p90_w))
+        if p10.ndim != 1 or not p10.shape == p50.shape == p90.shape or p10.size == 0:
+            raise ForecastError("p10_w, p50_w and p90_w must be 1-D, non-empty, of one length")
+        if not np.all(np.isfinite(np.stack([p10, p50, p90]))):
+            raise ForecastError("forecast quantiles must be finite")
+        if np.any(p10 < 0) or np.any(p10 > p50) or np.any(p50 > p90):
+            raise ForecastError("forecast quantiles must satisfy 0 <= p10 <= p50 <= p90")
+        for name, a in (("p10_w", p10), ("p50_w", p50), ("p90_w", p90)):
+            object.__setattr__(self, name, a)
+
+    @property
+    def horizon(self) -> int:
+        return int(self.p50_w.shape[0])
+
+    @property
+    def end_s(self) -> int:
+        return self.start_s + self.horizon * self.mtu_s
+
+    def times_s(self) -> IntArray:
+        """Each MTU's start, unix s."""
+        return self.start_s + self.mtu_s * np.arange(self.horizon, dtype=np.int64)
+
+    def index(self, t_s: float) -> int:
+        """The MTU that contains ``t_s``; ForecastError outside the horizon."""
+        if not self.start_s <= t_s < self.end_s:
+            raise ForecastError(f"{t_s} is outside the forecast [{self.start_s}, {self.end_s})")
+        return int((t_s - self.start_s) // self.mtu_s)
+
+    def at(self, t_s: float) -> tuple[float, float, float]:
+        """(p10_w, p50_w, p90_w) of the MTU that contains ``t_s``."""
+        i = self.index(t_s)
+        return float(self.p10_w[i]), float(self.p50_w[i]), float(self.p90_w[i])
+
+    def window(self, start_s: int, n: int) -> Forecast:
+        """The ``n`` MTUs from the one containing ``start_s`` (all inside the horizon)."""
+        i = self.index(start_s)
+        if n < 1 or i + n > self.horizon:
+            raise ForecastError(f"{n} MTUs from {start_s} run past the forecast's end {self.end_s}")
+        s = slice(i, i + n)
+        return Forecast(self.start_s + i * self.mtu_s, self.mtu_s, self.p10_w[s], self.p50_w[s],
+                        self.p90_w[s], self.method)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start_s": self.start_s, "mtu_s": self.mtu_s, "method": self.method,
+                "p10_w": self.p10_w.tolist(), "p50_w": self.p50_w.tolist(),
+                "p90_w": self.p90_w.tolist()}
+
+
+def history_rows(start_s: npt.ArrayLike, it_w: npt.ArrayLike, p10_w: npt.ArrayLike | None,
+                 now_s: float | None, keep_s: float) -> tuple[IntArray, FloatArray, FloatArray,
+                                                              float]:
+    """Validated per-minute rows that ended by ``now_s`` and started within ``keep_s`` of it.
+
+    Returns (start_s, it_w, p10_w, now_s); rows with a NaN are gaps and dropped; ``p10_w`` None
+    is the minute mean; ``now_s`` None is the end of the last row. ForecastError on bad arrays.
+    """
+    t = np.asarray(start_s)
+    if t.size and not np.issubdtype(t.dtype, np.integer):
+        raise ForecastError("history start_s must be integers (unix s)")
+    t = t.astype(np.int64)
+    it = np.asarray(it_w, dtype=np.float64)
+    low = it if p10_w is None else np.asarray(p10_w, dtype=np.float64)
+    if t.ndim != 1 or it.shape != t.shape or low.shape != t.shape:
+        raise ForecastError("history arrays must be 1-D and of one length")
+    if np.any(t % MINUTE_S) or np.any(np.diff(t) <= 0):
+        raise ForecastError("history start_s must be strictly increasing multiples of 60 s")
+    if now_s is None:
+        if t.size == 0:
+            raise ForecastError("not enough history: none")
+        now_s = float(t[-1] + MINUTE_S)
+    oldest = now_s - keep_s if np.isfinite(keep_s) else -np.inf
+    keep = (t + MINUTE_S <= now_s) & (t >= oldest) & np.isfinite(it) & np.isfinite(low)
+    return t[keep], it[keep], low[keep], float(now_s)
+
+
+def mtu_summary(t: IntArray, it: FloatArray, low: FloatArray, mtu_s: int,
+                min_coverage: float) -> tuple[IntArray, FloatArray, FloatArray]:
+    """Per MTU with at least ``min_coverage`` of its minutes: (start_s, mean of the minute
+    means, minimum of the minute p10s), from :func:`history_rows`' output."""
+    uniq, inv, count = np.unique(t // mtu_s, return_inverse=True, return_counts=True)
+    mean = np.bincount(inv, weights=it, minlength=uniq.size) / np.maximum(count, 1)
+    mins = np.full(uniq.shape, np.inf)
+    np.minimum.at(mins, inv, low)
+    ok = count >= min_coverage * (mtu_s // MINUTE_S)
+    return uniq[ok] * mtu_s, mean[ok], mins[ok]
+
+
+def _bins(t: IntArray, tz_offset_s: int, weekly: bool) -> IntArray:
+    return ((t + tz_offset_s + _MONDAY_S) % (WEEK_S if weekly else DAY_S)) // HOUR_S
+
+
+@dataclass(frozen=True)
+class _Profile:
+    weekly: bool
+    level: FloatArray  # per hour bin: median slot mean (NaN: never seen)
+    floor: FloatArray  # per hour bin: median slot minimum
+    res_mean: FloatArray  # per slot: leave-one-day-out residual (NaN: bin seen on one day)
+    res_low: FloatArray
+    repeated: int  # hour bins seen on two or more days
+
+
+def _profile(st: IntArray, mean: FloatArray, low: FloatArray, tz_offset_s: int,
+             weekly: bool) -> _Profile:
+    nb = 168 if weekly else 24
+    b, day = _bins(st, tz_offset_s, weekly), (st + tz_offset_s) // DAY_S
+    level, floor = np.full(nb, np.nan), np.full(nb, np.nan)
+    res_m, res_l = np.full(st.shape, np.nan), np.full(st.shape, np.nan)
+    repeated = 0
+    for k in np.unique(b):
+        idx = np.flatnonzero(b == k)
+        level[k], floor[k] = np.median(mean[idx]), np.median(low[idx])
+        other = day[idx][:, None] != day[idx][None, :]  # row j: slots of other days than j's
+        rows = other.any(axis=1)
+        if not rows.any():
+            continue
+        repeated += 1
+        for src, dst in ((mean, res_m), (low, res_l)):
+            m = np.where(other[rows], src[idx][None, :], np.nan)
+            dst[idx[rows]] = src[idx[rows]] - np.nanmedian(m, axis=1)
+    return _Profile(weekly, level, floor, res_m, res_l, repeated)
+
+
+def _lookup(table: FloatArray, fallback: FloatArray, overall: float, t: IntArray,
+            tz_offset_s: int, weekly: bool) -> FloatArray:
+    out = table[_bins(t, tz_offset_s, weekly)]
+    miss = np.isnan(out)
+    out[miss] = fallback[_bins(t[miss], tz_offset_s, False)]
+    return np.where(np.isnan(out), overall, out)
+
+
+def _lag1(st: IntArray, r: FloatArray, mtu_s: int) -> float:
+    """Lag-one autocorrelation of consecutive slots' residuals, clipped to [0, 0.99]."""
+    ok = np.isfinite(r)
+    st, r = st[ok], r[ok]
+    pair = np.flatnonzero(np.diff(st) == mtu_s)
+    a, b = r[pair], r[pair + 1]
+    den = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
+    if pair.size < MIN_RESIDUALS or den == 0.0:
+        return 0.0
+    return float(np.clip(np.sum(a * b) / den, 0.0, 0.99))
+
+
+def _check_grid(start_s: int, mtu_s: int, horizon: int) -> IntArray:
+    if mtu_s < MINUTE_S or mtu_s % MINUTE_S or HOUR_S % mtu_s:
+        raise ForecastError(f"mtu_s must be a multiple of 60 that divides 3600, got {mtu_s}")
+    if start_s % mtu_s or horizon < 1:
+        raise ForecastError(f"need start_s aligned to mtu_s and horizon >= 1, got {start_s}, "
+                            f"{horizon}")
+    return start_s + mtu_s * np.arange(horizon, dtype=np.int64)
+
+
+def _monotone(start_s: int, mtu_s: int, p10: FloatArray, p50: FloatArray, p90: FloatArray,
+              method: str) -> Forecast:
+    p10 = np.maximum(p10, 0.0)
+    p50 = np.maximum(p50, p10)
+    return Forecast(start_s, mtu_s, p10, p50, np.maximum(p90, p50), method)
+
+
+def forecast_draw(history_start_s: npt.ArrayLike, history_it_w: npt.ArrayLike,
+                  history_p10_w: npt.ArrayLike | None, *, start_s: int, mtu_s: int, horizon: int,
+                  now_s: float | None = None, weeks: int = 4, recent_s: int = HOUR_S,
+                  tz_offset_s: int = 0, min_coverage: float = 0.75) -> Forecast:
+    """Forecast ``horizon`` MTUs from ``start_s`` (see the module docstring for the model).
+
+    History: per-minute rows, ``history_start_s`` strictly increasing multiples of 60 (gaps
+    allowed, NaN values are gaps), ``history_it_w`` the minute's mean draw and ``history_p10_w``
+    its 10th percentile of 1-s draw (None: the minute mean stands in, and within-minute dips go
+    unseen). ``now_s`` (default: the end of the last row) is when the forecast is made; rows
+    after it are ignored. ``weeks``: how much history the profile uses; ``recent_s``: the window
+    of the recent level (0: none); ``tz_offset_s``: local time's offset east of UTC, for the
+    hours of the day and week; ``min_coverage``: the fraction of an MTU's minutes it needs to
+    count. ForecastError when the history is too short or malformed.
+    """
+    grid = _check_grid(start_s, mtu_s, horizon)
+    t, it, low, now = history_rows(history_start_s, history_it_w, history_p10_w, now_s,
+                                   weeks * WEEK_S)
+    span = float(t[-1] + MINUTE_S - t[0]) if t.size else 0.0
+    if span < DAY_S:
+        raise ForecastError(f"not enough history: {span / HOUR_S:.1f} h before now, need 24 h")
+    st, mean, mins = mtu_summary(t, it, low, mtu_s, min_coverage)
+    daily = _profile(st, mean, mins, tz_offset_s, weekly=False)
+    weekly = _profile(st, mean, mins, tz_offset_s, weekly=True) if span >= WEEK_S else None
+    # a profile is usable once half its hours were seen on two days (their spread is measured)
+    prof = weekly if weekly is not None and weekly.repeated >= 168 // 2 else daily
+    n_res = int(np.sum(np.isfinite(prof.res_mean)))
+    if prof.repeated < 24 // 2 or n_res < MIN_RESIDUALS:
+        raise ForecastError(f"not enough history: {daily.repeated} of 24 hours of the day seen "
+                            "on two days, need 12 (about 36 h of history)")
+    overall_level, overall_floor = float(np.median(mean)), float(np.median(mins))
+
+    def level(tt: IntArray) -> FloatArray:
+        return _lookup(prof.level, daily.level, overall_level, tt, tz_offset_s, prof.weekly)
+
+    recent = t >= now - recent_s
+    shift = np.zeros(horizon)
+    if recent.any():
+        dev = float(np.mean(it[recent] - level(t[recent])))
+        anchor = float(np.mean(t[recent])) + MINUTE_S / 2
+        lead = np.maximum((grid + mtu_s / 2 - anchor) / mtu_s, 0.0)
+        shift = dev * _lag1(st, prof.res_mean, mtu_s) ** lead
+    q50, q90 = np.quantile(prof.res_mean[np.isfinite(prof.res_mean)], [0.5, 0.9])
+    q10 = float(np.quantile(prof.res_low[np.isfinite(prof.res_low)], 0.1))
+    lv = level(grid) + shift
+    fl = _lookup(prof.floor, daily.floor, overall_floor, grid, tz_offset_s, prof.weekly) + shift
+    return _monotone(start_s, mtu_s, fl + q10, lv + q50, lv + q90,
+                     "hour-of-week" if prof.weekly else "hour-of-day")
+
+
+def persistence_forecast(history_start_s: npt.ArrayLike, history_it_w: npt.ArrayLike,
+                         history_p10_w: npt.ArrayLike | None, *, start_s: int, mtu_s: int,
+                         horizon: int, now_s: float | None = None, spread: bool = True,
+                         min_coverage: float = 0.75) -> Forecast:
+    """The baseline: each MTU as the same MTU on the latest earlier day with data (up to 7).
+
+    ``spread=False``: that MTU's mean draw as all three quantiles. ``spread=True``: ``p10_w``
+    from that MTU's minimum and ``p90_w`` from its mean, each plus the 10th / 90th percentile of
+    the day-over-day change over the last day of history (when it has 12 such MTUs). An MTU
+    with no earlier day takes the history's median.
+    """
+    grid = _check_grid(start_s, mtu_s, horizon)
+    t, it, low, now = history_rows(history_start_s, history_it_w, history_p10_w, now_s, 8 * DAY_S)
+    if t.size == 0 or t[-1] + MINUTE_S - t[0] < DAY_S:
+        raise ForecastError("not enough history for persistence: need 24 h")
+    st, mean, mins = mtu_summary(t, it, low, mtu_s, min_coverage)
+    if st.size == 0:
+        raise ForecastError("not enough history for persistence: no complete MTU")
+    p50, p10 = np.full(horizon, np.median(mean)), np.full(horizon, np.median(mins))
+    found = np.zeros(horizon, dtype=bool)
+    first_day = np.ceil((grid + mtu_s - now) / DAY_S).clip(min=1).astype(np.int64)
+    for back in range(7):
+        src = grid - (first_day + back) * DAY_S
+        i = np.searchsorted(st, src).clip(max=st.size - 1)
+        hit = ~found & (st[i] == src)
+        p50[hit], p10[hit] = mean[i[hit]], mins[i[hit]]
+        found |= hit
+    p90 = p50.copy()
+    if not spread:
+        return _monotone(start_s, mtu_s, p50.copy(), p50, p90, "persistence")
+    last = st >= now - DAY_S
+    j = np.searchsorted(st, st[last] - DAY_S).clip(max=st.size - 1)
+    ok = st[j] == st[last] - DAY_S
+    if ok.sum() >= MIN_RESIDUALS:
+        p10 = p10 + np.quantile(mins[last][ok] - mins[j[ok]], 0.1)
+        p90 = p90 + np.quantile(mean[last][ok] - mean[j[ok]], 0.9)
+    return _monotone(start_s, mtu_s, p10, p50, p90, "persistence+spread")

@@ -1,0 +1,186 @@
+"""Tier 3's decision and its states: from history and signals to a plan, and what the node
+offers when a plan cannot be made.
+
+:func:`make_plan` is one planning round, pure (no I/O, no clock): forecast the natural IT draw
+(:mod:`gridtao.tier3.forecast`), lower its low quantile by the configured safety margin, build
+the program (:mod:`gridtao.tier3.problem`) and solve it with HiGHS
+(:mod:`gridtao.tier3.optimise`). It raises :class:`~gridtao.tier3.forecast.ForecastError` or
+:class:`~gridtao.tier3.problem.PlanError` when no plan can be made; a solver that fails or finds
+the program infeasible returns a result whose status says so (offers all zero).
+
+The planner's state is one of three classes; :func:`next_state` is the only transition
+function. The offers in force are :meth:`PlannerState.offers_at`. Power: W at the settlement
+point for offers, IT W for the forecast. Times: Unix seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gridtao.tier3.forecast import Forecast, forecast_draw
+from gridtao.tier3.problem import Enrolment, PlanProblem, problem_from
+from gridtao.tier3.signals import Signals
+
+if TYPE_CHECKING:  # the solver (scipy) loads on the first round, not with the agent
+    from gridtao.tier3.optimise import PlanResult
+
+__all__ = ["Fallback", "NoPlan", "Plan", "PlanSettings", "Planned", "PlannerState",
+           "make_plan", "next_state"]
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """What a round needs besides its inputs (gridtao.config.planner.PlannerConfig, and the
+    node's floor and enrolments). ``safety_margin_fraction`` lowers the forecast's p10 by that
+    share before it bounds the offers. ``options``: further :class:`PlanProblem` fields."""
+
+    mtu_s: int
+    horizon: int
+    floor_w: float
+    enrolments: Sequence[Enrolment]
+    safety_margin_fraction: float = 0.0
+    time_limit_s: float = 5.0
+    weeks: int = 4
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A solved round: made at ``made_at_s`` for the MTUs from ``forecast.start_s``."""
+
+    made_at_s: float
+    forecast: Forecast
+    problem: PlanProblem
+    result: PlanResult
+    signal_warnings: tuple[str, ...] = ()
+
+    @property
+    def valid(self) -> bool:
+        return self.result.status in ("optimal", "time_limit")
+
+    @property
+    def end_s(self) -> int:
+        return self.forecast.end_s
+
+    def offers_at(self, wall_s: float) -> dict[str, float]:
+        """The offer per product for the MTU holding ``wall_s`` (empty outside the plan)."""
+        start, mtu = self.forecast.start_s, self.forecast.mtu_s
+        k = int((wall_s - start) // mtu)
+        if not 0 <= k < self.forecast.horizon:
+            return {}
+        return {name: float(v[k]) for name, v in self.result.offers_w.items()}
+
+    def summary(self) -> dict[str, Any]:
+        """The plan's figures for the retained plan topic and the audit trail."""
+        r = self.result
+        return {"status": r.status, "revenue_eur": round(r.revenue, 4),
+                "energy_cost_eur": round(r.energy_cost, 4),
+                "carbon_kg": round(r.carbon_kg, 3), "work_shed_wh": round(r.work_shed_wh, 1),
+                "solve_s": round(r.solve_s, 4),
+                "forecast_w": {q: [round(float(x), 1) for x in getattr(self.forecast, q)]
+                               for q in ("p10_w", "p50_w", "p90_w")},
+                "floor_w": round(self.problem.floor_w, 1),
+                "notes": [*r.notes, *self.signal_warnings]}
+
+
+def make_plan(history_start_s: np.ndarray[Any, Any], history_it_w: np.ndarray[Any, Any],
+              history_p10_w: np.ndarray[Any, Any] | None, signals: Signals | None, *,
+              now_s: float, settings: PlanSettings) -> Plan:
+    """One planning round for the ``horizon`` MTUs from the MTU after ``now_s`` (the next
+    market time unit that can still be bid; the current one is under way)."""
+    mtu = settings.mtu_s
+    start = (int(now_s) // mtu + 1) * mtu
+    forecast = forecast_draw(history_start_s, history_it_w, history_p10_w, start_s=start,
+                             mtu_s=mtu, horizon=settings.horizon, now_s=now_s,
+                             weeks=settings.weeks)
+    margin = settings.safety_margin_fraction
+    bounded = forecast if margin <= 0 else dataclasses.replace(
+        forecast, p10_w=np.asarray(forecast.p10_w) * (1.0 - margin))
+    problem = problem_from(bounded, signals, floor_w=settings.floor_w,
+                           enrolments=settings.enrolments, **dict(settings.options))
+    from gridtao.tier3.optimise import solve
+
+    result = solve(problem, time_limit_s=settings.time_limit_s)
+    warnings = () if signals is None else tuple(signals.warnings)
+    if signals is None:
+        warnings = ("no price or carbon signals: nothing is offered where a price is missing",)
+    return Plan(now_s, forecast, problem, result, warnings)
+
+
+class NoPlan:
+    """Nothing to offer: before the first plan, or after the last valid plan ran out.
+
+    Transitions: a valid plan -> :class:`Planned`; a failed round -> :class:`NoPlan` (with its
+    reason)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    name = "no_plan"
+
+    def offers_at(self, wall_s: float) -> dict[str, float]:
+        return {}
+
+    @property
+    def plan(self) -> Plan | None:
+        return None
+
+
+class Planned:
+    """The latest round gave a valid plan; its offers are in force.
+
+    Transitions: a newer valid plan -> :class:`Planned`; a failed round -> :class:`Fallback`
+    on this plan."""
+
+    name = "planned"
+
+    def __init__(self, plan: Plan) -> None:
+        self._plan = plan
+
+    @property
+    def plan(self) -> Plan | None:
+        return self._plan
+
+    def offers_at(self, wall_s: float) -> dict[str, float]:
+        return self._plan.offers_at(wall_s)
+
+
+class Fallback:
+    """The latest round failed (``reason``): the last valid plan stays in force, never
+    extended past its horizon.
+
+    Transitions: a valid plan -> :class:`Planned`; a failed round -> :class:`Fallback` while
+    the kept plan covers the time, else :class:`NoPlan`."""
+
+    name = "fallback"
+
+    def __init__(self, plan: Plan, reason: str) -> None:
+        self._plan = plan
+        self.reason = reason
+
+    @property
+    def plan(self) -> Plan | None:
+        return self._plan
+
+    def offers_at(self, wall_s: float) -> dict[str, float]:
+        return self._plan.offers_at(wall_s)
+
+
+PlannerState = NoPlan | Planned | Fallback
+
+
+def next_state(state: PlannerState, outcome: Plan | str, *, now_s: float) -> PlannerState:
+    """The state after a round: ``outcome`` is its plan, or the reason no plan was made."""
+    if isinstance(outcome, Plan) and outcome.valid:
+        return Planned(outcome)
+    reason = outcome if isinstance(outcome, str) else (
+        f"solver status {outcome.result.status}: {'; '.join(outcome.result.notes) or '-'}")
+    kept = state.plan
+    if kept is not None and now_s < kept.end_s:
+        return Fallback(kept, reason)
+    return NoPlan(reason)

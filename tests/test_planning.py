@@ -1,0 +1,114 @@
+"""Tier 3 in the running agent: history recorded from the GPU read-backs, a planning round from
+history and signals published retained and audited, and a failed round that never takes the
+agent down. A real Mosquitto; the planner's round is called directly (it runs hourly)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker import MosquittoBroker, Subscriber
+from nodes import merge, running, steady_sim
+
+from gridtao.app.readback import ReadBack
+from gridtao.clock import MonotonicClock, VirtualClock
+from gridtao.config.agent import Config, SimConfig, config_from_mapping
+from gridtao.gpu.nvml import NvmlBackend
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.history import HistoryStore
+from gridtao.history.synth import synthetic_minutes
+
+N = 4
+DAY_S = 86_400
+
+
+class _Limits:
+    """The island as ReadBack sees it: enforced limits to refresh and read."""
+
+    def refresh_enforced(self) -> None:
+        pass
+
+    def enforced_mw(self) -> tuple[int, ...]:
+        return (700_000, 700_000)
+
+
+def test_read_backs_give_the_node_power_from_the_energy_counters() -> None:
+    clock = VirtualClock()
+    sim = SimNvml.from_config(SimConfig(count=2, noise_w=0.0), clock)
+    for i in range(2):
+        sim.set_demand_w(i, 400.0)
+    readings: list[tuple[float, float, float]] = []
+    rb = ReadBack(NvmlBackend(sim), _Limits(), [0, 1], clock=clock,  # type: ignore[arg-type]
+                  on_reading=lambda *r: readings.append(r))
+    clock.advance(5.0)  # the draw settles at the demand
+    rb.read()  # the first round only starts the counters' interval
+    assert readings == []
+    clock.advance(0.5)
+    rb.read()
+    (wall, it_w, limit_w), = readings
+    assert it_w == pytest.approx(800.0, rel=0.02) and limit_w == 1400.0
+    assert wall == clock.wall()
+
+
+def _signals(now: float, hours: int = 72) -> dict[str, Any]:
+    start = int(now) // 3600 * 3600
+    return {"version": 1, "issued_at": now, "source": "test", "start": start, "mtu_s": 3600,
+            "energy_price_eur_per_mwh": [60.0] * hours,
+            "reserve_price_eur_per_mw_h": {"ffr": [20.0] * hours},
+            "carbon_g_per_kwh": [150.0] * hours}
+
+
+def _config(broker: MosquittoBroker, tmp: Path, **planner: Any) -> Config:
+    config_file = tmp / "agent.yaml"
+    config_file.write_text("# the test's mapping stands in for this file\n")
+    return config_from_mapping(merge({}, {
+        "gpus": {"sim": {"count": N, "noise_w": 0.0, "seed": 5}},
+        "mqtt": {"port": broker.port, "node_id": "plan", "prefix": "gridtao/e2e-plan",
+                 "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
+        "metrics": {"enabled": False},
+        "safety": {"triggers": []},
+        "products": [{"kind": "ffr", "capacity_w": 400, "threshold_hz": 49.5}],
+        "history": {"path": str(tmp / "history.sqlite3")},
+        "planner": {"enabled": True, "period_s": 3600, **planner},
+    }), source=str(config_file))
+
+
+def test_a_round_publishes_the_plan_retained_and_audits_it(mqtt_broker: MosquittoBroker,
+                                                            tmp_path: Path) -> None:
+    now = time.time()
+    with HistoryStore.open(tmp_path / "history.sqlite3") as store:
+        store.write(synthetic_minutes(int(now) // 60 * 60 - 14 * DAY_S, 14, gpus=N, seed=2))
+    (tmp_path / "signals.json").write_text(json.dumps(_signals(now)))
+    cfg = _config(mqtt_broker, tmp_path, signals_file="signals.json")
+    sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
+    with running(mqtt_broker, cfg, sim, serve=True) as node:
+        state = node.agent.planning.plan_once()
+        assert state.name == "planned", getattr(state, "reason", None)
+        plan = state.plan
+        assert plan is not None and plan.forecast.horizon == 24
+        offers = plan.result.offers_w["ffr"]
+        # Never more than enrolled, never more than the forecast's low quantile over the floor.
+        assert offers.max() <= 400.0 + 1e-6
+        with Subscriber(mqtt_broker.host, mqtt_broker.port, node.topics.plan) as sub:
+            retained = json.loads(sub.wait(1, 10.0)[0].payload)
+        assert retained["state"] == "planned" and retained["mtu_s"] == 3600
+        assert retained["offers_w"]["ffr"] == [round(float(x), 1) for x in offers]
+        assert len(retained["forecast_w"]["p10_w"]) == 24
+        kinds = [r["kind"] for r in node.audit()]
+        assert "plan" in kinds
+
+
+def test_a_round_without_history_offers_nothing_and_says_why(mqtt_broker: MosquittoBroker,
+                                                             tmp_path: Path) -> None:
+    cfg = _config(mqtt_broker, tmp_path)
+    sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
+    with running(mqtt_broker, cfg, sim, serve=True) as node:
+        state = node.agent.planning.plan_once()
+        assert state.name == "no_plan"
+        with Subscriber(mqtt_broker.host, mqtt_broker.port, node.topics.plan) as sub:
+            retained = json.loads(sub.wait(1, 10.0)[0].payload)
+        assert retained["state"] == "no_plan" and "history" in retained["reason"]
+        assert retained["offers_w"] == {}

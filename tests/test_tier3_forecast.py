@@ -1,0 +1,269 @@
+"""Tier 3's draw forecast on synthetic histories whose quantiles are known, its baselines and
+scores (gridtao/tier3/forecast.py, gridtao/tier3/scores.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from gridtao.errors import GridtaoError
+from gridtao.tier3 import (
+    Forecast,
+    ForecastError,
+    evaluate_holdout,
+    forecast_draw,
+    persistence_forecast,
+    score,
+)
+
+T0 = 1_767_571_200  # Monday 2026-01-05 00:00 UTC
+DAY, WEEK = 86_400, 7 * 86_400
+SIGMA = 200.0  # W, standard deviation of each MTU's level around the pattern
+DIP = 400.0  # W, how far one minute of each MTU dips below the mean (its p10)
+Z90 = 1.2815516  # 90th percentile of the standard normal
+
+Arrays = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
+
+
+def pattern(t: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """Node draw by hour of the week: a daily wave, 1.2 kW less at weekends."""
+    how = ((t - T0) % WEEK) // 3600
+    hod, dow = how % 24, how // 24
+    return np.asarray(5000 + 1500 * np.sin(2 * np.pi * (hod - 6) / 24) - 1200 * (dow >= 5),
+                      dtype=np.float64)
+
+
+def synthetic(days: int, seed: int, mtu_s: int = 3600) -> Arrays:
+    """Per-minute rows: pattern + one N(0, SIGMA) level per MTU + U(-20, 20) per minute; each
+    minute's p10 is 100 W under its mean, except one minute per MTU that dips DIP under it.
+
+    So per MTU: mean draw ~ pattern + N(0, SIGMA), its quantiles pattern + {0, Z90 SIGMA};
+    minimum minute p10 ~ pattern + N(0, SIGMA) - DIP - ~20, its 10th percentile
+    pattern - Z90 SIGMA - DIP - 20.
+    """
+    rng = np.random.default_rng(seed)
+    t = T0 + 60 * np.arange(days * 1440, dtype=np.int64)
+    per = mtu_s // 60
+    n = t.size // per
+    it = pattern(t) + rng.normal(0, SIGMA, n).repeat(per) + rng.uniform(-20, 20, t.size)
+    dips = rng.integers(0, per, n) + per * np.arange(n)
+    p10 = it - 100
+    p10[dips] = it[dips] - DIP
+    return t, it, p10
+
+
+def head(a: Arrays, days: float) -> Arrays:
+    n = int(days * 1440)
+    return a[0][:n], a[1][:n], a[2][:n]
+
+
+def test_forecast_quantiles_are_close_to_the_true_ones() -> None:
+    data = synthetic(28, seed=1)
+    start = T0 + 4 * WEEK
+    f = forecast_draw(*data, start_s=start, mtu_s=3600, horizon=168)
+    assert f.method == "hour-of-week" and f.horizon == 168 and f.start_s == start
+    true_p = pattern(f.times_s())
+    truth = {"p50": true_p, "p90": true_p + Z90 * SIGMA, "p10": true_p - Z90 * SIGMA - DIP - 20}
+    got = {"p50": f.p50_w, "p90": f.p90_w, "p10": f.p10_w}
+    for q in truth:
+        err = got[q] - truth[q]
+        # Each hour of the week's level is a median of four weeks (~110 W of noise), and the
+        # forecast's quantiles carry that uncertainty too, so p90 sits a little above the
+        # true one and p10 below (about 50 W on average; at most 85 W over 40 seeds).
+        assert abs(err.mean()) < 120, (q, err.mean())
+        assert np.abs(err).mean() < 150, (q, np.abs(err).mean())
+
+
+def test_p10_covers_about_nine_mtus_in_ten_and_beats_persistence() -> None:
+    data = synthetic(35, seed=2)
+    report = evaluate_holdout(*data, mtu_s=3600, days_held_out=7)
+    json.dumps(report)  # ready for a JSON report
+    assert [d["method"] for d in report["days"]] == ["hour-of-week"] * 7
+    model, pers = report["model"], report["persistence"]
+    assert model["n_mtu"] == 168
+    assert 0.8 <= model["p10_coverage"] <= 0.97
+    assert 0.8 <= model["p90_coverage"] <= 0.97
+    assert model["mean_pinball_w"] < 0.5 * pers["mean_pinball_w"]
+    assert model["mae_p50_w"] < pers["mae_p50_w"]
+    assert report["skill_vs_persistence"] > 0.5
+    # the naive baseline puts the mean under the bid: it covers a fraction of the MTUs
+    assert report["persistence_naive"]["p10_coverage"] < 0.5
+
+
+def test_quantiles_are_monotone_and_never_negative() -> None:
+    rng = np.random.default_rng(3)
+    t = T0 + 60 * np.arange(21 * 1440, dtype=np.int64)
+    it = np.abs(rng.normal(30, 200, t.size))  # an idle node with wild readings
+    f = forecast_draw(t, it, it * rng.uniform(0, 1, t.size), start_s=T0 + 21 * DAY,
+                      mtu_s=900, horizon=192)
+    assert np.all(f.p10_w >= 0)
+    assert np.all(f.p10_w <= f.p50_w) and np.all(f.p50_w <= f.p90_w)
+    with pytest.raises(ForecastError, match="p10 <= p50 <= p90"):
+        Forecast(T0, 3600, np.array([2.0]), np.array([1.0]), np.array([3.0]))
+    with pytest.raises(ForecastError, match="multiple of mtu_s"):
+        Forecast(T0 + 60, 3600, np.array([1.0]), np.array([1.0]), np.array([1.0]))
+
+
+def test_too_little_history_is_an_error_that_says_so() -> None:
+    data = synthetic(30, seed=4)
+    for days in (0.5, 20 / 24, 30 / 24):
+        with pytest.raises(ForecastError, match="not enough history") as err:
+            forecast_draw(*head(data, days), start_s=T0 + 2 * DAY, mtu_s=3600, horizon=24)
+        assert isinstance(err.value, GridtaoError)
+    with pytest.raises(ForecastError, match="not enough history"):
+        forecast_draw(data[0][:0], data[1][:0], None, start_s=T0, mtu_s=3600, horizon=24)
+    # from about 36 h an hour-of-day profile; the week's profile once half its hours repeat
+    assert forecast_draw(*head(data, 2), start_s=T0 + 2 * DAY, mtu_s=3600,
+                         horizon=24).method == "hour-of-day"
+    assert forecast_draw(*head(data, 8), start_s=T0 + 8 * DAY, mtu_s=3600,
+                         horizon=24).method == "hour-of-day"
+    assert forecast_draw(*head(data, 11), start_s=T0 + 11 * DAY, mtu_s=3600,
+                         horizon=24).method == "hour-of-week"
+
+
+def test_hour_of_day_profile_misses_the_weekend_that_the_week_profile_sees() -> None:
+    data = synthetic(28, seed=5)
+    saturday = T0 + 5 * DAY + 3 * WEEK
+    weekly = forecast_draw(*data, start_s=saturday, mtu_s=3600, horizon=24, now_s=saturday)
+    daily = forecast_draw(*head(data, 6), start_s=T0 + 6 * DAY, mtu_s=3600, horizon=24)
+    assert weekly.method == "hour-of-week" and daily.method == "hour-of-day"
+    # Saturday is 1.2 kW under weekdays: the weekly profile knows, six weekdays-heavy days not
+    assert abs(np.mean(weekly.p50_w - pattern(weekly.times_s()))) < 100
+    assert np.mean(daily.p50_w - pattern(daily.times_s())) > 400
+
+
+def test_900_s_mtus() -> None:
+    data = synthetic(35, seed=6, mtu_s=900)
+    report = evaluate_holdout(*data, mtu_s=900, days_held_out=7)
+    assert report["model"]["n_mtu"] == 7 * 96
+    assert 0.8 <= report["model"]["p10_coverage"] <= 0.97
+    assert report["skill_vs_persistence"] > 0.5
+    f = forecast_draw(*head(data, 28), start_s=T0 + 4 * WEEK + 1800, mtu_s=900, horizon=8)
+    assert f.horizon == 8 and f.start_s == T0 + 4 * WEEK + 1800
+    assert np.abs(f.p50_w - pattern(f.times_s())).mean() < 150
+    with pytest.raises(ForecastError, match="divides 3600"):
+        forecast_draw(*data, start_s=T0, mtu_s=7200, horizon=4)
+
+
+def test_gaps_in_history() -> None:
+    t, it, p10 = synthetic(28, seed=7)
+    rng = np.random.default_rng(8)
+    keep = rng.uniform(size=t.size) > 0.1  # 10 % of minutes lost at random
+    keep[(t >= T0 + 10 * DAY) & (t < T0 + 12 * DAY)] = False  # and two whole days
+    it = it.copy()
+    it[(t >= T0 + 20 * DAY) & (t < T0 + 20 * DAY + 3600)] = np.nan  # NaN rows are gaps too
+    f = forecast_draw(t[keep], it[keep], p10[keep], start_s=T0 + 4 * WEEK, mtu_s=3600,
+                      horizon=168)
+    assert f.method == "hour-of-week"
+    assert np.abs(f.p50_w - pattern(f.times_s())).mean() < 150
+    actual = synthetic(35, seed=7)
+    later = actual[0] >= T0 + 4 * WEEK
+    s = score(f, actual[0][later], actual[1][later], actual[2][later])
+    assert s.n_mtu == 168 and 0.75 <= s.p10_coverage <= 0.98
+    # an MTU missing most of its minutes is not a sample (a gap could hide its dip)
+    sparse = keep & ((t % 3600) < 600)
+    with pytest.raises(ForecastError, match="not enough history"):
+        forecast_draw(t[sparse], it[sparse], p10[sparse], start_s=T0 + 4 * WEEK, mtu_s=3600,
+                      horizon=24)
+
+
+def test_only_history_before_now_is_used() -> None:
+    data = synthetic(30, seed=9)
+    now = T0 + 4 * WEEK
+    full = forecast_draw(*data, start_s=now, mtu_s=3600, horizon=48, now_s=now)
+    cut = forecast_draw(*head(data, 28), start_s=now, mtu_s=3600, horizon=48)
+    for q in ("p10_w", "p50_w", "p90_w"):
+        assert np.array_equal(getattr(full, q), getattr(cut, q))
+
+
+def test_the_recent_level_carries_when_deviations_persist_and_fades_with_lead() -> None:
+    rng = np.random.default_rng(10)
+    t = T0 + 60 * np.arange(28 * 1440, dtype=np.int64)
+    dev = np.zeros(28 * 24)
+    for h in range(1, dev.size):  # AR(1) per hour, rho 0.95: jobs that last for hours
+        dev[h] = 0.95 * dev[h - 1] + rng.normal(0, 300)
+    dev[-3:] = 2500.0  # a big job running for the last three hours
+    it = pattern(t) + dev.repeat(60)
+    now = int(t[-1]) + 60
+    carried = forecast_draw(t, it, None, start_s=now, mtu_s=3600, horizon=48)
+    profile_only = forecast_draw(t, it, None, start_s=now, mtu_s=3600, horizon=48, recent_s=0)
+    lift = carried.p50_w - profile_only.p50_w
+    assert 1500 < lift[0] < 2600  # most of the job's 2.5 kW in the next hour
+    assert np.all(np.diff(lift) <= 1e-9)  # fading with lead time
+    assert lift[-1] < 0.3 * lift[0]
+    # with independent noise there is nothing to carry
+    data = synthetic(28, seed=11)
+    iid = forecast_draw(*data, start_s=T0 + 4 * WEEK, mtu_s=3600, horizon=24)
+    flat = forecast_draw(*data, start_s=T0 + 4 * WEEK, mtu_s=3600, horizon=24, recent_s=0)
+    assert np.abs(iid.p50_w - flat.p50_w).max() < 100
+
+
+def test_without_minute_p10_the_minute_means_stand_in() -> None:
+    data = synthetic(28, seed=12)
+    with_dips = forecast_draw(*data, start_s=T0 + 4 * WEEK, mtu_s=3600, horizon=24)
+    means_only = forecast_draw(data[0], data[1], None, start_s=T0 + 4 * WEEK, mtu_s=3600,
+                               horizon=24)
+    # the dips are invisible in minute means: the low quantile is ~DIP higher without them
+    gap = np.mean(means_only.p10_w - with_dips.p10_w)
+    assert DIP - 100 < gap < DIP + 100
+    assert np.abs(means_only.p50_w - with_dips.p50_w).max() < 1e-9
+
+
+def test_persistence_repeats_the_previous_day() -> None:
+    t = T0 + 60 * np.arange(3 * 1440, dtype=np.int64)
+    it = pattern(t)
+    now = T0 + 3 * DAY
+    naive = persistence_forecast(t, it, None, start_s=now, mtu_s=3600, horizon=48, spread=False)
+    assert naive.method == "persistence"
+    expected = pattern(T0 + 2 * DAY + 3600 * np.arange(24, dtype=np.int64))
+    assert np.allclose(naive.p50_w, np.tile(expected, 2))
+    assert np.array_equal(naive.p10_w, naive.p50_w) and np.array_equal(naive.p90_w, naive.p50_w)
+    spread = persistence_forecast(t, it, it - 50, start_s=now, mtu_s=3600, horizon=24)
+    # identical days: no day-over-day change, so p10 is yesterday's minimum, p90 its mean
+    assert np.allclose(spread.p10_w, expected - 50) and np.allclose(spread.p90_w, expected)
+    with pytest.raises(ForecastError, match="24 h"):
+        persistence_forecast(t[:600], it[:600], None, start_s=now, mtu_s=3600, horizon=4)
+
+
+def test_score_by_hand() -> None:
+    f = Forecast(T0, 3600, np.array([900.0, 1000.0]), np.array([1000.0, 1200.0]),
+                 np.array([1100.0, 1300.0]))
+    t = T0 + 60 * np.arange(120, dtype=np.int64)
+    it = np.where(t < T0 + 3600, 1050.0, 1400.0)  # MTU means 1050 and 1400
+    p10 = it - 10
+    p10[30], p10[90] = 950.0, 900.0  # MTU minima 950 and 900
+    s = score(f, t, it, p10)
+    assert s.n_mtu == 2
+    # p10: 950 >= 900 (0.1 * 50 = 5); 900 < 1000 (0.9 * 100 = 90): mean 47.5
+    assert s.pinball_p10_w == pytest.approx(47.5)
+    assert s.p10_coverage == pytest.approx(0.5)
+    # p50: |1050-1000| and |1400-1200| halved: (25 + 100) / 2
+    assert s.pinball_p50_w == pytest.approx(62.5)
+    assert s.mae_p50_w == pytest.approx(125.0)
+    # p90: 1050 <= 1100 (0.1 * 50 = 5); 1400 > 1300 (0.9 * 100 = 90)
+    assert s.pinball_p90_w == pytest.approx(47.5)
+    assert s.p90_coverage == pytest.approx(0.5)
+    assert s.to_dict()["mean_pinball_w"] == pytest.approx((47.5 + 62.5 + 47.5) / 3)
+    # an MTU with under 75 % of its minutes is not scored
+    assert score(f, t[:100], it[:100], p10[:100]).n_mtu == 1
+    with pytest.raises(ForecastError, match="enough actual minutes"):
+        score(f, t + 2 * DAY, it, p10)
+
+
+def test_forecast_window_and_lookups() -> None:
+    f = Forecast(T0, 900, np.arange(8.0), np.arange(8.0) + 1, np.arange(8.0) + 2, "test")
+    assert f.end_s == T0 + 8 * 900 and f.index(T0 + 1799) == 1
+    assert f.at(T0 + 2700) == (3.0, 4.0, 5.0)
+    w = f.window(T0 + 1900, 3)
+    assert (w.start_s, w.horizon, w.method) == (T0 + 1800, 3, "test")
+    assert w.p50_w.tolist() == [3.0, 4.0, 5.0]
+    with pytest.raises(ForecastError):
+        f.window(T0 + 900 * 6, 3)
+    with pytest.raises(ForecastError):
+        f.at(T0 - 1)
+    with pytest.raises(ValueError):
+        f.p10_w[0] = 5.0  # read-only
+    assert json.loads(json.dumps(f.to_dict()))["p90_w"][0] == 2.0
