@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from waiting import wait_until
 
+from gridtao.app.agent import default_node_id
 from gridtao.cli.main import main
 from gridtao.clock import VirtualClock
 from gridtao.gpu.sim.daily import DailyShape
@@ -529,7 +530,8 @@ def test_simulated_inference_follows_a_daily_shape_only_when_given_one() -> None
 
 
 def test_cli_generate_show_and_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    db = Path(os.environ["STATE_DIRECTORY"]) / "history.sqlite3"  # conftest: per test
+    # The agent's own store (conftest: a state directory per test; the node is this host).
+    db = Path(os.environ["STATE_DIRECTORY"]) / f"history-{default_node_id()}.sqlite3"
     assert main(["history", "generate", "--days", "2", "--seed", "4", "--gpus", "4"]) == 0
     assert "wrote 2880 synthetic minutes (4 GPUs, seed 4)" in capsys.readouterr().out
     with HistoryStore.open(db) as s:

@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from broker import MosquittoBroker, Subscriber
 from nodes import merge, running, steady_sim
+from waiting import wait_until
 
 from gridtao.app.readback import ReadBack
+from gridtao.cli.main import main
 from gridtao.clock import MonotonicClock, VirtualClock
 from gridtao.config.agent import Config, SimConfig, config_from_mapping
 from gridtao.gpu.nvml import NvmlBackend
@@ -85,6 +88,8 @@ def test_a_round_publishes_the_plan_retained_and_audits_it(mqtt_broker: Mosquitt
     cfg = _config(mqtt_broker, tmp_path, signals_file="signals.json")
     sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
     with running(mqtt_broker, cfg, sim, serve=True) as node:
+        wait_until(lambda: node.agent.status_link.is_connected, "the controller's connection",
+                   timeout_s=10.0)
         state = node.agent.planning.plan_once()
         assert state.name == "planned", getattr(state, "reason", None)
         plan = state.plan
@@ -99,6 +104,11 @@ def test_a_round_publishes_the_plan_retained_and_audits_it(mqtt_broker: Mosquitt
         assert len(retained["forecast_w"]["p10_w"]) == 24
         kinds = [r["kind"] for r in node.audit()]
         assert "plan" in kinds
+        # Prometheus: the state, the plan's age, what is armed (nothing awarded: configured).
+        assert node.value("gridtao_plan_state", state="planned") == 1.0
+        assert node.value("gridtao_plan_state", state="no_plan") == 0.0
+        assert 0.0 <= node.value("gridtao_plan_age_seconds") < 60.0
+        assert node.value("gridtao_capacity_armed_watts", product="ffr") == 400.0
 
 
 def test_a_round_without_history_offers_nothing_and_says_why(mqtt_broker: MosquittoBroker,
@@ -106,9 +116,42 @@ def test_a_round_without_history_offers_nothing_and_says_why(mqtt_broker: Mosqui
     cfg = _config(mqtt_broker, tmp_path)
     sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
     with running(mqtt_broker, cfg, sim, serve=True) as node:
+        wait_until(lambda: node.agent.status_link.is_connected, "the controller's connection",
+                   timeout_s=10.0)
         state = node.agent.planning.plan_once()
         assert state.name == "no_plan"
         with Subscriber(mqtt_broker.host, mqtt_broker.port, node.topics.plan) as sub:
             retained = json.loads(sub.wait(1, 10.0)[0].payload)
         assert retained["state"] == "no_plan" and "history" in retained["reason"]
         assert retained["offers_w"] == {}
+
+
+def test_gridtao_plan_prints_the_hourly_table_and_writes_json(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    now = time.time()
+    store = tmp_path / "h.sqlite3"
+    with HistoryStore.open(store) as db:
+        db.write(synthetic_minutes(int(now) // 60 * 60 - 14 * DAY_S, 14, gpus=8, seed=2))
+    (tmp_path / "signals.json").write_text(json.dumps(_signals(now)))
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "gpus": {"backend": "sim"}, "safety": {"triggers": []},
+        "products": [{"kind": "ffr", "capacity_w": 400, "threshold_hz": 49.5}]}))
+    out_json = tmp_path / "plan.json"
+    rc = main(["--config", str(cfg), "plan", "--store", str(store), "--horizon-h", "12",
+               "--signals", str(tmp_path / "signals.json"), "--json", str(out_json)])
+    captured = capsys.readouterr()
+    text = captured.out
+    assert rc == 0, captured.err
+    assert "plan for 12 MTUs of 3600 s" in text and "ffr" in text and "total: revenue" in text
+    data = json.loads(out_json.read_text())
+    assert len(data["hours"]) == 12 and data["status"] == "optimal"
+    for hour in data["hours"]:
+        assert 0.0 <= hour["offers_w"]["ffr"] <= 400.0 + 1e-6
+        assert hour["p10_w"] <= hour["p50_w"] <= hour["p90_w"]
+    # Not enough history: one line, exit 2.
+    empty = tmp_path / "empty.sqlite3"
+    HistoryStore.open(empty).close()
+    assert main(["--config", str(cfg), "plan", "--store", str(empty)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "history" in err[0]

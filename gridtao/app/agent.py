@@ -37,6 +37,7 @@ from gridtao.app.actuation import check_write_permission, report_actuation, rest
 from gridtao.app.instance import Instance, ensure_unique
 from gridtao.app.periodic import ControllerLoop, ControllerParts
 from gridtao.app.planning import NodePlanning
+from gridtao.app.planning import floor_w as planning_floor_w
 from gridtao.app.planning import subscriptions as tier3_subscriptions
 from gridtao.app.readback import ReadBack
 from gridtao.app.reload import ReloadResult, apply_reload, plan_reload, read_credentials
@@ -65,6 +66,7 @@ from gridtao.telemetry.collectors import (
     EnergyCollector,
     FeedCollector,
     LinkCollector,
+    PlanCollector,
     SuppressedAcksCollector,
     TrackerCollector,
 )
@@ -74,7 +76,6 @@ from gridtao.telemetry.metrics import (
     StatsCollector,
     start_http_server,
 )
-from gridtao.tier3.problem import node_floor_w
 from gridtao.transport.mqtt import MqttLink, Will
 from gridtao.wire import messages as wire
 
@@ -277,7 +278,9 @@ class Agent:
         self.planning = NodePlanning(
             config, node_id=self.node_id, topics=self.topics, clock=self.clock,
             portfolio=self.portfolio, island=self.island, guard=self.guard, ledger=self.ledger,
-            link=self.status_link, floor_w=self._node_floor_w())
+            link=self.status_link,
+            floor_w=planning_floor_w(config, self.gpu_limits, self.gpu_indices))
+        PlanCollector(self.planning.reading, registry=self.registry)
         self.read_back = ReadBack(self.backend, self.island, self.gpu_indices, clock=self.clock,
                                   on_reading=self.planning.on_reading)
         EnergyCollector(lambda: self.read_back.energy_mj, tuple(self.gpu_indices),
@@ -402,18 +405,6 @@ class Agent:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _node_floor_w(self) -> float:
-        """The lowest IT power (W) the node can be held at, for tier 3: the GPUs' minimums
-        (critical GPUs' priority floors where higher) or ``limits.min_node_fraction`` of the
-        summed default limits, whichever is higher."""
-        floors = {i: p.floor_w for p in self.config.tracker.priorities
-                  if p.priority == "critical" for i in p.gpus}
-        return node_floor_w([lim.min_mw / 1000.0 for lim in self.gpu_limits],
-                            [lim.default_mw / 1000.0 for lim in self.gpu_limits],
-                            min_node_fraction=self.config.limits.min_node_fraction,
-                            priority_floor_w={k: floors.get(i, 0.0) for k, i in
-                                              enumerate(self.gpu_indices)})
 
     def close(self) -> None:
         """Stop every thread, restore the limits found at start, release the driver."""

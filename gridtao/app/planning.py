@@ -24,14 +24,15 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gridtao.app.arming import Arming, AwardBook, take_award
 from gridtao.clock import Clock
 from gridtao.config.agent import Config
-from gridtao.config.kinds import KINDS
+from gridtao.gpu.backend import PowerLimits
 from gridtao.history import HistoryError, HistoryRecorder, HistoryStore
 from gridtao.products.portfolio import Portfolio
 from gridtao.records.ledger import Ledger
@@ -39,19 +40,47 @@ from gridtao.safety.island import SafetyIsland
 from gridtao.security.guard import Guard
 from gridtao.tier3.forecast import ForecastError
 from gridtao.tier3.planner import NoPlan, Plan, PlannerState, PlanSettings, make_plan, next_state
-from gridtao.tier3.problem import Enrolment, PlanError
+from gridtao.tier3.problem import Enrolment, PlanError, node_floor_w
 from gridtao.tier3.signals import SignalError, Signals, merge, parse_signals
 from gridtao.transport.mqtt import MqttLink
 from gridtao.wire import messages as wire
 from gridtao.wire.awards import plan_payload
 
-__all__ = ["ARMING_PERIOD_S", "NodePlanning", "subscriptions"]
+__all__ = ["ARMING_PERIOD_S", "NodePlanning", "floor_w", "plan_settings", "subscriptions"]
 
 log = logging.getLogger("gridtao.tier3")
 
 #: How often the capacities in force are brought to the award for the current MTU (s).
 ARMING_PERIOD_S = 1.0
 DAY_S = 86_400
+
+
+def plan_settings(config: Config, floor_w: float) -> PlanSettings:
+    """A planning round's settings from the configuration and the node's IT floor (W)."""
+    p, f = config.planner, config.facility
+    enrolments = [Enrolment(c.name or c.kind, c.kind, c.capacity_w) for c in config.products]
+    return PlanSettings(
+        mtu_s=p.mtu_s, horizon=max(1, p.horizon_h * 3600 // p.mtu_s),
+        floor_w=floor_w, enrolments=enrolments,
+        safety_margin_fraction=p.safety_margin_fraction, time_limit_s=p.solve_time_limit_s,
+        weeks=max(1, math.ceil(p.history_days / 7)),
+        options={"settle_at": f.settle_at, "losses_fraction": f.losses_fraction,
+                 "carbon_eur_t": p.carbon_eur_per_t,
+                 "lost_work_eur_wh": p.lost_work_eur_per_mwh / 1e6,
+                 "allow_ceiling": p.ceiling, "dr_max_hours_per_day": p.dr_max_hours_per_day})
+
+
+def floor_w(config: Config, limits: Sequence[PowerLimits], indices: Sequence[int]) -> float:
+    """The lowest IT power (W) the node can be held at, for tier 3: the GPUs' minimums
+    (critical GPUs' priority floors where higher) or ``limits.min_node_fraction`` of the
+    summed default limits, whichever is higher."""
+    floors = {i: p.floor_w for p in config.tracker.priorities
+              if p.priority == "critical" for i in p.gpus}
+    return node_floor_w([lim.min_mw / 1000.0 for lim in limits],
+                        [lim.default_mw / 1000.0 for lim in limits],
+                        min_node_fraction=config.limits.min_node_fraction,
+                        priority_floor_w={k: floors.get(i, 0.0)
+                                          for k, i in enumerate(indices)})
 
 
 def subscriptions(config: Config, topics: wire.Topics) -> list[tuple[str, int]]:
@@ -165,24 +194,7 @@ class NodePlanning:
             await asyncio.sleep(self._config.planner.period_s)
 
     def settings(self) -> PlanSettings:
-        p = self._config.planner
-        enrolments = [Enrolment(name, cfg.kind, cfg.capacity_w)
-                      for name, cfg in self._portfolio_configs().items()]
-        f = self._config.facility
-        return PlanSettings(
-            mtu_s=p.mtu_s, horizon=max(1, p.horizon_h * 3600 // p.mtu_s),
-            floor_w=self._floor_w, enrolments=enrolments,
-            safety_margin_fraction=p.safety_margin_fraction, time_limit_s=p.solve_time_limit_s,
-            weeks=max(1, math.ceil(p.history_days / 7)),
-            options={"settle_at": f.settle_at, "losses_fraction": f.losses_fraction,
-                     "carbon_eur_t": p.carbon_eur_per_t,
-                     "lost_work_eur_wh": p.lost_work_eur_per_mwh / 1e6,
-                     "allow_ceiling": p.ceiling,
-                     "dr_max_hours_per_day": p.dr_max_hours_per_day})
-
-    def _portfolio_configs(self) -> dict[str, Any]:
-        return {c.name or c.kind: c for c in self._config.products
-                if c.kind in KINDS}
+        return plan_settings(self._config, self._floor_w)
 
     def signals(self, wall_s: float) -> Signals | None:
         """The file's signals merged with the topic's (newer wins per series), or None."""
@@ -248,11 +260,33 @@ class NodePlanning:
         else:
             log.warning("planning round gave no new plan (%s); %s", reason, state.name)
         self._ledger.record("plan", json.loads(payload))
-        self._link.publish_threadsafe(self._topics.plan, payload, qos=1, retain=True)
+        try:
+            self._link.publish_threadsafe(self._topics.plan, payload, qos=1, retain=True)
+        except RuntimeError:  # the controller's link is not running (stopping): audited only
+            log.warning("plan not published: the controller's connection is not running")
 
-    def snapshot(self) -> tuple[str, Plan | None]:
-        state = self.state
-        return state.name, state.plan
+    def reading(self) -> PlanNow:
+        """Tier 3 now, for the metrics (any thread: reads immutable snapshots)."""
+        state, wall = self.state, self._clock.wall()
+        plan = state.plan
+        forecast = None
+        if plan is not None and plan.forecast.start_s <= wall < plan.end_s:
+            forecast = plan.forecast.at(wall)
+        return PlanNow(armed_w=dict(self.arming.snapshot().armed_w),
+                       offered_w=state.offers_at(wall), forecast_w=forecast,
+                       plan_age_s=None if plan is None else max(0.0, wall - plan.made_at_s),
+                       state=state.name)
+
+
+@dataclass(frozen=True)
+class PlanNow:
+    """What :class:`~gridtao.telemetry.collectors.PlanCollector` reads."""
+
+    armed_w: Mapping[str, float]
+    offered_w: Mapping[str, float]
+    forecast_w: tuple[float, float, float] | None
+    plan_age_s: float | None
+    state: str
 
 
 def _headline(plan: Plan | None) -> str:

@@ -7,9 +7,10 @@
   (which may be the agent's real measurements) unless ``--replace``.
 * ``gridtao history show [--days N]``: one line per hour of the last N days (local time).
 
-The store is ``<state dir>/history.sqlite3`` (``gridtao.config.paths.state_dir()``), or
-``--store FILE``. Exit 0 on success; 2 with one line on stderr when the file, the store or an
-option is bad (never a traceback).
+The store is the agent's own (``history.path``; by default
+``<state dir>/history-<node>.sqlite3``, see ``gridtao.config.paths``), or ``--store FILE``.
+Exit 0 on success; 2 with one line on stderr when the file, the store or an option is bad
+(never a traceback).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ if TYPE_CHECKING:  # loaded when a history command runs, not whenever the CLI st
 
 EXIT_OK = 0
 EXIT_ERROR = 2
-STORE_NAME = "history.sqlite3"
 
 
 def _positive_days(text: str) -> float:
@@ -55,7 +55,8 @@ def _gpu_count(text: str) -> int:
 
 def configure_history(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", metavar="FILE", default=None,
-                   help=f"the history database (default: <state dir>/{STORE_NAME})")
+                   help="the history database (default: the agent's, history.path, by default "
+                        "<state dir>/history-<node>.sqlite3)")
     sub = p.add_subparsers(dest="history_command", metavar="ACTION", required=True)
     imp = sub.add_parser(
         "import", help="import measured IT draw from a CSV file into the minute history",
@@ -83,20 +84,24 @@ def configure_history(p: argparse.ArgumentParser) -> None:
                       help="how many days back from now to show (default 1)")
 
 
-def store_path(args: argparse.Namespace) -> Path:
-    """The history database for this command: ``--store`` or the state directory's."""
+def store_path(args: argparse.Namespace, config: Config) -> Path:
+    """The history database for this command: ``--store``, else the agent's own
+    (``history.path``, by default ``<state dir>/history-<node>.sqlite3``)."""
     if args.store:
         return Path(args.store).expanduser()
-    from gridtao.config.paths import state_dir
+    from gridtao.app.agent import default_node_id
+    from gridtao.config.paths import with_state_paths
 
-    return state_dir() / STORE_NAME
+    path = with_state_paths(config, config.mqtt.node_id or default_node_id()).history.path
+    assert path is not None  # with_state_paths always sets it
+    return Path(path)
 
 
 def run_history(args: argparse.Namespace, config: Config) -> int:
     # HistoryError is a GridtaoError: gridtao.cli.main prints it as one line and exits 2.
     from gridtao.history import HistoryStore
 
-    path = store_path(args)
+    path = store_path(args, config)
     if args.history_command == "show" and not path.exists():
         print(f"gridtao: error: {path}: no history yet (gridtao history import or generate, "
               "or run the agent)", file=sys.stderr)

@@ -54,6 +54,12 @@ def _history_cli() -> Any:
     return cli_history
 
 
+def _plan_cli() -> Any:
+    from gridtao.cli import plan as cli_plan
+
+    return cli_plan
+
+
 def _broker_cli() -> Any:
     from gridtao.cli import broker as cli_broker
 
@@ -106,6 +112,10 @@ COMMANDS: dict[str, Command] = {
                        "show)",
                        lambda p: _history_cli().configure_history(p),
                        lambda a, c: _history_cli().run_history(a, c)),
+    "plan": Command("what tier 3 would offer per product and hour now, from the history "
+                    "and the signals (nothing is published)",
+                    lambda p: _plan_cli().configure_plan(p),
+                    lambda a, c: _plan_cli().run_plan(a, c)),
     "check-broker": Command("connect to the broker once with the configured TLS and "
                             "credentials; exit 0 if accepted, 2 with the reason if not",
                             lambda p: _broker_cli().configure_check_broker(p),

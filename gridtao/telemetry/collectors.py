@@ -15,7 +15,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 __all__ = ["CapacityCollector", "CapacityReading", "EnergyCollector", "FeedCollector",
-           "LinkCollector", "SuppressedAcksCollector", "TrackerCollector"]
+           "LinkCollector", "PlanCollector", "PlanReading", "SuppressedAcksCollector",
+           "TrackerCollector"]
 
 
 class CapacityReading(Protocol):
@@ -118,6 +119,75 @@ class LinkCollector(Collector):
         for name, connected in self._links.items():
             family.add_metric([name], 1.0 if connected() else 0.0)
         yield family
+
+
+class PlanReading(Protocol):
+    """Tier 3 now (gridtao.app.planning.NodePlanning.reading): W at the settlement point for
+    capacities, IT W for the forecast of the current MTU (None: no plan covers it)."""
+
+    @property
+    def armed_w(self) -> Mapping[str, float]: ...
+
+    @property
+    def offered_w(self) -> Mapping[str, float]: ...
+
+    @property
+    def forecast_w(self) -> tuple[float, float, float] | None: ...
+
+    @property
+    def plan_age_s(self) -> float | None: ...
+
+    @property
+    def state(self) -> str: ...
+
+
+class PlanCollector(Collector):
+    """Tier 3's plan and what is armed, read from ``read()`` at scrape time."""
+
+    STATES = ("no_plan", "planned", "fallback")
+
+    def __init__(self, read: Callable[[], PlanReading], *, registry: CollectorRegistry) -> None:
+        self._read = read
+        registry.register(self)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, ...]:
+        return (
+            GaugeMetricFamily("gridtao_capacity_armed_watts",
+                              "Capacity armed now per product (awarded for this market time "
+                              "unit, else configured), W at the settlement point.",
+                              labels=["product"]),
+            GaugeMetricFamily("gridtao_capacity_offered_watts",
+                              "Capacity tier 3's plan offers for this market time unit per "
+                              "product, W at the settlement point.", labels=["product"]),
+            GaugeMetricFamily("gridtao_forecast_it_watts",
+                              "Tier 3's forecast of the natural IT draw for this market time "
+                              "unit (NaN: no plan covers it), by quantile.",
+                              labels=["quantile"]),
+            GaugeMetricFamily("gridtao_plan_age_seconds",
+                              "Seconds since the plan in force was made (NaN: none)."),
+            GaugeMetricFamily("gridtao_plan_state",
+                              "1 for tier 3's current state (no_plan, planned, fallback).",
+                              labels=["state"]),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        r = self._read()
+        armed, offered, forecast, age, state = self._families()
+        for name, w in r.armed_w.items():
+            armed.add_metric([name], w)
+        for name, w in r.offered_w.items():
+            offered.add_metric([name], w)
+        values = r.forecast_w or (math.nan, math.nan, math.nan)
+        for q, v in zip(("p10", "p50", "p90"), values, strict=True):
+            forecast.add_metric([q], v)
+        age.add_metric([], math.nan if r.plan_age_s is None else r.plan_age_s)
+        for name in self.STATES:
+            state.add_metric([name], 1.0 if r.state == name else 0.0)
+        yield from (armed, offered, forecast, age, state)
 
 
 class SuppressedAcksCollector(Collector):
