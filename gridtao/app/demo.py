@@ -4,7 +4,8 @@ Starts Mosquitto on a free loopback port, an agent on 8 simulated H100s (real ti
 the grid: publishes a frequency dip to 49.45 Hz (crossing the armed FFR levels one by one) and,
 once that event has ramped out, a ``shed`` dispatch. It listens like any wire-contract-v1 client
 (acks and status), prints a timeline and a latency summary, and writes a PNG of node power
-against target and frequency.
+against target and frequency. Then tier 3: the plan for the next day from synthetic history
+and illustrative prices (demo_plan.py), as a table and ``plan.png``.
 """
 
 from __future__ import annotations
@@ -132,6 +133,9 @@ def _drive(agent: Agent, broker: MosquittoBroker, out_dir: Path, scale: float) -
     else:
         print(f"no plot: {plotting.INSTALL_HINT}")
     print("all limits restored to their values at start; agent offline")
+    from gridtao.app.demo_plan import show_plan
+
+    show_plan(agent.config, agent.gpu_limits, agent.gpu_indices, out_dir)
     return 0
 
 

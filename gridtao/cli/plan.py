@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gridtao.config.agent import Config, ConfigError
 
@@ -57,12 +55,15 @@ def run_plan(args: argparse.Namespace, config: Config) -> int:
     config = dataclasses.replace(config, planner=planner)
     if not config.products:
         raise ConfigError(f"{config.source}: products: none enrolled, nothing to plan")
+    from gridtao.tier3.report import draw, table, to_json
+
     plan = _plan(config, store_path(args, config))
     print(table(plan))
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(plan), indent=1) + "\n")
     if args.plot:
         draw(plan, Path(args.plot))
+        print(f"plot: {args.plot}", file=sys.stderr)
     return 0
 
 
@@ -103,92 +104,3 @@ def _plan(config: Config, store: Path) -> Plan:
     return plan
 
 
-def rows(plan: Plan) -> list[dict[str, Any]]:
-    """One row per MTU: forecast, offers and money (EUR), carbon (kg)."""
-    f, p, r = plan.forecast, plan.problem, plan.result
-    hours = f.mtu_s / 3600.0
-    out = []
-    for k in range(f.horizon):
-        revenue = 0.0
-        for e in p.enrolments:
-            price = p.reserve_eur_mw_h.get(e.kind)
-            if price is not None and math.isfinite(float(price[k])):
-                revenue += float(r.offers_w[e.name][k]) / 1e6 * float(price[k]) * hours
-        draw_mwh = float(r.expected_draw_w[k]) * p.pue / 1e6 * hours
-        energy = _times(p.energy_eur_mwh, k, draw_mwh)
-        carbon = _times(p.carbon_g_kwh, k, draw_mwh)  # g/kWh x MWh = kg
-        out.append({
-            "start": f.start_s + k * f.mtu_s,
-            "p10_w": float(f.p10_w[k]), "p50_w": float(f.p50_w[k]), "p90_w": float(f.p90_w[k]),
-            "offers_w": {name: float(v[k]) for name, v in r.offers_w.items()},
-            "ceiling_w": None if r.ceiling_w is None or not math.isfinite(float(r.ceiling_w[k]))
-            else float(r.ceiling_w[k]),
-            "revenue_eur": revenue, "energy_cost_eur": energy, "carbon_kg": carbon})
-    return out
-
-
-def _times(series: Any, k: int, mwh: float) -> float | None:
-    if series is None or not math.isfinite(float(series[k])):
-        return None
-    return float(series[k]) * mwh
-
-
-def table(plan: Plan) -> str:
-    names = list(plan.result.offers_w)
-    head = (f"{'hour (local)':<17}{'p10 W':>8}{'p50 W':>8}{'p90 W':>8}"
-            + "".join(f"{n[:10]:>11}" for n in names)
-            + f"{'rev EUR':>9}{'energy EUR':>11}{'CO2 kg':>8}")
-    lines = [f"plan for {plan.forecast.horizon} MTUs of {plan.forecast.mtu_s} s "
-             f"(node floor {plan.problem.floor_w:.0f} W IT; offers in W at the settlement "
-             "point)", head]
-    for row in rows(plan):
-        when = datetime.fromtimestamp(row["start"]).strftime("%Y-%m-%d %H:%M")
-        lines.append(
-            f"{when:<17}{row['p10_w']:>8.0f}{row['p50_w']:>8.0f}{row['p90_w']:>8.0f}"
-            + "".join(f"{row['offers_w'][n]:>11.0f}" for n in names)
-            + f"{row['revenue_eur']:>9.3f}{_num(row['energy_cost_eur'], 11, 3)}"
-            + f"{_num(row['carbon_kg'], 8, 2)}")
-    r = plan.result
-    lines.append(f"total: revenue {r.revenue:.3f} EUR, energy {r.energy_cost:.3f} EUR, carbon "
-                 f"{r.carbon_kg:.2f} kg, work shed {r.work_shed_wh / 1000:.2f} kWh; solved in "
-                 f"{r.solve_s * 1000:.0f} ms ({r.status})")
-    lines += [f"note: {n}" for n in (*r.notes, *plan.signal_warnings)]
-    return "\n".join(lines)
-
-
-def _num(value: float | None, width: int, digits: int) -> str:
-    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
-
-
-def to_json(plan: Plan) -> dict[str, Any]:
-    return {"made_at": plan.made_at_s, "mtu_s": plan.forecast.mtu_s,
-            "start": plan.forecast.start_s, **plan.summary(), "hours": rows(plan)}
-
-
-def draw(plan: Plan, path: Path) -> None:
-    """Forecast band and the stacked offers (IT W) per MTU."""
-    from gridtao.telemetry.plotting import pyplot
-
-    plt = pyplot()
-    data = rows(plan)
-    t = [datetime.fromtimestamp(r["start"]) for r in data]
-    fig, ax = plt.subplots(figsize=(11, 4), dpi=110)
-    ax.fill_between(t, [r["p10_w"] for r in data], [r["p90_w"] for r in data], step="post",
-                    alpha=0.2, label="forecast p10-p90 (IT W)")
-    ax.step(t, [r["p50_w"] for r in data], where="post", label="forecast p50")
-    ax.axhline(plan.problem.floor_w, color="k", ls=":", lw=1, label="node floor")
-    bottom = [plan.problem.floor_w] * len(data)
-    for name in plan.result.offers_w:
-        height = [r["offers_w"][name] for r in data]
-        ax.bar(t, height, bottom=bottom, width=plan.forecast.mtu_s / 86_400, align="edge",
-               alpha=0.6, label=f"offer {name} (W)")
-        bottom = [b + h for b, h in zip(bottom, height, strict=True)]
-    ax.set_ylabel("W")
-    ax.set_title(f"gridtao plan: expected revenue {plan.result.revenue:.2f} EUR")
-    ax.legend(fontsize=8, loc="upper left")
-    ax.grid(alpha=0.3)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    print(f"plot: {path}", file=sys.stderr)
