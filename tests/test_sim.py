@@ -6,7 +6,7 @@ import dataclasses
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pynvml
@@ -466,3 +466,30 @@ def test_real_time_latency_sleeps_only_what_the_call_has_not_used() -> None:
     assert clock.sleeps == []  # a 20 µs leftover is below what time.sleep can honour
     sim.nvmlDeviceSetPowerManagementLimit(h, 300_000)
     assert len(clock.sleeps) == 1 and 0 < clock.sleeps[0] <= 0.005
+
+
+def test_a_daily_shape_makes_inference_follow_the_time_of_day() -> None:
+    import datetime as dt
+
+    from gridtao.gpu.sim.daily import DailyShape
+
+    def mean_demand(hour_utc: int, shape: Literal["none", "default"]) -> float:
+        # A Wednesday, so no weekend factor; the shape is read on the simulated wall clock.
+        wall = dt.datetime(2026, 12, 2, hour_utc, tzinfo=dt.timezone.utc).timestamp()
+        clock = VirtualClock(wall_offset=wall)
+        sim = SimNvml.from_config(SimConfig(count=4, workload="inference", seed=1,
+                                            daily_shape=shape), clock)
+        total = 0.0
+        for _ in range(600):
+            clock.advance(0.5)
+            total += sum(sim.demand_w(i) for i in range(4))
+        return total / 600
+
+    shape = DailyShape.default()
+    night, afternoon = (shape.at(dt.datetime(2026, 12, 2, h, tzinfo=dt.timezone.utc).timestamp())
+                        for h in (3, 15))
+    assert night < afternoon
+    assert mean_demand(3, "default") < 0.8 * mean_demand(15, "default")
+    # Without a shape the hour makes no difference beyond the workload's own randomness.
+    flat_night, flat_afternoon = mean_demand(3, "none"), mean_demand(15, "none")
+    assert abs(flat_night - flat_afternoon) < 0.1 * flat_afternoon

@@ -64,6 +64,9 @@ class SimConfig:
     read_latency_ms: float = field(default=0.02, metadata=rng(0, 10_000))
     seed: int = 0
     faults: tuple[SimFault, ...] = ()
+    # "default": inference follows a day's shape (low at night, peak in the afternoon, lower
+    # at weekends; gridtao/gpu/sim/daily.py) on the machine's wall clock; "none": flat.
+    daily_shape: Literal["none", "default"] = "none"
 
 
 @dataclass(frozen=True)

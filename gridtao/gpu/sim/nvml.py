@@ -36,6 +36,7 @@ import pynvml
 
 from gridtao.clock import Clock, VirtualClock
 from gridtao.config.agent import ConfigError, SimConfig
+from gridtao.gpu.sim.daily import DailyShape
 from gridtao.gpu.sim.physics import PROFILES, GpuPhysics, GpuProfile
 from gridtao.gpu.sim.workloads import Trace, TraceError, load_trace, make_workload
 
@@ -116,6 +117,8 @@ class SimNvml:
                 rng=random.Random(f"gridtao-sim-workload:{cfg.seed}:{i}"),
                 index=i,
                 trace_data=trace_data,
+                shape=DailyShape.default() if cfg.daily_shape == "default" else None,
+                start_wall_s=clock.wall(),
             )
             physics = GpuPhysics(
                 t0_s=t0,
