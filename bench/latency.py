@@ -60,14 +60,39 @@ def hardware_response_ms(config: Config) -> dict[str, float]:
             "settle_to_band_ms": settle, "floor_ms": settle + sim.refresh_ms}
 
 
+PLANNER_PERIOD_S = 10.0  # the shortest round period the configuration allows
+
+
+def _planner_config(workdir: Path, gpus: int) -> dict[str, Any]:
+    """Tier 3 running in the agent through the bench: two weeks of synthetic history, fresh
+    illustrative signals, a demand-response enrolment (scheduled, so the raw frequency
+    triggers stay the only frequency response) and a round every ``PLANNER_PERIOD_S``, so
+    several rounds (history read, forecast, HiGHS solve) overlap the measured triggers."""
+    from gridtao.app.demo_plan import demo_signals
+    from gridtao.history import HistoryStore
+    from gridtao.history.synth import synthetic_minutes
+
+    now = time.time()
+    with HistoryStore.open(workdir / "history.sqlite3") as store:
+        store.write(synthetic_minutes(int(now) // 60 * 60 - 14 * 86_400, 14, gpus=gpus))
+    (workdir / "signals.json").write_text(json.dumps(demo_signals(now)))
+    return {"products": [{"kind": "dr", "capacity_w": 1500.0}],
+            "history": {"path": str(workdir / "history.sqlite3")},
+            "planner": {"enabled": True, "period_s": PLANNER_PERIOD_S,
+                        "signals_file": str(workdir / "signals.json")}}
+
+
 def _agent_config(config: Config, port: int, gpus: int, *, workdir: Path,
-                  key: BenchKey | None = None, backend: Backend = "sim") -> dict[str, Any]:
+                  key: BenchKey | None = None, backend: Backend = "sim",
+                  planner: bool = False) -> dict[str, Any]:
     """The agent's YAML: the caller's config on a bench broker, fast release between triggers,
     and the bench key when ``key`` is given (dispatches must then be signed). On ``nvml`` the
     agent must be able to write limits (``require_actuation``): a bench of a node that cannot
     is refused at start, not measured as if it had cut."""
     sim = dataclasses.asdict(config.gpus.sim) | {"count": gpus}
     extra: dict[str, Any] = {} if key is None else {"auth": key.agent_config(workdir)}
+    if planner:
+        extra |= _planner_config(workdir, gpus)
     gpus_section: dict[str, Any] = {"backend": "sim", "sim": sim} if backend == "sim" else {
         "backend": "nvml", "require_actuation": True}
     return _plain(extra | {
@@ -209,6 +234,7 @@ def _baseline(timings: Sequence[Timing]) -> dict[str, Any]:
 def run_latency_bench(
     config: Config, *, triggers: int, gpus: int, baseline_triggers: int | None = None,
     progress: Callable[[str], None] = print, auth: Alg | None = None, backend: Backend = "sim",
+    planner: bool = False,
 ) -> dict[str, Any]:
     """Run the bench; with ``auth``, the agent requires dispatches signed with that algorithm
     (a key made in the temporary folder) and the per-message verify cost is measured too.
@@ -222,15 +248,17 @@ def run_latency_bench(
     gpus = len(node.indices)
     try:
         measured = _measure_all(config, node, triggers=triggers, gpus=gpus, base_n=base_n,
-                                progress=progress, auth=auth, backend=backend)
+                                progress=progress, auth=auth, backend=backend, planner=planner)
     finally:
         node.close()
-    return _result(config, measured, triggers=triggers, gpus=gpus, auth=auth, backend=backend)
+    result = _result(config, measured, triggers=triggers, gpus=gpus, auth=auth, backend=backend)
+    result["planner"] = {"enabled": True, "period_s": PLANNER_PERIOD_S} if planner else None
+    return result
 
 
 def _measure_all(
     config: Config, node: BaselineNode, *, triggers: int, gpus: int, base_n: int,
-    progress: Callable[[str], None], auth: Alg | None, backend: Backend,
+    progress: Callable[[str], None], auth: Alg | None, backend: Backend, planner: bool,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gridtao-bench-") as tmp:
         workdir = Path(tmp)
@@ -238,7 +266,8 @@ def _measure_all(
             cfg_path = workdir / "agent.yaml"
             key = make_key(auth, workdir) if auth is not None else None
             cfg_path.write_text(yaml.safe_dump(_agent_config(
-                config, broker.port, gpus, workdir=workdir, key=key, backend=backend)))
+                config, broker.port, gpus, workdir=workdir, key=key, backend=backend,
+                planner=planner)))
             kind = "simulated GPUs" if backend == "sim" else "GPUs of this machine (NVML)"
             progress(f"broker 127.0.0.1:{broker.port}; {gpus} {kind}; {triggers} triggers"
                      + (f"; dispatches signed ({auth})" if auth else ""))

@@ -33,6 +33,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "- real GPUs (NVML): the hardware response is the measured command -> target time; "
         "the baselines ran on the same GPUs, the sequential one through `nvidia-smi -pl`",
     ]
+    if result.get("planner"):
+        lines.append(f"- tier 3 running in the agent meanwhile: a planning round every "
+                     f"{result['planner']['period_s']:.0f} s (history, forecast, HiGHS solve)")
     auth = result.get("auth")
     if auth:
         cost = ", ".join(f"{alg} p50 {v['p50']:.1f} / p99 {v['p99']:.1f} us"

@@ -105,3 +105,16 @@ def test_the_baseline_node_puts_back_the_limits_it_found() -> None:
         assert {i: node.backend.enforced_limit_mw(i) for i in node.indices} == resting
     finally:
         node.close()
+
+
+def test_with_the_planner_the_agent_plans_from_a_seeded_history(tmp_path: Path) -> None:
+    from gridtao.config.agent import config_from_mapping
+    from gridtao.history import HistoryStore
+
+    data = _agent_config(Config(), 1883, 4, workdir=tmp_path, planner=True)
+    cfg = config_from_mapping(data, source="<bench agent>")  # a configuration the agent takes
+    assert cfg.planner.enabled and cfg.planner.period_s == 10.0
+    assert [p.kind for p in cfg.products] == ["dr"]  # no second frequency response
+    with HistoryStore.open(tmp_path / "history.sqlite3") as store:
+        assert store.count() == 14 * 1440
+    assert json.loads((tmp_path / "signals.json").read_text())["version"] == 1

@@ -48,6 +48,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     lat.add_argument("--plot", metavar="FILE", help="write CDF plots as PNG")
     lat.add_argument("--markdown", metavar="FILE",
                      help="write a BENCHMARKS.md section (Markdown) to FILE")
+    lat.add_argument("--with-planner", action="store_true",
+                     help="run tier 3 in the agent meanwhile (a planning round every 10 s on "
+                          "two weeks of synthetic history)")
     lat.add_argument("--auth", choices=("ed25519", "hmac"), default=None,
                      help="sign every dispatch (keys made in the bench's temporary folder) and "
                           "measure the verify cost")
@@ -105,7 +108,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     result = run_latency_bench(config, triggers=args.triggers, gpus=args.gpus,
                                baseline_triggers=args.baseline_triggers,
                                progress=lambda line: print(line, file=sys.stderr),
-                               auth=args.auth, backend=args.backend)
+                               auth=args.auth, backend=args.backend,
+                               planner=args.with_planner)
     command = "gridtao " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result |= provenance(command)
     write_outputs(args, result, markdown(result, command), plot)
