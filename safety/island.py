@@ -117,6 +117,7 @@ class SafetyIsland:
             else self.envelope.default_mw
         )
         self._resting_mw: tuple[int, ...] = self._normal_mw
+        self._exits = 0  # safe states left through a ramp (names their exit events)
         self._writes = WriteRecord(self.envelope.default_mw)
 
     # ------------------------------------------------------------------ lifecycle
@@ -382,15 +383,14 @@ class SafetyIsland:
     # ------------------------------------------------------------------ safe states
 
     def enter_safe_state(self, mode: SafeMode) -> None:
-        """``default``: clear every latch and write the default limits. ``hold``: keep the
-        current limits and refuse tier 1 until :meth:`clear_safe_state`. ``minimum``: every GPU
-        at its minimum, tier 1 refused likewise. Triggers still cut in every mode, never above
-        the safe state's limits."""
+        """Lock tier 1 out until :meth:`leave_safe_state` (or :meth:`clear_safe_state`).
+        ``default``: the GPUs return to their resting limits, but never above the events in
+        force: an activation the grid asked for is the island's to hold (it needs no
+        controller), so it goes on and ends by its own duration and ramp. ``hold``: keep the
+        current limits. ``minimum``: every GPU at its minimum. Triggers still cut in every
+        mode, never above the safe state's limits."""
         if mode not in _SAFE_MODES:
             raise ValueError(f"safe state must be one of {_SAFE_MODES}, got {mode!r}")
-        if mode == "default":
-            self._restore("safe state default")
-            return
         with self._cmd_lock:
             with self._lock:
                 self._generation += 1
@@ -398,12 +398,43 @@ class SafetyIsland:
                 if mode == "hold":
                     self._resting_mw = self._writes.limits_mw
                     batch = None
+                elif mode == "default":
+                    self._resting_mw = self._normal_mw
+                    winner = self._winner_locked(self._clock.now())
+                    limits = self._normal_mw if winner is None else tuple(
+                        self.envelope.fit_under_mw(list(self._normal_mw), winner[1]))
+                    batch = self._writer.submit(limits)
                 else:
                     self._resting_mw = self.envelope.min_mw
                     batch = self._writer.submit(self._resting_mw)
             log.warning("safe state %s: limits %s mW, tier 1 locked out", mode, self._resting_mw)
             if batch is not None:
                 self._writes.record(batch.wait(self._write_timeout_s))
+
+    def leave_safe_state(self) -> bool:
+        """The controller is healthy again: tier 1 may write, and GPUs held below their
+        resting limits by the safe state (``hold``, ``minimum``) go back through the normal
+        ramp: the node is latched at its current total as event ``safe-state-exit-N`` and that
+        event is released at once (``release_rate_per_s``). False if no safe state was set."""
+        with self._cmd_lock:
+            with self._lock:
+                was = self._mode
+                held_mw = float(sum(self._writes.limits_mw))
+                below = held_mw < float(sum(self._normal_mw)) - len(self._normal_mw)
+                ramp = was in ("hold", "minimum") and below and not self._events
+        if was is None:
+            return False
+        exit_id = None
+        if ramp:
+            self._exits += 1
+            exit_id = f"safe-state-exit-{self._exits}"
+            self.trigger_cap(exit_id, held_mw / 1000.0)  # before tier 1 may write again
+        self.clear_safe_state()
+        if exit_id is not None:
+            self.release(exit_id)
+        log.info("safe state %s left%s", was,
+                 f": ramping back as {exit_id}" if exit_id is not None else "")
+        return True
 
     def clear_safe_state(self) -> bool:
         """Let tier 1 write again (writes nothing itself); False if no safe state was set."""

@@ -3,7 +3,14 @@
 :meth:`Watchdog.check` holds all the logic and reads only the injected clock, so tests drive it
 in virtual time; the thread started by :meth:`Watchdog.start` merely calls it every ``period_s``
 of real time. ``on_expire`` runs once per expiry (on the checking thread) and again only after a
-new :meth:`heartbeat` re-arms the watchdog.
+new :meth:`heartbeat` re-arms the watchdog; ``on_recover`` runs on the heartbeat's thread when
+the first heartbeat after an expiry arrives.
+
+A pause of the whole process (SIGSTOP, a VM pause, a long stop-the-world) stops the controller
+and the checker alike; on resume the checker may run before the controller has had a chance to
+beat. So when the checker finds itself late by more than the timeout (its own previous check
+older than ``timeout_s``), the silence was the process's, not the controller's: it logs that,
+and gives the controller one more timeout from now to beat, instead of expiring at once.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ class Watchdog:
         clock: Clock,
         on_expire: Callable[[], None],
         period_s: float | None = None,
+        on_recover: Callable[[], None] | None = None,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
@@ -41,8 +49,11 @@ class Watchdog:
             raise ValueError(f"period_s must be > 0, got {self.period_s!r}")
         self._clock = clock
         self._on_expire = on_expire
+        self._on_recover = on_recover
         self._lock = threading.Lock()
         self._last_beat = clock.now()
+        self._last_check: float | None = None  # when check() last ran (pause detection)
+        self._pauses = 0
         self._expired = False
         self._expiries = 0
         self._stop = threading.Event()
@@ -69,6 +80,17 @@ class Watchdog:
             self._expired = False
         if recovered:
             log.warning("watchdog: controller heartbeat is back")
+            if self._on_recover is not None:
+                try:
+                    self._on_recover()
+                except Exception:
+                    log.exception("watchdog: the recovery action failed")
+
+    @property
+    def pauses(self) -> int:
+        """How many whole-process pauses the checker has noticed (and not taken as expiry)."""
+        with self._lock:
+            return self._pauses
 
     def check(self) -> bool:
         """Call ``on_expire`` if the last heartbeat is older than ``timeout_s`` and it has not
@@ -76,9 +98,22 @@ class Watchdog:
         and counts as the call (it is not retried until re-armed)."""
         now = self._clock.now()
         with self._lock:
+            last_check, self._last_check = self._last_check, now
             age_s = now - self._last_beat
             if self._expired or age_s <= self.timeout_s:
                 return False
+            if last_check is not None and now - last_check > self.timeout_s:
+                # The checker slept through the timeout too: the process was paused.
+                self._last_beat = now
+                self._pauses += 1
+                paused_s = now - last_check
+            else:
+                paused_s = None
+        if paused_s is not None:
+            log.warning("watchdog: this process was paused for %.1f s (the checker too); "
+                        "the controller gets %.3f s to beat again", paused_s, self.timeout_s)
+            return False
+        with self._lock:
             self._expired = True
             self._expiries += 1
         log.error(
@@ -96,6 +131,7 @@ class Watchdog:
             if self._thread is not None:
                 return
             self._stop.clear()
+            self._last_check = self._clock.now()  # a pause before the first check counts too
             self._thread = threading.Thread(
                 target=self._run, name="gridtao-safety-watchdog", daemon=True
             )

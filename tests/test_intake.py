@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -76,13 +77,16 @@ class Rig:
     def frequency(self, hz: float) -> list[Outgoing]:
         return self.send(TOPICS.frequency, {"t": self.clock.wall(), "hz": hz})
 
-    def advance(self, seconds: float, step_s: float = 0.05) -> None:
-        """Let virtual time pass with the island ticking as tier 1 would."""
+    def advance(self, seconds: float, step_s: float = 0.05) -> list[dict[str, Any]]:
+        """Let virtual time pass with the island ticking as tier 1 would; the acks the
+        intake's ticks published meanwhile."""
+        out: list[dict[str, Any]] = []
         t_end = self.clock.now() + seconds
         while self.clock.now() < t_end - 1e-9:
             self.clock.advance(min(step_s, t_end - self.clock.now()))
             self.island.tick()
-            self.intake.on_tick()
+            out += [json.loads(o.payload) for o in self.intake.on_tick()]
+        return out
 
 
 def _make_rig(*, max_event_s: float = 600.0) -> Rig:
@@ -428,9 +432,14 @@ def test_island_expiry_clears_the_intakes_record() -> None:
         r.dispatch(_shed("long", fraction=0.3, duration_s=3600))
         r.advance(10.1)
         assert r.island.view().releasing
-        r.advance(1.0 / RATE_PER_S + 0.1)
+        acks = r.advance(1.0 / RATE_PER_S + 0.1)
         assert r.island.view().event_id is None
         assert r.intake.active_events == []
+        # The sender is told its event ended early, and why.
+        (ended,) = acks
+        assert ended["id"] == "long" and ended["accepted"] is True
+        assert "safety.max_event_s" in ended["reason"]
+        assert r.clock.wall() - 0.2 <= ended["ended_at"] <= r.clock.wall()
         assert r.limits() == [DEFAULT_MW] * 4
         ack = r.dispatch({"id": "late", "kind": "release", "ref": "long"})
         assert ack["accepted"] is False

@@ -427,13 +427,43 @@ def test_writes_work_in_turn_without_threads(rig: Rig) -> None:
 # ---------------------------------------------------------------- safe states
 
 
-def test_safe_state_default_clears_latches(rig: Rig) -> None:
-    rig.island.trigger_shed("e1", 0.3)
+def test_safe_state_default_keeps_the_grid_s_events_and_returns_to_defaults_after(
+        rig: Rig) -> None:
+    act = rig.island.trigger_shed("e1", 0.3)
     rig.island.enter_safe_state("default")
     view = rig.island.view()
-    assert view.event_id is None and view.safe_mode is None
+    # The shed goes on: the island holds it without a controller; tier 1 is locked out.
+    assert view.event_id == "e1" and view.safe_mode == "default"
+    assert sum(rig.limits()) <= sum(act.caps_mw) + N
+    assert not rig.island.apply_limits([DEFAULT_MW] * N, view.generation)
+    # It ends by its own ramp, then every GPU is at its default.
+    rig.island.release("e1")
+    assert isinstance(rig.clock, VirtualClock)
+    rig.clock.advance(6.0)  # 0.2 /s release: 5 s
+    rig.island.tick()
+    assert rig.island.view().event_id is None
     assert rig.limits() == [DEFAULT_MW] * N
-    assert rig.island.apply_limits([500 * W] * N, view.generation)
+    assert rig.island.leave_safe_state()
+    assert rig.island.view().safe_mode is None and rig.island.view().event_id is None
+    assert rig.island.apply_limits([500 * W] * N, rig.island.view().generation)
+
+
+def test_leaving_a_minimum_safe_state_ramps_back(rig: Rig) -> None:
+    rig.island.enter_safe_state("minimum")
+    assert rig.limits() == [MIN_MW] * N
+    assert rig.island.leave_safe_state()
+    view = rig.island.view()
+    assert view.safe_mode is None and view.event_id == "safe-state-exit-1"
+    assert sum(rig.limits()) <= N * MIN_MW + N  # no jump: latched where the GPUs were
+    assert isinstance(rig.clock, VirtualClock)
+    rig.clock.advance(2.0)  # 40 % of the way back at 0.2 /s
+    rig.island.tick()
+    ceiling = rig.island.view().ceiling_total_mw
+    assert ceiling is not None and N * MIN_MW < ceiling < N * DEFAULT_MW
+    rig.clock.advance(4.0)
+    rig.island.tick()
+    assert rig.island.view().event_id is None
+    assert not rig.island.leave_safe_state()  # nothing to leave twice
 
 
 def test_safe_state_hold_keeps_limits_and_locks_out_tier1(rig: Rig) -> None:

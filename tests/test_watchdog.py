@@ -33,21 +33,47 @@ def test_expires_once_after_timeout_without_heartbeat() -> None:
     assert dog.expiries == 1
 
 
+def _run_for(clock: VirtualClock, dog: Watchdog, seconds: float) -> bool:
+    """The checker's thread over ``seconds``: a check every period; True if one expired."""
+    fired = False
+    steps = round(seconds / dog.period_s)
+    for _ in range(steps):
+        clock.advance(dog.period_s)
+        fired = dog.check() or fired
+    return fired
+
+
 def test_heartbeats_keep_it_alive_and_rearm_it() -> None:
     clock = VirtualClock()
     dog, calls = _counting(clock)
     for _ in range(10):
-        clock.advance(2.9)
+        assert not _run_for(clock, dog, 2.75)
         dog.heartbeat()
-        assert not dog.check()
     assert calls == []
-    clock.advance(3.5)
-    assert dog.check()
+    assert _run_for(clock, dog, 3.5)
     dog.heartbeat()
     assert not dog.expired
-    clock.advance(3.5)
-    assert dog.check()
+    assert _run_for(clock, dog, 3.5)
     assert dog.expiries == 2
+
+
+def test_a_paused_process_is_not_a_dead_controller() -> None:
+    clock = VirtualClock()
+    recovered: list[float] = []
+    dog = Watchdog(3.0, clock=clock, on_expire=lambda: None,
+                   on_recover=lambda: recovered.append(clock.now()))
+    assert not _run_for(clock, dog, 1.0)
+    dog.heartbeat()
+    clock.advance(10.0)  # SIGSTOP: neither the controller nor the checker ran
+    assert not dog.check()  # the checker notices it slept too: no expiry on resume
+    assert dog.pauses == 1 and not dog.expired
+    dog.heartbeat()  # the controller's first step after the resume
+    assert not _run_for(clock, dog, 2.0)
+    # A controller that does not come back after the pause is still caught, one timeout on.
+    assert _run_for(clock, dog, 3.5) and dog.expiries == 1
+    assert recovered == []
+    dog.heartbeat()
+    assert recovered == [clock.now()] and not dog.expired
 
 
 def test_failing_action_is_logged_and_not_retried(caplog: pytest.LogCaptureFixture) -> None:

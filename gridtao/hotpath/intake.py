@@ -172,11 +172,16 @@ class Intake:
         live = set(self._island.view().active_event_ids)
         for event_id in [e for e in self._ending if e not in live]:
             self._decide("event_ended", {"event": event_id, "why": self._ending.pop(event_id)})
-        # Events the island ended by itself (max_event_s, safe state) must not linger here.
+        # Events the island ended by itself (safety.max_event_s) must not linger here, and
+        # their sender is told: an ack with ``ended_at`` and the reason.
         for event_id in [e for e in self._events if e not in live]:
-            self._events.pop(event_id, None)
+            ev = self._events.pop(event_id)
             self._monitor.forget(event_id)
-            self._decide("event_ended", {"event": event_id, "why": "ended by the safety island"})
+            why = "ended by the safety island (safety.max_event_s)"
+            self._decide("event_ended", {"event": event_id, "why": why})
+            extra = dict(ev.ack_extra) | {"ended_at": round(self._clock.wall(), 6)}
+            out.append(self._ack(event_id, True, why, ev.received_wall, ev.commanded_wall,
+                                 extra=extra))
         return out
 
     def adopt(self, event_id: str, kind: str, *, ends_at: float, received_wall: float,
