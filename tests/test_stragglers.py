@@ -36,13 +36,16 @@ def test_a_slow_gpu_is_read_off_the_loop_until_it_is_fast_again() -> None:
         during = len(beats)
         # Without the quarantine the loop would manage one step per 0.3 s read: about 5.
         assert during > 40, f"tier 1 made only {during} steps with one slow GPU"
+        # ... and the status says which GPU is slow, instead of a null fault.
+        assert loop.read_faults == ("GpuSlow", None, None, None)
         sim.set_demand_w(0, 333.0)
         sim.clear_faults()
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline and loop.draw_mw[0] > 340_000:
             time.sleep(0.05)
-        # Back on the loop: its readings follow the GPU again.
+        # Back on the loop: its readings follow the GPU again, and the fault is gone.
         assert abs(loop.draw_mw[0] - 333_000) < 10_000
+        assert loop.read_faults == (None,) * 4
     finally:
         stop.set()
         thread.join(5.0)

@@ -154,8 +154,11 @@ class FastLoop:
 
     @property
     def read_faults(self) -> tuple[str | None, ...]:
-        """Per GPU: the error kind of its failing power reads (e.g. ``"GpuLost"``), else None."""
-        return tuple(self._error_kind)
+        """Per GPU: the error kind of its failing power reads (e.g. ``"GpuLost"``),
+        ``"GpuSlow"`` while a read too slow for the loop keeps it quarantined (read off the
+        loop, stragglers.py), else None."""
+        return tuple(kind or ("GpuSlow" if self._stragglers.quarantined(i) else None)
+                     for i, kind in enumerate(self._error_kind))
 
     @property
     def limits_mw(self) -> tuple[int, ...]:
