@@ -198,3 +198,41 @@ def test_sighup_rotates_the_signing_key_and_keeps_the_event(
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(WAIT_S) == 0, _log(tmp_path, node)
     assert "Traceback" not in _log(tmp_path, node)
+
+
+def test_a_paused_agent_resumes_holding_its_event_without_a_safe_state(
+    mqtt_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """SIGSTOP for longer than the watchdog's timeout (a VM pause), then SIGCONT: the whole
+    process was paused, the controller with it, so no safe state trips, the cap in force is
+    still held, and the agent keeps serving."""
+    node = "paused"
+    prefix = f"gridtao/proc-{node}"
+    status_topic = f"{prefix}/nodes/{node}/status"
+    with Subscriber(mqtt_broker.host, mqtt_broker.port, status_topic) as status, \
+            Subscriber(mqtt_broker.host, mqtt_broker.port, f"{prefix}/nodes/{node}/ack") as acks, \
+            agent_process(mqtt_broker, tmp_path, node,
+                          safety={"watchdog_timeout_s": 1.0, "safe_state": "minimum"}
+                          ) as proc:
+        _wait(status, lambda p: p.get("online") is True, "the agent's online status")
+        publish(mqtt_broker.host, mqtt_broker.port, f"{prefix}/dispatch", json.dumps(
+            {"id": "held", "kind": "cap", "node_w": CAP_W, "duration_s": 600}).encode())
+        assert json.loads(acks.wait(1, WAIT_S)[0].payload)["accepted"] is True
+        os.kill(proc.pid, signal.SIGSTOP)
+        time.sleep(3.0)  # three watchdog timeouts
+        os.kill(proc.pid, signal.SIGCONT)
+        seen = len(status.messages)
+        time.sleep(3.0)  # let it run again for a while
+        after = _payloads(status)[seen:]
+        assert after and all(p.get("event") == "held" for p in after if p.get("online"))
+        last = after[-1]
+        assert sum(g["limit_w"] for g in last["gpus"]) <= CAP_W + 0.01
+        # Not every GPU at its minimum: the safe state never tripped.
+        assert any(g["limit_w"] > g["min_w"] + 1 for g in last["gpus"]), last
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(WAIT_S) == 0, _log(tmp_path, node)
+    log = _log(tmp_path, node)
+    # Which thread runs first on resume is the scheduler's choice: either tier 1 beats first,
+    # or the watchdog notices it was paused too ("was paused for"); never a safe state.
+    assert "entering safe state" not in log, log
+    assert "Traceback" not in log, log

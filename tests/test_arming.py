@@ -103,3 +103,32 @@ def test_a_product_awarded_nothing_never_fires() -> None:
     for t in (0.0, 0.01, 0.02):
         assert portfolio.on_sample(49.0, t) == []
     assert portfolio.step[0].state == "armed"
+
+
+def test_a_replayed_older_award_never_overrides_a_newer_one() -> None:
+    book = AwardBook()
+    newer = json.dumps({"id": "new", "issued_at": 2000.0, "start": 3600, "mtu_s": 3600,
+                        "capacity_w": {"ffr": [300]}}).encode()
+    older = json.dumps({"id": "old", "issued_at": 1000.0, "start": 3600, "mtu_s": 3600,
+                        "capacity_w": {"ffr": [50]}}).encode()
+    book.add(parse_award(newer, max_bytes=4096, products=PRODUCTS))
+    book.add(parse_award(older, max_bytes=4096, products=PRODUCTS))  # arrives last
+    assert book.capacities_at(3600.0) == {"ffr": 300.0}
+
+
+def test_an_award_above_the_configured_capacity_is_refused() -> None:
+    from gridtao.app.arming import take_award
+    from gridtao.security.guard import Guard
+
+    cfg = config_from_mapping({"safety": {"triggers": []}}, source="<test>")
+    guard = Guard.from_config(cfg, node_id="n", default_total_mw=1e6,
+                              draw_total_mw=lambda: 1e6, wall=lambda: 0.0)
+    book = AwardBook()
+    verdict = take_award(_award("big", 3600, {"ffr": [400, 401]}), guard=guard, book=book,
+                         products={"ffr": 400.0}, max_bytes=4096)
+    assert not verdict.accepted and verdict.reason is not None
+    assert "401 W exceeds the product's configured capacity 400 W" in verdict.reason
+    assert len(book) == 0
+    ok = take_award(_award("ok", 3600, {"ffr": [400, None]}), guard=guard, book=book,
+                    products={"ffr": 400.0}, max_bytes=4096)
+    assert ok.accepted and book.capacities_at(3600.0) == {"ffr": 400.0}

@@ -35,16 +35,24 @@ KEEP_PAST_S = 3600.0
 
 
 class AwardBook:
-    """The awards received, newest last; a later award overrides an earlier one where both
-    cover an MTU (per product). Thread-safe."""
+    """The awards received; where two cover an MTU (per product) the one issued later wins
+    (``issued_at``; awards without one count as issued when received), so a replayed older
+    award never overrides a newer one. Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._awards: list[Award] = []
+        self._received = 0
+        self._order: dict[str, tuple[float, int]] = {}
 
-    def add(self, award: Award) -> None:
+    def add(self, award: Award, *, received_wall: float | None = None) -> None:
         with self._lock:
-            self._awards = [a for a in self._awards if a.id != award.id] + [award]
+            self._received += 1
+            issued = award.issued_at if award.issued_at is not None else received_wall
+            self._order[award.id] = (issued if issued is not None else float("-inf"),
+                                     self._received)
+            self._awards = sorted([a for a in self._awards if a.id != award.id] + [award],
+                                  key=lambda a: self._order[a.id])
 
     def capacities_at(self, wall_s: float) -> dict[str, float]:
         """Awarded capacity per product for the MTU holding ``wall_s`` (products no award
@@ -59,6 +67,7 @@ class AwardBook:
     def prune(self, wall_s: float) -> None:
         with self._lock:
             self._awards = [a for a in self._awards if a.end_s + KEEP_PAST_S > wall_s]
+            self._order = {a.id: self._order[a.id] for a in self._awards}
 
     def __len__(self) -> int:
         with self._lock:
@@ -137,16 +146,24 @@ class AwardVerdict:
     award: Award | None = None
 
 
-def take_award(payload: bytes, *, guard: Guard, book: AwardBook, products: list[str],
-               max_bytes: int) -> AwardVerdict:
+def take_award(payload: bytes, *, guard: Guard, book: AwardBook,
+               products: Mapping[str, float], max_bytes: int,
+               received_wall: float | None = None) -> AwardVerdict:
     """Parse, authenticate (signed mode: the aggregator's dispatch keys, fresh ``issued_at``)
-    and file an award; a refused one changes nothing."""
+    and file an award; ``products``: each enrolled product's configured capacity (W), which
+    no award may exceed (the node never offers more). A refused award changes nothing."""
     try:
-        award = parse_award(payload, max_bytes=max_bytes, products=products)
+        award = parse_award(payload, max_bytes=max_bytes, products=list(products))
     except MessageRejected as e:
         return AwardVerdict(e.event_id, False, e.reason)
+    for name, series in award.capacity_w.items():
+        over = [w for w in series if w is not None and w > products[name] + 1e-6]
+        if over:
+            return AwardVerdict(award.id, False,
+                                f"capacity_w[{name!r}] {max(over):g} W exceeds the product's "
+                                f"configured capacity {products[name]:g} W")
     problem = guard.authenticate_award(payload, award.issued_at)
     if problem is not None:
         return AwardVerdict(award.id, False, problem)
-    book.add(award)
+    book.add(award, received_wall=received_wall)
     return AwardVerdict(award.id, True, None, award)

@@ -14,7 +14,7 @@
   once a second the capacities in force for the current MTU are applied.
 
 Threads: :meth:`NodePlanning.tasks` run on the controller loop; :meth:`NodePlanning.on_reading`
-on the read-back worker; :meth:`NodePlanning.snapshot` from any thread (metrics).
+on the read-back worker; :meth:`NodePlanning.reading` from any thread (metrics).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from gridtao.app.arming import Arming, AwardBook, take_award
 from gridtao.clock import Clock
@@ -64,10 +66,13 @@ def plan_settings(config: Config, floor_w: float) -> PlanSettings:
         floor_w=floor_w, enrolments=enrolments,
         safety_margin_fraction=p.safety_margin_fraction, time_limit_s=p.solve_time_limit_s,
         weeks=max(1, math.ceil(p.history_days / 7)),
+        # Site energy per IT energy from the facility model: losses, and cooling at 1/COP.
         options={"settle_at": f.settle_at, "losses_fraction": f.losses_fraction,
+                 "pue": 1.0 + f.losses_fraction + 1.0 / f.cop,
                  "carbon_eur_t": p.carbon_eur_per_t,
                  "lost_work_eur_wh": p.lost_work_eur_per_mwh / 1e6,
-                 "allow_ceiling": p.ceiling, "dr_max_hours_per_day": p.dr_max_hours_per_day})
+                 # A planned ceiling would need a scheduled cap the agent does not apply yet.
+                 "allow_ceiling": False, "dr_max_hours_per_day": p.dr_max_hours_per_day})
 
 
 def floor_w(config: Config, limits: Sequence[PowerLimits], indices: Sequence[int]) -> float:
@@ -112,6 +117,7 @@ class NodePlanning:
         self.arming = Arming(portfolio, self.awards, on_change=self._capacity_changed)
         self._lock = threading.Lock()
         self.state: PlannerState = NoPlan("not planned yet")
+        self._previous: Plan | None = None  # the plan before, which covers the MTU under way
         self._topic_signals: Signals | None = None
         self.recorder: HistoryRecorder | None = None
         self._store_path = config.history.path
@@ -143,7 +149,7 @@ class NodePlanning:
     async def _control_messages(self) -> None:
         """Awards and signals on the controller's connection (not the hot path: an award
         changes capacities from its MTU on, never at once)."""
-        products = list(self.arming.configured_w)
+        products = dict(self.arming.configured_w)
         async for msg in self._link.messages():
             if msg.topic == self._topics.signals:
                 self._take_signals(msg.payload, msg.received_wall)
@@ -151,7 +157,8 @@ class NodePlanning:
             if msg.retain:
                 continue  # an award is acted on when sent, as dispatches are
             verdict = take_award(msg.payload, guard=self._guard, book=self.awards,
-                                 products=products, max_bytes=self._config.mqtt.max_payload_bytes)
+                                 products=products, max_bytes=self._config.mqtt.max_payload_bytes,
+                                 received_wall=msg.received_wall)
             if verdict.accepted:
                 log.info("award %s filed: %s", verdict.id, verdict.award)
             else:
@@ -225,6 +232,8 @@ class NodePlanning:
             log.exception("planning round failed")
             outcome = f"planning failed: {e!r}"
         state = next_state(self.state, outcome, now_s=wall)
+        if state.plan is not self.state.plan:
+            self._previous = self.state.plan
         self.state = state
         self._publish(state, outcome, wall)
         return state
@@ -235,11 +244,16 @@ class NodePlanning:
         days = self._config.planner.history_days
         store = HistoryStore.open(self._store_path)
         try:
-            series = store.series(int(wall) - days * DAY_S, int(wall) + 1)
+            rows = store.rows(int(wall) - days * DAY_S, int(wall) + 1)
         finally:
             store.close()
-        return make_plan(series.start_s, series.it_mean_w, series.it_p10_w,
-                         self.signals(wall), now_s=wall, settings=self.settings())
+        # Minutes under an activation are not the natural draw (a cut, an FCR-N baseline, a
+        # DR hold): gaps to the forecast, not low readings.
+        natural = [r for r in rows if r.event_s <= 0.0]
+        t = np.array([r.start_s for r in natural], dtype=np.int64)
+        return make_plan(t, np.array([r.it_mean_w for r in natural]),
+                         np.array([r.it_p10_w for r in natural]), self.signals(wall),
+                         now_s=wall, settings=self.settings())
 
     def _publish(self, state: PlannerState, outcome: Plan | str, wall: float) -> None:
         plan = state.plan
@@ -266,14 +280,15 @@ class NodePlanning:
             log.warning("plan not published: the controller's connection is not running")
 
     def reading(self) -> PlanNow:
-        """Tier 3 now, for the metrics (any thread: reads immutable snapshots)."""
+        """Tier 3 now, for the metrics (any thread: reads immutable snapshots). A round plans
+        from the next MTU on, so the MTU under way is the previous plan's."""
         state, wall = self.state, self._clock.wall()
         plan = state.plan
-        forecast = None
-        if plan is not None and plan.forecast.start_s <= wall < plan.end_s:
-            forecast = plan.forecast.at(wall)
+        covering = next((p for p in (plan, self._previous)
+                         if p is not None and p.forecast.start_s <= wall < p.end_s), None)
         return PlanNow(armed_w=dict(self.arming.snapshot().armed_w),
-                       offered_w=state.offers_at(wall), forecast_w=forecast,
+                       offered_w={} if covering is None else covering.offers_at(wall),
+                       forecast_w=None if covering is None else covering.forecast.at(wall),
                        plan_age_s=None if plan is None else max(0.0, wall - plan.made_at_s),
                        state=state.name)
 

@@ -87,8 +87,8 @@ def _agent_commands() -> dict[str, Command]:
                        c.configure_run, c.run_agent_command),
         "demo": Command("self-contained demo: broker, agent on simulated GPUs, a dip and a shed",
                         c.configure_demo, c.run_demo_command),
-        "bench": Command("benchmarks: latency, pue, compliance, fanout, overhead", b.configure,
-                         b.run),
+        "bench": Command("benchmarks: latency, pue, compliance, fanout, overhead, planner, flood",
+                         b.configure, b.run),
         "prequalify": Command("run a grid product's TSO test sequence; write a report folder",
                               _prequalify().configure, lambda a, cfg: _prequalify().run(a, cfg)),
     }

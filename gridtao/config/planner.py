@@ -31,9 +31,10 @@ class PlannerConfig:
     ``signals_file``: prices and carbon (docs/planner-inputs.md; also taken, retained, from
     ``{prefix}/signals``); older than ``signals_max_age_h`` they are refused. Costs:
     ``carbon_eur_per_t`` (EUR per tonne CO2), ``lost_work_eur_per_mwh`` (the value of an MWh of
-    GPU work a cut or a ceiling sheds). ``ceiling``: may the plan cap the node in expensive or
-    high-carbon MTUs. ``dr_max_hours_per_day``: at most so many hours a day offered for demand
-    response. ``safety_margin_fraction``: the forecast's low quantile is lowered by this share
+    GPU work an activation sheds; the default, 1,000 EUR/MWh, is about a third of what a
+    rented H100 earns per MWh of its draw, ~2 EUR/h at 0.7 kW: set your own).
+    ``dr_max_hours_per_day``: at most so many hours a day offered for demand response (days in
+    UTC). ``safety_margin_fraction``: the forecast's low quantile is lowered by this share
     before it bounds the offers (a bid that clears must hold for its whole hour).
     """
 
@@ -45,8 +46,7 @@ class PlannerConfig:
     signals_file: str | None = None
     signals_max_age_h: float = field(default=36.0, metadata=rng(0.1, 24.0 * 14))
     carbon_eur_per_t: float = field(default=0.0, metadata=rng(0.0, 10_000.0))
-    lost_work_eur_per_mwh: float = field(default=0.0, metadata=rng(0.0, 1_000_000.0))
-    ceiling: bool = False
+    lost_work_eur_per_mwh: float = field(default=1000.0, metadata=rng(0.0, 1_000_000.0))
     dr_max_hours_per_day: int | None = field(default=None, metadata=rng(0, 24))
     safety_margin_fraction: float = field(default=0.0, metadata=rng(0.0, 0.9))
     solve_time_limit_s: float = field(default=5.0, metadata=rng(0.1, 600.0))

@@ -137,6 +137,7 @@ class MqttLink:
         password: str | None = None,
         error_log_interval_s: float = 60.0,
         max_packet_bytes: int | None = None,
+        retained_topics: Sequence[str] = (),
     ) -> None:
         if not 0 < reconnect_min_s <= reconnect_max_s:
             raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
@@ -152,6 +153,9 @@ class MqttLink:
         self.port = port
         self.client_id = client_id
         self.subscriptions = tuple(subscriptions)
+        #: Subscriptions whose retained message the broker may send on subscribing (state, not
+        #: commands: every other subscription asks for none).
+        self.retained_topics = frozenset(retained_topics)
         self.will = will
         self.keepalive_s = keepalive_s
         self.reconnect_min_s = reconnect_min_s
@@ -364,8 +368,11 @@ class MqttLink:
             if self.subscriptions:
                 # retainHandling 2: the broker sends no retained message on subscribing (a
                 # command left on the broker must never act at start; see docs/security.md).
+                # Only state documents (``retained_topics``, e.g. the planner's signals) are
+                # taken as they stand on the broker.
                 codes = await client.subscribe([
-                    (topic, SubscribeOptions(qos=qos, retainHandling=2))
+                    (topic, SubscribeOptions(
+                        qos=qos, retainHandling=0 if topic in self.retained_topics else 2))
                     for topic, qos in self.subscriptions])
                 refused = [
                     topic

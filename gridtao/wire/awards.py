@@ -8,9 +8,12 @@ A node publishes what it offers (retained, ``{prefix}/nodes/{node}/plan``, built
 
 ``start`` (Unix s, a multiple of ``mtu_s``) and ``mtu_s`` (900 or 3600) place the series;
 ``capacity_w`` maps an enrolled product's name to the capacity accepted per MTU (W at the
-settlement point, >= 0; ``null`` in a slot: nothing accepted there). Only accepted capacity is
-armed; outside every award the node keeps its configured capacities. A later award for the same
-MTUs replaces the earlier one. Signed like a dispatch when ``auth.mode`` is not ``none``
+settlement point, >= 0 and at most the product's configured capacity; ``0``: nothing accepted,
+the product is off in that MTU; ``null``: this award says nothing about that MTU, so an
+earlier award or the configured capacity applies). Only accepted capacity is armed; outside
+every award the node keeps its configured capacities. Where two awards cover the same MTU the
+one issued later (``issued_at``; else the one received later) wins, so a replayed older award
+never overrides a newer one. Signed like a dispatch when ``auth.mode`` is not ``none``
 (``issued_at`` is then required). Pure functions, no I/O.
 """
 
