@@ -155,3 +155,16 @@ def test_gridtao_plan_prints_the_hourly_table_and_writes_json(
     assert main(["--config", str(cfg), "plan", "--store", str(empty)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "history" in err[0]
+
+
+def test_minutes_cut_by_an_event_are_gaps_to_the_forecast(tmp_path: Path) -> None:
+    from gridtao.app.planning import natural_history
+    from gridtao.history import MinuteRow
+
+    path = tmp_path / "h.sqlite3"
+    with HistoryStore.open(path) as db:
+        db.write([MinuteRow(60 * k, 3000.0, 2900.0, 180_000.0, 5600.0, 0.0) for k in range(3)]
+                 + [MinuteRow(180, 1500.0, 1400.0, 90_000.0, 2000.0, 42.0)])
+    t, mean, p10 = natural_history(path, 0, 600)
+    assert t.tolist() == [0, 60, 120] and mean.tolist() == [3000.0] * 3
+    assert p10.tolist() == [2900.0] * 3

@@ -48,7 +48,8 @@ from gridtao.transport.mqtt import MqttLink
 from gridtao.wire import messages as wire
 from gridtao.wire.awards import plan_payload
 
-__all__ = ["ARMING_PERIOD_S", "NodePlanning", "floor_w", "plan_settings", "subscriptions"]
+__all__ = ["ARMING_PERIOD_S", "NodePlanning", "floor_w", "natural_history", "plan_settings",
+           "subscriptions"]
 
 log = logging.getLogger("gridtao.tier3")
 
@@ -86,6 +87,17 @@ def floor_w(config: Config, limits: Sequence[PowerLimits], indices: Sequence[int
                         min_node_fraction=config.limits.min_node_fraction,
                         priority_floor_w={k: floors.get(i, 0.0)
                                           for k, i in enumerate(indices)})
+
+
+def natural_history(path: str | Path, since_s: int, until_s: int
+                    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Minute starts (int64 Unix s), mean and p10 IT draw (W) of the minutes in
+    ``[since_s, until_s]`` that no island event cut: a cut minute is not the natural draw,
+    so it is a gap to the forecast, not a low reading. HistoryError names the file."""
+    with HistoryStore.open(path) as store:
+        rows = [r for r in store.rows(since_s, until_s + 1) if r.event_s <= 0.0]
+    return (np.array([r.start_s for r in rows], dtype=np.int64),
+            np.array([r.it_mean_w for r in rows]), np.array([r.it_p10_w for r in rows]))
 
 
 def subscriptions(config: Config, topics: wire.Topics) -> list[tuple[str, int]]:
@@ -130,8 +142,10 @@ class NodePlanning:
     def on_reading(self, wall_s: float, it_w: float, limit_w: float) -> None:
         """One read-back round (worker thread): into the history."""
         if self.recorder is not None:
-            view = self._island.view()
-            active = view.event_id is not None or view.commitment_mw is not None
+            # Island events (FFR, dispatched cuts) mark their minutes, which the forecast then
+            # leaves out. Tier 2's commitments (FCR-D, FCR-N's baseline, DR) do not: FCR-N holds
+            # one all the time, and a forecast from the draw under it errs low, the safe way.
+            active = self._island.view().event_id is not None
             self.recorder.offer(wall_s, it_w, limit_w, active)
 
     def tasks(self) -> list[Coroutine[Any, Any, None]]:
@@ -242,18 +256,8 @@ class NodePlanning:
         if self._store_path is None:
             raise ForecastError("no history (history.enabled is false)")
         days = self._config.planner.history_days
-        store = HistoryStore.open(self._store_path)
-        try:
-            rows = store.rows(int(wall) - days * DAY_S, int(wall) + 1)
-        finally:
-            store.close()
-        # Minutes under an activation are not the natural draw (a cut, an FCR-N baseline, a
-        # DR hold): gaps to the forecast, not low readings.
-        natural = [r for r in rows if r.event_s <= 0.0]
-        t = np.array([r.start_s for r in natural], dtype=np.int64)
-        return make_plan(t, np.array([r.it_mean_w for r in natural]),
-                         np.array([r.it_p10_w for r in natural]), self.signals(wall),
-                         now_s=wall, settings=self.settings())
+        t, mean, p10 = natural_history(self._store_path, int(wall) - days * DAY_S, int(wall))
+        return make_plan(t, mean, p10, self.signals(wall), now_s=wall, settings=self.settings())
 
     def _publish(self, state: PlannerState, outcome: Plan | str, wall: float) -> None:
         plan = state.plan

@@ -68,10 +68,10 @@ def run_plan(args: argparse.Namespace, config: Config) -> int:
 
 
 def _plan(config: Config, store: Path) -> Plan:
-    from gridtao.app.planning import floor_w, plan_settings
+    from gridtao.app.planning import floor_w, natural_history, plan_settings
     from gridtao.config.paths import resolve_path
     from gridtao.gpu import open_backend
-    from gridtao.history import HistoryError, HistoryStore
+    from gridtao.history import HistoryError
     from gridtao.tier3.planner import make_plan
     from gridtao.tier3.signals import parse_signals
 
@@ -85,8 +85,8 @@ def _plan(config: Config, store: Path) -> Plan:
     if not store.exists():
         raise HistoryError(f"{store}: no history yet (gridtao history import or generate, or "
                            "run the agent)", path=store)
-    with HistoryStore.open(store) as db:
-        series = db.series(int(now) - config.planner.history_days * DAY_S, int(now) + 1)
+    t, mean, p10 = natural_history(store, int(now) - config.planner.history_days * DAY_S,
+                                   int(now))
     signals = None
     if config.planner.signals_file is not None:
         path = resolve_path(config.planner.signals_file, config.source)
@@ -96,7 +96,7 @@ def _plan(config: Config, store: Path) -> Plan:
             raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
         signals = parse_signals(data, now_s=now, source=str(path),
                                 max_age_s=config.planner.signals_max_age_h * 3600.0)
-    plan = make_plan(series.start_s, series.it_mean_w, series.it_p10_w, signals, now_s=now,
+    plan = make_plan(t, mean, p10, signals, now_s=now,
                      settings=plan_settings(config, floor_w(config, limits, indices)))
     if not plan.valid:
         raise ConfigError(f"no plan: solver status {plan.result.status} "
