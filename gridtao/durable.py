@@ -26,11 +26,18 @@ def write_atomically(path: Path, data: bytes, *, best_effort_dir: bool = True) -
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a leftover temporary file
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:  # a write near a full disk may come up short without an error
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a leftover temporary file
+        os.replace(tmp, path)
+    except BaseException:
+        # The old file stays whole; no half-written temporary file is left beside it.
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent, best_effort=best_effort_dir)
 

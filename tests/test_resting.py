@@ -50,9 +50,15 @@ def test_events_end_at_the_operators_limits_not_the_defaults() -> None:
         _run(loop, clock, 3.0)  # 1 s ramp-out at 100 %/s, then settle
         assert island.view().event_id is None
         assert [backend.enforced_limit_mw(i) for i in range(4)] == found
-        # A safe state that restores goes back to the same place.
+        # A default safe state goes back to the same place, once the event in force has
+        # ended (the island holds it without a controller).
         island.trigger_shed("e2", 0.3)
         island.enter_safe_state("default")
+        assert island.view().event_id == "e2"
+        assert island.release("e2")
+        clock.advance(1.5)  # the 1 s ramp-out
+        island.tick()
+        assert island.view().event_id is None
         assert [backend.enforced_limit_mw(i) for i in range(4)] == found
     finally:
         island.close()

@@ -125,6 +125,9 @@ class ControllerParts:
     instance: Mapping[str, object]  # this agent (id, pid, host): two on one node id are refused
     read_back: Callable[[], None]  # blocking GPU read-backs (enforced limits, energy)
     read_back_period_s: float
+    #: The journal's and the audit trail's health (``Ledger.records_status``: name -> "ok",
+    #: "failing: <reason>" or "off"; no I/O); None: the status has no ``records``.
+    records: Callable[[], Mapping[str, str]] | None = None
 
 
 class ControllerLoop:
@@ -172,12 +175,14 @@ class ControllerLoop:
         if online:
             cap = p.capacity()
             p.capacity_watch.update(cap)
+            extra: dict[str, object] = {"capacity": cap.fields(),
+                                        "frequency": self._feed_fields(),
+                                        "simulated": p.simulated, "instance": dict(p.instance)}
+            if p.records is not None:
+                extra["records"] = dict(p.records())
             payload = wire.status_payload(p.node_id, True, p.clock.wall(),
                                           p.island.view().event_id, self.status_gpus(),
-                                          extra={"capacity": cap.fields(),
-                                                 "frequency": self._feed_fields(),
-                                                 "simulated": p.simulated,
-                                                 "instance": dict(p.instance)})
+                                          extra=extra)
         else:
             payload = wire.offline_payload(p.node_id)
         p.status_link.publish_nowait(p.status_topic, payload, qos=1, retain=True)

@@ -22,6 +22,12 @@ record is fsynced before the next is written), ``interval`` (at most ``fsync_int
 written records can be lost on power loss), ``never`` (the OS decides). Records are flushed to
 the OS after each batch in every mode, so killing the process loses at most what was still
 queued in memory (normally well under a second's worth).
+
+A write the disk refuses (a full disk) is never raised anywhere: :attr:`AuditTrail.health` turns
+unhealthy (one log line per change of problem, one when writing works again) and counts it.
+Records the OS has not taken stay in the file's buffer (up to its size) and go out with the next
+flush that works; records that do not fit are dropped and counted, and the next ``gap`` record
+says how many.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,6 +50,7 @@ from gridtao.clock import Clock, MonotonicClock
 from gridtao.config.agent import AuditConfig
 from gridtao.durable import fsync_dir
 from gridtao.errors import GridtaoError
+from gridtao.records.health import WriteHealth
 
 log = logging.getLogger("gridtao.audit")
 
@@ -53,6 +60,14 @@ FILE_START = "file_start"
 PAYLOAD_TEXT_MAX = 1024  # characters of a message payload kept as text (the hash covers it all)
 _ROTATED = re.compile(r"\.(\d{12})$")
 _TAIL_READ = 1 << 16
+
+#: Opens the live file for writing: (path, ``"wb"`` or ``"r+b"``) -> a buffered binary file, as
+#: :func:`open` does (the default). Tests inject one whose writes fail as a full disk's do.
+Opener = Callable[[Path, str], IO[bytes]]
+
+
+def _open_file(path: Path, mode: str) -> IO[bytes]:
+    return open(path, mode)  # owned by the trail until close()
 
 
 class AuditError(GridtaoError):
@@ -104,15 +119,18 @@ class AuditTrail:
     """The writer. ``start()``, then ``record()`` from any thread, then ``close()``.
 
     Thread-safe. ``clock`` stamps records (``t`` = ``clock.wall()`` when :meth:`record` was
-    called); the fsync interval runs on real time.
+    called); the fsync interval runs on real time. ``opener`` opens the live file (default:
+    :func:`open`). :attr:`health` tells whether the latest write or flush reached the OS.
     """
 
-    def __init__(self, config: AuditConfig, *, clock: Clock | None = None) -> None:
+    def __init__(self, config: AuditConfig, *, clock: Clock | None = None,
+                 opener: Opener = _open_file) -> None:
         if config.path is None:
             raise ValueError("audit.path is unresolved (gridtao.config.paths.with_state_paths)")
         self.config = config
         self.path = Path(config.path)
         self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._opener = opener
         self._queue: collections.deque[tuple[float, str, Mapping[str, object]]] = (
             collections.deque()
         )
@@ -130,7 +148,10 @@ class AuditTrail:
         self._file_first_seq = 0
         self._unsynced = False
         self._last_sync = time.monotonic()
-        self._write_failures = 0
+        self._rotated_to: Path | None = None  # renamed away, its successor not yet created
+        self.health = WriteHealth(
+            f"audit trail {self.path}", logger=log,
+            consequence="decisions are kept in memory up to a buffer, then dropped and counted")
         self._busy = False  # the writer is between taking records and having written them
         self.written = 0
 
@@ -159,10 +180,14 @@ class AuditTrail:
             log.error("audit writer did not finish within %.1f s", timeout_s)
             return
         if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._sync()
-                self._file.close()
-            self._file = None
+            f, self._file = self._file, None
+            try:
+                self._sync_file(f)
+            except OSError as e:
+                self.health.failed(e)
+            finally:
+                with contextlib.suppress(OSError):
+                    f.close()  # closes the descriptor even when its last flush fails
 
     @property
     def dropped(self) -> int:
@@ -215,7 +240,7 @@ class AuditTrail:
                 self._drain()
                 due = time.monotonic() - self._last_sync >= interval
                 if self._unsynced and self.config.fsync == "interval" and due:
-                    self._sync()
+                    self._sync_noting()
             except Exception:  # the writer must outlive any one bad record or disk hiccup
                 log.exception("audit writer failed")
             finally:
@@ -226,41 +251,55 @@ class AuditTrail:
                 return
 
     def _drain(self) -> None:
+        """Write what is queued, then flush it to the OS. While writes fail this retries the
+        flush (each wake: at most a second apart) even with nothing queued, so the trail's
+        health clears when the disk does; the ``gap`` record for what was lost meanwhile waits
+        until writes work (writing it into a failing disk would only lose it too)."""
         wrote = False
         queue = self._queue
         while queue:
             t, kind, fields = queue.popleft()
             self._write_safely(t, kind, fields)
             wrote = True
+        if wrote or not self.health.healthy:
+            self._flush_noting()
         with self._lock:
             dropped = self._dropped
-        if dropped > self._dropped_noted:
+        if dropped > self._dropped_noted and self.health.healthy:
             lost = dropped - self._dropped_noted
             self._dropped_noted = dropped
             log.warning("audit: %d records lost (queue full or write failed)", lost)
             self._write_safely(self._clock.wall(), "gap", {"dropped": lost, "total": dropped})
-            wrote = True
-        if wrote and self._file is not None:
+            self._flush_noting()
+
+    def _flush_noting(self) -> None:
+        """Hand what is buffered to the OS (first finishing a rotation a failure interrupted).
+        What the OS refuses stays buffered for the next flush; the outcome goes to
+        :attr:`health`, not up."""
+        try:
+            if self._file is None:
+                self._rotate()
+            assert self._file is not None
             self._file.flush()
+        except OSError as e:
+            self.health.failed(e)
+        else:
+            self.health.succeeded()
 
     def _write_safely(self, t: float, kind: str, fields: Mapping[str, object]) -> None:
         try:
             self._append(t, kind, fields)
-            if self._write_failures:
-                log.warning("audit: writing works again after %d failures", self._write_failures)
-                self._write_failures = 0
         except Exception as e:  # a full disk, or a value no JSON encoder takes: note the gap
-            self._write_failures += 1
-            if self._write_failures == 1:
-                log.error("audit: cannot write a %s record to %s: %s", kind, self.path, e)
+            self.health.failed(e)
             with self._lock:
                 self._dropped += 1
 
     def _append(self, t: float, kind: str, fields: Mapping[str, object]) -> None:
         clean = _clean(fields)
         line = self._line(t, kind, clean)
-        if self._size > 0 and self._size + len(line[0]) > self.config.rotate_bytes:
-            self._rotate()
+        if self._file is None or (
+                self._size > 0 and self._size + len(line[0]) > self.config.rotate_bytes):
+            self._rotate()  # or finish a rotation a failed write interrupted
             line = self._line(t, kind, clean)
         self._write_line(line)
 
@@ -284,16 +323,28 @@ class AuditTrail:
         self.written += 1
         self._unsynced = True
         if self.config.fsync == "always":
-            self._sync()
+            self._sync_noting()  # the record is in the chain (buffered) even if this fails
 
     def _sync(self) -> None:
-        if self._file is None:
-            return
-        self._file.flush()
+        """Flush and (unless ``never``) fsync the live file; raises ``OSError``."""
+        if self._file is not None:
+            self._sync_file(self._file)
+
+    def _sync_file(self, f: IO[bytes]) -> None:
+        f.flush()
         if self.config.fsync != "never":
-            os.fsync(self._file.fileno())
+            os.fsync(f.fileno())
         self._unsynced = False
         self._last_sync = time.monotonic()
+
+    def _sync_noting(self) -> None:
+        """:meth:`_sync` on the writer thread: a failure goes to :attr:`health`, not up."""
+        try:
+            self._sync()
+        except OSError as e:
+            self.health.failed(e)
+        else:
+            self.health.succeeded()
 
     # ---- files --------------------------------------------------------------------------
 
@@ -304,7 +355,7 @@ class AuditTrail:
             tail = _read_tail(self.path)
             if tail is not None:
                 last, good_size, torn = tail
-                self._file = open(self.path, "r+b")  # noqa: SIM115 - owned until close()
+                self._file = self._opener(self.path, "r+b")
                 self._file.truncate(good_size)
                 self._file.seek(good_size)
                 self._size = good_size
@@ -328,7 +379,7 @@ class AuditTrail:
         self._new_file(prev_file=None, reason="new")
 
     def _new_file(self, *, prev_file: str | None, reason: str) -> None:
-        self._file = open(self.path, "wb")  # noqa: SIM115 - owned until close()
+        self._file = self._opener(self.path, "wb")
         self._size = 0
         self._file_first_seq = self._seq + 1
         self._write_line(self._line(self._clock.wall(), FILE_START,
@@ -337,14 +388,24 @@ class AuditTrail:
         fsync_dir(self.path.parent)
 
     def _rotate(self) -> None:
-        assert self._file is not None
-        self._sync()
-        self._file.close()
-        target = rotated_name(self.path, self._file_first_seq)
-        if target.exists():  # a chain restarted after an unreadable file: never overwrite
-            target = target.with_name(f"{target.name}-{time.time_ns()}")
-        os.replace(self.path, target)
-        self._new_file(prev_file=target.name, reason="rotated")
+        """Rename the live file away and start its successor. Raises ``OSError`` at any step;
+        called again (by :meth:`_append`), it takes up from the step that failed."""
+        if self._file is not None:
+            self._sync()
+            f, self._file = self._file, None
+            f.close()
+        if self._rotated_to is None:
+            target = rotated_name(self.path, self._file_first_seq)
+            if target.exists():  # a chain restarted after an unreadable file: never overwrite
+                target = target.with_name(f"{target.name}-{time.time_ns()}")
+            os.replace(self.path, target)
+            self._rotated_to = target
+        prev = self._rotated_to
+        try:
+            self._new_file(prev_file=prev.name, reason="rotated")
+        finally:
+            if self._file is not None:  # created: the rotation is done even if its sync failed
+                self._rotated_to = None
         self._prune()
 
     def _prune(self) -> None:

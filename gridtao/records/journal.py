@@ -9,6 +9,9 @@ when it ends) and a heartbeat (``alive_wall``) that dates a crash.
 Durability: every version is written to a temporary file, fsynced, renamed over the journal and
 the directory fsynced, so a crash leaves either the old or the new version, never a mix. Writes
 happen on a background thread (the hot path only hands over a record); the newest state wins.
+A write that fails (a full disk) is retried at the next change or heartbeat, whichever comes
+first; while writes fail, :attr:`Journal.health` says so (one log line per change of problem,
+one when writing works again), since an event held then would not survive a crash.
 A clean stop deletes the file: a journal found at start means the previous run did not stop
 cleanly. An exclusive ``flock`` on ``<path>.lock`` keeps two agents off one journal (the kernel
 drops it when a process dies, even by SIGKILL).
@@ -28,7 +31,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -36,10 +39,15 @@ from typing import IO, Any
 from gridtao.clock import Clock
 from gridtao.durable import fsync_dir, write_atomically
 from gridtao.errors import GridtaoError
+from gridtao.records.health import WriteHealth
 
 log = logging.getLogger("gridtao.records.journal")
 
 VERSION = 1
+
+#: Writes ``data`` durably as the file at the path (``gridtao.durable.write_atomically``); raises
+#: ``OSError`` when it cannot. Tests inject one that fails as a full disk does.
+Writer = Callable[[Path, bytes], None]
 
 
 class JournalError(GridtaoError):
@@ -228,23 +236,39 @@ class _Pending:
 
 class Journal:
     """Owns the journal file for one run: :meth:`open` (lock, write), :meth:`start`, changes from
-    any thread (O(1), never blocking on I/O), :meth:`close`."""
+    any thread (O(1), never blocking on I/O), :meth:`close`.
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Clock, heartbeat_s: float) -> None:
+    ``heartbeat_s``: seconds between rewrites when nothing changes (also the retry period of a
+    failed write). ``writer``: how a version is written (default
+    :func:`gridtao.durable.write_atomically`). :attr:`health` tells whether the latest write
+    reached the disk; :attr:`writes` counts successful writes.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, clock: Clock, heartbeat_s: float,
+                 writer: Writer = write_atomically) -> None:
         if heartbeat_s <= 0:
             raise ValueError("heartbeat_s must be > 0")
         self.path = Path(path)
         self._clock = clock
         self._heartbeat_s = heartbeat_s
+        self._writer = writer
         self._lock_file: IO[bytes] | None = None
         self._state: JournalState | None = None
         self._pending = _Pending()
-        self._written_version = -1
+        self._written_version = -1  # the newest version on disk
+        self._tried_version = -1  # the newest version a write was attempted for
         self._cond = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
         self.writes = 0
-        self.failures = 0
+        self.health = WriteHealth(
+            f"journal {self.path}", logger=log,
+            consequence="events held meanwhile are not journaled and would not survive a crash")
+
+    @property
+    def failures(self) -> int:
+        """Failed writes since start."""
+        return self.health.write_errors
 
     def lock(self) -> None:
         """Take the journal's lock; raises :class:`JournalError` if another agent holds it."""
@@ -272,10 +296,12 @@ class Journal:
         with self._cond:
             self._pending = _Pending({e.event_id: e for e in state.events}, state.safe_mode)
         try:
-            write_atomically(self.path, to_json(state))
-        except OSError as e:
+            self._writer(self.path, to_json(state))
+        except OSError as e:  # the agent cannot start: said once, by the error
             raise JournalError(f"journal {self.path}: cannot write: {e.strerror or e}") from None
-        self._written_version = 0
+        self.health.succeeded()
+        with self._cond:
+            self._written_version = self._tried_version = 0
         self.writes += 1
 
     def start(self) -> None:
@@ -349,12 +375,15 @@ class Journal:
             return list(self._pending.events)
 
     def flush(self, timeout_s: float = 5.0) -> bool:
-        """Wait until the latest change is on disk (tests); True if it is."""
+        """Wait (at most ``timeout_s`` s) until a write of the latest change was attempted
+        (tests); True if it is on disk, False at once if that write failed (it is retried at
+        the next change or heartbeat, not by this call)."""
         with self._cond:
             self._cond.notify_all()
-            return self._cond.wait_for(
-                lambda: self._written_version >= self._pending.version or self._stop, timeout_s
+            self._cond.wait_for(
+                lambda: self._tried_version >= self._pending.version or self._stop, timeout_s
             )
+            return self._written_version >= self._pending.version
 
     def _changed_locked(self) -> None:
         self._pending.version += 1
@@ -365,8 +394,10 @@ class Journal:
     def _run(self) -> None:
         while True:
             with self._cond:
+                # A failed version waits for the next change or heartbeat: a full disk is
+                # retried once a heartbeat, not in a loop that would starve the hot path.
                 self._cond.wait_for(
-                    lambda: self._stop or self._pending.version > self._written_version,
+                    lambda: self._stop or self._pending.version > self._tried_version,
                     self._heartbeat_s,
                 )
                 if self._stop:
@@ -374,7 +405,8 @@ class Journal:
             self._write()
 
     def _write(self) -> None:
-        """Write the newest state with a fresh heartbeat."""
+        """Write the newest state with a fresh heartbeat (the writer thread, or :meth:`close`
+        once it has stopped). A failure is counted and reported through :attr:`health`."""
         if self._state is None:
             return
         with self._cond:
@@ -383,15 +415,18 @@ class Journal:
             safe = self._pending.safe_mode
         state = replace(self._state, events=events, safe_mode=safe, alive_wall=self._clock.wall())
         try:
-            write_atomically(self.path, to_json(state))
+            self._writer(self.path, to_json(state))
         except (OSError, ValueError) as e:
-            self.failures += 1
-            if self.failures == 1 or self.failures % 100 == 0:
-                log.error("journal %s: write failed (%d so far): %s", self.path, self.failures, e)
+            self.health.failed(e)
+            with self._cond:
+                self._tried_version = max(self._tried_version, version)
+                self._cond.notify_all()
             return
+        self.health.succeeded()
         self.writes += 1
         with self._cond:
             self._written_version = max(self._written_version, version)
+            self._tried_version = max(self._tried_version, version)
             self._cond.notify_all()
 
 

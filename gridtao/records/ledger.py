@@ -13,7 +13,8 @@ events being held, and at start it recovers from a previous run that did not sto
   writes the default limits at once.
 
 Every callback is O(1) on the calling thread (a queue append or a dict update): the hot path
-never waits for a disk.
+never waits for a disk. Whether the disk takes what they write is :meth:`Ledger.records_status`
+(the retained status's ``records``) and :attr:`Ledger.health` (the metrics).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Protocol
 from gridtao.clock import Clock
 from gridtao.config.agent import Config
 from gridtao.records.audit import AuditTrail
+from gridtao.records.health import OFF, WriteHealth
 from gridtao.records.journal import (
     Journal,
     JournalError,
@@ -108,6 +110,18 @@ class Ledger:
     def active(self) -> bool:
         """Whether there is anything to record (an audit trail or a journal)."""
         return self.audit is not None or self.journal is not None
+
+    @property
+    def health(self) -> dict[str, WriteHealth | None]:
+        """Each writer's health by name (``journal``, ``audit``); None for one that is off.
+        Any thread."""
+        return {"journal": self.journal.health if self.journal is not None else None,
+                "audit": self.audit.health if self.audit is not None else None}
+
+    def records_status(self) -> dict[str, str]:
+        """The retained status's ``records``: per writer ``"ok"``, ``"failing: <reason>"``
+        while its latest write failed, or ``"off"``. Any thread; no I/O."""
+        return {name: OFF if h is None else h.status() for name, h in self.health.items()}
 
     @property
     def crashed(self) -> bool:

@@ -15,8 +15,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 __all__ = ["CapacityCollector", "CapacityReading", "EnergyCollector", "FeedCollector",
-           "LinkCollector", "PlanCollector", "PlanReading", "SuppressedAcksCollector",
-           "TrackerCollector"]
+           "LinkCollector", "PlanCollector", "PlanReading", "RecordsCollector",
+           "SuppressedAcksCollector", "TrackerCollector", "WriterHealth"]
 
 
 class CapacityReading(Protocol):
@@ -284,3 +284,55 @@ class EnergyCollector(Collector):
             if mj is not None:
                 family.add_metric([str(gpu)], mj / 1000.0)
         yield family
+
+
+class WriterHealth(Protocol):
+    """A record writer's health (``gridtao.records.health.WriteHealth``): thread-safe reads."""
+
+    @property
+    def healthy(self) -> bool: ...
+
+    @property
+    def write_errors(self) -> int: ...
+
+
+class RecordsCollector(Collector):
+    """The state journal's and the audit trail's writes, as an operator alerts on a full disk:
+    ``gridtao_<name>_healthy`` (1, or 0 while the writer's latest write failed) and
+    ``gridtao_<name>_write_errors_total`` (failed writes since start) for each ``name`` of
+    :attr:`WRITERS`. ``read()`` maps each name to its writer's health, or None when that writer is
+    off (its families then have no sample). Runs on the scraping thread."""
+
+    #: (name, what its metrics' help calls it)
+    WRITERS = (
+        ("journal", "the state journal (an event held while it fails would not survive a crash)"),
+        ("audit", "the audit trail (records are buffered, then dropped and counted)"),
+    )
+
+    def __init__(self, read: Callable[[], Mapping[str, WriterHealth | None]], *,
+                 registry: CollectorRegistry) -> None:
+        self._read = read
+        registry.register(self)
+
+    def _families(self) -> list[tuple[str, GaugeMetricFamily, CounterMetricFamily]]:
+        return [
+            (name,
+             GaugeMetricFamily(f"gridtao_{name}_healthy",
+                               f"1 while writes to {what} succeed, 0 while they fail (e.g. a "
+                               "full disk)."),
+             CounterMetricFamily(f"gridtao_{name}_write_errors", f"Failed writes to {what}."))
+            for name, what in self.WRITERS
+        ]
+
+    def describe(self) -> Iterator[Metric]:
+        for _, healthy, errors in self._families():
+            yield from (healthy, errors)
+
+    def collect(self) -> Iterator[Metric]:
+        writers = self._read()
+        for name, healthy, errors in self._families():
+            health = writers.get(name)
+            if health is not None:
+                healthy.add_metric([], 1.0 if health.healthy else 0.0)
+                errors.add_metric([], float(health.write_errors))
+            yield from (healthy, errors)

@@ -77,7 +77,8 @@ def status_payload(
     (watts; a missing one raises ``ValueError``) plus ``fault``, an extension of v1: the error
     kind of a GPU gridtao cannot read or write (e.g. ``"GpuLost"``), else null; its power and
     limit are then the last known. Other keys are dropped. ``extra`` adds node-level fields
-    (e.g. ``capacity``) and never replaces the v1 keys.
+    (e.g. ``capacity``; ``records``: per record writer, ``"journal"`` and ``"audit"``, ``"ok"``,
+    ``"failing: <reason>"`` while its writes fail, or ``"off"``) and never replaces the v1 keys.
     """
     entries: list[dict[str, float | int | str | None]] = []
     for gpu in gpus:
