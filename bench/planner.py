@@ -30,10 +30,13 @@ minute by minute. Strategies, on the same day, signals and random activations:
   enrolled (up to 2000 / 2000 / 1000 / 1500 W at the meter, in 100 W steps), DR in at most 4
   hours a day, lost work at ``LOST_WORK_EUR_WH`` and carbon at ``CARBON_EUR_T``, offers
   bounded by the forecast's p10 (the MTU's lowest minute, 9 MTUs out of 10). Beside it, the
-  same plan with the p10 lowered by a margin: a quantile (``MARGIN_QUANTILES``) of how far the
-  forecast p10 overshot the actual lowest minute over the ``CALIBRATION_DAYS`` days before
+  same plan with the p10 lowered by a margin learnt from the forecaster's own misses, as
+  :class:`gridtao.tier3.planner.PlanSettings` ``margin_quantile`` does in the agent: how far
+  the forecast p10 overshot the actual lowest minute over the ``CALIBRATION_DAYS`` days before
   (each of those forecasts made from the history before its own day, in the MTUs where it was
-  above the floor): what deliverability costs in revenue (``gridtao_margin_sweep``).
+  above the floor), its split-conformal quantile per block of hours of the local day
+  (:func:`gridtao.tier3.scores.calibrated_margin_w`; ``MARGINS``): what deliverability costs
+  in revenue (``gridtao_margin_sweep``).
 * ``oracle``: the same optimiser fed the actual draw of the day (each hour's lowest minute p10
   and its mean): perfect foresight, the upper bound on what a plan can earn.
 
@@ -43,28 +46,40 @@ every hour offered), ``undeliverable_hours`` (hours in which some minute's p10 d
 the strategy's ceiling, minus the floor was below the down-capacity offered, IT W, FCR-N
 counted twice as in the planner), ``energy_cost`` (EUR) and ``carbon_kg`` of the site energy
 actually drawn, ``work_shed_wh`` (IT W·h the jobs lost to ceilings and activations),
-``solve_s_p99`` (the planner's solve time). Activations per minute, drawn once per day and
-shared by the strategies: FFR fires in a minute with probability 0.5 % (full capacity for the
-minute), FCR-D up with 2 % (a uniform 20-100 % of capacity), FCR-N follows a deviation of mean 0
-and sd 0.3 of its capacity around its baseline (a capacity below the natural draw), DR is
-dispatched for every hour it is offered. A cut never takes the node below its floor.
+``solve_s_p99`` (the planner's solve time), ``oracle_share`` (revenue over the oracle's); for
+gridtao also ``p10_coverage`` (the share of the days' hours whose lowest minute stayed at or
+above the forecast p10; ``p10_coverage_offered``: of the ``offered_hours`` it offered in).
+An undeliverable hour is not paid, and not penalised either (a TSO would, and would in the end
+disqualify the unit): static gains from offering blind. Activations per minute, drawn once per
+day and shared by the strategies: FFR fires in a minute with probability 0.5 % (full capacity
+for the minute), FCR-D up with 2 % (a uniform 20-100 % of capacity), FCR-N follows a deviation
+of mean 0 and sd 0.3 of its capacity around its baseline (a capacity below the natural draw),
+DR is dispatched for every hour it is offered. A cut never takes the node below its floor.
 ``forecast``: the forecaster's scores on the simulated days against day-over-day persistence
 (:mod:`gridtao.tier3.scores`).
 
 Targets, judged in the output: no undeliverable hour for gridtao; its revenue at least 90 % of
 the oracle's and above static's and the reference's; the solve time of 48 MTUs with every
 product kind under 1 s.
+
+``--seeds 0,1,2`` runs several seeds and prints their shares of the oracle and undeliverable
+hours side by side. ``--job-hours MIN,MAX`` makes the synthetic training jobs last a
+log-uniform MIN-MAX hours (synth's own: 2-24 h) at a rate asking for the same GPU-hours a day:
+the oracle's lead over any forecast comes from jobs starting and ending at random, so how long
+they run decides much of the result (docs/planner-inputs.md, "The bench's synthetic node", on
+how long real clusters' jobs run).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +90,7 @@ import numpy.typing as npt
 from gridtao.bench.planner_signals import MarketSignals, market_signals
 from gridtao.config.kinds import KINDS
 from gridtao.gpu.sim.daily import DailyShape
+from gridtao.history import synth
 from gridtao.history.synth import synthetic_minutes
 from gridtao.telemetry.runinfo import provenance
 from gridtao.tier3 import Forecast, forecast_draw, persistence_forecast, score
@@ -86,6 +102,7 @@ from gridtao.tier3.optimise import (
     problem_from,
     solve,
 )
+from gridtao.tier3.scores import calibrated_margin_w
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -118,9 +135,10 @@ REF_BANDS = (0.0, 0.05, 0.10, 0.15, 0.20)
 STRATEGIES = ("static", "reference", "gridtao", "oracle")
 P_FFR, P_FCRD, SD_FCRN = 0.005, 0.02, 0.3
 TARGET_ORACLE_SHARE = 0.9
-#: Quantiles of the forecaster's recent misses tried as a margin under its p10 (JSON and
-#: Markdown: what deliverability costs in revenue).
-MARGIN_QUANTILES = (0.8, 0.9, 1.0)
+#: Margins under the forecast's p10 learnt from its recent misses
+#: (:func:`gridtao.tier3.scores.calibrated_margin_w`), as (quantile of the misses, hours of the
+#: local day per block; 24: one margin for the day): what deliverability costs in revenue.
+MARGINS = ((0.9, 4), (1.0, 4), (1.0, 24))
 TARGET_SOLVE_S = 1.0
 _ITF = 1.0 / (1.0 + LOSSES)  # IT W per W at the meter
 
@@ -207,8 +225,8 @@ def plan_optimised(day: Day, forecast: Forecast) -> Plan:
     return _from_result(solve(_problem(forecast, day)))
 
 
-def lowered(forecast: Forecast, margin_w: float) -> Forecast:
-    """``forecast`` with its p10 lowered by ``margin_w`` (not below 0)."""
+def lowered(forecast: Forecast, margin_w: float | FloatArray) -> Forecast:
+    """``forecast`` with its p10 lowered by ``margin_w`` (per MTU or one value; not below 0)."""
     return Forecast(forecast.start_s, forecast.mtu_s,
                     np.maximum(0.0, forecast.p10_w - margin_w), forecast.p50_w,
                     forecast.p90_w, forecast.method)
@@ -270,14 +288,43 @@ def simulate(day: Day, plan: Plan, draws: Draws) -> dict[str, float]:
             "work_shed_wh": float(np.sum(day.mean_w - draw)) / 60.0}
 
 
-class Week:
-    """The node's minutes from ``HISTORY_DAYS`` before the week to its end, and the signals."""
+def _mean_log_uniform(lo: float, hi: float) -> float:
+    return lo if hi == lo else (hi - lo) / math.log(hi / lo)
 
-    def __init__(self, days: int, seed: int) -> None:
+
+@contextlib.contextmanager
+def job_hours(hours: tuple[float, float] | None) -> Iterator[None]:
+    """While inside: :func:`gridtao.history.synth.synthetic_minutes` draws training jobs of a
+    log-uniform ``hours[0]``-``hours[1]`` h (None: synth's own 2-24 h), arriving at a rate
+    scaled to ask for the same GPU-hours a day as synth's default (3 a day of 2-24 h): a
+    sensitivity study of the job lengths. synth takes no parameter for them yet, so its module
+    constants are set and restored; not thread-safe (a CLI bench)."""
+    if hours is None:
+        yield
+        return
+    lo, hi = hours
+    if not (0 < lo <= hi and math.isfinite(hi)):
+        raise ValueError(f"job hours must satisfy 0 < min <= max, got {lo}, {hi}")
+    saved = (synth._JOB_MIN_H, synth._JOB_MAX_H, synth.JOB_RATE_PER_DAY)
+    default = _mean_log_uniform(synth._JOB_MIN_H, synth._JOB_MAX_H)
+    synth._JOB_MIN_H, synth._JOB_MAX_H = lo, hi
+    synth.JOB_RATE_PER_DAY = saved[2] * default / _mean_log_uniform(lo, hi)
+    try:
+        yield
+    finally:
+        synth._JOB_MIN_H, synth._JOB_MAX_H, synth.JOB_RATE_PER_DAY = saved
+
+
+class Week:
+    """The node's minutes from ``HISTORY_DAYS`` before the week to its end, and the signals.
+    ``hours``: the training jobs' length range (:func:`job_hours`; None: synth's)."""
+
+    def __init__(self, days: int, seed: int, hours: tuple[float, float] | None = None) -> None:
         first = WEEK_START_S - HISTORY_DAYS * DAY_S
-        rows = synthetic_minutes(first, HISTORY_DAYS + days, gpus=GPUS, tdp_w=TDP_W,
-                                 idle_w=IDLE_W, seed=seed,
-                                 shape=DailyShape.default(offset_s=TZ_OFFSET_S))
+        with job_hours(hours):
+            rows = synthetic_minutes(first, HISTORY_DAYS + days, gpus=GPUS, tdp_w=TDP_W,
+                                     idle_w=IDLE_W, seed=seed,
+                                     shape=DailyShape.default(offset_s=TZ_OFFSET_S))
         self.t = np.array([r.start_s for r in rows], dtype=np.int64)
         self.mean = np.array([r.it_mean_w for r in rows], dtype=np.float64)
         self.p10 = np.array([r.it_p10_w for r in rows], dtype=np.float64)
@@ -299,19 +346,30 @@ class Week:
                 mtu_s=HOUR_S, horizon=24, now_s=day_start, tz_offset_s=TZ_OFFSET_S)
         return self._forecasts[day_start]
 
-    def misses(self, day_start: int) -> FloatArray:
+    def misses(self, day_start: int) -> tuple[npt.NDArray[np.int64], FloatArray]:
         """How far the forecast p10 overshot each MTU's actual lowest minute (W, > 0: the
         forecast promised too much), over the ``CALIBRATION_DAYS`` days before ``day_start``,
-        in the MTUs where it was above the floor (the only ones a plan offers in)."""
+        in the MTUs where it was above the floor (the only ones a plan offers in): what
+        :func:`gridtao.tier3.scores.recent_misses` gives the planner, from cached forecasts.
+        Returns (MTU start_s, overshoot)."""
+        starts: list[npt.NDArray[np.int64]] = []
         out: list[FloatArray] = []
-        for b in range(1, CALIBRATION_DAYS + 1):
+        for b in range(CALIBRATION_DAYS, 0, -1):
             start = day_start - b * DAY_S
             p10 = self.forecast(start).p10_w
             sel = (self.t >= start) & (self.t < start + DAY_S)
             actual = self.p10[sel].reshape(24, 60).min(axis=1)
             used = p10 > FLOOR_W
+            starts.append(start + HOUR_S * np.flatnonzero(used).astype(np.int64))
             out.append(p10[used] - actual[used])
-        return np.concatenate(out) if out else np.zeros(0)
+        return np.concatenate(starts), np.concatenate(out)
+
+    def margin(self, day_start: int, quantile: float, block_h: int) -> FloatArray:
+        """The day's learnt margin under the p10 per hour (W)."""
+        t, miss = self.misses(day_start)
+        grid = day_start + HOUR_S * np.arange(24, dtype=np.int64)
+        return calibrated_margin_w(t, miss, grid, quantile=quantile, block_h=block_h,
+                                   tz_offset_s=TZ_OFFSET_S)
 
     def forecast_scores(self, days: int) -> dict[str, Any]:
         """The forecaster against day-over-day persistence on the week's days, pooled."""
@@ -373,17 +431,27 @@ def _p99(values: Sequence[float]) -> float | None:
     return float(np.percentile(values, 99)) if values else None
 
 
-def run_planner_bench(days: int = 7, seed: int = 0) -> dict[str, Any]:
-    """Simulate ``days`` days for every strategy; JSON-able results (module docstring)."""
+def _offered_hours(plan: Plan) -> npt.NDArray[np.bool_]:
+    return np.asarray(sum((np.asarray(v) for v in plan.offers.values()), np.zeros(24)) > 0)
+
+
+def run_planner_bench(days: int = 7, seed: int = 0,
+                      hours: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Simulate ``days`` days for every strategy; JSON-able results (module docstring).
+    ``hours``: the synthetic training jobs' length range (:func:`job_hours`)."""
     if not 1 <= days <= 28:
         raise ValueError(f"--days must be in 1..28, got {days}")
     t0 = time.perf_counter()
-    week = Week(days, seed)
+    week = Week(days, seed, hours)
     keys = ("revenue", "revenue_offered", "undeliverable_hours", "energy_cost", "carbon_kg",
             "work_shed_wh")
     totals = {s: dict.fromkeys(keys, 0.0) for s in STRATEGIES}
-    sweep = {q: {"revenue": 0.0, "undeliverable_hours": 0.0} for q in MARGIN_QUANTILES}
+    sweep = {m: {"revenue": 0.0, "undeliverable_hours": 0.0, "offered_hours": 0.0}
+             for m in MARGINS}
+    margins: dict[tuple[float, int], list[FloatArray]] = {m: [] for m in MARGINS}
     solve_times: dict[str, list[float]] = {s: [] for s in STRATEGIES}
+    covered: list[npt.NDArray[np.bool_]] = []  # per day and hour: lowest minute >= p10
+    offered: list[npt.NDArray[np.bool_]] = []  # per day and hour: gridtao offered something
     per_day: list[dict[str, Any]] = []
     for d in range(days):
         day = week.day(d)
@@ -400,30 +468,50 @@ def run_planner_bench(days: int = 7, seed: int = 0) -> dict[str, Any]:
             if plan.solve_s is not None:
                 solve_times[name].append(plan.solve_s)
             entry[name] = {k: round(v, 4) for k, v in got.items()}
-        misses = week.misses(day.start_s)
-        for q in MARGIN_QUANTILES:
-            margin = max(0.0, float(np.quantile(misses, q))) if misses.size else 0.0
-            got = simulate(day, plan_optimised(day, lowered(forecast, margin)), draws)
-            sweep[q]["revenue"] += got["revenue"]
-            sweep[q]["undeliverable_hours"] += got["undeliverable_hours"]
+        covered.append(hourly_actual(day)[0] >= forecast.p10_w)
+        offered.append(_offered_hours(plans["gridtao"]))
+        for m in MARGINS:
+            margin = week.margin(day.start_s, *m)
+            plan = plan_optimised(day, lowered(forecast, margin))
+            got = simulate(day, plan, draws)
+            sweep[m]["revenue"] += got["revenue"]
+            sweep[m]["undeliverable_hours"] += got["undeliverable_hours"]
+            sweep[m]["offered_hours"] += int(_offered_hours(plan).sum())
+            margins[m].append(margin)
         per_day.append(entry)
+    oracle_revenue = totals["oracle"]["revenue"]
+
+    def share(revenue: float) -> float | None:
+        return round(revenue / oracle_revenue, 4) if oracle_revenue > 0 else None
+
     strategies: dict[str, dict[str, Any]] = {}
     for name in STRATEGIES:
         row: dict[str, Any] = {k: (int(v) if k == "undeliverable_hours" else round(v, 4))
                                for k, v in totals[name].items()}
+        row["oracle_share"] = share(totals[name]["revenue"])
         row["solve_s_p99"] = _p99(solve_times[name])
         strategies[name] = row
+    cov, off = np.concatenate(covered), np.concatenate(offered)
+    strategies["gridtao"] |= {
+        "p10_coverage": round(float(cov.mean()), 4), "offered_hours": int(off.sum()),
+        "p10_coverage_offered": round(float(cov[off].mean()), 4) if off.any() else None}
     timing = solve_time_check(seed)
     result: dict[str, Any] = {
         "days": days, "seed": seed, "week_start_s": WEEK_START_S,
+        "job_hours": list(hours) if hours is not None
+        else [synth._JOB_MIN_H, synth._JOB_MAX_H],
         "node": {"gpus": GPUS, "tdp_w": TDP_W, "min_w": MIN_W, "idle_w": IDLE_W,
                  "floor_w": FLOOR_W, "losses_fraction": LOSSES, "pue": PUE,
                  "lost_work_eur_wh": LOST_WORK_EUR_WH, "carbon_eur_t": CARBON_EUR_T,
                  "dr_max_hours_per_day": DR_MAX_HOURS},
         "strategies": strategies,
         "gridtao_margin_sweep": [
-            {"miss_quantile": q, "revenue": round(v["revenue"], 4),
-             "undeliverable_hours": int(v["undeliverable_hours"])} for q, v in sweep.items()],
+            {"miss_quantile": q, "block_h": b, "revenue": round(v["revenue"], 4),
+             "oracle_share": share(v["revenue"]),
+             "undeliverable_hours": int(v["undeliverable_hours"]),
+             "offered_hours": int(v["offered_hours"]),
+             "margin_w_median": round(float(np.median(np.concatenate(margins[(q, b)]))), 1)}
+            for (q, b), v in sweep.items()],
         "forecast": week.forecast_scores(days),
         "solve_48h_all_products": timing,
         "per_day": per_day,
@@ -431,6 +519,34 @@ def run_planner_bench(days: int = 7, seed: int = 0) -> dict[str, Any]:
     result["targets"] = judge_targets(result)
     result["run_s"] = round(time.perf_counter() - t0, 2)
     return result
+
+
+def summarise_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several seeds' results side by side: per strategy and margin, revenue share of the
+    oracle per seed and pooled (summed revenue over summed oracle revenue), undeliverable
+    hours per seed and in all."""
+    oracle = sum(r["strategies"]["oracle"]["revenue"] for r in results)
+
+    def row(revenues: list[float], shares: list[float | None],
+            hours: list[int]) -> dict[str, Any]:
+        return {"oracle_share": shares,
+                "oracle_share_pooled": round(sum(revenues) / oracle, 4) if oracle else None,
+                "undeliverable_hours": hours, "undeliverable_total": sum(hours)}
+
+    rows: dict[str, dict[str, Any]] = {}
+    for name in STRATEGIES:
+        got = [r["strategies"][name] for r in results]
+        rows[name] = row([g["revenue"] for g in got], [g["oracle_share"] for g in got],
+                         [g["undeliverable_hours"] for g in got])
+    for i, (q, b) in enumerate(MARGINS):
+        got = [r["gridtao_margin_sweep"][i] for r in results]
+        rows[f"gridtao, margin q{q:g} per {b} h"] = row(
+            [g["revenue"] for g in got], [g["oracle_share"] for g in got],
+            [g["undeliverable_hours"] for g in got])
+    return {"seeds": [r["seed"] for r in results], "days": results[0]["days"],
+            "job_hours": results[0]["job_hours"],
+            "p10_coverage": [r["strategies"]["gridtao"]["p10_coverage"] for r in results],
+            "rows": rows}
 
 
 def judge_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -456,9 +572,15 @@ def _verdict(met: bool) -> str:
     return "**met**" if met else "**not met**"
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.0f} %"
+
+
 def markdown(result: dict[str, Any], command: str) -> str:
     node = result["node"]
     fc = result["forecast"]
+    g = result["strategies"]["gridtao"]
+    lo, hi = result["job_hours"]
     lines = [
         f"### Tier 3 day-ahead plan vs static, reference and oracle ({result['days']} days, "
         "simulated)",
@@ -469,27 +591,38 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"- node: {node['gpus']} GPUs x {node['tdp_w']:g} W, floor {node['floor_w']:g} W IT, "
         f"offers at the meter (losses {node['losses_fraction'] * 100:g} %), PUE {node['pue']:g};"
         f" lost work {node['lost_work_eur_wh'] * 1e6:g} EUR/MWh, carbon "
-        f"{node['carbon_eur_t']:g} EUR/t, DR at most {node['dr_max_hours_per_day']} h/day",
+        f"{node['carbon_eur_t']:g} EUR/t, DR at most {node['dr_max_hours_per_day']} h/day; "
+        f"training jobs {lo:g}-{hi:g} h (log-uniform)",
         f"- forecast (hourly, day ahead): mean pinball {fc['model']['mean_pinball_w']:.0f} W "
         f"against persistence {fc['persistence']['mean_pinball_w']:.0f} W (skill "
-        f"{fc['skill_vs_persistence']:+.2f}); p10 coverage {fc['model']['p10_coverage']:.2f}",
+        f"{fc['skill_vs_persistence']:+.2f}); p10 pinball {fc['model']['pinball_p10_w']:.0f} W;"
+        f" p10 coverage {g['p10_coverage']:.2f} over the week's hours, "
+        + ("-" if g["p10_coverage_offered"] is None else f"{g['p10_coverage_offered']:.2f}")
+        + f" over the {g['offered_hours']} hours gridtao offered in",
         "",
-        "| strategy | revenue EUR | offered EUR | undeliverable h | energy cost EUR | carbon kg "
-        "| work shed kWh | solve p99 ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "| strategy | revenue EUR | of oracle | offered EUR | undeliverable h | energy cost EUR "
+        "| carbon kg | work shed kWh | solve p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in result["strategies"].items():
         solve_ms = "-" if row["solve_s_p99"] is None else f"{row['solve_s_p99'] * 1000:.1f}"
         lines.append(
-            f"| {name} | {row['revenue']:.3f} | {row['revenue_offered']:.3f} | "
-            f"{row['undeliverable_hours']} | {row['energy_cost']:.2f} | "
-            f"{row['carbon_kg']:.1f} | {row['work_shed_wh'] / 1000:.1f} | {solve_ms} |")
-    sweep = "; ".join(f"q{row['miss_quantile']:g}: {row['revenue']:.3f} EUR, "
-                      f"{row['undeliverable_hours']} h undeliverable"
-                      for row in result["gridtao_margin_sweep"])
+            f"| {name} | {row['revenue']:.3f} | {_pct(row['oracle_share'])} | "
+            f"{row['revenue_offered']:.3f} | {row['undeliverable_hours']} | "
+            f"{row['energy_cost']:.2f} | {row['carbon_kg']:.1f} | "
+            f"{row['work_shed_wh'] / 1000:.1f} | {solve_ms} |")
     lines += ["", "revenue: capacity paid for the hours the node could deliver; offered: every "
-              "hour offered. gridtao with its p10 lowered by a quantile of the forecaster's "
-              f"misses over the {CALIBRATION_DAYS} days before each day: {sweep}."]
+              "hour offered (an undeliverable hour is not paid, and not penalised either).", "",
+              "gridtao with its p10 lowered by a margin learnt from the forecaster's misses over "
+              f"the {CALIBRATION_DAYS} days before each day (the quantile of the misses per "
+              "block of hours; the largest at 1):", "",
+              "| margin | median W | revenue EUR | of oracle | undeliverable h | offered h |",
+              "|---|---|---|---|---|---|"]
+    for row in result["gridtao_margin_sweep"]:
+        lines.append(f"| q{row['miss_quantile']:g} per {row['block_h']} h | "
+                     f"{row['margin_w_median']:.0f} | {row['revenue']:.3f} | "
+                     f"{_pct(row['oracle_share'])} | {row['undeliverable_hours']} | "
+                     f"{row['offered_hours']} |")
     t = result["targets"]
     share = t["revenue_vs_oracle"]["value"]
     lines += [
@@ -511,13 +644,58 @@ def markdown(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_seeds(summary: dict[str, Any], command: str) -> str:
+    """The table of :func:`summarise_seeds`."""
+    lo, hi = summary["job_hours"]
+    seeds = summary["seeds"]
+    lines = [f"### Tier 3 plan over seeds {', '.join(map(str, seeds))} ({summary['days']} days "
+             f"each, training jobs {lo:g}-{hi:g} h)", "", f"- command: `{command}`",
+             "- gridtao's p10 coverage per seed: "
+             + ", ".join(f"{c:.2f}" for c in summary["p10_coverage"]), "",
+             "| strategy | of oracle, pooled | per seed | undeliverable h | per seed |",
+             "|---|---|---|---|---|"]
+    for name, row in summary["rows"].items():
+        lines.append(f"| {name} | {_pct(row['oracle_share_pooled'])} | "
+                     + " / ".join(_pct(x) for x in row["oracle_share"])
+                     + f" | {row['undeliverable_total']} | "
+                     + " / ".join(str(h) for h in row["undeliverable_hours"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _hours(text: str) -> tuple[float, float]:
+    lo, _, hi = text.partition(",")
+    try:
+        out = (float(lo), float(hi or lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX hours, got {text!r}") from None
+    if not (0 < out[0] <= out[1] and math.isfinite(out[1])):
+        raise argparse.ArgumentTypeError(f"need 0 < MIN <= MAX, got {text!r}")
+    return out
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds like 0,1,2, got {text!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError("no seed given")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``gridtao bench planner [--days N] [--seed S] [--json FILE] [--markdown FILE]``."""
+    """``gridtao bench planner [--days N] [--seed S | --seeds S,S,...] [--job-hours MIN,MAX]
+    [--json FILE] [--markdown FILE]``."""
     p = argparse.ArgumentParser(prog="gridtao bench planner",
                                 description=(__doc__ or "").split("\n")[0])
     p.add_argument("--days", type=int, default=7, help="days simulated (1..28, default 7)")
     p.add_argument("--seed", type=int, default=0, help="seed of the history, signals and "
                    "activations (default 0)")
+    p.add_argument("--seeds", type=_seeds, metavar="S,S,...", help="run each of these seeds "
+                   "and print their table side by side (JSON: every run and the summary)")
+    p.add_argument("--job-hours", type=_hours, metavar="MIN,MAX", help="the synthetic "
+                   "training jobs last a log-uniform MIN-MAX hours, at a rate asking for the "
+                   "same GPU-hours a day (default: the synthetic history's 2-24 h)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the Markdown section to FILE")
     try:  # usage errors and --help return their status rather than leave the process
@@ -530,10 +708,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 p.error(f"--{option} {target}: cannot write there")
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
-    command = "gridtao bench planner " + " ".join(argv if argv is not None else sys.argv[1:])
-    result = run_planner_bench(args.days, args.seed)
-    result |= provenance(command.strip())
-    text = markdown(result, command.strip())
+    command = ("gridtao bench planner " + " ".join(argv if argv is not None else sys.argv[1:])
+               ).strip()
+    result: dict[str, Any]
+    if args.seeds:
+        runs = [run_planner_bench(args.days, seed, args.job_hours) for seed in args.seeds]
+        summary = summarise_seeds(runs)
+        result = {"summary": summary, "runs": runs} | provenance(command)
+        text = markdown_seeds(summary, command)
+    else:
+        result = run_planner_bench(args.days, args.seed, args.job_hours)
+        result |= provenance(command)
+        text = markdown(result, command)
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -11,16 +11,26 @@ import numpy as np
 import pytest
 
 from gridtao.bench.planner import (
+    CALIBRATION_DAYS,
+    FLOOR_W,
+    HOUR_S,
+    MARGINS,
     STRATEGIES,
+    TZ_OFFSET_S,
+    WEEK_START_S,
     Day,
     Draws,
     Plan,
+    Week,
     hourly_actual,
+    job_hours,
     plan_reference,
     simulate,
 )
 from gridtao.bench.planner_signals import market_signals
 from gridtao.cli.main import main
+from gridtao.history import synth
+from gridtao.tier3.scores import recent_misses
 
 KEYS = {"revenue", "undeliverable_hours", "energy_cost", "carbon_kg", "work_shed_wh",
         "solve_s_p99"}
@@ -49,6 +59,15 @@ def test_two_days_report_every_strategy(tmp_path: Path) -> None:
             "revenue_above_static_and_reference", "solve_48h_all_products_s"} \
         == set(result["targets"])
     assert "| oracle |" in md.read_text()
+    assert s["oracle"]["oracle_share"] == 1.0
+    assert 0 <= s["gridtao"]["oracle_share"] <= 1.0
+    g = s["gridtao"]
+    assert 0.0 <= g["p10_coverage"] <= 1.0 and 0 <= g["offered_hours"] <= 48
+    assert result["job_hours"] == [2.0, 24.0]
+    assert [[m["miss_quantile"], m["block_h"]] for m in result["gridtao_margin_sweep"]] \
+        == [list(m) for m in MARGINS]
+    for m in result["gridtao_margin_sweep"]:
+        assert m["margin_w_median"] >= 0 and m["undeliverable_hours"] >= 0
 
 
 def test_bad_options_exit_2(tmp_path: Path) -> None:
@@ -96,3 +115,43 @@ def test_the_oracle_plans_on_each_hours_lowest_minute() -> None:
     day.p10_w[130] = 2500.0
     p10, p50 = hourly_actual(day)
     assert p10[2] == 2500.0 and p10[1] == 3000.0 and math.isclose(p50[2], 3200.0)
+
+
+def test_the_bench_margin_learns_from_what_the_planner_would() -> None:
+    week = Week(1, seed=3)
+    t, miss = week.misses(WEEK_START_S)
+    got = recent_misses(week.t, week.mean, week.p10, now_s=WEEK_START_S, start_s=WEEK_START_S,
+                        mtu_s=HOUR_S, horizon=24, days=CALIBRATION_DAYS, floor_w=FLOOR_W,
+                        tz_offset_s=TZ_OFFSET_S)
+    assert np.array_equal(t, got[0]) and np.allclose(miss, got[1])
+
+
+def test_longer_jobs_for_a_sensitivity_study() -> None:
+    def now() -> tuple[float, float, float]:
+        return synth._JOB_MIN_H, synth._JOB_MAX_H, synth.JOB_RATE_PER_DAY
+
+    saved = now()
+    with job_hours((24.0, 336.0)):
+        lo, hi, rate = now()
+        assert (lo, hi) == (24.0, 336.0)
+        # the same GPU-hours asked a day: fewer, longer jobs
+        assert rate == pytest.approx(saved[2] * (22 / math.log(12)) / (312 / math.log(14)))
+    assert now() == saved
+    with pytest.raises(ValueError), job_hours((5.0, 2.0)):
+        pass
+    assert now() == saved
+
+
+def test_several_seeds_side_by_side(tmp_path: Path) -> None:
+    out, md = tmp_path / "seeds.json", tmp_path / "seeds.md"
+    assert main(["bench", "planner", "--days", "1", "--seeds", "0,1", "--job-hours", "48,96",
+                 "--json", str(out), "--markdown", str(md)]) == 0
+    result = json.loads(out.read_text())
+    summary = result["summary"]
+    assert summary["seeds"] == [0, 1] and summary["job_hours"] == [48.0, 96.0]
+    assert [r["seed"] for r in result["runs"]] == [0, 1]
+    assert summary["rows"]["oracle"]["oracle_share_pooled"] in (1.0, None)
+    assert len(summary["rows"]) == len(STRATEGIES) + len(MARGINS)
+    assert "| gridtao |" in md.read_text()
+    assert main(["bench", "planner", "--seeds", "x"]) == 2
+    assert main(["bench", "planner", "--job-hours", "0,5"]) == 2

@@ -66,9 +66,11 @@ def plan_settings(config: Config, floor_w: float) -> PlanSettings:
         mtu_s=p.mtu_s, horizon=max(1, p.horizon_h * 3600 // p.mtu_s),
         floor_w=floor_w, enrolments=enrolments,
         safety_margin_fraction=p.safety_margin_fraction, time_limit_s=p.solve_time_limit_s,
-        weeks=max(1, math.ceil(p.history_days / 7)),
+        weeks=max(1, math.ceil(p.history_days / 7)), margin_quantile=p.margin_quantile,
+        margin_days=p.margin_days, margin_block_h=p.margin_block_h,
         # Site energy per IT energy from the facility model: losses, and cooling at 1/COP.
         options={"settle_at": f.settle_at, "losses_fraction": f.losses_fraction,
+                 "tz_offset_s": round(p.tz_offset_h * 3600),
                  "pue": 1.0 + f.losses_fraction + 1.0 / f.cop,
                  "carbon_eur_t": p.carbon_eur_per_t,
                  "lost_work_eur_wh": p.lost_work_eur_per_mwh / 1e6,

@@ -33,9 +33,14 @@ class PlannerConfig:
     ``carbon_eur_per_t`` (EUR per tonne CO2), ``lost_work_eur_per_mwh`` (the value of an MWh of
     GPU work an activation sheds; the default, 1,000 EUR/MWh, is about a third of what a
     rented H100 earns per MWh of its draw, ~2 EUR/h at 0.7 kW: set your own).
-    ``dr_max_hours_per_day``: at most so many hours a day offered for demand response (days in
-    UTC). ``safety_margin_fraction``: the forecast's low quantile is lowered by this share
-    before it bounds the offers (a bid that clears must hold for its whole hour).
+    ``dr_max_hours_per_day``: at most so many hours a day offered for demand response (local
+    days). ``tz_offset_h``: local time east of UTC, for the forecast's hours of the day and week
+    and the DR days (a fixed offset: daylight-saving changes are not followed).
+    ``margin_quantile`` (null: off): lower the forecast's low quantile by a margin learnt from the
+    node's own recent misses (the last ``margin_days`` days, per ``margin_block_h``-hour block of
+    the day; 1.0 covers the largest miss seen; docs/planner-inputs.md).
+    ``safety_margin_fraction``: then lower it by this share before it bounds the offers (a bid
+    that clears must hold for its whole hour).
     """
 
     enabled: bool = False
@@ -49,4 +54,8 @@ class PlannerConfig:
     lost_work_eur_per_mwh: float = field(default=1000.0, metadata=rng(0.0, 1_000_000.0))
     dr_max_hours_per_day: int | None = field(default=None, metadata=rng(0, 24))
     safety_margin_fraction: float = field(default=0.0, metadata=rng(0.0, 0.9))
+    tz_offset_h: float = field(default=0.0, metadata=rng(-12.0, 14.0))
+    margin_quantile: float | None = field(default=None, metadata=rng(0.5, 1.0))
+    margin_days: int = field(default=14, metadata=rng(2, 90))
+    margin_block_h: Literal[1, 2, 3, 4, 6, 8, 12, 24] = 4
     solve_time_limit_s: float = field(default=5.0, metadata=rng(0.1, 600.0))

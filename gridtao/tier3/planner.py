@@ -24,6 +24,7 @@ import numpy as np
 
 from gridtao.tier3.forecast import Forecast, forecast_draw
 from gridtao.tier3.problem import Enrolment, PlanProblem, problem_from
+from gridtao.tier3.scores import calibrated_margin_w, recent_misses
 from gridtao.tier3.signals import Signals
 
 if TYPE_CHECKING:  # the solver (scipy) loads on the first round, not with the agent
@@ -37,7 +38,14 @@ __all__ = ["Fallback", "NoPlan", "Plan", "PlanSettings", "Planned", "PlannerStat
 class PlanSettings:
     """What a round needs besides its inputs (gridtao.config.planner.PlannerConfig, and the
     node's floor and enrolments). ``safety_margin_fraction`` lowers the forecast's p10 by that
-    share before it bounds the offers. ``options``: further :class:`PlanProblem` fields."""
+    share before it bounds the offers. ``margin_quantile`` (None: off) lowers it first by a
+    margin learnt from the node's own recent misses
+    (:func:`gridtao.tier3.scores.calibrated_margin_w`): over the last ``margin_days`` days, the
+    forecasts the planner would have made at this time of day, and how far their p10 overshot
+    each MTU's actual lowest draw where it was above the floor; per block of ``margin_block_h``
+    hours of the local day, the margin that would have covered ``margin_quantile`` of them
+    (1.0: the largest). ``options``: further :class:`PlanProblem` fields; its ``tz_offset_s``
+    (local time east of UTC) also sets the forecast's hours of the day and week."""
 
     mtu_s: int
     horizon: int
@@ -47,6 +55,9 @@ class PlanSettings:
     time_limit_s: float = 5.0
     weeks: int = 4
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    margin_quantile: float | None = None
+    margin_days: int = 14
+    margin_block_h: int = 4
 
 
 @dataclass(frozen=True)
@@ -92,15 +103,33 @@ def make_plan(history_start_s: np.ndarray[Any, Any], history_it_w: np.ndarray[An
               history_p10_w: np.ndarray[Any, Any] | None, signals: Signals | None, *,
               now_s: float, settings: PlanSettings) -> Plan:
     """One planning round for the ``horizon`` MTUs from the MTU after ``now_s`` (the next
-    market time unit that can still be bid; the current one is under way)."""
+    market time unit that can still be bid; the current one is under way). With
+    ``settings.margin_quantile`` the round also re-runs the forecaster on each of the last
+    ``margin_days`` days (about a tenth of a second each)."""
     mtu = settings.mtu_s
     start = (int(now_s) // mtu + 1) * mtu
+    tz = int(settings.options.get("tz_offset_s", 0))
     forecast = forecast_draw(history_start_s, history_it_w, history_p10_w, start_s=start,
                              mtu_s=mtu, horizon=settings.horizon, now_s=now_s,
-                             weeks=settings.weeks)
-    margin = settings.safety_margin_fraction
-    bounded = forecast if margin <= 0 else dataclasses.replace(
-        forecast, p10_w=np.asarray(forecast.p10_w) * (1.0 - margin))
+                             weeks=settings.weeks, tz_offset_s=tz)
+    p10 = np.asarray(forecast.p10_w)
+    notes: list[str] = []
+    if settings.margin_quantile is not None:
+        miss_t, miss_w = recent_misses(
+            history_start_s, history_it_w, history_p10_w, now_s=now_s, start_s=start,
+            mtu_s=mtu, horizon=settings.horizon, days=settings.margin_days,
+            floor_w=settings.floor_w, weeks=settings.weeks, tz_offset_s=tz)
+        margin = calibrated_margin_w(miss_t, miss_w, forecast.times_s(),
+                                     quantile=settings.margin_quantile,
+                                     block_h=settings.margin_block_h, tz_offset_s=tz)
+        p10 = np.maximum(0.0, p10 - margin)
+        notes.append(f"p10 lowered by a margin of {margin.min():.0f}-{margin.max():.0f} W: "
+                     f"q{settings.margin_quantile:g} of {miss_w.size} misses over the last "
+                     f"{settings.margin_days} days")
+    if settings.safety_margin_fraction > 0:
+        p10 = p10 * (1.0 - settings.safety_margin_fraction)
+    lowered = settings.margin_quantile is not None or settings.safety_margin_fraction > 0
+    bounded = dataclasses.replace(forecast, p10_w=p10) if lowered else forecast
     problem = problem_from(bounded, signals, floor_w=settings.floor_w,
                            enrolments=settings.enrolments, **dict(settings.options))
     from gridtao.tier3.optimise import solve
@@ -109,7 +138,7 @@ def make_plan(history_start_s: np.ndarray[Any, Any], history_it_w: np.ndarray[An
     warnings = () if signals is None else tuple(signals.warnings)
     if signals is None:
         warnings = ("no price or carbon signals: nothing is offered where a price is missing",)
-    return Plan(now_s, forecast, problem, result, warnings)
+    return Plan(now_s, forecast, problem, result, (*warnings, *notes))
 
 
 class NoPlan:

@@ -5,12 +5,17 @@ Each MTU's actual values come from the same per-minute rows as the history
 forecast, its mean draw what ``p50_w`` and ``p90_w`` forecast. The pinball (quantile) loss of
 a forecast ``f`` of quantile ``q`` against an actual ``y`` is ``max(q (y - f), (q - 1) (y - f))``
 averaged over MTUs, in W: it is minimised in expectation by the true quantile, so lower is
-better and models can be compared on it (docs/planner-inputs.md). Pure functions: any thread.
+better and models can be compared on it (docs/planner-inputs.md).
+
+:func:`recent_misses` and :func:`calibrated_margin_w` turn the forecaster's own recent misses
+into a margin under ``p10_w`` for bids (split-conformal, per block of the local day). Pure
+functions: any thread.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +29,14 @@ from gridtao.tier3.forecast import (
     FloatArray,
     Forecast,
     ForecastError,
+    IntArray,
     forecast_draw,
     history_rows,
     mtu_summary,
     persistence_forecast,
 )
 
-__all__ = ["ForecastScore", "evaluate_holdout", "score"]
+__all__ = ["ForecastScore", "calibrated_margin_w", "evaluate_holdout", "recent_misses", "score"]
 
 
 @dataclass(frozen=True)
@@ -145,3 +151,79 @@ def evaluate_holdout(history_start_s: npt.ArrayLike, history_it_w: npt.ArrayLike
     out["skill_vs_persistence"] = 1 - (out["model"]["mean_pinball_w"]
                                        / max(out["persistence"]["mean_pinball_w"], 1e-9))
     return out
+
+
+def recent_misses(history_start_s: npt.ArrayLike, history_it_w: npt.ArrayLike,
+                  history_p10_w: npt.ArrayLike | None, *, now_s: float, start_s: int,
+                  mtu_s: int, horizon: int, days: int = 14, floor_w: float = 0.0,
+                  weeks: int = 4, tz_offset_s: int = 0, min_coverage: float = 0.75
+                  ) -> tuple[IntArray, FloatArray]:
+    """The forecaster's own recent misses, where a bid would have counted on its ``p10_w``.
+
+    For each of the ``days`` days before ``now_s``: the forecast :func:`forecast_draw` would
+    have made ``k`` days earlier (at ``now_s - k`` days for ``horizon`` MTUs from ``start_s -
+    k`` days, from the rows before then only), and, per MTU of it that ended by ``now_s`` with
+    enough minutes and whose ``p10_w`` was above ``floor_w``, how far ``p10_w`` overshot the
+    MTU's actual lowest draw (W; > 0: it promised too much). Returns (each MTU's start_s, its
+    overshoot), oldest day first; a day whose forecast cannot be made is skipped.
+    """
+    t, it, low, _ = history_rows(history_start_s, history_it_w, history_p10_w, now_s,
+                                 float(weeks * 7 * DAY_S + (days + 1) * DAY_S))
+    st, _, mins = mtu_summary(t, it, low, mtu_s, min_coverage)
+    starts: list[IntArray] = []
+    misses: list[FloatArray] = []
+    for k in range(days, 0, -1):
+        try:
+            f = forecast_draw(t, it, low, start_s=start_s - k * DAY_S, mtu_s=mtu_s,
+                              horizon=horizon, now_s=now_s - k * DAY_S, weeks=weeks,
+                              tz_offset_s=tz_offset_s, min_coverage=min_coverage)
+        except ForecastError:
+            continue
+        inside = (st >= f.start_s) & (st < f.end_s) & (st + mtu_s <= now_s)
+        i = (st[inside] - f.start_s) // mtu_s
+        used = f.p10_w[i] > floor_w
+        starts.append(st[inside][used])
+        misses.append(f.p10_w[i][used] - mins[inside][used])
+    if not starts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    return np.concatenate(starts), np.concatenate(misses)
+
+
+def calibrated_margin_w(miss_start_s: npt.ArrayLike, overshoot_w: npt.ArrayLike,
+                        grid_start_s: npt.ArrayLike, *, quantile: float, block_h: int = 4,
+                        tz_offset_s: int = 0) -> FloatArray:
+    """Per MTU of ``grid_start_s``: how far to lower ``p10_w`` so that it would have covered
+    ``quantile`` of the recent misses (:func:`recent_misses`) in its block of ``block_h`` hours
+    of the local day (``tz_offset_s`` east of UTC; 24: one margin for the whole day).
+
+    Split-conformal (Vovk et al. 2005; per block: "Mondrian"): of a block's ``n`` overshoots,
+    the ``ceil((n + 1) quantile)``-th smallest, the largest when that is past ``n``; never
+    below 0. Steady hours, which missed by little, get a small margin and bursty ones a large
+    one. A block without misses takes the quantile of all of them; no misses at all, 0. Under
+    exchangeable misses a fresh MTU is covered with probability at least ``quantile`` (up to
+    ``n / (n + 1)``): no margin learnt from a finite past promises zero misses.
+    """
+    if not 0.0 < quantile <= 1.0:
+        raise ForecastError(f"quantile must be in (0, 1], got {quantile}")
+    if block_h < 1 or 24 % block_h:
+        raise ForecastError(f"block_h must divide 24, got {block_h}")
+    t = np.asarray(miss_start_s, dtype=np.int64)
+    over = np.asarray(overshoot_w, dtype=np.float64)
+    grid = np.asarray(grid_start_s, dtype=np.int64)
+    if t.shape != over.shape:
+        raise ForecastError("miss_start_s and overshoot_w must be of one length")
+
+    def conformal(x: FloatArray) -> float:
+        k = min(math.ceil((x.size + 1) * quantile), x.size)
+        return max(0.0, float(np.sort(x)[k - 1]))
+
+    if over.size == 0:
+        return np.zeros(grid.shape)
+
+    def block(tt: IntArray) -> IntArray:
+        out: IntArray = ((tt + tz_offset_s) % DAY_S) // (block_h * HOUR_S)
+        return out
+
+    pooled = conformal(over)
+    per = {int(b): conformal(over[block(t) == b]) for b in np.unique(block(t))}
+    return np.array([per.get(int(b), pooled) for b in block(grid)], dtype=np.float64)
