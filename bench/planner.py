@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
@@ -88,6 +87,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gridtao.bench.planner_signals import MarketSignals, market_signals
+from gridtao.bench.render import write_outputs
 from gridtao.config.kinds import KINDS
 from gridtao.gpu.sim.daily import DailyShape
 from gridtao.history import synth
@@ -720,11 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_planner_bench(args.days, args.seed, args.job_hours)
         result |= provenance(command)
         text = markdown(result, command)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    if args.markdown:
-        Path(args.markdown).write_text(text, encoding="utf-8")
+    write_outputs(args, result, text)
     return 0
 
 

@@ -114,13 +114,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def write_outputs(
     args: argparse.Namespace, result: dict[str, Any], text: str,
-    plot_fn: Callable[[dict[str, Any], Path], None],
+    plot_fn: Callable[[dict[str, Any], Path], None] | None = None,
 ) -> None:
     """Print ``text`` and write the files a bench command's ``--json/--plot/--markdown`` ask for."""
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    if args.plot:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if getattr(args, "plot", None) and plot_fn is not None:
         plot_fn(result, Path(args.plot))
     if args.markdown:
-        Path(args.markdown).write_text(text)
+        Path(args.markdown).write_text(text, encoding="utf-8")

@@ -108,3 +108,10 @@ def test_a_dip_is_handled_before_a_backlog_of_junk_dispatches(
         wait_until(lambda: sum(1 for m in acks.messages
                                if not json.loads(m.payload)["accepted"])
                    == JUNK - gate.suppressed_acks, "the budgeted reject acks", timeout_s=WAIT_S)
+
+
+def test_audit_records_of_unproven_refusals_stay_within_their_budget() -> None:
+    gate = RejectionGate(records_per_s=10.0, record_burst=3)
+    assert [gate.record_allowed(1.0, proven=False) for _ in range(5)] == [True] * 3 + [False] * 2
+    assert gate.record_allowed(1.0, proven=True)  # a verified sender's refusal: always
+    assert gate.take_unrecorded() == 2 and gate.take_unrecorded() == 0

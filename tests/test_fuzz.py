@@ -237,7 +237,8 @@ def agent_process(broker: MosquittoBroker, tmp: Path, node: str) -> Iterator[Age
         # must reach the parser, and every refusal is acked (the batches wait for the acks).
         "limits": {"dispatch_rate_per_s": 10_000, "dispatch_burst": 100_000,
                    "frequency_rate_per_s": 100_000, "frequency_burst": 100_000,
-                   "min_event_interval_s": 0, "reject_ack_burst": 1_000_000},
+                   "min_event_interval_s": 0, "reject_ack_burst": 1_000_000,
+                   "reject_record_burst": 1_000_000},
         "audit": {"enabled": True, "path": str(tmp / "audit.jsonl"), "fsync": "never",
                   "rotate_bytes": 4 * 1024 * 1024},
     }

@@ -8,16 +8,26 @@ uses); the end-to-end rotation under a running agent is in test_auth_e2e and tes
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from broker import MosquittoBroker
 from nodes import merge
+from waiting import wait_until
 
+from gridtao.app import run as run_module
+from gridtao.app.agent import Agent, AgentOptions
 from gridtao.app.reload import apply_reload, differences, plan_reload
+from gridtao.app.run import run_agent
 from gridtao.cli import main as cli
-from gridtao.config.agent import Config, ConfigError, config_from_mapping
+from gridtao.config.agent import Config, ConfigError, config_from_mapping, load_config
 from gridtao.security import auth
 from gridtao.security.guard import Guard
 from gridtao.transport.mqtt import MqttLink
@@ -135,3 +145,91 @@ def test_links_take_new_credentials_for_their_next_connection(
     apply_reload(plan, guard=_guard(running), links=links)
     for link in links:
         assert link._credentials == (None, "node-7", "s3cret")
+
+
+# ---------------------------------------------------------- SIGHUP with a file that is no text
+
+# What a configuration file may turn into: an editor's UTF-16, a copy of the wrong file,
+# values PyYAML itself cannot build.
+UNREADABLE_FILES = {
+    "utf-16": "gpus: {backend: sim}\n".encode("utf-16"),
+    "utf-16-le": "gpus: {backend: sim}\n".encode("utf-16-le"),
+    "binary": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+    "control-bytes": b"\x1b[0m\x01\x02\x03gridtao\x04\x05\x06",  # valid UTF-8, not YAML text
+    # Text, but PyYAML's own constructors raise ValueError on it (not a YAMLError).
+    "impossible-date": b"history: {retention_days: 2024-13-45}\n",
+    "huge-integer": b"mqtt: {port: " + b"9" * 5000 + b"}\n",
+}
+
+
+def test_sighup_with_a_binary_or_utf16_file_is_refused_in_one_log_line(
+    mqtt_broker: MosquittoBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real SIGHUP to this process, handled by ``gridtao run``'s lifecycle (run_agent): each
+    unreadable file is one error line naming the file (no traceback) and one refused reload;
+    the agent keeps running and reloads a good file afterwards."""
+    path = tmp_path / "agent.yaml"
+    good = yaml.safe_dump({
+        "gpus": {"backend": "sim", "sim": {"count": 2}},
+        "mqtt": {"port": mqtt_broker.port, "node_id": "hup-bytes", "prefix": "gridtao/hup-bytes",
+                 "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
+        "metrics": {"enabled": False},
+    })
+    path.write_text(good, encoding="utf-8")
+    agents: list[Agent] = []
+
+    class Recorded(Agent):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            agents.append(self)
+
+    monkeypatch.setattr(run_module, "Agent", Recorded)
+
+    def reloads(result: str) -> float:
+        return agents[0].registry.get_sample_value("gridtao_reloads_total",
+                                                   {"result": result}) or 0.0
+
+    stop = asyncio.Event()
+    failures: list[BaseException] = []
+
+    def drive(loop: asyncio.AbstractEventLoop) -> None:
+        try:  # SIGHUP only once run_agent's handler is in place: the agent exists after it
+            wait_until(lambda: bool(agents) and agents[0]._started, "the agent to start",
+                       timeout_s=30.0)
+            for n, raw in enumerate(UNREADABLE_FILES.values(), start=1):
+                path.write_bytes(raw)
+                os.kill(os.getpid(), signal.SIGHUP)
+                wait_until(lambda n=n: reloads("refused") == n,  # type: ignore[misc]
+                           f"refused reload {n}", timeout_s=30.0)
+            path.write_text(good, encoding="utf-8")
+            os.kill(os.getpid(), signal.SIGHUP)
+            wait_until(lambda: reloads("applied") == 1, "the good file's reload", timeout_s=30.0)
+        except BaseException as e:
+            failures.append(e)
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+
+    async def main() -> int:
+        driver = threading.Thread(target=drive, args=(asyncio.get_running_loop(),))
+        driver.start()
+        try:
+            return await run_agent(load_config(path), stop=stop,
+                                   options=AgentOptions(serve_metrics=False,
+                                                        connect_timeout_s=30.0),
+                                   reload_config=lambda: load_config(path))
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, driver.join)
+
+    assert asyncio.run(main()) == 0
+    if failures:
+        raise failures[0]
+    assert reloads("refused") == len(UNREADABLE_FILES)
+    refused = [r for r in caplog.records if r.getMessage().startswith("reload refused")]
+    assert len(refused) == len(UNREADABLE_FILES), [r.getMessage() for r in refused]
+    for record in refused:
+        line = record.getMessage()
+        assert "\n" not in line and f"nothing changed: {path}" in line, line
+        assert record.exc_info is None, line
+    traced = [r for r in caplog.records if r.exc_info is not None or "Traceback" in r.getMessage()]
+    assert not traced, [r.getMessage() for r in traced]

@@ -45,7 +45,8 @@ def test_a_slow_gpu_is_read_off_the_loop_until_it_is_fast_again() -> None:
             time.sleep(0.05)
         # Back on the loop: its readings follow the GPU again, and the fault is gone.
         assert abs(loop.draw_mw[0] - 333_000) < 10_000
-        assert loop.read_faults == (None,) * 4
+        faults: tuple[str | None, ...] = loop.read_faults
+        assert faults == (None,) * 4
     finally:
         stop.set()
         thread.join(5.0)

@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from gridtao import __version__
 from gridtao.app.actuation import check_write_permission, report_actuation, restore_limits
+from gridtao.app.checks import check_priority_floors
 from gridtao.app.instance import Instance, ensure_unique
 from gridtao.app.periodic import ControllerLoop, ControllerParts
 from gridtao.app.planning import NodePlanning
@@ -43,8 +44,9 @@ from gridtao.app.readback import ReadBack
 from gridtao.app.reload import ReloadResult, apply_reload, plan_reload, read_credentials
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.config.agent import Config, ConfigError
+from gridtao.config.kinds import KINDS
 from gridtao.config.paths import with_state_paths
-from gridtao.control.capacity import Capacity, CapacityWatch, enrolled_w, node_capacity
+from gridtao.control.capacity import Capacity, CapacityWatch, node_capacity
 from gridtao.control.response import Reached, ResponseMeter
 from gridtao.control.tier1.loop import FastLoop
 from gridtao.control.tier2.tracker import Tier2
@@ -67,6 +69,7 @@ from gridtao.telemetry.collectors import (
     FeedCollector,
     LinkCollector,
     PlanCollector,
+    RecordsCollector,
     SuppressedAcksCollector,
     TrackerCollector,
 )
@@ -80,6 +83,9 @@ from gridtao.transport.mqtt import MqttLink, Will
 from gridtao.wire import messages as wire
 
 log = logging.getLogger("gridtao.app.agent")
+
+#: Frequency samples that may wait for the island lane (a meter sends 10-50 a second).
+FREQUENCY_INBOX = 256
 
 
 # CPython hands the GIL to a waiting thread only after the holder has run this long (default
@@ -147,6 +153,7 @@ class Agent:
         # the journal knows better: what the first run found (gridtao/records/ledger.py).
         self.initial_limits_mw = [self.backend.enforced_limit_mw(i) for i in self.gpu_indices]
         try:
+            check_priority_floors(config, self.gpu_indices, self.gpu_limits)
             self.ledger = Ledger(
                 config, clock=self.clock, node_id=self.node_id,
                 uuids=[d.uuid for d in self.backend.devices()],
@@ -171,7 +178,8 @@ class Agent:
             dry_run=bool(getattr(self.backend, "dry_run", False)),
         )
         self.watchdog = Watchdog(
-            safety.watchdog_timeout_s, clock=self.clock, on_expire=self._watchdog_expired
+            safety.watchdog_timeout_s, clock=self.clock, on_expire=self._watchdog_expired,
+            on_recover=self._watchdog_recovered,
         )
         self.fast = FastLoop(
             self.backend,
@@ -221,7 +229,9 @@ class Agent:
             simulated=self.simulated,
             max_sample_skew_s=safety.frequency_max_skew_s,
             rejections=RejectionGate(acks_per_s=config.limits.reject_acks_per_s,
-                                     ack_burst=config.limits.reject_ack_burst),
+                                     ack_burst=config.limits.reject_ack_burst,
+                                     records_per_s=config.limits.reject_records_per_s,
+                                     record_burst=config.limits.reject_record_burst),
         )
         m = config.mqtt
         pid = os.getpid()
@@ -244,10 +254,14 @@ class Agent:
             self.intake,
             # Frequency on a connection of its own: no dispatch backlog can sit in front of it.
             frequency_link=link("frequency", subscriptions=[(self.topics.frequency, 0)],
-                                max_packet_bytes=max_packet),
+                                max_packet_bytes=max_packet,
+                                # A sample that waited behind hundreds is stale anyway: the
+                                # newest are kept, the oldest dropped and counted.
+                                max_inbound=FREQUENCY_INBOX),
         )
         self.status_link = link(
             "ctl", subscriptions=tier3_subscriptions(config, self.topics),
+            retained_topics=[self.topics.signals],  # a state document, not a command
             will=Will(self.topics.status, wire.offline_payload(self.node_id), qos=1, retain=True),
         )
         self._fast_stop = threading.Event()
@@ -264,7 +278,6 @@ class Agent:
         StatsCollector({"island": self.lane.link.stats, "frequency": self.lane.links[-1].stats,
                         "status": self.status_link.stats},
                        audit=self.ledger.audit, registry=self.registry)
-        self._enrolled_w = enrolled_w(config.products)
         # The floor dispatched cuts stop at (security/bounds.py): capacity never counts below it.
         self._node_floor_mw = config.limits.min_node_fraction * sum(
             lim.default_mw for lim in self.gpu_limits)
@@ -288,6 +301,7 @@ class Agent:
         LinkCollector({"island": lambda: self.lane.link.is_connected,
                        "frequency": lambda: self.lane.links[-1].is_connected,
                        "status": lambda: self.status_link.is_connected}, registry=self.registry)
+        RecordsCollector(lambda: self.ledger.health, registry=self.registry)
         self.controller = ControllerLoop(
             ControllerParts(
                 node_id=self.node_id, status_topic=self.topics.status,
@@ -299,6 +313,7 @@ class Agent:
                 simulated=self.simulated, frequency_feed=self.frequency_feed,
                 instance=self.instance.fields(),
                 read_back=self.read_back.read, read_back_period_s=config.safety.rearm_period_s,
+                records=self.ledger.records_status,
             ),
             status_period_s=config.mqtt.status_period_s,
             tracker_period_s=config.tracker.period_s,
@@ -309,8 +324,14 @@ class Agent:
         """The node's down-capacity now, from tier 1's latest readings and the island's
         floors (no NVML call; any thread)."""
         return node_capacity(self.fast.draw_mw, self.island.floor_mw(),
-                             facility=self.config.facility, enrolled=self._enrolled_w,
+                             facility=self.config.facility, enrolled=self._enrolled_now_w(),
                              node_floor_mw=self._node_floor_mw)
+
+    def _enrolled_now_w(self) -> float:
+        """Summed capacity of the frequency products armed now (awards included), W."""
+        armed = self.planning.arming.snapshot().armed_w
+        return sum(armed.get(p.name or p.kind, p.capacity_w) for p in self.config.products
+                   if KINDS[p.kind].frequency)
 
     def frequency_feed(self) -> tuple[float | None, float | None, bool]:
         """(last frequency Hz, seconds since the last sample, stale); any thread."""
@@ -490,3 +511,9 @@ class Agent:
                   self.config.safety.watchdog_timeout_s, mode)
         self.island.enter_safe_state(mode)
         self.ledger.safe_state(mode)
+
+    def _watchdog_recovered(self) -> None:
+        """The controller beats again (tier 1's thread): leave the safe state through the
+        normal ramp (SafetyIsland.leave_safe_state)."""
+        if self.island.leave_safe_state():
+            self.ledger.record("safe_state_left", {"mode": self.config.safety.safe_state})

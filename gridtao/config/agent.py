@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -153,8 +153,10 @@ class SafetyConfig:
     max_event_s: float = field(default=3600.0, metadata=rng(1, 86_400 * 7))
     # A frequency feed silent for longer is taken as nominal: activations end by their rules.
     frequency_stale_s: float = field(default=5.0, metadata=rng(0.1, 3600))
-    # A sample whose t is further than this from the node's clock is refused, signed or not.
-    frequency_max_skew_s: float = field(default=5.0, metadata=rng(0.01, 3600))
+    # A sample whose t is further than this from the node's clock is refused, signed or not:
+    # a wrong meter clock, a replay, or samples queued while this process was paused (an FFR
+    # level must act within 0.7-1.3 s of the dip, so a dip seen seconds late is history).
+    frequency_max_skew_s: float = field(default=2.0, metadata=rng(0.01, 3600))
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,9 @@ class LimitsConfig:
     no signature vouches for (malformed, unsigned, badly signed, over the rate, or anything under
     ``auth.mode: none``); past it a refusal is counted (``gridtao_acks_suppressed_total``) but not
     acked, so a flood of junk never crowds out an activation's ack. A refused message whose
-    signature verified is always acked.
+    signature verified is always acked. ``reject_records_per_s`` / ``reject_record_burst``: the
+    same for their audit records; past it they are counted in one ``rejections_unrecorded``
+    record.
     """
 
     dispatch_rate_per_s: float = field(default=5.0, metadata=rng(0.001, 10_000))
@@ -247,6 +251,8 @@ class LimitsConfig:
     max_event_duration_s: float = field(default=3600.0, metadata=rng(0.1, 86_400 * 7))
     reject_acks_per_s: float = field(default=10.0, metadata=rng(0.001, 100_000))
     reject_ack_burst: int = field(default=50, metadata=rng(1, 1_000_000))
+    reject_records_per_s: float = field(default=20.0, metadata=rng(0.001, 100_000))
+    reject_record_burst: int = field(default=200, metadata=rng(1, 1_000_000))
 
 
 @dataclass(frozen=True)
@@ -330,18 +336,41 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     if "\x00" in text:
         raise ConfigError(f"{where}: contains NUL bytes: a YAML text file is expected")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow (a control byte)
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        raise ConfigError(f"{where} (line {line}, column {column}): invalid YAML: character "
+                          f"#x{e.character:04x} is not allowed in YAML text") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         pos = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"{where}{pos}: invalid YAML: {problem}") from None
+        raise ConfigError(f"{where}{pos}: invalid YAML: {' '.join(problem.split())}") from None
     except RecursionError:
         raise ConfigError(f"{where}: invalid YAML: nested too deeply") from None
     if data is None:
         log.warning("%s is empty: running on the built-in defaults", where)
         data = {}
     return config_from_mapping(data, source=where)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a value its constructors cannot build (an integer of thousands
+    of digits, a date such as 2024-13-45, ``!!int abc``) is a YAML error at the value's line,
+    not a bare ValueError from deep inside PyYAML."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError, TypeError) as e:
+            value = node.value if isinstance(node, yaml.ScalarNode) else ""
+            shown = f"{value[:40]}..." if len(value) > 40 else value
+            tag = node.tag.rsplit(":", 1)[-1]
+            reason = str(e).split(";")[0]  # not Python's advice on sys.set_int_max_str_digits
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {shown!r} as {tag}: {reason}", node.start_mark,
+            ) from None
 
 
 def config_from_mapping(data: object, *, source: str = "<mapping>") -> Config:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
+import unicodedata
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -20,6 +22,16 @@ T = TypeVar("T")
 
 #: No configuration string (a path, a topic prefix, a host) is longer than this.
 MAX_STRING_CHARS = 4096
+
+#: A value quoted in an error message is cut to this many characters.
+MAX_SHOWN_CHARS = 60
+
+# Unicode categories no configuration string may hold: control characters (a newline, an
+# escape), unpaired surrogates (not encodable text) and the line and paragraph separators.
+_REFUSED_CATEGORIES = {"Cc": "a control character", "Cs": "an unpaired surrogate",
+                       "Zl": "a line separator", "Zp": "a paragraph separator"}
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ConfigError(GridtaoError):
@@ -44,8 +56,9 @@ def build(cls: type[T], data: object, source: str, key: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        sub = f"{key}.{name}" if key else str(name)
-        f = fields.get(str(name))
+        shown = _key_name(name)
+        sub = f"{key}.{shown}" if key else shown
+        f = fields.get(name) if isinstance(name, str) else None
         if f is None or f.metadata.get("internal"):
             known = ", ".join(n for n, fl in fields.items() if not fl.metadata.get("internal"))
             fail(source, sub, f"unknown key (known keys: {known})")
@@ -69,9 +82,11 @@ def _convert(tp: Any, value: object, source: str, key: str, meta: Mapping[str, A
         allowed = get_args(tp)
         if isinstance(value, float) and str(value) in allowed:
             value = str(value)  # YAML reads an unquoted version like 1.2 as a number
-        if value not in allowed:
-            fail(source, key, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-        return value
+        # By type as well as value: 900.0 is not the integer 900, nor true the integer 1.
+        for choice in allowed:
+            if type(value) is type(choice) and value == choice:
+                return choice
+        fail(source, key, f"must be one of {', '.join(map(repr, allowed))}, got {_show(value)}")
     if origin is tuple:
         (item_tp, _ellipsis) = get_args(tp)
         if not isinstance(value, list):
@@ -105,6 +120,10 @@ def _convert(tp: Any, value: object, source: str, key: str, meta: Mapping[str, A
             fail(source, key, f"longer than {MAX_STRING_CHARS} characters ({len(value)})")
         if "\x00" in value:
             fail(source, key, "contains a NUL character")
+        for i, ch in enumerate(value):
+            what = _REFUSED_CATEGORIES.get(unicodedata.category(ch))
+            if what is not None:
+                fail(source, key, f"contains {what} ({ch!r} at character {i + 1})")
         return value
     raise TypeError(f"unsupported config type {tp!r} at {key}")  # a schema bug, not user input
 
@@ -113,7 +132,7 @@ def _as_float(value: int | float, source: str, key: str) -> float:
     try:
         return float(value)
     except OverflowError:  # an integer with hundreds of digits
-        fail(source, key, f"out of range ({len(str(abs(int(value))))} digits)")
+        fail(source, key, f"out of range ({_digits(int(value))})")
 
 
 def _check_range(value: float, source: str, key: str, meta: Mapping[str, Any]) -> None:
@@ -124,9 +143,43 @@ def _check_range(value: float, source: str, key: str, meta: Mapping[str, Any]) -
         fail(source, key, f"must be <= {hi:g}, got {value:g}")
 
 
+def _digits(number: int) -> str:
+    """How many digits ``number`` has, without printing it (Python refuses to turn an integer
+    of more than 4300 digits into text)."""
+    bits = abs(number).bit_length()
+    if bits < 10_000:  # about 3000 digits
+        return f"{len(str(abs(number)))} digits"
+    return f"about {round(bits * math.log10(2))} digits"
+
+
+def _show(value: object) -> str:
+    """``value`` for an error message: one line, at most :data:`MAX_SHOWN_CHARS` characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of {_digits(value)}"
+    try:
+        text = repr(value)  # escapes newlines, control characters and unpaired surrogates
+    except (ValueError, RecursionError):  # holds an integer too long to print; nested too deep
+        return f"a {type(value).__name__}"
+    if len(text) > MAX_SHOWN_CHARS:
+        text = text[: MAX_SHOWN_CHARS - 3] + "..."
+    return text
+
+
+def _key_name(name: object) -> str:
+    """A mapping key as a step of a key path: as written when it is a plain name, else quoted
+    (a key with spaces, dots, control characters, or one that is not text)."""
+    if isinstance(name, str) and _PLAIN_KEY.fullmatch(name):
+        return name
+    return _show(name)
+
+
 def _type_name(value: object) -> str:
     if value is None:
         return "nothing (null)"
-    return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else (
-        "a mapping" if isinstance(value, dict) else "a list"
-    )
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return _show(value)
+    return f"{type(value).__name__} {_show(value)}"

@@ -143,10 +143,12 @@ class Intake:
             out = handle(payload, received_at, received_wall)
         finally:
             held, self._held = self._held, None
-        # Accepted frequency samples that change nothing are telemetry, not decisions.
+        # Accepted frequency samples that change nothing are telemetry, not decisions; a
+        # flood of unproven refusals is recorded within a budget, the rest counted (on_tick).
         if self._v_result is not None and not (
             name == "frequency" and self._v_result == "accepted" and self._v_id is None
-        ):
+        ) and (self._v_result != "rejected" or self.rejections.record_allowed(
+                received_at, proven=self._v_proven)):
             self._on_decision("message", {
                 "topic": name, "result": self._v_result, "id": self._v_id,
                 "reason": self._v_reason, "received_at": received_wall, "payload": payload,
@@ -159,6 +161,10 @@ class Intake:
         """Time-driven work (~20 Hz): frequency recovery and dispatch durations."""
         now = self._clock.now()
         self.rejections.flush(now)
+        unrecorded = self.rejections.take_unrecorded() if self._on_decision is not None else 0
+        if unrecorded:
+            self._decide("rejections_unrecorded", {"count": unrecorded,
+                                                   "at": round(self._clock.wall(), 3)})
         out: list[Outgoing] = []
         for action in self._monitor.on_tick(now):
             if isinstance(action, Activate):  # a debounced crossing confirmed by time

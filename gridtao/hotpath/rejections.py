@@ -13,6 +13,10 @@ genuine activations' acks for the outbox and the broker, and as many log lines. 
 - **Log lines.** The first ``log_lines`` refusals of each ``interval_s`` are logged one by one;
   the rest are tallied and summed up in one line (count and the commonest reasons) when the
   interval ends, so a flood shows as a few lines a minute, not thousands a second.
+- **Audit records.** Refusals of unproven input are recorded one by one within their own
+  budget (``records_per_s``, ``record_burst``); past it they are only counted, and the intake
+  writes one ``rejections_unrecorded`` record with the count when the interval ends. A record
+  costs tens of microseconds of the lane's time, which a flood must not be able to buy.
 
 Counting (``gridtao_messages_total{result="rejected"}``) is unaffected: every refusal counts.
 Single-threaded: the island lane's thread owns it. Times are monotonic seconds.
@@ -35,14 +39,16 @@ class RejectionGate:
     """Rate limits reject acks for unproven input and coalesces refusal log lines."""
 
     def __init__(self, *, acks_per_s: float = 10.0, ack_burst: int = 50, log_lines: int = 10,
-                 interval_s: float = 10.0) -> None:
-        if acks_per_s <= 0 or ack_burst < 1 or log_lines < 0 or interval_s <= 0:
-            raise ValueError("need acks_per_s > 0, ack_burst >= 1, log_lines >= 0, "
-                             "interval_s > 0")
-        self._rate = acks_per_s
-        self._burst = float(ack_burst)
-        self._tokens = float(ack_burst)
-        self._refilled_at: float | None = None
+                 interval_s: float = 10.0, records_per_s: float = 20.0,
+                 record_burst: int = 200) -> None:
+        if (acks_per_s <= 0 or ack_burst < 1 or log_lines < 0 or interval_s <= 0
+                or records_per_s <= 0 or record_burst < 1):
+            raise ValueError("need acks_per_s, records_per_s > 0, ack_burst, record_burst >= 1, "
+                             "log_lines >= 0, interval_s > 0")
+        self._acks = _Bucket(acks_per_s, ack_burst)
+        self._records = _Bucket(records_per_s, record_burst)
+        #: Refusals counted but not recorded one by one, since the last summary.
+        self.unrecorded = 0
         self._log_lines = log_lines
         self._interval_s = interval_s
         self._window_start: float | None = None
@@ -53,17 +59,22 @@ class RejectionGate:
 
     def ack_allowed(self, now_s: float, *, proven: bool) -> bool:
         """Whether to ack a refusal now. ``proven``: its signature verified (always acked)."""
-        if proven:
-            return True
-        if self._refilled_at is not None:
-            elapsed = max(0.0, now_s - self._refilled_at)
-            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
-        self._refilled_at = now_s
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if proven or self._acks.take(now_s):
             return True
         self.suppressed_acks += 1
         return False
+
+    def record_allowed(self, now_s: float, *, proven: bool) -> bool:
+        """Whether to write this refusal's audit record now (else it is only counted)."""
+        if proven or self._records.take(now_s):
+            return True
+        self.unrecorded += 1
+        return False
+
+    def take_unrecorded(self) -> int:
+        """The refusals counted but not recorded since the last call (for one summary)."""
+        n, self.unrecorded = self.unrecorded, 0
+        return n
 
     def log(self, what: str, reason: str, now_s: float) -> None:
         """Log one refusal (``what``: e.g. ``dispatch 'id-7'``), or tally it in a flood."""
@@ -89,3 +100,23 @@ class RejectionGate:
         self._window_start = None
         self._logged = 0
         self._tally.clear()
+
+
+class _Bucket:
+    """A token bucket: ``rate`` per second up to ``burst``; starts full."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._refilled_at: float | None = None
+
+    def take(self, now_s: float) -> bool:
+        if self._refilled_at is not None:
+            elapsed = max(0.0, now_s - self._refilled_at)
+            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+        self._refilled_at = now_s
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
