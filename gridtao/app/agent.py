@@ -52,6 +52,7 @@ from gridtao.control.tier1.loop import FastLoop
 from gridtao.control.tier2.tracker import Tier2
 from gridtao.gpu import open_backend
 from gridtao.gpu.backend import GpuBackend
+from gridtao.gpu.subset import ServedGpus
 from gridtao.hotpath.intake import Intake, Outgoing
 from gridtao.hotpath.lane import IslandLane
 from gridtao.hotpath.rejections import RejectionGate
@@ -86,6 +87,8 @@ log = logging.getLogger("gridtao.app.agent")
 
 #: Frequency samples that may wait for the island lane (a meter sends 10-50 a second).
 FREQUENCY_INBOX = 256
+#: How often GPUs that could not be opened at start are checked again (s).
+UNAVAILABLE_CHECK_S = 60.0
 
 
 # CPython hands the GIL to a waiting thread only after the holder has run this long (default
@@ -143,6 +146,18 @@ class Agent:
         self.backend: GpuBackend = (
             backend if backend is not None else open_backend(config.gpus, clock=self.clock)
         )
+        # GPUs that could not be opened (one fallen off the bus): the others are served.
+        self.unavailable_gpus = {i: type(e).__name__ for i, e in
+                                 dict(getattr(self.backend, "unavailable", {})).items()}
+        self._driver_backend = self.backend
+        self._physical: tuple[int, ...] | None = None
+        if self.unavailable_gpus:
+            self._physical = tuple(d.index for d in self.backend.devices())
+            for index, kind in sorted(self.unavailable_gpus.items()):
+                log.error("GPU %d could not be opened (%s): serving the other %d GPUs; it is "
+                          "checked every %.0f s (restart the agent to serve it once it is back)",
+                          index, kind, len(self._physical), UNAVAILABLE_CHECK_S)
+            self.backend = ServedGpus(self.backend, self._physical)
         #: Simulated GPUs (``gpus.backend: sim``, or ``auto`` without a driver): every status,
         #: ack and the metrics say so.
         self.simulated = bool(getattr(self.backend, "simulated", False))
@@ -314,6 +329,7 @@ class Agent:
                 instance=self.instance.fields(),
                 read_back=self.read_back.read, read_back_period_s=config.safety.rearm_period_s,
                 records=self.ledger.records_status,
+                physical_indices=self._physical, unavailable=self.unavailable_gpus,
             ),
             status_period_s=config.mqtt.status_period_s,
             tracker_period_s=config.tracker.period_s,
@@ -326,6 +342,21 @@ class Agent:
         return node_capacity(self.fast.draw_mw, self.island.floor_mw(),
                              facility=self.config.facility, enrolled=self._enrolled_now_w(),
                              node_floor_mw=self._node_floor_mw)
+
+    async def _watch_unavailable(self) -> None:
+        """Check the GPUs left out at start once in a while, and say when one is back."""
+        reopenable = getattr(self._driver_backend, "reopenable", None)
+        if reopenable is None:
+            return
+        said: set[int] = set()
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(UNAVAILABLE_CHECK_S)
+            back = await loop.run_in_executor(None, reopenable)
+            for index in sorted(set(back) - said):
+                log.warning("GPU %d can be opened again: restart the agent to serve it", index)
+                self.ledger.record("gpu_back", {"gpu": index})
+            said = set(back)
 
     def _enrolled_now_w(self) -> float:
         """Summed capacity of the frequency products armed now (awards included), W."""
@@ -415,6 +446,8 @@ class Agent:
         tasks = [asyncio.create_task(self.status_link.run(), name="status-link")]
         tasks += [asyncio.create_task(c) for c in self.controller.tasks()]
         tasks += [asyncio.create_task(c) for c in self.planning.tasks()]
+        if self.unavailable_gpus:
+            tasks.append(asyncio.create_task(self._watch_unavailable(), name="lost-gpus"))
         try:
             await stop.wait()
             # Quiesce first (no trigger can land, limits restored), then say offline: a node

@@ -128,6 +128,11 @@ class ControllerParts:
     #: The journal's and the audit trail's health (``Ledger.records_status``: name -> "ok",
     #: "failing: <reason>" or "off"; no I/O); None: the status has no ``records``.
     records: Callable[[], Mapping[str, str]] | None = None
+    #: The driver's index of each served GPU (``gpu/subset.py``: some could not be opened at
+    #: start), for the status; None: the served GPUs are the driver's 0..n-1.
+    physical_indices: tuple[int, ...] | None = None
+    #: GPUs left out at start: the driver's index -> error kind (status ``unavailable_gpus``).
+    unavailable: Mapping[int, str] | None = None
 
 
 class ControllerLoop:
@@ -180,6 +185,9 @@ class ControllerLoop:
                                         "simulated": p.simulated, "instance": dict(p.instance)}
             if p.records is not None:
                 extra["records"] = dict(p.records())
+            if p.unavailable:
+                extra["unavailable_gpus"] = [{"index": i, "fault": kind}
+                                             for i, kind in sorted(p.unavailable.items())]
             payload = wire.status_payload(p.node_id, True, p.clock.wall(),
                                           p.island.view().event_id, self.status_gpus(),
                                           extra=extra)
@@ -200,7 +208,8 @@ class ControllerLoop:
         draw, limits = p.tier1.draw_mw, p.island.enforced_mw()
         read_faults, write_faults = p.tier1.read_faults, p.island.write_faults()
         return [
-            {"index": i, "power_w": draw[k] / 1000.0, "limit_w": limits[k] / 1000.0,
+            {"index": i if p.physical_indices is None else p.physical_indices[k],
+             "power_w": draw[k] / 1000.0, "limit_w": limits[k] / 1000.0,
              "default_w": lim.default_mw / 1000.0, "min_w": lim.min_mw / 1000.0,
              "max_w": lim.max_mw / 1000.0, "fault": read_faults[k] or write_faults.get(i)}
             for k, (i, lim) in enumerate(zip(p.gpu_indices, p.gpu_limits, strict=True))

@@ -148,13 +148,23 @@ class NvmlBackend:
                 self._call(None, "read the driver version", nvml.nvmlSystemGetDriverVersion)
             )
             count = self._call(None, "count devices", nvml.nvmlDeviceGetCount)
-            self._devices = tuple(self._open_device(i) for i in range(count))
+            self._devices: dict[int, _Device] = {}
+            #: GPUs that could not be opened (fallen off the bus, a driver error): index ->
+            #: the error. The others are served; every call on one of these raises its error.
+            self.unavailable: dict[int, GpuError] = {}
+            for i in range(count):
+                try:
+                    self._devices[i] = self._open_device(i)
+                except GpuError as e:
+                    self.unavailable[i] = e
+            if count and not self._devices:
+                raise self.unavailable[0]
         except BaseException:
             # Report the enumeration failure, not a secondary shutdown error.
             with contextlib.suppress(pynvml.NVMLError):
                 nvml.nvmlShutdown()
             raise
-        self._infos = tuple(d.info for d in self._devices)
+        self._infos = tuple(d.info for d in self._devices.values())
 
     def _open_device(self, index: int) -> _Device:
         nvml = self._nvml
@@ -181,11 +191,27 @@ class NvmlBackend:
     def _device(self, index: int) -> _Device:
         if self._closed:
             raise GpuUnavailable("NVML backend is closed", index=index)
-        if not 0 <= index < len(self._devices):
+        dev = self._devices.get(index)
+        if dev is None:
+            error = self.unavailable.get(index)
+            if error is not None:
+                raise type(error)(str(error), index=index)
             raise GpuInvalidArgument(
                 f"GPU {index}: no such device (have {len(self._devices)})", index=index
             )
-        return self._devices[index]
+        return dev
+
+    def reopenable(self) -> list[int]:
+        """Of the GPUs that could not be opened, those that can be now (each is opened and
+        let go: the agent serves the GPUs it started with, so it says so, for a restart)."""
+        back = []
+        for index in list(self.unavailable):
+            try:
+                self._open_device(index)
+            except GpuError:
+                continue
+            back.append(index)
+        return back
 
     # -- GpuBackend ------------------------------------------------------------------------
 
