@@ -596,13 +596,17 @@ def audit_counts(state_dir: Path) -> dict[str, Any]:
     topic, records lost to a full queue (``gap``), and the Unix time of the last dispatch
     rejection (when the agent was through the junk dispatch backlog)."""
     rejected = {"dispatch": 0, "frequency": 0}
-    lost = 0
+    lost = unrecorded = 0
     last_dispatch_reject: float | None = None
     for path in sorted(state_dir.glob("audit-*")):
         with path.open("rb") as f:
             for line in f:
                 if b'"kind":"gap"' in line:
                     lost += int(json.loads(line)["fields"]["dropped"])
+                    continue
+                if b'"kind":"rejections_unrecorded"' in line:
+                    # Refusals past the audit budget: counted, not recorded one by one.
+                    unrecorded += int(json.loads(line)["fields"]["count"])
                     continue
                 if b'"result":"rejected"' not in line:
                     continue
@@ -613,7 +617,7 @@ def audit_counts(state_dir: Path) -> dict[str, Any]:
                     t = json.loads(line)["t"]
                     last_dispatch_reject = t if last_dispatch_reject is None else max(
                         last_dispatch_reject, t)
-    return {"rejected": rejected, "records_lost": lost,
+    return {"rejected": rejected, "unrecorded": unrecorded, "records_lost": lost,
             "last_dispatch_rejected_at": last_dispatch_reject}
 
 
@@ -875,7 +879,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"({rate(d_att)}); invalid frequency samples (QoS 0, same mix) at {rate(f_att)} "
         f"(asked {result['frequency_junk_rate']:,.0f}/s) for {f_att.get('seconds', 0):.0f} s; "
         f"the agent handled {handled['rejected']['dispatch']} junk dispatches and "
-        f"{handled['rejected']['frequency']} junk samples (audit trail"
+        f"{handled['rejected']['frequency']} junk samples one by one in the audit trail"
+        + (f", and {handled.get('unrecorded', 0)} more refusals past its audit budget"
+           if handled.get("unrecorded") else "")
         + (f"; {handled['records_lost']} audit records lost, so at least that many"
            if handled["records_lost"] else "")
         + f"); broker drop warnings: {flood['broker_drop_warnings']}",

@@ -115,3 +115,27 @@ def test_audit_records_of_unproven_refusals_stay_within_their_budget() -> None:
     assert [gate.record_allowed(1.0, proven=False) for _ in range(5)] == [True] * 3 + [False] * 2
     assert gate.record_allowed(1.0, proven=True)  # a verified sender's refusal: always
     assert gate.take_unrecorded() == 2 and gate.take_unrecorded() == 0
+
+
+def test_a_frequency_storm_cannot_starve_dispatches() -> None:
+    from typing import cast
+
+    from gridtao.hotpath.intake import Intake
+    from gridtao.hotpath.lane import FREQUENCY_RUN, IslandLane
+    from gridtao.transport.mqtt import InboundMessage, MqttLink
+
+    def link(name: str) -> MqttLink:
+        return MqttLink(host="127.0.0.1", port=1, client_id=name)
+
+    dispatch, frequency = link("d"), link("f")
+    lane = IslandLane(dispatch, cast(Intake, None), frequency_link=frequency)
+    for k in range(2 * FREQUENCY_RUN + 4):
+        frequency._inbox.put_nowait(InboundMessage("f", b"%d" % k, 0, False, 0.0, 0.0))
+    for k in range(2):
+        dispatch._inbox.put_nowait(InboundMessage("d", b"%d" % k, 1, False, 0.0, 0.0))
+    order = []
+    while (msg := lane._next()) is not None:
+        order.append(msg.topic)
+    run = ["f"] * FREQUENCY_RUN
+    assert order == [*run, "d", *run, "d", "f", "f", "f", "f"]
+    lane._loop.close()

@@ -7,9 +7,11 @@ writers.
 
 Frequency has a path of its own that no dispatch can queue ahead of: its own connection (the
 broker keeps a queue per connection, so a dispatch backlog never sits in front of a sample), its
-own inbox, and strict priority here: every waiting sample is handled before the next dispatch,
-and the lane lets the loop read both sockets after every message, so a sample waits at most
-about one dispatch's handling (a fraction of a millisecond), however many dispatches are queued.
+own inbox, and priority here: waiting samples are handled before a waiting dispatch, and the
+lane lets the loop read both sockets after every message, so a sample waits at most about one
+dispatch's handling (a fraction of a millisecond), however many dispatches are queued. The
+priority is not absolute: after ``FREQUENCY_RUN`` samples in a row a waiting dispatch goes
+next, so a storm on the frequency topic cannot starve dispatches either.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from gridtao.transport.mqtt import InboundMessage, MqttLink, new_event_loop
 log = logging.getLogger("gridtao.lane")
 
 TICK_S = 0.05
+#: Samples handled in a row before a waiting dispatch gets its turn.
+FREQUENCY_RUN = 8
 CONNECT_POLL_S = 0.02  # how often start() looks at the connection (and its abort)
 
 
@@ -43,6 +47,7 @@ class IslandLane:
         self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._main, name="gridtao-island-lane", daemon=True)
         self._stopping: asyncio.Event | None = None
+        self._run = 0  # frequency samples handled in a row (lane thread only)
         self._ready = threading.Event()
         self.error: BaseException | None = None
 
@@ -158,12 +163,18 @@ class IslandLane:
             await asyncio.sleep(0)
 
     def _next(self) -> InboundMessage | None:
-        """The waiting message to handle next: a frequency sample before any dispatch."""
-        if self._frequency_link is not None:
+        """The waiting message to handle next: a frequency sample before a dispatch, but a
+        waiting dispatch after every ``FREQUENCY_RUN`` samples in a row."""
+        if self._frequency_link is not None and self._run < FREQUENCY_RUN:
             sample = self._frequency_link.poll()
             if sample is not None:
+                self._run += 1
                 return sample
-        return self._link.poll()
+        self._run = 0
+        dispatch = self._link.poll()
+        if dispatch is None and self._frequency_link is not None:
+            return self._frequency_link.poll()
+        return dispatch
 
     async def _tick(self) -> None:
         while True:
