@@ -416,12 +416,11 @@ class SafetyIsland:
         resting limits by the safe state (``hold``, ``minimum``) go back through the normal
         ramp: the node is latched at its current total as event ``safe-state-exit-N`` and that
         event is released at once (``release_rate_per_s``). False if no safe state was set."""
-        with self._cmd_lock:
-            with self._lock:
-                was = self._mode
-                held_mw = float(sum(self._writes.limits_mw))
-                below = held_mw < float(sum(self._normal_mw)) - len(self._normal_mw)
-                ramp = was in ("hold", "minimum") and below and not self._events
+        with self._cmd_lock, self._lock:
+            was = self._mode
+            held_mw = float(sum(self._writes.limits_mw))
+            below = held_mw < float(sum(self._normal_mw)) - len(self._normal_mw)
+            ramp = was in ("hold", "minimum") and below and not self._events
         if was is None:
             return False
         exit_id = None
