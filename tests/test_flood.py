@@ -139,3 +139,23 @@ def test_a_frequency_storm_cannot_starve_dispatches() -> None:
     run = ["f"] * FREQUENCY_RUN
     assert order == [*run, "d", *run, "d", "f", "f", "f", "f"]
     lane._loop.close()
+
+
+def test_aiomqtts_full_queue_is_counted_not_logged_per_message(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    from gridtao.transport.diagnose import QUEUE_FULL, PahoTap
+    from gridtao.transport.mqtt import MqttLink
+
+    link = MqttLink(host="127.0.0.1", port=1, client_id="full")
+    loop = asyncio.new_event_loop()
+    try:
+        tap = PahoTap(loop, on_discard=link._discarded)
+        with caplog.at_level(logging.DEBUG):
+            for _ in range(1000):
+                tap.warning(QUEUE_FULL)  # what aiomqtt logs for each message it drops
+        assert link.stats.dropped_inbound == 1000
+        assert not [r for r in caplog.records if QUEUE_FULL in r.getMessage()]
+    finally:
+        loop.close()

@@ -215,20 +215,32 @@ class AttemptLog:
         self.attempts = self.refused = 0
 
 
+#: aiomqtt's warning when its bounded incoming queue drops a message.
+QUEUE_FULL = "Message queue is full. Discarding message."
+
+
 class PahoTap(logging.Logger):
     """paho's logger for one connection: keeps its last socket error (set ``failed``) and hands
     every other record to the ``mqtt`` logger. Unregistered: it goes with its connection."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *,
+                 on_discard: Callable[[], None] | None = None) -> None:
         super().__init__("mqtt")
         self.last_error: str | None = None
         self.failed = asyncio.Event()
         self._loop = loop
+        # aiomqtt's "queue is full" warning, once per dropped message in a flood: counted.
+        self._on_discard = on_discard
 
     def isEnabledFor(self, level: int) -> bool:
-        return level >= logging.ERROR or _MQTT_LOG.isEnabledFor(level)
+        # WARNING always, when counting aiomqtt's discards (its queue-full warning).
+        return (level >= logging.ERROR or _MQTT_LOG.isEnabledFor(level)
+                or (self._on_discard is not None and level == logging.WARNING))
 
     def handle(self, record: logging.LogRecord) -> None:
+        if self._on_discard is not None and record.msg == QUEUE_FULL:
+            self._on_discard()
+            return
         if record.levelno >= logging.ERROR and record.exc_info is None:
             # A socket error: reported once, in the link's own words, with this as the cause.
             self.last_error = record.getMessage()

@@ -106,17 +106,6 @@ def _check_qos(qos: int) -> None:
         raise ValueError(f"QoS must be 0, 1 or 2, got {qos!r}")
 
 
-def _handing_to(take: Callable[[aiomqtt.Message], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
-    """aiomqtt's incoming-message queue class, made to hand each message to ``take`` instead
-    of keeping it (aiomqtt's public ``queue_type`` option)."""
-
-    class HandOn(asyncio.Queue[aiomqtt.Message]):
-        def put_nowait(self, item: aiomqtt.Message) -> None:
-            take(item)
-
-    return HandOn
-
-
 class MqttLink:
     """A supervised MQTT v5 client connection. Create it, then run :meth:`run` as a task.
 
@@ -289,6 +278,10 @@ class MqttLink:
 
     # ---- supervision -----------------------------------------------------------------------
 
+    def _discarded(self) -> None:
+        """aiomqtt's bounded queue was full: one incoming message dropped."""
+        self.stats.dropped_inbound += 1
+
     def backoff_s(self, attempt: int) -> float:
         """Delay before reconnection attempt ``attempt`` (0-based): uniform in
         [min, min(max, min * 2**attempt)]."""
@@ -357,7 +350,7 @@ class MqttLink:
         self._was_up = False
         credentials = self._credentials  # one consistent set, even if a reload swaps it now
         # paho's log of this connection: the only trace of a TLS alert after the handshake.
-        tap = self._tap = PahoTap(asyncio.get_running_loop())
+        tap = self._tap = PahoTap(asyncio.get_running_loop(), on_discard=self._discarded)
         will = None
         if self.will is not None:
             will = aiomqtt.Will(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
@@ -365,7 +358,9 @@ class MqttLink:
             self.host,
             self.port,
             identifier=self.client_id,
-            queue_type=_handing_to(self._take),
+            # aiomqtt's own queue is bounded too (it drops the newest when full, counted by
+            # the tap): a flood costs bounded memory, never an unbounded backlog.
+            max_queued_incoming_messages=self._inbox.maxsize,
             protocol=aiomqtt.ProtocolVersion.V5,
             will=will,
             keepalive=self.keepalive_s,
@@ -426,34 +421,26 @@ class MqttLink:
         raise aiomqtt.MqttError("MQTT session ended")  # pragma: no cover - both loop forever
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        """Watch the connection: messages never wait in aiomqtt's queue (:meth:`_take` gets
-        each one as paho decodes it), so this only ends the session when the client does."""
-        async for _ in client.messages:  # pragma: no cover - the queue hands everything on
-            pass
-
-    def _take(self, message: aiomqtt.Message) -> None:
-        """One message off the socket, on the link's loop: stamped and into the bounded inbox
-        at once. Nothing queues unbounded in between, so a flood costs a bounded inbox (the
-        oldest dropped and counted), not memory; and no task per message."""
         clock = self._clock
         inbox = self._inbox
-        payload = message.payload
-        inbound = InboundMessage(
-            topic=message.topic.value,
-            payload=payload if isinstance(payload, bytes) else str(payload).encode(),
-            qos=message.qos,
-            retain=message.retain,
-            received_at=clock.now(),
-            received_wall=clock.wall(),
-        )
-        self.stats.received += 1
-        if inbox.full():
-            # The oldest sample is the least useful one to a controller.
-            inbox.get_nowait()
-            self.stats.dropped_inbound += 1
-        inbox.put_nowait(inbound)
-        if self.on_inbound is not None:
-            self.on_inbound()
+        async for message in client.messages:
+            payload = message.payload
+            inbound = InboundMessage(
+                topic=message.topic.value,
+                payload=payload if isinstance(payload, bytes) else str(payload).encode(),
+                qos=message.qos,
+                retain=message.retain,
+                received_at=clock.now(),
+                received_wall=clock.wall(),
+            )
+            self.stats.received += 1
+            if inbox.full():
+                # The oldest sample is the least useful one to a controller.
+                inbox.get_nowait()
+                self.stats.dropped_inbound += 1
+            inbox.put_nowait(inbound)
+            if self.on_inbound is not None:
+                self.on_inbound()
 
     async def _send(self, client: aiomqtt.Client) -> None:
         outbox = self._outbox
