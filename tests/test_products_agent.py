@@ -190,6 +190,9 @@ def test_ffr_stacks_on_the_fcr_n_operating_point(mqtt_broker: MosquittoBroker) -
 def test_an_award_arms_exactly_the_accepted_capacity(mqtt_broker: MosquittoBroker) -> None:
     with agent_serving(mqtt_broker, "award", products=[FFR]) as (agent, _sim), \
             Subscriber(mqtt_broker.host, mqtt_broker.port, agent.topics.ack) as acks:
+        # The controller's connection subscribes to awards when it is up (an award is a
+        # command: not retained, so one sent before that is not seen).
+        wait_for(lambda: agent.status_link.is_connected, "the controller's connection")
         mtu = 900
         start = int(time.time()) // mtu * mtu  # the MTU in force now, so it applies at once
         award = {"id": "award-1", "start": start, "mtu_s": mtu,
