@@ -5,9 +5,11 @@ Mosquitto, simulated GPUs with the driver's "GPU is lost" on one of them from th
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
 from broker import MosquittoBroker, Subscriber
 from nodes import merge, running
 from waiting import wait_until
@@ -69,3 +71,17 @@ def test_the_healthy_gpus_are_served_and_the_lost_one_reported(
         assert ack["accepted"] is True and ack["commanded_at"] is not None
         limits = [node.agent.backend.enforced_limit_mw(k) for k in range(3)]
         assert all(lim < 700_000 for lim in limits)
+
+
+def test_priorities_follow_the_driver_s_gpu_numbers_when_one_is_missing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from gridtao.app.checks import served_priorities
+
+    cfg = config_from_mapping({"tracker": {"priorities": [
+        {"gpus": [3], "priority": "critical", "floor_w": 400},
+        {"gpus": [LOST], "priority": "critical", "floor_w": 300}]}}, source="<test>")
+    with caplog.at_level(logging.WARNING):
+        served = served_priorities(cfg, [0, 1, 3])
+    (only,) = served.tracker.priorities
+    assert only.gpus == (2,) and only.floor_w == 400  # driver GPU 3 is served as 2
+    assert "GPU 2 not served" in caplog.text

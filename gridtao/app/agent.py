@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from gridtao import __version__
 from gridtao.app.actuation import check_write_permission, report_actuation, restore_limits
-from gridtao.app.checks import check_priority_floors
+from gridtao.app.checks import check_priority_floors, served_priorities
 from gridtao.app.instance import Instance, ensure_unique
 from gridtao.app.periodic import ControllerLoop, ControllerParts
 from gridtao.app.planning import NodePlanning
@@ -158,6 +158,9 @@ class Agent:
                           "checked every %.0f s (restart the agent to serve it once it is back)",
                           index, kind, len(self._physical), UNAVAILABLE_CHECK_S)
             self.backend = ServedGpus(self.backend, self._physical)
+            # tracker.priorities name the driver's GPUs: renumber them as the agent serves them.
+            config = served_priorities(config, self._physical)
+            self.config = config
         #: Simulated GPUs (``gpus.backend: sim``, or ``auto`` without a driver): every status,
         #: ack and the metrics say so.
         self.simulated = bool(getattr(self.backend, "simulated", False))

@@ -7,6 +7,7 @@ read those, before anything is started or written.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -62,3 +63,22 @@ def check_priority_floors(config: Config, indices: Sequence[int],
                 log.warning("%s: %s: %g W is below GPU %d's minimum limit %g W: no limit goes "
                             "below the minimum, so this floor protects nothing", config.source,
                             key, prio.floor_w, g, min_w)
+
+
+def served_priorities(config: Config, physical: Sequence[int]) -> Config:
+    """``config`` with ``tracker.priorities`` renumbered from the driver's GPU indices to the
+    served ones (``physical[k]`` is served as GPU ``k``; gpu/subset.py). A GPU not served (it
+    could not be opened) is dropped from its entry, with a warning; an entry left with no GPU
+    is dropped."""
+    position = {index: k for k, index in enumerate(physical)}
+    kept = []
+    for n, prio in enumerate(config.tracker.priorities):
+        gone = [i for i in prio.gpus if i not in position]
+        if gone:
+            log.warning("tracker.priorities[%d]: GPU %s not served (could not be opened); its "
+                        "floor does not apply", n, ", ".join(map(str, gone)))
+        gpus = tuple(position[i] for i in prio.gpus if i in position)
+        if gpus:
+            kept.append(dataclasses.replace(prio, gpus=gpus))
+    return dataclasses.replace(config, tracker=dataclasses.replace(
+        config.tracker, priorities=tuple(kept)))
