@@ -383,6 +383,10 @@ class Agent:
             self.metrics.count_reload("refused")
             self.ledger.record("reload_refused", {"reason": str(e)})
             raise
+        except Exception as e:  # anything else reading it: refused too, one line, no traceback
+            self.metrics.count_reload("refused")
+            self.ledger.record("reload_refused", {"reason": repr(e)})
+            raise ConfigError(f"the configuration could not be read again: {e!r}") from None
         result = apply_reload(plan, guard=self.guard, links=(*self.lane.links, self.status_link))
         self.config = plan.config
         self.metrics.count_reload("applied")
