@@ -114,6 +114,9 @@ def test_audit_records_of_unproven_refusals_stay_within_their_budget() -> None:
     gate = RejectionGate(records_per_s=10.0, record_burst=3)
     assert [gate.record_allowed(1.0, proven=False) for _ in range(5)] == [True] * 3 + [False] * 2
     assert gate.record_allowed(1.0, proven=True)  # a verified sender's refusal: always
+    gate.log("dispatch 'x'", "not JSON", 1.0)  # refusals are logged as they are counted
+    assert gate.take_unrecorded() == 0  # summed up once the interval ends, not every tick
+    gate.flush(11.5)
     assert gate.take_unrecorded() == 2 and gate.take_unrecorded() == 0
 
 

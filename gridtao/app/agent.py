@@ -44,9 +44,8 @@ from gridtao.app.readback import ReadBack
 from gridtao.app.reload import ReloadResult, apply_reload, plan_reload, read_credentials
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.config.agent import Config, ConfigError
-from gridtao.config.kinds import KINDS
 from gridtao.config.paths import with_state_paths
-from gridtao.control.capacity import Capacity, CapacityWatch, node_capacity
+from gridtao.control.capacity import Capacity, CapacityWatch, enrolled_w, node_capacity
 from gridtao.control.response import Reached, ResponseMeter
 from gridtao.control.tier1.loop import FastLoop
 from gridtao.control.tier2.tracker import Tier2
@@ -343,7 +342,8 @@ class Agent:
         """The node's down-capacity now, from tier 1's latest readings and the island's
         floors (no NVML call; any thread)."""
         return node_capacity(self.fast.draw_mw, self.island.floor_mw(),
-                             facility=self.config.facility, enrolled=self._enrolled_now_w(),
+                             facility=self.config.facility, enrolled=enrolled_w(
+                                 self.config.products, self.planning.arming.snapshot().armed_w),
                              node_floor_mw=self._node_floor_mw)
 
     async def _watch_unavailable(self) -> None:
@@ -360,12 +360,6 @@ class Agent:
                 log.warning("GPU %d can be opened again: restart the agent to serve it", index)
                 self.ledger.record("gpu_back", {"gpu": index})
             said = set(back)
-
-    def _enrolled_now_w(self) -> float:
-        """Summed capacity of the frequency products armed now (awards included), W."""
-        armed = self.planning.arming.snapshot().armed_w
-        return sum(armed.get(p.name or p.kind, p.capacity_w) for p in self.config.products
-                   if KINDS[p.kind].frequency)
 
     def frequency_feed(self) -> tuple[float | None, float | None, bool]:
         """(last frequency Hz, seconds since the last sample, stale); any thread."""

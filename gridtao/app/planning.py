@@ -34,6 +34,7 @@ import numpy as np
 from gridtao.app.arming import Arming, AwardBook, take_award
 from gridtao.clock import Clock
 from gridtao.config.agent import Config
+from gridtao.config.paths import resolve_path
 from gridtao.gpu.backend import PowerLimits
 from gridtao.history import HistoryError, HistoryRecorder, HistoryStore
 from gridtao.products.portfolio import Portfolio
@@ -49,7 +50,7 @@ from gridtao.wire import messages as wire
 from gridtao.wire.awards import plan_payload
 
 __all__ = ["ARMING_PERIOD_S", "NodePlanning", "floor_w", "natural_history", "plan_settings",
-           "subscriptions"]
+           "signals_file", "subscriptions"]
 
 log = logging.getLogger("gridtao.tier3")
 
@@ -100,6 +101,17 @@ def natural_history(path: str | Path, since_s: int, until_s: int
         rows = [r for r in store.rows(since_s, until_s + 1) if r.event_s <= 0.0]
     return (np.array([r.start_s for r in rows], dtype=np.int64),
             np.array([r.it_mean_w for r in rows]), np.array([r.it_p10_w for r in rows]))
+
+
+def signals_file(config: Config, now_s: float) -> Signals | None:
+    """``planner.signals_file`` read now (None: none configured; a relative path is taken
+    from the configuration file's folder). Raises OSError or SignalError."""
+    p = config.planner
+    if p.signals_file is None:
+        return None
+    path = resolve_path(p.signals_file, config.source)
+    return parse_signals(path.read_bytes(), now_s=now_s, source=str(path),
+                         max_age_s=p.signals_max_age_h * 3600.0)
 
 
 def subscriptions(config: Config, topics: wire.Topics) -> list[tuple[str, int]]:
@@ -221,15 +233,12 @@ class NodePlanning:
 
     def signals(self, wall_s: float) -> Signals | None:
         """The file's signals merged with the topic's (newer wins per series), or None."""
-        p = self._config.planner
         out: Signals | None = None
-        if p.signals_file is not None:
-            try:
-                out = parse_signals(Path(p.signals_file).read_bytes(), now_s=wall_s,
-                                    max_age_s=p.signals_max_age_h * 3600.0,
-                                    source=p.signals_file)
-            except (OSError, SignalError) as e:
-                log.warning("planner.signals_file %s refused: %s", p.signals_file, e)
+        try:
+            out = signals_file(self._config, wall_s)
+        except (OSError, SignalError) as e:
+            log.warning("planner.signals_file %s refused: %s", self._config.planner.signals_file,
+                        e)
         with self._lock:
             topic = self._topic_signals
         if topic is not None:

@@ -68,12 +68,10 @@ def run_plan(args: argparse.Namespace, config: Config) -> int:
 
 
 def _plan(config: Config, store: Path) -> Plan:
-    from gridtao.app.planning import floor_w, natural_history, plan_settings
-    from gridtao.config.paths import resolve_path
+    from gridtao.app.planning import floor_w, natural_history, plan_settings, signals_file
     from gridtao.gpu import open_backend
     from gridtao.history import HistoryError
     from gridtao.tier3.planner import make_plan
-    from gridtao.tier3.signals import parse_signals
 
     backend = open_backend(config.gpus)
     try:
@@ -87,15 +85,11 @@ def _plan(config: Config, store: Path) -> Plan:
                            "run the agent)", path=store)
     t, mean, p10 = natural_history(store, int(now) - config.planner.history_days * DAY_S,
                                    int(now))
-    signals = None
-    if config.planner.signals_file is not None:
-        path = resolve_path(config.planner.signals_file, config.source)
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
-        signals = parse_signals(data, now_s=now, source=str(path),
-                                max_age_s=config.planner.signals_max_age_h * 3600.0)
+    try:
+        signals = signals_file(config, now)
+    except OSError as e:
+        raise ConfigError(f"{config.planner.signals_file}: cannot read: {e.strerror or e}"
+                          ) from None
     plan = make_plan(t, mean, p10, signals, now_s=now,
                      settings=plan_settings(config, floor_w(config, limits, indices)))
     if not plan.valid:

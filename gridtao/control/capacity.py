@@ -15,7 +15,7 @@ seconds (cooling follows later and is not counted on), at ``it`` once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gridtao.config.grid import FacilityConfig, ProductConfig
@@ -58,10 +58,15 @@ class Capacity:
                 "settle_at": self.settle_at}
 
 
-def enrolled_w(products: Iterable[ProductConfig]) -> float:
+def enrolled_w(products: Iterable[ProductConfig],
+               in_force_w: Mapping[str, float] | None = None) -> float:
     """Summed capacity of the enrolled frequency products (demand response is scheduled, and
-    checked against the draw when an event is accepted), W at the settlement point."""
-    return sum(p.capacity_w for p in products if KINDS[p.kind].frequency)
+    checked against the draw when an event is accepted), W at the settlement point.
+    ``in_force_w``: product name -> the capacity in force now (tier 3's awards), where it
+    differs from the configured one."""
+    in_force = in_force_w or {}
+    return sum(in_force.get(p.name or p.kind, p.capacity_w) for p in products
+               if KINDS[p.kind].frequency)
 
 
 def node_capacity(draw_mw: Sequence[float], floor_mw: Sequence[float], *,

@@ -49,6 +49,7 @@ class RejectionGate:
         self._records = _Bucket(records_per_s, record_burst)
         #: Refusals counted but not recorded one by one, since the last summary.
         self.unrecorded = 0
+        self._summary_due = False  # an interval ended: the unrecorded count goes out
         self._log_lines = log_lines
         self._interval_s = interval_s
         self._window_start: float | None = None
@@ -72,7 +73,11 @@ class RejectionGate:
         return False
 
     def take_unrecorded(self) -> int:
-        """The refusals counted but not recorded since the last call (for one summary)."""
+        """Once an interval has ended (:meth:`flush`), the refusals counted but not recorded
+        until then, for one summary record; else 0 (they wait for the interval's end)."""
+        if not self._summary_due:
+            return 0
+        self._summary_due = False
         n, self.unrecorded = self.unrecorded, 0
         return n
 
@@ -100,6 +105,7 @@ class RejectionGate:
         self._window_start = None
         self._logged = 0
         self._tally.clear()
+        self._summary_due = True
 
 
 class _Bucket:

@@ -23,7 +23,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from gridtao.wire.messages import ID_MAX_CHARS, NODE_W_MAX, MessageRejected
 
@@ -60,7 +60,7 @@ class Award:
         return out
 
 
-def _fail(reason: str, event_id: str | None = None) -> None:
+def _fail(reason: str, event_id: str | None = None) -> NoReturn:
     raise MessageRejected(reason, event_id)
 
 
@@ -78,7 +78,6 @@ def parse_award(payload: bytes, *, max_bytes: int, products: Sequence[str]) -> A
     event_id = data.get("id")
     if not isinstance(event_id, str) or not 0 < len(event_id) <= ID_MAX_CHARS:
         _fail(f"award needs an 'id' string of 1..{ID_MAX_CHARS} characters")
-    assert isinstance(event_id, str)
     issued = data.get("issued_at")
     if issued is not None and (isinstance(issued, bool) or not isinstance(issued, int | float)
                                or not math.isfinite(issued)):
