@@ -7,7 +7,7 @@ on the controller, the transport or telemetry, so it keeps working (and keeps GP
 """
 
 from .envelope import Envelope
-from .island import Activation, IslandView, SafeMode, SafetyIsland
+from .island import Activation, IslandView, OutsideChange, SafeMode, SafetyIsland
 from .watchdog import Watchdog
 from .writer import ParallelWriter, WriteOutcome
 
@@ -15,6 +15,7 @@ __all__ = [
     "Activation",
     "Envelope",
     "IslandView",
+    "OutsideChange",
     "ParallelWriter",
     "SafeMode",
     "SafetyIsland",

@@ -50,13 +50,14 @@ from .latch import (
     EventKind,
     IslandView,
     LatchedEvent,
+    OutsideChange,
     SafeMode,
     most_restrictive,
 )
 from .ports import Clock, GpuPort
 from .writer import ParallelWriter, WriteBatch, WriteRecord
 
-__all__ = ["Activation", "IslandView", "SafeMode", "SafetyIsland"]
+__all__ = ["Activation", "IslandView", "OutsideChange", "SafeMode", "SafetyIsland"]
 
 log = logging.getLogger("gridtao.safety")
 _SAFE_MODES = ("default", "hold", "minimum")
@@ -138,6 +139,9 @@ class SafetyIsland:
         with self._lock:
             self._draw = tuple(draw)
         self._writes.reset_limits(limits)
+        for i, mw in enumerate(limits):
+            with self._writer.gpu_lock(i):
+                self._writer.note_read(i, mw)
 
     def close(self) -> None:
         """Stop the writer threads. Does not touch the limits: call :meth:`restore_defaults`
@@ -341,20 +345,50 @@ class SafetyIsland:
         the driver refused leaves the limit the GPU really kept."""
         return self._writes.limits_mw
 
-    def refresh_enforced(self) -> None:
+    def refresh_enforced(self) -> list[OutsideChange]:
         """Read every GPU's enforced limit now, under its write lock (so a read never lands
         between a write and its read-back), so that a change made by another process shows in
         :meth:`enforced_mw`. A GPU that cannot be read keeps its last reading. Called from a
         worker thread about once a rearm period (gridtao/app/readback.py), never from tier 1: a
-        slow driver call must not slow the control loop."""
+        slow driver call must not slow the control loop.
+
+        A limit that differs from the one last read back, with no write of ours in between, was
+        set by someone else: it becomes the GPU's resting limit (:meth:`adopt_outside_limit`)
+        and is returned, so the caller can report it. It is never written over in a loop."""
+        changes: list[OutsideChange] = []
         for index in range(len(self.envelope.default_mw)):
             with self._writer.gpu_lock(index):
                 try:
                     mw = self._backend.enforced_limit_mw(index)
                 except Exception:  # the read faults are tier 1's to report
                     continue
+                last = self._writer.last_read_mw(index)
+                self._writer.note_read(index, mw)
                 # Noted under the GPU's lock: a write landing after this read must win.
                 self._writes.note_enforced(index, mw)
+            if last is not None and mw != last:
+                changes.append(self.adopt_outside_limit(index, last, mw))
+        return changes
+
+    def adopt_outside_limit(self, index: int, from_mw: int, to_mw: int) -> OutsideChange:
+        """GPU ``index``'s limit was moved from ``from_mw`` to ``to_mw`` by someone else: that
+        (clamped into the envelope) is its resting limit from now on, where events release it
+        to and tier 1 raises it no higher. An event in force keeps its cap where that is lower
+        (the grid commitment), written once by tier 1's next plan; a safe state keeps its
+        limits until it is left."""
+        resting = self.envelope.clamp_all(
+            [to_mw if i == index else r for i, r in enumerate(self._normal_mw)])[index]
+        with self._lock:
+            normal = list(self._normal_mw)
+            normal[index] = resting
+            self._normal_mw = tuple(normal)
+            if self._mode is None:
+                self._resting_mw = self._normal_mw
+            in_event = bool(self._events)
+        log.warning("GPU %d: limit changed outside the agent, %d -> %d mW: it rests there from "
+                    "now on%s", index, from_mw, to_mw,
+                    " (the event in force keeps its cap where lower)" if in_event else "")
+        return OutsideChange(index, from_mw, to_mw, resting, in_event)
 
     def write_faults(self) -> dict[int, str]:
         """GPUs whose last limit write failed: index -> error kind (e.g. ``"GpuLost"``)."""

@@ -172,3 +172,17 @@ def most_restrictive(
         if best is None or ceiling <= best[1]:
             best = (ev, ceiling)
     return best
+
+
+@dataclass(frozen=True)
+class OutsideChange:
+    """A GPU's limit moved by someone else (an operator's ``nvidia-smi -pl``, another process):
+    from ``from_mw`` (the limit last read back) to ``to_mw``; ``resting_mw`` is the GPU's new
+    resting limit (``to_mw`` clamped into its envelope); ``during_event``: an event was in force.
+    """
+
+    index: int
+    from_mw: int
+    to_mw: int
+    resting_mw: int
+    during_event: bool

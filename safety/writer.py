@@ -142,6 +142,9 @@ class ParallelWriter:
         self._count = count
         self.timeout_s = timeout_s
         self._locks = tuple(threading.Lock() for _ in range(count))
+        # Per GPU: the limit last read back under its lock (None: unknown, as after a failed
+        # write). A later read that differs was made by someone else (see last_read_mw).
+        self._read_mw: list[int | None] = [None] * count
         self._queues: tuple[queue.SimpleQueue[_Job | None], ...] = tuple(
             queue.SimpleQueue() for _ in range(count)
         )
@@ -155,6 +158,17 @@ class ParallelWriter:
     def gpu_lock(self, index: int) -> threading.Lock:
         """The lock every write to GPU ``index`` holds."""
         return self._locks[index]
+
+    def last_read_mw(self, index: int) -> int | None:
+        """The limit GPU ``index`` was last read back enforcing (by a write or
+        :meth:`note_read`), None if unknown. Call with :meth:`gpu_lock` held: no write of ours
+        can then be between that reading and the caller's own."""
+        return self._read_mw[index]
+
+    def note_read(self, index: int, limit_mw: int | None) -> None:
+        """GPU ``index`` was read enforcing ``limit_mw`` (None: unknown). Call with
+        :meth:`gpu_lock` held."""
+        self._read_mw[index] = limit_mw
 
     def start(self) -> None:
         """Start the worker threads (idempotent)."""
@@ -239,11 +253,13 @@ class ParallelWriter:
                 if guard is not None and not guard():
                     batch._returned()
                     return WriteOutcome(index, limit_mw, None, skipped=True)
+                self._read_mw[index] = None  # until read back: a failed write leaves it unknown
                 try:
                     self._backend.command_limit_mw(index, limit_mw)
                 finally:
                     batch._returned()
                 enforced = self._backend.enforced_limit_mw(index)
+                self._read_mw[index] = enforced
             except Exception as e:  # a failure is this GPU's, never its worker's
                 if not _is_device_error(e):
                     log.exception("GPU %d: unexpected error writing its limit", index)

@@ -17,8 +17,10 @@ os.environ["GRIDTAO_NO_NVML"] = "1"
 @pytest.fixture(autouse=True)
 def _state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test's agents keep their audit trail, journal and replay store in that test's own
-    state directory (inherited by the agent processes a test starts)."""
+    state directory, and their simulated GPUs in its own run directory (both inherited by the
+    agent processes a test starts): one test's limits never reach another's GPUs."""
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
 
 
 @pytest.fixture

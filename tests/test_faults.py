@@ -247,7 +247,7 @@ def test_agent_restarted_after_the_bound_restores_the_limits_at_once(
         assert node.agent.island.view().event_id is None
         assert node.limits_w() == [DEFAULT_W] * N  # written during start
         (recovery,) = [r for r in node.audit() if r["kind"] == "recovery"]
-    assert recovery["fields"]["action"] == "restored default limits"
+    assert recovery["fields"]["action"] == "restored the limits found before the crash"
     assert recovery["fields"]["expired"] == [{"event": "c1", "why": "crash bound is over"}]
 
 
@@ -277,20 +277,89 @@ def test_a_restored_event_is_released_within_the_bound(
     assert capped_for_s <= bound_s + 0.5
 
 
-def test_an_unreadable_journal_restores_defaults(
+def _crashed_mid_event(broker: MosquittoBroker, cfg: Config, sim: SimNvml) -> list[float]:
+    """A first run that took a 40 % cut and crashed; the capped limits it left, W."""
+    first = Agent(cfg, backend=NvmlBackend(sim), clock=sim.clock,
+                  options=AgentOptions(serve_metrics=False, connect_timeout_s=WAIT_S))
+    first.start()
+    node = Node(first, sim, broker)
+    with node.acks() as acks:
+        node.dispatch(_shed("c1", 0.4))
+        assert _ack(acks.wait(1, WAIT_S)[0])["accepted"] is True
+    capped = node.limits_w()
+    assert first.ledger.audit is not None and first.ledger.audit.flush()
+    crash(first)
+    return capped
+
+
+def test_an_unreadable_journal_restores_what_the_audit_trail_vouches_for(
     mqtt_broker_session: MosquittoBroker, tmp_path: Path
 ) -> None:
     cfg = _config(mqtt_broker_session, "crash-corrupt", tmp_path)
     sim = _sim(cfg, MonotonicClock())
-    with NvmlBackend(sim) as b:  # a previous run left caps behind, and a damaged journal
-        for i in range(N):
-            b.set_limit_mw(i, 400 * W)
+    capped = _crashed_mid_event(mqtt_broker_session, cfg, sim)
+    assert sum(capped) < N * DEFAULT_W - 1
     Path(_path(cfg.journal.path)).write_text('{"version": 1, "node": "x", "gpu_uu')
     with running(mqtt_broker_session, cfg, sim) as node:
+        # The trail shows a run that started (at the defaults) and never stopped: its caps.
         assert node.agent.initial_limits_mw == [DEFAULT_W * W] * N
-        wait_for(lambda: node.limits_w() == [DEFAULT_W] * N, "default limits")
+        wait_for(lambda: node.limits_w() == [DEFAULT_W] * N, "the limits before the crash")
         (recovery,) = [r for r in node.audit() if r["kind"] == "recovery"]
     assert "unreadable" in recovery["fields"]["problem"]
+    assert recovery["fields"]["witness"]["vouched"] == list(range(N))
+
+
+def test_no_journal_and_no_trail_leaves_limits_it_cannot_prove_its_own(
+    mqtt_broker_session: MosquittoBroker, tmp_path: Path
+) -> None:
+    """Caps found with nothing to say whose they are: never guessed away (they may be the
+    operator's), said at start, and kept as the limits to go back to."""
+    cfg = _config(mqtt_broker_session, "crash-unknown", tmp_path,
+                  journal={"enabled": False}, audit={"enabled": False})
+    sim = _sim(cfg, MonotonicClock())
+    with NvmlBackend(sim) as b:
+        for i in range(N):
+            b.set_limit_mw(i, 400 * W)
+    with running(mqtt_broker_session, cfg, sim) as node:
+        assert node.agent.initial_limits_mw == [400 * W] * N
+        assert node.agent.ledger.witness is not None
+        assert node.agent.ledger.witness.vouched == ()
+        time.sleep(0.3)
+        assert node.limits_w() == [400.0] * N
+    with NvmlBackend(sim) as b:  # and stopping left them too
+        assert [b.enforced_limit_mw(i) for i in range(N)] == [400 * W] * N
+
+
+def test_no_journal_the_audit_trail_vouches_for_a_crashed_runs_caps(
+    mqtt_broker_session: MosquittoBroker, tmp_path: Path
+) -> None:
+    cfg = _config(mqtt_broker_session, "crash-nojournal", tmp_path, journal={"enabled": False})
+    sim = _sim(cfg, MonotonicClock())
+    _crashed_mid_event(mqtt_broker_session, cfg, sim)
+    with running(mqtt_broker_session, cfg, sim) as node:
+        wait_for(lambda: node.limits_w() == [DEFAULT_W] * N, "the limits before the crash")
+        (recovery,) = [r for r in node.audit() if r["kind"] == "recovery"]
+    assert recovery["fields"]["witness"]["vouched"] == list(range(N))
+    assert recovery["fields"]["problem"] is None
+
+
+def test_a_clean_stop_in_the_trail_means_later_caps_are_not_the_agents(
+    mqtt_broker_session: MosquittoBroker, tmp_path: Path
+) -> None:
+    cfg = _config(mqtt_broker_session, "clean-then-capped", tmp_path,
+                  journal={"enabled": False})
+    sim = _sim(cfg, MonotonicClock())
+    with running(mqtt_broker_session, cfg, sim):
+        pass  # a run that started and stopped cleanly
+    with NvmlBackend(sim) as b:  # then an operator capped the GPUs
+        for i in range(N):
+            b.set_limit_mw(i, 450 * W)
+    with running(mqtt_broker_session, cfg, sim) as node:
+        assert node.agent.initial_limits_mw == [450 * W] * N
+        assert node.agent.ledger.witness is not None
+        assert "stopped cleanly" in node.agent.ledger.witness.reason
+        time.sleep(0.3)
+        assert node.limits_w() == [450.0] * N
 
 
 # ---------------------------------------------------------------- agent SIGKILL, real process

@@ -307,7 +307,7 @@ def test_concurrent_sets_from_8_threads() -> None:
 
 def test_open_backend_sim_and_injected_nvml() -> None:
     clock = VirtualClock()
-    backend = open_backend(GpusConfig(sim=SimConfig(count=3)), clock=clock)
+    backend = open_backend(GpusConfig(sim=SimConfig(count=3, device=None)), clock=clock)
     assert len(backend.devices()) == 3
     backend.close()
     sim = SimNvml(clock)

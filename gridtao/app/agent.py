@@ -59,7 +59,7 @@ from gridtao.products.catalog import STEP_RAMP_OUT_SLACK
 from gridtao.products.frequency import level_key
 from gridtao.products.portfolio import Portfolio, ProductMonitor
 from gridtao.records.ledger import Ledger
-from gridtao.safety.island import Activation, SafetyIsland
+from gridtao.safety.island import Activation, OutsideChange, SafetyIsland
 from gridtao.safety.watchdog import Watchdog
 from gridtao.security.bounds import CutBasis
 from gridtao.security.guard import Guard
@@ -312,7 +312,8 @@ class Agent:
             floor_w=planning_floor_w(config, self.gpu_limits, self.gpu_indices))
         PlanCollector(self.planning.reading, registry=self.registry)
         self.read_back = ReadBack(self.backend, self.island, self.gpu_indices, clock=self.clock,
-                                  on_reading=self.planning.on_reading)
+                                  on_reading=self.planning.on_reading,
+                                  on_outside_change=self._limit_changed_outside)
         EnergyCollector(lambda: self.read_back.energy_mj, tuple(self.gpu_indices),
                         registry=self.registry)
         LinkCollector({"island": lambda: self.lane.link.is_connected,
@@ -513,6 +514,19 @@ class Agent:
                               self.initial_limits_mw)
 
     # ---- callbacks from other threads -----------------------------------------------------
+
+    def _limit_changed_outside(self, change: OutsideChange) -> None:
+        """A GPU's limit was set by someone else (the read-back thread): the island rests it
+        there; it is what the agent restores at stop and after a crash; counted and audited.
+        The agent never writes the old limit back (docs/architecture.md, "Limits set from
+        outside")."""
+        k = change.index
+        physical = k if self._physical is None else self._physical[k]
+        self.initial_limits_mw[k] = change.resting_mw
+        self.metrics.count_outside_change(physical)
+        self.ledger.outside_change(k, change.from_mw, change.resting_mw,
+                                   uuid=self.backend.devices()[k].uuid,
+                                   during_event=change.during_event)
 
     def _activated(self, act: Activation) -> None:
         self.meter.watch(act.event_id, baseline_mw=act.baseline_mw, target_mw=act.target_mw)

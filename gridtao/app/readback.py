@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.gpu.backend import GpuBackend, GpuError
-from gridtao.safety.island import SafetyIsland
+from gridtao.safety.island import OutsideChange, SafetyIsland
 
 __all__ = ["ReadBack"]
 
@@ -28,9 +28,12 @@ class ReadBack:
 
     def __init__(self, backend: GpuBackend, island: SafetyIsland,
                  indices: Sequence[int], *, clock: Clock | None = None,
-                 on_reading: Callable[[float, float, float], None] | None = None) -> None:
+                 on_reading: Callable[[float, float, float], None] | None = None,
+                 on_outside_change: Callable[[OutsideChange], None] | None = None) -> None:
         """``on_reading(wall_s, it_w, limit_w)``: called from the worker thread after each
-        round that could measure power (every GPU's counter read this round and the last)."""
+        round that could measure power (every GPU's counter read this round and the last).
+        ``on_outside_change``: called from the worker thread for each limit the island found
+        set by someone else (and adopted as the GPU's resting limit)."""
         self._backend = backend
         self._island = island
         self._indices = tuple(indices)
@@ -38,6 +41,7 @@ class ReadBack:
         self._energy_mj: tuple[int | None, ...] = (None,) * len(self._indices)
         self._clock = clock if clock is not None else MonotonicClock()
         self._on_reading = on_reading
+        self._on_outside_change = on_outside_change
         self._last: tuple[float, tuple[int | None, ...]] | None = None
 
     @property
@@ -49,7 +53,9 @@ class ReadBack:
 
     def read(self) -> None:
         """One round of read-backs (blocking: run it off the event loop)."""
-        self._island.refresh_enforced()
+        for change in self._island.refresh_enforced():
+            if self._on_outside_change is not None:
+                self._on_outside_change(change)
         energy: list[int | None] = []
         for index in self._indices:
             try:

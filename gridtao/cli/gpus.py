@@ -1,11 +1,18 @@
-"""``gridtao gpus``: every GPU's power, limits and energy, like ``nvidia-smi`` (reads only)."""
+"""``gridtao gpus``: every GPU's power, limits and energy, like ``nvidia-smi`` (reads only).
+
+The simulated GPUs are the machine's (``gpus.sim.device``), so from another shell this shows
+what a running agent does to them. ``--watch S`` prints the table again every S seconds (like
+``nvidia-smi -l``) until interrupted or ``--count N`` tables were printed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +34,30 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="open the backend in dry-run mode (reads only)"
     )
+    p.add_argument("--watch", type=_period, metavar="S", default=None,
+                   help="print the table again every S seconds until interrupted")
+    p.add_argument("--count", type=_count, metavar="N", default=None,
+                   help="with --watch: stop after N tables")
+
+
+def _period(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and 0.05 <= value <= 3600):
+        raise argparse.ArgumentTypeError(f"must be in [0.05, 3600] s, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def gpu_rows(backend: GpuBackend) -> list[dict[str, Any]]:
@@ -82,13 +113,23 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if args.dry_run:
         gpus_cfg = dataclasses.replace(gpus_cfg, dry_run=True)
     with open_backend(gpus_cfg) as backend:
-        rows = gpu_rows(backend)
-        simulated = backend.simulated
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print(format_gpu_table(rows))
-    if simulated:  # never to be mistaken for the machine's own GPUs (stdout stays the table)
-        print("gridtao: these are simulated GPUs (gpus.backend sim, or auto without an NVIDIA "
-              "driver)", file=sys.stderr)
-    return EXIT_OK
+        if backend.simulated:  # never to be mistaken for the machine's own GPUs
+            print("gridtao: these are simulated GPUs (gpus.backend sim, or auto without an "
+                  "NVIDIA driver)", file=sys.stderr)
+        printed = 0
+        try:
+            while True:
+                rows = gpu_rows(backend)
+                if args.json:
+                    print(json.dumps(rows, indent=2), flush=True)
+                else:
+                    if args.watch is not None:
+                        print(time.strftime("%Y-%m-%d %H:%M:%S"))
+                    print(format_gpu_table(rows), flush=True)
+                printed += 1
+                if args.watch is None or (args.count is not None and printed >= args.count):
+                    return EXIT_OK
+                print(flush=True)
+                time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return EXIT_OK

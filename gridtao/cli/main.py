@@ -60,6 +60,12 @@ def _plan_cli() -> Any:
     return cli_plan
 
 
+def _sim_cli() -> Any:
+    from gridtao.cli import sim as cli_sim
+
+    return cli_sim
+
+
 def _broker_cli() -> Any:
     from gridtao.cli import broker as cli_broker
 
@@ -116,6 +122,10 @@ COMMANDS: dict[str, Command] = {
                     "and the signals (nothing is published)",
                     lambda p: _plan_cli().configure_plan(p),
                     lambda a, c: _plan_cli().run_plan(a, c)),
+    "sim": Command("the machine-wide simulated GPUs: create, status (limits and who set "
+                   "them), destroy (like a driver reload)",
+                   lambda p: _sim_cli().configure_sim(p),
+                   lambda a, c: _sim_cli().run_sim(a, c)),
     "check-broker": Command("connect to the broker once with the configured TLS and "
                             "credentials; exit 0 if accepted, 2 with the reason if not",
                             lambda p: _broker_cli().configure_check_broker(p),

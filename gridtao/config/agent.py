@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,7 @@ ENV_VAR = "GRIDTAO_CONFIG"
 log = logging.getLogger("gridtao.config")
 
 MAX_NODE_ID_CHARS = 128
+_DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,10 @@ class SimConfig:
     # "default": inference follows a day's shape (low at night, peak in the afternoon, lower
     # at weekends; gridtao/gpu/sim/daily.py) on the machine's wall clock; "none": flat.
     daily_shape: Literal["none", "default"] = "none"
+    # The machine-wide device these GPUs belong to (gridtao/gpu/sim/shared.py): every process
+    # naming it shares them, as processes on one server share its GPUs, and limits outlive the
+    # process that set them. null: GPUs private to the process (tests in virtual time).
+    device: str | None = "default"
 
 
 @dataclass(frozen=True)
@@ -389,6 +395,9 @@ def _check_consistency(cfg: Config, source: str) -> None:
         fail(source, "safety.triggers", "two triggers share the same hz level")
     if cfg.gpus.sim.workload == "trace" and cfg.gpus.sim.trace_csv is None:
         fail(source, "gpus.sim.trace_csv", "required when gpus.sim.workload is 'trace'")
+    device = cfg.gpus.sim.device
+    if device is not None and (problem := sim_device_problem(device)) is not None:
+        fail(source, "gpus.sim.device", problem)
     for k, fault in enumerate(cfg.gpus.sim.faults):
         if fault.gpu is not None and fault.gpu >= cfg.gpus.sim.count:
             fail(source, f"gpus.sim.faults[{k}].gpu", f"no GPU {fault.gpu} (count is "
@@ -408,6 +417,14 @@ def _check_consistency(cfg: Config, source: str) -> None:
     _check_security(cfg, source)
     _check_transport(cfg.mqtt, source)
     _check_products(cfg, source)
+
+
+def sim_device_problem(name: str) -> str | None:
+    """What is wrong with ``name`` as a simulated device's name (None: nothing)."""
+    if _DEVICE_NAME.fullmatch(name):
+        return None
+    return ("must be a name of 1-64 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit (it names a file), or null")
 
 
 def _check_transport(m: MqttConfig, source: str) -> None:

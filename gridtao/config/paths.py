@@ -3,7 +3,10 @@
 The state directory holds what the agent writes for itself (audit trail, journal, replay store):
 ``$STATE_DIRECTORY`` when systemd sets it (``StateDirectory=gridtao``; the first entry if it
 names several), else ``/var/lib/gridtao`` for root, else ``$XDG_STATE_HOME/gridtao`` (default
-``~/.local/state/gridtao``). A relative path in the configuration is taken from the folder of
+``~/.local/state/gridtao``). The run directory holds what lives only as long as the machine is
+up (the simulated GPUs' device files): ``$RUNTIME_DIRECTORY`` (systemd ``RuntimeDirectory=``),
+else ``/run/gridtao`` for root, else ``$XDG_RUNTIME_DIR/gridtao``, else
+``/tmp/gridtao-<uid>``. A relative path in the configuration is taken from the folder of
 the configuration file (the working directory when there is none), whatever the key.
 """
 
@@ -15,7 +18,7 @@ from pathlib import Path
 
 from gridtao.config.agent import Config
 
-__all__ = ["resolve_path", "state_dir", "with_state_paths"]
+__all__ = ["resolve_path", "run_dir", "sim_device_path", "state_dir", "with_state_paths"]
 
 
 def state_dir() -> Path:
@@ -27,6 +30,24 @@ def state_dir() -> Path:
         return Path("/var/lib/gridtao")
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "gridtao"
+
+
+def run_dir() -> Path:
+    """The run directory (not created here); see the module docstring."""
+    systemd = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    if os.geteuid() == 0:
+        return Path("/run/gridtao")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "gridtao"
+    return Path(f"/tmp/gridtao-{os.geteuid()}")
+
+
+def sim_device_path(name: str) -> Path:
+    """The file of the machine-wide simulated device ``name`` (``gpus.sim.device``)."""
+    return run_dir() / f"sim-{name}.gpus"
 
 
 def resolve_path(value: str, source: str) -> Path:

@@ -80,10 +80,13 @@ def open_backend(
 ) -> NvmlBackend:
     """Open the configured GPUs.
 
-    ``sim``: ``SimNvml`` built from ``cfg.sim`` on ``clock`` (default: the real clock).
+    ``sim``: ``SimNvml`` built from ``cfg.sim`` on ``clock`` (default: the real clock), on the
+    machine-wide device ``cfg.sim.device`` (in the run directory) unless that is None.
     ``nvml``: ``nvml_module`` if given, else the real ``pynvml`` after checking it comes from
     nvidia-ml-py. Raises ``GpuUnavailable`` with one actionable line when no driver is present,
-    other ``GpuError`` subclasses for driver failures, ``ConfigError`` for a bad sim trace.
+    other ``GpuError`` subclasses for driver failures, ``ConfigError`` for a bad sim trace,
+    ``SimDeviceError`` for a simulated device that cannot be used (``DeviceMismatch``: one
+    created with other settings).
     """
     from gridtao.gpu.nvml import NvmlBackend, check_nvml_distribution
 
@@ -107,8 +110,11 @@ def open_backend(
 
 
 def _simulated(cfg: GpusConfig, clock: Clock | None) -> NvmlBackend:
+    from gridtao.config.paths import sim_device_path
     from gridtao.gpu.nvml import NvmlBackend
     from gridtao.gpu.sim.nvml import SimNvml
 
-    sim = SimNvml.from_config(cfg.sim, clock if clock is not None else MonotonicClock())
+    device = None if cfg.sim.device is None else sim_device_path(cfg.sim.device)
+    sim = SimNvml.from_config(cfg.sim, clock if clock is not None else MonotonicClock(),
+                              device_path=device)
     return NvmlBackend(sim, dry_run=cfg.dry_run)

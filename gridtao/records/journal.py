@@ -231,6 +231,7 @@ def plan_recovery(
 class _Pending:
     events: dict[str, JournalEvent] = field(default_factory=dict)
     safe_mode: str | None = None
+    initial_limits_mw: tuple[int, ...] | None = None  # None: the opened state's
     version: int = 0  # bumped by every change
 
 
@@ -363,6 +364,13 @@ class Journal:
                 self._pending.events.clear()
                 self._changed_locked()
 
+    def set_initial_limits(self, limits_mw: tuple[int, ...]) -> None:
+        """The limits to restore after a crash changed (an operator set one from outside)."""
+        with self._cond:
+            if self._pending.initial_limits_mw != limits_mw:
+                self._pending.initial_limits_mw = limits_mw
+                self._changed_locked()
+
     def set_safe_mode(self, mode: str | None) -> None:
         with self._cond:
             if self._pending.safe_mode != mode:
@@ -413,7 +421,9 @@ class Journal:
             version = self._pending.version
             events = tuple(sorted(self._pending.events.values(), key=lambda e: e.started_wall))
             safe = self._pending.safe_mode
-        state = replace(self._state, events=events, safe_mode=safe, alive_wall=self._clock.wall())
+            initial = self._pending.initial_limits_mw or self._state.initial_limits_mw
+        state = replace(self._state, events=events, safe_mode=safe, initial_limits_mw=initial,
+                        alive_wall=self._clock.wall())
         try:
             self._writer(self.path, to_json(state))
         except (OSError, ValueError) as e:

@@ -39,6 +39,7 @@ from gridtao.records.journal import (
     match_gpus,
     plan_recovery,
 )
+from gridtao.records.witness import Witness, witness_limits
 from gridtao.safety.island import Activation, SafetyIsland
 
 log = logging.getLogger("gridtao.records.ledger")
@@ -77,10 +78,16 @@ class Ledger:
         self.journal: Journal | None = None
         self.previous: JournalState | None = None
         self.problem: str | None = None  # why a journal found at start was not used
+        self.witness: Witness | None = None  # what the audit trail vouched for, if asked
         self.initial_limits_mw = list(found_mw)
+        if config.journal.enabled:
+            self._open_journal(config)
+        if self.previous is None:
+            self._ask_witness(default_mw, found_mw)
+
+    def _open_journal(self, config: Config) -> None:
+        """Lock the journal and read what a previous run left in it."""
         jc = config.journal
-        if not jc.enabled:
-            return
         if jc.path is None:
             raise ValueError("journal.path is unresolved (gridtao.config.paths.with_state_paths)")
         try:
@@ -88,7 +95,7 @@ class Ledger:
         except OSError as e:
             raise JournalError(f"journal {jc.path}: cannot create its folder: "
                                f"{e.strerror or e}") from None
-        self.journal = Journal(jc.path, clock=clock, heartbeat_s=jc.heartbeat_s)
+        self.journal = Journal(jc.path, clock=self._clock, heartbeat_s=jc.heartbeat_s)
         self.journal.lock()
         try:
             previous = load_journal(jc.path)
@@ -100,11 +107,31 @@ class Ledger:
                 if self.problem is None:
                     self.previous = previous
                     self.initial_limits_mw = list(previous.initial_limits_mw)
-        if self.problem is not None:
-            # The last run crashed and what it found is unknown: what we find now may be its
-            # caps. The defaults are the limits nobody can be blamed for restoring.
-            log.error("%s; will restore the default limits at stop", self.problem)
-            self.initial_limits_mw = list(default_mw)
+
+    def _ask_witness(self, default_mw: Sequence[int], found_mw: Sequence[int]) -> None:
+        """No journal to say what the last run held: GPUs found below their defaults may carry
+        a crashed run's caps, or an operator's limits. Only the audit trail can tell which
+        (gridtao/records/witness.py); what it does not vouch for is left as found."""
+        below = [i for i, (f, d) in enumerate(zip(found_mw, default_mw, strict=True)) if f < d]
+        if self.problem is None and not below:
+            return
+        audit_path = self._config.audit.path if self._config.audit.enabled else None
+        self.witness = witness_limits(audit_path, node_id=self._node_id, uuids=self._uuids,
+                                      found_mw=found_mw)
+        vouched = self.witness.vouched
+        self.initial_limits_mw = [f if w is None else w
+                                  for w, f in zip(self.witness.limits_mw, found_mw, strict=True)]
+        if vouched:
+            log.warning("%sGPUs %s were left below the limits their last run started with, "
+                        "and %s: those limits (%s mW) are restored",
+                        f"{self.problem}; " if self.problem else "", list(vouched),
+                        self.witness.reason, [self.initial_limits_mw[i] for i in vouched])
+        left = [i for i in below if i not in vouched]
+        if left:
+            log.error("%sGPUs %s are below their default limits (%s mW) and %s: left as found "
+                      "(raise them with nvidia-smi -pl if they are not the operator's)",
+                      f"{self.problem}; " if self.problem else "", left,
+                      [found_mw[i] for i in left], self.witness.reason)
 
     @property
     def active(self) -> bool:
@@ -125,8 +152,10 @@ class Ledger:
 
     @property
     def crashed(self) -> bool:
-        """A journal was left behind: the previous run did not stop cleanly."""
-        return self.previous is not None or self.problem is not None
+        """The previous run did not stop cleanly: it left a journal behind, or the audit trail
+        vouches for caps it left on the GPUs."""
+        return (self.previous is not None or self.problem is not None
+                or (self.witness is not None and bool(self.witness.vouched)))
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -180,7 +209,8 @@ class Ledger:
                                  "errors": {str(i): str(e) for i, e in act.errors.items()}})
         if not restored:
             island.restore_defaults()
-        action = "held events again" if restored else "restored default limits"
+        action = ("held events again" if restored
+                  else "restored the limits found before the crash")
         log.warning(
             "previous run (pid %s) did not stop cleanly%s: %s; restored %s, expired %s",
             prev.pid if prev is not None else "?",
@@ -191,7 +221,19 @@ class Ledger:
             "action": action, "previous_pid": prev.pid if prev is not None else None,
             "crash_age_s": crash_age_s, "restored": restored, "expired": expired,
             "problem": self.problem, "initial_limits_mw": list(self.initial_limits_mw),
+            "witness": None if self.witness is None else {
+                "vouched": list(self.witness.vouched), "reason": self.witness.reason},
         })
+
+    def outside_change(self, index: int, from_mw: int, to_mw: int, *, uuid: str,
+                       during_event: bool) -> None:
+        """GPU ``index``'s limit was set from outside the agent: it is restored to ``to_mw``
+        from now on, at stop and after a crash (the journal), and the change is audited."""
+        self.initial_limits_mw[index] = to_mw
+        if self.journal is not None:
+            self.journal.set_initial_limits(tuple(self.initial_limits_mw))
+        self.record("limit_changed_outside", {"gpu": index, "uuid": uuid, "from_mw": from_mw,
+                                              "to_mw": to_mw, "during_event": during_event})
 
     def close(self, *, restore_failed: int, limits_mw: Sequence[int]) -> None:
         """The agent stopped. The journal is removed only if every limit was restored; else it

@@ -107,6 +107,13 @@ class Metrics:
             ["gpu", "kind"],
             registry=registry,
         )
+        self._outside_changes = Counter(
+            "gridtao_limit_changes_outside",
+            "GPU power limits changed by someone else than the agent (an operator's nvidia-smi "
+            "-pl, another process), by GPU index: each became that GPU's resting limit.",
+            ["gpu"],
+            registry=registry,
+        )
         self._reloads = Counter(
             "gridtao_reloads",
             "Configuration reloads (SIGHUP) by result: applied, or refused (nothing changed).",
@@ -184,6 +191,10 @@ class Metrics:
     def count_gpu_error(self, gpu: int, kind: str) -> None:
         """One GPU backend error; ``kind`` is the error class name (e.g. ``GpuLost``)."""
         self._gpu_errors.labels(gpu=str(gpu), kind=kind).inc()
+
+    def count_outside_change(self, gpu: int) -> None:
+        """GPU ``gpu``'s limit was changed from outside the agent."""
+        self._outside_changes.labels(gpu=str(gpu)).inc()
 
     def count_reload(self, result: Literal["applied", "refused"]) -> None:
         self._reloads.labels(result).inc()

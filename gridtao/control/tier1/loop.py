@@ -226,6 +226,19 @@ class FastLoop:
             self._limits_mw = list(self._upper_mw)
         self._budget.deactivate()
 
+    def _follow_resting(self, resting_mw: tuple[int, ...], view: IslandView) -> None:
+        """Take the island's resting limits when they moved (a limit an operator set from
+        outside, adopted by the island): plans rise no higher, and the GPU is taken to be where
+        the operator put it, so no plan ramps it from where it was before (fighting them)."""
+        if resting_mw == tuple(self._upper_mw):
+            return
+        for i, (old, new) in enumerate(zip(self._upper_mw, resting_mw, strict=True)):
+            if old != new:
+                self._limits_mw[i] = new if view.target_mw is None else min(
+                    self._limits_mw[i], new)
+        self._upper_mw = list(resting_mw)
+        self._budget.default_total_mw = float(sum(resting_mw))
+
     def _plan(self, view: IslandView, now: float, dt: float, failed: list[bool]) -> list[int]:
         if view.target_mw is None:
             self._budget.deactivate()
@@ -272,6 +285,7 @@ class FastLoop:
             island.rearm()
             self._last_rearm_t = now
         view = island.view()
+        self._follow_resting(island.resting_mw, view)
         changed = view.generation != self._generation
         if changed:
             if self._generation is not None:

@@ -15,6 +15,11 @@ parallel calls on different devices overlap in real time (``MonotonicClock``); a
 instead advances once per sleeping caller. In real time only the part of the latency the call's
 own work has not used is slept, and a leftover under 50 µs not at all (see ``SimNvml._last``).
 
+Where the GPUs live: by default (``SimNvml(clock, config)``) inside this object, for tests in
+virtual time; with ``device_path`` (``SimNvml.open_device``) in a machine-wide device file that
+every process opening it shares (``shared.py``): one limit, one draw, one energy counter, which
+outlive the process that set them. Faults and call counts always belong to the one process.
+
 Fault injection (``inject_fault``) for tests and benches:
 ``lost`` every call on the device raises ``NVMLError_GpuIsLost``; ``no_permission`` set raises
 ``NVMLError_NoPermission``; ``not_supported`` field 186 answers ``NVML_ERROR_NOT_SUPPORTED`` in its
@@ -25,11 +30,14 @@ own ``nvmlReturn`` and set raises ``NVMLError_NotSupported``; ``slow`` every cal
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import random
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import pynvml
@@ -38,7 +46,8 @@ from gridtao.clock import Clock, VirtualClock
 from gridtao.config.agent import ConfigError, SimConfig
 from gridtao.gpu.sim.daily import DailyShape
 from gridtao.gpu.sim.physics import PROFILES, GpuPhysics, GpuProfile
-from gridtao.gpu.sim.workloads import Trace, TraceError, load_trace, make_workload
+from gridtao.gpu.sim.shared import DeviceFile, DeviceGone
+from gridtao.gpu.sim.workloads import Resumable, Trace, TraceError, load_trace, make_workload
 
 FaultKind = Literal["lost", "no_permission", "not_supported", "slow"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("lost", "no_permission", "not_supported", "slow")
@@ -62,7 +71,16 @@ class _Fault:
     delay_s: float
 
 
+#: The settings that make a device's physics: processes sharing one device must agree on them.
+#: Latencies and faults are each process's own (they model its calls, not the GPUs).
+DEVICE_PARAMS = ("count", "profile", "workload", "trace_csv", "cap_down_ms", "cap_up_ms",
+                 "refresh_ms", "noise_w", "seed", "daily_shape")
+
+
 class _Device:
+    """One GPU as this process sees it. ``lock`` guards ``faults`` and ``calls``;
+    :meth:`hold` gives the physics, advanced by the caller, to one thread at a time."""
+
     __slots__ = ("calls", "faults", "lock", "name", "physics", "uuid")
 
     def __init__(self, physics: GpuPhysics, name: str, uuid_str: str) -> None:
@@ -72,6 +90,56 @@ class _Device:
         self.uuid = uuid_str
         self.faults: dict[str, _Fault] = {}
         self.calls: dict[str, int] = {}
+
+    @contextmanager
+    def hold(self, *, limit_set: bool = False) -> Iterator[GpuPhysics]:
+        """The physics, for one thread. ``limit_set``: the caller writes the limit."""
+        with self.lock:
+            yield self.physics
+
+
+class _SharedDevice(_Device):
+    """A GPU of a machine-wide device: :meth:`hold` locks its record in the file, loads what
+    other processes stored since this one last did, and stores the state back after use."""
+
+    __slots__ = ("_seen", "_seen_workload", "_workload", "file", "index")
+
+    def __init__(self, physics: GpuPhysics, name: str, uuid_str: str, file: DeviceFile,
+                 index: int) -> None:
+        super().__init__(physics, name, uuid_str)
+        workload = physics.workload
+        if not isinstance(workload, Resumable):
+            raise TypeError("a shared GPU needs a resumable workload")
+        self._workload: Resumable = workload
+        self.file = file
+        self.index = index
+        self._seen = -1  # the record version this replica holds (none yet)
+        self._seen_workload = -1
+
+    @contextmanager
+    def hold(self, *, limit_set: bool = False) -> Iterator[GpuPhysics]:
+        physics, file, index, workload = self.physics, self.file, self.index, self._workload
+        with self.lock:
+            file.lock(index)
+            try:
+                try:
+                    file.check_alive()
+                except DeviceGone:
+                    raise _error(pynvml.NVML_ERROR_GPU_IS_LOST) from None
+                if file.version(index) != self._seen:
+                    record = file.read(index)
+                    fresh_workload = record.workload_version != self._seen_workload
+                    DeviceFile.load(record, physics, workload if fresh_workload else None)
+                    self._seen_workload = record.workload_version
+                segment_end = physics.segment_end_s
+                yield physics
+                moved = physics.segment_end_s != segment_end
+                self._seen = file.store(index, physics, workload=workload if moved else None,
+                                        limit_set=limit_set)
+                if moved:
+                    self._seen_workload = file.workload_version(index)
+            finally:
+                file.unlock(index)
 
 
 # pynvml's structures override __setattr__/__getattribute__ in Python (str<->bytes), which
@@ -93,8 +161,12 @@ class SimNvml:
     #: Read by the NVML backend: the agent reports every result as simulated.
     SIMULATED = True
 
-    def __init__(self, clock: Clock, config: SimConfig | None = None) -> None:
+    def __init__(self, clock: Clock, config: SimConfig | None = None, *,
+                 device_path: str | Path | None = None) -> None:
         cfg = config if config is not None else SimConfig()
+        if device_path is not None and isinstance(clock, VirtualClock):
+            raise ValueError("a machine-wide simulated device runs on the machine's monotonic "
+                             "clock, not a virtual one")
         self.config = cfg
         self.clock = clock
         self.profile: GpuProfile = PROFILES[cfg.profile]
@@ -133,13 +205,24 @@ class SimNvml:
             )
             uuid_str = "GPU-" + str(uuid.UUID(int=rng.getrandbits(128), version=4))
             devices.append(_Device(physics, self.profile.name, uuid_str))
+        self.device: DeviceFile | None = None
+        if device_path is not None:
+            params = {k: v for k, v in dataclasses.asdict(cfg).items() if k in DEVICE_PARAMS}
+            self.device = DeviceFile.open(
+                device_path, params=params, replicas=[d.physics for d in devices], t0_s=t0,
+                wall_offset_s=self._wall_offset_s)
+            self._wall_offset_s = self.device.info.wall_offset_s
+            devices = [_SharedDevice(d.physics, d.name, d.uuid, self.device, i)
+                       for i, d in enumerate(devices)]
         self._devices: tuple[_Device, ...] = tuple(devices)
 
     @classmethod
-    def from_config(cls, config: SimConfig, clock: Clock) -> SimNvml:
-        """Build from configuration, with ``config.faults`` injected. Raises ``ConfigError`` for
-        an unusable trace."""
-        sim = cls(clock, config)
+    def from_config(cls, config: SimConfig, clock: Clock, *,
+                    device_path: str | Path | None = None) -> SimNvml:
+        """Build from configuration, with ``config.faults`` injected; on the machine-wide
+        device at ``device_path`` when given (see :func:`gridtao.gpu.sim.device_path`). Raises
+        ``ConfigError`` for an unusable trace, ``SimDeviceError`` for an unusable device."""
+        sim = cls(clock, config, device_path=device_path)
         for fault in config.faults:
             for index in range(sim.count) if fault.gpu is None else (fault.gpu,):
                 sim.inject_fault(index, fault.kind, delay_s=fault.delay_s, calls=fault.calls)
@@ -165,25 +248,22 @@ class SimNvml:
 
     def true_power_mw(self, index: int) -> float:
         """The physics' true draw now, mW."""
-        dev = self._devices[index]
-        with dev.lock:
-            dev.physics.advance(self.clock.now())
-            return dev.physics.draw_w() * 1000.0
+        with self._devices[index].hold() as physics:
+            physics.advance(self.clock.now())
+            return physics.draw_w() * 1000.0
 
     def demand_w(self, index: int) -> float:
         """The workload's (or override's) demand now, W."""
-        dev = self._devices[index]
-        with dev.lock:
-            dev.physics.advance(self.clock.now())
-            return dev.physics.demand_w
+        with self._devices[index].hold() as physics:
+            physics.advance(self.clock.now())
+            return physics.demand_w
 
     def set_demand_w(self, index: int, watts: float | None) -> None:
         """Override GPU ``index``'s demand with ``watts`` (None: back to its workload)."""
         if watts is not None and watts < 0:
             raise ValueError("demand must be >= 0 W")
-        dev = self._devices[index]
-        with dev.lock:
-            dev.physics.set_override(self.clock.now(), watts)
+        with self._devices[index].hold() as physics:
+            physics.set_override(self.clock.now(), watts)
 
     def inject_fault(
         self, index: int, kind: FaultKind, *, delay_s: float = 0.5, calls: int | None = None
@@ -269,8 +349,7 @@ class SimNvml:
         """A read call: ``quantity`` of the physics at the call's start, in W (J for energy)."""
         dev = self._enter(handle, name)
         t_start = self.clock.now()
-        with dev.lock:
-            physics = dev.physics
+        with dev.hold() as physics:
             physics.advance(t_start)
             if quantity == "limit":
                 value = physics.limit_w
@@ -357,12 +436,12 @@ class SimNvml:
         t_start = self.clock.now()
         values = (pynvml.c_nvmlFieldValue_t * len(fieldIds))()
         ids = [fid[0] if isinstance(fid, tuple) else fid for fid in fieldIds]
-        with dev.lock:
-            physics = dev.physics
-            physics.advance(t_start)
-            instant_ok = True
-            if dev.faults and pynvml.NVML_FI_DEV_POWER_INSTANT in ids:
+        instant_ok = True
+        if dev.faults and pynvml.NVML_FI_DEV_POWER_INSTANT in ids:
+            with dev.lock:
                 instant_ok = self._take_fault(dev, "not_supported") is None
+        with dev.hold() as physics:
+            physics.advance(t_start)
             sample_mw = round(physics.sample_w * 1000)
             average_mw = (
                 round(physics.average_w() * 1000)
@@ -401,8 +480,8 @@ class SimNvml:
             raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         # The new limit takes effect when the driver call returns.
         self._last(t_start, self._set_latency_s)
-        with dev.lock:
-            dev.physics.set_limit(self.clock.now(), limit / 1000.0)
+        with dev.hold(limit_set=True) as physics:
+            physics.set_limit(self.clock.now(), limit / 1000.0)
 
 
 # Constants and error classes come from the real module, so `sim.NVML_FI_DEV_POWER_INSTANT` and

@@ -15,8 +15,10 @@ limit are constant, so ``ceiling_w`` is an exact exponential, the crossing with 
 in closed form, and energy is the exact integral. Advancing costs O(events), whatever the gap.
 
 The instant reading is the true draw sampled every ``refresh_s`` on a fixed grid, plus gaussian
-noise; a read returns the latest sample. The average reading is the mean true draw over the
-window of ``round(1 s / refresh_s)`` refresh periods ending at the latest sample.
+noise; a read returns the latest sample. The noise on sample ``k`` of the grid is a function of
+``k`` and a key drawn once, so every replica of one GPU's state (``shared.py``) draws the same.
+The average reading is the mean true draw over the window of ``round(1 s / refresh_s)`` refresh
+periods ending at the latest sample.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gridtao.gpu.sim.workloads import Workload
@@ -56,6 +59,30 @@ PROFILES: dict[str, GpuProfile] = {
 # A ceiling this close to the limit has converged; snapping avoids endless exponential tails.
 _SNAP_W = 1e-6
 
+_M64 = (1 << 64) - 1
+_TWO_PI = 2.0 * math.pi
+
+
+def _mix64(z: int) -> int:
+    """SplitMix64's finaliser: a well-spread 64-bit hash of ``z``."""
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def keyed_gauss(key: int, k: int) -> float:
+    """A standard normal draw that depends only on ``(key, k)`` (Box-Muller on two hashes)."""
+    a = _mix64(key ^ (2 * k))
+    b = _mix64(key ^ (2 * k + 1))
+    u1 = ((a >> 11) + 1) * 2.0**-53  # (0, 1]: log is finite
+    u2 = (b >> 11) * 2.0**-53
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(_TWO_PI * u2)
+
+
+#: How many floats :meth:`GpuPhysics.export` gives before the average window.
+STATE_SCALARS = 12
+
 
 class GpuPhysics:
     """State of one GPU. Not thread-safe: the caller holds the device's lock.
@@ -72,11 +99,11 @@ class GpuPhysics:
         "_k",
         "_n_window",
         "_next_refresh_s",
+        "_noise_key",
         "_noise_w",
         "_override_w",
         "_profile_demand_w",
         "_refresh_s",
-        "_rng",
         "_sample_t_s",
         "_sample_w",
         "_seg_end_s",
@@ -108,7 +135,6 @@ class GpuPhysics:
         self._cap_up_s = cap_up_s
         self._refresh_s = refresh_s
         self._noise_w = noise_w
-        self._rng = rng
         self._workload = workload
         dur, self._profile_demand_w = workload.next_segment()
         self._seg_end_s = t0_s + dur
@@ -127,6 +153,7 @@ class GpuPhysics:
             (e_last - i * refresh_s * p0 for i in range(self._n_window, -1, -1)),
             maxlen=self._n_window + 1,
         )
+        self._noise_key = rng.getrandbits(64)
         self._sample_t_s = self._grid0_s
         self._sample_w = self._noisy(p0)
 
@@ -206,9 +233,46 @@ class GpuPhysics:
                 return
 
     def _noisy(self, watts: float) -> float:
+        """``watts`` plus the noise of the current sample ``_k``."""
         if self._noise_w <= 0:
             return watts
-        return max(0.0, watts + self._rng.gauss(0.0, self._noise_w))
+        return max(0.0, watts + self._noise_w * keyed_gauss(self._noise_key, self._k))
+
+    # -- the state, for replicas in other processes ------------------------------------------
+
+    @property
+    def window_len(self) -> int:
+        """How many floats of :meth:`export`'s window (fixed by the refresh period)."""
+        return self._n_window + 1
+
+    @property
+    def workload(self) -> Workload:
+        return self._workload
+
+    @property
+    def segment_end_s(self) -> float:
+        """When the workload's current segment ends (moves whenever a segment is drawn)."""
+        return self._seg_end_s
+
+    def export(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The whole mutable state but the workload's: :data:`STATE_SCALARS` floats, and the
+        average window's :attr:`window_len` energy marks (J, oldest first)."""
+        override = math.nan if self._override_w is None else self._override_w
+        scalars = (self._t, self.limit_w, self._ceiling_w, self._energy_j, self._grid0_s,
+                   float(self._k), self._next_refresh_s, override, self._profile_demand_w,
+                   self._seg_end_s, self._sample_t_s, self._sample_w)
+        return scalars, tuple(self._window_j)
+
+    def load(self, scalars: Sequence[float], window: Sequence[float]) -> None:
+        """Take the state :meth:`export` gave (of a GPU built with the same arguments)."""
+        if len(scalars) != STATE_SCALARS or len(window) != self.window_len:
+            raise ValueError("state of another shape")
+        (self._t, self.limit_w, self._ceiling_w, self._energy_j, self._grid0_s, k,
+         self._next_refresh_s, override, self._profile_demand_w, self._seg_end_s,
+         self._sample_t_s, self._sample_w) = scalars
+        self._k = int(k)
+        self._override_w = None if math.isnan(override) else override
+        self._window_j = deque(window, maxlen=self.window_len)
 
     def _evolve(self, dt: float) -> None:
         """Integrate ``dt`` seconds with constant demand and limit."""

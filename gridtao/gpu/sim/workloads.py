@@ -20,10 +20,10 @@ import csv
 import itertools
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gridtao.errors import GridtaoError
 from gridtao.gpu.sim.daily import DailyShape
@@ -38,17 +38,28 @@ class Workload(Protocol):
         ...
 
 
-class _Segments:
-    """Adapts a generator of segments to :class:`Workload`."""
+@runtime_checkable
+class Resumable(Workload, Protocol):
+    """A workload whose position in its stream can be saved and restored, so processes sharing
+    one simulated device continue each other's streams (``gpu/sim/shared.py``). Its whole
+    position is ``rng``'s state plus :meth:`state`, a few floats."""
 
-    def __init__(self, segments: Iterator[tuple[float, float]]) -> None:
-        self._segments = segments
+    rng: random.Random
 
-    def next_segment(self) -> tuple[float, float]:
-        return next(self._segments)
+    def state(self) -> tuple[float, ...]:
+        """The stream's own position (besides ``rng``): at most :data:`STATE_FLOATS` floats."""
+        ...
+
+    def restore(self, state: Sequence[float]) -> None:
+        """Continue from a position :meth:`state` gave (``rng`` is restored by the caller)."""
+        ...
 
 
-def training(tdp_w: float, rng: random.Random) -> Workload:
+#: The most floats a :class:`Resumable` workload's :meth:`~Resumable.state` holds.
+STATE_FLOATS = 8
+
+
+class Training:
     """Data-parallel training: compute at ~88 % of TDP (+-2 % jitter every 40-120 ms), then a
     communication dip to 50-60 % of TDP for 50-300 ms, once per step of 0.5-2 s.
 
@@ -56,49 +67,103 @@ def training(tdp_w: float, rng: random.Random) -> Workload:
     a random point of its first step, so GPUs built from different generators are out of phase.
     """
 
-    def gen() -> Iterator[tuple[float, float]]:
-        period_s = rng.uniform(0.5, 2.0)
-        base = rng.uniform(0.86, 0.90)
-        first = True
-        while True:
-            step_s = period_s * rng.uniform(0.9, 1.1)
-            dip_s = rng.uniform(0.05, 0.3)
-            compute_s = max(0.1, step_s - dip_s)
-            if first:
+    def __init__(self, tdp_w: float, rng: random.Random) -> None:
+        self.rng = rng
+        self._tdp_w = tdp_w
+        # Drawn at the first segment, so the stream's draws come in one order whoever reads it.
+        self._period_s = -1.0
+        self._base = 0.0
+        self._first = True
+        self._in_step = False
+        self._compute_s = 0.0
+        self._dip_s = 0.0
+
+    def next_segment(self) -> tuple[float, float]:
+        rng = self.rng
+        if self._period_s < 0:
+            self._period_s = rng.uniform(0.5, 2.0)
+            self._base = rng.uniform(0.86, 0.90)
+        if not self._in_step:
+            step_s = self._period_s * rng.uniform(0.9, 1.1)
+            self._dip_s = rng.uniform(0.05, 0.3)
+            compute_s = max(0.1, step_s - self._dip_s)
+            if self._first:
                 compute_s *= rng.random()
-                first = False
-            while compute_s > 1e-9:
-                chunk_s = min(compute_s, rng.uniform(0.04, 0.12))
-                compute_s -= chunk_s
-                level = base * (1.0 + rng.gauss(0.0, 0.02))
-                yield chunk_s, tdp_w * min(1.0, max(0.05, level))
-            yield dip_s, tdp_w * rng.uniform(0.50, 0.60)
+                self._first = False
+            self._compute_s = compute_s
+            self._in_step = True
+        if self._compute_s > 1e-9:
+            chunk_s = min(self._compute_s, rng.uniform(0.04, 0.12))
+            self._compute_s -= chunk_s
+            level = self._base * (1.0 + rng.gauss(0.0, 0.02))
+            return chunk_s, self._tdp_w * min(1.0, max(0.05, level))
+        self._in_step = False
+        return self._dip_s, self._tdp_w * rng.uniform(0.50, 0.60)
 
-    return _Segments(gen())
+    def state(self) -> tuple[float, ...]:
+        return (self._period_s, self._base, float(self._first), float(self._in_step),
+                self._compute_s, self._dip_s)
+
+    def restore(self, state: Sequence[float]) -> None:
+        (self._period_s, self._base, first, in_step, self._compute_s,
+         self._dip_s) = state[:6]
+        self._first, self._in_step = bool(first), bool(in_step)
 
 
-def inference(tdp_w: float, rng: random.Random) -> Workload:
+def training(tdp_w: float, rng: random.Random) -> Training:
+    """A :class:`Training` stream."""
+    return Training(tdp_w, rng)
+
+
+class Inference:
     """Online inference: request bursts at 55-100 % of TDP (exponential lengths, mean 250 ms)
     separated by quiet gaps at 30-40 % of TDP (exponential lengths, mean 200 ms)."""
 
-    def gen() -> Iterator[tuple[float, float]]:
-        while True:
+    def __init__(self, tdp_w: float, rng: random.Random) -> None:
+        self.rng = rng
+        self._tdp_w = tdp_w
+        self._busy_next = True
+
+    def next_segment(self) -> tuple[float, float]:
+        rng = self.rng
+        busy, self._busy_next = self._busy_next, not self._busy_next
+        if busy:
             busy_s = min(2.0, max(0.02, rng.expovariate(1 / 0.25)))
-            yield busy_s, tdp_w * rng.uniform(0.55, 1.0)
-            quiet_s = min(2.0, max(0.01, rng.expovariate(1 / 0.2)))
-            yield quiet_s, tdp_w * rng.uniform(0.30, 0.40)
+            return busy_s, self._tdp_w * rng.uniform(0.55, 1.0)
+        quiet_s = min(2.0, max(0.01, rng.expovariate(1 / 0.2)))
+        return quiet_s, self._tdp_w * rng.uniform(0.30, 0.40)
 
-    return _Segments(gen())
+    def state(self) -> tuple[float, ...]:
+        return (float(self._busy_next),)
+
+    def restore(self, state: Sequence[float]) -> None:
+        self._busy_next = bool(state[0])
 
 
-def idle(rng: random.Random) -> Workload:
+def inference(tdp_w: float, rng: random.Random) -> Inference:
+    """An :class:`Inference` stream."""
+    return Inference(tdp_w, rng)
+
+
+class Idle:
     """An idle GPU: 70-90 W, wandering every 0.5-2 s."""
 
-    def gen() -> Iterator[tuple[float, float]]:
-        while True:
-            yield rng.uniform(0.5, 2.0), rng.uniform(70.0, 90.0)
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
 
-    return _Segments(gen())
+    def next_segment(self) -> tuple[float, float]:
+        return self.rng.uniform(0.5, 2.0), self.rng.uniform(70.0, 90.0)
+
+    def state(self) -> tuple[float, ...]:
+        return ()
+
+    def restore(self, state: Sequence[float]) -> None:
+        pass
+
+
+def idle(rng: random.Random) -> Idle:
+    """An :class:`Idle` stream."""
+    return Idle(rng)
 
 
 @dataclass(frozen=True)
@@ -163,29 +228,46 @@ def load_trace(path: str | Path) -> Trace:
     return Trace(tuple(durations), columns)
 
 
-def trace(tr: Trace, column: int, offset_s: float) -> Workload:
-    """Replay column ``column % n_columns`` of ``tr`` in a loop, starting ``offset_s`` into it."""
-    values = tr.columns[column % len(tr.columns)]
-    durations = tr.durations_s
+class Replay:
+    """Column ``column % n_columns`` of a trace in a loop, starting ``offset_s`` into it."""
 
-    def gen() -> Iterator[tuple[float, float]]:
+    def __init__(self, tr: Trace, column: int, offset_s: float, rng: random.Random) -> None:
+        self.rng = rng  # unused by the stream itself: kept for :class:`Resumable`
+        self._values = tr.columns[column % len(tr.columns)]
+        self._durations = tr.durations_s
         offset = offset_s % tr.period_s
         i = 0
-        while offset >= durations[i]:
-            offset -= durations[i]
+        while offset >= self._durations[i]:
+            offset -= self._durations[i]
             i += 1
-        if durations[i] - offset > 1e-12:
-            yield durations[i] - offset, values[i]
-        i = (i + 1) % len(values)
-        while True:
-            yield durations[i], values[i]
-            i = (i + 1) % len(values)
+        # The first segment is what is left of row i; none when nothing is.
+        left = self._durations[i] - offset
+        self._first_s = left if left > 1e-12 else -1.0
+        self._row = i if left > 1e-12 else (i + 1) % len(self._values)
 
-    return _Segments(gen())
+    def next_segment(self) -> tuple[float, float]:
+        i = self._row
+        if self._first_s > 0:
+            dur, self._first_s = self._first_s, -1.0
+        else:
+            dur = self._durations[i]
+        self._row = (i + 1) % len(self._values)
+        return dur, self._values[i]
+
+    def state(self) -> tuple[float, ...]:
+        return (float(self._row), self._first_s)
+
+    def restore(self, state: Sequence[float]) -> None:
+        self._row, self._first_s = int(state[0]), state[1]
 
 
-def shaped(workload: Workload, shape: DailyShape, start_wall_s: float,
-           floor_w: float = SHAPED_FLOOR_W) -> Workload:
+def trace(tr: Trace, column: int, offset_s: float,
+          rng: random.Random | None = None) -> Replay:
+    """Replay column ``column % n_columns`` of ``tr`` in a loop, starting ``offset_s`` into it."""
+    return Replay(tr, column, offset_s, rng if rng is not None else random.Random(0))
+
+
+class Shaped:
     """``workload`` with its demand above ``floor_w`` scaled by ``shape`` at the simulated wall
     time: ``floor_w + (demand - floor_w) * shape.at(t)``, where ``t`` is ``start_wall_s`` (Unix
     seconds when the stream starts) plus the durations of the segments already yielded, taken
@@ -193,22 +275,39 @@ def shaped(workload: Workload, shape: DailyShape, start_wall_s: float,
     their durations, so the stream's timing (and its random draws) are those of ``workload``.
     """
 
-    def gen() -> Iterator[tuple[float, float]]:
-        t = start_wall_s
-        while True:
-            dur, demand = workload.next_segment()
-            if demand > floor_w:
-                demand = floor_w + (demand - floor_w) * shape.at(t)
-            yield dur, demand
-            t += dur
+    def __init__(self, workload: Resumable, shape: DailyShape, start_wall_s: float,
+                 floor_w: float = SHAPED_FLOOR_W) -> None:
+        self.rng = workload.rng
+        self._inner = workload
+        self._shape = shape
+        self._t = start_wall_s
+        self._floor_w = floor_w
 
-    return _Segments(gen())
+    def next_segment(self) -> tuple[float, float]:
+        dur, demand = self._inner.next_segment()
+        if demand > self._floor_w:
+            demand = self._floor_w + (demand - self._floor_w) * self._shape.at(self._t)
+        self._t += dur
+        return dur, demand
+
+    def state(self) -> tuple[float, ...]:
+        return (self._t, *self._inner.state())
+
+    def restore(self, state: Sequence[float]) -> None:
+        self._t = state[0]
+        self._inner.restore(state[1:])
+
+
+def shaped(workload: Resumable, shape: DailyShape, start_wall_s: float,
+           floor_w: float = SHAPED_FLOOR_W) -> Shaped:
+    """A :class:`Shaped` stream."""
+    return Shaped(workload, shape, start_wall_s, floor_w)
 
 
 def make_workload(
     kind: str, *, tdp_w: float, rng: random.Random, index: int, trace_data: Trace | None,
     shape: DailyShape | None = None, start_wall_s: float = 0.0,
-) -> Workload:
+) -> Resumable:
     """Build workload ``kind`` for GPU ``index``. A single-column trace is shared by all GPUs at
     random phase offsets; a multi-column trace gives GPU ``i`` column ``i`` in phase.
 
@@ -227,5 +326,5 @@ def make_workload(
         if trace_data is None:
             raise ValueError("the trace workload needs trace data")
         offset = rng.uniform(0.0, trace_data.period_s) if len(trace_data.columns) == 1 else 0.0
-        return trace(trace_data, index, offset)
+        return trace(trace_data, index, offset, rng)
     raise ValueError(f"unknown workload {kind!r}")

@@ -1,0 +1,161 @@
+"""``gridtao sim``: the machine-wide simulated GPUs (gridtao/gpu/sim/shared.py).
+
+* ``gridtao sim create``: create the configuration's device (``gpus.sim.device``) if there is
+  none, with every GPU at its default limit; an existing one is left as it is (its settings
+  must match the configuration's).
+* ``gridtao sim status [--json]``: the device's file, when it was created, its settings, and per
+  GPU the limit, the power and who set the limit last (pid and time); nothing is created.
+* ``gridtao sim destroy``: the analogue of a driver reload: processes holding the device see
+  their GPUs lost, and the next open creates it afresh at the default limits.
+
+``--device NAME`` names another device than the configuration's. Exit 0 on success, 1 when
+``status`` finds no device, 2 with one line on stderr for a bad device or option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gridtao.config.agent import Config, ConfigError, sim_device_problem
+
+EXIT_OK = 0
+EXIT_NONE = 1
+EXIT_ERROR = 2
+
+
+def configure_sim(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", metavar="NAME", default=None,
+                   help="the device's name (default: the configuration's gpus.sim.device)")
+    sub = p.add_subparsers(dest="sim_command", metavar="ACTION", required=True)
+    sub.add_parser("create", help="create the simulated device (GPUs at their default limits)",
+                   description="Create the machine-wide simulated device named by "
+                               "gpus.sim.device; an existing one is kept.")
+    status = sub.add_parser("status", help="the device's settings and its GPUs' limits",
+                            description="Show the device's file, settings and per GPU the "
+                                        "limit, the power and who last set the limit.")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    sub.add_parser("destroy", help="remove the device (like a driver reload)",
+                   description="Remove the device: processes holding it see their GPUs lost; "
+                               "the next open creates it at the default limits.")
+
+
+def _fail(message: str) -> int:
+    print(f"gridtao sim: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def run_sim(args: argparse.Namespace, config: Config) -> int:
+    from gridtao.config.paths import sim_device_path
+    from gridtao.gpu.sim.shared import DeviceFile, SimDeviceError
+
+    name = args.device if args.device is not None else config.gpus.sim.device
+    if name is None:
+        return _fail("gpus.sim.device is null (in-process GPUs): there is no machine-wide "
+                     "device; name one with --device NAME")
+    problem = sim_device_problem(name)
+    if problem is not None:
+        return _fail(f"--device: {problem}")
+    sim_cfg = dataclasses.replace(config.gpus.sim, device=name)
+    path = sim_device_path(name)
+    try:
+        if args.sim_command == "destroy":
+            gone = DeviceFile.destroy(path)
+            print(f"destroyed {path}" if gone else f"no device at {path}")
+            return EXIT_OK
+        if args.sim_command == "create":
+            info = DeviceFile.peek(path)
+            device = _open(sim_cfg, path).device
+            if device is not None:
+                device.close()
+            print(f"{'kept' if info is not None else 'created'} {path} "
+                  f"({sim_cfg.count} x {sim_cfg.profile})")
+            return EXIT_OK
+        info = DeviceFile.peek(path)
+        if info is None:
+            print(f"no simulated device at {path} (created on first use, or by "
+                  "`gridtao sim create`)", file=sys.stderr)
+            return EXIT_NONE
+        report = _status(info.params, path)
+    except (SimDeviceError, ConfigError, OSError) as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_status(report))
+    return EXIT_OK
+
+
+def _open(sim_cfg: Any, path: Path) -> Any:
+    from gridtao.clock import MonotonicClock
+    from gridtao.gpu.sim.nvml import SimNvml
+
+    return SimNvml.from_config(sim_cfg, MonotonicClock(), device_path=path)
+
+
+def _status(params: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Open the device with its own settings and read every GPU (advancing it to now)."""
+    from gridtao.config.agent import SimConfig
+
+    sim = _open(SimConfig(**params), path)
+    device = sim.device
+    assert device is not None
+    try:
+        info = device.info
+        gpus = []
+        for i in range(sim.count):
+            sim.true_power_mw(i)  # advance to now, so the record is current
+            device.lock(i)
+            try:
+                record = device.read(i)
+            finally:
+                device.unlock(i)
+            limit_w, energy_j, sample_w = record.scalars[1], record.scalars[3], record.scalars[11]
+            gpus.append({
+                "index": i, "limit_w": round(limit_w, 3), "power_w": round(sample_w, 1),
+                "energy_j": round(energy_j, 3),
+                "limit_set_by_pid": record.limit_pid or None,
+                "limit_set_at": record.limit_set_wall or None,
+                "limit_setter_alive": _alive(record.limit_pid) if record.limit_pid else None,
+            })
+        return {"path": str(path), "created_at": info.created_wall,
+                "boot_id": info.boot_id, "settings": info.params, "gpus": gpus}
+    finally:
+        device.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def format_status(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    lines = [
+        f"device   {report['path']}",
+        f"created  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(report['created_at']))}",
+        f"GPUs     {s['count']} x {s['profile']}, workload {s['workload']}, seed {s['seed']}",
+        "",
+        "GPU  limit W  power W     energy J  limit set by",
+    ]
+    for g in report["gpus"]:
+        if g["limit_set_by_pid"] is None:
+            who = "nobody (default)"
+        else:
+            when = time.strftime("%H:%M:%S", time.localtime(g["limit_set_at"]))
+            state = "running" if g["limit_setter_alive"] else "gone"
+            who = f"pid {g['limit_set_by_pid']} ({state}) at {when}"
+        lines.append(f"{g['index']:>3}  {g['limit_w']:>7.1f}  {g['power_w']:>7.1f}  "
+                     f"{g['energy_j']:>11.1f}  {who}")
+    return "\n".join(lines)
