@@ -1,7 +1,8 @@
 """`python -m gridtao --config FILE run` as a real process: serve, a signal, restore, offline.
 
-The simulated GPUs live inside the agent's process, so everything is observed as the grid side
-would: acks and the retained status over MQTT, and the process's exit status and log.
+Everything here is observed as the grid side would: acks and the retained status over MQTT,
+and the process's exit status and log (tests/test_machine_gpus.py looks at the machine's
+simulated GPUs themselves).
 """
 
 from __future__ import annotations

@@ -423,7 +423,8 @@ def test_agent_process_sigkilled_mid_event_recovers_from_its_journal(
             procs[0].wait(10)
             _status_wait(status, lambda p: p.get("online") is False, "the last will", mark)
             assert (tmp_path / "journal.json").exists()
-            # The restarted process has fresh simulated GPUs: the journal caps them again.
+            # The GPUs are still capped (tests/test_machine_gpus.py looks at them from
+            # outside); the restarted process holds the journaled event again.
             mark = len(status.messages)
             procs.append(_spawn(cfg, log))
             _status_wait(status, lambda p: p.get("online") is True and p.get("event") == "p1"

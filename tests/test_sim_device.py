@@ -1,0 +1,172 @@
+"""The machine-wide simulated device: one set of GPUs for every process that opens it.
+
+Two opens of one device file in this process behave as two processes do (each holds its own
+open file and its own locks); where it matters, real child processes open it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from gridtao.cli import main as cli
+from gridtao.clock import MonotonicClock, VirtualClock
+from gridtao.config.agent import SimConfig
+from gridtao.config.paths import sim_device_path
+from gridtao.gpu import GpuLost, NvmlBackend
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.gpu.sim.shared import DeviceFile, DeviceMismatch
+
+REPO = Path(__file__).resolve().parent.parent
+W = 1000
+CFG = SimConfig(count=2, noise_w=0.0)
+
+
+def _open(cfg: SimConfig = CFG, name: str = "default") -> NvmlBackend:
+    return NvmlBackend(SimNvml.from_config(cfg, MonotonicClock(),
+                                           device_path=sim_device_path(name)))
+
+
+def _script(code: str) -> str:
+    """``code`` after a prelude that opens the device as ``b`` (the test's run directory is
+    inherited by the child)."""
+    return textwrap.dedent("""
+        from gridtao.clock import MonotonicClock
+        from gridtao.config.agent import SimConfig
+        from gridtao.config.paths import sim_device_path
+        from gridtao.gpu import NvmlBackend
+        from gridtao.gpu.sim.nvml import SimNvml
+        b = NvmlBackend(SimNvml.from_config(SimConfig(count=2, noise_w=0.0), MonotonicClock(),
+                                            device_path=sim_device_path("default")))
+    """) + textwrap.dedent(code)
+
+
+def _child(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _script(code)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_two_opens_see_one_limit_one_draw_one_energy_counter() -> None:
+    a, b = _open(), _open()
+    a.set_limit_mw(0, 300 * W)
+    assert b.enforced_limit_mw(0) == 300 * W and b.enforced_limit_mw(1) == 700 * W
+    time.sleep(0.3)  # the ceiling settles under the new limit
+    # Readings taken in turn: each is the latest refresh sample, the same for both.
+    for _ in range(20):
+        pa, pb = a.instant_power_mw(0), b.instant_power_mw(0)
+        if pa == pb:
+            break
+    assert pa == pb and pa <= 300 * W
+    assert a.average_power_mw(0) == b.average_power_mw(0)
+    energies = []
+    for _ in range(50):  # alternating readers: one counter, never going back
+        energies += [a.energy_mj(1), b.energy_mj(1)]
+    assert energies == sorted(energies) and energies[-1] > energies[0]
+    b.set_limit_mw(0, 700 * W)
+    assert a.enforced_limit_mw(0) == 700 * W
+
+
+def test_a_limit_outlives_the_process_that_set_it() -> None:
+    done = _child("b.set_limit_mw(1, 250_000); print(b.enforced_limit_mw(1))")
+    assert done.returncode == 0 and done.stdout.strip() == "250000", done.stderr
+    here = _open()
+    assert here.enforced_limit_mw(1) == 250 * W
+    time.sleep(0.2)
+    assert here.instant_power_mw(1) <= 251 * W  # enforced here too: the draw follows it
+    status = subprocess.run([sys.executable, "-m", "gridtao", "sim", "status", "--json"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert status.returncode == 0, status.stderr
+    gpu1 = json.loads(status.stdout)["gpus"][1]
+    assert gpu1["limit_w"] == 250.0 and gpu1["limit_setter_alive"] is False
+
+
+def test_concurrent_writers_in_several_processes_leave_a_sound_device() -> None:
+    """Four processes write limits and read energy 600 times each, as fast as they can:
+    every write lands whole (the final limit is one of the values written), each reader's
+    energy counter only rises, and the device stays usable. (With the record locks off, this
+    fails most runs.)"""
+    writer = """
+        import os, sys
+        me = int(sys.argv[1])
+        last = [-1, -1]
+        for k in range(600):
+            gpu = k % 2
+            b.set_limit_mw(gpu, 200_000 + me * 1000 + k)
+            e = b.energy_mj(gpu)
+            if e < last[gpu]:
+                sys.exit(f"energy went back on GPU {gpu}: {last[gpu]} -> {e}")
+            last[gpu] = e
+    """
+    _open()  # create it first, so the writers race on it and not on its creation
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _script(writer), str(me)], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for me in range(4)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, results
+    here = _open()
+    written = {200_000 + me * 1000 + k for me in range(4) for k in range(600)}
+    for gpu in range(2):
+        assert here.enforced_limit_mw(gpu) in written
+    assert 0 < here.instant_power_mw(0) <= 700 * W
+
+
+def test_destroy_is_a_driver_reload() -> None:
+    held = _open()
+    held.set_limit_mw(0, 400 * W)
+    assert cli.main(["sim", "destroy"]) == 0
+    with pytest.raises(GpuLost):
+        held.instant_power_mw(0)
+    fresh = _open()  # the next open creates it again, at the defaults
+    assert fresh.enforced_limit_mw(0) == 700 * W
+
+
+def test_a_device_with_other_settings_is_refused_naming_the_key(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _open()
+    with pytest.raises(DeviceMismatch) as e:
+        _open(SimConfig(count=3, noise_w=0.0))
+    assert e.value.key == "gpus.sim.count" and "gpus.sim.count" in str(e.value)
+    assert cli.main(["gpus"]) == 2  # the default config: 8 GPUs, noise 3 W
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gridtao: error: gpus.sim." in err
+
+
+def test_a_device_from_another_boot_is_created_again() -> None:
+    _open().set_limit_mw(0, 300 * W)
+    path = sim_device_path("default")
+    data = bytearray(path.read_bytes())
+    boot_at = 60  # after magic (8), format, state, generation, 3 times, count, 2 sizes
+    data[boot_at:boot_at + 36] = b"0" * 36
+    path.write_bytes(bytes(data))
+    assert DeviceFile.peek(path) is None  # stale: as if the machine had rebooted
+    assert _open().enforced_limit_mw(0) == 700 * W
+
+
+def test_in_process_gpus_stay_for_virtual_time() -> None:
+    with pytest.raises(ValueError, match="virtual"):
+        SimNvml.from_config(CFG, VirtualClock(), device_path=sim_device_path("v"))
+    sim = SimNvml.from_config(CFG, VirtualClock())  # no device: private to this object
+    assert sim.device is None
+
+
+def test_sim_cli_create_status_destroy(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["sim", "status"]) == 1
+    assert cli.main(["sim", "create"]) == 0
+    assert "created" in capsys.readouterr().out
+    _open(SimConfig(), "default").set_limit_mw(3, 500 * W)
+    assert cli.main(["sim", "status"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.strip().startswith("3 "))
+    assert "500.0" in row and f"pid {os.getpid()} (running)" in row
+    assert cli.main(["sim", "--device", "../x", "status"]) == 2
+    assert cli.main(["sim", "destroy"]) == 0
+    assert not sim_device_path("default").exists()
