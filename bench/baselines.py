@@ -8,7 +8,7 @@
   cadence of OpenLEADR-style polling and of GridPilot's 1 s tier 1), then sets the limits
   in-process.
 
-Both listen on the same broker as gridtao, with their own simulated GPUs (same config), and
+Both listen on the same broker as gridtao, on the same (machine-wide) simulated GPUs, and
 measure the same quantities: publish -> all limits commanded, and publish -> measured node power
 in the target band (read through the same NVML path). On real GPUs (``backend="nvml"``) they
 drive this machine's GPUs, the sequential one through the real ``nvidia-smi``, and put every
@@ -97,19 +97,21 @@ class BaselineNode:
 
 def set_limit_subprocess(node: BaselineNode, index: int, limit_mw: int) -> None:
     """One ``nvidia-smi -i N -pl W``: on real GPUs that very command; on simulated ones a fresh
-    interpreter that opens NVML (the simulator, same config) and sets the limit, after which
-    the same write lands on our GPUs (the simulator is per process)."""
+    interpreter that opens the machine's simulated device and sets the limit there, where the
+    node (and every other process) sees it, as with a real GPU."""
     watts = f"{limit_mw / 1000:.0f}"
     if node.real:
         subprocess.run(["nvidia-smi", "-i", str(index), "-pl", watts],
                        check=True, stdout=subprocess.DEVNULL)
         return
+    if node.sim_cfg.device is None:
+        raise ValueError("the sequential baseline needs the machine-wide simulated device "
+                         "(gpus.sim.device): a subprocess cannot reach in-process GPUs")
     subprocess.run(
-        [sys.executable, "-m", "gridtao.bench.setlimit", "--gpus", str(node.sim_cfg.count),
+        [sys.executable, "-m", "gridtao.bench.setlimit", "--device", node.sim_cfg.device,
          "-i", str(index), "-pl", watts],
         check=True, stdout=subprocess.DEVNULL,
     )
-    node.backend.set_limit_mw(index, limit_mw)
 
 
 class _Listener:

@@ -93,6 +93,7 @@ import yaml
 from gridtao.bench.authcost import BenchKey, make_key
 from gridtao.bench.latency import stop_process
 from gridtao.bench.render import write_outputs
+from gridtao.bench.simdevice import private_device
 from gridtao.config.agent import Config
 from gridtao.security import auth
 from gridtao.telemetry.report import percentiles
@@ -178,9 +179,12 @@ def make_keys(alg: auth.Alg, workdir: Path) -> Keys:
     return Keys(make_key(alg, folders[0]), make_key(alg, folders[1]))
 
 
-def agent_yaml(port: int, gpus: int, keys: Keys) -> dict[str, Any]:
-    """The agent's configuration (the module docstring lists what differs from the defaults)."""
+def agent_yaml(port: int, gpus: int, keys: Keys, device: str | None = None) -> dict[str, Any]:
+    """The agent's configuration (the module docstring lists what differs from the defaults);
+    ``device``: the simulated device (default: the default one)."""
     sim = dataclasses.asdict(Config().gpus.sim) | {"count": gpus}
+    if device is not None:
+        sim["device"] = device
     plain: dict[str, Any] = json.loads(json.dumps({
         "gpus": {"backend": "sim", "sim": sim},
         "mqtt": {"host": "127.0.0.1", "port": port, "prefix": PREFIX, "node_id": NODE},
@@ -644,7 +648,8 @@ class Options:
 def run(opts: Options, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """The idle phase, then the flood phase, on one broker and one agent process; the result
     (see :func:`main` for the JSON it becomes)."""
-    with tempfile.TemporaryDirectory(prefix="gridtao-flood-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="gridtao-flood-") as tmp, \
+            private_device("flood") as device:
         workdir = Path(tmp) if opts.keep_dir is None else opts.keep_dir
         workdir.mkdir(parents=True, exist_ok=True)
         state = workdir / "state"
@@ -652,7 +657,8 @@ def run(opts: Options, progress: Callable[[str], None] = print) -> dict[str, Any
         with MosquittoBroker(workdir / "mosquitto") as broker:
             keys = make_keys(opts.alg, workdir)
             cfg_path = workdir / "agent.yaml"
-            cfg_path.write_text(yaml.safe_dump(agent_yaml(broker.port, opts.gpus, keys)))
+            cfg_path.write_text(yaml.safe_dump(agent_yaml(broker.port, opts.gpus, keys,
+                                                          device)))
             progress(f"broker 127.0.0.1:{broker.port}; {opts.gpus} simulated GPUs; "
                      f"{opts.triggers} genuine triggers per kind and phase; {opts.alg}")
             measured = _measure(broker, cfg_path, state, workdir, keys, opts, progress)

@@ -40,6 +40,7 @@ from gridtao.bench.baselines import (
     run_polling_1s,
     run_sequential_subprocess,
 )
+from gridtao.bench.simdevice import private_device
 from gridtao.config.agent import Config
 from gridtao.security.auth import Alg
 from gridtao.telemetry.report import percentiles
@@ -242,15 +243,20 @@ def run_latency_bench(
     ignored) and restores them: only with the operator's consent. Raises ``GpuError`` (before
     anything runs) when the driver or ``nvidia-smi`` is missing."""
     base_n = baseline_triggers if baseline_triggers is not None else max(3, min(triggers, 10))
-    sim_cfg = dataclasses.replace(config.gpus.sim, count=gpus)
-    # Opened first: on real GPUs it records the limits to restore and proves the driver is there.
-    node = BaselineNode(sim_cfg, band_fraction=config.control.band_fraction, backend=backend)
-    gpus = len(node.indices)
-    try:
-        measured = _measure_all(config, node, triggers=triggers, gpus=gpus, base_n=base_n,
-                                progress=progress, auth=auth, backend=backend, planner=planner)
-    finally:
-        node.close()
+    with private_device("latency") as device:
+        # The agent and both baselines drive one set of GPUs, one after the other.
+        sim_cfg = dataclasses.replace(config.gpus.sim, count=gpus, device=device)
+        config = dataclasses.replace(config, gpus=dataclasses.replace(config.gpus, sim=sim_cfg))
+        # Opened first: on real GPUs it records the limits to restore and proves the driver is
+        # there.
+        node = BaselineNode(sim_cfg, band_fraction=config.control.band_fraction, backend=backend)
+        gpus = len(node.indices)
+        try:
+            measured = _measure_all(config, node, triggers=triggers, gpus=gpus, base_n=base_n,
+                                    progress=progress, auth=auth, backend=backend,
+                                    planner=planner)
+        finally:
+            node.close()
     result = _result(config, measured, triggers=triggers, gpus=gpus, auth=auth, backend=backend)
     result["planner"] = {"enabled": True, "period_s": PLANNER_PERIOD_S} if planner else None
     return result

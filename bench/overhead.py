@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from gridtao.bench.latency import AgentProcess, run_info, stop_process
+from gridtao.bench.simdevice import private_device
 from gridtao.config.agent import Config
 from gridtao.transport.localbroker import MosquittoBroker, Subscriber, free_port
 
@@ -96,7 +97,7 @@ def measure_agent(config: Config, *, gpus: int, seconds: float, workdir: Path) -
 def measure_poll_loop(config: Config, *, gpus: int, seconds: float) -> dict[str, float]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "gridtao.bench.overhead", "--poll-loop", "--gpus", str(gpus),
-         "--hz", str(config.control.fast_hz)],
+         "--hz", str(config.control.fast_hz), "--device", str(config.gpus.sim.device)],
         stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
@@ -108,15 +109,19 @@ def measure_poll_loop(config: Config, *, gpus: int, seconds: float) -> dict[str,
         stop_process(proc)
 
 
-def poll_loop(gpus: int, hz: float) -> None:
-    """The baseline: read every GPU's instant power ``hz`` times a second, forever."""
+def poll_loop(gpus: int, hz: float, device: str) -> None:
+    """The baseline: read every GPU's instant power ``hz`` times a second, forever, from the
+    simulated device ``device`` (as the agent reads it)."""
     from gridtao.clock import MonotonicClock
     from gridtao.config.agent import SimConfig
     from gridtao.gpu.nvml import NvmlBackend
     from gridtao.gpu.sim.nvml import SimNvml
 
     clock = MonotonicClock()
-    backend = NvmlBackend(SimNvml.from_config(SimConfig(count=gpus), clock))
+    from gridtao.config.paths import sim_device_path
+
+    backend = NvmlBackend(SimNvml.from_config(SimConfig(count=gpus), clock,
+                                              device_path=sim_device_path(device)))
     period = 1.0 / hz
     print("ready", flush=True)
     next_t = time.monotonic()
@@ -128,9 +133,12 @@ def poll_loop(gpus: int, hz: float) -> None:
 
 
 def run(config: Config, *, gpus: int, seconds: float) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="gridtao-overhead-") as tmp:
-        agent = measure_agent(config, gpus=gpus, seconds=seconds, workdir=Path(tmp))
-    poll = measure_poll_loop(config, gpus=gpus, seconds=seconds)
+    with private_device("overhead") as device:
+        sim = dataclasses.replace(config.gpus.sim, device=device)
+        config = dataclasses.replace(config, gpus=dataclasses.replace(config.gpus, sim=sim))
+        with tempfile.TemporaryDirectory(prefix="gridtao-overhead-") as tmp:
+            agent = measure_agent(config, gpus=gpus, seconds=seconds, workdir=Path(tmp))
+        poll = measure_poll_loop(config, gpus=gpus, seconds=seconds)
     return {
         "gpus": gpus, "seconds": seconds, "fast_hz": config.control.fast_hz,
         "agent": agent, "poll_loop": poll,
@@ -148,12 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="how long each process is measured (default 20)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--poll-loop", action="store_true", help=argparse.SUPPRESS)  # the baseline
+    p.add_argument("--device", default="default", help=argparse.SUPPRESS)
     p.add_argument("--hz", type=float, default=100.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.gpus < 1 or args.seconds <= 0 or args.hz <= 0:
         p.error("--gpus must be >= 1, --seconds and --hz > 0")
     if args.poll_loop:
-        poll_loop(args.gpus, args.hz)
+        poll_loop(args.gpus, args.hz, args.device)
         return 0
     result = run(Config(), gpus=args.gpus, seconds=args.seconds)
     result |= run_info("gridtao.bench.overhead", argv)

@@ -1,7 +1,9 @@
 """A stand-in for ``nvidia-smi -i N -pl W`` on simulated GPUs (the sequential baseline's unit).
 
 Like nvidia-smi it is a fresh process that loads the NVML library, initialises it, enumerates
-the devices, sets one power limit and exits; here NVML is the simulator.
+the devices, sets one power limit and exits; here NVML is the machine's simulated device
+(``--device NAME``), opened with the settings it was created with, as nvidia-smi needs no
+configuration to find the GPUs.
 """
 
 from __future__ import annotations
@@ -11,17 +13,25 @@ import sys
 
 from gridtao.clock import MonotonicClock
 from gridtao.config.agent import SimConfig
+from gridtao.config.paths import sim_device_path
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.gpu.sim.shared import DeviceFile
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="setlimit")
-    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--device", default="default", help="the simulated device's name")
     p.add_argument("-i", "--index", type=int, required=True)
     p.add_argument("-pl", "--power-limit", type=float, required=True, help="watts")
     args = p.parse_args(argv)
-    backend = NvmlBackend(SimNvml.from_config(SimConfig(count=args.gpus), MonotonicClock()))
+    path = sim_device_path(args.device)
+    info = DeviceFile.peek(path)
+    if info is None:
+        print(f"No simulated device at {path}.", file=sys.stderr)
+        return 2
+    sim = SimNvml.from_config(SimConfig(**info.params), MonotonicClock(), device_path=path)
+    backend = NvmlBackend(sim)
     try:
         enforced = backend.set_limit_mw(args.index, int(args.power_limit * 1000))
     finally:

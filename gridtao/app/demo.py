@@ -4,7 +4,8 @@ Starts Mosquitto on a free loopback port, an agent on 8 simulated H100s (real ti
 the grid: publishes a frequency dip to 49.45 Hz (crossing the armed FFR levels one by one) and,
 once that event has ramped out, a ``shed`` dispatch. It listens like any wire-contract-v1 client
 (acks and status), prints a timeline and a latency summary, and writes a PNG of node power
-against target and frequency. Then tier 3: the plan for the next day from synthetic history
+against target and frequency. The GPUs are the machine's (``gpus.sim.device``): mid-event the
+demo runs ``gridtao gpus`` in a process of its own and prints what it sees. Then tier 3: the plan for the next day from synthetic history
 and illustrative prices (demo_plan.py), as a table and ``plan.png``.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -23,6 +26,7 @@ from gridtao.app.agent import Agent, AgentOptions
 from gridtao.app.serve import serving
 from gridtao.clock import MonotonicClock
 from gridtao.config.agent import Config
+from gridtao.config.paths import sim_device_path
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
 from gridtao.transport.localbroker import MosquittoBroker, Publisher, Subscriber, publish
@@ -99,7 +103,9 @@ def run_demo(config: Config, *, out_dir: Path, duration_scale: float = 1.0) -> i
                                         path=str(out_dir.resolve() / "journal.json")),
         )
         clock = MonotonicClock()
-        sim = SimNvml.from_config(cfg.gpus.sim, clock)
+        device = cfg.gpus.sim.device
+        sim = SimNvml.from_config(cfg.gpus.sim, clock, device_path=None if device is None
+                                  else sim_device_path(device))
         agent = Agent(cfg, clock=clock, backend=NvmlBackend(sim),
                       options=AgentOptions(serve_metrics=False))
         return _drive(agent, broker, out_dir, duration_scale)
@@ -168,10 +174,26 @@ def _play_grid(agent: Agent, broker: MosquittoBroker, recorder: Recorder,
     shed = {"id": "demo-shed-1", "kind": "shed", "fraction": 0.25,
             "duration_s": 4.0 * scale, "issued_at": time.time()}
     publish(broker.host, broker.port, topics.dispatch, json.dumps(shed).encode(), qos=1)
-    time.sleep(0.5)
+    time.sleep(1.5 * scale)
+    if agent.config.gpus.sim.device is not None:
+        print(f"[{time.monotonic() - t0:6.2f} s] mid-event, `gridtao gpus` in another process "
+              "sees the machine's GPUs (try `gridtao gpus --watch 0.5` in another shell):")
+        print(_gpus_elsewhere(agent.config.source))
     _wait_idle(agent, timeout_s=20.0)
     time.sleep(0.5)
     return [json.loads(m.payload) for m in list(ack_sub.messages)]
+
+
+def _gpus_elsewhere(source: str) -> str:
+    """``gridtao gpus`` run as a separate process (the demo's configuration file, if any)."""
+    args = [sys.executable, "-m", "gridtao"]
+    if Path(source).is_file():
+        args += ["--config", source]
+    done = subprocess.run([*args, "gpus", "--backend", "sim"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    if done.returncode != 0:
+        return f"(gridtao gpus failed: {done.stderr.strip()})"
+    return done.stdout.rstrip()
 
 
 def _sleep_until(t0: float, at_s: float) -> None:
