@@ -85,12 +85,14 @@ def _planner_config(workdir: Path, gpus: int) -> dict[str, Any]:
 
 def _agent_config(config: Config, port: int, gpus: int, *, workdir: Path,
                   key: BenchKey | None = None, backend: Backend = "sim",
-                  planner: bool = False) -> dict[str, Any]:
+                  planner: bool = False, island_alone: bool = False) -> dict[str, Any]:
     """The agent's YAML: the caller's config on a bench broker, fast release between triggers,
     and the bench key when ``key`` is given (dispatches must then be signed). On ``nvml`` the
     agent must be able to write limits (``require_actuation``): a bench of a node that cannot
-    is refused at start, not measured as if it had cut."""
+    is refused at start, not measured as if it had cut. ``island_alone``: tier 1 at 1 Hz, so
+    the island's threads have the interpreter nearly to themselves (the emulated split)."""
     sim = dataclasses.asdict(config.gpus.sim) | {"count": gpus}
+    control = dataclasses.asdict(config.control) | ({"fast_hz": 1.0} if island_alone else {})
     extra: dict[str, Any] = {} if key is None else {"auth": key.agent_config(workdir)}
     if planner:
         extra |= _planner_config(workdir, gpus)
@@ -101,7 +103,7 @@ def _agent_config(config: Config, port: int, gpus: int, *, workdir: Path,
         "mqtt": {"host": "127.0.0.1", "port": port, "prefix": "gridtao/bench", "node_id": "bench"},
         "safety": {"release_rate_per_s": 20.0, "triggers": [
             dataclasses.asdict(t) for t in config.safety.triggers]},
-        "control": dataclasses.asdict(config.control),
+        "control": control,
         "metrics": {"enabled": False},
         # As in the published runs: the trigger path alone, no files in the state directory.
         "audit": {"enabled": False}, "journal": {"enabled": False},
@@ -117,19 +119,41 @@ def _plain(data: dict[str, Any]) -> dict[str, Any]:
 
 
 class AgentProcess:
-    """``gridtao run`` in a child process; stopped with SIGTERM (it restores its limits)."""
+    """``gridtao run`` in a child process; stopped with SIGTERM (it restores its limits).
 
-    def __init__(self, cfg_path: Path, *, busy_load: float, log_path: Path) -> None:
+    ``busy_load``: keep the agent's controller loop that busy (``--busy-load``), or, with
+    ``load_elsewhere``, a separate process at the same duty cycle: the load of a controller
+    that does not share the island's interpreter (the emulated split, see ``--island-alone``).
+    """
+
+    def __init__(self, cfg_path: Path, *, busy_load: float, log_path: Path,
+                 load_elsewhere: bool = False) -> None:
         args = [sys.executable, "-m", "gridtao", "--config", str(cfg_path), "run"]
-        if busy_load > 0:
+        if busy_load > 0 and not load_elsewhere:
             args += ["--busy-load", str(busy_load)]
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        self.burner = (subprocess.Popen([sys.executable, "-c", _BURNER, str(busy_load)])
+                       if busy_load > 0 and load_elsewhere else None)
 
     def stop(self) -> int:
+        if self.burner is not None:
+            stop_process(self.burner)
         rc = stop_process(self.proc)
         self._log.close()
         return rc
+
+
+# Python busy for the given fraction of every 10 ms, like the controller loop's --busy-load.
+_BURNER = """
+import sys, time
+busy = float(sys.argv[1])
+while True:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.01 * busy:
+        pass
+    time.sleep(0.01 * (1 - busy))
+"""
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> int:
@@ -144,12 +168,13 @@ def stop_process(proc: subprocess.Popen[bytes]) -> int:
 
 def measure_gridtao(
     broker: MosquittoBroker, cfg_path: Path, workdir: Path, *, triggers: int, busy_load: float,
-    progress: Callable[[str], None], key: BenchKey | None = None,
+    progress: Callable[[str], None], key: BenchKey | None = None, load_elsewhere: bool = False,
 ) -> dict[str, list[float]]:
     prefix = "gridtao/bench"
     ack_topic, status_topic = f"{prefix}/nodes/bench/ack", f"{prefix}/nodes/bench/status"
     name = "under_load" if busy_load > 0 else "idle"
-    agent = AgentProcess(cfg_path, busy_load=busy_load, log_path=workdir / f"agent-{name}.log")
+    agent = AgentProcess(cfg_path, busy_load=busy_load, log_path=workdir / f"agent-{name}.log",
+                         load_elsewhere=load_elsewhere)
     out: dict[str, list[float]] = {k: [] for k in (
         "publish_to_command_ms", "receive_to_command_ms", "trigger_to_target_ms",
         "publish_to_receive_ms", "command_to_target_ms")}
@@ -235,13 +260,15 @@ def _baseline(timings: Sequence[Timing]) -> dict[str, Any]:
 def run_latency_bench(
     config: Config, *, triggers: int, gpus: int, baseline_triggers: int | None = None,
     progress: Callable[[str], None] = print, auth: Alg | None = None, backend: Backend = "sim",
-    planner: bool = False,
+    planner: bool = False, island_alone: bool = False,
 ) -> dict[str, Any]:
     """Run the bench; with ``auth``, the agent requires dispatches signed with that algorithm
     (a key made in the temporary folder) and the per-message verify cost is measured too.
     ``backend="nvml"`` writes limits to this machine's GPUs (all of them; ``gpus`` is then
     ignored) and restores them: only with the operator's consent. Raises ``GpuError`` (before
-    anything runs) when the driver or ``nvidia-smi`` is missing."""
+    anything runs) when the driver or ``nvidia-smi`` is missing. ``island_alone`` emulates the
+    island in a process of its own: tier 1 at 1 Hz in the agent, and the load phase's busy
+    loop in a separate process instead of the agent's controller loop."""
     base_n = baseline_triggers if baseline_triggers is not None else max(3, min(triggers, 10))
     with private_device("latency") as device:
         # The agent and both baselines drive one set of GPUs, one after the other.
@@ -254,17 +281,19 @@ def run_latency_bench(
         try:
             measured = _measure_all(config, node, triggers=triggers, gpus=gpus, base_n=base_n,
                                     progress=progress, auth=auth, backend=backend,
-                                    planner=planner)
+                                    planner=planner, island_alone=island_alone)
         finally:
             node.close()
     result = _result(config, measured, triggers=triggers, gpus=gpus, auth=auth, backend=backend)
     result["planner"] = {"enabled": True, "period_s": PLANNER_PERIOD_S} if planner else None
+    result["layout"] = "island_alone_emulated" if island_alone else "one_process"
     return result
 
 
 def _measure_all(
     config: Config, node: BaselineNode, *, triggers: int, gpus: int, base_n: int,
     progress: Callable[[str], None], auth: Alg | None, backend: Backend, planner: bool,
+    island_alone: bool = False,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gridtao-bench-") as tmp:
         workdir = Path(tmp)
@@ -273,7 +302,7 @@ def _measure_all(
             key = make_key(auth, workdir) if auth is not None else None
             cfg_path.write_text(yaml.safe_dump(_agent_config(
                 config, broker.port, gpus, workdir=workdir, key=key, backend=backend,
-                planner=planner)))
+                planner=planner, island_alone=island_alone)))
             kind = "simulated GPUs" if backend == "sim" else "GPUs of this machine (NVML)"
             progress(f"broker 127.0.0.1:{broker.port}; {gpus} {kind}; {triggers} triggers"
                      + (f"; dispatches signed ({auth})" if auth else ""))
@@ -281,7 +310,7 @@ def _measure_all(
             idle = measure_gridtao(broker, cfg_path, workdir, triggers=triggers, busy_load=0.0,
                                    progress=progress, key=key)
             loaded = measure_gridtao(broker, cfg_path, workdir, triggers=triggers, busy_load=0.9,
-                                     progress=progress, key=key)
+                                     progress=progress, key=key, load_elsewhere=island_alone)
             verify = {alg: verify_cost_us(alg, workdir) for alg in ("ed25519", "hmac")} if (
                 auth is not None) else None
 

@@ -33,6 +33,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "- real GPUs (NVML): the hardware response is the measured command -> target time; "
         "the baselines ran on the same GPUs, the sequential one through `nvidia-smi -pl`",
     ]
+    if result.get("layout") == "island_alone_emulated":
+        lines.append("- layout: the island alone in its process, emulated (tier 1 at 1 Hz; the "
+                     "load phase's busy loop in a separate process, not the agent's)")
     if result.get("planner"):
         lines.append(f"- tier 3 running in the agent meanwhile: a planning round every "
                      f"{result['planner']['period_s']:.0f} s (history, forecast, HiGHS solve)")

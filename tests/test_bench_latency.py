@@ -118,3 +118,19 @@ def test_with_the_planner_the_agent_plans_from_a_seeded_history(tmp_path: Path) 
     with HistoryStore.open(tmp_path / "history.sqlite3") as store:
         assert store.count() == 14 * 1440
     assert json.loads((tmp_path / "signals.json").read_text())["version"] == 1
+
+
+def test_island_alone_emulation_slows_tier_1_and_loads_another_process(tmp_path: Path) -> None:
+    from gridtao.bench.latency import AgentProcess
+
+    data = _agent_config(Config(), 1883, 2, workdir=tmp_path, island_alone=True)
+    assert data["control"]["fast_hz"] == 1.0
+    assert _agent_config(Config(), 1883, 2, workdir=tmp_path)["control"]["fast_hz"] == 100.0
+    cfg = tmp_path / "never-read.yaml"  # the agent fails at once: only the burner matters here
+    agent = AgentProcess(cfg, busy_load=0.5, log_path=tmp_path / "a.log", load_elsewhere=True)
+    try:
+        assert agent.burner is not None and agent.burner.poll() is None
+        assert isinstance(agent.proc.args, list) and "--busy-load" not in agent.proc.args
+    finally:
+        agent.stop()
+    assert agent.burner.poll() is not None

@@ -51,6 +51,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     lat.add_argument("--with-planner", action="store_true",
                      help="run tier 3 in the agent meanwhile (a planning round every 10 s on "
                           "two weeks of synthetic history)")
+    lat.add_argument("--island-alone", action="store_true",
+                     help="emulate the island in a process of its own: tier 1 at 1 Hz, and the "
+                          "load phase's busy loop in a separate process (to weigh a split)")
     lat.add_argument("--auth", choices=("ed25519", "hmac"), default=None,
                      help="sign every dispatch (keys made in the bench's temporary folder) and "
                           "measure the verify cost")
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
                                baseline_triggers=args.baseline_triggers,
                                progress=lambda line: print(line, file=sys.stderr),
                                auth=args.auth, backend=args.backend,
-                               planner=args.with_planner)
+                               planner=args.with_planner, island_alone=args.island_alone)
     command = "gridtao " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result |= provenance(command)
     write_outputs(args, result, markdown(result, command), plot)
