@@ -254,14 +254,15 @@ class GpuPhysics:
         """When the workload's current segment ends (moves whenever a segment is drawn)."""
         return self._seg_end_s
 
-    def export(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """The whole mutable state but the workload's: :data:`STATE_SCALARS` floats, and the
-        average window's :attr:`window_len` energy marks (J, oldest first)."""
+    def export(self) -> tuple[tuple[float, ...], Sequence[float]]:
+        """The whole mutable state but the workload's: :data:`STATE_SCALARS` floats (the sixth
+        is the sample index, which moves whenever the window does), and the average window's
+        :attr:`window_len` energy marks (J, oldest first; a live view: copy it to keep it)."""
         override = math.nan if self._override_w is None else self._override_w
         scalars = (self._t, self.limit_w, self._ceiling_w, self._energy_j, self._grid0_s,
                    float(self._k), self._next_refresh_s, override, self._profile_demand_w,
                    self._seg_end_s, self._sample_t_s, self._sample_w)
-        return scalars, tuple(self._window_j)
+        return scalars, self._window_j
 
     def load(self, scalars: Sequence[float], window: Sequence[float]) -> None:
         """Take the state :meth:`export` gave (of a GPU built with the same arguments)."""

@@ -29,7 +29,6 @@ it gets ``GPU is lost``) or a reboot (a file from another boot is replaced on op
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import math
@@ -71,9 +70,12 @@ _SCALARS = struct.Struct(f"<{STATE_SCALARS}d")
 _EXTRAS = struct.Struct(f"<{STATE_FLOATS + 1}d")  # count, then up to STATE_FLOATS floats
 _MT_WORDS = 625  # random.Random's Mersenne Twister: 624 words and the position
 _MT = struct.Struct(f"<{_MT_WORDS}I")
+_VERSION = struct.Struct("<Q")
+_K = 5  # the sample index among the physics scalars (GpuPhysics.export)
 
 _F_WRLCK, _F_UNLCK = fcntl.F_WRLCK, fcntl.F_UNLCK
 _OFD_SETLKW: int | None = getattr(fcntl, "F_OFD_SETLKW", None)
+_SETLKW: int = _OFD_SETLKW if _OFD_SETLKW is not None else fcntl.F_SETLKW  # open() checks
 
 
 class SimDeviceError(GridtaoError):
@@ -156,6 +158,15 @@ class DeviceFile:
         self._record_size = record_size
         self._window = struct.Struct(f"<{window_len}d")
         self._pid = os.getpid()
+        count = info.count
+        self._offsets = tuple(HEADER_SIZE + i * record_size for i in range(count))
+        self._lock_args = tuple(_flock(_F_WRLCK, at, record_size) for at in self._offsets)
+        self._unlock_args = tuple(_flock(_F_UNLCK, at, record_size) for at in self._offsets)
+        # Per record, what this process last read or stored: its head (so a store need not
+        # read it back) and the sample index of the average window it holds (so an unchanged
+        # window, between two refreshes, is not written again).
+        self._heads: list[tuple[Any, ...] | None] = [None] * count
+        self._window_k: list[float] = [math.nan] * count
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -208,13 +219,14 @@ class DeviceFile:
     # -- records ------------------------------------------------------------------------------
 
     def _at(self, index: int) -> int:
-        return HEADER_SIZE + index * self._record_size
+        return self._offsets[index]
 
     def lock(self, index: int) -> None:
-        _lock(self._fd, self._at(index), self._record_size)
+        # fcntl retries an interrupted wait itself (PEP 475).
+        fcntl.fcntl(self._fd, _SETLKW, self._lock_args[index])
 
     def unlock(self, index: int) -> None:
-        _unlock(self._fd, self._at(index), self._record_size)
+        fcntl.fcntl(self._fd, _SETLKW, self._unlock_args[index])
 
     def check_alive(self) -> None:
         """Raise :class:`DeviceGone` once the device was destroyed (one byte read)."""
@@ -222,16 +234,18 @@ class DeviceFile:
             raise DeviceGone(f"simulated device {self.path} was destroyed")
 
     def version(self, index: int) -> int:
-        return int.from_bytes(self._mm[self._at(index):self._at(index) + 8], "little")
+        version: int = _VERSION.unpack_from(self._mm, self._offsets[index])[0]
+        return version
 
     def workload_version(self, index: int) -> int:
-        at = self._at(index) + 24
-        return int.from_bytes(self._mm[at:at + 8], "little")
+        version: int = _VERSION.unpack_from(self._mm, self._offsets[index] + 24)[0]
+        return version
 
     def read(self, index: int) -> Record:
         mm, at = self._mm, self._at(index)
-        version, writer, limit_pid, limit_wall, wl_version, gauss = \
-            _RECORD_HEAD.unpack_from(mm, at)
+        head = _RECORD_HEAD.unpack_from(mm, at)
+        self._heads[index] = head
+        version, writer, limit_pid, limit_wall, wl_version, gauss = head
         at += _RECORD_HEAD.size
         scalars = _SCALARS.unpack_from(mm, at)
         at += _SCALARS.size
@@ -240,6 +254,7 @@ class DeviceFile:
         mt = _MT.unpack_from(mm, at)
         at += _MT.size
         window = self._window.unpack_from(mm, at)
+        self._window_k[index] = scalars[_K]
         return Record(version, writer, limit_pid, limit_wall, wl_version, scalars,
                       extras[1:1 + int(extras[0])], mt, None if math.isnan(gauss) else gauss,
                       window)
@@ -248,8 +263,11 @@ class DeviceFile:
               limit_set: bool) -> int:
         """Write ``physics`` (and ``workload``'s position when given) as GPU ``index``'s
         state; ``limit_set``: this store follows a limit write. Returns the new version."""
-        mm, at = self._mm, self._at(index)
-        version, _, limit_pid, limit_wall, wl_version, gauss = _RECORD_HEAD.unpack_from(mm, at)
+        mm, at = self._mm, self._offsets[index]
+        head = self._heads[index]
+        if head is None or head[0] != _VERSION.unpack_from(mm, at)[0]:
+            head = _RECORD_HEAD.unpack_from(mm, at)
+        version, _, limit_pid, limit_wall, wl_version, gauss = head
         version += 1
         if limit_set:
             limit_pid, limit_wall = self._pid, time.time()
@@ -264,11 +282,14 @@ class DeviceFile:
                               *([0.0] * (STATE_FLOATS - len(extras))))
             _MT.pack_into(mm, body + _SCALARS.size + _EXTRAS.size, *mt)
             gauss = math.nan if gauss_next is None else gauss_next
-        self._window.pack_into(mm, body + _SCALARS.size + _EXTRAS.size + _MT.size, *window)
+        if scalars[_K] != self._window_k[index]:  # the window moves only at a refresh
+            self._window.pack_into(mm, body + _SCALARS.size + _EXTRAS.size + _MT.size, *window)
+            self._window_k[index] = scalars[_K]
         # The head last: a reader that sees the new version sees the whole record (the lock
         # orders them anyway; this keeps a crashed writer's half-store visibly old).
-        _RECORD_HEAD.pack_into(mm, at, version, self._pid, limit_pid, limit_wall, wl_version,
-                               gauss)
+        head = (version, self._pid, limit_pid, limit_wall, wl_version, gauss)
+        _RECORD_HEAD.pack_into(mm, at, *head)
+        self._heads[index] = head
         return int(version)
 
     @staticmethod
@@ -319,21 +340,11 @@ class DeviceFile:
 
 
 def _lock(fd: int, start: int, length: int) -> None:
-    assert _OFD_SETLKW is not None
-    while True:
-        try:
-            fcntl.fcntl(fd, _OFD_SETLKW, _flock(_F_WRLCK, start, length))
-            return
-        except InterruptedError:
-            continue
-        except OSError as e:
-            if e.errno != errno.EINTR:
-                raise
+    fcntl.fcntl(fd, _SETLKW, _flock(_F_WRLCK, start, length))  # EINTR retried (PEP 475)
 
 
 def _unlock(fd: int, start: int, length: int) -> None:
-    assert _OFD_SETLKW is not None
-    fcntl.fcntl(fd, _OFD_SETLKW, _flock(_F_UNLCK, start, length))
+    fcntl.fcntl(fd, _SETLKW, _flock(_F_UNLCK, start, length))
 
 
 def _read_info(fd: int, path: Path) -> DeviceInfo | None:
