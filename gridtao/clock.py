@@ -7,7 +7,17 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Protocol
+
+
+def boot_id() -> str:
+    """This boot's id (Linux ``/proc/sys/kernel/random/boot_id``): monotonic time, and every
+    power limit set by software, start again with it. Empty where the kernel does not say."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
 
 
 class Clock(Protocol):

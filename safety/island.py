@@ -119,6 +119,7 @@ class SafetyIsland:
         )
         self._resting_mw: tuple[int, ...] = self._normal_mw
         self._exits = 0  # safe states left through a ramp (names their exit events)
+        self._watching = True  # refresh_enforced takes a limit it did not write as an outside one
         self._writes = WriteRecord(self.envelope.default_mw)
 
     # ------------------------------------------------------------------ lifecycle
@@ -366,7 +367,9 @@ class SafetyIsland:
                 self._writer.note_read(index, mw)
                 # Noted under the GPU's lock: a write landing after this read must win.
                 self._writes.note_enforced(index, mw)
-            if last is not None and mw != last:
+            # Checked after the read: once stop_watching() returned, no write of the agent's
+            # own restore can be taken for someone else's.
+            if last is not None and mw != last and self._watching:
                 changes.append(self.adopt_outside_limit(index, last, mw))
         return changes
 
@@ -374,21 +377,32 @@ class SafetyIsland:
         """GPU ``index``'s limit was moved from ``from_mw`` to ``to_mw`` by someone else: that
         (clamped into the envelope) is its resting limit from now on, where events release it
         to and tier 1 raises it no higher. An event in force keeps its cap where that is lower
-        (the grid commitment), written once by tier 1's next plan; a safe state keeps its
-        limits until it is left."""
+        (the grid commitment), written once by tier 1's next plan. In a ``default`` or ``hold``
+        safe state the GPU rests at the new limit too; ``minimum`` keeps every GPU at its
+        minimum until the safe state is left."""
         resting = self.envelope.clamp_all(
             [to_mw if i == index else r for i, r in enumerate(self._normal_mw)])[index]
         with self._lock:
             normal = list(self._normal_mw)
             normal[index] = resting
             self._normal_mw = tuple(normal)
-            if self._mode is None:
+            if self._mode is None or self._mode == "default":
                 self._resting_mw = self._normal_mw
+            elif self._mode == "hold":
+                held = list(self._resting_mw)
+                held[index] = resting
+                self._resting_mw = tuple(held)
             in_event = bool(self._events)
         log.warning("GPU %d: limit changed outside the agent, %d -> %d mW: it rests there from "
                     "now on%s", index, from_mw, to_mw,
                     " (the event in force keeps its cap where lower)" if in_event else "")
         return OutsideChange(index, from_mw, to_mw, resting, in_event)
+
+    def stop_watching(self) -> None:
+        """From now on :meth:`refresh_enforced` only reads: the agent is about to write limits
+        itself outside the island (restoring at stop), and must not take them for someone
+        else's."""
+        self._watching = False
 
     def write_faults(self) -> dict[int, str]:
         """GPUs whose last limit write failed: index -> error kind (e.g. ``"GpuLost"``)."""

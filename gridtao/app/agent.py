@@ -402,7 +402,8 @@ class Agent:
                  "default_mw": lim.default_mw, "max_mw": lim.max_mw, "found_mw": found}
                 for d, lim, found in zip(self.backend.devices(), self.gpu_limits,
                                          self._found_mw, strict=True)
-            ], "config": self.config.source})
+            ], "config": self.config.source,
+                "dry_run": bool(getattr(self.backend, "dry_run", False))})
             check_write_permission(self.backend, self.gpu_indices)
             self.guard.open()
             self._touched = True
@@ -500,6 +501,8 @@ class Agent:
             if not self._touched:  # start failed before any write: nothing to undo
                 self.ledger.close(restore_failed=0, limits_mw=())
                 return
+            # The read-back may still run: the restore's writes are the agent's own.
+            self.island.stop_watching()
             failed = self.restore_initial_limits()
             self.restore_failed = failed
             if failed:

@@ -5,8 +5,9 @@ the grid: publishes a frequency dip to 49.45 Hz (crossing the armed FFR levels o
 once that event has ramped out, a ``shed`` dispatch. It listens like any wire-contract-v1 client
 (acks and status), prints a timeline and a latency summary, and writes a PNG of node power
 against target and frequency. The GPUs are the machine's (``gpus.sim.device``): mid-event the
-demo runs ``gridtao gpus`` in a process of its own and prints what it sees. Then tier 3: the plan for the next day from synthetic history
-and illustrative prices (demo_plan.py), as a table and ``plan.png``.
+demo runs ``gridtao gpus`` in a process of its own and prints what it sees. Then tier 3: the
+plan for the next day from synthetic history and illustrative prices (demo_plan.py), as a table
+and ``plan.png``.
 """
 
 from __future__ import annotations

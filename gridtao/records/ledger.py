@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-from gridtao.clock import Clock
+from gridtao.clock import Clock, boot_id
 from gridtao.config.agent import Config
 from gridtao.records.audit import AuditTrail
 from gridtao.records.health import OFF, WriteHealth
@@ -117,7 +117,7 @@ class Ledger:
             return
         audit_path = self._config.audit.path if self._config.audit.enabled else None
         self.witness = witness_limits(audit_path, node_id=self._node_id, uuids=self._uuids,
-                                      found_mw=found_mw)
+                                      found_mw=found_mw, current_boot=boot_id())
         vouched = self.witness.vouched
         self.initial_limits_mw = [f if w is None else w
                                   for w, f in zip(self.witness.limits_mw, found_mw, strict=True)]
@@ -164,7 +164,7 @@ class Ledger:
         if self.audit is not None:
             self.audit.start()
             self.record("agent_start", {
-                **fields, "node": self._node_id, "pid": os.getpid(),
+                **fields, "node": self._node_id, "pid": os.getpid(), "boot_id": boot_id(),
                 "initial_limits_mw": list(self.initial_limits_mw),
                 "previous_run_crashed": self.crashed,
             })

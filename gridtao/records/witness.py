@@ -7,11 +7,11 @@ record of every run, ``records/audit.py``), the second witness the agent keeps.
 
 The caps are the agent's own, and the limits that run would have restored are put back (the
 ``initial_limits_mw`` of its ``agent_start``, updated by any ``limit_changed_outside`` after it),
-when the trail's last run record for this node is an ``agent_start`` with no ``agent_stop``
-after it (that run never stopped: its caps may still be on the GPUs), the GPU (by UUID) is one
-that run served, and the limit now is below the one that run would have restored (the run
-lowered it, and would have raised it again on a clean stop). A GPU at or above what
-that run found is left as it is. With no trail, a trail whose last run stopped cleanly, or a GPU
+when the trail's last run of this node never stopped, or stopped without restoring every limit
+(``agent_stop`` with ``restore_failed``), wrote limits (not a dry run) in this boot (a reboot
+resets every limit set by software), the GPU (by UUID) is one that run served, and the limit
+now is below the one that run would have restored. A GPU at or above that is left as it is.
+With no trail, a trail whose last run stopped cleanly, another boot's or a dry run's, or a GPU
 that run did not serve, the limits found are the operator's: left, and said at start.
 
 The trail is read backward from its end (and the newest rotated file, if the live one holds no
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Witness", "last_run", "witness_limits"]
+__all__ = ["LastRun", "Witness", "last_run", "witness_limits"]
 
 _RUN_KINDS = ("agent_start", "agent_stop")
 _OUTSIDE = "limit_changed_outside"
@@ -72,13 +72,21 @@ def _trail_files(path: Path) -> list[Path]:
     return [path, *rotated]
 
 
-def last_run(path: str | os.PathLike[str]
-             ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The trail's last ``agent_start`` or ``agent_stop`` record (None when there is none, or
-    no trail) and the ``limit_changed_outside`` records after it, newest first. Unparsable
+@dataclass(frozen=True)
+class LastRun:
+    """The trail's last run of the agent: its ``agent_start`` record (None when the trail has
+    none), its ``agent_stop`` (None when it never stopped), and the ``limit_changed_outside``
+    records between them, newest first."""
+
+    start: dict[str, Any] | None
+    stop: dict[str, Any] | None
+    outside: list[dict[str, Any]]
+
+
+def _records_backward(path: Path) -> Iterator[dict[str, Any]]:
+    """The trail's records, newest first, over the live file and the rotated ones; unparsable
     lines (a torn last write) are skipped."""
-    outside: list[dict[str, Any]] = []
-    for file in _trail_files(Path(path)):
+    for file in _trail_files(path):
         try:
             for line in _lines_backward(file):
                 if not line.strip():
@@ -87,35 +95,57 @@ def last_run(path: str | os.PathLike[str]
                     rec = json.loads(line)
                 except ValueError:
                     continue
-                if not isinstance(rec, dict):
-                    continue
-                if rec.get("kind") in _RUN_KINDS:
-                    return rec, outside
-                if rec.get("kind") == _OUTSIDE:
-                    outside.append(rec)
+                if isinstance(rec, dict):
+                    yield rec
         except FileNotFoundError:
             continue
-    return None, outside
+
+
+def last_run(path: str | os.PathLike[str]) -> LastRun:
+    """The trail's last run (see :class:`LastRun`): read backward to its ``agent_start``."""
+    stop: dict[str, Any] | None = None
+    outside: list[dict[str, Any]] = []
+    for rec in _records_backward(Path(path)):
+        kind = rec.get("kind")
+        if kind == "agent_start":
+            return LastRun(rec, stop, outside)
+        if kind == "agent_stop":
+            if stop is not None:  # a stop without a start after it: the trail is cut
+                break
+            stop = rec
+        elif kind == _OUTSIDE:
+            outside.append(rec)
+    return LastRun(None, stop, outside)
 
 
 def witness_limits(audit_path: str | os.PathLike[str] | None, *, node_id: str,
-                   uuids: Sequence[str], found_mw: Sequence[int]) -> Witness:
+                   uuids: Sequence[str], found_mw: Sequence[int],
+                   current_boot: str = "") -> Witness:
     """Per GPU (``uuids``, ``found_mw`` now), the limit to restore that the trail at
-    ``audit_path`` proves the agent's to undo (see the module docstring)."""
+    ``audit_path`` proves the agent's to undo (see the module docstring); ``current_boot``:
+    this boot's id (:func:`gridtao.clock.boot_id`)."""
     leave = tuple(None for _ in uuids)
     if audit_path is None:
         return Witness(leave, "no audit trail to say whose they are")
     try:
-        rec, outside = last_run(audit_path)
+        run = last_run(audit_path)
     except OSError as e:
         return Witness(leave, f"the audit trail cannot be read ({e.strerror or e})")
+    rec = run.start
     if rec is None:
         return Witness(leave, "the audit trail holds no earlier run")
-    if rec["kind"] == "agent_stop":
+    stopped = (run.stop.get("fields") or {}) if run.stop is not None else None
+    if stopped is not None and not stopped.get("restore_failed"):
         return Witness(leave, "the last run stopped cleanly (its limits were restored)")
     fields = rec.get("fields") or {}
     if fields.get("node") != node_id:
         return Witness(leave, "the audit trail's last run was another node's")
+    if fields.get("dry_run"):
+        return Witness(leave, "the last run was a dry run (it wrote no limit)")
+    if fields.get("boot_id") and fields["boot_id"] != current_boot:
+        return Witness(leave, "the machine restarted since the last run (the driver reset its "
+                              "limits)")
+    outside = run.outside
     # What that run would have restored: the limits it started with (its journal's, after a
     # crash of its own), then any an operator set from outside while it ran.
     started: dict[str, int] = {}
@@ -131,5 +161,6 @@ def witness_limits(audit_path: str | os.PathLike[str] | None, *, node_id: str,
         started[u] if u in started and found < started[u] else None
         for u, found in zip(uuids, found_mw, strict=True)
     )
-    return Witness(limits, f"the audit trail shows run pid {fields.get('pid', '?')} started "
-                           "and never stopped")
+    how = ("stopped without restoring every limit" if stopped is not None
+           else "started and never stopped")
+    return Witness(limits, f"the audit trail shows run pid {fields.get('pid', '?')} {how}")

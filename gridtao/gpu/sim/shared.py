@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gridtao.clock import boot_id
 from gridtao.errors import GridtaoError
 from gridtao.gpu.sim.physics import STATE_SCALARS, GpuPhysics
 from gridtao.gpu.sim.workloads import STATE_FLOATS, Resumable
@@ -52,7 +53,6 @@ __all__ = [
     "DeviceInfo",
     "DeviceMismatch",
     "SimDeviceError",
-    "boot_id",
 ]
 
 MAGIC = b"GTSIMDEV"
@@ -95,15 +95,6 @@ class DeviceMismatch(SimDeviceError):
 
 class DeviceGone(SimDeviceError):
     """The device was destroyed while this process held it (a driver reload, for NVML)."""
-
-
-def boot_id() -> str:
-    """This boot's id (Linux ``/proc/sys/kernel/random/boot_id``): monotonic time restarts with
-    it, so a device from another boot is stale. Empty where the kernel does not say."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
-    except OSError:
-        return ""
 
 
 @dataclass(frozen=True)
@@ -184,14 +175,8 @@ class DeviceFile:
         window_len = replicas[0].window_len
         record_size = _record_size(window_len)
         size = HEADER_SIZE + record_size * len(replicas)
+        fd = _open_linked(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            raise SimDeviceError(f"simulated device {path}: cannot open: {e.strerror or e}") \
-                from None
-        try:
-            _lock(fd, 0, HEADER_SIZE)
             try:
                 info = _read_info(fd, path)
                 if info is None:
@@ -304,7 +289,8 @@ class DeviceFile:
 
     @staticmethod
     def peek(path: str | Path) -> DeviceInfo | None:
-        """The header of the device at ``path``; None when there is none (or a stale one)."""
+        """The header of the device at ``path``; None when there is none (or a stale one).
+        Read under the header's lock, so never a device half created."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -313,9 +299,10 @@ class DeviceFile:
             raise SimDeviceError(f"simulated device {path}: cannot open: {e.strerror or e}") \
                 from None
         try:
+            fcntl.fcntl(fd, _SETLKW, _flock(fcntl.F_RDLCK, 0, HEADER_SIZE))
             return _read_info(fd, Path(path))
         finally:
-            os.close(fd)
+            os.close(fd)  # the lock goes with the open file
 
     @staticmethod
     def destroy(path: str | Path) -> bool:
@@ -347,10 +334,32 @@ def _unlock(fd: int, start: int, length: int) -> None:
     fcntl.fcntl(fd, _SETLKW, _flock(_F_UNLCK, start, length))
 
 
+def _open_linked(path: Path) -> int:
+    """``path`` opened (created if missing) with the header locked, and still linked: a device
+    destroyed between the open and the lock is opened again, so no process is left driving
+    GPUs that nobody else can see."""
+    for _ in range(100):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as e:
+            raise SimDeviceError(f"simulated device {path}: cannot open: {e.strerror or e}") \
+                from None
+        try:
+            _lock(fd, 0, HEADER_SIZE)
+            if os.fstat(fd).st_nlink > 0:
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # destroyed meanwhile (the lock goes with it): open the new one
+    raise SimDeviceError(f"simulated device {path}: destroyed again at every open")
+
+
 def _read_info(fd: int, path: Path) -> DeviceInfo | None:
-    """The header, or None for an empty, destroyed or other boot's file."""
+    """The header, or None for an empty, destroyed, half-created or other boot's file."""
     head = os.pread(fd, HEADER_SIZE, 0)
-    if len(head) < _HEADER.size:
+    if len(head) < _HEADER.size or not any(head[:_HEADER.size]):
         return None
     (magic, fmt, state, generation, t0, wall_offset, created, count, _, _, boot,
      params_len) = _HEADER.unpack_from(head)
