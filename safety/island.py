@@ -129,18 +129,21 @@ class SafetyIsland:
         cannot be read counts as drawing, and limited at, its default)."""
         self._writer.start()
         draw, limits = [], []
+        read: list[int | None] = []  # None: not read, so no later reading can be "changed"
         for i, default in enumerate(self.envelope.default_mw):
             try:
                 draw.append(float(self._backend.instant_power_mw(i)))
                 limits.append(self._backend.enforced_limit_mw(i))
+                read.append(limits[-1])
             except Exception as e:  # any failure is this GPU's: the others still start
                 log.warning("GPU %d: unreadable at start (%s); assuming its default", i, e)
                 draw.append(float(default))
                 limits.append(default)
+                read.append(None)
         with self._lock:
             self._draw = tuple(draw)
         self._writes.reset_limits(limits)
-        for i, mw in enumerate(limits):
+        for i, mw in enumerate(read):
             with self._writer.gpu_lock(i):
                 self._writer.note_read(i, mw)
 

@@ -334,6 +334,15 @@ def _unlock(fd: int, start: int, length: int) -> None:
     fcntl.fcntl(fd, _SETLKW, _flock(_F_UNLCK, start, length))
 
 
+def _check_folder(folder: Path) -> None:
+    """The run directory must be this user's (or root's) and not writable by others: a
+    device file another user could swap is another user's GPUs."""
+    st = os.stat(folder)
+    if st.st_uid not in (os.geteuid(), 0) or (st.st_mode & 0o022 and not st.st_mode & 0o1000):
+        raise SimDeviceError(f"simulated device folder {folder} is not this user's, or others "
+                             "may write to it: set RUNTIME_DIRECTORY to a folder of your own")
+
+
 def _open_linked(path: Path) -> int:
     """``path`` opened (created if missing) with the header locked, and still linked: a device
     destroyed between the open and the lock is opened again, so no process is left driving
@@ -341,6 +350,7 @@ def _open_linked(path: Path) -> int:
     for _ in range(100):
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _check_folder(path.parent)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as e:
             raise SimDeviceError(f"simulated device {path}: cannot open: {e.strerror or e}") \
