@@ -15,6 +15,11 @@ GPUs in real time (driver call ``gpus.sim.set_latency_ms``):
 
 The gap between ``parallel_ms`` and ``one_write_ms`` is thread wake-ups and GIL hand-offs: on a
 2-vCPU VM it, not the driver calls, dominates receive -> command (BENCHMARKS.md).
+
+``shared``: ``one_write_ms``, ``cpu_per_write_us`` and ``parallel_commanded_ms`` again on the
+machine-wide simulated device (a private one, destroyed after), where every call also locks and
+stores the GPU's record (gridtao/gpu/sim/shared.py): what the simulator's shared state costs on
+top of the in-process GPUs, measured in the same run.
 """
 
 from __future__ import annotations
@@ -31,10 +36,13 @@ from typing import Any
 
 from gridtao.app.agent import GIL_SWITCH_INTERVAL_S
 from gridtao.bench.latency import run_info
+from gridtao.bench.simdevice import private_device
 from gridtao.clock import MonotonicClock
 from gridtao.config.agent import SimConfig
+from gridtao.config.paths import sim_device_path
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.gpu.sim.shared import DeviceFile
 from gridtao.safety.island import SafetyIsland
 from gridtao.telemetry.report import percentiles
 
@@ -42,9 +50,14 @@ SHED_FRACTION = 0.3
 DRAW_MW = 600_000.0
 
 
-def _island(gpus: int, sim: SimConfig, *, parallel: bool) -> tuple[SafetyIsland, NvmlBackend]:
+def _backend(sim: SimConfig, device: Path | None) -> NvmlBackend:
+    return NvmlBackend(SimNvml.from_config(sim, MonotonicClock(), device_path=device))
+
+
+def _island(gpus: int, sim: SimConfig, *, parallel: bool,
+            device: Path | None = None) -> tuple[SafetyIsland, NvmlBackend]:
     clock = MonotonicClock()
-    backend = NvmlBackend(SimNvml.from_config(sim, clock))
+    backend = _backend(sim, device)
     island = SafetyIsland(backend, clock=clock, release_rate_per_s=1000.0, max_event_s=600.0)
     if parallel:
         island.start()
@@ -53,11 +66,11 @@ def _island(gpus: int, sim: SimConfig, *, parallel: bool) -> tuple[SafetyIsland,
 
 
 def time_triggers(
-    gpus: int, triggers: int, sim: SimConfig, *, parallel: bool
+    gpus: int, triggers: int, sim: SimConfig, *, parallel: bool, device: Path | None = None
 ) -> tuple[list[float], list[float]]:
     """Wall time of ``triggers`` shed triggers, ms, and of each up to its ``commanded_at``;
     each trigger released and ended before the next."""
-    island, backend = _island(gpus, sim, parallel=parallel)
+    island, backend = _island(gpus, sim, parallel=parallel, device=device)
     clock = MonotonicClock()  # the island's clock: time.monotonic
     out: list[float] = []
     commanded: list[float] = []
@@ -92,19 +105,30 @@ def time_calls(call: Callable[[int], object], n: int) -> list[float]:
     return out
 
 
-def run(gpus: int, triggers: int, sim: SimConfig) -> dict[str, Any]:
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as the agent runs
-    clock = MonotonicClock()
-    backend = NvmlBackend(SimNvml.from_config(sim, clock))
+def _calls(gpus: int, triggers: int, sim: SimConfig, device: Path | None
+           ) -> tuple[list[float], list[float]]:
+    """One write's wall time with the configured latency, and with none (its CPU), ms."""
+    backend = _backend(sim, device)
     one = time_calls(lambda k: backend.set_limit_mw(0, 500_000 + (k % 2) * 1000), triggers)
     backend.close()
     fast = dataclasses.replace(sim, set_latency_ms=0.0, read_latency_ms=0.0)
-    backend = NvmlBackend(SimNvml.from_config(fast, clock))
+    backend = _backend(fast, device)
     cpu = time_calls(lambda k: backend.set_limit_mw(k % gpus, 500_000 + (k // gpus % 2) * 1000),
                      triggers * gpus)
     backend.close()
+    return one, cpu
+
+
+def run(gpus: int, triggers: int, sim: SimConfig) -> dict[str, Any]:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as the agent runs
+    one, cpu = _calls(gpus, triggers, sim, None)
     parallel, parallel_commanded = time_triggers(gpus, triggers, sim, parallel=True)
     sequential, _ = time_triggers(gpus, triggers, sim, parallel=False)
+    with private_device("fanout") as name:
+        device = sim_device_path(name)
+        shared_one, shared_cpu = _calls(gpus, triggers, sim, device)
+        DeviceFile.destroy(device)  # the fast calls' device had no latency: start afresh
+        _, shared_commanded = time_triggers(gpus, triggers, sim, parallel=True, device=device)
     result: dict[str, Any] = {
         "gpus": gpus, "triggers": triggers, "set_latency_ms": sim.set_latency_ms,
         "switch_interval_s": GIL_SWITCH_INTERVAL_S,
@@ -113,9 +137,17 @@ def run(gpus: int, triggers: int, sim: SimConfig) -> dict[str, Any]:
         "parallel_ms": percentiles(parallel),
         "parallel_commanded_ms": percentiles(parallel_commanded),
         "sequential_ms": percentiles(sequential),
+        "shared": {
+            "one_write_ms": percentiles(shared_one),
+            "cpu_per_write_us": {k: v * 1000.0 for k, v in percentiles(shared_cpu).items()},
+            "parallel_commanded_ms": percentiles(shared_commanded),
+        },
     }
     result["sequential_vs_parallel_p50"] = (result["sequential_ms"]["p50"]
                                             / result["parallel_ms"]["p50"])
+    result["shared_vs_in_process_commanded_p50"] = (
+        result["shared"]["parallel_commanded_ms"]["p50"]
+        / result["parallel_commanded_ms"]["p50"])
     return result
 
 
@@ -137,6 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     c = result["cpu_per_write_us"]
     print(f"cpu_per_write_us      p50 {c['p50']:.1f}  p99 {c['p99']:.1f}")
     print(f"sequential / parallel at p50: {result['sequential_vs_parallel_p50']:.2f}x")
+    sh = result["shared"]
+    print(f"shared device: one write p50 {sh['one_write_ms']['p50']:.3f} ms, cpu per write "
+          f"p50 {sh['cpu_per_write_us']['p50']:.1f} us, commanded p50 "
+          f"{sh['parallel_commanded_ms']['p50']:.3f} p99 {sh['parallel_commanded_ms']['p99']:.3f}"
+          f" ms ({result['shared_vs_in_process_commanded_p50']:.2f}x in-process at p50)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0

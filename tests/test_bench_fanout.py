@@ -17,6 +17,9 @@ def test_fanout_reports_every_measure(tmp_path: Path) -> None:
                 "cpu_per_write_us"):
         assert set(result[key]) == {"p50", "p99", "max"} and result[key]["p50"] > 0
     assert result["gpus"] == 2 and result["triggers"] == 3
+    for key in ("one_write_ms", "cpu_per_write_us", "parallel_commanded_ms"):
+        assert result["shared"][key]["p50"] > 0  # the same, on the machine-wide device
+    assert result["shared_vs_in_process_commanded_p50"] > 0
 
 
 def test_sequential_baseline_writes_every_gpu_once_per_trigger() -> None:
