@@ -29,6 +29,7 @@ it gets ``GPU is lost``) or a reboot (a file from another boot is replaced on op
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import json
 import math
@@ -76,6 +77,11 @@ _K = 5  # the sample index among the physics scalars (GpuPhysics.export)
 _F_WRLCK, _F_UNLCK = fcntl.F_WRLCK, fcntl.F_UNLCK
 _OFD_SETLKW: int | None = getattr(fcntl, "F_OFD_SETLKW", None)
 _SETLKW: int = _OFD_SETLKW if _OFD_SETLKW is not None else fcntl.F_SETLKW  # open() checks
+_SETLK: int = getattr(fcntl, "F_OFD_SETLK", fcntl.F_SETLK)
+# libc's fcntl through ctypes.PyDLL: a call that keeps the GIL. Only ever with F_OFD_SETLK,
+# which never blocks.
+_try_keeping_gil = ctypes.PyDLL(None, use_errno=True).fcntl
+_try_keeping_gil.restype = ctypes.c_int
 
 
 class SimDeviceError(GridtaoError):
@@ -207,11 +213,16 @@ class DeviceFile:
         return self._offsets[index]
 
     def lock(self, index: int) -> None:
-        # fcntl retries an interrupted wait itself (PEP 475).
-        fcntl.fcntl(self._fd, _SETLKW, self._lock_args[index])
+        # First a try that keeps the GIL (the record is almost always free): fcntl.fcntl
+        # releases the GIL around every call, and the island's per-GPU writer threads would
+        # hand it around twice per lock. Held by another process: wait for it, GIL released
+        # (fcntl retries an interrupted wait itself, PEP 475).
+        if _try_keeping_gil(self._fd, _SETLK, self._lock_args[index]) != 0:
+            fcntl.fcntl(self._fd, _SETLKW, self._lock_args[index])
 
     def unlock(self, index: int) -> None:
-        fcntl.fcntl(self._fd, _SETLKW, self._unlock_args[index])
+        if _try_keeping_gil(self._fd, _SETLK, self._unlock_args[index]) != 0:
+            fcntl.fcntl(self._fd, _SETLKW, self._unlock_args[index])  # raises what failed
 
     def check_alive(self) -> None:
         """Raise :class:`DeviceGone` once the device was destroyed (one byte read)."""
