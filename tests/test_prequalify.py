@@ -54,12 +54,15 @@ def test_a_short_simulated_run_writes_the_report_folder(tmp_path: Path) -> None:
                "--site", "Test site"])
     assert rc == 0
     test = "step-59.85Hz"
-    assert {p.name for p in out.iterdir()} == {"summary.md", "results.json", f"{test}.csv",
-                                               f"{test}.png"}
+    assert {p.name for p in out.iterdir()} == {"summary.md", "summary.pdf", "results.json",
+                                               f"{test}.csv", f"{test}.png"}
+    assert (out / "summary.pdf").read_bytes()[:5] == b"%PDF-"
     summary = (out / "summary.md").read_text()
     for needle in ("**Result: PASS**", "| Site | Test site |", "| Node |", "| Software | gridtao",
                    "| Machine |", "| threshold | 59.85 Hz |", "| full activation limit | 0.25 s |",
-                   "| full_activation_time |", "<= 0.25 s", f"![{test}]({test}.png)"):
+                   "| full_activation_time |", "<= 0.25 s", f"![{test}]({test}.png)",
+                   "(SIMULATED)", "## Measurement setup",
+                   f"- {test}: support: 5.4 s of the 900 s deployment"):
         assert needle in summary, needle
     body = json.loads((out / "results.json").read_text())
     assert body["product"] == "ercot-ffr" and body["passed"] is True

@@ -338,7 +338,10 @@ def test_fcr_n_scoring_pass_and_fail() -> None:
 
     bad = names(pr.score_fcr_n(spec, trace(short, req, hz=hz), holds=holds, after_s=5.0))
     assert not bad["steady_state@50.10Hz#1"].passed
-    assert bad["steady_state@50.10Hz#1"].value == pytest.approx(30.0)
+    # A shortfall in the upward direction reads negative, as a share of the 1000 W asked ...
+    assert bad["steady_state@50.10Hz#1"].value == pytest.approx(-30.0)
+    # ... and is never reported as over-delivery.
+    assert bad["over_delivery"].value == pytest.approx(0.0, abs=1e-6)
 
 
 def test_dr_scoring_pass_and_fail() -> None:

@@ -2,9 +2,13 @@
 
 Runs every test of the product (compliance.py: a real broker, a fresh agent per test)
 and writes a report folder: ``<test>.csv`` (the 20 Hz log, columns in the README's
-"Compliance bench" section) and ``<test>.png`` per test, ``results.json`` (product, passed,
-rules) and ``summary.md``: site, node, product parameters, each test's rules with measured values
-and limits, the verdict, machine, date and software version.
+"Compliance bench" section) and ``<test>.png`` per test (figures.py; a sine test also
+``<test>-bode.png``), ``results.json`` (product, passed, rules, what was shortened) and
+``summary.md`` (writeup.py): the verdict (SIMULATED when the GPUs were), site, resource, meter
+and node, product parameters, the measurement setup, the time scale and what it shortened,
+each test's figure and rules with measured values and limits, what was not tested, machine,
+date and software version. ``gridtao prequalify score`` (csvscore.py) scores a recorded CSV
+with the same rules.
 
 Real GPUs are only capped with ``--allow-actuation``: with ``--backend nvml`` and without it,
 the command refuses (exit 2) before opening a GPU. ``--dry-run`` prints the sequence, its
@@ -27,9 +31,8 @@ from typing import TYPE_CHECKING
 
 from gridtao import __version__
 from gridtao.config.agent import Config, ConfigError, ProductConfig
-from gridtao.config.kinds import KINDS
 from gridtao.telemetry import plotting
-from gridtao.telemetry.runinfo import machine_description, provenance, software_version
+from gridtao.telemetry.runinfo import machine_description, provenance
 
 if TYPE_CHECKING:
     from gridtao.prequal.compliance import TestPlan
@@ -45,9 +48,15 @@ REFUSAL = (
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from gridtao.prequal import csvscore
     from gridtao.prequal.options import add_common
 
-    add_common(p)
+    add_common(p, product_required=False)  # required unless a subcommand is given
+    sub = p.add_subparsers(dest="prequal_command", metavar="score")
+    csvscore.configure(sub.add_parser(
+        "score", help="score a recorded CSV (the bench's columns) with the same rules",
+        description="Score a recorded CSV (the bench's columns) with the bench's rules: "
+                    "prints the rule table; exit 0 pass, 1 fail, 2 bad input."))
     p.add_argument("--out", metavar="DIR", default=None,
                    help="report folder (default prequalify-<product>-<UTC time>)")
     p.add_argument("--backend", choices=("sim", "nvml"), default=None,
@@ -57,11 +66,24 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the sequence, durations and limits it would command; write none")
     p.add_argument("--site", default=None, help="site name for the summary")
+    p.add_argument("--resource", default=None,
+                   help="the resource's identity for the summary (unit, TSO resource id)")
+    p.add_argument("--meter", default=None,
+                   help="the settlement meter's identity for the summary (default: none, "
+                        "modelled from NVML power)")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    if getattr(args, "prequal_command", None) == "score":
+        from gridtao.prequal import csvscore
+
+        return csvscore.run(args, config, "gridtao " + " ".join(shlex.quote(a)
+                                                               for a in sys.argv[1:]))
+    if args.product is None:
+        raise ConfigError("prequalify: --product is required (or: prequalify score --product "
+                          "P --test T FILE.csv)")
     from gridtao.prequal import compliance as c
-    from gridtao.prequal.options import check_common, on_named_backend
+    from gridtao.prequal.options import check_common, on_named_backend, sine_options
 
     if args.backend is not None:
         config = dataclasses.replace(config, gpus=dataclasses.replace(config.gpus,
@@ -71,7 +93,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     pcfg = c.product_config(config, args.product, capacity_w=args.capacity_w, time_scale=scale,
                             threshold_hz=args.threshold_hz)
     spec = c.spec_of(pcfg)
-    plans = c.test_plans(args.product, spec, scale)
+    plans = c.test_plans(args.product, spec, scale, sine_options(args))
     if args.dry_run:
         print(dry_run_text(config, args, pcfg, spec, plans))
         return 0
@@ -97,23 +119,37 @@ def run(args: argparse.Namespace, config: Config) -> int:
 def write_report(out: Path, config: Config, args: argparse.Namespace, pcfg: ProductConfig,
                  results: Sequence[TestResult], stamp: datetime.datetime) -> int:
     from gridtao.prequal import report as rep
+    from gridtao.prequal.options import check_common, steady
+    from gridtao.prequal.writeup import summary_markdown
 
     command = "gridtao " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     drawing = plotting.available()
+    scale = check_common(args)
+    figures: dict[str, list[str]] = {}
     for res in results:
         rep.write_csv(res, out / f"{res.name}.csv")
         if drawing:
-            rep.plot(res, out / f"{res.name}.png", product=args.product,
-                     capacity_w=pcfg.capacity_w)
+            written = rep.plot(res, out / f"{res.name}.png", product=args.product,
+                               capacity_w=pcfg.capacity_w,
+                               simulated=config.gpus.backend == "sim", time_scale=scale)
+            figures[res.name] = [f.name for f in written]
     if not drawing:
         print(f"no PNG plots in {out}: {plotting.INSTALL_HINT}", file=sys.stderr)
     body = rep.summary_json(args.product, results, command=command, version=__version__,
                             machine=machine_description(), date=stamp.isoformat(),
-                            product_config=_plain(pcfg))
+                            product_config=_plain(pcfg), time_scale=scale,
+                            simulated=config.gpus.backend == "sim",
+                            site=args.site, resource=args.resource, meter=args.meter)
     body = provenance(command) | body  # the report's own date, machine and command win
     (out / "results.json").write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-    (out / "summary.md").write_text(summary_markdown(config, args, pcfg, results, stamp,
-                                                     command), encoding="utf-8")
+    summary = summary_markdown(config, args, pcfg, results, stamp, command, time_scale=scale,
+                               steady_fraction=steady(args, config), figures=figures)
+    (out / "summary.md").write_text(summary, encoding="utf-8")
+    if drawing:
+        from gridtao.prequal.figures import write_pdf
+
+        write_pdf(out / "summary.pdf", summary,
+                  [out / f for name in figures for f in figures[name]])
     print(rep.text_report(args.product, results))
     print(f"report: {out}/summary.md")
     return 0 if results and all(r.passed for r in results) else 1
@@ -134,11 +170,14 @@ def dry_run_text(config: Config, args: argparse.Namespace, pcfg: ProductConfig,
     lines = [f"gridtao prequalify --dry-run: product {args.product} ({pcfg.kind}), "
              f"backend {config.gpus.backend}; nothing will be actuated.",
              "", "Product parameters (the TSO limits each test is scored against):"]
+    from gridtao.prequal.writeup import product_rows
+
     lines += [f"  {k}: {v}" for k, v in product_rows(config, pcfg, spec)]
     lines += ["", "Test sequence (a fresh agent per test, a local Mosquitto broker):"]
     total = 0.0
     for p in plans:
         lines.append(f"  {p.name}: {p.shape.title}: {p.duration_s:.0f} s")
+        lines += [f"    shortened: {s}" for s in p.shape.shortened]
         total += p.duration_s + 2.0
     lines.append(f"  about {total / 60:.1f} min in all")
     lines += ["", *limits_text(config, args, pcfg)]
@@ -182,90 +221,6 @@ def limits_text(config: Config, args: argparse.Namespace, pcfg: ProductConfig) -
         lines.append(f"  WARNING: the target is below the GPUs' summed minimum "
                      f"{env.min_total_mw / 1000:.0f} W: the capacity cannot be delivered")
     return lines
-
-
-# ---- summary ------------------------------------------------------------------------------
-
-
-def product_rows(config: Config, pcfg: ProductConfig, spec: ProductSpec) -> list[tuple[str, str]]:
-    rows = [("kind", pcfg.kind), ("name", pcfg.name or pcfg.kind),
-            ("capacity", f"{pcfg.capacity_w:g} W at the {config.facility.settle_at}")]
-    kind = KINDS[spec.kind]
-    if kind.has_threshold:
-        rows.append(("threshold", f"{spec.threshold_hz:g} Hz"))
-    if kind.frequency:
-        rows.append(("full activation limit", f"{spec.full_activation_s:g} s"))
-    if kind.activation == "step":
-        rows += [("support duration", f"{spec.support_s:g} s"),
-                 ("ramp-out", f"{config.safety.release_rate_per_s * 100:g} %/s of capacity"),
-                 ("re-arm", f"{pcfg.rearm_s:g} s")]
-    if config.facility.settle_at == "meter":
-        f = config.facility
-        rows.append(("facility model", f"losses {f.losses_fraction:.1%}, COP {f.cop:g}, "
-                                       f"cooling lag {f.cooling_tau_s:g} s, fixed {f.fixed_w:g} W"))
-    return rows
-
-
-def summary_markdown(config: Config, args: argparse.Namespace, pcfg: ProductConfig,
-                     results: Sequence[TestResult], stamp: datetime.datetime,
-                     command: str) -> str:
-    from gridtao.app.agent import default_node_id
-    from gridtao.prequal import compliance as c
-    from gridtao.prequal.options import check_common, steady
-
-    spec = c.spec_of(pcfg)
-    ok = bool(results) and all(r.passed for r in results)
-    sim = config.gpus.backend == "sim"
-    fraction = steady(args, config)
-    load = (f"simulated {config.gpus.sim.count} x {config.gpus.sim.profile}, "
-            + (f"steady load at {fraction:.0%} of the default limit" if fraction is not None
-               else f"workload {config.gpus.sim.workload}")) if sim else "real GPUs (NVML)"
-    lines = [
-        f"# Prequalification test report: {args.product}", "",
-        f"**Result: {'PASS' if ok else 'FAIL'}** "
-        f"({sum(r.passed for r in results)} of {len(results)} tests passed)", "",
-        "| | |", "|---|---|",
-        f"| Site | {args.site or '(not given)'} |",
-        f"| Node | {config.mqtt.node_id or default_node_id()} |",
-        f"| Date (UTC) | {stamp:%Y-%m-%d %H:%M:%S} |",
-        f"| Software | {software_version()} |",
-        f"| Machine | {machine_description()} |",
-        f"| GPUs | {load} |",
-        f"| Command | `{command}` |", "",
-        "## Product parameters", "", "| parameter | value |", "|---|---|",
-        *[f"| {k} | {v} |" for k, v in product_rows(config, pcfg, spec)], "",
-        "## Tests", "",
-    ]
-    for res in results:
-        lines += [f"### {res.name}: {res.title} ({'PASS' if res.passed else 'FAIL'})", ""]
-        if res.gpu_errors:
-            failed = ", ".join(f"{k} ({n}x)" for k, n in sorted(res.gpu_errors.items()))
-            lines += [f"**GPU errors during this test**: {failed}. The GPUs did not take every "
-                      "limit the agent commanded; the measured response is what they did.", ""]
-        lines += [f"![{res.name}]({res.name}.png)", "",
-                  f"Data: [{res.name}.csv]({res.name}.csv)", "",
-                  "| rule | measured | limit | result | note |", "|---|---|---|---|---|"]
-        for r in res.rules:
-            value = r.shown if r.value is None else f"{r.shown} {r.unit}"
-            limit = (f"{r.limit[0]:g} to {r.limit[1]:g} {r.unit}" if isinstance(r.limit, tuple)
-                     else f"{r.op} {r.limit:g} {r.unit}")
-            lines.append(f"| {r.name} | {value} | {limit} | "
-                         f"{'pass' if r.passed else '**FAIL**'} | {r.detail} |")
-        lines.append("")
-    lines += [
-        "## Method", "",
-        "Frequency samples are published over MQTT at 10 Hz to the agent (a local Mosquitto "
-        "broker); the FCR signals pass through the 1/(1+s) frequency-meter lag first. Per-GPU "
-        "power is read through NVML instant power at 20 Hz. The settlement meter is modelled "
-        "from the measured IT power (losses at once, cooling through a first-order lag); the "
-        "reference is the mean power over the 5 s before each test (FCR-N: the declared "
-        "baseline). Activation times use the raw samples (a crossing must hold 0.2 s); steady "
-        "state, hold and over-delivery use 1 s means; ramp rates are least-squares slopes "
-        f"between the 90 % and 10 % points. Long holds time-scaled by {check_common(args):g} "
-        "(ramp rates never are).",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def _plain(pcfg: ProductConfig) -> dict[str, object]:

@@ -33,49 +33,30 @@ from gridtao.clock import MonotonicClock
 from gridtao.config.agent import Config, ProductConfig
 from gridtao.control.tier2.facility import Facility, FacilityModel
 from gridtao.gpu.backend import GpuBackend
-from gridtao.prequal import scoring as sc
 from gridtao.prequal import shapes
-from gridtao.prequal.options import (
-    DEFAULT_CAPACITY_W,
-    DEFAULT_TIME_SCALE,
-    PRODUCTS,
-    on_named_backend,
+from gridtao.prequal.options import DEFAULT_TIME_SCALE, on_named_backend
+from gridtao.prequal.plans import (
+    DrPlan,
+    SineOptions,
+    TestPlan,
+    dr_plan,
+    dr_windows,
+    product_config,
+    spec_of,
+    test_plans,
 )
-from gridtao.prequal.rules import DrWindow, ProductSpec
 from gridtao.transport.localbroker import MosquittoBroker, Publisher
 
 log = logging.getLogger("gridtao.prequal")
 
+# The plans live in plans.py (no agent imported there); named here as well for callers.
+__all__ = ["DrPlan", "Measured", "Recording", "SineOptions", "TestPlan", "dr_plan",
+           "dr_windows", "measure", "product_config", "run_product", "run_test",
+           "settlement_w", "spec_of", "test_plans"]
+
 RECORD_HZ = 20.0
 BASELINE_S = 5.0  # the reference power: mean over this long before the test's lead ends
 PREFIX, NODE = "gridtao/compliance", "compliance"
-
-
-@dataclass(frozen=True)
-class DrPlan:
-    """A demand-response dispatch the bench sends at ``send_s``; times in s (trace base)."""
-
-    event_id: str
-    send_s: float
-    start_s: float
-    ramp_s: float
-    duration_s: float
-    recovery_s: float
-    reduction_w: float
-    interval_s: float = sc.DR_INTERVAL_S  # settlement interval, time-scaled
-
-
-@dataclass(frozen=True)
-class TestPlan:
-    """One test of a product: a frequency shape and, for DR, the dispatches."""
-
-    name: str
-    shape: shapes.Shape
-    dr: tuple[DrPlan, ...] = ()
-
-    @property
-    def duration_s(self) -> float:
-        return self.shape.duration_s
 
 
 @dataclass
@@ -93,85 +74,6 @@ class Recording:
     # GPU errors the agent counted during the test ("gpu 0: GpuNotSupported" -> count): limit
     # writes the driver refused, reads that failed. A report must say so beside the verdict.
     gpu_errors: dict[str, int] = field(default_factory=dict)
-
-
-# ---- products and their tests -------------------------------------------------------------
-
-
-def product_config(config: Config, product: str, *, capacity_w: float | None,
-                   time_scale: float, threshold_hz: float | None = None) -> ProductConfig:
-    """The enrolled product: the configuration's own entry of that kind if it has one, else
-    the kind's defaults; ``capacity_w`` and ``threshold_hz`` override. ERCOT's 15 min support,
-    unless configured, is scaled by ``time_scale`` like the other long holds."""
-    kind = PRODUCTS[product]
-    found = next((p for p in config.products if p.kind == kind), None)
-    cfg = found if found is not None else ProductConfig(
-        kind=kind, capacity_w=capacity_w if capacity_w is not None else DEFAULT_CAPACITY_W)
-    if capacity_w is not None:
-        cfg = dataclasses.replace(cfg, capacity_w=capacity_w)
-    if threshold_hz is not None:
-        cfg = dataclasses.replace(cfg, threshold_hz=threshold_hz)
-    if kind == "ercot-ffr" and cfg.support_s is None:
-        cfg = dataclasses.replace(cfg, support_s=max(5.0, 900.0 * time_scale))
-    return cfg
-
-
-def spec_of(cfg: ProductConfig) -> ProductSpec:
-    """What the scorer holds the product to (the TSO's limits, gridtao/prequal/rules.py)."""
-    if cfg.kind == "ffr":
-        hz = cfg.threshold_hz if cfg.threshold_hz is not None else 49.7
-        return ProductSpec("ffr", cfg.capacity_w, hz, 5.0 if cfg.support == "short" else 30.0,
-                           cfg.support == "short")
-    if cfg.kind == "ercot-ffr":
-        hz = cfg.threshold_hz if cfg.threshold_hz is not None else 59.85
-        support = cfg.support_s if cfg.support_s is not None else 900.0
-        return ProductSpec("ercot-ffr", cfg.capacity_w, hz, support, False)
-    if cfg.kind == "fcr-d-up-static":
-        hz = cfg.threshold_hz if cfg.threshold_hz is not None else 49.7
-        return ProductSpec(cfg.kind, cfg.capacity_w, hz)
-    return ProductSpec(cfg.kind, cfg.capacity_w)
-
-
-def test_plans(product: str, spec: ProductSpec, time_scale: float) -> list[TestPlan]:
-    """The product's full test sequence (prequalification); the first is the bench's default."""
-    if product == "ffr":
-        return [TestPlan(f"step-{spec.threshold_hz:g}Hz", shapes.ffr_step(spec.threshold_hz)),
-                TestPlan("large-trip", shapes.large_trip(spec.threshold_hz)),
-                TestPlan("normal", shapes.normal_frequency(max(20.0, 600.0 * time_scale)))]
-    if product == "ercot-ffr":
-        return [TestPlan(f"step-{spec.threshold_hz:g}Hz",
-                         shapes.ercot_step(threshold_hz=spec.threshold_hz,
-                                           support_s=spec.support_s))]
-    if product == "fcr-d-up":
-        return [TestPlan("ramps", shapes.fcr_d_ramps(time_scale))]
-    if product == "fcr-d-up-static":
-        return [TestPlan("static", shapes.fcr_d_static(time_scale, spec.threshold_hz))]
-    if product == "fcr-n":
-        return [TestPlan("steps", shapes.fcr_n_steps(time_scale))]
-    if product == "dr":
-        return [dr_plan(spec.capacity_w, time_scale)]
-    raise ValueError(f"unknown product {product!r} (choose from {', '.join(PRODUCTS)})")
-
-
-def dr_plan(capacity_w: float, time_scale: float) -> TestPlan:
-    """Two events queued at once, resolved in order: the full capacity (ramp 60 s, hold 300 s,
-    recovery 120 s, scaled) announced 4 s ahead, then half of it (ramp 60 s, hold 200 s,
-    recovery 60 s) 4 s after the first has recovered. Settlement intervals are scaled too."""
-    s = time_scale
-    lead = shapes.LEAD_S
-    interval = max(sc.SMOOTH_S, sc.DR_INTERVAL_S * s)
-    a = DrPlan("dr-a", lead, lead + 4.0 + max(1.0, 60 * s), max(1.0, 60 * s),
-               max(5.0, 300 * s), max(2.0, 120 * s), capacity_w, interval)
-    b_start = a.start_s + a.duration_s + a.recovery_s + 4.0 + max(1.0, 60 * s)
-    b = DrPlan("dr-b", lead + 1.5, b_start, max(1.0, 60 * s), max(5.0, 200 * s),
-               max(2.0, 60 * s), capacity_w / 2, interval)
-    end = b.start_s + b.duration_s + b.recovery_s + 4.0
-    return TestPlan("events", shapes.constant(end), (a, b))
-
-
-def dr_windows(plans: Sequence[DrPlan]) -> list[DrWindow]:
-    return [DrWindow(p.event_id, p.start_s, p.ramp_s, p.duration_s, p.recovery_s, p.reduction_w,
-                     p.interval_s) for p in plans]
 
 
 # ---- running a test -------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from gridtao.config.kinds import FORMER_TEST_NAMES, KINDS
 if TYPE_CHECKING:  # the runner pulls in the whole agent: imported when a bench runs
     from gridtao.prequal import compliance as c
     from gridtao.prequal import report as rep
+    from gridtao.prequal.plans import SineOptions
 
 # Test name -> product kind, and each test's default time compression (the kinds catalog).
 PRODUCTS: dict[str, ProductKind] = {
@@ -39,20 +40,52 @@ def _product_name(value: str) -> str:
     return value
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    """Options shared with ``gridtao prequalify``."""
-    p.add_argument("--product", required=True, choices=tuple(PRODUCTS), type=_product_name,
+def _periods(value: str) -> tuple[float, ...]:
+    try:
+        periods = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: periods in s, comma-separated") from None
+    if not periods or any(not 2.0 <= v <= 3600.0 for v in periods):
+        raise argparse.ArgumentTypeError(f"{value!r}: every period must be in [2, 3600] s")
+    return periods
+
+
+def _cycles(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 100:
+        raise argparse.ArgumentTypeError(f"{value!r}: a whole number of periods in [1, 100]")
+    return n
+
+
+def add_common(p: argparse.ArgumentParser, *, product_required: bool = True,
+               workload: bool = True) -> None:
+    """Options shared with ``gridtao prequalify`` (and ``prequalify score``, which runs no
+    GPUs: ``workload=False``)."""
+    p.add_argument("--product", required=product_required, choices=tuple(PRODUCTS),
+                   type=_product_name, default=None,
                    help="the product to test (its entry in the configuration's products, else "
                         "its defaults with --capacity-w)")
     p.add_argument("--time-scale", type=float, default=None, metavar="X",
-                   help="shorten long holds by X (ramp rates never change; default: 0.1, "
-                        "ercot-ffr 0.02, dr 0.05; 1 = the full TSO lengths)")
+                   help="shorten long holds by X (ramp rates and sine periods never change; "
+                        "normal frequency runs at least 300 s; default: 0.1, ercot-ffr 0.02, "
+                        "dr 0.05; 1 = the full TSO lengths)")
+    p.add_argument("--sine-periods", type=_periods, default=None, metavar="S,S,...",
+                   help="fcr-n sine test: only these periods, s (default: the full sequence "
+                        "10, 15, 25, 40, 50, 60, 70, 90, 150, 300 s, about 52 min)")
+    p.add_argument("--sine-cycles", type=_cycles, default=None, metavar="N",
+                   help="fcr-n sine test: measure N periods of each (default: 5 up to 60 s, "
+                        "3 up to 150 s, 2 beyond)")
     p.add_argument("--capacity-w", type=float, default=None, metavar="W",
                    help=f"reserve capacity at the settlement point (default: the configured "
                         f"product's, else {DEFAULT_CAPACITY_W:g})")
     p.add_argument("--threshold-hz", type=float, default=None, metavar="HZ",
                    help="ffr, ercot-ffr, fcr-d-up-static: the activation threshold (ffr: 49.7, "
                         "49.6 or 49.5 Hz, limits 1.3 / 1.0 / 0.7 s)")
+    if not workload:
+        return
     p.add_argument("--workload", choices=("steady", "config"), default="steady",
                    help="simulated GPUs: a steady test load at "
                         f"{STEADY_FRACTION:.0%}% of each GPU's default limit (default: tests are "
@@ -83,6 +116,13 @@ def check_common(args: argparse.Namespace) -> float:
         with_threshold = ", ".join(k.test_name for k in KINDS.values() if k.has_threshold)
         raise ConfigError(f"--threshold-hz: only for {with_threshold}, in [45, 65] Hz")
     return float(scale)
+
+
+def sine_options(args: argparse.Namespace) -> SineOptions:
+    """How ``--sine-periods`` / ``--sine-cycles`` shorten FCR-N's sine test."""
+    from gridtao.prequal.plans import SineOptions
+
+    return SineOptions(getattr(args, "sine_periods", None), getattr(args, "sine_cycles", None))
 
 
 def select(plans: Sequence[c.TestPlan], name: str | None) -> list[c.TestPlan]:
@@ -144,10 +184,11 @@ def main(args: argparse.Namespace, config: Config, command: str) -> int:
     scale = check_common(args)
     pcfg = c.product_config(config, args.product, capacity_w=args.capacity_w, time_scale=scale,
                             threshold_hz=args.threshold_hz)
-    plans = c.test_plans(args.product, c.spec_of(pcfg), scale)
+    plans = c.test_plans(args.product, c.spec_of(pcfg), scale, sine_options(args))
     if args.list:
         for p in plans:
-            print(f"{p.name}: {p.shape.title} ({p.duration_s:.0f} s)")
+            print(f"{p.name}: {p.shape.title} ({p.duration_s:.0f} s)"
+                  + "".join(f"\n  shortened: {s}" for s in p.shape.shortened))
         return 0
     chosen = select(plans, args.test)
     results = run_and_score(config, args, pcfg, chosen,
@@ -159,14 +200,16 @@ def main(args: argparse.Namespace, config: Config, command: str) -> int:
             rep.write_csv(res, _per_test(Path(args.csv), res.name, many))
         if args.plot:
             rep.plot(res, _per_test(Path(args.plot), res.name, many), product=args.product,
-                     capacity_w=pcfg.capacity_w)
+                     capacity_w=pcfg.capacity_w, simulated=config.gpus.backend == "sim",
+                     time_scale=scale)
     if args.json:
         import datetime
 
         date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         body = rep.summary_json(args.product, results, command=command, version=__version__,
                                 machine=machine_description(), date=date, time_scale=scale,
-                                workload=args.workload, product_config=_plain(pcfg))
+                                workload=args.workload, product_config=_plain(pcfg),
+                                simulated=config.gpus.backend == "sim")
         body = provenance(command) | body  # the run's own date, machine and command win
         Path(args.json).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     return 0 if all(r.passed for r in results) else 1

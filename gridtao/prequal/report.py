@@ -12,16 +12,18 @@ instant power).
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gridtao.config.agent import Config
 from gridtao.prequal import rules as pr
-from gridtao.prequal.compliance import Measured, TestPlan, dr_windows, settlement_w
+from gridtao.prequal import sine
+from gridtao.prequal.compliance import Measured, settlement_w
+from gridtao.prequal.plans import TestPlan, dr_windows
 from gridtao.prequal.rules import ProductSpec
 from gridtao.prequal.scoring import RuleResult, Trace, passed
-from gridtao.telemetry.plotting import pyplot
 
 
 @dataclass(frozen=True)
@@ -31,33 +33,53 @@ class TestResult:
     name: str
     title: str
     trace: Trace
-    measured: Measured
+    measured: Measured | None  # None: scored from a recorded CSV (csvscore.py)
     rules: list[RuleResult]
     event_s: float | None
     gpu_errors: Mapping[str, int] = field(default_factory=dict)  # "gpu 0: GpuLost" -> count
+    plan: TestPlan | None = None
+    capacity_w: float = 0.0  # the product's (W at the settlement point)
 
     @property
     def passed(self) -> bool:
         return passed(self.rules)
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "title": self.title, "passed": self.passed,
-                "rules": [r.to_json() for r in self.rules],
-                "reference_w": round(self.measured.reference_w, 1),
-                "reference_it_w": round(self.measured.reference_it_w, 1),
-                "gpu_errors": dict(self.gpu_errors),
-                **publish_stats(self.measured.late_s)}
+        body: dict[str, object] = {"name": self.name, "title": self.title,
+                                   "passed": self.passed,
+                                   "rules": [r.to_json() for r in self.rules]}
+        if self.plan is not None and self.plan.shape.shortened:
+            body["shortened"] = list(self.plan.shape.shortened)
+        if self.plan is not None and self.plan.shape.sines:
+            body["sines"] = [dataclasses.asdict(p) for p in sine.points(
+                self.trace, self.plan.shape.sines, self.capacity_w)]
+        if self.measured is None:
+            return body
+        return body | {"reference_w": round(self.measured.reference_w, 1),
+                       "reference_it_w": round(self.measured.reference_it_w, 1),
+                       "gpu_errors": dict(self.gpu_errors),
+                       **publish_stats(self.measured.late_s)}
 
 
 def score_test(spec: ProductSpec, plan: TestPlan, m: Measured, config: Config) -> TestResult:
     """Requirement and rules for one recorded test (gridtao/prequal/rules.py)."""
-    shape = plan.shape
-    keep = [j for j, t in enumerate(m.t_s) if 0.0 <= t <= shape.duration_s]
-    t = [m.t_s[j] for j in keep]
-    hz = [m.hz[j] for j in keep]
+    keep = [j for j, t in enumerate(m.t_s) if 0.0 <= t <= plan.shape.duration_s]
     settle = settlement_w(m, config)
-    delivered = [m.reference_w - settle[j] for j in keep]
-    delivered_it = [m.reference_it_w - m.it_w[j] for j in keep]
+    res = score_samples(spec, plan, [m.t_s[j] for j in keep], [m.hz[j] for j in keep],
+                        [m.reference_w - settle[j] for j in keep],
+                        [m.reference_it_w - m.it_w[j] for j in keep],
+                        [m.limit_w[j] for j in keep])
+    return dataclasses.replace(res, measured=m)
+
+
+def score_samples(spec: ProductSpec, plan: TestPlan, t: Sequence[float], hz: Sequence[float],
+                  delivered: Sequence[float], delivered_it: Sequence[float],
+                  limit_w: Sequence[float] | None) -> TestResult:
+    """The rules for one test from its samples on the plan's time base: times (s), the
+    frequency the unit was sent (Hz), the delivered reduction at the settlement point and at
+    the GPUs (W) and, for normal frequency, the summed enforced limits (W). The requirement
+    is computed here from the frequency and the plan, never taken from a recording."""
+    shape = plan.shape
     marks = shape.marks
     lead = marks.get("lead_end", 0.0)
     event = marks.get("event")
@@ -72,12 +94,16 @@ def score_test(spec: ProductSpec, plan: TestPlan, m: Measured, config: Config) -
         required = [pr.required_fcr_n(f, spec.capacity_w) for f in hz]
     else:
         required = pr.required_dr(t, dr_windows(plan.dr))
-    tr = Trace(t, hz, required, delivered, delivered_it)
+    tr = Trace(list(t), list(hz), required, list(delivered), list(delivered_it))
     rules: list[RuleResult]
     if spec.kind in ("ffr", "ercot-ffr"):
-        rules = (pr.score_quiet(spec, tr, [m.limit_w[j] for j in keep], after_s=lead)
-                 if event is None
-                 else pr.score_step(spec, tr, event_s=event))
+        if event is None:
+            if limit_w is None:
+                raise ValueError("a normal-frequency test is judged from the summed enforced "
+                                 "limits: the recording has no limit_w")
+            rules = pr.score_quiet(spec, tr, limit_w, after_s=lead)
+        else:
+            rules = pr.score_step(spec, tr, event_s=event)
     elif spec.kind == "fcr-d-up":
         long_hold = None
         if "ramp_0_24" in marks and "hold_49_5_end" in marks:
@@ -86,15 +112,20 @@ def score_test(spec: ProductSpec, plan: TestPlan, m: Measured, config: Config) -
                                long_hold=long_hold, after_s=lead)
     elif spec.kind == "fcr-d-up-static":
         rules = pr.score_static(spec, tr, event_s=marks["step"])
+    elif spec.kind == "fcr-n" and shape.sines:
+        rules = sine.score_sines(tr, shape.sines, spec.capacity_w)
     elif spec.kind == "fcr-n":
         rules = pr.score_fcr_n(spec, tr, holds=shape.holds, after_s=lead)
     else:
         rules = pr.score_dr(tr, dr_windows(plan.dr))
-    return TestResult(plan.name, shape.title, tr, m, rules, event)
+    return TestResult(plan.name, shape.title, tr, None, rules, event, plan=plan,
+                      capacity_w=spec.capacity_w)
 
 
 def write_csv(result: TestResult, path: Path) -> None:
     m, tr = result.measured, result.trace
+    if m is None:
+        raise ValueError(f"{result.name}: nothing recorded to write")
     first = m.t_s.index(tr.t_s[0])
     gpus = len(m.gpu_w[0]) if m.gpu_w else 0
     with path.open("w", newline="", encoding="utf-8") as f:
@@ -111,38 +142,27 @@ def write_csv(result: TestResult, path: Path) -> None:
                         *[f"{g:.1f}" for g in m.gpu_w[j]]])
 
 
-def plot(result: TestResult, path: Path, *, product: str, capacity_w: float) -> None:
-    """Frequency on the right axis, required and delivered reduction on the left (a TSO
-    test-report layout), the verdict and the failed rules in the title."""
-    plt = pyplot()
+def plot(result: TestResult, path: Path, *, product: str, capacity_w: float,
+         simulated: bool = False, time_scale: float | None = None) -> list[Path]:
+    """The TSO-style test plot at ``path`` (figures.py) and, for a sine test, its Bode plot
+    beside it (``<stem>-bode.png``); returns the paths written."""
+    from gridtao.prequal import figures
 
-    tr = result.trace
-    fig, ax = plt.subplots(figsize=(11, 5.5))
-    ax.plot(tr.t_s, tr.required_w, color="black", lw=1.5, ls="--", label="required")
-    ax.plot(tr.t_s, tr.delivered_w, color="tab:blue", lw=1.0, label="delivered (meter)")
-    ax.plot(tr.t_s, tr.delivered_it_w, color="tab:green", lw=0.7, alpha=0.7,
-            label="delivered (IT)")
-    lo = min(0.0, min(tr.required_w)) - 0.05 * capacity_w
-    for band in (0.95, 1.2):
-        ax.axhline(band * capacity_w, color="grey", lw=0.5, ls=":")
-    if result.event_s is not None:
-        ax.axvline(result.event_s, color="tab:red", lw=0.8, ls=":", label="event")
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("power reduction (W)")
-    ax.set_ylim(lo, max(max(tr.delivered_w), 1.3 * capacity_w))
-    fx = ax.twinx()
-    fx.plot(tr.t_s, tr.hz, color="tab:orange", lw=1.0, label="frequency sent")
-    fx.set_ylabel("frequency (Hz)")
-    lines = ax.get_legend_handles_labels()
-    flines = fx.get_legend_handles_labels()
-    ax.legend(lines[0] + flines[0], lines[1] + flines[1], loc="lower right", fontsize=8)
-    failed = [r.name for r in result.rules if not r.passed]
-    verdict = "PASS" if result.passed else "FAIL: " + ", ".join(failed)
-    ax.set_title(f"{product} / {result.name}: {result.title}\n{verdict}", fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    figures.plot_test(result, path, product=product, capacity_w=capacity_w,
+                      simulated=simulated, time_scale=time_scale)
+    written = [path]
+    if result.plan is not None and result.plan.shape.sines:
+        found = sine.points(result.trace, result.plan.shape.sines, capacity_w)
+        if found:
+            bode = bode_path(path)
+            figures.plot_bode(found, bode, title=f"{product} / {result.name}: Bode",
+                              simulated=simulated)
+            written.append(bode)
+    return written
+
+
+def bode_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}-bode{path.suffix}")
 
 
 def summary_json(product: str, results: Sequence[TestResult], **extra: object) -> dict[str, object]:

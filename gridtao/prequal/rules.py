@@ -7,14 +7,16 @@ test's start, powers in W at the settlement point, capacity > 0.
 
 * FFR / ERCOT FFR: full capacity from the frequency crossing, due within the full-activation
   time, held for the support duration (measured from full activation to the first fall below
-  the band), then ramped out no faster than 20 %/s of capacity (FFR, short support).
+  the band), then ramped out no faster than 20 %/s of capacity (FFR, short support), judged
+  over the whole ramp-out as the steepest fall of the 1 s mean over any 1 s.
 * FCR-D upwards (dynamic): capacity x (49.9 - f) / 0.4 clipped to [0, 1]; the 0.24 Hz/s test's
   dP(7.5 s) >= 0.86 dP_ss and energy >= 3.2 s x dP_ss; steady state -5/+20 % in every hold
   below 49.9 Hz; after 7.5 s the power may not fall back while frequency stays (the 49.5 Hz
   hold); back at 49.9 Hz or above, the cut is given back (mean excess <= +20 %).
 * FCR-D static: full capacity within 2.5 s of the crossing, held until 60 s after the frequency
   is back above 49.9 Hz, then ramped down no faster than 2.5 %/s of capacity.
-* FCR-N: capacity x (50 - f) / 0.1 clipped to [-1, 1]; steady state -5/+20 % at every level.
+* FCR-N: capacity x (50 - f) / 0.1 clipped to [-1, 1]; steady state -5/+20 % of what is
+  required at every level, in its direction (upward regulation is negative).
 * Demand response: each event's schedule (ramp, hold, recovery); full by its start (+1 s),
   held and recovered no faster than scheduled, both on settlement-interval means
   (``DrWindow.interval_s``, scoring.DR_INTERVAL_S): DR is paid on metered energy per
@@ -174,10 +176,27 @@ def score_step(spec: ProductSpec, tr: Trace, *, event_s: float) -> list[RuleResu
     rules.append(sc.steady_state(tr, a_s=held[0], b_s=held[1], capacity_w=cap))
     rules.append(sc.over_delivery(tr, windows=[_inner(held)], capacity_w=cap))
     if spec.kind == "ffr" and spec.short_support:
-        rules.append(sc.ramp_down_rate(tr, start_s=full, end_s=tr.t_s[-1], capacity_w=cap,
-                                       limit_pct_per_s=sc.FFR_RAMP_OUT_PCT_PER_S,
-                                       name="ramp_out_rate"))
+        if fell is None:
+            rules.append(sc._rule("ramp_out_rate", None, sc.FFR_RAMP_OUT_PCT_PER_S, "<=", "%/s",
+                                  "no ramp-out in the trace: the delivered power never fell "
+                                  "below 95 % of capacity"))
+            return rules
+        a, b = ramp_out_window(tr, fell=fell, capacity_w=cap)
+        rules.append(sc.steepest_fall(tr, start_s=a, end_s=b, capacity_w=cap,
+                                      limit_pct_per_s=sc.FFR_RAMP_OUT_PCT_PER_S,
+                                      name="ramp_out_rate"))
     return rules
+
+
+def ramp_out_window(tr: Trace, *, fell: float, capacity_w: float) -> tuple[float, float]:
+    """The whole ramp-out (s): from 1 s before the support ended (``fell``: the first fall
+    below 95 % of capacity) to 1 s after the 1 s mean of the delivered power is first back
+    within 5 % of capacity of nothing (the reduction is gone), else the trace's end. After
+    that the load's own swings are the load's, not the reserve's."""
+    mean = sc.smoothed(tr.t_s, tr.delivered_w)
+    gone = next((t for t, v in zip(tr.t_s, mean, strict=True)
+                 if t > fell and v <= sc.BAND * capacity_w), None)
+    return fell - 1.0, (tr.t_s[-1] if gone is None else min(tr.t_s[-1], gone + 1.0))
 
 
 def score_quiet(spec: ProductSpec, tr: Trace, limit_w: Sequence[float], *,

@@ -9,13 +9,19 @@ with the measured value, the limit and the unit; a test passes when all its rule
 How the rules measure (the TSOs' limits: docs/sources.md#grid-products; the conventions ours):
 
 * Band: "reached" and "held" mean within 5 % of the capacity below the requirement (the
-  steady-state tolerance -5 %), "over-delivery" more than 20 % above it.
+  steady-state tolerance -5 %), "over-delivery" more than 20 % above it. Every comparison is
+  made in the direction required: where the requirement is negative (FCR-N above 50 Hz: draw
+  more) a shortfall is delivering less than that magnitude, never "over-delivery".
+* Steady state is scored on the magnitude required, as a share of what is required in the
+  window (-5 % / +20 % of it), so a half-capacity step is held to half the tolerance in watts.
 * Activation times are read on the raw samples (>= 10 Hz), interpolated between samples, and
   a crossing counts only if the next ``CONFIRM_S`` stay in the band (one lucky sample is not an
   activation). Steady-state, hold and over-delivery use 1 s centred means, so a workload's
   sub-second swings in the delivered power do not decide them.
-* Ramp rates are the least-squares slope of the raw samples between the 90 % and 10 % points of
-  the ramp, in % of capacity per second (a fit, not two noisy end points).
+* Ramp rates (FCR-D static) are the least-squares slope of the raw samples between the 90 % and
+  10 % points of the ramp, in % of capacity per second (a fit, not two noisy end points). The
+  FFR ramp-out is judged over the whole ramp-out instead, as the steepest fall of the 1 s mean
+  over any 1 s (:func:`steepest_fall`): a last step at the end of a release counts.
 * FCR-D dynamic test: ``dP_ss`` is the mean delivered power over the last half of the hold that
   follows the 0.24 Hz/s ramp; dP(7.5 s) is the 1 s mean around 7.5 s after the ramp starts; the
   energy is the trapezoid integral of the delivered power over the first 7.5 s.
@@ -221,26 +227,43 @@ def power_at(tr: Trace, *, at_s: float, capacity_w: float, name: str) -> RuleRes
 
 def steady_state(tr: Trace, *, a_s: float, b_s: float, capacity_w: float,
                  name: str = "steady_state") -> RuleResult:
-    """Mean (delivered - required) over [a_s, b_s], % of capacity; limit [-5, +20] %."""
-    err = window_mean(tr.t_s, [d - r for d, r in zip(tr.delivered_w, tr.required_w,
-                                                     strict=True)], a_s, b_s)
-    value = _pct(err, capacity_w)
+    """Steady state over [a_s, b_s] on the magnitude required, % of what is required there:
+    ``100 x (sign x mean delivered - |mean required|) / |mean required|`` with ``sign`` the
+    requirement's (FCR-N's upward regulation is negative), so a shortfall is negative in either
+    direction; limits [-5, +20] %. Where (nearly) nothing is required (|mean required| below
+    5 % of ``capacity_w``, W) there is no direction and no share: the mean of (delivered -
+    required) in % of ``capacity_w``, same limits."""
     lim = (-100.0 * BAND, 100.0 * OVER)
-    if math.isnan(value):
+    req = window_mean(tr.t_s, tr.required_w, a_s, b_s)
+    got = window_mean(tr.t_s, tr.delivered_w, a_s, b_s)
+    if math.isnan(req) or math.isnan(got):
         return RuleResult(name, None, lim, False, "%", "in", "no samples in the window")
-    req = _pct(window_mean(tr.t_s, tr.required_w, a_s, b_s), capacity_w)
-    return RuleResult(name, value, lim, lim[0] <= value <= lim[1], "%", "in",
-                      f"required {req:.0f} % of capacity over {a_s:.1f}-{b_s:.1f} s")
+    span = f"over {a_s:.1f}-{b_s:.1f} s"
+    if abs(req) < BAND * capacity_w:
+        value = _pct(got - req, capacity_w)
+        detail = (f"nothing required (mean {req:.0f} W) {span}: delivered {got:.0f} W, "
+                  f"% of the {capacity_w:g} W capacity")
+    else:
+        sign = 1.0 if req > 0 else -1.0
+        value = 100.0 * (sign * got - abs(req)) / abs(req)
+        way = "reduction" if req > 0 else "increase (drawing more)"
+        detail = (f"required {abs(req):.0f} W {way}, delivered {sign * got:.0f} W {span}; "
+                  "% of what is required")
+    return RuleResult(name, value, lim, lim[0] <= value <= lim[1], "%", "in", detail)
 
 
 def _errors(tr: Trace) -> list[float]:
-    err = [d - r for d, r in zip(tr.delivered_w, tr.required_w, strict=True)]
+    """1 s means of the error in the direction required (W): delivered - required where the
+    requirement is >= 0, required - delivered where it is negative (drawing more), so a
+    shortfall is negative and an excess positive either way."""
+    err = [d - r if r >= 0 else r - d
+           for d, r in zip(tr.delivered_w, tr.required_w, strict=True)]
     return smoothed(tr.t_s, err)
 
 
 def hold(tr: Trace, *, windows: Sequence[tuple[float, float]], capacity_w: float,
          name: str = "hold") -> RuleResult:
-    """No fall-back: the worst 1 s-mean (delivered - required) over ``windows``, % of
+    """No fall-back: the worst 1 s-mean error in the direction required over ``windows``, % of
     capacity; limit >= -5 %."""
     err = _errors(tr)
     worst = math.inf
@@ -268,8 +291,13 @@ def interval_hold(tr: Trace, *, window: tuple[float, float], interval_s: float,
     if not means:
         return _rule(name, None, -100.0 * BAND, ">=", "%", "no samples in the window")
     worst = min(means)
-    return _rule(name, _pct(worst, capacity_w), -100.0 * BAND, ">=", "%",
-                 f"worst of {len(means)} interval mean(s) of {interval_s:g} s")
+    lengths = [hi - lo for lo, hi in itertools.pairwise(edges)]
+    if all(abs(n - interval_s) < 1e-6 for n in lengths):
+        what = f"{len(means)} interval mean(s) of {interval_s:g} s"
+    else:  # the window is not a whole number of intervals: say what was averaged
+        what = (f"{len(means)} mean(s) over " + ", ".join(f"{n:.3g} s" for n in lengths)
+                + f" (settlement interval {interval_s:g} s)")
+    return _rule(name, _pct(worst, capacity_w), -100.0 * BAND, ">=", "%", f"worst of {what}")
 
 
 def limit_drop(t_s: Sequence[float], limit_w: Sequence[float], *, after_s: float,
@@ -288,8 +316,9 @@ def limit_drop(t_s: Sequence[float], limit_w: Sequence[float], *, after_s: float
 
 def over_delivery(tr: Trace, *, windows: Sequence[tuple[float, float]], capacity_w: float,
                   name: str = "over_delivery") -> RuleResult:
-    """The largest 1 s-mean excess of delivered over required in ``windows``, % of capacity;
-    limit <= +20 %."""
+    """The largest 1 s-mean excess of delivered over required in ``windows``, in the direction
+    required (drawing less than an upward requirement asks is a shortfall, not an excess), % of
+    capacity; limit <= +20 %."""
     err = _errors(tr)
     worst = -math.inf
     for a, b in windows:
@@ -318,3 +347,53 @@ def ramp_down_rate(tr: Trace, *, start_s: float, end_s: float, capacity_w: float
         value = -_pct(slope_per_s(tr.t_s, tr.delivered_w, hi_t, lo_t), capacity_w)
     return _rule(name, value, limit_pct_per_s, "<=", "%/s",
                  f"90 % -> 10 % of capacity from {hi_t:.2f} s to {lo_t:.2f} s")
+
+
+def window_means(t_s: Sequence[float], x: Sequence[float], width_s: float = SMOOTH_S
+                 ) -> list[float]:
+    """The mean of ``x`` (linearly interpolated between samples) over exactly
+    [t - width_s / 2, t + width_s / 2] at every sample (clamped to the trace's ends): unlike
+    :func:`smoothed`, no jitter from how many samples fall inside the window."""
+    cum = [0.0]
+    for k in range(1, len(t_s)):
+        cum.append(cum[-1] + (t_s[k] - t_s[k - 1]) * (x[k] + x[k - 1]) / 2)
+
+    def integral(at: float) -> float:
+        at = min(max(at, t_s[0]), t_s[-1])
+        k = max(1, bisect.bisect_left(t_s, at))
+        t0 = t_s[k - 1]
+        v = interp(t_s, x, at)
+        return cum[k - 1] + (at - t0) * (x[k - 1] + v) / 2
+
+    out = []
+    for t in t_s:
+        a, b = max(t_s[0], t - width_s / 2), min(t_s[-1], t + width_s / 2)
+        out.append((integral(b) - integral(a)) / (b - a) if b > a else interp(t_s, x, t))
+    return out
+
+
+def steepest_fall(tr: Trace, *, start_s: float, end_s: float, capacity_w: float,
+                  limit_pct_per_s: float, name: str) -> RuleResult:
+    """How fast the delivered power falls back over the whole ramp-out: the steepest fall of
+    the 1 s centred mean of the delivered power (:func:`window_means`) over any 1 s in
+    [start_s, end_s] (s), % of ``capacity_w`` (W) per second. A linear ramp reads its rate; a
+    ramp that ends with the last of the reduction let go in one step reads the ramp plus that
+    step."""
+    s = window_means(tr.t_s, tr.delivered_w)
+    worst, at = -math.inf, start_s
+    lo = bisect.bisect_left(tr.t_s, start_s)
+    for k in range(lo, len(tr.t_s)):
+        t = tr.t_s[k]
+        if t + 1.0 > end_s or t + 1.0 > tr.t_s[-1]:
+            break
+        fall = s[k] - interp(tr.t_s, s, t + 1.0)
+        if fall > worst:
+            worst, at = fall, t
+    if worst == -math.inf:
+        return _rule(name, None, limit_pct_per_s, "<=", "%/s",
+                     f"the ramp-out {start_s:.2f}-{end_s:.2f} s is shorter than 1 s of samples")
+    before, after = _pct(interp(tr.t_s, s, at), capacity_w), _pct(
+        interp(tr.t_s, s, at + 1.0), capacity_w)
+    return _rule(name, _pct(worst, capacity_w), limit_pct_per_s, "<=", "%/s",
+                 f"steepest 1 s fall of the 1 s mean over the ramp-out {start_s:.2f}-"
+                 f"{end_s:.2f} s: {before:.0f} % -> {after:.0f} % of capacity at {at:.2f} s")

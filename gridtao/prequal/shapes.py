@@ -35,8 +35,30 @@ class Hold:
 
 
 @dataclass(frozen=True)
+class SineSegment:
+    """One period of a sinusoidal test (times in s, amplitude in Hz): the nominal frequency is
+    ``nominal - amplitude_hz x sin(2 pi (t - start_s) / period_s)`` from ``start_s`` (it falls
+    first), and the response is measured over [measure_from_s, measure_to_s], whole periods
+    after the settling time."""
+
+    period_s: float
+    start_s: float
+    measure_from_s: float
+    measure_to_s: float
+    amplitude_hz: float
+
+    @property
+    def cycles(self) -> int:
+        """Whole periods measured."""
+        return round((self.measure_to_s - self.measure_from_s) / self.period_s)
+
+
+@dataclass(frozen=True)
 class Shape:
-    """A sampled test signal (module docstring). ``hz[k]`` is sent at ``k * dt_s``."""
+    """A sampled test signal (module docstring). ``hz[k]`` is sent at ``k * dt_s``.
+    ``shortened``: what the time scale cut, as "what: X s of the TSO's Y s" (empty when
+    nothing was); ``glitches``: (start s, end s, lowest Hz) of the short dips a normal-frequency
+    test injects, which must not activate anything; ``sines``: the sinusoidal segments."""
 
     name: str
     title: str
@@ -47,6 +69,9 @@ class Shape:
     nominal_frequency_hz: float = 50.0
     marks: dict[str, float] = field(default_factory=dict)
     holds: tuple[Hold, ...] = ()
+    shortened: tuple[str, ...] = ()
+    glitches: tuple[tuple[float, float, float], ...] = ()
+    sines: tuple[SineSegment, ...] = ()
 
     @property
     def duration_s(self) -> float:
@@ -65,6 +90,17 @@ class _Builder:
         self._pieces: list[tuple[float, float, float, float]] = []  # t0, t1, hz0, hz1
         self.marks: dict[str, float] = {}
         self.holds: list[Hold] = []
+        self.shortened: list[str] = []
+
+    def hold_scaled(self, full_s: float, time_scale: float, floor_s: float,
+                    mark: str | None = None) -> _Builder:
+        """A hold the TSO writes as ``full_s`` seconds, shortened by ``time_scale`` (but not
+        below ``floor_s``); a shortened one is listed in the shape's ``shortened``."""
+        seconds = _scaled(full_s, time_scale, floor_s)
+        if seconds < full_s - 1e-9:
+            self.shortened.append(f"hold at {self.hz:g} Hz: {seconds:g} s of the TSO's "
+                                  f"{full_s:g} s")
+        return self.hold(seconds, mark)
 
     def hold(self, seconds: float, mark: str | None = None) -> _Builder:
         if mark:
@@ -105,7 +141,8 @@ class _Builder:
         nominal = [self.at(k * dt_s) for k in range(n)]
         sent = meter_lag(nominal, dt_s) if lagged else nominal
         return Shape(name, title, dt_s, tuple(nominal), tuple(sent), lagged,
-                     nominal_frequency_hz, dict(self.marks), tuple(self.holds))
+                     nominal_frequency_hz, dict(self.marks), tuple(self.holds),
+                     tuple(self.shortened))
 
 
 def meter_lag(hz: Sequence[float], dt_s: float, tau_s: float = METER_TAU_S) -> list[float]:
@@ -132,12 +169,12 @@ def fcr_d_ramps(time_scale: float = 0.1) -> Shape:
     from 49.9 to 49.0 Hz and held (its first 7.5 s give dP(7.5 s) and the energy), then 50 Hz.
     Marks: ``hold_49_5``/``hold_49_5_end`` and ``dynamic`` (the last ramp's start)."""
     b = _Builder(50.0).hold(LEAD_S).mark("lead_end").step(49.9)
-    b.ramp(49.45, 0.14, "ramp_0_14").hold(_scaled(60, time_scale, 8.0), "hold_49_45")
-    b.ramp(49.9, 0.09, "ramp_0_09").hold(_scaled(60, time_scale, 8.0), "hold_49_9")
-    b.ramp(49.5, 0.24, "ramp_0_24").hold(_scaled(300, time_scale, 10.0), "hold_49_5")
+    b.ramp(49.45, 0.14, "ramp_0_14").hold_scaled(60, time_scale, 8.0, "hold_49_45")
+    b.ramp(49.9, 0.09, "ramp_0_09").hold_scaled(60, time_scale, 8.0, "hold_49_9")
+    b.ramp(49.5, 0.24, "ramp_0_24").hold_scaled(300, time_scale, 10.0, "hold_49_5")
     b.marks["hold_49_5_end"] = b.t_s
-    b.ramp(49.9, 0.24).hold(_scaled(60, time_scale, 8.0), "hold_49_9b")
-    b.ramp(49.0, 0.24, "dynamic").hold(_scaled(150, time_scale, 15.0), "hold_49_0")
+    b.ramp(49.9, 0.24).hold_scaled(60, time_scale, 8.0, "hold_49_9b")
+    b.ramp(49.0, 0.24, "dynamic").hold_scaled(150, time_scale, 15.0, "hold_49_0")
     b.step(50.0, "recover").hold(8.0)
     return b.shape("fcr-d-ramps", "FCR-D upwards: ramp sequence and 0.24 Hz/s dynamic test",
                    lagged=True)
@@ -146,7 +183,7 @@ def fcr_d_ramps(time_scale: float = 0.1) -> Shape:
 def fcr_d_dynamic(time_scale: float = 0.1) -> Shape:
     """Only the dynamic test: 49.9 Hz, 0.24 Hz/s to 49.0 Hz, held (scaled), 50 Hz."""
     b = _Builder(50.0).hold(LEAD_S).mark("lead_end").step(49.9).hold(2.0)
-    b.ramp(49.0, 0.24, "dynamic").hold(_scaled(150, time_scale, 15.0), "hold_49_0")
+    b.ramp(49.0, 0.24, "dynamic").hold_scaled(150, time_scale, 15.0, "hold_49_0")
     b.step(50.0, "recover").hold(8.0)
     return b.shape("fcr-d-dynamic", "FCR-D upwards: 0.24 Hz/s ramp 49.9 -> 49.0 Hz",
                    lagged=True)
@@ -157,7 +194,7 @@ def fcr_d_static(time_scale: float = 0.1, threshold_hz: float = 49.7) -> Shape:
     long enough for the 60 s wait above 49.9 Hz and a ramp-down to finish: 40 s at the
     2.5 %/s limit, 56 s for a product that ramps at 2 %/s with a 5 % margin on top (gridtao's)."""
     b = _Builder(50.0).hold(LEAD_S).mark("lead_end")
-    b.step(threshold_hz - 0.1, "step").hold(_scaled(60, time_scale, 10.0), "hold_low")
+    b.step(threshold_hz - 0.1, "step").hold_scaled(60, time_scale, 10.0, "hold_low")
     b.step(50.0, "recover").hold(60.0 + 56.0 + 6.0)
     return b.shape("fcr-d-static", f"FCR-D static: step below {threshold_hz:g} Hz, return",
                    lagged=True)
@@ -171,10 +208,9 @@ def fcr_n_steps(time_scale: float = 0.1, settle_s: float = 10.0) -> Shape:
     (scaled, but at least 20 s: FCR-N is not a seconds-scale product, and the scorer reads the
     steady state on each level's second half; the 49.9 -> 50.1 Hz step swings the node by twice
     its capacity). ``settle_s`` at 50 Hz first: the node settles on its FCR-N baseline."""
-    level_s = _scaled(60, time_scale, 20.0)
     b = _Builder(50.0).hold(LEAD_S + settle_s).mark("lead_end")
     for k, hz in enumerate((49.95, 50.0, 49.9, 50.1, 50.0)):
-        b.step(hz, f"step_{k}").hold(level_s)
+        b.step(hz, f"step_{k}").hold_scaled(60, time_scale, 20.0)
     return b.shape("fcr-n-steps", "FCR-N steps 50.0/49.95/50.0/49.9/50.1/50.0 Hz", lagged=True)
 
 
@@ -215,24 +251,64 @@ def ercot_step(*, threshold_hz: float = 59.85, support_s: float = 18.0) -> Shape
 # ---- normal frequency ------------------------------------------------------------------------
 
 
+NORMAL_MIN_CORRELATION_TIMES = 10  # a normal-frequency test lasts at least 10 tau ...
+NORMAL_MAX_CORRELATION_TIMES = 30  # ... and is extended, up to 30 tau, until it has its spread
+NORMAL_SPREAD_TOLERANCE = 0.15  # "has its spread": RMS deviation within 15 % of std_hz
+NORMAL_SEED = 3  # the bench's default realisation
+
+
 def normal_frequency(duration_s: float = 60.0, *, std_hz: float = 0.04, tau_s: float = 30.0,
-                     seed: int = 0, nominal_hz: float = 50.0) -> Shape:
+                     seed: int = NORMAL_SEED, nominal_hz: float = 50.0,
+                     threshold_hz: float | None = None, dt_s: float = DT_S) -> Shape:
     """Synthetic normal operation: an Ornstein-Uhlenbeck process around nominal with
-    stationary standard deviation ``std_hz`` and correlation time ``tau_s`` (Nordic: about
-    40-45 mHz), seeded, exactly discretised; starts at nominal."""
+    stationary standard deviation ``std_hz`` (Hz) and correlation time ``tau_s`` (s) (Nordic:
+    about 40-45 mHz), seeded, exactly discretised. It starts from its stationary distribution
+    (the first sample, the lead's too, is drawn from N(nominal, std_hz), not nominal), lasts
+    at least ``duration_s`` and 10 correlation times after the lead, and runs on (up to 30
+    correlation times) until the RMS deviation from nominal after the lead is within 15 % of
+    ``std_hz``; the title states the spread actually sent. With ``threshold_hz``, it carries
+    realistic glitches that must not activate anything: single samples below the threshold
+    (one 0.1 Hz under it, one 0.3 Hz under it: a meter glitch) and a 100 ms dip 0.05 Hz under
+    it (one sample at 10 Hz; ``glitches``, marks ``glitch_<k>``), spread over the test and
+    away from its ends."""
     rng = random.Random(seed)
-    a = math.exp(-DT_S / tau_s)
+    a = math.exp(-dt_s / tau_s)
     kick = std_hz * math.sqrt(1.0 - a * a)
-    lead = int(LEAD_S / DT_S)
-    x, out = 0.0, []
-    for k in range(round((duration_s + LEAD_S) / DT_S)):
-        if k >= lead:
-            x = a * x + kick * rng.gauss(0.0, 1.0)
+    lead = round(LEAD_S / dt_s)
+    least = round(max(duration_s, NORMAL_MIN_CORRELATION_TIMES * tau_s) / dt_s)
+    most = round(max(duration_s, NORMAL_MAX_CORRELATION_TIMES * tau_s) / dt_s)
+    x = rng.gauss(0.0, std_hz)  # the stationary distribution
+    out: list[float] = []
+    for _ in range(lead):
         out.append(nominal_hz + x)
+        x = a * x + kick * rng.gauss(0.0, 1.0)
+    dev: list[float] = []
+    square = 0.0
+    while len(dev) < least or (
+            len(dev) < most
+            and abs(math.sqrt(square / len(dev)) - std_hz) > NORMAL_SPREAD_TOLERANCE * std_hz):
+        dev.append(x)
+        square += x * x
+        x = a * x + kick * rng.gauss(0.0, 1.0)
+    out += [nominal_hz + d for d in dev]
+    rms = math.sqrt(square / len(dev))
+    marks = {"lead_end": LEAD_S}
+    glitches: list[tuple[float, float, float]] = []
+    if threshold_hz is not None:
+        dip = max(1, round(0.1 / dt_s))  # 100 ms of samples
+        plan = ((0.2, 1, 0.1), (0.5, dip, 0.05), (0.8, 1, 0.3))  # (where, samples, depth Hz)
+        for k, (where, samples, depth) in enumerate(plan):
+            first = lead + round(where * len(dev))
+            for j in range(first, first + samples):
+                out[j] = min(out[j], threshold_hz - depth)
+            marks[f"glitch_{k}"] = first * dt_s
+            glitches.append((first * dt_s, (first + samples) * dt_s, threshold_hz - depth))
+    title = (f"normal frequency (std {std_hz * 1000:.0f} mHz, RMS {rms * 1000:.0f} mHz "
+             f"over {len(dev) * dt_s:.0f} s, seed {seed}"
+             + (f", {len(glitches)} glitches below {threshold_hz:g} Hz)" if glitches else ")"))
     # The signal itself is the measured frequency: no extra meter lag.
-    return Shape("normal", f"normal frequency (std {std_hz * 1000:.0f} mHz, seed {seed})",
-                 DT_S, tuple(out), tuple(out), False, nominal_hz, {"lead_end": LEAD_S},
-                 (Hold(0.0, LEAD_S, nominal_hz),))
+    return Shape("normal", title, dt_s, tuple(out), tuple(out), False, nominal_hz, marks,
+                 (), (), tuple(glitches))
 
 
 def constant(duration_s: float, nominal_hz: float = 50.0) -> Shape:
