@@ -9,6 +9,7 @@ Threads and loops (docs/architecture.md):
   thread of its own with gridtao/app/serve.py): retained status, tier 2
   (control/tier2/tracker.py) every ``tracker.period_s`` with its retained tracker topic;
   tier 2's commitment is also refreshed on the island lane after every frequency sample;
+- work sources and CPU power (gridtao/work/): a daemon thread per source, one for RAPL;
 - Prometheus (the metrics HTTP thread): the links' and the audit trail's counters are read when
   it scrapes (telemetry/metrics.py, ``StatsCollector``).
 
@@ -81,6 +82,7 @@ from gridtao.telemetry.metrics import (
 )
 from gridtao.transport.mqtt import MqttLink, Will
 from gridtao.wire import messages as wire
+from gridtao.work.node import NodeWork
 
 log = logging.getLogger("gridtao.app.agent")
 
@@ -320,6 +322,7 @@ class Agent:
                        "frequency": lambda: self.lane.links[-1].is_connected,
                        "status": lambda: self.status_link.is_connected}, registry=self.registry)
         RecordsCollector(lambda: self.ledger.health, registry=self.registry)
+        self.work = NodeWork(config.work, registry=self.registry)  # threads start in start()
         self.controller = ControllerLoop(
             ControllerParts(
                 node_id=self.node_id, status_topic=self.topics.status,
@@ -422,6 +425,7 @@ class Agent:
             self.meter.start()
             self.watchdog.start()
             self._fast_thread = self.fast.start_thread(self._fast_stop)
+            self.work.start()
             if self.options.serve_metrics and self.config.metrics.enabled:
                 mc = self.config.metrics
                 try:
@@ -470,6 +474,7 @@ class Agent:
         self._closed = True
         self.quiesce()
         self.planning.close()
+        self.work.close()
         self.island.close()
         if self._metrics_server is not None:
             self._metrics_server.close()

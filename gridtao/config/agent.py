@@ -29,6 +29,10 @@ from gridtao.config.planner import HistoryConfig as HistoryConfig
 from gridtao.config.planner import PlannerConfig as PlannerConfig
 from gridtao.config.schema import ConfigError as ConfigError
 from gridtao.config.schema import build, fail, rng
+from gridtao.config.work import CpuPowerConfig as CpuPowerConfig
+from gridtao.config.work import WorkConfig as WorkConfig
+from gridtao.config.work import WorkSource as WorkSource
+from gridtao.config.work import check_work
 
 ENV_VAR = "GRIDTAO_CONFIG"
 
@@ -316,6 +320,7 @@ class Config:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
+    work: WorkConfig = field(default_factory=WorkConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
 
@@ -417,6 +422,7 @@ def _check_consistency(cfg: Config, source: str) -> None:
     _check_security(cfg, source)
     _check_transport(cfg.mqtt, source)
     _check_products(cfg, source)
+    check_work(cfg.work, source)
 
 
 def sim_device_problem(name: str) -> str | None:
