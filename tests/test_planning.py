@@ -31,8 +31,8 @@ DAY_S = 86_400
 class _Limits:
     """The island as ReadBack sees it: enforced limits to refresh and read."""
 
-    def refresh_enforced(self) -> None:
-        pass
+    def refresh_enforced(self) -> list[object]:
+        return []  # no limit changed from outside
 
     def enforced_mw(self) -> tuple[int, ...]:
         return (700_000, 700_000)
