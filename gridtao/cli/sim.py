@@ -7,9 +7,15 @@
   GPU the limit, the power and who set the limit last (pid and time); nothing is created.
 * ``gridtao sim destroy``: the analogue of a driver reload: processes holding the device see
   their GPUs lost, and the next open creates it afresh at the default limits.
+* ``gridtao sim serve-work [--device NAME] [--port P] [--host H] [--gpus 0,1] [--model NAME]
+  [--kind vllm|custom]``: serve the work the device's GPUs do (tokens, or training samples;
+  gridtao/gpu/sim/workserver.py) as Prometheus counters in vLLM's names, on
+  ``http://H:P/metrics`` (said on stdout as ``serving URL`` once it listens), until
+  SIGINT/SIGTERM. It never sets a limit; the device must exist.
 
 ``--device NAME`` names another device than the configuration's. Exit 0 on success, 1 when
-``status`` finds no device, 2 with one line on stderr for a bad device or option.
+``status`` finds no device (or ``serve-work`` loses its GPUs), 2 with one line on stderr for a
+bad device or option.
 """
 
 from __future__ import annotations
@@ -44,6 +50,32 @@ def configure_sim(p: argparse.ArgumentParser) -> None:
     sub.add_parser("destroy", help="remove the device (like a driver reload)",
                    description="Remove the device: processes holding it see their GPUs lost; "
                                "the next open creates it at the default limits.")
+    _configure_serve_work(sub.add_parser(
+        "serve-work", help="serve the GPUs' simulated work (tokens, samples) for scraping",
+        description="Serve the work the device's GPUs do under their limits as Prometheus "
+                    "counters in vLLM's names (vllm:generation_tokens_total, "
+                    "vllm:prompt_tokens_total) or, for training, "
+                    "gridtao_sim_training_samples_total, until SIGINT/SIGTERM. Never sets a "
+                    "limit."))
+
+
+def _configure_serve_work(p: argparse.ArgumentParser) -> None:
+    # Also accepted after the action (a default of SUPPRESS keeps the one given before it).
+    p.add_argument("--device", metavar="NAME", default=argparse.SUPPRESS,
+                   help="the device's name (default: the configuration's gpus.sim.device)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the address to listen on (default: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=8000,
+                   help="the port to listen on (default: 8000, vLLM's; 0: any free port)")
+    p.add_argument("--gpus", metavar="I,J,...", default=None,
+                   help="the GPU indices the server runs on, summed (default: all)")
+    p.add_argument("--model", default="gridtao-sim",
+                   help="the model_name label of the vllm counters (default: gridtao-sim)")
+    p.add_argument("--kind", choices=("vllm", "custom"), default=None,
+                   help="vllm: token counters in vLLM's names; custom: "
+                        "gridtao_sim_training_samples_total (training) or "
+                        "gridtao_sim_generation_tokens_total (default: vllm, custom for a "
+                        "training device)")
 
 
 def _fail(message: str) -> int:
@@ -64,6 +96,8 @@ def run_sim(args: argparse.Namespace, config: Config) -> int:
         return _fail(f"--device: {problem}")
     sim_cfg = dataclasses.replace(config.gpus.sim, device=name)
     path = sim_device_path(name)
+    if args.sim_command == "serve-work":
+        return _serve_work(args, path)
     try:
         if args.sim_command == "destroy":
             gone = DeviceFile.destroy(path)
@@ -90,6 +124,34 @@ def run_sim(args: argparse.Namespace, config: Config) -> int:
     else:
         print(format_status(report))
     return EXIT_OK
+
+
+def _parse_gpus(text: str) -> tuple[int, ...] | None:
+    """``"0,1"`` as indices; None when malformed."""
+    try:
+        gpus = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        return None
+    return gpus if all(i >= 0 for i in gpus) else None
+
+
+def _serve_work(args: argparse.Namespace, path: Path) -> int:
+    from gridtao.gpu.sim.workserver import SimWork, WorkServerError, print_ready, serve
+
+    gpus = None
+    if args.gpus is not None:
+        gpus = _parse_gpus(args.gpus)
+        if gpus is None:
+            return _fail(f"--gpus: expected GPU indices like 0,1; got {args.gpus!r}")
+    if not 0 <= args.port <= 65535:
+        return _fail(f"--port: must be 0-65535, got {args.port}")
+    if not args.model or not args.model.isprintable() or len(args.model) > 200:
+        return _fail("--model: must be 1-200 printable characters")
+    try:
+        work = SimWork(path, gpus=gpus, kind=args.kind, model_name=args.model)
+        return serve(work, host=args.host, port=args.port, ready=print_ready)
+    except WorkServerError as e:
+        return _fail(str(e))
 
 
 def _open(sim_cfg: Any, path: Path) -> Any:
