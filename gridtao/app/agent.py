@@ -10,6 +10,9 @@ Threads and loops (docs/architecture.md):
   (control/tier2/tracker.py) every ``tracker.period_s`` with its retained tracker topic;
   tier 2's commitment is also refreshed on the island lane after every frequency sample;
 - work sources and CPU power (gridtao/work/): a daemon thread per source, one for RAPL;
+- the read-back (a worker thread of the controller loop) also feeds the per-event energy
+  ledger (gridtao/records/energy.py), which writes an ``event_energy`` record once an event
+  has ended;
 - Prometheus (the metrics HTTP thread): the links' and the audit trail's counters are read when
   it scrapes (telemetry/metrics.py, ``StatsCollector``).
 
@@ -49,6 +52,7 @@ from gridtao.config.paths import with_state_paths
 from gridtao.control.capacity import Capacity, CapacityWatch, enrolled_w, node_capacity
 from gridtao.control.response import Reached, ResponseMeter
 from gridtao.control.tier1.loop import FastLoop
+from gridtao.control.tier2.facility import FacilityModel
 from gridtao.control.tier2.tracker import Tier2
 from gridtao.gpu import open_backend
 from gridtao.gpu.backend import GpuBackend
@@ -59,6 +63,7 @@ from gridtao.hotpath.rejections import RejectionGate
 from gridtao.products.catalog import STEP_RAMP_OUT_SLACK
 from gridtao.products.frequency import level_key
 from gridtao.products.portfolio import Portfolio, ProductMonitor
+from gridtao.records.energy import EventEnergy
 from gridtao.records.ledger import Ledger
 from gridtao.safety.island import Activation, OutsideChange, SafetyIsland
 from gridtao.safety.watchdog import Watchdog
@@ -67,6 +72,7 @@ from gridtao.security.guard import Guard
 from gridtao.telemetry.collectors import (
     CapacityCollector,
     EnergyCollector,
+    EventEnergyCollector,
     FeedCollector,
     LinkCollector,
     PlanCollector,
@@ -234,6 +240,11 @@ class Agent:
         self.monitor = ProductMonitor(safety.triggers, self.portfolio,
                                       on_change=self.tier2.update,
                                       stale_after_s=safety.frequency_stale_s)
+        # What each event drew and did not draw, computed on the read-back thread.
+        self.energy = EventEnergy(
+            FacilityModel.from_config(config.facility), len(self.gpu_indices),
+            on_event=lambda fields: self.ledger.record("event_energy", fields))
+        EventEnergyCollector(self.energy.not_drawn_j, registry=self.registry)
         self.intake = Intake(
             self.island,
             self.topics,
@@ -244,7 +255,7 @@ class Agent:
             metrics=self.metrics,
             on_activation=self._activated,
             guard=self.guard,
-            on_decision=self.ledger.decision if self.ledger.active else None,
+            on_decision=self._decided if self.ledger.active else None,
             simulated=self.simulated,
             max_sample_skew_s=safety.frequency_max_skew_s,
             rejections=RejectionGate(acks_per_s=config.limits.reject_acks_per_s,
@@ -315,7 +326,9 @@ class Agent:
         PlanCollector(self.planning.reading, registry=self.registry)
         self.read_back = ReadBack(self.backend, self.island, self.gpu_indices, clock=self.clock,
                                   on_reading=self.planning.on_reading,
-                                  on_outside_change=self._limit_changed_outside)
+                                  on_outside_change=self._limit_changed_outside,
+                                  on_energy=lambda t, mj: self.energy.feed(
+                                      t, mj, self.fast.draw_mw))
         EnergyCollector(lambda: self.read_back.energy_mj, tuple(self.gpu_indices),
                         registry=self.registry)
         LinkCollector({"island": lambda: self.lane.link.is_connected,
@@ -536,7 +549,17 @@ class Agent:
                                    uuid=self.backend.devices()[k].uuid,
                                    during_event=change.during_event)
 
+    def _decided(self, kind: str, fields: dict[str, object]) -> None:
+        """An intake decision (island lane): to the ledger; an event's end also to the energy
+        ledger, which reports it from the read-back thread after the next round."""
+        self.ledger.decision(kind, fields)
+        event_id = fields.get("event")
+        if kind == "event_ended" and isinstance(event_id, str):
+            self.energy.event_ended(event_id, t1_s=self.clock.now(), wall1_s=self.clock.wall())
+
     def _activated(self, act: Activation) -> None:
+        self.energy.event_started(act.event_id, act.kind, t0_s=act.commanded_at,
+                                  wall0_s=act.commanded_wall, baseline_mw=act.baseline_mw)
         self.meter.watch(act.event_id, baseline_mw=act.baseline_mw, target_mw=act.target_mw)
         if self.ledger.journal is not None:
             if act.kind == "frequency":

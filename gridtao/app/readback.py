@@ -29,11 +29,15 @@ class ReadBack:
     def __init__(self, backend: GpuBackend, island: SafetyIsland,
                  indices: Sequence[int], *, clock: Clock | None = None,
                  on_reading: Callable[[float, float, float], None] | None = None,
-                 on_outside_change: Callable[[OutsideChange], None] | None = None) -> None:
+                 on_outside_change: Callable[[OutsideChange], None] | None = None,
+                 on_energy: Callable[[float, tuple[int | None, ...]], None] | None = None,
+                 ) -> None:
         """``on_reading(wall_s, it_w, limit_w)``: called from the worker thread after each
         round that could measure power (every GPU's counter read this round and the last).
         ``on_outside_change``: called from the worker thread for each limit the island found
-        set by someone else (and adopted as the GPU's resting limit)."""
+        set by someone else (and adopted as the GPU's resting limit). ``on_energy(t_s,
+        energy_mj)``: called from the worker thread after every round with its monotonic time
+        and the counters as read (the per-event energy ledger, gridtao/records/energy.py)."""
         self._backend = backend
         self._island = island
         self._indices = tuple(indices)
@@ -42,6 +46,7 @@ class ReadBack:
         self._clock = clock if clock is not None else MonotonicClock()
         self._on_reading = on_reading
         self._on_outside_change = on_outside_change
+        self._on_energy = on_energy
         self._last: tuple[float, tuple[int | None, ...]] | None = None
 
     @property
@@ -65,6 +70,8 @@ class ReadBack:
         now = tuple(energy)
         with self._lock:
             self._energy_mj = now
+        if self._on_energy is not None:
+            self._on_energy(self._clock.now(), now)
         if self._on_reading is not None:
             self._report(now)
 

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["CapacityCollector", "CapacityReading", "EnergyCollector", "FeedCollector",
+__all__ = ["CapacityCollector", "CapacityReading", "EnergyCollector", "EventEnergyCollector",
+           "FeedCollector",
            "LinkCollector", "PlanCollector", "PlanReading", "RecordsCollector",
            "SuppressedAcksCollector", "TrackerCollector", "WriterHealth"]
 
@@ -283,6 +284,34 @@ class EnergyCollector(Collector):
         for gpu, mj in zip(self._gpus, self._read(), strict=False):
             if mj is not None:
                 family.add_metric([str(gpu)], mj / 1000.0)
+        yield family
+
+
+class EventEnergyCollector(Collector):
+    """``gridtao_event_energy_not_drawn_joules_total{at="it"|"meter"}``: energy the node did not
+    draw over the events ended so far, against each event's reference draw
+    (gridtao/records/energy.py), from ``read() -> (it_j, meter_j)``."""
+
+    def __init__(self, read: Callable[[], tuple[float, float]], *,
+                 registry: CollectorRegistry) -> None:
+        self._read = read
+        registry.register(self)
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "gridtao_event_energy_not_drawn_joules",
+            "Energy not drawn during events against their reference draw, J (at the GPUs, or "
+            "at the meter through the facility model).", labels=["at"])
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        it_j, meter_j = self._read()
+        family.add_metric(["it"], it_j)
+        family.add_metric(["meter"], meter_j)
         yield family
 
 
