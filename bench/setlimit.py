@@ -12,11 +12,9 @@ import argparse
 import sys
 
 from gridtao.clock import MonotonicClock
-from gridtao.config.agent import SimConfig
 from gridtao.config.paths import sim_device_path
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
-from gridtao.gpu.sim.shared import DeviceFile
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,11 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-pl", "--power-limit", type=float, required=True, help="watts")
     args = p.parse_args(argv)
     path = sim_device_path(args.device)
-    info = DeviceFile.peek(path)
-    if info is None:
+    sim = SimNvml.open_existing(path, MonotonicClock())
+    if sim is None:
         print(f"No simulated device at {path}.", file=sys.stderr)
         return 2
-    sim = SimNvml.from_config(SimConfig(**info.params), MonotonicClock(), device_path=path)
     backend = NvmlBackend(sim)
     try:
         enforced = backend.set_limit_mw(args.index, int(args.power_limit * 1000))

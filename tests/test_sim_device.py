@@ -22,7 +22,7 @@ from gridtao.config.agent import SimConfig
 from gridtao.config.paths import sim_device_path
 from gridtao.gpu import GpuLost, NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
-from gridtao.gpu.sim.shared import DeviceFile, DeviceMismatch
+from gridtao.gpu.sim.shared import DeviceFile, DeviceInfo, DeviceMismatch
 
 REPO = Path(__file__).resolve().parent.parent
 W = 1000
@@ -64,7 +64,14 @@ def test_two_opens_see_one_limit_one_draw_one_energy_counter() -> None:
         if pa == pb:
             break
     assert pa == pb and pa <= 300 * W
-    assert a.average_power_mw(0) == b.average_power_mw(0)
+    # The same for the 1 s average, read where no refresh falls between the two looks (a's
+    # reading before and after b's agrees).
+    for _ in range(20):
+        before, other, after = (a.average_power_mw(0), b.average_power_mw(0),
+                                a.average_power_mw(0))
+        if before == after:
+            break
+    assert before == after == other
     energies = []
     for _ in range(50):  # alternating readers: one counter, never going back
         energies += [a.energy_mj(1), b.energy_mj(1)]
@@ -170,3 +177,24 @@ def test_sim_cli_create_status_destroy(capsys: pytest.CaptureFixture[str]) -> No
     assert cli.main(["sim", "--device", "../x", "status"]) == 2
     assert cli.main(["sim", "destroy"]) == 0
     assert not sim_device_path("default").exists()
+
+
+def test_opening_an_existing_device_never_creates_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = sim_device_path("default")
+    assert SimNvml.open_existing(path, MonotonicClock()) is None
+    assert not path.exists()
+    _open().set_limit_mw(1, 333 * W)
+    found = SimNvml.open_existing(path, MonotonicClock())
+    assert found is not None and found.config.count == CFG.count  # the device's own settings
+    assert NvmlBackend(found).enforced_limit_mw(1) == 333 * W
+    # Destroyed between reading its header and opening it: still none, and none created.
+    peek = DeviceFile.peek
+
+    def peek_then_destroy(p: Path) -> DeviceInfo | None:
+        info = peek(p)
+        DeviceFile.destroy(p)
+        return info
+
+    monkeypatch.setattr(DeviceFile, "peek", staticmethod(peek_then_destroy))
+    assert SimNvml.open_existing(path, MonotonicClock()) is None
+    assert not path.exists()

@@ -111,12 +111,11 @@ def run_sim(args: argparse.Namespace, config: Config) -> int:
             print(f"{'kept' if info is not None else 'created'} {path} "
                   f"({sim_cfg.count} x {sim_cfg.profile})")
             return EXIT_OK
-        info = DeviceFile.peek(path)
-        if info is None:
+        report = _status(path)
+        if report is None:
             print(f"no simulated device at {path} (created on first use, or by "
                   "`gridtao sim create`)", file=sys.stderr)
             return EXIT_NONE
-        report = _status(info.params, path)
     except (SimDeviceError, ConfigError, OSError) as e:
         return _fail(str(e))
     if args.json:
@@ -161,11 +160,15 @@ def _open(sim_cfg: Any, path: Path) -> Any:
     return SimNvml.from_config(sim_cfg, MonotonicClock(), device_path=path)
 
 
-def _status(params: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Open the device with its own settings and read every GPU (advancing it to now)."""
-    from gridtao.config.agent import SimConfig
+def _status(path: Path) -> dict[str, Any] | None:
+    """Open the device with its own settings and read every GPU (advancing it to now); None
+    when there is no device (none is created)."""
+    from gridtao.clock import MonotonicClock
+    from gridtao.gpu.sim.nvml import SimNvml
 
-    sim = _open(SimConfig(**params), path)
+    sim = SimNvml.open_existing(path, MonotonicClock())
+    if sim is None:
+        return None
     device = sim.device
     assert device is not None
     try:

@@ -46,7 +46,7 @@ from gridtao.clock import Clock, VirtualClock
 from gridtao.config.agent import ConfigError, SimConfig
 from gridtao.gpu.sim.daily import DailyShape
 from gridtao.gpu.sim.physics import PROFILES, GpuPhysics, GpuProfile
-from gridtao.gpu.sim.shared import DeviceFile, DeviceGone
+from gridtao.gpu.sim.shared import DeviceFile, DeviceGone, DeviceMissing
 from gridtao.gpu.sim.workloads import Resumable, Trace, TraceError, load_trace, make_workload
 
 FaultKind = Literal["lost", "no_permission", "not_supported", "slow"]
@@ -162,7 +162,7 @@ class SimNvml:
     SIMULATED = True
 
     def __init__(self, clock: Clock, config: SimConfig | None = None, *,
-                 device_path: str | Path | None = None) -> None:
+                 device_path: str | Path | None = None, create_device: bool = True) -> None:
         cfg = config if config is not None else SimConfig()
         if device_path is not None and isinstance(clock, VirtualClock):
             raise ValueError("a machine-wide simulated device runs on the machine's monotonic "
@@ -210,7 +210,7 @@ class SimNvml:
             params = {k: v for k, v in dataclasses.asdict(cfg).items() if k in DEVICE_PARAMS}
             self.device = DeviceFile.open(
                 device_path, params=params, replicas=[d.physics for d in devices], t0_s=t0,
-                wall_offset_s=self._wall_offset_s)
+                wall_offset_s=self._wall_offset_s, create=create_device)
             self._wall_offset_s = self.device.info.wall_offset_s
             devices = [_SharedDevice(d.physics, d.name, d.uuid, self.device, i)
                        for i, d in enumerate(devices)]
@@ -220,13 +220,28 @@ class SimNvml:
     def from_config(cls, config: SimConfig, clock: Clock, *,
                     device_path: str | Path | None = None) -> SimNvml:
         """Build from configuration, with ``config.faults`` injected; on the machine-wide
-        device at ``device_path`` when given (see :func:`gridtao.gpu.sim.device_path`). Raises
-        ``ConfigError`` for an unusable trace, ``SimDeviceError`` for an unusable device."""
+        device at ``device_path`` when given (see :func:`gridtao.config.paths.sim_device_path`).
+        Raises ``ConfigError`` for an unusable trace, ``SimDeviceError`` for an unusable
+        device."""
         sim = cls(clock, config, device_path=device_path)
         for fault in config.faults:
             for index in range(sim.count) if fault.gpu is None else (fault.gpu,):
                 sim.inject_fault(index, fault.kind, delay_s=fault.delay_s, calls=fault.calls)
         return sim
+
+    @classmethod
+    def open_existing(cls, device_path: str | Path, clock: Clock) -> SimNvml | None:
+        """The machine-wide device at ``device_path`` with the settings it was created with
+        (as ``nvidia-smi`` finds the GPUs without a configuration); None when there is none.
+        Never creates one. Raises ``SimDeviceError`` for an unusable device."""
+        info = DeviceFile.peek(device_path)
+        if info is None:
+            return None
+        try:
+            return cls(clock, SimConfig(**info.params), device_path=device_path,
+                       create_device=False)
+        except DeviceMissing:  # destroyed since the peek
+            return None
 
     @staticmethod
     def _load_trace(cfg: SimConfig) -> Trace:

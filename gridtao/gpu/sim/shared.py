@@ -53,6 +53,7 @@ __all__ = [
     "DeviceGone",
     "DeviceInfo",
     "DeviceMismatch",
+    "DeviceMissing",
     "SimDeviceError",
 ]
 
@@ -97,6 +98,10 @@ class DeviceMismatch(SimDeviceError):
         self.key = key
         self.device_value = device_value
         self.config_value = config_value
+
+
+class DeviceMissing(SimDeviceError):
+    """There is no device at the path, and the caller asked not to create one."""
 
 
 class DeviceGone(SimDeviceError):
@@ -169,11 +174,13 @@ class DeviceFile:
 
     @classmethod
     def open(cls, path: str | Path, *, params: Mapping[str, Any],
-             replicas: Sequence[GpuPhysics], t0_s: float, wall_offset_s: float) -> DeviceFile:
+             replicas: Sequence[GpuPhysics], t0_s: float, wall_offset_s: float,
+             create: bool = True) -> DeviceFile:
         """Open the device at ``path``, creating it (folder included) from ``replicas`` (the
         freshly built GPUs, in their start state) when there is none, or only a stale one (from
         another boot, or destroyed). Raises :class:`DeviceMismatch` when the device has other
-        ``params``, :class:`SimDeviceError` when it cannot be used."""
+        ``params``, :class:`SimDeviceError` when it cannot be used; with ``create`` False,
+        :class:`DeviceMissing` instead of creating one (a reader never makes GPUs appear)."""
         if _OFD_SETLKW is None:
             raise SimDeviceError("machine-wide simulated GPUs need Linux (open file description "
                                  "locks); set gpus.sim.device: null for in-process ones")
@@ -181,10 +188,12 @@ class DeviceFile:
         window_len = replicas[0].window_len
         record_size = _record_size(window_len)
         size = HEADER_SIZE + record_size * len(replicas)
-        fd = _open_linked(path)
+        fd = _open_linked(path, create=create)
         try:
             try:
                 info = _read_info(fd, path)
+                if info is None and not create:
+                    raise DeviceMissing(f"no simulated device at {path}")
                 if info is None:
                     info = _create(fd, path, params, replicas, t0_s, wall_offset_s,
                                    size, record_size, window_len)
@@ -354,15 +363,18 @@ def _check_folder(folder: Path) -> None:
                              "may write to it: set RUNTIME_DIRECTORY to a folder of your own")
 
 
-def _open_linked(path: Path) -> int:
-    """``path`` opened (created if missing) with the header locked, and still linked: a device
-    destroyed between the open and the lock is opened again, so no process is left driving
-    GPUs that nobody else can see."""
+def _open_linked(path: Path, *, create: bool) -> int:
+    """``path`` opened (created if missing, with ``create``) with the header locked, and still
+    linked: a device destroyed between the open and the lock is opened again, so no process is
+    left driving GPUs that nobody else can see."""
+    flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
     for _ in range(100):
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             _check_folder(path.parent)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            raise DeviceMissing(f"no simulated device at {path}") from None
         except OSError as e:
             raise SimDeviceError(f"simulated device {path}: cannot open: {e.strerror or e}") \
                 from None

@@ -37,12 +37,12 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gridtao.clock import Clock, MonotonicClock
-from gridtao.config.agent import ConfigError, SimConfig
+from gridtao.config.agent import ConfigError
 from gridtao.errors import GridtaoError
 from gridtao.gpu.backend import GpuError
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
-from gridtao.gpu.sim.shared import DeviceFile, SimDeviceError
+from gridtao.gpu.sim.shared import SimDeviceError
 from gridtao.gpu.sim.throughput import PROMPT_TOKENS_PER_GENERATED, WorkCounter, model_for
 
 __all__ = ["KINDS", "SAMPLE_PERIOD_S", "SimWork", "WorkCollector", "WorkServerError",
@@ -76,16 +76,15 @@ class SimWork:
         self.period_s = period_s
         self.model_name = model_name
         try:
-            info = DeviceFile.peek(self.path)
-            if info is None:
+            sim = SimNvml.open_existing(self.path, self.clock)
+            if sim is None:
                 raise WorkServerError(f"no simulated device at {self.path} (it is created by "
                                       "`gridtao sim create` or by the agent's first start)")
-            self.sim = SimNvml.from_config(SimConfig(**info.params), self.clock,
-                                           device_path=self.path)
+            self.sim = sim
         except (ConfigError, SimDeviceError, OSError, TypeError) as e:
             raise WorkServerError(f"simulated device {self.path}: {e}") from None
         try:
-            self.workload = str(info.params.get("workload", ""))
+            self.workload = sim.config.workload
             self.model = model_for(self.workload)
             count = self.sim.count
             chosen = tuple(range(count)) if gpus is None else tuple(gpus)
