@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from agentproc import agent_processes, spawn_agent, status_wait, write_agent_config
 from broker import MosquittoBroker, Subscriber, publish
 from nodes import SET, Node, merge, running, steady_sim
 from waiting import wait_until
@@ -365,78 +366,37 @@ def test_a_clean_stop_in_the_trail_means_later_caps_are_not_the_agents(
 # ---------------------------------------------------------------- agent SIGKILL, real process
 
 
-def _write_config(tmp: Path, broker: MosquittoBroker, node: str) -> Path:
-    cfg = {
-        "gpus": {"backend": "sim", "sim": {"count": N}},
-        "mqtt": {"port": broker.port, "node_id": node, "prefix": f"gridtao/proc-{node}",
-                 "status_period_s": 0.1, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
-        "metrics": {"enabled": False},
-        "audit": {"enabled": True, "path": str(tmp / "audit.jsonl")},
-        "journal": {"enabled": True, "path": str(tmp / "journal.json"), "heartbeat_s": 0.2},
-    }
-    path = tmp / f"{node}.yaml"
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return path
-
-
-def _spawn(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gridtao", "--config", str(cfg), "--log-level", "info", "run"],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-        )
-
-
-def _status_wait(sub: Subscriber, pred: Callable[[dict[str, Any]], bool], what: str,
-                 start: int = 0) -> dict[str, Any]:
-    deadline = time.monotonic() + 40.0  # a cold interpreter start on a loaded machine
-    while time.monotonic() < deadline:
-        for m in list(sub.messages)[start:]:
-            p: dict[str, Any] = json.loads(m.payload)
-            if pred(p):
-                return p
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_agent_process_sigkilled_mid_event_recovers_from_its_journal(
     mqtt_broker: MosquittoBroker, tmp_path: Path
 ) -> None:
     node = "sigkill"
-    cfg = _write_config(tmp_path, mqtt_broker, node)
+    cfg = write_agent_config(tmp_path, mqtt_broker, node, prefix=f"gridtao/proc-{node}", gpus=N)
     log = tmp_path / "agent.log"
     prefix = f"gridtao/proc-{node}"
     cap_w = 1200
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        with Subscriber(mqtt_broker.host, mqtt_broker.port,
-                        f"{prefix}/nodes/{node}/status") as status:
-            procs.append(_spawn(cfg, log))
-            _status_wait(status, lambda p: p.get("online") is True, "the first run online")
-            publish(mqtt_broker.host, mqtt_broker.port, f"{prefix}/dispatch", json.dumps(
-                {"id": "p1", "kind": "cap", "node_w": cap_w, "duration_s": 600}).encode())
-            _status_wait(status, lambda p: p.get("event") == "p1"
-                         and sum(g["limit_w"] for g in p["gpus"]) <= cap_w + 0.01, "the cap")
-            time.sleep(0.5)  # more than a journal heartbeat
-            mark = len(status.messages)
-            os.kill(procs[0].pid, signal.SIGKILL)
-            procs[0].wait(10)
-            _status_wait(status, lambda p: p.get("online") is False, "the last will", mark)
-            assert (tmp_path / "journal.json").exists()
-            # The GPUs are still capped (tests/test_machine_gpus.py looks at them from
-            # outside); the restarted process holds the journaled event again.
-            mark = len(status.messages)
-            procs.append(_spawn(cfg, log))
-            _status_wait(status, lambda p: p.get("online") is True and p.get("event") == "p1"
-                         and sum(g["limit_w"] for g in p["gpus"]) <= cap_w + 0.01,
-                         "the restarted run holding p1 again", mark)
-            os.kill(procs[1].pid, signal.SIGTERM)
-            assert procs[1].wait(30) == 0
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait(10)
+    with Subscriber(mqtt_broker.host, mqtt_broker.port,
+                    f"{prefix}/nodes/{node}/status") as status, agent_processes() as procs:
+        procs.append(spawn_agent(cfg, log))
+        status_wait(status, lambda p: p.get("online") is True, "the first run online")
+        publish(mqtt_broker.host, mqtt_broker.port, f"{prefix}/dispatch", json.dumps(
+            {"id": "p1", "kind": "cap", "node_w": cap_w, "duration_s": 600}).encode())
+        status_wait(status, lambda p: p.get("event") == "p1"
+                    and sum(g["limit_w"] for g in p["gpus"]) <= cap_w + 0.01, "the cap")
+        time.sleep(0.5)  # more than a journal heartbeat
+        mark = len(status.messages)
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].wait(10)
+        status_wait(status, lambda p: p.get("online") is False, "the last will", mark)
+        assert (tmp_path / "journal.json").exists()
+        # The GPUs are still capped (tests/test_machine_gpus.py looks at them from
+        # outside); the restarted process holds the journaled event again.
+        mark = len(status.messages)
+        procs.append(spawn_agent(cfg, log))
+        status_wait(status, lambda p: p.get("online") is True and p.get("event") == "p1"
+                    and sum(g["limit_w"] for g in p["gpus"]) <= cap_w + 0.01,
+                    "the restarted run holding p1 again", mark)
+        os.kill(procs[1].pid, signal.SIGTERM)
+        assert procs[1].wait(30) == 0
     text = log.read_text(errors="replace")
     assert "did not stop cleanly" in text and "held events again" in text, text
     assert "Traceback" not in text, text

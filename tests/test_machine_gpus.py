@@ -13,12 +13,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
+from agentproc import REPO, WAIT_S, agent_processes, spawn_agent, status_wait, write_agent_config
 from broker import MosquittoBroker, Subscriber, publish
 from waiting import wait_until
 
@@ -29,8 +27,6 @@ from gridtao.gpu import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
 from gridtao.records.audit_verify import read_records
 
-REPO = Path(__file__).resolve().parent.parent
-WAIT_S = 40.0  # a cold interpreter start on a loaded 2-core machine
 N = 4
 W = 1000
 DEFAULT_MW = 700 * W
@@ -38,36 +34,7 @@ CAP_W = 1200  # well under what 4 training H100s draw
 
 
 def _config(tmp: Path, broker: MosquittoBroker, node: str, **extra: Any) -> Path:
-    cfg: dict[str, Any] = {
-        "gpus": {"backend": "sim", "sim": {"count": N}},
-        "mqtt": {"port": broker.port, "node_id": node, "prefix": f"gridtao/mg-{node}",
-                 "status_period_s": 0.1, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
-        "metrics": {"enabled": False},
-        "audit": {"enabled": True, "path": str(tmp / "audit.jsonl")},
-        "journal": {"enabled": True, "path": str(tmp / "journal.json"), "heartbeat_s": 0.2},
-    } | extra
-    path = tmp / f"{node}.yaml"
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return path
-
-
-def _spawn(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gridtao", "--config", str(cfg), "--log-level", "info", "run"],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-
-
-@contextmanager
-def _processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        yield procs
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait(10)
+    return write_agent_config(tmp, broker, node, prefix=f"gridtao/mg-{node}", gpus=N, **extra)
 
 
 def _gpus() -> NvmlBackend:
@@ -78,18 +45,6 @@ def _gpus() -> NvmlBackend:
 
 def _limits(gpus: NvmlBackend) -> list[int]:
     return [gpus.enforced_limit_mw(i) for i in range(N)]
-
-
-def _status_wait(sub: Subscriber, pred: Callable[[dict[str, Any]], bool], what: str,
-                 start: int = 0) -> dict[str, Any]:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        for m in list(sub.messages)[start:]:
-            p: dict[str, Any] = json.loads(m.payload)
-            if pred(p):
-                return p
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _dispatch(broker: MosquittoBroker, node: str, body: dict[str, object]) -> None:
@@ -103,12 +58,12 @@ def test_a_sigkilled_agent_leaves_the_gpus_capped_and_its_restart_holds_then_res
     cfg = _config(tmp_path, mqtt_broker, node)
     log = tmp_path / "agent.log"
     with Subscriber(mqtt_broker.host, mqtt_broker.port,
-                    f"gridtao/mg-{node}/nodes/{node}/status") as status, _processes() as procs:
-        procs.append(_spawn(cfg, log))
-        _status_wait(status, lambda p: p.get("online") is True, "the first run online")
+                    f"gridtao/mg-{node}/nodes/{node}/status") as status, agent_processes() as procs:
+        procs.append(spawn_agent(cfg, log))
+        status_wait(status, lambda p: p.get("online") is True, "the first run online")
         _dispatch(mqtt_broker, node, {"id": "k1", "kind": "cap", "node_w": CAP_W,
                                       "duration_s": 600})
-        _status_wait(status, lambda p: p.get("event") == "k1", "the cap")
+        status_wait(status, lambda p: p.get("event") == "k1", "the cap")
         gpus = _gpus()
         wait_until(lambda: sum(_limits(gpus)) <= CAP_W * W, "the cap on the GPUs",
                    timeout_s=WAIT_S)
@@ -120,9 +75,9 @@ def test_a_sigkilled_agent_leaves_the_gpus_capped_and_its_restart_holds_then_res
         assert sum(_limits(gpus)) <= CAP_W * W
         assert sum(gpus.average_power_mw(i) for i in range(N)) <= (CAP_W + 20) * W
         mark = len(status.messages)
-        procs.append(_spawn(cfg, log))
-        _status_wait(status, lambda p: p.get("online") is True and p.get("event") == "k1",
-                     "the restarted run holding k1 again", mark)
+        procs.append(spawn_agent(cfg, log))
+        status_wait(status, lambda p: p.get("online") is True and p.get("event") == "k1",
+                    "the restarted run holding k1 again", mark)
         assert sum(_limits(gpus)) <= CAP_W * W
         os.kill(procs[1].pid, signal.SIGTERM)
         assert procs[1].wait(WAIT_S) == 0
@@ -141,9 +96,9 @@ def test_a_restart_after_the_crash_bound_releases_the_gpus_at_once(
                            "heartbeat_s": 0.2, "max_capped_after_crash_s": bound_s})
     log = tmp_path / "agent.log"
     with Subscriber(mqtt_broker.host, mqtt_broker.port,
-                    f"gridtao/mg-{node}/nodes/{node}/status") as status, _processes() as procs:
-        procs.append(_spawn(cfg, log))
-        _status_wait(status, lambda p: p.get("online") is True, "the first run online")
+                    f"gridtao/mg-{node}/nodes/{node}/status") as status, agent_processes() as procs:
+        procs.append(spawn_agent(cfg, log))
+        status_wait(status, lambda p: p.get("online") is True, "the first run online")
         _dispatch(mqtt_broker, node, {"id": "b1", "kind": "cap", "node_w": CAP_W,
                                       "duration_s": 600})
         gpus = _gpus()
@@ -153,12 +108,12 @@ def test_a_restart_after_the_crash_bound_releases_the_gpus_at_once(
         procs[0].wait(10)
         time.sleep(bound_s + 0.5)
         assert sum(_limits(gpus)) <= CAP_W * W  # nobody released them meanwhile
-        procs.append(_spawn(cfg, log))
+        procs.append(spawn_agent(cfg, log))
         wait_until(lambda: _limits(gpus) == [DEFAULT_MW] * N,
                    "the restarted run restoring the limits", timeout_s=WAIT_S)
         mark = len(status.messages)
-        _status_wait(status, lambda p: p.get("online") is True and p.get("event") is None,
-                     "no event held", mark)
+        status_wait(status, lambda p: p.get("online") is True and p.get("event") is None,
+                    "no event held", mark)
         os.kill(procs[1].pid, signal.SIGTERM)
         assert procs[1].wait(WAIT_S) == 0
     kinds = [r["kind"] for r in read_records([tmp_path / "audit.jsonl"])]
@@ -173,19 +128,19 @@ def test_an_operators_limit_is_adopted_not_fought_nor_undone(
     log = tmp_path / "agent.log"
     operator_mw = 500 * W
     with Subscriber(mqtt_broker.host, mqtt_broker.port,
-                    f"gridtao/mg-{node}/nodes/{node}/status") as status, _processes() as procs:
-        procs.append(_spawn(cfg, log))
-        _status_wait(status, lambda p: p.get("online") is True, "the agent online")
+                    f"gridtao/mg-{node}/nodes/{node}/status") as status, agent_processes() as procs:
+        procs.append(spawn_agent(cfg, log))
+        status_wait(status, lambda p: p.get("online") is True, "the agent online")
         gpus = _gpus()
         gpus.set_limit_mw(0, operator_mw)  # nvidia-smi -i 0 -pl 500, in another shell
-        _status_wait(status, lambda p: p.get("online") is True
-                     and p["gpus"][0]["limit_w"] == 500.0, "the agent seeing the new limit")
+        status_wait(status, lambda p: p.get("online") is True
+                    and p["gpus"][0]["limit_w"] == 500.0, "the agent seeing the new limit")
         time.sleep(1.5)  # several read-back rounds: the agent writes nothing back
         assert gpus.enforced_limit_mw(0) == operator_mw
         # An event caps under it; its release goes back to the operator's limit, not higher.
         _dispatch(mqtt_broker, node, {"id": "o1", "kind": "shed", "fraction": 0.3,
                                       "duration_s": 600})
-        _status_wait(status, lambda p: p.get("event") == "o1", "the shed")
+        status_wait(status, lambda p: p.get("event") == "o1", "the shed")
         assert gpus.enforced_limit_mw(0) <= operator_mw
         _dispatch(mqtt_broker, node, {"id": "o1-end", "kind": "release", "ref": "o1"})
         wait_until(lambda: _limits(gpus) == [operator_mw] + [DEFAULT_MW] * (N - 1),
@@ -207,13 +162,13 @@ def test_gridtao_gpus_in_another_shell_agrees_with_the_agent(
     cfg = _config(tmp_path, mqtt_broker, node)
     log = tmp_path / "agent.log"
     with Subscriber(mqtt_broker.host, mqtt_broker.port,
-                    f"gridtao/mg-{node}/nodes/{node}/status") as status, _processes() as procs:
-        procs.append(_spawn(cfg, log))
-        _status_wait(status, lambda p: p.get("online") is True, "the agent online")
+                    f"gridtao/mg-{node}/nodes/{node}/status") as status, agent_processes() as procs:
+        procs.append(spawn_agent(cfg, log))
+        status_wait(status, lambda p: p.get("online") is True, "the agent online")
         _dispatch(mqtt_broker, node, {"id": "l1", "kind": "cap", "node_w": CAP_W,
                                       "duration_s": 600})
-        _status_wait(status, lambda p: p.get("event") == "l1"
-                     and sum(g["limit_w"] for g in p["gpus"]) <= CAP_W, "the cap")
+        status_wait(status, lambda p: p.get("event") == "l1"
+                    and sum(g["limit_w"] for g in p["gpus"]) <= CAP_W, "the cap")
         time.sleep(1.0)  # tier 1 settles; read-backs every ~0.5 s
         mark = len(status.messages)
         shown = subprocess.run([sys.executable, "-m", "gridtao", "--config", str(cfg), "gpus",
@@ -221,7 +176,7 @@ def test_gridtao_gpus_in_another_shell_agrees_with_the_agent(
                                timeout=60, check=False)
         assert shown.returncode == 0, shown.stderr
         rows = json.loads(shown.stdout)
-        reported = _status_wait(status, lambda p: p.get("online") is True, "a fresh status",
+        reported = status_wait(status, lambda p: p.get("online") is True, "a fresh status",
                                 mark)
         # Limits: what the GPUs enforce, seen alike from both sides (tier 1 may have moved a
         # limit by a few watts between the two looks).
