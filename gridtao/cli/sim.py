@@ -164,6 +164,7 @@ def _status(path: Path) -> dict[str, Any] | None:
     """Open the device with its own settings and read every GPU (advancing it to now); None
     when there is no device (none is created)."""
     from gridtao.clock import MonotonicClock
+    from gridtao.gpu.nvml import NvmlBackend
     from gridtao.gpu.sim.nvml import SimNvml
 
     sim = SimNvml.open_existing(path, MonotonicClock())
@@ -174,16 +175,18 @@ def _status(path: Path) -> dict[str, Any] | None:
     try:
         info = device.info
         gpus = []
+        backend = NvmlBackend(sim)  # the readings any process gets, through the NVML path
         for i in range(sim.count):
-            sim.true_power_mw(i)  # advance to now, so the record is current
+            limit_w = backend.enforced_limit_mw(i) / 1000
+            power_w = backend.instant_power_mw(i) / 1000
+            energy_j = backend.energy_mj(i) / 1000
             device.lock(i)
             try:
-                record = device.read(i)
+                record = device.read(i)  # who set the limit: the device's own bookkeeping
             finally:
                 device.unlock(i)
-            limit_w, energy_j, sample_w = record.scalars[1], record.scalars[3], record.scalars[11]
             gpus.append({
-                "index": i, "limit_w": round(limit_w, 3), "power_w": round(sample_w, 1),
+                "index": i, "limit_w": round(limit_w, 3), "power_w": round(power_w, 1),
                 "energy_j": round(energy_j, 3),
                 "limit_set_by_pid": record.limit_pid or None,
                 "limit_set_at": record.limit_set_wall or None,
