@@ -1,0 +1,1 @@
+"""The OpenADR bridge: the facility's VEN (docs/openadr.md)."""

@@ -1,0 +1,1 @@
+"""The site coordinator: the layer above the nodes (docs/site.md)."""
