@@ -279,7 +279,8 @@ class Agent:
         # The largest payload accepted, plus room for the topic and the headers.
         max_packet = m.max_payload_bytes + PACKET_OVERHEAD_BYTES
         self.lane = IslandLane(
-            link("island", subscriptions=[(self.topics.dispatch, 1)],
+            link("island", subscriptions=[(self.topics.dispatch, 1),
+                                          (self.topics.node_dispatch, 1)],
                  max_packet_bytes=max_packet),
             self.intake,
             # Frequency on a connection of its own: no dispatch backlog can sit in front of it.

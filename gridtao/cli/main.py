@@ -66,6 +66,12 @@ def _sim_cli() -> Any:
     return cli_sim
 
 
+def _site_cli() -> Any:
+    from gridtao.cli import site as cli_site
+
+    return cli_site
+
+
 def _broker_cli() -> Any:
     from gridtao.cli import broker as cli_broker
 
@@ -126,6 +132,10 @@ COMMANDS: dict[str, Command] = {
                    "them), destroy (like a driver reload)",
                    lambda p: _sim_cli().configure_sim(p),
                    lambda a, c: _sim_cli().run_sim(a, c)),
+    "site": Command("run the site coordinator: the nodes' view, site acks, site caps split "
+                    "into signed node dispatches, the meter's feedback (docs/site.md)",
+                    lambda p: _site_cli().configure_site(p),
+                    lambda a, c: _site_cli().run_site_command(a, c)),
     "check-broker": Command("connect to the broker once with the configured TLS and "
                             "credentials; exit 0 if accepted, 2 with the reason if not",
                             lambda p: _broker_cli().configure_check_broker(p),

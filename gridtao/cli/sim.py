@@ -57,6 +57,24 @@ def configure_sim(p: argparse.ArgumentParser) -> None:
                     "vllm:prompt_tokens_total) or, for training, "
                     "gridtao_sim_training_samples_total, until SIGINT/SIGTERM. Never sets a "
                     "limit."))
+    meter = sub.add_parser(
+        "meter", help="publish a simulated site meter for machine-wide simulated devices",
+        description="Publish {prefix}/meter readings ({\"t\", \"w\"}): the true power of the "
+                    "named devices' GPUs through a facility of its own (losses, cooling with "
+                    "its lag, a fixed load), until SIGINT/SIGTERM. The site coordinator's "
+                    "meter feedback reads them.")
+    meter.add_argument("--devices", metavar="NAME,NAME,...", required=True,
+                       help="the simulated devices behind the meter (gpus.sim.device names)")
+    meter.add_argument("--losses", type=float, default=0.03, metavar="F",
+                       help="distribution losses as a share of IT power (default 0.03)")
+    meter.add_argument("--cop", type=float, default=4.5,
+                       help="cooling's coefficient of performance (default 4.5)")
+    meter.add_argument("--cooling-tau", type=float, default=120.0, metavar="S",
+                       help="cooling's lag behind IT heat, s (default 120)")
+    meter.add_argument("--fixed", type=float, default=0.0, metavar="W",
+                       help="the site's constant load, W (default 0)")
+    meter.add_argument("--period", type=float, default=0.5, metavar="S",
+                       help="seconds between readings (default 0.5)")
 
 
 def _configure_serve_work(p: argparse.ArgumentParser) -> None:
@@ -87,6 +105,8 @@ def run_sim(args: argparse.Namespace, config: Config) -> int:
     from gridtao.config.paths import sim_device_path
     from gridtao.gpu.sim.shared import DeviceFile, SimDeviceError
 
+    if args.sim_command == "meter":
+        return _meter(args, config)
     name = args.device if args.device is not None else config.gpus.sim.device
     if name is None:
         return _fail("gpus.sim.device is null (in-process GPUs): there is no machine-wide "
@@ -122,6 +142,41 @@ def run_sim(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(format_status(report))
+    return EXIT_OK
+
+
+def _meter(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+    import signal
+
+    from gridtao.clock import MonotonicClock
+    from gridtao.config.paths import sim_device_path
+    from gridtao.control.tier2.facility import FacilityModel
+    from gridtao.site.metersim import SimulatedMeter, open_devices, run_meter
+    from gridtao.transport.mqtt import new_event_loop
+
+    names = [n for n in args.devices.split(",") if n]
+    for name in names:
+        problem = sim_device_problem(name)
+        if problem is not None:
+            return _fail(f"--devices: {problem}")
+    if not 0 < args.period <= 3600:
+        return _fail(f"--period must be in (0, 3600] s, got {args.period:g}")
+    try:
+        model = FacilityModel(args.losses, args.cop, args.cooling_tau, args.fixed)
+    except ValueError as e:
+        return _fail(f"--losses/--cop/--cooling-tau/--fixed: {e}")
+    clock = MonotonicClock()
+    meter = SimulatedMeter(open_devices([sim_device_path(n) for n in names], clock), model,
+                           clock)
+    loop = new_event_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        loop.run_until_complete(run_meter(config, meter, period_s=args.period, stop=stop))
+    finally:
+        loop.close()
     return EXIT_OK
 
 

@@ -29,6 +29,8 @@ from gridtao.config.planner import HistoryConfig as HistoryConfig
 from gridtao.config.planner import PlannerConfig as PlannerConfig
 from gridtao.config.schema import ConfigError as ConfigError
 from gridtao.config.schema import build, fail, rng
+from gridtao.config.site import SiteConfig as SiteConfig
+from gridtao.config.site import check_site
 from gridtao.config.work import CpuPowerConfig as CpuPowerConfig
 from gridtao.config.work import WorkConfig as WorkConfig
 from gridtao.config.work import WorkSource as WorkSource
@@ -321,6 +323,7 @@ class Config:
     history: HistoryConfig = field(default_factory=HistoryConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     work: WorkConfig = field(default_factory=WorkConfig)
+    site: SiteConfig = field(default_factory=SiteConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
 
@@ -423,6 +426,7 @@ def _check_consistency(cfg: Config, source: str) -> None:
     _check_transport(cfg.mqtt, source)
     _check_products(cfg, source)
     check_work(cfg.work, source)
+    check_site(cfg.site, source)
 
 
 def sim_device_problem(name: str) -> str | None:

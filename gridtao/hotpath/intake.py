@@ -124,7 +124,7 @@ class Intake:
         self._v_proven = False
         if topic == self._topics.frequency:
             handle, name = self._on_frequency, "frequency"
-        elif topic == self._topics.dispatch:
+        elif topic == self._topics.dispatch or topic == self._topics.node_dispatch:
             handle, name = self._on_dispatch, "dispatch"
         else:
             return []

@@ -52,7 +52,7 @@ async def probe_broker(config: Config, *, node_id: str, timeout_s: float = 10.0
     tls = ssl_context(m, source=config.source)
     topics = wire.Topics(m.prefix, node_id)
     client, tap = _one_off_client(config, "check", tls=tls, timeout_s=timeout_s)
-    subscriptions = [(topics.dispatch, 1), (topics.frequency, 0)]
+    subscriptions = [(topics.dispatch, 1), (topics.node_dispatch, 1), (topics.frequency, 0)]
     try:
         async with connected(client, tap):
             codes = await client.subscribe(subscriptions)
@@ -67,7 +67,8 @@ async def probe_broker(config: Config, *, node_id: str, timeout_s: float = 10.0
     how = " over TLS" if tls is not None else " (no TLS)"
     who = f" as {m.username!r}" if m.username else ""
     return True, (f"broker {m.host}:{m.port} accepted the connection{how}{who} and the "
-                  f"subscriptions to {topics.dispatch} and {topics.frequency}")
+                  f"subscriptions to {topics.dispatch}, {topics.node_dispatch} and "
+                  f"{topics.frequency}")
 
 
 #: How long to wait after the subscription is granted for a retained message to arrive (the

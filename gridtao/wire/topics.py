@@ -1,9 +1,10 @@
 """MQTT topic names of wire contract v1 for one node. Nothing else.
 
 Every topic lives under ``prefix`` (config ``mqtt.prefix``, e.g. ``gridtao/demo``): the shared
-``{prefix}/frequency`` and ``{prefix}/dispatch`` inputs, and this node's outputs under
-``{prefix}/nodes/{node}/``. Names are checked once, at construction, so a topic built here is
-never a wildcard filter and never has an empty level.
+``{prefix}/frequency`` and ``{prefix}/dispatch`` inputs, and this node's topics under
+``{prefix}/nodes/{node}/`` (its outputs, its award and its own dispatch inbox). Names are
+checked once, at construction, so a topic built here is never a wildcard filter and never has
+an empty level.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ class Topics:
     @property
     def dispatch(self) -> str:
         return f"{self.prefix}/dispatch"
+
+    @property
+    def node_dispatch(self) -> str:
+        """This node's own dispatch inbox: the site coordinator's share of a site event for this
+        node (same payloads, guard and acks as ``dispatch``)."""
+        return f"{self.prefix}/nodes/{self.node}/dispatch"
 
     @property
     def ack(self) -> str:

@@ -1,0 +1,86 @@
+"""The ``site:`` section: the site coordinator (``gridtao site``, docs/site.md).
+
+The coordinator reads the same configuration file format as the agent: ``mqtt`` (its broker
+connection; ``mqtt.prefix`` is the site's prefix), ``auth`` (the keys that may sign a site
+dispatch, checked as the agent checks a dispatch), ``metrics`` (its Prometheus endpoint) and
+``facility`` (the site's model between the nodes' IT power and the settlement meter). This module
+holds what only the coordinator has. Times in seconds, power in watts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gridtao.config.schema import fail, rng
+
+__all__ = ["MeterConfig", "SiteConfig", "SiteSigningConfig", "check_site"]
+
+
+@dataclass(frozen=True)
+class SiteSigningConfig:
+    """The key the coordinator signs its per-node dispatches and awards with, as the aggregator
+    would (the nodes' ``auth.keys`` must list its public key or secret under ``kid``). ``file``:
+    an Ed25519 private key (PEM or raw base64) or an HMAC secret (base64); a relative path is
+    taken from the config file's folder. ``mode: none`` sends unsigned dispatches, accepted
+    only by nodes with ``auth.mode: none``."""
+
+    mode: Literal["none", "hmac", "ed25519"] = "none"
+    kid: str | None = None
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class MeterConfig:
+    """The site's settlement meter, read from ``{prefix}/meter`` (``{"t", "w"}``, a meter
+    gateway's readings). ``feedback``: correct the IT budget of a meter-level event by the
+    ratio of metered to modelled power (the facility model's error), estimated with an
+    exponential average of time constant ``tau_s``; off, the budget is the model's alone.
+    ``stale_s``: a reading older than this is not used (the model alone then)."""
+
+    feedback: bool = True
+    tau_s: float = field(default=4.0, metadata=rng(0.0, 3600))
+    stale_s: float = field(default=10.0, metadata=rng(0.1, 3600))
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """The site coordinator.
+
+    ``id``: the site's name in its status and acks. ``nodes``: node ids the site expects (a
+    node listed here and not online is reported missing; nodes not listed are taken in as
+    they appear). ``ack_deadline_s``: how long after an event the site ack waits for nodes
+    that have not answered. ``node_stale_s``: a node whose retained status is older than this
+    counts as offline. ``rebalance_s``: how often the split of a site event is checked against
+    the nodes' draw, online state and faults; a node's share moves only by more than
+    ``rebalance_min_w``. ``margin_fraction``: each node's cap is kept this share of its
+    headroom above its floor, so a node is never asked for a cap its guard refuses.
+    """
+
+    id: str = "site"
+    nodes: tuple[str, ...] = ()
+    ack_deadline_s: float = field(default=2.0, metadata=rng(0.05, 3600))
+    node_stale_s: float = field(default=5.0, metadata=rng(0.1, 3600))
+    rebalance_s: float = field(default=2.0, metadata=rng(1.0, 3600))
+    rebalance_min_w: float = field(default=50.0, metadata=rng(0.0, 10_000_000))
+    margin_fraction: float = field(default=0.02, metadata=rng(0.0, 0.5))
+    status_period_s: float = field(default=1.0, metadata=rng(0.05, 3600))
+    max_event_s: float = field(default=86_400.0, metadata=rng(1.0, 7 * 86_400))
+    signing: SiteSigningConfig = field(default_factory=SiteSigningConfig)
+    meter: MeterConfig = field(default_factory=MeterConfig)
+
+
+def check_site(site: SiteConfig, source: str) -> None:
+    """Rules that span several ``site`` keys (raises ConfigError naming the key)."""
+    signing = site.signing
+    if signing.mode != "none":
+        if not signing.kid:
+            fail(source, "site.signing.kid", f"is required with site.signing.mode {signing.mode}")
+        if not signing.file:
+            fail(source, "site.signing.file",
+                 f"is required with site.signing.mode {signing.mode}")
+    if len(set(site.nodes)) != len(site.nodes):
+        fail(source, "site.nodes", "lists a node twice")
+    for i, node in enumerate(site.nodes):
+        if not node or any(ch in node for ch in "+#/\x00"):
+            fail(source, f"site.nodes[{i}]", f"{node!r} is not a node id (one MQTT topic level)")

@@ -1,0 +1,444 @@
+"""The site coordinator: one per site, the layer above the nodes (docs/site.md).
+
+It reads what every node publishes (status, tier 2 state, plans, acks), the site meter and the
+aggregator's site dispatches, and answers with per-node ``cap`` orders (signed as the aggregator
+signs), site acks and the site's retained status. It is never on a node's safety path: a node
+keeps its events, bounds and frequency products whether or not a coordinator runs, and a
+restarted coordinator takes its events back from its retained ``{prefix}/site/events`` and the
+nodes' retained topics without sending anything a node has not already got.
+
+Threads: everything here runs on the coordinator's event loop; :meth:`SiteCoordinator.snapshot`
+is swapped whole for the metrics collector, which reads it from the scrape thread.
+Times in Unix seconds (``clock.wall()``), power in W.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Literal
+
+from gridtao.clock import Clock
+from gridtao.config.agent import Config
+from gridtao.control.tier2.facility import FacilityModel
+from gridtao.security.auth import AuthRejected, Verifier, check_fresh
+from gridtao.site.events import NodeOrder, SiteEvent
+from gridtao.site.meter import MeterFeedback
+from gridtao.site.split import NodeShare, split_budget
+from gridtao.site.view import SiteView
+from gridtao.wire.messages import MessageRejected, ReleaseDispatch
+from gridtao.wire.site import (
+    AnySiteDispatch,
+    SiteCapDispatch,
+    SiteShedDispatch,
+    SiteTopics,
+    parse_meter,
+    parse_site_dispatch,
+    site_payload,
+)
+
+__all__ = ["ACK_DELAY_BUCKETS_S", "Publish", "SiteCoordinator"]
+
+log = logging.getLogger("gridtao.site")
+
+#: ``publish(topic, payload, qos, retain)``: hands a message to the broker connection.
+Publish = Callable[[str, bytes, int, bool], None]
+#: Signs a node dispatch as the aggregator would (identity when the site signs nothing).
+Sign = Callable[[dict[str, Any]], bytes]
+
+MAX_PAYLOAD_BYTES: Final = 65_536
+#: Upper bounds (s) of the site ack delay histogram's buckets.
+ACK_DELAY_BUCKETS_S: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+#: A node's cap is sent for whole seconds of what is left of the event, never less than this.
+MIN_ORDER_S: Final = 1.0
+
+
+class SiteCoordinator:
+    """See the module docstring. Feed it with :meth:`on_message` and call :meth:`tick`
+    periodically (every 0.1 s or so); it publishes through ``publish``."""
+
+    def __init__(self, config: Config, *, clock: Clock, publish: Publish, sign: Sign,
+                 verifier: Verifier | None) -> None:
+        self.cfg = config.site
+        self.auth = config.auth
+        self.topics = SiteTopics(config.mqtt.prefix)
+        self.clock = clock
+        self._publish = publish
+        self._sign = sign
+        self._verifier = verifier
+        self.view = SiteView(expected=self.cfg.nodes, stale_s=self.cfg.node_stale_s)
+        self.meter = MeterFeedback(FacilityModel.from_config(config.facility), self.cfg.meter)
+        self.events: dict[str, SiteEvent] = {}
+        # (node dispatch id, node) -> site event id: every node of a generation gets one id.
+        self._by_dispatch: dict[tuple[str, str], str] = {}
+        self._terms: dict[str, tuple[object, ...]] = {}  # site dispatch id -> its terms
+        self._next_status = 0.0
+        self._next_rebalance: dict[str, float] = {}
+        self._events_dirty = False
+        self.counts: dict[str, int] = {}
+        # The site ack's delay after each (re)split, as histogram counts (ints, read by the
+        # metrics collector from the scrape thread; a read may lag by one ack).
+        self.ack_delay_counts = [0] * len(ACK_DELAY_BUCKETS_S)
+        self.ack_delay_count = 0
+        self.ack_delay_sum_s = 0.0
+        self.snapshot: dict[str, Any] = {}
+
+    # ---- input ---------------------------------------------------------------------------
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        t = self.topics
+        return [(t.dispatch, 1), (t.fleet_dispatch, 1), (t.meter, 0),
+                (t.nodes("status"), 1), (t.nodes("tracker"), 0), (t.nodes("plan"), 1),
+                (t.nodes("ack"), 1), (self.events_topic, 1)]
+
+    def retained_topics(self) -> list[str]:
+        """The subscriptions whose retained messages are state the site rebuilds from."""
+        t = self.topics
+        return [t.nodes("status"), t.nodes("tracker"), t.nodes("plan"), self.events_topic]
+
+    @property
+    def events_topic(self) -> str:
+        return f"{self.topics.prefix}/site/events"
+
+    def on_message(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
+        """One message from the broker (any subscription)."""
+        wall = self.clock.wall()
+        t = self.topics
+        if topic == t.meter:
+            self._on_meter(payload, wall)
+        elif topic == t.dispatch:
+            if retained:
+                self._count("site_dispatch_retained_ignored")
+            else:
+                self._on_site_dispatch(payload, wall)
+        elif topic == t.fleet_dispatch:
+            if not retained:
+                self._on_fleet_dispatch(payload, wall)
+        elif topic == self.events_topic:
+            self._on_events_record(payload, wall)
+        else:
+            where = t.node_of(topic)
+            if where is not None:
+                self._on_node(where[0], where[1], payload)
+
+    def _decode(self, payload: bytes) -> dict[str, Any] | None:
+        try:
+            body = json.loads(payload)
+        except (ValueError, RecursionError):
+            return None
+        return body if isinstance(body, dict) else None
+
+    def _on_node(self, node: str, leaf: str, payload: bytes) -> None:
+        body = self._decode(payload)
+        if body is None:
+            self._count(f"node_{leaf}_malformed")
+            return
+        if leaf == "status":
+            self.view.on_status(node, body)
+        elif leaf == "tracker":
+            self.view.on_tracker(node, body)
+        elif leaf == "plan":
+            self.view.on_plan(node, body)
+        elif leaf == "ack":
+            self._on_node_ack(node, body)
+
+    def _on_node_ack(self, node: str, body: Mapping[str, Any]) -> None:
+        ident = body.get("id")
+        if not isinstance(ident, str):
+            return
+        found = self._by_dispatch.get((ident, node))
+        if found is None:
+            event = self.events.get(ident)  # a fleet event's node acks carry its own id
+            if event is None or event.kind != "fleet":
+                return
+            order = event.orders.get(node)
+            if order is None:  # a node that came online after the event was seen
+                order = event.orders[node] = NodeOrder(node, ident, None)
+        else:
+            event = self.events.get(found)
+            order = None if event is None else event.orders.get(node)
+            if order is None or order.dispatch_id != ident:
+                return  # an order of an earlier generation
+        order.on_ack(body)
+
+    def _on_meter(self, payload: bytes, wall: float) -> None:
+        try:
+            reading = parse_meter(payload, max_bytes=MAX_PAYLOAD_BYTES)
+        except MessageRejected as e:
+            self._count("meter_rejected")
+            log.warning("meter reading refused: %s", e.reason)
+            return
+        if abs(reading.t - wall) > self.cfg.meter.stale_s:
+            self._count("meter_stale")
+            return
+        self.meter.observe(reading, self._site_it_w(wall))
+
+    # ---- site dispatch -------------------------------------------------------------------
+
+    def _refuse(self, ident: str | None, reason: str, wall: float) -> None:
+        self._count("site_dispatch_rejected")
+        log.warning("site dispatch %s refused: %s", ident, reason)
+        self._ack({"id": ident, "accepted": False, "reason": reason, "received_at": wall,
+                   "commanded_at": None, "reached_at": None, "site": self.cfg.id})
+
+    def _on_site_dispatch(self, payload: bytes, wall: float) -> None:
+        try:
+            msg = parse_site_dispatch(payload, max_bytes=MAX_PAYLOAD_BYTES)
+        except MessageRejected as e:
+            self._refuse(e.event_id, e.reason, wall)
+            return
+        if self._verifier is not None:
+            body = self._decode(payload) or {}
+            try:
+                self._verifier.authenticate("dispatch", body)
+                check_fresh(msg.issued_at, "issued_at", wall, max_age_s=self.auth.freshness_s,
+                            max_future_s=self.auth.max_future_s)
+            except AuthRejected as e:
+                self._refuse(msg.id, e.reason, wall)
+                return
+        terms = _terms(msg)
+        seen = self._terms.get(msg.id)
+        if seen is not None:
+            if seen != terms:
+                self._refuse(msg.id, f"event id {msg.id!r} was used for another request", wall)
+            else:
+                self._count("site_dispatch_duplicate")
+            return
+        self._terms[msg.id] = terms
+        if isinstance(msg, ReleaseDispatch):
+            self._release(msg.id, msg.ref, wall)
+            return
+        if msg.duration_s > self.cfg.max_event_s:
+            self._refuse(msg.id, f"duration_s {msg.duration_s:g} s exceeds the site's limit "
+                         f"{self.cfg.max_event_s:g} s", wall)
+            return
+        self._count("site_dispatch_accepted")
+        self._start(msg, wall)
+
+    def _start(self, msg: SiteCapDispatch | SiteShedDispatch, wall: float) -> None:
+        it_w = self._site_it_w(wall)
+        reference = it_w if msg.at == "it" else self.meter.site_meter_w(it_w, wall)
+        if isinstance(msg, SiteCapDispatch):
+            target = msg.site_w
+        elif msg.reduction_w is not None:
+            target = reference - msg.reduction_w
+        else:
+            target = reference * (1.0 - (msg.fraction or 0.0))
+        kind: Literal["site_cap", "site_shed"] = (
+            "site_cap" if isinstance(msg, SiteCapDispatch) else "site_shed")
+        event = SiteEvent(id=msg.id, kind=kind, at=msg.at, received_at=wall,
+                          until=wall + msg.duration_s, reference_w=reference,
+                          target_w=max(0.0, target), phase_since=wall,
+                          draws_w={v.node: v.draw_w for v in self.view.online(wall)
+                                   if v.draw_w is not None})
+        self.events[event.id] = event
+        log.info("site event %s: %s at %s, %.0f W -> %.0f W for %.0f s", event.id, event.kind,
+                 event.at, reference, event.target_w or 0.0, msg.duration_s)
+        self._split(event, wall, first=True)
+
+    def _on_fleet_dispatch(self, payload: bytes, wall: float) -> None:
+        """A dispatch the aggregator sent to every node: gather their acks into a site ack."""
+        body = self._decode(payload)
+        if body is None or not isinstance(body.get("id"), str) or body.get("kind") == "release":
+            return
+        ident = body["id"]
+        if ident in self.events:
+            return
+        duration = body.get("duration_s")
+        until = wall + (float(duration) if isinstance(duration, (int, float)) else 0.0)
+        event = SiteEvent(id=ident, kind="fleet", at="it", received_at=wall, until=until,
+                          reference_w=self._site_it_w(wall), target_w=None, phase_since=wall)
+        for view in self.view.online(wall):
+            event.orders[view.node] = NodeOrder(view.node, ident, None)
+        self.events[ident] = event
+
+    def _on_events_record(self, payload: bytes, wall: float) -> None:
+        """The site's own retained record of its events: taken back once, at start."""
+        if self.events:
+            return
+        body = self._decode(payload)
+        records = body.get("events") if body else None
+        if not isinstance(records, list):
+            return
+        for record in records:
+            try:
+                event = SiteEvent.restored(record, wall)
+            except (KeyError, TypeError, ValueError) as e:
+                log.warning("site event record not taken back: %s", e)
+                continue
+            if event.until <= wall:
+                continue
+            self.events[event.id] = event
+            self._terms.setdefault(event.id, ("restored",))
+            for node, order in event.orders.items():
+                self._by_dispatch[(order.dispatch_id, node)] = event.id
+            log.info("site event %s taken back from the retained record (%d nodes)",
+                     event.id, len(event.orders))
+
+    # ---- splitting -----------------------------------------------------------------------
+
+    def _shares(self, event: SiteEvent, wall: float) -> list[NodeShare]:
+        shares = []
+        for node, view in sorted(self.view.nodes.items()):
+            online = self.view.is_online(node, wall)
+            draw = event.draws_w.get(node)
+            if draw is None:
+                if not online or view.draw_w is None:
+                    continue
+                draw = event.draws_w[node] = view.draw_w  # joined mid-event: as it is now
+            able = online and not view.faults and view.floor_w is not None
+            shares.append(NodeShare(node, draw, view.floor_w or draw, able))
+        return shares
+
+    def _it_budget(self, event: SiteEvent, wall: float) -> float:
+        assert event.target_w is not None
+        if event.at == "it":
+            return event.target_w
+        return self.meter.it_budget_w(event.target_w, wall)
+
+    def _split(self, event: SiteEvent, wall: float, *, first: bool = False) -> None:
+        shares = self._shares(event, wall)
+        split = split_budget(self._it_budget(event, wall), shares,
+                             margin=self.cfg.margin_fraction)
+        event.shortfall_w = split.shortfall_w
+        event.offline = tuple(s.node for s in shares if not self.view.is_online(s.node, wall))
+        if not first:
+            changed = set(event.orders) ^ set(split.caps_w) or any(
+                abs((event.orders[n].node_w or 0.0) - w) > self.cfg.rebalance_min_w
+                for n, w in split.caps_w.items())
+            if not changed:
+                return
+            event.generation += 1
+            log.info("site event %s: new split (generation %d)", event.id, event.generation)
+        old = event.orders
+        event.orders = {}
+        remaining = max(MIN_ORDER_S, round(event.until - wall))
+        ident = event.order_id()
+        for node, cap in sorted(split.caps_w.items()):
+            event.orders[node] = NodeOrder(node, ident, round(cap, 1))
+            self._by_dispatch[(ident, node)] = event.id
+            self._send(node, {"id": ident, "kind": "cap", "node_w": round(cap, 1),
+                              "duration_s": remaining})
+        for node, order in old.items():  # the new caps are in force: end the old ones
+            if self.view.is_online(node, wall):
+                self._send(node, {"id": f"{order.dispatch_id}.end", "kind": "release",
+                                  "ref": order.dispatch_id})
+        event.phase, event.phase_since = "answering", wall
+        self._next_rebalance[event.id] = wall + self.cfg.rebalance_s
+        self._events_dirty = True
+
+    def _forget(self, event_id: str) -> None:
+        """The event is over: drop it and the map from its orders' ids."""
+        self.events.pop(event_id, None)
+        self._next_rebalance.pop(event_id, None)
+        self._by_dispatch = {k: v for k, v in self._by_dispatch.items() if v != event_id}
+        self._events_dirty = True
+
+    def _send(self, node: str, body: dict[str, Any]) -> None:
+        self._publish(self.topics.node(node, "dispatch"), self._sign(body), 1, False)
+        self._count("node_dispatches_sent")
+
+    def _release(self, release_id: str, ref: str, wall: float) -> None:
+        event = self.events.get(ref)
+        if event is None or event.kind == "fleet":
+            self._refuse(release_id, f"no site event {ref!r} in force", wall)
+            return
+        self._forget(ref)
+        for node, order in event.orders.items():
+            self._send(node, {"id": f"{order.dispatch_id}.end", "kind": "release",
+                              "ref": order.dispatch_id})
+        log.info("site event %s released by %s", ref, release_id)
+        self._ack({"id": release_id, "accepted": True, "reason": None, "received_at": wall,
+                   "commanded_at": wall, "reached_at": None, "site": self.cfg.id, "ref": ref})
+
+    # ---- periodic ------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Acks due, expiries, rebalancing, the retained status: call every ~0.1 s."""
+        wall = self.clock.wall()
+        for event in list(self.events.values()):
+            if wall >= event.until:
+                self._forget(event.id)
+                continue
+            self._advance(event, wall)
+            if (event.kind != "fleet" and event.phase != "answering"
+                    and wall >= self._next_rebalance.get(event.id, 0.0)
+                    and event.until - wall > MIN_ORDER_S):
+                self._next_rebalance[event.id] = wall + self.cfg.rebalance_s
+                self._split(event, wall)
+        if self._events_dirty:
+            self._events_dirty = False
+            self._publish(self.events_topic, site_payload(
+                {"site": self.cfg.id, "t": wall,
+                 "events": [e.persisted() for e in self.events.values()
+                            if e.kind != "fleet"]}), 1, True)
+        if wall >= self._next_status:
+            self._next_status = wall + self.cfg.status_period_s
+            self._publish_status(wall)
+
+    def _advance(self, event: SiteEvent, wall: float) -> None:
+        if event.phase == "answering" and (
+                event.answered() or wall - event.phase_since >= self.cfg.ack_deadline_s):
+            self._ack(event.ack_body(self.cfg.id, measured_w=self._measured(event, wall)))
+            self._observe_ack_delay(wall - event.phase_since)
+            for order in event.orders.values():
+                self._count("node_answers_" + (order.answer or "missing"))
+            event.phase, event.phase_since = "reaching", wall
+        if event.phase == "reaching" and (event.reached() or not any(
+                o.answer == "accepted" for o in event.orders.values())):
+            if event.reached():
+                self._ack(event.ack_body(self.cfg.id, measured_w=self._measured(event, wall)))
+            event.phase, event.phase_since = "held", wall
+
+    def _measured(self, event: SiteEvent, wall: float) -> float:
+        it_w = self._site_it_w(wall)
+        return it_w if event.at == "it" else self.meter.site_meter_w(it_w, wall)
+
+    def _site_it_w(self, wall: float) -> float:
+        """The site's IT power: online nodes as measured, offline ones at the draw last known
+        (an offline node may be drawing all it can: never counted as zero)."""
+        return sum(v.draw_w or 0.0 for v in self.view.nodes.values())
+
+    def _ack(self, body: dict[str, Any]) -> None:
+        self._publish(self.topics.ack, site_payload(body), 1, False)
+
+    def _publish_status(self, wall: float) -> None:
+        it_w = self._site_it_w(wall)
+        body: dict[str, Any] = {"site": self.cfg.id, "online": True, "t": wall}
+        body |= self.view.summary(wall)
+        body["it_w"] = round(it_w, 1)
+        metered = self.meter.metered_w(wall)
+        body["meter_w"] = None if metered is None else round(metered, 1)
+        error = self.meter.model_error(wall)
+        body["meter_model_error"] = None if error is None else round(error, 4)
+        body["capacity_w"] = [{"product": p, "kind": k, "w": round(w, 1)}
+                              for (p, k), w in sorted(self.view.capacity_w(wall).items())]
+        body["events"] = [{"id": e.id, "kind": e.kind, "at": e.at, "phase": e.phase,
+                           "target_w": e.target_w, "until": e.until,
+                           "generation": e.generation, "shortfall_w": round(e.shortfall_w, 1),
+                           "nodes": {n: o.node_w for n, o in e.orders.items()}}
+                          for e in self.events.values()]
+        self.snapshot = body
+        self._publish(self.topics.status, site_payload(body), 1, True)
+
+    def offline_payload(self) -> bytes:
+        """The site status's last will."""
+        return site_payload({"site": self.cfg.id, "online": False})
+
+    def _observe_ack_delay(self, delay_s: float) -> None:
+        for k, bound in enumerate(ACK_DELAY_BUCKETS_S):
+            if delay_s <= bound:
+                self.ack_delay_counts[k] += 1
+        self.ack_delay_sum_s += delay_s
+        self.ack_delay_count += 1
+
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+
+def _terms(msg: AnySiteDispatch) -> tuple[object, ...]:
+    """What a site dispatch asks for: every field but ``issued_at`` (a retry is re-stamped)."""
+    return (msg.KIND, *((f.name, getattr(msg, f.name)) for f in dataclasses.fields(msg)
+                        if f.name != "issued_at"))

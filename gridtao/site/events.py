@@ -1,0 +1,160 @@
+"""A site event: what was asked of the site, each node's order, and what the nodes answered.
+
+Two kinds share one record:
+- a *site* event (``site_cap`` / ``site_shed`` on ``{prefix}/site/dispatch``): the coordinator
+  splits it into per-node ``cap`` orders and moves shares between nodes as they come and go;
+- a *fleet* event (a dispatch sent straight to every node on ``{prefix}/dispatch``): the
+  coordinator sends nothing, and only gathers the nodes' acks into one site ack.
+
+States of an event, each published as a site ack:
+- ``answering``: orders sent; ends when every node with an order has answered, or at the ack
+  deadline (those that did not are ``missing``) -> first ack -> ``reaching``;
+- ``reaching``: ends when every accepting node has reported its ``reached_at`` -> second ack
+  -> ``held``;
+- ``held``: until the event's end or a release; a new split (rebalance) goes back to
+  ``answering`` with the next generation.
+
+Times in Unix seconds, power in W. Not thread-safe: the coordinator's loop owns it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gridtao.wire.site import SettleAt
+
+__all__ = ["NodeOrder", "SiteEvent"]
+
+Phase = Literal["answering", "reaching", "held"]
+
+
+@dataclass
+class NodeOrder:
+    """One node's part of an event: ``dispatch_id`` as the node knows it, ``node_w`` its cap
+    (None for a fleet event, where the node got the aggregator's own dispatch)."""
+
+    node: str
+    dispatch_id: str
+    node_w: float | None
+    answer: Literal["accepted", "rejected"] | None = None
+    reason: str | None = None
+    commanded_at: float | None = None
+    reached_at: float | None = None
+
+    def on_ack(self, body: Mapping[str, Any]) -> None:
+        """A node's ack for this order (the first one, then the one with ``reached_at``)."""
+        accepted = body.get("accepted") is True
+        self.answer = "accepted" if accepted else "rejected"
+        reason = body.get("reason")
+        self.reason = reason if isinstance(reason, str) else None
+        for key in ("commanded_at", "reached_at"):
+            value = body.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(self, key, float(value))
+
+    def persisted(self) -> dict[str, Any]:
+        return {"id": self.dispatch_id, "node_w": self.node_w}
+
+
+@dataclass
+class SiteEvent:
+    """See the module docstring. ``reference_w``: the site's power at ``at`` when the event
+    arrived; ``target_w``: where the site is held (None for a fleet event); ``draws_w``: each
+    node's draw when the event arrived (what the split assumes it would draw uncapped)."""
+
+    id: str
+    kind: Literal["site_cap", "site_shed", "fleet"]
+    at: SettleAt
+    received_at: float
+    until: float
+    reference_w: float
+    target_w: float | None
+    draws_w: dict[str, float] = field(default_factory=dict)
+    generation: int = 0
+    orders: dict[str, NodeOrder] = field(default_factory=dict)
+    phase: Phase = "answering"
+    phase_since: float = 0.0
+    shortfall_w: float = 0.0
+    offline: tuple[str, ...] = ()
+
+    @property
+    def requested_w(self) -> float | None:
+        """The reduction asked of the site (W at ``at``), None for a fleet event."""
+        return None if self.target_w is None else self.reference_w - self.target_w
+
+    def order_id(self) -> str:
+        """The dispatch id of this generation's orders: the event's own id first, then
+        ``<id>~<generation>`` (a node refuses one id with new terms)."""
+        return self.id if self.generation == 0 else f"{self.id}~{self.generation}"
+
+    def answered(self) -> bool:
+        return all(o.answer is not None for o in self.orders.values())
+
+    def reached(self) -> bool:
+        accepted = [o for o in self.orders.values() if o.answer == "accepted"]
+        return bool(accepted) and all(o.reached_at is not None for o in accepted)
+
+    def ack_body(self, site: str, *, measured_w: float | None) -> dict[str, Any]:
+        """The site ack: the node ack's keys, then who answered what and the site's measured
+        reduction (``measured_w``: the site's power at ``at`` now)."""
+        orders = self.orders.values()
+        accepted = sorted(o.node for o in orders if o.answer == "accepted")
+        rejected = {o.node: o.reason for o in sorted(orders, key=lambda o: o.node)
+                    if o.answer == "rejected"}
+        missing = sorted(o.node for o in orders if o.answer is None)
+        commanded = [o.commanded_at for o in orders
+                     if o.answer == "accepted" and o.commanded_at is not None]
+        reached = self.reached()
+        reasons = [f"{n} refused: {r}" for n, r in rejected.items()]
+        if missing:
+            reasons.append(f"no answer from {', '.join(missing)}")
+        if self.shortfall_w > 0.5:
+            reasons.append(f"the nodes can give {self.shortfall_w:.0f} W less than asked")
+        return {
+            "id": self.id, "accepted": bool(accepted), "reason": "; ".join(reasons) or None,
+            "received_at": self.received_at,
+            "commanded_at": max(commanded) if commanded else None,
+            "reached_at": max(o.reached_at for o in orders if o.reached_at is not None
+                              and o.answer == "accepted") if reached else None,
+            "site": site, "kind": self.kind, "at": self.at, "generation": self.generation,
+            "nodes": {"accepted": accepted, "rejected": rejected, "missing": missing,
+                      "offline": list(self.offline)},
+            "requested_w": _r(self.requested_w), "target_w": _r(self.target_w),
+            "reduction_w": _r(None if measured_w is None else self.reference_w - measured_w),
+            "shortfall_w": round(self.shortfall_w, 1),
+        }
+
+    def persisted(self) -> dict[str, Any]:
+        """What a restarted coordinator needs to take the event back unchanged."""
+        return {"id": self.id, "kind": self.kind, "at": self.at, "received_at": self.received_at,
+                "until": self.until, "reference_w": self.reference_w, "target_w": self.target_w,
+                "draws_w": self.draws_w, "generation": self.generation,
+                "orders": {n: o.persisted() for n, o in self.orders.items()}}
+
+    @classmethod
+    def restored(cls, body: Mapping[str, Any], now: float) -> SiteEvent:
+        """An event from :meth:`persisted` (raises KeyError/TypeError/ValueError when the
+        record is not one). Its acks were sent by the coordinator that made it: ``held``."""
+        event = cls(
+            id=str(body["id"]), kind=body["kind"], at=body["at"],
+            received_at=float(body["received_at"]), until=float(body["until"]),
+            reference_w=float(body["reference_w"]),
+            target_w=None if body["target_w"] is None else float(body["target_w"]),
+            draws_w={str(k): float(v) for k, v in dict(body["draws_w"]).items()},
+            generation=int(body["generation"]), phase="held", phase_since=now,
+        )
+        if event.kind not in ("site_cap", "site_shed", "fleet") or event.at not in ("it",
+                                                                                    "meter"):
+            raise ValueError(f"not a site event: kind {event.kind!r}, at {event.at!r}")
+        for node, order in dict(body["orders"]).items():
+            w = order["node_w"]
+            event.orders[str(node)] = NodeOrder(str(node), str(order["id"]),
+                                                None if w is None else float(w),
+                                                answer="accepted")
+        return event
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)

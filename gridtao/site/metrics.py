@@ -1,0 +1,89 @@
+"""The site's Prometheus metrics, read at scrape time from the coordinator's last snapshot.
+
+Gauges come from :attr:`SiteCoordinator.snapshot` (a dict the coordinator swaps whole once a
+status period, so the scrape thread never sees one half-built); the counters from its plain
+``counts`` ints and ack delay histogram counts. Power in W, delays in s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Final
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from gridtao.site.coordinator import ACK_DELAY_BUCKETS_S, SiteCoordinator
+
+__all__ = ["SiteCollector", "register"]
+
+_ANSWERS: Final = ("accepted", "rejected", "missing")
+
+
+class SiteCollector(Collector):
+    """Site series: nodes online, IT and metered power, the target of the deepest event in
+    force, capacity per product, events, node answers and the site ack's delay."""
+
+    def __init__(self, coordinator: SiteCoordinator) -> None:
+        self._c = coordinator
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._c.snapshot
+        nodes = GaugeMetricFamily("gridtao_site_nodes", "Nodes the site knows, by state.",
+                                  labels=["state"])
+        nodes.add_metric(["online"], float(snap.get("online", 0)))
+        nodes.add_metric(["offline"], float(snap.get("offline", 0)))
+        yield nodes
+        yield GaugeMetricFamily("gridtao_site_it_power_watts",
+                                "Site IT power: the nodes' GPU draw as they report it, W.",
+                                value=float(snap.get("it_w") or 0.0))
+        meter = snap.get("meter_w")
+        yield GaugeMetricFamily("gridtao_site_meter_power_watts",
+                                "The site meter's last fresh reading, W (NaN: none).",
+                                value=math.nan if meter is None else float(meter))
+        targets = [e["target_w"] for e in snap.get("events", ()) if e.get("target_w") is not None]
+        yield GaugeMetricFamily("gridtao_site_target_watts",
+                                "The lowest target of the site events in force, W at its "
+                                "settlement point (NaN: none).",
+                                value=min(targets) if targets else math.nan)
+        capacity = GaugeMetricFamily("gridtao_site_capacity_watts",
+                                     "Capacity per product over online nodes: enrolled (in "
+                                     "force), armed, offered (tier 3, this market time unit), W.",
+                                     labels=["product", "kind"])
+        for entry in snap.get("capacity_w", ()):
+            capacity.add_metric([entry["product"], entry["kind"]], float(entry["w"]))
+        yield capacity
+        yield GaugeMetricFamily("gridtao_site_events_active", "Site and fleet events in force.",
+                                value=float(len(snap.get("events", ()))))
+        error = snap.get("meter_model_error")
+        yield GaugeMetricFamily("gridtao_site_meter_model_error_ratio",
+                                "(metered - modelled) / modelled site power, from fresh meter "
+                                "readings (NaN: none).",
+                                value=math.nan if error is None else float(error))
+        acks = CounterMetricFamily("gridtao_site_acks", "Node answers gathered into site acks.",
+                                   labels=["result"])
+        for answer in _ANSWERS:
+            acks.add_metric([answer], float(self._c.counts.get("node_answers_" + answer, 0)))
+        yield acks
+        yield self._delays()
+
+    def _delays(self) -> HistogramMetricFamily:
+        c = self._c
+        buckets = [(str(b), float(n)) for b, n in zip(ACK_DELAY_BUCKETS_S, c.ack_delay_counts,
+                                                      strict=True)]
+        buckets.append(("+Inf", float(c.ack_delay_count)))
+        return HistogramMetricFamily("gridtao_site_ack_delay_seconds",
+                                     "From an event's (re)split to its site ack, s.",
+                                     buckets=buckets, sum_value=c.ack_delay_sum_s)
+
+
+def register(coordinator: SiteCoordinator, registry: CollectorRegistry) -> SiteCollector:
+    collector = SiteCollector(coordinator)
+    registry.register(collector)
+    return collector

@@ -1,0 +1,117 @@
+"""``gridtao site``'s lifecycle: one coordinator on the caller's event loop, until stopped.
+
+One broker connection (subscriptions in :meth:`SiteCoordinator.subscriptions`, the retained
+ones asked back at every connection, the offline status as its last will), the coordinator fed
+message by message and ticked every ``TICK_S``, and its metrics served when ``metrics.enabled``.
+SIGINT and SIGTERM stop it; it changes no node on the way out (the nodes keep their events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any, Final
+
+from prometheus_client import start_http_server
+from prometheus_client.registry import CollectorRegistry
+
+from gridtao.clock import Clock, MonotonicClock
+from gridtao.config.agent import Config, ConfigError
+from gridtao.security.auth import KeyFileError, Verifier, load_signing_key, sign_payload
+from gridtao.site.coordinator import Sign, SiteCoordinator
+from gridtao.site.metrics import register
+from gridtao.transport.mqtt import MqttLink, Will
+from gridtao.transport.tls import read_password, ssl_context
+
+__all__ = ["TICK_S", "run_site", "signer"]
+
+log = logging.getLogger("gridtao.site")
+
+#: How often the coordinator checks deadlines, rebalances and publishes (s).
+TICK_S: Final = 0.05
+
+
+def signer(config: Config) -> Sign:
+    """Signs a node dispatch with ``site.signing`` (plain JSON with ``mode: none``). Raises
+    ConfigError naming the key file when it cannot be read."""
+    signing = config.site.signing
+    if signing.mode == "none":
+        return lambda body: json.dumps(body, separators=(",", ":")).encode("utf-8")
+    assert signing.file is not None and signing.kid is not None  # config/site.py checks
+    path = Path(signing.file).expanduser()
+    if not path.is_absolute() and Path(config.source).is_file():
+        path = Path(config.source).resolve().parent / path
+    try:
+        key = load_signing_key(path, signing.mode)
+    except KeyFileError as e:
+        raise ConfigError(f"{config.source}: site.signing.file: {e}") from None
+    kid, alg = signing.kid, signing.mode
+    return lambda body: sign_payload(body, key, kid, alg, topic="dispatch")
+
+
+async def run_site(config: Config, *, stop: asyncio.Event | None = None,
+                   clock: Clock | None = None,
+                   registry: CollectorRegistry | None = None) -> int:
+    """Run the coordinator until SIGINT/SIGTERM or ``stop``; 0 on a clean stop."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    clock = clock or MonotonicClock()
+    verifier = Verifier.from_config(config.auth, source=config.source)
+    sign = signer(config)
+    m = config.mqtt
+    link_box: list[MqttLink] = []
+
+    def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        link_box[0].publish_nowait(topic, payload, qos, retain)
+
+    coordinator = SiteCoordinator(config, clock=clock, publish=publish, sign=sign,
+                                  verifier=verifier)
+    link = MqttLink(
+        host=m.host, port=m.port, client_id=f"gridtao-site-{config.site.id}-{os.getpid()}",
+        subscriptions=coordinator.subscriptions(),
+        retained_topics=coordinator.retained_topics(),
+        will=Will(coordinator.topics.status, coordinator.offline_payload(), qos=1, retain=True),
+        keepalive_s=m.keepalive_s, reconnect_min_s=m.reconnect_min_s,
+        reconnect_max_s=m.reconnect_max_s, tls=ssl_context(m, source=config.source),
+        username=m.username, password=read_password(m, source=config.source),
+        error_log_interval_s=m.error_log_interval_s, clock=clock, max_outbound=100_000,
+    )
+    link_box.append(link)
+    registry = registry if registry is not None else CollectorRegistry()
+    register(coordinator, registry)
+    server: Any = None
+    if config.metrics.enabled:
+        server, _ = start_http_server(config.metrics.port, addr=config.metrics.host,
+                                      registry=registry)
+    runner = asyncio.ensure_future(link.run())
+    log.info("site %s: coordinating under %s/ (broker %s:%d)", config.site.id, m.prefix,
+             m.host, m.port)
+    arrived = asyncio.Event()
+    link.on_inbound = arrived.set
+    try:
+        while not stop.is_set():
+            arrived.clear()  # before draining: a message landing after the drain wakes us
+            while (msg := link.poll()) is not None:
+                coordinator.on_message(msg.topic, msg.payload, retained=msg.retain)
+            coordinator.tick()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(arrived.wait(), timeout=TICK_S)
+    finally:
+        link.publish_nowait(coordinator.topics.status, coordinator.offline_payload(), 1, True)
+        with contextlib.suppress(Exception):
+            await link.flush(2.0)
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await runner
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    return 0

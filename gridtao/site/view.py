@@ -1,0 +1,158 @@
+"""The site's view of its nodes, built from what they publish (no call to any node).
+
+Each node's retained ``status`` (online, draw, floor, capacity, GPU faults) and ``tracker``
+(products and their states) and ``plan`` (tier 3's offers) land here as they arrive; a
+restarted coordinator gets them all back from the broker at once. Pure state: the coordinator
+feeds it on its event loop thread and the metrics collector reads :meth:`SiteView.summary`
+snapshots from the scrape thread (a snapshot is a new dict, built whole, then swapped in).
+
+Power in W (IT: at the GPUs, as the nodes measure it), times in Unix seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["NodeView", "SiteView"]
+
+
+def _num(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+@dataclass
+class NodeView:
+    """What the site knows of one node. ``t``: the node's own time of its last status."""
+
+    node: str
+    online: bool = False
+    t: float | None = None
+    draw_w: float | None = None
+    floor_w: float | None = None
+    deliverable_w: float | None = None
+    enrolled_w: float | None = None
+    faults: tuple[str, ...] = ()
+    event: str | None = None
+    products: tuple[Mapping[str, Any], ...] = ()
+    offers_w: Mapping[str, list[float | None]] = field(default_factory=dict)
+    plan_start: float | None = None
+    plan_mtu_s: float | None = None
+
+    def headroom_w(self) -> float:
+        """IT power the node can still shed (draw above its floor), 0 when unknown."""
+        if self.draw_w is None or self.floor_w is None:
+            return 0.0
+        return max(0.0, self.draw_w - self.floor_w)
+
+    def offer_now(self, product: str, wall: float) -> float | None:
+        """Tier 3's offer for ``product`` in the market time unit holding ``wall``."""
+        if self.plan_start is None or not self.plan_mtu_s or product not in self.offers_w:
+            return None
+        k = math.floor((wall - self.plan_start) / self.plan_mtu_s)
+        series = self.offers_w[product]
+        return series[k] if 0 <= k < len(series) else None
+
+
+class SiteView:
+    """Every node the site has heard of, plus those it expects (``expected``: listed in
+    ``site.nodes``, reported missing until they speak). ``stale_s``: a node whose last status
+    is older is counted offline (its retained status may be all that is left of it)."""
+
+    def __init__(self, *, expected: Iterable[str] = (), stale_s: float) -> None:
+        self.stale_s = stale_s
+        self.nodes: dict[str, NodeView] = {n: NodeView(n) for n in expected}
+
+    def _node(self, node: str) -> NodeView:
+        view = self.nodes.get(node)
+        if view is None:
+            view = self.nodes[node] = NodeView(node)
+        return view
+
+    def on_status(self, node: str, body: Mapping[str, Any]) -> None:
+        """A node's status payload (``online: false`` is its last will)."""
+        view = self._node(node)
+        view.online = body.get("online") is True
+        view.t = _num(body.get("t")) or view.t
+        if not view.online:
+            return
+        event = body.get("event")
+        view.event = event if isinstance(event, str) else None
+        capacity = body.get("capacity")
+        gpus = body.get("gpus")
+        if isinstance(capacity, Mapping):
+            view.draw_w = _num(capacity.get("draw_w"))
+            view.floor_w = _num(capacity.get("floor_w"))
+            view.deliverable_w = _num(capacity.get("deliverable_w"))
+            view.enrolled_w = _num(capacity.get("enrolled_w"))
+        elif isinstance(gpus, list):  # a node without the capacity extension: its GPUs' sum
+            powers = [_num(g.get("power_w")) for g in gpus if isinstance(g, Mapping)]
+            view.draw_w = sum(p for p in powers if p is not None)
+            view.floor_w = None
+        view.faults = tuple(str(g["fault"]) for g in gpus or ()
+                            if isinstance(g, Mapping) and g.get("fault")) \
+            if isinstance(gpus, list) else ()
+
+    def on_tracker(self, node: str, body: Mapping[str, Any]) -> None:
+        """A node's tier 2 state: its products and their states."""
+        products = body.get("products")
+        if isinstance(products, list):
+            self._node(node).products = tuple(p for p in products if isinstance(p, Mapping))
+
+    def on_plan(self, node: str, body: Mapping[str, Any]) -> None:
+        """A node's tier 3 plan: offers per product and market time unit."""
+        view = self._node(node)
+        offers = body.get("offers_w")
+        view.plan_start, view.plan_mtu_s = _num(body.get("start")), _num(body.get("mtu_s"))
+        view.offers_w = ({str(k): [_num(x) for x in v] for k, v in offers.items()
+                          if isinstance(v, list)} if isinstance(offers, Mapping) else {})
+
+    def is_online(self, node: str, wall: float) -> bool:
+        view = self.nodes.get(node)
+        if view is None or not view.online or view.t is None:
+            return False
+        return wall - view.t <= self.stale_s
+
+    def online(self, wall: float) -> list[NodeView]:
+        return [v for n, v in sorted(self.nodes.items()) if self.is_online(n, wall)]
+
+    def it_w(self, wall: float) -> float:
+        """The site's IT power: the online nodes' draw, W."""
+        return sum(v.draw_w or 0.0 for v in self.online(wall))
+
+    def capacity_w(self, wall: float) -> dict[tuple[str, str], float]:
+        """``(product, kind) -> W`` over online nodes: ``enrolled`` (capacity in force),
+        ``armed`` (in force and ready or acting: not idle, waiting or enrolling) and
+        ``offered`` (tier 3's offer for this market time unit)."""
+        out: dict[tuple[str, str], float] = {}
+        for view in self.online(wall):
+            for p in view.products:
+                name, cap = str(p.get("name") or p.get("kind")), _num(p.get("capacity_w")) or 0.0
+                out[(name, "enrolled")] = out.get((name, "enrolled"), 0.0) + cap
+                if p.get("state") not in ("idle", "waiting", "enrolling"):
+                    out[(name, "armed")] = out.get((name, "armed"), 0.0) + cap
+            for name in view.offers_w:
+                offer = view.offer_now(name, wall)
+                if offer is not None:
+                    out[(name, "offered")] = out.get((name, "offered"), 0.0) + offer
+        return out
+
+    def summary(self, wall: float) -> dict[str, Any]:
+        """The node part of the site's status: counts, power, and one entry per node."""
+        online = {v.node for v in self.online(wall)}
+        return {
+            "online": len(online),
+            "offline": len(self.nodes) - len(online),
+            "it_w": round(self.it_w(wall), 1),
+            "deliverable_w": round(sum((self.nodes[n].deliverable_w or 0.0) for n in online), 1),
+            "nodes": {
+                n: {"online": n in online, "draw_w": v.draw_w, "floor_w": v.floor_w,
+                    "event": v.event, "faults": list(v.faults)}
+                for n, v in sorted(self.nodes.items())
+            },
+        }
