@@ -322,12 +322,18 @@ class SiteCoordinator:
             self._send(node, {"id": ident, "kind": "cap", "node_w": round(cap, 1),
                               "duration_s": remaining})
         for node, order in old.items():  # the new caps are in force: end the old ones
-            if self.view.is_online(node, wall):
-                self._send(node, {"id": f"{order.dispatch_id}.end", "kind": "release",
-                                  "ref": order.dispatch_id})
+            event.unreleased.setdefault(node, []).append(order.dispatch_id)
+        self._release_old(event, wall)
         event.phase, event.phase_since = "answering", wall
         self._next_rebalance[event.id] = wall + self.cfg.rebalance_s
         self._events_dirty = True
+
+    def _release_old(self, event: SiteEvent, wall: float) -> None:
+        """End the orders of earlier generations, each when its node is online to hear it (an
+        offline node's order stays in force there until it comes back or runs out)."""
+        for node in [n for n in event.unreleased if self.view.is_online(n, wall)]:
+            for ident in event.unreleased.pop(node):
+                self._send(node, {"id": f"{ident}.end", "kind": "release", "ref": ident})
 
     def _forget(self, event_id: str) -> None:
         """The event is over: drop it and the map from its orders' ids."""
@@ -349,6 +355,9 @@ class SiteCoordinator:
         for node, order in event.orders.items():
             self._send(node, {"id": f"{order.dispatch_id}.end", "kind": "release",
                               "ref": order.dispatch_id})
+        for node, idents in event.unreleased.items():
+            for ident in idents:
+                self._send(node, {"id": f"{ident}.end", "kind": "release", "ref": ident})
         log.info("site event %s released by %s", ref, release_id)
         self._ack({"id": release_id, "accepted": True, "reason": None, "received_at": wall,
                    "commanded_at": wall, "reached_at": None, "site": self.cfg.id, "ref": ref})
@@ -367,7 +376,10 @@ class SiteCoordinator:
                     and wall >= self._next_rebalance.get(event.id, 0.0)
                     and event.until - wall > MIN_ORDER_S):
                 self._next_rebalance[event.id] = wall + self.cfg.rebalance_s
-                self._split(event, wall)
+                if self.view.online(wall):  # none: the site is blind, not the nodes gone
+                    self._split(event, wall)
+            if event.unreleased:
+                self._release_old(event, wall)
         if self._events_dirty:
             self._events_dirty = False
             self._publish(self.events_topic, site_payload(

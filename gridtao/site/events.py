@@ -78,6 +78,9 @@ class SiteEvent:
     phase_since: float = 0.0
     shortfall_w: float = 0.0
     offline: tuple[str, ...] = ()
+    #: node -> dispatch ids of earlier generations still to be released there (sent when the
+    #: node is online: an offline node cannot hear it)
+    unreleased: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def requested_w(self) -> float | None:
@@ -131,7 +134,8 @@ class SiteEvent:
         return {"id": self.id, "kind": self.kind, "at": self.at, "received_at": self.received_at,
                 "until": self.until, "reference_w": self.reference_w, "target_w": self.target_w,
                 "draws_w": self.draws_w, "generation": self.generation,
-                "orders": {n: o.persisted() for n, o in self.orders.items()}}
+                "orders": {n: o.persisted() for n, o in self.orders.items()},
+                "unreleased": self.unreleased}
 
     @classmethod
     def restored(cls, body: Mapping[str, Any], now: float) -> SiteEvent:
@@ -144,6 +148,8 @@ class SiteEvent:
             target_w=None if body["target_w"] is None else float(body["target_w"]),
             draws_w={str(k): float(v) for k, v in dict(body["draws_w"]).items()},
             generation=int(body["generation"]), phase="held", phase_since=now,
+            unreleased={str(n): [str(i) for i in ids]
+                        for n, ids in dict(body.get("unreleased") or {}).items()},
         )
         if event.kind not in ("site_cap", "site_shed", "fleet") or event.at not in ("it",
                                                                                     "meter"):

@@ -1,0 +1,208 @@
+"""The site coordinator's parts in virtual time: split, view, meter feedback, events, acks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from gridtao.clock import VirtualClock
+from gridtao.config.agent import config_from_mapping
+from gridtao.config.site import MeterConfig
+from gridtao.control.tier2.facility import FacilityModel
+from gridtao.site.coordinator import SiteCoordinator
+from gridtao.site.meter import MeterFeedback
+from gridtao.site.split import NodeShare, split_budget
+from gridtao.wire.messages import MessageRejected
+from gridtao.wire.site import MeterReading, parse_meter, parse_site_dispatch
+
+PREFIX = "p"
+
+
+def test_split_shares_the_cut_by_headroom_and_never_crosses_a_floor() -> None:
+    nodes = [NodeShare("a", 1000, 400), NodeShare("b", 1000, 800), NodeShare("c", 500, 100)]
+    split = split_budget(2000, nodes)
+    assert sum(split.caps_w.values()) == pytest.approx(2000)
+    # a has 600 W of headroom, b 200, c 400: 500 W cut takes 5/12 of each headroom
+    assert split.caps_w == pytest.approx({"a": 750, "b": 1000 - 200 * 5 / 12,
+                                          "c": 500 - 400 * 5 / 12})
+    deep = split_budget(500, nodes, margin=0.1)
+    assert deep.shortfall_w == pytest.approx(2500 - 500 - 0.9 * 1200)
+    for n in nodes:
+        assert deep.caps_w[n.node] >= n.floor_w
+
+
+def test_split_counts_a_node_that_cannot_take_a_cap_at_its_draw() -> None:
+    nodes = [NodeShare("a", 1000, 400), NodeShare("gone", 1000, 400, able=False)]
+    split = split_budget(1500, nodes)
+    assert "gone" not in split.caps_w
+    assert split.caps_w["a"] == pytest.approx(500)  # the whole cut on the node that is there
+
+
+def test_split_with_room_to_spare_caps_above_the_draw() -> None:
+    split = split_budget(3000, [NodeShare("a", 1000, 400), NodeShare("b", 1000, 400)])
+    assert split.cut_w == 0 and split.caps_w == pytest.approx({"a": 1500, "b": 1500})
+
+
+def test_site_messages_parse_and_refuse_with_reasons() -> None:
+    cap = parse_site_dispatch(b'{"id":"s","kind":"site_cap","site_w":5e3,"at":"meter",'
+                              b'"duration_s":60}', max_bytes=4096)
+    assert (cap.id, cap.site_w, cap.at) == ("s", 5000.0, "meter")  # type: ignore[union-attr]
+    for bad, words in [
+        (b'{"id":"s","kind":"site_cap","site_w":-1,"duration_s":6}', "site_w"),
+        (b'{"id":"s","kind":"site_shed","duration_s":6}', "exactly one"),
+        (b'{"id":"s","kind":"site_cap","site_w":1,"at":"moon","duration_s":6}', "'at'"),
+        (b'{"id":"s","kind":"nuke"}', "unknown kind"),
+    ]:
+        with pytest.raises(MessageRejected, match=words) as e:
+            parse_site_dispatch(bad, max_bytes=4096)
+        assert e.value.event_id == "s"
+    with pytest.raises(MessageRejected, match="'w'"):
+        parse_meter(b'{"t":1,"w":"high"}', max_bytes=100)
+
+
+def test_meter_feedback_learns_the_model_error_and_corrects_the_budget() -> None:
+    model = FacilityModel(losses_fraction=0.03, cop=4.5)
+    feedback = MeterFeedback(model, MeterConfig(tau_s=0.0))
+    it = 10_000.0
+    real = it * (1.08 + 1 / 4.5)  # 8 % losses where the model says 3 %
+    feedback.observe(MeterReading(100.0, real), it)
+    error = feedback.model_error(100.0)
+    assert error == pytest.approx(real / model.steady_meter_w(it) - 1)
+    budget = feedback.it_budget_w(real * 0.8, 100.0)
+    assert budget * (1.08 + 1 / 4.5) == pytest.approx(real * 0.8)  # meets it with real losses
+    off = MeterFeedback(model, MeterConfig(feedback=False, tau_s=0.0))
+    off.observe(MeterReading(100.0, real), it)
+    assert off.model_error(100.0) == pytest.approx(error)  # reported, not applied
+    assert off.it_budget_w(real * 0.8, 100.0) > budget
+    assert feedback.ratio(100.0 + 11.0) == 1.0  # a stale meter: the model alone
+
+
+class Harness:
+    """A coordinator in virtual time; what it publishes lands in ``sent``."""
+
+    def __init__(self, **site: Any) -> None:
+        self.clock = VirtualClock()
+        self.sent: list[tuple[str, dict[str, Any], bool]] = []
+        config = config_from_mapping({"mqtt": {"prefix": PREFIX},
+                                      "site": {"id": "s", "nodes": ["n1", "n2", "n3"]} | site})
+        self.c = SiteCoordinator(config, clock=self.clock, publish=self._publish,
+                                 sign=lambda b: json.dumps(b).encode(), verifier=None)
+
+    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self.sent.append((topic, json.loads(payload), retain))
+
+    def status(self, node: str, draw: float, floor: float = 400.0, *, online: bool = True,
+               fault: str | None = None) -> None:
+        body = {"node": node, "online": online, "t": self.clock.wall(), "event": None,
+                "gpus": [{"index": 0, "power_w": draw, "limit_w": 700, "default_w": 700,
+                          "min_w": 200, "max_w": 700, "fault": fault}],
+                "capacity": {"draw_w": draw, "floor_w": floor, "deliverable_w": draw - floor,
+                             "enrolled_w": 0.0}}
+        self.c.on_message(f"{PREFIX}/nodes/{node}/status", json.dumps(body).encode())
+
+    def send(self, topic: str, body: dict[str, Any]) -> None:
+        self.c.on_message(topic, json.dumps(body).encode())
+
+    def ack(self, node: str, ident: str, *, accepted: bool = True, reached: bool = False) -> None:
+        now = self.clock.wall()
+        self.send(f"{PREFIX}/nodes/{node}/ack", {
+            "id": ident, "accepted": accepted, "reason": None if accepted else "no",
+            "received_at": now, "commanded_at": now if accepted else None,
+            "reached_at": now if reached else None})
+
+    def take(self, suffix: str) -> list[dict[str, Any]]:
+        out = [b for t, b, _ in self.sent if t.endswith(suffix)]
+        self.sent = [s for s in self.sent if not s[0].endswith(suffix)]
+        return out
+
+    def orders(self) -> dict[str, dict[str, Any]]:
+        got = {t.split("/")[2]: b for t, b, _ in self.sent if t.endswith("/dispatch")
+               and b["kind"] == "cap"}
+        self.sent = [s for s in self.sent if not (s[0].endswith("/dispatch")
+                                                   and s[1]["kind"] == "cap")]
+        return got
+
+
+def test_site_cap_is_split_acked_and_moved_off_a_node_that_goes() -> None:
+    h = Harness()
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "e", "kind": "site_cap", "site_w": 2400,
+                                       "duration_s": 60})
+    first = h.orders()
+    assert set(first) == {"n1", "n2", "n3"} and {o["id"] for o in first.values()} == {"e"}
+    assert sum(o["node_w"] for o in first.values()) <= 2400 + 0.5
+    h.ack("n1", "e")
+    h.ack("n2", "e", accepted=False)
+    h.c.tick()
+    assert h.take("site/ack") == []  # n3 has not answered and the deadline is 2 s away
+    h.clock.advance(2.1)
+    h.c.tick()
+    (ack,) = h.take("site/ack")
+    assert ack["nodes"] == {"accepted": ["n1"], "rejected": {"n2": "no"}, "missing": ["n3"],
+                            "offline": []}
+    assert ack["accepted"] is True and "n2 refused" in ack["reason"]
+    h.ack("n1", "e", reached=True)
+    h.c.tick()
+    (reached,) = h.take("site/ack")
+    assert reached["reached_at"] is not None
+    # n3 dies (its last will); the next rebalance moves its share to n1 and n2
+    h.c.on_message(f"{PREFIX}/nodes/n3/status", b'{"node":"n3","online":false}')
+    for n in ("n1", "n2"):
+        h.status(n, 800.0)
+    h.clock.advance(2.0)
+    h.c.tick()
+    second = h.orders()
+    assert set(second) == {"n1", "n2"} and {o["id"] for o in second.values()} == {"e~1"}
+    # n3 counted at its draw before the event (1000 W): n1 and n2 hold 1400 W between them
+    assert sum(o["node_w"] for o in second.values()) <= 1400 + 0.5
+    releases = [b for t, b, _ in h.sent if t.endswith("/dispatch") and b["kind"] == "release"]
+    assert {r["ref"] for r in releases} == {"e"} and len(releases) == 2  # not to dead n3
+
+
+def test_a_restarted_coordinator_takes_its_events_back_without_sending_anything() -> None:
+    h = Harness()
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "e", "kind": "site_cap", "site_w": 2400,
+                                       "duration_s": 60})
+    h.c.tick()
+    (record,) = [b for t, b, retain in h.sent if t.endswith("site/events") and retain]
+    before = h.orders()
+    again = Harness()
+    again.c.on_message(f"{PREFIX}/site/events", json.dumps(record).encode(), retained=True)
+    for _ in range(30):
+        for n in ("n1", "n2", "n3"):
+            again.status(n, 1000.0 * 0.8)  # capped now; the split keeps the draws of the start
+        again.clock.advance(0.5)
+        again.c.tick()
+    assert again.orders() == {}  # the same split: nothing re-sent, no node changes
+    assert again.c.events["e"].orders["n1"].node_w == before["n1"]["node_w"]
+    # a replayed dispatch with the same id is a duplicate, not a new event
+    again.send(f"{PREFIX}/site/dispatch", {"id": "e", "kind": "site_cap", "site_w": 100,
+                                           "duration_s": 60})
+    assert "id 'e' was used" in again.take("site/ack")[0]["reason"]
+
+
+def test_a_fleet_dispatch_gets_one_site_ack_and_a_release_ends_a_site_event() -> None:
+    h = Harness(ack_deadline_s=1.0)
+    for n in ("n1", "n2"):
+        h.status(n, 1000.0)
+    h.send(f"{PREFIX}/dispatch", {"id": "f", "kind": "shed", "fraction": 0.2,
+                                  "duration_s": 30})
+    assert h.orders() == {}  # the aggregator reached the nodes itself
+    h.ack("n1", "f", reached=True)
+    h.ack("n2", "f", reached=True)
+    h.c.tick()
+    acks = h.take("site/ack")
+    assert acks[0]["nodes"]["accepted"] == ["n1", "n2"] and acks[-1]["reached_at"] is not None
+    h.send(f"{PREFIX}/site/dispatch", {"id": "s", "kind": "site_shed", "reduction_w": 300,
+                                       "duration_s": 30})
+    assert sum(1000 - o["node_w"] for o in h.orders().values()) >= 300 - 0.5
+    h.send(f"{PREFIX}/site/dispatch", {"id": "r", "kind": "release", "ref": "s"})
+    releases = [b for t, b, _ in h.sent if t.endswith("/dispatch") and b["kind"] == "release"]
+    assert {r["ref"] for r in releases} == {"s"} and "s" not in h.c.events
+    h.send(f"{PREFIX}/site/dispatch", {"id": "r2", "kind": "release", "ref": "s"})
+    assert h.take("site/ack")[-1]["accepted"] is False
