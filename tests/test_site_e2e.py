@@ -194,7 +194,7 @@ def test_meter_feedback_meets_a_meter_commitment_the_wrong_model_alone_misses(
     with Subscriber(mqtt_broker.host, mqtt_broker.port, f"{prefix}/#") as sub, \
             agent_processes() as procs:
         procs += [_agent(tmp_path, mqtt_broker, n, prefix) for n in nodes]
-        with _devices(nodes) as gpus:
+        with _devices(nodes):  # the meter reads them: wait until every agent made its own
             meter_cfg = _site_config(tmp_path, mqtt_broker, prefix, nodes)
             # the real facility loses 8 % where the site's model says 3 %
             procs.append(_spawn(["--config", str(meter_cfg), "sim", "meter", "--devices",
