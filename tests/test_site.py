@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +14,9 @@ from gridtao.clock import VirtualClock
 from gridtao.config.agent import config_from_mapping
 from gridtao.config.site import MeterConfig
 from gridtao.control.tier2.facility import FacilityModel
+from gridtao.security.auth import Verifier, load_signing_key, sign_payload
 from gridtao.site.coordinator import SiteCoordinator
+from gridtao.site.serve import signer
 from gridtao.site.meter import MeterFeedback
 from gridtao.site.split import NodeShare, split_budget
 from gridtao.wire.messages import MessageRejected
@@ -206,3 +211,65 @@ def test_a_fleet_dispatch_gets_one_site_ack_and_a_release_ends_a_site_event() ->
     assert {r["ref"] for r in releases} == {"s"} and "s" not in h.c.events
     h.send(f"{PREFIX}/site/dispatch", {"id": "r2", "kind": "release", "ref": "s"})
     assert h.take("site/ack")[-1]["accepted"] is False
+
+
+def _plan(h: Harness, node: str, start: int, offers: dict[str, list[float]]) -> None:
+    h.send(f"{PREFIX}/nodes/{node}/plan", {"node": node, "made_at": 0, "start": start,
+                                           "mtu_s": 3600, "offers_w": offers})
+
+
+def test_the_site_pools_node_offers_into_bids_and_splits_an_award_back() -> None:
+    h = Harness(market={"bid_step_w": 1000, "min_bid_w": 2000,
+                        "min_bids": [{"product": "fcr-d-up", "w": 5000}]})
+    start = 1_796_515_200
+    _plan(h, "n1", start, {"ffr": [1500, 1500, 400], "fcr-d-up": [2000, 2000, 2000]})
+    _plan(h, "n2", start + 3600, {"ffr": [1200, 100], "fcr-d-up": [2000, 2000]})
+    h.c.tick()
+    (plan,) = h.take("site/plan")
+    assert plan["start"] == start and plan["mtu_s"] == 3600
+    # ffr pooled 1500 / 2700 / 500 W: steps of 1 kW, nothing under the 2 kW minimum
+    assert plan["offers_w"]["ffr"] == [0, 2000, 0]
+    # fcr-d-up pooled 2000 / 4000 / 4000: under its own 5 kW minimum every hour
+    assert plan["offers_w"]["fcr-d-up"] == [0, 0, 0]
+    h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start + 3600, "mtu_s": 3600,
+                                    "capacity_w": {"ffr": [2000, None]}})
+    awards = {t.split("/")[2]: b for t, b, _ in h.sent if t.endswith("/award")}
+    # 2000 W of 2700 W offered: each node in proportion, never more than it offered
+    assert awards["n1"]["capacity_w"]["ffr"] == [1111, None]
+    assert awards["n2"]["capacity_w"]["ffr"] == [888, None]
+    assert awards["n1"]["issued_at"] is not None
+    (ack,) = h.take("site/ack")
+    assert ack["accepted"] is True and ack["nodes"] == ["n1", "n2"]
+    h.send(f"{PREFIX}/site/award", {"id": "a2", "start": start, "mtu_s": 3600,
+                                    "capacity_w": {"afrr": [1000]}})
+    (refused,) = h.take("site/ack")
+    assert refused["accepted"] is False and "afrr" in refused["reason"]
+
+
+def test_signed_mode_refuses_an_unsigned_site_dispatch_and_signs_node_orders(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "agg.key"
+    secret.write_text(base64.b64encode(os.urandom(32)).decode())
+    secret.chmod(0o600)
+    config = config_from_mapping({
+        "mqtt": {"prefix": PREFIX},
+        "auth": {"mode": "hmac", "keys": [{"kid": "agg", "file": str(secret)}]},
+        "site": {"nodes": ["n1"], "signing": {"mode": "hmac", "kid": "agg",
+                                              "file": str(secret)}}})
+    h = Harness()
+    h.c = SiteCoordinator(config, clock=h.clock, publish=h._publish, sign=signer(config),
+                          verifier=Verifier.from_config(config.auth, source=config.source))
+    h.status("n1", 1000.0)
+    body = {"id": "s", "kind": "site_cap", "site_w": 800, "duration_s": 30}
+    h.send(f"{PREFIX}/site/dispatch", body)
+    (ack,) = h.take("site/ack")
+    assert ack["accepted"] is False and "unsigned" in ack["reason"]
+    assert h.orders() == {}
+    key = load_signing_key(secret, "hmac")
+    h.c.on_message(f"{PREFIX}/site/dispatch", sign_payload(
+        body, key, "agg", "hmac", topic="dispatch", now=h.clock.wall()))
+    (raw,) = [p for t, p, _ in h.sent if t == f"{PREFIX}/nodes/n1/dispatch"]
+    verifier = Verifier.from_config(config.auth, source=config.source)
+    assert verifier is not None and verifier.authenticate("dispatch", raw) == "agg"
+    assert raw["node_w"] >= 800 * 0.99 - 1 and raw["issued_at"] is not None

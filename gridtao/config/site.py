@@ -14,7 +14,7 @@ from typing import Literal
 
 from gridtao.config.schema import fail, rng
 
-__all__ = ["MeterConfig", "SiteConfig", "SiteSigningConfig", "check_site"]
+__all__ = ["MarketConfig", "MeterConfig", "MinBid", "SiteConfig", "SiteSigningConfig", "check_site"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,37 @@ class MeterConfig:
 
 
 @dataclass(frozen=True)
+class MinBid:
+    """The smallest bid the market takes for ``product`` (a product name in the nodes' plans,
+    or a product kind), W."""
+
+    product: str
+    w: float = field(metadata=rng(0.0, 1e9))
+
+
+@dataclass(frozen=True)
+class MarketConfig:
+    """How the site pools its nodes' offers into bids: each product's pooled capacity per
+    market time unit is rounded down to ``bid_step_w`` and offered only from its minimum bid
+    (``min_bids`` by product name or kind, else ``min_bid_w``). The defaults are Fingrid's:
+    0.1 MW steps, FCR-N 0.1 MW, FCR-D 1 MW (docs/sources.md)."""
+
+    bid_step_w: float = field(default=100_000.0, metadata=rng(1.0, 1e9))
+    min_bid_w: float = field(default=100_000.0, metadata=rng(0.0, 1e9))
+    min_bids: tuple[MinBid, ...] = (MinBid("fcr-d-up", 1_000_000.0),
+                                    MinBid("fcr-d-up-static", 1_000_000.0))
+
+    def min_bid_for(self, name: str, kind: str | None) -> float:
+        for bid in self.min_bids:
+            if bid.product == name:
+                return bid.w
+        for bid in self.min_bids:
+            if bid.product == kind:
+                return bid.w
+        return self.min_bid_w
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     """The site coordinator.
 
@@ -68,6 +99,7 @@ class SiteConfig:
     max_event_s: float = field(default=86_400.0, metadata=rng(1.0, 7 * 86_400))
     signing: SiteSigningConfig = field(default_factory=SiteSigningConfig)
     meter: MeterConfig = field(default_factory=MeterConfig)
+    market: MarketConfig = field(default_factory=MarketConfig)
 
 
 def check_site(site: SiteConfig, source: str) -> None:

@@ -23,11 +23,15 @@ from typing import Any, Final, Literal
 from gridtao.clock import Clock
 from gridtao.config.agent import Config
 from gridtao.control.tier2.facility import FacilityModel
-from gridtao.security.auth import AuthRejected, Verifier, check_fresh
-from gridtao.site.events import NodeOrder, SiteEvent
+from gridtao.security.auth import AuthRejected, Verifier
+from gridtao.site.events import NodeOrder, SiteEvent, events_record, restore_events
+from gridtao.site.guard import Duplicate, SiteGuard
+from gridtao.site.market import SitePlan, pool_offers, split_award
 from gridtao.site.meter import MeterFeedback
 from gridtao.site.split import NodeShare, split_budget
+from gridtao.site.status import DelayHistogram, status_body
 from gridtao.site.view import SiteView
+from gridtao.wire.awards import parse_award
 from gridtao.wire.messages import MessageRejected, ReleaseDispatch
 from gridtao.wire.site import (
     AnySiteDispatch,
@@ -39,7 +43,7 @@ from gridtao.wire.site import (
     site_payload,
 )
 
-__all__ = ["ACK_DELAY_BUCKETS_S", "Publish", "SiteCoordinator"]
+__all__ = ["Publish", "SiteCoordinator"]
 
 log = logging.getLogger("gridtao.site")
 
@@ -49,8 +53,6 @@ Publish = Callable[[str, bytes, int, bool], None]
 Sign = Callable[[dict[str, Any]], bytes]
 
 MAX_PAYLOAD_BYTES: Final = 65_536
-#: Upper bounds (s) of the site ack delay histogram's buckets.
-ACK_DELAY_BUCKETS_S: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 #: A node's cap is sent for whole seconds of what is left of the event, never less than this.
 MIN_ORDER_S: Final = 1.0
 
@@ -67,29 +69,27 @@ class SiteCoordinator:
         self.clock = clock
         self._publish = publish
         self._sign = sign
-        self._verifier = verifier
         self.view = SiteView(expected=self.cfg.nodes, stale_s=self.cfg.node_stale_s)
         self.meter = MeterFeedback(FacilityModel.from_config(config.facility), self.cfg.meter)
         self.events: dict[str, SiteEvent] = {}
         # (node dispatch id, node) -> site event id: every node of a generation gets one id.
         self._by_dispatch: dict[tuple[str, str], str] = {}
-        self._terms: dict[str, tuple[object, ...]] = {}  # site dispatch id -> its terms
+        self.guard = SiteGuard(config.auth, verifier)
+        self.plan: SitePlan | None = None
+        self._plan_dirty = False
+        self._next_plan = 0.0
         self._next_status = 0.0
         self._next_rebalance: dict[str, float] = {}
         self._events_dirty = False
         self.counts: dict[str, int] = {}
-        # The site ack's delay after each (re)split, as histogram counts (ints, read by the
-        # metrics collector from the scrape thread; a read may lag by one ack).
-        self.ack_delay_counts = [0] * len(ACK_DELAY_BUCKETS_S)
-        self.ack_delay_count = 0
-        self.ack_delay_sum_s = 0.0
+        self.ack_delays = DelayHistogram()  # from each (re)split to its site ack
         self.snapshot: dict[str, Any] = {}
 
     # ---- input ---------------------------------------------------------------------------
 
     def subscriptions(self) -> list[tuple[str, int]]:
         t = self.topics
-        return [(t.dispatch, 1), (t.fleet_dispatch, 1), (t.meter, 0),
+        return [(t.dispatch, 1), (t.award, 1), (t.fleet_dispatch, 1), (t.meter, 0),
                 (t.nodes("status"), 1), (t.nodes("tracker"), 0), (t.nodes("plan"), 1),
                 (t.nodes("ack"), 1), (self.events_topic, 1)]
 
@@ -116,6 +116,9 @@ class SiteCoordinator:
         elif topic == t.fleet_dispatch:
             if not retained:
                 self._on_fleet_dispatch(payload, wall)
+        elif topic == t.award:
+            if not retained:
+                self._on_site_award(payload, wall)
         elif topic == self.events_topic:
             self._on_events_record(payload, wall)
         else:
@@ -141,6 +144,7 @@ class SiteCoordinator:
             self.view.on_tracker(node, body)
         elif leaf == "plan":
             self.view.on_plan(node, body)
+            self._plan_dirty = True
         elif leaf == "ack":
             self._on_node_ack(node, body)
 
@@ -186,27 +190,16 @@ class SiteCoordinator:
     def _on_site_dispatch(self, payload: bytes, wall: float) -> None:
         try:
             msg = parse_site_dispatch(payload, max_bytes=MAX_PAYLOAD_BYTES)
+            self.guard.check(payload, msg.id, msg.issued_at, _terms(msg), wall)
         except MessageRejected as e:
             self._refuse(e.event_id, e.reason, wall)
             return
-        if self._verifier is not None:
-            body = self._decode(payload) or {}
-            try:
-                self._verifier.authenticate("dispatch", body)
-                check_fresh(msg.issued_at, "issued_at", wall, max_age_s=self.auth.freshness_s,
-                            max_future_s=self.auth.max_future_s)
-            except AuthRejected as e:
-                self._refuse(msg.id, e.reason, wall)
-                return
-        terms = _terms(msg)
-        seen = self._terms.get(msg.id)
-        if seen is not None:
-            if seen != terms:
-                self._refuse(msg.id, f"event id {msg.id!r} was used for another request", wall)
-            else:
-                self._count("site_dispatch_duplicate")
+        except AuthRejected as e:
+            self._refuse(msg.id, e.reason, wall)
             return
-        self._terms[msg.id] = terms
+        except Duplicate:
+            self._count("site_dispatch_duplicate")
+            return
         if isinstance(msg, ReleaseDispatch):
             self._release(msg.id, msg.ref, wall)
             return
@@ -216,6 +209,38 @@ class SiteCoordinator:
             return
         self._count("site_dispatch_accepted")
         self._start(msg, wall)
+
+    def _on_site_award(self, payload: bytes, wall: float) -> None:
+        """The market's answer to the site's bids: split into signed per-node awards."""
+        plan = self.plan
+        products = sorted(plan.offers_w) if plan is not None else []
+        try:
+            award = parse_award(payload, max_bytes=MAX_PAYLOAD_BYTES, products=products)
+            self.guard.check(payload, award.id, award.issued_at,
+                             ("award", award.start_s, award.mtu_s,
+                              tuple(sorted(award.capacity_w.items()))), wall)
+            if plan is None:
+                raise MessageRejected("the site has no plan to award (no node has published "
+                                      "one)", award.id)
+            shares = split_award(award, plan)
+        except (MessageRejected, ValueError) as e:
+            ident = e.event_id if isinstance(e, MessageRejected) else None
+            self._refuse(ident, e.reason if isinstance(e, MessageRejected) else str(e), wall)
+            return
+        except AuthRejected as e:
+            self._refuse(None, e.reason, wall)
+            return
+        except Duplicate:
+            return
+        issued = award.issued_at if award.issued_at is not None else wall
+        for node, capacity in sorted(shares.items()):
+            body = {"id": award.id, "issued_at": issued, "start": award.start_s,
+                    "mtu_s": award.mtu_s, "capacity_w": capacity}
+            self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
+        self._count("site_awards_split")
+        self._ack({"id": award.id, "accepted": True, "reason": None, "received_at": wall,
+                   "commanded_at": wall, "reached_at": None, "site": self.cfg.id,
+                   "kind": "award", "nodes": sorted(shares)})
 
     def _start(self, msg: SiteCapDispatch | SiteShedDispatch, wall: float) -> None:
         it_w = self._site_it_w(wall)
@@ -258,24 +283,11 @@ class SiteCoordinator:
         """The site's own retained record of its events: taken back once, at start."""
         if self.events:
             return
-        body = self._decode(payload)
-        records = body.get("events") if body else None
-        if not isinstance(records, list):
-            return
-        for record in records:
-            try:
-                event = SiteEvent.restored(record, wall)
-            except (KeyError, TypeError, ValueError) as e:
-                log.warning("site event record not taken back: %s", e)
-                continue
-            if event.until <= wall:
-                continue
+        for event in restore_events(self._decode(payload), wall):
             self.events[event.id] = event
-            self._terms.setdefault(event.id, ("restored",))
+            self.guard.remember(event.id)
             for node, order in event.orders.items():
                 self._by_dispatch[(order.dispatch_id, node)] = event.id
-            log.info("site event %s taken back from the retained record (%d nodes)",
-                     event.id, len(event.orders))
 
     # ---- splitting -----------------------------------------------------------------------
 
@@ -383,9 +395,13 @@ class SiteCoordinator:
         if self._events_dirty:
             self._events_dirty = False
             self._publish(self.events_topic, site_payload(
-                {"site": self.cfg.id, "t": wall,
-                 "events": [e.persisted() for e in self.events.values()
-                            if e.kind != "fleet"]}), 1, True)
+                events_record(self.cfg.id, self.events.values(), wall)), 1, True)
+        if self._plan_dirty and wall >= self._next_plan:
+            self._plan_dirty, self._next_plan = False, wall + 1.0  # plans come hourly
+            self.plan = pool_offers(self.view.nodes, self.cfg.market)
+            if self.plan is not None:
+                self._publish(self.topics.plan, site_payload(
+                    self.plan.body(self.cfg.id, wall, self.cfg.market)), 1, True)
         if wall >= self._next_status:
             self._next_status = wall + self.cfg.status_period_s
             self._publish_status(wall)
@@ -394,7 +410,7 @@ class SiteCoordinator:
         if event.phase == "answering" and (
                 event.answered() or wall - event.phase_since >= self.cfg.ack_deadline_s):
             self._ack(event.ack_body(self.cfg.id, measured_w=self._measured(event, wall)))
-            self._observe_ack_delay(wall - event.phase_since)
+            self.ack_delays.observe(wall - event.phase_since)
             for order in event.orders.values():
                 self._count("node_answers_" + (order.answer or "missing"))
             event.phase, event.phase_since = "reaching", wall
@@ -417,34 +433,14 @@ class SiteCoordinator:
         self._publish(self.topics.ack, site_payload(body), 1, False)
 
     def _publish_status(self, wall: float) -> None:
-        it_w = self._site_it_w(wall)
-        body: dict[str, Any] = {"site": self.cfg.id, "online": True, "t": wall}
-        body |= self.view.summary(wall)
-        body["it_w"] = round(it_w, 1)
-        metered = self.meter.metered_w(wall)
-        body["meter_w"] = None if metered is None else round(metered, 1)
-        error = self.meter.model_error(wall)
-        body["meter_model_error"] = None if error is None else round(error, 4)
-        body["capacity_w"] = [{"product": p, "kind": k, "w": round(w, 1)}
-                              for (p, k), w in sorted(self.view.capacity_w(wall).items())]
-        body["events"] = [{"id": e.id, "kind": e.kind, "at": e.at, "phase": e.phase,
-                           "target_w": e.target_w, "until": e.until,
-                           "generation": e.generation, "shortfall_w": round(e.shortfall_w, 1),
-                           "nodes": {n: o.node_w for n, o in e.orders.items()}}
-                          for e in self.events.values()]
+        body = status_body(self.cfg.id, self.view, self.meter, self.events.values(),
+                           it_w=self._site_it_w(wall), wall=wall)
         self.snapshot = body
         self._publish(self.topics.status, site_payload(body), 1, True)
 
     def offline_payload(self) -> bytes:
         """The site status's last will."""
         return site_payload({"site": self.cfg.id, "online": False})
-
-    def _observe_ack_delay(self, delay_s: float) -> None:
-        for k, bound in enumerate(ACK_DELAY_BUCKETS_S):
-            if delay_s <= bound:
-                self.ack_delay_counts[k] += 1
-        self.ack_delay_sum_s += delay_s
-        self.ack_delay_count += 1
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1

@@ -19,13 +19,16 @@ Times in Unix seconds, power in W. Not thread-safe: the coordinator's loop owns 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gridtao.wire.site import SettleAt
 
-__all__ = ["NodeOrder", "SiteEvent"]
+__all__ = ["NodeOrder", "SiteEvent", "events_record", "restore_events"]
+
+log = logging.getLogger("gridtao.site")
 
 Phase = Literal["answering", "reaching", "held"]
 
@@ -160,6 +163,30 @@ class SiteEvent:
                                                 None if w is None else float(w),
                                                 answer="accepted")
         return event
+
+
+def events_record(site: str, events: Iterable[SiteEvent], wall: float) -> dict[str, Any]:
+    """The retained ``{prefix}/site/events``: the site events in force, for a restart."""
+    return {"site": site, "t": wall,
+            "events": [e.persisted() for e in events if e.kind != "fleet"]}
+
+
+def restore_events(body: Mapping[str, Any] | None, wall: float) -> list[SiteEvent]:
+    """The events of a retained record still in force at ``wall``; a record that is not one
+    is logged and skipped."""
+    records = body.get("events") if body else None
+    out: list[SiteEvent] = []
+    for record in records if isinstance(records, list) else ():
+        try:
+            event = SiteEvent.restored(record, wall)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            log.warning("site event record not taken back: %s", e)
+            continue
+        if event.until > wall:
+            log.info("site event %s taken back from the retained record (%d nodes)",
+                     event.id, len(event.orders))
+            out.append(event)
+    return out
 
 
 def _r(value: float | None) -> float | None:

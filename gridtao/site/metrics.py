@@ -19,7 +19,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from gridtao.site.coordinator import ACK_DELAY_BUCKETS_S, SiteCoordinator
+from gridtao.site.coordinator import SiteCoordinator
+from gridtao.site.status import ACK_DELAY_BUCKETS_S
 
 __all__ = ["SiteCollector", "register"]
 
@@ -74,13 +75,13 @@ class SiteCollector(Collector):
         yield self._delays()
 
     def _delays(self) -> HistogramMetricFamily:
-        c = self._c
-        buckets = [(str(b), float(n)) for b, n in zip(ACK_DELAY_BUCKETS_S, c.ack_delay_counts,
+        h = self._c.ack_delays
+        buckets = [(str(b), float(n)) for b, n in zip(ACK_DELAY_BUCKETS_S, h.counts,
                                                       strict=True)]
-        buckets.append(("+Inf", float(c.ack_delay_count)))
+        buckets.append(("+Inf", float(h.count)))
         return HistogramMetricFamily("gridtao_site_ack_delay_seconds",
                                      "From an event's (re)split to its site ack, s.",
-                                     buckets=buckets, sum_value=c.ack_delay_sum_s)
+                                     buckets=buckets, sum_value=h.sum_s)
 
 
 def register(coordinator: SiteCoordinator, registry: CollectorRegistry) -> SiteCollector:

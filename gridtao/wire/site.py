@@ -73,6 +73,16 @@ class SiteTopics:
         return f"{self.prefix}/site/status"
 
     @property
+    def plan(self) -> str:
+        """Retained: the site's pooled bids per product and market time unit."""
+        return f"{self.prefix}/site/plan"
+
+    @property
+    def award(self) -> str:
+        """The market's answer to the site's bids (the node award's format)."""
+        return f"{self.prefix}/site/award"
+
+    @property
     def meter(self) -> str:
         return f"{self.prefix}/meter"
 

@@ -1,0 +1,56 @@
+"""Who may command the site: the signature, freshness and one-request-per-id checks.
+
+The aggregator signs a site dispatch or a site award as it signs a node dispatch
+(``auth.mode``, ``auth.keys``: docs/security.md); the site refuses an unsigned, badly signed,
+stale or future-dated one, and an id used before for other terms. A repeat with the same terms
+(a retry, possibly re-stamped) is a duplicate: acted on once. Ids are remembered for the
+coordinator's life and with its events across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable
+from typing import Any
+
+from gridtao.config.agent import AuthConfig
+from gridtao.security.auth import AuthRejected, Verifier, check_fresh
+
+__all__ = ["Duplicate", "SiteGuard"]
+
+
+class Duplicate(Exception):
+    """The request was seen before with the same terms."""
+
+
+class SiteGuard:
+    """Checks a site command before anything acts on it (see the module docstring)."""
+
+    def __init__(self, auth: AuthConfig, verifier: Verifier | None) -> None:
+        self._auth = auth
+        self._verifier = verifier
+        self._terms: dict[str, Hashable] = {}
+
+    def check(self, payload: bytes, ident: str, issued_at: float | None, terms: Hashable,
+              wall: float) -> None:
+        """Raise :class:`AuthRejected` (with the reason) or :class:`Duplicate`; else the
+        request is new and remembered."""
+        if self._verifier is not None:
+            try:
+                body: Any = json.loads(payload)
+            except ValueError:
+                body = {}
+            self._verifier.authenticate("dispatch", body if isinstance(body, dict) else {})
+            check_fresh(issued_at, "issued_at", wall, max_age_s=self._auth.freshness_s,
+                        max_future_s=self._auth.max_future_s)
+        seen = self._terms.get(ident)
+        if seen is not None:
+            if seen != terms:
+                raise AuthRejected("replayed", f"event id {ident!r} was used for another "
+                                   "request")
+            raise Duplicate(ident)
+        self._terms[ident] = terms
+
+    def remember(self, ident: str) -> None:
+        """An id taken back from the retained record: any new request with it is refused."""
+        self._terms.setdefault(ident, ("restored", ident))
