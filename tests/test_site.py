@@ -16,8 +16,8 @@ from gridtao.config.site import MeterConfig
 from gridtao.control.tier2.facility import FacilityModel
 from gridtao.security.auth import Verifier, load_signing_key, sign_payload
 from gridtao.site.coordinator import SiteCoordinator
-from gridtao.site.serve import signer
 from gridtao.site.meter import MeterFeedback
+from gridtao.site.serve import signer
 from gridtao.site.split import NodeShare, split_budget
 from gridtao.wire.messages import MessageRejected
 from gridtao.wire.site import MeterReading, parse_meter, parse_site_dispatch
