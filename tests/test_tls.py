@@ -51,7 +51,11 @@ USERS = {NODE: "agent-pw-1", "aggregator": "agg-pw-2", "mallory": "mal-pw-3"}
 ACL = f"""\
 pattern read {PREFIX}/dispatch
 pattern read {PREFIX}/frequency
-pattern write {PREFIX}/nodes/%u/#
+pattern read {PREFIX}/nodes/%u/dispatch
+pattern write {PREFIX}/nodes/%u/ack
+pattern write {PREFIX}/nodes/%u/status
+pattern write {PREFIX}/nodes/%u/tracker
+pattern write {PREFIX}/nodes/%u/plan
 
 user aggregator
 topic write {PREFIX}/dispatch
