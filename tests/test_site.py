@@ -273,3 +273,28 @@ def test_signed_mode_refuses_an_unsigned_site_dispatch_and_signs_node_orders(
     verifier = Verifier.from_config(config.auth, source=config.source)
     assert verifier is not None and verifier.authenticate("dispatch", raw) == "agg"
     assert raw["node_w"] >= 800 * 0.99 - 1 and raw["issued_at"] is not None
+
+
+def test_a_node_reporting_a_gpu_fault_loses_its_share_and_gets_it_back_when_well() -> None:
+    h = Harness()
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "e", "kind": "site_cap", "site_w": 2400,
+                                       "duration_s": 60})
+    assert set(h.orders()) == {"n1", "n2", "n3"}
+    h.status("n2", 1000.0, fault="GpuLost")
+    for n in ("n1", "n3"):
+        h.status(n, 800.0)
+    h.clock.advance(2.1)
+    h.c.tick()
+    moved = h.orders()
+    assert set(moved) == {"n1", "n3"}
+    assert sum(o["node_w"] for o in moved.values()) <= 2400 - 1000 + 0.5  # n2 at its draw
+    releases = [b["ref"] for t, b, _ in h.sent if t.endswith("n2/dispatch")]
+    assert releases == ["e"]  # n2 is online: its old cap is released now
+    h.sent.clear()
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 800.0)
+    h.clock.advance(2.1)
+    h.c.tick()
+    assert set(h.orders()) == {"n1", "n2", "n3"}
