@@ -118,7 +118,7 @@ def test_a_site_cap_is_split_held_through_a_killed_node_and_a_coordinator_restar
         site_cfg = _site_config(tmp_path, mqtt_broker, prefix, nodes)
         site = _spawn(["--config", str(site_cfg), "site"], tmp_path / "site.log")
         procs.append(site)
-        status = _wait(sub, f"{prefix}/site/status", lambda b: b.get("online") == 3
+        status = _wait(sub, f"{prefix}/site/status", lambda b: b.get("nodes_online") == 3
                        and all(v["draw_w"] for v in b["nodes"].values()), "3 nodes online")
         with _devices(nodes) as gpus:
             natural = {n: _true_w(gpus[n]) for n in nodes}
@@ -156,7 +156,7 @@ def test_a_site_cap_is_split_held_through_a_killed_node_and_a_coordinator_restar
             start = len(sub.messages)
             again = _spawn(["--config", str(site_cfg), "site"], tmp_path / "site2.log")
             procs.append(again)
-            _wait(sub, f"{prefix}/site/status", lambda b: b.get("online") == 2 and any(
+            _wait(sub, f"{prefix}/site/status", lambda b: b.get("nodes_online") == 2 and any(
                 e["id"] == "cap-1" for e in b.get("events", ())), "the event taken back")
             time.sleep(3.0)  # longer than a rebalance period
             sent = [m for m in list(sub.messages)[start:]
@@ -207,7 +207,7 @@ def test_meter_feedback_meets_a_meter_commitment_the_wrong_model_alone_misses(
                 start = len(sub.messages)
                 site = _spawn(["--config", str(cfg), "site"], tmp_path / f"site-{feedback}.log")
                 procs.append(site)
-                status = _wait(sub, f"{prefix}/site/status", lambda b: b.get("online") == 2
+                status = _wait(sub, f"{prefix}/site/status", lambda b: b.get("nodes_online") == 2
                                and b.get("meter_w") is not None and not b.get("events"),
                                "site with meter", start=start)
                 target = round(0.8 * status["meter_w"])

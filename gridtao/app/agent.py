@@ -107,9 +107,14 @@ GIL_SWITCH_INTERVAL_S = 1e-4
 PACKET_OVERHEAD_BYTES = 1024  # fixed header, topic name, MQTT v5 properties
 
 
+#: The node id when ``mqtt.node_id`` is not set (e.g. a Kubernetes DaemonSet's node name).
+NODE_ID_ENV = "GRIDTAO_NODE_ID"
+
+
 def default_node_id() -> str:
-    """The host name, made safe for one MQTT topic level."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "node"
+    """``$GRIDTAO_NODE_ID``, else the host name, made safe for one MQTT topic level."""
+    name = os.environ.get(NODE_ID_ENV) or socket.gethostname()
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "node"
 
 
 @dataclass(frozen=True)

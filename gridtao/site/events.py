@@ -116,6 +116,8 @@ class SiteEvent:
         reasons = [f"{n} refused: {r}" for n, r in rejected.items()]
         if missing:
             reasons.append(f"no answer from {', '.join(missing)}")
+        if not self.orders:
+            reasons.append("no node was online to take a share")
         if self.shortfall_w > 0.5:
             reasons.append(f"the nodes can give {self.shortfall_w:.0f} W less than asked")
         return {

@@ -38,8 +38,8 @@ class SiteCollector(Collector):
         snap = self._c.snapshot
         nodes = GaugeMetricFamily("gridtao_site_nodes", "Nodes the site knows, by state.",
                                   labels=["state"])
-        nodes.add_metric(["online"], float(snap.get("online", 0)))
-        nodes.add_metric(["offline"], float(snap.get("offline", 0)))
+        nodes.add_metric(["online"], float(snap.get("nodes_online", 0)))
+        nodes.add_metric(["offline"], float(snap.get("nodes_offline", 0)))
         yield nodes
         yield GaugeMetricFamily("gridtao_site_it_power_watts",
                                 "Site IT power: the nodes' GPU draw as they report it, W.",

@@ -146,8 +146,8 @@ class SiteView:
         """The node part of the site's status: counts, power, and one entry per node."""
         online = {v.node for v in self.online(wall)}
         return {
-            "online": len(online),
-            "offline": len(self.nodes) - len(online),
+            "nodes_online": len(online),
+            "nodes_offline": len(self.nodes) - len(online),
             "it_w": round(self.it_w(wall), 1),
             "deliverable_w": round(sum((self.nodes[n].deliverable_w or 0.0) for n in online), 1),
             "nodes": {
