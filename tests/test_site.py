@@ -213,17 +213,20 @@ def test_a_fleet_dispatch_gets_one_site_ack_and_a_release_ends_a_site_event() ->
     assert h.take("site/ack")[-1]["accepted"] is False
 
 
-def _plan(h: Harness, node: str, start: int, offers: dict[str, list[float]]) -> None:
+def _plan(h: Harness, node: str, start: int, offers: dict[str, list[float]],
+          p10: list[float]) -> None:
     h.send(f"{PREFIX}/nodes/{node}/plan", {"node": node, "made_at": 0, "start": start,
-                                           "mtu_s": 3600, "offers_w": offers})
+                                           "mtu_s": 3600, "offers_w": offers,
+                                           "forecast_w": {"p10_w": p10}})
 
 
 def test_the_site_pools_node_offers_into_bids_and_splits_an_award_back() -> None:
     h = Harness(market={"bid_step_w": 1000, "min_bid_w": 2000,
                         "min_bids": [{"product": "fcr-d-up", "w": 5000}]})
     start = 1_796_515_200
-    _plan(h, "n1", start, {"ffr": [1500, 1500, 400], "fcr-d-up": [2000, 2000, 2000]})
-    _plan(h, "n2", start + 3600, {"ffr": [1200, 100], "fcr-d-up": [2000, 2000]})
+    _plan(h, "n1", start, {"ffr": [1500, 1500, 400], "fcr-d-up": [2000, 2000, 2000]},
+          [3000, 3100, 3200])
+    _plan(h, "n2", start + 3600, {"ffr": [1200, 100], "fcr-d-up": [2000, 2000]}, [2500, 2600])
     h.c.tick()
     (plan,) = h.take("site/plan")
     assert plan["start"] == start and plan["mtu_s"] == 3600
@@ -231,6 +234,7 @@ def test_the_site_pools_node_offers_into_bids_and_splits_an_award_back() -> None
     assert plan["offers_w"]["ffr"] == [0, 2000, 0]
     # fcr-d-up pooled 2000 / 4000 / 4000: under its own 5 kW minimum every hour
     assert plan["offers_w"]["fcr-d-up"] == [0, 0, 0]
+    assert plan["forecast_w"] == {"p10_w": [3000, 5600, 5800]}  # on the site's hours
     h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start + 3600, "mtu_s": 3600,
                                     "capacity_w": {"ffr": [2000, None]}})
     awards = {t.split("/")[2]: b for t, b, _ in h.sent if t.endswith("/award")}

@@ -6,7 +6,9 @@ and from a minimum size (Fingrid: 0.1 MW steps, FCR-N from 0.1 MW, FCR-D from 1 
 one node, so the site pools them: per product and MTU, the sum over nodes, rounded *down* to the
 bid step (never offering what the nodes did not) and zero below the minimum bid. An award for
 the site (``{prefix}/site/award``, the node award's format) is split back in proportion to each
-node's offer in that MTU, and no node is awarded more than it offered.
+node's offer in that MTU, and no node is awarded more than it offered. The plan also carries
+the nodes' forecasts of their natural IT draw summed per quantile: a sum of p10s is below the
+p10 of the sum (the nodes do not all dip together), so it errs on the safe side for reserves.
 
 Pure functions and plain data; power in W, times in Unix seconds.
 """
@@ -35,6 +37,7 @@ class SitePlan:
     offers_w: Mapping[str, list[float]]
     pooled_w: Mapping[str, list[float]]
     by_node: Mapping[str, Mapping[str, list[float]]]
+    forecast_w: Mapping[str, list[float]]
 
     def body(self, site: str, made_at: float, market: MarketConfig) -> dict[str, object]:
         """The retained ``{prefix}/site/plan`` payload."""
@@ -42,6 +45,7 @@ class SitePlan:
                 "mtu_s": self.mtu_s, "bid_step_w": market.bid_step_w,
                 "offers_w": {k: [round(x, 1) for x in v] for k, v in self.offers_w.items()},
                 "pooled_w": {k: [round(x, 1) for x in v] for k, v in self.pooled_w.items()},
+                "forecast_w": {k: [round(x, 1) for x in v] for k, v in self.forecast_w.items()},
                 "nodes": sorted(self.by_node)}
 
 
@@ -61,8 +65,13 @@ def pool_offers(nodes: Mapping[str, NodeView], market: MarketConfig) -> SitePlan
              for v in planned.values() for p in v.products}
     by_node: dict[str, dict[str, list[float]]] = {}
     pooled: dict[str, list[float]] = {}
+    forecast: dict[str, list[float]] = {}
     for node, view in sorted(planned.items()):
         shift = int(((view.plan_start or 0.0) - start) // mtu)
+        for quantile, values in view.forecast_w.items():
+            summed = forecast.setdefault(quantile, [0.0] * length)
+            for k, w in enumerate(values[:length - shift]):
+                summed[shift + k] += w or 0.0
         aligned = by_node.setdefault(node, {})
         for product, series in view.offers_w.items():
             row = aligned.setdefault(product, [0.0] * length)
@@ -76,7 +85,7 @@ def pool_offers(nodes: Mapping[str, NodeView], market: MarketConfig) -> SitePlan
         floor = market.min_bid_for(product, kinds.get(product))
         stepped = [math.floor(w / market.bid_step_w + 1e-9) * market.bid_step_w for w in sums]
         offers[product] = [w if w >= floor and w > 0 else 0.0 for w in stepped]
-    return SitePlan(start, mtu, offers, pooled, by_node)
+    return SitePlan(start, mtu, offers, pooled, by_node, forecast)
 
 
 def split_award(award: Award, plan: SitePlan) -> dict[str, dict[str, list[float | None]]]:

@@ -41,6 +41,7 @@ class NodeView:
     event: str | None = None
     products: tuple[Mapping[str, Any], ...] = ()
     offers_w: Mapping[str, list[float | None]] = field(default_factory=dict)
+    forecast_w: Mapping[str, list[float | None]] = field(default_factory=dict)
     plan_start: float | None = None
     plan_mtu_s: float | None = None
 
@@ -111,6 +112,9 @@ class SiteView:
         view.plan_start, view.plan_mtu_s = _num(body.get("start")), _num(body.get("mtu_s"))
         view.offers_w = ({str(k): [_num(x) for x in v] for k, v in offers.items()
                           if isinstance(v, list)} if isinstance(offers, Mapping) else {})
+        forecast = body.get("forecast_w")
+        view.forecast_w = ({str(k): [_num(x) for x in v] for k, v in forecast.items()
+                            if isinstance(v, list)} if isinstance(forecast, Mapping) else {})
 
     def is_online(self, node: str, wall: float) -> bool:
         view = self.nodes.get(node)
