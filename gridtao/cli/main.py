@@ -27,6 +27,8 @@ EXIT_ERROR = 2
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Commands whose own output is the point: the agent's log says only problems unless asked.
 QUIET_BY_DEFAULT = {"bench": "warning", "demo": "warning"}
+#: Commands whose --config names a file of their own (not the agent's configuration).
+OWN_CONFIG = {"openadr"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,12 @@ def _site_cli() -> Any:
     from gridtao.cli import site as cli_site
 
     return cli_site
+
+
+def _openadr_cli() -> Any:
+    from gridtao.cli import openadr as cli_openadr
+
+    return cli_openadr
 
 
 def _broker_cli() -> Any:
@@ -136,6 +144,10 @@ COMMANDS: dict[str, Command] = {
                     "into signed node dispatches, the meter's feedback (docs/site.md)",
                     lambda p: _site_cli().configure_site(p),
                     lambda a, c: _site_cli().run_site_command(a, c)),
+    "openadr": Command("the facility's OpenADR 2.0b VEN: VTN events to signed dr dispatches, "
+                       "usage reports back (docs/openadr.md)",
+                       lambda p: _openadr_cli().configure_openadr(p),
+                       lambda a, c: _openadr_cli().run_openadr_command(a, c)),
     "check-broker": Command("connect to the broker once with the configured TLS and "
                             "credentials; exit 0 if accepted, 2 with the reason if not",
                             lambda p: _broker_cli().configure_check_broker(p),
@@ -203,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        config = load_config(args.config)
+        config = Config() if args.command in OWN_CONFIG else load_config(args.config)
         return COMMANDS[args.command].run(args, config)
     except GridtaoError as e:  # bad config, GPU, journal, audit, broker: one line, never a trace
         print(f"gridtao: error: {e}", file=sys.stderr)
