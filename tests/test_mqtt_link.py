@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -383,3 +384,41 @@ def test_publish_threadsafe_requires_running_link() -> None:
         link.publish_threadsafe("t", b"x")
     with pytest.raises(ValueError):
         link.publish_nowait("t", b"x", qos=3)
+
+
+def _sockets_to(port: int) -> list[socket.socket]:
+    """This process's TCP sockets connected to ``port`` on loopback (duplicated fds)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            found.append(socket.socket(fileno=os.dup(int(fd))))
+    return found
+
+
+def test_the_link_sends_without_nagle_delay(mqtt_broker: MosquittoBroker) -> None:
+    """TCP_NODELAY on the link's socket: a small publish is not held back ~40 ms waiting for
+    the acknowledgement of the one before (Nagle's algorithm with delayed ACKs)."""
+    link = make_link(mqtt_broker)
+
+    async def main() -> list[int]:
+        async with running(link):
+            socks = _sockets_to(mqtt_broker.port)
+            try:
+                return [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in socks]
+            finally:
+                for s in socks:
+                    s.close()
+
+    flags = run(main)
+    assert flags and all(flags), flags

@@ -302,3 +302,16 @@ def test_a_node_reporting_a_gpu_fault_loses_its_share_and_gets_it_back_when_well
     h.clock.advance(2.1)
     h.c.tick()
     assert set(h.orders()) == {"n1", "n2", "n3"}
+
+
+def test_an_event_shorter_than_the_ack_deadline_still_gets_its_site_ack() -> None:
+    h = Harness(ack_deadline_s=5.0)
+    for n in ("n1", "n2"):
+        h.status(n, 1000.0)
+    h.send(f"{PREFIX}/dispatch", {"id": "f", "kind": "shed", "fraction": 0.1, "duration_s": 1})
+    h.ack("n1", "f")
+    h.clock.advance(1.5)
+    h.c.tick()
+    (ack,) = h.take("site/ack")
+    assert ack["nodes"]["accepted"] == ["n1"] and ack["nodes"]["missing"] == ["n2"]
+    assert "f" not in h.c.events

@@ -24,6 +24,9 @@ PASSTHROUGH = {
              "samples, against an idle baseline",
     "planner": "tier 3's day-ahead plan against static, reference and oracle strategies, "
                "over a simulated week",
+    "fleet": "N simulated nodes over one broker and the site coordinator: publish -> every "
+             "node commanded, 10 Hz frequency fan-out, site acks, against the broker's own "
+             "fan-out",
 }
 
 PUE_SCENARIOS = ("short", "dr")  # gridtao.bench.pue.SCENARIOS, checked there

@@ -90,7 +90,10 @@ class SiteCoordinator:
     def subscriptions(self) -> list[tuple[str, int]]:
         t = self.topics
         return [(t.dispatch, 1), (t.award, 1), (t.fleet_dispatch, 1), (t.meter, 0),
-                (t.nodes("status"), 1), (t.nodes("tracker"), 0), (t.nodes("plan"), 1),
+                # Statuses are periodic state: QoS 0 spares a PUBACK per status per node (at a
+                # thousand nodes a second, most of the coordinator's time), a lost one is
+                # replaced within a status period.
+                (t.nodes("status"), 0), (t.nodes("tracker"), 0), (t.nodes("plan"), 1),
                 (t.nodes("ack"), 1), (self.events_topic, 1)]
 
     def retained_topics(self) -> list[str]:
@@ -381,6 +384,8 @@ class SiteCoordinator:
         wall = self.clock.wall()
         for event in list(self.events.values()):
             if wall >= event.until:
+                if event.phase == "answering":  # a short event still gets its site ack
+                    self._advance(event, wall, ended=True)
                 self._forget(event.id)
                 continue
             self._advance(event, wall)
@@ -406,9 +411,11 @@ class SiteCoordinator:
             self._next_status = wall + self.cfg.status_period_s
             self._publish_status(wall)
 
-    def _advance(self, event: SiteEvent, wall: float) -> None:
+    def _advance(self, event: SiteEvent, wall: float, *, ended: bool = False) -> None:
+        """Send the acks that are due (``ended``: the event is over: ack now, naming the
+        nodes that have not answered)."""
         if event.phase == "answering" and (
-                event.answered() or wall - event.phase_since >= self.cfg.ack_deadline_s):
+                ended or event.answered() or wall - event.phase_since >= self.cfg.ack_deadline_s):
             self._ack(event.ack_body(self.cfg.id, measured_w=self._measured(event, wall)))
             self.ack_delays.observe(wall - event.phase_since)
             for order in event.orders.values():
