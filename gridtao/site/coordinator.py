@@ -79,6 +79,7 @@ class SiteCoordinator:
         self._plan_dirty = False
         self._next_plan = 0.0
         self._next_status = 0.0
+        self._started_at = clock.wall()
         self._next_rebalance: dict[str, float] = {}
         self._events_dirty = False
         self.counts: dict[str, int] = {}
@@ -87,19 +88,18 @@ class SiteCoordinator:
 
     # ---- input ---------------------------------------------------------------------------
 
-    def subscriptions(self) -> list[tuple[str, int]]:
+    def command_subscriptions(self) -> list[tuple[str, int]]:
+        """What the site acts on: dispatches, awards, acks, the meter, its own record."""
         t = self.topics
         return [(t.dispatch, 1), (t.award, 1), (t.fleet_dispatch, 1), (t.meter, 0),
-                # Statuses are periodic state: QoS 0 spares a PUBACK per status per node (at a
-                # thousand nodes a second, most of the coordinator's time), a lost one is
-                # replaced within a status period.
-                (t.nodes("status"), 0), (t.nodes("tracker"), 0), (t.nodes("plan"), 1),
                 (t.nodes("ack"), 1), (self.events_topic, 1)]
 
-    def retained_topics(self) -> list[str]:
-        """The subscriptions whose retained messages are state the site rebuilds from."""
+    def state_subscriptions(self) -> list[tuple[str, int]]:
+        """The nodes' periodic state, all retained. QoS 0: a status a second from every node
+        is most of what the site receives, a PUBACK for each would double it, and a lost one
+        is replaced within a status period."""
         t = self.topics
-        return [t.nodes("status"), t.nodes("tracker"), t.nodes("plan"), self.events_topic]
+        return [(t.nodes("status"), 0), (t.nodes("tracker"), 0), (t.nodes("plan"), 0)]
 
     @property
     def events_topic(self) -> str:
@@ -288,6 +288,9 @@ class SiteCoordinator:
             return
         for event in restore_events(self._decode(payload), wall):
             self.events[event.id] = event
+            # Not re-split before every node has had a status period to be seen again: a
+            # split from half a view would move shares that need not move.
+            self._next_rebalance[event.id] = self._started_at + self.cfg.node_stale_s
             self.guard.remember(event.id)
             for node, order in event.orders.items():
                 self._by_dispatch[(order.dispatch_id, node)] = event.id

@@ -1,8 +1,9 @@
 """``gridtao site``'s lifecycle: one coordinator on the caller's event loop, until stopped.
 
-One broker connection (subscriptions in :meth:`SiteCoordinator.subscriptions`, the retained
-ones asked back at every connection, the offline status as its last will), the coordinator fed
-message by message and ticked every ``TICK_S``, and its metrics served when ``metrics.enabled``.
+Two broker connections: commands (dispatches, awards, the nodes' acks, the meter; the offline
+status as its last will) and the nodes' retained state (status, tracker, plan), drained
+commands first so an ack never waits behind statuses; the coordinator fed message by message
+and ticked every ``TICK_S``, and its metrics served when ``metrics.enabled``.
 SIGINT and SIGTERM stop it; it changes no node on the way out (the nodes keep their events).
 """
 
@@ -34,6 +35,8 @@ log = logging.getLogger("gridtao.site")
 
 #: How often the coordinator checks deadlines, rebalances and publishes (s).
 TICK_S: Final = 0.05
+#: State messages handled between two looks at the commands' connection.
+STATE_BATCH: Final = 100
 
 
 def signer(config: Config) -> Sign:
@@ -67,50 +70,70 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
     verifier = Verifier.from_config(config.auth, source=config.source)
     sign = signer(config)
     m = config.mqtt
-    link_box: list[MqttLink] = []
+    links: list[MqttLink] = []
 
     def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        link_box[0].publish_nowait(topic, payload, qos, retain)
+        links[0].publish_nowait(topic, payload, qos, retain)
 
     coordinator = SiteCoordinator(config, clock=clock, publish=publish, sign=sign,
                                   verifier=verifier)
-    link = MqttLink(
-        host=m.host, port=m.port, client_id=f"gridtao-site-{config.site.id}-{os.getpid()}",
-        subscriptions=coordinator.subscriptions(),
-        retained_topics=coordinator.retained_topics(),
-        will=Will(coordinator.topics.status, coordinator.offline_payload(), qos=1, retain=True),
-        keepalive_s=m.keepalive_s, reconnect_min_s=m.reconnect_min_s,
-        reconnect_max_s=m.reconnect_max_s, tls=ssl_context(m, source=config.source),
-        username=m.username, password=read_password(m, source=config.source),
-        error_log_interval_s=m.error_log_interval_s, clock=clock, max_outbound=100_000,
-    )
-    link_box.append(link)
+    tls, password = ssl_context(m, source=config.source), read_password(m, source=config.source)
+
+    def link(role: str, subscriptions: list[tuple[str, int]], **extra: Any) -> MqttLink:
+        return MqttLink(
+            host=m.host, port=m.port,
+            client_id=f"gridtao-site-{config.site.id}-{role}-{os.getpid()}",
+            subscriptions=subscriptions, keepalive_s=m.keepalive_s,
+            reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s, tls=tls,
+            username=m.username, password=password, error_log_interval_s=m.error_log_interval_s,
+            clock=clock, **extra)
+
+    # Two connections: the broker queues per connection, so the nodes' acks and the
+    # aggregator's commands never wait behind a backlog of statuses.
+    links.append(link("cmd", coordinator.command_subscriptions(),
+                      retained_topics=[coordinator.events_topic], max_outbound=100_000,
+                      will=Will(coordinator.topics.status, coordinator.offline_payload(),
+                                qos=1, retain=True)))
+    links.append(link("state", coordinator.state_subscriptions(),
+                      retained_topics=[topic for topic, _ in coordinator.state_subscriptions()]))
+    commands, states = links
     registry = registry if registry is not None else CollectorRegistry()
     register(coordinator, registry)
     server: Any = None
     if config.metrics.enabled:
         server, _ = start_http_server(config.metrics.port, addr=config.metrics.host,
                                       registry=registry)
-    runner = asyncio.ensure_future(link.run())
+    runners = [asyncio.ensure_future(link.run()) for link in links]
     log.info("site %s: coordinating under %s/ (broker %s:%d)", config.site.id, m.prefix,
              m.host, m.port)
     arrived = asyncio.Event()
-    link.on_inbound = arrived.set
+    commands.on_inbound = states.on_inbound = arrived.set
     try:
         while not stop.is_set():
             arrived.clear()  # before draining: a message landing after the drain wakes us
-            while (msg := link.poll()) is not None:
-                coordinator.on_message(msg.topic, msg.payload, retained=msg.retain)
+            while True:
+                while (msg := commands.poll()) is not None:
+                    coordinator.on_message(msg.topic, msg.payload, retained=msg.retain)
+                for _ in range(STATE_BATCH):  # then some state, and commands again
+                    if (msg := states.poll()) is None:
+                        break
+                    coordinator.on_message(msg.topic, msg.payload, retained=msg.retain)
+                else:
+                    coordinator.tick()
+                    continue
+                break
             coordinator.tick()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(arrived.wait(), timeout=TICK_S)
     finally:
-        link.publish_nowait(coordinator.topics.status, coordinator.offline_payload(), 1, True)
+        commands.publish_nowait(coordinator.topics.status, coordinator.offline_payload(), 1,
+                                True)
         with contextlib.suppress(Exception):
-            await link.flush(2.0)
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await runner
+            await commands.flush(2.0)
+        for runner in runners:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runner
         if server is not None:
             server.shutdown()
             server.server_close()
