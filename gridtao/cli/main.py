@@ -80,6 +80,12 @@ def _openadr_cli() -> Any:
     return cli_openadr
 
 
+def _report_cli() -> Any:
+    from gridtao.cli import report as cli_report
+
+    return cli_report
+
+
 def _broker_cli() -> Any:
     from gridtao.cli import broker as cli_broker
 
@@ -148,6 +154,10 @@ COMMANDS: dict[str, Command] = {
                        "usage reports back (docs/openadr.md)",
                        lambda p: _openadr_cli().configure_openadr(p),
                        lambda a, c: _openadr_cli().run_openadr_command(a, c)),
+    "report": Command("reports from the node's own records: energy by node, hour, day and "
+                      "event over a window (report energy; docs/energy.md)",
+                      lambda p: _report_cli().configure_report(p),
+                      lambda a, c: _report_cli().run_report(a, c)),
     "check-broker": Command("connect to the broker once with the configured TLS and "
                             "credentials; exit 0 if accepted, 2 with the reason if not",
                             lambda p: _broker_cli().configure_check_broker(p),

@@ -1,0 +1,57 @@
+"""The energy report as a plot (:func:`draw`): per node, hourly IT and modelled meter energy,
+with the history's gaps and the events, as a PNG. matplotlib is loaded when a plot is drawn,
+not when this module is imported (:mod:`gridtao.telemetry.plotting`).
+
+Units: kWh per hour (one bar an hour); the time axis in UTC.
+Threads: pyplot keeps global state: draw from one thread at a time (the CLI's main thread).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from gridtao.records.report.build import EnergyReport
+from gridtao.records.report.common import DAY_S
+from gridtao.records.report.formats import _when
+
+__all__ = ["draw"]
+
+
+def draw(report: EnergyReport, path: Path) -> None:
+    """Per node, hourly IT energy (measured) in front of the modelled meter energy (kWh, one bar
+    per hour as wide as the part of the hour in the window), history gaps in grey and events in
+    red; a PNG at ``path``. Needs matplotlib (:mod:`gridtao.telemetry.plotting`)."""
+    from gridtao.telemetry.plotting import pyplot
+
+    def when(t: float) -> datetime:
+        return datetime.fromtimestamp(t, timezone.utc)
+
+    plt = pyplot()
+    rows = max(1, len(report.nodes))
+    fig, axes = plt.subplots(rows, 1, figsize=(11, 1.0 + 3.0 * rows), dpi=110, sharex=True,
+                             squeeze=False)
+    for ax, n in zip([a[0] for a in axes], report.nodes, strict=False):
+        starts = [when(s.start_s) for s in n.hours]
+        widths = [(s.end_s - s.start_s) / DAY_S for s in n.hours]  # matplotlib dates: days
+        ax.bar(starts, [s.meter_kwh for s in n.hours], width=widths, align="edge",
+               color="tab:orange", alpha=0.5, label="meter kWh (modelled)")
+        ax.bar(starts, [s.it_kwh for s in n.hours], width=widths, align="edge",
+               color="tab:blue", alpha=0.8, label="IT kWh (measured)")
+        for g in n.gaps:
+            ax.axvspan(when(g.start_s), when(g.end_s), color="0.6", alpha=0.5, lw=0)
+        for x in report.events:
+            ev = x.event
+            if ev.start_s is not None and (len(report.nodes) == 1 or ev.node == n.node):
+                end = ev.end_s if ev.end_s is not None else report.to_s
+                ax.axvspan(when(ev.start_s), when(end), color="tab:red", alpha=0.25, lw=0)
+        ax.set_ylabel(f"{n.node}: kWh per hour")
+        ax.legend(fontsize=8, loc="upper left")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_title(f"gridtao energy {_when(report.from_s)} to {_when(report.to_s)} UTC "
+                         "(grey: history gaps, red: events)")
+    axes[0][0].set_xlim(when(report.from_s), when(report.to_s))
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
