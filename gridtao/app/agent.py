@@ -46,6 +46,7 @@ from gridtao.app.planning import floor_w as planning_floor_w
 from gridtao.app.planning import subscriptions as tier3_subscriptions
 from gridtao.app.readback import ReadBack
 from gridtao.app.reload import ReloadResult, apply_reload, plan_reload, read_credentials
+from gridtao.app.workmodel import WorkAwareCuts
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.config.agent import Config, ConfigError
 from gridtao.config.paths import with_state_paths
@@ -342,6 +343,9 @@ class Agent:
                        "status": lambda: self.status_link.is_connected}, registry=self.registry)
         RecordsCollector(lambda: self.ledger.health, registry=self.registry)
         self.work = NodeWork(config.work, registry=self.registry)  # threads start in start()
+        self.work_aware = WorkAwareCuts(config, self.work, self.fast, self.island,  # docs/work.md
+                                        node_id=self.node_id, registry=self.registry,
+                                        clock=self.clock, physical=self._physical)
         self.controller = ControllerLoop(
             ControllerParts(
                 node_id=self.node_id, status_topic=self.topics.status,
@@ -445,6 +449,7 @@ class Agent:
             self.watchdog.start()
             self._fast_thread = self.fast.start_thread(self._fast_stop)
             self.work.start()
+            self.work_aware.start()
             if self.options.serve_metrics and self.config.metrics.enabled:
                 mc = self.config.metrics
                 try:
@@ -494,6 +499,7 @@ class Agent:
         self.quiesce()
         self.planning.close()
         self.work.close()
+        self.work_aware.close()
         self.island.close()
         if self._metrics_server is not None:
             self._metrics_server.close()

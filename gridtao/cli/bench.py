@@ -27,6 +27,8 @@ PASSTHROUGH = {
     "fleet": "N simulated nodes over one broker and the site coordinator: publish -> every "
              "node commanded, 10 Hz frequency fan-out, site acks, against the broker's own "
              "fan-out",
+    "work": "work lost to sheds on a mixed node: proportional against work-aware splits, in "
+            "virtual time",
 }
 
 PUE_SCENARIOS = ("short", "dr")  # gridtao.bench.pue.SCENARIOS, checked there

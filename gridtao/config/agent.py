@@ -57,6 +57,15 @@ class SimFault:
 
 
 @dataclass(frozen=True)
+class SimWorkload:
+    """One simulated GPU's workload (``gpus.sim.workloads``): ``kind`` as ``gpus.sim.workload``;
+    ``load`` scales an inference GPU's demand above idle (1: as ``inference``; other kinds: 1)."""
+
+    kind: Literal["training", "inference", "idle", "trace"]
+    load: float = field(default=1.0, metadata=rng(0.01, 1))
+
+
+@dataclass(frozen=True)
 class SimConfig:
     """Simulated GPUs (see gridtao/gpu/sim.py). Times in milliseconds, power in watts."""
 
@@ -79,6 +88,8 @@ class SimConfig:
     # naming it shares them, as processes on one server share its GPUs, and limits outlive the
     # process that set them. null: GPUs private to the process (tests in virtual time).
     device: str | None = "default"
+    # One workload per GPU (a mixed node), overriding `workload`; empty: all run `workload`.
+    workloads: tuple[SimWorkload, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,6 +193,10 @@ class ControlConfig:
     # reading): training swings by hundreds of watts within a second, and a cut computed from
     # one 10 ms reading taken in a dip (or a peak) misses its target by as much.
     basis_tau_s: float = field(default=0.5, metadata=rng(0, 60))
+    # How tier 1 splits a node cut between GPUs: "proportional" (equal levels within each
+    # GPU's range) or "work-aware" (equal work lost per watt: GPUs whose work suffers least
+    # from a lower limit are cut first; gridtao/control/tier1/workaware.py, docs/work.md).
+    allocation: Literal["proportional", "work-aware"] = "proportional"
 
 
 @dataclass(frozen=True)
@@ -403,6 +418,7 @@ def _check_consistency(cfg: Config, source: str) -> None:
         fail(source, "safety.triggers", "two triggers share the same hz level")
     if cfg.gpus.sim.workload == "trace" and cfg.gpus.sim.trace_csv is None:
         fail(source, "gpus.sim.trace_csv", "required when gpus.sim.workload is 'trace'")
+    _check_sim_workloads(cfg.gpus.sim, source)
     device = cfg.gpus.sim.device
     if device is not None and (problem := sim_device_problem(device)) is not None:
         fail(source, "gpus.sim.device", problem)
@@ -427,6 +443,18 @@ def _check_consistency(cfg: Config, source: str) -> None:
     _check_products(cfg, source)
     check_work(cfg.work, source)
     check_site(cfg.site, source)
+
+
+def _check_sim_workloads(sim: SimConfig, source: str) -> None:
+    """``gpus.sim.workloads``: none, or one per GPU; a load only for inference."""
+    if sim.workloads and len(sim.workloads) != sim.count:
+        fail(source, "gpus.sim.workloads", f"one per GPU: {len(sim.workloads)} listed, "
+             f"gpus.sim.count is {sim.count}")
+    for k, w in enumerate(sim.workloads):
+        if w.kind != "inference" and w.load != 1.0:
+            fail(source, f"gpus.sim.workloads[{k}].load", "only inference takes a load")
+        if w.kind == "trace" and sim.trace_csv is None:
+            fail(source, "gpus.sim.trace_csv", "required when a GPU's workload is 'trace'")
 
 
 def sim_device_problem(name: str) -> str | None:

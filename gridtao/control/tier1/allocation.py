@@ -8,13 +8,26 @@ here keeps, and tests/test_allocation.py checks by property:
   to the budget rounded down to a whole mW;
 * results depend only on the inputs (deterministic; ties broken by GPU index).
 
+How tier 1's node budget is split between GPUs is ``control.allocation``: ``proportional``
+(this module's water-filling on one level) or ``work-aware`` (gridtao/control/tier1/workaware.py:
+equal work lost per watt), given to tier 1 (``FastLoop.split``) by the agent
+(gridtao/app/workmodel.py).
+Either is computed here, on tier 1's thread; the island's armed caps and its trigger path are
+unchanged.
+
 Lists of 8-64 floats: plain Python beats numpy here (no array set-up per call).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+#: A node split other than the proportional one: ``(budget, wants, lower, upper)`` (mW; the
+#: budget within the sums of the bounds, every want in its bounds) to per-GPU levels (mW
+#: floats, summing to the budget, each in its bounds), or None to split this one
+#: proportionally.
+NodeSplit = Callable[[float, Sequence[float], Sequence[int], Sequence[int]], list[float] | None]
 
 
 def _round_to_total(
@@ -91,14 +104,18 @@ def allocate_mw(
     want: Sequence[float],
     min_mw: Sequence[int],
     default_mw: Sequence[int],
+    *,
+    split: NodeSplit | None = None,
 ) -> list[int]:
     """Split a node budget into per-GPU limits (sum == clamped budget, each in [min, default]).
 
-    If the budget does not cover every GPU's ``want``: water-filling on one level ``lam`` in
-    [0, 1], ``limit_i = min(want_i, min_i + lam * (default_i - min_i))``. GPUs that want little
-    keep exactly what they want; the rest share the remainder in proportion to their adjustable
-    range (equal shares for identical GPUs). If the budget covers every want, the surplus is
-    spread in proportion to each GPU's room above its want, so limits never exceed defaults.
+    ``split`` where one is given and it returns levels; else proportionally. If the budget
+    does not cover every GPU's ``want`` (a cut): water-filling on one level ``lam`` in [0, 1],
+    ``limit_i = min(want_i, min_i + lam * (default_i - min_i))``. GPUs that want little keep
+    exactly what they want; the rest share the remainder in proportion to their adjustable
+    range (equal shares for identical GPUs).
+    If the budget covers every want, the surplus is spread in proportion to each GPU's room
+    above its want, so limits never exceed defaults.
     """
     n = len(want)
     if not (len(min_mw) == len(default_mw) == n):
@@ -106,6 +123,10 @@ def allocate_mw(
     budget = clamp_budget_mw(budget_mw, min_mw, default_mw)
     wants = [min(float(hi), max(float(lo), w)) for w, lo, hi in zip(want, min_mw, default_mw,
                                                                     strict=True)]
+    if split is not None:
+        levels = split(budget, wants, min_mw, default_mw)
+        if levels is not None:
+            return _round_to_total(levels, min_mw, default_mw, budget)
     total_want = sum(wants)
     if budget >= total_want:
         room = [hi - w for w, hi in zip(wants, default_mw, strict=True)]
@@ -113,7 +134,17 @@ def allocate_mw(
         mu = 0.0 if total_room <= 0 else min(1.0, (budget - total_want) / total_room)
         return _round_to_total([w + mu * r for w, r in zip(wants, room, strict=True)], min_mw,
                                default_mw, budget)
+    return _round_to_total(proportional_levels(budget, wants, min_mw, default_mw), min_mw,
+                           default_mw, budget)
 
+
+def proportional_levels(
+    budget_mw: float, wants: Sequence[float], min_mw: Sequence[int], default_mw: Sequence[int]
+) -> list[float]:
+    """The proportional split of a cut (a :data:`NodeSplit` that never declines): water-filling
+    on one level of each GPU's range, GPUs that want less keeping their want (mW floats)."""
+    n = len(wants)
+    budget = budget_mw  # below sum(wants): the caller's cut
     ranges = [float(hi - lo) for lo, hi in zip(min_mw, default_mw, strict=True)]
     fixed = 0.0  # GPUs with min == default: nothing to allocate
     free_min = 0.0
@@ -138,11 +169,10 @@ def allocate_mw(
         free_min -= min_mw[i]
         free_range -= ranges[i]
     lam = max(0.0, min(1.0, lam))
-    levels = [
+    return [
         min(w, lo + lam * r) if r > 0 else float(lo)
         for w, lo, r in zip(wants, min_mw, ranges, strict=True)
     ]
-    return _round_to_total(levels, min_mw, default_mw, budget)
 
 
 def raise_toward_mw(

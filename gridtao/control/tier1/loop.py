@@ -34,6 +34,7 @@ from gridtao.clock import Clock
 from gridtao.config.agent import ControlConfig
 from gridtao.control.tier1.allocation import (
     NodeBudget,
+    NodeSplit,
     PeakHold,
     SettleTracker,
     allocate_mw,
@@ -99,6 +100,10 @@ class FastLoop:
             raise ValueError("periods must be > 0, settle_s and write_deadband_mw >= 0")
         self._backend = backend
         self._island = island
+        #: How a node budget is split between GPUs (``control.allocation``): None, the
+        #: proportional split; else e.g. the work-aware one (gridtao/app/workmodel.py). May be
+        #: set from another thread at any time: one reference, read once per step.
+        self.split: NodeSplit | None = None
         self._clock = clock
         self._config = config
         self._metrics = metrics
@@ -268,7 +273,7 @@ class FastLoop:
         # Priority floors (tier 2) shape the split; the island still scales the plan under a
         # hard event ceiling with the true minimums.
         lower = self._min_mw if view.floors_mw is None else view.floors_mw
-        return allocate_mw(budget, want, lower, self._upper_mw)
+        return allocate_mw(budget, want, lower, self._upper_mw, split=self.split)
 
     def step(self) -> StepResult:
         """One iteration (see the module docstring). GPU read errors never propagate."""

@@ -43,7 +43,7 @@ from typing import Any, Literal
 import pynvml
 
 from gridtao.clock import Clock, VirtualClock
-from gridtao.config.agent import ConfigError, SimConfig
+from gridtao.config.agent import ConfigError, SimConfig, SimWorkload
 from gridtao.gpu.sim.daily import DailyShape
 from gridtao.gpu.sim.physics import PROFILES, GpuPhysics, GpuProfile
 from gridtao.gpu.sim.shared import DeviceFile, DeviceGone, DeviceMissing
@@ -73,8 +73,37 @@ class _Fault:
 
 #: The settings that make a device's physics: processes sharing one device must agree on them.
 #: Latencies and faults are each process's own (they model its calls, not the GPUs).
+#: ``workloads`` is recorded only when set, so devices made before it existed still open.
 DEVICE_PARAMS = ("count", "profile", "workload", "trace_csv", "cap_down_ms", "cap_up_ms",
-                 "refresh_ms", "noise_w", "seed", "daily_shape")
+                 "refresh_ms", "noise_w", "seed", "daily_shape", "workloads")
+
+
+def _device_params(cfg: SimConfig) -> dict[str, Any]:
+    """``cfg``'s :data:`DEVICE_PARAMS` as the device header stores them (JSON values)."""
+    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k in DEVICE_PARAMS}
+    if cfg.workloads:
+        params["workloads"] = [dict(w) for w in params["workloads"]]
+    else:
+        del params["workloads"]
+    return params
+
+
+def _config_of(params: dict[str, Any]) -> SimConfig:
+    """The :class:`SimConfig` a device header's parameters describe."""
+    values = dict(params)
+    values["workloads"] = tuple(SimWorkload(**w) for w in values.get("workloads", ()))
+    return SimConfig(**values)
+
+
+def _shape(daily_shape: str, load: float) -> DailyShape | None:
+    """The inference demand shape of a GPU at ``load``: the day's shape scaled by it, a flat
+    ``load``, or None (unshaped) at full load without a day's shape."""
+    if daily_shape == "default":
+        day = DailyShape.default()
+        if load == 1.0:
+            return day
+        return dataclasses.replace(day, hourly=tuple(h * load for h in day.hourly))
+    return None if load == 1.0 else DailyShape.flat(load)
 
 
 class _Device:
@@ -153,7 +182,8 @@ def _error(code: int) -> pynvml.NVMLError:
 
 
 class SimNvml:
-    """A pynvml-compatible module object simulating ``config.count`` GPUs of one profile.
+    """A pynvml-compatible module object simulating ``config.count`` GPUs of one profile;
+    :attr:`workloads` says what each runs (``config.workloads``, else ``config.workload``).
 
     Thread-safe: each device has its own lock, held only while its physics advances.
     """
@@ -176,7 +206,10 @@ class SimNvml:
         self._init_lock = threading.Lock()
         self._init_count = 0
         self._global_calls: dict[str, int] = {}
-        trace_data = self._load_trace(cfg) if cfg.workload == "trace" else None
+        self.workloads: tuple[SimWorkload, ...] = (
+            cfg.workloads or (SimWorkload(cfg.workload),) * cfg.count)
+        traced = any(w.kind == "trace" for w in self.workloads)
+        trace_data = self._load_trace(cfg) if traced else None
         t0 = clock.now()
         # Fixed once, so one sample always carries the same timestamp.
         self._wall_offset_s = clock.wall() - t0
@@ -184,12 +217,12 @@ class SimNvml:
         for i in range(cfg.count):
             rng = random.Random(f"gridtao-sim:{cfg.seed}:{i}")
             workload = make_workload(
-                cfg.workload,
+                self.workloads[i].kind,
                 tdp_w=self.profile.tdp_w,
                 rng=random.Random(f"gridtao-sim-workload:{cfg.seed}:{i}"),
                 index=i,
                 trace_data=trace_data,
-                shape=DailyShape.default() if cfg.daily_shape == "default" else None,
+                shape=_shape(cfg.daily_shape, self.workloads[i].load),
                 start_wall_s=clock.wall(),
             )
             physics = GpuPhysics(
@@ -207,10 +240,9 @@ class SimNvml:
             devices.append(_Device(physics, self.profile.name, uuid_str))
         self.device: DeviceFile | None = None
         if device_path is not None:
-            params = {k: v for k, v in dataclasses.asdict(cfg).items() if k in DEVICE_PARAMS}
             self.device = DeviceFile.open(
-                device_path, params=params, replicas=[d.physics for d in devices], t0_s=t0,
-                wall_offset_s=self._wall_offset_s, create=create_device)
+                device_path, params=_device_params(cfg), replicas=[d.physics for d in devices],
+                t0_s=t0, wall_offset_s=self._wall_offset_s, create=create_device)
             self._wall_offset_s = self.device.info.wall_offset_s
             devices = [_SharedDevice(d.physics, d.name, d.uuid, self.device, i)
                        for i, d in enumerate(devices)]
@@ -238,7 +270,7 @@ class SimNvml:
         if info is None:
             return None
         try:
-            return cls(clock, SimConfig(**info.params), device_path=device_path,
+            return cls(clock, _config_of(info.params), device_path=device_path,
                        create_device=False)
         except DeviceMissing:  # destroyed since the peek
             return None

@@ -1,0 +1,209 @@
+"""Work-aware cuts in the agent (``control.allocation: work-aware``): the learned work model fed
+from the work sources and tier 1's readings, and installed as tier 1's node split.
+
+:class:`WorkAwareCuts` does nothing under ``proportional`` (the default). Under ``work-aware``:
+
+* with no work source it says so once and leaves the split proportional (nothing to learn from,
+  no kind to take a prior from);
+* else it builds a :class:`~gridtao.work.model.WorkModel` with one group per work source (its
+  GPUs and its kind's prior), loads its fits from ``work-model-<node>.json`` beside the journal
+  (the state directory), registers its gauges, and installs a
+  :class:`~gridtao.control.tier1.workaware.WorkAwareSplit` for tier 1 (allocation.py). A GPU no
+  source names leaves every cut proportional (said once);
+* :meth:`start` starts a daemon thread (``gridtao-work-model``, real time, every
+  :data:`PERIOD_S`) that averages each group's power from tier 1's readings between two of its
+  source's scrapes and gives the model the pair (mean power, the source's rate), marked limited
+  (with the mean limit, the fit's instrument) while the group's limits were held below their
+  resting limits and it pressed on them, free while they rested; windows that mixed the two are
+  dropped. The fits are saved every
+  :data:`SAVE_PERIOD_S` and at :meth:`close`, which also puts the proportional split back.
+
+The island's armed caps and its trigger path are untouched: tier 1 re-splits the island's caps
+on its next step. Power in mW from tier 1, W in the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from gridtao.clock import Clock
+from gridtao.config.agent import Config
+from gridtao.control.tier1.loop import FastLoop
+from gridtao.control.tier1.workaware import WorkAwareSplit, WorkCurve
+from gridtao.safety.island import SafetyIsland
+from gridtao.work.model import WorkModel, WorkModelCollector
+from gridtao.work.node import NodeWork
+from gridtao.work.sources import SourceSnapshot
+
+__all__ = ["PERIOD_S", "SAVE_PERIOD_S", "WorkAwareCuts", "rate_of"]
+
+log = logging.getLogger("gridtao.work.model")
+
+#: How often tier 1's readings are sampled into the windows, s.
+PERIOD_S = 0.5
+#: How often the fits are written to the state directory, s.
+SAVE_PERIOD_S = 300.0
+
+
+def rate_of(snap: SourceSnapshot) -> float | None:
+    """A source's work rate over its last two scrapes (units/s): generated tokens for an
+    inference server, the first configured counter for a custom one; None: no rate yet."""
+    if snap.health != "ok":
+        return None
+    if snap.spec.kind == "custom":
+        if not snap.spec.counters:
+            return None
+        unit = snap.spec.counters[0].removesuffix("_total")
+        return snap.rates.get(("", unit))
+    rates = [r for (_, kind), r in snap.rates.items() if kind == "generation"]
+    return sum(rates) if rates else None
+
+
+class _Window:
+    """One group's samples since its source's last scrape."""
+
+    def __init__(self) -> None:
+        self.power_w = 0.0
+        self.limit_w = 0.0
+        self.samples = 0
+        self.limited = 0
+        self.pressed = False
+        self.scrape_s: float | None = None
+
+    def reset(self, scrape_s: float | None) -> None:
+        self.power_w, self.limit_w, self.samples = 0.0, 0.0, 0
+        self.limited, self.pressed = 0, False
+        self.scrape_s = scrape_s
+
+
+class WorkAwareCuts:
+    """See the module docstring. ``tier1``: its latest readings; ``island``: the limits set
+    now and those events release to; ``clock``: tier 1's (the split's hold-off after each cut
+    starts); ``physical``: the driver indices of the GPUs served (None: all, in order)."""
+
+    def __init__(self, config: Config, work: NodeWork, tier1: FastLoop, island: SafetyIsland,
+                 *, node_id: str, registry: CollectorRegistry, clock: Clock,
+                 physical: Sequence[int] | None = None) -> None:
+        self.model: WorkModel | None = None
+        self._tier1 = tier1
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._work = work
+        self._draw_mw: Callable[[], Sequence[float]] = lambda: tier1.draw_mw
+        self._limits_mw: Callable[[], Sequence[int]] = island.enforced_mw
+        self._resting_mw: Callable[[], Sequence[int]] = lambda: island.resting_mw
+        self._headroom_mw = config.control.headroom_w * 1000.0
+        self._path = Path(config.journal.path or ".").parent / f"work-model-{node_id}.json"
+        self._count = len(tier1.draw_mw)
+        self._seen = -1
+        self._curves: tuple[WorkCurve | None, ...] = ()
+        if config.control.allocation != "work-aware":
+            return
+        sources = config.work.sources
+        if not sources or work.scraper is None:
+            log.warning("control.allocation is work-aware but work.sources lists no work: "
+                        "cuts are split proportionally")
+            return
+        where = {g: i for i, g in enumerate(physical)} if physical is not None else None
+        groups = [(s.name, [where[g] if where is not None else g for g in s.gpus
+                            if where is None or g in where], s.kind) for s in sources]
+        self.model = WorkModel(groups)
+        taken = self.model.load(self._path)
+        WorkModelCollector(self.model, registry=registry)
+        covered = {g for _, gpus, _ in groups for g in gpus}
+        missing = sorted(set(range(self._count)) - covered)
+        if missing:
+            log.warning("control.allocation is work-aware but no work source names GPU(s) %s: "
+                        "cuts are split proportionally", ", ".join(map(str, missing)))
+        log.info("work-aware cuts: %d work source(s), %d fit(s) taken from %s", len(groups),
+                 taken, self._path)
+        tier1.split = WorkAwareSplit(self.curves, clock=clock)
+
+    def curves(self) -> tuple[WorkCurve | None, ...]:
+        """Per GPU, its curve now (None: in no group); rebuilt only when the model moved.
+        Called by tier 1 at its rate, on its thread."""
+        model = self.model
+        if model is None:
+            return (None,) * self._count
+        if model.version != self._seen:
+            self._seen = model.version
+            self._curves = tuple(None if b is None else WorkCurve(b)
+                                 for b in model.exponents(self._count))
+        return self._curves
+
+    def start(self) -> None:
+        """Start the feeder thread (nothing to do without a model)."""
+        if self.model is None or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="gridtao-work-model",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the feeder, save the fits, give tier 1 back the proportional split.
+        Idempotent."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+        if self._tier1.split is not None:
+            self._tier1.split = None
+            self._save()
+
+    def _save(self) -> None:
+        if self.model is None:
+            return
+        try:
+            self.model.save(self._path)
+        except OSError as e:
+            log.warning("work model not saved to %s: %s", self._path, e)
+
+    def _run(self) -> None:
+        model, scraper = self.model, self._work.scraper
+        if model is None or scraper is None:
+            return
+        windows = {c.name: _Window() for c in model.curves()}
+        gpus = {c.name: c.gpus for c in model.curves()}
+        last_save = time.monotonic()
+        while not self._stop.wait(PERIOD_S):
+            try:
+                self._sample(model, scraper.snapshots(), windows, gpus)
+            except Exception:  # a feeder bug must not end the agent; the model just stops
+                log.exception("work model feeder failed; cuts keep the curves learnt so far")
+                return
+            if time.monotonic() - last_save >= SAVE_PERIOD_S:
+                self._save()
+                last_save = time.monotonic()
+
+    def _sample(self, model: WorkModel, snaps: Sequence[SourceSnapshot],
+                windows: dict[str, _Window], gpus: dict[str, tuple[int, ...]]) -> None:
+        draw, limits, resting = self._draw_mw(), self._limits_mw(), self._resting_mw()
+        by_name = {s.spec.name: s for s in snaps}
+        for name, window in windows.items():
+            idx = [g for g in gpus[name] if g < len(draw)]
+            snap = by_name.get(name)
+            if snap is not None and snap.last_success_s != window.scrape_s:
+                rate = rate_of(snap)
+                if window.samples and rate is not None and snap.last_success_s is not None:
+                    mean_w = window.power_w / window.samples / 1000.0
+                    if window.limited == window.samples and window.pressed:
+                        model.observe(name, snap.last_success_s, mean_w, rate, limited=True,
+                                      limit_w=window.limit_w / window.samples / 1000.0)
+                    elif window.limited == 0:
+                        model.observe(name, snap.last_success_s, mean_w, rate, limited=False)
+                window.reset(snap.last_success_s)
+            if not idx:
+                continue
+            window.power_w += sum(draw[g] for g in idx)
+            window.limit_w += sum(limits[g] for g in idx)
+            window.samples += 1
+            held = sum(limits[g] for g in idx) < sum(resting[g] for g in idx) - self._headroom_mw
+            window.limited += held
+            window.pressed |= held and any(
+                draw[g] >= limits[g] - self._headroom_mw / 2.0 for g in idx)

@@ -1,0 +1,222 @@
+"""gridtao/work/model.py (the learned work model) and gridtao/app/workmodel.py (its place in
+the agent: fed from the work sources, installed as tier 1's split)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gridtao.app.workmodel import WorkAwareCuts, rate_of
+from gridtao.clock import VirtualClock
+from gridtao.config.agent import Config, ControlConfig, SimConfig, config_from_mapping
+from gridtao.control.tier1.loop import FastLoop
+from gridtao.gpu.nvml import NvmlBackend
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.gpu.sim.throughput import INFERENCE_EXPONENT, TRAINING_EXPONENT
+from gridtao.safety.island import SafetyIsland
+from gridtao.work.model import (
+    MIN_EXPONENT,
+    MIN_SAMPLES,
+    PowerLawFit,
+    WorkModel,
+    WorkModelCollector,
+    prior_exponent,
+)
+from gridtao.work.node import NodeWork
+from gridtao.work.sources import SourceSnapshot, SourceSpec
+
+
+@pytest.mark.parametrize(("exponent", "scale", "through_origin"),
+                         [(0.3, 1.0, True), (0.194, 2.5, False), (0.8, 40.0, False)])
+def test_the_fit_recovers_a_known_exponent_from_noisy_samples(
+        exponent: float, scale: float, through_origin: bool) -> None:
+    rng = random.Random(7)
+    fit = PowerLawFit()
+    for _ in range(300):
+        x = rng.uniform(0.4, 1.0)
+        assert fit.add(x, scale * x**exponent * math.exp(rng.gauss(0.0, 0.03)))
+    result = fit.fit(through_origin=through_origin)
+    assert result is not None
+    assert result.exponent == pytest.approx(exponent, abs=4 * result.exponent_std)
+    assert result.exponent_std < 0.02
+    assert result.scale == pytest.approx(scale, rel=0.05)
+    assert result.residual_std == pytest.approx(0.03, rel=0.2)
+    assert result.samples == 300
+
+
+def test_the_fit_stays_increasing_and_concave() -> None:
+    rising, falling = PowerLawFit(), PowerLawFit()
+    for x in (0.5, 0.6, 0.7, 0.8, 0.9):
+        rising.add(x, x**1.7)  # convex: clipped to a straight line
+        falling.add(x, x**-0.5)  # decreasing: clipped to the flattest increasing curve
+    assert (r := rising.fit()) is not None and r.exponent == 1.0
+    assert (f := falling.fit()) is not None and f.exponent == MIN_EXPONENT
+    assert PowerLawFit().fit() is None
+    flat = PowerLawFit()
+    for _ in range(10):
+        flat.add(0.8, 0.9)
+    assert flat.fit(through_origin=False) is None  # no spread in power: nothing to say
+    assert not flat.add(0.0, 1.0) and not flat.add(1.0, math.nan)
+
+
+def _feed(model: WorkModel, name: str, exponent: float, events: int,
+          rng: random.Random, t0: float = 0.0) -> int:
+    """Free windows at a wandering demand, then a limited one under a cap, ``events`` times:
+    returns how many pairs the model took."""
+    t, taken = t0, 0
+    for _ in range(events):
+        demand = rng.uniform(300.0, 650.0)
+        for _ in range(12):
+            t += 5.0
+            model.observe(name, t, demand, demand / 3.5, limited=False)
+        x = rng.uniform(0.5, 0.95)
+        t += 5.0
+        rate = demand / 3.5 * x**exponent * math.exp(rng.gauss(0.0, 0.01))
+        taken += model.observe(name, t, demand * x, rate, limited=True)
+    return taken
+
+
+def test_a_group_learns_its_curve_from_limited_windows_only() -> None:
+    model = WorkModel([("llm", [0, 1], "vllm"), ("train", [2], "custom")])
+    assert model.exponents(4) == (INFERENCE_EXPONENT, INFERENCE_EXPONENT, TRAINING_EXPONENT,
+                                  None)
+    rng = random.Random(3)
+    assert _feed(model, "llm", 0.45, MIN_SAMPLES - 1, rng) == MIN_SAMPLES - 1
+    curve = {c.name: c for c in model.curves()}["llm"]
+    assert curve.from_prior and curve.samples == MIN_SAMPLES - 1  # not enough yet
+    assert curve.fit is not None and curve.fit.exponent == pytest.approx(0.45, abs=0.05)
+    assert model.exponents(4)[0] == INFERENCE_EXPONENT
+    _feed(model, "llm", 0.45, 30, rng, t0=10_000.0)
+    curve = {c.name: c for c in model.curves()}["llm"]
+    assert not curve.from_prior and curve.exponent == pytest.approx(0.45, abs=0.03)
+    assert model.exponents(4)[:2] == (curve.exponent,) * 2
+    assert model.exponents(4)[2] == TRAINING_EXPONENT  # other groups keep their priors
+
+
+def test_natural_swings_and_stale_references_teach_nothing() -> None:
+    model = WorkModel([("llm", [0], "vllm")], max_reference_age_s=60.0)
+    for k in range(100):  # demand moves power and work together: not the curve of a cut
+        demand = 200.0 + 4.0 * k
+        assert not model.observe("llm", float(k), demand, demand / 3.5, limited=False)
+    assert not model.observe("llm", 500.0, 300.0, 50.0, limited=True)  # reference too old
+    assert model.observe("llm", 501.0, 400.0, 100.0, limited=False) is False
+    assert model.observe("llm", 502.0, 300.0, 95.0, limited=True)
+    assert not model.observe("llm", 503.0, 400.0, 100.0, limited=True)  # no power taken
+    assert not model.observe("nobody", 504.0, 300.0, 95.0, limited=True)
+    assert {c.name: c for c in model.curves()}["llm"].samples == 1
+
+
+def test_the_fits_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "work-model-n1.json"
+    model = WorkModel([("llm", [0], "vllm"), ("train", [1], "custom")])
+    _feed(model, "llm", 0.6, 40, random.Random(5))
+    model.save(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    again = WorkModel([("llm", [0], "vllm"), ("train", [1], "custom")])
+    assert again.load(path) == 2
+    assert again.curves() == model.curves()
+    other = WorkModel([("llm", [0], "custom")])  # the same name, another kind: not taken
+    assert other.load(path) == 0 and other.curves()[0].from_prior
+    assert WorkModel([("llm", [0], "vllm")]).load(tmp_path / "missing.json") == 0
+
+
+def test_an_unreadable_file_leaves_the_priors(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "work-model.json"
+    for text in ("{not json", json.dumps({"format": 99, "groups": {}}),
+                 json.dumps({"format": 1, "groups": {"llm": {"kind": "vllm", "gpus": [0],
+                                                             "stats": {"n": "x"}}}})):
+        path.write_text(text)
+        model = WorkModel([("llm", [0], "vllm")])
+        assert model.load(path) == 0
+        assert model.exponents(1) == (INFERENCE_EXPONENT,)
+    assert "starting from the priors" in caplog.text
+
+
+def test_the_gauges_say_what_each_gpu_uses() -> None:
+    registry = CollectorRegistry()
+    model = WorkModel([("llm", [0, 1], "sglang")])
+    WorkModelCollector(model, registry=registry)
+    labels = {"gpu": "1", "source": "llm"}
+    assert registry.get_sample_value("gridtao_work_model_exponent", labels) == \
+        pytest.approx(INFERENCE_EXPONENT)
+    assert registry.get_sample_value("gridtao_work_model_prior", labels) == 1.0
+    assert registry.get_sample_value("gridtao_work_model_samples", labels) == 0.0
+    assert math.isnan(registry.get_sample_value("gridtao_work_model_exponent_std", labels) or 0)
+    assert _feed(model, "llm", 0.5, 30, random.Random(9)) == 30
+    assert registry.get_sample_value("gridtao_work_model_prior", labels) == 0.0
+    assert registry.get_sample_value("gridtao_work_model_samples", labels) == 30.0
+    assert (registry.get_sample_value("gridtao_work_model_log_residual_std", labels) or 1) < 0.05
+
+
+def test_priors_by_kind() -> None:
+    for kind in ("vllm", "sglang", "tgi", "nim", "inference", "trace"):
+        assert prior_exponent(kind) == INFERENCE_EXPONENT
+    for kind in ("custom", "training"):
+        assert prior_exponent(kind) == TRAINING_EXPONENT
+
+
+def test_the_rate_of_a_source() -> None:
+    vllm = SourceSpec("llm", "http://x", "vllm", (0,))
+    snap = SourceSnapshot(vllm, "ok", rates={("a", "generation"): 10.0, ("b", "generation"): 5.0,
+                                             ("a", "prompt"): 99.0})
+    assert rate_of(snap) == 15.0
+    assert rate_of(SourceSnapshot(vllm, "down", rates=snap.rates)) is None
+    custom = SourceSpec("job", "http://x", "custom", (1,), counters=("samples_total", "x"))
+    assert rate_of(SourceSnapshot(custom, "ok", rates={("", "samples"): 3.0})) == 3.0
+    assert rate_of(SourceSnapshot(custom, "ok")) is None
+
+
+CLOCK = VirtualClock()
+
+
+def _parts(config: Config) -> tuple[NodeWork, FastLoop, SafetyIsland]:
+    clock = CLOCK
+    backend = NvmlBackend(SimNvml.from_config(SimConfig(count=2, device=None), clock))
+    island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=3600)
+    loop = FastLoop(backend, island, clock=clock, config=ControlConfig())
+    work = NodeWork(config.work, registry=CollectorRegistry())
+    return work, loop, island
+
+
+def _config(tmp_path: Path, allocation: str, sources: list[dict[str, object]]) -> Config:
+    return config_from_mapping({"control": {"allocation": allocation},
+                                "journal": {"path": str(tmp_path / "journal.json")},
+                                "work": {"sources": sources, "cpu_power": {"enabled": False}}})
+
+
+def test_the_agent_installs_the_split_only_when_asked_and_able(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source: dict[str, object] = {"name": "llm", "url": "http://127.0.0.1:9/metrics",
+                                 "kind": "vllm", "gpus": [0]}
+    cfg = _config(tmp_path, "proportional", [source])
+    parts = _parts(cfg)
+    cuts = WorkAwareCuts(cfg, *parts, node_id="n1", registry=CollectorRegistry(), clock=CLOCK)
+    assert cuts.model is None and parts[1].split is None
+    cuts.close()
+    with caplog.at_level(logging.WARNING, logger="gridtao.work.model"):
+        cfg = _config(tmp_path, "work-aware", [])
+        parts = _parts(cfg)
+        cuts = WorkAwareCuts(cfg, *parts, node_id="n1", registry=CollectorRegistry(),
+                             clock=CLOCK)
+        assert cuts.model is None and parts[1].split is None
+        assert "lists no work: cuts are split proportionally" in caplog.text
+        cuts.close()
+        cfg = _config(tmp_path, "work-aware", [source])
+        registry = CollectorRegistry()
+        parts = _parts(cfg)
+        cuts = WorkAwareCuts(cfg, *parts, node_id="n1", registry=registry, clock=CLOCK)
+        assert cuts.model is not None and parts[1].split is not None
+        assert "no work source names GPU(s) 1" in caplog.text
+    assert cuts.curves()[0] is not None and cuts.curves()[1] is None
+    assert registry.get_sample_value("gridtao_work_model_exponent",
+                                     {"gpu": "0", "source": "llm"}) == INFERENCE_EXPONENT
+    cuts.close()
+    assert parts[1].split is None
+    assert (tmp_path / "work-model-n1.json").exists()  # saved beside the journal
