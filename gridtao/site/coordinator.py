@@ -166,9 +166,10 @@ class SiteCoordinator:
         else:
             event = self.events.get(found)
             order = None if event is None else event.orders.get(node)
-            if order is None or order.dispatch_id != ident:
+            if event is None or order is None or order.dispatch_id != ident:
                 return  # an order of an earlier generation
         order.on_ack(body)
+        event.touched = True
 
     def _on_meter(self, payload: bytes, wall: float) -> None:
         try:
@@ -342,7 +343,7 @@ class SiteCoordinator:
         for node, order in old.items():  # the new caps are in force: end the old ones
             event.unreleased.setdefault(node, []).append(order.dispatch_id)
         self._release_old(event, wall)
-        event.phase, event.phase_since = "answering", wall
+        event.phase, event.phase_since, event.touched = "answering", wall, True
         self._next_rebalance[event.id] = wall + self.cfg.rebalance_s
         self._events_dirty = True
 
@@ -417,14 +418,18 @@ class SiteCoordinator:
     def _advance(self, event: SiteEvent, wall: float, *, ended: bool = False) -> None:
         """Send the acks that are due (``ended``: the event is over: ack now, naming the
         nodes that have not answered)."""
+        # Answers are looked at again only when one came in (``touched``): a thousand orders
+        # are not walked at every tick.
+        touched, event.touched = event.touched, False
         if event.phase == "answering" and (
-                ended or event.answered() or wall - event.phase_since >= self.cfg.ack_deadline_s):
+                ended or wall - event.phase_since >= self.cfg.ack_deadline_s
+                or (touched and event.answered())):
             self._ack(event.ack_body(self.cfg.id, measured_w=self._measured(event, wall)))
             self.ack_delays.observe(wall - event.phase_since)
             for order in event.orders.values():
                 self._count("node_answers_" + (order.answer or "missing"))
-            event.phase, event.phase_since = "reaching", wall
-        if event.phase == "reaching" and (event.reached() or not any(
+            event.phase, event.phase_since, touched = "reaching", wall, True
+        if event.phase == "reaching" and touched and (event.reached() or not any(
                 o.answer == "accepted" for o in event.orders.values())):
             if event.reached():
                 self._ack(event.ack_body(self.cfg.id, measured_w=self._measured(event, wall)))

@@ -79,6 +79,7 @@ class SiteEvent:
     orders: dict[str, NodeOrder] = field(default_factory=dict)
     phase: Phase = "answering"
     phase_since: float = 0.0
+    touched: bool = True  # an answer came in since the acks due were last looked at
     shortfall_w: float = 0.0
     offline: tuple[str, ...] = ()
     #: node -> dispatch ids of earlier generations still to be released there (sent when the
