@@ -249,7 +249,7 @@ def test_the_poller_dispatches_modifies_releases_and_publishes_signals(
                     def sent() -> list[dict[str, Any]]:
                         return [json.loads(m.payload) for m in list(sub.messages)]
 
-                    vtn.events.append(event3(values=[-0.5]))
+                    vtn.events.append(event3(values=[-0.5], start=time.time() + 60))
                     await until(lambda: len(sent()) == 1, "the event's dispatch")
                     assert (sent()[0]["id"], sent()[0]["reduction_w"]) == ("oadr-ev1-m0", 500.0)
                     changed = copy.deepcopy(vtn.events[0])
