@@ -28,7 +28,7 @@ from gridtao.site.events import NodeOrder, SiteEvent, events_record, restore_eve
 from gridtao.site.guard import Duplicate, SiteGuard
 from gridtao.site.market import SitePlan, pool_offers, split_award
 from gridtao.site.meter import MeterFeedback
-from gridtao.site.split import NodeShare, split_budget
+from gridtao.site.orders import plan_caps, release_body
 from gridtao.site.status import DelayHistogram, status_body
 from gridtao.site.view import SiteView
 from gridtao.wire.awards import parse_award
@@ -298,19 +298,6 @@ class SiteCoordinator:
 
     # ---- splitting -----------------------------------------------------------------------
 
-    def _shares(self, event: SiteEvent, wall: float) -> list[NodeShare]:
-        shares = []
-        for node, view in sorted(self.view.nodes.items()):
-            online = self.view.is_online(node, wall)
-            draw = event.draws_w.get(node)
-            if draw is None:
-                if not online or view.draw_w is None:
-                    continue
-                draw = event.draws_w[node] = view.draw_w  # joined mid-event: as it is now
-            able = online and not view.faults and view.floor_w is not None
-            shares.append(NodeShare(node, draw, view.floor_w or draw, able))
-        return shares
-
     def _it_budget(self, event: SiteEvent, wall: float) -> float:
         assert event.target_w is not None
         if event.at == "it":
@@ -318,28 +305,22 @@ class SiteCoordinator:
         return self.meter.it_budget_w(event.target_w, wall)
 
     def _split(self, event: SiteEvent, wall: float, *, first: bool = False) -> None:
-        shares = self._shares(event, wall)
-        split = split_budget(self._it_budget(event, wall), shares,
-                             margin=self.cfg.margin_fraction)
-        event.shortfall_w = split.shortfall_w
-        event.offline = tuple(s.node for s in shares if not self.view.is_online(s.node, wall))
+        caps = plan_caps(event, self.view, self._it_budget(event, wall), wall,
+                         margin=self.cfg.margin_fraction,
+                         rebalance_min_w=self.cfg.rebalance_min_w, first=first)
+        if caps is None:
+            return
         if not first:
-            changed = set(event.orders) ^ set(split.caps_w) or any(
-                abs((event.orders[n].node_w or 0.0) - w) > self.cfg.rebalance_min_w
-                for n, w in split.caps_w.items())
-            if not changed:
-                return
             event.generation += 1
             log.info("site event %s: new split (generation %d)", event.id, event.generation)
         old = event.orders
         event.orders = {}
         remaining = max(MIN_ORDER_S, round(event.until - wall))
         ident = event.order_id()
-        for node, cap in sorted(split.caps_w.items()):
-            event.orders[node] = NodeOrder(node, ident, round(cap, 1))
+        for node, cap in caps.items():
+            event.orders[node] = NodeOrder(node, ident, cap)
             self._by_dispatch[(ident, node)] = event.id
-            self._send(node, {"id": ident, "kind": "cap", "node_w": round(cap, 1),
-                              "duration_s": remaining})
+            self._send(node, {"id": ident, "kind": "cap", "node_w": cap, "duration_s": remaining})
         for node, order in old.items():  # the new caps are in force: end the old ones
             event.unreleased.setdefault(node, []).append(order.dispatch_id)
         self._release_old(event, wall)
@@ -352,7 +333,7 @@ class SiteCoordinator:
         offline node's order stays in force there until it comes back or runs out)."""
         for node in [n for n in event.unreleased if self.view.is_online(n, wall)]:
             for ident in event.unreleased.pop(node):
-                self._send(node, {"id": f"{ident}.end", "kind": "release", "ref": ident})
+                self._send(node, release_body(ident))
 
     def _forget(self, event_id: str) -> None:
         """The event is over: drop it and the map from its orders' ids."""
@@ -372,11 +353,10 @@ class SiteCoordinator:
             return
         self._forget(ref)
         for node, order in event.orders.items():
-            self._send(node, {"id": f"{order.dispatch_id}.end", "kind": "release",
-                              "ref": order.dispatch_id})
+            self._send(node, release_body(order.dispatch_id))
         for node, idents in event.unreleased.items():
             for ident in idents:
-                self._send(node, {"id": f"{ident}.end", "kind": "release", "ref": ident})
+                self._send(node, release_body(ident))
         log.info("site event %s released by %s", ref, release_id)
         self._ack({"id": release_id, "accepted": True, "reason": None, "received_at": wall,
                    "commanded_at": wall, "reached_at": None, "site": self.cfg.id, "ref": ref})

@@ -1,0 +1,55 @@
+"""From a site event to node orders: who takes part, and each node's cap. Pure functions.
+
+The coordinator calls :func:`plan_caps` when an event arrives and at every rebalance, and
+sends what it returns; this module decides, it sends nothing. Power in W (IT), times in Unix s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gridtao.site.events import SiteEvent
+from gridtao.site.split import NodeShare, split_budget
+from gridtao.site.view import SiteView
+
+__all__ = ["plan_caps", "release_body", "shares"]
+
+
+def shares(event: SiteEvent, view: SiteView, wall: float) -> list[NodeShare]:
+    """Every node the event counts: its draw when the event arrived (a node that joined since:
+    its draw now, remembered in ``event.draws_w``), its floor, and whether it can take a cap
+    (online, no GPU fault, a floor known). Nodes never seen drawing are left out."""
+    out = []
+    for node, node_view in sorted(view.nodes.items()):
+        online = view.is_online(node, wall)
+        draw = event.draws_w.get(node)
+        if draw is None:
+            if not online or node_view.draw_w is None:
+                continue
+            draw = event.draws_w[node] = node_view.draw_w  # joined mid-event: as it is now
+        able = online and not node_view.faults and node_view.floor_w is not None
+        out.append(NodeShare(node, draw, node_view.floor_w or draw, able))
+    return out
+
+
+def plan_caps(event: SiteEvent, view: SiteView, budget_w: float, wall: float, *,
+              margin: float, rebalance_min_w: float, first: bool) -> dict[str, float] | None:
+    """Each taking-part node's cap for ``budget_w`` of site IT power, or None when this is a
+    rebalance (not ``first``) and no node's share moved by more than ``rebalance_min_w`` nor
+    any node came or went. Sets the event's ``shortfall_w`` and ``offline``."""
+    counted = shares(event, view, wall)
+    split = split_budget(budget_w, counted, margin=margin)
+    event.shortfall_w = split.shortfall_w
+    event.offline = tuple(s.node for s in counted if not view.is_online(s.node, wall))
+    if not first:
+        changed = set(event.orders) ^ set(split.caps_w) or any(
+            abs((event.orders[n].node_w or 0.0) - w) > rebalance_min_w
+            for n, w in split.caps_w.items())
+        if not changed:
+            return None
+    return {node: round(cap, 1) for node, cap in sorted(split.caps_w.items())}
+
+
+def release_body(ident: str) -> dict[str, Any]:
+    """The node dispatch that ends order ``ident`` (its own id: ``<ident>.end``)."""
+    return {"id": f"{ident}.end", "kind": "release", "ref": ident}
