@@ -274,13 +274,9 @@ class Agent:
 
         def link(role: str, **extra: Any) -> MqttLink:
             # Both connections share every transport setting; only identity and role differ.
-            return MqttLink(
-                host=m.host, port=m.port, client_id=f"gridtao-{self.node_id}-{role}-{pid}",
-                keepalive_s=m.keepalive_s, reconnect_min_s=m.reconnect_min_s,
-                reconnect_max_s=m.reconnect_max_s, tls=tls_context, username=m.username,
-                password=password, error_log_interval_s=m.error_log_interval_s,
-                clock=self.clock, **extra,
-            )
+            return MqttLink.for_broker(m, client_id=f"gridtao-{self.node_id}-{role}-{pid}",
+                                       tls=tls_context, password=password, clock=self.clock,
+                                       **extra)
 
         # The largest payload accepted, plus room for the topic and the headers.
         max_packet = m.max_payload_bytes + PACKET_OVERHEAD_BYTES

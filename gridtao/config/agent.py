@@ -351,6 +351,17 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         path = os.environ.get(ENV_VAR) or None
     if path is None:
         return Config()
+    where = str(path)
+    data = read_yaml_file(path)
+    if data is None:
+        log.warning("%s is empty: running on the built-in defaults", where)
+        data = {}
+    return config_from_mapping(data, source=where)
+
+
+def read_yaml_file(path: str | os.PathLike[str]) -> object:
+    """The parsed contents of the YAML file ``path`` (None when empty). Raises
+    :class:`ConfigError` naming the file (and the line and column of a YAML error)."""
     file = Path(path)
     where = str(file)
     try:
@@ -378,10 +389,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{where}{pos}: invalid YAML: {' '.join(problem.split())}") from None
     except RecursionError:
         raise ConfigError(f"{where}: invalid YAML: nested too deeply") from None
-    if data is None:
-        log.warning("%s is empty: running on the built-in defaults", where)
-        data = {}
-    return config_from_mapping(data, source=where)
+    return data
 
 
 class _Loader(yaml.SafeLoader):
@@ -482,7 +490,8 @@ def _check_transport(m: MqttConfig, source: str) -> None:
         fail(source, "mqtt.tls.cert_file", "required when mqtt.tls.key_file is set")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine (``localhost`` or a loopback address)."""
     if host == "localhost":
         return True
     try:
@@ -493,7 +502,7 @@ def _is_loopback(host: str) -> bool:
 
 def _check_security(cfg: Config, source: str) -> None:
     auth = cfg.auth
-    if auth.mode == "none" and not auth.allow_unauthenticated and not _is_loopback(cfg.mqtt.host):
+    if auth.mode == "none" and not auth.allow_unauthenticated and not is_loopback(cfg.mqtt.host):
         fail(source, "auth.mode", f"none with the broker at {cfg.mqtt.host}: anyone who can "
              "publish there could cut this node's GPUs; sign dispatches (auth.mode: ed25519 or "
              "hmac), or set auth.allow_unauthenticated: true if the broker's ACL is the only gate "

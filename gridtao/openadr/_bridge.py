@@ -98,14 +98,11 @@ class Bridge:
         self.status_filter = f"{prefix}/nodes/+/status"
         self.ack_filter = f"{prefix}/nodes/+/ack"
         m = config.mqtt
-        self.link = MqttLink(
-            host=m.host, port=m.port, client_id=config.client_id,
+        self.link = MqttLink.for_broker(
+            m, client_id=config.client_id, tls=ssl_context(m, source=config.source),
+            password=read_password(m, source=config.source), clock=self.clock,
             subscriptions=[(self.status_filter, 1), (self.ack_filter, 1)],
-            retained_topics=[self.status_filter], keepalive_s=m.keepalive_s,
-            reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s,
-            tls=ssl_context(m, source=config.source), username=m.username,
-            password=read_password(m, source=config.source),
-            error_log_interval_s=m.error_log_interval_s, clock=self.clock)
+            retained_topics=[self.status_filter])
         self.outbox = DispatchOutbox(
             clock=self.clock, min_interval_s=config.dispatch.min_interval_s,
             sign=make_signer(config, self.clock), publish=self._publish,

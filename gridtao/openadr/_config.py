@@ -9,18 +9,14 @@ agent's own sections; the rest is the bridge's. Times in seconds, power in watts
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-import yaml
-
-from gridtao.config.agent import AuditConfig, MqttConfig
+from gridtao.config.agent import AuditConfig, MqttConfig, is_loopback, read_yaml_file
 from gridtao.config.paths import resolve_path, state_dir
-from gridtao.config.schema import ConfigError, build, fail, rng
+from gridtao.config.schema import build, fail, rng
 
 __all__ = [
     "BridgeConfig",
@@ -204,24 +200,7 @@ class BridgeConfig:
 
 def load_bridge_config(path: str) -> BridgeConfig:
     """Read and validate the bridge's YAML file. Raises :class:`ConfigError`."""
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"{path}{where}: invalid YAML: {' '.join(problem.split())}") from None
-    except (ValueError, RecursionError) as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    data = read_yaml_file(path)
     if data is None:
         fail(path, "vtn", "required key is missing (the file is empty)")
     return bridge_config_from_mapping(data, source=path)
@@ -250,15 +229,6 @@ def bridge_config_from_mapping(data: object, *, source: str = "<mapping>") -> Br
         signing=dataclasses.replace(cfg.signing, key_file=path(cfg.signing.key_file)),
         mqtt=dataclasses.replace(cfg.mqtt, password_file=path(cfg.mqtt.password_file)),
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check(cfg: BridgeConfig, source: str) -> None:
@@ -308,7 +278,7 @@ def _check(cfg: BridgeConfig, source: str) -> None:
         fail(source, "mqtt.username", "required when mqtt.password_file is set")
     signing = cfg.signing
     if signing.mode == "none":
-        if not signing.allow_unauthenticated and not _is_loopback(cfg.mqtt.host):
+        if not signing.allow_unauthenticated and not is_loopback(cfg.mqtt.host):
             fail(source, "signing.mode", f"none with the broker at {cfg.mqtt.host}: nodes "
                  "that verify dispatches refuse unsigned ones, and nodes that do not can be "
                  "cut by anyone who can publish there; sign (ed25519 or hmac), or set "

@@ -14,7 +14,6 @@ Times in Unix seconds (``clock.wall()``), power in W.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -32,9 +31,8 @@ from gridtao.site.orders import plan_caps, release_body
 from gridtao.site.status import DelayHistogram, status_body
 from gridtao.site.view import SiteView
 from gridtao.wire.awards import parse_award
-from gridtao.wire.messages import MessageRejected, ReleaseDispatch
+from gridtao.wire.messages import MessageRejected, ReleaseDispatch, dispatch_terms
 from gridtao.wire.site import (
-    AnySiteDispatch,
     SiteCapDispatch,
     SiteShedDispatch,
     SiteTopics,
@@ -194,7 +192,7 @@ class SiteCoordinator:
     def _on_site_dispatch(self, payload: bytes, wall: float) -> None:
         try:
             msg = parse_site_dispatch(payload, max_bytes=MAX_PAYLOAD_BYTES)
-            self.guard.check(payload, msg.id, msg.issued_at, _terms(msg), wall)
+            self.guard.check(payload, msg.id, msg.issued_at, dispatch_terms(msg), wall)
         except MessageRejected as e:
             self._refuse(e.event_id, e.reason, wall)
             return
@@ -439,9 +437,3 @@ class SiteCoordinator:
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
-
-
-def _terms(msg: AnySiteDispatch) -> tuple[object, ...]:
-    """What a site dispatch asks for: every field but ``issued_at`` (a retry is re-stamped)."""
-    return (msg.KIND, *((f.name, getattr(msg, f.name)) for f in dataclasses.fields(msg)
-                        if f.name != "issued_at"))

@@ -66,11 +66,10 @@ async def run_meter(config: Config, meter: SimulatedMeter, *, period_s: float,
     """Publish ``meter``'s readings on ``{mqtt.prefix}/meter`` every ``period_s`` until
     ``stop``."""
     m = config.mqtt
-    link = MqttLink(host=m.host, port=m.port, client_id=f"gridtao-meter-{os.getpid()}",
-                    keepalive_s=m.keepalive_s, reconnect_min_s=m.reconnect_min_s,
-                    reconnect_max_s=m.reconnect_max_s,
-                    tls=ssl_context(m, source=config.source), username=m.username,
-                    password=read_password(m, source=config.source), clock=meter.clock)
+    link = MqttLink.for_broker(m, client_id=f"gridtao-meter-{os.getpid()}",
+                               tls=ssl_context(m, source=config.source),
+                               password=read_password(m, source=config.source),
+                               clock=meter.clock)
     topic = SiteTopics(m.prefix).meter
     runner = asyncio.ensure_future(link.run())
     try:

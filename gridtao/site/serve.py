@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import signal
-from pathlib import Path
 from typing import Any, Final
 
 from prometheus_client import start_http_server
@@ -23,6 +22,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.config.agent import Config, ConfigError
+from gridtao.config.paths import resolve_path
 from gridtao.security.auth import KeyFileError, Verifier, load_signing_key, sign_payload
 from gridtao.site.coordinator import Sign, SiteCoordinator
 from gridtao.site.metrics import register
@@ -46,9 +46,7 @@ def signer(config: Config) -> Sign:
     if signing.mode == "none":
         return lambda body: json.dumps(body, separators=(",", ":")).encode("utf-8")
     assert signing.file is not None and signing.kid is not None  # config/site.py checks
-    path = Path(signing.file).expanduser()
-    if not path.is_absolute() and Path(config.source).is_file():
-        path = Path(config.source).resolve().parent / path
+    path = resolve_path(signing.file, config.source)
     try:
         key = load_signing_key(path, signing.mode)
     except KeyFileError as e:
@@ -80,13 +78,9 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
     tls, password = ssl_context(m, source=config.source), read_password(m, source=config.source)
 
     def link(role: str, subscriptions: list[tuple[str, int]], **extra: Any) -> MqttLink:
-        return MqttLink(
-            host=m.host, port=m.port,
-            client_id=f"gridtao-site-{config.site.id}-{role}-{os.getpid()}",
-            subscriptions=subscriptions, keepalive_s=m.keepalive_s,
-            reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s, tls=tls,
-            username=m.username, password=password, error_log_interval_s=m.error_log_interval_s,
-            clock=clock, **extra)
+        return MqttLink.for_broker(
+            m, client_id=f"gridtao-site-{config.site.id}-{role}-{os.getpid()}", tls=tls,
+            password=password, clock=clock, subscriptions=subscriptions, **extra)
 
     # Two connections: the broker queues per connection, so the nodes' acks and the
     # aggregator's commands never wait behind a backlog of statuses.

@@ -27,6 +27,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -34,6 +35,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gridtao.clock import Clock, MonotonicClock
+from gridtao.config.agent import MqttConfig
 from gridtao.transport.diagnose import AttemptLog, Diagnosis, PahoTap, connected
 from gridtao.transport.outbox import DropReason, OutboundMessage, Outbox
 
@@ -182,6 +184,20 @@ class MqttLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self._was_up = False  # whether the current/last session got as far as `connected`
+
+    @classmethod
+    def for_broker(cls, mqtt: MqttConfig, *, client_id: str, tls: ssl.SSLContext | None,
+                   password: str | None, clock: Clock | None = None,
+                   **options: Any) -> MqttLink:
+        """A link to the broker ``mqtt`` names, with its connection settings (keepalive,
+        reconnect backoff, user name, error log interval); ``tls`` and ``password`` as read
+        from its files (gridtao/transport/tls.py); ``options``: the other constructor
+        arguments (subscriptions, will, bounds)."""
+        return cls(host=mqtt.host, port=mqtt.port, client_id=client_id,
+                   keepalive_s=mqtt.keepalive_s, reconnect_min_s=mqtt.reconnect_min_s,
+                   reconnect_max_s=mqtt.reconnect_max_s, tls=tls, username=mqtt.username,
+                   password=password, error_log_interval_s=mqtt.error_log_interval_s,
+                   clock=clock, **options)
 
     # ---- receiving -------------------------------------------------------------------------
 

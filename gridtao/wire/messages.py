@@ -18,7 +18,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, NoReturn, TypeAlias
+from typing import Any, ClassVar, Final, NoReturn, Protocol, TypeAlias
 
 from gridtao.errors import GridtaoError
 
@@ -136,9 +136,17 @@ Dispatch: TypeAlias = ShedDispatch | CapDispatch | ReleaseDispatch
 AnyDispatch: TypeAlias = Dispatch | DrDispatch
 
 
-def dispatch_terms(msg: AnyDispatch) -> tuple[object, ...]:
-    """What a dispatch asks for: its kind and every field but ``issued_at`` (a retry may be
-    re-stamped). Two dispatches with one id and different terms are different requests."""
+class _Command(Protocol):
+    """A parsed command: a dataclass with its wire ``KIND`` (a node or a site dispatch)."""
+
+    KIND: ClassVar[str]
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+
+def dispatch_terms(msg: _Command) -> tuple[object, ...]:
+    """What a dispatch (a node's or the site's) asks for: its kind and every field but
+    ``issued_at`` (a retry may be re-stamped). Two dispatches with one id and different terms
+    are different requests."""
     return (msg.KIND, *((f.name, getattr(msg, f.name)) for f in dataclasses.fields(msg)
                         if f.name != "issued_at"))
 
