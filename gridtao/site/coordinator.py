@@ -23,11 +23,17 @@ from gridtao.clock import Clock
 from gridtao.config.agent import Config
 from gridtao.control.tier2.facility import FacilityModel
 from gridtao.security.auth import AuthRejected, Verifier
-from gridtao.site.events import NodeOrder, SiteEvent, events_record, restore_events
+from gridtao.site.events import (
+    NodeOrder,
+    SiteEvent,
+    events_record,
+    order_for_ack,
+    restore_events,
+)
 from gridtao.site.guard import Duplicate, SiteGuard
-from gridtao.site.market import SitePlan, pool_offers, split_award
+from gridtao.site.market import SitePlan, node_awards, pool_offers, split_award
 from gridtao.site.meter import MeterFeedback
-from gridtao.site.orders import plan_caps, release_body
+from gridtao.site.orders import issue_orders, plan_caps, release_body
 from gridtao.site.status import DelayHistogram, status_body
 from gridtao.site.view import SiteView
 from gridtao.wire.awards import parse_award
@@ -153,21 +159,11 @@ class SiteCoordinator:
         ident = body.get("id")
         if not isinstance(ident, str):
             return
-        found = self._by_dispatch.get((ident, node))
-        if found is None:
-            event = self.events.get(ident)  # a fleet event's node acks carry its own id
-            if event is None or event.kind != "fleet":
-                return
-            order = event.orders.get(node)
-            if order is None:  # a node that came online after the event was seen
-                order = event.orders[node] = NodeOrder(node, ident, None)
-        else:
-            event = self.events.get(found)
-            order = None if event is None else event.orders.get(node)
-            if event is None or order is None or order.dispatch_id != ident:
-                return  # an order of an earlier generation
-        order.on_ack(body)
-        event.touched = True
+        found = order_for_ack(self.events, self._by_dispatch, node, ident)
+        if found is not None:
+            event, order = found
+            order.on_ack(body)
+            event.touched = True
 
     def _on_meter(self, payload: bytes, wall: float) -> None:
         try:
@@ -234,10 +230,7 @@ class SiteCoordinator:
             return
         except Duplicate:
             return
-        issued = award.issued_at if award.issued_at is not None else wall
-        for node, capacity in sorted(shares.items()):
-            body = {"id": award.id, "issued_at": issued, "start": award.start_s,
-                    "mtu_s": award.mtu_s, "capacity_w": capacity}
+        for node, body in node_awards(award, shares, wall):
             self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
         self._count("site_awards_split")
         self._ack({"id": award.id, "accepted": True, "reason": None, "received_at": wall,
@@ -308,21 +301,13 @@ class SiteCoordinator:
                          rebalance_min_w=self.cfg.rebalance_min_w, first=first)
         if caps is None:
             return
+        bodies = issue_orders(event, caps, wall, first=first, min_order_s=MIN_ORDER_S)
         if not first:
-            event.generation += 1
             log.info("site event %s: new split (generation %d)", event.id, event.generation)
-        old = event.orders
-        event.orders = {}
-        remaining = max(MIN_ORDER_S, round(event.until - wall))
-        ident = event.order_id()
-        for node, cap in caps.items():
-            event.orders[node] = NodeOrder(node, ident, cap)
-            self._by_dispatch[(ident, node)] = event.id
-            self._send(node, {"id": ident, "kind": "cap", "node_w": cap, "duration_s": remaining})
-        for node, order in old.items():  # the new caps are in force: end the old ones
-            event.unreleased.setdefault(node, []).append(order.dispatch_id)
+        for node, body in bodies:
+            self._by_dispatch[(body["id"], node)] = event.id
+            self._send(node, body)
         self._release_old(event, wall)
-        event.phase, event.phase_since, event.touched = "answering", wall, True
         self._next_rebalance[event.id] = wall + self.cfg.rebalance_s
         self._events_dirty = True
 
@@ -394,24 +379,15 @@ class SiteCoordinator:
             self._publish_status(wall)
 
     def _advance(self, event: SiteEvent, wall: float, *, ended: bool = False) -> None:
-        """Send the acks that are due (``ended``: the event is over: ack now, naming the
-        nodes that have not answered)."""
-        # Answers are looked at again only when one came in (``touched``): a thousand orders
-        # are not walked at every tick.
-        touched, event.touched = event.touched, False
-        if event.phase == "answering" and (
-                ended or wall - event.phase_since >= self.cfg.ack_deadline_s
-                or (touched and event.answered())):
+        """Send the site acks that are due (``ended``: the event is over: ack now, naming
+        the nodes that have not answered)."""
+        since = event.phase_since
+        for due in event.advance(wall, self.cfg.ack_deadline_s, ended=ended):
             self._ack(event.ack_body(self.cfg.id, measured_w=self._measured(event, wall)))
-            self.ack_delays.observe(wall - event.phase_since)
-            for order in event.orders.values():
-                self._count("node_answers_" + (order.answer or "missing"))
-            event.phase, event.phase_since, touched = "reaching", wall, True
-        if event.phase == "reaching" and touched and (event.reached() or not any(
-                o.answer == "accepted" for o in event.orders.values())):
-            if event.reached():
-                self._ack(event.ack_body(self.cfg.id, measured_w=self._measured(event, wall)))
-            event.phase, event.phase_since = "held", wall
+            if due == "answered":
+                self.ack_delays.observe(wall - since)
+                for order in event.orders.values():
+                    self._count("node_answers_" + (order.answer or "missing"))
 
     def _measured(self, event: SiteEvent, wall: float) -> float:
         it_w = self._site_it_w(wall)

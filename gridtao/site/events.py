@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from gridtao.wire.site import SettleAt
 
-__all__ = ["NodeOrder", "SiteEvent", "events_record", "restore_events"]
+__all__ = ["NodeOrder", "SiteEvent", "events_record", "order_for_ack", "restore_events"]
 
 log = logging.getLogger("gridtao.site")
 
@@ -102,6 +102,26 @@ class SiteEvent:
     def reached(self) -> bool:
         accepted = [o for o in self.orders.values() if o.answer == "accepted"]
         return bool(accepted) and all(o.reached_at is not None for o in accepted)
+
+    def advance(self, wall: float, ack_deadline_s: float, *, ended: bool = False
+                ) -> list[Literal["answered", "reached"]]:
+        """Move through the phases (module docstring) and say which site acks are now due, in
+        order: ``answered`` (every node answered, the deadline passed, or ``ended``: the event
+        is over) and ``reached`` (every accepting node reached). Answers are looked at again
+        only when one came in (``touched``), so a thousand orders are not walked every tick."""
+        due: list[Literal["answered", "reached"]] = []
+        touched, self.touched = self.touched, False
+        if self.phase == "answering" and (
+                ended or wall - self.phase_since >= ack_deadline_s
+                or (touched and self.answered())):
+            due.append("answered")
+            self.phase, self.phase_since, touched = "reaching", wall, True
+        if self.phase == "reaching" and touched and (self.reached() or not any(
+                o.answer == "accepted" for o in self.orders.values())):
+            if self.reached():
+                due.append("reached")
+            self.phase, self.phase_since = "held", wall
+        return due
 
     def ack_body(self, site: str, *, measured_w: float | None) -> dict[str, Any]:
         """The site ack: the node ack's keys, then who answered what and the site's measured
@@ -190,6 +210,29 @@ def restore_events(body: Mapping[str, Any] | None, wall: float) -> list[SiteEven
                      event.id, len(event.orders))
             out.append(event)
     return out
+
+
+def order_for_ack(events: dict[str, SiteEvent], by_dispatch: Mapping[tuple[str, str], str],
+                  node: str, ident: str) -> tuple[SiteEvent, NodeOrder] | None:
+    """The event and order a node's ack with id ``ident`` answers, or None: an ack for an
+    order of an earlier generation, or for nothing the site knows. ``by_dispatch`` maps
+    (node dispatch id, node) to the site event id. A fleet event's node acks carry its own
+    id; a node that came online after the fleet event was seen gets an order on its first
+    ack (added to the event)."""
+    found = by_dispatch.get((ident, node))
+    if found is None:
+        event = events.get(ident)
+        if event is None or event.kind != "fleet":
+            return None
+        order = event.orders.get(node)
+        if order is None:
+            order = event.orders[node] = NodeOrder(node, ident, None)
+        return event, order
+    event = events.get(found)
+    order = None if event is None else event.orders.get(node)
+    if event is None or order is None or order.dispatch_id != ident:
+        return None
+    return event, order
 
 
 def _r(value: float | None) -> float | None:

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from gridtao.config.site import MarketConfig
 from gridtao.site.view import NodeView
 from gridtao.wire.awards import Award
 
-__all__ = ["SitePlan", "pool_offers", "split_award"]
+__all__ = ["SitePlan", "node_awards", "pool_offers", "split_award"]
 
 
 @dataclass(frozen=True)
@@ -114,3 +115,13 @@ def split_award(award: Award, plan: SitePlan) -> dict[str, dict[str, list[float 
                 row.append(math.floor(min(share, offered)))
             out.setdefault(node, {})[product] = row
     return out
+
+
+def node_awards(award: Award, shares: Mapping[str, dict[str, list[float | None]]],
+                wall: float) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each node's award body (unsigned), in node order, for the shares :func:`split_award`
+    gave it: the site award's id, issue time (``wall`` when it had none), start and MTU."""
+    issued = award.issued_at if award.issued_at is not None else wall
+    for node, capacity in sorted(shares.items()):
+        yield node, {"id": award.id, "issued_at": issued, "start": award.start_s,
+                     "mtu_s": award.mtu_s, "capacity_w": capacity}

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from gridtao.site.events import SiteEvent
+from gridtao.site.events import NodeOrder, SiteEvent
 from gridtao.site.split import NodeShare, split_budget
 from gridtao.site.view import SiteView
 
-__all__ = ["plan_caps", "release_body", "shares"]
+__all__ = ["issue_orders", "plan_caps", "release_body", "shares"]
 
 
 def shares(event: SiteEvent, view: SiteView, wall: float) -> list[NodeShare]:
@@ -48,6 +48,29 @@ def plan_caps(event: SiteEvent, view: SiteView, budget_w: float, wall: float, *,
         if not changed:
             return None
     return {node: round(cap, 1) for node, cap in sorted(split.caps_w.items())}
+
+
+def issue_orders(event: SiteEvent, caps: dict[str, float], wall: float, *, first: bool,
+                 min_order_s: float) -> list[tuple[str, dict[str, Any]]]:
+    """Make ``caps`` the event's orders (a new generation unless ``first``): each node's
+    ``cap`` body to send, for the whole seconds left of the event (at least ``min_order_s``).
+    The orders they replace are queued in ``event.unreleased``; the event goes back to
+    ``answering``."""
+    if not first:
+        event.generation += 1
+    old = event.orders
+    event.orders = {}
+    remaining = max(min_order_s, round(event.until - wall))
+    ident = event.order_id()
+    bodies = []
+    for node, cap in caps.items():
+        event.orders[node] = NodeOrder(node, ident, cap)
+        bodies.append((node, {"id": ident, "kind": "cap", "node_w": cap,
+                              "duration_s": remaining}))
+    for node, order in old.items():  # ended once the new caps are in force
+        event.unreleased.setdefault(node, []).append(order.dispatch_id)
+    event.phase, event.phase_since, event.touched = "answering", wall, True
+    return bodies
 
 
 def release_body(ident: str) -> dict[str, Any]:
