@@ -18,7 +18,7 @@ import pytest
 
 from gridtao.cli import main as cli
 from gridtao.clock import MonotonicClock, VirtualClock
-from gridtao.config.agent import SimConfig
+from gridtao.config.agent import SimConfig, SimWorkload
 from gridtao.config.paths import sim_device_path
 from gridtao.gpu import GpuLost, NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
@@ -39,7 +39,7 @@ def _script(code: str) -> str:
     inherited by the child)."""
     return textwrap.dedent("""
         from gridtao.clock import MonotonicClock
-        from gridtao.config.agent import SimConfig
+        from gridtao.config.agent import SimConfig, SimWorkload
         from gridtao.config.paths import sim_device_path
         from gridtao.gpu import NvmlBackend
         from gridtao.gpu.sim.nvml import SimNvml
@@ -177,6 +177,18 @@ def test_sim_cli_create_status_destroy(capsys: pytest.CaptureFixture[str]) -> No
     assert cli.main(["sim", "--device", "../x", "status"]) == 2
     assert cli.main(["sim", "destroy"]) == 0
     assert not sim_device_path("default").exists()
+
+
+def test_sim_status_names_each_gpus_workload_on_a_mixed_device(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    mixed = SimConfig(count=2, workloads=(SimWorkload("inference", load=0.5),
+                                          SimWorkload("training")))
+    _open(mixed)
+    assert cli.main(["sim", "status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("workload mixed" in line for line in lines), lines
+    rows = [line.split() for line in lines if line[:3].strip() in ("0", "1")]
+    assert [r[1:3] for r in rows] == [["inference", "x0.5"], ["training", "700.0"]], rows
 
 
 def test_opening_an_existing_device_never_creates_one(monkeypatch: pytest.MonkeyPatch) -> None:

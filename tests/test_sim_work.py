@@ -267,3 +267,37 @@ def test_the_device_given_before_the_action_is_used(capsys: pytest.CaptureFixtur
     assert cli.main(["sim", "--device", "other", "serve-work"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sim-other.gpus" in err, err
+
+
+def test_a_mixed_device_serves_each_kind_of_work_on_its_own_gpus() -> None:
+    from gridtao.config.agent import SimWorkload
+    from gridtao.gpu.sim.workserver import SimWork, WorkCollector, WorkServerError
+
+    sim = _device(SimConfig(count=3, noise_w=0.0, workloads=(
+        SimWorkload("inference"), SimWorkload("idle"), SimWorkload("training"))))
+    path = sim_device_path("default")
+    try:
+        with pytest.raises(WorkServerError, match=r"different work \(idle on GPUs 1; "
+                           r"inference on GPUs 0; training on GPUs 2\): serve each kind"):
+            SimWork(path)
+        tokens = SimWork(path, gpus=(0, 1))  # an idle GPU beside an inference one: tokens
+        samples = SimWork(path, gpus=(2,))
+        try:
+            assert (tokens.kind, samples.kind) == ("vllm", "custom")
+            for i, demand_w in enumerate((600.0, 80.0, 500.0)):
+                sim.set_demand_w(i, demand_w)
+            for work in (tokens, samples):
+                work.sample()
+            _, token_rate = tokens.totals()
+            _, sample_rate = samples.totals()
+            # The idle GPU does no work, whatever it draws; each GPU has its own model.
+            assert token_rate == pytest.approx(600.0 / INFERENCE.joules_per_unit, rel=0.02)
+            assert sample_rate == pytest.approx(500.0 / TRAINING.joules_per_unit, rel=0.02)
+            names = [m.name for m in WorkCollector(samples).collect()]
+            assert names == ["gridtao_sim_training_samples"]
+        finally:
+            tokens.close()
+            samples.close()
+    finally:
+        assert sim.device is not None
+        sim.device.close()

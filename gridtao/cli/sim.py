@@ -240,8 +240,10 @@ def _status(path: Path) -> dict[str, Any] | None:
                 record = device.read(i)  # who set the limit: the device's own bookkeeping
             finally:
                 device.unlock(i)
+            work = sim.workloads[i]
             gpus.append({
-                "index": i, "limit_w": round(limit_w, 3), "power_w": round(power_w, 1),
+                "index": i, "workload": work.kind, "load": work.load,
+                "limit_w": round(limit_w, 3), "power_w": round(power_w, 1),
                 "energy_j": round(energy_j, 3),
                 "limit_set_by_pid": record.limit_pid or None,
                 "limit_set_at": record.limit_set_wall or None,
@@ -263,14 +265,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _workloads(report: dict[str, Any]) -> str:
+    """One kind for the whole device, or "mixed" (each GPU's is in its row)."""
+    kinds = {g["workload"] for g in report["gpus"]}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
 def format_status(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = [
         f"device   {report['path']}",
         f"created  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(report['created_at']))}",
-        f"GPUs     {s['count']} x {s['profile']}, workload {s['workload']}, seed {s['seed']}",
+        f"GPUs     {s['count']} x {s['profile']}, workload {_workloads(report)}, "
+        f"seed {s['seed']}",
         "",
-        "GPU  limit W  power W     energy J  limit set by",
+        "GPU  workload         limit W  power W     energy J  limit set by",
     ]
     for g in report["gpus"]:
         if g["limit_set_by_pid"] is None:
@@ -279,6 +288,7 @@ def format_status(report: dict[str, Any]) -> str:
             when = time.strftime("%H:%M:%S", time.localtime(g["limit_set_at"]))
             state = "running" if g["limit_setter_alive"] else "gone"
             who = f"pid {g['limit_set_by_pid']} ({state}) at {when}"
-        lines.append(f"{g['index']:>3}  {g['limit_w']:>7.1f}  {g['power_w']:>7.1f}  "
+        work = g["workload"] if g["load"] == 1.0 else f"{g['workload']} x{g['load']:g}"
+        lines.append(f"{g['index']:>3}  {work:<15}  {g['limit_w']:>7.1f}  {g['power_w']:>7.1f}  "
                      f"{g['energy_j']:>11.1f}  {who}")
     return "\n".join(lines)

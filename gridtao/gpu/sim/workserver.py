@@ -84,8 +84,6 @@ class SimWork:
         except (ConfigError, SimDeviceError, OSError, TypeError) as e:
             raise WorkServerError(f"simulated device {self.path}: {e}") from None
         try:
-            self.workload = sim.config.workload
-            self.model = model_for(self.workload)
             count = self.sim.count
             chosen = tuple(range(count)) if gpus is None else tuple(gpus)
             bad = [i for i in chosen if not 0 <= i < count]
@@ -94,16 +92,19 @@ class SimWork:
                     f"--gpus: the device has GPUs 0-{count - 1}; got "
                     f"{','.join(map(str, chosen)) or 'none'} (distinct indices, at least one)")
             self.gpus = chosen
+            self.workload = _one_workload(self.sim, chosen, self.path)
+            self.model = model_for(self.workload)
             training = self.model.unit == "samples"
             self.kind: Kind = kind if kind is not None else ("custom" if training else "vllm")
             if self.kind == "vllm" and training:
-                raise WorkServerError(f"the GPUs of {self.path} run a training workload "
+                raise WorkServerError(f"the GPUs served of {self.path} run a training workload "
                                       "(samples, not tokens): use --kind custom")
             self.backend = NvmlBackend(self.sim)
         except BaseException:
             self._close_device()
             raise
-        self._counters = {i: WorkCounter(self.model) for i in self.gpus}
+        self._counters = {i: WorkCounter(model_for(self.sim.workloads[i].kind))
+                          for i in self.gpus}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -173,6 +174,23 @@ class SimWork:
         device = self.sim.device
         if device is not None:
             device.close()
+
+
+def _one_workload(sim: SimNvml, gpus: Sequence[int], path: Path) -> str:
+    """The workload the GPUs ``gpus`` run; one server serves one kind of work, as a real
+    inference server or training job runs on its own GPUs, so GPUs counting different units
+    (tokens, samples) are refused, naming which GPU runs what."""
+    kinds = {i: sim.workloads[i].kind for i in gpus}
+    units = {model_for(k).unit for k in kinds.values()}
+    if len(units) > 1:
+        groups: dict[str, list[str]] = {}
+        for i, k in kinds.items():
+            groups.setdefault(k, []).append(str(i))
+        said = "; ".join(f"{k} on GPUs {','.join(v)}" for k, v in sorted(groups.items()))
+        raise WorkServerError(f"the GPUs of {path} run different work ({said}): serve each "
+                              "kind on its own with --gpus")
+    # An idle GPU does no work: the others say what is counted.
+    return next((k for k in kinds.values() if k != "idle"), "idle")
 
 
 class WorkCollector(Collector):
