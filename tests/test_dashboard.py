@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from agentproc import WAIT_S, agent_processes, spawn_agent, write_agent_config
-from broker import MosquittoBroker, free_port, publish
+from broker import MosquittoBroker, publish
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
@@ -245,6 +245,19 @@ class Family:
     total: float = 0.0  # the samples' sum
 
 
+def exporter_port(log: Path) -> int:
+    """The port an agent or site started with ``metrics.port: 0`` serves on, from its log
+    (a free port picked by the test could be taken by another process before it binds)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+        found = re.search(r"metrics at http://[^:]+:(\d+)/metrics", text)
+        if found:
+            return int(found.group(1))
+        assert time.monotonic() < deadline, f"no metrics port in {log}: {text[-2000:]}"
+        time.sleep(0.05)
+
+
 def scrape(port: int) -> dict[str, Family]:
     """Series name (as PromQL names it) -> its family, from a live /metrics."""
     deadline = time.monotonic() + WAIT_S
@@ -290,13 +303,13 @@ def check_exported(names: set[str], exported: dict[str, Family], *, empty: set[s
 
 def test_every_node_series_on_the_dashboard_is_exported(
         mqtt_broker: MosquittoBroker, tmp_path: Path) -> None:
-    port = free_port()
     cfg = write_agent_config(
         tmp_path, mqtt_broker, "dash", prefix="gridtao/dash", gpus=2,
-        metrics={"enabled": True, "host": "127.0.0.1", "port": port},
+        metrics={"enabled": True, "host": "127.0.0.1", "port": 0},
         safety={"triggers": []}, products=[{"kind": "ffr", "capacity_w": 200}])
     with agent_processes() as procs, mqtt_broker.subscriber("gridtao/dash/nodes/+/ack") as acks:
         procs.append(spawn_agent(cfg, tmp_path / "agent.log"))
+        port = exporter_port(tmp_path / "agent.log")
         scrape(port)  # up
         publish(mqtt_broker.host, mqtt_broker.port, "gridtao/dash/dispatch", json.dumps(
             {"id": "e1", "kind": "shed", "fraction": 0.2, "duration_s": 30}).encode())
@@ -314,13 +327,13 @@ def test_every_node_series_on_the_dashboard_is_exported(
 
 def test_every_site_series_on_the_dashboard_is_exported(
         mqtt_broker: MosquittoBroker, tmp_path: Path) -> None:
-    port, prefix = free_port(), "gridtao/dash-site"
+    prefix = "gridtao/dash-site"
     agent = write_agent_config(tmp_path, mqtt_broker, "n1", prefix=prefix, gpus=2,
                                safety={"triggers": []}, tracker={"period_s": 0.2},
                                products=[{"kind": "ffr", "capacity_w": 200}])
     cfg = tmp_path / "site.yaml"
     cfg.write_text(yaml.safe_dump({"mqtt": {"port": mqtt_broker.port, "prefix": prefix},
-                                   "metrics": {"enabled": True, "port": port},
+                                   "metrics": {"enabled": True, "port": 0},
                                    "site": {"id": "dash-site", "status_period_s": 0.2}}),
                    encoding="utf-8")
     with open(tmp_path / "site.log", "ab") as log, agent_processes() as procs:
@@ -328,6 +341,7 @@ def test_every_site_series_on_the_dashboard_is_exported(
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "gridtao", "--config", str(cfg), "--log-level", "info",
              "site"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+        port = exporter_port(tmp_path / "site.log")
         deadline = time.monotonic() + WAIT_S  # the node's products reach the site
         while not (exported := scrape(port)).get(
                 "gridtao_site_capacity_watts", Family("", set(), 0)).samples:

@@ -454,6 +454,7 @@ class Agent:
                     raise ConfigError(f"{self.config.source}: metrics.host/metrics.port "
                                       f"{mc.host}:{mc.port}: cannot listen there: "
                                       f"{e.strerror or e}") from None
+                log.info("metrics at http://%s:%d/metrics", mc.host, self._metrics_server.port)
             log.info("agent %s: connecting to the broker at %s:%d", self.node_id,
                      self.config.mqtt.host, self.config.mqtt.port)
             connected = self.lane.start(connect_timeout_s=self.options.connect_timeout_s,

@@ -95,8 +95,13 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
     register(coordinator, registry)
     server: Any = None
     if config.metrics.enabled:
-        server, _ = start_http_server(config.metrics.port, addr=config.metrics.host,
-                                      registry=registry)
+        mc = config.metrics
+        try:
+            server, _ = start_http_server(mc.port, addr=mc.host, registry=registry)
+        except OSError as e:  # a host not on this machine, a port in use, a bad name
+            raise ConfigError(f"{config.source}: metrics.host/metrics.port {mc.host}:{mc.port}: "
+                              f"cannot listen there: {e.strerror or e}") from None
+        log.info("metrics at http://%s:%d/metrics", mc.host, server.server_port)
     runners = [asyncio.ensure_future(link.run()) for link in links]
     log.info("site %s: coordinating under %s/ (broker %s:%d)", config.site.id, m.prefix,
              m.host, m.port)
