@@ -9,6 +9,12 @@ from pathlib import Path
 import pytest
 from broker import MosquittoBroker, running_broker
 
+from gridtao.clock import VirtualClock
+from gridtao.config.agent import SimConfig
+from gridtao.gpu.nvml import NvmlBackend
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.safety.island import SafetyIsland
+
 # gpus.backend defaults to auto: keep every agent this suite starts (in-process or as a child
 # process, which inherits this) off a real NVIDIA driver, even on a machine that has one.
 os.environ["GRIDTAO_NO_NVML"] = "1"
@@ -35,3 +41,21 @@ def mqtt_broker_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mo
     """One broker shared by a whole run: do not stop or restart it; use unique topics."""
     with running_broker(tmp_path_factory.mktemp("mosquitto-session")) as broker:
         yield broker
+
+
+#: A 4-GPU simulated node on a virtual clock and its safety island, every GPU drawing 600 W.
+IslandRig = tuple[VirtualClock, SafetyIsland]
+
+
+@pytest.fixture
+def island() -> Iterator[IslandRig]:
+    clock = VirtualClock(10.0)
+    sim = SimNvml.from_config(SimConfig(count=4, set_latency_ms=0.0, read_latency_ms=0.0,
+                                        noise_w=0.0), clock)
+    backend = NvmlBackend(sim)
+    isl = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=3600.0)
+    isl.start()
+    isl.update_draw([600_000] * 4)
+    yield clock, isl
+    isl.close()
+    backend.close()

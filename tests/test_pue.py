@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,13 +18,10 @@ from gridtao.config.agent import (
     FacilityConfig,
     GpuPriority,
     ProductConfig,
-    SimConfig,
     TrackerConfig,
 )
 from gridtao.control.tier2.facility import Facility, FacilityModel, MeterTracker
 from gridtao.control.tier2.tracker import Tier2, floors_w
-from gridtao.gpu.nvml import NvmlBackend
-from gridtao.gpu.sim.nvml import SimNvml
 from gridtao.products.portfolio import Portfolio, ProductMonitor, product_key
 from gridtao.safety.island import SafetyIsland
 from gridtao.wire.messages import DrDispatch
@@ -104,23 +100,8 @@ def test_bench_pue_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 N = 4
-
-
-Rig = tuple[VirtualClock, SafetyIsland]
-
-
-@pytest.fixture
-def island() -> Iterator[Rig]:
-    clock = VirtualClock(10.0)
-    sim = SimNvml.from_config(SimConfig(count=N, set_latency_ms=0.0, read_latency_ms=0.0,
-                                        noise_w=0.0), clock)
-    backend = NvmlBackend(sim)
-    isl = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=3600.0)
-    isl.start()
-    isl.update_draw([600 * W] * N)
-    yield clock, isl
-    isl.close()
-    backend.close()
+#: The ``island`` fixture (conftest.py): a 4-GPU node at 600 W each, on a virtual clock.
+IslandRig = tuple[VirtualClock, SafetyIsland]
 
 
 def _tier2(isl: SafetyIsland, clock: VirtualClock, products: list[ProductConfig], *,
@@ -137,7 +118,7 @@ def _tier2(isl: SafetyIsland, clock: VirtualClock, products: list[ProductConfig]
     return tier2, mon
 
 
-def test_tier2_fcr_d_commitment_follows_cooling(island: Rig) -> None:
+def test_tier2_fcr_d_commitment_follows_cooling(island: IslandRig) -> None:
     clock, isl = island
     tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-d-up", capacity_w=600.0,
                                                     median_samples=1)])
@@ -159,7 +140,7 @@ def test_tier2_fcr_d_commitment_follows_cooling(island: Rig) -> None:
     assert isl.view().commitment_mw is None and tier2.it_target_w is None
 
 
-def test_tier2_arms_ffr_as_an_it_reduction_and_sets_floors(island: Rig) -> None:
+def test_tier2_arms_ffr_as_an_it_reduction_and_sets_floors(island: IslandRig) -> None:
     clock, isl = island
     _tier2(isl, clock, [ProductConfig(kind="ffr", capacity_w=515.0)],
            priorities=(GpuPriority(gpus=(0,), floor_w=550.0),))
@@ -169,7 +150,7 @@ def test_tier2_arms_ffr_as_an_it_reduction_and_sets_floors(island: Rig) -> None:
     assert act.caps_mw[0] >= 550 * W
 
 
-def test_tier2_aims_the_margin_above_every_commitment(island: Rig) -> None:
+def test_tier2_aims_the_margin_above_every_commitment(island: IslandRig) -> None:
     clock, isl = island
     tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-d-up", capacity_w=600.0,
                                                     median_samples=1),
@@ -191,7 +172,7 @@ def test_tier2_aims_the_margin_above_every_commitment(island: Rig) -> None:
     assert ramped - act.target_mw == pytest.approx(0.2 * 500 * W, rel=1e-3)
 
 
-def test_tier2_arms_step_products_from_the_natural_draw_not_the_draw_now(island: Rig) -> None:
+def test_tier2_arms_step_products_from_the_natural_draw_not_the_draw_now(island: IslandRig) -> None:
     clock, isl = island
     _tier2(isl, clock, [ProductConfig(kind="ffr", capacity_w=515.0)])
     isl.update_draw([700 * W] * N)  # a burst at the moment of the trigger
@@ -202,7 +183,7 @@ def test_tier2_arms_step_products_from_the_natural_draw_not_the_draw_now(island:
     assert act.target_mw == pytest.approx((2400 - 500) * W)
 
 
-def test_tier2_reference_after_a_long_cut_is_the_draw_before_it(island: Rig) -> None:
+def test_tier2_reference_after_a_long_cut_is_the_draw_before_it(island: IslandRig) -> None:
     clock, isl = island
     tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-d-up", capacity_w=600.0,
                                                     median_samples=1)],
@@ -222,7 +203,8 @@ def test_tier2_reference_after_a_long_cut_is_the_draw_before_it(island: Rig) -> 
     assert tier2.snapshot()["reference_it_w"] == pytest.approx(2400.0)
 
 
-def test_tier2_second_activation_counts_cooling_an_earlier_cut_still_sheds(island: Rig) -> None:
+def test_tier2_second_activation_counts_cooling_an_earlier_cut_still_sheds(
+        island: IslandRig) -> None:
     """The meter commitment is measured from what the site would draw without any cut, so a
     second activation soon after a first must not take the still-low cooling as its reference:
     the meter (a plant driven by the IT power tier 2 asks for) falls by exactly the reduction."""
@@ -250,7 +232,7 @@ def test_tier2_second_activation_counts_cooling_an_earlier_cut_still_sheds(islan
         assert reference_meter - plant.meter_w == pytest.approx(300.0, abs=1.0)
 
 
-def test_tier2_fcr_n_baseline_after_enrolment_window(island: Rig) -> None:
+def test_tier2_fcr_n_baseline_after_enrolment_window(island: IslandRig) -> None:
     clock, isl = island
     tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-n", capacity_w=206.0,
                                                    median_samples=1)],
@@ -280,7 +262,7 @@ def test_tier2_fcr_n_baseline_after_enrolment_window(island: Rig) -> None:
     assert isl.view().commitment_mw == pytest.approx((baseline - 200.0) * W, rel=1e-3)
 
 
-def test_tier2_runs_a_dr_event_from_the_queue(island: Rig) -> None:
+def test_tier2_runs_a_dr_event_from_the_queue(island: IslandRig) -> None:
     clock, isl = island
     tier2, mon = _tier2(isl, clock, [ProductConfig(kind="dr", capacity_w=1000.0)])
     msg = DrDispatch("d1", 60.0, start_at=clock.wall() + 10.0, ramp_s=10.0,

@@ -325,7 +325,8 @@ class Agent:
             config, node_id=self.node_id, topics=self.topics, clock=self.clock,
             portfolio=self.portfolio, island=self.island, guard=self.guard, ledger=self.ledger,
             link=self.status_link,
-            floor_w=planning_floor_w(config, self.gpu_limits, self.gpu_indices))
+            floor_w=planning_floor_w(config, self.gpu_limits, self.gpu_indices),
+            ceiling=self.tier2 if config.planner.ceiling else None)
         PlanCollector(self.planning.reading, registry=self.registry)
         self.read_back = ReadBack(self.backend, self.island, self.gpu_indices, clock=self.clock,
                                   on_reading=self.planning.on_reading,

@@ -12,6 +12,9 @@
   (``Fallback``) or offers nothing (``NoPlan``), and says why. The agent never crashes on it.
 - **Awards and arming** (gridtao/app/arming.py): awards arrive on the controller's connection;
   once a second the capacities in force for the current MTU are applied.
+- **Ceiling** (``planner.ceiling``): once a second the node IT ceiling the plan has for the MTU
+  under way (if any) goes to tier 2, which holds the node under it; each change is audited. A
+  minute the ceiling held back is marked cut in the history, like an island event's.
 
 Threads: :meth:`NodePlanning.tasks` run on the controller loop; :meth:`NodePlanning.on_reading`
 on the read-back worker; :meth:`NodePlanning.reading` from any thread (metrics).
@@ -27,7 +30,7 @@ import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -75,8 +78,7 @@ def plan_settings(config: Config, floor_w: float) -> PlanSettings:
                  "pue": 1.0 + f.losses_fraction + 1.0 / f.cop,
                  "carbon_eur_t": p.carbon_eur_per_t,
                  "lost_work_eur_wh": p.lost_work_eur_per_mwh / 1e6,
-                 # A planned ceiling would need a scheduled cap the agent does not apply yet.
-                 "allow_ceiling": False, "dr_max_hours_per_day": p.dr_max_hours_per_day})
+                 "allow_ceiling": p.ceiling, "dr_max_hours_per_day": p.dr_max_hours_per_day})
 
 
 def floor_w(config: Config, limits: Sequence[PowerLimits], indices: Sequence[int]) -> float:
@@ -125,11 +127,12 @@ def subscriptions(config: Config, topics: wire.Topics) -> list[tuple[str, int]]:
 
 class NodePlanning:
     """Tier 3's parts of one agent (module docstring). ``floor_w``: the node's IT floor
-    (GPU minimums and priority floors, or ``limits.min_node_fraction`` of the defaults)."""
+    (GPU minimums and priority floors, or ``limits.min_node_fraction`` of the defaults).
+    ``ceiling``: where the plan's node ceiling for the MTU under way goes (tier 2), or None."""
 
     def __init__(self, config: Config, *, node_id: str, topics: wire.Topics, clock: Clock,
                  portfolio: Portfolio, island: SafetyIsland, guard: Guard, ledger: Ledger,
-                 link: MqttLink, floor_w: float) -> None:
+                 link: MqttLink, floor_w: float, ceiling: CeilingHolder | None = None) -> None:
         self._config = config
         self._node_id = node_id
         self._topics = topics
@@ -139,6 +142,8 @@ class NodePlanning:
         self._ledger = ledger
         self._link = link
         self._floor_w = floor_w
+        self._ceiling = ceiling
+        self._ceiling_w: float | None = None  # what was last handed to ``ceiling``
         self.awards = AwardBook()
         self.arming = Arming(portfolio, self.awards, on_change=self._capacity_changed)
         self._lock = threading.Lock()
@@ -159,7 +164,9 @@ class NodePlanning:
             # Island events (FFR, dispatched cuts) mark their minutes, which the forecast then
             # leaves out. Tier 2's commitments (FCR-D, FCR-N's baseline, DR) do not: FCR-N holds
             # one all the time, and a forecast from the draw under it errs low, the safe way.
-            active = self._island.view().event_id is not None
+            # A ceiling that holds the draw back cuts it as surely as an event.
+            active = self._island.view().event_id is not None or (
+                self._ceiling is not None and self._ceiling.ceiling_binding())
             self.recorder.offer(wall_s, it_w, limit_w, active)
 
     def tasks(self) -> list[Coroutine[Any, Any, None]]:
@@ -199,8 +206,31 @@ class NodePlanning:
 
     async def _arm_periodically(self) -> None:
         while True:
-            self.arming.apply(self._clock.wall(), self._clock.now())
+            wall = self._clock.wall()
+            self.arming.apply(wall, self._clock.now())
+            self.apply_ceiling(wall)
             await asyncio.sleep(ARMING_PERIOD_S)
+
+    def apply_ceiling(self, wall_s: float) -> float | None:
+        """Hand tier 2 the plan's node ceiling for the MTU under way at ``wall_s`` (IT W, None:
+        none), if it changed; audited. Returns the ceiling in force."""
+        if self._ceiling is None:
+            return None
+        covering = self._covering(wall_s)
+        ceiling = None if covering is None else covering.ceiling_at(wall_s)
+        if ceiling != self._ceiling_w:
+            log.info("planned node ceiling: %s -> %s W IT", _w(self._ceiling_w), _w(ceiling))
+            self._ledger.record("ceiling", {"from_w": self._ceiling_w, "to_w": ceiling})
+            self._ceiling.set_ceiling(ceiling)
+            self._ceiling_w = ceiling
+        return ceiling
+
+    def _covering(self, wall_s: float) -> Plan | None:
+        """The plan for the MTU under way: a round plans from the next MTU on, so that MTU is
+        the previous plan's until the new plan's first MTU starts."""
+        plan = self.state.plan
+        return next((p for p in (plan, self._previous)
+                     if p is not None and p.forecast.start_s <= wall_s < p.end_s), None)
 
     def _capacity_changed(self, product: str, old_w: float, new_w: float, source: str) -> None:
         self._ledger.record("capacity", {"product": product, "from_w": old_w, "to_w": new_w,
@@ -299,13 +329,12 @@ class NodePlanning:
         from the next MTU on, so the MTU under way is the previous plan's."""
         state, wall = self.state, self._clock.wall()
         plan = state.plan
-        covering = next((p for p in (plan, self._previous)
-                         if p is not None and p.forecast.start_s <= wall < p.end_s), None)
+        covering = self._covering(wall)
         return PlanNow(armed_w=dict(self.arming.snapshot().armed_w),
                        offered_w={} if covering is None else covering.offers_at(wall),
                        forecast_w=None if covering is None else covering.forecast.at(wall),
                        plan_age_s=None if plan is None else max(0.0, wall - plan.made_at_s),
-                       state=state.name)
+                       state=state.name, ceiling_w=self._ceiling_w)
 
 
 @dataclass(frozen=True)
@@ -317,6 +346,19 @@ class PlanNow:
     forecast_w: tuple[float, float, float] | None
     plan_age_s: float | None
     state: str
+    ceiling_w: float | None = None
+
+
+class CeilingHolder(Protocol):
+    """What holds the node under the planner's ceiling (tier 2)."""
+
+    def set_ceiling(self, ceiling_w: float | None) -> None: ...
+
+    def ceiling_binding(self) -> bool: ...
+
+
+def _w(value: float | None) -> str:
+    return "none" if value is None else f"{value:.0f}"
 
 
 def _headline(plan: Plan | None) -> str:

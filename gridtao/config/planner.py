@@ -41,6 +41,9 @@ class PlannerConfig:
     the day; 1.0 covers the largest miss seen; docs/planner-inputs.md).
     ``safety_margin_fraction``: then lower it by this share before it bounds the offers (a bid
     that clears must hold for its whole hour).
+    ``ceiling``: also plan a node IT power ceiling per MTU where energy, carbon and the
+    reserves pay more than the work it sheds, and hold the node under it during that MTU (tier
+    2's soft target; docs/planner.md).
     """
 
     enabled: bool = False
@@ -59,3 +62,4 @@ class PlannerConfig:
     margin_days: int = field(default=14, metadata=rng(2, 90))
     margin_block_h: Literal[1, 2, 3, 4, 6, 8, 12, 24] = 4
     solve_time_limit_s: float = field(default=5.0, metadata=rng(0.1, 600.0))
+    ceiling: bool = False

@@ -141,6 +141,9 @@ class PlanReading(Protocol):
     @property
     def state(self) -> str: ...
 
+    @property
+    def ceiling_w(self) -> float | None: ...
+
 
 class PlanCollector(Collector):
     """Tier 3's plan and what is armed, read from ``read()`` at scrape time."""
@@ -170,6 +173,9 @@ class PlanCollector(Collector):
             GaugeMetricFamily("gridtao_plan_state",
                               "1 for tier 3's current state (no_plan, planned, fallback).",
                               labels=["state"]),
+            GaugeMetricFamily("gridtao_plan_ceiling_watts",
+                              "The node IT ceiling tier 3 planned for this market time unit "
+                              "and tier 2 holds (NaN: none), W."),
         )
 
     def describe(self) -> Iterator[Metric]:
@@ -177,7 +183,7 @@ class PlanCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         r = self._read()
-        armed, offered, forecast, age, state = self._families()
+        armed, offered, forecast, age, state, ceiling = self._families()
         for name, w in r.armed_w.items():
             armed.add_metric([name], w)
         for name, w in r.offered_w.items():
@@ -188,7 +194,8 @@ class PlanCollector(Collector):
         age.add_metric([], math.nan if r.plan_age_s is None else r.plan_age_s)
         for name in self.STATES:
             state.add_metric([name], 1.0 if r.state == name else 0.0)
-        yield from (armed, offered, forecast, age, state)
+        ceiling.add_metric([], math.nan if r.ceiling_w is None else r.ceiling_w)
+        yield from (armed, offered, forecast, age, state, ceiling)
 
 
 class SuppressedAcksCollector(Collector):

@@ -16,6 +16,7 @@ point for offers, IT W for the forecast. Times: Unix seconds.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -85,6 +86,16 @@ class Plan:
         if not 0 <= k < self.forecast.horizon:
             return {}
         return {name: float(v[k]) for name, v in self.result.offers_w.items()}
+
+    def ceiling_at(self, wall_s: float) -> float | None:
+        """The node IT ceiling (W) planned for the MTU holding ``wall_s``; None where none
+        binds, outside the plan, or when the plan is not valid."""
+        ceilings = self.result.ceiling_w
+        k = int((wall_s - self.forecast.start_s) // self.forecast.mtu_s)
+        if ceilings is None or not self.valid or not 0 <= k < self.forecast.horizon:
+            return None
+        value = float(ceilings[k])
+        return value if math.isfinite(value) else None
 
     def summary(self) -> dict[str, Any]:
         """The plan's figures for the retained plan topic and the audit trail."""

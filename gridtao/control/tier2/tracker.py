@@ -18,6 +18,12 @@ What it does (docs/architecture.md, docs/sources.md#facility-meter-and-pue):
   the commitment; the island stacks a fired step product's reduction on it), arms each step
   product (FFR) as an absolute IT reduction ``capacity / (1 + losses)`` from the natural draw
   on the island's armed caps, and sets the per-GPU priority floors (``tracker.priorities``).
+* Holds the planner's node ceiling (``planner.ceiling``; :meth:`Tier2.set_ceiling`, IT W) as
+  part of the same soft target: the node's IT draw is held at or below it while it is in force.
+  Products are then measured from the capped draw (the draw a TSO sees before an event):
+  the reference, and the step products' armed cuts, start from ``min(natural, ceiling)``.
+  While the ceiling holds the draw back (the draw within ``CEILING_BINDING_FRACTION`` of it) the
+  draw is not natural, so the natural-draw window waits.
 * :meth:`Tier2.snapshot` is the state published on ``{prefix}/nodes/{node}/tracker``.
 
 Threads: :meth:`Tier2.update` runs on the island lane (via ``ProductMonitor.on_change``),
@@ -28,6 +34,7 @@ a GPU. Lock order: tier 2, then the portfolio's, then the island's. Power in W u
 from __future__ import annotations
 
 import collections
+import math
 import threading
 from collections.abc import Sequence
 
@@ -38,6 +45,9 @@ from gridtao.products.portfolio import Portfolio, product_key
 from gridtao.safety.island import SafetyIsland
 
 SETTLE_S = 2.0  # after a cut ends, the draw climbs back (cap-up is slow): not yet "natural"
+#: The draw is taken as held by the planner's ceiling when at least this share of it: tier 1
+#: keeps a held node a little under its target, and a natural draw that close may be clipped.
+CEILING_BINDING_FRACTION = 0.97
 
 
 def floors_w(priorities: Sequence[GpuPriority], count: int) -> list[float] | None:
@@ -84,6 +94,7 @@ class Tier2:
         self._reference_w: float | None = None  # frozen IT reference while committed
         self._reduction_w = 0.0  # R, at the settlement point
         self._target_w: float | None = None
+        self._ceiling_w: float | None = None  # the planner's node IT ceiling in force
 
     # ---- lifecycle and inputs ----------------------------------------------------------
 
@@ -112,7 +123,9 @@ class Tier2:
             natural = self._reference_w if self._reference_w is not None else self._natural_w
             self._tracker.observe(now, it_w, natural_it_w=natural)
             self._it_w = it_w
-            if self._reference_w is not None or event_active:
+            held = (self._ceiling_w is not None
+                    and it_w >= CEILING_BINDING_FRACTION * self._ceiling_w)
+            if self._reference_w is not None or event_active or held:
                 self._uncut_since_s = None
             elif self._uncut_since_s is None:
                 self._uncut_since_s = now
@@ -125,6 +138,28 @@ class Tier2:
             self._enrol_fcr_n(now)
         self._arm()
         self.update(now)
+
+    def set_ceiling(self, ceiling_w: float | None) -> None:
+        """The planner's node IT ceiling for the MTU under way (W; None: none), held from now
+        on as part of the soft target (any thread). Step products are re-armed from the capped
+        draw at once."""
+        if ceiling_w is not None and not (math.isfinite(ceiling_w) and ceiling_w > 0):
+            raise ValueError(f"a ceiling must be a finite number of watts > 0, got {ceiling_w!r}")
+        with self._lock:
+            self._ceiling_w = ceiling_w
+        self._arm()
+        self.update(self._clock.now())
+
+    @property
+    def ceiling_w(self) -> float | None:
+        with self._lock:
+            return self._ceiling_w
+
+    def ceiling_binding(self) -> bool:
+        """Whether the planner's ceiling holds the node's draw back now (any thread)."""
+        with self._lock:
+            return (self._ceiling_w is not None
+                    and self._it_w >= CEILING_BINDING_FRACTION * self._ceiling_w)
 
     def update(self, now_s: float) -> None:
         """Recompute the commitment and hand it to the island (cheap; lane thread)."""
@@ -157,7 +192,7 @@ class Tier2:
     def _update_locked(self, now_s: float) -> float | None:
         with_fcr_n = self._baseline_w is not None
         reduction = self.portfolio.proportional_reduction_w(now_s, include_fcr_n=with_fcr_n)
-        base = self._reference_w if self._reference_w is not None else (self._natural_w or 0.0)
+        base = self._reference_w if self._reference_w is not None else self._capped_natural()
         reference_meter = self.model.meter_w(base, self._tracker.counterfactual_cooling_w) if (
             self.settle_at == "meter") else base
         reduction += self.portfolio.dr_reduction_w(now_s, reference_meter)
@@ -166,14 +201,20 @@ class Tier2:
             if self._reference_w is not None:
                 self._tracker.stop()
             self._reference_w = None
-            return None
+            return self._ceiling_w
         if self._reference_w is None:
             self._reference_w = base
             self._tracker.start(now_s, base)
         aimed = reduction * (1.0 + self._config.margin_fraction)
         meter = self.settle_at == "meter"
         it_cut = self._tracker.it_reduction_w(aimed) if meter else aimed
-        return max(0.0, self._reference_w - it_cut)
+        target = max(0.0, self._reference_w - it_cut)
+        return target if self._ceiling_w is None else min(target, self._ceiling_w)
+
+    def _capped_natural(self) -> float:
+        """The natural draw as the products see it: under the planner's ceiling (lock held)."""
+        natural = self._natural_w or 0.0
+        return natural if self._ceiling_w is None else min(natural, self._ceiling_w)
 
     def _arm(self) -> None:
         """Arm each step product: an IT cut of its capacity (the losses factor at the meter,
@@ -186,7 +227,7 @@ class Tier2:
         by the dips the caps clip anyway; a margin on top would only push it toward the
         TSO's over-delivery limit."""
         with self._lock:
-            natural = self._natural_w
+            natural = None if self._natural_w is None else self._capped_natural()
         reference_mw = None if natural is None else natural * 1000.0
         for product in self.portfolio.step:
             capacity_it_mw = product.capacity_w / self._factor * 1000.0
@@ -216,6 +257,7 @@ class Tier2:
                 "fcr_n_baseline_w": _r(self._baseline_w),
                 "reduction_w": round(self._reduction_w, 1),
                 "it_target_w": _r(self._target_w),
+                "plan_ceiling_w": _r(self._ceiling_w),
                 "floors_w": self.floors_w,
             }
         products: list[dict[str, object]] = []
