@@ -23,15 +23,17 @@ class _Trail:
         self.records.append((kind, dict(fields)))
 
 
-def _loop(trail: _Trail) -> ControllerLoop:
+def _loop(trail: _Trail, *, tracker_period_s: float = 1.0, **fakes: Any) -> ControllerLoop:
+    """A loop whose parts are ``fakes`` where given, else unused (None)."""
     unused = cast(Any, None)  # record_transitions touches only the ledger
-    parts = ControllerParts(
-        node_id="n", status_topic="s", tracker_topic="t", gpu_indices=(), gpu_limits=(),
-        clock=VirtualClock(), backend=unused, tier1=unused, island=unused, tier2=unused,
-        status_link=unused, ledger=trail, capacity=unused, capacity_watch=CapacityWatch(),
-        simulated=True, frequency_feed=unused, instance={}, read_back=unused,
-        read_back_period_s=0.5)
-    return ControllerLoop(parts, status_period_s=1.0, tracker_period_s=1.0)
+    parts = ControllerParts(**{
+        "node_id": "n", "status_topic": "s", "tracker_topic": "t", "gpu_indices": (),
+        "gpu_limits": (), "clock": VirtualClock(), "backend": unused, "tier1": unused,
+        "island": unused, "tier2": unused, "status_link": unused, "ledger": trail,
+        "capacity": unused, "capacity_watch": CapacityWatch(), "simulated": True,
+        "frequency_feed": unused, "instance": {}, "read_back": unused,
+        "read_back_period_s": 0.5, **fakes})
+    return ControllerLoop(parts, status_period_s=1.0, tracker_period_s=tracker_period_s)
 
 
 def _snap(state: str, required_w: float, dr: list[dict[str, object]]) -> dict[str, object]:
@@ -74,3 +76,46 @@ def test_products_reductions_and_links_are_read_at_scrape_time() -> None:
     assert value("gridtao_broker_connected", {"link": "island"}) == 0.0
     delivered = value("gridtao_reduction_delivered_it_watts")
     assert delivered is not None and math.isnan(delivered)
+
+
+def test_tier2_reads_the_gpus_off_the_controller_loop() -> None:
+    """A GPU whose driver calls hang (seconds each) must not hold the controller's loop: tier
+    2's power reading runs in a worker thread."""
+    import asyncio
+    import threading
+
+    readers: list[int] = []
+    ticked = threading.Event()
+
+    class Backend:
+        def average_power_mw(self, index: int) -> float:
+            readers.append(threading.get_ident())
+            return 500_000.0
+
+    class Tier1:
+        draw_mw = (500_000.0, 500_000.0)
+
+    class Tier2:
+        def tick(self, it_w: float) -> None:
+            assert it_w == 1000.0
+            ticked.set()
+
+        def snapshot(self) -> dict[str, object]:
+            return {"products": [], "dr": []}
+
+    class Link:
+        def publish_nowait(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    loop = _loop(_Trail(), tracker_period_s=0.01, gpu_indices=(0, 1), backend=Backend(),
+                 tier1=Tier1(), tier2=Tier2(), status_link=Link())
+
+    async def run() -> int:
+        task = asyncio.create_task(loop._tracker_loop())
+        while not ticked.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(run())
+    assert readers and loop_thread not in readers

@@ -248,7 +248,9 @@ class ControllerLoop:
         while True:
             await asyncio.sleep(self._tracker_period_s)
             try:
-                p.tier2.tick(self.it_power_w())
+                # NVML calls, each may hang as long as a sick GPU takes: off the loop.
+                it_w = await asyncio.to_thread(self.it_power_w)
+                p.tier2.tick(it_w)
                 snapshot = p.tier2.snapshot()
                 self.record_transitions(snapshot)
                 payload = wire.tracker_payload(p.node_id, p.clock.wall(), snapshot)
