@@ -14,7 +14,8 @@ Invariants this module keeps (and its tests check):
 * When the last event ends the island writes the resting limits itself (``resting_mw``: the
   operator's limits found at start, or the defaults; or the held/minimum limits of a safe
   state), so restoring never depends on tier 1, and no event leaves a GPU above where the
-  operator had it.
+  operator had it. A release ramps the ceiling on past the baseline up to their total
+  (``LatchedEvent``), so that write is no step.
 * A GPU that fails its write is recorded and logged; the other GPUs are capped regardless.
 * Tier 2's commitment (:meth:`SafetyIsland.set_commitment`) is a soft target only: the island
   never writes it and never latches it, it can only lower the target tier 1 tracks (never lift
@@ -46,12 +47,14 @@ from types import MappingProxyType, TracebackType
 from .armed import ArmedTable, check_fraction
 from .envelope import Envelope
 from .latch import (
+    SAFE_MODES,
     Activation,
     EventKind,
     IslandView,
     LatchedEvent,
     OutsideChange,
     SafeMode,
+    activation_of,
     most_restrictive,
 )
 from .ports import Clock, GpuPort
@@ -60,7 +63,6 @@ from .writer import ParallelWriter, WriteBatch, WriteRecord
 __all__ = ["Activation", "IslandView", "OutsideChange", "SafeMode", "SafetyIsland"]
 
 log = logging.getLogger("gridtao.safety")
-_SAFE_MODES = ("default", "hold", "minimum")
 
 
 class SafetyIsland:
@@ -240,7 +242,7 @@ class SafetyIsland:
             with self._lock:
                 existing = self._events.get(event_id)
                 if existing is not None:
-                    return _activation_of(existing)
+                    return activation_of(existing)
                 armed = self._armed.get(key)
                 if armed is None:
                     return None
@@ -291,7 +293,8 @@ class SafetyIsland:
                 if ev.release_at is None and now - ev.started_at >= self._max_event_s:
                     ev.release_at = now
                     expired.append(ev.event_id)
-            finished = any(ev.done(now, self._rate) for ev in self._events.values())
+            finished = any(ev.done(now, self._rate, self._rest_locked())
+                           for ev in self._events.values())
         for event_id in expired:
             log.warning(
                 "event %s: held %.0f s, releasing automatically", event_id, self._max_event_s
@@ -314,12 +317,12 @@ class SafetyIsland:
                     faulted, soft, self._floors_mw,
                 )
             ev, ceiling = winner
-            target = ev.target_at(now, self._rate)
+            target = ev.target_at(now, self._rate, self._rest_locked())
             if soft is not None and ev.kind == "frequency":
                 # Stack: the step product's reduction is measured from where the node was
                 # held, so it comes on top of the commitment (reserves add up).
                 soft = max(float(self.envelope.min_total_mw),
-                           soft - (ev.baseline_mw - target))
+                           soft - ev.reduction_at(now, self._rate, self._rest_locked()))
             return IslandView(
                 generation=self._generation,
                 event_id=ev.event_id,
@@ -440,8 +443,8 @@ class SafetyIsland:
         controller), so it goes on and ends by its own duration and ramp. ``hold``: keep the
         current limits. ``minimum``: every GPU at its minimum. Triggers still cut in every
         mode, never above the safe state's limits."""
-        if mode not in _SAFE_MODES:
-            raise ValueError(f"safe state must be one of {_SAFE_MODES}, got {mode!r}")
+        if mode not in SAFE_MODES:
+            raise ValueError(f"safe state must be one of {SAFE_MODES}, got {mode!r}")
         with self._cmd_lock:
             with self._lock:
                 self._generation += 1
@@ -522,7 +525,7 @@ class SafetyIsland:
             with self._lock:
                 existing = self._events.get(event_id)
                 if existing is not None:
-                    return _activation_of(existing)
+                    return activation_of(existing)
                 draw = self._basis_locked()
                 if not self._events:
                     self._frozen_draw = draw
@@ -592,7 +595,8 @@ class SafetyIsland:
         with self._cmd_lock:
             now = self._clock.now()
             with self._lock:
-                ended = [k for k, ev in self._events.items() if ev.done(now, self._rate)]
+                rest = self._rest_locked()
+                ended = [k for k, ev in self._events.items() if ev.done(now, self._rate, rest)]
                 for k in ended:
                     del self._events[k]
                 batch = None
@@ -628,12 +632,8 @@ class SafetyIsland:
         self._armed.rearm(self._basis_locked())
 
     def _winner_locked(self, now: float) -> tuple[LatchedEvent, float] | None:
-        return most_restrictive(
-            self._events.values(), now, self._rate, self.envelope.default_total_mw
-        )
+        return most_restrictive(self._events.values(), now, self._rate, self._rest_locked())
 
-
-def _activation_of(ev: LatchedEvent) -> Activation:
-    if ev.activation is None:  # only if the first trigger of this id died mid-way
-        raise RuntimeError(f"event {ev.event_id} has no recorded activation")
-    return ev.activation
+    def _rest_locked(self) -> float:
+        """Where released ceilings end: the total of the limits the last event's end writes."""
+        return float(sum(self._resting_mw))

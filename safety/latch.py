@@ -14,6 +14,7 @@ from .errors import WriteTimeout
 
 EventKind = Literal["frequency", "shed", "cap"]
 SafeMode = Literal["default", "hold", "minimum"]
+SAFE_MODES: tuple[SafeMode, ...] = ("default", "hold", "minimum")
 
 
 @dataclass(frozen=True)
@@ -117,11 +118,22 @@ class ArmedLevel:
 @dataclass
 class LatchedEvent:
     """One active event. ``ceiling_mw`` is the sum of its caps at activation (``target_mw``
-    clamped into the envelope's totals, rounded down). Once released at ``release_at`` its
-    target and ceiling rise together, linearly, by ``rate_per_s`` of the reduction
-    ``baseline_mw - target_mw`` per second, or by ``release_mw_per_s`` if set (a step product,
-    which ramps out at its own rate, under the TSO's limit); the event is done when the target
-    is back at the baseline (at once for a cap event that never cut below it)."""
+    clamped into the envelope's totals, rounded down).
+
+    Release (states: held -> ramping -> tail -> done; ``release_at`` set starts the ramp):
+
+    * ramping: target and ceiling rise together, linearly, by ``rate_per_s`` of the reduction
+      ``baseline_mw - target_mw`` per second, or by ``release_mw_per_s`` if set (a step
+      product, which ramps out at its own rate, under the TSO's limit), until the target is
+      back at the baseline;
+    * tail: both go on rising at the same rate (mW/s; an event without its own rate at least
+      ``rate_per_s`` of what is left, so the tail lasts at most ``1 / rate_per_s``) until the
+      ceiling reaches ``rest_mw``, the resting limits' total: the island's write of the resting
+      limits at the end is then no step, whatever the load does under the caps;
+    * done: the ceiling is at ``rest_mw`` (at once for a cap event that never cut below its
+      baseline, and for an event whose ceiling is already there).
+
+    ``rest_mw`` is passed in (the island's resting total now: an operator may move it)."""
 
     event_id: str
     kind: EventKind
@@ -140,35 +152,60 @@ class LatchedEvent:
     def _reduction_mw(self) -> float:
         return max(0.0, self.baseline_mw - self.target_mw)
 
-    def _given_back_mw(self, now: float, rate_per_s: float) -> float:
+    def _given_back_mw(self, now: float, rate_per_s: float, rest_mw: float) -> float:
+        """How far target and ceiling have risen since the release began (mW)."""
         if self.release_at is None:
             return 0.0
         elapsed = max(0.0, now - self.release_at)
         reduction = self._reduction_mw()
-        if self.release_mw_per_s is not None:
-            return min(reduction, elapsed * self.release_mw_per_s)
-        return reduction * min(1.0, elapsed * rate_per_s)
+        ramp = (self.release_mw_per_s if self.release_mw_per_s is not None
+                else reduction * rate_per_s)
+        if ramp <= 0.0:
+            return reduction
+        ramp_s = reduction / ramp
+        if elapsed <= ramp_s:
+            return elapsed * ramp
+        tail = max(0.0, rest_mw - (self.ceiling_mw + reduction))
+        tail_rate = ramp if self.release_mw_per_s is not None else max(ramp, tail * rate_per_s)
+        return reduction + min(tail, (elapsed - ramp_s) * tail_rate)
 
-    def target_at(self, now: float, rate_per_s: float) -> float:
-        return self.target_mw + self._given_back_mw(now, rate_per_s)
+    def reduction_at(self, now: float, rate_per_s: float, rest_mw: float) -> float:
+        """What is left of the event's reduction below its baseline now (mW, >= 0; 0 in the
+        tail)."""
+        return max(0.0, self._reduction_mw() - self._given_back_mw(now, rate_per_s, rest_mw))
 
-    def ceiling_at(self, now: float, rate_per_s: float, max_mw: float) -> float:
-        return min(max_mw, self.ceiling_mw + self._given_back_mw(now, rate_per_s))
+    def target_at(self, now: float, rate_per_s: float, rest_mw: float) -> float:
+        return self.target_mw + self._given_back_mw(now, rate_per_s, rest_mw)
 
-    def done(self, now: float, rate_per_s: float) -> bool:
+    def ceiling_at(self, now: float, rate_per_s: float, rest_mw: float) -> float:
+        return min(max(rest_mw, self.ceiling_mw),
+                   self.ceiling_mw + self._given_back_mw(now, rate_per_s, rest_mw))
+
+    def done(self, now: float, rate_per_s: float, rest_mw: float) -> bool:
         if self.release_at is None:
             return False
         reduction = self._reduction_mw()
-        return reduction == 0 or self._given_back_mw(now, rate_per_s) >= reduction
+        if reduction == 0:
+            return True
+        given = self._given_back_mw(now, rate_per_s, rest_mw)
+        return given >= reduction and self.ceiling_mw + given >= rest_mw - 1e-6
+
+
+def activation_of(ev: LatchedEvent) -> Activation:
+    """The Activation a trigger of ``ev`` recorded (a duplicate trigger returns it)."""
+    if ev.activation is None:  # only if the first trigger of this id died mid-way
+        raise RuntimeError(f"event {ev.event_id} has no recorded activation")
+    return ev.activation
 
 
 def most_restrictive(
-    events: Iterable[LatchedEvent], now: float, rate_per_s: float, max_mw: float
+    events: Iterable[LatchedEvent], now: float, rate_per_s: float, rest_mw: float
 ) -> tuple[LatchedEvent, float] | None:
-    """The event with the lowest ceiling now (the latest on a tie) and that ceiling."""
+    """The event with the lowest ceiling now (the latest on a tie) and that ceiling;
+    ``rest_mw``: the resting limits' total, where released ceilings end."""
     best: tuple[LatchedEvent, float] | None = None
     for ev in events:
-        ceiling = ev.ceiling_at(now, rate_per_s, max_mw)
+        ceiling = ev.ceiling_at(now, rate_per_s, rest_mw)
         if best is None or ceiling <= best[1]:
             best = (ev, ceiling)
     return best

@@ -180,10 +180,31 @@ def test_node_budget_raise_rate_limited_outside_release() -> None:
     b = nb.update(target_mw=4000 * W, ceiling_mw=5000 * W, measured_mw=3000 * W, dt_s=0.1,
                   releasing=False)
     assert b == pytest.approx(3010 * W)
-    # a release ramp's target step is fed straight through
+    # the rise held back is not lost: it is fed on the next steps, at the limit's pace
+    b = nb.update(target_mw=4000 * W, ceiling_mw=5000 * W, measured_mw=3000 * W, dt_s=0.1,
+                  releasing=False)
+    assert b == pytest.approx(3020 * W)
+    # a release ramp's target step is fed straight through, with what was still held back
     b = nb.update(target_mw=4500 * W, ceiling_mw=5000 * W, measured_mw=3000 * W, dt_s=0.1,
                   releasing=True)
-    assert b == pytest.approx(3510 * W)
+    assert b == pytest.approx(4500 * W)
+
+
+def test_node_budget_follows_a_target_that_rises_in_steps() -> None:
+    """Tier 2 moves the target once per frequency sample (10 Hz) while tier 1 steps at 100 Hz:
+    a 50 W step is more than one 10 ms step's raise allowance (20 W at 2 kW/s), and the
+    budget must still follow the target, not fall back to the integral's pace."""
+    lo, hi = h100(8)
+    nb = NodeBudget(lo, hi, integral_gain_per_s=0.3, max_raise_mw_per_s=2000 * W)
+    target = 3000 * W
+    b = nb.activate(target, None)
+    for k in range(200):  # 2 s, +500 W/s in 50 W steps every 0.1 s
+        if k % 10 == 0:
+            target += 50 * W
+        b = nb.update(target_mw=target, ceiling_mw=None, measured_mw=b, dt_s=0.01,
+                      releasing=False)
+    assert target == 4000 * W
+    assert b == pytest.approx(target, abs=30 * W)
 
 
 def test_node_budget_no_ceiling_bounded_by_defaults() -> None:

@@ -292,7 +292,7 @@ def test_the_intake_reports_every_verdict_and_event_change() -> None:
         (freq_event,) = island.view().active_event_ids
         send(topics.dispatch, b'{"id": "r2", "kind": "release", "ref": "%s"}'
              % freq_event.encode())
-        run(1.5)
+        run(6.0)  # the ramp-out, then its tail up to the resting limits
     finally:
         island.close()
         backend.close()

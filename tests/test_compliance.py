@@ -86,3 +86,13 @@ def test_a_slow_simulator_fails_the_ffr_0_7_s_rule_with_the_measured_value() -> 
     assert "% of capacity at 0.7 s" in act.detail
     text = rep.text_report("ffr", [res])
     assert "FAIL  full_activation_time" in text and "limit <= 0.7 s" in text
+
+
+def test_a_test_s_simulated_gpus_are_its_own_not_the_machine_s_device() -> None:
+    """The bench must not drive (or be disturbed by) the machine-wide simulated device that
+    other agents on the machine share: every test gets private simulated GPUs."""
+    config = load_config(None)
+    assert config.gpus.sim.device == "default"
+    product = ProductConfig(kind="ffr", capacity_w=1000.0)
+    cfg = c.agent_config(config, product, 1883)
+    assert cfg.gpus.backend == "sim" and cfg.gpus.sim.device is None

@@ -184,7 +184,7 @@ def test_frequency_event_is_not_retriggered_then_recovers_and_ramps_out(rig: Rig
     view = rig.island.view()
     assert view.event_id == event_id and view.releasing
     assert rig.intake.active_events == []
-    rig.advance(1.0 / RATE_PER_S + 0.1)
+    rig.advance(2.0 / RATE_PER_S + 0.1)  # ramp, then the tail to the resting limits
     assert rig.island.view().event_id is None
     assert rig.limits() == [DEFAULT_MW] * 4
 
@@ -261,7 +261,7 @@ def test_duration_ends_the_event_through_the_ramp(rig: Rig) -> None:
     view = rig.island.view()
     assert view.event_id == "d1" and view.releasing
     assert view.target_mw is not None and view.target_mw < 0.55 * BASELINE_MW  # no jump
-    rig.advance(1.0 / RATE_PER_S + 0.1)
+    rig.advance(2.0 / RATE_PER_S + 0.1)  # ramp, then the tail to the resting limits
     assert rig.island.view().event_id is None
     assert rig.limits() == [DEFAULT_MW] * 4
 
@@ -282,12 +282,15 @@ def test_release_ramps_out_at_the_release_rate(rig: Rig) -> None:
         seen.append((rig.clock.now() - t_release, view.target_mw, view.ceiling_total_mw))
         rig.advance(0.25)
     assert len(seen) >= int(1.0 / RATE_PER_S / 0.25) - 1
+    rate_mw = RATE_PER_S * reduction_mw  # W/s, the ramp's and the tail's
     for dt, tgt, ceiling in seen:
-        expected = target_mw + reduction_mw * min(1.0, RATE_PER_S * dt)
+        expected = target_mw + rate_mw * dt  # on past the baseline: the tail
         assert tgt == pytest.approx(expected, rel=1e-6)
         assert ceiling <= expected + 4 * W  # the ceiling rises no faster than the target
+        assert ceiling <= 4 * DEFAULT_MW  # and never above the resting limits
     ended_after_s = rig.clock.now() - t_release
-    assert 1.0 / RATE_PER_S <= ended_after_s <= 1.0 / RATE_PER_S + 0.3
+    tail_s = (4 * DEFAULT_MW - BASELINE_MW) / rate_mw
+    assert 1.0 / RATE_PER_S + tail_s <= ended_after_s <= 1.0 / RATE_PER_S + tail_s + 0.3
     assert rig.limits() == [DEFAULT_MW] * 4
 
 
@@ -389,7 +392,7 @@ def test_duplicate_id_is_acted_on_once_and_the_same_ack_resent(rig: Rig) -> None
 
 def test_duplicate_after_the_event_ended_does_not_restart_it(rig: Rig) -> None:
     (first,) = rig.send(TOPICS.dispatch, _shed("once", fraction=0.3, duration_s=1.0))
-    rig.advance(1.0 + 1.0 / RATE_PER_S + 0.2)
+    rig.advance(1.0 + 2.0 / RATE_PER_S + 0.2)  # ramp and tail
     assert rig.island.view().event_id is None
     sets = rig.sets()
     (again,) = rig.send(TOPICS.dispatch, _shed("once", fraction=0.3, duration_s=1.0))
@@ -432,7 +435,9 @@ def test_island_expiry_clears_the_intakes_record() -> None:
         r.dispatch(_shed("long", fraction=0.3, duration_s=3600))
         r.advance(10.1)
         assert r.island.view().releasing
-        acks = r.advance(1.0 / RATE_PER_S + 0.1)
+        # The ramp, then the tail up to the resting limits at the same rate.
+        tail_s = (4 * DEFAULT_MW - BASELINE_MW) / (RATE_PER_S * 0.3 * BASELINE_MW)
+        acks = r.advance(1.0 / RATE_PER_S + tail_s + 0.1)
         assert r.island.view().event_id is None
         assert r.intake.active_events == []
         # The sender is told its event ended early, and why.

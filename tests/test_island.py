@@ -241,11 +241,58 @@ def test_release_ramp_rate_is_exact_in_virtual_time(rig: Rig) -> None:
     rig.island.tick()
     assert rig.island.view().event_id == "e1"
     assert rig.limits() == list(act.caps_mw)  # the island itself does not write the ramp
-    clock.advance(0.1)  # 5 s: fully released, event over, defaults written by the island
+    clock.advance(0.1)  # 5 s: the reduction is given back; the tail goes on at the same rate
+    rig.island.tick()
+    view = rig.island.view()
+    assert view.event_id == "e1" and view.releasing
+    assert view.target_mw == pytest.approx(act.baseline_mw)
+    assert view.ceiling_total_mw == pytest.approx(ceiling0 + reduction)
+    rest = N * DEFAULT_MW
+    tail_s = (rest - ceiling0 - reduction) / (0.2 * reduction)
+    clock.advance(tail_s / 2)
+    rig.island.tick()
+    view = rig.island.view()
+    assert view.ceiling_total_mw == pytest.approx(ceiling0 + reduction * (1 + 0.1 * tail_s))
+    assert view.target_mw == pytest.approx(act.baseline_mw + 0.1 * tail_s * reduction)
+    assert rig.limits() == list(act.caps_mw)
+    clock.advance(tail_s / 2 - 0.01)
+    rig.island.tick()
+    view = rig.island.view()
+    assert view.event_id == "e1"
+    assert view.ceiling_total_mw is not None and rest - view.ceiling_total_mw < 0.01 * 0.25 * rest
+    clock.advance(0.01)  # the ceiling is at the resting total: event over, limits written
     rig.island.tick()
     view = rig.island.view()
     assert (view.event_id, view.target_mw, view.ceiling_total_mw) == (None, None, None)
     assert view.generation == gen + 1
+    assert rig.limits() == [DEFAULT_MW] * N
+
+
+def test_a_step_product_s_release_tail_keeps_its_own_rate(rig: Rig) -> None:
+    """A step product (its own ramp-out rate, the TSO's limit) ramps on past its baseline up
+    to the resting limits at that rate, never faster, and ends without a step."""
+    clock = rig.clock
+    assert isinstance(clock, VirtualClock)
+    rate = 100 * W  # mW/s
+    rig.island.arm_reduction("ffr", 500 * W, release_mw_per_s=rate)
+    act = rig.island.trigger_armed("ffr", "f1")
+    assert act is not None
+    rig.island.release("f1")
+    rest = N * DEFAULT_MW
+    last = rig.island.view().ceiling_total_mw
+    assert last is not None
+    steps = 0
+    while rig.island.view().event_id == "f1":
+        clock.advance(0.1)
+        rig.island.tick()
+        ceiling = rig.island.view().ceiling_total_mw
+        if ceiling is None:
+            break
+        assert ceiling - last <= rate * 0.1 + 1 and ceiling <= rest
+        last, steps = ceiling, steps + 1
+    # 500 W back, then the tail from the draw (4470 W) to the resting 5600 W, all at 100 W/s.
+    assert steps == pytest.approx((500 * W + rest - sum(DRAW_MW)) / rate / 0.1, abs=2)
+    assert rest - last <= rate * 0.1 + 1  # the end's write of the resting limits is no step
     assert rig.limits() == [DEFAULT_MW] * N
 
 
@@ -260,6 +307,9 @@ def test_max_event_s_releases_automatically() -> None:
         clock.advance(0.1)
         rig.island.tick()
         assert rig.island.view().releasing
+        clock.advance(5.0)  # the reduction is back; the tail to the resting limits goes on
+        rig.island.tick()
+        assert rig.island.view().event_id == "c1"
         clock.advance(5.0)
         rig.island.tick()
         assert rig.island.view().event_id is None
@@ -276,14 +326,17 @@ def test_overlapping_events_end_in_turn(rig: Rig) -> None:
     shallow = rig.island.trigger_shed("shallow", 0.1)
     assert not shallow.binding
     rig.island.release("deep")
-    clock.advance(5.0)
+    clock.advance(10.0)  # ramp and tail
     rig.island.tick()
     view = rig.island.view()
     assert view.event_id == "shallow"
     assert view.ceiling_total_mw == sum(shallow.caps_mw)
     assert rig.limits() == list(deep.caps_mw)  # a non-last end writes nothing; tier 1 raises
     rig.island.release("shallow")
-    clock.advance(5.0)
+    clock.advance(5.0)  # tail at 0.2 x 447 W/s from 4470 to 5600 W: 12.6 s more
+    rig.island.tick()
+    assert rig.island.view().active_event_ids == ("shallow",)
+    clock.advance(13.0)
     rig.island.tick()
     assert rig.island.view().active_event_ids == ()
     assert rig.limits() == [DEFAULT_MW] * N
@@ -439,7 +492,7 @@ def test_safe_state_default_keeps_the_grid_s_events_and_returns_to_defaults_afte
     # It ends by its own ramp, then every GPU is at its default.
     rig.island.release("e1")
     assert isinstance(rig.clock, VirtualClock)
-    rig.clock.advance(6.0)  # 0.2 /s release: 5 s
+    rig.clock.advance(10.0)  # 0.2 /s release: 5 s, then the tail to the resting limits
     rig.island.tick()
     assert rig.island.view().event_id is None
     assert rig.limits() == [DEFAULT_MW] * N
@@ -460,7 +513,7 @@ def test_leaving_a_minimum_safe_state_ramps_back(rig: Rig) -> None:
     rig.island.tick()
     ceiling = rig.island.view().ceiling_total_mw
     assert ceiling is not None and N * MIN_MW < ceiling < N * DEFAULT_MW
-    rig.clock.advance(4.0)
+    rig.clock.advance(6.0)  # the ramp, then the tail up to the resting limits
     rig.island.tick()
     assert rig.island.view().event_id is None
     assert not rig.island.leave_safe_state()  # nothing to leave twice

@@ -101,6 +101,16 @@ def test_a_frequency_event_stacks_on_the_commitment(rig: Rig) -> None:
     assert island.view().target_mw == pytest.approx(2000 * W - 200 * W)
     clock.advance(1.5)
     island.tick()
+    # Given back: the tail (the ceiling on up to the resting limits) lifts no commitment.
+    view = island.view()
+    assert view.event_id == "ffr-1" and view.target_mw == 2000 * W
+    clock.advance(1.0)
+    island.tick()
+    view = island.view()
+    assert view.ceiling_total_mw is not None and view.ceiling_total_mw > 2200 * W
+    assert view.target_mw == 2000 * W == view.commitment_mw
+    clock.advance(10.0)
+    island.tick()
     assert island.view().event_id is None and island.view().target_mw == 2000 * W
     island.trigger_shed("shed-1", 0.5)  # 1100 W: not a reserve, the lower target wins
     assert island.view().target_mw == pytest.approx(1100 * W)

@@ -318,6 +318,34 @@ def test_fcr_d_static_scoring_pass_and_fail() -> None:
     assert not bad["ramp_down_rate"].passed  # and dropped at once
 
 
+def test_fcr_d_static_ramp_down_is_judged_over_the_whole_ramp() -> None:
+    """A 2 %/s ramp-down that lets its last 15 % go in one step passes a 90 -> 10 % fit
+    but not the whole ramp: the step is part of the ramp-down."""
+    spec = pr.ProductSpec("fcr-d-up-static", CAP, 49.7)
+
+    def hz(t: float) -> float:
+        return 49.6 if 2.0 <= t < 10.0 else 50.0
+
+    end = 10.0 + 60.0
+
+    def stepped(t: float) -> float:
+        if t < 3.0:
+            return 0.0
+        level = 1.0 - max(0.0, t - end - 1.0) * 0.02
+        return CAP * level if level > 0.15 else 0.0
+
+    tr = trace(stepped, end_s=130.0, hz=hz)
+    tr = Trace(tr.t_s, tr.hz, pr.required_static(tr.t_s, tr.hz, spec), tr.delivered_w,
+               tr.delivered_it_w)
+    fit = sc.ramp_down_rate(tr, start_s=end, end_s=tr.t_s[-1], capacity_w=CAP,
+                            limit_pct_per_s=sc.FCR_D_STATIC_RAMP_PCT_PER_S, name="fit")
+    assert fit.passed  # the 90 -> 10 % fit does not see the step
+    rules = names(pr.score_static(spec, tr, event_s=2.0))
+    assert rules["held_60s_after_recovery"].passed
+    ramp = rules["ramp_down_rate"]
+    assert not ramp.passed and ramp.value is not None and ramp.value > 10.0
+
+
 def test_fcr_n_scoring_pass_and_fail() -> None:
     spec = pr.ProductSpec("fcr-n", CAP)
     holds = [shapes.Hold(0.0, 5.0, 50.0), shapes.Hold(5.0, 15.0, 49.95),

@@ -82,9 +82,14 @@ class Recording:
 def agent_config(config: Config, product: ProductConfig, port: int) -> Config:
     """The agent's configuration for a test: the caller's, on the bench broker, enrolled in
     ``product`` only (no raw safety.triggers), unsigned messages (the bench is the grid), no
-    metrics server, journal or audit files (a bench run must not touch the operator's state)."""
+    metrics server, journal or audit files (a bench run must not touch the operator's state).
+    Simulated GPUs are the test's own (``gpus.sim.device`` null), never the machine-wide
+    simulated device that other agents on the machine may be driving at the same time."""
+    named = on_named_backend(config)  # auto means simulated here: real GPUs only when named
+    named = dataclasses.replace(named, gpus=dataclasses.replace(
+        named.gpus, sim=dataclasses.replace(named.gpus.sim, device=None)))
     return dataclasses.replace(
-        on_named_backend(config),  # auto means simulated here: real GPUs only when named
+        named,
         mqtt=dataclasses.replace(config.mqtt, host="127.0.0.1", port=port, prefix=PREFIX,
                                  node_id=NODE),
         metrics=dataclasses.replace(config.metrics, enabled=False),

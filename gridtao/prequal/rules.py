@@ -300,10 +300,27 @@ def score_static(spec: ProductSpec, tr: Trace, *, event_s: float) -> list[RuleRe
     held = _inner((full, back + sc.FCR_D_STATIC_WAIT_S))
     rules.append(sc.hold(tr, windows=[held], capacity_w=cap, name="held_60s_after_recovery"))
     rules.append(sc.over_delivery(tr, windows=[held], capacity_w=cap))
-    rules.append(sc.ramp_down_rate(tr, start_s=held[1] - 1.0, end_s=tr.t_s[-1], capacity_w=cap,
-                                   limit_pct_per_s=sc.FCR_D_STATIC_RAMP_PCT_PER_S,
-                                   name="ramp_down_rate"))
+    rules.append(static_ramp_down(tr, after_s=full, capacity_w=cap))
     return rules
+
+
+def static_ramp_down(tr: Trace, *, after_s: float, capacity_w: float) -> RuleResult:
+    """FCR-D static's ramp-down (<= 2.5 %/s), judged like FFR's ramp-out over the whole ramp:
+    the steepest 1 s fall of the 1 s mean from 1 s before the delivered power first falls
+    below 95 % of capacity after ``after_s`` (full activation, s; a fall before the hold's
+    end is a ramp-down too) to 1 s after it is back within 5 % of nothing. A ramp that lets
+    the last of the reduction go in one step reads that step, which a fit between the 90 %
+    and 10 % points would not see."""
+    fell = sc.first_crossing(tr.t_s, tr.delivered_w, (1.0 - sc.BAND) * capacity_w,
+                             start_s=after_s, end_s=tr.t_s[-1], above=False)
+    if fell is None:
+        return sc._rule("ramp_down_rate", None, sc.FCR_D_STATIC_RAMP_PCT_PER_S, "<=", "%/s",
+                        "no ramp-down in the trace: the delivered power never fell below 95 % "
+                        "of capacity")
+    a, b = ramp_out_window(tr, fell=fell, capacity_w=capacity_w)
+    return sc.steepest_fall(tr, start_s=a, end_s=b, capacity_w=capacity_w,
+                            limit_pct_per_s=sc.FCR_D_STATIC_RAMP_PCT_PER_S,
+                            name="ramp_down_rate")
 
 
 def score_fcr_n(spec: ProductSpec, tr: Trace, *, holds: Sequence[Hold],

@@ -202,7 +202,10 @@ class NodeBudget:
     firmware enforcement). ``B`` is clamped into ``[sum(min), min(ceiling, sum(default))]`` every
     step; the clamp is also the anti-windup: when demand is low and power sits under the target
     the integral cannot grow past the island's ceiling. Raises are rate-limited to
-    ``max_raise_mw_per_s`` except while the island ramps a release (then the ramp sets the pace).
+    ``max_raise_mw_per_s`` except while the island ramps a release (then the ramp sets the pace);
+    a target rise the limit holds back is carried to the next steps, so a target that rises in
+    steps (tier 2 updates it once per frequency sample) is followed at the limit's pace, never
+    dropped to the integral's.
     """
 
     def __init__(
@@ -252,13 +255,19 @@ class NodeBudget:
             return self.activate(target_mw, ceiling_mw)
         old = self.budget_mw
         dt = max(0.0, dt_s)
-        b = old + (target_mw - self._last_target_mw)
-        b += self.integral_gain_per_s * (target_mw - measured_mw) * dt
+        fed = target_mw - self._last_target_mw
+        b = old + fed + self.integral_gain_per_s * (target_mw - measured_mw) * dt
+        carry = 0.0
         if not releasing:
-            b = min(b, old + self.max_raise_mw_per_s * dt)
+            slewed = min(b, old + self.max_raise_mw_per_s * dt)
+            # A rise of the target the slew limit held back is fed on the next steps, not lost
+            # (a target updated in steps, e.g. tier 2's at each frequency sample, would
+            # otherwise rise only at the integral's pace); the integral's excess is dropped.
+            carry = min(b - slewed, max(0.0, fed))
+            b = slewed
         b = max(self.min_total_mw, min(b, self._upper_mw(ceiling_mw)))
         self.budget_mw = b
-        self._last_target_mw = target_mw
+        self._last_target_mw = target_mw - carry
         return b
 
 
