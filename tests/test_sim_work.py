@@ -284,8 +284,16 @@ def test_a_mixed_device_serves_each_kind_of_work_on_its_own_gpus() -> None:
         samples = SimWork(path, gpus=(2,))
         try:
             assert (tokens.kind, samples.kind) == ("vllm", "custom")
-            for i, demand_w in enumerate((600.0, 80.0, 500.0)):
+            demands = (600.0, 80.0, 500.0)
+            for i, demand_w in enumerate(demands):
                 sim.set_demand_w(i, demand_w)
+            backend = NvmlBackend(sim)
+            deadline = time.monotonic() + 30.0
+            while any(abs(backend.instant_power_mw(i) / W - d) > 1.0  # the draw settles
+                      for i, d in enumerate(demands)):
+                assert time.monotonic() < deadline, "the simulated draw never settled"
+                time.sleep(0.05)
+            backend.close()
             for work in (tokens, samples):
                 work.sample()
             _, token_rate = tokens.totals()
