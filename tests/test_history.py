@@ -25,6 +25,7 @@ from gridtao.clock import VirtualClock
 from gridtao.gpu.sim.daily import DailyShape
 from gridtao.gpu.sim.workloads import inference, make_workload
 from gridtao.history import (
+    Batch,
     HistoryError,
     HistoryRecorder,
     HistoryStore,
@@ -254,7 +255,7 @@ def _offer_minutes(rec: HistoryRecorder, start: int, minutes: int, w: float = 80
         rec.offer(start + 0.5 * i, w, 5600.0, False)
 
 
-def test_recorder_writes_completed_minutes_and_drops_the_open_one(tmp_path: Path) -> None:
+def test_recorder_writes_completed_minutes_and_the_open_one_at_close(tmp_path: Path) -> None:
     path = tmp_path / "history.sqlite3"
     rec = HistoryRecorder(HistoryStore.open(path), clock=VirtualClock(wall_offset=MONDAY),
                           queue_size=10_000)
@@ -262,12 +263,14 @@ def test_recorder_writes_completed_minutes_and_drops_the_open_one(tmp_path: Path
     rec.offer(MONDAY + 120.0, 800.0, 5600.0, False)
     rec.offer(MONDAY + 150.0, 800.0, 5600.0, False)  # the third minute, still open at close
     rec.close()
-    assert rec.rows_written == 2 and rec.dropped == 0 and rec.errors == 0
+    assert rec.rows_written == 3 and rec.dropped == 0 and rec.errors == 0
     with HistoryStore.open(path) as s:
         rows = s.rows(0, 2**40)
-    assert [r.start_s for r in rows] == [MONDAY, MONDAY + 60]
+    assert [r.start_s for r in rows] == [MONDAY, MONDAY + 60, MONDAY + 120]
     assert all(r.it_mean_w == pytest.approx(800.0) and r.limit_w == pytest.approx(5600.0)
                for r in rows)
+    # The open minute: 2 s held after 120 s, and 150 s held for nothing (no later sample).
+    assert rows[2].energy_j == pytest.approx(800.0 * 2.0)
     assert rec.offer(MONDAY + 500.0, 1.0, None, False) is False  # closed
 
 
@@ -290,10 +293,10 @@ class _GatedStore(HistoryStore):
     gate: threading.Event
     entered: threading.Event
 
-    def write(self, rows: Iterable[MinuteRow]) -> int:
+    def commit(self, batch: Batch) -> int:
         self.entered.set()
         self.gate.wait(60)
-        return super().write(rows)
+        return super().commit(batch)
 
 
 def test_offer_never_blocks_and_counts_what_it_drops(tmp_path: Path) -> None:
@@ -312,7 +315,8 @@ def test_offer_never_blocks_and_counts_what_it_drops(tmp_path: Path) -> None:
     finally:
         store.gate.set()
         rec.close()
-    assert rec.rows_written == 1 and rec.errors == 0
+    # The closed minute, then at close the open one (as a partial row).
+    assert rec.rows_written == 2 and rec.errors == 0
 
 
 class _FailingStore(HistoryStore):
@@ -320,10 +324,10 @@ class _FailingStore(HistoryStore):
 
     problem: str | None = None
 
-    def write(self, rows: Iterable[MinuteRow]) -> int:
+    def commit(self, batch: Batch) -> int:
         if self.problem is not None:
             raise HistoryError(f"{self.path}: writing: {self.problem}", path=self.path)
-        return super().write(rows)
+        return super().commit(batch)
 
 
 def test_failed_writes_are_counted_and_logged_once_per_change(

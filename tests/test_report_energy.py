@@ -256,7 +256,8 @@ def test_events_of_the_window_with_their_energy(site: Site,
     assert rel(e1["meter_not_drawn_kwh"], 150_000 / KWH)
     assert rel(e1["baseline_w"], 1200.0) and rel(e1["target_w"], 800.0)
     assert e1["partly_outside_window"] is False and e1["verified"] is True
-    assert e1["work_lost"] is None
+    assert e1["work_lost"]["available"] is False and e1["work_lost"]["sources"] == []
+    assert "no work counters" in e1["work_lost"]["reason"]
     # The minute history over its span (1200 W throughout, settled).
     assert rel(e1["history"]["it_kwh"], 1200 * 301.75 / KWH)
     assert rel(e1["history"]["meter_kwh"],
@@ -277,16 +278,16 @@ def test_events_of_the_window_with_their_energy(site: Site,
     e3 = events["e3"]
     assert e3["end"] is None and e3["history"] is None and e3["partly_outside_window"]
     assert e3["level"] == "ffr"
-    assert doc["work"]["available"] is False and "not recorded" in doc["work"]["work_lost"]
+    assert doc["work"]["available"] is False and "no work minutes" in doc["work"]["reason"]
     assert doc["audit"][0]["intact"] is True and doc["audit"][0]["node"] == "n1"
 
 
-def test_per_gpu_and_work_are_said_to_be_unavailable(
+def test_per_gpu_and_work_are_said_to_be_unavailable_without_their_rows(
         site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     doc = _json(capsys, site.args("--format", "json"))
-    assert doc["per_gpu"]["available"] is False
-    assert "summed IT draw only" in doc["per_gpu"]["reason"]
-    assert "neither the minute history nor the audit trail" in doc["work"]["reason"]
+    assert doc["per_gpu"]["available"] is False and doc["per_gpu"]["gpus"] == []
+    assert "no GPU minutes in the window" in doc["per_gpu"]["reason"]
+    assert "no work minutes in the window" in doc["work"]["reason"]
     assert "NVML energy counters" in doc["method"]["IT energy (history)"]
     assert doc["method"]["read_back_period_s"] == 0.5
     assert main(site.args()) == 0
@@ -296,7 +297,7 @@ def test_per_gpu_and_work_are_said_to_be_unavailable(
                     "## Energy per token and per sample", "## Method and uncertainty"):
         assert heading in md, heading
     assert "| n1 | 2026-03-01 01:20:00 | 2026-03-01 01:25:00 | 5 |" in md
-    assert "modelled" in md and "Not available: the minute history holds" in md
+    assert "modelled" in md and "No GPU minutes in the window" in md
     assert "| n1 | e1 | dispatch | 2026-03-01 00:40:00.250 | 2026-03-01 00:45:02 | 0.0694 |" in md
 
 
@@ -340,7 +341,8 @@ def test_csv_tables(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     events = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [e["id"] for e in events] == ["e2", "e1", "d1", "e3"]
     assert float(events[1]["it_not_drawn_kwh"]) == 112_100 / KWH
-    assert events[2]["it_drawn_kwh"] == "" and events[2]["work_lost"] == ""
+    assert events[2]["it_drawn_kwh"] == ""
+    assert events[2]["work_lost"].startswith("unavailable: the history holds no work counters")
     assert main(site.args("--format", "csv", "--table", "gaps")) == 0
     assert capsys.readouterr().out.splitlines()[1] == (
         f"n1,2026-03-01T01:20:00Z,2026-03-01T01:25:00Z,{T0 + 4800.0},{T0 + 5100.0},5")

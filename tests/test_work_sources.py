@@ -237,6 +237,21 @@ def test_custom_counters_are_exported_as_units(served: Exposition) -> None:
 # ---------------------------------------------------------------- down, garbage, slow
 
 
+def test_subscribers_get_each_successful_scrape_with_its_wall_time(served: Exposition) -> None:
+    clock = VirtualClock(100.0, wall_offset=1_763_900_000.0)
+    scraper = WorkScraper([spec(served.url), spec(dead_url(), name="dead")], clock=clock)
+    got: list[tuple[object, ...]] = []
+    scraper.subscribe(lambda *args: got.append(args))
+    served.body = vllm_body((1000.0, 500.0), 4000.0, 70.0)
+    scraper.scrape("llm")
+    scraper.scrape("dead")  # a failed scrape hands nothing on
+    (wall, name, kind, gpus, values), = got
+    assert (wall, name, kind) == (1_763_900_100.0, "llm", "vllm")
+    assert gpus == spec(served.url).gpus
+    assert values == {("llama", "generation"): 1500.0, ("llama", "prompt"): 4000.0,
+                      ("qwen", "generation"): 70.0}
+
+
 def test_a_dead_source_is_down_said_once_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
     scraper = WorkScraper([spec(dead_url(), name="dead")], clock=VirtualClock())
     registry = CollectorRegistry()

@@ -12,7 +12,8 @@ Threads and loops (docs/architecture.md):
 - work sources and CPU power (gridtao/work/): a daemon thread per source, one for RAPL;
 - the read-back (a worker thread of the controller loop) also feeds the per-event energy
   ledger (gridtao/records/energy.py), which writes an ``event_energy`` record once an event
-  has ended;
+  has ended, and the history's per-GPU energy and work (``LedgerFeeds``,
+  gridtao/app/readback.py; J per unit and work lost are computed on the recorder's thread);
 - Prometheus (the metrics HTTP thread): the links' and the audit trail's counters are read when
   it scrapes (telemetry/metrics.py, ``StatsCollector``).
 
@@ -44,7 +45,7 @@ from gridtao.app.periodic import ControllerLoop, ControllerParts
 from gridtao.app.planning import NodePlanning
 from gridtao.app.planning import floor_w as planning_floor_w
 from gridtao.app.planning import subscriptions as tier3_subscriptions
-from gridtao.app.readback import ReadBack
+from gridtao.app.readback import LedgerFeeds, ReadBack
 from gridtao.app.reload import ReloadResult, apply_reload, plan_reload, read_credentials
 from gridtao.app.workmodel import WorkAwareCuts
 from gridtao.clock import Clock, MonotonicClock
@@ -249,7 +250,7 @@ class Agent:
         # What each event drew and did not draw, computed on the read-back thread.
         self.energy = EventEnergy(
             FacilityModel.from_config(config.facility), len(self.gpu_indices),
-            on_event=lambda fields: self.ledger.record("event_energy", fields))
+            on_event=lambda fields: self.feeds.event_energy(fields))
         EventEnergyCollector(self.energy.not_drawn_j, registry=self.registry)
         self.intake = Intake(
             self.island,
@@ -328,11 +329,19 @@ class Agent:
             floor_w=planning_floor_w(config, self.gpu_limits, self.gpu_indices),
             ceiling=self.tier2 if config.planner.ceiling else None)
         PlanCollector(self.planning.reading, registry=self.registry)
+        # The energy and work ledgers' feeds (GPUs by driver index, as work.sources name them).
+        self.feeds = LedgerFeeds(
+            gpus=[(i if self._physical is None else self._physical[k], d.uuid)
+                  for k, (i, d) in enumerate(zip(self.gpu_indices, self.backend.devices(),
+                                                 strict=True))],
+            clock=self.clock, power_mw=lambda: self.fast.draw_mw,
+            record=lambda fields: self.ledger.record("event_energy", fields),
+            recorder=self.planning.recorder)
+        self.feeds.energy = self.energy
         self.read_back = ReadBack(self.backend, self.island, self.gpu_indices, clock=self.clock,
                                   on_reading=self.planning.on_reading,
                                   on_outside_change=self._limit_changed_outside,
-                                  on_energy=lambda t, mj: self.energy.feed(
-                                      t, mj, self.fast.draw_mw))
+                                  on_energy=self.feeds.round)
         EnergyCollector(lambda: self.read_back.energy_mj, tuple(self.gpu_indices),
                         registry=self.registry)
         LinkCollector({"island": lambda: self.lane.link.is_connected,
@@ -340,6 +349,7 @@ class Agent:
                        "status": lambda: self.status_link.is_connected}, registry=self.registry)
         RecordsCollector(lambda: self.ledger.health, registry=self.registry)
         self.work = NodeWork(config.work, registry=self.registry)  # threads start in start()
+        self.feeds.attach_work(self.work.scraper, self.registry)  # J/unit, work lost
         self.work_aware = WorkAwareCuts(config, self.work, self.fast, self.island,  # docs/work.md
                                         node_id=self.node_id, registry=self.registry,
                                         clock=self.clock, physical=self._physical)

@@ -9,18 +9,26 @@ GPU's write lock only for that one GPU's call).
 With ``on_reading``, each round also hands the node's IT power over the round (from the energy
 counters: joules between two rounds over the seconds between them, so no extra driver call)
 and the summed enforced limits to it (the history recorder, gridtao/history/recorder.py).
+:class:`LedgerFeeds` takes each round's counters on to the energy and work ledgers.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+
+from prometheus_client import CollectorRegistry
 
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.gpu.backend import GpuBackend, GpuError
+from gridtao.history import HistoryRecorder
+from gridtao.records.energy import EventEnergy
+from gridtao.records.liveledger import LiveLedger
 from gridtao.safety.island import OutsideChange, SafetyIsland
+from gridtao.work.collectors import LedgerCollector
+from gridtao.work.sources import WorkScraper
 
-__all__ = ["ReadBack"]
+__all__ = ["LedgerFeeds", "ReadBack"]
 
 
 class ReadBack:
@@ -90,3 +98,57 @@ class ReadBack:
             return
         self._on_reading(self._clock.wall(), joules / (t - last[0]),
                          sum(self._island.enforced_mw()) / 1000.0)
+
+
+class LedgerFeeds:
+    """What each read-back round and each event's energy figures feed besides the island: the
+    per-event energy ledger (gridtao/records/energy.py), the history's per-GPU energy and work
+    (gridtao/history/, a queue put each), and the live ledger of energy per unit and work lost
+    (gridtao/records/liveledger.py) with its Prometheus collector.
+
+    ``gpus``: each GPU in the agent's order as (driver index, UUID); ``power_mw()``: tier 1's
+    latest instant powers (mW, no driver call); ``record(fields)``: writes an event's
+    ``event_energy`` audit record. Threads: :meth:`round` and :meth:`event_energy` run on the
+    read-back worker thread; nothing here calls the driver or touches SQLite on it.
+    """
+
+    def __init__(self, *, gpus: Sequence[tuple[int, str]], clock: Clock,
+                 power_mw: Callable[[], tuple[float, ...]],
+                 record: Callable[[Mapping[str, object]], None],
+                 recorder: HistoryRecorder | None) -> None:
+        self._gpus = tuple(gpus)
+        self._clock = clock
+        self._power_mw = power_mw
+        self._record = record
+        self._recorder = recorder
+        self.energy: EventEnergy | None = None  # set once built: it reports through this
+        self.live: LiveLedger | None = None
+
+    def attach_work(self, scraper: WorkScraper | None, registry: CollectorRegistry) -> None:
+        """With work sources and a history: their scrapes into the history, and the live
+        ledger computed after each of the recorder's writes (on its thread)."""
+        recorder = self._recorder
+        if scraper is None or recorder is None:
+            return
+        scraper.subscribe(recorder.offer_work)
+        self.live = LiveLedger(recorder.store.gpu_rows, recorder.store.work_rows)
+        recorder.subscribe(self.live.after_write)
+        LedgerCollector(self.live.per_unit, self.live.lost_totals, registry=registry)
+
+    def round(self, t_s: float, energy_mj: tuple[int | None, ...]) -> None:
+        """One round's counters (monotonic ``t_s``; mJ per GPU, None where not read)."""
+        power = self._power_mw()
+        if self.energy is not None:
+            self.energy.feed(t_s, energy_mj, power)
+        if self._recorder is not None:
+            self._recorder.offer_gpus(self._clock.wall(), self._gpus, energy_mj, power)
+
+    def event_energy(self, fields: Mapping[str, object]) -> None:
+        """An ended event's energy figures: audited, and its span (Unix s, caps to the end of
+        the release) handed to the live ledger, which counts its work lost once its minutes
+        are written."""
+        self._record(fields)
+        start, end = fields.get("started_at"), fields.get("ended_at")
+        if (self.live is not None and isinstance(start, float | int)
+                and isinstance(end, float | int)):
+            self.live.event_over(float(start), float(end))

@@ -49,10 +49,12 @@ def configure_report(p: argparse.ArgumentParser) -> None:
         "energy", help="energy by node, hour and day, and per event, over a time window",
         description="Energy over [--from, --to): by node, hour and day (UTC) from the minute "
                     "history, at IT (measured) and at the meter (modelled with facility:), "
-                    "with coverage and gaps; each event of the audit trail in the window with "
-                    "the energy it drew and did not draw; the measurement method and its "
-                    "uncertainty. Exit 0; 1 when an audit trail's hash chain is broken (the "
-                    "report is written and says so); 2 for a bad option or file.")
+                    "with coverage and gaps; by GPU; per generated token and per sample of "
+                    "each work source; each event of the audit trail in the window with the "
+                    "energy it drew and did not draw and the work it lost; the measurement "
+                    "method and its uncertainty. Exit 0; 1 when an audit trail's hash chain "
+                    "is broken (the report is written and says so); 2 for a bad option or "
+                    "file.")
     e.add_argument("--from", dest="from_time", metavar="T", required=True,
                    help="start (inclusive): ISO 8601 with a zone (2026-03-01T00:00Z) or Unix "
                         "seconds")
@@ -148,14 +150,17 @@ def run_report(args: argparse.Namespace, config: Config) -> int:
     since, until = rep.history_range(from_s, to_s, [ev for _, evs in trails for ev in evs],
                                      facility)
     loaded = []
+    ledgers: dict[str, rep.Ledger] = {}
     for name, path in histories:
         with HistoryStore.open(path) as store:
             loaded.append((name, str(path), store.rows(since, until)))
+            ledgers[name] = rep.Ledger(store.gpu_rows(since, until),
+                                       store.work_rows(since, until))
     report = rep.build_report(
         from_s, to_s, histories=loaded, trails=trails, facility=facility,
         settle_at=config.facility.settle_at,
         read_back_period_s=config.safety.rearm_period_s, generated_at_s=time.time(),
-        notes=notes)
+        notes=notes, ledgers=ledgers)
     if args.format == "json":
         sys.stdout.write(rep.dumps(report))
     elif args.format == "csv":

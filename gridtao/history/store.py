@@ -1,8 +1,16 @@
-"""The node's own minute history on disk: one SQLite file, one row per minute.
+"""The node's own minute history on disk: one SQLite file, one row per minute, and beside it
+the energy and work ledger: each GPU's energy and each work source's work per minute.
 
 Units: times are Unix seconds (UTC), powers watts, energy joules. A row is keyed by the start of
-its minute (``start_s``, a multiple of 60); writing a row for a minute that is already stored
-replaces it (``INSERT OR REPLACE``), so re-importing or re-generating a period is idempotent.
+its minute (``start_s``, a multiple of 60). :meth:`HistoryStore.write` replaces a stored minute
+(``INSERT OR REPLACE``), so re-importing or re-generating a period is idempotent;
+:meth:`HistoryStore.commit`, the running agent's write, merges into it instead: a minute an
+agent stopped in and another started in holds both parts (:func:`merge_minute`,
+gridtao/history/rows.py), never one replacing the other.
+
+Schema 2 (``user_version``) added the tables ``gpu_minutes``, ``work_minutes`` and
+``checkpoints`` (gridtao/history/ledgerdb.py); a schema-1 file gains them, empty, when opened,
+and its minutes stay as they were.
 
 The file is in WAL mode, so one process (the agent's recorder) can write while others (``gridtao
 history show``, the planner) read. ``synchronous=NORMAL``: a power cut can lose the last few
@@ -20,8 +28,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -30,11 +37,20 @@ import numpy as np
 import numpy.typing as npt
 
 from gridtao.errors import GridtaoError
+from gridtao.history import ledgerdb
+from gridtao.history.rows import (
+    Batch,
+    Checkpoint,
+    GpuMinuteRow,
+    MinuteRow,
+    WorkMinuteRow,
+    merge_minute,
+)
 
-__all__ = ["HistoryError", "HistorySeries", "HistoryStore", "MinuteRow"]
+__all__ = ["Batch", "HistoryError", "HistorySeries", "HistoryStore", "MinuteRow", "merge_minute"]
 
 #: The schema this code writes; a file with a higher ``user_version`` came from a newer gridtao.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _DAY_S = 86_400
 
 _SCHEMA = """
@@ -61,39 +77,6 @@ class HistoryError(GridtaoError):
         self.line = line
 
 
-@dataclass(frozen=True)
-class MinuteRow:
-    """One minute of the node's IT draw (the sum of its GPUs' power, as the agent measures it).
-
-    ``start_s``: Unix seconds, a multiple of 60; the row covers ``[start_s, start_s + 60)``.
-    ``it_mean_w``: mean draw over the part of the minute that had samples (W, >= 0).
-    ``it_p10_w``: 10th percentile of the minute's 1-s average draws (W, >= 0; usually a little
-    below the mean). ``energy_j``: energy over the covered part (J, >= 0; ``energy_j /
-    it_mean_w`` is the covered time, 60 for a full minute). ``limit_w``: mean of the summed
-    enforced GPU power limits (W), ``None`` if unknown. ``event_s``: seconds of the minute with a
-    grid activation in force, in ``[0, 60]``. Raises ``ValueError`` when any of this is broken.
-    """
-
-    start_s: int
-    it_mean_w: float
-    it_p10_w: float
-    energy_j: float
-    limit_w: float | None
-    event_s: float
-
-    def __post_init__(self) -> None:
-        if self.start_s % 60 != 0:
-            raise ValueError(f"start_s must be a multiple of 60, got {self.start_s}")
-        for name in ("it_mean_w", "it_p10_w", "energy_j"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0.0):
-                raise ValueError(f"{name} must be finite and >= 0, got {value}")
-        if self.limit_w is not None and not (math.isfinite(self.limit_w) and self.limit_w > 0):
-            raise ValueError(f"limit_w must be finite and > 0 or None, got {self.limit_w}")
-        if not (math.isfinite(self.event_s) and 0.0 <= self.event_s <= 60.0):
-            raise ValueError(f"event_s must be in [0, 60], got {self.event_s}")
-
-
 class HistorySeries(NamedTuple):
     """Columns of a stretch of history for the forecaster, oldest first, equal lengths:
     ``start_s`` (int64 Unix seconds), ``it_mean_w`` and ``it_p10_w`` (float64 watts). Missing
@@ -102,6 +85,12 @@ class HistorySeries(NamedTuple):
     start_s: npt.NDArray[np.int64]
     it_mean_w: npt.NDArray[np.float64]
     it_p10_w: npt.NDArray[np.float64]
+
+
+def _minute_row(raw: Sequence[Any]) -> MinuteRow:
+    s, m, p, e, lim, ev = raw
+    return MinuteRow(int(s), float(m), float(p), float(e), None if lim is None else float(lim),
+                     float(ev))
 
 
 def _problem(e: sqlite3.Error) -> str:
@@ -169,6 +158,8 @@ class HistoryStore:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(_SCHEMA)
+                for table in ledgerdb.SCHEMA_2:  # schema 1 -> 2: tables added, none changed
+                    conn.execute(table)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as e:
             if conn is not None:
@@ -217,6 +208,64 @@ class HistoryStore:
                 raise self._fail(e, "writing") from None
         return len(data)
 
+    def commit(self, batch: Batch) -> int:
+        """Merge ``batch`` into the store in one transaction (all or none; see
+        :func:`merge_minute` and gridtao/history/rows.py) and store its checkpoints. Returns
+        how many rows were written. Raises :class:`HistoryError`."""
+        with self._lock:
+            self._check_open()
+            try:
+                with self._conn:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    for row in batch.minutes:
+                        old = self._conn.execute(
+                            f"SELECT {_COLUMNS} FROM minutes WHERE start_s = ?",
+                            (row.start_s,)).fetchone()
+                        if old is not None:
+                            row = merge_minute(_minute_row(old), row)
+                        self._conn.execute(
+                            f"INSERT OR REPLACE INTO minutes ({_COLUMNS}) VALUES "
+                            "(?, ?, ?, ?, ?, ?)", (row.start_s, row.it_mean_w, row.it_p10_w,
+                                                   row.energy_j, row.limit_w, row.event_s))
+                    ledgerdb.merge_gpu_rows(self._conn, batch.gpus)
+                    ledgerdb.merge_work_rows(self._conn, batch.work)
+                    ledgerdb.put_checkpoints(self._conn, batch.checkpoints)
+            except sqlite3.Error as e:
+                raise self._fail(e, "writing") from None
+            except (TypeError, ValueError) as e:
+                raise self._fail(ValueError(f"a stored row is invalid: {e}"), "writing"
+                                 ) from None
+        return len(batch)
+
+    def _ledger(self, read: Any, *args: int) -> Any:
+        with self._lock:
+            self._check_open()
+            try:
+                return read(self._conn, *args)
+            except sqlite3.Error as e:
+                raise self._fail(e, "reading") from None
+            except ValueError as e:
+                raise self._fail(e, "reading") from None
+
+    def gpu_rows(self, since_s: int, until_s: int) -> list[GpuMinuteRow]:
+        """Each GPU's stored minutes with ``since_s <= start_s < until_s`` (by minute, then
+        GPU index). Raises :class:`HistoryError`."""
+        rows: list[GpuMinuteRow] = self._ledger(ledgerdb.gpu_rows, int(since_s), int(until_s))
+        return rows
+
+    def work_rows(self, since_s: int, until_s: int) -> list[WorkMinuteRow]:
+        """The work sources' stored minutes with ``since_s <= start_s < until_s`` (by minute,
+        source, model, kind). Raises :class:`HistoryError`."""
+        rows: list[WorkMinuteRow] = self._ledger(ledgerdb.work_rows, int(since_s),
+                                                 int(until_s))
+        return rows
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """The counters' readings the ledger ends at (a restarted agent carries on from
+        them). Raises :class:`HistoryError`."""
+        out: list[Checkpoint] = self._ledger(ledgerdb.read_checkpoints)
+        return out
+
     def _select(self, sql: str, args: tuple[int, ...]) -> list[Any]:
         with self._lock:
             self._check_open()
@@ -232,9 +281,7 @@ class HistoryStore:
         raw = self._select(f"SELECT {_COLUMNS} FROM minutes WHERE start_s >= ? AND start_s < ? "
                            "ORDER BY start_s", (int(since_s), int(until_s)))
         try:
-            return [MinuteRow(int(s), float(m), float(p), float(e),
-                              None if lim is None else float(lim), float(ev))
-                    for s, m, p, e, lim, ev in raw]
+            return [_minute_row(r) for r in raw]
         except (TypeError, ValueError) as e:
             raise self._fail(ValueError(f"a stored row is invalid: {e}"), "reading") from None
 
@@ -264,9 +311,9 @@ class HistoryStore:
         return int(self._select("SELECT COUNT(*) FROM minutes", ())[0][0])
 
     def prune(self, now_s: float, retention_days: float) -> int:
-        """Delete the rows that started more than ``retention_days`` before ``now_s`` (Unix
-        seconds); returns how many. Raises ``ValueError`` for a retention <= 0,
-        :class:`HistoryError` for the file."""
+        """Delete the rows (node, GPU and work minutes; checkpoints read) that started more
+        than ``retention_days`` before ``now_s`` (Unix seconds); returns how many minutes.
+        Raises ``ValueError`` for a retention <= 0, :class:`HistoryError` for the file."""
         if not (math.isfinite(retention_days) and retention_days > 0):
             raise ValueError(f"retention_days must be > 0, got {retention_days}")
         cutoff = math.floor(now_s - retention_days * _DAY_S)
@@ -276,7 +323,7 @@ class HistoryStore:
                 with self._conn:
                     self._conn.execute("BEGIN IMMEDIATE")
                     cur = self._conn.execute("DELETE FROM minutes WHERE start_s < ?", (cutoff,))
-                    return int(cur.rowcount)
+                    return int(cur.rowcount) + ledgerdb.prune(self._conn, cutoff)
             except sqlite3.Error as e:
                 raise self._fail(e, "pruning") from None
 

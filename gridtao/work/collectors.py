@@ -6,7 +6,7 @@ scraping thread and reads the thread-safe snapshots of the scraper and the RAPL 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 from gridtao.work.rapl import PackageReading
 from gridtao.work.sources import SourceSnapshot
 
-__all__ = ["CpuPowerCollector", "WorkCollector"]
+__all__ = ["CpuPowerCollector", "LedgerCollector", "WorkCollector"]
 
 
 class WorkCollector(Collector):
@@ -101,3 +101,49 @@ class CpuPowerCollector(Collector):
             if pkg.power_w is not None:
                 power.add_metric([pkg.package], pkg.power_w)
         yield from (energy, power)
+
+
+class LedgerCollector(Collector):
+    """The energy and work ledger (gridtao/records/liveledger.py), read at scrape time:
+    ``gridtao_work_joules_per_token{source,model}`` (the GPUs a source is mapped to, J per
+    generated token over the last complete minutes; ``model``: its models joined by ","),
+    ``gridtao_work_joules_per_unit{source,unit}`` (the same for a custom counter's unit) and
+    ``gridtao_work_lost_total{source,unit}`` (units lost to events, measured against each
+    event's reference window; ``unit`` is ``token`` for generated tokens). ``per_unit()``
+    gives (source, model, unit, J per unit), ``lost()`` (source, unit) -> units."""
+
+    def __init__(self, per_unit: Callable[[], Sequence[tuple[str, str, str, float]]],
+                 lost: Callable[[], Mapping[tuple[str, str], float]], *,
+                 registry: CollectorRegistry) -> None:
+        self._per_unit = per_unit
+        self._lost = lost
+        registry.register(self)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily]:
+        return (
+            GaugeMetricFamily("gridtao_work_joules_per_token",
+                              "Energy of a work source's GPUs per generated token over the "
+                              "last complete minutes, J.", labels=["source", "model"]),
+            GaugeMetricFamily("gridtao_work_joules_per_unit",
+                              "Energy of a custom work source's GPUs per unit of its counter "
+                              "over the last complete minutes, J.", labels=["source", "unit"]),
+            CounterMetricFamily("gridtao_work_lost",
+                                "Units of work lost to events: the source's reference rate "
+                                "before each event times its duration, less what it did.",
+                                labels=["source", "unit"]),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        per_token, per_unit, lost = self._families()
+        for source, model, unit, joules in self._per_unit():
+            if unit == "token":
+                per_token.add_metric([source, model], joules)
+            else:
+                per_unit.add_metric([source, unit], joules)
+        for (source, unit), units in sorted(self._lost().items()):
+            lost.add_metric([source, unit], units)
+        yield from (per_token, per_unit, lost)

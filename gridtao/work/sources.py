@@ -132,6 +132,17 @@ class WorkScraper:
             raise ValueError("work sources need unique names")
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._listeners: list[Callable[[float, str, str, tuple[int, ...],
+                                        Mapping[Key, float]], object]] = []
+
+    def subscribe(self, listener: Callable[[float, str, str, tuple[int, ...],
+                                            Mapping[Key, float]], object]) -> None:
+        """Call ``listener(wall_s, source, kind, gpus, values)`` after each successful scrape,
+        on the scrape's thread, outside the scraper's lock: the clock's wall time (Unix s),
+        the source's name, kind and GPU indices, and its counters' values (a fresh dict the
+        listener may keep). It must not block (the history recorder queues them). Subscribe
+        before :meth:`start`."""
+        self._listeners.append(listener)
 
     @property
     def specs(self) -> tuple[SourceSpec, ...]:
@@ -170,6 +181,10 @@ class WorkScraper:
             snap = state.snapshot()
         if health != before:
             _say(spec, before, snap)
+        if health == "ok":
+            wall = self._clock.wall()
+            for listener in self._listeners:
+                listener(wall, spec.name, spec.kind, spec.gpus, dict(values))
         return snap
 
     def start(self) -> None:

@@ -16,9 +16,13 @@ The modules, each importing only those above it in this list:
 * :mod:`~gridtao.records.report.common`: :class:`ReportError` and the units.
 * :mod:`~gridtao.records.report.trail`: the audit trail read and verified and its events
   assembled (**events**).
+* :mod:`~gridtao.records.report.gpus`: each GPU's energy (**energy by GPU**) into spans.
+* :mod:`~gridtao.records.report.work`: **energy per token and per sample**, and each event's
+  **work lost**, from the work sources' minutes.
 * :mod:`~gridtao.records.report.minutes`: the minute history through the facility model
   (**IT energy**, **meter energy**) into spans, hours, days and gaps.
 * :mod:`~gridtao.records.report.build`: the report assembled from those.
+* :mod:`~gridtao.records.report.ledgerfmt`: the GPU and work figures written out.
 * :mod:`~gridtao.records.report.formats`: the report as Markdown, JSON and CSV.
 * :mod:`~gridtao.records.report.plot`: the report as a PNG (matplotlib loaded when drawn).
 
@@ -29,7 +33,7 @@ a time).
 
 from __future__ import annotations
 
-from gridtao.records.report.build import build_report
+from gridtao.records.report.build import Ledger, build_report
 from gridtao.records.report.common import ReportError
 from gridtao.records.report.formats import TABLES, dumps, to_csv, to_markdown
 from gridtao.records.report.minutes import history_range, node_of_history
@@ -38,6 +42,7 @@ from gridtao.records.report.trail import read_trail
 
 __all__ = [
     "TABLES",
+    "Ledger",
     "ReportError",
     "build_report",
     "draw",

@@ -1,6 +1,8 @@
 """The energy report assembled (:func:`build_report`): per node the minute history's energy
-over the window, by hour and by day, and its gaps; each event of the audit trails that ran in
-the window with the agent's figures and the history's; the warnings and notes a reader needs.
+over the window, by hour and by day, and its gaps; each GPU's energy and each work source's
+energy per unit (from the history's ledger tables); each event of the audit trails that ran in
+the window with the agent's figures, the history's and the work it lost; the warnings and notes
+a reader needs.
 
 Units: times Unix seconds (UTC); energies kWh in the report (J in the records read).
 Threads: pure computation over values the caller has read; no shared state, any thread.
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gridtao.records.report.common import DAY_S, HOUR_S, J_PER_KWH, ReportError
+from gridtao.records.report.gpus import GpuEnergy, GpuMinute, gpu_energy
 from gridtao.records.report.minutes import (
     Facility,
     Minute,
@@ -24,8 +27,24 @@ from gridtao.records.report.minutes import (
     _Minutes,
 )
 from gridtao.records.report.trail import TrailCheck, TrailEvent, _number, _text
+from gridtao.records.report.work import (
+    Efficiency,
+    EventWork,
+    WorkMinute,
+    efficiencies,
+    work_lost,
+)
 
-__all__ = ["EnergyReport", "EventEntry", "build_report"]
+__all__ = ["EnergyReport", "EventEntry", "Ledger", "build_report"]
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """One node's ledger rows read from its history (GPU minutes and work minutes), over the
+    range :func:`~gridtao.records.report.minutes.history_range` gives."""
+
+    gpus: Sequence[GpuMinute] = ()
+    work: Sequence[WorkMinute] = ()
 
 
 # ---- the report --------------------------------------------------------------------------
@@ -37,7 +56,7 @@ class EventEntry:
     ``event_energy`` figures (None without one); ``history_*`` the minute history's over the
     event's span (minute resolution; None without the node's history or an end).
     ``partly_outside``: the event began before the window or ended after it; its figures are
-    the whole event's."""
+    the whole event's. ``work``: the work it lost (None: the node's history was not read)."""
 
     event: TrailEvent
     partly_outside: bool
@@ -48,6 +67,7 @@ class EventEntry:
     meter_not_drawn_kwh: float | None
     method: str | None
     history: Span | None
+    work: EventWork | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +84,8 @@ class EnergyReport:
     nodes: list[NodeEnergy]
     events: list[EventEntry]
     trails: list[TrailCheck]
+    gpus: list[GpuEnergy] = field(default_factory=list)
+    efficiency: list[Efficiency] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -82,12 +104,13 @@ def build_report(from_s: float, to_s: float, *,
                  histories: Sequence[tuple[str, str, Iterable[Minute]]],
                  trails: Sequence[tuple[TrailCheck, Sequence[TrailEvent]]],
                  facility: Facility, settle_at: str, read_back_period_s: float,
-                 generated_at_s: float, notes: Sequence[str] = ()) -> EnergyReport:
+                 generated_at_s: float, notes: Sequence[str] = (),
+                 ledgers: Mapping[str, Ledger] | None = None) -> EnergyReport:
     """The report over ``[from_s, to_s)`` (Unix s). ``histories``: per node (name, file, its
     rows, which may reach beyond the window: :func:`history_range`); ``trails``: what
-    :func:`read_trail` gave. With one history and one trail they belong together; else
-    events go to the history of their trail's node. Raises :class:`ReportError` for an empty
-    window."""
+    :func:`read_trail` gave; ``ledgers``: per node its GPU and work minutes (same range). With
+    one history and one trail they belong together; else events go to the history of their
+    trail's node. Raises :class:`ReportError` for an empty window."""
     if not (math.isfinite(from_s) and math.isfinite(to_s) and to_s > from_s):
         raise ReportError(f"the window is empty: --to ({to_s:g}) must be after --from "
                           f"({from_s:g})")
@@ -108,7 +131,15 @@ def build_report(from_s: float, to_s: float, *,
                 f"minutes and covers {total.partial_minutes} only in part "
                 f"({total.coverage:.2%} of the window covered); energy is what was measured, "
                 "nothing is filled in")
-    only = next(iter(minutes.values())) if len(histories) == 1 and len(trails) == 1 else None
+    ledgers = dict(ledgers or {})
+    gpus: list[GpuEnergy] = []
+    per_unit: list[Efficiency] = []
+    for name, node_ledger in ledgers.items():
+        gpus += gpu_energy(name, node_ledger.gpus, from_s, to_s)
+        per_unit += efficiencies(name, node_ledger.work, node_ledger.gpus, from_s, to_s)
+    single = len(histories) == 1 and len(trails) == 1
+    only = next(iter(minutes.values())) if single else None
+    only_ledger = ledgers.get(histories[0][0]) if single else None
     entries: list[EventEntry] = []
     for check, events in trails:
         if not check.intact:
@@ -134,11 +165,16 @@ def build_report(from_s: float, to_s: float, *,
                        if mine is not None and ev.end_s is not None else None)
             outside = ev.start_s < from_s or ev.end_s is None or ev.end_s > to_s
             e = ev.energy
+            ledger = only_ledger if single else ledgers.get(ev.node or "")
+            spans = [(o.start_s, o.latest_end_s) for o in events
+                     if o is not ev and o.start_s is not None]
+            lost = (None if ledger is None
+                    else work_lost(ev.start_s, ev.end_s, ledger.work, spans))
             entries.append(EventEntry(
                 ev, outside, _kwh(e, "it_drawn_j"), _kwh(e, "it_reference_j"),
                 _kwh(e, "it_not_drawn_j"), _kwh(e, "meter_drawn_j"),
                 _kwh(e, "meter_not_drawn_j"),
-                None if e is None else _text(e.get("method")), history))
+                None if e is None else _text(e.get("method")), history, lost))
     entries.sort(key=lambda x: (x.event.start_s or 0.0, x.event.event_id))
     if any(x.partly_outside for x in entries):
         warnings.append("some events run past the window's edges: their figures are the "
@@ -148,4 +184,4 @@ def build_report(from_s: float, to_s: float, *,
         "cooling_tau_s": facility.cooling_tau_s, "fixed_w": facility.fixed_w,
         "settle_at": settle_at}
     return EnergyReport(from_s, to_s, generated_at_s, params, read_back_period_s, nodes,
-                        entries, [c for c, _ in trails], warnings, notes)
+                        entries, [c for c, _ in trails], gpus, per_unit, warnings, notes)

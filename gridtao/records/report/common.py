@@ -2,14 +2,16 @@
 
 Units: seconds (:data:`MINUTE_S`, :data:`HOUR_S`, :data:`DAY_S`); joules per kilowatt-hour
 (:data:`J_PER_KWH`).
-Threads: constants and an exception class; nothing to share.
+Threads: constants, an exception class and a pure function; nothing to share.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from gridtao.errors import GridtaoError
 
-__all__ = ["DAY_S", "HOUR_S", "J_PER_KWH", "MINUTE_S", "ReportError"]
+__all__ = ["DAY_S", "HOUR_S", "J_PER_KWH", "MINUTE_S", "ReportError", "iso"]
 
 #: Joules in a kilowatt-hour.
 J_PER_KWH = 3.6e6
@@ -21,3 +23,15 @@ DAY_S = 86_400
 class ReportError(GridtaoError, ValueError):
     """A report cannot be made: a bad time or option, or a file that cannot be read. The
     message names the option or the file and the problem."""
+
+
+def iso(t: float | None) -> str | None:
+    """``t`` (Unix s) as ISO 8601 UTC (``Z``), to the second, or to the millisecond when it
+    has a fraction; None for None."""
+    if t is None:
+        return None
+    d = datetime.fromtimestamp(t, timezone.utc)
+    text = d.strftime("%Y-%m-%dT%H:%M:%S")
+    if d.microsecond:
+        text += f".{d.microsecond // 1000:03d}"
+    return text + "Z"

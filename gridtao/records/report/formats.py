@@ -13,11 +13,20 @@ import csv
 import io
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 from gridtao.records.report.build import EnergyReport, EventEntry
-from gridtao.records.report.common import ReportError
+from gridtao.records.report.common import ReportError, iso
+from gridtao.records.report.ledgerfmt import (
+    LEDGER_TABLES,
+    event_work_json,
+    ledger_markdown,
+    ledger_method,
+    ledger_table,
+    per_gpu_json,
+    work_json,
+    work_summary,
+)
 from gridtao.records.report.minutes import Span
 
 __all__ = [
@@ -31,33 +40,11 @@ __all__ = [
     "to_markdown",
 ]
 
-#: The shape of :func:`to_json`'s document; raised when a field changes meaning or goes.
-JSON_FORMAT_VERSION = 1
+#: The shape of :func:`to_json`'s document; raised when a field changes meaning or goes
+#: (2: ``per_gpu``, ``work`` and each event's ``work_lost`` hold figures).
+JSON_FORMAT_VERSION = 2
 #: The tables ``--format csv`` writes, one per run (``--table``).
-TABLES = ("hours", "days", "nodes", "events", "gaps")
-
-PER_GPU_UNAVAILABLE = (
-    "not available: the minute history holds the node's summed IT draw only (table minutes: "
-    "start_s, it_mean_w, it_p10_w, energy_j, limit_w, event_s). Energy per GPU would need the "
-    "history to store each GPU's energy per minute (a table keyed by minute and GPU UUID, with "
-    "energy_j and covered_s); the agent's read-back round already reads each GPU's counter "
-    "before it sums them."
-)
-WORK_UNAVAILABLE = (
-    "not available: neither the minute history nor the audit trail records work counters. The "
-    "agent scrapes tokens and samples from its work sources (work: configuration) and exports "
-    "them only as Prometheus metrics (gridtao_work_tokens_total{source,model,kind}, "
-    "gridtao_work_units_total{source,unit}); nothing stores them. J/token and J/sample per "
-    "model and workload would need those counters kept per minute next to the energy, or a "
-    "Prometheus server that kept both them and gridtao_gpu_energy_joules_total."
-)
-WORK_LOST_UNAVAILABLE = (
-    "work lost per event: not recorded (the audit trail holds no work counters; a plan "
-    "record's work_shed_wh is a planned figure for a market time unit, not a measured one "
-    "for an event)"
-)
-
-
+TABLES = ("hours", "days", "nodes", "events", "gaps", *LEDGER_TABLES)
 
 # ---- what the report says about method and uncertainty ------------------------------------
 
@@ -102,22 +89,17 @@ def method_lines(report: EnergyReport) -> list[tuple[str, str]]:
          "draw were even. The meter figures are as good as the facility model's parameters, "
          "which are settings, not measurements: compare them with the site meter before "
          "settling on them."),
+        ("energy per GPU (history)",
+         "each GPU's minutes (table gpu_minutes): its NVML energy counter between read-back "
+         "rounds; its power readings integrated (trapezoid) where it has no counter or the "
+         "counter went back (a driver reload resets it); across a restart of the agent, the "
+         "counter's increase while it was down, spread evenly over that time (bridged). A "
+         "minute written in parts (a restart) holds their sum."),
+        ledger_method(),
     ]
 
 
 # ---- output --------------------------------------------------------------------------------
-
-
-def iso(t: float | None) -> str | None:
-    """``t`` (Unix s) as ISO 8601 UTC (``Z``), to the second, or to the millisecond when it
-    has a fraction; None for None."""
-    if t is None:
-        return None
-    d = datetime.fromtimestamp(t, timezone.utc)
-    text = d.strftime("%Y-%m-%dT%H:%M:%S")
-    if d.microsecond:
-        text += f".{d.microsecond // 1000:03d}"
-    return text + "Z"
 
 
 def _span_json(s: Span) -> dict[str, Any]:
@@ -142,7 +124,8 @@ def _event_json(x: EventEntry) -> dict[str, Any]:
         "it_reference_kwh": x.it_reference_kwh, "it_not_drawn_kwh": x.it_not_drawn_kwh,
         "meter_drawn_kwh": x.meter_drawn_kwh, "meter_not_drawn_kwh": x.meter_not_drawn_kwh,
         "history": None if x.history is None else _span_json(x.history),
-        "work_lost": None, "verified": ev.verified, "cancelled_by": ev.cancelled_by,
+        "work_lost": event_work_json(x.work), "verified": ev.verified,
+        "cancelled_by": ev.cancelled_by,
         "restarted_at": iso(ev.restarted_at_s),
     }
 
@@ -161,10 +144,9 @@ def to_json(report: EnergyReport) -> dict[str, Any]:
                    "gaps": [{"start": iso(g.start_s), "end": iso(g.end_s),
                              "start_s": g.start_s, "end_s": g.end_s, "minutes": g.minutes}
                             for g in n.gaps]} for n in report.nodes],
-        "per_gpu": {"available": False, "reason": PER_GPU_UNAVAILABLE},
+        "per_gpu": per_gpu_json(report),
         "events": [_event_json(x) for x in report.events],
-        "work": {"available": False, "reason": WORK_UNAVAILABLE,
-                 "work_lost": WORK_LOST_UNAVAILABLE},
+        "work": work_json(report),
         "audit": [{"files": list(c.files), "node": c.node, "intact": c.intact,
                    "records": c.records, "verified": c.verified, "problem": c.problem,
                    "starts_after": c.starts_after, "lost_records": c.lost_records,
@@ -203,7 +185,8 @@ def _span_row(node: str, s: Span) -> list[object]:
 
 def to_csv(report: EnergyReport, table: str = "hours") -> str:
     """One table of the report as CSV with a header row (columns: docs/energy.md): ``hours``,
-    ``days``, ``nodes`` (the window's totals), ``events`` or ``gaps``. Full precision; an
+    ``days``, ``nodes`` (the window's totals), ``events``, ``gaps``, or one of the ledger's
+    (``gpus``, ``gpu_hours``, ``gpu_days``, ``work``, ``work_lost``). Full precision; an
     empty cell is a value the inputs do not have."""
     if table not in TABLES:
         raise ReportError(f"--table must be one of {', '.join(TABLES)}, got {table!r}")
@@ -213,6 +196,8 @@ def to_csv(report: EnergyReport, table: str = "hours") -> str:
         for n in report.nodes:
             spans = {"hours": n.hours, "days": n.days, "nodes": [n.total]}[table]
             rows.extend(_span_row(n.node, s) for s in spans)
+    elif table in LEDGER_TABLES:
+        header, rows = ledger_table(report, table)
     elif table == "gaps":
         header = ("node", "start", "end", "start_s", "end_s", "minutes")
         rows = [[n.node, iso(g.start_s), iso(g.end_s), g.start_s, g.end_s, g.minutes]
@@ -224,7 +209,8 @@ def to_csv(report: EnergyReport, table: str = "hours") -> str:
             d = _event_json(x) | {
                 "history_it_kwh": None if h is None else h.it_kwh,
                 "history_meter_kwh_modelled": None if h is None else h.meter_kwh,
-                "history_coverage": None if h is None else h.coverage}
+                "history_coverage": None if h is None else h.coverage,
+                "work_lost": work_summary(x.work)}
             rows.append([d[k] for k in _EVENT_COLUMNS])
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -281,8 +267,8 @@ def to_markdown(report: EnergyReport) -> str:
             for n in report.nodes for g in n.gaps]
     out += (_table(("node", "from", "to", "minutes"), gaps) if gaps
             else ["None: every minute of the window has a row."])
-    out += ["", "## Energy by GPU", "", PER_GPU_UNAVAILABLE[0].upper() + PER_GPU_UNAVAILABLE[1:],
-            "", "## Events", ""]
+    by_gpu, lost, per_unit = ledger_markdown(report, _when)
+    out += ["", "## Energy by GPU", "", *by_gpu, "", "## Events", ""]
     if report.events:
         out += _table(
             ("node", "id", "kind", "start", "end", "IT drawn kWh", "IT not drawn kWh",
@@ -291,17 +277,17 @@ def to_markdown(report: EnergyReport) -> str:
             ([x.event.node or "-", x.event.event_id, x.event.kind, _when(x.event.start_s),
               _when(x.event.end_s), _f(x.it_drawn_kwh, 4), _f(x.it_not_drawn_kwh, 4),
               _f(x.meter_drawn_kwh, 4), _f(x.meter_not_drawn_kwh, 4), x.method or "-",
-              "-" if x.history is None else _f(x.history.it_kwh, 4), "not recorded",
-              _event_note(x)] for x in report.events))
+              "-" if x.history is None else _f(x.history.it_kwh, 4),
+              work_summary(x.work), _event_note(x)] for x in report.events))
         out += ["", "IT and meter figures are the agent's event_energy records; not drawn = "
                 "reference - drawn (negative: drew more than the reference). History IT kWh: "
-                "the minute history over the event's span (minute resolution). "
-                + WORK_LOST_UNAVAILABLE[0].upper() + WORK_LOST_UNAVAILABLE[1:] + "."]
+                "the minute history over the event's span (minute resolution). Work lost: "
+                "measured from the work sources' counters in the history (below)."]
+        out += ["", "### Work lost by event", "", *lost]
     else:
         out += ["No event in the window" + ("." if report.trails else
                                             ": no audit trail was read.")]
-    out += ["", "## Energy per token and per sample", "",
-            WORK_UNAVAILABLE[0].upper() + WORK_UNAVAILABLE[1:], "", "## Audit trail", ""]
+    out += ["", "## Energy per token and per sample", "", *per_unit, "", "## Audit trail", ""]
     if report.trails:
         out += _table(("files", "node", "chain", "records", "lost (gap records)"),
                       ([", ".join(c.files), c.node or "-",

@@ -33,6 +33,7 @@ from typing import Protocol
 
 from gridtao.records.report.common import J_PER_KWH, MINUTE_S
 from gridtao.records.report.trail import TrailEvent
+from gridtao.records.report.work import REFERENCE_S
 
 __all__ = [
     "WARMUP_TAUS",
@@ -271,11 +272,13 @@ def node_of_history(path: str | os.PathLike[str]) -> str:
 def history_range(from_s: float, to_s: float, events: Iterable[TrailEvent],
                   facility: Facility) -> tuple[int, int]:
     """The minutes to read, ``[since_s, until_s)`` (Unix s): the window and the spans of the
-    events that overlap it, with :data:`WARMUP_TAUS` cooling lags before for the meter model."""
+    events that overlap it with their work reference windows before them
+    (gridtao/records/report/work.py), and :data:`WARMUP_TAUS` cooling lags before that for
+    the meter model."""
     lo, hi = from_s, to_s
     for ev in events:
         if ev.overlaps(from_s, to_s) and ev.start_s is not None:
-            lo = min(lo, ev.start_s)
+            lo = min(lo, ev.start_s - REFERENCE_S - MINUTE_S)
             hi = max(hi, min(ev.latest_end_s, to_s) if ev.end_s is None else ev.end_s)
     warmup = math.ceil(WARMUP_TAUS * facility.cooling_tau_s / MINUTE_S) * MINUTE_S
     return (math.floor(lo / MINUTE_S) * MINUTE_S - warmup,

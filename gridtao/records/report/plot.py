@@ -1,6 +1,7 @@
 """The energy report as a plot (:func:`draw`): per node, hourly IT and modelled meter energy,
-with the history's gaps and the events, as a PNG. matplotlib is loaded when a plot is drawn,
-not when this module is imported (:mod:`gridtao.telemetry.plotting`).
+with the history's gaps, the events and the work they lost, and (where the history has them)
+each GPU's hourly energy with the sources' energy per unit, as a PNG. matplotlib is loaded
+when a plot is drawn, not when this module is imported (:mod:`gridtao.telemetry.plotting`).
 
 Units: kWh per hour (one bar an hour); the time axis in UTC.
 Threads: pyplot keeps global state: draw from one thread at a time (the CLI's main thread).
@@ -28,10 +29,13 @@ def draw(report: EnergyReport, path: Path) -> None:
         return datetime.fromtimestamp(t, timezone.utc)
 
     plt = pyplot()
-    rows = max(1, len(report.nodes))
+    gpus = {n.node: [g for g in report.gpus if g.node == n.node] for n in report.nodes}
+    rows = max(1, sum(2 if gpus[n.node] else 1 for n in report.nodes))
     fig, axes = plt.subplots(rows, 1, figsize=(11, 1.0 + 3.0 * rows), dpi=110, sharex=True,
                              squeeze=False)
-    for ax, n in zip([a[0] for a in axes], report.nodes, strict=False):
+    free = [a[0] for a in axes]
+    for n in report.nodes:
+        ax = free.pop(0)
         starts = [when(s.start_s) for s in n.hours]
         widths = [(s.end_s - s.start_s) / DAY_S for s in n.hours]  # matplotlib dates: days
         ax.bar(starts, [s.meter_kwh for s in n.hours], width=widths, align="edge",
@@ -45,9 +49,28 @@ def draw(report: EnergyReport, path: Path) -> None:
             if ev.start_s is not None and (len(report.nodes) == 1 or ev.node == n.node):
                 end = ev.end_s if ev.end_s is not None else report.to_s
                 ax.axvspan(when(ev.start_s), when(end), color="tab:red", alpha=0.25, lw=0)
+                if x.work is not None and x.work.items:
+                    ax.annotate("\n".join(f"{w.source}: -{w.lost:.3g} {w.unit}s"
+                                          for w in x.work.items),
+                                (when(ev.start_s), 0), fontsize=6, rotation=90,
+                                va="bottom", color="tab:red")
         ax.set_ylabel(f"{n.node}: kWh per hour")
         ax.legend(fontsize=8, loc="upper left")
         ax.grid(alpha=0.3)
+        if gpus[n.node]:
+            gx = free.pop(0)
+            for gpu in gpus[n.node]:
+                gx.step([when(s.start_s) for s in gpu.hours], [s.energy_kwh for s in gpu.hours],
+                        where="post", label=f"GPU {gpu.index}")
+            per_unit = [f"{e.source}: {e.joules_per_unit:.4g} J/{e.unit}"
+                        for e in report.efficiency
+                        if e.node == n.node and e.joules_per_unit is not None]
+            if per_unit:
+                gx.text(0.99, 0.97, "\n".join(per_unit), transform=gx.transAxes, fontsize=7,
+                        ha="right", va="top")
+            gx.set_ylabel(f"{n.node}: GPU kWh per hour")
+            gx.legend(fontsize=7, loc="upper left", ncol=4)
+            gx.grid(alpha=0.3)
     axes[0][0].set_title(f"gridtao energy {_when(report.from_s)} to {_when(report.to_s)} UTC "
                          "(grey: history gaps, red: events)")
     axes[0][0].set_xlim(when(report.from_s), when(report.to_s))
