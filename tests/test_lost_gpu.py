@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from broker import MosquittoBroker, Subscriber
 from nodes import merge, running
+from prometheus_client import CollectorRegistry
 from waiting import wait_until
 
 from gridtao.clock import MonotonicClock
@@ -71,6 +72,16 @@ def test_the_healthy_gpus_are_served_and_the_lost_one_reported(
         assert ack["accepted"] is True and ack["commanded_at"] is not None
         limits = [node.agent.backend.enforced_limit_mw(k) for k in range(3)]
         assert all(lim < 700_000 for lim in limits)
+        # Prometheus names the GPUs as the status and nvidia-smi do: 0, 1, 3.
+        families = ("gridtao_gpu_power_watts", "gridtao_gpu_power_limit_watts",
+                    "gridtao_gpu_energy_joules_total")
+        wait_until(lambda: all(_gpu_labels(node.agent.registry, f) == {"0", "1", "3"}
+                               for f in families), "the GPUs labelled by driver index",
+                   timeout_s=10.0)
+
+
+def _gpu_labels(registry: CollectorRegistry, name: str) -> set[str]:
+    return {s.labels["gpu"] for m in registry.collect() for s in m.samples if s.name == name}
 
 
 def test_priorities_follow_the_driver_s_gpu_numbers_when_one_is_missing(

@@ -180,6 +180,7 @@ class Agent:
         self.simulated = bool(getattr(self.backend, "simulated", False))
         self.metrics.set_build(__version__, simulated=self.simulated)
         self.gpu_indices = [d.index for d in self.backend.devices()]
+        self.metrics.name_gpus(self._driver_indices())
         self.gpu_limits = [self.backend.power_limits(i) for i in self.gpu_indices]
         # What we found: restored on stop, whatever the events did in between. After a crash
         # the journal knows better: what the first run found (gridtao/records/ledger.py).
@@ -331,9 +332,8 @@ class Agent:
         PlanCollector(self.planning.reading, registry=self.registry)
         # The energy and work ledgers' feeds (GPUs by driver index, as work.sources name them).
         self.feeds = LedgerFeeds(
-            gpus=[(i if self._physical is None else self._physical[k], d.uuid)
-                  for k, (i, d) in enumerate(zip(self.gpu_indices, self.backend.devices(),
-                                                 strict=True))],
+            gpus=list(zip(self._driver_indices(), (d.uuid for d in self.backend.devices()),
+                          strict=True)),
             clock=self.clock, power_mw=lambda: self.fast.draw_mw,
             record=lambda fields: self.ledger.record("event_energy", fields),
             recorder=self.planning.recorder)
@@ -342,7 +342,7 @@ class Agent:
                                   on_reading=self.planning.on_reading,
                                   on_outside_change=self._limit_changed_outside,
                                   on_energy=self.feeds.round)
-        EnergyCollector(lambda: self.read_back.energy_mj, tuple(self.gpu_indices),
+        EnergyCollector(lambda: self.read_back.energy_mj, self._driver_indices(),
                         registry=self.registry)
         LinkCollector({"island": lambda: self.lane.link.is_connected,
                        "frequency": lambda: self.lane.links[-1].is_connected,
@@ -556,15 +556,19 @@ class Agent:
 
     # ---- callbacks from other threads -----------------------------------------------------
 
+    def _driver_indices(self) -> tuple[int, ...]:
+        """Each GPU served, by its driver index (as ``nvidia-smi``, the status and
+        ``work.sources`` name it), in the order the agent serves them."""
+        return tuple(self.gpu_indices) if self._physical is None else self._physical
+
     def _limit_changed_outside(self, change: OutsideChange) -> None:
         """A GPU's limit was set by someone else (the read-back thread): the island rests it
         there; it is what the agent restores at stop and after a crash; counted and audited.
         The agent never writes the old limit back (docs/architecture.md, "Limits set from
         outside")."""
         k = change.index
-        physical = k if self._physical is None else self._physical[k]
         self.initial_limits_mw[k] = change.resting_mw
-        self.metrics.count_outside_change(physical)
+        self.metrics.count_outside_change(k)
         self.ledger.outside_change(k, change.from_mw, change.resting_mw,
                                    uuid=self.backend.devices()[k].uuid,
                                    during_event=change.during_event)

@@ -142,15 +142,27 @@ class Metrics:
         self._power_children: list[Gauge] = []
         self._limit_children: list[Gauge] = []
         self._planned_children: list[Gauge] = []
+        self._gpu_names: tuple[str, ...] = ()
+
+    def name_gpus(self, driver_indices: Sequence[int]) -> None:
+        """Label the GPUs the agent serves (positions 0..n-1) with their driver indices, as
+        ``nvidia-smi`` and the status name them (a node serving some of its GPUs because one
+        could not be opened: its ``gpu`` labels skip that one). Call before the first
+        observation; without it a GPU's label is its position."""
+        self._gpu_names = tuple(str(i) for i in driver_indices)
+
+    def _gpu(self, index: int) -> str:
+        """The ``gpu`` label of the GPU served at ``index``."""
+        return self._gpu_names[index] if 0 <= index < len(self._gpu_names) else str(index)
 
     def _ensure_gpus(self, count: int) -> None:
         if len(self._power_children) >= count:
             return
         with self._lock:
             for i in range(len(self._power_children), count):
-                self._power_children.append(self._gpu_power.labels(gpu=str(i)))
-                self._limit_children.append(self._gpu_limit.labels(gpu=str(i)))
-                self._planned_children.append(self._gpu_planned.labels(gpu=str(i)))
+                self._power_children.append(self._gpu_power.labels(gpu=self._gpu(i)))
+                self._limit_children.append(self._gpu_limit.labels(gpu=self._gpu(i)))
+                self._planned_children.append(self._gpu_planned.labels(gpu=self._gpu(i)))
 
     def set_build(self, version: str, *, simulated: bool) -> None:
         """``gridtao_build_info{version}`` and ``gridtao_gpus_simulated`` (1: the GPUs are the
@@ -162,7 +174,7 @@ class Metrics:
     def set_default_limits(self, default_w: Sequence[float]) -> None:
         """Export each GPU's default limit (static; call once at start), W."""
         for i, w in enumerate(default_w):
-            self._gpu_default.labels(gpu=str(i)).set(w)
+            self._gpu_default.labels(gpu=self._gpu(i)).set(w)
 
     def observe_gpus(self, power_w: Sequence[float], limit_w: Sequence[float], *,
                      planned_w: Sequence[float] = ()) -> None:
@@ -189,12 +201,13 @@ class Metrics:
         self._messages.labels(topic=topic, result=result).inc()
 
     def count_gpu_error(self, gpu: int, kind: str) -> None:
-        """One GPU backend error; ``kind`` is the error class name (e.g. ``GpuLost``)."""
-        self._gpu_errors.labels(gpu=str(gpu), kind=kind).inc()
+        """One backend error of the GPU served at ``gpu``; ``kind`` is the error class name
+        (e.g. ``GpuLost``)."""
+        self._gpu_errors.labels(gpu=self._gpu(gpu), kind=kind).inc()
 
     def count_outside_change(self, gpu: int) -> None:
-        """GPU ``gpu``'s limit was changed from outside the agent."""
-        self._outside_changes.labels(gpu=str(gpu)).inc()
+        """The limit of the GPU served at ``gpu`` was changed from outside the agent."""
+        self._outside_changes.labels(gpu=self._gpu(gpu)).inc()
 
     def count_reload(self, result: Literal["applied", "refused"]) -> None:
         self._reloads.labels(result).inc()
