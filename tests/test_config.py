@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -157,10 +158,17 @@ def test_bad_yaml_names_file_and_position(tmp_path: Path) -> None:
         ({"safety": {"triggers": [{"hz": 49.7}, {"hz": 49.7}]}}, "safety.triggers"),
         ({"gpus": {"sim": {"workload": "trace"}}}, "gpus.sim.trace_csv"),
         ({"mqtt": {"prefix": "grid/#"}}, "mqtt.prefix"),
+        ({"mqtt": {"prefix": "nu/"}}, "mqtt.prefix"),
+        ({"mqtt": {"prefix": "/x"}}, "mqtt.prefix"),
+        ({"mqtt": {"prefix": "a//b"}}, "mqtt.prefix"),
+        ({"products": [{"kind": "ffr", "capacity_w": 300, "threshold_hz": 50.2}],
+          "safety": {"triggers": []}}, "products[0].threshold_hz"),
+        ({"products": [{"kind": "ercot-ffr", "capacity_w": 300, "threshold_hz": 60.0}],
+          "safety": {"triggers": []}}, "products[0].threshold_hz"),
     ],
 )
 def test_cross_key_rules(data: dict[str, Any], key: str) -> None:
-    with pytest.raises(ConfigError, match=f"^src: {key.replace('.', '[.]')}: "):
+    with pytest.raises(ConfigError, match=f"^src: {re.escape(key)}: "):
         config_from_mapping(data, source="src")
 
 

@@ -440,6 +440,10 @@ def _check_consistency(cfg: Config, source: str) -> None:
     for part in ("+", "#"):
         if part in cfg.mqtt.prefix:
             fail(source, "mqtt.prefix", f"MQTT topics must not contain the wildcard {part!r}")
+    if "" in cfg.mqtt.prefix.split("/"):
+        fail(source, "mqtt.prefix", f"{cfg.mqtt.prefix!r} has an empty topic level (a leading, "
+             "trailing or doubled '/'): write it as levels joined by single '/', e.g. "
+             "'gridtao/site-1'")
     node = cfg.mqtt.node_id
     if node is not None and any(ch in node for ch in "+#/"):
         fail(source, "mqtt.node_id", "must be one MQTT topic level: no '+', '#' or '/'")
@@ -539,6 +543,12 @@ def _check_products(cfg: Config, source: str) -> None:
         if prod.kind == "ffr" and prod.support == "short" and cfg.safety.release_rate_per_s > 0.2:
             fail(source, "safety.release_rate_per_s", "short-support FFR ramps out at most "
                   f"20 %/s of its capacity; got {cfg.safety.release_rate_per_s:g}/s")
+        info = KINDS[prod.kind]
+        if prod.threshold_hz is not None and info.has_threshold and (
+                prod.threshold_hz >= info.nominal_hz):
+            fail(source, f"{key}.threshold_hz", f"{prod.threshold_hz:g} Hz is not below the "
+                 f"grid's nominal {info.nominal_hz:g} Hz: an under-frequency product would "
+                 "activate at normal frequency")
         if prod.baseline_w is not None and not KINDS[prod.kind].symmetric:
             symmetric = ", ".join(k.name for k in KINDS.values() if k.symmetric)
             fail(source, f"{key}.baseline_w", f"only {symmetric} runs at a baseline")
