@@ -553,7 +553,10 @@ class SafetyIsland:
         now = self._clock.now()
         ceiling = float(sum(caps_mw))
         winner = self._winner_locked(now)
-        binding = winner is None or ceiling < winner[1]
+        # Binding: the caps lower some limit. With no event, that is a cap under a resting
+        # limit (a cap far above the draw writes nothing and claims no command).
+        binding = (any(c < r for c, r in zip(caps_mw, self._resting_mw, strict=True))
+                   if winner is None else ceiling < winner[1])
         ev = LatchedEvent(event_id, kind, level, baseline_mw, target_mw, ceiling, caps_mw, now,
                           release_mw_per_s=release_mw_per_s, basis_mw=basis_mw,
                           requested_target_mw=requested_target_mw)

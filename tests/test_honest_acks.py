@@ -77,6 +77,16 @@ def test_an_event_that_writes_nothing_carries_no_commanded_at(rig: Rig) -> None:
     assert shallow["binding"] is False
 
 
+def test_a_cap_above_every_resting_limit_writes_nothing_and_claims_no_command(
+        rig: Rig) -> None:
+    sets = rig.sets()
+    ack = rig.dispatch({"id": "kw", "kind": "cap", "node_w": 3_000_000, "duration_s": 60})
+    assert rig.sets() == sets  # the GPUs already hold less than that: nothing to write
+    assert ack["accepted"] is True and ack["commanded_at"] is None
+    assert ack["binding"] is False
+    assert rig.limits() == [DEFAULT_MW] * N
+
+
 def test_a_frequency_step_no_gpu_takes_is_acked_as_not_taken(rig: Rig) -> None:
     for i in range(N):
         rig.sim.inject_fault(i, "not_supported")
