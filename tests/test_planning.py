@@ -155,6 +155,22 @@ def test_gridtao_plan_prints_the_hourly_table_and_writes_json(
     assert main(["--config", str(cfg), "plan", "--store", str(empty)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "history" in err[0]
+    # A day of history only: one line naming the store and how to fill it.
+    short = tmp_path / "short.sqlite3"
+    with HistoryStore.open(short) as db:
+        db.write(synthetic_minutes(int(now) // 60 * 60 - 6 * 3600, 0.25, gpus=8, seed=2))
+    assert main(["--config", str(cfg), "plan", "--store", str(short)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(short) in err[0] and "gridtao history import" in err[0], err
+    # A signals file that is not there: the configuration file, the key and the path.
+    cfg.write_text(yaml.safe_dump({
+        "gpus": {"backend": "sim"}, "safety": {"triggers": []},
+        "planner": {"signals_file": "nosignals.json"},
+        "products": [{"kind": "ffr", "capacity_w": 400, "threshold_hz": 49.5}]}))
+    assert main(["--config", str(cfg), "plan", "--store", str(store)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{cfg}: planner.signals_file: {tmp_path / 'nosignals.json'}" \
+        in err[0], err
 
 
 def test_minutes_cut_by_an_event_are_gaps_to_the_forecast(tmp_path: Path) -> None:

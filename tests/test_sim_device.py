@@ -191,6 +191,19 @@ def test_sim_status_names_each_gpus_workload_on_a_mixed_device(
     assert [r[1:3] for r in rows] == [["inference", "x0.5"], ["training", "700.0"]], rows
 
 
+def test_gridtao_gpus_shows_a_named_device_as_it_was_made(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _open(SimConfig(count=2), "other").set_limit_mw(1, 444 * W)
+    assert cli.main(["gpus", "--sim-device", "other"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()
+            if line[:3].strip() in ("0", "1")]
+    assert len(rows) == 2 and "444.0" in rows[1], rows
+    assert cli.main(["gpus", "--sim-device", "nosuch"]) == 1
+    assert "no simulated device 'nosuch'" in capsys.readouterr().err
+    assert not sim_device_path("nosuch").exists()
+    assert cli.main(["gpus", "--sim-device", "../x"]) == 2
+
+
 def test_opening_an_existing_device_never_creates_one(monkeypatch: pytest.MonkeyPatch) -> None:
     path = sim_device_path("default")
     assert SimNvml.open_existing(path, MonotonicClock()) is None

@@ -365,3 +365,26 @@ def test_a_problem_from_a_forecast_and_signals_on_other_grids() -> None:
     r = solve(p)
     assert offers(r, "ffr") == [2000.0, 0.0] and offers(r, "fcr-d") == [0.0, 0.0]
     assert problem_from(f, None, floor_w=0.0, enrolments=[]).energy_eur_mwh is None
+
+
+def test_the_plan_table_says_why_an_mtu_has_no_offer() -> None:
+    from gridtao.tier3.forecast import Forecast
+    from gridtao.tier3.planner import Plan
+    from gridtao.tier3.report import table, why_no_offer
+
+    # MTU 0: room and a price (offered); 1: under the floor; 2: no price; 3: priced at 0.
+    prob = problem([3000, 900, 3000, 3000], [3500, 1000, 3500, 3500], [FFR],
+                   {"ffr": [10, 10, math.nan, 0]})
+    result = solve(prob)
+    forecast = Forecast(0, 3600, prob.p10_w, prob.p50_w, prob.p50_w)
+    plan = Plan(0.0, forecast, prob, result)
+    assert offers(result, "ffr") == [2000.0, 0.0, 0.0, 0.0]
+    why = why_no_offer(plan)
+    assert why == ["no offer in 3 of 4 MTUs: 1 MTU: the forecast's p10 is at or under the "
+                   "node's floor (1000 W IT): no room to offer; 2 MTUs: no capacity price for "
+                   "any enrolled product"]
+    assert f"note: {why[0]}" in table(plan)
+    offered = problem([3000], [3500], [FFR], {"ffr": [10]})
+    everywhere = Plan(0.0, Forecast(0, 3600, offered.p10_w, offered.p50_w, offered.p50_w),
+                      offered, solve(offered))
+    assert why_no_offer(everywhere) == []

@@ -4,8 +4,10 @@ Starts Mosquitto on a free loopback port, an agent on 8 simulated H100s (real ti
 the grid: publishes a frequency dip to 49.45 Hz (crossing the armed FFR levels one by one) and,
 once that event has ramped out, a ``shed`` dispatch. It listens like any wire-contract-v1 client
 (acks and status), prints a timeline and a latency summary, and writes a PNG of node power
-against target and frequency. The GPUs are the machine's (``gpus.sim.device``): mid-event the
-demo runs ``gridtao gpus`` in a process of its own and prints what it sees. Then tier 3: the
+against target and frequency. The GPUs are simulated on the machine, on a device of the demo's
+own (``demo-<pid>``, never one an agent may run on; gone at the end): mid-event the demo runs
+``gridtao gpus --sim-device`` in a process of its own and prints what it sees. Its records
+(audit trail, journal, minute history) go to its output folder. Then tier 3: the
 plan for the next day from synthetic history and illustrative prices (demo_plan.py), as a table
 and ``plan.png``.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -30,6 +33,7 @@ from gridtao.config.agent import Config
 from gridtao.config.paths import sim_device_path
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.gpu.sim.shared import DeviceFile
 from gridtao.transport.localbroker import MosquittoBroker, Publisher, Subscriber, publish
 from gridtao.wire.messages import Topics
 
@@ -89,22 +93,38 @@ def _frequency_profile(t_s: float) -> float:
 
 def run_demo(config: Config, *, out_dir: Path, duration_scale: float = 1.0) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Simulated GPUs of the demo's own, on the machine (so another shell can watch them), never
+    # those an agent on this machine may be running on; gone with the demo.
+    device = None if config.gpus.sim.device is None else f"demo-{os.getpid()}"
+    try:
+        return _run(config, out_dir, duration_scale, device)
+    finally:
+        if device is not None:
+            DeviceFile.destroy(sim_device_path(device))
+
+
+def _run(config: Config, out_dir: Path, duration_scale: float, device: str | None) -> int:
+    history = out_dir.resolve() / "history.sqlite3"
+    for stale in (history, history.with_name(history.name + "-wal"),
+                  history.with_name(history.name + "-shm")):
+        stale.unlink(missing_ok=True)  # an earlier demo's GPUs, not this one's
     with tempfile.TemporaryDirectory(prefix="gridtao-demo-") as tmp, \
             MosquittoBroker(Path(tmp)) as broker:
         cfg = dataclasses.replace(
             config,
             mqtt=dataclasses.replace(config.mqtt, port=broker.port, node_id="demo-node"),
             metrics=dataclasses.replace(config.metrics, port=0),
-            gpus=dataclasses.replace(config.gpus, backend="sim"),
+            gpus=dataclasses.replace(config.gpus, backend="sim", sim=dataclasses.replace(
+                config.gpus.sim, device=device)),
             # The demo's grid sends frequency only around its dip; its silence is not a fault.
             safety=dataclasses.replace(config.safety, frequency_stale_s=3600.0),
             # The demo's records stay with its output, not in the machine's state directory.
             audit=dataclasses.replace(config.audit, path=str(out_dir.resolve() / "audit.jsonl")),
             journal=dataclasses.replace(config.journal,
                                         path=str(out_dir.resolve() / "journal.json")),
+            history=dataclasses.replace(config.history, path=str(history)),
         )
         clock = MonotonicClock()
-        device = cfg.gpus.sim.device
         sim = SimNvml.from_config(cfg.gpus.sim, clock, device_path=None if device is None
                                   else sim_device_path(device))
         agent = Agent(cfg, clock=clock, backend=NvmlBackend(sim),
@@ -176,22 +196,21 @@ def _play_grid(agent: Agent, broker: MosquittoBroker, recorder: Recorder,
             "duration_s": 4.0 * scale, "issued_at": time.time()}
     publish(broker.host, broker.port, topics.dispatch, json.dumps(shed).encode(), qos=1)
     time.sleep(1.5 * scale)
-    if agent.config.gpus.sim.device is not None:
+    device = agent.config.gpus.sim.device
+    if device is not None:
         print(f"[{time.monotonic() - t0:6.2f} s] mid-event, `gridtao gpus` in another process "
-              "sees the machine's GPUs (try `gridtao gpus --watch 0.5` in another shell):")
-        print(_gpus_elsewhere(agent.config.source))
+              f"sees the demo's GPUs (try `gridtao gpus --sim-device {device} --watch 0.5` in "
+              "another shell):")
+        print(_gpus_elsewhere(device))
     _wait_idle(agent, timeout_s=20.0)
     time.sleep(0.5)
     return [json.loads(m.payload) for m in list(ack_sub.messages)]
 
 
-def _gpus_elsewhere(source: str) -> str:
-    """``gridtao gpus`` run as a separate process (the demo's configuration file, if any)."""
-    args = [sys.executable, "-m", "gridtao"]
-    if Path(source).is_file():
-        args += ["--config", source]
-    done = subprocess.run([*args, "gpus", "--backend", "sim"], capture_output=True, text=True,
-                          timeout=60, check=False)
+def _gpus_elsewhere(device: str) -> str:
+    """``gridtao gpus`` on the demo's simulated device, run as a separate process."""
+    done = subprocess.run([sys.executable, "-m", "gridtao", "gpus", "--sim-device", device],
+                          capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
         return f"(gridtao gpus failed: {done.stderr.strip()})"
     return done.stdout.rstrip()

@@ -22,6 +22,7 @@ import numpy as np
 from gridtao.app.planning import floor_w, plan_settings
 from gridtao.config.agent import Config, ProductConfig
 from gridtao.gpu.backend import PowerLimits
+from gridtao.gpu.sim.daily import DailyShape
 from gridtao.history.synth import synthetic_minutes
 from gridtao.tier3.planner import Plan, make_plan
 from gridtao.tier3.report import draw, table
@@ -31,6 +32,8 @@ __all__ = ["DEMO_PRODUCTS", "demo_signals", "show_plan"]
 
 DAY_S = 86_400
 HISTORY_DAYS = 14
+#: The inference load of the demo's history, at every hour (0-1 of the GPUs' inference peak).
+HISTORY_LOAD = 0.9
 #: configs/products.yaml's example enrolment, for a demo configuration without products.
 DEMO_PRODUCTS = (
     ProductConfig(kind="ffr", capacity_w=400.0, name="ffr", threshold_hz=49.5),
@@ -76,8 +79,11 @@ def show_plan(config: Config, limits: Sequence[PowerLimits], indices: Sequence[i
                               planner=dataclasses.replace(config.planner, horizon_h=24))
     now = time.time()
     tdp_w = max(lim.default_mw for lim in limits) / 1000.0
+    # The demo's node is busy (its GPUs run training at about 80 % of their limits): its
+    # history is inference busy around the clock beside the synthetic training jobs.
     rows = synthetic_minutes(int(now) // 60 * 60 - HISTORY_DAYS * DAY_S, HISTORY_DAYS,
-                             gpus=len(indices), tdp_w=tdp_w, seed=0)
+                             gpus=len(indices), tdp_w=tdp_w, seed=0,
+                             shape=DailyShape.flat(HISTORY_LOAD))
     t = np.array([row.start_s for row in rows], dtype=np.int64)
     mean = np.array([row.it_mean_w for row in rows])
     p10 = np.array([row.it_p10_w for row in rows])

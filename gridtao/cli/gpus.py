@@ -1,8 +1,10 @@
 """``gridtao gpus``: every GPU's power, limits and energy, like ``nvidia-smi`` (reads only).
 
 The simulated GPUs are the machine's (``gpus.sim.device``), so from another shell this shows
-what a running agent does to them. ``--watch S`` prints the table again every S seconds (like
-``nvidia-smi -l``) until interrupted or ``--count N`` tables were printed.
+what a running agent does to them. ``--sim-device NAME`` shows the simulated device ``NAME``
+with the settings it was made with (never creating one: ``gridtao demo`` runs on a device of its
+own). ``--watch S`` prints the table again every S seconds (like ``nvidia-smi -l``) until
+interrupted or ``--count N`` tables were printed.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gridtao.config.agent import Config
 from gridtao.gpu.backend import GpuBackend
+
+if TYPE_CHECKING:
+    from gridtao.gpu.nvml import NvmlBackend
 
 EXIT_OK = 0
 
@@ -38,6 +43,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="print the table again every S seconds until interrupted")
     p.add_argument("--count", type=_count, metavar="N", default=None,
                    help="with --watch: stop after N tables")
+    p.add_argument("--sim-device", metavar="NAME", default=None,
+                   help="show the existing simulated device NAME (as made; e.g. a running "
+                        "demo's) instead of the configured GPUs")
 
 
 def _period(text: str) -> float:
@@ -104,6 +112,22 @@ def format_gpu_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _existing_device(name: str, *, dry_run: bool) -> NvmlBackend | None:
+    """The simulated device ``name`` as it was made, or None when there is none. ConfigError
+    for a name that cannot name a device."""
+    from gridtao.clock import MonotonicClock
+    from gridtao.config.agent import ConfigError, sim_device_problem
+    from gridtao.config.paths import sim_device_path
+    from gridtao.gpu.nvml import NvmlBackend
+    from gridtao.gpu.sim.nvml import SimNvml
+
+    problem = sim_device_problem(name)
+    if problem is not None:
+        raise ConfigError(f"--sim-device: {problem}")
+    sim = SimNvml.open_existing(sim_device_path(name), MonotonicClock())
+    return None if sim is None else NvmlBackend(sim, dry_run=dry_run)
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     from gridtao.gpu import open_backend
 
@@ -112,7 +136,15 @@ def run(args: argparse.Namespace, config: Config) -> int:
         gpus_cfg = dataclasses.replace(gpus_cfg, backend=args.backend)
     if args.dry_run:
         gpus_cfg = dataclasses.replace(gpus_cfg, dry_run=True)
-    with open_backend(gpus_cfg) as backend:
+    if args.sim_device is not None:
+        backend = _existing_device(args.sim_device, dry_run=args.dry_run)
+        if backend is None:
+            print(f"gridtao: no simulated device {args.sim_device!r} on this machine "
+                  "(`gridtao sim --device NAME status` shows one)", file=sys.stderr)
+            return 1
+    else:
+        backend = open_backend(gpus_cfg)
+    with backend:
         if backend.simulated:  # never to be mistaken for the machine's own GPUs
             print("gridtao: these are simulated GPUs (gpus.backend sim, or auto without an "
                   "NVIDIA driver)", file=sys.stderr)

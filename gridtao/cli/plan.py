@@ -71,6 +71,7 @@ def _plan(config: Config, store: Path) -> Plan:
     from gridtao.app.planning import floor_w, natural_history, plan_settings, signals_file
     from gridtao.gpu import open_backend
     from gridtao.history import HistoryError
+    from gridtao.tier3.forecast import ForecastError
     from gridtao.tier3.planner import make_plan
 
     backend = open_backend(config.gpus)
@@ -88,10 +89,16 @@ def _plan(config: Config, store: Path) -> Plan:
     try:
         signals = signals_file(config, now)
     except OSError as e:
-        raise ConfigError(f"{config.planner.signals_file}: cannot read: {e.strerror or e}"
-                          ) from None
-    plan = make_plan(t, mean, p10, signals, now_s=now,
-                     settings=plan_settings(config, floor_w(config, limits, indices)))
+        where = e.filename or config.planner.signals_file
+        raise ConfigError(f"{config.source}: planner.signals_file: {where}: cannot read: "
+                          f"{e.strerror or e}") from None
+    try:
+        plan = make_plan(t, mean, p10, signals, now_s=now,
+                         settings=plan_settings(config, floor_w(config, limits, indices)))
+    except ForecastError as e:
+        raise ForecastError(f"{store}: {e} (the agent records a minute a minute; `gridtao "
+                            "history import FILE.csv` or `gridtao history generate --days N` "
+                            "fills it at once)") from None
     if not plan.valid:
         raise ConfigError(f"no plan: solver status {plan.result.status} "
                           f"({'; '.join(plan.result.notes) or 'no detail'})")

@@ -14,7 +14,7 @@ from typing import Any
 
 from gridtao.tier3.planner import Plan
 
-__all__ = ["draw", "rows", "table", "to_json"]
+__all__ = ["draw", "rows", "table", "to_json", "why_no_offer"]
 
 
 def rows(plan: Plan) -> list[dict[str, Any]]:
@@ -66,8 +66,33 @@ def table(plan: Plan) -> str:
     lines.append(f"total: revenue {r.revenue:.3f} EUR, energy {r.energy_cost:.3f} EUR, carbon "
                  f"{r.carbon_kg:.2f} kg, work shed {r.work_shed_wh / 1000:.2f} kWh; solved in "
                  f"{r.solve_s * 1000:.0f} ms ({r.status})")
-    lines += [f"note: {n}" for n in (*r.notes, *plan.signal_warnings)]
+    lines += [f"note: {n}" for n in (*r.notes, *plan.signal_warnings, *why_no_offer(plan))]
     return "\n".join(lines)
+
+
+def why_no_offer(plan: Plan) -> list[str]:
+    """Why MTUs have no offer at all, counted by cause (empty when every MTU has one): the
+    forecast's low quantile (as the program used it: after any margin) at or under the node's
+    floor leaves no room; else no enrolled product has a capacity price there; else offering
+    did not pay (the energy, carbon or work it would cost is worth more)."""
+    p, r = plan.problem, plan.result
+    n = plan.forecast.horizon
+    idle = [k for k in range(n) if all(float(v[k]) <= 0.0 for v in r.offers_w.values())]
+    if not idle:
+        return []
+    no_room = [k for k in idle if float(p.p10_w[k]) <= p.floor_w]
+    priced = [k for k in idle if k not in no_room and any(
+        math.isfinite(float(price[k])) and float(price[k]) > 0.0
+        for kind, price in p.reserve_eur_mw_h.items()
+        if any(e.kind == kind for e in p.enrolments))]
+    unpriced = len(idle) - len(no_room) - len(priced)
+    causes = [(len(no_room), f"the forecast's p10 is at or under the node's floor "
+                             f"({p.floor_w:.0f} W IT): no room to offer"),
+              (unpriced, "no capacity price for any enrolled product"),
+              (len(priced), "offering did not pay (energy, carbon or lost work)")]
+    said = "; ".join(f"{count} MTU{'s' if count > 1 else ''}: {why}" for count, why in causes
+                     if count)
+    return [f"no offer in {len(idle)} of {n} MTUs: {said}"]
 
 
 def _num(value: float | None, width: int, digits: int) -> str:
