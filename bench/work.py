@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gridtao.bench.latency import run_info
+from gridtao.bench.workrecord import Recording, print_result
 from gridtao.clock import VirtualClock
 from gridtao.config.agent import ControlConfig, SimConfig, SimWorkload
 from gridtao.control.tier1.loop import FastLoop
@@ -84,7 +85,7 @@ class _Gpu:
 
 
 def _node(seed: int, allocation: Literal["proportional", "work-aware"],
-          ) -> tuple[VirtualClock, SimNvml, SafetyIsland, FastLoop]:
+          ) -> tuple[VirtualClock, SimNvml, SafetyIsland, FastLoop, NvmlBackend]:
     clock = VirtualClock()
     sim = SimNvml.from_config(SimConfig(count=len(MIXED_NODE), seed=seed, device=None,
                                         workloads=MIXED_NODE), clock)
@@ -93,17 +94,22 @@ def _node(seed: int, allocation: Literal["proportional", "work-aware"],
                           max_event_s=3600.0)
     island.start()
     loop = FastLoop(backend, island, clock=clock, config=ControlConfig(allocation=allocation))
-    return clock, sim, island, loop
+    return clock, sim, island, loop, backend
 
 
 def run_allocation(allocation: str, *, curves: Sequence[WorkCurve | None] | None,
                    requests: Sequence[float], hold_s: float, gap_s: float, seed: int,
-                   model: WorkModel | None = None) -> dict[str, Any]:
+                   model: WorkModel | None = None, warmup_s: float = WARMUP_S,
+                   record: Path | None = None) -> dict[str, Any]:
     """One run (see the module docstring): shed ``k`` asks the island for ``requests[k]`` of
     node power at a fixed time; ``curves`` installs a work-aware split (None: proportional);
-    ``model``, when given, observes each GPU's windows."""
+    ``model``, when given, observes each GPU's windows; ``record``: a folder to write the
+    run's history and audit trail to (gridtao/bench/workrecord.py; ``record`` in the result)."""
     band = ControlConfig().band_fraction
-    clock, sim, island, loop = _node(seed, "proportional" if curves is None else "work-aware")
+    clock, sim, island, loop, backend = _node(
+        seed, "proportional" if curves is None else "work-aware")
+    rec = None if record is None else Recording(
+        record, f"bench-{allocation}", clock, backend, [w.kind for w in sim.workloads])
     fixed = tuple(curves) if curves is not None else None
     loop.split = None if fixed is None else WorkAwareSplit(lambda: fixed, clock=clock)
     gpus = []
@@ -124,6 +130,9 @@ def run_allocation(allocation: str, *, curves: Sequence[WorkCurve | None] | None
         for i, g in enumerate(gpus):
             g.actual.add(now, draw[i], demand[i])
             g.unhindered.add(now, demand[i], demand[i])
+        if rec is not None:
+            rec.step(loop.period_s, draw, [g.actual.total for g in gpus],
+                     [g.unhindered.total for g in gpus])
         if model is not None:
             _observe(model, gpus, now, draw, island.enforced_mw(), upper_w)
         t_next += loop.period_s
@@ -141,20 +150,30 @@ def run_allocation(allocation: str, *, curves: Sequence[WorkCurve | None] | None
     t_start = clock.now()
     try:
         for k, fraction in enumerate(requests):
-            t_trigger = t_start + WARMUP_S + k * (hold_s + ramp_s + gap_s)
+            t_trigger = t_start + warmup_s + k * (hold_s + ramp_s + gap_s)
             run_until(t_trigger)
             act = island.trigger_shed(f"bench-work-{k}", fraction)
+            if rec is not None:
+                rec.started(act, fraction=fraction)
             t0 = clock.now()
             work0 = [(g.actual.total, g.unhindered.total) for g in gpus]
             hold = run_until(t0 + hold_s)
             island.release(f"bench-work-{k}")
+            if rec is not None:
+                rec.released(act.event_id)
             ramp = run_until(t0 + hold_s + ramp_s)
             holds.append(_score(fraction, act.target_mw / 1000.0, act.baseline_mw / 1000.0,
                                 band, t0, hold, ramp, gpus, work0, upper_w))
-        run_until(t_start + WARMUP_S + len(requests) * (hold_s + ramp_s + gap_s))
+            if rec is not None:
+                rec.ended(act.event_id, holds[-1])
+        run_until(t_start + warmup_s + len(requests) * (hold_s + ramp_s + gap_s))
     finally:
         island.close()
-    return _summary(allocation, holds)
+        recorded = None if rec is None else rec.close()
+    out = _summary(allocation, holds)
+    if recorded is not None:
+        out["record"] = recorded
+    return out
 
 
 def _observe(model: WorkModel, gpus: list[_Gpu], now: float, draw: list[float],
@@ -237,7 +256,7 @@ def _summary(allocation: str, holds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def calibrate(allocation: str, curves: Sequence[WorkCurve | None], goals_w: Sequence[float],
               first: dict[str, Any], *, hold_s: float, gap_s: float, seed: int,
-              ) -> dict[str, Any]:
+              warmup_s: float = WARMUP_S) -> dict[str, Any]:
     """Run ``allocation`` again with each shed's request moved (bracketing) until each hold
     delivers its goal (W) within :data:`CALIBRATION_TOLERANCE`; ``first``: the run at the
     requests of the sequence. The run closest to the goals, with ``calibration`` (its
@@ -271,8 +290,10 @@ def calibrate(allocation: str, curves: Sequence[WorkCurve | None], goals_w: Sequ
                 r *= 1.15 if lo is not None else 0.85
             requests.append(min(0.95, max(0.001, r)))
         runs.append(run_allocation(allocation, curves=curves, requests=requests,
-                                   hold_s=hold_s, gap_s=gap_s, seed=seed))
-    out = min(runs, key=miss)
+                                   hold_s=hold_s, gap_s=gap_s, seed=seed, warmup_s=warmup_s))
+    best: dict[str, Any] = min(runs, key=miss)
+    out = dict(best)
+    out.pop("record", None)  # the recording is of the first run only (same_request)
     out["calibration"] = {"runs": len(runs), "max_delivered_miss": miss(out),
                           "requests": [h["requested_fraction"] for h in out["holds"]]}
     return out
@@ -284,30 +305,37 @@ def _compare(base: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:
 
 
 def run(*, sheds: Sequence[float], hold_s: float, gap_s: float, seed: int,
-        learned: bool, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        learned: bool, progress: Callable[[str], None] | None = None,
+        aware: bool = True, warmup_s: float = WARMUP_S,
+        record: Path | None = None) -> dict[str, Any]:
     """Every allocation over the same node and demand: at the sequence's requests, then with
-    the work-aware requests calibrated to deliver what proportional delivered; the learned
-    model's fits (``learned``)."""
+    the work-aware requests calibrated to deliver what proportional delivered (``aware``;
+    False: proportional alone); the learned model's fits (``learned``). ``record``: a folder
+    the runs at the sequence's requests write their history and audit trail to."""
     say = progress or (lambda line: None)
     kinds = [w.kind for w in MIXED_NODE]
     priors = [WorkCurve(prior_exponent(k)) for k in kinds]
     model = WorkModel([(str(i), [i], k) for i, k in enumerate(kinds)]) if learned else None
-    opts: dict[str, Any] = {"hold_s": hold_s, "gap_s": gap_s, "seed": seed}
+    opts: dict[str, Any] = {"hold_s": hold_s, "gap_s": gap_s, "seed": seed,
+                            "warmup_s": warmup_s}
     say("proportional ...")
-    prop = run_allocation("proportional", curves=None, requests=sheds, model=model, **opts)
+    prop = run_allocation("proportional", curves=None, requests=sheds, model=model,
+                          record=record, **opts)
+    out: dict[str, Any] = {"allocations": {"proportional": prop},
+                           "same_request": {"proportional": prop}}
     goals = [h["delivered_w"] for h in prop["holds"]]
-    say("work-aware (prior curves) ...")
-    same = run_allocation("work-aware", curves=priors, requests=sheds, **opts)
-    say("work-aware, requests calibrated to proportional's delivered watts ...")
-    aware = calibrate("work-aware", priors, goals, same, **opts)
-    out: dict[str, Any] = {
-        "allocations": {"proportional": prop, "work-aware": aware},
-        "same_request": {"proportional": prop, "work-aware": same},
-    }
-    if model is not None:
+    if aware:
+        say("work-aware (prior curves) ...")
+        same = run_allocation("work-aware", curves=priors, requests=sheds, record=record,
+                              **opts)
+        say("work-aware, requests calibrated to proportional's delivered watts ...")
+        out["allocations"]["work-aware"] = calibrate("work-aware", priors, goals, same, **opts)
+        out["same_request"]["work-aware"] = same
+    if model is not None and aware:
         fitted = [WorkCurve(b) if b is not None else None for b in model.exponents(len(kinds))]
         say("work-aware (learned curves) ...")
-        first = run_allocation("work-aware-learned", curves=fitted, requests=sheds, **opts)
+        first = run_allocation("work-aware-learned", curves=fitted, requests=sheds,
+                               record=record, **opts)
         out["allocations"]["work-aware-learned"] = calibrate("work-aware-learned", fitted,
                                                              goals, first, **opts)
         out["same_request"]["work-aware-learned"] = first
@@ -324,34 +352,8 @@ def run(*, sheds: Sequence[float], hold_s: float, gap_s: float, seed: int,
     out["node"] = {"gpus": len(kinds), "profile": "h100-sxm",
                    "workloads": [{"kind": w.kind, "load": w.load} for w in MIXED_NODE]}
     out |= {"sheds": list(sheds), "hold_s": hold_s, "gap_s": gap_s, "seed": seed,
-            "clock": "virtual", "circularity": CIRCULARITY}
+            "warmup_s": warmup_s, "clock": "virtual", "circularity": CIRCULARITY}
     return out
-
-
-def _print(result: dict[str, Any]) -> None:
-    for title, key in (("same delivered reduction (work-aware requests calibrated)",
-                        "allocations"), ("same request (the sequence as dispatched)",
-                                         "same_request")):
-        print(f"{title}:")
-        print(f"  {'allocation':20s} {'delivered W':>11s} {'work lost':>9s} "
-              f"{'tokens/kWh':>10s} {'samples/kWh':>11s} {'response s':>10s} "
-              f"{'at target':>9s}")
-        for name, a in result[key].items():
-            print(f"  {name:20s} {a['delivered_w']:11.0f} {a['work_lost_fraction'] * 100:8.2f}% "
-                  f"{a['tokens_lost_per_kwh']:10.0f} {a['samples_lost_per_kwh']:11.1f} "
-                  f"{a['max_response_s'] or math.nan:10.3f} "
-                  f"{a['min_at_target_fraction'] * 100:8.1f}%")
-    for name, c in result["comparison"].items():
-        for how, v in c.items():
-            print(f"{name} ({how.replace('_', ' ')}): {v['work_lost_reduction'] * 100:.1f} % less "
-                  f"work lost than proportional, {v['delivered_ratio'] * 100:.1f} % of its "
-                  "delivered reduction")
-    for f in result.get("learned_fit", []):
-        fitted = "none" if f["fitted_exponent"] is None else f"{f['fitted_exponent']:.3f}"
-        print(f"  GPU {f['gpu']} {f['kind']:9s} exponent: simulator {f['simulator_exponent']:.3f}"
-              f", fitted {fitted} from {f['samples']} windows"
-              + (" (prior used)" if f["used_prior"] else ""))
-    print(f"note: {CIRCULARITY}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -365,6 +367,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the simulator's seed (default 0)")
     p.add_argument("--no-learned", action="store_true",
                    help="skip the run on the learned model's curves")
+    p.add_argument("--proportional-only", action="store_true",
+                   help="run the proportional split alone (no work-aware runs)")
+    p.add_argument("--warmup-s", type=float, default=WARMUP_S,
+                   help=f"run before the first shed (default {WARMUP_S:g})")
+    p.add_argument("--record", metavar="DIR",
+                   help="write each run's minute history and audit trail (at the sequence's "
+                        "requests) to DIR, for gridtao report energy (docs/work.md)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = p.parse_args(argv)
     try:
@@ -373,13 +382,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--sheds: comma-separated fractions, e.g. 0.1,0.2,0.3")
     if not sheds or not all(0.0 < s < 1.0 for s in sheds):
         p.error("--sheds: fractions in (0, 1)")
-    if not (args.hold_s > 0 and args.gap_s >= 0):
-        p.error("--hold-s must be > 0 and --gap-s >= 0")
+    if not (args.hold_s > 0 and args.gap_s >= 0 and args.warmup_s >= 0):
+        p.error("--hold-s must be > 0, --gap-s and --warmup-s >= 0")
     result = run(sheds=sheds, hold_s=args.hold_s, gap_s=args.gap_s, seed=args.seed,
-                 learned=not args.no_learned,
+                 learned=not args.no_learned and not args.proportional_only,
+                 aware=not args.proportional_only, warmup_s=args.warmup_s,
+                 record=None if args.record is None else Path(args.record),
                  progress=lambda line: print(line, file=sys.stderr, flush=True))
     result |= run_info("gridtao.bench.work", argv)
-    _print(result)
+    print_result(result, CIRCULARITY)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0

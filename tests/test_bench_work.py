@@ -4,8 +4,10 @@ workload each (``gpus.sim.workloads``)."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +43,66 @@ def test_a_short_run_compares_both_allocations_at_the_same_delivered_watts(
     assert [f["gpu"] for f in data["learned_fit"]] == list(range(8))
     printed = capsys.readouterr().out
     assert "same delivered reduction" in printed and "simulator's throughput model" in printed
+
+
+def _report(capsys: pytest.CaptureFixture[str], record: dict[str, Any]) -> dict[str, Any]:
+    """``gridtao report energy`` (JSON) on a recorded run, its window the whole minutes."""
+    capsys.readouterr()
+    frm = math.floor(record["from_s"] / 60) * 60
+    to = math.ceil(record["to_s"] / 60) * 60
+    assert cli.main(["report", "energy", "--from", str(frm), "--to", str(to), "--format",
+                     "json", "--history", record["history"], "--audit", record["audit"]]) == 0
+    doc: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return doc
+
+
+def test_the_report_of_a_recorded_run_reproduces_the_benchs_figures(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 30 % shed held 20 s after 220 s of warm-up (four reference minutes before the shed's
+    minute), recorded as the agent records; the report on that history and trail against the
+    bench's own figures, the simulator's truth. Energy (node, GPUs, the event, per token and
+    per sample) within 1 %; work lost within 3 of the report's own standard deviations of
+    the bench's loss over the same whole minutes (the report's span), which is within 5 % of
+    the bench's loss from the trigger to the end of the release ramp."""
+    out = tmp_path / "work.json"
+    assert cli.main(["bench", "work", "--proportional-only", "--sheds", "0.3", "--hold-s", "20",
+                     "--gap-s", "40", "--warmup-s", "220", "--record", str(tmp_path / "rec"),
+                     "--json", str(out)]) == 0
+    bench = json.loads(out.read_text())
+    assert set(bench["allocations"]) == {"proportional"} and bench["comparison"] == {}
+    record = bench["allocations"]["proportional"]["record"]
+    doc = _report(capsys, record)
+    (node,) = doc["nodes"]
+    assert node["node"] == "bench-proportional" and not node["gaps"]
+    assert node["total"]["it_kwh"] == pytest.approx(record["it_kwh"], rel=0.01)
+    gpus = {g["index"]: g["total"] for g in doc["per_gpu"]["gpus"]}
+    assert len(gpus) == 8
+    for g in record["gpus"]:
+        assert gpus[g["index"]]["energy_kwh"] == pytest.approx(g["energy_kwh"], rel=0.01)
+        assert gpus[g["index"]]["method"] == "counter"
+    per_unit = {(u["source"], u["unit"]): u for u in doc["work"]["per_unit"]}
+    assert len(per_unit) == len(record["per_unit"]) == 2
+    for truth in record["per_unit"]:
+        u = per_unit[(truth["source"], truth["unit"])]
+        assert u["units"] == pytest.approx(truth["units"], rel=0.01)
+        assert u["joules_per_unit"] == pytest.approx(truth["joules_per_unit"], rel=0.01)
+    (event,) = doc["events"]
+    (truth,) = record["events"]
+    assert event["id"] == truth["id"] and event["method"] == "counter"
+    assert event["start_s"] == pytest.approx(truth["start_s"], abs=1e-3)
+    assert event["end_s"] == pytest.approx(truth["end_s"], abs=1e-3)
+    assert event["it_drawn_kwh"] == pytest.approx(truth["it_drawn_kwh"], rel=0.01)
+    hold = bench["allocations"]["proportional"]["holds"][0]
+    assert truth["tokens_lost"] == hold["tokens_lost"] > 0
+    lost = {s["unit"]: s for s in event["work_lost"]["sources"]}
+    assert set(lost) == {"token", "samples"} and event["work_lost"]["unavailable"] == []
+    for unit, key in (("token", "tokens"), ("samples", "samples")):
+        item, in_minutes = lost[unit], truth[f"{key}_lost_in_minutes"]
+        assert item["reference_minutes"] == 4
+        assert abs(item["lost"] - in_minutes) <= 3 * item["lost_std"], (unit, item, in_minutes)
+        assert in_minutes == pytest.approx(truth[f"{key}_lost"], rel=0.05)
+    # The steady training job's loss is measured closely: its spread is small.
+    assert lost["samples"]["lost_std"] < 0.1 * truth["samples_lost"]
 
 
 def test_bad_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,6 +9,7 @@ The unit tests run in virtual time on in-process simulated GPUs, reading the cou
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -129,6 +130,28 @@ def test_a_counter_that_goes_back_falls_back_to_power_for_that_round() -> None:
     run = _Run("inference", tamper=reload)
     record, true_j = run.event(2.0, 16.0, baseline_w=1400.0)
     assert record["method"] == "mixed"  # that round's GPU 0 from power, the rest counters
+    assert _f(record, "it_drawn_j") == pytest.approx(true_j, rel=0.01)
+
+
+def test_a_counter_that_wraps_through_2_64_is_counted_through_the_wrap() -> None:
+    """GPU 0 (drawing 600 W) has its counter offset to pass 2^64 (NVML's unsigned 64-bit mJ)
+    9 s after the first reading: every round is still measured by counter, within 1 % of the
+    true energy."""
+    top = 1 << 64
+    first: list[int] = []
+    seen: list[int] = []
+
+    def near_top(t: float, mj: list[int | None]) -> list[int | None]:
+        value = mj[0]
+        assert value is not None
+        first[:] = first or [value]
+        seen.append((value - first[0] + top - 9 * 600_000) % top)
+        return [seen[-1], *mj[1:]]
+
+    run = _Run(tamper=near_top, demand_w=600.0)
+    record, true_j = run.event(2.0, 16.0, baseline_w=1400.0)
+    assert any(b < a for a, b in itertools.pairwise(seen))  # it wrapped
+    assert record["method"] == "counter"
     assert _f(record, "it_drawn_j") == pytest.approx(true_j, rel=0.01)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gridtao.app.readback import ReadBack
 from gridtao.clock import VirtualClock
 from gridtao.history import (
     Batch,
@@ -151,6 +152,85 @@ def test_a_counter_that_goes_back_is_a_reset_measured_by_power() -> None:
     assert row.energy_j == pytest.approx(200.0 + 250.0 + 300.0)
     assert row.method == "mixed" and row.power_s == pytest.approx(0.5)
     assert row.covered_s == pytest.approx(1.5)
+
+
+def test_a_64_bit_wrap_is_counted_through_and_told_from_a_reset() -> None:
+    """NVML's counter is an unsigned 64-bit mJ count: from 2^64 - 100 J it wraps to 250 J in
+    0.5 s at 700 W (350 J); a reset from there (to near 0, an increase through 2^64 of far more
+    than a GPU draws) is not a wrap, nor is a fall to near 0 from anywhere else."""
+    top = 1 << 64
+    agg = GpuEnergyAggregator()
+    agg.add(MONDAY + 10.0, GPUS[:1], (top - 100_000,), (700_000.0,))
+    agg.add(MONDAY + 10.5, GPUS[:1], (250_000,), (700_000.0,))  # wrapped: 350 J by counter
+    agg.add(MONDAY + 11.0, GPUS[:1], (600_000,), (700_000.0,))  # 350 J
+    (row,), points = agg.take()
+    assert (agg.counter_wraps, agg.counter_resets) == (1, 0)
+    assert row.energy_j == pytest.approx(700.0) and row.method == "counter"
+    assert row.power_s == 0.0 and row.covered_s == pytest.approx(1.0)
+    assert points[0].value == 600_000.0
+    # Resets: near 2^64 down to 10^9 mJ (a wrap would be 10^6 J in 0.5 s), and an ordinary
+    # value down to near 0. Both measured by power (700 W x 0.5 s).
+    agg = GpuEnergyAggregator()
+    for t, mj in ((10.0, top - 100_000), (10.5, 10**9), (11.0, 10**9 + 350_000),
+                  (11.5, 1_000)):
+        agg.add(MONDAY + t, GPUS[:1], (mj,), (700_000.0,))
+    (row,), _ = agg.take()
+    assert (agg.counter_wraps, agg.counter_resets) == (0, 2)
+    assert row.energy_j == pytest.approx(3 * 350.0) and row.method == "mixed"
+    assert row.power_s == pytest.approx(1.0)
+
+
+class _Readings:
+    """What ReadBack reads: scripted energy counters (mJ per GPU, one tuple a round) and an
+    island with nothing to refresh."""
+
+    def __init__(self, rounds: list[tuple[int, int]]) -> None:
+        self.rounds = rounds
+
+    def energy_mj(self, index: int) -> int:
+        return self.rounds[0][index]
+
+    def refresh_enforced(self) -> list[object]:
+        return []
+
+    def enforced_mw(self) -> tuple[int, ...]:
+        return (700_000, 700_000)
+
+
+def test_the_node_power_of_the_read_back_goes_through_a_wrap_and_skips_a_reset() -> None:
+    """Two GPUs at 400 W and 300 W, read every 0.5 s: GPU 0's counter wraps through 2^64 in
+    the second round (the node's 700 W is reported), then GPU 1's is reset (that round is
+    skipped: the node's power over it is unknown)."""
+    top = 1 << 64
+    clock = VirtualClock()
+    fake = _Readings([(top - 100_000, 5_000_000), (100_000, 5_150_000), (300_000, 1_000),
+                      (500_000, 151_000)])
+    readings: list[float] = []
+    rb = ReadBack(fake, fake, [0, 1], clock=clock,  # type: ignore[arg-type]
+                  on_reading=lambda wall, it_w, limit_w: readings.append(it_w))
+    for _ in range(4):
+        rb.read()
+        fake.rounds.pop(0)
+        clock.advance(0.5)
+    assert readings == [pytest.approx(700.0), pytest.approx(700.0)]
+
+
+def test_a_wrap_across_a_restart_is_bridged(tmp_path: Path) -> None:
+    """The agent stopped 40 J before the counter's 2^64 and came back 10 s later, past it:
+    the 10 s at 600 W are bridged through the wrap (stored checkpoints are REAL: a reading
+    that close to 2^64 is kept to within 2 J)."""
+    top = 1 << 64
+    path = tmp_path / "h.sqlite3"
+    rec = _recorder(path, MONDAY)
+    _feed(rec, MONDAY + 10.0, MONDAY + 12.0, 600.0, top - 1_240_000)
+    rec.close()
+    rec = _recorder(path, MONDAY + 22.0)
+    _feed(rec, MONDAY + 22.0, MONDAY + 24.0, 600.0, 5_960_000)
+    rec.close()
+    with HistoryStore.open(path) as store:
+        rows = store.gpu_rows(MONDAY, MONDAY + 60)
+    assert _sum(rows) == pytest.approx(600.0 * 14.0, abs=3.0)
+    assert {r.method for r in rows} == {"mixed"}
 
 
 def test_without_a_counter_power_is_integrated_and_long_gaps_are_not() -> None:

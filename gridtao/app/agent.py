@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from gridtao import __version__
 from gridtao.app.actuation import check_write_permission, report_actuation, restore_limits
 from gridtao.app.checks import check_priority_floors, served_priorities
+from gridtao.app.drenergy import DrEventEnergy
 from gridtao.app.instance import Instance, ensure_unique
 from gridtao.app.periodic import ControllerLoop, ControllerParts
 from gridtao.app.planning import NodePlanning
@@ -366,6 +367,7 @@ class Agent:
                 read_back=self.read_back.read, read_back_period_s=config.safety.rearm_period_s,
                 records=self.ledger.records_status,
                 physical_indices=self._physical, unavailable=self.unavailable_gpus,
+                dr_energy=DrEventEnergy(self.energy, self.clock).observe,
             ),
             status_period_s=config.mqtt.status_period_s,
             tracker_period_s=config.tracker.period_s,

@@ -7,7 +7,9 @@ in the demo, the compliance bench and the tests). What runs there:
 
 * the retained status every ``mqtt.status_period_s``, from tier 1's last readings (no NVML call
   on this thread, except in a dry run where tier 1's plans never take effect);
-* tier 2 every ``tracker.period_s`` and its retained tracker topic;
+* tier 2 every ``tracker.period_s`` and its retained tracker topic, its products' and
+  demand-response events' transitions audited and the latter's spans handed to the energy
+  ledger;
 * the audit of tier 1's limits when one moved by 1 W or more;
 * the bench's ``under_load`` condition (pure-Python work keeping this loop busy).
 
@@ -133,6 +135,9 @@ class ControllerParts:
     physical_indices: tuple[int, ...] | None = None
     #: GPUs left out at start: the driver's index -> error kind (status ``unavailable_gpus``).
     unavailable: Mapping[int, str] | None = None
+    #: Each tracker snapshot once its transitions are audited: the demand-response events'
+    #: spans into the energy ledger (``DrEventEnergy.observe``, gridtao/app/drenergy.py).
+    dr_energy: Callable[[Mapping[str, Any]], None] | None = None
 
 
 class ControllerLoop:
@@ -253,6 +258,8 @@ class ControllerLoop:
                 p.tier2.tick(it_w)
                 snapshot = p.tier2.snapshot()
                 self.record_transitions(snapshot)
+                if p.dr_energy is not None:
+                    p.dr_energy(snapshot)
                 payload = wire.tracker_payload(p.node_id, p.clock.wall(), snapshot)
                 p.status_link.publish_nowait(p.tracker_topic, payload, qos=0, retain=True)
             except Exception:

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.gpu.backend import GpuBackend, GpuError
+from gridtao.gpu.counters import counter_increase_mj
 from gridtao.history import HistoryRecorder
 from gridtao.records.energy import EventEnergy
 from gridtao.records.liveledger import LiveLedger
@@ -89,13 +90,13 @@ class ReadBack:
         last, self._last = self._last, (t, energy)
         if last is None or t <= last[0]:
             return
-        pairs = [(e, p) for e, p in zip(energy, last[1], strict=True)
-                 if e is not None and p is not None]
-        if len(pairs) != len(energy):  # a GPU without a reading: the node's power is unknown
+        increases = [None if e is None or p is None else counter_increase_mj(p, e, t - last[0])
+                     for e, p in zip(energy, last[1], strict=True)]
+        # A GPU without a reading, or a counter reset (driver reload; a 64-bit wrap is counted
+        # through): the node's power over this round is unknown, skip it.
+        if any(x is None for x in increases):
             return
-        joules = sum(e - p for e, p in pairs) / 1000.0
-        if joules < 0:  # a counter reset (driver reload): skip this round
-            return
+        joules = sum(x for x in increases if x is not None) / 1000.0
         self._on_reading(self._clock.wall(), joules / (t - last[0]),
                          sum(self._island.enforced_mw()) / 1000.0)
 

@@ -8,8 +8,12 @@ energy is
   (``counter``);
 * else the two power readings integrated (trapezoid; ``power``), when both are known and the
   rounds are at most ``max_hold_s`` apart. A counter that went back was reset (the driver was
-  reloaded; NVML's counter is 64 bits of mJ and does not wrap in practice, so every decrease
-  is a reset): its interval is measured by power and counted in :attr:`counter_resets`;
+  reloaded): its interval is measured by power and counted in :attr:`counter_resets`. NVML's
+  counter is an unsigned 64-bit count of mJ, so it wraps after 2^64 mJ (585 million years at
+  1 kW): a decrease is a wrap, counted as the increase through 2^64 and in
+  :attr:`counter_wraps`, only when that increase is one a GPU could draw in the interval (at
+  most :data:`MAX_GPU_W`; :func:`counter_increase_mj`), i.e. the previous reading was within
+  that of 2^64; any other decrease is a reset;
 * else nothing: the interval is not covered (rounds too far apart, no power either).
 
 Each interval's energy is spread evenly over its seconds and cut at UTC minutes.
@@ -35,14 +39,14 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gridtao.gpu.counters import COUNTER_MODULUS, MAX_GPU_W, counter_increase_mj
 from gridtao.history.rows import Checkpoint, GpuMethod, GpuMinuteRow, merge_method, minute_pieces
 
-__all__ = ["GpuEnergyAggregator", "GpuId", "gpu_series"]
+__all__ = ["COUNTER_MODULUS", "MAX_GPU_W", "GpuEnergyAggregator", "GpuId",
+           "counter_increase_mj", "gpu_series"]
 
 #: A GPU's identity in a round: (index as the agent numbers it, UUID).
 GpuId = tuple[int, str]
-
-
 def gpu_series(uuid: str) -> str:
     """The checkpoint name of a GPU's energy counter."""
     return json.dumps(["gpu", uuid])
@@ -80,6 +84,8 @@ class GpuEnergyAggregator:
         self._acc: dict[tuple[int, str], _Acc] = {}
         #: Intervals whose counter went back (measured by power where it could be).
         self.counter_resets = 0
+        #: Intervals whose counter wrapped through 2^64 mJ (counted through the wrap).
+        self.counter_wraps = 0
         #: Rounds ignored: not after the GPU's previous one (the wall clock stepped back).
         self.ignored = 0
         #: Seconds the agent was down that a counter's increase bridged.
@@ -118,14 +124,14 @@ class GpuEnergyAggregator:
     def _interval(self, index: int, uuid: str, a: _Last, b: _Last) -> None:
         dt = b.t_s - a.t_s
         if a.counter_mj is not None and b.counter_mj is not None:
-            if b.counter_mj >= a.counter_mj:
+            increase = counter_increase_mj(a.counter_mj, b.counter_mj, dt)
+            if increase is not None:
+                self.counter_wraps += b.counter_mj < a.counter_mj
                 if dt <= self.max_hold_s:
-                    self._spread(index, uuid, a.t_s, b.t_s,
-                                 (b.counter_mj - a.counter_mj) / 1000.0, "counter")
+                    self._spread(index, uuid, a.t_s, b.t_s, increase / 1000.0, "counter")
                 elif dt <= self.max_bridge_s:
                     self.bridged_s += dt
-                    self._spread(index, uuid, a.t_s, b.t_s,
-                                 (b.counter_mj - a.counter_mj) / 1000.0, "bridged")
+                    self._spread(index, uuid, a.t_s, b.t_s, increase / 1000.0, "bridged")
                 return
             self.counter_resets += 1
         if a.power_w is not None and b.power_w is not None and dt <= self.max_hold_s:

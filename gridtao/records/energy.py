@@ -6,8 +6,11 @@ second, gridtao/app/readback.py). Each round becomes one *interval*: the node's 
 between this round and the last, summed over GPUs. Per GPU it is the counter's delta (NVML, mJ
 since the driver loaded), or, where that cannot be trusted, the read power integrated over the
 interval (trapezoid of the two instant readings): a GPU without a counter (None; before Volta,
-or a failed read) and a counter that went back (a driver reload resets it). Each interval keeps
-which of the two it used; an event says ``counter``, ``power`` or ``mixed`` over its intervals.
+or a failed read) and a counter that went back (a driver reload resets it). The counter is an
+unsigned 64-bit mJ count: a decrease that an increase through 2^64 of at most
+:data:`~gridtao.gpu.counters.MAX_GPU_W` over the interval explains is a wrap and counted
+through it (gridtao/gpu/counters.py). Each interval keeps which of the two it used; an event says
+``counter``, ``power`` or ``mixed`` over its intervals.
 
 An event covers ``[t0, t1]`` (monotonic s: its caps written, and the island's end of it after
 the ramp-out). Its IT energy drawn is the node's cumulative energy interpolated linearly at
@@ -35,6 +38,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from gridtao.gpu.counters import counter_increase_mj
 
 __all__ = ["EventEnergy", "FacilityLike", "Interval"]
 
@@ -202,10 +207,12 @@ def _interval(last: tuple[float, tuple[int | None, ...], tuple[float, ...]],
     total_j = 0.0
     methods: set[str] = set()
     for e0, e1, p0, p1 in zip(ea, eb, pa, pb, strict=True):
-        if e0 is not None and e1 is not None and e1 >= e0:
-            total_j += (e1 - e0) / 1000.0
+        increase = None if e0 is None or e1 is None else counter_increase_mj(e0, e1, tb - ta)
+        if increase is not None:
+            total_j += increase / 1000.0
             methods.add("counter")
         else:
             total_j += (p0 + p1) / 2000.0 * (tb - ta)
             methods.add("power")
     return Interval(ta, tb, total_j, frozenset(methods))
+

@@ -73,7 +73,11 @@ def method_lines(report: EnergyReport) -> list[tuple[str, str]]:
          "delta, or its instant power integrated (trapezoid) where a GPU has no counter or "
          "the counter went back (method counter, power or mixed); the event's span is "
          "interpolated inside the rounds around its start and end. The reference is the "
-         "draw the event's cut was measured from, held for its duration."),
+         "draw the event's cut was measured from, held for its duration: for the island's "
+         "events the node's draw when the caps were cut (from the caps to the end of the "
+         "release), for demand-response events tier 2's frozen reference (over the ramp, the "
+         "hold and the recovery, as scheduled; at most one tier-2 period longer at either end "
+         "for an event received mid-ramp or cancelled)."),
         ("meter energy (modelled)",
          "not metered: the facility model (facility: configuration) over the measured IT "
          f"draw: losses {f['losses_fraction']:g} x IT at once, cooling IT / COP "
@@ -305,7 +309,7 @@ def _event_note(x: EventEntry) -> str:
     notes = []
     if x.event.energy is None:
         notes.append("no event_energy record" if x.event.source == "island"
-                     else "tier 2 event: no event_energy record, no reference")
+                     else "tier 2 event: no event_energy record (no reference)")
     if x.partly_outside:
         notes.append("runs past the window")
     if x.event.end_s is None:

@@ -4,7 +4,8 @@ the grid events they tell of assembled (:func:`read_trail`).
 * **Events** come from the audit trail: the island's events (``event_started``,
   ``event_released``, ``event_ended`` and the ``event_energy`` figures the agent measured from
   the GPUs' energy counters) and tier 2's demand-response events (``dr_scheduled``,
-  ``dr_state``, ``dr_cancelled``), which have no ``event_energy``. Every event also gets the
+  ``dr_state``, ``dr_cancelled``) with their ``event_energy`` (kind ``dr``: drawn against
+  tier 2's frozen reference over the ramp, hold and recovery). Every event also gets the
   minute history's figures over its span (minute resolution) where the node's history is given.
 
 Units: times Unix seconds (UTC) as the records give them; powers W (the records' mW / 1000);
@@ -44,8 +45,9 @@ class TrailEvent:
 
     ``source``: ``island`` (an event whose caps the safety island wrote) or ``tier 2`` (a
     demand-response event tier 2 tracked). ``start_s``/``end_s``: Unix s (caps written and the
-    island's end, from ``event_energy`` where there is one; for ``tier 2``: the trail's records
-    of its leaving ``scheduled`` and of its end); None when the trail does not say.
+    island's end; for ``tier 2``: the ramp's start and the recovery's end), from
+    ``event_energy`` where there is one, else the trail's records (for ``tier 2``: of its
+    leaving ``scheduled`` and of its end); None when the trail does not say.
     ``energy``: the ``event_energy`` record's fields (J), None without one. ``verified``: every
     record it was read from lies before any break in the hash chain."""
 
@@ -165,6 +167,22 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _attach_energy(ev: TrailEvent, fields: Mapping[str, Any]) -> None:
+    """An ``event_energy`` record's figures on its event: its span (caps written to the end of
+    the release; a demand-response event's ramp start to its recovery's end) replaces the
+    coarser one of the state records. A demand-response event's reference draw (W) is its
+    ``it_reference_j`` over its duration."""
+    ev.energy = dict(fields)
+    ev.start_s = _number(fields.get("started_at")) or ev.start_s
+    ev.end_s = _number(fields.get("ended_at")) or ev.end_s
+    if ev.source == "tier 2":
+        reference_j, duration = (_number(fields.get("it_reference_j")),
+                                 _number(fields.get("duration_s")))
+        if reference_j is not None and duration:
+            ev.baseline_w = reference_j / duration
+        ev.why_ended = ev.why_ended or ("cancelled" if ev.cancelled_by else "done")
+
+
 def _assemble(records: Sequence[tuple[bool, dict[str, Any]]]
               ) -> tuple[str | None, list[TrailEvent], int]:
     """The trail's node (its first ``agent_start``), its events, and the records it says were
@@ -174,6 +192,13 @@ def _assemble(records: Sequence[tuple[bool, dict[str, Any]]]
     island: dict[str, TrailEvent] = {}
     dr: dict[str, TrailEvent] = {}
     lost = 0
+
+    def dr_event(event_id: str) -> TrailEvent:
+        ev = dr.get(event_id)
+        if ev is None:  # scheduled before the files given
+            ev = dr[event_id] = TrailEvent(node, event_id, "dr", "tier 2")
+            events.append(ev)
+        return ev
 
     def island_event(event_id: str, kind: str | None) -> TrailEvent:
         ev = island.get(event_id)
@@ -221,6 +246,9 @@ def _assemble(records: Sequence[tuple[bool, dict[str, Any]]]
             if kind == "event_ended":
                 ev.end_s = ev.end_s if ev.energy is not None else t
             ev.why_ended = _text(fields.get("why")) or ev.why_ended
+        elif kind == "event_energy" and fields.get("kind") == "dr":
+            ev = dr_event(event_id)
+            _attach_energy(ev, fields)
         elif kind == "event_energy":
             known = island.get(event_id)
             if known is None or known.energy is not None:  # its start is not in the files
@@ -229,26 +257,21 @@ def _assemble(records: Sequence[tuple[bool, dict[str, Any]]]
                 island[event_id] = known
                 events.append(known)
             ev = known
-            ev.energy = dict(fields)
-            ev.start_s = _number(fields.get("started_at")) or ev.start_s
-            ev.end_s = _number(fields.get("ended_at")) or ev.end_s
+            _attach_energy(ev, fields)
         elif kind == "dr_scheduled":
             ev = TrailEvent(node, event_id, "dr", "tier 2")
             ev.scheduled_start_s = _number(fields.get("start_at"))
             dr[event_id] = ev
             events.append(ev)
         elif kind in ("dr_state", "dr_cancelled"):
-            scheduled = dr.get(event_id)
-            if scheduled is None:  # scheduled before the files given
-                scheduled = dr[event_id] = TrailEvent(node, event_id, "dr", "tier 2")
-                events.append(scheduled)
-            ev = scheduled
+            ev = dr_event(event_id)
             if kind == "dr_cancelled":
                 ev.cancelled_by = _text(fields.get("by"))
             elif fields.get("to") in _DR_RUNNING and ev.start_s is None:
                 ev.start_s = t
             elif fields.get("to") in _DR_OVER and ev.end_s is None and ev.start_s is not None:
                 ev.end_s = t
+            if ev.end_s is not None:
                 ev.why_ended = "cancelled" if ev.cancelled_by else "done"
         else:
             continue
