@@ -8,6 +8,7 @@ Waits are generous (a loaded 2-core machine); the one timing test checks periods
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import socket
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import MosquittoBroker
+from broker import MosquittoBroker, Subscriber, publish
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_until
@@ -482,3 +483,53 @@ def test_the_agent_scrapes_its_work_source_and_serves_the_metrics(
         agent.close()
     alive = {t.name for t in threading.enumerate() if t.is_alive()}
     assert "work-llm" not in alive and "cpu-power" not in alive
+
+
+def test_the_agent_keeps_its_loops_with_dead_slow_and_garbage_sources(
+    mqtt_broker: MosquittoBroker, tmp_path: Path,
+) -> None:
+    """Three broken work sources at once (nothing listening, an answer that never comes, bytes
+    that are not an exposition): each is reported down, and tier 1 and the island keep their
+    pace: a dispatch is cut and acked as on a node with no work sources."""
+    slow, garbage = Exposition(), Exposition()
+    slow.slow = True
+    garbage.body = b"\x00\xff not { an exposition\n" * 50
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_url = f"http://127.0.0.1:{dead.getsockname()[1]}/metrics"
+    dead.close()  # nothing listens there any more
+    sources = [{"name": n, "url": u, "kind": "vllm", "gpus": [0, 1], "period_s": 0.5,
+                "timeout_s": 0.4} for n, u in (("dead", dead_url), ("slow", slow.url),
+                                                ("junk", garbage.url))]
+    cfg = config_from_mapping({
+        "gpus": {"sim": {"count": 2, "noise_w": 0.0}},
+        "mqtt": {"port": mqtt_broker.port, "node_id": "badwork", "prefix": "gridtao/t-badwork"},
+        "metrics": {"enabled": False},
+        "work": {"sources": sources},
+    }, source="<test bad work>")
+    clock = MonotonicClock()
+    sim = SimNvml.from_config(cfg.gpus.sim, clock)
+    for i in range(2):
+        sim.set_demand_w(i, 600.0)
+    agent = Agent(cfg, clock=clock, backend=NvmlBackend(sim),
+                  options=AgentOptions(connect_timeout_s=20.0, serve_metrics=False))
+    try:
+        agent.start()
+        up = ("gridtao_work_source_up", "source")
+        wait_until(lambda: all(agent.registry.get_sample_value(up[0], {up[1]: n}) == 0.0
+                               for n in ("dead", "slow", "junk")),
+                   "every broken source reported down", timeout_s=15.0)
+        loops = agent.registry.get_sample_value("gridtao_fast_loop_seconds_count") or 0.0
+        time.sleep(1.0)
+        later = agent.registry.get_sample_value("gridtao_fast_loop_seconds_count") or 0.0
+        assert later - loops >= 20, later - loops  # alive at its 100 Hz, give or take a lot
+        with Subscriber(mqtt_broker.host, mqtt_broker.port, agent.topics.ack) as acks:
+            publish(mqtt_broker.host, mqtt_broker.port, agent.topics.dispatch, json.dumps(
+                {"id": "w1", "kind": "shed", "fraction": 0.3, "duration_s": 30}).encode(),
+                qos=1)
+            ack = json.loads(acks.wait(1, 15.0)[0].payload)
+        assert ack["accepted"] is True and ack["commanded_at"] is not None
+    finally:
+        agent.close()
+        slow.close()
+        garbage.close()
