@@ -10,6 +10,7 @@ The unit tests run in virtual time on in-process simulated GPUs, reading the cou
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -27,8 +28,11 @@ from gridtao.config.agent import SimConfig, config_from_mapping
 from gridtao.control.tier2.facility import FacilityModel
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.records.audit_verify import read_records
 from gridtao.records.energy import EventEnergy
 from gridtao.telemetry.collectors import EventEnergyCollector
+
+WAIT_S = 15.0  # s: for a real agent's acks
 
 N = 2
 ROUND_S = 0.5
@@ -282,3 +286,38 @@ def test_a_shed_leaves_an_event_energy_record(mqtt_broker_session: MosquittoBrok
     assert f["meter_drawn_j"] > f["it_drawn_j"]
     assert not_drawn == {"it": pytest.approx(f["it_not_drawn_j"], abs=0.1),
                          "meter": pytest.approx(f["meter_not_drawn_j"], abs=0.1)}
+
+
+def test_an_event_held_at_stop_is_acked_as_ended_and_gets_its_energy_record(
+        mqtt_broker_session: MosquittoBroker, tmp_path: Path) -> None:
+    broker = mqtt_broker_session
+    audit = tmp_path / "audit.jsonl"
+    cfg = config_from_mapping(merge({}, {
+        "gpus": {"sim": {"count": 4, "noise_w": 0.0, "seed": 3}},
+        "mqtt": {"port": broker.port, "node_id": "stopping", "prefix": "gridtao/e2e-stop",
+                 "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
+        "metrics": {"enabled": False},
+        "audit": {"enabled": True, "path": str(audit), "fsync": "never"},
+    }), source="<test stop>")
+    sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
+    with running(broker, cfg, sim, serve=True, settled_w=600.0) as node, node.acks() as acks:
+        node.dispatch({"id": "long", "kind": "shed", "fraction": 0.3, "duration_s": 120.0})
+        acks.wait(1, WAIT_S)
+        time.sleep(1.0)  # held a while, then the agent is stopped mid-event
+        node.agent.close()
+
+        def ended_ack() -> bool:
+            return any(json.loads(m.payload).get("ended_at") is not None
+                       for m in list(acks.messages))
+
+        wait_until(ended_ack, "the ack of the event the stop ended", timeout_s=WAIT_S)
+        bodies = [json.loads(m.payload) for m in list(acks.messages)]
+    ended = next(b for b in bodies if b.get("ended_at") is not None)
+    assert ended["id"] == "long" and "the agent stopped" in ended["reason"]
+    records = read_records([str(audit)])
+    kinds = [(r["kind"], r["fields"].get("event")) for r in records]
+    assert ("event_ended", "long") in kinds
+    (energy,) = [r["fields"] for r in records if r["kind"] == "event_energy"]
+    assert energy["event"] == "long" and 0.9 <= energy["duration_s"] <= 10.0
+    assert energy["it_not_drawn_j"] > 0.0
+    assert kinds.index(("event_ended", "long")) < kinds.index(("agent_stop", None))

@@ -99,6 +99,8 @@ log = logging.getLogger("gridtao.app.agent")
 FREQUENCY_INBOX = 256
 #: How often GPUs that could not be opened at start are checked again (s).
 UNAVAILABLE_CHECK_S = 60.0
+#: The reason acked for every event still held when the agent stops.
+STOP_REASON = "the agent stopped: the GPUs went back to the limits it found at start"
 
 
 # CPython hands the GIL to a waiting thread only after the holder has run this long (default
@@ -532,7 +534,7 @@ class Agent:
             # The meter first: its last reached ack goes out with the lane's final flush, and
             # no ack is handed to the lane after its loop has closed.
             self.meter.close()
-            self.lane.stop()
+            self.lane.stop(final=lambda: self.intake.end_all(STOP_REASON))
             self.guard.close()
             self._fast_stop.set()
             if self._fast_thread is not None:
@@ -545,6 +547,10 @@ class Agent:
             self.island.stop_watching()
             failed = self.restore_initial_limits()
             self.restore_failed = failed
+            try:  # one more round: the energy of the events the stop ended is recorded
+                self.read_back.read()
+            except Exception:
+                log.exception("the last energy read-back failed")
             if failed:
                 log.error("agent %s: %d GPU limit(s) could not be restored", self.node_id, failed)
             else:

@@ -51,6 +51,7 @@ class ReadBack:
         self._island = island
         self._indices = tuple(indices)
         self._lock = threading.Lock()
+        self._round_lock = threading.Lock()
         self._energy_mj: tuple[int | None, ...] = (None,) * len(self._indices)
         self._clock = clock if clock is not None else MonotonicClock()
         self._on_reading = on_reading
@@ -66,7 +67,12 @@ class ReadBack:
             return self._energy_mj
 
     def read(self) -> None:
-        """One round of read-backs (blocking: run it off the event loop)."""
+        """One round of read-backs (blocking: run it off the event loop). Rounds never overlap
+        (the agent's last one, at stop, may meet the controller's)."""
+        with self._round_lock:
+            self._round()
+
+    def _round(self) -> None:
         for change in self._island.refresh_enforced():
             if self._on_outside_change is not None:
                 self._on_outside_change(change)

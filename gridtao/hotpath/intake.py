@@ -190,6 +190,24 @@ class Intake:
                                  extra=extra))
         return out
 
+    def end_all(self, why: str) -> list[Outgoing]:
+        """The agent is stopping (lane thread, its last call): every event still held ends
+        now, each recorded (``event_ended``) and its sender told (an ack with ``ended_at``
+        and ``why``); events already ramping out are recorded as ended (their release was
+        acked)."""
+        out: list[Outgoing] = []
+        wall = round(self._clock.wall(), 6)
+        for event_id, ev in list(self._events.items()):
+            self._monitor.forget(event_id)
+            self._decide("event_ended", {"event": event_id, "why": why})
+            out.append(self._ack(event_id, True, why, ev.received_wall, ev.commanded_wall,
+                                 extra=dict(ev.ack_extra) | {"ended_at": wall}))
+        for event_id in self._ending:
+            self._decide("event_ended", {"event": event_id, "why": why})
+        self._events.clear()
+        self._ending.clear()
+        return out
+
     def adopt(self, event_id: str, kind: str, *, ends_at: float, received_wall: float,
               commanded_wall: float) -> None:
         """Track an event the island is holding again after a crash (records/ledger.py): it is

@@ -98,12 +98,16 @@ class IslandLane:
         except RuntimeError:  # the lane has stopped: there is no connection left to publish on
             log.debug("island lane closed; dropping a late call")
 
-    def stop(self, *, flush_timeout_s: float = 2.0) -> None:
-        """Flush pending acks, disconnect cleanly, and join the thread."""
+    def stop(self, *, flush_timeout_s: float = 2.0,
+             final: Callable[[], list[Outgoing]] | None = None) -> None:
+        """Publish what ``final`` returns (run on the lane's loop, after the last message was
+        handled), flush pending acks, disconnect cleanly, and join the thread."""
         if not self._thread.is_alive():
             return
 
         async def shutdown() -> None:
+            if final is not None:
+                self._publish(final())
             await self._link.flush(flush_timeout_s)  # the acks; the frequency link sends none
             if self._stopping is not None:
                 self._stopping.set()
