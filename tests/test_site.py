@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gridtao.clock import VirtualClock
 from gridtao.config.agent import config_from_mapping
-from gridtao.config.site import MeterConfig
+from gridtao.config.site import MeterConfig, SiteConfig
 from gridtao.control.tier2.facility import FacilityModel
 from gridtao.security.auth import Verifier, load_signing_key, sign_payload
 from gridtao.site.coordinator import SiteCoordinator
@@ -243,7 +245,7 @@ def test_the_site_pools_node_offers_into_bids_and_splits_an_award_back() -> None
     assert awards["n2"]["capacity_w"]["ffr"] == [888, None]
     assert awards["n1"]["issued_at"] is not None
     (ack,) = h.take("site/ack")
-    assert ack["accepted"] is True and ack["nodes"] == ["n1", "n2"]
+    assert ack["accepted"] is True and ack["nodes"]["accepted"] == ["n1", "n2"]
     h.send(f"{PREFIX}/site/award", {"id": "a2", "start": start, "mtu_s": 3600,
                                     "capacity_w": {"afrr": [1000]}})
     (refused,) = h.take("site/ack")
@@ -315,3 +317,183 @@ def test_an_event_shorter_than_the_ack_deadline_still_gets_its_site_ack() -> Non
     (ack,) = h.take("site/ack")
     assert ack["nodes"]["accepted"] == ["n1"] and ack["nodes"]["missing"] == ["n2"]
     assert "f" not in h.c.events
+
+
+def test_an_event_every_node_refused_ends_and_a_partly_refused_one_is_held() -> None:
+    h = Harness(max_event_s=86_400)
+    for n in ("n1", "n2"):
+        h.status(n, 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "s2", "kind": "site_shed", "fraction": 0.1,
+                                       "at": "meter", "duration_s": 7200})
+    assert set(h.orders()) == {"n1", "n2"}
+    for n in ("n1", "n2"):
+        h.ack(n, "s2", accepted=False)
+    h.c.tick()
+    (ack,) = h.take("site/ack")
+    assert ack["accepted"] is False and ack["nodes"]["rejected"] == {"n1": "no", "n2": "no"}
+    assert "s2" not in h.c.events  # forgotten: no status entry, no rebalance, no release
+    assert h.c.snapshot["events"] == [] and h.take("site/events")[-1]["events"] == []
+    for n in ("n1", "n2"):
+        h.status(n, 900.0)
+    h.clock.advance(2.5)
+    h.c.tick()
+    assert h.orders() == {} and h.c.snapshot["events"] == []
+    h.send(f"{PREFIX}/site/dispatch", {"id": "r", "kind": "release", "ref": "s2"})
+    (refused,) = h.take("site/ack")
+    assert refused["accepted"] is False and "no site event 's2'" in refused["reason"]
+    # one node accepts, one refuses: the event is held by the one that accepted
+    h.send(f"{PREFIX}/site/dispatch", {"id": "s3", "kind": "site_shed", "fraction": 0.1,
+                                       "duration_s": 600})
+    h.ack("n1", "s3")
+    h.ack("n2", "s3", accepted=False)
+    h.c.tick()
+    (ack,) = h.take("site/ack")
+    assert ack["accepted"] is True and ack["nodes"]["accepted"] == ["n1"]
+    h.clock.advance(1.0)
+    h.c.tick()
+    assert [e["id"] for e in h.c.snapshot["events"]] == ["s3"] and "s3" in h.c.events
+
+
+def test_the_site_refuses_by_default_an_event_longer_than_a_default_node_takes() -> None:
+    h = Harness()
+    h.status("n1", 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "s2", "kind": "site_shed", "fraction": 0.1,
+                                       "at": "meter", "duration_s": 7200})
+    (ack,) = h.take("site/ack")
+    assert ack["accepted"] is False and "limit 3600 s" in ack["reason"]
+    assert h.orders() == {} and "s2" not in h.c.events
+
+
+def _answered(h: Harness, event: str) -> dict[str, Any]:
+    for n in ("n1", "n2"):
+        h.ack(n, event)
+    h.c.tick()
+    (ack,) = h.take("site/ack")
+    return ack
+
+
+def test_the_site_ack_states_the_reduction_asked_and_what_the_nodes_cannot_give() -> None:
+    h = Harness()
+    for n in ("n1", "n2"):
+        h.status(n, 1000.0)  # 600 W of headroom each, 2 % of it kept as margin
+    can_give = 2 * 600 * 0.98
+    h.send(f"{PREFIX}/site/dispatch", {"id": "big", "kind": "site_shed", "reduction_w": 1e5,
+                                       "at": "it", "duration_s": 60})
+    ack = _answered(h, "big")
+    assert ack["requested_w"] == 100_000.0 and ack["target_w"] == 0.0
+    assert ack["shortfall_w"] == pytest.approx(100_000 - can_give, abs=0.2)
+    assert f"{100_000 - can_give:.0f} W less than the 100000 W asked" in ack["reason"]
+    h.send(f"{PREFIX}/site/dispatch", {"id": "rb", "kind": "release", "ref": "big"})
+    h.sent.clear()
+    # at the meter: what the nodes cannot give, in W at the meter (the model's, no reading)
+    model = h.c.meter.model
+    per_it = model.steady_meter_w(1.0) - model.fixed_w
+    h.send(f"{PREFIX}/site/dispatch", {"id": "m", "kind": "site_shed", "reduction_w": 1e5,
+                                       "at": "meter", "duration_s": 60})
+    ack = _answered(h, "m")
+    assert ack["requested_w"] == 100_000.0
+    assert ack["shortfall_w"] == pytest.approx(100_000 - can_give * per_it, abs=0.5)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "rm", "kind": "release", "ref": "m"})
+    h.sent.clear()
+    # a reduction the nodes can give: none short, at the GPUs or at the meter
+    for ident, at in (("f-it", "it"), ("f-meter", "meter")):
+        h.send(f"{PREFIX}/site/dispatch", {"id": ident, "kind": "site_shed", "fraction": 0.2,
+                                           "at": at, "duration_s": 60})
+        ack = _answered(h, ident)
+        assert ack["shortfall_w"] == 0.0 and ack["reason"] is None, ack
+        reference = 2000.0 if at == "it" else model.steady_meter_w(2000.0)
+        assert ack["requested_w"] == pytest.approx(0.2 * reference, abs=0.1)
+        h.send(f"{PREFIX}/site/dispatch", {"id": f"r-{ident}", "kind": "release",
+                                           "ref": ident})
+        h.sent.clear()
+    # a cap above the site's draw asks for no reduction, and the ack says so
+    h.send(f"{PREFIX}/site/dispatch", {"id": "high", "kind": "site_cap", "site_w": 2079,
+                                       "at": "it", "duration_s": 60})
+    ack = _answered(h, "high")
+    assert ack["requested_w"] == 0.0 and ack["shortfall_w"] == 0.0
+    assert ack["accepted"] is True and "already under the cap" in ack["reason"]
+
+
+def test_release_and_award_acks_carry_no_commanded_at() -> None:
+    h = Harness()
+    h.status("n1", 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "e", "kind": "site_cap", "site_w": 800,
+                                       "duration_s": 60})
+    h.send(f"{PREFIX}/site/dispatch", {"id": "r", "kind": "release", "ref": "e"})
+    (ack,) = h.take("site/ack")
+    # as a node's release ack: the nodes' ramp-out writes the limits, not the release
+    assert ack["accepted"] is True and ack["ref"] == "e" and ack["commanded_at"] is None
+    _plan(h, "n1", 1_796_515_200, {"ffr": [300_000]}, [1000])
+    h.c.tick()
+    h.send(f"{PREFIX}/site/award", {"id": "a", "start": 1_796_515_200, "mtu_s": 3600,
+                                    "capacity_w": {"ffr": [200_000]}})
+    (award,) = h.take("site/ack")
+    assert award["accepted"] is True and award["commanded_at"] is None
+    # the nodes it went to, in the shape of every site ack's (docs/asyncapi.yaml, SiteAck)
+    assert award["nodes"] == {"accepted": ["n1"], "rejected": {}, "missing": [], "offline": []}
+
+
+def test_a_node_refusing_the_sites_orders_for_auth_is_named_once_and_in_the_ack(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    for n in ("n1", "n2"):
+        h.status(n, 1000.0)
+    unsigned = "auth: unsigned: field 'sig' is missing"
+    for event in ("e1", "e2"):
+        h.send(f"{PREFIX}/site/dispatch", {"id": event, "kind": "site_cap", "site_w": 1800,
+                                           "duration_s": 60})
+        h.ack("n1", event)
+        h.send(f"{PREFIX}/nodes/n2/ack", {"id": event, "accepted": False, "reason": unsigned,
+                                          "received_at": h.clock.wall(), "commanded_at": None,
+                                          "reached_at": None})
+        h.c.tick()
+        (ack,) = h.take("site/ack")
+        assert ack["nodes"]["rejected"] == {"n2": unsigned}  # the node's own reason
+        assert "n2 refused: " + unsigned + " (the node requires signed dispatches and the " \
+            "site signs none" in ack["reason"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+                and "n2" in r.getMessage()]
+    assert len(warnings) == 1 and "site.signing" in warnings[0]  # once per node
+
+
+SITE_YAML = Path(__file__).resolve().parent.parent / "configs" / "site.yaml"
+
+
+def _same_as_default(data: Any, default: Any, key: str) -> None:
+    """``data`` (parsed YAML) states ``default`` exactly, every dataclass field included."""
+    if dataclasses.is_dataclass(default):
+        assert isinstance(data, dict), key
+        names = {f.name for f in dataclasses.fields(default)}
+        assert set(data) == names, f"{key}: configs/site.yaml lacks {sorted(names - set(data))}"\
+            f", has unknown {sorted(set(data) - names)}"
+        for name in names:
+            _same_as_default(data[name], getattr(default, name), f"{key}.{name}")
+    elif isinstance(default, tuple):
+        assert isinstance(data, list) and len(data) == len(default), key
+        for i, (value, d) in enumerate(zip(data, default, strict=True)):
+            _same_as_default(value, d, f"{key}[{i}]")
+    else:
+        assert data == default and type(data) is type(default), \
+            f"{key}: configs/site.yaml has {data!r}, the built-in default is {default!r}"
+
+
+def test_configs_site_yaml_states_every_site_key_with_its_builtin_default() -> None:
+    data = yaml.safe_load(SITE_YAML.read_text(encoding="utf-8"))
+    _same_as_default(data["site"], SiteConfig(), "site")
+    assert config_from_mapping(data).site == SiteConfig()
+
+
+def test_a_node_offline_when_the_event_arrives_is_counted_at_its_last_draw() -> None:
+    h = Harness()
+    for n in ("n1", "n2"):
+        h.status(n, 1000.0)
+    h.c.on_message(f"{PREFIX}/nodes/n2/status", b'{"node":"n2","online":false}')
+    h.send(f"{PREFIX}/site/dispatch", {"id": "e", "kind": "site_cap", "site_w": 1500,
+                                       "at": "it", "duration_s": 60})
+    (order,) = h.orders().values()
+    assert order["node_w"] <= 500 + 0.5  # n2 may still draw its 1000 W: n1 covers it
+    h.ack("n1", "e")
+    h.c.tick()
+    (ack,) = h.take("site/ack")
+    assert ack["requested_w"] == 500.0 and ack["nodes"]["offline"] == ["n2"]

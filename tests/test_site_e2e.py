@@ -6,7 +6,9 @@ GPUs really draw and enforce from outside every process, as a meter or `nvidia-s
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -17,13 +19,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from agentproc import REPO, WAIT_S, agent_processes, spawn_agent, write_agent_config
 from broker import MosquittoBroker, Subscriber, publish
 
 from gridtao.clock import MonotonicClock
+from gridtao.config.agent import load_config
 from gridtao.config.paths import sim_device_path
 from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.site.serve import run_site
 
 GPUS = 2
 
@@ -228,3 +233,21 @@ def test_meter_feedback_meets_a_meter_commitment_the_wrong_model_alone_misses(
             assert metered[True] <= 1.01, metered
             assert metered[False] > 1.0, metered  # the model's 4 % error, uncorrected
             assert metered[False] - metered[True] > 0.01, metered
+
+
+def test_the_site_logs_one_line_when_it_stops(
+    mqtt_broker: MosquittoBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load_config(_site_config(tmp_path, mqtt_broker, "e2e/stop", []))
+    stop = asyncio.Event()
+
+    async def run_then_stop() -> int:
+        site = asyncio.ensure_future(run_site(config, stop=stop))
+        await asyncio.sleep(0.5)
+        stop.set()
+        return await site
+
+    with caplog.at_level(logging.INFO, logger="gridtao.site"):
+        assert asyncio.run(run_then_stop()) == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "gridtao.site"]
+    assert lines[-1] == "site site-1 stopped", lines

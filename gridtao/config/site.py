@@ -86,6 +86,10 @@ class SiteConfig:
     the nodes' draw, online state and faults; a node's share moves only by more than
     ``rebalance_min_w``. ``margin_fraction``: each node's cap is kept this share of its
     headroom above its floor, so a node is never asked for a cap its guard refuses.
+    ``status_period_s``: how often the retained site status is published. ``max_event_s``: a
+    site event longer than this is refused; the default is a node's own default limit
+    (``limits.max_event_duration_s``, 3600 s): a longer event is one every node left at that
+    default refuses (raise both together).
     """
 
     id: str = "site"
@@ -96,7 +100,7 @@ class SiteConfig:
     rebalance_min_w: float = field(default=50.0, metadata=rng(0.0, 10_000_000))
     margin_fraction: float = field(default=0.02, metadata=rng(0.0, 0.5))
     status_period_s: float = field(default=1.0, metadata=rng(0.05, 3600))
-    max_event_s: float = field(default=86_400.0, metadata=rng(1.0, 7 * 86_400))
+    max_event_s: float = field(default=3600.0, metadata=rng(1.0, 7 * 86_400))
     signing: SiteSigningConfig = field(default_factory=SiteSigningConfig)
     meter: MeterConfig = field(default_factory=MeterConfig)
     market: MarketConfig = field(default_factory=MarketConfig)

@@ -16,24 +16,26 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
 
 from gridtao.clock import Clock
 from gridtao.config.agent import Config
 from gridtao.control.tier2.facility import FacilityModel
 from gridtao.security.auth import AuthRejected, Verifier
 from gridtao.site.events import (
-    NodeOrder,
     SiteEvent,
     events_record,
+    fleet_event,
     order_for_ack,
     restore_events,
+    site_event,
 )
 from gridtao.site.guard import Duplicate, SiteGuard
 from gridtao.site.market import SitePlan, node_awards, pool_offers, split_award
 from gridtao.site.meter import MeterFeedback
-from gridtao.site.orders import issue_orders, plan_caps, release_body
+from gridtao.site.orders import end_orders, issue_orders, plan_caps, release_body
+from gridtao.site.refusals import OrderAuth
 from gridtao.site.status import DelayHistogram, status_body
 from gridtao.site.view import SiteView
 from gridtao.wire.awards import parse_award
@@ -79,6 +81,7 @@ class SiteCoordinator:
         # (node dispatch id, node) -> site event id: every node of a generation gets one id.
         self._by_dispatch: dict[tuple[str, str], str] = {}
         self.guard = SiteGuard(config.auth, verifier)
+        self.order_auth = OrderAuth(self.cfg.signing)
         self.plan: SitePlan | None = None
         self._plan_dirty = False
         self._next_plan = 0.0
@@ -164,6 +167,8 @@ class SiteCoordinator:
             event, order = found
             order.on_ack(body)
             event.touched = True
+            if order.answer == "rejected" and event.kind != "fleet":
+                self.order_auth.on_refusal(node, order.reason)
 
     def _on_meter(self, payload: bytes, wall: float) -> None:
         try:
@@ -234,25 +239,17 @@ class SiteCoordinator:
             self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
         self._count("site_awards_split")
         self._ack({"id": award.id, "accepted": True, "reason": None, "received_at": wall,
-                   "commanded_at": wall, "reached_at": None, "site": self.cfg.id,
-                   "kind": "award", "nodes": sorted(shares)})
+                   "commanded_at": None, "reached_at": None, "site": self.cfg.id,
+                   "kind": "award",  # the nodes the award went to, as in every site ack
+                   "nodes": {"accepted": sorted(shares), "rejected": {}, "missing": [],
+                             "offline": []}})
 
     def _start(self, msg: SiteCapDispatch | SiteShedDispatch, wall: float) -> None:
         it_w = self._site_it_w(wall)
         reference = it_w if msg.at == "it" else self.meter.site_meter_w(it_w, wall)
-        if isinstance(msg, SiteCapDispatch):
-            target = msg.site_w
-        elif msg.reduction_w is not None:
-            target = reference - msg.reduction_w
-        else:
-            target = reference * (1.0 - (msg.fraction or 0.0))
-        kind: Literal["site_cap", "site_shed"] = (
-            "site_cap" if isinstance(msg, SiteCapDispatch) else "site_shed")
-        event = SiteEvent(id=msg.id, kind=kind, at=msg.at, received_at=wall,
-                          until=wall + msg.duration_s, reference_w=reference,
-                          target_w=max(0.0, target), phase_since=wall,
-                          draws_w={v.node: v.draw_w for v in self.view.online(wall)
-                                   if v.draw_w is not None})
+        # every node drawing, offline ones too: the reference counts them at their last draw
+        event = site_event(msg, reference_w=reference, wall=wall, draws_w={
+            v.node: v.draw_w for v in self.view.nodes.values() if v.draw_w is not None})
         self.events[event.id] = event
         log.info("site event %s: %s at %s, %.0f W -> %.0f W for %.0f s", event.id, event.kind,
                  event.at, reference, event.target_w or 0.0, msg.duration_s)
@@ -263,16 +260,9 @@ class SiteCoordinator:
         body = self._decode(payload)
         if body is None or not isinstance(body.get("id"), str) or body.get("kind") == "release":
             return
-        ident = body["id"]
-        if ident in self.events:
-            return
-        duration = body.get("duration_s")
-        until = wall + (float(duration) if isinstance(duration, (int, float)) else 0.0)
-        event = SiteEvent(id=ident, kind="fleet", at="it", received_at=wall, until=until,
-                          reference_w=self._site_it_w(wall), target_w=None, phase_since=wall)
-        for view in self.view.online(wall):
-            event.orders[view.node] = NodeOrder(view.node, ident, None)
-        self.events[ident] = event
+        if body["id"] not in self.events:
+            self.events[body["id"]] = fleet_event(body, wall, reference_w=self._site_it_w(wall),
+                                                  nodes=[v.node for v in self.view.online(wall)])
 
     def _on_events_record(self, payload: bytes, wall: float) -> None:
         """The site's own retained record of its events: taken back once, at start."""
@@ -297,6 +287,7 @@ class SiteCoordinator:
 
     def _split(self, event: SiteEvent, wall: float, *, first: bool = False) -> None:
         caps = plan_caps(event, self.view, self._it_budget(event, wall), wall,
+                         at_w=lambda it_w: self.meter.power_at(event.at, it_w, wall),
                          margin=self.cfg.margin_fraction,
                          rebalance_min_w=self.cfg.rebalance_min_w, first=first)
         if caps is None:
@@ -318,8 +309,12 @@ class SiteCoordinator:
             for ident in event.unreleased.pop(node):
                 self._send(node, release_body(ident))
 
-    def _forget(self, event_id: str) -> None:
-        """The event is over: drop it and the map from its orders' ids."""
+    def _forget(self, event_id: str, releases: Iterable[tuple[str, dict[str, Any]]] = ()
+                ) -> None:
+        """The event is over: drop it and the map from its orders' ids, and send ``releases``
+        (node, release body) to end its orders at the nodes."""
+        for node, body in releases:
+            self._send(node, body)
         self.events.pop(event_id, None)
         self._next_rebalance.pop(event_id, None)
         self._by_dispatch = {k: v for k, v in self._by_dispatch.items() if v != event_id}
@@ -334,15 +329,12 @@ class SiteCoordinator:
         if event is None or event.kind == "fleet":
             self._refuse(release_id, f"no site event {ref!r} in force", wall)
             return
-        self._forget(ref)
-        for node, order in event.orders.items():
-            self._send(node, release_body(order.dispatch_id))
-        for node, idents in event.unreleased.items():
-            for ident in idents:
-                self._send(node, release_body(ident))
+        self._forget(ref, end_orders(event))
         log.info("site event %s released by %s", ref, release_id)
+        # Sent with the release orders; commanded_at null as in a node's release ack (the
+        # nodes' ramp-out writes the limits, not the release)
         self._ack({"id": release_id, "accepted": True, "reason": None, "received_at": wall,
-                   "commanded_at": wall, "reached_at": None, "site": self.cfg.id, "ref": ref})
+                   "commanded_at": None, "reached_at": None, "site": self.cfg.id, "ref": ref})
 
     # ---- periodic ------------------------------------------------------------------------
 
@@ -356,6 +348,13 @@ class SiteCoordinator:
                 self._forget(event.id)
                 continue
             self._advance(event, wall)
+            if event.refused():  # acked as refused; nothing holds it (events.py)
+                log.warning("site event %s ended: every node refused it", event.id)
+                # earlier generations' orders are ended (this one's were refused); the
+                # aggregator's own dispatch (fleet) is the nodes' to end
+                self._forget(event.id, () if event.kind == "fleet"
+                             else end_orders(event, orders=False))
+                continue
             if (event.kind != "fleet" and event.phase != "answering"
                     and wall >= self._next_rebalance.get(event.id, 0.0)
                     and event.until - wall > MIN_ORDER_S):
@@ -383,7 +382,8 @@ class SiteCoordinator:
         the nodes that have not answered)."""
         since = event.phase_since
         for due in event.advance(wall, self.cfg.ack_deadline_s, ended=ended):
-            self._ack(event.ack_body(self.cfg.id, measured_w=self._measured(event, wall)))
+            self._ack(event.ack_body(self.cfg.id, measured_w=self._measured(event, wall),
+                                     hint=self.order_auth.hint))
             if due == "answered":
                 self.ack_delays.observe(wall - since)
                 for order in event.orders.values():

@@ -14,19 +14,27 @@ States of an event, each published as a site ack:
 - ``held``: until the event's end or a release; a new split (rebalance) goes back to
   ``answering`` with the next generation.
 
+An event whose every order was refused (or that had no node to ask: :meth:`SiteEvent.refused`)
+is over once acked (``accepted: false``), whatever generation it was in: the coordinator
+forgets it. One that some nodes accepted is held by those, and rebalanced as any other: a node
+that refused keeps its share of the split (left unheld, and named in the ack) and is asked again
+with the next generation. One with nodes that have not answered waits for them: a late
+acceptance holds it, and is acked.
+
 Times in Unix seconds, power in W. Not thread-safe: the coordinator's loop owns it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gridtao.wire.site import SettleAt
+from gridtao.wire.site import SettleAt, SiteCapDispatch, SiteShedDispatch
 
-__all__ = ["NodeOrder", "SiteEvent", "events_record", "order_for_ack", "restore_events"]
+__all__ = ["NodeOrder", "SiteEvent", "events_record", "fleet_event", "order_for_ack",
+           "restore_events", "site_event"]
 
 log = logging.getLogger("gridtao.site")
 
@@ -64,8 +72,12 @@ class NodeOrder:
 @dataclass
 class SiteEvent:
     """See the module docstring. ``reference_w``: the site's power at ``at`` when the event
-    arrived; ``target_w``: where the site is held (None for a fleet event); ``draws_w``: each
-    node's draw when the event arrived (what the split assumes it would draw uncapped)."""
+    arrived; ``target_w``: where the site is held (None for a fleet event); ``requested_w``: the
+    reduction asked, W at ``at`` (a shed's ``reduction_w``, or its ``fraction`` of
+    ``reference_w``; what a cap asks below ``reference_w``, 0 when the site is already under
+    it; None for a fleet event); ``draws_w``: each node's draw when the event arrived (what the
+    split assumes it would draw uncapped); ``shortfall_w``: what the nodes cannot give of
+    ``requested_w``, W at ``at``, as of the last split."""
 
     id: str
     kind: Literal["site_cap", "site_shed", "fleet"]
@@ -74,6 +86,7 @@ class SiteEvent:
     until: float
     reference_w: float
     target_w: float | None
+    requested_w: float | None = None
     draws_w: dict[str, float] = field(default_factory=dict)
     generation: int = 0
     orders: dict[str, NodeOrder] = field(default_factory=dict)
@@ -86,11 +99,6 @@ class SiteEvent:
     #: node is online: an offline node cannot hear it)
     unreleased: dict[str, list[str]] = field(default_factory=dict)
 
-    @property
-    def requested_w(self) -> float | None:
-        """The reduction asked of the site (W at ``at``), None for a fleet event."""
-        return None if self.target_w is None else self.reference_w - self.target_w
-
     def order_id(self) -> str:
         """The dispatch id of this generation's orders: the event's own id first, then
         ``<id>~<generation>`` (a node refuses one id with new terms)."""
@@ -102,6 +110,12 @@ class SiteEvent:
     def reached(self) -> bool:
         accepted = [o for o in self.orders.values() if o.answer == "accepted"]
         return bool(accepted) and all(o.reached_at is not None for o in accepted)
+
+    def refused(self) -> bool:
+        """Acked, and every node with an order refused it (or none had one): nothing holds the
+        event and nothing will, so it is over (the module docstring)."""
+        return self.phase != "answering" and all(
+            o.answer == "rejected" for o in self.orders.values())
 
     def advance(self, wall: float, ack_deadline_s: float, *, ended: bool = False
                 ) -> list[Literal["answered", "reached"]]:
@@ -123,9 +137,12 @@ class SiteEvent:
             self.phase, self.phase_since = "held", wall
         return due
 
-    def ack_body(self, site: str, *, measured_w: float | None) -> dict[str, Any]:
+    def ack_body(self, site: str, *, measured_w: float | None,
+                 hint: Callable[[str | None], str | None] = lambda reason: None
+                 ) -> dict[str, Any]:
         """The site ack: the node ack's keys, then who answered what and the site's measured
-        reduction (``measured_w``: the site's power at ``at`` now)."""
+        reduction (``measured_w``: the site's power at ``at`` now). ``hint``: what the site
+        adds, in its reason, to a node's reason for refusing (None: nothing)."""
         orders = self.orders.values()
         accepted = sorted(o.node for o in orders if o.answer == "accepted")
         rejected = {o.node: o.reason for o in sorted(orders, key=lambda o: o.node)
@@ -134,13 +151,22 @@ class SiteEvent:
         commanded = [o.commanded_at for o in orders
                      if o.answer == "accepted" and o.commanded_at is not None]
         reached = self.reached()
-        reasons = [f"{n} refused: {r}" for n, r in rejected.items()]
+        reasons = []
+        for n, r in rejected.items():
+            extra = hint(r)
+            reasons.append(f"{n} refused: {r}" + (f" ({extra})" if extra else ""))
         if missing:
             reasons.append(f"no answer from {', '.join(missing)}")
         if not self.orders:
             reasons.append("no node was online to take a share")
         if self.shortfall_w > 0.5:
-            reasons.append(f"the nodes can give {self.shortfall_w:.0f} W less than asked")
+            reasons.append(f"the nodes can give {self.shortfall_w:.0f} W less than the "
+                           f"{self.requested_w or 0.0:.0f} W asked")
+        if self.kind == "site_cap" and self.target_w is not None \
+                and self.reference_w <= self.target_w:
+            reasons.append(f"the site is already under the cap ({self.reference_w:.0f} W at "
+                           f"{self.at}, cap {self.target_w:.0f} W): nothing is cut, a rise "
+                           "is held")
         return {
             "id": self.id, "accepted": bool(accepted), "reason": "; ".join(reasons) or None,
             "received_at": self.received_at,
@@ -159,7 +185,8 @@ class SiteEvent:
         """What a restarted coordinator needs to take the event back unchanged."""
         return {"id": self.id, "kind": self.kind, "at": self.at, "received_at": self.received_at,
                 "until": self.until, "reference_w": self.reference_w, "target_w": self.target_w,
-                "draws_w": self.draws_w, "generation": self.generation,
+                "requested_w": self.requested_w, "draws_w": self.draws_w,
+                "generation": self.generation,
                 "orders": {n: o.persisted() for n, o in self.orders.items()},
                 "unreleased": self.unreleased}
 
@@ -172,6 +199,7 @@ class SiteEvent:
             received_at=float(body["received_at"]), until=float(body["until"]),
             reference_w=float(body["reference_w"]),
             target_w=None if body["target_w"] is None else float(body["target_w"]),
+            requested_w=_restored_requested(body),
             draws_w={str(k): float(v) for k, v in dict(body["draws_w"]).items()},
             generation=int(body["generation"]), phase="held", phase_since=now,
             unreleased={str(n): [str(i) for i in ids]
@@ -186,6 +214,49 @@ class SiteEvent:
                                                 None if w is None else float(w),
                                                 answer="accepted")
         return event
+
+
+def _restored_requested(body: Mapping[str, Any]) -> float | None:
+    """``requested_w`` of a record (one written before it was kept: what the target asks)."""
+    if body.get("requested_w") is not None:
+        return float(body["requested_w"])
+    if body["target_w"] is None:
+        return None
+    return max(0.0, float(body["reference_w"]) - float(body["target_w"]))
+
+
+def site_event(msg: SiteCapDispatch | SiteShedDispatch, *, reference_w: float, wall: float,
+               draws_w: Mapping[str, float]) -> SiteEvent:
+    """A new site event for ``msg``, arriving at ``wall`` when the site's power at ``msg.at``
+    is ``reference_w`` and the nodes draw ``draws_w``: its target (never below 0 W) and the
+    reduction it asks (``requested_w``, as asked, even beyond what the site draws)."""
+    if isinstance(msg, SiteCapDispatch):
+        target, requested = msg.site_w, max(0.0, reference_w - msg.site_w)
+    elif msg.reduction_w is not None:
+        target, requested = reference_w - msg.reduction_w, msg.reduction_w
+    else:
+        requested = reference_w * (msg.fraction or 0.0)
+        target = reference_w - requested
+    kind: Literal["site_cap", "site_shed"] = (
+        "site_cap" if isinstance(msg, SiteCapDispatch) else "site_shed")
+    return SiteEvent(id=msg.id, kind=kind, at=msg.at, received_at=wall,
+                     until=wall + msg.duration_s, reference_w=reference_w,
+                     target_w=max(0.0, target), requested_w=requested, phase_since=wall,
+                     draws_w=dict(draws_w))
+
+
+def fleet_event(body: Mapping[str, Any], wall: float, *, reference_w: float,
+                nodes: Iterable[str]) -> SiteEvent:
+    """The record of a dispatch the aggregator sent to every node (``body``, with a string
+    ``id``), seen at ``wall``: one order per node online then, to gather their acks."""
+    ident = str(body["id"])
+    duration = body.get("duration_s")
+    until = wall + (float(duration) if isinstance(duration, (int, float)) else 0.0)
+    event = SiteEvent(id=ident, kind="fleet", at="it", received_at=wall, until=until,
+                      reference_w=reference_w, target_w=None, phase_since=wall)
+    for node in nodes:
+        event.orders[node] = NodeOrder(node, ident, None)
+    return event
 
 
 def events_record(site: str, events: Iterable[SiteEvent], wall: float) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import math
 
 from gridtao.config.site import MeterConfig
 from gridtao.control.tier2.facility import FacilityModel
-from gridtao.wire.site import MeterReading
+from gridtao.wire.site import MeterReading, SettleAt
 
 __all__ = ["MeterFeedback"]
 
@@ -71,6 +71,12 @@ class MeterFeedback:
         """The site's metered power now: the fresh reading, else the model's estimate."""
         metered = self.metered_w(wall)
         return metered if metered is not None else self.model.steady_meter_w(it_w)
+
+    def power_at(self, at: SettleAt, it_w: float, wall: float) -> float:
+        """The site's power at ``at`` with ``it_w`` W of IT: ``it_w`` itself, or the meter's
+        estimate (the model's, times the correction :meth:`it_budget_w` applies, so the budget
+        for a meter target T is estimated at T)."""
+        return it_w if at == "it" else self.model.steady_meter_w(it_w) * self.ratio(wall)
 
     def it_budget_w(self, meter_target_w: float, wall: float) -> float:
         """The site IT power (W) that keeps the meter at ``meter_target_w``: the model's

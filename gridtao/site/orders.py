@@ -6,13 +6,14 @@ sends what it returns; this module decides, it sends nothing. Power in W (IT), t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gridtao.site.events import NodeOrder, SiteEvent
 from gridtao.site.split import NodeShare, split_budget
 from gridtao.site.view import SiteView
 
-__all__ = ["issue_orders", "plan_caps", "release_body", "shares"]
+__all__ = ["end_orders", "issue_orders", "plan_caps", "release_body", "shares"]
 
 
 def shares(event: SiteEvent, view: SiteView, wall: float) -> list[NodeShare]:
@@ -33,13 +34,18 @@ def shares(event: SiteEvent, view: SiteView, wall: float) -> list[NodeShare]:
 
 
 def plan_caps(event: SiteEvent, view: SiteView, budget_w: float, wall: float, *,
-              margin: float, rebalance_min_w: float, first: bool) -> dict[str, float] | None:
+              at_w: Callable[[float], float], margin: float, rebalance_min_w: float,
+              first: bool) -> dict[str, float] | None:
     """Each taking-part node's cap for ``budget_w`` of site IT power, or None when this is a
     rebalance (not ``first``) and no node's share moved by more than ``rebalance_min_w`` nor
-    any node came or went. Sets the event's ``shortfall_w`` and ``offline``."""
+    any node came or went. Sets the event's ``offline`` and ``shortfall_w``: what the nodes
+    cannot give of the reduction asked (``event.requested_w``, W at ``event.at``) once every
+    node holds its cap; ``at_w`` turns the site's IT power into its power at ``event.at``."""
     counted = shares(event, view, wall)
     split = split_budget(budget_w, counted, margin=margin)
-    event.shortfall_w = split.shortfall_w
+    after_w = at_w(sum(s.draw_w for s in counted) - split.cut_w)
+    given_w = event.reference_w - after_w
+    event.shortfall_w = max(0.0, (event.requested_w or 0.0) - given_w)
     event.offline = tuple(s.node for s in counted if not view.is_online(s.node, wall))
     if not first:
         changed = set(event.orders) ^ set(split.caps_w) or any(
@@ -71,6 +77,18 @@ def issue_orders(event: SiteEvent, caps: dict[str, float], wall: float, *, first
         event.unreleased.setdefault(node, []).append(order.dispatch_id)
     event.phase, event.phase_since, event.touched = "answering", wall, True
     return bodies
+
+
+def end_orders(event: SiteEvent, *, orders: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    """The releases that end ``event`` at its nodes: every order of this generation (``orders``
+    False: none, as when every node refused its order: nothing to end) and every earlier one
+    not yet released. Empties ``event.unreleased``."""
+    out = [(node, release_body(order.dispatch_id))
+           for node, order in (event.orders.items() if orders else ())]
+    out += [(node, release_body(ident)) for node, idents in event.unreleased.items()
+            for ident in idents]
+    event.unreleased = {}
+    return out
 
 
 def release_body(ident: str) -> dict[str, Any]:

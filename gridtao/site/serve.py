@@ -136,4 +136,5 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
         if server is not None:
             server.shutdown()
             server.server_close()
+        log.info("site %s stopped", config.site.id)
     return 0
