@@ -420,7 +420,7 @@ def test_start_problems_are_a_one_line_exit(tmp_path: Path, problem: str) -> Non
     expected = {
         "no_permission": "gridtao: error: GPU 0: set power limit",
         "audit_path": "gridtao: error: audit.path ",
-        "journal_locked": "gridtao: error: journal ",
+        "journal_locked": f"gridtao: error: {tmp_path / 'startup.yaml'}: journal.path: ",
     }[problem]
     holder = None
     if problem == "no_permission":

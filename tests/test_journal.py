@@ -128,8 +128,12 @@ def test_one_journal_one_agent(tmp_path: Path) -> None:
     path = tmp_path / "j.json"
     first = Journal(path, clock=VirtualClock(), heartbeat_s=1.0)
     first.lock()
-    with pytest.raises(JournalError, match="in use by another gridtao agent"):
+    with pytest.raises(JournalError, match="in use by another gridtao agent") as refused:
         Journal(path, clock=VirtualClock(), heartbeat_s=1.0).lock()
+    # It names the key and the holder (this process holds the first lock).
+    said = str(refused.value)
+    assert said.startswith("journal.path: ") and f"(pid {os.getpid()})" in said
+    assert "mqtt.node_id" in said
     first.close(clean=True)
     Journal(path, clock=VirtualClock(), heartbeat_s=1.0).lock()  # released
 

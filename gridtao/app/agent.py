@@ -67,6 +67,7 @@ from gridtao.products.catalog import STEP_RAMP_OUT_SLACK
 from gridtao.products.frequency import level_key
 from gridtao.products.portfolio import Portfolio, ProductMonitor
 from gridtao.records.energy import EventEnergy
+from gridtao.records.journal import JournalError
 from gridtao.records.ledger import Ledger
 from gridtao.safety.island import Activation, OutsideChange, SafetyIsland
 from gridtao.safety.watchdog import Watchdog
@@ -196,6 +197,10 @@ class Agent:
                 default_mw=[lim.default_mw for lim in self.gpu_limits],
                 found_mw=self.initial_limits_mw,
             )
+        except JournalError as e:  # named with the configuration it comes from
+            if backend is None:
+                self.backend.close()
+            raise JournalError(f"{config.source}: {e}") from None
         except BaseException:
             if backend is None:
                 self.backend.close()

@@ -284,10 +284,19 @@ class Journal:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            f.seek(0)
+            holder = f.read(32).decode("ascii", "replace").strip()
             f.close()
+            by = f" (pid {holder})" if holder.isdigit() else ""
             raise JournalError(
-                f"journal {self.path} is in use by another gridtao agent (lock {lock_path})"
+                f"journal.path: {self.path} is in use by another gridtao agent{by}, lock "
+                f"{lock_path}: give each agent on this machine its own mqtt.node_id (or "
+                "journal.path)"
             ) from None
+        with contextlib.suppress(OSError):  # who holds it, for the next one to name
+            f.truncate(0)
+            f.write(f"{os.getpid()}\n".encode())
+            f.flush()
         self._lock_file = f
 
     def open(self, state: JournalState) -> None:
