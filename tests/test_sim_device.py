@@ -145,6 +145,14 @@ def test_a_device_with_other_settings_is_refused_naming_the_key(
     assert cli.main(["gpus"]) == 2  # the default config: 8 GPUs, noise 3 W
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "gridtao: error: gpus.sim." in err
+    # An agent names its configuration file too.
+    from gridtao.app.agent import Agent
+    from gridtao.config.agent import ConfigError, config_from_mapping
+
+    cfg = config_from_mapping({"gpus": {"backend": "sim", "sim": {"count": 3}}},
+                              source="/etc/gridtao/agent.yaml")
+    with pytest.raises(ConfigError, match=r"^/etc/gridtao/agent.yaml: gpus\.sim\.count: "):
+        Agent(cfg)
 
 
 def test_a_device_from_another_boot_is_created_again() -> None:

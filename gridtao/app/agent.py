@@ -59,6 +59,7 @@ from gridtao.control.tier2.facility import FacilityModel
 from gridtao.control.tier2.tracker import Tier2
 from gridtao.gpu import open_backend
 from gridtao.gpu.backend import GpuBackend
+from gridtao.gpu.sim.shared import SimDeviceError
 from gridtao.gpu.subset import ServedGpus
 from gridtao.hotpath.intake import Intake, Outgoing
 from gridtao.hotpath.lane import IslandLane
@@ -161,9 +162,12 @@ class Agent:
         # watched next to the GPUs (bench/overhead.py measures the idle cost).
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        self.backend: GpuBackend = (
-            backend if backend is not None else open_backend(config.gpus, clock=self.clock)
-        )
+        try:
+            self.backend: GpuBackend = (
+                backend if backend is not None else open_backend(config.gpus, clock=self.clock)
+            )
+        except SimDeviceError as e:  # a key of this configuration against the machine's device
+            raise ConfigError(f"{config.source}: {e}") from None
         # GPUs that could not be opened (one fallen off the bus): the others are served.
         self.unavailable_gpus = {i: type(e).__name__ for i, e in
                                  dict(getattr(self.backend, "unavailable", {})).items()}
