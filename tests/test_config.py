@@ -40,6 +40,14 @@ def test_builtin_defaults() -> None:
 
 def _assert_matches_defaults(data: Any, default: Any, key: str) -> None:
     if isinstance(data, dict):
+        # Every section states every key (a list's examples may leave some to their defaults).
+        if dataclasses.is_dataclass(default) and not key.endswith("]"):
+            # Not the agent's keys: where the file came from, and `gridtao site`'s section
+            # (configs/site.yaml states it).
+            elsewhere = {"source", "site"} if not key else set()
+            missing = [f.name for f in dataclasses.fields(default)
+                       if f.name not in data and f.name not in elsewhere]
+            assert missing == [], f"{key or 'top level'}: default.yaml leaves out {missing}"
         for name, value in data.items():
             _assert_matches_defaults(value, getattr(default, name), f"{key}.{name}".lstrip("."))
     elif isinstance(data, list):

@@ -26,7 +26,8 @@ def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="read GPUs and log every limit write without making it")
     p.add_argument("--busy-load", type=float, default=0.0, metavar="FRACTION",
-                   help=argparse.SUPPRESS)  # bench only: keep the controller loop this busy
+                   help="for benchmarks only: keep the controller loop this busy (0-0.95) with "
+                        "pure-Python work, the worst case for the GIL the trigger path needs")
 
 
 def run_agent_command(args: argparse.Namespace, config: Config) -> int:

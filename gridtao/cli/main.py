@@ -113,7 +113,8 @@ def _agent_commands() -> dict[str, Command]:
                        c.configure_run, c.run_agent_command),
         "demo": Command("self-contained demo: broker, agent on simulated GPUs, a dip and a shed",
                         c.configure_demo, c.run_demo_command),
-        "bench": Command("benchmarks: latency, pue, compliance, fanout, overhead, planner, flood",
+        "bench": Command("benchmarks: latency, pue, compliance, fanout, overhead, planner, "
+                         "flood, fleet, work",
                          b.configure, b.run),
         "prequalify": Command("run a grid product's TSO test sequence; write a report folder",
                               _prequalify().configure, lambda a, cfg: _prequalify().run(a, cfg)),
@@ -150,8 +151,8 @@ COMMANDS: dict[str, Command] = {
                     "into signed node dispatches, the meter's feedback (docs/site.md)",
                     lambda p: _site_cli().configure_site(p),
                     lambda a, c: _site_cli().run_site_command(a, c)),
-    "openadr": Command("the facility's OpenADR 2.0b VEN: VTN events to signed dr dispatches, "
-                       "usage reports back (docs/openadr.md)",
+    "openadr": Command("the facility's OpenADR VEN (2.0b, or a 3.0.1 poller): VTN events to "
+                       "signed dr dispatches, usage reports back (docs/openadr.md)",
                        lambda p: _openadr_cli().configure_openadr(p),
                        lambda a, c: _openadr_cli().run_openadr_command(a, c)),
     "report": Command("reports from the node's own records: energy by node, hour, day and "
