@@ -328,6 +328,18 @@ def test_a_silent_feed_ends_fcr_d_and_a_raw_level_by_their_rules(
     assert not mon.stale and mon.sample_age_s(8.0) == 0.0
 
 
+def test_a_feed_that_never_sent_a_sample_is_stale_too(caplog: pytest.LogCaptureFixture) -> None:
+    portfolio = Portfolio([ProductConfig(kind="ffr", capacity_w=CAP)], ramp_out_per_s=0.2)
+    mon = ProductMonitor([], portfolio, stale_after_s=5.0)
+    for k in range(0, 101):  # 5 s of lane ticks from the start, no sample
+        mon.on_tick(k * 0.05)
+    assert not mon.stale
+    mon.on_tick(5.1)
+    assert mon.stale and "no sample since start" in caplog.text
+    mon.on_sample(50.0, 6.0, wall_s=6.0)
+    assert not mon.stale
+
+
 def test_a_silent_ercot_feed_is_taken_for_60_hz() -> None:
     portfolio = Portfolio([ProductConfig(kind="ercot-ffr", capacity_w=CAP, support_s=1.0)],
                           ramp_out_per_s=0.5)

@@ -73,21 +73,32 @@ class FrequencyMonitor:
         #: A feed silent for longer than this is stale: taken as nominal frequency (None: never).
         self.stale_after_s = stale_after_s
         self.stale = False
+        self._waiting_since_s: float | None = None  # the first look, while no sample has come
 
     def sample_age_s(self, now_s: float) -> float | None:
         """Seconds since the last sample (None before the first)."""
         return None if self.last_sample_s is None else max(0.0, now_s - self.last_sample_s)
 
     def check_stale(self, now_s: float) -> bool:
-        """True while the feed is stale; logs when it becomes so (the caller's tick)."""
+        """True while the feed is stale; logs when it becomes so (the caller's tick). A feed
+        that never sent a sample is stale once ``stale_after_s`` has passed since the first
+        look: a node enrolled in frequency products with no meter must not look healthy."""
         age = self.sample_age_s(now_s)
-        if self.stale_after_s is None or age is None or age <= self.stale_after_s:
+        if age is None:
+            if self._waiting_since_s is None:
+                self._waiting_since_s = now_s
+            age = now_s - self._waiting_since_s
+        if self.stale_after_s is None or age <= self.stale_after_s:
             return False
         if not self.stale:
             self.stale = True
-            log.warning("frequency feed stale: no sample for %.1f s (last %.3f Hz); taken as "
-                        "nominal, so frequency activations end by their rules", age,
-                        self.last_hz if self.last_hz is not None else float("nan"))
+            if self.last_hz is None:
+                log.warning("frequency feed stale: no sample since start (%.1f s): the "
+                            "frequency products cannot activate until a meter publishes", age)
+            else:
+                log.warning("frequency feed stale: no sample for %.1f s (last %.3f Hz); taken "
+                            "as nominal, so frequency activations end by their rules", age,
+                            self.last_hz)
         return True
 
     @property
