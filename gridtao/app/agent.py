@@ -33,19 +33,19 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from gridtao import __version__
 from gridtao.app.actuation import check_write_permission, report_actuation, restore_limits
-from gridtao.app.checks import check_priority_floors, served_priorities
+from gridtao.app.checks import check_priority_floors
 from gridtao.app.drenergy import DrEventEnergy
 from gridtao.app.instance import Instance, ensure_unique
+from gridtao.app.links import node_links
+from gridtao.app.nodegpus import UNAVAILABLE_CHECK_S, open_node_gpus
 from gridtao.app.periodic import ControllerLoop, ControllerParts
 from gridtao.app.planning import NodePlanning
 from gridtao.app.planning import floor_w as planning_floor_w
-from gridtao.app.planning import subscriptions as tier3_subscriptions
 from gridtao.app.readback import LedgerFeeds, ReadBack
 from gridtao.app.reload import ReloadResult, apply_reload, plan_reload, read_credentials
 from gridtao.app.workmodel import WorkAwareCuts
@@ -57,12 +57,8 @@ from gridtao.control.response import Reached, ResponseMeter
 from gridtao.control.tier1.loop import FastLoop
 from gridtao.control.tier2.facility import FacilityModel
 from gridtao.control.tier2.tracker import Tier2
-from gridtao.gpu import open_backend
 from gridtao.gpu.backend import GpuBackend
-from gridtao.gpu.sim.shared import SimDeviceError
-from gridtao.gpu.subset import ServedGpus
 from gridtao.hotpath.intake import Intake, Outgoing
-from gridtao.hotpath.lane import IslandLane
 from gridtao.hotpath.rejections import RejectionGate
 from gridtao.products.catalog import STEP_RAMP_OUT_SLACK
 from gridtao.products.frequency import level_key
@@ -91,16 +87,11 @@ from gridtao.telemetry.metrics import (
     StatsCollector,
     start_http_server,
 )
-from gridtao.transport.mqtt import MqttLink, Will
 from gridtao.wire import messages as wire
 from gridtao.work.node import NodeWork
 
 log = logging.getLogger("gridtao.app.agent")
 
-#: Frequency samples that may wait for the island lane (a meter sends 10-50 a second).
-FREQUENCY_INBOX = 256
-#: How often GPUs that could not be opened at start are checked again (s).
-UNAVAILABLE_CHECK_S = 60.0
 #: The reason acked for every event still held when the agent stops.
 STOP_REASON = "the agent stopped: the GPUs went back to the limits it found at start"
 
@@ -111,7 +102,6 @@ STOP_REASON = "the agent stopped: the GPUs went back to the limits it found at s
 # bench/latency.py on a 2-core VM (p50/p99 publish->command under load): 5 ms 19/32 ms,
 # 1 ms 9/15 ms, 0.5 ms 6/9 ms, 0.1 ms 5/7 ms; idle latency did not get worse.
 GIL_SWITCH_INTERVAL_S = 1e-4
-PACKET_OVERHEAD_BYTES = 1024  # fixed header, topic name, MQTT v5 properties
 
 
 #: The node id when ``mqtt.node_id`` is not set (e.g. a Kubernetes DaemonSet's node name).
@@ -162,37 +152,20 @@ class Agent:
         # watched next to the GPUs (bench/overhead.py measures the idle cost).
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        try:
-            self.backend: GpuBackend = (
-                backend if backend is not None else open_backend(config.gpus, clock=self.clock)
-            )
-        except SimDeviceError as e:  # a key of this configuration against the machine's device
-            raise ConfigError(f"{config.source}: {e}") from None
-        # GPUs that could not be opened (one fallen off the bus): the others are served.
-        self.unavailable_gpus = {i: type(e).__name__ for i, e in
-                                 dict(getattr(self.backend, "unavailable", {})).items()}
-        self._driver_backend = self.backend
-        self._physical: tuple[int, ...] | None = None
-        if self.unavailable_gpus:
-            self._physical = tuple(d.index for d in self.backend.devices())
-            for index, kind in sorted(self.unavailable_gpus.items()):
-                log.error("GPU %d could not be opened (%s): serving the other %d GPUs; it is "
-                          "checked every %.0f s (restart the agent to serve it once it is back)",
-                          index, kind, len(self._physical), UNAVAILABLE_CHECK_S)
-            self.backend = ServedGpus(self.backend, self._physical)
-            # tracker.priorities name the driver's GPUs: renumber them as the agent serves them.
-            config = served_priorities(config, self._physical)
-            self.config = config
-        #: Simulated GPUs (``gpus.backend: sim``, or ``auto`` without a driver): every status,
-        #: ack and the metrics say so.
-        self.simulated = bool(getattr(self.backend, "simulated", False))
+        gpus = open_node_gpus(config, clock=self.clock, backend=backend)
+        self.backend: GpuBackend = gpus.backend
+        self._driver_backend = gpus.driver_backend
+        self._physical = gpus.physical
+        #: GPUs that could not be opened (one fallen off the bus): the others are served.
+        self.unavailable_gpus = gpus.unavailable
+        self.config = config = gpus.config
+        self.simulated = gpus.simulated
         self.metrics.set_build(__version__, simulated=self.simulated)
-        self.gpu_indices = [d.index for d in self.backend.devices()]
-        self.metrics.name_gpus(self._driver_indices())
-        self.gpu_limits = [self.backend.power_limits(i) for i in self.gpu_indices]
-        # What we found: restored on stop, whatever the events did in between. After a crash
-        # the journal knows better: what the first run found (gridtao/records/ledger.py).
-        self.initial_limits_mw = [self.backend.enforced_limit_mw(i) for i in self.gpu_indices]
+        self.gpu_indices = gpus.indices
+        self.metrics.name_gpus(gpus.driver_indices)
+        self.gpu_limits = gpus.limits
+        # After a crash the journal knows better: what the first run found (records/ledger.py).
+        self.initial_limits_mw = list(gpus.found_mw)
         try:
             check_priority_floors(config, self.gpu_indices, self.gpu_limits)
             self.ledger = Ledger(
@@ -283,34 +256,9 @@ class Agent:
                                      records_per_s=config.limits.reject_records_per_s,
                                      record_burst=config.limits.reject_record_burst),
         )
-        m = config.mqtt
-        pid = os.getpid()
-
-        def link(role: str, **extra: Any) -> MqttLink:
-            # Both connections share every transport setting; only identity and role differ.
-            return MqttLink.for_broker(m, client_id=f"gridtao-{self.node_id}-{role}-{pid}",
-                                       tls=tls_context, password=password, clock=self.clock,
-                                       **extra)
-
-        # The largest payload accepted, plus room for the topic and the headers.
-        max_packet = m.max_payload_bytes + PACKET_OVERHEAD_BYTES
-        self.lane = IslandLane(
-            link("island", subscriptions=[(self.topics.dispatch, 1),
-                                          (self.topics.node_dispatch, 1)],
-                 max_packet_bytes=max_packet),
-            self.intake,
-            # Frequency on a connection of its own: no dispatch backlog can sit in front of it.
-            frequency_link=link("frequency", subscriptions=[(self.topics.frequency, 0)],
-                                max_packet_bytes=max_packet,
-                                # A sample that waited behind hundreds is stale anyway: the
-                                # newest are kept, the oldest dropped and counted.
-                                max_inbound=FREQUENCY_INBOX),
-        )
-        self.status_link = link(
-            "ctl", subscriptions=tier3_subscriptions(config, self.topics),
-            retained_topics=[self.topics.signals],  # a state document, not a command
-            will=Will(self.topics.status, wire.offline_payload(self.node_id), qos=1, retain=True),
-        )
+        self.lane, self.status_link = node_links(config, self.node_id, self.topics,
+                                                 self.intake, tls=tls_context,
+                                                 password=password, clock=self.clock)
         self._fast_stop = threading.Event()
         self._fast_thread: threading.Thread | None = None
         self._metrics_server: MetricsServer | None = None
