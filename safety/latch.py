@@ -130,8 +130,9 @@ class LatchedEvent:
       ``rate_per_s`` of what is left, so the tail lasts at most ``1 / rate_per_s``) until the
       ceiling reaches ``rest_mw``, the resting limits' total: the island's write of the resting
       limits at the end is then no step, whatever the load does under the caps;
-    * done: the ceiling is at ``rest_mw`` (at once for a cap event that never cut below its
-      baseline, and for an event whose ceiling is already there).
+    * done: the ceiling is at ``rest_mw`` (at once for an event whose ceiling is already
+      there; an event that cut nothing below its baseline but holds the ceiling under
+      ``rest_mw``, a cap above the draw or a safe state's exit, has only the tail).
 
     ``rest_mw`` is passed in (the island's resting total now: an operator may move it)."""
 
@@ -160,13 +161,17 @@ class LatchedEvent:
         reduction = self._reduction_mw()
         ramp = (self.release_mw_per_s if self.release_mw_per_s is not None
                 else reduction * rate_per_s)
-        if ramp <= 0.0:
-            return reduction
-        ramp_s = reduction / ramp
-        if elapsed <= ramp_s:
+        ramp_s = reduction / ramp if ramp > 0.0 else 0.0
+        if reduction > 0.0 and elapsed <= ramp_s:
             return elapsed * ramp
+        # The tail, up to the resting total: also for an event that cut nothing below the draw
+        # but holds the ceiling under the resting limits (a cap between the two, a safe
+        # state's exit), which would otherwise end in one step of the limits.
         tail = max(0.0, rest_mw - (self.ceiling_mw + reduction))
-        tail_rate = ramp if self.release_mw_per_s is not None else max(ramp, tail * rate_per_s)
+        tail_rate = (self.release_mw_per_s if self.release_mw_per_s is not None
+                     else max(ramp, tail * rate_per_s))
+        if tail_rate <= 0.0:
+            return reduction + tail
         return reduction + min(tail, (elapsed - ramp_s) * tail_rate)
 
     def reduction_at(self, now: float, rate_per_s: float, rest_mw: float) -> float:
@@ -184,11 +189,9 @@ class LatchedEvent:
     def done(self, now: float, rate_per_s: float, rest_mw: float) -> bool:
         if self.release_at is None:
             return False
-        reduction = self._reduction_mw()
-        if reduction == 0:
-            return True
         given = self._given_back_mw(now, rate_per_s, rest_mw)
-        return given >= reduction and self.ceiling_mw + given >= rest_mw - 1e-6
+        return (given >= self._reduction_mw()
+                and self.ceiling_mw + given >= rest_mw - 1e-6)
 
 
 def activation_of(ev: LatchedEvent) -> Activation:

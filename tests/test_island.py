@@ -519,6 +519,27 @@ def test_leaving_a_minimum_safe_state_ramps_back(rig: Rig) -> None:
     assert not rig.island.leave_safe_state()  # nothing to leave twice
 
 
+def test_leaving_a_minimum_safe_state_ramps_back_when_the_gpus_draw_under_it(
+        rig: Rig) -> None:
+    """In the minimum safe state the GPUs draw at (or under) their minimum: the exit's cap cuts
+    nothing below that draw, and must still ramp, not end in one step of the limits."""
+    rig.island.enter_safe_state("minimum")
+    rig.island.update_draw([MIN_MW - 5 * W] * N)  # held there, drawing a little under
+    assert rig.island.leave_safe_state()
+    assert isinstance(rig.clock, VirtualClock)
+    rig.clock.advance(0.01)
+    rig.island.tick()
+    assert rig.island.view().event_id == "safe-state-exit-1"
+    assert sum(rig.limits()) <= N * MIN_MW + N  # no step to the resting limits
+    rig.clock.advance(2.5)  # half the tail (the whole of it at 0.2 /s: 5 s)
+    rig.island.tick()
+    ceiling = rig.island.view().ceiling_total_mw
+    assert ceiling is not None and N * MIN_MW < ceiling < N * DEFAULT_MW
+    rig.clock.advance(3.0)
+    rig.island.tick()
+    assert rig.island.view().event_id is None and rig.limits() == [DEFAULT_MW] * N
+
+
 def test_safe_state_hold_keeps_limits_and_locks_out_tier1(rig: Rig) -> None:
     gen = rig.island.view().generation
     held = [500 * W, 600 * W, 300 * W, 700 * W, 400 * W, 500 * W, 650 * W, 200 * W]
