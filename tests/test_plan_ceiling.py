@@ -32,10 +32,10 @@ N = 4  # test_planning's node
 DAY_S = 86_400
 
 
-def _tier2(clock: VirtualClock, island: SafetyIsland, products: list[ProductConfig]
-           ) -> tuple[Tier2, ProductMonitor]:
+def _tier2(clock: VirtualClock, island: SafetyIsland, products: list[ProductConfig],
+           facility: FacilityConfig | None = None) -> tuple[Tier2, ProductMonitor]:
     portfolio = Portfolio(products, ramp_out_per_s=0.2)
-    tier2 = Tier2(island, portfolio, facility=FacilityConfig(), clock=clock,
+    tier2 = Tier2(island, portfolio, facility=facility or FacilityConfig(), clock=clock,
                   config=TrackerConfig(margin_fraction=0.0, reference_window_s=5.0))
     monitor = ProductMonitor([], portfolio, on_change=tier2.update)
     tier2.start(2400.0)
@@ -84,6 +84,32 @@ def test_products_are_measured_from_the_capped_draw(
     tier2.set_ceiling(3000.0)
     act = isl.trigger_armed(product_key("ffr"), "f2")
     assert act is not None and act.target_mw == pytest.approx((2400 - 500) * W)
+
+
+def test_commitments_frozen_before_a_ceiling_and_fcr_n_move_under_it(
+        island: IslandRig) -> None:
+    clock, isl = island
+    at_it = FacilityConfig(settle_at="it")  # exact arithmetic: no facility model
+    tier2, monitor = _tier2(clock, isl, [ProductConfig(kind="dr", capacity_w=1000.0)], at_it)
+    msg = DrDispatch("d1", 600.0, start_at=clock.wall(), ramp_s=0.0, reduction_w=500.0)
+    assert monitor.schedule_dr(msg, now_s=clock.now(), wall_s=clock.wall()) is None
+    monitor.on_tick(clock.now())
+    assert isl.view().commitment_mw == pytest.approx((2400 - 500) * W)
+    tier2.set_ceiling(2000.0)  # the reference froze at 2400 W; the plan's hour begins
+    assert isl.view().commitment_mw == pytest.approx((2000 - 500) * W)
+
+
+def test_fcr_n_s_baseline_goes_a_capacity_under_the_ceiling(island: IslandRig) -> None:
+    clock, isl = island
+    fcr_n = ProductConfig(kind="fcr-n", capacity_w=300.0, baseline_w=2100.0, median_samples=1)
+    tier2, monitor = _tier2(clock, isl, [fcr_n], FacilityConfig(settle_at="it"))
+    clock.advance(1.0)
+    tier2.tick(2400.0)  # enrolled at its configured baseline
+    tier2.set_ceiling(1900.0)
+    # The baseline goes to 1600 W: the whole band still works, its top at the ceiling.
+    for hz, target_w in ((49.9, 1300.0), (50.0, 1600.0), (50.1, 1900.0)):
+        monitor.on_sample(hz, clock.now(), wall_s=clock.wall())
+        assert isl.view().commitment_mw == pytest.approx(target_w * W), hz
 
 
 def test_a_held_node_is_not_learnt_as_its_natural_draw(

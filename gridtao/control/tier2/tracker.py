@@ -208,8 +208,21 @@ class Tier2:
         aimed = reduction * (1.0 + self._config.margin_fraction)
         meter = self.settle_at == "meter"
         it_cut = self._tracker.it_reduction_w(aimed) if meter else aimed
-        target = max(0.0, self._reference_w - it_cut)
-        return target if self._ceiling_w is None else min(target, self._ceiling_w)
+        return max(0.0, self._ceiling_reference(with_fcr_n) - it_cut)
+
+    def _ceiling_reference(self, with_fcr_n: bool) -> float:
+        """The frozen reference, under the planner's ceiling when one is in force (lock held):
+        a commitment is measured from the capped draw, so a ceiling that came after the
+        reference froze moves it down too; FCR-N's baseline goes a capacity under the ceiling,
+        so its upward half stays under it."""
+        assert self._reference_w is not None
+        if self._ceiling_w is None:
+            return self._reference_w
+        room = self._ceiling_w
+        fcr_n = self.portfolio.fcr_n
+        if with_fcr_n and fcr_n is not None:
+            room -= fcr_n.capacity_w / self._factor
+        return min(self._reference_w, max(0.0, room))
 
     def _capped_natural(self) -> float:
         """The natural draw as the products see it: under the planner's ceiling (lock held)."""
