@@ -165,8 +165,14 @@ def test_site_cap_is_split_acked_and_moved_off_a_node_that_goes() -> None:
     assert set(second) == {"n1", "n2"} and {o["id"] for o in second.values()} == {"e~1"}
     # n3 counted at its draw before the event (1000 W): n1 and n2 hold 1400 W between them
     assert sum(o["node_w"] for o in second.values()) <= 1400 + 0.5
-    releases = [b for t, b, _ in h.sent if t.endswith("/dispatch") and b["kind"] == "release"]
-    assert {r["ref"] for r in releases} == {"e"} and len(releases) == 2  # not to dead n3
+    # Each node's earlier order ends once it accepted its new one; n2 refused "e", so it has
+    # nothing to end, and dead n3 is not sent to.
+    for n in ("n1", "n2"):
+        h.ack(n, "e~1")
+    h.c.tick()
+    releases = [(t.split("/")[2], b["ref"]) for t, b, _ in h.sent
+                if t.endswith("/dispatch") and b["kind"] == "release"]
+    assert releases == [("n1", "e")]
 
 
 def test_a_restarted_coordinator_takes_its_events_back_without_sending_anything() -> None:
@@ -497,3 +503,46 @@ def test_a_node_offline_when_the_event_arrives_is_counted_at_its_last_draw() -> 
     h.c.tick()
     (ack,) = h.take("site/ack")
     assert ack["requested_w"] == 500.0 and ack["nodes"]["offline"] == ["n2"]
+
+
+def test_a_refused_rebalance_keeps_the_event_and_the_earlier_caps_in_force() -> None:
+    h = Harness()
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "e", "kind": "site_cap", "site_w": 2400,
+                                       "duration_s": 600})
+    assert set(h.orders()) == {"n1", "n2", "n3"}
+    for n in ("n1", "n2", "n3"):
+        h.ack(n, "e")
+    h.c.tick()
+    (first,) = h.take("site/ack")
+    assert first["accepted"] is True
+    # n3 goes offline: the next rebalance moves its share, and both nodes refuse the new caps.
+    h.c.on_message(f"{PREFIX}/nodes/n3/status", b'{"node":"n3","online":false}')
+    h.status("n1", 800.0)
+    h.status("n2", 800.0)
+    h.clock.advance(2.5)
+    h.c.tick()
+    second = h.orders()
+    assert {o["id"] for o in second.values()} == {"e~1"}
+    for n in second:
+        h.ack(n, "e~1", accepted=False)
+    h.c.tick()
+    (ack,) = h.take("site/ack")
+    assert ack["accepted"] is True and "hold their earlier orders" in ack["reason"]
+
+    def releases() -> list[tuple[str, str]]:
+        return [(t.split("/")[2], b["ref"]) for t, b, _ in h.sent
+                if t.endswith("/dispatch") and b["kind"] == "release"]
+
+    assert "e" in h.c.events and releases() == []  # the accepted caps stay at the nodes
+    # n3 comes back: the next split is accepted, and only then do the earlier orders end,
+    # node by node.
+    h.status("n3", 1000.0)
+    h.clock.advance(2.5)
+    h.c.tick()
+    third = h.orders()
+    assert {o["id"] for o in third.values()} == {"e~2"}
+    h.ack("n1", "e~2")
+    h.c.tick()
+    assert sorted(releases()) == [("n1", "e")]  # its refused e~1 held nothing

@@ -167,6 +167,7 @@ class SiteCoordinator:
             event, order = found
             order.on_ack(body)
             event.touched = True
+            event.held = event.held or order.answer == "accepted"
             if order.answer == "rejected" and event.kind != "fleet":
                 self.order_auth.on_refusal(node, order.reason)
 
@@ -303,11 +304,14 @@ class SiteCoordinator:
         self._events_dirty = True
 
     def _release_old(self, event: SiteEvent, wall: float) -> None:
-        """End the orders of earlier generations, each when its node is online to hear it (an
-        offline node's order stays in force there until it comes back or runs out)."""
-        for node in [n for n in event.unreleased if self.view.is_online(n, wall)]:
+        """End the orders of earlier generations, each when its node is online to hear it and
+        has accepted its new order (an offline node's order stays in force there until it
+        comes back or runs out; one that refused the new split keeps holding its old one)."""
+        for node in [n for n in event.unreleased
+                     if self.view.is_online(n, wall) and event.releasable(n)]:
             for ident in event.unreleased.pop(node):
                 self._send(node, release_body(ident))
+            self._events_dirty = True  # a restarted coordinator must not end them again
 
     def _forget(self, event_id: str, releases: Iterable[tuple[str, dict[str, Any]]] = ()
                 ) -> None:

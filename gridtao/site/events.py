@@ -96,8 +96,12 @@ class SiteEvent:
     shortfall_w: float = 0.0
     offline: tuple[str, ...] = ()
     #: node -> dispatch ids of earlier generations still to be released there (sent when the
-    #: node is online: an offline node cannot hear it)
+    #: node is online and has accepted its order of this generation, or has none: a node that
+    #: refused the new split keeps holding its earlier order)
     unreleased: dict[str, list[str]] = field(default_factory=dict)
+    #: Some node accepted an order of this event, in any generation: nodes hold it, so a later
+    #: split that every node refuses does not end it.
+    held: bool = False
 
     def order_id(self) -> str:
         """The dispatch id of this generation's orders: the event's own id first, then
@@ -112,10 +116,17 @@ class SiteEvent:
         return bool(accepted) and all(o.reached_at is not None for o in accepted)
 
     def refused(self) -> bool:
-        """Acked, and every node with an order refused it (or none had one): nothing holds the
-        event and nothing will, so it is over (the module docstring)."""
-        return self.phase != "answering" and all(
+        """Acked, no node ever accepted an order of it, and every node with an order refused
+        it (or none had one): nothing holds the event and nothing will, so it is over (the
+        module docstring)."""
+        return not self.held and self.phase != "answering" and all(
             o.answer == "rejected" for o in self.orders.values())
+
+    def releasable(self, node: str) -> bool:
+        """Whether ``node``'s orders of earlier generations may end: it accepted its order of
+        this generation, or has none in it."""
+        order = self.orders.get(node)
+        return order is None or order.answer == "accepted"
 
     def advance(self, wall: float, ack_deadline_s: float, *, ended: bool = False
                 ) -> list[Literal["answered", "reached"]]:
@@ -159,6 +170,8 @@ class SiteEvent:
             reasons.append(f"no answer from {', '.join(missing)}")
         if not self.orders:
             reasons.append("no node was online to take a share")
+        if rejected and self.held and self.generation > 0:
+            reasons.append("the nodes that refused this split hold their earlier orders")
         if self.shortfall_w > 0.5:
             reasons.append(f"the nodes can give {self.shortfall_w:.0f} W less than the "
                            f"{self.requested_w or 0.0:.0f} W asked")
@@ -168,7 +181,9 @@ class SiteEvent:
                            f"{self.at}, cap {self.target_w:.0f} W): nothing is cut, a rise "
                            "is held")
         return {
-            "id": self.id, "accepted": bool(accepted), "reason": "; ".join(reasons) or None,
+            # An event nodes hold stands, whatever one split's answers (``held``).
+            "id": self.id, "accepted": bool(accepted) or self.held,
+            "reason": "; ".join(reasons) or None,
             "received_at": self.received_at,
             "commanded_at": max(commanded) if commanded else None,
             "reached_at": max(o.reached_at for o in orders if o.reached_at is not None
@@ -201,7 +216,7 @@ class SiteEvent:
             target_w=None if body["target_w"] is None else float(body["target_w"]),
             requested_w=_restored_requested(body),
             draws_w={str(k): float(v) for k, v in dict(body["draws_w"]).items()},
-            generation=int(body["generation"]), phase="held", phase_since=now,
+            generation=int(body["generation"]), phase="held", phase_since=now, held=True,
             unreleased={str(n): [str(i) for i in ids]
                         for n, ids in dict(body.get("unreleased") or {}).items()},
         )

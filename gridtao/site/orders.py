@@ -74,7 +74,8 @@ def issue_orders(event: SiteEvent, caps: dict[str, float], wall: float, *, first
         bodies.append((node, {"id": ident, "kind": "cap", "node_w": cap,
                               "duration_s": remaining}))
     for node, order in old.items():  # ended once the new caps are in force
-        event.unreleased.setdefault(node, []).append(order.dispatch_id)
+        if order.answer != "rejected":  # a refused order holds nothing at its node
+            event.unreleased.setdefault(node, []).append(order.dispatch_id)
     event.phase, event.phase_since, event.touched = "answering", wall, True
     return bodies
 
