@@ -217,3 +217,22 @@ def test_an_award_arms_exactly_the_accepted_capacity(mqtt_broker: MosquittoBroke
         bad = next(a for a in refused if a["id"] == "award-2")
         assert bad["accepted"] is False and "'fcr-n' is not enrolled" in bad["reason"]
         assert agent.portfolio.capacities()["ffr"] == 206.0
+
+
+def test_demand_response_events_queued_or_running_at_stop_are_acked_as_ended(
+        mqtt_broker: MosquittoBroker) -> None:
+    with agent_serving(mqtt_broker, "drstop") as (agent, _sim), \
+            Subscriber(mqtt_broker.host, mqtt_broker.port, agent.topics.ack) as acks:
+        wait_for(lambda: agent.tier2.snapshot()["natural_it_w"] is not None, "a reference")
+        _dispatch(agent, mqtt_broker, {"id": "now", "kind": "dr", "duration_s": 60,
+                                       "reduction_w": 300})
+        time.sleep(1.1)  # limits.min_event_interval_s
+        _dispatch(agent, mqtt_broker, {"id": "later", "kind": "dr", "duration_s": 60,
+                                       "start_at": time.time() + 600, "reduction_w": 300})
+        acks.wait(2, WAIT_S)
+        wait_for(lambda: agent.island.view().commitment_mw is not None, "the DR event to start")
+        agent.close()
+        ended = {b["id"]: b for b in (json.loads(m.payload) for m in acks.wait(4, WAIT_S))
+                 if b.get("ended_at") is not None}
+    assert set(ended) == {"now", "later"}
+    assert all("the agent stopped" in b["reason"] for b in ended.values())

@@ -100,6 +100,8 @@ class Intake:
         self._on_activation = on_activation
         self._guard = guard
         self._dr = dr  # demand-response queue (kind "dr"); None: not enrolled
+        #: Demand-response events accepted here: id -> when received (Unix s).
+        self._dr_accepted: dict[str, float] = {}
         self._acks: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         # What each acked dispatch asked (wire.dispatch_terms), to tell a retry from a reuse.
         self._terms: dict[str, tuple[object, ...]] = {}
@@ -193,8 +195,8 @@ class Intake:
     def end_all(self, why: str) -> list[Outgoing]:
         """The agent is stopping (lane thread, its last call): every event still held ends
         now, each recorded (``event_ended``) and its sender told (an ack with ``ended_at``
-        and ``why``); events already ramping out are recorded as ended (their release was
-        acked)."""
+        and ``why``), demand-response events queued or running included (cancelled); events
+        already ramping out are recorded as ended (their release was acked)."""
         out: list[Outgoing] = []
         wall = round(self._clock.wall(), 6)
         for event_id, ev in list(self._events.items()):
@@ -204,8 +206,16 @@ class Intake:
                                  extra=dict(ev.ack_extra) | {"ended_at": wall}))
         for event_id in self._ending:
             self._decide("event_ended", {"event": event_id, "why": why})
+        # Demand-response events still queued or running: cancelled, and their sender told.
+        now = self._clock.now()
+        for event_id, received in self._dr_accepted.items():
+            if self._dr is not None and self._dr.cancel_dr(event_id, now_s=now):
+                self._decide("event_ended", {"event": event_id, "why": why})
+                out.append(self._ack(event_id, True, why, received, None,
+                                     extra={"scheduled": True, "ended_at": wall}))
         self._events.clear()
         self._ending.clear()
+        self._dr_accepted.clear()
         return out
 
     def adopt(self, event_id: str, kind: str, *, ends_at: float, received_wall: float,
@@ -403,6 +413,9 @@ class Intake:
         self._count("dispatch", "accepted", event_id=msg.id)
         self._decide("dr_scheduled", {"event": msg.id, "start_at": msg.start_at,
                                       "duration_s": msg.duration_s})
+        self._dr_accepted[msg.id] = wall
+        while len(self._dr_accepted) > DEDUP_WINDOW:
+            self._dr_accepted.pop(next(iter(self._dr_accepted)))
         return [self._ack(msg.id, True, None, wall, None, extra={"scheduled": True})]
 
     def _on_release(self, msg: wire.ReleaseDispatch, wall: float) -> Outgoing:
