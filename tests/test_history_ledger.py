@@ -327,6 +327,25 @@ def test_a_driver_reload_while_the_agent_was_down_counts_no_negative_energy(
         assert _sum(s.gpu_rows(0, 2**40)) == pytest.approx(2 * 200.0 * 40)  # the gap uncovered
 
 
+def test_a_reboot_while_the_agent_was_down_bridges_nothing(tmp_path: Path) -> None:
+    """After a reboot the counter starts again from 0 and may already read more than the last
+    checkpoint: that is not the energy of the downtime. Checkpoints carry their boot."""
+    path = tmp_path / "history.sqlite3"
+    with HistoryStore.open(path) as s:
+        first = GpuEnergyAggregator(boot="boot-a")
+        _rounds(first, MONDAY, MONDAY + 30, w=(200.0, 200.0), mj0=(1_000_000, 1_000_000))
+        rows, points = first.take()
+        s.commit(Batch(gpus=rows, checkpoints=points))
+        second = GpuEnergyAggregator(boot="boot-b")
+        second.resume(s.checkpoints())
+        # Up again 10 min later, the new boot's counters past the old checkpoints already.
+        _rounds(second, MONDAY + 630, MONDAY + 640, w=(200.0, 200.0), mj0=(90_000_000,) * 2)
+        rows, points = second.take()
+        s.commit(Batch(gpus=rows, checkpoints=points))
+        assert second.bridged_s == 0.0
+        assert _sum(s.gpu_rows(0, 2**40)) == pytest.approx(2 * 200.0 * 40)  # no 10 min bridged
+
+
 # -- work ----------------------------------------------------------------------------------
 
 

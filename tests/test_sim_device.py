@@ -206,7 +206,7 @@ def test_gridtao_gpus_shows_a_named_device_as_it_was_made(
     rows = [line.split() for line in capsys.readouterr().out.splitlines()
             if line[:3].strip() in ("0", "1")]
     assert len(rows) == 2 and "444.0" in rows[1], rows
-    assert cli.main(["gpus", "--sim-device", "nosuch"]) == 1
+    assert cli.main(["gpus", "--sim-device", "nosuch"]) == 2
     assert "no simulated device 'nosuch'" in capsys.readouterr().err
     assert not sim_device_path("nosuch").exists()
     assert cli.main(["gpus", "--sim-device", "../x"]) == 2

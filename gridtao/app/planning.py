@@ -207,8 +207,11 @@ class NodePlanning:
     async def _arm_periodically(self) -> None:
         while True:
             wall = self._clock.wall()
-            self.arming.apply(wall, self._clock.now())
-            self.apply_ceiling(wall)
+            try:
+                self.arming.apply(wall, self._clock.now())
+                self.apply_ceiling(wall)
+            except Exception:  # a bug here must not end arming for good
+                log.exception("arming the capacities or the ceiling in force failed")
             await asyncio.sleep(ARMING_PERIOD_S)
 
     def apply_ceiling(self, wall_s: float) -> float | None:

@@ -139,9 +139,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if args.sim_device is not None:
         backend = _existing_device(args.sim_device, dry_run=args.dry_run)
         if backend is None:
-            print(f"gridtao: no simulated device {args.sim_device!r} on this machine "
+            print(f"gridtao: error: no simulated device {args.sim_device!r} on this machine "
                   "(`gridtao sim --device NAME status` shows one)", file=sys.stderr)
-            return 1
+            return 2  # as for GPUs that cannot be opened
     else:
         backend = open_backend(gpus_cfg)
     with backend:

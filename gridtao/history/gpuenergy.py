@@ -39,6 +39,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gridtao.clock import boot_id
 from gridtao.gpu.counters import COUNTER_MODULUS, MAX_GPU_W, counter_increase_mj
 from gridtao.history.rows import Checkpoint, GpuMethod, GpuMinuteRow, merge_method, minute_pieces
 
@@ -47,9 +48,10 @@ __all__ = ["COUNTER_MODULUS", "MAX_GPU_W", "GpuEnergyAggregator", "GpuId",
 
 #: A GPU's identity in a round: (index as the agent numbers it, UUID).
 GpuId = tuple[int, str]
-def gpu_series(uuid: str) -> str:
-    """The checkpoint name of a GPU's energy counter."""
-    return json.dumps(["gpu", uuid])
+def gpu_series(uuid: str, boot: str) -> str:
+    """The checkpoint name of a GPU's energy counter in boot ``boot`` (the counter starts again
+    when the driver loads: a reading from another boot says nothing of this one's)."""
+    return json.dumps(["gpu", uuid, boot])
 
 
 @dataclass
@@ -73,13 +75,16 @@ class GpuEnergyAggregator:
     longest interval measured by power; ``max_bridge_s``: the longest time without a round
     that a counter's increase is counted over."""
 
-    def __init__(self, *, max_hold_s: float = 2.0, max_bridge_s: float = 86_400.0) -> None:
+    def __init__(self, *, max_hold_s: float = 2.0, max_bridge_s: float = 86_400.0,
+                 boot: str | None = None) -> None:
         if not (math.isfinite(max_hold_s) and max_hold_s > 0):
             raise ValueError(f"max_hold_s must be > 0, got {max_hold_s}")
         if not (math.isfinite(max_bridge_s) and max_bridge_s >= max_hold_s):
             raise ValueError(f"max_bridge_s must be >= max_hold_s, got {max_bridge_s}")
         self.max_hold_s = max_hold_s
         self.max_bridge_s = max_bridge_s
+        #: This boot's id (``clock.boot_id``): checkpoints of other boots are not resumed.
+        self.boot = boot_id() if boot is None else boot
         self._last: dict[str, _Last] = {}
         self._acc: dict[tuple[int, str], _Acc] = {}
         #: Intervals whose counter went back (measured by power where it could be).
@@ -92,14 +97,17 @@ class GpuEnergyAggregator:
         self.bridged_s = 0.0
 
     def resume(self, checkpoints: Iterable[Checkpoint]) -> None:
-        """Carry on from a previous agent's counters (stored checkpoints of GPUs)."""
+        """Carry on from a previous agent's counters (stored checkpoints of GPUs) read in this
+        boot; a checkpoint from another boot (or one that does not say) is not carried on: the
+        machine rebooted, the counter started again, and what it reads now is not the energy
+        of the time the agent was down."""
         for c in checkpoints:
             try:
-                kind, uuid = json.loads(c.series)
+                kind, uuid, boot = json.loads(c.series)
             except (ValueError, TypeError):
                 continue
-            if (kind == "gpu" and isinstance(uuid, str) and uuid not in self._last
-                    and c.value is not None):
+            if (kind == "gpu" and isinstance(uuid, str) and boot == self.boot and self.boot
+                    and uuid not in self._last and c.value is not None):
                 self._last[uuid] = _Last(c.wall_s, int(c.value), None)
 
     def add(self, wall_s: float, gpus: Sequence[GpuId], energy_mj: Sequence[int | None],
@@ -160,7 +168,7 @@ class GpuEnergyAggregator:
                              acc.method or "counter")
                 for (start, uuid), acc in sorted(self._acc.items()) if acc.covered_s > 0.0]
         self._acc.clear()
-        checkpoints = [Checkpoint(gpu_series(uuid), last.t_s,
+        checkpoints = [Checkpoint(gpu_series(uuid, self.boot), last.t_s,
                                   None if last.counter_mj is None else float(last.counter_mj))
                        for uuid, last in sorted(self._last.items())]
         return rows, checkpoints
