@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gridtao.app.agent import Agent, AgentOptions
+from gridtao.app.instance import pid_alive
 from gridtao.app.serve import serving
 from gridtao.clock import MonotonicClock
 from gridtao.config.agent import Config
@@ -96,11 +97,21 @@ def run_demo(config: Config, *, out_dir: Path, duration_scale: float = 1.0) -> i
     # Simulated GPUs of the demo's own, on the machine (so another shell can watch them), never
     # those an agent on this machine may be running on; gone with the demo.
     device = None if config.gpus.sim.device is None else f"demo-{os.getpid()}"
+    if device is not None:
+        _destroy_dead_demos(sim_device_path(device).parent)
     try:
         return _run(config, out_dir, duration_scale, device)
     finally:
         if device is not None:
             DeviceFile.destroy(sim_device_path(device))
+
+
+def _destroy_dead_demos(run_dir: Path) -> None:
+    """The devices of demos that were killed before they could destroy theirs."""
+    for path in run_dir.glob("sim-demo-*.gpus"):
+        pid = path.name[len("sim-demo-"):-len(".gpus")]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            DeviceFile.destroy(path)
 
 
 def _run(config: Config, out_dir: Path, duration_scale: float, device: str | None) -> int:

@@ -53,7 +53,8 @@ def _pid_namespace() -> str:
         return ""
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (in this pid namespace)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -82,7 +83,7 @@ def other_instance(status: bytes, me: Instance, *, wall: float,
     if age > FRESH_PERIODS * status_period_s + 1.0:
         return None
     same_pids = host == me.host and bool(me.pidns) and other.get("pidns") == me.pidns
-    if same_pids and isinstance(pid, int) and (pid == me.pid or not _alive(pid)):
+    if same_pids and isinstance(pid, int) and (pid == me.pid or not pid_alive(pid)):
         return None  # a predecessor in this very process, or a dead one in this namespace
     return f"instance {other.get('id')} (pid {pid} on {host}), status {max(age, 0.0):.1f} s old"
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -218,6 +217,7 @@ def _open(sim_cfg: Any, path: Path) -> Any:
 def _status(path: Path) -> dict[str, Any] | None:
     """Open the device with its own settings and read every GPU (advancing it to now); None
     when there is no device (none is created)."""
+    from gridtao.app.instance import pid_alive
     from gridtao.clock import MonotonicClock
     from gridtao.gpu.nvml import NvmlBackend
     from gridtao.gpu.sim.nvml import SimNvml
@@ -247,22 +247,13 @@ def _status(path: Path) -> dict[str, Any] | None:
                 "energy_j": round(energy_j, 3),
                 "limit_set_by_pid": record.limit_pid or None,
                 "limit_set_at": record.limit_set_wall or None,
-                "limit_setter_alive": _alive(record.limit_pid) if record.limit_pid else None,
+                "limit_setter_alive": (pid_alive(record.limit_pid) if record.limit_pid
+                                       else None),
             })
         return {"path": str(path), "created_at": info.created_wall,
                 "boot_id": info.boot_id, "settings": info.params, "gpus": gpus}
     finally:
         device.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _workloads(report: dict[str, Any]) -> str:
