@@ -188,9 +188,9 @@ def _meter_run(sub: Subscriber, broker: MosquittoBroker, prefix: str,
          "duration_s": 60}).encode())
     _wait(sub, f"{prefix}/site/ack", lambda b: b["id"] == event, f"site ack of {event}",
           start=start)
-    time.sleep(8.0)  # two or three meter corrections
+    time.sleep(6.0)  # two or three meter corrections (a steady load settles within them)
     start = len(sub.messages)
-    time.sleep(8.0)
+    time.sleep(6.0)
     readings = [json.loads(m.payload)["w"] for m in list(sub.messages)[start:]
                 if m.topic == f"{prefix}/meter"]
     publish(broker.host, broker.port, f"{prefix}/site/dispatch", json.dumps(
