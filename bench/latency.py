@@ -93,7 +93,11 @@ def _agent_config(config: Config, port: int, gpus: int, *, workdir: Path,
     the island's threads have the interpreter nearly to themselves (the emulated split)."""
     sim = dataclasses.asdict(config.gpus.sim) | {"count": gpus}
     control = dataclasses.asdict(config.control) | ({"fast_hz": 1.0} if island_alone else {})
-    extra: dict[str, Any] = {} if key is None else {"auth": key.agent_config(workdir)}
+    # The minute history in the bench's folder, not the machine's state directory (the
+    # planner's own history, when planning, replaces it).
+    extra: dict[str, Any] = {"history": {"path": str(workdir / "history.sqlite3")}}
+    if key is not None:
+        extra["auth"] = key.agent_config(workdir)
     if planner:
         extra |= _planner_config(workdir, gpus)
     gpus_section: dict[str, Any] = {"backend": "sim", "sim": sim} if backend == "sim" else {
