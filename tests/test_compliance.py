@@ -61,8 +61,11 @@ def test_ffr_passes_on_the_default_simulator_and_writes_csv_json_png(tmp_path: P
     body = rep.summary_json("ffr", [res])
     (tmp_path / "ffr.json").write_text(json.dumps(body))
     rows = list(csv.DictReader((tmp_path / "ffr.csv").open()))
-    assert list(rows[0])[:8] == ["t_s", "hz", "required_w", "delivered_w", "delivered_it_w",
-                                 "meter_w", "it_w", "it_target_w"]
+    assert list(rows[0])[:10] == ["t_s", "hz", "required_w", "delivered_w", "delivered_it_w",
+                                  "meter_w", "it_w", "it_target_w", "limit_w", "natural_it_w"]
+    # The simulator's own demand, what the node would draw uncut: the steady test load's.
+    assert all(float(r["natural_it_w"]) == pytest.approx(8 * STEADY_FRACTION * 700.0)
+               for r in rows)
     assert [k for k in rows[0] if k.startswith("gpu")] == [f"gpu{i}_w" for i in range(8)]
     times = [float(r["t_s"]) for r in rows]
     assert max(b - a for a, b in itertools.pairwise(times)) < 0.1 + 0.05  # logged at >= 10 Hz
@@ -96,3 +99,4 @@ def test_a_test_s_simulated_gpus_are_its_own_not_the_machine_s_device() -> None:
     product = ProductConfig(kind="ffr", capacity_w=1000.0)
     cfg = c.agent_config(config, product, 1883)
     assert cfg.gpus.backend == "sim" and cfg.gpus.sim.device is None
+    assert not cfg.history.enabled and not cfg.journal.enabled and not cfg.audit.enabled

@@ -1,6 +1,6 @@
 """Grid products on hand-made frequency traces (pure, virtual time): FFR activation, hold,
 ramp-out and 15 min re-arm; ERCOT 59.85 Hz; FCR-D dynamic and static (60 s deactivation,
-2 %/s ramp-down, under the 2.5 %/s limit); FCR-N both ways; DR scheduling, overlap and
+1 %/s ramp-down, under the 2.5 %/s limit); FCR-N both ways; DR scheduling, overlap and
 cancel; the product monitor."""
 
 from __future__ import annotations
@@ -148,11 +148,11 @@ def test_fcr_d_static_deactivates_only_after_60_s_above_49_9() -> None:
     assert feed(p, [(50.0, 49.88)]) == [CAP]  # dipped under 49.9: the 60 s start over
     assert feed(p, [(51.0, 49.95), (110.0, 49.95)]) == [CAP, CAP]
     assert p.required_reduction_w(None, 111.0) == CAP and state(p) == "ramping"  # 60 s at 111
-    assert p.required_reduction_w(None, 136.0) == pytest.approx(0.5 * CAP)  # 2 %/s
+    assert p.required_reduction_w(None, 161.0) == pytest.approx(0.5 * CAP)  # 1 %/s
     assert feed(p, [(140.0, 49.6)]) == [CAP]  # a new dip: full again
     assert state(p) == "active" and p.activated_at_s == 140.0
     feed(p, [(141.0, 50.0)])
-    assert p.required_reduction_w(None, 201.0 + 50.0) == 0.0 and state(p) == "armed"
+    assert p.required_reduction_w(None, 201.0 + 100.0) == 0.0 and state(p) == "armed"
 
 
 # ---- FCR-N -------------------------------------------------------------------------------------

@@ -287,3 +287,95 @@ def test_floors_reject_unknown_gpus() -> None:
     assert floors_w((GpuPriority(gpus=(1,), priority="flexible"),), 4) is None
     with pytest.raises(ConfigError, match="GPU 7 does not exist"):
         floors_w((GpuPriority(gpus=(7,), floor_w=100.0),), 4)
+
+
+def test_tier2_cooling_starts_settled_at_the_first_window_not_one_reading(
+        island: IslandRig) -> None:
+    """A training node's first reading can be a burst (or a dip): the cooling estimate the
+    FCR-N baseline's first steps are cut against must not inherit it for minutes."""
+    clock, isl = island
+    tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-n", capacity_w=515.0,
+                                                    median_samples=1)])
+    tier2.start(3000.0)  # a burst at start; the natural draw is 2400 W
+    for _ in range(5):
+        clock.advance(1.0)
+        tier2.tick(2400.0)
+    snap = tier2.snapshot()
+    assert snap["fcr_n_baseline_w"] == pytest.approx(2400.0 - 500.0)
+    assert snap["cooling_w"] == pytest.approx(2400.0 / 4.5, rel=1e-3)
+    mon.on_sample(49.95, clock.now(), wall_s=clock.wall())  # half the capacity: 257.5 W
+    plant = MeterTracker(MODEL, 2400.0, clock.now())
+    plant.start_steady(1900.0)
+    expected = 1900.0 - plant.it_reduction_w(257.5)
+    assert isl.view().commitment_mw == pytest.approx(expected * W, rel=1e-4)
+
+
+def test_tier2_reference_after_a_cut_keeps_the_draw_before_it_until_new_samples_replace_it(
+        island: IslandRig) -> None:
+    """The window is the last ``reference_window_s`` of uncut time: the first sample after a
+    long cut joins the draw before it rather than replacing it (a training node's one-second
+    average after a cut is off its mean by ~100 W)."""
+    clock, isl = island
+    tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-d-up", capacity_w=600.0,
+                                                    median_samples=1)],
+                        reference_window_s=5.0)
+    natural = [2500.0 if k % 2 == 0 else 2300.0 for k in range(10)]  # mean 2400 W
+    for watts in natural:
+        clock.advance(1.0)
+        tier2.tick(watts)
+    mon.on_sample(49.7, clock.now(), wall_s=clock.wall())
+    for _ in range(60):
+        clock.advance(1.0)
+        tier2.tick(tier2.it_target_w or 0.0)
+    mon.on_sample(50.0, clock.now(), wall_s=clock.wall())
+    for watts in (2500.0, 2500.0, 2600.0):  # settling (not natural yet), then one burst
+        clock.advance(1.0)
+        tier2.tick(watts)
+    mon.on_sample(49.7, clock.now(), wall_s=clock.wall())
+    # The five seconds of uncut time before the cut's end (2300, 2500, 2300, 2500, 2300 W
+    # and the sample at the window's edge) and the new one: not the burst alone.
+    expected = (2300.0 + 2500.0 + 2300.0 + 2500.0 + 2300.0 + 2600.0) / 6
+    assert tier2.snapshot()["reference_it_w"] == pytest.approx(expected, abs=0.1)
+
+
+@pytest.mark.parametrize(("low", "high", "extra"), [
+    (2400.0, 2400.0, 0.0),  # steady: the configured margin
+    (2390.0, 2410.0, 0.5 * 10.0 * 1.03 / 300.0),  # half the 1-s spread at the meter per watt
+    (2300.0, 2500.0, 0.05),  # at most the configured margin again
+])
+def test_tier2_aims_above_a_bursty_nodes_spread(island: IslandRig, low: float, high: float,
+                                                extra: float) -> None:
+    clock, isl = island
+    tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-d-up", capacity_w=600.0,
+                                                    median_samples=1)],
+                        margin_fraction=0.05, reference_window_s=4.0)
+    for k in range(12):
+        clock.advance(1.0)
+        tier2.tick(high if k % 2 else low)
+    reference = tier2.snapshot()["natural_it_w"]
+    assert isinstance(reference, float)
+    mon.on_sample(49.7, clock.now(), wall_s=clock.wall())  # 300 W at the meter
+    # (within 0.5 W: the cooling the alternating draw sheds against its mean)
+    assert isl.view().commitment_mw == pytest.approx(
+        (reference - 300.0 * (1.05 + extra) / 1.03) * W, abs=500.0)
+
+
+def test_tier2_draws_more_with_the_configured_margin_only(island: IslandRig) -> None:
+    """Above 50 Hz FCR-N asks the node to draw more, which it can only do as far as its jobs'
+    demand goes: a higher aim on a bursty node would lift the bursts, not the dips."""
+    clock, isl = island
+    tier2, mon = _tier2(isl, clock, [ProductConfig(kind="fcr-n", capacity_w=515.0,
+                                                    median_samples=1)],
+                        margin_fraction=0.05)
+    for k in range(5):  # the enrolment window: 2300, 2500, 2300 W of natural 1-s averages
+        clock.advance(1.0)
+        tier2.tick(2500.0 if k % 2 else 2300.0)
+    assert tier2.snapshot()["fcr_n_baseline_w"] is not None
+    mon.on_sample(50.05, clock.now(), wall_s=clock.wall())  # draw 257.5 W more
+    raised = isl.view().commitment_mw
+    mon.on_sample(49.95, clock.now(), wall_s=clock.wall())  # cut 257.5 W
+    cut = isl.view().commitment_mw
+    assert raised is not None and cut is not None
+    # The cooling already shed is the same for both (no tick between): the targets are apart
+    # by the two aims alone, 5 % over upward and 10 % (the bursty node's) over downward.
+    assert (raised - cut) / W == pytest.approx(257.5 * (1.05 + 1.10) / 1.03, abs=0.01)

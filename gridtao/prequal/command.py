@@ -93,7 +93,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     pcfg = c.product_config(config, args.product, capacity_w=args.capacity_w, time_scale=scale,
                             threshold_hz=args.threshold_hz)
     spec = c.spec_of(pcfg)
-    plans = c.test_plans(args.product, spec, scale, sine_options(args))
+    plans = c.test_plans(args.product, spec, scale, sine_options(args),
+                         rearm_s=c.rearm_times(config, pcfg))
     if args.dry_run:
         print(dry_run_text(config, args, pcfg, spec, plans))
         return 0

@@ -42,6 +42,7 @@ from gridtao.prequal.plans import (
     dr_plan,
     dr_windows,
     product_config,
+    rearm_times,
     spec_of,
     test_plans,
 )
@@ -51,11 +52,15 @@ log = logging.getLogger("gridtao.prequal")
 
 # The plans live in plans.py (no agent imported there); named here as well for callers.
 __all__ = ["DrPlan", "Measured", "Recording", "SineOptions", "TestPlan", "dr_plan",
-           "dr_windows", "measure", "product_config", "run_product", "run_test",
+           "dr_windows", "measure", "product_config", "rearm_times", "run_product", "run_test",
            "settlement_w", "spec_of", "test_plans"]
 
 RECORD_HZ = 20.0
 BASELINE_S = 5.0  # the reference power: mean over this long before the test's lead ends
+# The modelled meter's cooling starts settled at the mean IT draw over the recording's first
+# seconds (s): the agent cuts nothing before its first natural-draw window is full, and on a
+# training load one second's mean is off the draw cooling has settled on by up to ~100 W.
+PLANT_SEED_S = 4.0
 PREFIX, NODE = "gridtao/compliance", "compliance"
 
 
@@ -66,6 +71,8 @@ class Recording:
     t_s: list[float] = field(default_factory=list)
     gpu_w: list[tuple[float, ...]] = field(default_factory=list)
     limit_w: list[float] = field(default_factory=list)  # summed enforced limits, read via NVML
+    # Simulated GPUs only: their workloads' summed demand (W), what the node would draw uncut.
+    natural_w: list[float] = field(default_factory=list)
     target_w: list[float | None] = field(default_factory=list)
     sent: list[tuple[float, float]] = field(default_factory=list)  # (t_s actually sent, hz)
     dispatched: list[tuple[float, str]] = field(default_factory=list)
@@ -82,7 +89,8 @@ class Recording:
 def agent_config(config: Config, product: ProductConfig, port: int) -> Config:
     """The agent's configuration for a test: the caller's, on the bench broker, enrolled in
     ``product`` only (no raw safety.triggers), unsigned messages (the bench is the grid), no
-    metrics server, journal or audit files (a bench run must not touch the operator's state).
+    metrics server, journal, audit trail or minute history (a bench run must not touch the
+    operator's state).
     Simulated GPUs are the test's own (``gpus.sim.device`` null), never the machine-wide
     simulated device that other agents on the machine may be driving at the same time."""
     named = on_named_backend(config)  # auto means simulated here: real GPUs only when named
@@ -98,16 +106,20 @@ def agent_config(config: Config, product: ProductConfig, port: int) -> Config:
         auth=dataclasses.replace(config.auth, mode="none", keys=()),
         journal=dataclasses.replace(config.journal, enabled=False),
         audit=dataclasses.replace(config.audit, enabled=False),
+        history=dataclasses.replace(config.history, enabled=False),
     )
 
 
 class _Recorder(threading.Thread):
     """Per-GPU instant power and the enforced limits through the agent's backend (NVML, what an
-    operator can read) at ``RECORD_HZ`` (>= 10 Hz)."""
+    operator can read) at ``RECORD_HZ`` (>= 10 Hz); with ``natural`` (simulated GPUs), the
+    workloads' summed demand too (W)."""
 
-    def __init__(self, agent: Agent, rec: Recording) -> None:
+    def __init__(self, agent: Agent, rec: Recording,
+                 natural: Callable[[], float] | None = None) -> None:
         super().__init__(name="compliance-recorder", daemon=True)
         self._agent, self._rec = agent, rec
+        self._natural = natural
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -125,6 +137,8 @@ class _Recorder(threading.Thread):
             self._rec.gpu_w.append(gpus)
             self._rec.limit_w.append(limits)
             self._rec.target_w.append(None if target is None else target / 1000.0)
+            if self._natural is not None:
+                self._rec.natural_w.append(self._natural())
             next_t += period
             self._halt.wait(max(0.0, next_t - time.monotonic()))
 
@@ -145,6 +159,7 @@ def run_test(
     limit all along instead of running ``gpus.sim.workload`` (a steady test load)."""
     cfg = agent_config(config, product, broker.port)
     clock = MonotonicClock()
+    natural: Callable[[], float] | None = None
     if backend is None and cfg.gpus.backend == "sim":
         from gridtao.gpu.nvml import NvmlBackend
         from gridtao.gpu.sim.nvml import SimNvml
@@ -155,11 +170,15 @@ def run_test(
             for d in backend.devices():
                 watts = steady_fraction * backend.power_limits(d.index).default_mw / 1000.0
                 sim.set_demand_w(d.index, watts)
+        count = sim.count
+
+        def natural() -> float:
+            return math.fsum(sim.demand_w(i) for i in range(count))
     elif steady_fraction is not None:
         raise ValueError("a steady test load needs simulated GPUs")
     agent = Agent(cfg, clock=clock, backend=backend, options=AgentOptions(serve_metrics=False))
     rec = Recording()
-    recorder = _Recorder(agent, rec)
+    recorder = _Recorder(agent, rec, natural)
     t0 = time.monotonic()
     say = progress or (lambda _line: None)
     try:
@@ -260,6 +279,7 @@ class Measured:
     gpu_w: list[tuple[float, ...]]
     limit_w: list[float]  # summed enforced limits
     target_w: list[float | None]
+    natural_it_w: list[float] | None  # simulated GPUs: the workloads' summed demand
     reference_it_w: float
     reference_w: float  # at the settlement point
     late_s: list[float]  # how late each frequency sample went out, s
@@ -274,7 +294,7 @@ def measure(rec: Recording, plan: TestPlan, config: Config, product: ProductConf
         raise RuntimeError(f"{plan.name}: nothing was recorded")
     model = FacilityModel.from_config(config.facility)
     it = [math.fsum(g) for g in rec.gpu_w]
-    first = [w for t, w in zip(rec.t_s, it, strict=True) if t < rec.t_s[0] + 1.0]
+    first = [w for t, w in zip(rec.t_s, it, strict=True) if t < rec.t_s[0] + PLANT_SEED_S]
     plant = Facility(model, math.fsum(first) / len(first))
     meter, prev = [], rec.t_s[0]
     for t, w in zip(rec.t_s, it, strict=True):
@@ -301,9 +321,9 @@ def measure(rec: Recording, plan: TestPlan, config: Config, product: ProductConf
         ref = model.steady_meter_w(ref_it)
     else:
         ref = math.fsum(meter[j] for j in sel) / len(sel)
+    natural = list(rec.natural_w) if len(rec.natural_w) == len(rec.t_s) else None
     return Measured(list(rec.t_s), hz, it, meter, list(rec.gpu_w), list(rec.limit_w),
-                    list(rec.target_w), ref_it,
-                    ref, list(rec.late_s))
+                    list(rec.target_w), natural, ref_it, ref, list(rec.late_s))
 
 
 def settlement_w(m: Measured, config: Config) -> list[float]:

@@ -125,7 +125,8 @@ def run(args: argparse.Namespace, config: Config, command: str) -> int:
     spec = plans.spec_of(pcfg)
     if args.test == "all":
         raise ConfigError("--test: a file records one test; name it")
-    [plan] = select(plans.test_plans(args.product, spec, scale, sine_options(args)), args.test)
+    [plan] = select(plans.test_plans(args.product, spec, scale, sine_options(args),
+                                       rearm_s=plans.rearm_times(config, pcfg)), args.test)
     path = Path(args.csv_file)
     rec = within(read_recording(path), plan.duration_s, plan.name, path)
     try:

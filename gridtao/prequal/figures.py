@@ -147,21 +147,25 @@ def plot_bode(points: Sequence[sine.SinePoint], path: Path, *, title: str,
     fig, (gain, phase) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
     periods = [p.period_s for p in points]
     req = [p.required_gain for p in points]
+    fcr_d = any(p.performance is None for p in points)
+    ideal = "ideal (not scored)" if fcr_d else "required"
     gain.fill_between(periods, [g * (1 - sc.BAND) for g in req],
                       [g * (1 + sc.OVER) for g in req], color="grey", alpha=0.2, lw=0,
-                      label="tolerance -5 % / +20 % of required")
-    gain.plot(periods, req, color="black", ls="--", marker=".", label="required")
+                      label=f"-5 % / +20 % of {ideal}")
+    gain.plot(periods, req, color="black", ls="--", marker=".", label=ideal)
     gain.plot(periods, [p.gain for p in points], color="tab:blue", marker="o",
               label="measured")
     for p in points:
-        gain.annotate(f"perf {p.performance:.2f}\nstab {p.stability:.2f}",
-                      (p.period_s, p.gain), fontsize=6, xytext=(3, -18),
+        note = (f"stab {p.stability:.2f}" if p.performance is None
+                else f"perf {p.performance:.2f}\nstab {p.stability:.2f}")
+        gain.annotate(note, (p.period_s, p.gain), fontsize=6, xytext=(3, -18),
                       textcoords="offset points")
-    gain.set_ylabel("gain (1 = capacity for 0.1 Hz)")
+    band = sine.FCR_D_BAND_HZ if fcr_d else sine.FCR_N_HALF_BAND_HZ
+    gain.set_ylabel(f"gain (1 = capacity for {band:g} Hz)")
     gain.legend(fontsize=8)
     gain.grid(alpha=0.3, which="both")
     phase.plot(periods, [p.required_phase_deg for p in points], color="black", ls="--",
-               marker=".", label="required")
+               marker=".", label=ideal)
     phase.plot(periods, [p.phase_deg for p in points], color="tab:blue", marker="o",
                label="measured")
     phase.set_ylabel("phase (deg, negative = lagging)")
@@ -171,8 +175,10 @@ def plot_bode(points: Sequence[sine.SinePoint], path: Path, *, title: str,
     phase.minorticks_off()
     phase.legend(fontsize=8)
     phase.grid(alpha=0.3, which="both")
-    gain.set_title(_wrap(title, 100) + "\nper period: performance |D 0.95 G/(1+FG)| <= 1, "
-                   f"stability |1+FG| >= {sine.STABILITY_MARGIN:g}", fontsize=9)
+    criteria = (f"stability |1+F G_D| >= {sine.STABILITY_MARGIN:g} (FCR-D model)" if fcr_d else
+                "performance |D 0.95 G/(1+FG)| <= 1, "
+                f"stability |1+FG| >= {sine.STABILITY_MARGIN:g}")
+    gain.set_title(_wrap(title, 100) + "\nper period: " + criteria, fontsize=9)
     if simulated:
         _simulated(fig)
     fig.tight_layout()

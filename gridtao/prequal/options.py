@@ -73,11 +73,12 @@ def add_common(p: argparse.ArgumentParser, *, product_required: bool = True,
                         "normal frequency runs at least 300 s; default: 0.1, ercot-ffr 0.02, "
                         "dr 0.05; 1 = the full TSO lengths)")
     p.add_argument("--sine-periods", type=_periods, default=None, metavar="S,S,...",
-                   help="fcr-n sine test: only these periods, s (default: the full sequence "
-                        "10, 15, 25, 40, 50, 60, 70, 90, 150, 300 s, about 52 min)")
+                   help="fcr-n and fcr-d-up sine tests: only these periods, s (default: "
+                        "the full sequence, fcr-n 10, 15, 25, 40, 50, 60, 70, 90, 150, 300 s, "
+                        "about 58 min; fcr-d-up 10-70 s, about 27 min)")
     p.add_argument("--sine-cycles", type=_cycles, default=None, metavar="N",
-                   help="fcr-n sine test: measure N periods of each (default: 5 up to 60 s, "
-                        "3 up to 150 s, 2 beyond)")
+                   help="fcr-n and fcr-d-up sine tests: measure N periods of each (default: "
+                        "5 up to 90 s, 3 at 150 s, 2 at 300 s)")
     p.add_argument("--capacity-w", type=float, default=None, metavar="W",
                    help=f"reserve capacity at the settlement point (default: the configured "
                         f"product's, else {DEFAULT_CAPACITY_W:g})")
@@ -119,7 +120,7 @@ def check_common(args: argparse.Namespace) -> float:
 
 
 def sine_options(args: argparse.Namespace) -> SineOptions:
-    """How ``--sine-periods`` / ``--sine-cycles`` shorten FCR-N's sine test."""
+    """How ``--sine-periods`` / ``--sine-cycles`` shorten the FCR-N and FCR-D sine tests."""
     from gridtao.prequal.plans import SineOptions
 
     return SineOptions(getattr(args, "sine_periods", None), getattr(args, "sine_cycles", None))
@@ -184,7 +185,8 @@ def main(args: argparse.Namespace, config: Config, command: str) -> int:
     scale = check_common(args)
     pcfg = c.product_config(config, args.product, capacity_w=args.capacity_w, time_scale=scale,
                             threshold_hz=args.threshold_hz)
-    plans = c.test_plans(args.product, c.spec_of(pcfg), scale, sine_options(args))
+    plans = c.test_plans(args.product, c.spec_of(pcfg), scale, sine_options(args),
+                         rearm_s=c.rearm_times(config, pcfg))
     if args.list:
         for p in plans:
             print(f"{p.name}: {p.shape.title} ({p.duration_s:.0f} s)"

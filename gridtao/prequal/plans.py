@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gridtao.config.agent import Config, ProductConfig
+from gridtao.prequal import rearm, shapes, sine
 from gridtao.prequal import scoring as sc
-from gridtao.prequal import shapes, sine
 from gridtao.prequal.options import DEFAULT_CAPACITY_W, PRODUCTS
 from gridtao.prequal.rules import DrWindow, ProductSpec
 
@@ -53,7 +53,7 @@ class TestPlan:
 
 @dataclass(frozen=True)
 class SineOptions:
-    """How the FCR-N sine test is shortened: None = the full sequence (sine.py)."""
+    """How the FCR-N and FCR-D sine tests are shortened: None = the full sequence (sine.py)."""
 
     periods_s: tuple[float, ...] | None = None
     cycles: int | None = None
@@ -74,7 +74,21 @@ def product_config(config: Config, product: str, *, capacity_w: float | None,
         cfg = dataclasses.replace(cfg, threshold_hz=threshold_hz)
     if kind == "ercot-ffr" and cfg.support_s is None:
         cfg = dataclasses.replace(cfg, support_s=max(5.0, ERCOT_SUPPORT_S * time_scale))
+    if kind == "ffr":  # the re-arm test waits it out: a hold like the others (rearm.py)
+        cfg = dataclasses.replace(cfg, rearm_s=rearm_scaled(cfg.rearm_s, time_scale))
     return cfg
+
+
+def rearm_times(config: Config, pcfg: ProductConfig) -> tuple[float, float]:
+    """FFR's re-arm time as enrolled for the test (shortened, ``pcfg``) and as configured (the
+    configuration's own entry, else the default), s: what the re-arm test waits and states."""
+    found = next((p for p in config.products if p.kind == pcfg.kind), None)
+    return pcfg.rearm_s, (found or ProductConfig(kind=pcfg.kind, capacity_w=1.0)).rearm_s
+
+
+def rearm_scaled(rearm_s: float, time_scale: float) -> float:
+    """FFR's re-arm time under the time scale (s), at least 10 s (never more than given)."""
+    return min(rearm_s, max(10.0, rearm_s * time_scale))
 
 
 def spec_of(cfg: ProductConfig) -> ProductSpec:
@@ -94,15 +108,23 @@ def spec_of(cfg: ProductConfig) -> ProductSpec:
 
 
 def test_plans(product: str, spec: ProductSpec, time_scale: float,
-               sines: SineOptions | None = None) -> list[TestPlan]:
+               sines: SineOptions | None = None, *,
+               rearm_s: tuple[float, float] | None = None) -> list[TestPlan]:
     """The product's full test sequence (prequalification); the first is the bench's default.
     ``time_scale`` shortens long holds (never a ramp rate or a sine period; normal frequency
-    runs at least ten correlation times, 300 s); ``sines`` shortens FCR-N's sine test."""
+    runs at least ten correlation times, 300 s); ``sines`` shortens the FCR-N and FCR-D sine
+    tests; ``rearm_s``: FFR's re-arm time as enrolled for the test and the product's own (s;
+    default: 900 s shortened by the time scale)."""
+    opts = sines or SineOptions()
     if product == "ffr":
+        full = rearm_s[1] if rearm_s is not None else 900.0
+        wait = rearm_s[0] if rearm_s is not None else rearm_scaled(full, time_scale)
         return [TestPlan(f"step-{spec.threshold_hz:g}Hz", shapes.ffr_step(spec.threshold_hz)),
                 TestPlan("large-trip", shapes.large_trip(spec.threshold_hz)),
                 TestPlan("normal", shapes.normal_frequency(
-                    max(20.0, 600.0 * time_scale), threshold_hz=spec.threshold_hz))]
+                    max(20.0, 600.0 * time_scale), threshold_hz=spec.threshold_hz)),
+                TestPlan("rearm", rearm.ffr_rearm(spec.threshold_hz, support_s=spec.support_s,
+                                                  rearm_s=wait, full_rearm_s=full))]
     if product == "ercot-ffr":
         shape = shapes.ercot_step(threshold_hz=spec.threshold_hz, support_s=spec.support_s)
         if spec.support_s < ERCOT_SUPPORT_S:
@@ -110,11 +132,14 @@ def test_plans(product: str, spec: ProductSpec, time_scale: float,
                 f"support: {spec.support_s:g} s of the {ERCOT_SUPPORT_S:g} s deployment",))
         return [TestPlan(f"step-{spec.threshold_hz:g}Hz", shape)]
     if product == "fcr-d-up":
-        return [TestPlan("ramps", shapes.fcr_d_ramps(time_scale))]
+        return [TestPlan("ramps", shapes.fcr_d_ramps(time_scale)),
+                TestPlan("sines", sine.fcr_d_sine_shape(
+                    opts.periods_s or sine.FCR_D_SINE_PERIODS_S, opts.cycles)),
+                TestPlan("rearm", rearm.fcr_d_rearm(time_scale))]
     if product == "fcr-d-up-static":
-        return [TestPlan("static", shapes.fcr_d_static(time_scale, spec.threshold_hz))]
+        return [TestPlan("static", shapes.fcr_d_static(time_scale, spec.threshold_hz)),
+                TestPlan("rearm", rearm.fcr_d_static_rearm(time_scale, spec.threshold_hz))]
     if product == "fcr-n":
-        opts = sines or SineOptions()
         return [TestPlan("steps", shapes.fcr_n_steps(time_scale)),
                 TestPlan("sines", sine.sine_shape(opts.periods_s or sine.SINE_PERIODS_S,
                                                   opts.cycles))]

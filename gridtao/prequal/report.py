@@ -5,8 +5,10 @@ CSV columns (one row per recorder sample, 20 Hz; the README's "Compliance bench"
 ``required_w`` (what the product requires, W at the settlement point), ``delivered_w`` (the
 reference minus the settlement power: the measured reduction), ``delivered_it_w`` (the same at
 the GPUs), ``meter_w`` (modelled facility meter), ``it_w`` (sum of the GPUs' instant power),
-``it_target_w`` (the node IT target the island held, empty when none), ``gpu<i>_w`` (each GPU's
-instant power).
+``it_target_w`` (the node IT target the island held, empty when none), ``limit_w`` (the
+GPUs' summed enforced limits), ``natural_it_w`` (simulated GPUs only, else empty: what their
+workloads demanded, the draw the node would have had uncut), ``gpu<i>_w`` (each GPU's instant
+power).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gridtao.config.agent import Config
+from gridtao.prequal import rearm, sine
 from gridtao.prequal import rules as pr
-from gridtao.prequal import sine
 from gridtao.prequal.compliance import Measured, settlement_w
 from gridtao.prequal.plans import TestPlan, dr_windows
 from gridtao.prequal.rules import ProductSpec
@@ -83,6 +85,11 @@ def score_samples(spec: ProductSpec, plan: TestPlan, t: Sequence[float], hz: Seq
     marks = shape.marks
     lead = marks.get("lead_end", 0.0)
     event = marks.get("event")
+    if rearm.is_rearm(shape):
+        both, scored = rearm.score_rearm(spec, shape, t, hz, delivered, delivered_it)
+        first = event if event is not None else marks.get("step", marks.get("dynamic"))
+        return TestResult(plan.name, shape.title, both, None, scored, first, plan=plan,
+                          capacity_w=spec.capacity_w)
     if spec.kind in ("ffr", "ercot-ffr"):
         required = pr.required_step(t, spec, event)
     elif spec.kind == "fcr-d-up":
@@ -104,6 +111,8 @@ def score_samples(spec: ProductSpec, plan: TestPlan, t: Sequence[float], hz: Seq
             rules = pr.score_quiet(spec, tr, limit_w, after_s=lead)
         else:
             rules = pr.score_step(spec, tr, event_s=event)
+    elif spec.kind == "fcr-d-up" and shape.sines:
+        rules = sine.score_fcr_d_sines(tr, shape.sines, spec.capacity_w)
     elif spec.kind == "fcr-d-up":
         long_hold = None
         if "ramp_0_24" in marks and "hold_49_5_end" in marks:
@@ -131,7 +140,8 @@ def write_csv(result: TestResult, path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["t_s", "hz", "required_w", "delivered_w", "delivered_it_w", "meter_w",
-                    "it_w", "it_target_w", "limit_w", *[f"gpu{i}_w" for i in range(gpus)]])
+                    "it_w", "it_target_w", "limit_w", "natural_it_w",
+                    *[f"gpu{i}_w" for i in range(gpus)]])
         for k in range(len(tr.t_s)):
             j = first + k
             target = m.target_w[j]
@@ -139,6 +149,7 @@ def write_csv(result: TestResult, path: Path) -> None:
                         f"{tr.delivered_w[k]:.1f}", f"{tr.delivered_it_w[k]:.1f}",
                         f"{m.meter_w[j]:.1f}", f"{m.it_w[j]:.1f}",
                         "" if target is None else f"{target:.1f}", f"{m.limit_w[j]:.1f}",
+                        "" if m.natural_it_w is None else f"{m.natural_it_w[j]:.1f}",
                         *[f"{g:.1f}" for g in m.gpu_w[j]]])
 
 

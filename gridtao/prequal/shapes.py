@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 DT_S = 0.1  # 10 Hz: the FCR-D logging floor (docs/sources.md#test-signals-and-measurement)
 METER_TAU_S = 1.0  # the Nordic FCR rules' frequency-meter lag 1/(1+s)
 LEAD_S = 6.0  # nominal frequency before a test: the agent settles, the bench takes its baseline
+STATIC_RAMP_DOWN_S = 110.0  # FCR-D static's ramp-down, planned (s): 1.10 of capacity at 1 %/s
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,19 @@ class Hold:
 @dataclass(frozen=True)
 class SineSegment:
     """One period of a sinusoidal test (times in s, amplitude in Hz): the nominal frequency is
-    ``nominal - amplitude_hz x sin(2 pi (t - start_s) / period_s)`` from ``start_s`` (it falls
-    first), and the response is measured over [measure_from_s, measure_to_s], whole periods
-    after the settling time."""
+    ``center_hz - amplitude_hz x sin(2 pi (t - start_s) / period_s)`` from ``start_s`` (it
+    falls first), and the response is measured over [measure_from_s, measure_to_s], whole
+    periods after the settling time. ``band_hz``: the product's one-sided band, the frequency
+    deviation that asks for its full capacity (FCR-N 0.1 Hz, FCR-D 0.4 Hz): a gain of 1 is the
+    full capacity for that deviation."""
 
     period_s: float
     start_s: float
     measure_from_s: float
     measure_to_s: float
     amplitude_hz: float
+    center_hz: float = 50.0
+    band_hz: float = 0.1
 
     @property
     def cycles(self) -> int:
@@ -192,10 +197,11 @@ def fcr_d_dynamic(time_scale: float = 0.1) -> Shape:
 def fcr_d_static(time_scale: float = 0.1, threshold_hz: float = 49.7) -> Shape:
     """FCR-D static: a step to 0.1 Hz below the threshold, held (scaled), back to 50 Hz, then
     long enough for the 60 s wait above 49.9 Hz and a ramp-down to finish: 40 s at the
-    2.5 %/s limit, 56 s for a product that ramps at 2 %/s with a 5 % margin on top (gridtao's)."""
+    2.5 %/s limit, ``STATIC_RAMP_DOWN_S`` for gridtao's (1 %/s with a margin of up to 10 % on
+    top)."""
     b = _Builder(50.0).hold(LEAD_S).mark("lead_end")
     b.step(threshold_hz - 0.1, "step").hold_scaled(60, time_scale, 10.0, "hold_low")
-    b.step(50.0, "recover").hold(60.0 + 56.0 + 6.0)
+    b.step(50.0, "recover").hold(60.0 + STATIC_RAMP_DOWN_S + 6.0)
     return b.shape("fcr-d-static", f"FCR-D static: step below {threshold_hz:g} Hz, return",
                    lagged=True)
 

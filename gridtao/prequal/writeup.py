@@ -29,10 +29,10 @@ SIMULATED_BANNER = (
     "site delivers. Run it with `--backend nvml --allow-actuation` on the resource itself.")
 
 NOT_TESTED = {
-    "ffr": "re-arm (ready again within 15 min of an activation) is not played: the re-arm "
-           "wait is shown in the product parameters only",
-    "fcr-d-up": "the FCR-D dynamic stability (sine) tests are not played",
-    "fcr-d-up-static": "a second activation during the 60 s wait is not played",
+    "fcr-d-up": "the FCR-N/FCR-D combination ramps (only for a unit enrolled in both at once) "
+                "and the linearity test (only for a non-continuous response) are not played",
+    "fcr-d-up-static": "a second activation during the 60 s wait is not played (the re-arm "
+                       "test's second activation comes after the wait and the ramp-down)",
     "ercot-ffr": "re-arm after a deployment is not played",
 }
 
@@ -80,7 +80,8 @@ def measurement_rows(config: Config) -> list[tuple[str, str]]:
         ("rule mechanics", "activation times on the raw samples (a crossing must hold "
                            "0.2 s); steady state, hold and over-delivery on 1 s means; FFR "
                            "ramp-out as the steepest 1 s fall of the 1 s mean over the whole "
-                           "ramp-out; FCR-D static ramp-down as a least-squares slope"),
+                           "ramp-out; FCR-D static ramp-down likewise over the whole "
+                           "ramp-down; sine tests on a least-squares fit of whole periods"),
     ]
 
 

@@ -10,14 +10,27 @@ What it does (docs/architecture.md, docs/sources.md#facility-meter-and-pue):
   follows, less IT cut is needed and the target rises. With ``facility.settle_at: it`` the
   target is ``reference - R``.
 * The reference is the node's natural IT draw (mean of the 1-s averages over
-  ``tracker.reference_window_s``, sampled only while nothing is cut), frozen when a commitment
-  starts; with FCR-N enrolled it is the FCR-N baseline for good (``baseline_w``, else the
-  natural draw at enrolment minus the capacity's IT share), so the node can move both ways.
+  ``tracker.reference_window_s``, sampled only while nothing is cut; the start's instant
+  reading stands in until the first average), frozen when a commitment starts. The cooling
+  estimates start settled at the first reading and, once the first window is full with
+  nothing committed yet, settled at the window's mean instead: on a training load one
+  instant reading is off the draw the site's cooling has settled on by up to a few hundred
+  watts, and the cooling's 2-minute lag would carry that error into the first commitments
+  (the FCR-N baseline's first steps). With FCR-N enrolled the reference is the FCR-N
+  baseline for good (``baseline_w``, else the natural draw at enrolment minus the capacity's
+  IT share), so the node can move both ways.
 * Hands the target to the island as a soft commitment (``set_commitment``, refreshed by every
   sample and lane tick, lapsing after ``commitment_ttl_s``; aimed ``margin_fraction`` above
-  the commitment; the island stacks a fired step product's reduction on it), arms each step
-  product (FFR) as an absolute IT reduction ``capacity / (1 + losses)`` from the natural draw
-  on the island's armed caps, and sets the per-GPU priority floors (``tracker.priorities``).
+  the commitment, and on a bursty node up to ``margin_fraction`` more: half the standard
+  deviation of its natural 1-s averages (the last ``SPREAD_SAMPLES``) per watt of reduction
+  (a reduction only: drawing more, the node cannot go past its jobs' demand).
+  A TSO reads holds on 1-s means, and tier 1 can only hold the node's mean at its target: on
+  a training load the 1-s means of the delivered power swing by about that much around it,
+  and the reference itself is a 5-s mean with a few tens of watts of error, so the aim moves
+  toward the middle of the TSO's asymmetric band (-5 % / +20 %) as the spread grows. The
+  island stacks a fired step product's reduction on it.) Arms each step product (FFR) as an
+  absolute IT reduction ``capacity / (1 + losses)`` from the natural draw on the island's
+  armed caps, and sets the per-GPU priority floors (``tracker.priorities``).
 * Holds the planner's node ceiling (``planner.ceiling``; :meth:`Tier2.set_ceiling`, IT W) as
   part of the same soft target: the node's IT draw is held at or below it while it is in force.
   Products are then measured from the capped draw (the draw a TSO sees before an event):
@@ -35,6 +48,7 @@ from __future__ import annotations
 
 import collections
 import math
+import statistics
 import threading
 from collections.abc import Sequence
 
@@ -45,6 +59,11 @@ from gridtao.products.portfolio import Portfolio, product_key
 from gridtao.safety.island import SafetyIsland
 
 SETTLE_S = 2.0  # after a cut ends, the draw climbs back (cap-up is slow): not yet "natural"
+#: The spread of the natural draw's 1-s averages is read over this many of the latest (uncut).
+SPREAD_SAMPLES = 30
+#: A bursty node's aim: ``margin_fraction`` plus this share of its 1-s spread (at the
+#: settlement point) per watt of reduction, the addition at most ``margin_fraction`` again.
+SPREAD_WEIGHT = 0.5
 #: The draw is taken as held by the planner's ceiling when at least this share of it: tier 1
 #: keeps a held node a little under its target, and a natural draw that close may be clipped.
 CEILING_BINDING_FRACTION = 0.97
@@ -95,6 +114,14 @@ class Tier2:
         self._reduction_w = 0.0  # R, at the settlement point
         self._target_w: float | None = None
         self._ceiling_w: float | None = None  # the planner's node IT ceiling in force
+        self._seeded = False  # the cooling estimates settled on a full natural-draw window
+        # The natural-draw window's own time: it runs only between consecutive uncut samples,
+        # so the window is the last ``reference_window_s`` of uncut time, however long a cut.
+        self._uncut_clock_s = 0.0
+        self._last_sample_s: float | None = None  # the previous uncut sample (None: a gap)
+        self._sample_dt_s = 1.0  # the last interval between uncut samples
+        self._start_reading = True  # the window holds only the start's instant reading
+        self._spread: collections.deque[float] = collections.deque(maxlen=SPREAD_SAMPLES)
 
     # ---- lifecycle and inputs ----------------------------------------------------------
 
@@ -105,7 +132,9 @@ class Tier2:
             self._tracker = MeterTracker(self.model, it_w, now)
             self._it_w, self._natural_w, self._started_s = it_w, it_w, now
             self._window.clear()
-            self._window.append((now, it_w))
+            self._window.append((0.0, it_w))
+            self._uncut_clock_s, self._last_sample_s = 0.0, None
+            self._start_reading = True
         floors = self.floors_w
         self._island.set_floors_mw(None if floors is None else [f * 1000.0 for f in floors])
         self._arm()
@@ -114,9 +143,11 @@ class Tier2:
         """Once a period (controller loop): the node's measured IT power (W, a 1-s average)
         advances the cooling estimates and the natural-draw window; re-arm; refresh.
 
-        The window holds the last ``reference_window_s`` of *uncut* time: it is pruned only when
-        a new natural sample arrives, so after a long cut the reference is still the draw before
-        it, not one stale sample."""
+        The window holds the last ``reference_window_s`` of *uncut* time, on a clock that stops
+        while the node is cut: after a long cut the reference is still the draw before it,
+        joined by the new samples one by one, not one or two samples taken as the draw climbs
+        back (a 1-s average of a training load is off its mean by ~100 W, a 5-s mean by
+        ~20 W)."""
         now = self._clock.now()
         event_active = self._island.view().event_id is not None
         with self._lock:
@@ -126,15 +157,13 @@ class Tier2:
             held = (self._ceiling_w is not None
                     and it_w >= CEILING_BINDING_FRACTION * self._ceiling_w)
             if self._reference_w is not None or event_active or held:
-                self._uncut_since_s = None
+                self._uncut_since_s = self._last_sample_s = None
             elif self._uncut_since_s is None:
                 self._uncut_since_s = now
             elif now - self._uncut_since_s >= SETTLE_S:
-                self._window.append((now, it_w))
-                horizon = now - self._config.reference_window_s
-                while len(self._window) > 1 and self._window[0][0] < horizon:
-                    self._window.popleft()
+                self._add_natural(now, it_w)
             self._natural_w = sum(w for _, w in self._window) / len(self._window)
+            self._seed_cooling(now)
             self._enrol_fcr_n(now)
         self._arm()
         self.update(now)
@@ -174,6 +203,33 @@ class Tier2:
 
     # ---- internals -----------------------------------------------------------------------
 
+    def _add_natural(self, now_s: float, it_w: float) -> None:
+        """One uncut 1-s average into the window (lock held): the window's clock advances by
+        the time since the previous uncut sample, or by the last such interval after a gap."""
+        if self._last_sample_s is not None:
+            self._sample_dt_s = max(0.0, now_s - self._last_sample_s)
+        self._uncut_clock_s += self._sample_dt_s
+        self._last_sample_s = now_s
+        if self._start_reading:  # the start's instant reading stands in only until now
+            self._window.clear()
+            self._start_reading = False
+        self._window.append((self._uncut_clock_s, it_w))
+        self._spread.append(it_w)
+        horizon = self._uncut_clock_s - self._config.reference_window_s
+        while len(self._window) > 1 and self._window[0][0] < horizon:
+            self._window.popleft()
+
+    def _seed_cooling(self, now_s: float) -> None:
+        """Once, when the first natural-draw window is full and nothing has been committed or
+        cut: the cooling estimates start again settled at its mean (module docstring; lock
+        held)."""
+        if self._seeded or now_s - self._started_s < self._config.reference_window_s:
+            return
+        self._seeded = True
+        if (self._reference_w is None and self._uncut_since_s is not None
+                and not self._start_reading and self._natural_w is not None):
+            self._tracker = MeterTracker(self.model, self._natural_w, now_s)
+
     def _enrol_fcr_n(self, now_s: float) -> None:
         fcr_n = self.portfolio.fcr_n
         if fcr_n is None or self._baseline_w is not None:
@@ -205,7 +261,7 @@ class Tier2:
         if self._reference_w is None:
             self._reference_w = base
             self._tracker.start(now_s, base)
-        aimed = reduction * (1.0 + self._config.margin_fraction)
+        aimed = reduction * (1.0 + self._margin(reduction))
         meter = self.settle_at == "meter"
         it_cut = self._tracker.it_reduction_w(aimed) if meter else aimed
         return max(0.0, self._ceiling_reference(with_fcr_n) - it_cut)
@@ -223,6 +279,17 @@ class Tier2:
         if with_fcr_n and fcr_n is not None:
             room -= fcr_n.capacity_w / self._factor
         return min(self._reference_w, max(0.0, room))
+
+    def _margin(self, reduction_w: float) -> float:
+        """The share aimed above a reduction of ``reduction_w`` (W at the settlement point):
+        ``margin_fraction`` plus the bursty node's part (module docstring; lock held)."""
+        base = self._config.margin_fraction
+        if len(self._spread) < 3 or reduction_w <= 0.0:
+            # Drawing more (FCR-N above 50 Hz): the node cannot draw past its jobs' demand, so
+            # a higher aim would lift only the bursts the caps let through, not the dips.
+            return base
+        spread_w = statistics.pstdev(self._spread) * self._factor
+        return base + min(base, SPREAD_WEIGHT * spread_w / reduction_w)
 
     def _capped_natural(self) -> float:
         """The natural draw as the products see it: under the planner's ceiling (lock held)."""

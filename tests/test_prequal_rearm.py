@@ -1,0 +1,106 @@
+"""Deactivation and re-arm tests (gridtao/prequal/rearm.py): the second activation is scored
+with the first's rules, on responses with known answers (pure scoring, no agent)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+
+from gridtao.config.agent import ProductConfig, load_config
+from gridtao.prequal import plans, rearm
+from gridtao.prequal import report as rep
+from gridtao.prequal.rules import ProductSpec
+from gridtao.prequal.scoring import RuleResult
+
+CAP = 1000.0
+DT = 0.05
+
+
+def plan_of(product: str, *, config_rearm_s: float | None = None) -> tuple[
+        plans.TestPlan, ProductSpec]:
+    config = load_config(None)
+    if config_rearm_s is not None:
+        entry = ProductConfig(kind="ffr", capacity_w=CAP, rearm_s=config_rearm_s)
+        config = dataclasses.replace(config, products=(entry,))
+    pcfg = plans.product_config(config, product, capacity_w=CAP, time_scale=0.1)
+    spec = plans.spec_of(pcfg)
+    [plan] = [p for p in plans.test_plans(product, spec, 0.1,
+                                          rearm_s=plans.rearm_times(config, pcfg))
+              if p.name == "rearm"]
+    return plan, spec
+
+
+def scored(product: str, respond: Callable[[float, float], float]) -> dict[str, RuleResult]:
+    """Score a response ``respond(t, required)`` (W) to the product's re-arm test."""
+    plan, spec = plan_of(product)
+    shape = plan.shape
+    t = [k * DT for k in range(round(shape.duration_s / DT))]
+    hz = [shape.hz[min(len(shape.hz) - 1, round(x / shape.dt_s - 0.5))] for x in t]
+    zeros = [0.0] * len(t)
+    required = rep.score_samples(spec, plan, t, hz, zeros, zeros, None).trace.required_w
+    delivered = [respond(x, r) for x, r in zip(t, required, strict=True)]
+    res = rep.score_samples(spec, plan, t, hz, delivered, delivered, None)
+    return {r.name: r for r in res.rules}
+
+
+def follows(_t: float, required: float) -> float:
+    """2 % over what is required (its ramps read 2 % over the limits they are drawn at)."""
+    return 1.02 * required
+
+
+#: The rule each product's activation stands or falls by.
+CORE = {"ffr": "full_activation_time", "fcr-d-up": "power_7.5s",
+        "fcr-d-up-static": "activation_time"}
+
+
+def test_ffr_rearm_waits_the_rearm_time_shortened_and_stated() -> None:
+    plan, spec = plan_of("ffr")
+    marks = plan.shape.marks
+    wait = marks["rearm_event"] - marks["event"]
+    assert wait == pytest.approx(spec.support_s + rearm.RAMP_OUT_ALLOWANCE_S + 90.0
+                                 + rearm.REARM_MARGIN_S)
+    assert plan.shape.shortened == ("re-arm time: 90 s of the product's 900 s",)
+    configured, _ = plan_of("ffr", config_rearm_s=200.0)
+    assert configured.shape.shortened == ("re-arm time: 20 s of the product's 200 s",)
+
+
+@pytest.mark.parametrize("product", ["ffr", "fcr-d-up", "fcr-d-up-static"])
+def test_both_activations_are_scored_with_the_same_rules(product: str) -> None:
+    rules = scored(product, follows)
+    once = [n for n in rules if not n.endswith("#2")]
+    assert [n + "#2" for n in once] == [n for n in rules if n.endswith("#2")]
+    core = CORE[product]
+    assert rules[core].passed and rules[core + "#2"].passed
+    assert rules[core + "#2"].value == pytest.approx(rules[core].value, abs=0.05)
+
+
+@pytest.mark.parametrize("product", ["ffr", "fcr-d-up", "fcr-d-up-static"])
+def test_a_product_that_does_not_respond_again_fails_the_second_activation(
+        product: str) -> None:
+    plan, _ = plan_of(product)
+    first = next(m for m in rearm.SECOND if m in plan.shape.marks)
+    second = plan.shape.marks[rearm.SECOND[first]]
+    rules = scored(product, lambda t, r: follows(t, r) if t < second - 0.5 else 0.0)
+    core = CORE[product]
+    assert rules[core].passed
+    assert not rules[core + "#2"].passed and rules[core + "#2"].value is None
+
+
+def test_fcr_d_second_activation_at_half_power_fails_its_steady_state() -> None:
+    plan, _ = plan_of("fcr-d-up")
+    second = plan.shape.marks["rearm_dynamic"]
+    rules = scored("fcr-d-up", lambda t, r: follows(t, r) if t < second else 0.5 * r)
+    assert rules["steady_state@49.00Hz"].passed
+    bad = rules["steady_state@49.00Hz#2"]
+    assert not bad.passed and bad.value == pytest.approx(-50.0, abs=1.0)
+
+
+def test_only_the_rearm_tests_are_scored_as_rearm_tests() -> None:
+    config = load_config(None)
+    for product in ("ffr", "fcr-d-up", "fcr-d-up-static", "fcr-n", "ercot-ffr", "dr"):
+        pcfg = plans.product_config(config, product, capacity_w=CAP, time_scale=0.1)
+        for plan in plans.test_plans(product, plans.spec_of(pcfg), 0.1,
+                                     rearm_s=plans.rearm_times(config, pcfg)):
+            assert rearm.is_rearm(plan.shape) == (plan.name == "rearm"), (product, plan.name)
