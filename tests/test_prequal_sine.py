@@ -174,7 +174,7 @@ def test_the_bench_runs_the_sines_and_draws_the_bode_plot(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "fcr-n.json"
     rc = main(["bench", "compliance", "--product", "fcr-n", "--test", "sines",
-               "--sine-periods", "10", "--sine-cycles", "2", "--json", str(out),
+               "--sine-periods", "10", "--sine-cycles", "1", "--json", str(out),
                "--plot", str(tmp_path / "fcr-n.png")])
     text = capsys.readouterr().out
     body = json.loads(out.read_text())
@@ -183,8 +183,8 @@ def test_the_bench_runs_the_sines_and_draws_the_bode_plot(
     assert {r["name"] for r in test["rules"]} == {"gain@10s", "performance@10s",
                                                   "stability@10s"}
     assert "gain@10s" in text and point["period_s"] == 10.0
-    # The simulator's response at 10 s: near the required gain (measured 17-20 % short: tier 1
-    # raises limits at a bounded rate, so the upward half lags), lagging a little more.
+    # The simulator's response at 10 s: near the required gain (within a few percent since
+    # tier 1 carries a target rise its raise rate held back), lagging a little more.
     assert point["gain"] == pytest.approx(point["required_gain"], rel=0.35)
     assert point["phase_deg"] < point["required_phase_deg"] + 5.0
     assert rc == (0 if test["passed"] else 1)
