@@ -230,6 +230,9 @@ def test_unknown_test_and_missing_limits_are_refused(
     rec.write_text("t_s,hz,delivered_w\n0,50,1\n")
     assert main(["prequalify", "score", "--product", "ffr", "--test", "nope", str(rec)]) == 2
     assert "no test 'nope'" in capsys.readouterr().err
+    assert main(["prequalify", "score", "--product", "ffr", "--test", "step-49.5Hz",
+                 str(rec)]) == 2
+    assert "needs --threshold-hz" in capsys.readouterr().err
     shape = plan_of("ffr", "normal").shape
     bare = tmp_path / "bare.csv"
     with bare.open("w") as f:

@@ -134,8 +134,11 @@ def select(plans: Sequence[c.TestPlan], name: str | None) -> list[c.TestPlan]:
         return list(plans)
     chosen = [p for p in plans if p.name == name]
     if not chosen:
+        # A step test is named after its threshold: another threshold is another option.
+        hint = ("; a step test at another threshold needs --threshold-hz"
+                if name.startswith("step-") else "")
         raise ConfigError(f"--test: no test {name!r} (choose from "
-                          f"{', '.join(p.name for p in plans)}, all)")
+                          f"{', '.join(p.name for p in plans)}, all{hint})")
     return chosen
 
 
