@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from gridtao.app.agent import GIL_SWITCH_INTERVAL_S
+from gridtao.app.simdevice import private_device
 from gridtao.bench.latency import run_info
-from gridtao.bench.simdevice import private_device
 from gridtao.clock import MonotonicClock
 from gridtao.config.agent import SimConfig
 from gridtao.config.paths import sim_device_path
@@ -124,7 +124,7 @@ def run(gpus: int, triggers: int, sim: SimConfig) -> dict[str, Any]:
     one, cpu = _calls(gpus, triggers, sim, None)
     parallel, parallel_commanded = time_triggers(gpus, triggers, sim, parallel=True)
     sequential, _ = time_triggers(gpus, triggers, sim, parallel=False)
-    with private_device("fanout") as name:
+    with private_device("bench-fanout") as name:
         device = sim_device_path(name)
         shared_one, shared_cpu = _calls(gpus, triggers, sim, device)
         DeviceFile.destroy(device)  # the fast calls' device had no latency: start afresh

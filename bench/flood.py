@@ -90,10 +90,10 @@ from typing import Any, Literal
 
 import yaml
 
+from gridtao.app.simdevice import private_device
 from gridtao.bench.authcost import BenchKey, make_key
 from gridtao.bench.latency import stop_process
 from gridtao.bench.render import write_outputs
-from gridtao.bench.simdevice import private_device
 from gridtao.config.agent import Config
 from gridtao.security import auth
 from gridtao.telemetry.report import percentiles
@@ -649,7 +649,7 @@ def run(opts: Options, progress: Callable[[str], None] = print) -> dict[str, Any
     """The idle phase, then the flood phase, on one broker and one agent process; the result
     (see :func:`main` for the JSON it becomes)."""
     with tempfile.TemporaryDirectory(prefix="gridtao-flood-") as tmp, \
-            private_device("flood") as device:
+            private_device("bench-flood") as device:
         workdir = Path(tmp) if opts.keep_dir is None else opts.keep_dir
         workdir.mkdir(parents=True, exist_ok=True)
         state = workdir / "state"

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import yaml
 
+from gridtao.app.simdevice import private_device
 from gridtao.bench.authcost import BenchKey, make_key, verify_cost_us
 from gridtao.bench.baselines import (
     BaselineNode,
@@ -40,7 +41,6 @@ from gridtao.bench.baselines import (
     run_polling_1s,
     run_sequential_subprocess,
 )
-from gridtao.bench.simdevice import private_device
 from gridtao.config.agent import Config
 from gridtao.security.auth import Alg
 from gridtao.telemetry.report import percentiles
@@ -274,7 +274,7 @@ def run_latency_bench(
     island in a process of its own: tier 1 at 1 Hz in the agent, and the load phase's busy
     loop in a separate process instead of the agent's controller loop."""
     base_n = baseline_triggers if baseline_triggers is not None else max(3, min(triggers, 10))
-    with private_device("latency") as device:
+    with private_device("bench-latency") as device:
         # The agent and both baselines drive one set of GPUs, one after the other.
         sim_cfg = dataclasses.replace(config.gpus.sim, count=gpus, device=device)
         config = dataclasses.replace(config, gpus=dataclasses.replace(config.gpus, sim=sim_cfg))

@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
+from gridtao.app.simdevice import private_device
 from gridtao.bench.latency import AgentProcess, run_info, stop_process
-from gridtao.bench.simdevice import private_device
 from gridtao.config.agent import Config
 from gridtao.transport.localbroker import MosquittoBroker, Subscriber, free_port
 
@@ -135,7 +135,7 @@ def poll_loop(gpus: int, hz: float, device: str) -> None:
 
 
 def run(config: Config, *, gpus: int, seconds: float) -> dict[str, Any]:
-    with private_device("overhead") as device:
+    with private_device("bench-overhead") as device:
         sim = dataclasses.replace(config.gpus.sim, device=device)
         config = dataclasses.replace(config, gpus=dataclasses.replace(config.gpus, sim=sim))
         with tempfile.TemporaryDirectory(prefix="gridtao-overhead-") as tmp:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,14 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gridtao.app.agent import Agent, AgentOptions
-from gridtao.app.instance import pid_alive
 from gridtao.app.serve import serving
+from gridtao.app.simdevice import private_device
 from gridtao.clock import MonotonicClock
 from gridtao.config.agent import Config
 from gridtao.config.paths import sim_device_path
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
-from gridtao.gpu.sim.shared import DeviceFile
 from gridtao.transport.localbroker import MosquittoBroker, Publisher, Subscriber, publish
 from gridtao.wire.messages import Topics
 
@@ -96,22 +94,10 @@ def run_demo(config: Config, *, out_dir: Path, duration_scale: float = 1.0) -> i
     out_dir.mkdir(parents=True, exist_ok=True)
     # Simulated GPUs of the demo's own, on the machine (so another shell can watch them), never
     # those an agent on this machine may be running on; gone with the demo.
-    device = None if config.gpus.sim.device is None else f"demo-{os.getpid()}"
-    if device is not None:
-        _destroy_dead_demos(sim_device_path(device).parent)
-    try:
+    if config.gpus.sim.device is None:
+        return _run(config, out_dir, duration_scale, None)
+    with private_device("demo") as device:
         return _run(config, out_dir, duration_scale, device)
-    finally:
-        if device is not None:
-            DeviceFile.destroy(sim_device_path(device))
-
-
-def _destroy_dead_demos(run_dir: Path) -> None:
-    """The devices of demos that were killed before they could destroy theirs."""
-    for path in run_dir.glob("sim-demo-*.gpus"):
-        pid = path.name[len("sim-demo-"):-len(".gpus")]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            DeviceFile.destroy(path)
 
 
 def _run(config: Config, out_dir: Path, duration_scale: float, device: str | None) -> int:
