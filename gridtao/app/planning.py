@@ -143,7 +143,6 @@ class NodePlanning:
         self._link = link
         self._floor_w = floor_w
         self._ceiling = ceiling
-        self._ceiling_w: float | None = None  # what was last handed to ``ceiling``
         self.awards = AwardBook()
         self.arming = Arming(portfolio, self.awards, on_change=self._capacity_changed)
         self._lock = threading.Lock()
@@ -221,11 +220,11 @@ class NodePlanning:
             return None
         covering = self._covering(wall_s)
         ceiling = None if covering is None else covering.ceiling_at(wall_s)
-        if ceiling != self._ceiling_w:
-            log.info("planned node ceiling: %s -> %s W IT", _w(self._ceiling_w), _w(ceiling))
-            self._ledger.record("ceiling", {"from_w": self._ceiling_w, "to_w": ceiling})
+        held = self._ceiling.ceiling_w
+        if ceiling != held:
+            log.info("planned node ceiling: %s -> %s W IT", _w(held), _w(ceiling))
+            self._ledger.record("ceiling", {"from_w": held, "to_w": ceiling})
             self._ceiling.set_ceiling(ceiling)
-            self._ceiling_w = ceiling
         return ceiling
 
     def _covering(self, wall_s: float) -> Plan | None:
@@ -337,7 +336,8 @@ class NodePlanning:
                        offered_w={} if covering is None else covering.offers_at(wall),
                        forecast_w=None if covering is None else covering.forecast.at(wall),
                        plan_age_s=None if plan is None else max(0.0, wall - plan.made_at_s),
-                       state=state.name, ceiling_w=self._ceiling_w)
+                       state=state.name,
+                       ceiling_w=None if self._ceiling is None else self._ceiling.ceiling_w)
 
 
 @dataclass(frozen=True)
@@ -356,6 +356,9 @@ class CeilingHolder(Protocol):
     """What holds the node under the planner's ceiling (tier 2)."""
 
     def set_ceiling(self, ceiling_w: float | None) -> None: ...
+
+    @property
+    def ceiling_w(self) -> float | None: ...
 
     def ceiling_binding(self) -> bool: ...
 
