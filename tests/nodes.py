@@ -118,7 +118,7 @@ def running(broker: MosquittoBroker, cfg: Config, sim: SimNvml, *, clock: Clock 
                   options=AgentOptions(serve_metrics=False, connect_timeout_s=CONNECT_S))
     try:
         agent.start()
-        assert agent.lane.link.is_connected, "island lane did not connect"
+        assert agent.lane.is_connected, "island lane did not connect"
         with ExitStack() as serve_stack:
             if serve:  # stopped at the end: raises what serve() died of, if it did
                 serve_stack.enter_context(serving(agent, name="test-controller"))

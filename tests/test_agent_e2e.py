@@ -284,7 +284,7 @@ def test_broker_restart_during_an_event(mqtt_broker: MosquittoBroker) -> None:
         assert sum(capped) == pytest.approx(1600, rel=0.02)
 
         mqtt_broker.stop()
-        wait_for(lambda: not node.agent.lane.link.is_connected, "the lane to notice")
+        wait_for(lambda: not node.agent.lane.is_connected, "the lane to notice")
         t_end = time.monotonic() + 1.0
         while time.monotonic() < t_end:  # the broker is gone: the caps stay
             assert node.agent.island.view().event_id == "c1"
@@ -292,7 +292,7 @@ def test_broker_restart_during_an_event(mqtt_broker: MosquittoBroker) -> None:
             time.sleep(0.05)
 
         mqtt_broker.start()
-        wait_for(lambda: node.agent.lane.link.is_connected, "the lane to reconnect")
+        wait_for(lambda: node.agent.lane.is_connected, "the lane to reconnect")
         assert node.agent.island.view().event_id == "c1"
         assert sum(node.limits_w()) <= 1600 + 0.001
         with node.acks() as acks:
@@ -506,7 +506,7 @@ def test_a_second_agent_on_a_served_node_id_refuses_to_start(
         with pytest.raises(NodeIdInUse, match=rf"node id 'twin' is already served .*"
                            rf"{first.instance.id}"):
             second.start()
-        assert node.agent.island.view().event_id is None and first.lane.link.is_connected
+        assert node.agent.island.view().event_id is None and first.lane.is_connected
 
 
 # ---------------------------------------------------------------- stale commands on the broker
@@ -549,12 +549,12 @@ def test_the_broker_never_sends_the_agent_an_oversize_message(
 ) -> None:
     with running_node(mqtt_broker, "oversize") as node:
         limit = node.agent.config.mqtt.max_payload_bytes
-        received = node.agent.lane.link.stats.received
+        received = node.agent.lane.dispatch_link.stats.received
         huge = b'{"id": "big", "kind": "shed", "fraction": 0.3, "pad": "' + b"x" * (
             limit + 4096) + b'"}'
         node.dispatch(huge)  # MQTT v5 Maximum Packet Size: the broker drops it for this client
         with node.acks() as acks:
             node.dispatch(_shed("after", 0.3))
             assert _ack(acks.wait(1, WAIT_S)[0])["id"] == "after"
-        assert node.agent.lane.link.stats.received == received + 1  # only the second
+        assert node.agent.lane.dispatch_link.stats.received == received + 1  # only the second
         assert node.count("dispatch", "rejected") == 0

@@ -132,7 +132,7 @@ def test_broker_killed_mid_event(mqtt_broker: MosquittoBroker, tmp_path: Path) -
             time.sleep(0.05)
         assert link.outbox_len >= 1, "the reached ack should wait for the broker"
         mqtt_broker.start()
-        wait_for(lambda: link.is_connected, "the lane to reconnect")
+        wait_for(lambda: node.agent.lane.is_connected, "the lane to reconnect")
         wait_for(lambda: link.stats.published > published_before and link.outbox_len == 0,
                  "the outbox to drain")
         assert sum(node.limits_w()) <= 1500 + 0.001

@@ -162,3 +162,12 @@ def test_aiomqtts_full_queue_is_counted_not_logged_per_message(
         assert not [r for r in caplog.records if QUEUE_FULL in r.getMessage()]
     finally:
         loop.close()
+
+
+def test_messages_handled_out_of_arrival_order_earn_no_extra_budget() -> None:
+    # The lane interleaves two inboxes, so a dispatch read earlier can follow a sample read
+    # later: an older time must never refill the budget again on the next newer one.
+    gate = RejectionGate(records_per_s=20.0, record_burst=5, acks_per_s=20.0, ack_burst=5)
+    times = [100.0 + 0.1 * (k % 2) for k in range(200)]  # 0.1 s apart, alternating
+    assert sum(gate.record_allowed(t, proven=False) for t in times) == 6
+    assert sum(gate.ack_allowed(t, proven=False) for t in times) == 6

@@ -233,7 +233,7 @@ def test_tls_password_and_acl_dispatch_to_ack_end_to_end(tmp_path: Path, pki: Pk
             "metrics": {"enabled": False},
         }, source="<test>")
         with running_agent(cfg) as agent:
-            assert agent.lane.link.is_connected
+            assert agent.lane.is_connected
             aggregator = Peer(broker, pki, "aggregator")
             mallory = Peer(broker, pki, "mallory")
             try:
@@ -247,8 +247,8 @@ def test_tls_password_and_acl_dispatch_to_ack_end_to_end(tmp_path: Path, pki: Pk
             assert [a["id"] for a in acks] == ["s1", "s1"]
             assert acks[0]["accepted"] is True and acks[1]["reached_at"] is not None
             assert agent.island.view().event_id == "s1"
-            assert agent.lane.link.stats.received == 1  # "evil" never got to the agent
-            assert agent.lane.link.stats.refused == 0
+            assert agent.lane.dispatch_link.stats.received == 1  # "evil" never got to the agent
+            assert all(link.stats.refused == 0 for link in agent.lane.links)
 
 
 def test_client_certificate_auth_round_trip(tmp_path: Path, pki: Pki) -> None:

@@ -270,7 +270,9 @@ class Agent:
         self._quiesced = False
         self._quiesce_lock = threading.Lock()
         # The counters the links and the audit trail keep, read when Prometheus scrapes.
-        StatsCollector({"island": self.lane.link.stats, "frequency": self.lane.links[-1].stats,
+        StatsCollector({"island": self.lane.link.stats,
+                        "dispatch": self.lane.dispatch_link.stats,
+                        "frequency": self.lane.links[-1].stats,
                         "status": self.status_link.stats},
                        audit=self.ledger.audit, registry=self.registry)
         # The floor dispatched cuts stop at (security/bounds.py): capacity never counts below it.
@@ -305,6 +307,7 @@ class Agent:
         EnergyCollector(lambda: self.read_back.energy_mj, self._driver_indices(),
                         registry=self.registry)
         LinkCollector({"island": lambda: self.lane.link.is_connected,
+                       "dispatch": lambda: self.lane.dispatch_link.is_connected,
                        "frequency": lambda: self.lane.links[-1].is_connected,
                        "status": lambda: self.status_link.is_connected}, registry=self.registry)
         RecordsCollector(lambda: self.ledger.health, registry=self.registry)

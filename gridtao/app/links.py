@@ -1,9 +1,11 @@
-"""The agent's three broker connections, built from ``mqtt.*`` (docs/architecture.md):
+"""The agent's four broker connections, built from ``mqtt.*`` (docs/architecture.md):
 
-* the island's, for ``dispatch`` and the node's own inbox (and every ack it sends);
-* the frequency feed's, on a connection of its own so that no dispatch backlog can sit in
-  front of a sample; it keeps only the newest samples (a sample that waited behind hundreds is
-  stale anyway);
+* the island's dispatch connection, for ``dispatch`` and the node's own inbox, received only
+  (gridtao/transport/receiver.py: it keeps up with a flood and keeps the newest messages);
+* the frequency feed's, received only too and on a connection of its own so that no dispatch
+  backlog can sit in front of a sample; it keeps only the newest samples (a sample that waited
+  behind hundreds is stale anyway);
+* the island's acks (every ack it sends);
 * the controller's (``ctl``): status, tier 2 and tier 3, with the node's last will.
 
 All share every transport setting (TLS, credentials, timeouts); only identity and role differ.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from typing import Any
+from typing import Any, TypeVar
 
 from gridtao.app.planning import subscriptions as tier3_subscriptions
 from gridtao.clock import Clock
@@ -21,6 +23,8 @@ from gridtao.config.agent import Config
 from gridtao.hotpath.intake import Intake
 from gridtao.hotpath.lane import IslandLane
 from gridtao.transport.mqtt import MqttLink, Will
+from gridtao.transport.receiver import MqttReceiver
+from gridtao.transport.supervision import Supervised
 from gridtao.wire import messages as wire
 
 __all__ = ["FREQUENCY_INBOX", "PACKET_OVERHEAD_BYTES", "node_links"]
@@ -28,32 +32,34 @@ __all__ = ["FREQUENCY_INBOX", "PACKET_OVERHEAD_BYTES", "node_links"]
 #: Frequency samples that may wait for the island lane (a meter sends 10-50 a second).
 FREQUENCY_INBOX = 256
 PACKET_OVERHEAD_BYTES = 1024  # fixed header, topic name, MQTT v5 properties
+_Conn = TypeVar("_Conn", bound=Supervised)
 
 
 def node_links(config: Config, node_id: str, topics: wire.Topics, intake: Intake, *,
                tls: ssl.SSLContext | None, password: str | None,
                clock: Clock) -> tuple[IslandLane, MqttLink]:
-    """The island lane (its dispatch and frequency connections, feeding ``intake``) and the
+    """The island lane (its acks, dispatch and frequency connections, feeding ``intake``) and the
     controller's connection; nothing connects before they are started."""
     m = config.mqtt
     pid = os.getpid()
 
-    def link(role: str, **extra: Any) -> MqttLink:
-        return MqttLink.for_broker(m, client_id=f"gridtao-{node_id}-{role}-{pid}", tls=tls,
-                                   password=password, clock=clock, **extra)
+    def link(role: str, kind: type[_Conn], **extra: Any) -> _Conn:
+        return kind.for_broker(m, client_id=f"gridtao-{node_id}-{role}-{pid}", tls=tls,
+                               password=password, clock=clock, **extra)
 
     # The largest payload accepted, plus room for the topic and the headers: the broker is told
     # (MQTT v5 Maximum Packet Size) and never sends more.
     max_packet = m.max_payload_bytes + PACKET_OVERHEAD_BYTES
     lane = IslandLane(
-        link("island", subscriptions=[(topics.dispatch, 1), (topics.node_dispatch, 1)],
-             max_packet_bytes=max_packet),
+        link("island", MqttLink),
         intake,
-        frequency_link=link("frequency", subscriptions=[(topics.frequency, 0)],
+        dispatch_link=link("dispatch", MqttReceiver, max_packet_bytes=max_packet,
+                           subscriptions=[(topics.dispatch, 1), (topics.node_dispatch, 1)]),
+        frequency_link=link("frequency", MqttReceiver, subscriptions=[(topics.frequency, 0)],
                             max_packet_bytes=max_packet, max_inbound=FREQUENCY_INBOX),
     )
     status = link(
-        "ctl", subscriptions=tier3_subscriptions(config, topics),
+        "ctl", MqttLink, subscriptions=tier3_subscriptions(config, topics),
         retained_topics=[topics.signals],  # a state document, not a command
         will=Will(topics.status, wire.offline_payload(node_id), qos=1, retain=True),
     )

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from gridtao.config.agent import Config, ConfigError
 from gridtao.security.auth import Verifier
 from gridtao.security.guard import Guard
-from gridtao.transport.mqtt import MqttLink
+from gridtao.transport.supervision import Supervised
 from gridtao.transport.tls import read_password, ssl_context
 
 __all__ = ["Credentials", "ReloadPlan", "ReloadResult", "apply_reload", "plan_reload",
@@ -137,7 +137,7 @@ def plan_reload(running: Config, new: Config, *, current: Verifier | None) -> Re
     return ReloadPlan(applied, creds, result)
 
 
-def apply_reload(plan: ReloadPlan, *, guard: Guard, links: Sequence[MqttLink]) -> ReloadResult:
+def apply_reload(plan: ReloadPlan, *, guard: Guard, links: Sequence[Supervised]) -> ReloadResult:
     """Swap in what :func:`plan_reload` read (cannot fail half-way: swaps only)."""
     verifier, tls, password = plan.credentials
     if verifier is not None:

@@ -243,12 +243,13 @@ class Intake:
     def _on_frequency(self, payload: bytes, received_at: float, wall: float) -> list[Outgoing]:
         guard = self._guard
         try:
-            sample = wire.parse_frequency(payload, max_bytes=self._max_bytes)
+            data = wire.decode_object(payload, max_bytes=self._max_bytes)  # decoded once
+            sample = wire.frequency_from(data)
         except wire.MessageRejected as e:
             return self._reject_sample(e.reason, received_at)
         if guard is not None:
             # The quota after the signature: unsigned junk cannot spend the meter's budget.
-            problem = guard.check_frequency(payload, sample.t)
+            problem = guard.check_frequency(data, sample.t)
             if problem is None and not guard.take("frequency", received_at):
                 problem = guard.rate_reason("frequency")
             if problem is not None:
@@ -297,11 +298,12 @@ class Intake:
         # Cheap checks first, and the rate quota spent only by a message that passed them: junk
         # (malformed, unsigned, badly signed) can never use up what a genuine sender needs.
         try:
-            msg = wire.parse_dispatch(payload, max_bytes=self._max_bytes)
+            data = wire.decode_object(payload, max_bytes=self._max_bytes)  # decoded once
+            msg = wire.dispatch_from(data)
         except wire.MessageRejected as e:
             return self._reject(e.event_id, e.reason, received_at, wall)
         if guard is not None:
-            problem = guard.authenticate_dispatch(payload)
+            problem = guard.authenticate_dispatch(data)
             # Signed mode and a good signature: the sender is owed an ack for any refusal.
             self._v_proven = problem is None and guard.signed
             if problem is None and not guard.take("dispatch", received_at):

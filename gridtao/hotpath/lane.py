@@ -5,11 +5,16 @@ arrive on separate MQTT connections serviced by a separate (uvloop) loop on a de
 and go straight from the socket through :class:`~gridtao.hotpath.intake.Intake` to the island's
 writers.
 
+Inbound traffic comes on receive-only connections (gridtao/transport/receiver.py) that split
+every socket read into messages at once, so a flood of junk is drained into bounded inboxes
+(newest kept, the excess dropped and counted) instead of queuing in socket buffers and at the
+broker ahead of a genuine trigger; acks go out on a connection of their own (aiomqtt).
+
 Frequency has a path of its own that no dispatch can queue ahead of: its own connection (the
 broker keeps a queue per connection, so a dispatch backlog never sits in front of a sample), its
 own inbox, and priority here: waiting samples are handled before a waiting dispatch, and the
-lane lets the loop read both sockets after every message, so a sample waits at most about one
-dispatch's handling (a fraction of a millisecond), however many dispatches are queued. The
+lane lets the loop read the sockets at least every ``YIELD_S`` (0.5 ms) of handling, so a
+sample waits at most about that long, however many dispatches are queued. The
 priority is not absolute: after ``FREQUENCY_RUN`` samples in a row a waiting dispatch goes
 next, so a storm on the frequency topic cannot starve dispatches either.
 """
@@ -25,23 +30,30 @@ from collections.abc import Callable
 
 from gridtao.hotpath.intake import Intake, Outgoing
 from gridtao.transport.mqtt import InboundMessage, MqttLink, new_event_loop
+from gridtao.transport.supervision import Supervised
 
 log = logging.getLogger("gridtao.lane")
 
 TICK_S = 0.05
 #: Samples handled in a row before a waiting dispatch gets its turn.
 FREQUENCY_RUN = 8
+#: The longest the lane handles messages before it lets its loop read the sockets again.
+YIELD_S = 0.0005
 CONNECT_POLL_S = 0.02  # how often start() looks at the connection (and its abort)
 
 
 class IslandLane:
-    """Runs ``link`` (dispatch, and every ack published), ``frequency_link`` (frequency samples
-    only, with priority; None: ``link`` carries them too) and ``intake`` on a private loop in a
-    daemon thread. The intake is only ever called from that thread."""
+    """Runs ``link`` (every ack published; dispatch too when ``dispatch_link`` is None),
+    ``dispatch_link`` (dispatch and the node's inbox, received only), ``frequency_link``
+    (frequency samples only, with priority; None: the dispatch connection carries them too) and
+    ``intake`` on a private loop in a daemon thread. The intake is only ever called from that
+    thread."""
 
-    def __init__(self, link: MqttLink, intake: Intake,
-                 frequency_link: MqttLink | None = None) -> None:
+    def __init__(self, link: MqttLink, intake: Intake, *,
+                 dispatch_link: Supervised | None = None,
+                 frequency_link: Supervised | None = None) -> None:
         self._link = link
+        self._dispatch_link: Supervised = dispatch_link if dispatch_link is not None else link
         self._frequency_link = frequency_link
         self._intake = intake
         self._loop = new_event_loop()
@@ -53,13 +65,23 @@ class IslandLane:
 
     @property
     def link(self) -> MqttLink:
+        """The connection every ack goes out on."""
         return self._link
 
     @property
-    def links(self) -> tuple[MqttLink, ...]:
-        """Every connection the lane runs (dispatch first)."""
-        return (self._link,) if self._frequency_link is None else (
-            self._link, self._frequency_link)
+    def dispatch_link(self) -> Supervised:
+        """The connection dispatches arrive on (``link`` itself unless one was given)."""
+        return self._dispatch_link
+
+    @property
+    def links(self) -> tuple[Supervised, ...]:
+        """Every connection the lane runs (the acks' first, frequency last if any)."""
+        out: list[Supervised] = [self._link]
+        if self._dispatch_link is not self._link:
+            out.append(self._dispatch_link)
+        if self._frequency_link is not None:
+            out.append(self._frequency_link)
+        return tuple(out)
 
     @property
     def is_connected(self) -> bool:
@@ -144,6 +166,7 @@ class IslandLane:
         wake = asyncio.Event()
         for link in self.links:
             link.on_inbound = wake.set
+        yielded = time.monotonic()
         while True:
             msg = self._next()
             if msg is None:
@@ -151,6 +174,7 @@ class IslandLane:
                 msg = self._next()  # one may have landed between the poll and the clear
                 if msg is None:
                     await wake.wait()
+                    yielded = time.monotonic()
                     continue
             try:
                 out = self._intake.on_message(
@@ -162,9 +186,13 @@ class IslandLane:
                 log.exception("message on %s could not be handled", msg.topic)
                 out = []
             self._publish(out)
-            # Let the loop read the sockets (one packet per ready connection) before the next
-            # message: a backlog handled without yielding would keep a new sample unread.
-            await asyncio.sleep(0)
+            # Let the loop read the sockets at least every YIELD_S of handling: a backlog
+            # handled without yielding would keep a new sample unread, and yielding after
+            # every message would cost a loop iteration each in a flood.
+            now = time.monotonic()
+            if now - yielded >= YIELD_S:
+                await asyncio.sleep(0)
+                yielded = time.monotonic()
 
     def _next(self) -> InboundMessage | None:
         """The waiting message to handle next: a frequency sample before a dispatch, but a
@@ -175,7 +203,7 @@ class IslandLane:
                 self._run += 1
                 return sample
         self._run = 0
-        dispatch = self._link.poll()
+        dispatch = self._dispatch_link.poll()
         if dispatch is None and self._frequency_link is not None:
             return self._frequency_link.poll()
         return dispatch

@@ -27,6 +27,8 @@ from __future__ import annotations
 import collections
 import logging
 
+from gridtao.security.bounds import TokenBucket
+
 __all__ = ["RejectionGate"]
 
 log = logging.getLogger("gridtao.intake")
@@ -45,8 +47,8 @@ class RejectionGate:
                 or records_per_s <= 0 or record_burst < 1):
             raise ValueError("need acks_per_s, records_per_s > 0, ack_burst, record_burst >= 1, "
                              "log_lines >= 0, interval_s > 0")
-        self._acks = _Bucket(acks_per_s, ack_burst)
-        self._records = _Bucket(records_per_s, record_burst)
+        self._acks = TokenBucket(acks_per_s, ack_burst)
+        self._records = TokenBucket(records_per_s, record_burst)
         #: Refusals counted but not recorded one by one, since the last summary.
         self.unrecorded = 0
         self._summary_due = False  # an interval ended: the unrecorded count goes out
@@ -106,23 +108,3 @@ class RejectionGate:
         self._logged = 0
         self._tally.clear()
         self._summary_due = True
-
-
-class _Bucket:
-    """A token bucket: ``rate`` per second up to ``burst``; starts full."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._refilled_at: float | None = None
-
-    def take(self, now_s: float) -> bool:
-        if self._refilled_at is not None:
-            elapsed = max(0.0, now_s - self._refilled_at)
-            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
-        self._refilled_at = now_s
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False

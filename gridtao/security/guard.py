@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,11 +42,25 @@ class SecurityMetrics:
             "Messages refused by rate or bound limits, by topic and reason.",
             ["topic", "reason"], registry=registry,
         )
+        # Every child made once, and counted through this dict: a flood of refusals costs a
+        # dict lookup each, not prometheus_client's label resolution.
+        self.children: dict[tuple[str, str, str], Counter] = {}
         for topic in TOPICS:
             for label in auth.REASON_LABELS:
-                self.auth_failures.labels(topic=topic, reason=label)
+                self.children["auth", topic, label] = self.auth_failures.labels(
+                    topic=topic, reason=label)
             for label in LIMIT_LABELS:
-                self.limit_rejections.labels(topic=topic, reason=label)
+                self.children["limit", topic, label] = self.limit_rejections.labels(
+                    topic=topic, reason=label)
+
+    def count(self, family: str, topic: str, reason: str) -> None:
+        """One refusal: ``family`` "auth" or "limit"."""
+        child = self.children.get((family, topic, reason))
+        if child is None:
+            counter = self.auth_failures if family == "auth" else self.limit_rejections
+            child = self.children[family, topic, reason] = counter.labels(topic=topic,
+                                                                         reason=reason)
+        child.inc()
 
 
 class DispatchVerdict(NamedTuple):
@@ -161,8 +175,9 @@ class Guard:
 
     # ---- frequency ----------------------------------------------------------------------
 
-    def check_frequency(self, payload: bytes, t: float) -> str | None:
-        """None if the (parsed) sample may be used, else the reason (counted)."""
+    def check_frequency(self, payload: bytes | Mapping[str, Any], t: float) -> str | None:
+        """None if the (parsed) sample may be used, else the reason (counted). ``payload``:
+        the message, or its decoded object (wire.decode_object)."""
         verifier = self._verifier
         if verifier is None:
             return None
@@ -181,8 +196,9 @@ class Guard:
 
     # ---- dispatch -----------------------------------------------------------------------
 
-    def authenticate_dispatch(self, payload: bytes) -> str | None:
-        """Signature and key checks only (before the duplicate check): None or the reason."""
+    def authenticate_dispatch(self, payload: bytes | Mapping[str, Any]) -> str | None:
+        """Signature and key checks only (before the duplicate check): None or the reason.
+        ``payload``: the message, or its decoded object (wire.decode_object)."""
         verifier = self._verifier
         if verifier is None:
             return None
@@ -250,15 +266,17 @@ class Guard:
 
     def _auth_failed(self, topic: auth.Topic, e: auth.AuthRejected) -> str:
         if self._metrics is not None:
-            self._metrics.auth_failures.labels(topic=topic, reason=e.label).inc()
+            self._metrics.count("auth", topic, e.label)
         return f"auth: {e.reason}"
 
     def _count_limit(self, topic: auth.Topic, label: str) -> None:
         if self._metrics is not None:
-            self._metrics.limit_rejections.labels(topic=topic, reason=label).inc()
+            self._metrics.count("limit", topic, label)
 
 
-def _decode(payload: bytes) -> dict[str, Any]:
+def _decode(payload: bytes | Mapping[str, Any]) -> Mapping[str, Any]:
     # Only called on payloads the wire parser accepted: a JSON object in UTF-8.
+    if not isinstance(payload, bytes | bytearray):
+        return payload
     data: dict[str, Any] = json.loads(payload)
     return data

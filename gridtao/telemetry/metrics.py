@@ -101,6 +101,7 @@ class Metrics:
             ["topic", "result"],
             registry=registry,
         )
+        self._message_children: dict[tuple[str, str], Counter] = {}
         self._gpu_errors = Counter(
             "gridtao_gpu_errors",
             "GPU backend errors, by GPU index and error kind (exception class name).",
@@ -196,9 +197,13 @@ class Metrics:
 
     def count_message(self, topic: str, result: MessageResult) -> None:
         """One grid message on ``topic`` (the topic's last segment, e.g. ``dispatch``)."""
-        if result not in MESSAGE_RESULTS:
-            raise ValueError(f"unknown message result {result!r}")
-        self._messages.labels(topic=topic, result=result).inc()
+        child = self._message_children.get((topic, result))
+        if child is None:  # looked up once per label pair: a flood counts at dict speed
+            if result not in MESSAGE_RESULTS:
+                raise ValueError(f"unknown message result {result!r}")
+            child = self._messages.labels(topic=topic, result=result)
+            self._message_children[(topic, result)] = child
+        child.inc()
 
     def count_gpu_error(self, gpu: int, kind: str) -> None:
         """One backend error of the GPU served at ``gpu``; ``kind`` is the error class name

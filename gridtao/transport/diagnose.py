@@ -25,6 +25,7 @@ from typing import Literal
 
 import aiomqtt
 
+from gridtao.transport.errors import ConnectRefused
 from gridtao.transport.tls import ClientContext
 
 __all__ = ["AttemptLog", "Diagnosis", "PahoTap", "connected", "diagnose"]
@@ -77,7 +78,7 @@ def diagnose(
     code = getattr(rc, "value", rc)
     # A refused CONNECT: aiomqtt exports no class of its own for it, so any code error with
     # an integer reason code (the CONNACK's) is read as one.
-    if isinstance(error, aiomqtt.MqttCodeError) and isinstance(code, int):
+    if isinstance(error, aiomqtt.MqttCodeError | ConnectRefused) and isinstance(code, int):
         reason = _reason(str(rc)) if rc is not None else text
         if code in _CREDENTIAL_CODES:
             if username is None and not client_cert:

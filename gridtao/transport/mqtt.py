@@ -22,10 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
-import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +32,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gridtao.clock import Clock, MonotonicClock
-from gridtao.config.agent import MqttConfig
-from gridtao.transport.diagnose import AttemptLog, Diagnosis, PahoTap, connected
+from gridtao.transport.diagnose import PahoTap, connected
 from gridtao.transport.outbox import DropReason, OutboundMessage, Outbox
+from gridtao.transport.supervision import InboundMessage, LinkStats, Supervised, check_qos
 
 __all__ = [
     "InboundMessage",
@@ -61,37 +58,8 @@ class Will:
     retain: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class InboundMessage:
-    """A received message; ``received_at`` is ``clock.now()`` (monotonic s) when the link took it
-    from the socket's queue, ``received_wall`` is ``clock.wall()`` (Unix s) at the same moment."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    received_at: float
-    received_wall: float
-
-
 #: What ``on_connect_publish`` returns: ``(topic, payload, qos, retain)`` tuples.
 PublishSpec = tuple[str, bytes, int, bool]
-
-
-@dataclass(slots=True)
-class LinkStats:
-    """Counters since the link was created. Plain ints written on the link's loop; other
-    threads (the metrics collector at scrape time) read them without a lock, which is safe for
-    ints and may lag by one increment."""
-
-    connects: int = 0  # successful connections, the first included
-    reconnects: int = 0  # successful connections after the first
-    losses: int = 0  # established connections that ended in an error
-    received: int = 0
-    published: int = 0
-    dropped_outbound: int = 0  # outbox overflow, or QoS 0 message cut off by a connection loss
-    dropped_inbound: int = 0  # inbox overflow (oldest message discarded)
-    refused: int = 0  # attempts refused for credentials, ACL or TLS (Diagnosis.persistent)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -104,13 +72,9 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def _check_qos(qos: int) -> None:
-    if qos not in (0, 1, 2):
-        raise ValueError(f"QoS must be 0, 1 or 2, got {qos!r}")
-
-
-class MqttLink:
-    """A supervised MQTT v5 client connection. Create it, then run :meth:`run` as a task.
+class MqttLink(Supervised):
+    """A supervised MQTT v5 client connection (aiomqtt). Create it, then run :meth:`run` as a
+    task.
 
     Invariants: subscriptions are re-established on every connection before ``connected`` is
     set; messages from ``on_connect_publish`` go out first on every connection; the outbox never
@@ -118,118 +82,30 @@ class MqttLink:
     are sent again after reconnecting (at-least-once), QoS 0 ones may be lost.
     """
 
+    _lost_errors = (aiomqtt.MqttError, *Supervised._lost_errors)
+
     def __init__(
         self,
         *,
         host: str,
         port: int,
         client_id: str,
-        subscriptions: Sequence[tuple[str, int]] = (),
         will: Will | None = None,
-        keepalive_s: int = 10,
-        reconnect_min_s: float = 0.1,
-        reconnect_max_s: float = 5.0,
         on_connect_publish: Callable[[], Sequence[PublishSpec]] | None = None,
-        clock: Clock | None = None,
         max_outbound: int = 1000,
-        max_inbound: int = 10_000,
-        op_timeout_s: float = 10.0,
-        rng: random.Random | None = None,
-        tls: ssl.SSLContext | None = None,
-        username: str | None = None,
-        password: str | None = None,
-        error_log_interval_s: float = 60.0,
-        max_packet_bytes: int | None = None,
-        retained_topics: Sequence[str] = (),
+        **options: Any,
     ) -> None:
-        if not 0 < reconnect_min_s <= reconnect_max_s:
-            raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
-        if keepalive_s < 1:
-            raise ValueError("keepalive_s must be >= 1")
-        if max_outbound < 1 or max_inbound < 1:
-            raise ValueError("max_outbound and max_inbound must be >= 1")
-        for _, qos in subscriptions:
-            _check_qos(qos)
+        """``options``: :class:`~gridtao.transport.supervision.Supervised`'s (subscriptions,
+        keepalive, backoff, clock, inbox bound, credentials, Maximum Packet Size)."""
+        if max_outbound < 1:
+            raise ValueError("max_outbound must be >= 1")
         if will is not None:
-            _check_qos(will.qos)
-        self.host = host
-        self.port = port
-        self.client_id = client_id
-        self.subscriptions = tuple(subscriptions)
-        #: Subscriptions whose retained message the broker may send on subscribing (state, not
-        #: commands: every other subscription asks for none).
-        self.retained_topics = frozenset(retained_topics)
+            check_qos(will.qos)
+        super().__init__(host=host, port=port, client_id=client_id, **options)
         self.will = will
-        self.keepalive_s = keepalive_s
-        self.reconnect_min_s = reconnect_min_s
-        self.reconnect_max_s = reconnect_max_s
-        self.op_timeout_s = op_timeout_s
         self._on_connect_publish = on_connect_publish
-        self._clock: Clock = clock if clock is not None else MonotonicClock()
-        self._rng = rng if rng is not None else random.Random()
-        self.error_log_interval_s = error_log_interval_s
-        # MQTT v5 Maximum Packet Size: the broker never sends a larger packet (it drops it), so
-        # an oversize flood costs the broker, not this process's memory.
-        self.max_packet_bytes = max_packet_bytes
-        self.set_credentials(tls=tls, username=username, password=password)
         self._tap: PahoTap | None = None
-
-        self.connected = asyncio.Event()
-        self.stats = LinkStats()
-        self._inbox: asyncio.Queue[InboundMessage] = asyncio.Queue(maxsize=max_inbound)
-        #: Called on the link's loop after each message lands in the inbox (a reader that
-        #: serves several links waits on one event instead of a getter per link).
-        self.on_inbound: Callable[[], None] | None = None
         self._outbox = Outbox(max_outbound, on_drop=self._dropped)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._running = False
-        self._was_up = False  # whether the current/last session got as far as `connected`
-
-    @classmethod
-    def for_broker(cls, mqtt: MqttConfig, *, client_id: str, tls: ssl.SSLContext | None,
-                   password: str | None, clock: Clock | None = None,
-                   **options: Any) -> MqttLink:
-        """A link to the broker ``mqtt`` names, with its connection settings (keepalive,
-        reconnect backoff, user name, error log interval); ``tls`` and ``password`` as read
-        from its files (gridtao/transport/tls.py); ``options``: the other constructor
-        arguments (subscriptions, will, bounds)."""
-        return cls(host=mqtt.host, port=mqtt.port, client_id=client_id,
-                   keepalive_s=mqtt.keepalive_s, reconnect_min_s=mqtt.reconnect_min_s,
-                   reconnect_max_s=mqtt.reconnect_max_s, tls=tls, username=mqtt.username,
-                   password=password, error_log_interval_s=mqtt.error_log_interval_s,
-                   clock=clock, **options)
-
-    # ---- receiving -------------------------------------------------------------------------
-
-    def set_credentials(
-        self, *, tls: ssl.SSLContext | None, username: str | None, password: str | None
-    ) -> None:
-        """Broker credentials (TLS context, MQTT user and password) for the next connection on;
-        a connection that is up keeps its session. Thread-safe: one atomic swap."""
-        self._credentials = (tls, username, password)
-        self._attempts = AttemptLog(log, host=self.host, port=self.port, tls=tls,
-                                    username=username, interval_s=self.error_log_interval_s,
-                                    clock=self._clock.now)
-
-    @property
-    def tls(self) -> ssl.SSLContext | None:
-        return self._credentials[0]
-
-    async def get(self) -> InboundMessage:
-        """The next received message (waits; survives reconnections)."""
-        return await self._inbox.get()
-
-    def poll(self) -> InboundMessage | None:
-        """The next received message if one is waiting, else None (never waits)."""
-        try:
-            return self._inbox.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
-
-    async def messages(self) -> AsyncIterator[InboundMessage]:
-        """Iterate over received messages forever."""
-        while True:
-            yield await self._inbox.get()
 
     # ---- publishing ------------------------------------------------------------------------
 
@@ -246,7 +122,7 @@ class MqttLink:
     ) -> None:
         """Synchronous :meth:`publish`; call it only from the link's own event loop.
         ``expendable``: dropped first when the outbox is full (see :mod:`.outbox`)."""
-        _check_qos(qos)
+        check_qos(qos)
         self._outbox.push(OutboundMessage(topic, bytes(payload), qos, retain, expendable))
 
     def publish_threadsafe(
@@ -255,7 +131,7 @@ class MqttLink:
         """:meth:`publish` from any thread (e.g. a control thread reporting ``reached_at``)."""
         if self._loop is None:
             raise RuntimeError("the link is not running: start run() first")
-        _check_qos(qos)
+        check_qos(qos)
         message = OutboundMessage(topic, bytes(payload), qos, retain)
         self._loop.call_soon_threadsafe(self._outbox.push, message)
 
@@ -270,16 +146,6 @@ class MqttLink:
     @property
     def outbox_len(self) -> int:
         return len(self._outbox)
-
-    @property
-    def problem(self) -> Diagnosis | None:
-        """Why the last connection attempt failed; None once connected."""
-        return self._attempts.problem
-
-    @property
-    def is_connected(self) -> bool:
-        """Connection state as a plain bool (safe to read from other threads)."""
-        return self.connected.is_set()
 
     def _dropped(self, message: OutboundMessage, reason: DropReason) -> None:
         self.stats.dropped_outbound += 1
@@ -299,61 +165,8 @@ class MqttLink:
         """aiomqtt's bounded queue was full: one incoming message dropped."""
         self.stats.dropped_inbound += 1
 
-    def backoff_s(self, attempt: int) -> float:
-        """Delay before reconnection attempt ``attempt`` (0-based): uniform in
-        [min, min(max, min * 2**attempt)]."""
-        ceiling = min(self.reconnect_max_s, self.reconnect_min_s * 2.0 ** min(attempt, 60))
-        return self._rng.uniform(self.reconnect_min_s, ceiling)
-
-    async def run(self) -> None:
-        """Supervise the connection until cancelled; it never returns otherwise.
-
-        Each lost connection is logged once (warning); failed attempts while the broker stays
-        away are logged at debug level after the first.
-        """
-        if self._running:
-            raise RuntimeError("MqttLink.run() is already running")
-        self._running = True
-        self._loop = asyncio.get_running_loop()
-        attempt = 0
-        quiet = False
-        try:
-            while True:
-                try:
-                    await self._session()
-                except (aiomqtt.MqttError, OSError) as e:
-                    reason = str(e) or type(e).__name__
-                    if e.__cause__ is not None:
-                        reason = f"{reason}: {e.__cause__}"
-                    tap_error = self._tap.last_error if self._tap is not None else None
-                    if tap_error and tap_error not in reason:
-                        reason = f"{reason} ({tap_error})"
-                    if self._was_up:
-                        self.stats.losses += 1
-                        log.warning(
-                            "MQTT connection to %s:%d lost (%s); reconnecting",
-                            self.host,
-                            self.port,
-                            reason,
-                        )
-                        attempt = 0
-                        quiet = True
-                    else:
-                        quiet = self._attempts.failed(e, quiet)
-                        if self.problem is not None and self.problem.persistent:
-                            self.stats.refused += 1
-                        log.debug("MQTT connect to %s:%d failed: %s", self.host, self.port, reason)
-                except Exception:
-                    # A bug must not leave the node deaf to the grid: log it loudly and reconnect.
-                    self.stats.losses += 1
-                    log.exception("MQTT link to %s:%d failed unexpectedly", self.host, self.port)
-                    quiet = True
-                await asyncio.sleep(self.backoff_s(attempt))
-                attempt += 1
-        finally:
-            self.connected.clear()
-            self._running = False
-            self._loop = None
+    def _detail(self) -> str | None:
+        return self._tap.last_error if self._tap is not None else None
 
     def _connect_properties(self) -> Properties | None:
         if self.max_packet_bytes is None:
@@ -364,7 +177,6 @@ class MqttLink:
 
     async def _session(self) -> None:
         """One connection: returns only by raising (MqttError on loss, CancelledError on stop)."""
-        self._was_up = False
         credentials = self._credentials  # one consistent set, even if a reload swaps it now
         # paho's log of this connection: the only trace of a TLS alert after the handshake.
         tap = self._tap = PahoTap(asyncio.get_running_loop(), on_discard=self._discarded)
@@ -410,16 +222,10 @@ class MqttLink:
                     raise aiomqtt.MqttError(f"broker refused subscription to {refused}")
             if self._on_connect_publish is not None:
                 for topic, payload, qos, retain in reversed(list(self._on_connect_publish())):
-                    _check_qos(qos)
+                    check_qos(qos)
                     self._outbox.push(OutboundMessage(topic, bytes(payload), qos, retain),
                                       front=True)
-            self.stats.connects += 1
-            self._attempts.connected()
-            if self.stats.connects > 1:
-                self.stats.reconnects += 1
-                log.info("MQTT reconnected to %s:%d", self.host, self.port)
-            self._was_up = True
-            self.connected.set()
+            self._connected_now()
             try:
                 await self._pump(client)
             finally:
@@ -442,25 +248,16 @@ class MqttLink:
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         clock = self._clock
-        inbox = self._inbox
         async for message in client.messages:
             payload = message.payload
-            inbound = InboundMessage(
+            self._deliver(InboundMessage(
                 topic=message.topic.value,
                 payload=payload if isinstance(payload, bytes) else str(payload).encode(),
                 qos=message.qos,
                 retain=message.retain,
                 received_at=clock.now(),
                 received_wall=clock.wall(),
-            )
-            self.stats.received += 1
-            if inbox.full():
-                # The oldest sample is the least useful one to a controller.
-                inbox.get_nowait()
-                self.stats.dropped_inbound += 1
-            inbox.put_nowait(inbound)
-            if self.on_inbound is not None:
-                self.on_inbound()
+            ))
 
     async def _send(self, client: aiomqtt.Client) -> None:
         outbox = self._outbox

@@ -42,6 +42,9 @@ __all__ = [
     "ShedDispatch",
     "Topics",
     "ack_payload",
+    "decode_object",
+    "dispatch_from",
+    "frequency_from",
     "offline_payload",
     "parse_dispatch",
     "parse_frequency",
@@ -271,9 +274,20 @@ def _identifier(data: Mapping[str, Any], key: str, event_id: str | None) -> str:
     return value
 
 
+def decode_object(payload: bytes, *, max_bytes: int) -> dict[str, Any]:
+    """A payload's JSON object (size, UTF-8 and JSON checked), for :func:`frequency_from` or
+    :func:`dispatch_from` and then for the signature check, so that a message is decoded once.
+    Raises :class:`MessageRejected`."""
+    return _decode_object(payload, max_bytes)
+
+
 def parse_frequency(payload: bytes, *, max_bytes: int) -> FrequencySample:
     """Parse ``{"t": <unix s>, "hz": <40..70>}``. Raises :class:`MessageRejected`."""
-    data = _decode_object(payload, max_bytes)
+    return frequency_from(_decode_object(payload, max_bytes))
+
+
+def frequency_from(data: Mapping[str, Any]) -> FrequencySample:
+    """:func:`parse_frequency` of an already decoded object."""
     t = _number(data, "t", None)
     if t < 0:
         raise MessageRejected(f"field 't' must be Unix seconds >= 0, got {t:g}")
@@ -288,7 +302,11 @@ def parse_dispatch(payload: bytes, *, max_bytes: int) -> AnyDispatch:
     Raises :class:`MessageRejected`; its ``event_id`` is set whenever the payload was an object
     with a string ``"id"`` (even an invalid one), so the rejection can be acked by name.
     """
-    data = _decode_object(payload, max_bytes)
+    return dispatch_from(_decode_object(payload, max_bytes))
+
+
+def dispatch_from(data: Mapping[str, Any]) -> AnyDispatch:
+    """:func:`parse_dispatch` of an already decoded object."""
     raw_id = data.get("id")
     event_id = raw_id if isinstance(raw_id, str) else None
     ident = _identifier(data, "id", event_id)
