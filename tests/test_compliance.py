@@ -1,9 +1,9 @@
 """The compliance bench end to end: a real Mosquitto broker, an agent on simulated H100s in real
 time, a frequency step published at 10 Hz, power logged through NVML and scored.
 
-Two short runs (about 25 s together): FFR at 49.5 Hz passes every rule on the default simulator;
-a simulator whose caps take 2 s to bite fails the 0.7 s full-activation rule, and the report
-shows what it measured."""
+Two short runs (about 25 s of signal, run side by side: about 18 s): FFR at 49.5 Hz passes every
+rule on the default simulator; a simulator whose caps take 2 s to bite fails the 0.7 s
+full-activation rule, and the report shows what it measured."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import csv
 import dataclasses
 import itertools
 import json
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,25 @@ def run(config: Config, plan: c.TestPlan) -> rep.TestResult:
     return rep.score_test(c.spec_of(pcfg), done, c.measure(rec, done, config, pcfg), config)
 
 
+@pytest.fixture(scope="module")
+def slow_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future[rep.TestResult]]:
+    """The slow simulator's run (caps take 2 s to bite), started in the background as soon as
+    the module's first test asks for it, beside the default simulator's: each run has its own
+    broker, agent and simulated GPUs, and a bench run is mostly waiting on its 10 Hz schedule
+    (a fifth of a core), so the module takes the longer run's time instead of both. Its test
+    reads the result; the run is the same as on its own (state and run directories of its own,
+    as conftest.py gives every test)."""
+    here = tmp_path_factory.mktemp("slow-run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STATE_DIRECTORY", str(here / "state"))
+        mp.setenv("RUNTIME_DIRECTORY", str(here / "run"))
+        config = ffr_config(cap_down_ms=2000.0)
+        plan = c.TestPlan("step", shapes.ffr_step(49.5, lead_s=3.0, after_s=3.0))
+        with ThreadPoolExecutor(1, thread_name_prefix="compliance-slow") as pool:
+            yield pool.submit(run, config, plan)
+
+
+@pytest.mark.usefixtures("slow_run")  # runs beside this one
 def test_ffr_passes_on_the_default_simulator_and_writes_csv_json_png(tmp_path: Path) -> None:
     config = ffr_config()
     plan = c.TestPlan("step", shapes.ffr_step(49.5, lead_s=3.0, after_s=12.0))
@@ -75,10 +96,9 @@ def test_ffr_passes_on_the_default_simulator_and_writes_csv_json_png(tmp_path: P
     assert {"name", "value", "limit", "passed"} <= set(loaded["rules"][0])
 
 
-def test_a_slow_simulator_fails_the_ffr_0_7_s_rule_with_the_measured_value() -> None:
-    config = ffr_config(cap_down_ms=2000.0)
-    plan = c.TestPlan("step", shapes.ffr_step(49.5, lead_s=3.0, after_s=3.0))
-    res = run(config, plan)
+def test_a_slow_simulator_fails_the_ffr_0_7_s_rule_with_the_measured_value(
+        slow_run: Future[rep.TestResult]) -> None:
+    res = slow_run.result(timeout=150)  # ffr_config(cap_down_ms=2000.0), a 3 s lead and tail
     rules = {r.name: r for r in res.rules}
     act, at_limit = rules["full_activation_time"], rules["power_at_full_activation_time"]
     assert not res.passed and not act.passed and not at_limit.passed

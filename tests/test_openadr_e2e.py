@@ -140,7 +140,8 @@ def test_register_event_ramp_modify_cancel_and_report(mqtt_broker: MosquittoBrok
             await until(alive(lambda: vtn.registrations == ["site-a"]), "registration", 40)
             await until(alive(lambda: len(vtn.reports.get("it_power", [])) >= 2),
                         "usage reports before the event")
-            start = time.time() + 6.0
+            # The node has the dispatch about 0.3 s after this, well before its 2 s ramp-in.
+            start = time.time() + 4.0
             event_id = vtn.add_event(intervals=[(start, 40.0, 2)], ramp_s=2.0, recovery_s=1.0,
                                      target={"resource_id": RESOURCE})
             m0, m1 = f"oadr-{event_id}-m0", f"oadr-{event_id}-m1"

@@ -1,16 +1,70 @@
 """`gridtao prequalify`: the dry run shows the sequence and the caps without actuating, real GPUs
-are refused without --allow-actuation, and a short simulated run writes the report folder."""
+are refused without --allow-actuation, and a short simulated run writes the report folder.
+
+The two simulated runs (about 20 s each, mostly waiting on the 10 Hz schedule) run side by side:
+the one on GPUs that refuse writes as its own `gridtao prequalify` process, started by the
+module's first test that asks for it."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+from agentproc import REPO
 
 from gridtao.cli.main import main
 
 pytestmark = pytest.mark.timeout(180)
+
+
+class Run(NamedTuple):
+    """A `gridtao prequalify` process, its report folder and its output."""
+
+    proc: subprocess.Popen[bytes]
+    out: Path
+    log: Path
+
+    def wait(self) -> int:
+        return self.proc.wait(150)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+@pytest.fixture(scope="module")
+def refusing_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    """ERCOT FFR on simulated GPUs that refuse every limit write, in the background. The
+    product is enrolled with a 1 s support (the time scale would give 5.4 s): nothing is cut
+    whatever its length, and the report only has to show the refused writes (a configuration
+    that enrolls a product must also set safety.triggers: [], as the bench does for its agent
+    anyway). State and run directories of its own, as conftest.py gives every test."""
+    here = tmp_path_factory.mktemp("refusing")
+    cfg = here / "refusing.yaml"
+    cfg.write_text("gpus:\n  backend: sim\n  sim:\n    faults: [{kind: not_supported}]\n"
+                   "safety:\n  triggers: []\n"
+                   "products:\n  - {kind: ercot-ffr, capacity_w: 1000, support_s: 1}\n")
+    env = os.environ | {"STATE_DIRECTORY": str(here / "state"),
+                        "RUNTIME_DIRECTORY": str(here / "run")}
+    log = here / "prequalify.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gridtao", "--config", str(cfg), "prequalify", "--product",
+             "ercot-ffr", "--time-scale", "0.006", "--out", str(here / "report")],
+            cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        yield Run(proc, here / "report", log)
+    finally:  # let it finish (its broker and agent with it) unless it hangs
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def test_dry_run_shows_sequence_durations_and_caps_and_writes_nothing(
@@ -48,6 +102,7 @@ def test_dry_run_on_real_gpus_is_allowed_without_actuation(
     assert "nothing will be actuated" in text and "--allow-actuation" in text
 
 
+@pytest.mark.usefixtures("refusing_run")  # runs beside this one
 def test_a_short_simulated_run_writes_the_report_folder(tmp_path: Path) -> None:
     out = tmp_path / "ercot"
     rc = main(["prequalify", "--product", "ercot-ffr", "--time-scale", "0.006", "--out", str(out),
@@ -71,13 +126,9 @@ def test_a_short_simulated_run_writes_the_report_folder(tmp_path: Path) -> None:
     assert header.startswith("t_s,hz,required_w,delivered_w,delivered_it_w,meter_w,it_w")
 
 
-def test_a_report_on_gpus_that_refuse_writes_says_so(tmp_path: Path) -> None:
-    cfg = tmp_path / "refusing.yaml"
-    cfg.write_text("gpus:\n  backend: sim\n  sim:\n    faults: [{kind: not_supported}]\n")
-    out = tmp_path / "report"
-    rc = main(["--config", str(cfg), "prequalify", "--product", "ercot-ffr", "--time-scale",
-               "0.006", "--out", str(out)])
-    assert rc == 1  # nothing was cut, so the test fails
+def test_a_report_on_gpus_that_refuse_writes_says_so(refusing_run: Run) -> None:
+    out = refusing_run.out
+    assert refusing_run.wait() == 1, refusing_run.tail()  # nothing was cut: the test fails
     summary = (out / "summary.md").read_text()
     assert "**GPU errors during this test**: gpu 0: GpuNotSupported" in summary
     body = json.loads((out / "results.json").read_text())
