@@ -36,7 +36,7 @@ log = logging.getLogger("gridtao.lane")
 
 TICK_S = 0.05
 #: Samples handled in a row before a waiting dispatch gets its turn.
-FREQUENCY_RUN = 8
+FREQUENCY_RUN = 3
 #: The longest the lane handles messages before it lets its loop read the sockets again.
 YIELD_S = 0.0005
 CONNECT_POLL_S = 0.02  # how often start() looks at the connection (and its abort)
