@@ -2,11 +2,12 @@
 
 The trigger chain, file by file, in the order a message travels it:
 
-1. ``transport/mqtt.py``: one of the lane's own broker connections (:class:`MqttLink`; one
-   for ``{prefix}/frequency``, one for ``{prefix}/dispatch``) receives a message.
-2. ``hotpath/lane.py``: :class:`IslandLane` runs that link on a private uvloop in a dedicated
-   thread, so nothing on the controller's loop can delay a trigger, and hands each message
-   (every waiting frequency sample before the next dispatch) to
+1. ``transport/receiver.py``: one of the lane's own receive-only broker connections
+   (:class:`MqttReceiver`; one for ``{prefix}/frequency``, one for ``{prefix}/dispatch``)
+   splits a socket read into messages (``transport/packets.py``) into its bounded inbox.
+2. ``hotpath/lane.py``: :class:`IslandLane` runs those connections (and the acks' own) on a
+   private uvloop in a dedicated thread, so nothing on the controller's loop can delay a
+   trigger, and hands each message (waiting frequency samples before a waiting dispatch) to
 3. ``hotpath/intake.py``: :class:`Intake`, synchronous and transport-agnostic, which
 4. parses it (``wire/messages.py``) and passes it through the guard (``security/guard.py``:
    rate limit, signature ``security/auth.py``, duplicate check, freshness and replay
