@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Callable
 from typing import Any, cast
 
+from gridtao.clock import Clock
 from gridtao.transport import packets as p
 from gridtao.transport.errors import ConnectionLost, ConnectRefused
 from gridtao.transport.supervision import InboundMessage, Supervised
@@ -39,14 +41,17 @@ _SUBSCRIBE_ID = 1
 class _Protocol(asyncio.Protocol):
     """One connection's bytes: packets to the receiver, CONNACK/SUBACK to waiting futures."""
 
-    def __init__(self, receiver: MqttReceiver, loop: asyncio.AbstractEventLoop) -> None:
-        self._receiver = receiver
-        self._reader = p.PacketReader(receiver.max_packet_bytes)
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, clock: Clock,
+                 deliver: Callable[[InboundMessage], None],
+                 max_packet_bytes: int | None) -> None:
+        self._clock = clock
+        self._deliver = deliver
+        self._reader = p.PacketReader(max_packet_bytes)
         self.transport: asyncio.Transport | None = None
         self.connack: asyncio.Future[p.Packet] = loop.create_future()
         self.suback: asyncio.Future[p.Packet] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
-        self.last_read = receiver.clock_now()
+        self.last_read = clock.now()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -57,16 +62,16 @@ class _Protocol(asyncio.Protocol):
         except p.ProtocolError as e:
             self._fail(ConnectionLost(f"protocol error from the broker: {e.reason}"))
             return
-        receiver = self._receiver
-        now, wall = receiver.clock_now(), receiver.clock_wall()
+        deliver = self._deliver
+        now, wall = self._clock.now(), self._clock.wall()
         self.last_read = now
-        acks = b""
+        acks = bytearray()
         for packet in packets:
             if isinstance(packet, p.Publish):
                 if packet.packet_id is not None:
                     acks += p.puback_packet(packet.packet_id)
-                receiver.take(InboundMessage(packet.topic, packet.payload, packet.qos,
-                                             packet.retain, now, wall))
+                deliver(InboundMessage(packet.topic, packet.payload, packet.qos, packet.retain,
+                                       now, wall))
             elif packet.kind == p.CONNACK:
                 if not self.connack.done():
                     self.connack.set_result(packet)
@@ -114,20 +119,11 @@ class MqttReceiver(Supervised):
             if qos > 1:
                 raise ValueError(f"{topic}: a receiver subscribes at QoS 0 or 1, not {qos}")
 
-    def clock_now(self) -> float:
-        return self._clock.now()
-
-    def clock_wall(self) -> float:
-        return self._clock.wall()
-
-    def take(self, message: InboundMessage) -> None:
-        """A received message, from the protocol (the link's loop)."""
-        self._deliver(message)
-
     async def _session(self) -> None:
         tls, username, password = self._credentials
         loop = asyncio.get_running_loop()
-        protocol = _Protocol(self, loop)
+        protocol = _Protocol(loop, clock=self._clock, deliver=self._deliver,
+                             max_packet_bytes=self.max_packet_bytes)
         try:
             transport, _ = await asyncio.wait_for(loop.create_connection(
                 lambda: protocol, self.host, self.port, ssl=tls,
