@@ -167,7 +167,10 @@ class _ConstantError(ValueError):
 _DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def _decode_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
+def decode_object(payload: bytes, *, max_bytes: int) -> dict[str, Any]:
+    """A payload's JSON object (size, UTF-8 and JSON checked), for :func:`frequency_from` or
+    :func:`dispatch_from` and then for the signature check, so that a message is decoded once.
+    Raises :class:`MessageRejected`."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise MessageRejected(f"payload must be bytes, got {type(payload).__name__}")
     size = len(payload)
@@ -274,16 +277,9 @@ def _identifier(data: Mapping[str, Any], key: str, event_id: str | None) -> str:
     return value
 
 
-def decode_object(payload: bytes, *, max_bytes: int) -> dict[str, Any]:
-    """A payload's JSON object (size, UTF-8 and JSON checked), for :func:`frequency_from` or
-    :func:`dispatch_from` and then for the signature check, so that a message is decoded once.
-    Raises :class:`MessageRejected`."""
-    return _decode_object(payload, max_bytes)
-
-
 def parse_frequency(payload: bytes, *, max_bytes: int) -> FrequencySample:
     """Parse ``{"t": <unix s>, "hz": <40..70>}``. Raises :class:`MessageRejected`."""
-    return frequency_from(_decode_object(payload, max_bytes))
+    return frequency_from(decode_object(payload, max_bytes=max_bytes))
 
 
 def frequency_from(data: Mapping[str, Any]) -> FrequencySample:
@@ -302,7 +298,7 @@ def parse_dispatch(payload: bytes, *, max_bytes: int) -> AnyDispatch:
     Raises :class:`MessageRejected`; its ``event_id`` is set whenever the payload was an object
     with a string ``"id"`` (even an invalid one), so the rejection can be acked by name.
     """
-    return dispatch_from(_decode_object(payload, max_bytes))
+    return dispatch_from(decode_object(payload, max_bytes=max_bytes))
 
 
 def dispatch_from(data: Mapping[str, Any]) -> AnyDispatch:

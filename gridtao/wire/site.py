@@ -25,12 +25,12 @@ from gridtao.wire.messages import (
     MessageRejected,
     ReleaseDispatch,
     _check_range,
-    _decode_object,
     _duration,
     _identifier,
     _json_type,
     _number,
     _optional_number,
+    decode_object,
 )
 from gridtao.wire.topics import _check_topic_part
 
@@ -159,7 +159,7 @@ def _settle_at(data: Mapping[str, object], event_id: str) -> SettleAt:
 def parse_site_dispatch(payload: bytes, *, max_bytes: int) -> AnySiteDispatch:
     """Parse a ``site_cap`` / ``site_shed`` / ``release``. Unknown fields are ignored; raises
     :class:`MessageRejected` (with the event id when the payload had a string one)."""
-    data = _decode_object(payload, max_bytes)
+    data = decode_object(payload, max_bytes=max_bytes)
     raw_id = data.get("id")
     event_id = raw_id if isinstance(raw_id, str) else None
     ident = _identifier(data, "id", event_id)
@@ -196,7 +196,7 @@ def parse_site_dispatch(payload: bytes, *, max_bytes: int) -> AnySiteDispatch:
 
 def parse_meter(payload: bytes, *, max_bytes: int) -> MeterReading:
     """Parse ``{"t": <Unix s>, "w": <W >= 0>}``. Raises :class:`MessageRejected`."""
-    data = _decode_object(payload, max_bytes)
+    data = decode_object(payload, max_bytes=max_bytes)
     t = _number(data, "t", None)
     if t < 0:
         raise MessageRejected(f"field 't' must be Unix seconds >= 0, got {t:g}")
