@@ -272,7 +272,7 @@ class Agent:
         # The counters the links and the audit trail keep, read when Prometheus scrapes.
         StatsCollector({"island": self.lane.link.stats,
                         "dispatch": self.lane.dispatch_link.stats,
-                        "frequency": self.lane.links[-1].stats,
+                        "frequency": self.lane.frequency_link.stats,
                         "status": self.status_link.stats},
                        audit=self.ledger.audit, registry=self.registry)
         # The floor dispatched cuts stop at (security/bounds.py): capacity never counts below it.
@@ -308,7 +308,7 @@ class Agent:
                         registry=self.registry)
         LinkCollector({"island": lambda: self.lane.link.is_connected,
                        "dispatch": lambda: self.lane.dispatch_link.is_connected,
-                       "frequency": lambda: self.lane.links[-1].is_connected,
+                       "frequency": lambda: self.lane.frequency_link.is_connected,
                        "status": lambda: self.status_link.is_connected}, registry=self.registry)
         RecordsCollector(lambda: self.ledger.health, registry=self.registry)
         self.work = NodeWork(config.work, registry=self.registry)  # threads start in start()

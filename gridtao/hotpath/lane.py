@@ -74,6 +74,12 @@ class IslandLane:
         return self._dispatch_link
 
     @property
+    def frequency_link(self) -> Supervised:
+        """The connection frequency samples arrive on (the dispatch one unless one was
+        given)."""
+        return self._frequency_link if self._frequency_link is not None else self._dispatch_link
+
+    @property
     def links(self) -> tuple[Supervised, ...]:
         """Every connection the lane runs (the acks' first, frequency last if any)."""
         out: list[Supervised] = [self._link]
