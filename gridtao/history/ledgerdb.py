@@ -11,7 +11,8 @@ errors. Units: Unix seconds, joules, the sources' units.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from gridtao.history.rows import (
     GPU_METHODS,
@@ -57,7 +58,7 @@ SCHEMA_2 = (
 
 _GPU = "start_s, gpu, gpu_index, energy_j, covered_s, power_s, method"
 _WORK = "start_s, source, source_kind, model, kind, units, covered_s, gpus"
-
+_Row = TypeVar("_Row")
 
 def _gpu_row(raw: tuple[object, ...]) -> GpuMinuteRow:
     s, gpu, index, energy, covered, power, method = raw
@@ -131,23 +132,25 @@ def read_checkpoints(conn: sqlite3.Connection) -> list[Checkpoint]:
 def gpu_rows(conn: sqlite3.Connection, since_s: int, until_s: int) -> list[GpuMinuteRow]:
     """GPU minutes with ``since_s <= start_s < until_s``, by minute then GPU index.
     ``ValueError`` for a stored row that breaks the row's invariants."""
-    raw = conn.execute(f"SELECT {_GPU} FROM gpu_minutes WHERE start_s >= ? AND start_s < ? "
-                       "ORDER BY start_s, gpu_index, gpu", (since_s, until_s)).fetchall()
-    try:
-        return [_gpu_row(tuple(r)) for r in raw]
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"a stored GPU minute is invalid: {e}") from None
+    return _rows(conn, f"SELECT {_GPU} FROM gpu_minutes WHERE start_s >= ? AND start_s < ? "
+                 "ORDER BY start_s, gpu_index, gpu", (since_s, until_s), _gpu_row, "GPU minute")
 
 
 def work_rows(conn: sqlite3.Connection, since_s: int, until_s: int) -> list[WorkMinuteRow]:
     """Work minutes with ``since_s <= start_s < until_s``, by minute, source, model, kind.
     ``ValueError`` for a stored row that breaks the row's invariants."""
-    raw = conn.execute(f"SELECT {_WORK} FROM work_minutes WHERE start_s >= ? AND start_s < ? "
-                       "ORDER BY start_s, source, model, kind", (since_s, until_s)).fetchall()
+    return _rows(conn, f"SELECT {_WORK} FROM work_minutes WHERE start_s >= ? AND start_s < ? "
+                 "ORDER BY start_s, source, model, kind", (since_s, until_s), _work_row,
+                 "work minute")
+
+
+def _rows(conn: sqlite3.Connection, sql: str, params: tuple[int, int],
+          build: Callable[[tuple[object, ...]], _Row], what: str) -> list[_Row]:
+    raw = conn.execute(sql, params).fetchall()
     try:
-        return [_work_row(tuple(r)) for r in raw]
+        return [build(tuple(r)) for r in raw]
     except (TypeError, ValueError) as e:
-        raise ValueError(f"a stored work minute is invalid: {e}") from None
+        raise ValueError(f"a stored {what} is invalid: {e}") from None
 
 
 def prune(conn: sqlite3.Connection, cutoff_s: int) -> int:
