@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from powercap import zone
+
 from gridtao.app.agent import Agent, AgentOptions
 from gridtao.clock import VirtualClock
 from gridtao.config.agent import config_from_mapping
@@ -22,11 +24,7 @@ NOT_BASE = re.compile(r"(^|_)(ms|us|ns|milli\w*|micro\w*|kilo\w*|mega\w*|kw|kwh|
 
 
 def test_the_agents_metrics_follow_the_naming_conventions(tmp_path: Path) -> None:
-    rapl = tmp_path / "powercap" / "intel-rapl:0"
-    rapl.mkdir(parents=True)
-    (rapl / "name").write_text("package-0\n")
-    (rapl / "max_energy_range_uj").write_text("262143328850\n")
-    (rapl / "energy_uj").write_text("1000000\n")
+    zone(tmp_path / "powercap", "intel-rapl:0", "package-0", 1_000_000)
     cfg = config_from_mapping({
         "gpus": {"sim": {"count": 2, "device": None}},
         "metrics": {"enabled": False},

@@ -10,29 +10,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from powercap import RANGE_UJ, set_energy, zone
 from prometheus_client import CollectorRegistry
 from waiting import wait_until
 
 from gridtao.clock import VirtualClock
 from gridtao.work import CpuPowerCollector, PackageReading, RaplReader
-
-RANGE_UJ = 262_143_328_850  # a real package's max_energy_range_uj
-
-
-def zone(root: Path, zone_name: str, name: str, energy_uj: int,
-         range_uj: int | None = RANGE_UJ) -> Path:
-    """A powercap zone directory as the kernel lays it out."""
-    path = root / zone_name
-    path.mkdir(parents=True)
-    (path / "name").write_text(f"{name}\n")
-    (path / "energy_uj").write_text(f"{energy_uj}\n")
-    if range_uj is not None:
-        (path / "max_energy_range_uj").write_text(f"{range_uj}\n")
-    return path
-
-
-def set_energy(path: Path, energy_uj: int) -> None:
-    (path / "energy_uj").write_text(f"{energy_uj}\n")
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from broker import MosquittoBroker, Subscriber, publish
+from powercap import set_energy, zone
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_until
@@ -439,11 +440,7 @@ def test_the_agent_scrapes_its_work_source_and_serves_the_metrics(
     mqtt_broker: MosquittoBroker, served: Exposition, tmp_path: Path,
 ) -> None:
     served.body = vllm_body((100.0, 20.0), 300.0, 0.0)
-    rapl = tmp_path / "powercap" / "intel-rapl:0"
-    rapl.mkdir(parents=True)
-    (rapl / "name").write_text("package-0\n")
-    (rapl / "max_energy_range_uj").write_text("262143328850\n")
-    (rapl / "energy_uj").write_text("1000000\n")
+    rapl = zone(tmp_path / "powercap", "intel-rapl:0", "package-0", 1_000_000)
     cfg = config_from_mapping({
         "gpus": {"sim": {"count": 2, "noise_w": 0.0}},
         "mqtt": {"port": mqtt_broker.port, "node_id": "worker", "prefix": "gridtao/t-work"},
@@ -464,7 +461,7 @@ def test_the_agent_scrapes_its_work_source_and_serves_the_metrics(
         wait_until(lambda: _scrape(port).get(("gridtao_work_tokens_total", gen)) == 120.0,
                    "the agent's first scrape of the work source", timeout_s=15.0)
         served.body = vllm_body((150.0, 20.0), 300.0, 0.0)
-        (rapl / "energy_uj").write_text("3500000\n")
+        set_energy(rapl, 3_500_000)
         wait_until(lambda: _scrape(port).get(("gridtao_work_tokens_total", gen)) == 170.0,
                    "the next scrape, a period later", timeout_s=15.0)
         wait_until(lambda: _scrape(port).get(("gridtao_cpu_energy_joules_total",
