@@ -19,15 +19,15 @@ import pytest
 from broker import MosquittoBroker
 from conftest import IslandRig
 from nodes import merge, running, steady_sim
+from trails import virtual_trail
 from waiting import wait_until
 
 from gridtao.app.drenergy import DrEventEnergy
 from gridtao.clock import MonotonicClock, VirtualClock
-from gridtao.config.agent import AuditConfig, config_from_mapping
+from gridtao.config.agent import config_from_mapping
 from gridtao.control.tier2.facility import FacilityModel
 from gridtao.control.tier2.tracker import Tier2
 from gridtao.products.portfolio import Portfolio
-from gridtao.records.audit import AuditTrail
 from gridtao.records.energy import EventEnergy
 from gridtao.records.report.build import build_report
 from gridtao.records.report.trail import read_trail
@@ -169,28 +169,20 @@ def test_the_report_puts_the_energy_record_on_the_dr_event(tmp_path: Path) -> No
     """A trail as the agent writes it: the state records at tier 2's ticks, then the energy
     record; one event, with the energy record's span and figures."""
     t0 = 1_772_323_200.0
-    clock = VirtualClock(wall_offset=t0)
     path = tmp_path / "audit-n1.jsonl"
-    trail = AuditTrail(AuditConfig(enabled=True, path=str(path)), clock=clock)
-    trail.start()
-
-    def at(t: float, kind: str, fields: dict[str, object]) -> None:
-        clock.advance(t - clock.now())
-        trail.record(kind, fields)
-
-    at(0, "agent_start", {"node": "n1", "pid": 1})
-    at(10, "dr_scheduled", {"event": "d1", "start_at": t0 + 120, "duration_s": 600})
-    at(10.2, "dr_state", {"event": "d1", "from": None, "to": "scheduled"})
-    at(60.7, "dr_state", {"event": "d1", "from": "scheduled", "to": "ramping"})
-    at(120.7, "dr_state", {"event": "d1", "from": "ramping", "to": "active"})
-    at(720.7, "dr_state", {"event": "d1", "from": "active", "to": "recovering"})
-    at(780.7, "dr_state", {"event": "d1", "from": "recovering", "to": "ended"})
-    at(781.5, "event_energy", {
-        "event": "d1", "kind": "dr", "started_at": t0 + 60, "ended_at": t0 + 780,
-        "duration_s": 720.0, "method": "counter", "it_drawn_j": 1_440_000.0,
-        "it_reference_j": 1_728_000.0, "it_not_drawn_j": 288_000.0,
-        "meter_drawn_j": 1_600_000.0, "meter_not_drawn_j": 350_000.0})
-    trail.close()
+    with virtual_trail(path, t0) as at:
+        at(0, "agent_start", {"node": "n1", "pid": 1})
+        at(10, "dr_scheduled", {"event": "d1", "start_at": t0 + 120, "duration_s": 600})
+        at(10.2, "dr_state", {"event": "d1", "from": None, "to": "scheduled"})
+        at(60.7, "dr_state", {"event": "d1", "from": "scheduled", "to": "ramping"})
+        at(120.7, "dr_state", {"event": "d1", "from": "ramping", "to": "active"})
+        at(720.7, "dr_state", {"event": "d1", "from": "active", "to": "recovering"})
+        at(780.7, "dr_state", {"event": "d1", "from": "recovering", "to": "ended"})
+        at(781.5, "event_energy", {
+            "event": "d1", "kind": "dr", "started_at": t0 + 60, "ended_at": t0 + 780,
+            "duration_s": 720.0, "method": "counter", "it_drawn_j": 1_440_000.0,
+            "it_reference_j": 1_728_000.0, "it_not_drawn_j": 288_000.0,
+            "meter_drawn_j": 1_600_000.0, "meter_not_drawn_j": 350_000.0})
     check, events = read_trail([path])
     assert check.intact
     (ev,) = events

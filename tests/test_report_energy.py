@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from trails import virtual_trail
 
 from gridtao.cli.main import main
 from gridtao.clock import VirtualClock
@@ -68,17 +69,6 @@ def _trail(path: Path, *, rotate_bytes: int | None = None, padding: int = 0) -> 
     """Node n1's audit trail, written by the real writer: e0 (over before the window), e2
     (starts before it), e1 (inside), d1 (tier 2's demand response, 01:29-01:44), e3 (never
     ended). ``padding`` records after e0 push the rest into a rotated file."""
-    clock = VirtualClock(wall_offset=T0)
-    cfg = AuditConfig(enabled=True, path=str(path))
-    if rotate_bytes is not None:
-        cfg = dataclasses.replace(cfg, rotate_bytes=rotate_bytes)
-    trail = AuditTrail(cfg, clock=clock)
-    trail.start()
-
-    def at(t: float, kind: str, fields: dict[str, object]) -> None:
-        clock.advance(t - clock.now())
-        trail.record(kind, fields)
-
     def energy(event: str, start: float, end: float, method: str, drawn: float, ref: float,
                meter: float, meter_not: float) -> dict[str, object]:
         return {"event": event, "kind": "dispatch", "started_at": T0 + start,
@@ -86,42 +76,42 @@ def _trail(path: Path, *, rotate_bytes: int | None = None, padding: int = 0) -> 
                 "it_drawn_j": drawn, "it_reference_j": ref, "it_not_drawn_j": ref - drawn,
                 "meter_drawn_j": meter, "meter_not_drawn_j": meter_not}
 
-    at(0, "agent_start", {"node": "n1", "pid": 1})
-    # e0: over before the window.
-    at(600, "event_started", {"event": "e0", "kind": "dispatch", "commanded_at": T0 + 600.0,
-                              "baseline_mw": 1_200_000, "target_mw": 900_000})
-    at(660, "event_ended", {"event": "e0", "why": "duration over"})
-    at(661, "event_energy", energy("e0", 600, 660, "counter", 60_000, 72_000, 70_000, 9_000))
-    for k in range(padding):  # pushes what follows into a rotated file
-        at(700 + k, "message", {"topic": "dispatch", "id": f"x{k}", "result": "rejected",
-                                "reason": "padding " * 20})
-    # e2: starts before the window, ends inside it.
-    at(1700, "event_started", {"event": "e2", "kind": "dispatch", "commanded_at": T0 + 1700.0,
-                               "baseline_mw": 1_200_000, "target_mw": 800_000})
-    at(1900, "event_released", {"event": "e2", "why": "duration over"})
-    at(1902, "event_ended", {"event": "e2", "why": "duration over"})
-    at(1902.5, "event_energy",
-       energy("e2", 1700, 1902, "mixed", 180_000, 242_400, 200_000, 70_000))
-    # e1: inside the window.
-    at(2400.5, "event_started", {"event": "e1", "kind": "dispatch", "level": None,
-                                 "commanded_at": T0 + 2400.25, "received_at": T0 + 2400.2,
-                                 "baseline_mw": 1_200_000, "target_mw": 800_000})
-    at(2700, "event_released", {"event": "e1", "why": "duration over"})
-    at(2702, "event_ended", {"event": "e1", "why": "duration over"})
-    at(2702.5, "event_energy",
-       energy("e1", 2400.25, 2702, "counter", 250_000, 362_100, 300_000, 150_000))
-    # d1: a demand-response event of tier 2: ramps from 01:29, done at 01:44.
-    at(5000, "dr_scheduled", {"event": "d1", "start_at": T0 + 5400, "duration_s": 600})
-    at(5001, "dr_state", {"event": "d1", "from": None, "to": "scheduled", "reduction_w": 0})
-    for t, was, now in ((5340, "scheduled", "ramping"), (5400, "ramping", "active"),
-                        (6000, "active", "recovering"), (6240, "recovering", "done"),
-                        (6241, "done", "ended")):
-        at(t, "dr_state", {"event": "d1", "from": was, "to": now, "reduction_w": 500.0})
-    # e3: started, never ended in the trail (the agent stopped).
-    at(8000, "event_started", {"event": "e3", "kind": "frequency", "level": "ffr",
-                               "commanded_at": T0 + 8000.0, "baseline_mw": 600_000,
-                               "target_mw": 300_000})
-    trail.close()
+    with virtual_trail(path, T0, rotate_bytes=rotate_bytes) as at:
+        at(0, "agent_start", {"node": "n1", "pid": 1})
+        # e0: over before the window.
+        at(600, "event_started", {"event": "e0", "kind": "dispatch", "commanded_at": T0 + 600.0,
+                                  "baseline_mw": 1_200_000, "target_mw": 900_000})
+        at(660, "event_ended", {"event": "e0", "why": "duration over"})
+        at(661, "event_energy", energy("e0", 600, 660, "counter", 60_000, 72_000, 70_000, 9_000))
+        for k in range(padding):  # pushes what follows into a rotated file
+            at(700 + k, "message", {"topic": "dispatch", "id": f"x{k}", "result": "rejected",
+                                    "reason": "padding " * 20})
+        # e2: starts before the window, ends inside it.
+        at(1700, "event_started", {"event": "e2", "kind": "dispatch", "commanded_at": T0 + 1700.0,
+                                   "baseline_mw": 1_200_000, "target_mw": 800_000})
+        at(1900, "event_released", {"event": "e2", "why": "duration over"})
+        at(1902, "event_ended", {"event": "e2", "why": "duration over"})
+        at(1902.5, "event_energy",
+           energy("e2", 1700, 1902, "mixed", 180_000, 242_400, 200_000, 70_000))
+        # e1: inside the window.
+        at(2400.5, "event_started", {"event": "e1", "kind": "dispatch", "level": None,
+                                     "commanded_at": T0 + 2400.25, "received_at": T0 + 2400.2,
+                                     "baseline_mw": 1_200_000, "target_mw": 800_000})
+        at(2700, "event_released", {"event": "e1", "why": "duration over"})
+        at(2702, "event_ended", {"event": "e1", "why": "duration over"})
+        at(2702.5, "event_energy",
+           energy("e1", 2400.25, 2702, "counter", 250_000, 362_100, 300_000, 150_000))
+        # d1: a demand-response event of tier 2: ramps from 01:29, done at 01:44.
+        at(5000, "dr_scheduled", {"event": "d1", "start_at": T0 + 5400, "duration_s": 600})
+        at(5001, "dr_state", {"event": "d1", "from": None, "to": "scheduled", "reduction_w": 0})
+        for t, was, now in ((5340, "scheduled", "ramping"), (5400, "ramping", "active"),
+                            (6000, "active", "recovering"), (6240, "recovering", "done"),
+                            (6241, "done", "ended")):
+            at(t, "dr_state", {"event": "d1", "from": was, "to": now, "reduction_w": 500.0})
+        # e3: started, never ended in the trail (the agent stopped).
+        at(8000, "event_started", {"event": "e3", "kind": "frequency", "level": "ffr",
+                                   "commanded_at": T0 + 8000.0, "baseline_mw": 600_000,
+                                   "target_mw": 300_000})
 
 
 @dataclasses.dataclass

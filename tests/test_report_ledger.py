@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from trails import virtual_trail
 
 from gridtao.cli.main import main
-from gridtao.clock import VirtualClock
-from gridtao.config.agent import AuditConfig
 from gridtao.history import Batch, GpuMinuteRow, HistoryStore, MinuteRow, WorkMinuteRow
 from gridtao.history.rows import GpuMethod
-from gridtao.records.audit import AuditTrail
 
 T0 = 1_772_323_200  # 2026-03-01T00:00:00Z
 KWH = 3.6e6
@@ -65,22 +63,16 @@ def _rows() -> tuple[list[MinuteRow], list[GpuMinuteRow], list[WorkMinuteRow]]:
 
 
 def _trail(path: Path) -> None:
-    clock = VirtualClock(wall_offset=T0)
-    trail = AuditTrail(AuditConfig(enabled=True, path=str(path)), clock=clock)
-    trail.start()
-
-    def at(t: float, kind: str, fields: dict[str, object]) -> None:
-        clock.advance(t - clock.now())
-        trail.record(kind, fields)
-
-    at(0, "agent_start", {"node": "n1", "pid": 1})
-    for name, a, b in (("e0", 1990.0, 2020.0), ("e1", 2430.0, 2535.0), ("e2", 3720.0, 3780.0)):
-        at(b + 1, "event_energy", {"event": name, "kind": "dispatch", "started_at": T0 + a,
-                                   "ended_at": T0 + b, "duration_s": b - a, "method": "counter",
-                                   "it_drawn_j": 1.0, "it_reference_j": 2.0,
-                                   "it_not_drawn_j": 1.0, "meter_drawn_j": 1.0,
-                                   "meter_not_drawn_j": 1.0})
-    trail.close()
+    spans = (("e0", 1990.0, 2020.0), ("e1", 2430.0, 2535.0), ("e2", 3720.0, 3780.0))
+    with virtual_trail(path, T0) as at:
+        at(0, "agent_start", {"node": "n1", "pid": 1})
+        for name, a, b in spans:
+            at(b + 1, "event_energy", {"event": name, "kind": "dispatch",
+                                       "started_at": T0 + a, "ended_at": T0 + b,
+                                       "duration_s": b - a, "method": "counter",
+                                       "it_drawn_j": 1.0, "it_reference_j": 2.0,
+                                       "it_not_drawn_j": 1.0, "meter_drawn_j": 1.0,
+                                       "meter_not_drawn_j": 1.0})
 
 
 @pytest.fixture
