@@ -2,7 +2,7 @@
 
 Units: seconds (:data:`MINUTE_S`, :data:`HOUR_S`, :data:`DAY_S`); joules per kilowatt-hour
 (:data:`J_PER_KWH`).
-Threads: constants, an exception class and a pure function; nothing to share.
+Threads: constants, an exception class and pure functions; nothing to share.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 
 from gridtao.errors import GridtaoError
 
-__all__ = ["DAY_S", "HOUR_S", "J_PER_KWH", "MINUTE_S", "ReportError", "iso"]
+__all__ = ["DAY_S", "HOUR_S", "J_PER_KWH", "MINUTE_S", "ReportError", "coverage", "iso",
+           "mean_w"]
 
 #: Joules in a kilowatt-hour.
 J_PER_KWH = 3.6e6
@@ -35,3 +36,14 @@ def iso(t: float | None) -> str | None:
     if d.microsecond:
         text += f".{d.microsecond // 1000:03d}"
     return text + "Z"
+
+
+def coverage(covered_s: float, expected_s: float) -> float:
+    """The share of a span that measurements cover, in [0, 1] (0 for an empty span)."""
+    return covered_s / expected_s if expected_s > 0 else 0.0
+
+
+def mean_w(energy_kwh: float, covered_s: float) -> float | None:
+    """Mean draw (W) of ``energy_kwh`` over the ``covered_s`` seconds it was measured in;
+    None when nothing is covered."""
+    return energy_kwh * J_PER_KWH / covered_s if covered_s > 0 else None

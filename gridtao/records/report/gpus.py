@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gridtao.records.report.common import DAY_S, HOUR_S, J_PER_KWH, MINUTE_S
+from gridtao.records.report.common import DAY_S, HOUR_S, J_PER_KWH, MINUTE_S, coverage, mean_w
 
 __all__ = ["GpuEnergy", "GpuMinute", "GpuSpan", "buckets", "energy_by_index", "gpu_energy",
            "share"]
@@ -87,12 +87,12 @@ class GpuSpan:
     @property
     def coverage(self) -> float:
         """Share of the span covered, in [0, 1]."""
-        return self.covered_s / self.expected_s if self.expected_s > 0 else 0.0
+        return coverage(self.covered_s, self.expected_s)
 
     @property
     def mean_w(self) -> float | None:
         """Mean draw over the covered time (W); None when nothing is covered."""
-        return self.energy_kwh * J_PER_KWH / self.covered_s if self.covered_s > 0 else None
+        return mean_w(self.energy_kwh, self.covered_s)
 
     @property
     def method(self) -> str:

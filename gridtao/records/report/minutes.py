@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gridtao.records.report.common import J_PER_KWH, MINUTE_S
+from gridtao.records.report.common import J_PER_KWH, MINUTE_S, coverage, mean_w
 from gridtao.records.report.trail import TrailEvent
 from gridtao.records.report.work import REFERENCE_S
 
@@ -164,12 +164,12 @@ class Span:
     @property
     def coverage(self) -> float:
         """Share of the span the history covers, in [0, 1]."""
-        return self.covered_s / self.expected_s if self.expected_s > 0 else 0.0
+        return coverage(self.covered_s, self.expected_s)
 
     @property
     def mean_it_w(self) -> float | None:
         """Mean IT draw over the covered time (W); None when nothing is covered."""
-        return self.it_kwh * J_PER_KWH / self.covered_s if self.covered_s > 0 else None
+        return mean_w(self.it_kwh, self.covered_s)
 
 
 @dataclass(frozen=True)
