@@ -21,6 +21,7 @@ from gridtao.config.agent import Config, ConfigError
 from gridtao.security import auth
 from gridtao.security.bounds import LIMIT_LABELS, RATE, Admitted, DispatchBounds, TokenBucket
 from gridtao.security.replay import ReplayStore, ReplayStoreError, default_path
+from gridtao.telemetry.metrics import CounterChildren
 from gridtao.wire import messages as wire
 
 log = logging.getLogger("gridtao.guard")
@@ -42,25 +43,15 @@ class SecurityMetrics:
             "Messages refused by rate or bound limits, by topic and reason.",
             ["topic", "reason"], registry=registry,
         )
-        # Every child made once, and counted through this dict: a flood of refusals costs a
-        # dict lookup each, not prometheus_client's label resolution.
-        self.children: dict[tuple[str, str, str], Counter] = {}
+        # Every known label pre-created, and counted through resolved children: a flood of
+        # refusals costs a dict lookup each.
+        self.auth = CounterChildren(self.auth_failures)
+        self.limit = CounterChildren(self.limit_rejections)
         for topic in TOPICS:
             for label in auth.REASON_LABELS:
-                self.children["auth", topic, label] = self.auth_failures.labels(
-                    topic=topic, reason=label)
+                self.auth.child(topic, label)
             for label in LIMIT_LABELS:
-                self.children["limit", topic, label] = self.limit_rejections.labels(
-                    topic=topic, reason=label)
-
-    def count(self, family: str, topic: str, reason: str) -> None:
-        """One refusal: ``family`` "auth" or "limit"."""
-        child = self.children.get((family, topic, reason))
-        if child is None:
-            counter = self.auth_failures if family == "auth" else self.limit_rejections
-            child = self.children[family, topic, reason] = counter.labels(topic=topic,
-                                                                         reason=reason)
-        child.inc()
+                self.limit.child(topic, label)
 
 
 class DispatchVerdict(NamedTuple):
@@ -266,12 +257,12 @@ class Guard:
 
     def _auth_failed(self, topic: auth.Topic, e: auth.AuthRejected) -> str:
         if self._metrics is not None:
-            self._metrics.count("auth", topic, e.label)
+            self._metrics.auth.inc(topic, e.label)
         return f"auth: {e.reason}"
 
     def _count_limit(self, topic: auth.Topic, label: str) -> None:
         if self._metrics is not None:
-            self._metrics.count("limit", topic, label)
+            self._metrics.limit.inc(topic, label)
 
 
 def _decode(payload: bytes | Mapping[str, Any]) -> Mapping[str, Any]:

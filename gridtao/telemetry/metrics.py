@@ -35,6 +35,28 @@ MessageResult = Literal["accepted", "rejected", "duplicate"]
 MESSAGE_RESULTS: tuple[MessageResult, ...] = ("accepted", "rejected", "duplicate")
 
 
+class CounterChildren:
+    """A labelled Counter's children by label values, each resolved once: counting a message
+    of a flood costs a dict lookup, not prometheus_client's label resolution. Safe from any
+    thread: two first uses of the same labels resolve the same child, and counting is the
+    child's own (locked)."""
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._children: dict[tuple[str, ...], Counter] = {}
+
+    def child(self, *values: str) -> Counter:
+        """The child for ``values`` (the counter's label values, in order), made if new
+        (exported as 0 until counted)."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._counter.labels(*values)
+        return child
+
+    def inc(self, *values: str) -> None:
+        self.child(*values).inc()
+
+
 def log_buckets(lo_s: float, hi_s: float, per_decade: int = 4) -> tuple[float, ...]:
     """Histogram bucket bounds from ``lo_s`` to ``hi_s`` inclusive, ``per_decade`` per factor 10.
 
@@ -101,7 +123,7 @@ class Metrics:
             ["topic", "result"],
             registry=registry,
         )
-        self._message_children: dict[tuple[str, str], Counter] = {}
+        self._message_counts = CounterChildren(self._messages)
         self._gpu_errors = Counter(
             "gridtao_gpu_errors",
             "GPU backend errors, by GPU index and error kind (exception class name).",
@@ -197,13 +219,9 @@ class Metrics:
 
     def count_message(self, topic: str, result: MessageResult) -> None:
         """One grid message on ``topic`` (the topic's last segment, e.g. ``dispatch``)."""
-        child = self._message_children.get((topic, result))
-        if child is None:  # looked up once per label pair: a flood counts at dict speed
-            if result not in MESSAGE_RESULTS:
-                raise ValueError(f"unknown message result {result!r}")
-            child = self._messages.labels(topic=topic, result=result)
-            self._message_children[(topic, result)] = child
-        child.inc()
+        if result not in MESSAGE_RESULTS:
+            raise ValueError(f"unknown message result {result!r}")
+        self._message_counts.inc(topic, result)
 
     def count_gpu_error(self, gpu: int, kind: str) -> None:
         """One backend error of the GPU served at ``gpu``; ``kind`` is the error class name
