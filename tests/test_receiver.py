@@ -6,12 +6,15 @@ diagnosed like any other link's."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from broker import MosquittoBroker, publish
@@ -24,8 +27,13 @@ from gridtao.transport.receiver import MqttReceiver
 WAIT_S = 10.0
 
 
+class Address(NamedTuple):
+    host: str
+    port: int
+
+
 @contextmanager
-def receiving(broker: MosquittoBroker, subscriptions: list[tuple[str, int]],
+def receiving(broker: MosquittoBroker | Address, subscriptions: list[tuple[str, int]],
               **kw: object) -> Iterator[tuple[MqttReceiver, asyncio.AbstractEventLoop]]:
     """A receiver running on its own loop and thread, as the island lane runs it."""
     loop = new_event_loop()
@@ -126,6 +134,21 @@ def test_a_refused_connection_is_diagnosed_and_retried(tmp_path: Path) -> None:
             assert not rx.is_connected
     finally:
         broker.stop()
+
+
+def test_each_line_names_its_connection(caplog: pytest.LogCaptureFixture) -> None:
+    """An agent holds four connections to one broker: a dead broker is reported by each, and
+    each line says which connection it is about."""
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = Address("127.0.0.1", port)
+    with caplog.at_level(logging.WARNING, logger="gridtao.transport.mqtt"), \
+            receiving(dead, [("rx/x", 0)], name="dispatch") as (rx, _):
+        wait_until(lambda: rx.problem is not None, "a failed attempt", timeout_s=WAIT_S)
+        wait_until(lambda: bool(caplog.records), "the warning", timeout_s=WAIT_S)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("[dispatch] cannot connect to MQTT broker 127.0.0.1:"), lines
 
 
 def test_qos2_is_not_asked_for() -> None:

@@ -45,7 +45,7 @@ def node_links(config: Config, node_id: str, topics: wire.Topics, intake: Intake
 
     def link(role: str, kind: type[_Conn], **extra: Any) -> _Conn:
         return kind.for_broker(m, client_id=f"gridtao-{node_id}-{role}-{pid}", tls=tls,
-                               password=password, clock=clock, **extra)
+                               password=password, clock=clock, name=role, **extra)
 
     # The largest payload accepted, plus room for the topic and the headers: the broker is told
     # (MQTT v5 Maximum Packet Size) and never sends more.

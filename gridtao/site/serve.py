@@ -80,7 +80,7 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
     def link(role: str, subscriptions: list[tuple[str, int]], **extra: Any) -> MqttLink:
         return MqttLink.for_broker(
             m, client_id=f"gridtao-site-{config.site.id}-{role}-{os.getpid()}", tls=tls,
-            password=password, clock=clock, subscriptions=subscriptions, **extra)
+            password=password, clock=clock, subscriptions=subscriptions, name=role, **extra)
 
     # Two connections: the broker queues per connection, so the nodes' acks and the
     # aggregator's commands never wait behind a backlog of statuses.

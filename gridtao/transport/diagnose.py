@@ -168,8 +168,10 @@ class AttemptLog:
         username: str | None,
         interval_s: float,
         clock: Callable[[], float],
+        prefix: str = "",
     ) -> None:
         self._log = logger
+        self._prefix = prefix  # names the connection in each line (Supervised.log_prefix)
         self._where = (host, port)
         ctx = tls if isinstance(tls, ClientContext) else None
         self._tls = tls is not None
@@ -201,17 +203,18 @@ class AttemptLog:
             if not same or now - self._logged_at >= self._interval_s:
                 self._logged_at = now
                 tries = "first attempt" if self.attempts == 1 else f"{self.attempts} attempts"
-                self._log.error("%s (%s); retrying with backoff", problem.line, tries)
+                self._log.error("%s%s (%s); retrying with backoff", self._prefix, problem.line,
+                                tries)
         elif not quiet or (previous is not None and previous.persistent):
-            self._log.warning("%s; retrying", problem.line)
+            self._log.warning("%s%s; retrying", self._prefix, problem.line)
         return True
 
     def connected(self) -> None:
         """The link is up: say so if it had been refused, and forget the problem."""
         if self.refused:
             host, port = self._where
-            self._log.warning("MQTT connected to %s:%d after %d refused attempt(s)", host,
-                              port, self.refused)
+            self._log.warning("%sMQTT connected to %s:%d after %d refused attempt(s)",
+                              self._prefix, host, port, self.refused)
         self.problem = None
         self.attempts = self.refused = 0
 

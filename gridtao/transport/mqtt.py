@@ -152,7 +152,8 @@ class MqttLink(Supervised):
         n = self.stats.dropped_outbound
         if reason == "full" and (n == 1 or n % 1000 == 0):
             log.warning(
-                "MQTT outbox full (%d): dropped %s (QoS %d); %d dropped so far",
+                "%sMQTT outbox full (%d): dropped %s (QoS %d); %d dropped so far",
+                self.log_prefix,
                 self.max_outbound,
                 message.topic,
                 message.qos,

@@ -95,6 +95,7 @@ class Supervised:
         error_log_interval_s: float = 60.0,
         max_packet_bytes: int | None = None,
         retained_topics: Sequence[str] = (),
+        name: str | None = None,
     ) -> None:
         if not 0 < reconnect_min_s <= reconnect_max_s:
             raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
@@ -107,6 +108,10 @@ class Supervised:
         self.host = host
         self.port = port
         self.client_id = client_id
+        #: What the connection is for (e.g. ``dispatch``): its log lines start with it, so a
+        #: process with several connections to one broker says which one a line is about.
+        self.name = name
+        self.log_prefix = f"[{name}] " if name else ""
         self.subscriptions = tuple(subscriptions)
         #: Subscriptions whose retained message the broker may send on subscribing (state, not
         #: commands: every other subscription asks for none).
@@ -157,7 +162,7 @@ class Supervised:
         self._credentials = (tls, username, password)
         self._attempts = AttemptLog(log, host=self.host, port=self.port, tls=tls,
                                     username=username, interval_s=self.error_log_interval_s,
-                                    clock=self._clock.now)
+                                    clock=self._clock.now, prefix=self.log_prefix)
 
     @property
     def tls(self) -> ssl.SSLContext | None:
@@ -216,7 +221,7 @@ class Supervised:
         self._attempts.connected()
         if self.stats.connects > 1:
             self.stats.reconnects += 1
-            log.info("MQTT reconnected to %s:%d", self.host, self.port)
+            log.info("%sMQTT reconnected to %s:%d", self.log_prefix, self.host, self.port)
         self._was_up = True
         self.connected.set()
 
@@ -253,19 +258,21 @@ class Supervised:
                         reason = f"{reason} ({detail})"
                     if self._was_up:
                         self.stats.losses += 1
-                        log.warning("MQTT connection to %s:%d lost (%s); reconnecting",
-                                    self.host, self.port, reason)
+                        log.warning("%sMQTT connection to %s:%d lost (%s); reconnecting",
+                                    self.log_prefix, self.host, self.port, reason)
                         attempt = 0
                         quiet = True
                     else:
                         quiet = self._attempts.failed(e, quiet)
                         if self.problem is not None and self.problem.persistent:
                             self.stats.refused += 1
-                        log.debug("MQTT connect to %s:%d failed: %s", self.host, self.port, reason)
+                        log.debug("%sMQTT connect to %s:%d failed: %s", self.log_prefix, self.host,
+                                  self.port, reason)
                 except Exception:
                     # A bug must not leave the node deaf to the grid: log it loudly and reconnect.
                     self.stats.losses += 1
-                    log.exception("MQTT link to %s:%d failed unexpectedly", self.host, self.port)
+                    log.exception("%sMQTT link to %s:%d failed unexpectedly", self.log_prefix,
+                                  self.host, self.port)
                     quiet = True
                 await asyncio.sleep(self.backoff_s(attempt))
                 attempt += 1
