@@ -267,6 +267,7 @@ class Agent:
         self._abort_start = threading.Event()  # set by abort_start(): stop waiting now
         #: GPUs whose limit found at start could not be restored at stop (exit status 3).
         self.restore_failed = 0
+        self.lane_failed = False  # the island lane ended with an error (serve stopped the agent)
         self._quiesced = False
         self._quiesce_lock = threading.Lock()
         # The counters the links and the audit trail keep, read when Prometheus scrapes.
@@ -445,17 +446,35 @@ class Agent:
                  self.config.mqtt.prefix)
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Run the controller loop until ``stop`` is set: status, metrics, optional bench load."""
+        """Run the controller loop until ``stop`` is set or the island lane fails (then
+        ``lane_failed``): status, metrics, optional bench load; then quiesce (limits restored)."""
         tasks = [asyncio.create_task(self.status_link.run(), name="status-link")]
         tasks += [asyncio.create_task(c) for c in self.controller.tasks()]
         tasks += [asyncio.create_task(c) for c in self.planning.tasks()]
         if self.unavailable_gpus:
             tasks.append(asyncio.create_task(self._watch_unavailable(), name="lost-gpus"))
+        loop = asyncio.get_running_loop()
+        lane_down = asyncio.Event()
+
+        def lane_failed(_error: BaseException) -> None:  # on the lane's thread
+            loop.call_soon_threadsafe(lane_down.set)
+
+        self.lane.on_failure = lane_failed
+        if self.lane.error is not None:  # it failed before the hook was set
+            lane_down.set()
         try:
-            await stop.wait()
+            waits = [asyncio.create_task(e.wait()) for e in (stop, lane_down)]
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in pending:
+                w.cancel()
+            if lane_down.is_set():
+                self.lane_failed = True
+                log.error("agent %s: the island lane failed, so no trigger can reach the GPUs; "
+                          "stopping (exit status 4) for the supervisor to restart the agent",
+                          self.node_id)
             # Quiesce first (no trigger can land, limits restored), then say offline: a node
             # that has announced it is offline must not ack anything after.
-            await asyncio.get_running_loop().run_in_executor(None, self.quiesce)
+            await loop.run_in_executor(None, self.quiesce)
             self.controller.publish_status(online=False)
             await self.status_link.flush(2.0)
         finally:

@@ -17,10 +17,13 @@ from typing import Any
 from gridtao.app.agent import Agent, AgentOptions
 from gridtao.config.agent import Config, ConfigError
 
-__all__ = ["EXIT_NOT_RESTORED", "run_agent"]
+__all__ = ["EXIT_LANE_FAILED", "EXIT_NOT_RESTORED", "run_agent"]
 
 #: Exit status of a stop that could not put back every GPU limit found at start.
 EXIT_NOT_RESTORED = 3
+#: Exit status of an agent that stopped because its island lane failed (it could no longer hear
+#: the grid): the limits were restored; a supervisor restarts it.
+EXIT_LANE_FAILED = 4
 
 log = logging.getLogger("gridtao")
 
@@ -28,8 +31,9 @@ log = logging.getLogger("gridtao")
 async def run_agent(config: Config, *, options: AgentOptions | None = None,
                     stop: asyncio.Event | None = None,
                     reload_config: Callable[[], Config] | None = None) -> int:
-    """Start an agent, serve until SIGINT/SIGTERM (or ``stop``), then restore; 0, or
-    :data:`EXIT_NOT_RESTORED` when a GPU's limit found at start could not be put back.
+    """Start an agent, serve until SIGINT/SIGTERM (or ``stop``, or its island lane fails), then
+    restore; 0, :data:`EXIT_NOT_RESTORED` when a GPU's limit found at start could not be put
+    back, else :data:`EXIT_LANE_FAILED` when the island lane failed.
     On SIGHUP, apply ``reload_config()`` (the file read again: :mod:`gridtao.app.reload`)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -66,4 +70,6 @@ async def run_agent(config: Config, *, options: AgentOptions | None = None,
             await agent.serve(stop)
     finally:
         agent.close()
-    return EXIT_NOT_RESTORED if agent.restore_failed else 0
+    if agent.restore_failed:
+        return EXIT_NOT_RESTORED
+    return EXIT_LANE_FAILED if agent.lane_failed else 0

@@ -62,6 +62,9 @@ class IslandLane:
         self._run = 0  # frequency samples handled in a row (lane thread only)
         self._ready = threading.Event()
         self.error: BaseException | None = None
+        #: Called on the lane's thread with the error when the lane ends with one: the node can
+        #: no longer hear the grid, and whoever runs it must know (the agent stops, exit 4).
+        self.on_failure: Callable[[BaseException], None] | None = None
 
     @property
     def link(self) -> MqttLink:
@@ -129,8 +132,17 @@ class IslandLane:
     def stop(self, *, flush_timeout_s: float = 2.0,
              final: Callable[[], list[Outgoing]] | None = None) -> None:
         """Publish what ``final`` returns (run on the lane's loop, after the last message was
-        handled), flush pending acks, disconnect cleanly, and join the thread."""
+        handled), flush pending acks, disconnect cleanly, and join the thread.
+
+        A lane whose thread has already ended (it failed, or never started) has no connection
+        left: ``final`` still runs, on the caller's thread (nothing else touches the intake
+        now), so what it records is recorded; the acks it returns cannot be sent and are
+        counted in an error line."""
         if not self._thread.is_alive():
+            if final is not None:
+                unsent = final()
+                if unsent:
+                    log.error("island lane is down: %d final ack(s) not sent", len(unsent))
             return
 
         async def shutdown() -> None:
@@ -151,8 +163,19 @@ class IslandLane:
         except BaseException as e:  # surfaced to the agent, which fails safe
             self.error = e
             log.exception("island lane stopped")
+            self._cancel_tasks()  # its connections close and say they are down
+            hook = self.on_failure
+            if hook is not None:
+                hook(e)
         finally:
             self._loop.close()
+
+    def _cancel_tasks(self) -> None:
+        tasks = asyncio.all_tasks(self._loop)
+        for t in tasks:
+            t.cancel()
+        with contextlib.suppress(BaseException):
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()

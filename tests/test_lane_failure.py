@@ -1,0 +1,70 @@
+"""An island lane that fails leaves the node deaf to the grid: the agent must not go on looking
+healthy. It stops (every limit restored, every held event recorded as ended) and says why, so
+its supervisor restarts it; ``gridtao run`` then exits with status 4."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from broker import MosquittoBroker
+from nodes import CONNECT_S, Node, merge, steady_sim
+from waiting import wait_until
+
+from gridtao.app.agent import Agent, AgentOptions
+from gridtao.app.serve import serving
+from gridtao.clock import MonotonicClock
+from gridtao.config.agent import config_from_mapping
+from gridtao.gpu.nvml import NvmlBackend
+from gridtao.records.audit_verify import read_records
+
+WAIT_S = 15.0
+W = 1000  # mW per W
+
+
+def _die() -> None:
+    # What a bug that escapes the lane's own handlers looks like: its loop stops with it.
+    raise SystemExit("the island lane dies")
+
+
+def test_a_failed_lane_stops_the_agent_restored_and_recorded(
+        mqtt_broker: MosquittoBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    audit = tmp_path / "audit.jsonl"
+    cfg = config_from_mapping(merge({}, {
+        "gpus": {"sim": {"count": 2, "noise_w": 0.0, "seed": 3}},
+        "mqtt": {"port": mqtt_broker.port, "node_id": "lane-dies", "prefix": "gridtao/e2e-lane",
+                 "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
+        "metrics": {"enabled": False},
+        "audit": {"enabled": True, "path": str(audit), "fsync": "never"},
+    }), source="<test lane failure>")
+    sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
+    backend = NvmlBackend(sim)
+    start_mw = [backend.enforced_limit_mw(i) for i in range(2)]
+    agent = Agent(cfg, clock=sim.clock, backend=backend,
+                  options=AgentOptions(serve_metrics=False, connect_timeout_s=CONNECT_S))
+    try:
+        agent.start()
+        node = Node(agent, sim, mqtt_broker)
+        with serving(agent, name="test-controller"), node.acks() as acks, \
+                caplog.at_level(logging.ERROR):
+            node.dispatch({"id": "held", "kind": "shed", "fraction": 0.3, "duration_s": 120.0})
+            acks.wait(1, WAIT_S)
+            wait_until(lambda: sum(backend.enforced_limit_mw(i) for i in range(2))
+                       < sum(start_mw), "the cut", timeout_s=WAIT_S)
+            agent.lane.call(_die)
+            wait_until(lambda: agent.lane_failed, "the agent to notice", timeout_s=WAIT_S)
+            # It stops by itself: the limits found at start are back on the GPUs.
+            wait_until(lambda: [backend.enforced_limit_mw(i) for i in range(2)] == start_mw,
+                       "the limits restored", timeout_s=WAIT_S)
+            time.sleep(0.2)
+        assert isinstance(agent.lane.error, SystemExit)
+        assert not agent.lane.is_connected  # its connections closed with it
+        lines = [r.getMessage() for r in caplog.records]
+        assert any("island lane failed" in line and "exit status 4" in line for line in lines)
+        assert any("final ack(s) not sent" in line for line in lines), lines
+    finally:
+        agent.close()
+    kinds = [(r["kind"], r["fields"].get("event")) for r in read_records([str(audit)])]
+    assert ("event_ended", "held") in kinds
