@@ -34,12 +34,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry
 
 from gridtao import __version__
 from gridtao.app.actuation import check_write_permission, report_actuation, restore_limits
 from gridtao.app.checks import check_priority_floors
 from gridtao.app.drenergy import DrEventEnergy
+from gridtao.app.exports import register_collectors
 from gridtao.app.instance import Instance, ensure_unique
 from gridtao.app.links import node_links
 from gridtao.app.nodegpus import UNAVAILABLE_CHECK_S, open_node_gpus
@@ -70,21 +71,9 @@ from gridtao.safety.island import Activation, OutsideChange, SafetyIsland
 from gridtao.safety.watchdog import Watchdog
 from gridtao.security.bounds import CutBasis
 from gridtao.security.guard import Guard
-from gridtao.telemetry.collectors import (
-    CapacityCollector,
-    EnergyCollector,
-    EventEnergyCollector,
-    FeedCollector,
-    LinkCollector,
-    PlanCollector,
-    RecordsCollector,
-    SuppressedAcksCollector,
-    TrackerCollector,
-)
 from gridtao.telemetry.metrics import (
     Metrics,
     MetricsServer,
-    StatsCollector,
     start_http_server,
 )
 from gridtao.wire import messages as wire
@@ -148,10 +137,6 @@ class Agent:
         self.topics = wire.Topics(config.mqtt.prefix, self.node_id)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        # The standard process_* and python_* series, so the agent's own CPU and memory can be
-        # watched next to the GPUs (bench/overhead.py measures the idle cost).
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
         gpus = open_node_gpus(config, clock=self.clock, backend=backend)
         self.backend: GpuBackend = gpus.backend
         self._driver_backend = gpus.driver_backend
@@ -237,7 +222,6 @@ class Agent:
         self.energy = EventEnergy(
             FacilityModel.from_config(config.facility), len(self.gpu_indices),
             on_event=lambda fields: self.feeds.event_energy(fields))
-        EventEnergyCollector(self.energy.not_drawn_j, registry=self.registry)
         self.intake = Intake(
             self.island,
             self.topics,
@@ -270,21 +254,10 @@ class Agent:
         self.lane_failed = False  # the island lane ended with an error (serve stopped the agent)
         self._quiesced = False
         self._quiesce_lock = threading.Lock()
-        # The counters the links and the audit trail keep, read when Prometheus scrapes.
-        StatsCollector({"island": self.lane.link.stats,
-                        "dispatch": self.lane.dispatch_link.stats,
-                        "frequency": self.lane.frequency_link.stats,
-                        "status": self.status_link.stats},
-                       audit=self.ledger.audit, registry=self.registry)
         # The floor dispatched cuts stop at (security/bounds.py): capacity never counts below it.
         self._node_floor_mw = config.limits.min_node_fraction * sum(
             lim.default_mw for lim in self.gpu_limits)
         self.capacity_watch = CapacityWatch()
-        CapacityCollector(self.capacity, registry=self.registry)
-        FeedCollector(self.frequency_feed, registry=self.registry)
-        SuppressedAcksCollector(lambda: self.intake.rejections.suppressed_acks,
-                                registry=self.registry)
-        TrackerCollector(self.tier2.snapshot, registry=self.registry)
         # Tier 3: history, planner, awards and arming (app/planning.py).
         self.planning = NodePlanning(
             config, node_id=self.node_id, topics=self.topics, clock=self.clock,
@@ -292,10 +265,9 @@ class Agent:
             link=self.status_link,
             floor_w=planning_floor_w(config, self.gpu_limits, self.gpu_indices),
             ceiling=self.tier2 if config.planner.ceiling else None)
-        PlanCollector(self.planning.reading, registry=self.registry)
         # The energy and work ledgers' feeds (GPUs by driver index, as work.sources name them).
         self.feeds = LedgerFeeds(
-            gpus=list(zip(self._driver_indices(), (d.uuid for d in self.backend.devices()),
+            gpus=list(zip(self.driver_indices(), (d.uuid for d in self.backend.devices()),
                           strict=True)),
             clock=self.clock, power_mw=lambda: self.fast.draw_mw,
             record=lambda fields: self.ledger.record("event_energy", fields),
@@ -305,13 +277,6 @@ class Agent:
                                   on_reading=self.planning.on_reading,
                                   on_outside_change=self._limit_changed_outside,
                                   on_energy=self.feeds.round)
-        EnergyCollector(lambda: self.read_back.energy_mj, self._driver_indices(),
-                        registry=self.registry)
-        LinkCollector({"island": lambda: self.lane.link.is_connected,
-                       "dispatch": lambda: self.lane.dispatch_link.is_connected,
-                       "frequency": lambda: self.lane.frequency_link.is_connected,
-                       "status": lambda: self.status_link.is_connected}, registry=self.registry)
-        RecordsCollector(lambda: self.ledger.health, registry=self.registry)
         self.work = NodeWork(config.work, registry=self.registry)  # threads start in start()
         self.feeds.attach_work(self.work.scraper, self.registry)  # J/unit, work lost
         self.work_aware = WorkAwareCuts(config, self.work, self.fast, self.island,  # docs/work.md
@@ -336,6 +301,7 @@ class Agent:
             tracker_period_s=config.tracker.period_s,
             busy_load_fraction=self.options.busy_load_fraction,
         )
+        register_collectors(self)  # read when Prometheus scrapes (app/exports.py)
 
     def capacity(self) -> Capacity:
         """The node's down-capacity now, from tier 1's latest readings and the island's
@@ -543,7 +509,7 @@ class Agent:
 
     # ---- callbacks from other threads -----------------------------------------------------
 
-    def _driver_indices(self) -> tuple[int, ...]:
+    def driver_indices(self) -> tuple[int, ...]:
         """Each GPU served, by its driver index (as ``nvidia-smi``, the status and
         ``work.sources`` name it), in the order the agent serves them."""
         return tuple(self.gpu_indices) if self._physical is None else self._physical
