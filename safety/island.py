@@ -246,8 +246,6 @@ class SafetyIsland:
                 armed = self._armed.get(key)
                 if armed is None:
                     return None
-                if not self._events:
-                    self._frozen_draw = armed.draw_mw
                 ev, batch = self._open_locked(
                     event_id, "frequency", key, armed.baseline_mw, armed.target_mw, armed.caps_mw,
                     armed.release_mw_per_s, basis_mw=armed.draw_mw,
@@ -527,8 +525,6 @@ class SafetyIsland:
                 if existing is not None:
                     return activation_of(existing)
                 draw = self._basis_locked()
-                if not self._events:
-                    self._frozen_draw = draw
                 baseline = math.fsum(draw)
                 requested = target_of(baseline)
                 target = max(requested, float(self._cut_envelope.min_total_mw))
@@ -555,12 +551,17 @@ class SafetyIsland:
         winner = self._winner_locked(now)
         # Binding: the caps lower some limit. With no event, that is a cap under a resting
         # limit (a cap far above the draw writes nothing and claims no command).
-        binding = (any(c < r for c, r in zip(caps_mw, self._resting_mw, strict=True))
-                   if winner is None else ceiling < winner[1])
+        binding = self._caps_below_rest(caps_mw) if winner is None else ceiling < winner[1]
         ev = LatchedEvent(event_id, kind, level, baseline_mw, target_mw, ceiling, caps_mw, now,
                           release_mw_per_s=release_mw_per_s, basis_mw=basis_mw,
                           requested_target_mw=requested_target_mw)
         self._events[event_id] = ev
+        if self._frozen_draw is None and self._caps_below_rest(caps_mw):
+            # From now on the draw is the event's doing: armed levels and later events cut from
+            # the draw before it. An event whose caps sit at or above every resting limit can
+            # never cut anything, so it leaves the basis live (freezing it would keep armed
+            # levels on a stale draw for as long as that event lasts).
+            self._frozen_draw = basis_mw
         if not binding:
             return ev, None
         self._generation += 1
@@ -603,10 +604,12 @@ class SafetyIsland:
                 for k in ended:
                     del self._events[k]
                 batch = None
+                if ended and not any(self._caps_below_rest(ev.caps_mw)
+                                     for ev in self._events.values()):
+                    self._frozen_draw = None  # no event left that can cut: the basis is live
+                    self._rearm_locked()
                 if ended and not self._events:
                     self._generation += 1
-                    self._frozen_draw = None
-                    self._rearm_locked()
                     batch = self._writer.submit(self._resting_mw)
             for k in ended:
                 log.info("event %s ended", k)
@@ -627,6 +630,9 @@ class SafetyIsland:
                 batch = self._writer.submit(self._resting_mw)
             log.warning("%s: every GPU to its resting limit, latches cleared", reason)
             self._writes.record(batch.wait(self._write_timeout_s))
+
+    def _caps_below_rest(self, caps_mw: Sequence[int]) -> bool:
+        return any(c < r for c, r in zip(caps_mw, self._resting_mw, strict=True))
 
     def _basis_locked(self) -> tuple[float, ...]:
         return self._frozen_draw if self._frozen_draw is not None else self._draw

@@ -268,6 +268,40 @@ def test_release_ramp_rate_is_exact_in_virtual_time(rig: Rig) -> None:
     assert rig.limits() == [DEFAULT_MW] * N
 
 
+def test_a_cap_that_can_cut_nothing_leaves_armed_levels_on_the_live_draw(rig: Rig) -> None:
+    """A cap at or above every resting limit is latched (acked, released, timed) but can never
+    lower a GPU: armed levels keep following the draw while it lasts, and the first event that
+    can cut freezes the basis from then on."""
+    clock = rig.clock
+    assert isinstance(clock, VirtualClock)
+    rig.island.arm("49.7", 0.9)
+    vacuous = rig.island.trigger_cap("site-cap", N * DEFAULT_MW / W + 100.0)
+    assert not vacuous.binding and rig.island.view().event_id == "site-cap"
+    risen = [d + 50 * W for d in DRAW_MW]  # the load grows during the hour-long cap
+    rig.island.update_draw(risen)
+    rig.island.rearm()
+    level = rig.island.trigger_armed("49.7", "f1")
+    assert level is not None and level.binding
+    assert level.baseline_mw == pytest.approx(sum(risen))  # not the draw when the cap came
+    assert level.target_mw == pytest.approx(0.9 * sum(risen))
+    # The trip cut the draw: armed levels and later events now cut from the draw before it.
+    rig.island.update_draw([0.8 * d for d in risen])
+    rig.island.rearm()
+    assert rig.island.trigger_shed("s1", 0.05).baseline_mw == pytest.approx(sum(risen))
+    # Once nothing that can cut is left (the vacuous cap still is), the basis is live again.
+    for event_id in ("f1", "s1"):
+        rig.island.release(event_id)
+    for _ in range(50):  # the ramps out (within the rig's 60 s event limit)
+        clock.advance(1.0)
+        rig.island.tick()
+    assert rig.island.view().active_event_ids == ("site-cap",)
+    live = [d - 20 * W for d in DRAW_MW]
+    rig.island.update_draw(live)
+    rig.island.rearm()
+    again = rig.island.trigger_armed("49.7", "f2")
+    assert again is not None and again.baseline_mw == pytest.approx(sum(live))
+
+
 def test_a_step_product_s_release_tail_keeps_its_own_rate(rig: Rig) -> None:
     """A step product (its own ramp-out rate, the TSO's limit) ramps on past its baseline up
     to the resting limits at that rate, never faster, and ends without a step."""
