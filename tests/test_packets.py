@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gridtao.transport import packets as p
+from gridtao.transport.errors import ConnectRefused
 
 
 def publish_bytes(topic: str, payload: bytes, *, qos: int = 0, retain: bool = False,
@@ -56,6 +57,9 @@ def test_an_oversize_packet_is_refused_before_its_body_is_buffered() -> None:
     (bytes((0x30, 3, 0, 9, 0x61)), "malformed PUBLISH"),  # topic longer than the packet
     (bytes((0x30, 4, 0, 1, 0x61, 0x09)), "properties longer"),
     (bytes((0x30, 5, 0, 2, 0xFF, 0xFE, 0)), "malformed PUBLISH"),  # topic not UTF-8
+    (publish_bytes("", b"x", props=b"\x23\x00\x01"), "without a topic name"),  # an alias
+    (publish_bytes("a/+", b"x"), "topic filter"),
+    (publish_bytes("a", b"x", qos=1, packet_id=0), "packet id 0"),
 ])
 def test_malformed_packets_are_protocol_errors(stream: bytes, reason: str) -> None:
     with pytest.raises(p.ProtocolError, match=reason):
@@ -86,3 +90,37 @@ def test_connect_and_subscribe_say_what_the_broker_needs() -> None:
     assert subscribe[0] == 0x82 and subscribe.endswith(b"\x00\x03a/#\x21\x00\x01b\x00")
     assert p.suback_codes(p.Packet(p.SUBACK, b"\x00\x01\x00\x01\x87")) == b"\x01\x87"
     assert p.puback_packet(513) == b"\x40\x02\x02\x01"
+
+
+def test_the_good_packets_before_a_bad_one_are_kept() -> None:
+    """A malformed packet ends the connection, but what came whole before it in the same read
+    (a trigger, say) is still handed over, to be delivered and acknowledged."""
+    good = publish_bytes("a/dispatch", b"trigger", qos=1, packet_id=9)
+    with pytest.raises(p.ProtocolError) as caught:
+        p.PacketReader().feed(good + bytes((0x36, 2, 0, 0)))
+    assert caught.value.parsed == [p.Publish("a/dispatch", b"trigger", 1, False, 9)]
+
+
+def test_a_connack_says_its_code_and_the_brokers_keepalive() -> None:
+    props = (bytes((0x21,)) + struct.pack("!H", 20)  # Receive Maximum, walked past
+             + bytes((0x12,)) + struct.pack("!H", 3) + b"abc"  # Assigned Client Identifier
+             + bytes((0x26,)) + struct.pack("!H", 1) + b"k" + struct.pack("!H", 1) + b"v"
+             + bytes((0x13,)) + struct.pack("!H", 15))  # Server Keep Alive
+    ack = p.connack(p.Packet(p.CONNACK, bytes((0, 0)) + p._varint(len(props)) + props))
+    assert ack == p.Connack(0, 15)
+    assert p.connack(p.Packet(p.CONNACK, bytes((0, 0, 0)))) == p.Connack(0, None)
+    assert p.connack(p.Packet(p.CONNACK, bytes((0, 0x87)))) == p.Connack(0x87, None)
+    assert p.connack(p.Packet(p.CONNACK, bytes((0, 1)))) == p.Connack(1, None)  # MQTT 3.1.1
+    with pytest.raises(p.ProtocolError, match="CONNACK"):
+        p.connack(p.Packet(p.CONNACK, bytes((0, 0, 5, 0x13, 0))))  # cut short
+    with pytest.raises(p.ProtocolError, match="unknown property"):
+        p.connack(p.Packet(p.CONNACK, bytes((0, 0, 2, 0x7F, 0))))
+
+
+@pytest.mark.parametrize("code, says", [
+    (0x86, "Bad user name or password"),
+    (0xFE, "unknown reason code"),
+    (0x01, "does the broker speak MQTT v5"),
+])
+def test_a_refused_connect_is_named_whatever_its_code(code: int, says: str) -> None:
+    assert says in str(ConnectRefused(code))

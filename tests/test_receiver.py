@@ -14,15 +14,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import pytest
 from broker import MosquittoBroker, publish
+from test_packets import publish_bytes
 from waiting import wait_until
 
+from gridtao.clock import MonotonicClock
+from gridtao.transport import packets as p
+from gridtao.transport.errors import ConnectionLost
 from gridtao.transport.localbroker import Publisher
 from gridtao.transport.mqtt import new_event_loop
-from gridtao.transport.receiver import MqttReceiver
+from gridtao.transport.receiver import MqttReceiver, _Protocol
+from gridtao.transport.supervision import InboundMessage
 
 WAIT_S = 10.0
 
@@ -136,6 +141,48 @@ def test_a_refused_connection_is_diagnosed_and_retried(tmp_path: Path) -> None:
         broker.stop()
 
 
+def test_the_brokers_keepalive_overrides_its_own() -> None:
+    """A broker that caps keepalive (Server Keep Alive in CONNACK, MQTT-3.2.2-21) is obeyed:
+    pinging at the receiver's own slower pace would have the broker drop it every 1.5 of its
+    keepalives, losing whatever was sent meanwhile. A scripted broker on loopback says 1 s to
+    a receiver that asked for 60 s, and counts the pings."""
+    pings: list[float] = []
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # CONNECT
+        props = bytes((0x13,)) + (1).to_bytes(2, "big")  # Server Keep Alive: 1 s
+        writer.write(bytes((0x20, 3 + len(props), 0, 0, len(props))) + props)
+        await reader.read(1024)  # SUBSCRIBE, packet id 1
+        writer.write(bytes((0x90, 4, 0, 1, 0, 1)))  # SUBACK: granted QoS 1
+        while data := await reader.read(1024):
+            for _ in range(data.count(bytes((0xC0, 0)))):  # PINGREQ
+                pings.append(time.monotonic())
+                writer.write(bytes((0xD0, 0)))  # PINGRESP
+
+    async def main() -> MqttReceiver:
+        server = await asyncio.start_server(broker, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        rx = MqttReceiver(host="127.0.0.1", port=port, client_id="ka", keepalive_s=60,
+                          subscriptions=[("rx/k", 1)])
+        task = asyncio.ensure_future(rx.run())
+        try:
+            await asyncio.wait_for(rx.connected.wait(), WAIT_S)
+            await asyncio.sleep(1.8)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            server.close()
+        return rx
+
+    loop = new_event_loop()
+    try:
+        rx = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert len(pings) >= 3, pings  # every 0.5 s, not every 30 s
+    assert rx.stats.losses == 0
+
+
 def test_each_line_names_its_connection(caplog: pytest.LogCaptureFixture) -> None:
     """An agent holds four connections to one broker: a dead broker is reported by each, and
     each line says which connection it is about."""
@@ -154,3 +201,35 @@ def test_each_line_names_its_connection(caplog: pytest.LogCaptureFixture) -> Non
 def test_qos2_is_not_asked_for() -> None:
     with pytest.raises(ValueError, match="QoS 0 or 1"):
         MqttReceiver(host="127.0.0.1", port=1, client_id="x", subscriptions=[("t", 2)])
+
+
+class _Wire:
+    """What a protocol writes, and whether it aborted (an asyncio transport's two calls used)."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written += bytes(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_a_trigger_before_a_bad_packet_is_delivered_and_acknowledged() -> None:
+    loop = new_event_loop()
+    try:
+        got: list[InboundMessage] = []
+        protocol = _Protocol(loop, clock=MonotonicClock(), deliver=got.append,
+                             max_packet_bytes=None)
+        wire = _Wire()
+        protocol.connection_made(cast(asyncio.Transport, wire))
+        trigger = publish_bytes("a/dispatch", b"shed", qos=1, packet_id=9)
+        protocol.data_received(trigger + bytes((0x36, 2, 0, 0)))  # then a QoS 3 PUBLISH
+        assert [m.payload for m in got] == [b"shed"]
+        assert wire.written == p.puback_packet(9) and wire.aborted
+        with pytest.raises(ConnectionLost, match="QoS 3"):
+            protocol.closed.result()
+    finally:
+        loop.close()

@@ -40,6 +40,7 @@ from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
 from gridtao.transport.diagnose import AttemptLog, Diagnosis, PahoTap, _enter
 from gridtao.transport.mqtt import MqttLink, new_event_loop
+from gridtao.transport.receiver import MqttReceiver
 from gridtao.transport.tls import read_password, ssl_context
 
 PREFIX = "gridtao/tls"
@@ -282,6 +283,38 @@ def test_client_certificate_auth_round_trip(tmp_path: Path, pki: Pki) -> None:
         finally:
             loop.close()
         assert f"u'{NODE}'" in broker.log_text()  # the certificate's CN became the user name
+
+
+def test_a_receiver_verifies_the_name_configured_not_the_address(tmp_path: Path,
+                                                                   pki: Pki) -> None:
+    """The documented set-up: the broker is reached by address, its certificate names only a
+    DNS name, ``mqtt.tls.server_hostname`` gives that name. The island's receive-only
+    connections (asyncio's TLS, not paho's) must verify it too, or the node never hears a
+    dispatch or a frequency sample while its other connections are up."""
+    named = pki.ca.issue("named-broker", server=True, dns=("broker.example.net",))
+    with tls_broker(tmp_path, pki, server=named) as broker:
+        pw = str(secret(tmp_path, USERS[NODE]))
+        cfg = config(broker, username=NODE, password_file=pw,
+                     tls={"ca_file": str(pki.ca.cert_path),
+                          "server_hostname": "broker.example.net"})
+        receiver = MqttReceiver(host=broker.host, port=broker.port, client_id="named-rx",
+                                subscriptions=[("x/#", 1)], username=NODE, password=USERS[NODE],
+                                tls=ssl_context(cfg.mqtt, source=cfg.source))
+
+        async def main() -> None:
+            task = asyncio.ensure_future(receiver.run())
+            try:
+                await asyncio.wait_for(receiver.connected.wait(), WAIT_S)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+        loop = new_event_loop()
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()
+    assert receiver.problem is None and receiver.stats.connects == 1
 
 
 # ---------------------------------------------------------------- clear errors

@@ -19,5 +19,12 @@ class ConnectRefused(ConnectionLost):
     ``ReasonCode``, whose ``value`` is the code and ``str`` its name, as aiomqtt reports it)."""
 
     def __init__(self, code: int) -> None:
-        self.rc = ReasonCode(PacketTypes.CONNACK, identifier=code)
-        super().__init__(f"[code:{code}] {self.rc}")
+        self.rc: ReasonCode | int
+        try:
+            self.rc = ReasonCode(PacketTypes.CONNACK, identifier=code)
+            name = str(self.rc)
+        except (KeyError, ValueError):  # not an MQTT v5 CONNACK code: keep the number
+            self.rc = code
+            name = ("not an MQTT v5 reason code: does the broker speak MQTT v5?" if code < 0x80
+                    else "unknown reason code")
+        super().__init__(f"[code:{code}] {name}")

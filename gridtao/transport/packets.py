@@ -31,10 +31,12 @@ __all__ = [
     "PUBACK",
     "PUBLISH",
     "SUBACK",
+    "Connack",
     "Packet",
     "PacketReader",
     "ProtocolError",
     "Publish",
+    "connack",
     "connect_packet",
     "disconnect_packet",
     "puback_packet",
@@ -48,15 +50,25 @@ SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
 
 _MAX_REMAINING = 268_435_455  # the largest length four variable-length bytes can say
 _PROP_MAX_PACKET_SIZE = 0x27
+_PROP_SERVER_KEEPALIVE = 0x13
+# Each MQTT v5 property's value type (section 2.2.2.2), to walk past the ones not read.
+_BYTE_PROPS = frozenset((0x01, 0x17, 0x19, 0x24, 0x25, 0x28, 0x29, 0x2A))
+_TWO_BYTE_PROPS = frozenset((0x13, 0x21, 0x22, 0x23))
+_FOUR_BYTE_PROPS = frozenset((0x02, 0x11, 0x18, 0x27))
+_VARINT_PROPS = frozenset((0x0B,))
+_STRING_PROPS = frozenset((0x03, 0x08, 0x09, 0x12, 0x15, 0x16, 0x1A, 0x1C, 0x1F))  # + binary
+_PAIR_PROPS = frozenset((0x26,))
 
 
 class ProtocolError(Exception):
     """The broker sent something a conforming MQTT v5 server would not (or more than we
-    allowed): the connection is closed. ``reason`` says what."""
+    allowed): the connection is closed. ``reason`` says what; ``parsed``: the packets of the
+    same read that came complete before the bad one (still to be handled and acknowledged)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.parsed: list[Publish | Packet] = []
 
 
 class Publish(NamedTuple):
@@ -155,9 +167,19 @@ class PacketReader:
         self._max = max_packet_bytes if max_packet_bytes is not None else _MAX_REMAINING + 5
 
     def feed(self, data: bytes) -> list[Publish | Packet]:
+        """Every packet complete so far. A malformed one raises :class:`ProtocolError`, whose
+        ``parsed`` holds the good packets before it (the reader is then unusable)."""
+        out: list[Publish | Packet] = []
+        try:
+            self._split(data, out)
+        except ProtocolError as e:
+            e.parsed = out
+            raise
+        return out
+
+    def _split(self, data: bytes, out: list[Publish | Packet]) -> None:
         buf = self._buf
         buf += data
-        out: list[Publish | Packet] = []
         pos, end = 0, len(buf)
         while end - pos >= 2:
             first = buf[pos]
@@ -188,7 +210,6 @@ class PacketReader:
                 out.append(Packet(kind, bytes(buf[i:i + length])))
             pos = i + length
         del buf[:pos]
-        return out
 
 
 def _publish(first: int, body: bytes) -> Publish:
@@ -208,6 +229,12 @@ def _publish(first: int, body: bytes) -> Publish:
         raise ProtocolError(f"malformed PUBLISH ({e})") from None
     if j + props > len(body):
         raise ProtocolError("PUBLISH properties longer than the packet")
+    if not topic:  # a topic alias: this client allows none (no Topic Alias Maximum sent)
+        raise ProtocolError("PUBLISH without a topic name")
+    if "+" in topic or "#" in topic:
+        raise ProtocolError(f"PUBLISH to a topic filter {topic!r}")
+    if packet_id == 0:
+        raise ProtocolError("QoS 1 PUBLISH with packet id 0")
     return Publish(topic, body[j + props:], qos, bool(first & 0x01), packet_id)
 
 
@@ -216,6 +243,27 @@ def reason_code(packet: Packet, offset: int) -> int:
     if len(packet.body) <= offset:
         raise ProtocolError(f"packet type {packet.kind} too short")
     return packet.body[offset]
+
+
+class Connack(NamedTuple):
+    """What a CONNACK says that a receiver acts on: the reason code (0 success) and the
+    Server Keep Alive the client must use instead of its own, if the broker set one."""
+
+    code: int
+    server_keepalive_s: int | None
+
+
+def connack(packet: Packet) -> Connack:
+    """Decode a CONNACK: reason code and properties (only Server Keep Alive is kept)."""
+    code = reason_code(packet, 1)
+    if code or len(packet.body) == 2:  # a refusal (or an MQTT 3.1.1 answer) may have none
+        return Connack(code, None)
+    try:
+        props = _properties(packet.body, 2)
+    except (struct.error, IndexError, UnicodeDecodeError):
+        raise ProtocolError("malformed CONNACK properties") from None
+    keepalive = props.get(_PROP_SERVER_KEEPALIVE)
+    return Connack(code, keepalive if isinstance(keepalive, int) else None)
 
 
 def suback_codes(packet: Packet) -> bytes:
@@ -240,3 +288,35 @@ def _property_length(body: bytes, j: int) -> tuple[int, int]:
         shift += 7
         if shift > 21:
             raise ProtocolError("malformed property length")
+
+
+def _properties(body: bytes, j: int) -> dict[int, int | bytes]:
+    """The properties at ``body[j]`` (length first) by identifier: integers as ints, strings
+    and binary data as bytes (a user property's pair is skipped). An unknown identifier is a
+    ProtocolError; a body that ends early raises IndexError or struct.error."""
+    length, j = _property_length(body, j)
+    end = j + length
+    if end > len(body):
+        raise IndexError("properties longer than the packet")
+    out: dict[int, int | bytes] = {}
+    while j < end:
+        ident, j = _property_length(body, j)
+        if ident in _BYTE_PROPS:
+            out[ident], j = body[j], j + 1
+        elif ident in _TWO_BYTE_PROPS:
+            (out[ident],), j = struct.unpack_from("!H", body, j), j + 2
+        elif ident in _FOUR_BYTE_PROPS:
+            (out[ident],), j = struct.unpack_from("!I", body, j), j + 4
+        elif ident in _VARINT_PROPS:
+            out[ident], j = _property_length(body, j)
+        elif ident in _STRING_PROPS or ident in _PAIR_PROPS:
+            for _ in range(2 if ident in _PAIR_PROPS else 1):
+                (n,) = struct.unpack_from("!H", body, j)
+                if ident not in _PAIR_PROPS:
+                    out[ident] = body[j + 2:j + 2 + n]
+                j += 2 + n
+        else:
+            raise ProtocolError(f"unknown property 0x{ident:02x}")
+    if j != end:
+        raise IndexError("a property runs past the properties' length")
+    return out

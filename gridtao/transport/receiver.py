@@ -11,11 +11,14 @@ here, oldest first, where it is counted, and the newest messages are always the 
 
 It speaks only what a subscriber needs: CONNECT (clean start; user name, password; Maximum
 Packet Size so the broker never sends an oversize packet), SUBSCRIBE (QoS 0 or 1; retain
-handling 2 except for ``retained_topics``), PUBACK, PINGREQ every ``keepalive_s / 2`` (a
-connection silent for 1.5 keepalives is lost), DISCONNECT on stop. TLS through the context
-given (``ssl.SSLContext``, as for :class:`~gridtao.transport.mqtt.MqttLink`). A refused CONNECT
-raises :class:`ConnectRefused` with the CONNACK's reason code, which transport/diagnose.py
-reads like aiomqtt's.
+handling 2 except for ``retained_topics``), PUBACK, PINGREQ every half keepalive (the broker's
+Server Keep Alive when its CONNACK sets one, else ``keepalive_s``; a connection silent for 1.5
+keepalives is lost), DISCONNECT on stop. TLS through the context given (``ssl.SSLContext``, as
+for :class:`~gridtao.transport.mqtt.MqttLink`; the certificate is verified against
+``mqtt.tls.server_hostname`` when set). A refused CONNECT raises :class:`ConnectRefused` with
+the CONNACK's reason code, which transport/diagnose.py reads like aiomqtt's. A malformed packet
+from the broker ends the connection, after the good packets of the same read are delivered and
+acknowledged.
 
 Threads: all of it runs on the event loop that runs :meth:`~Supervised.run`.
 """
@@ -25,8 +28,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any, cast
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gridtao.clock import Clock
 from gridtao.transport import packets as p
@@ -36,6 +43,23 @@ from gridtao.transport.supervision import InboundMessage, Supervised
 __all__ = ["ConnectRefused", "MqttReceiver"]
 
 _SUBSCRIBE_ID = 1
+
+
+def server_name(tls: ssl.SSLContext | None, host: str) -> str | None:
+    """The name the broker's certificate is verified against: ``mqtt.tls.server_hostname``
+    when set (a :class:`~gridtao.transport.tls.ClientContext`'s ``verify_name``), else the
+    host connected to; None without TLS."""
+    if tls is None:
+        return None
+    return getattr(tls, "verify_name", None) or host
+
+
+def disconnect_reason(code: int) -> str:
+    """A server DISCONNECT's reason code, named (MQTT v5 section 3.14.2.1)."""
+    try:
+        return f"{ReasonCode(PacketTypes.DISCONNECT, identifier=code)}, code {code}"
+    except (KeyError, ValueError):
+        return f"reason code {code}"
 
 
 class _Protocol(asyncio.Protocol):
@@ -60,8 +84,15 @@ class _Protocol(asyncio.Protocol):
         try:
             packets = self._reader.feed(data)
         except p.ProtocolError as e:
-            self._fail(ConnectionLost(f"protocol error from the broker: {e.reason}"))
+            # The good packets before the bad one are handled (and acknowledged) first: a
+            # trigger that came whole is not lost with the connection.
+            if self._handle(e.parsed):
+                self._fail(ConnectionLost(f"protocol error from the broker: {e.reason}"))
             return
+        self._handle(packets)
+
+    def _handle(self, packets: list[p.Publish | p.Packet]) -> bool:
+        """Deliver and acknowledge ``packets``; False if one ended the connection."""
         deliver = self._deliver
         now, wall = self._clock.now(), self._clock.wall()
         self.last_read = now
@@ -80,13 +111,20 @@ class _Protocol(asyncio.Protocol):
                     self.suback.set_result(packet)
             elif packet.kind == p.DISCONNECT:
                 code = packet.body[0] if packet.body else 0
-                self._fail(ConnectionLost(f"the broker disconnected us (reason code {code})"))
-                return
+                self._write(acks)
+                why = disconnect_reason(code)
+                self._fail(ConnectionLost(f"the broker disconnected us ({why})"))
+                return False
             elif packet.kind != p.PINGRESP:
+                self._write(acks)
                 self._fail(ConnectionLost(f"unexpected packet type {packet.kind}"))
-                return
-        if acks and self.transport is not None:
-            self.transport.write(acks)
+                return False
+        self._write(acks)
+        return True
+
+    def _write(self, data: bytes | bytearray) -> None:
+        if data and self.transport is not None:
+            self.transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionLost(str(exc) if exc else "connection closed by the broker"))
@@ -127,7 +165,7 @@ class MqttReceiver(Supervised):
         try:
             transport, _ = await asyncio.wait_for(loop.create_connection(
                 lambda: protocol, self.host, self.port, ssl=tls,
-                server_hostname=self.host if tls is not None else None), self.op_timeout_s)
+                server_hostname=server_name(tls, self.host)), self.op_timeout_s)
         except asyncio.TimeoutError:
             raise ConnectionLost("Operation timed out") from None
         sock = transport.get_extra_info("socket")
@@ -138,9 +176,13 @@ class MqttReceiver(Supervised):
             transport.write(p.connect_packet(
                 self.client_id, keepalive_s=self.keepalive_s, username=username,
                 password=password, max_packet_bytes=self.max_packet_bytes))
-            code = p.reason_code(await self._wait(protocol.connack), 1)
-            if code >= 0x80:
-                raise ConnectRefused(code)
+            ack = p.connack(await self._wait(protocol.connack))
+            if ack.code:  # any other code: a refusal, or a broker that does not speak v5
+                raise ConnectRefused(ack.code)
+            # The broker's keepalive overrides ours (MQTT-3.2.2-21): pinging at our own pace
+            # under a broker that caps it would have the broker drop us again and again.
+            keepalive_s = (ack.server_keepalive_s if ack.server_keepalive_s is not None
+                           else self.keepalive_s)
             if self.subscriptions:
                 transport.write(p.subscribe_packet(_SUBSCRIBE_ID, [
                     (topic, qos, 0 if topic in self.retained_topics else 2)
@@ -153,7 +195,7 @@ class MqttReceiver(Supervised):
                     raise ConnectionLost(f"broker refused subscription to {refused}")
             self._connected_now()
             try:
-                await self._serve(protocol, transport)
+                await self._serve(protocol, transport, keepalive_s)
             finally:
                 self.connected.clear()
         except asyncio.CancelledError:
@@ -169,14 +211,19 @@ class MqttReceiver(Supervised):
         except asyncio.TimeoutError:
             raise ConnectionLost("Operation timed out") from None
 
-    async def _serve(self, protocol: _Protocol, transport: asyncio.Transport) -> None:
-        """Ping every half keepalive; the connection is lost when the broker closes it or has
-        said nothing (a PINGRESP at least) for 1.5 keepalives."""
-        interval = self.keepalive_s / 2.0
+    async def _serve(self, protocol: _Protocol, transport: asyncio.Transport,
+                     keepalive_s: int) -> None:
+        """Ping every half ``keepalive_s``; the connection is lost when the broker closes it or
+        has said nothing (a PINGRESP at least) for 1.5 keepalives. Keepalive 0 (the broker
+        turned it off): no pings, only the broker closing."""
+        if keepalive_s <= 0:
+            await protocol.closed
+            return
+        interval = keepalive_s / 2.0
         while True:
             done, _ = await asyncio.wait((protocol.closed,), timeout=interval)
             if done:
                 protocol.closed.result()  # raises why
-            if self._clock.now() - protocol.last_read > 1.5 * self.keepalive_s:
+            if self._clock.now() - protocol.last_read > 1.5 * keepalive_s:
                 raise ConnectionLost("keepalive: no answer from the broker")
             transport.write(p.PINGREQ_PACKET)
