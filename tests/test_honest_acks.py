@@ -126,6 +126,11 @@ def test_an_id_reused_with_a_different_body_is_rejected_and_a_retry_is_not(rig: 
     assert "reused with a different body" in str(reused["reason"])
     assert rig.count("dispatch", "duplicate") == 1 and rig.count("dispatch", "rejected") == 1
     assert rig.island.view().active_event_ids == ("e1",)
+    # The refusal of a message under a live id says the event stands (anyone on the broker
+    # can send one); the refusal of an id that holds nothing does not.
+    assert reused["in_force"] is True
+    junk = rig.dispatch(b'{"id": "e2", "kind": "shed"}')
+    assert junk["accepted"] is False and "in_force" not in junk
 
 
 def test_stop_skips_what_the_gpus_already_hold_and_counts_a_real_failure(

@@ -429,6 +429,20 @@ def test_reached_ack_repeats_the_times_and_adds_reached_at(rig: Rig) -> None:
     assert rig.intake.activation_time("ra") is not None
 
 
+def test_once_reached_every_later_ack_says_so(rig: Rig) -> None:
+    """A duplicate after the target was reached, and the ack of the event's end at stop,
+    carry ``reached_at``: an aggregator reading the latest ack never loses the proof."""
+    rig.dispatch(_shed("rb", fraction=0.3))
+    rig.advance(0.2)
+    reached = rig.clock.wall()
+    assert rig.intake.reached_ack("rb", reached) is not None
+    rig.advance(0.5)
+    assert rig.dispatch(_shed("rb", fraction=0.3))["reached_at"] == pytest.approx(reached)
+    (ended,) = [json.loads(o.payload) for o in rig.intake.end_all("the agent stopped")]
+    assert ended["id"] == "rb" and ended["ended_at"] is not None
+    assert ended["reached_at"] == pytest.approx(reached)
+
+
 def test_island_expiry_clears_the_intakes_record() -> None:
     r = _make_rig(max_event_s=10.0)
     try:

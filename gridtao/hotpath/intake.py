@@ -62,6 +62,7 @@ class _Event:
     received_wall: float
     commanded_wall: float | None  # None: nothing written (a deeper event already held the GPUs)
     ack_extra: dict[str, object] = dataclasses.field(default_factory=dict)  # also on reached_at
+    reached_wall: float | None = None  # once the meter saw the target band: on every later ack
 
 
 class Intake:
@@ -189,7 +190,7 @@ class Intake:
             self._decide("event_ended", {"event": event_id, "why": why})
             extra = dict(ev.ack_extra) | {"ended_at": round(self._clock.wall(), 6)}
             out.append(self._ack(event_id, True, why, ev.received_wall, ev.commanded_wall,
-                                 extra=extra))
+                                 extra=extra, reached_wall=ev.reached_wall))
         return out
 
     def end_all(self, why: str) -> list[Outgoing]:
@@ -203,7 +204,8 @@ class Intake:
             self._monitor.forget(event_id)
             self._decide("event_ended", {"event": event_id, "why": why})
             out.append(self._ack(event_id, True, why, ev.received_wall, ev.commanded_wall,
-                                 extra=dict(ev.ack_extra) | {"ended_at": wall}))
+                                 extra=dict(ev.ack_extra) | {"ended_at": wall},
+                                 reached_wall=ev.reached_wall))
         for event_id in self._ending:
             self._decide("event_ended", {"event": event_id, "why": why})
         # Demand-response events still queued or running: cancelled, and their sender told.
@@ -398,7 +400,12 @@ class Intake:
         self.rejections.log(f"dispatch {event_id!r}", reason, received_at)
         if not self.rejections.ack_allowed(received_at, proven=self._v_proven):
             return []
-        return [self._ack(event_id, False, reason, wall, None)]
+        # Anyone can send a message under a live event's id: its refusal must not read as the
+        # event being refused. It says the event stands, unchanged.
+        held = event_id is not None and (event_id in self._events
+                                          or event_id in self._dr_accepted)
+        return [self._ack(event_id, False, reason, wall, None,
+                          extra={"in_force": True} if held else None)]
 
     def _reject_sample(self, reason: str, received_at: float) -> list[Outgoing]:
         # Frequency is QoS 0 telemetry from a meter: refusals get no ack, but are counted.
@@ -478,11 +485,12 @@ class Intake:
         commanded_wall: float | None,
         *,
         extra: dict[str, object] | None = None,
+        reached_wall: float | None = None,
     ) -> Outgoing:
         if self._simulated:
             extra = {**(extra or {}), "simulated": True}
         payload = wire.ack_payload(
-            event_id, accepted, reason, received_wall, commanded_wall, None, extra=extra
+            event_id, accepted, reason, received_wall, commanded_wall, reached_wall, extra=extra
         )
         self._v_id, self._v_reason = event_id, reason
         if event_id is not None and accepted:
@@ -493,10 +501,13 @@ class Intake:
         return Outgoing(self._topics.ack, payload, expendable=not accepted)
 
     def reached_ack(self, event_id: str, reached_wall: float) -> Outgoing | None:
-        """The second ack for ``event_id``, with ``reached_at`` filled in."""
+        """The second ack for ``event_id``, with ``reached_at`` filled in. It is also what a
+        duplicate of the dispatch is answered with from now on, and every later ack of the
+        event (its end) keeps ``reached_at``."""
         ev = self._events.get(event_id)
         if ev is None:
             return None
+        ev.reached_wall = reached_wall
         extra = dict(ev.ack_extra)  # the first ack's fields (binding, failed_gpus, ...)
         if self._simulated:
             extra["simulated"] = True
@@ -504,6 +515,8 @@ class Intake:
             event_id, True, None, ev.received_wall, ev.commanded_wall, reached_wall,
             extra=extra or None,
         )
+        if event_id in self._acks:
+            self._acks[event_id] = payload
         return Outgoing(self._topics.ack, payload)
 
     def activation_time(self, event_id: str) -> float | None:
