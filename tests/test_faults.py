@@ -9,6 +9,7 @@ bound is the point of the test, and then with slack.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -106,6 +107,23 @@ def _shed(event_id: str, fraction: float, duration_s: float = 600.0) -> dict[str
 # ---------------------------------------------------------------- broker SIGKILL
 
 
+def test_acks_a_dead_broker_cannot_take_at_stop_are_named(
+        mqtt_broker: MosquittoBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = _config(mqtt_broker, "deadstop", tmp_path,
+                  mqtt={"reconnect_min_s": 0.2, "reconnect_max_s": 1.0})
+    with running(mqtt_broker, cfg, _sim(cfg, MonotonicClock())) as node:
+        with node.acks() as acks:
+            node.dispatch(_shed("held", 0.3))
+            acks.wait(1, WAIT_S)
+        mqtt_broker.kill()
+        wait_for(lambda: not node.agent.lane.link.is_connected, "the lane to notice")
+        with caplog.at_level(logging.WARNING, logger="gridtao"):
+            node.agent.close()
+    lines = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
+    assert lines and "the end of event(s) 'held'" in lines[0], lines
+    mqtt_broker.start()  # for the fixture's own stop
+
+
 def test_broker_killed_mid_event(mqtt_broker: MosquittoBroker, tmp_path: Path) -> None:
     """Caps hold while the broker is dead, the link comes back, the ack produced during the
     outage is delivered, new dispatches are acked, and a redelivered id is acted on once."""
@@ -140,7 +158,10 @@ def test_broker_killed_mid_event(mqtt_broker: MosquittoBroker, tmp_path: Path) -
             node.dispatch({"id": "c1", "kind": "cap", "node_w": 1500, "duration_s": 120})
             node.dispatch(_shed("s2", 0.5))
             again, new = (m.payload for m in acks.wait(2, WAIT_S))
-        assert again == first  # the original ack, not a second action
+        # The original ack, not a second action, with the target's time it reached since.
+        assert json.loads(again) == json.loads(first) | {
+            "reached_at": json.loads(again)["reached_at"]}
+        assert json.loads(again)["reached_at"] is not None
         assert json.loads(new)["id"] == "s2" and json.loads(new)["accepted"] is True
         assert node.count("dispatch", "duplicate") == 1
         view = node.agent.island.view()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -40,6 +41,15 @@ FREQUENCY_RUN = 3
 #: The longest the lane handles messages before it lets its loop read the sockets again.
 YIELD_S = 0.0005
 CONNECT_POLL_S = 0.02  # how often start() looks at the connection (and its abort)
+
+
+def _ended(acks: list[Outgoing]) -> str:
+    """", among them the end of event(s) 'a', 'b'" for the final acks, else ""."""
+    ids = []
+    for o in acks:
+        with contextlib.suppress(ValueError, AttributeError):
+            ids.append(repr(json.loads(o.payload).get("id")))
+    return f", among them the end of event(s) {', '.join(ids)}" if ids else ""
 
 
 class IslandLane:
@@ -146,9 +156,12 @@ class IslandLane:
             return
 
         async def shutdown() -> None:
-            if final is not None:
-                self._publish(final())
-            await self._link.flush(flush_timeout_s)  # the acks; the frequency link sends none
+            last = final() if final is not None else []
+            self._publish(last)
+            # The acks; the receive-only links send none.
+            if not await self._link.flush(flush_timeout_s):
+                log.warning("stopping with %d ack(s) not delivered (the broker is unreachable)"
+                            "%s", self._link.outbox_len, _ended(last))
             if self._stopping is not None:
                 self._stopping.set()
 
