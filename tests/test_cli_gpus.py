@@ -35,6 +35,14 @@ def test_gpus_json(capsys: pytest.CaptureFixture[str]) -> None:
         assert r["energy_j"] > 0
 
 
+def test_gpus_says_when_it_made_the_simulated_device(capsys: pytest.CaptureFixture[str]) -> None:
+    """Fresh GPUs at rest must not pass for an agent's: the first look says it made them."""
+    assert main(["gpus", "--json"]) == 0
+    assert "there was no simulated device 'default'" in capsys.readouterr().err
+    assert main(["gpus", "--json"]) == 0
+    assert "there was no simulated device" not in capsys.readouterr().err
+
+
 def test_gpus_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["gpus", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()

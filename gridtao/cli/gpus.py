@@ -16,9 +16,10 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gridtao.config.agent import Config
+from gridtao.config.agent import Config, GpusConfig
 from gridtao.gpu.backend import GpuBackend
 
 if TYPE_CHECKING:
@@ -128,6 +129,16 @@ def _existing_device(name: str, *, dry_run: bool) -> NvmlBackend | None:
     return None if sim is None else NvmlBackend(sim, dry_run=dry_run)
 
 
+def _device_to_be_made(gpus: GpusConfig) -> Path | None:
+    """The machine-wide simulated device's file if opening ``gpus`` would make it, else None."""
+    from gridtao.config.paths import sim_device_path
+
+    if gpus.sim.device is None:
+        return None
+    path = sim_device_path(gpus.sim.device)
+    return None if path.exists() else path
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     from gridtao.gpu import open_backend
 
@@ -142,12 +153,19 @@ def run(args: argparse.Namespace, config: Config) -> int:
             print(f"gridtao: error: no simulated device {args.sim_device!r} on this machine "
                   "(`gridtao sim --device NAME status` shows one)", file=sys.stderr)
             return 2  # as for GPUs that cannot be opened
+        made = None
     else:
+        made = _device_to_be_made(gpus_cfg)
         backend = open_backend(gpus_cfg)
     with backend:
         if backend.simulated:  # never to be mistaken for the machine's own GPUs
             print("gridtao: these are simulated GPUs (gpus.backend sim, or auto without an "
                   "NVIDIA driver)", file=sys.stderr)
+            if made is not None:  # fresh GPUs, not some agent's: say so
+                print(f"gridtao: there was no simulated device {gpus_cfg.sim.device!r} at "
+                      f"{made}: it was made now, at rest (an agent whose RUNTIME_DIRECTORY "
+                      "differs keeps its GPUs elsewhere; `gridtao sim status` there shows them)",
+                      file=sys.stderr)
         printed = 0
         try:
             while True:
