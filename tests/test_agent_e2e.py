@@ -252,14 +252,15 @@ def test_every_rejection_is_acked_counted_and_changes_no_limit(
 def test_duplicate_event_id_is_acted_on_once(mqtt_broker: MosquittoBroker) -> None:
     with running_node(mqtt_broker, "dup") as node, node.acks() as acks:
         node.dispatch(_shed("d1", 0.3))
-        first, _reached = (m.payload for m in acks.wait(2, WAIT_S))
+        _first, reached = (m.payload for m in acks.wait(2, WAIT_S))
         generation = node.agent.island.view().generation
         node.dispatch(_shed("d1", 0.3))
         node.dispatch(_shed("d1", 0.6))  # same id, other body: refused, the first stands
         msgs = acks.wait(4, WAIT_S)
-        assert msgs[2].payload == first
+        assert msgs[2].payload == reached  # the latest ack, reached_at included
         reused = _ack(msgs[3])
         assert reused["accepted"] is False and "reused with a different body" in reused["reason"]
+        assert reused["in_force"] is True
         assert node.count("dispatch", "accepted") == 1
         assert node.count("dispatch", "duplicate") == 1
         assert node.count("dispatch", "rejected") == 1

@@ -1,12 +1,14 @@
-"""The agent's four broker connections, built from ``mqtt.*`` (docs/architecture.md):
+"""The agent's four broker connections, built from ``mqtt.*`` (docs/architecture.md), each
+named (in its log lines, ``[dispatch]``..., as in the ``link`` label of its metrics):
 
-* the island's dispatch connection, for ``dispatch`` and the node's own inbox, received only
-  (gridtao/transport/receiver.py: it keeps up with a flood and keeps the newest messages);
-* the frequency feed's, received only too and on a connection of its own so that no dispatch
-  backlog can sit in front of a sample; it keeps only the newest samples (a sample that waited
-  behind hundreds is stale anyway);
-* the island's acks (every ack it sends);
-* the controller's (``ctl``): status, tier 2 and tier 3, with the node's last will.
+* ``dispatch``: the island's dispatch connection, for ``dispatch`` and the node's own inbox,
+  received only (gridtao/transport/receiver.py: it keeps up with a flood and keeps the newest
+  messages);
+* ``frequency``: the frequency feed's, received only too and on a connection of its own so that
+  no dispatch backlog can sit in front of a sample; it keeps only the newest samples (a sample
+  that waited behind hundreds is stale anyway);
+* ``island``: the island's acks (every ack it sends);
+* ``status``: the controller's: status, tier 2 and tier 3, with the node's last will.
 
 All share every transport setting (TLS, credentials, timeouts); only identity and role differ.
 """
@@ -59,7 +61,7 @@ def node_links(config: Config, node_id: str, topics: wire.Topics, intake: Intake
                             max_packet_bytes=max_packet, max_inbound=FREQUENCY_INBOX),
     )
     status = link(
-        "ctl", MqttLink, subscriptions=tier3_subscriptions(config, topics),
+        "status", MqttLink, subscriptions=tier3_subscriptions(config, topics),
         retained_topics=[topics.signals],  # a state document, not a command
         will=Will(topics.status, wire.offline_payload(node_id), qos=1, retain=True),
     )
