@@ -113,3 +113,24 @@ def test_simulated_gpus_are_said_to_be_simulated(capsys: pytest.CaptureFixture[s
     captured = capsys.readouterr()
     assert "these are simulated GPUs" in captured.err
     assert "simulated" not in captured.out  # the table itself stays the table
+
+
+def test_files_the_configuration_names_but_cannot_be_read_name_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A path a key names that cannot be read is one line naming the file, the key and the
+    path: for `gpus` (the simulator's trace) and `run` (the audit trail)."""
+    trace = tmp_path / "trace.yaml"
+    trace.write_text("gpus:\n  sim:\n    device: null\n    workload: trace\n"
+                     "    trace_csv: /nonexistent/trace.csv\n")
+    assert main(["--config", str(trace), "gpus"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"gridtao: error: {trace}: gpus.sim.trace_csv: /nonexistent/")
+    audit = tmp_path / "audit.yaml"
+    audit.write_text("gpus: {sim: {count: 1, device: null}}\nmetrics: {enabled: false}\n"
+                     "mqtt: {host: 127.0.0.1, port: 1}\n"
+                     "audit: {enabled: true, path: /proc/nope/audit.jsonl}\n")
+    done = subprocess.run([sys.executable, "-m", "gridtao", "--config", str(audit), "run"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert (f"gridtao: error: {audit}: audit.path: cannot open /proc/nope/audit.jsonl"
+            in done.stderr) and "Traceback" not in done.stderr

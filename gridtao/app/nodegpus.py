@@ -60,6 +60,10 @@ def open_node_gpus(config: Config, *, clock: Clock, backend: GpuBackend | None) 
         opened = backend if backend is not None else open_backend(config.gpus, clock=clock)
     except SimDeviceError as e:  # a key of this configuration against the machine's device
         raise ConfigError(f"{config.source}: {e}") from None
+    except ConfigError as e:  # the simulator's own keys (gpus.sim.trace_csv): name the file
+        if str(e).startswith(config.source):
+            raise
+        raise ConfigError(f"{config.source}: {e}") from None
     unavailable = {i: type(e).__name__
                    for i, e in dict(getattr(opened, "unavailable", {})).items()}
     served, physical = opened, None

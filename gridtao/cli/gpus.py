@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gridtao.config.agent import Config, GpusConfig
+from gridtao.config.agent import Config, ConfigError, GpusConfig
 from gridtao.gpu.backend import GpuBackend
 
 if TYPE_CHECKING:
@@ -156,7 +156,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         made = None
     else:
         made = _device_to_be_made(gpus_cfg)
-        backend = open_backend(gpus_cfg)
+        try:
+            backend = open_backend(gpus_cfg)
+        except ConfigError as e:  # the simulator's own keys (gpus.sim.trace_csv): name the file
+            raise ConfigError(f"{config.source}: {e}") from None
     with backend:
         if backend.simulated:  # never to be mistaken for the machine's own GPUs
             print("gridtao: these are simulated GPUs (gpus.backend sim, or auto without an "

@@ -279,7 +279,7 @@ class Bridge:
             try:
                 self.audit.start()
             except AuditError as e:
-                raise GridtaoError(str(e)) from None
+                raise GridtaoError(f"{self.config.source}: {e}") from None
         server: Any = None
         port = self.config.metrics.port
         if port is not None:

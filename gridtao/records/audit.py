@@ -164,7 +164,7 @@ class AuditTrail:
         try:
             self._open()
         except OSError as e:
-            raise AuditError(f"audit.path {self.path}: cannot open: {e.strerror or e}") from None
+            raise AuditError(f"audit.path: cannot open {self.path}: {e.strerror or e}") from None
         self._thread = threading.Thread(target=self._run, name="gridtao-audit", daemon=True)
         self._thread.start()
 

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from gridtao.clock import Clock, boot_id
 from gridtao.config.agent import Config
-from gridtao.records.audit import AuditTrail
+from gridtao.records.audit import AuditError, AuditTrail
 from gridtao.records.health import OFF, WriteHealth
 from gridtao.records.journal import (
     Journal,
@@ -162,7 +162,10 @@ class Ledger:
     def start(self, fields: Mapping[str, object]) -> None:
         """Open the audit trail (raises ``AuditError``) and record the agent's start."""
         if self.audit is not None:
-            self.audit.start()
+            try:
+                self.audit.start()
+            except AuditError as e:  # named with the configuration it comes from
+                raise AuditError(f"{self._config.source}: {e}") from None
             self.record("agent_start", {
                 **fields, "node": self._node_id, "pid": os.getpid(), "boot_id": boot_id(),
                 "initial_limits_mw": list(self.initial_limits_mw),
