@@ -138,6 +138,18 @@ def test_one_journal_one_agent(tmp_path: Path) -> None:
     Journal(path, clock=VirtualClock(), heartbeat_s=1.0).lock()  # released
 
 
+def test_a_start_that_fails_after_locking_leaves_no_lock_and_keeps_an_older_journal(
+        tmp_path: Path) -> None:
+    """The agent locked the journal and then failed to start (an audit trail it cannot open):
+    the lock file goes, a journal a crashed run left stays for the next start to read."""
+    path = tmp_path / "j.json"
+    path.write_bytes(to_json(_state(alive=T0)))
+    journal = Journal(path, clock=VirtualClock(), heartbeat_s=1.0)
+    journal.lock()
+    journal.close(clean=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.json"]
+
+
 def test_a_killed_holder_releases_the_lock(tmp_path: Path) -> None:
     path = tmp_path / "j.json"
     holder = subprocess.Popen(

@@ -45,6 +45,8 @@ def report_actuation(faults: Mapping[int, str], gpu_count: int, *, require: bool
     for i, kind in faults.items():
         count_error(i, kind)
     if not faults:
+        log.info("all %d GPUs accept power-limit writes (each wrote its own limit back)",
+                 gpu_count)
         return
     detail = ", ".join(f"gpu {i}: {kind}" for i, kind in sorted(faults.items()))
     if len(faults) < gpu_count:

@@ -368,6 +368,16 @@ class Agent:
                                          self._found_mw, strict=True)
             ], "config": self.config.source,
                 "dry_run": bool(getattr(self.backend, "dry_run", False))})
+            # Before any GPU is touched: a port in use fails the start with nothing to undo.
+            if self.options.serve_metrics and self.config.metrics.enabled:
+                mc = self.config.metrics
+                try:
+                    self._metrics_server = start_http_server(self.metrics, mc.host, mc.port)
+                except OSError as e:  # a host not on this machine, a port in use, a bad name
+                    raise ConfigError(f"{self.config.source}: metrics.host/metrics.port "
+                                      f"{mc.host}:{mc.port}: cannot listen there: "
+                                      f"{e.strerror or e}") from None
+                log.info("metrics at http://%s:%d/metrics", mc.host, self._metrics_server.port)
             check_write_permission(self.backend, self.gpu_indices)
             self.guard.open()
             self._touched = True
@@ -388,28 +398,22 @@ class Agent:
             self._fast_thread = self.fast.start_thread(self._fast_stop)
             self.work.start()
             self.work_aware.start()
-            if self.options.serve_metrics and self.config.metrics.enabled:
-                mc = self.config.metrics
-                try:
-                    self._metrics_server = start_http_server(self.metrics, mc.host, mc.port)
-                except OSError as e:  # a host not on this machine, a port in use, a bad name
-                    raise ConfigError(f"{self.config.source}: metrics.host/metrics.port "
-                                      f"{mc.host}:{mc.port}: cannot listen there: "
-                                      f"{e.strerror or e}") from None
-                log.info("metrics at http://%s:%d/metrics", mc.host, self._metrics_server.port)
             log.info("agent %s: connecting to the broker at %s:%d", self.node_id,
                      self.config.mqtt.host, self.config.mqtt.port)
             connected = self.lane.start(connect_timeout_s=self.options.connect_timeout_s,
                                         abort=self._abort_start)
-            if not connected:
+            if self._abort_start.is_set():
+                log.info("agent %s: stop requested while waiting for the broker", self.node_id)
+            elif not connected:
                 log.warning("broker %s:%d not reachable yet; retrying in the background",
                             self.config.mqtt.host, self.config.mqtt.port)
             self._started = True
         except BaseException:
             self.close()
             raise
-        log.info("agent %s up: %d GPUs, prefix %s", self.node_id, len(self.gpu_indices),
-                 self.config.mqtt.prefix)
+        if not self._abort_start.is_set():
+            log.info("agent %s up: %d GPUs, prefix %s", self.node_id, len(self.gpu_indices),
+                     self.config.mqtt.prefix)
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run the controller loop until ``stop`` is set or the island lane fails (then

@@ -324,16 +324,17 @@ class Journal:
         """Stop the writer. ``clean``: the limits are restored, remove the journal. Otherwise
         write the latest state and leave it for the next start."""
         self._stop_writer()
-        if self._state is not None:
-            if clean:
+        if clean:
+            if self._state is not None:  # never one a previous run left and this one never read
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
+            if self._lock_file is not None:  # a start that failed after locking leaves none
                 # Still holding the lock, so no other agent can be between open and flock.
                 with contextlib.suppress(FileNotFoundError):
                     self.path.with_name(self.path.name + ".lock").unlink()
-                fsync_dir(self.path.parent)
-            else:
-                self._write()
+            fsync_dir(self.path.parent)
+        elif self._state is not None:
+            self._write()
         self._unlock()
 
     def abandon(self) -> None:
