@@ -440,7 +440,7 @@ def test_start_problems_are_a_one_line_exit(tmp_path: Path, problem: str) -> Non
     }
     expected = {
         "no_permission": "gridtao: error: GPU 0: set power limit",
-        "audit_path": "gridtao: error: audit.path ",
+        "audit_path": f"gridtao: error: {tmp_path / 'startup.yaml'}: audit.path: cannot open ",
         "journal_locked": f"gridtao: error: {tmp_path / 'startup.yaml'}: journal.path: ",
     }[problem]
     holder = None
