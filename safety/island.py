@@ -614,7 +614,8 @@ class SafetyIsland:
             for k in ended:
                 log.info("event %s ended", k)
             if batch is not None:
-                log.info("last event ended: limits back to %s mW", self._resting_mw)
+                log.info("last event ended: limits back to %s W",
+                         ", ".join(f"{mw / 1000:g}" for mw in self._resting_mw))
                 self._writes.record(batch.wait(self._write_timeout_s))
 
     def _restore(self, reason: str) -> None:

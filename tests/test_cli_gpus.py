@@ -81,6 +81,8 @@ def test_usage_errors_return_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert main(["gpus", "--backend", "cuda"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+    assert main(["gpus", "--count", "3"]) == 2  # it would be ignored
+    assert "--count: only with --watch" in capsys.readouterr().err
 
 
 def _driver_present() -> bool:

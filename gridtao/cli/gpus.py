@@ -142,6 +142,8 @@ def _device_to_be_made(gpus: GpusConfig) -> Path | None:
 def run(args: argparse.Namespace, config: Config) -> int:
     from gridtao.gpu import open_backend
 
+    if args.count is not None and args.watch is None:
+        raise ConfigError("--count: only with --watch (how many tables to print)")
     gpus_cfg = config.gpus
     if args.backend is not None:
         gpus_cfg = dataclasses.replace(gpus_cfg, backend=args.backend)

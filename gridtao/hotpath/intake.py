@@ -397,7 +397,8 @@ class Intake:
         is unproven input over the reject-ack budget (rejections.py)."""
         self._count("dispatch", "rejected")
         self._v_id, self._v_reason = event_id, reason
-        self.rejections.log(f"dispatch {event_id!r}", reason, received_at)
+        self.rejections.log("dispatch without an id" if event_id is None
+                            else f"dispatch {event_id!r}", reason, received_at)
         if not self.rejections.ack_allowed(received_at, proven=self._v_proven):
             return []
         # Anyone can send a message under a live event's id: its refusal must not read as the

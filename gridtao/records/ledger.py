@@ -215,10 +215,12 @@ class Ledger:
         action = ("held events again" if restored
                   else "restored the limits found before the crash")
         log.warning(
-            "previous run (pid %s) did not stop cleanly%s: %s; restored %s, expired %s",
+            "previous run (pid %s) did not stop cleanly%s: %s; held again (as caps at their "
+            "targets) %s, expired %s",
             prev.pid if prev is not None else "?",
             f" {crash_age_s:.1f} s ago" if crash_age_s is not None else "", action,
-            [r["event"] for r in restored] or "none", [e["event"] for e in expired] or "none",
+            [f"{r['event']} ({r['kind']})" for r in restored] or "none",
+            [e["event"] for e in expired] or "none",
         )
         self.record("recovery", {
             "action": action, "previous_pid": prev.pid if prev is not None else None,
