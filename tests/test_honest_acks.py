@@ -14,11 +14,16 @@ import yaml
 from test_intake import (
     DEFAULT_MW,
     DEMAND_W,
+    MAX_PAYLOAD,
     TOPICS,
     Rig,
     _make_rig,
     open_rig,
 )
+
+from gridtao.config.agent import ProductConfig
+from gridtao.hotpath.intake import Intake
+from gridtao.products.portfolio import Portfolio, ProductMonitor
 
 N = len(DEMAND_W)
 rig_fixture = pytest.fixture(open_rig, name="rig")  # test_intake's rig
@@ -315,3 +320,20 @@ def test_reject_and_duplicate_acks_are_expendable_activation_acks_are_not(rig: R
                                               "duration_s": 60})
     assert not accepted.expendable
     assert rejected.expendable and duplicate.expendable
+
+
+def test_in_force_is_said_only_of_a_demand_response_event_still_held() -> None:
+    rig = _make_rig()
+    try:
+        monitor = ProductMonitor([], Portfolio([ProductConfig(kind="dr", capacity_w=500.0)],
+                                               ramp_out_per_s=0.2))
+        rig.intake = Intake(rig.island, TOPICS, clock=rig.clock, monitor=monitor, dr=monitor,
+                            max_payload_bytes=MAX_PAYLOAD)
+        later = rig.clock.wall() + 600.0
+        assert rig.dispatch({"id": "d1", "kind": "dr", "reduction_w": 200.0, "duration_s": 60,
+                             "start_at": later})["accepted"] is True
+        assert rig.dispatch({"id": "d1", "kind": "shed"})["in_force"] is True  # queued
+        assert rig.dispatch({"id": "r1", "kind": "release", "ref": "d1"})["accepted"] is True
+        assert "in_force" not in rig.dispatch({"id": "d1", "kind": "shed"})  # cancelled
+    finally:
+        rig.close()

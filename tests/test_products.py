@@ -208,9 +208,10 @@ def test_dr_cancel_before_and_during() -> None:
     s = DrSchedule(1000.0)
     s.add(ev("a", 100.0, recovery_s=10.0), now_s=0.0, wall_s=0.0)
     s.add(ev("b", 500.0), now_s=0.0, wall_s=0.0)
-    assert s.cancel("b", now_s=50.0) and "b" not in s
+    assert s.holds("b", 40.0)
+    assert s.cancel("b", now_s=50.0) and "b" not in s and not s.holds("b", 50.0)
     assert s.required_reduction_w(120.0, 0.0) == 400.0
-    assert s.cancel("a", now_s=120.0)
+    assert s.cancel("a", now_s=120.0) and not s.holds("a", 121.0)  # recovering, not held
     assert s.required_reduction_w(125.0, 0.0) == pytest.approx(200.0)  # recovery from 400
     assert s.required_reduction_w(130.0, 0.0) == 0.0
     assert not s.cancel("a", now_s=131.0) and not s.cancel("nope", now_s=131.0)

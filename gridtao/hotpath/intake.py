@@ -403,8 +403,8 @@ class Intake:
             return []
         # Anyone can send a message under a live event's id: its refusal must not read as the
         # event being refused. It says the event stands, unchanged.
-        held = event_id is not None and (event_id in self._events
-                                          or event_id in self._dr_accepted)
+        held = event_id is not None and (event_id in self._events or (
+            self._dr is not None and self._dr.dr_holds(event_id, now_s=received_at)))
         return [self._ack(event_id, False, reason, wall, None,
                           extra={"in_force": True} if held else None)]
 

@@ -137,6 +137,11 @@ class DrSchedule:
             return True
         return False
 
+    def holds(self, event_id: str, now_s: float) -> bool:
+        """Whether ``event_id`` is queued or in force now and not cancelled."""
+        self._prune(now_s)
+        return any(ev.event_id == event_id and ev.cancelled_at_s is None for ev in self._events)
+
     def __contains__(self, event_id: object) -> bool:
         return any(ev.event_id == event_id for ev in self._events)
 

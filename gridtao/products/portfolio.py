@@ -126,6 +126,11 @@ class Portfolio:
         with self._lock:
             return self.dr is not None and self.dr.cancel(event_id, now_s=now_s)
 
+    def dr_holds(self, event_id: str, *, now_s: float) -> bool:
+        """Whether demand-response event ``event_id`` is queued or in force, not cancelled."""
+        with self._lock:
+            return self.dr is not None and self.dr.holds(event_id, now_s)
+
     def capacities(self) -> dict[str, float]:
         """Each enrolled product's capacity in force now (W at the settlement point)."""
         with self._lock:
@@ -238,6 +243,9 @@ class ProductMonitor(FrequencyMonitor):
         if reason is None:
             self._changed(now_s)
         return reason
+
+    def dr_holds(self, event_id: str, *, now_s: float) -> bool:
+        return self.portfolio.dr_holds(event_id, now_s=now_s)
 
     def cancel_dr(self, event_id: str, *, now_s: float) -> bool:
         done = self.portfolio.cancel_dr(event_id, now_s=now_s)
