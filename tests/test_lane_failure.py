@@ -29,8 +29,16 @@ def _die() -> None:
     raise SystemExit("the island lane dies")
 
 
+def _refuse(*_args: object, **_kwargs: object) -> None:
+    raise RuntimeError("the ack outbox is broken")
+
+
+@pytest.mark.parametrize("how", ["loop", "task"])
 def test_a_failed_lane_stops_the_agent_restored_and_recorded(
-        mqtt_broker: MosquittoBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        mqtt_broker: MosquittoBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        how: str) -> None:
+    """``loop``: an exception that stops the lane's loop; ``task``: one that ends one of its
+    tasks (the receiving one), which would leave the loop running but the node deaf."""
     audit = tmp_path / "audit.jsonl"
     cfg = config_from_mapping(merge({}, {
         "gpus": {"sim": {"count": 2, "noise_w": 0.0, "seed": 3}},
@@ -53,13 +61,17 @@ def test_a_failed_lane_stops_the_agent_restored_and_recorded(
             acks.wait(1, WAIT_S)
             wait_until(lambda: sum(backend.enforced_limit_mw(i) for i in range(2))
                        < sum(start_mw), "the cut", timeout_s=WAIT_S)
-            agent.lane.call(_die)
+            if how == "loop":
+                agent.lane.call(_die)
+            else:  # the next ack cannot be handed over: the receiving task dies on it
+                agent.lane.link.publish_nowait = _refuse  # type: ignore[method-assign]
+                node.dispatch({"id": "bad", "kind": "shed"})
             wait_until(lambda: agent.lane_failed, "the agent to notice", timeout_s=WAIT_S)
             # It stops by itself: the limits found at start are back on the GPUs.
             wait_until(lambda: [backend.enforced_limit_mw(i) for i in range(2)] == start_mw,
                        "the limits restored", timeout_s=WAIT_S)
             time.sleep(0.2)
-        assert isinstance(agent.lane.error, SystemExit)
+        assert isinstance(agent.lane.error, SystemExit if how == "loop" else RuntimeError)
         assert not agent.lane.is_connected  # its connections closed with it
         lines = [r.getMessage() for r in caplog.records]
         assert any("island lane failed" in line and "exit status 4" in line for line in lines)

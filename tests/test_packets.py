@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gridtao.transport import packets as p
+from gridtao.transport.diagnose import diagnose
 from gridtao.transport.errors import ConnectRefused
 
 
@@ -124,3 +125,5 @@ def test_a_connack_says_its_code_and_the_brokers_keepalive() -> None:
 ])
 def test_a_refused_connect_is_named_whatever_its_code(code: int, says: str) -> None:
     assert says in str(ConnectRefused(code))
+    line = diagnose(ConnectRefused(code), host="h", port=1883).line
+    assert line.startswith("broker h:1883 refused") and says.lower() in line.lower(), line

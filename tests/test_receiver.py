@@ -6,6 +6,7 @@ diagnosed like any other link's."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import socket
@@ -26,7 +27,7 @@ from gridtao.transport import packets as p
 from gridtao.transport.errors import ConnectionLost
 from gridtao.transport.localbroker import Publisher
 from gridtao.transport.mqtt import new_event_loop
-from gridtao.transport.receiver import MqttReceiver, _Protocol
+from gridtao.transport.receiver import MqttReceiver, _Protocol, ping_keepalive_s
 from gridtao.transport.supervision import InboundMessage
 
 WAIT_S = 10.0
@@ -167,7 +168,9 @@ def test_the_brokers_keepalive_overrides_its_own() -> None:
         task = asyncio.ensure_future(rx.run())
         try:
             await asyncio.wait_for(rx.connected.wait(), WAIT_S)
-            await asyncio.sleep(1.8)
+            deadline = time.monotonic() + WAIT_S
+            while len(pings) < 3 and time.monotonic() < deadline:  # 1.5 s at 1 s keepalive
+                await asyncio.sleep(0.05)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -180,7 +183,15 @@ def test_the_brokers_keepalive_overrides_its_own() -> None:
     finally:
         loop.close()
     assert len(pings) >= 3, pings  # every 0.5 s, not every 30 s
+    assert all(b - a < 5.0 for a, b in itertools.pairwise(pings)), pings
     assert rx.stats.losses == 0
+
+
+def test_the_keepalive_pinged_by_is_the_shorter() -> None:
+    assert ping_keepalive_s(60, 10) == 10  # a broker that caps it is obeyed
+    assert ping_keepalive_s(10, 60) == 10  # pinging more often is allowed, and finds a dead
+    assert ping_keepalive_s(10, 0) == 10  # connection sooner; 0 would never look
+    assert ping_keepalive_s(10, None) == 10
 
 
 def test_each_line_names_its_connection(caplog: pytest.LogCaptureFixture) -> None:
@@ -233,3 +244,37 @@ def test_a_trigger_before_a_bad_packet_is_delivered_and_acknowledged() -> None:
             protocol.closed.result()
     finally:
         loop.close()
+
+
+def test_a_connack_it_cannot_read_is_a_lost_connection_not_a_crash(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # CONNECT
+        writer.write(bytes((0x20, 5, 0, 0, 2, 0x7F, 0)))  # a property MQTT v5 does not have
+        await reader.read(1024)
+
+    async def main() -> MqttReceiver:
+        server = await asyncio.start_server(broker, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        rx = MqttReceiver(host="127.0.0.1", port=port, client_id="bad-connack",
+                          subscriptions=[("rx/k", 1)], reconnect_min_s=0.05,
+                          reconnect_max_s=0.1)
+        task = asyncio.ensure_future(rx.run())
+        try:
+            deadline = time.monotonic() + WAIT_S
+            while rx.problem is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            server.close()
+        return rx
+
+    loop = new_event_loop()
+    with caplog.at_level(logging.DEBUG, logger="gridtao.transport.mqtt"):
+        try:
+            rx = loop.run_until_complete(main())
+        finally:
+            loop.close()
+    assert rx.problem is not None and "unknown property 0x7f" in rx.problem.line
+    assert not any(r.exc_info for r in caplog.records)

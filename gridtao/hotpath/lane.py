@@ -144,19 +144,18 @@ class IslandLane:
         """Publish what ``final`` returns (run on the lane's loop, after the last message was
         handled), flush pending acks, disconnect cleanly, and join the thread.
 
-        A lane whose thread has already ended (it failed, or never started) has no connection
-        left: ``final`` still runs, on the caller's thread (nothing else touches the intake
-        now), so what it records is recorded; the acks it returns cannot be sent and are
-        counted in an error line."""
-        if not self._thread.is_alive():
-            if final is not None:
-                unsent = final()
-                if unsent:
-                    log.error("island lane is down: %d final ack(s) not sent", len(unsent))
-            return
+        A lane that is down (it failed, before or during this call, or never started) has no
+        connection left: ``final`` still runs once, on the caller's thread after the lane's
+        has ended (nothing else touches the intake then), so what it records is recorded; the
+        acks it returns cannot be sent and are counted in an error line."""
+        ran = threading.Event()
+
+        def run_final() -> list[Outgoing]:
+            ran.set()
+            return final() if final is not None else []
 
         async def shutdown() -> None:
-            last = final() if final is not None else []
+            last = run_final()
             self._publish(last)
             # The acks; the receive-only links send none.
             if not await self._link.flush(flush_timeout_s):
@@ -165,9 +164,16 @@ class IslandLane:
             if self._stopping is not None:
                 self._stopping.set()
 
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(flush_timeout_s + 3.0)
-        self._thread.join(timeout=5.0)
+        if self.error is None and self._thread.is_alive():
+            with contextlib.suppress(Exception):  # a loop that closed meanwhile: see below
+                asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(
+                    flush_timeout_s + 3.0)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5.0)
+        if not ran.is_set() and not self._thread.is_alive():
+            unsent = run_final()
+            if unsent:
+                log.error("island lane is down: %d final ack(s) not sent", len(unsent))
 
     def _main(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -199,10 +205,17 @@ class IslandLane:
             asyncio.create_task(self._receive(), name="island-receive"),
             asyncio.create_task(self._tick(), name="island-tick"),
         ]
-        await self._stopping.wait()
-        for t in tasks:
+        # Every task runs until cancelled: one that ends (a bug past its own handlers) leaves
+        # the node deaf to part of the grid, so the lane fails (``error``, ``on_failure``).
+        stopping = asyncio.create_task(self._stopping.wait(), name="island-stopping")
+        done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+        for t in (*tasks, stopping):
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, stopping, return_exceptions=True)
+        ended = [t for t in done if t is not stopping]
+        if ended:
+            why = ended[0].exception() if not ended[0].cancelled() else None
+            raise RuntimeError(f"island task {ended[0].get_name()} ended: {why!r}") from why
 
     async def _receive(self) -> None:
         wake = asyncio.Event()

@@ -76,6 +76,8 @@ def diagnose(
     low = text.lower()
     rc = getattr(error, "rc", None)
     code = getattr(rc, "value", rc)
+    if isinstance(error, ConnectRefused) and isinstance(rc, int):  # no MQTT v5 code: as said
+        return Diagnosis("refused", f"broker {where} refused the connection ({text})")
     # A refused CONNECT: aiomqtt exports no class of its own for it, so any code error with
     # an integer reason code (the CONNACK's) is read as one.
     if isinstance(error, aiomqtt.MqttCodeError | ConnectRefused) and isinstance(code, int):

@@ -12,13 +12,13 @@ here, oldest first, where it is counted, and the newest messages are always the 
 It speaks only what a subscriber needs: CONNECT (clean start; user name, password; Maximum
 Packet Size so the broker never sends an oversize packet), SUBSCRIBE (QoS 0 or 1; retain
 handling 2 except for ``retained_topics``), PUBACK, PINGREQ every half keepalive (the broker's
-Server Keep Alive when its CONNACK sets one, else ``keepalive_s``; a connection silent for 1.5
-keepalives is lost), DISCONNECT on stop. TLS through the context given (``ssl.SSLContext``, as
-for :class:`~gridtao.transport.mqtt.MqttLink`; the certificate is verified against
-``mqtt.tls.server_hostname`` when set). A refused CONNECT raises :class:`ConnectRefused` with
-the CONNACK's reason code, which transport/diagnose.py reads like aiomqtt's. A malformed packet
-from the broker ends the connection, after the good packets of the same read are delivered and
-acknowledged.
+Server Keep Alive when its CONNACK sets a shorter one than ``keepalive_s``; a connection silent
+for 1.5 keepalives is lost), DISCONNECT on stop. TLS through the context given
+(``ssl.SSLContext``, as for :class:`~gridtao.transport.mqtt.MqttLink`; the certificate is
+verified against ``mqtt.tls.server_hostname`` when set). A refused CONNECT raises
+:class:`ConnectRefused` with the CONNACK's reason code, which transport/diagnose.py reads like
+aiomqtt's. A malformed packet from the broker ends the connection, after the good packets of
+the same read are delivered and acknowledged.
 
 Threads: all of it runs on the event loop that runs :meth:`~Supervised.run`.
 """
@@ -52,6 +52,17 @@ def server_name(tls: ssl.SSLContext | None, host: str) -> str | None:
     if tls is None:
         return None
     return getattr(tls, "verify_name", None) or host
+
+
+def ping_keepalive_s(own_s: int, server_s: int | None) -> int:
+    """The keepalive the connection pings by: the broker's Server Keep Alive when it is
+    shorter than ours (MQTT-3.2.2-21: pinging at our pace under a broker that caps it would
+    have the broker drop us again and again), else ours. Pinging more often than the broker
+    asks is allowed, and a broker's 0 or longer value must not leave a half-open connection
+    unnoticed for longer than ours would."""
+    if server_s is None or server_s <= 0:
+        return own_s
+    return min(own_s, server_s)
 
 
 def disconnect_reason(code: int) -> str:
@@ -176,13 +187,13 @@ class MqttReceiver(Supervised):
             transport.write(p.connect_packet(
                 self.client_id, keepalive_s=self.keepalive_s, username=username,
                 password=password, max_packet_bytes=self.max_packet_bytes))
-            ack = p.connack(await self._wait(protocol.connack))
+            try:
+                ack = p.connack(await self._wait(protocol.connack))
+            except p.ProtocolError as e:
+                raise ConnectionLost(f"protocol error from the broker: {e.reason}") from None
             if ack.code:  # any other code: a refusal, or a broker that does not speak v5
                 raise ConnectRefused(ack.code)
-            # The broker's keepalive overrides ours (MQTT-3.2.2-21): pinging at our own pace
-            # under a broker that caps it would have the broker drop us again and again.
-            keepalive_s = (ack.server_keepalive_s if ack.server_keepalive_s is not None
-                           else self.keepalive_s)
+            keepalive_s = ping_keepalive_s(self.keepalive_s, ack.server_keepalive_s)
             if self.subscriptions:
                 transport.write(p.subscribe_packet(_SUBSCRIBE_ID, [
                     (topic, qos, 0 if topic in self.retained_topics else 2)
@@ -214,11 +225,7 @@ class MqttReceiver(Supervised):
     async def _serve(self, protocol: _Protocol, transport: asyncio.Transport,
                      keepalive_s: int) -> None:
         """Ping every half ``keepalive_s``; the connection is lost when the broker closes it or
-        has said nothing (a PINGRESP at least) for 1.5 keepalives. Keepalive 0 (the broker
-        turned it off): no pings, only the broker closing."""
-        if keepalive_s <= 0:
-            await protocol.closed
-            return
+        has said nothing (a PINGRESP at least) for 1.5 keepalives."""
         interval = keepalive_s / 2.0
         while True:
             done, _ = await asyncio.wait((protocol.closed,), timeout=interval)
