@@ -80,8 +80,8 @@ class IslandView:
     reduction now): ``target_mw`` is the lower of it and the event's target, and with no event
     it is the target alone (no ceiling, no caps). ``floors_mw``: per-GPU
     priority floors tier 1 should not split a budget below (None: the minimums).
-    ``basis_total_mw``: while an event is active, the frozen node draw every further cut is
-    made from (None otherwise)."""
+    ``basis_total_mw``: while an event that can cut is active (caps below a resting limit), the
+    frozen node draw every further cut is made from (None otherwise)."""
 
     generation: int
     event_id: str | None

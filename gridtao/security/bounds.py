@@ -60,8 +60,8 @@ class TokenBucket:
 
 
 class CutBasis:
-    """The node draw (mW) the island will cut the next shed from: while any event is active,
-    the frozen pre-event draw the island cuts every overlapping event from
+    """The node draw (mW) the island will cut the next shed from: while an event that can cut
+    is active, the frozen pre-event draw the island cuts every overlapping event from
     (:attr:`~gridtao.safety.latch.IslandView.basis_total_mw`), else tier 1's latest reading.
     ``view`` is the island's :meth:`~gridtao.safety.island.SafetyIsland.view`. Keeps no state
     of its own, so it can never disagree with the island."""
