@@ -304,6 +304,17 @@ def _guard(tmp_path: Path, alg: auth.Alg, public: auth.VerifyKey, wall: Wall,
     return guard
 
 
+@pytest.mark.parametrize("alg", ALGS)
+def test_the_guard_says_what_a_dispatch_must_carry(tmp_path: Path, alg: auth.Alg) -> None:
+    """For the node status's ``auth``: the mode and who may sign a dispatch."""
+    _private, public = _keys(alg)
+    guard = _guard(tmp_path, alg, public, Wall(), CollectorRegistry())
+    try:
+        assert guard.requirements() == {"mode": alg, "dispatch_kids": ["agg"]}
+    finally:
+        guard.close()
+
+
 def _failures(registry: CollectorRegistry, topic: str, label: str) -> float:
     return registry.get_sample_value(
         "gridtao_auth_failures_total", {"topic": topic, "reason": label}) or 0.0

@@ -14,11 +14,12 @@ import yaml
 
 from gridtao.clock import VirtualClock
 from gridtao.config.agent import config_from_mapping
-from gridtao.config.site import MeterConfig, SiteConfig
+from gridtao.config.site import MeterConfig, SiteConfig, SiteSigningConfig
 from gridtao.control.tier2.facility import FacilityModel
 from gridtao.security.auth import Verifier, load_signing_key, sign_payload
 from gridtao.site.coordinator import SiteCoordinator
 from gridtao.site.meter import MeterFeedback
+from gridtao.site.refusals import OrderAuth
 from gridtao.site.serve import signer
 from gridtao.site.split import NodeShare, split_budget
 from gridtao.wire.messages import MessageRejected
@@ -101,12 +102,14 @@ class Harness:
         self.sent.append((topic, json.loads(payload), retain))
 
     def status(self, node: str, draw: float, floor: float = 400.0, *, online: bool = True,
-               fault: str | None = None) -> None:
+               fault: str | None = None, auth: dict[str, Any] | None = None) -> None:
         body = {"node": node, "online": online, "t": self.clock.wall(), "event": None,
                 "gpus": [{"index": 0, "power_w": draw, "limit_w": 700, "default_w": 700,
                           "min_w": 200, "max_w": 700, "fault": fault}],
                 "capacity": {"draw_w": draw, "floor_w": floor, "deliverable_w": draw - floor,
                              "enrolled_w": 0.0}}
+        if auth is not None:
+            body["auth"] = auth
         self.c.on_message(f"{PREFIX}/nodes/{node}/status", json.dumps(body).encode())
 
     def send(self, topic: str, body: dict[str, Any]) -> None:
@@ -461,6 +464,26 @@ def test_a_node_refusing_the_sites_orders_for_auth_is_named_once_and_in_the_ack(
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
                 and "n2" in r.getMessage()]
     assert len(warnings) == 1 and "site.signing" in warnings[0]  # once per node
+
+
+def test_a_node_whose_status_says_it_will_refuse_the_sites_orders_is_named_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The node status says what a dispatch must carry: the site warns before any order."""
+    h = Harness()
+    h.status("n1", 1000.0, auth={"mode": "none"})
+    h.status("n2", 1000.0, auth={"mode": "ed25519", "dispatch_kids": ["agg1"]})
+    h.status("n2", 1000.0, auth={"mode": "ed25519", "dispatch_kids": ["agg1"]})
+    h.status("n3", 1000.0, auth={"bogus": True})
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings  # n2 only, and once
+    assert "node n2 will refuse the site's orders" in warnings[0]
+    assert "site.signing" in warnings[0]
+    # A site that signs: a node that does not list its key is named, one that does is not.
+    signed = OrderAuth(SiteSigningConfig(mode="ed25519", kid="site1", file="k"))
+    signed.on_status("n4", {"mode": "ed25519", "dispatch_kids": ["agg1", "site1"]})
+    signed.on_status("n5", {"mode": "ed25519", "dispatch_kids": ["agg1"]})
+    assert signed.warned == {"n5"}
 
 
 SITE_YAML = Path(__file__).resolve().parent.parent / "configs" / "site.yaml"

@@ -296,6 +296,7 @@ class Agent:
                 records=self.ledger.records_status,
                 physical_indices=self._physical, unavailable=self.unavailable_gpus,
                 dr_energy=DrEventEnergy(self.energy, self.clock).observe,
+                auth=self.guard.requirements,
             ),
             status_period_s=config.mqtt.status_period_s,
             tracker_period_s=config.tracker.period_s,

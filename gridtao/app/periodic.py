@@ -135,6 +135,8 @@ class ControllerParts:
     physical_indices: tuple[int, ...] | None = None
     #: GPUs left out at start: the driver's index -> error kind (status ``unavailable_gpus``).
     unavailable: Mapping[int, str] | None = None
+    #: What a dispatch must carry (``Guard.requirements``; status ``auth``); None: not said.
+    auth: Callable[[], Mapping[str, object]] | None = None
     #: Each tracker snapshot once its transitions are audited: the demand-response events'
     #: spans into the energy ledger (``DrEventEnergy.observe``, gridtao/app/drenergy.py).
     dr_energy: Callable[[Mapping[str, Any]], None] | None = None
@@ -190,6 +192,8 @@ class ControllerLoop:
                                         "simulated": p.simulated, "instance": dict(p.instance)}
             if p.records is not None:
                 extra["records"] = dict(p.records())
+            if p.auth is not None:
+                extra["auth"] = dict(p.auth())
             if p.unavailable:
                 extra["unavailable_gpus"] = [{"index": i, "fault": kind}
                                              for i, kind in sorted(p.unavailable.items())]

@@ -273,6 +273,10 @@ class Verifier:
         """The key ids this verifier accepts, sorted."""
         return tuple(sorted(self._keys))
 
+    def signers(self, topic: Topic) -> tuple[str, ...]:
+        """The key ids that may sign messages on ``topic``, sorted."""
+        return tuple(sorted(kid for kid, k in self._keys.items() if topic in k.topics))
+
     @classmethod
     def from_config(cls, auth: AuthConfig, *, source: str) -> Verifier | None:
         """Load every key file of ``auth`` (None when ``auth.mode`` is ``none``).

@@ -131,6 +131,15 @@ class Guard:
     def verifier(self) -> auth.Verifier | None:
         return self._verifier
 
+    def requirements(self) -> dict[str, object]:
+        """What a dispatch must carry to be taken, for the node's status (``auth``): the mode,
+        and in a signed mode the key ids that may sign a dispatch. A site or aggregator can
+        check it is understood before its first order is refused. Any thread."""
+        verifier = self._verifier  # one read: reloaded keys are swapped in whole
+        if verifier is None:
+            return {"mode": "none"}
+        return {"mode": verifier.alg, "dispatch_kids": list(verifier.signers("dispatch"))}
+
     def replace_verifier(self, verifier: auth.Verifier) -> None:
         """Swap in reloaded keys (same algorithm) between two messages. Whether messages are
         signed at all is fixed at start: a guard without keys refuses, so does a new algorithm.

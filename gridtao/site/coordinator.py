@@ -150,6 +150,7 @@ class SiteCoordinator:
             return
         if leaf == "status":
             self.view.on_status(node, body)
+            self.order_auth.on_status(node, body.get("auth"))
         elif leaf == "tracker":
             self.view.on_tracker(node, body)
         elif leaf == "plan":

@@ -2,11 +2,12 @@
 
 The site takes in nodes not listed in ``site.nodes`` as they appear (docs/site.md), and such a
 node may check dispatch signatures (its ``auth.mode`` not ``none``) where the site signs
-nothing (``site.signing.mode: none``), or not list the site's key. A node's status does not say
-what it requires, so the site learns it from the node's first refusal of an order for
-authentication: a node prefixes the reason of every such refusal with ``auth:`` (its dispatch
-guard). :class:`OrderAuth` logs one warning per node, and gives the hint the site ack puts
-beside that node's own reason.
+nothing (``site.signing.mode: none``), or not list the site's key. A node's status says what
+it requires (``auth``: its mode and the key ids that may sign a dispatch), so the site warns
+as soon as it sees a node that will refuse its orders; a node that does not say (an older
+agent) is found out at its first refusal of an order for authentication: a node prefixes the
+reason of every such refusal with ``auth:`` (its dispatch guard). :class:`OrderAuth` logs one
+warning per node, and gives the hint the site ack puts beside that node's own reason.
 
 Not thread-safe: the coordinator's loop owns it.
 """
@@ -46,6 +47,26 @@ class OrderAuth:
                     "the node's auth.keys for the dispatch topic")
         return ("the node refused the site's signature: check site.signing against the "
                 "node's auth.keys, and both clocks")
+
+    def on_status(self, node: str, auth: object) -> None:
+        """A node's status ``auth`` (its requirements; anything else is ignored): warn once
+        when the site's orders would be refused for their signature."""
+        if not isinstance(auth, dict) or node in self.warned:
+            return
+        mode, kids = auth.get("mode"), auth.get("dispatch_kids")
+        if mode in (None, "none"):
+            return
+        if self.signing.mode == "none":
+            hint = self.hint(f"{AUTH_PREFIX} unsigned")
+        elif mode != self.signing.mode or (
+                isinstance(kids, list) and self.signing.kid not in kids):
+            hint = (f"the node takes {mode} dispatches signed by {kids}, the site signs "
+                    f"{self.signing.mode} as {self.signing.kid!r}: list the site's key in the "
+                    "node's auth.keys for the dispatch topic, or match site.signing")
+        else:
+            return
+        self.warned.add(node)
+        log.warning("node %s will refuse the site's orders: %s", node, hint)
 
     def on_refusal(self, node: str, reason: str | None) -> None:
         """A node refused an order: warn once per node when it was for authentication."""
