@@ -39,3 +39,17 @@ def test_main_reads_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     assert "step-49.7Hz" in out and "date not recorded" in out
     assert main([]) == 2
+
+
+def test_a_score_file_is_read_and_anything_else_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scored = {k: v for k, v in RESULT.items() if k != "workload"} | {"source": "rec.csv"}
+    (tmp_path / "score.json").write_text(json.dumps(scored), encoding="utf-8")
+    assert main([str(tmp_path / "score.json")]) == 0
+    assert "| recorded |" in capsys.readouterr().out
+    (tmp_path / "latency.json").write_text(json.dumps({"measures": {}}), encoding="utf-8")
+    (tmp_path / "junk.json").write_bytes(b"\xff\xfe")
+    for name in ("latency.json", "junk.json", "missing.json"):
+        assert main([str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"gridtao: error: {tmp_path / name}: ") and err.count("\n") == 1

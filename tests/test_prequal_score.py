@@ -144,6 +144,38 @@ def test_ffr_release_step_that_breaks_20_percent_per_s_fails(
     assert ramp["value"] == pytest.approx(33.0, abs=0.5)
 
 
+def test_a_recording_whose_frequency_never_steps_is_not_scored_as_the_step_test(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The requirement follows the recorded frequency: a perfect-looking delivery over a
+    frequency that stays at 50 Hz (or only reaches 49.65 Hz, scored at 49.6 Hz) is not a
+    recording of the step test, whatever its power shows."""
+    plan = plan_of("ffr", "step-49.7Hz")
+    event = plan.shape.marks["event"]
+    path = write(tmp_path / "flat.csv", plan.shape, ffr_delivery(event, rate_pct=18.0,
+                                                                 step_at_pct=0.0))
+    rows = path.read_text().splitlines()
+    path.write_text("\n".join([rows[0], *(r.replace(",49.6500,", ",50.0000,")
+                                          for r in rows[1:])]) + "\n")
+    rc = main(["prequalify", "score", "--product", "ffr", "--test", "step-49.7Hz", str(path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "reaches the 49.7 Hz threshold never (lowest 50.000 Hz)" in err, err
+    stepped = write(tmp_path / "stepped.csv", plan.shape,
+                    ffr_delivery(event, rate_pct=18.0, step_at_pct=0.0))
+    rc = main(["prequalify", "score", "--product", "ffr", "--threshold-hz", "49.6",
+               str(stepped)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "49.6 Hz threshold never (lowest 49.650 Hz)" in err, err
+
+
+def test_ffr_thresholds_are_the_ffr_levels(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "compliance", "--product", "ffr", "--threshold-hz", "55",
+                 "--list"]) == 2
+    assert "not below the grid's nominal 50 Hz" in capsys.readouterr().err
+    assert main(["bench", "compliance", "--product", "ffr", "--threshold-hz", "49.4",
+                 "--list"]) == 2
+    assert "FFR activates at 49.7, 49.6, 49.5 Hz" in capsys.readouterr().err
+
+
 def test_ffr_ramp_out_rule_reads_the_step_on_a_trace() -> None:
     spec = pr.ProductSpec("ffr", CAP, 49.7, 5.0)
     t = [k * DT for k in range(round(20 / DT) + 1)]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, cast
 
 from gridtao.config.agent import Config, ConfigError, ProductConfig, ProductKind
 from gridtao.config.kinds import FORMER_TEST_NAMES, KINDS
+from gridtao.prequal.scoring import FFR_FULL_ACTIVATION_S
 
 if TYPE_CHECKING:  # the runner pulls in the whole agent: imported when a bench runs
     from gridtao.prequal import compliance as c
@@ -111,11 +112,19 @@ def check_common(args: argparse.Namespace) -> float:
         raise ConfigError("--time-scale: must be in [0.001, 1]")
     if args.capacity_w is not None and not 1.0 <= args.capacity_w <= 10_000_000:
         raise ConfigError("--capacity-w: must be in [1, 10000000] W")
-    if args.threshold_hz is not None and (
-            not KINDS[PRODUCTS[args.product]].has_threshold
-            or not 45.0 <= args.threshold_hz <= 65.0):
-        with_threshold = ", ".join(k.test_name for k in KINDS.values() if k.has_threshold)
-        raise ConfigError(f"--threshold-hz: only for {with_threshold}, in [45, 65] Hz")
+    if args.threshold_hz is not None:
+        kind = KINDS[PRODUCTS[args.product]]
+        if not kind.has_threshold or not 45.0 <= args.threshold_hz <= 65.0:
+            with_threshold = ", ".join(k.test_name for k in KINDS.values() if k.has_threshold)
+            raise ConfigError(f"--threshold-hz: only for {with_threshold}, in [45, 65] Hz")
+        if args.threshold_hz >= kind.nominal_hz:
+            raise ConfigError(f"--threshold-hz: {args.threshold_hz:g} Hz is not below the "
+                              f"grid's nominal {kind.nominal_hz:g} Hz (an under-frequency "
+                              "product)")
+        levels = FFR_FULL_ACTIVATION_S if PRODUCTS[args.product] == "ffr" else None
+        if levels is not None and not any(abs(args.threshold_hz - lv) < 1e-6 for lv in levels):
+            raise ConfigError("--threshold-hz: FFR activates at "
+                              f"{', '.join(f'{lv:g}' for lv in sorted(levels, reverse=True))} Hz")
     return float(scale)
 
 

@@ -125,6 +125,8 @@ def score_rearm(spec: pr.ProductSpec, shape: Shape, t: Sequence[float], hz: Sequ
     a1, a2 = marks[first], marks[SECOND[first]]
     split = bisect.bisect_left(t, a2)
     if spec.kind in ("ffr", "ercot-ffr"):
+        for at in (a1, a2):
+            pr.check_step_crossing(t, hz, spec, at, shape.title)
         required = (pr.required_step(t[:split], spec, a1)
                     + pr.required_step(t[split:], spec, a2))
     elif spec.kind == "fcr-d-up-static":

@@ -91,6 +91,8 @@ def score_samples(spec: ProductSpec, plan: TestPlan, t: Sequence[float], hz: Seq
         return TestResult(plan.name, shape.title, both, None, scored, first, plan=plan,
                           capacity_w=spec.capacity_w)
     if spec.kind in ("ffr", "ercot-ffr"):
+        if event is not None:  # the requirement follows the frequency the recording shows
+            pr.check_step_crossing(t, hz, spec, event, plan.name)
         required = pr.required_step(t, spec, event)
     elif spec.kind == "fcr-d-up":
         required = [pr.required_fcr_d(f, spec.capacity_w) for f in hz]

@@ -102,6 +102,30 @@ def required_fcr_n(hz: float, capacity_w: float) -> float:
     return capacity_w * min(1.0, max(-1.0, (mid - hz) / half))
 
 
+#: How far from the plan's step the recorded frequency may first reach the threshold (s).
+CROSSING_SLACK_S = 0.5
+
+
+def check_step_crossing(t_s: Sequence[float], hz: Sequence[float], spec: ProductSpec,
+                        event_s: float, test: str) -> None:
+    """A step test is timed from the plan's step: the recording must show the frequency at or
+    below the product's threshold within ``CROSSING_SLACK_S`` of it, else it is not a
+    recording of that test (a flat frequency, another threshold) and nothing is scored.
+    Raises ValueError naming the test, the threshold and what the recording shows."""
+    if math.isnan(spec.threshold_hz):
+        return
+    start = event_s - CROSSING_SLACK_S
+    first = next((t for t, f in zip(t_s, hz, strict=True)
+                  if t >= start and f <= spec.threshold_hz + 1e-9), None)
+    if first is not None and first <= event_s + CROSSING_SLACK_S:
+        return
+    seen = "never" if first is None else f"only at t={first:.2f} s"
+    low = min((f for t, f in zip(t_s, hz, strict=True) if t >= start), default=math.nan)
+    raise ValueError(f"{test}: the recorded frequency reaches the {spec.threshold_hz:g} Hz "
+                     f"threshold {seen} (lowest {low:.3f} Hz), not at the test's step "
+                     f"(t={event_s:.2f} s): not a recording of this test at this threshold")
+
+
 def required_step(t_s: Sequence[float], spec: ProductSpec, event_s: float | None) -> list[float]:
     """FFR-like, for the plot and the steady-state checks: capacity from the crossing for the
     support duration, then the steepest allowed ramp-out (FFR short: 20 %/s; otherwise a

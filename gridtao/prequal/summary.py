@@ -2,7 +2,9 @@
 
 ``python -m gridtao.prequal.summary FILE.json...`` prints one table row per test: the product,
 the test, PASS/FAIL and every rule as ``name value (limit)``, failed rules in bold, then the
-command, date and machine of each file. The numbers are the scorer's own (scoring.py);
+command, date and machine of each file. ``gridtao prequalify score --json`` files are read too
+(their workload column says ``recorded``: the recording's own); any other file is one error
+line naming it, exit 2. The numbers are the scorer's own (scoring.py);
 nothing is recomputed here.
 """
 
@@ -36,7 +38,8 @@ def rows(results: Sequence[dict[str, Any]]) -> list[str]:
         for test in res["tests"]:
             verdict = "PASS" if test["passed"] else "**FAIL**"
             rules = "; ".join(_rule(r) for r in test["rules"])
-            out.append(f"| {res['product']} | {test['name']} | {res['workload']} | {verdict} "
+            workload = res.get("workload", "recorded" if "source" in res else "?")
+            out.append(f"| {res['product']} | {test['name']} | {workload} | {verdict} "
                        f"| {rules} |")
     return out
 
@@ -52,7 +55,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not paths:
         print("usage: python -m gridtao.prequal.summary FILE.json...", file=sys.stderr)
         return 2
-    results = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    results = []
+    for p in paths:
+        try:
+            res = json.loads(Path(p).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            print(f"gridtao: error: {p}: cannot read it as JSON: {e}", file=sys.stderr)
+            return 2
+        if not (isinstance(res, dict) and "product" in res and isinstance(res.get("tests"), list)):
+            print(f"gridtao: error: {p}: not a result of `gridtao bench compliance --json` or "
+                  "`gridtao prequalify score --json` (no product and tests)", file=sys.stderr)
+            return 2
+        results.append(res)
     print("\n".join([*rows(results), "", *provenance(results)]))
     return 0
 
