@@ -25,7 +25,10 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "",
         f"- command: `{command}`",
         f"- machine: {result['machine']}",
-        f"- date: {result['date']}",
+        f"- date: {result['date']}; commit {result.get('commit', 'unknown')}; "
+        f"{result.get('broker', 'broker version unknown')}",
+        "- versions: " + (", ".join(f"{k} {v}" for k, v in result["dependencies"].items())
+                          if result.get("dependencies") else "not recorded"),
         f"- simulated hardware: cap-down time constant {hw['cap_down_tau_ms']:.0f} ms, instant "
         f"reading refresh {hw['refresh_ms']:.0f} ms -> floor to the 5 % band "
         f"{hw['floor_ms']:.0f} ms ({hw['settle_to_band_ms']:.0f} ms settling + one refresh)"

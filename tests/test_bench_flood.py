@@ -98,6 +98,10 @@ def test_flood_bench_counts_every_genuine_ack(tmp_path: Path) -> None:
     assert targets["genuine_acks_delivered"]["expected"] == 8
     assert targets["rss_peak_mib"]["value"] > 10  # an interpreter's worth at least
     assert result["agent_stop"]["exit_status"] == 0
-    assert md.read_text().startswith("### Genuine triggers under a flood")
+    text = md.read_text()
+    assert text.startswith("### Genuine triggers under a flood")
+    # A smaller flood than the target's is said to be one: its verdicts are not the target's.
+    assert "at this run's smaller flood (500 dispatches, 500 samples/s)" in text
+    assert "audit budget)" not in text and "audit trail)" not in text
     # --keep-dir kept what the run wrote: the agent's audit trail among it.
     assert list((tmp_path / "run" / "state").glob("audit-*"))

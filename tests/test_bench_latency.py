@@ -16,6 +16,7 @@ from gridtao.bench.latency import _agent_config, run_latency_bench
 from gridtao.bench.render import markdown, plot
 from gridtao.cli.main import main
 from gridtao.config.agent import Config, SimConfig
+from gridtao.telemetry.runinfo import provenance
 
 KEYS = ("publish_to_command_ms", "receive_to_command_ms", "trigger_to_target_ms")
 
@@ -58,9 +59,12 @@ def test_latency_bench_reports_every_measure(tmp_path: Path) -> None:
         base = result["baselines"][name]
         assert base["triggers"] == 1
         assert base["publish_to_command_ms"]["p50"] > 0
+    result |= provenance("gridtao bench latency --triggers 2 --gpus 2")  # as the command adds
     text = markdown(result, "gridtao bench latency --triggers 2 --gpus 2")
     assert "sequential_subprocess" in text and "transport floor" in text
     assert "command_to_target_ms" in text and "Latency targets, judged by" in text
+    # What BENCHMARKS.md promises of every result: command, machine, date, commit, versions.
+    assert f"commit {result['commit']}" in text and "- versions: " in text and "numpy" in text
     png = tmp_path / "lat.png"
     plot(result, png)
     assert png.stat().st_size > 1000
