@@ -12,10 +12,10 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import pytest
 from broker import MosquittoBroker, publish
@@ -142,6 +142,37 @@ def test_a_refused_connection_is_diagnosed_and_retried(tmp_path: Path) -> None:
         broker.stop()
 
 
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def against_scripted_broker(script: Script, done: Callable[[MqttReceiver], bool],
+                            **options: Any) -> MqttReceiver:
+    """A receiver run against ``script`` (a broker's side of one connection, written by hand,
+    on a loopback port) until ``done`` says so or ``WAIT_S`` passed; then stopped."""
+
+    async def main() -> MqttReceiver:
+        server = await asyncio.start_server(script, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        rx = MqttReceiver(host="127.0.0.1", port=port, client_id="scripted",
+                          subscriptions=[("rx/k", 1)], **options)
+        task = asyncio.ensure_future(rx.run())
+        try:
+            deadline = time.monotonic() + WAIT_S
+            while not done(rx) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            server.close()
+        return rx
+
+    loop = new_event_loop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
 def test_the_brokers_keepalive_overrides_its_own() -> None:
     """A broker that caps keepalive (Server Keep Alive in CONNACK, MQTT-3.2.2-21) is obeyed:
     pinging at the receiver's own slower pace would have the broker drop it every 1.5 of its
@@ -160,28 +191,7 @@ def test_the_brokers_keepalive_overrides_its_own() -> None:
                 pings.append(time.monotonic())
                 writer.write(bytes((0xD0, 0)))  # PINGRESP
 
-    async def main() -> MqttReceiver:
-        server = await asyncio.start_server(broker, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        rx = MqttReceiver(host="127.0.0.1", port=port, client_id="ka", keepalive_s=60,
-                          subscriptions=[("rx/k", 1)])
-        task = asyncio.ensure_future(rx.run())
-        try:
-            await asyncio.wait_for(rx.connected.wait(), WAIT_S)
-            deadline = time.monotonic() + WAIT_S
-            while len(pings) < 3 and time.monotonic() < deadline:  # 1.5 s at 1 s keepalive
-                await asyncio.sleep(0.05)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            server.close()
-        return rx
-
-    loop = new_event_loop()
-    try:
-        rx = loop.run_until_complete(main())
-    finally:
-        loop.close()
+    rx = against_scripted_broker(broker, lambda _rx: len(pings) >= 3, keepalive_s=60)
     assert len(pings) >= 3, pings  # every 0.5 s, not every 30 s
     assert all(b - a < 5.0 for a, b in itertools.pairwise(pings)), pings
     assert rx.stats.losses == 0
@@ -253,28 +263,8 @@ def test_a_connack_it_cannot_read_is_a_lost_connection_not_a_crash(
         writer.write(bytes((0x20, 5, 0, 0, 2, 0x7F, 0)))  # a property MQTT v5 does not have
         await reader.read(1024)
 
-    async def main() -> MqttReceiver:
-        server = await asyncio.start_server(broker, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        rx = MqttReceiver(host="127.0.0.1", port=port, client_id="bad-connack",
-                          subscriptions=[("rx/k", 1)], reconnect_min_s=0.05,
-                          reconnect_max_s=0.1)
-        task = asyncio.ensure_future(rx.run())
-        try:
-            deadline = time.monotonic() + WAIT_S
-            while rx.problem is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            server.close()
-        return rx
-
-    loop = new_event_loop()
     with caplog.at_level(logging.DEBUG, logger="gridtao.transport.mqtt"):
-        try:
-            rx = loop.run_until_complete(main())
-        finally:
-            loop.close()
+        rx = against_scripted_broker(broker, lambda r: r.problem is not None,
+                                     reconnect_min_s=0.05, reconnect_max_s=0.1)
     assert rx.problem is not None and "unknown property 0x7f" in rx.problem.line
     assert not any(r.exc_info for r in caplog.records)
