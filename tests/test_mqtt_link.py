@@ -18,8 +18,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import TypeVar
 
+import aiomqtt
 import pytest
 from broker import MosquittoBroker
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gridtao.clock import VirtualClock
 from gridtao.transport.mqtt import InboundMessage, MqttLink, Will, new_event_loop
@@ -422,3 +425,22 @@ def test_the_link_sends_without_nagle_delay(mqtt_broker: MosquittoBroker) -> Non
 
     flags = run(main)
     assert flags and all(flags), flags
+
+
+def _lost(code: int) -> BaseException:
+    """aiomqtt's error for a connection lost during message iteration, caused by ``code``."""
+    try:
+        try:
+            raise aiomqtt.MqttCodeError(ReasonCode(PacketTypes.DISCONNECT, identifier=code))
+        except aiomqtt.MqttCodeError as cause:
+            raise aiomqtt.MqttError("Disconnected during message iteration") from cause
+    except aiomqtt.MqttError as e:
+        return e
+
+
+def test_a_socket_the_broker_closed_is_said_as_the_receivers_say_it() -> None:
+    link = MqttLink(host="127.0.0.1", port=1, client_id="words")
+    assert link._lost_reason(_lost(128)) == "connection closed by the broker"
+    # A reason the broker gave is kept, with its name.
+    assert link._lost_reason(_lost(139)) == ("Disconnected during message iteration: "
+                                             "[code:139] Server shutting down")

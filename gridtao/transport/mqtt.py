@@ -169,6 +169,16 @@ class MqttLink(Supervised):
     def _detail(self) -> str | None:
         return self._tap.last_error if self._tap is not None else None
 
+    def _lost_reason(self, error: BaseException) -> str:
+        # paho reports a socket the broker closed as v5 reason 128, "Unspecified error", and
+        # aiomqtt as "Disconnected during message iteration": said as the receivers say it.
+        cause = error.__cause__
+        if (isinstance(cause, aiomqtt.MqttCodeError)
+                and getattr(cause.rc, "value", cause.rc) == 128
+                and str(error).startswith("Disconnected")):
+            return "connection closed by the broker"
+        return super()._lost_reason(error)
+
     def _connect_properties(self) -> Properties | None:
         if self.max_packet_bytes is None:
             return None

@@ -229,6 +229,12 @@ class Supervised:
         """More about the last failure than its exception says (a subclass's socket log)."""
         return None
 
+    def _lost_reason(self, error: BaseException) -> str:
+        """Why a session ended, in words, with its cause (a subclass may word its library's
+        errors)."""
+        reason = str(error) or type(error).__name__
+        return reason if error.__cause__ is None else f"{reason}: {error.__cause__}"
+
     async def _session(self) -> None:  # pragma: no cover - every subclass has its own
         raise NotImplementedError
 
@@ -250,9 +256,7 @@ class Supervised:
                     self._was_up = False
                     await self._session()
                 except self._lost_errors as e:
-                    reason = str(e) or type(e).__name__
-                    if e.__cause__ is not None:
-                        reason = f"{reason}: {e.__cause__}"
+                    reason = self._lost_reason(e)
                     detail = self._detail()
                     if detail and detail not in reason:
                         reason = f"{reason} ({detail})"
