@@ -41,6 +41,7 @@ FREQUENCY_RUN = 3
 #: The longest the lane handles messages before it lets its loop read the sockets again.
 YIELD_S = 0.0005
 CONNECT_POLL_S = 0.02  # how often start() looks at the connection (and its abort)
+CANCEL_WAIT_S = 2.0  # how long a failed lane waits for its tasks to end
 
 
 def _ended(acks: list[Outgoing]) -> str:
@@ -182,19 +183,21 @@ class IslandLane:
         except BaseException as e:  # surfaced to the agent, which fails safe
             self.error = e
             log.exception("island lane stopped")
-            self._cancel_tasks()  # its connections close and say they are down
             hook = self.on_failure
-            if hook is not None:
+            if hook is not None:  # at once: the agent's stop waits for this thread's end
                 hook(e)
+            self._cancel_tasks()  # its connections close and say they are down
         finally:
             self._loop.close()
 
     def _cancel_tasks(self) -> None:
+        """Cancel what is left on the failed loop, waiting at most ``CANCEL_WAIT_S`` (a
+        connection's clean close may wait on a broker that will not answer)."""
         tasks = asyncio.all_tasks(self._loop)
         for t in tasks:
             t.cancel()
         with contextlib.suppress(BaseException):
-            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self._loop.run_until_complete(asyncio.wait(tasks, timeout=CANCEL_WAIT_S))
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
