@@ -28,30 +28,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
 from collections.abc import Callable
 from typing import Any, cast
 
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.reasoncodes import ReasonCode
 
 from gridtao.clock import Clock
 from gridtao.transport import packets as p
-from gridtao.transport.errors import ConnectionLost, ConnectRefused
+from gridtao.transport.errors import ConnectionLost, ConnectRefused, named_code
 from gridtao.transport.supervision import InboundMessage, Supervised
 
 __all__ = ["ConnectRefused", "MqttReceiver"]
 
 _SUBSCRIBE_ID = 1
-
-
-def server_name(tls: ssl.SSLContext | None, host: str) -> str | None:
-    """The name the broker's certificate is verified against: ``mqtt.tls.server_hostname``
-    when set (a :class:`~gridtao.transport.tls.ClientContext`'s ``verify_name``), else the
-    host connected to; None without TLS."""
-    if tls is None:
-        return None
-    return getattr(tls, "verify_name", None) or host
 
 
 def ping_keepalive_s(own_s: int, server_s: int | None) -> int:
@@ -67,10 +56,8 @@ def ping_keepalive_s(own_s: int, server_s: int | None) -> int:
 
 def disconnect_reason(code: int) -> str:
     """A server DISCONNECT's reason code, named (MQTT v5 section 3.14.2.1)."""
-    try:
-        return f"{ReasonCode(PacketTypes.DISCONNECT, identifier=code)}, code {code}"
-    except (KeyError, ValueError):
-        return f"reason code {code}"
+    rc = named_code(PacketTypes.DISCONNECT, code)
+    return f"reason code {code}" if rc is None else f"{rc}, code {code}"
 
 
 class _Protocol(asyncio.Protocol):
@@ -176,7 +163,7 @@ class MqttReceiver(Supervised):
         try:
             transport, _ = await asyncio.wait_for(loop.create_connection(
                 lambda: protocol, self.host, self.port, ssl=tls,
-                server_hostname=server_name(tls, self.host)), self.op_timeout_s)
+                server_hostname=self.host if tls is not None else None), self.op_timeout_s)
         except asyncio.TimeoutError:
             raise ConnectionLost("Operation timed out") from None
         sock = transport.get_extra_info("socket")

@@ -84,8 +84,9 @@ class ClientContext(ssl.SSLContext):
     """The client context :func:`ssl_context` returns.
 
     ``verify_name``: when set, the name verified in (and sent as SNI for) the broker's
-    certificate, whatever address the client connects to (paho passes the connect host as
-    ``server_hostname``). ``has_client_cert``: a client certificate is loaded (for diagnostics).
+    certificate, whatever address the client connects to: paho (``wrap_socket``) and asyncio
+    (``wrap_bio``, the receive-only connections) pass the connect host as ``server_hostname``.
+    ``has_client_cert``: a client certificate is loaded (for diagnostics).
     """
 
     verify_name: str | None = None
@@ -104,6 +105,17 @@ class ClientContext(ssl.SSLContext):
             sock, server_side, do_handshake_on_connect, suppress_ragged_eofs,
             self.verify_name or server_hostname, session,
         )
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        return super().wrap_bio(incoming, outgoing, server_side,
+                                self.verify_name or server_hostname, session)
 
 
 def _refuse_encrypted_key() -> bytes:
