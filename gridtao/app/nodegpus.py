@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from gridtao.app.checks import served_priorities
 from gridtao.clock import Clock
 from gridtao.config.agent import Config, ConfigError
-from gridtao.gpu import open_backend
+from gridtao.gpu import open_configured
 from gridtao.gpu.backend import GpuBackend, PowerLimits
 from gridtao.gpu.sim.shared import SimDeviceError
 from gridtao.gpu.subset import ServedGpus
@@ -57,12 +57,9 @@ def open_node_gpus(config: Config, *, clock: Clock, backend: GpuBackend | None) 
     """Open the node's GPUs (``backend`` when given, else the configured one). ConfigError,
     naming the configuration file, for a simulated device made with other settings."""
     try:
-        opened = backend if backend is not None else open_backend(config.gpus, clock=clock)
+        opened = backend if backend is not None else open_configured(
+            config.gpus, source=config.source, clock=clock)
     except SimDeviceError as e:  # a key of this configuration against the machine's device
-        raise ConfigError(f"{config.source}: {e}") from None
-    except ConfigError as e:  # the simulator's own keys (gpus.sim.trace_csv): name the file
-        if str(e).startswith(config.source):
-            raise
         raise ConfigError(f"{config.source}: {e}") from None
     unavailable = {i: type(e).__name__
                    for i, e in dict(getattr(opened, "unavailable", {})).items()}

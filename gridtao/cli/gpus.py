@@ -140,7 +140,7 @@ def _device_to_be_made(gpus: GpusConfig) -> Path | None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from gridtao.gpu import open_backend
+    from gridtao.gpu import open_configured
 
     if args.count is not None and args.watch is None:
         raise ConfigError("--count: only with --watch (how many tables to print)")
@@ -158,10 +158,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         made = None
     else:
         made = _device_to_be_made(gpus_cfg)
-        try:
-            backend = open_backend(gpus_cfg)
-        except ConfigError as e:  # the simulator's own keys (gpus.sim.trace_csv): name the file
-            raise ConfigError(f"{config.source}: {e}") from None
+        backend = open_configured(gpus_cfg, source=config.source)
     with backend:
         if backend.simulated:  # never to be mistaken for the machine's own GPUs
             print("gridtao: these are simulated GPUs (gpus.backend sim, or auto without an "

@@ -56,6 +56,7 @@ __all__ = [
     "SimNvml",
     "check_nvml_distribution",
     "open_backend",
+    "open_configured",
 ]
 
 _LAZY = {
@@ -107,6 +108,20 @@ def open_backend(
                     cfg.sim.count)
         log.debug("the driver could not be opened: %s", e)
         return _simulated(cfg, clock)
+
+
+def open_configured(cfg: GpusConfig, *, source: str, clock: Clock | None = None) -> NvmlBackend:
+    """:func:`open_backend` for the ``gpus`` section of the configuration file ``source``: a
+    bad key of it (a trace file the simulator cannot read) is a ``ConfigError`` naming that
+    file first, as every configuration error does. ``SimDeviceError`` passes unchanged."""
+    from gridtao.config.agent import ConfigError
+
+    try:
+        return open_backend(cfg, clock=clock)
+    except ConfigError as e:
+        if str(e).startswith(source):
+            raise
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def _simulated(cfg: GpusConfig, clock: Clock | None) -> NvmlBackend:
