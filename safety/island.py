@@ -551,12 +551,13 @@ class SafetyIsland:
         winner = self._winner_locked(now)
         # Binding: the caps lower some limit. With no event, that is a cap under a resting
         # limit (a cap far above the draw writes nothing and claims no command).
-        binding = self._caps_below_rest(caps_mw) if winner is None else ceiling < winner[1]
+        can_cut = self._caps_below_rest(caps_mw)
+        binding = can_cut if winner is None else ceiling < winner[1]
         ev = LatchedEvent(event_id, kind, level, baseline_mw, target_mw, ceiling, caps_mw, now,
                           release_mw_per_s=release_mw_per_s, basis_mw=basis_mw,
                           requested_target_mw=requested_target_mw)
         self._events[event_id] = ev
-        if self._frozen_draw is None and self._caps_below_rest(caps_mw):
+        if self._frozen_draw is None and can_cut:
             # From now on the draw is the event's doing: armed levels and later events cut from
             # the draw before it. An event whose caps sit at or above every resting limit can
             # never cut anything, so it leaves the basis live (freezing it would keep armed
