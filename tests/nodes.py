@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from broker import MosquittoBroker, Subscriber, publish
@@ -22,7 +23,7 @@ from waiting import wait_until
 from gridtao.app.agent import Agent, AgentOptions
 from gridtao.app.serve import serving
 from gridtao.clock import Clock
-from gridtao.config.agent import Config, SimConfig
+from gridtao.config.agent import Config, SimConfig, config_from_mapping
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
 from gridtao.records.audit_verify import read_records
@@ -38,6 +39,23 @@ def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     for k, v in over.items():
         out[k] = merge(out[k], v) if isinstance(v, Mapping) and k in out else v
     return out
+
+
+def node_config(broker: MosquittoBroker, node_id: str, prefix: str, *, gpus: int,
+                audit: Path | None = None, source: str = "<test>",
+                **sections: Mapping[str, Any] | list[Any]) -> Config:
+    """A test agent on ``broker``: ``gpus`` simulated GPUs without noise (seed 3), reconnects
+    within 0.5 s, no metrics server, its audit trail at ``audit`` (written without fsync) when
+    given; ``sections`` merged over that, section by section."""
+    base: dict[str, Any] = {
+        "gpus": {"sim": {"count": gpus, "noise_w": 0.0, "seed": 3}},
+        "mqtt": {"port": broker.port, "node_id": node_id, "prefix": prefix,
+                 "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
+        "metrics": {"enabled": False},
+    }
+    if audit is not None:
+        base["audit"] = {"enabled": True, "path": str(audit), "fsync": "never"}
+    return config_from_mapping(merge(base, sections), source=source)
 
 
 def steady_sim(cfg: SimConfig, clock: Clock, demand_w: float) -> SimNvml:

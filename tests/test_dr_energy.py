@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from broker import MosquittoBroker
 from conftest import IslandRig
-from nodes import merge, running, steady_sim
+from nodes import node_config, running, steady_sim
 from trails import virtual_trail
 from waiting import wait_until
 
@@ -208,16 +208,10 @@ def test_a_dr_dispatch_leaves_an_event_energy_record(mqtt_broker_session: Mosqui
     on the ``dr_state`` event."""
     broker = mqtt_broker_session
     audit = tmp_path / "audit-drenergy.jsonl"
-    cfg = config_from_mapping(merge({}, {
-        "gpus": {"sim": {"count": 4, "noise_w": 0.0, "seed": 3}},
-        "mqtt": {"port": broker.port, "node_id": "drenergy", "prefix": "gridtao/e2e-drenergy",
-                 "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
-        "metrics": {"enabled": False},
-        "safety": {"triggers": []},
-        "tracker": {"period_s": 0.2, "reference_window_s": 0.5},
-        "products": [{"kind": "dr", "capacity_w": 600}],
-        "audit": {"enabled": True, "path": str(audit), "fsync": "never"},
-    }), source="<test dr energy e2e>")
+    cfg = node_config(broker, "drenergy", "gridtao/e2e-drenergy", gpus=4, audit=audit,
+                      source="<test dr energy e2e>", safety={"triggers": []},
+                      tracker={"period_s": 0.2, "reference_window_s": 0.5},
+                      products=[{"kind": "dr", "capacity_w": 600}])
     sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
     with running(broker, cfg, sim, serve=True, settled_w=600.0) as node:
         wait_until(lambda: node.agent.tier2.snapshot()["natural_it_w"] is not None,

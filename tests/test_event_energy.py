@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 from broker import MosquittoBroker
-from nodes import merge, running, steady_sim
+from nodes import node_config, running, steady_sim
 from prometheus_client import CollectorRegistry
 from waiting import wait_until
 
 from gridtao.clock import MonotonicClock, VirtualClock
-from gridtao.config.agent import SimConfig, config_from_mapping
+from gridtao.config.agent import SimConfig
 from gridtao.control.tier2.facility import FacilityModel
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
@@ -247,15 +247,9 @@ def test_a_start_and_an_end_handed_over_after_later_rounds_are_still_exact() -> 
 def test_a_shed_leaves_an_event_energy_record(mqtt_broker_session: MosquittoBroker,
                                               tmp_path: Path) -> None:
     broker = mqtt_broker_session
-    cfg = config_from_mapping(merge({}, {
-        "gpus": {"sim": {"count": 4, "noise_w": 0.0, "seed": 3}},
-        "mqtt": {"port": broker.port, "node_id": "energy", "prefix": "gridtao/e2e-energy",
-                 "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
-        "metrics": {"enabled": False},
-        "safety": {"release_rate_per_s": 1.0},
-        "limits": {"min_event_interval_s": 0.0},
-        "audit": {"enabled": True, "path": str(tmp_path / "audit.jsonl"), "fsync": "never"},
-    }), source="<test energy>")
+    cfg = node_config(broker, "energy", "gridtao/e2e-energy", gpus=4,
+                      audit=tmp_path / "audit.jsonl", source="<test energy>",
+                      safety={"release_rate_per_s": 1.0}, limits={"min_event_interval_s": 0.0})
     sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
     with running(broker, cfg, sim, serve=True, settled_w=600.0) as node:
         node.dispatch({"id": "s1", "kind": "shed", "fraction": 0.3, "duration_s": 4.0})
@@ -292,13 +286,8 @@ def test_an_event_held_at_stop_is_acked_as_ended_and_gets_its_energy_record(
         mqtt_broker_session: MosquittoBroker, tmp_path: Path) -> None:
     broker = mqtt_broker_session
     audit = tmp_path / "audit.jsonl"
-    cfg = config_from_mapping(merge({}, {
-        "gpus": {"sim": {"count": 4, "noise_w": 0.0, "seed": 3}},
-        "mqtt": {"port": broker.port, "node_id": "stopping", "prefix": "gridtao/e2e-stop",
-                 "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
-        "metrics": {"enabled": False},
-        "audit": {"enabled": True, "path": str(audit), "fsync": "never"},
-    }), source="<test stop>")
+    cfg = node_config(broker, "stopping", "gridtao/e2e-stop", gpus=4, audit=audit,
+                      source="<test stop>")
     sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
     with running(broker, cfg, sim, serve=True, settled_w=600.0) as node, node.acks() as acks:
         node.dispatch({"id": "long", "kind": "shed", "fraction": 0.3, "duration_s": 120.0})

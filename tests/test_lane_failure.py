@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 from broker import MosquittoBroker
-from nodes import CONNECT_S, Node, merge, steady_sim
+from nodes import CONNECT_S, Node, node_config, steady_sim
 from waiting import wait_until
 
 from gridtao.app.agent import Agent, AgentOptions
 from gridtao.app.serve import serving
 from gridtao.clock import MonotonicClock
-from gridtao.config.agent import config_from_mapping
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.records.audit_verify import read_records
 
@@ -40,13 +39,8 @@ def test_a_failed_lane_stops_the_agent_restored_and_recorded(
     """``loop``: an exception that stops the lane's loop; ``task``: one that ends one of its
     tasks (the receiving one), which would leave the loop running but the node deaf."""
     audit = tmp_path / "audit.jsonl"
-    cfg = config_from_mapping(merge({}, {
-        "gpus": {"sim": {"count": 2, "noise_w": 0.0, "seed": 3}},
-        "mqtt": {"port": mqtt_broker.port, "node_id": "lane-dies", "prefix": "gridtao/e2e-lane",
-                 "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
-        "metrics": {"enabled": False},
-        "audit": {"enabled": True, "path": str(audit), "fsync": "never"},
-    }), source="<test lane failure>")
+    cfg = node_config(mqtt_broker, "lane-dies", "gridtao/e2e-lane", gpus=2, audit=audit,
+                      source="<test lane failure>")
     sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
     backend = NvmlBackend(sim)
     start_mw = [backend.enforced_limit_mw(i) for i in range(2)]
