@@ -544,11 +544,10 @@ def _check_products(cfg: Config, source: str) -> None:
             fail(source, "safety.release_rate_per_s", "short-support FFR ramps out at most "
                   f"20 %/s of its capacity; got {cfg.safety.release_rate_per_s:g}/s")
         info = KINDS[prod.kind]
-        if prod.threshold_hz is not None and info.has_threshold and (
-                prod.threshold_hz >= info.nominal_hz):
-            fail(source, f"{key}.threshold_hz", f"{prod.threshold_hz:g} Hz is not below the "
-                 f"grid's nominal {info.nominal_hz:g} Hz: an under-frequency product would "
-                 "activate at normal frequency")
+        problem = (info.threshold_problem(prod.threshold_hz)
+                   if prod.threshold_hz is not None and info.has_threshold else None)
+        if problem is not None:
+            fail(source, f"{key}.threshold_hz", problem)
         if prod.baseline_w is not None and not KINDS[prod.kind].symmetric:
             symmetric = ", ".join(k.name for k in KINDS.values() if k.symmetric)
             fail(source, f"{key}.baseline_w", f"only {symmetric} runs at a baseline")

@@ -53,6 +53,13 @@ class KindInfo:
         """Activates when frequency crosses a threshold (``threshold_hz`` applies)."""
         return self.activation in ("step", "static")
 
+    def threshold_problem(self, hz: float) -> str | None:
+        """Why ``hz`` cannot be this under-frequency product's threshold, or None."""
+        if hz >= self.nominal_hz:
+            return (f"{hz:g} Hz is not below the grid's nominal {self.nominal_hz:g} Hz: an "
+                    "under-frequency product would activate at normal frequency")
+        return None
+
 
 KINDS: Mapping[str, KindInfo] = MappingProxyType({k.name: k for k in (
     KindInfo("ffr", "Nordic Fast Frequency Reserve", "step", "ffr", 0.1),

@@ -117,10 +117,9 @@ def check_common(args: argparse.Namespace) -> float:
         if not kind.has_threshold or not 45.0 <= args.threshold_hz <= 65.0:
             with_threshold = ", ".join(k.test_name for k in KINDS.values() if k.has_threshold)
             raise ConfigError(f"--threshold-hz: only for {with_threshold}, in [45, 65] Hz")
-        if args.threshold_hz >= kind.nominal_hz:
-            raise ConfigError(f"--threshold-hz: {args.threshold_hz:g} Hz is not below the "
-                              f"grid's nominal {kind.nominal_hz:g} Hz (an under-frequency "
-                              "product)")
+        problem = kind.threshold_problem(args.threshold_hz)
+        if problem is not None:
+            raise ConfigError(f"--threshold-hz: {problem}")
         levels = FFR_FULL_ACTIVATION_S if PRODUCTS[args.product] == "ffr" else None
         if levels is not None and not any(abs(args.threshold_hz - lv) < 1e-6 for lv in levels):
             raise ConfigError("--threshold-hz: FFR activates at "
