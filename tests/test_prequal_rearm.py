@@ -3,16 +3,19 @@ with the first's rules, on responses with known answers (pure scoring, no agent)
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import math
 from collections.abc import Callable
 
 import pytest
 
-from gridtao.config.agent import ProductConfig, load_config
-from gridtao.prequal import plans, rearm
+from gridtao.config.agent import Config, ProductConfig, load_config
+from gridtao.prequal import compliance, plans, rearm
 from gridtao.prequal import report as rep
 from gridtao.prequal.rules import ProductSpec
 from gridtao.prequal.scoring import RuleResult
+from gridtao.prequal.shapes import STATIC_RAMP_DOWN_S
 
 CAP = 1000.0
 DT = 0.05
@@ -104,3 +107,75 @@ def test_only_the_rearm_tests_are_scored_as_rearm_tests() -> None:
         for plan in plans.test_plans(product, plans.spec_of(pcfg), 0.1,
                                      rearm_s=plans.rearm_times(config, pcfg)):
             assert rearm.is_rearm(plan.shape) == (plan.name == "rearm"), (product, plan.name)
+
+
+def recorded(product: str, it_at: Callable[[float, float], float]) -> tuple[
+        plans.TestPlan, ProductSpec, compliance.Recording, Config]:
+    """A recording of the product's re-arm test whose IT power is ``it_at(t, required)`` (W),
+    spread over two GPUs, sampled at the bench's 20 Hz with the shape's frequency as sent,
+    settled at the GPUs (no meter model between)."""
+    plan, spec = plan_of(product)
+    config = load_config(None)
+    config = dataclasses.replace(
+        config, facility=dataclasses.replace(config.facility, settle_at="it"))
+    shape = plan.shape
+    sent = [(k * shape.dt_s, f) for k, f in enumerate(shape.hz)]
+    t = [k * DT for k in range(round(shape.duration_s / DT))]
+    hz = [sent[bisect.bisect_right(sent, (x, math.inf)) - 1][1] for x in t]  # as measure()
+    zeros = [0.0] * len(t)
+    required = rep.score_samples(spec, plan, t, hz, zeros, zeros, None).trace.required_w
+    it = [it_at(x, r) for x, r in zip(t, required, strict=True)]
+    rec = compliance.Recording(t_s=t, gpu_w=[(w / 2, w / 2) for w in it],
+                               limit_w=[1400.0] * len(t), target_w=[None] * len(t), sent=sent)
+    return plan, spec, rec, config
+
+
+@pytest.mark.parametrize("product", ["ffr", "fcr-d-up", "fcr-d-up-static"])
+def test_the_second_activation_is_measured_from_the_power_just_before_it(
+        product: str) -> None:
+    """The node draws 250 W less after the first activation (its load changed, or the meter's
+    cooling has not climbed back): the second activation, delivering exactly what is
+    required from there, is scored as delivering it. With the first reference for both, the
+    250 W would count as a quarter of the capacity delivered on top."""
+    window = rearm.reference_windows(plan_of(product)[0].shape)[1]
+    split = window.applies_from_s
+    plan, spec, rec, config = recorded(product, lambda t, r: (
+        5000.0 if t < window.start_s else 4750.0) - r)
+    m = compliance.measure(rec, plan, config, plans.product_config(
+        config, product, capacity_w=CAP, time_scale=0.1))
+    assert [r.it_w for r in m.references] == pytest.approx([5000.0, 4750.0])
+    assert m.reference_at(split - 0.01).w == pytest.approx(5000.0)
+    assert m.reference_at(split).w == pytest.approx(4750.0)
+    result = rep.score_test(spec, plan, m, config)
+    rules = {r.name: r for r in result.rules}
+    over = rules["over_delivery#2"]
+    assert over.passed and over.value is not None and over.value < 1.0
+    tr = result.trace
+    exact = [abs(d - r) < 1e-6 for t, d, r in zip(tr.t_s, tr.delivered_w, tr.required_w,
+                                                    strict=True)
+             if not window.start_s <= t < split]
+    assert all(exact)  # between the load's change and the second part, -250 W: not scored
+
+
+def test_each_reference_window_is_at_nominal_frequency_with_nothing_required() -> None:
+    for product in ("ffr", "fcr-d-up", "fcr-d-up-static"):
+        plan, spec = plan_of(product)
+        shape = plan.shape
+        windows = rearm.reference_windows(shape)
+        assert len(windows) == 2
+        t = [k * DT for k in range(round(shape.duration_s / DT))]
+        hz = [shape.hz[min(len(shape.hz) - 1, round(x / shape.dt_s - 0.5))] for x in t]
+        zeros = [0.0] * len(t)
+        required = rep.score_samples(spec, plan, t, hz, zeros, zeros, None).trace.required_w
+        for w in windows:
+            inside = [k for k, x in enumerate(t) if w.start_s <= x < w.end_s]
+            assert inside, (product, w)
+            assert all(required[k] == 0.0 for k in inside), (product, w)
+            assert all(abs(hz[k] - 50.0) < 0.01 for k in inside), (product, w)
+
+
+def test_the_reference_window_of_the_second_static_step_starts_after_the_ramp_down() -> None:
+    plan, _ = plan_of("fcr-d-up-static")
+    marks = plan.shape.marks
+    window = rearm.reference_windows(plan.shape)[1]
+    assert window.start_s >= marks["recover"] + 60.0 + STATIC_RAMP_DOWN_S

@@ -33,7 +33,7 @@ from gridtao.clock import MonotonicClock
 from gridtao.config.agent import Config, ProductConfig
 from gridtao.control.tier2.facility import Facility, FacilityModel
 from gridtao.gpu.backend import GpuBackend
-from gridtao.prequal import shapes
+from gridtao.prequal import rearm
 from gridtao.prequal.options import DEFAULT_TIME_SCALE, on_named_backend
 from gridtao.prequal.plans import (
     DrPlan,
@@ -51,12 +51,11 @@ from gridtao.transport.localbroker import MosquittoBroker, Publisher
 log = logging.getLogger("gridtao.prequal")
 
 # The plans live in plans.py (no agent imported there); named here as well for callers.
-__all__ = ["DrPlan", "Measured", "Recording", "SineOptions", "TestPlan", "dr_plan",
+__all__ = ["DrPlan", "Measured", "Recording", "Reference", "SineOptions", "TestPlan", "dr_plan",
            "dr_windows", "measure", "product_config", "rearm_times", "run_product", "run_test",
            "settlement_w", "spec_of", "test_plans"]
 
 RECORD_HZ = 20.0
-BASELINE_S = 5.0  # the reference power: mean over this long before the test's lead ends
 # The modelled meter's cooling starts settled at the mean IT draw over the recording's first
 # seconds (s): the agent cuts nothing before its first natural-draw window is full, and on a
 # training load one second's mean is off the draw cooling has settled on by up to ~100 W.
@@ -269,8 +268,20 @@ def run_product(
 
 
 @dataclass(frozen=True)
+class Reference:
+    """A reference power (W) and the time it counts from (s, the test's base): at the GPUs
+    (``it_w``) and at the settlement point (``w``)."""
+
+    applies_from_s: float
+    it_w: float
+    w: float
+
+
+@dataclass(frozen=True)
 class Measured:
-    """A recording on the trace's time base, with the modelled meter (powers in W)."""
+    """A recording on the trace's time base, with the modelled meter (powers in W) and the
+    references the delivered reduction is measured from: one per activation, in time order
+    (a re-arm test has two; see gridtao/prequal/rearm.py)."""
 
     t_s: list[float]
     hz: list[float]
@@ -280,14 +291,32 @@ class Measured:
     limit_w: list[float]  # summed enforced limits
     target_w: list[float | None]
     natural_it_w: list[float] | None  # simulated GPUs: the workloads' summed demand
-    reference_it_w: float
-    reference_w: float  # at the settlement point
+    references: tuple[Reference, ...]
     late_s: list[float]  # how late each frequency sample went out, s
+
+    @property
+    def reference_it_w(self) -> float:
+        """The first activation's reference at the GPUs (W)."""
+        return self.references[0].it_w
+
+    @property
+    def reference_w(self) -> float:
+        """The first activation's reference at the settlement point (W)."""
+        return self.references[0].w
+
+    def reference_at(self, t_s: float) -> Reference:
+        """The reference in force at ``t_s``: the last one applying from then or before."""
+        found = self.references[0]
+        for ref in self.references[1:]:
+            if ref.applies_from_s <= t_s:
+                found = ref
+        return found
 
 
 def measure(rec: Recording, plan: TestPlan, config: Config, product: ProductConfig) -> Measured:
     """Sent frequency held per sample, IT power summed, the meter modelled (module docstring),
-    and the reference: the mean over ``BASELINE_S`` before the lead ends. For FCR-N the
+    and the references: the mean over ``BASELINE_S`` before the lead ends and, for a re-arm
+    test, before its second activation's part (gridtao/prequal/rearm.py). For FCR-N the
     reference is the baseline the node declared (tier 2's ``fcr_n_baseline_w``, IT W) and its
     steady-state meter power: a declared operating point, cooling settled."""
     if len(rec.t_s) < 2 or not rec.sent:
@@ -305,25 +334,28 @@ def measure(rec: Recording, plan: TestPlan, config: Config, product: ProductConf
         while k + 1 < len(rec.sent) and rec.sent[k + 1][0] <= t:
             k += 1
         hz.append(rec.sent[k][1])
-    lead = plan.shape.marks.get("lead_end", shapes.LEAD_S)
-    sel = [j for j, t in enumerate(rec.t_s) if max(0.0, lead - BASELINE_S) <= t < lead]
-    if not sel:
-        raise RuntimeError(f"{plan.name}: no samples in the baseline window")
-    ref_it = math.fsum(it[j] for j in sel) / len(sel)
-    declared = rec.tier2.get("fcr_n_baseline_w")
-    if product.kind == "fcr-n":
-        if not isinstance(declared, (int, float)):
-            raise RuntimeError(f"{plan.name}: the agent never declared its FCR-N baseline")
-        ref_it = float(declared)
-    if config.facility.settle_at == "it":
-        ref = ref_it
-    elif product.kind == "fcr-n":
-        ref = model.steady_meter_w(ref_it)
-    else:
-        ref = math.fsum(meter[j] for j in sel) / len(sel)
+    references = []
+    for k, window in enumerate(rearm.reference_windows(plan.shape)):
+        sel = [j for j, t in enumerate(rec.t_s) if window.start_s <= t < window.end_s]
+        if not sel:
+            raise RuntimeError(f"{plan.name}: no samples in the reference window "
+                               f"{window.start_s:g}-{window.end_s:g} s")
+        ref_it = math.fsum(it[j] for j in sel) / len(sel)
+        declared = rec.tier2.get("fcr_n_baseline_w")
+        if product.kind == "fcr-n" and k == 0:
+            if not isinstance(declared, (int, float)):
+                raise RuntimeError(f"{plan.name}: the agent never declared its FCR-N baseline")
+            ref_it = float(declared)
+        if config.facility.settle_at == "it":
+            ref = ref_it
+        elif product.kind == "fcr-n":
+            ref = model.steady_meter_w(ref_it)
+        else:
+            ref = math.fsum(meter[j] for j in sel) / len(sel)
+        references.append(Reference(window.applies_from_s, ref_it, ref))
     natural = list(rec.natural_w) if len(rec.natural_w) == len(rec.t_s) else None
     return Measured(list(rec.t_s), hz, it, meter, list(rec.gpu_w), list(rec.limit_w),
-                    list(rec.target_w), natural, ref_it, ref, list(rec.late_s))
+                    list(rec.target_w), natural, tuple(references), list(rec.late_s))
 
 
 def settlement_w(m: Measured, config: Config) -> list[float]:

@@ -122,7 +122,8 @@ def plot_test(result: TestResult, path: Path, *, product: str, capacity_w: float
         low.plot(tr.t_s, m.meter_w[first:first + n], color="tab:blue", lw=0.8,
                  label="settlement meter (modelled)")
         low.plot(tr.t_s, m.it_w[first:first + n], color="tab:green", lw=0.8, label="IT (GPUs)")
-        low.axhline(m.reference_w, color="tab:blue", lw=0.6, ls="--", label="reference")
+        low.plot(tr.t_s, [m.reference_at(t).w for t in tr.t_s], color="tab:blue", lw=0.6,
+                 ls="--", label="reference")
         low.set_ylabel("power (W)")
         low.set_xlabel("time (s)")
         low.legend(fontsize=7, loc="upper right", ncol=3)

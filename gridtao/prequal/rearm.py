@@ -19,6 +19,13 @@ own part of the trace with the product's rules; the second activation's rules ar
 * FCR-D static (:func:`fcr_d_static_rearm`): the static test twice, the second step after
   the first activation's 60 s wait and ramp-down have ended.
 
+Each activation is measured from its own reference, as a TSO measures each activation from the
+power just before it (:func:`reference_windows`): the mean over ``BASELINE_S`` before the
+test's lead ends for the first, and over ``BASELINE_S`` before the second's part of the trace
+starts for the second. After the first activation the meter is not back at the first reference
+(the facility's cooling lags the IT power by minutes), and a single reference would count that
+shortfall as the second activation's delivery.
+
 Times in s on the test's base (t = 0 at the first frequency sample), frequencies in Hz, powers
 in W at the settlement point. Pure: nothing here imports the agent.
 """
@@ -27,11 +34,13 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from gridtao.prequal import rules as pr
 from gridtao.prequal.scoring import RuleResult, Trace
-from gridtao.prequal.shapes import LEAD_S, STATIC_RAMP_DOWN_S, Shape, _Builder
+from gridtao.prequal.shapes import BASELINE_S, LEAD_S, STATIC_RAMP_DOWN_S, Shape, _Builder
 
 #: The second FFR trip comes this long after the product is due to be armed again (s).
 REARM_MARGIN_S = 2.0
@@ -44,6 +53,30 @@ BEFORE_S = 2.0
 SAMPLE_SLACK_S = 0.2  # a part's first sample may come this long after a hold's start
 #: The mark of each test's second activation, by the first's.
 SECOND = {"event": "rearm_event", "dynamic": "rearm_dynamic", "step": "rearm_step"}
+
+
+@dataclass(frozen=True)
+class ReferenceWindow:
+    """Where a reference power is taken and from when it counts (s, the test's base): the mean
+    over ``[start_s, end_s)`` is the reference of every sample from ``applies_from_s`` on, up
+    to the next window's ``applies_from_s``."""
+
+    applies_from_s: float
+    start_s: float
+    end_s: float
+
+
+def reference_windows(shape: Shape) -> list[ReferenceWindow]:
+    """The windows of a test's references, in time order: the ``BASELINE_S`` before its lead
+    ends and, for a re-arm test, the ``BASELINE_S`` before its second activation's part starts
+    (``BEFORE_S`` before the second mark), applying from that part's start."""
+    lead = shape.marks.get("lead_end", LEAD_S)
+    windows = [ReferenceWindow(-math.inf, max(0.0, lead - BASELINE_S), lead)]
+    first = next((m for m in SECOND if m in shape.marks), None)
+    if first is not None and SECOND[first] in shape.marks:
+        split = shape.marks[SECOND[first]] - BEFORE_S
+        windows.append(ReferenceWindow(split, split - BASELINE_S, split))
+    return windows
 
 
 def ffr_rearm(threshold_hz: float, *, support_s: float, rearm_s: float, full_rearm_s: float,
@@ -85,9 +118,11 @@ def fcr_d_static_rearm(time_scale: float = 0.1, threshold_hz: float = 49.7) -> S
     """The FCR-D static test twice: the second step once the first activation's 60 s wait
     above 49.9 Hz and its ramp-down are over. Marks ``step``, ``rearm_step``."""
     b = _Builder(50.0).hold(LEAD_S).mark("lead_end")
+    # After the ramp-down, one more second and then the second activation's reference window.
+    rest_s = 60.0 + STATIC_RAMP_DOWN_S + 1.0 + BASELINE_S + BEFORE_S
     for k in ("", "rearm_"):
         b.step(threshold_hz - 0.1, f"{k}step").hold_scaled(60, time_scale, 10.0, f"{k}hold_low")
-        b.step(50.0, f"{k}recover").hold(60.0 + STATIC_RAMP_DOWN_S + 6.0)
+        b.step(50.0, f"{k}recover").hold(rest_s)
     return b.shape("fcr-d-static-rearm", f"FCR-D static twice: step below {threshold_hz:g} Hz, "
                    "return, ramp-down, and again", lagged=True)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from gridtao.config.agent import Config
 from gridtao.prequal import rearm, sine
 from gridtao.prequal import rules as pr
-from gridtao.prequal.compliance import Measured, settlement_w
+from gridtao.prequal.compliance import Measured, Reference, settlement_w
 from gridtao.prequal.plans import TestPlan, dr_windows
 from gridtao.prequal.rules import ProductSpec
 from gridtao.prequal.scoring import RuleResult, Trace, passed
@@ -57,19 +57,28 @@ class TestResult:
                 self.trace, self.plan.shape.sines, self.capacity_w)]
         if self.measured is None:
             return body
+        refs = self.measured.references
         return body | {"reference_w": round(self.measured.reference_w, 1),
                        "reference_it_w": round(self.measured.reference_it_w, 1),
+                       **({"references": [_reference_json(r) for r in refs]}
+                          if len(refs) > 1 else {}),
                        "gpu_errors": dict(self.gpu_errors),
                        **publish_stats(self.measured.late_s)}
+
+
+def _reference_json(ref: Reference) -> dict[str, float | None]:
+    start = None if ref.applies_from_s == float("-inf") else round(ref.applies_from_s, 3)
+    return {"from_s": start, "w": round(ref.w, 1), "it_w": round(ref.it_w, 1)}
 
 
 def score_test(spec: ProductSpec, plan: TestPlan, m: Measured, config: Config) -> TestResult:
     """Requirement and rules for one recorded test (gridtao/prequal/rules.py)."""
     keep = [j for j, t in enumerate(m.t_s) if 0.0 <= t <= plan.shape.duration_s]
     settle = settlement_w(m, config)
+    refs = [m.reference_at(m.t_s[j]) for j in keep]
     res = score_samples(spec, plan, [m.t_s[j] for j in keep], [m.hz[j] for j in keep],
-                        [m.reference_w - settle[j] for j in keep],
-                        [m.reference_it_w - m.it_w[j] for j in keep],
+                        [r.w - settle[j] for r, j in zip(refs, keep, strict=True)],
+                        [r.it_w - m.it_w[j] for r, j in zip(refs, keep, strict=True)],
                         [m.limit_w[j] for j in keep])
     return dataclasses.replace(res, measured=m)
 
@@ -142,7 +151,7 @@ def write_csv(result: TestResult, path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["t_s", "hz", "required_w", "delivered_w", "delivered_it_w", "meter_w",
-                    "it_w", "it_target_w", "limit_w", "natural_it_w",
+                    "it_w", "it_target_w", "limit_w", "natural_it_w", "reference_w",
                     *[f"gpu{i}_w" for i in range(gpus)]])
         for k in range(len(tr.t_s)):
             j = first + k
@@ -152,6 +161,7 @@ def write_csv(result: TestResult, path: Path) -> None:
                         f"{m.meter_w[j]:.1f}", f"{m.it_w[j]:.1f}",
                         "" if target is None else f"{target:.1f}", f"{m.limit_w[j]:.1f}",
                         "" if m.natural_it_w is None else f"{m.natural_it_w[j]:.1f}",
+                        f"{m.reference_at(tr.t_s[k]).w:.1f}",
                         *[f"{g:.1f}" for g in m.gpu_w[j]]])
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 DT_S = 0.1  # 10 Hz: the FCR-D logging floor (docs/sources.md#test-signals-and-measurement)
 METER_TAU_S = 1.0  # the Nordic FCR rules' frequency-meter lag 1/(1+s)
 LEAD_S = 6.0  # nominal frequency before a test: the agent settles, the bench takes its baseline
+BASELINE_S = 5.0  # the reference power: mean over this long before an activation's part starts
 STATIC_RAMP_DOWN_S = 110.0  # FCR-D static's ramp-down, planned (s): 1.10 of capacity at 1 %/s
 
 
