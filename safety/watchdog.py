@@ -4,7 +4,8 @@
 in virtual time; the thread started by :meth:`Watchdog.start` merely calls it every ``period_s``
 of real time. ``on_expire`` runs once per expiry (on the checking thread) and again only after a
 new :meth:`heartbeat` re-arms the watchdog; ``on_recover`` runs on the heartbeat's thread when
-the first heartbeat after an expiry arrives.
+the first heartbeat after an expiry arrives, never before that expiry's ``on_expire`` has
+returned (a heartbeat that lands while it runs waits for it).
 
 A pause of the whole process (SIGSTOP, a VM pause, a long stop-the-world) stops the controller
 and the checker alike; on resume the checker may run before the controller has had a chance to
@@ -51,6 +52,10 @@ class Watchdog:
         self._on_expire = on_expire
         self._on_recover = on_recover
         self._lock = threading.Lock()
+        # Held from an expiry's decision through its on_expire, and by on_recover: a heartbeat
+        # landing in between recovers only once the expiry's safe state is in force (else it
+        # would leave a safe state not yet entered, and nothing would leave it after).
+        self._transition = threading.Lock()
         self._last_beat = clock.now()
         self._last_check: float | None = None  # when check() last ran (pause detection)
         self._pauses = 0
@@ -81,10 +86,11 @@ class Watchdog:
         if recovered:
             log.warning("watchdog: controller heartbeat is back")
             if self._on_recover is not None:
-                try:
-                    self._on_recover()
-                except Exception:
-                    log.exception("watchdog: the recovery action failed")
+                with self._transition:
+                    try:
+                        self._on_recover()
+                    except Exception:
+                        log.exception("watchdog: the recovery action failed")
 
     @property
     def pauses(self) -> int:
@@ -113,16 +119,16 @@ class Watchdog:
             log.warning("watchdog: this process was paused for %.1f s (the checker too); "
                         "the controller gets %.3f s to beat again", paused_s, self.timeout_s)
             return False
-        with self._lock:
-            self._expired = True
-            self._expiries += 1
-        log.error(
-            "watchdog: no controller heartbeat for %.3f s (limit %.3f s)", age_s, self.timeout_s
-        )
-        try:
-            self._on_expire()
-        except Exception:
-            log.exception("watchdog: the expiry action failed")
+        with self._transition:
+            with self._lock:
+                self._expired = True
+                self._expiries += 1
+            log.error("watchdog: no controller heartbeat for %.3f s (limit %.3f s)", age_s,
+                      self.timeout_s)
+            try:
+                self._on_expire()
+            except Exception:
+                log.exception("watchdog: the expiry action failed")
         return True
 
     def start(self) -> None:

@@ -128,3 +128,52 @@ def test_expiry_puts_the_island_in_its_safe_state() -> None:
     finally:
         island.close()
         backend.close()
+
+
+def test_a_heartbeat_racing_the_expiry_leaves_the_safe_state_once_it_is_in_force() -> None:
+    """The controller beats again (from its own thread) after the checker has decided on an
+    expiry but before the island's safe state is in force: the recovery waits for it, and the
+    node leaves the safe state instead of staying in it for good."""
+    clock = VirtualClock(100.0)
+    backend = NvmlBackend(SimNvml.from_config(
+        SimConfig(count=2, noise_w=0.0, read_latency_ms=0, set_latency_ms=0), clock))
+    island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.5, max_event_s=60)
+    island.start()
+    island.update_draw([600_000, 600_000])
+    beats: list[threading.Thread] = []
+    dog: Watchdog
+
+    def expire() -> None:
+        beat = threading.Thread(target=dog.heartbeat, name="tier1")
+        beats.append(beat)
+        beat.start()
+        # The heartbeat has re-armed the watchdog (it saw the expiry) before the safe state.
+        for _ in range(500):
+            if not dog.expired:
+                break
+            threading.Event().wait(0.01)
+        assert not dog.expired
+        island.enter_safe_state("minimum")
+
+    def recover() -> None:  # Agent._watchdog_recovered
+        island.leave_safe_state()
+
+    dog = Watchdog(1.0, clock=clock, on_expire=expire, on_recover=recover)
+    try:
+        dog.check()
+        clock.advance(0.6)
+        dog.check()
+        clock.advance(0.6)  # the controller is late by 1.2 s
+        assert dog.check()
+        beats[0].join(5.0)
+        assert not beats[0].is_alive()
+        for _ in range(100):  # the controller beats on for 10 s
+            clock.advance(0.1)
+            dog.heartbeat()
+            dog.check()
+            island.tick()
+        assert island.view().safe_mode is None
+        assert [backend.enforced_limit_mw(i) for i in range(2)] == [700_000, 700_000]
+    finally:
+        island.close()
+        backend.close()
