@@ -120,6 +120,7 @@ class SafetyIsland:
             else self.envelope.default_mw
         )
         self._resting_mw: tuple[int, ...] = self._normal_mw
+        self._unread_at_start: frozenset[int] = frozenset()  # GPUs start() could not read
         self._exits = 0  # safe states left through a ramp (names their exit events)
         self._watching = True  # refresh_enforced takes a limit it did not write as an outside one
         self._writes = WriteRecord(self.envelope.default_mw)
@@ -128,7 +129,8 @@ class SafetyIsland:
 
     def start(self) -> None:
         """Start the per-GPU writer threads and take a first draw and limit reading (a GPU that
-        cannot be read counts as drawing, and limited at, its default)."""
+        cannot be read counts as drawing its default and limited at its resting limit; it is
+        never written before it has been read or commanded)."""
         self._writer.start()
         draw, limits = [], []
         read: list[int | None] = []  # None: not read, so no later reading can be "changed"
@@ -138,10 +140,12 @@ class SafetyIsland:
                 limits.append(self._backend.enforced_limit_mw(i))
                 read.append(limits[-1])
             except Exception as e:  # any failure is this GPU's: the others still start
-                log.warning("GPU %d: unreadable at start (%s); assuming its default", i, e)
+                log.warning("GPU %d: unreadable at start (%s); assuming its resting limit", i,
+                            e)
                 draw.append(float(default))
-                limits.append(default)
+                limits.append(self._resting_mw[i])
                 read.append(None)
+        self._unread_at_start = frozenset(i for i, mw in enumerate(read) if mw is None)
         with self._lock:
             self._draw = tuple(draw)
         self._writes.reset_limits(limits)
@@ -218,6 +222,14 @@ class SafetyIsland:
         with self._lock:
             self._cut_envelope, self._floors_mw = cut, floors
             self._armed.rearm(self._basis_locked(), cut)
+
+    @property
+    def release_bound_s(self) -> float:
+        """The longest a released event at the island's rate takes to give every GPU back its
+        resting limit (s): its reduction below the draw at ``release_rate_per_s`` (at most
+        ``1 / rate``), then the tail from the draw up to the resting limits (at most as long
+        again; safety/latch.py)."""
+        return 2.0 / self._rate
 
     @property
     def resting_mw(self) -> tuple[int, ...]:
@@ -368,9 +380,9 @@ class SafetyIsland:
                 except Exception:  # the read faults are tier 1's to report
                     continue
                 last = self._writer.last_read_mw(index)
-                self._writer.note_read(index, mw)
-                # Noted under the GPU's lock: a write landing after this read must win.
-                self._writes.note_enforced(index, mw)
+                seq = self._writer.note_read(index, mw)
+                # Numbered under the GPU's lock: a write landing after this read must win.
+                self._writes.note_enforced(index, mw, seq)
             # Checked after the read: once stop_watching() returned, no write of the agent's
             # own restore can be taken for someone else's.
             if last is not None and mw != last and self._watching:
@@ -423,11 +435,14 @@ class SafetyIsland:
         with self._lock:
             if self._mode is not None or generation != self._generation:
                 return False
-            limits = self.envelope.clamp_all(limits_mw)
+            # Never above the resting limits: one adopted from outside since tier 1 planned
+            # (the read-back thread) must not be written over with the plan's older one.
+            limits = [min(mw, rest) for mw, rest in zip(self.envelope.clamp_all(limits_mw),
+                                                        self._resting_mw, strict=True)]
             winner = self._winner_locked(now)
             if winner is not None:
                 limits = self.envelope.fit_under_mw(limits, winner[1])
-            batch = self._writer.submit(limits, guard=lambda: self._generation == generation)
+            batch = self._writer.submit(limits, guard=lambda _gpu: self._generation == generation)
         outcomes = batch.wait(self._write_timeout_s)
         self._writes.record(outcomes)
         return not any(o.skipped for o in outcomes)
@@ -503,9 +518,14 @@ class SafetyIsland:
         Returns index -> error kind of each GPU that refused, as :meth:`write_faults` will
         report it until a later write to that GPU succeeds. Call after :meth:`start`, before
         any trigger."""
+        if self._unread_at_start:  # what was never read is never written back
+            log.warning("write check: GPU(s) %s not checked: unreadable at start",
+                        ", ".join(str(i) for i in sorted(self._unread_at_start)))
         with self._cmd_lock:
             with self._lock:
-                batch = self._writer.submit(self.envelope.clamp_all(self._writes.limits_mw))
+                unread = self._unread_at_start
+                batch = self._writer.submit(self.envelope.clamp_all(self._writes.limits_mw),
+                                            guard=lambda i: i not in unread)
             self._writes.record(batch.wait(self._write_timeout_s))
         return self._writes.faults()
 
@@ -577,11 +597,14 @@ class SafetyIsland:
         commanded = batch.commanded if batch is not None else None
         now, wall = commanded or (self._clock.now(), self._clock.wall())
         errors = {o.index: o.error for o in outcomes if o.error is not None}
+        enforced: list[int | None] = [None] * len(ev.caps_mw)
+        for o in outcomes:
+            enforced[o.index] = o.enforced_mw
         act = Activation(
             ev.event_id, ev.kind, ev.baseline_mw, ev.target_mw, ev.caps_mw, now, wall,
             binding=batch is not None, level=ev.level, errors=MappingProxyType(errors),
             basis_mw=ev.basis_mw, dry_run=self._dry_run,
-            requested_target_mw=ev.requested_target_mw,
+            requested_target_mw=ev.requested_target_mw, enforced_mw=tuple(enforced),
         )  # fmt: skip
         with self._lock:
             ev.activation = act

@@ -25,7 +25,10 @@ class Activation:
     restrictive event was already active: the event is latched but nothing was written.
     ``errors`` maps GPU index to the write error of each GPU that failed. ``basis_mw`` is the
     per-GPU draw the caps were cut from (the island's smoothed draw, frozen for overlapping
-    events): what a restart needs to cut the same caps again."""
+    events): what a restart needs to cut the same caps again. ``enforced_mw``: per GPU, the
+    limit read back after its write (None where nothing was written or read back); a cap above
+    a GPU's resting limit is written as the resting limit, so this, not ``caps_mw``, is what
+    the GPUs hold."""
 
     event_id: str
     kind: EventKind
@@ -40,6 +43,7 @@ class Activation:
     basis_mw: tuple[float, ...] = ()
     dry_run: bool = False
     requested_target_mw: float | None = None
+    enforced_mw: tuple[int | None, ...] = ()
 
     @property
     def shortfall_mw(self) -> float:

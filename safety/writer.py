@@ -31,7 +31,8 @@ from .ports import Clock, GpuPort
 
 log = logging.getLogger("gridtao.safety")
 
-Guard = Callable[[], bool]
+#: Asked under GPU ``index``'s lock just before its write: False skips that write.
+Guard = Callable[[int], bool]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class WriteOutcome:
 
     ``enforced_mw`` is the limit read back after the write (None when the write failed or was
     skipped); ``error`` the backend's error; ``skipped`` is True when the job's guard refused it.
+    ``seq``: the GPU's access number (:meth:`ParallelWriter.note_read`), taken under its lock
+    when the write was tried (0: skipped), so a record of outcomes can tell which is newer.
     """
 
     index: int
@@ -47,6 +50,7 @@ class WriteOutcome:
     enforced_mw: int | None
     error: Exception | None = None
     skipped: bool = False
+    seq: int = 0
 
     @property
     def ok(self) -> bool:
@@ -145,6 +149,9 @@ class ParallelWriter:
         # Per GPU: the limit last read back under its lock (None: unknown, as after a failed
         # write). A later read that differs was made by someone else (see last_read_mw).
         self._read_mw: list[int | None] = [None] * count
+        # Per GPU, bumped under its lock by every write tried and every reading noted: orders
+        # what reaches a WriteRecord from several threads (an older outcome never wins).
+        self._seq = [0] * count
         self._queues: tuple[queue.SimpleQueue[_Job | None], ...] = tuple(
             queue.SimpleQueue() for _ in range(count)
         )
@@ -165,10 +172,12 @@ class ParallelWriter:
         can then be between that reading and the caller's own."""
         return self._read_mw[index]
 
-    def note_read(self, index: int, limit_mw: int | None) -> None:
+    def note_read(self, index: int, limit_mw: int | None) -> int:
         """GPU ``index`` was read enforcing ``limit_mw`` (None: unknown). Call with
-        :meth:`gpu_lock` held."""
+        :meth:`gpu_lock` held. Returns the reading's access number (see :class:`WriteOutcome`)."""
         self._read_mw[index] = limit_mw
+        self._seq[index] += 1
+        return self._seq[index]
 
     def start(self) -> None:
         """Start the worker threads (idempotent)."""
@@ -250,10 +259,12 @@ class ParallelWriter:
         limit_mw, guard = batch._limits[index], batch._guard
         with self._locks[index]:
             try:
-                if guard is not None and not guard():
+                if guard is not None and not guard(index):
                     batch._returned()
                     return WriteOutcome(index, limit_mw, None, skipped=True)
                 self._read_mw[index] = None  # until read back: a failed write leaves it unknown
+                self._seq[index] += 1
+                seq = self._seq[index]
                 try:
                     self._backend.command_limit_mw(index, limit_mw)
                 finally:
@@ -264,8 +275,8 @@ class ParallelWriter:
                 if not _is_device_error(e):
                     log.exception("GPU %d: unexpected error writing its limit", index)
                     e = UnexpectedWriteError(repr(e), index=index)
-                return WriteOutcome(index, limit_mw, None, e)
-        return WriteOutcome(index, limit_mw, enforced)
+                return WriteOutcome(index, limit_mw, None, e, seq=seq)
+        return WriteOutcome(index, limit_mw, enforced, seq=seq)
 
 
 def _is_device_error(e: Exception) -> bool:
@@ -283,6 +294,7 @@ class WriteRecord:
         self._lock = threading.Lock()
         self._limits_mw = list(limits_mw)
         self._faulted: dict[int, str] = {}
+        self._seq = [0] * len(self._limits_mw)  # the newest access taken, per GPU
 
     @property
     def limits_mw(self) -> tuple[int, ...]:
@@ -304,15 +316,23 @@ class WriteRecord:
         with self._lock:
             self._limits_mw = list(limits_mw)
 
-    def note_enforced(self, index: int, limit_mw: int) -> None:
-        """GPU ``index`` was read enforcing ``limit_mw`` (a periodic read-back)."""
+    def note_enforced(self, index: int, limit_mw: int, seq: int) -> None:
+        """GPU ``index`` was read enforcing ``limit_mw`` (a periodic read-back, access number
+        ``seq``); ignored if a newer access has been taken."""
         with self._lock:
-            self._limits_mw[index] = limit_mw
+            if seq > self._seq[index]:
+                self._seq[index] = seq
+                self._limits_mw[index] = limit_mw
 
     def record(self, outcomes: Sequence[WriteOutcome]) -> None:
+        """Take the outcomes of a batch; one older than what was taken for its GPU (a slower
+        thread's, recorded late) is ignored, and so is a skipped write."""
         changes: list[tuple[int, Exception | None]] = []
         with self._lock:
             for o in outcomes:
+                if o.seq <= self._seq[o.index]:
+                    continue
+                self._seq[o.index] = o.seq
                 if o.enforced_mw is not None:
                     self._limits_mw[o.index] = o.enforced_mw
                 if o.error is not None:

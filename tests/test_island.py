@@ -418,7 +418,7 @@ def test_writer_runs_jobs_in_order_and_checks_guard_under_lock(real_rig: Rig) ->
         real_rig.sim.inject_fault(0, "slow", delay_s=0.3, calls=1)
         allowed = [True]
         first = writer.submit([300 * W] * N)  # GPU 0's worker is busy with this for >= 0.3 s
-        second = writer.submit([400 * W] * N, guard=lambda: allowed[0])
+        second = writer.submit([400 * W] * N, guard=lambda _gpu: allowed[0])
         allowed[0] = False  # e.g. a trigger bumped the generation: GPU 0's queued job skips
         third = writer.submit([250 * W] * N)
         out1, out2, out3 = (b.wait(2.0) for b in (first, second, third))
@@ -480,7 +480,7 @@ def test_batch_counts_skipped_and_failed_writes_as_returned(real_rig: Rig) -> No
     writer.start()
     try:
         real_rig.sim.inject_fault(2, "no_permission")
-        skipped = writer.submit([300 * W] * N, guard=lambda: False)
+        skipped = writer.submit([300 * W] * N, guard=lambda _gpu: False)
         assert all(o.skipped for o in skipped.wait(2.0))
         assert skipped.commanded is not None
         failed = writer.submit([300 * W] * N)

@@ -463,7 +463,8 @@ class Intake:
             self._decide("event_started", {
                 "event": act.event_id, "kind": ev.kind if ev is not None else act.kind,
                 "level": act.level, "baseline_mw": act.baseline_mw, "target_mw": act.target_mw,
-                "caps_mw": act.caps_mw, "binding": act.binding,
+                "caps_mw": act.caps_mw, "enforced_mw": act.enforced_mw,
+                "binding": act.binding,
                 "errors": {str(i): str(e) for i, e in act.errors.items()},
                 "received_at": ev.received_wall if ev is not None else None,
                 "commanded_at": act.commanded_wall if act.commanded else None,

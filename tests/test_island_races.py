@@ -1,0 +1,168 @@
+"""The safety island where threads and faults interleave: a GPU unreadable at start, a limit set
+from outside while tier 1 is mid-step, a trigger recorded while tier 1's write is still being
+recorded. Each keeps the island's invariants: no GPU above its resting limit, and the enforced
+limits it reports are the ones the GPUs hold."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from gridtao.clock import MonotonicClock, VirtualClock
+from gridtao.config.agent import ControlConfig, SimConfig
+from gridtao.control.tier1.loop import FastLoop
+from gridtao.gpu.backend import GpuDriverError
+from gridtao.gpu.nvml import NvmlBackend
+from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.safety.island import SafetyIsland
+from gridtao.safety.writer import WriteOutcome
+
+W = 1000  # mW per W
+
+
+def _sim(clock: VirtualClock | MonotonicClock, count: int = 2) -> SimNvml:
+    return SimNvml.from_config(
+        SimConfig(count=count, noise_w=0.0, read_latency_ms=0, set_latency_ms=0), clock)
+
+
+def _backend(clock: VirtualClock | MonotonicClock, count: int = 2) -> NvmlBackend:
+    return NvmlBackend(_sim(clock, count))
+
+
+class OneBadRead:
+    """A backend whose GPU 0 fails its next instant-power read once ``armed`` (a transient
+    driver error)."""
+
+    def __init__(self, backend: NvmlBackend) -> None:
+        self._backend = backend
+        self.armed = False
+
+    def instant_power_mw(self, index: int) -> int:
+        if self.armed and index == 0:
+            self.armed = False
+            raise GpuDriverError("GPU 0: Unknown Error", index=0)
+        return self._backend.instant_power_mw(index)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
+def test_a_gpu_unreadable_at_start_is_never_raised_above_its_resting_limit() -> None:
+    """The operator runs the GPUs at 500 W (default 700 W) and GPU 0's first reading fails:
+    the start-up write check writes back only what it read, and tier 1 never lifts GPU 0."""
+    clock = VirtualClock(100.0)
+    real = _backend(clock)
+    for i in range(2):
+        real.set_limit_mw(i, 500 * W)
+    backend = OneBadRead(real)
+    found = [backend.enforced_limit_mw(i) for i in range(2)]
+    island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=600,
+                          resting_mw=found)
+    loop = FastLoop(backend, island, clock=clock, config=ControlConfig())
+    backend.armed = True
+    island.start()  # as the agent starts: the island, then the write check
+    island.probe_writes()
+    try:
+        for _ in range(200):  # tier 1 for 2 s, with read-backs
+            loop.step()
+            clock.advance(loop.period_s)
+            island.refresh_enforced()
+        assert [real.enforced_limit_mw(i) for i in range(2)] == [500 * W, 500 * W]
+        assert island.resting_mw == (500 * W, 500 * W)
+    finally:
+        island.close()
+        real.close()
+
+
+def test_a_limit_set_from_outside_while_tier_1_steps_is_not_written_over() -> None:
+    """Tier 1 ramps the GPUs back to their resting 700 W after a crash; on the ramp's last step,
+    between its plan and its write, the operator sets GPU 0 to 300 W and the read-back adopts
+    it: the write lands at 300 W, not 700 W."""
+    clock = VirtualClock(100.0)
+    sim = _sim(clock)
+    backend = NvmlBackend(sim)
+    for i in range(2):
+        sim.set_demand_w(i, 650.0)
+        backend.set_limit_mw(i, 400 * W)  # left by the crashed run
+    island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=600,
+                          resting_mw=[700 * W, 700 * W])
+    island.start()
+    loop = FastLoop(backend, island, clock=clock, config=ControlConfig())
+    real_apply = island.apply_limits
+    fired: list[bool] = []
+
+    def apply(limits: Sequence[int], generation: int) -> bool:
+        if not fired and list(limits) == [700 * W, 700 * W]:
+            fired.append(True)
+            backend.set_limit_mw(0, 300 * W)  # nvidia-smi -i 0 -pl 300
+            assert [c.resting_mw for c in island.refresh_enforced()] == [300 * W]
+        return real_apply(limits, generation)
+
+    island.apply_limits = apply  # type: ignore[method-assign,assignment]
+    try:
+        for _ in range(300):
+            loop.step()
+            clock.advance(loop.period_s)
+        island.refresh_enforced()
+        assert fired and island.resting_mw[0] == 300 * W
+        assert backend.enforced_limit_mw(0) == 300 * W
+    finally:
+        island.close()
+        backend.close()
+
+
+def test_a_trigger_recorded_while_tier_1_records_its_write_is_what_the_island_reports() -> None:
+    """Tier 1's write completes, then its thread is held before it records the outcome; a
+    trigger writes and records its caps meanwhile. Tier 1's older outcome, recorded last, must
+    not become the limits the island reports."""
+    clock = MonotonicClock()
+    backend = _backend(clock)
+    island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.5, max_event_s=60)
+    island.start()
+    island.update_draw([600 * W, 600 * W])
+    real_record = island._writes.record
+    tier1_waiting, trigger_done = threading.Event(), threading.Event()
+
+    def record(outcomes: Sequence[WriteOutcome]) -> None:
+        if threading.current_thread().name == "tier1":
+            tier1_waiting.set()
+            trigger_done.wait(5)
+        real_record(outcomes)
+
+    island._writes.record = record  # type: ignore[method-assign]
+    try:
+        gen = island.view().generation
+        tier1 = threading.Thread(target=island.apply_limits, args=([650 * W, 650 * W], gen),
+                                 name="tier1")
+        tier1.start()
+        assert tier1_waiting.wait(5)
+        act = island.trigger_shed("e1", 0.5)
+        trigger_done.set()
+        tier1.join(5)
+        held = tuple(backend.enforced_limit_mw(i) for i in range(2))
+        assert held == act.caps_mw
+        assert island.enforced_mw() == held
+    finally:
+        island.close()
+        backend.close()
+
+
+def test_an_activation_reports_the_limits_the_gpus_hold_not_the_caps_it_computed() -> None:
+    """GPU 0 rests at 400 W (the operator's), GPU 1 at 700 W, both drawing 600 W: a 1,000 W
+    node cap splits into caps of which GPU 0's lies above its resting limit; it is written as
+    400 W, and the activation says 400 W."""
+    clock = VirtualClock(100.0)
+    backend = _backend(clock)
+    island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=600,
+                          resting_mw=[400 * W, 700 * W])
+    island.start()
+    island.update_draw([600 * W, 600 * W])
+    try:
+        act = island.trigger_cap("e1", 1000.0)
+        held = tuple(backend.enforced_limit_mw(i) for i in range(2))
+        assert act.caps_mw[0] > 400 * W  # what the split computed
+        assert act.enforced_mw == held and held[0] == 400 * W
+    finally:
+        island.close()
+        backend.close()
