@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from gridtao.clock import VirtualClock
+from gridtao.config.agent import SimConfig
+from gridtao.gpu.nvml import NvmlBackend
+from gridtao.gpu.sim.nvml import SimNvml
 from gridtao.records.journal import (
     Journal,
     JournalError,
@@ -24,6 +27,8 @@ from gridtao.records.journal import (
     plan_recovery,
     to_json,
 )
+from gridtao.records.ledger import TICK_MARGIN_S
+from gridtao.safety.island import SafetyIsland
 
 T0 = 1_763_900_000.0
 N = 2
@@ -227,3 +232,45 @@ def test_journal_file_is_plain_json(tmp_path: Path) -> None:
     assert data["initial_limits_mw"] == [700_000, 650_000]
     assert data["events"][0]["id"] == "e1" and data["events"][0]["caps_mw"] == [400_000] * N
     journal.close(clean=True)
+
+
+def test_a_recovered_event_is_fully_released_within_the_crash_bound() -> None:
+    """GPUs drawing 400 W under 700 W limits, FFR's 20 %/s: a recovered cut's release gives
+    back its reduction and then rises from the draw to the resting limits. The plan leaves
+    room for both (the island's ``release_bound_s``), so the limits are back 30 s after the
+    crash at the latest."""
+    gpus, w, bound_s = 4, 1000, 30.0
+    clock = VirtualClock(1000.0)
+    backend = NvmlBackend(SimNvml.from_config(
+        SimConfig(count=gpus, noise_w=0.0, read_latency_ms=0, set_latency_ms=0), clock))
+    island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=3600)
+    island.start()
+    basis = (400.0 * w,) * gpus
+    crash_wall = clock.wall()
+    ev = JournalEvent("e1", "shed", target_mw=0.8 * sum(basis), baseline_mw=sum(basis),
+                      basis_mw=basis, caps_mw=(320 * w,) * gpus, started_wall=crash_wall - 10,
+                      hold_until_wall=crash_wall + 3600)
+    state = JournalState(node="n", gpu_uuids=tuple(f"u{i}" for i in range(gpus)),
+                         initial_limits_mw=(700 * w,) * gpus,
+                         first_started_wall=crash_wall - 100, alive_wall=crash_wall,
+                         events=(ev,))
+    clock.advance(1.0)  # restarted 1 s after the crash
+    plan = plan_recovery(state, now_wall=clock.wall(), max_capped_after_crash_s=bound_s,
+                         max_event_s=3600, ramp_s=island.release_bound_s + TICK_MARGIN_S)
+    ((_, hold_s),) = plan.restore
+    try:
+        island.update_draw(basis)
+        island.trigger_cap("e1", ev.target_mw / 1000.0)
+        t0 = clock.now()
+        while clock.now() - t0 < hold_s:
+            clock.advance(0.01)
+            island.tick()
+        island.release("e1")
+        while island.view().event_id is not None and clock.wall() - crash_wall < 3 * bound_s:
+            clock.advance(0.01)
+            island.tick()
+        assert [backend.enforced_limit_mw(i) for i in range(gpus)] == [700 * w] * gpus
+        assert clock.wall() - crash_wall <= bound_s
+    finally:
+        island.close()
+        backend.close()

@@ -16,11 +16,22 @@ from waiting import wait_until
 from gridtao.app.agent import Agent, AgentOptions
 from gridtao.app.serve import serving
 from gridtao.clock import MonotonicClock
+from gridtao.config.agent import Config
 from gridtao.gpu.nvml import NvmlBackend
+from gridtao.gpu.sim.nvml import SimNvml
 from gridtao.records.audit_verify import read_records
 
 WAIT_S = 15.0
 W = 1000  # mW per W
+
+
+def _two_gpu_agent(cfg: Config) -> tuple[Agent, SimNvml, NvmlBackend]:
+    """An agent (not started) on two simulated GPUs drawing a steady 600 W each."""
+    sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
+    backend = NvmlBackend(sim)
+    agent = Agent(cfg, clock=sim.clock, backend=backend,
+                  options=AgentOptions(serve_metrics=False, connect_timeout_s=CONNECT_S))
+    return agent, sim, backend
 
 
 def _die() -> None:
@@ -39,13 +50,10 @@ def test_a_failed_lane_stops_the_agent_restored_and_recorded(
     """``loop``: an exception that stops the lane's loop; ``task``: one that ends one of its
     tasks (the receiving one), which would leave the loop running but the node deaf."""
     audit = tmp_path / "audit.jsonl"
-    cfg = node_config(mqtt_broker, "lane-dies", "gridtao/e2e-lane", gpus=2, audit=audit,
-                      source="<test lane failure>")
-    sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
-    backend = NvmlBackend(sim)
+    agent, sim, backend = _two_gpu_agent(node_config(
+        mqtt_broker, "lane-dies", "gridtao/e2e-lane", gpus=2, audit=audit,
+        source="<test lane failure>"))
     start_mw = [backend.enforced_limit_mw(i) for i in range(2)]
-    agent = Agent(cfg, clock=sim.clock, backend=backend,
-                  options=AgentOptions(serve_metrics=False, connect_timeout_s=CONNECT_S))
     try:
         agent.start()
         node = Node(agent, sim, mqtt_broker)
@@ -74,3 +82,31 @@ def test_a_failed_lane_stops_the_agent_restored_and_recorded(
         agent.close()
     kinds = [(r["kind"], r["fields"].get("event")) for r in read_records([str(audit)])]
     assert ("event_ended", "held") in kinds
+
+
+def test_a_stop_step_that_fails_still_restores_the_limits(
+        mqtt_broker: MosquittoBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Closing the message guard raises (the replay store's flush on a full disk): the stop
+    logs it and goes on, the limits found at start are restored, and a later close (the run's
+    ``finally``) has nothing left to do."""
+    agent, sim, backend = _two_gpu_agent(node_config(
+        mqtt_broker, "stop-fails", "gridtao/e2e-stop", gpus=2, source="<test stop step>"))
+    start_mw = [backend.enforced_limit_mw(i) for i in range(2)]
+
+    def disk_full() -> None:
+        raise OSError(28, "No space left on device")
+
+    try:
+        agent.start()
+        agent.island.update_draw([600 * W, 600 * W])
+        assert agent.island.trigger_shed("e1", 0.5).commanded
+        assert [backend.enforced_limit_mw(i) for i in range(2)] != start_mw
+        agent.guard.close = disk_full  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR):
+            agent.quiesce()
+        assert "closing the message guard failed" in caplog.text
+        assert [backend.enforced_limit_mw(i) for i in range(2)] == start_mw
+    finally:
+        agent.close()
+    with NvmlBackend(sim) as after:  # the GPUs outlive the agent
+        assert [after.enforced_limit_mw(i) for i in range(2)] == start_mw

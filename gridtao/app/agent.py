@@ -390,8 +390,7 @@ class Agent:
                 self.island.arm(level_key(trig), 1.0 - trig.reduction_fraction)
             self.fast.step()  # first draw reading and armed caps before any trigger can land
             self.capacity_watch.update(self.capacity())  # short of the enrolment: said now
-            self.ledger.recover(self.island, self.intake,
-                                ramp_s=1.0 / self.config.safety.release_rate_per_s)
+            self.ledger.recover(self.island, self.intake, ramp_s=self.island.release_bound_s)
             self.island.rearm()
             self.tier2.start(sum(self.fast.draw_mw) / 1000.0)
             self.meter.start()
@@ -481,15 +480,18 @@ class Agent:
             if self._quiesced:
                 return
             self._quiesced = True
+            # Each step is on its own: one that fails (a disk error flushing the replay store)
+            # is logged, and the restore below runs whatever came before it.
             # The meter first: its last reached ack goes out with the lane's final flush, and
             # no ack is handed to the lane after its loop has closed.
-            self.meter.close()
-            self.lane.stop(final=lambda: self.intake.end_all(STOP_REASON))
-            self.guard.close()
+            _stop_step("closing the response meter", self.meter.close)
+            _stop_step("stopping the island's lane",
+                       lambda: self.lane.stop(final=lambda: self.intake.end_all(STOP_REASON)))
+            _stop_step("closing the message guard", self.guard.close)
             self._fast_stop.set()
             if self._fast_thread is not None:
                 self._fast_thread.join(timeout=2.0)
-            self.watchdog.close()
+            _stop_step("closing the watchdog", self.watchdog.close)
             if not self._touched:  # start failed before any write: nothing to undo
                 self.ledger.close(restore_failed=0, limits_mw=())
                 return
@@ -578,3 +580,11 @@ class Agent:
         normal ramp (SafetyIsland.leave_safe_state)."""
         if self.island.leave_safe_state():
             self.ledger.record("safe_state_left", {"mode": self.config.safety.safe_state})
+
+
+def _stop_step(what: str, step: Callable[[], object]) -> None:
+    """Run one step of a stop; an exception is logged and the stop goes on (to the restore)."""
+    try:
+        step()
+    except Exception:
+        log.exception("stopping: %s failed; going on to restore the limits", what)
