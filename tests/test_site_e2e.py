@@ -23,6 +23,7 @@ import pytest
 import yaml
 from agentproc import REPO, WAIT_S, agent_processes, spawn_agent, write_agent_config
 from broker import MosquittoBroker, Subscriber, publish
+from waiting import wait_until
 
 from gridtao.clock import MonotonicClock
 from gridtao.config.agent import load_config
@@ -259,3 +260,27 @@ def test_the_site_logs_one_line_when_it_stops(
         assert asyncio.run(run_then_stop()) == 0
     lines = [r.getMessage() for r in caplog.records if r.name == "gridtao.site"]
     assert lines[-1] == "site site-1 stopped", lines
+
+
+def test_a_hangup_neither_stops_nor_changes_the_site(
+    mqtt_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """``kill -HUP`` (what a reload sends) is logged and ignored: the process stays up (Python's
+    default for SIGHUP would end it) and stops cleanly on SIGTERM after."""
+    log = tmp_path / "site.log"
+    path = _site_config(tmp_path, mqtt_broker, "e2e/hup", [])
+    site = _spawn(["site", "--config", str(path)], log)
+    try:
+        wait_until(lambda: "coordinating under" in log.read_text("utf-8", "replace"),
+                   "the site up", timeout_s=30.0)
+        site.send_signal(signal.SIGHUP)
+        wait_until(lambda: "SIGHUP" in log.read_text("utf-8", "replace"), "the SIGHUP logged",
+                   timeout_s=10.0)
+        time.sleep(0.5)
+        assert site.poll() is None, log.read_text("utf-8", "replace")
+        site.send_signal(signal.SIGTERM)
+        assert site.wait(30) == 0, log.read_text("utf-8", "replace")
+    finally:
+        if site.poll() is None:
+            site.kill()
+            site.wait(10)

@@ -55,15 +55,25 @@ def signer(config: Config) -> Sign:
     return lambda body: sign_payload(body, key, kid, alg, topic="dispatch")
 
 
+def _hangup() -> None:
+    log.warning("SIGHUP: the site coordinator reloads nothing; restart it to apply a changed "
+                "configuration or key (it rebuilds its view from the retained topics, and the "
+                "nodes keep their events meanwhile)")
+
+
 async def run_site(config: Config, *, stop: asyncio.Event | None = None,
                    clock: Clock | None = None,
                    registry: CollectorRegistry | None = None) -> int:
-    """Run the coordinator until SIGINT/SIGTERM or ``stop``; 0 on a clean stop."""
+    """Run the coordinator until SIGINT/SIGTERM or ``stop``; 0 on a clean stop. SIGHUP (a
+    ``systemctl reload``, a ``kill -HUP``) is logged and changes nothing: the coordinator
+    reloads nothing live, and a restart applies a change (it rebuilds its view from the retained
+    topics, and the nodes keep their events meanwhile)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig, handler in ((signal.SIGINT, stop.set), (signal.SIGTERM, stop.set),
+                         (signal.SIGHUP, _hangup)):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
     clock = clock or MonotonicClock()
     verifier = Verifier.from_config(config.auth, source=config.source)
     sign = signer(config)
