@@ -74,6 +74,36 @@ def test_capacities_follow_the_award_and_fall_back_to_the_configuration() -> Non
     assert arming.apply(7200.0, 2.0).armed_w == {"ffr": 400.0, "dr": 600.0}
 
 
+def test_a_market_node_arms_only_what_was_awarded() -> None:
+    """``planner.unawarded: zero`` (the default when the planner runs): from the start, every
+    MTU no award covers arms nothing; an awarded MTU arms its award; after it, nothing again."""
+    portfolio = _portfolio()
+    book = AwardBook()
+    changes: list[tuple[str, float, float, str]] = []
+    arming = Arming(portfolio, book, arm_unawarded=False,
+                    on_change=lambda *c: changes.append(c))
+    state = arming.apply(3000.0, 0.0)
+    assert state.armed_w == {"ffr": 0.0, "dr": 0.0} == portfolio.capacities()
+    assert state.source == {"ffr": "unawarded", "dr": "unawarded"}
+    book.add(parse_award(_award("a", 3600, {"ffr": [150]}), max_bytes=4096,
+                         products=["ffr", "dr"]))
+    state = arming.apply(3600.0, 1.0)
+    assert state.armed_w == {"ffr": 150.0, "dr": 0.0} and state.source["ffr"] == "award"
+    assert arming.apply(7200.0, 2.0).armed_w == {"ffr": 0.0, "dr": 0.0}
+    assert changes == [("ffr", 400.0, 0.0, "unawarded"), ("dr", 600.0, 0.0, "unawarded"),
+                       ("ffr", 0.0, 150.0, "award"), ("ffr", 150.0, 0.0, "unawarded")]
+
+
+@pytest.mark.parametrize(("unawarded", "enabled", "arms"), [
+    ("auto", False, True), ("auto", True, False), ("configured", True, True),
+    ("zero", False, False)])
+def test_what_an_unawarded_mtu_arms_follows_the_configuration(
+        unawarded: str, enabled: bool, arms: bool) -> None:
+    cfg = config_from_mapping({"planner": {"enabled": enabled, "unawarded": unawarded}},
+                              source="<test>")
+    assert cfg.planner.arms_unawarded is arms
+
+
 def test_a_change_waits_for_the_activation_to_end() -> None:
     portfolio = _portfolio()
     book = AwardBook()

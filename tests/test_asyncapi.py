@@ -254,7 +254,7 @@ def test_every_message_of_a_real_agent_matches_its_channel(
         safety={"triggers": []}, limits={"min_event_interval_s": 0},
         products=[{"kind": "ffr", "capacity_w": 200, "threshold_hz": 49.7},
                   {"kind": "dr", "capacity_w": 300}],
-        planner={"enabled": True}, tracker={"period_s": 0.2})
+        planner={"enabled": True, "unawarded": "configured"}, tracker={"period_s": 0.2})
     now = time.time()
     hour = int(now) // 3600 * 3600 + 3600
     bad_shed = {"id": "e2", "kind": "shed", "fraction": 1.5, "duration_s": 5}

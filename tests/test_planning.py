@@ -104,11 +104,12 @@ def test_a_round_publishes_the_plan_retained_and_audits_it(mqtt_broker: Mosquitt
         assert len(retained["forecast_w"]["p10_w"]) == 24
         kinds = [r["kind"] for r in node.audit()]
         assert "plan" in kinds
-        # Prometheus: the state, the plan's age, what is armed (nothing awarded: configured).
+        # Prometheus: the state, the plan's age, what is armed (a node that bids arms only
+        # what it was awarded: nothing yet).
         assert node.value("gridtao_plan_state", state="planned") == 1.0
         assert node.value("gridtao_plan_state", state="no_plan") == 0.0
         assert 0.0 <= node.value("gridtao_plan_age_seconds") < 60.0
-        assert node.value("gridtao_capacity_armed_watts", product="ffr") == 400.0
+        assert node.value("gridtao_capacity_armed_watts", product="ffr") == 0.0
 
 
 def test_a_round_without_history_offers_nothing_and_says_why(mqtt_broker: MosquittoBroker,

@@ -2,11 +2,12 @@
 
 :class:`AwardBook` keeps the awards received (gridtao/wire/awards.py) by market time unit;
 :class:`Arming` applies, once a controller period, the capacities in force for the current MTU
-to the portfolio: the awarded ones where an award covers the MTU, else the configured ones (so a
-node that never gets an award behaves exactly as its YAML says). A product delivering an
-activation keeps its capacity until the activation ends (``Portfolio.busy``); the change is
-retried every period and applied then. Tier 2 re-arms the island's caps from the new capacities
-on its next period.
+to the portfolio: the awarded ones where an award covers the MTU, else (``planner.unawarded``)
+either the configured ones (a static enrolment: a node that never gets an award behaves exactly
+as its YAML says) or none (a node bidding in a market arms only what it sold). A product
+delivering an activation keeps its capacity until the activation ends (``Portfolio.busy``); the
+change is retried every period and applied then. Tier 2 re-arms the island's caps from the new
+capacities on its next period.
 
 Threads: awards arrive on the controller loop (:meth:`AwardBook.add`); :meth:`Arming.apply`
 runs on the controller loop too; :meth:`Arming.snapshot` may be read from any thread (the
@@ -32,6 +33,9 @@ log = logging.getLogger("gridtao.tier3")
 
 #: Awards are kept this long past their last MTU (for status), then dropped.
 KEEP_PAST_S = 3600.0
+_WHY = {"award": "awarded for this market time unit",
+        "config": "configured: no award covers this market time unit",
+        "unawarded": "no award covers this market time unit: nothing sold, nothing armed"}
 
 
 class AwardBook:
@@ -76,8 +80,9 @@ class AwardBook:
 
 @dataclass(frozen=True)
 class ArmedState:
-    """What is armed now and why: ``armed_w`` per product, ``source`` per product (``award``
-    or ``config``), ``pending_w``: changes waiting for an activation to end."""
+    """What is armed now and why: ``armed_w`` per product, ``source`` per product (``award``,
+    ``config``, or ``unawarded``: no award covers the MTU and nothing unawarded is armed),
+    ``pending_w``: changes waiting for an activation to end."""
 
     armed_w: Mapping[str, float]
     source: Mapping[str, str]
@@ -88,13 +93,16 @@ class Arming:
     """Applies the capacities in force to ``portfolio`` (module docstring).
 
     ``on_change(product, old_w, new_w, source)`` is called for every change applied (the
-    agent logs and audits it)."""
+    agent logs and audits it). ``arm_unawarded``: an MTU no award covers arms the configured
+    capacity (True) or nothing (False); call :meth:`apply` once before any trigger can land, so
+    the capacities in force hold from the start."""
 
-    def __init__(self, portfolio: Portfolio, book: AwardBook, *,
+    def __init__(self, portfolio: Portfolio, book: AwardBook, *, arm_unawarded: bool = True,
                  on_change: Callable[[str, float, float, str], None] | None = None) -> None:
         self._portfolio = portfolio
         self._book = book
         self._configured = portfolio.capacities()
+        self._arm_unawarded = arm_unawarded
         self._on_change = on_change
         self._lock = threading.Lock()
         self._state = ArmedState(dict(self._configured), dict.fromkeys(self._configured,
@@ -115,16 +123,19 @@ class Arming:
         sources: dict[str, str] = {}
         pending: dict[str, float] = {}
         for name, configured in self._configured.items():
-            want = awarded.get(name, configured)
-            sources[name] = "award" if name in awarded else "config"
+            if name in awarded:
+                want, sources[name] = awarded[name], "award"
+            elif self._arm_unawarded:
+                want, sources[name] = configured, "config"
+            else:
+                want, sources[name] = 0.0, "unawarded"
             have = current.get(name, configured)
             if abs(want - have) < 1e-9:
                 continue
             if self._portfolio.set_capacity(name, want, now_s):
                 current[name] = want
                 log.info("%s: capacity %.0f W -> %.0f W (%s)", name, have, want,
-                         "awarded for this market time unit" if sources[name] == "award"
-                         else "configured: no award covers this market time unit")
+                         _WHY[sources[name]])
                 if self._on_change is not None:
                     self._on_change(name, have, want, sources[name])
             else:

@@ -144,7 +144,10 @@ class NodePlanning:
         self._floor_w = floor_w
         self._ceiling = ceiling
         self.awards = AwardBook()
-        self.arming = Arming(portfolio, self.awards, on_change=self._capacity_changed)
+        self.arming = Arming(portfolio, self.awards,
+                             arm_unawarded=config.planner.arms_unawarded,
+                             on_change=self._capacity_changed)
+        self.arming.apply(clock.wall(), clock.now())  # in force before any trigger can land
         self._lock = threading.Lock()
         self.state: PlannerState = NoPlan("not planned yet")
         self._previous: Plan | None = None  # the plan before, which covers the MTU under way

@@ -44,6 +44,10 @@ class PlannerConfig:
     ``ceiling``: also plan a node IT power ceiling per MTU where energy, carbon and the
     reserves pay more than the work it sheds, and hold the node under it during that MTU (tier
     2's soft target; docs/planner.md).
+    ``unawarded``: what a product arms in an MTU no award covers (awards arrive whether the
+    planner runs or not): ``configured``, its ``capacity_w`` (a static enrolment); ``zero``,
+    nothing (a node bidding in a market has sold only what was awarded); ``auto`` (default):
+    ``zero`` when the planner is enabled, else ``configured``.
     """
 
     enabled: bool = False
@@ -63,3 +67,11 @@ class PlannerConfig:
     margin_block_h: Literal[1, 2, 3, 4, 6, 8, 12, 24] = 4
     solve_time_limit_s: float = field(default=5.0, metadata=rng(0.1, 600.0))
     ceiling: bool = False
+    unawarded: Literal["auto", "configured", "zero"] = "auto"
+
+    @property
+    def arms_unawarded(self) -> bool:
+        """True if an MTU no award covers arms the configured capacity (``unawarded``)."""
+        if self.unawarded == "auto":
+            return not self.enabled
+        return self.unawarded == "configured"

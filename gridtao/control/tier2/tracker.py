@@ -310,6 +310,9 @@ class Tier2:
             natural = None if self._natural_w is None else self._capped_natural()
         reference_mw = None if natural is None else natural * 1000.0
         for product in self.portfolio.step:
+            if not product.capacity_w > 0:  # not offered this MTU: nothing armed, never fires
+                self._island.disarm(product_key(product.name))
+                continue
             capacity_it_mw = product.capacity_w / self._factor * 1000.0
             # The product's own ramp-out rate (under the TSO's limit, see
             # products.STEP_RAMP_OUT_SLACK), not the island's: the ramp the product reports.
