@@ -11,8 +11,10 @@ at random plus an inference load with a daily shape, local time EET, UTC+2): ``H
 :mod:`gridtao.bench.planner_signals` (day-ahead energy price, FCR-N / FCR-D / FFR / DR capacity
 prices, carbon intensity; what is sourced and what is ours is said there).
 
-Each day is planned at its local midnight from the history before it only, then simulated
-minute by minute. Strategies, on the same day, signals and random activations:
+Each day is planned when its markets close, ``--lead-h`` hours before it starts (default 12:
+local noon the day before, the day-ahead gate: Nord Pool's day-ahead auction closes at 12:00 CET
+and the Nordic FCR and FFR auctions the day before too), from the history up to then only,
+then simulated minute by minute. Strategies, on the same day, signals and random activations:
 
 * ``static``: the enrolment of configs/products.yaml (FFR 400 W, FCR-D up 300 W, DR 1500 W,
   for this 8-GPU node as written) offered in every hour its product is procured, no ceiling.
@@ -111,6 +113,7 @@ TZ_OFFSET_S = 2 * HOUR_S  # EET
 WEEK_START_S = 1_740_952_800  # Monday 2025-03-03 00:00 EET
 HISTORY_DAYS = 28
 CALIBRATION_DAYS = 14
+LEAD_S = 12 * HOUR_S  # a day is planned this long before it starts (the day-ahead gate)
 GPUS, TDP_W, MIN_W, IDLE_W = 8, 700.0, 200.0, 80.0
 MAX_W = GPUS * TDP_W
 FLOOR_W = node_floor_w([MIN_W] * GPUS, [TDP_W] * GPUS, min_node_fraction=0.3)
@@ -317,9 +320,12 @@ def job_hours(hours: tuple[float, float] | None) -> Iterator[None]:
 
 class Week:
     """The node's minutes from ``HISTORY_DAYS`` before the week to its end, and the signals.
-    ``hours``: the training jobs' length range (:func:`job_hours`; None: synth's)."""
+    ``hours``: the training jobs' length range (:func:`job_hours`; None: synth's); ``lead_s``:
+    how long before a day starts it is planned (s)."""
 
-    def __init__(self, days: int, seed: int, hours: tuple[float, float] | None = None) -> None:
+    def __init__(self, days: int, seed: int, hours: tuple[float, float] | None = None,
+                 lead_s: int = LEAD_S) -> None:
+        self.lead_s = lead_s
         first = WEEK_START_S - HISTORY_DAYS * DAY_S
         with job_hours(hours):
             rows = synthetic_minutes(first, HISTORY_DAYS + days, gpus=GPUS, tdp_w=TDP_W,
@@ -338,28 +344,33 @@ class Week:
         return Day(start, self.mean[sel], self.p10[sel], self.signals.window(start, 24))
 
     def forecast(self, day_start: int) -> Forecast:
-        """The day's forecast from the history before it only (cached)."""
+        """The day's forecast, made ``lead_s`` before it from the history up to then only
+        (cached)."""
         if day_start not in self._forecasts:
-            before = self.t < day_start
+            made = day_start - self.lead_s
+            before = self.t < made
             self._forecasts[day_start] = forecast_draw(
                 self.t[before], self.mean[before], self.p10[before], start_s=day_start,
-                mtu_s=HOUR_S, horizon=24, now_s=day_start, tz_offset_s=TZ_OFFSET_S)
+                mtu_s=HOUR_S, horizon=24, now_s=made, tz_offset_s=TZ_OFFSET_S)
         return self._forecasts[day_start]
 
     def misses(self, day_start: int) -> tuple[npt.NDArray[np.int64], FloatArray]:
         """How far the forecast p10 overshot each MTU's actual lowest minute (W, > 0: the
         forecast promised too much), over the ``CALIBRATION_DAYS`` days before ``day_start``,
-        in the MTUs where it was above the floor (the only ones a plan offers in): what
+        in the MTUs where it was above the floor (the only ones a plan offers in) and that had
+        ended when ``day_start``'s plan is made: what
         :func:`gridtao.tier3.scores.recent_misses` gives the planner, from cached forecasts.
         Returns (MTU start_s, overshoot)."""
         starts: list[npt.NDArray[np.int64]] = []
         out: list[FloatArray] = []
+        made = day_start - self.lead_s
         for b in range(CALIBRATION_DAYS, 0, -1):
             start = day_start - b * DAY_S
             p10 = self.forecast(start).p10_w
             sel = (self.t >= start) & (self.t < start + DAY_S)
             actual = self.p10[sel].reshape(24, 60).min(axis=1)
-            used = p10 > FLOOR_W
+            ended = start + HOUR_S * (np.arange(24) + 1) <= made
+            used = (p10 > FLOOR_W) & ended
             starts.append(start + HOUR_S * np.flatnonzero(used).astype(np.int64))
             out.append(p10[used] - actual[used])
         return np.concatenate(starts), np.concatenate(out)
@@ -376,11 +387,11 @@ class Week:
         pooled: dict[str, list[dict[str, float]]] = {"model": [], "persistence": []}
         for d in range(days):
             start = WEEK_START_S + d * DAY_S
-            before = self.t < start
+            before = self.t < start - self.lead_s
             sel = (self.t >= start) & (self.t < start + DAY_S)
             hist = (self.t[before], self.mean[before], self.p10[before])
             kw: dict[str, Any] = {"start_s": start, "mtu_s": HOUR_S, "horizon": 24,
-                                  "now_s": start}
+                                  "now_s": start - self.lead_s}
             made = {"model": forecast_draw(*hist, tz_offset_s=TZ_OFFSET_S, **kw),
                     "persistence": persistence_forecast(*hist, **kw)}
             for name, f in made.items():
@@ -435,14 +446,17 @@ def _offered_hours(plan: Plan) -> npt.NDArray[np.bool_]:
     return np.asarray(sum((np.asarray(v) for v in plan.offers.values()), np.zeros(24)) > 0)
 
 
-def run_planner_bench(days: int = 7, seed: int = 0,
-                      hours: tuple[float, float] | None = None) -> dict[str, Any]:
+def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] | None = None,
+                      lead_h: float = LEAD_S / HOUR_S) -> dict[str, Any]:
     """Simulate ``days`` days for every strategy; JSON-able results (module docstring).
-    ``hours``: the synthetic training jobs' length range (:func:`job_hours`)."""
+    ``hours``: the synthetic training jobs' length range (:func:`job_hours`); ``lead_h``: how
+    long before a day starts it is planned."""
     if not 1 <= days <= 28:
         raise ValueError(f"--days must be in 1..28, got {days}")
+    if not 0 <= lead_h <= 36:
+        raise ValueError(f"--lead-h must be in 0..36, got {lead_h}")
     t0 = time.perf_counter()
-    week = Week(days, seed, hours)
+    week = Week(days, seed, hours, lead_s=round(lead_h * HOUR_S))
     keys = ("revenue", "revenue_offered", "undeliverable_hours", "energy_cost", "carbon_kg",
             "work_shed_wh")
     totals = {s: dict.fromkeys(keys, 0.0) for s in STRATEGIES}
@@ -497,7 +511,7 @@ def run_planner_bench(days: int = 7, seed: int = 0,
         "p10_coverage_offered": round(float(cov[off].mean()), 4) if off.any() else None}
     timing = solve_time_check(seed)
     result: dict[str, Any] = {
-        "days": days, "seed": seed, "week_start_s": WEEK_START_S,
+        "days": days, "seed": seed, "week_start_s": WEEK_START_S, "lead_h": lead_h,
         "job_hours": list(hours) if hours is not None
         else [synth._JOB_MIN_H, synth._JOB_MAX_H],
         "node": {"gpus": GPUS, "tdp_w": TDP_W, "min_w": MIN_W, "idle_w": IDLE_W,
@@ -544,6 +558,7 @@ def summarise_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             [g["revenue"] for g in got], [g["oracle_share"] for g in got],
             [g["undeliverable_hours"] for g in got])
     return {"seeds": [r["seed"] for r in results], "days": results[0]["days"],
+            "lead_h": results[0]["lead_h"],
             "job_hours": results[0]["job_hours"],
             "p10_coverage": [r["strategies"]["gridtao"]["p10_coverage"] for r in results],
             "rows": rows}
@@ -593,6 +608,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f" lost work {node['lost_work_eur_wh'] * 1e6:g} EUR/MWh, carbon "
         f"{node['carbon_eur_t']:g} EUR/t, DR at most {node['dr_max_hours_per_day']} h/day; "
         f"training jobs {lo:g}-{hi:g} h (log-uniform)",
+        f"- planned {result['lead_h']:g} h before each day starts, from the history up to "
+        "then only",
         f"- forecast (hourly, day ahead): mean pinball {fc['model']['mean_pinball_w']:.0f} W "
         f"against persistence {fc['persistence']['mean_pinball_w']:.0f} W (skill "
         f"{fc['skill_vs_persistence']:+.2f}); p10 pinball {fc['model']['pinball_p10_w']:.0f} W;"
@@ -650,6 +667,7 @@ def markdown_seeds(summary: dict[str, Any], command: str) -> str:
     seeds = summary["seeds"]
     lines = [f"### Tier 3 plan over seeds {', '.join(map(str, seeds))} ({summary['days']} days "
              f"each, training jobs {lo:g}-{hi:g} h)", "", f"- command: `{command}`",
+             f"- planned {summary['lead_h']:g} h before each day starts",
              "- gridtao's p10 coverage per seed: "
              + ", ".join(f"{c:.2f}" for c in summary["p10_coverage"]), "",
              "| strategy | of oracle, pooled | per seed | undeliverable h | per seed |",
@@ -685,7 +703,7 @@ def _seeds(text: str) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``gridtao bench planner [--days N] [--seed S | --seeds S,S,...] [--job-hours MIN,MAX]
-    [--json FILE] [--markdown FILE]``."""
+    [--lead-h H] [--json FILE] [--markdown FILE]``."""
     p = argparse.ArgumentParser(prog="gridtao bench planner",
                                 description=(__doc__ or "").split("\n")[0])
     p.add_argument("--days", type=int, default=7, help="days simulated (1..28, default 7)")
@@ -696,12 +714,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--job-hours", type=_hours, metavar="MIN,MAX", help="the synthetic "
                    "training jobs last a log-uniform MIN-MAX hours, at a rate asking for the "
                    "same GPU-hours a day (default: the synthetic history's 2-24 h)")
+    p.add_argument("--lead-h", type=float, default=LEAD_S / HOUR_S, metavar="H",
+                   help="plan each day H hours before it starts, from the history up to then "
+                        "(0..36, default 12: the day-ahead gate at noon the day before)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the Markdown section to FILE")
     try:  # usage errors and --help return their status rather than leave the process
         args = p.parse_args(argv)
         if not 1 <= args.days <= 28:
             p.error("--days must be in 1..28")
+        if not 0 <= args.lead_h <= 36:
+            p.error("--lead-h must be in 0..36")
         for option in ("json", "markdown"):  # before the run, not after it
             target = getattr(args, option)
             if target and not os.access(Path(target).resolve().parent, os.W_OK):
@@ -712,12 +735,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                ).strip()
     result: dict[str, Any]
     if args.seeds:
-        runs = [run_planner_bench(args.days, seed, args.job_hours) for seed in args.seeds]
+        runs = [run_planner_bench(args.days, seed, args.job_hours, args.lead_h)
+                for seed in args.seeds]
         summary = summarise_seeds(runs)
         result = {"summary": summary, "runs": runs} | provenance(command)
         text = markdown_seeds(summary, command)
     else:
-        result = run_planner_bench(args.days, args.seed, args.job_hours)
+        result = run_planner_bench(args.days, args.seed, args.job_hours, args.lead_h)
         result |= provenance(command)
         text = markdown(result, command)
     write_outputs(args, result, text)

@@ -30,6 +30,7 @@ from gridtao.bench.planner import (
 from gridtao.bench.planner_signals import market_signals
 from gridtao.cli.main import main
 from gridtao.history import synth
+from gridtao.tier3 import forecast_draw
 from gridtao.tier3.scores import recent_misses
 
 KEYS = {"revenue", "undeliverable_hours", "energy_cost", "carbon_kg", "work_shed_wh",
@@ -119,8 +120,10 @@ def test_the_oracle_plans_on_each_hours_lowest_minute() -> None:
 
 def test_the_bench_margin_learns_from_what_the_planner_would() -> None:
     week = Week(1, seed=3)
+    assert week.lead_s == 12 * HOUR_S  # planned at the day-ahead gate, noon the day before
     t, miss = week.misses(WEEK_START_S)
-    got = recent_misses(week.t, week.mean, week.p10, now_s=WEEK_START_S, start_s=WEEK_START_S,
+    got = recent_misses(week.t, week.mean, week.p10, now_s=WEEK_START_S - week.lead_s,
+                        start_s=WEEK_START_S,
                         mtu_s=HOUR_S, horizon=24, days=CALIBRATION_DAYS, floor_w=FLOOR_W,
                         tz_offset_s=TZ_OFFSET_S)
     assert np.array_equal(t, got[0]) and np.allclose(miss, got[1])
@@ -155,3 +158,18 @@ def test_several_seeds_side_by_side(tmp_path: Path) -> None:
     assert "| gridtao |" in md.read_text()
     assert main(["bench", "planner", "--seeds", "x"]) == 2
     assert main(["bench", "planner", "--job-hours", "0,5"]) == 2
+
+
+def test_a_day_is_forecast_from_what_was_known_at_its_gate() -> None:
+    """Planned 12 h ahead, the forecast is the one made from the rows before noon the day
+    before: nothing recorded after the gate changes it."""
+    week = Week(1, seed=3)
+    gate = WEEK_START_S - week.lead_s
+    before = week.t < gate
+    made = forecast_draw(week.t[before], week.mean[before], week.p10[before],
+                         start_s=WEEK_START_S, mtu_s=HOUR_S, horizon=24, now_s=gate,
+                         tz_offset_s=TZ_OFFSET_S)
+    assert np.array_equal(week.forecast(WEEK_START_S).p10_w, made.p10_w)
+    week.mean[(week.t >= gate) & (week.t < WEEK_START_S)] = 0.0  # what came after the gate
+    week._forecasts.clear()
+    assert np.array_equal(week.forecast(WEEK_START_S).p10_w, made.p10_w)
