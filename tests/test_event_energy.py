@@ -9,6 +9,7 @@ The unit tests run in virtual time on in-process simulated GPUs, reading the cou
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -310,3 +311,23 @@ def test_an_event_held_at_stop_is_acked_as_ended_and_gets_its_energy_record(
     assert energy["event"] == "long" and 0.9 <= energy["duration_s"] <= 10.0
     assert energy["it_not_drawn_j"] > 0.0
     assert kinds.index(("event_ended", "long")) < kinds.index(("agent_stop", None))
+
+
+def test_without_audit_or_journal_events_still_end_in_the_energy_counter(
+        mqtt_broker_session: MosquittoBroker) -> None:
+    """Nothing records decisions (audit and journal off): the energy ledger still hears of each
+    event's end, so the not-drawn counter counts it."""
+    broker = mqtt_broker_session
+    cfg = node_config(broker, "unrecorded", "gridtao/e2e-unrecorded", gpus=4,
+                      source="<test unrecorded energy>", journal={"enabled": False},
+                      safety={"release_rate_per_s": 1.0}, limits={"min_event_interval_s": 0.0})
+    cfg = dataclasses.replace(cfg, audit=dataclasses.replace(cfg.audit, enabled=False))
+    sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
+    with running(broker, cfg, sim, serve=True, settled_w=600.0) as node:
+        assert not node.agent.ledger.active
+        node.dispatch({"id": "u1", "kind": "shed", "fraction": 0.3, "duration_s": 2.0})
+        wait_until(lambda: node.value("gridtao_event_energy_not_drawn_joules_total",
+                                      at="it") > 0.0,
+                   "the event's energy not drawn counted", timeout_s=30.0)
+        # 30 % of 2400 W for about 2 s, and its ramp-out: about 1.4-2.5 kJ.
+        assert 500.0 < node.value("gridtao_event_energy_not_drawn_joules_total", at="it") < 4000.0

@@ -231,6 +231,7 @@ class Agent:
             max_payload_bytes=config.mqtt.max_payload_bytes,
             metrics=self.metrics,
             on_activation=self._activated,
+            on_event_ended=self._event_ended,
             guard=self.guard,
             on_decision=self._decided if self.ledger.active else None,
             simulated=self.simulated,
@@ -534,12 +535,13 @@ class Agent:
                                    during_event=change.during_event)
 
     def _decided(self, kind: str, fields: dict[str, object]) -> None:
-        """An intake decision (island lane): to the ledger; an event's end also to the energy
-        ledger, which reports it from the read-back thread after the next round."""
+        """An intake decision (island lane): to the ledger."""
         self.ledger.decision(kind, fields)
-        event_id = fields.get("event")
-        if kind == "event_ended" and isinstance(event_id, str):
-            self.energy.event_ended(event_id, t1_s=self.clock.now(), wall1_s=self.clock.wall())
+
+    def _event_ended(self, event_id: str) -> None:
+        """An event ended (island lane), recorded or not: to the energy ledger, which reports
+        it from the read-back thread after the next round."""
+        self.energy.event_ended(event_id, t1_s=self.clock.now(), wall1_s=self.clock.wall())
 
     def _activated(self, act: Activation) -> None:
         self.energy.event_started(act.event_id, act.kind, t0_s=act.commanded_at,

@@ -78,6 +78,7 @@ class Intake:
         max_payload_bytes: int,
         metrics: Metrics | None = None,
         on_activation: Callable[[Activation], None] | None = None,
+        on_event_ended: Callable[[str], None] | None = None,
         guard: Guard | None = None,
         on_decision: DecisionHook | None = None,
         dr: ProductMonitor | None = None,
@@ -99,6 +100,8 @@ class Intake:
         self._max_bytes = max_payload_bytes
         self._metrics = metrics
         self._on_activation = on_activation
+        # Every event's end (its id), whether or not decisions are recorded (on_decision).
+        self._on_event_ended = on_event_ended
         self._guard = guard
         self._dr = dr  # demand-response queue (kind "dr"); None: not enrolled
         #: Demand-response events accepted here: id -> when received (Unix s).
@@ -473,6 +476,8 @@ class Intake:
             })
 
     def _decide(self, kind: str, fields: dict[str, object]) -> None:
+        if kind == "event_ended" and self._on_event_ended is not None:
+            self._on_event_ended(str(fields["event"]))
         if self._held is not None:
             self._held.append((kind, fields))
         elif self._on_decision is not None:
