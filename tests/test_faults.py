@@ -205,7 +205,7 @@ def test_agent_crash_event_restored_from_the_journal(
     with NvmlBackend(sim) as b:
         assert [b.enforced_limit_mw(i) / W for i in range(N)] == capped
 
-    with running(broker, cfg, sim) as node2:
+    with running(broker, cfg, sim, serve=True) as node2:  # serve: the read-back rounds
         agent = node2.agent
         # It found capped GPUs, but will restore what the first run found.
         assert agent._found_mw == [round(c * W) for c in capped]
@@ -230,6 +230,10 @@ def test_agent_crash_event_restored_from_the_journal(
     (recovery,) = [r for r in records if r["kind"] == "recovery"]
     assert recovery["fields"]["action"] == "held events again"
     assert [x["event"] for x in recovery["fields"]["restored"]] == ["e1"]
+    # The event held again has its energy counted from the restart, and says so.
+    (energy,) = [r["fields"] for r in records if r["kind"] == "event_energy"]
+    assert energy["event"] == "e1" and energy["recovered"] is True
+    assert energy["it_not_drawn_j"] > 0.0
     kinds = [r["kind"] for r in records]
     assert kinds.count("agent_start") == 2 and kinds.count("agent_stop") == 1
     assert kinds.index("recovery") > [i for i, k in enumerate(kinds) if k == "agent_start"][1]

@@ -391,7 +391,11 @@ class Agent:
                 self.island.arm(level_key(trig), 1.0 - trig.reduction_fraction)
             self.fast.step()  # first draw reading and armed caps before any trigger can land
             self.capacity_watch.update(self.capacity())  # short of the enrolment: said now
-            self.ledger.recover(self.island, self.intake, ramp_s=self.island.release_bound_s)
+            for ev, act in self.ledger.recover(self.island, self.intake,
+                                               ramp_s=self.island.release_bound_s):
+                self.energy.event_started(ev.event_id, ev.kind, t0_s=act.commanded_at,
+                                          wall0_s=act.commanded_wall,
+                                          baseline_mw=ev.baseline_mw, recovered=True)
             self.island.rearm()
             self.tier2.start(sum(self.fast.draw_mw) / 1000.0)
             self.meter.start()

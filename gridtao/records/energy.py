@@ -82,6 +82,7 @@ class _Open:
     reference_w: float
     cooling_w: float
     covered_s: float
+    recovered: bool = False  # held again after a crash: counted from the restart on
     it_j: float = 0.0
     meter_j: float = 0.0
     methods: set[str] = field(default_factory=set)
@@ -98,7 +99,7 @@ class EventEnergy:
         self._gpus = gpus
         self._on_event = on_event
         self._lock = threading.Lock()  # guards the hand-over lists and the totals only
-        self._started: list[tuple[str, str, float, float, float]] = []
+        self._started: list[tuple[str, str, float, float, float, bool]] = []
         self._ended: list[tuple[str, float, float]] = []
         self._not_drawn = (0.0, 0.0)  # (IT, meter) J, summed over events, never negative
         # Read-back thread only:
@@ -109,11 +110,14 @@ class EventEnergy:
     # ---- island lane (O(1)) --------------------------------------------------------------
 
     def event_started(self, event_id: str, kind: str, *, t0_s: float, wall0_s: float,
-                      baseline_mw: float) -> None:
+                      baseline_mw: float, recovered: bool = False) -> None:
         """An event's caps were written at ``t0_s`` (monotonic; ``wall0_s`` Unix), cut from a
-        node draw of ``baseline_mw`` (mW). Any thread."""
+        node draw of ``baseline_mw`` (mW). ``recovered``: an event a crashed run held, held
+        again at ``t0_s`` (its figures then cover only the time since; its record says so).
+        Any thread."""
         with self._lock:
-            self._started.append((event_id, kind, t0_s, wall0_s, baseline_mw / 1000.0))
+            self._started.append((event_id, kind, t0_s, wall0_s, baseline_mw / 1000.0,
+                                  recovered))
 
     def event_ended(self, event_id: str, *, t1_s: float, wall1_s: float) -> None:
         """The island ended the event at ``t1_s`` (monotonic; ``wall1_s`` Unix); its figures
@@ -144,11 +148,12 @@ class EventEnergy:
         with self._lock:
             started, self._started = self._started, []
             ended, self._ended = self._ended, []
-        for event_id, kind, t0, wall0, reference_w in started:
+        for event_id, kind, t0, wall0, reference_w, recovered in started:
             if len(self._open) >= MAX_OPEN_EVENTS:
                 self._open.pop(next(iter(self._open)))
             self._open[event_id] = _Open(event_id, kind, t0, wall0, reference_w,
-                                         self._facility.steady_cooling_w(reference_w), t0)
+                                         self._facility.steady_cooling_w(reference_w), t0,
+                                         recovered)
         for event_id, t1, wall1 in ended:
             ev = self._open.get(event_id)
             if ev is not None:
@@ -196,6 +201,7 @@ class EventEnergy:
                 "it_reference_j": round(reference_j, 1), "it_not_drawn_j": round(it_not, 1),
                 "meter_drawn_j": round(ev.meter_j, 1),
                 "meter_not_drawn_j": round(meter_not, 1),
+                **({"recovered": True} if ev.recovered else {}),
             })
 
 

@@ -172,9 +172,11 @@ class Ledger:
                 "previous_run_crashed": self.crashed,
             })
 
-    def recover(self, island: SafetyIsland, intake: Adopter, *, ramp_s: float) -> None:
+    def recover(self, island: SafetyIsland, intake: Adopter, *, ramp_s: float
+                ) -> list[tuple[JournalEvent, Activation]]:
         """Open this run's journal and, after a crash, re-hold or release what was held.
-        Call once, after the island started and before any trigger can arrive."""
+        Call once, after the island started and before any trigger can arrive. Returns each
+        event held again, with what its caps did now."""
         now, wall = self._clock.now(), self._clock.wall()
         prev = self.previous
         if self.journal is not None:
@@ -186,7 +188,8 @@ class Ledger:
             ))
             self.journal.start()
         if not self.crashed:
-            return
+            return []
+        held: list[tuple[JournalEvent, Activation]] = []
         restored: list[dict[str, object]] = []
         expired: list[dict[str, object]] = []
         crash_age_s: float | None = None
@@ -207,6 +210,7 @@ class Ledger:
                              received_wall=ev.started_wall, commanded_wall=act.commanded_wall)
                 if self.journal is not None:
                     self.journal.add_event(replace(ev, hold_until_wall=wall + hold_s))
+                held.append((ev, act))
                 restored.append({"event": ev.event_id, "kind": ev.kind, "hold_s": hold_s,
                                  "target_mw": ev.target_mw, "caps_mw": list(act.caps_mw),
                                  "errors": {str(i): str(e) for i, e in act.errors.items()}})
@@ -229,6 +233,7 @@ class Ledger:
             "witness": None if self.witness is None else {
                 "vouched": list(self.witness.vouched), "reason": self.witness.reason},
         })
+        return held
 
     def outside_change(self, index: int, from_mw: int, to_mw: int, *, uuid: str,
                        during_event: bool) -> None:
