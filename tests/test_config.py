@@ -173,6 +173,10 @@ def test_bad_yaml_names_file_and_position(tmp_path: Path) -> None:
           "safety": {"triggers": []}}, "products[0].threshold_hz"),
         ({"products": [{"kind": "ercot-ffr", "capacity_w": 300, "threshold_hz": 60.0}],
           "safety": {"triggers": []}}, "products[0].threshold_hz"),
+        ({"products": [{"kind": "dr", "capacity_w": 300, "min_bid_w": 1000}]},
+         "products[0].min_bid_w"),
+        ({"products": [{"kind": "dr", "capacity_w": 300, "bid_step_w": 500}]},
+         "products[0].bid_step_w"),
     ],
 )
 def test_cross_key_rules(data: dict[str, Any], key: str) -> None:

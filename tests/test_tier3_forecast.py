@@ -405,3 +405,29 @@ def test_a_plan_with_a_calibrated_margin_bids_under_the_forecast() -> None:
     assert any("margin" in note for note in safe.summary()["notes"])
     offered = sum(safe.result.offers_w.values())
     assert np.all(offered <= sum(plain.result.offers_w.values()) + 1e-6)
+
+
+def test_a_node_bidding_on_its_own_offers_whole_bid_steps_from_its_configuration() -> None:
+    """``bid_step_w`` and ``min_bid_w`` of a product reach the program: every offer is a whole
+    number of steps, 0 or at least the minimum; without them, the same round offers freely."""
+    from gridtao.app.planning import plan_settings
+    from gridtao.config.agent import config_from_mapping
+
+    data = synthetic(28, seed=25)
+    now = float(T0 + 4 * WEEK - 1800)
+    signals = market_signals(T0 + 4 * WEEK - DAY, 72).to_signals(issued_at_s=now - 3600)
+    offers = {}
+    for steps in (False, True):
+        bids = {"bid_step_w": 300.0, "min_bid_w": 600.0} if steps else {}
+        config = config_from_mapping({"products": [{"kind": "fcr-d-up", "capacity_w": 2000,
+                                                    **bids}],
+                                      "safety": {"triggers": []}}, source="<test>")
+        settings = plan_settings(config, floor_w=3000.0)
+        assert settings.enrolments[0].bid_step_w == bids.get("bid_step_w", 0.0)
+        offers[steps] = make_plan(*data, signals, now_s=now, settings=settings
+                                  ).result.offers_w["fcr-d-up"]
+    stepped = offers[True]
+    assert np.allclose(stepped / 300.0, np.round(stepped / 300.0), atol=1e-6)
+    assert np.all((stepped < 1e-6) | (stepped >= 600.0 - 1e-6))
+    assert stepped.max() > 0 and not np.array_equal(stepped, offers[False])
+

@@ -65,7 +65,8 @@ DAY_S = 86_400
 def plan_settings(config: Config, floor_w: float) -> PlanSettings:
     """A planning round's settings from the configuration and the node's IT floor (W)."""
     p, f = config.planner, config.facility
-    enrolments = [Enrolment(c.name or c.kind, c.kind, c.capacity_w) for c in config.products]
+    enrolments = [Enrolment(c.name or c.kind, c.kind, c.capacity_w, bid_step_w=c.bid_step_w,
+                            min_bid_w=c.min_bid_w) for c in config.products]
     return PlanSettings(
         mtu_s=p.mtu_s, horizon=max(1, p.horizon_h * 3600 // p.mtu_s),
         floor_w=floor_w, enrolments=enrolments,

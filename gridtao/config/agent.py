@@ -548,6 +548,10 @@ def _check_products(cfg: Config, source: str) -> None:
                    if prod.threshold_hz is not None and info.has_threshold else None)
         if problem is not None:
             fail(source, f"{key}.threshold_hz", problem)
+        for bid in ("bid_step_w", "min_bid_w"):
+            if getattr(prod, bid) > prod.capacity_w:
+                fail(source, f"{key}.{bid}", f"{getattr(prod, bid):g} W exceeds capacity_w "
+                     f"{prod.capacity_w:g} W: the planner could never offer this product")
         if prod.baseline_w is not None and not KINDS[prod.kind].symmetric:
             symmetric = ", ".join(k.name for k in KINDS.values() if k.symmetric)
             fail(source, f"{key}.baseline_w", f"only {symmetric} runs at a baseline")

@@ -26,6 +26,10 @@ class ProductConfig:
     ``debounce_samples``: consecutive samples at or below a threshold that confirm it, but never
     waiting longer than ``debounce_budget_fraction`` of the activation time.
     ``median_samples``: median filter of the proportional products (fcr-d-up, fcr-n).
+    ``bid_step_w`` and ``min_bid_w`` (tier 3, W at the settlement point; 0: none): the market's
+    bid step and minimum bid, for a node that bids on its own; the planner then offers whole
+    steps, and nothing below the minimum (a node pooled by a site or an aggregator leaves them
+    at 0: the pool is what meets them).
     """
 
     kind: ProductKind
@@ -40,6 +44,8 @@ class ProductConfig:
     debounce_samples: int = field(default=2, metadata=rng(1, 100))
     debounce_budget_fraction: float = field(default=0.1, metadata=rng(0, 0.5))
     median_samples: int = field(default=3, metadata=rng(1, 99))
+    bid_step_w: float = field(default=0.0, metadata=rng(0.0, 1e9))
+    min_bid_w: float = field(default=0.0, metadata=rng(0.0, 1e9))
 
 
 @dataclass(frozen=True)
