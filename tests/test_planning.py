@@ -5,6 +5,7 @@ agent down. A real Mosquitto; the planner's round is called directly (it runs ho
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -185,3 +186,38 @@ def test_minutes_cut_by_an_event_are_gaps_to_the_forecast(tmp_path: Path) -> Non
     t, mean, p10 = natural_history(path, 0, 600)
     assert t.tolist() == [0, 60, 120] and mean.tolist() == [3000.0] * 3
     assert p10.tolist() == [2900.0] * 3
+
+
+def test_signals_on_the_topic_reach_the_plan_and_bad_ones_are_refused_and_said(
+        mqtt_broker: MosquittoBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No signals file: the first round plans without prices and says so. A retained document
+    on ``{prefix}/signals`` is taken and priced into the next round; a stale one and a
+    malformed one are refused with their reason and leave the last good one in force."""
+    now = time.time()
+    with HistoryStore.open(tmp_path / "history.sqlite3") as store:
+        store.write(synthetic_minutes(int(now) // 60 * 60 - 14 * DAY_S, 14, gpus=N, seed=2))
+    cfg = _config(mqtt_broker, tmp_path)
+    sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
+    with running(mqtt_broker, cfg, sim, serve=True) as node, \
+            caplog.at_level(logging.WARNING, logger="gridtao.tier3"):
+        planning = node.agent.planning
+        wait_until(lambda: node.agent.status_link.is_connected, "the controller's connection",
+                   timeout_s=10.0)
+        bare = planning.plan_once().plan
+        assert bare is not None and bare.result.offers_w["ffr"].max() == 0.0
+        assert any("no price or carbon signals" in n for n in bare.summary()["notes"])
+        good = _signals(time.time())
+        node.send(node.topics.signals, good)
+        wait_until(lambda: planning.signals(time.time()) is not None, "the signals taken",
+                   timeout_s=10.0)
+        priced = planning.plan_once().plan
+        assert priced is not None and priced.result.offers_w["ffr"].max() > 0.0
+        assert not any("no price" in n for n in priced.summary()["notes"])
+        taken = planning.signals(time.time())
+        for bad, why in ((good | {"issued_at": time.time() - 3 * DAY_S}, "stale"),
+                         (b"{not json", "not valid JSON")):
+            node.send(node.topics.signals, bad)
+            wait_until(lambda why=why: any(  # type: ignore[misc]
+                "refused" in r.getMessage() and why in r.getMessage()
+                for r in caplog.records), f"the refusal ({why})", timeout_s=10.0)
+            assert planning.signals(time.time()) == taken
