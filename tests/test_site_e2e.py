@@ -7,6 +7,7 @@ GPUs really draw and enforce from outside every process, as a meter or `nvidia-s
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -29,9 +30,13 @@ from gridtao.clock import MonotonicClock
 from gridtao.config.agent import load_config
 from gridtao.config.paths import sim_device_path
 from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.history import HistoryStore
+from gridtao.history.synth import synthetic_minutes
+from gridtao.security.auth import load_signing_key, sign_payload
 from gridtao.site.serve import run_site
 
 GPUS = 2
+DAY_S = 86_400
 
 
 def _agent(tmp: Path, broker: MosquittoBroker, node: str, prefix: str, *,
@@ -284,3 +289,71 @@ def test_a_hangup_neither_stops_nor_changes_the_site(
         if site.poll() is None:
             site.kill()
             site.wait(10)
+
+
+def test_a_signed_site_award_reaches_a_real_agent_split_from_its_own_plan(
+    mqtt_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """Signed mode end to end: the agent plans from its history and publishes its plan, the
+    site pools it into its bids, the aggregator's signed site award is split, signed with the
+    site's key and sent to the node, which verifies it, accepts it and says so."""
+    prefix, node = "e2e/award", "n1"
+    keys = {}
+    for kid in ("agg", "site"):
+        keys[kid] = tmp_path / f"{kid}.key"
+        keys[kid].write_text(base64.b64encode(os.urandom(32)).decode())
+        keys[kid].chmod(0o600)
+    now = time.time()
+    history = tmp_path / "history.sqlite3"
+    with HistoryStore.open(history) as store:
+        store.write(synthetic_minutes(int(now) // 60 * 60 - 14 * DAY_S, 14, gpus=GPUS, seed=2))
+    signals = tmp_path / "signals.json"
+    hours = 48
+    signals.write_text(json.dumps({
+        "version": 1, "issued_at": now, "source": "test", "start": int(now) // 3600 * 3600,
+        "mtu_s": 3600, "reserve_price_eur_per_mw_h": {"ffr": [20.0] * hours}}))
+    folder = tmp_path / node
+    folder.mkdir()
+    agent_cfg = write_agent_config(
+        folder, mqtt_broker, node, prefix=prefix, gpus=GPUS,
+        safety={"triggers": []},
+        products=[{"kind": "ffr", "capacity_w": 400, "threshold_hz": 49.5}],
+        auth={"mode": "hmac", "keys": [{"kid": "site", "file": str(keys["site"])}]},
+        history={"path": str(history)},
+        planner={"enabled": True, "signals_file": str(signals)})
+    site_cfg = tmp_path / "site.yaml"
+    site_cfg.write_text(yaml.safe_dump({
+        "mqtt": {"port": mqtt_broker.port, "prefix": prefix, "reconnect_min_s": 0.05},
+        "metrics": {"enabled": False},
+        "auth": {"mode": "hmac", "keys": [{"kid": "agg", "file": str(keys["agg"])}]},
+        "site": {"id": "s1", "nodes": [node], "status_period_s": 0.2, "ack_deadline_s": 5.0,
+                 "signing": {"mode": "hmac", "kid": "site", "file": str(keys["site"])},
+                 "market": {"bid_step_w": 10, "min_bid_w": 10, "min_bids": []}}}))
+    with agent_processes() as procs, mqtt_broker.subscriber(f"{prefix}/#") as sub:
+        procs.append(spawn_agent(agent_cfg, folder / "agent.log"))
+        procs.append(_spawn(["--config", str(site_cfg), "site"], tmp_path / "site.log"))
+        plan = _wait(sub, f"{prefix}/site/plan",
+                     lambda d: any(max(v) > 0 for v in d.get("offers_w", {}).values()),
+                     "the site's plan pooled from the node's")
+        offered = plan["offers_w"]["ffr"]
+        k = next(i for i, w in enumerate(offered) if w > 0)
+        start = plan["start"] + k * plan["mtu_s"]
+        award_w = offered[k]
+        body = {"id": "a1", "start": start, "mtu_s": plan["mtu_s"],
+                "capacity_w": {"ffr": [award_w]}}
+        raw = sign_payload(body, load_signing_key(keys["agg"], "hmac"), "agg", "hmac",
+                           topic="dispatch")
+        publish(mqtt_broker.host, mqtt_broker.port, f"{prefix}/site/award", raw, qos=1)
+        node_award = _wait(sub, f"{prefix}/nodes/{node}/award", lambda d: True,
+                           "the node's share of the award")
+        assert node_award["capacity_w"]["ffr"] == [award_w] and node_award["kid"] == "site"
+        ack = _wait(sub, f"{prefix}/nodes/{node}/ack",
+                    lambda d: d.get("kind") == "award", "the node's ack of its award")
+        assert ack["accepted"] is True, ack
+        site_ack = _wait(sub, f"{prefix}/site/ack",
+                         lambda d: d["id"] == "a1" and d["nodes"]["accepted"],
+                         "the site's ack listing the node")
+        assert site_ack["accepted"] is True and site_ack["nodes"]["accepted"] == [node]
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(WAIT_S) == 0
