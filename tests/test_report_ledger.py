@@ -128,6 +128,9 @@ def test_joules_per_token_and_per_sample_by_hand(args: list[str],
     assert chat["minutes"] == 115 and chat["counted_minutes"] == 119
     assert close(chat["units"], tokens) and close(chat["energy_kwh"], joules / KWH)
     assert close(chat["joules_per_unit"], joules / tokens)
+    # At the meter: the GPUs' energy through the facility model's steady state (the test's
+    # configuration: the default 3 % losses, cooling at COP 4).
+    assert close(chat["joules_per_unit_meter"], joules / tokens * (1.0 + 0.03 + 1.0 / 4.0))
     assert close(chat["prompt_tokens"], 1200.0 * 115)
     assert chat["unit"] == "token" and chat["models"] == ["llama"] and chat["gpus"] == [0, 1]
     assert "4 of its 119 minutes" in chat["note"]
@@ -188,7 +191,9 @@ def test_csv_and_markdown_carry_the_ledger(args: list[str],
     md = capsys.readouterr().out
     assert "| n1 | 0 | GPU-0000 | 2026-03-01 00:00 | 0.6000 | 300.0 | 100.0% | counter |" in md
     assert "### Work lost by event" in md and "| n1 | e1 | chat/llama |" in md
-    assert f"| {per['chat']['joules_per_unit']:.4f} | 115 of 119 |" in md
+    assert (f"| {per['chat']['joules_per_unit']:.4f} | "
+            f"{per['chat']['joules_per_unit_meter']:.4f} | 115 of 119 |") in md
+    assert float(work["chat"]["joules_per_unit_meter"]) == per["chat"]["joules_per_unit_meter"]
 
 
 def test_the_plot_carries_the_gpus_and_work(args: list[str], tmp_path: Path,

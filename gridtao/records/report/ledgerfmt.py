@@ -77,7 +77,8 @@ def _efficiency(e: Efficiency) -> dict[str, Any]:
     return {"node": e.node, "source": e.source, "source_kind": e.source_kind,
             "models": list(e.models), "unit": e.unit, "gpus": list(e.gpus), "units": e.units,
             "prompt_tokens": e.prompt_tokens, "energy_kwh": e.energy_kwh,
-            "joules_per_unit": e.joules_per_unit, "minutes": e.minutes,
+            "joules_per_unit": e.joules_per_unit,
+            "joules_per_unit_meter": e.joules_per_unit_meter, "minutes": e.minutes,
             "counted_minutes": e.counted_minutes, "note": e.note}
 
 
@@ -124,7 +125,7 @@ _GPU_COLUMNS = ("node", "gpu", "index", "start", "end", "start_s", "end_s", "min
                 "coverage", "energy_kwh", "mean_w", "method", "power_s", "bridged_s")
 _WORK_COLUMNS = ("node", "source", "source_kind", "models", "unit", "gpus", "units",
                  "prompt_tokens", "energy_kwh", "joules_per_unit", "minutes", "counted_minutes",
-                 "note")
+                 "note", "joules_per_unit_meter")
 _LOST_COLUMNS = ("node", "event", "kind", "start", "end", "source", "model", "unit",
                  "expected", "done", "lost", "lost_std", "lost_fraction", "reference_minutes",
                  "reference_rate_per_s", "event_minutes", "unavailable")
@@ -144,7 +145,8 @@ def ledger_table(report: EnergyReport, table: str
     if table == "work":
         rows = [[e.node, e.source, e.source_kind, " ".join(e.models), e.unit,
                  " ".join(str(g) for g in e.gpus), e.units, e.prompt_tokens, e.energy_kwh,
-                 e.joules_per_unit, e.minutes, e.counted_minutes, e.note]
+                 e.joules_per_unit, e.minutes, e.counted_minutes, e.note,
+                 e.joules_per_unit_meter]
                 for e in report.efficiency]
         return _WORK_COLUMNS, rows
     for x in report.events:
@@ -203,11 +205,11 @@ def ledger_markdown(report: EnergyReport, when: Callable[[float | None], str]
     if report.efficiency:
         per_unit = _table(
             ("node", "source", "models", "unit", "GPUs", "units", "prompt tokens", "GPU kWh",
-             "J per unit", "minutes", "note"),
+             "J per unit", "J per unit, meter", "minutes", "note"),
             [[e.node, e.source, " ".join(e.models) or "-", e.unit,
               " ".join(str(g) for g in e.gpus) or "-", f"{e.units:.6g}",
               "-" if e.prompt_tokens is None else f"{e.prompt_tokens:.6g}",
-              _f(e.energy_kwh, 4), _f(e.joules_per_unit, 4),
+              _f(e.energy_kwh, 4), _f(e.joules_per_unit, 4), _f(e.joules_per_unit_meter, 4),
               f"{e.minutes} of {e.counted_minutes}", e.note or "-"]
              for e in report.efficiency])
     else:

@@ -12,6 +12,10 @@ minutes.
   the energy of the rest. A GPU mapped to several sources is counted in each (said in ``note``);
   a source that serves several models gets one figure for them together: its GPUs' energy
   cannot be split between them.
+* **At the meter** (``joules_per_unit_meter``): the same figure with its GPUs' energy taken to
+  the settlement point through the facility model's steady state, ``1 + losses_fraction + 1 /
+  cop`` (the PUE of the GPUs' own energy: losses, and cooling at its COP; the site's fixed load
+  is not theirs), the energy-to-token position's PUE-adjusted figure. Modelled, never metered.
 * **Work lost** per event and source (generated tokens per model, or a custom unit): at minute
   resolution, over the whole minutes the event touches (from its caps to the end of its
   release). ``expected`` = the source's rate in the reference window (the
@@ -91,7 +95,8 @@ class Efficiency:
     custom counter's unit; ``models``: the models counted; ``units``, ``prompt_tokens``
     (inference only) and ``energy_kwh`` (its GPUs') over ``minutes`` minutes (of
     ``counted_minutes`` the source counted in the window); ``joules_per_unit`` None with no
-    unit counted; ``note``: why a figure is missing or what to know of it."""
+    unit counted, ``joules_per_unit_meter`` the same at the settlement point (module
+    docstring); ``note``: why a figure is missing or what to know of it."""
 
     node: str
     source: str
@@ -106,12 +111,13 @@ class Efficiency:
     minutes: int
     counted_minutes: int
     note: str | None
+    joules_per_unit_meter: float | None = None
 
 
 def efficiencies(node: str, work: Sequence[WorkMinute], gpus: Sequence[GpuMinute],
-                 from_s: float, to_s: float) -> list[Efficiency]:
-    """Per source and unit, its GPUs' energy per unit over ``[from_s, to_s)`` (module
-    docstring)."""
+                 from_s: float, to_s: float, *, meter_factor: float = 1.0) -> list[Efficiency]:
+    """Per source and unit, its GPUs' energy per unit over ``[from_s, to_s)``, and at the
+    meter with ``meter_factor`` (site energy per GPU energy, >= 1) (module docstring)."""
     energy = energy_by_index(gpus)
     shared: dict[int, set[str]] = {}
     inside = [r for r in work if share(r.start_s, from_s, to_s) > 0.0]
@@ -163,11 +169,12 @@ def efficiencies(node: str, work: Sequence[WorkMinute], gpus: Sequence[GpuMinute
         if unit == TOKEN and len(models) > 1:
             notes.append("one figure for its models together: their GPUs' energy cannot be "
                          "split between them")
+        per_unit = joules / units if usable and units > 0 else None
         out.append(Efficiency(
             node, source, rows[-1].source_kind, models, unit, mapped, units, tokens,
-            joules / J_PER_KWH if usable else None,
-            joules / units if usable and units > 0 else None, len(usable), len(counted),
-            "; ".join(notes) or None))
+            joules / J_PER_KWH if usable else None, per_unit, len(usable), len(counted),
+            "; ".join(notes) or None,
+            None if per_unit is None else per_unit * meter_factor))
     return out
 
 
