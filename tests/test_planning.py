@@ -139,18 +139,25 @@ def test_gridtao_plan_prints_the_hourly_table_and_writes_json(
     cfg.write_text(yaml.safe_dump({
         "gpus": {"backend": "sim"}, "safety": {"triggers": []},
         "products": [{"kind": "ffr", "capacity_w": 400, "threshold_hz": 49.5}]}))
-    out_json = tmp_path / "plan.json"
+    out_json, out_png = tmp_path / "plan.json", tmp_path / "plan.png"
     rc = main(["--config", str(cfg), "plan", "--store", str(store), "--horizon-h", "12",
-               "--signals", str(tmp_path / "signals.json"), "--json", str(out_json)])
+               "--signals", str(tmp_path / "signals.json"), "--json", str(out_json),
+               "--plot", str(out_png)])
     captured = capsys.readouterr()
     text = captured.out
     assert rc == 0, captured.err
     assert "plan for 12 MTUs of 3600 s" in text and "ffr" in text and "total: revenue" in text
+    assert "ceiling W" in text and "shed Wh" in text
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out_png.stat().st_size > 10_000
     data = json.loads(out_json.read_text())
     assert len(data["hours"]) == 12 and data["status"] == "optimal"
     for hour in data["hours"]:
         assert 0.0 <= hour["offers_w"]["ffr"] <= 400.0 + 1e-6
         assert hour["p10_w"] <= hour["p50_w"] <= hour["p90_w"]
+        assert hour["work_shed_wh"] >= 0.0
+    # The hours' work shed adds up to the plan's.
+    assert sum(h["work_shed_wh"] for h in data["hours"]) == pytest.approx(
+        data["work_shed_wh"], abs=0.1 * len(data["hours"]))
     # Not enough history: one line, exit 2.
     empty = tmp_path / "empty.sqlite3"
     HistoryStore.open(empty).close()

@@ -1,8 +1,9 @@
 """A plan as people read it: the hourly table, JSON, and a plot (``gridtao plan``, the demo).
 
 Per MTU: the forecast quantiles of the natural IT draw (W), the offer per product (W at the
-settlement point), and the expected reserve revenue and energy cost (EUR) and carbon (kg) of
-the expected draw. Pure but for :func:`draw`, which writes a PNG (matplotlib at run time).
+settlement point), the planned node ceiling (IT W, where one binds), the work the plan expects
+the jobs to lose (IT W·h: under the ceiling and to expected activations), and the expected
+reserve revenue and energy cost (EUR) and carbon (kg) of the expected draw. Pure but for :func:`draw`, which writes a PNG (matplotlib at run time).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def rows(plan: Plan) -> list[dict[str, Any]]:
             "offers_w": {name: float(v[k]) for name, v in r.offers_w.items()},
             "ceiling_w": None if r.ceiling_w is None or not math.isfinite(float(r.ceiling_w[k]))
             else float(r.ceiling_w[k]),
+            "work_shed_wh": max(0.0, float(f.p50_w[k]) - float(r.expected_draw_w[k])) * hours,
             "revenue_eur": revenue, "energy_cost_eur": energy, "carbon_kg": carbon})
     return out
 
@@ -51,7 +53,7 @@ def table(plan: Plan) -> str:
     names = list(plan.result.offers_w)
     head = (f"{'hour (local)':<17}{'p10 W':>8}{'p50 W':>8}{'p90 W':>8}"
             + "".join(f"{n[:10]:>11}" for n in names)
-            + f"{'rev EUR':>9}{'energy EUR':>11}{'CO2 kg':>8}")
+            + f"{'ceiling W':>10}{'shed Wh':>9}{'rev EUR':>9}{'energy EUR':>11}{'CO2 kg':>8}")
     lines = [f"plan for {plan.forecast.horizon} MTUs of {plan.forecast.mtu_s} s "
              f"(node floor {plan.problem.floor_w:.0f} W IT; offers in W at the settlement "
              "point)", head]
@@ -60,6 +62,7 @@ def table(plan: Plan) -> str:
         lines.append(
             f"{when:<17}{row['p10_w']:>8.0f}{row['p50_w']:>8.0f}{row['p90_w']:>8.0f}"
             + "".join(f"{row['offers_w'][n]:>11.0f}" for n in names)
+            + f"{_num(row['ceiling_w'], 10, 0)}{row['work_shed_wh']:>9.0f}"
             + f"{row['revenue_eur']:>9.3f}{_num(row['energy_cost_eur'], 11, 3)}"
             + f"{_num(row['carbon_kg'], 8, 2)}")
     r = plan.result
