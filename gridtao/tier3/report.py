@@ -3,7 +3,8 @@
 Per MTU: the forecast quantiles of the natural IT draw (W), the offer per product (W at the
 settlement point), the planned node ceiling (IT W, where one binds), the work the plan expects
 the jobs to lose (IT W·h: under the ceiling and to expected activations), and the expected
-reserve revenue and energy cost (EUR) and carbon (kg) of the expected draw. Pure but for :func:`draw`, which writes a PNG (matplotlib at run time).
+reserve revenue and energy cost (EUR) and carbon (kg) of the expected draw. Pure but for
+:func:`draw`, which writes a PNG (matplotlib at run time).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def table(plan: Plan) -> str:
     names = list(plan.result.offers_w)
     head = (f"{'hour (local)':<17}{'p10 W':>8}{'p50 W':>8}{'p90 W':>8}"
             + "".join(f"{n[:10]:>11}" for n in names)
-            + f"{'ceiling W':>10}{'shed Wh':>9}{'rev EUR':>9}{'energy EUR':>11}{'CO2 kg':>8}")
+            + f"{'ceiling W':>11}{'shed Wh':>9}{'rev EUR':>9}{'energy EUR':>11}{'CO2 kg':>8}")
     lines = [f"plan for {plan.forecast.horizon} MTUs of {plan.forecast.mtu_s} s "
              f"(node floor {plan.problem.floor_w:.0f} W IT; offers in W at the settlement "
              "point)", head]
@@ -62,7 +63,7 @@ def table(plan: Plan) -> str:
         lines.append(
             f"{when:<17}{row['p10_w']:>8.0f}{row['p50_w']:>8.0f}{row['p90_w']:>8.0f}"
             + "".join(f"{row['offers_w'][n]:>11.0f}" for n in names)
-            + f"{_num(row['ceiling_w'], 10, 0)}{row['work_shed_wh']:>9.0f}"
+            + f"{_num(row['ceiling_w'], 11, 0)}{row['work_shed_wh']:>9.0f}"
             + f"{row['revenue_eur']:>9.3f}{_num(row['energy_cost_eur'], 11, 3)}"
             + f"{_num(row['carbon_kg'], 8, 2)}")
     r = plan.result
