@@ -476,14 +476,8 @@ def test_a_daily_shape_makes_inference_follow_the_time_of_day() -> None:
     def mean_demand(hour_utc: int, shape: Literal["none", "default"]) -> float:
         # A Wednesday, so no weekend factor; the shape is read on the simulated wall clock.
         wall = dt.datetime(2026, 12, 2, hour_utc, tzinfo=dt.timezone.utc).timestamp()
-        clock = VirtualClock(wall_offset=wall)
-        sim = SimNvml.from_config(SimConfig(count=4, workload="inference", seed=1,
-                                            daily_shape=shape), clock)
-        total = 0.0
-        for _ in range(600):
-            clock.advance(0.5)
-            total += sum(sim.demand_w(i) for i in range(4))
-        return total / 600
+        return _mean_demand(SimConfig(count=4, workload="inference", seed=1,
+                                      daily_shape=shape), wall, 600)
 
     shape = DailyShape.default()
     night, afternoon = (shape.at(dt.datetime(2026, 12, 2, h, tzinfo=dt.timezone.utc).timestamp())
@@ -493,3 +487,36 @@ def test_a_daily_shape_makes_inference_follow_the_time_of_day() -> None:
     # Without a shape the hour makes no difference beyond the workload's own randomness.
     flat_night, flat_afternoon = mean_demand(3, "none"), mean_demand(15, "none")
     assert abs(flat_night - flat_afternoon) < 0.1 * flat_afternoon
+
+
+def test_a_custom_daily_shape_and_its_time_zone_come_from_the_configuration() -> None:
+    """``daily_shape: custom``: the configured levels (busy only from 09:00 to 17:00, local),
+    read in local time ``daily_tz_offset_h`` hours east of UTC."""
+    import datetime as dt
+
+    levels = tuple(1.0 if 9 <= h < 17 else 0.0 for h in range(24))
+
+    def mean_demand(hour_utc: int, offset_h: float) -> float:
+        wall = dt.datetime(2026, 12, 2, hour_utc, 30, tzinfo=dt.timezone.utc).timestamp()
+        return _mean_demand(SimConfig(count=2, workload="inference", seed=1,
+                                      daily_shape="custom", daily_levels=levels,
+                                      daily_tz_offset_h=offset_h), wall, 200)
+
+    idle = mean_demand(3, 0.0)  # 03:30 UTC, local = UTC: no load above idle
+    busy = mean_demand(11, 0.0)
+    assert idle < 0.5 * busy
+    # 03:30 UTC is 11:30 at UTC+8: busy there.
+    assert mean_demand(3, 8.0) == pytest.approx(busy, rel=0.2)
+
+
+def _mean_demand(config: SimConfig, wall_s: float, steps: int) -> float:
+    """The simulated GPUs' summed demand (W), averaged over ``steps`` half seconds of virtual
+    time from the Unix time ``wall_s``."""
+    clock = VirtualClock(wall_offset=wall_s)
+    sim = SimNvml.from_config(config, clock)
+    total = 0.0
+    for _ in range(steps):
+        clock.advance(0.5)
+        total += sum(sim.demand_w(i) for i in range(config.count))
+    return total / steps
+

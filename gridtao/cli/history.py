@@ -110,7 +110,7 @@ def run_history(args: argparse.Namespace, config: Config) -> int:
         if args.history_command == "import":
             return _import(args, store)
         if args.history_command == "generate":
-            return _generate(args, store)
+            return _generate(args, store, config)
         return _show(args, store)
 
 
@@ -127,7 +127,8 @@ def _import(args: argparse.Namespace, store: HistoryStore) -> int:
     return EXIT_OK
 
 
-def _generate(args: argparse.Namespace, store: HistoryStore) -> int:
+def _generate(args: argparse.Namespace, store: HistoryStore, config: Config) -> int:
+    from gridtao.gpu.sim.daily import shape_of
     from gridtao.history import synthetic_minutes
 
     minutes = max(1, round(args.days * 1440))
@@ -139,7 +140,13 @@ def _generate(args: argparse.Namespace, store: HistoryStore) -> int:
               f"{_when(start)} and {_when(end)} are already stored (maybe measured); "
               "--replace overwrites them", file=sys.stderr)
         return EXIT_ERROR
-    rows = synthetic_minutes(start, minutes / 1440, gpus=args.gpus, seed=args.seed)
+    # The day's shape of its inference load: the configuration's where one is set
+    # (gpus.sim.daily_shape and its keys), else gridtao's default.
+    sim = config.gpus.sim
+    shape = shape_of(sim.daily_shape, levels=sim.daily_levels,
+                     weekend_factor=sim.daily_weekend_factor, tz_offset_h=sim.daily_tz_offset_h)
+    rows = synthetic_minutes(start, minutes / 1440, gpus=args.gpus, seed=args.seed,
+                             shape=shape)
     store.write(rows)
     print(f"wrote {len(rows)} synthetic minutes ({args.gpus} GPUs, seed {args.seed}), "
           f"{_when(rows[0].start_s)} .. {_when(rows[-1].start_s)}, into {store.path}")

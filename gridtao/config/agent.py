@@ -82,8 +82,14 @@ class SimConfig:
     seed: int = 0
     faults: tuple[SimFault, ...] = ()
     # "default": inference follows a day's shape (low at night, peak in the afternoon, lower
-    # at weekends; gridtao/gpu/sim/daily.py) on the machine's wall clock; "none": flat.
-    daily_shape: Literal["none", "default"] = "none"
+    # at weekends; gridtao/gpu/sim/daily.py) on the machine's wall clock; "custom": the 24
+    # hourly levels of `daily_levels` (0..1, hour 0 first); "none": flat. With a shape, the
+    # weekend's factor and the local time's offset east of UTC (hours) are
+    # `daily_weekend_factor` and `daily_tz_offset_h`.
+    daily_shape: Literal["none", "default", "custom"] = "none"
+    daily_levels: tuple[float, ...] = ()
+    daily_weekend_factor: float = field(default=0.6, metadata=rng(0.0, 1.0))
+    daily_tz_offset_h: float = field(default=0.0, metadata=rng(-12.0, 14.0))
     # The machine-wide device these GPUs belong to (gridtao/gpu/sim/shared.py): every process
     # naming it shares them, as processes on one server share its GPUs, and limits outlive the
     # process that set them. null: GPUs private to the process (tests in virtual time).
@@ -427,6 +433,7 @@ def _check_consistency(cfg: Config, source: str) -> None:
     if cfg.gpus.sim.workload == "trace" and cfg.gpus.sim.trace_csv is None:
         fail(source, "gpus.sim.trace_csv", "required when gpus.sim.workload is 'trace'")
     _check_sim_workloads(cfg.gpus.sim, source)
+    _check_sim_daily(cfg.gpus.sim, source)
     device = cfg.gpus.sim.device
     if device is not None and (problem := sim_device_problem(device)) is not None:
         fail(source, "gpus.sim.device", problem)
@@ -455,6 +462,21 @@ def _check_consistency(cfg: Config, source: str) -> None:
     _check_products(cfg, source)
     check_work(cfg.work, source)
     check_site(cfg.site, source)
+
+
+def _check_sim_daily(sim: SimConfig, source: str) -> None:
+    """``gpus.sim.daily_levels``: 24 levels in [0, 1] with ``daily_shape: custom``, else none."""
+    if sim.daily_shape != "custom":
+        if sim.daily_levels:
+            fail(source, "gpus.sim.daily_levels", "only with gpus.sim.daily_shape: custom")
+        return
+    if len(sim.daily_levels) != 24:
+        fail(source, "gpus.sim.daily_levels", f"24 hourly levels (hour 0 first) with "
+             f"daily_shape: custom; {len(sim.daily_levels)} given")
+    bad = [k for k, v in enumerate(sim.daily_levels) if not 0.0 <= v <= 1.0]
+    if bad:
+        fail(source, f"gpus.sim.daily_levels[{bad[0]}]",
+             f"{sim.daily_levels[bad[0]]!r} is not a level in [0, 1]")
 
 
 def _check_sim_workloads(sim: SimConfig, source: str) -> None:

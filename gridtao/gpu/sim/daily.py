@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["DailyShape"]
+__all__ = ["DailyShape", "shape_of"]
 
 _DAY_S = 86_400
 _HOUR_S = 3_600
@@ -94,3 +94,22 @@ class DailyShape:
     def is_weekend(self, t_s: float) -> bool:
         """Whether Unix time ``t_s`` falls on a Saturday or Sunday in the shape's local time."""
         return (math.floor((t_s + self.offset_s) / _DAY_S) + _EPOCH_WEEKDAY) % 7 >= 5
+
+
+def shape_of(daily_shape: str, *, levels: tuple[float, ...] = (), weekend_factor: float = 0.6,
+             tz_offset_h: float = 0.0) -> DailyShape | None:
+    """The shape ``gpus.sim.daily_shape`` names: ``default`` (gridtao's, module docstring),
+    ``custom`` (``levels``), or None for ``none``; with the weekend's factor and the local
+    time's offset east of UTC (hours). Raises ``ValueError`` for an unknown name or bad
+    levels."""
+    if daily_shape == "none":
+        return None
+    hourly: tuple[float, ...]
+    if daily_shape == "default":
+        hourly = _DEFAULT_HOURLY
+    elif daily_shape == "custom":
+        hourly = tuple(levels)
+    else:
+        raise ValueError(f"unknown daily shape {daily_shape!r}")
+    return DailyShape(hourly, weekend_factor, tz_offset_h * _HOUR_S)
+

@@ -44,7 +44,7 @@ import pynvml
 
 from gridtao.clock import Clock, VirtualClock
 from gridtao.config.agent import ConfigError, SimConfig, SimWorkload
-from gridtao.gpu.sim.daily import DailyShape
+from gridtao.gpu.sim.daily import DailyShape, shape_of
 from gridtao.gpu.sim.physics import PROFILES, GpuPhysics, GpuProfile
 from gridtao.gpu.sim.shared import DeviceFile, DeviceGone, DeviceMissing
 from gridtao.gpu.sim.workloads import Resumable, Trace, TraceError, load_trace, make_workload
@@ -75,16 +75,23 @@ class _Fault:
 #: Latencies and faults are each process's own (they model its calls, not the GPUs).
 #: ``workloads`` is recorded only when set, so devices made before it existed still open.
 DEVICE_PARAMS = ("count", "profile", "workload", "trace_csv", "cap_down_ms", "cap_up_ms",
-                 "refresh_ms", "noise_w", "seed", "daily_shape", "workloads")
+                 "refresh_ms", "noise_w", "seed", "daily_shape", "workloads", "daily_levels",
+                 "daily_weekend_factor", "daily_tz_offset_h")
+#: Recorded only when they differ from these, so devices made before they existed still open.
+_RECORDED_IF_SET = {"workloads": (), "daily_levels": (), "daily_weekend_factor": 0.6,
+                    "daily_tz_offset_h": 0.0}
 
 
 def _device_params(cfg: SimConfig) -> dict[str, Any]:
     """``cfg``'s :data:`DEVICE_PARAMS` as the device header stores them (JSON values)."""
     params = {k: v for k, v in dataclasses.asdict(cfg).items() if k in DEVICE_PARAMS}
-    if cfg.workloads:
+    for key, unset in _RECORDED_IF_SET.items():
+        if getattr(cfg, key) == unset:
+            del params[key]
+    if "workloads" in params:
         params["workloads"] = [dict(w) for w in params["workloads"]]
-    else:
-        del params["workloads"]
+    if "daily_levels" in params:
+        params["daily_levels"] = list(params["daily_levels"])
     return params
 
 
@@ -92,14 +99,16 @@ def _config_of(params: dict[str, Any]) -> SimConfig:
     """The :class:`SimConfig` a device header's parameters describe."""
     values = dict(params)
     values["workloads"] = tuple(SimWorkload(**w) for w in values.get("workloads", ()))
+    values["daily_levels"] = tuple(values.get("daily_levels", ()))
     return SimConfig(**values)
 
 
-def _shape(daily_shape: str, load: float) -> DailyShape | None:
-    """The inference demand shape of a GPU at ``load``: the day's shape scaled by it, a flat
-    ``load``, or None (unshaped) at full load without a day's shape."""
-    if daily_shape == "default":
-        day = DailyShape.default()
+def _shape(cfg: SimConfig, load: float) -> DailyShape | None:
+    """The inference demand shape of a GPU at ``load``: the day's shape (``daily_shape``)
+    scaled by it, a flat ``load``, or None (unshaped) at full load without a day's shape."""
+    day = shape_of(cfg.daily_shape, levels=cfg.daily_levels,
+                   weekend_factor=cfg.daily_weekend_factor, tz_offset_h=cfg.daily_tz_offset_h)
+    if day is not None:
         if load == 1.0:
             return day
         return dataclasses.replace(day, hourly=tuple(h * load for h in day.hourly))
@@ -222,7 +231,7 @@ class SimNvml:
                 rng=random.Random(f"gridtao-sim-workload:{cfg.seed}:{i}"),
                 index=i,
                 trace_data=trace_data,
-                shape=_shape(cfg.daily_shape, self.workloads[i].load),
+                shape=_shape(cfg, self.workloads[i].load),
                 start_wall_s=clock.wall(),
             )
             physics = GpuPhysics(
