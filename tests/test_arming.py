@@ -63,7 +63,8 @@ def test_capacities_follow_the_award_and_fall_back_to_the_configuration() -> Non
     portfolio = _portfolio()
     book = AwardBook()
     changes: list[tuple[str, float, float, str]] = []
-    arming = Arming(portfolio, book, on_change=lambda *c: changes.append(c))
+    arming = Arming(portfolio, book, unawarded="configured",
+                    on_change=lambda *c: changes.append(c))
     book.add(parse_award(_award("a", 3600, {"ffr": [150], "dr": [0]}), max_bytes=4096,
                          products=["ffr", "dr"]))
     assert arming.apply(3599.0, 0.0).armed_w == {"ffr": 400.0, "dr": 600.0}
@@ -75,13 +76,12 @@ def test_capacities_follow_the_award_and_fall_back_to_the_configuration() -> Non
 
 
 def test_a_market_node_arms_only_what_was_awarded() -> None:
-    """``planner.unawarded: zero`` (the default when the planner runs): from the start, every
-    MTU no award covers arms nothing; an awarded MTU arms its award; after it, nothing again."""
+    """``planner.unawarded: zero``: from the start, every MTU no award covers arms nothing; an
+    awarded MTU arms its award; after it, nothing again."""
     portfolio = _portfolio()
     book = AwardBook()
     changes: list[tuple[str, float, float, str]] = []
-    arming = Arming(portfolio, book, arm_unawarded=False,
-                    on_change=lambda *c: changes.append(c))
+    arming = Arming(portfolio, book, unawarded="zero", on_change=lambda *c: changes.append(c))
     state = arming.apply(3000.0, 0.0)
     assert state.armed_w == {"ffr": 0.0, "dr": 0.0} == portfolio.capacities()
     assert state.source == {"ffr": "unawarded", "dr": "unawarded"}
@@ -94,14 +94,21 @@ def test_a_market_node_arms_only_what_was_awarded() -> None:
                        ("ffr", 0.0, 150.0, "award"), ("ffr", 150.0, 0.0, "unawarded")]
 
 
-@pytest.mark.parametrize(("unawarded", "enabled", "arms"), [
-    ("auto", False, True), ("auto", True, False), ("configured", True, True),
-    ("zero", False, False)])
-def test_what_an_unawarded_mtu_arms_follows_the_configuration(
-        unawarded: str, enabled: bool, arms: bool) -> None:
-    cfg = config_from_mapping({"planner": {"enabled": enabled, "unawarded": unawarded}},
-                              source="<test>")
-    assert cfg.planner.arms_unawarded is arms
+def test_by_default_a_product_keeps_its_configuration_until_its_first_award() -> None:
+    """``auto``: nothing awarded yet, the configuration holds (existing setups unchanged); once
+    FFR is awarded, an MTU no award covers arms no FFR, while DR, never awarded, keeps its
+    configured capacity."""
+    portfolio = _portfolio()
+    book = AwardBook()
+    arming = Arming(portfolio, book)
+    assert arming.apply(3000.0, 0.0).armed_w == {"ffr": 400.0, "dr": 600.0}
+    book.add(parse_award(_award("a", 7200, {"ffr": [150], "dr": [None]}), max_bytes=4096,
+                         products=["ffr", "dr"]))
+    state = arming.apply(3600.0, 1.0)  # before the awarded MTU: FFR is in the market now
+    assert state.armed_w == {"ffr": 0.0, "dr": 600.0}
+    assert state.source == {"ffr": "unawarded", "dr": "config"}
+    assert arming.apply(7200.0, 2.0).armed_w == {"ffr": 150.0, "dr": 600.0}
+    assert arming.apply(10_800.0, 3.0).armed_w == {"ffr": 0.0, "dr": 600.0}
 
 
 def test_a_change_waits_for_the_activation_to_end() -> None:

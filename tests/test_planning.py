@@ -22,7 +22,7 @@ from gridtao.clock import MonotonicClock, VirtualClock
 from gridtao.config.agent import Config, SimConfig, config_from_mapping
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
-from gridtao.history import HistoryStore
+from gridtao.history import HistoryStore, MinuteRow
 from gridtao.history.synth import synthetic_minutes
 
 N = 4
@@ -105,12 +105,12 @@ def test_a_round_publishes_the_plan_retained_and_audits_it(mqtt_broker: Mosquitt
         assert len(retained["forecast_w"]["p10_w"]) == 24
         kinds = [r["kind"] for r in node.audit()]
         assert "plan" in kinds
-        # Prometheus: the state, the plan's age, what is armed (a node that bids arms only
-        # what it was awarded: nothing yet).
+        # Prometheus: the state, the plan's age, what is armed (nothing awarded yet: the
+        # configured capacity).
         assert node.value("gridtao_plan_state", state="planned") == 1.0
         assert node.value("gridtao_plan_state", state="no_plan") == 0.0
         assert 0.0 <= node.value("gridtao_plan_age_seconds") < 60.0
-        assert node.value("gridtao_capacity_armed_watts", product="ffr") == 0.0
+        assert node.value("gridtao_capacity_armed_watts", product="ffr") == 400.0
 
 
 def test_a_round_without_history_offers_nothing_and_says_why(mqtt_broker: MosquittoBroker,
@@ -201,8 +201,10 @@ def test_signals_on_the_topic_reach_the_plan_and_bad_ones_are_refused_and_said(
     on ``{prefix}/signals`` is taken and priced into the next round; a stale one and a
     malformed one are refused with their reason and leave the last good one in force."""
     now = time.time()
-    with HistoryStore.open(tmp_path / "history.sqlite3") as store:
-        store.write(synthetic_minutes(int(now) // 60 * 60 - 14 * DAY_S, 14, gpus=N, seed=2))
+    first = int(now) // 60 * 60 - 14 * DAY_S
+    with HistoryStore.open(tmp_path / "history.sqlite3") as store:  # a steady 2400 W node
+        store.write([MinuteRow(first + 60 * k, 2400.0, 2380.0, 2400.0 * 60, 2800.0, 0.0)
+                     for k in range(14 * 1440)])
     cfg = _config(mqtt_broker, tmp_path)
     sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
     with running(mqtt_broker, cfg, sim, serve=True) as node, \

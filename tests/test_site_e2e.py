@@ -30,8 +30,7 @@ from gridtao.clock import MonotonicClock
 from gridtao.config.agent import load_config
 from gridtao.config.paths import sim_device_path
 from gridtao.gpu.sim.nvml import SimNvml
-from gridtao.history import HistoryStore
-from gridtao.history.synth import synthetic_minutes
+from gridtao.history import HistoryStore, MinuteRow
 from gridtao.security.auth import load_signing_key, sign_payload
 from gridtao.site.serve import run_site
 
@@ -305,8 +304,10 @@ def test_a_signed_site_award_reaches_a_real_agent_split_from_its_own_plan(
         keys[kid].chmod(0o600)
     now = time.time()
     history = tmp_path / "history.sqlite3"
-    with HistoryStore.open(history) as store:
-        store.write(synthetic_minutes(int(now) // 60 * 60 - 14 * DAY_S, 14, gpus=GPUS, seed=2))
+    first = int(now) // 60 * 60 - 14 * DAY_S
+    with HistoryStore.open(history) as store:  # a node drawing a steady 1200 W: room to offer
+        store.write([MinuteRow(first + 60 * k, 1200.0, 1190.0, 1200.0 * 60, 1400.0, 0.0)
+                     for k in range(14 * 1440)])
     signals = tmp_path / "signals.json"
     hours = 48
     signals.write_text(json.dumps({

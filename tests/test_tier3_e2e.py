@@ -51,8 +51,8 @@ def test_a_plan_an_award_the_boundary_a_trigger_and_a_deferred_change(
         agent = node.agent
         wait_until(lambda: agent.status_link.is_connected, "the controller's connection",
                    timeout_s=WAIT_S)
-        # The planner bids; nothing is sold yet, so nothing is armed.
-        assert agent.portfolio.capacities()["ffr"] == 0.0
+        # No award yet: the configured capacity.
+        assert agent.portfolio.capacities()["ffr"] == 400.0
         state = agent.planning.plan_once()
         plan = state.plan
         assert plan is not None and state.name == "planned"
@@ -64,10 +64,11 @@ def test_a_plan_an_award_the_boundary_a_trigger_and_a_deferred_change(
                                       "start": start, "mtu_s": 3600,
                                       "capacity_w": {"ffr": [award_w]}})
         assert json.loads(acks.wait(1, WAIT_S)[0].payload)["accepted"] is True
-        # Before the MTU starts: still nothing armed, and a dip below the threshold fires
-        # nothing.
-        time.sleep(1.5)  # an arming period
-        assert agent.portfolio.capacities()["ffr"] == 0.0
+        # FFR is in the market now: before its awarded MTU starts nothing is armed, and a dip
+        # below the threshold fires nothing.
+        wait_until(lambda: agent.portfolio.capacities()["ffr"] == 0.0, "nothing armed",
+                   timeout_s=WAIT_S)
+        time.sleep(1.5)  # tier 2's period: the island's caps follow
         frequency(49.45)
         time.sleep(1.0)
         assert limits_w() == pytest.approx(N * 700.0)
@@ -100,4 +101,4 @@ def test_a_plan_an_award_the_boundary_a_trigger_and_a_deferred_change(
         kinds = [(r["kind"], r["fields"].get("source")) for r in node.audit()
                  if r["kind"] == "capacity"]
         assert kinds == [("capacity", "unawarded"), ("capacity", "award"),
-                         ("capacity", "award")]
+                         ("capacity", "award")]  # 400 -> 0, 0 -> 300, 300 -> 150

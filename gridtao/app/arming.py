@@ -3,10 +3,11 @@
 :class:`AwardBook` keeps the awards received (gridtao/wire/awards.py) by market time unit;
 :class:`Arming` applies, once a controller period, the capacities in force for the current MTU
 to the portfolio: the awarded ones where an award covers the MTU, else (``planner.unawarded``)
-either the configured ones (a static enrolment: a node that never gets an award behaves exactly
-as its YAML says) or none (a node bidding in a market arms only what it sold). A product
-delivering an activation keeps its capacity until the activation ends (``Portfolio.busy``); the
-change is retried every period and applied then. Tier 2 re-arms the island's caps from the new
+the configured ones (a static enrolment: a node that never gets an award behaves exactly as its
+YAML says) or none (a node in a market arms only what it sold); by default the configured ones
+until a product's first award, none from then on. A product delivering an activation keeps its
+capacity until the activation ends (``Portfolio.busy``); the change is retried every period
+and applied then. Tier 2 re-arms the island's caps from the new
 capacities on its next period.
 
 Threads: awards arrive on the controller loop (:meth:`AwardBook.add`); :meth:`Arming.apply`
@@ -21,6 +22,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from gridtao.products.portfolio import Portfolio
 from gridtao.security.guard import Guard
@@ -48,6 +50,7 @@ class AwardBook:
         self._awards: list[Award] = []
         self._received = 0
         self._order: dict[str, tuple[float, int]] = {}
+        self._ever: set[str] = set()  # products any award (kept or pruned) gave a capacity
 
     def add(self, award: Award, *, received_wall: float | None = None) -> None:
         with self._lock:
@@ -57,6 +60,13 @@ class AwardBook:
                                      self._received)
             self._awards = sorted([a for a in self._awards if a.id != award.id] + [award],
                                   key=lambda a: self._order[a.id])
+            self._ever |= {name for name, series in award.capacity_w.items()
+                           if any(w is not None for w in series)}
+
+    def ever_awarded(self) -> frozenset[str]:
+        """The products an award has given a capacity since start (in any MTU)."""
+        with self._lock:
+            return frozenset(self._ever)
 
     def capacities_at(self, wall_s: float) -> dict[str, float]:
         """Awarded capacity per product for the MTU holding ``wall_s`` (products no award
@@ -93,16 +103,18 @@ class Arming:
     """Applies the capacities in force to ``portfolio`` (module docstring).
 
     ``on_change(product, old_w, new_w, source)`` is called for every change applied (the
-    agent logs and audits it). ``arm_unawarded``: an MTU no award covers arms the configured
-    capacity (True) or nothing (False); call :meth:`apply` once before any trigger can land, so
-    the capacities in force hold from the start."""
+    agent logs and audits it). ``unawarded``: what an MTU no award covers arms (``configured``,
+    ``zero``, or ``auto``: configured until the product's first award, nothing after;
+    ``planner.unawarded``); call :meth:`apply` once before any trigger can land, so the
+    capacities in force hold from the start."""
 
-    def __init__(self, portfolio: Portfolio, book: AwardBook, *, arm_unawarded: bool = True,
+    def __init__(self, portfolio: Portfolio, book: AwardBook, *,
+                 unawarded: Literal["auto", "configured", "zero"] = "auto",
                  on_change: Callable[[str, float, float, str], None] | None = None) -> None:
         self._portfolio = portfolio
         self._book = book
         self._configured = portfolio.capacities()
-        self._arm_unawarded = arm_unawarded
+        self._unawarded = unawarded
         self._on_change = on_change
         self._lock = threading.Lock()
         self._state = ArmedState(dict(self._configured), dict.fromkeys(self._configured,
@@ -119,13 +131,16 @@ class Arming:
     def apply(self, wall_s: float, now_s: float) -> ArmedState:
         """Bring every product to the capacity in force for the MTU holding ``wall_s``."""
         awarded = self._book.capacities_at(wall_s)
+        in_market = (frozenset(self._configured) if self._unawarded == "zero"
+                     else self._book.ever_awarded() if self._unawarded == "auto"
+                     else frozenset())
         current = self._portfolio.capacities()
         sources: dict[str, str] = {}
         pending: dict[str, float] = {}
         for name, configured in self._configured.items():
             if name in awarded:
                 want, sources[name] = awarded[name], "award"
-            elif self._arm_unawarded:
+            elif name not in in_market:
                 want, sources[name] = configured, "config"
             else:
                 want, sources[name] = 0.0, "unawarded"

@@ -146,7 +146,7 @@ class NodePlanning:
         self._ceiling = ceiling
         self.awards = AwardBook()
         self.arming = Arming(portfolio, self.awards,
-                             arm_unawarded=config.planner.arms_unawarded,
+                             unawarded=config.planner.unawarded,
                              on_change=self._capacity_changed)
         self.arming.apply(clock.wall(), clock.now())  # in force before any trigger can land
         self._lock = threading.Lock()

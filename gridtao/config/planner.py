@@ -46,8 +46,10 @@ class PlannerConfig:
     2's soft target; docs/planner.md).
     ``unawarded``: what a product arms in an MTU no award covers (awards arrive whether the
     planner runs or not): ``configured``, its ``capacity_w`` (a static enrolment); ``zero``,
-    nothing (a node bidding in a market has sold only what was awarded); ``auto`` (default):
-    ``zero`` when the planner is enabled, else ``configured``.
+    nothing (a node in a market has sold only what was awarded); ``auto`` (default): its
+    ``capacity_w`` until its first award, nothing from then on (a node that never gets an
+    award behaves as its configuration says; once the market awards a product, what it did
+    not award was not sold).
     """
 
     enabled: bool = False
@@ -68,10 +70,3 @@ class PlannerConfig:
     solve_time_limit_s: float = field(default=5.0, metadata=rng(0.1, 600.0))
     ceiling: bool = False
     unawarded: Literal["auto", "configured", "zero"] = "auto"
-
-    @property
-    def arms_unawarded(self) -> bool:
-        """True if an MTU no award covers arms the configured capacity (``unawarded``)."""
-        if self.unawarded == "auto":
-            return not self.enabled
-        return self.unawarded == "configured"
