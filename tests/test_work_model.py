@@ -26,6 +26,7 @@ from gridtao.work.model import (
     PowerLawFit,
     WorkModel,
     WorkModelCollector,
+    lost_work_factor,
     prior_exponent,
 )
 from gridtao.work.node import NodeWork
@@ -199,6 +200,7 @@ def test_the_agent_installs_the_split_only_when_asked_and_able(
     parts = _parts(cfg)
     cuts = WorkAwareCuts(cfg, *parts, node_id="n1", registry=CollectorRegistry(), clock=CLOCK)
     assert cuts.model is None and parts[1].split is None
+    assert cuts.lost_work_factor() is None  # no model: the planner keeps its configured value
     cuts.close()
     with caplog.at_level(logging.WARNING, logger="gridtao.work.model"):
         cfg = _config(tmp_path, "work-aware", [])
@@ -215,8 +217,45 @@ def test_the_agent_installs_the_split_only_when_asked_and_able(
         assert cuts.model is not None and parts[1].split is not None
         assert "no work source names GPU(s) 1" in caplog.text
     assert cuts.curves()[0] is not None and cuts.curves()[1] is None
+    # For the planner: GPU 0 at the inference prior, GPU 1 in no group (all its work).
+    draws = [d / 1000.0 for d in parts[1].draw_mw]
+    assert cuts.lost_work_factor() == pytest.approx(
+        lost_work_factor([INFERENCE_EXPONENT, None], draws, depth=0.4))
     assert registry.get_sample_value("gridtao_work_model_exponent",
                                      {"gpu": "0", "source": "llm"}) == INFERENCE_EXPONENT
     cuts.close()
     assert parts[1].split is None
     assert (tmp_path / "work-model-n1.json").exists()  # saved beside the journal
+
+
+def test_the_share_of_work_a_watt_shed_costs_weighs_each_gpu_by_its_draw() -> None:
+    """A training GPU (exponent 1/3) and a GPU in no group, each drawing 600 W, cut by 40 %: the
+    first loses (1 - 0.6 ** (1/3)) / 0.4 of its full-speed work per share of energy, the other
+    (cautiously) all of it; the node, their mean."""
+    trained = (1.0 - 0.6 ** (1.0 / 3.0)) / 0.4
+    assert lost_work_factor([1.0 / 3.0, None], [600.0, 600.0], depth=0.4) == pytest.approx(
+        (trained + 1.0) / 2.0)
+    # Small cuts cost the exponent; deeper ones more (the curve is concave).
+    assert lost_work_factor([0.2], [500.0], depth=0.001) == pytest.approx(0.2, rel=0.01)
+    deep = lost_work_factor([0.2], [500.0], depth=0.5)
+    assert deep is not None and deep > 0.2
+    assert lost_work_factor([None, None], [600.0, 600.0], depth=0.4) is None
+    assert lost_work_factor([0.3], [0.0], depth=0.4) is None
+    with pytest.raises(ValueError, match="depth"):
+        lost_work_factor([0.3], [600.0], depth=0.0)
+
+
+def test_the_planner_values_lost_work_from_the_learned_curves() -> None:
+    """The configured value is that of full-speed work; an IT W·h shed costs the share the
+    curves say it loses, and the plan says so."""
+    from gridtao.app.planning import plan_settings, with_learned_work
+
+    config = config_from_mapping({"planner": {"lost_work_eur_per_mwh": 200.0},
+                                  "products": [{"kind": "dr", "capacity_w": 600}]},
+                                 source="<test>")
+    base = plan_settings(config, floor_w=1000.0)
+    learned = with_learned_work(base, 0.25)
+    assert learned.options["lost_work_eur_wh"] == pytest.approx(200.0 / 1e6 * 0.25)
+    assert base.options["lost_work_eur_wh"] == pytest.approx(200.0 / 1e6)
+    (note,) = learned.notes
+    assert "50 EUR/MWh" in note and "0.25" in note

@@ -283,6 +283,7 @@ class Agent:
         self.work_aware = WorkAwareCuts(config, self.work, self.fast, self.island,  # docs/work.md
                                         node_id=self.node_id, registry=self.registry,
                                         clock=self.clock, physical=self._physical)
+        self.planning.work_factor = self.work_aware.lost_work_factor
         self.controller = ControllerLoop(
             ControllerParts(
                 node_id=self.node_id, status_topic=self.topics.status,

@@ -23,11 +23,12 @@ on the read-back worker; :meth:`NodePlanning.reading` from any thread (metrics).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,7 +54,7 @@ from gridtao.wire import messages as wire
 from gridtao.wire.awards import plan_payload
 
 __all__ = ["ARMING_PERIOD_S", "NodePlanning", "floor_w", "natural_history", "plan_settings",
-           "signals_file", "subscriptions"]
+           "signals_file", "subscriptions", "with_learned_work"]
 
 log = logging.getLogger("gridtao.tier3")
 
@@ -80,6 +81,19 @@ def plan_settings(config: Config, floor_w: float) -> PlanSettings:
                  "carbon_eur_t": p.carbon_eur_per_t,
                  "lost_work_eur_wh": p.lost_work_eur_per_mwh / 1e6,
                  "allow_ceiling": p.ceiling, "dr_max_hours_per_day": p.dr_max_hours_per_day})
+
+
+def with_learned_work(settings: PlanSettings, factor: float) -> PlanSettings:
+    """``settings`` with the cost of lost work taken from the learned work model: an IT W·h
+    shed costs ``factor`` (the share of full-speed work it loses,
+    :func:`~gridtao.work.model.lost_work_factor`) of the configured value of a W·h of
+    full-speed work; said in the plan's notes."""
+    value = float(settings.options.get("lost_work_eur_wh", 0.0))
+    options = dict(settings.options) | {"lost_work_eur_wh": value * factor}
+    note = (f"lost work at {value * factor * 1e6:.0f} EUR/MWh shed: the learned work curves lose "
+            f"{factor:.2f} of the full-speed work of each W·h shed "
+            f"(planner.lost_work_eur_per_mwh {value * 1e6:.0f})")
+    return dataclasses.replace(settings, options=options, notes=(*settings.notes, note))
 
 
 def floor_w(config: Config, limits: Sequence[PowerLimits], indices: Sequence[int]) -> float:
@@ -144,6 +158,9 @@ class NodePlanning:
         self._link = link
         self._floor_w = floor_w
         self._ceiling = ceiling
+        # The share of full-speed work an IT W·h shed costs, from the learned work model
+        # (None: no model; the configured value stands): set by the agent when it has one.
+        self.work_factor: Callable[[], float | None] | None = None
         self.awards = AwardBook()
         self.arming = Arming(portfolio, self.awards,
                              unawarded=config.planner.unawarded,
@@ -265,7 +282,12 @@ class NodePlanning:
             await asyncio.sleep(self._config.planner.period_s)
 
     def settings(self) -> PlanSettings:
-        return plan_settings(self._config, self._floor_w)
+        """The round's settings; the cost of lost work from the learned work model where
+        there is one (``planner.lost_work_eur_per_mwh`` is then the value of an MWh of the
+        GPUs' full-speed work, and an MWh shed costs the share the curves say it loses)."""
+        settings = plan_settings(self._config, self._floor_w)
+        factor = self.work_factor() if self.work_factor is not None else None
+        return settings if factor is None else with_learned_work(settings, factor)
 
     def signals(self, wall_s: float) -> Signals | None:
         """The file's signals merged with the topic's (newer wins per series), or None."""

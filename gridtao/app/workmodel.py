@@ -37,7 +37,7 @@ from gridtao.config.agent import Config
 from gridtao.control.tier1.loop import FastLoop
 from gridtao.control.tier1.workaware import WorkAwareSplit, WorkCurve
 from gridtao.safety.island import SafetyIsland
-from gridtao.work.model import WorkModel, WorkModelCollector
+from gridtao.work.model import WorkModel, WorkModelCollector, lost_work_factor
 from gridtao.work.node import NodeWork
 from gridtao.work.sources import SourceSnapshot
 
@@ -99,6 +99,7 @@ class WorkAwareCuts:
         self._limits_mw: Callable[[], Sequence[int]] = island.enforced_mw
         self._resting_mw: Callable[[], Sequence[int]] = lambda: island.resting_mw
         self._headroom_mw = config.control.headroom_w * 1000.0
+        self._depth = max(0.01, config.limits.max_reduction_fraction / 2.0)
         self._path = Path(config.journal.path or ".").parent / f"work-model-{node_id}.json"
         self._count = len(tier1.draw_mw)
         self._seen = -1
@@ -136,6 +137,17 @@ class WorkAwareCuts:
             self._curves = tuple(None if b is None else WorkCurve(b)
                                  for b in model.exponents(self._count))
         return self._curves
+
+    def lost_work_factor(self) -> float | None:
+        """The share of full-speed work an IT W·h shed costs the node now (the curves at half
+        the deepest cut the agent accepts, ``limits.max_reduction_fraction``, weighted by tier
+        1's draws; :func:`~gridtao.work.model.lost_work_factor`), None without a model. For
+        the planner's cost of lost work; any thread."""
+        model = self.model
+        if model is None:
+            return None
+        return lost_work_factor(model.exponents(self._count),
+                                [d / 1000.0 for d in self._draw_mw()], depth=self._depth)
 
     def start(self) -> None:
         """Start the feeder thread (nothing to do without a model)."""

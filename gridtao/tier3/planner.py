@@ -59,6 +59,7 @@ class PlanSettings:
     margin_quantile: float | None = None
     margin_days: int = 14
     margin_block_h: int = 4
+    notes: tuple[str, ...] = ()  # said with the plan (how an input was taken)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def make_plan(history_start_s: np.ndarray[Any, Any], history_it_w: np.ndarray[An
     warnings = () if signals is None else tuple(signals.warnings)
     if signals is None:
         warnings = ("no price or carbon signals: nothing is offered where a price is missing",)
-    return Plan(now_s, forecast, problem, result, (*warnings, *notes))
+    return Plan(now_s, forecast, problem, result, (*warnings, *settings.notes, *notes))
 
 
 class NoPlan:

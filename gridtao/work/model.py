@@ -46,7 +46,7 @@ from gridtao.durable import write_atomically
 from gridtao.gpu.sim.throughput import INFERENCE_EXPONENT, TRAINING_EXPONENT
 
 __all__ = ["MAX_EXPONENT_STD", "MIN_SAMPLES", "Fit", "GroupCurve", "PowerLawFit", "WorkModel",
-           "WorkModelCollector", "prior_exponent"]
+           "WorkModelCollector", "lost_work_factor", "prior_exponent"]
 
 log = logging.getLogger("gridtao.work.model")
 
@@ -290,6 +290,24 @@ class WorkModel:
                     taken += 1
             self._publish()
         return taken
+
+
+def lost_work_factor(exponents: Sequence[float | None], draw_w: Sequence[float], *,
+                     depth: float) -> float | None:
+    """The share of its full-speed work the node loses per share of its energy shed, at a cut
+    of ``depth`` (a fraction of each GPU's draw, in (0, 1]): per GPU with a curve (its exponent
+    ``a``), the secant ``(1 - (1 - depth) ** a) / depth`` (``a`` at small cuts, more at deep
+    ones); 1.0 for a GPU in no group (all of its work: the cautious value); weighted by each
+    GPU's draw ``draw_w`` (W). None when no GPU has a curve or the node draws nothing. For the
+    planner's cost of lost work: an IT W·h shed costs this share of a W·h of full-speed work."""
+    if not 0.0 < depth <= 1.0:
+        raise ValueError(f"depth must be in (0, 1], got {depth}")
+    if len(exponents) != len(draw_w):
+        raise ValueError("one exponent (or None) per GPU")
+    if all(a is None for a in exponents) or not sum(draw_w) > 0.0:
+        return None
+    shares = [1.0 if a is None else (1.0 - (1.0 - depth) ** a) / depth for a in exponents]
+    return math.fsum(s * w for s, w in zip(shares, draw_w, strict=True)) / math.fsum(draw_w)
 
 
 class WorkModelCollector(Collector):
