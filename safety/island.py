@@ -121,6 +121,7 @@ class SafetyIsland:
         )
         self._resting_mw: tuple[int, ...] = self._normal_mw
         self._unread_at_start: frozenset[int] = frozenset()  # GPUs start() could not read
+        self._sealed = False  # the agent is restoring at stop: tier 1 writes nothing more
         self._exits = 0  # safe states left through a ramp (names their exit events)
         self._watching = True  # refresh_enforced takes a limit it did not write as an outside one
         self._writes = WriteRecord(self.envelope.default_mw)
@@ -414,6 +415,15 @@ class SafetyIsland:
                     " (the event in force keeps its cap where lower)" if in_event else "")
         return OutsideChange(index, from_mw, to_mw, resting, in_event)
 
+    def seal(self) -> None:
+        """The agent is about to restore the limits at stop: from now on tier 1 writes nothing
+        (:meth:`apply_limits` refused), and a tier 1 write still queued behind a slow GPU is
+        skipped when its turn comes, so none can land after the restore. A write already in
+        the driver returns first (the backend serializes each GPU's calls)."""
+        with self._lock:
+            self._sealed = True
+            self._generation += 1
+
     def stop_watching(self) -> None:
         """From now on :meth:`refresh_enforced` only reads: the agent is about to write limits
         itself outside the island (restoring at stop), and must not take them for someone
@@ -433,7 +443,7 @@ class SafetyIsland:
             raise ValueError(f"expected {self.envelope.count} limits, got {len(limits_mw)}")
         now = self._clock.now()
         with self._lock:
-            if self._mode is not None or generation != self._generation:
+            if self._sealed or self._mode is not None or generation != self._generation:
                 return False
             # Never above the resting limits: one adopted from outside since tier 1 planned
             # (the read-back thread) must not be written over with the plan's older one.

@@ -6,6 +6,7 @@ limits it reports are the ones the GPUs hold."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -164,5 +165,36 @@ def test_an_activation_reports_the_limits_the_gpus_hold_not_the_caps_it_computed
         assert act.caps_mw[0] > 400 * W  # what the split computed
         assert act.enforced_mw == held and held[0] == 400 * W
     finally:
+        island.close()
+        backend.close()
+
+
+def test_a_tier_1_write_queued_behind_a_slow_gpu_never_lands_after_the_restore() -> None:
+    """GPU 0 is slow (0.4 s a call). Tier 1 writes while an earlier write still holds GPU 0, so
+    its job waits in GPU 0's queue, and tier 1 gives up waiting. The agent stops: it seals the
+    island and restores the limits it found. The queued job, when its turn comes, is skipped:
+    the restore is what GPU 0 keeps."""
+    from gridtao.app.actuation import restore_limits
+
+    clock = MonotonicClock()
+    sim = _sim(clock)
+    backend = NvmlBackend(sim)
+    found = [backend.enforced_limit_mw(i) for i in range(2)]
+    island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=60,
+                          write_timeout_s=0.05)
+    island.start()
+    try:
+        sim.inject_fault(0, "slow", delay_s=0.4)
+        gen = island.view().generation
+        island.apply_limits([500 * W, 500 * W], gen)  # GPU 0's worker busy for a while
+        island.apply_limits([450 * W, 450 * W], gen)  # queued behind it; tier 1 moves on
+        island.seal()  # the stop: tier 1 is locked out from here on
+        assert not island.apply_limits([400 * W, 400 * W], gen)
+        limits = [backend.power_limits(i) for i in range(2)]
+        assert restore_limits(backend, [0, 1], limits, found) == 0
+        time.sleep(1.5)  # the queued jobs' turn comes and goes
+        assert [backend.enforced_limit_mw(i) for i in range(2)] == found
+    finally:
+        sim.clear_faults()
         island.close()
         backend.close()

@@ -501,6 +501,8 @@ class Agent:
             if not self._touched:  # start failed before any write: nothing to undo
                 self.ledger.close(restore_failed=0, limits_mw=())
                 return
+            # No tier 1 write queued behind a slow GPU may land after the restore.
+            self.island.seal()
             # The read-back may still run: the restore's writes are the agent's own.
             self.island.stop_watching()
             failed = self.restore_initial_limits()
