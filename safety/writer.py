@@ -257,6 +257,7 @@ class ParallelWriter:
 
     def _write(self, batch: WriteBatch, index: int) -> WriteOutcome:
         limit_mw, guard = batch._limits[index], batch._guard
+        seq = 0  # no access taken (yet): a guard that raises is this GPU's failure too
         with self._locks[index]:
             try:
                 if guard is not None and not guard(index):
@@ -326,13 +327,18 @@ class WriteRecord:
 
     def record(self, outcomes: Sequence[WriteOutcome]) -> None:
         """Take the outcomes of a batch; one older than what was taken for its GPU (a slower
-        thread's, recorded late) is ignored, and so is a skipped write."""
+        thread's, recorded late) is ignored, and so is a skipped write. A write still running
+        at the batch's deadline (a :class:`~.errors.WriteTimeout`, no access number) marks its
+        GPU faulted and changes no limit: the write may still land, and its read-back will."""
         changes: list[tuple[int, Exception | None]] = []
         with self._lock:
             for o in outcomes:
-                if o.seq <= self._seq[o.index]:
+                if o.skipped or (o.seq == 0 and o.error is None):
                     continue
-                self._seq[o.index] = o.seq
+                if o.seq != 0:
+                    if o.seq <= self._seq[o.index]:
+                        continue
+                    self._seq[o.index] = o.seq
                 if o.enforced_mw is not None:
                     self._limits_mw[o.index] = o.enforced_mw
                 if o.error is not None:

@@ -31,6 +31,20 @@ def _backend(clock: VirtualClock | MonotonicClock, count: int = 2) -> NvmlBacken
     return NvmlBackend(_sim(clock, count))
 
 
+def _ramping_back(clock: VirtualClock) -> tuple[NvmlBackend, SafetyIsland, FastLoop]:
+    """Two GPUs demanding 650 W left at 400 W by a crashed run whose resting limits were 700 W:
+    tier 1 (not yet stepped) will ramp them back up."""
+    sim = _sim(clock)
+    backend = NvmlBackend(sim)
+    for i in range(2):
+        sim.set_demand_w(i, 650.0)
+        backend.set_limit_mw(i, 400 * W)
+    island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=600,
+                          resting_mw=[700 * W, 700 * W])
+    island.start()
+    return backend, island, FastLoop(backend, island, clock=clock, config=ControlConfig())
+
+
 class OneBadRead:
     """A backend whose GPU 0 fails its next instant-power read once ``armed`` (a transient
     driver error)."""
@@ -81,15 +95,7 @@ def test_a_limit_set_from_outside_while_tier_1_steps_is_not_written_over() -> No
     between its plan and its write, the operator sets GPU 0 to 300 W and the read-back adopts
     it: the write lands at 300 W, not 700 W."""
     clock = VirtualClock(100.0)
-    sim = _sim(clock)
-    backend = NvmlBackend(sim)
-    for i in range(2):
-        sim.set_demand_w(i, 650.0)
-        backend.set_limit_mw(i, 400 * W)  # left by the crashed run
-    island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=600,
-                          resting_mw=[700 * W, 700 * W])
-    island.start()
-    loop = FastLoop(backend, island, clock=clock, config=ControlConfig())
+    backend, island, loop = _ramping_back(clock)
     real_apply = island.apply_limits
     fired: list[bool] = []
 
@@ -196,5 +202,55 @@ def test_a_tier_1_write_queued_behind_a_slow_gpu_never_lands_after_the_restore()
         assert [backend.enforced_limit_mw(i) for i in range(2)] == found
     finally:
         sim.clear_faults()
+        island.close()
+        backend.close()
+
+
+def test_a_write_still_hung_at_the_deadline_is_reported_as_its_gpus_fault() -> None:
+    """Tier 1's write to GPU 1 hangs past the island's write deadline: the GPU is reported
+    faulted (its timeout outcome carries no access number, and must not be dropped as old),
+    and its limit is left as last read."""
+    clock = MonotonicClock()
+    sim = _sim(clock)
+    backend = NvmlBackend(sim)
+    island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=60,
+                          write_timeout_s=0.1)
+    island.start()
+    before = island.enforced_mw()
+    try:
+        sim.inject_fault(1, "slow", delay_s=0.6, calls=1)
+        island.apply_limits([500 * W, 500 * W], island.view().generation)
+        assert island.write_faults() == {1: "WriteTimeout"}
+        assert 1 in island.view().faulted and island.enforced_mw()[1] == before[1]
+    finally:
+        time.sleep(0.7)  # the hung write returns before the writer threads stop
+        island.close()
+        backend.close()
+
+
+def test_a_write_planned_before_an_outside_limit_and_landing_after_it_is_brought_down() -> None:
+    """The operator sets GPU 0 to 300 W and the island adopts it after tier 1 clamped its plan
+    (700 W) but before the write lands: the write lands above the new resting limit, and tier
+    1's next plans bring GPU 0 back under it."""
+    clock = VirtualClock(100.0)
+    backend, island, loop = _ramping_back(clock)
+    real_command = backend.command_limit_mw
+    fired: list[bool] = []
+
+    def command(index: int, limit_mw: int) -> bool:
+        if not fired and index == 0 and limit_mw == 700 * W:  # the ramp's last write
+            fired.append(True)
+            real_command(0, 300 * W)  # nvidia-smi -i 0 -pl 300, read and adopted meanwhile
+            island.adopt_outside_limit(0, 400 * W, 300 * W)
+        return real_command(index, limit_mw)
+
+    backend.command_limit_mw = command  # type: ignore[method-assign]
+    try:
+        for _ in range(300):
+            loop.step()
+            clock.advance(loop.period_s)
+        assert fired and island.resting_mw[0] == 300 * W
+        assert backend.enforced_limit_mw(0) == 300 * W
+    finally:
         island.close()
         backend.close()

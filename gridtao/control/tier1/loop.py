@@ -234,12 +234,15 @@ class FastLoop:
     def _follow_resting(self, resting_mw: tuple[int, ...], view: IslandView) -> None:
         """Take the island's resting limits when they moved (a limit an operator set from
         outside, adopted by the island): plans rise no higher, and the GPU is taken to be where
-        the operator put it, so no plan ramps it from where it was before (fighting them)."""
+        the operator put it, so no plan ramps it from where it was before (fighting them). But
+        where the GPU was read back above it (a write of ours planned before the adoption and
+        landed after it), it is taken to be there, so the next plan brings it down."""
         if resting_mw == tuple(self._upper_mw):
             return
+        enforced = self._island.enforced_mw()
         for i, (old, new) in enumerate(zip(self._upper_mw, resting_mw, strict=True)):
             if old != new:
-                self._limits_mw[i] = new if view.target_mw is None else min(
+                self._limits_mw[i] = max(new, enforced[i]) if view.target_mw is None else min(
                     self._limits_mw[i], new)
         self._upper_mw = list(resting_mw)
         self._budget.default_total_mw = float(sum(resting_mw))
