@@ -4,10 +4,14 @@ a change never landing in the middle of an activation. Virtual time; no broker."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+from broker import MosquittoBroker
+from nodes import node_config, running, steady_sim
 
 from gridtao.app.arming import Arming, AwardBook
+from gridtao.clock import MonotonicClock
 from gridtao.config.agent import config_from_mapping
 from gridtao.products.portfolio import Portfolio
 from gridtao.wire.awards import parse_award
@@ -169,3 +173,19 @@ def test_an_award_above_the_configured_capacity_is_refused() -> None:
     ok = take_award(_award("ok", 3600, {"ffr": [400, None]}), guard=guard, book=book,
                     products={"ffr": 400.0}, max_bytes=4096)
     assert ok.accepted and book.capacities_at(3600.0) == {"ffr": 400.0}
+
+
+def test_a_market_node_s_first_capacities_are_audited_in_its_own_run(
+        mqtt_broker: MosquittoBroker, tmp_path: Path) -> None:
+    """``unawarded: zero``: the capacities taken down at start are recorded after this run's
+    ``agent_start``, not before it (where a reader of the trail would take them for the end of
+    the run before), and the product arms nothing."""
+    cfg = node_config(mqtt_broker, "zero", "gridtao/e2e-zero", gpus=2,
+                      audit=tmp_path / "audit.jsonl", source="<test unawarded zero>",
+                      safety={"triggers": []}, planner={"unawarded": "zero"},
+                      products=[{"kind": "ffr", "capacity_w": 300, "threshold_hz": 49.5}])
+    sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
+    with running(mqtt_broker, cfg, sim) as node:
+        assert node.agent.portfolio.capacities() == {"ffr": 0.0}
+        kinds = [r["kind"] for r in node.audit()]
+    assert kinds.index("agent_start") < kinds.index("capacity")

@@ -371,6 +371,7 @@ class Agent:
                                          self._found_mw, strict=True)
             ], "config": self.config.source,
                 "dry_run": bool(getattr(self.backend, "dry_run", False))})
+            self.planning.arm_now()  # the capacities in force, audited in this run's trail
             # Before any GPU is touched: a port in use fails the start with nothing to undo.
             if self.options.serve_metrics and self.config.metrics.enabled:
                 mc = self.config.metrics

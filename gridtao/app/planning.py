@@ -165,7 +165,6 @@ class NodePlanning:
         self.arming = Arming(portfolio, self.awards,
                              unawarded=config.planner.unawarded,
                              on_change=self._capacity_changed)
-        self.arming.apply(clock.wall(), clock.now())  # in force before any trigger can land
         self._lock = threading.Lock()
         self.state: PlannerState = NoPlan("not planned yet")
         self._previous: Plan | None = None  # the plan before, which covers the MTU under way
@@ -177,6 +176,11 @@ class NodePlanning:
             self.recorder = HistoryRecorder(store, retention_days=config.history.retention_days,
                                             clock=clock)
 
+
+    def arm_now(self) -> None:
+        """Bring the products to the capacities in force now: at start, once the audit trail
+        is open and before tier 2 arms the island or any trigger can land."""
+        self.arming.apply(self._clock.wall(), self._clock.now())
 
     def on_reading(self, wall_s: float, it_w: float, limit_w: float) -> None:
         """One read-back round (worker thread): into the history."""
