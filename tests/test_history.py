@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from waiting import wait_until
 
 from gridtao.app.agent import default_node_id
@@ -583,3 +584,22 @@ def test_cli_bad_file_in_a_real_process_prints_no_traceback(tmp_path: Path) -> N
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr == f"gridtao: error: {binary}: not UTF-8 text (is this a CSV file?)\n"
+
+
+def test_cli_generate_follows_the_configured_daily_shape(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The simulator's ``daily_shape`` reaches ``history generate``: an inference load idle all
+    day draws less than one busy all day, everything else (seed, jobs) the same."""
+    means = {}
+    for level in (0.0, 1.0):
+        cfg = tmp_path / f"shape-{level}.yaml"
+        cfg.write_text(yaml.safe_dump({"gpus": {"sim": {
+            "daily_shape": "custom", "daily_levels": [level] * 24}}}))
+        store = tmp_path / f"shape-{level}.sqlite3"
+        assert main(["--config", str(cfg), "history", "--store", str(store), "generate",
+                     "--days", "1", "--seed", "3"]) == 0
+        capsys.readouterr()
+        with HistoryStore.open(store) as s:
+            rows = s.rows(0, 2**40)
+        means[level] = sum(r.it_mean_w for r in rows) / len(rows)
+    assert means[0.0] < means[1.0] - 100.0

@@ -140,11 +140,12 @@ def _generate(args: argparse.Namespace, store: HistoryStore, config: Config) -> 
               f"{_when(start)} and {_when(end)} are already stored (maybe measured); "
               "--replace overwrites them", file=sys.stderr)
         return EXIT_ERROR
-    # The day's shape of its inference load: the configuration's where one is set
-    # (gpus.sim.daily_shape and its keys), else gridtao's default.
+    # The day's shape of its inference load: the configuration's (gpus.sim.daily_shape and its
+    # keys), gridtao's default levels where it sets none (a synthetic day always has a shape).
     sim = config.gpus.sim
-    shape = shape_of(sim.daily_shape, levels=sim.daily_levels,
-                     weekend_factor=sim.daily_weekend_factor, tz_offset_h=sim.daily_tz_offset_h)
+    shape = shape_of("default" if sim.daily_shape == "none" else sim.daily_shape,
+                     levels=sim.daily_levels, weekend_factor=sim.daily_weekend_factor,
+                     tz_offset_h=sim.daily_tz_offset_h)
     rows = synthetic_minutes(start, minutes / 1440, gpus=args.gpus, seed=args.seed,
                              shape=shape)
     store.write(rows)
