@@ -173,3 +173,47 @@ def test_the_reader_thread_reads_on_its_timer(tree: Path) -> None:
     finally:
         reader.close()
     assert not any(t.name == "cpu-power" and t.is_alive() for t in threading.enumerate())
+
+
+def test_cpu_packages_go_into_the_energy_ledger_beside_the_gpus(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A package drawing 150 W, read every 0.5 s for two minutes through the read-back's feeds:
+    the history holds it as ``cpu:package-0`` (index -1), and ``report energy`` lists it as a
+    CPU device with its energy, apart from the GPUs."""
+    import json
+
+    from gridtao.app.readback import LedgerFeeds
+    from gridtao.cli.main import main
+    from gridtao.history import HistoryRecorder, HistoryStore
+
+    start = 1_772_323_200  # 2026-03-01T00:00Z
+    clock = VirtualClock(wall_offset=start)
+    store_path = tmp_path / "history-n1.sqlite3"
+    recorder = HistoryRecorder(HistoryStore.open(store_path), clock=clock, poll_s=0.01)
+    energy = [0.0]
+
+    def readings() -> tuple[PackageReading, ...]:
+        return (PackageReading("package-0", energy[0], 150.0),)
+
+    feeds = LedgerFeeds(gpus=[(0, "GPU-0")], clock=clock, power_mw=lambda: (300_000.0,),
+                        record=lambda fields: None, recorder=recorder)
+    feeds.attach_cpus(readings)
+    for k in range(241):  # 120 s, a round every 0.5 s
+        feeds.round(clock.now(), (round(300.0 * 1000 * 0.5 * k),))
+        clock.advance(0.5)
+        energy[0] += 150.0 * 0.5
+    recorder.close()
+    with HistoryStore.open(store_path) as store:
+        cpu = [r for r in store.gpu_rows(0, 2**40) if r.gpu == "cpu:package-0"]
+    assert cpu and {r.index for r in cpu} == {-1}
+    assert sum(r.energy_j for r in cpu) == pytest.approx(150.0 * 120.0, rel=0.01)
+    assert main(["report", "energy", "--from", "2026-03-01T00:00Z", "--to", "2026-03-01T00:02Z",
+                 "--history", str(store_path), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    devices = {g["gpu"]: g for g in doc["per_gpu"]["gpus"]}
+    assert devices["cpu:package-0"]["device"] == "cpu" and devices["GPU-0"]["device"] == "gpu"
+    assert devices["cpu:package-0"]["total"]["energy_kwh"] == pytest.approx(
+        150.0 * 120.0 / 3.6e6, rel=0.01)
+    assert main(["report", "energy", "--from", "2026-03-01T00:00Z", "--to", "2026-03-01T00:02Z",
+                 "--history", str(store_path)]) == 0
+    assert "| CPU | cpu:package-0 |" in capsys.readouterr().out

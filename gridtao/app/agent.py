@@ -280,6 +280,7 @@ class Agent:
                                   on_energy=self.feeds.round)
         self.work = NodeWork(config.work, registry=self.registry)  # threads start in start()
         self.feeds.attach_work(self.work.scraper, self.registry)  # J/unit, work lost
+        self.feeds.attach_cpus(self.work.rapl.readings if self.work.rapl is not None else None)
         self.work_aware = WorkAwareCuts(config, self.work, self.fast, self.island,  # docs/work.md
                                         node_id=self.node_id, registry=self.registry,
                                         clock=self.clock, physical=self._physical)

@@ -27,6 +27,7 @@ from gridtao.records.energy import EventEnergy
 from gridtao.records.liveledger import LiveLedger
 from gridtao.safety.island import OutsideChange, SafetyIsland
 from gridtao.work.collectors import LedgerCollector
+from gridtao.work.rapl import PackageReading
 from gridtao.work.sources import WorkScraper
 
 __all__ = ["LedgerFeeds", "ReadBack"]
@@ -130,6 +131,7 @@ class LedgerFeeds:
         self._recorder = recorder
         self.energy: EventEnergy | None = None  # set once built: it reports through this
         self.live: LiveLedger | None = None
+        self._cpus: Callable[[], Sequence[PackageReading]] | None = None
 
     def attach_work(self, scraper: WorkScraper | None, registry: CollectorRegistry) -> None:
         """With work sources and a history: their scrapes into the history, and the live
@@ -142,13 +144,26 @@ class LedgerFeeds:
         recorder.subscribe(self.live.after_write)
         LedgerCollector(self.live.per_unit, self.live.lost_totals, registry=registry)
 
+    def attach_cpus(self, readings: Callable[[], Sequence[PackageReading]] | None) -> None:
+        """With CPU power read (``work.cpu_power``): each round also puts each CPU package's
+        energy (the reader's, since its start: wraps counted) into the history's energy
+        ledger, as a device ``cpu:<package>`` of index -1, -2, ... beside the GPUs."""
+        self._cpus = readings
+
     def round(self, t_s: float, energy_mj: tuple[int | None, ...]) -> None:
         """One round's counters (monotonic ``t_s``; mJ per GPU, None where not read)."""
         power = self._power_mw()
         if self.energy is not None:
             self.energy.feed(t_s, energy_mj, power)
         if self._recorder is not None:
-            self._recorder.offer_gpus(self._clock.wall(), self._gpus, energy_mj, power)
+            wall = self._clock.wall()
+            self._recorder.offer_gpus(wall, self._gpus, energy_mj, power)
+            cpus = self._cpus() if self._cpus is not None else ()
+            if cpus:
+                self._recorder.offer_gpus(
+                    wall, tuple((-1 - k, f"cpu:{c.package}") for k, c in enumerate(cpus)),
+                    tuple(round(c.energy_j * 1000.0) for c in cpus),
+                    tuple(None if c.power_w is None else c.power_w * 1000.0 for c in cpus))
 
     def event_energy(self, fields: Mapping[str, object]) -> None:
         """An ended event's energy figures: audited, and its span (Unix s, caps to the end of

@@ -54,7 +54,9 @@ class GpuMinuteRow:
     """One GPU's energy over the covered part of a minute.
 
     ``start_s``: a multiple of 60. ``gpu``: the GPU's UUID (stable when indices move);
-    ``index``: its index as the agent numbered it then. ``energy_j`` (J, >= 0) over
+    ``index``: its index as the agent numbered it then. A CPU package the agent reads through
+    RAPL is kept here too, as ``cpu:<package>`` with a negative index (-1, -2, ...), and only
+    so. ``energy_j`` (J, >= 0) over
     ``covered_s`` (s, in [0, 60]); ``power_s``: the covered seconds measured by integrating
     power rather than by the counter (in [0, covered_s]); ``method``: :data:`GpuMethod`.
     Raises ``ValueError`` when any of this is broken."""
@@ -72,8 +74,8 @@ class GpuMinuteRow:
             raise ValueError(f"start_s must be a multiple of 60, got {self.start_s}")
         if not self.gpu:
             raise ValueError("gpu must be a GPU's UUID, got an empty name")
-        if self.index < 0:
-            raise ValueError(f"index must be >= 0, got {self.index}")
+        if self.index < 0 and not self.gpu.startswith("cpu:"):
+            raise ValueError(f"index must be >= 0 for a GPU, got {self.index}")
         _finite_nonneg("energy_j", self.energy_j)
         _covered(self.covered_s)
         if not (math.isfinite(self.power_s)

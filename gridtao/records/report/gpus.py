@@ -105,7 +105,9 @@ class GpuSpan:
 
 @dataclass(frozen=True)
 class GpuEnergy:
-    """One GPU of a node over the window: ``total``, UTC ``hours`` and ``days``."""
+    """One GPU of a node over the window: ``total``, UTC ``hours`` and ``days``. A CPU package
+    the agent read through RAPL (``work.cpu_power``) is in the ledger beside the GPUs as
+    ``cpu:<package>``, index -1, -2, ...: :attr:`device` says which."""
 
     node: str
     gpu: str
@@ -113,6 +115,11 @@ class GpuEnergy:
     total: GpuSpan
     hours: list[GpuSpan]
     days: list[GpuSpan]
+
+    @property
+    def device(self) -> str:
+        """``gpu`` or ``cpu`` (a CPU package, RAPL)."""
+        return "cpu" if self.gpu.startswith("cpu:") else "gpu"
 
 
 class _Gpu:

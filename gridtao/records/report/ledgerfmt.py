@@ -68,7 +68,8 @@ def per_gpu_json(report: EnergyReport) -> dict[str, Any]:
     """``per_gpu``: each GPU's window total, hours and days."""
     return {"available": bool(report.gpus),
             "reason": None if report.gpus else NO_GPU_ROWS,
-            "gpus": [{"node": g.node, "gpu": g.gpu, "index": g.index, "total": _span(g.total),
+            "gpus": [{"node": g.node, "gpu": g.gpu, "index": g.index, "device": g.device,
+                      "total": _span(g.total),
                       "hours": [_span(s) for s in g.hours], "days": [_span(s) for s in g.days]}
                      for g in report.gpus]}
 
@@ -122,7 +123,7 @@ def work_summary(work: EventWork | None) -> str:
 
 
 _GPU_COLUMNS = ("node", "gpu", "index", "start", "end", "start_s", "end_s", "minutes",
-                "coverage", "energy_kwh", "mean_w", "method", "power_s", "bridged_s")
+                "coverage", "energy_kwh", "mean_w", "method", "power_s", "bridged_s", "device")
 _WORK_COLUMNS = ("node", "source", "source_kind", "models", "unit", "gpus", "units",
                  "prompt_tokens", "energy_kwh", "joules_per_unit", "minutes", "counted_minutes",
                  "note", "joules_per_unit_meter")
@@ -140,7 +141,7 @@ def ledger_table(report: EnergyReport, table: str
             spans = {"gpus": [g.total], "gpu_hours": g.hours, "gpu_days": g.days}[table]
             rows += [[g.node, g.gpu, g.index, iso(s.start_s), iso(s.end_s), s.start_s, s.end_s,
                       s.minutes, s.coverage, s.energy_kwh, s.mean_w, s.method, s.power_s,
-                      s.bridged_s] for s in spans]
+                      s.bridged_s, g.device] for s in spans]
         return _GPU_COLUMNS, rows
     if table == "work":
         rows = [[e.node, e.source, e.source_kind, " ".join(e.models), e.unit,
@@ -174,7 +175,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def _gpu_rows(report: EnergyReport, pick: Callable[[Any], list[GpuSpan]], width: int,
               when: Callable[[float | None], str]) -> list[list[str]]:
-    return [[g.node, f"{g.index}", g.gpu, when(s.start_s)[:width], _f(s.energy_kwh, 4),
+    return [[g.node, f"{g.index}" if g.device == "gpu" else "CPU", g.gpu,
+             when(s.start_s)[:width], _f(s.energy_kwh, 4),
              _f(s.mean_w, 1), f"{s.coverage:.1%}", s.method]
             for g in report.gpus for s in pick(g)]
 
@@ -191,7 +193,9 @@ def ledger_markdown(report: EnergyReport, when: Callable[[float | None], str]
                  *_table(header, _gpu_rows(report, lambda g: g.days, 10, when))]
         gpus += ["", "Method: counter (NVML energy counter between read-back rounds), power "
                  "(power readings integrated: no counter, or it was reset), bridged (the "
-                 "counter's increase while the agent was down, spread evenly), mixed."]
+                 "counter's increase while the agent was down, spread evenly), mixed. Rows "
+                 "marked CPU are CPU packages (RAPL, work.cpu_power), beside the GPUs and not "
+                 "in the node's IT figures."]
     else:
         gpus = [NO_GPU_ROWS[0].upper() + NO_GPU_ROWS[1:] + "."]
     lost: list[str] = []

@@ -61,14 +61,16 @@ def draw(report: EnergyReport, path: Path) -> None:
             gx = free.pop(0)
             for gpu in gpus[n.node]:
                 gx.step([when(s.start_s) for s in gpu.hours], [s.energy_kwh for s in gpu.hours],
-                        where="post", label=f"GPU {gpu.index}")
+                        where="post", label=f"GPU {gpu.index}" if gpu.device == "gpu"
+                        else gpu.gpu.upper().replace("CPU:", "CPU "),
+                        ls="-" if gpu.device == "gpu" else "--")
             per_unit = [f"{e.source}: {e.joules_per_unit:.4g} J/{e.unit}"
                         for e in report.efficiency
                         if e.node == n.node and e.joules_per_unit is not None]
             if per_unit:
                 gx.text(0.99, 0.97, "\n".join(per_unit), transform=gx.transAxes, fontsize=7,
                         ha="right", va="top")
-            gx.set_ylabel(f"{n.node}: GPU kWh per hour")
+            gx.set_ylabel(f"{n.node}: GPU (CPU) kWh per hour")
             gx.legend(fontsize=7, loc="upper left", ncol=4)
             gx.grid(alpha=0.3)
     axes[0][0].set_title(f"gridtao energy {_when(report.from_s)} to {_when(report.to_s)} UTC "
