@@ -230,3 +230,35 @@ def test_signals_on_the_topic_reach_the_plan_and_bad_ones_are_refused_and_said(
                 "refused" in r.getMessage() and why in r.getMessage()
                 for r in caplog.records), f"the refusal ({why})", timeout_s=10.0)
             assert planning.signals(time.time()) == taken
+
+
+def test_gridtao_plan_with_a_work_requirement(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """``--work-kwh E --by TIME``: a requirement the forecast can meet gives a plan that says
+    it; one it cannot (more energy than the node could draw by then) is refused in one line;
+    one option without the other is a usage error."""
+    now = time.time()
+    store = tmp_path / "h.sqlite3"
+    first = int(now) // 60 * 60 - 14 * DAY_S
+    with HistoryStore.open(store) as db:  # a steady 2400 W node
+        db.write([MinuteRow(first + 60 * k, 2400.0, 2380.0, 2400.0 * 60, 2800.0, 0.0)
+                  for k in range(14 * 1440)])
+    (tmp_path / "signals.json").write_text(json.dumps(_signals(now)))
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "gpus": {"backend": "sim", "sim": {"count": N}}, "safety": {"triggers": []},
+        "products": [{"kind": "ffr", "capacity_w": 400, "threshold_hz": 49.5}]}))
+    base = ["--config", str(cfg), "plan", "--store", str(store), "--horizon-h", "6",
+            "--signals", str(tmp_path / "signals.json")]
+    by = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 4 * 3600))
+    assert main([*base, "--work-kwh", "2", "--by", by]) == 0
+    assert "note: work requirement: at least 2 kWh of IT energy for the jobs by" in \
+        capsys.readouterr().out
+    # 2400 W for at most 4 h is under 10 kWh: 50 kWh cannot be met.
+    assert main([*base, "--work-kwh", "50", "--by", by]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no plan" in err[0] and "infeasible" in err[0], err
+    assert main([*base, "--work-kwh", "2"]) == 2
+    assert "--work-kwh and --by go together" in capsys.readouterr().err
+    assert main([*base, "--work-kwh", "2", "--by", "tomorrow"]) == 2
+    assert "--by: not a time" in capsys.readouterr().err

@@ -5,8 +5,11 @@ or ``planner.signals_file``), the GPUs' limits (read only, through the configure
 the enrolled products, makes one planning round (gridtao/tier3/planner.py) and prints the table:
 per MTU the forecast quantiles of the natural IT draw, the offer per product, and the expected
 reserve revenue, energy cost and carbon. ``--json FILE`` writes the same, ``--plot FILE`` draws
-it. Nothing is published and no limit is written. Exit 0 with a plan; 2 with one line when there
-is not enough history, a file is bad, or the solver found no plan.
+it. ``--work-kwh E --by TIME`` plans with a work requirement: the node's jobs must still get E
+kWh of IT energy by TIME (a training run's remaining need; the program then sheds no more than
+that allows). Nothing is published and no limit is written. Exit 0 with a plan; 2 with one line
+when there is not enough history, a file or option is bad, or the solver found no plan (a
+requirement the forecast cannot meet among them).
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +28,7 @@ from gridtao.config.agent import Config, ConfigError
 
 if TYPE_CHECKING:
     from gridtao.tier3.planner import Plan
+    from gridtao.tier3.problem import WorkRequirement
 
 DAY_S = 86_400
 
@@ -37,6 +43,11 @@ def configure_plan(p: argparse.ArgumentParser) -> None:
                    help="the history database (default: the agent's, history.path)")
     p.add_argument("--json", metavar="FILE", default=None, help="write the plan as JSON")
     p.add_argument("--plot", metavar="FILE", default=None, help="draw the plan as PNG")
+    p.add_argument("--work-kwh", type=float, default=None, metavar="E",
+                   help="with --by: the jobs must still get E kWh of IT energy by then")
+    p.add_argument("--by", metavar="TIME", default=None,
+                   help="the work requirement's deadline (ISO 8601 with a zone, or Unix "
+                        "seconds)")
 
 
 def run_plan(args: argparse.Namespace, config: Config) -> int:
@@ -55,9 +66,10 @@ def run_plan(args: argparse.Namespace, config: Config) -> int:
     config = dataclasses.replace(config, planner=planner)
     if not config.products:
         raise ConfigError(f"{config.source}: products: none enrolled, nothing to plan")
+    work = _work_requirement(args)
     from gridtao.tier3.report import draw, table, to_json
 
-    plan = _plan(config, store_path(args, config))
+    plan = _plan(config, store_path(args, config), work)
     print(table(plan))
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(plan), indent=1) + "\n")
@@ -67,7 +79,21 @@ def run_plan(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _plan(config: Config, store: Path) -> Plan:
+def _work_requirement(args: argparse.Namespace) -> WorkRequirement | None:
+    """``--work-kwh`` and ``--by`` (both or neither) as the program's work requirement."""
+    from gridtao.cli.report import parse_time
+    from gridtao.tier3.problem import WorkRequirement
+
+    if (args.work_kwh is None) != (args.by is None):
+        raise ConfigError("--work-kwh and --by go together: how much IT energy, by when")
+    if args.work_kwh is None:
+        return None
+    if not (math.isfinite(args.work_kwh) and args.work_kwh >= 0):
+        raise ConfigError(f"--work-kwh: {args.work_kwh!r} is not kWh >= 0")
+    return WorkRequirement(args.work_kwh * 1000.0, parse_time(args.by, "--by"))
+
+
+def _plan(config: Config, store: Path, work: WorkRequirement | None = None) -> Plan:
     from gridtao.app.planning import floor_w, natural_history, plan_settings, signals_file
     from gridtao.gpu import open_backend
     from gridtao.history import HistoryError
@@ -92,9 +118,15 @@ def _plan(config: Config, store: Path) -> Plan:
         where = e.filename or config.planner.signals_file
         raise ConfigError(f"{config.source}: planner.signals_file: {where}: cannot read: "
                           f"{e.strerror or e}") from None
+    settings = plan_settings(config, floor_w(config, limits, indices))
+    if work is not None:
+        when = datetime.fromtimestamp(work.by_s, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        settings = dataclasses.replace(
+            settings, options=dict(settings.options) | {"work": work},
+            notes=(*settings.notes, f"work requirement: at least {work.energy_wh / 1000:g} kWh "
+                                    f"of IT energy for the jobs by {when}"))
     try:
-        plan = make_plan(t, mean, p10, signals, now_s=now,
-                         settings=plan_settings(config, floor_w(config, limits, indices)))
+        plan = make_plan(t, mean, p10, signals, now_s=now, settings=settings)
     except ForecastError as e:
         raise ForecastError(f"{store}: {e} (the agent records a minute a minute; `gridtao "
                             "history import FILE.csv` or `gridtao history generate --days N` "
