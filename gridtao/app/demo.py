@@ -1,4 +1,4 @@
-"""`gridtao demo`: the whole product on one machine in about half a minute.
+"""`gridtao demo`: the whole product on one machine in about a minute.
 
 Starts Mosquitto on a free loopback port, an agent on 8 simulated H100s (real time), then acts as
 the grid: publishes a frequency dip to 49.45 Hz (crossing the armed FFR levels one by one) and,
