@@ -245,6 +245,42 @@ def test_a_start_and_an_end_handed_over_after_later_rounds_are_still_exact() -> 
     assert _f(record, "it_not_drawn_j") == pytest.approx(1000.0 * 7.9, abs=0.1)
 
 
+def test_overlapping_events_name_each_other_and_the_node_total_counts_each_moment_once() -> None:
+    """Two GPUs at exactly 1000 W each against a 3000 W reference: FFR's first level from 2 to
+    10 s, its second (deeper, the same baseline) from 4 to 8 s. Each record is its own view, 1000
+    W not drawn over its span, and names the other; the node's total counts 2 to 10 s once,
+    not the 4 s they share twice. A later event, after a gap, starts a run of its own."""
+    records: list[Mapping[str, object]] = []
+    ledger = EventEnergy(FACILITY, N, on_event=records.append)
+
+    def feed(k: int) -> None:
+        ledger.feed(k * ROUND_S, [k * 500_000, k * 500_000], [1e6, 1e6])
+
+    feed(0)
+    for k in range(1, 41):  # 0.5 s rounds up to 20 s
+        t = k * ROUND_S
+        if t == 2.0:
+            ledger.event_started("l1", "frequency", t0_s=2.0, wall0_s=102.0, baseline_mw=3e6)
+        if t == 4.0:
+            ledger.event_started("l2", "frequency", t0_s=4.0, wall0_s=104.0, baseline_mw=3e6)
+        if t == 8.0:
+            ledger.event_ended("l2", t1_s=8.0, wall1_s=108.0)
+        if t == 10.0:
+            ledger.event_ended("l1", t1_s=10.0, wall1_s=110.0)
+        if t == 14.0:
+            ledger.event_started("s1", "shed", t0_s=14.0, wall0_s=114.0, baseline_mw=3e6)
+        if t == 16.0:
+            ledger.event_ended("s1", t1_s=16.0, wall1_s=116.0)
+        feed(k)
+    by_id = {r["event"]: r for r in records}
+    assert by_id["l1"]["overlapped"] == ["l2"] and by_id["l2"]["overlapped"] == ["l1"]
+    assert "overlapped" not in by_id["s1"]
+    assert _f(by_id["l1"], "it_not_drawn_j") == pytest.approx(1000.0 * 8.0, abs=0.1)
+    assert _f(by_id["l2"], "it_not_drawn_j") == pytest.approx(1000.0 * 4.0, abs=0.1)
+    # 2-10 s and 14-16 s, each once: 1000 W x 10 s, not 1000 W x 14 s.
+    assert ledger.not_drawn_j()[0] == pytest.approx(1000.0 * 10.0, abs=0.1)
+
+
 def test_a_shed_leaves_an_event_energy_record(mqtt_broker_session: MosquittoBroker,
                                               tmp_path: Path) -> None:
     broker = mqtt_broker_session

@@ -23,6 +23,13 @@ the reference; the drawn one is losses on the measured IT power plus cooling, wh
 settled at the reference and follows the measured IT power through its lag. Only the event's
 own span is counted: cooling still depressed after it is not.
 
+Overlapping events (FFR's levels fired one after another, a dispatch on top of a frequency
+event) each get their own record, measured from their own baseline over their own span, and
+name the events they overlapped (``overlapped``): their not-drawn figures overlap and must not
+be added up. The node's total (:meth:`not_drawn_j`) counts each moment once: over each run of
+time with at least one event in force, from the first event's baseline (the draw every event of
+the run was cut from: the island freezes it at the first), whatever the number of events.
+
 Threads: :meth:`feed` on the read-back thread, which also does every computation and calls
 ``on_event``; :meth:`event_started` and :meth:`event_ended` from the island lane, O(1) (a list
 append under a lock held for nothing else); :meth:`not_drawn_j` from any thread (a scrape).
@@ -83,6 +90,7 @@ class _Open:
     cooling_w: float
     covered_s: float
     recovered: bool = False  # held again after a crash: counted from the restart on
+    overlapped: set[str] = field(default_factory=set)  # other events open during this one
     it_j: float = 0.0
     meter_j: float = 0.0
     methods: set[str] = field(default_factory=set)
@@ -106,6 +114,10 @@ class EventEnergy:
         self._last: tuple[float, tuple[int | None, ...], tuple[float, ...]] | None = None
         self._intervals: deque[Interval] = deque(maxlen=KEPT_INTERVALS)
         self._open: dict[str, _Open] = {}
+        # Runs of time with at least one event in force, for the node's total (oldest first;
+        # the last may still be open): each counted once, from its first event's reference.
+        self._runs: list[_Open] = []
+        self._last_end: tuple[float, float] | None = None  # the latest end in the last run
 
     # ---- island lane (O(1)) --------------------------------------------------------------
 
@@ -151,19 +163,33 @@ class EventEnergy:
         for event_id, kind, t0, wall0, reference_w, recovered in started:
             if len(self._open) >= MAX_OPEN_EVENTS:
                 self._open.pop(next(iter(self._open)))
-            self._open[event_id] = _Open(event_id, kind, t0, wall0, reference_w,
-                                         self._facility.steady_cooling_w(reference_w), t0,
-                                         recovered)
+            ev = _Open(event_id, kind, t0, wall0, reference_w,
+                       self._facility.steady_cooling_w(reference_w), t0, recovered)
+            for other in self._open.values():
+                if other.end is None or other.end[0] > t0:
+                    ev.overlapped.add(other.event_id)
+                    other.overlapped.add(event_id)
+            self._open[event_id] = ev
+            self._join_run(ev)
         for event_id, t1, wall1 in ended:
-            ev = self._open.get(event_id)
-            if ev is not None:
-                ev.end = (max(t1, ev.t0_s), wall1)
+            closing = self._open.get(event_id)
+            if closing is None:
+                continue
+            closing.end = (max(t1, closing.t0_s), wall1)
+            if self._last_end is None or closing.end[0] > self._last_end[0]:
+                self._last_end = closing.end
+            if self._runs and all(o.end is not None for o in self._open.values()):
+                self._runs[-1].end = self._last_end  # none in force: the run ends with the last
         settled = list(self._intervals)[:-SETTLE_INTERVALS]
-        for ev in list(self._open.values()):
+        for ev in [*self._open.values(), *self._runs]:
             if ev.end is not None and self._intervals and self._intervals[-1].t1_s >= ev.end[0]:
                 self._count(ev, self._intervals, ev.end[0])
-                del self._open[ev.event_id]
-                self._report(ev, ev.end)
+                if ev.event_id:
+                    del self._open[ev.event_id]
+                    self._report(ev, ev.end)
+                else:
+                    self._runs.remove(ev)
+                    self._add_not_drawn(ev, ev.end)
             elif settled:
                 self._count(ev, settled, settled[-1].t1_s)
 
@@ -183,16 +209,36 @@ class EventEnergy:
             ev.covered_s = hi
             ev.methods |= iv.methods
 
-    def _report(self, ev: _Open, end: tuple[float, float]) -> None:
+    def _join_run(self, ev: _Open) -> None:
+        """``ev`` opened: it joins the run of events in force, or starts one (from its own
+        reference) when the last run had ended before it."""
+        run = self._runs[-1] if self._runs else None
+        if run is not None and (run.end is None or run.end[0] > ev.t0_s):
+            run.end = None  # in force again (or still): the run goes on
+            return
+        self._last_end = None
+        self._runs.append(_Open("", "run", ev.t0_s, ev.wall0_s, ev.reference_w,
+                                self._facility.steady_cooling_w(ev.reference_w), ev.t0_s))
+
+    def _not_drawn_of(self, ev: _Open, end: tuple[float, float]) -> tuple[float, float, float]:
+        """(duration s, not drawn at the IT J, at the meter J) of ``ev`` ending at ``end``."""
         duration = end[0] - ev.t0_s
         reference_j = ev.reference_w * duration
         meter_reference_j = self._facility.steady_meter_w(ev.reference_w) * duration
-        it_not, meter_not = reference_j - ev.it_j, meter_reference_j - ev.meter_j
-        method = ("none" if not ev.methods else next(iter(ev.methods))
-                  if len(ev.methods) == 1 else "mixed")
+        return duration, reference_j - ev.it_j, meter_reference_j - ev.meter_j
+
+    def _add_not_drawn(self, run: _Open, end: tuple[float, float]) -> None:
+        """A run of events in force is over: its energy not drawn into the node's total."""
+        _, it_not, meter_not = self._not_drawn_of(run, end)
         with self._lock:
             it_total, meter_total = self._not_drawn
             self._not_drawn = (it_total + max(0.0, it_not), meter_total + max(0.0, meter_not))
+
+    def _report(self, ev: _Open, end: tuple[float, float]) -> None:
+        duration, it_not, meter_not = self._not_drawn_of(ev, end)
+        reference_j = ev.reference_w * duration
+        method = ("none" if not ev.methods else next(iter(ev.methods))
+                  if len(ev.methods) == 1 else "mixed")
         if self._on_event is not None:
             self._on_event({
                 "event": ev.event_id, "kind": ev.kind, "started_at": round(ev.wall0_s, 6),
@@ -202,6 +248,7 @@ class EventEnergy:
                 "meter_drawn_j": round(ev.meter_j, 1),
                 "meter_not_drawn_j": round(meter_not, 1),
                 **({"recovered": True} if ev.recovered else {}),
+                **({"overlapped": sorted(ev.overlapped)} if ev.overlapped else {}),
             })
 
 

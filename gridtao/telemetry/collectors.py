@@ -296,8 +296,9 @@ class EnergyCollector(Collector):
 
 class EventEnergyCollector(Collector):
     """``gridtao_event_energy_not_drawn_joules_total{at="it"|"meter"}``: energy the node did not
-    draw over the events ended so far, against each event's reference draw
-    (gridtao/records/energy.py), from ``read() -> (it_j, meter_j)``."""
+    draw while events were in force, each moment counted once however many events overlapped,
+    against the reference draw of the first event in force (gridtao/records/energy.py), from
+    ``read() -> (it_j, meter_j)``."""
 
     def __init__(self, read: Callable[[], tuple[float, float]], *,
                  registry: CollectorRegistry) -> None:
@@ -308,8 +309,9 @@ class EventEnergyCollector(Collector):
     def _family() -> CounterMetricFamily:
         return CounterMetricFamily(
             "gridtao_event_energy_not_drawn_joules",
-            "Energy not drawn during events against their reference draw, J (at the GPUs, or "
-            "at the meter through the facility model).", labels=["at"])
+            "Energy not drawn while events were in force, each moment once, against the "
+            "reference draw, J (at the GPUs, or at the meter through the facility model).",
+            labels=["at"])
 
     def describe(self) -> Iterator[Metric]:
         yield self._family()
