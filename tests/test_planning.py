@@ -254,11 +254,22 @@ def test_gridtao_plan_with_a_work_requirement(tmp_path: Path,
     assert main([*base, "--work-kwh", "2", "--by", by]) == 0
     assert "note: work requirement: at least 2 kWh of IT energy for the jobs by" in \
         capsys.readouterr().out
-    # 2400 W for at most 4 h is under 10 kWh: 50 kWh cannot be met.
+    # 2400 W for at most 4 h is under 10 kWh: 50 kWh cannot be met, and the line says what can.
     assert main([*base, "--work-kwh", "50", "--by", by]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no plan" in err[0] and "infeasible" in err[0], err
+    assert len(err) == 1 and "no plan: --work-kwh 50 by --by" in err[0], err
+    assert "expected to draw at most" in err[0] and "kWh by then" in err[0], err
+    # A deadline before the first MTU planned (the one under way is not planned).
+    assert main([*base, "--work-kwh", "1", "--by", "2020-01-01T00:00Z"]) == 2
+    assert "before the first market time unit planned" in capsys.readouterr().err
     assert main([*base, "--work-kwh", "2"]) == 2
     assert "--work-kwh and --by go together" in capsys.readouterr().err
     assert main([*base, "--work-kwh", "2", "--by", "tomorrow"]) == 2
     assert "--by: not a time" in capsys.readouterr().err
+    # A signals file given on the command line and refused: the option and the file named.
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps(_signals(now - 5 * DAY_S)))
+    base[base.index("--signals") + 1] = str(stale)
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"gridtao: error: --signals: {stale}: refused: stale"), err

@@ -69,7 +69,9 @@ def run_plan(args: argparse.Namespace, config: Config) -> int:
     work = _work_requirement(args)
     from gridtao.tier3.report import draw, table, to_json
 
-    plan = _plan(config, store_path(args, config), work)
+    where = ("--signals" if args.signals is not None
+             else f"{config.source}: planner.signals_file")
+    plan = _plan(config, store_path(args, config), work, signals_where=where)
     print(table(plan))
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(plan), indent=1) + "\n")
@@ -93,12 +95,14 @@ def _work_requirement(args: argparse.Namespace) -> WorkRequirement | None:
     return WorkRequirement(args.work_kwh * 1000.0, parse_time(args.by, "--by"))
 
 
-def _plan(config: Config, store: Path, work: WorkRequirement | None = None) -> Plan:
+def _plan(config: Config, store: Path, work: WorkRequirement | None = None, *,
+          signals_where: str = "planner.signals_file") -> Plan:
     from gridtao.app.planning import floor_w, natural_history, plan_settings, signals_file
     from gridtao.gpu import open_backend
     from gridtao.history import HistoryError
     from gridtao.tier3.forecast import ForecastError
     from gridtao.tier3.planner import make_plan
+    from gridtao.tier3.signals import SignalError
 
     backend = open_backend(config.gpus)
     try:
@@ -116,11 +120,14 @@ def _plan(config: Config, store: Path, work: WorkRequirement | None = None) -> P
         signals = signals_file(config, now)
     except OSError as e:
         where = e.filename or config.planner.signals_file
-        raise ConfigError(f"{config.source}: planner.signals_file: {where}: cannot read: "
+        raise ConfigError(f"{signals_where}: {where}: cannot read: "
                           f"{e.strerror or e}") from None
+    except SignalError as e:  # one line naming the file, as for every input
+        raise ConfigError(f"{signals_where}: {config.planner.signals_file}: refused: "
+                          f"{e}") from None
     settings = plan_settings(config, floor_w(config, limits, indices))
     if work is not None:
-        when = datetime.fromtimestamp(work.by_s, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        when = _utc(work.by_s)
         settings = dataclasses.replace(
             settings, options=dict(settings.options) | {"work": work},
             notes=(*settings.notes, f"work requirement: at least {work.energy_wh / 1000:g} kWh "
@@ -132,8 +139,31 @@ def _plan(config: Config, store: Path, work: WorkRequirement | None = None) -> P
                             "history import FILE.csv` or `gridtao history generate --days N` "
                             "fills it at once)") from None
     if not plan.valid:
+        if work is not None and plan.result.status == "infeasible":
+            raise ConfigError(f"no plan: --work-kwh {work.energy_wh / 1000:g} by --by "
+                              f"{_utc(work.by_s)}: {_work_reach(plan, work)}")
         raise ConfigError(f"no plan: solver status {plan.result.status} "
                           f"({'; '.join(plan.result.notes) or 'no detail'})")
     return plan
+
+
+def _utc(t_s: float) -> str:
+    return datetime.fromtimestamp(t_s, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _work_reach(plan: Plan, work: WorkRequirement) -> str:
+    """Why a work requirement cannot be met: its deadline is before the first MTU planned (the
+    one under way is not), or the forecast's expected draw before it falls short."""
+    start, mtu = plan.forecast.start_s, plan.forecast.mtu_s
+    if work.by_s <= start:
+        return (f"the deadline is before the first market time unit planned ({_utc(start)}; "
+                "the one under way is not planned)")
+    hours = mtu / 3600.0
+    shares = [max(0.0, min(1.0, (min(work.by_s, plan.forecast.end_s) - (start + k * mtu)) / mtu))
+              for k in range(plan.forecast.horizon)]
+    most_kwh = sum(float(w) * x for w, x in zip(plan.forecast.p50_w, shares, strict=True)) \
+        * hours / 1000.0
+    return (f"the node is expected to draw at most {most_kwh:.1f} kWh by then (the forecast's "
+            "p50 with nothing shed)")
 
 
