@@ -271,5 +271,5 @@ def test_gridtao_plan_with_a_work_requirement(tmp_path: Path,
     stale.write_text(json.dumps(_signals(now - 5 * DAY_S)))
     base[base.index("--signals") + 1] = str(stale)
     assert main(base) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"gridtao: error: --signals: {stale}: refused: stale"), err
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"gridtao: error: --signals: {stale}: refused: stale"), line
