@@ -101,7 +101,9 @@ def run_demo(config: Config, *, out_dir: Path, duration_scale: float = 1.0) -> i
 
 
 def _run(config: Config, out_dir: Path, duration_scale: float, device: str | None) -> int:
-    history = out_dir.resolve() / "history.sqlite3"
+    # Named as the agent names its own (history-<node>.sqlite3), so `gridtao report energy`
+    # calls the demo's node by one name in every table.
+    history = out_dir.resolve() / "history-demo-node.sqlite3"
     for stale in (history, history.with_name(history.name + "-wal"),
                   history.with_name(history.name + "-shm")):
         stale.unlink(missing_ok=True)  # an earlier demo's GPUs, not this one's
@@ -172,8 +174,10 @@ def _play_grid(agent: Agent, broker: MosquittoBroker, recorder: Recorder,
           f"{len(agent.backend.devices())} simulated GPUs")
     _sleep_until(t0, 1.0)
     baseline = recorder.samples[-1].node_w if recorder.samples else float("nan")
-    print(f"[{time.monotonic() - t0:6.2f} s] steady draw {baseline:.0f} W; "
-          "frequency dip to 49.45 Hz begins")
+    print(f"[{time.monotonic() - t0:6.2f} s] draw now {baseline:.0f} W (the training load "
+          "swings by some 300 W: each cut is measured from the draw smoothed over "
+          f"{agent.config.control.basis_tau_s:g} s where it lands, its baseline in the audit "
+          "trail); frequency dip to 49.45 Hz begins")
     # Frequency from a meter at 10 Hz, following the profile, over one connection.
     t_f = 0.0
     with Publisher(broker.host, broker.port) as meter:
