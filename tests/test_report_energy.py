@@ -100,7 +100,8 @@ def _trail(path: Path, *, rotate_bytes: int | None = None, padding: int = 0) -> 
         at(2700, "event_released", {"event": "e1", "why": "duration over"})
         at(2702, "event_ended", {"event": "e1", "why": "duration over"})
         at(2702.5, "event_energy",
-           energy("e1", 2400.25, 2702, "counter", 250_000, 362_100, 300_000, 150_000))
+           energy("e1", 2400.25, 2702, "counter", 250_000, 362_100, 300_000, 150_000)
+           | {"overlapped": ["ffr-2"]})
         # d1: a demand-response event of tier 2: ramps from 01:29, done at 01:44.
         at(5000, "dr_scheduled", {"event": "d1", "start_at": T0 + 5400, "duration_s": 600})
         at(5001, "dr_state", {"event": "d1", "from": None, "to": "scheduled", "reduction_w": 0})
@@ -246,6 +247,7 @@ def test_events_of_the_window_with_their_energy(site: Site,
     assert rel(e1["meter_not_drawn_kwh"], 150_000 / KWH)
     assert rel(e1["baseline_w"], 1200.0) and rel(e1["target_w"], 800.0)
     assert e1["partly_outside_window"] is False and e1["verified"] is True
+    assert e1["overlapped"] == ["ffr-2"] and events["e2"]["overlapped"] == []
     assert e1["work_lost"]["available"] is False and e1["work_lost"]["sources"] == []
     assert "no work counters" in e1["work_lost"]["reason"]
     # The minute history over its span (1200 W throughout, settled).
@@ -288,6 +290,7 @@ def test_per_gpu_and_work_are_said_to_be_unavailable_without_their_rows(
         assert heading in md, heading
     assert "| n1 | 2026-03-01 01:20:00 | 2026-03-01 01:25:00 | 5 |" in md
     assert "modelled" in md and "No GPU minutes in the window" in md
+    assert "overlapped ffr-2: do not add their not drawn" in md
     assert "| n1 | e1 | dispatch | 2026-03-01 00:40:00.250 | 2026-03-01 00:45:02 | 0.0694 |" in md
 
 

@@ -131,6 +131,7 @@ def _event_json(x: EventEntry) -> dict[str, Any]:
         "work_lost": event_work_json(x.work), "verified": ev.verified,
         "cancelled_by": ev.cancelled_by,
         "restarted_at": iso(ev.restarted_at_s),
+        "overlapped": _overlapped(x),
     }
 
 
@@ -284,7 +285,9 @@ def to_markdown(report: EnergyReport) -> str:
               "-" if x.history is None else _f(x.history.it_kwh, 4),
               work_summary(x.work), _event_note(x)] for x in report.events))
         out += ["", "IT and meter figures are the agent's event_energy records; not drawn = "
-                "reference - drawn (negative: drew more than the reference). History IT kWh: "
+                "reference - drawn (negative: drew more than the reference); events that "
+                "overlapped each measure the node over their own span (note), so their not "
+                "drawn figures overlap and do not add up. History IT kWh: "
                 "the minute history over the event's span (minute resolution). Work lost: "
                 "measured from the work sources' counters in the history (below)."]
         out += ["", "### Work lost by event", "", *lost]
@@ -318,7 +321,16 @@ def _event_note(x: EventEntry) -> str:
                      f"{_when(x.event.restarted_at_s)}")
     if not x.event.verified:
         notes.append("UNVERIFIED (chain broken)")
+    overlapped = _overlapped(x)
+    if overlapped:
+        notes.append(f"overlapped {', '.join(overlapped)}: do not add their not drawn")
     return "; ".join(notes) or "-"
+
+
+def _overlapped(x: EventEntry) -> list[str]:
+    """The events ``x``'s energy record says were in force with it (none: none, or no record)."""
+    value = x.event.energy.get("overlapped") if x.event.energy is not None else None
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 
