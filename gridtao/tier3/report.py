@@ -115,16 +115,23 @@ def draw(plan: Plan, path: Path) -> None:
     plt = pyplot()
     data = rows(plan)
     t = [datetime.fromtimestamp(r["start"]) for r in data]
+    # The steps hold each MTU's value to its end: the last one needs its end as a point too.
+    edges = [*t, datetime.fromtimestamp(plan.forecast.end_s)]
+
+    def held(key: str) -> list[float]:
+        values = [float(r[key]) for r in data]
+        return [*values, values[-1]]
+
     fig, ax = plt.subplots(figsize=(11, 4), dpi=110)
-    ax.fill_between(t, [r["p10_w"] for r in data], [r["p90_w"] for r in data], step="post",
+    ax.fill_between(edges, held("p10_w"), held("p90_w"), step="post",
                     alpha=0.2, label="forecast p10-p90 (IT W)")
-    ax.step(t, [r["p50_w"] for r in data], where="post", label="forecast p50")
+    ax.step(edges, held("p50_w"), where="post", label="forecast p50 (IT W)")
     ax.axhline(plan.problem.floor_w, color="k", ls=":", lw=1, label="node floor")
     bottom = [plan.problem.floor_w] * len(data)
     for name in plan.result.offers_w:
         height = [r["offers_w"][name] for r in data]
         ax.bar(t, height, bottom=bottom, width=plan.forecast.mtu_s / 86_400, align="edge",
-               alpha=0.6, label=f"offer {name} (W)")
+               alpha=0.6, label=f"offer {name} (W at the settlement point)")
         bottom = [b + h for b, h in zip(bottom, height, strict=True)]
     ax.set_ylabel("W")
     ax.set_title(f"gridtao plan: expected revenue {plan.result.revenue:.2f} EUR")

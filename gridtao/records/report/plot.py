@@ -60,8 +60,13 @@ def draw(report: EnergyReport, path: Path) -> None:
         if gpus[n.node]:
             gx = free.pop(0)
             for gpu in gpus[n.node]:
-                gx.step([when(s.start_s) for s in gpu.hours], [s.energy_kwh for s in gpu.hours],
-                        where="post", label=f"GPU {gpu.index}" if gpu.device == "gpu"
+                if not gpu.hours:
+                    continue
+                # Held to each hour's end (one hour alone would otherwise draw nothing).
+                edges = [when(s.start_s) for s in gpu.hours] + [when(gpu.hours[-1].end_s)]
+                kwh = [s.energy_kwh for s in gpu.hours]
+                gx.step(edges, [*kwh, kwh[-1]], where="post",
+                        label=f"GPU {gpu.index}" if gpu.device == "gpu"
                         else gpu.gpu.upper().replace("CPU:", "CPU "),
                         ls="-" if gpu.device == "gpu" else "--")
             per_unit = [f"{e.source}: {e.joules_per_unit:.4g} J/{e.unit}"
