@@ -388,3 +388,9 @@ def test_the_plan_table_says_why_an_mtu_has_no_offer() -> None:
     everywhere = Plan(0.0, Forecast(0, 3600, offered.p10_w, offered.p50_w, offered.p50_w),
                       offered, solve(offered))
     assert why_no_offer(everywhere) == []
+    # One cause for every MTU without an offer: said once, no count repeated.
+    nowhere = problem([900, 900], [1000, 1000], [FFR], {"ffr": [10, 10]})
+    none_plan = Plan(0.0, Forecast(0, 3600, nowhere.p10_w, nowhere.p50_w, nowhere.p50_w),
+                     nowhere, solve(nowhere))
+    assert why_no_offer(none_plan) == ["no offer in 2 of 2 MTUs: the forecast's p10 is at or "
+                                       "under the node's floor (1000 W IT): no room to offer"]

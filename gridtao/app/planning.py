@@ -219,7 +219,8 @@ class NodePlanning:
                                  products=products, max_bytes=self._config.mqtt.max_payload_bytes,
                                  received_wall=msg.received_wall)
             if verdict.accepted:
-                log.info("award %s filed: %s", verdict.id, verdict.award)
+                log.info("award %s filed: %s", verdict.id,
+                         verdict.award.describe() if verdict.award is not None else "-")
             else:
                 log.warning("award %s refused: %s", verdict.id, verdict.reason)
             self._ledger.record("award", {"id": verdict.id, "accepted": verdict.accepted,

@@ -94,8 +94,10 @@ def why_no_offer(plan: Plan) -> list[str]:
                              f"({p.floor_w:.0f} W IT): no room to offer"),
               (unpriced, "no capacity price for any enrolled product"),
               (len(priced), "offering did not pay (energy, carbon or lost work)")]
-    said = "; ".join(f"{count} MTU{'s' if count > 1 else ''}: {why}" for count, why in causes
-                     if count)
+    found = [(count, why) for count, why in causes if count]
+    if len(found) == 1:  # one cause for every MTU without an offer: no count to repeat
+        return [f"no offer in {len(idle)} of {n} MTUs: {found[0][1]}"]
+    said = "; ".join(f"{count} MTU{'s' if count > 1 else ''}: {why}" for count, why in found)
     return [f"no offer in {len(idle)} of {n} MTUs: {said}"]
 
 

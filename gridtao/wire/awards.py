@@ -23,6 +23,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 from gridtao.wire.messages import ID_MAX_CHARS, NODE_W_MAX, MessageRejected
@@ -47,6 +48,15 @@ class Award:
     def end_s(self) -> int:
         n = max((len(v) for v in self.capacity_w.values()), default=0)
         return self.start_s + n * self.mtu_s
+
+    def describe(self) -> str:
+        """In words, for a log line: its MTUs and, per product, the watts accepted."""
+        start = datetime.fromtimestamp(self.start_s, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        n = (self.end_s - self.start_s) // self.mtu_s if self.mtu_s else 0
+        products = "; ".join(
+            f"{name} " + " ".join("-" if w is None else f"{w:g}" for w in series) + " W"
+            for name, series in self.capacity_w.items())
+        return f"{n} MTU(s) of {self.mtu_s} s from {start} UTC: {products}"
 
     def at(self, wall_s: float) -> dict[str, float]:
         """The capacities accepted for the MTU holding ``wall_s`` (products with a value)."""
