@@ -231,3 +231,18 @@ def test_opening_an_existing_device_never_creates_one(monkeypatch: pytest.Monkey
     monkeypatch.setattr(DeviceFile, "peek", staticmethod(peek_then_destroy))
     assert SimNvml.open_existing(path, MonotonicClock()) is None
     assert not path.exists()
+
+
+def test_two_named_devices_have_gpus_of_their_own() -> None:
+    """Two simulated nodes on one machine, the same seed: their GPUs' UUIDs differ (reports
+    key energy by UUID), and a second process opening a device sees the UUIDs its creator saw."""
+    first, other, again = _open(name="a"), _open(name="b"), _open(name="a")
+    try:
+        def uuids(b: NvmlBackend) -> list[str]:
+            return [d.uuid for d in b.devices()]
+
+        assert not set(uuids(first)) & set(uuids(other))
+        assert uuids(again) == uuids(first) and len(set(uuids(first))) == 2
+    finally:
+        for b in (first, other, again):
+            b.close()

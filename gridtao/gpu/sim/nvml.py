@@ -249,6 +249,13 @@ class SimNvml:
             devices.append(_Device(physics, self.profile.name, uuid_str))
         self.device: DeviceFile | None = None
         if device_path is not None:
+            # Every machine's GPUs have UUIDs of their own: named devices (two simulated nodes
+            # on one machine) must not share them, whatever their seed. The same name gives
+            # the same UUIDs in every process that opens it.
+            name = Path(device_path).name
+            for i, d in enumerate(devices):
+                d.uuid = "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_URL,
+                                                 f"gridtao-sim:{name}:{cfg.seed}:{i}"))
             self.device = DeviceFile.open(
                 device_path, params=_device_params(cfg), replicas=[d.physics for d in devices],
                 t0_s=t0, wall_offset_s=self._wall_offset_s, create=create_device)
