@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from trails import virtual_trail
 
 from gridtao.cli.main import main
@@ -246,3 +247,19 @@ def test_the_live_ledger_and_its_prometheus_families_by_hand() -> None:
     assert value("gridtao_work_joules_per_token", source="chat", model="llama") == 8.0
     assert value("gridtao_work_joules_per_unit", source="train", unit="samples") == 100.0
     assert value("gridtao_work_lost_total", source="chat", unit="token") == pytest.approx(lost)
+
+
+def test_a_configured_work_source_that_counted_nothing_is_said(
+        args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """This node's configuration names a source the history has no minutes of (down all the
+    window): the report says so instead of leaving it out silently."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "facility": {"cop": 4.0}, "mqtt": {"node_id": "n1"},
+        "work": {"sources": [
+            {"name": "chat", "url": "http://127.0.0.1:9/metrics", "kind": "vllm", "gpus": [0, 1]},
+            {"name": "ghost", "url": "http://127.0.0.1:9/metrics", "kind": "vllm",
+             "gpus": [2]}]}}))
+    doc = _json(capsys, args)
+    notes = [n for n in doc["notes"] if "counted nothing" in n]
+    assert len(notes) == 1 and "'ghost'" in notes[0], doc["notes"]

@@ -156,6 +156,12 @@ def run_report(args: argparse.Namespace, config: Config) -> int:
             loaded.append((name, str(path), store.rows(since, until)))
             ledgers[name] = rep.Ledger(store.gpu_rows(since, until),
                                        store.work_rows(since, until))
+    if node_id in ledgers:  # this node's own work sources, said when they counted nothing
+        counted = {r.source for r in ledgers[node_id].work
+                   if from_s - 60 < r.start_s < to_s}
+        notes += [f"work source {s.name!r} (work.sources, {s.url}) counted nothing in the "
+                  "window: it was down or not scraped, so it has no figure below"
+                  for s in config.work.sources if s.name not in counted]
     report = rep.build_report(
         from_s, to_s, histories=loaded, trails=trails, facility=facility,
         settle_at=config.facility.settle_at,
