@@ -173,7 +173,8 @@ def _work_weights(problem: PlanProblem, work: WorkRequirement, notes: list[str])
     end = problem.start_s + problem.n * problem.mtu_s
     by = work.by_s
     if by > end:
-        notes.append("work deadline past the horizon: required within the horizon")
+        notes.append("the work deadline is past the plan's horizon: the energy is required "
+                     "within the horizon, earlier than asked")
         by = end
     out: FloatArray = np.clip((by - starts) / problem.mtu_s, 0.0, 1.0)
     return out
