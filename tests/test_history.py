@@ -603,3 +603,13 @@ def test_cli_generate_follows_the_configured_daily_shape(
             rows = s.rows(0, 2**40)
         means[level] = sum(r.it_mean_w for r in rows) / len(rows)
     assert means[0.0] < means[1.0] - 100.0
+
+
+def test_store_may_follow_the_action(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "after.sqlite3"
+    assert main(["history", "generate", "--days", "1", "--store", str(store)]) == 0
+    capsys.readouterr()
+    with HistoryStore.open(store) as s:
+        assert s.count() == 1440
+    assert main(["history", "show", "--store", str(store)]) == 0
+    assert str(store) in capsys.readouterr().out

@@ -82,6 +82,9 @@ def configure_history(p: argparse.ArgumentParser) -> None:
                                       "minutes under a grid activation.")
     show.add_argument("--days", type=_positive_days, default=1.0,
                       help="how many days back from now to show (default 1)")
+    for action in (imp, gen, show):  # after the action too: `history generate --store F`
+        action.add_argument("--store", metavar="FILE", default=argparse.SUPPRESS,
+                            help="the history database (as before the action)")
 
 
 def store_path(args: argparse.Namespace, config: Config) -> Path:
