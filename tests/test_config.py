@@ -253,3 +253,13 @@ def test_an_empty_file_runs_on_the_defaults_and_says_so(
     path.write_text("")
     assert dataclasses.replace(load_config(path), source="<defaults>") == Config()
     assert "is empty: running on the built-in defaults" in caplog.text
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (True, "got true (YAML: true, yes, on)"), (None, "got null (YAML: null, ~, or nothing)")])
+def test_a_yaml_boolean_or_null_where_a_word_is_expected_is_shown_as_yaml(
+        value: object, shown: str) -> None:
+    """``unawarded: yes`` is read as true by YAML: the error says so, not Python's True."""
+    with pytest.raises(ConfigError, match=re.escape(shown)):
+        config_from_mapping({"planner": {"unawarded": value}}, source="src")
+

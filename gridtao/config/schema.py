@@ -154,7 +154,10 @@ def _digits(number: int) -> str:
 
 def _show(value: object) -> str:
     """``value`` for an error message: one line, at most :data:`MAX_SHOWN_CHARS` characters."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+    if isinstance(value, bool) or value is None:  # as the YAML said it (yes, on: true)
+        return {True: "true (YAML: true, yes, on)", False: "false (YAML: false, no, off)",
+                None: "null (YAML: null, ~, or nothing)"}[value]
+    if isinstance(value, int) and value.bit_length() > 200:
         return f"an integer of {_digits(value)}"
     try:
         text = repr(value)  # escapes newlines, control characters and unpaired surrogates
