@@ -254,3 +254,58 @@ def test_a_write_planned_before_an_outside_limit_and_landing_after_it_is_brought
     finally:
         island.close()
         backend.close()
+
+
+def test_a_write_that_failed_once_is_written_again_though_the_plan_holds_still() -> None:
+    """Tier 1 ramps the GPUs back to 700 W; the driver refuses GPU 0's last step once (a
+    transient error). The plan no longer moves, but tier 1 writes it again within a second:
+    GPU 0 does not stay short of its resting limit."""
+    clock = VirtualClock(100.0)
+    backend, island, loop = _ramping_back(clock)
+    real_command = backend.command_limit_mw
+    refused: list[int] = []
+
+    def command(index: int, limit_mw: int) -> bool:
+        if not refused and index == 0 and limit_mw == 700 * W:
+            refused.append(limit_mw)
+            raise GpuDriverError("GPU 0: Unknown Error", index=0)
+        return real_command(index, limit_mw)
+
+    backend.command_limit_mw = command  # type: ignore[method-assign]
+    try:
+        for _ in range(300):  # 3 s
+            loop.step()
+            clock.advance(loop.period_s)
+        assert refused
+        assert [backend.enforced_limit_mw(i) for i in range(2)] == [700 * W, 700 * W]
+        assert island.write_faults() == {}
+    finally:
+        island.close()
+        backend.close()
+
+
+def test_a_gpu_whose_writes_keep_failing_is_retried_about_once_a_second() -> None:
+    """GPU 0 refuses every write: tier 1 tries it again about once a second, not at its 100 Hz
+    (a lost GPU must not be hammered), and GPU 1 reaches its resting limit regardless."""
+    clock = VirtualClock(100.0)
+    backend, island, loop = _ramping_back(clock)
+    real_command = backend.command_limit_mw
+    tries: list[float] = []
+
+    def command(index: int, limit_mw: int) -> bool:
+        if index == 0:
+            tries.append(clock.now())
+            raise GpuDriverError("GPU 0: Unknown Error", index=0)
+        return real_command(index, limit_mw)
+
+    backend.command_limit_mw = command  # type: ignore[method-assign]
+    try:
+        for _ in range(500):  # 5 s
+            loop.step()
+            clock.advance(loop.period_s)
+        late = [t for t in tries if t >= tries[0] + 1.0]
+        assert 3 <= len(late) <= 6, tries  # about once a second after the first second
+        assert backend.enforced_limit_mw(1) == 700 * W and 0 in island.write_faults()
+    finally:
+        island.close()
+        backend.close()

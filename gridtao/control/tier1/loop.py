@@ -48,6 +48,10 @@ from gridtao.telemetry.metrics import Metrics
 
 log = logging.getLogger("gridtao.control.tier1.loop")
 
+#: How often a GPU whose limit write failed is written again while the plan holds still (s):
+#: often enough to catch a transient driver error, seldom enough not to hammer a lost GPU.
+FAILED_WRITE_RETRY_S = 1.0
+
 
 @dataclass(frozen=True)
 class StepResult:
@@ -130,6 +134,7 @@ class FastLoop:
         self._peaks = PeakHold(n, peak_window_s)
         self._settle = SettleTracker(n, settle_s, min_raise_mw=self._headroom_mw)
         self._error_kind: list[str | None] = [None] * n
+        self._retry_at: dict[int, float] = {}  # GPU index -> when its failed write is redone
         # A read slower than two periods would halve the loop's rate for every GPU.
         self._stragglers = Stragglers(
             lambda i: backend.instant_power_mw(self._indices[i]), n, clock=clock,
@@ -231,6 +236,22 @@ class FastLoop:
             self._limits_mw = list(self._upper_mw)
         self._budget.deactivate()
 
+    def _failed_write_due(self, island: SafetyIsland, now: float) -> bool:
+        """Whether to write the plan again though it holds still: a GPU whose last limit write
+        failed still holds its old limit, whatever the plan says, so the plan is written again
+        at once and then about once every :data:`FAILED_WRITE_RETRY_S` while it keeps failing
+        (a transient driver error then leaves no GPU short of, or over, its plan for good; a
+        lost GPU is not hammered at the loop's rate)."""
+        faults = island.write_faults()
+        for i in [k for k in self._retry_at if k not in faults]:
+            del self._retry_at[i]  # written since
+        due = False
+        for i in faults:
+            if now >= self._retry_at.get(i, now):
+                self._retry_at[i] = now + FAILED_WRITE_RETRY_S
+                due = True
+        return due
+
     def _follow_resting(self, resting_mw: tuple[int, ...], view: IslandView) -> None:
         """Take the island's resting limits when they moved (a limit an operator set from
         outside, adopted by the island): plans rise no higher, and the GPU is taken to be where
@@ -316,7 +337,8 @@ class FastLoop:
                 abs(a - b) >= self._deadband_mw
                 for a, b in zip(new, self._limits_mw, strict=True)
             )
-        if view.safe_mode is None and (moved or (changed and new != self._limits_mw)):
+        redo = self._failed_write_due(island, now)
+        if view.safe_mode is None and (moved or redo or (changed and new != self._limits_mw)):
             wrote = True
             applied = island.apply_limits(new, view.generation)
             if applied:
