@@ -106,8 +106,24 @@ def _num(value: float | None, width: int, digits: int) -> str:
 
 
 def to_json(plan: Plan) -> dict[str, Any]:
+    """The plan as JSON: the summary and its hours, watts to 0.1 W, money to 0.1 cent,
+    carbon to the gram, work to 0.1 W·h (what the figures can mean)."""
     return {"made_at": plan.made_at_s, "mtu_s": plan.forecast.mtu_s,
-            "start": plan.forecast.start_s, **plan.summary(), "hours": rows(plan)}
+            "start": plan.forecast.start_s, **plan.summary(),
+            "hours": [_rounded(row) for row in rows(plan)]}
+
+
+_DIGITS = {"p10_w": 1, "p50_w": 1, "p90_w": 1, "ceiling_w": 1, "work_shed_wh": 1,
+           "revenue_eur": 4, "energy_cost_eur": 4, "carbon_kg": 3}
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for key, digits in _DIGITS.items():
+        if isinstance(out.get(key), float):
+            out[key] = round(out[key], digits)
+    out["offers_w"] = {k: round(v, 1) for k, v in row["offers_w"].items()}
+    return out
 
 
 def draw(plan: Plan, path: Path) -> None:
