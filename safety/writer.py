@@ -263,9 +263,9 @@ class ParallelWriter:
                 if guard is not None and not guard(index):
                     batch._returned()
                     return WriteOutcome(index, limit_mw, None, skipped=True)
-                self._read_mw[index] = None  # until read back: a failed write leaves it unknown
-                self._seq[index] += 1
-                seq = self._seq[index]
+                # Until read back the limit is unknown (a failed write leaves it so); noted as
+                # an access of its own, ordered with the reads.
+                seq = self.note_read(index, None)
                 try:
                     self._backend.command_limit_mw(index, limit_mw)
                 finally:
