@@ -183,14 +183,14 @@ class Intake:
                 self._release(ev.event_id, "duration over")
         live = set(self._island.view().active_event_ids)
         for event_id in [e for e in self._ending if e not in live]:
-            self._decide("event_ended", {"event": event_id, "why": self._ending.pop(event_id)})
+            self._ended(event_id, self._ending.pop(event_id))
         # Events the island ended by itself (safety.max_event_s) must not linger here, and
         # their sender is told: an ack with ``ended_at`` and the reason.
         for event_id in [e for e in self._events if e not in live]:
             ev = self._events.pop(event_id)
             self._monitor.forget(event_id)
             why = "ended by the safety island (safety.max_event_s)"
-            self._decide("event_ended", {"event": event_id, "why": why})
+            self._ended(event_id, why)
             extra = dict(ev.ack_extra) | {"ended_at": round(self._clock.wall(), 6)}
             out.append(self._ack(event_id, True, why, ev.received_wall, ev.commanded_wall,
                                  extra=extra, reached_wall=ev.reached_wall))
@@ -205,17 +205,17 @@ class Intake:
         wall = round(self._clock.wall(), 6)
         for event_id, ev in list(self._events.items()):
             self._monitor.forget(event_id)
-            self._decide("event_ended", {"event": event_id, "why": why})
+            self._ended(event_id, why)
             out.append(self._ack(event_id, True, why, ev.received_wall, ev.commanded_wall,
                                  extra=dict(ev.ack_extra) | {"ended_at": wall},
                                  reached_wall=ev.reached_wall))
         for event_id in self._ending:
-            self._decide("event_ended", {"event": event_id, "why": why})
+            self._ended(event_id, why)
         # Demand-response events still queued or running: cancelled, and their sender told.
         now = self._clock.now()
         for event_id, received in self._dr_accepted.items():
             if self._dr is not None and self._dr.cancel_dr(event_id, now_s=now):
-                self._decide("event_ended", {"event": event_id, "why": why})
+                self._ended(event_id, why)
                 out.append(self._ack(event_id, True, why, received, None,
                                      extra={"scheduled": True, "ended_at": wall}))
         self._events.clear()
@@ -475,9 +475,14 @@ class Intake:
                 else ev.ends_at - ev.received_at,
             })
 
+    def _ended(self, event_id: str, why: str) -> None:
+        """Event ``event_id`` is over: the energy ledger hears of it (recorded or not), and the
+        decision is recorded."""
+        if self._on_event_ended is not None:
+            self._on_event_ended(event_id)
+        self._decide("event_ended", {"event": event_id, "why": why})
+
     def _decide(self, kind: str, fields: dict[str, object]) -> None:
-        if kind == "event_ended" and self._on_event_ended is not None:
-            self._on_event_ended(str(fields["event"]))
         if self._held is not None:
             self._held.append((kind, fields))
         elif self._on_decision is not None:
