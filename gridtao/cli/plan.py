@@ -158,11 +158,10 @@ def _work_reach(plan: Plan, work: WorkRequirement) -> str:
     if work.by_s <= start:
         return (f"the deadline is before the first market time unit planned ({_utc(start)}; "
                 "the one under way is not planned)")
-    hours = mtu / 3600.0
-    shares = [max(0.0, min(1.0, (min(work.by_s, plan.forecast.end_s) - (start + k * mtu)) / mtu))
-              for k in range(plan.forecast.horizon)]
-    most_kwh = sum(float(w) * x for w, x in zip(plan.forecast.p50_w, shares, strict=True)) \
-        * hours / 1000.0
+    from gridtao.tier3.optimise import work_weights
+
+    shares = work_weights(plan.problem, work, [])  # as the program counts the MTUs
+    most_kwh = float((plan.problem.p50_w * shares).sum()) * mtu / 3600.0 / 1000.0
     return (f"the node is expected to draw at most {most_kwh:.1f} kWh by then (the forecast's "
             "p50 with nothing shed)")
 

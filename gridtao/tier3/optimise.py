@@ -67,7 +67,7 @@ from gridtao.tier3.problem import (
 )
 
 __all__ = ["DEFAULT_ACTIVATION", "Enrolment", "PlanError", "PlanProblem", "PlanResult",
-           "Status", "WorkRequirement", "node_floor_w", "problem_from", "solve"]
+           "Status", "WorkRequirement", "node_floor_w", "problem_from", "solve", "work_weights"]
 
 Status = Literal["optimal", "time_limit", "infeasible", "failed"]
 
@@ -167,8 +167,8 @@ def _marginal_shed_value(problem: PlanProblem, energy: FloatArray,
     return out
 
 
-def _work_weights(problem: PlanProblem, work: WorkRequirement, notes: list[str]) -> FloatArray:
-    """Share of each MTU before the deadline."""
+def work_weights(problem: PlanProblem, work: WorkRequirement, notes: list[str]) -> FloatArray:
+    """Share of each MTU before the deadline (a deadline past the horizon: its end, noted)."""
     starts = problem.mtu_starts_s()
     end = problem.start_s + problem.n * problem.mtu_s
     by = work.by_s
@@ -253,7 +253,7 @@ def _build(problem: PlanProblem, notes: list[str]) -> _Program:
         for coef in days.values():
             rows.append((coef, -np.inf, float(problem.dr_max_hours_per_day)))
     if problem.work is not None:  # (d)
-        w = _work_weights(problem, problem.work, notes)
+        w = work_weights(problem, problem.work, notes)
         coef = {}
         for t in range(n):
             for i, e in enumerate(problem.enrolments):
