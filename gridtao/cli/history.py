@@ -131,7 +131,7 @@ def _import(args: argparse.Namespace, store: HistoryStore) -> int:
 
 
 def _generate(args: argparse.Namespace, store: HistoryStore, config: Config) -> int:
-    from gridtao.gpu.sim.daily import shape_of
+    from gridtao.gpu.sim.daily import configured_shape
     from gridtao.history import synthetic_minutes
 
     minutes = max(1, round(args.days * 1440))
@@ -146,9 +146,7 @@ def _generate(args: argparse.Namespace, store: HistoryStore, config: Config) -> 
     # The day's shape of its inference load: the configuration's (gpus.sim.daily_shape and its
     # keys), gridtao's default levels where it sets none (a synthetic day always has a shape).
     sim = config.gpus.sim
-    shape = shape_of("default" if sim.daily_shape == "none" else sim.daily_shape,
-                     levels=sim.daily_levels, weekend_factor=sim.daily_weekend_factor,
-                     tz_offset_h=sim.daily_tz_offset_h)
+    shape = configured_shape(sim, "default" if sim.daily_shape == "none" else None)
     rows = synthetic_minutes(start, minutes / 1440, gpus=args.gpus, seed=args.seed,
                              shape=shape)
     store.write(rows)

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["DailyShape", "shape_of"]
+from gridtao.config.agent import SimConfig
+
+__all__ = ["DailyShape", "configured_shape", "shape_of"]
 
 _DAY_S = 86_400
 _HOUR_S = 3_600
@@ -112,4 +114,11 @@ def shape_of(daily_shape: str, *, levels: tuple[float, ...] = (), weekend_factor
     else:
         raise ValueError(f"unknown daily shape {daily_shape!r}")
     return DailyShape(hourly, weekend_factor, tz_offset_h * _HOUR_S)
+
+
+def configured_shape(sim: SimConfig, daily_shape: str | None = None) -> DailyShape | None:
+    """:func:`shape_of` with ``gpus.sim``'s keys (``daily_shape`` overrides its name)."""
+    return shape_of(sim.daily_shape if daily_shape is None else daily_shape,
+                    levels=sim.daily_levels, weekend_factor=sim.daily_weekend_factor,
+                    tz_offset_h=sim.daily_tz_offset_h)
 

@@ -44,7 +44,7 @@ import pynvml
 
 from gridtao.clock import Clock, VirtualClock
 from gridtao.config.agent import ConfigError, SimConfig, SimWorkload
-from gridtao.gpu.sim.daily import DailyShape, shape_of
+from gridtao.gpu.sim.daily import DailyShape, configured_shape
 from gridtao.gpu.sim.physics import PROFILES, GpuPhysics, GpuProfile
 from gridtao.gpu.sim.shared import DeviceFile, DeviceGone, DeviceMissing
 from gridtao.gpu.sim.workloads import Resumable, Trace, TraceError, load_trace, make_workload
@@ -106,8 +106,7 @@ def _config_of(params: dict[str, Any]) -> SimConfig:
 def _shape(cfg: SimConfig, load: float) -> DailyShape | None:
     """The inference demand shape of a GPU at ``load``: the day's shape (``daily_shape``)
     scaled by it, a flat ``load``, or None (unshaped) at full load without a day's shape."""
-    day = shape_of(cfg.daily_shape, levels=cfg.daily_levels,
-                   weekend_factor=cfg.daily_weekend_factor, tz_offset_h=cfg.daily_tz_offset_h)
+    day = configured_shape(cfg)
     if day is not None:
         if load == 1.0:
             return day
