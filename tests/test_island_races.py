@@ -45,6 +45,13 @@ def _ramping_back(clock: VirtualClock) -> tuple[NvmlBackend, SafetyIsland, FastL
     return backend, island, FastLoop(backend, island, clock=clock, config=ControlConfig())
 
 
+def _run_tier_1(loop: FastLoop, clock: VirtualClock, steps: int) -> None:
+    """Step tier 1 ``steps`` times in virtual time, one period apart."""
+    for _ in range(steps):
+        loop.step()
+        clock.advance(loop.period_s)
+
+
 class OneBadRead:
     """A backend whose GPU 0 fails its next instant-power read once ``armed`` (a transient
     driver error)."""
@@ -108,9 +115,7 @@ def test_a_limit_set_from_outside_while_tier_1_steps_is_not_written_over() -> No
 
     island.apply_limits = apply  # type: ignore[method-assign,assignment]
     try:
-        for _ in range(300):
-            loop.step()
-            clock.advance(loop.period_s)
+        _run_tier_1(loop, clock, 300)
         island.refresh_enforced()
         assert fired and island.resting_mw[0] == 300 * W
         assert backend.enforced_limit_mw(0) == 300 * W
@@ -246,9 +251,7 @@ def test_a_write_planned_before_an_outside_limit_and_landing_after_it_is_brought
 
     backend.command_limit_mw = command  # type: ignore[method-assign]
     try:
-        for _ in range(300):
-            loop.step()
-            clock.advance(loop.period_s)
+        _run_tier_1(loop, clock, 300)
         assert fired and island.resting_mw[0] == 300 * W
         assert backend.enforced_limit_mw(0) == 300 * W
     finally:
@@ -273,9 +276,7 @@ def test_a_write_that_failed_once_is_written_again_though_the_plan_holds_still()
 
     backend.command_limit_mw = command  # type: ignore[method-assign]
     try:
-        for _ in range(300):  # 3 s
-            loop.step()
-            clock.advance(loop.period_s)
+        _run_tier_1(loop, clock, 300)  # 3 s
         assert refused
         assert [backend.enforced_limit_mw(i) for i in range(2)] == [700 * W, 700 * W]
         assert island.write_faults() == {}
@@ -300,9 +301,7 @@ def test_a_gpu_whose_writes_keep_failing_is_retried_about_once_a_second() -> Non
 
     backend.command_limit_mw = command  # type: ignore[method-assign]
     try:
-        for _ in range(500):  # 5 s
-            loop.step()
-            clock.advance(loop.period_s)
+        _run_tier_1(loop, clock, 500)  # 5 s
         late = [t for t in tries if t >= tries[0] + 1.0]
         assert 3 <= len(late) <= 6, tries  # about once a second after the first second
         assert backend.enforced_limit_mw(1) == 700 * W and 0 in island.write_faults()
