@@ -181,17 +181,26 @@ class EventEnergy:
             if self._runs and all(o.end is not None for o in self._open.values()):
                 self._runs[-1].end = self._last_end  # none in force: the run ends with the last
         settled = list(self._intervals)[:-SETTLE_INTERVALS]
-        for ev in [*self._open.values(), *self._runs]:
-            if ev.end is not None and self._intervals and self._intervals[-1].t1_s >= ev.end[0]:
-                self._count(ev, self._intervals, ev.end[0])
-                if ev.event_id:
-                    del self._open[ev.event_id]
-                    self._report(ev, ev.end)
-                else:
-                    self._runs.remove(ev)
-                    self._add_not_drawn(ev, ev.end)
-            elif settled:
-                self._count(ev, settled, settled[-1].t1_s)
+        for ev in list(self._open.values()):
+            if (end := self._advance(ev, settled)) is not None:
+                del self._open[ev.event_id]
+                self._report(ev, end)
+        for run in list(self._runs):
+            if (end := self._advance(run, settled)) is not None:
+                self._runs.remove(run)
+                self._add_not_drawn(run, end)
+
+    def _advance(self, ev: _Open, settled: Sequence[Interval]) -> tuple[float, float] | None:
+        """Count ``ev`` on: to its end once the rounds are past it (then its end is returned:
+        it is complete), else over the ``settled`` intervals (those an end handed over late
+        cannot fall before) and None."""
+        end = ev.end
+        if end is not None and self._intervals and self._intervals[-1].t1_s >= end[0]:
+            self._count(ev, self._intervals, end[0])
+            return end
+        if settled:
+            self._count(ev, settled, settled[-1].t1_s)
+        return None
 
     def _count(self, ev: _Open, intervals: Sequence[Interval], until_s: float) -> None:
         """Add to ``ev`` the part of ``intervals`` between what it covered and ``until_s``."""
