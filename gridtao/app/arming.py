@@ -7,8 +7,7 @@ the configured ones (a static enrolment: a node that never gets an award behaves
 YAML says) or none (a node in a market arms only what it sold); by default the configured ones
 until a product's first award, none from then on. A product delivering an activation keeps its
 capacity until the activation ends (``Portfolio.busy``); the change is retried every period
-and applied then. Tier 2 re-arms the island's caps from the new
-capacities on its next period.
+and applied then. Tier 2 re-arms the island's caps from the new capacities on its next period.
 
 Threads: awards arrive on the controller loop (:meth:`AwardBook.add`); :meth:`Arming.apply`
 runs on the controller loop too; :meth:`Arming.snapshot` may be read from any thread (the

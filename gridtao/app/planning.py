@@ -176,7 +176,6 @@ class NodePlanning:
             self.recorder = HistoryRecorder(store, retention_days=config.history.retention_days,
                                             clock=clock)
 
-
     def arm_now(self) -> None:
         """Bring the products to the capacities in force now: at start, once the audit trail
         is open and before tier 2 arms the island or any trigger can land."""
