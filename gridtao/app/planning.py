@@ -39,6 +39,7 @@ from gridtao.app.arming import Arming, AwardBook, take_award
 from gridtao.clock import Clock
 from gridtao.config.agent import Config
 from gridtao.config.paths import resolve_path
+from gridtao.control.tier2.facility import FacilityModel
 from gridtao.gpu.backend import PowerLimits
 from gridtao.history import HistoryError, HistoryRecorder, HistoryStore
 from gridtao.products.portfolio import Portfolio
@@ -77,7 +78,7 @@ def plan_settings(config: Config, floor_w: float) -> PlanSettings:
         # Site energy per IT energy from the facility model: losses, and cooling at 1/COP.
         options={"settle_at": f.settle_at, "losses_fraction": f.losses_fraction,
                  "tz_offset_s": round(p.tz_offset_h * 3600),
-                 "pue": 1.0 + f.losses_fraction + 1.0 / f.cop,
+                 "pue": FacilityModel.from_config(f).settled_meter_per_it_w,
                  "carbon_eur_t": p.carbon_eur_per_t,
                  "lost_work_eur_wh": p.lost_work_eur_per_mwh / 1e6,
                  "allow_ceiling": p.ceiling, "dr_max_hours_per_day": p.dr_max_hours_per_day})

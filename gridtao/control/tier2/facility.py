@@ -54,6 +54,12 @@ class FacilityModel:
         """Meter watts per IT watt in the first seconds: 1 + losses."""
         return 1.0 + self.losses_fraction
 
+    @property
+    def settled_meter_per_it_w(self) -> float:
+        """Meter watts per IT watt once cooling has settled, the fixed load aside:
+        1 + losses + 1 / COP (the meter's share of a change of IT power, steady state)."""
+        return self.losses_factor + 1.0 / self.cop
+
     def steady_cooling_w(self, it_w: float) -> float:
         return it_w / self.cop
 

@@ -137,7 +137,7 @@ def build_report(from_s: float, to_s: float, *,
     for name, node_ledger in ledgers.items():
         gpus += gpu_energy(name, node_ledger.gpus, from_s, to_s)
         per_unit += efficiencies(name, node_ledger.work, node_ledger.gpus, from_s, to_s,
-                                 meter_factor=1.0 + facility.losses_fraction + 1.0 / facility.cop)
+                                 meter_factor=facility.settled_meter_per_it_w)
     single = len(histories) == 1 and len(trails) == 1
     only = next(iter(minutes.values())) if single else None
     only_ledger = ledgers.get(histories[0][0]) if single else None
