@@ -262,4 +262,3 @@ def test_a_yaml_boolean_or_null_where_a_word_is_expected_is_shown_as_yaml(
     """``unawarded: yes`` is read as true by YAML: the error says so, not Python's True."""
     with pytest.raises(ConfigError, match=re.escape(shown)):
         config_from_mapping({"planner": {"unawarded": value}}, source="src")
-

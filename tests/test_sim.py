@@ -519,4 +519,3 @@ def _mean_demand(config: SimConfig, wall_s: float, steps: int) -> float:
         clock.advance(0.5)
         total += sum(sim.demand_w(i) for i in range(config.count))
     return total / steps
-

@@ -430,4 +430,3 @@ def test_a_node_bidding_on_its_own_offers_whole_bid_steps_from_its_configuration
     assert np.allclose(stepped / 300.0, np.round(stepped / 300.0), atol=1e-6)
     assert np.all((stepped < 1e-6) | (stepped >= 600.0 - 1e-6))
     assert stepped.max() > 0 and not np.array_equal(stepped, offers[False])
-

@@ -121,4 +121,3 @@ def configured_shape(sim: SimConfig, daily_shape: str | None = None) -> DailySha
     return shape_of(sim.daily_shape if daily_shape is None else daily_shape,
                     levels=sim.daily_levels, weekend_factor=sim.daily_weekend_factor,
                     tz_offset_h=sim.daily_tz_offset_h)
-

@@ -333,7 +333,6 @@ def _overlapped(x: EventEntry) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
-
 def dumps(report: EnergyReport) -> str:
     """:func:`to_json` as text (indented, newline-terminated)."""
     return json.dumps(to_json(report), indent=1) + "\n"
