@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from gridtao.bench.flood import (
+from gridtao.bench.flood import main
+from gridtao.bench.floodsetup import (
     AGGREGATOR_KID,
     METER_KID,
-    _junk_signatures,
     junk_dispatch,
     junk_sample,
-    main,
+    junk_signatures,
     make_keys,
 )
 from gridtao.security import auth
@@ -33,7 +33,7 @@ def test_junk_is_refused_for_the_reason_it_stands_for(tmp_path: Path, alg: auth.
                          frozenset({"dispatch"})),
         METER_KID: (auth.load_verify_key(keys.meter.verify_file, alg), frozenset({"frequency"})),
     })
-    sigs = _junk_signatures(alg, random.Random(0), n=4)
+    sigs = junk_signatures(alg, random.Random(0), n=4)
     now = 1_800_000_000.0
     for k, reason in enumerate(("malformed", "unsigned", "bad_signature")):
         dispatch, sample = junk_dispatch(k, sigs, now), junk_sample(k, sigs, now)
