@@ -256,6 +256,7 @@ class Supervised:
                     self._was_up = False
                     await self._session()
                 except self._lost_errors as e:
+                    _raise_if_stopping(e)
                     reason = self._lost_reason(e)
                     detail = self._detail()
                     if detail and detail not in reason:
@@ -272,7 +273,8 @@ class Supervised:
                             self.stats.refused += 1
                         log.debug("%sMQTT connect to %s:%d failed: %s", self.log_prefix, self.host,
                                   self.port, reason)
-                except Exception:
+                except Exception as e:
+                    _raise_if_stopping(e)
                     # A bug must not leave the node deaf to the grid: log it loudly and reconnect.
                     self.stats.losses += 1
                     log.exception("%sMQTT link to %s:%d failed unexpectedly", self.log_prefix,
@@ -284,3 +286,15 @@ class Supervised:
             self.connected.clear()
             self._running = False
             self._loop = None
+
+
+def _raise_if_stopping(error: BaseException) -> None:
+    """Re-raise the cancellation ``error`` stands in for: a library may turn the cancellation
+    of a stop into an error of its own while closing (a disconnect that fails on the way out),
+    and a link that took that for a lost connection would go on reconnecting after its owner
+    stopped it, on a loop about to be closed under it. (Before Python 3.11 a task cannot tell,
+    and such a link ends at the next cancellation.)"""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError() from error
