@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any, Literal
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gridtao.children import module_command
 from gridtao.config.agent import GpusConfig, SimConfig
 from gridtao.control.response import band_mw
 from gridtao.gpu import GpuUnavailable, open_backend
@@ -108,8 +108,8 @@ def set_limit_subprocess(node: BaselineNode, index: int, limit_mw: int) -> None:
         raise ValueError("the sequential baseline needs the machine-wide simulated device "
                          "(gpus.sim.device): a subprocess cannot reach in-process GPUs")
     subprocess.run(
-        [sys.executable, "-m", "gridtao.bench.setlimit", "--device", node.sim_cfg.device,
-         "-i", str(index), "-pl", watts],
+        module_command("gridtao.bench.setlimit", "--device", node.sim_cfg.device,
+         "-i", str(index), "-pl", watts),
         check=True, stdout=subprocess.DEVNULL,
     )
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ import yaml
 
 from gridtao.bench.fleetproc import PREFIX, Meter, peak_rss_mib, stats
 from gridtao.bench.latency import stop_process
+from gridtao.children import module_command
 from gridtao.transport.localbroker import MosquittoBroker, Publisher, Subscriber
 
 SITE_ID = "fleet-bench"
@@ -131,8 +131,8 @@ def measure_site(broker: MosquittoBroker, nodes: int, status_period_s: float,
     log_path = workdir / "site.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gridtao", "--config", str(config), "--log-level", "warning",
-         "site"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        module_command("gridtao", "--config", str(config), "--log-level", "warning",
+         "site"), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     from gridtao.config.site import SiteConfig
 
     deadline_s = SiteConfig().ack_deadline_s + ACK_GRACE_S

@@ -103,6 +103,7 @@ from gridtao.bench.floodsetup import (
 )
 from gridtao.bench.latency import stop_process
 from gridtao.bench.render import write_outputs
+from gridtao.children import module_command
 from gridtao.telemetry.runinfo import provenance
 from gridtao.transport.localbroker import MosquittoBroker, Publisher, Subscriber
 
@@ -117,7 +118,7 @@ class Agent:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gridtao", "--config", str(cfg_path), "run"],
+            module_command("gridtao", "--config", str(cfg_path), "run"),
             stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def status_kib(self, key: str) -> int:

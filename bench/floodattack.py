@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from gridtao.bench.floodsetup import PREFIX, junk_dispatch, junk_sample, junk_signatures
 from gridtao.bench.latency import stop_process
+from gridtao.children import module_command
 from gridtao.transport.localbroker import MosquittoBroker
 
 # ---- attackers (child processes) -----------------------------------------------------------------
@@ -123,10 +124,10 @@ class Attacker:
         topic = f"{PREFIX}/{kind}"
         self.kind = kind
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gridtao.bench.flood", "--attack", kind,
+            module_command("gridtao.bench.flood", "--attack", kind,
              "--host", broker.host, "--port", str(broker.port), "--topic", topic,
              "--alg", alg, "--count", str(count), "--rate", str(rate), "--qos", str(qos),
-             "--seed", str(1 if kind == "dispatch" else 2)],
+             "--seed", str(1 if kind == "dispatch" else 2)),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.summary: dict[str, Any] | None = None
 

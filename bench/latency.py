@@ -41,6 +41,7 @@ from gridtao.bench.baselines import (
     run_polling_1s,
     run_sequential_subprocess,
 )
+from gridtao.children import module_command
 from gridtao.config.agent import Config
 from gridtao.security.auth import Alg
 from gridtao.telemetry.report import percentiles
@@ -132,7 +133,7 @@ class AgentProcess:
 
     def __init__(self, cfg_path: Path, *, busy_load: float, log_path: Path,
                  load_elsewhere: bool = False) -> None:
-        args = [sys.executable, "-m", "gridtao", "--config", str(cfg_path), "run"]
+        args = module_command("gridtao", "--config", str(cfg_path), "run")
         if busy_load > 0 and not load_elsewhere:
             args += ["--busy-load", str(busy_load)]
         self._log = log_path.open("wb")
@@ -349,7 +350,7 @@ def _result(config: Config, m: dict[str, Any], *, triggers: int, gpus: int, auth
         "triggers": triggers,
         "gpus": gpus,
         "backend": backend,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine_description(),
         "simulated_hardware_response": (
             hardware_response_ms(config) if backend == "sim" else None),

@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ import yaml
 
 from gridtao.app.simdevice import private_device
 from gridtao.bench.latency import AgentProcess, run_info, stop_process
+from gridtao.children import module_command
 from gridtao.config.agent import Config
 from gridtao.transport.localbroker import MosquittoBroker, Subscriber, free_port
 
@@ -98,8 +98,8 @@ def measure_agent(config: Config, *, gpus: int, seconds: float, workdir: Path) -
 
 def measure_poll_loop(config: Config, *, gpus: int, seconds: float) -> dict[str, float]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gridtao.bench.overhead", "--poll-loop", "--gpus", str(gpus),
-         "--hz", str(config.control.fast_hz), "--device", str(config.gpus.sim.device)],
+        module_command("gridtao.bench.overhead", "--poll-loop", "--gpus", str(gpus),
+         "--hz", str(config.control.fast_hz), "--device", str(config.gpus.sim.device)),
         stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None

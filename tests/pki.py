@@ -67,7 +67,7 @@ class Ca:
     ) -> Issued:
         """A leaf certificate ``CN=name``; ``days_valid`` (from, to) are days from now, so
         ``(-10, -1)`` makes one that expired yesterday."""
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         key = ec.generate_private_key(ec.SECP256R1())
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (
@@ -107,7 +107,7 @@ class Ca:
 def make_ca(folder: Path, name: str = "test-ca") -> Ca:
     """A fresh CA valid from yesterday for 30 days, its certificate at ``folder/name.crt``."""
     folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = _name(name)
     cert = (

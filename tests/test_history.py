@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -441,7 +441,7 @@ def test_import_refuses_a_file_that_is_not_a_csv(tmp_path: Path, store: HistoryS
 
 
 def _utc(start_s: int) -> datetime:
-    return datetime.fromtimestamp(start_s, timezone.utc)
+    return datetime.fromtimestamp(start_s, UTC)
 
 
 def test_synthetic_history_is_deterministic_and_prefix_stable() -> None:

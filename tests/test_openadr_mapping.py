@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 import pytest
@@ -62,16 +62,16 @@ def raw_event(*, event_id: str = "e1", mod: int = 0, status: str = "far",
               test_event: bool = False) -> dict[str, Any]:
     """An event dict as openleadr's client hands it over; ``intervals``: (duration s, value)
     from ``start`` on."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     ivs = intervals if intervals is not None else [(1800, 2)]
     at, parsed = start, []
     for k, (duration, value) in enumerate(ivs):
-        parsed.append({"dtstart": datetime.fromtimestamp(at, timezone.utc),
+        parsed.append({"dtstart": datetime.fromtimestamp(at, UTC),
                        "duration": timedelta(seconds=duration), "signal_payload": value,
                        "uid": k})
         at += duration
-    period: dict[str, Any] = {"dtstart": datetime.fromtimestamp(start, timezone.utc),
+    period: dict[str, Any] = {"dtstart": datetime.fromtimestamp(start, UTC),
                               "duration": timedelta(seconds=at - start)}
     if ramp_s:
         period["ramp_up"] = timedelta(seconds=ramp_s)

@@ -11,7 +11,7 @@ import asyncio
 import copy
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ NOW = time.time()
 
 
 def iso(unix_s: float) -> str:
-    return datetime.fromtimestamp(unix_s, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(unix_s, UTC).isoformat().replace("+00:00", "Z")
 
 
 def event3(*, ident: str = "ev1", payload_type: str = "DISPATCH_SETPOINT_RELATIVE",

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ RESOURCE = "hall-1"
 
 
 def utc(unix_s: float) -> datetime:
-    return datetime.fromtimestamp(unix_s, timezone.utc)
+    return datetime.fromtimestamp(unix_s, UTC)
 
 
 @dataclass

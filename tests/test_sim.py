@@ -475,12 +475,12 @@ def test_a_daily_shape_makes_inference_follow_the_time_of_day() -> None:
 
     def mean_demand(hour_utc: int, shape: Literal["none", "default"]) -> float:
         # A Wednesday, so no weekend factor; the shape is read on the simulated wall clock.
-        wall = dt.datetime(2026, 12, 2, hour_utc, tzinfo=dt.timezone.utc).timestamp()
+        wall = dt.datetime(2026, 12, 2, hour_utc, tzinfo=dt.UTC).timestamp()
         return _mean_demand(SimConfig(count=4, workload="inference", seed=1,
                                       daily_shape=shape), wall, 600)
 
     shape = DailyShape.default()
-    night, afternoon = (shape.at(dt.datetime(2026, 12, 2, h, tzinfo=dt.timezone.utc).timestamp())
+    night, afternoon = (shape.at(dt.datetime(2026, 12, 2, h, tzinfo=dt.UTC).timestamp())
                         for h in (3, 15))
     assert night < afternoon
     assert mean_demand(3, "default") < 0.8 * mean_demand(15, "default")
@@ -497,7 +497,7 @@ def test_a_custom_daily_shape_and_its_time_zone_come_from_the_configuration() ->
     levels = tuple(1.0 if 9 <= h < 17 else 0.0 for h in range(24))
 
     def mean_demand(hour_utc: int, offset_h: float) -> float:
-        wall = dt.datetime(2026, 12, 2, hour_utc, 30, tzinfo=dt.timezone.utc).timestamp()
+        wall = dt.datetime(2026, 12, 2, hour_utc, 30, tzinfo=dt.UTC).timestamp()
         return _mean_demand(SimConfig(count=2, workload="inference", seed=1,
                                       daily_shape="custom", daily_levels=levels,
                                       daily_tz_offset_h=offset_h), wall, 200)

@@ -5,16 +5,12 @@ reconnecting behind it (on a loop that is then closed under it)."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Callable
 
 import pytest
 
 from gridtao.transport.errors import ConnectionLost
 from gridtao.transport.supervision import Supervised
-
-needs_cancelling = pytest.mark.skipif(
-    sys.version_info < (3, 11), reason="Task.cancelling() arrived in Python 3.11")
 
 
 async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -45,7 +41,6 @@ class _ClosesWithItsOwnError(Supervised):
             raise
 
 
-@needs_cancelling
 @pytest.mark.parametrize("error", [ConnectionLost("disconnect failed"),
                                    RuntimeError("a bug on the way out")],
                          ids=["lost", "unexpected"])

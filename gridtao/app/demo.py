@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from gridtao.app.agent import Agent, AgentOptions
 from gridtao.app.serve import serving
 from gridtao.app.simdevice import private_device
+from gridtao.children import module_command
 from gridtao.clock import MonotonicClock
 from gridtao.config.agent import Config
 from gridtao.config.paths import sim_device_path
@@ -210,7 +210,7 @@ def _play_grid(agent: Agent, broker: MosquittoBroker, recorder: Recorder,
 
 def _gpus_elsewhere(device: str) -> str:
     """``gridtao gpus`` on the demo's simulated device, run as a separate process."""
-    done = subprocess.run([sys.executable, "-m", "gridtao", "gpus", "--sim-device", device],
+    done = subprocess.run(module_command("gridtao", "gpus", "--sim-device", device),
                           capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
         return f"(gridtao gpus failed: {done.stderr.strip()})"

@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -148,7 +148,7 @@ def _plan(config: Config, store: Path, work: WorkRequirement | None = None, *,
 
 
 def _utc(t_s: float) -> str:
-    return datetime.fromtimestamp(t_s, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.fromtimestamp(t_s, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _work_reach(plan: Plan, work: WorkRequirement) -> str:

@@ -29,7 +29,7 @@ import os
 import random
 import signal
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -184,7 +184,7 @@ class Bridge:
         if watts is None:
             return []
         self.metrics.reports.labels(point).inc()
-        return [(datetime.fromtimestamp(self.clock.wall(), timezone.utc), round(watts, 1))]
+        return [(datetime.fromtimestamp(self.clock.wall(), UTC), round(watts, 1))]
 
     def report_it_power(self) -> list[tuple[datetime, float]]:
         return self._sample("it_power", lambda s: s.it_power_w)

@@ -23,7 +23,7 @@ import json
 import logging
 import random
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import aiohttp
@@ -64,7 +64,7 @@ def signals_document(series: Mapping[str, tuple[float, float, list[float | None]
     """The planner's normalized signals document (version 1) for ``series``."""
     doc: dict[str, object] = {
         "version": 1, "source": source,
-        "issued_at": datetime.fromtimestamp(issued_at, timezone.utc).isoformat()}
+        "issued_at": datetime.fromtimestamp(issued_at, UTC).isoformat()}
     for name, (start, step, values) in series.items():
         doc[name] = {"start": start, "mtu_s": int(step), "values": values}
     return doc

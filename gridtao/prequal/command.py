@@ -101,7 +101,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if config.gpus.backend == "nvml" and not args.allow_actuation:
         print(REFUSAL, file=sys.stderr)
         return EXIT_REFUSED
-    stamp = datetime.datetime.now(datetime.timezone.utc)
+    stamp = datetime.datetime.now(datetime.UTC)
     out = Path(args.out or f"prequalify-{args.product}-{stamp:%Y%m%dT%H%M%SZ}")
     try:  # before any test runs: a report that cannot be written is worth nothing
         out.mkdir(parents=True, exist_ok=True)

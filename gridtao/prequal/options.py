@@ -218,7 +218,7 @@ def main(args: argparse.Namespace, config: Config, command: str) -> int:
     if args.json:
         import datetime
 
-        date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         body = rep.summary_json(args.product, results, command=command, version=__version__,
                                 machine=machine_description(), date=date, time_scale=scale,
                                 workload=args.workload, product_config=_plain(pcfg),

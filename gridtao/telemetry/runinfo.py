@@ -87,7 +87,7 @@ def broker_version() -> str | None:
 
 def utc_now() -> str:
     """Now, UTC, ISO 8601 to the second."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def provenance(command: str) -> dict[str, object]:

@@ -94,7 +94,7 @@ async def read_retained(config: Config, topic: str, *, timeout_s: float = 2.0) -
 
             try:
                 return await asyncio.wait_for(first_retained(), RETAINED_WAIT_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
     except (aiomqtt.MqttError, OSError) as e:
         # The agent's own connection reports a broker problem, once and clearly.

@@ -133,7 +133,7 @@ class Outbox:
         """Wait until nothing is queued or in flight; False if ``timeout_s`` passed first."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 

@@ -164,7 +164,7 @@ class MqttReceiver(Supervised):
             transport, _ = await asyncio.wait_for(loop.create_connection(
                 lambda: protocol, self.host, self.port, ssl=tls,
                 server_hostname=self.host if tls is not None else None), self.op_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ConnectionLost("Operation timed out") from None
         sock = transport.get_extra_info("socket")
         if sock is not None:  # no Nagle: PUBACKs and pings go out at once
@@ -206,7 +206,7 @@ class MqttReceiver(Supervised):
     async def _wait(self, future: asyncio.Future[p.Packet]) -> p.Packet:
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.op_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ConnectionLost("Operation timed out") from None
 
     async def _serve(self, protocol: _Protocol, transport: asyncio.Transport,

@@ -292,9 +292,7 @@ def _raise_if_stopping(error: BaseException) -> None:
     """Re-raise the cancellation ``error`` stands in for: a library may turn the cancellation
     of a stop into an error of its own while closing (a disconnect that fails on the way out),
     and a link that took that for a lost connection would go on reconnecting after its owner
-    stopped it, on a loop about to be closed under it. (Before Python 3.11 a task cannot tell,
-    and such a link ends at the next cancellation.)"""
+    stopped it, on a loop about to be closed under it."""
     task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    if cancelling is not None and cancelling():
+    if task is not None and task.cancelling():
         raise asyncio.CancelledError() from error

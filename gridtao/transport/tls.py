@@ -190,7 +190,7 @@ def _warn_validity(path: Path, source: str) -> None:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
     except (OSError, ValueError):
         return  # OpenSSL accepted it; a format this check cannot read is not an error
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     if cert.not_valid_after_utc < now:
         log.error("%s: mqtt.tls.cert_file: %s expired on %s: the broker will refuse it",
                   source, path, cert.not_valid_after_utc.isoformat())

@@ -23,7 +23,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from gridtao.wire.messages import ID_MAX_CHARS, NODE_W_MAX, MessageRejected
@@ -51,7 +51,7 @@ class Award:
 
     def describe(self) -> str:
         """In words, for a log line: its MTUs and, per product, the watts accepted."""
-        start = datetime.fromtimestamp(self.start_s, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        start = datetime.fromtimestamp(self.start_s, UTC).strftime("%Y-%m-%d %H:%M")
         n = (self.end_s - self.start_s) // self.mtu_s if self.mtu_s else 0
         products = "; ".join(
             f"{name} " + " ".join("-" if w is None else f"{w:g}" for w in series) + " W"

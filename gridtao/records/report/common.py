@@ -7,7 +7,7 @@ Threads: constants, an exception class and pure functions; nothing to share.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from gridtao.errors import GridtaoError
 
@@ -31,7 +31,7 @@ def iso(t: float | None) -> str | None:
     has a fraction; None for None."""
     if t is None:
         return None
-    d = datetime.fromtimestamp(t, timezone.utc)
+    d = datetime.fromtimestamp(t, UTC)
     text = d.strftime("%Y-%m-%dT%H:%M:%S")
     if d.microsecond:
         text += f".{d.microsecond // 1000:03d}"

@@ -9,7 +9,7 @@ Threads: pyplot keeps global state: draw from one thread at a time (the CLI's ma
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gridtao.records.report.build import EnergyReport
@@ -26,7 +26,7 @@ def draw(report: EnergyReport, path: Path) -> None:
     from gridtao.telemetry.plotting import pyplot
 
     def when(t: float) -> datetime:
-        return datetime.fromtimestamp(t, timezone.utc)
+        return datetime.fromtimestamp(t, UTC)
 
     plt = pyplot()
     gpus = {n.node: [g for g in report.gpus if g.node == n.node] for n in report.nodes}
