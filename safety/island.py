@@ -164,10 +164,16 @@ class SafetyIsland(IslandCore):
                 )
             return self._finish(ev, batch)
 
-    def trigger_shed(self, event_id: str, fraction: float) -> Activation:
-        """Cut node power by ``fraction`` of its draw before the event (idempotent per id)."""
+    def trigger_shed(self, event_id: str, fraction: float, *, floor_mw: float = 0.0) -> Activation:
+        """Cut node power by ``fraction`` of its draw before the event (idempotent per id), but
+        not below ``floor_mw`` (a node total, mW: the dispatch bounds' floor), applied here to
+        the very draw the cut is made from. The activation's ``requested_target_mw`` is the
+        target after that floor; its shortfall is what the GPUs' own minimums withhold."""
         check_fraction(fraction)
-        return self._trigger_computed(event_id, "shed", lambda baseline: baseline * (1 - fraction))
+        if not (math.isfinite(floor_mw) and floor_mw >= 0.0):
+            raise ValueError(f"floor_mw must be a finite number >= 0, got {floor_mw!r}")
+        return self._trigger_computed(
+            event_id, "shed", lambda baseline: max(baseline * (1 - fraction), floor_mw))
 
     def trigger_cap(self, event_id: str, node_w: float) -> Activation:
         """Hold node power at or below ``node_w`` watts (idempotent per id). The caps bound the

@@ -249,6 +249,25 @@ def test_a_burst_of_1000_sheds_acts_once_and_never_below_the_floor(rig: Rig) -> 
     assert sum(rig.limits_mw()) >= floor_mw - 4 * W  # integer mW rounding per GPU
 
 
+def test_the_floor_holds_on_the_draw_the_island_cuts_from(rig: Rig) -> None:
+    """The bounds judge a shed on tier 1's latest reading; the island cuts from its own basis
+    (the draw smoothed over ``control.basis_tau_s``), which may be lower a moment later. The
+    floor is applied to the island's basis, and the ack's figures agree with each other."""
+    floor_mw = 0.3 * DEFAULT_TOTAL_MW
+    basis_mw = [0.9 * float(rig.backend.instant_power_mw(i)) for i in range(len(DEMAND_W))]
+    rig.island.update_draw(basis_mw)  # the smoothed basis lags a rising draw
+    ack = rig.dispatch(_shed_body("deep", fraction=0.75))
+    assert ack["accepted"], ack
+    baseline_w = sum(basis_mw) / 1000.0
+    view = rig.island.view()
+    assert view.target_mw == pytest.approx(floor_mw, abs=1.0)
+    assert sum(rig.limits_mw()) >= floor_mw - 4 * W
+    assert ack["deliverable_w"] == pytest.approx(baseline_w - 840.0, abs=0.2)
+    assert ack["shortfall_w"] == pytest.approx(0.75 * baseline_w - (baseline_w - 840.0), abs=0.2)
+    limited = 1.0 - 840.0 / baseline_w
+    assert f"shed limited to {limited:.3f} (asked 0.75) by the node's floor 840 W" in ack["reason"]
+
+
 def test_a_sustained_flood_cuts_at_most_once_per_interval_and_holds_the_floor() -> None:
     rig = make_rig({"min_event_interval_s": 2.0, "max_events_in_flight": 3,
                     "dispatch_rate_per_s": 50, "dispatch_burst": 50})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from gridtao.safety.island import Activation
 
-__all__ = ["shortfall_note", "write_fields", "write_note"]
+__all__ = ["floor_note", "shed_fields", "shortfall_note", "write_fields", "write_note"]
 
 
 def write_fields(act: Activation) -> dict[str, object]:
@@ -39,3 +39,26 @@ def write_note(act: Activation) -> str | None:
     if not act.errors:
         return None
     return "; ".join(f"gpu {i}: {err}" for i, err in sorted(act.errors.items()))
+
+
+def shed_fields(act: Activation, asked_fraction: float) -> dict[str, object]:
+    """A shed the node cannot deliver in full (by 1 W or more, whichever floor stopped it):
+    ``deliverable_w``, the reduction its target gives from its baseline, and ``shortfall_w``,
+    the rest of what it asked. Empty when it delivers what it asked."""
+    asked_w = act.baseline_mw * asked_fraction / 1000.0
+    deliverable_w = max(0.0, act.baseline_mw - act.target_mw) / 1000.0
+    if asked_w - deliverable_w < 1.0:
+        return {}
+    return {"deliverable_w": round(deliverable_w, 1),
+            "shortfall_w": round(asked_w - deliverable_w, 1)}
+
+
+def floor_note(act: Activation, asked_fraction: float, floor_mw: float) -> str | None:
+    """A shed the node floor (``limits.min_node_fraction``) stopped: what it was limited to."""
+    requested = act.requested_target_mw
+    unfloored_mw = act.baseline_mw * (1.0 - asked_fraction)
+    if requested is None or act.baseline_mw <= 0.0 or requested - unfloored_mw < 1000.0:
+        return None
+    limited = 1.0 - requested / act.baseline_mw
+    return (f"shed limited to {limited:.3f} (asked {asked_fraction:g}) by the node's floor "
+            f"{floor_mw / 1000.0:.0f} W (limits.min_node_fraction)")

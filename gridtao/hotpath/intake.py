@@ -23,7 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gridtao.clock import Clock
-from gridtao.hotpath.acks import shortfall_note, write_fields, write_note
+from gridtao.hotpath.acks import (
+    floor_note,
+    shed_fields,
+    shortfall_note,
+    write_fields,
+    write_note,
+)
 from gridtao.hotpath.rejections import RejectionGate
 from gridtao.products.frequency import Activate, FrequencyMonitor, Release
 from gridtao.products.portfolio import ProductMonitor
@@ -324,20 +330,19 @@ class Intake:
                                     "(the first is still in force)", received_at, wall)
             self._count("dispatch", "duplicate", event_id=msg.id)
             return [Outgoing(self._topics.ack, previous, expendable=True)]
-        note = None
-        fraction = msg.fraction if isinstance(msg, wire.ShedDispatch) else None
         if guard is not None:
+            # A shed the floor stops is cut to the floor by the island (_on_cut), on its own
+            # basis: the verdict's fraction, from tier 1's reading a moment before, is not used.
             verdict = guard.admit_dispatch(msg, now_s=received_at, in_flight=len(self._events))
             if verdict.reason is not None:
                 guard.after_dispatch()
                 return self._reject(msg.id, verdict.reason, received_at, wall)
-            fraction, note = verdict.fraction, verdict.note
         if isinstance(msg, wire.DrDispatch):
             out = self._on_dr(msg, received_at, wall)
         elif isinstance(msg, wire.ReleaseDispatch):
             out = [self._on_release(msg, wall)]
         else:
-            out = [self._on_cut(msg, fraction, note, received_at, wall)]
+            out = [self._on_cut(msg, received_at, wall)]
         if self._v_result == "accepted" and msg.id in self._acks:
             self._terms[msg.id] = terms
         if guard is not None:
@@ -346,13 +351,13 @@ class Intake:
             guard.after_dispatch()
         return out
 
-    def _on_cut(
-        self, msg: wire.ShedDispatch | wire.CapDispatch, fraction: float | None,
-        note: str | None, received_at: float, wall: float,
-    ) -> Outgoing:
+    def _on_cut(self, msg: wire.ShedDispatch | wire.CapDispatch, received_at: float,
+                wall: float) -> Outgoing:
+        floor_mw = self._guard.node_floor_mw if self._guard is not None else 0.0
         if isinstance(msg, wire.ShedDispatch):
-            act = self._island.trigger_shed(msg.id, fraction if fraction is not None
-                                            else msg.fraction)
+            # The floor is applied by the island, to the very draw it cuts from: the bounds
+            # judged the shed on tier 1's reading of a moment before.
+            act = self._island.trigger_shed(msg.id, msg.fraction, floor_mw=floor_mw)
         else:
             act = self._island.trigger_cap(msg.id, msg.node_w)
         self._count_write_errors(act)
@@ -361,12 +366,10 @@ class Intake:
         self._count("dispatch", "accepted")
         commanded = act.commanded_wall if act.commanded else None
         extra = write_fields(act)
-        if isinstance(msg, wire.ShedDispatch) and fraction is not None and (
-                fraction < msg.fraction):
-            # The bounds stopped the shed at the node floor: what it asked, what it gets.
-            extra["deliverable_w"] = round(act.baseline_mw * fraction / 1000.0, 1)
-            extra["shortfall_w"] = round(act.baseline_mw * (msg.fraction - fraction) / 1000.0,
-                                         1)
+        note = None
+        if isinstance(msg, wire.ShedDispatch):
+            note = floor_note(act, msg.fraction, floor_mw)
+            extra |= shed_fields(act, msg.fraction)
         self._events[msg.id] = _Event(
             msg.id, type(msg).KIND, received_at + msg.duration_s, received_at, wall, commanded,
             extra,

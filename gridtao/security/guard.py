@@ -98,6 +98,12 @@ class Guard:
         self._metrics = SecurityMetrics(registry) if registry is not None else None
         self._source = config.source
 
+    @property
+    def node_floor_mw(self) -> float:
+        """The node total no dispatched cut goes below (mW): ``limits.min_node_fraction`` of
+        the GPUs' summed default limits."""
+        return self._bounds.floor_mw
+
     @classmethod
     def from_config(
         cls,
