@@ -136,6 +136,29 @@ def test_destroy_is_a_driver_reload() -> None:
     assert fresh.enforced_limit_mw(0) == 700 * W
 
 
+def test_destroy_is_refused_while_another_process_holds_the_device(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An agent in another process would lose its GPUs: destroy names its pid and refuses,
+    unless --force."""
+    holder = subprocess.Popen([sys.executable, "-c", _script(
+        "import sys; print('open', flush=True); sys.stdin.read()")], cwd=REPO,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        path = sim_device_path("default")
+        assert DeviceFile.holders(path) == [holder.pid]
+        assert cli.main(["sim", "destroy"]) == 2
+        err = capsys.readouterr().err
+        assert f"held open by pid {holder.pid}" in err and "--force" in err
+        assert err.count("\n") == 1
+        assert path.exists()  # nothing changed
+        assert cli.main(["sim", "destroy", "--force"]) == 0
+        assert not path.exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
 def test_a_device_with_other_settings_is_refused_naming_the_key(
         capsys: pytest.CaptureFixture[str]) -> None:
     _open()

@@ -200,8 +200,8 @@ def _play_grid(agent: Agent, broker: MosquittoBroker, recorder: Recorder,
     device = agent.config.gpus.sim.device
     if device is not None:
         print(f"[{time.monotonic() - t0:6.2f} s] mid-event, `gridtao gpus` in another process "
-              f"sees the demo's GPUs (try `gridtao gpus --sim-device {device} --watch 0.5` in "
-              "another shell):")
+              f"sees the demo's GPUs (while the demo runs, `gridtao gpus --sim-device {device} "
+              "--watch 0.5` in another shell shows them live; the demo's device goes with it):")
         print(_gpus_elsewhere(device))
     _wait_idle(agent, timeout_s=20.0)
     time.sleep(0.5)

@@ -5,8 +5,9 @@
   must match the configuration's).
 * ``gridtao sim status [--json]``: the device's file, when it was created, its settings, and per
   GPU the limit, the power and who set the limit last (pid and time); nothing is created.
-* ``gridtao sim destroy``: the analogue of a driver reload: processes holding the device see
-  their GPUs lost, and the next open creates it afresh at the default limits.
+* ``gridtao sim destroy [--force]``: the analogue of a driver reload: processes holding the
+  device see their GPUs lost, and the next open creates it afresh at the default limits.
+  Refused (exit 2) while another process holds it open, unless ``--force``.
 * ``gridtao sim serve-work [--device NAME] [--port P] [--host H] [--gpus 0,1] [--model NAME]
   [--kind vllm|custom]``: serve the work the device's GPUs do (tokens, or training samples;
   gridtao/gpu/sim/workserver.py) as Prometheus counters in vLLM's names, on
@@ -46,9 +47,13 @@ def configure_sim(p: argparse.ArgumentParser) -> None:
                             description="Show the device's file, settings and per GPU the "
                                         "limit, the power and who last set the limit.")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
-    sub.add_parser("destroy", help="remove the device (like a driver reload)",
-                   description="Remove the device: processes holding it see their GPUs lost; "
-                               "the next open creates it at the default limits.")
+    destroy = sub.add_parser(
+        "destroy", help="remove the device (like a driver reload)",
+        description="Remove the device: processes holding it see their GPUs lost; the next "
+                    "open creates it at the default limits. Refused while another process "
+                    "holds it open (an agent would lose its GPUs), unless --force.")
+    destroy.add_argument("--force", action="store_true",
+                         help="destroy it even while other processes hold it open")
     _configure_serve_work(sub.add_parser(
         "serve-work", help="serve the GPUs' simulated work (tokens, samples) for scraping",
         description="Serve the work the device's GPUs do under their limits as Prometheus "
@@ -119,6 +124,11 @@ def run_sim(args: argparse.Namespace, config: Config) -> int:
         return _serve_work(args, path)
     try:
         if args.sim_command == "destroy":
+            holders = DeviceFile.holders(path)
+            if holders and not args.force:
+                return _fail(f"{path} is held open by pid {', '.join(map(str, holders))}: "
+                             "destroying it would take their GPUs away (an agent stops with "
+                             "its GPUs lost); stop them first, or use --force")
             gone = DeviceFile.destroy(path)
             print(f"destroyed {path}" if gone else f"no device at {path}")
             return EXIT_OK

@@ -325,6 +325,34 @@ class DeviceFile:
             os.close(fd)  # the lock goes with the open file
 
     @staticmethod
+    def holders(path: str | Path, *, proc: Path = Path("/proc")) -> list[int]:
+        """The pids of the other processes holding the device at ``path`` open (an agent, a
+        ``gridtao gpus --watch``), read from ``proc``'s file descriptor tables as ``fuser``
+        does; processes whose table cannot be read are not listed. Empty when there is no
+        device."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return []
+        found = []
+        for entry in proc.iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                fds = list((entry / "fd").iterdir())
+            except OSError:  # gone, or not ours to read
+                continue
+            for fd in fds:
+                try:
+                    other = fd.stat()
+                except OSError:
+                    continue
+                if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                    found.append(int(entry.name))
+                    break
+        return sorted(found)
+
+    @staticmethod
     def destroy(path: str | Path) -> bool:
         """Mark the device destroyed (processes holding it see their GPUs lost) and remove its
         file. False when there was none."""
@@ -448,5 +476,6 @@ def _check_params(info: DeviceInfo, params: Mapping[str, Any], path: Path) -> No
             raise DeviceMismatch(
                 f"gpus.sim.{key}: the simulated device {path} was created with {have!r}; this "
                 f"configuration says {want!r} (one machine, one set of GPUs: use the same "
-                "settings, another gpus.sim.device, or `gridtao sim destroy` first)",
+                "settings, or another gpus.sim.device; `gridtao sim status` shows who uses it, "
+                "and `gridtao sim destroy` removes it once no one does)",
                 key=f"gpus.sim.{key}", device_value=have, config_value=want)
