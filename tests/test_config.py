@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import yaml
 
 from gridtao.config.agent import (
     ENV_VAR,
+    MAX_CONFIG_BYTES,
     Config,
     ConfigError,
     FrequencyTrigger,
@@ -145,9 +147,61 @@ def test_missing_file_names_it(tmp_path: Path) -> None:
 
 
 def test_unreadable_path_names_it(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read") as exc:
+    with pytest.raises(ConfigError, match="is a folder") as exc:
         load_config(tmp_path)
     assert str(tmp_path) in str(exc.value)
+
+
+def test_a_device_or_a_fifo_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """/dev/zero never ends and a FIFO blocks on open: neither is read."""
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    for path in (Path("/dev/zero"), fifo):
+        with pytest.raises(ConfigError, match="is not a regular file") as exc:
+            load_config(path)
+        assert str(path) in str(exc.value)
+
+
+def test_duplicate_keys_are_refused_naming_both_lines(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys: a second ``limits:`` silently dropped the
+    first's safety limits."""
+    path = tmp_path / "dup.yaml"
+    path.write_text("limits: {max_reduction_fraction: 0.5}\nmqtt: {port: 1883}\n"
+                    "limits: {dispatch_burst: 3}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    msg = str(exc.value)
+    assert "(line 3, column 1)" in msg and "key 'limits' given twice" in msg
+    assert "first at line 1" in msg
+    path.write_text("mqtt:\n  port: 1883\n  port: 1884\n")
+    with pytest.raises(ConfigError, match="key 'port' given twice"):
+        load_config(path)
+
+
+def test_a_merge_key_may_still_be_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "merge.yaml"
+    path.write_text("mqtt:\n  <<: {port: 1883, host: 127.0.0.1}\n  port: 1884\n")
+    cfg = load_config(path)
+    assert cfg.mqtt.port == 1884 and cfg.mqtt.host == "127.0.0.1"
+
+
+def test_a_file_too_large_to_be_a_configuration_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_bytes(b"# " + b"x" * (MAX_CONFIG_BYTES + 10) + b"\n")
+    with pytest.raises(ConfigError, match="larger than 1024 KiB"):
+        load_config(path)
+
+
+def test_an_alias_bomb_in_a_value_is_shown_in_part(tmp_path: Path) -> None:
+    """A few hundred bytes of YAML aliases make a list of 10^8 items: the error shows a few
+    of them, at once, instead of building the text of them all."""
+    levels = ["&l0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    levels += [f"&l{k} [" + ", ".join([f"*l{k - 1}"] * 10) + "]" for k in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("gpus: {backend: [" + ", ".join(levels) + "]}\n")
+    with pytest.raises(ConfigError, match=r"gpus\.backend") as exc:
+        load_config(path)
+    assert len(str(exc.value)) < 400
 
 
 def test_bad_yaml_names_file_and_position(tmp_path: Path) -> None:

@@ -52,3 +52,36 @@ def test_the_node_id_comes_from_the_environment_before_the_host_name(
     assert default_node_id() == "gpu-node_07_a"  # one MQTT topic level, no wildcards
     monkeypatch.delenv(NODE_ID_ENV)
     assert default_node_id() not in ("", "gpu-node_07_a")
+
+
+@pytest.mark.parametrize(("yaml_text", "key", "words"), [
+    ("journal: {path: DIR}\n", "journal.path", "is a folder"),
+    ("audit: {path: /dev/null}\n", "audit.path", "is not a regular file"),
+    ("audit: {path: x.json}\njournal: {path: ./x.json}\n", "journal.path",
+     "names the same file as audit.path"),
+    ("journal: {path: j.json}\nauth: {replay_store: j.json}\n", "auth.replay_store",
+     "names the same file as journal.path"),
+    ("audit: {path: a.jsonl}\nhistory: {path: a.jsonl}\n", "history.path",
+     "names the same file as audit.path"),
+])
+def test_a_state_file_that_is_a_folder_or_shared_by_two_keys_is_refused_on_the_command_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], yaml_text: str, key: str,
+        words: str) -> None:
+    """Refused before anything is written (a journal at a folder left a traceback and a
+    ``<folder>.lock`` beside it; two keys on one file lost the audit trail at stop)."""
+    from gridtao.cli import main as cli
+
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = folder / "node.yaml"
+    path.write_text("gpus: {backend: sim, sim: {device: null, count: 2}}\n"
+                    "mqtt: {host: 127.0.0.1, port: 1}\n" + yaml_text.replace("DIR", str(folder)))
+    before = sorted(p.name for p in folder.iterdir())
+    state_before = sorted(p.name for p in (tmp_path / "state").glob("*"))
+    assert cli.main(["--config", str(path), "run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: {key}: " in err and words in err, err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing written
+    assert sorted(p.name for p in (tmp_path / "state").glob("*")) == state_before
+    assert not Path(f"{folder}.lock").exists()

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -369,16 +370,25 @@ def read_yaml_file(path: str | os.PathLike[str]) -> object:
     """The parsed contents of the YAML file ``path`` (None when empty). Raises
     :class:`ConfigError` naming the file (and the line and column of a YAML error)."""
     file = Path(path)
-    where = str(file)
+    where = ascii(str(file))[1:-1] if not str(file).isprintable() else str(file)
     try:
-        text = file.read_text(encoding="utf-8")
+        if not stat.S_ISREG(file.stat().st_mode):  # a FIFO would block, /dev/zero never end
+            kind = "a folder" if file.is_dir() else "not a regular file"
+            raise ConfigError(f"{where}: is {kind}: a YAML file is expected")
+        with file.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{where}: file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read: {e.strerror or e}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}: larger than {MAX_CONFIG_BYTES // 1024} KiB: not a "
+                          "configuration file")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{where}: not UTF-8 text (byte {e.start}): a YAML file is "
                           "expected") from None
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot read: {e.strerror or e}") from None
     if "\x00" in text:
         raise ConfigError(f"{where}: contains NUL bytes: a YAML text file is expected")
     try:
@@ -398,10 +408,30 @@ def read_yaml_file(path: str | os.PathLike[str]) -> object:
     return data
 
 
+#: The largest configuration file read (a real one is a few KiB).
+MAX_CONFIG_BYTES = 1024 * 1024
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, but a value its constructors cannot build (an integer of thousands
     of digits, a date such as 2024-13-45, ``!!int abc``) is a YAML error at the value's line,
-    not a bare ValueError from deep inside PyYAML."""
+    not a bare ValueError from deep inside PyYAML; and a key given twice in one mapping is an
+    error (PyYAML keeps the last silently: a second ``limits:`` would drop the first's safety
+    limits). Keys a merge (``<<``) brings in may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[str, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue
+            earlier = first.setdefault(key_node.value, key_node)
+            if earlier is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key_node.value!r} given twice in one mapping (first at "
+                    f"line {earlier.start_mark.line + 1}): only one can count",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:

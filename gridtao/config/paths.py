@@ -16,9 +16,10 @@ import dataclasses
 import os
 from pathlib import Path
 
-from gridtao.config.agent import Config
+from gridtao.config.agent import Config, ConfigError
 
-__all__ = ["resolve_path", "run_dir", "sim_device_path", "state_dir", "with_state_paths"]
+__all__ = ["check_state_paths", "resolve_path", "run_dir", "sim_device_path", "state_dir",
+           "with_state_paths"]
 
 
 def state_dir() -> Path:
@@ -73,7 +74,7 @@ def with_state_paths(config: Config, node_id: str) -> Config:
             return str(state / default_name)
         return str(resolve_path(value, config.source))
 
-    return dataclasses.replace(
+    resolved = dataclasses.replace(
         config,
         audit=dataclasses.replace(config.audit,
                                   path=where(config.audit.path, f"audit-{node_id}.jsonl")),
@@ -93,3 +94,29 @@ def with_state_paths(config: Config, node_id: str) -> Config:
             config.gpus.sim, trace_csv=None if config.gpus.sim.trace_csv is None
             else str(resolve_path(config.gpus.sim.trace_csv, config.source)))),
     )
+    check_state_paths(resolved)
+    return resolved
+
+
+def check_state_paths(config: Config) -> None:
+    """The agent's own files (audit trail, journal, replay store, history) must each be a file
+    of its own: a path that is a folder or a device, or one file named by two keys (the
+    journal's clean stop would delete the audit trail; the audit writer would move the history
+    database aside), is refused before anything is written. ``config``'s paths are absolute
+    (:func:`with_state_paths`). Raises :class:`ConfigError` naming the key."""
+    named = {key: value for key, value in (
+        ("audit.path", config.audit.path), ("journal.path", config.journal.path),
+        ("auth.replay_store", config.auth.replay_store), ("history.path", config.history.path),
+    ) if value is not None}
+    seen: dict[str, str] = {}
+    for key, value in named.items():
+        path = Path(value)
+        if path.exists() and not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a regular file"
+            raise ConfigError(f"{config.source}: {key}: {value} is {kind}: the agent needs a "
+                              "file of its own there")
+        real = os.path.realpath(path)
+        if real in seen:
+            raise ConfigError(f"{config.source}: {key}: names the same file as {seen[real]} "
+                              f"({real}): each record needs a file of its own")
+        seen[real] = key

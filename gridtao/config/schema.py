@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 import types
 import typing
 import unicodedata
@@ -152,6 +153,13 @@ def _digits(number: int) -> str:
     return f"about {round(bits * math.log10(2))} digits"
 
 
+_CONTAINER_REPR = reprlib.Repr()
+_CONTAINER_REPR.maxlevel = 3
+_CONTAINER_REPR.maxlist = _CONTAINER_REPR.maxtuple = _CONTAINER_REPR.maxset = 8
+_CONTAINER_REPR.maxdict = 6
+_CONTAINER_REPR.maxstring = _CONTAINER_REPR.maxother = 60
+
+
 def _show(value: object) -> str:
     """``value`` for an error message: one line, at most :data:`MAX_SHOWN_CHARS` characters."""
     if isinstance(value, bool) or value is None:  # as the YAML said it (yes, on: true)
@@ -160,7 +168,10 @@ def _show(value: object) -> str:
     if isinstance(value, int) and value.bit_length() > 200:
         return f"an integer of {_digits(value)}"
     try:
-        text = repr(value)  # escapes newlines, control characters and unpaired surrogates
+        # escapes newlines, control characters and unpaired surrogates; a container is shown
+        # in part (a few YAML aliases can make a list of 10^8 items: never printed whole)
+        text = (_CONTAINER_REPR.repr(value) if isinstance(value, list | tuple | dict | set)
+                else repr(value))
     except (ValueError, RecursionError):  # holds an integer too long to print; nested too deep
         return f"a {type(value).__name__}"
     if len(text) > MAX_SHOWN_CHARS:
