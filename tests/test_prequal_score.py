@@ -173,7 +173,15 @@ def test_ffr_thresholds_are_the_ffr_levels(capsys: pytest.CaptureFixture[str]) -
     assert "not below the grid's nominal 50 Hz" in capsys.readouterr().err
     assert main(["bench", "compliance", "--product", "ffr", "--threshold-hz", "49.4",
                  "--list"]) == 2
-    assert "FFR activates at 49.7, 49.6, 49.5 Hz" in capsys.readouterr().err
+    assert "not one of the TSO's activation levels for ffr (49.7, 49.6, 49.5 Hz)" in \
+        capsys.readouterr().err
+
+
+def test_the_ffr_levels_the_configuration_accepts_are_those_with_an_activation_time() -> None:
+    from gridtao.config.kinds import KINDS
+    from gridtao.products.base import FFR_ACTIVATION_S
+
+    assert sorted(KINDS["ffr"].threshold_levels) == sorted(FFR_ACTIVATION_S)
 
 
 def test_ffr_ramp_out_rule_reads_the_step_on_a_trace() -> None:

@@ -453,6 +453,26 @@ def config_from_mapping(data: object, *, source: str = "<mapping>") -> Config:
     return dataclasses.replace(cfg, source=source)
 
 
+#: The nominal frequencies raw triggers may be under (Hz): 50 Hz and 60 Hz grids.
+GRID_NOMINALS_HZ = (50.0, 60.0)
+
+
+def _check_trigger_grid(levels: list[float], source: str) -> None:
+    """Raw triggers are under-frequency levels of one grid: each below its grid's nominal
+    (a level at or above it would cut at normal frequency) and within 5 Hz of it."""
+    grids = set()
+    for k, hz in enumerate(levels):
+        grid = next((n for n in GRID_NOMINALS_HZ if n - 5.0 <= hz < n), None)
+        if grid is None:
+            fail(source, f"safety.triggers[{k}].hz", f"{hz:g} Hz is not below a grid's nominal "
+                 "frequency (under 50 Hz for a 50 Hz grid, 55 to 60 Hz for a 60 Hz grid): it "
+                 "would cut at normal frequency")
+        grids.add(grid)
+    if len(grids) > 1:
+        fail(source, "safety.triggers", "levels for a 50 Hz and a 60 Hz grid at once: a node is "
+             "on one grid")
+
+
 def _check_consistency(cfg: Config, source: str) -> None:
     """Rules that span several keys."""
     if cfg.mqtt.reconnect_min_s > cfg.mqtt.reconnect_max_s:
@@ -460,6 +480,7 @@ def _check_consistency(cfg: Config, source: str) -> None:
     levels = [t.hz for t in cfg.safety.triggers]
     if len(set(levels)) != len(levels):
         fail(source, "safety.triggers", "two triggers share the same hz level")
+    _check_trigger_grid(levels, source)
     if cfg.gpus.sim.workload == "trace" and cfg.gpus.sim.trace_csv is None:
         fail(source, "gpus.sim.trace_csv", "required when gpus.sim.workload is 'trace'")
     _check_sim_workloads(cfg.gpus.sim, source)

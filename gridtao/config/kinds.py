@@ -42,6 +42,8 @@ class KindInfo:
     symmetric: bool = False
     once_per_node: bool = False
     nominal_hz: float = 50.0  # the grid's nominal frequency (what a silent feed is taken for)
+    #: The thresholds the TSO offers for it (Hz), when it names a fixed set (Nordic FFR).
+    threshold_levels: tuple[float, ...] = ()
 
     @property
     def frequency(self) -> bool:
@@ -58,11 +60,20 @@ class KindInfo:
         if hz >= self.nominal_hz:
             return (f"{hz:g} Hz is not below the grid's nominal {self.nominal_hz:g} Hz: an "
                     "under-frequency product would activate at normal frequency")
+        if hz < self.nominal_hz - 5.0:
+            return (f"{hz:g} Hz is more than 5 Hz below the {self.nominal_hz:g} Hz grid "
+                    f"{self.name} is defined on: a threshold of another grid")
+        if self.threshold_levels and not any(abs(hz - level) < 1e-9
+                                             for level in self.threshold_levels):
+            levels = ", ".join(f"{level:g}" for level in self.threshold_levels)
+            return (f"{hz:g} Hz is not one of the TSO's activation levels for {self.name} "
+                    f"({levels} Hz), each with its own full activation time")
         return None
 
 
 KINDS: Mapping[str, KindInfo] = MappingProxyType({k.name: k for k in (
-    KindInfo("ffr", "Nordic Fast Frequency Reserve", "step", "ffr", 0.1),
+    KindInfo("ffr", "Nordic Fast Frequency Reserve", "step", "ffr", 0.1,
+             threshold_levels=(49.7, 49.6, 49.5)),
     KindInfo("ercot-ffr", "ERCOT Fast Frequency Response", "step", "ercot-ffr", 0.02,
              nominal_hz=60.0),
     KindInfo("fcr-d-up", "FCR-D upwards", "proportional", "fcr-d-up", 0.1),

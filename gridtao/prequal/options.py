@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, cast
 
 from gridtao.config.agent import Config, ConfigError, ProductConfig, ProductKind
 from gridtao.config.kinds import FORMER_TEST_NAMES, KINDS
-from gridtao.prequal.scoring import FFR_FULL_ACTIVATION_S
 
 if TYPE_CHECKING:  # the runner pulls in the whole agent: imported when a bench runs
     from gridtao.prequal import compliance as c
@@ -120,10 +119,6 @@ def check_common(args: argparse.Namespace) -> float:
         problem = kind.threshold_problem(args.threshold_hz)
         if problem is not None:
             raise ConfigError(f"--threshold-hz: {problem}")
-        levels = FFR_FULL_ACTIVATION_S if PRODUCTS[args.product] == "ffr" else None
-        if levels is not None and not any(abs(args.threshold_hz - lv) < 1e-6 for lv in levels):
-            raise ConfigError("--threshold-hz: FFR activates at "
-                              f"{', '.join(f'{lv:g}' for lv in sorted(levels, reverse=True))} Hz")
     return float(scale)
 
 
