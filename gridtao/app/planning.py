@@ -43,6 +43,7 @@ from gridtao.control.tier2.facility import FacilityModel
 from gridtao.gpu.backend import PowerLimits
 from gridtao.history import HistoryError, HistoryRecorder, HistoryStore
 from gridtao.products.portfolio import Portfolio
+from gridtao.readfile import read_regular
 from gridtao.records.ledger import Ledger
 from gridtao.safety.island import SafetyIsland
 from gridtao.security.guard import Guard
@@ -121,6 +122,11 @@ def natural_history(path: str | Path, since_s: int, until_s: int
             np.array([r.it_mean_w for r in rows]), np.array([r.it_p10_w for r in rows]))
 
 
+#: The largest signals file read (a week of 15-minute prices, carbon and reserve prices in any of
+#: the formats is well under 1 MiB).
+MAX_SIGNALS_FILE_BYTES = 16 * 1024 * 1024
+
+
 def signals_file(config: Config, now_s: float) -> Signals | None:
     """``planner.signals_file`` read now (None: none configured; a relative path is taken
     from the configuration file's folder). Raises OSError or SignalError."""
@@ -128,7 +134,8 @@ def signals_file(config: Config, now_s: float) -> Signals | None:
     if p.signals_file is None:
         return None
     path = resolve_path(p.signals_file, config.source)
-    return parse_signals(path.read_bytes(), now_s=now_s, source=str(path),
+    return parse_signals(read_regular(path, max_bytes=MAX_SIGNALS_FILE_BYTES), now_s=now_s,
+                         source=str(path),
                          max_age_s=p.signals_max_age_h * 3600.0)
 
 

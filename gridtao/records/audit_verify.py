@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gridtao.readfile import check_regular
 from gridtao.records.audit import FILE_START, GENESIS, RECORD_KEYS, canonical, record_hash
 
 
@@ -41,6 +42,7 @@ def _file_order_key(path: Path) -> tuple[int, int]:
 
 
 def _first_seq_strict(path: Path) -> int:
+    check_regular(path)
     with open(path, "rb") as f:
         return int(json.loads(f.readline())["seq"])
 
@@ -60,6 +62,7 @@ def verify_files(paths: Sequence[str | os.PathLike[str]]) -> VerifyResult:
                             str(path), line_no, reason, starts_after)
 
     for path in files:
+        check_regular(path)
         with open(path, "rb") as f:
             pieces = f.read().split(b"\n")
         # Split on LF only: every line but a torn last one keeps its newline.
@@ -118,6 +121,7 @@ def read_records(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]
     """Every record of ``paths`` in chain order (no verification; for tests and tools)."""
     out: list[dict[str, Any]] = []
     for path in sorted((Path(p) for p in paths), key=_file_order_key):
+        check_regular(path)
         with open(path, "rb") as f:
             out.extend(json.loads(line) for line in f if line.strip())
     return out

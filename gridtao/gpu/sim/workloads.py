@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 
 from gridtao.errors import GridtaoError
 from gridtao.gpu.sim.daily import DailyShape
+from gridtao.readfile import check_regular
 
 #: The level a shaped workload falls to when its daily multiplier is 0 (an idle GPU's draw).
 SHAPED_FLOOR_W = 80.0
@@ -191,6 +192,7 @@ def load_trace(path: str | Path) -> Trace:
     """
     times: list[float] = []
     rows: list[list[float]] = []
+    check_regular(path)  # a device or a FIFO would never end or never open
     with open(path, newline="", encoding="utf-8") as f:
         for lineno, raw in enumerate(csv.reader(f), start=1):
             cells = [c.strip() for c in raw]

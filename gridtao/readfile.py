@@ -1,0 +1,38 @@
+"""Reading a file an operator named: only a regular file, and only up to a size.
+
+A path in a configuration or on the command line may name a FIFO (opening it blocks), a
+device such as ``/dev/zero`` (reading it never ends) or a folder. :func:`check_regular` refuses
+those before anything is opened; :func:`read_regular` also refuses a file larger than its
+caller's limit. Both raise :class:`OSError` (``strerror`` says why, ``filename`` names the
+file), which every caller already reports as a file it cannot read.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+__all__ = ["check_regular", "read_regular"]
+
+
+def check_regular(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`OSError` unless ``path`` is a regular file (symbolic links followed):
+    ``FileNotFoundError`` when there is nothing there."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", os.fspath(path))
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, "not a regular file (a device, FIFO or socket)",
+                      os.fspath(path))
+
+
+def read_regular(path: str | os.PathLike[str], *, max_bytes: int) -> bytes:
+    """The contents of the regular file ``path``, at most ``max_bytes`` of them: a larger file
+    raises :class:`OSError` (``EFBIG``) without being read further."""
+    check_regular(path)
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", os.fspath(path))
+    return data
