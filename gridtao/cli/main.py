@@ -86,6 +86,12 @@ def _report_cli() -> Any:
     return cli_report
 
 
+def _check_config_cli() -> Any:
+    from gridtao.cli import checkconfig as cli_check_config
+
+    return cli_check_config
+
+
 def _broker_cli() -> Any:
     from gridtao.cli import broker as cli_broker
 
@@ -159,6 +165,11 @@ COMMANDS: dict[str, Command] = {
                       "event over a window (report energy; docs/energy.md)",
                       lambda p: _report_cli().configure_report(p),
                       lambda a, c: _report_cli().run_report(a, c)),
+    "check-config": Command("check the configuration and every file it names (keys, TLS, "
+                            "records, trace, signals) without opening a GPU or the broker; "
+                            "exit 0 with a summary, 2 with the problem",
+                            lambda p: _check_config_cli().configure_check_config(p),
+                            lambda a, c: _check_config_cli().run_check_config(a, c)),
     "check-broker": Command("connect to the broker once with the configured TLS and "
                             "credentials; exit 0 if accepted, 2 with the reason if not",
                             lambda p: _broker_cli().configure_check_broker(p),

@@ -1,0 +1,81 @@
+"""``gridtao check-config``: everything the agent checks in its configuration before it opens a
+GPU or a broker connection, and nothing more, then exit.
+
+For operators editing a node's file (and a deployment's pre-start hook, as ``nginx -t`` or
+``promtool check config`` are used): the file's schema and cross-key rules (checked as it is
+loaded), the agent's own files (audit trail, journal, replay store, history: each a file of its
+own), every key and broker-credential file (signing keys, TLS, password), the simulated GPUs'
+trace and the planner's signals file when set. Exit 0 with a summary on stdout; 2 with one line
+naming the file, the key and the problem. What needs the GPUs or the broker (priority floors
+against the GPUs' real limits, the broker's answer) is left to the agent and
+``gridtao check-broker``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from gridtao.config.agent import Config, ConfigError
+
+__all__ = ["configure_check_config", "run_check_config", "summary"]
+
+
+def configure_check_config(p: argparse.ArgumentParser) -> None:
+    del p  # no options: --config names the file, as for every command
+
+
+def run_check_config(args: argparse.Namespace, config: Config) -> int:
+    del args
+    from gridtao.app.agent import default_node_id
+    from gridtao.app.planning import signals_file
+    from gridtao.app.reload import read_credentials
+    from gridtao.config.paths import with_state_paths
+    from gridtao.gpu.sim.workloads import TraceError, load_trace
+    from gridtao.tier3.signals import SignalError
+
+    node_id = config.mqtt.node_id or default_node_id()
+    resolved = with_state_paths(config, node_id)
+    credentials = read_credentials(resolved)
+    trace = resolved.gpus.sim.trace_csv
+    if trace is not None and resolved.gpus.backend != "nvml":
+        try:
+            load_trace(trace)
+        except (OSError, TraceError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ConfigError(f"{config.source}: gpus.sim.trace_csv: {trace}: {reason}") \
+                from None
+    if resolved.planner.signals_file is not None:
+        try:
+            signals_file(resolved, time.time())
+        except (OSError, SignalError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ConfigError(f"{config.source}: planner.signals_file: "
+                              f"{resolved.planner.signals_file}: {reason}") from None
+    print(summary(resolved, node_id, kids=list(credentials.verifier.kids)
+                  if credentials.verifier is not None else []))
+    return 0
+
+
+def summary(config: Config, node_id: str, *, kids: list[str]) -> str:
+    """What the configuration sets up, in a few lines (the first says it is valid)."""
+    mqtt = config.mqtt
+    products = ", ".join(f"{p.name or p.kind} {p.capacity_w:g} W" for p in config.products)
+    auth = config.auth.mode if config.auth.mode == "none" else (
+        f"{config.auth.mode}, keys {', '.join(kids) or '(none)'}")
+    gpus = config.gpus
+    sim = (f", simulated: {gpus.sim.count} x {gpus.sim.profile} "
+           f"({'in-process' if gpus.sim.device is None else 'device ' + gpus.sim.device})"
+           if gpus.backend != "nvml" else "")
+    lines = [
+        f"ok: {config.source}",
+        f"node      {node_id}",
+        f"gpus      backend {gpus.backend}{sim}",
+        f"broker    {mqtt.host}:{mqtt.port}, prefix {mqtt.prefix}, "
+        f"TLS {'on' if mqtt.tls.enabled else 'off'}",
+        f"signing   {auth}",
+        f"products  {products or f'none (raw safety.triggers: {len(config.safety.triggers)})'}",
+        f"records   audit {config.audit.path if config.audit.enabled else 'off'}; "
+        f"journal {config.journal.path if config.journal.enabled else 'off'}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""``gridtao check-config``: the agent's configuration checks without a GPU or a broker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gridtao.cli import main as cli
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_valid_file_is_summarised_and_nothing_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, "gpus: {backend: sim, sim: {device: null, count: 4}}\n"
+                            "mqtt: {host: 127.0.0.1, port: 18830, node_id: n1}\n"
+                            "products: [{kind: ffr, capacity_w: 400}]\n"
+                            "safety: {triggers: []}\n")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert cli.main(["--config", str(path), "check-config"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"ok: {path}\n")
+    assert "node      n1" in out and "products  ffr 400 W" in out
+    assert "127.0.0.1:18830" in out and "4 x h100-sxm (in-process)" in out
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("auth: {mode: ed25519, keys: [{kid: a, file: missing.pem, topics: [dispatch]}]}\n",
+     "auth.keys[0].file (kid 'a')"),
+    ("audit: {path: x.jsonl}\njournal: {path: x.jsonl}\n", "journal.path"),
+    ("gpus: {backend: sim, sim: {workload: trace, trace_csv: /dev/zero}}\n",
+     "gpus.sim.trace_csv: /dev/zero: not a regular file"),
+    ("planner: {signals_file: nowhere.json}\n", "planner.signals_file"),
+    ("mqtt: {tls: {enabled: true, ca_file: missing-ca.pem}}\n", "mqtt.tls.ca_file"),
+])
+def test_a_bad_file_is_one_line_naming_the_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, needle: str) -> None:
+    path = _write(tmp_path, text)
+    assert cli.main(["--config", str(path), "check-config"]) == 2
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if line.startswith("gridtao: error:")]
+    assert len(err) == 1 and str(path) in err[0] and needle in err[0], captured.err
+    assert captured.out == ""
