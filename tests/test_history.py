@@ -538,14 +538,15 @@ def test_cli_generate_show_and_import(tmp_path: Path, capsys: pytest.CaptureFixt
     # The agent's own store (conftest: a state directory per test; the node is this host).
     db = Path(os.environ["STATE_DIRECTORY"]) / f"history-{default_node_id()}.sqlite3"
     assert main(["history", "generate", "--days", "2", "--seed", "4", "--gpus", "4"]) == 0
-    assert "wrote 2880 synthetic minutes (4 GPUs, seed 4)" in capsys.readouterr().out
+    assert "wrote 2880 synthetic minutes (4 GPUs of 700 W, seed 4)" in capsys.readouterr().out
     with HistoryStore.open(db) as s:
         assert s.count() == 2880
     # Refuses to overwrite what may be measurements, unless asked.
     assert main(["history", "generate", "--days", "1"]) == 2
     assert "--replace" in capsys.readouterr().err
     assert main(["history", "generate", "--days", "1", "--replace"]) == 0
-    capsys.readouterr()
+    # Without --gpus, the configuration's simulated GPUs (the default: 8 of 700 W).
+    assert "(8 GPUs of 700 W, seed 0)" in capsys.readouterr().out
 
     assert main(["history", "show", "--days", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -613,3 +614,17 @@ def test_store_may_follow_the_action(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert s.count() == 1440
     assert main(["history", "show", "--store", str(store)]) == 0
     assert str(store) in capsys.readouterr().out
+
+
+def test_generate_takes_the_configurations_gpus(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A 4-GPU node's synthetic history is a 4-GPU node's: its draw never above 4 x 700 W."""
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text("gpus: {backend: sim, sim: {count: 4, device: null}}\n")
+    store = tmp_path / "h.sqlite3"
+    assert main(["--config", str(cfg), "history", "--store", str(store), "generate",
+                 "--days", "2"]) == 0
+    assert "(4 GPUs of 700 W, seed 0)" in capsys.readouterr().out
+    with HistoryStore.open(store) as s:
+        rows = s.rows(0, 2**40)
+    assert max(r.it_mean_w for r in rows) <= 4 * 700.0

@@ -23,6 +23,7 @@ from gridtao.tier3 import (
 from gridtao.tier3.planner import PlanSettings, make_plan
 from gridtao.tier3.problem import Enrolment
 from gridtao.tier3.scores import calibrated_margin_w, recent_misses
+from gridtao.tier3.signals import Signals
 
 T0 = 1_767_571_200  # Monday 2026-01-05 00:00 UTC
 DAY, WEEK = 86_400, 7 * 86_400
@@ -389,10 +390,16 @@ def test_recent_misses_are_the_forecasters_own_day_ahead_misses() -> None:
     assert 0 < high[0].size < t.size
 
 
-def test_a_plan_with_a_calibrated_margin_bids_under_the_forecast() -> None:
+def _four_weeks_and_signals() -> tuple[Arrays, float, Signals]:
+    """Four weeks of a synthetic node's minutes, a time half an hour before their end, and
+    market signals from the day before to two days after."""
     data = synthetic(28, seed=25)
     now = float(T0 + 4 * WEEK - 1800)
-    signals = market_signals(T0 + 4 * WEEK - DAY, 72).to_signals(issued_at_s=now - 3600)
+    return data, now, market_signals(T0 + 4 * WEEK - DAY, 72).to_signals(issued_at_s=now - 3600)
+
+
+def test_a_plan_with_a_calibrated_margin_bids_under_the_forecast() -> None:
+    data, now, signals = _four_weeks_and_signals()
     base = PlanSettings(mtu_s=3600, horizon=24, floor_w=3000.0,
                         enrolments=[Enrolment("fcr-d-up", "fcr-d-up", 2000.0)])
     plain = make_plan(*data, signals, now_s=now, settings=base)
@@ -407,15 +414,30 @@ def test_a_plan_with_a_calibrated_margin_bids_under_the_forecast() -> None:
     assert np.all(offered <= sum(plain.result.offers_w.values()) + 1e-6)
 
 
+def test_a_forecast_above_what_the_gpus_can_draw_is_clipped_and_said() -> None:
+    """A history of a larger node (a synthetic one of the default 8 GPUs on a 4-GPU node): no
+    quantile above the node's summed limits, and the plan says why."""
+    data, now, signals = _four_weeks_and_signals()
+    base = PlanSettings(mtu_s=3600, horizon=24, floor_w=1000.0,
+                        enrolments=[Enrolment("fcr-d-up", "fcr-d-up", 2000.0)])
+    free = make_plan(*data, signals, now_s=now, settings=base)
+    top = 0.8 * float(np.max(free.forecast.p90_w))
+    clipped = make_plan(*data, signals, now_s=now, settings=dataclasses.replace(base, max_w=top))
+    for name in ("p10_w", "p50_w", "p90_w"):
+        q = np.asarray(getattr(clipped.forecast, name))
+        assert np.all(q <= top) and np.allclose(q, np.minimum(getattr(free.forecast, name), top))
+    assert any("clipped there" in note for note in clipped.summary()["notes"])
+    roomy = make_plan(*data, signals, now_s=now, settings=dataclasses.replace(base, max_w=1e9))
+    assert not any("clipped" in note for note in roomy.summary()["notes"])
+
+
 def test_a_node_bidding_on_its_own_offers_whole_bid_steps_from_its_configuration() -> None:
     """``bid_step_w`` and ``min_bid_w`` of a product reach the program: every offer is a whole
     number of steps, 0 or at least the minimum; without them, the same round offers freely."""
     from gridtao.app.planning import plan_settings
     from gridtao.config.agent import config_from_mapping
 
-    data = synthetic(28, seed=25)
-    now = float(T0 + 4 * WEEK - 1800)
-    signals = market_signals(T0 + 4 * WEEK - DAY, 72).to_signals(issued_at_s=now - 3600)
+    data, now, signals = _four_weeks_and_signals()
     offers = {}
     for steps in (False, True):
         bids = {"bid_step_w": 300.0, "min_bid_w": 600.0} if steps else {}

@@ -89,7 +89,8 @@ def show_plan(config: Config, limits: Sequence[PowerLimits], indices: Sequence[i
     p10 = np.array([row.it_p10_w for row in rows])
     signals = parse_signals(json.dumps(demo_signals(now)), now_s=now)
     plan = make_plan(t, mean, p10, signals, now_s=now,
-                     settings=plan_settings(cfg, floor_w(cfg, limits, indices)))
+                     settings=plan_settings(cfg, floor_w(cfg, limits, indices),
+                                            sum(lim.default_mw for lim in limits) / 1000.0))
     enrolled = ", ".join(f"{p.name or p.kind} {p.capacity_w:.0f} W" for p in products)
     print(f"\ntier 3: the plan for the next 24 h ({enrolled}"
           f"{'' if config.products else ', the example enrolment'}; {HISTORY_DAYS} days of "

@@ -65,14 +65,15 @@ ARMING_PERIOD_S = 1.0
 DAY_S = 86_400
 
 
-def plan_settings(config: Config, floor_w: float) -> PlanSettings:
-    """A planning round's settings from the configuration and the node's IT floor (W)."""
+def plan_settings(config: Config, floor_w: float, max_w: float | None = None) -> PlanSettings:
+    """A planning round's settings from the configuration, the node's IT floor (W) and the
+    most it can draw (W: its GPUs' summed limits; None: unknown)."""
     p, f = config.planner, config.facility
     enrolments = [Enrolment(c.name or c.kind, c.kind, c.capacity_w, bid_step_w=c.bid_step_w,
                             min_bid_w=c.min_bid_w) for c in config.products]
     return PlanSettings(
         mtu_s=p.mtu_s, horizon=max(1, p.horizon_h * 3600 // p.mtu_s),
-        floor_w=floor_w, enrolments=enrolments,
+        floor_w=floor_w, max_w=max_w, enrolments=enrolments,
         safety_margin_fraction=p.safety_margin_fraction, time_limit_s=p.solve_time_limit_s,
         weeks=max(1, math.ceil(p.history_days / 7)), margin_quantile=p.margin_quantile,
         margin_days=p.margin_days, margin_block_h=p.margin_block_h,
@@ -297,7 +298,8 @@ class NodePlanning:
         """The round's settings; the cost of lost work from the learned work model where
         there is one (``planner.lost_work_eur_per_mwh`` is then the value of an MWh of the
         GPUs' full-speed work, and an MWh shed costs the share the curves say it loses)."""
-        settings = plan_settings(self._config, self._floor_w)
+        settings = plan_settings(self._config, self._floor_w,
+                                 self._island.envelope.default_total_mw / 1000.0)
         factor = self.work_factor() if self.work_factor is not None else None
         return settings if factor is None else with_learned_work(settings, factor)
 

@@ -3,7 +3,8 @@
 * ``gridtao history import FILE.csv``: measured IT draw from a CSV (``time``/``t``,
   ``it_w``/``power_w``, optional ``limit_w``), aggregated to minutes; all or nothing.
 * ``gridtao history generate --days 7 [--seed N] [--gpus N] [--replace]``: a synthetic history
-  ending at the current minute, for trying the planner. It refuses to overwrite stored minutes
+  ending at the current minute, for trying the planner (a node of the configuration's
+  simulated GPUs unless ``--gpus``). It refuses to overwrite stored minutes
   (which may be the agent's real measurements) unless ``--replace``.
 * ``gridtao history show [--days N]``: one line per hour of the last N days (local time).
 
@@ -71,8 +72,9 @@ def configure_history(p: argparse.ArgumentParser) -> None:
     gen.add_argument("--days", type=_positive_days, default=7.0,
                      help="how many days to generate (default 7)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    gen.add_argument("--gpus", type=_gpu_count, default=8,
-                     help="GPUs in the synthetic node (default 8, H100-like 700 W)")
+    gen.add_argument("--gpus", type=_gpu_count, default=None,
+                     help="GPUs in the synthetic node (default: the configuration's "
+                          "gpus.sim.count, of its gpus.sim.profile's default limit)")
     gen.add_argument("--replace", action="store_true",
                      help="overwrite minutes already stored in the period (they may be real "
                           "measurements; refused without this)")
@@ -132,6 +134,7 @@ def _import(args: argparse.Namespace, store: HistoryStore) -> int:
 
 def _generate(args: argparse.Namespace, store: HistoryStore, config: Config) -> int:
     from gridtao.gpu.sim.daily import configured_shape
+    from gridtao.gpu.sim.physics import PROFILES
     from gridtao.history import synthetic_minutes
 
     minutes = max(1, round(args.days * 1440))
@@ -147,10 +150,12 @@ def _generate(args: argparse.Namespace, store: HistoryStore, config: Config) -> 
     # keys), gridtao's default levels where it sets none (a synthetic day always has a shape).
     sim = config.gpus.sim
     shape = configured_shape(sim, "default" if sim.daily_shape == "none" else None)
-    rows = synthetic_minutes(start, minutes / 1440, gpus=args.gpus, seed=args.seed,
+    gpus = args.gpus if args.gpus is not None else sim.count
+    tdp_w = PROFILES[sim.profile].default_w
+    rows = synthetic_minutes(start, minutes / 1440, gpus=gpus, tdp_w=tdp_w, seed=args.seed,
                              shape=shape)
     store.write(rows)
-    print(f"wrote {len(rows)} synthetic minutes ({args.gpus} GPUs, seed {args.seed}), "
+    print(f"wrote {len(rows)} synthetic minutes ({gpus} GPUs of {tdp_w:g} W, seed {args.seed}), "
           f"{_when(rows[0].start_s)} .. {_when(rows[-1].start_s)}, into {store.path}")
     return EXIT_OK
 

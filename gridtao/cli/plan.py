@@ -125,7 +125,8 @@ def _plan(config: Config, store: Path, work: WorkRequirement | None = None, *,
     except SignalError as e:  # one line naming the file, as for every input
         raise ConfigError(f"{signals_where}: {config.planner.signals_file}: refused: "
                           f"{e}") from None
-    settings = plan_settings(config, floor_w(config, limits, indices))
+    settings = plan_settings(config, floor_w(config, limits, indices),
+                             sum(lim.default_mw for lim in limits) / 1000.0)
     if work is not None:
         when = _utc(work.by_s)
         settings = dataclasses.replace(

@@ -60,6 +60,9 @@ class PlanSettings:
     margin_days: int = 14
     margin_block_h: int = 4
     notes: tuple[str, ...] = ()  # said with the plan (how an input was taken)
+    #: The most the node can draw (W, IT: its GPUs' summed limits); None: unknown. A forecast
+    #: above it (a history of a larger node) is clipped to it, and the plan says so.
+    max_w: float | None = None
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,16 @@ def make_plan(history_start_s: np.ndarray[Any, Any], history_it_w: np.ndarray[An
     forecast = forecast_draw(history_start_s, history_it_w, history_p10_w, start_s=start,
                              mtu_s=mtu, horizon=settings.horizon, now_s=now_s,
                              weeks=settings.weeks, tz_offset_s=tz)
-    p10 = np.asarray(forecast.p10_w)
     notes: list[str] = []
+    if settings.max_w is not None and float(np.max(forecast.p90_w)) > settings.max_w:
+        top = settings.max_w
+        notes.append(f"the forecast (p90 up to {float(np.max(forecast.p90_w)):.0f} W) runs above "
+                     f"the {top:.0f} W this node's GPUs can draw: clipped there (is the history "
+                     "another node's?)")
+        forecast = dataclasses.replace(forecast, **{
+            name: np.minimum(np.asarray(getattr(forecast, name)), top)
+            for name in ("p10_w", "p50_w", "p90_w")})
+    p10 = np.asarray(forecast.p10_w)
     if settings.margin_quantile is not None:
         miss_t, miss_w = recent_misses(
             history_start_s, history_it_w, history_p10_w, now_s=now_s, start_s=start,
