@@ -70,6 +70,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
 
 
 def _verdict(target: dict[str, Any]) -> str:
+    if target["met"] is None:
+        return f"**not judged** (a p99 needs at least {target['min_triggers']} triggers)"
     return "**met**" if target["met"] else "**not met**"
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gridtao.bench.baselines import BaselineNode
-from gridtao.bench.latency import _agent_config, run_latency_bench
+from gridtao.bench.latency import _agent_config, judge_targets, run_latency_bench
 from gridtao.bench.render import markdown, plot
 from gridtao.cli.main import main
 from gridtao.config.agent import Config, SimConfig
@@ -43,7 +43,14 @@ def test_latency_bench_reports_every_measure(tmp_path: Path) -> None:
     for t2t, p2c, hw in zip(idle["trigger_to_target_ms"], idle["publish_to_command_ms"],
                             idle["command_to_target_ms"], strict=True):
         assert hw == pytest.approx(t2t - p2c, abs=1e-6)
-    targets = result["targets"]
+    # Two triggers are too few for a p99: the p99 targets are not judged, and said so ...
+    few = result["targets"]
+    assert few["publish_to_command_p99_ms"]["met"] is None
+    assert few["trigger_to_target_p99_ms"]["met"] is None
+    assert few["trigger_to_target_p99_ms"]["under_load"]["met"] is None
+    assert isinstance(few["speedup_vs_sequential_subprocess_p50"]["met"], bool)
+    # ... and with enough of them (the same figures) they are.
+    targets = judge_targets(result | {"triggers": 20})
     hw99 = result["command_to_target_ms"]["p99"]
     assert targets["trigger_to_target_p99_ms"]["limit"] == pytest.approx(hw99 + 5.0)
     assert targets["trigger_to_target_p99_ms"]["met"] == (
@@ -63,6 +70,7 @@ def test_latency_bench_reports_every_measure(tmp_path: Path) -> None:
     text = markdown(result, "gridtao bench latency --triggers 2 --gpus 2")
     assert "sequential_subprocess" in text and "transport floor" in text
     assert "command_to_target_ms" in text and "Latency targets, judged by" in text
+    assert "**not judged** (a p99 needs at least 20 triggers)" in text
     # What BENCHMARKS.md promises of every result: command, machine, date, commit, versions.
     assert f"commit {result['commit']}" in text and "- versions: " in text and "numpy" in text
     png = tmp_path / "lat.png"
