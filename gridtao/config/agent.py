@@ -9,10 +9,8 @@ Ranges live next to each field in ``metadata`` so the schema is the single sourc
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import os
-import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,24 +23,23 @@ from gridtao.config.grid import GpuPriority as GpuPriority
 from gridtao.config.grid import ProductConfig as ProductConfig
 from gridtao.config.grid import ProductKind as ProductKind
 from gridtao.config.grid import TrackerConfig as TrackerConfig
-from gridtao.config.kinds import KINDS
 from gridtao.config.planner import HistoryConfig as HistoryConfig
 from gridtao.config.planner import PlannerConfig as PlannerConfig
+from gridtao.config.rules import MAX_NODE_ID_CHARS as MAX_NODE_ID_CHARS
+from gridtao.config.rules import check_consistency
+from gridtao.config.rules import is_loopback as is_loopback
+from gridtao.config.rules import sim_device_problem as sim_device_problem
 from gridtao.config.schema import ConfigError as ConfigError
-from gridtao.config.schema import build, fail, rng
+from gridtao.config.schema import build, rng
 from gridtao.config.site import SiteConfig as SiteConfig
-from gridtao.config.site import check_site
 from gridtao.config.work import CpuPowerConfig as CpuPowerConfig
 from gridtao.config.work import WorkConfig as WorkConfig
 from gridtao.config.work import WorkSource as WorkSource
-from gridtao.config.work import check_work
 
 ENV_VAR = "GRIDTAO_CONFIG"
 
 log = logging.getLogger("gridtao.config")
 
-MAX_NODE_ID_CHARS = 128
-_DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -449,196 +446,5 @@ class _Loader(yaml.SafeLoader):
 def config_from_mapping(data: object, *, source: str = "<mapping>") -> Config:
     """Validate a parsed mapping (e.g. from YAML) into a :class:`Config`."""
     cfg = build(Config, data, source, "")
-    _check_consistency(cfg, source)
+    check_consistency(cfg, source)
     return dataclasses.replace(cfg, source=source)
-
-
-#: The nominal frequencies raw triggers may be under (Hz): 50 Hz and 60 Hz grids.
-GRID_NOMINALS_HZ = (50.0, 60.0)
-
-
-def _check_trigger_grid(levels: list[float], source: str) -> None:
-    """Raw triggers are under-frequency levels of one grid: each below its grid's nominal
-    (a level at or above it would cut at normal frequency) and within 5 Hz of it."""
-    grids = set()
-    for k, hz in enumerate(levels):
-        grid = next((n for n in GRID_NOMINALS_HZ if n - 5.0 <= hz < n), None)
-        if grid is None:
-            fail(source, f"safety.triggers[{k}].hz", f"{hz:g} Hz is not below a grid's nominal "
-                 "frequency (under 50 Hz for a 50 Hz grid, 55 to 60 Hz for a 60 Hz grid): it "
-                 "would cut at normal frequency")
-        grids.add(grid)
-    if len(grids) > 1:
-        fail(source, "safety.triggers", "levels for a 50 Hz and a 60 Hz grid at once: a node is "
-             "on one grid")
-
-
-def _check_consistency(cfg: Config, source: str) -> None:
-    """Rules that span several keys."""
-    if cfg.mqtt.reconnect_min_s > cfg.mqtt.reconnect_max_s:
-        fail(source, "mqtt.reconnect_min_s", "must be <= mqtt.reconnect_max_s")
-    levels = [t.hz for t in cfg.safety.triggers]
-    if len(set(levels)) != len(levels):
-        fail(source, "safety.triggers", "two triggers share the same hz level")
-    _check_trigger_grid(levels, source)
-    if cfg.gpus.sim.workload == "trace" and cfg.gpus.sim.trace_csv is None:
-        fail(source, "gpus.sim.trace_csv", "required when gpus.sim.workload is 'trace'")
-    _check_sim_workloads(cfg.gpus.sim, source)
-    _check_sim_daily(cfg.gpus.sim, source)
-    device = cfg.gpus.sim.device
-    if device is not None and (problem := sim_device_problem(device)) is not None:
-        fail(source, "gpus.sim.device", problem)
-    for k, fault in enumerate(cfg.gpus.sim.faults):
-        if fault.gpu is not None and fault.gpu >= cfg.gpus.sim.count:
-            fail(source, f"gpus.sim.faults[{k}].gpu", f"no GPU {fault.gpu} (count is "
-                  f"{cfg.gpus.sim.count})")
-    if (cfg.audit.enabled and cfg.journal.enabled and cfg.audit.path is not None
-            and cfg.audit.path == cfg.journal.path):
-        fail(source, "journal.path", "must differ from audit.path")
-    for part in ("+", "#"):
-        if part in cfg.mqtt.prefix:
-            fail(source, "mqtt.prefix", f"MQTT topics must not contain the wildcard {part!r}")
-    if "" in cfg.mqtt.prefix.split("/"):
-        fail(source, "mqtt.prefix", f"{cfg.mqtt.prefix!r} has an empty topic level (a leading, "
-             "trailing or doubled '/'): write it as levels joined by single '/', e.g. "
-             "'gridtao/site-1'")
-    node = cfg.mqtt.node_id
-    if node is not None and any(ch in node for ch in "+#/"):
-        fail(source, "mqtt.node_id", "must be one MQTT topic level: no '+', '#' or '/'")
-    if node is not None and (len(node) > MAX_NODE_ID_CHARS or not node.isprintable()):
-        fail(source, "mqtt.node_id", f"must be printable and at most {MAX_NODE_ID_CHARS} "
-             "characters (it names this node in every topic and record)")
-    _check_security(cfg, source)
-    _check_transport(cfg.mqtt, source)
-    _check_products(cfg, source)
-    check_work(cfg.work, source)
-    check_site(cfg.site, source)
-
-
-def _check_sim_daily(sim: SimConfig, source: str) -> None:
-    """``gpus.sim.daily_levels``: 24 levels in [0, 1] with ``daily_shape: custom``, else none."""
-    if sim.daily_shape != "custom":
-        if sim.daily_levels:
-            fail(source, "gpus.sim.daily_levels", "only with gpus.sim.daily_shape: custom")
-        return
-    if len(sim.daily_levels) != 24:
-        fail(source, "gpus.sim.daily_levels", f"24 hourly levels (hour 0 first) with "
-             f"daily_shape: custom; {len(sim.daily_levels)} given")
-    bad = [k for k, v in enumerate(sim.daily_levels) if not 0.0 <= v <= 1.0]
-    if bad:
-        fail(source, f"gpus.sim.daily_levels[{bad[0]}]",
-             f"{sim.daily_levels[bad[0]]!r} is not a level in [0, 1]")
-
-
-def _check_sim_workloads(sim: SimConfig, source: str) -> None:
-    """``gpus.sim.workloads``: none, or one per GPU; a load only for inference."""
-    if sim.workloads and len(sim.workloads) != sim.count:
-        fail(source, "gpus.sim.workloads", f"one per GPU: {len(sim.workloads)} listed, "
-             f"gpus.sim.count is {sim.count}")
-    for k, w in enumerate(sim.workloads):
-        if w.kind != "inference" and w.load != 1.0:
-            fail(source, f"gpus.sim.workloads[{k}].load", "only inference takes a load")
-        if w.kind == "trace" and sim.trace_csv is None:
-            fail(source, "gpus.sim.trace_csv", "required when a GPU's workload is 'trace'")
-
-
-def sim_device_problem(name: str) -> str | None:
-    """What is wrong with ``name`` as a simulated device's name (None: nothing)."""
-    if _DEVICE_NAME.fullmatch(name):
-        return None
-    return ("must be a name of 1-64 letters, digits, '.', '_' or '-', starting with a letter "
-            "or digit (it names a file), or null")
-
-
-def _check_transport(m: MqttConfig, source: str) -> None:
-    """Credential keys that only make sense together (files are checked when the agent starts:
-    gridtao/transport/tls.py)."""
-    if m.password_file is not None and m.username is None:
-        fail(source, "mqtt.username", "required when mqtt.password_file is set")
-    if m.username is not None and not m.username.isprintable():
-        fail(source, "mqtt.username", "must be printable (one line, no control characters)")
-    tls = m.tls
-    if not tls.enabled:
-        for name in ("ca_file", "cert_file", "key_file", "server_hostname"):
-            if getattr(tls, name) is not None:
-                fail(source, f"mqtt.tls.{name}", "set but mqtt.tls.enabled is false: enable TLS "
-                      "or remove the key")
-    if tls.key_file is not None and tls.cert_file is None:
-        fail(source, "mqtt.tls.cert_file", "required when mqtt.tls.key_file is set")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is this machine (``localhost`` or a loopback address)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve anywhere
-
-
-def _check_security(cfg: Config, source: str) -> None:
-    auth = cfg.auth
-    if auth.mode == "none" and not auth.allow_unauthenticated and not is_loopback(cfg.mqtt.host):
-        fail(source, "auth.mode", f"none with the broker at {cfg.mqtt.host}: anyone who can "
-             "publish there could cut this node's GPUs; sign dispatches (auth.mode: ed25519 or "
-             "hmac), or set auth.allow_unauthenticated: true if the broker's ACL is the only gate "
-             "you want")
-    if auth.mode != "none" and not auth.keys:
-        fail(source, "auth.keys", f"at least one key is required when auth.mode is {auth.mode!r}")
-    seen: set[str] = set()
-    for k, key in enumerate(auth.keys):
-        if key.kid in seen:
-            fail(source, f"auth.keys[{k}].kid", f"duplicate key id {key.kid!r}")
-        seen.add(key.kid)
-        if not key.kid.isprintable() or len(key.kid) > 64:
-            fail(source, f"auth.keys[{k}].kid", "must be printable and at most 64 characters")
-        if not key.topics:
-            fail(source, f"auth.keys[{k}].topics", "must name at least one topic")
-    cap = cfg.limits.max_reduction_fraction
-    for k, trig in enumerate(cfg.safety.triggers):
-        if trig.reduction_fraction > cap:
-            fail(source, f"safety.triggers[{k}].reduction_fraction",
-                  f"{trig.reduction_fraction:g} exceeds limits.max_reduction_fraction {cap:g}")
-
-
-def _check_products(cfg: Config, source: str) -> None:
-    names: set[str] = set()
-    kinds: list[str] = [p.kind for p in cfg.products]
-    for k, prod in enumerate(cfg.products):
-        key = f"products[{k}]"
-        name = prod.name or prod.kind
-        if name in names:
-            fail(source, f"{key}.name", f"two products are named {name!r}; give each a name")
-        names.add(name)
-        if not name.isprintable() or any(ch in name for ch in "+#/ "):
-            fail(source, f"{key}.name", "must be printable, without spaces, '+', '#' or '/'")
-        if prod.kind == "ffr" and prod.support == "short" and cfg.safety.release_rate_per_s > 0.2:
-            fail(source, "safety.release_rate_per_s", "short-support FFR ramps out at most "
-                  f"20 %/s of its capacity; got {cfg.safety.release_rate_per_s:g}/s")
-        info = KINDS[prod.kind]
-        problem = (info.threshold_problem(prod.threshold_hz)
-                   if prod.threshold_hz is not None and info.has_threshold else None)
-        if problem is not None:
-            fail(source, f"{key}.threshold_hz", problem)
-        for bid in ("bid_step_w", "min_bid_w"):
-            if getattr(prod, bid) > prod.capacity_w:
-                fail(source, f"{key}.{bid}", f"{getattr(prod, bid):g} W exceeds capacity_w "
-                     f"{prod.capacity_w:g} W: the planner could never offer this product")
-        if prod.baseline_w is not None and not KINDS[prod.kind].symmetric:
-            symmetric = ", ".join(k.name for k in KINDS.values() if k.symmetric)
-            fail(source, f"{key}.baseline_w", f"only {symmetric} runs at a baseline")
-    for info in KINDS.values():
-        if info.once_per_node and kinds.count(info.name) > 1:
-            why = " (it sets the node's baseline)" if info.symmetric else ""
-            words = info.title.lower()
-            named = info.name if words == info.name else f"{words} (kind {info.name})"
-            fail(source, "products", f"enrol {named} at most once{why}")
-    if cfg.safety.triggers and any(KINDS[k].frequency for k in kinds):
-        fail(source, "safety.triggers", "frequency products and raw safety.triggers would both "
-              "cut on the same dips; set safety.triggers: [] when enrolling products")
-    for k, prio in enumerate(cfg.tracker.priorities):
-        if prio.priority == "flexible" and prio.floor_w > 0:
-            fail(source, f"tracker.priorities[{k}].floor_w", "only critical GPUs have a floor")
-        if not prio.gpus or any(g < 0 for g in prio.gpus):
-            fail(source, f"tracker.priorities[{k}].gpus", "list one or more GPU indices >= 0")
