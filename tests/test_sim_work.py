@@ -232,7 +232,8 @@ def test_the_server_exits_1_when_its_gpus_are_lost() -> None:
     assert sim.device is not None
     sim.device.close()
     with _serving() as (proc, _):
-        assert cli.main(["sim", "destroy"]) == 0  # a driver reload under the server
+        # a driver reload under the server (which holds the device: --force)
+        assert cli.main(["sim", "destroy", "--force"]) == 0
         assert proc.wait(timeout=30) == 1
         assert proc.stderr is not None
         err = proc.stderr.read()

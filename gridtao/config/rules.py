@@ -64,6 +64,10 @@ def check_consistency(cfg: Config, source: str) -> None:
     if (cfg.audit.enabled and cfg.journal.enabled and cfg.audit.path is not None
             and cfg.audit.path == cfg.journal.path):
         fail(source, "journal.path", "must differ from audit.path")
+    if cfg.mqtt.prefix.startswith("$"):
+        fail(source, "mqtt.prefix", "topics starting with '$' are the broker's own ($SYS)")
+    if not cfg.mqtt.prefix.isprintable():
+        fail(source, "mqtt.prefix", "must be printable (no control or formatting characters)")
     for part in ("+", "#"):
         if part in cfg.mqtt.prefix:
             fail(source, "mqtt.prefix", f"MQTT topics must not contain the wildcard {part!r}")
@@ -77,11 +81,30 @@ def check_consistency(cfg: Config, source: str) -> None:
     if node is not None and (len(node) > MAX_NODE_ID_CHARS or not node.isprintable()):
         fail(source, "mqtt.node_id", f"must be printable and at most {MAX_NODE_ID_CHARS} "
              "characters (it names this node in every topic and record)")
+    _check_timing(cfg, source)
     _check_security(cfg, source)
     _check_transport(cfg.mqtt, source)
     _check_products(cfg, source)
     check_work(cfg.work, source)
     check_site(cfg.site, source)
+
+
+def _check_timing(cfg: Config, source: str) -> None:
+    """Settings that one another's values would defeat."""
+    planner, history, tracker = cfg.planner, cfg.history, cfg.tracker
+    if planner.enabled and not history.enabled:
+        fail(source, "planner.enabled", "the planner forecasts from the minute history: set "
+             "history.enabled: true, or planner.enabled: false")
+    if planner.enabled and planner.history_days > history.retention_days:
+        fail(source, "planner.history_days", f"{planner.history_days} days, but the history "
+             f"keeps {history.retention_days:g} (history.retention_days)")
+    if tracker.commitment_ttl_s <= tracker.period_s:
+        fail(source, "tracker.commitment_ttl_s", f"{tracker.commitment_ttl_s:g} s lapses before "
+             f"tier 2 renews it every {tracker.period_s:g} s (tracker.period_s): make it longer")
+    if cfg.limits.max_event_duration_s > cfg.safety.max_event_s:
+        fail(source, "limits.max_event_duration_s", f"{cfg.limits.max_event_duration_s:g} s, "
+             f"but the safety island releases every event after {cfg.safety.max_event_s:g} s "
+             "(safety.max_event_s): a dispatch accepted for longer would end early")
 
 
 def _check_sim_daily(sim: SimConfig, source: str) -> None:
@@ -153,6 +176,9 @@ def _check_security(cfg: Config, source: str) -> None:
              "publish there could cut this node's GPUs; sign dispatches (auth.mode: ed25519 or "
              "hmac), or set auth.allow_unauthenticated: true if the broker's ACL is the only gate "
              "you want")
+    if auth.mode == "none" and auth.keys:
+        fail(source, "auth.keys", "keys are listed but auth.mode is none: nothing would be "
+             "verified; set auth.mode (ed25519 or hmac) or remove the keys")
     if auth.mode != "none" and not auth.keys:
         fail(source, "auth.keys", f"at least one key is required when auth.mode is {auth.mode!r}")
     seen: set[str] = set()
@@ -194,6 +220,14 @@ def _check_products(cfg: Config, source: str) -> None:
             if getattr(prod, bid) > prod.capacity_w:
                 fail(source, f"{key}.{bid}", f"{getattr(prod, bid):g} W exceeds capacity_w "
                      f"{prod.capacity_w:g} W: the planner could never offer this product")
+        if prod.threshold_hz is not None and not info.has_threshold:
+            with_threshold = ", ".join(k.name for k in KINDS.values() if k.has_threshold)
+            fail(source, f"{key}.threshold_hz", f"{prod.kind} has no threshold (only "
+                 f"{with_threshold}): remove the key")
+        if prod.support_s is not None and info.activation != "step":
+            steps = ", ".join(k.name for k in KINDS.values() if k.activation == "step")
+            fail(source, f"{key}.support_s", f"only step products ({steps}) hold a support "
+                 "duration: remove the key")
         if prod.baseline_w is not None and not KINDS[prod.kind].symmetric:
             symmetric = ", ".join(k.name for k in KINDS.values() if k.symmetric)
             fail(source, f"{key}.baseline_w", f"only {symmetric} runs at a baseline")
@@ -206,7 +240,16 @@ def _check_products(cfg: Config, source: str) -> None:
     if cfg.safety.triggers and any(KINDS[k].frequency for k in kinds):
         fail(source, "safety.triggers", "frequency products and raw safety.triggers would both "
               "cut on the same dips; set safety.triggers: [] when enrolling products")
+    grids = {KINDS[k].nominal_hz for k in kinds if KINDS[k].frequency}
+    if len(grids) > 1:
+        fail(source, "products", "products of a 50 Hz and a 60 Hz grid at once (e.g. ffr and "
+             "ercot-ffr): a node is on one grid")
+    listed: dict[int, int] = {}
     for k, prio in enumerate(cfg.tracker.priorities):
+        for gpu in prio.gpus:
+            if listed.setdefault(gpu, k) != k or prio.gpus.count(gpu) > 1:
+                fail(source, f"tracker.priorities[{k}].gpus", f"GPU {gpu} is listed twice "
+                     "(each GPU has one priority)")
         if prio.priority == "flexible" and prio.floor_w > 0:
             fail(source, f"tracker.priorities[{k}].floor_w", "only critical GPUs have a floor")
         if not prio.gpus or any(g < 0 for g in prio.gpus):
