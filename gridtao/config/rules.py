@@ -82,6 +82,9 @@ def check_consistency(cfg: Config, source: str) -> None:
         fail(source, "mqtt.node_id", f"must be printable and at most {MAX_NODE_ID_CHARS} "
              "characters (it names this node in every topic and record)")
     _check_timing(cfg, source)
+    for key, host in (("mqtt.host", cfg.mqtt.host), ("metrics.host", cfg.metrics.host)):
+        if (problem := host_problem(host)) is not None:
+            fail(source, key, problem)
     _check_security(cfg, source)
     _check_transport(cfg.mqtt, source)
     _check_products(cfg, source)
@@ -140,6 +143,25 @@ def sim_device_problem(name: str) -> str | None:
         return None
     return ("must be a name of 1-64 letters, digits, '.', '_' or '-', starting with a letter "
             "or digit (it names a file), or null")
+
+
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
+
+
+def host_problem(host: str) -> str | None:
+    """What is wrong with ``host`` as a host name or IP address (None: nothing)."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if "://" in host:
+        return f"{host!r} is a URL: give the host name or address alone (and the port apart)"
+    if len(host) > 253 or not _HOST_NAME.fullmatch(host):
+        return (f"{host[:64]!r} is neither an IP address nor a host name (letters, digits, "
+                "'-' and '.')")
+    return None
 
 
 def _check_transport(m: MqttConfig, source: str) -> None:
