@@ -32,7 +32,6 @@ from gridtao.products.catalog import STEP_RAMP_OUT_SLACK
 from gridtao.products.frequency import level_key
 from gridtao.products.portfolio import Portfolio, ProductMonitor
 from gridtao.safety.island import Activation, SafetyIsland
-from gridtao.security.bounds import CutBasis
 from gridtao.security.guard import Guard
 from gridtao.wire import messages as wire
 from gridtao.wire.payloads import status_payload
@@ -75,7 +74,7 @@ class FleetNode:
             self.island.arm(level_key(trig), 1.0 - trig.reduction_fraction)
         self.guard = Guard.from_config(
             config, node_id=node_id, default_total_mw=float(self.island.envelope.default_total_mw),
-            draw_total_mw=CutBasis(self.island.view, lambda: self.draw_mw), wall=clock.wall)
+            draw_total_mw=self.island.basis_total_mw, wall=clock.wall)
         portfolio = Portfolio(config.products,
                               ramp_out_per_s=safety.release_rate_per_s * STEP_RAMP_OUT_SLACK)
         self.monitor = ProductMonitor(safety.triggers, portfolio,

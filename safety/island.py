@@ -255,6 +255,14 @@ class SafetyIsland(IslandCore):
                                 if self._frozen_draw is not None else None),
             )
 
+    def basis_total_mw(self) -> float:
+        """The node draw (mW) the next cut is made from: while an event that can cut is active,
+        the frozen pre-event draw every overlapping event is cut from, else tier 1's latest
+        smoothed draw (:meth:`update_draw`). What the dispatch bounds judge a shed on, so they
+        and the island never disagree about it."""
+        with self._lock:
+            return math.fsum(self._basis_locked())
+
     def floor_mw(self) -> tuple[int, ...]:
         """The lowest limit a cut may give each GPU (mW): its minimum, or its priority floor
         when one is set (clipped into the envelope)."""

@@ -66,7 +66,8 @@ def test_a_cut_deeper_than_the_floor_is_acked_with_what_the_node_can_deliver(rig
     assert ack["accepted"] is True
     assert ack["deliverable_w"] == pytest.approx(can_w, abs=1.0)
     assert ack["shortfall_w"] == pytest.approx(asked_w - can_w, abs=1.0)
-    assert f"can deliver {can_w:.0f} W of the {asked_w:.0f} W asked" in str(ack["reason"])
+    assert (f"by the GPUs' minimums and priority floors ({floor_mw / W:.0f} W, every GPU at its "
+            f"lowest): {can_w:.0f} W of the {asked_w:.0f} W asked") in str(ack["reason"])
     view = rig.island.view()
     assert view.target_mw is not None and view.target_mw >= floor_mw
 

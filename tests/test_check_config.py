@@ -47,3 +47,14 @@ def test_a_bad_file_is_one_line_naming_the_key(
     err = [line for line in captured.err.splitlines() if line.startswith("gridtao: error:")]
     assert len(err) == 1 and str(path) in err[0] and needle in err[0], captured.err
     assert captured.out == ""
+
+
+def test_a_signing_key_that_is_a_fifo_is_refused_without_blocking(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "k1.pub")
+    path = _write(tmp_path, "auth: {mode: hmac, keys: [{kid: k1, file: k1.pub, "
+                            "topics: [dispatch]}]}\n")
+    assert cli.main(["--config", str(path), "check-config"]) == 2
+    assert "not a regular file" in capsys.readouterr().err

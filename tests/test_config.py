@@ -185,6 +185,17 @@ def test_a_merge_key_may_still_be_overridden(tmp_path: Path) -> None:
     assert cfg.mqtt.port == 1884 and cfg.mqtt.host == "127.0.0.1"
 
 
+def test_nested_merges_and_keys_of_other_types_are_not_duplicates() -> None:
+    """A merge brought into a mapping that is itself merged elsewhere is not a key written
+    twice; nor are 1 and "1"."""
+    from gridtao.config.agent import _Loader
+
+    text = ("defs: {base: &A {k: 1}, mid: &B {<<: *A, k: 2}}\nuse: {<<: *B}\n"
+            "both: {1: int, '1': str}\n")
+    data = yaml.load(text, Loader=_Loader)
+    assert data["defs"]["mid"]["k"] == 2 and data["both"] == {1: "int", "1": "str"}
+
+
 def test_a_file_too_large_to_be_a_configuration_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "huge.yaml"
     path.write_bytes(b"# " + b"x" * (MAX_CONFIG_BYTES + 10) + b"\n")
@@ -249,7 +260,6 @@ def test_bad_yaml_names_file_and_position(tmp_path: Path) -> None:
         ({"planner": {"enabled": True}, "history": {"enabled": False}}, "planner.enabled"),
         ({"planner": {"enabled": True, "history_days": 60}}, "planner.history_days"),
         ({"tracker": {"period_s": 5, "commitment_ttl_s": 2}}, "tracker.commitment_ttl_s"),
-        ({"limits": {"max_event_duration_s": 7200}}, "limits.max_event_duration_s"),
         ({"auth": {"keys": [{"kid": "a", "file": "a.pem", "topics": ["dispatch"]}]}},
          "auth.keys"),
         ({"mqtt": {"prefix": "$SYS/gridtao"}}, "mqtt.prefix"),

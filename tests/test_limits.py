@@ -33,7 +33,6 @@ from gridtao.security.bounds import (
     INTERVAL,
     MAX_REDUCTION,
     Admitted,
-    CutBasis,
     DispatchBounds,
     Rejection,
     TokenBucket,
@@ -83,6 +82,22 @@ def _shed(event_id: str, fraction: float, duration_s: float = 60.0) -> wire.Shed
 
 def _cap(event_id: str, node_w: float, duration_s: float = 60.0) -> wire.CapDispatch:
     return wire.CapDispatch(event_id, node_w, duration_s, None)
+
+
+def test_a_cut_longer_than_the_island_holds_any_event_is_refused_up_front() -> None:
+    """safety.max_event_s tighter than limits.max_event_duration_s: a shed or cap asked for
+    longer is refused with the reason (it would be accepted and ended early); a demand-response
+    event, which tier 2 runs and the island never holds, is not."""
+    b = DispatchBounds(LimitsConfig(), default_total_mw=DEFAULT_TOTAL_MW,
+                       draw_total_mw=lambda: 2_200_000.0, island_max_event_s=600.0)
+    for msg in (_shed("long", 0.1, duration_s=601.0), _cap("long", 2000.0, duration_s=601.0)):
+        verdict = b.check(msg, now_s=0.0, in_flight=0)
+        assert isinstance(verdict, Rejection) and verdict.label == "max_duration"
+        assert "600 s the safety island holds any event (safety.max_event_s)" in verdict.reason
+    assert isinstance(b.check(_shed("ok", 0.1, duration_s=600.0), now_s=0.0, in_flight=0),
+                      Admitted)
+    dr = wire.DrDispatch("dr", 1800.0, reduction_w=500.0)
+    assert not isinstance(b.check(dr, now_s=0.0, in_flight=0), Rejection)
 
 
 def test_each_bound_refuses_with_its_reason() -> None:
@@ -195,8 +210,7 @@ def make_rig(limits: dict[str, Any] | None = None) -> Rig:
     island.update_draw(readings)
     for trig in TRIGGERS:
         island.arm(level_key(trig), 1.0 - trig.reduction_fraction)
-    basis = CutBasis(island.view, lambda: [float(backend.instant_power_mw(i))
-                                           for i in range(len(DEMAND_W))])
+    basis = island.basis_total_mw
     guard = Guard.from_config(cfg, node_id="node-l",
                               default_total_mw=float(island.envelope.default_total_mw),
                               draw_total_mw=basis, wall=clock.wall, registry=registry)
@@ -265,7 +279,20 @@ def test_the_floor_holds_on_the_draw_the_island_cuts_from(rig: Rig) -> None:
     assert ack["deliverable_w"] == pytest.approx(baseline_w - 840.0, abs=0.2)
     assert ack["shortfall_w"] == pytest.approx(0.75 * baseline_w - (baseline_w - 840.0), abs=0.2)
     limited = 1.0 - 840.0 / baseline_w
-    assert f"shed limited to {limited:.3f} (asked 0.75) by the node's floor 840 W" in ack["reason"]
+    assert (f"shed limited to {limited:.3f} (asked 0.75) by the node's floor 840 W "
+            "(limits.min_node_fraction)") in ack["reason"]
+
+
+def test_a_shed_when_the_islands_basis_is_at_the_floor_is_refused_and_changes_nothing(
+        rig: Rig) -> None:
+    """The bounds judge a shed on the draw the island would cut from: a basis already at the
+    floor refuses the shed, although tier 1's latest reading is well above it (the cut would
+    otherwise take the GPUs down to the floor while the ack said nothing was delivered)."""
+    before = rig.limits_mw()
+    rig.island.update_draw([175.0 * W] * len(DEMAND_W))  # 700 W: under the 840 W floor
+    ack = rig.dispatch(_shed_body("low", fraction=0.5))
+    assert ack["accepted"] is False and "already at the floor" in ack["reason"], ack
+    assert rig.limits_mw() == before
 
 
 def test_a_sustained_flood_cuts_at_most_once_per_interval_and_holds_the_floor() -> None:
@@ -365,3 +392,21 @@ def test_junk_spends_no_quota_a_genuine_dispatch_needs(rig: Rig) -> None:
     assert ack["accepted"] is True, ack["reason"]
     assert rig.value("gridtao_limit_rejections_total", topic="dispatch",
                      reason="rate_limit") in (None, 0.0)
+
+
+def test_when_the_gpus_minimums_stop_a_shed_above_the_node_floor_the_ack_says_so() -> None:
+    """Node floor 700 W (limits.min_node_fraction 0.25) under the GPUs' summed minimums
+    (800 W): one sentence, naming the floor that binds, in the figures of the ack's fields."""
+    rig = make_rig({"min_node_fraction": 0.25, "max_reduction_fraction": 0.95})
+    try:
+        ack = rig.dispatch(_shed_body("deeper", fraction=0.9))
+        assert ack["accepted"], ack
+        assert ack["deliverable_w"] == pytest.approx(2200 - 800, abs=1.0)
+        assert ack["shortfall_w"] == pytest.approx(0.9 * 2200 - (2200 - 800), abs=1.0)
+        reason = str(ack["reason"])
+        assert "by the GPUs' minimums and priority floors (800 W" in reason
+        assert "1400 W of the 1980 W asked" in reason and "node's floor" not in reason
+    finally:
+        rig.guard.close()
+        rig.island.close()
+        rig.backend.close()

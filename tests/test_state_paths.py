@@ -59,7 +59,7 @@ def test_the_node_id_comes_from_the_environment_before_the_host_name(
     ("audit: {path: /dev/null}\n", "audit.path", "is not a regular file"),
     ("audit: {path: x.json}\njournal: {path: ./x.json}\n", "journal.path",
      "names the same file as audit.path"),
-    ("journal: {path: j.json}\nauth: {replay_store: j.json}\n", "auth.replay_store",
+    ("journal: {path: j.json}\nhistory: {path: j.json}\n", "history.path",
      "names the same file as journal.path"),
     ("audit: {path: a.jsonl}\nhistory: {path: a.jsonl}\n", "history.path",
      "names the same file as audit.path"),
@@ -85,3 +85,29 @@ def test_a_state_file_that_is_a_folder_or_shared_by_two_keys_is_refused_on_the_c
     assert sorted(p.name for p in folder.iterdir()) == before  # nothing written
     assert sorted(p.name for p in (tmp_path / "state").glob("*")) == state_before
     assert not Path(f"{folder}.lock").exists()
+
+
+def test_records_that_are_off_are_not_checked() -> None:
+    from gridtao.config.agent import config_from_mapping
+
+    cfg = config_from_mapping({"audit": {"enabled": False, "path": "/dev/null"},
+                               "journal": {"enabled": False, "path": "/dev/null"}})
+    with_state_paths(cfg, "n")  # no error: neither file is written
+
+
+def test_a_state_path_that_cannot_be_looked_at_is_one_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gridtao.config.agent import ConfigError, config_from_mapping
+
+    cfg = config_from_mapping({"journal": {"path": "/locked/j.json"}})
+    real_exists = Path.exists
+
+    def exists(self: Path) -> bool:
+        if str(self).startswith("/locked"):
+            raise PermissionError(13, "Permission denied")
+        return real_exists(self)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    with pytest.raises(ConfigError, match=r"journal\.path: /locked/j\.json: cannot look: "
+                                          "Permission denied"):
+        with_state_paths(cfg, "n")

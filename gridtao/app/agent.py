@@ -69,7 +69,6 @@ from gridtao.records.journal import JournalError
 from gridtao.records.ledger import Ledger
 from gridtao.safety.island import Activation, OutsideChange, SafetyIsland
 from gridtao.safety.watchdog import Watchdog
-from gridtao.security.bounds import CutBasis
 from gridtao.security.guard import Guard
 from gridtao.telemetry.metrics import (
     Metrics,
@@ -199,12 +198,11 @@ class Agent:
             on_reached=self._reached,
             band_fraction=config.control.band_fraction,
         )
-        self.cut_basis = CutBasis(self.island.view, lambda: self.fast.draw_mw)
         self.guard = Guard.from_config(
             config,
             node_id=self.node_id,
             default_total_mw=float(self.island.envelope.default_total_mw),
-            draw_total_mw=self.cut_basis,
+            draw_total_mw=self.island.basis_total_mw,
             wall=self.clock.wall,
             registry=self.registry,
             verifier=verifier,

@@ -417,18 +417,22 @@ class _Loader(yaml.SafeLoader):
     error (PyYAML keeps the last silently: a second ``limits:`` would drop the first's safety
     limits). Keys a merge (``<<``) brings in may still be overridden, as YAML intends."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first: dict[str, yaml.Node] = {}
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        # Checked as the file is read, before any merge (<<) is flattened into a mapping (a
+        # parent's merge rewrites the merged node's own list in place): keys as written, by
+        # tag and text, so 1 and "1" are two keys.
+        node: yaml.MappingNode = super().compose_mapping_node(anchor)
+        first: dict[tuple[str, str], yaml.Node] = {}
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
                 continue
-            earlier = first.setdefault(key_node.value, key_node)
+            earlier = first.setdefault((key_node.tag, key_node.value), key_node)
             if earlier is not key_node:
-                raise yaml.constructor.ConstructorError(
+                raise yaml.composer.ComposerError(
                     None, None, f"key {key_node.value!r} given twice in one mapping (first at "
                     f"line {earlier.start_mark.line + 1}): only one can count",
                     key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
+        return node
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:

@@ -104,15 +104,22 @@ def check_state_paths(config: Config) -> None:
     journal's clean stop would delete the audit trail; the audit writer would move the history
     database aside), is refused before anything is written. ``config``'s paths are absolute
     (:func:`with_state_paths`). Raises :class:`ConfigError` naming the key."""
-    named = {key: value for key, value in (
-        ("audit.path", config.audit.path), ("journal.path", config.journal.path),
-        ("auth.replay_store", config.auth.replay_store), ("history.path", config.history.path),
-    ) if value is not None}
+    named = {key: value for key, value, used in (
+        ("audit.path", config.audit.path, config.audit.enabled),
+        ("journal.path", config.journal.path, config.journal.enabled),
+        ("auth.replay_store", config.auth.replay_store, config.auth.mode != "none"),
+        ("history.path", config.history.path, config.history.enabled),
+    ) if value is not None and used}
     seen: dict[str, str] = {}
     for key, value in named.items():
         path = Path(value)
-        if path.exists() and not path.is_file():
-            kind = "a folder" if path.is_dir() else "not a regular file"
+        try:
+            kind = (None if not path.exists() or path.is_file()
+                    else "a folder" if path.is_dir() else "not a regular file")
+        except OSError as e:  # a folder on the way this user may not enter
+            raise ConfigError(f"{config.source}: {key}: {value}: cannot look: "
+                              f"{e.strerror or e}") from None
+        if kind is not None:
             raise ConfigError(f"{config.source}: {key}: {value} is {kind}: the agent needs a "
                               "file of its own there")
         real = os.path.realpath(path)

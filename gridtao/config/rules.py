@@ -104,10 +104,6 @@ def _check_timing(cfg: Config, source: str) -> None:
     if tracker.commitment_ttl_s <= tracker.period_s:
         fail(source, "tracker.commitment_ttl_s", f"{tracker.commitment_ttl_s:g} s lapses before "
              f"tier 2 renews it every {tracker.period_s:g} s (tracker.period_s): make it longer")
-    if cfg.limits.max_event_duration_s > cfg.safety.max_event_s:
-        fail(source, "limits.max_event_duration_s", f"{cfg.limits.max_event_duration_s:g} s, "
-             f"but the safety island releases every event after {cfg.safety.max_event_s:g} s "
-             "(safety.max_event_s): a dispatch accepted for longer would end early")
 
 
 def _check_sim_daily(sim: SimConfig, source: str) -> None:

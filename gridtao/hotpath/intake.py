@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 from gridtao.clock import Clock
 from gridtao.hotpath.acks import (
-    floor_note,
     shed_fields,
+    shed_note,
     shortfall_note,
     write_fields,
     write_note,
@@ -366,16 +366,17 @@ class Intake:
         self._count("dispatch", "accepted")
         commanded = act.commanded_wall if act.commanded else None
         extra = write_fields(act)
-        note = None
-        if isinstance(msg, wire.ShedDispatch):
-            note = floor_note(act, msg.fraction, floor_mw)
+        if isinstance(msg, wire.ShedDispatch):  # what a shed delivers: its own figures
+            shortfall = shed_note(act, msg.fraction, floor_mw)
             extra |= shed_fields(act, msg.fraction)
+        else:
+            shortfall = shortfall_note(act)
         self._events[msg.id] = _Event(
             msg.id, type(msg).KIND, received_at + msg.duration_s, received_at, wall, commanded,
             extra,
         )
         self._activated(act, received_at)
-        notes = [n for n in (note, shortfall_note(act), write_note(act)) if n]
+        notes = [n for n in (shortfall, write_note(act)) if n]
         return self._ack(msg.id, True, "; ".join(notes) or None, wall, commanded, extra=extra)
 
     def _refuse_unwritten(self, act: Activation, topic: str, wall: float,

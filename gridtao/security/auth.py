@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hmac
 import json
 import logging
@@ -41,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from gridtao.config.agent import AuthConfig, ConfigError
 from gridtao.errors import GridtaoError
+from gridtao.readfile import read_regular
 
 __all__ = [
     "HMAC_MIN_KEY_BYTES",
@@ -161,15 +163,13 @@ def sign_payload(
 
 def _read_key_file(path: Path) -> bytes:
     try:
-        with path.open("rb") as f:
-            data = f.read(KEY_FILE_MAX_BYTES + 1)
+        return read_regular(path, max_bytes=KEY_FILE_MAX_BYTES)  # a FIFO would block forever
     except FileNotFoundError:
         raise KeyFileError(f"key file {str(path)!r} not found") from None
     except OSError as e:
+        if e.errno == errno.EFBIG:
+            raise KeyFileError(f"key file {str(path)!r} is too large to be a key") from None
         raise KeyFileError(f"cannot read key file {str(path)!r}: {e.strerror or e}") from None
-    if len(data) > KEY_FILE_MAX_BYTES:
-        raise KeyFileError(f"key file {str(path)!r} is too large to be a key")
-    return data
 
 
 def _b64(data: bytes, path: Path, what: str) -> bytes:

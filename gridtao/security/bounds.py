@@ -13,11 +13,10 @@ Times are monotonic seconds from the injected clock; power in mW.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from gridtao.config.agent import LimitsConfig
-from gridtao.safety.island import IslandView
 from gridtao.wire import messages as wire
 
 # Reason labels for gridtao_limit_rejections_total{reason}.
@@ -59,24 +58,6 @@ class TokenBucket:
         return False
 
 
-class CutBasis:
-    """The node draw (mW) the island will cut the next shed from: while an event that can cut
-    is active, the frozen pre-event draw the island cuts every overlapping event from
-    (:attr:`~gridtao.safety.latch.IslandView.basis_total_mw`), else tier 1's latest reading.
-    ``view`` is the island's :meth:`~gridtao.safety.island.SafetyIsland.view`. Keeps no state
-    of its own, so it can never disagree with the island."""
-
-    def __init__(
-        self, view: Callable[[], IslandView], draw_mw: Callable[[], Sequence[float]]
-    ) -> None:
-        self._view = view
-        self._draw_mw = draw_mw
-
-    def __call__(self) -> float:
-        frozen = self._view().basis_total_mw
-        return frozen if frozen is not None else float(sum(self._draw_mw()))
-
-
 class Rejection(NamedTuple):
     label: str  # one of LIMIT_LABELS
     reason: str  # the sentence for the ack
@@ -94,14 +75,18 @@ class DispatchBounds:
     """Checks a parsed dispatch against ``limits`` before the island acts on it.
 
     ``default_total_mw`` is the sum of the GPUs' default limits; ``draw_total_mw()`` returns the
-    draw a shed is cut from (:class:`CutBasis`; no NVML call).
+    draw a shed is cut from (the island's
+    :meth:`~gridtao.safety.island.SafetyIsland.basis_total_mw`; no NVML call).
     """
 
     def __init__(
         self, limits: LimitsConfig, *, default_total_mw: float,
-        draw_total_mw: Callable[[], float],
+        draw_total_mw: Callable[[], float], island_max_event_s: float | None = None,
     ) -> None:
         self._cfg = limits
+        # The safety island releases every event after this (safety.max_event_s): a shed or
+        # cap asked for longer is refused, not accepted and then ended early.
+        self._island_max_event_s = island_max_event_s
         self._default_total_mw = default_total_mw
         self.floor_mw = limits.min_node_fraction * default_total_mw
         self._draw_total_mw = draw_total_mw
@@ -117,6 +102,12 @@ class DispatchBounds:
         if msg.duration_s > cfg.max_event_duration_s:
             return Rejection(DURATION, f"duration_s {msg.duration_s:g} s exceeds the node's "
                              f"limit of {cfg.max_event_duration_s:g} s")
+        island_max = self._island_max_event_s
+        if (island_max is not None and not isinstance(msg, wire.DrDispatch)
+                and msg.duration_s > island_max):
+            return Rejection(DURATION, f"duration_s {msg.duration_s:g} s exceeds the "
+                             f"{island_max:g} s the safety island holds any event "
+                             "(safety.max_event_s)")
         if in_flight >= cfg.max_events_in_flight:
             return Rejection(IN_FLIGHT, f"{in_flight} events already active (limit "
                              f"{cfg.max_events_in_flight})")

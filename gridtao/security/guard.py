@@ -55,8 +55,10 @@ class SecurityMetrics:
 
 
 class DispatchVerdict(NamedTuple):
-    """``reason`` set: refused. Otherwise ``fraction`` is the shed fraction to apply (None for
-    cap/release) and ``note`` a remark for the ack (a shed stopped at the floor)."""
+    """``reason`` set: refused. Otherwise ``fraction`` is the shed fraction the floor allows on
+    the island's basis now (None for cap/release) and ``note`` says so: the bounds' judgement,
+    for tests and tools. The intake passes the floor to the island instead, which applies it to
+    the very draw it cuts from (``SafetyIsland.trigger_shed``)."""
 
     reason: str | None
     fraction: float | None = None
@@ -124,7 +126,8 @@ class Guard:
             store = config.auth.replay_store
             replay_path = Path(store).expanduser() if store else default_path(node_id)
         bounds = DispatchBounds(
-            config.limits, default_total_mw=default_total_mw, draw_total_mw=draw_total_mw
+            config.limits, default_total_mw=default_total_mw, draw_total_mw=draw_total_mw,
+            island_max_event_s=config.safety.max_event_s,
         )
         return cls(config, verifier=verifier, bounds=bounds, wall=wall,
                    replay_path=replay_path, registry=registry)
