@@ -49,6 +49,7 @@ def check_consistency(cfg: Config, source: str) -> None:
     levels = [t.hz for t in cfg.safety.triggers]
     if len(set(levels)) != len(levels):
         fail(source, "safety.triggers", "two triggers share the same hz level")
+    _check_trigger_depths(cfg, source)
     _check_trigger_grid(levels, source)
     if cfg.gpus.sim.workload == "trace" and cfg.gpus.sim.trace_csv is None:
         fail(source, "gpus.sim.trace_csv", "required when gpus.sim.workload is 'trace'")
@@ -90,6 +91,24 @@ def check_consistency(cfg: Config, source: str) -> None:
     _check_products(cfg, source)
     check_work(cfg.work, source)
     check_site(cfg.site, source)
+
+
+def _check_trigger_depths(cfg: Config, source: str) -> None:
+    """Each raw trigger cuts something, and a deeper dip never cuts less than a shallower one
+    (the deepest crossed level wins: a deeper level that cut less would give power back as
+    frequency falls further)."""
+    triggers = cfg.safety.triggers
+    for k, trig in enumerate(triggers):
+        if trig.reduction_fraction <= 0.0:
+            fail(source, f"safety.triggers[{k}].reduction_fraction", "must be > 0: a trigger "
+                 "that cuts nothing")
+    for k, trig in enumerate(triggers):
+        for other in triggers:
+            if other.hz > trig.hz and other.reduction_fraction > trig.reduction_fraction:
+                fail(source, f"safety.triggers[{k}].reduction_fraction",
+                     f"{trig.reduction_fraction:g} at {trig.hz:g} Hz is less than "
+                     f"{other.reduction_fraction:g} at the shallower {other.hz:g} Hz: a deeper "
+                     "dip must cut at least as much")
 
 
 def _check_timing(cfg: Config, source: str) -> None:

@@ -115,8 +115,33 @@ def check_site(site: SiteConfig, source: str) -> None:
         if not signing.file:
             fail(source, "site.signing.file",
                  f"is required with site.signing.mode {signing.mode}")
+    elif signing.kid is not None or signing.file is not None:
+        fail(source, "site.signing.mode", "none, but a signing kid or file is set: the site "
+             "would send unsigned dispatches; set the mode (ed25519 or hmac) or remove them")
+    if not _topic_level(site.id):
+        fail(source, "site.id", f"{site.id[:64]!r} is not one MQTT topic level (printable, at "
+             f"most {MAX_NAME_CHARS} characters, no '+', '#', '/' or space)")
     if len(set(site.nodes)) != len(site.nodes):
         fail(source, "site.nodes", "lists a node twice")
     for i, node in enumerate(site.nodes):
-        if not node or any(ch in node for ch in "+#/\x00"):
-            fail(source, f"site.nodes[{i}]", f"{node!r} is not a node id (one MQTT topic level)")
+        if not _topic_level(node):
+            fail(source, f"site.nodes[{i}]", f"{node[:64]!r} is not a node id (one MQTT topic "
+                 f"level: printable, at most {MAX_NAME_CHARS} characters, no '+', '#', '/' or "
+                 "space)")
+    if site.node_stale_s <= site.status_period_s:
+        fail(source, "site.node_stale_s", f"{site.node_stale_s:g} s: a node must be allowed "
+             f"longer than one status period ({site.status_period_s:g} s) before it counts as "
+             "offline")
+    products = [bid.product for bid in site.market.min_bids]
+    for k, product in enumerate(products):
+        if product in products[:k]:
+            fail(source, f"site.market.min_bids[{k}].product", f"{product!r} is listed twice")
+
+
+#: The longest site id or node id (they name topics, records and status entries).
+MAX_NAME_CHARS = 128
+
+
+def _topic_level(name: str) -> bool:
+    return (0 < len(name) <= MAX_NAME_CHARS and name.isprintable()
+            and not any(ch in name for ch in "+#/ "))
