@@ -59,6 +59,15 @@ def test_the_example_is_valid_and_documents_the_defaults() -> None:
     ({"vtn": {**VTN, "protocol": "3"}}, "<f>: vtn.protocol: must be one of '2.0b', '3.0.1'"),
     ({"vtn": VTN, "policy": {"max_duration_s": 0}},
      "<f>: policy.max_duration_s: must be >= 1, got 0"),
+    ({"vtn": {**VTN, "url": "http://vtn.example:70000/OpenADR2"}},
+     "<f>: vtn.url: 'http://vtn.example:70000/OpenADR2' has no valid port"),
+    ({"vtn": {**VTN, "protocol": "3.0.1", "token_url": "nope"}},
+     "<f>: vtn.token_url: must be an http:// or https:// URL"),
+    ({"vtn": {**VTN, "vtn_fingerprint": "zz"}}, "<f>: vtn.vtn_fingerprint: must be hex"),
+    ({"vtn": VTN, "mqtt": {"tls": {"ca_file": "ca.pem"}}},
+     "<f>: mqtt.tls.ca_file: set but mqtt.tls.enabled is false"),
+    ({"vtn": VTN, "signing": {"key_file": "k"}},
+     "<f>: signing.mode: none, but a signing kid or key_file is set"),
 ])
 def test_mistakes_name_the_key(data: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -113,3 +122,25 @@ def test_without_openleadr_the_2_0b_bridge_says_what_to_install(
     monkeypatch.delattr(gridtao.openadr, "_ven", raising=False)
     with pytest.raises(GridtaoError, match=r"pip install 'gridtao\[openadr\]'"):
         Bridge(load_bridge_config(str(EXAMPLE))).check()
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda d: d, "vtn.client_secret_file: {d}: cannot read: is a folder"),
+    (lambda d: d / "missing", "vtn.client_secret_file: {d}/missing: cannot read"),
+])
+def test_check_reads_an_openadr3_client_secret(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], make: Any, needle: str) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text(yaml.safe_dump({"vtn": {**VTN, "protocol": "3.0.1", "client_id": "site-a",
+                                            "client_secret_file": str(make(tmp_path))}}))
+    assert main(["openadr", "--config", str(path), "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle.format(d=tmp_path) in err and "\n" not in err, err
+
+
+def test_check_refuses_an_audit_path_that_is_a_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text(yaml.safe_dump({"vtn": VTN, "audit": {"path": str(tmp_path)}}))
+    assert main(["openadr", "--config", str(path), "--check"]) == 2
+    assert f"audit.path: {tmp_path} is not a file" in capsys.readouterr().err

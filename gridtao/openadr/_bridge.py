@@ -30,6 +30,7 @@ import random
 import signal
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -45,6 +46,7 @@ from gridtao.openadr._oadr3_poll import Oadr3Poller
 from gridtao.openadr._outbox import DispatchOutbox
 from gridtao.openadr._site import SiteView
 from gridtao.openadr._tls import client_ssl, read_passphrase
+from gridtao.readfile import read_regular
 from gridtao.records.audit import AuditError, AuditTrail
 from gridtao.security.auth import KeyFileError, load_signing_key, sign_payload
 from gridtao.transport.mqtt import InboundMessage, MqttLink
@@ -78,6 +80,10 @@ def make_signer(config: BridgeConfig, clock: Clock) -> Callable[[Mapping[str, ob
     def signed(body: Mapping[str, object]) -> bytes:
         return sign_payload(body, key, kid, alg, topic="dispatch", now=round(clock.wall(), 3))
     return signed
+
+
+#: The largest client secret file read (a secret is one short line).
+SECRET_FILE_MAX_BYTES = 4096
 
 
 class Bridge:
@@ -214,11 +220,27 @@ class Bridge:
         return _ven
 
     def check(self) -> None:
-        """Load the files :meth:`run` would (the VTN's TLS files and passphrase; the signing
-        key and the broker's were loaded by the constructor). Raises ConfigError."""
-        if self.config.vtn.protocol == "2.0b":
+        """Load the files :meth:`run` would (the VTN's TLS files and passphrase, an OpenADR 3
+        client secret; the signing key and the broker's were loaded by the constructor), and
+        see that the audit trail's path is a file. Raises ConfigError."""
+        cfg = self.config
+        if cfg.vtn.protocol == "2.0b":
             self._ven_module()
-        client_ssl(self.config, read_passphrase(self.config))
+        client_ssl(cfg, read_passphrase(cfg))
+        secret_file = cfg.vtn.client_secret_file
+        if secret_file is not None:
+            try:
+                secret = read_regular(secret_file, max_bytes=SECRET_FILE_MAX_BYTES)
+            except OSError as e:
+                raise ConfigError(f"{cfg.source}: vtn.client_secret_file: {secret_file}: cannot "
+                                  f"read: {e.strerror or e}") from None
+            if not secret.split(b"\n", 1)[0].strip():
+                raise ConfigError(f"{cfg.source}: vtn.client_secret_file: {secret_file}: the "
+                                  "first line is empty (it must hold the secret)")
+        audit = Path(cfg.audit.path) if cfg.audit.enabled and cfg.audit.path else None
+        if audit is not None and audit.exists() and not audit.is_file():
+            raise ConfigError(f"{cfg.source}: audit.path: {audit} is not a file: the bridge "
+                              "needs a file of its own there")
 
     def _publish_signals(self, payload: bytes) -> None:
         self.link.publish_nowait(f"{self.config.mqtt.prefix}/signals", payload, qos=1,

@@ -234,9 +234,9 @@ def bridge_config_from_mapping(data: object, *, source: str = "<mapping>") -> Br
 def _check(cfg: BridgeConfig, source: str) -> None:
     """Rules spanning several keys."""
     url = urlsplit(cfg.vtn.url)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        fail(source, "vtn.url", f"must be an http:// or https:// URL with a host, got "
-             f"{cfg.vtn.url[:60]!r}")
+    for key, value in (("vtn.url", cfg.vtn.url), ("vtn.token_url", cfg.vtn.token_url)):
+        if value is not None and (problem := _url_problem(value)) is not None:
+            fail(source, key, problem)
     if (cfg.vtn.cert_file is None) != (cfg.vtn.key_file is None):
         fail(source, "vtn.key_file" if cfg.vtn.key_file is None else "vtn.cert_file",
              "vtn.cert_file and vtn.key_file go together")
@@ -252,6 +252,10 @@ def _check(cfg: BridgeConfig, source: str) -> None:
     if (cfg.vtn.client_id is None) != (cfg.vtn.client_secret_file is None):
         fail(source, "vtn.client_secret_file" if cfg.vtn.client_id is not None else
              "vtn.client_id", "vtn.client_id and vtn.client_secret_file go together")
+    fingerprint = cfg.vtn.vtn_fingerprint
+    if fingerprint is not None and not _FINGERPRINT.fullmatch(fingerprint):
+        fail(source, "vtn.vtn_fingerprint", "must be hex byte pairs separated by ':' (as "
+             "openleadr prints a certificate's fingerprint), e.g. 'AB:CD:...'")
     if cfg.vtn.retry_min_s > cfg.vtn.retry_max_s:
         fail(source, "vtn.retry_min_s", "must be <= vtn.retry_max_s")
     if not cfg.vtn.ven_name.isprintable() or len(cfg.vtn.ven_name) > 128:
@@ -276,7 +280,16 @@ def _check(cfg: BridgeConfig, source: str) -> None:
             fail(source, "mqtt.prefix", f"MQTT topics must not contain the wildcard {part!r}")
     if cfg.mqtt.password_file is not None and cfg.mqtt.username is None:
         fail(source, "mqtt.username", "required when mqtt.password_file is set")
+    tls = cfg.mqtt.tls
+    if not tls.enabled:
+        for name in ("ca_file", "cert_file", "key_file", "server_hostname"):
+            if getattr(tls, name) is not None:
+                fail(source, f"mqtt.tls.{name}", "set but mqtt.tls.enabled is false: enable "
+                     "TLS or remove the key")
     signing = cfg.signing
+    if signing.mode == "none" and (signing.kid is not None or signing.key_file is not None):
+        fail(source, "signing.mode", "none, but a signing kid or key_file is set: the bridge "
+             "would send unsigned dispatches; set the mode (ed25519 or hmac) or remove them")
     if signing.mode == "none":
         if not signing.allow_unauthenticated and not is_loopback(cfg.mqtt.host):
             fail(source, "signing.mode", f"none with the broker at {cfg.mqtt.host}: nodes "
@@ -293,3 +306,18 @@ def _check(cfg: BridgeConfig, source: str) -> None:
     for k, resource in enumerate(cfg.policy.resources):
         if not resource.isprintable():
             fail(source, f"policy.resources[{k}]", "must be printable")
+
+
+_FINGERPRINT = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})+")
+
+
+def _url_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as the VTN's (or its token endpoint's) URL, or None."""
+    url = urlsplit(value)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return f"must be an http:// or https:// URL with a host, got {value[:60]!r}"
+    try:
+        url.port  # noqa: B018 - parsing it is the check: out of range raises
+    except ValueError:
+        return f"{value[:60]!r} has no valid port (1-65535)"
+    return None
