@@ -270,6 +270,13 @@ def test_bad_yaml_names_file_and_position(tmp_path: Path) -> None:
         ({"safety": {"triggers": [{"hz": 49.7, "reduction_fraction": 0.0}]}},
          "safety.triggers[0].reduction_fraction"),
         ({"site": {"id": "a/b"}}, "site.id"),
+        ({"mqtt": {"node_id": "node 01"}}, "mqtt.node_id"),
+        ({"planner": {"margin_quantile": 0.9, "margin_days": 30, "history_days": 28}},
+         "planner.margin_days"),
+        ({"gpus": {"backend": "sim"}, "work": {"sources": [
+            {"name": "a", "url": "http://127.0.0.1:8000/metrics", "kind": "vllm", "gpus": [99]}]}},
+         "work.sources[0].gpus[0]"),
+
         ({"site": {"nodes": ["node 01"]}}, "site.nodes[0]"),
         ({"site": {"nodes": ["n" * 200]}}, "site.nodes[0]"),
         ({"site": {"signing": {"kid": "s"}}}, "site.signing.mode"),

@@ -77,12 +77,18 @@ def check_consistency(cfg: Config, source: str) -> None:
              "trailing or doubled '/'): write it as levels joined by single '/', e.g. "
              "'gridtao/site-1'")
     node = cfg.mqtt.node_id
-    if node is not None and any(ch in node for ch in "+#/"):
-        fail(source, "mqtt.node_id", "must be one MQTT topic level: no '+', '#' or '/'")
+    if node is not None and any(ch in node for ch in "+#/ "):
+        fail(source, "mqtt.node_id", "must be one MQTT topic level: no '+', '#', '/' or space")
     if node is not None and (len(node) > MAX_NODE_ID_CHARS or not node.isprintable()):
         fail(source, "mqtt.node_id", f"must be printable and at most {MAX_NODE_ID_CHARS} "
              "characters (it names this node in every topic and record)")
     _check_timing(cfg, source)
+    if cfg.gpus.backend == "sim":
+        for k, src in enumerate(cfg.work.sources):
+            for j, gpu in enumerate(src.gpus):
+                if gpu >= cfg.gpus.sim.count:
+                    fail(source, f"work.sources[{k}].gpus[{j}]", f"no GPU {gpu} (gpus.sim.count "
+                         f"is {cfg.gpus.sim.count})")
     for key, host in (("mqtt.host", cfg.mqtt.host), ("metrics.host", cfg.metrics.host)):
         if (problem := host_problem(host)) is not None:
             fail(source, key, problem)
@@ -120,6 +126,9 @@ def _check_timing(cfg: Config, source: str) -> None:
     if planner.enabled and planner.history_days > history.retention_days:
         fail(source, "planner.history_days", f"{planner.history_days} days, but the history "
              f"keeps {history.retention_days:g} (history.retention_days)")
+    if planner.margin_quantile is not None and planner.margin_days > planner.history_days:
+        fail(source, "planner.margin_days", f"{planner.margin_days} days of misses, but the "
+             f"planner reads {planner.history_days} days of history (planner.history_days)")
     if tracker.commitment_ttl_s <= tracker.period_s:
         fail(source, "tracker.commitment_ttl_s", f"{tracker.commitment_ttl_s:g} s lapses before "
              f"tier 2 renews it every {tracker.period_s:g} s (tracker.period_s): make it longer")
