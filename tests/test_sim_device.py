@@ -269,3 +269,13 @@ def test_two_named_devices_have_gpus_of_their_own() -> None:
     finally:
         for b in (first, other, again):
             b.close()
+
+
+def test_sim_create_names_the_configuration_a_bad_key_comes_from(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text("gpus: {backend: sim, sim: {device: trace-node, workload: trace, "
+                    f"trace_csv: {tmp_path / 'missing.csv'}}}}}\n")
+    assert cli.main(["--config", str(path), "sim", "create"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gridtao sim: {path}: gpus.sim.trace_csv: ") and err.count("\n") == 1

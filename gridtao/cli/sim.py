@@ -146,7 +146,11 @@ def run_sim(args: argparse.Namespace, config: Config) -> int:
                   "`gridtao sim create`)", file=sys.stderr)
             return EXIT_NONE
     except (SimDeviceError, ConfigError, OSError) as e:
-        return _fail(str(e))
+        # A key of the configuration (a trace file, a setting the device was made without) is
+        # named with the file it comes from, as every configuration error is.
+        said = str(e)
+        keyed = isinstance(e, ConfigError) and said.startswith("gpus.sim.")
+        return _fail(f"{config.source}: {said}" if keyed else said)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
