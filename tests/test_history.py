@@ -628,3 +628,15 @@ def test_generate_takes_the_configurations_gpus(tmp_path: Path,
     with HistoryStore.open(store) as s:
         rows = s.rows(0, 2**40)
     assert max(r.it_mean_w for r in rows) <= 4 * 700.0
+
+
+def test_an_agent_whose_history_path_is_not_a_database_names_the_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    not_sqlite = tmp_path / "notes.txt"
+    not_sqlite.write_text("not a database\n" * 100)
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text("gpus: {backend: sim, sim: {device: null, count: 2}}\n"
+                   f"mqtt: {{host: 127.0.0.1, port: 1}}\nhistory: {{path: {not_sqlite}}}\n")
+    assert main(["--config", str(cfg), "run"]) == 2
+    err = capsys.readouterr().err
+    assert f"gridtao: error: {cfg}: history.path: {not_sqlite}: not a SQLite database" in err

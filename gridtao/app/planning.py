@@ -181,7 +181,11 @@ class NodePlanning:
         self.recorder: HistoryRecorder | None = None
         self._store_path = config.history.path
         if config.history.enabled and config.history.path is not None:
-            store = HistoryStore.open(config.history.path)  # HistoryError names the file
+            try:
+                store = HistoryStore.open(config.history.path)  # HistoryError names the file
+            except HistoryError as e:  # ... and the key and configuration it comes from
+                raise HistoryError(f"{config.source}: history.path: {e}", path=e.path,
+                                   line=e.line) from None
             self.recorder = HistoryRecorder(store, retention_days=config.history.retention_days,
                                             clock=clock)
 
