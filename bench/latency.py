@@ -171,6 +171,25 @@ def stop_process(proc: subprocess.Popen[bytes]) -> int:
         return proc.wait()
 
 
+def wait_online(broker: MosquittoBroker, topic: str, pid: int, *, timeout_s: float) -> None:
+    """Wait for the retained status of the agent with ``pid`` saying it is online. Any status
+    will not do: the one left on the broker by the phase before (the same node id) arrives
+    first, and a dispatch sent before this agent subscribed would be lost."""
+    deadline = time.monotonic() + timeout_s
+    with Subscriber(broker.host, broker.port, topic) as status:
+        seen = 0
+        while True:
+            for message in status.messages[seen:]:
+                body = json.loads(message.payload)
+                if body.get("online") is True and (body.get("instance") or {}).get("pid") == pid:
+                    return
+            seen = len(status.messages)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{topic}: agent pid {pid} not online after {timeout_s:g} s")
+            status.wait(seen + 1, timeout=left)
+
+
 def measure_gridtao(
     broker: MosquittoBroker, cfg_path: Path, workdir: Path, *, triggers: int, busy_load: float,
     progress: Callable[[str], None], key: BenchKey | None = None, load_elsewhere: bool = False,
@@ -184,8 +203,7 @@ def measure_gridtao(
         "publish_to_command_ms", "receive_to_command_ms", "trigger_to_target_ms",
         "publish_to_receive_ms", "command_to_target_ms")}
     try:
-        with Subscriber(broker.host, broker.port, status_topic) as status:
-            status.wait(1, timeout=30.0)  # retained online status: the agent is up
+        wait_online(broker, status_topic, agent.proc.pid, timeout_s=30.0)
         time.sleep(1.0)  # let tier 1 take a few readings and arm the island
         with Subscriber(broker.host, broker.port, ack_topic) as acks, \
                 Publisher(broker.host, broker.port) as pub:

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from broker import MosquittoBroker
 
 from gridtao.bench.baselines import BaselineNode
 from gridtao.bench.latency import _agent_config, judge_targets, run_latency_bench
@@ -146,3 +147,28 @@ def test_island_alone_emulation_slows_tier_1_and_loads_another_process(tmp_path:
     finally:
         agent.stop()
     assert agent.burner.poll() is not None
+
+
+def test_the_bench_waits_for_its_own_agents_status_not_the_one_left_before(
+        mqtt_broker: MosquittoBroker) -> None:
+    """The idle phase's agent leaves its retained status on the broker; the loaded phase's
+    agent is up only once a status with its own pid says so (a dispatch sent earlier was lost:
+    no ack)."""
+    import threading
+
+    from gridtao.bench.latency import wait_online
+    from gridtao.transport.localbroker import Publisher
+
+    topic = "gridtao/bench/nodes/bench/status"
+    with Publisher(mqtt_broker.host, mqtt_broker.port) as pub:
+        pub.send(topic, json.dumps({"online": True, "instance": {"pid": 1}}).encode(),
+                 retain=True)
+        with pytest.raises(TimeoutError):
+            wait_online(mqtt_broker, topic, 4242, timeout_s=0.5)
+        later = threading.Timer(0.3, lambda: pub.send(topic, json.dumps(
+            {"online": True, "instance": {"pid": 4242}}).encode(), retain=True))
+        later.start()
+        try:
+            wait_online(mqtt_broker, topic, 4242, timeout_s=10.0)
+        finally:
+            later.join()
