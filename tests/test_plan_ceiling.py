@@ -6,6 +6,7 @@ taken off again (a real Mosquitto; the planning round is called directly)."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -165,9 +166,14 @@ def test_the_agent_holds_the_planned_ceiling_in_its_hour(
         state = agent.planning.plan_once()
         plan = state.plan
         assert plan is not None and state.name == "planned"
-        # Into the plan's first hour (a round plans from the next one on): the agent applies
+        # Into the plan's first hour with a ceiling (a round plans from the next one on; an
+        # hour the history forecasts at the floor has nothing to hold down): the agent applies
         # the hour's ceiling on its own, within its arming period.
-        clock.shift_s = plan.forecast.start_s + 60.0 - time.time()
+        ceilings = plan.result.ceiling_w
+        hour = next((k for k in range(plan.forecast.horizon)
+                     if ceilings is not None and math.isfinite(ceilings[k])), 0)
+        clock.shift_s = (plan.forecast.start_s + hour * plan.forecast.mtu_s + 60.0
+                         - time.time())
         planned = plan.ceiling_at(clock.wall())
         if not ceiling:  # not asked for: none planned, none held
             assert plan.result.ceiling_w is None and planned is None
