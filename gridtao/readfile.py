@@ -13,16 +13,34 @@ import errno
 import os
 import stat
 
-__all__ = ["check_regular", "read_regular"]
+__all__ = ["check_regular", "irregular", "read_regular"]
+
+
+def _kind(mode: int) -> str | None:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def irregular(path: str | os.PathLike[str]) -> str | None:
+    """What ``path`` is when it is there but is no regular file (symbolic links followed):
+    ``"a folder"`` or ``"not a regular file"`` (a device, FIFO or socket); None for a regular
+    file or nothing at all (a file still to be made). Other failures to look raise
+    :class:`OSError`."""
+    try:
+        return _kind(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return None
 
 
 def check_regular(path: str | os.PathLike[str]) -> None:
     """Raise :class:`OSError` unless ``path`` is a regular file (symbolic links followed):
-    ``FileNotFoundError`` when there is nothing there."""
-    mode = os.stat(path).st_mode
-    if stat.S_ISDIR(mode):
+    ``FileNotFoundError`` when there is nothing there, ``errno.EISDIR`` for a folder,
+    ``errno.EINVAL`` for a device, FIFO or socket."""
+    kind = _kind(os.stat(path).st_mode)
+    if kind == "a folder":
         raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", os.fspath(path))
-    if not stat.S_ISREG(mode):
+    if kind is not None:
         raise OSError(errno.EINVAL, "not a regular file (a device, FIFO or socket)",
                       os.fspath(path))
 

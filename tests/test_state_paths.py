@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,14 +102,14 @@ def test_a_state_path_that_cannot_be_looked_at_is_one_line(
     from gridtao.config.agent import ConfigError, config_from_mapping
 
     cfg = config_from_mapping({"journal": {"path": "/locked/j.json"}})
-    real_exists = Path.exists
+    real_stat = os.stat
 
-    def exists(self: Path) -> bool:
-        if str(self).startswith("/locked"):
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if str(path).startswith("/locked"):
             raise PermissionError(13, "Permission denied")
-        return real_exists(self)
+        return real_stat(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "exists", exists)
+    monkeypatch.setattr(os, "stat", stat)
     with pytest.raises(ConfigError, match=r"journal\.path: /locked/j\.json: cannot look: "
                                           "Permission denied"):
         with_state_paths(cfg, "n")

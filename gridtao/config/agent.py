@@ -9,9 +9,9 @@ Ranges live next to each field in ``metadata`` so the schema is the single sourc
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +35,7 @@ from gridtao.config.site import SiteConfig as SiteConfig
 from gridtao.config.work import CpuPowerConfig as CpuPowerConfig
 from gridtao.config.work import WorkConfig as WorkConfig
 from gridtao.config.work import WorkSource as WorkSource
+from gridtao.readfile import read_regular
 
 ENV_VAR = "GRIDTAO_CONFIG"
 
@@ -368,19 +369,18 @@ def read_yaml_file(path: str | os.PathLike[str]) -> object:
     :class:`ConfigError` naming the file (and the line and column of a YAML error)."""
     file = Path(path)
     where = ascii(str(file))[1:-1] if not str(file).isprintable() else str(file)
-    try:
-        if not stat.S_ISREG(file.stat().st_mode):  # a FIFO would block, /dev/zero never end
-            kind = "a folder" if file.is_dir() else "not a regular file"
-            raise ConfigError(f"{where}: is {kind}: a YAML file is expected")
-        with file.open("rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
+    try:  # a FIFO would block, /dev/zero never end
+        raw = read_regular(file, max_bytes=MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError(f"{where}: file not found") from None
     except OSError as e:
+        if e.errno in (errno.EISDIR, errno.EINVAL):
+            kind = "a folder" if e.errno == errno.EISDIR else "not a regular file"
+            raise ConfigError(f"{where}: is {kind}: a YAML file is expected") from None
+        if e.errno == errno.EFBIG:
+            raise ConfigError(f"{where}: larger than {MAX_CONFIG_BYTES // 1024} KiB: not a "
+                              "configuration file") from None
         raise ConfigError(f"{where}: cannot read: {e.strerror or e}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{where}: larger than {MAX_CONFIG_BYTES // 1024} KiB: not a "
-                          "configuration file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

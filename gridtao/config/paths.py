@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from gridtao.config.agent import Config, ConfigError
+from gridtao.readfile import irregular
 
 __all__ = ["check_state_paths", "resolve_path", "run_dir", "sim_device_path", "state_dir",
            "with_state_paths"]
@@ -114,8 +115,7 @@ def check_state_paths(config: Config) -> None:
     for key, value in named.items():
         path = Path(value)
         try:
-            kind = (None if not path.exists() or path.is_file()
-                    else "a folder" if path.is_dir() else "not a regular file")
+            kind = irregular(path)
         except OSError as e:  # a folder on the way this user may not enter
             raise ConfigError(f"{config.source}: {key}: {value}: cannot look: "
                               f"{e.strerror or e}") from None

@@ -30,7 +30,6 @@ import random
 import signal
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -46,7 +45,7 @@ from gridtao.openadr._oadr3_poll import Oadr3Poller
 from gridtao.openadr._outbox import DispatchOutbox
 from gridtao.openadr._site import SiteView
 from gridtao.openadr._tls import client_ssl, read_passphrase
-from gridtao.readfile import read_regular
+from gridtao.readfile import irregular, read_regular
 from gridtao.records.audit import AuditError, AuditTrail
 from gridtao.security.auth import KeyFileError, load_signing_key, sign_payload
 from gridtao.transport.mqtt import InboundMessage, MqttLink
@@ -237,8 +236,8 @@ class Bridge:
             if not secret.split(b"\n", 1)[0].strip():
                 raise ConfigError(f"{cfg.source}: vtn.client_secret_file: {secret_file}: the "
                                   "first line is empty (it must hold the secret)")
-        audit = Path(cfg.audit.path) if cfg.audit.enabled and cfg.audit.path else None
-        if audit is not None and audit.exists() and not audit.is_file():
+        audit = cfg.audit.path if cfg.audit.enabled else None
+        if audit and irregular(audit) is not None:
             raise ConfigError(f"{cfg.source}: audit.path: {audit} is not a file: the bridge "
                               "needs a file of its own there")
 
