@@ -37,7 +37,7 @@ import numpy as np
 
 from gridtao.app.arming import Arming, AwardBook, take_award
 from gridtao.clock import Clock
-from gridtao.config.agent import Config
+from gridtao.config.agent import Config, ConfigError
 from gridtao.config.paths import resolve_path
 from gridtao.control.tier2.facility import FacilityModel
 from gridtao.gpu.backend import PowerLimits
@@ -55,8 +55,9 @@ from gridtao.transport.mqtt import MqttLink
 from gridtao.wire import messages as wire
 from gridtao.wire.awards import plan_payload
 
-__all__ = ["ARMING_PERIOD_S", "NodePlanning", "floor_w", "natural_history", "plan_settings",
-           "signals_file", "subscriptions", "with_learned_work"]
+__all__ = ["ARMING_PERIOD_S", "NodePlanning", "checked_signals_file", "floor_w",
+           "natural_history", "plan_settings", "signals_file", "subscriptions",
+           "with_learned_work"]
 
 log = logging.getLogger("gridtao.tier3")
 
@@ -138,6 +139,18 @@ def signals_file(config: Config, now_s: float) -> Signals | None:
     return parse_signals(read_regular(path, max_bytes=MAX_SIGNALS_FILE_BYTES), now_s=now_s,
                          source=str(path),
                          max_age_s=p.signals_max_age_h * 3600.0)
+
+
+def checked_signals_file(config: Config, now_s: float, *, where: str) -> Signals | None:
+    """:func:`signals_file` for a command: a file that cannot be read or is refused is a
+    :class:`ConfigError` of one line, ``where`` (the key or option that named it) first."""
+    try:
+        return signals_file(config, now_s)
+    except OSError as e:
+        named = e.filename or config.planner.signals_file
+        raise ConfigError(f"{where}: {named}: cannot read: {e.strerror or e}") from None
+    except SignalError as e:  # one line naming the file, as for every input
+        raise ConfigError(f"{where}: {config.planner.signals_file}: refused: {e}") from None
 
 
 def subscriptions(config: Config, topics: wire.Topics) -> list[tuple[str, int]]:

@@ -28,11 +28,10 @@ def configure_check_config(p: argparse.ArgumentParser) -> None:
 def run_check_config(args: argparse.Namespace, config: Config) -> int:
     del args
     from gridtao.app.agent import default_node_id
-    from gridtao.app.planning import signals_file
+    from gridtao.app.planning import checked_signals_file
     from gridtao.app.reload import read_credentials
     from gridtao.config.paths import with_state_paths
     from gridtao.gpu.sim.workloads import TraceError, load_trace
-    from gridtao.tier3.signals import SignalError
 
     node_id = config.mqtt.node_id or default_node_id()
     resolved = with_state_paths(config, node_id)
@@ -45,13 +44,7 @@ def run_check_config(args: argparse.Namespace, config: Config) -> int:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise ConfigError(f"{config.source}: gpus.sim.trace_csv: {trace}: {reason}") \
                 from None
-    if resolved.planner.signals_file is not None:
-        try:
-            signals_file(resolved, time.time())
-        except (OSError, SignalError) as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise ConfigError(f"{config.source}: planner.signals_file: "
-                              f"{resolved.planner.signals_file}: {reason}") from None
+    checked_signals_file(resolved, time.time(), where=f"{config.source}: planner.signals_file")
     print(summary(resolved, node_id, kids=list(credentials.verifier.kids)
                   if credentials.verifier is not None else []))
     return 0

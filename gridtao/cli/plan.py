@@ -97,12 +97,16 @@ def _work_requirement(args: argparse.Namespace) -> WorkRequirement | None:
 
 def _plan(config: Config, store: Path, work: WorkRequirement | None = None, *,
           signals_where: str = "planner.signals_file") -> Plan:
-    from gridtao.app.planning import floor_w, natural_history, plan_settings, signals_file
+    from gridtao.app.planning import (
+        checked_signals_file,
+        floor_w,
+        natural_history,
+        plan_settings,
+    )
     from gridtao.gpu import open_backend
     from gridtao.history import HistoryError
     from gridtao.tier3.forecast import ForecastError
     from gridtao.tier3.planner import make_plan
-    from gridtao.tier3.signals import SignalError
 
     backend = open_backend(config.gpus)
     try:
@@ -116,15 +120,7 @@ def _plan(config: Config, store: Path, work: WorkRequirement | None = None, *,
                            "run the agent)", path=store)
     t, mean, p10 = natural_history(store, int(now) - config.planner.history_days * DAY_S,
                                    int(now))
-    try:
-        signals = signals_file(config, now)
-    except OSError as e:
-        where = e.filename or config.planner.signals_file
-        raise ConfigError(f"{signals_where}: {where}: cannot read: "
-                          f"{e.strerror or e}") from None
-    except SignalError as e:  # one line naming the file, as for every input
-        raise ConfigError(f"{signals_where}: {config.planner.signals_file}: refused: "
-                          f"{e}") from None
+    signals = checked_signals_file(config, now, where=signals_where)
     settings = plan_settings(config, floor_w(config, limits, indices),
                              sum(lim.default_mw for lim in limits) / 1000.0)
     if work is not None:
