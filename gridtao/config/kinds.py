@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
-__all__ = ["FORMER_TEST_NAMES", "KINDS", "Activation", "KindInfo", "frequency_kinds",
-           "kind_for_test_name"]
+__all__ = ["FORMER_TEST_NAMES", "KINDS", "UNDER_FREQUENCY_SPAN_HZ", "Activation", "KindInfo",
+           "frequency_kinds", "kind_for_test_name", "under_nominal"]
 
 Activation = Literal["step", "static", "proportional", "scheduled"]
 
@@ -60,15 +60,27 @@ class KindInfo:
         if hz >= self.nominal_hz:
             return (f"{hz:g} Hz is not below the grid's nominal {self.nominal_hz:g} Hz: an "
                     "under-frequency product would activate at normal frequency")
-        if hz < self.nominal_hz - 5.0:
-            return (f"{hz:g} Hz is more than 5 Hz below the {self.nominal_hz:g} Hz grid "
-                    f"{self.name} is defined on: a threshold of another grid")
+        if not under_nominal(hz, self.nominal_hz):
+            return (f"{hz:g} Hz is more than {UNDER_FREQUENCY_SPAN_HZ:g} Hz below the "
+                    f"{self.nominal_hz:g} Hz grid {self.name} is defined on: a threshold of "
+                    "another grid")
         if self.threshold_levels and not any(abs(hz - level) < 1e-9
                                              for level in self.threshold_levels):
             levels = ", ".join(f"{level:g}" for level in self.threshold_levels)
             return (f"{hz:g} Hz is not one of the TSO's activation levels for {self.name} "
                     f"({levels} Hz), each with its own full activation time")
         return None
+
+
+#: How far under its grid's nominal frequency an under-frequency level may lie (Hz): further
+#: down is a level of another grid.
+UNDER_FREQUENCY_SPAN_HZ = 5.0
+
+
+def under_nominal(hz: float, nominal_hz: float) -> bool:
+    """Whether ``hz`` is an under-frequency level of the grid at ``nominal_hz``: below it, by
+    at most :data:`UNDER_FREQUENCY_SPAN_HZ`."""
+    return nominal_hz - UNDER_FREQUENCY_SPAN_HZ <= hz < nominal_hz
 
 
 KINDS: Mapping[str, KindInfo] = MappingProxyType({k.name: k for k in (

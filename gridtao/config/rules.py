@@ -7,9 +7,9 @@ import ipaddress
 import re
 from typing import TYPE_CHECKING
 
-from gridtao.config.kinds import KINDS
+from gridtao.config.kinds import KINDS, under_nominal
 from gridtao.config.schema import fail
-from gridtao.config.site import check_site
+from gridtao.config.site import MAX_NAME_CHARS, check_site
 from gridtao.config.work import check_work
 
 if TYPE_CHECKING:
@@ -18,12 +18,12 @@ if TYPE_CHECKING:
 __all__ = ["GRID_NOMINALS_HZ", "MAX_NODE_ID_CHARS", "check_consistency", "is_loopback",
            "sim_device_problem"]
 
-MAX_NODE_ID_CHARS = 128
+MAX_NODE_ID_CHARS = MAX_NAME_CHARS  # a node id is named in site.nodes too
 _DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-#: The nominal frequencies raw triggers may be under (Hz): 50 Hz and 60 Hz grids.
-GRID_NOMINALS_HZ = (50.0, 60.0)
+#: The grids' nominal frequencies (Hz): those the product kinds are defined on (50 and 60 Hz).
+GRID_NOMINALS_HZ = tuple(sorted({kind.nominal_hz for kind in KINDS.values()}))
 
 
 def _check_trigger_grid(levels: list[float], source: str) -> None:
@@ -31,7 +31,7 @@ def _check_trigger_grid(levels: list[float], source: str) -> None:
     (a level at or above it would cut at normal frequency) and within 5 Hz of it."""
     grids = set()
     for k, hz in enumerate(levels):
-        grid = next((n for n in GRID_NOMINALS_HZ if n - 5.0 <= hz < n), None)
+        grid = next((n for n in GRID_NOMINALS_HZ if under_nominal(hz, n)), None)
         if grid is None:
             fail(source, f"safety.triggers[{k}].hz", f"{hz:g} Hz is not below a grid's nominal "
                  "frequency (under 50 Hz for a 50 Hz grid, 55 to 60 Hz for a 60 Hz grid): it "
