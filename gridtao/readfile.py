@@ -16,6 +16,10 @@ import stat
 __all__ = ["check_regular", "irregular", "read_regular"]
 
 
+# What Path.exists() takes for "nothing there": missing, a file on the way, a link loop.
+_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+
+
 def _kind(mode: int) -> str | None:
     if stat.S_ISDIR(mode):
         return "a folder"
@@ -25,12 +29,14 @@ def _kind(mode: int) -> str | None:
 def irregular(path: str | os.PathLike[str]) -> str | None:
     """What ``path`` is when it is there but is no regular file (symbolic links followed):
     ``"a folder"`` or ``"not a regular file"`` (a device, FIFO or socket); None for a regular
-    file or nothing at all (a file still to be made). Other failures to look raise
-    :class:`OSError`."""
+    file or nothing there as :meth:`pathlib.Path.exists` judges it (a file still to be made, or
+    one whose opening will say what is wrong). Other failures to look raise :class:`OSError`."""
     try:
         return _kind(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return None
+    except OSError as e:
+        if e.errno in _ABSENT:  # nothing there, as Path.exists() judges it
+            return None
+        raise
 
 
 def check_regular(path: str | os.PathLike[str]) -> None:
