@@ -257,6 +257,33 @@ def test_a_metrics_address_the_agent_cannot_listen_on_is_one_line(
     assert "Traceback" not in done.stderr
 
 
+def test_a_metrics_port_in_use_fails_the_start_before_anything_is_recorded(
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = tmp_path / "node.yaml"
+        audit, journal = tmp_path / "audit.jsonl", tmp_path / "journal.json"
+        cfg.write_text(yaml.safe_dump({
+            "gpus": {"backend": "sim", "sim": {"count": 2}},
+            "mqtt": {"host": "127.0.0.1", "port": 1},
+            "metrics": {"enabled": True, "host": "127.0.0.1", "port": port},
+            "audit": {"path": str(audit)}, "journal": {"path": str(journal)},
+        }))
+        done = subprocess.run([sys.executable, "-m", "gridtao", "--log-level", "warning",
+                               "--config", str(cfg), "run"],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f"127.0.0.1:{port}: cannot listen there" in done.stderr
+    # No run is recorded that never ran, and no journal claims GPUs were touched.
+    assert not audit.exists() or "agent_start" not in audit.read_text()
+    assert not journal.exists()
+
+
 def test_the_start_probe_never_lifts_caps_a_crashed_run_left() -> None:
     from gridtao.clock import VirtualClock
     from gridtao.config.agent import SimConfig

@@ -363,15 +363,8 @@ class Agent:
         try:
             ensure_unique(self.config, self.topics.status, self.node_id, self.instance,
                           wall=self.clock.wall())
-            self.ledger.start({"gpus": [
-                {"index": d.index, "uuid": d.uuid, "name": d.name, "min_mw": lim.min_mw,
-                 "default_mw": lim.default_mw, "max_mw": lim.max_mw, "found_mw": found}
-                for d, lim, found in zip(self.backend.devices(), self.gpu_limits,
-                                         self._found_mw, strict=True)
-            ], "config": self.config.source,
-                "dry_run": bool(getattr(self.backend, "dry_run", False))})
-            self.planning.arm_now()  # the capacities in force, audited in this run's trail
-            # Before any GPU is touched: a port in use fails the start with nothing to undo.
+            # Before anything is recorded or touched: a port in use fails the start with nothing
+            # to undo and no run in the audit trail that never ran.
             if self.options.serve_metrics and self.config.metrics.enabled:
                 mc = self.config.metrics
                 try:
@@ -381,6 +374,14 @@ class Agent:
                                       f"{mc.host}:{mc.port}: cannot listen there: "
                                       f"{e.strerror or e}") from None
                 log.info("metrics at http://%s:%d/metrics", mc.host, self._metrics_server.port)
+            self.ledger.start({"gpus": [
+                {"index": d.index, "uuid": d.uuid, "name": d.name, "min_mw": lim.min_mw,
+                 "default_mw": lim.default_mw, "max_mw": lim.max_mw, "found_mw": found}
+                for d, lim, found in zip(self.backend.devices(), self.gpu_limits,
+                                         self._found_mw, strict=True)
+            ], "config": self.config.source,
+                "dry_run": bool(getattr(self.backend, "dry_run", False))})
+            self.planning.arm_now()  # the capacities in force, audited in this run's trail
             check_write_permission(self.backend, self.gpu_indices)
             self.guard.open()
             self._touched = True
