@@ -75,22 +75,52 @@ how long real clusters' jobs run).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from gridtao.bench.planner_signals import MarketSignals, market_signals
+from gridtao.bench.planner_signals import market_signals
+from gridtao.bench.plannerday import (
+    CALIBRATION_DAYS,
+    CARBON_EUR_T,
+    DAY_S,
+    DR_MAX_HOURS,
+    FLOOR_W,
+    GPUS,
+    HISTORY_DAYS,
+    HOUR_S,
+    IDLE_W,
+    LEAD_S,
+    LOSSES,
+    LOST_WORK_EUR_WH,
+    MARGINS,
+    MIN_W,
+    PUE,
+    STRATEGIES,
+    TDP_W,
+    TZ_OFFSET_S,
+    WEEK_START_S,
+    Day,
+    Draws,
+    Plan,
+    actual_forecast,
+    hourly_actual,
+    job_hours,
+    lowered,
+    plan_optimised,
+    plan_reference,
+    plan_static,
+    simulate,
+)
+from gridtao.bench.plannerreport import judge_targets, markdown, markdown_seeds, summarise_seeds
 from gridtao.bench.render import write_outputs
-from gridtao.config.kinds import KINDS
 from gridtao.gpu.sim.daily import DailyShape
 from gridtao.history import synth
 from gridtao.history.synth import synthetic_minutes
@@ -99,224 +129,11 @@ from gridtao.tier3 import Forecast, forecast_draw, persistence_forecast, score
 from gridtao.tier3.optimise import (
     Enrolment,
     PlanProblem,
-    PlanResult,
-    node_floor_w,
-    problem_from,
     solve,
 )
 from gridtao.tier3.scores import calibrated_margin_w
 
 FloatArray = npt.NDArray[np.float64]
-
-HOUR_S, DAY_S = 3600, 86_400
-TZ_OFFSET_S = 2 * HOUR_S  # EET
-WEEK_START_S = 1_740_952_800  # Monday 2025-03-03 00:00 EET
-HISTORY_DAYS = 28
-CALIBRATION_DAYS = 14
-LEAD_S = 12 * HOUR_S  # a day is planned this long before it starts (the day-ahead gate)
-GPUS, TDP_W, MIN_W, IDLE_W = 8, 700.0, 200.0, 80.0
-MAX_W = GPUS * TDP_W
-FLOOR_W = node_floor_w([MIN_W] * GPUS, [TDP_W] * GPUS, min_node_fraction=0.3)
-LOSSES = 0.03
-PUE = 1.25
-# Ours: 120 EUR per MWh of IT energy the jobs lose. The synthetic node is idle or lightly
-# loaded much of the day, so work deferred from an hour is mostly made up later; a node full of
-# jobs worth their rental price (~2 EUR per H100-hour) would put this near 1,000 EUR/MWh, and
-# then only rarely activated products (FFR) pay.
-LOST_WORK_EUR_WH = 1.2e-4
-CARBON_EUR_T = 80.0  # about the EU ETS price
-DR_MAX_HOURS = 4
-STATIC = {"ffr": 400.0, "fcr-d-up": 300.0, "dr": 1500.0}  # configs/products.yaml
-ENROLMENTS = (
-    Enrolment("ffr", "ffr", 2000.0, bid_step_w=100.0),
-    Enrolment("fcr-d-up", "fcr-d-up", 2000.0, bid_step_w=100.0),
-    Enrolment("fcr-n", "fcr-n", 1000.0, bid_step_w=100.0),
-    Enrolment("dr", "dr", 1500.0, bid_step_w=100.0),
-)
-REF_FRACTIONS = (0.40, 0.55, 0.70, 0.80, 0.90)
-REF_BANDS = (0.0, 0.05, 0.10, 0.15, 0.20)
-STRATEGIES = ("static", "reference", "gridtao", "oracle")
-P_FFR, P_FCRD, SD_FCRN = 0.005, 0.02, 0.3
-TARGET_ORACLE_SHARE = 0.9
-#: Margins under the forecast's p10 learnt from its recent misses
-#: (:func:`gridtao.tier3.scores.calibrated_margin_w`), as (quantile of the misses, hours of the
-#: local day per block; 24: one margin for the day): what deliverability costs in revenue.
-MARGINS = ((0.9, 4), (1.0, 4), (1.0, 24))
-TARGET_SOLVE_S = 1.0
-_ITF = 1.0 / (1.0 + LOSSES)  # IT W per W at the meter
-
-
-@dataclass(frozen=True)
-class Plan:
-    """One day's decision: offers per kind (W at the meter, per hour) and the IT ceiling per
-    hour (inf: none). ``solve_s``: the planner's time (None: no solver)."""
-
-    offers: Mapping[str, FloatArray]
-    ceiling: FloatArray
-    solve_s: float | None = None
-
-
-@dataclass(frozen=True)
-class Day:
-    """One day's actual minutes (1440) and its hourly signals."""
-
-    start_s: int
-    mean_w: FloatArray
-    p10_w: FloatArray
-    signals: MarketSignals
-
-
-def _weights(kind: str) -> float:
-    """Down-room per W of the product: FCR-N needs its baseline and its down half (the
-    planner's rule c)."""
-    return 2.0 if KINDS[kind].symmetric else 1.0
-
-
-def _problem(forecast: Forecast, day: Day) -> PlanProblem:
-    # The day's signals as the agent would hold them: issued the day before (day-ahead).
-    signals = day.signals.to_signals(issued_at_s=day.start_s - 11 * HOUR_S)
-    return problem_from(
-        forecast, signals, floor_w=FLOOR_W, enrolments=ENROLMENTS, max_draw_w=MAX_W,
-        settle_at="meter", losses_fraction=LOSSES, pue=PUE, carbon_eur_t=CARBON_EUR_T,
-        lost_work_eur_wh=LOST_WORK_EUR_WH, dr_max_hours_per_day=DR_MAX_HOURS,
-        tz_offset_s=TZ_OFFSET_S)
-
-
-def _from_result(result: PlanResult) -> Plan:
-    offers = {e.kind: np.asarray(result.offers_w[e.name], dtype=np.float64) for e in ENROLMENTS}
-    ceiling = (np.full(24, np.inf) if result.ceiling_w is None
-               else np.nan_to_num(result.ceiling_w, nan=np.inf))
-    return Plan(offers, ceiling, result.solve_s)
-
-
-def plan_static(day: Day) -> Plan:
-    """The fixed enrolment in every hour its product is procured (module docstring)."""
-    offers = {}
-    for kind, w in STATIC.items():
-        price = day.signals.reserve_eur_mw_h[kind]
-        offers[kind] = np.where(np.isnan(price), 0.0, w)
-    return Plan(offers, np.full(24, np.inf))
-
-
-def plan_reference(day: Day) -> Plan:
-    """The reference kit's grid search, hour by hour (module docstring)."""
-    sig = day.signals
-    ffr_price = sig.reserve_eur_mw_h["ffr"]
-    carbon_max = float(np.max(sig.carbon_g_kwh))
-    ffr = np.zeros(24)
-    ceiling = np.zeros(24)
-    for h in range(24):
-        best: tuple[float, float, float] | None = None
-        procured = not math.isnan(float(ffr_price[h]))
-        for f in REF_FRACTIONS:
-            for b in REF_BANDS:
-                quality = b / REF_BANDS[-1] if procured else 0.0
-                green = 1.0 - f * float(sig.carbon_g_kwh[h]) / carbon_max
-                revenue = (float(ffr_price[h]) * b * MAX_W / 1e6) if procured else 0.0
-                avoided = (1.0 - f) * MAX_W * PUE * float(sig.energy_eur_mwh[h]) / 1e6
-                value = 0.55 * quality + 0.45 * green + 0.0005 * (revenue + avoided)
-                if best is None or value > best[0]:
-                    best = (value, f, b if procured else 0.0)
-        assert best is not None
-        ceiling[h] = best[1] * MAX_W
-        ffr[h] = best[2] * MAX_W
-    return Plan({"ffr": ffr}, ceiling)
-
-
-def plan_optimised(day: Day, forecast: Forecast) -> Plan:
-    """Tier 3's plan for the day from ``forecast`` (gridtao) or the actual draw (oracle)."""
-    return _from_result(solve(_problem(forecast, day)))
-
-
-def lowered(forecast: Forecast, margin_w: float | FloatArray) -> Forecast:
-    """``forecast`` with its p10 lowered by ``margin_w`` (per MTU or one value; not below 0)."""
-    return Forecast(forecast.start_s, forecast.mtu_s,
-                    np.maximum(0.0, forecast.p10_w - margin_w), forecast.p50_w,
-                    forecast.p90_w, forecast.method)
-
-
-def actual_forecast(day: Day) -> Forecast:
-    """What the oracle plans on: the day's actual hours as a forecast (module docstring)."""
-    p10, mean = hourly_actual(day)
-    return Forecast(day.start_s, HOUR_S, p10, mean, mean, "actual")
-
-
-def hourly_actual(day: Day) -> tuple[FloatArray, FloatArray]:
-    """Each hour's lowest minute p10 and mean draw (what the oracle plans on)."""
-    return day.p10_w.reshape(24, 60).min(axis=1), day.mean_w.reshape(24, 60).mean(axis=1)
-
-
-@dataclass(frozen=True)
-class Draws:
-    """One day's activations per minute, shared by every strategy: the fraction of each
-    product's capacity cut in that minute (FCR-N: the deviation below its baseline)."""
-
-    ffr: FloatArray
-    fcr_d: FloatArray
-    fcr_n: FloatArray
-
-    @classmethod
-    def make(cls, rng: np.random.Generator) -> Draws:
-        ffr = (rng.random(1440) < P_FFR).astype(np.float64)
-        fcr_d = np.where(rng.random(1440) < P_FCRD, rng.uniform(0.2, 1.0, 1440), 0.0)
-        fcr_n = np.clip(rng.normal(0.0, SD_FCRN, 1440), -1.0, 1.0)
-        return cls(ffr, fcr_d, fcr_n)
-
-
-def simulate(day: Day, plan: Plan, draws: Draws) -> dict[str, float]:
-    """Score one strategy's plan on the day's actual minutes (module docstring)."""
-    minute = np.arange(1440) // 60
-    offers = {k: np.asarray(plan.offers.get(k, np.zeros(24)), dtype=np.float64)
-              for k in ("ffr", "fcr-d-up", "fcr-n", "dr")}
-    down_it = sum((_weights(k) * v for k, v in offers.items()), np.zeros(24)) * _ITF
-    ceiling = plan.ceiling[minute]
-    room = np.maximum(0.0, np.minimum(day.p10_w, ceiling) - FLOOR_W)
-    short = np.zeros(24, dtype=bool)
-    np.logical_or.at(short, minute, room < down_it[minute] - 1e-6)
-    capped = np.minimum(day.mean_w, ceiling)
-    cut_it = _ITF * (offers["ffr"][minute] * draws.ffr
-                     + offers["fcr-d-up"][minute] * draws.fcr_d
-                     + offers["fcr-n"][minute] * (1.0 + draws.fcr_n)
-                     + offers["dr"][minute])
-    # A cut stops at the floor; a node already under it is not cut at all.
-    draw = np.minimum(np.maximum(capped - cut_it, np.minimum(day.mean_w, FLOOR_W)), day.mean_w)
-    sig = day.signals
-    paid = sum((np.nan_to_num(sig.reserve_eur_mw_h[k]) * v for k, v in offers.items()),
-               np.zeros(24)) / 1e6  # EUR per hour: MW x EUR/MW/h x 1 h
-    site_kwh = draw * PUE / 60.0 / 1000.0
-    energy = float(np.sum(np.nan_to_num(sig.energy_eur_mwh)[minute] * site_kwh)) / 1000.0
-    carbon = float(np.sum(np.nan_to_num(sig.carbon_g_kwh)[minute] * site_kwh)) / 1000.0
-    return {"revenue": float(np.sum(paid[~short])), "revenue_offered": float(np.sum(paid)),
-            "undeliverable_hours": int(short.sum()), "energy_cost": energy, "carbon_kg": carbon,
-            "work_shed_wh": float(np.sum(day.mean_w - draw)) / 60.0}
-
-
-def _mean_log_uniform(lo: float, hi: float) -> float:
-    return lo if hi == lo else (hi - lo) / math.log(hi / lo)
-
-
-@contextlib.contextmanager
-def job_hours(hours: tuple[float, float] | None) -> Iterator[None]:
-    """While inside: :func:`gridtao.history.synth.synthetic_minutes` draws training jobs of a
-    log-uniform ``hours[0]``-``hours[1]`` h (None: synth's own 2-24 h), arriving at a rate
-    scaled to ask for the same GPU-hours a day as synth's default (3 a day of 2-24 h): a
-    sensitivity study of the job lengths. synth takes no parameter for them yet, so its module
-    constants are set and restored; not thread-safe (a CLI bench)."""
-    if hours is None:
-        yield
-        return
-    lo, hi = hours
-    if not (0 < lo <= hi and math.isfinite(hi)):
-        raise ValueError(f"job hours must satisfy 0 < min <= max, got {lo}, {hi}")
-    saved = (synth._JOB_MIN_H, synth._JOB_MAX_H, synth.JOB_RATE_PER_DAY)
-    default = _mean_log_uniform(synth._JOB_MIN_H, synth._JOB_MAX_H)
-    synth._JOB_MIN_H, synth._JOB_MAX_H = lo, hi
-    synth.JOB_RATE_PER_DAY = saved[2] * default / _mean_log_uniform(lo, hi)
-    try:
-        yield
-    finally:
-        synth._JOB_MIN_H, synth._JOB_MAX_H, synth.JOB_RATE_PER_DAY = saved
-
 
 class Week:
     """The node's minutes from ``HISTORY_DAYS`` before the week to its end, and the signals.
@@ -512,6 +329,7 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
     timing = solve_time_check(seed)
     result: dict[str, Any] = {
         "days": days, "seed": seed, "week_start_s": WEEK_START_S, "lead_h": lead_h,
+        "calibration_days": CALIBRATION_DAYS,
         "job_hours": list(hours) if hours is not None
         else [synth._JOB_MIN_H, synth._JOB_MAX_H],
         "node": {"gpus": GPUS, "tdp_w": TDP_W, "min_w": MIN_W, "idle_w": IDLE_W,
@@ -533,151 +351,6 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
     result["targets"] = judge_targets(result)
     result["run_s"] = round(time.perf_counter() - t0, 2)
     return result
-
-
-def summarise_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Several seeds' results side by side: per strategy and margin, revenue share of the
-    oracle per seed and pooled (summed revenue over summed oracle revenue), undeliverable
-    hours per seed and in all."""
-    oracle = sum(r["strategies"]["oracle"]["revenue"] for r in results)
-
-    def row(revenues: list[float], shares: list[float | None],
-            hours: list[int]) -> dict[str, Any]:
-        return {"oracle_share": shares,
-                "oracle_share_pooled": round(sum(revenues) / oracle, 4) if oracle else None,
-                "undeliverable_hours": hours, "undeliverable_total": sum(hours)}
-
-    rows: dict[str, dict[str, Any]] = {}
-    for name in STRATEGIES:
-        got = [r["strategies"][name] for r in results]
-        rows[name] = row([g["revenue"] for g in got], [g["oracle_share"] for g in got],
-                         [g["undeliverable_hours"] for g in got])
-    for i, (q, b) in enumerate(MARGINS):
-        got = [r["gridtao_margin_sweep"][i] for r in results]
-        rows[f"gridtao, margin q{q:g} per {b} h"] = row(
-            [g["revenue"] for g in got], [g["oracle_share"] for g in got],
-            [g["undeliverable_hours"] for g in got])
-    return {"seeds": [r["seed"] for r in results], "days": results[0]["days"],
-            "lead_h": results[0]["lead_h"],
-            "job_hours": results[0]["job_hours"],
-            "p10_coverage": [r["strategies"]["gridtao"]["p10_coverage"] for r in results],
-            "rows": rows}
-
-
-def judge_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    s = result["strategies"]
-    g, o = s["gridtao"], s["oracle"]
-    share = g["revenue"] / o["revenue"] if o["revenue"] > 0 else None
-    return {
-        "gridtao_undeliverable_hours": {"value": g["undeliverable_hours"], "limit": 0,
-                                        "met": g["undeliverable_hours"] == 0},
-        "revenue_vs_oracle": {"value": share, "limit": TARGET_ORACLE_SHARE,
-                              "met": share is not None and share >= TARGET_ORACLE_SHARE},
-        "revenue_above_static_and_reference": {
-            "value": g["revenue"], "static": s["static"]["revenue"],
-            "reference": s["reference"]["revenue"],
-            "met": g["revenue"] > max(s["static"]["revenue"], s["reference"]["revenue"])},
-        "solve_48h_all_products_s": {
-            "value": result["solve_48h_all_products"]["max_s"], "limit": TARGET_SOLVE_S,
-            "met": result["solve_48h_all_products"]["max_s"] < TARGET_SOLVE_S},
-    }
-
-
-def _verdict(met: bool) -> str:
-    return "**met**" if met else "**not met**"
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x * 100:.0f} %"
-
-
-def markdown(result: dict[str, Any], command: str) -> str:
-    node = result["node"]
-    fc = result["forecast"]
-    g = result["strategies"]["gridtao"]
-    lo, hi = result["job_hours"]
-    lines = [
-        f"### Tier 3 day-ahead plan vs static, reference and oracle ({result['days']} days, "
-        "simulated)",
-        "",
-        f"- command: `{command}`",
-        f"- machine: {result.get('machine', 'unknown')}",
-        f"- date: {result.get('date', 'unknown')}",
-        f"- node: {node['gpus']} GPUs x {node['tdp_w']:g} W, floor {node['floor_w']:g} W IT, "
-        f"offers at the meter (losses {node['losses_fraction'] * 100:g} %), PUE {node['pue']:g};"
-        f" lost work {node['lost_work_eur_wh'] * 1e6:g} EUR/MWh, carbon "
-        f"{node['carbon_eur_t']:g} EUR/t, DR at most {node['dr_max_hours_per_day']} h/day; "
-        f"training jobs {lo:g}-{hi:g} h (log-uniform)",
-        f"- planned {result['lead_h']:g} h before each day starts, from the history up to "
-        "then only",
-        f"- forecast (hourly, day ahead): mean pinball {fc['model']['mean_pinball_w']:.0f} W "
-        f"against persistence {fc['persistence']['mean_pinball_w']:.0f} W (skill "
-        f"{fc['skill_vs_persistence']:+.2f}); p10 pinball {fc['model']['pinball_p10_w']:.0f} W;"
-        f" p10 coverage {g['p10_coverage']:.2f} over the week's hours, "
-        + ("-" if g["p10_coverage_offered"] is None else f"{g['p10_coverage_offered']:.2f}")
-        + f" over the {g['offered_hours']} hours gridtao offered in",
-        "",
-        "| strategy | revenue EUR | of oracle | offered EUR | undeliverable h | energy cost EUR "
-        "| carbon kg | work shed kWh | solve p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, row in result["strategies"].items():
-        solve_ms = "-" if row["solve_s_p99"] is None else f"{row['solve_s_p99'] * 1000:.1f}"
-        lines.append(
-            f"| {name} | {row['revenue']:.3f} | {_pct(row['oracle_share'])} | "
-            f"{row['revenue_offered']:.3f} | {row['undeliverable_hours']} | "
-            f"{row['energy_cost']:.2f} | {row['carbon_kg']:.1f} | "
-            f"{row['work_shed_wh'] / 1000:.1f} | {solve_ms} |")
-    lines += ["", "revenue: capacity paid for the hours the node could deliver; offered: every "
-              "hour offered (an undeliverable hour is not paid, and not penalised either).", "",
-              "gridtao with its p10 lowered by a margin learnt from the forecaster's misses over "
-              f"the {CALIBRATION_DAYS} days before each day (the quantile of the misses per "
-              "block of hours; the largest at 1):", "",
-              "| margin | median W | revenue EUR | of oracle | undeliverable h | offered h |",
-              "|---|---|---|---|---|---|"]
-    for row in result["gridtao_margin_sweep"]:
-        lines.append(f"| q{row['miss_quantile']:g} per {row['block_h']} h | "
-                     f"{row['margin_w_median']:.0f} | {row['revenue']:.3f} | "
-                     f"{_pct(row['oracle_share'])} | {row['undeliverable_hours']} | "
-                     f"{row['offered_hours']} |")
-    t = result["targets"]
-    share = t["revenue_vs_oracle"]["value"]
-    lines += [
-        "",
-        "Targets:",
-        f"- no undeliverable hour for gridtao: {t['gridtao_undeliverable_hours']['value']}: "
-        f"{_verdict(t['gridtao_undeliverable_hours']['met'])}",
-        "- revenue >= 90 % of the oracle's: "
-        + ("no oracle revenue" if share is None else f"{share * 100:.0f} %")
-        + f": {_verdict(t['revenue_vs_oracle']['met'])}",
-        f"- revenue above static ({t['revenue_above_static_and_reference']['static']:.3f}) and "
-        f"reference ({t['revenue_above_static_and_reference']['reference']:.3f}): "
-        f"{t['revenue_above_static_and_reference']['value']:.3f}: "
-        f"{_verdict(t['revenue_above_static_and_reference']['met'])}",
-        f"- 48 hourly MTUs x every product kind solved in < 1 s: "
-        f"{t['solve_48h_all_products_s']['value'] * 1000:.1f} ms: "
-        f"{_verdict(t['solve_48h_all_products_s']['met'])}",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def markdown_seeds(summary: dict[str, Any], command: str) -> str:
-    """The table of :func:`summarise_seeds`."""
-    lo, hi = summary["job_hours"]
-    seeds = summary["seeds"]
-    lines = [f"### Tier 3 plan over seeds {', '.join(map(str, seeds))} ({summary['days']} days "
-             f"each, training jobs {lo:g}-{hi:g} h)", "", f"- command: `{command}`",
-             f"- planned {summary['lead_h']:g} h before each day starts",
-             "- gridtao's p10 coverage per seed: "
-             + ", ".join(f"{c:.2f}" for c in summary["p10_coverage"]), "",
-             "| strategy | of oracle, pooled | per seed | undeliverable h | per seed |",
-             "|---|---|---|---|---|"]
-    for name, row in summary["rows"].items():
-        lines.append(f"| {name} | {_pct(row['oracle_share_pooled'])} | "
-                     + " / ".join(_pct(x) for x in row["oracle_share"])
-                     + f" | {row['undeliverable_total']} | "
-                     + " / ".join(str(h) for h in row["undeliverable_hours"]) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def _hours(text: str) -> tuple[float, float]:

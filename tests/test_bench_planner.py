@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gridtao.bench.planner import (
+from gridtao.bench.planner import Week
+from gridtao.bench.planner_signals import market_signals
+from gridtao.bench.plannerday import (
     CALIBRATION_DAYS,
     FLOOR_W,
     HOUR_S,
@@ -21,13 +23,11 @@ from gridtao.bench.planner import (
     Day,
     Draws,
     Plan,
-    Week,
     hourly_actual,
     job_hours,
     plan_reference,
     simulate,
 )
-from gridtao.bench.planner_signals import market_signals
 from gridtao.cli.main import main
 from gridtao.history import synth
 from gridtao.tier3 import forecast_draw
