@@ -9,8 +9,16 @@ exception: it imports nothing of gridtao, so its own few errors derive from ``Ex
 
 from __future__ import annotations
 
-__all__ = ["GridtaoError"]
+__all__ = ["GridtaoError", "one_line"]
 
 
 class GridtaoError(Exception):
     """Base class of gridtao's own errors."""
+
+
+def one_line(text: str) -> str:
+    """``text`` with every character that is not printable (a newline or a control character
+    in a file name, say) written as its escape, so an error message stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -58,3 +58,16 @@ def test_a_signing_key_that_is_a_fifo_is_refused_without_blocking(
                             "topics: [dispatch]}]}\n")
     assert cli.main(["--config", str(path), "check-config"]) == 2
     assert "not a regular file" in capsys.readouterr().err
+
+
+def test_a_file_name_with_a_newline_stays_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "site\nnode.yaml"
+    bad.write_text("gpus: {backend: 3}\n")
+    assert cli.main(["--config", str(bad), "check-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "site\\nnode.yaml: gpus.backend" in err, err
+    good = tmp_path / "ok\tnode.yaml"
+    good.write_text("gpus: {backend: sim, sim: {device: null, count: 2}}\n")
+    assert cli.main(["--config", str(good), "check-config"]) == 0
+    assert capsys.readouterr().out.startswith("ok: " + str(good).replace("\t", "\\t") + "\n")

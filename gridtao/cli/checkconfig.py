@@ -17,6 +17,7 @@ import argparse
 import time
 
 from gridtao.config.agent import Config, ConfigError
+from gridtao.errors import one_line
 
 __all__ = ["configure_check_config", "run_check_config", "summary"]
 
@@ -61,7 +62,7 @@ def summary(config: Config, node_id: str, *, kids: list[str]) -> str:
            f"({'in-process' if gpus.sim.device is None else 'device ' + gpus.sim.device})"
            if gpus.backend != "nvml" else "")
     lines = [
-        f"ok: {config.source}",
+        f"ok: {one_line(config.source)}",
         f"node      {node_id}",
         f"gpus      backend {gpus.backend}{sim}",
         f"broker    {mqtt.host}:{mqtt.port}, prefix {mqtt.prefix}, "

@@ -19,7 +19,7 @@ from typing import Any
 
 from gridtao import __version__
 from gridtao.config.agent import ENV_VAR, Config, load_config
-from gridtao.errors import GridtaoError
+from gridtao.errors import GridtaoError, one_line
 
 EXIT_OK = 0
 EXIT_ERROR = 2
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         config = Config() if args.command in OWN_CONFIG else load_config(args.config)
         return COMMANDS[args.command].run(args, config)
     except GridtaoError as e:  # bad config, GPU, journal, audit, broker: one line, never a trace
-        print(f"gridtao: error: {e}", file=sys.stderr)
+        print(f"gridtao: error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
