@@ -22,8 +22,9 @@ The trigger chain, file by file, in the order a message travels it:
    (``gpu/sim/nvml.py`` stands in for the driver without GPUs). The batch is stamped
    ``commanded_at`` when the last call returned.
 8. Back in the intake, the ack is built (``hotpath/acks.py``: what the GPUs really did;
-   ``wire/payloads.py``) and queued on the lane's outbox
-   (``transport/outbox.py``); the decision goes to the audit trail and journal off the path
+   ``hotpath/events.py``: the events held and each accepted id's ack; ``wire/payloads.py``)
+   and queued on the lane's outbox (``transport/outbox.py``); the verdict and what it caused
+   (``hotpath/verdicts.py``) go to the audit trail and journal off the path
    (``records/ledger.py``). The response meter (``control/response.py``) then watches node
    power and the lane publishes the second ack with ``reached_at``.
 

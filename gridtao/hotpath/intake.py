@@ -16,11 +16,8 @@ The rate quota is spent only by messages that passed the checks before it.
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from gridtao.clock import Clock
 from gridtao.hotpath.acks import (
@@ -30,7 +27,9 @@ from gridtao.hotpath.acks import (
     write_fields,
     write_note,
 )
+from gridtao.hotpath.events import DEDUP_WINDOW, EventBook, HeldEvent, Outgoing
 from gridtao.hotpath.rejections import RejectionGate
+from gridtao.hotpath.verdicts import DecisionHook, Verdicts
 from gridtao.products.frequency import Activate, FrequencyMonitor, Release
 from gridtao.products.portfolio import ProductMonitor
 from gridtao.safety.island import Activation, SafetyIsland
@@ -40,35 +39,9 @@ from gridtao.wire import messages as wire
 
 log = logging.getLogger("gridtao.intake")
 
-#: ``on_decision(kind, fields)``: every verdict and event change, for the audit trail and the
-#: journal. Called on the lane's thread; must be O(1) and must not mutate ``fields`` later.
-DecisionHook = Callable[[str, dict[str, object]], None]
+__all__ = ["DecisionHook", "Intake", "Outgoing"]
 
 RETAINED = "retained message: not acted on"
-DEDUP_WINDOW = 10_000  # event ids remembered for idempotency (bounded memory under floods)
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-    # A reject or a resent duplicate ack: the first to go if the outbox overflows, so a flood
-    # of them can never push an activation's ack out.
-    expendable: bool = False
-
-
-@dataclass
-class _Event:
-    event_id: str
-    kind: str
-    ends_at: float | None  # monotonic s; None = until released by the frequency monitor
-    received_at: float  # monotonic s
-    received_wall: float
-    commanded_wall: float | None  # None: nothing written (a deeper event already held the GPUs)
-    ack_extra: dict[str, object] = dataclasses.field(default_factory=dict)  # also on reached_at
-    reached_wall: float | None = None  # once the meter saw the target band: on every later ack
 
 
 class Intake:
@@ -95,9 +68,6 @@ class Intake:
         self._island = island
         # Refusals of unproven input: acks rate limited, log lines coalesced (rejections.py).
         self.rejections = rejections if rejections is not None else RejectionGate()
-        self._v_proven = False  # the message being handled passed its signature check
-        # Every ack from simulated GPUs says so: an aggregator must never mistake them for real.
-        self._simulated = simulated
         # Samples dated far from this node's clock (t=0, a stuck meter, a replay) never act.
         self._max_skew_s = max_sample_skew_s
         self._topics = topics
@@ -112,17 +82,12 @@ class Intake:
         self._dr = dr  # demand-response queue (kind "dr"); None: not enrolled
         #: Demand-response events accepted here: id -> when received (Unix s).
         self._dr_accepted: dict[str, float] = {}
-        self._acks: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        # What each acked dispatch asked (wire.dispatch_terms), to tell a retry from a reuse.
-        self._terms: dict[str, tuple[object, ...]] = {}
-        self._events: dict[str, _Event] = {}
-        self._on_decision = on_decision
-        self._ending: dict[str, str] = {}  # released, still ramping out on the island: why
-        # The verdict on the message being handled (set by _count and _ack), for on_decision.
-        self._v_result: str | None = None
-        self._v_id: str | None = None
-        self._v_reason: str | None = None
-        self._held: list[tuple[str, dict[str, object]]] | None = None  # during on_message
+        # Events held and ramping out, and every accepted id's ack (events.py).
+        self._book = EventBook(topics.ack, simulated=simulated)
+        self._events = self._book.held
+        self._ending = self._book.ending  # released, still ramping out on the island: why
+        # The verdict on each message and what it caused, for on_decision (verdicts.py).
+        self._verdicts = Verdicts(on_decision, metrics=metrics, rejections=self.rejections)
 
     @property
     def active_events(self) -> list[str]:
@@ -132,8 +97,6 @@ class Intake:
         self, topic: str, payload: bytes, *, received_at: float, received_wall: float,
         retained: bool = False,
     ) -> list[Outgoing]:
-        self._v_result = self._v_id = self._v_reason = None
-        self._v_proven = False
         if topic == self._topics.frequency:
             handle, name = self._on_frequency, "frequency"
         elif topic == self._topics.dispatch or topic == self._topics.node_dispatch:
@@ -143,37 +106,17 @@ class Intake:
         if retained:
             # A retained message is the past replayed (a command or sample left on the broker,
             # delivered again on every connection): never acted on, never acked, counted.
-            self._count(name, "rejected", reason=RETAINED)
+            self._verdicts.count(name, "rejected", reason=RETAINED)
             log.warning("retained %s message ignored (%d bytes): commands act only when sent",
                         name, len(payload))
             return []
-        if self._on_decision is None:
-            return handle(payload, received_at, received_wall)
-        # What the message caused is reported after the verdict on the message itself.
-        self._held = []
-        try:
-            out = handle(payload, received_at, received_wall)
-        finally:
-            held, self._held = self._held, None
-        # Accepted frequency samples that change nothing are telemetry, not decisions; a
-        # flood of unproven refusals is recorded within a budget, the rest counted (on_tick).
-        if self._v_result is not None and not (
-            name == "frequency" and self._v_result == "accepted" and self._v_id is None
-        ) and (self._v_result != "rejected" or self.rejections.record_allowed(
-                received_at, proven=self._v_proven)):
-            self._on_decision("message", {
-                "topic": name, "result": self._v_result, "id": self._v_id,
-                "reason": self._v_reason, "received_at": received_wall, "payload": payload,
-            })
-        for kind, fields in held:
-            self._on_decision(kind, fields)
-        return out
+        return self._verdicts.handle(name, handle, payload, received_at, received_wall)
 
     def on_tick(self) -> list[Outgoing]:
         """Time-driven work (~20 Hz): frequency recovery and dispatch durations."""
         now = self._clock.now()
         self.rejections.flush(now)
-        unrecorded = self.rejections.take_unrecorded() if self._on_decision is not None else 0
+        unrecorded = self.rejections.take_unrecorded() if self._verdicts.recording else 0
         if unrecorded:
             self._decide("rejections_unrecorded", {"count": unrecorded,
                                                    "at": round(self._clock.wall(), 3)})
@@ -197,9 +140,7 @@ class Intake:
             self._monitor.forget(event_id)
             why = "ended by the safety island (safety.max_event_s)"
             self._ended(event_id, why)
-            extra = dict(ev.ack_extra) | {"ended_at": round(self._clock.wall(), 6)}
-            out.append(self._ack(event_id, True, why, ev.received_wall, ev.commanded_wall,
-                                 extra=extra, reached_wall=ev.reached_wall))
+            out.append(self._book.ended_ack(ev, why, round(self._clock.wall(), 6)))
         return out
 
     def end_all(self, why: str) -> list[Outgoing]:
@@ -212,9 +153,7 @@ class Intake:
         for event_id, ev in list(self._events.items()):
             self._monitor.forget(event_id)
             self._ended(event_id, why)
-            out.append(self._ack(event_id, True, why, ev.received_wall, ev.commanded_wall,
-                                 extra=dict(ev.ack_extra) | {"ended_at": wall},
-                                 reached_wall=ev.reached_wall))
+            out.append(self._book.ended_ack(ev, why, wall))
         for event_id in self._ending:
             self._ended(event_id, why)
         # Demand-response events still queued or running: cancelled, and their sender told.
@@ -236,18 +175,15 @@ class Intake:
         as already seen. Call before the lane starts."""
         # Its receive time on this run's monotonic clock, so deadline_wall() stays right.
         received_at = self._clock.now() - max(0.0, self._clock.wall() - received_wall)
-        self._events[event_id] = _Event(event_id, kind, ends_at, received_at, received_wall,
-                                        commanded_wall)
-        self._acks[event_id] = wire.ack_payload(
+        self._events[event_id] = HeldEvent(event_id, kind, ends_at, received_at, received_wall,
+                                           commanded_wall)
+        self._book.remember(event_id, wire.ack_payload(
             event_id, True, None, received_wall, commanded_wall, None, extra={"recovered": True}
-        )
+        ))
 
     def deadline_wall(self, event_id: str) -> float | None:
         """Unix time at which an active event's duration ends (None: no duration)."""
-        ev = self._events.get(event_id)
-        if ev is None or ev.ends_at is None:
-            return None
-        return ev.received_wall + (ev.ends_at - ev.received_at)
+        return self._book.deadline_wall(event_id)
 
     # ---- frequency ------------------------------------------------------------------------
 
@@ -294,7 +230,7 @@ class Intake:
             return [self._refuse_unwritten(act, "frequency", wall, source)]
         commanded = act.commanded_wall if act.commanded else None
         extra = source | write_fields(act)
-        self._events[act.event_id] = _Event(
+        self._events[act.event_id] = HeldEvent(
             act.event_id, "frequency", None, received_at, wall, commanded, extra
         )
         self._activated(act, received_at)
@@ -316,15 +252,15 @@ class Intake:
         if guard is not None:
             problem = guard.authenticate_dispatch(data)
             # Signed mode and a good signature: the sender is owed an ack for any refusal.
-            self._v_proven = problem is None and guard.signed
+            self._verdicts.proven = problem is None and guard.signed
             if problem is None and not guard.take("dispatch", received_at):
                 problem = guard.rate_reason("dispatch")
             if problem is not None:
                 return self._reject(msg.id, problem, received_at, wall)
-        previous = self._acks.get(msg.id)
+        previous = self._book.answer(msg.id)
         terms = wire.dispatch_terms(msg)
         if previous is not None:
-            known = self._terms.get(msg.id)
+            known = self._book.terms(msg.id)
             if known is not None and known != terms:
                 return self._reject(msg.id, f"id {msg.id!r} reused with a different body "
                                     "(the first is still in force)", received_at, wall)
@@ -343,10 +279,10 @@ class Intake:
             out = [self._on_release(msg, wall)]
         else:
             out = [self._on_cut(msg, received_at, wall)]
-        if self._v_result == "accepted" and msg.id in self._acks:
-            self._terms[msg.id] = terms
+        if self._verdicts.result == "accepted":
+            self._book.keep_terms(msg.id, terms)
         if guard is not None:
-            if self._v_result == "accepted":  # a cut or release that took effect
+            if self._verdicts.result == "accepted":  # a cut or release that took effect
                 guard.accepted(msg, now_s=received_at)
             guard.after_dispatch()
         return out
@@ -371,7 +307,7 @@ class Intake:
             extra |= shed_fields(act, msg.fraction)
         else:
             shortfall = shortfall_note(act)
-        self._events[msg.id] = _Event(
+        self._events[msg.id] = HeldEvent(
             msg.id, type(msg).KIND, received_at + msg.duration_s, received_at, wall, commanded,
             extra,
         )
@@ -403,10 +339,10 @@ class Intake:
         """A refused dispatch: counted and logged (coalesced in a flood), and acked unless it
         is unproven input over the reject-ack budget (rejections.py)."""
         self._count("dispatch", "rejected")
-        self._v_id, self._v_reason = event_id, reason
+        self._verdicts.note(event_id, reason)
         self.rejections.log("dispatch without an id" if event_id is None
                             else f"dispatch {event_id!r}", reason, received_at)
-        if not self.rejections.ack_allowed(received_at, proven=self._v_proven):
+        if not self.rejections.ack_allowed(received_at, proven=self._verdicts.proven):
             return []
         # Anyone can send a message under a live event's id: its refusal must not read as the
         # event being refused. It says the event stands, unchanged.
@@ -465,7 +401,7 @@ class Intake:
             self._metrics.observe_trigger_to_command(act.commanded_at - received_at)
         if self._on_activation is not None:
             self._on_activation(act)
-        if self._on_decision is not None:
+        if self._verdicts.recording:
             ev = self._events.get(act.event_id)
             self._decide("event_started", {
                 "event": act.event_id, "kind": ev.kind if ev is not None else act.kind,
@@ -487,10 +423,7 @@ class Intake:
         self._decide("event_ended", {"event": event_id, "why": why})
 
     def _decide(self, kind: str, fields: dict[str, object]) -> None:
-        if self._held is not None:
-            self._held.append((kind, fields))
-        elif self._on_decision is not None:
-            self._on_decision(kind, fields)
+        self._verdicts.decide(kind, fields)
 
     def _ack(
         self,
@@ -501,47 +434,19 @@ class Intake:
         commanded_wall: float | None,
         *,
         extra: dict[str, object] | None = None,
-        reached_wall: float | None = None,
     ) -> Outgoing:
-        if self._simulated:
-            extra = {**(extra or {}), "simulated": True}
-        payload = wire.ack_payload(
-            event_id, accepted, reason, received_wall, commanded_wall, reached_wall, extra=extra
-        )
-        self._v_id, self._v_reason = event_id, reason
-        if event_id is not None and accepted:
-            self._acks[event_id] = payload
-            while len(self._acks) > DEDUP_WINDOW:
-                old, _ = self._acks.popitem(last=False)
-                self._terms.pop(old, None)
-        return Outgoing(self._topics.ack, payload, expendable=not accepted)
+        self._verdicts.note(event_id, reason)
+        return self._book.ack(event_id, accepted, reason, received_wall, commanded_wall,
+                              extra=extra)
 
     def reached_ack(self, event_id: str, reached_wall: float) -> Outgoing | None:
-        """The second ack for ``event_id``, with ``reached_at`` filled in. It is also what a
-        duplicate of the dispatch is answered with from now on, and every later ack of the
-        event (its end) keeps ``reached_at``."""
-        ev = self._events.get(event_id)
-        if ev is None:
-            return None
-        ev.reached_wall = reached_wall
-        extra = dict(ev.ack_extra)  # the first ack's fields (binding, failed_gpus, ...)
-        if self._simulated:
-            extra["simulated"] = True
-        payload = wire.ack_payload(
-            event_id, True, None, ev.received_wall, ev.commanded_wall, reached_wall,
-            extra=extra or None,
-        )
-        if event_id in self._acks:
-            self._acks[event_id] = payload
-        return Outgoing(self._topics.ack, payload)
+        """The second ack for ``event_id``, with ``reached_at`` filled in (events.py)."""
+        return self._book.reached(event_id, reached_wall)
 
     def activation_time(self, event_id: str) -> float | None:
         """Monotonic receive time of an active event's trigger (for trigger-to-target)."""
-        ev = self._events.get(event_id)
-        return ev.received_at if ev is not None else None
+        return self._book.activation_time(event_id)
 
     def _count(self, topic: str, result: MessageResult, *, event_id: str | None = None,
                reason: str | None = None) -> None:
-        self._v_result, self._v_id, self._v_reason = result, event_id, reason
-        if self._metrics is not None:
-            self._metrics.count_message(topic, result)
+        self._verdicts.count(topic, result, event_id=event_id, reason=reason)
