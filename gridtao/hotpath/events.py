@@ -13,9 +13,10 @@ import collections
 import dataclasses
 from dataclasses import dataclass
 
+from gridtao.safety.island import Activation
 from gridtao.wire import messages as wire
 
-__all__ = ["DEDUP_WINDOW", "EventBook", "HeldEvent", "Outgoing"]
+__all__ = ["DEDUP_WINDOW", "EventBook", "HeldEvent", "Outgoing", "started_fields"]
 
 DEDUP_WINDOW = 10_000  # event ids remembered for idempotency (bounded memory under floods)
 
@@ -43,6 +44,20 @@ class HeldEvent:
     commanded_wall: float | None  # None: nothing written (a deeper event already held the GPUs)
     ack_extra: dict[str, object] = dataclasses.field(default_factory=dict)  # also on reached_at
     reached_wall: float | None = None  # once the meter saw the target band: on every later ack
+
+
+def started_fields(act: Activation, ev: HeldEvent | None) -> dict[str, object]:
+    """The ``event_started`` record of an activation (``ev``: the event it started, if held):
+    what was asked and written, and when (Unix s)."""
+    return {
+        "event": act.event_id, "kind": ev.kind if ev is not None else act.kind,
+        "level": act.level, "baseline_mw": act.baseline_mw, "target_mw": act.target_mw,
+        "caps_mw": act.caps_mw, "enforced_mw": act.enforced_mw, "binding": act.binding,
+        "errors": {str(i): str(e) for i, e in act.errors.items()},
+        "received_at": ev.received_wall if ev is not None else None,
+        "commanded_at": act.commanded_wall if act.commanded else None,
+        "duration_s": None if ev is None or ev.ends_at is None else ev.ends_at - ev.received_at,
+    }
 
 
 class EventBook:

@@ -27,7 +27,13 @@ from gridtao.hotpath.acks import (
     write_fields,
     write_note,
 )
-from gridtao.hotpath.events import DEDUP_WINDOW, EventBook, HeldEvent, Outgoing
+from gridtao.hotpath.events import (
+    DEDUP_WINDOW,
+    EventBook,
+    HeldEvent,
+    Outgoing,
+    started_fields,
+)
 from gridtao.hotpath.rejections import RejectionGate
 from gridtao.hotpath.verdicts import DecisionHook, Verdicts
 from gridtao.products.frequency import Activate, FrequencyMonitor, Release
@@ -402,18 +408,7 @@ class Intake:
         if self._on_activation is not None:
             self._on_activation(act)
         if self._verdicts.recording:
-            ev = self._events.get(act.event_id)
-            self._decide("event_started", {
-                "event": act.event_id, "kind": ev.kind if ev is not None else act.kind,
-                "level": act.level, "baseline_mw": act.baseline_mw, "target_mw": act.target_mw,
-                "caps_mw": act.caps_mw, "enforced_mw": act.enforced_mw,
-                "binding": act.binding,
-                "errors": {str(i): str(e) for i, e in act.errors.items()},
-                "received_at": ev.received_wall if ev is not None else None,
-                "commanded_at": act.commanded_wall if act.commanded else None,
-                "duration_s": None if ev is None or ev.ends_at is None
-                else ev.ends_at - ev.received_at,
-            })
+            self._decide("event_started", started_fields(act, self._events.get(act.event_id)))
 
     def _ended(self, event_id: str, why: str) -> None:
         """Event ``event_id`` is over: the energy ledger hears of it (recorded or not), and the
