@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gridtao.app.agent import GIL_SWITCH_INTERVAL_S
+from gridtao.app.options import GIL_SWITCH_INTERVAL_S
 from gridtao.app.simdevice import private_device
 from gridtao.bench.latency import run_info
 from gridtao.clock import MonotonicClock

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from waiting import wait_until
 
-from gridtao.app.agent import default_node_id
+from gridtao.app.options import default_node_id
 from gridtao.cli.main import main
 from gridtao.clock import VirtualClock
 from gridtao.gpu.sim.daily import DailyShape

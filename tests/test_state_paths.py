@@ -48,7 +48,7 @@ def test_relative_paths_are_taken_from_the_config_files_folder(tmp_path: Path) -
 def test_the_node_id_comes_from_the_environment_before_the_host_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from gridtao.app.agent import NODE_ID_ENV, default_node_id
+    from gridtao.app.options import NODE_ID_ENV, default_node_id
 
     monkeypatch.setenv(NODE_ID_ENV, "gpu-node/07 a")
     assert default_node_id() == "gpu-node_07_a"  # one MQTT topic level, no wildcards

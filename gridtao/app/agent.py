@@ -26,13 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
-import socket
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
@@ -44,6 +40,7 @@ from gridtao.app.exports import register_collectors
 from gridtao.app.instance import Instance, ensure_unique
 from gridtao.app.links import node_links
 from gridtao.app.nodegpus import UNAVAILABLE_CHECK_S, open_node_gpus
+from gridtao.app.options import GIL_SWITCH_INTERVAL_S, AgentOptions, default_node_id
 from gridtao.app.periodic import ControllerLoop, ControllerParts
 from gridtao.app.planning import NodePlanning
 from gridtao.app.planning import floor_w as planning_floor_w
@@ -78,37 +75,13 @@ from gridtao.telemetry.metrics import (
 from gridtao.wire import messages as wire
 from gridtao.work.node import NodeWork
 
+# AgentOptions is part of the Agent's constructor: importable from here too.
+__all__ = ["STOP_REASON", "Agent", "AgentOptions"]
+
 log = logging.getLogger("gridtao.app.agent")
 
 #: The reason acked for every event still held when the agent stops.
 STOP_REASON = "the agent stopped: the GPUs went back to the limits it found at start"
-
-
-# CPython hands the GIL to a waiting thread only after the holder has run this long (default
-# 5 ms). The island's threads wait for the GIL several times on the hot path, so a busy
-# controller thread would add whole switch intervals to every trigger. Measured with
-# bench/latency.py on a 2-core VM (p50/p99 publish->command under load): 5 ms 19/32 ms,
-# 1 ms 9/15 ms, 0.5 ms 6/9 ms, 0.1 ms 5/7 ms; idle latency did not get worse.
-GIL_SWITCH_INTERVAL_S = 1e-4
-
-
-#: The node id when ``mqtt.node_id`` is not set (e.g. a Kubernetes DaemonSet's node name).
-NODE_ID_ENV = "GRIDTAO_NODE_ID"
-
-
-def default_node_id() -> str:
-    """``$GRIDTAO_NODE_ID``, else the host name, made safe for one MQTT topic level."""
-    name = os.environ.get(NODE_ID_ENV) or socket.gethostname()
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "node"
-
-
-@dataclass(frozen=True)
-class AgentOptions:
-    """Knobs that are not operator configuration (tests, benches)."""
-
-    connect_timeout_s: float = 10.0
-    busy_load_fraction: float = 0.0  # bench only: keep the controller loop this busy (0..0.95)
-    serve_metrics: bool = True
 
 
 class Agent:

@@ -26,7 +26,7 @@ async def check_broker(config: Config, *, timeout_s: float = 10.0) -> tuple[bool
 
     Raises :class:`ConfigError` for a bad TLS or password configuration.
     """
-    from gridtao.app.agent import default_node_id
+    from gridtao.app.options import default_node_id
 
     return await probe_broker(config, node_id=config.mqtt.node_id or default_node_id(),
                               timeout_s=timeout_s)

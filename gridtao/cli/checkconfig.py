@@ -28,7 +28,7 @@ def configure_check_config(p: argparse.ArgumentParser) -> None:
 
 def run_check_config(args: argparse.Namespace, config: Config) -> int:
     del args
-    from gridtao.app.agent import default_node_id
+    from gridtao.app.options import default_node_id
     from gridtao.app.planning import checked_signals_file
     from gridtao.app.reload import read_credentials
     from gridtao.config.paths import with_state_paths

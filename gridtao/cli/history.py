@@ -94,7 +94,7 @@ def store_path(args: argparse.Namespace, config: Config) -> Path:
     (``history.path``, by default ``<state dir>/history-<node>.sqlite3``)."""
     if args.store:
         return Path(args.store).expanduser()
-    from gridtao.app.agent import default_node_id
+    from gridtao.app.options import default_node_id
     from gridtao.config.paths import with_state_paths
 
     path = with_state_paths(config, config.mqtt.node_id or default_node_id()).history.path

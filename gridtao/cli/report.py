@@ -108,7 +108,7 @@ def _default_audit(path: Path) -> list[Path]:
 def run_report(args: argparse.Namespace, config: Config) -> int:
     # ReportError and HistoryError are GridtaoErrors: gridtao.cli.main prints them as one line
     # and exits 2.
-    from gridtao.app.agent import default_node_id
+    from gridtao.app.options import default_node_id
     from gridtao.config.paths import with_state_paths
     from gridtao.control.tier2.facility import FacilityModel
     from gridtao.history import HistoryStore

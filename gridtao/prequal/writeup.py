@@ -106,7 +106,7 @@ def summary_markdown(config: Config, args: argparse.Namespace, pcfg: ProductConf
                      time_scale: float, steady_fraction: float | None,
                      figures: dict[str, list[str]]) -> str:
     """The report (module docstring). ``figures``: per test, the image files written."""
-    from gridtao.app.agent import default_node_id
+    from gridtao.app.options import default_node_id
     from gridtao.prequal.plans import spec_of
 
     spec = spec_of(pcfg)
