@@ -7,7 +7,8 @@ the same function names, argument order and units (mW, mJ), opaque handles, and 
 unchanged against it. Constants (``NVML_*``, ``NVMLError*``, ``c_nvml*``) are copied from
 ``pynvml`` onto the class.
 
-Physics lives in ``physics.py`` and demand profiles in ``workloads.py``. Every call advances
+Physics lives in ``physics.py``, demand profiles in ``workloads.py``, and the GPUs themselves
+(in this process or in the machine-wide device) in ``devices.py``. Every call advances
 the physics lazily to ``clock.now()``. A call lasts at least its configured latency
 (``read_latency_ms`` / ``set_latency_ms``): reads report the state at the call's start, a new
 limit takes effect when the set call returns. Latency is ``clock.sleep`` outside any lock, so
@@ -30,12 +31,8 @@ own ``nvmlReturn`` and set raises ``NVMLError_NotSupported``; ``slow`` every cal
 from __future__ import annotations
 
 import ctypes
-import dataclasses
-import random
 import threading
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,10 +41,10 @@ import pynvml
 
 from gridtao.clock import Clock, VirtualClock
 from gridtao.config.agent import ConfigError, SimConfig, SimWorkload
-from gridtao.gpu.sim.daily import DailyShape, configured_shape
-from gridtao.gpu.sim.physics import PROFILES, GpuPhysics, GpuProfile
-from gridtao.gpu.sim.shared import DeviceFile, DeviceGone, DeviceMissing
-from gridtao.gpu.sim.workloads import Resumable, Trace, TraceError, load_trace, make_workload
+from gridtao.gpu.sim.devices import Fault, LocalGpu, build_gpus, config_of, nvml_error
+from gridtao.gpu.sim.physics import PROFILES, GpuProfile
+from gridtao.gpu.sim.shared import DeviceFile, DeviceMissing
+from gridtao.gpu.sim.workloads import Trace, TraceError, load_trace
 
 FaultKind = Literal["lost", "no_permission", "not_supported", "slow"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("lost", "no_permission", "not_supported", "slow")
@@ -65,128 +62,10 @@ class SimHandle:
     owner: int
 
 
-@dataclass
-class _Fault:
-    remaining: int | None
-    delay_s: float
-
-
-#: The settings that make a device's physics: processes sharing one device must agree on them.
-#: Latencies and faults are each process's own (they model its calls, not the GPUs).
-#: ``workloads`` is recorded only when set, so devices made before it existed still open.
-DEVICE_PARAMS = ("count", "profile", "workload", "trace_csv", "cap_down_ms", "cap_up_ms",
-                 "refresh_ms", "noise_w", "seed", "daily_shape", "workloads", "daily_levels",
-                 "daily_weekend_factor", "daily_tz_offset_h")
-#: Recorded only when they differ from these, so devices made before they existed still open.
-_RECORDED_IF_SET = {"workloads": (), "daily_levels": (), "daily_weekend_factor": 0.6,
-                    "daily_tz_offset_h": 0.0}
-
-
-def _device_params(cfg: SimConfig) -> dict[str, Any]:
-    """``cfg``'s :data:`DEVICE_PARAMS` as the device header stores them (JSON values)."""
-    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k in DEVICE_PARAMS}
-    for key, unset in _RECORDED_IF_SET.items():
-        if getattr(cfg, key) == unset:
-            del params[key]
-    if "workloads" in params:
-        params["workloads"] = [dict(w) for w in params["workloads"]]
-    if "daily_levels" in params:
-        params["daily_levels"] = list(params["daily_levels"])
-    return params
-
-
-def _config_of(params: dict[str, Any]) -> SimConfig:
-    """The :class:`SimConfig` a device header's parameters describe."""
-    values = dict(params)
-    values["workloads"] = tuple(SimWorkload(**w) for w in values.get("workloads", ()))
-    values["daily_levels"] = tuple(values.get("daily_levels", ()))
-    return SimConfig(**values)
-
-
-def _shape(cfg: SimConfig, load: float) -> DailyShape | None:
-    """The inference demand shape of a GPU at ``load``: the day's shape (``daily_shape``)
-    scaled by it, a flat ``load``, or None (unshaped) at full load without a day's shape."""
-    day = configured_shape(cfg)
-    if day is not None:
-        if load == 1.0:
-            return day
-        return dataclasses.replace(day, hourly=tuple(h * load for h in day.hourly))
-    return None if load == 1.0 else DailyShape.flat(load)
-
-
-class _Device:
-    """One GPU as this process sees it. ``lock`` guards ``faults`` and ``calls``;
-    :meth:`hold` gives the physics, advanced by the caller, to one thread at a time."""
-
-    __slots__ = ("calls", "faults", "lock", "name", "physics", "uuid")
-
-    def __init__(self, physics: GpuPhysics, name: str, uuid_str: str) -> None:
-        self.lock = threading.Lock()
-        self.physics = physics
-        self.name = name
-        self.uuid = uuid_str
-        self.faults: dict[str, _Fault] = {}
-        self.calls: dict[str, int] = {}
-
-    @contextmanager
-    def hold(self, *, limit_set: bool = False) -> Iterator[GpuPhysics]:
-        """The physics, for one thread. ``limit_set``: the caller writes the limit."""
-        with self.lock:
-            yield self.physics
-
-
-class _SharedDevice(_Device):
-    """A GPU of a machine-wide device: :meth:`hold` locks its record in the file, loads what
-    other processes stored since this one last did, and stores the state back after use."""
-
-    __slots__ = ("_seen", "_seen_workload", "_workload", "file", "index")
-
-    def __init__(self, physics: GpuPhysics, name: str, uuid_str: str, file: DeviceFile,
-                 index: int) -> None:
-        super().__init__(physics, name, uuid_str)
-        workload = physics.workload
-        if not isinstance(workload, Resumable):
-            raise TypeError("a shared GPU needs a resumable workload")
-        self._workload: Resumable = workload
-        self.file = file
-        self.index = index
-        self._seen = -1  # the record version this replica holds (none yet)
-        self._seen_workload = -1
-
-    @contextmanager
-    def hold(self, *, limit_set: bool = False) -> Iterator[GpuPhysics]:
-        physics, file, index, workload = self.physics, self.file, self.index, self._workload
-        with self.lock:
-            file.lock(index)
-            try:
-                try:
-                    file.check_alive()
-                except DeviceGone:
-                    raise _error(pynvml.NVML_ERROR_GPU_IS_LOST) from None
-                if file.version(index) != self._seen:
-                    record = file.read(index)
-                    fresh_workload = record.workload_version != self._seen_workload
-                    DeviceFile.load(record, physics, workload if fresh_workload else None)
-                    self._seen_workload = record.workload_version
-                segment_end = physics.segment_end_s
-                yield physics
-                moved = physics.segment_end_s != segment_end
-                self._seen = file.store(index, physics, workload=workload if moved else None,
-                                        limit_set=limit_set)
-                if moved:
-                    self._seen_workload = file.workload_version(index)
-            finally:
-                file.unlock(index)
-
-
 # pynvml's structures override __setattr__/__getattribute__ in Python (str<->bytes), which
 # dominates a field read; the numeric members need only ctypes' own descriptors.
 _set = ctypes.Structure.__setattr__
 _get = object.__getattribute__
-
-
-def _error(code: int) -> pynvml.NVMLError:
-    return pynvml.NVMLError(code)
 
 
 class SimNvml:
@@ -218,50 +97,12 @@ class SimNvml:
             cfg.workloads or (SimWorkload(cfg.workload),) * cfg.count)
         traced = any(w.kind == "trace" for w in self.workloads)
         trace_data = self._load_trace(cfg) if traced else None
-        t0 = clock.now()
+        gpus = build_gpus(cfg, clock, self.profile, self.workloads, trace_data,
+                          device_path=device_path, create=create_device)
+        self.device: DeviceFile | None = gpus.device
         # Fixed once, so one sample always carries the same timestamp.
-        self._wall_offset_s = clock.wall() - t0
-        devices = []
-        for i in range(cfg.count):
-            rng = random.Random(f"gridtao-sim:{cfg.seed}:{i}")
-            workload = make_workload(
-                self.workloads[i].kind,
-                tdp_w=self.profile.tdp_w,
-                rng=random.Random(f"gridtao-sim-workload:{cfg.seed}:{i}"),
-                index=i,
-                trace_data=trace_data,
-                shape=_shape(cfg, self.workloads[i].load),
-                start_wall_s=clock.wall(),
-            )
-            physics = GpuPhysics(
-                t0_s=t0,
-                limit_w=self.profile.default_w,
-                workload=workload,
-                cap_down_s=cfg.cap_down_ms / 1000.0,
-                cap_up_s=cfg.cap_up_ms / 1000.0,
-                refresh_s=cfg.refresh_ms / 1000.0,
-                noise_w=cfg.noise_w,
-                rng=rng,
-                energy_offset_j=rng.uniform(1e4, 1e6),
-            )
-            uuid_str = "GPU-" + str(uuid.UUID(int=rng.getrandbits(128), version=4))
-            devices.append(_Device(physics, self.profile.name, uuid_str))
-        self.device: DeviceFile | None = None
-        if device_path is not None:
-            # Every machine's GPUs have UUIDs of their own: named devices (two simulated nodes
-            # on one machine) must not share them, whatever their seed. The same name gives
-            # the same UUIDs in every process that opens it.
-            name = Path(device_path).name
-            for i, d in enumerate(devices):
-                d.uuid = "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_URL,
-                                                 f"gridtao-sim:{name}:{cfg.seed}:{i}"))
-            self.device = DeviceFile.open(
-                device_path, params=_device_params(cfg), replicas=[d.physics for d in devices],
-                t0_s=t0, wall_offset_s=self._wall_offset_s, create=create_device)
-            self._wall_offset_s = self.device.info.wall_offset_s
-            devices = [_SharedDevice(d.physics, d.name, d.uuid, self.device, i)
-                       for i, d in enumerate(devices)]
-        self._devices: tuple[_Device, ...] = tuple(devices)
+        self._wall_offset_s = gpus.wall_offset_s
+        self._devices: tuple[LocalGpu, ...] = gpus.gpus
 
     @classmethod
     def from_config(cls, config: SimConfig, clock: Clock, *,
@@ -285,7 +126,7 @@ class SimNvml:
         if info is None:
             return None
         try:
-            return cls(clock, _config_of(info.params), device_path=device_path,
+            return cls(clock, config_of(info.params), device_path=device_path,
                        create_device=False)
         except DeviceMissing:  # destroyed since the peek
             return None
@@ -337,7 +178,7 @@ class SimNvml:
             raise ValueError("calls must be >= 1 or None")
         dev = self._devices[index]
         with dev.lock:
-            dev.faults[kind] = _Fault(calls, delay_s)
+            dev.faults[kind] = Fault(calls, delay_s)
 
     def clear_faults(self, index: int | None = None) -> None:
         """Remove injected faults from GPU ``index`` (None: all GPUs)."""
@@ -361,9 +202,9 @@ class SimNvml:
 
     def _check_init(self) -> None:
         if self._init_count <= 0:
-            raise _error(pynvml.NVML_ERROR_UNINITIALIZED)
+            raise nvml_error(pynvml.NVML_ERROR_UNINITIALIZED)
 
-    def _take_fault(self, dev: _Device, kind: str) -> _Fault | None:
+    def _take_fault(self, dev: LocalGpu, kind: str) -> Fault | None:
         """Consume one call of fault ``kind`` if active. Caller holds ``dev.lock``."""
         fault = dev.faults.get(kind)
         if fault is None:
@@ -374,18 +215,18 @@ class SimNvml:
                 del dev.faults[kind]
         return fault
 
-    def _enter(self, handle: object, name: str) -> _Device:
+    def _enter(self, handle: object, name: str) -> LocalGpu:
         """Prologue of a device call: checks, accounting, and the ``lost``/``slow`` faults."""
         self._check_init()
         if not isinstance(handle, SimHandle) or handle.owner != id(self):
-            raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+            raise nvml_error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         dev = self._devices[handle.index]
         delay_s = 0.0
         with dev.lock:
             dev.calls[name] = dev.calls.get(name, 0) + 1
             if dev.faults:
                 if self._take_fault(dev, "lost") is not None:
-                    raise _error(pynvml.NVML_ERROR_GPU_IS_LOST)
+                    raise nvml_error(pynvml.NVML_ERROR_GPU_IS_LOST)
                 slow = self._take_fault(dev, "slow")
                 if slow is not None:
                     delay_s = slow.delay_s
@@ -424,7 +265,7 @@ class SimNvml:
         self._last(t_start, self._read_latency_s)
         return value
 
-    def _static_read(self, handle: object, name: str) -> _Device:
+    def _static_read(self, handle: object, name: str) -> LocalGpu:
         dev = self._enter(handle, name)
         self._last(self.clock.now(), self._read_latency_s)
         return dev
@@ -440,7 +281,7 @@ class SimNvml:
         with self._init_lock:
             self._global_calls["nvmlShutdown"] = self._global_calls.get("nvmlShutdown", 0) + 1
             if self._init_count <= 0:
-                raise _error(pynvml.NVML_ERROR_UNINITIALIZED)
+                raise nvml_error(pynvml.NVML_ERROR_UNINITIALIZED)
             self._init_count -= 1
 
     def nvmlSystemGetDriverVersion(self) -> str:
@@ -456,7 +297,7 @@ class SimNvml:
     def nvmlDeviceGetHandleByIndex(self, index: int) -> SimHandle:
         self._check_init()
         if not isinstance(index, int) or not 0 <= index < len(self._devices):
-            raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+            raise nvml_error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         handle = SimHandle(index, id(self))
         self._enter(handle, "nvmlDeviceGetHandleByIndex")
         return handle
@@ -535,11 +376,11 @@ class SimNvml:
         with dev.lock:
             if dev.faults:
                 if self._take_fault(dev, "no_permission") is not None:
-                    raise _error(pynvml.NVML_ERROR_NO_PERMISSION)
+                    raise nvml_error(pynvml.NVML_ERROR_NO_PERMISSION)
                 if self._take_fault(dev, "not_supported") is not None:
-                    raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+                    raise nvml_error(pynvml.NVML_ERROR_NOT_SUPPORTED)
         if not self.profile.min_w * 1000 <= limit <= self.profile.max_w * 1000:
-            raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+            raise nvml_error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         # The new limit takes effect when the driver call returns.
         self._last(t_start, self._set_latency_s)
         with dev.hold(limit_set=True) as physics:
