@@ -187,3 +187,38 @@ def test_gridtao_gpus_in_another_shell_agrees_with_the_agent(
         assert sum(r["avg_power_w"] for r in rows) <= CAP_W + 20
         os.kill(procs[0].pid, signal.SIGTERM)
         assert procs[0].wait(WAIT_S) == 0
+
+
+def test_a_second_agent_on_the_same_gpus_is_refused_whatever_its_node_id(
+    mqtt_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    node = "mg-one"
+    cfg = _config(first, mqtt_broker, node)
+    other = _config(second, mqtt_broker, "mg-two")
+    with Subscriber(mqtt_broker.host, mqtt_broker.port,
+                    f"gridtao/mg-{node}/nodes/{node}/status") as status, agent_processes() as procs:
+        procs.append(spawn_agent(cfg, first / "agent.log"))
+        status_wait(status, lambda p: p.get("online") is True, "the agent online")
+        refused = subprocess.run([sys.executable, "-m", "gridtao", "--config", str(other),
+                                  "run"], cwd=REPO, capture_output=True, text=True,
+                                 timeout=60, check=False)
+        assert refused.returncode == 2, refused.stderr
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("gridtao: error: GPU 0 ("), lines
+        assert f"another gridtao agent on this machine (pid {procs[0].pid}, node {node})" \
+            in lines[0]
+        # The refused agent recorded nothing and touched nothing.
+        assert not (second / "audit.jsonl").exists() and not (second / "journal.json").exists()
+        assert procs[0].poll() is None
+        os.kill(procs[0].pid, signal.SIGTERM)
+        assert procs[0].wait(WAIT_S) == 0
+    # Once the first has stopped, the GPUs are free for the second.
+    with agent_processes() as procs:
+        procs.append(spawn_agent(other, second / "agent.log"))
+        wait_until(lambda: "agent mg-two up:" in (second / "agent.log").read_text(),
+                   "the second agent up", timeout_s=WAIT_S)
+        os.kill(procs[0].pid, signal.SIGTERM)
+        assert procs[0].wait(WAIT_S) == 0

@@ -37,9 +37,10 @@ from gridtao.app.actuation import check_write_permission, report_actuation, rest
 from gridtao.app.checks import check_priority_floors
 from gridtao.app.drenergy import DrEventEnergy
 from gridtao.app.exports import register_collectors
+from gridtao.app.gpuclaim import GpuClaim, claim_gpus
 from gridtao.app.instance import Instance, ensure_unique
 from gridtao.app.links import node_links
-from gridtao.app.nodegpus import UNAVAILABLE_CHECK_S, open_node_gpus
+from gridtao.app.nodegpus import UNAVAILABLE_CHECK_S, machine_gpus, open_node_gpus
 from gridtao.app.options import GIL_SWITCH_INTERVAL_S, AgentOptions, default_node_id
 from gridtao.app.periodic import ControllerLoop, ControllerParts
 from gridtao.app.planning import NodePlanning
@@ -49,7 +50,7 @@ from gridtao.app.reload import ReloadResult, apply_reload, plan_reload, read_cre
 from gridtao.app.workmodel import WorkAwareCuts
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.config.agent import Config, ConfigError
-from gridtao.config.paths import with_state_paths
+from gridtao.config.paths import run_dir, with_state_paths
 from gridtao.control.capacity import Capacity, CapacityWatch, enrolled_w, node_capacity
 from gridtao.control.response import Reached, ResponseMeter
 from gridtao.control.tier1.loop import FastLoop
@@ -123,7 +124,16 @@ class Agent:
         self.gpu_limits = gpus.limits
         # After a crash the journal knows better: what the first run found (records/ledger.py).
         self.initial_limits_mw = list(gpus.found_mw)
+        self._claim: GpuClaim | None = None
         try:
+            # Before the journal's lock and any record: a second agent on these GPUs is told
+            # so, whatever its node id (app/gpuclaim.py).
+            if backend is None and machine_gpus(config, self.simulated) and not getattr(
+                    self.backend, "dry_run", False):
+                self._claim = claim_gpus(
+                    run_dir() / "gpus", [(i, d.uuid) for i, d in zip(
+                        gpus.driver_indices, self.backend.devices(), strict=True)],
+                    node_id=self.node_id)
             check_priority_floors(config, self.gpu_indices, self.gpu_limits)
             self.ledger = Ledger(
                 config, clock=self.clock, node_id=self.node_id,
@@ -132,12 +142,10 @@ class Agent:
                 found_mw=self.initial_limits_mw,
             )
         except JournalError as e:  # named with the configuration it comes from
-            if backend is None:
-                self.backend.close()
+            self._release_gpus(close=backend is None)
             raise JournalError(f"{config.source}: {e}") from None
         except BaseException:
-            if backend is None:
-                self.backend.close()
+            self._release_gpus(close=backend is None)
             raise
         self._found_mw = list(self.initial_limits_mw)
         self._min_hold_s = {level_key(t): t.min_hold_s for t in config.safety.triggers}
@@ -444,9 +452,17 @@ class Agent:
         self.island.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
-        self.backend.close()
+        self._release_gpus(close=True)
         if self._started:  # a failed start is said once, by the error that stopped it
             log.info("agent %s stopped", self.node_id)
+
+    def _release_gpus(self, *, close: bool) -> None:
+        """Close the driver (``close``) and let the GPUs' claims go, in that order: no other
+        agent may take them while this one can still write."""
+        if close:
+            self.backend.close()
+        if self._claim is not None:
+            self._claim.release()
 
     def abort_start(self) -> None:
         """Cut :meth:`start`'s wait for the broker short (thread-safe; a stop signal during
@@ -539,7 +555,8 @@ class Agent:
     def _reached(self, reached: Reached) -> None:
         # Meter thread -> lane loop: the intake's state is only touched on the lane's loop.
         def ack() -> list[Outgoing]:
-            out = self.intake.reached_ack(reached.event_id, reached.reached_wall)
+            out = self.intake.reached_ack(reached.event_id, reached.reached_wall,
+                                          reached.node_power_mw / 1000.0)
             return [out] if out is not None else []
 
         self.lane.call(ack)

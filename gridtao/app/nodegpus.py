@@ -20,7 +20,7 @@ from gridtao.gpu.backend import GpuBackend, PowerLimits
 from gridtao.gpu.sim.shared import SimDeviceError
 from gridtao.gpu.subset import ServedGpus
 
-__all__ = ["UNAVAILABLE_CHECK_S", "NodeGpus", "open_node_gpus"]
+__all__ = ["UNAVAILABLE_CHECK_S", "NodeGpus", "machine_gpus", "open_node_gpus"]
 
 log = logging.getLogger("gridtao.app.agent")
 
@@ -51,6 +51,13 @@ class NodeGpus:
     def driver_indices(self) -> tuple[int, ...]:
         """Each GPU served, by its driver index, in the order the agent serves them."""
         return tuple(self.indices) if self.physical is None else self.physical
+
+
+def machine_gpus(config: Config, simulated: bool) -> bool:
+    """Whether the GPUs opened for ``config`` are the machine's (the driver's, or the
+    machine-wide simulated device's) rather than this process's own (``gpus.sim.device:
+    null``)."""
+    return not simulated or config.gpus.sim.device is not None
 
 
 def open_node_gpus(config: Config, *, clock: Clock, backend: GpuBackend | None) -> NodeGpus:

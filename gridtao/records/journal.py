@@ -25,7 +25,6 @@ wall-clock jump can shorten a recovered hold but never make it longer than
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ from typing import IO, Any
 from gridtao.clock import Clock
 from gridtao.durable import fsync_dir, write_atomically
 from gridtao.errors import GridtaoError
+from gridtao.holdlock import LockHeld, hold_lock
 from gridtao.records.health import WriteHealth
 
 log = logging.getLogger("gridtao.records.journal")
@@ -278,25 +278,16 @@ class Journal:
         lock_path = self.path.with_name(self.path.name + ".lock")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(lock_path, "a+b")  # noqa: SIM115 - held for the life of the run
-        except OSError as e:
-            raise JournalError(f"journal {lock_path}: cannot open: {e.strerror or e}") from None
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read(32).decode("ascii", "replace").strip()
-            f.close()
-            by = f" (pid {holder})" if holder.isdigit() else ""
+            f = hold_lock(lock_path, holder=str(os.getpid()))
+        except LockHeld as e:
+            by = f" (pid {e.holder})" if e.holder.isdigit() else ""
             raise JournalError(
                 f"journal.path: {self.path} is in use by another gridtao agent{by}, lock "
-                f"{lock_path}: give each agent on this machine its own mqtt.node_id (or "
-                "journal.path)"
+                f"{lock_path}: one agent per node id (a second agent on this machine needs "
+                "GPUs of its own, and its own mqtt.node_id or journal.path)"
             ) from None
-        with contextlib.suppress(OSError):  # who holds it, for the next one to name
-            f.truncate(0)
-            f.write(f"{os.getpid()}\n".encode())
-            f.flush()
+        except OSError as e:
+            raise JournalError(f"journal {lock_path}: cannot open: {e.strerror or e}") from None
         self._lock_file = f
 
     def open(self, state: JournalState) -> None:
