@@ -214,7 +214,9 @@ class IslandCore:
             "event %s (%s%s): target %.1f W of %.1f W, %s, %d GPU errors",
             ev.event_id, ev.kind, f" {ev.level}" if ev.level else "", ev.target_mw / 1000,
             ev.baseline_mw / 1000, "not binding" if not act.binding else (
-                "caps not written (dry run)" if self._dry_run else "caps written"), len(errors),
+                "caps not written (dry run)" if self._dry_run
+                else "caps written" if len(errors) < len(ev.caps_mw) else "no cap written"),
+            len(errors),
         )  # fmt: skip
         return act
 

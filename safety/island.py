@@ -123,6 +123,12 @@ class SafetyIsland(IslandCore):
             self._armed.rearm(self._basis_locked(), cut)
 
     @property
+    def dry_run(self) -> bool:
+        """Whether the backend only logs the writes it is handed: nothing reaches the GPUs,
+        so their draw never answers a cap (tier 1 then plans open loop)."""
+        return self._dry_run
+
+    @property
     def release_bound_s(self) -> float:
         """The longest a released event at the island's rate takes to give every GPU back its
         resting limit (s): its reduction below the draw at ``release_rate_per_s`` (at most

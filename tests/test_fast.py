@@ -61,14 +61,16 @@ class Rig:
         return [self.backend.enforced_limit_mw(i) for i in range(self.sim.count)]
 
 
-def make_rig(seed: int = 0, *, count: int = 8, preset_limit_mw: int | None = None) -> Rig:
+def make_rig(seed: int = 0, *, count: int = 8, preset_limit_mw: int | None = None,
+             dry_run: bool = False) -> Rig:
     clock = VirtualClock()
     sim = SimNvml.from_config(SimConfig(count=count, seed=seed), clock)
-    backend = NvmlBackend(sim)
+    backend = NvmlBackend(sim, dry_run=dry_run)
     if preset_limit_mw is not None:
         for i in range(count):
             backend.set_limit_mw(i, preset_limit_mw)
-    island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=3600)
+    island = SafetyIsland(backend, clock=clock, release_rate_per_s=0.2, max_event_s=3600,
+                          dry_run=dry_run)
     island.start()
     metrics = Metrics(CollectorRegistry())
     beats: list[float] = []
@@ -386,3 +388,20 @@ def test_read_back_shows_another_process_change_and_the_energy_counters(rig: Rig
     later = registry.get_sample_value("gridtao_gpu_energy_joules_total", {"gpu": "0"})
     assert later is not None and later > first
     assert later == pytest.approx(rig.backend.energy_mj(0) / 1000.0, rel=0.05)
+
+
+def test_a_dry_run_plans_open_loop_instead_of_winding_down_to_the_minimums() -> None:
+    # The draw never answers a cap that is not written: with the integral on, the planned
+    # limits would fall every step until every GPU sat at its minimum.
+    rig = make_rig(3, dry_run=True)
+    try:
+        rig.run(1.0)
+        act = rig.island.trigger_shed("e1", 0.3)
+        results = rig.run(20.0)
+        planned = [sum(r.limits_mw) for r in results[-100:]]
+        assert min(planned) >= 0.98 * act.target_mw, (min(planned), act.target_mw)
+        check_invariants(results)
+        assert rig.sim.call_count("nvmlDeviceSetPowerManagementLimit") == 0
+        assert rig.true_node_mw() > act.target_mw  # nothing was cut: the draw is the load's
+    finally:
+        rig.island.close()

@@ -128,7 +128,9 @@ class FastLoop:
         self._budget = NodeBudget(
             self._min_mw,
             self._upper_mw,
-            integral_gain_per_s=config.integral_gain,
+            # A dry run writes nothing, so the draw never answers a cap and the integral would
+            # wind the planned limits down to the GPUs' minimums: plan open loop instead.
+            integral_gain_per_s=0.0 if island.dry_run else config.integral_gain,
             max_raise_mw_per_s=self._max_raise_mw_per_s,
         )
         self._peaks = PeakHold(n, peak_window_s)
