@@ -435,12 +435,14 @@ def test_once_reached_every_later_ack_says_so(rig: Rig) -> None:
     rig.dispatch(_shed("rb", fraction=0.3))
     rig.advance(0.2)
     reached = rig.clock.wall()
-    assert rig.intake.reached_ack("rb", reached) is not None
+    out = rig.intake.reached_ack("rb", reached, 3456.78)
+    assert out is not None and json.loads(out.payload)["reached_power_w"] == 3456.8
     rig.advance(0.5)
-    assert rig.dispatch(_shed("rb", fraction=0.3))["reached_at"] == pytest.approx(reached)
+    again = rig.dispatch(_shed("rb", fraction=0.3))
+    assert again["reached_at"] == pytest.approx(reached) and again["reached_power_w"] == 3456.8
     (ended,) = [json.loads(o.payload) for o in rig.intake.end_all("the agent stopped")]
     assert ended["id"] == "rb" and ended["ended_at"] is not None
-    assert ended["reached_at"] == pytest.approx(reached)
+    assert ended["reached_at"] == pytest.approx(reached) and ended["reached_power_w"] == 3456.8
 
 
 def test_island_expiry_clears_the_intakes_record() -> None:

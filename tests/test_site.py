@@ -115,12 +115,16 @@ class Harness:
     def send(self, topic: str, body: dict[str, Any]) -> None:
         self.c.on_message(topic, json.dumps(body).encode())
 
-    def ack(self, node: str, ident: str, *, accepted: bool = True, reached: bool = False) -> None:
+    def ack(self, node: str, ident: str, *, accepted: bool = True, reached: bool = False,
+            power_w: float | None = None) -> None:
         now = self.clock.wall()
-        self.send(f"{PREFIX}/nodes/{node}/ack", {
+        body: dict[str, Any] = {
             "id": ident, "accepted": accepted, "reason": None if accepted else "no",
             "received_at": now, "commanded_at": now if accepted else None,
-            "reached_at": now if reached else None})
+            "reached_at": now if reached else None}
+        if power_w is not None:
+            body["reached_power_w"] = power_w
+        self.send(f"{PREFIX}/nodes/{node}/ack", body)
 
     def take(self, suffix: str) -> list[dict[str, Any]]:
         out = [b for t, b, _ in self.sent if t.endswith(suffix)]
@@ -222,6 +226,34 @@ def test_a_fleet_dispatch_gets_one_site_ack_and_a_release_ends_a_site_event() ->
     assert {r["ref"] for r in releases} == {"s"} and "s" not in h.c.events
     h.send(f"{PREFIX}/site/dispatch", {"id": "r2", "kind": "release", "ref": "s"})
     assert h.take("site/ack")[-1]["accepted"] is False
+
+
+def test_the_reached_ack_measures_the_reduction_from_the_nodes_reached_power() -> None:
+    # Nodes reach their band within a status period: the site's reached ack takes each
+    # node's measured power from its reached ack, not from its status of before the cut.
+    h = Harness(ack_deadline_s=1.0)
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "s", "kind": "site_shed", "reduction_w": 600,
+                                       "at": "it", "duration_s": 30})
+    orders = h.orders()
+    h.clock.advance(0.05)
+    for n, order in orders.items():
+        h.ack(n, order["id"])
+    h.clock.advance(0.05)
+    for n, order in orders.items():
+        h.ack(n, order["id"], reached=True, power_w=order["node_w"] - 10.0)
+    h.c.tick()
+    reached = [a for a in h.take("site/ack") if a["reached_at"] is not None]
+    assert reached, "no reached ack"
+    assert reached[-1]["reduction_w"] == pytest.approx(3000.0 - sum(
+        o["node_w"] - 10.0 for o in orders.values()), abs=0.1)
+    assert reached[-1]["reduction_w"] >= 600.0
+    # A status newer than the reached ack is what counts from then on.
+    h.clock.advance(1.0)
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 900.0)
+    assert h.c._site_it_w(h.clock.wall()) == pytest.approx(2700.0)
 
 
 def _plan(h: Harness, node: str, start: int, offers: dict[str, list[float]],

@@ -109,13 +109,17 @@ class EventBook:
         if event_id in self._acks:
             self._terms[event_id] = terms
 
-    def reached(self, event_id: str, reached_wall: float) -> Outgoing | None:
-        """The second ack of a held event, with ``reached_at``: also its answer to a duplicate
-        from now on, and every later ack of the event (its end) keeps ``reached_at``."""
+    def reached(self, event_id: str, reached_wall: float,
+                power_w: float | None = None) -> Outgoing | None:
+        """The second ack of a held event, with ``reached_at`` and ``reached_power_w`` (the
+        node's measured power then, W): also its answer to a duplicate from now on, and every
+        later ack of the event (its end) keeps both."""
         ev = self.held.get(event_id)
         if ev is None:
             return None
         ev.reached_wall = reached_wall
+        if power_w is not None:
+            ev.ack_extra["reached_power_w"] = round(power_w, 1)
         extra = dict(ev.ack_extra)  # the first ack's fields (binding, failed_gpus, ...)
         if self._simulated:
             extra["simulated"] = True

@@ -434,9 +434,11 @@ class Intake:
         return self._book.ack(event_id, accepted, reason, received_wall, commanded_wall,
                               extra=extra)
 
-    def reached_ack(self, event_id: str, reached_wall: float) -> Outgoing | None:
-        """The second ack for ``event_id``, with ``reached_at`` filled in (events.py)."""
-        return self._book.reached(event_id, reached_wall)
+    def reached_ack(self, event_id: str, reached_wall: float,
+                    power_w: float | None = None) -> Outgoing | None:
+        """The second ack for ``event_id``, with ``reached_at`` and the node's measured power
+        then, ``reached_power_w`` (events.py)."""
+        return self._book.reached(event_id, reached_wall, power_w)
 
     def activation_time(self, event_id: str) -> float | None:
         """Monotonic receive time of an active event's trigger (for trigger-to-target)."""

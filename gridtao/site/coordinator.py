@@ -400,8 +400,31 @@ class SiteCoordinator:
 
     def _site_it_w(self, wall: float) -> float:
         """The site's IT power: online nodes as measured, offline ones at the draw last known
-        (an offline node may be drawing all it can: never counted as zero)."""
-        return sum(v.draw_w or 0.0 for v in self.view.nodes.values())
+        (an offline node may be drawing all it can: never counted as zero). A node measured
+        in its band after its last status (its ack's ``reached_power_w``: a node reaches its
+        band well within one status period) counts at that power."""
+        reached = self._reached_power_w()
+        total = 0.0
+        for v in self.view.nodes.values():
+            newer = reached.get(v.node)
+            if newer is not None and (v.t is None or newer[0] > v.t):
+                total += newer[1]
+            else:
+                total += v.draw_w or 0.0
+        return total
+
+    def _reached_power_w(self) -> dict[str, tuple[float, float]]:
+        """Per node, the latest ``(reached_at, reached_power_w)`` of its accepted orders in the
+        events held (node time, W)."""
+        out: dict[str, tuple[float, float]] = {}
+        for event in self.events.values():
+            for o in event.orders.values():
+                if o.answer != "accepted" or o.reached_at is None or o.reached_power_w is None:
+                    continue
+                seen = out.get(o.node)
+                if seen is None or o.reached_at > seen[0]:
+                    out[o.node] = (o.reached_at, o.reached_power_w)
+        return out
 
     def _ack(self, body: dict[str, Any]) -> None:
         self._publish(self.topics.ack, site_payload(body), 1, False)

@@ -53,6 +53,9 @@ class NodeOrder:
     reason: str | None = None
     commanded_at: float | None = None
     reached_at: float | None = None
+    #: The node's measured IT power when it reached its band (W; its ack's
+    #: ``reached_power_w``): newer than its last status for up to a status period.
+    reached_power_w: float | None = None
 
     def on_ack(self, body: Mapping[str, Any]) -> None:
         """A node's ack for this order (the first one, then the one with ``reached_at``)."""
@@ -60,7 +63,7 @@ class NodeOrder:
         self.answer = "accepted" if accepted else "rejected"
         reason = body.get("reason")
         self.reason = reason if isinstance(reason, str) else None
-        for key in ("commanded_at", "reached_at"):
+        for key in ("commanded_at", "reached_at", "reached_power_w"):
             value = body.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 setattr(self, key, float(value))
