@@ -71,3 +71,28 @@ def test_a_file_name_with_a_newline_stays_one_line(
     good.write_text("gpus: {backend: sim, sim: {device: null, count: 2}}\n")
     assert cli.main(["--config", str(good), "check-config"]) == 0
     assert capsys.readouterr().out.startswith("ok: " + str(good).replace("\t", "\\t") + "\n")
+
+
+def test_the_machines_simulated_device_made_with_other_settings_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gridtao.clock import MonotonicClock
+    from gridtao.config.agent import SimConfig
+    from gridtao.config.paths import sim_device_path
+    from gridtao.gpu.sim.nvml import SimNvml
+
+    made = SimNvml.from_config(SimConfig(count=8), MonotonicClock(),
+                               device_path=sim_device_path("default"))
+    try:
+        path = _write(tmp_path, "gpus: {backend: sim, sim: {count: 4}}\n")
+        for command in (["check-config"], ["gpus"]):
+            assert cli.main(["--config", str(path), *command]) == 2, command
+            captured = capsys.readouterr()
+            lines = captured.err.strip().splitlines()
+            assert len(lines) == 1, captured.err
+            assert lines[0].startswith(f"gridtao: error: {path}: gpus.sim.count:"), lines
+            assert "created with 8" in lines[0]
+        same = _write(tmp_path, "gpus: {backend: sim, sim: {count: 8}}\n")
+        assert cli.main(["--config", str(same), "check-config"]) == 0
+    finally:
+        if made.device is not None:
+            made.device.close()

@@ -5,7 +5,8 @@ For operators editing a node's file (and a deployment's pre-start hook, as ``ngi
 ``promtool check config`` are used): the file's schema and cross-key rules (checked as it is
 loaded), the agent's own files (audit trail, journal, replay store, history: each a file of its
 own), every key and broker-credential file (signing keys, TLS, password), the simulated GPUs'
-trace and the planner's signals file when set. Exit 0 with a summary on stdout; 2 with one line
+trace and the planner's signals file when set, and the machine's simulated device when it exists
+and would be used. Exit 0 with a summary on stdout; 2 with one line
 naming the file, the key and the problem. What needs the GPUs or the broker (priority floors
 against the GPUs' real limits, the broker's answer) is left to the agent and
 ``gridtao check-broker``.
@@ -46,9 +47,32 @@ def run_check_config(args: argparse.Namespace, config: Config) -> int:
             raise ConfigError(f"{config.source}: gpus.sim.trace_csv: {trace}: {reason}") \
                 from None
     checked_signals_file(resolved, time.time(), where=f"{config.source}: planner.signals_file")
+    _check_sim_device(resolved)
     print(summary(resolved, node_id, kids=list(credentials.verifier.kids)
                   if credentials.verifier is not None else []))
     return 0
+
+
+def _check_sim_device(config: Config) -> None:
+    """The machine's simulated device, when this configuration would run on it and it exists,
+    against this configuration's GPUs: the agent refuses to start on one made with other
+    settings (``gridtao sim status`` shows it). Nothing is created or opened for writing."""
+    from gridtao.config.paths import sim_device_path
+    from gridtao.gpu import driver_present
+    from gridtao.gpu.sim.devices import device_params
+    from gridtao.gpu.sim.shared import DeviceFile, SimDeviceError, check_params
+
+    gpus = config.gpus
+    if gpus.sim.device is None or gpus.backend == "nvml" or (
+            gpus.backend == "auto" and driver_present()):
+        return
+    path = sim_device_path(gpus.sim.device)
+    try:
+        info = DeviceFile.peek(path)
+        if info is not None:
+            check_params(info, device_params(gpus.sim), path)
+    except SimDeviceError as e:
+        raise ConfigError(f"{config.source}: {e}") from None
 
 
 def summary(config: Config, node_id: str, *, kids: list[str]) -> str:

@@ -141,6 +141,7 @@ def _device_to_be_made(gpus: GpusConfig) -> Path | None:
 
 def run(args: argparse.Namespace, config: Config) -> int:
     from gridtao.gpu import open_configured
+    from gridtao.gpu.sim.shared import SimDeviceError
 
     if args.count is not None and args.watch is None:
         raise ConfigError("--count: only with --watch (how many tables to print)")
@@ -158,7 +159,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         made = None
     else:
         made = _device_to_be_made(gpus_cfg)
-        backend = open_configured(gpus_cfg, source=config.source)
+        try:
+            backend = open_configured(gpus_cfg, source=config.source)
+        except SimDeviceError as e:  # a key of this configuration against the machine's device
+            raise ConfigError(f"{config.source}: {e}") from None
     with backend:
         if backend.simulated:  # never to be mistaken for the machine's own GPUs
             print("gridtao: these are simulated GPUs (gpus.backend sim, or auto without an "

@@ -103,24 +103,29 @@ def _plan(config: Config, store: Path, work: WorkRequirement | None = None, *,
         natural_history,
         plan_settings,
     )
-    from gridtao.gpu import open_backend
+    from gridtao.gpu import open_configured
+    from gridtao.gpu.sim.shared import SimDeviceError
     from gridtao.history import HistoryError
     from gridtao.tier3.forecast import ForecastError
     from gridtao.tier3.planner import make_plan
 
-    backend = open_backend(config.gpus)
+    now = time.time()
+    # The inputs first, then the GPUs: a bad file is said alone, and nothing is opened.
+    signals = checked_signals_file(config, now, where=signals_where)
+    if not store.exists():
+        raise HistoryError(f"{store}: no history yet (gridtao history import or generate, or "
+                           "run the agent)", path=store)
+    try:
+        backend = open_configured(config.gpus, source=config.source)
+    except SimDeviceError as e:  # a key of this configuration against the machine's device
+        raise ConfigError(f"{config.source}: {e}") from None
     try:
         indices = [d.index for d in backend.devices()]
         limits = [backend.power_limits(i) for i in indices]
     finally:
         backend.close()
-    now = time.time()
-    if not store.exists():
-        raise HistoryError(f"{store}: no history yet (gridtao history import or generate, or "
-                           "run the agent)", path=store)
     t, mean, p10 = natural_history(store, int(now) - config.planner.history_days * DAY_S,
                                    int(now))
-    signals = checked_signals_file(config, now, where=signals_where)
     settings = plan_settings(config, floor_w(config, limits, indices),
                              sum(lim.default_mw for lim in limits) / 1000.0)
     if work is not None:

@@ -55,6 +55,7 @@ __all__ = [
     "PowerLimits",
     "SimNvml",
     "check_nvml_distribution",
+    "driver_present",
     "open_backend",
     "open_configured",
 ]
@@ -74,6 +75,20 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     return getattr(importlib.import_module(module), name)
+
+
+def driver_present() -> bool:
+    """Whether ``gpus.backend: auto`` would find the NVIDIA driver's library (it is loaded,
+    not initialised: no GPU is opened). ``GRIDTAO_NO_NVML=1`` says there is none."""
+    if os.environ.get(NO_NVML_ENV) == "1":
+        return False
+    import ctypes
+
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return False
+    return True
 
 
 def open_backend(
@@ -103,11 +118,12 @@ def open_backend(
     except GpuUnavailable as e:
         if cfg.backend != "auto":
             raise
+        log.debug("the driver could not be opened: %s", e)
+        simulated = _simulated(cfg, clock)  # said once they are there: an error says itself
         log.warning("NO NVIDIA DRIVER on this machine: running on %d SIMULATED GPUs "
                     "(gpus.backend: auto); set gpus.backend: nvml to refuse to start without one",
                     cfg.sim.count)
-        log.debug("the driver could not be opened: %s", e)
-        return _simulated(cfg, clock)
+        return simulated
 
 
 def open_configured(cfg: GpusConfig, *, source: str, clock: Clock | None = None) -> NvmlBackend:

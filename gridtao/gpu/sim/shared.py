@@ -55,6 +55,7 @@ __all__ = [
     "DeviceMismatch",
     "DeviceMissing",
     "SimDeviceError",
+    "check_params",
 ]
 
 MAGIC = b"GTSIMDEV"
@@ -197,7 +198,7 @@ class DeviceFile:
                 if info is None:
                     info = _create(fd, path, params, replicas, t0_s, wall_offset_s,
                                    size, record_size, window_len)
-                _check_params(info, params, path)
+                check_params(info, params, path)
                 if os.fstat(fd).st_size < size:
                     raise SimDeviceError(f"simulated device {path}: truncated file; destroy it "
                                          "(gridtao sim destroy) and start again")
@@ -469,7 +470,9 @@ def _create(fd: int, path: Path, params: Mapping[str, Any], replicas: Sequence[G
                       json.loads(blob))
 
 
-def _check_params(info: DeviceInfo, params: Mapping[str, Any], path: Path) -> None:
+def check_params(info: DeviceInfo, params: Mapping[str, Any], path: Path) -> None:
+    """Raise :class:`DeviceMismatch`, naming the first key, unless the device at ``path``
+    (``info``) was made with ``params``."""
     for key in sorted(set(info.params) | set(params)):
         have, want = info.params.get(key), params.get(key)
         if have != want:
