@@ -352,3 +352,12 @@ def test_the_container_file_builds_the_package_from_what_it_copies(tmp_path: Pat
     daemonset = manifests()["DaemonSet", "gridtao-agent"]["spec"]["template"]["spec"]
     assert argv == daemonset["containers"][0]["command"]
     assert argv[1:] == shlex.split(AGENT["Service"]["ExecStart"][0])[1:]
+
+
+def test_the_systemd_example_configuration_loads_with_production_defaults() -> None:
+    config = load_config(DEPLOY / "systemd" / "agent.yaml")
+    assert config.gpus.backend == "nvml" and config.gpus.require_actuation
+    assert config.auth.mode == "ed25519" and config.mqtt.tls.enabled
+    assert {k.kid for k in config.auth.keys} == {"aggregator-1", "meter-1"}
+    assert [p.kind for p in config.products] == ["ffr"] and config.safety.triggers == ()
+    assert config.metrics.host == "127.0.0.1"
