@@ -253,6 +253,20 @@ def test_monitor_fires_step_products_through_island_keys() -> None:
     assert [type(a) for a in out] == [Activate] and out[0].level_key == "freq:49.00"
 
 
+def test_a_step_product_confirmed_by_time_is_stamped_on_the_samples_wall_clock() -> None:
+    # One low sample, then the stream stalls past the debounce budget and a tick fires the
+    # product: its id carries the Unix ms of that tick (monotonic 0.2 s is Unix 1000.2 s
+    # here), not 0, so ids stay unique across restarts.
+    portfolio = Portfolio([ProductConfig(kind="ffr", capacity_w=CAP, threshold_hz=49.5)],
+                          ramp_out_per_s=0.5)
+    mon = ProductMonitor([], portfolio)
+    mon.on_sample(50.0, 0.0, wall_s=1000.0)
+    mon.on_sample(50.0, 0.02, wall_s=1000.02)  # a 50 Hz stream: the next sample is due soon
+    assert mon.on_sample(49.4, 0.04, wall_s=1000.04) == []  # one low sample: not confirmed
+    acts = [a for a in mon.on_tick(0.2) if isinstance(a, Activate)]  # the stream stalled
+    assert [a.event_id for a in acts] == ["ffr-1000200-1"]
+
+
 def test_monitor_forget_aborts_an_activation_ended_elsewhere() -> None:
     portfolio = Portfolio([ProductConfig(kind="ffr", capacity_w=CAP)], ramp_out_per_s=0.2)
     mon = ProductMonitor([], portfolio)

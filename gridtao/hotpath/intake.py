@@ -88,6 +88,7 @@ class Intake:
         self._dr = dr  # demand-response queue (kind "dr"); None: not enrolled
         #: Demand-response events accepted here: id -> when received (Unix s).
         self._dr_accepted: dict[str, float] = {}
+        self._last_sample_t: float | None = None  # the last accepted sample's own time (Unix s)
         # Events held and ramping out, and every accepted id's ack (events.py).
         self._book = EventBook(topics.ack, simulated=simulated)
         self._events = self._book.held
@@ -129,7 +130,9 @@ class Intake:
         out: list[Outgoing] = []
         for action in self._monitor.on_tick(now):
             if isinstance(action, Activate):  # a debounced crossing confirmed by time
-                out.extend(self._fire(action, now, self._clock.wall(), None, None))
+                # Confirmed by time: the last sample accepted is the one that held the dip.
+                out.extend(self._fire(action, now, self._clock.wall(), None,
+                                      self._last_sample_t))
             else:
                 self._release(action.event_id, "frequency recovered")
         for ev in list(self._events.values()):
@@ -213,6 +216,7 @@ class Intake:
                 f"sample time t={sample.t:.3f} is {sample.t - wall:+.1f} s from this node's "
                 f"clock (limit {self._max_skew_s:g} s)", received_at)
         self._count("frequency", "accepted")
+        self._last_sample_t = sample.t
         out: list[Outgoing] = []
         for action in self._monitor.on_sample(sample.hz, received_at, wall_s=wall):
             if isinstance(action, Activate):

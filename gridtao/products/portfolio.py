@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -204,12 +205,16 @@ class ProductMonitor(FrequencyMonitor):
         self._events: dict[str, StepProduct] = {}  # active step activations by event id
         self._count_products = 0
         self._in_sample = False
+        # Unix s minus monotonic s at the last sample: a step product confirmed by time (on a
+        # tick) is stamped on the same wall clock as one fired by a sample.
+        self._wall_offset_s: float | None = None
 
     @property
     def active_event_ids(self) -> list[str]:
         return [*super().active_event_ids, *self._events]
 
     def on_sample(self, hz: float, now_s: float, *, wall_s: float) -> list[Action]:
+        self._wall_offset_s = wall_s - now_s
         self._in_sample = True  # the base class ends its on_sample with an on_tick
         try:
             actions = super().on_sample(hz, now_s, wall_s=wall_s)
@@ -226,7 +231,8 @@ class ProductMonitor(FrequencyMonitor):
             return actions
         transitions = (self.portfolio.on_stale(now_s) if self.stale
                        else self.portfolio.on_tick(now_s))
-        actions.extend(self._actions(transitions, None))
+        wall_s = None if self._wall_offset_s is None else now_s + self._wall_offset_s
+        actions.extend(self._actions(transitions, wall_s))
         self._changed(now_s)
         return actions
 
@@ -259,7 +265,8 @@ class ProductMonitor(FrequencyMonitor):
             key = product_key(product.name)
             if what == "activate":
                 self._count_products += 1
-                stamp = int((wall_s or 0.0) * 1000)
+                # Unix ms and a count: unique across restarts (the count starts again at 1).
+                stamp = int((wall_s if wall_s is not None else time.time()) * 1000)
                 event_id = f"{product.name}-{stamp}-{self._count_products}"
                 self._events[event_id] = product
                 out.append(Activate(key, event_id, self.last_hz or 0.0))
