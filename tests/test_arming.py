@@ -48,10 +48,12 @@ def test_an_award_covers_its_mtus_and_the_newest_wins() -> None:
     (_award("x", 3600, {"ffr": [-1]}), "must be watts"),
     (_award("x", 3600, {"ffr": []}), "list of 1.."),
     (json.dumps({"start": 0, "mtu_s": 900, "capacity_w": {"ffr": [1]}}).encode(), "'id'"),
+    (b"[" * 2000 + b"]" * 2000, "not JSON"),  # nested past the parser's recursion limit
+    (_award("x", 3600 * 10**20, {"ffr": [1]}), "is not a date"),
 ])
 def test_bad_awards_are_refused_with_the_reason(body: bytes, reason: str) -> None:
     with pytest.raises(MessageRejected) as e:
-        parse_award(body, max_bytes=4096, products=PRODUCTS)
+        parse_award(body, max_bytes=8192, products=PRODUCTS)
     assert reason in e.value.reason
 
 

@@ -223,8 +223,19 @@ def test_signals_on_the_topic_reach_the_plan_and_bad_ones_are_refused_and_said(
         assert priced is not None and priced.result.offers_w["ffr"].max() > 0.0
         assert not any("no price" in n for n in priced.summary()["notes"])
         taken = planning.signals(time.time())
+        stamp = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime())
+        no_interval = (  # an ENTSO-E period of resolution PT0M: no interval to divide by
+            "<Publication_MarketDocument><type>A44</type><createdDateTime>" + stamp
+            + "</createdDateTime><TimeSeries><currency_Unit.name>EUR</currency_Unit.name>"
+            "<price_Measure_Unit.name>MWH</price_Measure_Unit.name><curveType>A01</curveType>"
+            "<Period><timeInterval><start>" + stamp + "</start><end>" + stamp + "</end>"
+            "</timeInterval><resolution>PT0M</resolution><Point><position>1</position>"
+            "<price.amount>5</price.amount></Point></Period></TimeSeries>"
+            "</Publication_MarketDocument>").encode()
         for bad, why in ((good | {"issued_at": time.time() - 3 * DAY_S}, "stale"),
-                         (b"{not json", "not valid JSON")):
+                         (b"{not json", "not valid JSON"),
+                         (no_interval, "is no interval"),
+                         (b"[" * 1500 + b"]" * 1500, "nested too deeply")):
             node.send(node.topics.signals, bad)
             wait_until(lambda why=why: any(  # type: ignore[misc]
                 "refused" in r.getMessage() and why in r.getMessage()
@@ -273,3 +284,34 @@ def test_gridtao_plan_with_a_work_requirement(tmp_path: Path,
     assert main(base) == 2
     line = capsys.readouterr().err.strip()
     assert line.startswith(f"gridtao: error: --signals: {stale}: refused: stale"), line
+
+
+def test_an_award_whose_handling_fails_is_refused_and_the_next_is_heard(
+        mqtt_broker: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message no parser foresaw must not end the loop that hears awards and signals: it is
+    refused (an award with an ack), recorded, and the next one is handled as usual."""
+    import gridtao.app.planning as planning_module
+    from gridtao.app.arming import take_award as real
+    calls: list[int] = []
+
+    def failing_once(payload: bytes, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OverflowError("a case no parser foresaw")
+        return real(payload, **kw)
+
+    monkeypatch.setattr(planning_module, "take_award", failing_once)
+    cfg = _config(mqtt_broker, tmp_path)
+    sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
+    with running(mqtt_broker, cfg, sim, serve=True) as node, \
+            Subscriber(mqtt_broker.host, mqtt_broker.port, node.topics.ack) as acks:
+        wait_until(lambda: node.agent.status_link.is_connected, "the controller's connection",
+                   timeout_s=10.0)
+        award = {"id": "a1", "start": 3600, "mtu_s": 3600, "capacity_w": {"ffr": [100]}}
+        node.send(node.topics.award, award)
+        first = json.loads(acks.wait(1, timeout=10.0)[0].payload)
+        assert first["accepted"] is False and first["kind"] == "award"
+        assert "could not be handled: OverflowError" in first["reason"]
+        node.send(node.topics.award, award | {"id": "a2"})
+        second = json.loads(acks.wait(2, timeout=10.0)[1].payload)
+        assert second["id"] == "a2" and second["accepted"] is True, second

@@ -51,7 +51,7 @@ from gridtao.tier3.forecast import ForecastError
 from gridtao.tier3.planner import NoPlan, Plan, PlannerState, PlanSettings, make_plan, next_state
 from gridtao.tier3.problem import Enrolment, PlanError, node_floor_w
 from gridtao.tier3.signals import SignalError, Signals, merge, parse_signals
-from gridtao.transport.mqtt import MqttLink
+from gridtao.transport.mqtt import InboundMessage, MqttLink
 from gridtao.wire import messages as wire
 from gridtao.wire.awards import plan_payload
 
@@ -232,27 +232,42 @@ class NodePlanning:
 
     async def _control_messages(self) -> None:
         """Awards and signals on the controller's connection (not the hot path: an award
-        changes capacities from its MTU on, never at once)."""
+        changes capacities from its MTU on, never at once). No message ends this loop: one its
+        handling fails on (a bug its parser did not foresee) is logged, recorded, and refused
+        with an ack when it is an award."""
         products = dict(self.arming.configured_w)
         async for msg in self._link.messages():
-            if msg.topic == self._topics.signals:
-                self._take_signals(msg.payload, msg.received_wall)
-                continue
-            if msg.retain:
-                continue  # an award is acted on when sent, as dispatches are
-            verdict = take_award(msg.payload, guard=self._guard, book=self.awards,
-                                 products=products, max_bytes=self._config.mqtt.max_payload_bytes,
-                                 received_wall=msg.received_wall)
-            if verdict.accepted:
-                log.info("award %s filed: %s", verdict.id,
-                         verdict.award.describe() if verdict.award is not None else "-")
-            else:
-                log.warning("award %s refused: %s", verdict.id, verdict.reason)
-            self._ledger.record("award", {"id": verdict.id, "accepted": verdict.accepted,
-                                          "reason": verdict.reason, "payload": msg.payload})
-            await self._link.publish(self._topics.ack, wire.ack_payload(
-                verdict.id, verdict.accepted, verdict.reason, msg.received_wall, None, None,
-                extra={"kind": "award"}), qos=1)
+            try:
+                await self._control_message(msg, products)
+            except Exception as e:  # the next award or signal must still be heard
+                why = f"could not be handled: {type(e).__name__}: {e}"
+                log.error("%s message (%d bytes) %s", msg.topic, len(msg.payload), why)
+                self._ledger.record("message_failed", {"topic": msg.topic, "reason": why,
+                                                       "payload": msg.payload})
+                if msg.topic != self._topics.signals and not msg.retain:
+                    await self._link.publish(self._topics.ack, wire.ack_payload(
+                        None, False, f"award {why}", msg.received_wall, None, None,
+                        extra={"kind": "award"}), qos=1)
+
+    async def _control_message(self, msg: InboundMessage, products: dict[str, float]) -> None:
+        if msg.topic == self._topics.signals:
+            self._take_signals(msg.payload, msg.received_wall)
+            return
+        if msg.retain:
+            return  # an award is acted on when sent, as dispatches are
+        verdict = take_award(msg.payload, guard=self._guard, book=self.awards,
+                             products=products, max_bytes=self._config.mqtt.max_payload_bytes,
+                             received_wall=msg.received_wall)
+        if verdict.accepted:
+            log.info("award %s filed: %s", verdict.id,
+                     verdict.award.describe() if verdict.award is not None else "-")
+        else:
+            log.warning("award %s refused: %s", verdict.id, verdict.reason)
+        self._ledger.record("award", {"id": verdict.id, "accepted": verdict.accepted,
+                                      "reason": verdict.reason, "payload": msg.payload})
+        await self._link.publish(self._topics.ack, wire.ack_payload(
+            verdict.id, verdict.accepted, verdict.reason, msg.received_wall, None, None,
+            extra={"kind": "award"}), qos=1)
 
     async def _arm_periodically(self) -> None:
         while True:

@@ -186,6 +186,8 @@ def entsoe_a44(text: str) -> Draft:
                 if res is None:
                     raise SignalError(f"resolution {_text(period, 'resolution')!r} not read")
                 step = int(res.group(1)) * (60 if res.group(2) == "M" else 3600)
+                if step <= 0:
+                    raise SignalError(f"resolution {res.group(0)!r} is no interval")
                 n = round(end - start) // step
                 given = {int(_text(p, "position") or 0): as_number(_text(p, "price.amount"))
                          for p in period if _local(p.tag) == "Point"}
@@ -370,6 +372,10 @@ def json_object(text: str) -> dict[str, Any]:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise SignalError(f"not valid JSON: {e}") from e
+    except RecursionError:
+        raise SignalError("not valid JSON: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer literal longer than int_max_str_digits
+        raise SignalError(f"not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise SignalError("the JSON document is not an object")
     return doc

@@ -309,14 +309,21 @@ def parse_signals(data: str | bytes, *, now_s: float, max_age_s: float = MAX_AGE
         except UnicodeDecodeError as e:
             raise SignalError(f"not UTF-8 text: {e}") from e
     text = data.lstrip("\ufeff")
-    kind = fmt or detect(text)
-    if kind == "entsoe":
-        draft = entsoe_a44(text)
-    elif kind == "csv":
-        draft = csv_table(text)
-    elif kind in JSON_READERS:
-        draft = JSON_READERS[kind](json_object(text))
-    else:
-        raise SignalError(f"unknown format {kind!r} (known: normalized, entsoe, watttime, "
-                          "electricitymaps, csv)")
-    return _check(draft, now_s, max_age_s, issued_at_s, source)
+    try:
+        kind = fmt or detect(text)
+        if kind == "entsoe":
+            draft = entsoe_a44(text)
+        elif kind == "csv":
+            draft = csv_table(text)
+        elif kind in JSON_READERS:
+            draft = JSON_READERS[kind](json_object(text))
+        else:
+            raise SignalError(f"unknown format {kind!r} (known: normalized, entsoe, watttime, "
+                              "electricitymaps, csv)")
+        return _check(draft, now_s, max_age_s, issued_at_s, source)
+    except SignalError:
+        raise
+    except (ArithmeticError, LookupError, RecursionError, TypeError, ValueError) as e:
+        # The boundary: a document no adapter foresaw (it comes off the broker or a file) is
+        # refused like any other bad one, never an error that ends whoever reads it.
+        raise SignalError(f"not read: {type(e).__name__}: {e}") from None

@@ -70,6 +70,11 @@ class Award:
         return out
 
 
+#: The times an award may start at (Unix s, 1970 to the last day of year 9999): beyond them no
+#: date can be written, let alone a market time unit.
+START_MIN_S, START_MAX_S = 0, 253_402_214_400
+
+
 def _fail(reason: str, event_id: str | None = None) -> NoReturn:
     raise MessageRejected(reason, event_id)
 
@@ -81,7 +86,7 @@ def parse_award(payload: bytes, *, max_bytes: int, products: Sequence[str]) -> A
         _fail(f"award is {len(payload)} bytes (limit {max_bytes})")
     try:
         data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         _fail("award is not JSON")
     if not isinstance(data, dict):
         _fail("award is not a JSON object")
@@ -98,6 +103,8 @@ def parse_award(payload: bytes, *, max_bytes: int, products: Sequence[str]) -> A
     start = data.get("start")
     if isinstance(start, bool) or not isinstance(start, int) or start % int(mtu) != 0:
         _fail("'start' must be an integer Unix time on an MTU boundary", event_id)
+    if not START_MIN_S <= start <= START_MAX_S:
+        _fail(f"'start' {start} is not a date (Unix s, years 1970-9999)", event_id)
     caps = data.get("capacity_w")
     if not isinstance(caps, dict) or not caps:
         _fail("'capacity_w' must map product names to lists of watts", event_id)
