@@ -179,6 +179,26 @@ def test_a_restart_continues_the_chain_and_cuts_a_torn_record(tmp_path: Path) ->
     assert verify_files([path]).ok
 
 
+@pytest.mark.parametrize("last", [
+    b"[" * 100_000 + b"]" * 100_000 + b"\n",  # nested past the JSON parser's depth
+    b'{"seq":1e400,"hash":"a","prev":null,"kind":"x","t":1,"fields":{}}\n',  # seq infinite
+    b'{"seq":"7","hash":"a","prev":null,"kind":"x","t":1,"fields":{}}\n',  # seq a string
+])
+def test_a_damaged_last_record_is_set_aside_and_verify_says_where(
+        tmp_path: Path, last: bytes, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(last)
+    assert main(["audit", "verify", str(path)]) == 1  # found, one line, no traceback
+    assert "audit.jsonl:1: " in capsys.readouterr().out
+    trail = _trail(tmp_path)
+    trail.start()  # the agent's start: a new chain, the damaged file kept beside it
+    trail.record("agent_start", {"run": 1})
+    trail.close()
+    (aside,) = tmp_path.glob("audit.jsonl.unreadable-*")
+    assert aside.read_bytes() == last
+    assert [r["kind"] for r in read_records([path])] == ["file_start", "agent_start"]
+
+
 def test_an_overflowing_queue_leaves_a_gap_record(tmp_path: Path) -> None:
     trail = _trail(tmp_path, AuditConfig(queue_size=16))
     for i in range(100):  # the writer is not running yet: the queue fills up

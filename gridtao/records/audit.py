@@ -444,9 +444,10 @@ def _read_tail(path: Path) -> tuple[dict[str, Any], int, int] | None:
             break
     try:
         rec = json.loads(chunk[begin:end])
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return None
-    if not isinstance(rec, dict) or not rec.keys() >= RECORD_KEYS:
+    if not isinstance(rec, dict) or not rec.keys() >= RECORD_KEYS or type(rec["seq"]) is not int \
+            or not isinstance(rec["hash"], str):
         return None
     good = start + end + 1
     return rec, good, size - good
@@ -457,5 +458,5 @@ def _first_seq(path: Path) -> int:
         first = f.readline()
     try:
         return int(json.loads(first)["seq"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, ArithmeticError, RecursionError):
         return 0

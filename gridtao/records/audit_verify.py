@@ -34,10 +34,12 @@ class VerifyResult:
     starts_after: str | None = None
 
 
-def _file_order_key(path: Path) -> tuple[int, int]:
+def chain_order_key(path: Path) -> tuple[int, int]:
+    """The order files of one trail are verified in: by the ``seq`` of their first record,
+    files whose first line cannot be read last."""
     try:
         return (0, _first_seq_strict(path))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, ArithmeticError, RecursionError):
         return (1, 0)
 
 
@@ -50,7 +52,7 @@ def _first_seq_strict(path: Path) -> int:
 def verify_files(paths: Sequence[str | os.PathLike[str]]) -> VerifyResult:
     """Check the chain across ``paths`` (any order: files are put in chain order by the seq of
     their first record). Raises ``OSError`` for a file that cannot be read."""
-    files = sorted((Path(p) for p in paths), key=_file_order_key)
+    files = sorted((Path(p) for p in paths), key=chain_order_key)
     prev_hash: str | None = None
     prev_seq: int | None = None
     first_seq: int | None = None
@@ -75,6 +77,8 @@ def verify_files(paths: Sequence[str | os.PathLike[str]]) -> VerifyResult:
                 rec = json.loads(raw)
             except ValueError as e:
                 return bad(path, line_no, f"not JSON: {e}")
+            except RecursionError:
+                return bad(path, line_no, "not JSON: nested too deeply")
             if not isinstance(rec, dict) or set(rec) != RECORD_KEYS:
                 return bad(path, line_no, "not an audit record (keys differ)")
             try:
@@ -120,7 +124,7 @@ def verify_files(paths: Sequence[str | os.PathLike[str]]) -> VerifyResult:
 def read_records(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]:
     """Every record of ``paths`` in chain order (no verification; for tests and tools)."""
     out: list[dict[str, Any]] = []
-    for path in sorted((Path(p) for p in paths), key=_file_order_key):
+    for path in sorted((Path(p) for p in paths), key=chain_order_key):
         check_regular(path)
         with open(path, "rb") as f:
             out.extend(json.loads(line) for line in f if line.strip())

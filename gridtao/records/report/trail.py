@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gridtao.records.audit_verify import verify_files
+from gridtao.records.audit_verify import chain_order_key, verify_files
 from gridtao.records.report.common import ReportError
 
 __all__ = ["TrailCheck", "TrailEvent", "read_trail"]
@@ -103,16 +103,6 @@ class TrailCheck:
     unreadable_lines: int
 
 
-def _chain_order(path: Path) -> tuple[int, int]:
-    """The order :func:`verify_files` puts files in: by the ``seq`` of their first record,
-    files whose first line cannot be read last."""
-    try:
-        with open(path, "rb") as f:
-            return (0, int(json.loads(f.readline())["seq"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return (1, 0)
-
-
 def read_trail(paths: Sequence[str | os.PathLike[str]]) -> tuple[TrailCheck, list[TrailEvent]]:
     """Verify and read one audit trail (its live file and rotated files, any order) and
     assemble its events in the order they started. A broken chain is not an error: the
@@ -122,7 +112,7 @@ def read_trail(paths: Sequence[str | os.PathLike[str]]) -> tuple[TrailCheck, lis
         check = verify_files(paths)
     except OSError as e:
         raise ReportError(f"{e.filename or paths[0]}: cannot read: {e.strerror or e}") from None
-    files = sorted((Path(p) for p in paths), key=_chain_order)
+    files = sorted((Path(p) for p in paths), key=chain_order_key)
     records: list[tuple[bool, dict[str, Any]]] = []
     index = unreadable = 0
     try:
@@ -135,7 +125,7 @@ def read_trail(paths: Sequence[str | os.PathLike[str]]) -> tuple[TrailCheck, lis
                     index += 1
                     try:
                         rec = json.loads(raw)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         unreadable += 1
                         continue
                     if (not isinstance(rec, dict) or not isinstance(rec.get("fields"), dict)
