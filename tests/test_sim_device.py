@@ -278,4 +278,26 @@ def test_sim_create_names_the_configuration_a_bad_key_comes_from(
                     f"trace_csv: {tmp_path / 'missing.csv'}}}}}\n")
     assert cli.main(["--config", str(path), "sim", "create"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"gridtao sim: {path}: gpus.sim.trace_csv: ") and err.count("\n") == 1
+    assert err.startswith(f"gridtao: error: {path}: gpus.sim.trace_csv: ") and err.count("\n") == 1
+
+
+def test_a_damaged_device_file_is_one_line_for_every_command(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["sim", "--device", "broken", "create"]) == 0
+    device = sim_device_path("broken")
+    whole = device.read_bytes()
+    for damage, words in ((whole[:100], "is damaged"),  # the header cut short
+                          (whole[:0x64] + b"[" + whole[0x65:], "is damaged")):  # bad params
+        device.write_bytes(damage)
+        for argv in (["sim", "--device", "broken", "status"], ["gpus", "--sim-device", "broken"],
+                     ["sim", "--device", "broken", "create"]):
+            capsys.readouterr()
+            assert cli.main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err.startswith("gridtao: error: ") and err.count("\n") == 1, (argv, err)
+            assert words in err and "destroy it" in err
+    device.unlink()
+    device.mkdir()  # not a file at all
+    assert cli.main(["gpus", "--sim-device", "broken"]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    device.rmdir()

@@ -101,7 +101,7 @@ def _configure_serve_work(p: argparse.ArgumentParser) -> None:
 
 
 def _fail(message: str) -> int:
-    print(f"gridtao sim: {message}", file=sys.stderr)
+    print(f"gridtao: error: {message}", file=sys.stderr)
     return EXIT_ERROR
 
 

@@ -35,6 +35,7 @@ import json
 import math
 import mmap
 import os
+import stat
 import struct
 import time
 from collections.abc import Mapping, Sequence
@@ -419,7 +420,10 @@ def _open_linked(path: Path, *, create: bool) -> int:
 
 
 def _read_info(fd: int, path: Path) -> DeviceInfo | None:
-    """The header, or None for an empty, destroyed, half-created or other boot's file."""
+    """The header, or None for an empty, destroyed, half-created or other boot's file. Raises
+    :class:`SimDeviceError` for anything else that is not a device's header."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise SimDeviceError(f"{path} is not a gridtao simulated device (not a regular file)")
     head = os.pread(fd, HEADER_SIZE, 0)
     if len(head) < _HEADER.size or not any(head[:_HEADER.size]):
         return None
@@ -432,7 +436,13 @@ def _read_info(fd: int, path: Path) -> DeviceInfo | None:
                              "destroy it (gridtao sim destroy) and start again")
     if state != _READY or boot.decode("ascii", "replace").rstrip("\0") != boot_id():
         return None
-    params = json.loads(head[_PARAMS_AT:_PARAMS_AT + params_len].decode("utf-8"))
+    try:
+        params = json.loads(head[_PARAMS_AT:_PARAMS_AT + params_len].decode("utf-8"))
+        if not isinstance(params, dict):
+            raise ValueError("the parameters are not a JSON object")
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError too
+        raise SimDeviceError(f"simulated device {path} is damaged ({e}): destroy it (gridtao "
+                             "sim destroy) and start again") from None
     return DeviceInfo(str(path), generation, created, t0, wall_offset, count,
                       boot.decode("ascii", "replace").rstrip("\0"), params)
 
