@@ -75,6 +75,10 @@ def configure_report(p: argparse.ArgumentParser) -> None:
                         "node's trail (default: the agent's, audit.path, if it exists)")
 
 
+#: The longest window one report covers (days): its hourly table has a row per hour.
+MAX_WINDOW_DAYS = 366
+
+
 def parse_time(text: str, option: str) -> float:
     """``text`` as Unix seconds: ISO 8601 with a zone, or a number of seconds within
     2000-2100. Raises :class:`ReportError` naming ``option``."""
@@ -96,7 +100,13 @@ def parse_time(text: str, option: str) -> float:
     if when.tzinfo is None:
         raise ReportError(f"{option}: {text!r} has no time zone (add Z or an offset such as "
                           "+01:00)")
-    return when.timestamp()
+    try:
+        seconds = when.timestamp()
+    except (OverflowError, ValueError):  # a date at the edge of what datetime holds
+        seconds = math.nan
+    if not (math.isfinite(seconds) and _EARLIEST_S <= seconds <= _LATEST_S):
+        raise ReportError(f"{option}: {text!r}: the time must fall in 2000-2100")
+    return seconds
 
 
 def _default_audit(path: Path) -> list[Path]:
@@ -119,6 +129,9 @@ def run_report(args: argparse.Namespace, config: Config) -> int:
     to_s = parse_time(args.to_time, "--to")
     if to_s <= from_s:
         raise ReportError(f"--to ({args.to_time}) must be after --from ({args.from_time})")
+    if to_s - from_s > MAX_WINDOW_DAYS * 86_400:
+        raise ReportError(f"--from {args.from_time} to --to {args.to_time} spans more than "
+                          f"{MAX_WINDOW_DAYS} days: report a year or less at a time")
     if args.table is not None and args.format != "csv":
         raise ReportError("--table applies to --format csv only")
     if args.plot and not plotting.available():

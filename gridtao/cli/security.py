@@ -45,6 +45,10 @@ def run_sign(args: argparse.Namespace, config: Config) -> int:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"payload: bad JSON: {e.msg} at char {e.pos}") from None
+    except RecursionError:
+        raise ConfigError("payload: bad JSON: nested too deeply") from None
+    except ValueError as e:  # an integer literal longer than int_max_str_digits
+        raise ConfigError(f"payload: bad JSON: {e}") from None
     if not isinstance(obj, dict):
         raise ConfigError("payload: must be a JSON object")
     try:
@@ -67,6 +71,8 @@ def configure_keygen(p: argparse.ArgumentParser) -> None:
 
 def run_keygen(args: argparse.Namespace, config: Config) -> int:
     prefix = Path(args.out)
+    if not prefix.name:  # "", "/", "dir/": no file name to add .key / .pub / .hmac to
+        raise ConfigError(f"--out: {args.out!r} names no file (e.g. --out keys/aggregator-1)")
     if args.alg == "hmac":
         secret = base64.b64encode(secrets.token_bytes(HMAC_KEY_BYTES)) + b"\n"
         path = prefix.with_name(prefix.name + ".hmac")

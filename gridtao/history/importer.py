@@ -34,6 +34,7 @@ from pathlib import Path
 
 from gridtao.history.aggregate import MinuteAggregator
 from gridtao.history.store import HistoryError, HistoryStore, MinuteRow
+from gridtao.readfile import check_regular
 
 __all__ = ["ImportSummary", "import_csv"]
 
@@ -76,6 +77,7 @@ def import_csv(path: str | Path, store: HistoryStore) -> ImportSummary:
     them to ``store``. Raises :class:`HistoryError` for the file or the store."""
     p = Path(path)
     try:
+        check_regular(p)  # a FIFO or a device would never end, or never open
         f = open(p, newline="", encoding="utf-8-sig")  # noqa: SIM115 (closed below)
     except OSError as e:
         raise HistoryError(f"{p}: cannot read: {e.strerror or e}", path=p) from None
@@ -190,4 +192,10 @@ def _time(text: str, fail: _Fail) -> float:
         raise fail(f"time is neither Unix seconds nor ISO 8601: {text!r}") from None
     if when.tzinfo is None or when.utcoffset() is None:
         raise fail(f"time {text!r} has no timezone (add 'Z' or an offset like '+01:00')")
-    return when.timestamp()
+    try:
+        value = when.timestamp()
+    except (OverflowError, ValueError):  # a date at the edge of what datetime holds
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value < _MAX_UNIX_S):
+        raise fail(f"time {text!r} is not a time this history can hold (1970 to year 5138)")
+    return value

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gridtao.config.agent import Config, ConfigError
+from gridtao.readfile import check_regular
 
 NEEDED = ("t_s", "hz", "delivered_w")
 COVER_SLACK_S = 0.5  # the file may start or end this much inside the test
@@ -62,6 +63,7 @@ def read_recording(path: Path) -> Recorded:
     """The file's columns (module docstring); :class:`ConfigError` naming the file, line and
     column for anything that cannot be scored."""
     try:
+        check_regular(path)  # a FIFO or a device would never end, or never open
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text CSV file") from None
