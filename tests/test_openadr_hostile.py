@@ -7,11 +7,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from agentproc import REPO
 from aiohttp import web
 from broker import MosquittoBroker, Subscriber, free_port
 from test_openadr_vtn import (
@@ -288,3 +293,23 @@ def test_reports_wait_for_the_nodes(mqtt_broker: MosquittoBroker, tmp_path: Path
 
     run_async(scenario)
 
+
+
+def test_stopped_while_the_vtn_is_unreachable_the_bridge_leaves_nothing_open(
+        tmp_path: Path) -> None:
+    """SIGTERM while registration keeps failing: exit 0, and neither an unclosed HTTP session
+    (a request under way reopened it after the close) nor the DSA deprecation warning that
+    openleadr's XML signing library raises on import reaches the log."""
+    body = yaml.safe_load((REPO / "configs" / "openadr.example.yaml").read_text())
+    body["mqtt"]["port"] = free_port()  # nothing listens: the bridge keeps retrying
+    body["vtn"]["url"] = f"http://127.0.0.1:{free_port()}/OpenADR2/Simple/2.0b"
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(yaml.safe_dump(body))
+    proc = subprocess.Popen([sys.executable, "-m", "gridtao", "openadr", "--config", str(cfg)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    time.sleep(3.0)  # long enough for a registration attempt or two
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "Unclosed" not in text and "DeprecationWarning" not in text, text

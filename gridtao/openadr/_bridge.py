@@ -315,10 +315,13 @@ class Bridge:
                  c.vtn.ven_name, c.vtn.url, self.dispatch_topic, c.signing.mode)
         arrived = asyncio.Event()
         self.link.on_inbound = arrived.set
-        tasks = [asyncio.ensure_future(t) for t in (self.link.run(), self.outbox.run())]
+        tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(t)
+                                            for t in (self.link.run(), self.outbox.run())]
+        vtn_task: asyncio.Future[Any] | None = None
         try:
             await self._await_statuses(stop, arrived)
-            tasks.append(asyncio.ensure_future(vtn_side()))
+            vtn_task = asyncio.ensure_future(vtn_side())
+            tasks.append(vtn_task)
             while not stop.is_set():
                 arrived.clear()
                 while (message := self.link.poll()) is not None:
@@ -329,6 +332,12 @@ class Bridge:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(arrived.wait(), timeout=0.5)
         finally:
+            # The VTN side first, then what it holds: a request under way would otherwise open
+            # a new HTTP session after the old one is closed, and leave it open.
+            if vtn_task is not None:
+                vtn_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await vtn_task
             await close_vtn_side()
             with contextlib.suppress(Exception):
                 await self.link.flush(2.0)

@@ -28,13 +28,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import warnings
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, Final
 
 import aiohttp
-from openleadr import OpenADRClient, enums
-from openleadr.messaging import parse_message, validate_xml_schema, validate_xml_signature
+from cryptography.utils import CryptographyDeprecationWarning
+
+# openleadr signs with signxml, whose type hints name DSA keys: importing it warns that DSA is
+# deprecated on every start, though no DSA key is ever used (RSA and EC only).
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning,
+                            module=r"signxml(\.|$)")
+    from openleadr import OpenADRClient, enums
+    from openleadr.messaging import parse_message, validate_xml_schema, validate_xml_signature
 
 from gridtao.clock import Clock
 from gridtao.openadr._config import BridgeConfig
