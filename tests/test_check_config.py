@@ -38,6 +38,11 @@ def test_a_valid_file_is_summarised_and_nothing_is_written(
      "gpus.sim.trace_csv: /dev/zero: not a regular file"),
     ("planner: {signals_file: nowhere.json}\n", "planner.signals_file"),
     ("mqtt: {tls: {enabled: true, ca_file: missing-ca.pem}}\n", "mqtt.tls.ca_file"),
+    ("gpus: {backend: sim, sim: {device: null, count: 4}}\n"
+     "tracker: {priorities: [{gpus: [99], floor_w: 300}]}\n",
+     "tracker.priorities[0].gpus[0]: no GPU 99 on this node (its GPUs: 0-3)"),
+    ("gpus: {backend: sim, sim: {device: null, count: 4}}\n"
+     "tracker: {priorities: [{gpus: [1], floor_w: 100000}]}\n", "tracker.priorities[0]"),
 ])
 def test_a_bad_file_is_one_line_naming_the_key(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, needle: str) -> None:

@@ -128,7 +128,7 @@ def test_an_id_reused_with_a_different_body_is_rejected_and_a_retry_is_not(rig: 
     assert retry == first
     reused = rig.dispatch({"id": "e1", "kind": "shed", "fraction": 0.5, "duration_s": 60})
     assert reused["accepted"] is False
-    assert "reused with a different body" in str(reused["reason"])
+    assert "reused with a different body (the first is still in force)" in str(reused["reason"])
     assert rig.count("dispatch", "duplicate") == 1 and rig.count("dispatch", "rejected") == 1
     assert rig.island.view().active_event_ids == ("e1",)
     # The refusal of a message under a live id says the event stands (anyone on the broker
@@ -136,6 +136,11 @@ def test_an_id_reused_with_a_different_body_is_rejected_and_a_retry_is_not(rig: 
     assert reused["in_force"] is True
     junk = rig.dispatch(b'{"id": "e2", "kind": "shed"}')
     assert junk["accepted"] is False and "in_force" not in junk
+    # A release's id holds no event: reused, its refusal does not claim one is in force.
+    assert rig.dispatch({"id": "r1", "kind": "release", "ref": "e1"})["accepted"] is True
+    again = rig.dispatch({"id": "r1", "kind": "release", "ref": "e9"})
+    assert again["accepted"] is False and "in_force" not in again
+    assert "(the first was acted on; an id is used once)" in str(again["reason"])
 
 
 def test_stop_skips_what_the_gpus_already_hold_and_counts_a_real_failure(

@@ -48,6 +48,7 @@ def run_check_config(args: argparse.Namespace, config: Config) -> int:
                 from None
     checked_signals_file(resolved, time.time(), where=f"{config.source}: planner.signals_file")
     _check_sim_device(resolved)
+    _check_sim_priorities(resolved)
     print(summary(resolved, node_id, kids=list(credentials.verifier.kids)
                   if credentials.verifier is not None else []))
     return 0
@@ -73,6 +74,29 @@ def _check_sim_device(config: Config) -> None:
             check_params(info, device_params(gpus.sim), path)
     except SimDeviceError as e:
         raise ConfigError(f"{config.source}: {e}") from None
+
+
+def _check_sim_priorities(config: Config) -> None:
+    """``tracker.priorities`` against the GPUs this configuration simulates (their indices and
+    limits are the configuration's own; real GPUs' are checked by the agent at start)."""
+    import dataclasses
+
+    from gridtao.app.checks import check_priority_floors
+    from gridtao.clock import VirtualClock
+    from gridtao.gpu import driver_present
+    from gridtao.gpu.nvml import NvmlBackend
+    from gridtao.gpu.sim.nvml import SimNvml
+
+    gpus = config.gpus
+    if not config.tracker.priorities or gpus.backend == "nvml" or (
+            gpus.backend == "auto" and driver_present()):
+        return
+    # In this process and on a virtual clock: nothing is created or written on the machine.
+    sim = SimNvml(VirtualClock(), dataclasses.replace(gpus.sim, device=None, faults=(),
+                                                      workload="idle", workloads=()))
+    with NvmlBackend(sim) as backend:
+        indices = [d.index for d in backend.devices()]
+        check_priority_floors(config, indices, [backend.power_limits(i) for i in indices])
 
 
 def summary(config: Config, node_id: str, *, kids: list[str]) -> str:

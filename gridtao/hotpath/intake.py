@@ -272,8 +272,10 @@ class Intake:
         if previous is not None:
             known = self._book.terms(msg.id)
             if known is not None and known != terms:
+                first = ("the first is still in force" if msg.id in self._events
+                         else "the first was acted on; an id is used once")
                 return self._reject(msg.id, f"id {msg.id!r} reused with a different body "
-                                    "(the first is still in force)", received_at, wall)
+                                    f"({first})", received_at, wall)
             self._count("dispatch", "duplicate", event_id=msg.id)
             return [Outgoing(self._topics.ack, previous, expendable=True)]
         if guard is not None:
