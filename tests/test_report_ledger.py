@@ -263,3 +263,16 @@ def test_a_configured_work_source_that_counted_nothing_is_said(
     doc = _json(capsys, args)
     notes = [n for n in doc["notes"] if "counted nothing" in n]
     assert len(notes) == 1 and "'ghost'" in notes[0], doc["notes"]
+
+
+def test_a_minute_that_mixed_two_methods_makes_its_span_mixed() -> None:
+    from gridtao.records.report.gpus import gpu_energy
+
+    rows = [GpuMinuteRow(60 * k, "GPU-a", 0, 600.0 * 60, 60.0, 0.0, "counter")
+            for k in range(10)]
+    # A restart within minute 10: part bridged, part counted; the row does not split them.
+    rows.append(GpuMinuteRow(600, "GPU-a", 0, 500.0 * 60, 60.0, 0.0, "mixed"))
+    (whole,) = gpu_energy("n", rows, 0.0, 660.0)
+    assert whole.total.method == "mixed" and whole.total.mixed_s == pytest.approx(60.0)
+    (counted,) = gpu_energy("n", rows[:10], 0.0, 600.0)
+    assert counted.total.method == "counter"

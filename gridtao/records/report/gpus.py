@@ -73,7 +73,9 @@ class GpuSpan:
     """One GPU's energy over ``[start_s, end_s)``: ``energy_kwh`` over ``covered_s`` of
     ``expected_s`` seconds; ``minutes``: stored minutes in the span; ``power_s`` and
     ``bridged_s``: covered seconds measured from power readings and bridged across the agent's
-    downtime (the rest: the energy counter between read-back rounds)."""
+    downtime (the rest: the energy counter between read-back rounds); ``mixed_s``: covered
+    seconds of minutes that themselves mixed two of these (a restart within the minute), which
+    the stored minute does not split."""
 
     start_s: float
     end_s: float
@@ -83,6 +85,7 @@ class GpuSpan:
     minutes: int
     power_s: float
     bridged_s: float
+    mixed_s: float = 0.0
 
     @property
     def coverage(self) -> float:
@@ -96,7 +99,10 @@ class GpuSpan:
 
     @property
     def method(self) -> str:
-        """``counter``, ``power``, ``bridged``, ``mixed``, or ``none`` (nothing covered)."""
+        """``counter``, ``power``, ``bridged``, ``mixed`` (two of them, or a minute that mixed
+        them itself), or ``none`` (nothing covered)."""
+        if self.mixed_s > 1e-9:
+            return "mixed"
         counter = self.covered_s - self.power_s - self.bridged_s
         used = [name for name, s in (("counter", counter), ("power", self.power_s),
                                      ("bridged", self.bridged_s)) if s > 1e-9]
@@ -134,6 +140,7 @@ class _Gpu:
         covered: list[float] = []
         power: list[float] = []
         bridged: list[float] = []
+        mixed: list[float] = []
         n = 0
         for r in self.rows[lo:hi]:
             f = share(r.start_s, a, b)
@@ -146,8 +153,9 @@ class _Gpu:
             # A bridged minute's seconds are all bridged unless it is mixed; mixed minutes
             # count as measured between rounds (the row does not split them further).
             bridged.append(r.covered_s * f if r.method == "bridged" else 0.0)
+            mixed.append(r.covered_s * f if r.method == "mixed" else 0.0)
         return GpuSpan(a, b, math.fsum(energy) / J_PER_KWH, max(0.0, b - a), math.fsum(covered),
-                       n, math.fsum(power), math.fsum(bridged))
+                       n, math.fsum(power), math.fsum(bridged), math.fsum(mixed))
 
 
 def gpu_energy(node: str, rows: Iterable[GpuMinute], from_s: float, to_s: float
