@@ -167,7 +167,7 @@ def test_a_device_with_other_settings_is_refused_naming_the_key(
     assert e.value.key == "gpus.sim.count" and "gpus.sim.count" in str(e.value)
     assert cli.main(["gpus"]) == 2  # the default config: 8 GPUs, noise 3 W
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "gridtao: error: gpus.sim." in err
+    assert err.count("\n") == 1 and "gridtao: error: <defaults>: gpus.sim." in err
     # An agent names its configuration file too.
     from gridtao.app.agent import Agent
     from gridtao.config.agent import ConfigError, config_from_mapping
