@@ -35,7 +35,7 @@ def test_a_valid_file_is_summarised_and_nothing_is_written(
      "auth.keys[0].file (kid 'a')"),
     ("audit: {path: x.jsonl}\njournal: {path: x.jsonl}\n", "journal.path"),
     ("gpus: {backend: sim, sim: {workload: trace, trace_csv: /dev/zero}}\n",
-     "gpus.sim.trace_csv: /dev/zero: not a regular file"),
+     "gpus.sim.trace_csv: /dev/zero: cannot read: not a regular file"),
     ("planner: {signals_file: nowhere.json}\n", "planner.signals_file"),
     ("mqtt: {tls: {enabled: true, ca_file: missing-ca.pem}}\n", "mqtt.tls.ca_file"),
     ("gpus: {backend: sim, sim: {device: null, count: 4}}\n"

@@ -33,19 +33,16 @@ def run_check_config(args: argparse.Namespace, config: Config) -> int:
     from gridtao.app.planning import checked_signals_file
     from gridtao.app.reload import read_credentials
     from gridtao.config.paths import with_state_paths
-    from gridtao.gpu.sim.workloads import TraceError, load_trace
+    from gridtao.gpu.sim.devices import load_configured_trace
 
     node_id = config.mqtt.node_id or default_node_id()
     resolved = with_state_paths(config, node_id)
     credentials = read_credentials(resolved)
-    trace = resolved.gpus.sim.trace_csv
-    if trace is not None and resolved.gpus.backend != "nvml":
-        try:
-            load_trace(trace)
-        except (OSError, TraceError) as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise ConfigError(f"{config.source}: gpus.sim.trace_csv: {trace}: {reason}") \
-                from None
+    if resolved.gpus.sim.trace_csv is not None and resolved.gpus.backend != "nvml":
+        try:  # as the simulator reads it, said as the agent says it
+            load_configured_trace(resolved.gpus.sim)
+        except ConfigError as e:
+            raise ConfigError(f"{config.source}: {e}") from None
     checked_signals_file(resolved, time.time(), where=f"{config.source}: planner.signals_file")
     _check_sim_device(resolved)
     _check_sim_priorities(resolved)

@@ -22,14 +22,14 @@ from typing import Any
 import pynvml
 
 from gridtao.clock import Clock
-from gridtao.config.agent import SimConfig, SimWorkload
+from gridtao.config.agent import ConfigError, SimConfig, SimWorkload
 from gridtao.gpu.sim.daily import DailyShape, configured_shape
 from gridtao.gpu.sim.physics import GpuPhysics, GpuProfile
 from gridtao.gpu.sim.shared import DeviceFile, DeviceGone
-from gridtao.gpu.sim.workloads import Resumable, Trace, make_workload
+from gridtao.gpu.sim.workloads import Resumable, Trace, TraceError, load_trace, make_workload
 
 __all__ = ["DEVICE_PARAMS", "Fault", "Gpus", "LocalGpu", "SharedGpu", "build_gpus", "config_of",
-           "device_params", "nvml_error", "shape_of"]
+           "device_params", "load_configured_trace", "nvml_error", "shape_of"]
 
 
 @dataclass
@@ -147,6 +147,20 @@ class SharedGpu(LocalGpu):
                     self._seen_workload = file.workload_version(index)
             finally:
                 file.unlock(index)
+
+
+def load_configured_trace(cfg: SimConfig) -> Trace:
+    """The trace a ``trace`` workload replays (``gpus.sim.trace_csv``); :class:`ConfigError`
+    naming the key for a missing or unreadable one (the agent and ``check-config`` alike)."""
+    key = "gpus.sim.trace_csv"
+    if cfg.trace_csv is None:
+        raise ConfigError(f"{key}: the trace workload needs a CSV file (t_s,watts[,...])")
+    try:
+        return load_trace(cfg.trace_csv)
+    except OSError as e:
+        raise ConfigError(f"{key}: {cfg.trace_csv}: cannot read: {e.strerror or e}") from None
+    except TraceError as e:
+        raise ConfigError(f"{key}: {cfg.trace_csv}: {e}") from None
 
 
 def nvml_error(code: int) -> pynvml.NVMLError:

@@ -40,11 +40,17 @@ from typing import Any, Literal
 import pynvml
 
 from gridtao.clock import Clock, VirtualClock
-from gridtao.config.agent import ConfigError, SimConfig, SimWorkload
-from gridtao.gpu.sim.devices import Fault, LocalGpu, build_gpus, config_of, nvml_error
+from gridtao.config.agent import SimConfig, SimWorkload
+from gridtao.gpu.sim.devices import (
+    Fault,
+    LocalGpu,
+    build_gpus,
+    config_of,
+    load_configured_trace,
+    nvml_error,
+)
 from gridtao.gpu.sim.physics import PROFILES, GpuProfile
 from gridtao.gpu.sim.shared import DeviceFile, DeviceMissing
-from gridtao.gpu.sim.workloads import Trace, TraceError, load_trace
 
 FaultKind = Literal["lost", "no_permission", "not_supported", "slow"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("lost", "no_permission", "not_supported", "slow")
@@ -96,7 +102,7 @@ class SimNvml:
         self.workloads: tuple[SimWorkload, ...] = (
             cfg.workloads or (SimWorkload(cfg.workload),) * cfg.count)
         traced = any(w.kind == "trace" for w in self.workloads)
-        trace_data = self._load_trace(cfg) if traced else None
+        trace_data = load_configured_trace(cfg) if traced else None
         gpus = build_gpus(cfg, clock, self.profile, self.workloads, trace_data,
                           device_path=device_path, create=create_device)
         self.device: DeviceFile | None = gpus.device
@@ -130,18 +136,6 @@ class SimNvml:
                        create_device=False)
         except DeviceMissing:  # destroyed since the peek
             return None
-
-    @staticmethod
-    def _load_trace(cfg: SimConfig) -> Trace:
-        key = "gpus.sim.trace_csv"
-        if cfg.trace_csv is None:
-            raise ConfigError(f"{key}: the trace workload needs a CSV file (t_s,watts[,...])")
-        try:
-            return load_trace(cfg.trace_csv)
-        except OSError as e:
-            raise ConfigError(f"{key}: {cfg.trace_csv}: cannot read: {e.strerror or e}") from None
-        except TraceError as e:
-            raise ConfigError(f"{key}: {cfg.trace_csv}: {e}") from None
 
     # -- test and bench oracles (no latency, no faults, not counted) ------------------------
 
