@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from agentproc import REPO, WAIT_S, agent_processes, spawn_agent, status_wait, write_agent_config
 from broker import MosquittoBroker, Subscriber, publish
 from waiting import wait_until
@@ -222,3 +223,31 @@ def test_a_second_agent_on_the_same_gpus_is_refused_whatever_its_node_id(
                    "the second agent up", timeout_s=WAIT_S)
         os.kill(procs[0].pid, signal.SIGTERM)
         assert procs[0].wait(WAIT_S) == 0
+
+
+def test_a_start_that_fails_late_lets_the_gpus_and_the_journal_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A constructor that fails after claiming the GPUs and locking the journal (here the
+    planner's part) gives both back: the next agent on the same GPUs and node id starts."""
+    import gridtao.app.agent as agent_module
+    from gridtao.app.agent import Agent, AgentOptions
+    from gridtao.config.agent import config_from_mapping
+
+    cfg = config_from_mapping({
+        "gpus": {"backend": "sim", "sim": {"count": N}},
+        "mqtt": {"port": 1, "node_id": "late"},
+        "metrics": {"enabled": False},
+        "audit": {"path": str(tmp_path / "audit.jsonl")},
+        "journal": {"path": str(tmp_path / "journal.json")},
+    }, source="<test late failure>")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("the planner's history could not be opened")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(agent_module, "NodePlanning", broken)
+        with pytest.raises(OSError, match="history could not be opened"):
+            Agent(cfg, options=AgentOptions(serve_metrics=False))
+    again = Agent(cfg, options=AgentOptions(serve_metrics=False))
+    again.close()

@@ -46,7 +46,13 @@ from gridtao.app.periodic import ControllerLoop, ControllerParts
 from gridtao.app.planning import NodePlanning
 from gridtao.app.planning import floor_w as planning_floor_w
 from gridtao.app.readback import LedgerFeeds, ReadBack
-from gridtao.app.reload import ReloadResult, apply_reload, plan_reload, read_credentials
+from gridtao.app.reload import (
+    Credentials,
+    ReloadResult,
+    apply_reload,
+    plan_reload,
+    read_credentials,
+)
 from gridtao.app.workmodel import WorkAwareCuts
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.config.agent import Config, ConfigError
@@ -104,7 +110,7 @@ class Agent:
         self.options = options or AgentOptions()
         # Keys and broker credentials first: a missing or bad key, CA or password file fails
         # before any GPU is opened, not in a reconnect loop later.
-        verifier, tls_context, password = read_credentials(config)
+        credentials = read_credentials(config)
         self.node_id = config.mqtt.node_id or default_node_id()
         self.instance = Instance()  # in the retained status: no second agent on this node id
         self.topics = wire.Topics(config.mqtt.prefix, self.node_id)
@@ -147,6 +153,22 @@ class Agent:
         except BaseException:
             self._release_gpus(close=backend is None)
             raise
+        try:
+            self._compose(config, credentials)
+        except BaseException:
+            # What is held so far goes: the island's threads, the journal's lock (as a crash
+            # leaves it: nothing was written), then the driver and the GPUs' claims.
+            island = getattr(self, "island", None)
+            if island is not None:
+                island.close()
+            self.ledger.abandon()
+            self._release_gpus(close=backend is None)
+            raise
+
+    def _compose(self, config: Config, credentials: Credentials) -> None:
+        """Everything above the GPUs and the records: the island, the tiers, the transport
+        (part of the constructor; a failure here is undone by it)."""
+        verifier, tls_context, password = credentials
         self._found_mw = list(self.initial_limits_mw)
         self._min_hold_s = {level_key(t): t.min_hold_s for t in config.safety.triggers}
         self.initial_limits_mw = list(self.ledger.initial_limits_mw)
@@ -458,11 +480,14 @@ class Agent:
 
     def _release_gpus(self, *, close: bool) -> None:
         """Close the driver (``close``) and let the GPUs' claims go, in that order: no other
-        agent may take them while this one can still write."""
-        if close:
-            self.backend.close()
-        if self._claim is not None:
-            self._claim.release()
+        agent may take them while this one can still write. The claims go whatever closing
+        the driver raises."""
+        try:
+            if close:
+                self.backend.close()
+        finally:
+            if self._claim is not None:
+                self._claim.release()
 
     def abort_start(self) -> None:
         """Cut :meth:`start`'s wait for the broker short (thread-safe; a stop signal during
