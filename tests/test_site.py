@@ -256,6 +256,27 @@ def test_the_reached_ack_measures_the_reduction_from_the_nodes_reached_power() -
     assert h.c._site_it_w(h.clock.wall()) == pytest.approx(2700.0)
 
 
+def test_a_node_ack_with_implausible_reached_power_changes_nothing() -> None:
+    h = Harness(ack_deadline_s=1.0)
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "s", "kind": "site_shed", "reduction_w": 600,
+                                       "at": "it", "duration_s": 30})
+    orders = h.orders()
+    now = h.clock.wall()
+    for (n, order), (power, at) in zip(sorted(orders.items()), [
+            (float("nan"), now), (-5.0, now), (300.0, now + 3600.0)], strict=True):
+        raw = ('{"id": "%s", "accepted": true, "reason": null, "received_at": %r, '
+               '"commanded_at": %r, "reached_at": %r, "reached_power_w": %s}'
+               % (order["id"], now, now, at, "NaN" if power != power else repr(power)))
+        h.c.on_message(f"{PREFIX}/nodes/{n}/ack", raw.encode())
+    # None counted (a NaN, a negative, one from an hour ahead): the statuses stand.
+    assert h.c._site_it_w(h.clock.wall()) == pytest.approx(3000.0)
+    h.clock.advance(2.0)
+    h.c.tick()  # the status is published (a NaN used to stop it)
+    assert h.take("site/status")
+
+
 def _plan(h: Harness, node: str, start: int, offers: dict[str, list[float]],
           p10: list[float]) -> None:
     h.send(f"{PREFIX}/nodes/{node}/plan", {"node": node, "made_at": 0, "start": start,

@@ -272,7 +272,9 @@ class Intake:
         if previous is not None:
             known = self._book.terms(msg.id)
             if known is not None and known != terms:
-                first = ("the first is still in force" if msg.id in self._events
+                held = msg.id in self._events or (
+                    self._dr is not None and self._dr.dr_holds(msg.id, now_s=received_at))
+                first = ("the first is still in force" if held
                          else "the first was acted on; an id is used once")
                 return self._reject(msg.id, f"id {msg.id!r} reused with a different body "
                                     f"({first})", received_at, wall)

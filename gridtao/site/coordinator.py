@@ -53,6 +53,9 @@ __all__ = ["Publish", "SiteCoordinator"]
 
 log = logging.getLogger("gridtao.site")
 
+#: How far ahead of the site's clock a node's ``reached_at`` may be and still be taken (s).
+REACHED_SKEW_S = 5.0
+
 #: ``publish(topic, payload, qos, retain)``: hands a message to the broker connection.
 Publish = Callable[[str, bytes, int, bool], None]
 #: Signs a node dispatch as the aggregator would (identity when the site signs nothing).
@@ -407,7 +410,10 @@ class SiteCoordinator:
         total = 0.0
         for v in self.view.nodes.values():
             newer = reached.get(v.node)
-            if newer is not None and (v.t is None or newer[0] > v.t):
+            # Newer than its status, and not from the future (a stamp beyond the site's clock
+            # and the nodes' skew would pin the node at that power for the whole event).
+            if newer is not None and (v.t is None or newer[0] > v.t) \
+                    and newer[0] <= wall + REACHED_SKEW_S:
                 total += newer[1]
             else:
                 total += v.draw_w or 0.0

@@ -27,10 +27,12 @@ Times in Unix seconds, power in W. Not thread-safe: the coordinator's loop owns 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gridtao.wire.messages import NODE_W_MAX
 from gridtao.wire.site import SettleAt, SiteCapDispatch, SiteShedDispatch
 
 __all__ = ["NodeOrder", "SiteEvent", "events_record", "fleet_event", "order_for_ack",
@@ -63,10 +65,16 @@ class NodeOrder:
         self.answer = "accepted" if accepted else "rejected"
         reason = body.get("reason")
         self.reason = reason if isinstance(reason, str) else None
-        for key in ("commanded_at", "reached_at", "reached_power_w"):
+        for key in ("commanded_at", "reached_at"):
             value = body.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 setattr(self, key, float(value))
+        # Counted into the site's power: only a node's plausible watts (a node ack is anyone's
+        # message on the broker; NaN would stop the site's status).
+        power = body.get("reached_power_w")
+        if isinstance(power, (int, float)) and not isinstance(power, bool) \
+                and math.isfinite(power) and 0.0 <= power <= NODE_W_MAX:
+            self.reached_power_w = float(power)
 
     def persisted(self) -> dict[str, Any]:
         return {"id": self.dispatch_id, "node_w": self.node_w}
