@@ -266,10 +266,9 @@ def test_a_node_ack_with_implausible_reached_power_changes_nothing() -> None:
     now = h.clock.wall()
     for (n, order), (power, at) in zip(sorted(orders.items()), [
             (float("nan"), now), (-5.0, now), (300.0, now + 3600.0)], strict=True):
-        raw = ('{"id": "%s", "accepted": true, "reason": null, "received_at": %r, '
-               '"commanded_at": %r, "reached_at": %r, "reached_power_w": %s}'
-               % (order["id"], now, now, at, "NaN" if power != power else repr(power)))
-        h.c.on_message(f"{PREFIX}/nodes/{n}/ack", raw.encode())
+        h.send(f"{PREFIX}/nodes/{n}/ack", {  # json.dumps writes a NaN as the bare NaN
+            "id": order["id"], "accepted": True, "reason": None, "received_at": now,
+            "commanded_at": now, "reached_at": at, "reached_power_w": power})
     # None counted (a NaN, a negative, one from an hour ahead): the statuses stand.
     assert h.c._site_it_w(h.clock.wall()) == pytest.approx(3000.0)
     h.clock.advance(2.0)
