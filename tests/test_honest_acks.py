@@ -367,7 +367,7 @@ def test_in_force_is_said_only_of_a_demand_response_event_still_held() -> None:
         assert rig.dispatch({"id": "d1", "kind": "shed"})["in_force"] is True  # queued
         reused = rig.dispatch({"id": "d1", "kind": "dr", "reduction_w": 100.0,
                                "duration_s": 60, "start_at": later})
-        assert reused["in_force"] is True and "the first is still in force" in reused["reason"]
+        assert reused["in_force"] is True and "the first is still in force" in str(reused["reason"])
         assert rig.dispatch({"id": "r1", "kind": "release", "ref": "d1"})["accepted"] is True
         assert "in_force" not in rig.dispatch({"id": "d1", "kind": "shed"})  # cancelled
     finally:
