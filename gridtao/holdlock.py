@@ -9,7 +9,10 @@ into the file for the next one to name in its refusal. Never blocks.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import os
+import stat
 from pathlib import Path
 from typing import IO
 
@@ -25,17 +28,25 @@ class LockHeld(Exception):
 
 
 def hold_lock(path: Path, *, holder: str) -> IO[bytes]:
-    """``path`` opened (created if missing) with its exclusive lock taken, ``holder`` written
-    in it; the lock lasts until the returned file is closed. Raises :class:`LockHeld` when
-    another holds it, ``OSError`` when the file cannot be opened."""
-    f = open(path, "a+b")  # noqa: SIM115 - held for the life of the run
+    """``path`` opened (created if missing, mode 0600; never through a symbolic link, and only
+    a regular file) with its exclusive lock taken, ``holder`` written in it; the lock lasts
+    until the returned file is closed. Raises :class:`LockHeld` when another holds it,
+    ``OSError`` when the file cannot be opened or locked (why is in it)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+                 | os.O_NONBLOCK, 0o600)
+    f = os.fdopen(fd, "a+b")
     try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # EWOULDBLOCK: another open file holds it
         f.seek(0)
         held_by = f.read(200).decode("utf-8", "replace").strip()
         f.close()
         raise LockHeld(held_by) from None
+    except BaseException:
+        f.close()
+        raise
     with contextlib.suppress(OSError):  # who holds it, for the next one to name
         f.truncate(0)
         f.write(f"{holder}\n".encode())

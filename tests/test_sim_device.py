@@ -296,8 +296,20 @@ def test_a_damaged_device_file_is_one_line_for_every_command(
             err = capsys.readouterr().err
             assert err.startswith("gridtao: error: ") and err.count("\n") == 1, (argv, err)
             assert words in err and "destroy it" in err
+    # Settings a simulator cannot have (a negative time constant), in a header still intact.
+    assert b'"cap_down_ms": 20.0' in whole
+    device.write_bytes(whole.replace(b'"cap_down_ms": 20.0', b'"cap_down_ms": -1.0'))
+    assert cli.main(["sim", "--device", "broken", "status"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gpus.sim.cap_down_ms" in err and "destroy" in err, err
     device.unlink()
     device.mkdir()  # not a file at all
     assert cli.main(["gpus", "--sim-device", "broken"]) == 2
     assert "not a regular file" in capsys.readouterr().err
+    assert cli.main(["sim", "--device", "broken", "destroy"]) == 2
+    assert "remove it yourself" in capsys.readouterr().err
     device.rmdir()
+    os.mkfifo(device)  # a FIFO would block whoever opens it to read
+    assert cli.main(["gpus", "--sim-device", "broken"]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    device.unlink()

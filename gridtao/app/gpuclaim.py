@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from gridtao.config.paths import private_folder
 from gridtao.errors import GridtaoError
 from gridtao.holdlock import LockHeld, hold_lock
 
@@ -70,9 +71,13 @@ def claim_gpus(folder: Path, gpus: Sequence[tuple[int, str]], *, node_id: str) -
     try:
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            shared = [f for f in (folder.parent, folder) if not private_folder(f)]
         except OSError as e:
             raise GridtaoError(f"GPU claims: {folder}: cannot create: {e.strerror or e}") \
                 from None
+        if shared:  # another user could hold (or swap) the claims there
+            raise GridtaoError(f"GPU claims: {shared[0]} is not this user's, or others may "
+                               "write to it: set RUNTIME_DIRECTORY to a folder of your own")
         for index, uuid in gpus:
             path = folder / _file_name(uuid)
             try:

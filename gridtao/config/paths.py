@@ -47,6 +47,15 @@ def run_dir() -> Path:
     return Path(f"/tmp/gridtao-{os.geteuid()}")
 
 
+def private_folder(folder: Path) -> bool:
+    """Whether ``folder`` is this user's (or root's) and others cannot write to it (a sticky
+    folder such as /tmp aside): what lives there (a simulated device, the GPUs' claims) could
+    otherwise be swapped or held by another user."""
+    st = os.stat(folder)
+    return st.st_uid in (os.geteuid(), 0) and not (
+        st.st_mode & 0o022 and not st.st_mode & 0o1000)
+
+
 def sim_device_path(name: str) -> Path:
     """The file of the machine-wide simulated device ``name`` (``gpus.sim.device``)."""
     return run_dir() / f"sim-{name}.gpus"

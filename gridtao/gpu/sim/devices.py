@@ -22,10 +22,10 @@ from typing import Any
 import pynvml
 
 from gridtao.clock import Clock
-from gridtao.config.agent import ConfigError, SimConfig, SimWorkload
+from gridtao.config.agent import ConfigError, SimConfig, SimWorkload, config_from_mapping
 from gridtao.gpu.sim.daily import DailyShape, configured_shape
 from gridtao.gpu.sim.physics import GpuPhysics, GpuProfile
-from gridtao.gpu.sim.shared import DeviceFile, DeviceGone
+from gridtao.gpu.sim.shared import DeviceFile, DeviceGone, SimDeviceError
 from gridtao.gpu.sim.workloads import Resumable, Trace, TraceError, load_trace, make_workload
 
 __all__ = ["DEVICE_PARAMS", "Fault", "Gpus", "LocalGpu", "SharedGpu", "build_gpus", "config_of",
@@ -66,11 +66,14 @@ def device_params(cfg: SimConfig) -> dict[str, Any]:
 
 
 def config_of(params: dict[str, Any]) -> SimConfig:
-    """The :class:`SimConfig` a device header's parameters describe."""
-    values = dict(params)
-    values["workloads"] = tuple(SimWorkload(**w) for w in values.get("workloads", ()))
-    values["daily_levels"] = tuple(values.get("daily_levels", ()))
-    return SimConfig(**values)
+    """The :class:`SimConfig` a device header's parameters describe; :class:`SimDeviceError`
+    when they describe none (a damaged or foreign header)."""
+    try:  # checked as a configuration's gpus.sim is: types, ranges, known keys
+        return config_from_mapping({"gpus": {"backend": "sim", "sim": dict(params)}},
+                                   source="the device's settings").gpus.sim
+    except ConfigError as e:
+        raise SimDeviceError(f"{e}: destroy the device (gridtao sim destroy) and start "
+                             "again") from None
 
 
 def shape_of(cfg: SimConfig, load: float) -> DailyShape | None:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from gridtao.clock import boot_id
+from gridtao.config.paths import private_folder
 from gridtao.errors import GridtaoError
 from gridtao.gpu.sim.physics import STATE_SCALARS, GpuPhysics
 from gridtao.gpu.sim.workloads import STATE_FLOATS, Resumable
@@ -314,13 +315,17 @@ class DeviceFile:
         """The header of the device at ``path``; None when there is none (or a stale one).
         Read under the header's lock, so never a device half created."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # As the agent opens it: never through a link, never waiting on a FIFO.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as e:
             raise SimDeviceError(f"simulated device {path}: cannot open: {e.strerror or e}") \
                 from None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SimDeviceError(f"{path} is not a gridtao simulated device (not a regular "
+                                     "file)")
             fcntl.fcntl(fd, _SETLKW, _flock(fcntl.F_RDLCK, 0, HEADER_SIZE))
             return _read_info(fd, Path(path))
         finally:
@@ -359,9 +364,12 @@ class DeviceFile:
         """Mark the device destroyed (processes holding it see their GPUs lost) and remove its
         file. False when there was none."""
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return False
+        except OSError as e:  # a folder, a link: not a device this command may remove
+            raise SimDeviceError(f"{path} is not a gridtao simulated device ({e.strerror or e}):"
+                                 " remove it yourself if nothing of yours is there") from None
         try:
             _lock(fd, 0, HEADER_SIZE)
             try:
@@ -387,8 +395,7 @@ def _unlock(fd: int, start: int, length: int) -> None:
 def _check_folder(folder: Path) -> None:
     """The run directory must be this user's (or root's) and not writable by others: a
     device file another user could swap is another user's GPUs."""
-    st = os.stat(folder)
-    if st.st_uid not in (os.geteuid(), 0) or (st.st_mode & 0o022 and not st.st_mode & 0o1000):
+    if not private_folder(folder):
         raise SimDeviceError(f"simulated device folder {folder} is not this user's, or others "
                              "may write to it: set RUNTIME_DIRECTORY to a folder of your own")
 
