@@ -215,7 +215,9 @@ class IslandCore:
             ev.event_id, ev.kind, f" {ev.level}" if ev.level else "", ev.target_mw / 1000,
             ev.baseline_mw / 1000, "not binding" if not act.binding else (
                 "caps not written (dry run)" if self._dry_run
-                else "caps written" if len(errors) < len(ev.caps_mw) else "no cap written"),
+                else "caps written" if len(errors) < len(ev.caps_mw)
+                else "no cap confirmed (writes timed out)" if act.timed_out
+                else "no cap written"),
             len(errors),
         )  # fmt: skip
         return act

@@ -66,7 +66,12 @@ class Activation:
         stopped waiting for (:class:`~.errors.WriteTimeout`) is not a refusal: it may still
         land, so such an event is never called refused."""
         return (self.binding and bool(self.caps_mw) and len(self.errors) == len(self.caps_mw)
-                and not any(isinstance(e, WriteTimeout) for e in self.errors.values()))
+                and not self.timed_out)
+
+    @property
+    def timed_out(self) -> bool:
+        """Some write the island stopped waiting for (it may still land)."""
+        return any(isinstance(e, WriteTimeout) for e in self.errors.values())
 
     @property
     def failed_gpus(self) -> tuple[int, ...]:

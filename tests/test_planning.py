@@ -310,7 +310,7 @@ def test_an_award_whose_handling_fails_is_refused_and_the_next_is_heard(
         award = {"id": "a1", "start": 3600, "mtu_s": 3600, "capacity_w": {"ffr": [100]}}
         node.send(node.topics.award, award)
         first = json.loads(acks.wait(1, timeout=10.0)[0].payload)
-        assert first["accepted"] is False and first["kind"] == "award"
+        assert first["accepted"] is False and first["kind"] == "award" and first["id"] == "a1"
         assert "could not be handled: OverflowError" in first["reason"]
         node.send(node.topics.award, award | {"id": "a2"})
         second = json.loads(acks.wait(2, timeout=10.0)[1].payload)

@@ -40,6 +40,7 @@ from gridtao.clock import Clock
 from gridtao.config.agent import Config, ConfigError
 from gridtao.config.paths import resolve_path
 from gridtao.control.tier2.facility import FacilityModel
+from gridtao.errors import one_line
 from gridtao.gpu.backend import PowerLimits
 from gridtao.history import HistoryError, HistoryRecorder, HistoryStore
 from gridtao.products.portfolio import Portfolio
@@ -240,14 +241,15 @@ class NodePlanning:
             try:
                 await self._control_message(msg, products)
             except Exception as e:  # the next award or signal must still be heard
-                why = f"could not be handled: {type(e).__name__}: {e}"
-                log.error("%s message (%d bytes) %s", msg.topic, len(msg.payload), why)
-                self._ledger.record("message_failed", {"topic": msg.topic, "reason": why,
-                                                       "payload": msg.payload})
-                if msg.topic != self._topics.signals and not msg.retain:
-                    await self._link.publish(self._topics.ack, wire.ack_payload(
-                        None, False, f"award {why}", msg.received_wall, None, None,
-                        extra={"kind": "award"}), qos=1)
+                self._failed(msg, e)
+
+    def _failed(self, msg: InboundMessage, error: Exception) -> str:
+        """Log and record a message whose handling failed; the reason, one line."""
+        why = one_line(f"could not be handled: {type(error).__name__}: {error}")[:300]
+        log.error("%s message (%d bytes) %s", msg.topic, len(msg.payload), why)
+        self._ledger.record("message_failed", {"topic": msg.topic, "reason": why,
+                                               "payload": msg.payload})
+        return why
 
     async def _control_message(self, msg: InboundMessage, products: dict[str, float]) -> None:
         if msg.topic == self._topics.signals:
@@ -255,12 +257,23 @@ class NodePlanning:
             return
         if msg.retain:
             return  # an award is acted on when sent, as dispatches are
-        verdict = take_award(msg.payload, guard=self._guard, book=self.awards,
-                             products=products, max_bytes=self._config.mqtt.max_payload_bytes,
-                             received_wall=msg.received_wall)
+        try:
+            verdict = take_award(msg.payload, guard=self._guard, book=self.awards,
+                                 products=products,
+                                 max_bytes=self._config.mqtt.max_payload_bytes,
+                                 received_wall=msg.received_wall)
+        except Exception as e:  # nothing was decided: refused, and its sender told
+            why = self._failed(msg, e)
+            await self._link.publish(self._topics.ack, wire.ack_payload(
+                _award_id(msg.payload), False, f"award {why}", msg.received_wall, None, None,
+                extra={"kind": "award"}), qos=1)
+            return
         if verdict.accepted:
-            log.info("award %s filed: %s", verdict.id,
-                     verdict.award.describe() if verdict.award is not None else "-")
+            try:
+                filed = verdict.award.describe() if verdict.award is not None else "-"
+            except Exception:  # the award is filed: saying what it holds is not worth an error
+                filed = "(not described)"
+            log.info("award %s filed: %s", verdict.id, filed)
         else:
             log.warning("award %s refused: %s", verdict.id, verdict.reason)
         self._ledger.record("award", {"id": verdict.id, "accepted": verdict.accepted,
@@ -446,3 +459,13 @@ def _headline(plan: Plan | None) -> str:
     return (f"{plan.forecast.horizon} MTUs from {plan.forecast.start_s}; max offer per product "
             f"{offered}; expected revenue {plan.result.revenue:.2f} EUR")
 
+
+def _award_id(payload: bytes) -> str | None:
+    """The id an award payload carries, for the ack of one that could not be handled (None
+    when there is no such string)."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    ident = data.get("id") if isinstance(data, dict) else None
+    return ident if isinstance(ident, str) and 0 < len(ident) <= wire.ID_MAX_CHARS else None
