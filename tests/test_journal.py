@@ -69,12 +69,18 @@ def test_no_journal_means_a_clean_last_stop(tmp_path: Path) -> None:
     assert load_journal(tmp_path / "none.json") is None
 
 
-def test_the_writer_keeps_the_latest_state_and_a_heartbeat(tmp_path: Path) -> None:
+def _running(path: Path, heartbeat_s: float) -> tuple[VirtualClock, Journal]:
+    """A journal at ``path``, opened and writing, on a virtual clock at T0."""
     clock = VirtualClock(wall_offset=T0)
-    path = tmp_path / "j.json"
-    journal = Journal(path, clock=clock, heartbeat_s=0.05)
+    journal = Journal(path, clock=clock, heartbeat_s=heartbeat_s)
     journal.open(_state(alive=clock.wall()))
     journal.start()
+    return clock, journal
+
+
+def test_the_writer_keeps_the_latest_state_and_a_heartbeat(tmp_path: Path) -> None:
+    path = tmp_path / "j.json"
+    clock, journal = _running(path, 0.05)
     journal.add_event(_event("e1"))
     journal.add_event(_event("e2", started=T0 + 1))
     journal.remove_event("e1")
@@ -93,6 +99,29 @@ def test_the_writer_keeps_the_latest_state_and_a_heartbeat(tmp_path: Path) -> No
     journal2.close(clean=True)
     assert not path.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temp files, no lock left
+
+
+def test_a_clean_stop_that_cannot_remove_its_journal_marks_it_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state folder the agent can no longer change (made read-only while it ran): the clean
+    stop writes its journal over with no event and ``stopped``, and the next start does not
+    take it for a crash (it held the event again, for an event already acked as ended)."""
+    path = tmp_path / "j.json"
+    _, journal = _running(path, 1.0)
+    journal.add_event(_event("e1"))
+    assert journal.flush()
+    real_unlink = Path.unlink
+
+    def refused(self: Path, missing_ok: bool = False) -> None:
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    journal.close(clean=True)
+    left = load_journal(path)
+    assert left is not None and left.stopped and left.events == ()
+    assert from_json(to_json(left)).stopped
 
 
 def test_readers_never_see_a_partial_journal(tmp_path: Path) -> None:

@@ -421,3 +421,24 @@ def test_a_short_write_on_a_full_disk_never_replaces_the_good_file(
     monkeypatch.undo()
     assert target.read_bytes() == b'{"good": true}'
     assert [p.name for p in tmp_path.iterdir()] == ["journal.json"]
+
+
+def test_a_journal_marked_stopped_is_no_crash(tmp_path: Path) -> None:
+    from gridtao.records.journal import JournalEvent, JournalState, to_json
+
+    folder = tmp_path / "journal"
+    folder.mkdir()
+    ended = JournalEvent("r3", "shed", 480_000.0, 700_000.0, (700_000.0,), (480_000,),
+                         1_763_900_000.0, None)
+    for stopped, crashed in ((True, False), (False, True)):
+        (folder / "j.json").write_bytes(to_json(JournalState(
+            node="n1", gpu_uuids=("GPU-a",), initial_limits_mw=(700_000,),
+            first_started_wall=1_763_899_000.0, alive_wall=1_763_900_001.0, pid=42,
+            events=() if stopped else (ended,), stopped=stopped)))
+        ledger = Ledger(_config(tmp_path, audit={"enabled": False}), clock=VirtualClock(),
+                        node_id="n1", uuids=("GPU-a",), default_mw=(700_000,),
+                        found_mw=(700_000,))
+        try:
+            assert ledger.crashed is crashed
+        finally:
+            ledger.abandon()

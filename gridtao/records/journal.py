@@ -85,6 +85,9 @@ class JournalState:
     events: tuple[JournalEvent, ...] = ()
     safe_mode: str | None = None
     version: int = VERSION
+    #: The run stopped cleanly (limits restored) but could not remove its journal (a state
+    #: folder it may no longer change): the next start takes it for no crash.
+    stopped: bool = False
 
 
 def _event_to_json(ev: JournalEvent) -> dict[str, Any]:
@@ -102,6 +105,8 @@ def to_json(state: JournalState) -> bytes:
         "first_started_wall": state.first_started_wall, "alive_wall": state.alive_wall,
         "safe_mode": state.safe_mode, "events": [_event_to_json(e) for e in state.events],
     }
+    if state.stopped:
+        body["stopped"] = True
     return json.dumps(body, indent=1, allow_nan=False).encode("utf-8") + b"\n"
 
 
@@ -157,7 +162,7 @@ def from_json(data: bytes) -> JournalState:
         node=_str(d, "node"), gpu_uuids=uuids, initial_limits_mw=limits,
         first_started_wall=_num(d, "first_started_wall"), alive_wall=_num(d, "alive_wall"),
         pid=int(_num(d, "pid")), events=tuple(events),
-        safe_mode=safe if isinstance(safe, str) else None,
+        safe_mode=safe if isinstance(safe, str) else None, stopped=d.get("stopped") is True,
     )
 
 
@@ -317,16 +322,41 @@ class Journal:
         self._stop_writer()
         if clean:
             if self._state is not None:  # never one a previous run left and this one never read
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     self.path.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    self._mark_stopped(e)
             if self._lock_file is not None:  # a start that failed after locking leaves none
                 # Still holding the lock, so no other agent can be between open and flock.
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):  # the lock file may stay: it is only a lock
                     self.path.with_name(self.path.name + ".lock").unlink()
             fsync_dir(self.path.parent)
         elif self._state is not None:
             self._write()
         self._unlock()
+
+    def _mark_stopped(self, why: OSError) -> None:
+        """The journal of a clean stop cannot be removed (its folder cannot be changed): write
+        it over in place holding no event and ``stopped``, so the next start does not take
+        this stop for a crash and hold its ended events again."""
+        assert self._state is not None
+        state = replace(self._state, events=(), safe_mode=None, stopped=True,
+                        alive_wall=self._clock.wall())
+        try:
+            with open(self.path, "r+b") as f:
+                f.truncate(0)
+                f.write(to_json(state))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            log.error("journal %s: cannot remove it (%s) nor mark it stopped (%s): the next "
+                      "start will take this clean stop for a crash", self.path,
+                      why.strerror or why, e.strerror or e)
+            return
+        log.error("journal %s: cannot remove it (%s); marked stopped instead, with no event",
+                  self.path, why.strerror or why)
 
     def abandon(self) -> None:
         """Stop the writer and release the lock without writing anything (what a crash does;

@@ -102,6 +102,10 @@ class Ledger:
         except JournalError as e:
             self.problem = str(e)
         else:
+            if previous is not None and previous.stopped:
+                log.info("journal %s: the previous run stopped cleanly (it could not remove "
+                         "its journal)", jc.path)
+                previous = None
             if previous is not None:
                 self.problem = match_gpus(previous, self._uuids)
                 if self.problem is None:
