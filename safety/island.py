@@ -391,7 +391,7 @@ class SafetyIsland(IslandCore):
                 self._generation += 1
                 self._mode = mode
                 if mode == "hold":
-                    self._resting_mw = self._writes.limits_mw
+                    self._resting_mw = limits = self._writes.limits_mw
                     batch = None
                 elif mode == "default":
                     self._resting_mw = self._normal_mw
@@ -400,22 +400,26 @@ class SafetyIsland(IslandCore):
                         self.envelope.fit_under_mw(list(self._normal_mw), winner[1]))
                     batch = self._writer.submit(limits)
                 else:
-                    self._resting_mw = self.envelope.min_mw
+                    self._resting_mw = limits = self.envelope.min_mw
                     batch = self._writer.submit(self._resting_mw)
-            log.warning("safe state %s: limits %s mW, tier 1 locked out", mode, self._resting_mw)
+            # What is written (the events in force keep their caps under ``default``).
+            log.warning("safe state %s: limits %s mW, tier 1 locked out", mode, tuple(limits))
             if batch is not None:
                 self._writes.record(batch.wait(self._write_timeout_s))
 
     def leave_safe_state(self) -> bool:
         """The controller is healthy again: tier 1 may write, and GPUs held below their
-        resting limits by the safe state (``hold``, ``minimum``) go back through the normal
-        ramp: the node is latched at its current total as event ``safe-state-exit-N`` and that
-        event is released at once (``release_rate_per_s``). False if no safe state was set."""
+        resting limits by the safe state go back through the normal ramp: the node is latched
+        at its current total as event ``safe-state-exit-N`` and that event is released at once
+        (``release_rate_per_s``). With events in force the latch is one more of them, the most
+        restrictive while it ramps, so the GPUs rise from where the safe state held them to
+        the events' caps at that rate too (``minimum`` held them under the caps; an event that
+        ran out during the safe state left them there), never in one step. False if no safe
+        state was set."""
         with self._cmd_lock, self._lock:
             was = self._mode
             held_mw = float(sum(self._writes.limits_mw))
-            below = held_mw < float(sum(self._normal_mw)) - len(self._normal_mw)
-            ramp = was in ("hold", "minimum") and below and not self._events
+            ramp = held_mw < float(sum(self._normal_mw)) - len(self._normal_mw)
         if was is None:
             return False
         exit_id = None

@@ -553,6 +553,28 @@ def test_leaving_a_minimum_safe_state_ramps_back(rig: Rig) -> None:
     assert not rig.island.leave_safe_state()  # nothing to leave twice
 
 
+def test_leaving_a_minimum_safe_state_with_an_event_in_force_ramps_up_to_its_caps(
+        rig: Rig) -> None:
+    """The minimum held the GPUs under the event's caps: leaving must not step them up to the
+    caps (a load step of the node's whole gap), but ramp there at the release rate."""
+    act = rig.island.trigger_shed("e1", 0.3)
+    rig.island.enter_safe_state("minimum")
+    assert rig.limits() == [MIN_MW] * N
+    assert rig.island.leave_safe_state()
+    ceiling = rig.island.view().ceiling_total_mw
+    assert ceiling is not None and ceiling <= N * MIN_MW + N  # latched where the GPUs were
+    assert isinstance(rig.clock, VirtualClock)
+    rig.clock.advance(1.0)  # 20 % of the way at 0.2 /s
+    rig.island.tick()
+    ceiling = rig.island.view().ceiling_total_mw
+    assert ceiling is not None and N * MIN_MW < ceiling < sum(act.caps_mw)
+    rig.clock.advance(8.0)  # the exit ramp is over: the event's own caps bind again
+    rig.island.tick()
+    view = rig.island.view()
+    assert view.event_id == "e1" and view.ceiling_total_mw == pytest.approx(
+        sum(act.caps_mw), abs=N)
+
+
 def test_leaving_a_minimum_safe_state_ramps_back_when_the_gpus_draw_under_it(
         rig: Rig) -> None:
     """In the minimum safe state the GPUs draw at (or under) their minimum: the exit's cap cuts
