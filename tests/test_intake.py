@@ -485,3 +485,17 @@ def test_a_sample_dated_far_from_the_node_clock_never_acts(t: float) -> None:
         assert fresh and rig.island.view().event_id is not None  # a current sample still acts
     finally:
         rig.close()
+
+
+def test_an_event_held_again_after_a_crash_is_acked_when_its_shortened_hold_ends(
+        rig: Rig) -> None:
+    """Its sender was told the duration it asked (say 120 s); recovery holds it for at most
+    journal.max_capped_after_crash_s, so its end is said, with the reason."""
+    act = rig.island.trigger_cap("k1", 2000.0)
+    wall = rig.clock.wall()
+    rig.intake.adopt("k1", "shed", ends_at=rig.clock.now() + 1.0, received_wall=wall - 30.0,
+                     commanded_wall=act.commanded_wall)
+    acks = rig.advance(1.2)
+    (ended,) = [a for a in acks if a.get("id") == "k1"]
+    assert ended["accepted"] is True and ended["ended_at"] is not None
+    assert ended["recovered"] is True and "after the agent's restart" in ended["reason"]

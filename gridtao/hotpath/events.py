@@ -44,6 +44,7 @@ class HeldEvent:
     commanded_wall: float | None  # None: nothing written (a deeper event already held the GPUs)
     ack_extra: dict[str, object] = dataclasses.field(default_factory=dict)  # also on reached_at
     reached_wall: float | None = None  # once the meter saw the target band: on every later ack
+    recovered: bool = False  # held again after a crash, for less than its sender asked
 
 
 def started_fields(act: Activation, ev: HeldEvent | None) -> dict[str, object]:

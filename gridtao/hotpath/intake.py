@@ -48,6 +48,9 @@ log = logging.getLogger("gridtao.intake")
 __all__ = ["DecisionHook", "Intake", "Outgoing"]
 
 RETAINED = "retained message: not acted on"
+#: The reason acked when an event held again after a crash ends (records/ledger.py bounds it).
+RECOVERED_END = ("ended after the agent's restart: held again from its journal for at most "
+                 "journal.max_capped_after_crash_s")
 
 
 class Intake:
@@ -138,6 +141,9 @@ class Intake:
         for ev in list(self._events.values()):
             if ev.ends_at is not None and now >= ev.ends_at:
                 log.info("event %s: duration over, ramping out", ev.event_id)
+                if ev.recovered:  # its sender was told the duration it asked, not this one
+                    out.append(self._book.ended_ack(ev, RECOVERED_END,
+                                                    round(self._clock.wall(), 6)))
                 self._release(ev.event_id, "duration over")
         live = set(self._island.view().active_event_ids)
         for event_id in [e for e in self._ending if e not in live]:
@@ -185,7 +191,7 @@ class Intake:
         # Its receive time on this run's monotonic clock, so deadline_wall() stays right.
         received_at = self._clock.now() - max(0.0, self._clock.wall() - received_wall)
         self._events[event_id] = HeldEvent(event_id, kind, ends_at, received_at, received_wall,
-                                           commanded_wall)
+                                           commanded_wall, {"recovered": True}, recovered=True)
         self._book.remember(event_id, wire.ack_payload(
             event_id, True, None, received_wall, commanded_wall, None, extra={"recovered": True}
         ))
