@@ -136,3 +136,18 @@ def check_state_paths(config: Config) -> None:
             raise ConfigError(f"{config.source}: {key}: names the same file as {seen[real]} "
                               f"({real}): each record needs a file of its own")
         seen[real] = key
+        where = _unwritable(path)
+        if where is not None:  # a read-only file system, or a folder not this user's
+            raise ConfigError(f"{config.source}: {key}: {value}: cannot write there ({where} "
+                              "is read-only or not writable by this user)")
+
+
+def _unwritable(path: Path) -> Path | None:
+    """The file, or the nearest folder that exists on the way to it, when this user cannot
+    write it (creating nothing); None when it can."""
+    if path.exists():
+        return None if os.access(path, os.W_OK) else path
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return None if os.access(folder, os.W_OK | os.X_OK) else folder
