@@ -121,7 +121,15 @@ def test_acks_a_dead_broker_cannot_take_at_stop_are_named(
             node.agent.close()
     lines = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
     assert lines and "the end of event(s) 'held'" in lines[0], lines
-    mqtt_broker.start()  # for the fixture's own stop
+    assert "kept for the next start" in lines[0]
+    mqtt_broker.start()
+    # The next start sends the ack that tells the sender its event ended, once, and forgets it.
+    with Subscriber(mqtt_broker.host, mqtt_broker.port, node.agent.topics.ack) as late, \
+            running(mqtt_broker, cfg, _sim(cfg, MonotonicClock())) as again:
+        ended = json.loads(late.wait(1, WAIT_S)[0].payload)
+        assert ended["id"] == "held" and ended["ended_at"] is not None
+        assert "the agent stopped" in ended["reason"]
+        assert not again.agent._unsent.exists()
 
 
 def test_broker_killed_mid_event(mqtt_broker: MosquittoBroker, tmp_path: Path) -> None:

@@ -71,6 +71,7 @@ from gridtao.products.portfolio import Portfolio, ProductMonitor
 from gridtao.records.energy import EventEnergy
 from gridtao.records.journal import JournalError
 from gridtao.records.ledger import Ledger
+from gridtao.records.unsent import UnsentAck, keep, take, unsent_path
 from gridtao.safety.island import Activation, OutsideChange, SafetyIsland
 from gridtao.safety.watchdog import Watchdog
 from gridtao.security.guard import Guard
@@ -114,6 +115,8 @@ class Agent:
         self.node_id = config.mqtt.node_id or default_node_id()
         self.instance = Instance()  # in the retained status: no second agent on this node id
         self.topics = wire.Topics(config.mqtt.prefix, self.node_id)
+        # Acks a stop could not deliver (the broker away), sent by the next start.
+        self._unsent = unsent_path(str(config.journal.path), self.node_id)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         gpus = open_node_gpus(config, clock=self.clock, backend=backend)
@@ -412,6 +415,7 @@ class Agent:
                      self.config.mqtt.host, self.config.mqtt.port)
             connected = self.lane.start(connect_timeout_s=self.options.connect_timeout_s,
                                         abort=self._abort_start)
+            self._resend_unsent()
             if self._abort_start.is_set():
                 log.info("agent %s: stop requested while waiting for the broker", self.node_id)
             elif not connected:
@@ -478,6 +482,18 @@ class Agent:
         if self._started:  # a failed start is said once, by the error that stopped it
             log.info("agent %s stopped", self.node_id)
 
+    def _resend_unsent(self) -> None:
+        """Hand the acks the last stop could not deliver to the ack connection (they go out
+        once it is connected), and record it."""
+        acks = take(self._unsent)
+        if not acks:
+            return
+        log.warning("agent %s: sending %d ack(s) the last stop could not deliver",
+                    self.node_id, len(acks))
+        self.ledger.record("acks_resent", {"count": len(acks),
+                                           "topics": sorted({a.topic for a in acks})})
+        self.lane.call(lambda: [Outgoing(a.topic, a.payload, a.qos) for a in acks])
+
     def _release_gpus(self, *, close: bool) -> None:
         """Close the driver (``close``) and let the GPUs' claims go, in that order: no other
         agent may take them while this one can still write. The claims go whatever closing
@@ -508,6 +524,9 @@ class Agent:
             _stop_step("closing the response meter", self.meter.close)
             _stop_step("stopping the island's lane",
                        lambda: self.lane.stop(final=lambda: self.intake.end_all(STOP_REASON)))
+            if self.lane.undelivered:  # the broker was away: the next start sends them
+                keep(self._unsent, [UnsentAck(m.topic, m.payload, m.qos)
+                                    for m in self.lane.undelivered])
             _stop_step("closing the message guard", self.guard.close)
             self._fast_stop.set()
             if self._fast_thread is not None:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 from gridtao.hotpath.intake import Intake, Outgoing
 from gridtao.transport.mqtt import InboundMessage, MqttLink, new_event_loop
+from gridtao.transport.outbox import OutboundMessage
 from gridtao.transport.supervision import Supervised
 
 log = logging.getLogger("gridtao.lane")
@@ -73,6 +74,9 @@ class IslandLane:
         self._run = 0  # frequency samples handled in a row (lane thread only)
         self._ready = threading.Event()
         self.error: BaseException | None = None
+        #: After :meth:`stop`: the acks (QoS >= 1, not expendable) the broker never took, for
+        #: whoever runs the lane to keep for the next start (records/unsent.py).
+        self.undelivered: list[OutboundMessage] = []
         #: Called on the lane's thread with the error when the lane ends with one: the node can
         #: no longer hear the grid, and whoever runs it must know (the agent stops, exit 4).
         self.on_failure: Callable[[BaseException], None] | None = None
@@ -160,8 +164,11 @@ class IslandLane:
             self._publish(last)
             # The acks; the receive-only links send none.
             if not await self._link.flush(flush_timeout_s):
+                self.undelivered = [m for m in self._link.undelivered()
+                                    if m.qos > 0 and not m.expendable]
                 log.warning("stopping with %d ack(s) not delivered (the broker is unreachable)"
-                            "%s", self._link.outbox_len, _ended(last))
+                            "%s; kept for the next start", self._link.outbox_len,
+                            _ended(last))
             if self._stopping is not None:
                 self._stopping.set()
 
@@ -174,7 +181,10 @@ class IslandLane:
         if not ran.is_set() and not self._thread.is_alive():
             unsent = run_final()
             if unsent:
-                log.error("island lane is down: %d final ack(s) not sent", len(unsent))
+                log.error("island lane is down: %d final ack(s) not sent; kept for the next "
+                          "start", len(unsent))
+                self.undelivered = [OutboundMessage(o.topic, o.payload, o.qos, o.retain)
+                                    for o in unsent if o.qos > 0 and not o.expendable]
 
     def _main(self) -> None:
         asyncio.set_event_loop(self._loop)

@@ -147,6 +147,11 @@ class MqttLink(Supervised):
     def outbox_len(self) -> int:
         return len(self._outbox)
 
+    def undelivered(self) -> list[OutboundMessage]:
+        """What the broker has not acknowledged yet (the link's loop only; or once it has
+        stopped)."""
+        return self._outbox.pending()
+
     def _dropped(self, message: OutboundMessage, reason: DropReason) -> None:
         self.stats.dropped_outbound += 1
         n = self.stats.dropped_outbound

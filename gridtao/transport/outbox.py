@@ -89,6 +89,12 @@ class Outbox:
         """Nothing queued and nothing in flight."""
         return self._idle.is_set()
 
+    def pending(self) -> list[OutboundMessage]:
+        """What has not reached the broker yet, in the order it would be sent: the in-flight
+        message first (its publish may still complete), then the queue."""
+        first = [self._in_flight] if self._in_flight is not None else []
+        return [*first, *self._queue]
+
     def push(self, message: OutboundMessage, *, front: bool = False) -> None:
         """Queue ``message`` (at the back, or ahead of everything with ``front``), then drop
         messages by the drop order until the bound holds again."""
