@@ -150,4 +150,6 @@ def _unwritable(path: Path) -> Path | None:
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
+    if not folder.is_dir():  # a file on the way: its opener says so, naming what is wrong
+        return None
     return None if os.access(folder, os.W_OK | os.X_OK) else folder
