@@ -86,3 +86,26 @@ def test_a_lost_connection_still_reconnects() -> None:
         return link.sessions
 
     assert asyncio.run(scenario()) >= 3
+
+
+def test_a_link_collected_after_its_loop_closed_ends_quietly() -> None:
+    """Its coroutine is closed by the garbage collector (GeneratorExit thrown in, no loop
+    running) while a library's clean-up raises on the closed loop: it must end, not raise
+    "no running event loop" out of close() (an 'exception ignored' at every such teardown)."""
+
+    class Stuck(Supervised):
+        async def _session(self) -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:  # a disconnect on the way out, as aiomqtt's on a closed uvloop
+                raise RuntimeError("Event loop is closed")
+
+    link = Stuck(host="127.0.0.1", port=1, client_id="t")
+    loop = asyncio.new_event_loop()
+    coro = link.run()
+    task = loop.create_task(coro)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    loop.close()  # the task is still pending: what a test's or a process's teardown leaves
+    coro.close()  # what collecting it does
+    assert not link.is_connected
+    del task

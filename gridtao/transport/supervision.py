@@ -292,7 +292,11 @@ def _raise_if_stopping(error: BaseException) -> None:
     """Re-raise the cancellation ``error`` stands in for: a library may turn the cancellation
     of a stop into an error of its own while closing (a disconnect that fails on the way out),
     and a link that took that for a lost connection would go on reconnecting after its owner
-    stopped it, on a loop about to be closed under it."""
-    task = asyncio.current_task()
+    stopped it, on a loop about to be closed under it. With no loop running, the coroutine is
+    being closed (collected after its loop closed): it ends quietly instead of raising."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop: close() threw GeneratorExit in, and so it ends
+        raise GeneratorExit from error
     if task is not None and task.cancelling():
         raise asyncio.CancelledError() from error
