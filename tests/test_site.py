@@ -200,10 +200,16 @@ def test_a_restarted_coordinator_takes_its_events_back_without_sending_anything(
         again.c.tick()
     assert again.orders() == {}  # the same split: nothing re-sent, no node changes
     assert again.c.events["e"].orders["n1"].node_w == before["n1"]["node_w"]
-    # a replayed dispatch with the same id is a duplicate, not a new event
+    # the same id with other terms is refused; the same request again is a duplicate, answered
+    # with the event's state (the retained record keeps what it asked)
     again.send(f"{PREFIX}/site/dispatch", {"id": "e", "kind": "site_cap", "site_w": 100,
                                            "duration_s": 60})
     assert "id 'e' was used" in again.take("site/ack")[0]["reason"]
+    again.send(f"{PREFIX}/site/dispatch", {"id": "e", "kind": "site_cap", "site_w": 2400,
+                                           "duration_s": 60})
+    (state,) = again.take("site/ack")
+    assert state["accepted"] is True and state["id"] == "e"
+    assert again.orders() == {}  # acted on once
 
 
 def test_a_fleet_dispatch_gets_one_site_ack_and_a_release_ends_a_site_event() -> None:
@@ -228,15 +234,21 @@ def test_a_fleet_dispatch_gets_one_site_ack_and_a_release_ends_a_site_event() ->
     assert h.take("site/ack")[-1]["accepted"] is False
 
 
-def test_the_reached_ack_measures_the_reduction_from_the_nodes_reached_power() -> None:
-    # Nodes reach their band within a status period: the site's reached ack takes each
-    # node's measured power from its reached ack, not from its status of before the cut.
+def _split_over_three(body: dict[str, Any]) -> tuple[Harness, dict[str, dict[str, Any]]]:
+    """A coordinator with nodes n1..n3 drawing 1000 W each, ``body`` sent as a site dispatch,
+    and the orders it split it into."""
     h = Harness(ack_deadline_s=1.0)
     for n in ("n1", "n2", "n3"):
         h.status(n, 1000.0)
-    h.send(f"{PREFIX}/site/dispatch", {"id": "s", "kind": "site_shed", "reduction_w": 600,
-                                       "at": "it", "duration_s": 30})
-    orders = h.orders()
+    h.send(f"{PREFIX}/site/dispatch", body)
+    return h, h.orders()
+
+
+def test_the_reached_ack_measures_the_reduction_from_the_nodes_reached_power() -> None:
+    # Nodes reach their band within a status period: the site's reached ack takes each
+    # node's measured power from its reached ack, not from its status of before the cut.
+    h, orders = _split_over_three({"id": "s", "kind": "site_shed", "reduction_w": 600,
+                                    "at": "it", "duration_s": 30})
     h.clock.advance(0.05)
     for n, order in orders.items():
         h.ack(n, order["id"])
@@ -257,12 +269,8 @@ def test_the_reached_ack_measures_the_reduction_from_the_nodes_reached_power() -
 
 
 def test_a_node_ack_with_implausible_reached_power_changes_nothing() -> None:
-    h = Harness(ack_deadline_s=1.0)
-    for n in ("n1", "n2", "n3"):
-        h.status(n, 1000.0)
-    h.send(f"{PREFIX}/site/dispatch", {"id": "s", "kind": "site_shed", "reduction_w": 600,
-                                       "at": "it", "duration_s": 30})
-    orders = h.orders()
+    h, orders = _split_over_three({"id": "s", "kind": "site_shed", "reduction_w": 600,
+                                    "at": "it", "duration_s": 30})
     now = h.clock.wall()
     for (n, order), (power, at) in zip(sorted(orders.items()), [
             (float("nan"), now), (-5.0, now), (300.0, now + 3600.0)], strict=True):
@@ -274,6 +282,28 @@ def test_a_node_ack_with_implausible_reached_power_changes_nothing() -> None:
     h.clock.advance(2.0)
     h.c.tick()  # the status is published (a NaN used to stop it)
     assert h.take("site/status")
+
+
+def test_a_late_acceptance_is_acked_and_its_reached_ack_still_comes() -> None:
+    """Every node silent past the ack deadline: the site acks 'no answer'. The nodes then
+    accept and hold the event: the site acks again (accepted), then once they reach."""
+    h, orders = _split_over_three({"id": "y1", "kind": "site_cap", "site_w": 2500,
+                                    "at": "it", "duration_s": 60})
+    h.clock.advance(1.5)
+    h.c.tick()
+    (first,) = h.take("site/ack")
+    assert first["accepted"] is False and "no answer from n1, n2, n3" in first["reason"]
+    for n, order in orders.items():
+        h.ack(n, order["id"])
+    h.c.tick()
+    (late,) = h.take("site/ack")
+    assert late["accepted"] is True and late["nodes"]["accepted"] == ["n1", "n2", "n3"]
+    assert late["reached_at"] is None
+    for n, order in orders.items():
+        h.ack(n, order["id"], reached=True, power_w=order["node_w"])
+    h.c.tick()
+    (reached,) = h.take("site/ack")
+    assert reached["accepted"] is True and reached["reached_at"] is not None
 
 
 def _plan(h: Harness, node: str, start: int, offers: dict[str, list[float]],

@@ -206,7 +206,12 @@ class SiteCoordinator:
             self._refuse(msg.id, e.reason, wall)
             return
         except Duplicate:
+            # A retry (its ack lost, or a refusal it doubts): answered with the event's state.
             self._count("site_dispatch_duplicate")
+            held = self.events.get(msg.id)
+            if held is not None:
+                self._ack(held.ack_body(self.cfg.id, measured_w=self._measured(held, wall),
+                                        hint=self.order_auth.hint))
             return
         if isinstance(msg, ReleaseDispatch):
             self._release(msg.id, msg.ref, wall)
@@ -278,7 +283,7 @@ class SiteCoordinator:
             # Not re-split before every node has had a status period to be seen again: a
             # split from half a view would move shares that need not move.
             self._next_rebalance[event.id] = self._started_at + self.cfg.node_stale_s
-            self.guard.remember(event.id)
+            self.guard.remember(event.id, event.terms)
             for node, order in event.orders.items():
                 self._by_dispatch[(order.dispatch_id, node)] = event.id
 

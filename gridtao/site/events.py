@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gridtao.wire.messages import NODE_W_MAX
+from gridtao.wire.messages import NODE_W_MAX, dispatch_terms
 from gridtao.wire.site import SettleAt, SiteCapDispatch, SiteShedDispatch
 
 __all__ = ["NodeOrder", "SiteEvent", "events_record", "fleet_event", "order_for_ack",
@@ -104,12 +104,17 @@ class SiteEvent:
     phase: Phase = "answering"
     phase_since: float = 0.0
     touched: bool = True  # an answer came in since the acks due were last looked at
+    #: The nodes' answers as the last site ack gave them (a late one makes an ``update``).
+    acked_answers: tuple[tuple[str, str | None], ...] = ()
     shortfall_w: float = 0.0
     offline: tuple[str, ...] = ()
     #: node -> dispatch ids of earlier generations still to be released there (sent when the
     #: node is online and has accepted its order of this generation, or has none: a node that
     #: refused the new split keeps holding its earlier order)
     unreleased: dict[str, list[str]] = field(default_factory=dict)
+    #: What the request asked (``dispatch_terms``), kept across a restart so that a retry of
+    #: it is known as one (None: a record written before it was kept, or a fleet event).
+    terms: tuple[object, ...] | None = None
     #: Some node accepted an order of this event, in any generation: nodes hold it, so a later
     #: split that every node refuses does not end it.
     held: bool = False
@@ -140,24 +145,36 @@ class SiteEvent:
         return order is None or order.answer == "accepted"
 
     def advance(self, wall: float, ack_deadline_s: float, *, ended: bool = False
-                ) -> list[Literal["answered", "reached"]]:
+                ) -> list[Literal["answered", "update", "reached"]]:
         """Move through the phases (module docstring) and say which site acks are now due, in
         order: ``answered`` (every node answered, the deadline passed, or ``ended``: the event
-        is over) and ``reached`` (every accepting node reached). Answers are looked at again
-        only when one came in (``touched``), so a thousand orders are not walked every tick."""
-        due: list[Literal["answered", "reached"]] = []
+        is over), ``update`` (a node answered after the site's ack had named it missing: the
+        site acks again, so an acceptance that holds the event is never left unsaid) and
+        ``reached`` (every accepting node reached). Answers are looked at again only when one
+        came in (``touched``), so a thousand orders are not walked every tick."""
+        due: list[Literal["answered", "update", "reached"]] = []
         touched, self.touched = self.touched, False
         if self.phase == "answering" and (
                 ended or wall - self.phase_since >= ack_deadline_s
                 or (touched and self.answered())):
             due.append("answered")
+            self.acked_answers = self._answers()
             self.phase, self.phase_since, touched = "reaching", wall, True
+        elif self.phase in ("reaching", "held") and touched \
+                and self._answers() != self.acked_answers:
+            due.append("update")
+            self.acked_answers = self._answers()
+            if self.phase == "held" and not self.reached():
+                self.phase, self.phase_since = "reaching", wall  # its reached ack is still owed
         if self.phase == "reaching" and touched and (self.reached() or not any(
                 o.answer == "accepted" for o in self.orders.values())):
             if self.reached():
                 due.append("reached")
             self.phase, self.phase_since = "held", wall
         return due
+
+    def _answers(self) -> tuple[tuple[str, str | None], ...]:
+        return tuple(sorted((o.node, o.answer) for o in self.orders.values()))
 
     def ack_body(self, site: str, *, measured_w: float | None,
                  hint: Callable[[str | None], str | None] = lambda reason: None
@@ -214,7 +231,8 @@ class SiteEvent:
                 "requested_w": self.requested_w, "draws_w": self.draws_w,
                 "generation": self.generation,
                 "orders": {n: o.persisted() for n, o in self.orders.items()},
-                "unreleased": self.unreleased}
+                "unreleased": self.unreleased,
+                "terms": None if self.terms is None else list(self.terms)}
 
     @classmethod
     def restored(cls, body: Mapping[str, Any], now: float) -> SiteEvent:
@@ -239,6 +257,10 @@ class SiteEvent:
             event.orders[str(node)] = NodeOrder(str(node), str(order["id"]),
                                                 None if w is None else float(w),
                                                 answer="accepted")
+        terms = body.get("terms")
+        if isinstance(terms, list) and terms:  # JSON made the pairs lists: tuples again
+            event.terms = tuple(tuple(t) if isinstance(t, list) else t for t in terms)
+        event.acked_answers = event._answers()  # acked by the coordinator that made it
         return event
 
 
@@ -268,7 +290,7 @@ def site_event(msg: SiteCapDispatch | SiteShedDispatch, *, reference_w: float, w
     return SiteEvent(id=msg.id, kind=kind, at=msg.at, received_at=wall,
                      until=wall + msg.duration_s, reference_w=reference_w,
                      target_w=max(0.0, target), requested_w=requested, phase_since=wall,
-                     draws_w=dict(draws_w))
+                     draws_w=dict(draws_w), terms=dispatch_terms(msg))
 
 
 def fleet_event(body: Mapping[str, Any], wall: float, *, reference_w: float,

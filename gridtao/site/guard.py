@@ -51,6 +51,8 @@ class SiteGuard:
             raise Duplicate(ident)
         self._terms[ident] = terms
 
-    def remember(self, ident: str) -> None:
-        """An id taken back from the retained record: any new request with it is refused."""
-        self._terms.setdefault(ident, ("restored", ident))
+    def remember(self, ident: str, terms: Hashable | None = None) -> None:
+        """An id taken back from the retained record, with the terms it was asked with when
+        the record kept them: a retry of that request is a duplicate, any other with the id is
+        refused (every one, when the terms are not known)."""
+        self._terms.setdefault(ident, terms if terms is not None else ("restored", ident))
