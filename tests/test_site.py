@@ -397,6 +397,37 @@ def test_a_node_reporting_a_gpu_fault_loses_its_share_and_gets_it_back_when_well
     assert set(h.orders()) == {"n1", "n2", "n3"}
 
 
+def test_a_node_back_online_keeps_its_old_order_until_its_new_share_is_sent() -> None:
+    h, first = _split_over_three({"id": "e", "kind": "site_cap", "site_w": 2400,
+                                  "duration_s": 60})
+    for n, order in first.items():
+        h.ack(n, order["id"])
+    h.status("n3", 800.0, online=False)  # its last will: gone, its cap in force there
+    for n in ("n1", "n2"):
+        h.status(n, 800.0)
+    h.clock.advance(2.1)
+    h.c.tick()
+    moved = h.orders()
+    assert set(moved) == {"n1", "n2"}  # n3's share moved; n3 listed offline
+    for n, order in moved.items():
+        h.ack(n, order["id"])
+    h.c.tick()
+    h.sent.clear()
+    h.status("n3", 800.0)  # back
+    h.c.tick()
+    # Not released before its new share: the node would run uncapped in between.
+    assert not [b for t, b, _ in h.sent if t.endswith("n3/dispatch")]
+    h.clock.advance(0.6)
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 800.0)
+    h.c.tick()
+    sent = [b for t, b, _ in h.sent if t.endswith("n3/dispatch")]
+    assert [b["kind"] for b in sent] == ["cap"], sent  # the new share first
+    h.ack("n3", sent[0]["id"])
+    h.c.tick()
+    assert [b["kind"] for t, b, _ in h.sent if t.endswith("n3/dispatch")] == ["cap", "release"]
+
+
 def test_an_event_shorter_than_the_ack_deadline_still_gets_its_site_ack() -> None:
     h = Harness(ack_deadline_s=5.0)
     for n in ("n1", "n2"):

@@ -55,6 +55,8 @@ log = logging.getLogger("gridtao.site")
 
 #: How far ahead of the site's clock a node's ``reached_at`` may be and still be taken (s).
 REACHED_SKEW_S = 5.0
+#: How soon after a node with an earlier order comes back the event is split again (s).
+REJOIN_SPLIT_S = 0.5
 
 #: ``publish(topic, payload, qos, retain)``: hands a message to the broker connection.
 Publish = Callable[[str, bytes, int, bool], None]
@@ -315,9 +317,18 @@ class SiteCoordinator:
     def _release_old(self, event: SiteEvent, wall: float) -> None:
         """End the orders of earlier generations, each when its node is online to hear it and
         has accepted its new order (an offline node's order stays in force there until it
-        comes back or runs out; one that refused the new split keeps holding its old one)."""
-        for node in [n for n in event.unreleased
-                     if self.view.is_online(n, wall) and event.releasable(n)]:
+        comes back or runs out; one that refused the new split keeps holding its old one). A
+        node back online after the split was made without it (offline then) keeps its old
+        order until the next split, made soon, gives it a share: it is never left uncapped
+        between the two. A node the split left out while online (a GPU fault) is released."""
+        for node in [n for n in event.unreleased if self.view.is_online(n, wall)]:
+            if node not in event.orders and node in event.offline:  # back since the split
+                due = wall + REJOIN_SPLIT_S
+                if self._next_rebalance.get(event.id, due) > due:
+                    self._next_rebalance[event.id] = due
+                continue
+            if not event.releasable(node):
+                continue
             for ident in event.unreleased.pop(node):
                 self._send(node, release_body(ident))
             self._events_dirty = True  # a restarted coordinator must not end them again
