@@ -428,6 +428,20 @@ def test_a_node_back_online_keeps_its_old_order_until_its_new_share_is_sent() ->
     assert [b["kind"] for t, b, _ in h.sent if t.endswith("n3/dispatch")] == ["cap", "release"]
 
 
+def test_a_refused_share_is_named_and_counted_as_not_held() -> None:
+    h, orders = _split_over_three({"id": "c2", "kind": "site_cap", "site_w": 2400,
+                                   "at": "it", "duration_s": 60})
+    for n, order in orders.items():
+        h.ack(n, order["id"], accepted=n != "n2")
+    h.c.tick()
+    (ack,) = h.take("site/ack")
+    cut = 1000.0 - orders["n2"]["node_w"]
+    assert ack["accepted"] is True and ack["nodes"]["rejected"] == {"n2": "no"}
+    assert ack["unheld_w"] == pytest.approx(cut, abs=0.1)
+    assert f"cuts not held: n2 {cut:.0f} W (IT)" in ack["reason"]
+    assert "earlier orders" not in ack["reason"]  # n2 never held one
+
+
 def test_an_event_shorter_than_the_ack_deadline_still_gets_its_site_ack() -> None:
     h = Harness(ack_deadline_s=5.0)
     for n in ("n1", "n2"):

@@ -198,8 +198,17 @@ class SiteEvent:
             reasons.append(f"no answer from {', '.join(missing)}")
         if not self.orders:
             reasons.append("no node was online to take a share")
-        if rejected and self.held and self.generation > 0:
-            reasons.append("the nodes that refused this split hold their earlier orders")
+        holding = [n for n in rejected if n in self.unreleased]
+        if holding and self.held and self.generation > 0:
+            reasons.append(f"{', '.join(holding)} refused this split and hold their earlier "
+                           "orders")
+        # The cuts ordered of nodes that do not hold them (refused, or not answered yet): the
+        # site is that far from its target however well the others do.
+        unheld = {o.node: max(0.0, self.draws_w.get(o.node, o.node_w) - o.node_w)
+                  for o in orders if o.answer != "accepted" and o.node_w is not None}
+        if any(w > 0.5 for w in unheld.values()):
+            reasons.append("cuts not held: " + ", ".join(
+                f"{n} {w:.0f} W" for n, w in sorted(unheld.items()) if w > 0.5) + " (IT)")
         if self.shortfall_w > 0.5:
             reasons.append(f"the nodes can give {self.shortfall_w:.0f} W less than the "
                            f"{self.requested_w or 0.0:.0f} W asked")
@@ -222,6 +231,7 @@ class SiteEvent:
             "requested_w": _r(self.requested_w), "target_w": _r(self.target_w),
             "reduction_w": _r(None if measured_w is None else self.reference_w - measured_w),
             "shortfall_w": round(self.shortfall_w, 1),
+            "unheld_w": round(math.fsum(unheld.values()), 1),
         }
 
     def persisted(self) -> dict[str, Any]:
