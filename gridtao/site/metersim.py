@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ from gridtao.transport.tls import read_password, ssl_context
 from gridtao.wire.site import SiteTopics, site_payload
 
 __all__ = ["SimulatedMeter", "open_devices", "run_meter"]
+
+log = logging.getLogger("gridtao.site.meter")
 
 
 class SimulatedMeter:
@@ -72,8 +75,12 @@ async def run_meter(config: Config, meter: SimulatedMeter, *, period_s: float,
                                clock=meter.clock)
     topic = SiteTopics(m.prefix).meter
     runner = asyncio.ensure_future(link.run())
+    log.info("simulated meter: publishing on %s every %g s (broker %s:%d)", topic, period_s,
+             m.host, m.port)
+    readings = 0
     try:
         while not stop.is_set():
+            readings += 1
             t, w = meter.read()
             link.publish_nowait(topic, site_payload({"t": t, "w": round(w, 1)}), 0, False)
             with contextlib.suppress(asyncio.TimeoutError):
@@ -82,3 +89,4 @@ async def run_meter(config: Config, meter: SimulatedMeter, *, period_s: float,
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await runner
+        log.info("simulated meter stopped after %d readings", readings)
