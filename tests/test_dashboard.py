@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from agentproc import WAIT_S, agent_processes, spawn_agent, write_agent_config
+from agentproc import WAIT_S, agent_processes, spawn_agent, status_wait, write_agent_config
 from broker import MosquittoBroker, publish
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -307,10 +307,14 @@ def test_every_node_series_on_the_dashboard_is_exported(
         tmp_path, mqtt_broker, "dash", prefix="gridtao/dash", gpus=2,
         metrics={"enabled": True, "host": "127.0.0.1", "port": 0},
         safety={"triggers": []}, products=[{"kind": "ffr", "capacity_w": 200}])
-    with agent_processes() as procs, mqtt_broker.subscriber("gridtao/dash/nodes/+/ack") as acks:
+    with agent_processes() as procs, mqtt_broker.subscriber("gridtao/dash/nodes/+/ack") as acks, \
+            mqtt_broker.subscriber("gridtao/dash/nodes/dash/status") as status:
         procs.append(spawn_agent(cfg, tmp_path / "agent.log"))
         port = exporter_port(tmp_path / "agent.log")
         scrape(port)  # up
+        # Online, so its dispatch subscription is in place: a dispatch sent before that is
+        # not kept for it (clean sessions), and this test would wait for an ack in vain.
+        status_wait(status, lambda p: p.get("online") is True, "the agent online")
         publish(mqtt_broker.host, mqtt_broker.port, "gridtao/dash/dispatch", json.dumps(
             {"id": "e1", "kind": "shed", "fraction": 0.2, "duration_s": 30}).encode())
         deadline = time.monotonic() + WAIT_S  # both latency histograms get an observation
