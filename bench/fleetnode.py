@@ -20,7 +20,6 @@ unless named ``_w``; times in monotonic seconds (``clock.now()``) unless said ot
 
 from __future__ import annotations
 
-from gridtao.app.instance import Instance
 from gridtao.clock import MonotonicClock
 from gridtao.config.agent import Config
 from gridtao.control.capacity import enrolled_w, node_capacity
@@ -33,6 +32,7 @@ from gridtao.products.frequency import level_key
 from gridtao.products.portfolio import Portfolio, ProductMonitor
 from gridtao.safety.island import Activation, SafetyIsland
 from gridtao.security.guard import Guard
+from gridtao.transport.instance import Instance
 from gridtao.wire import messages as wire
 from gridtao.wire.payloads import status_payload
 

@@ -485,8 +485,8 @@ def test_a_second_agent_on_a_served_node_id_refuses_to_start(
     mqtt_broker: MosquittoBroker,
 ) -> None:
     from gridtao.app.agent import Agent, AgentOptions
-    from gridtao.app.instance import Instance, NodeIdInUse
     from gridtao.gpu.nvml import NvmlBackend
+    from gridtao.transport.instance import Instance, NodeIdInUse
 
     with running_node(mqtt_broker, "twin", serve=True) as node:
         first = node.agent

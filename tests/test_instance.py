@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from gridtao.app.instance import Instance, other_instance
+from gridtao.transport.instance import Instance, other_instance
 
 ME = Instance(id="me", pid=os.getpid(), host="this-host")
 

@@ -358,3 +358,30 @@ def test_a_signed_site_award_reaches_a_real_agent_split_from_its_own_plan(
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
             assert p.wait(WAIT_S) == 0
+
+
+def test_a_second_coordinator_of_a_site_is_refused_while_the_first_lives(
+    mqtt_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    log = tmp_path / "site.log"
+    path = _site_config(tmp_path, mqtt_broker, "e2e/twice", [])
+    site = _spawn(["site", "--config", str(path)], log)
+    try:
+        with Subscriber(mqtt_broker.host, mqtt_broker.port, "e2e/twice/site/status") as status:
+            wait_until(lambda: any(json.loads(m.payload).get("instance")
+                                   for m in list(status.messages)),
+                       "the first coordinator's status", timeout_s=30.0)
+        second = subprocess.run([sys.executable, "-m", "gridtao", "site", "--config",
+                                 str(path)], cwd=REPO, capture_output=True, text=True,
+                                timeout=60)
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "is already coordinated by a running coordinator" in lines[0]
+        assert f"(pid {site.pid} on " in lines[0]
+        assert site.poll() is None
+        site.send_signal(signal.SIGTERM)
+        assert site.wait(30) == 0
+    finally:
+        if site.poll() is None:
+            site.kill()
+            site.wait(10)

@@ -38,7 +38,6 @@ from gridtao.app.checks import check_priority_floors
 from gridtao.app.drenergy import DrEventEnergy
 from gridtao.app.exports import register_collectors
 from gridtao.app.gpuclaim import GpuClaim, claim_gpus
-from gridtao.app.instance import Instance, ensure_unique
 from gridtao.app.links import node_links
 from gridtao.app.nodegpus import UNAVAILABLE_CHECK_S, machine_gpus, open_node_gpus
 from gridtao.app.options import GIL_SWITCH_INTERVAL_S, AgentOptions, default_node_id
@@ -80,6 +79,7 @@ from gridtao.telemetry.metrics import (
     MetricsServer,
     start_http_server,
 )
+from gridtao.transport.instance import Instance, ensure_unique
 from gridtao.wire import messages as wire
 from gridtao.work.node import NodeWork
 

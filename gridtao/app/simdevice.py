@@ -14,9 +14,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from gridtao.app.instance import pid_alive
 from gridtao.config.paths import sim_device_path
 from gridtao.gpu.sim.shared import DeviceFile
+from gridtao.transport.instance import pid_alive
 
 __all__ = ["private_device"]
 

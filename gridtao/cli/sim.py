@@ -231,10 +231,10 @@ def _open(sim_cfg: Any, path: Path) -> Any:
 def _status(path: Path) -> dict[str, Any] | None:
     """Open the device with its own settings and read every GPU (advancing it to now); None
     when there is no device (none is created)."""
-    from gridtao.app.instance import pid_alive
     from gridtao.clock import MonotonicClock
     from gridtao.gpu.nvml import NvmlBackend
     from gridtao.gpu.sim.nvml import SimNvml
+    from gridtao.transport.instance import pid_alive
 
     sim = SimNvml.open_existing(path, MonotonicClock())
     if sim is None:

@@ -73,8 +73,12 @@ class SiteCoordinator:
     periodically (every 0.1 s or so); it publishes through ``publish``."""
 
     def __init__(self, config: Config, *, clock: Clock, publish: Publish, sign: Sign,
-                 verifier: Verifier | None) -> None:
+                 verifier: Verifier | None,
+                 instance: Mapping[str, object] | None = None) -> None:
         self.cfg = config.site
+        #: Who this coordinator is (transport/instance.py), in its retained status: a second
+        #: coordinator of the site refuses to start while this one is alive.
+        self.instance = dict(instance) if instance is not None else None
         self.auth = config.auth
         self.topics = SiteTopics(config.mqtt.prefix)
         self.clock = clock
@@ -454,6 +458,8 @@ class SiteCoordinator:
     def _publish_status(self, wall: float) -> None:
         body = status_body(self.cfg.id, self.view, self.meter, self.events.values(),
                            it_w=self._site_it_w(wall), wall=wall)
+        if self.instance is not None:
+            body["instance"] = self.instance
         self.snapshot = body
         self._publish(self.topics.status, site_payload(body), 1, True)
 

@@ -23,11 +23,15 @@ from prometheus_client.registry import CollectorRegistry
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.config.agent import Config, ConfigError
 from gridtao.config.paths import resolve_path
+from gridtao.errors import GridtaoError
 from gridtao.security.auth import KeyFileError, Verifier, load_signing_key, sign_payload
 from gridtao.site.coordinator import Sign, SiteCoordinator
 from gridtao.site.metrics import register
+from gridtao.transport.check import read_retained
+from gridtao.transport.instance import Instance, other_instance
 from gridtao.transport.mqtt import MqttLink, Will
 from gridtao.transport.tls import read_password, ssl_context
+from gridtao.wire.site import SiteTopics
 
 __all__ = ["TICK_S", "run_site", "signer"]
 
@@ -61,6 +65,24 @@ def _hangup() -> None:
                 "nodes keep their events meanwhile)")
 
 
+class SiteInUse(GridtaoError):
+    """Another running coordinator serves this site (its prefix)."""
+
+
+async def _ensure_unique(config: Config, me: Instance, wall: float) -> None:
+    """Raise :class:`SiteInUse` when the site's retained status shows another coordinator
+    alive (transport/instance.py: online, fresh, and, on this host, its process alive): two
+    would split every site dispatch twice. A broker that cannot be asked lets the start go on."""
+    status = await read_retained(config, SiteTopics(config.mqtt.prefix).status)
+    if status is None:
+        return
+    other = other_instance(status, me, wall=wall, status_period_s=config.site.status_period_s)
+    if other is not None:
+        raise SiteInUse(f"{config.source}: site {config.site.id!r} under "
+                        f"{config.mqtt.prefix}/ is already coordinated by a running coordinator "
+                        f"({other}): run one coordinator per site")
+
+
 async def run_site(config: Config, *, stop: asyncio.Event | None = None,
                    clock: Clock | None = None,
                    registry: CollectorRegistry | None = None) -> int:
@@ -83,8 +105,10 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
     def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
         links[0].publish_nowait(topic, payload, qos, retain)
 
+    me = Instance()
+    await _ensure_unique(config, me, clock.wall())
     coordinator = SiteCoordinator(config, clock=clock, publish=publish, sign=sign,
-                                  verifier=verifier)
+                                  verifier=verifier, instance=me.fields())
     tls, password = ssl_context(m, source=config.source), read_password(m, source=config.source)
 
     def link(role: str, subscriptions: list[tuple[str, int]], **extra: Any) -> MqttLink:
