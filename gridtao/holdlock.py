@@ -9,12 +9,12 @@ into the file for the next one to name in its refusal. Never blocks.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
-import stat
 from pathlib import Path
 from typing import IO
+
+from gridtao.readfile import check_regular_fd
 
 __all__ = ["LockHeld", "hold_lock"]
 
@@ -36,8 +36,7 @@ def hold_lock(path: Path, *, holder: str) -> IO[bytes]:
                  | os.O_NONBLOCK, 0o600)
     f = os.fdopen(fd, "a+b")
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        check_regular_fd(fd, path)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:  # EWOULDBLOCK: another open file holds it
         f.seek(0)

@@ -13,7 +13,7 @@ import errno
 import os
 import stat
 
-__all__ = ["check_regular", "irregular", "read_regular"]
+__all__ = ["check_regular", "check_regular_fd", "irregular", "read_regular"]
 
 
 # What Path.exists() takes for "nothing there": missing, a file on the way, a link loop.
@@ -43,7 +43,17 @@ def check_regular(path: str | os.PathLike[str]) -> None:
     """Raise :class:`OSError` unless ``path`` is a regular file (symbolic links followed):
     ``FileNotFoundError`` when there is nothing there, ``errno.EISDIR`` for a folder,
     ``errno.EINVAL`` for a device, FIFO or socket."""
-    kind = _kind(os.stat(path).st_mode)
+    _raise_unless_regular(os.stat(path).st_mode, path)
+
+
+def check_regular_fd(fd: int, path: str | os.PathLike[str]) -> None:
+    """:func:`check_regular` for a file already open at ``fd`` (``path`` names it in the
+    error): what was opened is what is checked, whatever replaced the path since."""
+    _raise_unless_regular(os.fstat(fd).st_mode, path)
+
+
+def _raise_unless_regular(mode: int, path: str | os.PathLike[str]) -> None:
+    kind = _kind(mode)
     if kind == "a folder":
         raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", os.fspath(path))
     if kind is not None:

@@ -35,7 +35,6 @@ import json
 import math
 import mmap
 import os
-import stat
 import struct
 import time
 from collections.abc import Mapping, Sequence
@@ -48,6 +47,7 @@ from gridtao.config.paths import private_folder
 from gridtao.errors import GridtaoError
 from gridtao.gpu.sim.physics import STATE_SCALARS, GpuPhysics
 from gridtao.gpu.sim.workloads import STATE_FLOATS, Resumable
+from gridtao.readfile import check_regular_fd
 
 __all__ = [
     "HEADER_SIZE",
@@ -323,9 +323,7 @@ class DeviceFile:
             raise SimDeviceError(f"simulated device {path}: cannot open: {e.strerror or e}") \
                 from None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise SimDeviceError(f"{path} is not a gridtao simulated device (not a regular "
-                                     "file)")
+            _check_device_file(fd, Path(path))  # before the lock: a FIFO takes none
             fcntl.fcntl(fd, _SETLKW, _flock(fcntl.F_RDLCK, 0, HEADER_SIZE))
             return _read_info(fd, Path(path))
         finally:
@@ -426,11 +424,19 @@ def _open_linked(path: Path, *, create: bool) -> int:
     raise SimDeviceError(f"simulated device {path}: destroyed again at every open")
 
 
+def _check_device_file(fd: int, path: Path) -> None:
+    """Raise :class:`SimDeviceError` unless what ``fd`` opened is a regular file."""
+    try:
+        check_regular_fd(fd, path)
+    except OSError:
+        raise SimDeviceError(f"{path} is not a gridtao simulated device (not a regular "
+                             "file)") from None
+
+
 def _read_info(fd: int, path: Path) -> DeviceInfo | None:
     """The header, or None for an empty, destroyed, half-created or other boot's file. Raises
     :class:`SimDeviceError` for anything else that is not a device's header."""
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        raise SimDeviceError(f"{path} is not a gridtao simulated device (not a regular file)")
+    _check_device_file(fd, path)
     head = os.pread(fd, HEADER_SIZE, 0)
     if len(head) < _HEADER.size or not any(head[:_HEADER.size]):
         return None
