@@ -278,9 +278,7 @@ class Intake:
         if previous is not None:
             known = self._book.terms(msg.id)
             if known is not None and known != terms:
-                held = msg.id in self._events or (
-                    self._dr is not None and self._dr.dr_holds(msg.id, now_s=received_at))
-                first = ("the first is still in force" if held
+                first = ("the first is still in force" if self._in_force(msg.id, received_at)
                          else "the first was acted on; an id is used once")
                 return self._reject(msg.id, f"id {msg.id!r} reused with a different body "
                                     f"({first})", received_at, wall)
@@ -366,10 +364,15 @@ class Intake:
             return []
         # Anyone can send a message under a live event's id: its refusal must not read as the
         # event being refused. It says the event stands, unchanged.
-        held = event_id is not None and (event_id in self._events or (
-            self._dr is not None and self._dr.dr_holds(event_id, now_s=received_at)))
+        held = event_id is not None and self._in_force(event_id, received_at)
         return [self._ack(event_id, False, reason, wall, None,
                           extra={"in_force": True} if held else None)]
+
+    def _in_force(self, event_id: str, now_s: float) -> bool:
+        """Whether ``event_id`` names an event this node holds now: on the island, or a
+        demand-response event queued or running."""
+        return event_id in self._events or (
+            self._dr is not None and self._dr.dr_holds(event_id, now_s=now_s))
 
     def _reject_sample(self, reason: str, received_at: float) -> list[Outgoing]:
         # Frequency is QoS 0 telemetry from a meter: refusals get no ack, but are counted.
