@@ -27,7 +27,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from gridtao.hotpath.intake import Intake, Outgoing
 from gridtao.transport.mqtt import InboundMessage, MqttLink, new_event_loop
@@ -43,6 +43,12 @@ FREQUENCY_RUN = 3
 YIELD_S = 0.0005
 CONNECT_POLL_S = 0.02  # how often start() looks at the connection (and its abort)
 CANCEL_WAIT_S = 2.0  # how long a failed lane waits for its tasks to end
+
+
+def _worth_keeping(messages: Iterable[OutboundMessage]) -> list[OutboundMessage]:
+    """The acks a stop keeps for the next start: QoS >= 1, not expendable (a reject or a
+    duplicate's answer is not worth a restart's while)."""
+    return [m for m in messages if m.qos > 0 and not m.expendable]
 
 
 def _ended(acks: list[Outgoing]) -> str:
@@ -164,8 +170,7 @@ class IslandLane:
             self._publish(last)
             # The acks; the receive-only links send none.
             if not await self._link.flush(flush_timeout_s):
-                self.undelivered = [m for m in self._link.undelivered()
-                                    if m.qos > 0 and not m.expendable]
+                self.undelivered = _worth_keeping(self._link.undelivered())
                 log.warning("stopping with %d ack(s) not delivered (the broker is unreachable)"
                             "%s; kept for the next start", self._link.outbox_len,
                             _ended(last))
@@ -183,8 +188,9 @@ class IslandLane:
             if unsent:
                 log.error("island lane is down: %d final ack(s) not sent; kept for the next "
                           "start", len(unsent))
-                self.undelivered = [OutboundMessage(o.topic, o.payload, o.qos, o.retain)
-                                    for o in unsent if o.qos > 0 and not o.expendable]
+                self.undelivered = _worth_keeping(
+                    OutboundMessage(o.topic, o.payload, o.qos, o.retain, o.expendable)
+                    for o in unsent)
 
     def _main(self) -> None:
         asyncio.set_event_loop(self._loop)
