@@ -44,25 +44,33 @@ def run_check_config(args: argparse.Namespace, config: Config) -> int:
         except ConfigError as e:
             raise ConfigError(f"{config.source}: {e}") from None
     checked_signals_file(resolved, time.time(), where=f"{config.source}: planner.signals_file")
-    _check_sim_device(resolved)
-    _check_sim_priorities(resolved)
+    if _simulated(resolved):
+        _check_sim_device(resolved)
+        _check_sim_priorities(resolved)
     print(summary(resolved, node_id, kids=list(credentials.verifier.kids)
                   if credentials.verifier is not None else []))
     return 0
 
 
+def _simulated(config: Config) -> bool:
+    """Whether the agent would run on simulated GPUs: ``sim``, or ``auto`` without the
+    driver."""
+    from gridtao.gpu import driver_present
+
+    backend = config.gpus.backend
+    return backend == "sim" or (backend == "auto" and not driver_present())
+
+
 def _check_sim_device(config: Config) -> None:
-    """The machine's simulated device, when this configuration would run on it and it exists,
+    """The machine's simulated device, when this configuration names one and it exists,
     against this configuration's GPUs: the agent refuses to start on one made with other
     settings (``gridtao sim status`` shows it). Nothing is created or opened for writing."""
     from gridtao.config.paths import sim_device_path
-    from gridtao.gpu import driver_present
     from gridtao.gpu.sim.devices import device_params
     from gridtao.gpu.sim.shared import DeviceFile, SimDeviceError, check_params
 
     gpus = config.gpus
-    if gpus.sim.device is None or gpus.backend == "nvml" or (
-            gpus.backend == "auto" and driver_present()):
+    if gpus.sim.device is None:
         return
     path = sim_device_path(gpus.sim.device)
     try:
@@ -80,13 +88,11 @@ def _check_sim_priorities(config: Config) -> None:
 
     from gridtao.app.checks import check_priority_floors
     from gridtao.clock import VirtualClock
-    from gridtao.gpu import driver_present
     from gridtao.gpu.nvml import NvmlBackend
     from gridtao.gpu.sim.nvml import SimNvml
 
     gpus = config.gpus
-    if not config.tracker.priorities or gpus.backend == "nvml" or (
-            gpus.backend == "auto" and driver_present()):
+    if not config.tracker.priorities:
         return
     # In this process and on a virtual clock: nothing is created or written on the machine.
     sim = SimNvml(VirtualClock(), dataclasses.replace(gpus.sim, device=None, faults=(),
