@@ -127,6 +127,8 @@ class Agent:
         self.unavailable_gpus = gpus.unavailable
         self.config = config = gpus.config
         self.simulated = gpus.simulated
+        #: The backend only logs its writes (``--dry-run``): nothing reaches the GPUs.
+        self.dry_run = bool(getattr(self.backend, "dry_run", False))
         self.metrics.set_build(__version__, simulated=self.simulated)
         self.gpu_indices = gpus.indices
         self.metrics.name_gpus(gpus.driver_indices)
@@ -137,8 +139,7 @@ class Agent:
         try:
             # Before the journal's lock and any record: a second agent on these GPUs is told
             # so, whatever its node id (app/gpuclaim.py).
-            if backend is None and machine_gpus(config, self.simulated) and not getattr(
-                    self.backend, "dry_run", False):
+            if backend is None and machine_gpus(config, self.simulated) and not self.dry_run:
                 self._claim = claim_gpus(
                     run_dir() / "gpus", [(i, d.uuid) for i, d in zip(
                         gpus.driver_indices, self.backend.devices(), strict=True)],
@@ -183,7 +184,7 @@ class Agent:
             release_rate_per_s=safety.release_rate_per_s,
             max_event_s=safety.max_event_s,
             resting_mw=self.initial_limits_mw,
-            dry_run=bool(getattr(self.backend, "dry_run", False)),
+            dry_run=self.dry_run,
         )
         self.watchdog = Watchdog(
             safety.watchdog_timeout_s, clock=self.clock, on_expire=self._watchdog_expired,
@@ -386,7 +387,7 @@ class Agent:
                 for d, lim, found in zip(self.backend.devices(), self.gpu_limits,
                                          self._found_mw, strict=True)
             ], "config": self.config.source,
-                "dry_run": bool(getattr(self.backend, "dry_run", False))})
+                "dry_run": self.dry_run})
             self.planning.arm_now()  # the capacities in force, audited in this run's trail
             check_write_permission(self.backend, self.gpu_indices)
             self.guard.open()
