@@ -65,11 +65,21 @@ def _config(broker: MosquittoBroker) -> Any:
 
 
 def test_a_dip_is_handled_before_a_backlog_of_junk_dispatches(
-        mqtt_broker: MosquittoBroker) -> None:
+        mqtt_broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _config(mqtt_broker)
     sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
     with running(mqtt_broker, cfg, sim) as node, \
             Subscriber(mqtt_broker.host, mqtt_broker.port, node.topics.ack) as acks:
+        # The junk refused when the dip fires, counted on the lane as it fires (counted when
+        # its ack reaches this test, it would include what the lane went on with meanwhile).
+        refused_at_fire: list[float] = []
+        trigger = node.agent.island.trigger_armed
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            refused_at_fire.append(node.count("dispatch", "rejected"))
+            return trigger(*args, **kwargs)
+
+        monkeypatch.setattr(node.agent.island, "trigger_armed", counted)
         # Hold the lane's loop while the broker queues the flood and then the dip behind it,
         # so both arrive as a backlog, as a burst faster than the lane would leave them.
         resume = threading.Event()
@@ -97,7 +107,7 @@ def test_a_dip_is_handled_before_a_backlog_of_junk_dispatches(
             return None
 
         wait_until(lambda: ffr_ack() is not None, "the dip's ack", timeout_s=WAIT_S)
-        rejected_then = node.count("dispatch", "rejected")
+        rejected_then = refused_at_fire[0]
         # Handled before the junk that came first, not after all of it.
         assert rejected_then < JUNK / 2, rejected_then
         wait_until(lambda: node.count("dispatch", "rejected") == JUNK, "every junk dispatch",
