@@ -55,7 +55,7 @@ from gridtao.control.tier1.loop import FastLoop
 from gridtao.control.tier1.workaware import WorkAwareSplit, WorkCurve
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
-from gridtao.gpu.sim.throughput import WorkCounter, model_for
+from gridtao.gpu.sim.throughput import model_for
 from gridtao.safety.island import SafetyIsland
 from gridtao.work.model import WorkModel, prior_exponent
 
@@ -74,13 +74,14 @@ CIRCULARITY = ("work lost is computed with the simulator's throughput model, the
 
 @dataclass
 class _Gpu:
-    """One GPU's integrals over the measured holds (J, work units) and its model window."""
+    """One GPU's work so far (units: tokens or samples), served (``done``) and due (what it
+    would have served unhindered: what arrived), read from the physics, and its model window."""
 
     kind: str
     unit: str
     joules_per_unit: float
-    actual: WorkCounter
-    unhindered: WorkCounter
+    done: float = 0.0
+    due: float = 0.0
     window: list[float] = field(default_factory=lambda: [0.0] * 7)
 
 
@@ -97,25 +98,29 @@ def _node(seed: int, allocation: Literal["proportional", "work-aware"],
     return clock, sim, island, loop, backend
 
 
-def run_allocation(allocation: str, *, curves: Sequence[WorkCurve | None] | None,
+def run_allocation(allocation: str, *, curves: Sequence[float | None] | None,
                    requests: Sequence[float], hold_s: float, gap_s: float, seed: int,
                    model: WorkModel | None = None, warmup_s: float = WARMUP_S,
                    record: Path | None = None) -> dict[str, Any]:
     """One run (see the module docstring): shed ``k`` asks the island for ``requests[k]`` of
-    node power at a fixed time; ``curves`` installs a work-aware split (None: proportional);
-    ``model``, when given, observes each GPU's windows; ``record``: a folder to write the
-    run's history and audit trail to (gridtao/bench/workrecord.py; ``record`` in the result)."""
+    node power at a fixed time; ``curves``, each GPU's exponent (None: no curve), installs a
+    work-aware split (None: proportional), with each inference GPU's arrivals as a work model
+    observing this run gives them; ``model``, when given, observes each GPU's windows too;
+    ``record``: a folder to write the run's history and audit trail to
+    (gridtao/bench/workrecord.py; ``record`` in the result)."""
     band = ControlConfig().band_fraction
     clock, sim, island, loop, backend = _node(
         seed, "proportional" if curves is None else "work-aware")
     rec = None if record is None else Recording(
         record, f"bench-{allocation}", clock, backend, [w.kind for w in sim.workloads])
-    fixed = tuple(curves) if curves is not None else None
-    loop.split = None if fixed is None else WorkAwareSplit(lambda: fixed, clock=clock)
+    live = None if curves is None else _model()
+    if live is not None and curves is not None:
+        loop.split = WorkAwareSplit(_curve_source(live, tuple(curves)), clock=clock)
+    observers = [m for m in (model, live) if m is not None]
     gpus = []
     for w in sim.workloads:
         m = model_for(w.kind)
-        gpus.append(_Gpu(w.kind, m.unit, m.joules_per_unit, WorkCounter(m), WorkCounter(m)))
+        gpus.append(_Gpu(w.kind, m.unit, m.joules_per_unit))
     upper_w = sim.profile.default_w
     ramp_s = 1.0 / RELEASE_RATE_PER_S
     holds: list[dict[str, Any]] = []
@@ -128,13 +133,13 @@ def run_allocation(allocation: str, *, curves: Sequence[WorkCurve | None] | None
         demand = [sim.demand_w(i) for i in range(sim.count)]
         draw = [sim.true_power_mw(i) / 1000.0 for i in range(sim.count)]
         for i, g in enumerate(gpus):
-            g.actual.add(now, draw[i], demand[i])
-            g.unhindered.add(now, demand[i], demand[i])
+            work = sim.work_j(i)
+            g.done = work.served_j / g.joules_per_unit
+            g.due = work.arrived_j / g.joules_per_unit
         if rec is not None:
-            rec.step(loop.period_s, draw, [g.actual.total for g in gpus],
-                     [g.unhindered.total for g in gpus])
-        if model is not None:
-            _observe(model, gpus, now, draw, island.enforced_mw(), upper_w)
+            rec.step(loop.period_s, draw, [g.done for g in gpus], [g.due for g in gpus])
+        if observers:
+            _observe(observers, gpus, now, draw, island.enforced_mw(), upper_w)
         t_next += loop.period_s
         if t_next > clock.now():
             clock.advance(t_next - clock.now())
@@ -156,7 +161,7 @@ def run_allocation(allocation: str, *, curves: Sequence[WorkCurve | None] | None
             if rec is not None:
                 rec.started(act, fraction=fraction)
             t0 = clock.now()
-            work0 = [(g.actual.total, g.unhindered.total) for g in gpus]
+            work0 = [(g.done, g.due) for g in gpus]
             hold = run_until(t0 + hold_s)
             island.release(f"bench-work-{k}")
             if rec is not None:
@@ -176,16 +181,39 @@ def run_allocation(allocation: str, *, curves: Sequence[WorkCurve | None] | None
     return out
 
 
-def _observe(model: WorkModel, gpus: list[_Gpu], now: float, draw: list[float],
+def _model() -> WorkModel:
+    """A work model with one group per GPU of the mixed node, of its workload's kind."""
+    return WorkModel([(str(i), [i], w.kind) for i, w in enumerate(MIXED_NODE)])
+
+
+def _curve_source(live: WorkModel, exponents: tuple[float | None, ...],
+                  ) -> Callable[[], tuple[WorkCurve | None, ...]]:
+    """Each GPU's curve: its exponent in ``exponents``, with the arrivals ``live`` says (an
+    inference GPU's knee); rebuilt only when ``live`` moved."""
+    seen = [-1]
+    built: list[tuple[WorkCurve | None, ...]] = [()]
+
+    def curves() -> tuple[WorkCurve | None, ...]:
+        if live.version != seen[0]:
+            seen[0] = live.version
+            built[0] = tuple(
+                None if b is None else WorkCurve(b, arrival_mw=0.0 if c is None
+                                                 else c.arrival_w * 1000.0)
+                for b, c in zip(exponents, live.per_gpu(len(exponents)), strict=True))
+        return built[0]
+    return curves
+
+
+def _observe(models: Sequence[WorkModel], gpus: list[_Gpu], now: float, draw: list[float],
              limits_mw: Sequence[int], upper_w: float) -> None:
     """Feed each GPU's :data:`WINDOW_S` windows (mean power, mean limit, work rate) to
-    ``model``: what a work source scraped that often, and tier 1's readings, would give it;
+    ``models``: what a work source scraped that often, and tier 1's readings, would give it;
     free windows, and windows held and pressed throughout (the others are dropped)."""
     for i, g in enumerate(gpus):
         w = g.window  # [start s, summed draw W, work at start, held steps, steps, pressed,
         #                summed limit W]
         if w[4] == 0:
-            w[0], w[2] = now, g.actual.total
+            w[0], w[2] = now, g.done
         held = limits_mw[i] < upper_w * 1000.0 - HEADROOM_MW
         w[1] += draw[i]
         w[6] += limits_mw[i] / 1000.0
@@ -193,10 +221,11 @@ def _observe(model: WorkModel, gpus: list[_Gpu], now: float, draw: list[float],
         w[4] += 1
         w[5] = max(w[5], float(held and draw[i] * 1000.0 >= limits_mw[i] - HEADROOM_MW / 2))
         if now - w[0] >= WINDOW_S:
-            rate = (g.actual.total - w[2]) / (now - w[0])
+            rate = (g.done - w[2]) / (now - w[0])
             if w[3] == 0 or (w[3] == w[4] and w[5]):  # free, or held and pressed throughout
-                model.observe(str(i), now, w[1] / w[4], rate, limited=w[3] > 0,
-                              limit_w=w[6] / w[4])
+                for model in models:
+                    model.observe(str(i), now, w[1] / w[4], rate, limited=w[3] > 0,
+                                  limit_w=w[6] / w[4])
             g.window = [0.0] * 7
 
 
@@ -219,10 +248,10 @@ def _score(fraction: float, target_w: float, basis_w: float, band: float, t0: fl
     lost = {"tokens": 0.0, "samples": 0.0}
     lost_gs = done_gs = 0.0
     for g, (a0, u0) in zip(gpus, work0, strict=True):
-        units = (g.unhindered.total - u0) - (g.actual.total - a0)
+        units = (g.due - u0) - (g.done - a0)
         lost[g.unit] += units
         lost_gs += units * g.joules_per_unit / upper_w
-        done_gs += (g.unhindered.total - u0) * g.joules_per_unit / upper_w
+        done_gs += (g.due - u0) * g.joules_per_unit / upper_w
     return {"requested_fraction": fraction, "requested_w": requested_w, "target_w": target_w,
             "delivered_w": math.fsum(d - p for _, d, p in hold) / len(hold),
             "delivered_kwh": math.fsum(d - p for _, d, p in window) * dt / 3.6e6,
@@ -254,7 +283,7 @@ def _summary(allocation: str, holds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def calibrate(allocation: str, curves: Sequence[WorkCurve | None], goals_w: Sequence[float],
+def calibrate(allocation: str, curves: Sequence[float | None], goals_w: Sequence[float],
               first: dict[str, Any], *, hold_s: float, gap_s: float, seed: int,
               warmup_s: float = WARMUP_S) -> dict[str, Any]:
     """Run ``allocation`` again with each shed's request moved (bracketing) until each hold
@@ -314,8 +343,8 @@ def run(*, sheds: Sequence[float], hold_s: float, gap_s: float, seed: int,
     the runs at the sequence's requests write their history and audit trail to."""
     say = progress or (lambda line: None)
     kinds = [w.kind for w in MIXED_NODE]
-    priors = [WorkCurve(prior_exponent(k)) for k in kinds]
-    model = WorkModel([(str(i), [i], k) for i, k in enumerate(kinds)]) if learned else None
+    priors: list[float | None] = [prior_exponent(k) for k in kinds]
+    model = _model() if learned else None
     opts: dict[str, Any] = {"hold_s": hold_s, "gap_s": gap_s, "seed": seed,
                             "warmup_s": warmup_s}
     say("proportional ...")
@@ -332,7 +361,7 @@ def run(*, sheds: Sequence[float], hold_s: float, gap_s: float, seed: int,
         out["allocations"]["work-aware"] = calibrate("work-aware", priors, goals, same, **opts)
         out["same_request"]["work-aware"] = same
     if model is not None and aware:
-        fitted = [WorkCurve(b) if b is not None else None for b in model.exponents(len(kinds))]
+        fitted = list(model.exponents(len(kinds)))
         say("work-aware (learned curves) ...")
         first = run_allocation("work-aware-learned", curves=fitted, requests=sheds,
                                record=record, **opts)

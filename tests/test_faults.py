@@ -126,7 +126,13 @@ def test_acks_a_dead_broker_cannot_take_at_stop_are_named(
     # The next start sends the ack that tells the sender its event ended, once, and forgets it.
     with Subscriber(mqtt_broker.host, mqtt_broker.port, node.agent.topics.ack) as late, \
             running(mqtt_broker, cfg, _sim(cfg, MonotonicClock())) as again:
-        ended = json.loads(late.wait(1, WAIT_S)[0].payload)
+        resent = [json.loads(m.payload) for m in late.wait(1, WAIT_S)]
+        if "ended_at" not in resent[0]:
+            # On a loaded machine the event reached its target only after the broker died: that
+            # ack was kept too, and is sent first.
+            assert resent[0]["id"] == "held" and resent[0]["reached_at"] is not None
+            resent = [json.loads(m.payload) for m in late.wait(2, WAIT_S)]
+        ended = resent[-1]
         assert ended["id"] == "held" and ended["ended_at"] is not None
         assert "the agent stopped" in ended["reason"]
         assert not again.agent._unsent.exists()

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,23 @@ def _feed(model: WorkModel, name: str, exponent: float, events: int,
     return taken
 
 
+def test_an_inference_group_carries_its_arrivals_per_gpu_while_its_reference_is_fresh() -> None:
+    model = WorkModel([("llm", [0, 1], "vllm"), ("train", [2], "custom")],
+                      max_reference_age_s=60.0)
+    assert [c.arrival_w for c in model.curves()] == [0.0, 0.0]  # nothing seen yet
+    model.observe("llm", 5.0, 800.0, 200.0, limited=False)  # two GPUs drawing 800 W free
+    model.observe("train", 5.0, 600.0, 6.0, limited=False)
+    llm, train = model.per_gpu(3)[0], model.per_gpu(3)[2]
+    assert llm is not None and llm.arrival_w == pytest.approx(400.0)  # per GPU
+    assert train is not None and train.arrival_w == 0.0  # a training job does not queue
+    model.observe("llm", 10.0, 400.0, 100.0, limited=False)  # an exponential mean
+    assert model.curves()[0].arrival_w == pytest.approx((800.0 + 0.25 * (400.0 - 800.0)) / 2)
+    assert model.per_gpu(4)[3] is None  # in no group
+    # A reference older than the model keeps says no more what arrives: back to none.
+    model.observe("llm", 100.0, 300.0, 90.0, limited=True, limit_w=320.0)
+    assert model.curves()[0].arrival_w == 0.0
+
+
 def test_a_group_learns_its_curve_from_limited_windows_only() -> None:
     model = WorkModel([("llm", [0, 1], "vllm"), ("train", [2], "custom")])
     assert model.exponents(4) == (INFERENCE_EXPONENT, INFERENCE_EXPONENT, TRAINING_EXPONENT,
@@ -121,7 +139,9 @@ def test_the_fits_survive_a_restart(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600
     again = WorkModel([("llm", [0], "vllm"), ("train", [1], "custom")])
     assert again.load(path) == 2
-    assert again.curves() == model.curves()
+    # The fits come back; the arrivals are measured afresh (the reference is not kept).
+    assert model.curves()[0].arrival_w > 0.0
+    assert again.curves() == tuple(replace(c, arrival_w=0.0) for c in model.curves())
     other = WorkModel([("llm", [0], "custom")])  # the same name, another kind: not taken
     assert other.load(path) == 0 and other.curves()[0].from_prior
     assert WorkModel([("llm", [0], "vllm")]).load(tmp_path / "missing.json") == 0
@@ -216,7 +236,12 @@ def test_the_agent_installs_the_split_only_when_asked_and_able(
         cuts = WorkAwareCuts(cfg, *parts, node_id="n1", registry=registry, clock=CLOCK)
         assert cuts.model is not None and parts[1].split is not None
         assert "no work source names GPU(s) 1" in caplog.text
-    assert cuts.curves()[0] is not None and cuts.curves()[1] is None
+    first = cuts.curves()[0]
+    assert first is not None and cuts.curves()[1] is None
+    assert first.arrival_mw == 0.0  # no free window seen yet
+    cuts.model.observe("llm", 5.0, 420.0, 120.0, limited=False)
+    first = cuts.curves()[0]
+    assert first is not None and first.arrival_mw == pytest.approx(420_000.0)  # mW per GPU
     # For the planner: GPU 0 at the inference prior, GPU 1 in no group (all its work).
     draws = [d / 1000.0 for d in parts[1].draw_mw]
     assert cuts.lost_work_factor() == pytest.approx(

@@ -36,7 +36,9 @@ def _case(rng: random.Random, n: int) -> tuple[list[float], list[int], list[int]
     upper = [rng.choice((MAX_MW, rng.randint(450_000, MAX_MW))) for _ in range(n)]
     want = [rng.choice((float(u), rng.uniform(150_000, u))) for u in upper]
     curves = [WorkCurve(rng.choice((INFERENCE_EXPONENT, TRAINING_EXPONENT, rng.uniform(0.05, 1))),
-                        rng.choice((1.0, rng.uniform(0.2, 3.0)))) for _ in range(n)]
+                        rng.choice((1.0, rng.uniform(0.2, 3.0))),
+                        rng.choice((0.0, 0.0, rng.uniform(50_000, 650_000))))  # some queue
+              for _ in range(n)]
     return want, lower, upper, curves
 
 
@@ -58,18 +60,23 @@ def test_the_optimum_equalises_the_marginal_work_per_watt(seed: int) -> None:
     for c, lo, t in zip(levels, lower, tops, strict=True):
         assert lo - 1e-6 <= c <= t + 1e-6
     demand = [max(w, t) for w, t in zip(want, tops, strict=True)]
-    inside = [marginal_work_per_mw(c, d, u, cv) for c, lo, t, d, u, cv
-              in zip(levels, lower, tops, demand, upper, curves, strict=True)
-              if lo + 1.0 < c < t - 1.0]
+    knees = [cv.knee_mw(d, u) for cv, d, u in zip(curves, demand, upper, strict=True)]
+    inside = [marginal_work_per_mw(c, d, u, cv) for c, lo, t, d, u, cv, kn
+              in zip(levels, lower, tops, demand, upper, curves, knees, strict=True)
+              if lo + 1.0 < c < t - 1.0 and abs(c - kn) > 1.0]
     if not inside:
         return
     lam = sum(inside) / len(inside)
     assert all(math.isclose(m, lam, rel_tol=2e-3) for m in inside), (inside, lam)
-    for c, lo, t, d, u, cv in zip(levels, lower, tops, demand, upper, curves, strict=True):
+    for c, lo, t, d, u, cv, kn in zip(levels, lower, tops, demand, upper, curves, knees,
+                                      strict=True):
         if c <= lo + 1.0 and lo < t:  # held at its bound: would give more, cheaper than lam
             assert marginal_work_per_mw(lo, d, u, cv) <= lam * (1 + 2e-3)
         if c >= t - 1.0 and lo < t:  # left whole: its first watt costs more than lam
             assert _marginal_left(t, d, u, cv) >= lam * (1 - 2e-3)
+        if abs(c - kn) <= 1.0 and lo + 1.0 < c:  # at a queued job's knee: the free watts
+            # above it are all given, and the first one below it costs more than lam
+            assert _marginal_left(kn, d, u, cv) >= lam * (1 - 2e-3)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -107,6 +114,36 @@ def test_within_the_envelope_and_floors_and_the_same_total_as_proportional(seed:
     assert sum(aware) == sum(proportional)
     for lim, lo, hi in zip(aware, floors, upper, strict=True):
         assert lo <= lim <= hi
+
+
+def test_a_queued_servers_watts_down_to_its_knee_cost_nothing_and_go_first() -> None:
+    # Arrivals of 300 W: flat out at its minimum (200 W) it serves 700 * (200/700) ** 0.194 =
+    # 549 W of work, so its knee (where it would fall behind) lies below its minimum.
+    queued = WorkCurve(INFERENCE_EXPONENT, arrival_mw=300_000.0)
+    knee = queued.knee_mw(700_000.0, MAX_MW)
+    assert knee == pytest.approx(MAX_MW * (1.1 * 300 / 700) ** (1 / INFERENCE_EXPONENT))
+    assert knee < MIN_MW
+    assert marginal_work_per_mw(MIN_MW, 700_000.0, MAX_MW, queued) == 0.0
+    assert work_value(MIN_MW, 700_000.0, MAX_MW, queued) == work_value(
+        MAX_MW, 700_000.0, MAX_MW, queued)
+    want, lower, upper = [600_000.0, 700_000.0], [MIN_MW] * 2, [MAX_MW] * 2
+    levels = work_aware_levels_mw(1_000_000, want, lower, upper, [TRAINING, queued])
+    assert levels == pytest.approx([600_000, 400_000])  # all of the cut from the server
+    levels = work_aware_levels_mw(800_000, want, lower, upper, [TRAINING, queued])
+    assert levels == pytest.approx([600_000, MIN_MW])  # down to its minimum, still free
+    levels = work_aware_levels_mw(700_000, want, lower, upper, [TRAINING, queued])
+    assert levels == pytest.approx([500_000, MIN_MW])  # then the training job gives
+    # Without its arrivals the same server is a job that cannot wait: both give.
+    levels = work_aware_levels_mw(800_000, want, lower, upper, [TRAINING, INFERENCE])
+    assert levels is not None and levels[0] < 590_000 and levels[1] > MIN_MW + 10_000
+    # A busy server's knee lies inside its range: above it the watts are free, below it not.
+    busy = WorkCurve(INFERENCE_EXPONENT, arrival_mw=600_000.0)
+    knee = busy.knee_mw(700_000.0, MAX_MW)
+    assert MIN_MW < knee < 700_000.0
+    assert marginal_work_per_mw(knee + 1.0, 700_000.0, MAX_MW, busy) == 0.0
+    assert marginal_work_per_mw(knee - 1.0, 700_000.0, MAX_MW, busy) > 0.0
+    levels = work_aware_levels_mw(600_000.0 + knee, want, lower, upper, [TRAINING, busy])
+    assert levels == pytest.approx([600_000, knee])
 
 
 def test_the_first_watts_come_from_the_flattest_curve() -> None:

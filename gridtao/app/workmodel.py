@@ -134,8 +134,9 @@ class WorkAwareCuts:
             return (None,) * self._count
         if model.version != self._seen:
             self._seen = model.version
-            self._curves = tuple(None if b is None else WorkCurve(b)
-                                 for b in model.exponents(self._count))
+            self._curves = tuple(
+                None if c is None else WorkCurve(c.exponent, arrival_mw=c.arrival_w * 1000.0)
+                for c in model.per_gpu(self._count))
         return self._curves
 
     def lost_work_factor(self) -> float | None:

@@ -18,6 +18,11 @@ demand still differs between the reference and each window, moving power and wor
 given the window's mean limit (set by the controller, not by the job) the fit uses it as an
 instrument, so that noise does not pull ``b`` toward 1.
 
+A group of inference servers (:data:`QUEUED_KINDS`) queues the requests a cap holds back and
+catches up later, so it loses work only once its limit leaves it less than its arrivals: its
+curve also carries its arrivals, as the mean power per GPU of its free windows (the reference's
+power; ``arrival_w``), for the split's knee (gridtao/control/tier1/workaware.py).
+
 Until a group has :data:`MIN_SAMPLES` pairs and its ``b`` is known to within
 :data:`MAX_EXPONENT_STD`, the prior of its kind stands in: the simulator's published curves
 (gridtao/gpu/sim/throughput.py: inference servers 0.194, calibrated to Samsi et al. 2023;
@@ -45,8 +50,8 @@ from prometheus_client.registry import Collector
 from gridtao.durable import write_atomically
 from gridtao.gpu.sim.throughput import INFERENCE_EXPONENT, TRAINING_EXPONENT
 
-__all__ = ["MAX_EXPONENT_STD", "MIN_SAMPLES", "Fit", "GroupCurve", "PowerLawFit", "WorkModel",
-           "WorkModelCollector", "lost_work_factor", "prior_exponent"]
+__all__ = ["MAX_EXPONENT_STD", "MIN_SAMPLES", "QUEUED_KINDS", "Fit", "GroupCurve", "PowerLawFit",
+           "WorkModel", "WorkModelCollector", "lost_work_factor", "prior_exponent"]
 
 log = logging.getLogger("gridtao.work.model")
 
@@ -67,6 +72,8 @@ MAX_REFERENCE_AGE_S = 900.0
 REFERENCE_WEIGHT = 0.25
 
 _INFERENCE_KINDS = ("vllm", "sglang", "tgi", "nim", "inference", "trace")
+#: Kinds whose work waits for them: online inference servers (a replayed power trace does not).
+QUEUED_KINDS = ("vllm", "sglang", "tgi", "nim", "inference")
 
 
 def prior_exponent(kind: str) -> float:
@@ -168,7 +175,9 @@ class PowerLawFit:
 @dataclass(frozen=True)
 class GroupCurve:
     """One group's curve in use: ``exponent`` (its fit's, or ``prior`` while ``from_prior``),
-    its ``fit`` (None: not enough spread yet) and the pairs it has seen (``samples``)."""
+    its ``fit`` (None: not enough spread yet), the pairs it has seen (``samples``) and, for a
+    queued kind with a fresh reference, its arrivals as the mean power per GPU they take
+    unhindered (``arrival_w``, W; 0 otherwise)."""
 
     name: str
     gpus: tuple[int, ...]
@@ -178,6 +187,7 @@ class GroupCurve:
     exponent: float
     from_prior: bool
     samples: int
+    arrival_w: float = 0.0
 
 
 class _Group:
@@ -191,8 +201,11 @@ class _Group:
         fit = self.stats.fit()
         own = fit is not None and fit.samples >= min_samples and fit.exponent_std <= max_std
         exponent = fit.exponent if own and fit is not None else prior
+        ref = self.reference
+        arrival_w = (ref[1] / len(self.gpus)
+                     if ref is not None and self.gpus and self.kind in QUEUED_KINDS else 0.0)
         return GroupCurve(self.name, self.gpus, self.kind, prior, fit, exponent, not own,
-                          self.stats.count)
+                          self.stats.count, arrival_w)
 
 
 class WorkModel:
@@ -225,11 +238,14 @@ class WorkModel:
             ref = group.reference
             if ref is not None and t_s - ref[0] > self.max_reference_age_s:
                 ref = group.reference = None
+                self._publish()
             if not limited:
                 if rate > 0.0:
                     w = 1.0 if ref is None else REFERENCE_WEIGHT
                     group.reference = (t_s, power_w, rate) if ref is None else (
                         t_s, ref[1] + w * (power_w - ref[1]), ref[2] + w * (rate - ref[2]))
+                    if group.kind in QUEUED_KINDS:  # its arrivals moved
+                        self._publish()
                 return False
             if ref is None:
                 return False
@@ -251,11 +267,15 @@ class WorkModel:
 
     def exponents(self, count: int) -> tuple[float | None, ...]:
         """Per GPU index ``0..count-1``: its group's exponent in use (None: in no group)."""
-        out: list[float | None] = [None] * count
+        return tuple(None if c is None else c.exponent for c in self.per_gpu(count))
+
+    def per_gpu(self, count: int) -> tuple[GroupCurve | None, ...]:
+        """Per GPU index ``0..count-1``: its group's curve in use (None: in no group)."""
+        out: list[GroupCurve | None] = [None] * count
         for curve in self._curves:
             for gpu in curve.gpus:
                 if 0 <= gpu < count:
-                    out[gpu] = curve.exponent
+                    out[gpu] = curve
         return tuple(out)
 
     def save(self, path: Path) -> None:

@@ -16,14 +16,20 @@ above ``D_i`` costs nothing; below it, the marginal work lost per watt is
 
     m_i(c) = w_i * b_i / U_i * (c / D_i) ** (b_i - 1)       (c < D_i; 0 above)
 
-which grows as ``c`` falls (concave curves). The optimum of ``sum V_i`` under ``sum c_i = B`` and
-``lower_i <= c_i <= min(D_i, U_i)`` is water-filling on ``m``: one level ``lam``, with every GPU
-strictly inside its bounds at ``m_i(c_i) = lam``; those held at their lower bound would give
-more watts at less than ``lam`` each, and those left at ``D_i`` would lose more than ``lam`` on
-their first watt. ``lam`` is found by bisection in ``log(lam)`` (the total
-is non-increasing in it), then the two bracketing splits are blended so the total is exactly
-``B``: GPUs tied at ``lam`` (linear curves, ``b = 1``) share what is left in proportion to their
-range, as the proportional split would.
+which grows as ``c`` falls (concave curves). A queued job (an inference server: requests that
+arrive while a cap holds it back wait, and it catches up running flat out) loses nothing while
+what it can serve at its limit, flat out, exceeds what arrives: given its arrivals as the mean
+draw ``A_i`` they take unhindered (its curve's ``arrival_mw``), it keeps all its work down to
+the knee ``K_i = U_i * ((1 + ARRIVAL_MARGIN) * A_i / U_i) ** (1 / b_i)``, and below the knee
+loses as a job asking for ``K_i`` would: ``D_i`` is replaced by ``min(D_i, K_i)`` above (the
+value still scaled by ``D_i``), so the first watts it gives cost nothing. The optimum of
+``sum V_i`` under ``sum c_i = B`` and ``lower_i <= c_i <= min(D_i, U_i)`` is water-filling on
+``m``: one level ``lam``, with every GPU strictly inside its bounds at ``m_i(c_i) = lam``; those
+held at their lower bound would give more watts at less than ``lam`` each, and those left at
+``D_i`` would lose more than ``lam`` on their first watt. ``lam`` is found by bisection in
+``log(lam)`` (the total is non-increasing in it), then the two bracketing splits are blended
+so the total is exactly ``B``: GPUs tied at ``lam`` (linear curves, ``b = 1``) share what is
+left in proportion to their range, as the proportional split would.
 
 Pure functions of their arguments: no clock, no I/O, no state (:class:`WorkAwareSplit`, which
 tier 1 calls, adds a hold-off after each cut starts). Plain Python floats (8-64 GPUs: cheaper
@@ -41,28 +47,44 @@ from dataclasses import dataclass
 from gridtao.clock import Clock
 from gridtao.control.tier1.allocation import proportional_levels
 
-__all__ = ["BLEND_S", "HOLD_OFF_S", "WorkAwareSplit", "WorkCurve", "marginal_work_per_mw",
-           "work_aware_levels_mw", "work_value"]
+__all__ = ["ARRIVAL_MARGIN", "BLEND_S", "HOLD_OFF_S", "WorkAwareSplit", "WorkCurve",
+           "marginal_work_per_mw", "work_aware_levels_mw", "work_value"]
 
 #: Bisection stops when the two bracketing totals are this close, mW (or after MAX_ITER).
 TOTAL_TOLERANCE_MW = 0.5
 MAX_ITER = 100
+#: A queued job's knee leaves its capacity this share above its mean arrivals, so the queue a
+#: burst builds drains (arrivals are not steady).
+ARRIVAL_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
 class WorkCurve:
     """A GPU's throughput curve under a limit: ``exponent`` in (0, 1] (rate ~ power ** exponent
     at a steady demand); ``weight`` >= 0, the worth of one GPU-second of its full-speed work
-    (0: the GPU does no work worth keeping)."""
+    (0: the GPU does no work worth keeping); ``arrival_mw`` >= 0, for a queued job (an inference
+    server) the mean draw its arrivals take unhindered, mW (0: a job that cannot wait, or
+    arrivals not known)."""
 
     exponent: float
     weight: float = 1.0
+    arrival_mw: float = 0.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.exponent) and 0.0 < self.exponent <= 1.0):
             raise ValueError(f"exponent must be in (0, 1], got {self.exponent!r}")
         if not (math.isfinite(self.weight) and self.weight >= 0.0):
             raise ValueError(f"weight must be a finite number >= 0, got {self.weight!r}")
+        if not (math.isfinite(self.arrival_mw) and self.arrival_mw >= 0.0):
+            raise ValueError(f"arrival_mw must be a finite number >= 0, got {self.arrival_mw!r}")
+
+    def knee_mw(self, demand_mw: float, upper_mw: float) -> float:
+        """Where the job starts to lose work, mW: ``demand_mw``, or a queued job's knee below
+        it (see the module docstring); at least 1 mW."""
+        if self.arrival_mw <= 0.0 or upper_mw <= 0.0:
+            return max(1.0, demand_mw)
+        load = min(1.0, (1.0 + ARRIVAL_MARGIN) * self.arrival_mw / upper_mw)
+        return max(1.0, min(demand_mw, float(upper_mw * load ** (1.0 / self.exponent))))
 
 
 def work_value(c_mw: float, demand_mw: float, upper_mw: float, curve: WorkCurve) -> float:
@@ -70,30 +92,40 @@ def work_value(c_mw: float, demand_mw: float, upper_mw: float, curve: WorkCurve)
     (times the curve's weight). 0 when the GPU asks for nothing."""
     if demand_mw <= 0.0 or upper_mw <= 0.0:
         return 0.0
-    x = min(1.0, max(0.0, c_mw / demand_mw))
+    x = min(1.0, max(0.0, c_mw / curve.knee_mw(demand_mw, upper_mw)))
     return float(curve.weight * demand_mw / upper_mw * x**curve.exponent)
 
 
 def marginal_work_per_mw(c_mw: float, demand_mw: float, upper_mw: float,
                          curve: WorkCurve) -> float:
-    """``m(c)``: the work lost per mW taken at limit ``c_mw`` (0 at or above the demand)."""
-    if c_mw >= demand_mw or upper_mw <= 0.0:
+    """``m(c)``: the work lost per mW taken at limit ``c_mw`` (0 at or above the knee: the
+    demand, or a queued job's knee)."""
+    if upper_mw <= 0.0 or demand_mw <= 0.0:
+        return 0.0
+    knee = curve.knee_mw(demand_mw, upper_mw)
+    if c_mw >= knee:
         return 0.0
     if c_mw <= 0.0:
         return math.inf
-    return float(curve.weight * curve.exponent / upper_mw
-                 * (c_mw / demand_mw) ** (curve.exponent - 1.0))
+    return float(curve.weight * curve.exponent * demand_mw / (upper_mw * knee)
+                 * (c_mw / knee) ** (curve.exponent - 1.0))
 
 
 def _level_at(lam: float, k: float, b: float, demand: float, lo: float, top: float) -> float:
-    """The limit where ``m = lam`` for a GPU with ``m(c) = k * (c/demand) ** (b-1)``, clipped
+    """The limit where ``m = lam`` for a GPU with ``m(c) = k * (c/demand) ** (b-1)`` below
+    ``demand`` (0 above it: any ``lam > 0`` takes it at least down to ``demand``), clipped
     into ``[lo, top]``; linear curves (``b == 1``) sit at ``lo`` from ``lam >= k`` on."""
+    top = max(lo, min(top, demand))
     if k <= 0.0:
         return lo
     if b >= 1.0:
         return lo if lam >= k else top
-    c = demand * (lam / k) ** (1.0 / (b - 1.0))
-    return lo if c <= lo else top if c >= top else c
+    # In logs: near b = 1 the power (lam / k) ** (1 / (b - 1)) overflows a float.
+    log_c = math.log(demand) + math.log(lam / k) / (b - 1.0)
+    if log_c >= math.log(top):
+        return top
+    c = math.exp(log_c)
+    return lo if c <= lo else c
 
 
 def work_aware_levels_mw(
@@ -134,7 +166,10 @@ def work_aware_levels_mw(
     if budget_mw <= math.fsum(lo):
         return lo
     demand = [max(float(w), t, 1.0) for w, t in zip(want_mw, top, strict=True)]
-    return _fill(budget_mw, k, b, demand, lo, top)
+    knee = [cv.knee_mw(d, u) for cv, d, u in zip(known, demand, up, strict=True)]
+    # Below its knee a GPU loses as one asking for the knee would, scaled by its demand.
+    k = [ki * d / kn for ki, d, kn in zip(k, demand, knee, strict=True)]
+    return _fill(budget_mw, k, b, knee, lo, top)
 
 
 def _fill(budget_mw: float, k: list[float], b: list[float], demand: list[float],
@@ -154,9 +189,10 @@ def _fill(budget_mw: float, k: list[float], b: list[float], demand: list[float],
 
     # m_i ranges over [m_i(top_i), m_i(lo_i)]; outside the union of those ranges every GPU is
     # at one bound. GPUs worth nothing (k = 0) sit at their lower bound for any lam > 0.
-    highs = [ki * (a / d) ** (bi - 1.0) if a > 0.0 else math.inf
+    highs = [ki * min(1.0, a / d) ** (bi - 1.0) if a > 0.0 else math.inf
              for ki, bi, a, d in zip(k, b, lo, demand, strict=True)]
-    lows = [ki * (t / d) ** (bi - 1.0) for ki, bi, t, d in zip(k, b, top, demand, strict=True)]
+    lows = [ki * min(1.0, t / d) ** (bi - 1.0)
+            for ki, bi, t, d in zip(k, b, top, demand, strict=True)]
     positive = [v for v, ki, r in zip(lows, k, room, strict=True) if ki > 0.0 and r]
     finite = [v for v, ki, r in zip(highs, k, room, strict=True)
               if ki > 0.0 and r and math.isfinite(v)]
@@ -165,10 +201,10 @@ def _fill(budget_mw: float, k: list[float], b: list[float], demand: list[float],
     under = split(lam_lo)  # the most any lam > 0 gives: working GPUs at their tops
     total_under = math.fsum(under)
     if total_under <= budget_mw:
-        # Even at their tops the working GPUs leave watts over: the ones worth nothing take the
-        # rest in proportion to their range (it costs no work either way).
+        # Even at their knees the working GPUs leave watts over: the room above the knees and
+        # the GPUs worth nothing take the rest in proportion (it costs no work either way).
         spare = budget_mw - total_under
-        idle = [t - a if ki <= 0.0 else 0.0 for ki, a, t in zip(k, lo, top, strict=True)]
+        idle = [t - u for u, t in zip(under, top, strict=True)]
         idle_total = math.fsum(idle)
         share = 0.0 if idle_total <= 0.0 else min(1.0, spare / idle_total)
         return [u + share * r for u, r in zip(under, idle, strict=True)]

@@ -26,6 +26,7 @@ from gridtao.config.agent import ConfigError, SimConfig, SimWorkload, config_fro
 from gridtao.gpu.sim.daily import DailyShape, configured_shape
 from gridtao.gpu.sim.physics import GpuPhysics, GpuProfile
 from gridtao.gpu.sim.shared import DeviceFile, DeviceGone, SimDeviceError
+from gridtao.gpu.sim.throughput import QUEUED_WORKLOADS, model_for
 from gridtao.gpu.sim.workloads import Resumable, Trace, TraceError, load_trace, make_workload
 
 __all__ = ["DEVICE_PARAMS", "Fault", "Gpus", "LocalGpu", "SharedGpu", "build_gpus", "config_of",
@@ -211,6 +212,9 @@ def build_gpus(cfg: SimConfig, clock: Clock, profile: GpuProfile,
             noise_w=cfg.noise_w,
             rng=rng,
             energy_offset_j=rng.uniform(1e4, 1e6),
+            exponent=model_for(workloads[i].kind).exponent,
+            queued=workloads[i].kind in QUEUED_WORKLOADS,
+            busy_w=profile.max_w,
         )
         uuid_str = "GPU-" + str(uuid.UUID(int=rng.getrandbits(128), version=4))
         gpus.append(LocalGpu(physics, profile.name, uuid_str))

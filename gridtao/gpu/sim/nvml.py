@@ -49,7 +49,7 @@ from gridtao.gpu.sim.devices import (
     load_configured_trace,
     nvml_error,
 )
-from gridtao.gpu.sim.physics import PROFILES, GpuProfile
+from gridtao.gpu.sim.physics import PROFILES, GpuProfile, WorkTotals
 from gridtao.gpu.sim.shared import DeviceFile, DeviceMissing
 
 FaultKind = Literal["lost", "no_permission", "not_supported", "slow"]
@@ -154,6 +154,13 @@ class SimNvml:
         with self._devices[index].hold() as physics:
             physics.advance(self.clock.now())
             return physics.demand_w
+
+    def work_j(self, index: int) -> WorkTotals:
+        """GPU ``index``'s work so far (served, arrived, waiting), full-speed J: the physics'
+        counters (``physics.py``; ``throughput.py`` turns them into tokens or samples)."""
+        with self._devices[index].hold() as physics:
+            physics.advance(self.clock.now())
+            return physics.work()
 
     def set_demand_w(self, index: int, watts: float | None) -> None:
         """Override GPU ``index``'s demand with ``watts`` (None: back to its workload)."""

@@ -9,6 +9,16 @@ Model (watts and seconds inside; the NVML facade converts to mW/mJ):
   recover 200->280 W, docs/sources.md#gpu-power-response).
 * true draw ``p(t) = min(demand_w(t), ceiling_w(t))``. Demand changes pass straight through: a
   job's own phase changes are not slowed by the power controller, only the limit is.
+* work, counted in full-speed joules (the energy the job would have spent on it drawing what it
+  asks for; ``throughput.py`` turns them into tokens or samples): work arrives at ``demand_w``
+  and is served at ``D * (p / D) ** exponent`` while the job asks for ``D`` and draws ``p``
+  (``throughput.relative_rate``). A job that cannot wait (training, a replayed trace: ``queued``
+  false) asks for its demand and loses what a cap holds back. An inference server (``queued``)
+  keeps what it could not serve in a backlog: while the backlog is not empty it runs flat out
+  (asks for ``busy_w``, its largest batch) until it has caught up, so a cap that only clips its
+  bursts costs it latency, not work, as long as what it can serve at the cap exceeds what
+  arrives. A backlog over :data:`MAX_BACKLOG_S` of full-speed work is dropped (requests time
+  out): that work is lost.
 
 Between events (a workload segment boundary, a limit change, a reading refresh) demand and
 limit are constant, so ``ceiling_w`` is an exact exponential, the crossing with demand is found
@@ -28,7 +38,9 @@ import random
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
+from gridtao.gpu.sim.throughput import relative_rate
 from gridtao.gpu.sim.workloads import Workload
 
 
@@ -80,8 +92,26 @@ def keyed_gauss(key: int, k: int) -> float:
     return math.sqrt(-2.0 * math.log(u1)) * math.cos(_TWO_PI * u2)
 
 
+class WorkTotals(NamedTuple):
+    """A GPU's work since it was built, in full-speed joules (see the module docstring):
+    ``served``, ``arrived`` (what it would have served unhindered) and ``backlog`` (waiting)."""
+
+    served_j: float
+    arrived_j: float
+    backlog_j: float
+
+
 #: How many floats :meth:`GpuPhysics.export` gives before the average window.
-STATE_SCALARS = 12
+STATE_SCALARS = 15
+#: A queued server's backlog is capped at this many seconds of its full-speed work, s: requests
+#: that waited longer have timed out (ours: a round figure for an online service's patience).
+MAX_BACKLOG_S = 30.0
+#: A backlog under this (full-speed J) is empty ...
+_EMPTY_J = 1e-9
+#: ... and so is one left where it was found to empty, under this share of what it was ...
+_CROSSING_SLACK = 1e-3
+#: ... or after this many tries within one stretch (the ceiling moved under each estimate).
+_MAX_CROSSINGS = 4
 
 
 class GpuPhysics:
@@ -91,10 +121,14 @@ class GpuPhysics:
     """
 
     __slots__ = (
+        "_arrived_j",
+        "_backlog_j",
+        "_busy_w",
         "_cap_down_s",
         "_cap_up_s",
         "_ceiling_w",
         "_energy_j",
+        "_exponent",
         "_grid0_s",
         "_k",
         "_n_window",
@@ -103,10 +137,12 @@ class GpuPhysics:
         "_noise_w",
         "_override_w",
         "_profile_demand_w",
+        "_queued",
         "_refresh_s",
         "_sample_t_s",
         "_sample_w",
         "_seg_end_s",
+        "_served_j",
         "_t",
         "_window_j",
         "_workload",
@@ -125,9 +161,21 @@ class GpuPhysics:
         noise_w: float,
         rng: random.Random,
         energy_offset_j: float,
+        exponent: float = 1.0,
+        queued: bool = False,
+        busy_w: float = 0.0,
     ) -> None:
+        """``exponent``: of the job's throughput curve, in (0, 1]; ``queued``: the job keeps
+        what it could not serve (an inference server) and then asks for ``busy_w`` (W, its
+        largest demand) until it has caught up; else it loses it."""
         if min(cap_down_s, cap_up_s, refresh_s) <= 0:
             raise ValueError("time constants and the refresh period must be > 0")
+        if not 0.0 < exponent <= 1.0:
+            raise ValueError("the throughput exponent must be in (0, 1]")
+        self._exponent = exponent
+        self._queued = queued
+        self._busy_w = busy_w
+        self._backlog_j = self._served_j = self._arrived_j = 0.0
         self._t = t0_s
         self.limit_w = limit_w
         self._ceiling_w = limit_w
@@ -161,11 +209,23 @@ class GpuPhysics:
 
     @property
     def demand_w(self) -> float:
+        """What arrives now, W: the workload's (or the override's) demand, what the job would
+        draw unhindered."""
         return self._profile_demand_w if self._override_w is None else self._override_w
+
+    @property
+    def asked_w(self) -> float:
+        """What the job asks for now, W: its demand, or ``busy_w`` while a backlog waits."""
+        d = self.demand_w
+        return max(d, self._busy_w) if self._backlog_j > 0.0 else d
 
     def draw_w(self) -> float:
         """True draw at the state's time."""
-        return min(self.demand_w, self._ceiling_w)
+        return min(self.asked_w, self._ceiling_w)
+
+    def work(self) -> WorkTotals:
+        """The work served, arrived and waiting at the state's time."""
+        return WorkTotals(self._served_j, self._arrived_j, self._backlog_j)
 
     @property
     def ceiling_w(self) -> float:
@@ -261,7 +321,8 @@ class GpuPhysics:
         override = math.nan if self._override_w is None else self._override_w
         scalars = (self._t, self.limit_w, self._ceiling_w, self._energy_j, self._grid0_s,
                    float(self._k), self._next_refresh_s, override, self._profile_demand_w,
-                   self._seg_end_s, self._sample_t_s, self._sample_w)
+                   self._seg_end_s, self._sample_t_s, self._sample_w, self._backlog_j,
+                   self._served_j, self._arrived_j)
         return scalars, self._window_j
 
     def load(self, scalars: Sequence[float], window: Sequence[float]) -> None:
@@ -270,19 +331,57 @@ class GpuPhysics:
             raise ValueError("state of another shape")
         (self._t, self.limit_w, self._ceiling_w, self._energy_j, self._grid0_s, k,
          self._next_refresh_s, override, self._profile_demand_w, self._seg_end_s,
-         self._sample_t_s, self._sample_w) = scalars
+         self._sample_t_s, self._sample_w, self._backlog_j, self._served_j,
+         self._arrived_j) = scalars
         self._k = int(k)
         self._override_w = None if math.isnan(override) else override
         self._window_j = deque(window, maxlen=self.window_len)
 
     def _evolve(self, dt: float) -> None:
-        """Integrate ``dt`` seconds with constant demand and limit."""
+        """Integrate ``dt`` seconds with constant demand and limit: energy, and the work that
+        arrives and is served. A queued job's backlog may empty inside the stretch; it then
+        asks for its demand again from that moment (found at the ceiling the stretch starts
+        with: the stretches between refreshes are short)."""
         d = self.demand_w
+        crossings = 0
+        while dt > 0.0:
+            asked = self.asked_w
+            step = dt
+            backlog0 = self._backlog_j
+            if self._queued and backlog0 > 0.0:
+                p = min(asked, self._ceiling_w)
+                drain_w = (asked * relative_rate(p / asked, self._exponent) - d
+                           if asked > 0.0 else 0.0)
+                if drain_w > 0.0 and backlog0 < drain_w * dt:
+                    step = backlog0 / drain_w
+                    crossings += 1
+            e = self._energy(asked, step)
+            served = (asked * relative_rate(e / step / asked, self._exponent) * step
+                      if asked > 0.0 else 0.0)
+            self._arrived_j += d * step
+            if self._queued:
+                backlog = backlog0 + d * step - served
+                # Where the backlog was found to empty (at the ceiling the step began with, which
+                # may have moved since), or floating-point dust is left: what is left was served
+                # in the step, so arrived = served + waiting holds exactly.
+                tol = _EMPTY_J if step == dt else max(_EMPTY_J, _CROSSING_SLACK * backlog0)
+                if backlog < tol or crossings > _MAX_CROSSINGS:
+                    served += backlog
+                    backlog = 0.0
+                cap = MAX_BACKLOG_S * max(self._busy_w, d)
+                self._backlog_j = min(backlog, cap)  # beyond it requests time out: dropped
+            self._served_j += served
+            dt -= step
+
+    def _energy(self, d: float, dt: float) -> float:
+        """Integrate ``dt`` seconds of a job asking for ``d`` W under a constant limit: adds to
+        the energy counter, moves the ceiling, returns the energy drawn (J)."""
         lim = self.limit_w
         c0 = self._ceiling_w
         if c0 == lim:
-            self._energy_j += min(d, lim) * dt
-            return
+            e = min(d, lim) * dt
+            self._energy_j += e
+            return e
         tau = self._cap_down_s if c0 > lim else self._cap_up_s
         a = c0 - lim
         c1 = lim + a * math.exp(-dt / tau)
@@ -308,3 +407,4 @@ class GpuPhysics:
                 e = ceiling_integral(0.0, s) + d * (dt - s)
         self._energy_j += e
         self._ceiling_w = lim if abs(c1 - lim) < _SNAP_W else c1
+        return e

@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 MAGIC = b"GTSIMDEV"
-FORMAT = 1
+FORMAT = 2
 HEADER_SIZE = 4096
 _READY, _DESTROYED = 1, 2
 

@@ -14,6 +14,15 @@ asks for and on how much of that the power limit lets it draw:
   falls). The energy per unit of work under a cap, ``joules_per_unit * x / relative_rate(x)``,
   falls with the cap, as measured on real GPUs.
 
+That is the rate of a job that cannot wait (training: a step takes longer; the work a cap holds
+back is lost for the hold). An inference server serves requests that arrive whatever its limit
+does (:data:`QUEUED_WORKLOADS`): what a cap holds back waits in a queue, and the server runs
+flat out (its largest batch, at its largest draw) until it has caught up, so it loses work only
+when what it can serve at its limit falls short of what arrives, or when requests wait too long
+(``physics.py`` keeps the backlog; the curve above, read at the busy draw, is what it can serve).
+Every counter of work lives in the physics, in full-speed joules; a model's
+``joules_per_unit`` turns them into tokens or samples.
+
 Calibration (docs/sources.md, "Simulated work"): the inference curve goes through the power-cap
 measurement of Samsi et al. 2023, "From Words to Watts: Benchmarking the Energy Costs of Large
 Language Model Inference" (IEEE HPEC 2023, https://arxiv.org/abs/2310.03003): capping the GPUs
@@ -33,14 +42,12 @@ loses more work per watt than memory-bound decoding does. Its energy per sample 
 prompt tokens per generated token (2) are round figures of ours, not measurements. An idle GPU
 does no work.
 
-Units: watts, seconds, work units (tokens or samples). Everything here is pure but
-:class:`WorkCounter`, which holds one GPU's running total.
+Units: watts, seconds, work units (tokens or samples). Everything here is pure.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
@@ -52,11 +59,10 @@ __all__ = [
     "INFERENCE",
     "INFERENCE_EXPONENT",
     "PROMPT_TOKENS_PER_GENERATED",
+    "QUEUED_WORKLOADS",
     "TRAINING",
     "TRAINING_EXPONENT",
     "ThroughputModel",
-    "WorkCounter",
-    "integrate",
     "model_for",
     "relative_rate",
     "work_rate",
@@ -99,6 +105,10 @@ INFERENCE = ThroughputModel("tokens", INFERENCE_EXPONENT, 3.5)
 TRAINING = ThroughputModel("samples", TRAINING_EXPONENT, 100.0)
 IDLE = ThroughputModel("tokens", INFERENCE_EXPONENT, math.inf)
 
+#: Simulated workloads whose work waits for them (an inference server's requests); the others
+#: (training, a replayed trace, idle) lose what a cap holds back.
+QUEUED_WORKLOADS = frozenset({"inference"})
+
 _BY_WORKLOAD = {"inference": INFERENCE, "trace": INFERENCE, "training": TRAINING, "idle": IDLE}
 
 
@@ -125,42 +135,3 @@ def work_rate(draw_w: float, demand_w: float, model: ThroughputModel = INFERENCE
     if demand_w <= 0.0 or math.isinf(model.joules_per_unit):
         return 0.0
     return demand_w / model.joules_per_unit * relative_rate(draw_w / demand_w, model.exponent)
-
-
-class WorkCounter:
-    """One GPU's work counter, integrated from samples ``(t_s, draw_w, demand_w)``: each
-    sample's rate (:func:`work_rate`) holds until the next sample (a zero-order hold, as the
-    simulated demand and NVML's readings are piecewise constant). Not thread-safe."""
-
-    def __init__(self, model: ThroughputModel = INFERENCE) -> None:
-        self.model = model
-        self.total = 0.0
-        self.rate = 0.0
-        self._t: float | None = None
-
-    def add(self, t_s: float, draw_w: float, demand_w: float) -> float:
-        """Take a sample at ``t_s`` (s, not before the last one); returns the total."""
-        if self._t is not None:
-            if t_s < self._t:
-                raise ValueError(f"sample at {t_s} s before the last one ({self._t} s)")
-            self.total += self.rate * (t_s - self._t)
-        self._t = t_s
-        self.rate = work_rate(draw_w, demand_w, self.model)
-        return self.total
-
-    def at(self, t_s: float) -> float:
-        """The total at ``t_s``, the last sample's rate held since it (never below
-        :attr:`total`; a later :meth:`add` never goes below it either)."""
-        if self._t is None or t_s <= self._t:
-            return self.total
-        return self.total + self.rate * (t_s - self._t)
-
-
-def integrate(samples: Iterable[tuple[float, float, float]],
-              model: ThroughputModel = INFERENCE) -> float:
-    """The work done over ``samples`` ``(t_s, draw_w, demand_w)``, in time order, up to the
-    last sample's time (see :class:`WorkCounter`)."""
-    counter = WorkCounter(model)
-    for t_s, draw_w, demand_w in samples:
-        counter.add(t_s, draw_w, demand_w)
-    return counter.total

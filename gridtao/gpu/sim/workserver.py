@@ -2,12 +2,12 @@
 served as Prometheus counters in the names real servers use.
 
 :class:`SimWork` opens the machine-wide simulated device (``shared.py``) with the settings it
-was created with, as another process on the server would, and never sets a limit. A thread
-samples each of its GPUs every ``period_s`` seconds: the instant power through the NVML backend
-(what the limit lets the GPU draw) and the workload's demand (``SimNvml.demand_w``, the
-simulator's oracle: what the job would draw unhindered), and integrates a work counter per GPU
-with the throughput model (``throughput.py``). A scrape reads the counters at that moment (each
-GPU's last rate held since its last sample), summed over the GPUs served:
+was created with, as another process on the server would, and never sets a limit. The work
+each GPU has done is the physics' own counter (``SimNvml.work_j``: the work served under the
+limits it had, queued requests included; ``physics.py``), in the units of its workload's
+throughput model (``throughput.py``). A scrape reads the counters at that moment, summed over
+the GPUs served. A thread reads them every ``period_s`` seconds too, for the rate and to notice
+a device that was destroyed (the server then stops):
 
 * ``vllm``: ``vllm:generation_tokens_total{model_name=...}`` and
   ``vllm:prompt_tokens_total{model_name=...}`` (prompt tokens at a fixed ratio to the generated
@@ -21,7 +21,6 @@ scrape time, on a registry of its own) until SIGINT or SIGTERM.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import signal
@@ -40,10 +39,9 @@ from gridtao.clock import Clock, MonotonicClock
 from gridtao.config.agent import ConfigError
 from gridtao.errors import GridtaoError
 from gridtao.gpu.backend import GpuError
-from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
 from gridtao.gpu.sim.shared import SimDeviceError
-from gridtao.gpu.sim.throughput import PROMPT_TOKENS_PER_GENERATED, WorkCounter, model_for
+from gridtao.gpu.sim.throughput import PROMPT_TOKENS_PER_GENERATED, model_for
 
 __all__ = ["KINDS", "SAMPLE_PERIOD_S", "SimWork", "WorkCollector", "WorkServerError",
            "print_ready", "serve"]
@@ -99,12 +97,14 @@ class SimWork:
             if self.kind == "vllm" and training:
                 raise WorkServerError(f"the GPUs served of {self.path} run a training workload "
                                       "(samples, not tokens): use --kind custom")
-            self.backend = NvmlBackend(self.sim)
         except BaseException:
             self._close_device()
             raise
-        self._counters = {i: WorkCounter(model_for(self.sim.workloads[i].kind))
-                          for i in self.gpus}
+        # Full-speed joules per unit of each GPU's work (inf: an idle GPU, no work).
+        self._joules = {i: model_for(self.sim.workloads[i].kind).joules_per_unit
+                        for i in self.gpus}
+        self._last: tuple[float, float] | None = None  # (t s, units) at the last sample
+        self.rate = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -114,13 +114,19 @@ class SimWork:
     # -- sampling ---------------------------------------------------------------------------
 
     def sample(self) -> None:
-        """Sample every GPU served once, now (the sampling thread's step; tests)."""
-        for i in self.gpus:
-            t = self.clock.now()
-            draw_w = self.backend.instant_power_mw(i) / 1000.0
-            demand_w = self.sim.demand_w(i)
-            with self._lock:
-                self._counters[i].add(t, draw_w, demand_w)
+        """Read the GPUs' work now, for the rate over the last period (the sampling thread's
+        step; tests). Raises what reading them raises (``pynvml.NVMLError`` when the device
+        is gone)."""
+        t = self.clock.now()
+        units = self._units()
+        with self._lock:
+            if self._last is not None and t > self._last[0]:
+                self.rate = (units - self._last[1]) / (t - self._last[0])
+            self._last = (t, units)
+
+    def _units(self) -> float:
+        """The work the GPUs served have done, in units (tokens or samples)."""
+        return math.fsum(self.sim.work_j(i).served_j / self._joules[i] for i in self.gpus)
 
     def start(self, on_failure: Callable[[], None] | None = None) -> None:
         """Sample every ``period_s`` on a daemon thread; ``on_failure`` is called if the GPUs
@@ -155,19 +161,17 @@ class SimWork:
 
     def totals(self) -> tuple[float, float]:
         """``(work, rate)`` now, summed over the GPUs served: units (generated tokens or
-        samples) and units per second."""
-        now = self.clock.now()
+        samples) since the device was created, and units per second over the last sampling
+        period."""
+        units = self._units()
         with self._lock:
-            return (sum(c.at(now) for c in self._counters.values()),
-                    sum(c.rate for c in self._counters.values()))
+            return units, self.rate
 
     def close(self) -> None:
         """Stop sampling and let go of the device (which lives on). Idempotent."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
-        with contextlib.suppress(GpuError):
-            self.backend.close()
         self._close_device()
 
     def _close_device(self) -> None:
