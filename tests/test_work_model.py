@@ -239,13 +239,15 @@ def test_the_agent_installs_the_split_only_when_asked_and_able(
     first = cuts.curves()[0]
     assert first is not None and cuts.curves()[1] is None
     assert first.arrival_mw == 0.0  # no free window seen yet
-    cuts.model.observe("llm", 5.0, 420.0, 120.0, limited=False)
-    first = cuts.curves()[0]
-    assert first is not None and first.arrival_mw == pytest.approx(420_000.0)  # mW per GPU
     # For the planner: GPU 0 at the inference prior, GPU 1 in no group (all its work).
     draws = [d / 1000.0 for d in parts[1].draw_mw]
     assert cuts.lost_work_factor() == pytest.approx(
         lost_work_factor([INFERENCE_EXPONENT, None], draws, depth=0.4))
+    cuts.model.observe("llm", 5.0, 420.0, 120.0, limited=False)
+    first = cuts.curves()[0]
+    assert first is not None and first.arrival_mw == pytest.approx(420_000.0)  # mW per GPU
+    # Its arrivals known, the server's knee lies far below a 40 % cut: only GPU 1 costs.
+    assert cuts.lost_work_factor() == pytest.approx(draws[1] / sum(draws))
     assert registry.get_sample_value("gridtao_work_model_exponent",
                                      {"gpu": "0", "source": "llm"}) == INFERENCE_EXPONENT
     cuts.close()
@@ -268,6 +270,19 @@ def test_the_share_of_work_a_watt_shed_costs_weighs_each_gpu_by_its_draw() -> No
     assert lost_work_factor([0.3], [0.0], depth=0.4) is None
     with pytest.raises(ValueError, match="depth"):
         lost_work_factor([0.3], [600.0], depth=0.0)
+
+
+def test_a_queued_server_costs_only_the_part_of_a_cut_below_its_knee() -> None:
+    """An inference server drawing 500 W whose knee is 400 W, cut by 10 % (to 450 W): nothing
+    lost; by 40 % (to 300 W): what a job asking for 400 W loses at 300 W, per share shed."""
+    assert lost_work_factor([0.2], [500.0], depth=0.1, knee_w=[400.0]) == 0.0
+    assert lost_work_factor([0.2], [500.0], depth=0.4, knee_w=[400.0]) == pytest.approx(
+        (1.0 - 0.75 ** 0.2) / 0.4)
+    # A knee at or above the draw changes nothing.
+    assert lost_work_factor([0.2], [500.0], depth=0.4, knee_w=[700.0]) == lost_work_factor(
+        [0.2], [500.0], depth=0.4)
+    with pytest.raises(ValueError, match="one knee"):
+        lost_work_factor([0.2], [500.0], depth=0.4, knee_w=[])
 
 
 def test_the_planner_values_lost_work_from_the_learned_curves() -> None:

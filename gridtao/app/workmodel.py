@@ -37,7 +37,7 @@ from gridtao.config.agent import Config
 from gridtao.control.tier1.loop import FastLoop
 from gridtao.control.tier1.workaware import WorkAwareSplit, WorkCurve
 from gridtao.safety.island import SafetyIsland
-from gridtao.work.model import WorkModel, WorkModelCollector, lost_work_factor
+from gridtao.work.model import GroupCurve, WorkModel, WorkModelCollector, lost_work_factor
 from gridtao.work.node import NodeWork
 from gridtao.work.sources import SourceSnapshot
 
@@ -63,6 +63,11 @@ def rate_of(snap: SourceSnapshot) -> float | None:
         return snap.rates.get(("", unit))
     rates = [r for (_, kind), r in snap.rates.items() if kind == "generation"]
     return sum(rates) if rates else None
+
+
+def _curve(group: GroupCurve) -> WorkCurve:
+    """The split's curve of a GPU of ``group``: its exponent in use and its arrivals (mW)."""
+    return WorkCurve(group.exponent, arrival_mw=group.arrival_w * 1000.0)
 
 
 class _Window:
@@ -134,21 +139,25 @@ class WorkAwareCuts:
             return (None,) * self._count
         if model.version != self._seen:
             self._seen = model.version
-            self._curves = tuple(
-                None if c is None else WorkCurve(c.exponent, arrival_mw=c.arrival_w * 1000.0)
-                for c in model.per_gpu(self._count))
+            self._curves = tuple(None if c is None else _curve(c)
+                                 for c in model.per_gpu(self._count))
         return self._curves
 
     def lost_work_factor(self) -> float | None:
         """The share of full-speed work an IT W·h shed costs the node now (the curves at half
         the deepest cut the agent accepts, ``limits.max_reduction_fraction``, weighted by tier
-        1's draws; :func:`~gridtao.work.model.lost_work_factor`), None without a model. For
-        the planner's cost of lost work; any thread."""
+        1's draws, each queued server's cut costing only below its knee;
+        :func:`~gridtao.work.model.lost_work_factor`), None without a model. For the planner's
+        cost of lost work; any thread."""
         model = self.model
         if model is None:
             return None
-        return lost_work_factor(model.exponents(self._count),
-                                [d / 1000.0 for d in self._draw_mw()], depth=self._depth)
+        draw_mw = self._draw_mw()
+        curves = [None if c is None else _curve(c) for c in model.per_gpu(self._count)]
+        knees = [d if c is None else c.knee_mw(d, r) for c, d, r
+                 in zip(curves, draw_mw, self._resting_mw(), strict=True)]
+        return lost_work_factor(model.exponents(self._count), [d / 1000.0 for d in draw_mw],
+                                depth=self._depth, knee_w=[k / 1000.0 for k in knees])
 
     def start(self) -> None:
         """Start the feeder thread (nothing to do without a model)."""

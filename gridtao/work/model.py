@@ -313,20 +313,32 @@ class WorkModel:
 
 
 def lost_work_factor(exponents: Sequence[float | None], draw_w: Sequence[float], *,
-                     depth: float) -> float | None:
+                     depth: float, knee_w: Sequence[float] | None = None) -> float | None:
     """The share of its full-speed work the node loses per share of its energy shed, at a cut
     of ``depth`` (a fraction of each GPU's draw, in (0, 1]): per GPU with a curve (its exponent
     ``a``), the secant ``(1 - (1 - depth) ** a) / depth`` (``a`` at small cuts, more at deep
     ones); 1.0 for a GPU in no group (all of its work: the cautious value); weighted by each
-    GPU's draw ``draw_w`` (W). None when no GPU has a curve or the node draws nothing. For the
-    planner's cost of lost work: an IT W·h shed costs this share of a W·h of full-speed work."""
+    GPU's draw ``draw_w`` (W). ``knee_w``: per GPU, the power down to which it loses nothing
+    (a queued server's knee, gridtao/control/tier1/workaware.py; its draw or more: none), so
+    only the part of the cut below it costs, as ``1 - (cut_to / knee) ** a``. None when no GPU
+    has a curve or the node draws nothing. For the planner's cost of lost work: an IT W·h shed
+    costs this share of a W·h of full-speed work."""
     if not 0.0 < depth <= 1.0:
         raise ValueError(f"depth must be in (0, 1], got {depth}")
-    if len(exponents) != len(draw_w):
-        raise ValueError("one exponent (or None) per GPU")
+    if len(exponents) != len(draw_w) or (knee_w is not None and len(knee_w) != len(draw_w)):
+        raise ValueError("one exponent (or None), and one knee if any, per GPU")
     if all(a is None for a in exponents) or not sum(draw_w) > 0.0:
         return None
-    shares = [1.0 if a is None else (1.0 - (1.0 - depth) ** a) / depth for a in exponents]
+    knees = knee_w if knee_w is not None else draw_w
+    shares = []
+    for a, draw, knee in zip(exponents, draw_w, knees, strict=True):
+        if a is None:
+            shares.append(1.0)
+            continue
+        top = min(draw, knee)
+        cut_to = (1.0 - depth) * draw
+        kept = 1.0 if top <= 0.0 or cut_to >= top else (cut_to / top) ** a
+        shares.append((1.0 - kept) / depth)
     return math.fsum(s * w for s, w in zip(shares, draw_w, strict=True)) / math.fsum(draw_w)
 
 
