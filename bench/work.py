@@ -104,8 +104,8 @@ def run_allocation(allocation: str, *, curves: Sequence[float | None] | None,
                    record: Path | None = None) -> dict[str, Any]:
     """One run (see the module docstring): shed ``k`` asks the island for ``requests[k]`` of
     node power at a fixed time; ``curves``, each GPU's exponent (None: no curve), installs a
-    work-aware split (None: proportional), with each inference GPU's arrivals as a work model
-    observing this run gives them; ``model``, when given, observes each GPU's windows too;
+    work-aware split (None: proportional), with each GPU's free draw as a work model observing
+    this run gives it; ``model``, when given, observes each GPU's windows too;
     ``record``: a folder to write the run's history and audit trail to
     (gridtao/bench/workrecord.py; ``record`` in the result)."""
     band = ControlConfig().band_fraction
@@ -188,8 +188,9 @@ def _model() -> WorkModel:
 
 def _curve_source(live: WorkModel, exponents: tuple[float | None, ...],
                   ) -> Callable[[], tuple[WorkCurve | None, ...]]:
-    """Each GPU's curve: its exponent in ``exponents``, with the arrivals ``live`` says (an
-    inference GPU's knee); rebuilt only when ``live`` moved."""
+    """Each GPU's curve: its exponent in ``exponents``, with the free draw ``live`` says (the
+    demand a cut meets; an inference GPU's arrivals, its knee); rebuilt only when ``live``
+    moved."""
     seen = [-1]
     built: list[tuple[WorkCurve | None, ...]] = [()]
 
@@ -197,8 +198,8 @@ def _curve_source(live: WorkModel, exponents: tuple[float | None, ...],
         if live.version != seen[0]:
             seen[0] = live.version
             built[0] = tuple(
-                None if b is None else WorkCurve(b, arrival_mw=0.0 if c is None
-                                                 else c.arrival_w * 1000.0)
+                None if b is None else WorkCurve(b) if c is None else WorkCurve(
+                    b, free_mw=c.free_w * 1000.0, queued=c.queued)
                 for b, c in zip(exponents, live.per_gpu(len(exponents)), strict=True))
         return built[0]
     return curves

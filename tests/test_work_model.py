@@ -84,21 +84,22 @@ def _feed(model: WorkModel, name: str, exponent: float, events: int,
     return taken
 
 
-def test_an_inference_group_carries_its_arrivals_per_gpu_while_its_reference_is_fresh() -> None:
+def test_a_group_carries_its_free_draw_per_gpu_while_its_reference_is_fresh() -> None:
     model = WorkModel([("llm", [0, 1], "vllm"), ("train", [2], "custom")],
                       max_reference_age_s=60.0)
-    assert [c.arrival_w for c in model.curves()] == [0.0, 0.0]  # nothing seen yet
+    assert [c.free_w for c in model.curves()] == [0.0, 0.0]  # nothing seen yet
+    assert [c.queued for c in model.curves()] == [True, False]  # an inference server queues
     model.observe("llm", 5.0, 800.0, 200.0, limited=False)  # two GPUs drawing 800 W free
     model.observe("train", 5.0, 600.0, 6.0, limited=False)
     llm, train = model.per_gpu(3)[0], model.per_gpu(3)[2]
-    assert llm is not None and llm.arrival_w == pytest.approx(400.0)  # per GPU
-    assert train is not None and train.arrival_w == 0.0  # a training job does not queue
+    assert llm is not None and llm.free_w == pytest.approx(400.0)  # per GPU
+    assert train is not None and train.free_w == pytest.approx(600.0)
     model.observe("llm", 10.0, 400.0, 100.0, limited=False)  # an exponential mean
-    assert model.curves()[0].arrival_w == pytest.approx((800.0 + 0.25 * (400.0 - 800.0)) / 2)
+    assert model.curves()[0].free_w == pytest.approx((800.0 + 0.25 * (400.0 - 800.0)) / 2)
     assert model.per_gpu(4)[3] is None  # in no group
-    # A reference older than the model keeps says no more what arrives: back to none.
+    # A reference older than the model keeps says no more what the job draws: back to none.
     model.observe("llm", 100.0, 300.0, 90.0, limited=True, limit_w=320.0)
-    assert model.curves()[0].arrival_w == 0.0
+    assert model.curves()[0].free_w == 0.0
 
 
 def test_a_group_learns_its_curve_from_limited_windows_only() -> None:
@@ -139,9 +140,9 @@ def test_the_fits_survive_a_restart(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600
     again = WorkModel([("llm", [0], "vllm"), ("train", [1], "custom")])
     assert again.load(path) == 2
-    # The fits come back; the arrivals are measured afresh (the reference is not kept).
-    assert model.curves()[0].arrival_w > 0.0
-    assert again.curves() == tuple(replace(c, arrival_w=0.0) for c in model.curves())
+    # The fits come back; the free draw is measured afresh (the reference is not kept).
+    assert model.curves()[0].free_w > 0.0
+    assert again.curves() == tuple(replace(c, free_w=0.0) for c in model.curves())
     other = WorkModel([("llm", [0], "custom")])  # the same name, another kind: not taken
     assert other.load(path) == 0 and other.curves()[0].from_prior
     assert WorkModel([("llm", [0], "vllm")]).load(tmp_path / "missing.json") == 0
@@ -238,14 +239,14 @@ def test_the_agent_installs_the_split_only_when_asked_and_able(
         assert "no work source names GPU(s) 1" in caplog.text
     first = cuts.curves()[0]
     assert first is not None and cuts.curves()[1] is None
-    assert first.arrival_mw == 0.0  # no free window seen yet
+    assert first.free_mw == 0.0 and first.queued  # no free window seen yet
     # For the planner: GPU 0 at the inference prior, GPU 1 in no group (all its work).
     draws = [d / 1000.0 for d in parts[1].draw_mw]
     assert cuts.lost_work_factor() == pytest.approx(
         lost_work_factor([INFERENCE_EXPONENT, None], draws, depth=0.4))
     cuts.model.observe("llm", 5.0, 420.0, 120.0, limited=False)
     first = cuts.curves()[0]
-    assert first is not None and first.arrival_mw == pytest.approx(420_000.0)  # mW per GPU
+    assert first is not None and first.free_mw == pytest.approx(420_000.0)  # mW per GPU
     # Its arrivals known, the server's knee lies far below a 40 % cut: only GPU 1 costs.
     assert cuts.lost_work_factor() == pytest.approx(draws[1] / sum(draws))
     assert registry.get_sample_value("gridtao_work_model_exponent",

@@ -37,7 +37,8 @@ def _case(rng: random.Random, n: int) -> tuple[list[float], list[int], list[int]
     want = [rng.choice((float(u), rng.uniform(150_000, u))) for u in upper]
     curves = [WorkCurve(rng.choice((INFERENCE_EXPONENT, TRAINING_EXPONENT, rng.uniform(0.05, 1))),
                         rng.choice((1.0, rng.uniform(0.2, 3.0))),
-                        rng.choice((0.0, 0.0, rng.uniform(50_000, 650_000))))  # some queue
+                        rng.choice((0.0, 0.0, rng.uniform(50_000, 650_000))),  # free draw
+                        rng.random() < 0.5)  # some queue
               for _ in range(n)]
     return want, lower, upper, curves
 
@@ -119,7 +120,7 @@ def test_within_the_envelope_and_floors_and_the_same_total_as_proportional(seed:
 def test_a_queued_servers_watts_down_to_its_knee_cost_nothing_and_go_first() -> None:
     # Arrivals of 300 W: flat out at its minimum (200 W) it serves 700 * (200/700) ** 0.194 =
     # 549 W of work, so its knee (where it would fall behind) lies below its minimum.
-    queued = WorkCurve(INFERENCE_EXPONENT, arrival_mw=300_000.0)
+    queued = WorkCurve(INFERENCE_EXPONENT, free_mw=300_000.0, queued=True)
     knee = queued.knee_mw(700_000.0, MAX_MW)
     assert knee == pytest.approx(MAX_MW * (1.1 * 300 / 700) ** (1 / INFERENCE_EXPONENT))
     assert knee < MIN_MW
@@ -133,17 +134,32 @@ def test_a_queued_servers_watts_down_to_its_knee_cost_nothing_and_go_first() -> 
     assert levels == pytest.approx([600_000, MIN_MW])  # down to its minimum, still free
     levels = work_aware_levels_mw(700_000, want, lower, upper, [TRAINING, queued])
     assert levels == pytest.approx([500_000, MIN_MW])  # then the training job gives
-    # Without its arrivals the same server is a job that cannot wait: both give.
-    levels = work_aware_levels_mw(800_000, want, lower, upper, [TRAINING, INFERENCE])
-    assert levels is not None and levels[0] < 590_000 and levels[1] > MIN_MW + 10_000
+    # Not queued, the same server is a job that cannot wait: both give.
+    for unqueued in (INFERENCE, WorkCurve(INFERENCE_EXPONENT, free_mw=600_000.0)):
+        levels = work_aware_levels_mw(800_000, want, lower, upper, [TRAINING, unqueued])
+        assert levels is not None and levels[0] < 590_000 and levels[1] > MIN_MW + 10_000
     # A busy server's knee lies inside its range: above it the watts are free, below it not.
-    busy = WorkCurve(INFERENCE_EXPONENT, arrival_mw=600_000.0)
+    busy = WorkCurve(INFERENCE_EXPONENT, free_mw=600_000.0, queued=True)
     knee = busy.knee_mw(700_000.0, MAX_MW)
     assert MIN_MW < knee < 700_000.0
     assert marginal_work_per_mw(knee + 1.0, 700_000.0, MAX_MW, busy) == 0.0
     assert marginal_work_per_mw(knee - 1.0, 700_000.0, MAX_MW, busy) > 0.0
     levels = work_aware_levels_mw(600_000.0 + knee, want, lower, upper, [TRAINING, busy])
     assert levels == pytest.approx([600_000, knee])
+
+
+def test_gpus_of_one_job_are_valued_alike_whichever_presses_on_its_limit() -> None:
+    # Two GPUs of one training job, both drawing 580 W free; under the cut one presses on its
+    # limit now (tier 1 wants its upper limit for it), the other is in a dip.
+    want, lower, upper = [700_000.0, 640_000.0], [MIN_MW] * 2, [MAX_MW] * 2
+    blind = work_aware_levels_mw(1_000_000, want, lower, upper, [TRAINING, TRAINING])
+    assert blind is not None and blind[0] > blind[1] + 20_000  # the presser looks hungrier
+    job = WorkCurve(TRAINING_EXPONENT, free_mw=580_000.0)
+    assert job.demand_mw(700_000.0) == job.demand_mw(640_000.0) == pytest.approx(638_000.0)
+    levels = work_aware_levels_mw(1_000_000, want, lower, upper, [job, job])
+    assert levels == pytest.approx([500_000, 500_000])
+    # Tier 1's want still bounds it: a GPU wanting less than its free draw says is not given more.
+    assert job.demand_mw(450_000.0) == 450_000.0
 
 
 def test_the_first_watts_come_from_the_flattest_curve() -> None:

@@ -66,8 +66,9 @@ def rate_of(snap: SourceSnapshot) -> float | None:
 
 
 def _curve(group: GroupCurve) -> WorkCurve:
-    """The split's curve of a GPU of ``group``: its exponent in use and its arrivals (mW)."""
-    return WorkCurve(group.exponent, arrival_mw=group.arrival_w * 1000.0)
+    """The split's curve of a GPU of ``group``: its exponent in use, its free draw (mW) and
+    whether its work waits."""
+    return WorkCurve(group.exponent, free_mw=group.free_w * 1000.0, queued=group.queued)
 
 
 class _Window:

@@ -18,10 +18,12 @@ demand still differs between the reference and each window, moving power and wor
 given the window's mean limit (set by the controller, not by the job) the fit uses it as an
 instrument, so that noise does not pull ``b`` toward 1.
 
-A group of inference servers (:data:`QUEUED_KINDS`) queues the requests a cap holds back and
-catches up later, so it loses work only once its limit leaves it less than its arrivals: its
-curve also carries its arrivals, as the mean power per GPU of its free windows (the reference's
-power; ``arrival_w``), for the split's knee (gridtao/control/tier1/workaware.py).
+A group's curve also carries the mean power per GPU of its free windows (the reference's power,
+while fresh; ``free_w``): the demand a cut meets, which tier 1's want (its upper limit while a
+GPU presses on it) does not say. A group of inference servers (:data:`QUEUED_KINDS`) queues the
+requests a cap holds back and catches up later, so it loses work only once its limit leaves it
+less than its arrivals, which that power measures (``queued``: the split's knee,
+gridtao/control/tier1/workaware.py).
 
 Until a group has :data:`MIN_SAMPLES` pairs and its ``b`` is known to within
 :data:`MAX_EXPONENT_STD`, the prior of its kind stands in: the simulator's published curves
@@ -175,9 +177,9 @@ class PowerLawFit:
 @dataclass(frozen=True)
 class GroupCurve:
     """One group's curve in use: ``exponent`` (its fit's, or ``prior`` while ``from_prior``),
-    its ``fit`` (None: not enough spread yet), the pairs it has seen (``samples``) and, for a
-    queued kind with a fresh reference, its arrivals as the mean power per GPU they take
-    unhindered (``arrival_w``, W; 0 otherwise)."""
+    its ``fit`` (None: not enough spread yet), the pairs it has seen (``samples``), the mean
+    power per GPU of its free windows (``free_w``, W; 0: no fresh reference) and whether its
+    work waits for it (``queued``: an inference server's kind)."""
 
     name: str
     gpus: tuple[int, ...]
@@ -187,7 +189,8 @@ class GroupCurve:
     exponent: float
     from_prior: bool
     samples: int
-    arrival_w: float = 0.0
+    free_w: float = 0.0
+    queued: bool = False
 
 
 class _Group:
@@ -202,10 +205,9 @@ class _Group:
         own = fit is not None and fit.samples >= min_samples and fit.exponent_std <= max_std
         exponent = fit.exponent if own and fit is not None else prior
         ref = self.reference
-        arrival_w = (ref[1] / len(self.gpus)
-                     if ref is not None and self.gpus and self.kind in QUEUED_KINDS else 0.0)
+        free_w = ref[1] / len(self.gpus) if ref is not None and self.gpus else 0.0
         return GroupCurve(self.name, self.gpus, self.kind, prior, fit, exponent, not own,
-                          self.stats.count, arrival_w)
+                          self.stats.count, free_w, self.kind in QUEUED_KINDS)
 
 
 class WorkModel:
@@ -244,8 +246,7 @@ class WorkModel:
                     w = 1.0 if ref is None else REFERENCE_WEIGHT
                     group.reference = (t_s, power_w, rate) if ref is None else (
                         t_s, ref[1] + w * (power_w - ref[1]), ref[2] + w * (rate - ref[2]))
-                    if group.kind in QUEUED_KINDS:  # its arrivals moved
-                        self._publish()
+                    self._publish()  # its free draw moved
                 return False
             if ref is None:
                 return False

@@ -16,20 +16,29 @@ above ``D_i`` costs nothing; below it, the marginal work lost per watt is
 
     m_i(c) = w_i * b_i / U_i * (c / D_i) ** (b_i - 1)       (c < D_i; 0 above)
 
-which grows as ``c`` falls (concave curves). A queued job (an inference server: requests that
-arrive while a cap holds it back wait, and it catches up running flat out) loses nothing while
-what it can serve at its limit, flat out, exceeds what arrives: given its arrivals as the mean
-draw ``A_i`` they take unhindered (its curve's ``arrival_mw``), it keeps all its work down to
-the knee ``K_i = U_i * ((1 + ARRIVAL_MARGIN) * A_i / U_i) ** (1 / b_i)``, and below the knee
-loses as a job asking for ``K_i`` would: ``D_i`` is replaced by ``min(D_i, K_i)`` above (the
-value still scaled by ``D_i``), so the first watts it gives cost nothing. The optimum of
-``sum V_i`` under ``sum c_i = B`` and ``lower_i <= c_i <= min(D_i, U_i)`` is water-filling on
-``m``: one level ``lam``, with every GPU strictly inside its bounds at ``m_i(c_i) = lam``; those
-held at their lower bound would give more watts at less than ``lam`` each, and those left at
-``D_i`` would lose more than ``lam`` on their first watt. ``lam`` is found by bisection in
-``log(lam)`` (the total is non-increasing in it), then the two bracketing splits are blended
-so the total is exactly ``B``: GPUs tied at ``lam`` (linear curves, ``b = 1``) share what is
-left in proportion to their range, as the proportional split would.
+which grows as ``c`` falls (concave curves). Two facts a work model may add to a curve (its
+``free_mw``: the mean draw of the job running free, from before the cut; ``queued``: whether its
+work waits for it):
+
+* tier 1's want is a ceiling, not a demand: while a GPU presses on its limit it is the upper
+  limit, whatever the job would draw. With ``free_mw`` known, the demand a cut meets is taken as
+  ``D_i = min(want_i, (1 + DEMAND_MARGIN) * free_i)`` (a job's draw swings above its mean), so
+  GPUs running the same job are valued alike whichever of them presses on its limit now;
+* a queued job (an inference server: requests that arrive while a cap holds it back wait, and
+  it catches up running flat out) loses nothing while what it can serve at its limit, flat out,
+  exceeds what arrives, the mean draw ``free_i`` its arrivals take unhindered. It keeps all its
+  work down to the knee ``K_i = min(D_i, U_i * ((1 + DEMAND_MARGIN) * free_i / U_i) ** (1 /
+  b_i))`` and below it loses as a job asking for ``K_i`` would: ``(c / D_i)`` becomes ``(c /
+  K_i)`` above (the value still scaled by ``D_i``), so the first watts it gives cost nothing.
+
+The optimum of ``sum V_i`` under ``sum c_i = B`` and ``lower_i <= c_i <= min(want_i, U_i)`` is
+water-filling on ``m``: one level ``lam``, with every GPU strictly inside its bounds at
+``m_i(c_i) = lam``; those held at their lower bound would give more watts at less than ``lam``
+each, and those left at ``D_i`` would lose more than ``lam`` on their first watt. ``lam`` is
+found by bisection in ``log(lam)`` (the total is non-increasing in it), then the two
+bracketing splits are blended so the total is exactly ``B``: GPUs tied at ``lam`` (linear
+curves, ``b = 1``) share what is left in proportion to their range, as the proportional split
+would.
 
 Pure functions of their arguments: no clock, no I/O, no state (:class:`WorkAwareSplit`, which
 tier 1 calls, adds a hold-off after each cut starts). Plain Python floats (8-64 GPUs: cheaper
@@ -47,67 +56,78 @@ from dataclasses import dataclass
 from gridtao.clock import Clock
 from gridtao.control.tier1.allocation import proportional_levels
 
-__all__ = ["ARRIVAL_MARGIN", "BLEND_S", "HOLD_OFF_S", "WorkAwareSplit", "WorkCurve",
+__all__ = ["BLEND_S", "DEMAND_MARGIN", "HOLD_OFF_S", "WorkAwareSplit", "WorkCurve",
            "marginal_work_per_mw", "work_aware_levels_mw", "work_value"]
 
 #: Bisection stops when the two bracketing totals are this close, mW (or after MAX_ITER).
 TOTAL_TOLERANCE_MW = 0.5
 MAX_ITER = 100
-#: A queued job's knee leaves its capacity this share above its mean arrivals, so the queue a
-#: burst builds drains (arrivals are not steady).
-ARRIVAL_MARGIN = 0.1
+#: A job's draw swings above its mean free draw by up to this share (a training step's compute
+#: phase, an inference server's bursts): the demand a cut meets, and a queued job's knee, leave
+#: it (so the queue a burst builds drains).
+DEMAND_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
 class WorkCurve:
     """A GPU's throughput curve under a limit: ``exponent`` in (0, 1] (rate ~ power ** exponent
     at a steady demand); ``weight`` >= 0, the worth of one GPU-second of its full-speed work
-    (0: the GPU does no work worth keeping); ``arrival_mw`` >= 0, for a queued job (an inference
-    server) the mean draw its arrivals take unhindered, mW (0: a job that cannot wait, or
-    arrivals not known)."""
+    (0: the GPU does no work worth keeping); ``free_mw`` >= 0, the mean draw of its job running
+    free, mW (0: not known); ``queued``: its work waits for it (an inference server's requests).
+    See the module docstring."""
 
     exponent: float
     weight: float = 1.0
-    arrival_mw: float = 0.0
+    free_mw: float = 0.0
+    queued: bool = False
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.exponent) and 0.0 < self.exponent <= 1.0):
             raise ValueError(f"exponent must be in (0, 1], got {self.exponent!r}")
         if not (math.isfinite(self.weight) and self.weight >= 0.0):
             raise ValueError(f"weight must be a finite number >= 0, got {self.weight!r}")
-        if not (math.isfinite(self.arrival_mw) and self.arrival_mw >= 0.0):
-            raise ValueError(f"arrival_mw must be a finite number >= 0, got {self.arrival_mw!r}")
+        if not (math.isfinite(self.free_mw) and self.free_mw >= 0.0):
+            raise ValueError(f"free_mw must be a finite number >= 0, got {self.free_mw!r}")
 
-    def knee_mw(self, demand_mw: float, upper_mw: float) -> float:
-        """Where the job starts to lose work, mW: ``demand_mw``, or a queued job's knee below
-        it (see the module docstring); at least 1 mW."""
-        if self.arrival_mw <= 0.0 or upper_mw <= 0.0:
-            return max(1.0, demand_mw)
-        load = min(1.0, (1.0 + ARRIVAL_MARGIN) * self.arrival_mw / upper_mw)
-        return max(1.0, min(demand_mw, float(upper_mw * load ** (1.0 / self.exponent))))
+    def demand_mw(self, want_mw: float) -> float:
+        """``D``: the demand a cut meets, mW: ``want_mw`` (tier 1's), at most the free draw
+        plus its margin when that is known; at least 1 mW."""
+        if self.free_mw > 0.0:
+            want_mw = min(want_mw, (1.0 + DEMAND_MARGIN) * self.free_mw)
+        return max(1.0, want_mw)
+
+    def knee_mw(self, want_mw: float, upper_mw: float) -> float:
+        """``K``: where the job starts to lose work, mW: its demand (:meth:`demand_mw`), or a
+        queued job's knee below it (see the module docstring); at least 1 mW."""
+        demand = self.demand_mw(want_mw)
+        if not self.queued or self.free_mw <= 0.0 or upper_mw <= 0.0:
+            return demand
+        load = min(1.0, (1.0 + DEMAND_MARGIN) * self.free_mw / upper_mw)
+        return max(1.0, min(demand, float(upper_mw * load ** (1.0 / self.exponent))))
 
 
-def work_value(c_mw: float, demand_mw: float, upper_mw: float, curve: WorkCurve) -> float:
+def work_value(c_mw: float, want_mw: float, upper_mw: float, curve: WorkCurve) -> float:
     """``V(c)``: the work rate at limit ``c_mw``, GPU-seconds of full-speed work per second
-    (times the curve's weight). 0 when the GPU asks for nothing."""
-    if demand_mw <= 0.0 or upper_mw <= 0.0:
+    (times the curve's weight), for tier 1's want ``want_mw``. 0 when the GPU asks for
+    nothing."""
+    if want_mw <= 0.0 or upper_mw <= 0.0:
         return 0.0
-    x = min(1.0, max(0.0, c_mw / curve.knee_mw(demand_mw, upper_mw)))
-    return float(curve.weight * demand_mw / upper_mw * x**curve.exponent)
+    x = min(1.0, max(0.0, c_mw / curve.knee_mw(want_mw, upper_mw)))
+    return float(curve.weight * curve.demand_mw(want_mw) / upper_mw * x**curve.exponent)
 
 
-def marginal_work_per_mw(c_mw: float, demand_mw: float, upper_mw: float,
+def marginal_work_per_mw(c_mw: float, want_mw: float, upper_mw: float,
                          curve: WorkCurve) -> float:
     """``m(c)``: the work lost per mW taken at limit ``c_mw`` (0 at or above the knee: the
-    demand, or a queued job's knee)."""
-    if upper_mw <= 0.0 or demand_mw <= 0.0:
+    demand, or a queued job's knee), for tier 1's want ``want_mw``."""
+    if upper_mw <= 0.0 or want_mw <= 0.0:
         return 0.0
-    knee = curve.knee_mw(demand_mw, upper_mw)
+    knee = curve.knee_mw(want_mw, upper_mw)
     if c_mw >= knee:
         return 0.0
     if c_mw <= 0.0:
         return math.inf
-    return float(curve.weight * curve.exponent * demand_mw / (upper_mw * knee)
+    return float(curve.weight * curve.exponent * curve.demand_mw(want_mw) / (upper_mw * knee)
                  * (c_mw / knee) ** (curve.exponent - 1.0))
 
 
@@ -168,7 +188,7 @@ def work_aware_levels_mw(
     demand = [max(float(w), t, 1.0) for w, t in zip(want_mw, top, strict=True)]
     knee = [cv.knee_mw(d, u) for cv, d, u in zip(known, demand, up, strict=True)]
     # Below its knee a GPU loses as one asking for the knee would, scaled by its demand.
-    k = [ki * d / kn for ki, d, kn in zip(k, demand, knee, strict=True)]
+    k = [ki * cv.demand_mw(d) / kn for ki, cv, d, kn in zip(k, known, demand, knee, strict=True)]
     return _fill(budget_mw, k, b, knee, lo, top)
 
 
