@@ -103,20 +103,36 @@ def test_a_group_carries_its_free_draw_per_gpu_while_its_reference_is_fresh() ->
 
 
 def test_a_group_learns_its_curve_from_limited_windows_only() -> None:
-    model = WorkModel([("llm", [0, 1], "vllm"), ("train", [2], "custom")])
-    assert model.exponents(4) == (INFERENCE_EXPONENT, INFERENCE_EXPONENT, TRAINING_EXPONENT,
-                                  None)
+    model = WorkModel([("batch", [0, 1], "custom"), ("train", [2], "custom")])
+    assert model.exponents(4) == (TRAINING_EXPONENT,) * 3 + (None,)
     rng = random.Random(3)
-    assert _feed(model, "llm", 0.45, MIN_SAMPLES - 1, rng) == MIN_SAMPLES - 1
-    curve = {c.name: c for c in model.curves()}["llm"]
+    assert _feed(model, "batch", 0.45, MIN_SAMPLES - 1, rng) == MIN_SAMPLES - 1
+    curve = {c.name: c for c in model.curves()}["batch"]
     assert curve.from_prior and curve.samples == MIN_SAMPLES - 1  # not enough yet
     assert curve.fit is not None and curve.fit.exponent == pytest.approx(0.45, abs=0.05)
-    assert model.exponents(4)[0] == INFERENCE_EXPONENT
-    _feed(model, "llm", 0.45, 30, rng, t0=10_000.0)
-    curve = {c.name: c for c in model.curves()}["llm"]
+    assert model.exponents(4)[0] == TRAINING_EXPONENT
+    _feed(model, "batch", 0.45, 30, rng, t0=10_000.0)
+    curve = {c.name: c for c in model.curves()}["batch"]
     assert not curve.from_prior and curve.exponent == pytest.approx(0.45, abs=0.03)
     assert model.exponents(4)[:2] == (curve.exponent,) * 2
     assert model.exponents(4)[2] == TRAINING_EXPONENT  # other groups keep their priors
+
+
+def test_a_queued_server_keeps_its_prior_and_shows_its_fit() -> None:
+    """Under a limit an inference server serves its arrivals while it keeps up: its windows
+    are not points of its curve, so the same windows that teach a custom counter its curve
+    leave the server at its prior."""
+    model = WorkModel([("llm", [0], "vllm")])
+    _feed(model, "llm", 0.45, 50, random.Random(3))
+    (curve,) = model.curves()
+    assert curve.queued and curve.from_prior and curve.exponent == INFERENCE_EXPONENT
+    assert curve.fit is not None and curve.fit.exponent == pytest.approx(0.45, abs=0.03)
+    registry = CollectorRegistry()
+    WorkModelCollector(model, registry=registry)
+    labels = {"gpu": "0", "source": "llm"}
+    assert registry.get_sample_value("gridtao_work_model_prior", labels) == 1.0
+    assert registry.get_sample_value("gridtao_work_model_exponent_std", labels) == pytest.approx(
+        curve.fit.exponent_std)
 
 
 def test_natural_swings_and_stale_references_teach_nothing() -> None:
@@ -163,11 +179,11 @@ def test_an_unreadable_file_leaves_the_priors(tmp_path: Path,
 
 def test_the_gauges_say_what_each_gpu_uses() -> None:
     registry = CollectorRegistry()
-    model = WorkModel([("llm", [0, 1], "sglang")])
+    model = WorkModel([("llm", [0, 1], "custom")])
     WorkModelCollector(model, registry=registry)
     labels = {"gpu": "1", "source": "llm"}
     assert registry.get_sample_value("gridtao_work_model_exponent", labels) == \
-        pytest.approx(INFERENCE_EXPONENT)
+        pytest.approx(TRAINING_EXPONENT)
     assert registry.get_sample_value("gridtao_work_model_prior", labels) == 1.0
     assert registry.get_sample_value("gridtao_work_model_samples", labels) == 0.0
     assert math.isnan(registry.get_sample_value("gridtao_work_model_exponent_std", labels) or 0)

@@ -25,7 +25,10 @@ requests a cap holds back and catches up later, so it loses work only once its l
 less than its arrivals, which that power measures (``queued``: the split's knee,
 gridtao/control/tier1/workaware.py).
 
-Until a group has :data:`MIN_SAMPLES` pairs and its ``b`` is known to within
+A queued group keeps its prior: under a limit it serves its arrivals while it keeps up, so its
+limited windows measure its queue, not its curve (a source's queue length would tell the
+windows where it fell behind; the model does not read one). Its fit is computed and exported
+all the same. Until any other group has :data:`MIN_SAMPLES` pairs and its ``b`` is known to within
 :data:`MAX_EXPONENT_STD`, the prior of its kind stands in: the simulator's published curves
 (gridtao/gpu/sim/throughput.py: inference servers 0.194, calibrated to Samsi et al. 2023;
 training and custom counters 1/3, an assumption).
@@ -202,12 +205,16 @@ class _Group:
     def curve(self, min_samples: int, max_std: float) -> GroupCurve:
         prior = prior_exponent(self.kind)
         fit = self.stats.fit()
-        own = fit is not None and fit.samples >= min_samples and fit.exponent_std <= max_std
+        queued = self.kind in QUEUED_KINDS
+        # A queued server's rate under a limit is its arrivals while it keeps up, not a point of
+        # its curve: its fit measures its queue, so its prior stands (the fit is still shown).
+        own = (not queued and fit is not None and fit.samples >= min_samples
+               and fit.exponent_std <= max_std)
         exponent = fit.exponent if own and fit is not None else prior
         ref = self.reference
         free_w = ref[1] / len(self.gpus) if ref is not None and self.gpus else 0.0
         return GroupCurve(self.name, self.gpus, self.kind, prior, fit, exponent, not own,
-                          self.stats.count, free_w, self.kind in QUEUED_KINDS)
+                          self.stats.count, free_w, queued)
 
 
 class WorkModel:

@@ -365,7 +365,7 @@ class GpuPhysics:
                 # may have moved since), or floating-point dust is left: what is left was served
                 # in the step, so arrived = served + waiting holds exactly.
                 tol = _EMPTY_J if step == dt else max(_EMPTY_J, _CROSSING_SLACK * backlog0)
-                if backlog < tol or crossings > _MAX_CROSSINGS:
+                if backlog < tol or (step < dt and crossings > _MAX_CROSSINGS):
                     served += backlog
                     backlog = 0.0
                 cap = MAX_BACKLOG_S * max(self._busy_w, d)
