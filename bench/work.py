@@ -19,7 +19,9 @@
 The splits use their limits differently (on this bursty node a shed delivers more than it asks),
 so each work-aware split runs twice: at the sequence's requests (``same_request``), and with its
 requests moved until each hold delivers what the proportional split delivered
-(``allocations``: the same delivered watts).
+(``allocations``: the same delivered watts, within the calibration's miss; ``at_goal``: the work
+lost at exactly the goal, interpolated between the runs nearest to it, compared as
+``same_delivered_interpolated``).
 
 Measured per run: the reduction delivered (mean of what the node would have drawn unhindered,
 the simulator's demand, minus what it drew, over each hold), the response time (the trigger to
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -98,7 +101,38 @@ def calibrate(allocation: str, curves: Sequence[float | None], goals_w: Sequence
     out.pop("record", None)  # the recording is of the first run only (same_request)
     out["calibration"] = {"runs": len(runs), "max_delivered_miss": miss(out),
                           "requests": [h["requested_fraction"] for h in out["holds"]]}
+    out["at_goal"] = at_goals(runs, goals_w)
     return out
+
+
+def at_goals(runs: Sequence[dict[str, Any]], goals_w: Sequence[float]) -> dict[str, Any]:
+    """The work lost at exactly each shed's goal (W): per shed, interpolated linearly in the
+    delivered watts between the two runs that came nearest to it from below and from above
+    (``bracketed``), or the nearest run's where all fell on one side. Removes what is left of
+    the calibration's miss from the comparison; a linear estimate between measured runs, not a
+    run of its own."""
+    lost: list[float] = []
+    done: list[float] = []
+    bracketed: list[bool] = []
+    for k, goal in enumerate(goals_w):
+        points = sorted((r["holds"][k]["delivered_w"], r["holds"][k]["work_lost_gpu_s"],
+                         r["holds"][k]["work_done_gpu_s"]) for r in runs)
+        lo = [p for p in points if p[0] <= goal]
+        hi = [p for p in points if p[0] >= goal]
+        if lo and hi and hi[0][0] > lo[-1][0]:
+            (w0, l0, d0), (w1, l1, d1) = lo[-1], hi[0]
+            t = (goal - w0) / (w1 - w0)
+            lost.append(l0 + t * (l1 - l0))
+            done.append(d0 + t * (d1 - d0))
+            bracketed.append(True)
+        else:
+            _, l0, d0 = min(points, key=lambda p: abs(p[0] - goal))
+            lost.append(l0)
+            done.append(d0)
+            bracketed.append(bool(lo and hi))
+    total_done = math.fsum(done)
+    return {"work_lost_fraction": math.fsum(lost) / total_done if total_done > 0 else math.nan,
+            "work_lost_gpu_s": lost, "bracketed": bracketed}
 
 
 def _compare(base: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:
@@ -149,6 +183,9 @@ def run(*, sheds: Sequence[float], hold_s: float, gap_s: float, seed: int,
              "samples": c.samples, "used_prior": c.from_prior} for c in model.curves()]
     out["comparison"] = {
         name: {"same_delivered": _compare(prop, out["allocations"][name]),
+               "same_delivered_interpolated": _compare(
+                   prop, out["allocations"][name]["at_goal"] | {"delivered_w": prop[
+                       "delivered_w"]}),
                "same_request": _compare(prop, out["same_request"][name])}
         for name in out["allocations"] if name != "proportional"}
     out["node"] = {"gpus": len(kinds), "profile": "h100-sxm",

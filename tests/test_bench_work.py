@@ -43,6 +43,29 @@ def test_a_short_run_compares_both_allocations_at_the_same_delivered_watts(
     assert [f["gpu"] for f in data["learned_fit"]] == list(range(8))
     printed = capsys.readouterr().out
     assert "same delivered reduction" in printed and "simulator's throughput model" in printed
+    assert "(same delivered interpolated)" in printed
+    interpolated = data["comparison"]["work-aware"]["same_delivered_interpolated"]
+    assert interpolated["delivered_ratio"] == 1.0
+    assert len(aware["at_goal"]["work_lost_gpu_s"]) == len(aware["at_goal"]["bracketed"]) == 1
+    assert 0 < aware["at_goal"]["work_lost_fraction"] < 1
+
+
+def _hold(delivered_w: float, lost_gs: float, done_gs: float = 100.0) -> dict[str, Any]:
+    return {"delivered_w": delivered_w, "work_lost_gpu_s": lost_gs, "work_done_gpu_s": done_gs}
+
+
+def test_the_work_lost_at_the_goal_is_interpolated_between_the_runs_around_it() -> None:
+    runs = [{"holds": [_hold(900.0, 9.0), _hold(500.0, 5.0)]},
+            {"holds": [_hold(1100.0, 13.0), _hold(520.0, 6.0)]},
+            {"holds": [_hold(1200.0, 20.0), _hold(560.0, 8.0)]}]
+    at = work.at_goals(runs, [1000.0, 600.0])
+    # Shed 0: halfway between the runs at 900 W and 1100 W; shed 1: every run fell short, so
+    # the nearest (560 W) stands, not an extrapolation.
+    assert at["work_lost_gpu_s"] == pytest.approx([11.0, 8.0])
+    assert at["bracketed"] == [True, False]
+    assert at["work_lost_fraction"] == pytest.approx(19.0 / 200.0)
+    exact = work.at_goals([{"holds": [_hold(1000.0, 7.0)]}], [1000.0])
+    assert exact["work_lost_gpu_s"] == [7.0] and exact["bracketed"] == [True]
 
 
 def _report(capsys: pytest.CaptureFixture[str], record: dict[str, Any]) -> dict[str, Any]:
