@@ -80,7 +80,8 @@ def run_allocation(allocation: str, *, curves: Sequence[float | None] | None,
         record, f"bench-{allocation}", clock, backend, [w.kind for w in sim.workloads])
     live = None if curves is None else mixed_node_model()
     if live is not None and curves is not None:
-        loop.split = WorkAwareSplit(_curve_source(live, tuple(curves)), clock=clock)
+        loop.split = WorkAwareSplit(_curve_source(live, tuple(curves)), clock=clock,
+                                    reached=lambda: loop.at_target)
     observers = [m for m in (model, live) if m is not None]
     gpus = []
     for w in sim.workloads:

@@ -260,11 +260,15 @@ def _shed_on_mixed_node(curves: Sequence[WorkCurve] | None) -> tuple[tuple[int, 
             loop.step()
             t += loop.period_s
             clock.advance(max(0.0, t - clock.now()))
+        assert not loop.at_target  # no event
         caps = island.trigger_shed("shed", 0.25).caps_mw
+        reached = []
         for _ in range(300):
             result = loop.step()
+            reached.append(loop.at_target)
             t += loop.period_s
             clock.advance(max(0.0, t - clock.now()))
+        assert not reached[0] and any(reached[:20])  # in band within 0.2 s of the trigger
         return caps, result.limits_mw
     finally:
         island.close()
@@ -277,6 +281,34 @@ def test_tier_1_resplits_a_cut_work_aware_while_the_islands_caps_stay_as_they_we
     assert abs(sum(limits_w) - sum(limits_p)) <= 20_000  # the same watts, bar tier 1's noise
     assert max(limits_w[:2]) < min(limits_w[2:])  # inference gives first
     assert sum(limits_w[:2]) < sum(limits_p[:2]) - 50_000
+
+
+def test_the_proportional_hold_ends_once_the_node_has_reached_its_target() -> None:
+    clock = VirtualClock()
+    in_band = [False]
+    split = WorkAwareSplit(lambda: [TRAINING, INFERENCE], clock=clock, hold_off_s=1.0,
+                           blend_s=1.0, reached=lambda: in_band[0])
+    want, lower, upper = [700_000.0] * 2, [MIN_MW] * 2, [MAX_MW] * 2
+    aware = work_aware_levels_mw(1_300_000, want, lower, upper, [TRAINING, INFERENCE])
+    assert aware is not None
+    seen = []
+    for step in range(150):  # tier 1 at 100 Hz; the node is in its band from 0.05 s on
+        in_band[0] = step >= 5
+        seen.append(split(1_300_000, want, lower, upper))
+        clock.advance(0.01)
+    assert all(levels is None for levels in seen[:5])  # the response: proportional
+    assert seen[55] is not None and seen[55][1] == pytest.approx((650_000 + aware[1]) / 2,
+                                                                 rel=0.02)
+    assert seen[110] == pytest.approx(aware)  # fully work-aware a second after it reached
+    # Leaving the band later does not bring the hold back within the same cut ...
+    in_band[0] = False
+    assert split(1_300_000, want, lower, upper) == pytest.approx(aware)
+    # ... and a node that never reaches its band is held for hold_off_s, as without the signal.
+    assert split(1_100_000, want, lower, upper) is None  # a deeper target: a new cut
+    clock.advance(0.99)
+    assert split(1_100_000, want, lower, upper) is None
+    clock.advance(0.02)
+    assert split(1_100_000, want, lower, upper) is not None
 
 
 def test_a_new_cut_is_split_proportionally_first_then_blends_in() -> None:

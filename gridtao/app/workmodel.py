@@ -130,7 +130,7 @@ class WorkAwareCuts:
                         "cuts are split proportionally", ", ".join(map(str, missing)))
         log.info("work-aware cuts: %d work source(s), %d fit(s) taken from %s", len(groups),
                  taken, self._path)
-        tier1.split = WorkAwareSplit(self.curves, clock=clock)
+        tier1.split = WorkAwareSplit(self.curves, clock=clock, reached=lambda: tier1.at_target)
 
     def curves(self) -> tuple[WorkCurve | None, ...]:
         """Per GPU, its curve now (None: in no group); rebuilt only when the model moved.

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from gridtao.clock import Clock
 from gridtao.config.agent import ControlConfig
+from gridtao.control.response import band_mw
 from gridtao.control.tier1.allocation import (
     NodeBudget,
     NodeSplit,
@@ -152,12 +153,22 @@ class FastLoop:
         self._safe_mode: str | None = None
         self._last_t: float | None = None
         self._last_rearm_t: float | None = None
+        self._band_fraction = config.band_fraction
+        self._at_target = False
         if metrics is not None:
             metrics.set_default_limits([lim.default_mw / 1000.0 for lim in limits])
 
     @property
     def period_s(self) -> float:
         return self._period_s
+
+    @property
+    def at_target(self) -> bool:
+        """Whether the node's summed readings were within their band of the event's target at
+        the last plan (``control.band_fraction`` of the cut from the draw basis): the cut's
+        response is done. False with no event, or with no basis (an event that cannot cut).
+        Set and read on tier 1's thread (the work-aware split reads it within a step)."""
+        return self._at_target
 
     @property
     def draw_mw(self) -> tuple[float, ...]:
@@ -271,6 +282,10 @@ class FastLoop:
         self._budget.default_total_mw = float(sum(resting_mw))
 
     def _plan(self, view: IslandView, now: float, dt: float, failed: list[bool]) -> list[int]:
+        basis = view.basis_total_mw
+        self._at_target = (
+            view.target_mw is not None and basis is not None and sum(self._draw_mw)
+            <= view.target_mw + band_mw(basis, view.target_mw, self._band_fraction))
         if view.target_mw is None:
             self._budget.deactivate()
             return raise_toward_mw(

@@ -251,8 +251,8 @@ def _fill(budget_mw: float, k: list[float], b: list[float], demand: list[float],
 #: Per-GPU curves now (None: none for that GPU, or no work model at all).
 CurveSource = Callable[[], Sequence[WorkCurve | None] | None]
 
-#: After a cut starts, the split stays proportional this long (s), so the response to a trigger
-#: is exactly the proportional one ...
+#: After a cut starts, the split stays proportional until the node is in its band, or this
+#: long (s) at most, so the response to a trigger is exactly the proportional one ...
 HOLD_OFF_S = 1.0
 #: ... then blends into the work-aware split over this long (s).
 BLEND_S = 1.0
@@ -269,19 +269,23 @@ class WorkAwareSplit:
     each call (a cheap, thread-safe read of a snapshot). Returns None, so the split is
     proportional, while the curves cannot rank the GPUs.
 
-    With ``clock`` (tier 1's), a cut is split proportionally for its first ``hold_off_s`` and
-    blended into the work-aware split over the next ``blend_s``: moving watts toward a GPU
+    With ``clock`` (tier 1's), a cut is split proportionally until the node has reached its
+    target (``reached()``, tier 1's ``at_target``, when given) or for ``hold_off_s`` at most,
+    and blended into the work-aware split over the next ``blend_s``: moving watts toward a GPU
     raises its limit, which the firmware follows slowly, so doing it before the node has
     reached its target could only delay the response. Without a clock: work-aware at once.
     Called on tier 1's thread only."""
 
     def __init__(self, curves: CurveSource, *, clock: Clock | None = None,
-                 hold_off_s: float = HOLD_OFF_S, blend_s: float = BLEND_S) -> None:
+                 hold_off_s: float = HOLD_OFF_S, blend_s: float = BLEND_S,
+                 reached: Callable[[], bool] | None = None) -> None:
         self._curves = curves
         self._clock = clock
         self._hold_off_s = hold_off_s
         self._blend_s = blend_s
-        self._cut_since = self._last_s = -math.inf
+        self._reached = reached
+        self._last_s = -math.inf
+        self._hold_end = -math.inf  # when the current cut's proportional hold ends (s)
         self._last_budget_mw = math.inf
 
     def __call__(self, budget_mw: float, want_mw: Sequence[float], lower_mw: Sequence[int],
@@ -291,9 +295,11 @@ class WorkAwareSplit:
             now = self._clock.now()
             drop_mw = NEW_CUT_DROP * math.fsum(upper_mw)
             if now - self._last_s > NEW_CUT_GAP_S or budget_mw < self._last_budget_mw - drop_mw:
-                self._cut_since = now
+                self._hold_end = now + self._hold_off_s
             self._last_s, self._last_budget_mw = now, budget_mw
-            age = now - self._cut_since - self._hold_off_s
+            if now < self._hold_end and self._reached is not None and self._reached():
+                self._hold_end = now  # the response is done: no need to hold any longer
+            age = now - self._hold_end
             if age < 0.0:
                 return None
             weight = 1.0 if self._blend_s <= 0.0 else min(1.0, age / self._blend_s)
