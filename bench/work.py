@@ -14,7 +14,8 @@
 * the allocations: ``proportional``; ``work-aware`` with the prior curves of each GPU's kind
   (gridtao/gpu/sim/throughput.py); ``work-aware-learned`` (unless ``--no-learned``) with the
   curves the learned model (gridtao/work/model.py) fitted from the proportional run's 5 s
-  windows of each GPU's mean power, mean limit and work rate, as a work source would give them.
+  windows of each work source's mean power, mean limit and work rate, as the agent's feeder
+  would give them (the sources: each inference GPU its own server, the training GPUs one job).
 
 The splits use their limits differently (on this bursty node a shed delivers more than it asks),
 so each work-aware split runs twice: at the sequence's requests (``same_request``), and with its
@@ -176,11 +177,12 @@ def run(*, sheds: Sequence[float], hold_s: float, gap_s: float, seed: int,
                                                              goals, first, **opts)
         out["same_request"]["work-aware-learned"] = first
         out["learned_fit"] = [
-            {"gpu": int(c.name), "kind": c.kind, "simulator_exponent": c.prior,
+            {"gpu": gpu, "source": c.name, "kind": c.kind, "simulator_exponent": c.prior,
              "fitted_exponent": None if c.fit is None else c.fit.exponent,
              "exponent_std": None if c.fit is None else c.fit.exponent_std,
              "log_residual_std": None if c.fit is None else c.fit.residual_std,
-             "samples": c.samples, "used_prior": c.from_prior} for c in model.curves()]
+             "samples": c.samples, "used_prior": c.from_prior}
+            for c in model.curves() for gpu in c.gpus]
     out["comparison"] = {
         name: {"same_delivered": _compare(prop, out["allocations"][name]),
                "same_delivered_interpolated": _compare(

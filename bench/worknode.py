@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,8 @@ from gridtao.gpu.sim.throughput import model_for
 from gridtao.safety.island import SafetyIsland
 from gridtao.work.model import WorkModel
 
-__all__ = ["MIXED_NODE", "RELEASE_RATE_PER_S", "WARMUP_S", "WINDOW_S", "mixed_node_model",
+__all__ = ["MIXED_NODE", "RELEASE_RATE_PER_S", "SOURCES", "WARMUP_S", "WINDOW_S",
+           "mixed_node_model",
            "run_allocation"]
 
 MIXED_NODE = (SimWorkload("inference", 1.0), SimWorkload("inference", 0.75),
@@ -34,20 +35,23 @@ MIXED_NODE = (SimWorkload("inference", 1.0), SimWorkload("inference", 0.75),
 WARMUP_S = 10.0
 RELEASE_RATE_PER_S = 0.2  # the island's default: 20 %/s
 WINDOW_S = 5.0  # the learned model's observation window (a work source's scrape period)
+#: The node's work sources as an operator would list them: each inference GPU its own server
+#: (their loads differ), the four training GPUs one job (one counter of samples).
+SOURCES: tuple[tuple[str, tuple[int, ...], str], ...] = (
+    *((str(i), (i,), "inference") for i in range(4)), ("train", (4, 5, 6, 7), "training"))
 HEADROOM_MW = ControlConfig().headroom_w * 1000.0
 
 
 @dataclass
 class _Gpu:
     """One GPU's work so far (units: tokens or samples), served (``done``) and due (what it
-    would have served unhindered: what arrived), read from the physics, and its model window."""
+    would have served unhindered: what arrived), read from the physics."""
 
     kind: str
     unit: str
     joules_per_unit: float
     done: float = 0.0
     due: float = 0.0
-    window: list[float] = field(default_factory=lambda: [0.0] * 7)
 
 
 def _node(seed: int, allocation: Literal["proportional", "work-aware"],
@@ -83,6 +87,7 @@ def run_allocation(allocation: str, *, curves: Sequence[float | None] | None,
         loop.split = WorkAwareSplit(_curve_source(live, tuple(curves)), clock=clock,
                                     reached=lambda: loop.at_target)
     observers = [m for m in (model, live) if m is not None]
+    windows = {name: [0.0] * 7 for name, _, _ in SOURCES}
     gpus = []
     for w in sim.workloads:
         m = model_for(w.kind)
@@ -105,7 +110,7 @@ def run_allocation(allocation: str, *, curves: Sequence[float | None] | None,
         if rec is not None:
             rec.step(loop.period_s, draw, [g.done for g in gpus], [g.due for g in gpus])
         if observers:
-            _observe(observers, gpus, now, draw, island.enforced_mw(), upper_w)
+            _observe(observers, gpus, windows, now, draw, island.enforced_mw(), upper_w)
         t_next += loop.period_s
         if t_next > clock.now():
             clock.advance(t_next - clock.now())
@@ -148,8 +153,8 @@ def run_allocation(allocation: str, *, curves: Sequence[float | None] | None,
 
 
 def mixed_node_model() -> WorkModel:
-    """A work model with one group per GPU of the mixed node, of its workload's kind."""
-    return WorkModel([(str(i), [i], w.kind) for i, w in enumerate(MIXED_NODE)])
+    """A work model with one group per work source of the mixed node (:data:`SOURCES`)."""
+    return WorkModel([(name, list(idx), kind) for name, idx, kind in SOURCES])
 
 
 def _curve_source(live: WorkModel, exponents: tuple[float | None, ...],
@@ -171,29 +176,34 @@ def _curve_source(live: WorkModel, exponents: tuple[float | None, ...],
     return curves
 
 
-def _observe(models: Sequence[WorkModel], gpus: list[_Gpu], now: float, draw: list[float],
-             limits_mw: Sequence[int], upper_w: float) -> None:
-    """Feed each GPU's :data:`WINDOW_S` windows (mean power, mean limit, work rate) to
-    ``models``: what a work source scraped that often, and tier 1's readings, would give it;
-    free windows, and windows held and pressed throughout (the others are dropped)."""
-    for i, g in enumerate(gpus):
-        w = g.window  # [start s, summed draw W, work at start, held steps, steps, pressed,
-        #                summed limit W]
+def _observe(models: Sequence[WorkModel], gpus: list[_Gpu], windows: dict[str, list[float]],
+             now: float, draw: list[float], limits_mw: Sequence[int], upper_w: float) -> None:
+    """Feed each work source's :data:`WINDOW_S` windows (its GPUs' summed mean power and mean
+    limit, its work rate) to ``models``, as the agent's feeder does
+    (gridtao/app/workmodel.py): what a work source scraped that often, and tier 1's readings,
+    would give it; free windows, and windows held throughout in which a GPU pressed on its
+    limit (the others are dropped). Sources: :data:`SOURCES`."""
+    for name, idx, _ in SOURCES:
+        w = windows[name]  # [start s, summed draw W, work at start, held steps, steps,
+        #                    pressed, summed limit W]
+        done = math.fsum(gpus[i].done for i in idx)
         if w[4] == 0:
-            w[0], w[2] = now, g.done
-        held = limits_mw[i] < upper_w * 1000.0 - HEADROOM_MW
-        w[1] += draw[i]
-        w[6] += limits_mw[i] / 1000.0
+            w[0], w[2] = now, done
+        limit_mw = sum(limits_mw[i] for i in idx)
+        held = limit_mw < len(idx) * upper_w * 1000.0 - HEADROOM_MW
+        w[1] += math.fsum(draw[i] for i in idx)
+        w[6] += limit_mw / 1000.0
         w[3] += held
         w[4] += 1
-        w[5] = max(w[5], float(held and draw[i] * 1000.0 >= limits_mw[i] - HEADROOM_MW / 2))
+        w[5] = max(w[5], float(held and any(draw[i] * 1000.0 >= limits_mw[i] - HEADROOM_MW / 2
+                                            for i in idx)))
         if now - w[0] >= WINDOW_S:
-            rate = (g.done - w[2]) / (now - w[0])
-            if w[3] == 0 or (w[3] == w[4] and w[5]):  # free, or held and pressed throughout
+            rate = (done - w[2]) / (now - w[0])
+            if w[3] == 0 or (w[3] == w[4] and w[5]):  # free, or held throughout and pressed
                 for model in models:
-                    model.observe(str(i), now, w[1] / w[4], rate, limited=w[3] > 0,
+                    model.observe(name, now, w[1] / w[4], rate, limited=w[3] > 0,
                                   limit_w=w[6] / w[4])
-            g.window = [0.0] * 7
+            windows[name] = [0.0] * 7
 
 
 def _score(fraction: float, target_w: float, basis_w: float, band: float, t0: float,
