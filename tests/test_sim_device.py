@@ -222,6 +222,30 @@ def test_sim_status_names_each_gpus_workload_on_a_mixed_device(
     assert [r[1:3] for r in rows] == [["inference", "x0.5"], ["training", "700.0"]], rows
 
 
+def test_sim_status_shows_the_work_an_inference_server_has_queued(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    mixed = SimConfig(count=2, noise_w=0.0, workloads=(SimWorkload("inference"),
+                                                       SimWorkload("training")))
+    sim = SimNvml.from_config(mixed, MonotonicClock(), device_path=sim_device_path("default"))
+    backend = NvmlBackend(sim)
+    try:
+        for i in range(2):
+            sim.set_demand_w(i, 650.0)
+            backend.set_limit_mw(i, 200 * W)  # both held far below what they ask for
+        time.sleep(0.5)
+        assert cli.main(["sim", "status", "--json"]) == 0
+        gpus = json.loads(capsys.readouterr().out)["gpus"]
+        # The server queues what it cannot serve (about 0.1 s of flat-out work per second
+        # here); the training job loses it and queues nothing.
+        assert gpus[0]["work_queued_s"] > 0.01 and gpus[1]["work_queued_s"] == 0.0
+        assert cli.main(["sim", "status"]) == 0
+        assert "queued s" in capsys.readouterr().out
+    finally:
+        backend.close()
+        assert sim.device is not None
+        sim.device.close()
+
+
 def test_gridtao_gpus_shows_a_named_device_as_it_was_made(
         capsys: pytest.CaptureFixture[str]) -> None:
     _open(SimConfig(count=2), "other").set_limit_mw(1, 444 * W)

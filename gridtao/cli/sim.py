@@ -255,10 +255,12 @@ def _status(path: Path) -> dict[str, Any] | None:
             finally:
                 device.unlock(i)
             work = sim.workloads[i]
+            # Work waiting (an inference server's queue), as seconds of the GPU flat out.
+            queued_s = sim.work_j(i).backlog_j / sim.profile.max_w
             gpus.append({
                 "index": i, "workload": work.kind, "load": work.load,
                 "limit_w": round(limit_w, 3), "power_w": round(power_w, 1),
-                "energy_j": round(energy_j, 3),
+                "energy_j": round(energy_j, 3), "work_queued_s": round(queued_s, 3),
                 "limit_set_by_pid": record.limit_pid or None,
                 "limit_set_at": record.limit_set_wall or None,
                 "limit_setter_alive": (pid_alive(record.limit_pid) if record.limit_pid
@@ -284,7 +286,7 @@ def format_status(report: dict[str, Any]) -> str:
         f"GPUs     {s['count']} x {s['profile']}, workload {_workloads(report)}, "
         f"seed {s['seed']}",
         "",
-        "GPU  workload         limit W  power W     energy J  limit set by",
+        "GPU  workload         limit W  power W     energy J  queued s  limit set by",
     ]
     for g in report["gpus"]:
         if g["limit_set_by_pid"] is None:
@@ -295,5 +297,5 @@ def format_status(report: dict[str, Any]) -> str:
             who = f"pid {g['limit_set_by_pid']} ({state}) at {when}"
         work = g["workload"] if g["load"] == 1.0 else f"{g['workload']} x{g['load']:g}"
         lines.append(f"{g['index']:>3}  {work:<15}  {g['limit_w']:>7.1f}  {g['power_w']:>7.1f}  "
-                     f"{g['energy_j']:>11.1f}  {who}")
+                     f"{g['energy_j']:>11.1f}  {g['work_queued_s']:>8.2f}  {who}")
     return "\n".join(lines)
