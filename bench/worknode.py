@@ -1,9 +1,9 @@
 """One run of the work bench's mixed node (gridtao/bench/work.py): the node, in virtual time on
 in-process simulated GPUs, through a sequence of sheds under one allocation, scored for the
 watts it delivered, how fast, and the work it lost (see work.py's docstring for what each
-figure means). Deterministic on an idle machine for a given seed (the island's parallel writes
-advance the virtual clock once per sleeping caller, so threads that overlap differently under
-load can move a run a little).
+figure means). Not strictly deterministic: the island's parallel writes advance the virtual
+clock once per sleeping caller, so how the threads overlap moves a run a little (repeated runs
+of one seed agree to within a few tenths of a point).
 """
 
 from __future__ import annotations

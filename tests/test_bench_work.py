@@ -45,13 +45,27 @@ def test_a_short_run_compares_both_allocations_at_the_same_delivered_watts(
     assert "same delivered reduction" in printed and "simulator's throughput model" in printed
     assert "(same delivered interpolated)" in printed
     interpolated = data["comparison"]["work-aware"]["same_delivered_interpolated"]
-    assert interpolated["delivered_ratio"] == 1.0
+    if all(aware["at_goal"]["bracketed"]):
+        assert interpolated["delivered_ratio"] == pytest.approx(1.0)
     assert len(aware["at_goal"]["work_lost_gpu_s"]) == len(aware["at_goal"]["bracketed"]) == 1
     assert 0 < aware["at_goal"]["work_lost_fraction"] < 1
 
 
 def _hold(delivered_w: float, lost_gs: float, done_gs: float = 100.0) -> dict[str, Any]:
     return {"delivered_w": delivered_w, "work_lost_gpu_s": lost_gs, "work_done_gpu_s": done_gs}
+
+
+def test_the_benchs_work_sources_cover_each_gpu_once_with_the_training_job_as_one() -> None:
+    from gridtao.bench.worknode import MIXED_NODE, SOURCES, mixed_node_model
+
+    gpus = sorted(g for _, idx, _ in SOURCES for g in idx)
+    assert gpus == list(range(len(MIXED_NODE)))
+    for _, idx, kind in SOURCES:
+        assert {MIXED_NODE[g].kind for g in idx} == {kind}
+    model = mixed_node_model()
+    train = model.per_gpu(8)[4]
+    assert train is not None and train.gpus == (4, 5, 6, 7) and not train.queued
+    assert [c.name for c in model.curves()] == ["0", "1", "2", "3", "train"]
 
 
 def test_the_work_lost_at_the_goal_is_interpolated_between_the_runs_around_it() -> None:
@@ -64,6 +78,7 @@ def test_the_work_lost_at_the_goal_is_interpolated_between_the_runs_around_it() 
     assert at["work_lost_gpu_s"] == pytest.approx([11.0, 8.0])
     assert at["bracketed"] == [True, False]
     assert at["work_lost_fraction"] == pytest.approx(19.0 / 200.0)
+    assert at["delivered_w"] == pytest.approx((1000.0 + 560.0) / 2)  # the nearest, not the goal
     exact = work.at_goals([{"holds": [_hold(1000.0, 7.0)]}], [1000.0])
     assert exact["work_lost_gpu_s"] == [7.0] and exact["bracketed"] == [True]
 
