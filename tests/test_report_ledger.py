@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,22 @@ def test_the_live_ledger_and_its_prometheus_families_by_hand() -> None:
     assert value("gridtao_work_joules_per_token", source="chat", model="llama") == 8.0
     assert value("gridtao_work_joules_per_unit", source="train", unit="samples") == 100.0
     assert value("gridtao_work_lost_total", source="chat", unit="token") == pytest.approx(lost)
+
+
+def test_the_log_says_why_the_work_lost_to_an_event_was_not_measured(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from gridtao.records.liveledger import LiveLedger
+
+    _, gpus, work = _rows()  # the history starts 20 minutes before T0
+    live = LiveLedger(lambda a, b: [r for r in gpus if a <= r.start_s < b],
+                      lambda a, b: [r for r in work if a <= r.start_s < b])
+    with caplog.at_level(logging.INFO, logger="gridtao.records"):
+        live.event_over(T0 - 60 * 18 + 10, T0 - 60 * 18 + 40)  # 2 minutes of history before it
+        live.after_write(T0 - 60 * 10)
+    assert live.unmeasured == 1
+    (line,) = [r.getMessage() for r in caplog.records if "not measured" in r.getMessage()]
+    assert "chat/llama: 2 reference minutes in the 600 s before the event" in line, line
+    assert "train: 2 reference minutes" in line and "see unavailable" not in line
 
 
 def test_a_configured_work_source_that_counted_nothing_is_said(

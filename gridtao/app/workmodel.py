@@ -128,8 +128,9 @@ class WorkAwareCuts:
         if missing:
             log.warning("control.allocation is work-aware but no work source names GPU(s) %s: "
                         "cuts are split proportionally", ", ".join(map(str, missing)))
-        log.info("work-aware cuts: %d work source(s), %d fit(s) taken from %s", len(groups),
-                 taken, self._path)
+        saved = (f"{taken} fit(s) taken from {self._path}" if self._path.exists()
+                 else f"no fits saved yet ({self._path} is written at stop): the priors stand")
+        log.info("work-aware cuts: %d work source(s), %s", len(groups), saved)
         tier1.split = WorkAwareSplit(self.curves, clock=clock, reached=lambda: tier1.at_target)
 
     def curves(self) -> tuple[WorkCurve | None, ...]:

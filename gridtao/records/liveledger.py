@@ -96,8 +96,9 @@ class LiveLedger:
         result = work_lost(start, end, rows, self._spans)
         if not result.items:
             self.unmeasured += 1
+            why = "; ".join(f"{s}: {r}" for s, r in result.unavailable)
             log.info("work lost to the event of %.0f-%.0f not measured: %s", start, end,
-                     result.reason or "; ".join(f"{s}: {r}" for s, r in result.unavailable))
+                     why or result.reason)
             return
         self.measured += 1
         with self._lock:
