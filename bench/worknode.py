@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from gridtao.app.workmodel import split_curve
 from gridtao.bench.workrecord import Recording
 from gridtao.clock import VirtualClock
 from gridtao.config.agent import ControlConfig, SimConfig, SimWorkload
@@ -169,8 +170,7 @@ def _curve_source(live: WorkModel, exponents: tuple[float | None, ...],
         if live.version != seen[0]:
             seen[0] = live.version
             built[0] = tuple(
-                None if b is None else WorkCurve(b) if c is None else WorkCurve(
-                    b, free_mw=c.free_w * 1000.0, queued=c.queued)
+                None if b is None else WorkCurve(b) if c is None else split_curve(c, b)
                 for b, c in zip(exponents, live.per_gpu(len(exponents)), strict=True))
         return built[0]
     return curves

@@ -41,7 +41,7 @@ from gridtao.work.model import GroupCurve, WorkModel, WorkModelCollector, lost_w
 from gridtao.work.node import NodeWork
 from gridtao.work.sources import SourceSnapshot
 
-__all__ = ["PERIOD_S", "SAVE_PERIOD_S", "WorkAwareCuts", "rate_of"]
+__all__ = ["PERIOD_S", "SAVE_PERIOD_S", "WorkAwareCuts", "rate_of", "split_curve"]
 
 log = logging.getLogger("gridtao.work.model")
 
@@ -65,10 +65,11 @@ def rate_of(snap: SourceSnapshot) -> float | None:
     return sum(rates) if rates else None
 
 
-def _curve(group: GroupCurve) -> WorkCurve:
-    """The split's curve of a GPU of ``group``: its exponent in use, its free draw (mW) and
-    whether its work waits."""
-    return WorkCurve(group.exponent, free_mw=group.free_w * 1000.0, queued=group.queued)
+def split_curve(group: GroupCurve, exponent: float | None = None) -> WorkCurve:
+    """The work-aware split's curve of a GPU of ``group``: ``exponent`` (None: the group's in
+    use), its free draw (mW) and whether its work waits."""
+    return WorkCurve(group.exponent if exponent is None else exponent,
+                     free_mw=group.free_w * 1000.0, queued=group.queued)
 
 
 class _Window:
@@ -141,7 +142,7 @@ class WorkAwareCuts:
             return (None,) * self._count
         if model.version != self._seen:
             self._seen = model.version
-            self._curves = tuple(None if c is None else _curve(c)
+            self._curves = tuple(None if c is None else split_curve(c)
                                  for c in model.per_gpu(self._count))
         return self._curves
 
@@ -155,11 +156,12 @@ class WorkAwareCuts:
         if model is None:
             return None
         draw_mw = self._draw_mw()
-        curves = [None if c is None else _curve(c) for c in model.per_gpu(self._count)]
-        knees = [d if c is None else c.knee_mw(d, r) for c, d, r
-                 in zip(curves, draw_mw, self._resting_mw(), strict=True)]
-        return lost_work_factor(model.exponents(self._count), [d / 1000.0 for d in draw_mw],
-                                depth=self._depth, knee_w=[k / 1000.0 for k in knees])
+        groups = model.per_gpu(self._count)  # one snapshot for the exponents and the knees
+        knees = [d if g is None else split_curve(g).knee_mw(d, r) for g, d, r
+                 in zip(groups, draw_mw, self._resting_mw(), strict=True)]
+        return lost_work_factor([None if g is None else g.exponent for g in groups],
+                                [d / 1000.0 for d in draw_mw], depth=self._depth,
+                                knee_w=[k / 1000.0 for k in knees])
 
     def start(self) -> None:
         """Start the feeder thread (nothing to do without a model)."""

@@ -282,21 +282,22 @@ class FastLoop:
         self._budget.default_total_mw = float(sum(resting_mw))
 
     def _plan(self, view: IslandView, now: float, dt: float, failed: list[bool]) -> list[int]:
-        basis = view.basis_total_mw
-        self._at_target = (
-            view.target_mw is not None and basis is not None and sum(self._draw_mw)
-            <= view.target_mw + band_mw(basis, view.target_mw, self._band_fraction))
         if view.target_mw is None:
+            self._at_target = False
             self._budget.deactivate()
             return raise_toward_mw(
                 self._limits_mw, self._upper_mw, self._max_raise_mw_per_s * dt
             )
+        measured_mw = sum(self._draw_mw)
+        basis = view.basis_total_mw
+        self._at_target = basis is not None and measured_mw <= view.target_mw + band_mw(
+            basis, view.target_mw, self._band_fraction)
         if view.event_id != self._event_id:
             self._budget.deactivate()
         budget = self._budget.update(
             target_mw=view.target_mw,
             ceiling_mw=view.ceiling_total_mw,
-            measured_mw=sum(self._draw_mw),
+            measured_mw=measured_mw,
             dt_s=dt,
             releasing=view.releasing,
         )

@@ -252,7 +252,7 @@ def _fill(budget_mw: float, k: list[float], b: list[float], demand: list[float],
 CurveSource = Callable[[], Sequence[WorkCurve | None] | None]
 
 #: After a cut starts, the split stays proportional until the node is in its band, or this
-#: long (s) at most, so the response to a trigger is exactly the proportional one ...
+#: long (s) at most, so it moves no watts before the response to a trigger is done ...
 HOLD_OFF_S = 1.0
 #: ... then blends into the work-aware split over this long (s).
 BLEND_S = 1.0

@@ -12,7 +12,7 @@ Model (watts and seconds inside; the NVML facade converts to mW/mJ):
 * work, counted in full-speed joules (the energy the job would have spent on it drawing what it
   asks for; ``throughput.py`` turns them into tokens or samples): work arrives at ``demand_w``
   and is served at ``D * (p / D) ** exponent`` while the job asks for ``D`` and draws ``p``
-  (``throughput.relative_rate``). A job that cannot wait (training, a replayed trace: ``queued``
+  (``throughput.served_w``). A job that cannot wait (training, a replayed trace: ``queued``
   false) asks for its demand and loses what a cap holds back. An inference server (``queued``)
   keeps what it could not serve in a backlog: while the backlog is not empty it runs flat out
   (asks for ``busy_w``, its largest batch) until it has caught up, so a cap that only clips its
@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from gridtao.gpu.sim.throughput import relative_rate
+from gridtao.gpu.sim.throughput import served_w
 from gridtao.gpu.sim.workloads import Workload
 
 
@@ -349,15 +349,13 @@ class GpuPhysics:
             step = dt
             backlog0 = self._backlog_j
             if self._queued and backlog0 > 0.0:
-                p = min(asked, self._ceiling_w)
-                drain_w = (asked * relative_rate(p / asked, self._exponent) - d
-                           if asked > 0.0 else 0.0)
+                drain_w = served_w(min(asked, self._ceiling_w), asked, self._exponent) - d
                 if drain_w > 0.0 and backlog0 < drain_w * dt:
                     step = backlog0 / drain_w
                     crossings += 1
-            e = self._energy(asked, step)
-            served = (asked * relative_rate(e / step / asked, self._exponent) * step
-                      if asked > 0.0 else 0.0)
+            # The mean draw over the step stands for the draw: exact while the ceiling is flat,
+            # which it is but for a few time constants after each limit change.
+            served = served_w(self._energy(asked, step) / step, asked, self._exponent) * step
             self._arrived_j += d * step
             if self._queued:
                 backlog = backlog0 + d * step - served

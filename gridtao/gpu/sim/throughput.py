@@ -65,6 +65,7 @@ __all__ = [
     "ThroughputModel",
     "model_for",
     "relative_rate",
+    "served_w",
     "work_rate",
 ]
 
@@ -129,9 +130,19 @@ def relative_rate(power_ratio: float, exponent: float = INFERENCE_EXPONENT) -> f
     return float(x**exponent)
 
 
+def served_w(draw_w: float, demand_w: float, exponent: float) -> float:
+    """Work served per second, in full-speed joules per second (W), by a GPU drawing
+    ``draw_w`` W while its job asks for ``demand_w`` W: ``demand_w * relative_rate(draw /
+    demand)`` (0 when it asks for nothing). The physics counts work this way
+    (``physics.py``)."""
+    if demand_w <= 0.0:
+        return 0.0
+    return demand_w * relative_rate(draw_w / demand_w, exponent)
+
+
 def work_rate(draw_w: float, demand_w: float, model: ThroughputModel = INFERENCE) -> float:
     """Units of work per second of a GPU drawing ``draw_w`` W while its workload demands
-    ``demand_w`` W (0 when it demands nothing)."""
-    if demand_w <= 0.0 or math.isinf(model.joules_per_unit):
+    ``demand_w`` W (0 when it demands nothing): :func:`served_w` in the model's units."""
+    if math.isinf(model.joules_per_unit):
         return 0.0
-    return demand_w / model.joules_per_unit * relative_rate(draw_w / demand_w, model.exponent)
+    return served_w(draw_w, demand_w, model.exponent) / model.joules_per_unit
