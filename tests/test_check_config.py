@@ -27,7 +27,25 @@ def test_a_valid_file_is_summarised_and_nothing_is_written(
     assert out.startswith(f"ok: {path}\n")
     assert "node      n1" in out and "products  ffr 400 W" in out
     assert "127.0.0.1:18830" in out and "4 x h100-sxm (in-process)" in out
+    assert "cuts      split proportionally" in out
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(("work", "said"), [
+    ("", "work-aware asked, but work.sources lists no work: cuts will be split proportionally"),
+    ("work: {sources: [{name: llm, url: 'http://127.0.0.1:9400/metrics', kind: vllm, "
+     "gpus: [0, 1]}]}\n",
+     "work-aware, 1 work source(s) on GPU(s) 0, 1; no source names simulated GPU(s) 2, 3: "
+     "cuts will be split proportionally"),
+    ("work: {sources: [{name: llm, url: 'http://127.0.0.1:9400/metrics', kind: vllm, "
+     "gpus: [0, 1, 2, 3]}]}\n", "work-aware, 1 work source(s) on GPU(s) 0, 1, 2, 3\n"),
+])
+def test_the_summary_says_how_a_cut_will_be_split(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], work: str, said: str) -> None:
+    path = _write(tmp_path, "gpus: {backend: sim, sim: {device: null, count: 4}}\n"
+                            "control: {allocation: work-aware}\n" + work)
+    assert cli.main(["--config", str(path), "check-config"]) == 0
+    assert f"cuts      {said}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("text", "needle"), [

@@ -20,7 +20,7 @@ import time
 from gridtao.config.agent import Config, ConfigError
 from gridtao.errors import one_line
 
-__all__ = ["configure_check_config", "run_check_config", "summary"]
+__all__ = ["configure_check_config", "run_check_config", "split_line", "summary"]
 
 
 def configure_check_config(p: argparse.ArgumentParser) -> None:
@@ -102,6 +102,30 @@ def _check_sim_priorities(config: Config) -> None:
         check_priority_floors(config, indices, [backend.power_limits(i) for i in indices])
 
 
+def split_line(config: Config) -> str:
+    """How tier 1 will split a node cut between GPUs, and why it may not be as configured (the
+    agent says the same at start: gridtao/app/workmodel.py). The GPUs a source must cover are
+    known here only when simulated; real GPUs are counted by the agent."""
+    if config.control.allocation != "work-aware":
+        return "split proportionally (control.allocation)"
+    sources = config.work.sources
+    if not sources:
+        return ("work-aware asked, but work.sources lists no work: cuts will be split "
+                "proportionally")
+    covered = {g for s in sources for g in s.gpus}
+    line = f"work-aware, {len(sources)} work source(s) on GPU(s) {_indices(covered)}"
+    if config.gpus.backend != "nvml":
+        missing = set(range(config.gpus.sim.count)) - covered
+        if missing:
+            return (f"{line}; no source names simulated GPU(s) {_indices(missing)}: cuts will "
+                    "be split proportionally")
+    return line
+
+
+def _indices(indices: set[int]) -> str:
+    return ", ".join(str(i) for i in sorted(indices))
+
+
 def summary(config: Config, node_id: str, *, kids: list[str]) -> str:
     """What the configuration sets up, in a few lines (the first says it is valid)."""
     mqtt = config.mqtt
@@ -120,6 +144,7 @@ def summary(config: Config, node_id: str, *, kids: list[str]) -> str:
         f"TLS {'on' if mqtt.tls.enabled else 'off'}",
         f"signing   {auth}",
         f"products  {products or f'none (raw safety.triggers: {len(config.safety.triggers)})'}",
+        f"cuts      {split_line(config)}",
         f"records   audit {config.audit.path if config.audit.enabled else 'off'}; "
         f"journal {config.journal.path if config.journal.enabled else 'off'}",
     ]
