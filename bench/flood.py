@@ -8,10 +8,10 @@ Target (judged by :func:`gridtao.bench.floodreport.judge_targets`; BENCHMARKS.md
     dispatch within 100 ms p99, and every genuine ack is delivered. The agent's peak resident
     memory during the flood stays under 100 MiB.
 
-``gridtao bench flood [--triggers N] [--dispatch-junk N] [--frequency-junk-rate R] [--json FILE]
-[--markdown FILE]`` runs, against one Mosquitto on 127.0.0.1 and one ``gridtao run`` (8 simulated
-GPUs in real time, ``auth.mode: ed25519``, two keys: ``aggregator`` may sign dispatches only,
-``meter`` frequency only):
+``gridtao bench flood [--triggers N] [--dispatch-junk N] [--frequency-junk-rate R]
+[--agent-nice N] [--json FILE] [--markdown FILE]`` runs, against one Mosquitto on 127.0.0.1 and
+one ``gridtao run`` (8 simulated GPUs in real time, ``auth.mode: ed25519``, two keys:
+``aggregator`` may sign dispatches only, ``meter`` frequency only):
 
 1. **idle**: ``N`` genuine FFR triggers and ``N`` genuine signed ``shed`` dispatches, alternated,
    nothing else on the broker;
@@ -66,7 +66,10 @@ reject-ack budget included, is the default):
 * ``limits.min_event_interval_s: 0`` (default 1): genuine cuts come about a second apart;
 * ``metrics.enabled: false``: nothing scrapes it, and no fixed port to collide on;
 * audit trail and journal ON (the defaults) in a temporary ``STATE_DIRECTORY``: their cost
-  under a flood is part of what is measured.
+  under a flood is part of what is measured;
+* the agent runs at nice ``--agent-nice`` (default -10, as deploy/systemd/gridtao-agent.service
+  starts it; ``0``: a plain process), read back from ``/proc`` into the report; the broker,
+  the attackers and the genuine senders at the bench's own (0 from a shell).
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ from gridtao.bench.floodattack import Attacker, attack
 from gridtao.bench.floodgenuine import AckBook, Genuine
 from gridtao.bench.floodreport import markdown, result_of
 from gridtao.bench.floodsetup import (
+    AGENT_NICE,
     DRAIN_S,
     NODE,
     PREFIX,
@@ -113,12 +117,15 @@ from gridtao.transport.localbroker import MosquittoBroker, Publisher, Subscriber
 class Agent:
     """``gridtao run`` in a child process with its own state directory; stopped with SIGTERM."""
 
-    def __init__(self, cfg_path: Path, state_dir: Path, log_path: Path) -> None:
+    def __init__(self, cfg_path: Path, state_dir: Path, log_path: Path, *, nice: int) -> None:
         env = dict(os.environ, STATE_DIRECTORY=str(state_dir), GRIDTAO_NO_NVML="1")
         self.log_path = log_path
         self._log = log_path.open("wb")
+        # nice(1), as systemd's Nice= does before the exec: every thread the agent starts
+        # inherits it (setpriority on a pid after the start would reach only its main thread).
+        niced = ["nice", "-n", str(nice)] if nice else []
         self.proc = subprocess.Popen(
-            module_command("gridtao", "--config", str(cfg_path), "run"),
+            [*niced, *module_command("gridtao", "--config", str(cfg_path), "run")],
             stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def status_kib(self, key: str) -> int:
@@ -127,6 +134,11 @@ class Agent:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
         raise RuntimeError(f"no {key} for pid {self.proc.pid}")
+
+    def nice(self) -> int:
+        """The nice value the agent runs at, as the kernel has it (``/proc/<pid>/stat``)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[16])
 
     def cpu_s(self) -> float:
         """User + system CPU seconds so far."""
@@ -234,13 +246,14 @@ def run(opts: Options, progress: Callable[[str], None] = print) -> dict[str, Any
 
 def _measure(broker: MosquittoBroker, cfg_path: Path, state: Path, workdir: Path, keys: Keys,
              opts: Options, progress: Callable[[str], None]) -> dict[str, Any]:
-    agent = Agent(cfg_path, state, workdir / "agent.log")
+    agent = Agent(cfg_path, state, workdir / "agent.log", nice=opts.agent_nice)
     attackers: list[Attacker] = []
     rss: RssSampler | None = None
     out: dict[str, Any] = {"phases": {}}
     try:
         with Subscriber(broker.host, broker.port, f"{PREFIX}/nodes/{NODE}/status") as status:
             status.wait(1, timeout=READY_TIMEOUT_S)  # retained online status: the agent is up
+        out["agent_nice"] = agent.nice()  # the agent's interpreter by now, not nice(1)
         # Started now, so their interpreters' start-up is not part of the flood phase.
         attackers = [
             Attacker("dispatch", broker, opts.alg, count=opts.dispatch_junk,
@@ -315,6 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gpus", type=int, default=8, help="simulated GPUs (default 8)")
     p.add_argument("--auth", choices=("ed25519", "hmac"), default="ed25519",
                    help="signature algorithm of the genuine senders (default ed25519)")
+    p.add_argument("--agent-nice", type=int, default=AGENT_NICE, metavar="N",
+                   help=f"the agent's nice value, -20..19 (default {AGENT_NICE}: as "
+                        "deploy/systemd/gridtao-agent.service runs it; below 0 needs root; "
+                        "0: a plain process)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write a BENCHMARKS.md section to FILE")
     p.add_argument("--keep-dir", metavar="DIR", type=Path,
@@ -339,12 +356,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--triggers must be in 1..1000 and --gpus in 1..64")
     if args.dispatch_junk < 0 or args.frequency_junk_rate < 0:
         p.error("--dispatch-junk and --frequency-junk-rate must be >= 0")
+    if not -20 <= args.agent_nice <= 19:
+        p.error("--agent-nice must be in -20..19")
+    if args.agent_nice < 0 and os.geteuid() != 0:
+        p.error(f"--agent-nice {args.agent_nice}: raising a process's priority needs root "
+                "(or --agent-nice 0)")
     if args.keep_dir is not None and args.keep_dir.exists() and any(args.keep_dir.iterdir()):
         p.error(f"--keep-dir {args.keep_dir}: not empty (its audit trail would be counted)")
     opts = Options(triggers=args.triggers, dispatch_junk=args.dispatch_junk,
                    dispatch_junk_qos=args.dispatch_junk_qos,
                    frequency_junk_rate=args.frequency_junk_rate, gpus=args.gpus, alg=args.auth,
-                   keep_dir=args.keep_dir)
+                   keep_dir=args.keep_dir, agent_nice=args.agent_nice)
     try:
         result = run(opts, progress=lambda line: print(line, file=sys.stderr))
     except RuntimeError as e:  # an attacker or the agent failed: the run measured nothing

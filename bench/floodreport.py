@@ -8,6 +8,7 @@ from typing import Any
 
 from gridtao.bench.floodgenuine import Trigger
 from gridtao.bench.floodsetup import (
+    AGENT_NICE,
     DISPATCH_P99_MAX_MS,
     FFR_P99_MAX_MS,
     MEASURES,
@@ -78,6 +79,7 @@ def result_of(opts: Options, m: dict[str, Any]) -> dict[str, Any]:
         "target": TARGET,
         "gpus": opts.gpus,
         "auth": opts.alg,
+        "agent_nice": m["agent_nice"],  # as the kernel had it, not as asked
         "triggers": opts.triggers,
         "dispatch_junk": opts.dispatch_junk,
         "dispatch_junk_qos": opts.dispatch_junk_qos,
@@ -186,7 +188,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"- genuine triggers that met the junk dispatch backlog: "
         f"{flood['met_junk_dispatch_backlog']['dispatch']} dispatches, "
         f"{flood['met_junk_dispatch_backlog']['ffr']} FFR triggers",
-        f"- agent CPU: idle phase {idle['agent_cpu_percent']:.0f} %, flood phase "
+        f"- agent at nice {result.get('agent_nice', 0)}"
+        + (" (as deploy/systemd/gridtao-agent.service runs it)"
+           if result.get("agent_nice") == AGENT_NICE else "")
+        + f"; CPU: idle phase {idle['agent_cpu_percent']:.0f} %, flood phase "
         f"{flood['agent_cpu_percent']:.0f} % of one core; agent log: "
         f"{result['agent_log_lines']} lines in all; stopped (SIGTERM) with status "
         f"{result['agent_stop']['exit_status']} in {result['agent_stop']['seconds']:.1f} s",

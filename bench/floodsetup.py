@@ -21,6 +21,8 @@ Phase = Literal["idle", "flood"]
 
 PREFIX = "gridtao/flood"
 NODE = "flood"
+#: The nice value deploy/systemd/gridtao-agent.service runs the agent at (``Nice=``).
+AGENT_NICE = -10
 AGGREGATOR_KID = "aggregator"
 METER_KID = "meter"
 
@@ -155,3 +157,6 @@ class Options:
     gpus: int = 8
     alg: auth.Alg = "ed25519"
     keep_dir: Path | None = None  # keep the broker's and agent's logs and state here
+    #: The agent's nice value: the systemd unit's (deploy/systemd/gridtao-agent.service) by
+    #: default; 0 runs it as a plain process, as the bench's runs before this option did.
+    agent_nice: int = AGENT_NICE

@@ -4,6 +4,7 @@ verifier: each junk message is refused for the reason it stands for. No speed is
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from gridtao.bench.flood import main
 from gridtao.bench.floodsetup import (
+    AGENT_NICE,
     AGGREGATOR_KID,
     METER_KID,
     junk_dispatch,
@@ -61,10 +63,14 @@ def test_junk_is_refused_for_the_reason_it_stands_for(tmp_path: Path, alg: auth.
 
 def test_flood_bench_counts_every_genuine_ack(tmp_path: Path) -> None:
     out, md = tmp_path / "flood.json", tmp_path / "flood.md"
+    # The agent at the systemd unit's priority (root only; else a lower one, as anyone may).
+    nice = AGENT_NICE if os.geteuid() == 0 else 5
     assert main(["--triggers", "2", "--gpus", "2", "--dispatch-junk", "500",
                  "--frequency-junk-rate", "500", "--json", str(out), "--markdown", str(md),
-                 "--keep-dir", str(tmp_path / "run")]) == 0
+                 "--keep-dir", str(tmp_path / "run"), "--agent-nice", str(nice)]) == 0
     result = json.loads(out.read_text())
+    assert result["agent_nice"] == nice  # as the kernel had it
+    assert f"agent at nice {nice}" in md.read_text()
     assert result["command"].startswith("gridtao bench flood --triggers 2")
     for key in ("date", "machine", "commit", "broker"):
         assert key in result

@@ -26,6 +26,7 @@ import yaml
 from agentproc import WAIT_S, status_wait, write_agent_config
 from broker import MosquittoBroker
 
+from gridtao.bench.floodsetup import AGENT_NICE
 from gridtao.cli.main import build_parser
 from gridtao.config.agent import load_config
 
@@ -83,6 +84,8 @@ def test_the_units_run_gridtao_hardened() -> None:
     assert site["ExecStart"] == ["/opt/gridtao/bin/gridtao site --config /etc/gridtao/site.yaml"]
     assert agent["StateDirectory"] == agent["RuntimeDirectory"] == ["gridtao"]
     assert agent["CapabilityBoundingSet"] == ["CAP_SYS_ADMIN"]
+    # The trigger path is served first for the CPU, at the nice the flood bench measures.
+    assert agent["Nice"] == [str(AGENT_NICE)] and agent["CPUWeight"] == ["1000"]
     assert site["CapabilityBoundingSet"] == site["AmbientCapabilities"] == [""]
     # NVML needs the NVIDIA devices and /proc/driver/nvidia; PrivateUsers would void the
     # capability on them.
