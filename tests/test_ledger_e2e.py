@@ -88,3 +88,5 @@ def test_joules_per_token_from_the_simulators_counters(tmp_path: Path) -> None:
     text = generate_latest(registry).decode()
     assert "# TYPE gridtao_work_joules_per_token gauge" in text
     assert "# TYPE gridtao_work_lost_total counter" in text
+    # No event ran: each configured source's counter is there, at 0.
+    assert 'gridtao_work_lost_total{source="chat",unit="token"} 0.0' in text

@@ -250,6 +250,27 @@ def test_the_live_ledger_and_its_prometheus_families_by_hand() -> None:
     assert value("gridtao_work_lost_total", source="chat", unit="token") == pytest.approx(lost)
 
 
+def test_the_work_lost_counters_are_exported_at_0_before_any_event() -> None:
+    """A counter present from the start (Prometheus: ``increase()`` over its first event)."""
+    from prometheus_client import CollectorRegistry
+
+    from gridtao.records.liveledger import LiveLedger
+    from gridtao.records.report.work import source_units
+    from gridtao.work.collectors import LedgerCollector
+
+    assert source_units("vllm", ()) == ("token",)
+    assert source_units("custom", ("train_samples_total", "steps")) == ("train_samples", "steps")
+    live = LiveLedger(lambda a, b: [], lambda a, b: [],
+                      units=[("chat", "token"), ("train", "train_samples")])
+    registry = CollectorRegistry()
+    LedgerCollector(live.per_unit, live.lost_totals, registry=registry)
+    for source, unit in (("chat", "token"), ("train", "train_samples")):
+        assert registry.get_sample_value("gridtao_work_lost_total",
+                                         {"source": source, "unit": unit}) == 0.0
+    assert registry.get_sample_value("gridtao_work_lost_total",
+                                     {"source": "other", "unit": "token"}) is None
+
+
 def test_the_log_says_why_the_work_lost_to_an_event_was_not_measured(
         caplog: pytest.LogCaptureFixture) -> None:
     from gridtao.records.liveledger import LiveLedger

@@ -25,6 +25,7 @@ from gridtao.gpu.counters import counter_increase_mj
 from gridtao.history import HistoryRecorder
 from gridtao.records.energy import EventEnergy
 from gridtao.records.liveledger import LiveLedger
+from gridtao.records.report.work import source_units
 from gridtao.safety.island import OutsideChange, SafetyIsland
 from gridtao.work.collectors import LedgerCollector
 from gridtao.work.rapl import PackageReading
@@ -140,7 +141,9 @@ class LedgerFeeds:
         if scraper is None or recorder is None:
             return
         scraper.subscribe(recorder.offer_work)
-        self.live = LiveLedger(recorder.store.gpu_rows, recorder.store.work_rows)
+        self.live = LiveLedger(recorder.store.gpu_rows, recorder.store.work_rows, units=[
+            (spec.name, unit) for spec in scraper.specs
+            for unit in source_units(spec.kind, spec.counters)])
         recorder.subscribe(self.live.after_write)
         LedgerCollector(self.live.per_unit, self.live.lost_totals, registry=registry)
 

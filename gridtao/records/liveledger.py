@@ -35,17 +35,20 @@ MINUTE_S = 60
 class LiveLedger:
     """Per source, energy per unit over the last :data:`WINDOW_S` of complete minutes, and the
     units lost to events, summed. ``read_gpus(since_s, until_s)`` and ``read_work(...)`` read
-    the history's GPU and work minutes (``HistoryStore.gpu_rows`` / ``work_rows``)."""
+    the history's GPU and work minutes (``HistoryStore.gpu_rows`` / ``work_rows``).
+    ``units``: the (source, unit) pairs configured, whose totals start at 0 (a counter is
+    exported from the start, not from the first event measured)."""
 
     def __init__(self, read_gpus: Callable[[int, int], Sequence[GpuMinute]],
-                 read_work: Callable[[int, int], Sequence[WorkMinute]]) -> None:
+                 read_work: Callable[[int, int], Sequence[WorkMinute]], *,
+                 units: Sequence[tuple[str, str]] = ()) -> None:
         self._read_gpus = read_gpus
         self._read_work = read_work
         self._lock = threading.Lock()
         self._pending: list[tuple[float, float]] = []
         self._spans: list[tuple[float, float]] = []  # recent events: kept out of references
         self._per_unit: tuple[tuple[str, str, str, float], ...] = ()
-        self._lost: dict[tuple[str, str], float] = {}
+        self._lost: dict[tuple[str, str], float] = dict.fromkeys(units, 0.0)
         #: Events whose work lost was measured, and those that could not be (said in the log).
         self.measured = 0
         self.unmeasured = 0

@@ -44,7 +44,7 @@ from gridtao.records.report.common import J_PER_KWH, MINUTE_S
 from gridtao.records.report.gpus import GpuMinute, energy_by_index, share
 
 __all__ = ["MIN_REFERENCE_MINUTES", "REFERENCE_S", "Efficiency", "EventWork", "WorkLost",
-           "WorkMinute", "efficiencies", "work_lost"]
+           "WorkMinute", "efficiencies", "source_units", "work_lost"]
 
 #: The reference window before an event's first minute (s).
 REFERENCE_S = 600
@@ -79,6 +79,14 @@ class WorkMinute(Protocol):
 
     @property
     def gpus(self) -> tuple[int, ...]: ...
+
+
+def source_units(kind: str, counters: Sequence[str]) -> tuple[str, ...]:
+    """The units a work source of ``kind`` is counted in (``counters``: a custom source's
+    counter names): ``token`` for an inference server, each counter's name less ``_total``."""
+    if kind == "custom":
+        return tuple(dict.fromkeys(name.removesuffix("_total") for name in counters))
+    return (TOKEN,)
 
 
 def _unit(row: WorkMinute) -> str | None:
