@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ from gridtao.gpu.sim.nvml import SimNvml
 from gridtao.gpu.sim.throughput import model_for
 from gridtao.safety.island import SafetyIsland
 from gridtao.work.model import WorkModel
+from gridtao.work.window import PowerWindow
 
 __all__ = ["MIXED_NODE", "RELEASE_RATE_PER_S", "SOURCES", "WARMUP_S", "WINDOW_S",
            "mixed_node_model",
@@ -88,7 +89,7 @@ def run_allocation(allocation: str, *, curves: Sequence[float | None] | None,
         loop.split = WorkAwareSplit(_curve_source(live, tuple(curves)), clock=clock,
                                     reached=lambda: loop.at_target)
     observers = [m for m in (model, live) if m is not None]
-    windows = {name: [0.0] * 7 for name, _, _ in SOURCES}
+    windows = {name: _SourceWindow() for name, _, _ in SOURCES}
     gpus = []
     for w in sim.workloads:
         m = model_for(w.kind)
@@ -111,7 +112,8 @@ def run_allocation(allocation: str, *, curves: Sequence[float | None] | None,
         if rec is not None:
             rec.step(loop.period_s, draw, [g.done for g in gpus], [g.due for g in gpus])
         if observers:
-            _observe(observers, gpus, windows, now, draw, island.enforced_mw(), upper_w)
+            _observe(observers, gpus, windows, now, draw, island.enforced_mw(),
+                     island.resting_mw)
         t_next += loop.period_s
         if t_next > clock.now():
             clock.advance(t_next - clock.now())
@@ -176,34 +178,38 @@ def _curve_source(live: WorkModel, exponents: tuple[float | None, ...],
     return curves
 
 
-def _observe(models: Sequence[WorkModel], gpus: list[_Gpu], windows: dict[str, list[float]],
-             now: float, draw: list[float], limits_mw: Sequence[int], upper_w: float) -> None:
-    """Feed each work source's :data:`WINDOW_S` windows (its GPUs' summed mean power and mean
-    limit, its work rate) to ``models``, as the agent's feeder does
-    (gridtao/app/workmodel.py): what a work source scraped that often, and tier 1's readings,
-    would give it; free windows, and windows held throughout in which a GPU pressed on its
-    limit (the others are dropped). Sources: :data:`SOURCES`."""
+@dataclass
+class _SourceWindow:
+    """One work source's current observation window: when it opened (s), the work its GPUs
+    had done then, and tier 1's readings since."""
+
+    opened_s: float | None = None
+    done_at_open: float = 0.0
+    readings: PowerWindow = field(default_factory=PowerWindow)
+
+
+def _observe(models: Sequence[WorkModel], gpus: list[_Gpu], windows: dict[str, _SourceWindow],
+             now: float, draw_w: list[float], limits_mw: Sequence[int],
+             resting_mw: Sequence[int]) -> None:
+    """Feed each work source's :data:`WINDOW_S` windows to ``models`` as the agent's feeder
+    does (gridtao/app/workmodel.py, the same :class:`~gridtao.work.window.PowerWindow`): what
+    a work source scraped that often, and tier 1's readings, would give it. Sources:
+    :data:`SOURCES`."""
+    draw_mw = [w * 1000.0 for w in draw_w]
     for name, idx, _ in SOURCES:
-        w = windows[name]  # [start s, summed draw W, work at start, held steps, steps,
-        #                    pressed, summed limit W]
+        w = windows[name]
         done = math.fsum(gpus[i].done for i in idx)
-        if w[4] == 0:
-            w[0], w[2] = now, done
-        limit_mw = sum(limits_mw[i] for i in idx)
-        held = limit_mw < len(idx) * upper_w * 1000.0 - HEADROOM_MW
-        w[1] += math.fsum(draw[i] for i in idx)
-        w[6] += limit_mw / 1000.0
-        w[3] += held
-        w[4] += 1
-        w[5] = max(w[5], float(held and any(draw[i] * 1000.0 >= limits_mw[i] - HEADROOM_MW / 2
-                                            for i in idx)))
-        if now - w[0] >= WINDOW_S:
-            rate = (done - w[2]) / (now - w[0])
-            if w[3] == 0 or (w[3] == w[4] and w[5]):  # free, or held throughout and pressed
+        if w.opened_s is None:
+            w.opened_s, w.done_at_open = now, done
+        w.readings.add(idx, draw_mw, limits_mw, resting_mw, headroom_mw=HEADROOM_MW)
+        if now - w.opened_s >= WINDOW_S:
+            seen = w.readings.observation()
+            if seen is not None:
+                rate = (done - w.done_at_open) / (now - w.opened_s)
                 for model in models:
-                    model.observe(name, now, w[1] / w[4], rate, limited=w[3] > 0,
-                                  limit_w=w[6] / w[4])
-            windows[name] = [0.0] * 7
+                    model.observe(name, now, seen.power_w, rate, limited=seen.limited,
+                                  limit_w=seen.limit_w)
+            windows[name] = _SourceWindow()
 
 
 def _score(fraction: float, target_w: float, basis_w: float, band: float, t0: float,

@@ -40,6 +40,7 @@ from gridtao.safety.island import SafetyIsland
 from gridtao.work.model import GroupCurve, WorkModel, WorkModelCollector, lost_work_factor
 from gridtao.work.node import NodeWork
 from gridtao.work.sources import SourceSnapshot
+from gridtao.work.window import PowerWindow
 
 __all__ = ["PERIOD_S", "SAVE_PERIOD_S", "WorkAwareCuts", "rate_of", "split_curve"]
 
@@ -70,23 +71,6 @@ def split_curve(group: GroupCurve, exponent: float | None = None) -> WorkCurve:
     use), its free draw (mW) and whether its work waits."""
     return WorkCurve(group.exponent if exponent is None else exponent,
                      free_mw=group.free_w * 1000.0, queued=group.queued)
-
-
-class _Window:
-    """One group's samples since its source's last scrape."""
-
-    def __init__(self) -> None:
-        self.power_w = 0.0
-        self.limit_w = 0.0
-        self.samples = 0
-        self.limited = 0
-        self.pressed = False
-        self.scrape_s: float | None = None
-
-    def reset(self, scrape_s: float | None) -> None:
-        self.power_w, self.limit_w, self.samples = 0.0, 0.0, 0
-        self.limited, self.pressed = 0, False
-        self.scrape_s = scrape_s
 
 
 class WorkAwareCuts:
@@ -194,12 +178,13 @@ class WorkAwareCuts:
         model, scraper = self.model, self._work.scraper
         if model is None or scraper is None:
             return
-        windows = {c.name: _Window() for c in model.curves()}
+        windows = {c.name: PowerWindow() for c in model.curves()}
+        scraped: dict[str, float | None] = {}
         gpus = {c.name: c.gpus for c in model.curves()}
         last_save = time.monotonic()
         while not self._stop.wait(PERIOD_S):
             try:
-                self._sample(model, scraper.snapshots(), windows, gpus)
+                self._sample(model, scraper.snapshots(), windows, scraped, gpus)
             except Exception:  # a feeder bug must not end the agent; the model just stops
                 log.exception("work model feeder failed; cuts keep the curves learnt so far")
                 return
@@ -208,28 +193,21 @@ class WorkAwareCuts:
                 last_save = time.monotonic()
 
     def _sample(self, model: WorkModel, snaps: Sequence[SourceSnapshot],
-                windows: dict[str, _Window], gpus: dict[str, tuple[int, ...]]) -> None:
+                windows: dict[str, PowerWindow], scraped: dict[str, float | None],
+                gpus: dict[str, tuple[int, ...]]) -> None:
+        """One reading of tier 1's into each source's window, which closes at each new
+        scrape of that source (``scraped``: the time of the scrape that opened it)."""
         draw, limits, resting = self._draw_mw(), self._limits_mw(), self._resting_mw()
         by_name = {s.spec.name: s for s in snaps}
         for name, window in windows.items():
             idx = [g for g in gpus[name] if g < len(draw)]
             snap = by_name.get(name)
-            if snap is not None and snap.last_success_s != window.scrape_s:
-                rate = rate_of(snap)
-                if window.samples and rate is not None and snap.last_success_s is not None:
-                    mean_w = window.power_w / window.samples / 1000.0
-                    if window.limited == window.samples and window.pressed:
-                        model.observe(name, snap.last_success_s, mean_w, rate, limited=True,
-                                      limit_w=window.limit_w / window.samples / 1000.0)
-                    elif window.limited == 0:
-                        model.observe(name, snap.last_success_s, mean_w, rate, limited=False)
-                window.reset(snap.last_success_s)
-            if not idx:
-                continue
-            window.power_w += sum(draw[g] for g in idx)
-            window.limit_w += sum(limits[g] for g in idx)
-            window.samples += 1
-            held = sum(limits[g] for g in idx) < sum(resting[g] for g in idx) - self._headroom_mw
-            window.limited += held
-            window.pressed |= held and any(
-                draw[g] >= limits[g] - self._headroom_mw / 2.0 for g in idx)
+            if snap is not None and snap.last_success_s != scraped.get(name):
+                rate, seen = rate_of(snap), window.observation()
+                if seen is not None and rate is not None and snap.last_success_s is not None:
+                    model.observe(name, snap.last_success_s, seen.power_w, rate,
+                                  limited=seen.limited, limit_w=seen.limit_w)
+                window.reset()
+                scraped[name] = snap.last_success_s
+            if idx:
+                window.add(idx, draw, limits, resting, headroom_mw=self._headroom_mw)
