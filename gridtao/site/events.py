@@ -212,6 +212,12 @@ class SiteEvent:
         if self.shortfall_w > 0.5:
             reasons.append(f"the nodes can give {self.shortfall_w:.0f} W less than the "
                            f"{self.requested_w or 0.0:.0f} W asked")
+        if self.offline:
+            # The two figures part here: a node that went away may still hold its caps (a
+            # killed agent's stay on its GPUs until it restarts), which the meter sees.
+            reasons.append(f"offline: {', '.join(self.offline)}, counted at its last draw in "
+                           "the split and in shortfall_w; caps it held may still be in force, "
+                           "and in the measured reduction_w")
         if self.kind == "site_cap" and self.target_w is not None \
                 and self.reference_w <= self.target_w:
             reasons.append(f"the site is already under the cap ({self.reference_w:.0f} W at "
