@@ -68,8 +68,10 @@ reject-ack budget included, is the default):
 * audit trail and journal ON (the defaults) in a temporary ``STATE_DIRECTORY``: their cost
   under a flood is part of what is measured;
 * the agent runs at nice ``--agent-nice`` (default -10, as deploy/systemd/gridtao-agent.service
-  starts it; ``0``: a plain process), read back from ``/proc`` into the report; the broker,
-  the attackers and the genuine senders at the bench's own (0 from a shell).
+  starts it, where the bench may start a process so, i.e. with CAP_SYS_NICE; else 0, said on
+  stderr; ``0``: a plain process), read back from ``/proc`` into the report (a run whose agent
+  is not at the nice asked fails); the broker, the attackers and the genuine senders at the
+  bench's own (0 from a shell).
 """
 
 from __future__ import annotations
@@ -123,7 +125,9 @@ class Agent:
         self._log = log_path.open("wb")
         # nice(1), as systemd's Nice= does before the exec: every thread the agent starts
         # inherits it (setpriority on a pid after the start would reach only its main thread).
-        niced = ["nice", "-n", str(nice)] if nice else []
+        # nice(1) adds to the bench's own value: the step from it to ``nice``.
+        step = nice - os.getpriority(os.PRIO_PROCESS, 0)
+        niced = ["nice", "-n", str(step)] if step else []
         self.proc = subprocess.Popen(
             [*niced, *module_command("gridtao", "--config", str(cfg_path), "run")],
             stdout=self._log, stderr=subprocess.STDOUT, env=env)
@@ -254,6 +258,9 @@ def _measure(broker: MosquittoBroker, cfg_path: Path, state: Path, workdir: Path
         with Subscriber(broker.host, broker.port, f"{PREFIX}/nodes/{NODE}/status") as status:
             status.wait(1, timeout=READY_TIMEOUT_S)  # retained online status: the agent is up
         out["agent_nice"] = agent.nice()  # the agent's interpreter by now, not nice(1)
+        if out["agent_nice"] != opts.agent_nice:  # nice(1) warns in the log and runs it anyway
+            raise RuntimeError(f"the agent runs at nice {out['agent_nice']}, not the "
+                               f"{opts.agent_nice} asked (see {agent.log_path})")
         # Started now, so their interpreters' start-up is not part of the flood phase.
         attackers = [
             Attacker("dispatch", broker, opts.alg, count=opts.dispatch_junk,
@@ -311,6 +318,14 @@ def _measure(broker: MosquittoBroker, cfg_path: Path, state: Path, workdir: Path
 # ---- command line ------------------------------------------------------------------------------
 
 
+def may_run_at(nice: int) -> bool:
+    """Whether this process may start a child at nice ``nice``: asked of a throwaway child, as
+    the kernel answers it (root in a container may lack CAP_SYS_NICE)."""
+    probe = f"import os; os.setpriority(os.PRIO_PROCESS, 0, {int(nice)})"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True,
+                          check=False).returncode == 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="gridtao bench flood",
@@ -328,10 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gpus", type=int, default=8, help="simulated GPUs (default 8)")
     p.add_argument("--auth", choices=("ed25519", "hmac"), default="ed25519",
                    help="signature algorithm of the genuine senders (default ed25519)")
-    p.add_argument("--agent-nice", type=int, default=AGENT_NICE, metavar="N",
-                   help=f"the agent's nice value, -20..19 (default {AGENT_NICE}: as "
-                        "deploy/systemd/gridtao-agent.service runs it; below 0 needs root; "
-                        "0: a plain process)")
+    p.add_argument("--agent-nice", type=int, default=None, metavar="N",
+                   help=f"the agent's nice value, -20..19 (default {AGENT_NICE}, as "
+                        "deploy/systemd/gridtao-agent.service runs it, where this process may "
+                        "raise a priority: root with CAP_SYS_NICE; else 0, said on stderr "
+                        "and in the report)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write a BENCHMARKS.md section to FILE")
     p.add_argument("--keep-dir", metavar="DIR", type=Path,
@@ -356,17 +372,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--triggers must be in 1..1000 and --gpus in 1..64")
     if args.dispatch_junk < 0 or args.frequency_junk_rate < 0:
         p.error("--dispatch-junk and --frequency-junk-rate must be >= 0")
-    if not -20 <= args.agent_nice <= 19:
+    nice = args.agent_nice
+    if nice is None:
+        nice = AGENT_NICE if may_run_at(AGENT_NICE) else 0
+        if nice != AGENT_NICE:
+            print(f"gridtao: bench flood: the agent runs at nice 0: this process may not "
+                  f"start one at {AGENT_NICE} (the systemd unit's; needs CAP_SYS_NICE)",
+                  file=sys.stderr)
+    elif not -20 <= nice <= 19:
         p.error("--agent-nice must be in -20..19")
-    if args.agent_nice < 0 and os.geteuid() != 0:
-        p.error(f"--agent-nice {args.agent_nice}: raising a process's priority needs root "
-                "(or --agent-nice 0)")
+    elif not may_run_at(nice):
+        p.error(f"--agent-nice {nice}: this process may not start one at that priority "
+                "(a lower value than its own needs CAP_SYS_NICE)")
     if args.keep_dir is not None and args.keep_dir.exists() and any(args.keep_dir.iterdir()):
         p.error(f"--keep-dir {args.keep_dir}: not empty (its audit trail would be counted)")
     opts = Options(triggers=args.triggers, dispatch_junk=args.dispatch_junk,
                    dispatch_junk_qos=args.dispatch_junk_qos,
                    frequency_junk_rate=args.frequency_junk_rate, gpus=args.gpus, alg=args.auth,
-                   keep_dir=args.keep_dir, agent_nice=args.agent_nice)
+                   keep_dir=args.keep_dir, agent_nice=nice)
     try:
         result = run(opts, progress=lambda line: print(line, file=sys.stderr))
     except RuntimeError as e:  # an attacker or the agent failed: the run measured nothing

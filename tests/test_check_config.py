@@ -31,6 +31,24 @@ def test_a_valid_file_is_summarised_and_nothing_is_written(
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
+def test_real_gpus_are_not_said_uncovered(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``backend: auto`` on a host with the driver runs on its real GPUs, whose number only
+    the agent knows: no simulated GPU is named, in the cuts line or the GPUs line."""
+    import gridtao.gpu
+
+    monkeypatch.setattr(gridtao.gpu, "driver_present", lambda: True)
+    path = _write(tmp_path, "gpus: {backend: auto, sim: {device: null, count: 8}}\n"
+                            "control: {allocation: work-aware}\n"
+                            "work: {sources: [{name: llm, url: 'http://127.0.0.1:9400/metrics', "
+                            "kind: vllm, gpus: [0, 1, 2, 3]}]}\n")
+    assert cli.main(["--config", str(path), "check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "cuts      work-aware, 1 work source(s) on GPU(s) 0, 1, 2, 3\n" in out
+    assert "gpus      backend auto\n" in out and "simulated" not in out
+
+
 @pytest.mark.parametrize(("work", "said"), [
     ("", "work-aware asked, but work.sources lists no work: cuts will be split proportionally"),
     ("work: {sources: [{name: llm, url: 'http://127.0.0.1:9400/metrics', kind: vllm, "

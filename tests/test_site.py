@@ -653,7 +653,7 @@ def test_a_node_offline_when_the_event_arrives_is_counted_at_its_last_draw() -> 
     h.c.tick()
     (ack,) = h.take("site/ack")
     assert ack["requested_w"] == 500.0 and ack["nodes"]["offline"] == ["n2"]
-    assert "offline: n2, counted at its last draw" in ack["reason"]
+    assert "offline: n2, each counted at its last draw" in ack["reason"]
 
 
 def test_a_refused_rebalance_keeps_the_event_and_the_earlier_caps_in_force() -> None:

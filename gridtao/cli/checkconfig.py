@@ -44,11 +44,12 @@ def run_check_config(args: argparse.Namespace, config: Config) -> int:
         except ConfigError as e:
             raise ConfigError(f"{config.source}: {e}") from None
     checked_signals_file(resolved, time.time(), where=f"{config.source}: planner.signals_file")
-    if _simulated(resolved):
+    simulated = _simulated(resolved)
+    if simulated:
         _check_sim_device(resolved)
         _check_sim_priorities(resolved)
     print(summary(resolved, node_id, kids=list(credentials.verifier.kids)
-                  if credentials.verifier is not None else []))
+                  if credentials.verifier is not None else [], simulated=simulated))
     return 0
 
 
@@ -102,10 +103,11 @@ def _check_sim_priorities(config: Config) -> None:
         check_priority_floors(config, indices, [backend.power_limits(i) for i in indices])
 
 
-def split_line(config: Config) -> str:
+def split_line(config: Config, *, simulated: bool) -> str:
     """How tier 1 will split a node cut between GPUs, and why it may not be as configured (the
     agent says the same at start: gridtao/app/workmodel.py). The GPUs a source must cover are
-    known here only when simulated; real GPUs are counted by the agent."""
+    known here only when ``simulated`` (the agent would run on simulated GPUs); real GPUs are
+    counted by the agent."""
     if config.control.allocation != "work-aware":
         return "split proportionally (control.allocation)"
     sources = config.work.sources
@@ -114,7 +116,7 @@ def split_line(config: Config) -> str:
                 "proportionally")
     covered = {g for s in sources for g in s.gpus}
     line = f"work-aware, {len(sources)} work source(s) on GPU(s) {_indices(covered)}"
-    if config.gpus.backend != "nvml":
+    if simulated:
         missing = set(range(config.gpus.sim.count)) - covered
         if missing:
             return (f"{line}; no source names simulated GPU(s) {_indices(missing)}: cuts will "
@@ -126,8 +128,10 @@ def _indices(indices: set[int]) -> str:
     return ", ".join(str(i) for i in sorted(indices))
 
 
-def summary(config: Config, node_id: str, *, kids: list[str]) -> str:
-    """What the configuration sets up, in a few lines (the first says it is valid)."""
+def summary(config: Config, node_id: str, *, kids: list[str], simulated: bool) -> str:
+    """What the configuration sets up, in a few lines (the first says it is valid).
+    ``simulated``: the agent would run on simulated GPUs (``sim``, or ``auto`` without the
+    driver)."""
     mqtt = config.mqtt
     products = ", ".join(f"{p.name or p.kind} {p.capacity_w:g} W" for p in config.products)
     auth = config.auth.mode if config.auth.mode == "none" else (
@@ -135,7 +139,7 @@ def summary(config: Config, node_id: str, *, kids: list[str]) -> str:
     gpus = config.gpus
     sim = (f", simulated: {gpus.sim.count} x {gpus.sim.profile} "
            f"({'in-process' if gpus.sim.device is None else 'device ' + gpus.sim.device})"
-           if gpus.backend != "nvml" else "")
+           if simulated else "")
     lines = [
         f"ok: {one_line(config.source)}",
         f"node      {node_id}",
@@ -144,7 +148,7 @@ def summary(config: Config, node_id: str, *, kids: list[str]) -> str:
         f"TLS {'on' if mqtt.tls.enabled else 'off'}",
         f"signing   {auth}",
         f"products  {products or f'none (raw safety.triggers: {len(config.safety.triggers)})'}",
-        f"cuts      {split_line(config)}",
+        f"cuts      {split_line(config, simulated=simulated)}",
         f"records   audit {config.audit.path if config.audit.enabled else 'off'}; "
         f"journal {config.journal.path if config.journal.enabled else 'off'}",
     ]

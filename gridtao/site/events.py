@@ -215,9 +215,9 @@ class SiteEvent:
         if self.offline:
             # The two figures part here: a node that went away may still hold its caps (a
             # killed agent's stay on its GPUs until it restarts), which the meter sees.
-            reasons.append(f"offline: {', '.join(self.offline)}, counted at its last draw in "
-                           "the split and in shortfall_w; caps it held may still be in force, "
-                           "and in the measured reduction_w")
+            reasons.append(f"offline: {', '.join(self.offline)}, each counted at its last "
+                           "draw in the split and in shortfall_w; caps held there may still be "
+                           "in force, and in the measured reduction_w")
         if self.kind == "site_cap" and self.target_w is not None \
                 and self.reference_w <= self.target_w:
             reasons.append(f"the site is already under the cap ({self.reference_w:.0f} W at "
