@@ -47,7 +47,30 @@ def _plan_by(tmp: Path) -> list[str]:
             "--by", "0001-01-01T00:00+14:00", "--work-kwh", "1"]
 
 
+def _plan(tmp: Path, *more: str) -> list[str]:
+    cfg = tmp / "p.yaml"
+    cfg.write_text("products: [{kind: dr, capacity_w: 1500}]\n"
+                   "gpus: {backend: sim, sim: {device: null}}\n")
+    return ["--config", str(cfg), "plan", "--store", str(_history(tmp)), *more]
+
+
+def _report(tmp: Path, *more: str) -> list[str]:
+    return ["report", "energy", "--history", str(_history(tmp)), "--from", "2026-12-01T00:00Z",
+            "--to", "2026-12-02T00:00Z", *more]
+
+
 CASES: dict[str, tuple[Setup, str]] = {
+    # Outputs that cannot be written: said before any work, not as a traceback after it.
+    "plan --json into no folder": (lambda t: _plan(t, "--json", str(t / "none" / "p.json")),
+                                   "no folder"),
+    "plan --json onto a folder": (lambda t: _plan(t, "--json", str(t)), "is a folder"),
+    "plan --plot into no folder": (lambda t: _plan(t, "--plot", str(t / "none" / "p.png")),
+                                   "no folder"),
+    "report --plot into no folder": (
+        lambda t: _report(t, "--plot", str(t / "none" / "e.png")), "no folder"),
+    "compliance --json into no folder": (lambda t: [
+        "bench", "compliance", "--product", "ffr", "--json", str(t / "none" / "c.json")],
+        "--json"),
     "report from far in the future": (lambda t: [
         "report", "energy", "--history", str(_history(t)), "--from", "2026-12-01T00:00Z",
         "--to", "9999-12-31T23:59Z"], "the time must fall in 2000-2100"),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gridtao.config.agent import Config, ConfigError
+from gridtao.config.outputs import output_path, writing
 
 if TYPE_CHECKING:
     from gridtao.tier3.planner import Plan
@@ -67,16 +68,20 @@ def run_plan(args: argparse.Namespace, config: Config) -> int:
     if not config.products:
         raise ConfigError(f"{config.source}: products: none enrolled, nothing to plan")
     work = _work_requirement(args)
+    json_path = None if not args.json else output_path(args.json, "--json")
+    plot_path = None if not args.plot else output_path(args.plot, "--plot")
     from gridtao.tier3.report import draw, table, to_json
 
     where = ("--signals" if args.signals is not None
              else f"{config.source}: planner.signals_file")
     plan = _plan(config, store_path(args, config), work, signals_where=where)
     print(table(plan))
-    if args.json:
-        Path(args.json).write_text(json.dumps(to_json(plan), indent=1) + "\n")
-    if args.plot:
-        draw(plan, Path(args.plot))
+    if json_path is not None:
+        with writing(json_path, "--json"):
+            json_path.write_text(json.dumps(to_json(plan), indent=1) + "\n")
+    if plot_path is not None:
+        with writing(plot_path, "--plot"):
+            draw(plan, plot_path)
         print(f"plot: {args.plot}", file=sys.stderr)
     return 0
 

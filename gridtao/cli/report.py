@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gridtao.config.agent import Config
+from gridtao.config.outputs import output_path, writing
 from gridtao.records.report import TABLES, ReportError
 
 EXIT_OK = 0
@@ -136,6 +137,7 @@ def run_report(args: argparse.Namespace, config: Config) -> int:
         raise ReportError("--table applies to --format csv only")
     if args.plot and not plotting.available():
         raise plotting.PlottingUnavailable(f"--plot: {plotting.INSTALL_HINT}")
+    plot_path = None if not args.plot else output_path(args.plot, "--plot")
     node_id = config.mqtt.node_id or default_node_id()
     state = with_state_paths(config, node_id)
     if args.history:
@@ -187,8 +189,9 @@ def run_report(args: argparse.Namespace, config: Config) -> int:
     else:
         sys.stdout.write(rep.to_markdown(report))
     sys.stdout.flush()
-    if args.plot:
-        rep.draw(report, Path(args.plot))
+    if plot_path is not None:
+        with writing(plot_path, "--plot"):
+            rep.draw(report, plot_path)
         print(f"plot: {args.plot}", file=sys.stderr)
     for check in report.trails:
         if not check.intact:

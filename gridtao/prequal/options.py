@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, cast
 
 from gridtao.config.agent import Config, ConfigError, ProductConfig, ProductKind
 from gridtao.config.kinds import FORMER_TEST_NAMES, KINDS
+from gridtao.config.outputs import output_path, writing
 
 if TYPE_CHECKING:  # the runner pulls in the whole agent: imported when a bench runs
     from gridtao.prequal import compliance as c
@@ -199,18 +200,26 @@ def main(args: argparse.Namespace, config: Config, command: str) -> int:
                   + "".join(f"\n  shortened: {s}" for s in p.shape.shortened))
         return 0
     chosen = select(plans, args.test)
+    # A long run is not lost to an output that cannot be written: checked before it starts.
+    many = len(chosen) > 1
+    for option, value in (("--csv", args.csv), ("--plot", args.plot)):
+        for plan in chosen if value else ():
+            output_path(str(_per_test(Path(value), plan.name, many)), option)
+    json_path = None if not args.json else output_path(args.json, "--json")
     results = run_and_score(config, args, pcfg, chosen,
                             progress=lambda line: print(line, file=sys.stderr))
     print(rep.text_report(args.product, results))
-    many = len(results) > 1
     for res in results:
         if args.csv:
-            rep.write_csv(res, _per_test(Path(args.csv), res.name, many))
+            csv_path = _per_test(Path(args.csv), res.name, many)
+            with writing(csv_path, "--csv"):
+                rep.write_csv(res, csv_path)
         if args.plot:
-            rep.plot(res, _per_test(Path(args.plot), res.name, many), product=args.product,
-                     capacity_w=pcfg.capacity_w, simulated=config.gpus.backend == "sim",
-                     time_scale=scale)
-    if args.json:
+            plot_path = _per_test(Path(args.plot), res.name, many)
+            with writing(plot_path, "--plot"):
+                rep.plot(res, plot_path, product=args.product, capacity_w=pcfg.capacity_w,
+                         simulated=config.gpus.backend == "sim", time_scale=scale)
+    if json_path is not None:
         import datetime
 
         date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -219,7 +228,8 @@ def main(args: argparse.Namespace, config: Config, command: str) -> int:
                                 workload=args.workload, product_config=_plain(pcfg),
                                 simulated=config.gpus.backend == "sim")
         body = provenance(command) | body  # the run's own date, machine and command win
-        Path(args.json).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        with writing(json_path, "--json"):
+            json_path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     return 0 if all(r.passed for r in results) else 1
 
 
