@@ -31,6 +31,43 @@ def test_a_valid_file_is_summarised_and_nothing_is_written(
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
+def test_a_history_that_is_not_a_database_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The agent would exit 2 at start with the same words: said before it starts."""
+    (tmp_path / "h.txt").write_text("time,it_w\n")
+    (tmp_path / "empty.sqlite3").write_bytes(b"")  # SQLite makes a database of it: fine
+    for name, code in (("h.txt", 2), ("empty.sqlite3", 0)):
+        path = _write(tmp_path, "gpus: {backend: sim, sim: {device: null}}\n"
+                                f"history: {{path: {tmp_path / name}}}\n")
+        assert cli.main(["--config", str(path), "check-config"]) == code
+        err = capsys.readouterr().err
+        assert (f"history.path: {tmp_path / name}: not a SQLite database" in err) == bool(code)
+
+
+def test_a_late_signals_feed_is_a_warning_a_broken_file_an_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The agent starts and plans without a stale signals file: a pre-start check must not
+    keep it from starting for a late feed, only for a file that is not one."""
+    import json
+    import time
+
+    now = time.time()
+    start = int(now) // 3600 * 3600
+    doc = {"version": 1, "source": "test", "mtu_s": 3600,
+           "energy_price_eur_per_mwh": [60.0] * 72}
+    (tmp_path / "stale.json").write_text(json.dumps(
+        doc | {"issued_at": now - 3 * 86_400, "start": start - 3 * 86_400}))
+    (tmp_path / "broken.json").write_text("{\"version\": 1")
+    for name, code, said in (("stale.json", 0, "gridtao: warning: "),
+                             ("broken.json", 2, "gridtao: error: ")):
+        path = _write(tmp_path, "gpus: {backend: sim, sim: {device: null}}\n"
+                                f"planner: {{signals_file: {tmp_path / name}}}\n")
+        assert cli.main(["--config", str(path), "check-config"]) == code
+        err = capsys.readouterr().err
+        assert err.startswith(said) and err.count("\n") == 1, err
+        assert f"planner.signals_file: {tmp_path / name}: refused: " in err
+
+
 def test_real_gpus_are_not_said_uncovered(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -51,7 +51,7 @@ from gridtao.security.guard import Guard
 from gridtao.tier3.forecast import ForecastError
 from gridtao.tier3.planner import NoPlan, Plan, PlannerState, PlanSettings, make_plan, next_state
 from gridtao.tier3.problem import Enrolment, PlanError, node_floor_w
-from gridtao.tier3.signals import SignalError, Signals, merge, parse_signals
+from gridtao.tier3.signals import SignalError, Signals, SignalsOutOfDate, merge, parse_signals
 from gridtao.transport.mqtt import InboundMessage, MqttLink
 from gridtao.wire import messages as wire
 from gridtao.wire.awards import plan_payload
@@ -142,11 +142,20 @@ def signals_file(config: Config, now_s: float) -> Signals | None:
                          max_age_s=p.signals_max_age_h * 3600.0)
 
 
-def checked_signals_file(config: Config, now_s: float, *, where: str) -> Signals | None:
+def checked_signals_file(config: Config, now_s: float, *, where: str,
+                         out_of_date: Callable[[str], None] | None = None) -> Signals | None:
     """:func:`signals_file` for a command: a file that cannot be read or is refused is a
-    :class:`ConfigError` of one line, ``where`` (the key or option that named it) first."""
+    :class:`ConfigError` of one line, ``where`` (the key or option that named it) first.
+    ``out_of_date``: told that line instead, and None returned, when the file is refused for
+    its time alone (a late feed, which the agent plans without: not a configuration error)."""
     try:
         return signals_file(config, now_s)
+    except SignalsOutOfDate as e:
+        line = f"{where}: {config.planner.signals_file}: refused: {e}"
+        if out_of_date is None:
+            raise ConfigError(line) from None
+        out_of_date(line)
+        return None
     except OSError as e:
         named = e.filename or config.planner.signals_file
         raise ConfigError(f"{where}: {named}: cannot read: {e.strerror or e}") from None

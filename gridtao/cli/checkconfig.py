@@ -5,8 +5,9 @@ For operators editing a node's file (and a deployment's pre-start hook, as ``ngi
 ``promtool check config`` are used): the file's schema and cross-key rules (checked as it is
 loaded), the agent's own files (audit trail, journal, replay store, history: each a file of its
 own), every key and broker-credential file (signing keys, TLS, password), the simulated GPUs'
-trace and the planner's signals file when set, and the machine's simulated device when it exists
-and would be used. Exit 0 with a summary on stdout; 2 with one line
+trace and the planner's signals file when set (one refused for its time alone, a late feed,
+is a warning: the agent starts and plans without it), and the machine's simulated device when it
+exists and would be used. Exit 0 with a summary on stdout; 2 with one line
 naming the file, the key and the problem. What needs the GPUs or the broker (priority floors
 against the GPUs' real limits, the broker's answer) is left to the agent and
 ``gridtao check-broker``.
@@ -15,6 +16,7 @@ against the GPUs' real limits, the broker's answer) is left to the agent and
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from gridtao.config.agent import Config, ConfigError
@@ -43,7 +45,11 @@ def run_check_config(args: argparse.Namespace, config: Config) -> int:
             load_configured_trace(resolved.gpus.sim)
         except ConfigError as e:
             raise ConfigError(f"{config.source}: {e}") from None
-    checked_signals_file(resolved, time.time(), where=f"{config.source}: planner.signals_file")
+    # A late feed is the feed's, not the file's: the agent starts and plans without it.
+    checked_signals_file(resolved, time.time(), where=f"{config.source}: planner.signals_file",
+                         out_of_date=lambda line: print(
+                             f"gridtao: warning: {one_line(line)}: the agent starts and plans "
+                             "without it until a fresh one comes", file=sys.stderr))
     simulated = _simulated(resolved)
     if simulated:
         _check_sim_device(resolved)

@@ -140,6 +140,25 @@ def check_state_paths(config: Config) -> None:
         if where is not None:  # a read-only file system, or a folder not this user's
             raise ConfigError(f"{config.source}: {key}: {value}: cannot write there ({where} "
                               "is read-only or not writable by this user)")
+        if key == "history.path" and not _sqlite_or_empty(path):
+            raise ConfigError(f"{config.source}: {key}: {value}: not a SQLite database "
+                              "(another kind of file, or its header is damaged): the agent "
+                              "keeps its history there; move it aside or name another file")
+
+
+#: The first bytes of every SQLite 3 database file (sqlite.org/fileformat.html, 1.3).
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _sqlite_or_empty(path: Path) -> bool:
+    """Whether ``path`` is missing, empty (SQLite makes a database of it) or starts as a
+    SQLite database does (reading 16 bytes; an unreadable file is left to its opener)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError:
+        return True
+    return not head or head == SQLITE_HEADER
 
 
 def _unwritable(path: Path) -> Path | None:

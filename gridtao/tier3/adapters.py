@@ -35,9 +35,9 @@ from typing import Any, NamedTuple
 from gridtao.errors import GridtaoError
 
 __all__ = ["CARBON", "ENERGY", "JSON_READERS", "LB_PER_MWH_TO_G_PER_KWH", "RESERVE", "Draft",
-           "RawSeries", "SignalError", "as_number", "csv_table", "detect", "electricitymaps",
-           "entsoe_a44", "format_time", "json_object", "normalized", "parse_time_s",
-           "points_to_series", "watttime"]
+           "RawSeries", "SignalError", "SignalsOutOfDate", "as_number", "csv_table", "detect",
+           "electricitymaps", "entsoe_a44", "format_time", "json_object", "normalized",
+           "parse_time_s", "points_to_series", "watttime"]
 
 ENERGY = "energy_price_eur_per_mwh"
 CARBON = "carbon_g_per_kwh"
@@ -48,6 +48,11 @@ _EARLIEST_S, _LATEST_S = 946_684_800, 4_102_444_800  # 2000-01-01 .. 2100-01-01:
 
 class SignalError(GridtaoError, ValueError):
     """A signal document (or one series of it) that cannot be used; the message says why."""
+
+
+class SignalsOutOfDate(SignalError):
+    """A well-formed document refused for its time alone (stale, issued after now, or every
+    value in the past): the feed is late, not the configuration wrong."""
 
 
 class RawSeries(NamedTuple):

@@ -44,6 +44,7 @@ from gridtao.tier3.adapters import (
     Draft,
     RawSeries,
     SignalError,
+    SignalsOutOfDate,
     csv_table,
     detect,
     entsoe_a44,
@@ -52,7 +53,8 @@ from gridtao.tier3.adapters import (
 )
 
 __all__ = ["CARBON", "CARBON_MAX_G_PER_KWH", "ENERGY", "MAX_AGE_S", "PRICE_BOUND_EUR_PER_MWH",
-           "RESERVE", "Provenance", "Series", "SignalError", "Signals", "merge", "parse_signals"]
+           "RESERVE", "Provenance", "Series", "SignalError", "Signals", "SignalsOutOfDate",
+           "merge", "parse_signals"]
 
 FloatArray = npt.NDArray[np.float64]
 Format = Literal["normalized", "entsoe", "watttime", "electricitymaps", "csv"]
@@ -269,7 +271,7 @@ def _check(draft: Draft, now_s: float, max_age_s: float, issued_at_s: float | No
         else:
             continue
         if name == "document":
-            raise SignalError(msg)
+            raise SignalsOutOfDate(msg)
         draft.warnings.append(f"{name}: {msg}; left out")
         draft.series = [s for s in draft.series if s.name != name]
     src = source or draft.source
@@ -286,7 +288,8 @@ def _check(draft: Draft, now_s: float, max_age_s: float, issued_at_s: float | No
                                     np.array([math.nan if v is None else v for v in raw.values]))
     if not kept:
         if draft.series and past == len(draft.series):
-            raise SignalError(f"everything in the past: no value after now ({format_time(now_s)})")
+            raise SignalsOutOfDate(
+                f"everything in the past: no value after now ({format_time(now_s)})")
         raise SignalError("no usable series: " + ("; ".join(notes) or "none given"))
     prov = {n: Provenance(draft.issued_by_series.get(n, issued), draft.source_by_series.get(
         n, src)) for n in kept}
