@@ -494,3 +494,16 @@ def test_an_event_left_open_by_a_crash_ends_with_the_run(
     assert rel(e6["history"]["it_kwh"], 1200 * 1499 / KWH)
     (e6,) = report(recovery=True, ended=False)
     assert e6["end"] is None and e6["history"] is None
+
+
+def test_a_whole_minute_a_rounding_error_short_of_60_s_is_whole() -> None:
+    """``energy_j / it_mean_w`` of a whole minute can come out 59.99999999999999 s: not a
+    minute covered in part (the report would warn of partial minutes in a whole window)."""
+    from gridtao.records.report.minutes import covered_s
+
+    mean_w = 1.0 / 3.0 * 2990.0
+    row = MinuteRow(0, mean_w, mean_w, mean_w * 60.0 * (1 - 1e-16), None, 0.0)
+    assert row.energy_j / row.it_mean_w < 60.0  # the case: a rounding error short
+    assert covered_s(row) == 60.0
+    assert covered_s(dataclasses.replace(row, energy_j=mean_w * 30.0)) == pytest.approx(30.0)
+    assert covered_s(dataclasses.replace(row, energy_j=mean_w * 59.99)) == pytest.approx(59.99)

@@ -111,11 +111,17 @@ class _MinuteEnergy:
     event_s: float
 
 
+#: A minute whose covered seconds come within this of 60 is whole: ``energy_j / it_mean_w``
+#: of a whole minute can land a rounding error short of 60 (59.99999999999999).
+WHOLE_SLACK_S = 1e-6
+
+
 def covered_s(row: Minute) -> float:
     """Seconds of the minute its samples covered: ``energy_j / it_mean_w``, in [0, 60]; a row
     at 0 W counts as covered (the agent measured nothing drawn)."""
     if row.it_mean_w > 0.0:
-        return min(float(MINUTE_S), max(0.0, row.energy_j / row.it_mean_w))
+        covered = row.energy_j / row.it_mean_w
+        return float(MINUTE_S) if covered >= MINUTE_S - WHOLE_SLACK_S else max(0.0, covered)
     return float(MINUTE_S)
 
 
