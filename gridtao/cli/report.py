@@ -166,11 +166,14 @@ def run_report(args: argparse.Namespace, config: Config) -> int:
                                      facility)
     loaded = []
     ledgers: dict[str, rep.Ledger] = {}
+    unmeasured: list[str] = []
     for name, path in histories:
         with HistoryStore.open(path) as store:
             loaded.append((name, str(path), store.rows(since, until)))
             ledgers[name] = rep.Ledger(store.gpu_rows(since, until),
                                        store.work_rows(since, until))
+            unmeasured += [rep.unmeasured_warning(name, span, from_s, to_s)
+                           for span in store.written(math.floor(from_s), math.ceil(to_s))]
     if node_id in ledgers:  # this node's own work sources, said when they counted nothing
         counted = {r.source for r in ledgers[node_id].work
                    if from_s - 60 < r.start_s < to_s}
@@ -181,7 +184,7 @@ def run_report(args: argparse.Namespace, config: Config) -> int:
         from_s, to_s, histories=loaded, trails=trails, facility=facility,
         settle_at=config.facility.settle_at,
         read_back_period_s=config.safety.rearm_period_s, generated_at_s=time.time(),
-        notes=notes, ledgers=ledgers)
+        notes=notes, ledgers=ledgers, warnings=unmeasured)
     if args.format == "json":
         sys.stdout.write(rep.dumps(report))
     elif args.format == "csv":

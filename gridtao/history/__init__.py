@@ -24,7 +24,13 @@ from gridtao.history.gpuenergy import GpuEnergyAggregator
 from gridtao.history.importer import ImportSummary, import_csv
 from gridtao.history.recorder import HistoryRecorder
 from gridtao.history.rows import Batch, Checkpoint, GpuMinuteRow, WorkMinuteRow
-from gridtao.history.store import HistoryError, HistorySeries, HistoryStore, MinuteRow
+from gridtao.history.store import (
+    HistoryError,
+    HistorySeries,
+    HistoryStore,
+    MinuteRow,
+    WrittenSpan,
+)
 from gridtao.history.synth import synthetic_minutes
 from gridtao.history.workcount import WorkAggregator
 
@@ -43,6 +49,7 @@ __all__ = [
     "MinuteRow",
     "WorkAggregator",
     "WorkMinuteRow",
+    "WrittenSpan",
     "import_csv",
     "synthetic_minutes",
 ]

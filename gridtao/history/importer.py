@@ -97,7 +97,7 @@ def import_csv(path: str | Path, store: HistoryStore) -> ImportSummary:
             last_t = s.t_s
             rows += aggregator.add(s.t_s, s.it_w, s.limit_w, False)
         rows += aggregator.finish(last_t + interval)
-    store.write(rows)
+    store.write(rows, origin=f"imported from {p} (gridtao history import)")
     return ImportSummary(str(p), count, len(rows), rows[0].start_s if rows else None,
                          rows[-1].start_s if rows else None, interval)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -47,7 +48,8 @@ from gridtao.history.rows import (
     merge_minute,
 )
 
-__all__ = ["Batch", "HistoryError", "HistorySeries", "HistoryStore", "MinuteRow", "merge_minute"]
+__all__ = ["Batch", "HistoryError", "HistorySeries", "HistoryStore", "MinuteRow", "WrittenSpan",
+           "merge_minute"]
 
 #: The schema this code writes; a file with a higher ``user_version`` came from a newer gridtao.
 SCHEMA_VERSION = 2
@@ -64,6 +66,26 @@ CREATE TABLE IF NOT EXISTS minutes (
 ) WITHOUT ROWID
 """
 _COLUMNS = "start_s, it_mean_w, it_p10_w, energy_j, limit_w, event_s"
+#: Spans of minutes written by something other than an agent measuring them (an import, a
+#: generator), so a report can tell them from measured ones. Added beside schema 2's tables
+#: (created when a file is opened; older gridtao versions ignore it).
+_WRITTEN = """
+CREATE TABLE IF NOT EXISTS written (
+    from_s     INTEGER NOT NULL,
+    to_s       INTEGER NOT NULL,
+    origin     TEXT NOT NULL,
+    written_at REAL NOT NULL
+)
+"""
+
+
+class WrittenSpan(NamedTuple):
+    """Minutes ``[from_s, to_s)`` (Unix s) were written by ``origin`` at ``written_at``."""
+
+    from_s: int
+    to_s: int
+    origin: str
+    written_at: float
 
 
 class HistoryError(GridtaoError):
@@ -160,6 +182,7 @@ class HistoryStore:
                 conn.execute(_SCHEMA)
                 for table in ledgerdb.SCHEMA_2:  # schema 1 -> 2: tables added, none changed
                     conn.execute(table)
+                conn.execute(_WRITTEN)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as e:
             if conn is not None:
@@ -189,9 +212,11 @@ class HistoryStore:
             except sqlite3.Error as e:
                 raise self._fail(e, "reading the journal mode") from None
 
-    def write(self, rows: Iterable[MinuteRow]) -> int:
+    def write(self, rows: Iterable[MinuteRow], *, origin: str | None = None) -> int:
         """Store ``rows`` in one transaction (all or none), replacing any row of the same
-        minute. Returns how many were written. Raises :class:`HistoryError`."""
+        minute. ``origin``: what made them when no agent measured them (``imported from F``,
+        ``generated ...``), kept with their span (:meth:`written`); None: the caller vouches
+        they were measured. Returns how many were written. Raises :class:`HistoryError`."""
         data = [(r.start_s, r.it_mean_w, r.it_p10_w, r.energy_j, r.limit_w, r.event_s)
                 for r in rows]
         if not data:
@@ -204,6 +229,12 @@ class HistoryStore:
                     self._conn.executemany(
                         f"INSERT OR REPLACE INTO minutes ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                         data)
+                    if origin is not None:
+                        starts = [d[0] for d in data]
+                        self._conn.execute(
+                            "INSERT INTO written (from_s, to_s, origin, written_at) "
+                            "VALUES (?, ?, ?, ?)",
+                            (min(starts), max(starts) + 60, origin, time.time()))
             except sqlite3.Error as e:
                 raise self._fail(e, "writing") from None
         return len(data)
@@ -300,6 +331,14 @@ class HistoryStore:
             raise self._fail(ValueError(f"a stored row is invalid: {e}"), "reading") from None
         return HistorySeries(start, mean, p10)
 
+    def written(self, since_s: int, until_s: int) -> list[WrittenSpan]:
+        """The spans of minutes written with an ``origin`` (:meth:`write`) that overlap
+        ``[since_s, until_s)``, oldest first."""
+        raw = self._select("SELECT from_s, to_s, origin, written_at FROM written "
+                           "WHERE to_s > ? AND from_s < ? ORDER BY from_s, written_at",
+                           (since_s, until_s))
+        return [WrittenSpan(int(a), int(b), str(o), float(w)) for a, b, o, w in raw]
+
     def latest_start_s(self) -> int | None:
         """The newest stored minute's ``start_s``, or ``None`` when the history is empty."""
         raw = self._select("SELECT MAX(start_s) FROM minutes", ())
@@ -323,6 +362,7 @@ class HistoryStore:
                 with self._conn:
                     self._conn.execute("BEGIN IMMEDIATE")
                     cur = self._conn.execute("DELETE FROM minutes WHERE start_s < ?", (cutoff,))
+                    self._conn.execute("DELETE FROM written WHERE to_s <= ?", (cutoff,))
                     return int(cur.rowcount) + ledgerdb.prune(self._conn, cutoff)
             except sqlite3.Error as e:
                 raise self._fail(e, "pruning") from None

@@ -33,7 +33,7 @@ a time).
 
 from __future__ import annotations
 
-from gridtao.records.report.build import Ledger, build_report
+from gridtao.records.report.build import Ledger, build_report, unmeasured_warning
 from gridtao.records.report.common import ReportError
 from gridtao.records.report.formats import TABLES, dumps, to_csv, to_markdown
 from gridtao.records.report.minutes import history_range, node_of_history
@@ -52,4 +52,5 @@ __all__ = [
     "read_trail",
     "to_csv",
     "to_markdown",
+    "unmeasured_warning",
 ]

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from gridtao.records.report.common import DAY_S, HOUR_S, J_PER_KWH, ReportError
+from gridtao.records.report.common import DAY_S, HOUR_S, J_PER_KWH, ReportError, iso
 from gridtao.records.report.gpus import GpuEnergy, GpuMinute, gpu_energy
 from gridtao.records.report.minutes import (
     Facility,
@@ -35,7 +35,8 @@ from gridtao.records.report.work import (
     work_lost,
 )
 
-__all__ = ["EnergyReport", "EventEntry", "Ledger", "build_report"]
+__all__ = ["EnergyReport", "EventEntry", "Ledger", "Written", "build_report",
+           "unmeasured_warning"]
 
 
 @dataclass(frozen=True)
@@ -100,21 +101,44 @@ def _kwh(fields: Mapping[str, Any] | None, key: str) -> float | None:
     return None if value is None else value / J_PER_KWH
 
 
+class Written(Protocol):
+    """Minutes ``[from_s, to_s)`` a history holds that ``origin`` wrote, not an agent
+    measuring them (:class:`gridtao.history.WrittenSpan`)."""
+
+    @property
+    def from_s(self) -> int: ...
+
+    @property
+    def to_s(self) -> int: ...
+
+    @property
+    def origin(self) -> str: ...
+
+
+def unmeasured_warning(node: str, span: Written, from_s: float, to_s: float) -> str:
+    """The report's warning for ``span`` of ``node``'s history, clipped to the window."""
+    a, b = max(from_s, span.from_s), min(to_s, span.to_s)
+    return (f"node {node}: the history's minutes {iso(a)} .. {iso(b)} were {span.origin}, not "
+            "measured by an agent: the energy shown for them is not measured")
+
+
 def build_report(from_s: float, to_s: float, *,
                  histories: Sequence[tuple[str, str, Iterable[Minute]]],
                  trails: Sequence[tuple[TrailCheck, Sequence[TrailEvent]]],
                  facility: Facility, settle_at: str, read_back_period_s: float,
                  generated_at_s: float, notes: Sequence[str] = (),
-                 ledgers: Mapping[str, Ledger] | None = None) -> EnergyReport:
+                 ledgers: Mapping[str, Ledger] | None = None,
+                 warnings: Sequence[str] = ()) -> EnergyReport:
     """The report over ``[from_s, to_s)`` (Unix s). ``histories``: per node (name, file, its
     rows, which may reach beyond the window: :func:`history_range`); ``trails``: what
     :func:`read_trail` gave; ``ledgers``: per node its GPU and work minutes (same range). With
     one history and one trail they belong together; else events go to the history of their
-    trail's node. Raises :class:`ReportError` for an empty window."""
+    trail's node. ``warnings``: the caller's, first (e.g. :func:`unmeasured_warning`).
+    Raises :class:`ReportError` for an empty window."""
     if not (math.isfinite(from_s) and math.isfinite(to_s) and to_s > from_s):
         raise ReportError(f"the window is empty: --to ({to_s:g}) must be after --from "
                           f"({from_s:g})")
-    warnings: list[str] = []
+    warnings = list(warnings)
     notes = list(notes)
     minutes: dict[str, _Minutes] = {}
     nodes: list[NodeEnergy] = []
