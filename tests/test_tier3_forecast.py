@@ -20,7 +20,7 @@ from gridtao.tier3 import (
     persistence_forecast,
     score,
 )
-from gridtao.tier3.planner import PlanSettings, make_plan
+from gridtao.tier3.planner import PlanSettings, clip_note, make_plan
 from gridtao.tier3.problem import Enrolment
 from gridtao.tier3.scores import calibrated_margin_w, recent_misses
 from gridtao.tier3.signals import Signals
@@ -426,7 +426,12 @@ def test_a_forecast_above_what_the_gpus_can_draw_is_clipped_and_said() -> None:
     for name in ("p10_w", "p50_w", "p90_w"):
         q = np.asarray(getattr(clipped.forecast, name))
         assert np.all(q <= top) and np.allclose(q, np.minimum(getattr(free.forecast, name), top))
-    assert any("clipped there" in note for note in clipped.summary()["notes"])
+    (note,) = [n for n in clipped.summary()["notes"] if "clipped there" in n]
+    seen = float(np.max(data[1]))
+    assert seen > top and f"the history itself reaches {seen:.0f} W: is it another node's?" in note
+    # The node's own history, under its limit, with the spread alone above it: not another's.
+    note = clip_note(5778.0, 5600.0, 5033.0)
+    assert "another node's" not in note and "history's own peak, 5033 W" in note
     roomy = make_plan(*data, signals, now_s=now, settings=dataclasses.replace(base, max_w=1e9))
     assert not any("clipped" in note for note in roomy.summary()["notes"])
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the solver (scipy) loads on the first round, not with the a
     from gridtao.tier3.optimise import PlanResult
 
 __all__ = ["Fallback", "NoPlan", "Plan", "PlanSettings", "Planned", "PlannerState",
-           "make_plan", "next_state"]
+           "clip_note", "make_plan", "next_state"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,17 @@ class Plan:
                 "notes": [*r.notes, *self.signal_warnings]}
 
 
+def clip_note(p90_w: float, top_w: float, history_peak_w: float) -> str:
+    """Why a forecast peaking at ``p90_w`` was clipped to ``top_w``, what the node's GPUs can
+    draw (W). Only a history that itself drew more (``history_peak_w``) hints at another
+    node's: a spread added to a node's own levels can overshoot on its own."""
+    why = (f"the history itself reaches {history_peak_w:.0f} W: is it another node's?"
+           if history_peak_w > top_w else
+           f"its spread reaches past the history's own peak, {history_peak_w:.0f} W")
+    return (f"the forecast (p90 up to {p90_w:.0f} W) runs above the {top_w:.0f} W this node's "
+            f"GPUs can draw: clipped there ({why})")
+
+
 def make_plan(history_start_s: np.ndarray[Any, Any], history_it_w: np.ndarray[Any, Any],
               history_p10_w: np.ndarray[Any, Any] | None, signals: Signals | None, *,
               now_s: float, settings: PlanSettings) -> Plan:
@@ -130,9 +141,8 @@ def make_plan(history_start_s: np.ndarray[Any, Any], history_it_w: np.ndarray[An
     notes: list[str] = []
     if settings.max_w is not None and float(np.max(forecast.p90_w)) > settings.max_w:
         top = settings.max_w
-        notes.append(f"the forecast (p90 up to {float(np.max(forecast.p90_w)):.0f} W) runs above "
-                     f"the {top:.0f} W this node's GPUs can draw: clipped there (is the history "
-                     "another node's?)")
+        notes.append(clip_note(float(np.max(forecast.p90_w)), top,
+                               float(np.max(history_it_w)) if len(history_it_w) else 0.0))
         forecast = dataclasses.replace(forecast, **{
             name: np.minimum(np.asarray(getattr(forecast, name)), top)
             for name in ("p10_w", "p50_w", "p90_w")})
