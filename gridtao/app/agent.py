@@ -17,8 +17,8 @@ Threads and loops (docs/architecture.md):
 - Prometheus (the metrics HTTP thread): the links' and the audit trail's counters are read when
   it scrapes (telemetry/metrics.py, ``StatsCollector``).
 
-Stop restores every limit the agent changed to what it found at start, then publishes an
-offline status. The agent never commands a limit outside ``[min, default]``
+Stop restores every limit the agent changed to what it found at start (after a crash, what the
+crashed run found: the journal keeps it), then publishes an offline status. The agent never commands a limit outside ``[min, default]``
 (gridtao.safety.envelope).
 """
 
@@ -88,8 +88,10 @@ __all__ = ["STOP_REASON", "Agent", "AgentOptions"]
 
 log = logging.getLogger("gridtao.app.agent")
 
-#: The reason acked for every event still held when the agent stops.
-STOP_REASON = "the agent stopped: the GPUs went back to the limits it found at start"
+#: The reason acked for every event still held when the agent stops. (After a crash the agent
+#: finds its own caps at start: it restores what was found before it first changed them.)
+STOP_REASON = ("the agent stopped: the GPUs went back to their resting limits, as found before "
+               "the agent first changed them")
 
 
 class Agent:
@@ -549,7 +551,8 @@ class Agent:
             if failed:
                 log.error("agent %s: %d GPU limit(s) could not be restored", self.node_id, failed)
             else:
-                log.info("agent %s: limits restored to their values at start", self.node_id)
+                log.info("agent %s: limits restored to their resting values (as found before "
+                         "the agent first changed them)", self.node_id)
             self.ledger.close(restore_failed=failed, limits_mw=self.initial_limits_mw)
 
     def restore_initial_limits(self) -> int:

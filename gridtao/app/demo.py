@@ -158,7 +158,7 @@ def _drive(agent: Agent, broker: MosquittoBroker, out_dir: Path, scale: float) -
         print(f"plot: {png}")
     else:
         print(f"no plot: {plotting.INSTALL_HINT}")
-    print("all limits restored to their values at start; agent offline")
+    print("all limits restored to their resting values; agent offline")
     from gridtao.app.demo_plan import show_plan
 
     show_plan(agent.config, agent.gpu_limits, agent.gpu_indices, out_dir)
