@@ -18,8 +18,8 @@ Threads and loops (docs/architecture.md):
   it scrapes (telemetry/metrics.py, ``StatsCollector``).
 
 Stop restores every limit the agent changed to what it found at start (after a crash, what the
-crashed run found: the journal keeps it), then publishes an offline status. The agent never commands a limit outside ``[min, default]``
-(gridtao.safety.envelope).
+crashed run found: the journal keeps it), then publishes an offline status. The agent never
+commands a limit outside ``[min, default]`` (gridtao.safety.envelope).
 """
 
 from __future__ import annotations
