@@ -279,7 +279,7 @@ def _check(draft: Draft, now_s: float, max_age_s: float, issued_at_s: float | No
     for raw in draft.series:
         problem = _problem(raw, now_s)
         if problem is not None:
-            notes.append(f"{raw.name}: {problem}; left out")
+            notes.append(f"{raw.name}: {problem}; the whole series left out")
             past += problem == _PAST
         elif raw.name in kept:
             notes.append(f"{raw.name}: given twice; the first kept")
