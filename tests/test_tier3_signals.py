@@ -235,6 +235,7 @@ def test_a_bad_series_is_left_out_with_a_warning_and_the_rest_kept() -> None:
     nan = normalized(carbon_g_per_kwh=[100, float("nan")], energy_price_eur_per_mwh=[1, 2])
     sig = parse_signals(nan, now_s=NOW)  # json writes NaN, which is not JSON's null
     assert sig.carbon_g_per_kwh is None and "is not a number" in sig.warnings[0]
+    assert sig.warnings[0].endswith("; the whole series left out")
     assert sig.energy_price_eur_per_mwh is not None
     with pytest.raises(SignalError, match="no usable series: carbon_g_per_kwh"):
         parse_signals(normalized(carbon_g_per_kwh=[-1]), now_s=NOW)
