@@ -68,6 +68,14 @@ def test_a_late_signals_feed_is_a_warning_a_broken_file_an_error(
         assert f"planner.signals_file: {tmp_path / name}: refused: " in err
 
 
+def test_another_commands_file_is_named_as_such(capsys: pytest.CaptureFixture[str]) -> None:
+    example = Path(__file__).resolve().parent.parent / "configs" / "openadr.example.yaml"
+    assert cli.main(["--config", str(example), "check-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{example}: vtn: unknown key" in err
+    assert "check it with `gridtao openadr --config FILE --check`" in err
+
+
 def test_real_gpus_are_not_said_uncovered(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,7 +26,7 @@ from gridtao.config.grid import TrackerConfig as TrackerConfig
 from gridtao.config.planner import HistoryConfig as HistoryConfig
 from gridtao.config.planner import PlannerConfig as PlannerConfig
 from gridtao.config.rules import MAX_NODE_ID_CHARS as MAX_NODE_ID_CHARS
-from gridtao.config.rules import check_consistency
+from gridtao.config.rules import check_consistency, check_not_another_file
 from gridtao.config.rules import is_loopback as is_loopback
 from gridtao.config.rules import sim_device_problem as sim_device_problem
 from gridtao.config.schema import ConfigError as ConfigError
@@ -449,6 +449,7 @@ class _Loader(yaml.SafeLoader):
 
 def config_from_mapping(data: object, *, source: str = "<mapping>") -> Config:
     """Validate a parsed mapping (e.g. from YAML) into a :class:`Config`."""
+    check_not_another_file(data, source)
     cfg = build(Config, data, source, "")
     check_consistency(cfg, source)
     return dataclasses.replace(cfg, source=source)

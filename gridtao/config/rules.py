@@ -15,11 +15,26 @@ from gridtao.config.work import check_work
 if TYPE_CHECKING:
     from gridtao.config.agent import Config, MqttConfig, SimConfig
 
-__all__ = ["GRID_NOMINALS_HZ", "MAX_NODE_ID_CHARS", "check_consistency", "is_loopback",
-           "sim_device_problem"]
+__all__ = ["GRID_NOMINALS_HZ", "MAX_NODE_ID_CHARS", "OTHER_FILES", "check_consistency",
+           "check_not_another_file", "is_loopback", "sim_device_problem"]
 
 MAX_NODE_ID_CHARS = MAX_NAME_CHARS  # a node id is named in site.nodes too
 _DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+#: Top-level keys of gridtao's other configuration files, and how to check such a file.
+OTHER_FILES = {"vtn": "gridtao openadr --config FILE --check"}
+
+
+def check_not_another_file(data: object, source: str) -> None:
+    """An agent's file is not another command's: one of those is named as such, with the
+    command that checks it, instead of as an unknown key."""
+    if not isinstance(data, dict):
+        return
+    for key, check in OTHER_FILES.items():
+        if key in data:
+            fail(source, key, f"unknown key: this is the key of another gridtao command's "
+                              f"file, not an agent's: check it with `{check}`")
 
 
 #: The grids' nominal frequencies (Hz): those the product kinds are defined on (50 and 60 Hz).
