@@ -32,7 +32,7 @@ def test_gpus_json(capsys: pytest.CaptureFixture[str]) -> None:
         assert r["name"] == "NVIDIA H100 80GB HBM3" and r["uuid"].startswith("GPU-")
         # The simulator starts at its workload's steady state: realistic at once, never 0 W.
         assert 300 < r["power_w"] <= 720 and 300 < r["avg_power_w"] <= 700
-        assert r["energy_j"] > 0
+        assert r["energy_j"] > 0 and r["simulated"] is True
 
 
 def test_gpus_says_when_it_made_the_simulated_device(capsys: pytest.CaptureFixture[str]) -> None:

@@ -191,7 +191,8 @@ def test_csv_and_markdown_carry_the_ledger(args: list[str],
     assert events["e1"]["work_lost"].startswith("chat/llama: ")
     assert main(args) == 0
     md = capsys.readouterr().out
-    assert "| n1 | 0 | GPU-0000 | 2026-03-01 00:00 | 0.6000 | 300.0 | 100.0% | counter |" in md
+    assert "| n1 | 0 | GPU-0000 | window | 0.6000 | 300.0 | 100.0% | counter |" in md
+    assert "| n1 | 0 | GPU-0000 | 2026-03-01 00:00 | 0.3000 | 300.0 | 100.0% | counter |" in md
     assert "### Work lost by event" in md and "| n1 | e1 | chat/llama |" in md
     assert (f"| {per['chat']['joules_per_unit']:.4f} | "
             f"{per['chat']['joules_per_unit_meter']:.4f} | 115 of 119 |") in md

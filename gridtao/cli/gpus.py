@@ -30,7 +30,7 @@ EXIT_OK = 0
 
 GPU_KEYS = (
     "index", "uuid", "name", "power_w", "avg_power_w", "limit_w", "default_w", "min_w", "max_w",
-    "energy_j",
+    "energy_j", "simulated",
 )
 
 
@@ -86,6 +86,8 @@ def gpu_rows(backend: GpuBackend) -> list[dict[str, Any]]:
             "min_w": lim.min_mw / 1000,
             "max_w": lim.max_mw / 1000,
             "energy_j": backend.energy_mj(i) / 1000,
+            # In the JSON too, not only on stderr: never mistaken for the machine's own GPUs.
+            "simulated": bool(getattr(backend, "simulated", False)),
         })
     return rows
 

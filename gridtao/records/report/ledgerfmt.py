@@ -186,7 +186,8 @@ def ledger_markdown(report: EnergyReport, when: Callable[[float | None], str]
     """The Markdown of the ledger: (energy by GPU, work lost by event, energy per unit)."""
     header = ("node", "GPU", "UUID", "UTC", "kWh", "mean W", "covered", "method")
     if report.gpus:
-        gpus = _table(header, _gpu_rows(report, lambda g: [g.total], 16, when))
+        # The window's totals: labelled as such, not by their start (as an hour's row is).
+        gpus = _table(header, _gpu_rows(report, lambda g: [g.total], 16, lambda _t: "window"))
         gpus += ["", "By hour:", "",
                  *_table(header, _gpu_rows(report, lambda g: g.hours, 16, when))]
         gpus += ["", "By day:", "",
