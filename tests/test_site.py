@@ -697,3 +697,58 @@ def test_a_refused_rebalance_keeps_the_event_and_the_earlier_caps_in_force() -> 
     h.ack("n1", "e~2")
     h.c.tick()
     assert sorted(releases()) == [("n1", "e")]  # its refused e~1 held nothing
+
+
+def test_a_signed_retry_is_a_duplicate_however_old_and_a_stale_new_request_is_refused() -> None:
+    """As a node answers: a repeat of a request seen before (its terms, its signature) gets the
+    event's ack however old it is; only a request that would act is judged for freshness."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gridtao.config.agent import AuthConfig
+    from gridtao.security import auth
+    from gridtao.security.auth import AuthRejected
+    from gridtao.site.guard import Duplicate, SiteGuard
+
+    key = Ed25519PrivateKey.generate()
+    verifier = auth.Verifier("ed25519", {"agg": (key.public_key(), frozenset({"dispatch"}))})
+    guard = SiteGuard(AuthConfig(), verifier)
+    issued = 1_800_000_000.0
+    body = {"id": "e", "kind": "site_cap", "site_w": 2400, "duration_s": 60,
+            "issued_at": issued}
+    payload = auth.sign_payload(body, key, "agg", "ed25519", topic="dispatch")
+    guard.check(payload, "e", issued, ("e", 2400), issued + 1.0)
+    with pytest.raises(Duplicate):  # 43 s later: still the same request
+        guard.check(payload, "e", issued, ("e", 2400), issued + 43.0)
+    late = auth.sign_payload(body | {"id": "f"}, key, "agg", "ed25519", topic="dispatch")
+    with pytest.raises(AuthRejected, match="stale"):
+        guard.check(late, "f", issued, ("f", 2400), issued + 43.0)
+    unsigned = json.dumps(body).encode()
+    with pytest.raises(AuthRejected, match="unsigned"):  # a repeat must prove its sender too
+        guard.check(unsigned, "e", issued, ("e", 2400), issued + 43.0)
+
+
+def test_a_release_ends_only_the_orders_nodes_hold() -> None:
+    """A refused order holds nothing at its node: a release of the event ends the orders in
+    force (the accepted earlier ones), never the refused ones (the node would answer 'no
+    active event')."""
+    h = Harness()
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "e", "kind": "site_cap", "site_w": 2400,
+                                       "duration_s": 600})
+    for n in ("n1", "n2", "n3"):
+        h.ack(n, "e")
+    h.c.tick()
+    h.c.on_message(f"{PREFIX}/nodes/n3/status", b'{"node":"n3","online":false}')
+    h.status("n1", 800.0)
+    h.status("n2", 800.0)
+    h.clock.advance(2.5)
+    h.c.tick()
+    for n in h.orders():
+        h.ack(n, "e~1", accepted=False)
+    h.c.tick()
+    h.sent.clear()
+    h.send(f"{PREFIX}/site/dispatch", {"id": "r", "kind": "release", "ref": "e"})
+    ended = sorted((t.split("/")[2], b["ref"]) for t, b, _ in h.sent
+                   if t.endswith("/dispatch") and b["kind"] == "release")
+    assert ended == [("n1", "e"), ("n2", "e"), ("n3", "e")]  # n3's too: its cap stayed there

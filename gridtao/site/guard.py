@@ -2,8 +2,9 @@
 
 The aggregator signs a site dispatch or a site award as it signs a node dispatch
 (``auth.mode``, ``auth.keys``: docs/security.md); the site refuses an unsigned, badly signed,
-stale or future-dated one, and an id used before for other terms. A repeat with the same terms
-(a retry, possibly re-stamped) is a duplicate: acted on once. Ids are remembered for the
+stale or future-dated one, and an id used before for other terms. A signed repeat with the same
+terms (a retry, possibly re-stamped, however old) is a duplicate: acted on once, answered with
+the event's ack as it stands. Ids are remembered for the
 coordinator's life and with its events across restarts.
 """
 
@@ -41,14 +42,18 @@ class SiteGuard:
             except ValueError:
                 body = {}
             self._verifier.authenticate("dispatch", body if isinstance(body, dict) else {})
-            check_fresh(issued_at, "issued_at", wall, max_age_s=self._auth.freshness_s,
-                        max_future_s=self._auth.max_future_s)
+        # A signed repeat of a request seen before is a duplicate however old (the sender is
+        # owed the event's ack as it stands, as a node answers one): freshness judges only
+        # what would act.
         seen = self._terms.get(ident)
         if seen is not None:
             if seen != terms:
                 raise AuthRejected("replayed", f"event id {ident!r} was used for another "
                                    "request")
             raise Duplicate(ident)
+        if self._verifier is not None:
+            check_fresh(issued_at, "issued_at", wall, max_age_s=self._auth.freshness_s,
+                        max_future_s=self._auth.max_future_s)
         self._terms[ident] = terms
 
     def remember(self, ident: str, terms: Hashable | None = None) -> None:

@@ -81,11 +81,13 @@ def issue_orders(event: SiteEvent, caps: dict[str, float], wall: float, *, first
 
 
 def end_orders(event: SiteEvent, *, orders: bool = True) -> list[tuple[str, dict[str, Any]]]:
-    """The releases that end ``event`` at its nodes: every order of this generation (``orders``
-    False: none, as when every node refused its order: nothing to end) and every earlier one
-    not yet released. Empties ``event.unreleased``."""
+    """The releases that end ``event`` at its nodes: every order of this generation that a
+    node did not refuse (a refused order holds nothing there; ``orders`` False: none, as when
+    every node refused its order) and every earlier one not yet released. Empties
+    ``event.unreleased``."""
     out = [(node, release_body(order.dispatch_id))
-           for node, order in (event.orders.items() if orders else ())]
+           for node, order in (event.orders.items() if orders else ())
+           if order.answer != "rejected"]
     out += [(node, release_body(ident)) for node, idents in event.unreleased.items()
             for ident in idents]
     event.unreleased = {}
