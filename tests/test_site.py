@@ -421,6 +421,11 @@ def test_a_node_back_online_keeps_its_old_order_until_its_new_share_is_sent() ->
     for n in ("n1", "n2", "n3"):
         h.status(n, 800.0)
     h.c.tick()
+    # n1 and n2 had their caps 0.6 s ago: they would refuse another (one cut a second), so
+    # the split waits, and n3 keeps its old order meanwhile.
+    assert not [b for t, b, _ in h.sent if t.endswith("n3/dispatch")]
+    h.clock.advance(0.6)
+    h.c.tick()
     sent = [b for t, b, _ in h.sent if t.endswith("n3/dispatch")]
     assert [b["kind"] for b in sent] == ["cap"], sent  # the new share first
     h.ack("n3", sent[0]["id"])
@@ -752,3 +757,40 @@ def test_a_release_ends_only_the_orders_nodes_hold() -> None:
     ended = sorted((t.split("/")[2], b["ref"]) for t, b, _ in h.sent
                    if t.endswith("/dispatch") and b["kind"] == "release")
     assert ended == [("n1", "e"), ("n2", "e"), ("n3", "e")]  # n3's too: its cap stayed there
+
+
+def test_two_events_re_split_by_one_change_reach_a_node_a_second_apart() -> None:
+    """A node takes one cut a second: when a node's loss re-splits two site events at once,
+    the second event's new orders wait until each node can take them, instead of being sent
+    at once, refused, and never sent again."""
+    h = Harness()
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "a", "kind": "site_cap", "site_w": 2700,
+                                       "duration_s": 600})
+    for n in ("n1", "n2", "n3"):
+        h.ack(n, "a")
+    h.clock.advance(1.5)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "b", "kind": "site_shed", "reduction_w": 600,
+                                       "duration_s": 600})
+    for n in ("n1", "n2", "n3"):
+        h.ack(n, "b")
+    h.c.tick()
+    h.c.on_message(f"{PREFIX}/nodes/n3/status", b'{"node":"n3","online":false}')
+    h.clock.advance(2.5)
+    h.sent.clear()
+    sent_at: dict[str, list[float]] = {"n1": [], "n2": []}
+    for _ in range(12):
+        h.status("n1", 900.0)
+        h.status("n2", 900.0)
+        h.c.tick()
+        for t, b, _ in h.sent:
+            node = t.split("/")[2]
+            if t.endswith("/dispatch") and b["kind"] == "cap" and node in sent_at:
+                sent_at[node].append(h.clock.wall())
+                h.ack(node, b["id"])  # each new order accepted as it comes
+        h.sent.clear()
+        h.clock.advance(0.25)
+    for node, times in sent_at.items():
+        assert len(times) == 2, (node, times)  # both events re-split there
+        assert times[1] - times[0] >= 1.0, (node, times)  # never inside the node's interval

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
@@ -66,6 +67,10 @@ Sign = Callable[[dict[str, Any]], bytes]
 MAX_PAYLOAD_BYTES: Final = 65_536
 #: A node's cap is sent for whole seconds of what is left of the event, never less than this.
 MIN_ORDER_S: Final = 1.0
+#: A new split does not send a node a cap sooner than this after its last one (s): a node takes
+#: at most one cut per ``limits.min_event_interval_s`` (1 s by default) and refuses the next,
+#: so two events re-split by one change (a node lost) would have the second one refused.
+ORDER_SPACING_S: Final = 1.1
 
 
 class SiteCoordinator:
@@ -97,6 +102,7 @@ class SiteCoordinator:
         self._next_status = 0.0
         self._started_at = clock.wall()
         self._next_rebalance: dict[str, float] = {}
+        self._last_order: dict[str, float] = {}  # node -> when it was last sent a cap
         self._events_dirty = False
         self.counts: dict[str, int] = {}
         self.ack_delays = DelayHistogram()  # from each (re)split to its site ack
@@ -302,6 +308,15 @@ class SiteCoordinator:
         return self.meter.it_budget_w(event.target_w, wall)
 
     def _split(self, event: SiteEvent, wall: float, *, first: bool = False) -> None:
+        if not first:
+            # A node sent a cap under ORDER_SPACING_S ago would refuse this one: the split
+            # waits, before anything of the event (its offline list) is touched.
+            nodes = set(event.orders) | {v.node for v in self.view.online(wall)}
+            spaced = max((self._last_order.get(n, -math.inf) for n in nodes),
+                         default=-math.inf) + ORDER_SPACING_S
+            if wall < spaced:
+                self._next_rebalance[event.id] = spaced
+                return
         caps = plan_caps(event, self.view, self._it_budget(event, wall), wall,
                          at_w=lambda it_w: self.meter.power_at(event.at, it_w, wall),
                          margin=self.cfg.margin_fraction,
@@ -349,6 +364,8 @@ class SiteCoordinator:
         self._events_dirty = True
 
     def _send(self, node: str, body: dict[str, Any]) -> None:
+        if body.get("kind") == "cap":
+            self._last_order[node] = self.clock.wall()
         self._publish(self.topics.node(node, "dispatch"), self._sign(body), 1, False)
         self._count("node_dispatches_sent")
 
