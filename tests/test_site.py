@@ -737,12 +737,7 @@ def test_a_release_ends_only_the_orders_nodes_hold() -> None:
     force (the accepted earlier ones), never the refused ones (the node would answer 'no
     active event')."""
     h = Harness()
-    for n in ("n1", "n2", "n3"):
-        h.status(n, 1000.0)
-    h.send(f"{PREFIX}/site/dispatch", {"id": "e", "kind": "site_cap", "site_w": 2400,
-                                       "duration_s": 600})
-    for n in ("n1", "n2", "n3"):
-        h.ack(n, "e")
+    _held_by_three(h, {"id": "e", "kind": "site_cap", "site_w": 2400, "duration_s": 600})
     h.c.tick()
     h.c.on_message(f"{PREFIX}/nodes/n3/status", b'{"node":"n3","online":false}')
     h.status("n1", 800.0)
@@ -764,17 +759,9 @@ def test_two_events_re_split_by_one_change_reach_a_node_a_second_apart() -> None
     the second event's new orders wait until each node can take them, instead of being sent
     at once, refused, and never sent again."""
     h = Harness()
-    for n in ("n1", "n2", "n3"):
-        h.status(n, 1000.0)
-    h.send(f"{PREFIX}/site/dispatch", {"id": "a", "kind": "site_cap", "site_w": 2700,
-                                       "duration_s": 600})
-    for n in ("n1", "n2", "n3"):
-        h.ack(n, "a")
+    _held_by_three(h, {"id": "a", "kind": "site_cap", "site_w": 2700, "duration_s": 600})
     h.clock.advance(1.5)
-    h.send(f"{PREFIX}/site/dispatch", {"id": "b", "kind": "site_shed", "reduction_w": 600,
-                                       "duration_s": 600})
-    for n in ("n1", "n2", "n3"):
-        h.ack(n, "b")
+    _held_by_three(h, {"id": "b", "kind": "site_shed", "reduction_w": 600, "duration_s": 600})
     h.c.tick()
     h.c.on_message(f"{PREFIX}/nodes/n3/status", b'{"node":"n3","online":false}')
     h.clock.advance(2.5)
@@ -794,3 +781,13 @@ def test_two_events_re_split_by_one_change_reach_a_node_a_second_apart() -> None
     for node, times in sent_at.items():
         assert len(times) == 2, (node, times)  # both events re-split there
         assert times[1] - times[0] >= 1.0, (node, times)  # never inside the node's interval
+
+
+def _held_by_three(h: Harness, request: dict[str, Any]) -> None:
+    """Nodes n1-n3 online at 1000 W (their status sent again), ``request`` sent to the site,
+    and every node's order accepted."""
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", request)
+    for n in ("n1", "n2", "n3"):
+        h.ack(n, str(request["id"]))
