@@ -791,3 +791,32 @@ def _held_by_three(h: Harness, request: dict[str, Any]) -> None:
     h.send(f"{PREFIX}/site/dispatch", request)
     for n in ("n1", "n2", "n3"):
         h.ack(n, str(request["id"]))
+
+
+def test_a_restarted_coordinator_keeps_each_orders_answer_and_times() -> None:
+    """A duplicate answered after a restart says what was commanded and reached (it said
+    null for both: 'nothing commanded' while every node held its cap), and an order a node
+    refused stays refused (a release must not end it there)."""
+    h = Harness()
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1000.0)
+    request = {"id": "e", "kind": "site_cap", "site_w": 2400, "duration_s": 60}
+    h.send(f"{PREFIX}/site/dispatch", request)
+    for n in ("n1", "n2"):
+        h.ack(n, "e", reached=True)
+    h.ack("n3", "e", accepted=False)
+    h.c.tick()
+    *_, before = h.take("site/ack")
+    assert before["commanded_at"] is not None and before["reached_at"] is not None
+    records = [b for t, b, retain in h.sent if t.endswith("site/events") and retain]
+    again = Harness()
+    again.c.on_message(f"{PREFIX}/site/events", json.dumps(records[-1]).encode(), retained=True)
+    again.send(f"{PREFIX}/site/dispatch", request)
+    (state,) = again.take("site/ack")
+    assert (state["commanded_at"], state["reached_at"]) == (before["commanded_at"],
+                                                            before["reached_at"])
+    assert state["nodes"]["rejected"] == {"n3": "no"}
+    again.send(f"{PREFIX}/site/dispatch", {"id": "r", "kind": "release", "ref": "e"})
+    ended = sorted(t.split("/")[2] for t, b, _ in again.sent
+                   if t.endswith("/dispatch") and b["kind"] == "release")
+    assert ended == ["n1", "n2"]

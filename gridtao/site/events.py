@@ -77,7 +77,11 @@ class NodeOrder:
             self.reached_power_w = float(power)
 
     def persisted(self) -> dict[str, Any]:
-        return {"id": self.dispatch_id, "node_w": self.node_w}
+        """What a restarted coordinator needs of the order: its id and cap, the node's answer
+        and its times (a duplicate's ack then says what was commanded and reached)."""
+        return {"id": self.dispatch_id, "node_w": self.node_w, "answer": self.answer,
+                "reason": self.reason, "commanded_at": self.commanded_at,
+                "reached_at": self.reached_at}
 
 
 @dataclass
@@ -270,14 +274,30 @@ class SiteEvent:
             raise ValueError(f"not a site event: kind {event.kind!r}, at {event.at!r}")
         for node, order in dict(body["orders"]).items():
             w = order["node_w"]
-            event.orders[str(node)] = NodeOrder(str(node), str(order["id"]),
-                                                None if w is None else float(w),
-                                                answer="accepted")
+            # A record written before answers were kept: taken as accepted, as it was then.
+            answer = order.get("answer", "accepted")
+            if answer not in ("accepted", "rejected", None):
+                raise ValueError(f"order of {node!r}: answer {answer!r}")
+            event.orders[str(node)] = NodeOrder(
+                str(node), str(order["id"]), None if w is None else float(w), answer=answer,
+                reason=str(order["reason"]) if order.get("reason") is not None else None,
+                commanded_at=_time_or_none(order.get("commanded_at")),
+                reached_at=_time_or_none(order.get("reached_at")))
         terms = body.get("terms")
         if isinstance(terms, list) and terms:  # JSON made the pairs lists: tuples again
             event.terms = tuple(tuple(t) if isinstance(t, list) else t for t in terms)
         event.acked_answers = event._answers()  # acked by the coordinator that made it
         return event
+
+
+def _time_or_none(value: object) -> float | None:
+    """A time of a record (Unix s) or None; raises ValueError when it is neither."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+            value):
+        raise ValueError(f"not a time: {value!r}")
+    return float(value)
 
 
 def _restored_requested(body: Mapping[str, Any]) -> float | None:
