@@ -820,3 +820,22 @@ def test_a_restarted_coordinator_keeps_each_orders_answer_and_times() -> None:
     ended = sorted(t.split("/")[2] for t, b, _ in again.sent
                    if t.endswith("/dispatch") and b["kind"] == "release")
     assert ended == ["n1", "n2"]
+
+
+def test_a_fleet_dispatch_refused_for_its_signature_gets_no_hint_about_the_sites_signing(
+) -> None:
+    """The aggregator signed (or did not sign) a fleet dispatch itself: the site's advice on
+    its own site.signing would send the operator the wrong way."""
+    h = Harness(ack_deadline_s=1.0)
+    for n in ("n1", "n2"):
+        h.status(n, 1000.0)
+    h.send(f"{PREFIX}/dispatch", {"id": "f", "kind": "shed", "fraction": 0.2,
+                                  "duration_s": 30})
+    unsigned = "auth: unsigned: field 'sig' is missing"
+    for n in ("n1", "n2"):
+        h.send(f"{PREFIX}/nodes/{n}/ack", {"id": "f", "accepted": False, "reason": unsigned,
+                                           "received_at": h.clock.wall(),
+                                           "commanded_at": None, "reached_at": None})
+    h.c.tick()
+    (ack,) = h.take("site/ack")
+    assert ack["reason"] == f"n1 refused: {unsigned}; n2 refused: {unsigned}"

@@ -222,8 +222,7 @@ class SiteCoordinator:
             self._count("site_dispatch_duplicate")
             held = self.events.get(msg.id)
             if held is not None:
-                self._ack(held.ack_body(self.cfg.id, measured_w=self._measured(held, wall),
-                                        hint=self.order_auth.hint))
+                self._ack(self._ack_body(held, wall))
             return
         if isinstance(msg, ReleaseDispatch):
             self._release(msg.id, msg.ref, wall)
@@ -422,13 +421,19 @@ class SiteCoordinator:
             self._next_status = wall + self.cfg.status_period_s
             self._publish_status(wall)
 
+    def _ack_body(self, event: SiteEvent, wall: float) -> dict[str, Any]:
+        """The event's site ack now. The hints on the nodes' signature refusals are about the
+        site's own signing: not for a fleet event, which the aggregator signed."""
+        return event.ack_body(self.cfg.id, measured_w=self._measured(event, wall),
+                              hint=self.order_auth.hint if event.kind != "fleet"
+                              else lambda _reason: None)
+
     def _advance(self, event: SiteEvent, wall: float, *, ended: bool = False) -> None:
         """Send the site acks that are due (``ended``: the event is over: ack now, naming
         the nodes that have not answered)."""
         since = event.phase_since
         for due in event.advance(wall, self.cfg.ack_deadline_s, ended=ended):
-            self._ack(event.ack_body(self.cfg.id, measured_w=self._measured(event, wall),
-                                     hint=self.order_auth.hint))
+            self._ack(self._ack_body(event, wall))
             if due == "answered":
                 self.ack_delays.observe(wall - since)
                 for order in event.orders.values():
