@@ -208,3 +208,21 @@ def test_a_state_folder_the_agent_cannot_write_is_refused_before_anything_is_wri
     assert err.count("\n") == 1 and f"audit.path: {state}/" in err
     assert f"cannot write there ({state} is read-only" in err
     assert list(state.iterdir()) == []
+
+
+def test_the_site_coordinators_signing_key_is_checked_and_its_settings_said(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gridtao site` refuses to start on a missing signing key: check-config says so first,
+    and its summary says what the site part of the file sets up."""
+    text = ("gpus: {backend: sim, sim: {device: null}}\n"
+            "site: {id: s1, nodes: [n1, n2], signing: {mode: hmac, kid: site, file: %s}}\n")
+    path = _write(tmp_path, text % (tmp_path / "missing.key"))
+    assert cli.main(["--config", str(path), "check-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "site.signing.file: " in err and "missing.key" in err
+    assert cli.main(["keygen", "--alg", "hmac", "--out", str(tmp_path / "k")]) == 0
+    capsys.readouterr()
+    path = _write(tmp_path, text % (tmp_path / "k.hmac"))
+    assert cli.main(["--config", str(path), "check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "site      for gridtao site: id s1, 2 node(s) expected, signs as 'site' (hmac)" in out

@@ -4,11 +4,11 @@ GPU or a broker connection, and nothing more, then exit.
 For operators editing a node's file (and a deployment's pre-start hook, as ``nginx -t`` or
 ``promtool check config`` are used): the file's schema and cross-key rules (checked as it is
 loaded), the agent's own files (audit trail, journal, replay store, history: each a file of its
-own), every key and broker-credential file (signing keys, TLS, password), the simulated GPUs'
-trace and the planner's signals file when set (one refused for its time alone, a late feed,
-is a warning: the agent starts and plans without it), and the machine's simulated device when it
-exists and would be used. Exit 0 with a summary on stdout; 2 with one line
-naming the file, the key and the problem. What needs the GPUs or the broker (priority floors
+own), every key and broker-credential file (signing keys, TLS, password, the site
+coordinator's signing key), the simulated GPUs' trace and the planner's signals file when set
+(one refused for its time alone, a late feed, is a warning: the agent starts and plans without
+it), and the machine's simulated device when it exists and would be used. Exit 0 with a
+summary on stdout; 2 with one line naming the file, the key and the problem. What needs the GPUs or the broker (priority floors
 against the GPUs' real limits, the broker's answer) is left to the agent and
 ``gridtao check-broker``.
 """
@@ -22,7 +22,8 @@ import time
 from gridtao.config.agent import Config, ConfigError
 from gridtao.errors import one_line
 
-__all__ = ["configure_check_config", "run_check_config", "split_line", "summary"]
+__all__ = ["configure_check_config", "run_check_config", "site_line", "split_line",
+           "summary"]
 
 
 def configure_check_config(p: argparse.ArgumentParser) -> None:
@@ -50,6 +51,10 @@ def run_check_config(args: argparse.Namespace, config: Config) -> int:
                          out_of_date=lambda line: print(
                              f"gridtao: warning: {one_line(line)}: the agent starts and plans "
                              "without it until a fresh one comes", file=sys.stderr))
+    if resolved.site.signing.mode != "none":  # what `gridtao site` signs its orders with
+        from gridtao.site.serve import signer
+
+        signer(resolved)
     simulated = _simulated(resolved)
     if simulated:
         _check_sim_device(resolved)
@@ -130,6 +135,15 @@ def split_line(config: Config, *, simulated: bool) -> str:
     return line
 
 
+def site_line(config: Config) -> str:
+    """What ``gridtao site`` would run with this file (the same file may serve both)."""
+    site = config.site
+    signing = (f"signs as {site.signing.kid!r} ({site.signing.mode})"
+               if site.signing.mode != "none" else "signs nothing")
+    nodes = f"{len(site.nodes)} node(s) expected" if site.nodes else "nodes as they appear"
+    return f"for gridtao site: id {site.id}, {nodes}, {signing}"
+
+
 def _indices(indices: set[int]) -> str:
     return ", ".join(str(i) for i in sorted(indices))
 
@@ -155,6 +169,7 @@ def summary(config: Config, node_id: str, *, kids: list[str], simulated: bool) -
         f"signing   {auth}",
         f"products  {products or f'none (raw safety.triggers: {len(config.safety.triggers)})'}",
         f"cuts      {split_line(config, simulated=simulated)}",
+        f"site      {site_line(config)}",
         f"records   audit {config.audit.path if config.audit.enabled else 'off'}; "
         f"journal {config.journal.path if config.journal.enabled else 'off'}",
     ]
