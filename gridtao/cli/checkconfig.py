@@ -8,9 +8,9 @@ own), every key and broker-credential file (signing keys, TLS, password, the sit
 coordinator's signing key), the simulated GPUs' trace and the planner's signals file when set
 (one refused for its time alone, a late feed, is a warning: the agent starts and plans without
 it), and the machine's simulated device when it exists and would be used. Exit 0 with a
-summary on stdout; 2 with one line naming the file, the key and the problem. What needs the GPUs or the broker (priority floors
-against the GPUs' real limits, the broker's answer) is left to the agent and
-``gridtao check-broker``.
+summary on stdout; 2 with one line naming the file, the key and the problem. What needs the
+GPUs or the broker (priority floors against the GPUs' real limits, the broker's answer) is left
+to the agent and ``gridtao check-broker``.
 """
 
 from __future__ import annotations
