@@ -281,6 +281,11 @@ def test_the_floor_holds_on_the_draw_the_island_cuts_from(rig: Rig) -> None:
     limited = 1.0 - 840.0 / baseline_w
     assert (f"shed limited to {limited:.3f} (asked 0.75) by the node's floor 840 W "
             "(limits.min_node_fraction)") in ack["reason"]
+    # The reached ack (and a duplicate's answer after it) keeps the reason: the shortfall
+    # does not go away once the node is in its band.
+    reached = rig.intake.reached_ack("deep", rig.clock.wall(), 900.0)
+    assert reached is not None
+    assert json.loads(reached.payload)["reason"] == ack["reason"]
 
 
 def test_a_shed_when_the_islands_basis_is_at_the_floor_is_refused_and_changes_nothing(

@@ -45,6 +45,7 @@ class HeldEvent:
     ack_extra: dict[str, object] = dataclasses.field(default_factory=dict)  # also on reached_at
     reached_wall: float | None = None  # once the meter saw the target band: on every later ack
     recovered: bool = False  # held again after a crash, for less than its sender asked
+    note: str | None = None  # the first ack's reason (a shortfall, a floor): on reached_at too
 
 
 def started_fields(act: Activation, ev: HeldEvent | None) -> dict[str, object]:
@@ -125,7 +126,7 @@ class EventBook:
         if self._simulated:
             extra["simulated"] = True
         payload = wire.ack_payload(
-            event_id, True, None, ev.received_wall, ev.commanded_wall, reached_wall,
+            event_id, True, ev.note, ev.received_wall, ev.commanded_wall, reached_wall,
             extra=extra or None,
         )
         if event_id in self._acks:

@@ -246,13 +246,12 @@ class Intake:
             return [self._refuse_unwritten(act, "frequency", wall, source)]
         commanded = act.commanded_wall if act.commanded else None
         extra = source | write_fields(act)
+        note = "; ".join(n for n in (shortfall_note(act), write_note(act)) if n) or None
         self._events[act.event_id] = HeldEvent(
-            act.event_id, "frequency", None, received_at, wall, commanded, extra
+            act.event_id, "frequency", None, received_at, wall, commanded, extra, note=note
         )
         self._activated(act, received_at)
-        notes = [n for n in (shortfall_note(act), write_note(act)) if n]
-        return [self._ack(act.event_id, True, "; ".join(notes) or None, wall, commanded,
-                          extra=extra)]
+        return [self._ack(act.event_id, True, note, wall, commanded, extra=extra)]
 
     # ---- dispatch -------------------------------------------------------------------------
 
@@ -325,13 +324,13 @@ class Intake:
             extra |= shed_fields(act, msg.fraction)
         else:
             shortfall = shortfall_note(act)
+        note = "; ".join(n for n in (shortfall, write_note(act)) if n) or None
         self._events[msg.id] = HeldEvent(
             msg.id, type(msg).KIND, received_at + msg.duration_s, received_at, wall, commanded,
-            extra,
+            extra, note=note,
         )
         self._activated(act, received_at)
-        notes = [n for n in (shortfall, write_note(act)) if n]
-        return self._ack(msg.id, True, "; ".join(notes) or None, wall, commanded, extra=extra)
+        return self._ack(msg.id, True, note, wall, commanded, extra=extra)
 
     def _refuse_unwritten(self, act: Activation, topic: str, wall: float,
                           extra: dict[str, object]) -> Outgoing:
