@@ -473,6 +473,8 @@ def test_an_event_every_node_refused_ends_and_a_partly_refused_one_is_held() -> 
     (ack,) = h.take("site/ack")
     assert ack["accepted"] is False and ack["nodes"]["rejected"] == {"n1": "no", "n2": "no"}
     assert "s2" not in h.c.events  # forgotten: no status entry, no rebalance, no release
+    h.clock.advance(1.0)  # the first status: once the view had its time to come in
+    h.c.tick()
     assert h.c.snapshot["events"] == [] and h.take("site/events")[-1]["events"] == []
     for n in ("n1", "n2"):
         h.status(n, 900.0)
@@ -839,3 +841,29 @@ def test_a_fleet_dispatch_refused_for_its_signature_gets_no_hint_about_the_sites
     h.c.tick()
     (ack,) = h.take("site/ack")
     assert ack["reason"] == f"n1 refused: {unsigned}; n2 refused: {unsigned}"
+
+
+def test_a_restarted_coordinators_first_status_waits_for_its_view() -> None:
+    """A first retained status from an empty view reads as every node gone and no event in
+    force: it waits for the retained node statuses and the site's own record (at most
+    FIRST_STATUS_WAIT_S), then says what is in force."""
+    h = Harness()
+    _held_by_three(h, {"id": "e", "kind": "site_cap", "site_w": 2400, "duration_s": 600})
+    h.c.tick()
+    (record,) = [b for t, b, retain in h.sent if t.endswith("site/events") and retain][-1:]
+    again = Harness()
+    again.c.tick()
+    assert again.take("site/status") == []  # nothing seen yet: nothing said
+    again.c.on_message(f"{PREFIX}/site/events", json.dumps(record).encode(), retained=True)
+    for n in ("n1", "n2", "n3"):
+        again.status(n, 800.0)
+    again.c.tick()
+    (status,) = again.take("site/status")
+    assert status["nodes_online"] == 3 and [e["id"] for e in status["events"]] == ["e"]
+    # A site with no record and no node says so once the wait is over, not never.
+    empty = Harness()
+    empty.c.tick()
+    assert empty.take("site/status") == []
+    empty.clock.advance(1.0)
+    empty.c.tick()
+    assert empty.take("site/status")[0]["nodes_online"] == 0

@@ -71,6 +71,10 @@ MIN_ORDER_S: Final = 1.0
 #: at most one cut per ``limits.min_event_interval_s`` (1 s by default) and refuses the next,
 #: so two events re-split by one change (a node lost) would have the second one refused.
 ORDER_SPACING_S: Final = 1.1
+#: A started coordinator's first status waits at most this long for the retained node
+#: statuses and its own events record (they come within milliseconds of subscribing): a first
+#: status from an empty view would read as every node gone and no event in force.
+FIRST_STATUS_WAIT_S: Final = 1.0
 
 
 class SiteCoordinator:
@@ -99,8 +103,9 @@ class SiteCoordinator:
         self.plan: SitePlan | None = None
         self._plan_dirty = False
         self._next_plan = 0.0
-        self._next_status = 0.0
         self._started_at = clock.wall()
+        self._next_status = self._started_at + FIRST_STATUS_WAIT_S
+        self._record_seen = False  # its own retained events record came (or none will)
         self._next_rebalance: dict[str, float] = {}
         self._last_order: dict[str, float] = {}  # node -> when it was last sent a cap
         self._events_dirty = False
@@ -287,6 +292,7 @@ class SiteCoordinator:
 
     def _on_events_record(self, payload: bytes, wall: float) -> None:
         """The site's own retained record of its events: taken back once, at start."""
+        self._record_seen = True
         if self.events:
             return
         for event in restore_events(self._decode(payload), wall):
@@ -417,9 +423,14 @@ class SiteCoordinator:
             if self.plan is not None:
                 self._publish(self.topics.plan, site_payload(
                     self.plan.body(self.cfg.id, wall, self.cfg.market)), 1, True)
-        if wall >= self._next_status:
+        if wall >= self._next_status or (self._first_view_in() and not self.snapshot):
             self._next_status = wall + self.cfg.status_period_s
             self._publish_status(wall)
+
+    def _first_view_in(self) -> bool:
+        """Before the first status: the retained node statuses and the events record are in
+        (else the first status waits for FIRST_STATUS_WAIT_S)."""
+        return bool(self.view.nodes) and self._record_seen
 
     def _ack_body(self, event: SiteEvent, wall: float) -> dict[str, Any]:
         """The event's site ack now. The hints on the nodes' signature refusals are about the
