@@ -479,8 +479,10 @@ def test_a_v1_client_with_mosquitto_tools_drives_and_observes(
                         for g in _cli_retained(mqtt_broker, topics.status)["gpus"]),
             "the status to show default limits",
         )
-    # Stopped cleanly: the retained status says offline (what a v1 client sees last).
-    assert _cli_retained(mqtt_broker, topics.status) == {"node": "cli", "online": False}
+    # Stopped cleanly: the retained status says offline (what a v1 client sees last), and
+    # that the stop put its limits back.
+    assert _cli_retained(mqtt_broker, topics.status) == {"node": "cli", "online": False,
+                                                         "restored": True}
 
 
 # ---------------------------------------------------------------- one agent per node id

@@ -112,7 +112,7 @@ def test_signal_restores_limits_and_leaves_an_offline_status(
         os.kill(proc.pid, sig)
         assert proc.wait(WAIT_S) == 0, _log(tmp_path, node)
         final = _wait(status, lambda p: p.get("online") is False, "the offline status")
-        assert final == {"node": node, "online": False}
+        assert final == {"node": node, "online": False, "restored": True}
         seen = _payloads(status)
         last_online = [p for p in seen[: seen.index(final)] if p.get("online")][-1]
         # Up to the signal the node was holding the cap.
@@ -121,7 +121,7 @@ def test_signal_restores_limits_and_leaves_an_offline_status(
 
     # What a client connecting later finds: the retained offline status.
     (retained,) = mqtt_broker.collect(status_topic, 1, timeout=WAIT_S)
-    assert json.loads(retained.payload) == {"node": node, "online": False}
+    assert json.loads(retained.payload) == {"node": node, "online": False, "restored": True}
     log = _log(tmp_path, node)
     assert "limits restored" in log, log
     assert "could not restore" not in log, log

@@ -335,6 +335,8 @@ def test_status_payload_no_event_and_missing_gpu_key() -> None:
 
 def test_offline_payload() -> None:
     assert json.loads(offline_payload("node-1")) == {"node": "node-1", "online": False}
+    assert json.loads(offline_payload("node-1", restored=False)) == {
+        "node": "node-1", "online": False, "restored": False}
 
 
 # ---- topics -------------------------------------------------------------------------------------

@@ -867,3 +867,23 @@ def test_a_restarted_coordinators_first_status_waits_for_its_view() -> None:
     empty.clock.advance(1.0)
     empty.c.tick()
     assert empty.take("site/status")[0]["nodes_online"] == 0
+
+
+def test_a_node_that_stopped_cleanly_is_said_to_hold_no_cap() -> None:
+    """A clean stop's status says its limits were put back: the ack says so of that node,
+    and keeps 'caps may still be in force' for a node gone by its last will."""
+    h = Harness()
+    _held_by_three(h, {"id": "e", "kind": "site_cap", "site_w": 2400, "duration_s": 600})
+    h.c.tick()
+    h.c.on_message(f"{PREFIX}/nodes/n2/status",
+                   b'{"node":"n2","online":false,"restored":true}')
+    h.c.on_message(f"{PREFIX}/nodes/n3/status", b'{"node":"n3","online":false}')
+    h.status("n1", 800.0)
+    h.clock.advance(2.5)
+    h.c.tick()
+    h.ack("n1", "e~1")
+    h.c.tick()
+    *_, ack = h.take("site/ack")
+    assert "offline: n3, each counted at its last draw" in ack["reason"]
+    assert "stopped: n2, limits put back (no cap held there)" in ack["reason"]
+    assert ack["nodes"]["offline"] == ["n2", "n3"]

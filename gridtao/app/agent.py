@@ -462,7 +462,7 @@ class Agent:
             # Quiesce first (no trigger can land, limits restored), then say offline: a node
             # that has announced it is offline must not ack anything after.
             await loop.run_in_executor(None, self.quiesce)
-            self.controller.publish_status(online=False)
+            self.controller.publish_status(online=False, restored=self.restore_failed == 0)
             await self.status_link.flush(2.0)
         finally:
             for t in tasks:

@@ -181,8 +181,9 @@ class ControllerLoop:
             self.record_limits()
             await asyncio.sleep(self._status_period_s)
 
-    def publish_status(self, *, online: bool) -> None:
-        """The retained status (online, with every GPU), or the offline one at stop."""
+    def publish_status(self, *, online: bool, restored: bool | None = None) -> None:
+        """The retained status (online, with every GPU), or the offline one at stop
+        (``restored``: whether the stop put back every limit it changed)."""
         p = self._parts
         if online:
             cap = p.capacity()
@@ -201,7 +202,7 @@ class ControllerLoop:
                                           p.island.view().event_id, self.status_gpus(),
                                           extra=extra)
         else:
-            payload = wire.offline_payload(p.node_id)
+            payload = wire.offline_payload(p.node_id, restored=restored)
         p.status_link.publish_nowait(p.status_topic, payload, qos=1, retain=True)
 
     def _feed_fields(self) -> dict[str, object]:

@@ -112,6 +112,8 @@ class SiteEvent:
     acked_answers: tuple[tuple[str, str | None], ...] = ()
     shortfall_w: float = 0.0
     offline: tuple[str, ...] = ()
+    #: Of ``offline``, the nodes whose stop put back every limit (status ``restored``).
+    stopped: tuple[str, ...] = ()
     #: node -> dispatch ids of earlier generations still to be released there (sent when the
     #: node is online and has accepted its order of this generation, or has none: a node that
     #: refused the new split keeps holding its earlier order)
@@ -216,12 +218,16 @@ class SiteEvent:
         if self.shortfall_w > 0.5:
             reasons.append(f"the nodes can give {self.shortfall_w:.0f} W less than the "
                            f"{self.requested_w or 0.0:.0f} W asked")
-        if self.offline:
+        gone = [n for n in self.offline if n not in self.stopped]
+        if gone:
             # The two figures part here: a node that went away may still hold its caps (a
             # killed agent's stay on its GPUs until it restarts), which the meter sees.
-            reasons.append(f"offline: {', '.join(self.offline)}, each counted at its last "
-                           "draw in the split and in shortfall_w; caps held there may still be "
-                           "in force, and in the measured reduction_w")
+            reasons.append(f"offline: {', '.join(gone)}, each counted at its last draw in "
+                           "the split and in shortfall_w; caps held there may still be in "
+                           "force, and in the measured reduction_w")
+        if self.stopped:
+            reasons.append(f"stopped: {', '.join(self.stopped)}, limits put back (no cap held "
+                           "there), each counted at its last draw in the split")
         if self.kind == "site_cap" and self.target_w is not None \
                 and self.reference_w <= self.target_w:
             reasons.append(f"the site is already under the cap ({self.reference_w:.0f} W at "

@@ -47,6 +47,8 @@ def plan_caps(event: SiteEvent, view: SiteView, budget_w: float, wall: float, *,
     given_w = event.reference_w - after_w
     event.shortfall_w = max(0.0, (event.requested_w or 0.0) - given_w)
     event.offline = tuple(s.node for s in counted if not view.is_online(s.node, wall))
+    event.stopped = tuple(n for n in event.offline
+                          if n in view.nodes and view.nodes[n].stopped_clean)
     if not first:
         changed = set(event.orders) ^ set(split.caps_w) or any(
             abs((event.orders[n].node_w or 0.0) - w) > rebalance_min_w

@@ -32,6 +32,9 @@ class NodeView:
 
     node: str
     online: bool = False
+    #: Offline after a clean stop that put back every limit it changed (its status said
+    #: ``restored: true``), not gone (its last will): it holds no cap.
+    stopped_clean: bool = False
     t: float | None = None
     draw_w: float | None = None
     floor_w: float | None = None
@@ -79,6 +82,7 @@ class SiteView:
         """A node's status payload (``online: false`` is its last will)."""
         view = self._node(node)
         view.online = body.get("online") is True
+        view.stopped_clean = not view.online and body.get("restored") is True
         view.t = _num(body.get("t")) or view.t
         if not view.online:
             return

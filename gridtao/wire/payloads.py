@@ -110,6 +110,11 @@ def tracker_payload(node: str, t: float, state: Mapping[str, object]) -> bytes:
     return _dumps(body)
 
 
-def offline_payload(node: str) -> bytes:
-    """The last-will status: ``{"node": node, "online": false}``."""
-    return _dumps({"node": node, "online": False})
+def offline_payload(node: str, *, restored: bool | None = None) -> bytes:
+    """The offline status: ``{"node": node, "online": false}``, the node's last will. A clean
+    stop adds ``restored``: whether every limit the agent changed was put back (the last
+    will cannot say: a killed agent's caps stay on its GPUs until it restarts)."""
+    body: dict[str, object] = {"node": node, "online": False}
+    if restored is not None:
+        body["restored"] = restored
+    return _dumps(body)
