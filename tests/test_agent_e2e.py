@@ -38,7 +38,8 @@ RATE_PER_S = 1.0  # release ramp: the whole reduction given back in 1 s
 WAIT_S = 15.0
 
 # Node-level status fields added to wire contract v1 (additive: v1 clients ignore them).
-STATUS_ADDITIONS = {"capacity", "frequency", "simulated", "instance", "records", "auth"}
+STATUS_ADDITIONS = {"capacity", "frequency", "simulated", "instance", "records", "auth",
+                    "limits"}
 
 
 def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:

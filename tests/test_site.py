@@ -102,7 +102,8 @@ class Harness:
         self.sent.append((topic, json.loads(payload), retain))
 
     def status(self, node: str, draw: float, floor: float = 400.0, *, online: bool = True,
-               fault: str | None = None, auth: dict[str, Any] | None = None) -> None:
+               fault: str | None = None, auth: dict[str, Any] | None = None,
+               interval_s: float | None = None) -> None:
         body = {"node": node, "online": online, "t": self.clock.wall(), "event": None,
                 "gpus": [{"index": 0, "power_w": draw, "limit_w": 700, "default_w": 700,
                           "min_w": 200, "max_w": 700, "fault": fault}],
@@ -110,6 +111,8 @@ class Harness:
                              "enrolled_w": 0.0}}
         if auth is not None:
             body["auth"] = auth
+        if interval_s is not None:
+            body["limits"] = {"min_event_interval_s": interval_s}
         self.c.on_message(f"{PREFIX}/nodes/{node}/status", json.dumps(body).encode())
 
     def send(self, topic: str, body: dict[str, Any]) -> None:
@@ -783,6 +786,29 @@ def test_two_events_re_split_by_one_change_reach_a_node_a_second_apart() -> None
     for node, times in sent_at.items():
         assert len(times) == 2, (node, times)  # both events re-split there
         assert times[1] - times[0] >= 1.0, (node, times)  # never inside the node's interval
+
+
+def test_a_node_that_says_it_takes_a_cut_every_3_s_gets_its_orders_3_s_apart() -> None:
+    """The spacing is the node's own ``limits.min_event_interval_s`` when its status says
+    it (plus a little), never less than the default's."""
+    h = Harness()
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1000.0, interval_s=3.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "a", "kind": "site_cap", "site_w": 2700,
+                                       "duration_s": 600})
+    for n in ("n1", "n2", "n3"):
+        h.ack(n, "a")
+    h.c.tick()
+    h.c.on_message(f"{PREFIX}/nodes/n3/status", b'{"node":"n3","online":false}')
+    h.clock.advance(2.0)  # the event's rebalance is due, but n1 and n2 had a cap 2 s ago
+    for n in ("n1", "n2"):
+        h.status(n, 900.0, interval_s=3.0)
+    h.sent.clear()
+    h.c.tick()
+    assert h.orders() == {}
+    h.clock.advance(1.2)
+    h.c.tick()
+    assert set(h.orders()) == {"n1", "n2"}
 
 
 def _held_by_three(h: Harness, request: dict[str, Any]) -> None:

@@ -307,6 +307,7 @@ class Agent:
                 physical_indices=self._physical, unavailable=self.unavailable_gpus,
                 dr_energy=DrEventEnergy(self.energy, self.clock).observe,
                 auth=self.guard.requirements,
+                cut_interval_s=config.limits.min_event_interval_s,
             ),
             status_period_s=config.mqtt.status_period_s,
             tracker_period_s=config.tracker.period_s,

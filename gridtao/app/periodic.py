@@ -137,6 +137,9 @@ class ControllerParts:
     unavailable: Mapping[int, str] | None = None
     #: What a dispatch must carry (``Guard.requirements``; status ``auth``); None: not said.
     auth: Callable[[], Mapping[str, object]] | None = None
+    #: ``limits.min_event_interval_s``: the node takes one cut per this long (status
+    #: ``limits``, so a site spaces its orders to the node); None: not said.
+    cut_interval_s: float | None = None
     #: Each tracker snapshot once its transitions are audited: the demand-response events'
     #: spans into the energy ledger (``DrEventEnergy.observe``, gridtao/app/drenergy.py).
     dr_energy: Callable[[Mapping[str, Any]], None] | None = None
@@ -195,6 +198,8 @@ class ControllerLoop:
                 extra["records"] = dict(p.records())
             if p.auth is not None:
                 extra["auth"] = dict(p.auth())
+            if p.cut_interval_s is not None:
+                extra["limits"] = {"min_event_interval_s": p.cut_interval_s}
             if p.unavailable:
                 extra["unavailable_gpus"] = [{"index": i, "fault": kind}
                                              for i, kind in sorted(p.unavailable.items())]

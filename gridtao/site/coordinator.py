@@ -67,10 +67,12 @@ Sign = Callable[[dict[str, Any]], bytes]
 MAX_PAYLOAD_BYTES: Final = 65_536
 #: A node's cap is sent for whole seconds of what is left of the event, never less than this.
 MIN_ORDER_S: Final = 1.0
-#: A new split does not send a node a cap sooner than this after its last one (s): a node takes
-#: at most one cut per ``limits.min_event_interval_s`` (1 s by default) and refuses the next,
-#: so two events re-split by one change (a node lost) would have the second one refused.
+#: A new split does not send a node a cap sooner than this after its last one (s), or than the
+#: node's own ``limits.min_event_interval_s`` (its status says it) and ORDER_SLACK_S: a node
+#: takes at most one cut per that interval (1 s by default) and refuses the next, so two events
+#: re-split by one change (a node lost) would have the second one refused.
 ORDER_SPACING_S: Final = 1.1
+ORDER_SLACK_S: Final = 0.1
 #: A started coordinator's first status waits at most this long for the retained node
 #: statuses and its own events record (they come within milliseconds of subscribing): a first
 #: status from an empty view would read as every node gone and no event in force.
@@ -317,8 +319,8 @@ class SiteCoordinator:
             # A node sent a cap under ORDER_SPACING_S ago would refuse this one: the split
             # waits, before anything of the event (its offline list) is touched.
             nodes = set(event.orders) | {v.node for v in self.view.online(wall)}
-            spaced = max((self._last_order.get(n, -math.inf) for n in nodes),
-                         default=-math.inf) + ORDER_SPACING_S
+            spaced = max((self._last_order.get(n, -math.inf) + self._spacing_s(n)
+                          for n in nodes), default=-math.inf)
             if wall < spaced:
                 self._next_rebalance[event.id] = spaced
                 return
@@ -426,6 +428,12 @@ class SiteCoordinator:
         if wall >= self._next_status or (self._first_view_in() and not self.snapshot):
             self._next_status = wall + self.cfg.status_period_s
             self._publish_status(wall)
+
+    def _spacing_s(self, node: str) -> float:
+        """How long after its last cap ``node`` takes another (s)."""
+        view = self.view.nodes.get(node)
+        said = None if view is None else view.cut_interval_s
+        return ORDER_SPACING_S if said is None else max(ORDER_SPACING_S, said + ORDER_SLACK_S)
 
     def _first_view_in(self) -> bool:
         """Before the first status: the retained node statuses and the events record are in

@@ -35,6 +35,8 @@ class NodeView:
     #: Offline after a clean stop that put back every limit it changed (its status said
     #: ``restored: true``), not gone (its last will): it holds no cap.
     stopped_clean: bool = False
+    #: How long the node wants between two cuts (its status ``limits``), s; None: not said.
+    cut_interval_s: float | None = None
     t: float | None = None
     draw_w: float | None = None
     floor_w: float | None = None
@@ -88,6 +90,11 @@ class SiteView:
             return
         event = body.get("event")
         view.event = event if isinstance(event, str) else None
+        limits = body.get("limits")
+        interval = _num(limits.get("min_event_interval_s")) if isinstance(limits, Mapping) \
+            else None
+        view.cut_interval_s = interval if interval is not None and 0 <= interval <= 86_400 \
+            else None
         capacity = body.get("capacity")
         gpus = body.get("gpus")
         if isinstance(capacity, Mapping):
