@@ -36,7 +36,7 @@ from gridtao.site.guard import Duplicate, SiteGuard
 from gridtao.site.market import SitePlan, node_awards, pool_offers, split_award
 from gridtao.site.meter import MeterFeedback
 from gridtao.site.orders import end_orders, issue_orders, plan_caps, release_body
-from gridtao.site.refusals import OrderAuth
+from gridtao.site.refusals import AUTH_PREFIX, OrderAuth
 from gridtao.site.status import DelayHistogram, status_body
 from gridtao.site.view import SiteView
 from gridtao.wire.awards import parse_award
@@ -221,8 +221,8 @@ class SiteCoordinator:
         except MessageRejected as e:
             self._refuse(e.event_id, e.reason, wall)
             return
-        except AuthRejected as e:
-            self._refuse(msg.id, e.reason, wall)
+        except AuthRejected as e:  # worded as a node words it
+            self._refuse(msg.id, f"{AUTH_PREFIX} {e.reason}", wall)
             return
         except Duplicate:
             # A retry (its ack lost, or a refusal it doubts): answered with the event's state.
@@ -259,7 +259,7 @@ class SiteCoordinator:
             self._refuse(ident, e.reason if isinstance(e, MessageRejected) else str(e), wall)
             return
         except AuthRejected as e:
-            self._refuse(None, e.reason, wall)
+            self._refuse(None, f"{AUTH_PREFIX} {e.reason}", wall)
             return
         except Duplicate:
             return
