@@ -315,3 +315,26 @@ def test_a_minute_that_mixed_two_methods_makes_its_span_mixed() -> None:
     assert whole.total.method == "mixed" and whole.total.mixed_s == pytest.approx(60.0)
     (counted,) = gpu_energy("n", rows[:10], 0.0, 600.0)
     assert counted.total.method == "counter"
+
+
+def test_gpus_bridged_over_the_agents_downtime_say_why_they_cover_more_than_the_node(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The agent down 30 of 120 minutes: its node minutes miss them, its GPUs' counters
+    bridged them. The report says why the GPUs' kWh sum above the node's IT kWh."""
+    history = tmp_path / "n1.sqlite3"
+    nodes, gpus = [], []
+    for i in range(120):
+        start = T0 + 60 * i
+        down = 60 <= i < 90
+        if not down:
+            nodes.append(MinuteRow(start, 500.0, 480.0, 30_000.0, None, 0.0))
+        gpus.append(GpuMinuteRow(start, UUID[0], 0, 500.0 * 60, 60.0, 0.0,
+                                 "bridged" if down else "counter"))
+    with HistoryStore.open(history) as store:
+        store.commit(Batch(nodes, gpus, []))
+    assert main(["report", "energy", "--from", "2026-03-01T00:00Z", "--to", "2026-03-01T02:00Z",
+                 "--history", str(history), "--format", "json"]) == 0
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    (note,) = [n for n in notes if "went on counting" in n]
+    assert note.startswith("node n1: its GPUs' energy covers 100% of the window and its IT "
+                           "history 75%")

@@ -122,6 +122,31 @@ def unmeasured_warning(node: str, span: Written, from_s: float, to_s: float) -> 
             "measured by an agent: the energy shown for them is not measured")
 
 
+#: How much more of the window the GPUs' energy may cover than the node's IT history before
+#: the report says why the two differ.
+COVERAGE_GAP = 0.01
+
+
+def _bridged_notes(nodes: Sequence[NodeEnergy], gpus: Sequence[GpuEnergy]) -> list[str]:
+    """Why a node's GPUs cover more of the window than its IT history: the energy counters
+    carried on while the agent was down, and the per-GPU figures count it."""
+    out = []
+    for node in nodes:
+        own = [g.total for g in gpus if g.node == node.node and g.device == "gpu"]
+        expected = math.fsum(t.expected_s for t in own)
+        if not own or expected <= 0:
+            continue
+        covered = math.fsum(t.covered_s for t in own) / expected
+        if covered > node.total.coverage + COVERAGE_GAP and any(t.bridged_s > 0 or t.mixed_s > 0
+                                                                for t in own):
+            out.append(f"node {node.node}: its GPUs' energy covers {covered:.0%} of the window "
+                       f"and its IT history {node.total.coverage:.0%}: while the agent was "
+                       "down the GPUs' energy counters went on counting, and the per-GPU "
+                       "figures count it (bridged), where the node's minutes hold only what "
+                       "the agent sampled; so the GPUs' kWh can sum above the node's IT kWh")
+    return out
+
+
 def build_report(from_s: float, to_s: float, *,
                  histories: Sequence[tuple[str, str, Iterable[Minute]]],
                  trails: Sequence[tuple[TrailCheck, Sequence[TrailEvent]]],
@@ -162,6 +187,7 @@ def build_report(from_s: float, to_s: float, *,
         gpus += gpu_energy(name, node_ledger.gpus, from_s, to_s)
         per_unit += efficiencies(name, node_ledger.work, node_ledger.gpus, from_s, to_s,
                                  meter_factor=facility.settled_meter_per_it_w)
+    notes += _bridged_notes(nodes, gpus)
     single = len(histories) == 1 and len(trails) == 1
     only = next(iter(minutes.values())) if single else None
     only_ledger = ledgers.get(histories[0][0]) if single else None
