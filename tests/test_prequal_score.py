@@ -8,6 +8,7 @@ The recordings are made on the bench's own plans (same product, test and options
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -237,6 +238,18 @@ def test_normal_is_judged_from_the_enforced_limits(
                   limit=lambda t: 4600.0 if glitch_at <= t < glitch_at + 6.0 else 5600.0)
     rc, rules = score(capsys, "--product", "ffr", "--test", "normal", str(fired))
     assert rc == 1 and rules["no_false_activation"]["value"] == pytest.approx(100.0)
+
+
+def test_a_normal_recording_without_its_glitches_is_not_scored(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The test judges the glitches it sends (dips below the threshold that must not
+    activate): a flat 50 Hz recording of it proves nothing, and is refused, not passed."""
+    shape = plan_of("ffr", "normal").shape
+    flat = dataclasses.replace(shape, hz=tuple(50.0 for _ in shape.hz))
+    rec = write(tmp_path / "flat.csv", flat, lambda t, hz: 0.0)
+    assert main(["prequalify", "score", "--product", "ffr", "--test", "normal", str(rec)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "never shows the glitch at t=" in err, err
 
 
 # ---- bad input: one line, exit 2 ----------------------------------------------------------------

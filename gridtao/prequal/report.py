@@ -119,6 +119,7 @@ def score_samples(spec: ProductSpec, plan: TestPlan, t: Sequence[float], hz: Seq
             if limit_w is None:
                 raise ValueError("a normal-frequency test is judged from the summed enforced "
                                  "limits: the recording has no limit_w")
+            pr.check_glitches(t, hz, spec, shape.glitches, plan.name)
             rules = pr.score_quiet(spec, tr, limit_w, after_s=lead)
         else:
             rules = pr.score_step(spec, tr, event_s=event)

@@ -126,6 +126,21 @@ def check_step_crossing(t_s: Sequence[float], hz: Sequence[float], spec: Product
                      f"(t={event_s:.2f} s): not a recording of this test at this threshold")
 
 
+def check_glitches(t_s: Sequence[float], hz: Sequence[float], spec: ProductSpec,
+                   glitches: Sequence[tuple[float, float, float]], test: str) -> None:
+    """A normal-frequency test is judged on its glitches (short dips below the threshold that
+    must not activate): the recording must show each below the threshold within
+    ``CROSSING_SLACK_S`` of its time, else no activation proves nothing and nothing is scored.
+    Raises ValueError naming the first glitch missing."""
+    for start, end, lowest in glitches:
+        if any(start - CROSSING_SLACK_S <= t <= end + CROSSING_SLACK_S
+               and f <= spec.threshold_hz + 1e-9 for t, f in zip(t_s, hz, strict=True)):
+            continue
+        raise ValueError(f"{test}: the recording never shows the glitch at t={start:.2f} s "
+                         f"({lowest:.3f} Hz, below the {spec.threshold_hz:g} Hz threshold): "
+                         "not a recording of this test (its glitches are what it judges)")
+
+
 def required_step(t_s: Sequence[float], spec: ProductSpec, event_s: float | None) -> list[float]:
     """FFR-like, for the plot and the steady-state checks: capacity from the crossing for the
     support duration, then the steepest allowed ramp-out (FFR short: 20 %/s; otherwise a
