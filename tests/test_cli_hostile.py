@@ -86,6 +86,9 @@ CASES: dict[str, tuple[Setup, str]] = {
     "keygen into no file name": (lambda t: ["keygen", "--out", ""], "names no file"),
     "sign nested too deeply": (_deep_payload, "nested too deeply"),
     "plan by year 1": (_plan_by, "the time must fall in 2000-2100"),
+    "latency bench without baselines": (lambda t: [
+        "bench", "latency", "--triggers", "1", "--baseline-triggers", "0"],
+        "--baseline-triggers must be in 1..1000"),
 }
 
 

@@ -110,6 +110,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
             raise ConfigError(str(e)) from None
     if not 1 <= args.triggers <= 10_000 or not 1 <= args.gpus <= 64:
         raise ConfigError("--triggers must be in 1..10000 and --gpus in 1..64")
+    if args.baseline_triggers is not None and not 1 <= args.baseline_triggers <= 1000:
+        # Every figure is a ratio against the baselines: none measured, no ratio to report.
+        raise ConfigError("--baseline-triggers must be in 1..1000")
     if args.backend == "nvml" and not args.allow_actuation:
         print(LATENCY_REFUSAL, file=sys.stderr)
         return 2
