@@ -70,9 +70,10 @@ def add_common(p: argparse.ArgumentParser, *, product_required: bool = True,
                    help="the product to test (its entry in the configuration's products, else "
                         "its defaults with --capacity-w)")
     p.add_argument("--time-scale", type=float, default=None, metavar="X",
-                   help="shorten long holds by X (ramp rates and sine periods never change; "
-                        "normal frequency runs at least 300 s; default: 0.1, ercot-ffr 0.02, "
-                        "dr 0.05; 1 = the full TSO lengths)")
+                   help="shorten long holds by X (the frequency tests' ramp rates and sine "
+                        "periods never change; DR's ramps are shortened with its holds, and "
+                        "said; normal frequency runs at least 300 s; default: 0.1, ercot-ffr "
+                        "0.02, dr 0.05; 1 = the full TSO lengths)")
     p.add_argument("--sine-periods", type=_periods, default=None, metavar="S,S,...",
                    help="fcr-n and fcr-d-up sine tests: only these periods, s (default: "
                         "the full sequence, fcr-n 10, 15, 25, 40, 50, 60, 70, 90, 150, 300 s, "

@@ -311,7 +311,8 @@ def limit_drop(t_s: Sequence[float], limit_w: Sequence[float], *, after_s: float
         return _rule(name, None, QUIET_LIMIT_DROP_PCT, "<=", "%", "no samples")
     drop = max(limit_w[start] - w for w in limit_w[start:])
     return _rule(name, _pct(drop, capacity_w), QUIET_LIMIT_DROP_PCT, "<=", "%",
-                 "largest drop of the summed enforced limits")
+                 "largest drop of the summed enforced limits, % of capacity (0: they never "
+                 "dropped)")
 
 
 def over_delivery(tr: Trace, *, windows: Sequence[tuple[float, float]], capacity_w: float,
