@@ -373,6 +373,10 @@ def _result(config: Config, m: dict[str, Any], *, triggers: int, gpus: int, auth
         "machine": machine_description(),
         "simulated_hardware_response": (
             hardware_response_ms(config) if backend == "sim" else None),
+        # What was measured: the load the triggers met and what each asked.
+        "load": {"workload": config.gpus.sim.workload if backend == "sim" else "real GPUs'",
+                 "trigger": {"kind": "shed", "fraction": SHED_FRACTION, "duration_s": 0.35,
+                             "every_s": SETTLE_S}},
         "broker_hop_ms": percentiles(m["hop"]),
         "auth": None if auth is None else {"alg": auth, "verify_us": verify},
         **{k: percentiles(v) for k, v in idle.items()},

@@ -36,6 +36,12 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "- real GPUs (NVML): the hardware response is the measured command -> target time; "
         "the baselines ran on the same GPUs, the sequential one through `nvidia-smi -pl`",
     ]
+    load = result.get("load")
+    if load:
+        trig = load["trigger"]
+        lines.append(f"- load: the GPUs' {load['workload']} workload; each trigger a "
+                     f"{trig['kind']} of {trig['fraction']:.0%} for {trig['duration_s']:g} s, "
+                     f"one every ~{trig['every_s']:g} s plus its own time")
     if result.get("layout") == "island_alone_emulated":
         lines.append("- layout: the island alone in its process, emulated (tier 1 at 1 Hz; the "
                      "load phase's busy loop in a separate process, not the agent's)")
