@@ -36,6 +36,12 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "- real GPUs (NVML): the hardware response is the measured command -> target time; "
         "the baselines ran on the same GPUs, the sequential one through `nvidia-smi -pl`",
     ]
+    early = result.get("in_band_at_command")
+    if early and any(early.values()):
+        lines.append(f"- triggers that found the node already in its band (the load in a dip; "
+                     f"reached within one reading of the command, under the hardware floor): "
+                     f"{early['idle']} idle, {early['under_load']} under load; counted in the "
+                     "trigger -> target figures as measured")
     load = result.get("load")
     if load:
         trig = load["trigger"]

@@ -74,6 +74,11 @@ def test_latency_bench_reports_every_measure(tmp_path: Path) -> None:
     assert "**not judged** (a p99 needs at least 20 triggers)" in text
     # What BENCHMARKS.md promises of every result: command, machine, date, commit, versions.
     assert f"commit {result['commit']}" in text and "- versions: " in text and "numpy" in text
+    # Triggers that found the node in its band already are counted (each phase, a count).
+    early = result["in_band_at_command"]
+    assert set(early) == {"idle", "under_load"} and all(
+        0 <= n <= 2 and n == sum(ms < 20.0 for ms in result["samples"][phase][
+            "command_to_target_ms"]) for phase, n in early.items())
     # ... and what load the triggers met, and what each asked.
     assert result["load"]["trigger"] == {"kind": "shed", "fraction": 0.3, "duration_s": 0.35,
                                          "every_s": 2.5}
