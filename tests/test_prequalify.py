@@ -77,6 +77,8 @@ def test_dry_run_shows_sequence_durations_and_caps_and_writes_nothing(
     for test in ("step-49.7Hz", "large-trip", "normal"):
         assert test in text
     assert "full activation limit: 1.3 s" in text
+    # The TSO's re-arm time, and what the time scale made the re-arm test wait.
+    assert "re-arm: 900 s (the re-arm test waits 90 s: shortened by the time scale)" in text
     # 8 simulated H100s at the steady test load (616 W each) and a 1000 W cut at the meter.
     assert "node IT 4928 W now -> target 3957 W" in text
     assert text.count("GPU ") >= 8 and "allowed 200-700 W" in text
