@@ -102,6 +102,17 @@ def test_dry_run_on_real_gpus_is_allowed_without_actuation(
     assert main(["prequalify", "--product", "dr", "--backend", "nvml", "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "nothing will be actuated" in text and "--allow-actuation" in text
+    # Demand response is driven by dispatches: its test says so, not "50 Hz".
+    assert "events: two demand-response dispatches queued at once" in text
+
+
+def test_a_demand_response_report_describes_dispatches_not_a_frequency_signal() -> None:
+    from gridtao.config.agent import Config
+    from gridtao.prequal.writeup import measurement_rows
+
+    dr = dict(measurement_rows(Config(), dr=True))
+    assert "frequency signal" not in dr and "no frequency signal" in dr["dispatches"]
+    assert "frequency signal" in dict(measurement_rows(Config()))
 
 
 @pytest.mark.usefixtures("refusing_run")  # runs beside this one

@@ -168,7 +168,10 @@ def dr_plan(capacity_w: float, time_scale: float) -> TestPlan:
         for d, full in ((a, (60, 300, 120)), (b, (60, 200, 60))) if s < 1.0)
     if interval < sc.DR_INTERVAL_S:
         shortened += (f"settlement interval {interval:g} s of {sc.DR_INTERVAL_S:g} s",)
-    return TestPlan("events", dataclasses.replace(shape, shortened=shortened), (a, b))
+    title = ("two demand-response dispatches queued at once: dr-a the full capacity, then "
+             "dr-b half (the frequency stays at nominal)")
+    return TestPlan("events", dataclasses.replace(shape, shortened=shortened, title=title),
+                    (a, b))
 
 
 def dr_windows(plans: Sequence[DrPlan]) -> list[DrWindow]:

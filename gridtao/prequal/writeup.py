@@ -67,17 +67,23 @@ def _rearm(config: Config, pcfg: ProductConfig) -> str:
     return f"{own:g} s (the re-arm test waits {waited:g} s: shortened by the time scale)"
 
 
-def measurement_rows(config: Config) -> list[tuple[str, str]]:
-    """How the tests were measured (the bench's setup; compliance.py)."""
+def measurement_rows(config: Config, *, dr: bool = False) -> list[tuple[str, str]]:
+    """How the tests were measured (the bench's setup; compliance.py). ``dr``: a
+    demand-response test, driven by dispatches, not by a frequency signal."""
     sim = config.gpus.backend == "sim"
     meter = ("modelled from the measured IT power (losses at once, cooling through a "
              "first-order lag: the facility model above)" if config.facility.settle_at ==
              "meter" else "the GPUs' summed instant power (settlement at IT)")
-    return [
+    signal = [("dispatches", "two demand-response events published over MQTT (local "
+                             "Mosquitto) to the agent at once, each with its start time, ramp, "
+                             "hold and recovery; no frequency signal: it stays at nominal")
+              ] if dr else [
         ("frequency signal", "published over MQTT at 10 Hz to the agent (local Mosquitto); "
                              "the Nordic FCR signals through the 1/(1+s) meter lag first"),
         ("frequency accuracy", "exact (injected in software; the TSO's meter limit is "
-                               "+/-10 mHz)"),
+                               "+/-10 mHz)")]
+    return [
+        *signal,
         ("power", "per-GPU instant power through NVML, 20 Hz"
                   + (" (simulated GPUs)" if sim else "")),
         ("power accuracy", "the simulator's own (no meter error modelled)" if sim else
@@ -150,11 +156,13 @@ def summary_markdown(config: Config, args: argparse.Namespace, pcfg: ProductConf
         ], ("", "")), "",
         "## Product parameters", "", *_table(product_rows(config, pcfg, spec),
                                              ("parameter", "value")), "",
-        "## Measurement setup", "", *_table(measurement_rows(config), ("what", "how")), "",
+        "## Measurement setup", "", *_table(measurement_rows(config, dr=pcfg.kind == "dr"),
+                                            ("what", "how")), "",
         "## Time scale", "",
-        f"Long holds run at time scale {time_scale:g} (1 = the TSO's lengths); ramp rates, "
-        "sine periods never change with it, and normal frequency runs at least 300 s. What was "
-        "shortened:", "",
+        f"Long holds run at time scale {time_scale:g} (1 = the TSO's lengths); the frequency "
+        "tests' ramp rates and sine periods never change with it (DR's ramps, times of a "
+        "dispatch, are shortened with its holds), and normal frequency runs at least 300 s. "
+        "What was shortened:", "",
     ]
     cut = [(res.name, s) for res in results if res.plan is not None
            for s in res.plan.shape.shortened]
