@@ -104,6 +104,8 @@ def test_dry_run_on_real_gpus_is_allowed_without_actuation(
     assert "nothing will be actuated" in text and "--allow-actuation" in text
     # Demand response is driven by dispatches: its test says so, not "50 Hz".
     assert "events: two demand-response dispatches queued at once" in text
+    assert "full at start: the reduction asked within 1 s" in text  # DR's own rules
+    assert "settlement interval: 300 s" in text
 
 
 def test_a_demand_response_report_describes_dispatches_not_a_frequency_signal() -> None:

@@ -49,6 +49,16 @@ def product_rows(config: Config, pcfg: ProductConfig, spec: ProductSpec) -> list
         rows += [("support duration", f"{spec.support_s:g} s"),
                  ("ramp-out", f"{config.safety.release_rate_per_s * 100:g} %/s of capacity"),
                  ("re-arm", _rearm(config, pcfg))]
+    if spec.kind == "dr":  # its rules (prequal/rules.py, score_dr), for each dispatch
+        from gridtao.prequal import scoring as sc
+
+        rows += [("full at start", f"the reduction asked within {sc.DR_START_ALLOWANCE_S:g} s "
+                                   "of the event's start (the ramp before it)"),
+                 ("steady state and hold", f"-{sc.BAND:.0%} to +{sc.OVER:.0%} of the "
+                                           "reduction asked, on 1 s means and on settlement-"
+                                           "interval means"),
+                 ("settlement interval", f"{sc.DR_INTERVAL_S:g} s (scaled with the holds)"),
+                 ("recovery", "no faster than the dispatch's recovery time")]
     if config.facility.settle_at == "meter":
         f = config.facility
         rows.append(("facility model", f"losses {f.losses_fraction:.1%}, COP {f.cop:g}, "
