@@ -277,6 +277,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capture
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_a_truncated_line_and_test_all_are_said_plainly(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rec = tmp_path / "rec.csv"
+    rec.write_text("t_s,hz,delivered_w\n0,50,1\n0.05,50\n")
+    assert main(["prequalify", "score", "--product", "ffr", "--test", "step-49.7Hz",
+                 str(rec)]) == 2
+    assert "line 3: 2 fields, the header has 3" in capsys.readouterr().err
+    assert main(["prequalify", "score", "--product", "ffr", "--test", "all", str(rec)]) == 2
+    assert "name it (one of step-49.7Hz, large-trip, normal, rearm)" in capsys.readouterr().err
+    assert main(["prequalify", "score", "--product", "ffr", "--test", "nope", str(rec)]) == 2
+    assert "choose from step-49.7Hz, large-trip, normal, rearm)" in capsys.readouterr().err
+
+
 def test_unknown_test_and_missing_limits_are_refused(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rec = tmp_path / "rec.csv"

@@ -81,8 +81,11 @@ def read_recording(path: Path) -> Recorded:
     for line, row in enumerate(rows, start=2):
         if not row or all(not v.strip() for v in row):
             continue
+        if len(row) < len(header):  # a line cut short (a logger stopped mid-write)
+            raise ConfigError(f"{path} line {line}: {len(row)} fields, the header has "
+                              f"{len(header)}")
         for c in wanted:
-            raw = row[where[c]].strip() if where[c] < len(row) else ""
+            raw = row[where[c]].strip()
             try:
                 value = float(raw)
             except ValueError:
@@ -125,10 +128,12 @@ def run(args: argparse.Namespace, config: Config, command: str) -> int:
     pcfg = plans.product_config(config, args.product, capacity_w=args.capacity_w,
                                 time_scale=scale, threshold_hz=args.threshold_hz)
     spec = plans.spec_of(pcfg)
+    tests = plans.test_plans(args.product, spec, scale, sine_options(args),
+                             rearm_s=plans.rearm_times(config, pcfg))
     if args.test == "all":
-        raise ConfigError("--test: a file records one test; name it")
-    [plan] = select(plans.test_plans(args.product, spec, scale, sine_options(args),
-                                       rearm_s=plans.rearm_times(config, pcfg)), args.test)
+        raise ConfigError("--test: a file records one test; name it (one of "
+                          f"{', '.join(p.name for p in tests)})")
+    [plan] = select(tests, args.test, one=True)
     path = Path(args.csv_file)
     rec = within(read_recording(path), plan.duration_s, plan.name, path)
     try:

@@ -131,8 +131,10 @@ def sine_options(args: argparse.Namespace) -> SineOptions:
     return SineOptions(getattr(args, "sine_periods", None), getattr(args, "sine_cycles", None))
 
 
-def select(plans: Sequence[c.TestPlan], name: str | None) -> list[c.TestPlan]:
-    """The named test, all of them, or (None) the first."""
+def select(plans: Sequence[c.TestPlan], name: str | None, *, one: bool = False
+           ) -> list[c.TestPlan]:
+    """The named test, all of them, or (None) the first; ``one``: a single test is asked for
+    (``all`` is not offered)."""
     if name is None:
         return [plans[0]]
     if name == "all":
@@ -143,7 +145,7 @@ def select(plans: Sequence[c.TestPlan], name: str | None) -> list[c.TestPlan]:
         hint = ("; a step test at another threshold needs --threshold-hz"
                 if name.startswith("step-") else "")
         raise ConfigError(f"--test: no test {name!r} (choose from "
-                          f"{', '.join(p.name for p in plans)}, all{hint})")
+                          f"{', '.join(p.name for p in plans)}{'' if one else ', all'}{hint})")
     return chosen
 
 
