@@ -789,6 +789,18 @@ def test_two_events_re_split_by_one_change_reach_a_node_a_second_apart() -> None
         assert times[1] - times[0] >= 1.0, (node, times)  # never inside the node's interval
 
 
+def test_a_node_saying_an_hour_between_cuts_holds_a_re_split_10_s_at_most() -> None:
+    """A node status is anyone's message on the broker: the interval it states is honoured
+    up to MAX_ORDER_SPACING_S, so one cannot hold every re-split of every event for an hour."""
+    from gridtao.site.coordinator import MAX_ORDER_SPACING_S
+
+    h = Harness()
+    h.status("n1", 1000.0, interval_s=3600.0)
+    assert h.c._spacing_s("n1") == MAX_ORDER_SPACING_S == 10.0
+    h.status("n2", 1000.0)
+    assert h.c._spacing_s("n2") == 1.1
+
+
 def test_a_node_that_says_it_takes_a_cut_every_3_s_gets_its_orders_3_s_apart() -> None:
     """The spacing is the node's own ``limits.min_event_interval_s`` when its status says
     it (plus a little), never less than the default's."""
@@ -831,6 +843,7 @@ def test_a_restarted_coordinator_keeps_each_orders_answer_and_times() -> None:
         h.status(n, 1000.0)
     request = {"id": "e", "kind": "site_cap", "site_w": 2400, "duration_s": 60}
     h.send(f"{PREFIX}/site/dispatch", request)
+    h.c.tick()  # as the coordinator's loop does: its record is written before any answer
     for n in ("n1", "n2"):
         h.ack(n, "e", reached=True)
     h.ack("n3", "e", accepted=False)
@@ -882,7 +895,10 @@ def test_a_restarted_coordinators_first_status_waits_for_its_view() -> None:
     again.c.tick()
     assert again.take("site/status") == []  # nothing seen yet: nothing said
     again.c.on_message(f"{PREFIX}/site/events", json.dumps(record).encode(), retained=True)
-    for n in ("n1", "n2", "n3"):
+    again.status("n1", 800.0)
+    again.c.tick()
+    assert again.take("site/status") == []  # the record, one node of three: not yet
+    for n in ("n2", "n3"):
         again.status(n, 800.0)
     again.c.tick()
     (status,) = again.take("site/status")

@@ -73,6 +73,7 @@ MIN_ORDER_S: Final = 1.0
 #: re-split by one change (a node lost) would have the second one refused.
 ORDER_SPACING_S: Final = 1.1
 ORDER_SLACK_S: Final = 0.1
+MAX_ORDER_SPACING_S: Final = 10.0
 #: A started coordinator's first status waits at most this long for the retained node
 #: statuses and its own events record (they come within milliseconds of subscribing): a first
 #: status from an empty view would read as every node gone and no event in force.
@@ -108,6 +109,7 @@ class SiteCoordinator:
         self._started_at = clock.wall()
         self._next_status = self._started_at + FIRST_STATUS_WAIT_S
         self._record_seen = False  # its own retained events record came (or none will)
+        self._reported: set[str] = set()  # nodes whose status came (site.nodes are pre-known)
         self._next_rebalance: dict[str, float] = {}
         self._last_order: dict[str, float] = {}  # node -> when it was last sent a cap
         self._events_dirty = False
@@ -171,6 +173,7 @@ class SiteCoordinator:
             self._count(f"node_{leaf}_malformed")
             return
         if leaf == "status":
+            self._reported.add(node)
             self.view.on_status(node, body)
             self.order_auth.on_status(node, body.get("auth"))
         elif leaf == "tracker":
@@ -190,6 +193,8 @@ class SiteCoordinator:
             event, order = found
             order.on_ack(body)
             event.touched = True
+            if event.kind != "fleet":  # the retained record keeps answers and times
+                self._events_dirty = True
             event.held = event.held or order.answer == "accepted"
             if order.answer == "rejected" and event.kind != "fleet":
                 self.order_auth.on_refusal(node, order.reason)
@@ -433,12 +438,19 @@ class SiteCoordinator:
         """How long after its last cap ``node`` takes another (s)."""
         view = self.view.nodes.get(node)
         said = None if view is None else view.cut_interval_s
-        return ORDER_SPACING_S if said is None else max(ORDER_SPACING_S, said + ORDER_SLACK_S)
+        if said is None:
+            return ORDER_SPACING_S
+        # Bounded: a node status is anyone's message on the broker, and one saying an hour
+        # would hold every re-split of every event that reaches the node.
+        return min(MAX_ORDER_SPACING_S, max(ORDER_SPACING_S, said + ORDER_SLACK_S))
 
     def _first_view_in(self) -> bool:
-        """Before the first status: the retained node statuses and the events record are in
-        (else the first status waits for FIRST_STATUS_WAIT_S)."""
-        return bool(self.view.nodes) and self._record_seen
+        """Before the first status: the events record and a status of every node the site
+        expects (``site.nodes``; else of one node at least) are in (else the first status
+        waits for FIRST_STATUS_WAIT_S)."""
+        expected = set(self.cfg.nodes)
+        heard = expected <= self._reported if expected else bool(self._reported)
+        return heard and self._record_seen
 
     def _ack_body(self, event: SiteEvent, wall: float) -> dict[str, Any]:
         """The event's site ack now. The hints on the nodes' signature refusals are about the
