@@ -51,6 +51,7 @@ from gridtao.transport.localbroker import MosquittoBroker, Publisher, Subscriber
 Backend = Literal["sim", "nvml"]
 
 SHED_FRACTION = 0.3
+SHED_DURATION_S = 0.35
 SETTLE_S = 2.5  # between triggers: 0.4 s event + recovery of the draw and of the cut basis
 
 
@@ -212,7 +213,7 @@ def measure_gridtao(
                 event_id = f"lat-{busy_load}-{k}"
                 before = len(acks.messages)
                 body = {"id": event_id, "kind": "shed", "fraction": SHED_FRACTION,
-                        "duration_s": 0.35, "issued_at": time.time()}
+                        "duration_s": SHED_DURATION_S, "issued_at": time.time()}
                 # Signing is the aggregator's cost: done before the publish time is taken.
                 payload = key.sign(body) if key is not None else json.dumps(body).encode()
                 sent = pub.send(f"{prefix}/dispatch", payload, qos=1)
@@ -374,9 +375,10 @@ def _result(config: Config, m: dict[str, Any], *, triggers: int, gpus: int, auth
         "simulated_hardware_response": (
             hardware_response_ms(config) if backend == "sim" else None),
         # What was measured: the load the triggers met and what each asked.
-        "load": {"workload": config.gpus.sim.workload if backend == "sim" else "real GPUs'",
-                 "trigger": {"kind": "shed", "fraction": SHED_FRACTION, "duration_s": 0.35,
-                             "every_s": SETTLE_S}},
+        "load": {"workload": (f"the simulated GPUs' {config.gpus.sim.workload} workload"
+                              if backend == "sim" else "the real GPUs' own work"),
+                 "trigger": {"kind": "shed", "fraction": SHED_FRACTION,
+                             "duration_s": SHED_DURATION_S, "every_s": SETTLE_S}},
         "broker_hop_ms": percentiles(m["hop"]),
         "auth": None if auth is None else {"alg": auth, "verify_us": verify},
         **{k: percentiles(v) for k, v in idle.items()},

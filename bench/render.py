@@ -45,7 +45,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
     load = result.get("load")
     if load:
         trig = load["trigger"]
-        lines.append(f"- load: the GPUs' {load['workload']} workload; each trigger a "
+        lines.append(f"- load: {load['workload']}; each trigger a "
                      f"{trig['kind']} of {trig['fraction']:.0%} for {trig['duration_s']:g} s, "
                      f"one every ~{trig['every_s']:g} s plus its own time")
     if result.get("layout") == "island_alone_emulated":

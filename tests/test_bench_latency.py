@@ -82,8 +82,8 @@ def test_latency_bench_reports_every_measure(tmp_path: Path) -> None:
     # ... and what load the triggers met, and what each asked.
     assert result["load"]["trigger"] == {"kind": "shed", "fraction": 0.3, "duration_s": 0.35,
                                          "every_s": 2.5}
-    assert (f"- load: the GPUs' {Config().gpus.sim.workload} workload; each trigger a shed of "
-            "30% for 0.35 s") in text
+    assert (f"- load: the simulated GPUs' {Config().gpus.sim.workload} workload; each trigger "
+            "a shed of 30% for 0.35 s") in text
     png = tmp_path / "lat.png"
     plot(result, png)
     assert png.stat().st_size > 1000

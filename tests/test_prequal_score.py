@@ -250,6 +250,10 @@ def test_a_normal_recording_without_its_glitches_is_not_scored(
     assert main(["prequalify", "score", "--product", "ffr", "--test", "normal", str(rec)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "never shows the glitch at t=" in err, err
+    # A logger slower than the glitches last cannot show them: not held against it.
+    assert pr.check_glitches([0.0, 1.0, 2.0], [50.0, 50.0, 50.0], plans.spec_of(
+        plans.product_config(load_config(None), "ffr", capacity_w=None, time_scale=0.1,
+                             threshold_hz=None)), shape.glitches, "normal") is None
 
 
 # ---- bad input: one line, exit 2 ----------------------------------------------------------------
@@ -284,6 +288,10 @@ def test_a_truncated_line_and_test_all_are_said_plainly(
     assert main(["prequalify", "score", "--product", "ffr", "--test", "step-49.7Hz",
                  str(rec)]) == 2
     assert "line 3: 2 fields, the header has 3" in capsys.readouterr().err
+    rec.write_text("t_s,hz,delivered_w,note\n0,50,1,a\n0.05,50,2\n")  # an unused column short
+    assert main(["prequalify", "score", "--product", "ffr", "--test", "step-49.7Hz",
+                 str(rec)]) == 2
+    assert "fields" not in capsys.readouterr().err  # refused for its length, not its fields
     assert main(["prequalify", "score", "--product", "ffr", "--test", "all", str(rec)]) == 2
     assert "name it (one of step-49.7Hz, large-trip, normal, rearm)" in capsys.readouterr().err
     assert main(["prequalify", "score", "--product", "ffr", "--test", "nope", str(rec)]) == 2

@@ -81,7 +81,7 @@ def read_recording(path: Path) -> Recorded:
     for line, row in enumerate(rows, start=2):
         if not row or all(not v.strip() for v in row):
             continue
-        if len(row) < len(header):  # a line cut short (a logger stopped mid-write)
+        if any(where[c] >= len(row) for c in wanted):  # cut short (a logger stopped)
             raise ConfigError(f"{path} line {line}: {len(row)} fields, the header has "
                               f"{len(header)}")
         for c in wanted:

@@ -25,6 +25,7 @@ test's start, powers in W at the settlement point, capacity > 0.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,7 +132,11 @@ def check_glitches(t_s: Sequence[float], hz: Sequence[float], spec: ProductSpec,
     """A normal-frequency test is judged on its glitches (short dips below the threshold that
     must not activate): the recording must show each below the threshold within
     ``CROSSING_SLACK_S`` of its time, else no activation proves nothing and nothing is scored.
-    Raises ValueError naming the first glitch missing."""
+    Raises ValueError naming the first glitch missing. A recording sampled more coarsely than
+    the shortest glitch lasts cannot show them, and is not checked."""
+    steps = sorted(b - a for a, b in itertools.pairwise(t_s))
+    if not glitches or not steps or steps[len(steps) // 2] > min(e - s for s, e, _ in glitches):
+        return
     for start, end, lowest in glitches:
         if any(start - CROSSING_SLACK_S <= t <= end + CROSSING_SLACK_S
                and f <= spec.threshold_hz + 1e-9 for t, f in zip(t_s, hz, strict=True)):
