@@ -139,14 +139,18 @@ class Agent:
                 return int(line.split()[1])
         raise RuntimeError(f"no {key} for pid {self.proc.pid}")
 
+    def _stat(self) -> list[str]:
+        """``/proc/<pid>/stat`` from its third field on (the name before it may hold spaces):
+        field ``n`` of proc(5) is item ``n - 3``."""
+        return Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+
     def nice(self) -> int:
-        """The nice value the agent runs at, as the kernel has it (``/proc/<pid>/stat``)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[16])
+        """The nice value the agent runs at, as the kernel has it (proc(5) field 19)."""
+        return int(self._stat()[16])
 
     def cpu_s(self) -> float:
-        """User + system CPU seconds so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        """User + system CPU seconds so far (proc(5) fields 14 and 15)."""
+        fields = self._stat()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> int:

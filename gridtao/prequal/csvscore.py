@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gridtao.config.agent import Config, ConfigError
+from gridtao.config.outputs import writing
 from gridtao.readfile import check_regular
 
 NEEDED = ("t_s", "hz", "delivered_w")
@@ -150,9 +151,6 @@ def run(args: argparse.Namespace, config: Config, command: str) -> int:
     else:
         print(rep.text_report(args.product, [res]))
         if args.json:
-            try:
+            with writing(Path(args.json), "--json"):
                 Path(args.json).write_text(text, encoding="utf-8")
-            except OSError as e:
-                raise ConfigError(f"--json {args.json}: cannot write it: {e.strerror or e}"
-                                  ) from None
     return 0 if res.passed else 1

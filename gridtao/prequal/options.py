@@ -205,20 +205,20 @@ def main(args: argparse.Namespace, config: Config, command: str) -> int:
     chosen = select(plans, args.test)
     # A long run is not lost to an output that cannot be written: checked before it starts.
     many = len(chosen) > 1
-    for option, value in (("--csv", args.csv), ("--plot", args.plot)):
-        for plan in chosen if value else ():
-            output_path(str(_per_test(Path(value), plan.name, many)), option)
+    csv_paths = {p.name: output_path(str(_per_test(Path(args.csv), p.name, many)), "--csv")
+                 for p in chosen} if args.csv else {}
+    plot_paths = {p.name: output_path(str(_per_test(Path(args.plot), p.name, many)), "--plot")
+                  for p in chosen} if args.plot else {}
     json_path = None if not args.json else output_path(args.json, "--json")
     results = run_and_score(config, args, pcfg, chosen,
                             progress=lambda line: print(line, file=sys.stderr))
     print(rep.text_report(args.product, results))
     for res in results:
-        if args.csv:
-            csv_path = _per_test(Path(args.csv), res.name, many)
-            with writing(csv_path, "--csv"):
-                rep.write_csv(res, csv_path)
-        if args.plot:
-            plot_path = _per_test(Path(args.plot), res.name, many)
+        if res.name in csv_paths:
+            with writing(csv_paths[res.name], "--csv"):
+                rep.write_csv(res, csv_paths[res.name])
+        if res.name in plot_paths:
+            plot_path = plot_paths[res.name]
             with writing(plot_path, "--plot"):
                 rep.plot(res, plot_path, product=args.product, capacity_w=pcfg.capacity_w,
                          simulated=config.gpus.backend == "sim", time_scale=scale)
