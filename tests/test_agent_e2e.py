@@ -567,3 +567,18 @@ def test_the_broker_never_sends_the_agent_an_oversize_message(
             assert _ack(acks.wait(1, WAIT_S)[0])["id"] == "after"
         assert node.agent.lane.dispatch_link.stats.received == received + 1  # only the second
         assert node.count("dispatch", "rejected") == 0
+
+
+def test_a_stop_that_cannot_put_a_limit_back_says_so_in_its_offline_status(
+    mqtt_broker: MosquittoBroker,
+) -> None:
+    """A GPU that refuses the restoring write at stop: the offline status says
+    ``restored: false``, so no site reads the node as holding no cap."""
+    with running_node(mqtt_broker, "unrestored", serve=True) as node, node.acks() as acks:
+        node.dispatch(_shed("u1", 0.3))
+        acks.wait(1, WAIT_S)
+        wait_for(lambda: sum(node.limits_w()) < 0.9 * N * DEFAULT_W, "the cut")
+        node.sim.inject_fault(0, "no_permission")  # every write from now on
+        topic = node.topics.status
+    assert _cli_retained(mqtt_broker, topic) == {"node": "unrestored", "online": False,
+                                                 "restored": False}
