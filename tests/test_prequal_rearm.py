@@ -179,3 +179,24 @@ def test_the_reference_window_of_the_second_static_step_starts_after_the_ramp_do
     marks = plan.shape.marks
     window = rearm.reference_windows(plan.shape)[1]
     assert window.start_s >= marks["recover"] + 60.0 + STATIC_RAMP_DOWN_S
+
+
+def test_a_report_states_the_rearm_time_configured_and_the_one_tested() -> None:
+    entry = ProductConfig(kind="ffr", capacity_w=CAP, rearm_s=900.0)
+    config = dataclasses.replace(load_config(None), products=(entry,))
+    pcfg = plans.product_config(config, "ffr", capacity_w=CAP, time_scale=0.1)
+    fields = plans.product_fields(config, pcfg)
+    assert fields["rearm_s"] == 900.0
+    assert fields["rearm_s_tested"] == pcfg.rearm_s == 90.0
+
+
+@pytest.mark.parametrize("product", ["dr", "fcr-n", "fcr-d-up"])
+def test_a_report_states_only_the_keys_the_product_reads(product: str) -> None:
+    config = load_config(None)
+    pcfg = plans.product_config(config, product, capacity_w=CAP, time_scale=0.1)
+    fields = plans.product_fields(config, pcfg)
+    assert fields["kind"] == product and fields["capacity_w"] == CAP
+    for step_only in ("rearm_s", "rearm_s_tested", "support", "debounce_samples",
+                      "threshold_hz"):
+        assert step_only not in fields
+    assert ("median_samples" in fields) == (product != "dr")

@@ -10,6 +10,7 @@ import dataclasses
 import datetime
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,3 +107,22 @@ def test_the_test_plot_draws_on_a_result_scored_from_samples(tmp_path: Path) -> 
                        capacity_w=CAP, simulated=True, time_scale=0.1)
     assert written == [tmp_path / "steps.png"]
     assert (tmp_path / "steps.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(("product", "has_hz"), [("fcr-n", True), ("dr", False)])
+def test_only_a_frequency_product_s_plot_has_a_frequency_axis(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, product: str, has_hz: bool) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    labels: list[str] = []
+    close = plt.close
+
+    def note_axes(fig: Any) -> None:
+        labels.extend(a.get_ylabel() for a in fig.axes)
+        close(fig)
+
+    monkeypatch.setattr(plt, "close", note_axes)
+    rep.plot(fcr_n_result(), tmp_path / "t.png", product=product, capacity_w=CAP)
+    assert "power reduction (W)" in labels
+    assert ("frequency (Hz)" in labels) == has_hz

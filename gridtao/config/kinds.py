@@ -55,6 +55,23 @@ class KindInfo:
         """Activates when frequency crosses a threshold (``threshold_hz`` applies)."""
         return self.activation in ("step", "static")
 
+    @property
+    def config_keys(self) -> tuple[str, ...]:
+        """The keys of a product entry (:class:`gridtao.config.grid.ProductConfig`) this kind
+        reads; it ignores the others (e.g. ``rearm_s`` means nothing to demand response)."""
+        keys = ["kind", "name", "capacity_w"]
+        if self.has_threshold:
+            keys += ["threshold_hz", "full_activation_s", "debounce_samples",
+                     "debounce_budget_fraction"]
+        if self.activation == "step":
+            keys += ["support", "support_s", "rearm_s"] if self.name == "ffr" else [
+                "support_s", "rearm_s"]
+        if self.activation == "proportional":
+            keys.append("median_samples")
+        if self.symmetric:
+            keys.append("baseline_w")
+        return (*keys, "bid_step_w", "min_bid_w")
+
     def threshold_problem(self, hz: float) -> str | None:
         """Why ``hz`` cannot be this under-frequency product's threshold, or None."""
         if hz >= self.nominal_hz:

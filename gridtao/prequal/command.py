@@ -121,6 +121,7 @@ def write_report(out: Path, config: Config, args: argparse.Namespace, pcfg: Prod
                  results: Sequence[TestResult], stamp: datetime.datetime) -> int:
     from gridtao.prequal import report as rep
     from gridtao.prequal.options import check_common, steady
+    from gridtao.prequal.plans import product_fields
     from gridtao.prequal.writeup import summary_markdown
 
     command = "gridtao " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -138,7 +139,7 @@ def write_report(out: Path, config: Config, args: argparse.Namespace, pcfg: Prod
         print(f"no PNG plots in {out}: {plotting.INSTALL_HINT}", file=sys.stderr)
     body = rep.summary_json(args.product, results, command=command, version=__version__,
                             machine=machine_description(), date=stamp.isoformat(),
-                            product_config=_plain(pcfg), time_scale=scale,
+                            product_config=product_fields(config, pcfg), time_scale=scale,
                             simulated=config.gpus.backend == "sim",
                             site=args.site, resource=args.resource, meter=args.meter)
     body = provenance(command) | body  # the report's own date, machine and command win
@@ -223,7 +224,4 @@ def limits_text(config: Config, args: argparse.Namespace, pcfg: ProductConfig) -
                      f"{env.min_total_mw / 1000:.0f} W: the capacity cannot be delivered")
     return lines
 
-
-def _plain(pcfg: ProductConfig) -> dict[str, object]:
-    return {k: v for k, v in dataclasses.asdict(pcfg).items() if v is not None}
 

@@ -42,6 +42,7 @@ from gridtao.prequal.plans import (
     dr_plan,
     dr_windows,
     product_config,
+    product_fields,
     rearm_times,
     spec_of,
     test_plans,
@@ -52,8 +53,8 @@ log = logging.getLogger("gridtao.prequal")
 
 # The plans live in plans.py (no agent imported there); named here as well for callers.
 __all__ = ["DrPlan", "Measured", "Recording", "Reference", "SineOptions", "TestPlan", "dr_plan",
-           "dr_windows", "measure", "product_config", "rearm_times", "run_product", "run_test",
-           "settlement_w", "spec_of", "test_plans"]
+           "dr_windows", "measure", "product_config", "product_fields", "rearm_times",
+           "run_product", "run_test", "settlement_w", "spec_of", "test_plans"]
 
 RECORD_HZ = 20.0
 # The modelled meter's cooling starts settled at the mean IT draw over the recording's first

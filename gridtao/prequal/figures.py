@@ -3,11 +3,12 @@
 The test plot (:func:`plot_test`) has the reduction on top (required, the steady-state
 tolerance band around it: -5 % / +20 % of what is required, of capacity where nothing is, and
 the delivered reduction at the settlement point and at the GPUs), the frequency on its right
-axis (sent to the unit, and the injected signal before the 1/(1+s) meter lag where one was
-applied), the test's marks (event, FCR-D dynamic start and +7.5 s, glitches), and below it
-the absolute power (settlement point and IT) when the test was recorded here. Every rule is
-listed on the figure with its value and limit, the time compression is stated, the legend
-sits outside the traces, and a test on simulated GPUs carries a SIMULATED mark.
+axis for a frequency product (sent to the unit, and the injected signal before the 1/(1+s)
+meter lag where one was applied), the test's marks (event, FCR-D dynamic start and +7.5 s,
+glitches), and below it the absolute power (settlement point and IT) when the test was
+recorded here. Every rule is listed on the figure with its value and limit, the time
+compression is stated, the legend sits outside the traces, and a test on simulated GPUs
+carries a SIMULATED mark.
 
 The Bode plot (:func:`plot_bode`): the sine tests' gain and phase per period, measured and
 required (the ideal proportional response through the meter lag), the gain's tolerance band.
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gridtao.config.kinds import KINDS
 from gridtao.prequal import scoring as sc
 from gridtao.prequal import sine
 from gridtao.telemetry.plotting import pyplot
@@ -94,19 +96,20 @@ def plot_test(result: TestResult, path: Path, *, product: str, capacity_w: float
                        label="glitch (must not activate)" if k == 0 else None)
     ax.set_ylabel("power reduction (W)")
     ax.grid(alpha=0.3)
-    fx = ax.twinx()
-    if result.plan is not None and result.plan.shape.lagged:
-        shape = result.plan.shape
-        fx.plot(shape.times_s(), shape.nominal_hz, color="tab:orange", lw=0.7, ls=":",
-                label="frequency injected (before 1/(1+s))")
-    fx.plot(tr.t_s, tr.hz, color="tab:orange", lw=1.0, label="frequency sent")
-    fx.set_ylabel("frequency (Hz)")
-    handles = ax.get_legend_handles_labels()
-    fhandles = fx.get_legend_handles_labels()
+    handles, labels = ax.get_legend_handles_labels()
+    if KINDS[product].frequency:  # demand response is dispatched: no frequency to show
+        fx = ax.twinx()
+        if result.plan is not None and result.plan.shape.lagged:
+            shape = result.plan.shape
+            fx.plot(shape.times_s(), shape.nominal_hz, color="tab:orange", lw=0.7, ls=":",
+                    label="frequency injected (before 1/(1+s))")
+        fx.plot(tr.t_s, tr.hz, color="tab:orange", lw=1.0, label="frequency sent")
+        fx.set_ylabel("frequency (Hz)")
+        more = fx.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
     side = fig.add_subplot(grid[:, 1])
     side.axis("off")
-    side.legend(handles[0] + fhandles[0], handles[1] + fhandles[1], loc="upper left",
-                fontsize=7.5, frameon=False)
+    side.legend(handles, labels, loc="upper left", fontsize=7.5, frameon=False)
     notes = _rule_lines(result)
     if time_scale is not None:
         notes += ["", f"time scale {time_scale:g}"]

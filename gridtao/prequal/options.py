@@ -228,15 +228,11 @@ def main(args: argparse.Namespace, config: Config, command: str) -> int:
         date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         body = rep.summary_json(args.product, results, command=command, version=__version__,
                                 machine=machine_description(), date=date, time_scale=scale,
-                                workload=args.workload, product_config=_plain(pcfg),
+                                workload=args.workload,
+                                product_config=c.product_fields(config, pcfg),
                                 simulated=config.gpus.backend == "sim")
         body = provenance(command) | body  # the run's own date, machine and command win
         with writing(json_path, "--json"):
             json_path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     return 0 if all(r.passed for r in results) else 1
 
-
-def _plain(pcfg: ProductConfig) -> dict[str, object]:
-    import dataclasses
-
-    return {k: v for k, v in dataclasses.asdict(pcfg).items() if v is not None}

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gridtao.config.agent import Config, ProductConfig
+from gridtao.config.kinds import KINDS
 from gridtao.prequal import rearm, shapes, sine
 from gridtao.prequal import scoring as sc
 from gridtao.prequal.options import DEFAULT_CAPACITY_W, PRODUCTS
@@ -84,6 +85,20 @@ def rearm_times(config: Config, pcfg: ProductConfig) -> tuple[float, float]:
     configuration's own entry, else the default), s: what the re-arm test waits and states."""
     found = next((p for p in config.products if p.kind == pcfg.kind), None)
     return pcfg.rearm_s, (found or ProductConfig(kind=pcfg.kind, capacity_w=1.0)).rearm_s
+
+
+def product_fields(config: Config, pcfg: ProductConfig) -> dict[str, object]:
+    """The enrolled product as a report states it: the keys its kind reads (set ones only),
+    ``rearm_s`` as configured, and, where the test shortened it, ``rearm_s_tested`` (what the
+    re-arm test waited)."""
+    fields = dataclasses.asdict(pcfg)
+    out = {k: fields[k] for k in KINDS[pcfg.kind].config_keys if fields[k] is not None}
+    if "rearm_s" in out:
+        tested, configured = rearm_times(config, pcfg)
+        out["rearm_s"] = configured
+        if tested != configured:
+            out["rearm_s_tested"] = tested
+    return out
 
 
 def rearm_scaled(rearm_s: float, time_scale: float) -> float:
