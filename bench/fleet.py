@@ -71,7 +71,7 @@ from gridtao.bench.fleetproc import (
 from gridtao.bench.fleetproc import stats as _stats
 from gridtao.bench.fleetreport import markdown
 from gridtao.bench.fleetworker import FIRST_STATUS_S
-from gridtao.bench.render import write_outputs
+from gridtao.bench.render import check_outputs, write_outputs
 from gridtao.telemetry.runinfo import provenance
 from gridtao.transport.localbroker import MosquittoBroker, Publisher
 
@@ -325,10 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             or (args.max_queued_messages is not None and args.max_queued_messages < 0):
         p.error("--trials 1..1000, --gpus 1..8, --frequency-s > 0, --workers 0..16, "
                 "--status-period-s 0.1..60, --max-queued-messages >= 0")
-    for option in ("json", "markdown"):  # before minutes of running, not after
-        target = getattr(args, option)
-        if target and not os.access(Path(target).resolve().parent, os.W_OK):
-            p.error(f"--{option} {target}: cannot write there")
+    check_outputs(args, p)  # before the run, not after it
     runs = []
     try:
         if not args.no_site:

@@ -108,7 +108,7 @@ from gridtao.bench.floodsetup import (
     make_keys,
 )
 from gridtao.bench.latency import stop_process
-from gridtao.bench.render import write_outputs
+from gridtao.bench.render import check_outputs, write_outputs
 from gridtao.children import module_command
 from gridtao.telemetry.runinfo import provenance
 from gridtao.transport.localbroker import MosquittoBroker, Publisher, Subscriber
@@ -388,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not may_run_at(nice):
         p.error(f"--agent-nice {nice}: this process may not start one at that priority "
                 "(a lower value than its own needs CAP_SYS_NICE)")
+    check_outputs(args, p)  # before the run, not after it
     if args.keep_dir is not None and args.keep_dir.exists() and any(args.keep_dir.iterdir()):
         p.error(f"--keep-dir {args.keep_dir}: not empty (its audit trail would be counted)")
     opts = Options(triggers=args.triggers, dispatch_junk=args.dispatch_junk,

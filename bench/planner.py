@@ -76,11 +76,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -120,7 +118,7 @@ from gridtao.bench.plannerday import (
     simulate,
 )
 from gridtao.bench.plannerreport import judge_targets, markdown, markdown_seeds, summarise_seeds
-from gridtao.bench.render import write_outputs
+from gridtao.bench.render import check_outputs, write_outputs
 from gridtao.gpu.sim.daily import DailyShape
 from gridtao.history import synth
 from gridtao.history.synth import synthetic_minutes
@@ -398,10 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error("--days must be in 1..28")
         if not 0 <= args.lead_h <= 36:
             p.error("--lead-h must be in 0..36")
-        for option in ("json", "markdown"):  # before the run, not after it
-            target = getattr(args, option)
-            if target and not os.access(Path(target).resolve().parent, os.W_OK):
-                p.error(f"--{option} {target}: cannot write there")
+        check_outputs(args, p)  # before the run, not after it
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
     command = ("gridtao bench planner " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gridtao.config.agent import ConfigError
+from gridtao.config.outputs import output_path, writing
 from gridtao.telemetry.plotting import pyplot
 
 KEYS = ("publish_to_command_ms", "receive_to_command_ms", "trigger_to_target_ms",
@@ -132,15 +134,40 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+OUTPUT_OPTIONS = ("json", "plot", "markdown", "csv")
+
+
+def check_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
+                  ) -> None:
+    """Before a bench runs (minutes, hours), not after: every output file its options name
+    (``--json``, ``--plot``, ``--markdown``, ``--csv``) can be written. A problem is a usage
+    error of ``parser`` when given (exit 2), else a ConfigError naming the option."""
+    for option in OUTPUT_OPTIONS:
+        target = getattr(args, option, None)
+        if not target:
+            continue
+        try:
+            output_path(str(target), f"--{option}")
+        except ConfigError as e:
+            if parser is None:
+                raise
+            parser.error(str(e))
+
+
 def write_outputs(
     args: argparse.Namespace, result: dict[str, Any], text: str,
     plot_fn: Callable[[dict[str, Any], Path], None] | None = None,
 ) -> None:
-    """Print ``text`` and write the files a bench command's ``--json/--plot/--markdown`` ask for."""
+    """Print ``text`` and write the files a bench command's ``--json/--plot/--markdown`` ask for
+    (checked beforehand by :func:`check_outputs`; a write that fails even so, a full disk, is
+    a ConfigError naming the option)."""
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        with writing(Path(args.json), "--json"):
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if getattr(args, "plot", None) and plot_fn is not None:
-        plot_fn(result, Path(args.plot))
-    if args.markdown:
-        Path(args.markdown).write_text(text, encoding="utf-8")
+        with writing(Path(args.plot), "--plot"):
+            plot_fn(result, Path(args.plot))
+    if getattr(args, "markdown", None):
+        with writing(Path(args.markdown), "--markdown"):
+            Path(args.markdown).write_text(text, encoding="utf-8")

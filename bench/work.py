@@ -51,8 +51,10 @@ from pathlib import Path
 from typing import Any
 
 from gridtao.bench.latency import run_info
+from gridtao.bench.render import check_outputs
 from gridtao.bench.worknode import MIXED_NODE, WARMUP_S, mixed_node_model, run_allocation
 from gridtao.bench.workrecord import print_result
+from gridtao.config.outputs import writing
 from gridtao.work.model import prior_exponent
 
 CALIBRATION_TOLERANCE = 0.01  # of the delivered watts to match
@@ -229,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--sheds: fractions in (0, 1)")
     if not (args.hold_s > 0 and args.gap_s >= 0 and args.warmup_s >= 0):
         p.error("--hold-s must be > 0, --gap-s and --warmup-s >= 0")
+    check_outputs(args, p)  # before the run, not after it
     result = run(sheds=sheds, hold_s=args.hold_s, gap_s=args.gap_s, seed=args.seed,
                  learned=not args.no_learned and not args.proportional_only,
                  aware=not args.proportional_only, warmup_s=args.warmup_s,
@@ -237,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result |= run_info("gridtao.bench.work", argv)
     print_result(result, CIRCULARITY)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        with writing(Path(args.json), "--json"):
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

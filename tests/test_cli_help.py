@@ -88,7 +88,20 @@ def test_common_options_work_after_nested_commands_and_outputs_are_checked_first
         assert main(argv) == 2
         assert f"{missing}: file not found" in capsys.readouterr().err
     assert main(["bench", "latency", "--json", str(tmp_path / "no" / "x.json")]) == 2
-    assert "cannot write there" in capsys.readouterr().err  # said before a 5-minute run
+    assert f"no folder {tmp_path / 'no'}" in capsys.readouterr().err  # before a 5-minute run
+
+
+@pytest.mark.parametrize(("bench", "option"), [
+    ("latency", "--markdown"), ("flood", "--json"), ("fleet", "--markdown"),
+    ("planner", "--json"), ("work", "--json")])
+def test_every_bench_refuses_an_output_it_could_not_write_before_it_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bench: str, option: str,
+) -> None:
+    # A folder where a file belongs: found before the run (hours for some), never after it.
+    assert main(["bench", bench, option, str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{option} {tmp_path}: is a folder; name a file" in err
+    assert "Traceback" not in err
 
 
 def test_a_reader_that_leaves_early_is_not_an_error() -> None:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import shlex
 import sys
-from pathlib import Path
 
 from gridtao.config.agent import Config, ConfigError
 from gridtao.telemetry import plotting
@@ -81,16 +79,15 @@ LATENCY_REFUSAL = (
 def run(args: argparse.Namespace, config: Config) -> int:
     if getattr(args, "plot", None) and not plotting.available():
         raise plotting.PlottingUnavailable(f"--plot: {plotting.INSTALL_HINT}")  # before a run
-    for option in ("json", "plot", "markdown", "csv"):  # before a run, not after it
-        target = getattr(args, option, None)
-        if target:
-            folder = Path(target).resolve().parent
-            if not folder.is_dir() or not os.access(folder, os.W_OK):
-                raise ConfigError(f"--{option} {target}: cannot write there "
-                                  f"({folder} is not a writable folder)")
+    from gridtao.bench.render import check_outputs
+
+    check_outputs(args)  # before a run, not after it
     if args.bench in PASSTHROUGH:
         harness = importlib.import_module(f"gridtao.bench.{args.bench}")
-        status: int = harness.main(args.passthrough_args)
+        try:
+            status: int = harness.main(args.passthrough_args)
+        except SystemExit as e:  # its own usage error (argparse): the status, as the others
+            return e.code if isinstance(e.code, int) else 2
         return status
     from gridtao.bench.latency import run_latency_bench
     from gridtao.bench.render import markdown, plot, write_outputs
