@@ -442,3 +442,25 @@ def test_a_journal_marked_stopped_is_no_crash(tmp_path: Path) -> None:
             assert ledger.crashed is crashed
         finally:
             ledger.abandon()
+
+
+def test_a_gpu_raised_while_no_agent_ran_keeps_the_operators_limit(tmp_path: Path) -> None:
+    from gridtao.records.journal import JournalState, to_json
+
+    # The crashed run rested GPU a at 500 W and b at 600 W and left both capped at 400 W. While
+    # no agent ran an operator raised a to 650 W (an agent never writes above a resting limit,
+    # so that was someone else); b is still at the crashed run's cap.
+    folder = tmp_path / "journal"
+    folder.mkdir()
+    (folder / "j.json").write_bytes(to_json(JournalState(
+        node="n1", gpu_uuids=("GPU-a", "GPU-b"), initial_limits_mw=(500_000, 600_000),
+        first_started_wall=1_763_899_000.0, alive_wall=1_763_900_001.0, pid=42)))
+    ledger = Ledger(_config(tmp_path, audit={"enabled": False}), clock=VirtualClock(),
+                    node_id="n1", uuids=("GPU-a", "GPU-b"), default_mw=(700_000, 700_000),
+                    found_mw=(650_000, 400_000))
+    try:
+        assert ledger.crashed
+        assert ledger.initial_limits_mw == [650_000, 600_000]  # the stop restores these
+        assert ledger.raised_while_down == [(0, 500_000, 650_000)]
+    finally:
+        ledger.abandon()

@@ -80,10 +80,15 @@ class Ledger:
         self.problem: str | None = None  # why a journal found at start was not used
         self.witness: Witness | None = None  # what the audit trail vouched for, if asked
         self.initial_limits_mw = list(found_mw)
+        #: GPUs found above the resting limit the journal holds for them: raised by someone
+        #: else while no agent ran (an agent never writes above it), ``(gpu, from, to)`` mW.
+        self.raised_while_down: list[tuple[int, int, int]] = []
         if config.journal.enabled:
             self._open_journal(config)
         if self.previous is None:
             self._ask_witness(default_mw, found_mw)
+        else:
+            self._take_raises(found_mw)
 
     def _open_journal(self, config: Config) -> None:
         """Lock the journal and read what a previous run left in it."""
@@ -111,6 +116,20 @@ class Ledger:
                 if self.problem is None:
                     self.previous = previous
                     self.initial_limits_mw = list(previous.initial_limits_mw)
+
+    def _take_raises(self, found_mw: Sequence[int]) -> None:
+        """A GPU found above the resting limit the journal holds for it was raised by someone
+        else while no agent ran (every limit an agent writes is at or below it): that limit is
+        the GPU's resting limit from now on, as an outside change seen while running is, so
+        the stop does not take it back down (the operator's change wins)."""
+        for i, (found, rest) in enumerate(zip(found_mw, self.initial_limits_mw, strict=True)):
+            if found > rest:
+                self.raised_while_down.append((i, rest, found))
+                self.initial_limits_mw[i] = found
+        if self.raised_while_down:
+            log.warning("GPUs %s were raised while no agent ran (%s mW): taken as their "
+                        "resting limits", [g for g, _, _ in self.raised_while_down],
+                        [f"{a} -> {b}" for _, a, b in self.raised_while_down])
 
     def _ask_witness(self, default_mw: Sequence[int], found_mw: Sequence[int]) -> None:
         """No journal to say what the last run held: GPUs found below their defaults may carry
@@ -234,6 +253,8 @@ class Ledger:
             "action": action, "previous_pid": prev.pid if prev is not None else None,
             "crash_age_s": crash_age_s, "restored": restored, "expired": expired,
             "problem": self.problem, "initial_limits_mw": list(self.initial_limits_mw),
+            "raised_while_down": [{"gpu": g, "from_mw": a, "to_mw": b}
+                                  for g, a, b in self.raised_while_down],
             "witness": None if self.witness is None else {
                 "vouched": list(self.witness.vouched), "reason": self.witness.reason},
         })
