@@ -388,6 +388,26 @@ def test_dr_scoring_pass_and_fail() -> None:
     assert not late["recovery_not_early@a"].passed
 
 
+def test_dr_over_delivery_is_judged_on_each_event_s_own_amount() -> None:
+    # A 500 W event over-delivered by 150 W (30 % of it) beside a 1000 W event held exactly:
+    # against the larger amount the excess would read 15 % and pass.
+    small = pr.DrWindow("small", start_s=2.0, ramp_s=0.0, duration_s=8.0, recovery_s=0.0,
+                        amount_w=500.0)
+    large = pr.DrWindow("large", start_s=14.0, ramp_s=0.0, duration_s=8.0, recovery_s=0.0,
+                        amount_w=CAP)
+
+    def req(t: float) -> float:
+        return small.level(t) * 500.0 + large.level(t) * CAP
+
+    def over(t: float) -> float:
+        return req(t) + (150.0 if small.level(t) > 0 else 0.0)
+
+    rules = names(pr.score_dr(trace(over, req), [small, large]))
+    assert rules["over_delivery@small"].value == pytest.approx(30.0, abs=0.5)
+    assert not rules["over_delivery@small"].passed
+    assert rules["over_delivery@large"].passed
+
+
 def test_quiet_frequency_is_scored_from_the_enforced_limits_not_power() -> None:
     spec = pr.ProductSpec("ffr", CAP, threshold_hz=49.7)
     swinging = trace(lambda t: 300.0 if int(t) % 2 else -300.0)  # the load's own swings

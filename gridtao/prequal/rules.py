@@ -389,16 +389,16 @@ def score_fcr_n(spec: ProductSpec, tr: Trace, *, holds: Sequence[Hold],
 
 def score_dr(tr: Trace, events: Sequence[DrWindow]) -> list[RuleResult]:
     """Per event: full by its start (+1 s), steady state and hold (interval means) over the
-    hold, recovery no faster than scheduled (its mean); over-delivery over all holds."""
+    hold, recovery no faster than scheduled (its mean), and over-delivery over the hold, each
+    as a share of that event's own amount (a 300 W excess is 60 % of a 500 W event, whatever
+    a larger event beside it asked)."""
     rules: list[RuleResult] = []
-    holds = []
     for ev in events:
         cap, end = ev.amount_w, ev.start_s + ev.duration_s
         rules.append(sc.activation_time(
             tr, event_s=ev.start_s, capacity_w=cap, limit_s=sc.DR_START_ALLOWANCE_S,
             horizon_s=ev.duration_s, name=f"full_at_start@{ev.event_id}"))
         window = (ev.start_s + sc.DR_START_ALLOWANCE_S, end)
-        holds.append(window)
         rules.append(sc.steady_state(tr, a_s=window[0], b_s=window[1], capacity_w=cap,
                                      name=f"steady_state@{ev.event_id}"))
         rules.append(sc.interval_hold(tr, window=window, interval_s=ev.interval_s,
@@ -406,7 +406,6 @@ def score_dr(tr: Trace, events: Sequence[DrWindow]) -> list[RuleResult]:
         rules.append(sc.interval_hold(tr, window=(end, end + ev.recovery_s),
                                       interval_s=ev.interval_s, capacity_w=cap,
                                       name=f"recovery_not_early@{ev.event_id}"))
-    if events:
-        rules.append(sc.over_delivery(tr, windows=[_inner(w) for w in holds],
-                                      capacity_w=max(e.amount_w for e in events)))
+        rules.append(sc.over_delivery(tr, windows=[_inner(window)], capacity_w=cap,
+                                      name=f"over_delivery@{ev.event_id}"))
     return rules
