@@ -437,9 +437,15 @@ def test_dr_hold_is_scored_on_settlement_interval_means() -> None:
     def swing(t: float) -> float:
         return req(t) * (1.3 if int(t / 2) % 2 else 0.7)
 
-    ok = names(pr.score_dr(trace(swing, req), [ev]))["hold@a"]
+    scored = names(pr.score_dr(trace(swing, req), [ev]))
+    ok = scored["hold@a"]
     assert ok.passed and ok.value is not None and abs(ok.value) < 5.0
     assert not sc.hold(trace(swing, req), windows=[(4.0, 20.0)], capacity_w=CAP).passed
+    # Over-delivery is settled the same way: the swings' deeper seconds are no excess.
+    excess = scored["over_delivery@a"]
+    assert excess.passed and excess.value is not None and abs(excess.value) < 5.0
+    assert not sc.over_delivery(trace(swing, req), windows=[(4.0, 20.0)],
+                                capacity_w=CAP).passed
 
     # 10 % short in the second interval only: that interval fails the event.
     def short(t: float) -> float:

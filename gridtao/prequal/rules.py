@@ -389,9 +389,10 @@ def score_fcr_n(spec: ProductSpec, tr: Trace, *, holds: Sequence[Hold],
 
 def score_dr(tr: Trace, events: Sequence[DrWindow]) -> list[RuleResult]:
     """Per event: full by its start (+1 s), steady state and hold (interval means) over the
-    hold, recovery no faster than scheduled (its mean), and over-delivery over the hold, each
-    as a share of that event's own amount (a 300 W excess is 60 % of a 500 W event, whatever
-    a larger event beside it asked)."""
+    hold, recovery no faster than scheduled (its mean), and over-delivery over the hold
+    (interval means, as the hold: demand response is settled on interval energy), each as a
+    share of that event's own amount (a 300 W excess is 60 % of a 500 W event, whatever a
+    larger event beside it asked)."""
     rules: list[RuleResult] = []
     for ev in events:
         cap, end = ev.amount_w, ev.start_s + ev.duration_s
@@ -406,6 +407,7 @@ def score_dr(tr: Trace, events: Sequence[DrWindow]) -> list[RuleResult]:
         rules.append(sc.interval_hold(tr, window=(end, end + ev.recovery_s),
                                       interval_s=ev.interval_s, capacity_w=cap,
                                       name=f"recovery_not_early@{ev.event_id}"))
-        rules.append(sc.over_delivery(tr, windows=[_inner(window)], capacity_w=cap,
-                                      name=f"over_delivery@{ev.event_id}"))
+        rules.append(sc.interval_over_delivery(tr, window=window, interval_s=ev.interval_s,
+                                               capacity_w=cap,
+                                               name=f"over_delivery@{ev.event_id}"))
     return rules

@@ -275,29 +275,53 @@ def hold(tr: Trace, *, windows: Sequence[tuple[float, float]], capacity_w: float
     return _rule(name, value, -100.0 * BAND, ">=", "%")
 
 
-def interval_hold(tr: Trace, *, window: tuple[float, float], interval_s: float,
-                  capacity_w: float, name: str) -> RuleResult:
-    """Settlement-interval hold: ``window`` is cut into consecutive intervals of
-    ``interval_s`` (a remainder shorter than half an interval joins the interval before) and
-    the worst interval mean of (delivered - required), % of capacity, must be >= -5 %."""
+def _interval_means(tr: Trace, window: tuple[float, float], interval_s: float
+                    ) -> tuple[list[float], str] | None:
+    """The means of (delivered - required), W, over ``window`` cut into consecutive
+    settlement intervals of ``interval_s`` (a remainder shorter than half an interval joins the
+    interval before), and words for what was averaged; None when there is nothing to average."""
     a, b = window
     if not (interval_s > 0 and b > a):
-        return _rule(name, None, -100.0 * BAND, ">=", "%", "empty window")
+        return None
     count = max(1, round((b - a) / interval_s))
     edges = [a + k * interval_s for k in range(count)] + [b]
     err = [d - r for d, r in zip(tr.delivered_w, tr.required_w, strict=True)]
     means = [window_mean(tr.t_s, err, lo, hi) for lo, hi in itertools.pairwise(edges)]
     means = [m for m in means if not math.isnan(m)]
     if not means:
-        return _rule(name, None, -100.0 * BAND, ">=", "%", "no samples in the window")
-    worst = min(means)
+        return None
     lengths = [hi - lo for lo, hi in itertools.pairwise(edges)]
     if all(abs(n - interval_s) < 1e-6 for n in lengths):
         what = f"{len(means)} interval mean(s) of {interval_s:g} s"
     else:  # the window is not a whole number of intervals: say what was averaged
         what = (f"{len(means)} mean(s) over " + ", ".join(f"{n:.3g} s" for n in lengths)
                 + f" (settlement interval {interval_s:g} s)")
-    return _rule(name, _pct(worst, capacity_w), -100.0 * BAND, ">=", "%", f"worst of {what}")
+    return means, what
+
+
+def interval_hold(tr: Trace, *, window: tuple[float, float], interval_s: float,
+                  capacity_w: float, name: str) -> RuleResult:
+    """Settlement-interval hold: the worst interval mean of (delivered - required) over
+    ``window`` (:func:`_interval_means`), % of capacity, must be >= -5 %."""
+    found = _interval_means(tr, window, interval_s)
+    if found is None:
+        return _rule(name, None, -100.0 * BAND, ">=", "%", "no samples in the window")
+    means, what = found
+    return _rule(name, _pct(min(means), capacity_w), -100.0 * BAND, ">=", "%",
+                 f"worst of {what}")
+
+
+def interval_over_delivery(tr: Trace, *, window: tuple[float, float], interval_s: float,
+                           capacity_w: float, name: str) -> RuleResult:
+    """Over-delivery as settled: the largest interval mean of (delivered - required) over
+    ``window`` (:func:`_interval_means`), % of capacity, must be <= +20 %. Demand response is
+    paid on interval energy, so a second of deeper cut inside an interval is not an excess."""
+    found = _interval_means(tr, window, interval_s)
+    if found is None:
+        return _rule(name, None, 100.0 * OVER, "<=", "%", "no samples in the window")
+    means, what = found
+    return _rule(name, _pct(max(means), capacity_w), 100.0 * OVER, "<=", "%",
+                 f"largest of {what}")
 
 
 def limit_drop(t_s: Sequence[float], limit_w: Sequence[float], *, after_s: float,
