@@ -135,8 +135,9 @@ def plot_test(result: TestResult, path: Path, *, product: str, capacity_w: float
         ax.set_xlabel("time (s)")
     failed = [r.name for r in result.rules if not r.passed]
     verdict = "PASS" if result.passed else "FAIL: " + ", ".join(failed)
-    ax.set_title(f"{product} / {result.name}: {result.title}\n{_wrap(verdict, 110)}",
-                 fontsize=9.5)
+    # Wrapped to the plot's width: a long title centred on it would run off the figure.
+    ax.set_title(_wrap(f"{product} / {result.name}: {result.title}", 100)
+                 + f"\n{_wrap(verdict, 100)}", fontsize=9.5)
     if simulated:
         _simulated(fig)
     fig.tight_layout()
