@@ -1,0 +1,99 @@
+"""The site in the reserve market at run time: its bids published, its awards split.
+
+:class:`SiteBidding` pools the nodes' retained plans into the site's retained plan
+(``{prefix}/site/plan``, at most once a second: plans come hourly) and splits each award the
+market sends the site (``{prefix}/site/award``) into signed per-node awards on
+``{prefix}/nodes/{node}/award``, with a site ack naming the nodes it went to. What is pooled and
+how an award is split is :mod:`gridtao.site.market`'s (pure functions); this sends.
+
+Threads: the coordinator's event loop only. Times in Unix seconds, power in W at the settlement
+point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gridtao.config.site import SiteConfig
+from gridtao.security.auth import AuthRejected
+from gridtao.site.guard import Duplicate, SiteGuard
+from gridtao.site.market import SitePlan, node_awards, pool_offers, split_award
+from gridtao.site.refusals import AUTH_PREFIX
+from gridtao.site.sending import Publish, Sign
+from gridtao.site.view import SiteView
+from gridtao.wire.awards import parse_award
+from gridtao.wire.messages import MessageRejected
+from gridtao.wire.site import SiteTopics, site_payload
+
+__all__ = ["SiteBidding"]
+
+#: ``refuse(id, reason, wall)``: the coordinator's refusal (counted, logged, site ack).
+Refuse = Callable[[str | None, str, float], None]
+
+
+class SiteBidding:
+    """See the module docstring. ``ack``: publishes a site ack; ``count``: the coordinator's
+    counters."""
+
+    def __init__(self, cfg: SiteConfig, view: SiteView, guard: SiteGuard, *, topics: SiteTopics,
+                 publish: Publish, sign: Sign, refuse: Refuse,
+                 ack: Callable[[dict[str, Any]], None], count: Callable[[str], None],
+                 max_payload_bytes: int) -> None:
+        self.cfg = cfg
+        self.view = view
+        self.guard = guard
+        self.topics = topics
+        self._publish = publish
+        self._sign = sign
+        self._refuse = refuse
+        self._ack = ack
+        self._count = count
+        self._max_payload_bytes = max_payload_bytes
+        self.plan: SitePlan | None = None
+        self._plan_dirty = False
+        self._next_plan = 0.0
+
+    def on_node_plan(self) -> None:
+        """A node published a plan: the site's is pooled again at the next :meth:`tick`."""
+        self._plan_dirty = True
+
+    def tick(self, wall: float) -> None:
+        """Pool and publish the site's plan if a node's changed (at most once a second)."""
+        if self._plan_dirty and wall >= self._next_plan:
+            self._plan_dirty, self._next_plan = False, wall + 1.0  # plans come hourly
+            self.plan = pool_offers(self.view.nodes, self.cfg.market)
+            if self.plan is not None:
+                self._publish(self.topics.plan, site_payload(
+                    self.plan.body(self.cfg.id, wall, self.cfg.market)), 1, True)
+
+    def on_award(self, payload: bytes, wall: float) -> None:
+        """The market's answer to the site's bids: split into signed per-node awards."""
+        plan = self.plan
+        products = sorted(plan.offers_w) if plan is not None else []
+        try:
+            award = parse_award(payload, max_bytes=self._max_payload_bytes, products=products)
+            self.guard.check(payload, award.id, award.issued_at,
+                             ("award", award.start_s, award.mtu_s,
+                              tuple(sorted(award.capacity_w.items()))), wall)
+            if plan is None:
+                raise MessageRejected("the site has no plan to award (no node has published "
+                                      "one)", award.id)
+            shares = split_award(award, plan)
+        except (MessageRejected, ValueError) as e:
+            ident = e.event_id if isinstance(e, MessageRejected) else None
+            self._refuse(ident, e.reason if isinstance(e, MessageRejected) else str(e), wall)
+            return
+        except AuthRejected as e:
+            self._refuse(None, f"{AUTH_PREFIX} {e.reason}", wall)
+            return
+        except Duplicate:
+            return
+        for node, body in node_awards(award, shares, wall):
+            self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
+        self._count("site_awards_split")
+        self._ack({"id": award.id, "accepted": True, "reason": None, "received_at": wall,
+                   "commanded_at": None, "reached_at": None, "site": self.cfg.id,
+                   "kind": "award",  # the nodes the award went to, as in every site ack
+                   "nodes": {"accepted": sorted(shares), "rejected": {}, "missing": [],
+                             "offline": []}})

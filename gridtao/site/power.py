@@ -1,0 +1,51 @@
+"""The site's IT power as the coordinator counts it, from the nodes' statuses and acks.
+
+Pure functions over the site view and the events held; the coordinator calls them on its event
+loop (an event's reference and measured power, the meter's feedback, the site status). Power in
+W (IT), times in Unix seconds (node times as the nodes stamp them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from gridtao.site.events import SiteEvent
+from gridtao.site.view import SiteView
+
+__all__ = ["REACHED_SKEW_S", "reached_power_w", "site_it_w"]
+
+#: How far ahead of the site's clock a node's ``reached_at`` may be and still be taken (s).
+REACHED_SKEW_S = 5.0
+
+
+def site_it_w(view: SiteView, events: Iterable[SiteEvent], wall: float) -> float:
+    """The site's IT power: online nodes as measured, offline ones at the draw last known
+    (an offline node may be drawing all it can: never counted as zero). A node measured
+    in its band after its last status (its ack's ``reached_power_w``: a node reaches its
+    band well within one status period) counts at that power."""
+    reached = reached_power_w(events)
+    total = 0.0
+    for v in view.nodes.values():
+        newer = reached.get(v.node)
+        # Newer than its status, and not from the future (a stamp beyond the site's clock
+        # and the nodes' skew would pin the node at that power for the whole event).
+        if newer is not None and (v.t is None or newer[0] > v.t) \
+                and newer[0] <= wall + REACHED_SKEW_S:
+            total += newer[1]
+        else:
+            total += v.draw_w or 0.0
+    return total
+
+
+def reached_power_w(events: Iterable[SiteEvent]) -> dict[str, tuple[float, float]]:
+    """Per node, the latest ``(reached_at, reached_power_w)`` of its accepted orders in the
+    events held (node time, W)."""
+    out: dict[str, tuple[float, float]] = {}
+    for event in events:
+        for o in event.orders.values():
+            if o.answer != "accepted" or o.reached_at is None or o.reached_power_w is None:
+                continue
+            seen = out.get(o.node)
+            if seen is None or o.reached_at > seen[0]:
+                out[o.node] = (o.reached_at, o.reached_power_w)
+    return out
