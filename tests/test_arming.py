@@ -177,6 +177,34 @@ def test_an_award_above_the_configured_capacity_is_refused() -> None:
     assert ok.accepted and book.capacities_at(3600.0) == {"ffr": 400.0}
 
 
+def test_an_award_for_another_node_or_under_a_used_id_is_refused() -> None:
+    from gridtao.app.arming import take_award
+    from gridtao.security.guard import Guard
+
+    cfg = config_from_mapping({"safety": {"triggers": []}}, source="<test>")
+    guard = Guard.from_config(cfg, node_id="n", default_total_mw=1e6,
+                              draw_total_mw=lambda: 1e6, wall=lambda: 0.0)
+    book = AwardBook()
+
+    def award(event_id: str, node: str, watts: float) -> bytes:
+        return json.dumps({"id": event_id, "node": node, "start": 3600, "mtu_s": 3600,
+                           "capacity_w": {"ffr": [watts]}}).encode()
+
+    def take(payload: bytes) -> tuple[bool, str | None]:
+        verdict = take_award(payload, guard=guard, book=book, products={"ffr": 400.0},
+                             max_bytes=4096, node_id="n")
+        return verdict.accepted, verdict.reason
+
+    # Node m's award (its bytes, signature and all) replayed on node n's topic.
+    assert take(award("a1", "m", 400)) == (
+        False, "addressed to node 'm', not this node ('n')")
+    assert take(award("a2", "n", 100)) == (True, None)
+    assert take(award("a2", "n", 100)) == (True, None)  # a retry: taken again
+    accepted, reason = take(award("a2", "n", 400))
+    assert not accepted and reason is not None and "reused with a different body" in reason
+    assert book.capacities_at(3600.0) == {"ffr": 100.0}
+
+
 def test_a_market_node_s_first_capacities_are_audited_in_its_own_run(
         mqtt_broker: MosquittoBroker, tmp_path: Path) -> None:
     """``unawarded: zero``: the capacities taken down at start are recorded after this run's
@@ -191,3 +219,25 @@ def test_a_market_node_s_first_capacities_are_audited_in_its_own_run(
         assert node.agent.portfolio.capacities() == {"ffr": 0.0}
         kinds = [r["kind"] for r in node.audit()]
     assert kinds.index("agent_start") < kinds.index("capacity")
+
+
+def test_a_huge_publish_on_the_award_topic_never_reaches_the_agent(
+        mqtt_broker: MosquittoBroker, tmp_path: Path) -> None:
+    """The controller's connection tells the broker the largest packet it takes (MQTT v5
+    Maximum Packet Size): a 2 MiB publish on the award topic is never delivered (it would
+    otherwise be read whole into memory before its size is checked), a normal award is."""
+    from waiting import wait_until
+
+    cfg = node_config(mqtt_broker, "big", "gridtao/e2e-big-award", gpus=2,
+                      audit=tmp_path / "audit.jsonl", source="<test big award>",
+                      safety={"triggers": []},
+                      products=[{"kind": "ffr", "capacity_w": 300, "threshold_hz": 49.5}])
+    sim = steady_sim(cfg.gpus.sim, MonotonicClock(), 600.0)
+    with running(mqtt_broker, cfg, sim, serve=True) as node, node.acks() as acks:
+        wait_until(lambda: node.agent.status_link.is_connected, "the controller's connection",
+                   timeout_s=10.0)
+        node.send(node.topics.award, b'{"id": "huge", "pad": "' + b"x" * (2 << 20) + b'"}')
+        node.send(node.topics.award, {"id": "small", "start": 3600, "mtu_s": 3600,
+                                      "capacity_w": {"ffr": [100]}})
+        first = json.loads(acks.wait(1, 10.0)[0].payload)
+    assert first["id"] == "small" and first["accepted"] is True

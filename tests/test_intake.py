@@ -253,6 +253,17 @@ def test_cap_holds_the_node_at_node_w(rig: Rig) -> None:
     assert rig.island.view().ceiling_total_mw == pytest.approx(1500 * W, abs=4 * W)
 
 
+def test_a_dispatch_naming_this_node_is_acted_on(rig: Rig) -> None:
+    ack = rig.dispatch({"id": "c1", "kind": "cap", "node_w": 1500, "duration_s": 30,
+                        "node": TOPICS.node})
+    assert ack["accepted"] is True
+    assert sum(rig.limits()) == pytest.approx(1500 * W, abs=4 * W)
+    refused = rig.dispatch({"id": "c2", "kind": "cap", "node_w": 1200, "duration_s": 30,
+                            "node": "node-b"})
+    assert refused["accepted"] is False
+    assert refused["reason"] == "addressed to node 'node-b', not this node ('node-a')"
+
+
 def test_duration_ends_the_event_through_the_ramp(rig: Rig) -> None:
     rig.dispatch(_shed("d1", fraction=0.5, duration_s=2.0))
     rig.advance(1.9)
@@ -338,6 +349,10 @@ REJECTED: dict[str, tuple[bytes, str | None]] = {
     "missing-fraction": (b'{"id":"m1","kind":"shed","duration_s":5}', "m1"),
     "missing-duration": (b'{"id":"m2","kind":"cap","node_w":900}', "m2"),
     "release-no-ref": (b'{"id":"m3","kind":"release"}', "m3"),
+    # A body bound to another node (its signature covers the name) replayed to this one.
+    "another-node": (b'{"id":"n1","kind":"cap","node_w":900,"duration_s":5,"node":"node-b"}',
+                     "n1"),
+    "node-not-an-id": (b'{"id":"n2","kind":"cap","node_w":900,"duration_s":5,"node":7}', "n2"),
     "oversize": (
         json.dumps({"id": "big", "kind": "shed", "fraction": 0.3, "duration_s": 5,
                     "pad": BIG}).encode(),

@@ -150,6 +150,7 @@ def test_site_cap_is_split_acked_and_moved_off_a_node_that_goes() -> None:
                                        "duration_s": 60})
     first = h.orders()
     assert set(first) == {"n1", "n2", "n3"} and {o["id"] for o in first.values()} == {"e"}
+    assert all(o["node"] == n for n, o in first.items())  # bound to its node, signed so
     assert sum(o["node_w"] for o in first.values()) <= 2400 + 0.5
     h.ack("n1", "e")
     h.ack("n2", "e", accepted=False)
@@ -338,6 +339,7 @@ def test_the_site_pools_node_offers_into_bids_and_splits_an_award_back() -> None
     assert awards["n1"]["capacity_w"]["ffr"] == [1111, None]
     assert awards["n2"]["capacity_w"]["ffr"] == [888, None]
     assert awards["n1"]["issued_at"] is not None
+    assert awards["n1"]["node"] == "n1" and awards["n2"]["node"] == "n2"
     (ack,) = h.take("site/ack")
     assert ack["accepted"] is True and ack["nodes"]["accepted"] == ["n1", "n2"]
     h.send(f"{PREFIX}/site/award", {"id": "a2", "start": start, "mtu_s": 3600,
@@ -374,6 +376,7 @@ def test_signed_mode_refuses_an_unsigned_site_dispatch_and_signs_node_orders(
     verifier = Verifier.from_config(config.auth, source=config.source)
     assert verifier is not None and verifier.authenticate("dispatch", raw) == "agg"
     assert raw["node_w"] >= 800 * 0.99 - 1 and raw["issued_at"] is not None
+    assert raw["node"] == "n1"  # under the signature
 
 
 def test_a_node_reporting_a_gpu_fault_loses_its_share_and_gets_it_back_when_well() -> None:

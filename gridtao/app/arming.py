@@ -62,6 +62,11 @@ class AwardBook:
             self._ever |= {name for name, series in award.capacity_w.items()
                            if any(w is not None for w in series)}
 
+    def reused(self, award: Award) -> bool:
+        """Whether ``award``'s id is held with other terms (:attr:`Award.terms`)."""
+        with self._lock:
+            return any(a.id == award.id and a.terms != award.terms for a in self._awards)
+
     def ever_awarded(self) -> frozenset[str]:
         """The products an award has given a capacity since start (in any MTU)."""
         with self._lock:
@@ -173,14 +178,20 @@ class AwardVerdict:
 
 def take_award(payload: bytes, *, guard: Guard, book: AwardBook,
                products: Mapping[str, float], max_bytes: int,
-               received_wall: float | None = None) -> AwardVerdict:
+               received_wall: float | None = None, node_id: str | None = None
+               ) -> AwardVerdict:
     """Parse, authenticate (signed mode: the aggregator's dispatch keys, fresh ``issued_at``)
     and file an award; ``products``: each enrolled product's configured capacity (W), which
-    no award may exceed (the node never offers more). A refused award changes nothing."""
+    no award may exceed (the node never offers more); ``node_id``: this node, which an award
+    naming another node is refused for. An id already held with other terms is refused (a
+    retry with the same terms is taken again). A refused award changes nothing."""
     try:
         award = parse_award(payload, max_bytes=max_bytes, products=list(products))
     except MessageRejected as e:
         return AwardVerdict(e.event_id, False, e.reason)
+    if award.node is not None and node_id is not None and award.node != node_id:
+        return AwardVerdict(award.id, False, f"addressed to node {award.node!r}, not this "
+                            f"node ({node_id!r})")
     for name, series in award.capacity_w.items():
         over = [w for w in series if w is not None and w > products[name] + 1e-6]
         if over:
@@ -190,5 +201,8 @@ def take_award(payload: bytes, *, guard: Guard, book: AwardBook,
     problem = guard.authenticate_award(payload, award.issued_at)
     if problem is not None:
         return AwardVerdict(award.id, False, problem)
+    if book.reused(award):
+        return AwardVerdict(award.id, False, f"id {award.id!r} reused with a different body "
+                            "(an award's id is used once)")
     book.add(award, received_wall=received_wall)
     return AwardVerdict(award.id, True, None, award)

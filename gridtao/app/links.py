@@ -24,15 +24,18 @@ from gridtao.clock import Clock
 from gridtao.config.agent import Config
 from gridtao.hotpath.intake import Intake
 from gridtao.hotpath.lane import IslandLane
+from gridtao.tier3.signals import MAX_SIGNALS_MESSAGE_BYTES
 from gridtao.transport.mqtt import MqttLink, Will
 from gridtao.transport.receiver import MqttReceiver
 from gridtao.transport.supervision import Supervised
 from gridtao.wire import messages as wire
 
-__all__ = ["FREQUENCY_INBOX", "PACKET_OVERHEAD_BYTES", "node_links"]
+__all__ = ["FREQUENCY_INBOX", "PACKET_OVERHEAD_BYTES", "STATUS_INBOX", "node_links"]
 
 #: Frequency samples that may wait for the island lane (a meter sends 10-50 a second).
 FREQUENCY_INBOX = 256
+#: Awards and signals that may wait for the controller loop (they come a few an hour).
+STATUS_INBOX = 16
 PACKET_OVERHEAD_BYTES = 1024  # fixed header, topic name, MQTT v5 properties
 _Conn = TypeVar("_Conn", bound=Supervised)
 
@@ -63,6 +66,10 @@ def node_links(config: Config, node_id: str, topics: wire.Topics, intake: Intake
     status = link(
         "status", MqttLink, subscriptions=tier3_subscriptions(config, topics),
         retained_topics=[topics.signals],  # a state document, not a command
+        # Awards and signals: a few an hour, none larger than a signals document, so a flood
+        # of huge publishes on them costs a bounded few megabytes, never the node's memory.
+        max_packet_bytes=max(m.max_payload_bytes, MAX_SIGNALS_MESSAGE_BYTES)
+        + PACKET_OVERHEAD_BYTES, max_inbound=STATUS_INBOX,
         will=Will(topics.status, wire.offline_payload(node_id), qos=1, retain=True),
     )
     return lane, status

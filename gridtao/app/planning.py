@@ -187,7 +187,7 @@ class NodePlanning:
             verdict = take_award(msg.payload, guard=self._guard, book=self.awards,
                                  products=products,
                                  max_bytes=self._config.mqtt.max_payload_bytes,
-                                 received_wall=msg.received_wall)
+                                 received_wall=msg.received_wall, node_id=self._node_id)
         except Exception as e:  # nothing was decided: refused, and its sender told
             why = self._failed(msg, e)
             await self._link.publish(self._topics.ack, wire.ack_payload(

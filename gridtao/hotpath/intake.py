@@ -262,8 +262,12 @@ class Intake:
         try:
             data = wire.decode_object(payload, max_bytes=self._max_bytes)  # decoded once
             msg = wire.dispatch_from(data)
+            addressed = wire.addressee(data)
         except wire.MessageRejected as e:
             return self._reject(e.event_id, e.reason, received_at, wall)
+        if addressed is not None and addressed != self._topics.node:
+            return self._reject(msg.id, f"addressed to node {addressed!r}, not this node "
+                                f"({self._topics.node!r})", received_at, wall)
         if guard is not None:
             problem = guard.authenticate_dispatch(data)
             # Signed mode and a good signature: the sender is owed an ack for any refusal.

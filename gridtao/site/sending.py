@@ -154,9 +154,13 @@ class OrderSender:
         self.record_stale = True
 
     def send(self, node: str, body: dict[str, Any]) -> None:
+        """Sign and send ``body`` to ``node``'s own inbox, naming the node in it: the
+        signature then binds the order to that node, which alone acts on it (another node
+        refuses its bytes replayed on its own topic)."""
         if body.get("kind") == "cap":
             self._last_order[node] = self.clock.wall()
-        self._publish(self.topics.node(node, "dispatch"), self._sign(body), 1, False)
+        signed = self._sign({**body, "node": node})
+        self._publish(self.topics.node(node, "dispatch"), signed, 1, False)
         self._count("node_dispatches_sent")
 
     def spacing_s(self, node: str) -> float:

@@ -41,6 +41,12 @@ log = logging.getLogger("gridtao.site")
 TICK_S: Final = 0.05
 #: State messages handled between two looks at the commands' connection.
 STATE_BATCH: Final = 100
+#: The largest packet each connection takes, bytes: the commands' carries the site's own
+#: retained events record (every order of every event in force: hundreds of kilobytes for a
+#: thousand nodes); the state's carries node statuses, tier 2 states, plans and meter readings
+#: (kilobytes each).
+COMMAND_MAX_PACKET_BYTES: Final = 8 * 1024 * 1024
+STATE_MAX_PACKET_BYTES: Final = 1024 * 1024
 
 
 def signer(config: Config) -> Sign:
@@ -118,12 +124,16 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
 
     # Two connections: the broker queues per connection, so the nodes' acks and the
     # aggregator's commands never wait behind a backlog of statuses.
+    # Each tells the broker the largest packet it takes (MQTT v5 Maximum Packet Size): a huge
+    # publish on a node's status (anyone with that node's credentials) costs the site nothing.
     links.append(link("cmd", coordinator.command_subscriptions(),
                       retained_topics=[coordinator.events_topic], max_outbound=100_000,
+                      max_packet_bytes=COMMAND_MAX_PACKET_BYTES,
                       will=Will(coordinator.topics.status, coordinator.offline_payload(),
                                 qos=1, retain=True)))
     links.append(link("state", coordinator.state_subscriptions(),
-                      retained_topics=[topic for topic, _ in coordinator.state_subscriptions()]))
+                      retained_topics=[topic for topic, _ in coordinator.state_subscriptions()],
+                      max_packet_bytes=STATE_MAX_PACKET_BYTES))
     commands, states = links
     registry = registry if registry is not None else CollectorRegistry()
     register(coordinator, registry)

@@ -52,9 +52,15 @@ from gridtao.tier3.adapters import (
     json_object,
 )
 
-__all__ = ["CARBON", "CARBON_MAX_G_PER_KWH", "ENERGY", "MAX_AGE_S", "PRICE_BOUND_EUR_PER_MWH",
+__all__ = ["CARBON", "CARBON_MAX_G_PER_KWH", "ENERGY", "MAX_AGE_S", "MAX_SIGNALS_MESSAGE_BYTES",
+           "PRICE_BOUND_EUR_PER_MWH",
            "RESERVE", "Provenance", "Series", "SignalError", "Signals", "SignalsOutOfDate",
            "merge", "parse_signals"]
+
+#: The largest signals document taken from the broker (``{prefix}/signals``), bytes: a week of
+#: 15-minute prices, reserve prices and carbon is tens of kilobytes; the agent tells the broker
+#: it takes no larger packet on that connection, so a huge publish costs it no memory.
+MAX_SIGNALS_MESSAGE_BYTES = 1024 * 1024
 
 FloatArray = npt.NDArray[np.float64]
 Format = Literal["normalized", "entsoe", "watttime", "electricitymaps", "csv"]

@@ -43,6 +43,16 @@ class Award:
     start_s: int
     mtu_s: int
     capacity_w: Mapping[str, tuple[float | None, ...]]
+    #: The node it is for (``node``; None: whichever node receives it): a node refuses an
+    #: award naming another node, so a signed award cannot be replayed to another node.
+    node: str | None = None
+
+    @property
+    def terms(self) -> tuple[object, ...]:
+        """What the award says, less ``issued_at`` (a retry may be re-stamped): an id sent
+        again with other terms is a different award under a used id."""
+        return (self.node, self.start_s, self.mtu_s,
+                tuple(sorted((k, v) for k, v in self.capacity_w.items())))
 
     @property
     def end_s(self) -> int:
@@ -105,6 +115,10 @@ def parse_award(payload: bytes, *, max_bytes: int, products: Sequence[str]) -> A
         _fail("'start' must be an integer Unix time on an MTU boundary", event_id)
     if not START_MIN_S <= start <= START_MAX_S:
         _fail(f"'start' {start} is not a date (Unix s, years 1970-9999)", event_id)
+    node = data.get("node")
+    if node is not None and not (isinstance(node, str) and 0 < len(node) <= ID_MAX_CHARS
+                                 and node.isprintable()):
+        _fail(f"'node' must be a node id string of 1..{ID_MAX_CHARS} characters", event_id)
     caps = data.get("capacity_w")
     if not isinstance(caps, dict) or not caps:
         _fail("'capacity_w' must map product names to lists of watts", event_id)
@@ -116,7 +130,7 @@ def parse_award(payload: bytes, *, max_bytes: int, products: Sequence[str]) -> A
                   f"{', '.join(sorted(known)) or 'none'})", event_id)
         series[name] = _series(name, values, event_id)
     return Award(event_id, None if issued is None else float(issued), int(start), int(mtu),
-                 series)
+                 series, node)
 
 
 def _series(name: str, values: Any, event_id: str) -> tuple[float | None, ...]:

@@ -42,6 +42,7 @@ __all__ = [
     "ShedDispatch",
     "Topics",
     "ack_payload",
+    "addressee",
     "decode_object",
     "dispatch_from",
     "frequency_from",
@@ -275,6 +276,17 @@ def _identifier(data: Mapping[str, Any], key: str, event_id: str | None) -> str:
     if not value.isprintable():
         raise MessageRejected(f"field {key!r} must contain only printable characters", event_id)
     return value
+
+
+def addressee(data: Mapping[str, Any]) -> str | None:
+    """The one node a decoded message is for (its ``node``), or None when it names none (a
+    message any node that receives it may act on). A signed message meant for one node names
+    it: the signature then binds it to that node, and its bytes replayed to another node's
+    topic are refused there. Raises :class:`MessageRejected` for a ``node`` that is not an id."""
+    if "node" not in data:
+        return None
+    raw_id = data.get("id")
+    return _identifier(data, "node", raw_id if isinstance(raw_id, str) else None)
 
 
 def parse_frequency(payload: bytes, *, max_bytes: int) -> FrequencySample:
