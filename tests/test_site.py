@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from gridtao.clock import VirtualClock
-from gridtao.config.agent import config_from_mapping
+from gridtao.config.agent import Config, config_from_mapping
 from gridtao.config.site import MeterConfig, SiteConfig, SiteSigningConfig
 from gridtao.control.tier2.facility import FacilityModel
 from gridtao.security.auth import Verifier, load_signing_key, sign_payload
-from gridtao.site.coordinator import SiteCoordinator
+from gridtao.site.coordinator import MAX_FLEET_EVENTS, SiteCoordinator
 from gridtao.site.meter import MeterFeedback
 from gridtao.site.refusals import OrderAuth
 from gridtao.site.serve import signer
@@ -348,17 +348,24 @@ def test_the_site_pools_node_offers_into_bids_and_splits_an_award_back() -> None
     assert refused["accepted"] is False and "afrr" in refused["reason"]
 
 
-def test_signed_mode_refuses_an_unsigned_site_dispatch_and_signs_node_orders(
-    tmp_path: Path,
-) -> None:
+def _hmac_site(tmp_path: Path, *, site_kid: str) -> tuple[Config, Path]:
+    """A signed-mode site: the aggregator's key ``agg`` and the site's own (``site_kid``)
+    are one HMAC secret, generated here (its file returned too)."""
     secret = tmp_path / "agg.key"
     secret.write_text(base64.b64encode(os.urandom(32)).decode())
     secret.chmod(0o600)
     config = config_from_mapping({
         "mqtt": {"prefix": PREFIX},
         "auth": {"mode": "hmac", "keys": [{"kid": "agg", "file": str(secret)}]},
-        "site": {"nodes": ["n1"], "signing": {"mode": "hmac", "kid": "agg",
+        "site": {"nodes": ["n1"], "signing": {"mode": "hmac", "kid": site_kid,
                                               "file": str(secret)}}})
+    return config, secret
+
+
+def test_signed_mode_refuses_an_unsigned_site_dispatch_and_signs_node_orders(
+    tmp_path: Path,
+) -> None:
+    config, secret = _hmac_site(tmp_path, site_kid="agg")
     h = Harness()
     h.c = SiteCoordinator(config, clock=h.clock, publish=h._publish, sign=signer(config),
                           verifier=Verifier.from_config(config.auth, source=config.source))
@@ -933,3 +940,83 @@ def test_a_node_that_stopped_cleanly_is_said_to_hold_no_cap() -> None:
     assert "offline: n3, each counted at its last draw" in ack["reason"]
     assert "stopped: n2, limits put back (no cap held there)" in ack["reason"]
     assert ack["nodes"]["offline"] == ["n2", "n3"]
+
+
+def _record(wall: float, until_s: float) -> dict[str, Any]:
+    """A site events record holding one event, as another coordinator would write it."""
+    h = Harness()
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1000.0)
+    h.clock.advance(wall - h.clock.wall())
+    h.send(f"{PREFIX}/site/dispatch", {"id": "x", "kind": "site_cap", "site_w": 1,
+                                       "duration_s": until_s})
+    h.c.tick()
+    (record,) = [b for t, b, retain in h.sent if t.endswith("site/events") and retain][-1:]
+    return record
+
+
+def test_an_events_record_published_on_the_topic_is_never_taken() -> None:
+    # Anyone may publish on {prefix}/site/events: an idle coordinator that took it would
+    # sign caps for every node. Only the retained record, once, at start, is taken back.
+    h = Harness()
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1000.0)
+    record = _record(h.clock.wall(), 600.0)
+    h.c.on_message(f"{PREFIX}/site/events", json.dumps(record).encode())  # live, not retained
+    for _ in range(10):
+        h.clock.advance(0.5)
+        h.c.tick()
+    assert h.c.events == {} and h.orders() == {}
+    late = Harness()
+    late.c.on_message(f"{PREFIX}/site/events", b'{"site": "s", "t": 0, "events": []}',
+                      retained=True)
+    late.c.on_message(f"{PREFIX}/site/events", json.dumps(record).encode(), retained=True)
+    assert late.c.events == {}  # a record after the first is not the one the broker kept
+
+
+def test_a_restored_event_longer_than_the_site_takes_is_dropped() -> None:
+    h = Harness(max_event_s=300.0)
+    record = _record(h.clock.wall(), 60.0)
+    record["events"][0]["until"] = h.clock.wall() + 3600.0  # doctored: an hour on
+    h.c.on_message(f"{PREFIX}/site/events", json.dumps(record).encode(), retained=True)
+    assert h.c.events == {}
+
+
+def test_signed_mode_takes_back_only_a_record_the_site_signed(tmp_path: Path) -> None:
+    config, _ = _hmac_site(tmp_path, site_kid="site")
+    record = _record(VirtualClock().wall(), 600.0)
+
+    def coordinator() -> SiteCoordinator:
+        return SiteCoordinator(config, clock=VirtualClock(), publish=lambda *_: None,
+                               sign=signer(config), verifier=None)
+
+    forged = coordinator()
+    forged.on_message(f"{PREFIX}/site/events", json.dumps(record).encode(), retained=True)
+    assert forged.events == {} and forged.counts.get("events_record_refused") == 1
+    own = coordinator()
+    own.on_message(f"{PREFIX}/site/events", signer(config)(record), retained=True)
+    assert set(own.events) == {"x"}
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"id":"nan-1","kind":"shed","fraction":0.1,"duration_s":NaN}',
+    b'{"id":"inf-1","kind":"shed","fraction":0.1,"duration_s":1e999}',
+    b'{"id":"neg-1","kind":"shed","fraction":0.1,"duration_s":-5}',
+    b'{"id":"big","kind":"shed","fraction":0.1,"duration_s":30,"pad":"' + b"x" * 70_000 + b'"}',
+])
+def test_a_fleet_dispatch_no_node_would_take_is_not_followed(payload: bytes) -> None:
+    h = Harness()
+    h.status("n1", 1000.0)
+    h.c.on_message(f"{PREFIX}/dispatch", payload)
+    h.c.tick()  # a NaN kept would stop the coordinator here (its record is strict JSON)
+    assert h.c.events == {}
+
+
+def test_only_so_many_fleet_dispatches_are_followed_at_once() -> None:
+    h = Harness()
+    h.status("n1", 1000.0)
+    for k in range(MAX_FLEET_EVENTS + 5):
+        h.send(f"{PREFIX}/dispatch", {"id": f"f{k}", "kind": "shed", "fraction": 0.1,
+                                      "duration_s": 600})
+    assert len(h.c.events) == MAX_FLEET_EVENTS
+    assert h.c.counts["fleet_dispatch_over_limit"] == 5

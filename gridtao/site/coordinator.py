@@ -18,7 +18,6 @@ Times in Unix seconds (``clock.wall()``), power in W.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any, Final
@@ -28,25 +27,26 @@ from gridtao.config.agent import Config
 from gridtao.control.tier2.facility import FacilityModel
 from gridtao.security.auth import AuthRejected, Verifier
 from gridtao.site.bidding import SiteBidding
-from gridtao.site.events import (
-    SiteEvent,
-    events_record,
-    fleet_event,
-    order_for_ack,
-    restore_events,
-    site_event,
-)
+from gridtao.site.events import SiteEvent, fleet_event, order_for_ack, site_event
 from gridtao.site.guard import Duplicate, SiteGuard
 from gridtao.site.market import SitePlan
 from gridtao.site.meter import MeterFeedback
 from gridtao.site.orders import end_orders
 from gridtao.site.power import site_it_w
+from gridtao.site.records import events_record, take_back
 from gridtao.site.refusals import AUTH_PREFIX, OrderAuth
 from gridtao.site.sending import MAX_ORDER_SPACING_S as MAX_ORDER_SPACING_S  # kept importable
 from gridtao.site.sending import OrderSender, Publish, Sign
+from gridtao.site.signing import record_verifier
 from gridtao.site.status import DelayHistogram, status_body
 from gridtao.site.view import SiteView
-from gridtao.wire.messages import MessageRejected, ReleaseDispatch, dispatch_terms
+from gridtao.wire.messages import (
+    MessageRejected,
+    ReleaseDispatch,
+    decode_object,
+    dispatch_from,
+    dispatch_terms,
+)
 from gridtao.wire.site import (
     SiteCapDispatch,
     SiteShedDispatch,
@@ -61,6 +61,8 @@ __all__ = ["Publish", "Sign", "SiteCoordinator"]
 log = logging.getLogger("gridtao.site")
 
 MAX_PAYLOAD_BYTES: Final = 65_536
+#: The aggregator's dispatches to every node followed at once (their acks gathered).
+MAX_FLEET_EVENTS: Final = 64
 #: A started coordinator's first status waits at most this long for the retained node
 #: statuses and its own events record (they come within milliseconds of subscribing): a first
 #: status from an empty view would read as every node gone and no event in force.
@@ -73,7 +75,11 @@ class SiteCoordinator:
 
     def __init__(self, config: Config, *, clock: Clock, publish: Publish, sign: Sign,
                  verifier: Verifier | None,
-                 instance: Mapping[str, object] | None = None) -> None:
+                 instance: Mapping[str, object] | None = None,
+                 own_key: Verifier | None = None) -> None:
+        """``sign`` signs what the site sends with its key, ``verifier`` checks the
+        aggregator's messages, ``own_key`` the site's own retained record (default: from
+        ``site.signing``; gridtao/site/signing.py)."""
         self.cfg = config.site
         #: Who this coordinator is (transport/instance.py), in its retained status: a second
         #: coordinator of the site refuses to start while this one is alive.
@@ -85,6 +91,8 @@ class SiteCoordinator:
         self.view = SiteView(expected=self.cfg.nodes, stale_s=self.cfg.node_stale_s)
         self.meter = MeterFeedback(FacilityModel.from_config(config.facility), self.cfg.meter)
         self.events: dict[str, SiteEvent] = {}
+        self._sign = sign
+        self._own_key = record_verifier(config) if own_key is None else own_key
         self.guard = SiteGuard(config.auth, verifier)
         self.order_auth = OrderAuth(self.cfg.signing)
         self.sender = OrderSender(self.cfg, self.view, self.meter, self.events, clock=clock,
@@ -144,18 +152,19 @@ class SiteCoordinator:
             if not retained:
                 self.bidding.on_award(payload, wall)
         elif topic == self.events_topic:
-            self._on_events_record(payload, wall)
+            self._on_events_record(payload, wall, retained=retained)
         else:
             where = t.node_of(topic)
             if where is not None:
                 self._on_node(where[0], where[1], payload)
 
     def _decode(self, payload: bytes) -> dict[str, Any] | None:
+        """A JSON object as the nodes decode one (size, duplicate keys, no NaN or infinity),
+        or None."""
         try:
-            body = json.loads(payload)
-        except (ValueError, RecursionError):
+            return decode_object(payload, max_bytes=MAX_PAYLOAD_BYTES)
+        except MessageRejected:
             return None
-        return body if isinstance(body, dict) else None
 
     def _on_node(self, node: str, leaf: str, payload: bytes) -> None:
         body = self._decode(payload)
@@ -248,20 +257,42 @@ class SiteCoordinator:
         self.sender.split(event, wall, first=True)
 
     def _on_fleet_dispatch(self, payload: bytes, wall: float) -> None:
-        """A dispatch the aggregator sent to every node: gather their acks into a site ack."""
+        """A dispatch the aggregator sent to every node: gather their acks into a site ack.
+        Only one the nodes could act on is followed (a valid dispatch, signed by a key they
+        trust in signed mode), and at most MAX_FLEET_EVENTS at once: junk on the shared
+        topic costs the site nothing."""
         body = self._decode(payload)
-        if body is None or not isinstance(body.get("id"), str) or body.get("kind") == "release":
+        if body is None:
             return
-        if body["id"] not in self.events:
-            self.events[body["id"]] = fleet_event(body, wall, reference_w=self._site_it_w(wall),
-                                                  nodes=[v.node for v in self.view.online(wall)])
+        try:
+            msg = dispatch_from(body)
+        except MessageRejected:
+            return
+        if isinstance(msg, ReleaseDispatch) or msg.id in self.events:
+            return
+        if not self.guard.authentic(body):
+            self._count("fleet_dispatch_unauthenticated")
+            return
+        if sum(e.kind == "fleet" for e in self.events.values()) >= MAX_FLEET_EVENTS:
+            self._count("fleet_dispatch_over_limit")
+            return
+        self.events[msg.id] = fleet_event(body, wall, reference_w=self._site_it_w(wall),
+                                          nodes=[v.node for v in self.view.online(wall)])
 
-    def _on_events_record(self, payload: bytes, wall: float) -> None:
-        """The site's own retained record of its events: taken back once, at start."""
+    def _on_events_record(self, payload: bytes, wall: float, *, retained: bool) -> None:
+        """The site's own retained record of its events: taken back once, at start, as
+        gridtao/site/records.py allows (a record published later, by anyone, is not)."""
+        if not retained or self._record_seen:
+            return
         self._record_seen = True
         if self.events:
             return
-        for event in restore_events(self._decode(payload), wall):
+        events, refused = take_back(payload, wall, own_key=self._own_key,
+                                    max_event_s=self.cfg.max_event_s)
+        if refused is not None:
+            log.warning("retained events record not taken back: %s", refused)
+            self._count("events_record_refused")
+        for event in events:
             self.events[event.id] = event
             # Not re-split before every node has had a status period to be seen again: a
             # split from half a view would move shares that need not move.
@@ -302,7 +333,8 @@ class SiteCoordinator:
             self.sender.rebalance(event, wall)
         if self.sender.record_stale:
             self.sender.record_stale = False
-            self._publish(self.events_topic, site_payload(
+            # Signed with the site's key: a restart takes back only a record it wrote.
+            self._publish(self.events_topic, self._sign(
                 events_record(self.cfg.id, self.events.values(), wall)), 1, True)
         self.bidding.tick(wall)
         if wall >= self._next_status or (self._first_view_in() and not self.snapshot):

@@ -35,8 +35,7 @@ from typing import Any, Literal
 from gridtao.wire.messages import NODE_W_MAX, dispatch_terms
 from gridtao.wire.site import SettleAt, SiteCapDispatch, SiteShedDispatch
 
-__all__ = ["NodeOrder", "SiteEvent", "events_record", "fleet_event", "order_for_ack",
-           "restore_events", "site_event"]
+__all__ = ["NodeOrder", "SiteEvent", "fleet_event", "order_for_ack", "site_event"]
 
 log = logging.getLogger("gridtao.site")
 
@@ -347,30 +346,6 @@ def fleet_event(body: Mapping[str, Any], wall: float, *, reference_w: float,
     for node in nodes:
         event.orders[node] = NodeOrder(node, ident, None)
     return event
-
-
-def events_record(site: str, events: Iterable[SiteEvent], wall: float) -> dict[str, Any]:
-    """The retained ``{prefix}/site/events``: the site events in force, for a restart."""
-    return {"site": site, "t": wall,
-            "events": [e.persisted() for e in events if e.kind != "fleet"]}
-
-
-def restore_events(body: Mapping[str, Any] | None, wall: float) -> list[SiteEvent]:
-    """The events of a retained record still in force at ``wall``; a record that is not one
-    is logged and skipped."""
-    records = body.get("events") if body else None
-    out: list[SiteEvent] = []
-    for record in records if isinstance(records, list) else ():
-        try:
-            event = SiteEvent.restored(record, wall)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            log.warning("site event record not taken back: %s", e)
-            continue
-        if event.until > wall:
-            log.info("site event %s taken back from the retained record (%d nodes)",
-                     event.id, len(event.orders))
-            out.append(event)
-    return out
 
 
 def order_for_ack(events: dict[str, SiteEvent], by_dispatch: Mapping[tuple[str, str], str],

@@ -56,6 +56,17 @@ class SiteGuard:
                         max_future_s=self._auth.max_future_s)
         self._terms[ident] = terms
 
+    def authentic(self, body: dict[str, Any]) -> bool:
+        """Whether a decoded message is signed by a key the nodes trust (always, unsigned
+        mode): what the site follows of the aggregator's own dispatches to every node."""
+        if self._verifier is None:
+            return True
+        try:
+            self._verifier.authenticate("dispatch", body)
+        except AuthRejected:
+            return False
+        return True
+
     def remember(self, ident: str, terms: Hashable | None = None) -> None:
         """An id taken back from the retained record, with the terms it was asked with when
         the record kept them: a retry of that request is a duplicate, any other with the id is

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -22,11 +21,12 @@ from prometheus_client.registry import CollectorRegistry
 
 from gridtao.clock import Clock, MonotonicClock
 from gridtao.config.agent import Config, ConfigError
-from gridtao.config.paths import resolve_path
 from gridtao.errors import GridtaoError
-from gridtao.security.auth import KeyFileError, Verifier, load_signing_key, sign_payload
-from gridtao.site.coordinator import Sign, SiteCoordinator
+from gridtao.security.auth import Verifier
+from gridtao.site.coordinator import SiteCoordinator
 from gridtao.site.metrics import register
+from gridtao.site.records import MAX_RECORD_BYTES
+from gridtao.site.signing import signer
 from gridtao.transport.check import read_retained
 from gridtao.transport.instance import Instance, other_instance
 from gridtao.transport.mqtt import MqttLink, Will
@@ -45,24 +45,8 @@ STATE_BATCH: Final = 100
 #: retained events record (every order of every event in force: hundreds of kilobytes for a
 #: thousand nodes); the state's carries node statuses, tier 2 states, plans and meter readings
 #: (kilobytes each).
-COMMAND_MAX_PACKET_BYTES: Final = 8 * 1024 * 1024
+COMMAND_MAX_PACKET_BYTES: Final = MAX_RECORD_BYTES + 1024
 STATE_MAX_PACKET_BYTES: Final = 1024 * 1024
-
-
-def signer(config: Config) -> Sign:
-    """Signs a node dispatch with ``site.signing`` (plain JSON with ``mode: none``). Raises
-    ConfigError naming the key file when it cannot be read."""
-    signing = config.site.signing
-    if signing.mode == "none":
-        return lambda body: json.dumps(body, separators=(",", ":")).encode("utf-8")
-    assert signing.file is not None and signing.kid is not None  # config/site.py checks
-    path = resolve_path(signing.file, config.source)
-    try:
-        key = load_signing_key(path, signing.mode)
-    except KeyFileError as e:
-        raise ConfigError(f"{config.source}: site.signing.file: {e}") from None
-    kid, alg = signing.kid, signing.mode
-    return lambda body: sign_payload(body, key, kid, alg, topic="dispatch")
 
 
 def _hangup() -> None:

@@ -1,0 +1,73 @@
+"""The site's retained record of its events (``{prefix}/site/events``): written signed with
+the site's key after every change, and taken back once, at start, by a restarted coordinator.
+
+Anyone with access to the topic can publish on it, so a record is taken back only as the broker
+kept it (retained), only the first one (the coordinator hears its own later records too), only
+signed with the site's own key when the site signs (gridtao/site/signing.py), and only events
+ending within ``site.max_event_s``. Times in Unix seconds. Pure functions; the coordinator's
+loop calls them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from gridtao.security.auth import AuthRejected, Verifier
+from gridtao.site.events import SiteEvent
+from gridtao.wire.messages import MessageRejected, decode_object
+
+__all__ = ["MAX_RECORD_BYTES", "events_record", "restore_events", "take_back"]
+
+log = logging.getLogger("gridtao.site")
+
+#: The largest record taken back, bytes: every order of every event in force (hundreds of
+#: kilobytes for a thousand nodes).
+MAX_RECORD_BYTES: Final = 8 * 1024 * 1024
+
+
+def events_record(site: str, events: Iterable[SiteEvent], wall: float) -> dict[str, Any]:
+    """The retained ``{prefix}/site/events``: the site events in force, for a restart."""
+    return {"site": site, "t": wall,
+            "events": [e.persisted() for e in events if e.kind != "fleet"]}
+
+
+def restore_events(body: Mapping[str, Any] | None, wall: float, *,
+                   max_until: float = math.inf) -> list[SiteEvent]:
+    """The events of a retained record still in force at ``wall`` and ending by
+    ``max_until``; a record that is not one, or one that runs longer, is logged and skipped."""
+    records = body.get("events") if body else None
+    out: list[SiteEvent] = []
+    for record in records if isinstance(records, list) else ():
+        try:
+            event = SiteEvent.restored(record, wall)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            log.warning("site event record not taken back: %s", e)
+            continue
+        if event.until > max_until:
+            log.warning("site event %s not taken back: it would end %.0f s from now, past "
+                        "site.max_event_s", event.id, event.until - wall)
+        elif event.until > wall:
+            log.info("site event %s taken back from the retained record (%d nodes)",
+                     event.id, len(event.orders))
+            out.append(event)
+    return out
+
+
+def take_back(payload: bytes, wall: float, *, own_key: Verifier | None,
+              max_event_s: float) -> tuple[list[SiteEvent], str | None]:
+    """The events of a retained record to hold again at ``wall``, and why the record was
+    refused (None if it was not): not a JSON object, or not signed with ``own_key`` (when the
+    site signs). Events ending past ``max_event_s`` from now are left out (logged)."""
+    try:
+        body = decode_object(payload, max_bytes=MAX_RECORD_BYTES)
+    except MessageRejected as e:
+        return [], e.reason
+    if own_key is not None:
+        try:
+            own_key.authenticate("dispatch", body)
+        except AuthRejected as e:
+            return [], f"not the site's own ({e.reason})"
+    return restore_events(body, wall, max_until=wall + max_event_s), None
