@@ -230,7 +230,7 @@ def test_a_start_that_fails_late_lets_the_gpus_and_the_journal_go(
 ) -> None:
     """A constructor that fails after claiming the GPUs and locking the journal (here the
     planner's part) gives both back: the next agent on the same GPUs and node id starts."""
-    import gridtao.app.agent as agent_module
+    import gridtao.app.compose as compose_module
     from gridtao.app.agent import Agent, AgentOptions
     from gridtao.config.agent import config_from_mapping
 
@@ -246,7 +246,7 @@ def test_a_start_that_fails_late_lets_the_gpus_and_the_journal_go(
         raise OSError("the planner's history could not be opened")
 
     with monkeypatch.context() as patched:
-        patched.setattr(agent_module, "NodePlanning", broken)
+        patched.setattr(compose_module, "NodePlanning", broken)
         with pytest.raises(OSError, match="history could not be opened"):
             Agent(cfg, options=AgentOptions(serve_metrics=False))
     again = Agent(cfg, options=AgentOptions(serve_metrics=False))

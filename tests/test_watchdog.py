@@ -155,7 +155,7 @@ def test_a_heartbeat_racing_the_expiry_leaves_the_safe_state_once_it_is_in_force
         assert not dog.expired
         island.enter_safe_state("minimum")
 
-    def recover() -> None:  # Agent._watchdog_recovered
+    def recover() -> None:  # NodeParts._watchdog_recovered (app/compose.py)
         island.leave_safe_state()
 
     dog = Watchdog(1.0, clock=clock, on_expire=expire, on_recover=recover)
