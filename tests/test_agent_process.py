@@ -128,6 +128,28 @@ def test_signal_restores_limits_and_leaves_an_offline_status(
     assert "Traceback" not in log, log
 
 
+def test_what_the_agent_writes_is_readable_by_its_user_alone(
+    mqtt_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    # Whatever umask it was started with (a container has no systemd unit to set one).
+    node = "private"
+    records = {"audit": {"path": str(tmp_path / "audit.jsonl")},
+               "journal": {"path": str(tmp_path / "journal.json")}}
+    previous = os.umask(0o022)
+    try:
+        with Subscriber(mqtt_broker.host, mqtt_broker.port,
+                        f"gridtao/proc-{node}/nodes/{node}/status") as status, \
+                agent_process(mqtt_broker, tmp_path, node, **records) as proc:
+            _wait(status, lambda p: p.get("online") is True, "the agent's online status")
+            for name in ("audit.jsonl", "journal.json"):
+                mode = (tmp_path / name).stat().st_mode & 0o777
+                assert mode & 0o077 == 0, f"{name}: mode {mode:o}"
+            os.kill(proc.pid, signal.SIGTERM)
+            assert proc.wait(WAIT_S) == 0, _log(tmp_path, node)
+    finally:
+        os.umask(previous)
+
+
 def test_a_killed_agent_is_reported_offline_by_its_last_will(
     mqtt_broker: MosquittoBroker, tmp_path: Path
 ) -> None:

@@ -46,6 +46,10 @@ def run_agent_command(args: argparse.Namespace, config: Config) -> int:
             gpus = dataclasses.replace(gpus, dry_run=True)
         return dataclasses.replace(config, gpus=gpus)
 
+    # What the agent writes (audit trail, journal, history, replay store) describes the
+    # site's events and its GPUs: this user's alone, as the systemd unit's UMask=0077 makes
+    # it, wherever the agent runs (a container has no unit).
+    os.umask(0o077)
     path = args.config or os.environ.get(ENV_VAR) or None
     loop = new_event_loop()
     try:
