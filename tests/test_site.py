@@ -799,6 +799,34 @@ def test_two_events_re_split_by_one_change_reach_a_node_a_second_apart() -> None
         assert times[1] - times[0] >= 1.0, (node, times)  # never inside the node's interval
 
 
+def test_a_new_event_reaches_a_node_that_just_took_a_cap_as_soon_as_it_may() -> None:
+    """Two site events 0.5 s apart: the second's orders wait at each node until its interval
+    since the first's has passed (sent at once, the node would refuse it), then go for what
+    is left of the event; a node with no earlier order gets its share at once."""
+    h = Harness()
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "a", "kind": "site_cap", "site_w": 2700,
+                                       "duration_s": 600})
+    t0 = h.clock.wall()
+    assert set(h.orders()) == {"n1", "n2", "n3"}
+    h.clock.advance(0.5)
+    h.status("n4", 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "b", "kind": "site_shed", "reduction_w": 400,
+                                       "duration_s": 60})
+    assert set(h.orders()) == {"n4"}  # the only node free to take a cut now
+    sent: dict[str, float] = {}
+    for _ in range(10):
+        h.clock.advance(0.1)
+        h.c.tick()
+        for node, order in h.orders().items():
+            sent[node] = h.clock.wall()
+            assert order["id"] == "b" and order["duration_s"] == 59  # what is left of it
+    assert set(sent) == {"n1", "n2", "n3"}
+    for at in sent.values():  # one tick after the node's interval (1.1 s) since "a"
+        assert t0 + 1.1 <= at <= t0 + 1.2 + 1e-6
+
+
 def test_a_node_saying_an_hour_between_cuts_holds_a_re_split_10_s_at_most() -> None:
     """A node status is anyone's message on the broker: the interval it states is honoured
     up to MAX_ORDER_SPACING_S, so one cannot hold every re-split of every event for an hour."""

@@ -2,7 +2,9 @@
 
 :class:`OrderSender` sends an event's split when it arrives and at every rebalance that moves a
 share (:func:`~gridtao.site.orders.plan_caps` decides the caps), spaced per node so that a node
-takes its new cap (it takes at most one cut per its ``limits.min_event_interval_s``), releases
+takes its new cap (it takes at most one cut per its ``limits.min_event_interval_s``: a re-split
+waits until every node may take its cap; a new event's first split goes at once to the nodes
+that may, and to each other node as soon as it may), releases
 the orders of earlier generations once that is safe, and ends an event's orders at its nodes.
 It signs and publishes each node dispatch, keeps which event each node dispatch id belongs to,
 and says when the retained events record is out of date; the coordinator publishes that record.
@@ -69,6 +71,9 @@ class OrderSender:
         self.by_dispatch: dict[tuple[str, str], str] = {}
         self.next_rebalance: dict[str, float] = {}
         self._last_order: dict[str, float] = {}  # node -> when it was last sent a cap
+        # event id -> node -> (when, body): a first split's orders held for a node sent
+        # another event's cap too recently to take this one yet.
+        self._deferred: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
         #: The retained events record no longer says what the events hold.
         self.record_stale = False
 
@@ -94,8 +99,26 @@ class OrderSender:
             self.next_rebalance[event.id] = wall + self.cfg.rebalance_s
             if self.view.online(wall):  # none: the site is blind, not the nodes gone
                 self.split(event, wall)
+        self._send_deferred(event, wall)
         if event.unreleased:
             self.release_old(event, wall)
+
+    def _send_deferred(self, event: SiteEvent, wall: float) -> None:
+        """Send the first split's orders held for nodes that may now take them (for what is
+        left of the event), unless a later split has replaced them."""
+        held = self._deferred.get(event.id)
+        if not held:
+            return
+        for node, (due, body) in list(held.items()):
+            if wall < due:
+                continue
+            del held[node]
+            order = event.orders.get(node)
+            if order is not None and order.dispatch_id == body["id"]:
+                self.send(node, body | {"duration_s": max(MIN_ORDER_S,
+                                                          round(event.until - wall))})
+        if not held:
+            del self._deferred[event.id]
 
     def split(self, event: SiteEvent, wall: float, *, first: bool = False) -> None:
         if not first:
@@ -118,6 +141,12 @@ class OrderSender:
             log.info("site event %s: new split (generation %d)", event.id, event.generation)
         for node, body in bodies:
             self.by_dispatch[(body["id"], node)] = event.id
+            due = self._last_order.get(node, -math.inf) + self.spacing_s(node)
+            if first and wall < due:
+                # Sent now, it would be refused (another event's cap reached the node under
+                # its interval ago): held until the node takes it, the rest sent at once.
+                self._deferred.setdefault(event.id, {})[node] = (due, body)
+                continue
             self.send(node, body)
         self.release_old(event, wall)
         self.next_rebalance[event.id] = wall + self.cfg.rebalance_s
@@ -150,6 +179,7 @@ class OrderSender:
             self.send(node, body)
         self.events.pop(event_id, None)
         self.next_rebalance.pop(event_id, None)
+        self._deferred.pop(event_id, None)
         self.by_dispatch = {k: v for k, v in self.by_dispatch.items() if v != event_id}
         self.record_stale = True
 
