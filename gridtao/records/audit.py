@@ -1,18 +1,11 @@
 """The audit trail: an append-only, hash-chained JSON-lines log of every decision the agent makes.
 
-One line per record, each the canonical JSON (sorted keys, compact, ASCII) of::
-
-    {"seq": int, "t": Unix s, "kind": str, "fields": {...}, "prev": hex, "hash": hex}
-
-``hash`` is SHA-256 over the canonical bytes of the record without ``hash``; ``prev`` is the
-previous record's ``hash`` (64 zeros before the first record ever written). ``seq`` counts up by
-one across files. Editing, removing, inserting or reordering any record therefore breaks either a
-hash, a ``prev`` link or the ``seq`` sequence, which
-:func:`gridtao.records.audit_verify.verify_files` reports by file and line.
-
-Every file starts with a ``file_start`` record: a new chain (``prev`` = zeros), or the rotated
-continuation of the previous file (its ``prev`` is that file's last hash, ``fields.prev_file``
-its name). Rotated files are renamed ``<name>.<first seq, 12 digits>`` and never renamed again.
+This module is the trail's writer (:class:`AuditTrail`). The record format and the hash chain
+(one canonical JSON line per record, each linked to the one before by its hash, every file
+starting with a ``file_start`` record) are in :mod:`gridtao.records.audit_chain`; the files on
+disk (rotated ``<name>.<first seq, 12 digits>``, never renamed again) in
+:mod:`gridtao.records.audit_files`; checking a trail in :mod:`gridtao.records.audit_verify`.
+The chain's names are re-exported here, where the agent and the tests import them from.
 
 Off the hot path: :meth:`AuditTrail.record` only appends a tuple to a bounded deque (O(1), never
 blocks on I/O); a background thread serializes, hashes, writes, rotates and fsyncs. When the
@@ -34,12 +27,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
-import json
 import logging
-import math
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -50,16 +39,34 @@ from gridtao.clock import Clock, MonotonicClock
 from gridtao.config.agent import AuditConfig
 from gridtao.durable import fsync_dir
 from gridtao.errors import GridtaoError
+from gridtao.records.audit_chain import (
+    FILE_START,
+    GENESIS,
+    PAYLOAD_TEXT_MAX,
+    RECORD_KEYS,
+    canonical,
+    encode_record,
+    json_safe,
+    record_hash,
+)
+from gridtao.records.audit_files import read_first_seq, read_tail, rotated_files, rotated_name
 from gridtao.records.health import WriteHealth
+
+__all__ = [
+    "FILE_START",
+    "GENESIS",
+    "PAYLOAD_TEXT_MAX",
+    "RECORD_KEYS",
+    "AuditError",
+    "AuditTrail",
+    "Opener",
+    "canonical",
+    "record_hash",
+    "rotated_name",
+]
 
 log = logging.getLogger("gridtao.audit")
 
-GENESIS = "0" * 64
-RECORD_KEYS = frozenset({"seq", "t", "kind", "fields", "prev", "hash"})
-FILE_START = "file_start"
-PAYLOAD_TEXT_MAX = 1024  # characters of a message payload kept as text (the hash covers it all)
-_ROTATED = re.compile(r"\.(\d{12})$")
-_TAIL_READ = 1 << 16
 
 #: Opens the live file for writing: (path, ``"wb"`` or ``"r+b"``) -> a buffered binary file, as
 #: :func:`open` does (the default). Tests inject one whose writes fail as a full disk's do.
@@ -72,47 +79,6 @@ def _open_file(path: Path, mode: str) -> IO[bytes]:
 
 class AuditError(GridtaoError):
     """The audit trail cannot be opened or written (the message names the file)."""
-
-
-def canonical(obj: Mapping[str, Any]) -> bytes:
-    """Canonical JSON bytes: sorted keys, no spaces, no NaN/Infinity, ASCII (every other
-    character escaped, so text from the wire, lone surrogates included, always encodes)."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
-
-
-def record_hash(record: Mapping[str, Any]) -> str:
-    """SHA-256 hex over the canonical bytes of ``record`` without its ``hash`` key."""
-    body = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256(canonical(body)).hexdigest()
-
-
-def _clean(value: object) -> Any:
-    """``value`` made JSON-safe: tuples -> lists, non-finite floats -> None, bytes -> a digest
-    plus (bounded) text, unknown objects -> str."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        raw = bytes(value)
-        text = raw.decode("utf-8", errors="replace")
-        return {
-            "sha256": hashlib.sha256(raw).hexdigest(),
-            "bytes": len(raw),
-            "text": text[:PAYLOAD_TEXT_MAX],
-            "truncated": len(text) > PAYLOAD_TEXT_MAX,
-        }
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_clean(v) for v in value]
-    return str(value)
-
-
-def rotated_name(path: Path, first_seq: int) -> Path:
-    return path.with_name(f"{path.name}.{first_seq:012d}")
 
 
 class AuditTrail:
@@ -295,7 +261,7 @@ class AuditTrail:
                 self._dropped += 1
 
     def _append(self, t: float, kind: str, fields: Mapping[str, object]) -> None:
-        clean = _clean(fields)
+        clean = json_safe(fields)
         line = self._line(t, kind, clean)
         if self._file is None or (
                 self._size > 0 and self._size + len(line[0]) > self.config.rotate_bytes):
@@ -305,13 +271,7 @@ class AuditTrail:
 
     def _line(self, t: float, kind: str, fields: Any) -> tuple[bytes, str]:
         """The next record's line (with its newline) and hash."""
-        rec: dict[str, Any] = {
-            "seq": self._seq + 1, "t": t if math.isfinite(t) else 0.0, "kind": kind,
-            "fields": fields, "prev": self._last_hash,
-        }
-        digest = record_hash(rec)
-        rec["hash"] = digest
-        return canonical(rec) + b"\n", digest
+        return encode_record(self._seq + 1, t, kind, fields, self._last_hash)
 
     def _write_line(self, line: tuple[bytes, str]) -> None:
         assert self._file is not None
@@ -352,7 +312,7 @@ class AuditTrail:
         """Continue an existing file's chain (repairing a torn last line) or start a new one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size > 0:
-            tail = _read_tail(self.path)
+            tail = read_tail(self.path)
             if tail is not None:
                 last, good_size, torn = tail
                 self._file = self._opener(self.path, "r+b")
@@ -361,7 +321,7 @@ class AuditTrail:
                 self._size = good_size
                 self._seq = int(last["seq"])
                 self._last_hash = str(last["hash"])
-                self._file_first_seq = _first_seq(self.path)
+                self._file_first_seq = read_first_seq(self.path)
                 if torn:
                     log.warning("audit: %s ended in a torn record (%d bytes); cut it off",
                                 self.path, torn)
@@ -412,51 +372,9 @@ class AuditTrail:
         keep = self.config.keep_files
         if keep <= 0:
             return
-        rotated = sorted(
-            p for p in self.path.parent.glob(f"{self.path.name}.*")
-            if _ROTATED.search(p.name) and p.name[: -13] == self.path.name
-        )
+        rotated = rotated_files(self.path)
         for old in rotated[: max(0, len(rotated) - keep)]:
             with contextlib.suppress(OSError):
                 old.unlink()
                 log.info("audit: removed %s (keep_files %d)", old, keep)
 
-
-def _read_tail(path: Path) -> tuple[dict[str, Any], int, int] | None:
-    """(last complete record, byte size up to and including it, torn bytes after it), or None
-    if the last complete line is not a record."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        start = max(0, size - _TAIL_READ)
-        while True:
-            f.seek(start)
-            chunk = f.read(size - start)
-            end = chunk.rfind(b"\n")
-            if end < 0:
-                if start == 0:
-                    return None
-                start = max(0, start - _TAIL_READ)
-                continue
-            begin = chunk.rfind(b"\n", 0, end) + 1
-            if begin == 0 and start > 0:
-                start = max(0, start - _TAIL_READ)
-                continue
-            break
-    try:
-        rec = json.loads(chunk[begin:end])
-    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
-        return None
-    if not isinstance(rec, dict) or not rec.keys() >= RECORD_KEYS or type(rec["seq"]) is not int \
-            or not isinstance(rec["hash"], str):
-        return None
-    good = start + end + 1
-    return rec, good, size - good
-
-
-def _first_seq(path: Path) -> int:
-    with open(path, "rb") as f:
-        first = f.readline()
-    try:
-        return int(json.loads(first)["seq"])
-    except (ValueError, KeyError, TypeError, ArithmeticError, RecursionError):
-        return 0

@@ -1,4 +1,4 @@
-"""Verifying the audit trail (see :mod:`gridtao.records.audit` for the record format).
+"""Verifying the audit trail (see :mod:`gridtao.records.audit_chain` for the record format).
 
 Reads the files only; never writes. Used by ``gridtao audit verify`` and by the tests.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gridtao.readfile import check_regular
-from gridtao.records.audit import FILE_START, GENESIS, RECORD_KEYS, canonical, record_hash
+from gridtao.records.audit_chain import FILE_START, GENESIS, RECORD_KEYS, canonical, record_hash
 
 
 @dataclass(frozen=True)

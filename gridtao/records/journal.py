@@ -6,6 +6,11 @@ stay capped and the next start would take the capped limits for the ones to rest
 to re-create each one exactly: target, baseline, the per-GPU draw its caps were cut from, and
 when it ends) and a heartbeat (``alive_wall``) that dates a crash.
 
+This module is the journal's writer (:class:`Journal`). What the file holds and its format are
+in :mod:`gridtao.records.journal_format`, what a restart does with one in
+:mod:`gridtao.records.journal_recovery`; both are re-exported here, where the agent and the
+tests import them from.
+
 Durability: every version is written to a temporary file, fsynced, renamed over the journal and
 the directory fsynced, so a crash leaves either the old or the new version, never a mix. Writes
 happen on a background thread (the hot path only hands over a record); the newest state wins.
@@ -15,221 +20,54 @@ one when writing works again), since an event held then would not survive a cras
 A clean stop deletes the file: a journal found at start means the previous run did not stop
 cleanly. An exclusive ``flock`` on ``<path>.lock`` keeps two agents off one journal (the kernel
 drops it when a process dies, even by SIGKILL).
-
-Recovery (:func:`plan_recovery`) is pure arithmetic on wall-clock times, since nothing else
-survives a restart; every hold it grants is also bounded in monotonic time from the restart, so a
-wall-clock jump can shorten a recovered hold but never make it longer than
-``max_capped_after_crash_s``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from gridtao.clock import Clock
 from gridtao.durable import fsync_dir, write_atomically
-from gridtao.errors import GridtaoError
 from gridtao.holdlock import LockHeld, hold_lock
 from gridtao.records.health import WriteHealth
+from gridtao.records.journal_format import (
+    VERSION,
+    JournalError,
+    JournalEvent,
+    JournalState,
+    from_json,
+    load_journal,
+    to_json,
+)
+from gridtao.records.journal_recovery import RecoveryPlan, match_gpus, plan_recovery
+
+__all__ = [
+    "VERSION",
+    "Journal",
+    "JournalError",
+    "JournalEvent",
+    "JournalState",
+    "RecoveryPlan",
+    "Writer",
+    "from_json",
+    "load_journal",
+    "match_gpus",
+    "plan_recovery",
+    "to_json",
+]
 
 log = logging.getLogger("gridtao.records.journal")
-
-VERSION = 1
 
 #: Writes ``data`` durably as the file at the path (``gridtao.durable.write_atomically``); raises
 #: ``OSError`` when it cannot. Tests inject one that fails as a full disk does.
 Writer = Callable[[Path, bytes], None]
-
-
-class JournalError(GridtaoError):
-    """The journal cannot be used (locked by another agent, unreadable, unwritable)."""
-
-
-@dataclass(frozen=True)
-class JournalEvent:
-    """One event being held. Power in mW; times Unix seconds.
-
-    ``basis_mw`` is the per-GPU draw the event's caps were cut from; ``hold_until_wall`` is when
-    its duration ends (dispatch) or its minimum hold ends (frequency); None: no end of its own.
-    """
-
-    event_id: str
-    kind: str
-    target_mw: float
-    baseline_mw: float
-    basis_mw: tuple[float, ...]
-    caps_mw: tuple[int, ...]
-    started_wall: float
-    hold_until_wall: float | None
-
-
-@dataclass(frozen=True)
-class JournalState:
-    """What the journal file holds. ``alive_wall`` is the last heartbeat of the writing run."""
-
-    node: str
-    gpu_uuids: tuple[str, ...]
-    initial_limits_mw: tuple[int, ...]
-    first_started_wall: float
-    alive_wall: float
-    pid: int = 0
-    events: tuple[JournalEvent, ...] = ()
-    safe_mode: str | None = None
-    version: int = VERSION
-    #: The run stopped cleanly (limits restored) but could not remove its journal (a state
-    #: folder it may no longer change): the next start takes it for no crash.
-    stopped: bool = False
-
-
-def _event_to_json(ev: JournalEvent) -> dict[str, Any]:
-    return {
-        "id": ev.event_id, "kind": ev.kind, "target_mw": ev.target_mw,
-        "baseline_mw": ev.baseline_mw, "basis_mw": list(ev.basis_mw), "caps_mw": list(ev.caps_mw),
-        "started_wall": ev.started_wall, "hold_until_wall": ev.hold_until_wall,
-    }
-
-
-def to_json(state: JournalState) -> bytes:
-    body = {
-        "version": state.version, "node": state.node, "pid": state.pid,
-        "gpu_uuids": list(state.gpu_uuids), "initial_limits_mw": list(state.initial_limits_mw),
-        "first_started_wall": state.first_started_wall, "alive_wall": state.alive_wall,
-        "safe_mode": state.safe_mode, "events": [_event_to_json(e) for e in state.events],
-    }
-    if state.stopped:
-        body["stopped"] = True
-    return json.dumps(body, indent=1, allow_nan=False).encode("utf-8") + b"\n"
-
-
-def _num(d: dict[str, Any], key: str) -> float:
-    v = d[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError(f"{key} must be a finite number")
-    return float(v)
-
-
-def _str(d: dict[str, Any], key: str) -> str:
-    v = d[key]
-    if not isinstance(v, str):
-        raise ValueError(f"{key} must be a string")
-    return v
-
-
-def _list(d: dict[str, Any], key: str) -> list[Any]:
-    v = d[key]
-    if not isinstance(v, list):
-        raise ValueError(f"{key} must be a list")
-    return v
-
-
-def from_json(data: bytes) -> JournalState:
-    """Parse a journal. Raises ``ValueError`` (or ``KeyError``) naming what is wrong."""
-    d = json.loads(data)
-    if not isinstance(d, dict):
-        raise ValueError("top level must be an object")
-    if d.get("version") != VERSION:
-        raise ValueError(f"unsupported version {d.get('version')!r}")
-    uuids = tuple(str(u) for u in _list(d, "gpu_uuids"))
-    limits = tuple(int(_num({"v": v}, "v")) for v in _list(d, "initial_limits_mw"))
-    if len(limits) != len(uuids):
-        raise ValueError("initial_limits_mw and gpu_uuids differ in length")
-    events = []
-    for raw in _list(d, "events"):
-        if not isinstance(raw, dict):
-            raise ValueError("events must be objects")
-        basis = tuple(_num({"v": v}, "v") for v in _list(raw, "basis_mw"))
-        caps = tuple(int(_num({"v": v}, "v")) for v in _list(raw, "caps_mw"))
-        if len(basis) != len(uuids) or len(caps) != len(uuids):
-            raise ValueError(f"event {raw.get('id')!r}: one value per GPU expected")
-        hold = raw.get("hold_until_wall")
-        events.append(JournalEvent(
-            event_id=_str(raw, "id"), kind=_str(raw, "kind"), target_mw=_num(raw, "target_mw"),
-            baseline_mw=_num(raw, "baseline_mw"), basis_mw=basis, caps_mw=caps,
-            started_wall=_num(raw, "started_wall"),
-            hold_until_wall=None if hold is None else _num(raw, "hold_until_wall"),
-        ))
-    safe = d.get("safe_mode")
-    return JournalState(
-        node=_str(d, "node"), gpu_uuids=uuids, initial_limits_mw=limits,
-        first_started_wall=_num(d, "first_started_wall"), alive_wall=_num(d, "alive_wall"),
-        pid=int(_num(d, "pid")), events=tuple(events),
-        safe_mode=safe if isinstance(safe, str) else None, stopped=d.get("stopped") is True,
-    )
-
-
-def load_journal(path: str | os.PathLike[str]) -> JournalState | None:
-    """The journal at ``path``, or None if there is none (the last run stopped cleanly).
-    Raises :class:`JournalError` if it exists but cannot be read or parsed."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise JournalError(f"journal {p}: cannot read: {e.strerror or e}") from None
-    try:
-        return from_json(data)
-    except (ValueError, KeyError, TypeError) as e:
-        raise JournalError(f"journal {p}: unreadable ({type(e).__name__}: {e})") from None
-
-
-# ---- recovery ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RecoveryPlan:
-    """What a restart does with a journal: ``restore`` pairs an event with how long to hold it
-    from now (s) before its release ramp starts; ``expired`` pairs an event id with why it is
-    not restored. ``crash_age_s`` is how long ago the previous run last wrote its heartbeat."""
-
-    restore: tuple[tuple[JournalEvent, float], ...]
-    expired: tuple[tuple[str, str], ...]
-    crash_age_s: float
-
-
-def plan_recovery(
-    state: JournalState,
-    *,
-    now_wall: float,
-    max_capped_after_crash_s: float,
-    max_event_s: float,
-    ramp_s: float,
-) -> RecoveryPlan:
-    """Decide, per journaled event, whether to hold it again and for how long.
-
-    The event must be fully released (hold + ``ramp_s`` of release ramp) by the earliest of:
-    its own end (``hold_until_wall``; its ramp then comes after, as in normal operation), its
-    start + ``max_event_s``, and the crash (last heartbeat) + ``max_capped_after_crash_s``. A
-    crash time in the future (the wall clock went back) counts as now.
-    """
-    crash_age_s = max(0.0, now_wall - state.alive_wall)
-    restore: list[tuple[JournalEvent, float]] = []
-    expired: list[tuple[str, str]] = []
-    for ev in sorted(state.events, key=lambda e: e.started_wall):
-        by_bound = max_capped_after_crash_s - crash_age_s - ramp_s
-        by_max = min(max_event_s, max(0.0, ev.started_wall + max_event_s - now_wall)) - ramp_s
-        hold_s = min(by_bound, by_max)
-        why = "crash bound" if by_bound <= by_max else "max_event_s"
-        if ev.hold_until_wall is not None and ev.hold_until_wall - now_wall < hold_s:
-            hold_s = ev.hold_until_wall - now_wall
-            why = "its duration"
-        if hold_s > 0:
-            restore.append((ev, hold_s))
-        else:
-            expired.append((ev.event_id, f"{why} is over"))
-    return RecoveryPlan(tuple(restore), tuple(expired), crash_age_s)
-
-
-# ---- the writer ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -469,10 +307,3 @@ class Journal:
             self._written_version = max(self._written_version, version)
             self._tried_version = max(self._tried_version, version)
             self._cond.notify_all()
-
-
-def match_gpus(state: JournalState, uuids: Sequence[str]) -> str | None:
-    """Why ``state`` does not belong to these GPUs, or None if it does."""
-    if tuple(uuids) != state.gpu_uuids:
-        return (f"journal lists GPUs {list(state.gpu_uuids)} but this node has {list(uuids)}")
-    return None
