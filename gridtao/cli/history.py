@@ -134,7 +134,7 @@ def _import(args: argparse.Namespace, store: HistoryStore) -> int:
 
 def _generate(args: argparse.Namespace, store: HistoryStore, config: Config) -> int:
     from gridtao.gpu.sim.daily import configured_shape
-    from gridtao.gpu.sim.physics import PROFILES
+    from gridtao.gpu.sim.gpumodels import PROFILES
     from gridtao.history import synthetic_minutes
 
     minutes = max(1, round(args.days * 1440))

@@ -1,11 +1,8 @@
-"""Tier 3's forecast of the node's natural IT draw per market time unit (MTU), and its scores.
+"""Tier 3's model of the node's natural IT draw per market time unit (MTU).
 
-A reserve bid is deliverable only if the natural IT draw minus the floor covers it at every
-instant of the MTU, so a :class:`Forecast` gives per MTU (watts of node IT draw):
-
-- ``p10_w``: 10th percentile of the MTU's *lowest* draw, the minimum over its minutes of the
-  per-minute 10th percentile of 1-s draw: what a bid can count on in 9 MTUs out of 10;
-- ``p50_w``, ``p90_w``: median and 90th percentile of the MTU's *mean* draw (energy).
+:func:`forecast_draw` makes a :class:`Forecast` (:mod:`gridtao.tier3.draw`: ``p10_w`` of each
+MTU's *lowest* draw, ``p50_w`` and ``p90_w`` of its *mean* draw, W) from per-minute history
+rows; its baseline is :mod:`gridtao.tier3.persistence`, its scores :mod:`gridtao.tier3.scores`.
 
 The model (:func:`forecast_draw`), one sentence per step:
 
@@ -41,138 +38,33 @@ fixed offset: daylight-saving changes are not followed). Pure functions: any thr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from gridtao.errors import GridtaoError
+from gridtao.tier3.draw import (
+    DAY_S,
+    HOUR_S,
+    MIN_RESIDUALS,
+    MINUTE_S,
+    WEEK_S,
+    FloatArray,
+    Forecast,
+    ForecastError,
+    IntArray,
+    history_rows,
+    monotone_forecast,
+    mtu_grid,
+    mtu_summary,
+)
+from gridtao.tier3.persistence import persistence_forecast
 
+# The draw data and the baseline lived here before this module was split: importers may keep
+# importing them from here.
 __all__ = ["DAY_S", "HOUR_S", "MINUTE_S", "Forecast", "ForecastError", "forecast_draw",
            "history_rows", "mtu_summary", "persistence_forecast"]
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-
-MINUTE_S, HOUR_S, DAY_S = 60, 3600, 86_400
-WEEK_S = 7 * DAY_S
 _MONDAY_S = 3 * DAY_S  # 1970-01-01 was a Thursday
-MIN_RESIDUALS = 12  # below this an empirical 10th percentile is a guess
-
-
-class ForecastError(GridtaoError, ValueError):
-    """A forecast or score that cannot be made (too little history, bad arrays): says why."""
-
-
-def _ro(a: npt.ArrayLike) -> FloatArray:
-    out = np.array(a, dtype=np.float64)
-    out.setflags(write=False)
-    return out
-
-
-@dataclass(frozen=True, eq=False)
-class Forecast:
-    """Per-MTU quantiles of node IT draw, W; MTU ``i`` is ``[start_s + i*mtu_s, + mtu_s)``.
-
-    ``start_s`` is a multiple of ``mtu_s``; the arrays are read-only, finite, of the horizon's
-    length, with ``0 <= p10_w <= p50_w <= p90_w``. ``method`` names the model that made it.
-    """
-
-    start_s: int
-    mtu_s: int
-    p10_w: FloatArray
-    p50_w: FloatArray
-    p90_w: FloatArray
-    method: str = "given"
-
-    def __post_init__(self) -> None:
-        if self.mtu_s <= 0 or self.start_s % self.mtu_s:
-            raise ForecastError(f"start_s {self.start_s} is not a multiple of mtu_s {self.mtu_s}")
-        p10, p50, p90 = (_ro(a) for a in (self.p10_w, self.p50_w, self.p90_w))
-        if p10.ndim != 1 or not p10.shape == p50.shape == p90.shape or p10.size == 0:
-            raise ForecastError("p10_w, p50_w and p90_w must be 1-D, non-empty, of one length")
-        if not np.all(np.isfinite(np.stack([p10, p50, p90]))):
-            raise ForecastError("forecast quantiles must be finite")
-        if np.any(p10 < 0) or np.any(p10 > p50) or np.any(p50 > p90):
-            raise ForecastError("forecast quantiles must satisfy 0 <= p10 <= p50 <= p90")
-        for name, a in (("p10_w", p10), ("p50_w", p50), ("p90_w", p90)):
-            object.__setattr__(self, name, a)
-
-    @property
-    def horizon(self) -> int:
-        return int(self.p50_w.shape[0])
-
-    @property
-    def end_s(self) -> int:
-        return self.start_s + self.horizon * self.mtu_s
-
-    def times_s(self) -> IntArray:
-        """Each MTU's start, unix s."""
-        return self.start_s + self.mtu_s * np.arange(self.horizon, dtype=np.int64)
-
-    def index(self, t_s: float) -> int:
-        """The MTU that contains ``t_s``; ForecastError outside the horizon."""
-        if not self.start_s <= t_s < self.end_s:
-            raise ForecastError(f"{t_s} is outside the forecast [{self.start_s}, {self.end_s})")
-        return int((t_s - self.start_s) // self.mtu_s)
-
-    def at(self, t_s: float) -> tuple[float, float, float]:
-        """(p10_w, p50_w, p90_w) of the MTU that contains ``t_s``."""
-        i = self.index(t_s)
-        return float(self.p10_w[i]), float(self.p50_w[i]), float(self.p90_w[i])
-
-    def window(self, start_s: int, n: int) -> Forecast:
-        """The ``n`` MTUs from the one containing ``start_s`` (all inside the horizon)."""
-        i = self.index(start_s)
-        if n < 1 or i + n > self.horizon:
-            raise ForecastError(f"{n} MTUs from {start_s} run past the forecast's end {self.end_s}")
-        s = slice(i, i + n)
-        return Forecast(self.start_s + i * self.mtu_s, self.mtu_s, self.p10_w[s], self.p50_w[s],
-                        self.p90_w[s], self.method)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"start_s": self.start_s, "mtu_s": self.mtu_s, "method": self.method,
-                "p10_w": self.p10_w.tolist(), "p50_w": self.p50_w.tolist(),
-                "p90_w": self.p90_w.tolist()}
-
-
-def history_rows(start_s: npt.ArrayLike, it_w: npt.ArrayLike, p10_w: npt.ArrayLike | None,
-                 now_s: float | None, keep_s: float) -> tuple[IntArray, FloatArray, FloatArray,
-                                                              float]:
-    """Validated per-minute rows that ended by ``now_s`` and started within ``keep_s`` of it.
-
-    Returns (start_s, it_w, p10_w, now_s); rows with a NaN are gaps and dropped; ``p10_w`` None
-    is the minute mean; ``now_s`` None is the end of the last row. ForecastError on bad arrays.
-    """
-    t = np.asarray(start_s)
-    if t.size and not np.issubdtype(t.dtype, np.integer):
-        raise ForecastError("history start_s must be integers (unix s)")
-    t = t.astype(np.int64)
-    it = np.asarray(it_w, dtype=np.float64)
-    low = it if p10_w is None else np.asarray(p10_w, dtype=np.float64)
-    if t.ndim != 1 or it.shape != t.shape or low.shape != t.shape:
-        raise ForecastError("history arrays must be 1-D and of one length")
-    if np.any(t % MINUTE_S) or np.any(np.diff(t) <= 0):
-        raise ForecastError("history start_s must be strictly increasing multiples of 60 s")
-    if now_s is None:
-        if t.size == 0:
-            raise ForecastError("not enough history: none")
-        now_s = float(t[-1] + MINUTE_S)
-    oldest = now_s - keep_s if np.isfinite(keep_s) else -np.inf
-    keep = (t + MINUTE_S <= now_s) & (t >= oldest) & np.isfinite(it) & np.isfinite(low)
-    return t[keep], it[keep], low[keep], float(now_s)
-
-
-def mtu_summary(t: IntArray, it: FloatArray, low: FloatArray, mtu_s: int,
-                min_coverage: float) -> tuple[IntArray, FloatArray, FloatArray]:
-    """Per MTU with at least ``min_coverage`` of its minutes: (start_s, mean of the minute
-    means, minimum of the minute p10s), from :func:`history_rows`' output."""
-    uniq, inv, count = np.unique(t // mtu_s, return_inverse=True, return_counts=True)
-    mean = np.bincount(inv, weights=it, minlength=uniq.size) / np.maximum(count, 1)
-    mins = np.full(uniq.shape, np.inf)
-    np.minimum.at(mins, inv, low)
-    ok = count >= min_coverage * (mtu_s // MINUTE_S)
-    return uniq[ok] * mtu_s, mean[ok], mins[ok]
 
 
 #: The profiles (the ``method`` of a forecast) and their number of hour groups.
@@ -296,22 +188,6 @@ def _lag1(st: IntArray, r: FloatArray, mtu_s: int) -> float:
     return float(np.clip(np.sum(a * b) / den, 0.0, 0.99))
 
 
-def _check_grid(start_s: int, mtu_s: int, horizon: int) -> IntArray:
-    if mtu_s < MINUTE_S or mtu_s % MINUTE_S or HOUR_S % mtu_s:
-        raise ForecastError(f"mtu_s must be a multiple of 60 that divides 3600, got {mtu_s}")
-    if start_s % mtu_s or horizon < 1:
-        raise ForecastError(f"need start_s aligned to mtu_s and horizon >= 1, got {start_s}, "
-                            f"{horizon}")
-    return start_s + mtu_s * np.arange(horizon, dtype=np.int64)
-
-
-def _monotone(start_s: int, mtu_s: int, p10: FloatArray, p50: FloatArray, p90: FloatArray,
-              method: str) -> Forecast:
-    p10 = np.maximum(p10, 0.0)
-    p50 = np.maximum(p50, p10)
-    return Forecast(start_s, mtu_s, p10, p50, np.maximum(p90, p50), method)
-
-
 def forecast_draw(history_start_s: npt.ArrayLike, history_it_w: npt.ArrayLike,
                   history_p10_w: npt.ArrayLike | None, *, start_s: int, mtu_s: int, horizon: int,
                   now_s: float | None = None, weeks: int = 4, recent_s: int = HOUR_S,
@@ -327,7 +203,7 @@ def forecast_draw(history_start_s: npt.ArrayLike, history_it_w: npt.ArrayLike,
     hours of the day and week; ``min_coverage``: the fraction of an MTU's minutes it needs to
     count. ForecastError when the history is too short or malformed.
     """
-    grid = _check_grid(start_s, mtu_s, horizon)
+    grid = mtu_grid(start_s, mtu_s, horizon)
     t, it, low, now = history_rows(history_start_s, history_it_w, history_p10_w, now_s,
                                    weeks * WEEK_S)
     span = float(t[-1] + MINUTE_S - t[0]) if t.size else 0.0
@@ -363,7 +239,7 @@ def forecast_draw(history_start_s: npt.ArrayLike, history_it_w: npt.ArrayLike,
     # The lowest draw takes the recent level only when it is below the profile: a job that
     # lifts it can end in any minute of the MTU.
     fl = _lookup(prof, daily, "floor", overall_floor, grid, tz_offset_s) + np.minimum(shift, 0.0)
-    return _monotone(start_s, mtu_s, fl + q10, lv + q50, lv + q90, prof.kind)
+    return monotone_forecast(start_s, mtu_s, fl + q10, lv + q50, lv + q90, prof.kind)
 
 
 def _choose(profs: dict[str, _Profile]) -> _Profile:
@@ -385,42 +261,3 @@ def _choose(profs: dict[str, _Profile]) -> _Profile:
         return float(np.mean(np.abs(p.res_mean[both])) + np.mean(np.abs(p.res_low[both])))
 
     return week if error(week) < error(day_type) else day_type
-
-
-def persistence_forecast(history_start_s: npt.ArrayLike, history_it_w: npt.ArrayLike,
-                         history_p10_w: npt.ArrayLike | None, *, start_s: int, mtu_s: int,
-                         horizon: int, now_s: float | None = None, spread: bool = True,
-                         min_coverage: float = 0.75) -> Forecast:
-    """The baseline: each MTU as the same MTU on the latest earlier day with data (up to 7).
-
-    ``spread=False``: that MTU's mean draw as all three quantiles. ``spread=True``: ``p10_w``
-    from that MTU's minimum and ``p90_w`` from its mean, each plus the 10th / 90th percentile of
-    the day-over-day change over the last day of history (when it has 12 such MTUs). An MTU
-    with no earlier day takes the history's median.
-    """
-    grid = _check_grid(start_s, mtu_s, horizon)
-    t, it, low, now = history_rows(history_start_s, history_it_w, history_p10_w, now_s, 8 * DAY_S)
-    if t.size == 0 or t[-1] + MINUTE_S - t[0] < DAY_S:
-        raise ForecastError("not enough history for persistence: need 24 h")
-    st, mean, mins = mtu_summary(t, it, low, mtu_s, min_coverage)
-    if st.size == 0:
-        raise ForecastError("not enough history for persistence: no complete MTU")
-    p50, p10 = np.full(horizon, np.median(mean)), np.full(horizon, np.median(mins))
-    found = np.zeros(horizon, dtype=bool)
-    first_day = np.ceil((grid + mtu_s - now) / DAY_S).clip(min=1).astype(np.int64)
-    for back in range(7):
-        src = grid - (first_day + back) * DAY_S
-        i = np.searchsorted(st, src).clip(max=st.size - 1)
-        hit = ~found & (st[i] == src)
-        p50[hit], p10[hit] = mean[i[hit]], mins[i[hit]]
-        found |= hit
-    p90 = p50.copy()
-    if not spread:
-        return _monotone(start_s, mtu_s, p50.copy(), p50, p90, "persistence")
-    last = st >= now - DAY_S
-    j = np.searchsorted(st, st[last] - DAY_S).clip(max=st.size - 1)
-    ok = st[j] == st[last] - DAY_S
-    if ok.sum() >= MIN_RESIDUALS:
-        p10 = p10 + np.quantile(mins[last][ok] - mins[j[ok]], 0.1)
-        p90 = p90 + np.quantile(mean[last][ok] - mean[j[ok]], 0.9)
-    return _monotone(start_s, mtu_s, p10, p50, p90, "persistence+spread")

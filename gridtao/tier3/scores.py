@@ -1,7 +1,7 @@
 """How good tier 3's draw forecasts are: pinball loss, coverage, and a held-out evaluation.
 
 Each MTU's actual values come from the same per-minute rows as the history
-(:func:`gridtao.tier3.forecast.mtu_summary`): its minimum per-minute p10 is what ``p10_w``
+(:func:`gridtao.tier3.draw.mtu_summary`): its minimum per-minute p10 is what ``p10_w``
 forecast, its mean draw what ``p50_w`` and ``p90_w`` forecast. The pinball (quantile) loss of
 a forecast ``f`` of quantile ``q`` against an actual ``y`` is ``max(q (y - f), (q - 1) (y - f))``
 averaged over MTUs, in W: it is minimised in expectation by the true quantile, so lower is
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gridtao.tier3.forecast import (
+from gridtao.tier3.draw import (
     DAY_S,
     HOUR_S,
     MINUTE_S,
@@ -30,11 +30,11 @@ from gridtao.tier3.forecast import (
     Forecast,
     ForecastError,
     IntArray,
-    forecast_draw,
     history_rows,
     mtu_summary,
-    persistence_forecast,
 )
+from gridtao.tier3.forecast import forecast_draw
+from gridtao.tier3.persistence import persistence_forecast
 
 __all__ = ["ForecastScore", "calibrated_margin_w", "evaluate_holdout", "recent_misses", "score"]
 

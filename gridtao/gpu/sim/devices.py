@@ -24,7 +24,8 @@ import pynvml
 from gridtao.clock import Clock
 from gridtao.config.agent import ConfigError, SimConfig, SimWorkload, config_from_mapping
 from gridtao.gpu.sim.daily import DailyShape, configured_shape
-from gridtao.gpu.sim.physics import GpuPhysics, GpuProfile
+from gridtao.gpu.sim.gpumodels import GpuProfile
+from gridtao.gpu.sim.physics import GpuPhysics
 from gridtao.gpu.sim.shared import DeviceFile, DeviceGone, SimDeviceError
 from gridtao.gpu.sim.throughput import QUEUED_WORKLOADS, model_for
 from gridtao.gpu.sim.workloads import Resumable, Trace, TraceError, load_trace, make_workload

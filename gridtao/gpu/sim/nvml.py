@@ -49,7 +49,8 @@ from gridtao.gpu.sim.devices import (
     load_configured_trace,
     nvml_error,
 )
-from gridtao.gpu.sim.physics import PROFILES, GpuProfile, WorkTotals
+from gridtao.gpu.sim.gpumodels import PROFILES, GpuProfile
+from gridtao.gpu.sim.physics import WorkTotals
 from gridtao.gpu.sim.shared import DeviceFile, DeviceMissing
 
 FaultKind = Literal["lost", "no_permission", "not_supported", "slow"]

@@ -26,7 +26,8 @@ in closed form, and energy is the exact integral. Advancing costs O(events), wha
 
 The instant reading is the true draw sampled every ``refresh_s`` on a fixed grid, plus gaussian
 noise; a read returns the latest sample. The noise on sample ``k`` of the grid is a function of
-``k`` and a key drawn once, so every replica of one GPU's state (``shared.py``) draws the same.
+``k`` and a key drawn once (``noise.py``), so every replica of one GPU's state (``shared.py``)
+draws the same.
 The average reading is the mean true draw over the window of ``round(1 s / refresh_s)`` refresh
 periods ending at the latest sample.
 """
@@ -37,59 +38,14 @@ import math
 import random
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
+from gridtao.gpu.sim.noise import keyed_gauss
 from gridtao.gpu.sim.throughput import served_w
 from gridtao.gpu.sim.workloads import Workload
 
-
-@dataclass(frozen=True)
-class GpuProfile:
-    """Static facts of a simulated GPU model. ``usage_is_average``: whether
-    ``nvmlDeviceGetPowerUsage`` reports the 1 s average (Ampere except GA100, and newer) rather
-    than the instant sample (GA100, Volta)."""
-
-    key: str
-    name: str
-    min_w: float
-    max_w: float
-    default_w: float
-    usage_is_average: bool
-
-    @property
-    def tdp_w(self) -> float:
-        return self.default_w
-
-
-PROFILES: dict[str, GpuProfile] = {
-    "h100-sxm": GpuProfile("h100-sxm", "NVIDIA H100 80GB HBM3", 200.0, 700.0, 700.0, True),
-    "a100-sxm": GpuProfile("a100-sxm", "NVIDIA A100-SXM4-80GB", 100.0, 400.0, 400.0, False),
-    "v100-sxm2": GpuProfile("v100-sxm2", "Tesla V100-SXM2-32GB", 100.0, 300.0, 300.0, False),
-}
-
 # A ceiling this close to the limit has converged; snapping avoids endless exponential tails.
 _SNAP_W = 1e-6
-
-_M64 = (1 << 64) - 1
-_TWO_PI = 2.0 * math.pi
-
-
-def _mix64(z: int) -> int:
-    """SplitMix64's finaliser: a well-spread 64-bit hash of ``z``."""
-    z = (z + 0x9E3779B97F4A7C15) & _M64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return z ^ (z >> 31)
-
-
-def keyed_gauss(key: int, k: int) -> float:
-    """A standard normal draw that depends only on ``(key, k)`` (Box-Muller on two hashes)."""
-    a = _mix64(key ^ (2 * k))
-    b = _mix64(key ^ (2 * k + 1))
-    u1 = ((a >> 11) + 1) * 2.0**-53  # (0, 1]: log is finite
-    u2 = (b >> 11) * 2.0**-53
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(_TWO_PI * u2)
 
 
 class WorkTotals(NamedTuple):
