@@ -188,11 +188,11 @@ def test_a_merge_key_may_still_be_overridden(tmp_path: Path) -> None:
 def test_nested_merges_and_keys_of_other_types_are_not_duplicates() -> None:
     """A merge brought into a mapping that is itself merged elsewhere is not a key written
     twice; nor are 1 and "1"."""
-    from gridtao.config.agent import _Loader
+    from gridtao.config.yamlfile import StrictLoader
 
     text = ("defs: {base: &A {k: 1}, mid: &B {<<: *A, k: 2}}\nuse: {<<: *B}\n"
             "both: {1: int, '1': str}\n")
-    data = yaml.load(text, Loader=_Loader)
+    data = yaml.load(text, Loader=StrictLoader)
     assert data["defs"]["mid"]["k"] == 2 and data["both"] == {1: "int", "1": "str"}
 
 
