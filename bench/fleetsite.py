@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
+from gridtao.bench.agentproc import stop_process
 from gridtao.bench.fleetproc import PREFIX, Meter, peak_rss_mib, stats
-from gridtao.bench.latency import stop_process
 from gridtao.children import module_command
 from gridtao.transport.localbroker import MosquittoBroker, Publisher, Subscriber
 

@@ -14,8 +14,8 @@ import threading
 import time
 from typing import Any, Literal
 
+from gridtao.bench.agentproc import stop_process
 from gridtao.bench.floodsetup import PREFIX, junk_dispatch, junk_sample, junk_signatures
-from gridtao.bench.latency import stop_process
 from gridtao.children import module_command
 from gridtao.transport.localbroker import MosquittoBroker
 

@@ -20,10 +20,7 @@ must have the operator's consent to write limits (``gridtao bench latency --allo
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
-import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,33 +31,26 @@ from typing import Any, Literal
 import yaml
 
 from gridtao.app.simdevice import private_device
+from gridtao.bench.agentproc import AgentProcess, wait_online
 from gridtao.bench.authcost import BenchKey, make_key, verify_cost_us
-from gridtao.bench.baselines import (
-    BaselineNode,
-    Timing,
-    run_polling_1s,
-    run_sequential_subprocess,
-)
-from gridtao.children import module_command
+from gridtao.bench.baselines import BaselineNode, run_polling_1s, run_sequential_subprocess
+from gridtao.bench.latencyreport import judge_targets, result_of
 from gridtao.config.agent import Config
 from gridtao.security.auth import Alg
-from gridtao.telemetry.report import percentiles
-from gridtao.telemetry.runinfo import machine_description, provenance
+from gridtao.telemetry.runinfo import provenance
 from gridtao.transport.localbroker import MosquittoBroker, Publisher, Subscriber
+
+# What others import from here: AgentProcess and wait_online (bench/agentproc.py) by the tests,
+# judge_targets (bench/latencyreport.py) by the tests and by name in the report, run_info by
+# the other harnesses.
+__all__ = ["AgentProcess", "judge_targets", "measure_broker_hop", "measure_gridtao",
+           "run_info", "run_latency_bench", "wait_online"]
 
 Backend = Literal["sim", "nvml"]
 
 SHED_FRACTION = 0.3
 SHED_DURATION_S = 0.35
 SETTLE_S = 2.5  # between triggers: 0.4 s event + recovery of the draw and of the cut basis
-
-
-def hardware_response_ms(config: Config) -> dict[str, float]:
-    """The simulator's closed-form response (real GPUs have none: see ``command_to_target_ms``)."""
-    sim = config.gpus.sim
-    settle = sim.cap_down_ms * math.log(1.0 / config.control.band_fraction)
-    return {"cap_down_tau_ms": sim.cap_down_ms, "refresh_ms": sim.refresh_ms,
-            "settle_to_band_ms": settle, "floor_ms": settle + sim.refresh_ms}
 
 
 PLANNER_PERIOD_S = 10.0  # the shortest round period the configuration allows
@@ -123,73 +113,6 @@ def _plain(data: dict[str, Any]) -> dict[str, Any]:
     """Tuples (config sequences) as lists: yaml.safe_dump writes only plain types."""
     plain: dict[str, Any] = json.loads(json.dumps(data))
     return plain
-
-
-class AgentProcess:
-    """``gridtao run`` in a child process; stopped with SIGTERM (it restores its limits).
-
-    ``busy_load``: keep the agent's controller loop that busy (``--busy-load``), or, with
-    ``load_elsewhere``, a separate process at the same duty cycle: the load of a controller
-    that does not share the island's interpreter (the emulated split, see ``--island-alone``).
-    """
-
-    def __init__(self, cfg_path: Path, *, busy_load: float, log_path: Path,
-                 load_elsewhere: bool = False) -> None:
-        args = module_command("gridtao", "--config", str(cfg_path), "run")
-        if busy_load > 0 and not load_elsewhere:
-            args += ["--busy-load", str(busy_load)]
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
-        self.burner = (subprocess.Popen([sys.executable, "-c", _BURNER, str(busy_load)])
-                       if busy_load > 0 and load_elsewhere else None)
-
-    def stop(self) -> int:
-        if self.burner is not None:
-            stop_process(self.burner)
-        rc = stop_process(self.proc)
-        self._log.close()
-        return rc
-
-
-# Python busy for the given fraction of every 10 ms, like the controller loop's --busy-load.
-_BURNER = """
-import sys, time
-busy = float(sys.argv[1])
-while True:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 0.01 * busy:
-        pass
-    time.sleep(0.01 * (1 - busy))
-"""
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> int:
-    """SIGTERM ``proc`` (a bench child), SIGKILL it after 15 s; its exit status."""
-    proc.terminate()
-    try:
-        return proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
-
-
-def wait_online(broker: MosquittoBroker, topic: str, pid: int, *, timeout_s: float) -> None:
-    """Wait for the retained status of the agent with ``pid`` saying it is online. Any status
-    will not do: the one left on the broker by the phase before (the same node id) arrives
-    first, and a dispatch sent before this agent subscribed would be lost."""
-    deadline = time.monotonic() + timeout_s
-    with Subscriber(broker.host, broker.port, topic) as status:
-        seen = 0
-        while True:
-            for message in status.messages[seen:]:
-                body = json.loads(message.payload)
-                if body.get("online") is True and (body.get("instance") or {}).get("pid") == pid:
-                    return
-            seen = len(status.messages)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{topic}: agent pid {pid} not online after {timeout_s:g} s")
-            status.wait(seen + 1, timeout=left)
 
 
 def measure_gridtao(
@@ -273,15 +196,6 @@ def measure_broker_hop(broker: MosquittoBroker, n: int) -> list[float]:
     return hops
 
 
-def _baseline(timings: Sequence[Timing]) -> dict[str, Any]:
-    return {
-        "triggers": len(timings),
-        "publish_to_command_ms": percentiles([(t.commanded - t.published) * 1e3 for t in timings]),
-        "trigger_to_target_ms": percentiles(
-            [(t.reached - t.published) * 1e3 for t in timings if t.reached is not None]),
-    }
-
-
 def run_latency_bench(
     config: Config, *, triggers: int, gpus: int, baseline_triggers: int | None = None,
     progress: Callable[[str], None] = print, auth: Alg | None = None, backend: Backend = "sim",
@@ -309,7 +223,10 @@ def run_latency_bench(
                                     planner=planner, island_alone=island_alone)
         finally:
             node.close()
-    result = _result(config, measured, triggers=triggers, gpus=gpus, auth=auth, backend=backend)
+    trigger: dict[str, Any] = {"kind": "shed", "fraction": SHED_FRACTION,
+                               "duration_s": SHED_DURATION_S, "every_s": SETTLE_S}
+    result = result_of(config, measured, triggers=triggers, gpus=gpus, auth=auth,
+                       backend=backend, trigger=trigger)
     result["planner"] = {"enabled": True, "period_s": PLANNER_PERIOD_S} if planner else None
     result["layout"] = "island_alone_emulated" if island_alone else "one_process"
     return result
@@ -361,102 +278,6 @@ def _measure_all(
                 pub.close()
     return {"hop": hop, "idle": idle, "loaded": loaded, "verify": verify, "seq": seq,
             "poll": poll}
-
-
-def _result(config: Config, m: dict[str, Any], *, triggers: int, gpus: int, auth: Alg | None,
-            backend: Backend) -> dict[str, Any]:
-    idle, loaded, verify, seq, poll = m["idle"], m["loaded"], m["verify"], m["seq"], m["poll"]
-    result: dict[str, Any] = {
-        "triggers": triggers,
-        "gpus": gpus,
-        "backend": backend,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine_description(),
-        "simulated_hardware_response": (
-            hardware_response_ms(config) if backend == "sim" else None),
-        # What was measured: the load the triggers met and what each asked.
-        "load": {"workload": (f"the simulated GPUs' {config.gpus.sim.workload} workload"
-                              if backend == "sim" else "the real GPUs' own work"),
-                 "trigger": {"kind": "shed", "fraction": SHED_FRACTION,
-                             "duration_s": SHED_DURATION_S, "every_s": SETTLE_S}},
-        "broker_hop_ms": percentiles(m["hop"]),
-        "auth": None if auth is None else {"alg": auth, "verify_us": verify},
-        **{k: percentiles(v) for k, v in idle.items()},
-        "under_load": {k: percentiles(v) for k, v in loaded.items()},
-        "baselines": {"sequential_subprocess": _baseline(seq), "polling_1s": _baseline(poll)},
-        "samples": {"idle": idle, "under_load": loaded},
-    }
-    hw = result["simulated_hardware_response"]
-    if hw is not None:
-        # A trigger that met the load in a dip finds the node already in its band: reached
-        # within one reading of the command, faster than the GPUs can respond. Counted, so the
-        # percentiles below the hardware floor are read for what they are.
-        result["in_band_at_command"] = {
-            phase: sum(1 for ms in samples.get("command_to_target_ms", ()) if ms < hw["refresh_ms"])
-            for phase, samples in (("idle", idle), ("under_load", loaded))}
-    result["ratios"] = {
-        f"{name}_vs_gridtao_p50_publish_to_command": (
-            result["baselines"][name]["publish_to_command_ms"]["p50"]
-            / result["publish_to_command_ms"]["p50"])
-        for name in ("sequential_subprocess", "polling_1s")
-    }
-    result["targets"] = judge_targets(result)
-    return result
-
-
-PUBLISH_TO_COMMAND_P99_MAX_MS = 2.0
-TARGET_WITHIN_HARDWARE_MS = 5.0
-MIN_SPEEDUP_VS_SEQUENTIAL = 20.0
-#: Fewer triggers than this and a p99 is only the largest of a handful: not judged.
-MIN_TRIGGERS_TO_JUDGE_P99 = 20
-
-
-def judge_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The three latency targets (BENCHMARKS.md, "Trigger-to-target latency"), each with its
-    limit, the measured value(s) and ``met``.
-
-    Trigger -> target is judged against the hardware response measured in the same run
-    (``command_to_target_ms``: every limit in force -> node power in the band, the simulated
-    GPUs' share, which varies with where the training load was when the cut landed); the
-    closed-form floor of ``simulated_hardware_response`` is reported beside it.
-    """
-    idle, loaded = result["publish_to_command_ms"]["p99"], (
-        result["under_load"]["publish_to_command_ms"]["p99"])
-    hw_p99 = result["command_to_target_ms"]["p99"]
-    t2t = result["trigger_to_target_ms"]["p99"]
-    loaded_hw_p99 = result["under_load"]["command_to_target_ms"]["p99"]
-    loaded_t2t = result["under_load"]["trigger_to_target_ms"]["p99"]
-    speedup = result["ratios"]["sequential_subprocess_vs_gridtao_p50_publish_to_command"]
-    # met: None when too few triggers ran for a p99 to mean anything (said in the report).
-    judged = result["triggers"] >= MIN_TRIGGERS_TO_JUDGE_P99
-    targets = {
-        "publish_to_command_p99_ms": {
-            "limit": PUBLISH_TO_COMMAND_P99_MAX_MS, "idle": idle, "under_load": loaded,
-            "transport_floor_p99": result["broker_hop_ms"]["p99"],
-            "met": max(idle, loaded) <= PUBLISH_TO_COMMAND_P99_MAX_MS,
-        },
-        "trigger_to_target_p99_ms": {
-            "limit": hw_p99 + TARGET_WITHIN_HARDWARE_MS, "value": t2t,
-            "hardware_response_p99": hw_p99,
-            # The simulator's closed form; real GPUs have only the measured response.
-            "hardware_floor": (result["simulated_hardware_response"] or {}).get("floor_ms"),
-            "met": t2t <= hw_p99 + TARGET_WITHIN_HARDWARE_MS,
-            # Not part of the target as stated (idle machine); reported so nobody has to ask.
-            "under_load": {
-                "limit": loaded_hw_p99 + TARGET_WITHIN_HARDWARE_MS, "value": loaded_t2t,
-                "met": loaded_t2t <= loaded_hw_p99 + TARGET_WITHIN_HARDWARE_MS,
-            },
-        },
-        "speedup_vs_sequential_subprocess_p50": {
-            "limit": MIN_SPEEDUP_VS_SEQUENTIAL, "value": speedup,
-            "met": speedup >= MIN_SPEEDUP_VS_SEQUENTIAL,
-        },
-    }
-    if not judged:
-        for target in (targets["publish_to_command_p99_ms"], targets["trigger_to_target_p99_ms"],
-                       targets["trigger_to_target_p99_ms"]["under_load"]):
-            target |= {"met": None, "min_triggers": MIN_TRIGGERS_TO_JUDGE_P99}
-    return targets
 
 
 def run_info(module: str, argv: Sequence[str] | None) -> dict[str, Any]:

@@ -33,7 +33,8 @@ from typing import Any
 import yaml
 
 from gridtao.app.simdevice import private_device
-from gridtao.bench.latency import AgentProcess, run_info, stop_process
+from gridtao.bench.agentproc import AgentProcess, stop_process
+from gridtao.bench.latency import run_info
 from gridtao.children import module_command
 from gridtao.config.agent import Config
 from gridtao.transport.localbroker import MosquittoBroker, Subscriber, free_port

@@ -84,15 +84,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gridtao.bench.planner_signals import market_signals
 from gridtao.bench.plannerday import (
     CALIBRATION_DAYS,
     CARBON_EUR_T,
-    DAY_S,
     DR_MAX_HOURS,
     FLOOR_W,
     GPUS,
-    HISTORY_DAYS,
     HOUR_S,
     IDLE_W,
     LEAD_S,
@@ -105,12 +102,10 @@ from gridtao.bench.plannerday import (
     TDP_W,
     TZ_OFFSET_S,
     WEEK_START_S,
-    Day,
     Draws,
     Plan,
     actual_forecast,
     hourly_actual,
-    job_hours,
     lowered,
     plan_optimised,
     plan_reference,
@@ -118,108 +113,20 @@ from gridtao.bench.plannerday import (
     simulate,
 )
 from gridtao.bench.plannerreport import judge_targets, markdown, markdown_seeds, summarise_seeds
+from gridtao.bench.plannerweek import Week
 from gridtao.bench.render import check_outputs, write_outputs
-from gridtao.gpu.sim.daily import DailyShape
 from gridtao.history import synth
-from gridtao.history.synth import synthetic_minutes
 from gridtao.telemetry.runinfo import provenance
-from gridtao.tier3 import Forecast, forecast_draw, persistence_forecast, score
 from gridtao.tier3.optimise import (
     Enrolment,
     PlanProblem,
     solve,
 )
-from gridtao.tier3.scores import calibrated_margin_w
+
+# Week (bench/plannerweek.py) is imported from here by the tests.
+__all__ = ["Week", "main", "run_planner_bench", "solve_time_check"]
 
 FloatArray = npt.NDArray[np.float64]
-
-class Week:
-    """The node's minutes from ``HISTORY_DAYS`` before the week to its end, and the signals.
-    ``hours``: the training jobs' length range (:func:`job_hours`; None: synth's); ``lead_s``:
-    how long before a day starts it is planned (s)."""
-
-    def __init__(self, days: int, seed: int, hours: tuple[float, float] | None = None,
-                 lead_s: int = LEAD_S) -> None:
-        self.lead_s = lead_s
-        first = WEEK_START_S - HISTORY_DAYS * DAY_S
-        with job_hours(hours):
-            rows = synthetic_minutes(first, HISTORY_DAYS + days, gpus=GPUS, tdp_w=TDP_W,
-                                     idle_w=IDLE_W, seed=seed,
-                                     shape=DailyShape.default(offset_s=TZ_OFFSET_S))
-        self.t = np.array([r.start_s for r in rows], dtype=np.int64)
-        self.mean = np.array([r.it_mean_w for r in rows], dtype=np.float64)
-        self.p10 = np.array([r.it_p10_w for r in rows], dtype=np.float64)
-        self.signals = market_signals(WEEK_START_S, days * 24, seed=seed,
-                                      tz_offset_s=TZ_OFFSET_S)
-        self._forecasts: dict[int, Forecast] = {}
-
-    def day(self, d: int) -> Day:
-        start = WEEK_START_S + d * DAY_S
-        sel = (self.t >= start) & (self.t < start + DAY_S)
-        return Day(start, self.mean[sel], self.p10[sel], self.signals.window(start, 24))
-
-    def forecast(self, day_start: int) -> Forecast:
-        """The day's forecast, made ``lead_s`` before it from the history up to then only
-        (cached)."""
-        if day_start not in self._forecasts:
-            made = day_start - self.lead_s
-            before = self.t < made
-            self._forecasts[day_start] = forecast_draw(
-                self.t[before], self.mean[before], self.p10[before], start_s=day_start,
-                mtu_s=HOUR_S, horizon=24, now_s=made, tz_offset_s=TZ_OFFSET_S)
-        return self._forecasts[day_start]
-
-    def misses(self, day_start: int) -> tuple[npt.NDArray[np.int64], FloatArray]:
-        """How far the forecast p10 overshot each MTU's actual lowest minute (W, > 0: the
-        forecast promised too much), over the ``CALIBRATION_DAYS`` days before ``day_start``,
-        in the MTUs where it was above the floor (the only ones a plan offers in) and that had
-        ended when ``day_start``'s plan is made: what
-        :func:`gridtao.tier3.scores.recent_misses` gives the planner, from cached forecasts.
-        Returns (MTU start_s, overshoot)."""
-        starts: list[npt.NDArray[np.int64]] = []
-        out: list[FloatArray] = []
-        made = day_start - self.lead_s
-        for b in range(CALIBRATION_DAYS, 0, -1):
-            start = day_start - b * DAY_S
-            p10 = self.forecast(start).p10_w
-            sel = (self.t >= start) & (self.t < start + DAY_S)
-            actual = self.p10[sel].reshape(24, 60).min(axis=1)
-            ended = start + HOUR_S * (np.arange(24) + 1) <= made
-            used = (p10 > FLOOR_W) & ended
-            starts.append(start + HOUR_S * np.flatnonzero(used).astype(np.int64))
-            out.append(p10[used] - actual[used])
-        return np.concatenate(starts), np.concatenate(out)
-
-    def margin(self, day_start: int, quantile: float, block_h: int) -> FloatArray:
-        """The day's learnt margin under the p10 per hour (W)."""
-        t, miss = self.misses(day_start)
-        grid = day_start + HOUR_S * np.arange(24, dtype=np.int64)
-        return calibrated_margin_w(t, miss, grid, quantile=quantile, block_h=block_h,
-                                   tz_offset_s=TZ_OFFSET_S)
-
-    def forecast_scores(self, days: int) -> dict[str, Any]:
-        """The forecaster against day-over-day persistence on the week's days, pooled."""
-        pooled: dict[str, list[dict[str, float]]] = {"model": [], "persistence": []}
-        for d in range(days):
-            start = WEEK_START_S + d * DAY_S
-            before = self.t < start - self.lead_s
-            sel = (self.t >= start) & (self.t < start + DAY_S)
-            hist = (self.t[before], self.mean[before], self.p10[before])
-            kw: dict[str, Any] = {"start_s": start, "mtu_s": HOUR_S, "horizon": 24,
-                                  "now_s": start - self.lead_s}
-            made = {"model": forecast_draw(*hist, tz_offset_s=TZ_OFFSET_S, **kw),
-                    "persistence": persistence_forecast(*hist, **kw)}
-            for name, f in made.items():
-                pooled[name].append(
-                    score(f, self.t[sel], self.mean[sel], self.p10[sel]).to_dict())
-        out: dict[str, Any] = {}
-        for name, rows in pooled.items():
-            n = sum(r["n_mtu"] for r in rows)
-            out[name] = {k: sum(r[k] * r["n_mtu"] for r in rows) / n
-                         for k in rows[0] if k != "n_mtu"} | {"n_mtu": n}
-        out["skill_vs_persistence"] = 1.0 - (out["model"]["mean_pinball_w"]
-                                             / max(out["persistence"]["mean_pinball_w"], 1e-9))
-        return out
 
 
 def solve_time_check(seed: int, repeats: int = 5) -> dict[str, Any]:
