@@ -342,6 +342,21 @@ def test_unsigned_dispatch_from_a_remote_broker_is_refused_unless_allowed(
     assert load_config(path).auth.allow_unauthenticated
 
 
+def test_a_password_goes_in_clear_only_to_this_machine_or_when_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    remote = ("mqtt: {host: broker.example.net, username: n1, password_file: pw}\n"
+              "auth: {allow_unauthenticated: true}\n")
+    path.write_text(remote)
+    with pytest.raises(ConfigError, match=r"mqtt\.password_file: the password would go in "
+                       r"clear to broker\.example\.net"):
+        load_config(path)
+    path.write_text(remote.replace("password_file: pw", "password_file: pw, "
+                                   "allow_plaintext_password: true"))
+    assert load_config(path).mqtt.allow_plaintext_password
+    path.write_text("mqtt: {host: 127.0.0.1, username: n1, password_file: pw}\n")
+    assert load_config(path).mqtt.password_file is not None  # loopback: never on a wire
+
+
 @pytest.mark.parametrize(("content", "needle"), [
     (b"\x89PNG\r\n\x1a\n\x00\x00binary", "not UTF-8 text"),
     ("gpus: {backend: sim}\n".encode("utf-16"), "not UTF-8 text"),

@@ -43,9 +43,11 @@ class TlsConfig:
 class MqttConfig:
     """The broker connection. ``username`` with ``password_file``: MQTT password
     authentication; the password is the file's first line (never inline in this file) and the
-    file must not be readable by other users. ``error_log_interval_s``: while the broker keeps
-    refusing the credentials or the TLS handshake, the error is logged once, then at most this
-    often (retries go on with backoff: the broker may be fixed)."""
+    file must not be readable by other users; it goes only over TLS to a broker that is not
+    this machine, unless ``allow_plaintext_password`` (a network the operator trusts).
+    ``error_log_interval_s``: while the broker keeps refusing the credentials or the TLS
+    handshake, the error is logged once, then at most this often (retries go on with backoff:
+    the broker may be fixed)."""
 
     host: str = "127.0.0.1"
     port: int = field(default=1883, metadata=rng(1, 65535))
@@ -58,6 +60,7 @@ class MqttConfig:
     status_period_s: float = field(default=1.0, metadata=rng(0.05, 3600))
     username: str | None = None
     password_file: str | None = None
+    allow_plaintext_password: bool = False
     tls: TlsConfig = field(default_factory=TlsConfig)
     error_log_interval_s: float = field(default=60.0, metadata=rng(1, 86_400))
 

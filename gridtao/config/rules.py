@@ -211,6 +211,12 @@ def _check_transport(m: MqttConfig, source: str) -> None:
     if m.username is not None and not m.username.isprintable():
         fail(source, "mqtt.username", "must be printable (one line, no control characters)")
     tls = m.tls
+    if (m.password_file is not None and not tls.enabled and not is_loopback(m.host)
+            and not m.allow_plaintext_password):
+        fail(source, "mqtt.password_file", f"the password would go in clear to {m.host} "
+             "(mqtt.tls.enabled is false): anyone on the path could read it and log in as "
+             "this node; enable TLS, or set mqtt.allow_plaintext_password: true on a network "
+             "you trust")
     if not tls.enabled:
         for name in ("ca_file", "cert_file", "key_file", "server_hostname"):
             if getattr(tls, name) is not None:
