@@ -217,6 +217,9 @@ def test_key_files_pem_and_raw_base64(tmp_path: Path) -> None:
         (base64.b64encode(b"x" * 31), "ed25519", "must be 32 bytes, got 31"),
         (b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", "ed25519",
          "unreadable public key"),
+        # An Ed25519 key file in HMAC mode (anyone holding a public key could then sign).
+        (b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", "hmac",
+         "holds a PEM key, not an HMAC secret"),
     ],
 )
 def test_bad_verify_key_files_say_which_file_and_why(

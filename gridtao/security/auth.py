@@ -240,6 +240,11 @@ def load_verify_key(path: str | os.PathLike[str], alg: Alg) -> VerifyKey:
 
 
 def _hmac_secret(data: bytes, file: Path) -> bytes:
+    if b"-----BEGIN" in data:
+        # An Ed25519 key file given as an HMAC secret: a public key would let anyone sign.
+        raise KeyFileError(f"key file {str(file)!r} holds a PEM key, not an HMAC secret (base64 "
+                           "of random bytes: gridtao keygen --alg hmac); for Ed25519 keys set "
+                           "mode: ed25519")
     secret = _b64(data, file, "expected a base64 HMAC secret")
     if len(secret) < HMAC_MIN_KEY_BYTES:
         raise KeyFileError(f"key file {str(file)!r}: HMAC secret is {len(secret)} bytes, "
