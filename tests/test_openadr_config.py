@@ -66,6 +66,10 @@ def test_the_example_is_valid_and_documents_the_defaults() -> None:
     ({"vtn": {**VTN, "vtn_fingerprint": "zz"}}, "<f>: vtn.vtn_fingerprint: must be hex"),
     ({"vtn": VTN, "mqtt": {"tls": {"ca_file": "ca.pem"}}},
      "<f>: mqtt.tls.ca_file: set but mqtt.tls.enabled is false"),
+    # The agent's rule for its mqtt section holds for the bridge's too.
+    ({"vtn": VTN, "mqtt": {"host": "broker.example.net", "username": "b",
+                           "password_file": "pw"}},
+     "<f>: mqtt.password_file: the password would go in clear to broker.example.net"),
     ({"vtn": VTN, "signing": {"key_file": "k"}},
      "<f>: signing.mode: none, but a signing kid or key_file is set"),
 ])

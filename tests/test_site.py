@@ -143,11 +143,7 @@ class Harness:
 
 
 def test_site_cap_is_split_acked_and_moved_off_a_node_that_goes() -> None:
-    h = Harness()
-    for n in ("n1", "n2", "n3"):
-        h.status(n, 1000.0)
-    h.send(f"{PREFIX}/site/dispatch", {"id": "e", "kind": "site_cap", "site_w": 2400,
-                                       "duration_s": 60})
+    h = _site_capped_on_three("e", 2400, 60)
     first = h.orders()
     assert set(first) == {"n1", "n2", "n3"} and {o["id"] for o in first.values()} == {"e"}
     assert all(o["node"] == n for n, o in first.items())  # bound to its node, signed so
@@ -187,11 +183,7 @@ def test_site_cap_is_split_acked_and_moved_off_a_node_that_goes() -> None:
 
 
 def test_a_restarted_coordinator_takes_its_events_back_without_sending_anything() -> None:
-    h = Harness()
-    for n in ("n1", "n2", "n3"):
-        h.status(n, 1000.0)
-    h.send(f"{PREFIX}/site/dispatch", {"id": "e", "kind": "site_cap", "site_w": 2400,
-                                       "duration_s": 60})
+    h = _site_capped_on_three("e", 2400, 60)
     h.c.tick()
     (record,) = [b for t, b, retain in h.sent if t.endswith("site/events") and retain]
     before = h.orders()
@@ -387,11 +379,7 @@ def test_signed_mode_refuses_an_unsigned_site_dispatch_and_signs_node_orders(
 
 
 def test_a_node_reporting_a_gpu_fault_loses_its_share_and_gets_it_back_when_well() -> None:
-    h = Harness()
-    for n in ("n1", "n2", "n3"):
-        h.status(n, 1000.0)
-    h.send(f"{PREFIX}/site/dispatch", {"id": "e", "kind": "site_cap", "site_w": 2400,
-                                       "duration_s": 60})
+    h = _site_capped_on_three("e", 2400, 60)
     assert set(h.orders()) == {"n1", "n2", "n3"}
     h.status("n2", 1000.0, fault="GpuLost")
     for n in ("n1", "n3"):
@@ -678,11 +666,7 @@ def test_a_node_offline_when_the_event_arrives_is_counted_at_its_last_draw() -> 
 
 
 def test_a_refused_rebalance_keeps_the_event_and_the_earlier_caps_in_force() -> None:
-    h = Harness()
-    for n in ("n1", "n2", "n3"):
-        h.status(n, 1000.0)
-    h.send(f"{PREFIX}/site/dispatch", {"id": "e", "kind": "site_cap", "site_w": 2400,
-                                       "duration_s": 600})
+    h = _site_capped_on_three("e", 2400, 600)
     assert set(h.orders()) == {"n1", "n2", "n3"}
     for n in ("n1", "n2", "n3"):
         h.ack(n, "e")
@@ -803,11 +787,7 @@ def test_a_new_event_reaches_a_node_that_just_took_a_cap_as_soon_as_it_may() -> 
     """Two site events 0.5 s apart: the second's orders wait at each node until its interval
     since the first's has passed (sent at once, the node would refuse it), then go for what
     is left of the event; a node with no earlier order gets its share at once."""
-    h = Harness()
-    for n in ("n1", "n2", "n3"):
-        h.status(n, 1000.0)
-    h.send(f"{PREFIX}/site/dispatch", {"id": "a", "kind": "site_cap", "site_w": 2700,
-                                       "duration_s": 600})
+    h = _site_capped_on_three()
     t0 = h.clock.wall()
     assert set(h.orders()) == {"n1", "n2", "n3"}
     h.clock.advance(0.5)
@@ -825,6 +805,51 @@ def test_a_new_event_reaches_a_node_that_just_took_a_cap_as_soon_as_it_may() -> 
     assert set(sent) == {"n1", "n2", "n3"}
     for at in sent.values():  # one tick after the node's interval (1.1 s) since "a"
         assert t0 + 1.1 <= at <= t0 + 1.2 + 1e-6
+
+
+def test_orders_held_for_one_node_by_two_new_events_reach_it_an_interval_apart() -> None:
+    h = _site_capped_on_three()
+    h.orders()
+    for ident in ("b", "c"):
+        h.clock.advance(0.3)
+        h.send(f"{PREFIX}/site/dispatch", {"id": ident, "kind": "site_shed",
+                                           "reduction_w": 300, "duration_s": 600})
+    sent: dict[str, list[tuple[float, str]]] = {"n1": [], "n2": [], "n3": []}
+    for _ in range(30):
+        h.clock.advance(0.1)
+        h.c.tick()
+        for node, order in h.orders().items():
+            sent[node].append((h.clock.wall(), order["id"]))
+    for node, times in sent.items():
+        assert [i for _, i in times] == ["b", "c"], (node, times)
+        assert times[1][0] - times[0][0] >= 1.1 - 1e-6, (node, times)
+
+
+def test_an_order_still_held_at_a_restart_is_sent_by_the_next_split() -> None:
+    h = Harness()
+    for n in ("n1", "n2"):
+        h.status(n, 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "a", "kind": "site_cap", "site_w": 1800,
+                                       "duration_s": 600})
+    h.clock.advance(0.3)
+    h.status("n3", 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": "b", "kind": "site_shed", "reduction_w": 300,
+                                       "duration_s": 600})
+    h.c.tick()
+    (record,) = [b for t, b, retain in h.sent if t.endswith("site/events") and retain][-1:]
+    held = record["events"][-1]["orders"]
+    assert held["n1"]["sent"] is False and "sent" not in held["n3"]  # n3 had it at once
+    again = Harness()
+    again.c.on_message(f"{PREFIX}/site/events", json.dumps(record).encode(), retained=True)
+    assert set(again.c.events["b"].orders) == {"n3"}  # what never reached n1 and n2 is dropped
+    got: set[str] = set()
+    for _ in range(40):  # until every node has had a status period to be seen again
+        for n in ("n1", "n2", "n3"):
+            again.status(n, 1000.0)
+        again.clock.advance(0.5)
+        again.c.tick()
+        got |= {node for node, o in again.orders().items() if o["id"].startswith("b")}
+    assert {"n1", "n2"} <= got
 
 
 def test_a_node_saying_an_hour_between_cuts_holds_a_re_split_10_s_at_most() -> None:
@@ -860,6 +885,17 @@ def test_a_node_that_says_it_takes_a_cut_every_3_s_gets_its_orders_3_s_apart() -
     h.clock.advance(1.2)
     h.c.tick()
     assert set(h.orders()) == {"n1", "n2"}
+
+
+def _site_capped_on_three(ident: str = "a", site_w: float = 2700,
+                          duration_s: float = 600) -> Harness:
+    """A site of nodes n1-n3 at 1000 W each, sent site cap ``ident``."""
+    h = Harness()
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1000.0)
+    h.send(f"{PREFIX}/site/dispatch", {"id": ident, "kind": "site_cap", "site_w": site_w,
+                                       "duration_s": duration_s})
+    return h
 
 
 def _held_by_three(h: Harness, request: dict[str, Any]) -> None:
@@ -1000,6 +1036,20 @@ def test_an_events_record_published_on_the_topic_is_never_taken() -> None:
                       retained=True)
     late.c.on_message(f"{PREFIX}/site/events", json.dumps(record).encode(), retained=True)
     assert late.c.events == {}  # a record after the first is not the one the broker kept
+
+
+def test_a_retained_record_delivered_again_after_the_first_status_is_not_taken() -> None:
+    # No record was retained at start; one the broker delivers on a reconnect later (retained
+    # again: put back by someone) is not the state this coordinator started from.
+    h = Harness()
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1000.0)
+    h.clock.advance(1.1)  # the first status waits at most FIRST_STATUS_WAIT_S for a record
+    h.c.tick()
+    assert h.take("site/status")
+    h.c.on_message(f"{PREFIX}/site/events", json.dumps(_record(h.clock.wall(), 600.0)).encode(),
+                   retained=True)
+    assert h.c.events == {}
 
 
 def test_a_restored_event_longer_than_the_site_takes_is_dropped() -> None:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from gridtao.config.agent import Config, MqttConfig, SimConfig
 
 __all__ = ["GRID_NOMINALS_HZ", "MAX_NODE_ID_CHARS", "OTHER_FILES", "check_consistency",
-           "check_not_another_file", "is_loopback", "sim_device_problem"]
+           "check_not_another_file", "check_transport", "is_loopback", "sim_device_problem"]
 
 MAX_NODE_ID_CHARS = MAX_NAME_CHARS  # a node id is named in site.nodes too
 _DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -108,7 +108,7 @@ def check_consistency(cfg: Config, source: str) -> None:
         if (problem := host_problem(host)) is not None:
             fail(source, key, problem)
     _check_security(cfg, source)
-    _check_transport(cfg.mqtt, source)
+    check_transport(cfg.mqtt, source)
     _check_products(cfg, source)
     check_work(cfg.work, source)
     check_site(cfg.site, source)
@@ -203,9 +203,11 @@ def host_problem(host: str) -> str | None:
     return None
 
 
-def _check_transport(m: MqttConfig, source: str) -> None:
-    """Credential keys that only make sense together (files are checked when the agent starts:
-    gridtao/transport/tls.py)."""
+def check_transport(m: MqttConfig, source: str) -> None:
+    """An ``mqtt`` section's credential keys that only make sense together, and no password
+    in clear to a broker that is not this machine (files are checked when the process starts:
+    gridtao/transport/tls.py). Every process's ``mqtt`` section is checked by this (the agent's,
+    the site's, the OpenADR bridge's)."""
     if m.password_file is not None and m.username is None:
         fail(source, "mqtt.username", "required when mqtt.password_file is set")
     if m.username is not None and not m.username.isprintable():

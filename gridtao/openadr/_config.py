@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from gridtao.config.agent import AuditConfig, MqttConfig, is_loopback, read_yaml_file
 from gridtao.config.paths import resolve_path, state_dir
+from gridtao.config.rules import check_transport
 from gridtao.config.schema import build, fail, rng
 
 __all__ = [
@@ -278,14 +279,7 @@ def _check(cfg: BridgeConfig, source: str) -> None:
     for part in ("+", "#"):
         if part in cfg.mqtt.prefix:
             fail(source, "mqtt.prefix", f"MQTT topics must not contain the wildcard {part!r}")
-    if cfg.mqtt.password_file is not None and cfg.mqtt.username is None:
-        fail(source, "mqtt.username", "required when mqtt.password_file is set")
-    tls = cfg.mqtt.tls
-    if not tls.enabled:
-        for name in ("ca_file", "cert_file", "key_file", "server_hostname"):
-            if getattr(tls, name) is not None:
-                fail(source, f"mqtt.tls.{name}", "set but mqtt.tls.enabled is false: enable "
-                     "TLS or remove the key")
+    check_transport(cfg.mqtt, source)
     signing = cfg.signing
     if signing.mode == "none" and (signing.kid is not None or signing.key_file is not None):
         fail(source, "signing.mode", "none, but a signing kid or key_file is set: the bridge "

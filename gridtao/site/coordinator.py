@@ -280,9 +280,10 @@ class SiteCoordinator:
                                           nodes=[v.node for v in self.view.online(wall)])
 
     def _on_events_record(self, payload: bytes, wall: float, *, retained: bool) -> None:
-        """The site's own retained record of its events: taken back once, at start, as
-        gridtao/site/records.py allows (a record published later, by anyone, is not)."""
-        if not retained or self._record_seen:
+        """The site's own retained record of its events: taken back once, at start (before
+        the first status), as gridtao/site/records.py allows. A record published later is
+        never taken, nor one the broker delivers again on a reconnect."""
+        if not retained or self._record_seen or self.snapshot:
             return
         self._record_seen = True
         if self.events:

@@ -57,6 +57,9 @@ class NodeOrder:
     #: The node's measured IT power when it reached its band (W; its ack's
     #: ``reached_power_w``): newer than its last status for up to a status period.
     reached_power_w: float | None = None
+    #: False while the order waits to be sent (the node took another cap too recently): a
+    #: restarted coordinator drops it, and its next split gives that node a share again.
+    sent: bool = True
 
     def on_ack(self, body: Mapping[str, Any]) -> None:
         """A node's ack for this order (the first one, then the one with ``reached_at``)."""
@@ -78,9 +81,10 @@ class NodeOrder:
     def persisted(self) -> dict[str, Any]:
         """What a restarted coordinator needs of the order: its id and cap, the node's answer
         and its times (a duplicate's ack then says what was commanded and reached)."""
-        return {"id": self.dispatch_id, "node_w": self.node_w, "answer": self.answer,
+        body = {"id": self.dispatch_id, "node_w": self.node_w, "answer": self.answer,
                 "reason": self.reason, "commanded_at": self.commanded_at,
                 "reached_at": self.reached_at}
+        return body if self.sent else body | {"sent": False}
 
 
 @dataclass
@@ -278,6 +282,8 @@ class SiteEvent:
                                                                                     "meter"):
             raise ValueError(f"not a site event: kind {event.kind!r}, at {event.at!r}")
         for node, order in dict(body["orders"]).items():
+            if order.get("sent") is False:  # never reached its node: the next split sends one
+                continue
             w = order["node_w"]
             # A record written before answers were kept: taken as accepted, as it was then.
             answer = order.get("answer", "accepted")

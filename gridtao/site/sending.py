@@ -110,11 +110,17 @@ class OrderSender:
         if not held:
             return
         for node, (due, body) in list(held.items()):
+            # Another cap may have gone to the node since (another event's held order, or a
+            # re-split): due again one interval after that one.
+            due = max(due, self._last_order.get(node, -math.inf) + self.spacing_s(node))
             if wall < due:
+                held[node] = (due, body)
                 continue
             del held[node]
             order = event.orders.get(node)
             if order is not None and order.dispatch_id == body["id"]:
+                order.sent = True
+                self.record_stale = True
                 self.send(node, body | {"duration_s": max(MIN_ORDER_S,
                                                           round(event.until - wall))})
         if not held:
@@ -146,6 +152,7 @@ class OrderSender:
                 # Sent now, it would be refused (another event's cap reached the node under
                 # its interval ago): held until the node takes it, the rest sent at once.
                 self._deferred.setdefault(event.id, {})[node] = (due, body)
+                event.orders[node].sent = False
                 continue
             self.send(node, body)
         self.release_old(event, wall)

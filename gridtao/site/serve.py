@@ -52,7 +52,8 @@ STATE_MAX_PACKET_BYTES: Final = 1024 * 1024
 def _hangup() -> None:
     log.warning("SIGHUP: the site coordinator reloads nothing; restart it to apply a changed "
                 "configuration or key (it rebuilds its view from the retained topics, and the "
-                "nodes keep their events meanwhile)")
+                "nodes keep their events meanwhile; a new site key takes back no record the "
+                "old one signed, so change it while no site event is in force)")
 
 
 class SiteInUse(GridtaoError):
