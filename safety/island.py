@@ -31,9 +31,11 @@ Threads: tier 1, the island's MQTT thread and the watchdog all call in. ``_lock`
 state for short bookkeeping only (never across a wait on the GPUs); ``_cmd_lock`` serializes
 the island's own writes (triggers, event ends, safe states) so that a duplicate trigger sees
 the first one's finished :class:`Activation`. The state and the steps the operations share live
-in ``safety/core.py``, event records and ramp arithmetic in ``safety/latch.py``, the armed
-levels in ``safety/armed.py``, the per-GPU writer threads in ``safety/writer.py``. Power is in
-mW, times in clock seconds.
+in ``safety/core.py``, the safe states (enter, leave, clear) in ``safety/safestate.py``, the
+read-back and adoption of limits changed outside the agent in ``safety/outside.py`` (both bases
+of :class:`SafetyIsland`, so their operations are the island's own methods), event records and
+ramp arithmetic in ``safety/latch.py``, the armed levels in ``safety/armed.py``, the per-GPU
+writer threads in ``safety/writer.py``. Power is in mW, times in clock seconds.
 """
 
 from __future__ import annotations
@@ -43,22 +45,22 @@ import math
 from collections.abc import Sequence
 
 from .armed import check_fraction
-from .core import IslandCore
 from .latch import (
-    SAFE_MODES,
     Activation,
     IslandView,
     OutsideChange,
     SafeMode,
     activation_of,
 )
+from .outside import OutsideWatch
+from .safestate import SafeStates
 
 __all__ = ["Activation", "IslandView", "OutsideChange", "SafeMode", "SafetyIsland"]
 
 log = logging.getLogger("gridtao.safety")
 
 
-class SafetyIsland(IslandCore):
+class SafetyIsland(SafeStates, OutsideWatch):
     """Armed cap table, parallel trigger writes, latch and release ramp for one node's GPUs.
 
     ``backend`` must enumerate GPUs with indices ``0..n-1``. ``release_rate_per_s`` is the
@@ -281,58 +283,6 @@ class SafetyIsland(IslandCore):
         the driver refused leaves the limit the GPU really kept."""
         return self._writes.limits_mw
 
-    def refresh_enforced(self) -> list[OutsideChange]:
-        """Read every GPU's enforced limit now, under its write lock (so a read never lands
-        between a write and its read-back), so that a change made by another process shows in
-        :meth:`enforced_mw`. A GPU that cannot be read keeps its last reading. Called from a
-        worker thread about once a rearm period (gridtao/app/readback.py), never from tier 1: a
-        slow driver call must not slow the control loop.
-
-        A limit that differs from the one last read back, with no write of ours in between, was
-        set by someone else: it becomes the GPU's resting limit (:meth:`adopt_outside_limit`)
-        and is returned, so the caller can report it. It is never written over in a loop."""
-        changes: list[OutsideChange] = []
-        for index in range(len(self.envelope.default_mw)):
-            with self._writer.gpu_lock(index):
-                try:
-                    mw = self._backend.enforced_limit_mw(index)
-                except Exception:  # the read faults are tier 1's to report
-                    continue
-                last = self._writer.last_read_mw(index)
-                seq = self._writer.note_read(index, mw)
-                # Numbered under the GPU's lock: a write landing after this read must win.
-                self._writes.note_enforced(index, mw, seq)
-            # Checked after the read: once stop_watching() returned, no write of the agent's
-            # own restore can be taken for someone else's.
-            if last is not None and mw != last and self._watching:
-                changes.append(self.adopt_outside_limit(index, last, mw))
-        return changes
-
-    def adopt_outside_limit(self, index: int, from_mw: int, to_mw: int) -> OutsideChange:
-        """GPU ``index``'s limit was moved from ``from_mw`` to ``to_mw`` by someone else: that
-        (clamped into the envelope) is its resting limit from now on, where events release it
-        to and tier 1 raises it no higher. An event in force keeps its cap where that is lower
-        (the grid commitment), written once by tier 1's next plan. In a ``default`` or ``hold``
-        safe state the GPU rests at the new limit too; ``minimum`` keeps every GPU at its
-        minimum until the safe state is left."""
-        resting = self.envelope.clamp_all(
-            [to_mw if i == index else r for i, r in enumerate(self._normal_mw)])[index]
-        with self._lock:
-            normal = list(self._normal_mw)
-            normal[index] = resting
-            self._normal_mw = tuple(normal)
-            if self._mode is None or self._mode == "default":
-                self._resting_mw = self._normal_mw
-            elif self._mode == "hold":
-                held = list(self._resting_mw)
-                held[index] = resting
-                self._resting_mw = tuple(held)
-            in_event = bool(self._events)
-        log.warning("GPU %d: limit changed outside the agent, %d -> %d mW: it rests there from "
-                    "now on%s", index, from_mw, to_mw,
-                    " (the event in force keeps its cap where lower)" if in_event else "")
-        return OutsideChange(index, from_mw, to_mw, resting, in_event)
-
     def seal(self) -> None:
         """The agent is about to restore the limits at stop: from now on tier 1 writes nothing
         (:meth:`apply_limits` refused), and a tier 1 write still queued behind a slow GPU is
@@ -341,12 +291,6 @@ class SafetyIsland(IslandCore):
         with self._lock:
             self._sealed = True
             self._generation += 1
-
-    def stop_watching(self) -> None:
-        """From now on :meth:`refresh_enforced` only reads: the agent is about to write limits
-        itself outside the island (restoring at stop), and must not take them for someone
-        else's."""
-        self._watching = False
 
     def write_faults(self) -> dict[int, str]:
         """GPUs whose last limit write failed: index -> error kind (e.g. ``"GpuLost"``)."""
@@ -375,73 +319,7 @@ class SafetyIsland(IslandCore):
         self._writes.record(outcomes)
         return not any(o.skipped for o in outcomes)
 
-    # ------------------------------------------------------------------ safe states
-
-    def enter_safe_state(self, mode: SafeMode) -> None:
-        """Lock tier 1 out until :meth:`leave_safe_state` (or :meth:`clear_safe_state`).
-        ``default``: the GPUs return to their resting limits, but never above the events in
-        force: an activation the grid asked for is the island's to hold (it needs no
-        controller), so it goes on and ends by its own duration and ramp. ``hold``: keep the
-        current limits. ``minimum``: every GPU at its minimum. Triggers still cut in every
-        mode, never above the safe state's limits."""
-        if mode not in SAFE_MODES:
-            raise ValueError(f"safe state must be one of {SAFE_MODES}, got {mode!r}")
-        with self._cmd_lock:
-            with self._lock:
-                self._generation += 1
-                self._mode = mode
-                if mode == "hold":
-                    self._resting_mw = limits = self._writes.limits_mw
-                    batch = None
-                elif mode == "default":
-                    self._resting_mw = self._normal_mw
-                    winner = self._winner_locked(self._clock.now())
-                    limits = self._normal_mw if winner is None else tuple(
-                        self.envelope.fit_under_mw(list(self._normal_mw), winner[1]))
-                    batch = self._writer.submit(limits)
-                else:
-                    self._resting_mw = limits = self.envelope.min_mw
-                    batch = self._writer.submit(self._resting_mw)
-            # What is written (the events in force keep their caps under ``default``).
-            log.warning("safe state %s: limits %s mW, tier 1 locked out", mode, tuple(limits))
-            if batch is not None:
-                self._writes.record(batch.wait(self._write_timeout_s))
-
-    def leave_safe_state(self) -> bool:
-        """The controller is healthy again: tier 1 may write, and GPUs held below their
-        resting limits by the safe state go back through the normal ramp: the node is latched
-        at its current total as event ``safe-state-exit-N`` and that event is released at once
-        (``release_rate_per_s``). With events in force the latch is one more of them, the most
-        restrictive while it ramps, so the GPUs rise from where the safe state held them to
-        the events' caps at that rate too (``minimum`` held them under the caps; an event that
-        ran out during the safe state left them there), never in one step. False if no safe
-        state was set."""
-        with self._cmd_lock, self._lock:
-            was = self._mode
-            held_mw = float(sum(self._writes.limits_mw))
-            ramp = held_mw < float(sum(self._normal_mw)) - len(self._normal_mw)
-        if was is None:
-            return False
-        exit_id = None
-        if ramp:
-            self._exits += 1
-            exit_id = f"safe-state-exit-{self._exits}"
-            self.trigger_cap(exit_id, held_mw / 1000.0)  # before tier 1 may write again
-        self.clear_safe_state()
-        if exit_id is not None:
-            self.release(exit_id)
-        log.info("safe state %s left%s", was,
-                 f": ramping back as {exit_id}" if exit_id is not None else "")
-        return True
-
-    def clear_safe_state(self) -> bool:
-        """Let tier 1 write again (writes nothing itself); False if no safe state was set."""
-        with self._lock:
-            was, self._mode = self._mode, None
-            self._resting_mw = self._normal_mw
-        if was is not None:
-            log.info("safe state %s cleared", was)
-        return was is not None
+    # ------------------------------------------------------------------ start and stop
 
     def probe_writes(self) -> dict[int, str]:
         """Learn which GPUs accept limit writes, without moving any: write each GPU's enforced

@@ -17,18 +17,18 @@ Control law (math in :mod:`gridtao.control.tier1.allocation`):
   less than their limit keep their recent peak plus headroom, the rest share what is left.
 
 A GPU whose read fails keeps its last reading and its current limit; the error is counted and
-the loop goes on. Power is in mW; times are seconds of the injected clock, except the loop's
-own duration (a CPU-cost measurement), which uses ``timer`` (real time by default).
+the loop goes on (the reads, their faults and the smoothed cut basis: readings.py; what a
+step reports and how tracking is scored: results.py). Power is in mW; times are seconds of
+the injected clock, except the loop's own duration (a CPU-cost measurement), which uses
+``timer`` (real time by default).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from gridtao.clock import Clock
 from gridtao.config.agent import ControlConfig
@@ -42,35 +42,19 @@ from gridtao.control.tier1.allocation import (
     raise_toward_mw,
     want_mw,
 )
-from gridtao.control.tier1.stragglers import Stragglers
-from gridtao.gpu.backend import GpuBackend, GpuError
+from gridtao.control.tier1.readings import DrawReadings
+from gridtao.control.tier1.results import StepResult, node_error_stats
+from gridtao.gpu.backend import GpuBackend
 from gridtao.safety.island import IslandView, SafetyIsland
 from gridtao.telemetry.metrics import Metrics
+
+__all__ = ["FAILED_WRITE_RETRY_S", "FastLoop", "StepResult", "node_error_stats"]
 
 log = logging.getLogger("gridtao.control.tier1.loop")
 
 #: How often a GPU whose limit write failed is written again while the plan holds still (s):
 #: often enough to catch a transient driver error, seldom enough not to hammer a lost GPU.
 FAILED_WRITE_RETRY_S = 1.0
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """What one iteration saw and did. ``limits_mw`` are the limits tier 1 believes are set
-    after the step (the island's caps right after a trigger); ``wrote`` says whether it asked the
-    island to write this step and ``applied`` whether the island accepted that plan."""
-
-    t_s: float
-    draw_mw: tuple[float, ...]
-    node_power_mw: float
-    target_mw: float | None
-    ceiling_mw: float | None
-    budget_mw: float | None
-    limits_mw: tuple[int, ...]
-    wrote: bool
-    applied: bool
-    read_errors: int
-    duration_s: float
 
 
 class FastLoop:
@@ -136,18 +120,16 @@ class FastLoop:
         )
         self._peaks = PeakHold(n, peak_window_s)
         self._settle = SettleTracker(n, settle_s, min_raise_mw=self._headroom_mw)
-        self._error_kind: list[str | None] = [None] * n
         self._retry_at: dict[int, float] = {}  # GPU index -> when its failed write is redone
-        # A read slower than two periods would halve the loop's rate for every GPU.
-        self._stragglers = Stragglers(
-            lambda i: backend.instant_power_mw(self._indices[i]), n, clock=clock,
+        # Power reads, their faults and the cut basis (readings.py). A read slower than two
+        # periods would halve the loop's rate for every GPU: such a GPU is read off the loop.
+        self._readings = readings = DrawReadings(
+            backend, self._indices, clock=clock, metrics=metrics,
             slow_s=slow_read_s if slow_read_s is not None else 2.0 * self._period_s,
         )
-        self._limits_mw = [self._read_limit(i, lim.default_mw) for i, lim in enumerate(limits)]
-        # Until a GPU has been read, assume it draws its limit: an unreadable GPU then counts as
-        # fully loaded in the island's cap basis, never as idle.
-        self._draw_mw = [float(lim) for lim in self._limits_mw]
-        self._basis_mw: list[float] | None = None
+        self._limits_mw = [readings.read_limit(i, lim.default_mw) for i, lim in enumerate(limits)]
+        # The readings' own list, refreshed in place each step (each GPU its limit until read).
+        self._draw_mw = readings.seed(self._limits_mw)
         self._generation: int | None = None
         self._event_id: str | None = None
         self._safe_mode: str | None = None
@@ -180,64 +162,13 @@ class FastLoop:
         """Per GPU: the error kind of its failing power reads (e.g. ``"GpuLost"``),
         ``"GpuSlow"`` while a read too slow for the loop keeps it quarantined (read off the
         loop, stragglers.py), else None."""
-        return tuple(kind or ("GpuSlow" if self._stragglers.quarantined(i) else None)
-                     for i, kind in enumerate(self._error_kind))
+        return self._readings.faults
 
     @property
     def limits_mw(self) -> tuple[int, ...]:
         return tuple(self._limits_mw)
 
-    def _read_limit(self, index: int, fallback_mw: int) -> int:
-        try:
-            return self._backend.enforced_limit_mw(self._indices[index])
-        except GpuError as e:
-            log.warning("GPU %d: enforced limit unreadable (%s); assuming default", index, e)
-            return fallback_mw
-
     # ------------------------------------------------------------------ one iteration
-
-    def _read_draws(self) -> list[bool]:
-        """Refresh ``_draw_mw``; returns which GPUs failed (they keep their last reading; a
-        quarantined slow GPU counts as failed and takes its probe's reading)."""
-        failed = [False] * len(self._indices)
-        for i, index in enumerate(self._indices):
-            if self._stragglers.quarantined(i):
-                latest = self._stragglers.take_latest_mw(i)
-                if latest is not None:
-                    self._draw_mw[i] = latest
-                failed[i] = True
-                continue
-            t0 = self._clock.now()
-            try:
-                self._draw_mw[i] = float(self._backend.instant_power_mw(index))
-            except GpuError as e:
-                self._stragglers.observe(i, self._clock.now() - t0)
-                failed[i] = True
-                kind = type(e).__name__
-                if self._metrics is not None:
-                    self._metrics.count_gpu_error(index, kind)
-                if self._error_kind[i] != kind:
-                    log.warning("GPU %d: power read failed (%s); keeping last reading", index, e)
-                    self._error_kind[i] = kind
-                continue
-            self._stragglers.observe(i, self._clock.now() - t0)
-            if self._error_kind[i] is not None:
-                log.info("GPU %d: power readable again", index)
-                self._error_kind[i] = None
-        return failed
-
-    def _smoothed_basis(self, dt: float) -> list[float]:
-        """Per-GPU draw through a first-order filter (``control.basis_tau_s``), mW: the basis
-        the island cuts from. Seeded with the first reading."""
-        tau = self._config.basis_tau_s
-        if self._basis_mw is None or tau <= 0:
-            self._basis_mw = list(self._draw_mw)
-            return self._basis_mw
-        alpha = 1.0 - math.exp(-dt / tau)
-        basis = self._basis_mw
-        for i, draw in enumerate(self._draw_mw):
-            basis[i] += alpha * (draw - basis[i])
-        return basis
 
     def _sync_to_island(self, view: IslandView) -> None:
         """A trigger, an event end or a safe state wrote limits behind our back: adopt them."""
@@ -323,9 +254,10 @@ class FastLoop:
         now = self._clock.now()
         dt = self._period_s if self._last_t is None else max(0.0, now - self._last_t)
         self._last_t = now
-        failed = self._read_draws()
+        readings = self._readings
+        failed = readings.read()
         island = self._island
-        island.update_draw(self._smoothed_basis(dt))
+        island.update_draw(readings.smoothed_basis(dt, self._config.basis_tau_s))
         self._peaks.update(now, self._draw_mw)
         island.tick()
         if self._last_rearm_t is None or now - self._last_rearm_t >= self._rearm_period_s:
@@ -340,7 +272,7 @@ class FastLoop:
             self._generation = view.generation
         if self._safe_mode is not None and view.safe_mode is None:
             # Leaving a safe state writes nothing and keeps the generation: read what is set.
-            self._limits_mw = [self._read_limit(i, d) for i, d in enumerate(self._upper_mw)]
+            self._limits_mw = [readings.read_limit(i, d) for i, d in enumerate(self._upper_mw)]
             changed = True
         self._safe_mode = view.safe_mode
         new = self._plan(view, now, dt, failed)
@@ -417,7 +349,7 @@ class FastLoop:
             if next_t < now - self._period_s:
                 next_t = now
             self._clock.sleep(next_t - now)
-        self._stragglers.close()
+        self._readings.close()
 
     def start_thread(self, stop: threading.Event) -> threading.Thread:
         """Run :meth:`run_forever` on a daemon thread named ``gridtao-fast``."""
@@ -426,15 +358,3 @@ class FastLoop:
         )
         thread.start()
         return thread
-
-
-def node_error_stats(
-    actual_mw: Sequence[float], target_mw: Sequence[float]
-) -> tuple[float, float]:
-    """Mean and 95th percentile of ``|actual - target| / target`` (fractions): how tests and
-    benches score tracking."""
-    if not actual_mw or len(actual_mw) != len(target_mw):
-        raise ValueError("need equally long, non-empty series")
-    errs = sorted(abs(a - t) / t for a, t in zip(actual_mw, target_mw, strict=True))
-    p95 = errs[min(len(errs) - 1, int(0.95 * len(errs)))]
-    return sum(errs) / len(errs), p95
