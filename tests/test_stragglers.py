@@ -43,8 +43,11 @@ def test_a_slow_gpu_is_read_off_the_loop_until_it_is_fast_again() -> None:
         deadline = time.monotonic() + 3.0
         # The quarantined GPU's probe may bring the new reading a moment before a fast read
         # takes it back on the loop: wait for both.
-        while time.monotonic() < deadline and (loop.draw_mw[0] > 340_000
-                                               or loop.read_faults != (None,) * 4):
+        def healed() -> bool:
+            faults: tuple[str | None, ...] = loop.read_faults
+            return loop.draw_mw[0] <= 340_000 and faults == (None,) * 4
+
+        while time.monotonic() < deadline and not healed():
             time.sleep(0.05)
         # Back on the loop: its readings follow the GPU again, and the fault is gone.
         assert abs(loop.draw_mw[0] - 333_000) < 10_000
