@@ -35,10 +35,19 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# The measurement helpers and their two settings live in series.py; named here too, as the
+# rules modules use them (``sc.smoothed``, ``sc.SMOOTH_S``, ...).
+from gridtao.prequal.series import CONFIRM_S as CONFIRM_S
+from gridtao.prequal.series import SMOOTH_S as SMOOTH_S
+from gridtao.prequal.series import first_crossing as first_crossing
+from gridtao.prequal.series import interp as interp
+from gridtao.prequal.series import slope_per_s as slope_per_s
+from gridtao.prequal.series import smoothed as smoothed
+from gridtao.prequal.series import window_mean as window_mean
+from gridtao.prequal.series import window_means as window_means
+
 BAND = 0.05  # steady-state tolerance below the requirement, fraction of capacity
 OVER = 0.20  # steady-state tolerance above it (over-delivery), fraction of capacity
-CONFIRM_S = 0.2  # a band crossing must hold this long to count
-SMOOTH_S = 1.0  # centred mean for steady-state, hold and over-delivery checks
 
 FFR_FULL_ACTIVATION_S = {49.7: 1.3, 49.6: 1.0, 49.5: 0.7}  # Fingrid / Svenska kraftnät
 FFR_SUPPORT_S = {"short": 5.0, "long": 30.0}
@@ -115,77 +124,6 @@ class Trace:
 def passed(rules: Sequence[RuleResult]) -> bool:
     """A test (or product) passes when it has rules and all of them pass."""
     return bool(rules) and all(r.passed for r in rules)
-
-
-# ---- measurement helpers ----------------------------------------------------------------------
-
-
-def interp(t_s: Sequence[float], x: Sequence[float], at_s: float) -> float:
-    """Linear interpolation of ``x`` at ``at_s`` (clamped to the ends)."""
-    k = bisect.bisect_left(t_s, at_s)
-    if k <= 0:
-        return x[0]
-    if k >= len(t_s):
-        return x[-1]
-    t0, t1 = t_s[k - 1], t_s[k]
-    return x[k - 1] + (x[k] - x[k - 1]) * (at_s - t0) / (t1 - t0) if t1 > t0 else x[k]
-
-
-def window_mean(t_s: Sequence[float], x: Sequence[float], a_s: float, b_s: float) -> float:
-    """Mean of the samples with ``a_s <= t < b_s`` (NaN if none)."""
-    lo, hi = bisect.bisect_left(t_s, a_s), bisect.bisect_left(t_s, b_s)
-    return math.fsum(x[lo:hi]) / (hi - lo) if hi > lo else math.nan
-
-
-def smoothed(t_s: Sequence[float], x: Sequence[float], width_s: float = SMOOTH_S) -> list[float]:
-    """Centred moving mean of width ``width_s`` at every sample."""
-    cum = [0.0]
-    for v in x:
-        cum.append(cum[-1] + v)
-    out = []
-    for t in t_s:
-        lo = bisect.bisect_left(t_s, t - width_s / 2)
-        hi = bisect.bisect_right(t_s, t + width_s / 2)
-        out.append((cum[hi] - cum[lo]) / (hi - lo))
-    return out
-
-
-def first_crossing(
-    t_s: Sequence[float], x: Sequence[float], level: float, *, start_s: float, end_s: float,
-    above: bool = True, confirm_s: float = CONFIRM_S,
-) -> float | None:
-    """First time in [start_s, end_s] at which ``x`` goes to or past ``level`` (upwards if
-    ``above``) and stays there ``confirm_s``; interpolated between samples. None if never."""
-
-    def inside(v: float) -> bool:
-        return v >= level if above else v <= level
-
-    k = bisect.bisect_left(t_s, start_s)
-    while k < len(t_s) and t_s[k] <= end_s:
-        if inside(x[k]):
-            j = k
-            while j < len(t_s) and t_s[j] <= t_s[k] + confirm_s and inside(x[j]):
-                j += 1
-            if j >= len(t_s) or t_s[j] > t_s[k] + confirm_s:
-                if k == 0 or t_s[k - 1] < start_s or x[k] == x[k - 1]:
-                    return max(start_s, t_s[k])
-                frac = (level - x[k - 1]) / (x[k] - x[k - 1])
-                return max(start_s, t_s[k - 1] + frac * (t_s[k] - t_s[k - 1]))
-            k = j
-        else:
-            k += 1
-    return None
-
-
-def slope_per_s(t_s: Sequence[float], x: Sequence[float], a_s: float, b_s: float) -> float:
-    """Least-squares slope of ``x`` over [a_s, b_s] (units of x per second)."""
-    lo, hi = bisect.bisect_left(t_s, a_s), bisect.bisect_right(t_s, b_s)
-    ts, xs = t_s[lo:hi], x[lo:hi]
-    if len(ts) < 2:
-        return math.nan
-    tm, xm = math.fsum(ts) / len(ts), math.fsum(xs) / len(xs)
-    den = math.fsum((t - tm) ** 2 for t in ts)
-    return math.fsum((t - tm) * (v - xm) for t, v in zip(ts, xs, strict=True)) / den
 
 
 def _rule(name: str, value: float | None, limit: float, op: str, unit: str,
@@ -372,29 +310,6 @@ def ramp_down_rate(tr: Trace, *, start_s: float, end_s: float, capacity_w: float
         value = -_pct(slope_per_s(tr.t_s, tr.delivered_w, hi_t, lo_t), capacity_w)
     return _rule(name, value, limit_pct_per_s, "<=", "%/s",
                  f"90 % -> 10 % of capacity from {hi_t:.2f} s to {lo_t:.2f} s")
-
-
-def window_means(t_s: Sequence[float], x: Sequence[float], width_s: float = SMOOTH_S
-                 ) -> list[float]:
-    """The mean of ``x`` (linearly interpolated between samples) over exactly
-    [t - width_s / 2, t + width_s / 2] at every sample (clamped to the trace's ends): unlike
-    :func:`smoothed`, no jitter from how many samples fall inside the window."""
-    cum = [0.0]
-    for k in range(1, len(t_s)):
-        cum.append(cum[-1] + (t_s[k] - t_s[k - 1]) * (x[k] + x[k - 1]) / 2)
-
-    def integral(at: float) -> float:
-        at = min(max(at, t_s[0]), t_s[-1])
-        k = max(1, bisect.bisect_left(t_s, at))
-        t0 = t_s[k - 1]
-        v = interp(t_s, x, at)
-        return cum[k - 1] + (at - t0) * (x[k - 1] + v) / 2
-
-    out = []
-    for t in t_s:
-        a, b = max(t_s[0], t - width_s / 2), min(t_s[-1], t + width_s / 2)
-        out.append((integral(b) - integral(a)) / (b - a) if b > a else interp(t_s, x, t))
-    return out
 
 
 def steepest_fall(tr: Trace, *, start_s: float, end_s: float, capacity_w: float,
