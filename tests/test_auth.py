@@ -258,6 +258,7 @@ def test_missing_key_file_is_a_config_error_naming_the_path(tmp_path: Path) -> N
 def test_relative_key_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None:
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "site.hmac").write_text(base64.b64encode(HMAC_SECRET).decode())
+    (tmp_path / "keys" / "site.hmac").chmod(0o600)
     cfg_path = tmp_path / "agent.yaml"
     cfg_path.write_text("auth:\n  mode: hmac\n  keys:\n    - {kid: s, file: keys/site.hmac}\n")
     cfg = load_config(cfg_path)
@@ -457,12 +458,18 @@ def test_sign_command_errors_exit_2(
     assert words in capsys.readouterr().err
 
 
-def test_hmac_secret_readable_by_others_is_warned_about(
+def test_an_hmac_secret_its_group_may_read_is_warned_about_and_one_anyone_may_is_refused(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Whoever reads the secret can sign: a file every local user may read is refused, as the
+    # broker password file is (an Ed25519 public key given by mistake is usually such a file).
     path = tmp_path / "s.hmac"
     path.write_text(base64.b64encode(HMAC_SECRET).decode())
-    os.chmod(path, 0o644)
+    os.chmod(path, 0o640)
     with caplog.at_level("WARNING", logger="gridtao.auth"):
         auth.load_verify_key(path, "hmac")
     assert "accessible to group/others" in caplog.text
+    os.chmod(path, 0o644)
+    for load in (auth.load_verify_key, auth.load_signing_key):
+        with pytest.raises(auth.KeyFileError, match=r"every user may read or write \(mode 644\)"):
+            load(path, "hmac")

@@ -249,6 +249,15 @@ def _hmac_secret(data: bytes, file: Path) -> bytes:
     if len(secret) < HMAC_MIN_KEY_BYTES:
         raise KeyFileError(f"key file {str(file)!r}: HMAC secret is {len(secret)} bytes, "
                            f"need at least {HMAC_MIN_KEY_BYTES}")
+    # Whoever reads an HMAC secret can sign: one every local user may read is refused, as the
+    # broker password is (a public key file given by mistake is usually such a file, too).
+    try:
+        mode = file.stat().st_mode
+    except OSError:
+        mode = 0
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise KeyFileError(f"key file {str(file)!r}: an HMAC secret every user may read or "
+                           f"write (mode {stat.S_IMODE(mode):o}); run chmod 600 {file}")
     _warn_if_exposed(file)
     return secret
 
