@@ -9,7 +9,9 @@ bench (bench/fleetproc.py), and timers: the lane's tick (every ``TICK_S`` for no
 event, every ``IDLE_TICK_S`` for the others), keepalives, and the statuses, staggered over a
 period. Timers wait while messages are waiting (up to ``MAX_DEFER_S``), and statuses then go
 out ``STATUS_BATCH`` at a time, so that nodes sharing a core do not hold up each other's
-messages with periodic work. Receipt and command times are Unix seconds (``time.time()``).
+messages with periodic work; for the same reason a pass of the loop sends the acks of the
+dispatches it handled at its end (an agent sends its acks on a connection and thread of their
+own). Receipt and command times are Unix seconds (``time.time()``).
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ class _Worker:
     samples: dict[bytes, list[float]] = field(default_factory=dict)
     plain_seen: dict[bytes, list[float]] = field(default_factory=dict)  # [received, max]
     waiting: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    #: The acks of this pass of the loop, sent at its end (``_on_dispatch``).
+    acks: list[tuple[FleetNode, list[Outgoing]]] = field(default_factory=list)
     running: bool = True
 
     # ---- connections ---------------------------------------------------------------------
@@ -187,7 +191,10 @@ class _Worker:
             node.idle_since = None
         elif out:
             self.refusals.setdefault(payload, []).append(out[0].payload.decode())
-        self._publish(node, out)
+        # Sent once the loop's pass has handled every message it read: an agent's acks go out
+        # on a connection and thread of their own, so one node's ack must not hold up the
+        # next node's command here, where many nodes share a core.
+        self.acks.append((node, out))
         if st[0] == len(self.nodes):
             self.pipe.send(("dispatch", payload, st, self.refusals.get(payload, [])))
 
@@ -253,6 +260,9 @@ class _Worker:
                 if events & selectors.EVENT_WRITE:
                     c.loop_write()
                 self.flush(conn)
+            for node, out in self.acks:
+                self._publish(node, out)
+            self.acks.clear()
             for kind, done in list(self.waiting.items()):
                 if done():
                     del self.waiting[kind]
