@@ -5,7 +5,9 @@
 [--json FILE] [--markdown FILE]`` starts, for each N (default 10, 100 and 1000), a fresh
 Mosquitto on 127.0.0.1 (``set_tcp_nodelay true``) and N simulated nodes dealt to W worker
 processes (default: one per 250 nodes, at most one per core; bench/fleetworker.py). Each node
-has two broker connections of its own and runs the agent's intake, guard and safety island on G
+has three broker connections of its own, as the agent's island has (dispatches and frequency
+each received on the agent's own parser, bench/fleetrecv.py; acks and status on a third), and
+runs the agent's intake, guard and safety island on G
 simulated GPUs (bench/fleetnode.py); it acks on ``{prefix}/nodes/{node}/ack`` and publishes its
 retained status, with ``capacity``, every P seconds. Then, in this order:
 
@@ -83,7 +85,7 @@ GAP_S = 0.2  # between a trial's end (every node idle) and the next publish
 MAX_TRIAL_RATE_HZ = 2.0
 NODES_PER_WORKER = 250
 MAX_WORKERS = 4
-FDS_PER_NODE = 3  # two node connections, and a plain subscriber in phase 1
+FDS_PER_NODE = 4  # three node connections, and a plain subscriber in phase 1
 
 #: Context only, never this bench's baseline (another machine, another harness).
 REFERENCE = {

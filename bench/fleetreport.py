@@ -27,7 +27,7 @@ def _run(r: dict[str, Any]) -> list[str]:
         f"### {n} nodes",
         "",
         f"- layout: {r['workers']} worker processes, {r['gpus_per_node']} simulated GPUs per "
-        f"node, two broker connections per node ({2 * n} node connections), islands "
+        f"node, three broker connections per node ({3 * n} node connections), islands "
         f"{'with per-GPU writer threads' if r['writer_threads'] else 'writing GPUs in turn'}, "
         f"a status every {r['status_period_s']:g} s per node; up in {r['nodes_up_s']} s",
         f"- trials: {d['trials']} dispatches per phase, every node commanded in "

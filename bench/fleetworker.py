@@ -1,10 +1,11 @@
 """A worker process of ``gridtao bench fleet``: many simulated nodes (bench/fleetnode.py) and,
 for the baseline, as many plain subscribers, each with broker connections of its own.
 
-Each node has two MQTT v5 connections, as the agent's island has: one for ``dispatch`` and its
-own dispatch inbox (its acks and its retained status go out on it, with the offline status as
-its last will) and one for ``frequency`` alone. :func:`worker_main` runs every socket on one
-``selectors`` loop driving paho clients (no network thread per client), a command pipe to the
+Each node has three MQTT v5 connections, as the agent's island has: a receive-only one for
+``dispatch`` and its own dispatch inbox and another for ``frequency``, both read with the
+agent's own packet parser (bench/fleetrecv.py), and a paho one its acks and retained status go
+out on, with the offline status as its last will. :func:`worker_main` runs every socket on one
+``selectors`` loop (paho clients driven without a network thread each), a command pipe to the
 bench (bench/fleetproc.py), and timers: the lane's tick (every ``TICK_S`` for nodes with an
 event, every ``IDLE_TICK_S`` for the others), keepalives, and the statuses, staggered over a
 period. Timers wait while messages are waiting (up to ``MAX_DEFER_S``), and statuses then go
@@ -17,6 +18,7 @@ own). Receipt and command times are Unix seconds (``time.time()``).
 from __future__ import annotations
 
 import collections
+import functools
 import gc
 import logging
 import math
@@ -25,16 +27,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any, cast
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from gridtao.app.links import PACKET_OVERHEAD_BYTES
 from gridtao.bench.fleetnode import FleetNode
+from gridtao.bench.fleetrecv import RawReceiver
 from gridtao.clock import MonotonicClock
 from gridtao.config.agent import config_from_mapping
 from gridtao.hotpath.intake import Outgoing
+from gridtao.transport.packets import Publish
 from gridtao.wire.payloads import offline_payload
 
 __all__ = ["FIRST_STATUS_S", "WorkerSpec", "worker_main"]
@@ -86,6 +91,7 @@ class _Worker:
     plain: list[_Conn] = field(default_factory=list)
     nodes: list[FleetNode] = field(default_factory=list)
     island_conn: dict[str, _Conn] = field(default_factory=dict)
+    receivers: list[RawReceiver] = field(default_factory=list)
     busy: set[FleetNode] = field(default_factory=set)
     dispatches: dict[bytes, DispatchStats] = field(default_factory=dict)
     refusals: dict[bytes, list[str]] = field(default_factory=dict)
@@ -109,6 +115,9 @@ class _Worker:
 
         def on_connect(client: paho.Client, userdata: object, flags: object, rc: object,
                        props: object) -> None:
+            if not topics:  # a node's acks and status: it publishes only
+                conn.subscribed = True
+                return
             client.subscribe([(t, SubscribeOptions(qos=q, retainHandling=2)) for t, q in topics])
 
         def on_subscribe(client: paho.Client, userdata: object, mid: int, codes: object,
@@ -157,23 +166,29 @@ class _Worker:
                 source="gridtao bench fleet")
             node = FleetNode(node_id, config, clock, writer_threads=spec.writer_threads)
             t = node.topics
-            island = self.connect(f"fleet-{node_id}-island",
-                                  [(t.dispatch, 1), (t.node_dispatch, 1)],
-                                  self._on_dispatch, will=(t.status, offline_payload(node_id)))
-            island.client.user_data_set(node)
-            freq = self.connect(f"fleet-{node_id}-frequency", [(t.frequency, 0)],
-                                self._on_frequency)
-            freq.client.user_data_set(node)
-            self.conns += [island, freq]
+            # As the agent's island: dispatches and frequency each on a receive-only
+            # connection of their own, acks and the status (with the last will) on a third.
+            island = self.connect(f"fleet-{node_id}-island", [], self._on_plain,
+                                  will=(t.status, offline_payload(node_id)))
+            self.conns.append(island)
             self.island_conn[node_id] = island
+            biggest = config.mqtt.max_payload_bytes + PACKET_OVERHEAD_BYTES
+            for role, topics, handle in (
+                    ("dispatch", [(t.dispatch, 1), (t.node_dispatch, 1)], self._on_dispatch),
+                    ("frequency", [(t.frequency, 0)], self._on_frequency)):
+                receiver = RawReceiver(
+                    spec.host, spec.port, f"fleet-{node_id}-{role}", topics,
+                    functools.partial(handle, node), keepalive_s=KEEPALIVE_S,
+                    max_packet_bytes=biggest)
+                self.sel.register(receiver.sock, selectors.EVENT_READ, receiver)
+                self.receivers.append(receiver)
             self.nodes.append(node)
         gc.collect()
         gc.freeze()  # the nodes live as long as the process: keep them out of every collection
 
-    def _on_dispatch(self, client: paho.Client, userdata: object,
-                     msg: paho.MQTTMessage) -> None:
+    def _on_dispatch(self, node: FleetNode, msg: Publish) -> None:
         wall, mono = time.time(), time.monotonic()
-        node, payload = cast(FleetNode, userdata), bytes(msg.payload)
+        payload = msg.payload
         node.activated = None
         out = node.intake.on_message(msg.topic, payload, received_at=mono,
                                      received_wall=wall, retained=msg.retain)
@@ -198,10 +213,9 @@ class _Worker:
         if st[0] == len(self.nodes):
             self.pipe.send(("dispatch", payload, st, self.refusals.get(payload, [])))
 
-    def _on_frequency(self, client: paho.Client, userdata: object,
-                      msg: paho.MQTTMessage) -> None:
+    def _on_frequency(self, node: FleetNode, msg: Publish) -> None:
         wall, mono = time.time(), time.monotonic()
-        node, payload = cast(FleetNode, userdata), bytes(msg.payload)
+        payload = msg.payload
         before = node.monitor.last_sample_s
         out = node.intake.on_message(msg.topic, payload, received_at=mono,
                                      received_wall=wall, retained=msg.retain)
@@ -246,6 +260,7 @@ class _Worker:
         self.pipe.send(("hello", None))  # imports done: the bench's CPU figures start after
         statuses: collections.deque[tuple[float, FleetNode]] = collections.deque()
         next_tick = next_idle = time.monotonic()
+        next_ping = next_idle + KEEPALIVE_S / 2
         while self.running:
             due = min(next_tick, next_idle, statuses[0][0] if statuses else math.inf)
             ready = self.sel.select(max(0.0, due - time.monotonic()))
@@ -254,12 +269,24 @@ class _Worker:
                 if conn is None:
                     self.command(statuses)
                     continue
+                if isinstance(conn, RawReceiver):
+                    conn.on_readable()
+                    continue
                 c = conn.client
                 if events & selectors.EVENT_READ:
                     c.loop_read()
                 if events & selectors.EVENT_WRITE:
                     c.loop_write()
                 self.flush(conn)
+            # Messages that arrived meanwhile are handled before the acks go: on a real site a
+            # node's acks take none of another node's CPU.
+            while self.acks:
+                more = [key.data for key, _ in self.sel.select(0)
+                        if isinstance(key.data, RawReceiver)]
+                if not more:
+                    break
+                for receiver in more:
+                    receiver.on_readable()
             for node, out in self.acks:
                 self._publish(node, out)
             self.acks.clear()
@@ -290,6 +317,10 @@ class _Worker:
                         self.busy.discard(node)
             if now >= next_idle:
                 next_idle = now + IDLE_TICK_S
+                if now >= next_ping:
+                    next_ping = now + KEEPALIVE_S / 2
+                    for receiver in self.receivers:
+                        receiver.ping()
                 for node in self.nodes:
                     if node not in self.busy:
                         self._publish(node, node.intake.on_tick())
@@ -314,7 +345,8 @@ class _Worker:
             now, period = time.monotonic(), self.spec.status_period_s
             for k, node in enumerate(self.nodes):  # staggered over a period
                 statuses.append((now + FIRST_STATUS_S + period * k / len(self.nodes), node))
-            self.waiting["nodes_ready"] = lambda: all(c.subscribed for c in self.conns)
+            self.waiting["nodes_ready"] = lambda: (all(c.subscribed for c in self.conns)
+                                                   and all(r.subscribed for r in self.receivers))
         elif kind == "query":  # arg: a dispatch payload whose nodes did not all answer
             st = self.dispatches.get(arg, [0, 0, 0.0, 0.0, float("inf")])
             self.pipe.send(("dispatch", arg, st, self.refusals.get(arg, [])))
@@ -330,6 +362,10 @@ class _Worker:
                 self.flush(self.island_conn[node.node_id])
             self.close(self.conns)
             self.close(self.plain)
+            for receiver in self.receivers:
+                self.sel.unregister(receiver.sock)
+                receiver.close()
+            self.receivers.clear()
             for node in self.nodes:
                 node.island.close()
                 node.backend.close()

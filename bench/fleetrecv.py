@@ -1,0 +1,94 @@
+"""A light node's receive-only broker connection in a ``gridtao bench fleet`` worker, read the
+way the agent's island reads its own (gridtao/transport/receiver.py): every socket read is split
+into packets by the agent's parser (gridtao/transport/packets.py, about 8 us a message against
+about 130 us through paho) and each PUBLISH handed on at once; QoS 1 messages are acknowledged
+in one write per read, after they were handled.
+
+It speaks only what a subscriber needs: CONNECT (clean start, Maximum Packet Size), SUBSCRIBE
+(retain handling 2: no retained message on subscribing, as the agent), PUBACK, PINGREQ,
+DISCONNECT. The worker's selectors loop calls :meth:`RawReceiver.on_readable` when the socket
+has data; everything runs on that loop's thread. A node's acks and status go out on a paho
+connection of its own (bench/fleetworker.py), as an agent's go out on its island link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Callable
+
+from gridtao.transport import packets as p
+
+__all__ = ["RawReceiver"]
+
+_SUBSCRIBE_ID = 1
+
+
+class RawReceiver:
+    """One receive-only MQTT v5 connection (see the module docstring). ``on_publish(msg)`` is
+    called for every message received; :attr:`subscribed` turns True on the broker's SUBACK."""
+
+    def __init__(self, host: str, port: int, client_id: str,
+                 subscriptions: list[tuple[str, int]],
+                 on_publish: Callable[[p.Publish], None], *, keepalive_s: int,
+                 max_packet_bytes: int) -> None:
+        self._subscriptions = subscriptions
+        self._on_publish = on_publish
+        self._reader = p.PacketReader(max_packet_bytes)
+        self.subscribed = False
+        self.sock = socket.create_connection((host, port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.sendall(p.connect_packet(client_id, keepalive_s=keepalive_s,
+                                           max_packet_bytes=max_packet_bytes))
+        self.sock.setblocking(False)
+
+    def on_readable(self) -> None:
+        """Read what the socket holds, hand on each message, acknowledge the QoS 1 ones.
+        Raises ConnectionError when the broker closed the connection or broke the protocol."""
+        try:
+            data = self.sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        if not data:
+            raise ConnectionError("the broker closed a node's receive connection")
+        acks: list[bytes] = []
+        for packet in self._reader.feed(data):
+            if isinstance(packet, p.Publish):
+                self._on_publish(packet)
+                if packet.packet_id is not None:
+                    acks.append(p.puback_packet(packet.packet_id))
+            elif packet.kind == p.CONNACK:
+                if p.connack(packet).code:
+                    raise ConnectionError("the broker refused a node's receive connection")
+                self._send(p.subscribe_packet(
+                    _SUBSCRIBE_ID, [(topic, qos, 2) for topic, qos in self._subscriptions]))
+            elif packet.kind == p.SUBACK:
+                if any(code >= 0x80 for code in p.suback_codes(packet)):
+                    raise ConnectionError("the broker refused a node's subscription")
+                self.subscribed = True
+        if acks:
+            self._send(b"".join(acks))
+
+    def ping(self) -> None:
+        """A PINGREQ, to keep the connection alive (call every half keepalive)."""
+        self._send(p.PINGREQ_PACKET)
+
+    def close(self) -> None:
+        """DISCONNECT and close the socket."""
+        with contextlib.suppress(OSError):  # the broker may have gone first
+            self._send(p.disconnect_packet())
+        self.sock.close()
+
+    def _send(self, data: bytes) -> None:
+        # A few bytes at a time on loopback: the socket's buffer takes them at once; should it
+        # be full, wait for it rather than lose an acknowledgement.
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            self.sock.setblocking(True)
+            try:
+                self.sock.sendall(data[sent:])
+            finally:
+                self.sock.setblocking(False)
