@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 import time
 from datetime import datetime
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from gridtao.config.agent import Config
 from gridtao.config.outputs import output_path, writing
+from gridtao.records.audit_files import rotated_files
 from gridtao.records.report import TABLES, ReportError
 
 EXIT_OK = 0
@@ -41,7 +41,6 @@ EXIT_ERROR = 2
 #: milliseconds or a typo).
 _EARLIEST_S = 946_684_800
 _LATEST_S = 4_102_444_800
-_ROTATED = re.compile(r"\.\d{12}$")
 
 
 def configure_report(p: argparse.ArgumentParser) -> None:
@@ -111,9 +110,8 @@ def parse_time(text: str, option: str) -> float:
 
 
 def _default_audit(path: Path) -> list[Path]:
-    """The agent's trail: its live file and its rotated files (``<name>.<12 digits>``)."""
-    rotated = [p for p in path.parent.glob(path.name + ".*") if _ROTATED.search(p.name)]
-    return sorted(rotated) + ([path] if path.exists() else [])
+    """The agent's trail: its rotated files (``<name>.<12 digits>``), then its live file."""
+    return rotated_files(path) + ([path] if path.exists() else [])
 
 
 def run_report(args: argparse.Namespace, config: Config) -> int:
