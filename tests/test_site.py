@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from gridtao.clock import VirtualClock
-from gridtao.config.agent import Config, config_from_mapping
+from gridtao.config.agent import Config, ConfigError, config_from_mapping
 from gridtao.config.site import MeterConfig, SiteConfig, SiteSigningConfig
 from gridtao.control.tier2.facility import FacilityModel
 from gridtao.security.auth import Verifier, load_signing_key, sign_payload
@@ -1098,3 +1098,32 @@ def test_only_so_many_fleet_dispatches_are_followed_at_once() -> None:
                                       "duration_s": 600})
     assert len(h.c.events) == MAX_FLEET_EVENTS
     assert h.c.counts["fleet_dispatch_over_limit"] == 5
+
+
+def test_after_a_key_change_the_record_the_old_key_signed_is_taken_back_when_listed(
+        tmp_path: Path) -> None:
+    secrets_ = {}
+    for kid in ("site-2025", "site-2026"):
+        secrets_[kid] = tmp_path / f"{kid}.hmac"
+        secrets_[kid].write_text(base64.b64encode(os.urandom(32)).decode())
+        secrets_[kid].chmod(0o600)
+
+    def config(kid: str, previous: list[dict[str, str]]) -> Config:
+        return config_from_mapping({
+            "mqtt": {"prefix": PREFIX},
+            "auth": {"mode": "hmac", "keys": [{"kid": "agg", "file": str(secrets_[kid])}]},
+            "site": {"nodes": ["n1"], "signing": {"mode": "hmac", "kid": kid,
+                                                  "file": str(secrets_[kid]),
+                                                  "previous": previous}}})
+
+    signed_before = signer(config("site-2025", []))(_record(VirtualClock().wall(), 600.0))
+    old = [{"kid": "site-2025", "file": str(secrets_["site-2025"])}]
+    for previous, taken in (([], False), (old, True)):
+        cfg = config("site-2026", previous)
+        c = SiteCoordinator(cfg, clock=VirtualClock(), publish=lambda *_: None,
+                            sign=signer(cfg), verifier=None)
+        c.on_message(f"{PREFIX}/site/events", signed_before, retained=True)
+        assert (set(c.events) == {"x"}) is taken
+    with pytest.raises(ConfigError, match=r"site\.signing\.previous\[0\]\.kid: 'site-2026' is "
+                       "named twice"):
+        config("site-2026", [{"kid": "site-2026", "file": str(secrets_["site-2025"])}])

@@ -14,7 +14,17 @@ from typing import Literal
 
 from gridtao.config.schema import fail, rng
 
-__all__ = ["MarketConfig", "MeterConfig", "MinBid", "SiteConfig", "SiteSigningConfig", "check_site"]
+__all__ = ["MarketConfig", "MeterConfig", "MinBid", "SiteConfig", "SiteKey", "SiteSigningConfig",
+           "check_site"]
+
+
+@dataclass(frozen=True)
+class SiteKey:
+    """A key the site signed with before its current one (``kid`` and its ``file``, as
+    ``site.signing``'s, same mode)."""
+
+    kid: str
+    file: str
 
 
 @dataclass(frozen=True)
@@ -23,11 +33,14 @@ class SiteSigningConfig:
     would (the nodes' ``auth.keys`` must list its public key or secret under ``kid``). ``file``:
     an Ed25519 private key (PEM or raw base64) or an HMAC secret (base64); a relative path is
     taken from the config file's folder. ``mode: none`` sends unsigned dispatches, accepted
-    only by nodes with ``auth.mode: none``."""
+    only by nodes with ``auth.mode: none``. ``previous``: the keys it signed with before, for
+    the first start after a key change: the retained events record the old key signed is then
+    still taken back (the site signs nothing new with them)."""
 
     mode: Literal["none", "hmac", "ed25519"] = "none"
     kid: str | None = None
     file: str | None = None
+    previous: tuple[SiteKey, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,9 +128,14 @@ def check_site(site: SiteConfig, source: str) -> None:
         if not signing.file:
             fail(source, "site.signing.file",
                  f"is required with site.signing.mode {signing.mode}")
-    elif signing.kid is not None or signing.file is not None:
-        fail(source, "site.signing.mode", "none, but a signing kid or file is set: the site "
-             "would send unsigned dispatches; set the mode (ed25519 or hmac) or remove them")
+    elif signing.kid is not None or signing.file is not None or signing.previous:
+        fail(source, "site.signing.mode", "none, but a signing kid, file or previous key is "
+             "set: the site would send unsigned dispatches; set the mode (ed25519 or hmac) or "
+             "remove them")
+    kids = [signing.kid, *(k.kid for k in signing.previous)]
+    for k, key in enumerate(signing.previous):
+        if kids.count(key.kid) > 1:
+            fail(source, f"site.signing.previous[{k}].kid", f"{key.kid!r} is named twice")
     if not _topic_level(site.id):
         fail(source, "site.id", f"{site.id[:64]!r} is not one MQTT topic level (printable, at "
              f"most {MAX_NAME_CHARS} characters, no '+', '#', '/' or space)")

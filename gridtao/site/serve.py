@@ -52,8 +52,8 @@ STATE_MAX_PACKET_BYTES: Final = 1024 * 1024
 def _hangup() -> None:
     log.warning("SIGHUP: the site coordinator reloads nothing; restart it to apply a changed "
                 "configuration or key (it rebuilds its view from the retained topics, and the "
-                "nodes keep their events meanwhile; a new site key takes back no record the "
-                "old one signed, so change it while no site event is in force)")
+                "nodes keep their events meanwhile; after a change of the site's key, list "
+                "the old one under site.signing.previous so that its record is taken back)")
 
 
 class SiteInUse(GridtaoError):

@@ -19,6 +19,7 @@ from gridtao.security.auth import (
     KeyFileError,
     SigningKey,
     Verifier,
+    VerifyKey,
     load_signing_key,
     sign_payload,
 )
@@ -32,11 +33,15 @@ def _key(config: Config) -> SigningKey | None:
     if signing.mode == "none":
         return None
     assert signing.file is not None and signing.kid is not None  # config/site.py checks
-    path = resolve_path(signing.file, config.source)
+    return _load(config, signing.file, "site.signing.file")
+
+
+def _load(config: Config, file: str, key: str) -> SigningKey:
+    _, alg = _identity(config)
     try:
-        return load_signing_key(path, signing.mode)
+        return load_signing_key(resolve_path(file, config.source), alg)
     except KeyFileError as e:
-        raise ConfigError(f"{config.source}: site.signing.file: {e}") from None
+        raise ConfigError(f"{config.source}: {key}: {e}") from None
 
 
 def _identity(config: Config) -> tuple[str, Alg]:
@@ -58,12 +63,20 @@ def signer(config: Config) -> Sign:
 
 
 def record_verifier(config: Config) -> Verifier | None:
-    """Checks that a body was signed with the site's own key (None with ``mode: none``: the
-    site then signs nothing, and takes its record back unchecked). Raises ConfigError as
-    :func:`signer`."""
+    """Checks that a body was signed with the site's own key, or one it signed with before
+    (``site.signing.previous``); None with ``mode: none`` (the site then signs nothing, and
+    takes its record back unchecked). Raises ConfigError as :func:`signer`."""
     key = _key(config)
     if key is None:
         return None
     kid, alg = _identity(config)
-    verify = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return Verifier(alg, {kid: (verify, frozenset({"dispatch"}))})
+    keys = {kid: key} | {
+        old.kid: _load(config, old.file, f"site.signing.previous[{k}].file")
+        for k, old in enumerate(config.site.signing.previous)}
+    return Verifier(alg, {name: (_verify_half(k), frozenset({"dispatch"}))
+                          for name, k in keys.items()})
+
+
+def _verify_half(key: SigningKey) -> VerifyKey:
+    """What checks a signature made with ``key``: its public half, or the HMAC secret."""
+    return key.public_key() if isinstance(key, Ed25519PrivateKey) else key
