@@ -436,6 +436,10 @@ def test_sign_command_output_verifies(
                      "--topic", "frequency", "-"]) == 0
     sample = json.loads(capsys.readouterr().out)
     assert "t" in sample and _verifier(alg, public, kid="m").authenticate("frequency", sample)
+    # Without --alg the key file keygen made says which (a .hmac secret signs as HMAC).
+    assert cli.main(["sign", "--key", str(key), "--kid", "agg", json.dumps(body)]) == 0
+    unsaid = json.loads(capsys.readouterr().out)
+    assert _verifier(alg, public).authenticate("dispatch", unsaid) == "agg"
 
 
 @pytest.mark.parametrize(

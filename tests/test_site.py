@@ -754,6 +754,26 @@ def test_a_release_ends_only_the_orders_nodes_hold() -> None:
     assert ended == [("n1", "e"), ("n2", "e"), ("n3", "e")]  # n3's too: its cap stayed there
 
 
+def test_a_node_refusing_another_message_with_the_events_id_still_holds_its_order() -> None:
+    """A node refuses junk sent with an event's id (an unsigned release under that id, a
+    replayed order): its refusal says the event stands (``in_force``), or comes after it
+    accepted. Neither is an answer to the site's order: the release still ends it there."""
+    h = Harness()
+    _held_by_three(h, {"id": "e", "kind": "site_cap", "site_w": 2400, "duration_s": 600})
+    h.c.tick()
+    now = h.clock.wall()
+    for n, extra in (("n1", {"in_force": True}), ("n2", {})):
+        h.send(f"{PREFIX}/nodes/{n}/ack", {"id": "e", "accepted": False, "reason": "auth: x",
+                                           "received_at": now, "commanded_at": None,
+                                           "reached_at": None} | extra)
+    assert all(o.answer == "accepted" for o in h.c.events["e"].orders.values())
+    h.sent.clear()
+    h.send(f"{PREFIX}/site/dispatch", {"id": "r", "kind": "release", "ref": "e"})
+    ended = sorted(t.split("/")[2] for t, b, _ in h.sent
+                   if t.endswith("/dispatch") and b["kind"] == "release")
+    assert ended == ["n1", "n2", "n3"]
+
+
 def test_two_events_re_split_by_one_change_reach_a_node_a_second_apart() -> None:
     """A node takes one cut a second: when a node's loss re-splits two site events at once,
     the second event's new orders wait until each node can take them, instead of being sent

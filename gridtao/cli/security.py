@@ -32,7 +32,9 @@ def configure_sign(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", required=True, metavar="FILE",
                    help="private key (Ed25519 PEM or base64 seed) or HMAC secret file")
     p.add_argument("--kid", required=True, help="key id the agent knows this key by")
-    p.add_argument("--alg", choices=auth.ALGS, default="ed25519", help="default ed25519")
+    p.add_argument("--alg", choices=auth.ALGS, default=None,
+                   help="default: hmac for a .hmac file (as gridtao keygen names a secret), "
+                        "else ed25519")
     p.add_argument("--topic", choices=("dispatch", "frequency"), default="dispatch",
                    help="adds issued_at (dispatch) or t (frequency) when missing")
     p.add_argument("payload", nargs="?", default="-", metavar="PAYLOAD_JSON|-",
@@ -51,12 +53,14 @@ def run_sign(args: argparse.Namespace, config: Config) -> int:
         raise ConfigError(f"payload: bad JSON: {e}") from None
     if not isinstance(obj, dict):
         raise ConfigError("payload: must be a JSON object")
+    # An HMAC secret read as an Ed25519 seed would sign, and every node would refuse it.
+    alg: auth.Alg = args.alg or ("hmac" if args.key.endswith(".hmac") else "ed25519")
     try:
-        key = auth.load_signing_key(args.key, args.alg)
+        key = auth.load_signing_key(args.key, alg)
     except auth.KeyFileError as e:
         raise ConfigError(f"--key: {e}") from None
     try:
-        signed = auth.sign_payload(obj, key, args.kid, args.alg, topic=args.topic)
+        signed = auth.sign_payload(obj, key, args.kid, alg, topic=args.topic)
     except ValueError as e:  # NaN / Infinity in the payload
         raise ConfigError(f"payload: cannot be signed: {e}") from None
     sys.stdout.write(signed.decode("utf-8") + "\n")

@@ -62,8 +62,13 @@ class NodeOrder:
     sent: bool = True
 
     def on_ack(self, body: Mapping[str, Any]) -> None:
-        """A node's ack for this order (the first one, then the one with ``reached_at``)."""
+        """A node's ack for this order (the first one, then the one with ``reached_at``). A
+        refusal that says the event stands (``in_force``), or that comes after the node
+        accepted, answers another message sent with this id (a retry with other terms, junk,
+        a replay), never this order: it changes nothing."""
         accepted = body.get("accepted") is True
+        if not accepted and (body.get("in_force") is True or self.answer == "accepted"):
+            return
         self.answer = "accepted" if accepted else "rejected"
         reason = body.get("reason")
         self.reason = reason if isinstance(reason, str) else None
