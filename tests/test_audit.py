@@ -111,6 +111,21 @@ def test_any_tampering_is_found_at_its_line(written: Path, how: str,
     assert out.startswith(f"{written}:{bad_line}: ")
 
 
+def test_two_agents_trails_given_together_are_each_verified_on_their_own(
+        written: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # audit-*.jsonl* on a host with two agents: two chains, not one broken one.
+    other = written.with_name("audit-node-b.jsonl")
+    other.write_bytes(written.read_bytes())
+    assert main(["audit", "verify", str(written), str(other)]) == 0
+    out = capsys.readouterr().out
+    assert f"{written}: OK: 21 records" in out and f"{other}: OK: 21 records" in out
+    _rewrite(other, [*_lines(other)[:3], *_lines(other)[4:]])  # a record removed in b's
+    assert main(["audit", "verify", str(written), str(other)]) == 1
+    captured = capsys.readouterr()
+    assert f"{written}: OK" in captured.out and f"{other}:4: " in captured.out
+    assert f"{other}: TAMPERED" in captured.err
+
+
 def test_cli_reports_an_intact_trail(written: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", "verify", str(written)]) == 0
     assert capsys.readouterr().out.startswith("OK: 21 records in 1 file, seq 0..20")

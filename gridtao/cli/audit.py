@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from gridtao.config.agent import Config
 
@@ -29,21 +30,32 @@ def configure_audit(p: argparse.ArgumentParser) -> None:
 
 
 def run_audit(args: argparse.Namespace, config: Config) -> int:
+    """Verify each trail named: the files are grouped by the live file they belong to
+    (``<name>`` and its rotated ``<name>.<12 digits>``), so two agents' trails given together
+    (``audit-*.jsonl*``) are each checked on their own, not as one broken chain."""
+    from gridtao.records.audit_files import live_file
     from gridtao.records.audit_verify import verify_files
 
-    try:
-        result = verify_files(args.files)
-    except OSError as e:
-        print(f"gridtao: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return EXIT_ERROR
-    if not result.ok:
-        print(f"{result.file}:{result.line}: {result.reason}")
-        print(f"TAMPERED: {result.records} records intact before it", file=sys.stderr)
-        return EXIT_TAMPERED
-    files = "file" if result.files == 1 else "files"
-    print(f"OK: {result.records} records in {result.files} {files}, "
-          f"seq {result.first_seq}..{result.last_seq}, last hash {result.last_hash}")
-    if result.starts_after is not None:
-        print(f"note: the chain continues from {result.starts_after} (not given: records before "
-              f"seq {result.first_seq} were not checked)")
-    return EXIT_OK
+    trails: dict[Path, list[str]] = {}
+    for name in args.files:
+        trails.setdefault(live_file(Path(name)), []).append(name)
+    status = EXIT_OK
+    for trail, files in trails.items():
+        said = f"{trail}: " if len(trails) > 1 else ""
+        try:
+            result = verify_files(files)
+        except OSError as e:
+            print(f"gridtao: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+            return EXIT_ERROR
+        if not result.ok:
+            print(f"{result.file}:{result.line}: {result.reason}")
+            print(f"{said}TAMPERED: {result.records} records intact before it", file=sys.stderr)
+            status = EXIT_TAMPERED
+            continue
+        count = "file" if result.files == 1 else "files"
+        print(f"{said}OK: {result.records} records in {result.files} {count}, "
+              f"seq {result.first_seq}..{result.last_seq}, last hash {result.last_hash}")
+        if result.starts_after is not None:
+            print(f"{said}note: the chain continues from {result.starts_after} (not given: "
+                  f"records before seq {result.first_seq} were not checked)")
+    return status

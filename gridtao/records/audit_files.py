@@ -19,7 +19,7 @@ from typing import Any
 
 from gridtao.records.audit_chain import RECORD_KEYS
 
-__all__ = ["read_first_seq", "read_tail", "rotated_files", "rotated_name"]
+__all__ = ["live_file", "read_first_seq", "read_tail", "rotated_files", "rotated_name"]
 
 _ROTATED = re.compile(r"\.(\d{12})$")
 _TAIL_READ = 1 << 16
@@ -27,6 +27,12 @@ _TAIL_READ = 1 << 16
 
 def rotated_name(path: Path, first_seq: int) -> Path:
     return path.with_name(f"{path.name}.{first_seq:012d}")
+
+
+def live_file(path: Path) -> Path:
+    """The live file of the trail ``path`` belongs to: itself, or for a rotated file
+    (``<name>.<12 digits>``) the ``<name>`` it was rotated from."""
+    return path.with_name(path.name[:-13]) if _ROTATED.search(path.name) else path
 
 
 def rotated_files(path: Path) -> list[Path]:
