@@ -226,3 +226,20 @@ def test_the_site_coordinators_signing_key_is_checked_and_its_settings_said(
     assert cli.main(["--config", str(path), "check-config"]) == 0
     out = capsys.readouterr().out
     assert "site      for gridtao site: id s1, 2 node(s) expected, signs as 'site' (hmac)" in out
+
+
+def test_triggers_no_key_may_sign_frequency_for_are_a_warning(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Signed mode with every key kept to dispatch: each frequency sample would be refused, so
+    the default triggers could never fire; check-config says so (and the agent starts)."""
+    assert cli.main(["keygen", "--alg", "hmac", "--out", str(tmp_path / "agg")]) == 0
+    capsys.readouterr()
+    keys = "keys: [{kid: agg, file: %s, topics: [%s]}]" % (tmp_path / "agg.hmac", "%s")
+    text = "gpus: {backend: sim, sim: {device: null}}\nauth: {mode: hmac, %s}\n" % keys
+    path = _write(tmp_path, text % "dispatch")
+    assert cli.main(["--config", str(path), "check-config"]) == 0
+    err = capsys.readouterr().err
+    assert "no key may sign the frequency topic" in err and "safety.triggers" in err
+    path = _write(tmp_path, text % "dispatch, frequency")
+    assert cli.main(["--config", str(path), "check-config"]) == 0
+    assert "frequency topic" not in capsys.readouterr().err

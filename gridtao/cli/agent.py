@@ -33,6 +33,7 @@ def configure_run(p: argparse.ArgumentParser) -> None:
 def run_agent_command(args: argparse.Namespace, config: Config) -> int:
     from gridtao.app.agent import AgentOptions
     from gridtao.app.run import run_agent
+    from gridtao.config.rules import frequency_unsignable
     from gridtao.transport.mqtt import new_event_loop
 
     if not 0.0 <= args.busy_load <= 0.95:
@@ -50,6 +51,9 @@ def run_agent_command(args: argparse.Namespace, config: Config) -> int:
     # site's events and its GPUs: this user's alone, as the systemd unit's UMask=0077 makes
     # it, wherever the agent runs (a container has no unit).
     os.umask(0o077)
+    unsignable = frequency_unsignable(config)
+    if unsignable is not None:
+        log.warning("%s: %s", config.source, unsignable)
     path = args.config or os.environ.get(ENV_VAR) or None
     loop = new_event_loop()
     try:

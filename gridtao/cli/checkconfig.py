@@ -36,6 +36,7 @@ def run_check_config(args: argparse.Namespace, config: Config) -> int:
     from gridtao.app.planning import checked_signals_file
     from gridtao.app.reload import read_credentials
     from gridtao.config.paths import with_state_paths
+    from gridtao.config.rules import frequency_unsignable
     from gridtao.gpu.sim.devices import load_configured_trace
 
     node_id = config.mqtt.node_id or default_node_id()
@@ -51,6 +52,9 @@ def run_check_config(args: argparse.Namespace, config: Config) -> int:
                          out_of_date=lambda line: print(
                              f"gridtao: warning: {one_line(line)}: the agent starts and plans "
                              "without it until a fresh one comes", file=sys.stderr))
+    unsignable = frequency_unsignable(resolved)
+    if unsignable is not None:
+        print(f"gridtao: warning: {config.source}: {unsignable}", file=sys.stderr)
     if resolved.site.signing.mode != "none":  # what `gridtao site` signs its orders with
         from gridtao.site.serve import signer
 

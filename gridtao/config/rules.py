@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from gridtao.config.agent import Config, MqttConfig, SimConfig
 
 __all__ = ["GRID_NOMINALS_HZ", "MAX_NODE_ID_CHARS", "OTHER_FILES", "check_consistency",
-           "check_not_another_file", "check_transport", "is_loopback", "sim_device_problem"]
+           "check_not_another_file", "check_transport", "frequency_unsignable", "is_loopback",
+           "sim_device_problem"]
 
 MAX_NODE_ID_CHARS = MAX_NAME_CHARS  # a node id is named in site.nodes too
 _DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -323,3 +324,23 @@ def _check_products(cfg: Config, source: str) -> None:
             fail(source, f"tracker.priorities[{k}].floor_w", "only critical GPUs have a floor")
         if not prio.gpus or any(g < 0 for g in prio.gpus):
             fail(source, f"tracker.priorities[{k}].gpus", "list one or more GPU indices >= 0")
+
+
+def frequency_unsignable(cfg: Config) -> str | None:
+    """Why no frequency sample can ever act on this node, or None: signed mode requires signed
+    samples (``auth.require_signed_frequency``), something acts on frequency (raw
+    ``safety.triggers`` or a frequency product), and no key in ``auth.keys`` may sign the
+    ``frequency`` topic. A warning, not an error: a node may enrol for dispatch alone."""
+    auth = cfg.auth
+    if auth.mode == "none" or not auth.require_signed_frequency:
+        return None
+    if not (cfg.safety.triggers or any(KINDS[p.kind].frequency for p in cfg.products)):
+        return None
+    if any("frequency" in key.topics for key in auth.keys):
+        return None
+    what = ("frequency products" if any(KINDS[p.kind].frequency for p in cfg.products)
+            else "safety.triggers")
+    return (f"auth.keys: no key may sign the frequency topic, and auth.require_signed_frequency "
+            f"is true: every frequency sample will be refused, so the {what} can never act; "
+            "list the meter's key with topics [frequency], or remove the triggers")
+
