@@ -234,12 +234,15 @@ def test_triggers_no_key_may_sign_frequency_for_are_a_warning(
     the default triggers could never fire; check-config says so (and the agent starts)."""
     assert cli.main(["keygen", "--alg", "hmac", "--out", str(tmp_path / "agg")]) == 0
     capsys.readouterr()
-    keys = "keys: [{kid: agg, file: %s, topics: [%s]}]" % (tmp_path / "agg.hmac", "%s")
-    text = "gpus: {backend: sim, sim: {device: null}}\nauth: {mode: hmac, %s}\n" % keys
-    path = _write(tmp_path, text % "dispatch")
+    def text(topics: str) -> str:
+        key = f"{{kid: agg, file: {tmp_path / 'agg.hmac'}, topics: [{topics}]}}"
+        return ("gpus: {backend: sim, sim: {device: null}}\n"
+                f"auth: {{mode: hmac, keys: [{key}]}}\n")
+
+    path = _write(tmp_path, text("dispatch"))
     assert cli.main(["--config", str(path), "check-config"]) == 0
     err = capsys.readouterr().err
     assert "no key may sign the frequency topic" in err and "safety.triggers" in err
-    path = _write(tmp_path, text % "dispatch, frequency")
+    path = _write(tmp_path, text("dispatch, frequency"))
     assert cli.main(["--config", str(path), "check-config"]) == 0
     assert "frequency topic" not in capsys.readouterr().err
