@@ -772,6 +772,8 @@ def test_a_node_refusing_another_message_with_the_events_id_still_holds_its_orde
     ended = sorted(t.split("/")[2] for t, b, _ in h.sent
                    if t.endswith("/dispatch") and b["kind"] == "release")
     assert ended == ["n1", "n2", "n3"]
+    (ack,) = h.take("site/ack")
+    assert ack["nodes"] == {"released": ["n1", "n2", "n3"]}  # the aggregator sees where
 
 
 def test_two_events_re_split_by_one_change_reach_a_node_a_second_apart() -> None:

@@ -305,12 +305,13 @@ class SiteCoordinator:
         if event is None or event.kind == "fleet":
             self._refuse(release_id, f"no site event {ref!r} in force", wall)
             return
-        self.sender.forget(ref, end_orders(event))
+        self.sender.forget(ref, releases := end_orders(event))
         log.info("site event %s released by %s", ref, release_id)
-        # Sent with the release orders; commanded_at null as in a node's release ack (the
-        # nodes' ramp-out writes the limits, not the release)
+        # Sent with the release orders, naming their nodes; commanded_at null as in a node's
+        # release ack (the nodes' ramp-out writes the limits)
         self._ack({"id": release_id, "accepted": True, "reason": None, "received_at": wall,
-                   "commanded_at": None, "reached_at": None, "site": self.cfg.id, "ref": ref})
+                   "commanded_at": None, "reached_at": None, "site": self.cfg.id, "ref": ref,
+                   "nodes": {"released": sorted({node for node, _ in releases})}})
 
     # ---- periodic ------------------------------------------------------------------------
 
