@@ -179,11 +179,17 @@ def _b64(data: bytes, path: Path, what: str) -> bytes:
         raise KeyFileError(f"key file {str(path)!r}: not PEM and not base64 ({what})") from None
 
 
-def _warn_if_exposed(path: Path) -> None:
+def _check_secret_mode(path: Path) -> None:
+    """Whoever reads an HMAC secret can sign: one every local user may read or write is
+    refused, as the broker password is (a public key file given by mistake is usually such a
+    file, too); group access is warned about."""
     try:
         mode = path.stat().st_mode
     except OSError:
         return
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise KeyFileError(f"key file {str(path)!r}: an HMAC secret every user may read or "
+                           f"write (mode {stat.S_IMODE(mode):o}); run chmod 600 {path}")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("secret key file %s is accessible to group/others (mode %o); use 0600",
                     path, stat.S_IMODE(mode))
@@ -249,16 +255,7 @@ def _hmac_secret(data: bytes, file: Path) -> bytes:
     if len(secret) < HMAC_MIN_KEY_BYTES:
         raise KeyFileError(f"key file {str(file)!r}: HMAC secret is {len(secret)} bytes, "
                            f"need at least {HMAC_MIN_KEY_BYTES}")
-    # Whoever reads an HMAC secret can sign: one every local user may read is refused, as the
-    # broker password is (a public key file given by mistake is usually such a file, too).
-    try:
-        mode = file.stat().st_mode
-    except OSError:
-        mode = 0
-    if mode & (stat.S_IROTH | stat.S_IWOTH):
-        raise KeyFileError(f"key file {str(file)!r}: an HMAC secret every user may read or "
-                           f"write (mode {stat.S_IMODE(mode):o}); run chmod 600 {file}")
-    _warn_if_exposed(file)
+    _check_secret_mode(file)
     return secret
 
 
