@@ -334,12 +334,12 @@ def frequency_unsignable(cfg: Config) -> str | None:
     auth = cfg.auth
     if auth.mode == "none" or not auth.require_signed_frequency:
         return None
-    if not (cfg.safety.triggers or any(KINDS[p.kind].frequency for p in cfg.products)):
+    products = any(KINDS[p.kind].frequency for p in cfg.products)
+    if not (cfg.safety.triggers or products):
         return None
     if any("frequency" in key.topics for key in auth.keys):
         return None
-    what = ("frequency products" if any(KINDS[p.kind].frequency for p in cfg.products)
-            else "safety.triggers")
+    what = "frequency products" if products else "safety.triggers"
     return (f"auth.keys: no key may sign the frequency topic, and auth.require_signed_frequency "
             f"is true: every frequency sample will be refused, so the {what} can never act; "
             "list the meter's key with topics [frequency], or remove the triggers")
