@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import signal
 from collections.abc import Callable
@@ -26,6 +27,9 @@ EXIT_NOT_RESTORED = 3
 EXIT_LANE_FAILED = 4
 
 log = logging.getLogger("gridtao")
+
+#: How long a stop may take before the threads' stacks are written out (s).
+STOP_DUMP_S = 15.0
 
 
 async def run_agent(config: Config, *, options: AgentOptions | None = None,
@@ -69,7 +73,14 @@ async def run_agent(config: Config, *, options: AgentOptions | None = None,
         if not stop.is_set():
             await agent.serve(stop)
     finally:
-        agent.close()
+        # A stop normally ends within a second; one still going after STOP_DUMP_S writes every
+        # thread's stack to stderr (the unit's journal) and goes on: the next one that hangs
+        # names what it waits on.
+        faulthandler.dump_traceback_later(STOP_DUMP_S)
+        try:
+            agent.close()
+        finally:
+            faulthandler.cancel_dump_traceback_later()
     if agent.restore_failed:
         return EXIT_NOT_RESTORED
     return EXIT_LANE_FAILED if agent.lane_failed else 0
