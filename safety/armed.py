@@ -54,10 +54,16 @@ class ArmedTable:
         return self._levels.get(key)
 
     def rearm(self, draw: tuple[float, ...], envelope: Envelope | None = None) -> None:
-        """Recompute every level from ``draw`` (and, if given, a new cut envelope)."""
+        """Recompute every level from ``draw`` (and, if given, a new cut envelope).
+
+        A level is a function of its basis, its own terms and the envelope only, so with no new
+        envelope a level already armed on this very basis is left as it is: an event's start
+        re-arms on the draw it froze, which is the draw the levels were last armed on."""
         if envelope is not None:
             self._envelope = envelope
         for key, lv in self._levels.items():
+            if envelope is None and lv.draw_mw == draw:
+                continue
             self._levels[key] = self._level(draw, lv.node_target_fraction, lv.reduction_mw,
                                             lv.reference_mw, lv.release_mw_per_s)
 

@@ -17,9 +17,11 @@ from hypothesis import strategies as st
 
 from gridtao.clock import Clock, MonotonicClock, VirtualClock
 from gridtao.config.agent import SimConfig
-from gridtao.gpu.backend import GpuLost
+from gridtao.gpu.backend import GpuLost, PowerLimits
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.safety.armed import ArmedTable
+from gridtao.safety.envelope import Envelope
 from gridtao.safety.island import SafetyIsland
 from gridtao.safety.writer import ParallelWriter
 
@@ -115,6 +117,23 @@ def test_rearm_follows_latest_draw(rig: Rig) -> None:
     assert act is not None
     assert act.baseline_mw == 300 * W * N
     assert list(act.caps_mw) == [210 * W] * N
+
+
+def test_rearm_on_the_same_basis_keeps_the_levels_but_new_floors_recompute_them() -> None:
+    gpu = PowerLimits(min_mw=MIN_MW, max_mw=DEFAULT_MW, default_mw=DEFAULT_MW)
+    table = ArmedTable(Envelope([gpu, gpu]))
+    draw = (600.0 * W, 400.0 * W)
+    table.arm("49.5", draw, 0.5)
+    level = table.get("49.5")
+    table.rearm(tuple(draw))  # an equal basis: nothing to recompute
+    assert table.get("49.5") is level
+    # The same basis with floors: the split changes, so the level is recomputed.
+    table.rearm(draw, Envelope([gpu, gpu]).with_floors([450 * W, 0]))
+    floored = table.get("49.5")
+    assert floored is not level and floored is not None and floored.caps_mw[0] >= 450 * W
+    table.rearm((500.0 * W, 400.0 * W))  # a new basis: recomputed
+    moved = table.get("49.5")
+    assert moved is not None and moved.baseline_mw == 900 * W
 
 
 def test_cap_below_draw_and_below_minimums(rig: Rig) -> None:
