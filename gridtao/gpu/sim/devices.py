@@ -14,7 +14,7 @@ import random
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,11 +103,27 @@ class LocalGpu:
         self.faults: dict[str, Fault] = {}
         self.calls: dict[str, int] = {}
 
-    @contextmanager
-    def hold(self, *, limit_set: bool = False) -> Iterator[GpuPhysics]:
+    def hold(self, *, limit_set: bool = False) -> AbstractContextManager[GpuPhysics]:
         """The physics, for one thread. ``limit_set``: the caller writes the limit."""
-        with self.lock:
-            yield self.physics
+        return _Held(self.lock, self.physics)
+
+
+class _Held:
+    """A :class:`LocalGpu`'s physics under its lock. A plain class rather than a generator:
+    every simulated driver call takes it once, and the benches run thousands of GPUs."""
+
+    __slots__ = ("_lock", "_physics")
+
+    def __init__(self, lock: threading.Lock, physics: GpuPhysics) -> None:
+        self._lock = lock
+        self._physics = physics
+
+    def __enter__(self) -> GpuPhysics:
+        self._lock.acquire()
+        return self._physics
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 class SharedGpu(LocalGpu):

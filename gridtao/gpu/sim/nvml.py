@@ -255,15 +255,18 @@ class SimNvml:
         dev = self._enter(handle, name)
         t_start = self.clock.now()
         with dev.hold() as physics:
-            physics.advance(t_start)
             if quantity == "limit":
+                # What the last write set, whenever that was: no time to step through (a
+                # read-back follows every write, on every GPU).
                 value = physics.limit_w
-            elif quantity == "energy":
-                value = physics.energy_j
-            elif quantity == "usage" and self.profile.usage_is_average:
-                value = physics.average_w()
             else:
-                value = physics.sample_w
+                physics.advance(t_start)
+                if quantity == "energy":
+                    value = physics.energy_j
+                elif quantity == "usage" and self.profile.usage_is_average:
+                    value = physics.average_w()
+                else:
+                    value = physics.sample_w
         self._last(t_start, self._read_latency_s)
         return value
 
