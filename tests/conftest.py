@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,22 @@ def _state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     agent processes a test starts): one test's limits never reach another's GPUs."""
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
+
+
+@pytest.fixture
+def unwritable(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """Call it with a folder: from then on ``os.access`` says that folder cannot be written,
+    as a read-only file system says to root too (EROFS whoever asks)."""
+    real_access = os.access
+    denied: set[Path] = set()
+
+    def access(path: object, mode: int) -> bool:
+        if mode & os.W_OK and Path(str(path)) in denied:
+            return False
+        return real_access(path, mode)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", access)
+    return denied.add
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -185,22 +186,13 @@ def test_the_machines_simulated_device_made_with_other_settings_is_refused(
 
 
 def test_a_state_folder_the_agent_cannot_write_is_refused_before_anything_is_written(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        unwritable: Callable[[Path], None]) -> None:
     """A read-only file system under the state folder (the check asks the kernel, as root
     too: ``access`` says EROFS whoever asks; here it is made to say so for one folder)."""
-    import os
-
     state = tmp_path / "state"
     state.mkdir()
-    real_access = os.access
-
-    def read_only(path: object, mode: int) -> bool:
-        if Path(str(path)) == state and mode & os.W_OK:
-            return False
-        return real_access(path, mode)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "access", read_only)
+    unwritable(state)
     monkeypatch.setenv("STATE_DIRECTORY", str(state))
     path = _write(tmp_path, "gpus: {backend: sim, sim: {device: null}}\n")
     assert cli.main(["--config", str(path), "check-config"]) == 2

@@ -10,7 +10,8 @@ coordinator's signing key), the simulated GPUs' trace and the planner's signals 
 it), and the machine's simulated device when it exists and would be used. Exit 0 with a
 summary on stdout; 2 with one line naming the file, the key and the problem. What needs the
 GPUs or the broker (priority floors against the GPUs' real limits, the broker's answer) is left
-to the agent and ``gridtao check-broker``.
+to the agent and ``gridtao check-broker``. The site coordinator's file is checked for what
+``gridtao site`` needs instead (gridtao/cli/checksite.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import sys
 import time
 
+from gridtao.cli.checksite import add_role_options, check_site_files, for_site, site_summary
 from gridtao.config.agent import Config, ConfigError
 from gridtao.errors import one_line
 
@@ -27,11 +29,14 @@ __all__ = ["configure_check_config", "run_check_config", "site_line", "split_lin
 
 
 def configure_check_config(p: argparse.ArgumentParser) -> None:
-    del p  # no options: --config names the file, as for every command
+    add_role_options(p)  # --config names the file, as for every command
 
 
 def run_check_config(args: argparse.Namespace, config: Config) -> int:
-    del args
+    if for_site(args, config):
+        kids = check_site_files(config)
+        print(site_summary(config, kids=kids))
+        return 0
     from gridtao.app.options import default_node_id
     from gridtao.app.planning import checked_signals_file
     from gridtao.app.reload import read_credentials
@@ -56,9 +61,10 @@ def run_check_config(args: argparse.Namespace, config: Config) -> int:
     if unsignable is not None:
         print(f"gridtao: warning: {config.source}: {unsignable}", file=sys.stderr)
     if resolved.site.signing.mode != "none":  # what `gridtao site` signs its orders with
-        from gridtao.site.serve import signer
+        from gridtao.site.signing import record_verifier, signer
 
         signer(resolved)
+        record_verifier(resolved)  # and the keys it signed its record with before
     simulated = _simulated(resolved)
     if simulated:
         _check_sim_device(resolved)

@@ -169,6 +169,8 @@ def _meter(args: argparse.Namespace, config: Config) -> int:
     from gridtao.transport.mqtt import new_event_loop
 
     names = [n for n in args.devices.split(",") if n]
+    if not names:  # a meter of no devices would publish the fixed load alone, as if measured
+        return _fail("--devices: name at least one simulated device")
     for name in names:
         problem = sim_device_problem(name)
         if problem is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from gridtao.config.agent import Config
+from gridtao.config.agent import Config, ConfigError
 from gridtao.transport.mqtt import new_event_loop
 
 
@@ -26,6 +26,9 @@ def run_site_command(args: argparse.Namespace, config: Config) -> int:
     from gridtao.site.serve import run_site
 
     if args.metrics_port is not None:
+        if not 0 <= args.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port: must be between 0 and 65535, got "
+                              f"{args.metrics_port}")
         config = dataclasses.replace(config, metrics=dataclasses.replace(
             config.metrics, enabled=True, port=args.metrics_port))
     loop = new_event_loop()

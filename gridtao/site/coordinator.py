@@ -119,20 +119,15 @@ class SiteCoordinator:
 
     def command_subscriptions(self) -> list[tuple[str, int]]:
         """What the site acts on: dispatches, awards, acks, the meter, its own record."""
-        t = self.topics
-        return [(t.dispatch, 1), (t.award, 1), (t.fleet_dispatch, 1), (t.meter, 0),
-                (t.nodes("ack"), 1), (self.events_topic, 1)]
+        return self.topics.command_subscriptions()
 
     def state_subscriptions(self) -> list[tuple[str, int]]:
-        """The nodes' periodic state, all retained. QoS 0: a status a second from every node
-        is most of what the site receives, a PUBACK for each would double it, and a lost one
-        is replaced within a status period."""
-        t = self.topics
-        return [(t.nodes("status"), 0), (t.nodes("tracker"), 0), (t.nodes("plan"), 0)]
+        """The nodes' periodic state, all retained (QoS 0)."""
+        return self.topics.state_subscriptions()
 
     @property
     def events_topic(self) -> str:
-        return f"{self.topics.prefix}/site/events"
+        return self.topics.events
 
     def on_message(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
         """One message from the broker (any subscription)."""

@@ -1,4 +1,5 @@
-"""Connect and subscribe once as the agent would, and say in one line what happened.
+"""Connect and subscribe once as the agent (or the site coordinator) would, and say in one line
+what happened.
 
 Used by ``gridtao check-broker``; the agent's own connection is :mod:`gridtao.transport.mqtt`.
 """
@@ -18,8 +19,9 @@ from gridtao.config.agent import Config
 from gridtao.transport.diagnose import AttemptLog, PahoTap, connected
 from gridtao.transport.tls import read_password, ssl_context
 from gridtao.wire import messages as wire
+from gridtao.wire.site import SiteTopics
 
-__all__ = ["probe_broker", "read_retained", "read_retained_now"]
+__all__ = ["probe_broker", "probe_site_broker", "read_retained", "read_retained_now"]
 
 log = logging.getLogger("gridtao.check_broker")
 
@@ -42,17 +44,12 @@ def _one_off_client(config: Config, role: str, *, tls: ssl.SSLContext | None,
     return client, tap
 
 
-async def probe_broker(config: Config, *, node_id: str, timeout_s: float = 10.0
-                       ) -> tuple[bool, str]:
-    """Connect and subscribe once as the agent would; (accepted, one line saying why).
-
-    Raises :class:`ConfigError` for a bad TLS or password configuration.
-    """
+async def _subscribe_once(config: Config, subscriptions: list[tuple[str, int]], *,
+                          tls: ssl.SSLContext | None, timeout_s: float) -> str | None:
+    """Connect once and subscribe to ``subscriptions``; None when the broker accepted both,
+    else one line saying why not."""
     m = config.mqtt
-    tls = ssl_context(m, source=config.source)
-    topics = wire.Topics(m.prefix, node_id)
     client, tap = _one_off_client(config, "check", tls=tls, timeout_s=timeout_s)
-    subscriptions = [(topics.dispatch, 1), (topics.node_dispatch, 1), (topics.frequency, 0)]
     try:
         async with connected(client, tap):
             codes = await client.subscribe(subscriptions)
@@ -63,12 +60,49 @@ async def probe_broker(config: Config, *, node_id: str, timeout_s: float = 10.0
     except (aiomqtt.MqttError, OSError) as e:
         attempts = AttemptLog(log, host=m.host, port=m.port, tls=tls, username=m.username,
                               interval_s=m.error_log_interval_s, clock=lambda: 0.0)
-        return False, attempts.diagnose(e).line
+        return attempts.diagnose(e).line
+    return None
+
+
+def _accepted(config: Config, tls: ssl.SSLContext | None) -> str:
+    m = config.mqtt
     how = " over TLS" if tls is not None else " (no TLS)"
     who = f" as {m.username!r}" if m.username else ""
-    return True, (f"broker {m.host}:{m.port} accepted the connection{how}{who} and the "
-                  f"subscriptions to {topics.dispatch}, {topics.node_dispatch} and "
-                  f"{topics.frequency}")
+    return f"broker {m.host}:{m.port} accepted the connection{how}{who}"
+
+
+async def probe_broker(config: Config, *, node_id: str, timeout_s: float = 10.0
+                       ) -> tuple[bool, str]:
+    """Connect and subscribe once as the agent would; (accepted, one line saying why).
+
+    Raises :class:`ConfigError` for a bad TLS or password configuration.
+    """
+    tls = ssl_context(config.mqtt, source=config.source)
+    topics = wire.Topics(config.mqtt.prefix, node_id)
+    subscriptions = [(topics.dispatch, 1), (topics.node_dispatch, 1), (topics.frequency, 0)]
+    failed = await _subscribe_once(config, subscriptions, tls=tls, timeout_s=timeout_s)
+    if failed is not None:
+        return False, failed
+    return True, (f"{_accepted(config, tls)} and the subscriptions to {topics.dispatch}, "
+                  f"{topics.node_dispatch} and {topics.frequency}")
+
+
+async def probe_site_broker(config: Config, *, timeout_s: float = 10.0) -> tuple[bool, str]:
+    """Connect and subscribe once as ``gridtao site`` would (every topic of both its
+    connections); (accepted, one line saying why). Nothing is published: the line names the
+    topics the coordinator publishes to, for the ACL, untried.
+
+    Raises :class:`ConfigError` for a bad TLS or password configuration.
+    """
+    tls = ssl_context(config.mqtt, source=config.source)
+    topics = SiteTopics(config.mqtt.prefix)
+    subscriptions = topics.command_subscriptions() + topics.state_subscriptions()
+    failed = await _subscribe_once(config, subscriptions, tls=tls, timeout_s=timeout_s)
+    if failed is not None:
+        return False, failed
+    return True, (f"{_accepted(config, tls)} and the site coordinator's subscriptions to "
+                  f"{', '.join(topic for topic, _ in subscriptions)}; it publishes to "
+                  f"{', '.join(topics.published())} (not tried: a check publishes nothing)")
 
 
 #: How long to wait after the subscription is granted for a retained message to arrive (the

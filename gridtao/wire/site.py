@@ -87,6 +87,12 @@ class SiteTopics:
         return f"{self.prefix}/meter"
 
     @property
+    def events(self) -> str:
+        """Retained: the site's events in force with their split, for a restarted
+        coordinator (the site reads and writes it)."""
+        return f"{self.prefix}/site/events"
+
+    @property
     def fleet_dispatch(self) -> str:
         """The nodes' shared dispatch topic: the site reads it to ack events sent straight to
         every node (``shed`` by fraction takes no extra hop through the site)."""
@@ -99,6 +105,23 @@ class SiteTopics:
     def node(self, node: str, leaf: str) -> str:
         _check_topic_part("node id", node, single_level=True)
         return f"{self.prefix}/nodes/{node}/{leaf}"
+
+    def command_subscriptions(self) -> list[tuple[str, int]]:
+        """What the coordinator acts on, with their QoS: dispatches, awards, the nodes' acks,
+        the meter, its own record."""
+        return [(self.dispatch, 1), (self.award, 1), (self.fleet_dispatch, 1), (self.meter, 0),
+                (self.nodes("ack"), 1), (self.events, 1)]
+
+    def state_subscriptions(self) -> list[tuple[str, int]]:
+        """The nodes' periodic state, all retained. QoS 0: a status a second from every node
+        is most of what the site receives, a PUBACK for each would double it, and a lost one
+        is replaced within a status period."""
+        return [(self.nodes("status"), 0), (self.nodes("tracker"), 0), (self.nodes("plan"), 0)]
+
+    def published(self) -> list[str]:
+        """Every topic (or filter, for the nodes' inboxes) the coordinator publishes to."""
+        return [self.status, self.ack, self.plan, self.events, self.nodes("dispatch"),
+                self.nodes("award")]
 
     def node_of(self, topic: str) -> tuple[str, str] | None:
         """``(node, leaf)`` of a topic under ``{prefix}/nodes/``, else None."""
