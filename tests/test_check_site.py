@@ -195,3 +195,36 @@ def test_a_meter_of_no_devices_is_refused(tmp_path: Path) -> None:
                           timeout=30)
     assert done.returncode == 2, done.stderr
     assert done.stderr == "gridtao: error: --devices: name at least one simulated device\n"
+
+
+def test_the_check_says_which_meter_readings_the_site_takes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Unsigned under auth.mode none; in signed mode, signed by the keys for meter only (a
+    dispatch key is not one, nor listed as one); with none such, a warning that every reading
+    will be refused; site.meter.require_signed false takes unsigned ones too."""
+    assert cli.main(["--config", str(_write(tmp_path, _site_text(18830))), "check-config"]) == 0
+    assert ("readings  unsigned (auth.mode none): the broker's ACL alone guards them\n"
+            in capsys.readouterr().out)
+    for name in ("agg", "gw"):
+        _hmac_key(tmp_path, name, capsys)
+    keys = ("auth: {mode: hmac, keys: [{kid: agg, file: agg.hmac, topics: [dispatch]}"
+            "KEYS]}\n")
+    signed = _write(tmp_path, _site_text(18830, extra=keys.replace(
+        "KEYS", ", {kid: gw, file: gw.hmac, topics: [meter]}")), "signed.yaml")
+    assert cli.main(["--config", str(signed), "check-config"]) == 0
+    out, err = capsys.readouterr()
+    assert "dispatch  site dispatches and awards: hmac, keys agg\n" in out
+    assert ("readings  must be signed by a key for meter: gw; t at most 12 s old and "
+            "increasing per key\n") in out and err == ""
+    unsignable = _write(tmp_path, _site_text(18830, extra=keys.replace("KEYS", "")),
+                        "unsignable.yaml")
+    assert cli.main(["--config", str(unsignable), "check-config"]) == 0
+    out, err = capsys.readouterr()
+    assert "must be signed by a key for meter: (none: every reading is refused)" in out
+    assert err.startswith(f"gridtao: warning: {unsignable}: auth.keys: no key may sign the "
+                          "meter topic"), err
+    allowed = _write(tmp_path, _site_text(18830, extra=keys.replace("KEYS", "")).replace(
+        "stale_s: 12", "stale_s: 12, require_signed: false"), "allowed.yaml")
+    assert cli.main(["--config", str(allowed), "check-config"]) == 0
+    out, err = capsys.readouterr()
+    assert "readings  unsigned taken (site.meter.require_signed false)" in out and err == ""

@@ -34,7 +34,12 @@ def configure_check_config(p: argparse.ArgumentParser) -> None:
 
 def run_check_config(args: argparse.Namespace, config: Config) -> int:
     if for_site(args, config):
+        from gridtao.site.meterauth import meter_unsignable
+
         kids = check_site_files(config)
+        unreadable = meter_unsignable(config)
+        if unreadable is not None:
+            print(f"gridtao: warning: {config.source}: {unreadable}", file=sys.stderr)
         print(site_summary(config, kids=kids))
         return 0
     from gridtao.app.options import default_node_id

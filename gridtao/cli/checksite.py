@@ -7,7 +7,9 @@ checked, and nothing of the agent's (GPUs, products, its records): the schema an
 rules (as the file is loaded), the keys that may sign a site dispatch or award (``auth``), the
 site's own signing key and every previous one (``site.signing``), and the broker's TLS and
 password files. The summary says what the site is set up to do: its id and topics, broker,
-nodes, keys, meter, facility model, market steps, metrics and timing.
+nodes, keys, meter (and which readings it takes: unsigned, or signed by which keys), facility
+model, market steps, metrics and timing; a site that will refuse every meter reading is
+warned about on stderr.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from gridtao.errors import one_line
 from gridtao.wire.site import SiteTopics
 
 __all__ = ["AGENT_SECTIONS", "add_role_options", "check_site_files", "for_site",
-           "site_summary"]
+           "meter_auth", "site_summary"]
 
 #: The sections only the agent reads: a file with any of them is a node's by default.
 AGENT_SECTIONS: Final = frozenset({"gpus", "safety", "control", "limits", "audit", "journal",
@@ -53,7 +55,8 @@ def for_site(args: argparse.Namespace, config: Config) -> bool:
 
 def check_site_files(config: Config) -> list[str]:
     """Read every file ``gridtao site`` reads at start; the key ids that may sign a site
-    dispatch or award. Raises ConfigError naming the file, the key and the problem."""
+    dispatch or award (a key for the meter alone may not). Raises ConfigError naming the file,
+    the key and the problem."""
     from gridtao.security.auth import Verifier
     from gridtao.site.signing import record_verifier, signer
     from gridtao.transport.tls import read_password, ssl_context
@@ -63,7 +66,21 @@ def check_site_files(config: Config) -> list[str]:
     record_verifier(config)  # site.signing.previous: the record an earlier key signed
     ssl_context(config.mqtt, source=config.source)
     read_password(config.mqtt, source=config.source)
-    return sorted(verifier.kids) if verifier is not None else []
+    return list(verifier.signers("dispatch")) if verifier is not None else []
+
+
+def meter_auth(config: Config) -> str:
+    """Which meter readings ``gridtao site`` takes: unsigned, or signed by which keys."""
+    from gridtao.site.meterauth import meter_signers
+
+    if config.auth.mode == "none":
+        return "unsigned (auth.mode none): the broker's ACL alone guards them"
+    signers = ", ".join(meter_signers(config)) or "(none: every reading is refused)"
+    fresh = f"t at most {config.site.meter.stale_s:g} s old and increasing per key"
+    if config.site.meter.require_signed:
+        return f"must be signed by a key for meter: {signers}; {fresh}"
+    return (f"unsigned taken (site.meter.require_signed false); a signed one must be signed "
+            f"by a key for meter: {signers}; {fresh}")
 
 
 def site_summary(config: Config, *, kids: list[str]) -> str:
@@ -98,6 +115,7 @@ def site_summary(config: Config, *, kids: list[str]) -> str:
         f"dispatch  site dispatches and awards: {auth}",
         f"orders    node orders and awards {orders}",
         f"meter     {topics.meter}, {feedback}, readings stale after {meter.stale_s:g} s",
+        f"readings  {meter_auth(config)}",
         f"facility  losses {f.losses_fraction:.1%}, COP {f.cop:g}, fixed {f.fixed_w:.0f} W",
         f"market    bids in steps of {market.bid_step_w:.0f} W, minimum "
         f"{market.min_bid_w:.0f} W{bids}",

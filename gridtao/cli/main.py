@@ -102,7 +102,7 @@ def _security_commands() -> dict[str, Command]:
     from gridtao.cli import security as c
 
     return {
-        "sign": Command("sign a dispatch or frequency payload (aggregator side)",
+        "sign": Command("sign a dispatch, frequency sample or meter reading (sender side)",
                         c.configure_sign, c.run_sign),
         "keygen": Command("generate an Ed25519 key pair or an HMAC secret",
                           c.configure_keygen, c.run_keygen),

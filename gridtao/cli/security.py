@@ -6,7 +6,8 @@ the agent's ``auth.keys``). ``--alg hmac`` writes ``PREFIX.hmac`` (base64 of 32 
 0600), the secret both sides hold. Existing files are never overwritten.
 
 ``gridtao sign --key FILE --kid ID`` reads a payload (argument or ``-`` for stdin), adds
-``issued_at`` (dispatch) or ``t`` (frequency) when missing, and prints the signed payload.
+``issued_at`` (dispatch) or ``t`` (frequency, meter) when missing, and prints the signed
+payload.
 """
 
 from __future__ import annotations
@@ -28,15 +29,33 @@ from gridtao.security import auth
 HMAC_KEY_BYTES = 32
 
 
-def configure_sign(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--key", required=True, metavar="FILE",
+def add_key_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, *,
+                    required: bool = True) -> None:
+    """``--key``, ``--kid`` and ``--alg``: the key a command signs with."""
+    p.add_argument("--key", required=required, metavar="FILE",
                    help="private key (Ed25519 PEM or base64 seed) or HMAC secret file")
-    p.add_argument("--kid", required=True, help="key id the agent knows this key by")
+    p.add_argument("--kid", required=required,
+                   help="key id the receivers know this key by (their auth.keys)")
     p.add_argument("--alg", choices=auth.ALGS, default=None,
                    help="default: hmac for a .hmac file (as gridtao keygen names a secret), "
                         "else ed25519")
-    p.add_argument("--topic", choices=("dispatch", "frequency"), default="dispatch",
-                   help="adds issued_at (dispatch) or t (frequency) when missing")
+
+
+def signing_key(args: argparse.Namespace) -> tuple[auth.SigningKey, auth.Alg]:
+    """The key and algorithm ``--key`` / ``--alg`` name; ConfigError for a bad key file."""
+    # An HMAC secret read as an Ed25519 seed would sign, and every receiver would refuse it.
+    alg: auth.Alg = args.alg or ("hmac" if args.key.endswith(".hmac") else "ed25519")
+    try:
+        return auth.load_signing_key(args.key, alg), alg
+    except auth.KeyFileError as e:
+        raise ConfigError(f"--key: {e}") from None
+
+
+def configure_sign(p: argparse.ArgumentParser) -> None:
+    add_key_options(p)
+    p.add_argument("--topic", choices=("dispatch", "frequency", "meter"), default="dispatch",
+                   help="adds issued_at (dispatch) or t (a frequency sample, a meter reading) "
+                        "when missing")
     p.add_argument("payload", nargs="?", default="-", metavar="PAYLOAD_JSON|-",
                    help="the JSON object to sign (default -: read standard input)")
 
@@ -53,12 +72,7 @@ def run_sign(args: argparse.Namespace, config: Config) -> int:
         raise ConfigError(f"payload: bad JSON: {e}") from None
     if not isinstance(obj, dict):
         raise ConfigError("payload: must be a JSON object")
-    # An HMAC secret read as an Ed25519 seed would sign, and every node would refuse it.
-    alg: auth.Alg = args.alg or ("hmac" if args.key.endswith(".hmac") else "ed25519")
-    try:
-        key = auth.load_signing_key(args.key, alg)
-    except auth.KeyFileError as e:
-        raise ConfigError(f"--key: {e}") from None
+    key, alg = signing_key(args)
     try:
         signed = auth.sign_payload(obj, key, args.kid, alg, topic=args.topic)
     except ValueError as e:  # NaN / Infinity in the payload

@@ -13,6 +13,10 @@
   gridtao/gpu/sim/workserver.py) as Prometheus counters in vLLM's names, on
   ``http://H:P/metrics`` (said on stdout as ``serving URL`` once it listens), until
   SIGINT/SIGTERM. It never sets a limit; the device must exist.
+* ``gridtao sim meter --devices N1,N2 [--losses F] ... [--key FILE --kid ID [--alg A]]``: a
+  simulated site meter gateway (gridtao/site/metersim.py) publishing ``{prefix}/meter``
+  readings of those devices' true power, signed with ``--key`` as ``--kid`` for a site in
+  signed mode.
 
 ``--device NAME`` names another device than the configuration's. Exit 0 on success, 1 when
 ``status`` finds no device (or ``serve-work`` loses its GPUs), 2 with one line on stderr for a
@@ -29,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gridtao.cli.security import add_key_options, signing_key
 from gridtao.config.agent import Config, ConfigError, sim_device_problem
 
 EXIT_OK = 0
@@ -79,6 +84,9 @@ def configure_sim(p: argparse.ArgumentParser) -> None:
                        help="the site's constant load, W (default 0)")
     meter.add_argument("--period", type=float, default=0.5, metavar="S",
                        help="seconds between readings (default 0.5)")
+    add_key_options(meter.add_argument_group(
+        "signing", "sign every reading, for a site in signed mode (its auth.keys lists the "
+        "key with topics [meter]); --key and --kid together"), required=False)
 
 
 def _configure_serve_work(p: argparse.ArgumentParser) -> None:
@@ -165,8 +173,15 @@ def _meter(args: argparse.Namespace, config: Config) -> int:
     from gridtao.clock import MonotonicClock
     from gridtao.config.paths import sim_device_path
     from gridtao.control.tier2.facility import FacilityModel
-    from gridtao.site.metersim import SimulatedMeter, open_devices, run_meter
+    from gridtao.site.metersim import (
+        Encode,
+        SimulatedMeter,
+        open_devices,
+        run_meter,
+        signed_readings,
+    )
     from gridtao.transport.mqtt import new_event_loop
+    from gridtao.wire.site import site_payload
 
     names = [n for n in args.devices.split(",") if n]
     if not names:  # a meter of no devices would publish the fixed load alone, as if measured
@@ -181,6 +196,15 @@ def _meter(args: argparse.Namespace, config: Config) -> int:
         model = FacilityModel(args.losses, args.cop, args.cooling_tau, args.fixed)
     except ValueError as e:
         return _fail(f"--losses/--cop/--cooling-tau/--fixed: {e}")
+    encode: Encode = site_payload
+    if (args.key is None) != (args.kid is None):
+        return _fail("--key and --kid: give both to sign the readings, or neither")
+    if args.key is not None:
+        try:
+            key, alg = signing_key(args)
+        except ConfigError as e:
+            return _fail(str(e))
+        encode = signed_readings(key, args.kid, alg)
     clock = MonotonicClock()
     meter = SimulatedMeter(open_devices([sim_device_path(n) for n in names], clock), model,
                            clock)
@@ -189,7 +213,8 @@ def _meter(args: argparse.Namespace, config: Config) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        loop.run_until_complete(run_meter(config, meter, period_s=args.period, stop=stop))
+        loop.run_until_complete(run_meter(config, meter, period_s=args.period, stop=stop,
+                                          encode=encode))
     finally:
         loop.close()
     return EXIT_OK

@@ -1,7 +1,8 @@
 """Configuration of what the node trusts from the network (re-exported by
 :mod:`gridtao.config.agent`; ranges live next to each field in ``metadata``): the keys signed
-dispatch and frequency messages are checked against (``auth:``) and the bounds on what remote
-messages may do (``limits:``); both read by gridtao/security/ (docs/security.md).
+dispatch, frequency and (at the site coordinator) meter messages are checked against
+(``auth:``) and the bounds on what remote messages may do (``limits:``); both read by
+gridtao/security/ (docs/security.md).
 
 Times in seconds, rates in messages per second, fractions of 0..1. The dataclasses are frozen,
 so a configuration is shared between threads as it is; each key is checked on its own as it is
@@ -25,12 +26,17 @@ class AuthKey:
 
     ``file`` is an Ed25519 public key (PEM or raw base64) for ``auth.mode: ed25519``, or an
     HMAC secret (base64, at least 32 bytes) for ``auth.mode: hmac``. A relative path is taken
-    from the config file's folder. ``topics`` are the topics this key may sign for.
+    from the config file's folder. ``topics`` are the topics this key may sign for:
+    ``dispatch`` (dispatches and awards, a node's or the site's), ``frequency`` (frequency
+    samples, read by the nodes) and ``meter`` (the site meter's readings, read by the site
+    coordinator). The default is the first two: a key that may sign a reading of the settlement
+    meter is named so on purpose (``topics: [meter]``, a meter gateway's key), never a key
+    listed before readings were signed.
     """
 
     kid: str
     file: str
-    topics: tuple[Literal["dispatch", "frequency"], ...] = ("dispatch", "frequency")
+    topics: tuple[Literal["dispatch", "frequency", "meter"], ...] = ("dispatch", "frequency")
 
 
 @dataclass(frozen=True)

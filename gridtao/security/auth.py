@@ -1,4 +1,5 @@
-"""Message authentication for dispatch and frequency payloads (wire contract v1 + an envelope).
+"""Message authentication for dispatch, frequency and meter payloads (wire contract v1 + an
+envelope).
 
 A signed message is a v1 payload with two more fields (v1 readers ignore unknown fields):
 
@@ -65,7 +66,9 @@ __all__ = [
 log = logging.getLogger("gridtao.auth")
 
 Alg: TypeAlias = Literal["ed25519", "hmac"]
-Topic: TypeAlias = Literal["dispatch", "frequency"]
+#: What a key may sign (``auth.keys[].topics``): dispatches and awards, frequency samples
+#: (the nodes), the site meter's readings (the site coordinator).
+Topic: TypeAlias = Literal["dispatch", "frequency", "meter"]
 ALGS: Final[tuple[str, ...]] = get_args(Alg)
 SIG_FIELD: Final = "sig"
 KID_FIELD: Final = "kid"
@@ -141,7 +144,8 @@ def sign_payload(
 
     ``key`` is an :class:`Ed25519PrivateKey` (or its 32-byte raw seed) for ``ed25519``, the
     secret bytes for ``hmac``. With ``topic``, a missing timestamp is filled in from ``now``
-    (default: this machine's Unix time): ``issued_at`` for a dispatch, ``t`` for frequency.
+    (default: this machine's Unix time): ``issued_at`` for a dispatch, ``t`` for a frequency
+    sample or a meter reading.
     """
     if alg not in ALGS:
         raise ValueError(f"unknown algorithm {alg!r} (expected one of {', '.join(ALGS)})")
@@ -369,10 +373,11 @@ def check_fresh(
 
 
 class SampleOrder:
-    """Replay protection for frequency samples: per key, ``t`` must increase strictly.
+    """Replay protection for timestamped samples (frequency samples, site meter readings): per
+    key, ``t`` must increase strictly.
 
-    In memory only: after a restart, a captured sample can be replayed at most within the
-    frequency freshness window (seconds), which :func:`check_fresh` enforces.
+    In memory only: after a restart, a captured sample can be replayed at most within its
+    freshness window (seconds), which :func:`check_fresh` enforces.
     """
 
     def __init__(self) -> None:

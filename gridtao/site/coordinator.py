@@ -9,7 +9,8 @@ nodes' retained topics without sending anything a node has not already got.
 
 Here: the inputs taken in, site events started, released, acked and expired, the retained
 events record and status. The node orders are sent by :mod:`gridtao.site.sending`, the market's
-part by :mod:`gridtao.site.bidding`, and the site's power counted by :mod:`gridtao.site.power`.
+part by :mod:`gridtao.site.bidding`, the site's power counted by :mod:`gridtao.site.power`, and
+the meter's readings checked (signed mode) by :mod:`gridtao.site.meterauth`.
 
 Threads: everything here runs on the coordinator's event loop; :meth:`SiteCoordinator.snapshot`
 is swapped whole for the metrics collector, which reads it from the scrape thread.
@@ -31,6 +32,7 @@ from gridtao.site.events import SiteEvent, fleet_event, order_for_ack, site_even
 from gridtao.site.guard import Duplicate, SiteGuard
 from gridtao.site.market import SitePlan
 from gridtao.site.meter import MeterFeedback
+from gridtao.site.meterauth import MeterGate
 from gridtao.site.orders import end_orders
 from gridtao.site.power import site_it_w
 from gridtao.site.records import events_record, take_back
@@ -51,7 +53,6 @@ from gridtao.wire.site import (
     SiteCapDispatch,
     SiteShedDispatch,
     SiteTopics,
-    parse_meter,
     parse_site_dispatch,
     site_payload,
 )
@@ -94,6 +95,8 @@ class SiteCoordinator:
         self._sign = sign
         self._own_key = record_verifier(config) if own_key is None else own_key
         self.guard = SiteGuard(config.auth, verifier)
+        self.meter_gate = MeterGate(config, verifier, max_bytes=MAX_PAYLOAD_BYTES,
+                                    count=self._count)
         self.order_auth = OrderAuth(self.cfg.signing)
         self.sender = OrderSender(self.cfg, self.view, self.meter, self.events, clock=clock,
                                   topics=self.topics, publish=publish, sign=sign,
@@ -194,11 +197,8 @@ class SiteCoordinator:
                 self.order_auth.on_refusal(node, order.reason)
 
     def _on_meter(self, payload: bytes, wall: float) -> None:
-        try:
-            reading = parse_meter(payload, max_bytes=MAX_PAYLOAD_BYTES)
-        except MessageRejected as e:
-            self._count("meter_rejected")
-            log.warning("meter reading refused: %s", e.reason)
+        reading = self.meter_gate.admit(payload, wall)  # parsed and, signed mode, verified
+        if reading is None:
             return
         if abs(reading.t - wall) > self.cfg.meter.stale_s:
             self._count("meter_stale")

@@ -3,7 +3,8 @@
 It reads the power the machine-wide simulated GPUs really draw (the physics, as a meter sees
 the load, never what any agent reports), adds a facility of its own (losses, cooling with its
 lag, a fixed load: deliberately not the site's model, so the model's error can be measured and
-corrected) and publishes ``{"t", "w"}`` on ``{prefix}/meter`` every period. For demos, tests
+corrected) and publishes ``{"t", "w"}`` on ``{prefix}/meter`` every period, signed with a key
+of its own for a site in signed mode (``gridtao sim meter --key --kid``). For demos, tests
 and benches; a real site publishes its meter's readings instead (docs/site.md).
 
 Power in W, times in Unix seconds (``t``) and seconds.
@@ -15,20 +16,25 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 from gridtao.clock import Clock
 from gridtao.config.agent import Config, ConfigError
 from gridtao.control.tier2.facility import Facility, FacilityModel
 from gridtao.gpu.sim.nvml import SimNvml
+from gridtao.security.auth import Alg, SigningKey, sign_payload
 from gridtao.transport.mqtt import MqttLink
 from gridtao.transport.tls import read_password, ssl_context
 from gridtao.wire.site import SiteTopics, site_payload
 
-__all__ = ["SimulatedMeter", "open_devices", "run_meter"]
+__all__ = ["Encode", "SimulatedMeter", "open_devices", "run_meter", "signed_readings"]
 
 log = logging.getLogger("gridtao.site.meter")
+
+#: A reading ``{"t", "w"}`` as its payload on the wire.
+Encode: TypeAlias = Callable[[Mapping[str, object]], bytes]
 
 
 class SimulatedMeter:
@@ -51,6 +57,13 @@ class SimulatedMeter:
         return self.clock.wall(), w
 
 
+def signed_readings(key: SigningKey, kid: str, alg: Alg) -> Encode:
+    """Readings signed as ``kid`` (the site's ``auth.keys`` lists it for ``meter``)."""
+    def encode(reading: Mapping[str, object]) -> bytes:
+        return sign_payload(reading, key, kid, alg, topic="meter")
+    return encode
+
+
 def open_devices(paths: Sequence[Path], clock: Clock) -> list[SimNvml]:
     """The machine-wide simulated devices at ``paths`` (none is created). Raises
     ConfigError naming a missing one."""
@@ -65,9 +78,10 @@ def open_devices(paths: Sequence[Path], clock: Clock) -> list[SimNvml]:
 
 
 async def run_meter(config: Config, meter: SimulatedMeter, *, period_s: float,
-                    stop: asyncio.Event) -> None:
+                    stop: asyncio.Event, encode: Encode = site_payload) -> None:
     """Publish ``meter``'s readings on ``{mqtt.prefix}/meter`` every ``period_s`` until
-    ``stop``."""
+    ``stop``; ``encode`` writes each reading's payload (signs it, for a site in signed
+    mode: :func:`signed_readings`)."""
     m = config.mqtt
     link = MqttLink.for_broker(m, client_id=f"gridtao-meter-{os.getpid()}",
                                tls=ssl_context(m, source=config.source),
@@ -82,7 +96,7 @@ async def run_meter(config: Config, meter: SimulatedMeter, *, period_s: float,
         while not stop.is_set():
             readings += 1
             t, w = meter.read()
-            link.publish_nowait(topic, site_payload({"t": t, "w": round(w, 1)}), 0, False)
+            link.publish_nowait(topic, encode({"t": t, "w": round(w, 1)}), 0, False)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=period_s)
     finally:

@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from gridtao.site.coordinator import SiteCoordinator
+from gridtao.site.meterauth import REASON_LABELS as METER_REASONS
 from gridtao.site.status import ACK_DELAY_BUCKETS_S
 
 __all__ = ["SiteCollector", "register"]
@@ -29,7 +30,8 @@ _ANSWERS: Final = ("accepted", "rejected", "missing")
 
 class SiteCollector(Collector):
     """Site series: nodes online, IT and metered power, the target of the deepest event in
-    force, capacity per product, events, node answers and the site ack's delay."""
+    force, capacity per product, events, node answers, refused meter readings and the site
+    ack's delay."""
 
     def __init__(self, coordinator: SiteCoordinator) -> None:
         self._c = coordinator
@@ -72,6 +74,13 @@ class SiteCollector(Collector):
         for answer in _ANSWERS:
             acks.add_metric([answer], float(self._c.counts.get("node_answers_" + answer, 0)))
         yield acks
+        refused = CounterMetricFamily("gridtao_site_meter_rejected",
+                                      "Site meter readings refused, by reason (malformed, or "
+                                      "the signature checks' reasons).", labels=["reason"])
+        for reason in METER_REASONS:
+            refused.add_metric([reason], float(self._c.counts.get(f"meter_rejected:{reason}",
+                                                                  0)))
+        yield refused
         yield self._delays()
 
     def _delays(self) -> HistogramMetricFamily:

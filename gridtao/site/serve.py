@@ -24,6 +24,7 @@ from gridtao.config.agent import Config, ConfigError
 from gridtao.errors import GridtaoError
 from gridtao.security.auth import Verifier
 from gridtao.site.coordinator import SiteCoordinator
+from gridtao.site.meterauth import meter_unsignable
 from gridtao.site.metrics import register
 from gridtao.site.records import MAX_RECORD_BYTES
 from gridtao.site.signing import signer
@@ -89,6 +90,9 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
             loop.add_signal_handler(sig, handler)
     clock = clock or MonotonicClock()
     verifier = Verifier.from_config(config.auth, source=config.source)
+    unreadable = meter_unsignable(config)
+    if unreadable is not None:
+        log.warning("%s: %s", config.source, unreadable)
     sign = signer(config)
     m = config.mqtt
     links: list[MqttLink] = []

@@ -9,7 +9,9 @@ Pure functions, no I/O. Everything lives under the same ``prefix`` as the nodes:
   or the deadline passed, a second when every accepting node is in its band.
 - ``{prefix}/site/status`` (retained): the site's view, and the split of each event in force (a
   restarted coordinator takes its events back from it without re-dispatching).
-- ``{prefix}/meter`` (meter gateway -> site, QoS 0): ``{"t": <Unix s>, "w": <W>}``.
+- ``{prefix}/meter`` (meter gateway -> site, QoS 0): ``{"t": <Unix s>, "w": <W>}``, with
+  ``kid`` and ``sig`` when signed (required in signed mode unless ``site.meter.require_signed``
+  is false).
 
 Times are Unix seconds, power in watts.
 """
@@ -42,6 +44,7 @@ __all__ = [
     "SiteCapDispatch",
     "SiteShedDispatch",
     "SiteTopics",
+    "meter_from",
     "parse_meter",
     "parse_site_dispatch",
     "site_payload",
@@ -219,7 +222,13 @@ def parse_site_dispatch(payload: bytes, *, max_bytes: int) -> AnySiteDispatch:
 
 def parse_meter(payload: bytes, *, max_bytes: int) -> MeterReading:
     """Parse ``{"t": <Unix s>, "w": <W >= 0>}``. Raises :class:`MessageRejected`."""
-    data = decode_object(payload, max_bytes=max_bytes)
+    return meter_from(decode_object(payload, max_bytes=max_bytes))
+
+
+def meter_from(data: Mapping[str, object]) -> MeterReading:
+    """A meter reading from its decoded payload (unknown fields, ``kid`` and ``sig`` among
+    them, are ignored here: gridtao/site/meterauth.py checks them). Raises
+    :class:`MessageRejected`."""
     t = _number(data, "t", None)
     if t < 0:
         raise MessageRejected(f"field 't' must be Unix seconds >= 0, got {t:g}")
