@@ -58,6 +58,26 @@ def test_the_watch_says_once_when_short_and_once_when_back(
     assert not watch.short and caplog.text.count("deliver its enrolment again") == 1
 
 
+def test_the_watch_says_nothing_of_a_draw_an_event_holds_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A node held down by an activation has little left to cut by design: that is not a
+    shortfall of its enrolment, during the event nor while its GPUs climb back after it."""
+    caplog.set_level(logging.INFO, logger="gridtao.capacity")
+    watch = CapacityWatch()
+    fac = FacilityConfig(settle_at="it")
+    natural = node_capacity([2000 * W], [200 * W], facility=fac, enrolled=1000.0)
+    capped = node_capacity([700 * W], [200 * W], facility=fac, enrolled=1000.0)
+    watch.update(natural)
+    for _ in range(3):
+        watch.update(capped, event_active=True)
+    watch.update(capped)  # the event just ended: the GPUs are still under their caps
+    assert not watch.short and "enrolled for" not in caplog.text
+    watch.update(natural)
+    watch.update(capped)  # a node that is short on its own is said to be, as before
+    assert watch.short and caplog.text.count("enrolled for 1000 W") == 1
+
+
 def test_a_cut_deeper_than_the_floor_is_acked_with_what_the_node_can_deliver(rig: Rig) -> None:
     floor_mw = float(rig.island.envelope.min_total_mw)  # 4 x 200 W
     ack = rig.dispatch({"id": "deep", "kind": "shed", "fraction": 0.9, "duration_s": 60})

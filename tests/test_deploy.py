@@ -364,3 +364,15 @@ def test_the_systemd_example_configuration_loads_with_production_defaults() -> N
     assert {k.kid for k in config.auth.keys} == {"aggregator-1", "meter-1"}
     assert [p.kind for p in config.products] == ["ffr"] and config.safety.triggers == ()
     assert config.metrics.host == "127.0.0.1"
+
+
+def test_the_daemonset_and_the_systemd_unit_enrol_a_node_alike(tmp_path: Path) -> None:
+    """Two starting points for the same production node: whichever an operator deploys with,
+    the node cuts for the same products, at the same ramp-out, down to the same floor."""
+    resources = manifests()
+    pod = resources["DaemonSet", "gridtao-agent"]["spec"]["template"]["spec"]
+    pod_file = pod_config(pod, pod["containers"][0], tmp_path,
+                          resources["ConfigMap", "gridtao-agent"])
+    kube, unit = load_config(pod_file), load_config(DEPLOY / "systemd" / "agent.yaml")
+    for section in ("products", "safety", "limits"):
+        assert getattr(kube, section) == getattr(unit, section), section

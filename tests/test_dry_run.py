@@ -39,6 +39,7 @@ def test_dry_run_acts_on_nothing_and_reports_the_enforced_limits(
     agent = Agent(cfg, clock=clock, backend=backend,
                   options=AgentOptions(serve_metrics=False, connect_timeout_s=10.0))
     caplog.set_level(logging.INFO, logger="gridtao.gpu")
+    caplog.set_level(logging.INFO, logger="gridtao.app")
     try:
         agent.start()
         with Subscriber(mqtt_broker.host, mqtt_broker.port, agent.topics.ack) as acks:
@@ -57,3 +58,7 @@ def test_dry_run_acts_on_nothing_and_reports_the_enforced_limits(
     finally:
         agent.close()
     assert sim.call_count("nvmlDeviceSetPowerManagementLimit") == 0
+    # Its stop says nothing was written rather than that it restored anything.
+    stops = [r.getMessage() for r in caplog.records if r.name == "gridtao.app.agent"]
+    assert any("dry run: no limit was ever written" in m for m in stops), stops
+    assert not any("limits restored" in m for m in stops), stops

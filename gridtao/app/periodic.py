@@ -190,7 +190,8 @@ class ControllerLoop:
         p = self._parts
         if online:
             cap = p.capacity()
-            p.capacity_watch.update(cap)
+            p.capacity_watch.update(cap,
+                                    event_active=bool(p.island.view().active_event_ids))
             extra: dict[str, object] = {"capacity": cap.fields(),
                                         "frequency": self._feed_fields(),
                                         "simulated": p.simulated, "instance": dict(p.instance)}

@@ -77,6 +77,9 @@ class NodeStop:
             log.exception("the last energy read-back failed")
         if failed:
             log.error("agent %s: %d GPU limit(s) could not be restored", self._node_id, failed)
+        elif parts.island.dry_run:
+            log.info("agent %s: dry run: no limit was ever written, so none to restore",
+                     self._node_id)
         else:
             log.info("agent %s: limits restored to their resting values (as found before "
                      "the agent first changed them)", self._node_id)

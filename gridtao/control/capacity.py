@@ -91,12 +91,20 @@ class CapacityWatch:
 
     def __init__(self) -> None:
         self._short: bool | None = None  # None: nothing seen yet (the first update says)
+        self._after_event = False  # the first update after an event: GPUs still climbing
 
     @property
     def short(self) -> bool:
         return bool(self._short)
 
-    def update(self, cap: Capacity) -> None:
+    def update(self, cap: Capacity, *, event_active: bool = False) -> None:
+        """Judge ``cap``. ``event_active``: the island holds an event, so the draw is the
+        event's doing (a cut node has little left to cut by design): nothing is judged or
+        said until it ends, nor in the update right after, while the GPUs climb back from
+        their caps."""
+        if event_active or self._after_event:
+            self._after_event = event_active
+            return
         if cap.enrolled_w <= 0:
             self._short = False
             return

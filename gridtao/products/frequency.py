@@ -93,8 +93,9 @@ class FrequencyMonitor:
         if not self.stale:
             self.stale = True
             if self.last_hz is None:
-                log.warning("frequency feed stale: no sample since start (%.1f s): the "
-                            "frequency products cannot activate until a meter publishes", age)
+                log.warning("frequency feed stale: no sample since start (%.1f s): no "
+                            "frequency trigger or product can activate until a meter "
+                            "publishes", age)
             else:
                 log.warning("frequency feed stale: no sample for %.1f s (last %.3f Hz); taken "
                             "as nominal, so frequency activations end by their rules", age,
