@@ -16,6 +16,7 @@ from gridtao.prequal import report as rep
 from gridtao.prequal.rules import ProductSpec
 from gridtao.prequal.scoring import RuleResult
 from gridtao.prequal.shapes import STATIC_RAMP_DOWN_S
+from gridtao.prequal.writeup import product_rows
 
 CAP = 1000.0
 DT = 0.05
@@ -188,6 +189,25 @@ def test_a_report_states_the_rearm_time_configured_and_the_one_tested() -> None:
     fields = plans.product_fields(config, pcfg)
     assert fields["rearm_s"] == 900.0
     assert fields["rearm_s_tested"] == pcfg.rearm_s == 90.0
+
+
+def test_a_report_states_ercot_support_as_enrolled_and_as_tested() -> None:
+    """ERCOT's 15 min support is held 18 s at time scale 0.02: the report says both, never
+    the shortened one as if it were the product's."""
+    config = load_config(None)
+    pcfg = plans.product_config(config, "ercot-ffr", capacity_w=CAP, time_scale=0.02)
+    fields = plans.product_fields(config, pcfg)
+    assert fields["support_s"] == plans.ERCOT_SUPPORT_S
+    assert fields["support_s_tested"] == pcfg.support_s == 18.0
+    rows = dict(product_rows(config, pcfg, plans.spec_of(pcfg)))
+    assert rows["support duration"] == "900 s (the tests hold 18 s: shortened by the time scale)"
+    # Configured, it is held as configured: nothing shortened, nothing more to say.
+    entry = ProductConfig(kind="ercot-ffr", capacity_w=CAP, support_s=30.0)
+    own = dataclasses.replace(config, products=(entry,))
+    pcfg = plans.product_config(own, "ercot-ffr", capacity_w=CAP, time_scale=0.02)
+    assert plans.product_fields(own, pcfg)["support_s"] == 30.0
+    assert "support_s_tested" not in plans.product_fields(own, pcfg)
+    assert dict(product_rows(own, pcfg, plans.spec_of(pcfg)))["support duration"] == "30 s"
 
 
 @pytest.mark.parametrize("product", ["dr", "fcr-n", "fcr-d-up"])

@@ -87,10 +87,21 @@ def rearm_times(config: Config, pcfg: ProductConfig) -> tuple[float, float]:
     return pcfg.rearm_s, (found or ProductConfig(kind=pcfg.kind, capacity_w=1.0)).rearm_s
 
 
+def support_times(config: Config, pcfg: ProductConfig) -> tuple[float, float] | None:
+    """ERCOT FFR's support duration as enrolled for the test (``pcfg``: shortened by the time
+    scale unless configured) and as enrolled (the configuration's own, else ERCOT's 15 min),
+    s; None for a product with no configurable support duration."""
+    if pcfg.kind != "ercot-ffr" or pcfg.support_s is None:
+        return None
+    found = next((p for p in config.products if p.kind == pcfg.kind), None)
+    own = found.support_s if found is not None and found.support_s is not None else None
+    return pcfg.support_s, own if own is not None else ERCOT_SUPPORT_S
+
+
 def product_fields(config: Config, pcfg: ProductConfig) -> dict[str, object]:
     """The enrolled product as a report states it: the keys its kind reads (set ones only),
-    ``rearm_s`` as configured, and, where the test shortened it, ``rearm_s_tested`` (what the
-    re-arm test waited)."""
+    ``rearm_s`` and ERCOT's ``support_s`` as enrolled, and, where the test shortened them,
+    ``rearm_s_tested`` (what the re-arm test waited) and ``support_s_tested``."""
     fields = dataclasses.asdict(pcfg)
     out = {k: fields[k] for k in KINDS[pcfg.kind].config_keys if fields[k] is not None}
     if "rearm_s" in out:
@@ -98,6 +109,12 @@ def product_fields(config: Config, pcfg: ProductConfig) -> dict[str, object]:
         out["rearm_s"] = configured
         if tested != configured:
             out["rearm_s_tested"] = tested
+    support = support_times(config, pcfg)
+    if support is not None:
+        tested, configured = support
+        out["support_s"] = configured
+        if tested != configured:
+            out["support_s_tested"] = tested
     return out
 
 

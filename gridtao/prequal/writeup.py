@@ -46,7 +46,7 @@ def product_rows(config: Config, pcfg: ProductConfig, spec: ProductSpec) -> list
     if kind.frequency:
         rows.append(("full activation limit", f"{spec.full_activation_s:g} s"))
     if kind.activation == "step":
-        rows += [("support duration", f"{spec.support_s:g} s"),
+        rows += [("support duration", _support(config, pcfg, spec.support_s)),
                  ("ramp-out", f"{config.safety.release_rate_per_s * 100:g} %/s of capacity"),
                  ("re-arm", _rearm(config, pcfg))]
     if spec.kind == "dr":  # its rules (prequal/rules.py, score_dr), for each dispatch
@@ -64,6 +64,17 @@ def product_rows(config: Config, pcfg: ProductConfig, spec: ProductSpec) -> list
         rows.append(("facility model", f"losses {f.losses_fraction:.1%}, COP {f.cop:g}, "
                                        f"cooling lag {f.cooling_tau_s:g} s, fixed {f.fixed_w:g} W"))
     return rows
+
+
+def _support(config: Config, pcfg: ProductConfig, support_s: float) -> str:
+    """The support duration scored: the product's, and what the tests held when the time scale
+    shortened it (ERCOT FFR's 15 min, unless configured)."""
+    from gridtao.prequal.plans import support_times
+
+    times = support_times(config, pcfg)
+    if times is None or times[0] == times[1]:
+        return f"{support_s:g} s"
+    return f"{times[1]:g} s (the tests hold {times[0]:g} s: shortened by the time scale)"
 
 
 def _rearm(config: Config, pcfg: ProductConfig) -> str:
