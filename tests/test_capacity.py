@@ -78,6 +78,18 @@ def test_the_watch_says_nothing_of_a_draw_an_event_holds_down(
     assert watch.short and caplog.text.count("enrolled for 1000 W") == 1
 
 
+def test_only_an_event_that_can_cut_holds_the_draw_down(rig: Rig) -> None:
+    """What the controller tells the watch (gridtao/app/periodic.py): an event holds the draw
+    down when it froze the island's basis. A cap far above the draw cuts nothing and freezes
+    nothing, so a node short of its enrolment under it is still said to be."""
+    high = sum(DEMAND_W) * 2
+    rig.dispatch({"id": "high", "kind": "cap", "node_w": high, "duration_s": 60})
+    view = rig.island.view()
+    assert view.active_event_ids == ("high",) and view.basis_total_mw is None
+    rig.dispatch({"id": "cut", "kind": "shed", "fraction": 0.2, "duration_s": 60})
+    assert rig.island.view().basis_total_mw is not None
+
+
 def test_a_cut_deeper_than_the_floor_is_acked_with_what_the_node_can_deliver(rig: Rig) -> None:
     floor_mw = float(rig.island.envelope.min_total_mw)  # 4 x 200 W
     ack = rig.dispatch({"id": "deep", "kind": "shed", "fraction": 0.9, "duration_s": 60})

@@ -165,8 +165,9 @@ def test_check_broker_subscribes_as_the_site_coordinator(
                 "(not authorized): check mqtt.username / mqtt.password_file")
             continue
         assert out.startswith(f"ok: broker 127.0.0.1:{site_broker.port} accepted the "
-                              f"connection (no TLS) as '{SITE_USER}' and the site "
+                              f"connection (no TLS) as '{SITE_USER}' and granted the site "
                               "coordinator's subscriptions to "), out
+        assert "a grant is no proof of read rights" in out
         subscribed, published = out.split("; it publishes to ")
         for topic in ("site/dispatch", "site/award", "dispatch", "meter", "nodes/+/ack",
                       "site/events", "nodes/+/status", "nodes/+/tracker", "nodes/+/plan"):

@@ -141,6 +141,45 @@ def test_a_stale_or_future_dated_reading_is_refused(tmp_path: Path) -> None:
     assert rig.c.meter.last is not None and rig.c.meter.last.w == 1300.0
 
 
+def test_a_reading_too_far_ahead_to_be_used_never_blocks_the_next(tmp_path: Path) -> None:
+    """A reading ahead of the site's clock by more than ``stale_s`` (here under
+    ``auth.max_future_s``) would never be used: it is refused before its time becomes the
+    key's last, so the gateway's next, on-time reading is taken."""
+    rig = _rig(tmp_path, stale_s=1.0)
+    rig.send(rig.reading(9000.0, dt=1.5))
+    assert rig.refused("future") == 1 and rig.c.meter.last is None
+    rig.send(rig.reading(1300.0))
+    assert rig.c.meter.last is not None and rig.c.meter.last.w == 1300.0
+    assert rig.refused("replayed") == 0
+
+
+def test_refusal_lines_are_paced_per_reason_on_the_monotonic_clock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A flood of one reason never hides another's line, and a wall clock set back an hour
+    silences nothing: the pace is kept on the monotonic clock."""
+    from gridtao.site.meterauth import LOG_INTERVAL_S
+
+    rig = _rig(tmp_path)
+    gate, wall = rig.c.meter_gate, rig.clock.wall()
+    tampered = json.loads(rig.reading(1300.0))
+    tampered["w"] = 5000.0
+    forged = json.dumps(tampered).encode()
+    with caplog.at_level(logging.WARNING, logger="gridtao.site"):
+        for k in range(130):  # junk every second, a forged reading every 10 s
+            assert gate.admit(b'{"t": 1, "w": "x"}', wall + k, float(k)) is None
+            if k % 10 == 0:
+                assert gate.admit(forged, wall + k, float(k)) is None
+        lines = [r.getMessage() for r in caplog.records]
+        assert sum("bad signature" in m for m in lines) == 3  # at 0, 60 and 120 s
+        caplog.clear()
+        # The wall clock steps back an hour; the monotonic clock goes on.
+        for k in range(130, 260, 10):
+            assert gate.admit(forged, wall - 3600.0 + k, float(k)) is None
+        assert sum("meter reading refused" in r.getMessage() for r in caplog.records) == 2
+    assert LOG_INTERVAL_S == 60.0
+
+
 def test_unsigned_readings_may_be_allowed_but_signed_ones_are_still_checked(
     tmp_path: Path,
 ) -> None:
@@ -167,20 +206,22 @@ def test_refusals_are_exported_and_logged_at_a_bounded_rate(
     with caplog.at_level(logging.WARNING, logger="gridtao.site"):
         for _ in range(500):
             rig.send(rig.reading(9000.0, kid=None))
-        rig.send(b'{"t": 1, "w": "high"}')
+        rig.send(b'{"t": 1, "w": "high"}')  # another reason: a line of its own at once
         rig.clock.advance(LOG_INTERVAL_S)
         rig.send(rig.reading(9000.0, kid="agg"))
-    lines = [r for r in caplog.records if "meter reading refused" in r.getMessage()]
-    assert len(lines) == 2 and all(r.exc_info is None for r in lines)
-    assert "unsigned" in lines[0].getMessage()
-    assert "may not sign meter" in lines[1].getMessage()
-    assert "500 more refused" in lines[1].getMessage()
+        rig.send(rig.reading(9000.0, kid=None))
+    lines = [r.getMessage() for r in caplog.records if "meter reading refused" in r.getMessage()]
+    assert len(lines) == 4 and all(r.exc_info is None for r in caplog.records)
+    assert "unsigned" in lines[0] and "more refused" not in lines[0]
+    assert "field 'w' must be a number" in lines[1]
+    assert "may not sign meter" in lines[2]
+    assert "unsigned" in lines[3] and "499 more refused for the same reason" in lines[3]
 
     def value(reason: str) -> float | None:
         return registry.get_sample_value("gridtao_site_meter_rejected_total",
                                          {"reason": reason})
 
-    assert value("unsigned") == 500 and value("malformed") == 1
+    assert value("unsigned") == 501 and value("malformed") == 1
     assert value("kid_not_allowed") == 1 and value("replayed") == 0
 
 

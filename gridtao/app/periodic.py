@@ -190,8 +190,10 @@ class ControllerLoop:
         p = self._parts
         if online:
             cap = p.capacity()
+            # An event that can cut froze the basis: the draw is then the event's doing. One
+            # whose caps sit above every resting limit (a cap above the draw) cuts nothing.
             p.capacity_watch.update(cap,
-                                    event_active=bool(p.island.view().active_event_ids))
+                                    event_active=p.island.view().basis_total_mw is not None)
             extra: dict[str, object] = {"capacity": cap.fields(),
                                         "frequency": self._feed_fields(),
                                         "simulated": p.simulated, "instance": dict(p.instance)}

@@ -197,13 +197,10 @@ class SiteCoordinator:
                 self.order_auth.on_refusal(node, order.reason)
 
     def _on_meter(self, payload: bytes, wall: float) -> None:
-        reading = self.meter_gate.admit(payload, wall)  # parsed and, signed mode, verified
-        if reading is None:
-            return
-        if abs(reading.t - wall) > self.cfg.meter.stale_s:
-            self._count("meter_stale")
-            return
-        self.meter.observe(reading, self._site_it_w(wall))
+        # Parsed, fresh and, in signed mode, verified (site/meterauth.py).
+        reading = self.meter_gate.admit(payload, wall, self.clock.now())
+        if reading is not None:
+            self.meter.observe(reading, self._site_it_w(wall))
 
     # ---- site dispatch -------------------------------------------------------------------
 

@@ -10,10 +10,17 @@ order is kept in memory, so after a restart a captured reading can come back at 
 ``stale_s``). An unsigned reading is refused unless ``site.meter.require_signed`` is false; a
 signed one is checked all the same.
 
+A reading, signed or not, is used only while its ``t`` is within ``site.meter.stale_s`` of
+the site's clock (and, signed, at most ``auth.max_future_s`` ahead as well): the freshness is
+judged before a signed reading's time is kept as the key's last, so a reading that would not
+be used never blocks the ones after it.
+
 Every refusal is counted (``meter_rejected`` and ``meter_rejected:<reason>``, exported as
-``gridtao_site_meter_rejected_total{reason}``) and logged at a bounded rate: the first of each
-``LOG_INTERVAL_S``, with the count of those refused since the line before. A refused reading
-changes nothing. Not thread-safe: the coordinator's loop owns it. Times in Unix seconds.
+``gridtao_site_meter_rejected_total{reason}``) and logged at a bounded rate per reason: the
+first of each reason in each ``LOG_INTERVAL_S`` (on the monotonic clock: a wall clock set back
+silences nothing), with the count of that reason refused since its line before. A flood of one
+reason therefore never hides another. A refused reading changes nothing. Not thread-safe: the
+coordinator's loop owns it. Times in Unix seconds (``wall``) and monotonic seconds (``now``).
 """
 
 from __future__ import annotations
@@ -77,38 +84,47 @@ class MeterGate:
         self._max_bytes = max_bytes
         self._count = count
         self._order = SampleOrder()
-        self._logged_at: float | None = None
-        self._unlogged = 0
+        self._logged_at: dict[str, float] = {}  # per reason: monotonic s of its last line
+        self._unlogged: dict[str, int] = {}  # per reason: refused since that line
 
-    def admit(self, payload: bytes, wall: float) -> MeterReading | None:
-        """The reading in ``payload`` when it may be used, else None (counted and logged)."""
+    def admit(self, payload: bytes, wall: float, now: float) -> MeterReading | None:
+        """The reading in ``payload`` when it may be used, else None (counted and logged).
+        ``wall``: the site's clock (Unix s); ``now``: its monotonic clock (s)."""
         try:
             data = decode_object(payload, max_bytes=self._max_bytes)
             reading = meter_from(data)
         except MessageRejected as e:
-            self._refuse(MALFORMED, e.reason, wall)
+            self._refuse(MALFORMED, e.reason, now)
             return None
         verifier = self._verifier
-        if verifier is None or (SIG_FIELD not in data and not self._required):
-            return reading
+        if verifier is not None and not (SIG_FIELD in data or self._required):
+            verifier = None  # unsigned, and unsigned readings allowed: judged on time alone
+        signed = verifier is not None
         try:
-            kid = verifier.authenticate("meter", data)
+            kid = verifier.authenticate("meter", data) if verifier is not None else None
+            # A reading further from now than stale_s is never used: refused here, before a
+            # signed one's time becomes its key's last.
             check_fresh(reading.t, "t", wall, max_age_s=self._max_age_s,
-                        max_future_s=self._max_future_s)
-            self._order.check(kid, reading.t)
+                        max_future_s=(min(self._max_future_s, self._max_age_s)
+                                      if kid is not None else self._max_age_s))
+            if kid is not None:
+                self._order.check(kid, reading.t)
         except AuthRejected as e:
-            self._refuse(e.label, f"auth: {e.reason}", wall)
+            self._refuse(e.label, f"auth: {e.reason}" if signed else e.reason, now)
             return None
-        self._order.accept(kid, reading.t)
+        if kid is not None:
+            self._order.accept(kid, reading.t)
         return reading
 
-    def _refuse(self, label: str, reason: str, wall: float) -> None:
+    def _refuse(self, label: str, reason: str, now: float) -> None:
         self._count("meter_rejected")
         self._count(f"meter_rejected:{label}")
-        if self._logged_at is not None and wall - self._logged_at < LOG_INTERVAL_S:
-            self._unlogged += 1
+        last = self._logged_at.get(label)
+        if last is not None and now - last < LOG_INTERVAL_S:
+            self._unlogged[label] = self._unlogged.get(label, 0) + 1
             return
-        more = (f" ({self._unlogged} more refused since the last such line)"
-                if self._unlogged else "")
-        log.warning("meter reading refused: %s%s", reason, more)
-        self._logged_at, self._unlogged = wall, 0
+        more = self._unlogged.pop(label, 0)
+        log.warning("meter reading refused: %s%s", reason,
+                    f" ({more} more refused for the same reason since its last line)"
+                    if more else "")
+        self._logged_at[label] = now

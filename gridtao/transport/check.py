@@ -64,6 +64,11 @@ async def _subscribe_once(config: Config, subscriptions: list[tuple[str, int]], 
     return None
 
 
+#: What a granted subscription does not prove, said with every "ok".
+GRANT_CAVEAT = ("a grant is no proof of read rights: a broker such as Mosquitto grants every "
+                "subscription and applies its ACL when it delivers")
+
+
 def _accepted(config: Config, tls: ssl.SSLContext | None) -> str:
     m = config.mqtt
     how = " over TLS" if tls is not None else " (no TLS)"
@@ -83,8 +88,9 @@ async def probe_broker(config: Config, *, node_id: str, timeout_s: float = 10.0
     failed = await _subscribe_once(config, subscriptions, tls=tls, timeout_s=timeout_s)
     if failed is not None:
         return False, failed
-    return True, (f"{_accepted(config, tls)} and the subscriptions to {topics.dispatch}, "
-                  f"{topics.node_dispatch} and {topics.frequency}")
+    return True, (f"{_accepted(config, tls)} and granted the subscriptions to "
+                  f"{topics.dispatch}, {topics.node_dispatch} and {topics.frequency} "
+                  f"({GRANT_CAVEAT})")
 
 
 async def probe_site_broker(config: Config, *, timeout_s: float = 10.0) -> tuple[bool, str]:
@@ -100,9 +106,10 @@ async def probe_site_broker(config: Config, *, timeout_s: float = 10.0) -> tuple
     failed = await _subscribe_once(config, subscriptions, tls=tls, timeout_s=timeout_s)
     if failed is not None:
         return False, failed
-    return True, (f"{_accepted(config, tls)} and the site coordinator's subscriptions to "
-                  f"{', '.join(topic for topic, _ in subscriptions)}; it publishes to "
-                  f"{', '.join(topics.published())} (not tried: a check publishes nothing)")
+    return True, (f"{_accepted(config, tls)} and granted the site coordinator's "
+                  f"subscriptions to {', '.join(topic for topic, _ in subscriptions)} "
+                  f"({GRANT_CAVEAT}); it publishes to {', '.join(topics.published())} (not "
+                  "tried: a check publishes nothing)")
 
 
 #: How long to wait after the subscription is granted for a retained message to arrive (the
