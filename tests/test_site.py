@@ -1149,3 +1149,30 @@ def test_after_a_key_change_the_record_the_old_key_signed_is_taken_back_when_lis
     with pytest.raises(ConfigError, match=r"site\.signing\.previous\[0\]\.kid: 'site-2026' is "
                        "named twice"):
         config("site-2026", [{"kid": "site-2026", "file": str(secrets_["site-2025"])}])
+
+
+def test_a_node_that_stopped_cleanly_counts_at_its_draw_before_the_event_not_its_capped_one(
+        ) -> None:
+    """A clean stop put the node's limits back: the site's IT power (its status, the meter's
+    model error, the measured reduction) counts it at its draw before the event, not at its
+    last draw under the cap, and a restarted coordinator, which hears only the node's offline
+    status, counts it so too instead of at zero. A node gone by its last will keeps its caps:
+    a restarted coordinator counts it at most at the cap it accepted."""
+    h = Harness()
+    _held_by_three(h, {"id": "e", "kind": "site_cap", "site_w": 2400, "duration_s": 600})
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 800.0)  # capped
+    assert h.c._site_it_w(h.clock.wall()) == pytest.approx(2400.0)
+    h.c.on_message(f"{PREFIX}/nodes/n2/status",
+                   b'{"node":"n2","online":false,"restored":true}')
+    assert h.c._site_it_w(h.clock.wall()) == pytest.approx(800.0 + 1000.0 + 800.0)
+    h.c.tick()
+    (record,) = [b for t, b, retain in h.sent if t.endswith("site/events") and retain][-1:]
+    cap_n3 = record["events"][0]["orders"]["n3"]["node_w"]
+    again = Harness()
+    again.c.on_message(f"{PREFIX}/site/events", json.dumps(record).encode(), retained=True)
+    again.c.on_message(f"{PREFIX}/nodes/n2/status",
+                       b'{"node":"n2","online":false,"restored":true}')
+    again.c.on_message(f"{PREFIX}/nodes/n3/status", b'{"node":"n3","online":false}')
+    again.status("n1", 800.0)
+    assert again.c._site_it_w(again.clock.wall()) == pytest.approx(800.0 + 1000.0 + cap_n3)

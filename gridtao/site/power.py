@@ -22,10 +22,22 @@ def site_it_w(view: SiteView, events: Iterable[SiteEvent], wall: float) -> float
     """The site's IT power: online nodes as measured, offline ones at the draw last known
     (an offline node may be drawing all it can: never counted as zero). A node measured
     in its band after its last status (its ack's ``reached_power_w``: a node reaches its
-    band well within one status period) counts at that power."""
+    band well within one status period) counts at that power.
+
+    An offline node whose last draw says nothing of its draw now counts at its draw before
+    the events held (the largest their splits remember): one that stopped cleanly put its
+    limits back, so its last draw under a cap is gone; one whose draw the site never heard
+    (a restarted coordinator reads only an offline status) at most at the lowest cap it
+    accepted, which stays on its GPUs while its agent is away."""
+    events = list(events)
     reached = reached_power_w(events)
     total = 0.0
     for v in view.nodes.values():
+        if not view.is_online(v.node, wall) and (v.stopped_clean or v.draw_w is None):
+            before = _draw_before(v.node, events, held=not v.stopped_clean)
+            if before is not None:
+                total += max(before, v.draw_w or 0.0) if v.stopped_clean else before
+                continue
         newer = reached.get(v.node)
         # Newer than its status, and not from the future (a stamp beyond the site's clock
         # and the nodes' skew would pin the node at that power for the whole event).
@@ -49,3 +61,17 @@ def reached_power_w(events: Iterable[SiteEvent]) -> dict[str, tuple[float, float
             if seen is None or o.reached_at > seen[0]:
                 out[o.node] = (o.reached_at, o.reached_power_w)
     return out
+
+
+def _draw_before(node: str, events: list[SiteEvent], *, held: bool) -> float | None:
+    """``node``'s draw before the events held (W), None when none remembers it; ``held``: at
+    most the lowest cap the node accepted of them (its caps still on its GPUs)."""
+    draws = [e.draws_w[node] for e in events if node in e.draws_w]
+    if not draws:
+        return None
+    before = max(draws)
+    if held:
+        caps = [o.node_w for e in events for o in e.orders.values()
+                if o.node == node and o.answer == "accepted" and o.node_w is not None]
+        before = min([before, *caps])
+    return before
