@@ -1176,3 +1176,21 @@ def test_a_node_that_stopped_cleanly_counts_at_its_draw_before_the_event_not_its
     again.c.on_message(f"{PREFIX}/nodes/n3/status", b'{"node":"n3","online":false}')
     again.status("n1", 800.0)
     assert again.c._site_it_w(again.clock.wall()) == pytest.approx(800.0 + 1000.0 + cap_n3)
+
+
+def test_a_new_event_splits_from_the_draws_the_site_counts() -> None:
+    """A node that stopped cleanly during an event draws its natural power again: a second
+    event arriving meanwhile starts from that, as the site's IT power counts it, not from the
+    node's last draw under the first event's cap (its reference and its nodes' draws agree)."""
+    h = Harness()
+    _held_by_three(h, {"id": "e", "kind": "site_cap", "site_w": 2400, "duration_s": 600})
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 800.0)  # capped
+    h.c.on_message(f"{PREFIX}/nodes/n2/status",
+                   b'{"node":"n2","online":false,"restored":true}')
+    h.send(f"{PREFIX}/site/dispatch",
+           {"id": "f", "kind": "site_shed", "reduction_w": 100, "duration_s": 600})
+    second = h.c.events["f"]
+    assert second.draws_w["n2"] == pytest.approx(1000.0)
+    assert second.draws_w["n1"] == second.draws_w["n3"] == pytest.approx(800.0)
+    assert sum(second.draws_w.values()) == pytest.approx(h.c._site_it_w(h.clock.wall()))

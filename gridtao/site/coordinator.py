@@ -34,7 +34,7 @@ from gridtao.site.market import SitePlan
 from gridtao.site.meter import MeterFeedback
 from gridtao.site.meterauth import MeterGate
 from gridtao.site.orders import end_orders
-from gridtao.site.power import site_it_w
+from gridtao.site.power import node_draws_w, site_it_w
 from gridtao.site.records import events_record, take_back
 from gridtao.site.refusals import AUTH_PREFIX, OrderAuth
 from gridtao.site.sending import MAX_ORDER_SPACING_S as MAX_ORDER_SPACING_S  # kept importable
@@ -240,9 +240,9 @@ class SiteCoordinator:
     def _start(self, msg: SiteCapDispatch | SiteShedDispatch, wall: float) -> None:
         it_w = self._site_it_w(wall)
         reference = it_w if msg.at == "it" else self.meter.site_meter_w(it_w, wall)
-        # every node drawing, offline ones too: the reference counts them at their last draw
-        event = site_event(msg, reference_w=reference, wall=wall, draws_w={
-            v.node: v.draw_w for v in self.view.nodes.values() if v.draw_w is not None})
+        # every node drawing, offline ones too, each as the reference counts it
+        event = site_event(msg, reference_w=reference, wall=wall,
+                           draws_w=node_draws_w(self.view, self.events.values(), wall))
         self.events[event.id] = event
         log.info("site event %s: %s at %s, %.0f W -> %.0f W for %.0f s", event.id, event.kind,
                  event.at, reference, event.target_w or 0.0, msg.duration_s)

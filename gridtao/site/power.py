@@ -12,17 +12,25 @@ from collections.abc import Iterable
 from gridtao.site.events import SiteEvent
 from gridtao.site.view import SiteView
 
-__all__ = ["REACHED_SKEW_S", "reached_power_w", "site_it_w"]
+__all__ = ["REACHED_SKEW_S", "node_draws_w", "reached_power_w", "site_it_w"]
 
 #: How far ahead of the site's clock a node's ``reached_at`` may be and still be taken (s).
 REACHED_SKEW_S = 5.0
 
 
 def site_it_w(view: SiteView, events: Iterable[SiteEvent], wall: float) -> float:
-    """The site's IT power: online nodes as measured, offline ones at the draw last known
-    (an offline node may be drawing all it can: never counted as zero). A node measured
-    in its band after its last status (its ack's ``reached_power_w``: a node reaches its
-    band well within one status period) counts at that power.
+    """The site's IT power: the sum of :func:`node_draws_w` (a node nothing is known of counts
+    as 0 W)."""
+    return sum(node_draws_w(view, events, wall).values())
+
+
+def node_draws_w(view: SiteView, events: Iterable[SiteEvent], wall: float) -> dict[str, float]:
+    """Each node's IT power as the site counts it (nodes nothing is known of left out): online
+    nodes as measured, offline ones at the draw last known (an offline node may be drawing all
+    it can: never counted as zero). A node measured in its band after its last status (its
+    ack's ``reached_power_w``: a node reaches its band well within one status period) counts at
+    that power. A new event's split starts from these, so its reference and its nodes' draws
+    agree.
 
     An offline node whose last draw says nothing of its draw now counts at its draw before
     the events held (the largest their splits remember): one that stopped cleanly put its
@@ -31,22 +39,22 @@ def site_it_w(view: SiteView, events: Iterable[SiteEvent], wall: float) -> float
     accepted, which stays on its GPUs while its agent is away."""
     events = list(events)
     reached = reached_power_w(events)
-    total = 0.0
+    out: dict[str, float] = {}
     for v in view.nodes.values():
         if not view.is_online(v.node, wall) and (v.stopped_clean or v.draw_w is None):
             before = _draw_before(v.node, events, held=not v.stopped_clean)
             if before is not None:
-                total += max(before, v.draw_w or 0.0) if v.stopped_clean else before
+                out[v.node] = max(before, v.draw_w or 0.0) if v.stopped_clean else before
                 continue
         newer = reached.get(v.node)
         # Newer than its status, and not from the future (a stamp beyond the site's clock
         # and the nodes' skew would pin the node at that power for the whole event).
         if newer is not None and (v.t is None or newer[0] > v.t) \
                 and newer[0] <= wall + REACHED_SKEW_S:
-            total += newer[1]
-        else:
-            total += v.draw_w or 0.0
-    return total
+            out[v.node] = newer[1]
+        elif v.draw_w is not None:
+            out[v.node] = v.draw_w
+    return out
 
 
 def reached_power_w(events: Iterable[SiteEvent]) -> dict[str, tuple[float, float]]:
