@@ -26,7 +26,7 @@ DASHBOARD: dict[str, Any] = json.loads((GRAFANA / "gridtao-dashboard.json").read
 # The site coordinator's series, as agreed for its exporter (name -> labels).
 SITE_SERIES = {
     "gridtao_site_nodes": {"state"}, "gridtao_site_it_power_watts": set(),
-    "gridtao_site_meter_power_watts": set(), "gridtao_site_target_watts": set(),
+    "gridtao_site_meter_power_watts": set(), "gridtao_site_target_watts": {"at"},
     "gridtao_site_capacity_watts": {"product", "kind"}, "gridtao_site_events_active": set(),
     "gridtao_site_acks_total": {"result"}, "gridtao_site_ack_delay_seconds_bucket": {"le"},
     "gridtao_site_meter_model_error_ratio": set(),

@@ -1194,3 +1194,25 @@ def test_a_new_event_splits_from_the_draws_the_site_counts() -> None:
     assert second.draws_w["n2"] == pytest.approx(1000.0)
     assert second.draws_w["n1"] == second.draws_w["n3"] == pytest.approx(800.0)
     assert sum(second.draws_w.values()) == pytest.approx(h.c._site_it_w(h.clock.wall()))
+
+
+def test_the_target_metric_is_kept_per_settlement_point() -> None:
+    """An IT-level cap and a meter-level cap in force together: each has its own series (the
+    lowest of one is not a target of the other's power)."""
+    from prometheus_client import CollectorRegistry
+
+    from gridtao.site.metrics import register
+
+    h = Harness()
+    registry = CollectorRegistry()
+    register(h.c, registry)
+    _held_by_three(h, {"id": "it", "kind": "site_cap", "site_w": 2400, "duration_s": 600})
+    h.send(f"{PREFIX}/site/dispatch", {"id": "m", "kind": "site_cap", "site_w": 2900,
+                                       "at": "meter", "duration_s": 600})
+    h.clock.advance(5.0)  # the next status period: the snapshot the collector reads
+    h.c.tick()
+
+    def target(at: str) -> float | None:
+        return registry.get_sample_value("gridtao_site_target_watts", {"at": at})
+
+    assert target("it") == pytest.approx(2400.0) and target("meter") == pytest.approx(2900.0)

@@ -50,11 +50,15 @@ class SiteCollector(Collector):
         yield GaugeMetricFamily("gridtao_site_meter_power_watts",
                                 "The site meter's last fresh reading, W (NaN: none).",
                                 value=math.nan if meter is None else float(meter))
-        targets = [e["target_w"] for e in snap.get("events", ()) if e.get("target_w") is not None]
-        yield GaugeMetricFamily("gridtao_site_target_watts",
-                                "The lowest target of the site events in force, W at its "
-                                "settlement point (NaN: none).",
-                                value=min(targets) if targets else math.nan)
+        target = GaugeMetricFamily("gridtao_site_target_watts",
+                                   "The lowest target of the site events in force at each "
+                                   "settlement point (at: it or meter), W (NaN: none).",
+                                   labels=["at"])
+        for at in ("it", "meter"):
+            targets = [e["target_w"] for e in snap.get("events", ())
+                       if e.get("at") == at and e.get("target_w") is not None]
+            target.add_metric([at], min(targets) if targets else math.nan)
+        yield target
         capacity = GaugeMetricFamily("gridtao_site_capacity_watts",
                                      "Capacity per product over online nodes: enrolled (in "
                                      "force), armed, offered (tier 3, this market time unit), W.",
