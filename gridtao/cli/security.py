@@ -19,6 +19,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,8 +30,13 @@ from gridtao.security import auth
 HMAC_KEY_BYTES = 32
 
 
-def add_key_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, *,
-                    required: bool = True) -> None:
+class _TakesArguments(Protocol):
+    """A parser or an argument group (argparse's group class is private)."""
+
+    def add_argument(self, *names: str, **options: Any) -> argparse.Action: ...
+
+
+def add_key_options(p: _TakesArguments, *, required: bool = True) -> None:
     """``--key``, ``--kid`` and ``--alg``: the key a command signs with."""
     p.add_argument("--key", required=required, metavar="FILE",
                    help="private key (Ed25519 PEM or base64 seed) or HMAC secret file")
