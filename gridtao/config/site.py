@@ -49,12 +49,13 @@ class MeterConfig:
     gateway's readings). ``feedback``: correct the IT budget of a meter-level event by the
     ratio of metered to modelled power (the facility model's error), estimated with an
     exponential average of time constant ``tau_s``; off, the budget is the model's alone.
-    ``stale_s``: a reading older than this is not used (the model alone then).
+    ``stale_s``: a reading whose ``t`` is further than this from the site's clock, either way,
+    is not used (the model alone then).
 
     With ``auth.mode`` other than ``none``, a reading must be signed by a key that may sign
     ``meter`` (``auth.keys[].topics``), its ``t`` no older than ``stale_s`` (the age from which
-    a reading is not used anyway) nor more than ``auth.max_future_s`` ahead, and increasing
-    per key (gridtao/site/meterauth.py). ``require_signed: false`` takes unsigned readings
+    a reading is not used anyway) nor more than ``auth.max_future_s`` (or ``stale_s``) ahead,
+    and increasing per key (gridtao/site/meterauth.py). ``require_signed: false`` takes unsigned readings
     too (the broker's ACL then guards them); a signed one is still checked."""
 
     feedback: bool = True
