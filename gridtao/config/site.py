@@ -55,8 +55,9 @@ class MeterConfig:
     With ``auth.mode`` other than ``none``, a reading must be signed by a key that may sign
     ``meter`` (``auth.keys[].topics``), its ``t`` no older than ``stale_s`` (the age from which
     a reading is not used anyway) nor more than ``auth.max_future_s`` (or ``stale_s``) ahead,
-    and increasing per key (gridtao/site/meterauth.py). ``require_signed: false`` takes unsigned readings
-    too (the broker's ACL then guards them); a signed one is still checked."""
+    and increasing per key (gridtao/site/meterauth.py). ``require_signed: false`` takes
+    unsigned readings too (the broker's ACL then guards them); a signed one is still
+    checked."""
 
     feedback: bool = True
     tau_s: float = field(default=4.0, metadata=rng(0.0, 3600))
