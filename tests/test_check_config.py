@@ -238,3 +238,13 @@ def test_triggers_no_key_may_sign_frequency_for_are_a_warning(
     path = _write(tmp_path, text("dispatch, frequency"))
     assert cli.main(["--config", str(path), "check-config"]) == 0
     assert "frequency topic" not in capsys.readouterr().err
+
+
+def test_a_node_file_without_a_site_section_says_nothing_of_the_site(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A node's own file has no `site:` section: the summary has no site line (it said what
+    `gridtao site` would run with the defaults, which no operator asked about)."""
+    path = _write(tmp_path, "gpus: {backend: sim, sim: {device: null}}\n")
+    assert cli.main(["--config", str(path), "check-config"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: ") and "gridtao site" not in out

@@ -20,7 +20,13 @@ import argparse
 import sys
 import time
 
-from gridtao.cli.checksite import add_role_options, check_site_files, for_site, site_summary
+from gridtao.cli.checksite import (
+    add_role_options,
+    check_site_files,
+    file_sections,
+    for_site,
+    site_summary,
+)
 from gridtao.config.agent import Config, ConfigError
 from gridtao.errors import one_line
 
@@ -75,7 +81,8 @@ def run_check_config(args: argparse.Namespace, config: Config) -> int:
         _check_sim_device(resolved)
         _check_sim_priorities(resolved)
     print(summary(resolved, node_id, kids=list(credentials.verifier.kids)
-                  if credentials.verifier is not None else [], simulated=simulated))
+                  if credentials.verifier is not None else [], simulated=simulated,
+                  site="site" in file_sections(config)))
     return 0
 
 
@@ -163,10 +170,12 @@ def _indices(indices: set[int]) -> str:
     return ", ".join(str(i) for i in sorted(indices))
 
 
-def summary(config: Config, node_id: str, *, kids: list[str], simulated: bool) -> str:
+def summary(config: Config, node_id: str, *, kids: list[str], simulated: bool,
+            site: bool = False) -> str:
     """What the configuration sets up, in a few lines (the first says it is valid).
     ``simulated``: the agent would run on simulated GPUs (``sim``, or ``auto`` without the
-    driver)."""
+    driver); ``site``: the file has a ``site:`` section too (one file serving both), so a line
+    says what ``gridtao site`` would run with it."""
     mqtt = config.mqtt
     products = ", ".join(f"{p.name or p.kind} {p.capacity_w:g} W" for p in config.products)
     auth = config.auth.mode if config.auth.mode == "none" else (
@@ -184,7 +193,7 @@ def summary(config: Config, node_id: str, *, kids: list[str], simulated: bool) -
         f"signing   {auth}",
         f"products  {products or f'none (raw safety.triggers: {len(config.safety.triggers)})'}",
         f"cuts      {split_line(config, simulated=simulated)}",
-        f"site      {site_line(config)}",
+        *([f"site      {site_line(config)}"] if site else []),
         f"records   audit {config.audit.path if config.audit.enabled else 'off'}; "
         f"journal {config.journal.path if config.journal.enabled else 'off'}",
     ]

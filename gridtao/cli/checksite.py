@@ -44,13 +44,19 @@ def for_site(args: argparse.Namespace, config: Config) -> bool:
     role = getattr(args, "role", None)
     if role is not None:
         return bool(role == "site")
+    sections = file_sections(config)
+    return "site" in sections and not AGENT_SECTIONS & sections
+
+
+def file_sections(config: Config) -> frozenset[str]:
+    """The top-level sections ``config``'s file sets (none for the built-in defaults)."""
     if config.source.startswith("<"):  # the built-in defaults: no file to look at
-        return False
+        return frozenset()
     try:
         data = read_yaml_file(config.source)  # read and checked a moment ago
     except ConfigError:
-        return False
-    return isinstance(data, dict) and "site" in data and not AGENT_SECTIONS & data.keys()
+        return frozenset()
+    return frozenset(str(k) for k in data) if isinstance(data, dict) else frozenset()
 
 
 def check_site_files(config: Config) -> list[str]:
