@@ -69,7 +69,12 @@ hours side by side. ``--job-hours MIN,MAX`` makes the synthetic training jobs la
 log-uniform MIN-MAX hours (synth's own: 2-24 h) at a rate asking for the same GPU-hours a day:
 the oracle's lead over any forecast comes from jobs starting and ending at random, so how long
 they run decides much of the result (docs/planner-inputs.md, "The bench's synthetic node", on
-how long real clusters' jobs run).
+how long real clusters' jobs run). ``--nodes N`` (1..100) pools N such nodes as one site,
+planned as one (as an aggregator pools nodes): the GPUs, maximum draw, floor, static enrolment
+and every enrolment's ``max_w`` are N times the node's (bid steps stay 100 W), and the site draws
+the sum of N independent synthetic nodes (node 0 with the seed itself, so ``--nodes 1`` is the
+node above; their 1-s spreads combined as independent), each with its own jobs: a job runs on
+one node, as on separate servers.
 """
 
 from __future__ import annotations
@@ -88,20 +93,21 @@ from gridtao.bench.plannerday import (
     CALIBRATION_DAYS,
     CARBON_EUR_T,
     DR_MAX_HOURS,
-    FLOOR_W,
-    GPUS,
     HOUR_S,
     IDLE_W,
     LEAD_S,
     LOSSES,
     LOST_WORK_EUR_WH,
     MARGINS,
+    MAX_NODES,
     MIN_W,
+    NODE,
     PUE,
     STRATEGIES,
     TDP_W,
     TZ_OFFSET_S,
     WEEK_START_S,
+    BenchNode,
     Draws,
     Plan,
     actual_forecast,
@@ -146,7 +152,7 @@ def solve_time_check(seed: int, repeats: int = 5) -> dict[str, Any]:
     for _ in range(repeats):
         prices = {e.kind: 5.0 + 40.0 * rng.random(n) for e in enrol}
         p = PlanProblem(start_s=float(WEEK_START_S), mtu_s=float(HOUR_S),
-                        p10_w=p50 - 800.0 * rng.random(n), p50_w=p50, floor_w=FLOOR_W,
+                        p10_w=p50 - 800.0 * rng.random(n), p50_w=p50, floor_w=NODE.floor_w,
                         enrolments=tuple(enrol), reserve_eur_mw_h=prices,
                         energy_eur_mwh=20.0 + 120.0 * rng.random(n),
                         carbon_g_kwh=30.0 + 100.0 * rng.random(n), pue=PUE,
@@ -169,16 +175,17 @@ def _offered_hours(plan: Plan) -> npt.NDArray[np.bool_]:
 
 
 def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] | None = None,
-                      lead_h: float = LEAD_S / HOUR_S) -> dict[str, Any]:
+                      lead_h: float = LEAD_S / HOUR_S, nodes: int = 1) -> dict[str, Any]:
     """Simulate ``days`` days for every strategy; JSON-able results (module docstring).
     ``hours``: the synthetic training jobs' length range (:func:`job_hours`); ``lead_h``: how
-    long before a day starts it is planned."""
+    long before a day starts it is planned; ``nodes``: how many nodes the site pools."""
     if not 1 <= days <= 28:
         raise ValueError(f"--days must be in 1..28, got {days}")
     if not 0 <= lead_h <= 36:
         raise ValueError(f"--lead-h must be in 0..36, got {lead_h}")
     t0 = time.perf_counter()
-    week = Week(days, seed, hours, lead_s=round(lead_h * HOUR_S))
+    node = BenchNode.of(nodes)
+    week = Week(days, seed, hours, lead_s=round(lead_h * HOUR_S), node=node)
     keys = ("revenue", "revenue_offered", "undeliverable_hours", "energy_cost", "carbon_kg",
             "work_shed_wh")
     totals = {s: dict.fromkeys(keys, 0.0) for s in STRATEGIES}
@@ -233,12 +240,15 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
         "p10_coverage_offered": round(float(cov[off].mean()), 4) if off.any() else None}
     timing = solve_time_check(seed)
     result: dict[str, Any] = {
-        "days": days, "seed": seed, "week_start_s": WEEK_START_S, "lead_h": lead_h,
+        "days": days, "seed": seed, "nodes": nodes, "week_start_s": WEEK_START_S, "lead_h": lead_h,
         "calibration_days": CALIBRATION_DAYS,
         "job_hours": list(hours) if hours is not None
         else [synth._JOB_MIN_H, synth._JOB_MAX_H],
-        "node": {"gpus": GPUS, "tdp_w": TDP_W, "min_w": MIN_W, "idle_w": IDLE_W,
-                 "floor_w": FLOOR_W, "losses_fraction": LOSSES, "pue": PUE,
+        "node": {"nodes": nodes, "gpus": node.gpus, "tdp_w": TDP_W, "min_w": MIN_W,
+                 "idle_w": IDLE_W, "max_w": node.max_w, "floor_w": node.floor_w,
+                 "static_w": dict(node.static),
+                 "enrolments_max_w": {e.kind: e.max_w for e in node.enrolments},
+                 "losses_fraction": LOSSES, "pue": PUE,
                  "lost_work_eur_wh": LOST_WORK_EUR_WH, "carbon_eur_t": CARBON_EUR_T,
                  "dr_max_hours_per_day": DR_MAX_HOURS},
         "strategies": strategies,
@@ -280,11 +290,13 @@ def _seeds(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``gridtao bench planner [--days N] [--seed S | --seeds S,S,...] [--job-hours MIN,MAX]
-    [--lead-h H] [--json FILE] [--markdown FILE]``."""
+    """``gridtao bench planner [--days N] [--nodes N] [--seed S | --seeds S,S,...]
+    [--job-hours MIN,MAX] [--lead-h H] [--json FILE] [--markdown FILE]``."""
     p = argparse.ArgumentParser(prog="gridtao bench planner",
                                 description=(__doc__ or "").split("\n")[0])
     p.add_argument("--days", type=int, default=7, help="days simulated (1..28, default 7)")
+    p.add_argument("--nodes", type=int, default=1, help="synthetic 8-GPU nodes pooled as one "
+                   f"site and planned as one (1..{MAX_NODES}, default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the history, signals and "
                    "activations (default 0)")
     p.add_argument("--seeds", type=_seeds, metavar="S,S,...", help="run each of these seeds "
@@ -303,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error("--days must be in 1..28")
         if not 0 <= args.lead_h <= 36:
             p.error("--lead-h must be in 0..36")
+        if not 1 <= args.nodes <= MAX_NODES:
+            p.error(f"--nodes must be in 1..{MAX_NODES}")
         check_outputs(args, p)  # before the run, not after it
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
@@ -310,13 +324,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                ).strip()
     result: dict[str, Any]
     if args.seeds:
-        runs = [run_planner_bench(args.days, seed, args.job_hours, args.lead_h)
+        runs = [run_planner_bench(args.days, seed, args.job_hours, args.lead_h, args.nodes)
                 for seed in args.seeds]
         summary = summarise_seeds(runs)
         result = {"summary": summary, "runs": runs} | provenance(command)
         text = markdown_seeds(summary, command)
     else:
-        result = run_planner_bench(args.days, args.seed, args.job_hours, args.lead_h)
+        result = run_planner_bench(args.days, args.seed, args.job_hours, args.lead_h,
+                                   args.nodes)
         result |= provenance(command)
         text = markdown(result, command)
     write_outputs(args, result, text)

@@ -1,12 +1,13 @@
-"""The planner bench's node, its strategies and how a day is scored (``gridtao bench planner``;
-the module docstring of :mod:`gridtao.bench.planner` describes each): the synthetic node's
-constants, one day's plan per strategy (static, the reference kit's grid search, tier 3 on a
-forecast or on the actual draw), the day's activations, and the minute-by-minute simulation
-that finds undeliverable hours."""
+"""The planner bench's node, its strategies and how a day is scored (``gridtao bench planner``; the
+module docstring of :mod:`gridtao.bench.planner` describes each): the synthetic node's constants
+and the site of ``--nodes`` of them (:class:`BenchNode`), one day's plan per strategy (static,
+the reference kit's grid search, tier 3 on a forecast or on the actual draw), the day's
+activations, and the minute-by-minute simulation that finds undeliverable hours."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -35,9 +36,8 @@ WEEK_START_S = 1_740_952_800  # Monday 2025-03-03 00:00 EET
 HISTORY_DAYS = 28
 CALIBRATION_DAYS = 14
 LEAD_S = 12 * HOUR_S  # a day is planned this long before it starts (the day-ahead gate)
-GPUS, TDP_W, MIN_W, IDLE_W = 8, 700.0, 200.0, 80.0
-MAX_W = GPUS * TDP_W
-FLOOR_W = node_floor_w([MIN_W] * GPUS, [TDP_W] * GPUS, min_node_fraction=0.3)
+GPUS_PER_NODE, TDP_W, MIN_W, IDLE_W = 8, 700.0, 200.0, 80.0
+MAX_NODES = 100
 LOSSES = 0.03
 PUE = 1.25
 # Ours: 120 EUR per MWh of IT energy the jobs lose. The synthetic node is idle or lightly
@@ -47,8 +47,8 @@ PUE = 1.25
 LOST_WORK_EUR_WH = 1.2e-4
 CARBON_EUR_T = 80.0  # about the EU ETS price
 DR_MAX_HOURS = 4
-STATIC = {"ffr": 400.0, "fcr-d-up": 300.0, "dr": 1500.0}  # configs/products.yaml
-ENROLMENTS = (
+_STATIC = {"ffr": 400.0, "fcr-d-up": 300.0, "dr": 1500.0}  # configs/products.yaml, per node
+_ENROLMENTS = (  # per node
     Enrolment("ffr", "ffr", 2000.0, bid_step_w=100.0),
     Enrolment("fcr-d-up", "fcr-d-up", 2000.0, bid_step_w=100.0),
     Enrolment("fcr-n", "fcr-n", 1000.0, bid_step_w=100.0),
@@ -66,6 +66,36 @@ _ITF = 1.0 / (1.0 + LOSSES)  # IT W per W at the meter
 
 
 @dataclass(frozen=True)
+class BenchNode:
+    """What the bench plans for: ``nodes`` synthetic nodes of ``GPUS_PER_NODE`` GPUs pooled
+    as one site and planned as one (as an aggregator pools nodes): its GPUs, maximum draw and
+    floor (IT W), the static enrolment (W at the meter per product kind) and the planner's
+    enrolments, each ``nodes`` times one node's. Build it with :meth:`of`."""
+
+    nodes: int
+    gpus: int
+    max_w: float
+    floor_w: float
+    static: Mapping[str, float]
+    enrolments: tuple[Enrolment, ...]
+
+    @classmethod
+    def of(cls, nodes: int = 1) -> BenchNode:
+        """``nodes`` (1..``MAX_NODES``) nodes pooled; 1: the bench's single node."""
+        if not 1 <= nodes <= MAX_NODES:
+            raise ValueError(f"--nodes must be in 1..{MAX_NODES}, got {nodes}")
+        gpus = GPUS_PER_NODE
+        floor = node_floor_w([MIN_W] * gpus, [TDP_W] * gpus, min_node_fraction=0.3)
+        return cls(nodes, nodes * gpus, nodes * (gpus * TDP_W), nodes * floor,
+                   {k: nodes * w for k, w in _STATIC.items()},
+                   tuple(dataclasses.replace(e, max_w=nodes * e.max_w) for e in _ENROLMENTS))
+
+
+#: The bench's single node (``--nodes 1``).
+NODE = BenchNode.of(1)
+
+
+@dataclass(frozen=True)
 class Plan:
     """One day's decision: offers per kind (W at the meter, per hour) and the IT ceiling per
     hour (inf: none). ``solve_s``: the planner's time (None: no solver)."""
@@ -77,12 +107,14 @@ class Plan:
 
 @dataclass(frozen=True)
 class Day:
-    """One day's actual minutes (1440) and its hourly signals."""
+    """One day's actual minutes (1440) of ``node`` (the site planned) and its hourly
+    signals."""
 
     start_s: int
     mean_w: FloatArray
     p10_w: FloatArray
     signals: MarketSignals
+    node: BenchNode = NODE
 
 
 def _weights(kind: str) -> float:
@@ -95,14 +127,15 @@ def _problem(forecast: Forecast, day: Day) -> PlanProblem:
     # The day's signals as the agent would hold them: issued the day before (day-ahead).
     signals = day.signals.to_signals(issued_at_s=day.start_s - 11 * HOUR_S)
     return problem_from(
-        forecast, signals, floor_w=FLOOR_W, enrolments=ENROLMENTS, max_draw_w=MAX_W,
-        settle_at="meter", losses_fraction=LOSSES, pue=PUE, carbon_eur_t=CARBON_EUR_T,
-        lost_work_eur_wh=LOST_WORK_EUR_WH, dr_max_hours_per_day=DR_MAX_HOURS,
-        tz_offset_s=TZ_OFFSET_S)
+        forecast, signals, floor_w=day.node.floor_w, enrolments=day.node.enrolments,
+        max_draw_w=day.node.max_w, settle_at="meter", losses_fraction=LOSSES, pue=PUE,
+        carbon_eur_t=CARBON_EUR_T, lost_work_eur_wh=LOST_WORK_EUR_WH,
+        dr_max_hours_per_day=DR_MAX_HOURS, tz_offset_s=TZ_OFFSET_S)
 
 
-def _from_result(result: PlanResult) -> Plan:
-    offers = {e.kind: np.asarray(result.offers_w[e.name], dtype=np.float64) for e in ENROLMENTS}
+def _from_result(result: PlanResult, node: BenchNode) -> Plan:
+    offers = {e.kind: np.asarray(result.offers_w[e.name], dtype=np.float64)
+              for e in node.enrolments}
     ceiling = (np.full(24, np.inf) if result.ceiling_w is None
                else np.nan_to_num(result.ceiling_w, nan=np.inf))
     return Plan(offers, ceiling, result.solve_s)
@@ -111,7 +144,7 @@ def _from_result(result: PlanResult) -> Plan:
 def plan_static(day: Day) -> Plan:
     """The fixed enrolment in every hour its product is procured (module docstring)."""
     offers = {}
-    for kind, w in STATIC.items():
+    for kind, w in day.node.static.items():
         price = day.signals.reserve_eur_mw_h[kind]
         offers[kind] = np.where(np.isnan(price), 0.0, w)
     return Plan(offers, np.full(24, np.inf))
@@ -120,6 +153,7 @@ def plan_static(day: Day) -> Plan:
 def plan_reference(day: Day) -> Plan:
     """The reference kit's grid search, hour by hour (module docstring)."""
     sig = day.signals
+    max_w = day.node.max_w
     ffr_price = sig.reserve_eur_mw_h["ffr"]
     carbon_max = float(np.max(sig.carbon_g_kwh))
     ffr = np.zeros(24)
@@ -131,20 +165,20 @@ def plan_reference(day: Day) -> Plan:
             for b in REF_BANDS:
                 quality = b / REF_BANDS[-1] if procured else 0.0
                 green = 1.0 - f * float(sig.carbon_g_kwh[h]) / carbon_max
-                revenue = (float(ffr_price[h]) * b * MAX_W / 1e6) if procured else 0.0
-                avoided = (1.0 - f) * MAX_W * PUE * float(sig.energy_eur_mwh[h]) / 1e6
+                revenue = (float(ffr_price[h]) * b * max_w / 1e6) if procured else 0.0
+                avoided = (1.0 - f) * max_w * PUE * float(sig.energy_eur_mwh[h]) / 1e6
                 value = 0.55 * quality + 0.45 * green + 0.0005 * (revenue + avoided)
                 if best is None or value > best[0]:
                     best = (value, f, b if procured else 0.0)
         assert best is not None
-        ceiling[h] = best[1] * MAX_W
-        ffr[h] = best[2] * MAX_W
+        ceiling[h] = best[1] * max_w
+        ffr[h] = best[2] * max_w
     return Plan({"ffr": ffr}, ceiling)
 
 
 def plan_optimised(day: Day, forecast: Forecast) -> Plan:
     """Tier 3's plan for the day from ``forecast`` (gridtao) or the actual draw (oracle)."""
-    return _from_result(solve(_problem(forecast, day)))
+    return _from_result(solve(_problem(forecast, day)), day.node)
 
 
 def lowered(forecast: Forecast, margin_w: float | FloatArray) -> Forecast:
@@ -189,7 +223,8 @@ def simulate(day: Day, plan: Plan, draws: Draws) -> dict[str, float]:
               for k in ("ffr", "fcr-d-up", "fcr-n", "dr")}
     down_it = sum((_weights(k) * v for k, v in offers.items()), np.zeros(24)) * _ITF
     ceiling = plan.ceiling[minute]
-    room = np.maximum(0.0, np.minimum(day.p10_w, ceiling) - FLOOR_W)
+    floor = day.node.floor_w
+    room = np.maximum(0.0, np.minimum(day.p10_w, ceiling) - floor)
     short = np.zeros(24, dtype=bool)
     np.logical_or.at(short, minute, room < down_it[minute] - 1e-6)
     capped = np.minimum(day.mean_w, ceiling)
@@ -198,7 +233,7 @@ def simulate(day: Day, plan: Plan, draws: Draws) -> dict[str, float]:
                      + offers["fcr-n"][minute] * (1.0 + draws.fcr_n)
                      + offers["dr"][minute])
     # A cut stops at the floor; a node already under it is not cut at all.
-    draw = np.minimum(np.maximum(capped - cut_it, np.minimum(day.mean_w, FLOOR_W)), day.mean_w)
+    draw = np.minimum(np.maximum(capped - cut_it, np.minimum(day.mean_w, floor)), day.mean_w)
     sig = day.signals
     paid = sum((np.nan_to_num(sig.reserve_eur_mw_h[k]) * v for k, v in offers.items()),
                np.zeros(24)) / 1e6  # EUR per hour: MW x EUR/MW/h x 1 h

@@ -37,6 +37,7 @@ def summarise_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             [g["revenue"] for g in got], [g["oracle_share"] for g in got],
             [g["undeliverable_hours"] for g in got])
     return {"seeds": [r["seed"] for r in results], "days": results[0]["days"],
+            "nodes": results[0]["nodes"], "gpus": results[0]["node"]["gpus"],
             "lead_h": results[0]["lead_h"],
             "job_hours": results[0]["job_hours"],
             "p10_coverage": [r["strategies"]["gridtao"]["p10_coverage"] for r in results],
@@ -70,6 +71,14 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:.0f} %"
 
 
+def _site(node: dict[str, Any]) -> str:
+    n, gpus = node["nodes"], node["gpus"]
+    if n == 1:
+        return f"1 node, {gpus} GPUs x {node['tdp_w']:g} W"
+    return (f"{n} nodes of {gpus // n} GPUs x {node['tdp_w']:g} W pooled as one site "
+            f"({gpus} GPUs)")
+
+
 def markdown(result: dict[str, Any], command: str) -> str:
     node = result["node"]
     fc = result["forecast"]
@@ -82,7 +91,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"- command: `{command}`",
         f"- machine: {result.get('machine', 'unknown')}",
         f"- date: {result.get('date', 'unknown')}",
-        f"- node: {node['gpus']} GPUs x {node['tdp_w']:g} W, floor {node['floor_w']:g} W IT, "
+        f"- node: {_site(node)}, floor {node['floor_w']:g} W IT, "
         f"offers at the meter (losses {node['losses_fraction'] * 100:g} %), PUE {node['pue']:g};"
         f" lost work {node['lost_work_eur_wh'] * 1e6:g} EUR/MWh, carbon "
         f"{node['carbon_eur_t']:g} EUR/t, DR at most {node['dr_max_hours_per_day']} h/day; "
@@ -144,8 +153,10 @@ def markdown_seeds(summary: dict[str, Any], command: str) -> str:
     """The table of :func:`summarise_seeds`."""
     lo, hi = summary["job_hours"]
     seeds = summary["seeds"]
+    n = summary["nodes"]
     lines = [f"### Tier 3 plan over seeds {', '.join(map(str, seeds))} ({summary['days']} days "
-             f"each, training jobs {lo:g}-{hi:g} h)", "", f"- command: `{command}`",
+             f"each, {n} node{'s' if n > 1 else ''}, {summary['gpus']} GPUs, training jobs "
+             f"{lo:g}-{hi:g} h)", "", f"- command: `{command}`",
              f"- planned {summary['lead_h']:g} h before each day starts",
              "- gridtao's p10 coverage per seed: "
              + ", ".join(f"{c:.2f}" for c in summary["p10_coverage"]), "",

@@ -2,7 +2,8 @@
 :mod:`gridtao.bench.planner` says what it holds and why): the synthetic node's minutes from
 ``HISTORY_DAYS`` before the simulated days to their end, the market signals, each day's
 forecast made at its gate from the history up to then, the forecaster's recent misses and the
-margin learnt from them, and the forecaster scored against day-over-day persistence."""
+margin learnt from them, and the forecaster scored against day-over-day persistence. A site of
+several nodes (``--nodes``) draws the sum of as many independent synthetic nodes."""
 
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ from gridtao.bench.planner_signals import market_signals
 from gridtao.bench.plannerday import (
     CALIBRATION_DAYS,
     DAY_S,
-    FLOOR_W,
-    GPUS,
+    GPUS_PER_NODE,
     HISTORY_DAYS,
     HOUR_S,
     IDLE_W,
     LEAD_S,
+    NODE,
     TDP_W,
     TZ_OFFSET_S,
     WEEK_START_S,
+    BenchNode,
     Day,
     job_hours,
 )
@@ -35,22 +37,47 @@ from gridtao.tier3.scores import calibrated_margin_w
 FloatArray = npt.NDArray[np.float64]
 
 
+def node_seed(seed: int, i: int) -> int:
+    """The synthetic history's seed of the site's node ``i``: ``seed`` itself for node 0 (a
+    one-node site is the bench's node), a stream spawned from ``(seed, i)`` for the others."""
+    return seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+
+
+def pooled(mean: FloatArray, p10: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """The site's draw per minute from its nodes' (rows: nodes): the summed mean, and a p10
+    whose spread below it combines the nodes' as independent normals (the root of the summed
+    squares of each node's ``mean - p10``, synth's 1.2816 sd), clipped as synth clips a
+    node's. One node: its own."""
+    if len(mean) == 1:
+        return mean[0], p10[0]
+    total = mean.sum(axis=0)
+    spread = np.sqrt(np.sum((mean - p10) ** 2, axis=0))
+    low = 0.95 * len(mean) * GPUS_PER_NODE * IDLE_W
+    return total, np.clip(total - spread, low, total)
+
+
 class Week:
-    """The node's minutes from ``HISTORY_DAYS`` before the week to its end, and the signals.
+    """The site's minutes from ``HISTORY_DAYS`` before the week to its end, and the signals.
     ``hours``: the training jobs' length range (:func:`job_hours`; None: synth's); ``lead_s``:
-    how long before a day starts it is planned (s)."""
+    how long before a day starts it is planned (s); ``node``: the site (its nodes each draw an
+    independent synthetic history, :func:`node_seed`, summed by :func:`pooled`)."""
 
     def __init__(self, days: int, seed: int, hours: tuple[float, float] | None = None,
-                 lead_s: int = LEAD_S) -> None:
+                 lead_s: int = LEAD_S, node: BenchNode = NODE) -> None:
         self.lead_s = lead_s
+        self.node = node
         first = WEEK_START_S - HISTORY_DAYS * DAY_S
+        n = round((HISTORY_DAYS + days) * 1440)
+        mean, p10 = np.empty((node.nodes, n)), np.empty((node.nodes, n))
         with job_hours(hours):
-            rows = synthetic_minutes(first, HISTORY_DAYS + days, gpus=GPUS, tdp_w=TDP_W,
-                                     idle_w=IDLE_W, seed=seed,
-                                     shape=DailyShape.default(offset_s=TZ_OFFSET_S))
+            for i in range(node.nodes):
+                rows = synthetic_minutes(first, HISTORY_DAYS + days, gpus=GPUS_PER_NODE,
+                                         tdp_w=TDP_W, idle_w=IDLE_W, seed=node_seed(seed, i),
+                                         shape=DailyShape.default(offset_s=TZ_OFFSET_S))
+                mean[i] = [r.it_mean_w for r in rows]
+                p10[i] = [r.it_p10_w for r in rows]
         self.t = np.array([r.start_s for r in rows], dtype=np.int64)
-        self.mean = np.array([r.it_mean_w for r in rows], dtype=np.float64)
-        self.p10 = np.array([r.it_p10_w for r in rows], dtype=np.float64)
+        self.mean, self.p10 = pooled(mean, p10)
         self.signals = market_signals(WEEK_START_S, days * 24, seed=seed,
                                       tz_offset_s=TZ_OFFSET_S)
         self._forecasts: dict[int, Forecast] = {}
@@ -58,7 +85,8 @@ class Week:
     def day(self, d: int) -> Day:
         start = WEEK_START_S + d * DAY_S
         sel = (self.t >= start) & (self.t < start + DAY_S)
-        return Day(start, self.mean[sel], self.p10[sel], self.signals.window(start, 24))
+        return Day(start, self.mean[sel], self.p10[sel], self.signals.window(start, 24),
+                   self.node)
 
     def forecast(self, day_start: int) -> Forecast:
         """The day's forecast, made ``lead_s`` before it from the history up to then only
@@ -87,7 +115,7 @@ class Week:
             sel = (self.t >= start) & (self.t < start + DAY_S)
             actual = self.p10[sel].reshape(24, 60).min(axis=1)
             ended = start + HOUR_S * (np.arange(24) + 1) <= made
-            used = (p10 > FLOOR_W) & ended
+            used = (p10 > self.node.floor_w) & ended
             starts.append(start + HOUR_S * np.flatnonzero(used).astype(np.int64))
             out.append(p10[used] - actual[used])
         return np.concatenate(starts), np.concatenate(out)

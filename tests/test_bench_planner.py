@@ -14,12 +14,13 @@ from gridtao.bench.planner import Week
 from gridtao.bench.planner_signals import market_signals
 from gridtao.bench.plannerday import (
     CALIBRATION_DAYS,
-    FLOOR_W,
     HOUR_S,
     MARGINS,
+    NODE,
     STRATEGIES,
     TZ_OFFSET_S,
     WEEK_START_S,
+    BenchNode,
     Day,
     Draws,
     Plan,
@@ -124,7 +125,7 @@ def test_the_bench_margin_learns_from_what_the_planner_would() -> None:
     t, miss = week.misses(WEEK_START_S)
     got = recent_misses(week.t, week.mean, week.p10, now_s=WEEK_START_S - week.lead_s,
                         start_s=WEEK_START_S,
-                        mtu_s=HOUR_S, horizon=24, days=CALIBRATION_DAYS, floor_w=FLOOR_W,
+                        mtu_s=HOUR_S, horizon=24, days=CALIBRATION_DAYS, floor_w=NODE.floor_w,
                         tz_offset_s=TZ_OFFSET_S)
     assert np.array_equal(t, got[0]) and np.allclose(miss, got[1])
 
@@ -173,3 +174,38 @@ def test_a_day_is_forecast_from_what_was_known_at_its_gate() -> None:
     week.mean[(week.t >= gate) & (week.t < WEEK_START_S)] = 0.0  # what came after the gate
     week._forecasts.clear()
     assert np.array_equal(week.forecast(WEEK_START_S).p10_w, made.p10_w)
+
+
+def test_nodes_pool_into_one_site_planned_as_one(tmp_path: Path) -> None:
+    one, two = BenchNode.of(1), BenchNode.of(2)
+    assert one == NODE and (one.nodes, one.gpus, one.max_w) == (1, 8, 5600.0)
+    assert one.floor_w == pytest.approx(1680.0)
+    assert dict(one.static) == {"ffr": 400.0, "fcr-d-up": 300.0, "dr": 1500.0}
+    assert (two.gpus, two.max_w, two.floor_w) == (16, 2 * one.max_w, 2 * one.floor_w)
+    assert dict(two.static) == {k: 2 * w for k, w in one.static.items()}
+    assert [(e.kind, e.max_w, e.bid_step_w) for e in two.enrolments] \
+        == [(e.kind, 2 * e.max_w, e.bid_step_w) for e in one.enrolments]
+    for bad in (0, 101):
+        with pytest.raises(ValueError):
+            BenchNode.of(bad)
+    # Node 0 of a site is the one-node bench's node; the site draws it and another besides.
+    single, site = Week(1, seed=0), Week(1, seed=0, node=two)
+    assert np.array_equal(single.mean, Week(1, seed=0, node=one).mean)
+    assert np.all(site.mean > single.mean) and np.all(site.p10 <= site.mean)
+    assert np.all(site.p10 > single.p10) and site.day(0).node == two
+
+    out, md = tmp_path / "nodes.json", tmp_path / "nodes.md"
+    assert main(["bench", "planner", "--days", "1", "--nodes", "2", "--json", str(out),
+                 "--markdown", str(md)]) == 0
+    result = json.loads(out.read_text())
+    assert result["nodes"] == 2 and result["node"]["gpus"] == 16
+    assert result["node"]["floor_w"] == pytest.approx(2 * 1680.0)
+    assert result["node"]["static_w"] == {"ffr": 800.0, "fcr-d-up": 600.0, "dr": 3000.0}
+    assert result["strategies"]["oracle"]["undeliverable_hours"] == 0
+    assert "2 nodes of 8 GPUs" in md.read_text()
+    assert main(["bench", "planner", "--days", "1", "--nodes", "2", "--seeds", "0,1",
+                 "--json", str(out)]) == 0
+    seeds = json.loads(out.read_text())
+    assert seeds["summary"]["nodes"] == 2 and [r["nodes"] for r in seeds["runs"]] == [2, 2]
+    assert main(["bench", "planner", "--nodes", "0"]) == 2
+    assert main(["bench", "planner", "--nodes", "101"]) == 2
