@@ -17,6 +17,12 @@ lane lets the loop read the sockets at least every ``YIELD_S`` (0.5 ms) of handl
 sample waits at most about that long, however many dispatches are queued. The
 priority is not absolute: after ``FREQUENCY_RUN`` samples in a row a waiting dispatch goes
 next, so a storm on the frequency topic cannot starve dispatches either.
+
+A message that finds the lane idle (nothing waiting, the receiving task asleep) is handled in
+the very socket read that brought it, without waiting for the loop's next turn, when other
+threads could take the interpreter first; only the first of a read's messages is, the rest go
+through the inboxes in the order above. What escapes its handling ends the receiving task as it
+would have (the lane fails).
 """
 
 from __future__ import annotations
@@ -78,6 +84,9 @@ class IslandLane:
         self._thread = threading.Thread(target=self._main, name="gridtao-island-lane", daemon=True)
         self._stopping: asyncio.Event | None = None
         self._run = 0  # frequency samples handled in a row (lane thread only)
+        self._idle = False  # the receive task waits for a message (lane thread only)
+        self._inline = False  # a message is being handled in the read that brought it
+        self._failed: Exception | None = None  # what escaped a message handled inline
         self._ready = threading.Event()
         self.error: BaseException | None = None
         #: After :meth:`stop`: the acks (QoS >= 1, not expendable) the broker never took, for
@@ -238,8 +247,28 @@ class IslandLane:
 
     async def _receive(self) -> None:
         wake = asyncio.Event()
+
+        def inbound() -> None:
+            # An idle lane handles the message at once, in the read that brought it: waiting
+            # for the next loop iteration would let other threads take the interpreter first
+            # (receive -> command 0.1 ms sooner at the median on 2 vCPUs). A lane with messages
+            # waiting keeps its order (frequency first) and its pace.
+            if self._idle and not self._inline and self._failed is None:
+                # One message inline per wait: the rest of a burst goes through the queue, at
+                # the lane's pace and in its order.
+                self._idle, self._inline = False, True
+                try:
+                    msg = self._next()
+                    if msg is not None:
+                        self._handle(msg)
+                except Exception as e:  # what would end the receiving task ends it still
+                    self._failed = e
+                finally:
+                    self._inline = False
+            wake.set()
+
         for link in self.links:
-            link.on_inbound = wake.set
+            link.on_inbound = inbound
         yielded = time.monotonic()
         while True:
             msg = self._next()
@@ -247,19 +276,16 @@ class IslandLane:
                 wake.clear()
                 msg = self._next()  # one may have landed between the poll and the clear
                 if msg is None:
-                    await wake.wait()
+                    self._idle = True
+                    try:
+                        await wake.wait()
+                    finally:
+                        self._idle = False
+                    if self._failed is not None:
+                        raise self._failed
                     yielded = time.monotonic()
                     continue
-            try:
-                out = self._intake.on_message(
-                    msg.topic, msg.payload,
-                    received_at=msg.received_at, received_wall=msg.received_wall,
-                    retained=msg.retain,
-                )
-            except Exception:
-                log.exception("message on %s could not be handled", msg.topic)
-                out = []
-            self._publish(out)
+            self._handle(msg)
             # Let the loop read the sockets at least every YIELD_S of handling: a backlog
             # handled without yielding would keep a new sample unread, and yielding after
             # every message would cost a loop iteration each in a flood.
@@ -267,6 +293,18 @@ class IslandLane:
             if now - yielded >= YIELD_S:
                 await asyncio.sleep(0)
                 yielded = time.monotonic()
+
+    def _handle(self, msg: InboundMessage) -> None:
+        try:
+            out = self._intake.on_message(
+                msg.topic, msg.payload,
+                received_at=msg.received_at, received_wall=msg.received_wall,
+                retained=msg.retain,
+            )
+        except Exception:
+            log.exception("message on %s could not be handled", msg.topic)
+            out = []
+        self._publish(out)
 
     def _next(self) -> InboundMessage | None:
         """The waiting message to handle next: a frequency sample before a dispatch, but a
