@@ -85,7 +85,6 @@ class IslandLane:
         self._stopping: asyncio.Event | None = None
         self._run = 0  # frequency samples handled in a row (lane thread only)
         self._idle = False  # the receive task waits for a message (lane thread only)
-        self._inline = False  # a message is being handled in the read that brought it
         self._failed: Exception | None = None  # what escaped a message handled inline
         self._ready = threading.Event()
         self.error: BaseException | None = None
@@ -253,18 +252,17 @@ class IslandLane:
             # for the next loop iteration would let other threads take the interpreter first
             # (receive -> command 0.1 ms sooner at the median on 2 vCPUs). A lane with messages
             # waiting keeps its order (frequency first) and its pace.
-            if self._idle and not self._inline and self._failed is None:
-                # One message inline per wait: the rest of a burst goes through the queue, at
-                # the lane's pace and in its order.
-                self._idle, self._inline = False, True
+            if self._idle and self._failed is None:
+                # One message inline per wait (cleared first, so nothing inside re-enters):
+                # the rest of a burst goes through the queue, at the lane's pace and in its
+                # order.
+                self._idle = False
                 try:
                     msg = self._next()
                     if msg is not None:
                         self._handle(msg)
                 except Exception as e:  # what would end the receiving task ends it still
                     self._failed = e
-                finally:
-                    self._inline = False
             wake.set()
 
         for link in self.links:
