@@ -238,11 +238,11 @@ class SiteCoordinator:
         self._start(msg, wall)
 
     def _start(self, msg: SiteCapDispatch | SiteShedDispatch, wall: float) -> None:
-        it_w = self._site_it_w(wall)
+        # every node drawing, offline ones too: the reference is their sum (site_it_w)
+        draws_w = node_draws_w(self.view, self.events.values(), wall)
+        it_w = sum(draws_w.values())
         reference = it_w if msg.at == "it" else self.meter.site_meter_w(it_w, wall)
-        # every node drawing, offline ones too, each as the reference counts it
-        event = site_event(msg, reference_w=reference, wall=wall,
-                           draws_w=node_draws_w(self.view, self.events.values(), wall))
+        event = site_event(msg, reference_w=reference, wall=wall, draws_w=draws_w)
         self.events[event.id] = event
         log.info("site event %s: %s at %s, %.0f W -> %.0f W for %.0f s", event.id, event.kind,
                  event.at, reference, event.target_w or 0.0, msg.duration_s)
