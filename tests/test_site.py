@@ -22,8 +22,8 @@ from gridtao.site.meter import MeterFeedback
 from gridtao.site.refusals import OrderAuth
 from gridtao.site.serve import signer
 from gridtao.site.split import NodeShare, split_budget
-from gridtao.wire.messages import MessageRejected
-from gridtao.wire.site import MeterReading, parse_meter, parse_site_dispatch
+from gridtao.wire.messages import MessageRejected, decode_object
+from gridtao.wire.site import MeterReading, meter_from, parse_site_dispatch
 
 PREFIX = "p"
 
@@ -67,7 +67,7 @@ def test_site_messages_parse_and_refuse_with_reasons() -> None:
             parse_site_dispatch(bad, max_bytes=4096)
         assert e.value.event_id == "s"
     with pytest.raises(MessageRejected, match="'w'"):
-        parse_meter(b'{"t":1,"w":"high"}', max_bytes=100)
+        meter_from(decode_object(b'{"t":1,"w":"high"}', max_bytes=100))
 
 
 def test_meter_feedback_learns_the_model_error_and_corrects_the_budget() -> None:

@@ -45,7 +45,6 @@ __all__ = [
     "SiteShedDispatch",
     "SiteTopics",
     "meter_from",
-    "parse_meter",
     "parse_site_dispatch",
     "site_payload",
 ]
@@ -220,13 +219,9 @@ def parse_site_dispatch(payload: bytes, *, max_bytes: int) -> AnySiteDispatch:
         f"unknown kind {shown!r} (expected 'site_cap', 'site_shed' or 'release')", ident)
 
 
-def parse_meter(payload: bytes, *, max_bytes: int) -> MeterReading:
-    """Parse ``{"t": <Unix s>, "w": <W >= 0>}``. Raises :class:`MessageRejected`."""
-    return meter_from(decode_object(payload, max_bytes=max_bytes))
-
-
 def meter_from(data: Mapping[str, object]) -> MeterReading:
-    """A meter reading from its decoded payload (unknown fields, ``kid`` and ``sig`` among
+    """A meter reading ``{"t": <Unix s>, "w": <W >= 0>}`` from its decoded payload
+    (:func:`~gridtao.wire.messages.decode_object`; unknown fields, ``kid`` and ``sig`` among
     them, are ignored here: gridtao/site/meterauth.py checks them). Raises
     :class:`MessageRejected`."""
     t = _number(data, "t", None)
