@@ -23,6 +23,7 @@ import time
 from gridtao.cli.checksite import (
     add_role_options,
     check_site_files,
+    check_site_keys,
     file_sections,
     for_site,
     site_summary,
@@ -45,7 +46,7 @@ def run_check_config(args: argparse.Namespace, config: Config) -> int:
         kids = check_site_files(config)
         unreadable = meter_unsignable(config)
         if unreadable is not None:
-            print(f"gridtao: warning: {config.source}: {unreadable}", file=sys.stderr)
+            _warn(config, unreadable)
         print(site_summary(config, kids=kids))
         return 0
     from gridtao.app.options import default_node_id
@@ -70,12 +71,9 @@ def run_check_config(args: argparse.Namespace, config: Config) -> int:
                              "without it until a fresh one comes", file=sys.stderr))
     unsignable = frequency_unsignable(resolved)
     if unsignable is not None:
-        print(f"gridtao: warning: {config.source}: {unsignable}", file=sys.stderr)
+        _warn(config, unsignable)
     if resolved.site.signing.mode != "none":  # what `gridtao site` signs its orders with
-        from gridtao.site.signing import record_verifier, signer
-
-        signer(resolved)
-        record_verifier(resolved)  # and the keys it signed its record with before
+        check_site_keys(resolved)
     simulated = _simulated(resolved)
     if simulated:
         _check_sim_device(resolved)
@@ -84,6 +82,11 @@ def run_check_config(args: argparse.Namespace, config: Config) -> int:
                   if credentials.verifier is not None else [], simulated=simulated,
                   site="site" in file_sections(config)))
     return 0
+
+
+def _warn(config: Config, problem: str) -> None:
+    """A problem that does not stop the file from working: said on stderr, exit 0."""
+    print(f"gridtao: warning: {config.source}: {problem}", file=sys.stderr)
 
 
 def _simulated(config: Config) -> bool:

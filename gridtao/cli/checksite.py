@@ -21,8 +21,8 @@ from gridtao.config.agent import Config, ConfigError, read_yaml_file
 from gridtao.errors import one_line
 from gridtao.wire.site import SiteTopics
 
-__all__ = ["AGENT_SECTIONS", "add_role_options", "check_site_files", "for_site",
-           "meter_auth", "site_summary"]
+__all__ = ["AGENT_SECTIONS", "add_role_options", "check_site_files", "check_site_keys",
+           "file_sections", "for_site", "meter_auth", "site_summary"]
 
 #: The sections only the agent reads: a file with any of them is a node's by default.
 AGENT_SECTIONS: Final = frozenset({"gpus", "safety", "control", "limits", "audit", "journal",
@@ -64,15 +64,22 @@ def check_site_files(config: Config) -> list[str]:
     dispatch or award (a key for the meter alone may not). Raises ConfigError naming the file,
     the key and the problem."""
     from gridtao.security.auth import Verifier
-    from gridtao.site.signing import record_verifier, signer
     from gridtao.transport.tls import read_password, ssl_context
 
     verifier = Verifier.from_config(config.auth, source=config.source)
-    signer(config)
-    record_verifier(config)  # site.signing.previous: the record an earlier key signed
+    check_site_keys(config)
     ssl_context(config.mqtt, source=config.source)
     read_password(config.mqtt, source=config.source)
     return list(verifier.signers("dispatch")) if verifier is not None else []
+
+
+def check_site_keys(config: Config) -> None:
+    """Read the keys ``gridtao site`` signs with: ``site.signing``'s, and every previous one
+    (the record an earlier key signed). Raises ConfigError naming the file and the key."""
+    from gridtao.site.signing import record_verifier, signer
+
+    signer(config)
+    record_verifier(config)
 
 
 def meter_auth(config: Config) -> str:
