@@ -59,6 +59,8 @@ def test_a_plan_an_award_the_boundary_a_trigger_and_a_deferred_change(
         published = json.loads(plans.wait(1, WAIT_S)[0].payload)
         start = int(plan.forecast.start_s)  # the plan's first MTU: the next hour
         assert published["start"] == start and published["state"] == "planned"
+        # the most an award may give each product: what a site pooling nodes needs
+        assert published["capacity_w"] == {"ffr": 400.0}
         award_w = 300.0
         node.send(node.topics.award, {"id": "award-1", "issued_at": clock.wall(),
                                       "start": start, "mtu_s": 3600,

@@ -79,12 +79,22 @@ class MarketConfig:
     """How the site pools its nodes' offers into bids: each product's pooled capacity per
     market time unit is rounded down to ``bid_step_w`` and offered only from its minimum bid
     (``min_bids`` by product name or kind, else ``min_bid_w``). The defaults are Fingrid's:
-    0.1 MW steps, FCR-N 0.1 MW, FCR-D 1 MW (docs/sources.md)."""
+    0.1 MW steps, FCR-N 0.1 MW, FCR-D 1 MW (docs/sources.md).
+
+    ``pooling_correlation``: how the nodes' draws move together (0: independent, 1: as one).
+    Below 1 the site's forecast p10 is the pooled one (gridtao/site/pooling.py) and its bids
+    grow by the pooling gain over the nodes' own offers, each node still awarded at most its
+    configured capacity. The default, 1, claims no pooling: measure before lowering it.
+    ``resplit_s``: how often the capacity awarded for the current market time unit is split
+    again over the nodes by their live headroom, so a node short of its share is covered by
+    another's room (0: never; the award's first split, by offer, then holds all the MTU)."""
 
     bid_step_w: float = field(default=100_000.0, metadata=rng(1.0, 1e9))
     min_bid_w: float = field(default=100_000.0, metadata=rng(0.0, 1e9))
     min_bids: tuple[MinBid, ...] = (MinBid("fcr-d-up", 1_000_000.0),
                                     MinBid("fcr-d-up-static", 1_000_000.0))
+    pooling_correlation: float = field(default=1.0, metadata=rng(0.0, 1.0))
+    resplit_s: float = field(default=10.0, metadata=rng(0.0, 3600.0))
 
     def min_bid_for(self, name: str, kind: str | None) -> float:
         for bid in self.min_bids:
@@ -155,6 +165,9 @@ def check_site(site: SiteConfig, source: str) -> None:
             fail(source, f"site.nodes[{i}]", f"{node[:64]!r} is not a node id (one MQTT topic "
                  f"level: printable, at most {MAX_NAME_CHARS} characters, no '+', '#', '/' or "
                  "space)")
+    if 0.0 < site.market.resplit_s < 1.0:
+        fail(source, "site.market.resplit_s", f"{site.market.resplit_s:g} s: 0 (never) or at "
+             "least 1 s (each split sends every node an award)")
     if site.node_stale_s <= site.status_period_s:
         fail(source, "site.node_stale_s", f"{site.node_stale_s:g} s: a node must be allowed "
              f"longer than one status period ({site.status_period_s:g} s) before it counts as "

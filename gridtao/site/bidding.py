@@ -3,7 +3,8 @@
 :class:`SiteBidding` pools the nodes' retained plans into the site's retained plan
 (``{prefix}/site/plan``, at most once a second: plans come hourly) and splits each award the
 market sends the site (``{prefix}/site/award``) into signed per-node awards on
-``{prefix}/nodes/{node}/award``, with a site ack naming the nodes it went to. What is pooled and
+``{prefix}/nodes/{node}/award``, with a site ack naming the nodes it went to, and has the award
+in force split again by the nodes' live room (:mod:`gridtao.site.resplit`). What is pooled and
 how an award is split is :mod:`gridtao.site.market`'s (pure functions); this sends.
 
 Threads: the coordinator's event loop only. Times in Unix seconds, power in W at the settlement
@@ -20,6 +21,7 @@ from gridtao.security.auth import AuthRejected
 from gridtao.site.guard import Duplicate, SiteGuard
 from gridtao.site.market import SitePlan, node_awards, pool_offers, split_award
 from gridtao.site.refusals import AUTH_PREFIX
+from gridtao.site.resplit import LiveSplit
 from gridtao.site.sending import Publish, Sign
 from gridtao.site.view import SiteView
 from gridtao.wire.awards import parse_award
@@ -51,6 +53,8 @@ class SiteBidding:
         self._count = count
         self._max_payload_bytes = max_payload_bytes
         self.plan: SitePlan | None = None
+        self.live = LiveSplit(cfg, view, topics=topics, publish=publish, sign=sign,
+                              count=count)
         self._plan_dirty = False
         self._next_plan = 0.0
 
@@ -59,13 +63,15 @@ class SiteBidding:
         self._plan_dirty = True
 
     def tick(self, wall: float) -> None:
-        """Pool and publish the site's plan if a node's changed (at most once a second)."""
+        """Pool and publish the site's plan if a node's changed (at most once a second); split
+        the award in force again by the nodes' live room when it is time."""
         if self._plan_dirty and wall >= self._next_plan:
             self._plan_dirty, self._next_plan = False, wall + 1.0  # plans come hourly
             self.plan = pool_offers(self.view.nodes, self.cfg.market)
             if self.plan is not None:
                 self._publish(self.topics.plan, site_payload(
                     self.plan.body(self.cfg.id, wall, self.cfg.market)), 1, True)
+        self.live.tick(wall, self.plan)
 
     def on_award(self, payload: bytes, wall: float) -> None:
         """The market's answer to the site's bids: split into signed per-node awards."""
@@ -91,6 +97,7 @@ class SiteBidding:
             return
         for node, body in node_awards(award, shares, wall):
             self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
+        self.live.on_award(award, shares, wall)
         self._count("site_awards_split")
         self._ack({"id": award.id, "accepted": True, "reason": None, "received_at": wall,
                    "commanded_at": None, "reached_at": None, "site": self.cfg.id,

@@ -1,14 +1,17 @@
 """The site in the reserve market: pooled bids from the nodes' plans, awards split back.
 
 Each node's tier 3 publishes what it can offer per product and market time unit (MTU), W at
-the settlement point (retained ``{prefix}/nodes/{node}/plan``). A market takes bids in steps
-and from a minimum size (Fingrid: 0.1 MW steps, FCR-N from 0.1 MW, FCR-D from 1 MW), far above
-one node, so the site pools them: per product and MTU, the sum over nodes, rounded *down* to the
-bid step (never offering what the nodes did not) and zero below the minimum bid. An award for
-the site (``{prefix}/site/award``, the node award's format) is split back in proportion to each
-node's offer in that MTU, and no node is awarded more than it offered. The plan also carries
-the nodes' forecasts of their natural IT draw summed per quantile: a sum of p10s is below the
-p10 of the sum (the nodes do not all dip together), so it errs on the safe side for reserves.
+the settlement point (retained ``{prefix}/nodes/{node}/plan``), with its forecast draw, its
+floor and each product's configured capacity. A market takes bids in steps and from a minimum
+size (Fingrid: 0.1 MW steps, FCR-N from 0.1 MW, FCR-D from 1 MW), far above one node, so the
+site pools them: per product and MTU, the sum of the nodes' offers, raised by the pooling gain
+(the site's headroom over its forecast p10 against the nodes' own; :mod:`gridtao.site.pooling`:
+1, no raise, at the default ``pooling_correlation`` of 1), never above what the offering nodes
+may be awarded, rounded *down* to the bid step and zero below the minimum bid. An award for the
+site (``{prefix}/site/award``, the node award's format) is split back in proportion to each
+node's offer in that MTU; a node is awarded at most its configured capacity (or, where its plan
+does not say it, its offer), and what a full node cannot take goes to the others. The plan also
+carries the site's forecast quantiles, pooled the same way.
 
 Pure functions and plain data; power in W, times in Unix seconds.
 """
@@ -18,10 +21,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gridtao.config.site import MarketConfig
+from gridtao.site.pooling import pooled_quantiles, pooling_gain, proportional_fill
 from gridtao.site.view import NodeView
 from gridtao.wire.awards import Award
 
@@ -30,8 +34,12 @@ __all__ = ["SitePlan", "node_awards", "pool_offers", "split_award"]
 
 @dataclass(frozen=True)
 class SitePlan:
-    """Pooled offers on one MTU grid: ``offers_w`` the bids (stepped), ``pooled_w`` the raw
-    sums, ``by_node`` each node's offers aligned on the site's grid (0 where it has none)."""
+    """Pooled offers on one MTU grid: ``offers_w`` the bids (stepped), ``pooled_w`` the sums of
+    the nodes' own offers, ``by_node`` each node's offers aligned on the site's grid (0 where it
+    has none), ``caps_w`` the most each node may be awarded per product (its configured
+    capacity, where its plan says it; else its offer in each MTU), ``forecast_w`` the site's
+    draw quantiles (pooled) and ``gain`` per MTU the pooling gain the bids were raised by (1:
+    none)."""
 
     start_s: int
     mtu_s: int
@@ -39,6 +47,15 @@ class SitePlan:
     pooled_w: Mapping[str, list[float]]
     by_node: Mapping[str, Mapping[str, list[float]]]
     forecast_w: Mapping[str, list[float]]
+    gain: list[float] = field(default_factory=list)
+    caps_w: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def most_w(self, node: str, product: str, k: int) -> float:
+        """The most ``node`` may be awarded of ``product`` in MTU ``k`` of the plan: its
+        configured capacity where its plan said it (never below its offer), else its offer."""
+        row = self.by_node.get(node, {}).get(product, [])
+        offer = row[k] if 0 <= k < len(row) else 0.0
+        return max(offer, self.caps_w.get(node, {}).get(product, offer))
 
     def body(self, site: str, made_at: float, market: MarketConfig) -> dict[str, object]:
         """The retained ``{prefix}/site/plan`` payload."""
@@ -47,73 +64,95 @@ class SitePlan:
                 "offers_w": {k: [round(x, 1) for x in v] for k, v in self.offers_w.items()},
                 "pooled_w": {k: [round(x, 1) for x in v] for k, v in self.pooled_w.items()},
                 "forecast_w": {k: [round(x, 1) for x in v] for k, v in self.forecast_w.items()},
+                "pooling": {"correlation": market.pooling_correlation,
+                            "gain": [round(g, 4) for g in self.gain]},
                 "nodes": sorted(self.by_node)}
+
+
+def _aligned(series: list[float | None], shift: int, length: int) -> list[float | None]:
+    out: list[float | None] = [None] * length
+    for k, w in enumerate(series[:max(0, length - shift)]):
+        out[shift + k] = w
+    return out
 
 
 def pool_offers(nodes: Mapping[str, NodeView], market: MarketConfig) -> SitePlan | None:
     """The site's bids from the nodes' plans (None when no node has one). Plans on another
-    MTU length than most nodes' are left out (a market has one)."""
+    MTU length than most nodes' are left out (a market has one). Per MTU, the nodes' offers
+    are summed, raised by the pooling gain (:mod:`gridtao.site.pooling`; 1 unless
+    ``market.pooling_correlation`` < 1 and every node said its floor), kept within what the
+    offering nodes may be awarded, and stepped."""
     planned = {n: v for n, v in nodes.items()
                if v.offers_w and v.plan_start is not None and v.plan_mtu_s}
     if not planned:
         return None
     mtu = int(Counter(int(v.plan_mtu_s or 0) for v in planned.values()).most_common(1)[0][0])
-    planned = {n: v for n, v in planned.items() if int(v.plan_mtu_s or 0) == mtu}
+    planned = {n: v for n, v in sorted(planned.items()) if int(v.plan_mtu_s or 0) == mtu}
     start = int(min(v.plan_start or 0.0 for v in planned.values()))
-    length = max(int(((v.plan_start or 0.0) - start) // mtu) + len(series)
-                 for v in planned.values() for series in v.offers_w.values())
+    shifts = {n: int(((v.plan_start or 0.0) - start) // mtu) for n, v in planned.items()}
+    length = max(shifts[n] + len(series)
+                 for n, v in planned.items() for series in v.offers_w.values())
     kinds = {str(p.get("name") or p.get("kind")): str(p.get("kind"))
              for v in planned.values() for p in v.products}
-    by_node: dict[str, dict[str, list[float]]] = {}
+    by_node = {n: {p: [w if w is not None and w > 0 else 0.0
+                       for w in _aligned(series, shifts[n], length)]
+                   for p, series in v.offers_w.items()} for n, v in planned.items()}
+    caps = {n: {p: w for p, w in v.plan_capacity_w.items() if p in by_node[n]}
+            for n, v in planned.items()}
     pooled: dict[str, list[float]] = {}
-    forecast: dict[str, list[float]] = {}
-    for node, view in sorted(planned.items()):
-        shift = int(((view.plan_start or 0.0) - start) // mtu)
-        for quantile, values in view.forecast_w.items():
-            summed = forecast.setdefault(quantile, [0.0] * length)
-            for k, w in enumerate(values[:length - shift]):
-                summed[shift + k] += w or 0.0
-        aligned = by_node.setdefault(node, {})
-        for product, series in view.offers_w.items():
-            row = aligned.setdefault(product, [0.0] * length)
+    for rows in by_node.values():
+        for product, row in rows.items():
             total = pooled.setdefault(product, [0.0] * length)
-            for k, w in enumerate(series):
-                if w is not None and w > 0:
-                    row[shift + k] = w
-                    total[shift + k] += w
+            for k, w in enumerate(row):
+                total[k] += w
+    quantiles = {n: {q: _aligned(s, shifts[n], length) for q, s in v.forecast_w.items()}
+                 for n, v in planned.items()}
+    forecast: dict[str, list[float]] = {}
+    gain: list[float] = []
+    for k in range(length):
+        here = [{q: x for q, s in quantiles[n].items() if (x := s[k]) is not None}
+                for n in planned]
+        site = pooled_quantiles([q for q in here if q], market.pooling_correlation)
+        for q, w in site.items():
+            forecast.setdefault(q, [0.0] * length)[k] = w
+        floors = [v.plan_floor_w for v in planned.values()]
+        node_p10 = [q.get("p10_w") for q in here]
+        gain.append(1.0 if "p10_w" not in site or None in floors or None in node_p10
+                    else pooling_gain(site["p10_w"], [p or 0.0 for p in node_p10],
+                                      [f or 0.0 for f in floors]))
     offers: dict[str, list[float]] = {}
     for product, sums in pooled.items():
         floor = market.min_bid_for(product, kinds.get(product))
-        stepped = [math.floor(w / market.bid_step_w + 1e-9) * market.bid_step_w for w in sums]
+        room = [sum(max(rows[product][k], caps[n].get(product, rows[product][k]))
+                    for n, rows in by_node.items() if product in rows and rows[product][k] > 0)
+                for k in range(length)]
+        raised = [min(w * g, r) for w, g, r in zip(sums, gain, room, strict=True)]
+        stepped = [math.floor(w / market.bid_step_w + 1e-9) * market.bid_step_w
+                   for w in raised]
         offers[product] = [w if w >= floor and w > 0 else 0.0 for w in stepped]
-    return SitePlan(start, mtu, offers, pooled, by_node, forecast)
+    return SitePlan(start, mtu, offers, pooled, by_node, forecast, gain, caps)
 
 
 def split_award(award: Award, plan: SitePlan) -> dict[str, dict[str, list[float | None]]]:
     """Per node, per product it offered, the capacity awarded per MTU on the award's grid:
-    the site's award in proportion to the node's offer in that MTU, at most that offer
-    (None where the award says nothing)."""
+    the site's award in proportion to the node's offer in that MTU, none above what the node
+    may be awarded (what a full node cannot take goes to the others; None where the award says
+    nothing)."""
     if award.mtu_s != plan.mtu_s:
         raise ValueError(f"the award's MTU ({award.mtu_s} s) is not the plan's "
                          f"({plan.mtu_s} s)")
     out: dict[str, dict[str, list[float | None]]] = {}
     for product, series in award.capacity_w.items():
-        pooled = plan.pooled_w.get(product)
-        for node, offers in plan.by_node.items():
-            mine = offers.get(product)
-            if mine is None:
-                continue
-            row: list[float | None] = []
-            for k, site_w in enumerate(series):
-                j = (award.start_s - plan.start_s) // plan.mtu_s + k
-                if site_w is None:
-                    row.append(None)
-                    continue
-                offered = mine[j] if 0 <= j < len(mine) else 0.0
-                total = pooled[j] if pooled is not None and 0 <= j < len(pooled) else 0.0
-                share = site_w * offered / total if total > 0 else 0.0
-                row.append(math.floor(min(share, offered)))
-            out.setdefault(node, {})[product] = row
+        offering = {n: rows[product] for n, rows in plan.by_node.items() if product in rows}
+        for node in offering:
+            out.setdefault(node, {})[product] = []
+        for k, site_w in enumerate(series):
+            j = (award.start_s - plan.start_s) // plan.mtu_s + k
+            offers = {n: row[j] if 0 <= j < len(row) else 0.0 for n, row in offering.items()}
+            shares = proportional_fill(site_w or 0.0, offers,
+                                       {n: plan.most_w(n, product, j) for n in offers})
+            for node, share in shares.items():
+                out[node][product].append(None if site_w is None else math.floor(share))
     return out
 
 

@@ -78,6 +78,11 @@ class SiteCollector(Collector):
         for answer in _ANSWERS:
             acks.add_metric([answer], float(self._c.counts.get("node_answers_" + answer, 0)))
         yield acks
+        yield CounterMetricFamily("gridtao_site_award_resplits",
+                                  "Times the capacity awarded for the current market time "
+                                  "unit was split again over the nodes by their live room "
+                                  "(a node's share moved).",
+                                  value=float(self._c.counts.get("site_award_resplits", 0)))
         refused = CounterMetricFamily("gridtao_site_meter_rejected",
                                       "Site meter readings refused, by reason (malformed, or "
                                       "the signature checks' reasons).", labels=["reason"])

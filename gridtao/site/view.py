@@ -49,6 +49,11 @@ class NodeView:
     forecast_w: Mapping[str, list[float | None]] = field(default_factory=dict)
     plan_start: float | None = None
     plan_mtu_s: float | None = None
+    #: The node's IT floor its plan was made with, W; None: not said.
+    plan_floor_w: float | None = None
+    #: Per product, the most the node may be awarded (its configured capacity), W at the
+    #: settlement point; a product missing here may be awarded at most what it offered.
+    plan_capacity_w: Mapping[str, float] = field(default_factory=dict)
 
     def headroom_w(self) -> float:
         """IT power the node can still shed (draw above its floor), 0 when unknown."""
@@ -126,6 +131,11 @@ class SiteView:
         forecast = body.get("forecast_w")
         view.forecast_w = ({str(k): [_num(x) for x in v] for k, v in forecast.items()
                             if isinstance(v, list)} if isinstance(forecast, Mapping) else {})
+        view.plan_floor_w = _num(body.get("floor_w"))
+        capacity = body.get("capacity_w")
+        view.plan_capacity_w = ({str(k): w for k, v in capacity.items()
+                                 if (w := _num(v)) is not None and w >= 0}
+                                if isinstance(capacity, Mapping) else {})
 
     def is_online(self, node: str, wall: float) -> bool:
         view = self.nodes.get(node)

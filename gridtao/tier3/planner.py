@@ -111,6 +111,8 @@ class Plan:
                 "forecast_w": {q: [round(float(x), 1) for x in getattr(self.forecast, q)]
                                for q in ("p10_w", "p50_w", "p90_w")},
                 "floor_w": round(self.problem.floor_w, 1),
+                # The most an award may give each product (a site pooling nodes needs it)
+                "capacity_w": {e.name: round(e.max_w, 1) for e in self.problem.enrolments},
                 "notes": [*r.notes, *self.signal_warnings]}
 
 

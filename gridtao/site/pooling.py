@@ -1,0 +1,93 @@
+"""What pooling nodes adds: the site's draw forecast from its nodes', and shares of a total.
+
+A node's p10 is the draw it stays above nine hours in ten. The site's p10 is not the sum of
+its nodes' p10s: the nodes do not all dip at once, so the sum's p10 sits higher, and the
+capacity a site can offer from the same nodes is larger than the sum of what each could offer
+alone. How much larger depends on how the nodes' draws move together.
+
+:func:`pooled_quantiles` takes each node's forecast as its p50 and its spreads below (p50 - p10)
+and above (p90 - p50), and combines the spreads with one correlation ``rho`` between every two
+nodes: spread of the sum = sqrt((1 - rho) * sum(s_i^2) + rho * (sum s_i)^2). For spreads that
+are normal this is exact (the variance of a sum of equally correlated terms); ``rho`` = 1 (the
+nodes move as one) gives back the sum of the p10s, ``rho`` = 0 (independent) the most pooling.
+
+:func:`proportional_fill` shares a total in proportion to weights, none above its cap, what a
+capped one cannot take going to the others: used to split an award back over the nodes (by
+offer, or by live headroom) without ever giving a node more than it may be awarded.
+
+Pure functions; power in W.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+__all__ = ["QuantileSet", "pooled_quantiles", "pooling_gain", "proportional_fill"]
+
+#: One node's forecast for one market time unit: ``p10_w``, ``p50_w``, ``p90_w`` (W, IT; any
+#: may be missing).
+QuantileSet = Mapping[str, float]
+
+
+def _combine(spreads: Sequence[float], rho: float) -> float:
+    squares = math.fsum(s * s for s in spreads)
+    total = math.fsum(spreads)
+    return math.sqrt(max(0.0, (1.0 - rho) * squares + rho * total * total))
+
+
+def pooled_quantiles(nodes: Sequence[QuantileSet], rho: float) -> dict[str, float]:
+    """The site's quantiles for one MTU from its nodes' (``rho`` in [0, 1]). Where a node
+    lacks its p50, the spreads cannot be told apart from levels: each quantile is then the plain
+    sum of the nodes' that have it (for the p10, the safe side)."""
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"rho must be in [0, 1], got {rho}")
+    if not nodes:
+        return {}
+    if not all("p50_w" in q for q in nodes):
+        keys = {k for q in nodes for k in q}
+        return {k: math.fsum(q[k] for q in nodes if k in q) for k in sorted(keys)}
+    out = {"p50_w": math.fsum(q["p50_w"] for q in nodes)}
+    if all("p10_w" in q for q in nodes):
+        out["p10_w"] = out["p50_w"] - _combine(
+            [max(0.0, q["p50_w"] - q["p10_w"]) for q in nodes], rho)
+    if all("p90_w" in q for q in nodes):
+        out["p90_w"] = out["p50_w"] + _combine(
+            [max(0.0, q["p90_w"] - q["p50_w"]) for q in nodes], rho)
+    return out
+
+
+def pooling_gain(site_p10_w: float, node_p10_w: Sequence[float],
+                 node_floor_w: Sequence[float]) -> float:
+    """How many times the nodes' own headroom (p10 above floor, summed) the site's is
+    (``site_p10_w`` above the summed floors); at least 1, and 1 when the nodes have none."""
+    own = math.fsum(max(0.0, p - f) for p, f in zip(node_p10_w, node_floor_w, strict=True))
+    if own <= 0.0:
+        return 1.0
+    return max(1.0, (site_p10_w - math.fsum(node_floor_w)) / own)
+
+
+def proportional_fill(total: float, weights: Mapping[str, float],
+                      caps: Mapping[str, float]) -> dict[str, float]:
+    """``total`` shared in proportion to ``weights`` (> 0 to take part), none above its cap
+    (a key missing from ``caps``: no cap); what the capped cannot take goes to the rest in the
+    same proportions. The shares sum to ``total`` unless every taker is full."""
+    shares = {k: 0.0 for k in weights}
+    open_ = {k for k, w in weights.items() if w > 0.0 and caps.get(k, math.inf) > 0.0}
+    left = max(0.0, total)
+    while left > 1e-9 and open_:
+        weight = math.fsum(weights[k] for k in open_)
+        full: set[str] = set()
+        given = 0.0
+        for k in sorted(open_):
+            room = caps.get(k, math.inf) - shares[k]
+            take = min(room, left * weights[k] / weight)
+            shares[k] += take
+            given += take
+            if take >= room - 1e-9:
+                full.add(k)
+        left -= given
+        if not full:
+            break
+        open_ -= full
+    return shares

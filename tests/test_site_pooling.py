@@ -1,0 +1,193 @@
+"""The site's pooled forecast and bids, and the award in force split again by live room."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from test_site import PREFIX, Harness
+
+from gridtao.config.agent import ConfigError, config_from_mapping
+from gridtao.site.pooling import pooled_quantiles, pooling_gain, proportional_fill
+
+MTU = 3600
+
+
+def test_pooled_quantiles_combine_spreads_by_correlation() -> None:
+    nodes = [{"p10_w": 900.0, "p50_w": 1000.0, "p90_w": 1050.0}] * 4
+    # rho 1: the nodes move as one, the site's quantiles are the sums
+    assert pooled_quantiles(nodes, 1.0) == pytest.approx(
+        {"p10_w": 3600.0, "p50_w": 4000.0, "p90_w": 4200.0})
+    # rho 0: four independent spreads of 100 W below add as sqrt(4 * 100^2) = 200 W
+    assert pooled_quantiles(nodes, 0.0) == pytest.approx(
+        {"p10_w": 3800.0, "p50_w": 4000.0, "p90_w": 4100.0})
+    # rho 0.5: sqrt(0.5 * 40000 + 0.5 * 160000) = sqrt(100000)
+    assert pooled_quantiles(nodes, 0.5)["p10_w"] == pytest.approx(4000.0 - math.sqrt(1e5))
+    # a node without a p50: no spreads to combine, the plain sums (the safe side)
+    assert pooled_quantiles([{"p10_w": 900.0}, {"p10_w": 800.0, "p50_w": 1000.0}], 0.0) == \
+        {"p10_w": 1700.0, "p50_w": 1000.0}
+    with pytest.raises(ValueError, match="rho"):
+        pooled_quantiles(nodes, 1.5)
+
+
+def test_pooling_gain_is_the_sites_headroom_over_the_nodes_own() -> None:
+    # nodes: p10 900 and 800 over floors 400 -> 500 + 400 = 900 W of their own
+    # site p10 1900 over floors 800 -> 1100 W: a gain of 1100 / 900
+    assert pooling_gain(1900.0, [900.0, 800.0], [400.0, 400.0]) == pytest.approx(1100 / 900)
+    assert pooling_gain(1500.0, [900.0, 800.0], [400.0, 400.0]) == 1.0  # never below 1
+    assert pooling_gain(1900.0, [300.0, 300.0], [400.0, 400.0]) == 1.0  # nothing of their own
+
+
+def test_proportional_fill_gives_what_a_full_taker_cannot_take_to_the_rest() -> None:
+    shares = proportional_fill(900.0, {"a": 1.0, "b": 1.0, "c": 1.0}, {"a": 100.0})
+    assert shares == pytest.approx({"a": 100.0, "b": 400.0, "c": 400.0})
+    assert proportional_fill(600.0, {"a": 1.0, "b": 2.0, "z": 0.0}, {}) == pytest.approx(
+        {"a": 200.0, "b": 400.0, "z": 0.0})
+    # everyone full: the shares stop at the caps, the rest is left unplaced
+    assert sum(proportional_fill(900.0, {"a": 1.0, "b": 1.0}, {"a": 100.0, "b": 200.0})
+               .values()) == pytest.approx(300.0)
+
+
+def _plan(h: Harness, node: str, start: int, offer: float, *, p10: float, p50: float,
+          floor: float = 400.0, capacity: float | None = 2000.0) -> None:
+    body: dict[str, Any] = {
+        "node": node, "made_at": 0, "start": start, "mtu_s": MTU,
+        "offers_w": {"ffr": [offer, offer]}, "floor_w": floor,
+        "forecast_w": {"p10_w": [p10, p10], "p50_w": [p50, p50], "p90_w": [p50, p50]}}
+    if capacity is not None:
+        body["capacity_w"] = {"ffr": capacity}
+    h.send(f"{PREFIX}/nodes/{node}/plan", body)
+
+
+def _site(**market: Any) -> tuple[Harness, int]:
+    h = Harness(market={"bid_step_w": 100, "min_bid_w": 100, "min_bids": []} | market)
+    return h, int(h.clock.wall()) // MTU * MTU
+
+
+def test_the_default_claims_no_pooling_and_bids_the_offers_summed() -> None:
+    h, start = _site()
+    for n in ("n1", "n2", "n3", "n4"):
+        _plan(h, n, start, 500.0, p10=900.0, p50=1000.0)
+    h.c.tick()
+    (plan,) = h.take("site/plan")
+    assert plan["offers_w"]["ffr"] == [2000, 2000]
+    assert plan["pooling"] == {"correlation": 1.0, "gain": [1.0, 1.0]}
+    assert plan["forecast_w"]["p10_w"] == [3600, 3600]
+
+
+def test_independent_nodes_pool_into_a_larger_bid_split_up_to_each_nodes_capacity() -> None:
+    h, start = _site(pooling_correlation=0.0)
+    for n in ("n1", "n2", "n3", "n4"):  # each: p10 900 W over a 400 W floor, offers 500 W
+        _plan(h, n, start, 500.0, p10=900.0, p50=1000.0, capacity=600.0)
+    h.c.tick()
+    (plan,) = h.take("site/plan")
+    # site p10 = 4000 - 200 = 3800 W, 2200 W over the floors against 2000 W of the nodes' own
+    assert plan["forecast_w"]["p10_w"] == [3800, 3800]
+    assert plan["pooling"]["gain"] == [1.1, 1.1]
+    assert plan["offers_w"]["ffr"] == [2200, 2200]
+    assert plan["pooled_w"]["ffr"] == [2000, 2000]  # what the nodes offered alone
+    h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start, "mtu_s": MTU,
+                                    "capacity_w": {"ffr": [2200, 2200]}})
+    awards = {t.split("/")[2]: b for t, b, _ in h.sent if t.endswith("/award")}
+    assert {n: a["capacity_w"]["ffr"] for n, a in awards.items()} == {
+        n: [550, 550] for n in ("n1", "n2", "n3", "n4")}  # above each offer, within 600 W
+
+
+def test_the_pooled_bid_never_exceeds_what_the_nodes_may_be_awarded() -> None:
+    h, start = _site(pooling_correlation=0.0)
+    _plan(h, "n1", start, 500.0, p10=900.0, p50=1000.0, capacity=None)  # says no capacity
+    _plan(h, "n2", start, 500.0, p10=900.0, p50=1000.0, capacity=520.0)
+    h.c.tick()
+    (plan,) = h.take("site/plan")
+    assert plan["pooling"]["gain"][0] > 1.0
+    assert plan["offers_w"]["ffr"] == [1000, 1000]  # 500 + 520, stepped down to 100 W
+
+
+def _awarded_now(h: Harness, start: int, w: float) -> dict[str, list[float]]:
+    h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start, "mtu_s": MTU,
+                                    "capacity_w": {"ffr": [w]}})
+    h.take("site/ack")
+    return {t.split("/")[2]: b["capacity_w"]["ffr"] for t, b in _awards(h)}
+
+
+def _awards(h: Harness) -> list[tuple[str, dict[str, Any]]]:
+    out = [(t, b) for t, b, _ in h.sent if t.endswith("/award")]
+    h.sent = [s for s in h.sent if not s[0].endswith("/award")]
+    return out
+
+
+def test_the_award_in_force_follows_the_nodes_live_room() -> None:
+    h, start = _site(resplit_s=5.0)
+    h.status("n1", 1400.0)  # 1000 W of room
+    h.status("n2", 1400.0)
+    _plan(h, "n1", start, 600.0, p10=1300.0, p50=1400.0)
+    _plan(h, "n2", start, 600.0, p10=1300.0, p50=1400.0)
+    h.c.tick()
+    assert _awarded_now(h, start, 1200.0) == {"n1": [600], "n2": [600]}
+    # n1's job ends: 100 W of room left; n2 has 1000 W
+    h.clock.advance(5.0)
+    h.status("n1", 500.0)
+    h.status("n2", 1400.0)
+    h.c.tick()
+    sent = dict((t.split("/")[2], b) for t, b in _awards(h))
+    # 1200 W by room 100 : 1000
+    assert sent["n1"]["capacity_w"] == {"ffr": [109]}
+    assert sent["n2"]["capacity_w"] == {"ffr": [1090]}
+    for node, body in sent.items():
+        assert body["node"] == node and body["start"] == start and body["mtu_s"] == MTU
+        assert body["issued_at"] == h.clock.wall() and body["id"].startswith("a1~")
+    assert h.c.counts["site_award_resplits"] == 1
+    # nothing moved: nothing sent
+    h.clock.advance(5.0)
+    h.status("n1", 500.0)
+    h.status("n2", 1400.0)
+    h.c.tick()
+    assert _awards(h) == []
+    # no more often than resplit_s
+    h.clock.advance(1.0)
+    h.status("n1", 1400.0)
+    h.c.tick()
+    assert _awards(h) == []
+
+
+def _two_nodes_awarded(**market: Any) -> Harness:
+    """Two nodes at 1400 W over 400 W floors, each offering 600 W, awarded 1200 W now."""
+    h, start = _site(**market)
+    for n in ("n1", "n2"):
+        h.status(n, 1400.0)
+        _plan(h, n, start, 600.0, p10=1300.0, p50=1400.0)
+    h.c.tick()
+    _awarded_now(h, start, 1200.0)
+    return h
+
+
+def test_the_live_split_holds_still_through_an_event_and_skips_an_offline_node() -> None:
+    h = _two_nodes_awarded(resplit_s=5.0)
+    h.clock.advance(5.0)
+    h.status("n1", 500.0)
+    h.c.on_message(f"{PREFIX}/nodes/n2/status", (  # n2 in an event: its draw is capped
+        b'{"node": "n2", "online": true, "t": %f, "event": "e1", "capacity": '
+        b'{"draw_w": 900, "floor_w": 400, "deliverable_w": 500, "enrolled_w": 0}}'
+        % h.clock.wall()))
+    h.c.tick()
+    assert _awards(h) == [] and h.c.counts["site_resplit_held"] == 1
+    h.clock.advance(5.0)
+    h.status("n1", 1400.0)
+    h.status("n2", 1400.0, online=False)  # its last will
+    h.c.tick()
+    sent = dict((t.split("/")[2], b["capacity_w"]["ffr"]) for t, b in _awards(h))
+    assert sent == {"n1": [1200], "n2": [0]}  # n1 is enrolled up to 2000 W
+
+
+def test_resplit_s_zero_never_splits_again_and_below_one_second_is_refused() -> None:
+    h = _two_nodes_awarded(resplit_s=0.0)
+    h.clock.advance(30.0)
+    h.status("n1", 500.0)
+    h.status("n2", 1400.0)
+    h.c.tick()
+    assert _awards(h) == []
+    with pytest.raises(ConfigError, match=r"site\.market\.resplit_s"):
+        config_from_mapping({"site": {"market": {"resplit_s": 0.5}}})
+    with pytest.raises(ConfigError, match=r"site\.market\.pooling_correlation"):
+        config_from_mapping({"site": {"market": {"pooling_correlation": 1.2}}})
