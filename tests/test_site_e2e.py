@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -290,6 +290,65 @@ def test_a_hangup_neither_stops_nor_changes_the_site(
             site.wait(10)
 
 
+def signed_site_keys(tmp: Path) -> dict[str, Path]:
+    """Fresh HMAC secrets: the aggregator's (``agg``) and the site's own (``site``)."""
+    keys = {}
+    for kid in ("agg", "site"):
+        keys[kid] = tmp / f"{kid}.key"
+        keys[kid].write_text(base64.b64encode(os.urandom(32)).decode())
+        keys[kid].chmod(0o600)
+    return keys
+
+
+def planning_agent(tmp: Path, broker: MosquittoBroker, node: str, prefix: str,
+                   keys: Mapping[str, Path], *, steady_w: float | None = None,
+                   ) -> subprocess.Popen[bytes]:
+    """An agent whose tier 3 plans from 14 days of a steady 1200 W history (room to offer) and
+    offers FFR (400 W enrolled) at 20 EUR/MW/h, taking awards signed with the site's key;
+    ``steady_w``: every GPU asks that much all the time (else the simulator's default load)."""
+    folder = tmp / node
+    folder.mkdir()
+    now = time.time()
+    history = folder / "history.sqlite3"
+    first = int(now) // 60 * 60 - 14 * DAY_S
+    with HistoryStore.open(history) as store:
+        store.write([MinuteRow(first + 60 * k, 1200.0, 1190.0, 1200.0 * 60, 1400.0, 0.0)
+                     for k in range(14 * 1440)])
+    signals = folder / "signals.json"
+    signals.write_text(json.dumps({
+        "version": 1, "issued_at": now, "source": "test", "start": int(now) // 3600 * 3600,
+        "mtu_s": 3600, "reserve_price_eur_per_mw_h": {"ffr": [20.0] * 48}}))
+    gpus: dict[str, Any] = {"backend": "sim", "sim": {"count": GPUS, "device": node}}
+    if steady_w is not None:
+        trace = folder / "steady.csv"
+        trace.write_text(f"t_s,watts\n0,{steady_w}\n3600,{steady_w}\n")
+        gpus["sim"] |= {"workload": "trace", "trace_csv": str(trace), "noise_w": 0.0}
+    cfg = write_agent_config(
+        folder, broker, node, prefix=prefix, gpus=GPUS, safety={"triggers": []},
+        products=[{"kind": "ffr", "capacity_w": 400, "threshold_hz": 49.5}],
+        auth={"mode": "hmac", "keys": [{"kid": "site", "file": str(keys["site"])}]},
+        history={"path": str(history)},
+        planner={"enabled": True, "signals_file": str(signals)})
+    body = yaml.safe_load(cfg.read_text())
+    body["gpus"] = gpus
+    cfg.write_text(yaml.safe_dump(body))
+    return spawn_agent(cfg, folder / "agent.log")
+
+
+def signed_site_config(tmp: Path, broker: MosquittoBroker, prefix: str, nodes: list[str],
+                       keys: Mapping[str, Path], **market: Any) -> Path:
+    """A signed-mode site taking the aggregator's key, signing with its own; 10 W bid steps."""
+    path = tmp / "site.yaml"
+    path.write_text(yaml.safe_dump({
+        "mqtt": {"port": broker.port, "prefix": prefix, "reconnect_min_s": 0.05},
+        "metrics": {"enabled": False},
+        "auth": {"mode": "hmac", "keys": [{"kid": "agg", "file": str(keys["agg"])}]},
+        "site": {"id": "s1", "nodes": nodes, "status_period_s": 0.2, "ack_deadline_s": 5.0,
+                 "signing": {"mode": "hmac", "kid": "site", "file": str(keys["site"])},
+                 "market": {"bid_step_w": 10, "min_bid_w": 10, "min_bids": []} | market}}))
+    return path
+
+
 def test_a_signed_site_award_reaches_a_real_agent_split_from_its_own_plan(
     mqtt_broker: MosquittoBroker, tmp_path: Path
 ) -> None:
@@ -297,41 +356,10 @@ def test_a_signed_site_award_reaches_a_real_agent_split_from_its_own_plan(
     site pools it into its bids, the aggregator's signed site award is split, signed with the
     site's key and sent to the node, which verifies it, accepts it and says so."""
     prefix, node = "e2e/award", "n1"
-    keys = {}
-    for kid in ("agg", "site"):
-        keys[kid] = tmp_path / f"{kid}.key"
-        keys[kid].write_text(base64.b64encode(os.urandom(32)).decode())
-        keys[kid].chmod(0o600)
-    now = time.time()
-    history = tmp_path / "history.sqlite3"
-    first = int(now) // 60 * 60 - 14 * DAY_S
-    with HistoryStore.open(history) as store:  # a node drawing a steady 1200 W: room to offer
-        store.write([MinuteRow(first + 60 * k, 1200.0, 1190.0, 1200.0 * 60, 1400.0, 0.0)
-                     for k in range(14 * 1440)])
-    signals = tmp_path / "signals.json"
-    hours = 48
-    signals.write_text(json.dumps({
-        "version": 1, "issued_at": now, "source": "test", "start": int(now) // 3600 * 3600,
-        "mtu_s": 3600, "reserve_price_eur_per_mw_h": {"ffr": [20.0] * hours}}))
-    folder = tmp_path / node
-    folder.mkdir()
-    agent_cfg = write_agent_config(
-        folder, mqtt_broker, node, prefix=prefix, gpus=GPUS,
-        safety={"triggers": []},
-        products=[{"kind": "ffr", "capacity_w": 400, "threshold_hz": 49.5}],
-        auth={"mode": "hmac", "keys": [{"kid": "site", "file": str(keys["site"])}]},
-        history={"path": str(history)},
-        planner={"enabled": True, "signals_file": str(signals)})
-    site_cfg = tmp_path / "site.yaml"
-    site_cfg.write_text(yaml.safe_dump({
-        "mqtt": {"port": mqtt_broker.port, "prefix": prefix, "reconnect_min_s": 0.05},
-        "metrics": {"enabled": False},
-        "auth": {"mode": "hmac", "keys": [{"kid": "agg", "file": str(keys["agg"])}]},
-        "site": {"id": "s1", "nodes": [node], "status_period_s": 0.2, "ack_deadline_s": 5.0,
-                 "signing": {"mode": "hmac", "kid": "site", "file": str(keys["site"])},
-                 "market": {"bid_step_w": 10, "min_bid_w": 10, "min_bids": []}}}))
+    keys = signed_site_keys(tmp_path)
+    site_cfg = signed_site_config(tmp_path, mqtt_broker, prefix, [node], keys)
     with agent_processes() as procs, mqtt_broker.subscriber(f"{prefix}/#") as sub:
-        procs.append(spawn_agent(agent_cfg, folder / "agent.log"))
+        procs.append(planning_agent(tmp_path, mqtt_broker, node, prefix, keys))
         procs.append(_spawn(["--config", str(site_cfg), "site"], tmp_path / "site.log"))
         plan = _wait(sub, f"{prefix}/site/plan",
                      lambda d: any(max(v) > 0 for v in d.get("offers_w", {}).values()),
