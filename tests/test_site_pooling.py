@@ -138,6 +138,11 @@ def test_the_award_in_force_follows_the_nodes_live_room() -> None:
         assert body["node"] == node and body["start"] == start and body["mtu_s"] == MTU
         assert body["issued_at"] == h.clock.wall() and body["id"].startswith("a1~")
     assert h.c.counts["site_award_resplits"] == 1
+    # the site's status: the award in force, and the 100 W the nodes' room lacks for it
+    award = h.c.snapshot["award"]
+    assert award == {"start": start, "capacity_w": {"ffr": 1200.0}, "room_w": 1100.0,
+                     "short_w": 100.0}
+    assert {"product": "ffr", "kind": "awarded", "w": 1200.0} in h.c.snapshot["capacity_w"]
     # nothing moved: nothing sent
     h.clock.advance(5.0)
     h.status("n1", 500.0)

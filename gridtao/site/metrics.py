@@ -61,7 +61,8 @@ class SiteCollector(Collector):
         yield target
         capacity = GaugeMetricFamily("gridtao_site_capacity_watts",
                                      "Capacity per product over online nodes: enrolled (in "
-                                     "force), armed, offered (tier 3, this market time unit), W.",
+                                     "force), armed, offered (tier 3, this market time unit), "
+                                     "awarded (the site's award in force), W.",
                                      labels=["product", "kind"])
         for entry in snap.get("capacity_w", ()):
             capacity.add_metric([entry["product"], entry["kind"]], float(entry["w"]))

@@ -25,6 +25,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from gridtao.config.site import SiteConfig
 from gridtao.site.market import SitePlan
@@ -74,6 +75,7 @@ class LiveSplit:
         self._sent: dict[tuple[int, str], dict[str, float]] = {}
         self._next = 0.0
         self._received = 0
+        self._short = False  # the last in_force found the room short
 
     def on_award(self, award: Award, shares: Mapping[str, Mapping[str, list[float | None]]],
                  wall: float) -> None:
@@ -106,6 +108,33 @@ class LiveSplit:
         award = last[1]
         start = award.start_s + math.floor((wall - award.start_s) / award.mtu_s) * award.mtu_s
         return start, award.mtu_s, {p: w for p, (_, w) in found.items()}, award.id
+
+    def in_force(self, wall: float) -> dict[str, Any] | None:
+        """The award in force now for the site's status (None outside every award):
+        ``capacity_w`` per product, ``room_w`` the online nodes' live room summed (None while a
+        node is in an event: its capped draw says nothing of it) and ``short_w`` how much of
+        the awarded capacity, all products stacked, that room does not cover. Says in the log
+        when a shortfall begins and when it ends."""
+        now = self.awarded_at(wall)
+        if now is None:
+            self._short = False
+            return None
+        start, _, awarded, _ = now
+        online = self.view.online(wall)
+        room = None if any(v.event for v in online) else sum(live_room_w(v) for v in online)
+        total = sum(awarded.values())
+        short = None if room is None else max(0.0, total - room)
+        if short is not None and (short > 0.0) != self._short:
+            self._short = short > 0.0
+            if self._short:
+                log.warning("the nodes' live room (%.0f W) is short of the %.0f W awarded for "
+                            "this market time unit by %.0f W: an activation now would fall "
+                            "short", room, total, short)
+            else:
+                log.info("the nodes' live room covers the %.0f W awarded again", total)
+        return {"start": start, "capacity_w": {p: round(w, 1) for p, w in awarded.items()},
+                "room_w": None if room is None else round(room, 1),
+                "short_w": None if short is None else round(short, 1)}
 
     def tick(self, wall: float, plan: SitePlan | None) -> None:
         """Split again if it is time (module docstring)."""

@@ -6,7 +6,7 @@ in as the metrics collector's snapshot. Power in W, times in Unix seconds, delay
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -38,9 +38,12 @@ class DelayHistogram:
 
 
 def status_body(site: str, view: SiteView, meter: MeterFeedback, events: Iterable[SiteEvent],
-                *, it_w: float, wall: float) -> dict[str, Any]:
+                *, it_w: float, wall: float,
+                award: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The retained ``{prefix}/site/status``: the nodes, the site's IT and metered power, the
-    facility model's error, capacity per product and the events in force with their split."""
+    facility model's error, capacity per product (with ``award``, the award in force: its
+    capacity per product as kind ``awarded``, and the room it lacks), and the events in force
+    with their split."""
     body: dict[str, Any] = {"site": site, "online": True, "t": wall}
     body |= view.summary(wall)
     body["it_w"] = round(it_w, 1)
@@ -48,8 +51,12 @@ def status_body(site: str, view: SiteView, meter: MeterFeedback, events: Iterabl
     body["meter_w"] = None if metered is None else round(metered, 1)
     error = meter.model_error(wall)
     body["meter_model_error"] = None if error is None else round(error, 4)
+    capacity = view.capacity_w(wall)
+    for product, w in (award or {}).get("capacity_w", {}).items():
+        capacity[(product, "awarded")] = w
     body["capacity_w"] = [{"product": p, "kind": k, "w": round(w, 1)}
-                          for (p, k), w in sorted(view.capacity_w(wall).items())]
+                          for (p, k), w in sorted(capacity.items())]
+    body["award"] = award
     body["events"] = [{"id": e.id, "kind": e.kind, "at": e.at, "phase": e.phase,
                        "target_w": e.target_w, "until": e.until, "generation": e.generation,
                        "shortfall_w": round(e.shortfall_w, 1),
