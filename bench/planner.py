@@ -74,7 +74,13 @@ planned as one (as an aggregator pools nodes): the GPUs, maximum draw, floor, st
 and every enrolment's ``max_w`` are N times the node's (bid steps stay 100 W), and the site draws
 the sum of N independent synthetic nodes (node 0 with the seed itself, so ``--nodes 1`` is the
 node above; their 1-s spreads combined as independent), each with its own jobs: a job runs on
-one node, as on separate servers.
+one node, as on separate servers. The ``gridtao`` strategy then forecasts the site from the
+site's own summed history. With more than one node, six more strategies plan the site as the
+site coordinator does, from its nodes' own forecasts (each from its own history) combined per
+hour by ``site.market.pooling_correlation`` (gridtao/site/pooling.py): ``site_rho1`` (the
+coordinator's default: the nodes' quantiles summed, no pooling claimed) down to ``site_rho0``
+(independent, as the bench's nodes are); a correlation claimed above the true one is a margin.
+Every strategy is judged on the site's actual draw.
 """
 
 from __future__ import annotations
@@ -170,6 +176,10 @@ def _p99(values: Sequence[float]) -> float | None:
     return float(np.percentile(values, 99)) if values else None
 
 
+#: The site coordinator's strategies (``--nodes`` > 1): name -> pooling correlation claimed.
+SITE_STRATEGIES = {f"site_rho{rho:g}": rho for rho in (1.0, 0.5, 0.25, 0.1, 0.05, 0.0)}
+
+
 def _offered_hours(plan: Plan) -> npt.NDArray[np.bool_]:
     return np.asarray(sum((np.asarray(v) for v in plan.offers.values()), np.zeros(24)) > 0)
 
@@ -188,11 +198,12 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
     week = Week(days, seed, hours, lead_s=round(lead_h * HOUR_S), node=node)
     keys = ("revenue", "revenue_offered", "undeliverable_hours", "energy_cost", "carbon_kg",
             "work_shed_wh")
-    totals = {s: dict.fromkeys(keys, 0.0) for s in STRATEGIES}
+    names = STRATEGIES + (tuple(SITE_STRATEGIES) if nodes > 1 else ())
+    totals = {s: dict.fromkeys(keys, 0.0) for s in names}
     sweep = {m: {"revenue": 0.0, "undeliverable_hours": 0.0, "offered_hours": 0.0}
              for m in MARGINS}
     margins: dict[tuple[float, int], list[FloatArray]] = {m: [] for m in MARGINS}
-    solve_times: dict[str, list[float]] = {s: [] for s in STRATEGIES}
+    solve_times: dict[str, list[float]] = {s: [] for s in names}
     covered: list[npt.NDArray[np.bool_]] = []  # per day and hour: lowest minute >= p10
     offered: list[npt.NDArray[np.bool_]] = []  # per day and hour: gridtao offered something
     per_day: list[dict[str, Any]] = []
@@ -202,6 +213,9 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
         plans = {"static": plan_static(day), "reference": plan_reference(day),
                  "gridtao": plan_optimised(day, forecast),
                  "oracle": plan_optimised(day, actual_forecast(day))}
+        if nodes > 1:
+            plans |= {name: plan_optimised(day, week.site_forecast(day.start_s, rho))
+                      for name, rho in SITE_STRATEGIES.items()}
         draws = Draws.make(np.random.default_rng([seed, d, 17]))
         entry: dict[str, Any] = {"start_s": day.start_s}
         for name, plan in plans.items():
@@ -228,7 +242,7 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
         return round(revenue / oracle_revenue, 4) if oracle_revenue > 0 else None
 
     strategies: dict[str, dict[str, Any]] = {}
-    for name in STRATEGIES:
+    for name in names:
         row: dict[str, Any] = {k: (int(v) if k == "undeliverable_hours" else round(v, 4))
                                for k, v in totals[name].items()}
         row["oracle_share"] = share(totals[name]["revenue"])

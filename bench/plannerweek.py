@@ -31,6 +31,7 @@ from gridtao.bench.plannerday import (
 )
 from gridtao.gpu.sim.daily import DailyShape
 from gridtao.history.synth import synthetic_minutes
+from gridtao.site.pooling import pooled_quantiles
 from gridtao.tier3 import Forecast, forecast_draw, persistence_forecast, score
 from gridtao.tier3.scores import calibrated_margin_w
 
@@ -77,10 +78,12 @@ class Week:
                 mean[i] = [r.it_mean_w for r in rows]
                 p10[i] = [r.it_p10_w for r in rows]
         self.t = np.array([r.start_s for r in rows], dtype=np.int64)
+        self.node_mean, self.node_p10 = mean, p10
         self.mean, self.p10 = pooled(mean, p10)
         self.signals = market_signals(WEEK_START_S, days * 24, seed=seed,
                                       tz_offset_s=TZ_OFFSET_S)
         self._forecasts: dict[int, Forecast] = {}
+        self._node_forecasts: dict[int, list[Forecast]] = {}
 
     def day(self, d: int) -> Day:
         start = WEEK_START_S + d * DAY_S
@@ -98,6 +101,26 @@ class Week:
                 self.t[before], self.mean[before], self.p10[before], start_s=day_start,
                 mtu_s=HOUR_S, horizon=24, now_s=made, tz_offset_s=TZ_OFFSET_S)
         return self._forecasts[day_start]
+
+    def site_forecast(self, day_start: int, rho: float) -> Forecast:
+        """The day's forecast as the site coordinator makes it from its nodes' plans: each
+        node's own forecast (from its own history, made ``lead_s`` before the day; cached), combined
+        per hour with the correlation ``rho`` (:func:`gridtao.site.pooling.pooled_quantiles`;
+        1: the nodes' quantiles summed, 0: independent)."""
+        if day_start not in self._node_forecasts:
+            made = day_start - self.lead_s
+            before = self.t < made
+            self._node_forecasts[day_start] = [
+                forecast_draw(self.t[before], self.node_mean[i][before],
+                              self.node_p10[i][before], start_s=day_start, mtu_s=HOUR_S,
+                              horizon=24, now_s=made, tz_offset_s=TZ_OFFSET_S)
+                for i in range(self.node.nodes)]
+        own = self._node_forecasts[day_start]
+        hours = [pooled_quantiles([{"p10_w": float(f.p10_w[k]), "p50_w": float(f.p50_w[k]),
+                                    "p90_w": float(f.p90_w[k])} for f in own], rho)
+                 for k in range(24)]
+        p10, p50, p90 = (np.array([h[q] for h in hours]) for q in ("p10_w", "p50_w", "p90_w"))
+        return Forecast(day_start, HOUR_S, p10, p50, p90, method=f"nodes pooled, rho {rho:g}")
 
     def misses(self, day_start: int) -> tuple[npt.NDArray[np.int64], FloatArray]:
         """How far the forecast p10 overshot each MTU's actual lowest minute (W, > 0: the

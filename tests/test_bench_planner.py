@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gridtao.bench.planner import Week
+from gridtao.bench.planner import SITE_STRATEGIES, Week
 from gridtao.bench.planner_signals import market_signals
 from gridtao.bench.plannerday import (
     CALIBRATION_DAYS,
@@ -203,6 +203,15 @@ def test_nodes_pool_into_one_site_planned_as_one(tmp_path: Path) -> None:
     assert result["node"]["static_w"] == {"ffr": 800.0, "fcr-d-up": 600.0, "dr": 3000.0}
     assert result["strategies"]["oracle"]["undeliverable_hours"] == 0
     assert "2 nodes of 8 GPUs" in md.read_text()
+    # the site coordinator's own way: the nodes' forecasts combined by the claimed correlation
+    site_rows = {k: v for k, v in result["strategies"].items() if k.startswith("site_rho")}
+    assert list(site_rows) == [f"site_rho{r:g}" for r in SITE_STRATEGIES.values()]
+    assert site_rows["site_rho1"]["revenue_offered"] <= site_rows["site_rho0"]["revenue_offered"]
+    summed, pooled = (site.site_forecast(WEEK_START_S, rho) for rho in (1.0, 0.0))
+    own = site._node_forecasts[WEEK_START_S]
+    assert np.allclose(summed.p10_w, own[0].p10_w + own[1].p10_w)  # rho 1: the sum of p10s
+    assert np.all(pooled.p10_w >= summed.p10_w) and np.any(pooled.p10_w > summed.p10_w)
+    assert np.allclose(pooled.p50_w, summed.p50_w)
     assert main(["bench", "planner", "--days", "1", "--nodes", "2", "--seeds", "0,1",
                  "--json", str(out)]) == 0
     seeds = json.loads(out.read_text())
