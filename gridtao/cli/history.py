@@ -7,6 +7,9 @@
   simulated GPUs unless ``--gpus``). It refuses to overwrite stored minutes
   (which may be the agent's real measurements) unless ``--replace``.
 * ``gridtao history show [--days N]``: one line per hour of the last N days (local time).
+* ``gridtao history correlation [NODE=]FILE [NODE=]FILE ... [--days N]``: how several nodes'
+  draws move together (gridtao/history/correlation.py), from copies of their history files:
+  the value for a site's ``site.market.pooling_correlation``.
 
 The store is the agent's own (``history.path``; by default
 ``<state dir>/history-<node>.sqlite3``, see ``gridtao.config.paths``), or ``--store FILE``.
@@ -84,6 +87,17 @@ def configure_history(p: argparse.ArgumentParser) -> None:
                                       "minutes under a grid activation.")
     show.add_argument("--days", type=_positive_days, default=1.0,
                       help="how many days back from now to show (default 1)")
+    corr = sub.add_parser(
+        "correlation", help="how several nodes' draws move together (for a site's pooling)",
+        description="From copies of several nodes' history files, each node's hourly draw less "
+                    "its median for that hour of the day, correlated pair by pair over the "
+                    "hours both have (hours under a grid activation left out); the mean over "
+                    "the pairs, rounded up to 0.05, is the value for the site's "
+                    "site.market.pooling_correlation.")
+    corr.add_argument("files", metavar="[NODE=]FILE", nargs="+",
+                      help="a node's history database (its name: NODE, else the file's stem)")
+    corr.add_argument("--days", type=_positive_days, default=28.0,
+                      help="how many days back from each file's last minute (default 28)")
     for action in (imp, gen, show):  # after the action too: `history generate --store F`
         action.add_argument("--store", metavar="FILE", default=argparse.SUPPRESS,
                             help="the history database (as before the action)")
@@ -106,6 +120,8 @@ def run_history(args: argparse.Namespace, config: Config) -> int:
     # HistoryError is a GridtaoError: gridtao.cli.main prints it as one line and exits 2.
     from gridtao.history import HistoryStore
 
+    if args.history_command == "correlation":
+        return _correlation(args)
     path = store_path(args, config)
     if args.history_command == "show" and not path.exists():
         print(f"gridtao: error: {path}: no history yet (gridtao history import or generate, "
@@ -186,6 +202,49 @@ def _show(args: argparse.Namespace, store: HistoryStore) -> int:
         mean = h.energy_j / h.covered_s if h.covered_s > 0 else 0.0
         print(f"{_when(start):<16} {h.minutes:>7} {mean:>9.1f} {h.p10_sum_w / h.minutes:>9.1f} "
               f"{h.energy_j / 3.6e6:>10.3f} {h.event_s / 60:>9.1f}")
+    return EXIT_OK
+
+
+def _correlation(args: argparse.Namespace) -> int:
+    from gridtao.history import HistoryStore
+    from gridtao.history.correlation import draw_correlation
+
+    named: dict[str, Path] = {}
+    for spec in args.files:
+        node, sep, file = spec.rpartition("=")
+        path = Path(file if sep else spec).expanduser()
+        name = node if sep and node else path.stem
+        if name in named:
+            print(f"gridtao: error: node {name!r} is named twice (NODE=FILE names a file)",
+                  file=sys.stderr)
+            return EXIT_ERROR
+        if not path.is_file():
+            print(f"gridtao: error: {path}: no such history file", file=sys.stderr)
+            return EXIT_ERROR
+        named[name] = path
+    if len(named) < 2:
+        print("gridtao: error: correlation needs the history files of two nodes or more",
+              file=sys.stderr)
+        return EXIT_ERROR
+    rows = {}
+    for name, path in named.items():
+        with HistoryStore.open(path) as store:
+            last = store.latest_start_s()
+            rows[name] = [] if last is None else store.rows(
+                last - round(args.days * 86_400), last + 60)
+    offset = datetime.now().astimezone().utcoffset()
+    found = draw_correlation(rows, tz_offset_s=int(offset.total_seconds()) if offset else 0)
+    print("hours that counted: " + ", ".join(f"{n} {h}" for n, h in found.hours.items()))
+    print(f"{'node':<20} {'node':<20} {'hours':>6} {'correlation':>11}")
+    for p in found.pairs:
+        rho = "too few" if p.rho is None else f"{p.rho:.3f}"
+        print(f"{p.a:<20} {p.b:<20} {p.hours:>6} {rho:>11}")
+    if found.suggested is None:
+        print("no pair had enough hours in common to measure: keep "
+              "site.market.pooling_correlation at 1 (no pooling claimed)")
+        return EXIT_OK
+    print(f"mean over the pairs: {found.mean_rho:.3f}; site.market.pooling_correlation: "
+          f"{found.suggested:g} (rounded up; a higher value is a margin, docs/site.md)")
     return EXIT_OK
 
 
