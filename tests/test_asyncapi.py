@@ -23,6 +23,7 @@ from broker import MosquittoBroker, Subscriber
 from paho.mqtt.client import MQTTMessage
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+from test_site_e2e import planning_agent
 
 from gridtao.transport.localbroker import Publisher
 from gridtao.wire.site import SITE_W_MAX
@@ -311,8 +312,6 @@ def test_every_message_of_a_real_agent_matches_its_channel(
 def test_every_message_of_a_real_site_coordinator_matches_its_channel(
         mqtt_broker: MosquittoBroker, tmp_path: Path) -> None:
     prefix, node = "gridtao/site-contract", "n1"
-    agent_cfg = write_agent_config(tmp_path, mqtt_broker, node, prefix=prefix, gpus=2,
-                                   limits={"min_event_interval_s": 0})
     site_cfg = tmp_path / "site.yaml"
     site_cfg.write_text(yaml.safe_dump({
         "mqtt": {"port": mqtt_broker.port, "prefix": prefix, "reconnect_min_s": 0.05},
@@ -321,10 +320,14 @@ def test_every_message_of_a_real_site_coordinator_matches_its_channel(
     sent = {f"{prefix}/site/dispatch", f"{prefix}/site/award", f"{prefix}/meter"}
     with agent_processes() as procs, mqtt_broker.subscriber(f"{prefix}/#") as sub, \
             Publisher(mqtt_broker.host, mqtt_broker.port) as pub:
-        procs.append(spawn_agent(agent_cfg, tmp_path / "agent.log"))
+        # enrolled in FFR and planning: the site's status has capacity, and it pools a plan
+        procs.append(planning_agent(tmp_path, mqtt_broker, node, prefix, None,
+                                    limits={"min_event_interval_s": 0}))
         procs.append(spawn_site(site_cfg, tmp_path / "site.log"))
         wait_message(sub, "the site's view of the node", lambda t, d: t.endswith(
-            "/site/status") and d.get("nodes", {}).get(node, {}).get("online") is True)
+            "/site/status") and d.get("nodes", {}).get(node, {}).get("online") is True
+            and bool(d.get("capacity_w")))
+        wait_message(sub, "the site's plan", lambda t, d: t.endswith("/site/plan"))
 
         def send(topic: str, body: dict[str, Any], qos: int = 1) -> None:
             pub.send(f"{prefix}/{topic}", json.dumps(body).encode(), qos=qos)
@@ -336,16 +339,20 @@ def test_every_message_of_a_real_site_coordinator_matches_its_channel(
         send("site/dispatch", {"id": "s2", "kind": "site_shed", "fraction": 0.1,
                                "duration_s": 30})
         send("site/dispatch", {"id": "s3", "kind": "release", "ref": "s1"})
-        hour = int(time.time()) // 3600 * 3600 + 3600
+        hour = int(time.time()) // 3600 * 3600
         send("site/award", {"id": "a1", "issued_at": time.time(), "start": hour, "mtu_s": 3600,
-                            "capacity_w": {"ffr": [100]}})  # no plan to award: refused
-        for event in ("s3", "a1"):
+                            "capacity_w": {"ffr": [100, 100]}})  # this hour and the next
+        send("site/award", {"id": "a2", "issued_at": time.time(), "start": hour, "mtu_s": 3600,
+                            "capacity_w": {"afrr": [100]}})  # a product no node offers
+        for event in ("s3", "a1", "a2"):
             wait_message(sub, f"the ack of {event}",
                          lambda t, d, e=event: t.endswith("/site/ack") and d["id"] == e)
+        wait_message(sub, "the award in the site's status", lambda t, d: t.endswith(
+            "/site/status") and (d.get("award") or {}).get("capacity_w") == {"ffr": 100})
         check_retained(mqtt_broker, prefix, {channel_of(m.topic, prefix) for m in sub.messages})
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
             assert p.wait(WAIT_S) == 0
     seen = check_traffic(list(sub.messages), prefix, sent)
     assert {"siteDispatch", "siteAward", "siteAck", "siteStatus", "siteEvents", "meter",
-            "nodeDispatch"} <= seen
+            "nodeDispatch", "sitePlan", "plan", "award"} <= seen

@@ -301,11 +301,12 @@ def signed_site_keys(tmp: Path) -> dict[str, Path]:
 
 
 def planning_agent(tmp: Path, broker: MosquittoBroker, node: str, prefix: str,
-                   keys: Mapping[str, Path], *, steady_w: float | None = None,
-                   ) -> subprocess.Popen[bytes]:
+                   keys: Mapping[str, Path] | None, *, steady_w: float | None = None,
+                   **extra: Any) -> subprocess.Popen[bytes]:
     """An agent whose tier 3 plans from 14 days of a steady 1200 W history (room to offer) and
-    offers FFR (400 W enrolled) at 20 EUR/MW/h, taking awards signed with the site's key;
-    ``steady_w``: every GPU asks that much all the time (else the simulator's default load)."""
+    offers FFR (400 W enrolled) at 20 EUR/MW/h, taking awards signed with the site's key
+    (``keys``; None: unsigned mode); ``steady_w``: every GPU asks that much all the time (else
+    the simulator's default load); ``extra``: further top-level sections."""
     folder = tmp / node
     folder.mkdir()
     now = time.time()
@@ -326,9 +327,10 @@ def planning_agent(tmp: Path, broker: MosquittoBroker, node: str, prefix: str,
     cfg = write_agent_config(
         folder, broker, node, prefix=prefix, gpus=GPUS, safety={"triggers": []},
         products=[{"kind": "ffr", "capacity_w": 400, "threshold_hz": 49.5}],
-        auth={"mode": "hmac", "keys": [{"kid": "site", "file": str(keys["site"])}]},
         history={"path": str(history)},
-        planner={"enabled": True, "signals_file": str(signals)})
+        planner={"enabled": True, "signals_file": str(signals)}, **extra,
+        **({} if keys is None else {
+            "auth": {"mode": "hmac", "keys": [{"kid": "site", "file": str(keys["site"])}]}}))
     body = yaml.safe_load(cfg.read_text())
     body["gpus"] = gpus
     cfg.write_text(yaml.safe_dump(body))
