@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -196,3 +197,32 @@ def test_resplit_s_zero_never_splits_again_and_below_one_second_is_refused() -> 
         config_from_mapping({"site": {"market": {"resplit_s": 0.5}}})
     with pytest.raises(ConfigError, match=r"site\.market\.pooling_correlation"):
         config_from_mapping({"site": {"market": {"pooling_correlation": 1.2}}})
+
+
+def test_a_restarted_coordinator_takes_the_awards_back_and_splits_again() -> None:
+    h, start = _site(resplit_s=5.0)
+    for n in ("n1", "n2"):
+        h.status(n, 1400.0)
+        _plan(h, n, start, 600.0, p10=1300.0, p50=1400.0)
+    h.c.tick()
+    h.send(f"{PREFIX}/site/award", {"id": "a1", "issued_at": h.clock.wall(), "start": start,
+                                    "mtu_s": MTU, "capacity_w": {"ffr": [1200, 1200]}})
+    h.c.tick()
+    (record,) = [b for t, b, retain in h.sent if t.endswith("site/events") and retain][-1:]
+    assert [a["id"] for a in record["awards"]] == ["a1"]
+    # a new coordinator: the retained record first, then the nodes' retained plans and status
+    again = Harness(market={"bid_step_w": 100, "min_bid_w": 100, "min_bids": [],
+                            "resplit_s": 5.0})
+    again.clock.advance(h.clock.wall() - again.clock.wall())
+    again.c.on_message(f"{PREFIX}/site/events", json.dumps(record).encode(), retained=True)
+    for n, draw in (("n1", 500.0), ("n2", 1400.0)):
+        again.status(n, draw)
+        _plan(again, n, start, 600.0, p10=1300.0, p50=1400.0)
+    again.c.tick()
+    sent = {t.split("/")[2]: b["capacity_w"]["ffr"] for t, b in _awards(again)}
+    assert sent == {"n1": [109], "n2": [1090]}  # split by live room, 100 : 1000
+    # a record of awards already over takes back nothing
+    late = Harness()
+    late.clock.advance(start + 2 * MTU - late.clock.wall())
+    late.c.on_message(f"{PREFIX}/site/events", json.dumps(record).encode(), retained=True)
+    assert late.c.bidding.live.awards == []

@@ -278,14 +278,14 @@ class SiteCoordinator:
         if not retained or self._record_seen or self.snapshot:
             return
         self._record_seen = True
+        taken = take_back(payload, wall, own_key=self._own_key, max_event_s=self.cfg.max_event_s)
+        if taken.refused is not None:
+            log.warning("retained events record not taken back: %s", taken.refused)
+            self._count("events_record_refused")
+        self.bidding.live.restore(taken.awards, wall)
         if self.events:
             return
-        events, refused = take_back(payload, wall, own_key=self._own_key,
-                                    max_event_s=self.cfg.max_event_s)
-        if refused is not None:
-            log.warning("retained events record not taken back: %s", refused)
-            self._count("events_record_refused")
-        for event in events:
+        for event in taken.events:
             self.events[event.id] = event
             # Not re-split before every node has had a status period to be seen again: a
             # split from half a view would move shares that need not move.
@@ -325,11 +325,11 @@ class SiteCoordinator:
                                    else end_orders(event, orders=False))
                 continue
             self.sender.rebalance(event, wall)
-        if self.sender.record_stale:
-            self.sender.record_stale = False
+        if self.sender.record_stale or self.bidding.live.record_stale:
+            self.sender.record_stale = self.bidding.live.record_stale = False
             # Signed with the site's key: a restart takes back only a record it wrote.
-            self._publish(self.events_topic, self._sign(
-                events_record(self.cfg.id, self.events.values(), wall)), 1, True)
+            self._publish(self.events_topic, self._sign(events_record(
+                self.cfg.id, self.events.values(), wall, self.bidding.live.awards)), 1, True)
         self.bidding.tick(wall)
         if wall >= self._next_status or (self._first_view_in() and not self.snapshot):
             self._next_status = wall + self.cfg.status_period_s

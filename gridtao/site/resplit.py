@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,8 @@ class LiveSplit:
         self._next = 0.0
         self._received = 0
         self._short = False  # the last in_force found the room short
+        #: An award came since the site's retained record was last written.
+        self.record_stale = False
 
     def on_award(self, award: Award, shares: Mapping[str, Mapping[str, list[float | None]]],
                  wall: float) -> None:
@@ -91,6 +93,26 @@ class LiveSplit:
                         mtu = award.start_s + k * award.mtu_s
                         self._sent.setdefault((mtu, product), {})[node] = w
         self._sent = {key: v for key, v in self._sent.items() if key[0] > wall - 2 * award.mtu_s}
+        self.record_stale = True
+
+    @property
+    def awards(self) -> list[Award]:
+        """The site awards held, oldest issued first (for the retained record)."""
+        return [h.award for h in sorted(self._awards, key=lambda h: h.order)]
+
+    def restore(self, awards: Sequence[Award], wall: float) -> None:
+        """Awards taken back from the site's retained record by a restarted coordinator (none
+        are held yet); what each node was last sent is not known, so the first split sends
+        every node its share."""
+        if self._awards:
+            return
+        for award in awards:
+            self._received += 1
+            issued = award.issued_at if award.issued_at is not None else wall
+            self._awards.append(_Held(award, (issued, self._received)))
+        if awards:
+            log.info("site awards taken back from the retained record: %s",
+                     ", ".join(a.id for a in awards))
 
     def awarded_at(self, wall: float) -> tuple[int, int, dict[str, float], str] | None:
         """The site's award in force now: (MTU start, MTU length, W per product, the id of the
