@@ -226,3 +226,49 @@ def test_a_restarted_coordinator_takes_the_awards_back_and_splits_again() -> Non
     late.clock.advance(start + 2 * MTU - late.clock.wall())
     late.c.on_message(f"{PREFIX}/site/events", json.dumps(record).encode(), retained=True)
     assert late.c.bidding.live.awards == []
+
+
+def test_an_award_where_no_node_offered_is_split_by_capacity_and_what_is_left_said() -> None:
+    h, start = _site()
+    _plan(h, "n1", start + MTU, 500.0, p10=900.0, p50=1000.0, capacity=600.0)  # from next hour
+    _plan(h, "n2", start + MTU, 200.0, p10=900.0, p50=1000.0, capacity=200.0)
+    h.c.tick()
+    # this hour: no offers yet, so by what each may be awarded (600 : 200); next hour 1000 W is
+    # more than the 800 W the two may be awarded: 200 W left, and said
+    h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start, "mtu_s": MTU,
+                                    "capacity_w": {"ffr": [400, 1000]}})
+    sent = {t.split("/")[2]: b["capacity_w"]["ffr"] for t, b in _awards(h)}
+    assert sent == {"n1": [300, 600], "n2": [100, 200]}
+    (ack,) = h.take("site/ack")
+    assert ack["accepted"] is True and ack["unplaced_w"] == {"ffr": [0.0, 200.0]}
+
+
+def test_small_moves_wait_and_go_out_with_a_large_one_so_the_shares_sum_to_the_award() -> None:
+    h = _two_nodes_awarded(resplit_s=5.0)  # 600 + 600 of 1200
+    h.clock.advance(5.0)
+    h.status("n1", 1370.0)  # 970 : 1000 of room: 590 / 609, moves under 50 W
+    h.c.tick()
+    assert _awards(h) == []
+    h.clock.advance(5.0)
+    h.status("n1", 1370.0)
+    h.status("n2", 1100.0)  # 970 : 700: n1 697, n2 502: moved far, both sent
+    h.c.tick()
+    sent = {t.split("/")[2]: b["capacity_w"]["ffr"][0] for t, b in _awards(h)}
+    assert sent == {"n1": 697, "n2": 502}
+
+
+def test_the_status_counts_an_award_above_what_the_online_nodes_may_take_as_short() -> None:
+    h, start = _site()
+    for n in ("n1", "n2"):
+        h.status(n, 1400.0)
+        _plan(h, n, start, 600.0, p10=1300.0, p50=1400.0, capacity=700.0)
+    h.c.tick()
+    h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start, "mtu_s": MTU,
+                                    "capacity_w": {"ffr": [1600]}})
+    h.clock.advance(1.0)
+    h.status("n1", 1400.0)
+    h.status("n2", 1400.0)
+    h.c.tick()
+    # 2000 W of room, but the two may be awarded 1400 W between them
+    assert h.c.snapshot["award"]["room_w"] == 2000.0
+    assert h.c.snapshot["award"]["short_w"] == 200.0

@@ -13,6 +13,7 @@ point.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,8 @@ from gridtao.wire.messages import MessageRejected
 from gridtao.wire.site import SiteTopics, site_payload
 
 __all__ = ["SiteBidding"]
+
+log = logging.getLogger("gridtao.site")
 
 #: ``refuse(id, reason, wall)``: the coordinator's refusal (counted, logged, site ack).
 Refuse = Callable[[str | None, str, float], None]
@@ -85,7 +88,7 @@ class SiteBidding:
             if plan is None:
                 raise MessageRejected("the site has no plan to award (no node has published "
                                       "one)", award.id)
-            shares = split_award(award, plan)
+            split = split_award(award, plan)
         except (MessageRejected, ValueError) as e:
             ident = e.event_id if isinstance(e, MessageRejected) else None
             self._refuse(ident, e.reason if isinstance(e, MessageRejected) else str(e), wall)
@@ -95,12 +98,18 @@ class SiteBidding:
             return
         except Duplicate:
             return
-        for node, body in node_awards(award, shares, wall):
+        for node, body in node_awards(award, split.shares, wall):
             self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
-        self.live.on_award(award, shares, wall)
+        self.live.on_award(award, split.shares, wall)
         self._count("site_awards_split")
+        if split.unplaced_w:
+            log.warning("site award %s: more than its nodes may be awarded, per product and "
+                        "MTU, W not placed: %s", award.id, "; ".join(
+                            f"{p} {' '.join(f'{w:g}' for w in v)}"
+                            for p, v in sorted(split.unplaced_w.items())))
         self._ack({"id": award.id, "accepted": True, "reason": None, "received_at": wall,
                    "commanded_at": None, "reached_at": None, "site": self.cfg.id,
                    "kind": "award",  # the nodes the award went to, as in every site ack
-                   "nodes": {"accepted": sorted(shares), "rejected": {}, "missing": [],
-                             "offline": []}})
+                   "nodes": {"accepted": sorted(split.shares), "rejected": {}, "missing": [],
+                             "offline": []}}
+                  | ({"unplaced_w": split.unplaced_w} if split.unplaced_w else {}))

@@ -379,7 +379,7 @@ class SiteCoordinator:
     def _publish_status(self, wall: float) -> None:
         body = status_body(self.cfg.id, self.view, self.meter, self.events.values(),
                            it_w=self._site_it_w(wall), wall=wall,
-                           award=self.bidding.live.in_force(wall))
+                           award=self.bidding.live.in_force(wall, self.bidding.plan))
         if self.instance is not None:
             body["instance"] = self.instance
         self.snapshot = body

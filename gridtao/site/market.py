@@ -22,14 +22,14 @@ import math
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from gridtao.config.site import MarketConfig
 from gridtao.site.pooling import pooled_quantiles, pooling_gain, proportional_fill
 from gridtao.site.view import NodeView
 from gridtao.wire.awards import Award
 
-__all__ = ["SitePlan", "node_awards", "pool_offers", "split_award"]
+__all__ = ["AwardSplit", "SitePlan", "node_awards", "pool_offers", "split_award"]
 
 
 @dataclass(frozen=True)
@@ -133,27 +133,43 @@ def pool_offers(nodes: Mapping[str, NodeView], market: MarketConfig) -> SitePlan
     return SitePlan(start, mtu, offers, pooled, by_node, forecast, gain, caps)
 
 
-def split_award(award: Award, plan: SitePlan) -> dict[str, dict[str, list[float | None]]]:
-    """Per node, per product it offered, the capacity awarded per MTU on the award's grid:
-    the site's award in proportion to the node's offer in that MTU, none above what the node
-    may be awarded (what a full node cannot take goes to the others; None where the award says
-    nothing)."""
+class AwardSplit(NamedTuple):
+    """What :func:`split_award` makes of an award: ``shares`` per node, per product it is
+    enrolled in, the capacity per MTU on the award's grid (None where the award says nothing);
+    ``unplaced_w`` per product, per MTU, what no node could be given (every node full, or none
+    enrolled), only for products where some was."""
+
+    shares: dict[str, dict[str, list[float | None]]]
+    unplaced_w: dict[str, list[float]]
+
+
+def split_award(award: Award, plan: SitePlan) -> AwardSplit:
+    """The site's award split over its nodes: per MTU in proportion to each node's offer in
+    it, or, in an MTU where no node offered (the current hour, before any plan covered it), to
+    what each node may be awarded; none above what the node may be awarded, and what a full
+    node cannot take goes to the others."""
     if award.mtu_s != plan.mtu_s:
         raise ValueError(f"the award's MTU ({award.mtu_s} s) is not the plan's "
                          f"({plan.mtu_s} s)")
     out: dict[str, dict[str, list[float | None]]] = {}
+    unplaced: dict[str, list[float]] = {}
     for product, series in award.capacity_w.items():
         offering = {n: rows[product] for n, rows in plan.by_node.items() if product in rows}
         for node in offering:
             out.setdefault(node, {})[product] = []
+        left: list[float] = []
         for k, site_w in enumerate(series):
             j = (award.start_s - plan.start_s) // plan.mtu_s + k
+            caps = {n: plan.most_w(n, product, j) for n in offering}
             offers = {n: row[j] if 0 <= j < len(row) else 0.0 for n, row in offering.items()}
-            shares = proportional_fill(site_w or 0.0, offers,
-                                       {n: plan.most_w(n, product, j) for n in offers})
-            for node, share in shares.items():
+            weights = offers if sum(offers.values()) > 0.0 else caps
+            filled = proportional_fill(site_w or 0.0, weights, caps)
+            for node, share in filled.items():
                 out[node][product].append(None if site_w is None else math.floor(share))
-    return out
+            left.append(max(0.0, (site_w or 0.0) - sum(filled.values())))
+        if any(w > 0.5 for w in left):
+            unplaced[product] = [round(w, 1) for w in left]
+    return AwardSplit(out, unplaced)
 
 
 def node_awards(award: Award, shares: Mapping[str, dict[str, list[float | None]]],

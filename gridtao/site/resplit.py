@@ -8,9 +8,10 @@ a site that bid the pooled capacity (``pooling_correlation`` < 1) relies on the 
 whole site, not of each node. Every ``site.market.resplit_s``, :class:`LiveSplit` shares each
 product's capacity awarded for the current MTU again, in proportion to each online node's live
 room (the ``deliverable_w`` its status reports, else its draw above its floor; 0 for a node
-offline or with a faulted GPU), each node at most what it may be awarded. A node whose share
-moved by more than ``site.rebalance_min_w`` is sent a signed award for that MTU alone, issued
-now, so it wins over the earlier split on the node (the award rules: the later issued wins).
+offline or with a faulted GPU), each node at most what it may be awarded. When some node's
+share moved by more than ``site.rebalance_min_w``, every node whose share changed at all is
+sent a signed award for that MTU alone, issued now, so it wins over the earlier split on the
+node (the award rules: the later issued wins), and the shares sent still sum to the award.
 
 It holds still while any node is in an event: a capped draw says nothing of the node's room,
 and a node does not take a new capacity during an activation anyway.
@@ -131,21 +132,29 @@ class LiveSplit:
         start = award.start_s + math.floor((wall - award.start_s) / award.mtu_s) * award.mtu_s
         return start, award.mtu_s, {p: w for p, (_, w) in found.items()}, award.id
 
-    def in_force(self, wall: float) -> dict[str, Any] | None:
+    def in_force(self, wall: float, plan: SitePlan | None) -> dict[str, Any] | None:
         """The award in force now for the site's status (None outside every award):
         ``capacity_w`` per product, ``room_w`` the online nodes' live room summed (None while a
         node is in an event: its capped draw says nothing of it) and ``short_w`` how much of
-        the awarded capacity, all products stacked, that room does not cover. Says in the log
-        when a shortfall begins and when it ends."""
+        the awarded capacity the nodes cannot deliver now: all products stacked against that
+        room, or a product's award above what its online nodes may be awarded (``plan``),
+        whichever is more. Says in the log when a shortfall begins and when it ends."""
         now = self.awarded_at(wall)
         if now is None:
             self._short = False
             return None
-        start, _, awarded, _ = now
+        start, mtu_s, awarded, _ = now
         online = self.view.online(wall)
         room = None if any(v.event for v in online) else sum(live_room_w(v) for v in online)
         total = sum(awarded.values())
-        short = None if room is None else max(0.0, total - room)
+        unplaceable = 0.0
+        if plan is not None and plan.mtu_s == mtu_s:
+            j = (start - plan.start_s) // plan.mtu_s
+            for product, w in awarded.items():
+                most = sum(plan.most_w(v.node, product, j) for v in online
+                           if product in plan.by_node.get(v.node, {}))
+                unplaceable += max(0.0, w - most)
+        short = None if room is None else max(total - room, unplaceable, 0.0)
         if short is not None and (short > 0.0) != self._short:
             self._short = short > 0.0
             if self._short:
@@ -174,6 +183,7 @@ class LiveSplit:
             return
         j = (start - plan.start_s) // plan.mtu_s
         moved: dict[str, dict[str, float]] = {}
+        far = False  # some node's share moved by more than rebalance_min_w
         for product, total in sorted(awarded.items()):
             enrolled = [n for n, rows in plan.by_node.items() if product in rows]
             rooms = {n: live_room_w(online[n]) if n in online else 0.0 for n in enrolled}
@@ -184,8 +194,11 @@ class LiveSplit:
             sent = self._sent.setdefault((start, product), {})
             for node, share in shares.items():
                 w = float(math.floor(share))
-                if abs(w - sent.get(node, 0.0)) > self.cfg.rebalance_min_w:
+                if w != sent.get(node, 0.0):
                     moved.setdefault(node, {})[product] = w
+                    far = far or abs(w - sent.get(node, 0.0)) > self.cfg.rebalance_min_w
+        if not far:
+            return  # small moves wait for a large one: then every share moves, summing right
         for node, changed in sorted(moved.items()):
             products = {p: self._sent.get((start, p), {}).get(node) for p in awarded}
             capacity = {p: [w] for p, w in products.items() if w is not None} | {
