@@ -10,7 +10,12 @@ import pytest
 from test_site import PREFIX, Harness
 
 from gridtao.config.agent import ConfigError, config_from_mapping
-from gridtao.site.pooling import pooled_quantiles, pooling_gain, proportional_fill
+from gridtao.site.pooling import (
+    cover_deficits,
+    pooled_quantiles,
+    pooling_gain,
+    proportional_fill,
+)
 
 MTU = 3600
 
@@ -132,12 +137,14 @@ def test_the_award_in_force_follows_the_nodes_live_room() -> None:
     h.status("n2", 1400.0)
     h.c.tick()
     sent = dict((t.split("/")[2], b) for t, b in _awards(h))
-    # 1200 W by room 100 : 1000
-    assert sent["n1"]["capacity_w"] == {"ffr": [109]}
-    assert sent["n2"]["capacity_w"] == {"ffr": [1090]}
+    # n1 gives up the 500 W it cannot carry; n2 has 400 W to spare and takes it; the 100 W no
+    # one can take stays where it was
+    assert sent["n1"]["capacity_w"] == {"ffr": [200]}
+    assert sent["n2"]["capacity_w"] == {"ffr": [1000]}
     for node, body in sent.items():
         assert body["node"] == node and body["start"] == start and body["mtu_s"] == MTU
-        assert body["issued_at"] == h.clock.wall() and body["id"].startswith("a1~")
+        # issued after the first split's node awards (issued when they were sent)
+        assert body["issued_at"] >= h.clock.wall() and body["id"].startswith("a1~")
     assert h.c.counts["site_award_resplits"] == 1
     # the site's status: the award in force, and the 100 W the nodes' room lacks for it
     award = h.c.snapshot["award"]
@@ -177,13 +184,15 @@ def test_the_live_split_holds_still_through_an_event_and_skips_an_offline_node()
         b'{"draw_w": 900, "floor_w": 400, "deliverable_w": 500, "enrolled_w": 0}}'
         % h.clock.wall()))
     h.c.tick()
-    assert _awards(h) == [] and h.c.counts["site_resplit_held"] == 1
+    assert _awards(h) == []  # n1 is short, but the only other node is in an event
+    assert h.c.snapshot["award"]["room_w"] == 700.0  # n1's 100 W and n2's share it holds
     h.clock.advance(5.0)
     h.status("n1", 1400.0)
     h.status("n2", 1400.0, online=False)  # its last will
     h.c.tick()
     sent = dict((t.split("/")[2], b["capacity_w"]["ffr"]) for t, b in _awards(h))
-    assert sent == {"n1": [1200], "n2": [0]}  # n1 is enrolled up to 2000 W
+    # n1 takes what its 1000 W of room allows (it is enrolled up to 2000 W); the rest stays
+    assert sent == {"n1": [1000], "n2": [200]}
 
 
 def test_resplit_s_zero_never_splits_again_and_below_one_second_is_refused() -> None:
@@ -219,8 +228,13 @@ def test_a_restarted_coordinator_takes_the_awards_back_and_splits_again() -> Non
         again.status(n, draw)
         _plan(again, n, start, 600.0, p10=1300.0, p50=1400.0)
     again.c.tick()
+    assert _awards(again) == []  # not before every node had a status period to be seen
+    again.clock.advance(5.0)
+    for n, draw in (("n1", 500.0), ("n2", 1400.0)):
+        again.status(n, draw)
+    again.c.tick()
     sent = {t.split("/")[2]: b["capacity_w"]["ffr"] for t, b in _awards(again)}
-    assert sent == {"n1": [109], "n2": [1090]}  # split by live room, 100 : 1000
+    assert sent == {"n1": [109], "n2": [1090]}  # split by live room once, 100 : 1000
     # a record of awards already over takes back nothing
     late = Harness()
     late.clock.advance(start + 2 * MTU - late.clock.wall())
@@ -243,18 +257,19 @@ def test_an_award_where_no_node_offered_is_split_by_capacity_and_what_is_left_sa
     assert ack["accepted"] is True and ack["unplaced_w"] == {"ffr": [0.0, 200.0]}
 
 
-def test_small_moves_wait_and_go_out_with_a_large_one_so_the_shares_sum_to_the_award() -> None:
-    h = _two_nodes_awarded(resplit_s=5.0)  # 600 + 600 of 1200
+def test_only_a_node_short_by_more_than_the_threshold_gives_up_its_excess() -> None:
+    h = _two_nodes_awarded(resplit_s=5.0)  # 600 + 600 of 1200, 1000 W of room each
     h.clock.advance(5.0)
-    h.status("n1", 1370.0)  # 970 : 1000 of room: 590 / 609, moves under 50 W
+    h.status("n1", 1370.0)  # noise: both still carry their shares
+    h.status("n2", 960.0)  # 560 W of room for 600: short by 40 W, under the 50 W threshold
     h.c.tick()
     assert _awards(h) == []
     h.clock.advance(5.0)
     h.status("n1", 1370.0)
-    h.status("n2", 1100.0)  # 970 : 700: n1 697, n2 502: moved far, both sent
+    h.status("n2", 900.0)  # short by 100 W: just that moves, to n1's 370 W of spare
     h.c.tick()
     sent = {t.split("/")[2]: b["capacity_w"]["ffr"][0] for t, b in _awards(h)}
-    assert sent == {"n1": 697, "n2": 502}
+    assert sent == {"n1": 700, "n2": 500}
 
 
 def test_the_status_counts_an_award_above_what_the_online_nodes_may_take_as_short() -> None:
@@ -272,3 +287,65 @@ def test_the_status_counts_an_award_above_what_the_online_nodes_may_take_as_shor
     # 2000 W of room, but the two may be awarded 1400 W between them
     assert h.c.snapshot["award"]["room_w"] == 2000.0
     assert h.c.snapshot["award"]["short_w"] == 200.0
+
+
+def test_cover_deficits_moves_only_the_excess_and_keeps_what_no_one_can_take() -> None:
+    shares = {"ffr": {"a": 600.0, "b": 600.0, "c": 300.0}, "fcr": {"a": 400.0}}
+    rooms = {"a": 500.0, "b": 700.0}  # c is in an event: it neither gives nor takes
+    caps = {"ffr": {"a": 1000.0, "b": 650.0, "c": 1000.0}, "fcr": {"a": 400.0, "b": 400.0}}
+    new, unplaced = cover_deficits(shares, rooms, caps, min_move_w=50.0)
+    # a carries 1000 W on 500 W of room: gives up 300 of ffr and 200 of fcr; b has 100 W to
+    # spare, all taken by fcr (products in name order); what no one can take goes back to a
+    assert new["fcr"] == pytest.approx({"a": 300.0, "b": 100.0})
+    assert new["ffr"] == pytest.approx({"a": 600.0, "b": 600.0, "c": 300.0})
+    assert unplaced == {}
+    # nobody short: nothing moves
+    same, _ = cover_deficits(shares, {"a": 2000.0, "b": 2000.0}, caps, min_move_w=50.0)
+    assert same == shares
+    # a share above the node's cap (its capacity fell, or it left the plan) always moves
+    capped, _ = cover_deficits({"ffr": {"a": 600.0, "b": 0.0}}, {"a": 2000.0, "b": 2000.0},
+                               {"ffr": {"a": 500.0, "b": 1000.0}}, min_move_w=50.0)
+    assert capped == {"ffr": pytest.approx({"a": 500.0, "b": 100.0})}
+
+
+def test_a_node_without_a_capacity_in_its_plan_keeps_its_share_and_takes_no_more() -> None:
+    h, start = _site(resplit_s=5.0)
+    for n in ("n1", "n2"):
+        h.status(n, 1400.0)
+        _plan(h, n, start, 600.0, p10=1300.0, p50=1400.0, capacity=None)  # an older agent
+    h.c.tick()
+    assert _awarded_now(h, start, 1200.0) == {"n1": [600], "n2": [600]}
+    # the nodes plan again from the next hour on: the current hour leaves their plans
+    for n in ("n1", "n2"):
+        _plan(h, n, start + MTU, 600.0, p10=1300.0, p50=1400.0, capacity=None)
+    h.clock.advance(5.0)
+    h.status("n1", 1400.0)
+    h.status("n2", 1400.0)
+    h.c.tick()
+    assert _awards(h) == []  # nothing zeroed
+
+
+def test_a_later_market_award_wins_over_a_live_split_and_an_older_one_never_does() -> None:
+    h = _two_nodes_awarded(resplit_s=5.0)
+    start = int(h.clock.wall()) // MTU * MTU
+    h.clock.advance(5.0)
+    h.status("n1", 500.0)
+    h.status("n2", 1400.0)
+    h.c.tick()
+    live = {t.split("/")[2]: b for t, b in _awards(h)}
+    # the market's new award, issued before the live split went out but arriving after it
+    h.send(f"{PREFIX}/site/award", {"id": "b", "issued_at": h.clock.wall() - 3.0,
+                                    "start": start, "mtu_s": MTU, "capacity_w": {"ffr": [0]}})
+    cancel = {t.split("/")[2]: b for t, b in _awards(h)}
+    assert {n: b["capacity_w"]["ffr"] for n, b in cancel.items()} == {"n1": [0], "n2": [0]}
+    assert all(cancel[n]["issued_at"] > live[n]["issued_at"] for n in live)
+    # an award issued before "b", arriving now: what "b" says of this hour stands
+    h.send(f"{PREFIX}/site/award", {"id": "old", "issued_at": h.clock.wall() - 60.0,
+                                    "start": start, "mtu_s": MTU,
+                                    "capacity_w": {"ffr": [900, 900]}})
+    old = {t.split("/")[2]: b["capacity_w"]["ffr"] for t, b in _awards(h)}
+    assert old["n1"][0] is None and old["n2"][0] is None  # says nothing of this hour
+    assert old["n1"][1] is not None  # the next hour is its to say
+    h.clock.advance(1.0)
+    h.c.tick()
+    assert h.c.snapshot["award"]["capacity_w"] == {"ffr": 0.0}

@@ -88,7 +88,7 @@ class SiteBidding:
             if plan is None:
                 raise MessageRejected("the site has no plan to award (no node has published "
                                       "one)", award.id)
-            split = split_award(award, plan)
+            split = split_award(self.live.effective(award, wall), plan)
         except (MessageRejected, ValueError) as e:
             ident = e.event_id if isinstance(e, MessageRejected) else None
             self._refuse(ident, e.reason if isinstance(e, MessageRejected) else str(e), wall)
@@ -98,7 +98,8 @@ class SiteBidding:
             return
         except Duplicate:
             return
-        for node, body in node_awards(award, split.shares, wall):
+        issued = self.live.issue_time(award.issued_at if award.issued_at is not None else wall)
+        for node, body in node_awards(award, split.shares, issued):
             self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
         self.live.on_award(award, split.shares, wall)
         self._count("site_awards_split")

@@ -282,7 +282,8 @@ class SiteCoordinator:
         if taken.refused is not None:
             log.warning("retained events record not taken back: %s", taken.refused)
             self._count("events_record_refused")
-        self.bidding.live.restore(taken.awards, wall)
+        self.bidding.live.restore(taken.awards, wall,
+                                  hold_until=self._started_at + self.cfg.node_stale_s)
         if self.events:
             return
         for event in taken.events:

@@ -173,11 +173,10 @@ def split_award(award: Award, plan: SitePlan) -> AwardSplit:
 
 
 def node_awards(award: Award, shares: Mapping[str, dict[str, list[float | None]]],
-                wall: float) -> Iterator[tuple[str, dict[str, Any]]]:
+                issued: float) -> Iterator[tuple[str, dict[str, Any]]]:
     """Each node's award body (unsigned), in node order, for the shares :func:`split_award`
-    gave it: the site award's id, issue time (``wall`` when it had none), start and MTU, and
-    the node it is for (signed with it, so no other node takes it)."""
-    issued = award.issued_at if award.issued_at is not None else wall
+    gave it: the site award's id, start and MTU, the site's issue time, and the node it is for
+    (signed with it, so no other node takes it)."""
     for node, capacity in sorted(shares.items()):
         yield node, {"id": award.id, "node": node, "issued_at": issued,
                      "start": award.start_s, "mtu_s": award.mtu_s, "capacity_w": capacity}

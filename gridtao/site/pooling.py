@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-__all__ = ["QuantileSet", "pooled_quantiles", "pooling_gain", "proportional_fill"]
+__all__ = ["QuantileSet", "cover_deficits", "pooled_quantiles", "pooling_gain",
+           "proportional_fill"]
 
 #: One node's forecast for one market time unit: ``p10_w``, ``p50_w``, ``p90_w`` (W, IT; any
 #: may be missing).
@@ -91,3 +92,60 @@ def proportional_fill(total: float, weights: Mapping[str, float],
             break
         open_ -= full
     return shares
+
+
+def cover_deficits(shares: Mapping[str, Mapping[str, float]], room: Mapping[str, float],
+                   caps: Mapping[str, Mapping[str, float]], *, min_move_w: float
+                   ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Shares (product -> node -> W) moved off the nodes that cannot carry them, as little as
+    needed: a node whose shares, all products stacked, exceed its ``room`` by more than
+    ``min_move_w``, or a share above the node's cap for that product (``caps``; a node missing
+    there may not be given more than it holds), gives the excess up, and it goes to nodes with
+    room to spare in proportion to that spare, none above its cap or its spare. What no node
+    can take goes back where it came from, except what was above a cap. A node missing from
+    ``room`` (in an event: its capped draw says nothing of its room) neither gives nor takes.
+
+    Returns the new shares and, per product, what stayed unplaced (only where some did)."""
+    new = {p: dict(s) for p, s in shares.items()}
+    nodes = {n for s in new.values() for n in s} | set(room)
+    given: dict[str, dict[str, float]] = {p: {} for p in new}  # product -> node -> W given up
+    unplaced: dict[str, float] = {}
+    for p, s in new.items():  # above a cap (the node's capacity fell, or it left the plan)
+        for n, w in s.items():
+            cap = caps.get(p, {}).get(n, w)
+            if n in room and w > cap + 1e-9:
+                unplaced[p] = unplaced.get(p, 0.0) + (w - cap)
+                s[n] = cap
+    stacked = {n: sum(s.get(n, 0.0) for s in new.values()) for n in nodes}
+    for n in nodes:
+        excess = stacked[n] - room.get(n, math.inf)
+        if excess > min_move_w and stacked[n] > 0.0:
+            for p, s in new.items():
+                part = excess * s.get(n, 0.0) / stacked[n]
+                if part > 0.0:
+                    s[n] -= part
+                    given[p][n] = part
+            stacked[n] -= excess
+    if not any(given.values()) and not unplaced:
+        return {p: dict(s) for p, s in shares.items()}, {}
+    spare = {n: room[n] - stacked[n] for n in nodes if n in room and not _gave(given, n)}
+    for p in sorted(new):
+        moving = sum(given[p].values()) + unplaced.pop(p, 0.0)
+        takers = {n: max(0.0, spare.get(n, 0.0)) for n in caps.get(p, {}) if n in spare}
+        limits = {n: min(takers[n], caps[p][n] - new[p].get(n, 0.0)) for n in takers}
+        placed = proportional_fill(moving, takers, limits)
+        for n, w in placed.items():
+            new[p][n] = new[p].get(n, 0.0) + w
+            spare[n] -= w
+        left = moving - sum(placed.values())
+        back = sum(given[p].values())
+        for n, w in given[p].items():  # what no one could take goes back where it came from
+            new[p][n] += min(left, back) * w / back if back > 0 else 0.0
+        if left - back > 1e-6:
+            unplaced[p] = left - back
+    return new, unplaced
+
+
+def _gave(given: Mapping[str, Mapping[str, float]], node: str) -> bool:
+    """Whether ``node`` gave up some share of any product."""
+    return any(node in g for g in given.values())

@@ -1,20 +1,25 @@
-"""The capacity awarded for the current market time unit, split again by the nodes' live room.
+"""The capacity awarded for the current market time unit, moved to where the room is.
 
 An award is split at first by the nodes' offers (:func:`gridtao.site.market.split_award`),
 planned from forecasts made a day ahead. Frequency products fire on each node by itself, so what
 the site delivers in an activation is what each node has armed and can cut at that moment: a
 node whose draw has fallen to its floor would fall short while another has room to spare, and
 a site that bid the pooled capacity (``pooling_correlation`` < 1) relies on the room of the
-whole site, not of each node. Every ``site.market.resplit_s``, :class:`LiveSplit` shares each
-product's capacity awarded for the current MTU again, in proportion to each online node's live
-room (the ``deliverable_w`` its status reports, else its draw above its floor; 0 for a node
-offline or with a faulted GPU), each node at most what it may be awarded. When some node's
-share moved by more than ``site.rebalance_min_w``, every node whose share changed at all is
-sent a signed award for that MTU alone, issued now, so it wins over the earlier split on the
-node (the award rules: the later issued wins), and the shares sent still sum to the award.
+whole site, not of each node. Every ``site.market.resplit_s``, :class:`LiveSplit` looks at each
+node's live room (the ``deliverable_w`` its status reports, else its draw above its floor; 0 for
+a node offline or with a faulted GPU) against the shares it holds, all products stacked. Only a
+node short by more than ``site.rebalance_min_w``, or holding more than it may now be awarded,
+gives up the excess, which goes to nodes with room to spare
+(:func:`gridtao.site.pooling.cover_deficits`): shares move as little as needed, so noise in
+the draws sends nothing. Each node whose share changed is sent a signed award for that MTU
+alone, issued after every award the site sent before, so it wins on the node (the award rules:
+the later issued wins). A node in an event keeps its shares and takes none (its capped draw
+says nothing of its room; a node takes no new capacity mid-activation anyway).
 
-It holds still while any node is in an event: a capped draw says nothing of the node's room,
-and a node does not take a new capacity during an activation anyway.
+The site resolves its own awards as a node does: where two cover a product in an MTU, the one
+issued later wins (:meth:`LiveSplit.effective` masks what an older one says there), and every
+node award the site sends is issued after the last one it sent, so what the site sends last is
+what the nodes hold.
 
 Threads: the coordinator's event loop only. Times in Unix seconds; power in W at the
 settlement point.
@@ -22,6 +27,7 @@ settlement point.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +36,7 @@ from typing import Any
 
 from gridtao.config.site import SiteConfig
 from gridtao.site.market import SitePlan
-from gridtao.site.pooling import proportional_fill
+from gridtao.site.pooling import cover_deficits, proportional_fill
 from gridtao.site.sending import Publish, Sign
 from gridtao.site.view import NodeView, SiteView
 from gridtao.wire.awards import Award
@@ -42,6 +48,7 @@ __all__ = ["LiveSplit", "live_room_w"]
 log = logging.getLogger("gridtao.site")
 
 _SUFFIX_CHARS = 13  # "~" and the issue time in ms, hex: unique across restarts
+_AFTER_S = 0.001  # a node award is issued at least this long after the site's last one
 
 
 def live_room_w(view: NodeView) -> float:
@@ -76,17 +83,44 @@ class LiveSplit:
         self._sent: dict[tuple[int, str], dict[str, float]] = {}
         self._next = 0.0
         self._received = 0
+        self._last_issued = -math.inf  # of the node awards the site sent
         self._short = False  # the last in_force found the room short
         #: An award came since the site's retained record was last written.
         self.record_stale = False
 
+    def _order(self, award: Award, wall: float) -> tuple[float, int]:
+        self._received += 1
+        return (award.issued_at if award.issued_at is not None else wall, self._received)
+
+    def effective(self, award: Award, wall: float) -> Award:
+        """``award`` less what awards held and issued later say (those entries None)."""
+        order = (award.issued_at if award.issued_at is not None else wall, self._received + 1)
+        later = [h.award for h in self._awards if h.order > order]
+        if not later:
+            return award
+        masked: dict[str, tuple[float | None, ...]] = {}
+        for product, series in award.capacity_w.items():
+            row: list[float | None] = list(series)
+            for k in range(len(row)):
+                t = award.start_s + k * award.mtu_s
+                if any(product in a.at(t) for a in later):
+                    row[k] = None
+            masked[product] = tuple(row)
+        return dataclasses.replace(award, capacity_w=masked)
+
+    def issue_time(self, natural: float) -> float:
+        """When a node award the site sends now is issued: ``natural``, or just after the last
+        one it sent, whichever is later (so the last sent wins on the node)."""
+        issued = max(natural, self._last_issued + _AFTER_S)
+        self._last_issued = issued
+        return issued
+
     def on_award(self, award: Award, shares: Mapping[str, Mapping[str, list[float | None]]],
                  wall: float) -> None:
-        """An award the site split (``shares``: what each node was sent)."""
-        self._received += 1
-        order = (award.issued_at if award.issued_at is not None else wall, self._received)
+        """An award the site split (``shares``: what each node was sent; None where the
+        award, or a later one, says nothing)."""
         self._awards = [h for h in self._awards if h.award.end_s > wall - award.mtu_s]
-        self._awards.append(_Held(award, order))
+        self._awards.append(_Held(award, self._order(award, wall)))
         for node, products in shares.items():
             for product, row in products.items():
                 for k, w in enumerate(row):
@@ -101,17 +135,17 @@ class LiveSplit:
         """The site awards held, oldest issued first (for the retained record)."""
         return [h.award for h in sorted(self._awards, key=lambda h: h.order)]
 
-    def restore(self, awards: Sequence[Award], wall: float) -> None:
+    def restore(self, awards: Sequence[Award], wall: float, *, hold_until: float) -> None:
         """Awards taken back from the site's retained record by a restarted coordinator (none
-        are held yet); what each node was last sent is not known, so the first split sends
-        every node its share."""
+        are held yet). What each node was last sent is not known: the first split, not before
+        ``hold_until`` (every node seen again: a split from half a view would move shares
+        that need not move), shares the award in force by the nodes' room."""
         if self._awards:
             return
         for award in awards:
-            self._received += 1
-            issued = award.issued_at if award.issued_at is not None else wall
-            self._awards.append(_Held(award, (issued, self._received)))
+            self._awards.append(_Held(award, self._order(award, wall)))
         if awards:
+            self._next = max(self._next, hold_until)
             log.info("site awards taken back from the retained record: %s",
                      ", ".join(a.id for a in awards))
 
@@ -132,20 +166,29 @@ class LiveSplit:
         start = award.start_s + math.floor((wall - award.start_s) / award.mtu_s) * award.mtu_s
         return start, award.mtu_s, {p: w for p, (_, w) in found.items()}, award.id
 
+    def _rooms(self, wall: float, nodes: Sequence[str]) -> dict[str, float]:
+        """Each node's live room; nodes in an event are left out (module docstring)."""
+        online = {v.node: v for v in self.view.online(wall)}
+        return {n: live_room_w(online[n]) if n in online else 0.0 for n in nodes
+                if n not in online or not online[n].event}
+
     def in_force(self, wall: float, plan: SitePlan | None) -> dict[str, Any] | None:
         """The award in force now for the site's status (None outside every award):
-        ``capacity_w`` per product, ``room_w`` the online nodes' live room summed (None while a
-        node is in an event: its capped draw says nothing of it) and ``short_w`` how much of
-        the awarded capacity the nodes cannot deliver now: all products stacked against that
-        room, or a product's award above what its online nodes may be awarded (``plan``),
-        whichever is more. Says in the log when a shortfall begins and when it ends."""
+        ``capacity_w`` per product, ``room_w`` the online nodes' live room summed (a node in
+        an event counted at the shares it holds) and ``short_w`` how much of the awarded
+        capacity the nodes cannot deliver now: all products stacked against that room, or a
+        product's award above what its online nodes may be awarded (``plan``), whichever is
+        more. Says in the log when a shortfall begins and when it ends."""
         now = self.awarded_at(wall)
         if now is None:
             self._short = False
             return None
         start, mtu_s, awarded, _ = now
         online = self.view.online(wall)
-        room = None if any(v.event for v in online) else sum(live_room_w(v) for v in online)
+        rooms = self._rooms(wall, [v.node for v in online])
+        held = sum(self._sent.get((start, p), {}).get(v.node, 0.0)
+                   for v in online if v.node not in rooms for p in awarded)
+        room = sum(rooms.values()) + held
         total = sum(awarded.values())
         unplaceable = 0.0
         if plan is not None and plan.mtu_s == mtu_s:
@@ -154,9 +197,9 @@ class LiveSplit:
                 most = sum(plan.most_w(v.node, product, j) for v in online
                            if product in plan.by_node.get(v.node, {}))
                 unplaceable += max(0.0, w - most)
-        short = None if room is None else max(total - room, unplaceable, 0.0)
-        if short is not None and (short > 0.0) != self._short:
-            self._short = short > 0.0
+        short = max(total - room, unplaceable, 0.0)
+        if (short > self.cfg.rebalance_min_w) != self._short:
+            self._short = short > self.cfg.rebalance_min_w
             if self._short:
                 log.warning("the nodes' live room (%.0f W) is short of the %.0f W awarded for "
                             "this market time unit by %.0f W: an activation now would fall "
@@ -164,11 +207,10 @@ class LiveSplit:
             else:
                 log.info("the nodes' live room covers the %.0f W awarded again", total)
         return {"start": start, "capacity_w": {p: round(w, 1) for p, w in awarded.items()},
-                "room_w": None if room is None else round(room, 1),
-                "short_w": None if short is None else round(short, 1)}
+                "room_w": round(room, 1), "short_w": round(short, 1)}
 
     def tick(self, wall: float, plan: SitePlan | None) -> None:
-        """Split again if it is time (module docstring)."""
+        """Move shares if it is time and some node needs it (module docstring)."""
         every = self.cfg.market.resplit_s
         if every <= 0.0 or wall < self._next:
             return
@@ -177,40 +219,51 @@ class LiveSplit:
         if plan is None or now is None or plan.mtu_s != now[1]:
             return
         start, mtu_s, awarded, award_id = now
-        online = {v.node: v for v in self.view.online(wall)}
-        if any(v.event for v in online.values()):
-            self._count("site_resplit_held")
-            return
         j = (start - plan.start_s) // plan.mtu_s
-        moved: dict[str, dict[str, float]] = {}
-        far = False  # some node's share moved by more than rebalance_min_w
-        for product, total in sorted(awarded.items()):
-            enrolled = [n for n, rows in plan.by_node.items() if product in rows]
-            rooms = {n: live_room_w(online[n]) if n in online else 0.0 for n in enrolled}
-            if not enrolled or sum(rooms.values()) <= 0.0:
-                continue
-            caps = {n: plan.most_w(n, product, j) for n in enrolled}
-            shares = proportional_fill(total, rooms, caps)
-            sent = self._sent.setdefault((start, product), {})
-            for node, share in shares.items():
-                w = float(math.floor(share))
-                if w != sent.get(node, 0.0):
-                    moved.setdefault(node, {})[product] = w
-                    far = far or abs(w - sent.get(node, 0.0)) > self.cfg.rebalance_min_w
-        if not far:
-            return  # small moves wait for a large one: then every share moves, summing right
-        for node, changed in sorted(moved.items()):
-            products = {p: self._sent.get((start, p), {}).get(node) for p in awarded}
-            capacity = {p: [w] for p, w in products.items() if w is not None} | {
-                p: [w] for p, w in changed.items()}
-            ident = f"{award_id[:ID_MAX_CHARS - _SUFFIX_CHARS]}~{round(wall * 1000):x}"
-            body = {"id": ident, "node": node, "issued_at": wall, "start": start,
-                    "mtu_s": mtu_s, "capacity_w": capacity}
+        enrolled = {p: [n for n, rows in plan.by_node.items() if p in rows] for p in awarded}
+        held = {p: self._sent.get((start, p)) for p in awarded}
+        nodes = sorted({n for ns in enrolled.values() for n in ns}
+                       | {n for s in held.values() if s for n in s})
+        rooms = self._rooms(wall, nodes)
+        # The most each may be awarded: its configured capacity where its plan says it; a
+        # node enrolled without one may give its share up but not take more (absent here);
+        # a node no longer in the plan for the product may hold none (0).
+        caps = {p: {n: (plan.most_w(n, p, j) if p in plan.caps_w.get(n, {}) else 0.0)
+                    for n in nodes
+                    if p in plan.caps_w.get(n, {}) or n not in enrolled[p]} for p in awarded}
+        shares: dict[str, dict[str, float]] = {}
+        for p, total in awarded.items():
+            known = held[p]
+            if known is None:  # after a restart: shared by room, once
+                weights = {n: rooms.get(n, 0.0) for n in enrolled[p]}
+                known = proportional_fill(total, weights, {
+                    n: caps[p].get(n, 0.0) for n in enrolled[p]})
+            shares[p] = {n: w for n, w in known.items()}
+        moved, _ = cover_deficits(shares, rooms, caps, min_move_w=self.cfg.rebalance_min_w)
+        self._send(start, mtu_s, award_id, moved, wall, first={
+            p for p in awarded if held[p] is None})
+
+    def _send(self, start: int, mtu_s: int, award_id: str,
+              shares: Mapping[str, Mapping[str, float]], wall: float, *,
+              first: set[str]) -> None:
+        changed: dict[str, dict[str, float]] = {}
+        for p, s in shares.items():
+            sent = self._sent.setdefault((start, p), {})
+            for node, w in s.items():
+                w = float(math.floor(w + 1e-6))
+                if p in first or w != sent.get(node):
+                    changed.setdefault(node, {})[p] = w
+        if not changed:
+            return
+        issued = self.issue_time(wall)
+        ident = f"{award_id[:ID_MAX_CHARS - _SUFFIX_CHARS]}~{round(issued * 1000):x}"
+        for node, moved in sorted(changed.items()):
+            body = {"id": ident, "node": node, "issued_at": issued, "start": start,
+                    "mtu_s": mtu_s, "capacity_w": {p: [w] for p, w in sorted(moved.items())}}
             self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
-            for p, (w,) in capacity.items():
-                self._sent.setdefault((start, p), {})[node] = w
-        if moved:
-            self._count("site_award_resplits")
-            log.info("awarded capacity split again by the nodes' live room: %s",
-                     "; ".join(f"{n} " + ", ".join(f"{p} {w:g} W" for p, w in c.items())
-                               for n, c in sorted(moved.items())))
+            for p, w in moved.items():
+                self._sent[(start, p)][node] = w
+        self._count("site_award_resplits")
+        log.info("awarded capacity moved to where the room is: %s",
+                 "; ".join(f"{n} " + ", ".join(f"{p} {w:g} W" for p, w in c.items())
+                           for n, c in sorted(changed.items())))
