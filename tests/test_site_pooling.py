@@ -78,7 +78,7 @@ def test_the_default_claims_no_pooling_and_bids_the_offers_summed() -> None:
     h.c.tick()
     (plan,) = h.take("site/plan")
     assert plan["offers_w"]["ffr"] == [2000, 2000]
-    assert plan["pooling"] == {"correlation": 1.0, "gain": [1.0, 1.0]}
+    assert plan["pooling"] == {"correlation": 1.0, "gain": {"ffr": [1.0, 1.0]}}
     assert plan["forecast_w"]["p10_w"] == [3600, 3600]
 
 
@@ -90,7 +90,7 @@ def test_independent_nodes_pool_into_a_larger_bid_split_up_to_each_nodes_capacit
     (plan,) = h.take("site/plan")
     # site p10 = 4000 - 200 = 3800 W, 2200 W over the floors against 2000 W of the nodes' own
     assert plan["forecast_w"]["p10_w"] == [3800, 3800]
-    assert plan["pooling"]["gain"] == [1.1, 1.1]
+    assert plan["pooling"]["gain"] == {"ffr": [1.1, 1.1]}
     assert plan["offers_w"]["ffr"] == [2200, 2200]
     assert plan["pooled_w"]["ffr"] == [2000, 2000]  # what the nodes offered alone
     h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start, "mtu_s": MTU,
@@ -106,7 +106,7 @@ def test_the_pooled_bid_never_exceeds_what_the_nodes_may_be_awarded() -> None:
     _plan(h, "n2", start, 500.0, p10=900.0, p50=1000.0, capacity=520.0)
     h.c.tick()
     (plan,) = h.take("site/plan")
-    assert plan["pooling"]["gain"][0] > 1.0
+    assert plan["pooling"]["gain"]["ffr"][0] > 1.0
     assert plan["offers_w"]["ffr"] == [1000, 1000]  # 500 + 520, stepped down to 100 W
 
 
@@ -349,3 +349,34 @@ def test_a_later_market_award_wins_over_a_live_split_and_an_older_one_never_does
     h.clock.advance(1.0)
     h.c.tick()
     assert h.c.snapshot["award"]["capacity_w"] == {"ffr": 0.0}
+
+
+def test_a_product_is_pooled_only_over_the_nodes_that_offer_it() -> None:
+    h, start = _site(pooling_correlation=0.0)
+    _plan(h, "n1", start, 500.0, p10=900.0, p50=1000.0)  # ffr alone
+    for n in ("n2", "n3"):  # large, independent, offering fcr-n only
+        h.send(f"{PREFIX}/nodes/{n}/plan", {
+            "node": n, "made_at": 0, "start": start, "mtu_s": MTU,
+            "offers_w": {"fcr-n": [1000.0, 1000.0]}, "floor_w": 400.0,
+            "capacity_w": {"fcr-n": 3000.0},
+            "forecast_w": {"p10_w": [2000.0] * 2, "p50_w": [3000.0] * 2, "p90_w": [3000.0] * 2}})
+    h.c.tick()
+    (plan,) = h.take("site/plan")
+    # one node offers ffr: no pooling for it, whatever the others' spreads
+    assert plan["pooling"]["gain"]["ffr"] == [1.0, 1.0]
+    assert plan["offers_w"]["ffr"] == [500, 500]
+    # fcr-n pools over n2 and n3: spreads of 1000 W each combine to 1414 W
+    gain = (6000 - 1414.2 - 800) / (2 * 1600)
+    assert plan["pooling"]["gain"]["fcr-n"] == [pytest.approx(gain, abs=1e-3)] * 2
+    assert plan["offers_w"]["fcr-n"] == [2300, 2300]  # 2000 W x 1.18, stepped down
+
+
+def test_a_plan_already_over_is_left_out_of_the_pool() -> None:
+    h, start = _site(pooling_correlation=0.0)
+    for n in ("n1", "n2"):
+        _plan(h, n, start, 500.0, p10=900.0, p50=1000.0)
+    _plan(h, "n3", start - 3 * 86_400, 500.0, p10=900.0, p50=1000.0)  # a node gone for days
+    h.c.tick()
+    (plan,) = h.take("site/plan")
+    assert plan["nodes"] == ["n1", "n2"] and plan["start"] == start
+    assert plan["pooling"]["gain"]["ffr"][0] > 1.0

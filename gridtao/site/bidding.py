@@ -70,7 +70,7 @@ class SiteBidding:
         the award in force again by the nodes' live room when it is time."""
         if self._plan_dirty and wall >= self._next_plan:
             self._plan_dirty, self._next_plan = False, wall + 1.0  # plans come hourly
-            self.plan = pool_offers(self.view.nodes, self.cfg.market)
+            self.plan = pool_offers(self.view.nodes, self.cfg.market, wall)
             if self.plan is not None:
                 self._publish(self.topics.plan, site_payload(
                     self.plan.body(self.cfg.id, wall, self.cfg.market)), 1, True)

@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from gridtao.config.site import MarketConfig
-from gridtao.site.pooling import pooled_quantiles, pooling_gain, proportional_fill
+from gridtao.site.pooling import (
+    QuantileSet,
+    pooled_quantiles,
+    pooling_gain,
+    proportional_fill,
+)
 from gridtao.site.view import NodeView
 from gridtao.wire.awards import Award
 
@@ -38,8 +43,9 @@ class SitePlan:
     the nodes' own offers, ``by_node`` each node's offers aligned on the site's grid (0 where it
     has none), ``caps_w`` the most each node may be awarded per product (its configured
     capacity, where its plan says it; else its offer in each MTU), ``forecast_w`` the site's
-    draw quantiles (pooled) and ``gain`` per MTU the pooling gain the bids were raised by (1:
-    none)."""
+    draw quantiles (pooled) and ``gain`` per product and MTU the pooling gain of the nodes
+    offering it there (1: none; the products' raised bids together stay within the gain of all
+    the nodes offering)."""
 
     start_s: int
     mtu_s: int
@@ -47,7 +53,7 @@ class SitePlan:
     pooled_w: Mapping[str, list[float]]
     by_node: Mapping[str, Mapping[str, list[float]]]
     forecast_w: Mapping[str, list[float]]
-    gain: list[float] = field(default_factory=list)
+    gain: Mapping[str, list[float]] = field(default_factory=dict)
     caps_w: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def most_w(self, node: str, product: str, k: int) -> float:
@@ -65,7 +71,7 @@ class SitePlan:
                 "pooled_w": {k: [round(x, 1) for x in v] for k, v in self.pooled_w.items()},
                 "forecast_w": {k: [round(x, 1) for x in v] for k, v in self.forecast_w.items()},
                 "pooling": {"correlation": market.pooling_correlation,
-                            "gain": [round(g, 4) for g in self.gain]},
+                            "gain": {k: [round(g, 4) for g in v] for k, v in self.gain.items()}},
                 "nodes": sorted(self.by_node)}
 
 
@@ -76,14 +82,17 @@ def _aligned(series: list[float | None], shift: int, length: int) -> list[float 
     return out
 
 
-def pool_offers(nodes: Mapping[str, NodeView], market: MarketConfig) -> SitePlan | None:
+def pool_offers(nodes: Mapping[str, NodeView], market: MarketConfig,
+                wall: float | None = None) -> SitePlan | None:
     """The site's bids from the nodes' plans (None when no node has one). Plans on another
     MTU length than most nodes' are left out (a market has one). Per MTU, the nodes' offers
     are summed, raised by the pooling gain (:mod:`gridtao.site.pooling`; 1 unless
     ``market.pooling_correlation`` < 1 and every node said its floor), kept within what the
-    offering nodes may be awarded, and stepped."""
+    offering nodes may be awarded, and stepped. With ``wall``, a plan already over then (a
+    node gone for days leaves its retained plan) is left out."""
     planned = {n: v for n, v in nodes.items()
-               if v.offers_w and v.plan_start is not None and v.plan_mtu_s}
+               if v.offers_w and v.plan_start is not None and v.plan_mtu_s
+               and (wall is None or v.plan_end() > wall)}
     if not planned:
         return None
     mtu = int(Counter(int(v.plan_mtu_s or 0) for v in planned.values()).most_common(1)[0][0])
@@ -107,28 +116,54 @@ def pool_offers(nodes: Mapping[str, NodeView], market: MarketConfig) -> SitePlan
                 total[k] += w
     quantiles = {n: {q: _aligned(s, shifts[n], length) for q, s in v.forecast_w.items()}
                  for n, v in planned.items()}
+    floors = {n: v.plan_floor_w for n, v in planned.items()}
+    rho = market.pooling_correlation
+
+    def at(k: int, among: Iterable[str]) -> list[QuantileSet]:
+        return [q for n in among
+                if (q := {name: x for name, s in quantiles[n].items() if (x := s[k]) is not None})]
+
+    def gain_at(k: int, among: list[str]) -> float:
+        """The pooling gain of the nodes ``among`` in MTU ``k`` (1 unless each said its p10
+        and its floor)."""
+        here = at(k, among)
+        if len(here) != len(among) or any(floors[n] is None for n in among) \
+                or any("p10_w" not in q for q in here):
+            return 1.0
+        site = pooled_quantiles(here, rho)
+        if "p10_w" not in site:
+            return 1.0
+        return pooling_gain(site["p10_w"], [q["p10_w"] for q in here],
+                            [floors[n] or 0.0 for n in among])
+
     forecast: dict[str, list[float]] = {}
-    gain: list[float] = []
     for k in range(length):
-        here = [{q: x for q, s in quantiles[n].items() if (x := s[k]) is not None}
-                for n in planned]
-        site = pooled_quantiles([q for q in here if q], market.pooling_correlation)
-        for q, w in site.items():
+        for q, w in pooled_quantiles(at(k, planned), rho).items():
             forecast.setdefault(q, [0.0] * length)[k] = w
-        floors = [v.plan_floor_w for v in planned.values()]
-        node_p10 = [q.get("p10_w") for q in here]
-        gain.append(1.0 if "p10_w" not in site or None in floors or None in node_p10
-                    else pooling_gain(site["p10_w"], [p or 0.0 for p in node_p10],
-                                      [f or 0.0 for f in floors]))
-    offers: dict[str, list[float]] = {}
+    gain: dict[str, list[float]] = {}
+    raised: dict[str, list[float]] = {}
     for product, sums in pooled.items():
+        offering = [[n for n, rows in by_node.items() if rows.get(product, [0.0] * length)[k] > 0]
+                    for k in range(length)]
+        gain[product] = [gain_at(k, among) if among else 1.0 for k, among in enumerate(offering)]
+        room = [sum(max(by_node[n][product][k], caps[n].get(product, 0.0)) for n in among)
+                for k, among in enumerate(offering)]
+        raised[product] = [min(w * g, r) for w, g, r in
+                           zip(sums, gain[product], room, strict=True)]
+    for k in range(length):  # all products stacked: within the pooled room of their nodes
+        among = sorted({n for n, rows in by_node.items() if any(r[k] > 0 for r in rows.values())})
+        plain = sum(pooled[p][k] for p in pooled)
+        allowed = plain * (gain_at(k, among) if among else 1.0)
+        extra = sum(raised[p][k] for p in pooled) - plain
+        if extra > 0.0 and plain + extra > allowed:
+            for p in pooled:
+                raised[p][k] = pooled[p][k] + (raised[p][k] - pooled[p][k]) * (
+                    max(0.0, allowed - plain) / extra)
+    offers: dict[str, list[float]] = {}
+    for product, values in raised.items():
         floor = market.min_bid_for(product, kinds.get(product))
-        room = [sum(max(rows[product][k], caps[n].get(product, rows[product][k]))
-                    for n, rows in by_node.items() if product in rows and rows[product][k] > 0)
-                for k in range(length)]
-        raised = [min(w * g, r) for w, g, r in zip(sums, gain, room, strict=True)]
         stepped = [math.floor(w / market.bid_step_w + 1e-9) * market.bid_step_w
-                   for w in raised]
+                   for w in values]
         offers[product] = [w if w >= floor and w > 0 else 0.0 for w in stepped]
     return SitePlan(start, mtu, offers, pooled, by_node, forecast, gain, caps)
 

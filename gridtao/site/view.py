@@ -61,6 +61,13 @@ class NodeView:
             return 0.0
         return max(0.0, self.draw_w - self.floor_w)
 
+    def plan_end(self) -> float:
+        """When the node's plan ends (Unix s; its longest series), -inf without one."""
+        if self.plan_start is None or not self.plan_mtu_s:
+            return -math.inf
+        n = max((len(v) for v in self.offers_w.values()), default=0)
+        return self.plan_start + n * self.plan_mtu_s
+
     def offer_now(self, product: str, wall: float) -> float | None:
         """Tier 3's offer for ``product`` in the market time unit holding ``wall``."""
         if self.plan_start is None or not self.plan_mtu_s or product not in self.offers_w:

@@ -112,7 +112,9 @@ class Plan:
                                for q in ("p10_w", "p50_w", "p90_w")},
                 "floor_w": round(self.problem.floor_w, 1),
                 # The most an award may give each product (a site pooling nodes needs it)
-                "capacity_w": {e.name: round(e.max_w, 1) for e in self.problem.enrolments},
+                # rounded down: a capacity rounded up would have the node refuse its own
+                "capacity_w": {e.name: math.floor(e.max_w * 10.0) / 10.0
+                               for e in self.problem.enrolments},
                 "notes": [*r.notes, *self.signal_warnings]}
 
 
