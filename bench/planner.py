@@ -75,12 +75,14 @@ and every enrolment's ``max_w`` are N times the node's (bid steps stay 100 W), a
 the sum of N independent synthetic nodes (node 0 with the seed itself, so ``--nodes 1`` is the
 node above; their 1-s spreads combined as independent), each with its own jobs: a job runs on
 one node, as on separate servers. The ``gridtao`` strategy then forecasts the site from the
-site's own summed history. With more than one node, six more strategies plan the site as the
-site coordinator does, from its nodes' own forecasts (each from its own history) combined per
+site's own summed history. With more than one node, six more strategies plan the site on the
+forecast its coordinator makes, its nodes' own forecasts (each from its own history) combined per
 hour by ``site.market.pooling_correlation`` (gridtao/site/pooling.py): ``site_rho1`` (the
 coordinator's default: the nodes' quantiles summed, no pooling claimed) down to ``site_rho0``
 (independent, as the bench's nodes are); a correlation claimed above the true one is a margin.
-Every strategy is judged on the site's actual draw.
+Every strategy is judged on the site's actual draw. For the coordinator this is an upper bound:
+it raises separately planned node offers by the pooling gain rather than planning once, and
+moves shares to where the room is every ``resplit_s`` rather than at once.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gridtao.cli.main import main
@@ -12,9 +13,9 @@ from gridtao.gpu.sim.daily import DailyShape
 from gridtao.history import HistoryStore, synthetic_minutes
 from gridtao.history.correlation import (
     MIN_HOURS,
-    PairCorrelation,
     SiteCorrelation,
     draw_correlation,
+    equicorrelation,
     hourly_residuals,
 )
 from gridtao.history.rows import MinuteRow
@@ -22,26 +23,41 @@ from gridtao.history.rows import MinuteRow
 START = 1_796_000_400 // 604_800 * 604_800  # a week's start: whole weeks of hours
 
 
-def _node(seed: int, days: float = 28) -> list[MinuteRow]:
-    return synthetic_minutes(START, days, seed=seed, shape=DailyShape.default())
+def _node(seed: int, days: float = 28, scale: float = 1.0) -> list[MinuteRow]:
+    rows = synthetic_minutes(START, days, seed=seed, shape=DailyShape.default())
+    if scale == 1.0:
+        return rows
+    return [dataclasses.replace(r, it_mean_w=r.it_mean_w * scale) for r in rows]
 
 
 def test_independent_nodes_measure_near_zero_and_a_node_with_itself_one() -> None:
     nodes = {f"n{s}": _node(s) for s in range(4)}
     found = draw_correlation(nodes)
     assert len(found.pairs) == 6 and all(p.hours > 600 for p in found.pairs)
-    assert found.mean_rho is not None and abs(found.mean_rho) < 0.15
+    assert found.common_hours > 600
+    assert found.rho is not None and abs(found.rho) < 0.1
+    assert found.upper is not None and found.rho < found.upper < 0.3
+    assert found.suggested is not None and found.upper <= found.suggested < found.upper + 0.05
     same = draw_correlation({"a": nodes["n0"], "b": nodes["n0"]})
-    assert same.mean_rho == pytest.approx(1.0) and same.suggested == 1.0
+    assert same.rho == pytest.approx(1.0) and same.suggested == 1.0
+    assert draw_correlation(nodes, seed=0) == found  # the same inputs, the same figures
 
 
-def test_a_node_that_follows_another_measures_high() -> None:
-    a, b = _node(1), _node(2)
-    # c: half of a's own swings on b's: the two move together, partly
-    c = [dataclasses.replace(x, it_mean_w=0.5 * x.it_mean_w + 0.5 * y.it_mean_w)
-         for x, y in zip(a, b, strict=True)]
-    found = draw_correlation({"a": a, "c": c})
-    assert found.mean_rho is not None and 0.5 < found.mean_rho < 0.95
+def test_the_site_figure_weighs_nodes_by_their_swings() -> None:
+    # two large nodes moving as one, eight small independent ones: the pairs' plain mean is
+    # low, but the site's sum swings as the two large ones do
+    big = _node(1, scale=10.0)
+    nodes = {"big1": big, "big2": big} | {f"s{i}": _node(10 + i) for i in range(8)}
+    found = draw_correlation(nodes)
+    plain = np.mean([p.rho for p in found.pairs if p.rho is not None])
+    assert plain < 0.1 and found.rho is not None and found.rho > 0.3
+    # the formula it inverts: the spread of the sum, with that rho, is the sum's own
+    r = np.array([[1.0, -1.0, 2.0, 0.0], [2.0, -2.0, 4.0, 0.0], [0.5, 0.5, -0.5, -0.5]])
+    rho = equicorrelation(r)
+    assert rho is not None
+    sd = r.std(axis=1)
+    combined = (1 - rho) * (sd ** 2).sum() + rho * sd.sum() ** 2
+    assert combined == pytest.approx(r.sum(axis=0).var())
 
 
 def test_the_shared_weekly_shape_is_taken_out_and_activated_hours_left_out() -> None:
@@ -63,18 +79,17 @@ def test_too_few_hours_in_common_measure_nothing_and_suggest_nothing() -> None:
             for r in _node(2, days=14)]
     found = draw_correlation({"a": a, "b": late})
     (pair,) = found.pairs
-    assert pair.rho is None and found.mean_rho is None and found.suggested is None
+    assert pair.rho is None and found.rho is None and found.suggested is None
 
 
 def test_the_suggestion_rounds_up_to_a_twentieth_within_zero_and_one() -> None:
-    def site(*rhos: float) -> SiteCorrelation:
-        return SiteCorrelation(tuple(PairCorrelation("a", str(i), 100, r)
-                                     for i, r in enumerate(rhos)), {})
+    def site(upper: float) -> SiteCorrelation:
+        return SiteCorrelation((), {}, 100, 0.0, upper)
 
     assert site(0.101).suggested == 0.15
     assert site(0.1).suggested == 0.1
-    assert site(-0.3, -0.1).suggested == 0.0
-    assert site(0.2, 0.4).suggested == pytest.approx(0.3)
+    assert site(-0.3).suggested == 0.0
+    assert site(1.2).suggested == 1.0
 
 
 def test_the_cli_prints_every_pair_and_the_value_to_configure(
@@ -90,7 +105,9 @@ def test_the_cli_prints_every_pair_and_the_value_to_configure(
                  str(paths[2])]) == 0
     out = capsys.readouterr().out
     assert "gpu-a" in out and "node2" in out and "node3" in out
-    assert "site.market.pooling_correlation:" in out
+    assert "site.market.pooling_correlation:" in out and "39 of 40" in out
+    assert main(["history", "correlation", "--days", "10", str(paths[0]), str(paths[1])]) == 0
+    assert "less than two weeks" in capsys.readouterr().err
     assert main(["history", "correlation", str(paths[0])]) == 2
     assert "two nodes or more" in capsys.readouterr().err
     assert main(["history", "correlation", str(paths[0]), str(tmp_path / "none.sqlite3")]) == 2

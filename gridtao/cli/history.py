@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # loaded when a history command runs, not whenever the CLI st
 
 EXIT_OK = 0
 EXIT_ERROR = 2
+TWO_WEEKS_H = 14 * 24
 
 
 def _positive_days(text: str) -> float:
@@ -90,9 +91,10 @@ def configure_history(p: argparse.ArgumentParser) -> None:
     corr = sub.add_parser(
         "correlation", help="how several nodes' draws move together (for a site's pooling)",
         description="From copies of several nodes' history files, each node's hourly draw less "
-                    "its median for that hour of the day, correlated pair by pair over the "
-                    "hours both have (hours under a grid activation left out); the mean over "
-                    "the pairs, rounded up to 0.05, is the value for the site's "
+                    "its median for that hour of the week (hours under a grid activation left "
+                    "out), correlated pair by pair and as a site (weighted by the nodes' "
+                    "swings); the site's figure at the top of its range over resamplings of "
+                    "whole days, rounded up to 0.05, is the value for the site's "
                     "site.market.pooling_correlation.")
     corr.add_argument("files", metavar="[NODE=]FILE", nargs="+",
                       help="a node's history database (its name: NODE, else the file's stem)")
@@ -211,7 +213,7 @@ def _correlation(args: argparse.Namespace) -> int:
 
     named: dict[str, Path] = {}
     for spec in args.files:
-        node, sep, file = spec.rpartition("=")
+        node, sep, file = spec.partition("=")  # a node id holds no "=", a path may
         path = Path(file if sep else spec).expanduser()
         name = node if sep and node else path.stem
         if name in named:
@@ -239,12 +241,18 @@ def _correlation(args: argparse.Namespace) -> int:
     for p in found.pairs:
         rho = "too few" if p.rho is None else f"{p.rho:.3f}"
         print(f"{p.a:<20} {p.b:<20} {p.hours:>6} {rho:>11}")
-    if found.suggested is None:
-        print("no pair had enough hours in common to measure: keep "
+    if found.suggested is None or found.rho is None or found.upper is None:
+        print(f"the site: {found.common_hours} hours every node has, too few to measure (or a "
+              "node that never moves off its weekly shape): keep "
               "site.market.pooling_correlation at 1 (no pooling claimed)")
         return EXIT_OK
-    print(f"mean over the pairs: {found.mean_rho:.3f}; site.market.pooling_correlation: "
-          f"{found.suggested:g} (rounded up; a higher value is a margin, docs/site.md)")
+    if found.common_hours < TWO_WEEKS_H:
+        print(f"warning: only {found.common_hours} hours every node has (less than two weeks): "
+              "the figures below are rough; measure over four weeks", file=sys.stderr)
+    print(f"the site: correlation {found.rho:.3f} over {found.common_hours} hours every node "
+          f"has; at most {found.upper:.3f} in 39 of 40 resamplings of its days")
+    print(f"site.market.pooling_correlation: {found.suggested:g} (that upper figure, rounded up; "
+          f"a site of {len(named)} nodes may need more: docs/site.md, \"Pooling\")")
     return EXIT_OK
 
 

@@ -1,9 +1,10 @@
 """How nodes' draws move together: the correlation a site may claim when it pools them.
 
-A site coordinator that pools its nodes' forecasts (``site.market.pooling_correlation``) needs
-to know how the nodes' draws move together once what each forecast already knows is taken out.
-:func:`draw_correlation` estimates it from the nodes' minute histories, in a way meant to be
-read and checked:
+A site coordinator that pools its nodes' forecasts (``site.market.pooling_correlation``)
+combines their spreads with one correlation ``rho`` between every two nodes: spread of the sum
+= sqrt((1 - rho) * sum(s_i^2) + rho * (sum s_i)^2). :func:`draw_correlation` estimates the
+``rho`` that makes this right for the site's own nodes, from their minute histories, in a way
+meant to be read and checked:
 
 1. per node, the mean draw of each hour that has at least ``MIN_MINUTES`` minutes of history
    and no minute under a grid activation (a capped draw is not the node's own);
@@ -11,19 +12,19 @@ read and checked:
    over the window (the daily and weekly shape every node shares, and a forecast knows, taken
    out); an hour of the week seen fewer than twice in the window does not count, so the window
    needs two weeks at least (four give steadier figures);
-3. per pair of nodes, the Pearson correlation of their residuals over the hours both have
-   (at least ``MIN_HOURS``), and its standard error: the residuals of one hour and the next are
-   related (jobs last hours), so the hours count as fewer independent samples,
-   ``n (1 - a b) / (1 + a b)`` for lag-1 autocorrelations ``a`` and ``b`` (Bartlett), and the
-   error is Fisher's ``(1 - rho^2) / sqrt(n_eff - 3)``;
-4. the site's figure is the mean over the pairs; the value suggested to claim is that mean plus
-   two standard errors (the pairs' mean error: they share nodes, so their errors do not
-   average out), rounded up to 0.05 and within [0, 1].
+3. over the hours every node has (at least ``MIN_HOURS``), the site's **equicorrelation**: the
+   ``rho`` for which the formula above gives the spread the residuals' sum really has,
+   ``(var(sum r_i) - sum var(r_i)) / ((sum sd_i)^2 - sum var(r_i))``. It weighs each pair by
+   the size of its nodes' swings, as the site's sum does (a plain mean over pairs lets many
+   small steady nodes hide two large ones that move together);
+4. how far that could be off: the same figure over ``BOOTSTRAP_DRAWS`` resamplings of whole
+   days (days, not hours, because one hour's residual and the next are related: jobs last
+   hours); the value suggested to claim is their ``UPPER_QUANTILE`` quantile, rounded up to
+   0.05 and within [0, 1].
 
-Anything else the nodes share (a holiday, a common job) stays in the residuals and counts as
-moving together: the estimate errs high, the safe side (a correlation claimed above the true one
-is a margin). On the synthetic history of gridtao's simulator (jobs of 2-24 h), four weeks give
-about 100 independent samples and a standard error near 0.1.
+Pairs of nodes are also correlated one by one, for reading. On the synthetic history of
+gridtao's simulator (independent nodes, jobs of 2-24 h), four weeks measure 0 give or take
+about 0.1 per pair, and the suggested value lands near 0.1-0.2 for a few nodes.
 
 Pure functions over arrays; power in W, times in Unix seconds.
 """
@@ -40,13 +41,16 @@ import numpy.typing as npt
 
 from gridtao.history.rows import MinuteRow
 
-__all__ = ["MIN_HOURS", "MIN_MINUTES", "PairCorrelation", "SiteCorrelation", "draw_correlation",
-           "hourly_residuals"]
+__all__ = ["BOOTSTRAP_DRAWS", "MIN_HOURS", "MIN_MINUTES", "UPPER_QUANTILE", "PairCorrelation",
+           "SiteCorrelation", "draw_correlation", "equicorrelation", "hourly_residuals"]
 
 MIN_MINUTES = 45  # of an hour's 60, for the hour to count
-MIN_HOURS = 48  # in common, for a pair's correlation to count
+MIN_HOURS = 48  # in common, for a correlation to count
+BOOTSTRAP_DRAWS = 400
+UPPER_QUANTILE = 0.975
 HOUR_S = 3600
-WEEK_S = 7 * 86_400
+DAY_S = 86_400
+WEEK_S = 7 * DAY_S
 
 
 @dataclass(frozen=True)
@@ -57,37 +61,27 @@ class PairCorrelation:
     b: str
     hours: int
     rho: float | None
-    #: Fisher's standard error over the effective samples (None with ``rho``).
-    se: float | None = None
-    effective_hours: float | None = None
 
 
 @dataclass(frozen=True)
 class SiteCorrelation:
-    """Every pair's correlation; ``mean_rho`` their mean over the pairs that had enough hours
-    (None: no pair had), ``mean_se`` their standard errors' mean; ``suggested`` the mean plus two
-    standard errors, clipped to [0, 1] and rounded *up* to 0.05: the value to configure."""
+    """``rho``: the site's equicorrelation over ``common_hours`` hours every node has (None:
+    fewer than ``MIN_HOURS``, or a node that never moves off its shape); ``upper``: its
+    ``UPPER_QUANTILE`` quantile over day resamplings; ``suggested``: ``upper`` rounded up to
+    0.05 within [0, 1], the value to configure. ``pairs`` and ``hours`` (per node, hours that
+    counted) for reading."""
 
     pairs: tuple[PairCorrelation, ...]
-    hours: Mapping[str, int]  # per node, hours that counted
-
-    @property
-    def mean_rho(self) -> float | None:
-        found = [p.rho for p in self.pairs if p.rho is not None]
-        return float(np.mean(found)) if found else None
-
-    @property
-    def mean_se(self) -> float | None:
-        found = [p.se for p in self.pairs if p.se is not None]
-        return float(np.mean(found)) if found else None
+    hours: Mapping[str, int]
+    common_hours: int
+    rho: float | None
+    upper: float | None
 
     @property
     def suggested(self) -> float | None:
-        rho = self.mean_rho
-        if rho is None:
+        if self.upper is None:
             return None
-        rho += 2.0 * (self.mean_se or 0.0)
-        return min(1.0, max(0.0, math.ceil(round(rho * 20.0, 9)) / 20.0))
+        return min(1.0, max(0.0, math.ceil(round(self.upper * 20.0, 9)) / 20.0))
 
 
 def hourly_residuals(rows: Sequence[MinuteRow], *, tz_offset_s: int = 0) -> dict[int, float]:
@@ -101,6 +95,7 @@ def hourly_residuals(rows: Sequence[MinuteRow], *, tz_offset_s: int = 0) -> dict
         cell[1] += 1.0
         cell[2] += 1.0 if r.event_s > 0 else 0.0
     means = {h: c[0] / c[1] for h, c in sums.items() if c[1] >= MIN_MINUTES and c[2] == 0}
+
     def slot(hour: int) -> int:
         return (hour + tz_offset_s) % WEEK_S // HOUR_S
 
@@ -118,34 +113,46 @@ def _pearson(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> float | 
     return float(np.mean((x - x.mean()) * (y - y.mean())) / (sx * sy))
 
 
-def _lag1(hours: Sequence[int], values: Mapping[int, float]) -> float:
-    """Lag-1 autocorrelation over the consecutive hours in ``hours`` (0 with too few)."""
-    pairs = [(values[h], values[h + HOUR_S]) for h in hours if h + HOUR_S in values]
-    if len(pairs) < 3:
-        return 0.0
-    x, y = np.array(pairs).T
-    return _pearson(x, y) or 0.0
-
-
-def _pair(a: str, b: str, ra: Mapping[int, float], rb: Mapping[int, float]) -> PairCorrelation:
-    common = sorted(set(ra) & set(rb))
-    if len(common) < MIN_HOURS:
-        return PairCorrelation(a, b, len(common), None)
-    rho = _pearson(np.array([ra[h] for h in common]), np.array([rb[h] for h in common]))
-    if rho is None:
-        return PairCorrelation(a, b, len(common), None)
-    shared = set(common)
-    auto = _lag1(common, {h: ra[h] for h in shared}) * _lag1(common, {h: rb[h] for h in shared})
-    n_eff = len(common) * (1.0 - auto) / (1.0 + auto) if auto < 1.0 else 1.0
-    se = (1.0 - rho * rho) / math.sqrt(max(n_eff - 3.0, 1.0))
-    return PairCorrelation(a, b, len(common), rho, se, n_eff)
+def equicorrelation(residuals: npt.NDArray[np.float64]) -> float | None:
+    """The ``rho`` of the module docstring's step 3 (rows: nodes, columns: hours)."""
+    var = residuals.var(axis=1)
+    sd = np.sqrt(var)
+    cross = float(sd.sum() ** 2 - var.sum())
+    if residuals.shape[0] < 2 or cross <= 1e-9 or float(sd.min()) <= 1e-9:
+        return None
+    return (float(residuals.sum(axis=0).var()) - float(var.sum())) / cross
 
 
 def draw_correlation(histories: Mapping[str, Sequence[MinuteRow]], *,
-                     tz_offset_s: int = 0) -> SiteCorrelation:
-    """The site's figure from each node's minutes (node -> rows; module docstring)."""
+                     tz_offset_s: int = 0, seed: int = 0) -> SiteCorrelation:
+    """The site's figures from each node's minutes (node -> rows; module docstring).
+    ``seed``: the day resamplings' (the same inputs give the same figures)."""
     residuals = {n: hourly_residuals(rows, tz_offset_s=tz_offset_s)
-                 for n, rows in histories.items()}
-    pairs = tuple(_pair(a, b, residuals[a], residuals[b])
-                  for a, b in combinations(sorted(residuals), 2))
-    return SiteCorrelation(pairs, {n: len(r) for n, r in residuals.items()})
+                 for n, rows in sorted(histories.items())}
+    pairs = []
+    for a, b in combinations(residuals, 2):
+        common = sorted(set(residuals[a]) & set(residuals[b]))
+        rho = None
+        if len(common) >= MIN_HOURS:
+            rho = _pearson(np.array([residuals[a][h] for h in common]),
+                           np.array([residuals[b][h] for h in common]))
+        pairs.append(PairCorrelation(a, b, len(common), rho))
+    hours = {n: len(r) for n, r in residuals.items()}
+    every = sorted(set.intersection(*(set(r) for r in residuals.values()))) if residuals else []
+    if len(every) < MIN_HOURS or len(residuals) < 2:
+        return SiteCorrelation(tuple(pairs), hours, len(every), None, None)
+    matrix = np.array([[r[h] for h in every] for r in residuals.values()])
+    rho = equicorrelation(matrix)
+    if rho is None:
+        return SiteCorrelation(tuple(pairs), hours, len(every), None, None)
+    days = np.array(every) // DAY_S
+    columns = [np.flatnonzero(days == d) for d in np.unique(days)]
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(BOOTSTRAP_DRAWS):
+        picked = rng.integers(0, len(columns), len(columns))
+        got = equicorrelation(matrix[:, np.concatenate([columns[i] for i in picked])])
+        if got is not None:
+            draws.append(got)
+    upper = float(np.quantile(draws, UPPER_QUANTILE)) if draws else None
+    return SiteCorrelation(tuple(pairs), hours, len(every), rho, upper)
