@@ -64,6 +64,12 @@ def test_a_site_file_is_summarised_for_the_site_not_as_a_node(
             "stale after 12 s\n") in out
     assert "facility  losses 5.0%, COP 4, fixed 20000 W\n" in out
     assert "metrics   off\n" in out
+    pooled = _write(tmp_path, _site_text(18830, signing=f"{{mode: hmac, kid: s1, file: {key}}}")
+                    .replace("meter: {", "market: {pooling_correlation: 0.2, resplit_s: 0}, "
+                             "meter: {"))
+    assert cli.main(["--config", str(pooled), "check-config"]) == 0
+    assert ("pooling   correlation 0.2 claimed (bids raised by the pooling gain); the award in "
+            "force moved to where the room is never\n") in capsys.readouterr().out
     for agent_only in ("node      ", "gpus      ", "products  ", "cuts      ", "records   "):
         assert agent_only not in out
     assert list(state.iterdir()) == []
@@ -75,6 +81,8 @@ def test_the_site_example_is_checked_for_the_site(
     out = capsys.readouterr().out
     assert out.startswith(f"ok: {EXAMPLE} (for gridtao site)\n")
     assert "market    bids in steps of 100000 W, minimum 100000 W, fcr-d-up 1000000 W" in out
+    assert ("pooling   correlation 1: none claimed; the award in force moved to where the room "
+            "is every 10 s\n") in out
 
 
 def test_site_and_agent_options_choose_whose_needs_are_checked(

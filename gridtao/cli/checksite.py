@@ -119,6 +119,9 @@ def site_summary(config: Config, *, kids: list[str]) -> str:
     bids = "".join(f", {b.product} {b.w:.0f} W" for b in market.min_bids)
     metrics = (f"http://{config.metrics.host}:{config.metrics.port}/metrics"
                if config.metrics.enabled else "off")
+    pooling = ("correlation 1: none claimed" if market.pooling_correlation >= 1.0 else
+               f"correlation {market.pooling_correlation:g} claimed (bids raised by the "
+               "pooling gain)")
     lines = [
         f"ok: {one_line(config.source)} (for gridtao site)",
         f"site      {site.id}, under {m.prefix}/ (dispatches on {topics.dispatch}, status on "
@@ -132,6 +135,8 @@ def site_summary(config: Config, *, kids: list[str]) -> str:
         f"facility  losses {f.losses_fraction:.1%}, COP {f.cop:g}, fixed {f.fixed_w:.0f} W",
         f"market    bids in steps of {market.bid_step_w:.0f} W, minimum "
         f"{market.min_bid_w:.0f} W{bids}",
+        f"pooling   {pooling}; the award in force moved to where the room is "
+        + (f"every {market.resplit_s:g} s" if market.resplit_s > 0 else "never"),
         f"metrics   {metrics}",
         f"timing    ack deadline {site.ack_deadline_s:g} s, rebalance every "
         f"{site.rebalance_s:g} s (moves over {site.rebalance_min_w:g} W), node stale after "

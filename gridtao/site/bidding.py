@@ -81,7 +81,8 @@ class SiteBidding:
         plan = self.plan
         products = sorted(plan.offers_w) if plan is not None else []
         try:
-            award = parse_award(payload, max_bytes=self._max_payload_bytes, products=products)
+            award = parse_award(payload, max_bytes=self._max_payload_bytes, products=products,
+                                holder="offered by a node of this site")
             self.guard.check(payload, award.id, award.issued_at,
                              ("award", award.start_s, award.mtu_s,
                               tuple(sorted(award.capacity_w.items()))), wall)

@@ -19,6 +19,7 @@ Times in Unix seconds (``clock.wall()``), power in W.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any, Final
@@ -102,7 +103,8 @@ class SiteCoordinator:
                                   topics=self.topics, publish=publish, sign=sign,
                                   count=self._count)
         self.bidding = SiteBidding(self.cfg, self.view, self.guard, topics=self.topics,
-                                   publish=publish, sign=sign, refuse=self._refuse,
+                                   publish=publish, sign=sign,
+                                   refuse=functools.partial(self._refuse, kind="award"),
                                    ack=self._ack, count=self._count,
                                    max_payload_bytes=MAX_PAYLOAD_BYTES)
         self._started_at = clock.wall()
@@ -204,11 +206,15 @@ class SiteCoordinator:
 
     # ---- site dispatch -------------------------------------------------------------------
 
-    def _refuse(self, ident: str | None, reason: str, wall: float) -> None:
+    def _refuse(self, ident: str | None, reason: str, wall: float, *,
+                kind: str | None = None) -> None:
+        """Refused, counted, logged and acked with the reason; ``kind`` (an award): what was
+        refused, said in the log and the ack."""
         self._count("site_dispatch_rejected")
-        log.warning("site dispatch %s refused: %s", ident, reason)
+        log.warning("site %s %s refused: %s", kind or "dispatch", ident, reason)
         self._ack({"id": ident, "accepted": False, "reason": reason, "received_at": wall,
-                   "commanded_at": None, "reached_at": None, "site": self.cfg.id})
+                   "commanded_at": None, "reached_at": None, "site": self.cfg.id}
+                  | ({"kind": kind} if kind else {}))
 
     def _on_site_dispatch(self, payload: bytes, wall: float) -> None:
         try:

@@ -89,9 +89,11 @@ def _fail(reason: str, event_id: str | None = None) -> NoReturn:
     raise MessageRejected(reason, event_id)
 
 
-def parse_award(payload: bytes, *, max_bytes: int, products: Sequence[str]) -> Award:
+def parse_award(payload: bytes, *, max_bytes: int, products: Sequence[str],
+                holder: str = "enrolled on this node") -> Award:
     """Parse and check an award against the enrolled ``products`` (names); raises
-    :class:`MessageRejected` with the reason."""
+    :class:`MessageRejected` with the reason (``holder``: how it says a product is known, for
+    a site: "offered by a node of this site")."""
     if len(payload) > max_bytes:
         _fail(f"award is {len(payload)} bytes (limit {max_bytes})")
     try:
@@ -126,7 +128,7 @@ def parse_award(payload: bytes, *, max_bytes: int, products: Sequence[str]) -> A
     series: dict[str, tuple[float | None, ...]] = {}
     for name, values in caps.items():
         if name not in known:
-            _fail(f"product {name!r} is not enrolled on this node (enrolled: "
+            _fail(f"product {name!r} is not {holder} (known: "
                   f"{', '.join(sorted(known)) or 'none'})", event_id)
         series[name] = _series(name, values, event_id)
     return Award(event_id, None if issued is None else float(issued), int(start), int(mtu),
