@@ -380,3 +380,26 @@ def test_a_plan_already_over_is_left_out_of_the_pool() -> None:
     (plan,) = h.take("site/plan")
     assert plan["nodes"] == ["n1", "n2"] and plan["start"] == start
     assert plan["pooling"]["gain"]["ffr"][0] > 1.0
+
+
+def test_a_node_back_online_is_sent_its_shares_again_and_a_refusal_is_counted() -> None:
+    h, start = _site(resplit_s=0.0)
+    for n in ("n1", "n2"):
+        h.status(n, 1400.0)
+        _plan(h, n, start, 600.0, p10=1300.0, p50=1400.0)
+    h.c.tick()
+    h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start, "mtu_s": MTU,
+                                    "capacity_w": {"ffr": [1200, 800]}})
+    first = {t.split("/")[2]: b for t, b in _awards(h)}
+    h.status("n1", 1400.0, online=False)  # its agent restarts: the awards it held are gone
+    h.clock.advance(3.0)
+    h.status("n1", 1400.0)
+    (again,) = [b for t, b in _awards(h)]
+    assert again["node"] == "n1" and again["start"] == start and again["mtu_s"] == MTU
+    assert again["capacity_w"] == {"ffr": [600, 400]} == first["n1"]["capacity_w"]
+    assert again["issued_at"] > first["n1"]["issued_at"] and again["id"].startswith("s-resent~")
+    h.status("n1", 1400.0)  # still online: nothing more
+    assert _awards(h) == []
+    h.send(f"{PREFIX}/nodes/n1/ack", {"id": again["id"], "kind": "award", "accepted": False,
+                                      "reason": "capacity_w['ffr'] 600 W exceeds ..."})
+    assert h.c.counts["node_award_refused"] == 1

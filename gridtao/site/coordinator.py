@@ -172,9 +172,13 @@ class SiteCoordinator:
             self._count(f"node_{leaf}_malformed")
             return
         if leaf == "status":
+            seen = self.view.nodes.get(node)
+            came_back = seen is not None and seen.t is not None and not seen.online
             self._reported.add(node)
             self.view.on_status(node, body)
             self.order_auth.on_status(node, body.get("auth"))
+            if came_back and self.view.nodes[node].online:  # a restarted agent holds no award
+                self.bidding.live.resend(node, self.clock.wall())
         elif leaf == "tracker":
             self.view.on_tracker(node, body)
         elif leaf == "plan":
@@ -186,6 +190,11 @@ class SiteCoordinator:
     def _on_node_ack(self, node: str, body: Mapping[str, Any]) -> None:
         ident = body.get("id")
         if not isinstance(ident, str):
+            return
+        if body.get("kind") == "award":
+            if body.get("accepted") is False:
+                self._count("node_award_refused")
+                log.warning("node %s refused its award %s: %s", node, ident, body.get("reason"))
             return
         found = order_for_ack(self.events, self.sender.by_dispatch, node, ident)
         if found is not None:

@@ -243,6 +243,27 @@ class LiveSplit:
         self._send(start, mtu_s, award_id, moved, wall, first={
             p for p in awarded if held[p] is None})
 
+    def resend(self, node: str, wall: float) -> None:
+        """``node`` came back online (a restarted agent holds no award): its shares of every
+        MTU not over, in one award issued now."""
+        held = {(mtu, p): s[node] for (mtu, p), s in self._sent.items() if node in s}
+        mtu_s = self._awards[-1].award.mtu_s if self._awards else 0
+        held = {k: w for k, w in held.items() if k[0] + mtu_s > wall}
+        if not held or not mtu_s:
+            return
+        first, last = min(m for m, _ in held), max(m for m, _ in held)
+        rows = {p: [held.get((first + k * mtu_s, p)) for k in range((last - first) // mtu_s + 1)]
+                for p in sorted({p for _, p in held})}
+        issued = self.issue_time(wall)
+        body = {"id": f"{self.cfg.id[:ID_MAX_CHARS - _SUFFIX_CHARS - 7]}-resent~"
+                      f"{round(issued * 1000):x}",
+                "node": node, "issued_at": issued, "start": first, "mtu_s": mtu_s,
+                "capacity_w": rows}
+        self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
+        self._count("site_awards_resent")
+        log.info("node %s is back: its shares of the awards not over sent again (%d MTUs)",
+                 node, len(rows[next(iter(rows))]))
+
     def _send(self, start: int, mtu_s: int, award_id: str,
               shares: Mapping[str, Mapping[str, float]], wall: float, *,
               first: set[str]) -> None:
