@@ -7,9 +7,11 @@ import math
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from test_site import PREFIX, Harness
 
 from gridtao.config.agent import ConfigError, config_from_mapping
+from gridtao.site.metrics import register
 from gridtao.site.pooling import (
     cover_deficits,
     pooled_quantiles,
@@ -403,3 +405,6 @@ def test_a_node_back_online_is_sent_its_shares_again_and_a_refusal_is_counted() 
     h.send(f"{PREFIX}/nodes/n1/ack", {"id": again["id"], "kind": "award", "accepted": False,
                                       "reason": "capacity_w['ffr'] 600 W exceeds ..."})
     assert h.c.counts["node_award_refused"] == 1
+    registry = CollectorRegistry()
+    register(h.c, registry)
+    assert registry.get_sample_value("gridtao_site_node_award_refusals_total") == 1.0

@@ -84,6 +84,10 @@ class SiteCollector(Collector):
                                   "unit was split again over the nodes by their live room "
                                   "(a node's share moved).",
                                   value=float(self._c.counts.get("site_award_resplits", 0)))
+        yield CounterMetricFamily("gridtao_site_node_award_refusals",
+                                  "Awards the site sent that a node refused (its ack's reason "
+                                  "is in the site's log).",
+                                  value=float(self._c.counts.get("node_award_refused", 0)))
         refused = CounterMetricFamily("gridtao_site_meter_rejected",
                                       "Site meter readings refused, by reason (malformed, or "
                                       "the signature checks' reasons).", labels=["reason"])
