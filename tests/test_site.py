@@ -312,7 +312,7 @@ def _plan(h: Harness, node: str, start: int, offers: dict[str, list[float]],
 def test_the_site_pools_node_offers_into_bids_and_splits_an_award_back() -> None:
     h = Harness(market={"bid_step_w": 1000, "min_bid_w": 2000,
                         "min_bids": [{"product": "fcr-d-up", "w": 5000}]})
-    start = 1_796_515_200
+    start = int(h.clock.wall()) // 3600 * 3600 + 3600  # the next hour: plans start there
     _plan(h, "n1", start, {"ffr": [1500, 1500, 400], "fcr-d-up": [2000, 2000, 2000]},
           [3000, 3100, 3200])
     _plan(h, "n2", start + 3600, {"ffr": [1200, 100], "fcr-d-up": [2000, 2000]}, [2500, 2600])
@@ -568,9 +568,10 @@ def test_release_and_award_acks_carry_no_commanded_at() -> None:
     (ack,) = h.take("site/ack")
     # as a node's release ack: the nodes' ramp-out writes the limits, not the release
     assert ack["accepted"] is True and ack["ref"] == "e" and ack["commanded_at"] is None
-    _plan(h, "n1", 1_796_515_200, {"ffr": [300_000]}, [1000])
+    hour = int(h.clock.wall()) // 3600 * 3600 + 3600
+    _plan(h, "n1", hour, {"ffr": [300_000]}, [1000])
     h.c.tick()
-    h.send(f"{PREFIX}/site/award", {"id": "a", "start": 1_796_515_200, "mtu_s": 3600,
+    h.send(f"{PREFIX}/site/award", {"id": "a", "start": hour, "mtu_s": 3600,
                                     "capacity_w": {"ffr": [200_000]}})
     (award,) = h.take("site/ack")
     assert award["accepted"] is True and award["commanded_at"] is None

@@ -236,7 +236,9 @@ def test_a_restarted_coordinator_takes_the_awards_back_and_splits_again() -> Non
         again.status(n, draw)
     again.c.tick()
     sent = {t.split("/")[2]: b["capacity_w"]["ffr"] for t, b in _awards(again)}
-    assert sent == {"n1": [109], "n2": [1090]}  # split by live room once, 100 : 1000
+    # shares not known: split by what each may be awarded (600 : 600), then n1's excess over
+    # its 100 W of room moved to n2's 400 W of spare
+    assert sent == {"n1": [200], "n2": [1000]}
     # a record of awards already over takes back nothing
     late = Harness()
     late.clock.advance(start + 2 * MTU - late.clock.wall())
@@ -408,3 +410,98 @@ def test_a_node_back_online_is_sent_its_shares_again_and_a_refusal_is_counted() 
     registry = CollectorRegistry()
     register(h.c, registry)
     assert registry.get_sample_value("gridtao_site_node_award_refusals_total") == 1.0
+
+
+def _offers(h: Harness, node: str, start: int, offers: dict[str, float],
+            capacity: dict[str, float]) -> None:
+    h.send(f"{PREFIX}/nodes/{node}/plan", {
+        "node": node, "made_at": 0, "start": start, "mtu_s": MTU, "floor_w": 400.0,
+        "offers_w": {p: [w] for p, w in offers.items()}, "capacity_w": capacity,
+        "forecast_w": {"p10_w": [1300.0], "p50_w": [1400.0], "p90_w": [1400.0]}})
+
+
+def test_a_node_is_never_sent_a_product_its_plan_does_not_list() -> None:
+    h, start = _site(resplit_s=5.0)
+    for n in ("n1", "n2"):
+        h.status(n, 1400.0)
+        _offers(h, n, start, {"p": 300.0, "q": 300.0}, {"p": 1000.0, "q": 1000.0})
+    h.status("n3", 1400.0)
+    _offers(h, "n3", start, {"q": 300.0}, {"q": 1000.0})
+    h.c.tick()
+    h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start, "mtu_s": MTU,
+                                    "capacity_w": {"p": [600], "q": [900]}})
+    _awards(h)
+    h.clock.advance(5.0)
+    h.status("n1", 450.0)  # 50 W of room for its 600 W
+    h.status("n2", 1400.0)
+    h.status("n3", 1400.0)
+    h.c.tick()
+    sent = {t.split("/")[2]: b["capacity_w"] for t, b in _awards(h)}
+    assert sent and "p" not in sent.get("n3", {})  # n3 has no p to be sent, not even 0
+    books = h.c.bidding.live._sent
+    assert "n3" not in books[(start, "p")]
+    assert 600 - 2 <= sum(books[(start, "p")].values()) <= 600
+    assert 900 - 3 <= sum(books[(start, "q")].values()) <= 900
+
+
+def test_a_new_award_sets_its_mtus_whole_so_a_node_that_left_is_not_counted() -> None:
+    h, start = _site(resplit_s=5.0)
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1400.0)
+        _offers(h, n, start, {"p": 300.0}, {"p": 1000.0})
+    h.c.tick()
+    h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start, "mtu_s": MTU,
+                                    "capacity_w": {"p": [900]}})
+    _offers(h, "n3", start, {"q": 300.0}, {"q": 1000.0})  # n3's plan drops p
+    h.clock.advance(1.0)
+    h.c.tick()
+    h.send(f"{PREFIX}/site/award", {"id": "a2", "start": start, "mtu_s": MTU,
+                                    "capacity_w": {"p": [600]}})
+    h.clock.advance(5.0)
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 1400.0)
+    h.c.tick()
+    # the site's books for this hour are a2's: 300 + 300, n3's old share not counted again
+    assert h.c.bidding.live._sent[(start, "p")] == {"n1": 300.0, "n2": 300.0}
+    assert h.c.snapshot["award"]["short_w"] == 0.0
+
+
+def test_a_restarted_coordinator_with_nodes_of_no_planned_capacity_zeroes_nothing() -> None:
+    h, start = _site(resplit_s=5.0)
+    for n in ("n1", "n2"):
+        h.status(n, 1400.0)
+        _plan(h, n, start + MTU, 600.0, p10=1300.0, p50=1400.0, capacity=None)
+    h.c.tick()
+    h.send(f"{PREFIX}/site/award", {"id": "a1", "issued_at": h.clock.wall(), "start": start,
+                                    "mtu_s": MTU, "capacity_w": {"ffr": [1200, 1200]}})
+    h.c.tick()
+    (record,) = [b for t, b, retain in h.sent if t.endswith("site/events") and retain][-1:]
+    again = Harness(market={"bid_step_w": 100, "min_bid_w": 100, "min_bids": [],
+                            "resplit_s": 5.0})
+    again.clock.advance(h.clock.wall() - again.clock.wall())
+    again.c.on_message(f"{PREFIX}/site/events", json.dumps(record).encode(), retained=True)
+    for n in ("n1", "n2"):
+        again.status(n, 450.0)
+        _plan(again, n, start + MTU, 600.0, p10=1300.0, p50=1400.0, capacity=None)
+    for _ in range(4):
+        again.clock.advance(5.0)
+        again.c.tick()
+    assert all(b["capacity_w"]["ffr"] != [0.0] for _, b in _awards(again))
+
+
+def test_odd_numbers_from_the_market_or_a_node_are_refused_or_bounded() -> None:
+    h = _two_nodes_awarded(resplit_s=5.0)
+    start = int(h.clock.wall()) // MTU * MTU
+    h.send(f"{PREFIX}/site/award", {"id": "far", "issued_at": 1e300, "start": start,
+                                    "mtu_s": MTU, "capacity_w": {"ffr": [100]}})
+    (ack,) = h.take("site/ack")
+    assert ack["accepted"] is False and "ahead" in ack["reason"] and ack["kind"] == "award"
+    h.c.on_message(f"{PREFIX}/nodes/n1/status", (
+        b'{"node": "n1", "online": true, "t": %f, "event": null, "capacity": '
+        b'{"draw_w": 1e308, "floor_w": 400, "deliverable_w": 1e308, "enrolled_w": 0}}'
+        % h.clock.wall()))
+    h.clock.advance(5.0)
+    h.status("n2", 450.0)
+    h.c.tick()  # no overflow: n1's room is bounded, n2's excess moves to it
+    sent = {t.split("/")[2]: b["capacity_w"]["ffr"][0] for t, b in _awards(h)}
+    assert sent["n2"] == 50.0 and sent["n1"] == 1150.0

@@ -213,7 +213,10 @@ def _correlation(args: argparse.Namespace) -> int:
 
     named: dict[str, Path] = {}
     for spec in args.files:
-        node, sep, file = spec.partition("=")  # a node id holds no "=", a path may
+        node, sep, file = spec.partition("=")
+        if sep and (not node or "/" in node or not Path(file).expanduser().is_file()) \
+                and Path(spec).expanduser().is_file():
+            sep = ""  # a path holding "=" (a node id holds no "/")
         path = Path(file if sep else spec).expanduser()
         name = node if sep and node else path.stem
         if name in named:

@@ -85,9 +85,10 @@ class MarketConfig:
     Below 1 the site's forecast p10 is the pooled one (gridtao/site/pooling.py) and its bids
     grow by the pooling gain over the nodes' own offers, each node still awarded at most its
     configured capacity. The default, 1, claims no pooling: measure before lowering it.
-    ``resplit_s``: how often the capacity awarded for the current market time unit is split
-    again over the nodes by their live headroom, so a node short of its share is covered by
-    another's room (0: never; the award's first split, by offer, then holds all the MTU)."""
+    ``resplit_s``: how often the capacity awarded for the current market time unit is moved
+    off nodes short of live room for their shares to nodes with room to spare, so a node short
+    of its share is covered by another (0: never; the award's first split, by offer, then holds
+    all the MTU; gridtao/site/resplit.py)."""
 
     bid_step_w: float = field(default=100_000.0, metadata=rng(1.0, 1e9))
     min_bid_w: float = field(default=100_000.0, metadata=rng(0.0, 1e9))

@@ -145,7 +145,7 @@ def draw_correlation(histories: Mapping[str, Sequence[MinuteRow]], *,
     rho = equicorrelation(matrix)
     if rho is None:
         return SiteCorrelation(tuple(pairs), hours, len(every), None, None)
-    days = np.array(every) // DAY_S
+    days = (np.array(every) + tz_offset_s) // DAY_S  # local days, as the residuals' slots
     columns = [np.flatnonzero(days == d) for d in np.unique(days)]
     rng = np.random.default_rng(seed)
     draws = []

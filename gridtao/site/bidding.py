@@ -25,16 +25,22 @@ from gridtao.site.refusals import AUTH_PREFIX
 from gridtao.site.resplit import LiveSplit
 from gridtao.site.sending import Publish, Sign
 from gridtao.site.view import SiteView
-from gridtao.wire.awards import parse_award
+from gridtao.wire.awards import Award, parse_award
 from gridtao.wire.messages import MessageRejected
-from gridtao.wire.site import SiteTopics, site_payload
+from gridtao.wire.site import SITE_W_MAX, SiteTopics, site_payload
 
-__all__ = ["SiteBidding"]
+__all__ = ["SiteBidding", "award_terms"]
 
 log = logging.getLogger("gridtao.site")
 
 #: ``refuse(id, reason, wall)``: the coordinator's refusal (counted, logged, site ack).
 Refuse = Callable[[str | None, str, float], None]
+
+
+def award_terms(award: Award) -> tuple[object, ...]:
+    """What an award says, for the site guard: an id sent again with other terms is
+    refused."""
+    return ("award", award.start_s, award.mtu_s, tuple(sorted(award.capacity_w.items())))
 
 
 class SiteBidding:
@@ -44,7 +50,7 @@ class SiteBidding:
     def __init__(self, cfg: SiteConfig, view: SiteView, guard: SiteGuard, *, topics: SiteTopics,
                  publish: Publish, sign: Sign, refuse: Refuse,
                  ack: Callable[[dict[str, Any]], None], count: Callable[[str], None],
-                 max_payload_bytes: int) -> None:
+                 max_payload_bytes: int, max_future_s: float) -> None:
         self.cfg = cfg
         self.view = view
         self.guard = guard
@@ -55,6 +61,7 @@ class SiteBidding:
         self._ack = ack
         self._count = count
         self._max_payload_bytes = max_payload_bytes
+        self._max_future_s = max_future_s
         self.plan: SitePlan | None = None
         self.live = LiveSplit(cfg, view, topics=topics, publish=publish, sign=sign,
                               count=count)
@@ -82,24 +89,30 @@ class SiteBidding:
         products = sorted(plan.offers_w) if plan is not None else []
         try:
             award = parse_award(payload, max_bytes=self._max_payload_bytes, products=products,
-                                holder="offered by a node of this site")
-            self.guard.check(payload, award.id, award.issued_at,
-                             ("award", award.start_s, award.mtu_s,
-                              tuple(sorted(award.capacity_w.items()))), wall)
+                                holder="offered by a node of this site", max_w=SITE_W_MAX)
+            # Before the guard takes the id: a retry once the site can take it is not a
+            # duplicate of a refusal.
             if plan is None:
                 raise MessageRejected("the site has no plan to award (no node has published "
                                       "one)", award.id)
+            if award.mtu_s != plan.mtu_s:
+                raise MessageRejected(f"the award's MTU ({award.mtu_s} s) is not the plan's "
+                                      f"({plan.mtu_s} s)", award.id)
+            if award.issued_at is not None and award.issued_at > wall + self._max_future_s:
+                raise MessageRejected(f"issued_at is {award.issued_at - wall:.0f} s ahead of "
+                                      f"the site's clock (at most {self._max_future_s:g} s)",
+                                      award.id)
+            self.guard.check(payload, award.id, award.issued_at, award_terms(award), wall)
             split = split_award(self.live.effective(award, wall), plan)
-        except (MessageRejected, ValueError) as e:
-            ident = e.event_id if isinstance(e, MessageRejected) else None
-            self._refuse(ident, e.reason if isinstance(e, MessageRejected) else str(e), wall)
+        except MessageRejected as e:
+            self._refuse(e.event_id, e.reason, wall)
             return
         except AuthRejected as e:
             self._refuse(None, f"{AUTH_PREFIX} {e.reason}", wall)
             return
         except Duplicate:
             return
-        issued = self.live.issue_time(award.issued_at if award.issued_at is not None else wall)
+        issued = self.live.issue_time(wall)
         for node, body in node_awards(award, split.shares, issued):
             self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
         self.live.on_award(award, split.shares, wall)

@@ -28,7 +28,7 @@ from gridtao.clock import Clock
 from gridtao.config.agent import Config
 from gridtao.control.tier2.facility import FacilityModel
 from gridtao.security.auth import AuthRejected, Verifier
-from gridtao.site.bidding import SiteBidding
+from gridtao.site.bidding import SiteBidding, award_terms
 from gridtao.site.events import SiteEvent, fleet_event, order_for_ack, site_event
 from gridtao.site.guard import Duplicate, SiteGuard
 from gridtao.site.market import SitePlan
@@ -106,7 +106,8 @@ class SiteCoordinator:
                                    publish=publish, sign=sign,
                                    refuse=functools.partial(self._refuse, kind="award"),
                                    ack=self._ack, count=self._count,
-                                   max_payload_bytes=MAX_PAYLOAD_BYTES)
+                                   max_payload_bytes=MAX_PAYLOAD_BYTES,
+                                   max_future_s=config.auth.max_future_s)
         self._started_at = clock.wall()
         self._next_status = self._started_at + FIRST_STATUS_WAIT_S
         self._record_seen = False  # its own retained events record came (or none will)
@@ -178,7 +179,7 @@ class SiteCoordinator:
             self.view.on_status(node, body)
             self.order_auth.on_status(node, body.get("auth"))
             if came_back and self.view.nodes[node].online:  # a restarted agent holds no award
-                self.bidding.live.resend(node, self.clock.wall())
+                self.bidding.live.resend(node, self.clock.wall(), self.bidding.plan)
         elif leaf == "tracker":
             self.view.on_tracker(node, body)
         elif leaf == "plan":
@@ -189,12 +190,12 @@ class SiteCoordinator:
 
     def _on_node_ack(self, node: str, body: Mapping[str, Any]) -> None:
         ident = body.get("id")
-        if not isinstance(ident, str):
-            return
-        if body.get("kind") == "award":
+        if body.get("kind") == "award":  # its id may be null: an award it could not read
             if body.get("accepted") is False:
                 self._count("node_award_refused")
                 log.warning("node %s refused its award %s: %s", node, ident, body.get("reason"))
+            return
+        if not isinstance(ident, str):
             return
         found = order_for_ack(self.events, self.sender.by_dispatch, node, ident)
         if found is not None:
@@ -299,6 +300,8 @@ class SiteCoordinator:
             self._count("events_record_refused")
         self.bidding.live.restore(taken.awards, wall,
                                   hold_until=self._started_at + self.cfg.node_stale_s)
+        for award in taken.awards:  # a redelivery is a duplicate, not a new split
+            self.guard.remember(award.id, award_terms(award))
         if self.events:
             return
         for event in taken.events:

@@ -34,7 +34,10 @@ from gridtao.site.pooling import (
 from gridtao.site.view import NodeView
 from gridtao.wire.awards import Award
 
-__all__ = ["AwardSplit", "SitePlan", "node_awards", "pool_offers", "split_award"]
+__all__ = ["MAX_AHEAD_S", "AwardSplit", "SitePlan", "node_awards", "pool_offers", "split_award"]
+
+#: A node's plan starting further ahead is not pooled (markets clear a day or two ahead).
+MAX_AHEAD_S = 7 * 86_400
 
 
 @dataclass(frozen=True)
@@ -89,10 +92,11 @@ def pool_offers(nodes: Mapping[str, NodeView], market: MarketConfig,
     are summed, raised by the pooling gain (:mod:`gridtao.site.pooling`; 1 unless
     ``market.pooling_correlation`` < 1 and every node said its floor), kept within what the
     offering nodes may be awarded, and stepped. With ``wall``, a plan already over then (a
-    node gone for days leaves its retained plan) is left out."""
+    node gone for days leaves its retained plan), or starting more than ``MAX_AHEAD_S`` later,
+    is left out."""
     planned = {n: v for n, v in nodes.items()
                if v.offers_w and v.plan_start is not None and v.plan_mtu_s
-               and (wall is None or v.plan_end() > wall)}
+               and (wall is None or (wall < v.plan_end() and v.plan_start < wall + MAX_AHEAD_S))}
     if not planned:
         return None
     mtu = int(Counter(int(v.plan_mtu_s or 0) for v in planned.values()).most_common(1)[0][0])

@@ -74,7 +74,8 @@ def proportional_fill(total: float, weights: Mapping[str, float],
     (a key missing from ``caps``: no cap); what the capped cannot take goes to the rest in the
     same proportions. The shares sum to ``total`` unless every taker is full."""
     shares = {k: 0.0 for k in weights}
-    open_ = {k for k, w in weights.items() if w > 0.0 and caps.get(k, math.inf) > 0.0}
+    open_ = {k for k, w in weights.items()
+             if 0.0 < w < math.inf and caps.get(k, math.inf) > 0.0}  # NaN fails both
     left = max(0.0, total)
     while left > 1e-9 and open_:
         weight = math.fsum(weights[k] for k in open_)
@@ -135,8 +136,9 @@ def cover_deficits(shares: Mapping[str, Mapping[str, float]], room: Mapping[str,
         limits = {n: min(takers[n], caps[p][n] - new[p].get(n, 0.0)) for n in takers}
         placed = proportional_fill(moving, takers, limits)
         for n, w in placed.items():
-            new[p][n] = new[p].get(n, 0.0) + w
-            spare[n] -= w
+            if w > 0.0:  # a node given nothing is not made a holder of the product
+                new[p][n] = new[p].get(n, 0.0) + w
+                spare[n] -= w
         left = moving - sum(placed.values())
         back = sum(given[p].values())
         for n, w in given[p].items():  # what no one could take goes back where it came from

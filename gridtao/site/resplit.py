@@ -39,8 +39,8 @@ from gridtao.site.market import SitePlan
 from gridtao.site.pooling import cover_deficits, proportional_fill
 from gridtao.site.sending import Publish, Sign
 from gridtao.site.view import NodeView, SiteView
-from gridtao.wire.awards import Award
-from gridtao.wire.messages import ID_MAX_CHARS
+from gridtao.wire.awards import AWARD_MAX_MTUS, Award
+from gridtao.wire.messages import ID_MAX_CHARS, NODE_W_MAX
 from gridtao.wire.site import SiteTopics
 
 __all__ = ["LiveSplit", "live_room_w"]
@@ -56,9 +56,8 @@ def live_room_w(view: NodeView) -> float:
     else its IT draw above its floor; 0 with a faulted GPU."""
     if view.faults:
         return 0.0
-    if view.deliverable_w is not None:
-        return max(0.0, view.deliverable_w)
-    return view.headroom_w()
+    room = view.deliverable_w if view.deliverable_w is not None else view.headroom_w()
+    return min(max(0.0, room), NODE_W_MAX)  # a node's own bound: odd reports stay finite
 
 
 @dataclass(frozen=True)
@@ -108,10 +107,12 @@ class LiveSplit:
             masked[product] = tuple(row)
         return dataclasses.replace(award, capacity_w=masked)
 
-    def issue_time(self, natural: float) -> float:
-        """When a node award the site sends now is issued: ``natural``, or just after the last
-        one it sent, whichever is later (so the last sent wins on the node)."""
-        issued = max(natural, self._last_issued + _AFTER_S)
+    def issue_time(self, wall: float) -> float:
+        """When a node award the site sends now is issued: ``wall`` (the site's clock, not the
+        market's: the nodes judge its freshness), or just after the last one it sent,
+        whichever is later (so the last sent wins on the node; the site resolves the market's
+        order itself, :meth:`effective`)."""
+        issued = max(wall, self._last_issued + _AFTER_S)
         self._last_issued = issued
         return issued
 
@@ -121,12 +122,14 @@ class LiveSplit:
         award, or a later one, says nothing)."""
         self._awards = [h for h in self._awards if h.award.end_s > wall - award.mtu_s]
         self._awards.append(_Held(award, self._order(award, wall)))
+        fresh: dict[tuple[int, str], dict[str, float]] = {}
         for node, products in shares.items():
             for product, row in products.items():
                 for k, w in enumerate(row):
                     if w is not None:
                         mtu = award.start_s + k * award.mtu_s
-                        self._sent.setdefault((mtu, product), {})[node] = w
+                        fresh.setdefault((mtu, product), {})[node] = w
+        self._sent.update(fresh)  # what the award sets, it sets whole: earlier holders drop
         self._sent = {key: v for key, v in self._sent.items() if key[0] > wall - 2 * award.mtu_s}
         self.record_stale = True
 
@@ -176,9 +179,9 @@ class LiveSplit:
         """The award in force now for the site's status (None outside every award):
         ``capacity_w`` per product, ``room_w`` the online nodes' live room summed (a node in
         an event counted at the shares it holds) and ``short_w`` how much of the awarded
-        capacity the nodes cannot deliver now: all products stacked against that room, or a
-        product's award above what its online nodes may be awarded (``plan``), whichever is
-        more. Says in the log when a shortfall begins and when it ends."""
+        capacity the nodes cannot deliver now: what is not placed on any node, plus what each
+        node holds beyond its room. Says in the log when a shortfall above
+        ``site.rebalance_min_w`` begins and when it ends."""
         now = self.awarded_at(wall)
         if now is None:
             self._short = False
@@ -186,28 +189,64 @@ class LiveSplit:
         start, mtu_s, awarded, _ = now
         online = self.view.online(wall)
         rooms = self._rooms(wall, [v.node for v in online])
-        held = sum(self._sent.get((start, p), {}).get(v.node, 0.0)
-                   for v in online if v.node not in rooms for p in awarded)
-        room = sum(rooms.values()) + held
+        held: dict[str, float] = {}
+        for p in awarded:
+            for n, w in self._sent.get((start, p), {}).items():
+                held[n] = held.get(n, 0.0) + w
+        room = sum(rooms.values()) + sum(w for n, w in held.items()
+                                         if n not in rooms and self.view.is_online(n, wall))
         total = sum(awarded.values())
-        unplaceable = 0.0
-        if plan is not None and plan.mtu_s == mtu_s:
-            j = (start - plan.start_s) // plan.mtu_s
-            for product, w in awarded.items():
-                most = sum(plan.most_w(v.node, product, j) for v in online
-                           if product in plan.by_node.get(v.node, {}))
-                unplaceable += max(0.0, w - most)
-        short = max(total - room, unplaceable, 0.0)
+        if all((start, p) in self._sent for p in awarded):
+            unplaced = total - sum(held.values())
+            over = sum(max(0.0, w - rooms.get(n, w)) for n, w in held.items())
+            short = max(0.0, unplaced) + over
+        else:  # shares not known (after a restart, before the first pass): the rough view
+            short = max(0.0, total - room)
+            if plan is not None and plan.mtu_s == mtu_s:
+                j = (start - plan.start_s) // plan.mtu_s
+                short = max(short, sum(max(0.0, w - sum(
+                    plan.most_w(v.node, p, j) for v in online
+                    if p in plan.by_node.get(v.node, {}))) for p, w in awarded.items()))
         if (short > self.cfg.rebalance_min_w) != self._short:
             self._short = short > self.cfg.rebalance_min_w
             if self._short:
-                log.warning("the nodes' live room (%.0f W) is short of the %.0f W awarded for "
-                            "this market time unit by %.0f W: an activation now would fall "
-                            "short", room, total, short)
+                log.warning("the nodes cannot deliver %.0f W of the %.0f W awarded for this "
+                            "market time unit (live room %.0f W): an activation now would "
+                            "fall short", short, total, room)
             else:
                 log.info("the nodes' live room covers the %.0f W awarded again", total)
         return {"start": start, "capacity_w": {p: round(w, 1) for p, w in awarded.items()},
                 "room_w": round(room, 1), "short_w": round(short, 1)}
+
+    def _positions(self, start: int, awarded: Mapping[str, float], plan: SitePlan,
+                   wall: float) -> tuple[dict[str, dict[str, float]], dict[str, float],
+                                         dict[str, dict[str, float]], set[str]]:
+        """The current MTU as :func:`cover_deficits` takes it: shares per product of the nodes
+        enrolled in it (a product whose shares are not known, after a restart, shared as an
+        award in an MTU no node offered is: by what each may be awarded), live rooms (nodes in
+        an event, or holding a share of a product their plan no longer lists, left out: they
+        can be sent nothing of it), caps (where the plan says them), and the products whose
+        shares were not known."""
+        j = (start - plan.start_s) // plan.mtu_s
+        enrolled = {p: [n for n, rows in plan.by_node.items() if p in rows] for p in awarded}
+        shares: dict[str, dict[str, float]] = {}
+        unknown: set[str] = set()
+        stuck: set[str] = set()
+        for p, total in awarded.items():
+            held = self._sent.get((start, p))
+            if held is None:
+                most = {n: plan.most_w(n, p, j) for n in enrolled[p]}
+                if sum(most.values()) <= 0.0:
+                    continue  # nothing says what the nodes may take: they keep what they hold
+                unknown.add(p)
+                held = proportional_fill(total, most, most)
+            stuck |= {n for n, w in held.items() if w > 0 and n not in enrolled[p]}
+            shares[p] = {n: w for n, w in held.items() if n in enrolled[p]}
+        nodes = sorted({n for ns in enrolled.values() for n in ns} - stuck)
+        rooms = self._rooms(wall, nodes)
+        caps = {p: {n: plan.most_w(n, p, j) for n in enrolled[p]
+                    if p in plan.caps_w.get(n, {}) and n not in stuck} for p in awarded}
+        return shares, rooms, caps, unknown
 
     def tick(self, wall: float, plan: SitePlan | None) -> None:
         """Move shares if it is time and some node needs it (module docstring)."""
@@ -219,40 +258,22 @@ class LiveSplit:
         if plan is None or now is None or plan.mtu_s != now[1]:
             return
         start, mtu_s, awarded, award_id = now
-        j = (start - plan.start_s) // plan.mtu_s
-        enrolled = {p: [n for n, rows in plan.by_node.items() if p in rows] for p in awarded}
-        held = {p: self._sent.get((start, p)) for p in awarded}
-        nodes = sorted({n for ns in enrolled.values() for n in ns}
-                       | {n for s in held.values() if s for n in s})
-        rooms = self._rooms(wall, nodes)
-        # The most each may be awarded: its configured capacity where its plan says it; a
-        # node enrolled without one may give its share up but not take more (absent here);
-        # a node no longer in the plan for the product may hold none (0).
-        caps = {p: {n: (plan.most_w(n, p, j) if p in plan.caps_w.get(n, {}) else 0.0)
-                    for n in nodes
-                    if p in plan.caps_w.get(n, {}) or n not in enrolled[p]} for p in awarded}
-        shares: dict[str, dict[str, float]] = {}
-        for p, total in awarded.items():
-            known = held[p]
-            if known is None:  # after a restart: shared by room, once
-                weights = {n: rooms.get(n, 0.0) for n in enrolled[p]}
-                known = proportional_fill(total, weights, {
-                    n: caps[p].get(n, 0.0) for n in enrolled[p]})
-            shares[p] = {n: w for n, w in known.items()}
+        shares, rooms, caps, unknown = self._positions(start, awarded, plan, wall)
         moved, _ = cover_deficits(shares, rooms, caps, min_move_w=self.cfg.rebalance_min_w)
-        self._send(start, mtu_s, award_id, moved, wall, first={
-            p for p in awarded if held[p] is None})
+        self._send(start, mtu_s, award_id, moved, wall, first=unknown)
 
-    def resend(self, node: str, wall: float) -> None:
+    def resend(self, node: str, wall: float, plan: SitePlan | None) -> None:
         """``node`` came back online (a restarted agent holds no award): its shares of every
-        MTU not over, in one award issued now."""
-        held = {(mtu, p): s[node] for (mtu, p), s in self._sent.items() if node in s}
+        MTU not over, of the products its plan lists, in one award issued now."""
+        listed = set(plan.by_node.get(node, {})) if plan is not None else set()
         mtu_s = self._awards[-1].award.mtu_s if self._awards else 0
-        held = {k: w for k, w in held.items() if k[0] + mtu_s > wall}
+        held = {(mtu, p): s[node] for (mtu, p), s in self._sent.items()
+                if node in s and p in listed and mtu + mtu_s > wall}
         if not held or not mtu_s:
             return
-        first, last = min(m for m, _ in held), max(m for m, _ in held)
-        rows = {p: [held.get((first + k * mtu_s, p)) for k in range((last - first) // mtu_s + 1)]
+        first = min(m for m, _ in held)
+        count = min(AWARD_MAX_MTUS, (max(m for m, _ in held) - first) // mtu_s + 1)
+        rows = {p: [held.get((first + k * mtu_s, p)) for k in range(count)]
                 for p in sorted({p for _, p in held})}
         issued = self.issue_time(wall)
         body = {"id": f"{self.cfg.id[:ID_MAX_CHARS - _SUFFIX_CHARS - 7]}-resent~"
@@ -262,7 +283,7 @@ class LiveSplit:
         self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
         self._count("site_awards_resent")
         log.info("node %s is back: its shares of the awards not over sent again (%d MTUs)",
-                 node, len(rows[next(iter(rows))]))
+                 node, count)
 
     def _send(self, start: int, mtu_s: int, award_id: str,
               shares: Mapping[str, Mapping[str, float]], wall: float, *,

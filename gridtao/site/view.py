@@ -16,6 +16,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gridtao.wire.awards import AWARD_MAX_MTUS, MTU_CHOICES_S
+from gridtao.wire.messages import NODE_W_MAX
+
 __all__ = ["NodeView", "SiteView"]
 
 
@@ -24,6 +27,12 @@ def _num(value: object) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
+
+
+def _watts(value: object) -> float | None:
+    """A node's power figure: a number in ``[0, NODE_W_MAX]``, else None."""
+    number = _num(value)
+    return number if number is not None and 0.0 <= number <= NODE_W_MAX else None
 
 
 @dataclass
@@ -133,15 +142,19 @@ class SiteView:
         view = self._node(node)
         offers = body.get("offers_w")
         view.plan_start, view.plan_mtu_s = _num(body.get("start")), _num(body.get("mtu_s"))
-        view.offers_w = ({str(k): [_num(x) for x in v] for k, v in offers.items()
-                          if isinstance(v, list)} if isinstance(offers, Mapping) else {})
+        if view.plan_mtu_s not in MTU_CHOICES_S:  # not a plan the site can pool
+            view.plan_start = view.plan_mtu_s = None
+        view.offers_w = ({str(k): [_watts(x) for x in v[:AWARD_MAX_MTUS]]
+                          for k, v in offers.items() if isinstance(v, list)}
+                         if isinstance(offers, Mapping) else {})
         forecast = body.get("forecast_w")
-        view.forecast_w = ({str(k): [_num(x) for x in v] for k, v in forecast.items()
-                            if isinstance(v, list)} if isinstance(forecast, Mapping) else {})
-        view.plan_floor_w = _num(body.get("floor_w"))
+        view.forecast_w = ({str(k): [_watts(x) for x in v[:AWARD_MAX_MTUS]]
+                            for k, v in forecast.items() if isinstance(v, list)}
+                           if isinstance(forecast, Mapping) else {})
+        view.plan_floor_w = _watts(body.get("floor_w"))
         capacity = body.get("capacity_w")
         view.plan_capacity_w = ({str(k): w for k, v in capacity.items()
-                                 if (w := _num(v)) is not None and w >= 0}
+                                 if (w := _watts(v)) is not None}
                                 if isinstance(capacity, Mapping) else {})
 
     def is_online(self, node: str, wall: float) -> bool:

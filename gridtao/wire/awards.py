@@ -90,10 +90,11 @@ def _fail(reason: str, event_id: str | None = None) -> NoReturn:
 
 
 def parse_award(payload: bytes, *, max_bytes: int, products: Sequence[str],
-                holder: str = "enrolled on this node") -> Award:
+                holder: str = "enrolled on this node", max_w: float = NODE_W_MAX) -> Award:
     """Parse and check an award against the enrolled ``products`` (names); raises
     :class:`MessageRejected` with the reason (``holder``: how it says a product is known, for
-    a site: "offered by a node of this site")."""
+    a site: "offered by a node of this site"; ``max_w``: the largest value, W, a node's bound
+    by default)."""
     if len(payload) > max_bytes:
         _fail(f"award is {len(payload)} bytes (limit {max_bytes})")
     try:
@@ -130,12 +131,13 @@ def parse_award(payload: bytes, *, max_bytes: int, products: Sequence[str],
         if name not in known:
             _fail(f"product {name!r} is not {holder} (known: "
                   f"{', '.join(sorted(known)) or 'none'})", event_id)
-        series[name] = _series(name, values, event_id)
+        series[name] = _series(name, values, event_id, max_w)
     return Award(event_id, None if issued is None else float(issued), int(start), int(mtu),
                  series, node)
 
 
-def _series(name: str, values: Any, event_id: str) -> tuple[float | None, ...]:
+def _series(name: str, values: Any, event_id: str,
+            max_w: float) -> tuple[float | None, ...]:
     if not isinstance(values, list) or not 0 < len(values) <= AWARD_MAX_MTUS:
         _fail(f"capacity_w[{name!r}] must be a list of 1..{AWARD_MAX_MTUS} values", event_id)
     out: list[float | None] = []
@@ -144,8 +146,8 @@ def _series(name: str, values: Any, event_id: str) -> tuple[float | None, ...]:
             out.append(None)
             continue
         if isinstance(v, bool) or not isinstance(v, int | float) or not (
-                math.isfinite(v) and 0 <= v <= NODE_W_MAX):
-            _fail(f"capacity_w[{name!r}][{k}] must be watts in 0..{NODE_W_MAX:g}", event_id)
+                math.isfinite(v) and 0 <= v <= max_w):
+            _fail(f"capacity_w[{name!r}][{k}] must be watts in 0..{max_w:g}", event_id)
         out.append(float(v))
     return tuple(out)
 
