@@ -61,10 +61,10 @@ class SitePlan:
 
     def most_w(self, node: str, product: str, k: int) -> float:
         """The most ``node`` may be awarded of ``product`` in MTU ``k`` of the plan: its
-        configured capacity where its plan said it (never below its offer), else its offer."""
-        row = self.by_node.get(node, {}).get(product, [])
-        offer = row[k] if 0 <= k < len(row) else 0.0
-        return max(offer, self.caps_w.get(node, {}).get(product, offer))
+        configured capacity where its plan said it (the node refuses more, whatever it
+        offered), else its offer."""
+        return _most(self.by_node.get(node, {}).get(product, []), k,
+                     self.caps_w.get(node, {}).get(product))
 
     def body(self, site: str, made_at: float, market: MarketConfig) -> dict[str, object]:
         """The retained ``{prefix}/site/plan`` payload."""
@@ -76,6 +76,14 @@ class SitePlan:
                 "pooling": {"correlation": market.pooling_correlation,
                             "gain": {k: [round(g, 4) for g in v] for k, v in self.gain.items()}},
                 "nodes": sorted(self.by_node)}
+
+
+def _most(offers: list[float], k: int, capacity: float | None) -> float:
+    """:meth:`SitePlan.most_w` from a node's offers of a product and its capacity (None: not
+    said)."""
+    if capacity is not None:
+        return capacity
+    return offers[k] if 0 <= k < len(offers) else 0.0
 
 
 def _aligned(series: list[float | None], shift: int, length: int) -> list[float | None]:
@@ -150,7 +158,7 @@ def pool_offers(nodes: Mapping[str, NodeView], market: MarketConfig,
         offering = [[n for n, rows in by_node.items() if rows.get(product, [0.0] * length)[k] > 0]
                     for k in range(length)]
         gain[product] = [gain_at(k, among) if among else 1.0 for k, among in enumerate(offering)]
-        room = [sum(max(by_node[n][product][k], caps[n].get(product, 0.0)) for n in among)
+        room = [sum(_most(by_node[n][product], k, caps[n].get(product)) for n in among)
                 for k, among in enumerate(offering)]
         raised[product] = [min(w * g, r) for w, g, r in
                            zip(sums, gain[product], room, strict=True)]

@@ -119,12 +119,13 @@ class SiteView:
         capacity = body.get("capacity")
         gpus = body.get("gpus")
         if isinstance(capacity, Mapping):
-            view.draw_w = _num(capacity.get("draw_w"))
-            view.floor_w = _num(capacity.get("floor_w"))
-            view.deliverable_w = _num(capacity.get("deliverable_w"))
-            view.enrolled_w = _num(capacity.get("enrolled_w"))
+            # a node's own figures, each within a node's bound (an odd one: not known)
+            view.draw_w = _watts(capacity.get("draw_w"))
+            view.floor_w = _watts(capacity.get("floor_w"))
+            view.deliverable_w = _watts(capacity.get("deliverable_w"))
+            view.enrolled_w = _watts(capacity.get("enrolled_w"))
         elif isinstance(gpus, list):  # a node without the capacity extension: its GPUs' sum
-            powers = [_num(g.get("power_w")) for g in gpus if isinstance(g, Mapping)]
+            powers = [_watts(g.get("power_w")) for g in gpus if isinstance(g, Mapping)]
             view.draw_w = sum(p for p in powers if p is not None)
             view.floor_w = None
         view.faults = tuple(str(g["fault"]) for g in gpus or ()
