@@ -90,6 +90,7 @@ def test_the_site_in_the_market_never_breaks_nor_sends_what_a_node_refuses(
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1800)
 @settings(max_examples=20_000, deadline=None, suppress_health_check=SLOW)
 @given(*examples)
 def test_the_site_in_the_market_soak(
