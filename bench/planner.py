@@ -119,6 +119,7 @@ from gridtao.bench.plannerday import (
     Draws,
     Plan,
     actual_forecast,
+    down_it_w,
     hourly_actual,
     lowered,
     plan_optimised,
@@ -126,6 +127,7 @@ from gridtao.bench.plannerday import (
     plan_static,
     simulate,
 )
+from gridtao.bench.plannerlive import delivery
 from gridtao.bench.plannerreport import judge_targets, markdown, markdown_seeds, summarise_seeds
 from gridtao.bench.plannerweek import Week
 from gridtao.bench.render import check_outputs, write_outputs
@@ -209,6 +211,7 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
     covered: list[npt.NDArray[np.bool_]] = []  # per day and hour: lowest minute >= p10
     offered: list[npt.NDArray[np.bool_]] = []  # per day and hour: gridtao offered something
     per_day: list[dict[str, Any]] = []
+    site_delivery: dict[str, dict[str, dict[str, float]]] = {}  # --nodes > 1: plannerlive
     for d in range(days):
         day = week.day(d)
         forecast = week.forecast(day.start_s)
@@ -218,6 +221,14 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
         if nodes > 1:
             plans |= {name: plan_optimised(day, week.site_forecast(day.start_s, rho))
                       for name, rho in SITE_STRATEGIES.items()}
+            means, own = week.node_day(day.start_s)
+            for name in SITE_STRATEGIES:
+                got_ways = delivery(down_it_w(plans[name]), means, NODE.floor_w, own)
+                for way, figures in got_ways.items():
+                    into = site_delivery.setdefault(name, {}).setdefault(
+                        way, {"short_hours": 0, "short_wh": 0.0})
+                    into["short_hours"] += figures["short_hours"]
+                    into["short_wh"] += figures["short_wh"]
         draws = Draws.make(np.random.default_rng([seed, d, 17]))
         entry: dict[str, Any] = {"start_s": day.start_s}
         for name, plan in plans.items():
@@ -268,6 +279,10 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
                  "lost_work_eur_wh": LOST_WORK_EUR_WH, "carbon_eur_t": CARBON_EUR_T,
                  "dr_max_hours_per_day": DR_MAX_HOURS},
         "strategies": strategies,
+        "site_delivery": {name: {way: {"short_hours": int(f["short_hours"]),
+                                       "short_wh": round(f["short_wh"], 1)}
+                                 for way, f in ways.items()}
+                          for name, ways in site_delivery.items()},
         "gridtao_margin_sweep": [
             {"miss_quantile": q, "block_h": b, "revenue": round(v["revenue"], 4),
              "oracle_share": share(v["revenue"]),

@@ -216,12 +216,22 @@ class Draws:
         return cls(ffr, fcr_d, fcr_n)
 
 
+def _offers(plan: Plan) -> dict[str, FloatArray]:
+    return {k: np.asarray(plan.offers.get(k, np.zeros(24)), dtype=np.float64)
+            for k in ("ffr", "fcr-d-up", "fcr-n", "dr")}
+
+
+def down_it_w(plan: Plan) -> FloatArray:
+    """The down-room a plan's offers need per hour, all products stacked (IT W)."""
+    return np.asarray(sum((_weights(k) * v for k, v in _offers(plan).items()), np.zeros(24))
+                      * _ITF)
+
+
 def simulate(day: Day, plan: Plan, draws: Draws) -> dict[str, float]:
     """Score one strategy's plan on the day's actual minutes (module docstring)."""
     minute = np.arange(1440) // 60
-    offers = {k: np.asarray(plan.offers.get(k, np.zeros(24)), dtype=np.float64)
-              for k in ("ffr", "fcr-d-up", "fcr-n", "dr")}
-    down_it = sum((_weights(k) * v for k, v in offers.items()), np.zeros(24)) * _ITF
+    offers = _offers(plan)
+    down_it = down_it_w(plan)
     ceiling = plan.ceiling[minute]
     floor = day.node.floor_w
     room = np.maximum(0.0, np.minimum(day.p10_w, ceiling) - floor)

@@ -41,7 +41,20 @@ def summarise_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "lead_h": results[0]["lead_h"],
             "job_hours": results[0]["job_hours"],
             "p10_coverage": [r["strategies"]["gridtao"]["p10_coverage"] for r in results],
-            "rows": rows}
+            "rows": rows, "site_delivery": _summed_delivery(results)}
+
+
+def _summed_delivery(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The seeds' ``site_delivery`` summed (empty for one node)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for r in results:
+        for name, ways in (r.get("site_delivery") or {}).items():
+            for way, f in ways.items():
+                into = out.setdefault(name, {}).setdefault(way, {"short_hours": 0,
+                                                                 "short_wh": 0.0})
+                into["short_hours"] += f["short_hours"]
+                into["short_wh"] = round(into["short_wh"] + f["short_wh"], 1)
+    return out
 
 
 def judge_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -77,6 +90,22 @@ def _site(node: dict[str, Any]) -> str:
         return f"1 node, {gpus} GPUs x {node['tdp_w']:g} W"
     return (f"{n} nodes of {gpus // n} GPUs x {node['tdp_w']:g} W pooled as one site "
             f"({gpus} GPUs)")
+
+
+def _delivery_lines(found: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """The site strategies' awards delivered by their nodes (gridtao/bench/plannerlive.py)."""
+    if not found:
+        return []
+    lines = ["", "The site strategies' awards delivered node by node (each minute, each node "
+             "gives what its mean draw above its floor allows of its share): hours with a "
+             "minute short by more than 1 % / IT energy short, W-h:", "",
+             "| strategy | summed room | shares moved (a minute late) | first split held |",
+             "|---|---|---|---|"]
+    for name, ways in found.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{int(ways[w]['short_hours'])} / {ways[w]['short_wh']:.0f}"
+            for w in ("pooled", "live", "static")) + " |")
+    return lines
 
 
 def markdown(result: dict[str, Any], command: str) -> str:
@@ -128,6 +157,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
                      f"{row['margin_w_median']:.0f} | {row['revenue']:.3f} | "
                      f"{_pct(row['oracle_share'])} | {row['undeliverable_hours']} | "
                      f"{row['offered_hours']} |")
+    lines += _delivery_lines(result.get("site_delivery") or {})
     t = result["targets"]
     share = t["revenue_vs_oracle"]["value"]
     lines += [
@@ -167,4 +197,5 @@ def markdown_seeds(summary: dict[str, Any], command: str) -> str:
                      + " / ".join(_pct(x) for x in row["oracle_share"])
                      + f" | {row['undeliverable_total']} | "
                      + " / ".join(str(h) for h in row["undeliverable_hours"]) + " |")
+    lines += _delivery_lines(summary.get("site_delivery") or {})
     return "\n".join(lines) + "\n"

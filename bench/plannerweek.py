@@ -122,6 +122,13 @@ class Week:
         p10, p50, p90 = (np.array([h[q] for h in hours]) for q in ("p10_w", "p50_w", "p90_w"))
         return Forecast(day_start, HOUR_S, p10, p50, p90, method=f"nodes pooled, rho {rho:g}")
 
+    def node_day(self, day_start: int) -> tuple[FloatArray, list[Forecast]]:
+        """Each node's minute means of the day (nodes x 1440) and its own forecast for it
+        (:meth:`site_forecast` makes and caches them)."""
+        self.site_forecast(day_start, 1.0)
+        sel = (self.t >= day_start) & (self.t < day_start + DAY_S)
+        return self.node_mean[:, sel], self._node_forecasts[day_start]
+
     def misses(self, day_start: int) -> tuple[npt.NDArray[np.int64], FloatArray]:
         """How far the forecast p10 overshot each MTU's actual lowest minute (W, > 0: the
         forecast promised too much), over the ``CALIBRATION_DAYS`` days before ``day_start``,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from gridtao.bench.planner import SITE_STRATEGIES, Week
+from gridtao.bench.plannerlive import delivery
 from gridtao.bench.planner_signals import market_signals
 from gridtao.bench.plannerday import (
     CALIBRATION_DAYS,
@@ -212,9 +213,35 @@ def test_nodes_pool_into_one_site_planned_as_one(tmp_path: Path) -> None:
     assert np.allclose(summed.p10_w, own[0].p10_w + own[1].p10_w)  # rho 1: the sum of p10s
     assert np.all(pooled.p10_w >= summed.p10_w) and np.any(pooled.p10_w > summed.p10_w)
     assert np.allclose(pooled.p50_w, summed.p50_w)
+    # and each site strategy's award delivered node by node, three ways
+    assert set(result["site_delivery"]) == set(site_rows)
+    assert all(set(ways) == {"pooled", "live", "static"}
+               for ways in result["site_delivery"].values())
     assert main(["bench", "planner", "--days", "1", "--nodes", "2", "--seeds", "0,1",
                  "--json", str(out)]) == 0
     seeds = json.loads(out.read_text())
     assert seeds["summary"]["nodes"] == 2 and [r["nodes"] for r in seeds["runs"]] == [2, 2]
     assert main(["bench", "planner", "--nodes", "0"]) == 2
     assert main(["bench", "planner", "--nodes", "101"]) == 2
+
+
+def test_a_sites_award_delivered_node_by_node_with_and_without_moving_shares() -> None:
+    # two nodes, 200 W of down-capacity in hour 0, split 100 / 100 by equal forecasts; node a's
+    # room falls from 150 W to 0 at minute 30, node b always has 300 W
+    down = np.zeros(24)
+    down[0] = 200.0
+    floor = 1000.0
+    means = np.full((2, 1440), floor + 300.0)
+    means[0, :30] = floor + 150.0
+    means[0, 30:60] = floor
+    f = forecast_draw(np.arange(0, 14 * 86_400, 60, dtype=np.int64) + WEEK_START_S - 14 * 86_400,
+                      np.full(14 * 1440, 2000.0), np.full(14 * 1440, 1900.0),
+                      start_s=WEEK_START_S, mtu_s=HOUR_S, horizon=24, now_s=WEEK_START_S)
+    got = delivery(down, means, floor, [f, f])
+    assert got["pooled"] == {"short_hours": 0, "short_wh": 0.0}
+    # the first split held: 100 W short for 30 minutes
+    assert got["static"]["short_hours"] == 1
+    assert got["static"]["short_wh"] == pytest.approx(50.0)
+    # shares moved: short only in the minute the coordinator had not yet seen
+    assert got["live"]["short_hours"] == 1
+    assert got["live"]["short_wh"] == pytest.approx(100.0 / 60.0)
