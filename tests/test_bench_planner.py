@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from gridtao.bench.planner import SITE_STRATEGIES, Week
-from gridtao.bench.plannerlive import delivery
 from gridtao.bench.planner_signals import market_signals
 from gridtao.bench.plannerday import (
     CALIBRATION_DAYS,
@@ -30,6 +29,7 @@ from gridtao.bench.plannerday import (
     plan_reference,
     simulate,
 )
+from gridtao.bench.plannerlive import delivery
 from gridtao.cli.main import main
 from gridtao.history import synth
 from gridtao.tier3 import forecast_draw
