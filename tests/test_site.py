@@ -329,7 +329,7 @@ def test_the_site_pools_node_offers_into_bids_and_splits_an_award_back() -> None
     awards = {t.split("/")[2]: b for t, b, _ in h.sent if t.endswith("/award")}
     # 2000 W of 2700 W offered: each node in proportion, never more than it offered
     assert awards["n1"]["capacity_w"]["ffr"] == [1111, None]
-    assert awards["n2"]["capacity_w"]["ffr"] == [888, None]
+    assert awards["n2"]["capacity_w"]["ffr"] == [889, None]  # whole watts summing to 2000
     assert awards["n1"]["issued_at"] is not None
     assert awards["n1"]["node"] == "n1" and awards["n2"]["node"] == "n2"
     (ack,) = h.take("site/ack")

@@ -179,6 +179,7 @@ def _two_nodes_awarded(**market: Any) -> Harness:
 
 def test_the_live_split_holds_still_through_an_event_and_skips_an_offline_node() -> None:
     h = _two_nodes_awarded(resplit_s=5.0)
+    start = int(h.clock.wall()) // MTU * MTU
     h.clock.advance(5.0)
     h.status("n1", 500.0)
     h.c.on_message(f"{PREFIX}/nodes/n2/status", (  # n2 in an event: its draw is capped
@@ -194,7 +195,10 @@ def test_the_live_split_holds_still_through_an_event_and_skips_an_offline_node()
     h.c.tick()
     sent = dict((t.split("/")[2], b["capacity_w"]["ffr"]) for t, b in _awards(h))
     # n1 takes what its 1000 W of room allows (it is enrolled up to 2000 W); the rest stays
-    assert sent == {"n1": [1000], "n2": [200]}
+    # with n2 in the books, and is not sent while n2 is offline (it is when n2 is back)
+    assert sent == {"n1": [1000]}
+    assert h.c.bidding.live._sent[(start, "ffr")]["n2"] == 200.0
+    assert h.c.snapshot["award"]["short_w"] == 200.0  # n2 offline: its share is short
 
 
 def test_resplit_s_zero_never_splits_again_and_below_one_second_is_refused() -> None:
@@ -507,3 +511,21 @@ def test_odd_numbers_from_the_market_or_a_node_are_refused_or_bounded() -> None:
     award = h.c.snapshot["award"]
     assert award["room_w"] == 50.0 and award["short_w"] == 1150.0
     assert h.c.view.nodes["n1"].draw_w is None
+
+
+def test_an_award_already_over_is_refused_and_shares_are_whole_watts_summing_to_it() -> None:
+    h, start = _site()
+    for n in ("n1", "n2", "n3"):
+        _plan(h, n, start, 500.0, p10=900.0, p50=1000.0)
+    h.c.tick()
+    h.clock.advance(2 * MTU + 10)
+    h.send(f"{PREFIX}/site/award", {"id": "old", "start": start, "mtu_s": MTU,
+                                    "capacity_w": {"ffr": [100, 100]}})
+    (ack,) = h.take("site/ack")
+    assert ack["accepted"] is False and "over" in ack["reason"]
+    h.send(f"{PREFIX}/site/award", {"id": "a", "start": start, "mtu_s": MTU,
+                                    "capacity_w": {"ffr": [100, 100, 100]}})
+    (ack,) = h.take("site/ack")
+    assert ack["accepted"] is True
+    shares = [b["capacity_w"]["ffr"][2] for _, b in _awards(h)]
+    assert sorted(shares) == [33.0, 33.0, 34.0]  # 100 W in whole watts, not 99

@@ -245,8 +245,9 @@ def _correlation(args: argparse.Namespace) -> int:
         rho = "too few" if p.rho is None else f"{p.rho:.3f}"
         print(f"{p.a:<20} {p.b:<20} {p.hours:>6} {rho:>11}")
     if found.suggested is None or found.rho is None or found.upper is None:
-        print(f"the site: {found.common_hours} hours every node has, too few to measure (or a "
-              "node that never moves off its weekly shape): keep "
+        print(f"the site: {found.common_hours} hours every node has, too few to measure (each "
+              "hour of the week must be seen twice: two weeks of history at least, four "
+              "better; or a node never moves off its weekly shape): keep "
               "site.market.pooling_correlation at 1 (no pooling claimed)")
         return EXIT_OK
     if found.common_hours < TWO_WEEKS_H:

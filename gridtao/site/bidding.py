@@ -98,6 +98,9 @@ class SiteBidding:
             if award.mtu_s != plan.mtu_s:
                 raise MessageRejected(f"the award's MTU ({award.mtu_s} s) is not the plan's "
                                       f"({plan.mtu_s} s)", award.id)
+            if award.end_s <= wall:
+                raise MessageRejected("its market time units are all over: nothing to pass on",
+                                      award.id)
             if award.issued_at is not None and award.issued_at > wall + self._max_future_s:
                 raise MessageRejected(f"issued_at is {award.issued_at - wall:.0f} s ahead of "
                                       f"the site's clock (at most {self._max_future_s:g} s)",

@@ -30,6 +30,7 @@ from gridtao.site.pooling import (
     pooled_quantiles,
     pooling_gain,
     proportional_fill,
+    whole_watts,
 )
 from gridtao.site.view import NodeView
 from gridtao.wire.awards import Award
@@ -210,9 +211,9 @@ def split_award(award: Award, plan: SitePlan) -> AwardSplit:
             caps = {n: plan.most_w(n, product, j) for n in offering}
             offers = {n: row[j] if 0 <= j < len(row) else 0.0 for n, row in offering.items()}
             weights = offers if sum(offers.values()) > 0.0 else caps
-            filled = proportional_fill(site_w or 0.0, weights, caps)
+            filled = whole_watts(proportional_fill(site_w or 0.0, weights, caps), caps)
             for node, share in filled.items():
-                out[node][product].append(None if site_w is None else math.floor(share))
+                out[node][product].append(None if site_w is None else share)
             left.append(max(0.0, (site_w or 0.0) - sum(filled.values())))
         if any(w > 0.5 for w in left):
             unplaced[product] = [round(w, 1) for w in left]

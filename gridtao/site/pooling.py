@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 __all__ = ["QuantileSet", "cover_deficits", "pooled_quantiles", "pooling_gain",
-           "proportional_fill"]
+           "proportional_fill", "whole_watts"]
 
 #: One node's forecast for one market time unit: ``p10_w``, ``p50_w``, ``p90_w`` (W, IT; any
 #: may be missing).
@@ -151,3 +151,19 @@ def cover_deficits(shares: Mapping[str, Mapping[str, float]], room: Mapping[str,
 def _gave(given: Mapping[str, Mapping[str, float]], node: str) -> bool:
     """Whether ``node`` gave up some share of any product."""
     return any(node in g for g in given.values())
+
+
+def whole_watts(shares: Mapping[str, float], caps: Mapping[str, float]) -> dict[str, float]:
+    """``shares`` in whole watts that sum to their own total rounded down (largest remainders
+    first, none above its cap rounded down; a key missing from ``caps``: no cap), so nodes
+    armed in whole watts still hold what was awarded."""
+    total = math.floor(math.fsum(shares.values()) + 1e-6)
+    out = {k: float(math.floor(w + 1e-6)) for k, w in shares.items()}
+    left = total - int(sum(out.values()))
+    for k in sorted(shares, key=lambda k: (-(shares[k] - out[k]), k)):
+        if left <= 0:
+            break
+        if out[k] + 1.0 <= math.floor(caps.get(k, math.inf) + 1e-6):
+            out[k] += 1.0
+            left -= 1
+    return out

@@ -36,7 +36,7 @@ from typing import Any
 
 from gridtao.config.site import SiteConfig
 from gridtao.site.market import SitePlan
-from gridtao.site.pooling import cover_deficits, proportional_fill
+from gridtao.site.pooling import cover_deficits, proportional_fill, whole_watts
 from gridtao.site.sending import Publish, Sign
 from gridtao.site.view import NodeView, SiteView
 from gridtao.wire.awards import AWARD_MAX_MTUS, Award
@@ -84,6 +84,7 @@ class LiveSplit:
         self._received = 0
         self._last_issued = -math.inf  # of the node awards the site sent
         self._short = False  # the last in_force found the room short
+        self._next_after_restore = -math.inf
         #: An award came since the site's retained record was last written.
         self.record_stale = False
 
@@ -149,6 +150,7 @@ class LiveSplit:
             self._awards.append(_Held(award, self._order(award, wall)))
         if awards:
             self._next = max(self._next, hold_until)
+            self._next_after_restore = hold_until  # no shortfall said from half a view
             log.info("site awards taken back from the retained record: %s",
                      ", ".join(a.id for a in awards))
 
@@ -188,11 +190,11 @@ class LiveSplit:
             return None
         start, mtu_s, awarded, _ = now
         online = self.view.online(wall)
-        rooms = self._rooms(wall, [v.node for v in online])
         held: dict[str, float] = {}
         for p in awarded:
             for n, w in self._sent.get((start, p), {}).items():
                 held[n] = held.get(n, 0.0) + w
+        rooms = self._rooms(wall, sorted({v.node for v in online} | set(held)))  # offline: 0
         room = sum(rooms.values()) + sum(w for n, w in held.items()
                                          if n not in rooms and self.view.is_online(n, wall))
         total = sum(awarded.values())
@@ -207,7 +209,7 @@ class LiveSplit:
                 short = max(short, sum(max(0.0, w - sum(
                     plan.most_w(v.node, p, j) for v in online
                     if p in plan.by_node.get(v.node, {}))) for p, w in awarded.items()))
-        if (short > self.cfg.rebalance_min_w) != self._short:
+        if wall >= self._next_after_restore and (short > self.cfg.rebalance_min_w) != self._short:
             self._short = short > self.cfg.rebalance_min_w
             if self._short:
                 log.warning("the nodes cannot deliver %.0f W of the %.0f W awarded for this "
@@ -260,7 +262,8 @@ class LiveSplit:
         start, mtu_s, awarded, award_id = now
         shares, rooms, caps, unknown = self._positions(start, awarded, plan, wall)
         moved, _ = cover_deficits(shares, rooms, caps, min_move_w=self.cfg.rebalance_min_w)
-        self._send(start, mtu_s, award_id, moved, wall, first=unknown)
+        whole = {p: whole_watts(s, caps.get(p, {})) for p, s in moved.items()}
+        self._send(start, mtu_s, award_id, whole, wall, first=unknown)
 
     def resend(self, node: str, wall: float, plan: SitePlan | None) -> None:
         """``node`` came back online (a restarted agent holds no award): its shares of every
@@ -292,7 +295,6 @@ class LiveSplit:
         for p, s in shares.items():
             sent = self._sent.setdefault((start, p), {})
             for node, w in s.items():
-                w = float(math.floor(w + 1e-6))
                 if p in first or w != sent.get(node):
                     changed.setdefault(node, {})[p] = w
         if not changed:
@@ -302,7 +304,8 @@ class LiveSplit:
         for node, moved in sorted(changed.items()):
             body = {"id": ident, "node": node, "issued_at": issued, "start": start,
                     "mtu_s": mtu_s, "capacity_w": {p: [w] for p, w in sorted(moved.items())}}
-            self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
+            if self.view.is_online(node, wall):  # one offline gets them when back (resend)
+                self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
             for p, w in moved.items():
                 self._sent[(start, p)][node] = w
         self._count("site_award_resplits")
