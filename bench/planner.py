@@ -225,10 +225,9 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
             for name in SITE_STRATEGIES:
                 got_ways = delivery(down_it_w(plans[name]), means, NODE.floor_w, own)
                 for way, figures in got_ways.items():
-                    into = site_delivery.setdefault(name, {}).setdefault(
-                        way, {"short_hours": 0, "short_wh": 0.0})
-                    into["short_hours"] += figures["short_hours"]
-                    into["short_wh"] += figures["short_wh"]
+                    into = site_delivery.setdefault(name, {}).setdefault(way, {})
+                    for key, value in figures.items():
+                        into[key] = into.get(key, 0.0) + value
         draws = Draws.make(np.random.default_rng([seed, d, 17]))
         entry: dict[str, Any] = {"start_s": day.start_s}
         for name, plan in plans.items():
@@ -280,7 +279,8 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
                  "dr_max_hours_per_day": DR_MAX_HOURS},
         "strategies": strategies,
         "site_delivery": {name: {way: {"short_hours": int(f["short_hours"]),
-                                       "short_wh": round(f["short_wh"], 1)}
+                                       "short_wh": round(f["short_wh"], 1),
+                                       "awarded_wh": round(f["awarded_wh"], 1)}
                                  for way, f in ways.items()}
                           for name, ways in site_delivery.items()},
         "gridtao_margin_sweep": [

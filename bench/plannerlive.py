@@ -14,15 +14,15 @@ room allows of its share, its room being its minute's mean draw above its floor.
   coordinator's is ``resplit_s``: on the pessimistic side);
 - ``static``: the first split held all the hour (``resplit_s: 0``).
 
-Each gives the hours with a minute short by more than ``TOLERANCE`` of the hour's award, and
-the energy short (W-h, IT). Nodes' capacities are not modelled (each may take any share).
+Each gives the hours with a minute short by more than ``TOLERANCE`` of the hour's award, the
+energy short and the energy awarded (W-h, IT). Nodes' capacities are not modelled (each may
+take any share).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,18 +40,21 @@ MIN_MOVE_W = 50.0  # the coordinator's default site.rebalance_min_w
 
 
 def delivery(down_it_w: FloatArray, node_mean_w: FloatArray, node_floor_w: float,
-             forecasts: Sequence[Forecast]) -> dict[str, dict[str, Any]]:
+             forecasts: Sequence[Forecast]) -> dict[str, dict[str, float]]:
     """The three ways of the module docstring for one day: ``down_it_w`` the site's stacked
     down-capacity per hour (IT W), ``node_mean_w`` each node's minute means (nodes x 1440),
     ``node_floor_w`` one node's floor, ``forecasts`` each node's own forecast for the day."""
     rooms = np.maximum(0.0, node_mean_w - node_floor_w)  # nodes x minutes
     names = [f"n{i}" for i in range(len(rooms))]
     anyone = {"p": dict.fromkeys(names, math.inf)}  # capacities not modelled
-    out = {way: {"short_hours": 0, "short_wh": 0.0} for way in ("pooled", "live", "static")}
+    out = {way: {"short_hours": 0, "short_wh": 0.0, "awarded_wh": 0.0}
+           for way in ("pooled", "live", "static")}
     for hour in range(24):
         award = float(down_it_w[hour])
         if award <= 0.0:
             continue
+        for way in out:
+            out[way]["awarded_wh"] += award  # an hour of it
         head = np.array([max(0.0, float(f.p10_w[hour]) - node_floor_w) for f in forecasts])
         first = award * (head / head.sum() if head.sum() > 0 else np.full(len(head),
                                                                            1 / len(head)))

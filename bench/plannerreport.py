@@ -50,10 +50,9 @@ def _summed_delivery(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for r in results:
         for name, ways in (r.get("site_delivery") or {}).items():
             for way, f in ways.items():
-                into = out.setdefault(name, {}).setdefault(way, {"short_hours": 0,
-                                                                 "short_wh": 0.0})
-                into["short_hours"] += f["short_hours"]
-                into["short_wh"] = round(into["short_wh"] + f["short_wh"], 1)
+                into = out.setdefault(name, {}).setdefault(way, {})
+                for key, value in f.items():
+                    into[key] = round(into.get(key, 0.0) + value, 1)
     return out
 
 
@@ -98,12 +97,13 @@ def _delivery_lines(found: dict[str, dict[str, dict[str, float]]]) -> list[str]:
         return []
     lines = ["", "The site strategies' awards delivered node by node (each minute, each node "
              "gives what its mean draw above its floor allows of its share): hours with a "
-             "minute short by more than 1 % / IT energy short, W-h:", "",
+             "minute short by more than 1 % / share of the awarded IT energy short:", "",
              "| strategy | summed room | shares moved (a minute late) | first split held |",
              "|---|---|---|---|"]
     for name, ways in found.items():
         lines.append(f"| {name} | " + " | ".join(
-            f"{int(ways[w]['short_hours'])} / {ways[w]['short_wh']:.0f}"
+            f"{int(ways[w]['short_hours'])} / "
+            f"{ways[w]['short_wh'] / max(ways[w]['awarded_wh'], 1e-9):.2%}"
             for w in ("pooled", "live", "static")) + " |")
     return lines
 

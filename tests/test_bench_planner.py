@@ -238,7 +238,7 @@ def test_a_sites_award_delivered_node_by_node_with_and_without_moving_shares() -
                       np.full(14 * 1440, 2000.0), np.full(14 * 1440, 1900.0),
                       start_s=WEEK_START_S, mtu_s=HOUR_S, horizon=24, now_s=WEEK_START_S)
     got = delivery(down, means, floor, [f, f])
-    assert got["pooled"] == {"short_hours": 0, "short_wh": 0.0}
+    assert got["pooled"] == {"short_hours": 0, "short_wh": 0.0, "awarded_wh": 200.0}
     # the first split held: 100 W short for 30 minutes
     assert got["static"]["short_hours"] == 1
     assert got["static"]["short_wh"] == pytest.approx(50.0)
