@@ -29,7 +29,15 @@ def test_a_valid_file_is_summarised_and_nothing_is_written(
     assert "node      n1" in out and "products  ffr 400 W" in out
     assert "127.0.0.1:18830" in out and "4 x h100-sxm (in-process)" in out
     assert "cuts      split proportionally" in out
+    assert "planner   off; history " in out and "(kept 35 days)" in out
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    planning = _write(tmp_path, "gpus: {backend: sim, sim: {device: null}}\n"
+                                "planner: {enabled: true, unawarded: zero}\n"
+                                "history: {enabled: true}\n")
+    assert cli.main(["--config", str(planning), "check-config"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("planner"))
+    assert "every 3600 s, 24 h of 60-minute units, signals " in line
+    assert "from gridtao/demo/signals only" in line and "unawarded: zero" in line
 
 
 def test_a_history_that_is_not_a_database_is_refused(

@@ -199,5 +199,18 @@ def summary(config: Config, node_id: str, *, kids: list[str], simulated: bool,
         *([f"site      {site_line(config)}"] if site else []),
         f"records   audit {config.audit.path if config.audit.enabled else 'off'}; "
         f"journal {config.journal.path if config.journal.enabled else 'off'}",
+        f"planner   {planner_line(config)}",
     ]
     return "\n".join(lines)
+
+
+def planner_line(config: Config) -> str:
+    """Tier 3 and the history it reads, in a line."""
+    history = (f"history {config.history.path} (kept {config.history.retention_days:g} days)"
+               if config.history.enabled else "history off")
+    p = config.planner
+    if not p.enabled:
+        return f"off; {history}"
+    signals = p.signals_file or f"from {config.mqtt.prefix}/signals only"
+    return (f"every {p.period_s:g} s, {p.horizon_h} h of {p.mtu_s // 60}-minute units, "
+            f"signals {signals}, unawarded: {p.unawarded}; {history}")
