@@ -239,10 +239,15 @@ def test_a_restarted_coordinator_takes_the_awards_back_and_splits_again() -> Non
     for n, draw in (("n1", 500.0), ("n2", 1400.0)):
         again.status(n, draw)
     again.c.tick()
-    sent = {t.split("/")[2]: b["capacity_w"]["ffr"] for t, b in _awards(again)}
-    # shares not known: split by what each may be awarded (600 : 600), then n1's excess over
-    # its 100 W of room moved to n2's 400 W of spare
-    assert sent == {"n1": [200], "n2": [1000]}
+    resent, moved = [], []
+    for topic, body in _awards(again):
+        (resent if "-resent~" in body["id"] else moved).append(
+            (topic.split("/")[2], body["capacity_w"]["ffr"]))
+    # the books rebuilt as the award came (by offer, 600 : 600, both hours) and sent to every
+    # node, so the nodes and the books agree; then n1's excess over its 100 W of room moved to
+    # n2's 400 W of spare
+    assert sorted(resent) == [("n1", [600, 600]), ("n2", [600, 600])]
+    assert sorted(moved) == [("n1", [200]), ("n2", [1000])]
     # a record of awards already over takes back nothing
     late = Harness()
     late.clock.advance(start + 2 * MTU - late.clock.wall())

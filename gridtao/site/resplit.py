@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gridtao.config.site import SiteConfig
-from gridtao.site.market import SitePlan
+from gridtao.site.market import SitePlan, split_award
 from gridtao.site.pooling import cover_deficits, proportional_fill, whole_watts
 from gridtao.site.sending import Publish, Sign
 from gridtao.site.view import NodeView, SiteView
@@ -85,6 +85,7 @@ class LiveSplit:
         self._last_issued = -math.inf  # of the node awards the site sent
         self._short = False  # the last in_force found the room short
         self._next_after_restore = -math.inf
+        self._rebuild_at = math.inf  # after a restart: when the books are rebuilt (restore)
         #: An award came since the site's retained record was last written.
         self.record_stale = False
 
@@ -141,9 +142,11 @@ class LiveSplit:
 
     def restore(self, awards: Sequence[Award], wall: float, *, hold_until: float) -> None:
         """Awards taken back from the site's retained record by a restarted coordinator (none
-        are held yet). What each node was last sent is not known: the first split, not before
-        ``hold_until`` (every node seen again: a split from half a view would move shares
-        that need not move), shares the award in force by the nodes' room."""
+        are held yet). What each node was last sent is not known: not before ``hold_until``
+        (every node seen again: a split from half a view would move shares that need not
+        move), :meth:`tick` splits them again as they came (by offer, on the plan then) and
+        sends every online node its shares of every MTU not over, so the nodes and the books
+        agree; the moves to where the room is follow."""
         if self._awards:
             return
         for award in awards:
@@ -151,6 +154,7 @@ class LiveSplit:
         if awards:
             self._next = max(self._next, hold_until)
             self._next_after_restore = hold_until  # no shortfall said from half a view
+            self._rebuild_at = hold_until
             log.info("site awards taken back from the retained record: %s",
                      ", ".join(a.id for a in awards))
 
@@ -250,8 +254,29 @@ class LiveSplit:
                     if p in plan.caps_w.get(n, {}) and n not in stuck} for p in awarded}
         return shares, rooms, caps, unknown
 
+    def _rebuild(self, wall: float, plan: SitePlan) -> None:
+        """After a restart: the books rebuilt from the awards held, oldest issued first (each
+        sets its MTUs whole, as when it came), and every online node sent its shares."""
+        self._rebuild_at = math.inf
+        for held in sorted(self._awards, key=lambda h: h.order):
+            if held.award.mtu_s != plan.mtu_s or held.award.end_s <= wall:
+                continue
+            fresh: dict[tuple[int, str], dict[str, float]] = {}
+            for node, products in split_award(held.award, plan).shares.items():
+                for product, row in products.items():
+                    for k, w in enumerate(row):
+                        if w is not None:
+                            mtu = held.award.start_s + k * held.award.mtu_s
+                            fresh.setdefault((mtu, product), {})[node] = w
+            self._sent.update(fresh)
+        for node in sorted({n for s in self._sent.values() for n in s}):
+            if self.view.is_online(node, wall):
+                self.resend(node, wall, plan, why="the coordinator restarted")
+
     def tick(self, wall: float, plan: SitePlan | None) -> None:
         """Move shares if it is time and some node needs it (module docstring)."""
+        if plan is not None and wall >= self._rebuild_at:
+            self._rebuild(wall, plan)
         every = self.cfg.market.resplit_s
         if every <= 0.0 or wall < self._next:
             return
@@ -265,9 +290,11 @@ class LiveSplit:
         whole = {p: whole_watts(s, caps.get(p, {})) for p, s in moved.items()}
         self._send(start, mtu_s, award_id, whole, wall, first=unknown)
 
-    def resend(self, node: str, wall: float, plan: SitePlan | None) -> None:
-        """``node`` came back online (a restarted agent holds no award): its shares of every
-        MTU not over, of the products its plan lists, in one award issued now."""
+    def resend(self, node: str, wall: float, plan: SitePlan | None, *,
+               why: str = "it is back") -> None:
+        """``node`` came back online (a restarted agent holds no award), or the coordinator
+        restarted (``why``): its shares of every MTU not over, of the products its plan lists,
+        in one award issued now."""
         listed = set(plan.by_node.get(node, {})) if plan is not None else set()
         mtu_s = self._awards[-1].award.mtu_s if self._awards else 0
         held = {(mtu, p): s[node] for (mtu, p), s in self._sent.items()
@@ -285,8 +312,8 @@ class LiveSplit:
                 "capacity_w": rows}
         self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
         self._count("site_awards_resent")
-        log.info("node %s is back: its shares of the awards not over sent again (%d MTUs)",
-                 node, count)
+        log.info("node %s: its shares of the awards not over sent again, %s (%d MTUs)",
+                 node, why, count)
 
     def _send(self, start: int, mtu_s: int, award_id: str,
               shares: Mapping[str, Mapping[str, float]], wall: float, *,
