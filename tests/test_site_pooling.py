@@ -239,7 +239,8 @@ def test_a_restarted_coordinator_takes_the_awards_back_and_splits_again() -> Non
     for n, draw in (("n1", 500.0), ("n2", 1400.0)):
         again.status(n, draw)
     again.c.tick()
-    resent, moved = [], []
+    resent: list[tuple[str, list[float]]] = []
+    moved: list[tuple[str, list[float]]] = []
     for topic, body in _awards(again):
         (resent if "-resent~" in body["id"] else moved).append(
             (topic.split("/")[2], body["capacity_w"]["ffr"]))
