@@ -114,3 +114,13 @@ def test_the_cli_prints_every_pair_and_the_value_to_configure(
     assert "no such history file" in capsys.readouterr().err
     assert main(["history", "correlation", f"x={paths[0]}", f"x={paths[1]}"]) == 2
     assert "named twice" in capsys.readouterr().err
+    # the copies are read only: left byte for byte, no journal files made beside them
+    before = {p: p.read_bytes() for p in paths}
+    listing = sorted(x.name for x in tmp_path.iterdir())
+    assert main(["history", "correlation", *map(str, paths)]) == 0
+    assert {p: p.read_bytes() for p in paths} == before
+    assert sorted(x.name for x in tmp_path.iterdir()) == listing
+    other = tmp_path / "other.sqlite3"
+    other.write_bytes(b"")
+    assert main(["history", "correlation", str(paths[0]), str(other)]) == 2
+    assert "not a gridtao history" in capsys.readouterr().err

@@ -233,7 +233,7 @@ def _correlation(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     rows = {}
     for name, path in named.items():
-        with HistoryStore.open(path) as store:
+        with HistoryStore.open_read_only(path) as store:  # copies: left as they are
             last = store.latest_start_s()
             rows[name] = [] if last is None else store.rows(
                 last - round(args.days * 86_400), last + 60)

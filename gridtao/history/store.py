@@ -149,6 +149,35 @@ class HistoryStore:
         self._closed = False
 
     @classmethod
+    def open_read_only(cls, path: str | Path) -> HistoryStore:
+        """Open an existing history to read only (a copy from another node): nothing is
+        created, switched or written, so a copy on read-only media, or one kept as evidence,
+        is left byte for byte. Raises :class:`HistoryError` if it is not one this gridtao
+        reads."""
+        p = Path(path)
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True,
+                                   check_same_thread=False, isolation_level=None)
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise HistoryError(f"{p}: written by a newer gridtao (schema {version}, this "
+                                   f"one reads {SCHEMA_VERSION})", path=p)
+            found = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+                                 "AND name = 'minutes'").fetchone()[0]
+            if not found:
+                raise HistoryError(f"{p}: not a gridtao history (no minutes table)", path=p)
+        except sqlite3.Error as e:
+            if conn is not None:
+                conn.close()
+            raise HistoryError(f"{p}: {_problem(e)}", path=p) from None
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        return cls(conn, p)
+
+    @classmethod
     def open(cls, path: str | Path, *, busy_timeout_s: float = 5.0) -> HistoryStore:
         """Open (creating the file and its parent folders if needed) the history at ``path``,
         switch it to WAL mode, create the table and check the file's integrity. Waits up to
