@@ -29,7 +29,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -149,24 +149,14 @@ class HistoryStore:
         self._closed = False
 
     @classmethod
-    def open_read_only(cls, path: str | Path) -> HistoryStore:
-        """Open an existing history to read only (a copy from another node): nothing is
-        created, switched or written, so a copy on read-only media, or one kept as evidence,
-        is left byte for byte. Raises :class:`HistoryError` if it is not one this gridtao
-        reads."""
-        p = Path(path)
+    def _opened(cls, p: Path, connect: Callable[[], sqlite3.Connection],
+                prepare: Callable[[sqlite3.Connection], None]) -> HistoryStore:
+        """The store on ``connect()`` once ``prepare`` passed; the connection closed and a
+        :class:`HistoryError` naming ``p`` raised if either fails."""
         conn: sqlite3.Connection | None = None
         try:
-            conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True,
-                                   check_same_thread=False, isolation_level=None)
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise HistoryError(f"{p}: written by a newer gridtao (schema {version}, this "
-                                   f"one reads {SCHEMA_VERSION})", path=p)
-            found = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' "
-                                 "AND name = 'minutes'").fetchone()[0]
-            if not found:
-                raise HistoryError(f"{p}: not a gridtao history (no minutes table)", path=p)
+            conn = connect()
+            prepare(conn)
         except sqlite3.Error as e:
             if conn is not None:
                 conn.close()
@@ -176,6 +166,32 @@ class HistoryStore:
                 conn.close()
             raise
         return cls(conn, p)
+
+    @staticmethod
+    def _check_version(conn: sqlite3.Connection, p: Path) -> None:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise HistoryError(f"{p}: written by a newer gridtao (schema {version}, this "
+                               f"one reads {SCHEMA_VERSION})", path=p)
+
+    @classmethod
+    def open_read_only(cls, path: str | Path) -> HistoryStore:
+        """Open an existing history to read only (a copy from another node): nothing is
+        created, switched or written, so a copy on read-only media, or one kept as evidence,
+        is left byte for byte. Raises :class:`HistoryError` if it is not one this gridtao
+        reads."""
+        p = Path(path)
+
+        def prepare(conn: sqlite3.Connection) -> None:
+            cls._check_version(conn, p)
+            found = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+                                 "AND name = 'minutes'").fetchone()[0]
+            if not found:
+                raise HistoryError(f"{p}: not a gridtao history (no minutes table)", path=p)
+
+        return cls._opened(p, lambda: sqlite3.connect(
+            f"{p.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
+            isolation_level=None), prepare)
 
     @classmethod
     def open(cls, path: str | Path, *, busy_timeout_s: float = 5.0) -> HistoryStore:
@@ -188,19 +204,13 @@ class HistoryStore:
         except OSError as e:
             raise HistoryError(f"{p}: cannot create its folder: {e.strerror or e}",
                                path=p) from None
-        conn: sqlite3.Connection | None = None
-        try:
-            # check_same_thread=False: the lock in this class serialises the threads instead.
-            conn = sqlite3.connect(p, timeout=busy_timeout_s, check_same_thread=False,
-                                   isolation_level=None)
+
+        def prepare(conn: sqlite3.Connection) -> None:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise HistoryError(f"{p}: cannot switch to WAL mode (got {mode!r})", path=p)
             conn.execute("PRAGMA synchronous=NORMAL")
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise HistoryError(f"{p}: written by a newer gridtao (schema {version}, this "
-                                   f"one reads {SCHEMA_VERSION})", path=p)
+            cls._check_version(conn, p)
             # Early and clear: a damaged page otherwise surfaces as an odd error much later.
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
@@ -213,15 +223,10 @@ class HistoryStore:
                     conn.execute(table)
                 conn.execute(_WRITTEN)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except sqlite3.Error as e:
-            if conn is not None:
-                conn.close()
-            raise HistoryError(f"{p}: {_problem(e)}", path=p) from None
-        except BaseException:
-            if conn is not None:
-                conn.close()
-            raise
-        return cls(conn, p)
+
+        # check_same_thread=False: the lock in this class serialises the threads instead.
+        return cls._opened(p, lambda: sqlite3.connect(
+            p, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None), prepare)
 
     def _fail(self, e: sqlite3.Error | ValueError, doing: str) -> HistoryError:
         problem = _problem(e) if isinstance(e, sqlite3.Error) else str(e)
