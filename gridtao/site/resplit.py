@@ -124,6 +124,14 @@ class LiveSplit:
         award, or a later one, says nothing)."""
         self._awards = [h for h in self._awards if h.award.end_s > wall - award.mtu_s]
         self._awards.append(_Held(award, self._order(award, wall)))
+        self._book(award, shares)
+        self._sent = {key: v for key, v in self._sent.items() if key[0] > wall - 2 * award.mtu_s}
+        self.record_stale = True
+
+    def _book(self, award: Award,
+              shares: Mapping[str, Mapping[str, list[float | None]]]) -> None:
+        """The books of the MTUs ``award`` says something of, set to ``shares``: set whole,
+        so a node that held a share of one before and has none in ``shares`` drops."""
         fresh: dict[tuple[int, str], dict[str, float]] = {}
         for node, products in shares.items():
             for product, row in products.items():
@@ -131,9 +139,7 @@ class LiveSplit:
                     if w is not None:
                         mtu = award.start_s + k * award.mtu_s
                         fresh.setdefault((mtu, product), {})[node] = w
-        self._sent.update(fresh)  # what the award sets, it sets whole: earlier holders drop
-        self._sent = {key: v for key, v in self._sent.items() if key[0] > wall - 2 * award.mtu_s}
-        self.record_stale = True
+        self._sent.update(fresh)
 
     @property
     def awards(self) -> list[Award]:
@@ -261,14 +267,7 @@ class LiveSplit:
         for held in sorted(self._awards, key=lambda h: h.order):
             if held.award.mtu_s != plan.mtu_s or held.award.end_s <= wall:
                 continue
-            fresh: dict[tuple[int, str], dict[str, float]] = {}
-            for node, products in split_award(held.award, plan).shares.items():
-                for product, row in products.items():
-                    for k, w in enumerate(row):
-                        if w is not None:
-                            mtu = held.award.start_s + k * held.award.mtu_s
-                            fresh.setdefault((mtu, product), {})[node] = w
-            self._sent.update(fresh)
+            self._book(held.award, split_award(held.award, plan).shares)
         for node in sorted({n for s in self._sent.values() for n in s}):
             if self.view.is_online(node, wall):
                 self.resend(node, wall, plan, why="the coordinator restarted")
