@@ -127,7 +127,7 @@ from gridtao.bench.plannerday import (
     plan_static,
     simulate,
 )
-from gridtao.bench.plannerlive import delivery
+from gridtao.bench.plannerlive import add_delivery, delivery
 from gridtao.bench.plannerreport import judge_targets, markdown, markdown_seeds, summarise_seeds
 from gridtao.bench.plannerweek import Week
 from gridtao.bench.render import check_outputs, write_outputs
@@ -223,11 +223,8 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
                       for name, rho in SITE_STRATEGIES.items()}
             means, own = week.node_day(day.start_s)
             for name in SITE_STRATEGIES:
-                got_ways = delivery(down_it_w(plans[name]), means, NODE.floor_w, own)
-                for way, figures in got_ways.items():
-                    into = site_delivery.setdefault(name, {}).setdefault(way, {})
-                    for key, value in figures.items():
-                        into[key] = into.get(key, 0.0) + value
+                add_delivery(site_delivery, name,
+                             delivery(down_it_w(plans[name]), means, NODE.floor_w, own))
         draws = Draws.make(np.random.default_rng([seed, d, 17]))
         entry: dict[str, Any] = {"start_s": day.start_s}
         for name, plan in plans.items():

@@ -22,7 +22,7 @@ take any share).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +30,7 @@ import numpy.typing as npt
 from gridtao.site.pooling import cover_deficits
 from gridtao.tier3 import Forecast
 
-__all__ = ["TOLERANCE", "delivery"]
+__all__ = ["TOLERANCE", "add_delivery", "delivery"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -79,3 +79,13 @@ def delivery(down_it_w: FloatArray, node_mean_w: FloatArray, node_floor_w: float
             if worst[way] > TOLERANCE * award:
                 out[way]["short_hours"] += 1
     return out
+
+
+def add_delivery(into: dict[str, dict[str, dict[str, float]]], name: str,
+                 found: Mapping[str, Mapping[str, float]]) -> None:
+    """Add one strategy's :func:`delivery` figures (per way) to the running totals ``into``
+    (strategy -> way -> figure)."""
+    for way, figures in found.items():
+        total = into.setdefault(name, {}).setdefault(way, {})
+        for key, value in figures.items():
+            total[key] = total.get(key, 0.0) + value

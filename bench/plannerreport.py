@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from gridtao.bench.plannerlive import add_delivery
+
 #: Targets: gridtao's revenue at least this share of the oracle's ...
 TARGET_ORACLE_SHARE = 0.9
 #: ... and 48 hourly MTUs with every product kind solved in less than this (s).
@@ -49,11 +51,9 @@ def _summed_delivery(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, dict[str, dict[str, float]]] = {}
     for r in results:
         for name, ways in (r.get("site_delivery") or {}).items():
-            for way, f in ways.items():
-                into = out.setdefault(name, {}).setdefault(way, {})
-                for key, value in f.items():
-                    into[key] = round(into.get(key, 0.0) + value, 1)
-    return out
+            add_delivery(out, name, ways)
+    return {name: {way: {k: round(v, 1) for k, v in f.items()} for way, f in ways.items()}
+            for name, ways in out.items()}
 
 
 def judge_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
