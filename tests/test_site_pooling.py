@@ -166,15 +166,36 @@ def test_the_award_in_force_follows_the_nodes_live_room() -> None:
     assert _awards(h) == []
 
 
+def _two_nodes(h: Harness, start: int, **plan: Any) -> None:
+    """n1 and n2 at 1400 W over 400 W floors, each planning from ``start`` to offer 600 W
+    (``plan``: other :func:`_plan` arguments), and the site's plan pooled."""
+    for n in ("n1", "n2"):
+        h.status(n, 1400.0)
+        _plan(h, n, start, 600.0, **{"p10": 1300.0, "p50": 1400.0} | plan)
+    h.c.tick()
+
+
 def _two_nodes_awarded(**market: Any) -> Harness:
     """Two nodes at 1400 W over 400 W floors, each offering 600 W, awarded 1200 W now."""
     h, start = _site(**market)
-    for n in ("n1", "n2"):
-        h.status(n, 1400.0)
-        _plan(h, n, start, 600.0, p10=1300.0, p50=1400.0)
-    h.c.tick()
+    _two_nodes(h, start)
     _awarded_now(h, start, 1200.0)
     return h
+
+
+def _events_record(h: Harness) -> dict[str, Any]:
+    """The site's last retained events record."""
+    (record,) = [b for t, b, retain in h.sent if t.endswith("site/events") and retain][-1:]
+    return record
+
+
+def _restarted(h: Harness, record: dict[str, Any]) -> Harness:
+    """A new coordinator at ``h``'s time (resplit every 5 s), the retained record first."""
+    again = Harness(market={"bid_step_w": 100, "min_bid_w": 100, "min_bids": [],
+                            "resplit_s": 5.0})
+    again.clock.advance(h.clock.wall() - again.clock.wall())
+    again.c.on_message(f"{PREFIX}/site/events", json.dumps(record).encode(), retained=True)
+    return again
 
 
 def test_the_live_split_holds_still_through_an_event_and_skips_an_offline_node() -> None:
@@ -216,20 +237,14 @@ def test_resplit_s_zero_never_splits_again_and_below_one_second_is_refused() -> 
 
 def test_a_restarted_coordinator_takes_the_awards_back_and_splits_again() -> None:
     h, start = _site(resplit_s=5.0)
-    for n in ("n1", "n2"):
-        h.status(n, 1400.0)
-        _plan(h, n, start, 600.0, p10=1300.0, p50=1400.0)
-    h.c.tick()
+    _two_nodes(h, start)
     h.send(f"{PREFIX}/site/award", {"id": "a1", "issued_at": h.clock.wall(), "start": start,
                                     "mtu_s": MTU, "capacity_w": {"ffr": [1200, 1200]}})
     h.c.tick()
-    (record,) = [b for t, b, retain in h.sent if t.endswith("site/events") and retain][-1:]
+    record = _events_record(h)
     assert [a["id"] for a in record["awards"]] == ["a1"]
     # a new coordinator: the retained record first, then the nodes' retained plans and status
-    again = Harness(market={"bid_step_w": 100, "min_bid_w": 100, "min_bids": [],
-                            "resplit_s": 5.0})
-    again.clock.advance(h.clock.wall() - again.clock.wall())
-    again.c.on_message(f"{PREFIX}/site/events", json.dumps(record).encode(), retained=True)
+    again = _restarted(h, record)
     for n, draw in (("n1", 500.0), ("n2", 1400.0)):
         again.status(n, draw)
         _plan(again, n, start, 600.0, p10=1300.0, p50=1400.0)
@@ -288,10 +303,7 @@ def test_only_a_node_short_by_more_than_the_threshold_gives_up_its_excess() -> N
 
 def test_the_status_counts_an_award_above_what_the_online_nodes_may_take_as_short() -> None:
     h, start = _site()
-    for n in ("n1", "n2"):
-        h.status(n, 1400.0)
-        _plan(h, n, start, 600.0, p10=1300.0, p50=1400.0, capacity=700.0)
-    h.c.tick()
+    _two_nodes(h, start, capacity=700.0)
     h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start, "mtu_s": MTU,
                                     "capacity_w": {"ffr": [1600]}})
     h.clock.advance(1.0)
@@ -324,10 +336,7 @@ def test_cover_deficits_moves_only_the_excess_and_keeps_what_no_one_can_take() -
 
 def test_a_node_without_a_capacity_in_its_plan_keeps_its_share_and_takes_no_more() -> None:
     h, start = _site(resplit_s=5.0)
-    for n in ("n1", "n2"):
-        h.status(n, 1400.0)
-        _plan(h, n, start, 600.0, p10=1300.0, p50=1400.0, capacity=None)  # an older agent
-    h.c.tick()
+    _two_nodes(h, start, capacity=None)  # an older agent
     assert _awarded_now(h, start, 1200.0) == {"n1": [600], "n2": [600]}
     # the nodes plan again from the next hour on: the current hour leaves their plans
     for n in ("n1", "n2"):
@@ -398,10 +407,7 @@ def test_a_plan_already_over_is_left_out_of_the_pool() -> None:
 
 def test_a_node_back_online_is_sent_its_shares_again_and_a_refusal_is_counted() -> None:
     h, start = _site(resplit_s=0.0)
-    for n in ("n1", "n2"):
-        h.status(n, 1400.0)
-        _plan(h, n, start, 600.0, p10=1300.0, p50=1400.0)
-    h.c.tick()
+    _two_nodes(h, start)
     h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start, "mtu_s": MTU,
                                     "capacity_w": {"ffr": [1200, 800]}})
     first = {t.split("/")[2]: b for t, b in _awards(h)}
@@ -478,18 +484,12 @@ def test_a_new_award_sets_its_mtus_whole_so_a_node_that_left_is_not_counted() ->
 
 def test_a_restarted_coordinator_with_nodes_of_no_planned_capacity_zeroes_nothing() -> None:
     h, start = _site(resplit_s=5.0)
-    for n in ("n1", "n2"):
-        h.status(n, 1400.0)
-        _plan(h, n, start + MTU, 600.0, p10=1300.0, p50=1400.0, capacity=None)
-    h.c.tick()
+    _two_nodes(h, start + MTU, capacity=None)
     h.send(f"{PREFIX}/site/award", {"id": "a1", "issued_at": h.clock.wall(), "start": start,
                                     "mtu_s": MTU, "capacity_w": {"ffr": [1200, 1200]}})
     h.c.tick()
-    (record,) = [b for t, b, retain in h.sent if t.endswith("site/events") and retain][-1:]
-    again = Harness(market={"bid_step_w": 100, "min_bid_w": 100, "min_bids": [],
-                            "resplit_s": 5.0})
-    again.clock.advance(h.clock.wall() - again.clock.wall())
-    again.c.on_message(f"{PREFIX}/site/events", json.dumps(record).encode(), retained=True)
+    record = _events_record(h)
+    again = _restarted(h, record)
     for n in ("n1", "n2"):
         again.status(n, 450.0)
         _plan(again, n, start + MTU, 600.0, p10=1300.0, p50=1400.0, capacity=None)
