@@ -173,7 +173,8 @@ def dispatches(fleet: Fleet, pub: Publisher, nodes: int, trials: int, tag: str,
             "publish_to_all_received_ms": _stats(received),
             "first_to_last_commanded_ms": _stats(spread),
             "trials": trials, "all_commanded_trials": len(commanded),
-            "incomplete": incomplete}
+            "incomplete": incomplete,
+            "series_ms": [round(x, 2) for x in commanded]}
 
 
 def frequency(fleet: Fleet, pub: Publisher, nodes: int, seconds: float) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """A light node's receive-only broker connection in a ``gridtao bench fleet`` worker, read the
 way the agent's island reads its own (gridtao/transport/receiver.py): every socket read is split
 into packets by the agent's parser (gridtao/transport/packets.py, about 8 us a message against
-about 130 us through paho) and each PUBLISH handed on at once; QoS 1 messages are acknowledged
-in one write per read, after they were handled.
+about 130 us through paho) and each PUBLISH handed on at once. QoS 1 messages are acknowledged
+after they were handled, in one write per read, which the worker makes when it sends the
+node's acks (:meth:`RawReceiver.send_pubacks`): as an agent's receiver acknowledges a read's
+messages once it has handled them, on its own core, so here one node's PUBACK must not hold up
+the next node's dispatch on the core they share.
 
 It speaks only what a subscriber needs: CONNECT (clean start, Maximum Packet Size), SUBSCRIBE
 (retain handling 2: no retained message on subscribing, as the agent), PUBACK, PINGREQ,
@@ -36,19 +39,22 @@ class RawReceiver:
         self._on_publish = on_publish
         self._reader = p.PacketReader(max_packet_bytes)
         self.subscribed = False
+        #: PUBACKs of the messages handled, not yet written (:meth:`send_pubacks`).
+        self.pubacks = b""
         self.sock = socket.create_connection((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.sendall(p.connect_packet(client_id, keepalive_s=keepalive_s,
                                            max_packet_bytes=max_packet_bytes))
         self.sock.setblocking(False)
 
-    def on_readable(self) -> None:
-        """Read what the socket holds, hand on each message, acknowledge the QoS 1 ones.
-        Raises ConnectionError when the broker closed the connection or broke the protocol."""
+    def on_readable(self) -> bool:
+        """Read what the socket holds and hand on each message; the QoS 1 ones' PUBACKs are
+        kept for :meth:`send_pubacks`. True when PUBACKs are waiting. Raises ConnectionError
+        when the broker closed the connection or broke the protocol."""
         try:
             data = self.sock.recv(1 << 16)
         except BlockingIOError:
-            return
+            return bool(self.pubacks)
         if not data:
             raise ConnectionError("the broker closed a node's receive connection")
         acks: list[bytes] = []
@@ -67,7 +73,14 @@ class RawReceiver:
                     raise ConnectionError("the broker refused a node's subscription")
                 self.subscribed = True
         if acks:
-            self._send(b"".join(acks))
+            self.pubacks += b"".join(acks)
+        return bool(self.pubacks)
+
+    def send_pubacks(self) -> None:
+        """Write the PUBACKs kept since the last call (one write)."""
+        if self.pubacks:
+            data, self.pubacks = self.pubacks, b""
+            self._send(data)
 
     def ping(self) -> None:
         """A PINGREQ, to keep the connection alive (call every half keepalive)."""

@@ -101,6 +101,8 @@ class _Worker:
     waiting: dict[str, Callable[[], bool]] = field(default_factory=dict)
     #: The acks of this pass of the loop, sent at its end (``_on_dispatch``).
     acks: list[tuple[FleetNode, list[Outgoing]]] = field(default_factory=list)
+    #: Receivers holding PUBACKs, written with the acks (bench/fleetrecv.py).
+    acking: list[RawReceiver] = field(default_factory=list)
     running: bool = True
 
     # ---- connections ---------------------------------------------------------------------
@@ -270,7 +272,8 @@ class _Worker:
                     self.command(statuses)
                     continue
                 if isinstance(conn, RawReceiver):
-                    conn.on_readable()
+                    if conn.on_readable():
+                        self.acking.append(conn)
                     continue
                 c = conn.client
                 if events & selectors.EVENT_READ:
@@ -286,7 +289,11 @@ class _Worker:
                 if not more:
                     break
                 for receiver in more:
-                    receiver.on_readable()
+                    if receiver.on_readable():
+                        self.acking.append(receiver)
+            for receiver in self.acking:
+                receiver.send_pubacks()
+            self.acking.clear()
             for node, out in self.acks:
                 self._publish(node, out)
             self.acks.clear()

@@ -210,16 +210,15 @@ class IslandCore:
             # Armed levels are now cut from the same frozen pre-event draw.
             self._rearm_locked()
         self._writes.record(outcomes)
-        log.info(
-            "event %s (%s%s): target %.1f W of %.1f W, %s, %d GPU errors",
-            ev.event_id, ev.kind, f" {ev.level}" if ev.level else "", ev.target_mw / 1000,
-            ev.baseline_mw / 1000, "not binding" if not act.binding else (
-                "caps not written (dry run)" if self._dry_run
-                else "caps written" if len(errors) < len(ev.caps_mw)
-                else "no cap confirmed (writes timed out)" if act.timed_out
-                else "no cap written"),
-            len(errors),
-        )  # fmt: skip
+        if log.isEnabledFor(logging.INFO):  # the arguments cost more than the check
+            outcome = ("not binding" if not act.binding
+                       else "caps not written (dry run)" if self._dry_run
+                       else "caps written" if len(errors) < len(ev.caps_mw)
+                       else "no cap confirmed (writes timed out)" if act.timed_out
+                       else "no cap written")
+            log.info("event %s (%s%s): target %.1f W of %.1f W, %s, %d GPU errors",
+                     ev.event_id, ev.kind, f" {ev.level}" if ev.level else "",
+                     ev.target_mw / 1000, ev.baseline_mw / 1000, outcome, len(errors))
         return act
 
     def _end_finished(self) -> None:

@@ -81,10 +81,12 @@ class WriteBatch:
         self._claimed = [False] * len(self._limits)
         self._remaining = self._uncommanded = len(self._limits)
         self._lock = threading.Lock()
-        self._done = threading.Event()
+        # Made only by a wait() that finds writes still running: most batches are complete
+        # before anyone waits (the submitter does the writes itself), and an Event costs a
+        # Condition and its lock on the hot path.
+        self._done: threading.Event | None = None
         self.commanded: tuple[float, float] | None = None
         if self._remaining == 0:
-            self._done.set()
             self.commanded = stamp() if stamp is not None else None
 
     def _returned(self) -> None:
@@ -107,15 +109,20 @@ class WriteBatch:
         with self._lock:
             self._outcomes[outcome.index] = outcome
             self._remaining -= 1
-            finished = self._remaining == 0
-        if finished:
-            self._done.set()
+            done = self._done if self._remaining == 0 else None
+        if done is not None:
+            done.set()
 
     def wait(self, timeout_s: float) -> list[WriteOutcome]:
         """Block until every GPU's write finished or ``timeout_s`` passed; one outcome per GPU,
         in index order. A write still running at the deadline is reported as a
         :class:`~.errors.WriteTimeout` (it may still land later: the worker keeps going)."""
-        self._done.wait(timeout_s)
+        with self._lock:
+            if self._remaining > 0 and self._done is None:
+                self._done = threading.Event()
+            done = self._done if self._remaining > 0 else None
+        if done is not None:
+            done.wait(timeout_s)
         with self._lock:
             return [
                 o

@@ -511,6 +511,21 @@ def test_batch_counts_skipped_and_failed_writes_as_returned(real_rig: Rig) -> No
         writer.close()
 
 
+def test_a_waiter_is_woken_by_the_last_write_not_by_the_deadline(real_rig: Rig) -> None:
+    """wait() called while a worker's write is still running returns when that write does,
+    with its outcome: the batch makes its wake-up event only for such a waiter."""
+    writer = ParallelWriter(real_rig.backend, N, timeout_s=30.0)
+    writer.start()
+    try:
+        real_rig.sim.inject_fault(3, "slow", delay_s=0.2, calls=1)
+        batch = writer.submit([300 * W] * N)  # the workers write; GPU 3's call lasts 0.2 s
+        out = batch.wait(30.0)
+        assert all(o.ok for o in out)  # a deadline wake-up would report GPU 3 timed out
+        assert batch.wait(0.0) == out  # complete: later waits answer at once, the same
+    finally:
+        writer.close()
+
+
 def test_hung_gpu_leaves_the_batch_uncommanded(real_rig: Rig) -> None:
     writer = ParallelWriter(real_rig.backend, N, timeout_s=0.1, clock=real_rig.clock)
     writer.start()

@@ -30,9 +30,13 @@ __all__ = [
 GPU_STATUS_KEYS: Final = ("index", "power_w", "limit_w", "default_w", "min_w", "max_w")
 
 
+# allow_nan=False: a NaN timestamp is a bug upstream and must not reach external clients. One
+# encoder, built once: json.dumps with any option builds a new one per call (every ack pays it).
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _dumps(obj: object) -> bytes:
-    # allow_nan=False: a NaN timestamp is a bug upstream and must not reach external clients.
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(obj).encode("utf-8")
 
 
 def ack_payload(
