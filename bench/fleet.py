@@ -41,7 +41,8 @@ come first: ``nodes``, ``publish_to_all_commanded_ms``, ``broker_fanout_ms``,
 ``ratio_to_broker_fanout``, ``frequency_publish_to_all_received_ms``,
 ``frequency_lost_samples``, ``every_node_commanded_every_trial``; then the details per phase
 (``broker_fanout``, ``dispatch``, ``frequency``, ``site``, each statistic ``{"p50", "p99",
-"max"}``, null where nothing was measured), ``cpu`` per phase and ``peak_rss_mib``.
+"max"}``, null where nothing was measured; ``dispatch`` and ``frequency`` also give every
+trial's or sample's figure in ``series_ms``), ``cpu`` per phase and ``peak_rss_mib``.
 """
 
 from __future__ import annotations

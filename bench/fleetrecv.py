@@ -17,12 +17,17 @@ connection of its own (bench/fleetworker.py), as an agent's go out on its island
 from __future__ import annotations
 
 import contextlib
+import selectors
 import socket
+import threading
+import time
+import uuid
 from collections.abc import Callable
+from types import TracebackType
 
 from gridtao.transport import packets as p
 
-__all__ = ["RawReceiver"]
+__all__ = ["RawReceiver", "RawSubscriber"]
 
 _SUBSCRIBE_ID = 1
 
@@ -105,3 +110,56 @@ class RawReceiver:
                 self.sock.sendall(data[sent:])
             finally:
                 self.sock.setblocking(False)
+
+
+class RawSubscriber:
+    """One topic filter's messages, read on a thread of its own through :class:`RawReceiver`
+    (the agent's parser: the bench process keeps up with a thousand nodes' acks, which a paho
+    subscriber there did not), each stamped with its receipt (Unix s). ``messages`` and
+    ``received_wall`` only grow, in step (appended on the reading thread; read them by index).
+    Use as a context manager: it is subscribed on entry and disconnected on exit."""
+
+    POLL_S = 0.1  # how often the reading thread looks for its stop
+
+    def __init__(self, host: str, port: int, topic: str, *, qos: int = 1,
+                 max_packet_bytes: int = 1 << 20) -> None:
+        self.messages: list[p.Publish] = []
+        self.received_wall: list[float] = []
+        self._receiver = RawReceiver(host, port, f"fleet-bench-{uuid.uuid4().hex[:8]}",
+                                     [(topic, qos)], self._on_publish, keepalive_s=60,
+                                     max_packet_bytes=max_packet_bytes)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleet-bench-subscriber",
+                                        daemon=True)
+
+    def _on_publish(self, msg: p.Publish) -> None:
+        self.received_wall.append(time.time())
+        self.messages.append(msg)
+
+    def _run(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._receiver.sock, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                if sel.select(self.POLL_S):
+                    self._receiver.on_readable()
+                    self._receiver.send_pubacks()
+
+    def __enter__(self) -> RawSubscriber:
+        self._thread.start()
+        deadline = time.monotonic() + 5.0
+        while not self._receiver.subscribed:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                self.close()
+                raise TimeoutError("no SUBACK for the bench's subscription")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2 * self.POLL_S + 1.0)
+        self._receiver.close()

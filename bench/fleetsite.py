@@ -6,7 +6,9 @@ every node on ``{prefix}/dispatch``, gathers the nodes' acks from ``{prefix}/nod
 publishes one site ack on ``{prefix}/site/ack`` once every node that was online when the event
 arrived has answered (or ``site.ack_deadline_s`` passed). One subscriber per topic in the bench
 process sees both the node acks and the site acks, so ``site_ack_after_last_node_ms`` (the site
-ack's receipt minus the last node ack's receipt, per event) is read on one clock by one reader.
+ack's receipt minus the last node ack's receipt, per event) is read on one clock by one reader;
+both read with the agent's own packet parser (bench/fleetrecv.py), fast enough for a thousand
+nodes' acks.
 Times are Unix seconds; delays in ms.
 """
 
@@ -24,8 +26,9 @@ import yaml
 
 from gridtao.bench.agentproc import stop_process
 from gridtao.bench.fleetproc import PREFIX, Meter, peak_rss_mib, stats
+from gridtao.bench.fleetrecv import RawSubscriber
 from gridtao.children import module_command
-from gridtao.transport.localbroker import MosquittoBroker, Publisher, Subscriber
+from gridtao.transport.localbroker import MosquittoBroker, Publisher
 
 SITE_ID = "fleet-bench"
 ONLINE_TIMEOUT_S = 60.0
@@ -73,7 +76,7 @@ def site_config(port: int, status_period_s: float) -> dict[str, Any]:
 class _Acks:
     """One subscriber's messages, read incrementally: id -> first receipt (Unix s), body."""
 
-    def __init__(self, sub: Subscriber) -> None:
+    def __init__(self, sub: RawSubscriber) -> None:
         self.sub = sub
         self.read = 0
         self.last: dict[str, float] = {}  # event id -> latest receipt among node acks
@@ -138,8 +141,8 @@ def measure_site(broker: MosquittoBroker, nodes: int, status_period_s: float,
     deadline_s = SiteConfig().ack_deadline_s + ACK_GRACE_S
     try:
         _wait_online(broker, nodes, proc)
-        with broker.subscriber(f"{PREFIX}/nodes/+/ack") as node_sub, \
-                broker.subscriber(f"{PREFIX}/site/ack") as site_sub:
+        with RawSubscriber(broker.host, broker.port, f"{PREFIX}/nodes/+/ack") as node_sub, \
+                RawSubscriber(broker.host, broker.port, f"{PREFIX}/site/ack") as site_sub:
             node_acks, site_acks = _Acks(node_sub), _Acks(site_sub)
             sent: dict[str, float] = {}
 

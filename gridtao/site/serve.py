@@ -1,9 +1,12 @@
 """``gridtao site``'s lifecycle: one coordinator on the caller's event loop, until stopped.
 
-Two broker connections: commands (dispatches, awards, the nodes' acks, the meter; the offline
-status as its last will) and the nodes' retained state (status, tracker, plan), drained
-commands first so an ack never waits behind statuses; the coordinator fed message by message
-and ticked every ``TICK_S``, and its metrics served when ``metrics.enabled``.
+Three broker connections: two receive-only ones (gridtao/transport/receiver.py, read with
+gridtao's own packet parser: a thousand nodes' statuses and acks cost the coordinator little),
+one for commands (dispatches, awards, the nodes' acks, the meter, the site's own retained
+record) and one for the nodes' retained state (status, tracker, plan), drained commands first
+so an ack never waits behind statuses; and one the coordinator publishes on, with the offline
+status as its last will. The coordinator is fed message by message and ticked every
+``TICK_S``, and its metrics served when ``metrics.enabled``.
 SIGINT and SIGTERM stop it; it changes no node on the way out (the nodes keep their events).
 """
 
@@ -14,7 +17,7 @@ import contextlib
 import logging
 import os
 import signal
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from prometheus_client import start_http_server
 from prometheus_client.registry import CollectorRegistry
@@ -31,12 +34,16 @@ from gridtao.site.signing import signer
 from gridtao.transport.check import read_retained
 from gridtao.transport.instance import Instance, other_instance
 from gridtao.transport.mqtt import MqttLink, Will
+from gridtao.transport.receiver import MqttReceiver
+from gridtao.transport.supervision import Supervised
 from gridtao.transport.tls import read_password, ssl_context
 from gridtao.wire.site import SiteTopics
 
 __all__ = ["TICK_S", "run_site", "signer"]
 
 log = logging.getLogger("gridtao.site")
+
+_Conn = TypeVar("_Conn", bound=Supervised)
 
 #: How often the coordinator checks deadlines, rebalances and publishes (s).
 TICK_S: Final = 0.05
@@ -95,10 +102,10 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
         log.warning("%s: %s", config.source, unreadable)
     sign = signer(config)
     m = config.mqtt
-    links: list[MqttLink] = []
+    publisher: list[MqttLink] = []  # made once the coordinator can name its last will
 
     def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        links[0].publish_nowait(topic, payload, qos, retain)
+        publisher[0].publish_nowait(topic, payload, qos, retain)
 
     me = Instance()
     await _ensure_unique(config, me, clock.wall())
@@ -106,24 +113,26 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
                                   verifier=verifier, instance=me.fields())
     tls, password = ssl_context(m, source=config.source), read_password(m, source=config.source)
 
-    def link(role: str, subscriptions: list[tuple[str, int]], **extra: Any) -> MqttLink:
-        return MqttLink.for_broker(
+    def link(role: str, kind: type[_Conn], **extra: Any) -> _Conn:
+        return kind.for_broker(
             m, client_id=f"gridtao-site-{config.site.id}-{role}-{os.getpid()}", tls=tls,
-            password=password, clock=clock, subscriptions=subscriptions, name=role, **extra)
+            password=password, clock=clock, name=role, **extra)
 
-    # Two connections: the broker queues per connection, so the nodes' acks and the
-    # aggregator's commands never wait behind a backlog of statuses.
-    # Each tells the broker the largest packet it takes (MQTT v5 Maximum Packet Size): a huge
-    # publish on a node's status (anyone with that node's credentials) costs the site nothing.
-    links.append(link("cmd", coordinator.command_subscriptions(),
-                      retained_topics=[coordinator.events_topic], max_outbound=100_000,
-                      max_packet_bytes=COMMAND_MAX_PACKET_BYTES,
-                      will=Will(coordinator.topics.status, coordinator.offline_payload(),
-                                qos=1, retain=True)))
-    links.append(link("state", coordinator.state_subscriptions(),
-                      retained_topics=[topic for topic, _ in coordinator.state_subscriptions()],
-                      max_packet_bytes=STATE_MAX_PACKET_BYTES))
-    commands, states = links
+    # What is published goes out on a connection of its own, with the last will.
+    out = link("out", MqttLink, max_outbound=100_000,
+               will=Will(coordinator.topics.status, coordinator.offline_payload(), qos=1,
+                         retain=True))
+    publisher.append(out)
+    # Two receive-only connections: the broker queues per connection, so the nodes' acks and
+    # the aggregator's commands never wait behind a backlog of statuses. Each tells the broker
+    # the largest packet it takes (MQTT v5 Maximum Packet Size): a huge publish on a node's
+    # status (anyone with that node's credentials) costs the site nothing.
+    commands = link("cmd", MqttReceiver, subscriptions=coordinator.command_subscriptions(),
+                    retained_topics=[coordinator.events_topic],
+                    max_packet_bytes=COMMAND_MAX_PACKET_BYTES)
+    states = link("state", MqttReceiver, subscriptions=coordinator.state_subscriptions(),
+                  retained_topics=[topic for topic, _ in coordinator.state_subscriptions()],
+                  max_packet_bytes=STATE_MAX_PACKET_BYTES)
     registry = registry if registry is not None else CollectorRegistry()
     register(coordinator, registry)
     server: Any = None
@@ -135,7 +144,7 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
             raise ConfigError(f"{config.source}: metrics.host/metrics.port {mc.host}:{mc.port}: "
                               f"cannot listen there: {e.strerror or e}") from None
         log.info("metrics at http://%s:%d/metrics", mc.host, server.server_port)
-    runners = [asyncio.ensure_future(link.run()) for link in links]
+    runners = [asyncio.ensure_future(conn.run()) for conn in (out, commands, states)]
     log.info("site %s: coordinating under %s/ (broker %s:%d)", config.site.id, m.prefix,
              m.host, m.port)
     arrived = asyncio.Event()
@@ -158,10 +167,9 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(arrived.wait(), timeout=TICK_S)
     finally:
-        commands.publish_nowait(coordinator.topics.status, coordinator.offline_payload(), 1,
-                                True)
+        out.publish_nowait(coordinator.topics.status, coordinator.offline_payload(), 1, True)
         with contextlib.suppress(Exception):
-            await commands.flush(2.0)
+            await out.flush(2.0)
         for runner in runners:
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
