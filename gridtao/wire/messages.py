@@ -151,8 +151,14 @@ def dispatch_terms(msg: _Command) -> tuple[object, ...]:
     """What a dispatch (a node's or the site's) asks for: its kind and every field but
     ``issued_at`` (a retry may be re-stamped). Two dispatches with one id and different terms
     are different requests."""
-    return (msg.KIND, *((f.name, getattr(msg, f.name)) for f in dataclasses.fields(msg)
-                        if f.name != "issued_at"))
+    names = _TERM_FIELDS.get(type(msg))
+    if names is None:  # once per class: every dispatch on the trigger path asks
+        names = _TERM_FIELDS[type(msg)] = tuple(
+            f.name for f in dataclasses.fields(msg) if f.name != "issued_at")
+    return (msg.KIND, *((name, getattr(msg, name)) for name in names))
+
+
+_TERM_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def _reject_constant(name: str) -> NoReturn:

@@ -99,6 +99,7 @@ class SimNvml:
         self._min_sleep_s = 0.0 if isinstance(clock, VirtualClock) else _MIN_REAL_SLEEP_S
         self._init_lock = threading.Lock()
         self._init_count = 0
+        self._id = id(self)  # a handle's owner: every call checks it
         self._global_calls: dict[str, int] = {}
         self.workloads: tuple[SimWorkload, ...] = (
             cfg.workloads or (SimWorkload(cfg.workload),) * cfg.count)
@@ -220,7 +221,7 @@ class SimNvml:
     def _enter(self, handle: object, name: str) -> LocalGpu:
         """Prologue of a device call: checks, accounting, and the ``lost``/``slow`` faults."""
         self._check_init()
-        if not isinstance(handle, SimHandle) or handle.owner != id(self):
+        if not isinstance(handle, SimHandle) or handle.owner != self._id:
             raise nvml_error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         dev = self._devices[handle.index]
         delay_s = 0.0
@@ -303,7 +304,7 @@ class SimNvml:
         self._check_init()
         if not isinstance(index, int) or not 0 <= index < len(self._devices):
             raise nvml_error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        handle = SimHandle(index, id(self))
+        handle = SimHandle(index, self._id)
         self._enter(handle, "nvmlDeviceGetHandleByIndex")
         return handle
 
