@@ -123,17 +123,20 @@ class Node:
 
 @contextmanager
 def running(broker: MosquittoBroker, cfg: Config, sim: SimNvml, *, clock: Clock | None = None,
-            serve: bool = False, settled_w: float | None = None) -> Iterator[Node]:
+            serve: bool = False, settled_w: float | None = None,
+            freeze_startup_heap: bool = False) -> Iterator[Node]:
     """An agent on ``sim`` (its clock unless ``clock``), started and connected; closed after.
     ``settled_w``: start only once every GPU's instant reading (it refreshes every 20 ms) shows
-    this draw, so the island's pre-event basis is exact."""
+    this draw, so the island's pre-event basis is exact. ``freeze_startup_heap``: as
+    :class:`AgentOptions` (the caller unfreezes after)."""
     backend = NvmlBackend(sim)
     if settled_w is not None:
         wait_until(lambda: all(abs(backend.instant_power_mw(i) - settled_w * W) <= W
                                for i in range(cfg.gpus.sim.count)),
                    "the simulated draw to settle", timeout_s=CONNECT_S)
     agent = Agent(cfg, clock=clock or sim.clock, backend=backend,
-                  options=AgentOptions(serve_metrics=False, connect_timeout_s=CONNECT_S))
+                  options=AgentOptions(serve_metrics=False, connect_timeout_s=CONNECT_S,
+                                       freeze_startup_heap=freeze_startup_heap))
     try:
         agent.start()
         assert agent.lane.is_connected, "island lane did not connect"

@@ -8,6 +8,7 @@ Waits are generous (a loaded 2-core machine); nothing here asserts wall-clock sp
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
 import json
 import shutil
@@ -48,7 +49,8 @@ def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> 
 
 @contextmanager
 def running_node(
-    broker: MosquittoBroker, name: str, *, serve: bool = False, **over: Any
+    broker: MosquittoBroker, name: str, *, serve: bool = False,
+    freeze_startup_heap: bool = False, **over: Any
 ) -> Iterator[Node]:
     base: dict[str, Any] = {
         "gpus": {"sim": {"count": N, "noise_w": 0.0, "seed": 7}},
@@ -69,7 +71,8 @@ def running_node(
     cfg = config_from_mapping(merge(base, over), source=f"<test {name}>")
     sim = steady_sim(cfg.gpus.sim, MonotonicClock(), DEMAND_W)
     # The island's pre-event baseline is then exactly N x DEMAND_W.
-    with running(broker, cfg, sim, serve=serve, settled_w=DEMAND_W) as node:
+    with running(broker, cfg, sim, serve=serve, settled_w=DEMAND_W,
+                 freeze_startup_heap=freeze_startup_heap) as node:
         yield node
 
 
@@ -516,6 +519,28 @@ def test_a_second_agent_on_a_served_node_id_refuses_to_start(
                            rf"{first.instance.id}"):
             second.start()
         assert node.agent.island.view().event_id is None and first.lane.is_connected
+
+
+def test_an_agent_with_its_process_to_itself_freezes_what_it_built_and_still_acts(
+    mqtt_broker: MosquittoBroker,
+) -> None:
+    """``gridtao run``'s agent freezes its start-up heap out of the garbage collector (a full
+    collection then scans only what came after); an agent built in a shared process, as here
+    by default, freezes nothing."""
+    before = gc.get_freeze_count()
+    with running_node(mqtt_broker, "shared") as node:
+        assert gc.get_freeze_count() == before
+        assert node.agent.lane.is_connected
+    try:
+        with running_node(mqtt_broker, "frozen", freeze_startup_heap=True) as node:
+            assert gc.get_freeze_count() > before
+            with node.acks() as acks:
+                node.dispatch(_shed("f1", 0.3))
+                ack = _ack(acks.wait(1, WAIT_S)[0])
+            assert ack["id"] == "f1" and ack["accepted"] is True
+            assert max(node.limits_w()) < DEFAULT_W
+    finally:
+        gc.unfreeze()  # this process runs many agents
 
 
 # ---------------------------------------------------------------- stale commands on the broker

@@ -37,3 +37,7 @@ class AgentOptions:
     connect_timeout_s: float = 10.0
     busy_load_fraction: float = 0.0  # bench only: keep the controller loop this busy (0..0.95)
     serve_metrics: bool = True
+    #: The agent has its process to itself (``gridtao run``): what start() built is frozen out
+    #: of the garbage collector (Agent.start). Never in a process that builds many agents, as a
+    #: test run does: what it froze would outlive them.
+    freeze_startup_heap: bool = False

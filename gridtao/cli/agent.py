@@ -58,7 +58,8 @@ def run_agent_command(args: argparse.Namespace, config: Config) -> int:
     loop = new_event_loop()
     try:
         return loop.run_until_complete(run_agent(
-            with_flags(config), options=AgentOptions(busy_load_fraction=args.busy_load),
+            with_flags(config), options=AgentOptions(busy_load_fraction=args.busy_load,
+                                                    freeze_startup_heap=True),
             reload_config=None if path is None else lambda: with_flags(load_config(path)),
         ))
     finally:

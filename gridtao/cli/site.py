@@ -33,6 +33,6 @@ def run_site_command(args: argparse.Namespace, config: Config) -> int:
             config.metrics, enabled=True, port=args.metrics_port))
     loop = new_event_loop()
     try:
-        return loop.run_until_complete(run_site(config))
+        return loop.run_until_complete(run_site(config, freeze_startup_heap=True))
     finally:
         loop.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -84,11 +85,14 @@ async def _ensure_unique(config: Config, me: Instance, wall: float) -> None:
 
 async def run_site(config: Config, *, stop: asyncio.Event | None = None,
                    clock: Clock | None = None,
-                   registry: CollectorRegistry | None = None) -> int:
+                   registry: CollectorRegistry | None = None,
+                   freeze_startup_heap: bool = False) -> int:
     """Run the coordinator until SIGINT/SIGTERM or ``stop``; 0 on a clean stop. SIGHUP (a
     ``systemctl reload``, a ``kill -HUP``) is logged and changes nothing: the coordinator
     reloads nothing live, and a restart applies a change (it rebuilds its view from the retained
-    topics, and the nodes keep their events meanwhile)."""
+    topics, and the nodes keep their events meanwhile). ``freeze_startup_heap``: the
+    coordinator has its process to itself (``gridtao site``), so what it built before serving
+    is frozen out of the garbage collector; never in a process that runs many."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig, handler in ((signal.SIGINT, stop.set), (signal.SIGTERM, stop.set),
@@ -144,6 +148,11 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
             raise ConfigError(f"{config.source}: metrics.host/metrics.port {mc.host}:{mc.port}: "
                               f"cannot listen there: {e.strerror or e}") from None
         log.info("metrics at http://%s:%d/metrics", mc.host, server.server_port)
+    if freeze_startup_heap:
+        # What is built so far lives as long as the coordinator: frozen, it is never scanned
+        # again (a full collection of it takes 15-25 ms, each time one comes due).
+        gc.collect()
+        gc.freeze()
     runners = [asyncio.ensure_future(conn.run()) for conn in (out, commands, states)]
     log.info("site %s: coordinating under %s/ (broker %s:%d)", config.site.id, m.prefix,
              m.host, m.port)
