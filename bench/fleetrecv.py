@@ -2,8 +2,8 @@
 way the agent's island reads its own (gridtao/transport/receiver.py): every socket read is split
 into packets by the agent's parser (gridtao/transport/packets.py, about 8 us a message against
 about 130 us through paho) and each PUBLISH handed on at once. QoS 1 messages are acknowledged
-after they were handled, in one write per read, which the worker makes when it sends the
-node's acks (:meth:`RawReceiver.send_pubacks`): as an agent's receiver acknowledges a read's
+after they were handled, in one write when the worker sends the node's acks at the end of its
+loop's pass (:meth:`RawReceiver.send_pubacks`): an agent's receiver acknowledges a read's
 messages once it has handled them, on its own core, so here one node's PUBACK must not hold up
 the next node's dispatch on the core they share.
 
@@ -120,6 +120,7 @@ class RawSubscriber:
     Use as a context manager: it is subscribed on entry and disconnected on exit."""
 
     POLL_S = 0.1  # how often the reading thread looks for its stop
+    PING_S = 30.0  # half the keepalive
 
     def __init__(self, host: str, port: int, topic: str, *, qos: int = 1,
                  max_packet_bytes: int = 1 << 20) -> None:
@@ -129,6 +130,7 @@ class RawSubscriber:
                                      [(topic, qos)], self._on_publish, keepalive_s=60,
                                      max_packet_bytes=max_packet_bytes)
         self._stop = threading.Event()
+        self._error: BaseException | None = None  # what ended the reading thread early
         self._thread = threading.Thread(target=self._run, name="fleet-bench-subscriber",
                                         daemon=True)
 
@@ -137,12 +139,19 @@ class RawSubscriber:
         self.messages.append(msg)
 
     def _run(self) -> None:
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._receiver.sock, selectors.EVENT_READ)
-            while not self._stop.is_set():
-                if sel.select(self.POLL_S):
-                    self._receiver.on_readable()
-                    self._receiver.send_pubacks()
+        next_ping = time.monotonic() + self.PING_S
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(self._receiver.sock, selectors.EVENT_READ)
+                while not self._stop.is_set():
+                    if sel.select(self.POLL_S):
+                        self._receiver.on_readable()
+                        self._receiver.send_pubacks()
+                    if time.monotonic() >= next_ping:
+                        next_ping += self.PING_S
+                        self._receiver.ping()
+        except (ConnectionError, OSError) as e:  # raised again by close(), where it is seen
+            self._error = e
 
     def __enter__(self) -> RawSubscriber:
         self._thread.start()
@@ -159,7 +168,11 @@ class RawSubscriber:
         self.close()
 
     def close(self) -> None:
+        """Stop reading and disconnect. Raises ConnectionError when the connection was lost
+        while reading (the messages then stop short: the caller must know why)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(2 * self.POLL_S + 1.0)
         self._receiver.close()
+        if self._error is not None:
+            raise ConnectionError(f"the bench's subscription was lost: {self._error}")

@@ -277,6 +277,8 @@ class _Worker:
                 conn = key.data
                 if conn is None:
                     self.command(statuses)
+                    if not self.running:  # stopped: every connection is closed
+                        break
                     continue
                 if isinstance(conn, RawReceiver):
                     if conn.on_readable():
@@ -288,6 +290,8 @@ class _Worker:
                 if events & selectors.EVENT_WRITE:
                     c.loop_write()
                 self.flush(conn)
+            if not self.running:
+                break
             # Messages that arrived meanwhile are handled before the acks go: on a real site a
             # node's acks take none of another node's CPU.
             while self.acks:

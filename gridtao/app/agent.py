@@ -267,8 +267,8 @@ class Agent:
             if self.options.freeze_startup_heap:
                 # Everything built so far lives as long as the agent (the modules, the parts):
                 # frozen, it is never scanned again, so a full collection later takes well
-                # under a millisecond of the interpreter instead of 15-25 ms, which would stall
-                # the island's thread, and a trigger with it.
+                # under a millisecond of the interpreter instead of about 20 ms, which would
+                # stall the island's thread, and a trigger with it.
                 gc.collect()
                 gc.freeze()
             self.tier2.start(sum(self.fast.draw_mw) / 1000.0)

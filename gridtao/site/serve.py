@@ -1,12 +1,13 @@
 """``gridtao site``'s lifecycle: one coordinator on the caller's event loop, until stopped.
 
-Three broker connections: two receive-only ones (gridtao/transport/receiver.py, read with
-gridtao's own packet parser: a thousand nodes' statuses and acks cost the coordinator little),
-one for commands (dispatches, awards, the nodes' acks, the meter, the site's own retained
-record) and one for the nodes' retained state (status, tracker, plan), drained commands first
-so an ack never waits behind statuses; and one the coordinator publishes on, with the offline
-status as its last will. The coordinator is fed message by message and ticked every
-``TICK_S``, and its metrics served when ``metrics.enabled``.
+Three broker connections. Two are receive-only (gridtao/transport/receiver.py, read with
+gridtao's own packet parser: a thousand nodes' statuses and acks cost the coordinator little):
+the commands' (dispatches, awards, the nodes' acks, the meter, the site's own retained record)
+and the nodes' retained state's (status, tracker, plan), drained commands first so an ack never
+waits behind statuses. The third is what the coordinator publishes on, with the offline status
+as its last will; it connects once the commands' connection is subscribed, so the site never
+says it is online before it can hear a dispatch. The coordinator is fed message by message and
+ticked every ``TICK_S``, and its metrics served when ``metrics.enabled``.
 SIGINT and SIGTERM stop it; it changes no node on the way out (the nodes keep their events).
 """
 
@@ -150,15 +151,26 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
         log.info("metrics at http://%s:%d/metrics", mc.host, server.server_port)
     if freeze_startup_heap:
         # What is built so far lives as long as the coordinator: frozen, it is never scanned
-        # again (a full collection of it takes 15-25 ms, each time one comes due).
+        # again (a full collection of it takes about 20 ms, each time one comes due).
         gc.collect()
         gc.freeze()
-    runners = [asyncio.ensure_future(conn.run()) for conn in (out, commands, states)]
+    runners = [asyncio.ensure_future(conn.run()) for conn in (commands, states)]
     log.info("site %s: coordinating under %s/ (broker %s:%d)", config.site.id, m.prefix,
              m.host, m.port)
     arrived = asyncio.Event()
     commands.on_inbound = states.on_inbound = arrived.set
+    publishing = False
     try:
+        # Nothing is said (the site's online status first) before the commands can be heard.
+        waits = [asyncio.ensure_future(e.wait()) for e in (commands.connected, stop)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if not stop.is_set():
+            runners.append(asyncio.ensure_future(out.run()))
+            publishing = True
         while not stop.is_set():
             arrived.clear()  # before draining: a message landing after the drain wakes us
             while True:
@@ -176,9 +188,11 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(arrived.wait(), timeout=TICK_S)
     finally:
-        out.publish_nowait(coordinator.topics.status, coordinator.offline_payload(), 1, True)
-        with contextlib.suppress(Exception):
-            await out.flush(2.0)
+        if publishing:  # say offline where the site said it was online
+            out.publish_nowait(coordinator.topics.status, coordinator.offline_payload(), 1,
+                               True)
+            with contextlib.suppress(Exception):
+                await out.flush(2.0)
         for runner in runners:
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
