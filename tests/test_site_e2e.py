@@ -24,6 +24,7 @@ import pytest
 import yaml
 from agentproc import REPO, WAIT_S, agent_processes, spawn_agent, write_agent_config
 from broker import MosquittoBroker, Subscriber, publish
+from prometheus_client import CollectorRegistry
 from waiting import wait_until
 
 from gridtao.clock import MonotonicClock
@@ -264,6 +265,33 @@ def test_the_site_logs_one_line_when_it_stops(
         assert asyncio.run(run_then_stop()) == 0
     lines = [r.getMessage() for r in caplog.records if r.name == "gridtao.site"]
     assert lines[-1] == "site site-1 stopped", lines
+
+
+def test_the_site_says_which_broker_connection_is_up(
+    mqtt_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """``gridtao_broker_connected{link}`` for the site's three connections: the two it listens
+    on (cmd, state) and the one it publishes on (out), which starts once cmd is subscribed."""
+    config = load_config(_site_config(tmp_path, mqtt_broker, "e2e/links", []))
+    registry = CollectorRegistry()
+    stop = asyncio.Event()
+    seen: dict[str, float | None] = {}
+
+    def connected(link: str) -> float | None:
+        return registry.get_sample_value("gridtao_broker_connected", {"link": link})
+
+    async def run_then_stop() -> int:
+        site = asyncio.ensure_future(run_site(config, stop=stop, registry=registry))
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and not all(
+                connected(link) == 1.0 for link in ("out", "cmd", "state")):
+            await asyncio.sleep(0.05)
+        seen.update({link: connected(link) for link in ("out", "cmd", "state")})
+        stop.set()
+        return await site
+
+    assert asyncio.run(run_then_stop()) == 0
+    assert seen == {"out": 1.0, "cmd": 1.0, "state": 1.0}
 
 
 def test_a_hangup_neither_stops_nor_changes_the_site(

@@ -33,6 +33,7 @@ from gridtao.site.meterauth import meter_unsignable
 from gridtao.site.metrics import register
 from gridtao.site.records import MAX_RECORD_BYTES
 from gridtao.site.signing import signer
+from gridtao.telemetry.collectors import LinkCollector
 from gridtao.transport.check import read_retained
 from gridtao.transport.instance import Instance, other_instance
 from gridtao.transport.mqtt import MqttLink, Will
@@ -140,6 +141,10 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
                   max_packet_bytes=STATE_MAX_PACKET_BYTES)
     registry = registry if registry is not None else CollectorRegistry()
     register(coordinator, registry)
+    # A site whose commands' connection alone is down still says it is online (its will is
+    # on the publishing one): this says which connection is down.
+    LinkCollector({"out": lambda: out.is_connected, "cmd": lambda: commands.is_connected,
+                   "state": lambda: states.is_connected}, registry=registry)
     server: Any = None
     if config.metrics.enabled:
         mc = config.metrics
