@@ -68,3 +68,33 @@ def test_an_exception_in_the_block_is_not_hidden_by_a_failed_serve(
         assert agent.served.wait(5.0)
         raise KeyError("the block's own failure")
     assert "serve failed" in caplog.text
+
+
+class _StuckAgent:
+    """Its wind-down hangs in a worker thread until released, as a stuck quiesce would."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        await asyncio.get_running_loop().run_in_executor(None, self._quiesce_that_hangs)
+
+    def _quiesce_that_hangs(self) -> None:
+        self.release.wait(30.0)
+
+
+def test_a_stop_that_times_out_logs_where_every_thread_is(
+        caplog: pytest.LogCaptureFixture) -> None:
+    agent = _StuckAgent()
+    thread = ServeThread(agent, name="t-stuck")
+    thread.start()
+    try:
+        with caplog.at_level(logging.ERROR, "gridtao.app.serve"), \
+                pytest.raises(TimeoutError, match=r"t-stuck: agent\.serve\(\) did not return"):
+            thread.stop(0.3)
+        # the thread that holds the stop up, named with the function it is in
+        assert "_quiesce_that_hangs" in caplog.text and "t-stuck" in caplog.text
+    finally:
+        agent.release.set()
+        thread.stop(5.0)

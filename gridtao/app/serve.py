@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
@@ -92,10 +94,23 @@ class ServeThread:
                 loop.call_soon_threadsafe(self._stop_event.set)
         self._thread.join(timeout_s)
         if self._thread.is_alive():
+            # Where every thread is: the stop waits on a quiesce in another thread (an executor
+            # worker), so the serving thread's own stack would say only that it waits.
+            log.error("%s: agent.serve() still running %g s after being stopped; threads:\n%s",
+                      self._thread.name, timeout_s, _thread_stacks())
             raise TimeoutError(f"{self._thread.name}: agent.serve() did not return within "
-                               f"{timeout_s:g} s of being stopped")
+                               f"{timeout_s:g} s of being stopped (threads' stacks logged)")
         if self._error is not None:
             raise self._error
+
+
+def _thread_stacks(depth: int = 6) -> str:
+    """The innermost ``depth`` frames of every live thread, by name."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    return "\n".join(
+        f"  {names.get(ident, ident)}:\n" + "".join(
+            "    " + line for line in traceback.format_stack(frame)[-depth:])
+        for ident, frame in sys._current_frames().items())
 
 
 @contextmanager
