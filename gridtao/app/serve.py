@@ -28,7 +28,11 @@ __all__ = ["Servable", "ServeThread", "serving"]
 
 log = logging.getLogger("gridtao.app.serve")
 
-STOP_TIMEOUT_S = 10.0  # serve's quiesce joins tier 1 (2 s) and flushes the status link (2 s)
+#: What serve's wind-down may take, each step bounded: the lane's stop (its final acks' flush,
+#: 2 s, within 5 s; its thread, 5 s), tier 1's join (2 s), the restore's writes (the island's
+#: write timeout) and the offline status's flush (2 s). Under the 30 s the systemd units and
+#: Kubernetes manifests give a stop.
+STOP_TIMEOUT_S = 20.0
 
 
 class Servable(Protocol):
