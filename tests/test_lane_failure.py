@@ -110,3 +110,18 @@ def test_a_stop_step_that_fails_still_restores_the_limits(
         agent.close()
     with NvmlBackend(sim) as after:  # the GPUs outlive the agent
         assert [after.enforced_limit_mw(i) for i in range(2)] == start_mw
+
+
+def test_a_slow_stop_step_is_logged_with_how_long_it_took(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Each step of a stop is bounded, the whole must fit a supervisor's 30 s: one that takes
+    longer than expected is named with its time (quick ones say nothing)."""
+    from gridtao.app.stopping import stop_step
+
+    with caplog.at_level(logging.WARNING, "gridtao.app.agent"):
+        stop_step("a quick step", lambda: None, slow_s=0.05)
+        stop_step("a slow step", lambda: time.sleep(0.1), slow_s=0.05)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    took = lines[0].removeprefix("stopping: a slow step took ").removesuffix(" s")
+    assert float(took) >= 0.1, lines

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from gridtao.records.unsent import UnsentAck, keep, take
 __all__ = ["STOP_REASON", "NodeStop"]
 
 log = logging.getLogger("gridtao.app.agent")
+
+#: A stop step taking longer than this is logged (s): each is bounded, the whole must fit the
+#: 30 s a supervisor gives a stop.
+SLOW_STOP_STEP_S = 2.0
 
 #: The reason acked for every event still held when the agent stops. (After a crash the agent
 #: finds its own caps at start: it restores what was found before it first changed them.)
@@ -99,9 +104,16 @@ class NodeStop:
         self._parts.lane.call(lambda: [Outgoing(a.topic, a.payload, a.qos) for a in acks])
 
 
-def stop_step(what: str, step: Callable[[], object]) -> None:
-    """Run one step of a stop; an exception is logged and the stop goes on (to the restore)."""
+def stop_step(what: str, step: Callable[[], object], *,
+              slow_s: float = SLOW_STOP_STEP_S) -> None:
+    """Run one step of a stop; an exception is logged and the stop goes on (to the restore). A
+    step that took longer than ``slow_s`` says so: a supervisor gives a stop 30 s, and the
+    restore comes after these steps."""
+    t0 = time.monotonic()
     try:
         step()
     except Exception:
         log.exception("stopping: %s failed; going on to restore the limits", what)
+    took = time.monotonic() - t0
+    if took > slow_s:
+        log.warning("stopping: %s took %.1f s", what, took)
