@@ -428,38 +428,6 @@ def test_a_node_back_online_is_sent_its_shares_again_and_a_refusal_is_counted() 
     assert registry.get_sample_value("gridtao_site_node_award_refusals_total") == 1.0
 
 
-def test_a_node_that_refuses_its_award_holds_none_and_its_shares_move_at_once() -> None:
-    """A refusal means the node holds none of what it was sent: the next tick moves its shares
-    to the node with room (not resplit_s later), the status counts what no node can take as
-    short, and the node takes awards again once it publishes a new plan."""
-    h, start = _site(resplit_s=60.0)
-    _two_nodes(h, start)
-    h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start, "mtu_s": MTU,
-                                    "capacity_w": {"ffr": [1200]}})
-    first = {t.split("/")[2]: b for t, b in _awards(h)}
-    assert {n: b["capacity_w"]["ffr"] for n, b in first.items()} == {"n1": [600], "n2": [600]}
-    h.send(f"{PREFIX}/nodes/n2/ack", {"id": first["n2"]["id"], "kind": "award",
-                                      "accepted": False, "reason": "no plan for this hour"})
-    assert h.c.counts["node_award_refused"] == 1
-    h.clock.advance(1.0)  # well inside resplit_s
-    h.status("n1", 1400.0)
-    h.status("n2", 1400.0)
-    h.c.tick()
-    sent = {t.split("/")[2]: b["capacity_w"]["ffr"] for t, b in _awards(h)}
-    # n1 (1000 W of room) takes 400 W more; n2 is sent what it keeps in the books, 200 W that
-    # no node has room for, and the status counts that as short
-    assert sent == {"n1": [1000], "n2": [200]}
-    assert h.c.snapshot["award"]["short_w"] == 200.0
-    # a new plan: n2 may take awards again, and holds its 200 W without a shortfall
-    _plan(h, "n2", start, 600.0, p10=1300.0, p50=1400.0)
-    h.clock.advance(60.0)
-    h.status("n1", 1400.0)
-    h.status("n2", 1400.0)
-    h.c.tick()
-    assert _awards(h) == []  # nothing moves back: shares move only for a node short of room
-    assert h.c.snapshot["award"]["short_w"] == 0.0
-
-
 def _offers(h: Harness, node: str, start: int, offers: dict[str, float],
             capacity: dict[str, float]) -> None:
     h.send(f"{PREFIX}/nodes/{node}/plan", {

@@ -179,13 +179,11 @@ class SiteCoordinator:
             self.view.on_status(node, body)
             self.order_auth.on_status(node, body.get("auth"))
             if came_back and self.view.nodes[node].online:  # a restarted agent holds no award
-                self.bidding.live.accepting(node)
                 self.bidding.live.resend(node, self.clock.wall(), self.bidding.plan)
         elif leaf == "tracker":
             self.view.on_tracker(node, body)
         elif leaf == "plan":
             self.view.on_plan(node, body)
-            self.bidding.live.accepting(node)
             self.bidding.on_node_plan()
         elif leaf == "ack":
             self._on_node_ack(node, body)
@@ -195,10 +193,7 @@ class SiteCoordinator:
         if body.get("kind") == "award":  # its id may be null: an award it could not read
             if body.get("accepted") is False:
                 self._count("node_award_refused")
-                log.warning("node %s refused its award %s: %s; its shares of the award in "
-                            "force move to nodes with room, until it publishes a new plan",
-                            node, ident, body.get("reason"))
-                self.bidding.live.on_refusal(node, self.clock.wall())
+                log.warning("node %s refused its award %s: %s", node, ident, body.get("reason"))
             return
         if not isinstance(ident, str):
             return

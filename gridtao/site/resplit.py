@@ -14,10 +14,7 @@ gives up the excess, which goes to nodes with room to spare
 the draws sends nothing. Each node whose share changed is sent a signed award for that MTU
 alone, issued after every award the site sent before, so it wins on the node (the award rules:
 the later issued wins). A node in an event keeps its shares and takes none (its capped draw
-says nothing of its room; a node takes no new capacity mid-activation anyway). A node that
-refused an award the site sent it holds none of what it refused, so it counts as having no
-room (its shares move at the next pass, and the status counts them short until then) until it
-publishes a new plan or comes back online.
+says nothing of its room; a node takes no new capacity mid-activation anyway).
 
 The site resolves its own awards as a node does: where two cover a product in an MTU, the one
 issued later wins (:meth:`LiveSplit.effective` masks what an older one says there), and every
@@ -91,8 +88,6 @@ class LiveSplit:
         self._rebuild_at = math.inf  # after a restart: when the books are rebuilt (restore)
         #: An award came since the site's retained record was last written.
         self.record_stale = False
-        #: Nodes that refused an award the site sent (module docstring).
-        self._refusing: set[str] = set()
 
     def _order(self, award: Award, wall: float) -> tuple[float, int]:
         self._received += 1
@@ -186,22 +181,11 @@ class LiveSplit:
         start = award.start_s + math.floor((wall - award.start_s) / award.mtu_s) * award.mtu_s
         return start, award.mtu_s, {p: w for p, (_, w) in found.items()}, award.id
 
-    def on_refusal(self, node: str, wall: float) -> None:
-        """``node`` refused an award the site sent it: no room until :meth:`accepting`, and
-        its shares move at the next pass (this tick's, whatever ``resplit_s`` left to wait)."""
-        self._refusing.add(node)
-        self._next = min(self._next, wall)
-
-    def accepting(self, node: str) -> None:
-        """``node`` published a new plan, or came back online: it may take awards again."""
-        self._refusing.discard(node)
-
     def _rooms(self, wall: float, nodes: Sequence[str]) -> dict[str, float]:
-        """Each node's live room (0 offline, or after refusing an award); nodes in an event
-        are left out (module docstring)."""
+        """Each node's live room; nodes in an event are left out (module docstring)."""
         online = {v.node: v for v in self.view.online(wall)}
-        return {n: live_room_w(online[n]) if n in online and n not in self._refusing else 0.0
-                for n in nodes if n not in online or not online[n].event}
+        return {n: live_room_w(online[n]) if n in online else 0.0 for n in nodes
+                if n not in online or not online[n].event}
 
     def in_force(self, wall: float, plan: SitePlan | None) -> dict[str, Any] | None:
         """The award in force now for the site's status (None outside every award):
