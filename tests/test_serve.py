@@ -71,16 +71,20 @@ def test_an_exception_in_the_block_is_not_hidden_by_a_failed_serve(
 
 
 class _StuckAgent:
-    """Its wind-down hangs in a worker thread until released, as a stuck quiesce would."""
+    """Its wind-down waits on a worker thread that hangs until released, as a stuck quiesce
+    would (the worker is in its hanging call before the test stops it: ``entered``)."""
 
     def __init__(self) -> None:
+        self.entered = threading.Event()
         self.release = threading.Event()
 
     async def serve(self, stop: asyncio.Event) -> None:
+        hung = asyncio.get_running_loop().run_in_executor(None, self._quiesce_that_hangs)
         await stop.wait()
-        await asyncio.get_running_loop().run_in_executor(None, self._quiesce_that_hangs)
+        await hung
 
     def _quiesce_that_hangs(self) -> None:
+        self.entered.set()
         self.release.wait(30.0)
 
 
@@ -90,11 +94,12 @@ def test_a_stop_that_times_out_logs_where_every_thread_is(
     thread = ServeThread(agent, name="t-stuck")
     thread.start()
     try:
+        assert agent.entered.wait(10.0)
         with caplog.at_level(logging.ERROR, "gridtao.app.serve"), \
                 pytest.raises(TimeoutError, match=r"t-stuck: agent\.serve\(\) did not return"):
             thread.stop(0.3)
-        # the thread that holds the stop up, named with the function it is in
-        assert "_quiesce_that_hangs" in caplog.text and "t-stuck" in caplog.text
+        # the thread that holds the stop up, by the function it is in
+        assert "_quiesce_that_hangs" in caplog.text
     finally:
         agent.release.set()
         thread.stop(5.0)

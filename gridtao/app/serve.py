@@ -30,8 +30,7 @@ log = logging.getLogger("gridtao.app.serve")
 
 #: What serve's wind-down may take, each step bounded: the lane's stop (its final acks' flush,
 #: 2 s, within 5 s; its thread, 5 s), tier 1's join (2 s), the restore's writes (the island's
-#: write timeout) and the offline status's flush (2 s). Under the 30 s the systemd units and
-#: Kubernetes manifests give a stop.
+#: write timeout) and the offline status's flush (2 s).
 STOP_TIMEOUT_S = 20.0
 
 
