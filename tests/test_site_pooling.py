@@ -428,6 +428,39 @@ def test_a_node_back_online_is_sent_its_shares_again_and_a_refusal_is_counted() 
     assert registry.get_sample_value("gridtao_site_node_award_refusals_total") == 1.0
 
 
+def test_a_share_a_node_refused_is_counted_short_until_it_accepts_one_again() -> None:
+    """A node that refuses an award the site sent it holds none of it: the status counts its
+    share short (it is not moved for it). An ack of an id the site never sent that node changes
+    nothing; the node accepting a later award of the same MTU holds its share again."""
+    h, start = _site(resplit_s=0.0)
+    _two_nodes(h, start)
+    h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start, "mtu_s": MTU,
+                                    "capacity_w": {"ffr": [1200]}})
+    sent = {t.split("/")[2]: b for t, b in _awards(h)}
+
+    def short_after(*acks: tuple[str, dict[str, Any]]) -> float:
+        for node, ack in acks:
+            h.send(f"{PREFIX}/nodes/{node}/ack", {"kind": "award"} | ack)
+        h.clock.advance(5.0)
+        h.status("n1", 1400.0)
+        h.status("n2", 1400.0)
+        h.c.tick()
+        return float(h.c.snapshot["award"]["short_w"])
+
+    assert short_after() == 0.0
+    # not the site's: an id it never sent n2, and an award n2 could not read (null id)
+    assert short_after(("n2", {"id": "forged", "accepted": False, "reason": "x"}),
+                       ("n2", {"id": None, "accepted": False, "reason": "unreadable"})) == 0.0
+    assert short_after(("n2", {"id": sent["n2"]["id"], "accepted": False,
+                               "reason": "no plan for this hour"})) == 600.0
+    assert h.c.counts["node_award_refused"] == 3
+    h.status("n2", 1400.0, online=False)  # its agent restarts ...
+    h.clock.advance(3.0)
+    h.status("n2", 1400.0)  # ... and is sent its shares again, which it takes
+    (again,) = [b for t, b in _awards(h) if t.split("/")[2] == "n2"]
+    assert short_after(("n2", {"id": again["id"], "accepted": True, "reason": None})) == 0.0
+
+
 def _offers(h: Harness, node: str, start: int, offers: dict[str, float],
             capacity: dict[str, float]) -> None:
     h.send(f"{PREFIX}/nodes/{node}/plan", {

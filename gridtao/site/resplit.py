@@ -14,7 +14,10 @@ gives up the excess, which goes to nodes with room to spare
 the draws sends nothing. Each node whose share changed is sent a signed award for that MTU
 alone, issued after every award the site sent before, so it wins on the node (the award rules:
 the later issued wins). A node in an event keeps its shares and takes none (its capped draw
-says nothing of its room; a node takes no new capacity mid-activation anyway).
+says nothing of its room; a node takes no new capacity mid-activation anyway). A node that
+refuses an award the site sent it (an ack of one of the ids the site sent that node) holds none
+of what that award said: the status counts those shares short until the node accepts a later
+award for them. They are not moved for it.
 
 The site resolves its own awards as a node does: where two cover a product in an MTU, the one
 issued later wins (:meth:`LiveSplit.effective` masks what an older one says there), and every
@@ -49,6 +52,7 @@ log = logging.getLogger("gridtao.site")
 
 _SUFFIX_CHARS = 13  # "~" and the issue time in ms, hex: unique across restarts
 _AFTER_S = 0.001  # a node award is issued at least this long after the site's last one
+_PRUNE_S = 60.0  # how often the ids of awards sent are pruned of what is over, s
 
 
 def live_room_w(view: NodeView) -> float:
@@ -88,6 +92,11 @@ class LiveSplit:
         self._rebuild_at = math.inf  # after a restart: when the books are rebuilt (restore)
         #: An award came since the site's retained record was last written.
         self.record_stale = False
+        #: (node, award id) -> the (MTU start, product) entries the site sent that node in it
+        self._ids: dict[tuple[str, str], tuple[tuple[int, str], ...]] = {}
+        #: (MTU start, product) -> the nodes that refused what the site sent them for it
+        self._not_held: dict[tuple[int, str], set[str]] = {}
+        self._prune_at = -math.inf
 
     def _order(self, award: Award, wall: float) -> tuple[float, int]:
         self._received += 1
@@ -181,6 +190,32 @@ class LiveSplit:
         start = award.start_s + math.floor((wall - award.start_s) / award.mtu_s) * award.mtu_s
         return start, award.mtu_s, {p: w for p, (_, w) in found.items()}, award.id
 
+    def note_sent(self, node: str, body: Mapping[str, Any], wall: float) -> None:
+        """The site sent ``node`` the award ``body`` (its acks are matched to it by id)."""
+        start, mtu_s = int(body["start"]), int(body["mtu_s"])
+        self._ids[(node, str(body["id"]))] = tuple(
+            (start + k * mtu_s, p) for p, row in body["capacity_w"].items()
+            for k, w in enumerate(row) if w is not None)
+        if wall >= self._prune_at:  # what is over goes, once a minute (a split sends N)
+            self._prune_at = wall + _PRUNE_S
+            self._ids = {key: entries for key, entries in self._ids.items()
+                         if any(mtu + mtu_s > wall for mtu, _ in entries)}
+            self._not_held = {key: nodes for key, nodes in self._not_held.items()
+                              if key[0] + mtu_s > wall}
+
+    def on_node_ack(self, node: str, ident: object, accepted: bool) -> bool:
+        """``node`` acked an award: refused, it holds none of what the site sent it in it;
+        accepted, it holds what it was sent. False for an id the site did not send it."""
+        entries = self._ids.get((node, ident)) if isinstance(ident, str) else None
+        if entries is None:
+            return False
+        for key in entries:
+            if accepted:
+                self._not_held.get(key, set()).discard(node)
+            else:
+                self._not_held.setdefault(key, set()).add(node)
+        return True
+
     def _rooms(self, wall: float, nodes: Sequence[str]) -> dict[str, float]:
         """Each node's live room; nodes in an event are left out (module docstring)."""
         online = {v.node: v for v in self.view.online(wall)}
@@ -202,8 +237,10 @@ class LiveSplit:
         online = self.view.online(wall)
         held: dict[str, float] = {}
         for p in awarded:
+            refused = self._not_held.get((start, p), set())
             for n, w in self._sent.get((start, p), {}).items():
-                held[n] = held.get(n, 0.0) + w
+                if n not in refused:  # a refused share is held by no node: short
+                    held[n] = held.get(n, 0.0) + w
         rooms = self._rooms(wall, sorted({v.node for v in online} | set(held)))  # offline: 0
         room = sum(rooms.values()) + sum(w for n, w in held.items()
                                          if n not in rooms and self.view.is_online(n, wall))
@@ -310,6 +347,7 @@ class LiveSplit:
                 "node": node, "issued_at": issued, "start": first, "mtu_s": mtu_s,
                 "capacity_w": rows}
         self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
+        self.note_sent(node, body, wall)
         self._count("site_awards_resent")
         log.info("node %s: its shares of the awards not over sent again, %s (%d MTUs)",
                  node, why, count)
@@ -332,6 +370,7 @@ class LiveSplit:
                     "mtu_s": mtu_s, "capacity_w": {p: [w] for p, w in sorted(moved.items())}}
             if self.view.is_online(node, wall):  # one offline gets them when back (resend)
                 self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
+                self.note_sent(node, body, wall)
             for p, w in moved.items():
                 self._sent[(start, p)][node] = w
         self._count("site_award_resplits")
