@@ -430,8 +430,9 @@ def test_a_node_back_online_is_sent_its_shares_again_and_a_refusal_is_counted() 
 
 def test_a_share_a_node_refused_is_counted_short_until_it_accepts_one_again() -> None:
     """A node that refuses an award the site sent it holds none of it: the status counts its
-    share short (it is not moved for it). An ack of an id the site never sent that node changes
-    nothing; the node accepting a later award of the same MTU holds its share again."""
+    share short (it is not moved for it). An ack of an id the site never sent that node, or one
+    the contract does not know, changes nothing; the node accepting a later award for the same
+    MTU holds its share again, and a late ack of an older award judges nothing."""
     h, start = _site(resplit_s=0.0)
     _two_nodes(h, start)
     h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start, "mtu_s": MTU,
@@ -447,18 +448,30 @@ def test_a_share_a_node_refused_is_counted_short_until_it_accepts_one_again() ->
         h.c.tick()
         return float(h.c.snapshot["award"]["short_w"])
 
+    def restarted(node: str) -> str:
+        """``node``'s agent restarts: the id of its shares sent again."""
+        h.status(node, 1400.0, online=False)
+        h.clock.advance(3.0)
+        h.status(node, 1400.0)
+        (again,) = [b for t, b in _awards(h) if t.split("/")[2] == node]
+        return str(again["id"])
+
     assert short_after() == 0.0
-    # not the site's: an id it never sent n2, and an award n2 could not read (null id)
+    # not the site's: an id it never sent n2, an award n2 could not read (null id), and an ack
+    # the contract does not know (no accepted)
     assert short_after(("n2", {"id": "forged", "accepted": False, "reason": "x"}),
-                       ("n2", {"id": None, "accepted": False, "reason": "unreadable"})) == 0.0
+                       ("n2", {"id": None, "accepted": False, "reason": "unreadable"}),
+                       ("n2", {"id": sent["n2"]["id"]})) == 0.0
     assert short_after(("n2", {"id": sent["n2"]["id"], "accepted": False,
                                "reason": "no plan for this hour"})) == 600.0
     assert h.c.counts["node_award_refused"] == 3
-    h.status("n2", 1400.0, online=False)  # its agent restarts ...
-    h.clock.advance(3.0)
-    h.status("n2", 1400.0)  # ... and is sent its shares again, which it takes
-    (again,) = [b for t, b in _awards(h) if t.split("/")[2] == "n2"]
-    assert short_after(("n2", {"id": again["id"], "accepted": True, "reason": None})) == 0.0
+    resent = restarted("n2")  # sent its shares again, which it takes
+    assert short_after(("n2", {"id": resent, "accepted": True, "reason": None})) == 0.0
+    # an id the site sent n1 only, acked by n2: nothing
+    assert short_after(("n2", {"id": restarted("n1"), "accepted": False, "reason": "x"})) == 0.0
+    # refused again; then a late repeat of its acceptance of the older award changes nothing
+    assert short_after(("n2", {"id": restarted("n2"), "accepted": False, "reason": "x"})) == 600.0
+    assert short_after(("n2", {"id": resent, "accepted": True, "reason": None})) == 600.0
 
 
 def _offers(h: Harness, node: str, start: int, offers: dict[str, float],

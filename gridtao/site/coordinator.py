@@ -191,13 +191,15 @@ class SiteCoordinator:
     def _on_node_ack(self, node: str, body: Mapping[str, Any]) -> None:
         ident = body.get("id")
         if body.get("kind") == "award":  # its id may be null: an award it could not read
-            accepted = body.get("accepted") is True
+            accepted = body.get("accepted")
+            if not isinstance(accepted, bool):
+                return  # not an ack the contract knows
             ours = self.bidding.live.on_node_ack(node, ident, accepted)
             if not accepted:
                 self._count("node_award_refused")
                 log.warning("node %s refused its award %s: %s%s", node, ident,
                             body.get("reason"), "; what it was sent in it is counted short"
-                            if ours else " (not an award this site sent it)")
+                            if ours else " (not matched to an award this site sent it)")
             return
         if not isinstance(ident, str):
             return

@@ -15,9 +15,10 @@ the draws sends nothing. Each node whose share changed is sent a signed award fo
 alone, issued after every award the site sent before, so it wins on the node (the award rules:
 the later issued wins). A node in an event keeps its shares and takes none (its capped draw
 says nothing of its room; a node takes no new capacity mid-activation anyway). A node that
-refuses an award the site sent it (an ack of one of the ids the site sent that node) holds none
-of what that award said: the status counts those shares short until the node accepts a later
-award for them. They are not moved for it.
+refuses an award the site sent it (an ack of one of the ids the site sent that node, for the
+entries no later award sent it again) holds none of what that award said: the status counts
+those shares short until the node accepts a later award for them (a bound: a node that refused
+a re-split may still hold what an earlier award gave it). They are not moved for it.
 
 The site resolves its own awards as a node does: where two cover a product in an MTU, the one
 issued later wins (:meth:`LiveSplit.effective` masks what an older one says there), and every
@@ -94,6 +95,8 @@ class LiveSplit:
         self.record_stale = False
         #: (node, award id) -> the (MTU start, product) entries the site sent that node in it
         self._ids: dict[tuple[str, str], tuple[tuple[int, str], ...]] = {}
+        #: (node, MTU start, product) -> the id of the last award that sent the node that entry
+        self._latest: dict[tuple[str, int, str], str] = {}
         #: (MTU start, product) -> the nodes that refused what the site sent them for it
         self._not_held: dict[tuple[int, str], set[str]] = {}
         self._prune_at = -math.inf
@@ -192,28 +195,35 @@ class LiveSplit:
 
     def note_sent(self, node: str, body: Mapping[str, Any], wall: float) -> None:
         """The site sent ``node`` the award ``body`` (its acks are matched to it by id)."""
-        start, mtu_s = int(body["start"]), int(body["mtu_s"])
-        self._ids[(node, str(body["id"]))] = tuple(
-            (start + k * mtu_s, p) for p, row in body["capacity_w"].items()
-            for k, w in enumerate(row) if w is not None)
+        start, mtu_s, ident = int(body["start"]), int(body["mtu_s"]), str(body["id"])
+        entries = tuple((start + k * mtu_s, p) for p, row in body["capacity_w"].items()
+                        for k, w in enumerate(row) if w is not None)
+        self._ids[(node, ident)] = entries
+        for mtu, p in entries:
+            self._latest[(node, mtu, p)] = ident
         if wall >= self._prune_at:  # what is over goes, once a minute (a split sends N)
             self._prune_at = wall + _PRUNE_S
-            self._ids = {key: entries for key, entries in self._ids.items()
-                         if any(mtu + mtu_s > wall for mtu, _ in entries)}
+            self._ids = {key: e for key, e in self._ids.items()
+                         if any(mtu + mtu_s > wall for mtu, _ in e)}
+            self._latest = {key: i for key, i in self._latest.items() if key[1] + mtu_s > wall}
             self._not_held = {key: nodes for key, nodes in self._not_held.items()
                               if key[0] + mtu_s > wall}
 
     def on_node_ack(self, node: str, ident: object, accepted: bool) -> bool:
         """``node`` acked an award: refused, it holds none of what the site sent it in it;
-        accepted, it holds what it was sent. False for an id the site did not send it."""
+        accepted, it holds what it was sent. Only the entries no later award sent the node
+        again are judged by it (a late or repeated ack of an older award changes nothing).
+        False for an id the site did not send it."""
         entries = self._ids.get((node, ident)) if isinstance(ident, str) else None
         if entries is None:
             return False
-        for key in entries:
+        for mtu, p in entries:
+            if self._latest.get((node, mtu, p)) != ident:
+                continue
             if accepted:
-                self._not_held.get(key, set()).discard(node)
+                self._not_held.get((mtu, p), set()).discard(node)
             else:
-                self._not_held.setdefault(key, set()).add(node)
+                self._not_held.setdefault((mtu, p), set()).add(node)
         return True
 
     def _rooms(self, wall: float, nodes: Sequence[str]) -> dict[str, float]:
