@@ -17,6 +17,7 @@ from gridtao.site.pooling import (
     pooled_quantiles,
     pooling_gain,
     proportional_fill,
+    whole_watts,
 )
 
 MTU = 3600
@@ -55,6 +56,14 @@ def test_proportional_fill_gives_what_a_full_taker_cannot_take_to_the_rest() -> 
     # everyone full: the shares stop at the caps, the rest is left unplaced
     assert sum(proportional_fill(900.0, {"a": 1.0, "b": 1.0}, {"a": 100.0, "b": 200.0})
                .values()) == pytest.approx(300.0)
+
+
+def test_whole_watts_gives_the_remainder_to_a_share_with_no_cap() -> None:
+    """The largest remainder goes first; a key with no cap takes it (the fuzz found a share
+    without a cap, first in line, stopping the coordinator)."""
+    out = whole_watts({"n1": 49.5, "n2": 0.0, "n3": 1.5}, {"n3": 1.5})
+    assert out == {"n1": 50.0, "n2": 0.0, "n3": 1.0} and sum(out.values()) == 51.0
+    assert whole_watts({"a": 0.6, "b": 0.6}, {"a": 0.5}) == {"a": 0.0, "b": 1.0}
 
 
 def _plan(h: Harness, node: str, start: int, offer: float, *, p10: float, p50: float,

@@ -163,7 +163,8 @@ def whole_watts(shares: Mapping[str, float], caps: Mapping[str, float]) -> dict[
     for k in sorted(shares, key=lambda k: (-(shares[k] - out[k]), k)):
         if left <= 0:
             break
-        if out[k] + 1.0 <= math.floor(caps.get(k, math.inf) + 1e-6):
+        cap = caps.get(k)
+        if cap is None or out[k] + 1.0 <= math.floor(cap + 1e-6):
             out[k] += 1.0
             left -= 1
     return out
