@@ -41,6 +41,12 @@ then simulated minute by minute. Strategies, on the same day, signals and random
   in revenue (``gridtao_margin_sweep``).
 * ``oracle``: the same optimiser fed the actual draw of the day (each hour's lowest minute p10
   and its mean): perfect foresight, the upper bound on what a plan can earn.
+* ``informed_bound`` (beside the strategies, :mod:`gridtao.bench.plannerbound`): the same
+  optimiser fed the node's own predictive distribution at the gate, sampled from the model that
+  generates it with every job begun before the gate known (and, in one variant, the day's actual
+  inference draw), at several quantiles of each hour's lowest minute: what the best possible
+  day-ahead forecast of this node could earn at each rate of undeliverable hours. The oracle's
+  lead over it is what no forecast can close.
 
 Scored per strategy over the days: ``revenue`` (EUR, capacity payments for the hours the node
 could deliver what it offered: a TSO pays for available capacity; ``revenue_offered`` counts
@@ -97,6 +103,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from gridtao.bench.plannerbound import BOUND_QUANTILES, BOUND_SAMPLES, informed_forecasts
 from gridtao.bench.plannerday import (
     CALIBRATION_DAYS,
     CARBON_EUR_T,
@@ -207,6 +214,8 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
     sweep = {m: {"revenue": 0.0, "undeliverable_hours": 0.0, "offered_hours": 0.0}
              for m in MARGINS}
     margins: dict[tuple[float, int], list[FloatArray]] = {m: [] for m in MARGINS}
+    bound = {(knows, q): {"revenue": 0.0, "undeliverable_hours": 0.0, "offered_hours": 0.0}
+             for knows in (True, False) for q in BOUND_QUANTILES}
     solve_times: dict[str, list[float]] = {s: [] for s in names}
     covered: list[npt.NDArray[np.bool_]] = []  # per day and hour: lowest minute >= p10
     offered: list[npt.NDArray[np.bool_]] = []  # per day and hour: gridtao offered something
@@ -244,6 +253,14 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
             sweep[m]["undeliverable_hours"] += got["undeliverable_hours"]
             sweep[m]["offered_hours"] += int(_offered_hours(plan).sum())
             margins[m].append(margin)
+        for knows in (True, False):
+            for q, informed in informed_forecasts(week, day.start_s, seed=seed,
+                                                  knows_inference=knows).items():
+                plan = plan_optimised(day, informed)
+                got = simulate(day, plan, draws)
+                bound[knows, q]["revenue"] += got["revenue"]
+                bound[knows, q]["undeliverable_hours"] += got["undeliverable_hours"]
+                bound[knows, q]["offered_hours"] += int(_offered_hours(plan).sum())
         per_day.append(entry)
     oracle_revenue = totals["oracle"]["revenue"]
 
@@ -287,6 +304,14 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
              "offered_hours": int(v["offered_hours"]),
              "margin_w_median": round(float(np.median(np.concatenate(margins[(q, b)]))), 1)}
             for (q, b), v in sweep.items()],
+        "informed_bound": {
+            "samples": BOUND_SAMPLES,
+            "rows": [{"knows_inference": knows, "quantile": q,
+                      "revenue": round(v["revenue"], 4),
+                      "oracle_share": share(v["revenue"]),
+                      "undeliverable_hours": int(v["undeliverable_hours"]),
+                      "offered_hours": int(v["offered_hours"])}
+                     for (knows, q), v in bound.items()]},
         "forecast": week.forecast_scores(days),
         "solve_48h_all_products": timing,
         "per_day": per_day,

@@ -38,6 +38,11 @@ def summarise_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         rows[f"gridtao, margin q{q:g} per {b} h"] = row(
             [g["revenue"] for g in got], [g["oracle_share"] for g in got],
             [g["undeliverable_hours"] for g in got])
+    for i, bound in enumerate(results[0]["informed_bound"]["rows"]):
+        got = [r["informed_bound"]["rows"][i] for r in results]
+        rows[_bound_name(bound)] = row(
+            [g["revenue"] for g in got], [g["oracle_share"] for g in got],
+            [g["undeliverable_hours"] for g in got])
     return {"seeds": [r["seed"] for r in results], "days": results[0]["days"],
             "nodes": results[0]["nodes"], "gpus": results[0]["node"]["gpus"],
             "lead_h": results[0]["lead_h"],
@@ -54,6 +59,31 @@ def _summed_delivery(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             add_delivery(out, name, ways)
     return {name: {way: {k: round(v, 1) for k, v in f.items()} for way, f in ways.items()}
             for name, ways in out.items()}
+
+
+def _bound_name(row: dict[str, Any]) -> str:
+    known = "the day's inference" if row["knows_inference"] else "the model only"
+    return f"informed bound ({known}), q{row['quantile']:g}"
+
+
+def _bound_lines(bound: dict[str, Any]) -> list[str]:
+    """The informed bound's table (gridtao/bench/plannerbound.py)."""
+    rows = bound["rows"]
+    quantiles = list(dict.fromkeys(r["quantile"] for r in rows))
+    cell = {(r["knows_inference"], r["quantile"]): r for r in rows}
+    lines = ["", "What any day-ahead forecast could earn: tier 3 planned on the node's own "
+             f"predictive distribution at the gate ({bound['samples']} futures a day drawn from "
+             "the synthetic node's model, with every job begun before the gate known), its "
+             "p10 taken at each quantile of the futures' lowest minute per hour; 'the day's "
+             "inference' also knows the day's actual inference draw. Of oracle / undeliverable "
+             "h / offered h:", "",
+             "| quantile | knows the model only | knows the day's inference too |",
+             "|---|---|---|"]
+    for q in quantiles:
+        lines.append(f"| q{q:g} | " + " | ".join(
+            f"{_pct(c['oracle_share'])} / {c['undeliverable_hours']} / {c['offered_hours']}"
+            for c in (cell[False, q], cell[True, q])) + " |")
+    return lines
 
 
 def judge_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -157,6 +187,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
                      f"{row['margin_w_median']:.0f} | {row['revenue']:.3f} | "
                      f"{_pct(row['oracle_share'])} | {row['undeliverable_hours']} | "
                      f"{row['offered_hours']} |")
+    lines += _bound_lines(result["informed_bound"])
     lines += _delivery_lines(result.get("site_delivery") or {})
     t = result["targets"]
     share = t["revenue_vs_oracle"]["value"]

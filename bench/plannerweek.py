@@ -30,7 +30,7 @@ from gridtao.bench.plannerday import (
     job_hours,
 )
 from gridtao.gpu.sim.daily import DailyShape
-from gridtao.history.synth import synthetic_minutes
+from gridtao.history.synth import JobModel, SyntheticNode, draw_with, synthetic_node
 from gridtao.site.pooling import pooled_quantiles
 from gridtao.tier3 import Forecast, forecast_draw, persistence_forecast, score
 from gridtao.tier3.scores import calibrated_margin_w
@@ -70,14 +70,17 @@ class Week:
         first = WEEK_START_S - HISTORY_DAYS * DAY_S
         n = round((HISTORY_DAYS + days) * 1440)
         mean, p10 = np.empty((node.nodes, n)), np.empty((node.nodes, n))
+        parts: list[SyntheticNode] = []
         with job_hours(hours):
+            self.job_model = JobModel.current()
             for i in range(node.nodes):
-                rows = synthetic_minutes(first, HISTORY_DAYS + days, gpus=GPUS_PER_NODE,
-                                         tdp_w=TDP_W, idle_w=IDLE_W, seed=node_seed(seed, i),
-                                         shape=DailyShape.default(offset_s=TZ_OFFSET_S))
-                mean[i] = [r.it_mean_w for r in rows]
-                p10[i] = [r.it_p10_w for r in rows]
-        self.t = np.array([r.start_s for r in rows], dtype=np.int64)
+                parts.append(synthetic_node(first, HISTORY_DAYS + days, gpus=GPUS_PER_NODE,
+                                            tdp_w=TDP_W, idle_w=IDLE_W, seed=node_seed(seed, i),
+                                            shape=DailyShape.default(offset_s=TZ_OFFSET_S)))
+                mean[i], p10[i] = draw_with(parts[i], parts[i].jobs, 0, n)
+        #: Each node's jobs and inference draw (what :mod:`gridtao.bench.plannerbound` samples).
+        self.parts = tuple(parts)
+        self.t = parts[0].starts
         self.node_mean, self.node_p10 = mean, p10
         self.mean, self.p10 = pooled(mean, p10)
         self.signals = market_signals(WEEK_START_S, days * 24, seed=seed,

@@ -12,6 +12,7 @@ import pytest
 
 from gridtao.bench.planner import SITE_STRATEGIES, Week
 from gridtao.bench.planner_signals import market_signals
+from gridtao.bench.plannerbound import BOUND_QUANTILES
 from gridtao.bench.plannerday import (
     CALIBRATION_DAYS,
     HOUR_S,
@@ -156,7 +157,7 @@ def test_several_seeds_side_by_side(tmp_path: Path) -> None:
     assert summary["seeds"] == [0, 1] and summary["job_hours"] == [48.0, 96.0]
     assert [r["seed"] for r in result["runs"]] == [0, 1]
     assert summary["rows"]["oracle"]["oracle_share_pooled"] in (1.0, None)
-    assert len(summary["rows"]) == len(STRATEGIES) + len(MARGINS)
+    assert len(summary["rows"]) == len(STRATEGIES) + len(MARGINS) + 2 * len(BOUND_QUANTILES)
     assert "| gridtao |" in md.read_text()
     assert main(["bench", "planner", "--seeds", "x"]) == 2
     assert main(["bench", "planner", "--job-hours", "0,5"]) == 2

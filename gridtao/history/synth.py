@@ -37,6 +37,8 @@ time order). Fast: one week at 8 GPUs is a few tens of milliseconds.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -44,7 +46,8 @@ import numpy.typing as npt
 from gridtao.gpu.sim.daily import DailyShape
 from gridtao.history.store import MinuteRow
 
-__all__ = ["JOB_RATE_PER_DAY", "synthetic_minutes"]
+__all__ = ["JOB_RATE_PER_DAY", "Job", "JobModel", "SyntheticNode", "draw_with", "inference_w",
+           "sample_day_load", "synthetic_minutes", "synthetic_node"]
 
 JOB_RATE_PER_DAY = 3.0
 _JOB_SIZES = (1, 2, 4, 8)
@@ -62,6 +65,79 @@ _Z10 = 1.2816  # the standard normal's 90th percentile
 _WARMUP_MIN = 24 * 60
 
 
+@dataclass(frozen=True)
+class JobModel:
+    """How training jobs arrive and what they ask for (module docstring): ``rate_per_day``
+    arrivals (Poisson), sizes (GPUs) with their weights, a log-uniform ``min_h``-``max_h`` length,
+    a per-job level in ``level`` (fractions of TDP). :meth:`current` reads the module's values
+    at call time."""
+
+    rate_per_day: float
+    sizes: tuple[int, ...]
+    size_weights: tuple[float, ...]
+    min_h: float
+    max_h: float
+    level: tuple[float, float]
+
+    @classmethod
+    def current(cls) -> JobModel:
+        return cls(JOB_RATE_PER_DAY, _JOB_SIZES, _JOB_SIZE_WEIGHTS, _JOB_MIN_H, _JOB_MAX_H,
+                   _TRAIN_LEVEL)
+
+    def size_choices(self, gpus: int) -> tuple[list[int], npt.NDArray[np.float64]]:
+        """The sizes that fit ``gpus`` GPUs (the node's whole, if none does) and their
+        probabilities."""
+        sizes = [s for s in self.sizes if s <= gpus] or [gpus]
+        weights = np.asarray(self.size_weights[:len(sizes)], np.float64)
+        return sizes, weights / weights.sum()
+
+    def draw(self, rng: np.random.Generator, sizes: list[int],
+             weights: npt.NDArray[np.float64], tdp_w: float) -> tuple[float, int, float, float]:
+        """One arrival: (gap since the last one, size, length, per-GPU level): minutes, GPUs,
+        minutes, W. Always all four, in this order: a stream stays in time order."""
+        gap = float(rng.exponential(1440.0 / self.rate_per_day))
+        size = int(sizes[int(rng.choice(len(sizes), p=weights))])
+        length = 60.0 * math.exp(rng.uniform(math.log(self.min_h), math.log(self.max_h)))
+        return gap, size, length, float(rng.uniform(*self.level)) * tdp_w
+
+
+@dataclass(frozen=True)
+class Job:
+    """A training job that ran: its start and length (minutes from the history's first row;
+    the start may be negative), its GPUs and their draw each (W)."""
+
+    start_min: float
+    length_min: float
+    size: int
+    level_w: float
+
+
+@dataclass(frozen=True)
+class SyntheticNode:
+    """What :func:`synthetic_minutes` draws, before it is summed: the minute starts (Unix s),
+    the jobs that ran (including those begun before the first row), the daily shape's load per
+    minute before its day factor and wander, and one inference GPU's mean draw and 1-s spread
+    per minute (W). :meth:`minutes` sums them; a bench may sum them
+    with other jobs (:func:`draw_with`)."""
+
+    starts: npt.NDArray[np.int64]
+    jobs: tuple[Job, ...]
+    base_load: npt.NDArray[np.float64]
+    infer_w: npt.NDArray[np.float64]
+    infer_sd_w: npt.NDArray[np.float64]
+    gpus: int
+    tdp_w: float
+    idle_w: float
+
+    def minutes(self) -> list[MinuteRow]:
+        """The minute rows (module docstring)."""
+        mean, p10 = draw_with(self, self.jobs, 0, len(self.starts))
+        limit = float(self.gpus * self.tdp_w)
+        return [MinuteRow(int(s), float(m), float(q), 60.0 * float(m), limit, 0.0)
+                for s, m, q in zip(self.starts.tolist(), mean.tolist(), p10.tolist(),
+                                   strict=True)]
+
+
 def synthetic_minutes(start_s: int, days: float, *, gpus: int = 8, tdp_w: float = 700.0,
                       idle_w: float = 80.0, seed: int = 0,
                       shape: DailyShape | None = None) -> list[MinuteRow]:
@@ -69,6 +145,14 @@ def synthetic_minutes(start_s: int, days: float, *, gpus: int = 8, tdp_w: float 
     (Unix seconds), for a node of ``gpus`` GPUs of ``tdp_w`` that idle at ``idle_w`` (W),
     following ``shape`` (default :meth:`DailyShape.default`). See the module docstring for the
     model. Raises ``ValueError`` for days <= 0, gpus < 1 or not ``0 < idle_w < tdp_w``."""
+    return synthetic_node(start_s, days, gpus=gpus, tdp_w=tdp_w, idle_w=idle_w, seed=seed,
+                          shape=shape).minutes()
+
+
+def synthetic_node(start_s: int, days: float, *, gpus: int = 8, tdp_w: float = 700.0,
+                   idle_w: float = 80.0, seed: int = 0,
+                   shape: DailyShape | None = None) -> SyntheticNode:
+    """The parts of :func:`synthetic_minutes` (same arguments, same errors)."""
     if not (math.isfinite(days) and days > 0):
         raise ValueError(f"days must be > 0, got {days}")
     if gpus < 1:
@@ -83,67 +167,97 @@ def synthetic_minutes(start_s: int, days: float, *, gpus: int = 8, tdp_w: float 
     # of a shorter one from the same arguments.
     jobs_rng, day_rng, wander_rng = (np.random.default_rng(s)
                                      for s in np.random.SeedSequence(seed).spawn(3))
-
-    train_gpus, train_w, train_var = _jobs(jobs_rng, n, gpus, tdp_w)
-    load = _load(day_rng, wander_rng, starts, shape)
-    infer_gpus = gpus - train_gpus
-    per_gpu = idle_w + (_INFER_PEAK * tdp_w - idle_w) * load
-    mean = train_w + infer_gpus * per_gpu
-    infer_sd = np.maximum(_IDLE_SPREAD_W, _INFER_SPREAD * tdp_w * load)
-    sd = np.sqrt(train_var + infer_gpus * infer_sd**2)
-    p10 = np.clip(mean - _Z10 * sd, 0.95 * gpus * idle_w, mean)
-    limit = float(gpus * tdp_w)
-    return [MinuteRow(int(s), float(m), float(q), 60.0 * float(m), limit, 0.0)
-            for s, m, q in zip(starts.tolist(), mean.tolist(), p10.tolist(), strict=True)]
+    jobs = _jobs(jobs_rng, n, gpus, tdp_w)
+    base = shape.at_array(starts + 30)
+    load = _load(day_rng, wander_rng, starts, base, shape.offset_s)
+    infer_w, infer_sd = inference_w(load, tdp_w, idle_w)
+    return SyntheticNode(starts, tuple(jobs), base, infer_w, infer_sd, gpus, tdp_w, idle_w)
 
 
-def _jobs(rng: np.random.Generator, n: int, gpus: int, tdp_w: float
-          ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Per minute: GPUs in training jobs, their summed draw (W) and the variance of its 1-s
-    averages (W^2). Minute 0 is the first row; jobs start from ``-_WARMUP_MIN``."""
+def inference_w(load: npt.NDArray[np.float64], tdp_w: float, idle_w: float
+                ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """One inference GPU's mean draw and the spread of its 1-s averages at ``load`` (W)."""
+    return (idle_w + (_INFER_PEAK * tdp_w - idle_w) * load,
+            np.maximum(_IDLE_SPREAD_W, _INFER_SPREAD * tdp_w * load))
+
+
+def sample_day_load(base: npt.NDArray[np.float64], rng: np.random.Generator
+                    ) -> npt.NDArray[np.float64]:
+    """A load for the minutes of one local day whose shape is ``base``, drawn as synth draws
+    a day's (its factor, a wander started in its stationary distribution), from ``rng``."""
+    factor = 1.0 + _DAY_SD * float(rng.standard_normal())
+    wander = _wander(float(rng.standard_normal()) * _WANDER_SD, rng.standard_normal(len(base)))
+    out: npt.NDArray[np.float64] = np.clip(base * factor * (1.0 + wander), 0.0, 1.0)
+    return out
+
+
+def draw_with(node: SyntheticNode, jobs: Iterable[Job], lo: int, hi: int,
+              load: npt.NDArray[np.float64] | None = None
+              ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The node's IT draw per minute of rows ``lo:hi`` (mean, p10; W) had ``jobs`` run on it
+    (its own, or others a bench imagines): jobs' GPUs at their level, the rest inferring at
+    the node's own load or at ``load`` (one value per row of ``lo:hi``)."""
+    n = hi - lo
     busy = np.zeros(n, np.int64)
-    draw = np.zeros(n, np.float64)
-    var = np.zeros(n, np.float64)
-    sizes = [s for s in _JOB_SIZES if s <= gpus] or [gpus]
-    weights = np.asarray(_JOB_SIZE_WEIGHTS[:len(sizes)], np.float64)
-    weights /= weights.sum()
+    train_w = np.zeros(n, np.float64)
+    train_var = np.zeros(n, np.float64)
+    for job in jobs:
+        a = max(lo, math.ceil(job.start_min))
+        b = min(hi, math.ceil(job.start_min + job.length_min))
+        if a < b:
+            busy[a - lo:b - lo] += job.size
+            train_w[a - lo:b - lo] += job.size * job.level_w
+            train_var[a - lo:b - lo] += (job.size * _TRAIN_SPREAD * node.tdp_w) ** 2
+    infer, infer_sd = ((node.infer_w[lo:hi], node.infer_sd_w[lo:hi]) if load is None
+                       else inference_w(load, node.tdp_w, node.idle_w))
+    infer_gpus = node.gpus - busy
+    mean = train_w + infer_gpus * infer
+    sd = np.sqrt(train_var + infer_gpus * infer_sd**2)
+    p10 = np.clip(mean - _Z10 * sd, 0.95 * node.gpus * node.idle_w, mean)
+    return mean, p10
+
+
+def _jobs(rng: np.random.Generator, n: int, gpus: int, tdp_w: float) -> list[Job]:
+    """The jobs that ran, from ``-_WARMUP_MIN`` to row ``n`` (minutes from row 0)."""
+    model = JobModel.current()
+    sizes, weights = model.size_choices(gpus)
+    accepted: list[Job] = []
     running: list[tuple[float, int]] = []  # (end minute, size)
-    mean_gap_min = 1440.0 / JOB_RATE_PER_DAY
     t = -float(_WARMUP_MIN)
     while True:
         # Draw every property of a job whether or not it runs: the stream stays in time order.
-        t += float(rng.exponential(mean_gap_min))
-        size = int(sizes[int(rng.choice(len(sizes), p=weights))])
-        length = 60.0 * math.exp(rng.uniform(math.log(_JOB_MIN_H), math.log(_JOB_MAX_H)))
-        level = float(rng.uniform(*_TRAIN_LEVEL)) * tdp_w
+        gap, size, length, level = model.draw(rng, sizes, weights, tdp_w)
+        t += gap
         if t >= n:
             break
         running = [(end, k) for end, k in running if end > t]
         if sum(k for _, k in running) + size > gpus:
             continue  # turned away
         running.append((t + length, size))
-        lo, hi = max(0, math.ceil(t)), min(n, math.ceil(t + length))
-        if lo < hi:
-            busy[lo:hi] += size
-            draw[lo:hi] += size * level
-            var[lo:hi] += (size * _TRAIN_SPREAD * tdp_w) ** 2
-    return busy, draw, var
+        accepted.append(Job(t, length, size, level))
+    return accepted
 
 
 def _load(day_rng: np.random.Generator, wander_rng: np.random.Generator,
-          starts: npt.NDArray[np.int64], shape: DailyShape) -> npt.NDArray[np.float64]:
-    """Inference load per minute in ``[0, 1]``: the shape at mid-minute, times a per-day
-    factor and a slow wander."""
+          starts: npt.NDArray[np.int64], base: npt.NDArray[np.float64], offset_s: float
+          ) -> npt.NDArray[np.float64]:
+    """Inference load per minute in ``[0, 1]``: ``base`` (the shape at mid-minute), times a
+    per-day factor and a slow wander."""
     n = len(starts)
-    base = shape.at_array(starts + 30)
-    day = np.floor((starts + shape.offset_s) / 86_400).astype(np.int64)
+    day = np.floor((starts + offset_s) / 86_400).astype(np.int64)
     day -= day[0]
     day_factor = 1.0 + _DAY_SD * day_rng.standard_normal(int(day[-1]) + 1)
     x = float(wander_rng.standard_normal()) * _WANDER_SD  # start in the stationary distribution
-    shocks = wander_rng.standard_normal(n) * (_WANDER_SD * math.sqrt(1.0 - _WANDER_PHI**2))
-    wander = np.empty(n, np.float64)
+    wander = _wander(x, wander_rng.standard_normal(n))
+    out: npt.NDArray[np.float64] = np.clip(base * day_factor[day] * (1.0 + wander), 0.0, 1.0)
+    return out
+
+
+def _wander(x: float, normals: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The AR(1) wander from ``x``, one step per standard normal of ``normals``."""
+    shocks = normals * (_WANDER_SD * math.sqrt(1.0 - _WANDER_PHI**2))
+    wander = np.empty(len(shocks), np.float64)
     for i, e in enumerate(shocks.tolist()):
         x = _WANDER_PHI * x + e
         wander[i] = x
-    out: npt.NDArray[np.float64] = np.clip(base * day_factor[day] * (1.0 + wander), 0.0, 1.0)
-    return out
+    return wander
