@@ -16,6 +16,13 @@ GPUs in real time (driver call ``gpus.sim.set_latency_ms``):
 The gap between ``parallel_ms`` and ``one_write_ms`` is thread wake-ups and GIL hand-offs: on a
 2-vCPU VM it, not the driver calls, dominates receive -> command (BENCHMARKS.md).
 
+``bare_threads_ms``: the floor any thread fan-out meets on the machine, no gridtao code and no
+simulated GPU: ``gpus - 1`` bare Python threads each woken by a semaphore to sleep the driver
+call's latency and signal back, while the calling thread sleeps it once itself (as the island's
+submitting thread writes a GPU itself). What ``parallel_commanded_ms`` spends above it is the
+island's and the simulator's own; the target of receive -> command has to fit the rest of the
+trigger's path (receipt, parse, guard, the island's decision) in what this floor leaves.
+
 ``shared``: ``one_write_ms``, ``cpu_per_write_us`` and ``parallel_commanded_ms`` again on the
 machine-wide simulated device (a private one, destroyed after), where every call also locks and
 stores the GPU's record (gridtao/gpu/sim/shared.py): what the simulator's shared state costs on
@@ -29,6 +36,7 @@ import dataclasses
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -119,11 +127,50 @@ def _calls(gpus: int, triggers: int, sim: SimConfig, device: Path | None
     return one, cpu
 
 
+def bare_fanout(gpus: int, triggers: int, latency_s: float) -> list[float]:
+    """Wall time of ``triggers`` fan-outs of ``gpus`` sleeps of ``latency_s`` on bare threads
+    (module docstring), ms, spaced as :func:`time_triggers` spaces triggers."""
+    go = [threading.Semaphore(0) for _ in range(gpus - 1)]
+    done = threading.Semaphore(0)
+    stop = False
+
+    def worker(wake: threading.Semaphore) -> None:
+        while True:
+            wake.acquire()
+            if stop:
+                return
+            time.sleep(latency_s)
+            done.release()
+
+    threads = [threading.Thread(target=worker, args=(g,), daemon=True) for g in go]
+    for t in threads:
+        t.start()
+    out = []
+    try:
+        for _ in range(triggers):
+            t0 = time.perf_counter()
+            for wake in go:
+                wake.release()
+            time.sleep(latency_s)
+            for _ in go:
+                done.acquire()
+            out.append((time.perf_counter() - t0) * 1000.0)
+            time.sleep(0.010)
+    finally:
+        stop = True
+        for wake in go:
+            wake.release()
+        for t in threads:
+            t.join()
+    return out
+
+
 def run(gpus: int, triggers: int, sim: SimConfig) -> dict[str, Any]:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as the agent runs
     one, cpu = _calls(gpus, triggers, sim, None)
     parallel, parallel_commanded = time_triggers(gpus, triggers, sim, parallel=True)
     sequential, _ = time_triggers(gpus, triggers, sim, parallel=False)
+    bare = bare_fanout(gpus, triggers, sim.set_latency_ms / 1000.0)
     with private_device("bench-fanout") as name:
         device = sim_device_path(name)
         shared_one, shared_cpu = _calls(gpus, triggers, sim, device)
@@ -137,6 +184,7 @@ def run(gpus: int, triggers: int, sim: SimConfig) -> dict[str, Any]:
         "parallel_ms": percentiles(parallel),
         "parallel_commanded_ms": percentiles(parallel_commanded),
         "sequential_ms": percentiles(sequential),
+        "bare_threads_ms": percentiles(bare),
         "shared": {
             "one_write_ms": percentiles(shared_one),
             "cpu_per_write_us": {k: v * 1000.0 for k, v in percentiles(shared_cpu).items()},
@@ -163,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--gpus and --triggers must be >= 1")
     result = run(args.gpus, args.triggers, SimConfig(count=args.gpus))
     result |= run_info("gridtao.bench.fanout", argv)
-    for key in ("one_write_ms", "parallel_ms", "parallel_commanded_ms", "sequential_ms"):
+    for key in ("one_write_ms", "parallel_ms", "parallel_commanded_ms", "sequential_ms",
+                "bare_threads_ms"):
         s = result[key]
         print(f"{key:21s} p50 {s['p50']:.3f}  p99 {s['p99']:.3f}  max {s['max']:.3f}")
     c = result["cpu_per_write_us"]

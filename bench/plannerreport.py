@@ -86,6 +86,15 @@ def _bound_lines(bound: dict[str, Any]) -> list[str]:
     return lines
 
 
+def matched_bound(gridtao: dict[str, Any], bound: dict[str, Any]) -> dict[str, Any] | None:
+    """The informed bound's best row knowing the model only with no more undeliverable hours
+    than ``gridtao`` (a strategy's row): what a perfect forecaster of this node earns at
+    gridtao's delivery record. None if every row missed more."""
+    rows = [r for r in bound["rows"] if not r["knows_inference"]
+            and r["undeliverable_hours"] <= gridtao["undeliverable_hours"]]
+    return max(rows, key=lambda r: r["revenue"], default=None)
+
+
 def judge_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     s = result["strategies"]
     g, o = s["gridtao"], s["oracle"]
@@ -188,6 +197,12 @@ def markdown(result: dict[str, Any], command: str) -> str:
                      f"{_pct(row['oracle_share'])} | {row['undeliverable_hours']} | "
                      f"{row['offered_hours']} |")
     lines += _bound_lines(result["informed_bound"])
+    best = matched_bound(g, result["informed_bound"])
+    if best is not None:
+        lines += ["", f"gridtao: {_pct(g['oracle_share'])} of the oracle with "
+                  f"{g['undeliverable_hours']} undeliverable h; the bound knowing the model, at "
+                  f"no more: {_pct(best['oracle_share'])} (q{best['quantile']:g}, "
+                  f"{best['undeliverable_hours']} h)."]
     lines += _delivery_lines(result.get("site_delivery") or {})
     t = result["targets"]
     share = t["revenue_vs_oracle"]["value"]
@@ -228,5 +243,14 @@ def markdown_seeds(summary: dict[str, Any], command: str) -> str:
                      + " / ".join(_pct(x) for x in row["oracle_share"])
                      + f" | {row['undeliverable_total']} | "
                      + " / ".join(str(h) for h in row["undeliverable_hours"]) + " |")
+    g = summary["rows"]["gridtao"]
+    bound = [(name, row) for name, row in summary["rows"].items()
+             if name.startswith("informed bound (the model only)")
+             and row["undeliverable_total"] <= g["undeliverable_total"]]
+    if bound:
+        name, row = max(bound, key=lambda nr: nr[1]["oracle_share_pooled"] or 0.0)
+        lines += ["", f"gridtao, pooled: {_pct(g['oracle_share_pooled'])} of the oracle with "
+                  f"{g['undeliverable_total']} undeliverable h; the best {name} row at no more: "
+                  f"{_pct(row['oracle_share_pooled'])} ({row['undeliverable_total']} h)."]
     lines += _delivery_lines(summary.get("site_delivery") or {})
     return "\n".join(lines) + "\n"

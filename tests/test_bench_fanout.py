@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gridtao.bench.fanout import main, run, time_triggers
+from gridtao.bench.fanout import bare_fanout, main, run, time_triggers
 from gridtao.config.agent import SimConfig
 
 
@@ -14,7 +14,7 @@ def test_fanout_reports_every_measure(tmp_path: Path) -> None:
     assert main(["--gpus", "2", "--triggers", "3", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     for key in ("one_write_ms", "parallel_ms", "parallel_commanded_ms", "sequential_ms",
-                "cpu_per_write_us"):
+                "cpu_per_write_us", "bare_threads_ms"):
         assert set(result[key]) == {"p50", "p99", "max"} and result[key]["p50"] > 0
     assert result["gpus"] == 2 and result["triggers"] == 3
     for key in ("one_write_ms", "cpu_per_write_us", "parallel_commanded_ms"):
@@ -31,3 +31,11 @@ def test_sequential_baseline_writes_every_gpu_once_per_trigger() -> None:
     # Commanded once the last set returned: every set call, not the last read-back.
     assert all(3 * 2.0 <= c <= t for c, t in zip(commanded, times, strict=True))
     assert run(1, 1, SimConfig(count=1))["gpus"] == 1
+
+
+def test_the_bare_floor_waits_for_every_thread() -> None:
+    # Each of the 4 sleeps lasts 5 ms: a fan-out returns only once every thread signalled back,
+    # so never before one of them (a lost wake-up would hang it, not shorten it).
+    times = bare_fanout(4, 3, 0.005)
+    assert len(times) == 3 and min(times) >= 5.0
+    assert bare_fanout(1, 2, 0.001)[0] >= 1.0  # one GPU: the calling thread alone

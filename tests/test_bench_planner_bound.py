@@ -6,6 +6,7 @@ import numpy as np
 
 from gridtao.bench.plannerbound import informed_forecasts, sample_jobs
 from gridtao.bench.plannerday import DAY_S, HOUR_S, WEEK_START_S
+from gridtao.bench.plannerreport import matched_bound
 from gridtao.bench.plannerweek import Week
 from gridtao.history.synth import (
     JobModel,
@@ -85,3 +86,14 @@ def test_the_informed_p10_covers_the_actual_day() -> None:
         assert got[0.0].start_s == start and got[0.0].mtu_s == HOUR_S
         assert np.all(got[0.0].p10_w <= got[0.5].p10_w)
     assert covered / hours >= 0.97
+
+
+def test_gridtao_is_compared_with_the_bound_at_no_more_misses() -> None:
+    rows = [{"knows_inference": False, "quantile": 0.5, "revenue": 9.0, "undeliverable_hours": 9},
+            {"knows_inference": False, "quantile": 0.1, "revenue": 5.0, "undeliverable_hours": 2},
+            {"knows_inference": False, "quantile": 0.0, "revenue": 4.0, "undeliverable_hours": 0},
+            {"knows_inference": True, "quantile": 0.1, "revenue": 7.0, "undeliverable_hours": 0}]
+    bound = {"rows": rows}
+    assert matched_bound({"undeliverable_hours": 2}, bound) is rows[1]
+    assert matched_bound({"undeliverable_hours": 1}, bound) is rows[2]
+    assert matched_bound({"undeliverable_hours": 0}, {"rows": rows[:2]}) is None
