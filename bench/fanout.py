@@ -36,7 +36,6 @@ import dataclasses
 import json
 import logging
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +44,7 @@ from typing import Any
 from gridtao.app.options import GIL_SWITCH_INTERVAL_S
 from gridtao.app.simdevice import private_device
 from gridtao.bench.latency import run_info
+from gridtao.bench.threadfloor import bare_fanout
 from gridtao.clock import MonotonicClock
 from gridtao.config.agent import SimConfig
 from gridtao.config.paths import sim_device_path
@@ -125,44 +125,6 @@ def _calls(gpus: int, triggers: int, sim: SimConfig, device: Path | None
                      triggers * gpus)
     backend.close()
     return one, cpu
-
-
-def bare_fanout(gpus: int, triggers: int, latency_s: float) -> list[float]:
-    """Wall time of ``triggers`` fan-outs of ``gpus`` sleeps of ``latency_s`` on bare threads
-    (module docstring), ms, spaced as :func:`time_triggers` spaces triggers."""
-    go = [threading.Semaphore(0) for _ in range(gpus - 1)]
-    done = threading.Semaphore(0)
-    stop = False
-
-    def worker(wake: threading.Semaphore) -> None:
-        while True:
-            wake.acquire()
-            if stop:
-                return
-            time.sleep(latency_s)
-            done.release()
-
-    threads = [threading.Thread(target=worker, args=(g,), daemon=True) for g in go]
-    for t in threads:
-        t.start()
-    out = []
-    try:
-        for _ in range(triggers):
-            t0 = time.perf_counter()
-            for wake in go:
-                wake.release()
-            time.sleep(latency_s)
-            for _ in go:
-                done.acquire()
-            out.append((time.perf_counter() - t0) * 1000.0)
-            time.sleep(0.010)
-    finally:
-        stop = True
-        for wake in go:
-            wake.release()
-        for t in threads:
-            t.join()
-    return out
 
 
 def run(gpus: int, triggers: int, sim: SimConfig) -> dict[str, Any]:

@@ -68,6 +68,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "|---|---|---|---|",
     ]
     lines.append(_row("transport floor: publish -> plain paho subscriber", result["broker_hop_ms"]))
+    if result.get("thread_fanout_floor_ms"):
+        lines.append(_row(f"thread fan-out floor: {result['gpus']} driver calls on bare threads",
+                          result["thread_fanout_floor_ms"]))
     for key in KEYS:
         lines.append(_row(f"gridtao {key}", result[key]))
     for key in KEYS:
@@ -93,6 +96,8 @@ def _target_lines(targets: dict[str, dict[str, Any]]) -> list[str]:
     p2c = targets["publish_to_command_p99_ms"]
     t2t = targets["trigger_to_target_p99_ms"]
     fast = targets["speedup_vs_sequential_subprocess_p50"]
+    r2c = targets["receive_to_command_p99_ms"]
+    over = targets["publish_to_command_over_transport_p99_ms"]
     return [
         f"- publish -> command p99 <= {p2c['limit']:.0f} ms, idle and under load: "
         f"{p2c['idle']:.2f} / {p2c['under_load']:.2f} ms (transport floor p99 "
@@ -105,6 +110,13 @@ def _target_lines(targets: dict[str, dict[str, Any]]) -> list[str]:
         f"{t2t['under_load']['limit']:.1f} ms: {_verdict(t2t['under_load'])}",
         f"- >= {fast['limit']:.0f}x faster than sequential subprocesses at p50: "
         f"{fast['value']:.0f}x: {_verdict(fast)}",
+        f"- receive -> command p99 <= {r2c['limit']:g} ms idle, <= {r2c['under_load_limit']:g} ms"
+        f" under load: {r2c['value']:.2f} / {r2c['under_load']:.2f} ms"
+        + ("" if r2c["thread_fanout_floor_p99"] is None else
+           f" (bare threads' fan-out of the same driver calls, same run: p99 "
+           f"{r2c['thread_fanout_floor_p99']:.2f} ms)") + f": {_verdict(r2c)}",
+        f"- publish -> command p99 within {over['limit']:g} ms of the transport floor's: "
+        f"{over['value']:+.2f} ms: {_verdict(over)}",
     ]
 
 

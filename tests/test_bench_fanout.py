@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gridtao.bench.fanout import bare_fanout, main, run, time_triggers
+from gridtao.bench.fanout import main, run, time_triggers
+from gridtao.bench.threadfloor import bare_fanout
 from gridtao.config.agent import SimConfig
 
 

@@ -60,6 +60,16 @@ def test_latency_bench_reports_every_measure(tmp_path: Path) -> None:
                 result["under_load"]["publish_to_command_ms"]["p99"])
     assert targets["publish_to_command_p99_ms"]["met"] == (p2c99 <= 2.0)
     assert all(isinstance(t["met"], bool) for t in targets.values())
+    r2c = targets["receive_to_command_p99_ms"]
+    assert r2c["met"] == (result["receive_to_command_ms"]["p99"] <= 1.0
+                          and result["under_load"]["receive_to_command_ms"]["p99"] <= 1.5)
+    # The host's own floor for the same fan-out, measured in the run (bare threads, no gridtao).
+    floor = result["thread_fanout_floor_ms"]
+    assert r2c["thread_fanout_floor_p99"] == floor["p99"] >= floor["p50"] >= 0.2
+    over = targets["publish_to_command_over_transport_p99_ms"]
+    assert over["value"] == pytest.approx(result["publish_to_command_ms"]["p99"]
+                                          - result["broker_hop_ms"]["p99"])
+    assert over["met"] == (over["value"] <= 1.0)
     loaded = targets["trigger_to_target_p99_ms"]["under_load"]
     assert loaded["met"] == (result["under_load"]["trigger_to_target_ms"]["p99"]
                              <= result["under_load"]["command_to_target_ms"]["p99"] + 5.0)
@@ -70,6 +80,7 @@ def test_latency_bench_reports_every_measure(tmp_path: Path) -> None:
     result |= provenance("gridtao bench latency --triggers 2 --gpus 2")  # as the command adds
     text = markdown(result, "gridtao bench latency --triggers 2 --gpus 2")
     assert "sequential_subprocess" in text and "transport floor" in text
+    assert "thread fan-out floor: 2 driver calls on bare threads" in text
     assert "command_to_target_ms" in text and "Latency targets, judged by" in text
     assert "**not judged** (a p99 needs at least 20 triggers)" in text
     # What BENCHMARKS.md promises of every result: command, machine, date, commit, versions.
