@@ -40,7 +40,7 @@ WAIT_S = 15.0
 
 # Node-level status fields added to wire contract v1 (additive: v1 clients ignore them).
 STATUS_ADDITIONS = {"capacity", "frequency", "simulated", "instance", "records", "auth",
-                    "limits"}
+                    "limits", "links"}
 
 
 def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
@@ -288,8 +288,12 @@ def test_broker_restart_during_an_event(mqtt_broker: MosquittoBroker) -> None:
         capped = node.limits_w()
         assert sum(capped) == pytest.approx(1600, rel=0.02)
 
+        assert node.agent.trigger_links() == {"island": True, "dispatch": True,
+                                              "frequency": True}
         mqtt_broker.stop()
         wait_for(lambda: not node.agent.lane.is_connected, "the lane to notice")
+        wait_for(lambda: not any(node.agent.trigger_links().values()),
+                 "the status's links to say so")
         t_end = time.monotonic() + 1.0
         while time.monotonic() < t_end:  # the broker is gone: the caps stay
             assert node.agent.island.view().event_id == "c1"
@@ -312,6 +316,7 @@ def test_broker_restart_during_an_event(mqtt_broker: MosquittoBroker) -> None:
         with Subscriber(mqtt_broker.host, mqtt_broker.port, node.topics.status) as st:
             status = json.loads(st.wait(1, WAIT_S)[0].payload)
         assert status["online"] is True and status["node"] == "restart"
+        assert set(status["links"]) == {"island", "dispatch", "frequency"}
 
 
 # ---------------------------------------------------------------- watchdog

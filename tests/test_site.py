@@ -103,7 +103,7 @@ class Harness:
 
     def status(self, node: str, draw: float, floor: float = 400.0, *, online: bool = True,
                fault: str | None = None, auth: dict[str, Any] | None = None,
-               interval_s: float | None = None) -> None:
+               interval_s: float | None = None, links: dict[str, bool] | None = None) -> None:
         body = {"node": node, "online": online, "t": self.clock.wall(), "event": None,
                 "gpus": [{"index": 0, "power_w": draw, "limit_w": 700, "default_w": 700,
                           "min_w": 200, "max_w": 700, "fault": fault}],
@@ -113,6 +113,8 @@ class Harness:
             body["auth"] = auth
         if interval_s is not None:
             body["limits"] = {"min_event_interval_s": interval_s}
+        if links is not None:
+            body["links"] = links
         self.c.on_message(f"{PREFIX}/nodes/{node}/status", json.dumps(body).encode())
 
     def send(self, topic: str, body: dict[str, Any]) -> None:
@@ -397,6 +399,31 @@ def test_a_node_reporting_a_gpu_fault_loses_its_share_and_gets_it_back_when_well
     h.clock.advance(2.1)
     h.c.tick()
     assert set(h.orders()) == {"n1", "n2", "n3"}
+
+
+def test_a_node_that_cannot_hear_orders_takes_no_share_until_it_can() -> None:
+    """Up (its status arrives) but its dispatch connection down: the site counts it offline,
+    moves its share to the others and says why; heard again, it takes a share again."""
+    h = _site_capped_on_three("e", 2400, 60)
+    assert set(h.orders()) == {"n1", "n2", "n3"}
+    deaf = {"island": True, "dispatch": False, "frequency": True}
+    h.status("n2", 1000.0, links=deaf)
+    for n in ("n1", "n3"):
+        h.status(n, 800.0, links=deaf | {"dispatch": True})
+    h.clock.advance(2.1)
+    h.c.tick()
+    assert set(h.orders()) == {"n1", "n3"}
+    assert not [b for t, b, _ in h.sent if t.endswith("n2/dispatch")]  # it would not hear it
+    node = h.take("site/status")[-1]["nodes"]["n2"]
+    assert node["online"] is False and node["hears_orders"] is False
+    h.sent.clear()
+    for n in ("n1", "n2", "n3"):
+        h.status(n, 800.0, links=deaf | {"dispatch": True})
+    h.clock.advance(2.1)
+    h.c.tick()
+    assert set(h.orders()) == {"n1", "n2", "n3"}
+    node = h.take("site/status")[-1]["nodes"]["n2"]
+    assert node["online"] is True and node["hears_orders"] is True
 
 
 def test_a_node_back_online_keeps_its_old_order_until_its_new_share_is_sent() -> None:

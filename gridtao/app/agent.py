@@ -167,6 +167,8 @@ class Agent:
         self.controller = parts.controller
         #: The node's down-capacity now, and the frequency feed (NodeParts; any thread).
         self.capacity, self.frequency_feed = parts.capacity, parts.frequency_feed
+        #: Whether each connection of the trigger path is up (NodeParts; any thread).
+        self.trigger_links = parts.trigger_links
         self._fast_stop = threading.Event()
         self._fast_thread: threading.Thread | None = None
         self._metrics_server: MetricsServer | None = None

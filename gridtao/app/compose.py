@@ -198,11 +198,19 @@ class NodeParts:
                 dr_energy=DrEventEnergy(self.energy, clock).observe,
                 auth=self.guard.requirements,
                 cut_interval_s=config.limits.min_event_interval_s,
+                links=self.trigger_links,
             ),
             status_period_s=config.mqtt.status_period_s,
             tracker_period_s=config.tracker.period_s,
             busy_load_fraction=busy_load_fraction,
         )
+
+    def trigger_links(self) -> dict[str, bool]:
+        """Whether each connection of the trigger path is up (the status ``links``; the
+        metric ``gridtao_broker_connected`` has the same names)."""
+        lane = self.lane
+        return {"island": lane.link.is_connected, "dispatch": lane.dispatch_link.is_connected,
+                "frequency": lane.frequency_link.is_connected}
 
     def capacity(self) -> Capacity:
         """The node's down-capacity now, from tier 1's latest readings and the island's

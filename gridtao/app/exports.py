@@ -7,6 +7,7 @@ lane, tier 1 and the controller loop write.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import PlatformCollector, ProcessCollector
@@ -43,9 +44,7 @@ def register_collectors(agent: Agent) -> None:
     StatsCollector({"island": lane.link.stats, "dispatch": lane.dispatch_link.stats,
                     "frequency": lane.frequency_link.stats, "status": status.stats},
                    audit=agent.ledger.audit, registry=registry)
-    LinkCollector({"island": lambda: lane.link.is_connected,
-                   "dispatch": lambda: lane.dispatch_link.is_connected,
-                   "frequency": lambda: lane.frequency_link.is_connected,
+    LinkCollector({**{name: _link_up(agent, name) for name in agent.trigger_links()},
                    "status": lambda: status.is_connected}, registry=registry)
     SuppressedAcksCollector(lambda: agent.intake.rejections.suppressed_acks, registry=registry)
     CapacityCollector(agent.capacity, registry=registry)
@@ -56,3 +55,7 @@ def register_collectors(agent: Agent) -> None:
     EnergyCollector(lambda: agent.read_back.energy_mj, agent.driver_indices(),
                     registry=registry)
     RecordsCollector(lambda: agent.ledger.health, registry=registry)
+
+
+def _link_up(agent: Agent, name: str) -> Callable[[], bool]:
+    return lambda: agent.trigger_links()[name]

@@ -143,6 +143,10 @@ class ControllerParts:
     #: Each tracker snapshot once its transitions are audited: the demand-response events'
     #: spans into the energy ledger (``DrEventEnergy.observe``, gridtao/app/drenergy.py).
     dr_energy: Callable[[Mapping[str, Any]], None] | None = None
+    #: Whether each broker connection the trigger path uses is up (``island``: acks, and
+    #: dispatches when they share it; ``dispatch``; ``frequency``), read at each status
+    #: (status ``links``: a node that is up but cannot hear dispatches says so); None: not said.
+    links: Callable[[], Mapping[str, bool]] | None = None
 
 
 class ControllerLoop:
@@ -203,6 +207,8 @@ class ControllerLoop:
                 extra["auth"] = dict(p.auth())
             if p.cut_interval_s is not None:
                 extra["limits"] = {"min_event_interval_s": p.cut_interval_s}
+            if p.links is not None:
+                extra["links"] = {name: bool(up) for name, up in p.links().items()}
             if p.unavailable:
                 extra["unavailable_gpus"] = [{"index": i, "fault": kind}
                                              for i, kind in sorted(p.unavailable.items())]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from gridtao.clock import Clock
@@ -86,6 +86,9 @@ class SiteCoordinator:
         #: Who this coordinator is (transport/instance.py), in its retained status: a second
         #: coordinator of the site refuses to start while this one is alive.
         self.instance = dict(instance) if instance is not None else None
+        #: Whether each of the site's receiving connections is up (``cmd``, ``state``), read
+        #: at each status (status ``links``); None: not said (set by ``gridtao site``).
+        self.links: Callable[[], Mapping[str, bool]] | None = None
         self.auth = config.auth
         self.topics = SiteTopics(config.mqtt.prefix)
         self.clock = clock
@@ -407,6 +410,8 @@ class SiteCoordinator:
                            award=self.bidding.live.in_force(wall, self.bidding.plan))
         if self.instance is not None:
             body["instance"] = self.instance
+        if self.links is not None:
+            body["links"] = {name: bool(up) for name, up in self.links().items()}
         self.snapshot = body
         self._publish(self.topics.status, site_payload(body), 1, True)
 

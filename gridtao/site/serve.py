@@ -142,7 +142,8 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
     registry = registry if registry is not None else CollectorRegistry()
     register(coordinator, registry)
     # A site whose commands' connection alone is down still says it is online (its will is
-    # on the publishing one): this says which connection is down.
+    # on the publishing one): its status's ``links`` and this metric say which one is down.
+    coordinator.links = lambda: {"cmd": commands.is_connected, "state": states.is_connected}
     LinkCollector({"out": lambda: out.is_connected, "cmd": lambda: commands.is_connected,
                    "state": lambda: states.is_connected}, registry=registry)
     server: Any = None

@@ -44,6 +44,9 @@ class NodeView:
     #: Offline after a clean stop that put back every limit it changed (its status said
     #: ``restored: true``), not gone (its last will): it holds no cap.
     stopped_clean: bool = False
+    #: False while the node's status says its dispatch connection is down (``links``): it is
+    #: up but cannot hear orders, so the site counts it offline and splits around it.
+    hears_orders: bool = True
     #: How long the node wants between two cuts (its status ``limits``), s; None: not said.
     cut_interval_s: float | None = None
     t: float | None = None
@@ -109,6 +112,8 @@ class SiteView:
         view.t = _num(body.get("t")) or view.t
         if not view.online:
             return
+        links = body.get("links")
+        view.hears_orders = not (isinstance(links, Mapping) and links.get("dispatch") is False)
         event = body.get("event")
         view.event = event if isinstance(event, str) else None
         limits = body.get("limits")
@@ -160,7 +165,7 @@ class SiteView:
 
     def is_online(self, node: str, wall: float) -> bool:
         view = self.nodes.get(node)
-        if view is None or not view.online or view.t is None:
+        if view is None or not view.online or not view.hears_orders or view.t is None:
             return False
         return wall - view.t <= self.stale_s
 
@@ -197,8 +202,9 @@ class SiteView:
             "it_w": round(self.it_w(wall), 1),
             "deliverable_w": round(sum((self.nodes[n].deliverable_w or 0.0) for n in online), 1),
             "nodes": {
-                n: {"online": n in online, "draw_w": v.draw_w, "floor_w": v.floor_w,
-                    "event": v.event, "faults": list(v.faults)}
+                n: {"online": n in online, "hears_orders": v.hears_orders,
+                    "draw_w": v.draw_w, "floor_w": v.floor_w, "event": v.event,
+                    "faults": list(v.faults)}
                 for n, v in sorted(self.nodes.items())
             },
         }
