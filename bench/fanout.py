@@ -16,12 +16,10 @@ GPUs in real time (driver call ``gpus.sim.set_latency_ms``):
 The gap between ``parallel_ms`` and ``one_write_ms`` is thread wake-ups and GIL hand-offs: on a
 2-vCPU VM it, not the driver calls, dominates receive -> command (BENCHMARKS.md).
 
-``bare_threads_ms``: the floor any thread fan-out meets on the machine, no gridtao code and no
-simulated GPU: ``gpus - 1`` bare Python threads each woken by a semaphore to sleep the driver
-call's latency and signal back, while the calling thread sleeps it once itself (as the island's
-submitting thread writes a GPU itself). What ``parallel_commanded_ms`` spends above it is the
-island's and the simulator's own; the target of receive -> command has to fit the rest of the
-trigger's path (receipt, parse, guard, the island's decision) in what this floor leaves.
+``bare_threads_ms``: the same driver calls on bare Python threads, no gridtao code and no
+simulated GPU (:mod:`gridtao.bench.barethreads`): what thread wake-ups and interpreter hand-offs
+cost on the host, a reference beside ``parallel_commanded_ms`` (not a floor: the island's
+submitting thread writes as many GPUs as no worker has taken yet).
 
 ``shared``: ``one_write_ms``, ``cpu_per_write_us`` and ``parallel_commanded_ms`` again on the
 machine-wide simulated device (a private one, destroyed after), where every call also locks and
@@ -43,8 +41,8 @@ from typing import Any
 
 from gridtao.app.options import GIL_SWITCH_INTERVAL_S
 from gridtao.app.simdevice import private_device
+from gridtao.bench.barethreads import bare_fanout
 from gridtao.bench.latency import run_info
-from gridtao.bench.threadfloor import bare_fanout
 from gridtao.clock import MonotonicClock
 from gridtao.config.agent import SimConfig
 from gridtao.config.paths import sim_device_path

@@ -33,9 +33,9 @@ import yaml
 from gridtao.app.simdevice import private_device
 from gridtao.bench.agentproc import AgentProcess, wait_online
 from gridtao.bench.authcost import BenchKey, make_key, verify_cost_us
+from gridtao.bench.barethreads import bare_fanout
 from gridtao.bench.baselines import BaselineNode, run_polling_1s, run_sequential_subprocess
 from gridtao.bench.latencyreport import judge_targets, result_of
-from gridtao.bench.threadfloor import bare_fanout
 from gridtao.config.agent import Config
 from gridtao.security.auth import Alg
 from gridtao.telemetry.runinfo import provenance
@@ -250,8 +250,8 @@ def _measure_all(
             progress(f"broker 127.0.0.1:{broker.port}; {gpus} {kind}; {triggers} triggers"
                      + (f"; dispatches signed ({auth})" if auth else ""))
             hop = measure_broker_hop(broker, max(triggers, 20))
-            floor = (bare_fanout(gpus, max(triggers, 50), config.gpus.sim.set_latency_ms / 1e3)
-                     if backend == "sim" else None)
+            bare = (bare_fanout(gpus, max(triggers, 50), config.gpus.sim.set_latency_ms / 1e3)
+                    if backend == "sim" else None)
             idle = measure_gridtao(broker, cfg_path, workdir, triggers=triggers, busy_load=0.0,
                                    progress=progress, key=key)
             loaded = measure_gridtao(broker, cfg_path, workdir, triggers=triggers, busy_load=0.9,
@@ -280,7 +280,7 @@ def _measure_all(
             finally:
                 pub.close()
     return {"hop": hop, "idle": idle, "loaded": loaded, "verify": verify, "seq": seq,
-            "poll": poll, "floor": floor}
+            "poll": poll, "bare": bare}
 
 
 def run_info(module: str, argv: Sequence[str] | None) -> dict[str, Any]:

@@ -41,12 +41,12 @@ then simulated minute by minute. Strategies, on the same day, signals and random
   in revenue (``gridtao_margin_sweep``).
 * ``oracle``: the same optimiser fed the actual draw of the day (each hour's lowest minute p10
   and its mean): perfect foresight, the upper bound on what a plan can earn.
-* ``informed_bound`` (beside the strategies, :mod:`gridtao.bench.plannerbound`): the same
-  optimiser fed the node's own predictive distribution at the gate, sampled from the model that
-  generates it with every job begun before the gate known (and, in one variant, the day's actual
-  inference draw), at several quantiles of each hour's lowest minute: what the best possible
-  day-ahead forecast of this node could earn at each rate of undeliverable hours. The oracle's
-  lead over it is what no forecast can close.
+* ``informed_reference`` (beside the strategies, :mod:`gridtao.bench.plannerinformed`): the
+  same optimiser fed the node's own predictive distribution at the gate, sampled from the
+  model that generates it with every job begun before the gate known (and, in two variants,
+  the day's actual inference load or its actual jobs), at several quantiles of each hour's
+  lowest minute: what knowing the model buys at each rate of undeliverable hours, and which
+  part of the oracle's lead the jobs hide and which the inference load.
 
 Scored per strategy over the days: ``revenue`` (EUR, capacity payments for the hours the node
 could deliver what it offered: a TSO pays for available capacity; ``revenue_offered`` counts
@@ -103,7 +103,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gridtao.bench.plannerbound import BOUND_QUANTILES, BOUND_SAMPLES, informed_forecasts
 from gridtao.bench.plannerday import (
     CALIBRATION_DAYS,
     CARBON_EUR_T,
@@ -133,6 +132,12 @@ from gridtao.bench.plannerday import (
     plan_reference,
     plan_static,
     simulate,
+)
+from gridtao.bench.plannerinformed import (
+    KNOWS,
+    REFERENCE_QUANTILES,
+    REFERENCE_SAMPLES,
+    informed_forecasts,
 )
 from gridtao.bench.plannerlive import add_delivery, delivery
 from gridtao.bench.plannerreport import judge_targets, markdown, markdown_seeds, summarise_seeds
@@ -214,8 +219,8 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
     sweep = {m: {"revenue": 0.0, "undeliverable_hours": 0.0, "offered_hours": 0.0}
              for m in MARGINS}
     margins: dict[tuple[float, int], list[FloatArray]] = {m: [] for m in MARGINS}
-    bound = {(knows, q): {"revenue": 0.0, "undeliverable_hours": 0.0, "offered_hours": 0.0}
-             for knows in (True, False) for q in BOUND_QUANTILES}
+    informed = {(knows, q): {"revenue": 0.0, "undeliverable_hours": 0.0, "offered_hours": 0.0}
+                for knows in KNOWS for q in REFERENCE_QUANTILES}
     solve_times: dict[str, list[float]] = {s: [] for s in names}
     covered: list[npt.NDArray[np.bool_]] = []  # per day and hour: lowest minute >= p10
     offered: list[npt.NDArray[np.bool_]] = []  # per day and hour: gridtao offered something
@@ -253,14 +258,14 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
             sweep[m]["undeliverable_hours"] += got["undeliverable_hours"]
             sweep[m]["offered_hours"] += int(_offered_hours(plan).sum())
             margins[m].append(margin)
-        for knows in (True, False):
-            for q, informed in informed_forecasts(week, day.start_s, seed=seed,
-                                                  knows_inference=knows).items():
-                plan = plan_optimised(day, informed)
+        for knows in KNOWS:
+            for q, made in informed_forecasts(week, day.start_s, seed=seed,
+                                              knows=knows).items():
+                plan = plan_optimised(day, made)
                 got = simulate(day, plan, draws)
-                bound[knows, q]["revenue"] += got["revenue"]
-                bound[knows, q]["undeliverable_hours"] += got["undeliverable_hours"]
-                bound[knows, q]["offered_hours"] += int(_offered_hours(plan).sum())
+                informed[knows, q]["revenue"] += got["revenue"]
+                informed[knows, q]["undeliverable_hours"] += got["undeliverable_hours"]
+                informed[knows, q]["offered_hours"] += int(_offered_hours(plan).sum())
         per_day.append(entry)
     oracle_revenue = totals["oracle"]["revenue"]
 
@@ -304,14 +309,13 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
              "offered_hours": int(v["offered_hours"]),
              "margin_w_median": round(float(np.median(np.concatenate(margins[(q, b)]))), 1)}
             for (q, b), v in sweep.items()],
-        "informed_bound": {
-            "samples": BOUND_SAMPLES,
-            "rows": [{"knows_inference": knows, "quantile": q,
-                      "revenue": round(v["revenue"], 4),
+        "informed_reference": {
+            "samples": REFERENCE_SAMPLES,
+            "rows": [{"knows": knows, "quantile": q, "revenue": round(v["revenue"], 4),
                       "oracle_share": share(v["revenue"]),
                       "undeliverable_hours": int(v["undeliverable_hours"]),
                       "offered_hours": int(v["offered_hours"])}
-                     for (knows, q), v in bound.items()]},
+                     for (knows, q), v in informed.items()]},
         "forecast": week.forecast_scores(days),
         "solve_48h_all_products": timing,
         "per_day": per_day,

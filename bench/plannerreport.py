@@ -38,9 +38,9 @@ def summarise_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         rows[f"gridtao, margin q{q:g} per {b} h"] = row(
             [g["revenue"] for g in got], [g["oracle_share"] for g in got],
             [g["undeliverable_hours"] for g in got])
-    for i, bound in enumerate(results[0]["informed_bound"]["rows"]):
-        got = [r["informed_bound"]["rows"][i] for r in results]
-        rows[_bound_name(bound)] = row(
+    for i, ref in enumerate(results[0]["informed_reference"]["rows"]):
+        got = [r["informed_reference"]["rows"][i] for r in results]
+        rows[_reference_name(ref)] = row(
             [g["revenue"] for g in got], [g["oracle_share"] for g in got],
             [g["undeliverable_hours"] for g in got])
     return {"seeds": [r["seed"] for r in results], "days": results[0]["days"],
@@ -61,38 +61,61 @@ def _summed_delivery(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             for name, ways in out.items()}
 
 
-def _bound_name(row: dict[str, Any]) -> str:
-    known = "the day's inference" if row["knows_inference"] else "the model only"
-    return f"informed bound ({known}), q{row['quantile']:g}"
+_KNOWS_TEXT = {"model": "the model", "inference": "the day's inference too",
+               "jobs": "the day's jobs too"}
 
 
-def _bound_lines(bound: dict[str, Any]) -> list[str]:
-    """The informed bound's table (gridtao/bench/plannerbound.py)."""
-    rows = bound["rows"]
+def _reference_kind(knows: str) -> str:
+    return f"informed reference (knows {_KNOWS_TEXT[knows]})"
+
+
+def _reference_name(row: dict[str, Any]) -> str:
+    return f"{_reference_kind(row['knows'])}, q{row['quantile']:g}"
+
+
+def _reference_lines(ref: dict[str, Any]) -> list[str]:
+    """The informed reference's table (gridtao/bench/plannerinformed.py)."""
+    rows = ref["rows"]
     quantiles = list(dict.fromkeys(r["quantile"] for r in rows))
-    cell = {(r["knows_inference"], r["quantile"]): r for r in rows}
-    lines = ["", "What any day-ahead forecast could earn: tier 3 planned on the node's own "
-             f"predictive distribution at the gate ({bound['samples']} futures a day drawn from "
-             "the synthetic node's model, with every job begun before the gate known), its "
-             "p10 taken at each quantile of the futures' lowest minute per hour; 'the day's "
-             "inference' also knows the day's actual inference draw. Of oracle / undeliverable "
-             "h / offered h:", "",
-             "| quantile | knows the model only | knows the day's inference too |",
-             "|---|---|---|"]
+    knows = list(dict.fromkeys(r["knows"] for r in rows))
+    cell = {(r["knows"], r["quantile"]): r for r in rows}
+    lines = ["", "Informed reference: tier 3 planned on the node's own predictive distribution at "
+             f"the gate ({ref['samples']} futures a day drawn from the synthetic node's model, "
+             "every job begun before the gate known), its p10 at each quantile of the futures' "
+             "lowest minute per hour; two variants are also given the day's actual inference "
+             "load or its actual jobs. Of oracle / undeliverable h / offered h:", "",
+             "| quantile | " + " | ".join(f"knows {_KNOWS_TEXT[k]}" for k in knows) + " |",
+             "|---" * (len(knows) + 1) + "|"]
     for q in quantiles:
         lines.append(f"| q{q:g} | " + " | ".join(
             f"{_pct(c['oracle_share'])} / {c['undeliverable_hours']} / {c['offered_hours']}"
-            for c in (cell[False, q], cell[True, q])) + " |")
+            for c in (cell[k, q] for k in knows)) + " |")
     return lines
 
 
-def matched_bound(gridtao: dict[str, Any], bound: dict[str, Any]) -> dict[str, Any] | None:
-    """The informed bound's best row knowing the model only with no more undeliverable hours
-    than ``gridtao`` (a strategy's row): what a perfect forecaster of this node earns at
-    gridtao's delivery record. None if every row missed more."""
-    rows = [r for r in bound["rows"] if not r["knows_inference"]
-            and r["undeliverable_hours"] <= gridtao["undeliverable_hours"]]
-    return max(rows, key=lambda r: r["revenue"], default=None)
+def bracket(hours: int, rows: Sequence[dict[str, Any]]
+            ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The rows of the reference knowing the model that bracket ``hours`` undeliverable
+    hours: the best revenue with no more, and the best of those with the fewest more (None
+    where there is none). Rows carry ``knows``, ``revenue`` and ``undeliverable_hours``."""
+    model = [r for r in rows if r["knows"] == "model"]
+    below = max((r for r in model if r["undeliverable_hours"] <= hours),
+                key=lambda r: r["revenue"], default=None)
+    more = [r for r in model if r["undeliverable_hours"] > hours]
+    fewest = min((r["undeliverable_hours"] for r in more), default=None)
+    above = max((r for r in more if r["undeliverable_hours"] == fewest),
+                key=lambda r: r["revenue"], default=None)
+    return below, above
+
+
+def _bracket_line(share: str, hours: int, below: dict[str, Any] | None,
+                  above: dict[str, Any] | None) -> list[str]:
+    """``below`` and ``above`` (:func:`bracket`) with ``share``: a share of the oracle."""
+    said = [f"{r['share']} with {r['undeliverable_hours']} h" for r in (below, above)
+            if r is not None]
+    return ["", f"gridtao: {share} of the oracle with {hours} undeliverable h; the reference "
+            "knowing the model, on either side of that many hours: "
+            + (" and ".join(said) if said else "no row") + "."]
 
 
 def judge_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -196,13 +219,11 @@ def markdown(result: dict[str, Any], command: str) -> str:
                      f"{row['margin_w_median']:.0f} | {row['revenue']:.3f} | "
                      f"{_pct(row['oracle_share'])} | {row['undeliverable_hours']} | "
                      f"{row['offered_hours']} |")
-    lines += _bound_lines(result["informed_bound"])
-    best = matched_bound(g, result["informed_bound"])
-    if best is not None:
-        lines += ["", f"gridtao: {_pct(g['oracle_share'])} of the oracle with "
-                  f"{g['undeliverable_hours']} undeliverable h; the bound knowing the model, at "
-                  f"no more: {_pct(best['oracle_share'])} (q{best['quantile']:g}, "
-                  f"{best['undeliverable_hours']} h)."]
+    lines += _reference_lines(result["informed_reference"])
+    rows = [r | {"share": _pct(r["oracle_share"])}
+            for r in result["informed_reference"]["rows"]]
+    lines += _bracket_line(_pct(g["oracle_share"]), g["undeliverable_hours"],
+                           *bracket(g["undeliverable_hours"], rows))
     lines += _delivery_lines(result.get("site_delivery") or {})
     t = result["targets"]
     share = t["revenue_vs_oracle"]["value"]
@@ -244,13 +265,12 @@ def markdown_seeds(summary: dict[str, Any], command: str) -> str:
                      + f" | {row['undeliverable_total']} | "
                      + " / ".join(str(h) for h in row["undeliverable_hours"]) + " |")
     g = summary["rows"]["gridtao"]
-    bound = [(name, row) for name, row in summary["rows"].items()
-             if name.startswith("informed bound (the model only)")
-             and row["undeliverable_total"] <= g["undeliverable_total"]]
-    if bound:
-        name, row = max(bound, key=lambda nr: nr[1]["oracle_share_pooled"] or 0.0)
-        lines += ["", f"gridtao, pooled: {_pct(g['oracle_share_pooled'])} of the oracle with "
-                  f"{g['undeliverable_total']} undeliverable h; the best {name} row at no more: "
-                  f"{_pct(row['oracle_share_pooled'])} ({row['undeliverable_total']} h)."]
+    kind = _reference_kind("model")
+    pooled = [{"knows": "model", "revenue": row["oracle_share_pooled"] or 0.0,
+               "share": _pct(row["oracle_share_pooled"]),
+               "undeliverable_hours": row["undeliverable_total"]}
+              for name, row in summary["rows"].items() if name.startswith(kind + ",")]
+    lines += _bracket_line(_pct(g["oracle_share_pooled"]) + " (pooled)",
+                           g["undeliverable_total"], *bracket(g["undeliverable_total"], pooled))
     lines += _delivery_lines(summary.get("site_delivery") or {})
     return "\n".join(lines) + "\n"

@@ -78,7 +78,7 @@ class Week:
                                             tdp_w=TDP_W, idle_w=IDLE_W, seed=node_seed(seed, i),
                                             shape=DailyShape.default(offset_s=TZ_OFFSET_S)))
                 mean[i], p10[i] = draw_with(parts[i], parts[i].jobs, 0, n)
-        #: Each node's jobs and inference draw (what :mod:`gridtao.bench.plannerbound` samples).
+        #: Each node's jobs and inference draw (what :mod:`gridtao.bench.plannerinformed` samples).
         self.parts = tuple(parts)
         self.t = parts[0].starts
         self.node_mean, self.node_p10 = mean, p10

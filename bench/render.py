@@ -68,9 +68,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "|---|---|---|---|",
     ]
     lines.append(_row("transport floor: publish -> plain paho subscriber", result["broker_hop_ms"]))
-    if result.get("thread_fanout_floor_ms"):
-        lines.append(_row(f"thread fan-out floor: {result['gpus']} driver calls on bare threads",
-                          result["thread_fanout_floor_ms"]))
+    if result.get("bare_thread_fanout_ms"):
+        lines.append(_row(f"reference: {result['gpus']} driver calls on bare threads",
+                          result["bare_thread_fanout_ms"]))
     for key in KEYS:
         lines.append(_row(f"gridtao {key}", result[key]))
     for key in KEYS:
@@ -112,9 +112,9 @@ def _target_lines(targets: dict[str, dict[str, Any]]) -> list[str]:
         f"{fast['value']:.0f}x: {_verdict(fast)}",
         f"- receive -> command p99 <= {r2c['limit']:g} ms idle, <= {r2c['under_load_limit']:g} ms"
         f" under load: {r2c['value']:.2f} / {r2c['under_load']:.2f} ms"
-        + ("" if r2c["thread_fanout_floor_p99"] is None else
-           f" (bare threads' fan-out of the same driver calls, same run: p99 "
-           f"{r2c['thread_fanout_floor_p99']:.2f} ms)") + f": {_verdict(r2c)}",
+        + ("" if r2c["bare_thread_fanout_p99"] is None else
+           f" (the same driver calls on bare threads, same run: p99 "
+           f"{r2c['bare_thread_fanout_p99']:.2f} ms)") + f": {_verdict(r2c)}",
         f"- publish -> command p99 within {over['limit']:g} ms of the transport floor's: "
         f"{over['value']:+.2f} ms: {_verdict(over)}",
     ]

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
+import threading
+import time
 from pathlib import Path
 
+import pytest
+
+from gridtao.bench import barethreads
+from gridtao.bench.barethreads import bare_fanout
 from gridtao.bench.fanout import main, run, time_triggers
-from gridtao.bench.threadfloor import bare_fanout
 from gridtao.config.agent import SimConfig
 
 
@@ -34,9 +40,28 @@ def test_sequential_baseline_writes_every_gpu_once_per_trigger() -> None:
     assert run(1, 1, SimConfig(count=1))["gpus"] == 1
 
 
-def test_the_bare_floor_waits_for_every_thread() -> None:
-    # Each of the 4 sleeps lasts 5 ms: a fan-out returns only once every thread signalled back,
-    # so never before one of them (a lost wake-up would hang it, not shorten it).
-    times = bare_fanout(4, 3, 0.005)
-    assert len(times) == 3 and min(times) >= 5.0
-    assert bare_fanout(1, 2, 0.001)[0] >= 1.0  # one GPU: the calling thread alone
+def test_the_bare_fanout_returns_once_every_thread_slept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each fan-out wakes 3 threads besides the caller, and returns only after all 4 sleeps
+    of the driver call ended (a lost wake-up would fail it after ``STUCK_S``, not shorten it)."""
+    slept: list[tuple[int, float, float]] = []  # thread, the sleep's length, its end
+
+    class Clock:
+        perf_counter = staticmethod(time.perf_counter)
+
+        @staticmethod
+        def sleep(s: float) -> None:
+            time.sleep(s)
+            slept.append((threading.get_ident(), s, time.perf_counter()))
+
+    monkeypatch.setattr(barethreads, "time", Clock)
+    interval = sys.getswitchinterval()
+    t0 = time.perf_counter()
+    times = bare_fanout(4, 3, 0.002)
+    ended = time.perf_counter()
+    calls = [(who, end) for who, s, end in slept if s == 0.002]
+    assert len(times) == 3 and len(calls) == 12
+    assert len({who for who, _ in calls}) == 4  # the caller and three threads
+    assert all(t0 < end <= ended for _, end in calls)
+    assert min(times) >= 2.0
+    assert sys.getswitchinterval() == interval  # the agent's is set only while it runs

@@ -12,7 +12,6 @@ import pytest
 
 from gridtao.bench.planner import SITE_STRATEGIES, Week
 from gridtao.bench.planner_signals import market_signals
-from gridtao.bench.plannerbound import BOUND_QUANTILES
 from gridtao.bench.plannerday import (
     CALIBRATION_DAYS,
     HOUR_S,
@@ -30,6 +29,7 @@ from gridtao.bench.plannerday import (
     plan_reference,
     simulate,
 )
+from gridtao.bench.plannerinformed import KNOWS, REFERENCE_QUANTILES
 from gridtao.bench.plannerlive import delivery
 from gridtao.cli.main import main
 from gridtao.history import synth
@@ -157,7 +157,8 @@ def test_several_seeds_side_by_side(tmp_path: Path) -> None:
     assert summary["seeds"] == [0, 1] and summary["job_hours"] == [48.0, 96.0]
     assert [r["seed"] for r in result["runs"]] == [0, 1]
     assert summary["rows"]["oracle"]["oracle_share_pooled"] in (1.0, None)
-    assert len(summary["rows"]) == len(STRATEGIES) + len(MARGINS) + 2 * len(BOUND_QUANTILES)
+    assert len(summary["rows"]) \
+        == len(STRATEGIES) + len(MARGINS) + len(KNOWS) * len(REFERENCE_QUANTILES)
     assert "| gridtao |" in md.read_text()
     assert main(["bench", "planner", "--seeds", "x"]) == 2
     assert main(["bench", "planner", "--job-hours", "0,5"]) == 2

@@ -81,6 +81,7 @@ class JobModel:
 
     @classmethod
     def current(cls) -> JobModel:
+        """The module's job model as it stands now (a bench may have changed its lengths)."""
         return cls(JOB_RATE_PER_DAY, _JOB_SIZES, _JOB_SIZE_WEIGHTS, _JOB_MIN_H, _JOB_MAX_H,
                    _TRAIN_LEVEL)
 
@@ -197,6 +198,10 @@ def draw_with(node: SyntheticNode, jobs: Iterable[Job], lo: int, hi: int,
     """The node's IT draw per minute of rows ``lo:hi`` (mean, p10; W) had ``jobs`` run on it
     (its own, or others a bench imagines): jobs' GPUs at their level, the rest inferring at
     the node's own load or at ``load`` (one value per row of ``lo:hi``)."""
+    if not 0 <= lo <= hi <= len(node.starts):
+        raise ValueError(f"rows {lo}:{hi} are not within the node's {len(node.starts)}")
+    if load is not None and len(load) != hi - lo:
+        raise ValueError(f"load needs one value per row of {lo}:{hi}, got {len(load)}")
     n = hi - lo
     busy = np.zeros(n, np.int64)
     train_w = np.zeros(n, np.float64)
