@@ -271,7 +271,8 @@ def test_the_site_says_which_broker_connection_is_up(
     mqtt_broker: MosquittoBroker, tmp_path: Path
 ) -> None:
     """``gridtao_broker_connected{link}`` for the site's three connections: the two it listens
-    on (cmd, state) and the one it publishes on (out), which starts once cmd is subscribed."""
+    on (cmd, state) and the one it publishes on (out), which starts once cmd is subscribed; the
+    status's ``links`` says the two it listens on."""
     config = load_config(_site_config(tmp_path, mqtt_broker, "e2e/links", []))
     registry = CollectorRegistry()
     stop = asyncio.Event()
@@ -287,11 +288,19 @@ def test_the_site_says_which_broker_connection_is_up(
                 connected(link) == 1.0 for link in ("out", "cmd", "state")):
             await asyncio.sleep(0.05)
         seen.update({link: connected(link) for link in ("out", "cmd", "state")})
+        while time.monotonic() < deadline and not any(  # its first status waits for its view
+                json.loads(m.payload).get("online") for m in list(st.messages)):
+            await asyncio.sleep(0.05)
         stop.set()
         return await site
 
-    assert asyncio.run(run_then_stop()) == 0
+    with Subscriber(mqtt_broker.host, mqtt_broker.port, "e2e/links/site/status") as st:
+        assert asyncio.run(run_then_stop()) == 0
     assert seen == {"out": 1.0, "cmd": 1.0, "state": 1.0}
+    statuses = [json.loads(m.payload) for m in st.messages]
+    online = [b for b in statuses if b.get("online") is True]
+    assert online and all(set(b["links"]) == {"cmd", "state"} for b in online)
+    assert online[-1]["links"] == {"cmd": True, "state": True}
 
 
 def test_a_hangup_neither_stops_nor_changes_the_site(
