@@ -590,3 +590,20 @@ def test_an_award_already_over_is_refused_and_shares_are_whole_watts_summing_to_
     assert ack["accepted"] is True
     shares = [b["capacity_w"]["ffr"][2] for _, b in _awards(h)]
     assert sorted(shares) == [33.0, 33.0, 34.0]  # 100 W in whole watts, not 99
+
+
+def test_a_refusal_is_judged_while_its_own_mtu_lasts_whatever_a_later_award_s_length() -> None:
+    """The ids of awards sent are pruned by each entry's own MTU end: an hourly award sent
+    before a plan of 15-minute MTUs still counts a refusal until its hour is over."""
+    h = Harness()
+    split = h.c.bidding.live
+    start = 1_800_000_000
+    split.note_sent("n1", {"id": "hourly", "start": start, "mtu_s": 3600,
+                           "capacity_w": {"ffr": [100.0]}}, start - 60)
+    quarter = {"id": "q1", "start": start + 900, "mtu_s": 900, "capacity_w": {"ffr": [50.0]}}
+    split.note_sent("n2", quarter, start + 1100)  # prunes: the first quarter is over
+    assert split.on_node_ack("n1", "hourly", False) is True
+    later = quarter | {"id": "q2", "start": start + 3600}
+    split.note_sent("n2", later, start + 3700)  # the hour is over now: pruned
+    assert split.on_node_ack("n1", "hourly", False) is False
+    assert split.on_node_ack("n2", "q2", True) is True

@@ -99,6 +99,9 @@ class LiveSplit:
         self._latest: dict[tuple[str, int, str], str] = {}
         #: (MTU start, product) -> the nodes that refused what the site sent them for it
         self._not_held: dict[tuple[int, str], set[str]] = {}
+        #: (MTU start, product) -> when that MTU ends (Unix s), as the award that sent it said:
+        #: what is over is pruned by it (a later plan may have MTUs of another length)
+        self._ends: dict[tuple[int, str], int] = {}
         self._prune_at = -math.inf
 
     def _order(self, award: Award, wall: float) -> tuple[float, int]:
@@ -201,13 +204,15 @@ class LiveSplit:
         self._ids[(node, ident)] = entries
         for mtu, p in entries:
             self._latest[(node, mtu, p)] = ident
+            self._ends[(mtu, p)] = max(self._ends.get((mtu, p), 0), mtu + mtu_s)
         if wall >= self._prune_at:  # what is over goes, once a minute (a split sends N)
             self._prune_at = wall + _PRUNE_S
-            self._ids = {key: e for key, e in self._ids.items()
-                         if any(mtu + mtu_s > wall for mtu, _ in e)}
-            self._latest = {key: i for key, i in self._latest.items() if key[1] + mtu_s > wall}
+            self._ends = {key: end for key, end in self._ends.items() if end > wall}
+            ends = self._ends
+            self._ids = {key: e for key, e in self._ids.items() if any(k in ends for k in e)}
+            self._latest = {key: i for key, i in self._latest.items() if key[1:] in ends}
             self._not_held = {key: nodes for key, nodes in self._not_held.items()
-                              if key[0] + mtu_s > wall}
+                              if key in ends}
 
     def on_node_ack(self, node: str, ident: object, accepted: bool) -> bool:
         """``node`` acked an award: refused, it holds none of what the site sent it in it;
