@@ -439,7 +439,7 @@ def test_a_node_back_online_is_sent_its_shares_again_and_a_refusal_is_counted() 
 
 def test_a_share_a_node_refused_is_counted_short_until_it_accepts_one_again() -> None:
     """A node that refuses an award the site sent it holds none of it: the status counts its
-    share short (it is not moved for it). An ack of an id the site never sent that node, or one
+    share short (with no live split, ``resplit_s: 0``, it is not moved). An ack of an id the site never sent that node, or one
     the contract does not know, changes nothing; the node accepting a later award for the same
     MTU holds its share again, and a late ack of an older award judges nothing."""
     h, start = _site(resplit_s=0.0)
@@ -481,6 +481,38 @@ def test_a_share_a_node_refused_is_counted_short_until_it_accepts_one_again() ->
     # refused again; then a late repeat of its acceptance of the older award changes nothing
     assert short_after(("n2", {"id": restarted("n2"), "accepted": False, "reason": "x"})) == 600.0
     assert short_after(("n2", {"id": resent, "accepted": True, "reason": None})) == 600.0
+
+
+def test_a_refused_share_moves_to_a_node_with_room_and_is_not_offered_back() -> None:
+    """n2 refuses its 600 W: the next live split gives it to n1 as far as n1's room allows
+    (400 W more), sends n2 a share of 0 and counts the 200 W no one can take short. n2
+    accepting that 0 W is not taken as room for more: it is not offered the product again in
+    that MTU, even when n1 falls short, until it accepts a share above 0."""
+    h, start = _site(resplit_s=5.0)
+    _two_nodes(h, start)
+    h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start, "mtu_s": MTU,
+                                    "capacity_w": {"ffr": [1200]}})
+    sent = {t.split("/")[2]: b for t, b in _awards(h)}
+    assert {n: b["capacity_w"]["ffr"] for n, b in sent.items()} == {"n1": [600], "n2": [600]}
+    h.send(f"{PREFIX}/nodes/n2/ack", {"kind": "award", "id": sent["n2"]["id"], "accepted": False,
+                                      "reason": "no plan for this hour"})
+    h.clock.advance(5.0)
+    h.status("n1", 1400.0)
+    h.status("n2", 1400.0)
+    h.c.tick()
+    moved = {t.split("/")[2]: b for t, b in _awards(h)}
+    assert moved["n1"]["capacity_w"] == {"ffr": [1000]}
+    assert moved["n2"]["capacity_w"] == {"ffr": [0]}
+    assert h.c.snapshot["award"]["short_w"] == 200.0
+    h.send(f"{PREFIX}/nodes/n2/ack", {"kind": "award", "id": moved["n2"]["id"],
+                                      "accepted": True, "reason": None})
+    h.clock.advance(5.0)
+    h.status("n1", 900.0)  # n1 short now: 500 W of room for 1000 W
+    h.status("n2", 1400.0)
+    h.c.tick()
+    again = {t.split("/")[2]: b for t, b in _awards(h)}
+    assert "n2" not in again or again["n2"]["capacity_w"] == {"ffr": [0]}
+    assert h.c.snapshot["award"]["short_w"] >= 500.0
 
 
 def _offers(h: Harness, node: str, start: int, offers: dict[str, float],

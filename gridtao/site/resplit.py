@@ -18,7 +18,10 @@ says nothing of its room; a node takes no new capacity mid-activation anyway). A
 refuses an award the site sent it (an ack of one of the ids the site sent that node, for the
 entries no later award sent it again) holds none of what that award said: the status counts
 those shares short until the node accepts a later award for them (a bound: a node that refused
-a re-split may still hold what an earlier award gave it). They are not moved for it.
+a re-split may still hold what an earlier award gave it). The next pass moves them: the node
+may take nothing more of that product in that MTU (its cap there is 0, so its share goes to
+nodes with room, and it is sent a share of 0), until it accepts a later award that gives it
+some.
 
 The site resolves its own awards as a node does: where two cover a product in an MTU, the one
 issued later wins (:meth:`LiveSplit.effective` masks what an older one says there), and every
@@ -93,12 +96,16 @@ class LiveSplit:
         self._rebuild_at = math.inf  # after a restart: when the books are rebuilt (restore)
         #: An award came since the site's retained record was last written.
         self.record_stale = False
-        #: (node, award id) -> the (MTU start, product) entries the site sent that node in it
-        self._ids: dict[tuple[str, str], tuple[tuple[int, str], ...]] = {}
+        #: (node, award id) -> the (MTU start, product, W) entries the site sent that node in it
+        self._ids: dict[tuple[str, str], tuple[tuple[int, str, float], ...]] = {}
         #: (node, MTU start, product) -> the id of the last award that sent the node that entry
         self._latest: dict[tuple[str, int, str], str] = {}
         #: (MTU start, product) -> the nodes that refused what the site sent them for it
         self._not_held: dict[tuple[int, str], set[str]] = {}
+        #: (MTU start, product) -> the nodes that refused a share of it and have not accepted
+        #: one above 0 since: the live split gives them none (a share of 0 they accept
+        #: leaves them here, so a node that will not take the product is not offered it again)
+        self._refused: dict[tuple[int, str], set[str]] = {}
         #: (MTU start, product) -> when that MTU ends (Unix s), as the award that sent it said:
         #: what is over is pruned by it (a later plan may have MTUs of another length)
         self._ends: dict[tuple[int, str], int] = {}
@@ -199,20 +206,23 @@ class LiveSplit:
     def note_sent(self, node: str, body: Mapping[str, Any], wall: float) -> None:
         """The site sent ``node`` the award ``body`` (its acks are matched to it by id)."""
         start, mtu_s, ident = int(body["start"]), int(body["mtu_s"]), str(body["id"])
-        entries = tuple((start + k * mtu_s, p) for p, row in body["capacity_w"].items()
+        entries = tuple((start + k * mtu_s, p, float(w)) for p, row in body["capacity_w"].items()
                         for k, w in enumerate(row) if w is not None)
         self._ids[(node, ident)] = entries
-        for mtu, p in entries:
+        for mtu, p, _ in entries:
             self._latest[(node, mtu, p)] = ident
             self._ends[(mtu, p)] = max(self._ends.get((mtu, p), 0), mtu + mtu_s)
         if wall >= self._prune_at:  # what is over goes, once a minute (a split sends N)
             self._prune_at = wall + _PRUNE_S
             self._ends = {key: end for key, end in self._ends.items() if end > wall}
             ends = self._ends
-            self._ids = {key: e for key, e in self._ids.items() if any(k in ends for k in e)}
+            self._ids = {key: e for key, e in self._ids.items()
+                         if any(k[:2] in ends for k in e)}
             self._latest = {key: i for key, i in self._latest.items() if key[1:] in ends}
             self._not_held = {key: nodes for key, nodes in self._not_held.items()
                               if key in ends}
+            self._refused = {key: nodes for key, nodes in self._refused.items()
+                             if key in ends}
 
     def on_node_ack(self, node: str, ident: object, accepted: bool) -> bool:
         """``node`` acked an award: refused, it holds none of what the site sent it in it;
@@ -222,13 +232,16 @@ class LiveSplit:
         entries = self._ids.get((node, ident)) if isinstance(ident, str) else None
         if entries is None:
             return False
-        for mtu, p in entries:
+        for mtu, p, w in entries:
             if self._latest.get((node, mtu, p)) != ident:
                 continue
             if accepted:
                 self._not_held.get((mtu, p), set()).discard(node)
+                if w > 0.0:
+                    self._refused.get((mtu, p), set()).discard(node)
             else:
                 self._not_held.setdefault((mtu, p), set()).add(node)
+                self._refused.setdefault((mtu, p), set()).add(node)
         return True
 
     def _rooms(self, wall: float, nodes: Sequence[str]) -> dict[str, float]:
@@ -289,8 +302,8 @@ class LiveSplit:
         enrolled in it (a product whose shares are not known, after a restart, shared as an
         award in an MTU no node offered is: by what each may be awarded), live rooms (nodes in
         an event, or holding a share of a product their plan no longer lists, left out: they
-        can be sent nothing of it), caps (where the plan says them), and the products whose
-        shares were not known."""
+        can be sent nothing of it), caps (where the plan says them; 0 for a node that refused
+        its share), and the products whose shares were not known."""
         j = (start - plan.start_s) // plan.mtu_s
         enrolled = {p: [n for n, rows in plan.by_node.items() if p in rows] for p in awarded}
         shares: dict[str, dict[str, float]] = {}
@@ -310,6 +323,9 @@ class LiveSplit:
         rooms = self._rooms(wall, nodes)
         caps = {p: {n: plan.most_w(n, p, j) for n in enrolled[p]
                     if p in plan.caps_w.get(n, {}) and n not in stuck} for p in awarded}
+        for p in awarded:  # a node that refused its share takes none: it moves off
+            for n in self._refused.get((start, p), set()) & set(enrolled[p]) - stuck:
+                caps[p][n] = 0.0
         return shares, rooms, caps, unknown
 
     def _rebuild(self, wall: float, plan: SitePlan) -> None:
