@@ -439,9 +439,10 @@ def test_a_node_back_online_is_sent_its_shares_again_and_a_refusal_is_counted() 
 
 def test_a_share_a_node_refused_is_counted_short_until_it_accepts_one_again() -> None:
     """A node that refuses an award the site sent it holds none of it: the status counts its
-    share short (with no live split, ``resplit_s: 0``, it is not moved). An ack of an id the site never sent that node, or one
-    the contract does not know, changes nothing; the node accepting a later award for the same
-    MTU holds its share again, and a late ack of an older award judges nothing."""
+    share short (``resplit_s: 0``: no live split moves it). An ack of an id the site never
+    sent that node, or one the contract does not know, changes nothing; the node accepting a
+    later award for the same MTU holds its share again, and a late ack of an older award judges
+    nothing."""
     h, start = _site(resplit_s=0.0)
     _two_nodes(h, start)
     h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start, "mtu_s": MTU,
