@@ -516,6 +516,62 @@ def test_a_refused_share_moves_to_a_node_with_room_and_is_not_offered_back() -> 
     assert h.c.snapshot["award"]["short_w"] >= 500.0
 
 
+def test_a_refused_product_is_offered_again_after_a_share_accepted_or_a_new_plan() -> None:
+    """The mark a refusal leaves (no more of that product in those MTUs) lifts when the node
+    accepts a share above 0 of it, or publishes a new plan."""
+    h, start = _site(resplit_s=5.0)
+    _two_nodes(h, start)
+    split = h.c.bidding.live
+    h.send(f"{PREFIX}/site/award", {"id": "a1", "start": start, "mtu_s": MTU,
+                                    "capacity_w": {"ffr": [1200]}})
+    sent = {t.split("/")[2]: b for t, b in _awards(h)}
+
+    def refuse_then_tick(ident: str) -> dict[str, dict[str, Any]]:
+        h.send(f"{PREFIX}/nodes/n2/ack", {"kind": "award", "id": ident, "accepted": False,
+                                          "reason": "x"})
+        h.clock.advance(5.0)
+        h.status("n1", 1400.0)
+        h.status("n2", 1400.0)
+        h.c.tick()
+        return {t.split("/")[2]: b for t, b in _awards(h)}
+
+    def n2_cap() -> float:
+        plan = h.c.bidding.plan
+        assert plan is not None
+        return split._positions(start, {"ffr": 1200.0}, plan, h.clock.wall())[2]["ffr"]["n2"]
+
+    moved = refuse_then_tick(sent["n2"]["id"])
+    assert moved["n2"]["capacity_w"] == {"ffr": [0]}
+    assert n2_cap() == 0.0
+    # a share above 0 accepted: offered again
+    split.note_sent("n2", {"id": "more", "start": start, "mtu_s": MTU,
+                           "capacity_w": {"ffr": [100.0]}}, h.clock.wall())
+    assert split.on_node_ack("n2", "more", True)
+    assert n2_cap() > 0.0
+    # refused again, then a new plan from it: offered again
+    assert split.on_node_ack("n2", "more", False)
+    assert n2_cap() == 0.0
+    _plan(h, "n2", start, 600.0, p10=1300.0, p50=1400.0)
+    assert n2_cap() > 0.0
+
+
+def test_a_node_that_cannot_hear_dispatches_keeps_its_award_shares() -> None:
+    """Awards reach a node on its status connection, and frequency products fire on their
+    own: a node whose dispatch connection is down keeps its shares and its room."""
+    h, start = _site(resplit_s=5.0)
+    _two_nodes(h, start)
+    _awarded_now(h, start, 1200.0)
+    deaf = {"island": True, "dispatch": False, "frequency": True}
+    for _ in range(3):
+        h.clock.advance(5.0)
+        h.status("n1", 1400.0)
+        h.status("n2", 1400.0, links=deaf)
+        h.c.tick()
+    assert _awards(h) == []
+    assert h.c.snapshot["award"]["short_w"] == 0.0
+    assert h.c.snapshot["nodes"]["n2"]["hears_orders"] is False
+
+
 def _offers(h: Harness, node: str, start: int, offers: dict[str, float],
             capacity: dict[str, float]) -> None:
     h.send(f"{PREFIX}/nodes/{node}/plan", {

@@ -58,4 +58,5 @@ def register_collectors(agent: Agent) -> None:
 
 
 def _link_up(agent: Agent, name: str) -> Callable[[], bool]:
+    """Whether the agent's trigger-path connection ``name`` is up, read when scraped."""
     return lambda: agent.trigger_links()[name]

@@ -182,11 +182,13 @@ class SiteCoordinator:
             self.view.on_status(node, body)
             self.order_auth.on_status(node, body.get("auth"))
             if came_back and self.view.nodes[node].online:  # a restarted agent holds no award
+                self.bidding.live.forget_refusals(node)
                 self.bidding.live.resend(node, self.clock.wall(), self.bidding.plan)
         elif leaf == "tracker":
             self.view.on_tracker(node, body)
         elif leaf == "plan":
             self.view.on_plan(node, body)
+            self.bidding.live.forget_refusals(node)  # what it refused, it may take now
             self.bidding.on_node_plan()
         elif leaf == "ack":
             self._on_node_ack(node, body)
@@ -294,7 +296,8 @@ class SiteCoordinator:
             self._count("fleet_dispatch_over_limit")
             return
         self.events[msg.id] = fleet_event(body, wall, reference_w=self._site_it_w(wall),
-                                          nodes=[v.node for v in self.view.online(wall)])
+                                          nodes=[v.node for v in self.view.online(wall)
+                                                 if v.hears_orders])
 
     def _on_events_record(self, payload: bytes, wall: float, *, retained: bool) -> None:
         """The site's own retained record of its events: taken back once, at start (before

@@ -19,7 +19,8 @@ __all__ = ["end_orders", "issue_orders", "plan_caps", "release_body", "shares"]
 def shares(event: SiteEvent, view: SiteView, wall: float) -> list[NodeShare]:
     """Every node the event counts: its draw when the event arrived (a node that joined since:
     its draw now, remembered in ``event.draws_w``), its floor, and whether it can take a cap
-    (online, no GPU fault, a floor known). Nodes never seen drawing are left out."""
+    (online and hearing orders, no GPU fault, a floor known). Nodes never seen drawing are
+    left out."""
     out = []
     for node, node_view in sorted(view.nodes.items()):
         online = view.is_online(node, wall)
@@ -28,7 +29,8 @@ def shares(event: SiteEvent, view: SiteView, wall: float) -> list[NodeShare]:
             if not online or node_view.draw_w is None:
                 continue
             draw = event.draws_w[node] = node_view.draw_w  # joined mid-event: as it is now
-        able = online and not node_view.faults and node_view.floor_w is not None
+        able = (online and node_view.hears_orders and not node_view.faults
+                and node_view.floor_w is not None)
         out.append(NodeShare(node, draw, node_view.floor_w or draw, able))
     return out
 

@@ -19,9 +19,9 @@ refuses an award the site sent it (an ack of one of the ids the site sent that n
 entries no later award sent it again) holds none of what that award said: the status counts
 those shares short until the node accepts a later award for them (a bound: a node that refused
 a re-split may still hold what an earlier award gave it). The next pass moves them: the node
-may take nothing more of that product in that MTU (its cap there is 0, so its share goes to
-nodes with room, and it is sent a share of 0), until it accepts a later award that gives it
-some.
+may take nothing more of that product in the MTUs the award covered (its cap there is 0, so
+its share goes to nodes with room, and it is sent a share of 0), until it accepts a later
+award that gives it some, publishes a new plan or comes back online.
 
 The site resolves its own awards as a node does: where two cover a product in an MTU, the one
 issued later wins (:meth:`LiveSplit.effective` masks what an older one says there), and every
@@ -243,6 +243,12 @@ class LiveSplit:
                 self._not_held.setdefault((mtu, p), set()).add(node)
                 self._refused.setdefault((mtu, p), set()).add(node)
         return True
+
+    def forget_refusals(self, node: str) -> None:
+        """``node`` published a new plan or came back: the shares it refused may be offered
+        to it again (its refusals still count short until it accepts)."""
+        for nodes in self._refused.values():
+            nodes.discard(node)
 
     def _rooms(self, wall: float, nodes: Sequence[str]) -> dict[str, float]:
         """Each node's live room; nodes in an event are left out (module docstring)."""

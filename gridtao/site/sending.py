@@ -165,8 +165,9 @@ class OrderSender:
         comes back or runs out; one that refused the new split keeps holding its old one). A
         node back online after the split was made without it (offline then) keeps its old
         order until the next split, made soon, gives it a share: it is never left uncapped
-        between the two. A node the split left out while online (a GPU fault) is released."""
-        for node in [n for n in event.unreleased if self.view.is_online(n, wall)]:
+        between the two. A node the split left out while online (a GPU fault) is released;
+        one left out because it could not hear orders, once it can."""
+        for node in [n for n in event.unreleased if self.view.hears_orders(n, wall)]:
             if node not in event.orders and node in event.offline:  # back since the split
                 due = wall + REJOIN_SPLIT_S
                 if self.next_rebalance.get(event.id, due) > due:

@@ -35,6 +35,10 @@ def _watts(value: object) -> float | None:
     return number if number is not None and 0.0 <= number <= NODE_W_MAX else None
 
 
+#: Statuses in a row saying the dispatch connection is down before a node is taken as deaf.
+DEAF_STATUSES = 2
+
+
 @dataclass
 class NodeView:
     """What the site knows of one node. ``t``: the node's own time of its last status."""
@@ -44,9 +48,8 @@ class NodeView:
     #: Offline after a clean stop that put back every limit it changed (its status said
     #: ``restored: true``), not gone (its last will): it holds no cap.
     stopped_clean: bool = False
-    #: False while the node's status says its dispatch connection is down (``links``): it is
-    #: up but cannot hear orders, so the site counts it offline and splits around it.
-    hears_orders: bool = True
+    #: How many statuses in a row said the node's dispatch connection is down (``links``).
+    deaf_statuses: int = 0
     #: How long the node wants between two cuts (its status ``limits``), s; None: not said.
     cut_interval_s: float | None = None
     t: float | None = None
@@ -66,6 +69,14 @@ class NodeView:
     #: Per product, the most the node may be awarded (its configured capacity), W at the
     #: settlement point; a product missing here may be awarded at most what it offered.
     plan_capacity_w: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def hears_orders(self) -> bool:
+        """False once :data:`DEAF_STATUSES` statuses in a row said the node's dispatch
+        connection is down: it is up (awards reach it on its status connection, and frequency
+        products fire on their own) but cannot hear an event's orders, so events split around
+        it. One such status is a reconnect under way, not yet a reason to move anything."""
+        return self.deaf_statuses < DEAF_STATUSES
 
     def headroom_w(self) -> float:
         """IT power the node can still shed (draw above its floor), 0 when unknown."""
@@ -113,7 +124,8 @@ class SiteView:
         if not view.online:
             return
         links = body.get("links")
-        view.hears_orders = not (isinstance(links, Mapping) and links.get("dispatch") is False)
+        deaf = isinstance(links, Mapping) and links.get("dispatch") is False
+        view.deaf_statuses = view.deaf_statuses + 1 if deaf else 0
         event = body.get("event")
         view.event = event if isinstance(event, str) else None
         limits = body.get("limits")
@@ -165,9 +177,13 @@ class SiteView:
 
     def is_online(self, node: str, wall: float) -> bool:
         view = self.nodes.get(node)
-        if view is None or not view.online or not view.hears_orders or view.t is None:
+        if view is None or not view.online or view.t is None:
             return False
         return wall - view.t <= self.stale_s
+
+    def hears_orders(self, node: str, wall: float) -> bool:
+        """``node`` is online and can hear an event's orders (:attr:`NodeView.hears_orders`)."""
+        return self.is_online(node, wall) and self.nodes[node].hears_orders
 
     def online(self, wall: float) -> list[NodeView]:
         return [v for n, v in sorted(self.nodes.items()) if self.is_online(n, wall)]
