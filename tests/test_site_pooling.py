@@ -518,7 +518,7 @@ def test_a_refused_share_moves_to_a_node_with_room_and_is_not_offered_back() -> 
 
 def test_a_refused_product_is_offered_again_after_a_share_accepted_or_a_new_plan() -> None:
     """The mark a refusal leaves (no more of that product in those MTUs) lifts when the node
-    accepts a share above 0 of it, or publishes a new plan."""
+    accepts a share above 0 of it, publishes a new plan, or a new market award is split."""
     h, start = _site(resplit_s=5.0)
     _two_nodes(h, start)
     split = h.c.bidding.live
@@ -552,6 +552,12 @@ def test_a_refused_product_is_offered_again_after_a_share_accepted_or_a_new_plan
     assert split.on_node_ack("n2", "more", False)
     assert n2_cap() == 0.0
     _plan(h, "n2", start, 600.0, p10=1300.0, p50=1400.0)
+    assert n2_cap() > 0.0
+    # refused again, then a new market award for the MTU: split afresh, n2 included
+    assert split.on_node_ack("n2", "more", False)
+    assert n2_cap() == 0.0
+    h.send(f"{PREFIX}/site/award", {"id": "a2", "start": start, "mtu_s": MTU,
+                                    "capacity_w": {"ffr": [1000]}})
     assert n2_cap() > 0.0
 
 

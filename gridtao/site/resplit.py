@@ -21,7 +21,8 @@ those shares short until the node accepts a later award for them (a bound: a nod
 a re-split may still hold what an earlier award gave it). The next pass moves them: the node
 may take nothing more of that product in the MTUs the award covered (its cap there is 0, so
 its share goes to nodes with room, and it is sent a share of 0), until it accepts a later
-award that gives it some, publishes a new plan or comes back online.
+award that gives it some, publishes a new plan or comes back online, or a new market award
+is split for those MTUs.
 
 The site resolves its own awards as a node does: where two cover a product in an MTU, the one
 issued later wins (:meth:`LiveSplit.effective` masks what an older one says there), and every
@@ -146,14 +147,16 @@ class LiveSplit:
         award, or a later one, says nothing)."""
         self._awards = [h for h in self._awards if h.award.end_s > wall - award.mtu_s]
         self._awards.append(_Held(award, self._order(award, wall)))
-        self._book(award, shares)
+        for key in self._book(award, shares):  # a new split: every node may be offered again
+            self._refused.pop(key, None)
         self._sent = {key: v for key, v in self._sent.items() if key[0] > wall - 2 * award.mtu_s}
         self.record_stale = True
 
-    def _book(self, award: Award,
-              shares: Mapping[str, Mapping[str, list[float | None]]]) -> None:
+    def _book(self, award: Award, shares: Mapping[str, Mapping[str, list[float | None]]]
+              ) -> set[tuple[int, str]]:
         """The books of the MTUs ``award`` says something of, set to ``shares``: set whole,
-        so a node that held a share of one before and has none in ``shares`` drops."""
+        so a node that held a share of one before and has none in ``shares`` drops. Returns
+        the (MTU start, product) entries booked."""
         fresh: dict[tuple[int, str], dict[str, float]] = {}
         for node, products in shares.items():
             for product, row in products.items():
@@ -162,6 +165,7 @@ class LiveSplit:
                         mtu = award.start_s + k * award.mtu_s
                         fresh.setdefault((mtu, product), {})[node] = w
         self._sent.update(fresh)
+        return set(fresh)
 
     @property
     def awards(self) -> list[Award]:
