@@ -544,17 +544,17 @@ def test_a_refused_product_is_offered_again_after_a_share_accepted_or_a_new_plan
     assert moved["n2"]["capacity_w"] == {"ffr": [0]}
     assert n2_cap() == 0.0
     # a share above 0 accepted: offered again
-    split.note_sent("n2", {"id": "more", "start": start, "mtu_s": MTU,
+    split.acks.sent("n2", {"id": "more", "start": start, "mtu_s": MTU,
                            "capacity_w": {"ffr": [100.0]}}, h.clock.wall())
-    assert split.on_node_ack("n2", "more", True)
+    assert split.acks.on_ack("n2", "more", True)
     assert n2_cap() > 0.0
     # refused again, then a new plan from it: offered again
-    assert split.on_node_ack("n2", "more", False)
+    assert split.acks.on_ack("n2", "more", False)
     assert n2_cap() == 0.0
     _plan(h, "n2", start, 600.0, p10=1300.0, p50=1400.0)
     assert n2_cap() > 0.0
     # refused again, then a new market award for the MTU: split afresh, n2 included
-    assert split.on_node_ack("n2", "more", False)
+    assert split.acks.on_ack("n2", "more", False)
     assert n2_cap() == 0.0
     h.send(f"{PREFIX}/site/award", {"id": "a2", "start": start, "mtu_s": MTU,
                                     "capacity_w": {"ffr": [1000]}})
@@ -693,12 +693,12 @@ def test_a_refusal_is_judged_while_its_own_mtu_lasts_whatever_a_later_award_s_le
     h = Harness()
     split = h.c.bidding.live
     start = 1_800_000_000
-    split.note_sent("n1", {"id": "hourly", "start": start, "mtu_s": 3600,
+    split.acks.sent("n1", {"id": "hourly", "start": start, "mtu_s": 3600,
                            "capacity_w": {"ffr": [100.0]}}, start - 60)
     quarter = {"id": "q1", "start": start + 900, "mtu_s": 900, "capacity_w": {"ffr": [50.0]}}
-    split.note_sent("n2", quarter, start + 1100)  # prunes: the first quarter is over
-    assert split.on_node_ack("n1", "hourly", False) is True
+    split.acks.sent("n2", quarter, start + 1100)  # prunes: the first quarter is over
+    assert split.acks.on_ack("n1", "hourly", False) is True
     later = quarter | {"id": "q2", "start": start + 3600}
-    split.note_sent("n2", later, start + 3700)  # the hour is over now: pruned
-    assert split.on_node_ack("n1", "hourly", False) is False
-    assert split.on_node_ack("n2", "q2", True) is True
+    split.acks.sent("n2", later, start + 3700)  # the hour is over now: pruned
+    assert split.acks.on_ack("n1", "hourly", False) is False
+    assert split.acks.on_ack("n2", "q2", True) is True

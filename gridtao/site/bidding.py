@@ -118,7 +118,7 @@ class SiteBidding:
         issued = self.live.issue_time(wall)
         for node, body in node_awards(award, split.shares, issued):
             self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
-            self.live.note_sent(node, body, wall)
+            self.live.acks.sent(node, body, wall)
         self.live.on_award(award, split.shares, wall)
         self._count("site_awards_split")
         if split.unplaced_w:

@@ -182,13 +182,13 @@ class SiteCoordinator:
             self.view.on_status(node, body)
             self.order_auth.on_status(node, body.get("auth"))
             if came_back and self.view.nodes[node].online:  # a restarted agent holds no award
-                self.bidding.live.forget_refusals(node)
+                self.bidding.live.acks.forget(node)
                 self.bidding.live.resend(node, self.clock.wall(), self.bidding.plan)
         elif leaf == "tracker":
             self.view.on_tracker(node, body)
         elif leaf == "plan":
             self.view.on_plan(node, body)
-            self.bidding.live.forget_refusals(node)  # what it refused, it may take now
+            self.bidding.live.acks.forget(node)  # what it refused, it may take now
             self.bidding.on_node_plan()
         elif leaf == "ack":
             self._on_node_ack(node, body)
@@ -199,7 +199,7 @@ class SiteCoordinator:
             accepted = body.get("accepted")
             if not isinstance(accepted, bool):
                 return  # not an ack the contract knows
-            ours = self.bidding.live.on_node_ack(node, ident, accepted)
+            ours = self.bidding.live.acks.on_ack(node, ident, accepted)
             if not accepted:
                 self._count("node_award_refused")
                 log.warning("node %s refused its award %s: %s%s", node, ident,

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gridtao.config.site import SiteConfig
+from gridtao.site.awardacks import AwardAcks
 from gridtao.site.market import SitePlan, split_award
 from gridtao.site.pooling import cover_deficits, proportional_fill, whole_watts
 from gridtao.site.sending import Publish, Sign
@@ -57,7 +58,6 @@ log = logging.getLogger("gridtao.site")
 
 _SUFFIX_CHARS = 13  # "~" and the issue time in ms, hex: unique across restarts
 _AFTER_S = 0.001  # a node award is issued at least this long after the site's last one
-_PRUNE_S = 60.0  # how often the ids of awards sent are pruned of what is over, s
 
 
 def live_room_w(view: NodeView) -> float:
@@ -97,20 +97,8 @@ class LiveSplit:
         self._rebuild_at = math.inf  # after a restart: when the books are rebuilt (restore)
         #: An award came since the site's retained record was last written.
         self.record_stale = False
-        #: (node, award id) -> the (MTU start, product, W) entries the site sent that node in it
-        self._ids: dict[tuple[str, str], tuple[tuple[int, str, float], ...]] = {}
-        #: (node, MTU start, product) -> the id of the last award that sent the node that entry
-        self._latest: dict[tuple[str, int, str], str] = {}
-        #: (MTU start, product) -> the nodes that refused what the site sent them for it
-        self._not_held: dict[tuple[int, str], set[str]] = {}
-        #: (MTU start, product) -> the nodes that refused a share of it and have not accepted
-        #: one above 0 since: the live split gives them none (a share of 0 they accept
-        #: leaves them here, so a node that will not take the product is not offered it again)
-        self._refused: dict[tuple[int, str], set[str]] = {}
-        #: (MTU start, product) -> when that MTU ends (Unix s), as the award that sent it said:
-        #: what is over is pruned by it (a later plan may have MTUs of another length)
-        self._ends: dict[tuple[int, str], int] = {}
-        self._prune_at = -math.inf
+        #: What each node was sent of the site's awards, and what it refused.
+        self.acks = AwardAcks()
 
     def _order(self, award: Award, wall: float) -> tuple[float, int]:
         self._received += 1
@@ -148,7 +136,7 @@ class LiveSplit:
         self._awards = [h for h in self._awards if h.award.end_s > wall - award.mtu_s]
         self._awards.append(_Held(award, self._order(award, wall)))
         for key in self._book(award, shares):  # a new split: every node may be offered again
-            self._refused.pop(key, None)
+            self.acks.reoffer(key)
         self._sent = {key: v for key, v in self._sent.items() if key[0] > wall - 2 * award.mtu_s}
         self.record_stale = True
 
@@ -207,53 +195,6 @@ class LiveSplit:
         start = award.start_s + math.floor((wall - award.start_s) / award.mtu_s) * award.mtu_s
         return start, award.mtu_s, {p: w for p, (_, w) in found.items()}, award.id
 
-    def note_sent(self, node: str, body: Mapping[str, Any], wall: float) -> None:
-        """The site sent ``node`` the award ``body`` (its acks are matched to it by id)."""
-        start, mtu_s, ident = int(body["start"]), int(body["mtu_s"]), str(body["id"])
-        entries = tuple((start + k * mtu_s, p, float(w)) for p, row in body["capacity_w"].items()
-                        for k, w in enumerate(row) if w is not None)
-        self._ids[(node, ident)] = entries
-        for mtu, p, _ in entries:
-            self._latest[(node, mtu, p)] = ident
-            self._ends[(mtu, p)] = max(self._ends.get((mtu, p), 0), mtu + mtu_s)
-        if wall >= self._prune_at:  # what is over goes, once a minute (a split sends N)
-            self._prune_at = wall + _PRUNE_S
-            self._ends = {key: end for key, end in self._ends.items() if end > wall}
-            ends = self._ends
-            self._ids = {key: e for key, e in self._ids.items()
-                         if any(k[:2] in ends for k in e)}
-            self._latest = {key: i for key, i in self._latest.items() if key[1:] in ends}
-            self._not_held = {key: nodes for key, nodes in self._not_held.items()
-                              if key in ends}
-            self._refused = {key: nodes for key, nodes in self._refused.items()
-                             if key in ends}
-
-    def on_node_ack(self, node: str, ident: object, accepted: bool) -> bool:
-        """``node`` acked an award: refused, it holds none of what the site sent it in it;
-        accepted, it holds what it was sent. Only the entries no later award sent the node
-        again are judged by it (a late or repeated ack of an older award changes nothing).
-        False for an id the site did not send it."""
-        entries = self._ids.get((node, ident)) if isinstance(ident, str) else None
-        if entries is None:
-            return False
-        for mtu, p, w in entries:
-            if self._latest.get((node, mtu, p)) != ident:
-                continue
-            if accepted:
-                self._not_held.get((mtu, p), set()).discard(node)
-                if w > 0.0:
-                    self._refused.get((mtu, p), set()).discard(node)
-            else:
-                self._not_held.setdefault((mtu, p), set()).add(node)
-                self._refused.setdefault((mtu, p), set()).add(node)
-        return True
-
-    def forget_refusals(self, node: str) -> None:
-        """``node`` published a new plan or came back: the shares it refused may be offered
-        to it again (its refusals still count short until it accepts)."""
-        for nodes in self._refused.values():
-            nodes.discard(node)
-
     def _rooms(self, wall: float, nodes: Sequence[str]) -> dict[str, float]:
         """Each node's live room; nodes in an event are left out (module docstring)."""
         online = {v.node: v for v in self.view.online(wall)}
@@ -275,7 +216,7 @@ class LiveSplit:
         online = self.view.online(wall)
         held: dict[str, float] = {}
         for p in awarded:
-            refused = self._not_held.get((start, p), set())
+            refused = self.acks.not_held(start, p)
             for n, w in self._sent.get((start, p), {}).items():
                 if n not in refused:  # a refused share is held by no node: short
                     held[n] = held.get(n, 0.0) + w
@@ -334,7 +275,7 @@ class LiveSplit:
         caps = {p: {n: plan.most_w(n, p, j) for n in enrolled[p]
                     if p in plan.caps_w.get(n, {}) and n not in stuck} for p in awarded}
         for p in awarded:  # a node that refused its share takes none: it moves off
-            for n in self._refused.get((start, p), set()) & set(enrolled[p]) - stuck:
+            for n in self.acks.refused(start, p) & set(enrolled[p]) - stuck:
                 caps[p][n] = 0.0
         return shares, rooms, caps, unknown
 
@@ -388,7 +329,7 @@ class LiveSplit:
                 "node": node, "issued_at": issued, "start": first, "mtu_s": mtu_s,
                 "capacity_w": rows}
         self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
-        self.note_sent(node, body, wall)
+        self.acks.sent(node, body, wall)
         self._count("site_awards_resent")
         log.info("node %s: its shares of the awards not over sent again, %s (%d MTUs)",
                  node, why, count)
@@ -411,7 +352,7 @@ class LiveSplit:
                     "mtu_s": mtu_s, "capacity_w": {p: [w] for p, w in sorted(moved.items())}}
             if self.view.is_online(node, wall):  # one offline gets them when back (resend)
                 self._publish(self.topics.node(node, "award"), self._sign(body), 1, False)
-                self.note_sent(node, body, wall)
+                self.acks.sent(node, body, wall)
             for p, w in moved.items():
                 self._sent[(start, p)][node] = w
         self._count("site_award_resplits")
