@@ -516,7 +516,7 @@ def test_a_refused_share_moves_to_a_node_with_room_and_is_not_offered_back() -> 
     assert h.c.snapshot["award"]["short_w"] >= 500.0
 
 
-def test_a_refused_product_is_offered_again_after_a_share_accepted_or_a_new_plan() -> None:
+def test_a_refused_product_is_offered_again_after_a_share_a_plan_or_a_market_award() -> None:
     """The mark a refusal leaves (no more of that product in those MTUs) lifts when the node
     accepts a share above 0 of it, publishes a new plan, or a new market award is split."""
     h, start = _site(resplit_s=5.0)

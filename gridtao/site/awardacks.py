@@ -8,8 +8,10 @@ and is marked as refusing the product in those MTUs (:meth:`AwardAcks.refused`: 
 offers it none); accepted, it holds them, and a share above 0 lifts the mark (a share of 0 it
 accepts does not: a node that will not take a product is not offered it again). The marks also
 lift when the node publishes a new plan or comes back (:meth:`AwardAcks.forget`) and when a new
-market award is split for the MTU (:meth:`AwardAcks.reoffer`). What is over is pruned about
-once a minute, by each entry's own MTU end.
+market award is split for the MTU and gives its shares anew (:meth:`AwardAcks.reoffer`; an
+older-issued award that arrives late gives none where a later one holds, so it lifts none).
+What is over is pruned by each entry's own MTU end, when an award is sent, at most once a
+minute.
 
 Threads: the coordinator's event loop only. Times in Unix seconds; power in W at the
 settlement point.
