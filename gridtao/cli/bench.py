@@ -27,6 +27,7 @@ PASSTHROUGH = {
              "fan-out",
     "work": "work lost to sheds on a mixed node: proportional against work-aware splits, in "
             "virtual time",
+    "stages": "where receive -> command goes inside one agent, stage by stage",
 }
 
 PUE_SCENARIOS = ("short", "dr")  # gridtao.bench.pue.SCENARIOS, checked there
