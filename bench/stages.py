@@ -178,9 +178,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_outputs(args, p)  # before the run, not after it
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
-    logging.getLogger("gridtao").setLevel(logging.ERROR)  # the agent's own lines, not the table
-    result = run(args.triggers, args.gpus, shared=args.shared) | run_info(
-        "gridtao.bench.stages", argv)
+    quiet = logging.getLogger("gridtao")  # the agent's own lines, not the table
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        result = run(args.triggers, args.gpus, shared=args.shared)
+    finally:
+        quiet.setLevel(level)
+    result |= run_info("gridtao.bench.stages", argv)
     lines = [f"{result['measured']} of {result['triggers']} sheds, {result['gpus']} GPUs, "
              f"{result['device']} (ms)"]
     lines += [f"{name:20s} p50 {v['p50']:7.3f}  p99 {v['p99']:7.3f}  max {v['max']:7.3f}"

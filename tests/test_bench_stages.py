@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,10 @@ def test_every_stage_of_every_shed_is_timed_and_they_add_up() -> None:
 
 
 def test_the_command_line(tmp_path: Path) -> None:
+    level = logging.getLogger("gridtao").level
     assert main(["bench", "stages", "--triggers", "0"]) == 2
     out = tmp_path / "stages.json"
     assert main(["bench", "stages", "--triggers", "1", "--gpus", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["measured"] == 1 and "commit" in result
+    assert logging.getLogger("gridtao").level == level  # quieted for the run only
