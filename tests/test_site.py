@@ -423,14 +423,23 @@ def test_a_node_that_cannot_hear_orders_takes_no_share_until_it_can() -> None:
     statuses(deaf)
     assert set(h.orders()) == {"n1", "n3"}
     assert not [b for t, b, _ in h.sent if t.endswith("n2/dispatch")]  # it would not hear it
-    node = h.take("site/status")[-1]["nodes"]["n2"]
-    assert node["online"] is True and node["hears_orders"] is False
+    from prometheus_client import CollectorRegistry
+
+    from gridtao.site.metrics import register
+
+    status = h.take("site/status")[-1]
+    n2 = status["nodes"]["n2"]
+    assert n2["online"] is True and n2["hears_orders"] is False
+    assert status["nodes_deaf"] == 1 and status["nodes_online"] == 3
+    registry = CollectorRegistry()
+    register(h.c, registry)
+    assert registry.get_sample_value("gridtao_site_nodes", {"state": "deaf"}) == 1.0
     h.sent.clear()
     for _ in range(2):
         statuses(hearing)
     assert set(h.orders()) == {"n1", "n2", "n3"}
-    node = h.take("site/status")[-1]["nodes"]["n2"]
-    assert node["online"] is True and node["hears_orders"] is True
+    status = h.take("site/status")[-1]
+    assert status["nodes"]["n2"]["hears_orders"] is True and status["nodes_deaf"] == 0
 
 
 def test_a_node_back_online_keeps_its_old_order_until_its_new_share_is_sent() -> None:

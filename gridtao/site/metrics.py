@@ -42,6 +42,8 @@ class SiteCollector(Collector):
                                   labels=["state"])
         nodes.add_metric(["online"], float(snap.get("nodes_online", 0)))
         nodes.add_metric(["offline"], float(snap.get("nodes_offline", 0)))
+        # online but unable to hear an event's orders (counted in online too)
+        nodes.add_metric(["deaf"], float(snap.get("nodes_deaf", 0)))
         yield nodes
         yield GaugeMetricFamily("gridtao_site_it_power_watts",
                                 "Site IT power: the nodes' GPU draw as they report it, W.",

@@ -215,6 +215,7 @@ class SiteView:
         return {
             "nodes_online": len(online),
             "nodes_offline": len(self.nodes) - len(online),
+            "nodes_deaf": sum(1 for n in online if not self.nodes[n].hears_orders),
             "it_w": round(self.it_w(wall), 1),
             "deliverable_w": round(sum((self.nodes[n].deliverable_w or 0.0) for n in online), 1),
             "nodes": {
