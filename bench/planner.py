@@ -122,6 +122,7 @@ from gridtao.bench.plannerday import (
     TZ_OFFSET_S,
     WEEK_START_S,
     BenchNode,
+    Day,
     Draws,
     Plan,
     actual_forecast,
@@ -200,6 +201,15 @@ def _offered_hours(plan: Plan) -> npt.NDArray[np.bool_]:
     return np.asarray(sum((np.asarray(v) for v in plan.offers.values()), np.zeros(24)) > 0)
 
 
+def _tally(into: dict[str, float], day: Day, plan: Plan, draws: Draws) -> None:
+    """Add ``plan``'s revenue, undeliverable hours and hours offered on ``day`` to ``into``
+    (a variant planned beside the strategies: a margin, the informed reference)."""
+    got = simulate(day, plan, draws)
+    into["revenue"] += got["revenue"]
+    into["undeliverable_hours"] += got["undeliverable_hours"]
+    into["offered_hours"] += int(_offered_hours(plan).sum())
+
+
 def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] | None = None,
                       lead_h: float = LEAD_S / HOUR_S, nodes: int = 1) -> dict[str, Any]:
     """Simulate ``days`` days for every strategy; JSON-able results (module docstring).
@@ -252,20 +262,12 @@ def run_planner_bench(days: int = 7, seed: int = 0, hours: tuple[float, float] |
         offered.append(_offered_hours(plans["gridtao"]))
         for m in MARGINS:
             margin = week.margin(day.start_s, *m)
-            plan = plan_optimised(day, lowered(forecast, margin))
-            got = simulate(day, plan, draws)
-            sweep[m]["revenue"] += got["revenue"]
-            sweep[m]["undeliverable_hours"] += got["undeliverable_hours"]
-            sweep[m]["offered_hours"] += int(_offered_hours(plan).sum())
+            _tally(sweep[m], day, plan_optimised(day, lowered(forecast, margin)), draws)
             margins[m].append(margin)
         for knows in KNOWS:
             for q, made in informed_forecasts(week, day.start_s, seed=seed,
                                               knows=knows).items():
-                plan = plan_optimised(day, made)
-                got = simulate(day, plan, draws)
-                informed[knows, q]["revenue"] += got["revenue"]
-                informed[knows, q]["undeliverable_hours"] += got["undeliverable_hours"]
-                informed[knows, q]["offered_hours"] += int(_offered_hours(plan).sum())
+                _tally(informed[knows, q], day, plan_optimised(day, made), draws)
         per_day.append(entry)
     oracle_revenue = totals["oracle"]["revenue"]
 
