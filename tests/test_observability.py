@@ -63,7 +63,7 @@ def test_products_reductions_and_links_are_read_at_scrape_time() -> None:
                             "it_w": 3300.0}
     TrackerCollector(lambda: snap, registry=registry)
     up = {"island": True}
-    LinkCollector({"island": lambda: up["island"]}, registry=registry)
+    LinkCollector(lambda: dict(up), registry=registry)
     value = registry.get_sample_value
     assert value("gridtao_product_state",
                  {"product": "fcr-d", "kind": "fcr-d-up", "state": "active"}) == 1.0

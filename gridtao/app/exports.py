@@ -7,7 +7,6 @@ lane, tier 1 and the controller loop write.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import PlatformCollector, ProcessCollector
@@ -44,8 +43,8 @@ def register_collectors(agent: Agent) -> None:
     StatsCollector({"island": lane.link.stats, "dispatch": lane.dispatch_link.stats,
                     "frequency": lane.frequency_link.stats, "status": status.stats},
                    audit=agent.ledger.audit, registry=registry)
-    LinkCollector({**{name: _link_up(agent, name) for name in agent.trigger_links()},
-                   "status": lambda: status.is_connected}, registry=registry)
+    LinkCollector(lambda: {**agent.trigger_links(), "status": status.is_connected},
+                  registry=registry)
     SuppressedAcksCollector(lambda: agent.intake.rejections.suppressed_acks, registry=registry)
     CapacityCollector(agent.capacity, registry=registry)
     FeedCollector(agent.frequency_feed, registry=registry)
@@ -55,8 +54,3 @@ def register_collectors(agent: Agent) -> None:
     EnergyCollector(lambda: agent.read_back.energy_mj, agent.driver_indices(),
                     registry=registry)
     RecordsCollector(lambda: agent.ledger.health, registry=registry)
-
-
-def _link_up(agent: Agent, name: str) -> Callable[[], bool]:
-    """Whether the agent's trigger-path connection ``name`` is up, read when scraped."""
-    return lambda: agent.trigger_links()[name]

@@ -143,9 +143,11 @@ async def run_site(config: Config, *, stop: asyncio.Event | None = None,
     register(coordinator, registry)
     # A site whose commands' connection alone is down still says it is online (its will is
     # on the publishing one): its status's ``links`` and this metric say which one is down.
-    coordinator.links = lambda: {"cmd": commands.is_connected, "state": states.is_connected}
-    LinkCollector({"out": lambda: out.is_connected, "cmd": lambda: commands.is_connected,
-                   "state": lambda: states.is_connected}, registry=registry)
+    def receiving() -> dict[str, bool]:
+        return {"cmd": commands.is_connected, "state": states.is_connected}
+
+    coordinator.links = receiving
+    LinkCollector(lambda: {"out": out.is_connected, **receiving()}, registry=registry)
     server: Any = None
     if config.metrics.enabled:
         mc = config.metrics

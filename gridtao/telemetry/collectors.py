@@ -99,11 +99,12 @@ class FeedCollector(Collector):
 
 
 class LinkCollector(Collector):
-    """``gridtao_broker_connected{link}``: 1 while that MQTT link is connected."""
+    """``gridtao_broker_connected{link}``: 1 while that MQTT link is connected. ``links``
+    says, when scraped, whether each link is up (by name)."""
 
-    def __init__(self, links: Mapping[str, Callable[[], bool]], *,
+    def __init__(self, links: Callable[[], Mapping[str, bool]], *,
                  registry: CollectorRegistry) -> None:
-        self._links = dict(links)
+        self._links = links
         registry.register(self)
 
     @staticmethod
@@ -117,8 +118,8 @@ class LinkCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         family = self._family()
-        for name, connected in self._links.items():
-            family.add_metric([name], 1.0 if connected() else 0.0)
+        for name, connected in self._links().items():
+            family.add_metric([name], 1.0 if connected else 0.0)
         yield family
 
 
