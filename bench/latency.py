@@ -44,8 +44,8 @@ from gridtao.transport.localbroker import MosquittoBroker, Publisher, Subscriber
 # What others import from here: AgentProcess and wait_online (bench/agentproc.py) by the tests,
 # judge_targets (bench/latencyreport.py) by the tests and by name in the report, run_info by
 # the other harnesses.
-__all__ = ["AgentProcess", "judge_targets", "measure_broker_hop", "measure_gridtao",
-           "run_info", "run_latency_bench", "wait_online"]
+__all__ = ["AgentProcess", "agent_config", "judge_targets", "measure_broker_hop",
+           "measure_gridtao", "run_info", "run_latency_bench", "wait_online"]
 
 Backend = Literal["sim", "nvml"]
 
@@ -77,7 +77,7 @@ def _planner_config(workdir: Path, gpus: int) -> dict[str, Any]:
                         "signals_file": str(workdir / "signals.json")}}
 
 
-def _agent_config(config: Config, port: int, gpus: int, *, workdir: Path,
+def agent_config(config: Config, port: int, gpus: int, *, workdir: Path,
                   key: BenchKey | None = None, backend: Backend = "sim",
                   planner: bool = False, island_alone: bool = False) -> dict[str, Any]:
     """The agent's YAML: the caller's config on a bench broker, fast release between triggers,
@@ -243,7 +243,7 @@ def _measure_all(
         with MosquittoBroker(workdir) as broker:
             cfg_path = workdir / "agent.yaml"
             key = make_key(auth, workdir) if auth is not None else None
-            cfg_path.write_text(yaml.safe_dump(_agent_config(
+            cfg_path.write_text(yaml.safe_dump(agent_config(
                 config, broker.port, gpus, workdir=workdir, key=key, backend=backend,
                 planner=planner, island_alone=island_alone)))
             kind = "simulated GPUs" if backend == "sim" else "GPUs of this machine (NVML)"

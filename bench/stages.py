@@ -27,6 +27,7 @@ fan-out bench, not with the latency bench to the microsecond. No speed is assert
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import tempfile
@@ -40,10 +41,10 @@ from gridtao.app.agent import Agent
 from gridtao.app.options import AgentOptions
 from gridtao.app.serve import ServeThread
 from gridtao.app.simdevice import private_device
-from gridtao.bench.latency import run_info
+from gridtao.bench.latency import agent_config, run_info
 from gridtao.bench.render import check_outputs, write_outputs
 from gridtao.clock import MonotonicClock
-from gridtao.config.agent import config_from_mapping
+from gridtao.config.agent import Config, config_from_mapping
 from gridtao.config.paths import sim_device_path
 from gridtao.gpu.nvml import NvmlBackend
 from gridtao.gpu.sim.nvml import SimNvml
@@ -87,11 +88,11 @@ def _stamped() -> Iterator[dict[str, list[tuple[float, float]]]]:
             setattr(cls, attr, original)
 
 
-def _trigger(pub: Publisher, acks: Subscriber, k: int) -> dict[str, Any] | None:
+def _trigger(pub: Publisher, topic: str, acks: Subscriber, k: int) -> dict[str, Any] | None:
     """One shed; its first ack that commanded or refused it (None if none came in 2 s)."""
     seen = len(acks.messages)
     ident = f"stage-{k}"
-    pub.send("bench/nodes/stages/dispatch", json.dumps(
+    pub.send(topic, json.dumps(
         {"id": ident, "kind": "shed", "fraction": 0.3, "duration_s": 0.35}).encode())
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
@@ -123,31 +124,27 @@ def run(triggers: int, gpus: int, *, shared: bool,
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gridtao-stages-")))
         broker = stack.enter_context(MosquittoBroker(tmp))
         device = stack.enter_context(private_device("bench-stages")) if shared else None
-        cfg = config_from_mapping({
-            "gpus": {"sim": {"count": gpus, "device": device}},
-            "mqtt": {"port": broker.port, "node_id": "stages", "prefix": "bench"},
-            "metrics": {"enabled": False},
-            # As the latency bench runs its agent: the trigger path alone, no record files.
-            "history": {"path": str(tmp / "history.sqlite3")},
-            "audit": {"enabled": False}, "journal": {"enabled": False},
-            "safety": {"release_rate_per_s": 20.0},
-            "limits": {"min_event_interval_s": 0.0},
-        }, source="<bench stages>")
+        base = Config()  # the agent as the latency bench runs it (the trigger path alone)
+        base = dataclasses.replace(base, gpus=dataclasses.replace(
+            base.gpus, sim=dataclasses.replace(base.gpus.sim, device=device)))
+        cfg = config_from_mapping(agent_config(base, broker.port, gpus, workdir=tmp),
+                                  source="<bench stages>")
         sim = SimNvml.from_config(cfg.gpus.sim, MonotonicClock(),
                                   device_path=sim_device_path(device) if device else None)
         agent = Agent(cfg, clock=sim.clock, backend=NvmlBackend(sim),
                       options=AgentOptions(serve_metrics=False, connect_timeout_s=10.0))
         stack.callback(agent.close)
+        topics = agent.topics
         agent.start()
         serving = ServeThread(agent)
         serving.start()
         stack.callback(serving.stop)
         time.sleep(2.0)  # tier 1 takes its readings; the island arms
-        acks = stack.enter_context(Subscriber(broker.host, broker.port, "bench/nodes/stages/ack"))
+        acks = stack.enter_context(Subscriber(broker.host, broker.port, topics.ack))
         pub = stack.enter_context(Publisher(broker.host, broker.port))
         for k in range(triggers):
             with _stamped() as stamps:
-                ack = _trigger(pub, acks, k)
+                ack = _trigger(pub, topics.node_dispatch, acks, k)
                 time.sleep(0.05)  # the seams' last calls return
             if ack is None or not ack.get("commanded_at"):
                 missed.append("no ack" if ack is None else f"refused: {ack.get('reason')}")

@@ -265,10 +265,10 @@ def test_bench_keys_configure_an_agent_that_accepts_their_signatures(
     tmp_path: Path, alg: auth.Alg
 ) -> None:
     from gridtao.bench.authcost import make_key, verify_cost_us
-    from gridtao.bench.latency import _agent_config
+    from gridtao.bench.latency import agent_config
 
     key = make_key(alg, tmp_path)
-    cfg = config_from_mapping(_agent_config(config_from_mapping({}), 1883, 2, workdir=tmp_path,
+    cfg = config_from_mapping(agent_config(config_from_mapping({}), 1883, 2, workdir=tmp_path,
                                             key=key), source="<bench>")
     assert cfg.auth.mode == alg and cfg.limits.min_event_interval_s == 0.0
     verifier = auth.Verifier.from_config(cfg.auth, source=cfg.source)

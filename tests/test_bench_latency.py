@@ -13,7 +13,7 @@ import pytest
 from broker import MosquittoBroker
 
 from gridtao.bench.baselines import BaselineNode
-from gridtao.bench.latency import _agent_config, judge_targets, run_latency_bench
+from gridtao.bench.latency import agent_config, judge_targets, run_latency_bench
 from gridtao.bench.render import markdown, plot
 from gridtao.cli.main import main
 from gridtao.config.agent import Config, SimConfig
@@ -123,9 +123,9 @@ def test_real_gpus_without_a_driver_is_one_line_and_nothing_runs(
 
 
 def test_on_real_gpus_the_agent_must_be_able_to_write_limits(tmp_path: Path) -> None:
-    section = _agent_config(Config(), 1883, 8, workdir=tmp_path, backend="nvml")["gpus"]
+    section = agent_config(Config(), 1883, 8, workdir=tmp_path, backend="nvml")["gpus"]
     assert section == {"backend": "nvml", "require_actuation": True}
-    assert _agent_config(Config(), 1883, 3, workdir=tmp_path)["gpus"]["sim"]["count"] == 3
+    assert agent_config(Config(), 1883, 3, workdir=tmp_path)["gpus"]["sim"]["count"] == 3
 
 
 def test_the_baseline_node_puts_back_the_limits_it_found() -> None:
@@ -145,7 +145,7 @@ def test_with_the_planner_the_agent_plans_from_a_seeded_history(tmp_path: Path) 
     from gridtao.config.agent import config_from_mapping
     from gridtao.history import HistoryStore
 
-    data = _agent_config(Config(), 1883, 4, workdir=tmp_path, planner=True)
+    data = agent_config(Config(), 1883, 4, workdir=tmp_path, planner=True)
     cfg = config_from_mapping(data, source="<bench agent>")  # a configuration the agent takes
     assert cfg.planner.enabled and cfg.planner.period_s == 10.0
     assert [p.kind for p in cfg.products] == ["dr"]  # no second frequency response
@@ -157,9 +157,9 @@ def test_with_the_planner_the_agent_plans_from_a_seeded_history(tmp_path: Path) 
 def test_island_alone_emulation_slows_tier_1_and_loads_another_process(tmp_path: Path) -> None:
     from gridtao.bench.latency import AgentProcess
 
-    data = _agent_config(Config(), 1883, 2, workdir=tmp_path, island_alone=True)
+    data = agent_config(Config(), 1883, 2, workdir=tmp_path, island_alone=True)
     assert data["control"]["fast_hz"] == 1.0
-    assert _agent_config(Config(), 1883, 2, workdir=tmp_path)["control"]["fast_hz"] == 100.0
+    assert agent_config(Config(), 1883, 2, workdir=tmp_path)["control"]["fast_hz"] == 100.0
     cfg = tmp_path / "never-read.yaml"  # the agent fails at once: only the burner matters here
     agent = AgentProcess(cfg, busy_load=0.5, log_path=tmp_path / "a.log", load_elsewhere=True)
     try:
