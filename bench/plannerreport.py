@@ -21,28 +21,23 @@ def summarise_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     hours per seed and in all."""
     oracle = sum(r["strategies"]["oracle"]["revenue"] for r in results)
 
-    def row(revenues: list[float], shares: list[float | None],
-            hours: list[int]) -> dict[str, Any]:
-        return {"oracle_share": shares,
-                "oracle_share_pooled": round(sum(revenues) / oracle, 4) if oracle else None,
+    def row(got: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """One plan's figures over the seeds (``got``: its result in each run)."""
+        hours = [g["undeliverable_hours"] for g in got]
+        revenue = sum(g["revenue"] for g in got)
+        return {"oracle_share": [g["oracle_share"] for g in got],
+                "oracle_share_pooled": round(revenue / oracle, 4) if oracle else None,
                 "undeliverable_hours": hours, "undeliverable_total": sum(hours)}
 
-    rows: dict[str, dict[str, Any]] = {}
-    for name in results[0]["strategies"]:
-        got = [r["strategies"][name] for r in results]
-        rows[name] = row([g["revenue"] for g in got], [g["oracle_share"] for g in got],
-                         [g["undeliverable_hours"] for g in got])
+    rows: dict[str, dict[str, Any]] = {
+        name: row([r["strategies"][name] for r in results]) for name in results[0]["strategies"]}
+    # The variants planned beside the strategies, matched by position across the runs.
     for i, margin in enumerate(results[0]["gridtao_margin_sweep"]):
         q, b = margin["miss_quantile"], margin["block_h"]
-        got = [r["gridtao_margin_sweep"][i] for r in results]
         rows[f"gridtao, margin q{q:g} per {b} h"] = row(
-            [g["revenue"] for g in got], [g["oracle_share"] for g in got],
-            [g["undeliverable_hours"] for g in got])
+            [r["gridtao_margin_sweep"][i] for r in results])
     for i, ref in enumerate(results[0]["informed_reference"]["rows"]):
-        got = [r["informed_reference"]["rows"][i] for r in results]
-        rows[_reference_name(ref)] = row(
-            [g["revenue"] for g in got], [g["oracle_share"] for g in got],
-            [g["undeliverable_hours"] for g in got])
+        rows[_reference_name(ref)] = row([r["informed_reference"]["rows"][i] for r in results])
     return {"seeds": [r["seed"] for r in results], "days": results[0]["days"],
             "nodes": results[0]["nodes"], "gpus": results[0]["node"]["gpus"],
             "lead_h": results[0]["lead_h"],
