@@ -7,10 +7,11 @@ keeps its events, bounds and frequency products whether or not a coordinator run
 restarted coordinator takes its events back from its retained ``{prefix}/site/events`` and the
 nodes' retained topics without sending anything a node has not already got.
 
-Here: the inputs taken in, site events started, released, acked and expired, the retained
-events record and status. The node orders are sent by :mod:`gridtao.site.sending`, the market's
-part by :mod:`gridtao.site.bidding`, the site's power counted by :mod:`gridtao.site.power`, and
-the meter's readings checked (signed mode) by :mod:`gridtao.site.meterauth`.
+Here: the inputs routed, site events started, released, acked and expired, the retained events
+record and status. The nodes' messages are taken in by :mod:`gridtao.site.nodeinputs`, the node
+orders sent by :mod:`gridtao.site.sending`, the market's part by :mod:`gridtao.site.bidding`,
+the site's power counted by :mod:`gridtao.site.power`, and the meter's readings checked (signed
+mode) by :mod:`gridtao.site.meterauth`.
 
 Threads: everything here runs on the coordinator's event loop; :meth:`SiteCoordinator.snapshot`
 is swapped whole for the metrics collector, which reads it from the scrape thread.
@@ -29,11 +30,12 @@ from gridtao.config.agent import Config
 from gridtao.control.tier2.facility import FacilityModel
 from gridtao.security.auth import AuthRejected, Verifier
 from gridtao.site.bidding import SiteBidding, award_terms
-from gridtao.site.events import SiteEvent, fleet_event, order_for_ack, site_event
+from gridtao.site.events import SiteEvent, fleet_event, site_event
 from gridtao.site.guard import Duplicate, SiteGuard
 from gridtao.site.market import SitePlan
 from gridtao.site.meter import MeterFeedback
 from gridtao.site.meterauth import MeterGate
+from gridtao.site.nodeinputs import MAX_PAYLOAD_BYTES, NodeInputs, decode
 from gridtao.site.orders import end_orders
 from gridtao.site.power import node_draws_w, site_it_w
 from gridtao.site.records import events_record, take_back
@@ -46,7 +48,6 @@ from gridtao.site.view import SiteView
 from gridtao.wire.messages import (
     MessageRejected,
     ReleaseDispatch,
-    decode_object,
     dispatch_from,
     dispatch_terms,
 )
@@ -62,7 +63,6 @@ __all__ = ["Publish", "Sign", "SiteCoordinator"]
 
 log = logging.getLogger("gridtao.site")
 
-MAX_PAYLOAD_BYTES: Final = 65_536
 #: The aggregator's dispatches to every node followed at once (their acks gathered).
 MAX_FLEET_EVENTS: Final = 64
 #: A started coordinator's first status waits at most this long for the retained node
@@ -111,10 +111,12 @@ class SiteCoordinator:
                                    ack=self._ack, count=self._count,
                                    max_payload_bytes=MAX_PAYLOAD_BYTES,
                                    max_future_s=config.auth.max_future_s)
+        self.node_inputs = NodeInputs(view=self.view, events=self.events, sender=self.sender,
+                                      bidding=self.bidding, order_auth=self.order_auth,
+                                      clock=clock, count=self._count)
         self._started_at = clock.wall()
         self._next_status = self._started_at + FIRST_STATUS_WAIT_S
         self._record_seen = False  # its own retained events record came (or none will)
-        self._reported: set[str] = set()  # nodes whose status came (site.nodes are pre-known)
         self.counts: dict[str, int] = {}
         self.ack_delays = DelayHistogram()  # from each (re)split to its site ack
         self.snapshot: dict[str, Any] = {}
@@ -160,64 +162,7 @@ class SiteCoordinator:
         else:
             where = t.node_of(topic)
             if where is not None:
-                self._on_node(where[0], where[1], payload)
-
-    def _decode(self, payload: bytes) -> dict[str, Any] | None:
-        """A JSON object as the nodes decode one (size, duplicate keys, no NaN or infinity),
-        or None."""
-        try:
-            return decode_object(payload, max_bytes=MAX_PAYLOAD_BYTES)
-        except MessageRejected:
-            return None
-
-    def _on_node(self, node: str, leaf: str, payload: bytes) -> None:
-        body = self._decode(payload)
-        if body is None:
-            self._count(f"node_{leaf}_malformed")
-            return
-        if leaf == "status":
-            seen = self.view.nodes.get(node)
-            came_back = seen is not None and seen.t is not None and not seen.online
-            self._reported.add(node)
-            self.view.on_status(node, body)
-            self.order_auth.on_status(node, body.get("auth"))
-            if came_back and self.view.nodes[node].online:  # a restarted agent holds no award
-                self.bidding.live.acks.forget(node)
-                self.bidding.live.resend(node, self.clock.wall(), self.bidding.plan)
-        elif leaf == "tracker":
-            self.view.on_tracker(node, body)
-        elif leaf == "plan":
-            self.view.on_plan(node, body)
-            self.bidding.live.acks.forget(node)  # what it refused, it may take now
-            self.bidding.on_node_plan()
-        elif leaf == "ack":
-            self._on_node_ack(node, body)
-
-    def _on_node_ack(self, node: str, body: Mapping[str, Any]) -> None:
-        ident = body.get("id")
-        if body.get("kind") == "award":  # its id may be null: an award it could not read
-            accepted = body.get("accepted")
-            if not isinstance(accepted, bool):
-                return  # not an ack the contract knows
-            ours = self.bidding.live.acks.on_ack(node, ident, accepted)
-            if not accepted:
-                self._count("node_award_refused")
-                log.warning("node %s refused its award %s: %s%s", node, ident,
-                            body.get("reason"), "; what it was sent in it is counted short"
-                            if ours else " (not matched to an award this site sent it)")
-            return
-        if not isinstance(ident, str):
-            return
-        found = order_for_ack(self.events, self.sender.by_dispatch, node, ident)
-        if found is not None:
-            event, order = found
-            order.on_ack(body)
-            event.touched = True
-            if event.kind != "fleet":  # the retained record keeps answers and times
-                self.sender.record_stale = True
-            event.held = event.held or order.answer == "accepted"
-            if order.answer == "rejected" and event.kind != "fleet":
-                self.order_auth.on_refusal(node, order.reason)
+                self.node_inputs.on_message(where[0], where[1], payload)
 
     def _on_meter(self, payload: bytes, wall: float) -> None:
         # Parsed, fresh and, in signed mode, verified (site/meterauth.py).
@@ -280,7 +225,7 @@ class SiteCoordinator:
         Only one the nodes could act on is followed (a valid dispatch, signed by a key they
         trust in signed mode), and at most MAX_FLEET_EVENTS at once: junk on the shared
         topic costs the site nothing."""
-        body = self._decode(payload)
+        body = decode(payload)
         if body is None:
             return
         try:
@@ -375,7 +320,8 @@ class SiteCoordinator:
         expects (``site.nodes``; else of one node at least) are in (else the first status
         waits for FIRST_STATUS_WAIT_S)."""
         expected = set(self.cfg.nodes)
-        heard = expected <= self._reported if expected else bool(self._reported)
+        reported = self.node_inputs.reported  # site.nodes are known before they report
+        heard = expected <= reported if expected else bool(reported)
         return heard and self._record_seen
 
     def _ack_body(self, event: SiteEvent, wall: float) -> dict[str, Any]:
