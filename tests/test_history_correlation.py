@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +125,36 @@ def test_the_cli_prints_every_pair_and_the_value_to_configure(
     other.write_bytes(b"")
     assert main(["history", "correlation", str(paths[0]), str(other)]) == 2
     assert "not a gridtao history" in capsys.readouterr().err
+
+
+def test_the_cli_reads_the_same_files_the_same_in_any_time_zone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The days resampled are the nodes' local days (``--tz-offset-h``, their planner's), not
+    the local days of the machine running the command."""
+    paths = []
+    for seed in (4, 5):
+        path = tmp_path / f"node{seed}.sqlite3"
+        with HistoryStore.open(path) as store:
+            store.write(_node(seed))
+        paths.append(str(path))
+
+    def run(*options: str, zone: str = "UTC") -> str:
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+        try:
+            assert main(["history", "correlation", *options, *paths]) == 0
+        finally:
+            monkeypatch.delenv("TZ")
+            time.tzset()
+        return capsys.readouterr().out
+
+    utc = run()
+    assert "UTC+0 h" in utc
+    assert run(zone="Asia/Kolkata") == utc
+    shifted = run("--tz-offset-h", "5.5")
+    assert "UTC+5.5 h" in shifted
+    assert shifted.splitlines()[1:] != utc.splitlines()[1:]  # other days resampled
+    for bad in ("15", "nan", "east"):
+        assert main(["history", "correlation", "--tz-offset-h", bad, *paths]) == 2
+        assert "--tz-offset-h" in capsys.readouterr().err

@@ -7,9 +7,9 @@
   simulated GPUs unless ``--gpus``). It refuses to overwrite stored minutes
   (which may be the agent's real measurements) unless ``--replace``.
 * ``gridtao history show [--days N]``: one line per hour of the last N days (local time).
-* ``gridtao history correlation [NODE=]FILE [NODE=]FILE ... [--days N]``: how several nodes'
-  draws move together (gridtao/history/correlation.py), from copies of their history files:
-  the value for a site's ``site.market.pooling_correlation``.
+* ``gridtao history correlation [NODE=]FILE [NODE=]FILE ... [--days N] [--tz-offset-h H]``:
+  how several nodes' draws move together (gridtao/history/correlation.py), from copies of their
+  history files: the value for a site's ``site.market.pooling_correlation``.
 
 The store is the agent's own (``history.path``; by default
 ``<state dir>/history-<node>.sqlite3``, see ``gridtao.config.paths``), or ``--store FILE``.
@@ -45,6 +45,16 @@ def _positive_days(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not (math.isfinite(value) and 0 < value <= 3660):
         raise argparse.ArgumentTypeError(f"must be in (0, 3660] days, got {text}")
+    return value
+
+
+def _tz_offset_h(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and -12 <= value <= 14):
+        raise argparse.ArgumentTypeError(f"must be in [-12, 14] hours, got {text}")
     return value
 
 
@@ -100,6 +110,11 @@ def configure_history(p: argparse.ArgumentParser) -> None:
                       help="a node's history database (its name: NODE, else the file's stem)")
     corr.add_argument("--days", type=_positive_days, default=28.0,
                       help="how many days back from each file's last minute (default 28)")
+    corr.add_argument("--tz-offset-h", type=_tz_offset_h, default=0.0, metavar="H",
+                      help="local time east of UTC for the hours of the week and the days "
+                           "resampled: the nodes' planner.tz_offset_h (default 0, as that "
+                           "key's); never this machine's own time zone, so the same files "
+                           "give the same figures anywhere")
     for action in (imp, gen, show):  # after the action too: `history generate --store F`
         action.add_argument("--store", metavar="FILE", default=argparse.SUPPRESS,
                             help="the history database (as before the action)")
@@ -237,8 +252,8 @@ def _correlation(args: argparse.Namespace) -> int:
             last = store.latest_start_s()
             rows[name] = [] if last is None else store.rows(
                 last - round(args.days * 86_400), last + 60)
-    offset = datetime.now().astimezone().utcoffset()
-    found = draw_correlation(rows, tz_offset_s=int(offset.total_seconds()) if offset else 0)
+    found = draw_correlation(rows, tz_offset_s=round(args.tz_offset_h * 3600))
+    print(f"hours of the week at UTC{args.tz_offset_h:+g} h (--tz-offset-h)")
     print("hours that counted: " + ", ".join(f"{n} {h}" for n, h in found.hours.items()))
     print(f"{'node':<20} {'node':<20} {'hours':>6} {'correlation':>11}")
     for p in found.pairs:
