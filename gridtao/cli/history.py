@@ -111,10 +111,10 @@ def configure_history(p: argparse.ArgumentParser) -> None:
     corr.add_argument("--days", type=_positive_days, default=28.0,
                       help="how many days back from each file's last minute (default 28)")
     corr.add_argument("--tz-offset-h", type=_tz_offset_h, default=0.0, metavar="H",
-                      help="local time east of UTC for the hours of the week and the days "
-                           "resampled: the nodes' planner.tz_offset_h (default 0, as that "
-                           "key's); never this machine's own time zone, so the same files "
-                           "give the same figures anywhere")
+                      help="local time east of UTC where the days resampled begin and end: "
+                           "the nodes' planner.tz_offset_h (default 0, as that key's); never "
+                           "this machine's own time zone, so the same files give the same "
+                           "figures anywhere")
     for action in (imp, gen, show):  # after the action too: `history generate --store F`
         action.add_argument("--store", metavar="FILE", default=argparse.SUPPRESS,
                             help="the history database (as before the action)")
@@ -253,7 +253,7 @@ def _correlation(args: argparse.Namespace) -> int:
             rows[name] = [] if last is None else store.rows(
                 last - round(args.days * 86_400), last + 60)
     found = draw_correlation(rows, tz_offset_s=round(args.tz_offset_h * 3600))
-    print(f"hours of the week at UTC{args.tz_offset_h:+g} h (--tz-offset-h)")
+    print(f"days resampled local to UTC{args.tz_offset_h + 0.0:+g} h (--tz-offset-h)")
     print("hours that counted: " + ", ".join(f"{n} {h}" for n, h in found.hours.items()))
     print(f"{'node':<20} {'node':<20} {'hours':>6} {'correlation':>11}")
     for p in found.pairs:

@@ -25,7 +25,8 @@ __all__ = ["MAX_PAYLOAD_BYTES", "NodeInputs", "decode"]
 
 log = logging.getLogger("gridtao.site")
 
-#: The largest message the site reads, from a node or the aggregator (as a node reads one).
+#: The largest message the site reads from a node, the aggregator or the meter (its own
+#: retained events record has a limit of its own: ``records.MAX_RECORD_BYTES``).
 MAX_PAYLOAD_BYTES: Final = 65_536
 
 
