@@ -206,10 +206,17 @@ def test_agent_crash_event_restored_from_the_journal(
     node = Node(first, sim, broker)
     with node.acks() as acks:
         node.dispatch(_shed("e1", 0.4))
-        ack1 = _ack(acks.wait(1, WAIT_S)[0])
-    assert ack1["accepted"] is True
+        ack1, reached = map(_ack, acks.wait(2, WAIT_S)[:2])
+    assert ack1["accepted"] is True and reached["reached_at"] is not None
     assert sum(node.limits_w()) == pytest.approx(0.6 * BASELINE_W, rel=0.02)
-    assert first.ledger.journal is not None and first.ledger.journal.flush()
+    journal = first.ledger.journal
+    assert journal is not None
+
+    def reach_journaled() -> bool:
+        state = load_journal(_path(cfg.journal.path)) if journal.flush() else None
+        return state is not None and state.events[0].reached_wall is not None
+
+    wait_for(reach_journaled, "the journal to hold the reached time")
     journaled = load_journal(_path(cfg.journal.path))
     assert journaled is not None and [e.event_id for e in journaled.events] == ["e1"]
     # The journal holds the draw the island cut from, so the same caps can be cut again.
@@ -237,6 +244,9 @@ def test_agent_crash_event_restored_from_the_journal(
             node2.dispatch(_shed("e1", 0.4))  # a retry of the same id: not acted on again
             dup = _ack(acks.wait(1, WAIT_S)[0])
             assert dup["id"] == "e1" and dup["accepted"] is True and dup["recovered"] is True
+            # The times its sender was told before the crash, not the restart's
+            for key in ("received_at", "commanded_at", "reached_at", "reached_power_w"):
+                assert dup[key] == reached[key], key
             node2.dispatch({"id": "e1-end", "kind": "release", "ref": "e1"})
             assert _ack(acks.wait(2, WAIT_S)[1])["accepted"] is True
         wait_for(lambda: agent.island.view().event_id is None, "the restored event to end")

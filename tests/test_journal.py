@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -47,8 +48,22 @@ def _state(*events: JournalEvent, alive: float = T0) -> JournalState:
 
 
 def test_state_round_trips_through_json() -> None:
-    state = _state(_event("e1"), _event("e2", hold_until=None))
+    state = _state(_event("e1"), _event("e2", hold_until=None),
+                   dataclasses.replace(_event("e3"), received_wall=T0 - 0.01,
+                                       reached_wall=T0 + 0.08, reached_power_w=3698.7))
     assert from_json(to_json(state)) == state
+
+
+def test_a_journal_written_before_receipt_and_reach_were_kept_still_reads() -> None:
+    """The times an event's acks keep across a restart are optional in the file: a journal of
+    an earlier version reads with them unknown, and a present one must be a number."""
+    body = json.loads(to_json(_state(_event("e1"))))
+    assert "received_wall" not in body["events"][0] and "reached_wall" not in body["events"][0]
+    (ev,) = from_json(json.dumps(body).encode()).events
+    assert (ev.received_wall, ev.reached_wall, ev.reached_power_w) == (None, None, None)
+    body["events"][0]["reached_wall"] = "soon"
+    with pytest.raises(ValueError, match="reached_wall"):
+        from_json(json.dumps(body).encode())
 
 
 @pytest.mark.parametrize("damage", [

@@ -260,7 +260,8 @@ class NodeParts:
                 hold_until: float | None = act.commanded_wall + hold_s
             else:
                 hold_until = self.intake.deadline_wall(act.event_id)
-            self._ledger.activated(act, hold_until_wall=hold_until)
+            self._ledger.activated(act, hold_until_wall=hold_until,
+                                   received_wall=self.intake.received_wall(act.event_id))
 
     def _reached(self, reached: Reached) -> None:
         # Meter thread -> lane loop: the intake's state is only touched on the lane's loop.
@@ -273,6 +274,8 @@ class NodeParts:
         ev = self.intake.activation_time(reached.event_id)
         if ev is not None:
             self._metrics.observe_trigger_to_target(reached.reached_at - ev)
+        self._ledger.reached(reached.event_id, reached.reached_wall,
+                             reached.node_power_mw / 1000.0)
         self._ledger.record("target_reached", {
             "event": reached.event_id, "reached_at": reached.reached_wall,
             "node_power_mw": reached.node_power_mw, "target_mw": reached.target_mw,

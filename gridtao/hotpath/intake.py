@@ -133,21 +133,33 @@ class Intake(IntakeCore):
         return out
 
     def adopt(self, event_id: str, kind: str, *, ends_at: float, received_wall: float,
-              commanded_wall: float) -> None:
+              commanded_wall: float, reached_wall: float | None = None,
+              reached_power_w: float | None = None) -> None:
         """Track an event the island is holding again after a crash (records/ledger.py): it is
         released at ``ends_at`` (monotonic s), a release dispatch can end it, and its id counts
-        as already seen. Call before the lane starts."""
+        as already seen. Its acks say the times (Unix s) its sender was told before the crash:
+        receipt, caps commanded and, if it was reached, ``reached_at`` with the measured power
+        then (``reached_power_w``, W). Call before the lane starts."""
         # Its receive time on this run's monotonic clock, so deadline_wall() stays right.
         received_at = self._clock.now() - max(0.0, self._clock.wall() - received_wall)
+        extra: dict[str, object] = {"recovered": True}
+        if reached_wall is not None and reached_power_w is not None:
+            extra["reached_power_w"] = round(reached_power_w, 1)
         self._events[event_id] = HeldEvent(event_id, kind, ends_at, received_at, received_wall,
-                                           commanded_wall, {"recovered": True}, recovered=True)
+                                           commanded_wall, extra, reached_wall=reached_wall,
+                                           recovered=True)
         self._book.remember(event_id, wire.ack_payload(
-            event_id, True, None, received_wall, commanded_wall, None, extra={"recovered": True}
+            event_id, True, None, received_wall, commanded_wall, reached_wall, extra=dict(extra)
         ))
 
     def deadline_wall(self, event_id: str) -> float | None:
         """Unix time at which an active event's duration ends (None: no duration)."""
         return self._book.deadline_wall(event_id)
+
+    def received_wall(self, event_id: str) -> float | None:
+        """Unix time at which an active event's trigger was received (None: not held)."""
+        ev = self._book.held.get(event_id)
+        return ev.received_wall if ev is not None else None
 
     def reached_ack(self, event_id: str, reached_wall: float,
                     power_w: float | None = None) -> Outgoing | None:

@@ -222,6 +222,16 @@ class Journal:
             self._pending.events[event.event_id] = event
             self._changed_locked()
 
+    def note_reached(self, event_id: str, wall: float, power_w: float | None) -> None:
+        """Event ``event_id`` reached its target band at ``wall`` (Unix s), measured at
+        ``power_w`` (W); nothing if it is not held."""
+        with self._cond:
+            ev = self._pending.events.get(event_id)
+            if ev is not None:
+                self._pending.events[event_id] = replace(ev, reached_wall=wall,
+                                                         reached_power_w=power_w)
+                self._changed_locked()
+
     def remove_event(self, event_id: str) -> None:
         with self._cond:
             if self._pending.events.pop(event_id, None) is not None:

@@ -47,6 +47,10 @@ class JournalEvent:
 
     ``basis_mw`` is the per-GPU draw the event's caps were cut from; ``hold_until_wall`` is when
     its duration ends (dispatch) or its minimum hold ends (frequency); None: no end of its own.
+    ``started_wall`` is when its caps were commanded, ``received_wall`` when its trigger came
+    (None in a journal written before it was kept), ``reached_wall`` and ``reached_power_w`` (W)
+    when and at what measured power the node reached its target band (None: not yet): the
+    event's acks after a restart say the same times as before it.
     """
 
     event_id: str
@@ -57,6 +61,9 @@ class JournalEvent:
     caps_mw: tuple[int, ...]
     started_wall: float
     hold_until_wall: float | None
+    received_wall: float | None = None
+    reached_wall: float | None = None
+    reached_power_w: float | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,10 @@ def _event_to_json(ev: JournalEvent) -> dict[str, Any]:
         "id": ev.event_id, "kind": ev.kind, "target_mw": ev.target_mw,
         "baseline_mw": ev.baseline_mw, "basis_mw": list(ev.basis_mw), "caps_mw": list(ev.caps_mw),
         "started_wall": ev.started_wall, "hold_until_wall": ev.hold_until_wall,
-    }
+    } | {key: value for key, value in (("received_wall", ev.received_wall),
+                                       ("reached_wall", ev.reached_wall),
+                                       ("reached_power_w", ev.reached_power_w))
+         if value is not None}
 
 
 def to_json(state: JournalState) -> bytes:
@@ -102,6 +112,11 @@ def _num(d: dict[str, Any], key: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise ValueError(f"{key} must be a finite number")
     return float(v)
+
+
+def _optional_num(d: dict[str, Any], key: str) -> float | None:
+    """``d[key]`` as :func:`_num` reads it, None when absent or null."""
+    return None if d.get(key) is None else _num(d, key)
 
 
 def _str(d: dict[str, Any], key: str) -> str:
@@ -137,12 +152,14 @@ def from_json(data: bytes) -> JournalState:
         caps = tuple(int(_num({"v": v}, "v")) for v in _list(raw, "caps_mw"))
         if len(basis) != len(uuids) or len(caps) != len(uuids):
             raise ValueError(f"event {raw.get('id')!r}: one value per GPU expected")
-        hold = raw.get("hold_until_wall")
         events.append(JournalEvent(
             event_id=_str(raw, "id"), kind=_str(raw, "kind"), target_mw=_num(raw, "target_mw"),
             baseline_mw=_num(raw, "baseline_mw"), basis_mw=basis, caps_mw=caps,
             started_wall=_num(raw, "started_wall"),
-            hold_until_wall=None if hold is None else _num(raw, "hold_until_wall"),
+            hold_until_wall=_optional_num(raw, "hold_until_wall"),
+            received_wall=_optional_num(raw, "received_wall"),
+            reached_wall=_optional_num(raw, "reached_wall"),
+            reached_power_w=_optional_num(raw, "reached_power_w"),
         ))
     safe = d.get("safe_mode")
     return JournalState(

@@ -52,7 +52,8 @@ class Adopter(Protocol):
     """Takes a recovered event back as if it had just been accepted (the hot path's intake)."""
 
     def adopt(self, event_id: str, kind: str, *, ends_at: float, received_wall: float,
-              commanded_wall: float) -> None: ...
+              commanded_wall: float, reached_wall: float | None = None,
+              reached_power_w: float | None = None) -> None: ...
 
 
 class Ledger:
@@ -227,10 +228,17 @@ class Ledger:
             if plan.restore:
                 # Cut from the draw the first event was cut from, as the island did then.
                 island.update_draw(plan.restore[0][0].basis_mw)
+                log.warning("previous run (pid %s) did not stop cleanly: holding its events "
+                            "again, as caps at their targets: %s",
+                            prev.pid, [f"{ev.event_id} ({ev.kind})" for ev, _ in plan.restore])
             for ev, hold_s in plan.restore:
                 act = island.trigger_cap(ev.event_id, ev.target_mw / 1000.0)
+                # Its acks keep the times its sender was told before the crash (a journal of
+                # an older version lacks the receipt: the caps' time stands in).
                 intake.adopt(ev.event_id, ev.kind, ends_at=now + hold_s,
-                             received_wall=ev.started_wall, commanded_wall=act.commanded_wall)
+                             received_wall=ev.received_wall if ev.received_wall is not None
+                             else ev.started_wall, commanded_wall=ev.started_wall,
+                             reached_wall=ev.reached_wall, reached_power_w=ev.reached_power_w)
                 if self.journal is not None:
                     self.journal.add_event(replace(ev, hold_until_wall=wall + hold_s))
                 held.append((ev, act))
@@ -303,17 +311,25 @@ class Ledger:
             if isinstance(event_id, str):
                 self.journal.remove_event(event_id)
 
-    def activated(self, act: Activation, *, hold_until_wall: float | None) -> None:
+    def activated(self, act: Activation, *, hold_until_wall: float | None,
+                  received_wall: float | None) -> None:
         """An event's caps were written: journal it, with the draw its caps were cut from
-        (``act.basis_mw``), so a restart cuts the same caps again."""
+        (``act.basis_mw``), so a restart cuts the same caps again, and when its trigger came
+        (``received_wall``), so the restart's acks say so."""
         if self.journal is None:
             return
         self.journal.add_event(JournalEvent(
             event_id=act.event_id, kind=act.kind, target_mw=act.target_mw,
             baseline_mw=act.baseline_mw, basis_mw=act.basis_mw,
             caps_mw=tuple(act.caps_mw), started_wall=act.commanded_wall,
-            hold_until_wall=hold_until_wall,
+            hold_until_wall=hold_until_wall, received_wall=received_wall,
         ))
+
+    def reached(self, event_id: str, wall: float, power_w: float | None) -> None:
+        """The event reached its target band (Unix s; measured power, W): journaled, so the
+        acks of a restart keep ``reached_at`` and ``reached_power_w``."""
+        if self.journal is not None:
+            self.journal.note_reached(event_id, wall, power_w)
 
     def safe_state(self, mode: str) -> None:
         self.record("safe_state", {"mode": mode, "reason": "watchdog"})
