@@ -20,7 +20,7 @@ from gridtao.hotpath.intake import Outgoing
 from gridtao.records.ledger import Ledger
 from gridtao.records.unsent import UnsentAck, keep, take
 
-__all__ = ["STOP_REASON", "NodeStop"]
+__all__ = ["DRY_RUN_STOP_REASON", "STOP_REASON", "NodeStop"]
 
 log = logging.getLogger("gridtao.app.agent")
 
@@ -28,10 +28,14 @@ log = logging.getLogger("gridtao.app.agent")
 #: 30 s a supervisor gives a stop.
 SLOW_STOP_STEP_S = 2.0
 
-#: The reason acked for every event still held when the agent stops. (After a crash the agent
-#: finds its own caps at start: it restores what was found before it first changed them.)
-STOP_REASON = ("the agent stopped: the GPUs went back to their resting limits, as found before "
-               "the agent first changed them")
+#: The reason acked for every event still held when the agent stops. It is sent before the
+#: restore (the lane closes first), so it says what the stop does, not that it is done: a GPU
+#: whose restore fails is in the log, the audit trail and the exit status. (After a crash the
+#: agent finds its own caps at start: it restores what was found before it first changed them.)
+STOP_REASON = ("the agent stopped: the event ends and the GPUs are put back to their resting "
+               "limits, as found before the agent first changed them")
+#: The same, for an agent that never writes a limit (``gpus.dry_run``).
+DRY_RUN_STOP_REASON = "the agent stopped: the event ends (a dry run: no limit was ever written)"
 
 
 class NodeStop:
@@ -58,8 +62,9 @@ class NodeStop:
         # The meter first: its last reached ack goes out with the lane's final flush, and
         # no ack is handed to the lane after its loop has closed.
         stop_step("closing the response meter", parts.meter.close)
+        reason = DRY_RUN_STOP_REASON if parts.island.dry_run else STOP_REASON
         stop_step("stopping the island's lane",
-                  lambda: parts.lane.stop(final=lambda: parts.intake.end_all(STOP_REASON)))
+                  lambda: parts.lane.stop(final=lambda: parts.intake.end_all(reason)))
         if parts.lane.undelivered:  # the broker was away: the next start sends them
             keep(self._unsent, [UnsentAck(m.topic, m.payload, m.qos)
                                 for m in parts.lane.undelivered])
