@@ -68,7 +68,10 @@ def add_common(p: argparse.ArgumentParser, *, product_required: bool = True,
     p.add_argument("--product", required=product_required, choices=tuple(PRODUCTS),
                    type=_product_name, default=None,
                    help="the product to test (its entry in the configuration's products, else "
-                        "its defaults with --capacity-w)")
+                        "its defaults with --capacity-w)" + (
+                            "" if product_required else
+                            "; required (shown in brackets only because `prequalify score` "
+                            "takes it after its own name)"))
     p.add_argument("--time-scale", type=float, default=None, metavar="X",
                    help="shorten long holds by X (the frequency tests' ramp rates and sine "
                         "periods never change; DR's ramps are shortened with its holds, and "
