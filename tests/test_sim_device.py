@@ -337,3 +337,33 @@ def test_a_damaged_device_file_is_one_line_for_every_command(
     assert cli.main(["gpus", "--sim-device", "broken"]) == 2
     assert "not a regular file" in capsys.readouterr().err
     device.unlink()
+
+
+def test_sim_set_limit_plays_an_operators_nvidia_smi(capsys: pytest.CaptureFixture[str]) -> None:
+    """Written as another process writes it (the device records who), refused whole when out
+    of range, on a missing GPU or with no device; nothing is written then."""
+    assert cli.main(["sim", "set-limit", "--gpu", "0", "--watts", "500"]) == 2
+    assert "no simulated device" in capsys.readouterr().err
+    assert cli.main(["sim", "create"]) == 0
+    capsys.readouterr()
+    assert cli.main(["sim", "set-limit", "--gpu", "2", "--watts", "500"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "Power limit for GPU 2 was set to 500.00 W from 700.00 W.")
+    gpus = _open(SimConfig(), "default")
+    n = SimConfig().count
+    assert [gpus.enforced_limit_mw(i) for i in range(n)] == [
+        500 * W if i == 2 else 700 * W for i in range(n)]
+    assert cli.main(["sim", "status", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["gpus"][2]
+    assert row["limit_set_by_pid"] == os.getpid() and row["limit_w"] == 500.0
+    for bad, said in ((["--gpu", "0", "--watts", "50"], "takes limits from"),
+                      (["--gpu", "99", "--watts", "500"], "--gpu 99"),
+                      (["--watts", "0"], "must be > 0 W"),
+                      (["--gpu", "-1", "--watts", "500"], "must be >= 0")):
+        assert cli.main(["sim", "set-limit", *bad]) == 2
+        assert said in capsys.readouterr().err
+    assert cli.main(["sim", "set-limit", "--watts", "600"]) == 0  # every GPU
+    out = capsys.readouterr().out
+    assert out.count("was set to 600.00 W") == n and "GPU 2 was set to 600.00 W from 500.00" in out
+    assert [gpus.enforced_limit_mw(i) for i in range(n)] == [600 * W] * n
+    assert cli.main(["sim", "destroy"]) == 0

@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gridtao.cli.argtypes import number, whole
 from gridtao.config.agent import Config, ConfigError, GpusConfig
 from gridtao.gpu.backend import GpuBackend
 
@@ -40,33 +40,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="open the backend in dry-run mode (reads only)"
     )
-    p.add_argument("--watch", type=_period, metavar="S", default=None,
+    p.add_argument("--watch", type=number(0.05, 3600, "s"), metavar="S", default=None,
                    help="print the table again every S seconds until interrupted")
-    p.add_argument("--count", type=_count, metavar="N", default=None,
+    p.add_argument("--count", type=whole(1), metavar="N", default=None,
                    help="with --watch: stop after N tables")
     p.add_argument("--sim-device", metavar="NAME", default=None,
                    help="show the existing simulated device NAME (as made; e.g. a running "
                         "demo's) instead of the configured GPUs")
-
-
-def _period(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and 0.05 <= value <= 3600):
-        raise argparse.ArgumentTypeError(f"must be in [0.05, 3600] s, got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def gpu_rows(backend: GpuBackend) -> list[dict[str, Any]]:

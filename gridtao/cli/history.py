@@ -20,7 +20,6 @@ Exit 0 on success; 2 with one line on stderr when the file, the store or an opti
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gridtao.cli.argtypes import number, whole
 from gridtao.config.agent import Config
 
 if TYPE_CHECKING:  # loaded when a history command runs, not whenever the CLI starts
@@ -36,36 +36,7 @@ if TYPE_CHECKING:  # loaded when a history command runs, not whenever the CLI st
 EXIT_OK = 0
 EXIT_ERROR = 2
 TWO_WEEKS_H = 14 * 24
-
-
-def _positive_days(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and 0 < value <= 3660):
-        raise argparse.ArgumentTypeError(f"must be in (0, 3660] days, got {text}")
-    return value
-
-
-def _tz_offset_h(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and -12 <= value <= 14):
-        raise argparse.ArgumentTypeError(f"must be in [-12, 14] hours, got {text}")
-    return value
-
-
-def _gpu_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= 64:
-        raise argparse.ArgumentTypeError(f"must be in 1..64, got {value}")
-    return value
+DAYS = number(0, 3660, "days", above_lo=True)  # how far back a command reads
 
 
 def configure_history(p: argparse.ArgumentParser) -> None:
@@ -83,10 +54,10 @@ def configure_history(p: argparse.ArgumentParser) -> None:
         "generate", help="write a synthetic history ending now (for trying the planner)",
         description="Write a deterministic synthetic history (training jobs and inference "
                     "following a daily shape) ending at the current minute.")
-    gen.add_argument("--days", type=_positive_days, default=7.0,
+    gen.add_argument("--days", type=DAYS, default=7.0,
                      help="how many days to generate (default 7)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    gen.add_argument("--gpus", type=_gpu_count, default=None,
+    gen.add_argument("--gpus", type=whole(1, 64), default=None,
                      help="GPUs in the synthetic node (default: the configuration's "
                           "gpus.sim.count, of its gpus.sim.profile's default limit)")
     gen.add_argument("--replace", action="store_true",
@@ -96,7 +67,7 @@ def configure_history(p: argparse.ArgumentParser) -> None:
                           description="One line per hour (local time): minutes stored, mean "
                                       "draw, mean of the minutes' 10th percentiles, energy, "
                                       "minutes under a grid activation.")
-    show.add_argument("--days", type=_positive_days, default=1.0,
+    show.add_argument("--days", type=DAYS, default=1.0,
                       help="how many days back from now to show (default 1)")
     corr = sub.add_parser(
         "correlation", help="how several nodes' draws move together (for a site's pooling)",
@@ -108,9 +79,9 @@ def configure_history(p: argparse.ArgumentParser) -> None:
                     "site.market.pooling_correlation.")
     corr.add_argument("files", metavar="[NODE=]FILE", nargs="+",
                       help="a node's history database (its name: NODE, else the file's stem)")
-    corr.add_argument("--days", type=_positive_days, default=28.0,
+    corr.add_argument("--days", type=DAYS, default=28.0,
                       help="how many days back from each file's last minute (default 28)")
-    corr.add_argument("--tz-offset-h", type=_tz_offset_h, default=0.0, metavar="H",
+    corr.add_argument("--tz-offset-h", type=number(-12, 14, "hours"), default=0.0, metavar="H",
                       help="local time east of UTC where the days resampled begin and end: "
                            "the nodes' planner.tz_offset_h (default 0, as that key's); never "
                            "this machine's own time zone, so the same files give the same "

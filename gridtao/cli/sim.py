@@ -5,6 +5,10 @@
   must match the configuration's).
 * ``gridtao sim status [--json]``: the device's file, when it was created, its settings, and per
   GPU the limit, the power and who set the limit last (pid and time); nothing is created.
+* ``gridtao sim set-limit [--gpu I] --watts W``: an operator's ``nvidia-smi -i I -pl W`` on
+  the device (every GPU without ``--gpu``): the limit is written as another process writes
+  it, so a running agent sees a limit it did not set. Refused (exit 2), writing nothing, when
+  the device does not exist, the GPU is not there or the limit is outside its range.
 * ``gridtao sim destroy [--force]``: the analogue of a driver reload: processes holding the
   device see their GPUs lost, and the next open creates it afresh at the default limits.
   Refused (exit 2) while another process holds it open, unless ``--force``.
@@ -33,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gridtao.cli.argtypes import number, whole
 from gridtao.cli.security import add_key_options, signing_key
 from gridtao.config.agent import Config, ConfigError, sim_device_problem
 
@@ -57,6 +62,16 @@ def configure_sim(p: argparse.ArgumentParser) -> None:
         description="Remove the device: processes holding it see their GPUs lost; the next "
                     "open creates it at the default limits. Refused while another process "
                     "holds it open (an agent would lose its GPUs), unless --force.")
+    set_limit = sub.add_parser(
+        "set-limit", help="set a GPU's power limit from outside (nvidia-smi -i I -pl W)",
+        description="Set the power limit of one GPU (or every GPU) of the device, as an "
+                    "operator's `nvidia-smi -i I -pl W` does on a real server: a running agent "
+                    "sees a limit it did not write and follows its policy for it (README, "
+                    "\"Limits set from outside\"). The device must exist.")
+    set_limit.add_argument("--gpu", metavar="I", type=whole(0), default=None,
+                           help="the GPU's index (default: every GPU)")
+    set_limit.add_argument("--watts", metavar="W", type=number(0, unit="W", above_lo=True),
+                           required=True, help="the new limit, W, within the GPU's [min, max]")
     destroy.add_argument("--force", action="store_true",
                          help="destroy it even while other processes hold it open")
     _configure_serve_work(sub.add_parser(
@@ -140,6 +155,8 @@ def run_sim(args: argparse.Namespace, config: Config) -> int:
             gone = DeviceFile.destroy(path)
             print(f"destroyed {path}" if gone else f"no device at {path}")
             return EXIT_OK
+        if args.sim_command == "set-limit":
+            return _set_limit(path, args.gpu, args.watts)
         if args.sim_command == "create":
             info = DeviceFile.peek(path)
             device = _open(sim_cfg, path).device
@@ -253,6 +270,44 @@ def _open(sim_cfg: Any, path: Path) -> Any:
     from gridtao.gpu.sim.nvml import SimNvml
 
     return SimNvml.from_config(sim_cfg, MonotonicClock(), device_path=path)
+
+
+def _set_limit(path: Path, gpu: int | None, watts: float) -> int:
+    """Write ``watts`` to GPU ``gpu`` (None: every GPU) of the device at ``path`` through the
+    NVML path, as another process on the machine would; says each change as nvidia-smi does.
+    Exit 2 when there is no device, no such GPU, or the limit is out of the GPU's range
+    (nothing is written then)."""
+    from gridtao.clock import MonotonicClock
+    from gridtao.gpu.backend import GpuError
+    from gridtao.gpu.nvml import NvmlBackend
+    from gridtao.gpu.sim.nvml import SimNvml
+
+    sim = SimNvml.open_existing(path, MonotonicClock())
+    if sim is None:
+        return _fail(f"no simulated device at {path} (created on first use, or by "
+                     "`gridtao sim create`)")
+    try:
+        backend = NvmlBackend(sim)
+        if gpu is not None and gpu >= sim.count:
+            return _fail(f"--gpu {gpu}: the device has GPUs 0 to {sim.count - 1}")
+        indices = range(sim.count) if gpu is None else (gpu,)
+        limit_mw = round(watts * 1000)
+        for i in indices:  # every GPU checked before any is written
+            lim = backend.power_limits(i)
+            if not lim.min_mw <= limit_mw <= lim.max_mw:
+                return _fail(f"--watts {watts:g}: GPU {i} takes limits from "
+                             f"{lim.min_mw / 1000:g} to {lim.max_mw / 1000:g} W")
+        for i in indices:
+            before = backend.enforced_limit_mw(i)
+            after = backend.set_limit_mw(i, limit_mw)
+            print(f"Power limit for GPU {i} was set to {after / 1000:.2f} W from "
+                  f"{before / 1000:.2f} W.")
+        return EXIT_OK
+    except GpuError as e:
+        return _fail(str(e))
+    finally:
+        if sim.device is not None:
+            sim.device.close()
 
 
 def _status(path: Path) -> dict[str, Any] | None:
