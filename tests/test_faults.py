@@ -208,19 +208,24 @@ def test_agent_crash_event_restored_from_the_journal(
         node.dispatch(_shed("e1", 0.4))
         ack1, reached = map(_ack, acks.wait(2, WAIT_S)[:2])
     assert ack1["accepted"] is True and reached["reached_at"] is not None
+    with node.acks() as acks:  # shallower than e1: held, nothing written for it
+        node.dispatch(_shed("e2", 0.1))
+        shallow = _ack(acks.wait(1, WAIT_S)[0])
+    assert shallow["accepted"] is True and shallow["commanded_at"] is None
     assert sum(node.limits_w()) == pytest.approx(0.6 * BASELINE_W, rel=0.02)
     journal = first.ledger.journal
     assert journal is not None
 
     def reach_journaled() -> bool:
         state = load_journal(_path(cfg.journal.path)) if journal.flush() else None
-        return state is not None and state.events[0].reached_wall is not None
+        return state is not None and len(state.events) == 2 and all(
+            e.reached_wall is not None for e in state.events if e.event_id == "e1")
 
     wait_for(reach_journaled, "the journal to hold the reached time")
     journaled = load_journal(_path(cfg.journal.path))
-    assert journaled is not None and [e.event_id for e in journaled.events] == ["e1"]
+    assert journaled is not None and [e.event_id for e in journaled.events] == ["e1", "e2"]
     # The journal holds the draw the island cut from, so the same caps can be cut again.
-    (ev,) = journaled.events
+    ev = journaled.events[0]
     assert tuple(first.island.envelope.cut_caps_mw(ev.basis_mw, ev.target_mw)) == ev.caps_mw
     crash(first)
     assert [sim.true_power_mw(i) for i in range(N)]  # the GPUs live on, still capped
@@ -247,8 +252,16 @@ def test_agent_crash_event_restored_from_the_journal(
             # The times its sender was told before the crash, not the restart's
             for key in ("received_at", "commanded_at", "reached_at", "reached_power_w"):
                 assert dup[key] == reached[key], key
+            node2.dispatch(_shed("e2", 0.1))  # the same for one that wrote nothing
+            dup2 = _ack(acks.wait(2, WAIT_S)[1])
+            assert dup2["id"] == "e2" and dup2["commanded_at"] is None
+            assert dup2["received_at"] == shallow["received_at"]
+            assert dup2.get("simulated") == shallow.get("simulated")
             node2.dispatch({"id": "e1-end", "kind": "release", "ref": "e1"})
-            assert _ack(acks.wait(2, WAIT_S)[1])["accepted"] is True
+            node2.dispatch({"id": "e2-end", "kind": "release", "ref": "e2"})
+            ends = [_ack(m) for m in acks.wait(4, WAIT_S)[2:4]]
+            assert [(a["id"], a["accepted"]) for a in ends] == [("e1-end", True),
+                                                                  ("e2-end", True)]
         wait_for(lambda: agent.island.view().event_id is None, "the restored event to end")
         wait_for(lambda: node2.limits_w() == [DEFAULT_W] * N, "default limits")
     records = read_records([_path(cfg.audit.path)])
@@ -257,10 +270,11 @@ def test_agent_crash_event_restored_from_the_journal(
         assert [b.enforced_limit_mw(i) / W for i in range(N)] == [DEFAULT_W] * N
     (recovery,) = [r for r in records if r["kind"] == "recovery"]
     assert recovery["fields"]["action"] == "held events again"
-    assert [x["event"] for x in recovery["fields"]["restored"]] == ["e1"]
+    assert [x["event"] for x in recovery["fields"]["restored"]] == ["e1", "e2"]
     # The event held again has its energy counted from the restart, and says so.
-    (energy,) = [r["fields"] for r in records if r["kind"] == "event_energy"]
-    assert energy["event"] == "e1" and energy["recovered"] is True
+    (energy,) = [r["fields"] for r in records
+                 if r["kind"] == "event_energy" and r["fields"]["event"] == "e1"]
+    assert energy["recovered"] is True
     assert energy["it_not_drawn_j"] > 0.0
     kinds = [r["kind"] for r in records]
     assert kinds.count("agent_start") == 2 and kinds.count("agent_stop") == 1

@@ -50,7 +50,8 @@ def _state(*events: JournalEvent, alive: float = T0) -> JournalState:
 def test_state_round_trips_through_json() -> None:
     state = _state(_event("e1"), _event("e2", hold_until=None),
                    dataclasses.replace(_event("e3"), received_wall=T0 - 0.01,
-                                       reached_wall=T0 + 0.08, reached_power_w=3698.7))
+                                       reached_wall=T0 + 0.08, reached_power_w=3698.7),
+                   dataclasses.replace(_event("e4"), commanded=False))
     assert from_json(to_json(state)) == state
 
 
@@ -61,9 +62,10 @@ def test_a_journal_written_before_receipt_and_reach_were_kept_still_reads() -> N
     assert "received_wall" not in body["events"][0] and "reached_wall" not in body["events"][0]
     (ev,) = from_json(json.dumps(body).encode()).events
     assert (ev.received_wall, ev.reached_wall, ev.reached_power_w) == (None, None, None)
-    body["events"][0]["reached_wall"] = "soon"
-    with pytest.raises(ValueError, match="reached_wall"):
-        from_json(json.dumps(body).encode())
+    assert ev.commanded
+    for key, bad in (("reached_wall", "soon"), ("commanded", "no")):
+        with pytest.raises(ValueError, match=key):
+            from_json(json.dumps(body | {"events": [body["events"][0] | {key: bad}]}).encode())
 
 
 @pytest.mark.parametrize("damage", [

@@ -253,8 +253,7 @@ class NodeParts:
         meter and the journal (with how long it is held: wall s)."""
         self.energy.event_started(act.event_id, act.kind, t0_s=act.commanded_at,
                                   wall0_s=act.commanded_wall, baseline_mw=act.baseline_mw)
-        self.meter.watch(act.event_id, baseline_mw=act.baseline_mw, target_mw=act.target_mw)
-        if self._ledger.journal is not None:
+        if self._ledger.journal is not None:  # before the meter: a reach is journaled on it
             if act.kind == "frequency":
                 hold_s = self._min_hold_s.get(act.level or "", 0.0)
                 hold_until: float | None = act.commanded_wall + hold_s
@@ -262,6 +261,7 @@ class NodeParts:
                 hold_until = self.intake.deadline_wall(act.event_id)
             self._ledger.activated(act, hold_until_wall=hold_until,
                                    received_wall=self.intake.received_wall(act.event_id))
+        self.meter.watch(act.event_id, baseline_mw=act.baseline_mw, target_mw=act.target_mw)
 
     def _reached(self, reached: Reached) -> None:
         # Meter thread -> lane loop: the intake's state is only touched on the lane's loop.

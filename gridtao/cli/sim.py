@@ -8,7 +8,8 @@
 * ``gridtao sim set-limit [--gpu I] --watts W``: an operator's ``nvidia-smi -i I -pl W`` on
   the device (every GPU without ``--gpu``): the limit is written as another process writes
   it, so a running agent sees a limit it did not set. Refused (exit 2), writing nothing, when
-  the device does not exist, the GPU is not there or the limit is outside its range.
+  the device does not exist, the GPU is not there or the limit is outside its range; a
+  driver error during the writes exits 2 too, with the GPUs written before it said.
 * ``gridtao sim destroy [--force]``: the analogue of a driver reload: processes holding the
   device see their GPUs lost, and the next open creates it afresh at the default limits.
   Refused (exit 2) while another process holds it open, unless ``--force``.
@@ -276,7 +277,8 @@ def _set_limit(path: Path, gpu: int | None, watts: float) -> int:
     """Write ``watts`` to GPU ``gpu`` (None: every GPU) of the device at ``path`` through the
     NVML path, as another process on the machine would; says each change as nvidia-smi does.
     Exit 2 when there is no device, no such GPU, or the limit is out of the GPU's range
-    (nothing is written then)."""
+    (nothing is written then), or when a driver call fails (the GPUs said set before it
+    are)."""
     from gridtao.clock import MonotonicClock
     from gridtao.gpu.backend import GpuError
     from gridtao.gpu.nvml import NvmlBackend
@@ -303,7 +305,7 @@ def _set_limit(path: Path, gpu: int | None, watts: float) -> int:
             print(f"Power limit for GPU {i} was set to {after / 1000:.2f} W from "
                   f"{before / 1000:.2f} W.")
         return EXIT_OK
-    except GpuError as e:
+    except GpuError as e:  # the GPUs printed above were set
         return _fail(str(e))
     finally:
         if sim.device is not None:

@@ -133,13 +133,14 @@ class Intake(IntakeCore):
         return out
 
     def adopt(self, event_id: str, kind: str, *, ends_at: float, received_wall: float,
-              commanded_wall: float, reached_wall: float | None = None,
+              commanded_wall: float | None, reached_wall: float | None = None,
               reached_power_w: float | None = None) -> None:
         """Track an event the island is holding again after a crash (records/ledger.py): it is
         released at ``ends_at`` (monotonic s), a release dispatch can end it, and its id counts
         as already seen. Its acks say the times (Unix s) its sender was told before the crash:
-        receipt, caps commanded and, if it was reached, ``reached_at`` with the measured power
-        then (``reached_power_w``, W). Call before the lane starts."""
+        receipt, caps commanded (None: it wrote no new limit) and, if it was reached,
+        ``reached_at`` with the measured power then (``reached_power_w``, W). Call before the
+        lane starts."""
         # Its receive time on this run's monotonic clock, so deadline_wall() stays right.
         received_at = self._clock.now() - max(0.0, self._clock.wall() - received_wall)
         extra: dict[str, object] = {"recovered": True}
@@ -148,9 +149,9 @@ class Intake(IntakeCore):
         self._events[event_id] = HeldEvent(event_id, kind, ends_at, received_at, received_wall,
                                            commanded_wall, extra, reached_wall=reached_wall,
                                            recovered=True)
-        self._book.remember(event_id, wire.ack_payload(
-            event_id, True, None, received_wall, commanded_wall, reached_wall, extra=dict(extra)
-        ))
+        # Its answer to a duplicate from now on (as the book words every ack: simulated too)
+        self._book.ack(event_id, True, None, received_wall, commanded_wall, extra=dict(extra),
+                       reached_wall=reached_wall)
 
     def deadline_wall(self, event_id: str) -> float | None:
         """Unix time at which an active event's duration ends (None: no duration)."""

@@ -47,10 +47,12 @@ class JournalEvent:
 
     ``basis_mw`` is the per-GPU draw the event's caps were cut from; ``hold_until_wall`` is when
     its duration ends (dispatch) or its minimum hold ends (frequency); None: no end of its own.
-    ``started_wall`` is when its caps were commanded, ``received_wall`` when its trigger came
-    (None in a journal written before it was kept), ``reached_wall`` and ``reached_power_w`` (W)
-    when and at what measured power the node reached its target band (None: not yet): the
-    event's acks after a restart say the same times as before it.
+    ``started_wall`` is when the island acted on it; ``commanded`` whether that wrote a new
+    limit (False: a deeper event already held the GPUs, a dry run, or no write landed, and its
+    acks said ``commanded_at`` null); ``received_wall`` when its trigger came (None in a journal
+    written before it was kept); ``reached_wall`` and ``reached_power_w`` (W) when and at what
+    measured power the node reached its target band (None: not yet). The event's acks after a
+    restart say what its sender was told before it.
     """
 
     event_id: str
@@ -64,6 +66,7 @@ class JournalEvent:
     received_wall: float | None = None
     reached_wall: float | None = None
     reached_power_w: float | None = None
+    commanded: bool = True
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ def _event_to_json(ev: JournalEvent) -> dict[str, Any]:
     } | {key: value for key, value in (("received_wall", ev.received_wall),
                                        ("reached_wall", ev.reached_wall),
                                        ("reached_power_w", ev.reached_power_w))
-         if value is not None}
+         if value is not None} | ({} if ev.commanded else {"commanded": False})
 
 
 def to_json(state: JournalState) -> bytes:
@@ -117,6 +120,14 @@ def _num(d: dict[str, Any], key: str) -> float:
 def _optional_num(d: dict[str, Any], key: str) -> float | None:
     """``d[key]`` as :func:`_num` reads it, None when absent or null."""
     return None if d.get(key) is None else _num(d, key)
+
+
+def _flag(d: dict[str, Any], key: str) -> bool:
+    """``d[key]``, true or false; true when absent (what a journal without the key meant)."""
+    v = d.get(key, True)
+    if not isinstance(v, bool):
+        raise ValueError(f"{key} must be true or false")
+    return v
 
 
 def _str(d: dict[str, Any], key: str) -> str:
@@ -160,6 +171,7 @@ def from_json(data: bytes) -> JournalState:
             received_wall=_optional_num(raw, "received_wall"),
             reached_wall=_optional_num(raw, "reached_wall"),
             reached_power_w=_optional_num(raw, "reached_power_w"),
+            commanded=_flag(raw, "commanded"),
         ))
     safe = d.get("safe_mode")
     return JournalState(

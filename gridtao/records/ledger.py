@@ -52,7 +52,7 @@ class Adopter(Protocol):
     """Takes a recovered event back as if it had just been accepted (the hot path's intake)."""
 
     def adopt(self, event_id: str, kind: str, *, ends_at: float, received_wall: float,
-              commanded_wall: float, reached_wall: float | None = None,
+              commanded_wall: float | None, reached_wall: float | None = None,
               reached_power_w: float | None = None) -> None: ...
 
 
@@ -237,7 +237,8 @@ class Ledger:
                 # an older version lacks the receipt: the caps' time stands in).
                 intake.adopt(ev.event_id, ev.kind, ends_at=now + hold_s,
                              received_wall=ev.received_wall if ev.received_wall is not None
-                             else ev.started_wall, commanded_wall=ev.started_wall,
+                             else ev.started_wall,
+                             commanded_wall=ev.started_wall if ev.commanded else None,
                              reached_wall=ev.reached_wall, reached_power_w=ev.reached_power_w)
                 if self.journal is not None:
                     self.journal.add_event(replace(ev, hold_until_wall=wall + hold_s))
@@ -323,6 +324,7 @@ class Ledger:
             baseline_mw=act.baseline_mw, basis_mw=act.basis_mw,
             caps_mw=tuple(act.caps_mw), started_wall=act.commanded_wall,
             hold_until_wall=hold_until_wall, received_wall=received_wall,
+            commanded=act.commanded,
         ))
 
     def reached(self, event_id: str, wall: float, power_w: float | None) -> None:
