@@ -13,7 +13,7 @@ import pynvml
 import pytest
 
 from gridtao.clock import MonotonicClock, VirtualClock
-from gridtao.config.agent import ConfigError, SimConfig
+from gridtao.config.agent import ConfigError, SimConfig, SimWorkload
 from gridtao.gpu.sim.nvml import SimHandle, SimNvml
 
 H100_TDP_W = 700.0
@@ -519,3 +519,30 @@ def _mean_demand(config: SimConfig, wall_s: float, steps: int) -> float:
         clock.advance(0.5)
         total += sum(sim.demand_w(i) for i in range(config.count))
     return total / steps
+
+
+def test_training_in_step_dips_every_gpu_together() -> None:
+    """One synchronous data-parallel job: every training GPU's dips land together, so the
+    node swings by their sum; apart, the steps are out of phase and the node's swing
+    averages out. Other workloads keep their own streams."""
+    step_s, seconds = 0.01, 30.0
+
+    def node(**overrides: Any) -> tuple[np.ndarray, np.ndarray]:
+        sim, clock = make_sim(count=4, seed=3, **overrides)
+        out = np.empty((round(seconds / step_s), sim.count))
+        for k in range(out.shape[0]):
+            out[k] = [sim.demand_w(i) for i in range(sim.count)]
+            clock.advance(step_s)
+        return out, out.sum(axis=1)
+
+    apart, apart_sum = node()
+    together, together_sum = node(training_in_step=True)
+    assert all(np.array_equal(together[:, 0], together[:, i]) for i in range(1, 4))
+    assert abs(np.corrcoef(apart[:, 0], apart[:, 1])[0, 1]) < 0.5
+    # four GPUs in step swing about twice (sqrt 4) as much as four apart
+    assert together_sum.std() > 1.5 * apart_sum.std()
+    mixed, _ = node(training_in_step=True, workloads=(
+        SimWorkload("training"), SimWorkload("training"), SimWorkload("inference"),
+        SimWorkload("inference")))
+    assert np.array_equal(mixed[:, 0], mixed[:, 1])
+    assert not np.array_equal(mixed[:, 2], mixed[:, 3])

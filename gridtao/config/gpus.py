@@ -71,6 +71,11 @@ class SimConfig:
     device: str | None = "default"
     # One workload per GPU (a mixed node), overriding `workload`; empty: all run `workload`.
     workloads: tuple[SimWorkload, ...] = ()
+    # The training GPUs run one synchronous data-parallel job: one step schedule for all of
+    # them, so their communication dips land together (the all-reduce) and the node swings by
+    # the sum of theirs. false: each GPU its own job, steps out of phase (the node's swing
+    # averages out).
+    training_in_step: bool = False
 
 
 @dataclass(frozen=True)

@@ -48,10 +48,10 @@ class Fault:
 #: ``workloads`` is recorded only when set, so devices made before it existed still open.
 DEVICE_PARAMS = ("count", "profile", "workload", "trace_csv", "cap_down_ms", "cap_up_ms",
                  "refresh_ms", "noise_w", "seed", "daily_shape", "workloads", "daily_levels",
-                 "daily_weekend_factor", "daily_tz_offset_h")
+                 "daily_weekend_factor", "daily_tz_offset_h", "training_in_step")
 #: Recorded only when they differ from these, so devices made before they existed still open.
 _RECORDED_IF_SET = {"workloads": (), "daily_levels": (), "daily_weekend_factor": 0.6,
-                    "daily_tz_offset_h": 0.0}
+                    "daily_tz_offset_h": 0.0, "training_in_step": False}
 
 
 def device_params(cfg: SimConfig) -> dict[str, Any]:
@@ -203,8 +203,10 @@ def build_gpus(cfg: SimConfig, clock: Clock, profile: GpuProfile,
                workloads: Sequence[SimWorkload], trace_data: Trace | None, *,
                device_path: str | Path | None, create: bool) -> Gpus:
     """``cfg.count`` GPUs of ``profile``, GPU ``i`` running ``workloads[i]``, each with its own
-    generators (seeded by ``cfg.seed`` and its index, so every process draws the same); in the
-    machine-wide device at ``device_path`` when given (created when missing if ``create``)."""
+    generators (seeded by ``cfg.seed`` and its index, so every process draws the same; with
+    ``cfg.training_in_step`` the training GPUs' workloads share one seed, so they step
+    together); in the machine-wide device at ``device_path`` when given (created when missing
+    if ``create``)."""
     t0 = clock.now()
     wall_offset_s = clock.wall() - t0
     gpus: list[LocalGpu] = []
@@ -213,7 +215,9 @@ def build_gpus(cfg: SimConfig, clock: Clock, profile: GpuProfile,
         workload = make_workload(
             workloads[i].kind,
             tdp_w=profile.tdp_w,
-            rng=random.Random(f"gridtao-sim-workload:{cfg.seed}:{i}"),
+            rng=random.Random(f"gridtao-sim-workload:{cfg.seed}:job"
+                              if cfg.training_in_step and workloads[i].kind == "training"
+                              else f"gridtao-sim-workload:{cfg.seed}:{i}"),
             index=i,
             trace_data=trace_data,
             shape=shape_of(cfg, workloads[i].load),
