@@ -146,6 +146,11 @@ class EventBook:
             return None
         return ev.received_wall + (ev.ends_at - ev.received_at)
 
+    def received_wall(self, event_id: str) -> float | None:
+        """Unix time at which a held event's trigger was received (None: not held)."""
+        ev = self.held.get(event_id)
+        return ev.received_wall if ev is not None else None
+
     def activation_time(self, event_id: str) -> float | None:
         """Monotonic receive time of a held event's trigger (for trigger-to-target)."""
         ev = self.held.get(event_id)

@@ -159,8 +159,7 @@ class Intake(IntakeCore):
 
     def received_wall(self, event_id: str) -> float | None:
         """Unix time at which an active event's trigger was received (None: not held)."""
-        ev = self._book.held.get(event_id)
-        return ev.received_wall if ev is not None else None
+        return self._book.received_wall(event_id)
 
     def reached_ack(self, event_id: str, reached_wall: float,
                     power_w: float | None = None) -> Outgoing | None:

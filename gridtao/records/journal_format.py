@@ -88,14 +88,18 @@ class JournalState:
 
 
 def _event_to_json(ev: JournalEvent) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "id": ev.event_id, "kind": ev.kind, "target_mw": ev.target_mw,
         "baseline_mw": ev.baseline_mw, "basis_mw": list(ev.basis_mw), "caps_mw": list(ev.caps_mw),
         "started_wall": ev.started_wall, "hold_until_wall": ev.hold_until_wall,
-    } | {key: value for key, value in (("received_wall", ev.received_wall),
-                                       ("reached_wall", ev.reached_wall),
-                                       ("reached_power_w", ev.reached_power_w))
-         if value is not None} | ({} if ev.commanded else {"commanded": False})
+    }
+    # Written only when known or not the default, as a journal without them is read
+    for key in ("received_wall", "reached_wall", "reached_power_w"):
+        if getattr(ev, key) is not None:
+            body[key] = getattr(ev, key)
+    if not ev.commanded:
+        body["commanded"] = False
+    return body
 
 
 def to_json(state: JournalState) -> bytes:
